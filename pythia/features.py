@@ -1,0 +1,252 @@
+"""The ONE feature spec: every model input, how it is derived, encoded and labelled.
+
+The Spark ETL, the TFRecord schema, the model input layers and the bid-time scorer all loop
+over ``FEATURES`` and call the functions here; none of them re-implements a feature. Derivations
+are plain NumPy arithmetic so the same code runs on a Spark Arrow batch and on one request.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from pythia.config import DEFAULT_AGE_EDGES, Geography
+
+CATEGORICAL = "categorical"
+NUMERIC = "numeric"
+
+MISSING_ID = 0  # reserved id: value absent / null / unusable
+OOV_ID = 1  # reserved id: value not in the training vocabulary
+FIRST_VALUE_ID = 2
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One model input. ``source`` is the contract column it comes from, or 'derived'."""
+
+    name: str
+    kind: str
+    source: str
+    min_count: int = 5  # training-day occurrences needed to get an own id (else OOV)
+    max_vocab: int = 20_000  # most frequent values kept
+
+
+# Order matters: it is the column order of the model inputs and of the exported bundle.
+FEATURES: tuple[Feature, ...] = (
+    Feature("country", CATEGORICAL, "country", min_count=1),
+    Feature("geo_region", CATEGORICAL, "geo_region"),
+    Feature("metro", CATEGORICAL, "metro"),
+    Feature("inventory_type", CATEGORICAL, "inventory_type", min_count=1),
+    Feature("site_or_app", CATEGORICAL, "site_or_app"),
+    Feature("content_category", CATEGORICAL, "content_category"),
+    Feature("supply_vendor", CATEGORICAL, "supply_vendor"),
+    Feature("ad_format", CATEGORICAL, "ad_format"),
+    Feature("ad_size", CATEGORICAL, "ad_size"),
+    Feature("device_type", CATEGORICAL, "device_type"),
+    Feature("device_make", CATEGORICAL, "device_make"),
+    Feature("device_model", CATEGORICAL, "device_model"),
+    Feature("os", CATEGORICAL, "os"),
+    Feature("os_version", CATEGORICAL, "os_version"),
+    Feature("browser", CATEGORICAL, "browser"),
+    Feature("local_hour", CATEGORICAL, "derived", min_count=1),
+    Feature("local_dow", CATEGORICAL, "derived", min_count=1),
+    Feature("hour_sin", NUMERIC, "derived"),
+    Feature("hour_cos", NUMERIC, "derived"),
+)
+FEATURE_NAMES = tuple(f.name for f in FEATURES)
+CATEGORICAL_FEATURES = tuple(f.name for f in FEATURES if f.kind == CATEGORICAL)
+NUMERIC_FEATURES = tuple(f.name for f in FEATURES if f.kind == NUMERIC)
+RAW_INPUT_COLUMNS = tuple(f.source for f in FEATURES if f.source != "derived") + ("ts",)
+
+# Targets. AgeGender classes are ordered gender-major: F_18-24 … F_65+, M_18-24 … M_65+.
+GENDER_CLASSES = ("F", "M")
+TARGETS = ("gender", "age", "age_gender")
+LABEL_COLUMNS = {"gender": "y_gender", "age": "y_age", "age_gender": "y_age_gender"}
+# Columns carried next to the features through ETL and TFRecords (ids for joins, slicing).
+KEY_COLUMNS = ("impression_id", "user_id", "region", "date", "is_power_user")
+
+
+def age_bucket_labels(edges: Sequence[int] = DEFAULT_AGE_EDGES) -> tuple[str, ...]:
+    """'18-24', '25-34', …, '65+' for edges (18, 25, 35, 45, 55, 65)."""
+    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return tuple(labels + [f"{edges[-1]}+"])
+
+
+def age_gender_labels(edges: Sequence[int] = DEFAULT_AGE_EDGES) -> tuple[str, ...]:
+    return tuple(f"{g}_{a}" for g in GENDER_CLASSES for a in age_bucket_labels(edges))
+
+
+def class_labels(target: str, edges: Sequence[int] = DEFAULT_AGE_EDGES) -> tuple[str, ...]:
+    if target == "gender":
+        return GENDER_CLASSES
+    if target == "age":
+        return age_bucket_labels(edges)
+    if target == "age_gender":
+        return age_gender_labels(edges)
+    raise ValueError(f"unknown target {target!r}; choose from {TARGETS}")
+
+
+def age_to_bucket(age: np.ndarray, edges: Sequence[int] = DEFAULT_AGE_EDGES) -> np.ndarray:
+    """Bucket index per age in years; -1 below the first edge (caller decides what that means)."""
+    return np.searchsorted(np.asarray(edges), np.asarray(age, dtype=float), side="right") - 1
+
+
+def age_gender_index(gender_idx: np.ndarray, age_idx: np.ndarray, n_age: int) -> np.ndarray:
+    return np.asarray(gender_idx) * n_age + np.asarray(age_idx)
+
+
+def split_age_gender(ag_idx: np.ndarray, n_age: int) -> tuple[np.ndarray, np.ndarray]:
+    ag_idx = np.asarray(ag_idx)
+    return ag_idx // n_age, ag_idx % n_age
+
+
+def marginals_from_joint(p_joint: np.ndarray, n_age: int) -> dict[str, np.ndarray]:
+    """Gender and age probabilities implied by AgeGender probabilities (n, 2*n_age)."""
+    p = np.asarray(p_joint).reshape(len(p_joint), len(GENDER_CLASSES), n_age)
+    return {"gender": p.sum(axis=2), "age": p.sum(axis=1), "age_gender": np.asarray(p_joint)}
+
+
+# ---------------------------------------------------------------- derivations (scalar or array)
+
+def derive_time_features(ts_seconds: Any, utc_offset_minutes: Any) -> dict[str, Any]:
+    """Local hour, day of week (0=Monday) and the hour on the unit circle.
+
+    Works on Python scalars and on NumPy arrays alike: the ETL calls it on an Arrow batch,
+    the scorer on one request.
+    """
+    local_minutes = ts_seconds // 60 + utc_offset_minutes
+    hour = (local_minutes // 60) % 24
+    # 1970-01-01 was a Thursday (dow 3)
+    dow = ((local_minutes // 1440) + 3) % 7
+    angle = hour * (2.0 * np.pi / 24.0)
+    return {"local_hour": hour, "local_dow": dow, "hour_sin": np.sin(angle),
+            "hour_cos": np.cos(angle)}
+
+
+def derive_batch(columns: Mapping[str, np.ndarray], geo: Geography) -> dict[str, np.ndarray]:
+    """Derived features for a batch given raw contract columns ('ts' in epoch seconds, 'country').
+
+    Returns local_hour/local_dow as strings (they are categorical) and the numeric ones as float.
+    """
+    country = np.asarray(columns["country"], dtype=object)
+    offsets = np.fromiter((geo.utc_offset_minutes.get(c, 0) for c in country), dtype=np.int64,
+                          count=len(country))
+    ts = np.asarray(columns["ts"], dtype=np.int64)
+    out = derive_time_features(ts, offsets)
+    regions = np.array([geo.region_of(c) for c in country], dtype=object)
+    return {
+        "local_hour": out["local_hour"].astype(str).astype(object),
+        "local_dow": out["local_dow"].astype(str).astype(object),
+        "hour_sin": out["hour_sin"].astype(np.float32),
+        "hour_cos": out["hour_cos"].astype(np.float32),
+        "region": regions,
+    }
+
+
+# ---------------------------------------------------------------- encoders
+
+@dataclass
+class Vocabulary:
+    """Categorical value -> integer id; 0 = missing, 1 = out of vocabulary, values from 2."""
+
+    values: list[str]
+
+    def __post_init__(self) -> None:
+        self._index = {v: i + FIRST_VALUE_ID for i, v in enumerate(self.values)}
+
+    @property
+    def size(self) -> int:
+        """Number of ids, reserved ones included (the embedding table's row count)."""
+        return len(self.values) + FIRST_VALUE_ID
+
+    @classmethod
+    def fit(cls, counts: Mapping[str, int], min_count: int, max_vocab: int) -> "Vocabulary":
+        kept = [(v, c) for v, c in counts.items() if v is not None and v != "" and c >= min_count]
+        kept.sort(key=lambda vc: (-vc[1], vc[0]))
+        return cls([v for v, _ in kept[:max_vocab]])
+
+    def encode_one(self, value: Any) -> int:
+        if value is None or value == "":
+            return MISSING_ID
+        if not isinstance(value, str):
+            value = str(value)
+        return self._index.get(value, OOV_ID)
+
+    def encode(self, values: Iterable[Any]) -> np.ndarray:
+        get = self._index.get
+        return np.fromiter(
+            (MISSING_ID if (v is None or v == "" or v != v) else get(v if isinstance(v, str)
+                                                                       else str(v), OOV_ID)
+             for v in values), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class NumericStats:
+    mean: float
+    std: float
+
+    def normalize(self, x: Any) -> Any:
+        """(x - mean) / std; missing / non-finite inputs become 0 (the training mean)."""
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / (self.std if self.std > 0 else 1.0)
+        return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
+
+
+@dataclass
+class Encoders:
+    """Everything needed to turn raw feature values into model inputs; travels with the model."""
+
+    vocabularies: dict[str, Vocabulary]
+    numeric: dict[str, NumericStats]
+    age_edges: tuple[int, ...] = DEFAULT_AGE_EDGES
+
+    def encode_batch(self, columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for f in FEATURES:
+            col = columns.get(f.name)
+            if f.kind == CATEGORICAL:
+                n = len(next(iter(columns.values())))
+                out[f.name] = (self.vocabularies[f.name].encode(col) if col is not None
+                               else np.zeros(n, dtype=np.int64))
+            else:
+                out[f.name] = self.numeric[f.name].normalize(col)
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "spec_version": spec_version(),
+            "age_edges": list(self.age_edges),
+            "vocabularies": {k: v.values for k, v in self.vocabularies.items()},
+            "numeric": {k: asdict(v) for k, v in self.numeric.items()},
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "Encoders":
+        if doc.get("spec_version") != spec_version():
+            raise ValueError(
+                f"encoders were built for feature spec {doc.get('spec_version')}, this code has "
+                f"{spec_version()}: retrain, or load with the matching pythia version")
+        return cls(
+            vocabularies={k: Vocabulary(list(v)) for k, v in doc["vocabularies"].items()},
+            numeric={k: NumericStats(**v) for k, v in doc["numeric"].items()},
+            age_edges=tuple(doc["age_edges"]),
+        )
+
+
+def spec_document() -> dict:
+    """The feature spec as JSON-able data (written next to TFRecord shards and in bundles)."""
+    return {
+        "features": [asdict(f) for f in FEATURES],
+        "targets": list(TARGETS),
+        "label_columns": LABEL_COLUMNS,
+        "key_columns": list(KEY_COLUMNS),
+        "reserved_ids": {"missing": MISSING_ID, "oov": OOV_ID},
+    }
+
+
+def spec_version() -> str:
+    """A short hash of the feature spec; models and bundles record it and check it on load."""
+    blob = json.dumps(spec_document(), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

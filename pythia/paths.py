@@ -1,0 +1,85 @@
+"""RunPaths: every run-scoped location is derived here, nowhere else.
+
+A run's large files live under ``<data_root>/<flow>/<run_id>/``. Steps record the paths they
+wrote in manifests; downstream steps read paths from manifests, never rebuild them from the
+current run id (a resumed run clones finished tasks whose files live under the origin run).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_DATA_DIRNAME = ".pythia"
+
+
+def default_data_root() -> str:
+    """``$PYTHIA_DATA_ROOT`` if set, else ``./.pythia/data`` under the working folder."""
+    root = os.environ.get("PYTHIA_DATA_ROOT")
+    if root:
+        return root
+    return os.path.join(os.getcwd(), DEFAULT_DATA_DIRNAME, "data")
+
+
+def default_cache_root() -> str:
+    """Where generated synthetic worlds are cached: ``$PYTHIA_CACHE`` or ``./.pythia/worlds``."""
+    root = os.environ.get("PYTHIA_CACHE")
+    if root:
+        return root
+    return os.path.join(os.getcwd(), DEFAULT_DATA_DIRNAME, "worlds")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URIs (s3://…) alike."""
+    out = base.rstrip("/")
+    for p in parts:
+        out = f"{out}/{str(p).strip('/')}"
+    return out
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Locations of one run's files. ``root`` may be a local folder or an ``s3://`` prefix."""
+
+    root: str
+    flow_name: str
+    run_id: str
+
+    @property
+    def base(self) -> str:
+        return join(self.root, self.flow_name, str(self.run_id))
+
+    @property
+    def labels(self) -> str:
+        return join(self.base, "labels")
+
+    def etl_hours(self, hours: list[int]) -> str:
+        return join(self.base, "etl", "hours=" + "-".join(f"{h:02d}" for h in hours))
+
+    @property
+    def quarantine(self) -> str:
+        return join(self.base, "quarantine")
+
+    @property
+    def splits(self) -> str:
+        return join(self.base, "splits")
+
+    def split(self, name: str) -> str:
+        return join(self.splits, f"split={name}")
+
+    @property
+    def tfrecords(self) -> str:
+        return join(self.base, "tfrecords")
+
+    def model(self, model: str, region: str, config_id: int = 0) -> str:
+        return join(self.base, "models", f"{model}__{region}__{config_id}")
+
+    def predictions(self, model: str, region: str, config_id: int = 0) -> str:
+        return join(self.base, "predictions", f"{model}__{region}__{config_id}.parquet")
+
+    @property
+    def reports(self) -> str:
+        return join(self.base, "reports")
+
+    @property
+    def bundle(self) -> str:
+        return join(self.base, "bundle")
