@@ -1,0 +1,115 @@
+"""`pythia …` console commands: synth, runs, report, score, bench.
+
+Imports are lazy so each command only pays for what it uses (the scorer never loads TensorFlow).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from pythia.synth import run_synth_cli
+    return run_synth_cli(args.preset, args.out, args.seed)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from pythia.evaluate import print_runs
+    return print_runs(n=args.n, flow_name=args.flow)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pythia.evaluate import print_report
+    return print_report(run_id=args.run_id, flow_name=args.flow)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pythia.scoring import run_score_cli
+    bundle = args.bundle or bundle_path_of_run(args.run, flow_name=args.flow)
+    return run_score_cli(bundle, sys.stdin, sys.stdout)
+
+
+def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
+    """The ``bundle_path`` artifact of a run (default: the latest successful one)."""
+    from metaflow import Flow, Run, namespace
+    namespace(None)
+    run = Run(f"{flow_name}/{run_id}") if run_id else Flow(flow_name).latest_successful_run
+    if run is None:
+        raise ValueError(f"no successful {flow_name} run found; pass --bundle PATH")
+    if "bundle_path" not in run.data:
+        raise ValueError(f"run {run.pathspec} has no bundle_path artifact (did it finish?)")
+    return run.data.bundle_path
+
+
+def _benchmarks_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    bench_dir = _benchmarks_dir()
+    available = sorted(p.stem.removesuffix("_bench") for p in bench_dir.glob("*_bench.py"))
+    if not available:
+        print(f"no benchmarks found under {bench_dir} (run from a source checkout)",
+              file=sys.stderr)
+        return 2
+    names = args.names or available
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; available: {available}", file=sys.stderr)
+        return 2
+    status = 0
+    for name in names:
+        print(f"== {name}", flush=True)
+        rc = subprocess.call([sys.executable, str(bench_dir / f"{name}_bench.py")],
+                             env=os.environ.copy())
+        status = status or rc
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pythia", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate a synthetic world in the data-contract layout")
+    p.add_argument("--preset", default="default", help="tiny | default | large")
+    p.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("runs", help="compare recent DemoFlow runs (Metaflow client)")
+    p.add_argument("-n", type=int, default=10, help="how many runs")
+    p.add_argument("--flow", default="DemoFlow")
+    p.set_defaults(func=_cmd_runs)
+
+    p = sub.add_parser("report", help="headline table of a run (default: latest successful)")
+    p.add_argument("run_id", nargs="?", default=None)
+    p.add_argument("--flow", default="DemoFlow")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("score", help="score JSONL requests from stdin with a bundle")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--bundle", help="bundle folder (a run's `bundle_path` artifact)")
+    g.add_argument("--run", default=None, help="run id whose bundle to use (default: latest)")
+    p.add_argument("--flow", default="DemoFlow")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("bench", help="run benchmarks/*_bench.py (from a source checkout)")
+    p.add_argument("names", nargs="*", help="e.g. tfrecord scoring etl synth quality")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"pythia {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

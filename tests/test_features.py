@@ -1,0 +1,86 @@
+"""Unit tests: the feature spec's invariants and its encoders (scalar and batch paths agree)."""
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from pythia import features as F
+from pythia.config import Geography
+
+
+def test_spec_invariants():
+    assert len(set(F.FEATURE_NAMES)) == len(F.FEATURE_NAMES)
+    assert set(F.CATEGORICAL_FEATURES) | set(F.NUMERIC_FEATURES) == set(F.FEATURE_NAMES)
+    assert all(f.kind in (F.CATEGORICAL, F.NUMERIC) for f in F.FEATURES)
+    assert F.MISSING_ID != F.OOV_ID and F.FIRST_VALUE_ID > max(F.MISSING_ID, F.OOV_ID)
+    assert len(F.spec_version()) == 12 and F.spec_version() == F.spec_version()
+
+
+def test_labels_and_buckets():
+    assert F.age_bucket_labels() == ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
+    ag = F.age_gender_labels()
+    assert len(ag) == 12 and ag[0] == "F_18-24" and ag[-1] == "M_65+"
+    np.testing.assert_array_equal(F.age_to_bucket([17, 18, 24, 25, 64, 65, 99]),
+                                  [-1, 0, 0, 1, 4, 5, 5])
+    g, a = F.split_age_gender(F.age_gender_index([0, 1], [5, 2], 6), 6)
+    assert list(g) == [0, 1] and list(a) == [5, 2]
+    with pytest.raises(ValueError, match="income"):
+        F.class_labels("income")
+
+
+def test_marginals_from_joint_sum_to_one():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(12), size=5)
+    m = F.marginals_from_joint(p, 6)
+    np.testing.assert_allclose(m["gender"].sum(1), 1)
+    np.testing.assert_allclose(m["age"].sum(1), 1)
+    np.testing.assert_allclose(m["gender"][:, 0], p[:, :6].sum(1))
+
+
+def test_time_features_scalar_and_array_agree():
+    ts = int(dt.datetime(2026, 11, 20, 23, 30, tzinfo=dt.timezone.utc).timestamp())  # a Friday
+    one = F.derive_time_features(ts, 60)  # UTC+1 -> Saturday 00:30
+    assert one["local_hour"] == 0 and one["local_dow"] == 5
+    arr = F.derive_time_features(np.array([ts, ts]), np.array([60, -300]))
+    assert list(arr["local_hour"]) == [0, 18] and list(arr["local_dow"]) == [5, 4]
+    np.testing.assert_allclose(arr["hour_sin"][0], one["hour_sin"])
+
+
+def test_derive_batch_regions_and_strings():
+    out = F.derive_batch({"country": np.array(["US", "ZZ"], dtype=object),
+                          "ts": np.array([0, 0])}, Geography())
+    assert list(out["region"]) == ["NA", "OTHER"]
+    assert list(out["local_hour"]) == ["19", "0"]
+
+
+def test_vocabulary_reserved_ids_and_min_count():
+    v = F.Vocabulary.fit({"a": 10, "b": 3, "c": 1, "": 50, None: 7}, min_count=2, max_vocab=10)
+    assert v.values == ["a", "b"] and v.size == 4
+    assert v.encode_one("a") == 2 and v.encode_one("c") == F.OOV_ID
+    assert v.encode_one(None) == F.MISSING_ID and v.encode_one("") == F.MISSING_ID
+    assert list(v.encode(["a", "b", "c", None, "", float("nan")])) == [2, 3, 1, 0, 0, 0]
+    assert list(v.encode([5])) == [F.OOV_ID]
+    assert F.Vocabulary.fit({"a": 5, "b": 5, "c": 9}, 1, 2).values == ["c", "a"]
+
+
+def test_numeric_stats_handle_missing_and_inf():
+    s = F.NumericStats(mean=2.0, std=4.0)
+    np.testing.assert_allclose(s.normalize([6.0, np.nan, np.inf, 2.0]), [1.0, 0.0, 0.0, 0.0])
+    assert F.NumericStats(1.0, 0.0).normalize([3.0])[0] == 2.0
+
+
+def test_encoders_round_trip_json_and_reject_other_spec():
+    enc = F.Encoders(
+        vocabularies={f: F.Vocabulary(["x"]) for f in F.CATEGORICAL_FEATURES},
+        numeric={f: F.NumericStats(0.0, 1.0) for f in F.NUMERIC_FEATURES})
+    back = F.Encoders.from_json(enc.to_json())
+    cols = {f: np.array(["x", "y"], dtype=object) for f in F.CATEGORICAL_FEATURES}
+    cols.update({f: np.array([0.5, np.nan]) for f in F.NUMERIC_FEATURES})
+    a, b = enc.encode_batch(cols), back.encode_batch(cols)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert list(a["country"]) == [2, 1]
+    doc = enc.to_json()
+    doc["spec_version"] = "deadbeef0000"
+    with pytest.raises(ValueError, match="deadbeef0000"):
+        F.Encoders.from_json(doc)
