@@ -140,7 +140,7 @@ class DemoFlow(FlowSpec):
         paths = pipeline.run_paths(self.params, current.flow_name, current.run_id)
         self.tf_manifest, self.encoders = pipeline.to_tfrecords(
             self.split_manifest, self.params, paths)
-        self.train_grid = pipeline.train_grid(self.params, self.split_manifest)
+        self.train_grid = pipeline.train_grid(self.params, self.tf_manifest)
         self.next(self.train, foreach="train_grid")
 
     @resources(cpu=2, memory=8000)
