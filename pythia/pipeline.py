@@ -337,8 +337,7 @@ def evaluate(candidates: list[dict], split_manifest: dict, source_path: str,
     from pythia.evaluate import evaluate_run
     frames = {name: read_table(split_manifest["splits"][name]["path"]) for name in EVAL_SPLITS}
     world = None
-    if storage.exists(join(source_path, "truth", "_SUCCESS")) or storage.exists(
-            join(source_path, "_SUCCESS")) and storage.exists(join(source_path, "truth")):
+    if storage.exists(join(source_path, "truth")):  # synthetic worlds carry their truth
         from pythia.synth import load_world
         world = load_world(source_path)
     previous, previous_id = previous_champion_scorer(flow_name, paths.run_id)
