@@ -1,0 +1,257 @@
+"""The one model interface: fit / predict_proba / save / load, with calibration and priors.
+
+Subclasses only learn and emit *raw* posteriors under the training priors (``_fit``,
+``_predict_raw``) and persist their weights (``_save_weights`` / ``_load_weights``). This base
+class owns what must be identical for every model: input checks, per-head temperature scaling
+fitted on validation, the move to natural priors, and the saved folder layout
+(``meta.json`` + ``encoders.json`` + the model's own files).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from pythia import features, storage
+from pythia.config import TrainConfig
+from pythia.features import Encoders
+from pythia.models import priors as pr
+
+META_FILE = "meta.json"
+ENCODERS_FILE = "encoders.json"
+# The age head options: CORN (ordinal, rank-consistent) or a plain softmax.
+AGE_HEADS = ("corn", "softmax")
+_AGE_HEAD_ALIASES = {"ordinal": "corn", "corn": "corn", "softmax": "softmax"}
+
+
+def normalize_age_head(name: str) -> str:
+    """'ordinal' and 'corn' both mean the CORN head; 'softmax' the plain one."""
+    try:
+        return _AGE_HEAD_ALIASES[str(name).lower()]
+    except KeyError:
+        raise ValueError(f"age_head must be one of {sorted(_AGE_HEAD_ALIASES)}, got {name!r}"
+                         ) from None
+
+
+def labels_of(data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{'gender': y_gender, 'age': y_age, 'age_gender': y_age_gender}`` from a numpy split."""
+    missing = [c for c in features.LABEL_COLUMNS.values() if c not in data]
+    if missing:
+        raise KeyError(f"label column(s) {missing} missing from the data (keys: {sorted(data)})")
+    return {t: np.asarray(data[c], dtype=np.int64) for t, c in features.LABEL_COLUMNS.items()}
+
+
+def train_config_to_json(cfg: TrainConfig) -> dict:
+    doc = dataclasses.asdict(cfg)
+    doc["hparams"] = dict(cfg.hparams)
+    return doc
+
+
+class Model:
+    """Base class of every registered model (see the module docstring for the split of work)."""
+
+    name: str = "base"
+    # True when the model scores AgeGender only and derives gender/age as its marginals
+    # (consistent by construction); False when every target has its own head.
+    joint_only: bool = False
+
+    def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
+                 train_cfg: TrainConfig = TrainConfig()) -> None:
+        self.encoders = encoders
+        self.train_cfg = train_cfg
+        defaults = self.default_hparams()
+        given = {**dict(train_cfg.hparams), **dict(hparams or {})}
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown hparam(s) {unknown} for model {self.name!r}; "
+                             f"known: {sorted(defaults)}")
+        self.hparams: dict[str, Any] = {**defaults, **given}
+        self.n_age = len(encoders.age_edges)
+        self.n_classes = {t: len(features.class_labels(t, encoders.age_edges))
+                          for t in features.TARGETS}
+        self.priors: dict | None = None
+        self.prior_ratio: dict[str, np.ndarray] = {}
+        self.temperature: dict[str, float] = {t: 1.0 for t in self.heads}
+
+    # ------------------------------------------------------------ to implement per model
+    @classmethod
+    def default_hparams(cls) -> dict[str, Any]:
+        """Model-specific knobs and their defaults (the search space's config 0)."""
+        return {}
+
+    def _fit(self, train: Any, valid: Any) -> dict:
+        """Learn from ``train``; early-stop on ``valid``. Returns {'epochs': int, ...}."""
+        raise NotImplementedError
+
+    def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Posteriors under the training priors for each of ``self.heads``."""
+        raise NotImplementedError
+
+    def _save_weights(self, folder: str) -> dict:
+        """Write the model's own files into ``folder``; returns extra JSON-able meta."""
+        raise NotImplementedError
+
+    def _load_weights(self, folder: str, meta: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ shared behaviour
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return ("age_gender",) if self.joint_only else features.TARGETS
+
+    def check_features(self, X: Mapping[str, np.ndarray]) -> int:
+        """Check every feature is present, of one length and (ids) inside its table; returns n."""
+        missing = [f for f in features.FEATURE_NAMES if f not in X]
+        if missing:
+            raise KeyError(f"feature(s) {missing} missing from the input (keys: {sorted(X)})")
+        lengths = {f: len(X[f]) for f in features.FEATURE_NAMES}
+        n = lengths[features.FEATURE_NAMES[0]]
+        bad = {f: m for f, m in lengths.items() if m != n}
+        if bad:
+            raise ValueError(f"features have different lengths: {bad} vs {n}")
+        for f in features.CATEGORICAL_FEATURES:
+            ids = np.asarray(X[f])
+            size = self.encoders.vocabularies[f].size
+            if ids.size and (ids.min() < 0 or ids.max() >= size):
+                raise ValueError(f"feature {f!r} has ids outside [0, {size}): "
+                                 f"[{ids.min()}, {ids.max()}]; were the encoders the same?")
+        return n
+
+    def _raw_and_labels(self, valid: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Raw posteriors and labels of the validation data (numpy dict by default)."""
+        self.check_features(valid)
+        return self._predict_raw(valid), labels_of(valid)
+
+    def _calibrated(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {t: pr.apply_temperature(raw[t], self.temperature[t]) for t in self.heads}
+
+    def _expand(self, per_head: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.joint_only:
+            return features.marginals_from_joint(per_head["age_gender"], self.n_age)
+        return per_head
+
+    def fit(self, train: Any, valid: Any, priors: Mapping) -> dict:
+        """Fit, early-stop on ``valid``, then fit the per-head temperature on ``valid``.
+
+        Args:
+            train, valid: numpy dicts (features + ``y_*`` labels); the MLP also takes the
+                ``(features, labels)`` tf.data.Dataset of ``pythia.tfrecords.make_dataset``.
+            priors: ``{'train': {target: [...]}, 'natural': {target: [...]}}``.
+
+        Returns:
+            Summary: epochs, best_val_loss, seconds, temperature, val_logloss per target (the
+            calibrated posteriors under the training priors, which validation shares).
+        """
+        self.priors = pr.check_priors(priors, self.n_classes)
+        self.prior_ratio = {t: pr.prior_ratio(self.priors["train"][t], self.priors["natural"][t])
+                            for t in features.TARGETS}
+        if isinstance(train, Mapping):
+            self.check_features(train)
+            labels_of(train)
+        t0 = time.perf_counter()
+        summary = dict(self._fit(train, valid))
+        raw, y = self._raw_and_labels(valid)
+        for t in self.heads:
+            self.temperature[t] = pr.fit_temperature(raw[t], y[t])
+        calibrated = self._expand(self._calibrated(raw))
+        summary["val_logloss"] = {t: (pr.mean_log_loss(calibrated[t], y[t]) if len(y[t])
+                                      else float("nan")) for t in features.TARGETS}
+        summary["temperature"] = dict(self.temperature)
+        summary["seconds"] = time.perf_counter() - t0
+        summary["n_valid"] = int(len(y["age_gender"]))
+        return summary
+
+    def predict_proba(self, X: Mapping[str, np.ndarray], groups: np.ndarray | None = None
+                      ) -> dict[str, np.ndarray]:
+        """Posteriors under the natural priors for every target; rows sum to 1.
+
+        Args:
+            X: feature dict (``FEATURES`` names; extra keys are ignored).
+            groups: optional (n,) group per row (e.g. region) for ``prior_correction='em'``.
+
+        Returns:
+            {'gender': (n, 2), 'age': (n, n_age), 'age_gender': (n, 2*n_age)}.
+        """
+        if self.priors is None:
+            raise RuntimeError(f"model {self.name!r} is not fitted")
+        n = self.check_features(X)
+        if n == 0:
+            return {t: np.zeros((0, k)) for t, k in self.n_classes.items()}
+        calibrated = self._calibrated(self._predict_raw(X))
+        method = self.train_cfg.prior_correction
+        corrected = {t: pr.correct_priors(calibrated[t], method, self.priors["train"][t],
+                                          self.priors["natural"][t], groups)
+                     for t in self.heads}
+        out = self._expand(corrected)
+        for t, p in out.items():
+            if not np.all(np.isfinite(p)):
+                raise FloatingPointError(f"model {self.name!r} produced non-finite {t} "
+                                         f"probabilities")
+        return out
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str) -> None:
+        """Write the model folder (local or s3://) atomically: meta, encoders, weights."""
+        if self.priors is None:
+            raise RuntimeError(f"model {self.name!r} is not fitted; nothing to save")
+        with storage.staged_dir(path) as folder:
+            extra = self._save_weights(folder)
+            meta = {
+                "kind": self.name,
+                "spec_version": features.spec_version(),
+                "hparams": self.hparams,
+                "train_cfg": train_config_to_json(self.train_cfg),
+                "priors": self.priors,
+                "prior_ratio": {t: r.tolist() for t, r in self.prior_ratio.items()},
+                "temperature": self.temperature,
+                "age_edges": list(self.encoders.age_edges),
+                "extra": extra,
+            }
+            with open(os.path.join(folder, META_FILE), "w", encoding="utf8") as f:
+                json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
+            with open(os.path.join(folder, ENCODERS_FILE), "w", encoding="utf8") as f:
+                json.dump(self.encoders.to_json(), f)
+
+    @classmethod
+    def load(cls, path: str) -> "Model":
+        """Rebuild a saved model from its folder (the saved config wins over today's defaults)."""
+        with storage.local_copy(path) as folder:
+            meta = read_meta(folder)
+            if meta.get("kind") != cls.name:
+                raise ValueError(f"{path} holds a {meta.get('kind')!r} model, not {cls.name!r}")
+            if meta.get("spec_version") != features.spec_version():
+                raise ValueError(f"{path} was saved for feature spec {meta.get('spec_version')}, "
+                                 f"this code has {features.spec_version()}")
+            with open(os.path.join(folder, ENCODERS_FILE), encoding="utf8") as f:
+                encoders = Encoders.from_json(json.load(f))
+            cfg = TrainConfig(**meta["train_cfg"])
+            model = cls(encoders, meta["hparams"], dataclasses.replace(cfg, hparams={}))
+            model.train_cfg = cfg
+            model.priors = meta["priors"]
+            model.prior_ratio = {t: np.asarray(r) for t, r in meta["prior_ratio"].items()}
+            model.temperature = {t: float(v) for t, v in meta["temperature"].items()}
+            model._load_weights(folder, meta.get("extra", {}))
+        return model
+
+
+def read_meta(folder: str) -> dict:
+    """The ``meta.json`` of a model folder, with a clear error when it is not one."""
+    path = os.path.join(folder, META_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{folder} is not a saved pythia model (no {META_FILE})")
+    with open(path, encoding="utf8") as f:
+        return json.load(f)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot store {type(obj)} in model meta")

@@ -1,0 +1,140 @@
+"""Gradient-boosting baseline: one 12-class AgeGender ``HistGradientBoostingClassifier``.
+
+Gender and age are the marginals of the AgeGender posterior, so the three targets are
+consistent by construction. Categorical ids use HGB's native categorical splits; HGB allows at
+most 255 categories per feature, so for this model ONLY each categorical keeps its 253 most
+frequent training ids (codes 2..254) and every other id is folded into the OOV id (1); the
+missing id stays 0. Early stopping uses our own validation day (``fit(..., X_val, y_val)``,
+scikit-learn >= 1.7) rather than HGB's random internal split, which would leak same-day rows.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import joblib
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from pythia import features
+from pythia.config import TrainConfig
+from pythia.features import Encoders
+from pythia.models.base import Model, labels_of
+
+MODEL_FILE = "hgb.joblib"
+MAX_CATEGORIES = 255  # HGB's limit (max_bins); ids 0 and 1 are reserved
+KEPT_VALUE_IDS = MAX_CATEGORIES - features.FIRST_VALUE_ID  # 253 most frequent values
+
+
+def fit_category_maps(train: Mapping[str, np.ndarray], encoders: Encoders
+                      ) -> dict[str, np.ndarray]:
+    """Per categorical feature a lookup ``id -> code`` keeping the 253 most frequent value ids.
+
+    Ties in frequency are broken by the smaller id (the vocabulary's own frequency order).
+    """
+    maps = {}
+    for name in features.CATEGORICAL_FEATURES:
+        size = encoders.vocabularies[name].size
+        counts = np.bincount(np.asarray(train[name], dtype=np.int64), minlength=size)
+        counts[: features.FIRST_VALUE_ID] = 0
+        order = np.argsort(-counts, kind="stable")
+        kept = order[: KEPT_VALUE_IDS][counts[order[: KEPT_VALUE_IDS]] > 0]
+        table = np.full(size, features.OOV_ID, dtype=np.int64)
+        table[features.MISSING_ID] = features.MISSING_ID
+        table[np.sort(kept)] = np.arange(features.FIRST_VALUE_ID,
+                                         features.FIRST_VALUE_ID + len(kept))
+        maps[name] = table
+    return maps
+
+
+def to_matrix(X: Mapping[str, np.ndarray], category_maps: Mapping[str, np.ndarray]
+              ) -> np.ndarray:
+    """(n, n_features) float matrix in ``FEATURES`` order, categoricals as compact codes."""
+    cols = []
+    for f in features.FEATURES:
+        if f.kind == features.CATEGORICAL:
+            cols.append(category_maps[f.name][np.asarray(X[f.name], dtype=np.int64)])
+        else:
+            cols.append(np.asarray(X[f.name], dtype=np.float64))
+    return np.column_stack(cols).astype(np.float64)
+
+
+def expand_classes(p: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities over the classes a classifier saw -> all ``n_classes`` columns (0 elsewhere)."""
+    out = np.zeros((len(p), n_classes))
+    out[:, np.asarray(classes, dtype=np.int64)] = p
+    return out
+
+
+def known_class_rows(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Mask of validation rows whose class occurs in training (early stopping can score only those)."""
+    return np.isin(np.asarray(y), np.asarray(classes))
+
+
+class GBDTModel(Model):
+    """scikit-learn HistGradientBoosting baseline on AgeGender (see the module docstring)."""
+
+    name = "gbdt"
+    joint_only = True
+
+    @classmethod
+    def default_hparams(cls) -> dict[str, Any]:
+        return {
+            "learning_rate": 0.1,
+            "max_iter": 200,  # boosting rounds cap; early stopping picks fewer
+            "max_leaf_nodes": 31,
+            "min_samples_leaf": 20,
+            "l2_regularization": 0.0,
+            "n_iter_no_change": 10,  # rounds without validation-loss improvement
+        }
+
+    def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
+                 train_cfg: TrainConfig = TrainConfig()) -> None:
+        super().__init__(encoders, hparams, train_cfg)
+        self.clf: HistGradientBoostingClassifier | None = None
+        self.category_maps: dict[str, np.ndarray] = {}
+
+    def _fit(self, train: Any, valid: Any) -> dict:
+        if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
+            raise TypeError("the gbdt model trains on numpy dicts (pythia.tfrecords.load_numpy)")
+        self.category_maps = fit_category_maps(train, self.encoders)
+        y = labels_of(train)["age_gender"]
+        yv = labels_of(valid)["age_gender"]
+        keep = known_class_rows(yv, np.unique(y))
+        h = self.hparams
+        cat_mask = [f.kind == features.CATEGORICAL for f in features.FEATURES]
+        self.clf = HistGradientBoostingClassifier(
+            learning_rate=h["learning_rate"], max_iter=int(h["max_iter"]),
+            max_leaf_nodes=int(h["max_leaf_nodes"]), min_samples_leaf=int(h["min_samples_leaf"]),
+            l2_regularization=h["l2_regularization"], categorical_features=cat_mask,
+            max_bins=MAX_CATEGORIES, early_stopping=bool(keep.any()), scoring="loss",
+            n_iter_no_change=int(h["n_iter_no_change"]), random_state=self.train_cfg.seed)
+        Xt = to_matrix(train, self.category_maps)
+        if keep.any():
+            self.clf.fit(Xt, y, X_val=to_matrix({k: np.asarray(v)[keep] for k, v in valid.items()
+                                                 if k in features.FEATURE_NAMES},
+                                                self.category_maps), y_val=yv[keep])
+        else:
+            self.clf.fit(Xt, y)
+        val_loss = getattr(self.clf, "validation_score_", np.array([np.nan]))
+        return {"epochs": int(self.clf.n_iter_),
+                "best_val_loss": float(-np.max(val_loss)) if len(val_loss) else float("nan"),
+                "n_valid_unknown_class": int((~keep).sum())}
+
+    def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.clf is None:
+            raise RuntimeError("gbdt is not fitted")
+        p = self.clf.predict_proba(to_matrix(X, self.category_maps))
+        return {"age_gender": expand_classes(p, self.clf.classes_, self.n_classes["age_gender"])}
+
+    def _save_weights(self, folder: str) -> dict:
+        if self.clf is None:
+            raise RuntimeError("gbdt is not fitted")
+        joblib.dump({"clf": self.clf, "category_maps": self.category_maps},
+                    os.path.join(folder, MODEL_FILE))
+        return {"model_file": MODEL_FILE, "classes": self.clf.classes_.tolist()}
+
+    def _load_weights(self, folder: str, meta: Mapping[str, Any]) -> None:
+        state = joblib.load(os.path.join(folder, MODEL_FILE))
+        self.clf = state["clf"]
+        self.category_maps = state["category_maps"]

@@ -1,0 +1,125 @@
+"""TabNet (pytorch-tabnet 4.1) on AgeGender, with gender and age as its marginals.
+
+One ``TabNetClassifier`` on the 12-class AgeGender target rather than
+``TabNetMultiTaskClassifier``: the joint carries all the information, its marginals make the
+three targets consistent (a multi-task net can say "F" and put most AgeGender mass on "M_*"),
+and one head trains faster on 2 CPU cores. Categorical ids are embedded (``cat_idxs`` /
+``cat_dims`` from the vocabulary sizes); the reserved missing/OOV ids keep unseen values
+inside each table, so TabNet's embedding lookup never goes out of range.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from pytorch_tabnet.tab_model import TabNetClassifier
+
+from pythia import features
+from pythia.config import TrainConfig
+from pythia.features import Encoders
+from pythia.models.base import Model, labels_of
+from pythia.models.gbdt import expand_classes, known_class_rows
+
+MODEL_STEM = "tabnet"  # pytorch-tabnet writes <stem>.zip (model_params.json + network.pt)
+
+
+def to_matrix(X: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(n, n_features) float32 matrix in ``FEATURES`` order (ids as exact small floats)."""
+    return np.column_stack([np.asarray(X[f], dtype=np.float32)
+                            for f in features.FEATURE_NAMES]).astype(np.float32)
+
+
+def set_torch_threads(n: int) -> None:
+    """Cap torch's intra-op threads (the machines running steps are small and shared)."""
+    torch.set_num_threads(max(1, min(int(n), os.cpu_count() or 1)))
+
+
+class TabNetModel(Model):
+    """pytorch-tabnet classifier on AgeGender (see the module docstring)."""
+
+    name = "tabnet"
+    joint_only = True
+
+    @classmethod
+    def default_hparams(cls) -> dict[str, Any]:
+        return {
+            "n_d": 16, "n_a": 16,  # decision / attention widths
+            "n_steps": 3,
+            "gamma": 1.3,  # feature re-use relaxation
+            "lambda_sparse": 1e-4,
+            "learning_rate": 2e-2,
+            "cat_emb_max_dim": 8,
+            "batch_size": 4096,  # TabNet likes large batches; ghost BN on virtual batches
+            "virtual_batch_size": 512,
+            "num_threads": 2,
+        }
+
+    def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
+                 train_cfg: TrainConfig = TrainConfig()) -> None:
+        super().__init__(encoders, hparams, train_cfg)
+        self.clf: TabNetClassifier | None = None
+        self.classes: np.ndarray = np.arange(self.n_classes["age_gender"])
+
+    def _new_classifier(self) -> TabNetClassifier:
+        h = self.hparams
+        cat_idxs = [i for i, f in enumerate(features.FEATURES) if f.kind == features.CATEGORICAL]
+        cat_dims = [self.encoders.vocabularies[f].size for f in features.CATEGORICAL_FEATURES]
+        cat_emb = [int(max(1, min(h["cat_emb_max_dim"], round(1.6 * d ** 0.56))))
+                   for d in cat_dims]
+        return TabNetClassifier(
+            n_d=int(h["n_d"]), n_a=int(h["n_a"]), n_steps=int(h["n_steps"]), gamma=h["gamma"],
+            lambda_sparse=h["lambda_sparse"], cat_idxs=cat_idxs, cat_dims=cat_dims,
+            cat_emb_dim=cat_emb, optimizer_fn=torch.optim.Adam,
+            optimizer_params={"lr": float(h["learning_rate"])}, seed=self.train_cfg.seed,
+            device_name="cpu", verbose=0)
+
+    def _fit(self, train: Any, valid: Any) -> dict:
+        if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
+            raise TypeError("the tabnet model trains on numpy dicts (pythia.tfrecords.load_numpy)")
+        set_torch_threads(self.hparams["num_threads"])
+        torch.manual_seed(self.train_cfg.seed)
+        y = labels_of(train)["age_gender"]
+        yv = labels_of(valid)["age_gender"]
+        # pytorch-tabnet refuses validation labels it never saw in training; those rows
+        # cannot steer early stopping, so they are left out of eval_set and counted.
+        keep = known_class_rows(yv, np.unique(y))
+        Xv = to_matrix(valid)[keep]
+        self.clf = self._new_classifier()
+        h = self.hparams
+        self.clf.fit(
+            to_matrix(train), y, eval_set=[(Xv, yv[keep])] if keep.any() else None,
+            eval_name=["valid"] if keep.any() else None, eval_metric=["logloss"],
+            max_epochs=self.train_cfg.max_epochs, patience=self.train_cfg.patience,
+            batch_size=int(h["batch_size"]), virtual_batch_size=int(h["virtual_batch_size"]),
+            num_workers=0, drop_last=False, pin_memory=False, compute_importance=False)
+        self.classes = np.asarray(self.clf.classes_, dtype=np.int64)
+        hist = self.clf.history.history
+        val = [float(v) for v in hist.get("valid_logloss", [])]
+        return {"epochs": len(hist.get("loss", [])),
+                "best_val_loss": min(val) if val else float("nan"),
+                "best_epoch": int(self.clf.best_epoch) + 1 if val else None,
+                "n_valid_unknown_class": int((~keep).sum())}
+
+    def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.clf is None:
+            raise RuntimeError("tabnet is not fitted")
+        set_torch_threads(self.hparams["num_threads"])
+        p = self.clf.predict_proba(to_matrix(X))
+        return {"age_gender": expand_classes(p, self.classes, self.n_classes["age_gender"])}
+
+    def _save_weights(self, folder: str) -> dict:
+        if self.clf is None:
+            raise RuntimeError("tabnet is not fitted")
+        self.clf.save_model(os.path.join(folder, MODEL_STEM))
+        return {"model_file": MODEL_STEM + ".zip", "classes": self.classes.tolist()}
+
+    def _load_weights(self, folder: str, meta: Mapping[str, Any]) -> None:
+        path = os.path.join(folder, meta.get("model_file", MODEL_STEM + ".zip"))
+        if not zipfile.is_zipfile(path):
+            raise FileNotFoundError(f"no TabNet archive at {path}")
+        self.clf = TabNetClassifier(device_name="cpu")
+        self.clf.load_model(path)
+        self.classes = np.asarray(meta["classes"], dtype=np.int64)
