@@ -1,0 +1,235 @@
+"""The scorer's input boundary: turn any request dict into encoded model inputs, never raising.
+
+Raw request values are cleaned here (types, sizes, encodings, timestamps) and then encoded with
+the training encoders of ``pythia.features`` (``Vocabulary.encode_one`` / ``encode``,
+``NumericStats.normalize``, ``derive_time_features``); no feature is re-implemented here.
+
+Defined behaviour for bad input (never an exception, never a NaN):
+
+* missing key, ``None``, ``""``, a dict / list / other object, a NaN or infinite number
+  -> the feature is *missing* (id ``MISSING_ID``);
+* a number where a string is expected -> ``str(number)`` (``True`` -> ``"True"``);
+* ``bytes`` -> decoded as UTF-8; bytes that fail to decode -> *out of vocabulary* (``OOV_ID``);
+* a string longer than ``MAX_VALUE_CHARS`` (or an int too long to print) -> out of vocabulary;
+* an unknown value (including an unknown country) -> out of vocabulary (the vocabulary's rule);
+  an unknown country is also routed to the global model and uses UTC for local time;
+* ``ts``: epoch seconds (int / float / numeric string) or an ISO-8601 string (naive = UTC);
+  a missing or unusable ``ts`` (unparseable, NaN, outside 1970..9999) -> the current time,
+  because a bid is scored when it happens;
+* a request that is not a dict at all -> every field missing;
+* the derived features (``local_hour``, ``hour_sin`` …) are always derived from ``ts`` and the
+  country; values for them in the request are ignored.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pythia import features
+from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
+from pythia.features import CATEGORICAL, FEATURES, OOV_ID, Encoders
+
+# Longer strings are never real category values; rejecting them early also bounds the work an
+# adversarial request can cause (hashing / decoding megabytes).
+MAX_VALUE_CHARS = 512
+MAX_TS_CHARS = 64
+# Valid epoch seconds: 1970-01-01 .. 9999-12-31 (what datetime can represent).
+MAX_TS_SECONDS = 253_402_300_799
+
+
+class _OutOfVocabulary:
+    """Marker for a value that must encode to OOV_ID without being looked up."""
+
+    def __repr__(self) -> str:
+        return "<OOV>"
+
+
+OOV = _OutOfVocabulary()
+
+
+def clean_category(value: Any) -> str | None | _OutOfVocabulary:
+    """One raw categorical value -> a string to look up, ``None`` (missing) or ``OOV``."""
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= MAX_VALUE_CHARS else OOV
+    if value is None:
+        return None
+    if kind is bool:
+        return str(value)
+    if isinstance(value, str):  # str subclasses, np.str_
+        return str(value) if len(value) <= MAX_VALUE_CHARS else OOV
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        if len(raw) > 4 * MAX_VALUE_CHARS:
+            return OOV
+        try:
+            return clean_category(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return OOV
+    if isinstance(value, (int, np.integer)):
+        try:
+            text = str(int(value))
+        except ValueError:  # more digits than Python will print
+            return OOV
+        return text if len(text) <= MAX_VALUE_CHARS else OOV
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        return str(number) if math.isfinite(number) else None
+    return None
+
+
+def clean_ts(value: Any) -> int | None:
+    """Epoch seconds (floored) from an int/float/numeric string/ISO-8601 string, else ``None``."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > MAX_TS_CHARS:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            try:
+                stamp = dt.datetime.fromisoformat(text)
+                if stamp.tzinfo is None:
+                    stamp = stamp.replace(tzinfo=dt.timezone.utc)
+                value = stamp.timestamp()
+            except (ValueError, OverflowError, OSError):
+                return None
+    if isinstance(value, (int, np.integer)):
+        seconds = int(value)
+    elif isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            return None
+        seconds = math.floor(value)
+    else:
+        return None
+    return seconds if 0 <= seconds <= MAX_TS_SECONDS else None
+
+
+class RequestEncoder:
+    """Cleans and encodes requests with a bundle's encoders; routes each to a model region.
+
+    Args:
+        encoders: the training encoders.
+        geo: country -> region map and UTC offsets.
+        model_regions: regions that have their own model; others go to ``GLOBAL_REGION``.
+    """
+
+    def __init__(self, encoders: Encoders, geo: Geography, model_regions: Sequence[str]) -> None:
+        self.encoders = encoders
+        self.geo = geo
+        self.model_regions = frozenset(model_regions)
+        # Countries outside the map belong to OTHER_REGION (Geography.region_of); it has a model
+        # only if the bundle trained one, else the global model scores them.
+        self._default_route = OTHER_REGION if OTHER_REGION in self.model_regions else GLOBAL_REGION
+        self._route = {c: (r if r in self.model_regions else GLOBAL_REGION)
+                       for c, r in geo.region_of_country.items()}
+        self._offset = dict(geo.utc_offset_minutes)
+        derived = features.derive_time_features(0, 0)
+        unknown = [f.name for f in FEATURES if f.source == "derived" and f.name not in derived]
+        if unknown:
+            raise ValueError(f"the scorer cannot derive feature(s) {unknown}: "
+                             f"derive_time_features gives only {sorted(derived)}")
+        missing = [f.name for f in FEATURES if f.kind == CATEGORICAL
+                   and f.name not in encoders.vocabularies]
+        missing += [f.name for f in FEATURES if f.kind != CATEGORICAL
+                    and f.name not in encoders.numeric]
+        if missing:
+            raise ValueError(f"encoders have no entry for feature(s) {missing}")
+        # (feature name, contract column or None when derived, encode_one) per categorical.
+        self._categorical = [(f.name, None if f.source == "derived" else f.source,
+                              encoders.vocabularies[f.name].encode_one)
+                             for f in FEATURES if f.kind == CATEGORICAL]
+        self._numeric = [(f.name, encoders.numeric[f.name]) for f in FEATURES
+                         if f.kind != CATEGORICAL]
+
+    # ------------------------------------------------------------------ one request
+    def encode_one(self, request: Any, now: float | None = None
+                   ) -> tuple[list[int], np.ndarray, str]:
+        """Encode one request.
+
+        Returns:
+            (categorical ids in ``FEATURES`` order, normalised numerics (n_numeric,) float32,
+            the routed model region).
+        """
+        if not isinstance(request, Mapping):
+            request = {}
+        country = clean_category(request.get("country"))
+        if type(country) is not str:
+            country = None
+        ts = clean_ts(request.get("ts"))
+        if ts is None:
+            ts = int(time.time() if now is None else now)
+        derived = features.derive_time_features(ts, self._offset.get(country, 0))
+        ids = []
+        for name, column, encode_one in self._categorical:
+            if column is None:
+                ids.append(encode_one(derived[name]))
+                continue
+            value = request.get(column)
+            if type(value) is not str or len(value) > MAX_VALUE_CHARS:
+                value = clean_category(value)
+                if value is OOV:
+                    ids.append(OOV_ID)
+                    continue
+            ids.append(encode_one(value))
+        numeric = np.array([stats.normalize(derived[name]) for name, stats in self._numeric],
+                           dtype=np.float32)
+        return ids, numeric, self._route.get(country, self._default_route)
+
+    # ------------------------------------------------------------------ a batch
+    def encode_many(self, requests: Sequence[Any], now: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Encode a batch column by column (vectorised where the encoders allow).
+
+        Returns:
+            (ids (n, n_categorical) int64, numerics (n, n_numeric) float32,
+            routed model region per request (n,) object array).
+        """
+        rows = [r if isinstance(r, Mapping) else {} for r in requests]
+        n = len(rows)
+        countries = []
+        for r in rows:
+            c = clean_category(r.get("country"))
+            countries.append(c if type(c) is str else None)
+        stamps = [clean_ts(r.get("ts")) for r in rows]
+        if any(s is None for s in stamps):
+            fallback = int(time.time() if now is None else now)
+            stamps = [fallback if s is None else s for s in stamps]
+        offset_of = self._offset.get
+        ts = np.array(stamps, dtype=np.int64)
+        offsets = np.fromiter((offset_of(c, 0) for c in countries), dtype=np.int64, count=n)
+        derived = features.derive_time_features(ts, offsets)
+        ids = np.empty((n, len(self._categorical)), dtype=np.int64)
+        for j, (name, column, encode_one) in enumerate(self._categorical):
+            if column is None:
+                # Derived categoricals take few distinct values: encode each distinct one once.
+                distinct, inverse = np.unique(np.asarray(derived[name]), return_inverse=True)
+                vocab = self.encoders.vocabularies[name]
+                ids[:, j] = vocab.encode(distinct.astype(str).tolist())[inverse.reshape(-1)]
+                continue
+            values = [r.get(column) for r in rows]
+            ids[:, j] = np.fromiter(
+                (encode_one(v) if type(v) is str and len(v) <= MAX_VALUE_CHARS
+                 else _encode_cleaned(encode_one, clean_category(v)) for v in values),
+                dtype=np.int64, count=n)
+        numeric = np.empty((n, len(self._numeric)), dtype=np.float32)
+        for j, (name, stats) in enumerate(self._numeric):
+            numeric[:, j] = stats.normalize(derived[name])
+        route, default = self._route.get, self._default_route
+        regions = np.array([route(c, default) for c in countries], dtype=object)
+        return ids, numeric, regions
+
+
+def _encode_cleaned(encode_one: Any, cleaned: Any) -> int:
+    return OOV_ID if cleaned is OOV else encode_one(cleaned)

@@ -1,0 +1,414 @@
+"""Tests of the bid-time scorer: export, fused NumPy runtime, boundary, CLI, parity."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pythia import features
+from pythia.config import GLOBAL_REGION, Geography
+from pythia.features import (CATEGORICAL_FEATURES, FEATURES, MISSING_ID, NUMERIC_FEATURES,
+                             OOV_ID, TARGETS, Encoders, NumericStats, Vocabulary)
+from pythia.scoring import Scorer, read_bundle_doc, run_score_cli, write_bundle
+from pythia.scoring.boundary import MAX_VALUE_CHARS, OOV, RequestEncoder, clean_category, clean_ts
+from pythia.scoring.runtime import FusedMLP, check_export, load_export_npz, save_export_npz
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TS = 1_700_000_000  # 2023-11-14T22:13:20Z, a Tuesday
+
+
+# ---------------------------------------------------------------------- fixtures
+
+def make_encoders() -> Encoders:
+    vocab = {f.name: Vocabulary([f"{f.name}_{i}" for i in range(3)])
+             for f in FEATURES if f.kind == features.CATEGORICAL}
+    vocab["country"] = Vocabulary(["US", "DE", "JP", "ZZ"])
+    vocab["inventory_type"] = Vocabulary(["site", "app"])
+    vocab["local_hour"] = Vocabulary([str(h) for h in range(24)])
+    vocab["local_dow"] = Vocabulary([str(d) for d in range(7)])
+    numeric = {name: NumericStats(mean=0.1, std=0.7) for name in NUMERIC_FEATURES}
+    return Encoders(vocabularies=vocab, numeric=numeric)
+
+
+def make_export(encoders: Encoders, seed: int = 0, age_link: str = "corn",
+                hidden: tuple[int, ...] = (8, 5), dim: int = 3) -> dict:
+    """A random export in the ``MLPModel.export_numpy()`` structure."""
+    rng = np.random.default_rng(seed)
+    emb = [(n, rng.normal(size=(encoders.vocabularies[n].size, dim)))
+           for n in CATEGORICAL_FEATURES]
+    width = dim * len(emb) + len(NUMERIC_FEATURES)
+    trunk = []
+    for h in hidden:
+        trunk.append((rng.normal(size=(width, h)) / math.sqrt(width), rng.normal(size=h), "relu"))
+        width = h
+    n_age = len(encoders.age_edges)
+    k = {"gender": 2, "age": n_age - 1 if age_link == "corn" else n_age,
+         "age_gender": 2 * n_age}
+    links = {"gender": "softmax", "age": age_link, "age_gender": "softmax"}
+    heads = {t: (rng.normal(size=(width, k[t])) * 2, rng.normal(size=k[t]), links[t])
+             for t in TARGETS}
+    n_classes = {t: len(features.class_labels(t, encoders.age_edges)) for t in TARGETS}
+    return {"kind": "mlp", "embeddings": emb, "numeric": list(NUMERIC_FEATURES), "trunk": trunk,
+            "heads": heads, "temperature": {"gender": 1.3, "age": 0.8, "age_gender": 1.1},
+            "prior_ratio": {t: rng.uniform(0.3, 2.0, size=n_classes[t]) for t in TARGETS}}
+
+
+def reference_predict(export: dict, ids: np.ndarray, numeric: np.ndarray) -> dict:
+    """The export's definition, computed the plain way (concat, layer by layer)."""
+    x = np.concatenate([t[ids[:, j]] for j, (_, t) in enumerate(export["embeddings"])]
+                       + [numeric.astype(np.float64)], axis=1)
+    for W, b, act in export["trunk"]:
+        x = x @ W + b
+        if act == "relu":
+            x = np.maximum(x, 0)
+    out = {}
+    for t, (W, b, link) in export["heads"].items():
+        z = (x @ W + b) / export["temperature"][t]
+        if link == "softmax":
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+        else:
+            s = np.cumprod(1 / (1 + np.exp(-z)), axis=1)
+            p = np.concatenate([1 - s[:, :1], s[:, :-1] - s[:, 1:], s[:, -1:]], axis=1)
+        p = p * export["prior_ratio"][t]
+        out[t] = p / p.sum(axis=1, keepdims=True)
+    return out
+
+
+GEO = Geography(region_of_country={"US": "NA", "CA": "NA", "DE": "EU", "JP": "APAC"},
+                utc_offset_minutes={"US": -300, "DE": 60, "JP": 540})
+
+
+@pytest.fixture(scope="module")
+def encoders() -> Encoders:
+    return make_encoders()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, encoders) -> str:
+    out = str(tmp_path_factory.mktemp("b") / "bundle")
+    models = {GLOBAL_REGION: {"kind": "mlp", "export": make_export(encoders, seed=1)},
+              "NA": {"kind": "mlp", "export": make_export(encoders, seed=2, age_link="softmax")}}
+    return write_bundle(models, encoders, GEO, "DemoFlow/7/end/21", out)
+
+
+@pytest.fixture(scope="module")
+def scorer(bundle) -> Scorer:
+    return Scorer.load(bundle)
+
+
+def request(**kw) -> dict:
+    base = {"impression_id": "i1", "country": "US", "ts": TS, "inventory_type": "app",
+            "site_or_app": "site_or_app_1", "device_type": "device_type_0", "os": "os_2"}
+    base.update(kw)
+    return base
+
+
+def assert_valid(out: dict, scorer: Scorer) -> None:
+    for t in TARGETS:
+        probs = np.array(list(out[t].values()))
+        assert list(out[t]) == list(scorer.labels[t])
+        assert np.all(np.isfinite(probs)) and np.all(probs >= 0), (t, probs)
+        assert abs(probs.sum() - 1) < 1e-6
+    assert out["region"] in scorer.models
+    assert out["model_version"] == scorer.version
+
+
+# ---------------------------------------------------------------------- runtime
+
+@pytest.mark.parametrize("age_link", ["corn", "softmax"])
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_fused_mlp_matches_reference(encoders, age_link, dtype, tol):
+    export = make_export(encoders, seed=3, age_link=age_link)
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.integers(0, encoders.vocabularies[n].size, 50)
+                    for n in CATEGORICAL_FEATURES], axis=1)
+    numeric = rng.normal(size=(50, len(NUMERIC_FEATURES))).astype(np.float32)
+    want = reference_predict(export, ids, numeric)
+    got = FusedMLP(export, encoders, dtype=dtype).predict(ids, numeric)
+    for t in TARGETS:
+        np.testing.assert_allclose(got[t], want[t], atol=tol, rtol=0)
+
+
+def test_unfused_fallback_matches_fused(encoders):
+    export = make_export(encoders, seed=4)
+    ids = np.array([[1] * len(CATEGORICAL_FEATURES), [0] * len(CATEGORICAL_FEATURES)])
+    numeric = np.ones((2, len(NUMERIC_FEATURES)), dtype=np.float32)
+    small = FusedMLP(export, encoders, dtype="float64", max_fused_bytes=0)
+    assert not small.premultiplied
+    got = small.predict(ids, numeric)
+    want = reference_predict(export, ids, numeric)
+    for t in TARGETS:
+        np.testing.assert_allclose(got[t], want[t], atol=1e-12)
+
+
+def test_no_trunk_and_extreme_logits_stay_finite(encoders):
+    export = make_export(encoders, seed=5, hidden=())
+    for t in TARGETS:
+        W, b, link = export["heads"][t]
+        export["heads"][t] = (W * 1e4, b, link)  # logits in the 1e4s: exp would overflow
+    ids = np.ones((3, len(CATEGORICAL_FEATURES)), dtype=np.int64)
+    numeric = np.full((3, len(NUMERIC_FEATURES)), 5.0, dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow is benign
+        got = FusedMLP(export, encoders).predict(ids, numeric)
+    for t in TARGETS:
+        assert np.all(np.isfinite(got[t])) and np.allclose(got[t].sum(axis=1), 1)
+
+
+def test_zero_prior_ratio_rules_a_class_out(encoders):
+    export = make_export(encoders, seed=6)
+    export["prior_ratio"]["gender"] = np.array([0.0, 1.0])
+    export["prior_ratio"]["age"] = np.array([0, 0, 0, 0, 0, 1.0])
+    got = FusedMLP(export, encoders).predict(np.ones((2, len(CATEGORICAL_FEATURES)), int),
+                                             np.zeros((2, len(NUMERIC_FEATURES))))
+    np.testing.assert_allclose(got["gender"], [[0, 1], [0, 1]])
+    np.testing.assert_allclose(got["age"][:, -1], 1)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda e: e.update(kind="tabnet"), "kind"),
+    (lambda e: e["embeddings"].reverse(), "categorical FEATURES"),
+    (lambda e: e.update(numeric=["hour_cos", "hour_sin"]), "numeric"),
+    (lambda e: e["embeddings"].__setitem__(0, ("country", np.zeros((2, 3)))), "rows"),
+    (lambda e: e["trunk"].__setitem__(0, (*e["trunk"][0][:2], "gelu")), "activation"),
+    (lambda e: e["heads"].__setitem__("age", (*e["heads"]["age"][:2], "softmax")), "age"),
+    (lambda e: e["heads"].pop("gender"), "gender"),
+    (lambda e: e["temperature"].__setitem__("age", 0.0), "temperature"),
+    (lambda e: e["prior_ratio"].__setitem__("gender", np.zeros(2)), "prior_ratio"),
+    (lambda e: e["trunk"][1][0].__setitem__((0, 0), np.nan), "NaN"),
+])
+def test_check_export_names_the_bad_entry(encoders, mutate, match):
+    export = make_export(encoders, seed=7)
+    mutate(export)
+    with pytest.raises(ValueError, match=match):
+        check_export(export, encoders)
+
+
+def test_npz_round_trip(tmp_path, encoders):
+    export = make_export(encoders, seed=8)
+    path = str(tmp_path / "w.npz")
+    save_export_npz(export, path)
+    back = load_export_npz(path)
+    ids = np.zeros((1, len(CATEGORICAL_FEATURES)), dtype=np.int64)
+    numeric = np.zeros((1, len(NUMERIC_FEATURES)), dtype=np.float32)
+    a, b = reference_predict(export, ids, numeric), reference_predict(back, ids, numeric)
+    assert back["temperature"] == export["temperature"]
+    for t in TARGETS:
+        np.testing.assert_array_equal(a[t], b[t])
+
+
+# ---------------------------------------------------------------------- boundary
+
+@pytest.mark.parametrize("value,want", [
+    ("abc", "abc"), ("", ""), (None, None), (7, "7"), (2.5, "2.5"), (True, "True"),
+    (float("nan"), None), (float("inf"), None), ({"a": 1}, None), ([1], None), (object(), None),
+    (b"abc", "abc"), (b"\xff\xfe", OOV), ("x" * (MAX_VALUE_CHARS + 1), OOV), (10 ** 5000, OOV),
+    (np.int64(3), "3"), (np.str_("q"), "q"),
+], ids=lambda v: type(v).__name__)
+def test_clean_category(value, want):
+    assert clean_category(value) == want if want is not OOV else clean_category(value) is OOV
+
+
+@pytest.mark.parametrize("value,want", [
+    (TS, TS), (TS + 0.9, TS), (str(TS), TS), ("2023-11-14T22:13:20Z", TS),
+    ("2023-11-14T22:13:20", TS), ("2023-11-14T23:13:20+01:00", TS), (b"1700000000", TS),
+    (None, None), (True, None), ("soon", None), (float("nan"), None), ("inf", None),
+    (-5, None), (10 ** 30, None), ({"ts": 1}, None), ("9" * 100, None), (b"\xff", None),
+], ids=lambda v: type(v).__name__)
+def test_clean_ts(value, want):
+    assert clean_ts(value) == want
+
+
+def test_encode_one_matches_features_module(encoders):
+    enc = RequestEncoder(encoders, GEO, ["global", "NA"])
+    ids, numeric, region = enc.encode_one(request())
+    derived = features.derive_batch({"country": np.array(["US"], dtype=object),
+                                     "ts": np.array([TS])}, GEO)
+    want = encoders.encode_batch({**{c: np.array([request().get(c)], dtype=object)
+                                     for c in features.RAW_INPUT_COLUMNS}, **derived})
+    assert ids == [int(want[n][0]) for n in CATEGORICAL_FEATURES]
+    np.testing.assert_array_equal(numeric, [want[n][0] for n in NUMERIC_FEATURES])
+    assert region == "NA"
+
+
+def test_encode_many_matches_encode_one(encoders):
+    enc = RequestEncoder(encoders, GEO, ["global", "NA"])
+    reqs = [request(), request(country="DE", ts="2024-02-29T03:00:00Z", os=b"\xff"),
+            request(country=None, ts=None, site_or_app=12), "not a dict", {}]
+    ids, numeric, regions = enc.encode_many(reqs, now=TS)
+    for i, r in enumerate(reqs):
+        one_ids, one_num, one_region = enc.encode_one(r, now=TS)
+        assert ids[i].tolist() == one_ids
+        np.testing.assert_array_equal(numeric[i], one_num)
+        assert regions[i] == one_region
+    assert regions.tolist() == ["NA", "global", "global", "global", "global"]
+    os_col = CATEGORICAL_FEATURES.index("os")
+    assert ids[1, os_col] == OOV_ID and ids[3, os_col] == MISSING_ID
+
+
+def test_encoder_rejects_encoders_missing_a_feature(encoders):
+    broken = Encoders(vocabularies={k: v for k, v in encoders.vocabularies.items()
+                                    if k != "browser"}, numeric=encoders.numeric)
+    with pytest.raises(ValueError, match="browser"):
+        RequestEncoder(broken, GEO, ["global"])
+
+
+# ---------------------------------------------------------------------- bundle + scorer
+
+def test_bundle_layout(bundle, encoders):
+    doc = read_bundle_doc(bundle)
+    assert sorted(os.listdir(bundle)) == ["bundle.json", "encoders.json", "weights-NA.npz",
+                                          "weights-global.npz"]
+    assert doc["version"] == "DemoFlow/7/end/21"
+    assert doc["spec_version"] == features.spec_version()
+    assert doc["routing"]["region_of_country"]["DE"] == "EU"
+    assert doc["utc_offset_minutes"]["JP"] == 540
+    assert doc["models"]["NA"] == {"kind": "mlp", "file": "weights-NA.npz", "source": None}
+    assert doc["class_labels"]["age"] == list(features.age_bucket_labels(encoders.age_edges))
+
+
+def test_write_bundle_rejects_bad_input(tmp_path, encoders):
+    export = make_export(encoders)
+    with pytest.raises(ValueError, match="global"):
+        write_bundle({"NA": {"kind": "mlp", "export": export}}, encoders, GEO, "v", str(tmp_path))
+    with pytest.raises(ValueError, match="MARS"):
+        write_bundle({"global": {"kind": "mlp", "export": export},
+                      "MARS": {"kind": "mlp", "export": export}}, encoders, GEO, "v",
+                     str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="xgboost"):
+        write_bundle({"global": {"kind": "xgboost", "model_dir": "."}}, encoders, GEO, "v",
+                     str(tmp_path / "y"))
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
+def test_load_rejects_other_spec_version(tmp_path, bundle):
+    import shutil
+    copy = str(tmp_path / "old")
+    shutil.copytree(bundle, copy)
+    doc = json.load(open(os.path.join(copy, "bundle.json")))
+    doc["spec_version"] = "000000000000"
+    json.dump(doc, open(os.path.join(copy, "bundle.json"), "w"))
+    with pytest.raises(ValueError, match="feature spec"):
+        Scorer.load(copy)
+    with pytest.raises(FileNotFoundError, match="not a scoring bundle"):
+        Scorer.load(str(tmp_path))
+
+
+def test_score_routes_and_matches_reference(scorer, encoders):
+    out = scorer.score(request())
+    assert_valid(out, scorer)
+    assert out["region"] == "NA"
+    assert scorer.score(request(country="DE"))["region"] == "global"  # EU has no champion
+    assert scorer.score(request(country="XX"))["region"] == "global"
+    ids, numeric, _ = scorer.encoder.encode_one(request())
+    export = make_export(encoders, seed=2, age_link="softmax")
+    want = reference_predict(export, np.array([ids]), numeric[None, :])
+    for t in TARGETS:
+        np.testing.assert_allclose(list(out[t].values()), want[t][0], atol=1e-5)
+
+
+def test_score_batch_equals_score(scorer):
+    reqs = [request(), request(country="JP", ts="2023-11-14T10:00:00Z"), request(country=5),
+            {}, None]
+    batch = scorer.score_batch(reqs, now=TS)
+    assert len(batch) == len(reqs)
+    for r, b in zip(reqs, batch):
+        single = scorer.score(r, now=TS)
+        assert b["region"] == single["region"]
+        for t in TARGETS:
+            np.testing.assert_allclose(list(b[t].values()), list(single[t].values()),
+                                       atol=1e-6)
+    arrays = scorer.score_arrays(reqs, now=TS)
+    assert arrays["age_gender"].shape == (len(reqs), 12)
+    assert scorer.score_arrays([])["gender"].shape == (0, 2)
+
+
+def test_missing_ts_uses_now(scorer):
+    a = scorer.score(request(ts=None), now=TS)
+    b = scorer.score(request(ts=TS))
+    assert a == b
+    night = scorer.score(request(ts=TS + 12 * 3600))
+    assert night["gender"] != b["gender"]  # the hour matters, so the fallback is meaningful
+
+
+_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids,
+                                                              max_size=3),
+    max_leaves=5)
+_KEYS = st.sampled_from(list(features.RAW_INPUT_COLUMNS) + ["impression_id", "hour_sin",
+                                                            "local_hour"]) | st.text(max_size=8)
+_REQUEST = st.dictionaries(_KEYS, _ANY | st.sampled_from(["US", "DE", "JP", "app", "ZZ"]),
+                           max_size=12) | _ANY
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(req=_REQUEST)
+def test_score_never_fails_on_random_requests(scorer, req):
+    assert_valid(scorer.score(req), scorer)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reqs=st.lists(_REQUEST, max_size=12))
+def test_score_batch_never_fails_on_random_requests(scorer, reqs):
+    out = scorer.score_batch(reqs, now=TS)
+    assert len(out) == len(reqs)
+    for o in out:
+        assert_valid(o, scorer)
+
+
+# ---------------------------------------------------------------------- CLI
+
+def test_cli_streams_and_reports_bad_lines(bundle, scorer):
+    lines = [json.dumps(request(impression_id="a")).encode(), b"{not json",
+             json.dumps([1, 2]).encode(), b"", b'{"impression_id": "b", "os": "\xff\xfe"}',
+             json.dumps(request(impression_id=None, ts="2023-11-14T22:13:20Z")).encode()]
+    stdin = io.BytesIO(b"\n".join(lines) + b"\n")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = run_score_cli(bundle, stdin, stdout, stderr=stderr, batch_size=2)
+    out = [json.loads(x) for x in stdout.getvalue().splitlines()]
+    assert code == 1 and len(out) == len(lines)
+    assert out[0]["impression_id"] == "a"
+    assert out[0]["gender"] == scorer.score(request(impression_id="a"))["gender"]
+    assert out[1]["line"] == 2 and "invalid JSON" in out[1]["error"]
+    assert out[2] == {"line": 3, "error": "not a JSON object (got list)"}
+    assert out[3] == {"line": 4, "error": "empty line"}
+    assert out[4]["impression_id"] == "b" and math.isclose(sum(out[4]["age"].values()), 1)
+    assert out[5]["impression_id"] is None and out[5]["region"] == "NA"
+    assert "6 lines, 3 scored, 3 errors" in stderr.getvalue()
+
+
+def test_cli_text_stream_all_good_and_missing_bundle(tmp_path, bundle):
+    stdout = io.StringIO()
+    code = run_score_cli(bundle, io.StringIO(json.dumps(request()) + "\n"), stdout,
+                         stderr=io.StringIO())
+    assert code == 0 and json.loads(stdout.getvalue())["impression_id"] == "i1"
+    stderr = io.StringIO()
+    assert run_score_cli(str(tmp_path / "nope"), io.StringIO(""), io.StringIO(),
+                         stderr=stderr) == 2
+    assert "cannot load bundle" in stderr.getvalue()
+
+
+# ---------------------------------------------------------------------- import hygiene
+
+def test_mlp_bundle_scores_with_numpy_only(bundle):
+    code = (
+        "import sys, json\n"
+        "from pythia.scoring import Scorer\n"
+        f"s = Scorer.load({bundle!r})\n"
+        "s.score({'country': 'US', 'ts': 1700000000})\n"
+        "s.score_batch([{'country': 'JP'}, {}])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'tensorflow', 'metaflow', 'torch', 'sklearn', 'pyarrow', 'pandas', 'keras'})\n"
+        "print(json.dumps(heavy))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, check=True)
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
