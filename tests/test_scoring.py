@@ -412,3 +412,77 @@ def test_mlp_bundle_scores_with_numpy_only(bundle):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, check=True)
     assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+
+
+# ---------------------------------------------------------------------- parity with pythia.models
+
+def _tiny_world(encoders: Encoders, n: int, seed: int) -> tuple[list[dict], dict]:
+    """Raw requests whose labels depend on a few fields, so a model has something to learn."""
+    rng = np.random.default_rng(seed)
+    n_age = len(encoders.age_edges)
+    reqs = []
+    for i in range(n):
+        r = {f.source: rng.choice(encoders.vocabularies[f.name].values + [""])
+             for f in FEATURES if f.kind == features.CATEGORICAL and f.source != "derived"}
+        r["country"] = str(rng.choice(["US", "DE", "JP", "ZZ"]))
+        r["ts"] = int(TS + rng.integers(0, 7 * 86400))
+        reqs.append(r)
+    gender = np.array([r["os"] == "os_1" for r in reqs], dtype=np.int64)
+    age = np.array([(sum(map(ord, r["site_or_app"])) + i) % n_age for i, r in enumerate(reqs)])
+    return reqs, {"y_gender": gender, "y_age": age,
+                  "y_age_gender": features.age_gender_index(gender, age, n_age)}
+
+
+def _fit_and_bundle(kind: str, tmp_path, hparams: dict) -> tuple:
+    pytest.importorskip("pythia.models")
+    from pythia.config import TrainConfig
+    from pythia.models import get_model, load_model
+    from pythia.models.priors import priors_from_labels
+    from pythia.scoring import export_bundle
+
+    encoders = make_encoders()
+    reqs, labels = _tiny_world(encoders, 400, seed=0)
+    enc = RequestEncoder(encoders, GEO, ["global"])
+    ids, numeric, _ = enc.encode_many(reqs)
+    X = {n: ids[:, j] for j, n in enumerate(CATEGORICAL_FEATURES)}
+    X.update({n: numeric[:, j] for j, n in enumerate(NUMERIC_FEATURES)})
+    data = {**X, **labels}
+    train = {k: v[:300] for k, v in data.items()}
+    valid = {k: v[300:] for k, v in data.items()}
+    n_classes = {t: len(features.class_labels(t, encoders.age_edges)) for t in TARGETS}
+    y = {t: labels[c][:300] for t, c in features.LABEL_COLUMNS.items()}
+    natural = priors_from_labels(y, n_classes)
+    skewed = {t: (np.asarray(p) + np.linspace(0, 1, len(p))).tolist() for t, p in natural.items()}
+    model = get_model(kind)(encoders, hparams, TrainConfig(max_epochs=2, batch_size=64,
+                                                           patience=1))
+    model.fit(train, valid, {"train": natural, "natural": skewed})
+    model_dir = str(tmp_path / kind)
+    model.save(model_dir)
+    bundle = export_bundle([{"region": "global", "model": kind, "model_dir": model_dir}],
+                           encoders, GEO, f"Test/{kind}", str(tmp_path / "bundle"))
+    return load_model(model_dir), Scorer.load(bundle), reqs, X
+
+
+def test_parity_with_trained_keras_mlp(tmp_path):
+    pytest.importorskip("tensorflow")
+    model, scorer, reqs, X = _fit_and_bundle(
+        "mlp", tmp_path, {"hidden_units": [16, 8], "dropout": 0.1, "age_head": "corn"})
+    assert sorted(os.listdir(tmp_path / "bundle")) == ["bundle.json", "encoders.json",
+                                                       "weights-global.npz"]
+    want = model.predict_proba(X)
+    got = scorer.score_arrays(reqs)
+    for t in TARGETS:
+        np.testing.assert_allclose(got[t], want[t], atol=1e-5, rtol=0)
+    one = scorer.score(reqs[0])
+    np.testing.assert_allclose(list(one["age"].values()), want["age"][0], atol=1e-5)
+
+
+def test_parity_with_gbdt_through_saved_model(tmp_path):
+    pytest.importorskip("sklearn")
+    model, scorer, reqs, X = _fit_and_bundle("gbdt", tmp_path, {"max_iter": 5})
+    assert read_bundle_doc(str(tmp_path / "bundle"))["models"]["global"]["kind"] == "gbdt"
+    want = model.predict_proba(X)
+    got = scorer.score_arrays(reqs)
+    for t in TARGETS:
+        np.testing.assert_allclose(got[t], want[t], atol=1e-9, rtol=0)
+    assert_valid(scorer.score({"country": [1], "ts": "garbage"}), scorer)
