@@ -1,0 +1,183 @@
+"""The hourly ETL: impression partitions -> validated, feature-derived, labelled rows per split.
+
+One call handles a group of hours of day over the 5 window dates as a single Spark job graph
+(one read, one validation, one feature pass, cached, then small writes and one count query).
+Features come from ``features.derive_batch`` inside ``mapInArrow``: the same Python code as
+the bid-time scorer, never a second implementation in SQL.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pythia import contract
+from pythia.config import Geography, Window
+from pythia.etl.io import read_parquet, write_parquet_atomic
+from pythia.features import derive_batch
+from pythia.paths import join
+
+WRITTEN = "written"
+UNLABELLED = "unlabelled"
+LABEL_COLUMNS = ("label_provider", "gender", "age_bucket", "y_gender", "y_age", "y_age_gender")
+DERIVED = (("local_hour", pa.string(), "string"), ("local_dow", pa.string(), "string"),
+           ("hour_sin", pa.float32(), "float"), ("hour_cos", pa.float32(), "float"),
+           ("region", pa.string(), "string"))
+
+
+def _hours_tag(hours: Sequence[int]) -> str:
+    return "hours=" + "-".join(f"{h:02d}" for h in hours)
+
+
+def derive_features(sdf: Any, geo: Geography) -> Any:
+    """Add ``ts_seconds`` and the derived features + ``region`` of ``features.derive_batch``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    with_ts = sdf.withColumn("ts_seconds", F.unix_seconds(F.col("ts")))
+    names = with_ts.columns
+    schema = T.StructType(with_ts.schema.fields + [
+        T.StructField(n, T.StringType() if s == "string" else T.FloatType())
+        for n, _, s in DERIVED])
+
+    def _derive(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            cols = {"ts": batch.column(names.index("ts_seconds")).to_numpy(zero_copy_only=False),
+                    "country": np.asarray(batch.column(names.index("country")).to_pylist(),
+                                          dtype=object)}
+            out = derive_batch(cols, geo)
+            extra = [pa.array(out[n], type=t) for n, t, _ in DERIVED]
+            yield pa.RecordBatch.from_arrays(batch.columns + extra,
+                                             names=names + [n for n, _, _ in DERIVED])
+
+    return with_ts.mapInArrow(_derive, schema)
+
+
+def read_labels(spark: Any, labels_path: str) -> Any:
+    """The per-user labels written by ``providers.prepare_labels`` (one row per user)."""
+    labels = read_parquet(spark, labels_path).select("user_id", *LABEL_COLUMNS)
+    dup = labels.groupBy("user_id").count().filter("count > 1").limit(5).collect()
+    if dup:
+        raise ValueError(f"labels at {labels_path} hold several rows for user(s) "
+                         f"{[r.user_id for r in dup]}; expected one label per user")
+    return labels
+
+
+def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_path: str,
+              out_dir: str, quarantine_dir: str, geo: Geography, allow_gaps: bool) -> dict:
+    """Validate, quarantine, derive features, join labels and split the given hours of day.
+
+    Args:
+        spark: the session (see ``etl.session.get_spark``).
+        source: local folder or ``s3://`` prefix in the contract layout.
+        hours: hours of day handled by this task (e.g. ``[0, 1, 2, 3]``).
+        window: the 5-day window; each row's split comes from ``window.split_of(date)``.
+        labels_path: Parquet of ``providers.prepare_labels`` (its manifest's ``labels_path``).
+        out_dir: where this task's rows (``rows/``) and user-day counts go.
+        quarantine_dir: root of quarantine tables; rows go to
+            ``<quarantine_dir>/impressions/hours=HH-…``.
+        geo: country -> region / UTC offset tables.
+        allow_gaps: record missing partitions instead of failing.
+
+    Returns:
+        A JSON-able manifest: paths, per-(date, hour) counts (rows in, quarantined by reason,
+        unlabelled, written), per-split class counts of ``y_age_gender``, schema, extra
+        columns, gaps.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    hours = sorted(int(h) for h in hours)
+    dates = window.dates
+    found = contract.list_partition_files(source, dates, hours)
+    gaps = [f"date={d}/hour={h:02d}" for (d, h), fs in sorted(found.items()) if not fs]
+    if gaps and not allow_gaps:
+        contract.check_partitions(source, dates, hours, allow_gaps=False)  # raises, listing them
+    files = [f for _, fs in sorted(found.items()) for f in fs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # extras are returned and warned about once below
+        raw, extras = contract.read_table(spark, files, contract.IMPRESSIONS)
+    if extras:
+        warnings.warn(f"impressions: ignoring unknown column(s) {extras}", stacklevel=2)
+    if not files:
+        raw = contract.empty_normalized(spark, contract.IMPRESSIONS)
+    flagged = contract.flag_impressions(raw, dates, hours)
+    split_of = F.create_map(*[x for d in dates for x in (F.lit(d.isoformat()),
+                                                         F.lit(window.split_of(d)))])
+
+    valid = flagged.filter(F.col("reason").isNull()).select(
+        *contract.IMPRESSIONS.names, "date", "hour")
+    labelled = (derive_features(valid, geo)
+                .join(read_labels(spark, labels_path), "user_id", "left")
+                .withColumn("outcome", F.when(F.col("label_provider").isNull(), F.lit(UNLABELLED))
+                            .otherwise(F.lit(WRITTEN))))
+    # Quarantined rows keep their raw strings under the _raw_ names: a union with the typed
+    # columns would coerce (and fail on) the very values that broke the contract.
+    raw_cols = [contract.RAW_PREFIX + c for c in contract.IMPRESSIONS.names]
+    quarantined = flagged.filter(F.col("reason").isNotNull()).select(
+        *raw_cols, "date", "hour", "reason", "reason_column",
+        F.col("reason").alias("outcome"))
+    every = (labelled.unionByName(quarantined, allowMissingColumns=True)
+             .withColumn("split", split_of[F.col("date")])
+             .persist(StorageLevel.MEMORY_AND_DISK))
+    try:
+        rows = [tuple(r) for r in every.groupBy("date", "hour", "split", "outcome",
+                                                "y_age_gender").count().collect()]
+        out_cols = [c for c in labelled.columns if c != "outcome"] + ["split"]
+        written = every.filter(F.col("outcome") == WRITTEN).select(*out_cols)
+        rows_path = write_parquet_atomic(written, join(out_dir, "rows"))
+        q_path = write_parquet_atomic(
+            every.filter(F.col("reason").isNotNull()).select(
+                *[F.col(r).alias(c) for r, c in zip(raw_cols, contract.IMPRESSIONS.names)],
+                "date", "hour", "reason", "reason_column"),
+            join(quarantine_dir, "impressions", _hours_tag(hours)))
+        # Per-user-day counts of labelled rows, summed over tasks later for the power-user
+        # threshold (a user-day spans all 24 hours, i.e. several tasks).
+        ud_path = write_parquet_atomic(
+            written.groupBy("user_id", "date").agg(F.count(F.lit(1)).alias("n")),
+            join(out_dir, "user_day_counts"))
+        schema = [[f.name, f.dataType.simpleString()] for f in written.schema.fields]
+    finally:
+        every.unpersist()
+    return _manifest(rows, window, hours, gaps, extras, schema, source, labels_path,
+                     rows_path, q_path, ud_path)
+
+
+def _manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[str],
+              extras: list[str], schema: list, source: str, labels_path: str, rows_path: str,
+              q_path: str, ud_path: str) -> dict:
+    per: dict[tuple[str, int], dict] = {}
+    for d in window.dates:
+        for h in hours:
+            per[(d.isoformat(), h)] = {
+                "date": d.isoformat(), "hour": h, "split": window.split_of(d),
+                "gap": f"date={d.isoformat()}/hour={h:02d}" in gaps, "rows_in": 0,
+                "quarantined": {r: 0 for r in contract.REASONS}, UNLABELLED: 0, WRITTEN: 0}
+    class_counts: dict[str, dict[str, int]] = {s: {} for s in ("train", "validation", "test")}
+    for date, hour, split, outcome, y, n in rows:
+        rec = per[(date, int(hour))]
+        rec["rows_in"] += n
+        if outcome in (WRITTEN, UNLABELLED):
+            rec[outcome] += n
+        else:
+            rec["quarantined"][outcome] += n
+        if outcome == WRITTEN:
+            key = str(int(y))
+            class_counts[split][key] = class_counts[split].get(key, 0) + n
+    per_hour = [per[k] for k in sorted(per)]
+    total = {"rows_in": sum(p["rows_in"] for p in per_hour),
+             "quarantined": {r: sum(p["quarantined"][r] for p in per_hour)
+                             for r in contract.REASONS},
+             UNLABELLED: sum(p[UNLABELLED] for p in per_hour),
+             WRITTEN: sum(p[WRITTEN] for p in per_hour)}
+    written_by_split = {s: sum(p[WRITTEN] for p in per_hour if p["split"] == s)
+                        for s in ("train", "validation", "test")}
+    return {"hours": hours, "dates": [d.isoformat() for d in window.dates],
+            "window": window.as_dict(), "source": source, "labels_path": labels_path,
+            "rows_path": rows_path, "quarantine_path": q_path, "user_day_counts_path": ud_path,
+            "gaps": gaps, "extra_columns": extras, "schema": schema, "per_hour": per_hour,
+            "total": total, "written_by_split": written_by_split,
+            "class_counts": {s: dict(sorted(c.items(), key=lambda kv: int(kv[0])))
+                             for s, c in class_counts.items()}}

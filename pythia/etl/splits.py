@@ -1,0 +1,231 @@
+"""The four training splits: power users, class resampling from global counts, final writes.
+
+Runs once after all hourly tasks: rates come from each split's GLOBAL class counts (never per
+hour), selection is a deterministic hash of (impression_id, seed), and the test day is written
+twice: ``test_resampled`` (same rules as train/validation) and ``test_natural`` (every row,
+power users kept and flagged).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+from pythia import contract
+from pythia.config import EtlConfig
+from pythia.etl.io import read_parquet, write_parquet_atomic
+from pythia.features import TARGETS, class_labels
+
+OUTPUT_SPLITS = ("train", "validation", "test_resampled", "test_natural")
+ETL_SPLIT_OF = {"train": "train", "validation": "validation", "test_resampled": "test",
+                "test_natural": "test"}
+_HASH_BITS = 53  # uniform draws with full double precision
+
+
+def resample_rates(counts: Mapping[int, int], mode: str) -> dict[int, float]:
+    """Keep-rate per class from global class counts.
+
+    ``balanced``: every class down to the smallest present class (rate n_min / n_c);
+    ``sqrt``: kept counts proportional to sqrt(n_c) (rate sqrt(n_min / n_c));
+    ``natural``: every rate 1. Classes with no rows get no rate. All rates are in (0, 1].
+    """
+    present = {int(c): int(n) for c, n in counts.items() if n > 0}
+    if mode == "natural" or not present:
+        return {c: 1.0 for c in present}
+    n_min = min(present.values())
+    if mode == "balanced":
+        return {c: n_min / n for c, n in present.items()}
+    if mode == "sqrt":
+        return {c: math.sqrt(n_min / n) for c, n in present.items()}
+    raise ValueError(f"unknown resample mode {mode!r}")
+
+
+def target_class(y_age_gender: int, target: str, n_age: int) -> int:
+    """The class index of ``target`` implied by an AgeGender index."""
+    if target == "age_gender":
+        return int(y_age_gender)
+    if target == "gender":
+        return int(y_age_gender) // n_age
+    if target == "age":
+        return int(y_age_gender) % n_age
+    raise ValueError(f"unknown target {target!r}; choose from {TARGETS}")
+
+
+def power_user_threshold(spark: Any, user_day_paths: Sequence[str], cfg: EtlConfig
+                         ) -> tuple[Any, float | None]:
+    """Per-(user, date) impression totals over all tasks, and the power-user threshold.
+
+    The threshold is ``cfg.power_user_threshold`` when set, else the exact
+    ``cfg.power_user_quantile`` of the per-user-day counts of labelled rows; a user-day with
+    MORE impressions than the threshold is a power user. None when there are no rows.
+    """
+    from pyspark.sql import functions as F
+
+    totals = read_parquet(spark, list(user_day_paths)).groupBy("user_id", "date").agg(
+        F.sum("n").alias("n"))
+    if cfg.power_user_threshold is not None:
+        return totals, float(cfg.power_user_threshold)
+    q = totals.approxQuantile("n", [cfg.power_user_quantile], 0.0)
+    return totals, (float(q[0]) if q else None)
+
+
+def _out_uri(out_root: Any) -> Callable[[str], str]:
+    if hasattr(out_root, "split"):
+        return out_root.split
+    if isinstance(out_root, Mapping):
+        return lambda name: out_root[name]
+    if callable(out_root):
+        return out_root
+    raise TypeError(f"out_root must be RunPaths, a dict split->uri or a function, got "
+                    f"{type(out_root).__name__}")
+
+
+def _check_manifests(hour_manifests: Sequence[Mapping]) -> None:
+    seen: dict[int, int] = {}
+    for i, m in enumerate(hour_manifests):
+        for h in m["hours"]:
+            if h in seen:
+                raise ValueError(f"hour {h} appears in hour manifests {seen[h]} and {i}")
+            seen[h] = i
+
+
+def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfig,
+                    out_root: Any) -> dict:
+    """Flag power users, resample from global counts and write the four splits.
+
+    Args:
+        spark: the session.
+        hour_manifests: the manifests returned by ``hourly.run_hours``, one per task.
+        cfg: resampling mode/target, power-user rule, seed, age edges.
+        out_root: ``RunPaths`` (its ``split(name)``), a dict split -> uri, or a function.
+
+    Returns:
+        A JSON-able manifest: paths and row counts per split, keep-rates and class counts
+        before/after per split (keys: class index as str), natural train priors per target,
+        the power-user threshold, and per-(date, hour, split) counts for ``reconcile``.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    if not hour_manifests:
+        raise ValueError("finalize_splits needs at least one hour manifest")
+    _check_manifests(hour_manifests)
+    uri_of = _out_uri(out_root)
+    n_age = len(cfg.age_edges)
+    totals, threshold = power_user_threshold(
+        spark, [m["user_day_counts_path"] for m in hour_manifests], cfg)
+    rows = read_parquet(spark, [m["rows_path"] for m in hour_manifests])
+    if threshold is None:
+        flagged = rows.withColumn("is_power_user", F.lit(False))
+    else:
+        power = totals.filter(F.col("n") > threshold).select(
+            "user_id", "date", F.lit(True).alias("is_power_user"))
+        flagged = (rows.join(F.broadcast(power), ["user_id", "date"], "left")
+                   .withColumn("is_power_user", F.coalesce("is_power_user", F.lit(False))))
+    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        before = flagged.groupBy("split", "is_power_user", "y_age_gender").count().collect()
+        counts: dict[str, dict[int, int]] = {s: {} for s in OUTPUT_SPLITS}
+        natural: dict[int, int] = {}
+        for split, pu, y, n in before:
+            if split == "train":
+                natural[int(y)] = natural.get(int(y), 0) + n
+            for out in OUTPUT_SPLITS:
+                if ETL_SPLIT_OF[out] != split or out == "test_natural":
+                    continue
+                if pu and cfg.drop_power_users:
+                    continue
+                c = target_class(y, cfg.resample_target, n_age)
+                counts[out][c] = counts[out].get(c, 0) + n
+        rates = {s: resample_rates(counts[s], cfg.resample) for s in OUTPUT_SPLITS[:3]}
+        uniform = (F.pmod(F.xxhash64(F.col("impression_id"), F.lit(int(cfg.seed))),
+                          F.lit(1 << _HASH_BITS)).cast("double") / float(1 << _HASH_BITS))
+        y_t = {"age_gender": F.col("y_age_gender"),
+               "gender": F.floor(F.col("y_age_gender") / n_age).cast("int"),
+               "age": F.pmod(F.col("y_age_gender"), F.lit(n_age))}[cfg.resample_target]
+        keep = {}
+        for out in OUTPUT_SPLITS[:3]:
+            rate_map = F.create_map(*[x for c, r in sorted(rates[out].items())
+                                      for x in (F.lit(c), F.lit(float(r)))])
+            keep[out] = (F.col("split") == ETL_SPLIT_OF[out]) & (uniform < rate_map[y_t])
+        keep_cols = [keep[o].alias(f"_keep_{o}") for o in OUTPUT_SPLITS[:3]]
+        after = flagged.select("date", "hour", "split", "is_power_user", "y_age_gender",
+                               *keep_cols).groupBy(
+            "date", "hour", "split", "is_power_user", "y_age_gender",
+            *[f"_keep_{o}" for o in OUTPUT_SPLITS[:3]]).count().collect()
+        paths = {}
+        for out in OUTPUT_SPLITS:
+            sel = F.col("split") == ETL_SPLIT_OF[out]
+            if out != "test_natural":
+                if cfg.drop_power_users:
+                    sel = sel & ~F.col("is_power_user")
+                sel = sel & keep[out]
+            part = flagged.filter(sel).withColumn("split", F.lit(out))
+            paths[out] = write_parquet_atomic(_split_columns(part), uri_of(out))
+    finally:
+        flagged.unpersist()
+    return _manifest(after, counts, rates, natural, threshold, paths, cfg, n_age)
+
+
+def _split_columns(sdf: Any) -> Any:
+    """Columns in the pinned order and types of ``contract.SPLIT``."""
+    from pyspark.sql import functions as F
+
+    types = {"string": "string", "timestamp": "timestamp", "int32": "int", "int64": "bigint",
+             "float32": "float", "bool": "boolean", "double": "double", "date": "date"}
+    return sdf.select(*[F.col(c.name).cast(types[c.type]).alias(c.name)
+                        for c in contract.SPLIT.columns])
+
+
+def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: float | None,
+              paths: dict, cfg: EtlConfig, n_age: int) -> dict:
+    per: dict[tuple[str, int, str], dict] = {}
+    rows = {s: 0 for s in OUTPUT_SPLITS}
+    cls_after: dict[str, dict[int, int]] = {s: {} for s in OUTPUT_SPLITS}
+    pu_rows = {s: 0 for s in ("train", "validation", "test")}
+    for r in after:
+        date, hour, split, pu, y, n = r[0], int(r[1]), r[2], bool(r[3]), int(r[4]), r[-1]
+        kept = dict(zip(OUTPUT_SPLITS[:3], r[5:8]))
+        pu_rows[split] += n if pu else 0
+        for out in OUTPUT_SPLITS:
+            if ETL_SPLIT_OF[out] != split:
+                continue
+            rec = per.setdefault((date, hour, out), {
+                "date": date, "hour": hour, "split": out, "etl_written": 0,
+                "power_user_dropped": 0, "resampled_out": 0, "written": 0})
+            rec["etl_written"] += n
+            if out == "test_natural":
+                outcome = "written"
+            elif pu and cfg.drop_power_users:
+                outcome = "power_user_dropped"
+            else:
+                outcome = "written" if kept[out] else "resampled_out"
+            rec[outcome] += n
+            if outcome == "written":
+                rows[out] += n
+                c = target_class(y, cfg.resample_target, n_age)
+                cls_after[out][c] = cls_after[out].get(c, 0) + n
+    natural_total = sum(natural.values())
+    priors = {}
+    for target in TARGETS:
+        k = len(class_labels(target, cfg.age_edges))
+        freq = [0.0] * k
+        for y, n in natural.items():
+            freq[target_class(y, target, n_age)] += n / natural_total if natural_total else 0.0
+        priors[target] = freq
+    counts = dict(counts)
+    counts["test_natural"] = dict(cls_after["test_natural"])
+
+    def _keyed(d: Mapping[int, Any]) -> dict[str, Any]:
+        return {str(k): d[k] for k in sorted(d)}
+
+    return {
+        "paths": paths, "rows": rows, "resample": cfg.resample,
+        "resample_target": cfg.resample_target, "seed": cfg.seed,
+        "class_names": list(class_labels(cfg.resample_target, cfg.age_edges)),
+        "rates": {s: _keyed(rates[s]) for s in rates},
+        "class_counts_before": {s: _keyed(counts[s]) for s in OUTPUT_SPLITS},
+        "class_counts_after": {s: _keyed(cls_after[s]) for s in OUTPUT_SPLITS},
+        "natural_priors": priors, "power_user_threshold": threshold,
+        "drop_power_users": cfg.drop_power_users, "power_user_rows": pu_rows,
+        "per_hour": [per[k] for k in sorted(per)],
+    }

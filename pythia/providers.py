@@ -1,0 +1,337 @@
+"""Label providers: pick one per country from quality metrics, then one seed label per user.
+
+Port of the notebooks ``0_owdi-provider-consistency`` (provider scores, overrides) and
+``0_owdi_preprocess`` (raw provider labels -> one label per user with age buckets).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+
+from pythia import contract, storage
+from pythia.config import DEFAULT_AGE_EDGES, MAX_VALID_AGE, MIN_VALID_AGE
+from pythia.features import GENDER_CLASSES, age_bucket_labels, age_to_bucket
+from pythia.paths import join
+
+# Score of a (provider, country): a weighted mean of the three quality figures, each averaged
+# over the RECENT_DAYS newest dates of the metrics table. Accuracy matters most (labels are the
+# training target); consistency (stability of a user's label over time) next; coverage last,
+# since it only changes how many impressions get a label, not their quality.
+SCORE_WEIGHTS: Mapping[str, float] = {"accuracy": 0.5, "consistency": 0.3, "coverage": 0.2}
+RECENT_DAYS = 7
+
+# Label rows that pass the contract but cannot become a training label.
+IMPOSSIBLE_AGE = "impossible_age"  # outside [MIN_VALID_AGE, MAX_VALID_AGE]
+AGE_BELOW_FIRST_EDGE = "age_below_first_edge"  # a plausible age no bucket covers (e.g. 15)
+INCOMPLETE_LABEL = "incomplete_label"  # gender or age (and age_bucket) missing
+REJECT_REASONS = (IMPOSSIBLE_AGE, AGE_BELOW_FIRST_EDGE, INCOMPLETE_LABEL)
+NOT_CHOSEN = "not_chosen_provider"  # usable, but not from the country's chosen provider
+SUPERSEDED = "superseded"  # usable and chosen, but the user has a newer chosen label
+LABELLED = "labelled"
+
+CHOICE_COLUMNS = ["country", "provider", "score", "accuracy", "consistency", "coverage",
+                  "n_dates", "rank", "chosen", "reason"]
+OUTPUT_COLUMNS = ["user_id", "country", "gender", "age_bucket", "y_gender", "y_age",
+                  "y_age_gender", "label_provider", "observed_date"]
+
+
+# ------------------------------------------------------------------------------- selection
+
+def score_providers(metrics: pd.DataFrame, recent_days: int = RECENT_DAYS) -> pd.DataFrame:
+    """One row per (provider, country) with recent mean metrics, score and rank in its country.
+
+    score = 0.5 * accuracy + 0.3 * consistency + 0.2 * coverage, each the mean over the metric
+    rows dated within ``recent_days`` of the newest date in ``metrics`` (nulls ignored; a figure
+    with no value counts as 0). Rank 1 is the best score of the country (ties: provider name).
+    """
+    missing = [c for c in ("provider", "country", "date", *SCORE_WEIGHTS) if c not in metrics]
+    if missing:
+        raise ValueError(f"provider metrics lack column(s) {missing}")
+    if metrics.empty:
+        return pd.DataFrame(columns=CHOICE_COLUMNS[:-2])
+    dates = pd.to_datetime(metrics["date"])
+    recent = metrics[dates > dates.max() - pd.Timedelta(days=recent_days)]
+    grouped = recent.groupby(["country", "provider"], sort=True)
+    table = grouped[list(SCORE_WEIGHTS)].mean()
+    table["n_dates"] = grouped["date"].nunique()
+    table = table.reset_index()
+    table["score"] = sum(w * table[m].fillna(0.0) for m, w in SCORE_WEIGHTS.items())
+    table = table.sort_values(["country", "score", "provider"], ascending=[True, False, True])
+    table["rank"] = table.groupby("country").cumcount() + 1
+    return table[CHOICE_COLUMNS[:-2]].reset_index(drop=True)
+
+
+def select_providers(metrics: pd.DataFrame, overrides: Mapping[str, str],
+                     countries: Sequence[str], known_providers: Sequence[str] = (),
+                     recent_days: int = RECENT_DAYS
+                     ) -> tuple[pd.DataFrame, dict[str, str], list[str]]:
+    """Choose the label provider of each country: override, else best score, else best global.
+
+    Args:
+        metrics: provider metric rows (contract table ``provider_metrics``).
+        overrides: country -> provider that wins regardless of scores (e.g. ``{'US': 'lucid'}``).
+        countries: the countries to decide for (override countries are added).
+        known_providers: providers that exist without metrics (e.g. the ``labels/`` folders);
+            an override naming a provider neither here nor in ``metrics`` is an error.
+        recent_days: metric look-back, see ``score_providers``.
+
+    Returns:
+        ``(provider_choice, choice, warnings)``: every candidate with score, rank, ``chosen``
+        and a ``reason`` for the winner; the map country -> provider; warning texts. A country
+        without metrics gets the provider with the best mean score over countries.
+    """
+    scored = score_providers(metrics, recent_days)
+    known = set(scored["provider"]) | set(metrics["provider"]) | set(known_providers)
+    unknown = sorted({p for p in overrides.values() if p not in known})
+    if unknown:
+        raise ValueError(f"provider override names unknown provider(s) {unknown}; known: "
+                         f"{sorted(known)}")
+    global_scores = scored.groupby("provider")["score"].mean().sort_index()
+    best_global = (global_scores.sort_values(ascending=False, kind="stable").index[0]
+                   if len(global_scores) else None)
+    rows, choice, notes = [], {}, []
+    for country in sorted(set(countries) | set(overrides)):
+        cand = scored[scored["country"] == country].to_dict("records")
+        for r in cand:
+            r.update(chosen=False, reason="")
+        if country in overrides:
+            winner = overrides[country]
+            hit = [r for r in cand if r["provider"] == winner]
+            if not hit:
+                hit = [{"country": country, "provider": winner, "score": math.nan,
+                        "accuracy": math.nan, "consistency": math.nan, "coverage": math.nan,
+                        "n_dates": 0, "rank": math.nan}]
+                cand.append(hit[0])
+            hit[0].update(chosen=True, reason="override")
+        elif cand:
+            winner = cand[0]["provider"]
+            nxt = (f"vs next {cand[1]['score']:.2f} ({cand[1]['provider']})" if len(cand) > 1
+                   else "(only candidate)")
+            cand[0].update(chosen=True, reason=f"best score {cand[0]['score']:.2f} {nxt}")
+        else:
+            if best_global is None:
+                raise ValueError(f"no provider metrics at all and no override for {country}")
+            winner = best_global
+            notes.append(f"no metrics for {country}: using the best global provider "
+                         f"{winner} (mean score {global_scores[winner]:.2f})")
+            cand.append({"country": country, "provider": winner,
+                         "score": float(global_scores[winner]), "accuracy": math.nan,
+                         "consistency": math.nan, "coverage": math.nan, "n_dates": 0, "rank": 1,
+                         "chosen": True,
+                         "reason": f"no metrics for {country}: best global provider"})
+        choice[country] = winner
+        rows.extend(cand)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    table = pd.DataFrame(rows, columns=CHOICE_COLUMNS)
+    return table, choice, notes
+
+
+def best_global_provider(metrics: pd.DataFrame, recent_days: int = RECENT_DAYS) -> str:
+    """The provider with the best mean score over countries (the default for new countries)."""
+    scored = score_providers(metrics, recent_days)
+    if scored.empty:
+        raise ValueError("no provider metrics: cannot pick a global provider")
+    means = scored.groupby("provider")["score"].mean().sort_index()
+    return str(means.sort_values(ascending=False, kind="stable").index[0])
+
+
+def list_providers(source: str) -> list[str]:
+    """Provider names that have a ``labels/provider=NAME/`` folder under ``source``."""
+    fs, path = storage.filesystem(join(source, "labels"))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(i.base_name.split("=", 1)[1] for i in infos
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith("provider="))
+
+
+def read_provider_metrics(spark: Any, source: str, quarantine_dir: str | None = None
+                          ) -> tuple[pd.DataFrame, dict]:
+    """Valid provider metric rows as pandas, and counts (quarantine written when a dir is given).
+    """
+    from pythia.etl.io import write_parquet_atomic
+
+    files = contract.list_table_files(source, "provider_metrics")
+    raw, extras = contract.read_table(spark, files, contract.PROVIDER_METRICS)
+    valid, quarantine = contract.validate_provider_metrics(raw)
+    pdf = valid.toPandas()
+    counts = contract.count_by_reason(quarantine.groupBy("reason").count().collect())
+    manifest = {"rows_valid": len(pdf), "quarantined": counts, "extra_columns": extras,
+                "quarantine_path": None}
+    if quarantine_dir:
+        manifest["quarantine_path"] = write_parquet_atomic(
+            quarantine, join(quarantine_dir, "provider_metrics"))
+    return pdf, manifest
+
+
+# ------------------------------------------------------------------------------- labels
+
+def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGES
+                  ) -> pd.DataFrame:
+    """Add ``y_gender``, ``y_age``, ``y_age_gender``, canonical ``age_bucket`` and ``reject``.
+
+    ``age`` wins over ``age_bucket`` when both are given. ``reject`` is null for usable rows,
+    else one of REJECT_REASONS.
+    """
+    labels = age_bucket_labels(age_edges)
+    n_age = len(labels)
+    age = pd.to_numeric(pdf["age"], errors="coerce").to_numpy(dtype=float)
+    has_age = ~np.isnan(age)
+    impossible = has_age & ((age < MIN_VALID_AGE) | (age > MAX_VALID_AGE))
+    from_age = np.where(has_age, age_to_bucket(np.where(has_age, age, age_edges[0]), age_edges),
+                        -1)
+    below = has_age & ~impossible & (from_age < 0)
+    bucket_index = {b: i for i, b in enumerate(labels)}
+    from_bucket = pdf["age_bucket"].map(bucket_index).fillna(-1).to_numpy(dtype=int)
+    y_age = np.where(has_age, from_age, from_bucket)
+    gender_index = {g: i for i, g in enumerate(GENDER_CLASSES)}
+    y_gender = pdf["gender"].map(gender_index).fillna(-1).to_numpy(dtype=int)
+    incomplete = (y_gender < 0) | (y_age < 0)
+    reject = np.select([impossible, below, incomplete],
+                       [IMPOSSIBLE_AGE, AGE_BELOW_FIRST_EDGE, INCOMPLETE_LABEL], default="")
+    ok = reject == ""
+    out = pdf.copy()
+    out["reject"] = pd.Series(reject, index=pdf.index).replace("", None)
+    out["y_gender"] = np.where(ok, y_gender, -1).astype("int32")
+    out["y_age"] = np.where(ok, y_age, -1).astype("int32")
+    out["y_age_gender"] = np.where(ok, y_gender * n_age + y_age, -1).astype("int32")
+    out["age_bucket"] = [labels[i] if good else None for i, good in zip(y_age, ok)]
+    return out
+
+
+def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
+                   age_edges: tuple[int, ...], out_dir: str, default_provider: str,
+                   quarantine_dir: str | None = None) -> dict:
+    """One label per user from the provider chosen for the label row's country.
+
+    Rules (each tested):
+      * a label row is used only if its provider is ``choice[row.country]`` (countries absent
+        from ``choice`` use ``default_provider``); other usable rows are written aside;
+      * a user with several usable chosen rows (several dates, or several countries) gets the
+        one with the latest ``observed_date``; ties: country, then provider, alphabetically;
+      * labels are user-level attributes: an observation dated after the window still applies;
+      * impossible ages, ages below the first edge and rows lacking gender or age are rejected
+        and counted; contract violations are quarantined.
+
+    Writes ``labels/`` (OUTPUT_COLUMNS), ``aside/`` (other providers' latest label per user and
+    country), ``rejected/`` under ``out_dir`` and the quarantine under ``quarantine_dir``
+    (default ``<out_dir>/quarantine``). Returns a manifest: paths, counts per outcome (they sum
+    to ``rows_in``), the inter-provider agreement records, extra columns.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import Window as W
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from pythia.etl.io import write_parquet_atomic
+
+    files = contract.list_table_files(source, "labels")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw, extras = contract.read_table(spark, files, contract.LABELS)
+    if extras:
+        warnings.warn(f"labels: ignoring unknown column(s) {extras}", stacklevel=2)
+    flagged = contract.flag_labels(raw, age_edges)
+    base = ["user_id", "gender", "age", "age_bucket", "country", "observed_date", "provider"]
+    valid = flagged.filter(F.col("reason").isNull()).select(*base)
+    schema = T.StructType(valid.schema.fields + [
+        T.StructField("reject", T.StringType()), T.StructField("y_gender", T.IntegerType()),
+        T.StructField("y_age", T.IntegerType()), T.StructField("y_age_gender", T.IntegerType())])
+    edges = tuple(age_edges)
+
+    def _bucket(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in frames:
+            yield bucket_labels(pdf, edges)[[f.name for f in schema.fields]]
+
+    bucketed = valid.mapInPandas(_bucket, schema)
+    mapping = F.create_map(*[x for c, p in sorted(choice.items()) for x in (F.lit(c), F.lit(p))])
+    chosen_provider = F.coalesce(mapping[F.col("country")], F.lit(default_provider))
+    usable = F.col("reject").isNull()
+    is_chosen = usable & (F.col("provider") == chosen_provider)
+    rank = F.row_number().over(
+        W.partitionBy("user_id", is_chosen).orderBy(
+            F.col("observed_date").desc(), "country", "provider", "y_age_gender"))
+    status = (F.when(~usable, F.col("reject")).when(~is_chosen, F.lit(NOT_CHOSEN))
+              .when(rank > 1, F.lit(SUPERSEDED)).otherwise(F.lit(LABELLED)))
+    raw_cols = [contract.RAW_PREFIX + c for c in contract.LABELS.names]
+    q = flagged.filter(F.col("reason").isNotNull()).select(
+        *raw_cols, "provider", "reason", "reason_column", F.col("reason").alias("status"))
+    every = (bucketed.withColumn("status", status)
+             .unionByName(q, allowMissingColumns=True)
+             .persist(StorageLevel.MEMORY_AND_DISK))
+    qdir = quarantine_dir or join(out_dir, "quarantine")
+    try:
+        counts = {r: int(n) for r, n in every.groupBy("status").count().collect()}
+        winners = every.filter(F.col("status") == LABELLED).select(
+            "user_id", "country", "gender", "age_bucket", "y_gender", "y_age", "y_age_gender",
+            F.col("provider").alias("label_provider"), "observed_date")
+        labels_path = write_parquet_atomic(winners, join(out_dir, "labels"))
+        latest = _latest_per_provider(every.filter(F.col("status").isin(
+            LABELLED, SUPERSEDED, NOT_CHOSEN)))
+        aside_path = write_parquet_atomic(
+            latest.filter(F.col("provider") != chosen_provider), join(out_dir, "aside"))
+        rejected_path = write_parquet_atomic(
+            every.filter(F.col("status").isin(*REJECT_REASONS)).select(*base, "reject"),
+            join(out_dir, "rejected"))
+        quarantine_path = write_parquet_atomic(
+            every.filter(F.col("reason").isNotNull()).select(
+                *[F.col(r).alias(c) for r, c in zip(raw_cols, contract.LABELS.names)],
+                "provider", "reason", "reason_column"),
+            join(qdir, "labels"))
+        agreement = agreement_table(latest)
+    finally:
+        every.unpersist()
+    rows_in = sum(counts.values())
+    outcome = {
+        "rows_in": rows_in,
+        "quarantined": {r: counts.get(r, 0) for r in contract.REASONS},
+        "rejected": {r: counts.get(r, 0) for r in REJECT_REASONS},
+        NOT_CHOSEN: counts.get(NOT_CHOSEN, 0), SUPERSEDED: counts.get(SUPERSEDED, 0),
+        "users": counts.get(LABELLED, 0),
+    }
+    accounted = (sum(outcome["quarantined"].values()) + sum(outcome["rejected"].values())
+                 + outcome[NOT_CHOSEN] + outcome[SUPERSEDED] + outcome["users"])
+    if accounted != rows_in:  # a status outside the known ones: a bug, never silently lost
+        raise RuntimeError(f"label rows do not reconcile: {rows_in} in, {accounted} accounted "
+                           f"for ({counts})")
+    return {"labels_path": labels_path, "aside_path": aside_path,
+            "rejected_path": rejected_path, "quarantine_path": quarantine_path,
+            "counts": outcome, "choice": dict(choice), "default_provider": default_provider,
+            "age_edges": list(age_edges), "agreement": agreement, "extra_columns": extras}
+
+
+def _latest_per_provider(sdf: Any) -> Any:
+    """Each provider's latest usable label per (user, country)."""
+    from pyspark.sql import Window as W
+    from pyspark.sql import functions as F
+
+    w = W.partitionBy("provider", "country", "user_id").orderBy(
+        F.col("observed_date").desc(), "y_age_gender")
+    return (sdf.withColumn("_rn", F.row_number().over(w)).filter("_rn = 1")
+            .select("user_id", "country", "provider", "gender", "age_bucket", "y_gender",
+                    "y_age", "y_age_gender", "observed_date"))
+
+
+def agreement_table(latest: Any) -> list[dict]:
+    """Per provider pair and country: shared users and the share with equal gender / age bucket.
+    """
+    from pyspark.sql import functions as F
+
+    a = latest.select("user_id", "country", F.col("provider").alias("provider_a"),
+                      F.col("y_gender").alias("g_a"), F.col("y_age").alias("a_a"))
+    b = latest.select("user_id", "country", F.col("provider").alias("provider_b"),
+                      F.col("y_gender").alias("g_b"), F.col("y_age").alias("a_b"))
+    pairs = (a.join(b, ["user_id", "country"])
+             .filter(F.col("provider_a") < F.col("provider_b"))
+             .groupBy("provider_a", "provider_b", "country")
+             .agg(F.count(F.lit(1)).alias("shared_users"),
+                  F.avg((F.col("g_a") == F.col("g_b")).cast("double")).alias("gender_agreement"),
+                  F.avg((F.col("a_a") == F.col("a_b")).cast("double")).alias("age_agreement"))
+             .orderBy("provider_a", "provider_b", "country"))
+    return [r.asDict() for r in pairs.collect()]
