@@ -1,0 +1,106 @@
+"""The evaluation report as a Metaflow card: champions, headline table, Bayes gauge, per-region
+figures, data reconciliation and provider choice, with prose for readers who never open the code.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pandas as pd
+
+from pythia.config import GLOBAL_REGION
+
+FIGURE_KINDS = (
+    ("per_class_f1", "Per-class F1 of the best candidates (and the exact posterior when known)"),
+    ("confusion", "Confusion matrices of the champion, each row normalised to the true class"),
+    ("reliability", "Reliability diagrams: when the model says p, is it right p of the time?"),
+    ("distribution", "Predicted class shares (mean probability and argmax) vs the labels"),
+)
+
+INTRO = """
+# Pythia evaluation report
+
+Each **candidate** is one model (`mlp`, `tabnet`, `gbdt`, …) trained either on one region or on
+all of them (`global`). For every region, the candidate with the lowest **validation log-loss**
+on the joint AgeGender target wins, provided it beats the `gbdt` baseline and does not do
+worse than the previous run's champion on the same test rows (a small tolerance applies).
+A region without a blessed champion keeps the previous one in the exported bundle.
+
+Scores below are on the **natural test day** (the most recent day, not resampled) against the
+**provider labels** unless said otherwise. Lower log-loss is better; macro-F1 averages the F1
+of every class present. On synthetic data, `bayes` is the exact posterior of the generator:
+no model can beat it on average, and *model / Bayes* log-loss ratios near 1 are ideal.
+"""
+
+
+def _fmt(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Round floats and blank missing values so tables read cleanly."""
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].round(digits)
+        out[c] = out[c].astype(object).where(out[c].notna(), "")
+    return out
+
+
+def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFrame | None,
+                provider_choice: pd.DataFrame | None) -> None:
+    """Append the report's components to ``card`` (``metaflow.current.card[...]``).
+
+    Args:
+        card: anything with ``append(component)``, normally a Metaflow card.
+        results: the dict returned by ``evaluate_run``.
+        reconciliation: rows in = used + filtered + quarantined, per stage (or None).
+        provider_choice: the label provider chosen per country and why (or None).
+    """
+    from metaflow.cards import Image, Markdown, Table
+
+    for key in ("champions", "headline", "figures"):
+        if key not in results:
+            raise ValueError(f"results lack {key!r}: pass the dict evaluate_run returned")
+    champions: pd.DataFrame = results["champions"]
+    card.append(Markdown(INTRO))
+
+    card.append(Markdown("## Champions\n\n`blessed` tells whether the region's winner replaces "
+                         "the previous champion; `reason` says why or why not."))
+    card.append(Table.from_dataframe(_fmt(champions[[
+        "region", "champion", "blessed", "val_logloss", "baseline_val_logloss",
+        "previous_logloss", "current_logloss_on_same_rows", "reason"]]), truncate=False))
+
+    card.append(Markdown(
+        "## Headline\n\nPer evaluated region (`global` = all rows): every candidate that can "
+        "score it, the champion first. `val_logloss` is AgeGender on the validation day; "
+        "`logloss_*` / `macro_f1_*` are on the natural test day; `bayes_ratio_*` = model "
+        "log-loss / exact-posterior log-loss on the same rows."))
+    card.append(Table.from_dataframe(_fmt(results["headline"]), truncate=False))
+
+    gauge = results.get("gauge")
+    if gauge is not None and len(gauge):
+        g = gauge[(gauge["test_set"] == "natural") & (gauge["eval_region"] == GLOBAL_REGION)]
+        card.append(Markdown(
+            "## Bayes gauge (synthetic data)\n\nAll rows, natural test day. Against `truth` the "
+            "exact posterior is P(true AgeGender | features); against `provider` labels it is "
+            "P(provider's label | features, provider, date) — the noise of the labels included."))
+        card.append(Table.from_dataframe(_fmt(g), truncate=False))
+    elif results.get("gauge_note"):
+        card.append(Markdown(f"_{results['gauge_note']}_"))
+
+    figures: Mapping[str, bytes] = results["figures"]
+    regions = list(champions["region"]) or sorted({n.split("__", 1)[1] for n in figures})
+    for region in regions:
+        shown = [(kind, text) for kind, text in FIGURE_KINDS if f"{kind}__{region}" in figures]
+        if not shown:
+            continue
+        card.append(Markdown(f"## Region `{region}`"))
+        for kind, text in shown:
+            card.append(Markdown(f"**{text}**"))
+            card.append(Image(figures[f"{kind}__{region}"], label=f"{kind} {region}"))
+
+    if reconciliation is not None:
+        card.append(Markdown("## Data reconciliation\n\nEvery input row is accounted for: "
+                             "rows in = rows used + rows filtered (by rule) + rows quarantined."))
+        card.append(Table.from_dataframe(_fmt(pd.DataFrame(reconciliation))))
+    if provider_choice is not None:
+        card.append(Markdown("## Label provider per country\n\nThe provider whose labels were "
+                             "used for each country, from the providers' quality metrics "
+                             "(an override wins)."))
+        card.append(Table.from_dataframe(_fmt(pd.DataFrame(provider_choice))))

@@ -1,0 +1,161 @@
+"""Terminal views of past runs through the Metaflow client: `pythia report` (one run's headline)
+and `pythia runs` (recent runs side by side). Runs of every user are shown (namespace None).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+import pandas as pd
+
+TARGET_SHORT = (("age_gender", "ag"), ("gender", "g"), ("age", "a"))
+
+
+def _artifact(run: Any, name: str) -> Any:
+    """Artifact ``name`` of a run: from its end step, else from the latest step that has it
+    (a failed run never reaches end). None when no step stored it."""
+    try:
+        end = run.end_task
+        if end is not None and name in end:
+            return end[name].data
+        for step in run:  # most recent step first
+            task = step.task
+            if task is not None and name in task:
+                return task[name].data
+    except Exception:  # noqa: BLE001 - a half-written run must not break the listing
+        return None
+    return None
+
+
+def run_status(run: Any) -> str:
+    """'successful', 'failed' or 'running' (a failed run never marks its end step done)."""
+    if run.finished:
+        return "successful" if run.successful else "failed"
+    try:
+        for step in run:  # the most recent step tells whether the run stopped on an error
+            if any(t.finished and not t.successful for t in step):
+                return "failed"
+            break
+    except Exception:  # noqa: BLE001
+        pass
+    return "running"
+
+
+def _window_text(window: Any) -> str:
+    if not isinstance(window, dict):
+        return "-"
+    train = window.get("train") or []
+    test = window.get("test") or []
+    val = window.get("validation") or []
+    first = train[0] if train else (val[0] if val else "?")
+    return f"{first}..{test[-1] if test else '?'} (test {','.join(test) or '?'})"
+
+
+def _open_flow(flow_name: str, out: TextIO) -> Any:
+    from metaflow import Flow, get_metadata, namespace
+    from metaflow.exception import MetaflowNotFound
+
+    namespace(None)
+    try:
+        return Flow(flow_name)
+    except MetaflowNotFound:
+        print(f"No runs of {flow_name} found (metadata: {get_metadata()}). Run the flow "
+              f"first, e.g. `python flows/demo_flow.py run`.", file=out)
+        return None
+
+
+def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
+                 out: TextIO = sys.stdout) -> int:
+    """Print the champions and headline table of a run (default: latest successful run).
+
+    Returns a process exit code: 0 when printed, 1 when there is nothing to show.
+    """
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+
+    flow = _open_flow(flow_name, out)
+    if flow is None:
+        return 1
+    if run_id:
+        try:
+            run = Run(f"{flow_name}/{run_id}")
+        except MetaflowNotFound:
+            print(f"Run {flow_name}/{run_id} not found.", file=out)
+            return 1
+    else:
+        run = flow.latest_successful_run
+        if run is None:
+            print(f"{flow_name} has no successful run yet; `pythia runs` lists all runs.",
+                  file=out)
+            return 1
+    headline = _artifact(run, "headline")
+    print(f"Run {run.pathspec}  status: {run_status(run)}  finished: "
+          f"{run.finished_at or '-'}  window: {_window_text(_artifact(run, 'window'))}",
+          file=out)
+    if headline is None:
+        print(f"Run {run.pathspec} has no headline (it stopped before evaluation).", file=out)
+        return 1
+    champions = _artifact(run, "champions")
+    with pd.option_context("display.width", 200, "display.max_columns", 50,
+                           "display.max_colwidth", 120, "display.float_format", "{:.4f}".format):
+        if champions is not None:
+            print("\nChampions", file=out)
+            print(champions[["region", "champion", "blessed", "reason"]].to_string(index=False),
+                  file=out)
+        print("\nHeadline (natural test day, provider labels)", file=out)
+        print(pd.DataFrame(headline).to_string(index=False), file=out)
+    return 0
+
+
+def summarize_run(run: Any) -> list[dict]:
+    """One row per region of a run: its champion and the champion's natural-test scores."""
+    base = {"run": run.id, "status": run_status(run),
+            "finished": run.finished_at.strftime("%Y-%m-%d %H:%M") if run.finished_at else "-",
+            "window": _window_text(_artifact(run, "window"))}
+    headline = _artifact(run, "headline")
+    champions = _artifact(run, "champions")
+    if headline is None or champions is None:
+        return [dict(base, region="-", champion="-")]
+    headline = pd.DataFrame(headline)
+    rows = []
+    for c in pd.DataFrame(champions).itertuples(index=False):
+        row = dict(base, region=c.region, champion=c.champion if c.blessed else "(kept previous)")
+        if c.blessed:
+            hit = headline[(headline["eval_region"] == c.region) & headline["champion"]]
+            if len(hit):
+                h = hit.iloc[0]
+                for target, short in TARGET_SHORT:
+                    row[f"ll_{short}"] = h.get(f"logloss_{target}")
+                    row[f"f1_{short}"] = h.get(f"macro_f1_{target}")
+        rows.append(row)
+    return rows
+
+
+def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO = sys.stdout) -> int:
+    """Compare the ``n`` most recent runs: status, window and champion per region with its
+    natural-test log-loss (ll_) and macro-F1 (f1_) for AgeGender (ag), gender (g), age (a).
+
+    Returns a process exit code: 0 when printed, 1 when there are no runs.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    flow = _open_flow(flow_name, out)
+    if flow is None:
+        return 1
+    rows = []
+    for i, run in enumerate(flow):  # newest first
+        if i >= n:
+            break
+        rows += summarize_run(run)
+    if not rows:
+        print(f"{flow_name} has no runs yet.", file=out)
+        return 1
+    cols = ["run", "status", "finished", "window", "region", "champion"] + [
+        f"{m}_{s}" for _, s in TARGET_SHORT for m in ("ll", "f1")]
+    table = pd.DataFrame(rows).reindex(columns=cols)
+    for c in cols[6:]:
+        table[c] = table[c].map(lambda v: f"{v:.4f}" if pd.notna(v) else "")
+    with pd.option_context("display.width", 250, "display.max_columns", 50,
+                           "display.max_colwidth", 60):
+        print(table.fillna("").to_string(index=False), file=out)
+    return 0

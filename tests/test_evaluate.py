@@ -1,0 +1,528 @@
+"""Tests of pythia.evaluate: metric arithmetic, champion rules, distributions, evaluate_run on
+a tiny in-memory world, the card, and `pythia report` / `pythia runs` on real Metaflow runs."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import brier_score_loss
+
+from pythia.evaluate import (bucket_mae, class_distribution, classwise_ece, evaluate_run,
+                             expected_bucket_mae, multiclass_brier, render_card,
+                             reliability_bins, score_predictions, select_champions,
+                             top_label_ece, total_variation_distance)
+from pythia.evaluate.metrics import check_probabilities
+from pythia.features import age_gender_index, class_labels
+
+EDGES = (18, 35, 55)  # 3 age buckets -> 6 AgeGender classes keeps fixtures tiny
+N_AGE = len(EDGES)
+
+
+# ---------------------------------------------------------------- metric arithmetic
+
+def test_brier_by_hand_and_matches_sklearn_binary():
+    y = np.array([0, 1])
+    p = np.array([[0.8, 0.2], [0.4, 0.6]])
+    # (0.2^2 + 0.2^2 + 0.4^2 + 0.4^2) / 2 = (0.08 + 0.32) / 2
+    assert multiclass_brier(y, p) == pytest.approx(0.2)
+    assert multiclass_brier(y, p) == pytest.approx(2 * brier_score_loss(y, p[:, 1]))
+
+
+def test_ece_top_label_and_classwise_by_hand():
+    y = np.array([0, 1, 0])
+    p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4]])
+    # bin 13 (conf .9): acc .5 -> |.5-.9| * 2/3 ; bin 9 (conf .6): acc 1 -> |1-.6| * 1/3
+    assert top_label_ece(y, p) == pytest.approx(0.4)
+    mean, per_class = classwise_ece(y, p)
+    # class 0: bin13 |1-1.8| + bin9 |1-.6| = 1.2 -> /3 ; class 1: bin1 |1-.2| + bin6 |0-.4|
+    np.testing.assert_allclose(per_class, [0.4, 0.4])
+    assert mean == pytest.approx(0.4)
+    bins = reliability_bins(y, p)
+    assert bins.loc[13, "count"] == 2 and bins.loc[13, "accuracy"] == pytest.approx(0.5)
+    assert bins["count"].sum() == 3
+
+
+def test_perfectly_calibrated_confident_predictions_have_zero_ece():
+    y = np.array([0, 1, 2])
+    p = np.eye(3)
+    assert top_label_ece(y, p) == 0.0
+    assert classwise_ece(y, p)[0] == 0.0
+
+
+def test_bucket_mae_by_hand():
+    y = np.array([0, 2, 1])
+    p = np.array([[0.5, 0.4, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    assert bucket_mae(y, p) == pytest.approx((0 + 2 + 1) / 3)
+    # expected |k - y|: .4+.2 ; .6*2+.3 ; .1+.7
+    assert expected_bucket_mae(y, p) == pytest.approx((0.6 + 1.5 + 0.8) / 3)
+
+
+def test_score_predictions_hand_values():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    rows = score_predictions(y, p, ["F", "M"]).set_index(["metric", "class"])["value"]
+    agg = {m: rows[(m, None)] if (m, None) in rows.index else rows.xs(m).iloc[0]
+           for m in ("accuracy", "macro_f1", "log_loss")}
+    assert agg["accuracy"] == pytest.approx(0.75)
+    # class F: P=1, R=.5, F1=2/3 ; class M: P=2/3, R=1, F1=.8
+    assert agg["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    assert agg["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.7, 0.8])))
+    assert rows[("f1", "F")] == pytest.approx(2 / 3)
+    assert rows[("support", "M")] == 2
+    assert "mae_buckets" not in rows.index.get_level_values(0)
+    ordinal = score_predictions(y, p, ["a", "b"], ordinal=True)
+    assert "expected_mae_buckets" in set(ordinal["metric"])
+
+
+def test_score_predictions_rejects_bad_input():
+    p = np.array([[0.5, 0.5]])
+    with pytest.raises(ValueError, match="labels outside"):
+        score_predictions(np.array([2]), p, ["F", "M"])
+    with pytest.raises(ValueError, match="expected 3 classes"):
+        score_predictions(np.array([0]), p, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="do not sum to 1"):
+        check_probabilities(np.array([[0.5, 0.1]]))
+    with pytest.raises(ValueError, match="NaN"):
+        check_probabilities(np.array([[np.nan, 1.0]]))
+
+
+def test_tvd_and_class_distribution():
+    assert total_variation_distance(np.array([0.5, 0.5]), np.array([0.2, 0.8])) == \
+        pytest.approx(0.3)
+    assert total_variation_distance(np.array([1, 1]), np.array([2, 2])) == 0.0  # normalised
+    with pytest.raises(ValueError, match="equal length"):
+        total_variation_distance(np.array([1.0]), np.array([0.5, 0.5]))
+    d = class_distribution(p=np.array([[0.9, 0.1], [0.3, 0.7]]))
+    np.testing.assert_allclose(d["mean_probability"], [0.6, 0.4])
+    np.testing.assert_allclose(d["argmax"], [0.5, 0.5])
+    np.testing.assert_allclose(class_distribution(y=np.array([1, 1, 0]), n_classes=3)["labels"],
+                               [1 / 3, 2 / 3, 0])
+    with pytest.raises(ValueError, match="exactly one"):
+        class_distribution()
+
+
+# ---------------------------------------------------------------- champion rules
+
+def _scores(rows):
+    base = {"model_dir": "/m", "eligible": True, "ineligible_reason": None}
+    return pd.DataFrame([dict(base, **r) for r in rows])
+
+
+def _cand(model, cregion, ll, region="EU", **kw):
+    return dict(eval_region=region, model=model, candidate_region=cregion, config_id=0,
+                val_logloss=ll, **kw)
+
+
+def test_champion_best_model_beats_baseline():
+    s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2), _cand("mlp", "global", 1.1)])
+    out = select_champions(s, ["EU"]).iloc[0]
+    assert out["blessed"] and out["champion"] == "mlp/EU#0"
+    assert out["baseline_val_logloss"] == 1.2
+    assert "beats the gbdt baseline" in out["reason"]
+    assert "no previous run" in out["reason"]
+
+
+def test_champion_baseline_wins_as_baseline_and_wins_ties():
+    s = _scores([_cand("mlp", "EU", 1.3), _cand("gbdt", "global", 1.1), _cand("tabnet", "EU", 1.1)])
+    out = select_champions(s, ["EU"]).iloc[0]
+    assert out["champion"] == "gbdt/global#0"
+    assert "wins as the baseline" in out["reason"]
+
+
+def test_champion_regression_blocks_blessing_and_tolerance_allows():
+    s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2)])
+    worse = select_champions(s, ["EU"], lambda r, b: (1.00, 1.05, 40, None), tolerance=0.01)
+    row = worse.iloc[0]
+    assert not row["blessed"] and row["champion"] is None
+    assert "REGRESSION" in row["reason"] and row["model"] == "mlp"
+    assert row["previous_logloss"] == 1.0 and row["n_same_rows"] == 40
+    ok = select_champions(s, ["EU"], lambda r, b: (1.00, 1.005, 40, None), tolerance=0.01)
+    assert ok.iloc[0]["blessed"] and "no regression" in ok.iloc[0]["reason"]
+    none = select_champions(s, ["EU"], lambda r, b: (None, None, 0, "no champion for EU"))
+    assert none.iloc[0]["blessed"] and "no champion for EU" in none.iloc[0]["reason"]
+
+
+def test_champion_ineligible_and_missing_regions():
+    s = _scores([_cand("mlp", "EU", 0.5, eligible=False, ineligible_reason="cover 50%"),
+                 _cand("gbdt", "EU", 1.2), _cand("tabnet", "EU", float("nan"))])
+    out = select_champions(s, ["EU", "NA"]).set_index("region")
+    assert out.loc["EU", "champion"] == "gbdt/EU#0"  # the better mlp is not eligible
+    assert not out.loc["NA", "blessed"] and "no candidate" in out.loc["NA", "reason"]
+    all_bad = select_champions(_scores([_cand("mlp", "EU", 0.5, eligible=False,
+                                              ineligible_reason="cover 50%")]), ["EU"])
+    assert "cover 50%" in all_bad.iloc[0]["reason"] and not all_bad.iloc[0]["blessed"]
+    with pytest.raises(ValueError, match="lacks columns"):
+        select_champions(pd.DataFrame({"model": ["x"]}), ["EU"])
+
+
+# ---------------------------------------------------------------- a tiny world
+
+class FakeWorld:
+    """Rows carry their true AgeGender distribution q; provider labels flip 20% at random."""
+
+    FLIP = 0.2
+
+    def __init__(self, q_by_impression: dict[str, np.ndarray], truth: pd.DataFrame):
+        self.q = q_by_impression
+        self._truth = truth
+
+    def truth(self) -> pd.DataFrame:
+        return self._truth
+
+    def posterior(self, df: pd.DataFrame) -> np.ndarray:
+        return np.stack([self.q[i] for i in df["impression_id"]])
+
+    def label_posterior(self, df, providers, dates=None) -> np.ndarray:
+        assert len(providers) == len(df) and dates is not None
+        q = self.posterior(df)
+        return (1 - self.FLIP) * q + self.FLIP / q.shape[1]
+
+
+def _make_world(seed: int = 0, n_users: int = 600, rows_per_split: int = 600):
+    rng = np.random.default_rng(seed)
+    k = 2 * N_AGE
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(n_users)],
+                          "region": rng.choice(["EU", "NA"], n_users)})
+    user_q = rng.dirichlet(np.full(k, 0.4), n_users)
+    user_ag = np.array([rng.choice(k, p=q) for q in user_q])
+    g, a = user_ag // N_AGE, user_ag % N_AGE
+    ages = np.array([18, 35, 55])[a] + 3
+    truth = pd.DataFrame({"user_id": users["user_id"], "gender": np.array(["F", "M"])[g],
+                          "age": ages, "age_bucket": None})
+    frames, q_by_imp = {}, {}
+    for split in ("validation", "test_natural", "test_resampled"):
+        u = rng.integers(0, n_users, rows_per_split)
+        flip = rng.random(rows_per_split) < FakeWorld.FLIP
+        y_ag = np.where(flip, rng.integers(0, k, rows_per_split), user_ag[u])
+        ids = [f"{split}-{i}" for i in range(rows_per_split)]
+        q_by_imp.update(zip(ids, user_q[u]))
+        yg, ya = y_ag // N_AGE, y_ag % N_AGE
+        frames[split] = pd.DataFrame({
+            "impression_id": ids, "user_id": users["user_id"].to_numpy()[u],
+            "region": users["region"].to_numpy()[u], "country": "DE",
+            "is_power_user": rng.random(rows_per_split) < 0.1,
+            "y_gender": yg.astype("int32"), "y_age": ya.astype("int32"),
+            "y_age_gender": age_gender_index(yg, ya, N_AGE).astype("int32"),
+            "label_provider": "acme", "date": "2024-01-05", "split": split})
+    # one unlabelled gender row must be counted, not dropped
+    frames["test_natural"]["y_gender"] = frames["test_natural"]["y_gender"].astype("Int32")
+    frames["test_natural"].loc[0, "y_gender"] = pd.NA
+    return frames, FakeWorld(q_by_imp, truth)
+
+
+def _write_predictions(path, frames, world, mix: float, region: str, drop: int = 0):
+    """Predictions = (1 - mix) * label posterior + mix * uniform, for `region`'s rows."""
+    rows = []
+    for split, df in frames.items():
+        if region != "global":
+            df = df[df["region"] == region]
+        df = df.iloc[drop:]
+        joint = (1 - mix) * world.label_posterior(df, df["label_provider"].to_numpy(),
+                                                  df["date"].to_numpy()) + mix / (2 * N_AGE)
+        p = joint.reshape(len(df), 2, N_AGE)
+        rows.append(pd.DataFrame({
+            "impression_id": df["impression_id"].to_numpy(), "split": split,
+            "region": df["region"].to_numpy(), "scored_by_region": region,
+            "p_gender": list(p.sum(axis=2).astype(np.float32)),
+            "p_age": list(p.sum(axis=1).astype(np.float32)),
+            "p_age_gender": list(joint.astype(np.float32))}))
+    table = pa.Table.from_pandas(pd.concat(rows, ignore_index=True), preserve_index=False)
+    pq.write_table(table, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    frames, world = _make_world()
+    specs = [("mlp", "global", 0.0, 0), ("gbdt", "global", 0.5, 0), ("gbdt", "EU", 0.3, 0),
+             ("tabnet", "EU", 0.0, 5)]  # tabnet misses 5 EU rows per split
+    candidates = [{"model": m, "region": r, "config_id": 0, "model_dir": f"/models/{m}_{r}",
+                   "predictions_uri": _write_predictions(tmp / f"{m}_{r}.parquet", frames,
+                                                         world, mix, r, drop),
+                   "val_logloss": {"age_gender": 9.9}, "fit_seconds": 1.0}
+                  for m, r, mix, drop in specs]
+
+    def previous(region, rows):
+        if region == "NA":
+            return None  # the previous run had no NA champion
+        # a previous champion that knew the labels: the new one regresses against it
+        y = rows["y_age_gender"].to_numpy()
+        p = np.full((len(rows), 2 * N_AGE), 0.02)
+        p[np.arange(len(rows)), y] = 1 - 0.02 * (2 * N_AGE - 1)
+        return {"age_gender": p}
+
+    previous.pathspec = "DemoFlow/123"
+    reports = tmp / "reports"
+    results = evaluate_run(candidates, frames, world, previous, EDGES, str(reports))
+    return results, frames, world, reports, candidates
+
+
+def test_evaluate_run_metrics_cover_every_slice(tiny_run):
+    results, frames, *_ = tiny_run
+    m = results["metrics"]
+    assert {"model", "region", "config_id", "eval_region", "target", "test_set",
+            "label_source", "metric", "class", "value", "n"} <= set(m.columns)
+    assert set(m["test_set"]) == {"validation", "natural", "resampled", "natural_no_power_users"}
+    assert set(m["label_source"].dropna()) == {"provider", "truth"}
+    glob = m[(m["model"] == "mlp") & (m["region"] == "global")]
+    assert set(glob["eval_region"]) == {"global", "EU", "NA"}
+    assert set(m[(m["model"] == "gbdt") & (m["region"] == "EU")]["eval_region"]) == {"EU"}
+    for metric in ("accuracy", "log_loss", "brier", "ece", "classwise_ece", "macro_f1",
+                   "weighted_f1", "precision", "recall", "f1"):
+        assert metric in set(m["metric"]), metric
+    assert "mae_buckets" in set(m[m["target"] == "age"]["metric"])
+    # rows in the no-power-user slice = natural rows minus power users
+    nat = frames["test_natural"]
+    n_npu = m[(m["model"] == "mlp") & (m["eval_region"] == "global")
+              & (m["test_set"] == "natural_no_power_users") & (m["metric"] == "log_loss")
+              & (m["target"] == "age_gender") & (m["label_source"] == "provider")]["n"]
+    assert n_npu.iloc[0] == (~nat["is_power_user"]).sum()
+    # the one missing gender label is counted, not dropped
+    unl = m[(m["model"] == "mlp") & (m["eval_region"] == "global") & (m["test_set"] == "natural")
+            & (m["metric"] == "n_unlabelled") & (m["target"] == "gender")
+            & (m["label_source"] == "provider")]["value"]
+    assert unl.iloc[0] == 1
+
+
+def test_evaluate_run_gauge_ratio_is_one_for_the_exact_posterior(tiny_run):
+    g = tiny_run[0]["gauge"]
+    exact = g[(g["model"] == "mlp") & (g["label_source"] == "provider")]
+    np.testing.assert_allclose(exact["ratio"], 1.0, rtol=1e-5)  # mlp == label posterior
+    worse = g[(g["model"] == "gbdt") & (g["region"] == "global")
+              & (g["label_source"] == "provider") & (g["eval_region"] == "global")]
+    # Bayes is optimal in expectation: small slices may favour a worse model on one target
+    assert worse["ratio"].mean() > 1
+    assert (worse[worse["target"] == "age_gender"]["ratio"] > 1).all()
+    np.testing.assert_allclose(g["ratio"], g["logloss"] / g["bayes_logloss"])
+
+
+def test_evaluate_run_distributions_and_tvd(tiny_run):
+    results, frames, *_ = tiny_run
+    d = results["distributions"]
+    labels = d[(d["source"] == "provider_labels") & (d["eval_region"] == "global")
+               & (d["test_set"] == "natural") & (d["target"] == "age")]
+    expected = np.bincount(frames["test_natural"]["y_age"], minlength=N_AGE) / 600
+    np.testing.assert_allclose(labels["share"], expected)
+    pred = d[(d["model"] == "gbdt") & (d["region"] == "global") & (d["eval_region"] == "global")
+             & (d["test_set"] == "natural") & (d["target"] == "age")]
+    mp = pred[pred["source"] == "mean_probability"]
+    assert mp["share"].sum() == pytest.approx(1.0, abs=1e-6)
+    assert mp["tvd_provider"].iloc[0] == pytest.approx(
+        0.5 * np.abs(mp["share"].to_numpy() - expected).sum())
+    assert set(pred["source"]) == {"mean_probability", "argmax"}
+    assert "truth_labels" in set(d["source"])
+
+
+def test_evaluate_run_champions(tiny_run):
+    results, *_ = tiny_run
+    c = results["champions"].set_index("region")
+    assert set(c.index) == {"global", "EU", "NA"}
+    # tabnet/EU is the exact posterior but misses rows: not eligible
+    assert c.loc["NA", "champion"] == "mlp/global#0" and c.loc["NA", "blessed"]
+    assert "no champion for NA" in c.loc["NA", "reason"]
+    # the previous champion knew the labels: blocked, the previous one stays
+    assert not c.loc["EU", "blessed"] and c.loc["EU", "champion"] is None
+    assert "REGRESSION" in c.loc["EU", "reason"] and "DemoFlow/123" in c.loc["EU", "reason"]
+    assert c.loc["EU", "current_logloss_on_same_rows"] > c.loc["EU", "previous_logloss"]
+    assert c.loc["EU", "model"] == "mlp"
+    m = results["metrics"]
+    cov = m[(m["model"] == "tabnet") & (m["metric"] == "coverage") & (m["test_set"] == "natural")]
+    assert (cov["value"] < 1).all()
+    h = results["headline"]
+    assert {"logloss_age_gender", "macro_f1_gender", "bayes_ratio_age_gender",
+            "champion"} <= set(h.columns)
+    assert h[(h["eval_region"] == "NA")].iloc[0]["champion"]  # champion listed first
+
+
+def test_evaluate_run_writes_report_files(tiny_run):
+    results, _, _, reports, _ = tiny_run
+    files = results["report_files"]
+    assert str(reports / "metrics.parquet") in files
+    back = pd.read_parquet(reports / "metrics.parquet")
+    assert len(back) == len(results["metrics"])
+    doc = json.loads((reports / "metrics.json").read_text())
+    assert len(doc["metrics"]) == len(results["metrics"]) and doc["champions"]
+    names = set(results["figures"])
+    for kind in ("per_class_f1", "confusion", "reliability", "distribution"):
+        for region in ("global", "EU", "NA"):
+            assert f"{kind}__{region}" in names
+            png = (reports / "figures" / f"{kind}__{region}.png").read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_run_rejects_bad_inputs(tiny_run, tmp_path):
+    _, frames, world, _, candidates = tiny_run
+    with pytest.raises(ValueError, match="no candidates"):
+        evaluate_run([], frames, world, None, EDGES, str(tmp_path))
+    with pytest.raises(ValueError, match="lacks split"):
+        evaluate_run(candidates, {"validation": frames["validation"]}, world, None, EDGES,
+                     str(tmp_path))
+    with pytest.raises(ValueError, match="duplicate candidates"):
+        evaluate_run(candidates[:1] * 2, frames, world, None, EDGES, str(tmp_path))
+    # labels coded for other age edges are a bug, not noise
+    with pytest.raises(ValueError, match="age edges"):
+        evaluate_run(candidates, frames, None, None, (18, 40), str(tmp_path))
+
+
+def test_evaluate_run_without_world_has_no_gauge(tiny_run, tmp_path):
+    _, frames, _, _, candidates = tiny_run
+    out = evaluate_run(candidates[:2], frames, None, None, EDGES, str(tmp_path),
+                       make_figures=False)
+    assert out["gauge"] is None
+    assert set(out["metrics"]["label_source"].dropna()) == {"provider"}
+    assert out["champions"].set_index("region").loc["global", "champion"] == "mlp/global#0"
+
+
+# ---------------------------------------------------------------- card
+
+class FakeCard:
+    def __init__(self):
+        self.components = []
+
+    def append(self, component):
+        self.components.append(component)
+
+
+def test_render_card_shows_every_figure_and_table(tiny_run):
+    from metaflow.cards import Image, Markdown, Table
+
+    results = tiny_run[0]
+    card = FakeCard()
+    recon = pd.DataFrame({"stage": ["etl"], "rows_in": [10], "rows_used": [9],
+                          "rows_quarantined": [1]})
+    choice = pd.DataFrame({"country": ["DE"], "provider": ["acme"]})
+    render_card(card, results, recon, choice)
+    images = [c for c in card.components if isinstance(c, Image)]
+    assert len(images) == len(results["figures"])
+    assert all(c._error_comp is None for c in images)  # PNG bytes parsed
+    tables = [c for c in card.components if isinstance(c, Table)]
+    assert len(tables) == 5  # champions, headline, gauge, reconciliation, provider choice
+    text = " ".join(c._text for c in card.components if isinstance(c, Markdown))
+    assert "Data reconciliation" in text and "Region `EU`" in text
+    for comp in card.components:
+        comp.render()
+    with pytest.raises(ValueError, match="champions"):
+        render_card(FakeCard(), {"headline": None}, None, None)
+
+
+# ---------------------------------------------------------------- report / runs
+
+FLOW = textwrap.dedent('''
+    import pandas as pd
+    from metaflow import FlowSpec, Parameter, step
+
+    class TinyReportFlow(FlowSpec):
+        fail = Parameter("fail", default=False, type=bool)
+
+        @step
+        def start(self):
+            self.window = {"train": ["2024-01-01", "2024-01-02", "2024-01-03"],
+                           "validation": ["2024-01-04"], "test": ["2024-01-05"]}
+            if self.fail:
+                raise RuntimeError("boom")
+            self.champions = pd.DataFrame({
+                "region": ["global", "EU"], "champion": ["mlp/global#0", None],
+                "blessed": [True, False], "reason": ["best", "REGRESSION: worse"]})
+            self.headline = pd.DataFrame({
+                "eval_region": ["global", "global"], "model": ["mlp", "gbdt"],
+                "candidate_region": ["global", "global"], "config_id": [0, 0],
+                "champion": [True, False], "val_logloss": [1.5, 1.7],
+                "logloss_age_gender": [1.61, 1.8], "macro_f1_age_gender": [0.31, 0.2],
+                "logloss_gender": [0.52, 0.6], "macro_f1_gender": [0.71, 0.6],
+                "logloss_age": [1.21, 1.3], "macro_f1_age": [0.41, 0.3]})
+            self.metrics = pd.DataFrame({"metric": ["log_loss"], "value": [1.61]})
+            self.next(self.end)
+
+        @step
+        def end(self):
+            pass
+
+    if __name__ == "__main__":
+        TinyReportFlow()
+''')
+
+
+@pytest.fixture
+def metaflow_home(tmp_path, monkeypatch):
+    """A private local datastore/metadata root, for the Runner and for the in-process client."""
+    from metaflow import default_metadata, metadata
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    root = tmp_path / "mf"
+    (root / ".metaflow").mkdir(parents=True)
+    env = {"METAFLOW_USER": "pythia", "METAFLOW_DEFAULT_METADATA": "local",
+           "METAFLOW_DEFAULT_DATASTORE": "local", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root),
+           "USERNAME": "pythia"}
+    monkeypatch.setattr(LocalStorage, "datastore_root", None)
+    metadata(f"local@{root}")
+    yield root, env
+    default_metadata()
+
+
+def test_report_and_runs_without_runs(metaflow_home):
+    out = io.StringIO()
+    assert print_runs_(out) == 1
+    assert "No runs of TinyReportFlow" in out.getvalue()
+    out = io.StringIO()
+    assert print_report_(out) == 1
+
+
+def print_runs_(out, n=10):
+    from pythia.evaluate import print_runs
+    return print_runs(n=n, flow_name="TinyReportFlow", out=out)
+
+
+def print_report_(out, run_id=None):
+    from pythia.evaluate import print_report
+    return print_report(run_id=run_id, flow_name="TinyReportFlow", out=out)
+
+
+@pytest.mark.slow
+def test_report_and_runs_against_real_runs(metaflow_home, tmp_path):
+    from metaflow import Runner
+
+    root, env = metaflow_home
+    flow_file = tmp_path / "tiny_report_flow.py"
+    flow_file.write_text(FLOW)
+    env = dict(os.environ, **env)
+    with Runner(str(flow_file), show_output=False, env=env, cwd=str(tmp_path)).run() as ok:
+        assert ok.status == "successful", ok.stderr
+        ok_id = ok.run.id
+    with Runner(str(flow_file), show_output=False, env=env,
+                cwd=str(tmp_path)).run(fail=True) as bad:
+        assert bad.status == "failed"
+        bad_id = bad.run.id
+
+    out = io.StringIO()
+    assert print_report_(out) == 0  # latest successful, not the failed newer one
+    text = out.getvalue()
+    assert f"TinyReportFlow/{ok_id}" in text and "1.6100" in text and "REGRESSION" in text
+    assert "2024-01-01..2024-01-05" in text
+
+    out = io.StringIO()
+    assert print_report_(out, run_id=bad_id) == 1
+    assert "no headline" in out.getvalue()
+    out = io.StringIO()
+    assert print_report_(out, run_id="999") == 1
+    assert "not found" in out.getvalue()
+
+    out = io.StringIO()
+    assert print_runs_(out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[1].split()[0] == bad_id and "failed" in lines[1]  # newest first
+    ok_lines = [ln for ln in lines if ln.startswith(ok_id)]
+    assert len(ok_lines) == 2 and "successful" in ok_lines[0]
+    assert "mlp/global#0" in out.getvalue() and "(kept previous)" in out.getvalue()
+    assert "0.3100" in out.getvalue() and "0.7100" in out.getvalue()
+    with pytest.raises(ValueError, match="n must be"):
+        print_runs_(io.StringIO(), n=0)
