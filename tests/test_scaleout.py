@@ -1,0 +1,450 @@
+"""Scale-out path: S3 (a moto server speaking the real protocol), Spark <-> S3, Spark Connect,
+Metaflow's code package, and compiling the flow to Airflow / Argo.
+
+Nothing here mocks pythia: storage, Metaflow and Spark talk to real servers on 127.0.0.1.
+Metaflow's client is read in a subprocess with the S3 environment, because Metaflow reads its
+configuration once per process at import time.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from s3_fixtures import (BUCKET, DUMMY_KEY_ID, DUMMY_SECRET, moto_s3, s3_env,  # noqa: F401
+                         s3_environment)
+
+from pythia import spark_s3, storage
+
+REPO = Path(__file__).resolve().parent.parent
+FLOW = REPO / "flows" / "demo_flow.py"
+STEPS = ["start", "select_providers", "prepare_labels", "etl_hour", "join_hours",
+         "to_tfrecords", "train", "evaluate", "end"]
+
+
+def _subprocess_env(env: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, **env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _client(env: dict[str, str], code: str, cwd: Path) -> object:
+    """Run ``code`` (which sets ``out``) with the Metaflow client in a fresh process; JSON back."""
+    script = "import json\nfrom metaflow import namespace\nnamespace(None)\n" + code + \
+        "\nprint('@@' + json.dumps(out, default=str))\n"
+    proc = subprocess.run([sys.executable, "-c", script], env=_subprocess_env(env), cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("@@")][-1]
+    return json.loads(line[2:])
+
+
+# ------------------------------------------------------------------ pythia.storage on S3
+
+def test_storage_round_trips_on_s3(s3_env, moto_s3, tmp_path):
+    root = s3_env["PYTHIA_DATA_ROOT"] + "/storage"
+    storage.write_bytes_atomic(root + "/a/blob.bin", b"\x00\x01pythia")
+    storage.write_json_atomic(root + "/a/doc.json", {"rows": 3, "ok": True})
+    assert storage.read_bytes(root + "/a/blob.bin") == b"\x00\x01pythia"
+    assert storage.read_json(root + "/a/doc.json") == {"rows": 3, "ok": True}
+    assert storage.exists(root + "/a/doc.json") and not storage.exists(root + "/nope.json")
+
+    with storage.staged_dir(root + "/staged") as d:
+        Path(d, "part-0.txt").write_text("zero")
+        Path(d, "sub").mkdir()
+        Path(d, "sub", "part-1.txt").write_text("one")
+    local = tmp_path / "up"
+    (local / "x").mkdir(parents=True)
+    (local / "x" / "y.txt").write_text("uploaded")
+    assert storage.upload_dir(str(local), root + "/up") == [root + "/up/x/y.txt"]
+
+    assert storage.list_files(root) == sorted([
+        root + "/a/blob.bin", root + "/a/doc.json", root + "/staged/part-0.txt",
+        root + "/staged/sub/part-1.txt", root + "/up/x/y.txt"])
+    # what pyarrow wrote is what the S3 API lists (no folder markers, no temp names)
+    assert moto_s3.keys("pythia/storage/") == sorted(
+        u.split(f"s3://{BUCKET}/", 1)[1] for u in storage.list_files(root))
+
+    down = storage.download_dir(root + "/staged", str(tmp_path / "down"))
+    assert Path(down, "sub", "part-1.txt").read_text() == "one"
+    with storage.local_copy(root + "/up") as copy:
+        assert Path(copy, "x", "y.txt").read_text() == "uploaded"
+    assert not Path(copy).exists()  # the temporary copy is cleaned up
+
+
+def test_storage_on_s3_fails_clearly(s3_env, moto_s3):
+    root = s3_env["PYTHIA_DATA_ROOT"] + "/failing"
+    with pytest.raises(FileNotFoundError, match="failing/missing.json"):
+        storage.read_json(root + "/missing.json")
+    # a writer that dies publishes nothing
+    with pytest.raises(RuntimeError, match="boom"):
+        with storage.staged_dir(root + "/half") as d:
+            Path(d, "part-0").write_text("half")
+            raise RuntimeError("boom")
+    assert moto_s3.keys("pythia/failing/") == []
+    assert storage.list_files(root + "/half") == []
+
+
+# ------------------------------------------------------------------ Metaflow on the S3 datastore
+
+TINY_FLOW = '''
+from metaflow import FlowSpec, Parameter, step
+
+
+class TinyS3Flow(FlowSpec):
+    """start -> square (foreach) -> join -> end, on whatever datastore is configured."""
+
+    n = Parameter("n", default=3, type=int)
+
+    @step
+    def start(self):
+        self.items = list(range(self.n))
+        self.next(self.square, foreach="items")
+
+    @step
+    def square(self):
+        self.sq = self.input ** 2
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.total = sum(i.sq for i in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("total", self.total)
+
+
+if __name__ == "__main__":
+    TinyS3Flow()
+'''
+
+
+def test_metaflow_runs_on_moto_s3(s3_env, moto_s3, tmp_path):
+    from metaflow import Runner
+    flow = tmp_path / "tiny_s3_flow.py"
+    flow.write_text(TINY_FLOW)
+    with Runner(str(flow), show_output=False, env=s3_env, cwd=str(tmp_path)) as runner:
+        result = runner.run(n=4)
+        assert result.status == "successful", result.stderr[-3000:]
+        run_id = result.run.id
+    out = _client(s3_env, f"from metaflow import Run\nr = Run('TinyS3Flow/{run_id}')\n"
+                          "out = {'total': r.data.total, 'ok': r.successful, "
+                          "'ds': r['end'].task.metadata_dict.get('ds-type')}", tmp_path)
+    assert out == {"total": 0 + 1 + 4 + 9, "ok": True, "ds": "s3"}
+    keys = moto_s3.keys("metaflow/TinyS3Flow/")
+    assert any("/data/" in k for k in keys), keys[:10]  # artifacts (content-addressed)
+    assert any(f"/{run_id}/end/" in k for k in keys)  # task metadata/logs of this run
+    # the local sysroot only holds the (local) metadata; every artifact blob went to S3
+    local = [p for p in Path(s3_env["METAFLOW_DATASTORE_SYSROOT_LOCAL"]).rglob("*")
+             if p.is_file()]
+    assert local and all("_meta" in p.parts for p in local), local[:5]
+
+
+# ------------------------------------------------------------------ Spark <-> S3 settings
+
+def test_s3a_paths_and_conf(s3_env):
+    assert spark_s3.to_s3a("s3://b/k/x.parquet") == "s3a://b/k/x.parquet"
+    assert spark_s3.to_s3a("/tmp/x") == "/tmp/x"
+    assert spark_s3.from_s3a("s3a://b/k") == "s3://b/k"
+    conf = spark_s3.s3a_conf("http://127.0.0.1:9000")
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "us-east-1"
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"] == \
+        spark_s3.DEFAULT_CREDENTIALS_PROVIDER
+    # credentials are in the environment, but never in Spark's settings
+    text = json.dumps(conf)
+    assert DUMMY_SECRET not in text and DUMMY_KEY_ID not in text
+    assert not any("secret" in k or "access.key" in k for k in conf)
+    aws = spark_s3.s3a_conf(None)
+    assert "spark.hadoop.fs.s3a.endpoint" not in aws  # AWS itself: SDK picks the endpoint
+    assert spark_s3.describe({"spark.hadoop.fs.s3a.secret.key": "x"}).endswith("=***")
+
+
+def test_s3a_conf_rejects_endpoint_without_scheme():
+    with pytest.raises(ValueError, match="127.0.0.1:9000"):
+        spark_s3.s3a_conf("127.0.0.1:9000")
+
+
+def test_find_s3a_jars_needs_both_jars(tmp_path, monkeypatch):
+    monkeypatch.delenv(spark_s3.JARS_DIR_ENV, raising=False)
+    (tmp_path / "hadoop-aws-3.5.0.jar").write_bytes(b"")
+    assert spark_s3.find_s3a_jars(str(tmp_path)) == spark_s3.find_s3a_jars()  # pyspark's own
+    (tmp_path / "bundle-2.29.52.jar").write_bytes(b"")
+    assert spark_s3.find_s3a_jars(str(tmp_path)) == [str(tmp_path / "hadoop-aws-3.5.0.jar"),
+                                                     str(tmp_path / "bundle-2.29.52.jar")]
+    assert spark_s3.session_conf_for("/local/only") == {}
+
+
+def test_hadoop_version_matches_pyspark_jars():
+    version = spark_s3.hadoop_version()
+    assert version and version[0].isdigit() and version.count(".") == 2
+
+
+@pytest.fixture(scope="module")
+def local_spark():
+    """One small local[1] session for this module (the shape pythia.etl uses)."""
+    from pyspark.sql import SparkSession
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (SparkSession.builder.master("local[1]").appName("pythia-scaleout-test")
+             .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
+             .config("spark.driver.memory", "1g")
+             .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    yield spark
+    spark.stop()
+
+
+@pytest.mark.spark
+def test_spark_parquet_round_trip_on_s3_via_staging(s3_env, moto_s3, local_spark):
+    """Without the S3A jars a local session still reads/writes S3 by staging (the fallback)."""
+    if spark_s3.s3a_available(local_spark):
+        pytest.skip("this session has S3A; test_spark_s3a_round_trip covers it")
+    uri = s3_env["PYTHIA_DATA_ROOT"] + "/spark/table"
+    df = local_spark.createDataFrame([(i, f"u{i}", i % 3) for i in range(50)],
+                                     "id long, user string, hour int")
+    with spark_s3.spark_writable(local_spark, uri) as target:
+        assert not target.startswith("s3")
+        df.write.mode("overwrite").partitionBy("hour").parquet(target)
+    keys = moto_s3.keys("pythia/spark/table/")
+    assert any(k.startswith("pythia/spark/table/hour=2/") and k.endswith(".parquet")
+               for k in keys), keys
+    assert not any(k.endswith(".crc") for k in keys)
+    with spark_s3.spark_readable(local_spark, uri) as src:
+        back = local_spark.read.parquet(src).orderBy("id").collect()
+    assert [(r.id, r.user, r.hour) for r in back] == [(i, f"u{i}", i % 3) for i in range(50)]
+    # pyarrow (pythia.storage) reads what Spark wrote: one format, two engines
+    from pythia.pipeline import read_table
+    assert len(read_table(uri)) == 50
+
+
+@pytest.mark.spark
+def test_spark_writable_publishes_nothing_on_failure(s3_env, moto_s3, local_spark):
+    uri = s3_env["PYTHIA_DATA_ROOT"] + "/spark/failed"
+    with pytest.raises(RuntimeError, match="killed"):
+        with spark_s3.spark_writable(local_spark, uri) as target:
+            local_spark.range(5).write.parquet(target)
+            raise RuntimeError("killed mid-write")
+    assert moto_s3.keys("pythia/spark/failed/") == []
+
+
+def test_staging_refuses_a_cluster_session():
+    """Staging through local disk is wrong on a cluster (executors do not share it)."""
+    class _Ctx:
+        master = "spark://spark-master:7077"
+
+    class _ClusterSession:  # a stand-in for pyspark's session: only what the check reads
+        sparkContext = _Ctx()
+
+    with pytest.raises(RuntimeError, match="no S3A connector"):
+        spark_s3._require_local_mode(_ClusterSession(), "s3://b/k")
+
+
+@pytest.mark.spark
+def test_spark_s3a_round_trip(s3_env, moto_s3, tmp_path):
+    """Real s3a:// on the moto server; runs where the hadoop-aws + AWS SDK jars are present."""
+    conf = spark_s3.s3a_session_conf(s3_env["AWS_ENDPOINT_URL_S3"])
+    if conf is None:
+        pytest.skip(f"no S3A jars (hadoop-aws-{spark_s3.hadoop_version()} + AWS SDK bundle) "
+                    f"in ${spark_s3.JARS_DIR_ENV} or pyspark/jars, and no "
+                    f"${spark_s3.PACKAGES_ENV}")
+    code = (
+        "import json, sys\nfrom pyspark.sql import SparkSession\n"
+        "conf = json.loads(sys.argv[1])\n"
+        "b = SparkSession.builder.master('local[1]').config('spark.ui.enabled', 'false')\n"
+        "for k, v in conf.items(): b = b.config(k, v)\n"
+        "s = b.getOrCreate()\n"
+        f"s.range(20).write.mode('overwrite').parquet('s3a://{BUCKET}/pythia/s3a/t')\n"
+        f"print('@@', s.read.parquet('s3a://{BUCKET}/pythia/s3a/t').count())\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(conf)],
+                          env=_subprocess_env(s3_env), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "@@ 20" in proc.stdout
+    assert any(k.endswith(".parquet") for k in moto_s3.keys("pythia/s3a/t/"))
+
+
+# ------------------------------------------------------------------ Spark Connect
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Spark Connect server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"Spark Connect server not listening on {port} after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def connect_url(tmp_path_factory):
+    """A Spark Connect server (pyspark's own spark-connect jar) on 127.0.0.1; stopped after."""
+    import pyspark
+    home = os.path.dirname(pyspark.__file__)
+    port = _free_port()
+    log = tmp_path_factory.mktemp("connect") / "server.log"
+    env = {**os.environ, "SPARK_HOME": home, "PYSPARK_PYTHON": sys.executable,
+           "PYTHONPATH": str(REPO)}
+    cmd = [os.path.join(home, "bin", "spark-submit"), "--master", "local[1]",
+           "--driver-memory", "1g",
+           "--conf", "spark.ui.enabled=false",
+           "--conf", "spark.sql.shuffle.partitions=2",
+           "--conf", "spark.sql.session.timeZone=UTC",
+           "--conf", f"spark.connect.grpc.binding.port={port}",
+           "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+           "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+           "spark-internal"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        _wait_for_port(port, proc, timeout=180)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        # spark-submit execs a JVM in the same (new) process group: stop the group by its id
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _add_ten(batches):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    for b in batches:
+        yield pa.RecordBatch.from_arrays(
+            [b.column("id"), pc.add(b.column("id"), 10), b.column("user")],
+            names=["id", "id_plus_10", "user"])
+
+
+@pytest.mark.spark
+def test_spark_connect_round_trip_with_map_in_arrow(connect_url):
+    from pythia.etl.session import get_spark
+    spark = get_spark("pythia-connect-test", remote=connect_url)
+    try:
+        assert spark_s3._is_connect(spark) and spark_s3.s3a_available(spark)
+        df = spark.createDataFrame([(i, f"u{i % 4}") for i in range(30)], "id long, user string")
+        out = df.mapInArrow(_add_ten, "id long, id_plus_10 long, user string")
+        rows = out.groupBy("user").count().orderBy("user").collect()
+        assert [(r.user, r["count"]) for r in rows] == [("u0", 8), ("u1", 8), ("u2", 7),
+                                                        ("u3", 7)]
+        got = out.orderBy("id").toPandas()
+        assert (got["id_plus_10"] - got["id"] == 10).all() and len(got) == 30
+        with pytest.raises(Exception, match="(?i)cannot resolve|UNRESOLVED_COLUMN"):
+            df.select("no_such_column").collect()
+    finally:
+        spark.stop()
+
+
+# ------------------------------------------------------------------ remote steps: code package
+
+def test_code_package_ships_the_pythia_package(tmp_path):
+    """`flows/pythia` is a symlink; Metaflow's package must contain the library itself."""
+    pkg = tmp_path / "package.tgz"
+    env = _subprocess_env({"METAFLOW_USER": "pythia",
+                           "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)})
+    proc = subprocess.run([sys.executable, str(FLOW), "package", "save", str(pkg)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = set(tarfile.open(pkg).getnames())
+    library = {str(p.relative_to(REPO)) for p in (REPO / "pythia").rglob("*.py")}
+    assert "demo_flow.py" in names
+    assert {"pythia/pipeline.py", "pythia/storage.py", "pythia/spark_s3.py"} <= names
+    assert library <= names, sorted(library - names)
+    assert not any(n.startswith(("flows/", "tests/", ".venv")) for n in names)
+
+
+# ------------------------------------------------------------------ schedulers
+
+def _scheduled_flow(tmp_path: Path) -> Path:
+    """DemoFlow with ``@schedule(daily=True)`` (added here unless the flow has it already)."""
+    src = FLOW.read_text()
+    if "@schedule(" not in src:
+        assert "\nclass DemoFlow(FlowSpec):" in src
+        src = src.replace("from metaflow import FlowSpec,", "from metaflow import schedule\n"
+                          "from metaflow import FlowSpec,", 1)
+        src = src.replace("\nclass DemoFlow(FlowSpec):",
+                          "\n@schedule(daily=True)\nclass DemoFlow(FlowSpec):", 1)
+    d = tmp_path / "flows"
+    d.mkdir()
+    (d / "demo_flow.py").write_text(src)
+    (d / "pythia").symlink_to(REPO / "pythia", target_is_directory=True)
+    return d / "demo_flow.py"
+
+
+@pytest.fixture()
+def scheduler_env(s3_env):
+    pytest.importorskip("kubernetes", reason="Metaflow's Airflow/Argo compilers import the "
+                                             "kubernetes client package")
+    return s3_env
+
+
+def _compile(flow: Path, args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(flow), *args], env=_subprocess_env(env),
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    return proc
+
+
+def test_flow_compiles_to_airflow(scheduler_env, moto_s3, tmp_path):
+    flow = _scheduled_flow(tmp_path)
+    dag = tmp_path / "dag.py"
+    _compile(flow, ["airflow", "create", str(dag)], scheduler_env, tmp_path)
+    text = dag.read_text()
+    tree = ast.parse(text)  # valid Python
+    config = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", "") == "CONFIG")
+    assert set(config["states"]) == set(STEPS)
+    assert config["dag_instantiation_params"]["schedule_interval"] == "@daily"
+    assert [p["name"] for p in config["metaflow_params"]] and all(
+        "default" in p for p in config["metaflow_params"])
+    # the code package was uploaded to the S3 datastore, and no credential went into the DAG
+    assert any("/data/" in k for k in moto_s3.keys("metaflow/DemoFlow/"))
+    assert DUMMY_SECRET not in text and DUMMY_KEY_ID not in text
+
+
+def test_flow_compiles_to_argo_json(scheduler_env, moto_s3, tmp_path):
+    flow = _scheduled_flow(tmp_path)
+    proc = _compile(flow, ["argo-workflows", "create", "--only-json"], scheduler_env, tmp_path)
+    doc = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert doc["kind"] == "WorkflowTemplate"
+    templates = {t["name"] for t in doc["spec"]["templates"]}
+    assert {s.replace("_", "-") for s in STEPS} <= templates
+    cron = json.loads(doc["metadata"]["annotations"]["metaflow/cron"])
+    assert cron["schedule"]  # @schedule(daily=True) reached the deployment
+    assert DUMMY_SECRET not in proc.stdout and DUMMY_KEY_ID not in proc.stdout
+
+
+def test_airflow_refuses_a_local_datastore(tmp_path):
+    """The compilers need a shared datastore; on the local one they stop with a clear error."""
+    pytest.importorskip("kubernetes")
+    env = {"METAFLOW_USER": "pythia", "METAFLOW_DEFAULT_DATASTORE": "local",
+           "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(FLOW), "airflow", "create",
+                           str(tmp_path / "dag.py")], env=_subprocess_env(env), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "datastore" in (proc.stdout + proc.stderr).lower()
+    assert not (tmp_path / "dag.py").exists()
