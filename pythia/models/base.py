@@ -1,7 +1,7 @@
 """The one model interface: fit / predict_proba / save / load, with calibration and priors.
 
-Subclasses only learn and emit *raw* posteriors under the training priors (``_fit``,
-``_predict_raw``) and persist their weights (``_save_weights`` / ``_load_weights``). This base
+Subclasses only learn and emit *raw logits* per head under the training priors (``_fit``,
+``_predict_raw``; a head's ``link`` — softmax or CORN — turns them into probabilities) and persist their weights (``_save_weights`` / ``_load_weights``). This base
 class owns what must be identical for every model: input checks, per-head temperature scaling
 fitted on validation, the move to natural priors, and the saved folder layout
 (``meta.json`` + ``encoders.json`` + the model's own files).
@@ -88,8 +88,13 @@ class Model:
         raise NotImplementedError
 
     def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Posteriors under the training priors for each of ``self.heads``."""
+        """Logits (training priors) for each of ``self.heads``; ``self.link(head)`` maps them
+        to probabilities. Probability-only models return ``priors.log_probabilities(p)``."""
         raise NotImplementedError
+
+    def link(self, head: str) -> str:
+        """How a head's logits become probabilities: 'softmax' (default) or 'corn'."""
+        return "softmax"
 
     def _save_weights(self, folder: str) -> dict:
         """Write the model's own files into ``folder``; returns extra JSON-able meta."""
@@ -122,12 +127,13 @@ class Model:
         return n
 
     def _raw_and_labels(self, valid: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Raw posteriors and labels of the validation data (numpy dict by default)."""
+        """Raw logits and labels of the validation data (numpy dict by default)."""
         self.check_features(valid)
         return self._predict_raw(valid), labels_of(valid)
 
     def _calibrated(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {t: pr.apply_temperature(raw[t], self.temperature[t]) for t in self.heads}
+        return {t: pr.apply_temperature(raw[t], self.temperature[t], self.link(t))
+                for t in self.heads}
 
     def _expand(self, per_head: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.joint_only:
@@ -136,6 +142,10 @@ class Model:
 
     def fit(self, train: Any, valid: Any, priors: Mapping) -> dict:
         """Fit, early-stop on ``valid``, then fit the per-head temperature on ``valid``.
+
+        Temperature divides a head's logits (``link(z / T)``) and is fitted on validation
+        before any prior correction: validation is resampled like training, so it shares the
+        training priors the raw posteriors carry.
 
         Args:
             train, valid: numpy dicts (features + ``y_*`` labels); the MLP also takes the
@@ -156,7 +166,7 @@ class Model:
         summary = dict(self._fit(train, valid))
         raw, y = self._raw_and_labels(valid)
         for t in self.heads:
-            self.temperature[t] = pr.fit_temperature(raw[t], y[t])
+            self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
         calibrated = self._expand(self._calibrated(raw))
         summary["val_logloss"] = {t: (pr.mean_log_loss(calibrated[t], y[t]) if len(y[t])
                                       else float("nan")) for t in features.TARGETS}

@@ -20,6 +20,7 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models.base import Model, labels_of
+from pythia.models.priors import log_probabilities
 
 MODEL_FILE = "hgb.joblib"
 MAX_CATEGORIES = 255  # HGB's limit (max_bins); ids 0 and 1 are reserved
@@ -125,7 +126,8 @@ class GBDTModel(Model):
         if self.clf is None:
             raise RuntimeError("gbdt is not fitted")
         p = self.clf.predict_proba(to_matrix(X, self.category_maps))
-        return {"age_gender": expand_classes(p, self.clf.classes_, self.n_classes["age_gender"])}
+        full = expand_classes(p, self.clf.classes_, self.n_classes["age_gender"])
+        return {"age_gender": log_probabilities(full)}
 
     def _save_weights(self, folder: str) -> dict:
         if self.clf is None:

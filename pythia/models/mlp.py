@@ -18,26 +18,12 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models.base import Model, labels_of, normalize_age_head
+from pythia.models.links import corn_probabilities, link_probabilities, softmax  # noqa: F401
 
 KERAS_FILE = "model.keras"
 
 
 # ------------------------------------------------------------------ CORN (ordinal) head
-
-def corn_probabilities(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities from K-1 CORN conditional logits.
-
-    ``P(y > k) = prod_{j<=k} sigmoid(l_j)`` is non-increasing in k (rank-consistent), and the
-    class probabilities are its successive differences, so they are >= 0 and sum to 1.
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    cond = 1.0 / (1.0 + np.exp(-logits))
-    n = len(logits)
-    exceed = np.cumprod(cond, axis=1)  # P(y > k), k = 0..K-2
-    upper = np.concatenate([np.ones((n, 1)), exceed], axis=1)  # P(y > k-1) = P(y >= k)
-    lower = np.concatenate([exceed, np.zeros((n, 1))], axis=1)  # P(y > k)
-    return np.maximum(upper - lower, 0.0)
-
 
 @keras.saving.register_keras_serializable(package="pythia")
 class CornLoss(keras.losses.Loss):
@@ -67,22 +53,6 @@ class CornLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_classes": self.num_classes}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def head_probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
-    """'softmax' or 'corn' logits -> class probabilities (float64)."""
-    if activation == "softmax":
-        return softmax(logits)
-    if activation == "corn":
-        return corn_probabilities(logits)
-    raise ValueError(f"unknown head activation {activation!r}")
 
 
 def embedding_dim(vocab_size: int, max_dim: int = 16) -> int:
@@ -175,7 +145,8 @@ class MLPModel(Model):
             val = self._select(valid) if isinstance(valid, tf.data.Dataset) else (
                 self._inputs(valid), labels_of(valid))
             hist = self.keras_model.fit(self._select(train), validation_data=val,
-                                        epochs=cfg.max_epochs, callbacks=[stop], verbose=0)
+                                        epochs=cfg.max_epochs, callbacks=[stop], verbose=0,
+                                        shuffle=False)  # the dataset shuffles itself
         else:
             if isinstance(valid, tf.data.Dataset):
                 raise TypeError("numpy train data needs numpy valid data for the MLP")
@@ -187,16 +158,14 @@ class MLPModel(Model):
         return {"epochs": len(val_loss), "best_val_loss": min(val_loss),
                 "best_epoch": int(np.argmin(val_loss)) + 1, "age_head": self.age_head}
 
-    def _raw_from_logits(self, logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"gender": softmax(logits["gender"]),
-                "age": head_probabilities(logits["age"], self.age_head),
-                "age_gender": softmax(logits["age_gender"])}
+    def link(self, head: str) -> str:
+        return self.age_head if head == "age" else "softmax"
 
     def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.keras_model is None:
             raise RuntimeError("MLP is not fitted")
         logits = self.keras_model.predict(self._inputs(X), batch_size=8192, verbose=0)
-        return self._raw_from_logits(logits)
+        return {t: np.asarray(logits[t], dtype=np.float64) for t in features.TARGETS}
 
     def _raw_and_labels(self, valid: Any):
         if not isinstance(valid, tf.data.Dataset):
@@ -210,11 +179,11 @@ class MLPModel(Model):
                 label_parts[t].append(np.asarray(y[t]))
         widths = {"gender": 2, "age": self.n_age - (self.age_head == "corn"),
                   "age_gender": 2 * self.n_age}
-        logits = {t: (np.concatenate(v) if v else np.zeros((0, widths[t])))
+        logits = {t: (np.concatenate(v).astype(np.float64) if v else np.zeros((0, widths[t])))
                   for t, v in logit_parts.items()}
         labels = {t: (np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64))
                   for t, v in label_parts.items()}
-        return self._raw_from_logits(logits), labels
+        return logits, labels
 
     # -------------------------------------------------------------- persistence / export
     def _save_weights(self, folder: str) -> dict:
@@ -233,9 +202,9 @@ class MLPModel(Model):
         """Everything the bid-time scorer needs for a pure-NumPy forward pass.
 
         Forward pass: concatenate ``embeddings[i][1][id]`` in order, then the ``numeric``
-        values in order; apply each trunk layer ``relu(x @ W + b)``; per head ``z = x @ W + b``
-        turned into probabilities by 'softmax' or 'corn' (``corn_probabilities``); then
-        ``p = softmax(log p / temperature[t])`` and ``p ∝ p * prior_ratio[t]`` (renormalised).
+        values in order; apply each trunk layer ``relu(x @ W + b)``; per head
+        ``z = (x @ W + b) / temperature[t]`` turned into probabilities by 'softmax' or 'corn'
+        (``links.corn_probabilities``); then ``p ∝ p * prior_ratio[t]`` (renormalised).
         """
         if self.keras_model is None or self.priors is None:
             raise RuntimeError("MLP is not fitted")

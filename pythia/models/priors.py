@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from pythia.models.links import link_probabilities
+
 PRIOR_KINDS = ("train", "natural")
 CORRECTIONS = ("bayes", "em", "none")
 # Floors keep logs and ratios finite: a class never seen in training gets a tiny prior, not 0.
@@ -89,12 +91,19 @@ def apply_prior_ratio(p: np.ndarray, ratio: np.ndarray) -> np.ndarray:
     return normalize_rows(np.asarray(p, dtype=np.float64) * np.asarray(ratio)[None, :])
 
 
-def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(log p / T)``: for a softmax head this equals ``softmax(logits / T)``."""
-    logp = np.log(np.maximum(np.asarray(p, dtype=np.float64), PROB_FLOOR)) / float(temperature)
-    logp -= logp.max(axis=1, keepdims=True)
-    e = np.exp(logp)
-    return e / e.sum(axis=1, keepdims=True)
+def apply_temperature(logits: np.ndarray, temperature: float, link: str = "softmax"
+                      ) -> np.ndarray:
+    """Probabilities of temperature-scaled logits: ``link(logits / T)``.
+
+    For a model that only yields probabilities, pass ``log p`` as the logits (softmax link):
+    ``softmax(log p / T)``.
+    """
+    return link_probabilities(np.asarray(logits, dtype=np.float64) / float(temperature), link)
+
+
+def log_probabilities(p: np.ndarray) -> np.ndarray:
+    """``log p`` floored, to use probabilities as softmax logits."""
+    return np.log(np.maximum(np.asarray(p, dtype=np.float64), PROB_FLOOR))
 
 
 def mean_log_loss(p: np.ndarray, y: np.ndarray) -> float:
@@ -104,9 +113,9 @@ def mean_log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.maximum(picked, PROB_FLOOR))))
 
 
-def fit_temperature(p: np.ndarray, y: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)
-                    ) -> float:
-    """The scalar T minimising validation log-loss of ``apply_temperature(p, T)``.
+def fit_temperature(logits: np.ndarray, y: np.ndarray, link: str = "softmax",
+                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The scalar T minimising validation log-loss of ``apply_temperature(logits, T, link)``.
 
     Searched on log T (bounded, ``scipy.optimize.minimize_scalar``) because the loss is smooth
     and unimodal in log T. With no validation rows T = 1 (no calibration) is returned.
@@ -114,16 +123,18 @@ def fit_temperature(p: np.ndarray, y: np.ndarray, bounds: tuple[float, float] = 
     y = np.asarray(y, dtype=np.int64)
     if len(y) == 0:
         return 1.0
-    if len(p) != len(y):
-        raise ValueError(f"{len(p)} probability rows but {len(y)} labels")
-    res = minimize_scalar(lambda lt: mean_log_loss(apply_temperature(p, np.exp(lt)), y),
+    if len(logits) != len(y):
+        raise ValueError(f"{len(logits)} logit rows but {len(y)} labels")
+
+    def loss(t: float) -> float:
+        return mean_log_loss(apply_temperature(logits, t, link), y)
+
+    res = minimize_scalar(lambda lt: loss(np.exp(lt)),
                           bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
                           options={"xatol": 1e-4})
     t = float(np.exp(res.x))
     # Never accept a T that does worse than no calibration (flat or degenerate validation).
-    if mean_log_loss(apply_temperature(p, t), y) > mean_log_loss(apply_temperature(p, 1.0), y):
-        return 1.0
-    return t
+    return t if loss(t) <= loss(1.0) else 1.0
 
 
 def em_prior_shift(p_train: np.ndarray, train_prior: Sequence[float],

@@ -87,10 +87,12 @@ def best_config(results: Sequence[Mapping[str, Any]], target: str = SELECTION_TA
     Compare candidates of one (model, region) — or of one region across models — by passing
     only those results. Candidates without a finite ``val_logloss[target]`` cannot win.
     """
-    scored = [r for r in results
-              if math.isfinite(float(r.get("val_logloss", {}).get(target, float("nan"))))]
+    def loss(r: Mapping[str, Any]) -> float:
+        v = (r.get("val_logloss") or {}).get(target)
+        return float(v) if v is not None else float("nan")
+
+    scored = [r for r in results if math.isfinite(loss(r))]
     if not scored:
         raise ValueError(f"no result has a finite validation log-loss for {target!r} "
                          f"({len(results)} result(s) given)")
-    return dict(min(scored, key=lambda r: (float(r["val_logloss"][target]),
-                                           r.get("config_id", 0))))
+    return dict(min(scored, key=lambda r: (loss(r), r.get("config_id", 0))))

@@ -9,6 +9,8 @@ inside each table, so TabNet's embedding lookup never goes out of range.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import zipfile
 from typing import Any, Mapping
@@ -21,6 +23,7 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models.base import Model, labels_of
+from pythia.models.priors import log_probabilities
 from pythia.models.gbdt import expand_classes, known_class_rows
 
 MODEL_STEM = "tabnet"  # pytorch-tabnet writes <stem>.zip (model_params.json + network.pt)
@@ -108,12 +111,14 @@ class TabNetModel(Model):
             raise RuntimeError("tabnet is not fitted")
         set_torch_threads(self.hparams["num_threads"])
         p = self.clf.predict_proba(to_matrix(X))
-        return {"age_gender": expand_classes(p, self.classes, self.n_classes["age_gender"])}
+        full = expand_classes(p, self.classes, self.n_classes["age_gender"])
+        return {"age_gender": log_probabilities(full)}
 
     def _save_weights(self, folder: str) -> dict:
         if self.clf is None:
             raise RuntimeError("tabnet is not fitted")
-        self.clf.save_model(os.path.join(folder, MODEL_STEM))
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Successfully saved…"
+            self.clf.save_model(os.path.join(folder, MODEL_STEM))
         return {"model_file": MODEL_STEM + ".zip", "classes": self.classes.tolist()}
 
     def _load_weights(self, folder: str, meta: Mapping[str, Any]) -> None:

@@ -1,0 +1,456 @@
+"""Unit and component tests of pythia.models: priors/EM/temperature math, CORN, the three models,
+save/load, the NumPy export parity, the search helpers and the train_candidate entry point.
+
+Tiny sizes throughout (a few hundred rows, one hidden layer of 8 units, a few epochs).
+"""
+from __future__ import annotations
+
+import io
+import math
+import sys
+import types
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import pythia
+from pythia import features
+from pythia.config import TrainConfig
+from pythia.features import Encoders, NumericStats, Vocabulary
+from pythia.models import MODELS, get_model, load_model
+from pythia.models import priors as pr
+from pythia.models.links import corn_probabilities
+from pythia.models.search import best_config, sample_configs
+
+EDGES = (18, 35, 55)  # 3 age buckets -> 6 AgeGender classes: learnable from few rows
+N_AGE = len(EDGES)
+N_CLASSES = {"gender": 2, "age": N_AGE, "age_gender": 2 * N_AGE}
+VOCAB = 8  # values per categorical -> table size 10 (ids 0 missing, 1 OOV, 2..9)
+FAST = TrainConfig(max_epochs=6, batch_size=64, patience=2, seed=0)
+HPARAMS = {
+    "mlp": {"hidden_units": [8], "dropout": 0.0, "learning_rate": 0.02},
+    "tabnet": {"n_d": 8, "n_a": 8, "n_steps": 2, "batch_size": 256, "virtual_batch_size": 64,
+               "learning_rate": 0.05, "num_threads": 1},
+    "gbdt": {"max_iter": 40},
+}
+
+
+def make_encoders() -> Encoders:
+    return Encoders({f: Vocabulary([f"v{i}" for i in range(VOCAB)])
+                     for f in features.CATEGORICAL_FEATURES},
+                    {f: NumericStats(0.0, 1.0) for f in features.NUMERIC_FEATURES}, EDGES)
+
+
+def make_split(n: int, seed: int, ag_prior: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Rows whose AgeGender shows in site_or_app, gender in device_type, age in hour_sin."""
+    rng = np.random.default_rng(seed)
+    k = 2 * N_AGE
+    ag = rng.choice(k, size=n, p=ag_prior if ag_prior is not None else np.full(k, 1 / k))
+    g, a = ag // N_AGE, ag % N_AGE
+    size = VOCAB + features.FIRST_VALUE_ID
+    X: dict[str, np.ndarray] = {f: rng.integers(0, size, n) for f in features.CATEGORICAL_FEATURES}
+    X["site_or_app"] = np.where(rng.random(n) < 0.3, rng.integers(2, size, n), 2 + ag)
+    X["device_type"] = np.where(rng.random(n) < 0.2, 2 + rng.integers(0, 2, n), 2 + g)
+    X["hour_sin"] = (a - 1 + rng.normal(0, 0.7, n)).astype(np.float32)
+    X["hour_cos"] = rng.normal(0, 1, n).astype(np.float32)
+    X["y_gender"], X["y_age"], X["y_age_gender"] = g, a, ag
+    X["impression_id"] = np.array([f"s{seed}-{i}" for i in range(n)], dtype=object)
+    return X
+
+
+def labels(data) -> dict[str, np.ndarray]:
+    return {t: data[c] for t, c in features.LABEL_COLUMNS.items()}
+
+
+def uniform_priors() -> dict:
+    p = {t: [1 / k] * k for t, k in N_CLASSES.items()}
+    return {"train": p, "natural": p}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return {"train": make_split(600, 0), "valid": make_split(300, 1), "test": make_split(300, 2)}
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    """One fitted model per registered kind (module-scoped: fitting is the slow part)."""
+    out = {}
+    for name in MODELS:
+        model = MODELS[name](make_encoders(), HPARAMS[name], FAST)
+        out[name] = (model, model.fit(data["train"], data["valid"], uniform_priors()))
+    return out
+
+
+# ------------------------------------------------------------------ priors, EM, temperature
+
+def test_prior_correction_hand_computed():
+    p = np.array([[0.5, 0.5], [0.2, 0.8]])
+    out = pr.apply_prior_ratio(p, pr.prior_ratio([0.5, 0.5], [0.8, 0.2]))
+    # row 1: 0.5*1.6 : 0.5*0.4 = 0.8 : 0.2; row 2: 0.2*1.6 : 0.8*0.4 = 0.32 : 0.32
+    np.testing.assert_allclose(out, [[0.8, 0.2], [0.5, 0.5]])
+    same = pr.correct_priors(p, "none", [0.5, 0.5], [0.8, 0.2])
+    np.testing.assert_allclose(same, p)
+
+
+def test_check_priors_rejects_bad_input():
+    good = uniform_priors()
+    assert pr.check_priors(good, N_CLASSES)["train"]["gender"] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="natural"):
+        pr.check_priors({"train": good["train"]}, N_CLASSES)
+    bad = {"train": {**good["train"], "age": [0.5, 0.5]}, "natural": good["natural"]}
+    with pytest.raises(ValueError, match="'age'.*2 classes, expected 3"):
+        pr.check_priors(bad, N_CLASSES)
+    neg = {"train": good["train"], "natural": {**good["natural"], "gender": [1.5, -0.5]}}
+    with pytest.raises(ValueError, match="gender"):
+        pr.check_priors(neg, N_CLASSES)
+    with pytest.raises(ValueError, match="correction"):
+        pr.correct_priors(np.ones((2, 2)) / 2, "magic", [0.5, 0.5], [0.5, 0.5])
+
+
+def test_em_recovers_a_known_prior_shift():
+    rng = np.random.default_rng(7)
+    means, train_prior, test_prior = np.array([-2.0, 0.0, 2.0]), np.full(3, 1 / 3), \
+        np.array([0.6, 0.3, 0.1])
+    y = rng.choice(3, size=20_000, p=test_prior)
+    x = rng.normal(means[y], 1.0)
+    lik = np.exp(-0.5 * (x[:, None] - means[None, :]) ** 2)
+    post_train = pr.normalize_rows(lik * train_prior)  # exact posteriors under training priors
+    adjusted, est, iters = pr.em_prior_shift(post_train, train_prior)
+    np.testing.assert_allclose(est, test_prior, atol=0.02)
+    assert 1 < iters < 200
+    np.testing.assert_allclose(adjusted.sum(axis=1), 1.0)
+    # EM beats leaving the training prior in place on the shifted rows
+    assert pr.mean_log_loss(adjusted, y) < pr.mean_log_loss(post_train, y)
+    # per group, and a group too small for EM falls back to the fixed Bayes ratio
+    groups = np.where(np.arange(len(y)) < 50, "tiny", "big")
+    out = pr.correct_priors(post_train, "em", train_prior, train_prior, groups)
+    np.testing.assert_allclose(out[:50], post_train[:50])
+    assert not np.allclose(out[50:], post_train[50:])
+
+
+def test_em_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="3 classes"):
+        pr.em_prior_shift(np.full((4, 2), 0.5), [0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match="non-empty"):
+        pr.em_prior_shift(np.zeros((0, 2)), [0.5, 0.5])
+
+
+def test_temperature_fixes_overconfidence():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 2000)
+    true_logits = rng.normal(0, 1, (2000, 3))
+    true_logits[np.arange(2000), y] += 1.0
+    overconfident = 4.0 * true_logits  # same ranking, 4x too sharp
+    t = pr.fit_temperature(overconfident, y)
+    assert t > 2.0
+    assert pr.mean_log_loss(pr.apply_temperature(overconfident, t), y) < \
+        pr.mean_log_loss(pr.apply_temperature(overconfident, 1.0), y)
+    with pytest.raises(ValueError, match="labels"):
+        pr.fit_temperature(overconfident, y[:10])
+    assert pr.fit_temperature(overconfident[:0], y[:0]) == 1.0
+
+
+# ------------------------------------------------------------------ CORN
+
+def test_corn_probabilities_rank_consistent_and_normalised():
+    rng = np.random.default_rng(3)
+    logits = np.concatenate([rng.normal(0, 3, (200, 5)), [[50, -50, 50, -50, 50]],
+                             [[-800, 800, 0, 0, 0]]])
+    p = corn_probabilities(logits)
+    assert p.shape == (202, 6) and np.all(p >= 0) and np.all(np.isfinite(p))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    exceed = 1.0 - np.cumsum(p, axis=1)[:, :-1]  # P(y > k)
+    assert np.all(np.diff(exceed, axis=1) <= 1e-12)  # rank-consistent: non-increasing
+    sig = 1 / (1 + np.exp(-logits[:200]))
+    np.testing.assert_allclose(exceed[:200], np.cumprod(sig, axis=1), atol=1e-12)
+
+
+def test_corn_loss_hand_computed():
+    import keras
+
+    from pythia.models.mlp import CornLoss
+
+    logits = np.array([[0.3, -1.2], [2.0, 0.5], [-0.4, 0.1]], dtype=np.float32)
+    y = np.array([1, 0, 2])
+
+    def nls(z):  # -log sigmoid(z)
+        return math.log1p(math.exp(-z))
+
+    # y=1: task0 "y>0" true, task1 "y>1" false; y=0: task0 false only; y=2: both true
+    expected = [nls(0.3) + nls(1.2), nls(-2.0), nls(-0.4) + nls(0.1)]
+    loss = CornLoss(3, reduction=None)(y, logits)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        CornLoss(1)
+
+
+# ------------------------------------------------------------------ models
+
+@pytest.mark.parametrize("name", ["mlp", "tabnet", "gbdt"])
+def test_model_beats_class_prior_and_sums_to_one(fitted, data, name):
+    model, summary = fitted[name]
+    assert summary["epochs"] >= 1 and summary["seconds"] > 0
+    prior_loss = {t: math.log(k) for t, k in N_CLASSES.items()}  # validation is balanced
+    assert summary["val_logloss"]["age_gender"] < prior_loss["age_gender"] - 0.05
+    p = model.predict_proba(data["test"])
+    y = labels(data["test"])
+    for t, k in N_CLASSES.items():
+        assert p[t].shape == (300, k) and np.all(np.isfinite(p[t]))
+        np.testing.assert_allclose(p[t].sum(axis=1), 1.0, atol=1e-9)
+        assert pr.mean_log_loss(p[t], y[t]) < prior_loss[t]
+    if model.joint_only:  # gender/age are the marginals of the joint
+        marg = features.marginals_from_joint(p["age_gender"], N_AGE)
+        np.testing.assert_allclose(p["gender"], marg["gender"])
+
+
+@pytest.mark.parametrize("name", ["mlp", "tabnet", "gbdt"])
+def test_missing_and_oov_ids_do_not_crash(fitted, data, name):
+    model, _ = fitted[name]
+    X = {k: v[:20].copy() for k, v in data["test"].items()}
+    for i, f in enumerate(features.CATEGORICAL_FEATURES):
+        X[f][:] = features.MISSING_ID if i % 2 else features.OOV_ID
+    p = model.predict_proba(X)
+    for t in features.TARGETS:
+        assert np.all(np.isfinite(p[t]))
+        np.testing.assert_allclose(p[t].sum(axis=1), 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mlp", "tabnet", "gbdt"])
+def test_save_load_gives_identical_predictions(fitted, data, name, tmp_path):
+    model, _ = fitted[name]
+    model.save(str(tmp_path / name))
+    again = load_model(str(tmp_path / name))
+    assert type(again) is type(model) and again.hparams == model.hparams
+    assert again.temperature == model.temperature
+    before, after = model.predict_proba(data["test"]), again.predict_proba(data["test"])
+    for t in features.TARGETS:
+        np.testing.assert_array_equal(before[t], after[t])
+    other = next(n for n in MODELS if n != name)
+    with pytest.raises(ValueError, match=f"holds a {name!r} model"):
+        get_model(other).load(str(tmp_path / name))
+
+
+def test_bad_inputs_are_named(fitted, data, tmp_path):
+    model, _ = fitted["gbdt"]
+    X = dict(data["test"])
+    X["os"] = X["os"].copy()
+    X["os"][0] = VOCAB + features.FIRST_VALUE_ID  # one past the table
+    with pytest.raises(ValueError, match="'os'"):
+        model.predict_proba(X)
+    with pytest.raises(KeyError, match="browser"):
+        model.predict_proba({k: v for k, v in data["test"].items() if k != "browser"})
+    with pytest.raises(ValueError, match="unknown hparam.*'depth'"):
+        MODELS["gbdt"](make_encoders(), {"depth": 3})
+    with pytest.raises(RuntimeError, match="not fitted"):
+        MODELS["gbdt"](make_encoders()).predict_proba(data["test"])
+    with pytest.raises(FileNotFoundError, match="not a saved pythia model"):
+        load_model(str(tmp_path))
+    with pytest.raises(ValueError, match="unknown model 'xgb'"):
+        get_model("xgb")
+    with pytest.raises(ValueError, match="age_head"):
+        MODELS["mlp"](make_encoders(), {"age_head": "cumulative"})
+
+
+def test_prior_correction_moves_predictions_to_natural_priors(data):
+    """Trained on balanced data, scored with a skewed natural prior: the mean prediction follows."""
+    natural_ag = np.array([0.35, 0.05, 0.1, 0.3, 0.1, 0.1])
+    marg = features.marginals_from_joint(natural_ag[None, :], N_AGE)
+    natural = {"age_gender": natural_ag.tolist(), "gender": marg["gender"][0].tolist(),
+               "age": marg["age"][0].tolist()}
+    priors = {"train": uniform_priors()["train"], "natural": natural}
+    test = make_split(3000, 5, natural_ag)
+    losses = {}
+    for method in ("none", "bayes", "em"):
+        cfg = TrainConfig(max_epochs=1, prior_correction=method, seed=0)
+        model = MODELS["gbdt"](make_encoders(), HPARAMS["gbdt"], cfg)
+        model.fit(data["train"], data["valid"], priors)
+        p = model.predict_proba(test)
+        losses[method] = pr.mean_log_loss(p["age_gender"], test["y_age_gender"])
+    assert losses["bayes"] < losses["none"]
+    assert losses["em"] < losses["none"]
+
+
+# ------------------------------------------------------------------ MLP specifics
+
+def _reference_forward(export: dict, X: dict) -> dict[str, np.ndarray]:
+    """Independent NumPy forward pass over ``export_numpy()`` (the scorer's contract)."""
+    parts = [table[np.asarray(X[name], dtype=np.int64)] for name, table in export["embeddings"]]
+    parts += [np.asarray(X[name], dtype=np.float64)[:, None] for name in export["numeric"]]
+    h = np.concatenate(parts, axis=1).astype(np.float64)
+    for W, b, act in export["trunk"]:
+        assert act == "relu"
+        h = np.maximum(h @ W + b, 0.0)
+    out = {}
+    for t, (W, b, link) in export["heads"].items():
+        z = (h @ W + b) / export["temperature"][t]
+        if link == "softmax":
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            p = e / e.sum(axis=1, keepdims=True)
+        else:
+            surv = np.cumprod(1.0 / (1.0 + np.exp(-z)), axis=1)
+            ones, zeros = np.ones((len(z), 1)), np.zeros((len(z), 1))
+            p = np.hstack([ones, surv]) - np.hstack([surv, zeros])
+        p = p * export["prior_ratio"][t]
+        out[t] = p / p.sum(axis=1, keepdims=True)
+    return out
+
+
+@pytest.mark.parametrize("age_head", ["corn", "softmax"])
+def test_numpy_export_matches_predict_proba(fitted, data, age_head):
+    if age_head == "corn":
+        model = fitted["mlp"][0]
+    else:
+        model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "age_head": "softmax"},
+                              TrainConfig(max_epochs=2, batch_size=64, seed=1))
+        skew = {t: np.linspace(1, 2, k) / np.linspace(1, 2, k).sum() for t, k in N_CLASSES.items()}
+        model.fit(data["train"], data["valid"],
+                  {"train": uniform_priors()["train"],
+                   "natural": {t: v.tolist() for t, v in skew.items()}})
+    export = model.export_numpy()
+    assert export["kind"] == "mlp"
+    assert [n for n, _ in export["embeddings"]] == list(features.CATEGORICAL_FEATURES)
+    assert export["numeric"] == list(features.NUMERIC_FEATURES)
+    assert export["heads"]["age"][2] == age_head
+    assert export["heads"]["age"][0].shape[1] == (N_AGE - 1 if age_head == "corn" else N_AGE)
+    for name, table in export["embeddings"]:
+        assert table.shape[0] == VOCAB + features.FIRST_VALUE_ID
+    ref = _reference_forward(export, data["test"])
+    got = model.predict_proba(data["test"])
+    for t in features.TARGETS:
+        np.testing.assert_allclose(ref[t], got[t], atol=1e-5)
+
+
+def test_mlp_trains_from_tf_dataset(data):
+    import tensorflow as tf
+
+    def ds(split, shuffle):
+        x = {f: split[f] for f in features.FEATURE_NAMES}
+        y = {t: split[c] for t, c in features.LABEL_COLUMNS.items()}
+        d = tf.data.Dataset.from_tensor_slices((x, y))
+        return (d.shuffle(1000, seed=0) if shuffle else d).batch(64)
+
+    model = MODELS["mlp"](make_encoders(), HPARAMS["mlp"], TrainConfig(max_epochs=2, seed=0))
+    summary = model.fit(ds(data["train"], True), ds(data["valid"], False), uniform_priors())
+    assert summary["epochs"] == 2 and summary["n_valid"] == 300
+    assert all(np.isfinite(v) for v in summary["val_logloss"].values())
+    with pytest.raises(TypeError, match="numpy"):
+        model.fit(data["train"], ds(data["valid"], False), uniform_priors())
+
+
+# ------------------------------------------------------------------ search
+
+def test_sample_configs_deterministic_distinct_and_defaults_first():
+    a, b = sample_configs("mlp", 5, seed=3), sample_configs("mlp", 5, seed=3)
+    assert a == b and len(a) == 6 and a[0] == {}
+    assert len({repr(sorted(c.items())) for c in a}) == 6
+    assert sample_configs("mlp", 5, seed=4) != a
+    assert sample_configs("gbdt", 0, seed=0) == [{}]
+    for name in MODELS:  # every sampled config is accepted by its model
+        for cfg in sample_configs(name, 3, seed=0):
+            MODELS[name](make_encoders(), cfg)
+    with pytest.raises(ValueError, match="unknown model"):
+        sample_configs("xgb", 2, 0)
+    with pytest.raises(ValueError, match=">= 0"):
+        sample_configs("mlp", -1, 0)
+
+
+def test_best_config_picks_lowest_age_gender_logloss():
+    results = [{"config_id": 0, "val_logloss": {"age_gender": 1.2}},
+               {"config_id": 1, "val_logloss": {"age_gender": 0.9}},
+               {"config_id": 2, "val_logloss": {"age_gender": None}}]
+    assert best_config(results)["config_id"] == 1
+    with pytest.raises(ValueError, match="finite"):
+        best_config([results[2]])
+
+
+# ------------------------------------------------------------------ train_candidate
+
+@pytest.fixture()
+def fake_tfrecords(monkeypatch):
+    """A stand-in for pythia.tfrecords over in-memory splits of two regions."""
+    splits = {"train": 0, "validation": 1, "test_natural": 2, "test_resampled": 3}
+    sizes = {"NA": 300, "EU": 200}
+    store = {(s, r): make_split(n, 10 * seed + i)
+             for s, seed in splits.items() for i, (r, n) in enumerate(sizes.items())}
+    manifest = {"splits": {s: {"rows": sum(sizes.values()), "rows_by_region": dict(sizes)}
+                           for s in splits}}
+    manifest["splits"]["test_resampled"]["rows_by_region"]["APAC"] = 0
+
+    def load_numpy(man, split, regions=None):
+        regions = regions or sorted(sizes)
+        parts = [store[(split, r)] for r in regions if (split, r) in store]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def make_dataset(man, split, regions=None, batch_size=1024, shuffle=False, seed=0,
+                     repeat=False):
+        import tensorflow as tf
+
+        d = load_numpy(man, split, regions)
+        x = {f: d[f] for f in features.FEATURE_NAMES}
+        y = {t: d[c] for t, c in features.LABEL_COLUMNS.items()}
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        return (ds.shuffle(2000, seed=seed) if shuffle else ds).batch(batch_size)
+
+    fake = types.ModuleType("pythia.tfrecords")
+    fake.load_numpy, fake.make_dataset = load_numpy, make_dataset
+    fake.load_encoders = lambda man: make_encoders()
+    monkeypatch.setitem(sys.modules, "pythia.tfrecords", fake)
+    monkeypatch.setattr(pythia, "tfrecords", fake, raising=False)
+    return manifest
+
+
+@pytest.mark.parametrize("name,region", [("gbdt", "global"), ("mlp", "EU")])
+def test_train_candidate_writes_predictions_and_model(fake_tfrecords, tmp_path, name, region):
+    import json
+
+    from pythia.models import train_candidate
+
+    pred_uri = str(tmp_path / "pred" / f"{name}.parquet")
+    res = train_candidate(name, region, 0, HPARAMS[name], fake_tfrecords, uniform_priors(),
+                          str(tmp_path / "model"), pred_uri,
+                          TrainConfig(max_epochs=2, batch_size=64, seed=0))
+    json.dumps(res)  # JSON-able
+    assert res["model"] == name and res["region"] == region
+    assert res["n_train"] == (500 if region == "global" else 200)
+    assert set(res["val_logloss"]) == set(features.TARGETS)
+    assert res["age_head"] == ("corn" if name == "mlp" else "marginal")
+    table = pq.read_table(pred_uri)
+    assert table.column_names == ["impression_id", "split", "region", "scored_by_region",
+                                  "p_gender", "p_age", "p_age_gender"]
+    df = table.to_pandas()
+    per_region = 500 if region == "global" else 200
+    assert len(df) == 3 * per_region
+    assert set(df["split"]) == {"validation", "test_natural", "test_resampled"}
+    assert set(df["scored_by_region"]) == {region}
+    assert set(df["region"]) == ({"NA", "EU"} if region == "global" else {"EU"})
+    assert not df.duplicated(["split", "impression_id"]).any()
+    p = np.stack(df["p_age_gender"].to_numpy())
+    assert p.shape == (len(df), 2 * N_AGE)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    again = load_model(str(tmp_path / "model"))
+    assert again.name == name
+
+
+def test_train_candidate_region_without_rows(fake_tfrecords, tmp_path):
+    from pythia.models import train_candidate
+
+    with pytest.raises(ValueError, match="region 'LATAM' has no training rows"):
+        train_candidate("gbdt", "LATAM", 0, {}, fake_tfrecords, uniform_priors(),
+                        str(tmp_path / "m"), str(tmp_path / "p.parquet"), FAST)
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_predictions_table_rejects_length_mismatch():
+    from pythia.models.train import predictions_table
+
+    probs = {"gender": np.full((2, 2), 0.5), "age": np.full((2, 3), 1 / 3),
+             "age_gender": np.full((1, 6), 1 / 6)}
+    with pytest.raises(ValueError, match="age_gender"):
+        predictions_table(np.array(["a", "b"]), "validation", "EU", "EU", probs)
+    buf = io.BytesIO()
+    ok = predictions_table(np.array(["a", "b"]), "validation", "EU", "EU",
+                           {**probs, "age_gender": np.full((2, 6), 1 / 6)})
+    pq.write_table(ok, buf)
+    assert pq.read_table(io.BytesIO(buf.getvalue())).num_rows == 2
