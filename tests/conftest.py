@@ -1,0 +1,68 @@
+"""Shared fixtures: one small local SparkSession, and writers of tiny hand-made sources.
+
+``spark`` is session-scoped (one JVM for the whole test run). ``source`` gives a
+``SourceBuilder`` over a fresh folder: write exactly the partitions, labels and metrics a test
+needs, in the contract layout of docs/interfaces.md (see also ``pythia.etl.sample``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Mapping, Sequence
+
+import pytest
+
+from pythia.config import Window
+from pythia.etl import sample
+
+TEST_DATE = dt.date(2024, 3, 10)  # window 2024-03-06 … 2024-03-10
+WINDOW = Window(TEST_DATE)
+
+
+class SourceBuilder:
+    """Writes a tiny source under ``root``; every method returns the written file's URI."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def hour(self, day: dt.date, hour: int, rows: Sequence[Mapping], name: str = "part-0.parquet",
+             schema=None) -> str:
+        return sample.write_impressions(self.root, day, hour, rows, name=name, schema=schema)
+
+    def labels(self, provider: str, rows: Sequence[Mapping], name: str = "part-0.parquet",
+               schema=None) -> str:
+        return sample.write_labels(self.root, provider, rows, name=name, schema=schema)
+
+    def metrics(self, rows: Sequence[Mapping]) -> str:
+        return sample.write_metrics(self.root, rows)
+
+    def users_every_hour(self, users: Mapping[str, str], days: Sequence[dt.date],
+                         hours: Sequence[int], minute: int = 10) -> int:
+        """One impression per user (user_id -> country) in every (day, hour); returns rows."""
+        n = 0
+        for day in days:
+            for h in hours:
+                rows = [sample.impression(f"{day:%m%d}-{h:02d}-{u}-0", u,
+                                          sample.at(day, h, minute), c)
+                        for u, c in users.items()]
+                self.hour(day, h, rows)
+                n += len(rows)
+        return n
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A local[1] session with 2 shuffle partitions and no UI, shared by all Spark tests."""
+    pytest.importorskip("pyspark")
+    from pythia.etl.session import get_spark
+
+    session = get_spark("pythia-tests", master="local[1]",
+                        conf={"spark.sql.shuffle.partitions": "2",
+                              "spark.default.parallelism": "1"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def source(tmp_path) -> SourceBuilder:
+    """An empty source folder with writers for partitions, labels and metrics."""
+    return SourceBuilder(str(tmp_path / "source"))
