@@ -1,0 +1,14 @@
+"""The synthetic world: seeded bid logs, provider labels and metrics, and their exact posterior.
+
+``generate_world`` writes the data-contract layout (plus ``truth/``); ``resolve_source`` turns a
+``synthetic://PRESET?seed=N`` source into a cached generated folder; ``load_world`` gives a
+``World`` whose ``posterior`` is the exact Bayes P(AgeGender | one impression's features).
+"""
+from pythia.synth.generate import (IMPRESSION_SCHEMA, LABEL_SCHEMA, PROVIDER_METRICS_SCHEMA,
+                                   generate_world, is_complete, resolve_source, run_synth_cli)
+from pythia.synth.posterior import World, load_world
+from pythia.synth.world import PRESETS, WorldConfig
+
+__all__ = ["PRESETS", "WorldConfig", "World", "generate_world", "resolve_source", "load_world",
+           "run_synth_cli", "is_complete", "IMPRESSION_SCHEMA", "LABEL_SCHEMA",
+           "PROVIDER_METRICS_SCHEMA"]

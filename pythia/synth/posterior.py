@@ -1,0 +1,294 @@
+"""The exact Bayes posterior of a generated world: P(AgeGender | one impression's features).
+
+A random impression at time t with features x comes from user u with probability proportional
+to u's Poisson intensity at t times P(x | u's latent state). Summing users by latent group
+(power flag s, country, AgeGender c, interest z) gives, for every row,
+
+    P(c | x) ∝ Σ_s A_s(x)[c] · Σ_z R[s, country, c, z] · B_s(x)[z]
+
+where R is the realised activity of each group, A_s multiplies the factors that depend on c
+(device model, OS version, browser, metro, local hour/day intensity) and B_s those that depend
+on z (site, ad format). Features that do not depend on the user (zip within metro, ad size,
+supply vendor) cancel. Power users (s=1) mix each factor with its population marginal.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from pythia import storage
+from pythia.features import derive_time_features
+from pythia.paths import join
+from pythia.synth.world import N_CLASS, WorldParams, params_from_saved
+
+_CTV = "ctv"
+
+
+def _codes(values: pd.Series | np.ndarray, vocab: list[str], column: str,
+           allow_null: bool = False) -> np.ndarray:
+    """Index of each value in ``vocab``; -1 for nulls when allowed; unknown values raise."""
+    idx = pd.Index(vocab).get_indexer(values)
+    if not (idx < 0).any():
+        return idx
+    ser = pd.Series(np.asarray(values, dtype=object))
+    bad = (idx < 0) & ~(ser.isna().to_numpy() & allow_null)
+    if bad.any():
+        examples = ser[bad].head(3).tolist()
+        raise ValueError(f"column {column!r} has {int(bad.sum())} value(s) this world never "
+                         f"generates, e.g. {examples}")
+    return idx
+
+
+CHUNK_ROWS = 1 << 15  # rows per vectorised block: small enough to reuse memory, big enough for BLAS
+
+
+def _runs(keys: tuple[np.ndarray, ...], size: int = CHUNK_ROWS):
+    """Yield (row indices, key values) for blocks of rows sharing every key, at most ``size``."""
+    if not len(keys[0]):
+        return
+    order = np.lexsort(keys[::-1])
+    sorted_keys = [k[order] for k in keys]
+    change = np.zeros(len(order), dtype=bool)
+    change[0] = True
+    for k in sorted_keys:
+        change[1:] |= k[1:] != k[:-1]
+    starts = np.flatnonzero(change)
+    bounds = np.append(starts, len(order))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for lo in range(a, b, size):
+            yield order[lo:min(b, lo + size)], tuple(int(k[a]) for k in sorted_keys)
+
+
+def ts_seconds_of(df: pd.DataFrame) -> np.ndarray:
+    """Epoch seconds from ``ts_seconds`` (int) or ``ts`` (timestamp, any unit / tz-aware)."""
+    if "ts_seconds" in df.columns:
+        return df["ts_seconds"].to_numpy(dtype=np.int64)
+    if "ts" not in df.columns:
+        raise ValueError("posterior needs a 'ts' (timestamp) or 'ts_seconds' (int64) column")
+    ts = pd.to_datetime(df["ts"], utc=True)
+    return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+
+
+@dataclass
+class _Factors:
+    country: np.ndarray  # (n,) country index
+    A: tuple[np.ndarray, np.ndarray]  # per power flag s: (n, N_CLASS) class-dependent factors
+    B: tuple[np.ndarray, np.ndarray]  # per power flag s: (n, K) interest-dependent factors
+
+
+class World:
+    """A generated world's parameters, realised group weights and truth, with exact posteriors."""
+
+    def __init__(self, root: str, params: WorldParams, weights: dict[str, np.ndarray]):
+        self.root = root
+        self.params = params
+        self.R, self.RP, self.RL = weights["R"], weights["RP"], weights["RL"]
+        self._truth: pd.DataFrame | None = None
+        v = params.vocab
+        # (os, version string) -> os_version index; -1 where the OS has no such version
+        versions = sorted(set(v["os_versions"]))
+        self._versions = versions
+        self._osv_of = np.full((len(v["oses"]), len(versions)), -1)
+        for i, (o, name) in enumerate(zip(params.osv_os, v["os_versions"])):
+            self._osv_of[o, versions.index(name)] = i
+        # Tables with the class / interest axis last, so one row gather gives a contiguous
+        # (n, 12) or (n, K) block (fast elementwise products).
+        self._tables = {
+            "model": np.ascontiguousarray(params.p_model.transpose(0, 2, 1)),
+            "osv": np.ascontiguousarray(params.p_osv.transpose(0, 2, 1)),
+            "metro": np.ascontiguousarray(params.p_metro.transpose(0, 2, 1)),
+            "browser": np.ascontiguousarray(params.p_browser.transpose(0, 2, 1)),
+            "W": np.ascontiguousarray(params.W.reshape(N_CLASS, -1).T),
+            "W_power": np.ascontiguousarray(params.W_power.reshape(N_CLASS, -1).T),
+            "site": np.ascontiguousarray(params.p_site.transpose(0, 2, 3, 1)),
+            "format": np.ascontiguousarray(params.p_format.transpose(0, 2, 1)),
+        }
+
+    # ---------------------------------------------------------------- public API
+
+    @property
+    def class_labels(self) -> list[str]:
+        return list(self._meta_labels())
+
+    def truth(self) -> pd.DataFrame:
+        """``truth/users.parquet``: true demographics and latent state of every user."""
+        if self._truth is None:
+            import pyarrow.parquet as pq
+            data = storage.read_bytes(join(self.root, "truth", "users.parquet"))
+            self._truth = pq.read_table(io.BytesIO(data)).to_pandas()
+        return self._truth
+
+    def posterior(self, df: pd.DataFrame, providers: np.ndarray | None = None) -> np.ndarray:
+        """(n, 12) P(AgeGender | features) for each impression row.
+
+        Args:
+            df: impression contract columns (country, metro, site_or_app, device_model,
+                os_version, browser, ad_format and ``ts`` or ``ts_seconds``).
+            providers: optional provider name per row; a row with a provider is conditioned on
+                its user being labelled by that provider (the population of a labelled test set).
+                Null entries use all users.
+        """
+        codes = self._encode(df)
+        n = len(df)
+        prov = (np.full(n, -1) if providers is None
+                else self._provider_codes(providers, n, allow_null=True))
+        out = np.empty((n, N_CLASS))
+        # The matmuls are tiny (K x 12): multi-threaded BLAS only adds contention here.
+        with threadpool_limits(limits=1, user_api="blas"):
+            for rows, (p, cty) in _runs((prov, codes["country"])):
+                f = self._factors(codes, rows)
+                weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
+                out[rows] = sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1))
+        return self._normalize(out)
+
+    def label_posterior(self, df: pd.DataFrame, providers: np.ndarray,
+                        dates: np.ndarray | None = None) -> np.ndarray:
+        """(n, 12) P(the provider's label of this impression's user | features).
+
+        The label is the provider's latest observation of the user (what label preparation
+        keeps). Without ``dates`` this is exact for the realised world (each user's realised
+        latest label). With ``dates`` (the label's observed date per row) it is
+        P(c | x, labelled by p) times the provider's confusion matrix on that date (its drift).
+        """
+        n = len(df)
+        prov = self._provider_codes(providers, n, allow_null=False)
+        if dates is not None:
+            day = self._date_codes(dates, n)
+            names = np.asarray(self.params.vocab["providers"], dtype=object)[prov]
+            post = self.posterior(df, providers=names)
+            cty = _codes(df["country"], self.params.vocab["countries"], "country")
+            out = np.empty((n, N_CLASS))
+            for rows, (p, c, d) in _runs((prov, cty, day)):
+                out[rows] = post[rows] @ self.params.confusion[p, c, d]
+            return out
+        codes = self._encode(df)
+        K = self.params.config.n_interests
+        out = np.empty((n, N_CLASS))
+        with threadpool_limits(limits=1, user_api="blas"):
+            for rows, (p, cty) in _runs((prov, codes["country"])):
+                f = self._factors(codes, rows)
+                acc = np.zeros((len(rows), N_CLASS))
+                for s in (0, 1):
+                    # RL[p, s, cty]: (class, z, label) -> (z, class*label), one matmul per run
+                    table = self.RL[p, s, cty].transpose(1, 0, 2).reshape(K, -1)
+                    t = (f.B[s] @ table).reshape(len(rows), N_CLASS, N_CLASS)
+                    acc += np.einsum("nc,ncl->nl", f.A[s], t)
+                out[rows] = acc
+        return self._normalize(out)
+
+    def country_prior(self, countries: np.ndarray) -> np.ndarray:
+        """(n, 12) P(AgeGender | country) of a random impression (impression-weighted)."""
+        cty = _codes(countries, self.params.vocab["countries"], "country")
+        # a group's share of impressions is its activity times its mean weekly intensity
+        mean_w = np.stack([self.params.W.mean(axis=(1, 2)), self.params.W_power.mean(axis=(1, 2))])
+        per = np.einsum("sckz,sk->ck", self.R, mean_w)
+        return self._normalize(per[cty])
+
+    # ---------------------------------------------------------------- internals
+
+    def _meta_labels(self) -> list[str]:
+        from pythia.synth.world import CLASS_LABELS
+        return list(CLASS_LABELS)
+
+    def _provider_codes(self, providers, n: int, allow_null: bool) -> np.ndarray:
+        providers = np.asarray(providers, dtype=object)
+        if providers.shape != (n,):
+            raise ValueError(f"providers must have one entry per row ({n}), got shape "
+                             f"{providers.shape}")
+        return _codes(providers, self.params.vocab["providers"], "providers",
+                      allow_null=allow_null)
+
+    def _date_codes(self, dates, n: int) -> np.ndarray:
+        days = pd.to_datetime(pd.Series(np.asarray(dates, dtype=object))).dt.date
+        if len(days) != n:
+            raise ValueError(f"dates must have one entry per row ({n}), got {len(days)}")
+        vocab = [dt.date.fromisoformat(d) for d in self.params.vocab["label_dates"]]
+        idx = pd.Index(vocab).get_indexer(days)
+        if (idx < 0).any():
+            raise ValueError(f"label dates outside this world's label days "
+                             f"{vocab[0]}..{vocab[-1]}: e.g. {days[idx < 0].head(3).tolist()}")
+        return idx
+
+    def _encode(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Integer codes of every conditioning column, plus local hour / day-of-week."""
+        p, v = self.params, self.params.vocab
+        needed = ("country", "metro", "site_or_app", "device_model", "os_version", "browser",
+                  "ad_format")
+        missing = [c for c in needed if c not in df.columns]
+        if missing:
+            raise ValueError(f"posterior needs impression column(s) {missing}")
+        cty = _codes(df["country"], v["countries"], "country")
+        model = _codes(df["device_model"], v["models"], "device_model")
+        ver = _codes(df["os_version"], self._versions, "os_version")
+        os_ = p.model_os[model]
+        osv = self._osv_of[os_, ver]
+        if (osv < 0).any():
+            raise ValueError("column 'os_version' holds versions that do not exist for the "
+                             "row's device OS")
+        offsets = np.asarray(v["utc_offset_minutes"], dtype=np.int64)[cty]
+        t = derive_time_features(ts_seconds_of(df), offsets)
+        return {
+            "country": cty, "model": model, "os": os_, "osv": osv,
+            "dtype": p.model_type[model],
+            "metro": _codes(df["metro"], v["metros"], "metro"),
+            "site": _codes(df["site_or_app"], v["sites"], "site_or_app"),
+            "format": _codes(df["ad_format"], v["formats"], "ad_format"),
+            "browser": _codes(df["browser"], v["browsers"], "browser", allow_null=True),
+            "hour": np.asarray(t["local_hour"], dtype=np.int64),
+            "dow": np.asarray(t["local_dow"], dtype=np.int64),
+        }
+
+    def _factors(self, codes: dict[str, np.ndarray], rows: np.ndarray) -> _Factors:
+        """Likelihood factors of ``rows`` (all of one country), C-contiguous (n, ·) arrays."""
+        p, T = self.params, self._tables
+        lam = p.config.power_user_informative
+        c = {k: a[rows] for k, a in codes.items()}
+        cty = c["country"]
+
+        def mix(f: np.ndarray, m: np.ndarray) -> np.ndarray:
+            return lam * f + (1 - lam) * m[:, None]
+
+        # class-dependent factors, (n, N_CLASS): informative and power-user versions
+        f_model, m_model = T["model"][cty, c["model"]], p.m_model[cty, c["model"]]
+        f_osv, m_osv = T["osv"][c["os"], c["osv"]], p.m_osv[c["os"], c["osv"]]
+        f_metro, m_metro = T["metro"][cty, c["metro"]], p.m_metro[cty, c["metro"]]
+        has_b = c["browser"] >= 0
+        b = np.where(has_b, c["browser"], 0)
+        f_b = np.where(has_b[:, None], T["browser"][c["os"], b], 1.0)
+        m_b = np.where(has_b, p.m_browser[c["os"], b], 1.0)
+        when = c["dow"] * 24 + c["hour"]
+        A0 = T["W"][when] * f_model * f_osv * f_metro * f_b
+        A1 = (T["W_power"][when] * mix(f_model, m_model) * mix(f_osv, m_osv)
+              * mix(f_metro, m_metro) * mix(f_b, m_b))
+        # interest-dependent factors, (n, K)
+        site, dtype = c["site"], c["dtype"]
+        f_site, m_site = T["site"][cty, dtype, site], p.m_site[cty, dtype, site]
+        f_fmt, m_fmt = T["format"][dtype, c["format"]], p.m_format[dtype, c["format"]]
+        B0 = f_site * f_fmt
+        B1 = mix(f_site, m_site) * mix(f_fmt, m_fmt)
+        return _Factors(country=cty, A=(A0, A1), B=(B0, B1))
+
+    @staticmethod
+    def _normalize(p: np.ndarray) -> np.ndarray:
+        total = p.sum(axis=1, keepdims=True)
+        if not np.all(total > 0):
+            bad = np.flatnonzero(~(total[:, 0] > 0))[:3].tolist()
+            raise ValueError(f"rows {bad} have zero probability under this world (features "
+                             f"inconsistent with each other or with the conditioning providers)")
+        return p / total
+
+
+def load_world(root: str) -> World:
+    """Load a generated world (``root`` local or s3://); it must be complete (``_SUCCESS``)."""
+    if not storage.exists(join(root, "_SUCCESS")):
+        raise FileNotFoundError(f"{root} is not a complete synthetic world (no _SUCCESS marker)")
+    meta = storage.read_json(join(root, "truth", "world.json"))
+    with np.load(io.BytesIO(storage.read_bytes(join(root, "truth", "world.npz")))) as z:
+        arrays = {k: z[k] for k in z.files}
+    weights = {k: arrays.pop(k) for k in ("R", "RP", "RL")}
+    return World(root, params_from_saved(meta, arrays), weights)
