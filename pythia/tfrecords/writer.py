@@ -1,0 +1,382 @@
+"""Spark side of the TFRecord conversion: fit encoders on train, write shards per split/region.
+
+Nothing is collected to the driver but aggregates and shard metadata: vocabularies come from
+Spark ``groupBy`` counts, and every executor encodes its own partitions (``mapInArrow``) and
+writes its shards under temporary names, renamed (or uploaded) only once complete.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import uuid
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from pythia import features, storage
+from pythia.config import DEFAULT_AGE_EDGES
+from pythia.features import Encoders, NumericStats, Vocabulary
+from pythia.paths import join
+from pythia.tfrecords import encode
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test_resampled", "test_natural")
+COMPRESSIONS = (None, "GZIP")
+MANIFEST_NAME = "manifest.json"
+FEATURE_SPEC_NAME = "feature_spec.json"
+ENCODERS_NAME = "encoders.json"
+GZIP_LEVEL = 6  # zlib's default, as TensorFlow's own TFRecordWriter uses
+_REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SHARD_NAME = re.compile(r"^part-\d{5}-\d{4}\.tfrecord(\.gz)?$")
+_SHARD_SCHEMA = "path string, region string, rows long, sha256 string"
+
+
+def feature_spec() -> dict:
+    """The TFRecord schema, derived from ``features.FEATURES`` (written as feature_spec.json).
+
+    ``tfrecord`` maps every key of an Example to its dtype; every feature holds one value.
+    """
+    dtypes = {f.name: ("int64" if f.kind == features.CATEGORICAL else "float32")
+              for f in features.FEATURES}
+    dtypes.update({c: "int64" for c in encode.LABEL_COLUMNS})
+    dtypes[encode.ID_COLUMN] = "string"
+    return {
+        "spec_version": features.spec_version(),
+        "spec": features.spec_document(),
+        "tfrecord": {k: {"dtype": v, "shape": []} for k, v in dtypes.items()},
+        "label_columns": dict(features.LABEL_COLUMNS),
+        "id_column": encode.ID_COLUMN,
+    }
+
+
+# ---------------------------------------------------------------- encoders
+
+def fit_encoders(spark: SparkSession, train_sdf: DataFrame,
+                 age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -> Encoders:
+    """Vocabularies and numeric statistics from the TRAIN split only.
+
+    Counts are Spark aggregations (one ``groupBy(feature, value)`` over all categoricals);
+    only the kept values (``min_count``/``max_vocab`` of each Feature) reach the driver, and
+    ``features.Vocabulary.fit`` makes the final, deterministic choice.
+
+    Args:
+        spark: the session (kept for symmetry with the other Spark entry points).
+        train_sdf: the train split (split Parquet schema).
+        age_edges: age bucket edges recorded in the encoders.
+
+    Raises:
+        ValueError: a feature column is missing, or the train split is empty.
+    """
+    del spark  # the DataFrame carries its session
+    missing = [n for n in features.FEATURE_NAMES if n not in train_sdf.columns]
+    if missing:
+        raise ValueError(f"train split lacks feature column(s) {missing} "
+                         f"(has {sorted(train_sdf.columns)})")
+    stats = train_sdf.agg(F.count(F.lit(1)).alias("n"), *[
+        agg(F.when(~F.isnan(F.col(n).cast("double")), F.col(n).cast("double"))).alias(f"{n}__{k}")
+        for n in features.NUMERIC_FEATURES
+        for k, agg in (("mean", F.mean), ("std", F.stddev_pop))]).first()
+    if not stats["n"]:
+        raise ValueError("the train split has no rows: cannot fit vocabularies or statistics")
+    numeric = {}
+    for n in features.NUMERIC_FEATURES:
+        mean, std = stats[f"{n}__mean"], stats[f"{n}__std"]
+        if mean is None:
+            log.warning("numeric feature %s has no finite value in train; using mean 0, std 1", n)
+            mean, std = 0.0, 1.0
+        numeric[n] = NumericStats(float(mean), float(std))
+
+    cats = [f for f in features.FEATURES if f.kind == features.CATEGORICAL]
+    pairs = F.explode(F.array(*[
+        F.struct(F.lit(f.name).alias("feature"), F.col(f.name).cast("string").alias("value"))
+        for f in cats]))
+    counts = (train_sdf.select(pairs.alias("kv")).select("kv.feature", "kv.value")
+              .where(F.col("value").isNotNull() & (F.col("value") != ""))
+              .groupBy("feature", "value").count())
+    min_count = F.lit(None)
+    max_vocab = F.lit(None)
+    for f in cats:
+        min_count = F.when(F.col("feature") == f.name, F.lit(f.min_count)).otherwise(min_count)
+        max_vocab = F.when(F.col("feature") == f.name, F.lit(f.max_vocab)).otherwise(max_vocab)
+    # same order as Vocabulary.fit: count descending, then value (UTF-8 order == code points)
+    rank = F.row_number().over(Window.partitionBy("feature")
+                               .orderBy(F.col("count").desc(), F.col("value").asc()))
+    kept = (counts.where(F.col("count") >= min_count)
+            .withColumn("rank", rank).where(F.col("rank") <= max_vocab)
+            .select("feature", "value", "count").collect())
+    by_feature: dict[str, dict[str, int]] = {f.name: {} for f in cats}
+    for row in kept:
+        by_feature[row["feature"]][row["value"]] = int(row["count"])
+    vocabularies = {f.name: Vocabulary.fit(by_feature[f.name], f.min_count, f.max_vocab)
+                    for f in cats}
+    return Encoders(vocabularies, numeric, tuple(age_edges))
+
+
+# ---------------------------------------------------------------- executor-side shard writing
+
+class _HashingFile:
+    """A file wrapper that hashes every byte it writes (the sha256 of the file as stored)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class _ShardWriter:
+    """Writes one region's records of one task into shards of at most ``shard_rows`` rows.
+
+    A shard is written under a hidden ``.tmp-*`` name and published (``os.replace`` locally,
+    one upload on S3) only when complete; names are ``part-<task>-<seq>`` so the same input
+    partition always yields the same names and bytes, and a retried task overwrites its own.
+    """
+
+    def __init__(self, region_uri: str, region: str, task: int, shard_rows: int,
+                 compression: str | None) -> None:
+        self.region_uri, self.region, self.task = region_uri, region, task
+        self.shard_rows, self.compression = shard_rows, compression
+        self.seq, self.rows = 0, 0
+        self.done: list[dict] = []
+        self._raw = self._hash = self._out = None
+        self._tmp = self._final = ""
+
+    def _open(self) -> None:
+        suffix = ".tfrecord.gz" if self.compression == "GZIP" else ".tfrecord"
+        name = f"part-{self.task:05d}-{self.seq:04d}{suffix}"
+        self._final = join(self.region_uri, name)
+        if storage.is_s3(self.region_uri):
+            folder = tempfile.gettempdir()
+        else:
+            folder = os.path.abspath(self.region_uri)
+            os.makedirs(folder, exist_ok=True)
+        self._tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
+        self._raw = open(self._tmp, "wb")
+        self._hash = _HashingFile(self._raw)
+        self._out = (gzip.GzipFile(filename="", mode="wb", fileobj=self._hash,
+                                   compresslevel=GZIP_LEVEL, mtime=0)
+                     if self.compression == "GZIP" else self._hash)
+        self.rows = 0
+
+    def _close(self) -> None:
+        if self._out is not self._hash:
+            self._out.close()  # flushes the gzip trailer through the hashing wrapper
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        try:
+            if storage.is_s3(self._final):
+                with open(self._tmp, "rb") as f:
+                    storage.write_bytes_atomic(self._final, f.read())
+            else:
+                os.replace(self._tmp, os.path.abspath(self._final))
+        finally:
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
+        self.done.append({"path": self._final, "region": self.region, "rows": self.rows,
+                          "sha256": self._hash.sha.hexdigest()})
+        self._out = None
+        self.seq += 1
+
+    def write(self, flat: Any, offsets: Any) -> None:
+        """Append framed records ``flat[offsets[i]:offsets[i+1]]``, rolling shards as they fill."""
+        i, n = 0, len(offsets) - 1
+        while i < n:
+            if self._out is None:
+                self._open()
+            j = min(n, i + self.shard_rows - self.rows)
+            self._out.write(memoryview(flat[offsets[i]:offsets[j]]))
+            self.rows += j - i
+            i = j
+            if self.rows >= self.shard_rows:
+                self._close()
+
+    def finish(self) -> list[dict]:
+        if self._out is not None:
+            self._close()
+        return self.done
+
+    def abort(self) -> None:
+        if self._raw is not None and not self._raw.closed:
+            self._raw.close()
+        if self._tmp and os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+def write_partition(batches: Iterator[pa.RecordBatch], encoders: Encoders, split_uri: str,
+                    split: str, task: int, shard_rows: int,
+                    compression: str | None) -> list[dict]:
+    """Encode and write one partition's batches; returns its shards' metadata.
+
+    Rows are grouped by region within each batch (stable, so order is kept per region).
+    """
+    writers: dict[str, _ShardWriter] = {}
+    try:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            regions = batch.column(encode.REGION_COLUMN)
+            if regions.null_count:
+                raise ValueError(f"region is null in {regions.null_count} row(s) of split "
+                                 f"{split!r}")
+            enc = pc.dictionary_encode(regions)
+            names = enc.dictionary.to_pylist()
+            codes = enc.indices.to_numpy(zero_copy_only=False)
+            order = np.argsort(codes, kind="stable")  # stable: keeps row order per region
+            sorted_idx = codes[order]
+            batch = batch.take(pa.array(order))
+            flat, offsets = encode.encode_records(batch, encoders, f"split {split!r}")
+            bounds = [0] + list(1 + (sorted_idx[1:] != sorted_idx[:-1]).nonzero()[0]) \
+                + [batch.num_rows]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                region = names[sorted_idx[a]]
+                if not _REGION_NAME.match(region):
+                    raise ValueError(f"region {region!r} in split {split!r} is not a valid "
+                                     f"folder name ([A-Za-z0-9_.-]+)")
+                if region not in writers:
+                    writers[region] = _ShardWriter(join(split_uri, f"region={region}"), region,
+                                                   task, shard_rows, compression)
+                writers[region].write(flat, offsets[a:b + 1])
+        return [s for r in sorted(writers) for s in writers[r].finish()]
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+
+
+def _partition_job(encoders: Encoders, split_uri: str, split: str, shard_rows: int,
+                   compression: str | None):
+    """The ``mapInArrow`` function: a closure with only small, picklable state."""
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+        task = TaskContext.get().partitionId()
+        shards = write_partition(batches, encoders, split_uri, split, task, shard_rows,
+                                 compression)
+        yield pa.RecordBatch.from_pylist(shards, schema=pa.schema([
+            ("path", pa.string()), ("region", pa.string()), ("rows", pa.int64()),
+            ("sha256", pa.string())]))
+    return run
+
+
+def _remove_unlisted(split_uri: str, keep: set[str]) -> None:
+    """Delete stale shards and leftovers of killed writers that the new manifest does not list."""
+    for uri in storage.list_files(split_uri):
+        name = uri.rstrip("/").rsplit("/", 1)[-1]
+        if uri not in keep and (name.startswith(".tmp-") or _SHARD_NAME.match(name)):
+            fs, path = storage.filesystem(uri)
+            fs.delete_file(path)
+
+
+def _absolute(uri: str) -> str:
+    """Local roots become absolute so the manifest's paths work from any working folder."""
+    return uri if storage.is_s3(uri) else os.path.abspath(uri)
+
+
+def _check_compression(compression: str | None) -> None:
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+
+
+def write_split(sdf: DataFrame, encoders: Encoders, out_uri: str, split: str,
+                shard_rows: int = 200_000, compression: str | None = None,
+                regions: Sequence[str] = ()) -> dict:
+    """Write one split as TFRecord shards ``<out>/split=<split>/region=<r>/part-<t>-<s>.tfrecord``.
+
+    Each Spark task encodes its own partition (``mapInArrow``) and writes its own shards; only
+    shard metadata comes back to the driver. Same input partitions -> same names and bytes.
+
+    Args:
+        sdf: the split (split Parquet schema).
+        encoders: fitted on train (``fit_encoders``).
+        out_uri: the TFRecord root (local folder or ``s3://`` prefix).
+        split: split name (``SPLITS``), used in the folder name.
+        shard_rows: most records per shard file.
+        compression: None or 'GZIP'.
+        regions: regions to report with 0 rows when absent from this split.
+
+    Returns:
+        ``{"rows": n, "rows_by_region": {region: n}, "shards": [{path, region, rows, sha256}]}``
+        with shards sorted by path.
+    """
+    _check_compression(compression)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    if shard_rows < 1:
+        raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+    encode.check_columns(sdf.columns, f"split {split!r}")
+    out_uri = _absolute(out_uri)
+    split_uri = join(out_uri, f"split={split}")
+    job = _partition_job(encoders, split_uri, split, shard_rows, compression)
+    rows = (sdf.select(*encode.INPUT_COLUMNS).mapInArrow(job, _SHARD_SCHEMA).collect())
+    shards = sorted(({"path": r["path"], "region": r["region"], "rows": int(r["rows"]),
+                      "sha256": r["sha256"]} for r in rows), key=lambda s: s["path"])
+    by_region = {r: 0 for r in regions}
+    for s in shards:
+        by_region[s["region"]] = by_region.get(s["region"], 0) + s["rows"]
+    _remove_unlisted(split_uri, {s["path"] for s in shards})
+    return {"rows": sum(s["rows"] for s in shards),
+            "rows_by_region": dict(sorted(by_region.items())), "shards": shards}
+
+
+def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri: str,
+                   shard_rows: int = 200_000, compression: str | None = None,
+                   age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -> tuple[dict, Encoders]:
+    """Fit encoders on train, write every split, then ``manifest.json`` last (atomically).
+
+    Args:
+        spark: the session.
+        split_paths: split name -> split Parquet folder, for exactly ``SPLITS``.
+        out_uri: the TFRecord root (``RunPaths.tfrecords``).
+        shard_rows, compression: see ``write_split``.
+        age_edges: recorded in the encoders.
+
+    Returns:
+        ``(manifest, encoders)``; the manifest is also at ``<out_uri>/manifest.json``.
+    """
+    _check_compression(compression)
+    missing = [s for s in SPLITS if s not in split_paths]
+    unknown = [s for s in split_paths if s not in SPLITS]
+    if missing or unknown:
+        raise ValueError(f"split_paths must name exactly {SPLITS}; missing {missing}, "
+                         f"unknown {unknown}")
+    out_uri = _absolute(out_uri)
+    sdfs = {s: spark.read.parquet(split_paths[s]) for s in SPLITS}
+    for s, sdf in sdfs.items():
+        encode.check_columns(sdf.columns, f"split {s!r} at {split_paths[s]}")
+    encoders = fit_encoders(spark, sdfs["train"], age_edges)
+    spec_uri, enc_uri = join(out_uri, FEATURE_SPEC_NAME), join(out_uri, ENCODERS_NAME)
+    storage.write_json_atomic(spec_uri, feature_spec())
+    storage.write_json_atomic(enc_uri, encoders.to_json())
+    splits = {s: write_split(sdfs[s], encoders, out_uri, s, shard_rows, compression)
+              for s in SPLITS}
+    regions = sorted({r for entry in splits.values() for r in entry["rows_by_region"]})
+    for entry in splits.values():
+        entry["rows_by_region"] = {r: entry["rows_by_region"].get(r, 0) for r in regions}
+    manifest = {
+        "root": out_uri,
+        "feature_spec": spec_uri,
+        "encoders": enc_uri,
+        "compression": compression,
+        "spec_version": features.spec_version(),
+        "splits": splits,
+    }
+    storage.write_json_atomic(join(out_uri, MANIFEST_NAME), manifest)
+    return manifest, encoders
+
+
+def read_manifest(out_uri: str) -> dict:
+    """The manifest ``convert_splits`` wrote under ``out_uri``."""
+    return storage.read_json(join(out_uri, MANIFEST_NAME))
