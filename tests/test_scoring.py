@@ -138,16 +138,31 @@ def test_fused_mlp_matches_reference(encoders, age_link, dtype, tol):
         np.testing.assert_allclose(got[t], want[t], atol=tol, rtol=0)
 
 
-def test_unfused_fallback_matches_fused(encoders):
-    export = make_export(encoders, seed=4)
-    ids = np.array([[1] * len(CATEGORICAL_FEATURES), [0] * len(CATEGORICAL_FEATURES)])
-    numeric = np.ones((2, len(NUMERIC_FEATURES)), dtype=np.float32)
-    small = FusedMLP(export, encoders, dtype="float64", max_fused_bytes=0)
-    assert not small.premultiplied
-    got = small.predict(ids, numeric)
+@pytest.mark.parametrize("age_link", ["corn", "softmax"])
+@pytest.mark.parametrize("max_fused_bytes", [None, 0])
+def test_predict_one_and_chunks_match_reference(encoders, age_link, max_fused_bytes):
+    export = make_export(encoders, seed=4, age_link=age_link)
+    rng = np.random.default_rng(1)
+    ids = np.stack([rng.integers(0, encoders.vocabularies[n].size, 23)
+                    for n in CATEGORICAL_FEATURES], axis=1)
+    numeric = rng.normal(size=(23, len(NUMERIC_FEATURES)))
+    kw = {} if max_fused_bytes is None else {"max_fused_bytes": max_fused_bytes}
+    mlp = FusedMLP(export, encoders, dtype="float64", **kw)
+    assert mlp.premultiplied is (max_fused_bytes is None)
+    mlp.chunk_rows = 5  # 23 rows -> 5 chunks, the last one short
     want = reference_predict(export, ids, numeric)
+    got = mlp.predict(ids, numeric)
     for t in TARGETS:
         np.testing.assert_allclose(got[t], want[t], atol=1e-12)
+    for i in range(len(ids)):
+        one = mlp.predict_one(ids[i].tolist(), numeric[i].tolist())
+        for t in TARGETS:
+            np.testing.assert_allclose(one[t], want[t][i], atol=1e-12)
+
+
+def test_dtype_is_checked(encoders):
+    with pytest.raises(ValueError, match="dtype"):
+        FusedMLP(make_export(encoders), encoders, dtype="float16")
 
 
 def test_no_trunk_and_extreme_logits_stay_finite(encoders):
@@ -157,20 +172,26 @@ def test_no_trunk_and_extreme_logits_stay_finite(encoders):
         export["heads"][t] = (W * 1e4, b, link)  # logits in the 1e4s: exp would overflow
     ids = np.ones((3, len(CATEGORICAL_FEATURES)), dtype=np.int64)
     numeric = np.full((3, len(NUMERIC_FEATURES)), 5.0, dtype=np.float32)
+    mlp = FusedMLP(export, encoders)
     with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow is benign
-        got = FusedMLP(export, encoders).predict(ids, numeric)
+        got = mlp.predict(ids, numeric)
+        one = mlp.predict_one(ids[0].tolist(), numeric[0].tolist())
     for t in TARGETS:
         assert np.all(np.isfinite(got[t])) and np.allclose(got[t].sum(axis=1), 1)
+        assert np.all(np.isfinite(one[t])) and math.isclose(sum(one[t]), 1)
 
 
 def test_zero_prior_ratio_rules_a_class_out(encoders):
     export = make_export(encoders, seed=6)
     export["prior_ratio"]["gender"] = np.array([0.0, 1.0])
     export["prior_ratio"]["age"] = np.array([0, 0, 0, 0, 0, 1.0])
-    got = FusedMLP(export, encoders).predict(np.ones((2, len(CATEGORICAL_FEATURES)), int),
-                                             np.zeros((2, len(NUMERIC_FEATURES))))
+    mlp = FusedMLP(export, encoders)
+    got = mlp.predict(np.ones((2, len(CATEGORICAL_FEATURES)), int),
+                      np.zeros((2, len(NUMERIC_FEATURES))))
     np.testing.assert_allclose(got["gender"], [[0, 1], [0, 1]])
     np.testing.assert_allclose(got["age"][:, -1], 1)
+    one = mlp.predict_one([1] * len(CATEGORICAL_FEATURES), [0.0] * len(NUMERIC_FEATURES))
+    assert one["gender"] == [0.0, 1.0] and one["age"][-1] == 1.0
 
 
 @pytest.mark.parametrize("mutate,match", [
@@ -254,6 +275,16 @@ def test_encode_many_matches_encode_one(encoders):
     assert ids[1, os_col] == OOV_ID and ids[3, os_col] == MISSING_ID
 
 
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=12) | st.sampled_from(["os_1", "os_2", "", "OS_1", " os_1"]))
+def test_memoised_lookup_equals_encode_one(encoders, value):
+    enc = RequestEncoder(encoders, GEO, ["global"])
+    column = CATEGORICAL_FEATURES.index("os")
+    want = encoders.vocabularies["os"].encode_one(value)
+    assert enc.encode_one({"os": value})[0][column] == want
+    assert enc.encode_many([{"os": value}])[0][0, column] == want
+
+
 def test_encoder_rejects_encoders_missing_a_feature(encoders):
     broken = Encoders(vocabularies={k: v for k, v in encoders.vocabularies.items()
                                     if k != "browser"}, numeric=encoders.numeric)
@@ -310,7 +341,7 @@ def test_score_routes_and_matches_reference(scorer, encoders):
     assert scorer.score(request(country="XX"))["region"] == "global"
     ids, numeric, _ = scorer.encoder.encode_one(request())
     export = make_export(encoders, seed=2, age_link="softmax")
-    want = reference_predict(export, np.array([ids]), numeric[None, :])
+    want = reference_predict(export, np.array([ids]), np.array([numeric]))
     for t in TARGETS:
         np.testing.assert_allclose(list(out[t].values()), want[t][0], atol=1e-5)
 
@@ -377,7 +408,8 @@ def test_cli_streams_and_reports_bad_lines(bundle, scorer):
     out = [json.loads(x) for x in stdout.getvalue().splitlines()]
     assert code == 1 and len(out) == len(lines)
     assert out[0]["impression_id"] == "a"
-    assert out[0]["gender"] == scorer.score(request(impression_id="a"))["gender"]
+    assert out[0]["gender"] == pytest.approx(scorer.score(request(impression_id="a"))["gender"],
+                                             abs=1e-6)
     assert out[1]["line"] == 2 and "invalid JSON" in out[1]["error"]
     assert out[2] == {"line": 3, "error": "not a JSON object (got list)"}
     assert out[3] == {"line": 4, "error": "empty line"}

@@ -119,11 +119,19 @@ def clean_ts(value: Any) -> int | None:
 class RequestEncoder:
     """Cleans and encodes requests with a bundle's encoders; routes each to a model region.
 
+    Speed without a second encoder: each vocabulary is memoised into a dict built by calling
+    ``Vocabulary.encode_one`` on its own values (plus ``None``/``""`` -> missing), so a dict hit
+    returns exactly what ``encode_one`` would; any other string is out of vocabulary for both.
+    Values that are not plain strings go through ``clean_category`` first. Normalised numerics
+    are memoised per input value (the derived ones take few distinct values).
+
     Args:
         encoders: the training encoders.
         geo: country -> region map and UTC offsets.
         model_regions: regions that have their own model; others go to ``GLOBAL_REGION``.
     """
+
+    _NUMERIC_MEMO_MAX = 4096  # distinct values memoised per numeric feature
 
     def __init__(self, encoders: Encoders, geo: Geography, model_regions: Sequence[str]) -> None:
         self.encoders = encoders
@@ -146,45 +154,63 @@ class RequestEncoder:
                     and f.name not in encoders.numeric]
         if missing:
             raise ValueError(f"encoders have no entry for feature(s) {missing}")
-        # (feature name, contract column or None when derived, encode_one) per categorical.
-        self._categorical = [(f.name, None if f.source == "derived" else f.source,
-                              encoders.vocabularies[f.name].encode_one)
+        # (contract column or None when derived, feature name, memo of encode_one).
+        self._categorical = [(None if f.source == "derived" else f.source, f.name,
+                              self._memo(encoders.vocabularies[f.name]))
                              for f in FEATURES if f.kind == CATEGORICAL]
-        self._numeric = [(f.name, encoders.numeric[f.name]) for f in FEATURES
+        self._numeric = [(f.name, encoders.numeric[f.name], {}) for f in FEATURES
                          if f.kind != CATEGORICAL]
 
-    # ------------------------------------------------------------------ one request
-    def encode_one(self, request: Any, now: float | None = None
-                   ) -> tuple[list[int], np.ndarray, str]:
-        """Encode one request.
+    @staticmethod
+    def _memo(vocab: Any) -> dict:
+        memo = {v: vocab.encode_one(v) for v in vocab.values if len(v) <= MAX_VALUE_CHARS}
+        memo[None] = memo[""] = vocab.encode_one(None)
+        return memo
 
-        Returns:
-            (categorical ids in ``FEATURES`` order, normalised numerics (n_numeric,) float32,
-            the routed model region).
-        """
-        if not isinstance(request, Mapping):
-            request = {}
+    def _normalized(self, j: int, value: Any) -> float:
+        name, stats, memo = self._numeric[j]
+        key = float(value)
+        hit = memo.get(key)
+        if hit is None:
+            hit = float(stats.normalize(value))
+            if len(memo) < self._NUMERIC_MEMO_MAX:
+                memo[key] = hit
+        return hit
+
+    def _time_features(self, request: Mapping, now: float | None) -> tuple[dict, str | None]:
         country = clean_category(request.get("country"))
         if type(country) is not str:
             country = None
         ts = clean_ts(request.get("ts"))
         if ts is None:
             ts = int(time.time() if now is None else now)
-        derived = features.derive_time_features(ts, self._offset.get(country, 0))
+        return features.derive_time_features(ts, self._offset.get(country, 0)), country
+
+    # ------------------------------------------------------------------ one request
+    def encode_one(self, request: Any, now: float | None = None
+                   ) -> tuple[list[int], list[float], str]:
+        """Encode one request.
+
+        Returns:
+            (categorical ids in ``FEATURES`` order, normalised numerics in ``FEATURES`` order,
+            the routed model region).
+        """
+        if not isinstance(request, Mapping):
+            request = {}
+        derived, country = self._time_features(request, now)
         ids = []
-        for name, column, encode_one in self._categorical:
+        get = request.get
+        for column, name, memo in self._categorical:
             if column is None:
-                ids.append(encode_one(derived[name]))
+                ids.append(memo.get(str(derived[name]), OOV_ID))
                 continue
-            value = request.get(column)
-            if type(value) is not str or len(value) > MAX_VALUE_CHARS:
-                value = clean_category(value)
-                if value is OOV:
-                    ids.append(OOV_ID)
-                    continue
-            ids.append(encode_one(value))
-        numeric = np.array([stats.normalize(derived[name]) for name, stats in self._numeric],
-                           dtype=np.float32)
+            value = get(column)
+            if type(value) is str or value is None:
+                ids.append(memo.get(value, OOV_ID))
+            else:
+                ids.append(_lookup_cleaned(memo, value))
+        numeric = [self._normalized(j, derived[name]) for j, (name, _, _) in
+                   enumerate(self._numeric)]
         return ids, numeric, self._route.get(country, self._default_route)
 
     # ------------------------------------------------------------------ a batch
@@ -211,25 +237,25 @@ class RequestEncoder:
         offsets = np.fromiter((offset_of(c, 0) for c in countries), dtype=np.int64, count=n)
         derived = features.derive_time_features(ts, offsets)
         ids = np.empty((n, len(self._categorical)), dtype=np.int64)
-        for j, (name, column, encode_one) in enumerate(self._categorical):
+        for j, (column, name, memo) in enumerate(self._categorical):
             if column is None:
                 # Derived categoricals take few distinct values: encode each distinct one once.
                 distinct, inverse = np.unique(np.asarray(derived[name]), return_inverse=True)
                 vocab = self.encoders.vocabularies[name]
                 ids[:, j] = vocab.encode(distinct.astype(str).tolist())[inverse.reshape(-1)]
                 continue
-            values = [r.get(column) for r in rows]
-            ids[:, j] = np.fromiter(
-                (encode_one(v) if type(v) is str and len(v) <= MAX_VALUE_CHARS
-                 else _encode_cleaned(encode_one, clean_category(v)) for v in values),
-                dtype=np.int64, count=n)
+            get = memo.get
+            ids[:, j] = [get(v, OOV_ID) if (type(v) is str or v is None)
+                         else _lookup_cleaned(memo, v)
+                         for v in [r.get(column) for r in rows]]
         numeric = np.empty((n, len(self._numeric)), dtype=np.float32)
-        for j, (name, stats) in enumerate(self._numeric):
+        for j, (name, stats, _) in enumerate(self._numeric):
             numeric[:, j] = stats.normalize(derived[name])
         route, default = self._route.get, self._default_route
         regions = np.array([route(c, default) for c in countries], dtype=object)
         return ids, numeric, regions
 
 
-def _encode_cleaned(encode_one: Any, cleaned: Any) -> int:
-    return OOV_ID if cleaned is OOV else encode_one(cleaned)
+def _lookup_cleaned(memo: Mapping, value: Any) -> int:
+    cleaned = clean_category(value)
+    return OOV_ID if cleaned is OOV else memo.get(cleaned, OOV_ID)

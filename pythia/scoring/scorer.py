@@ -41,6 +41,11 @@ class _SavedModelRuntime:
         probs = self.model.predict_proba(X)
         return {t: np.asarray(probs[t], dtype=np.float64) for t in TARGETS}
 
+    def predict_one(self, ids: list[int], numeric: list[float]) -> dict[str, list[float]]:
+        probs = self.predict(np.array([ids], dtype=np.int64),
+                             np.array([numeric], dtype=np.float32))
+        return {t: p[0].tolist() for t, p in probs.items()}
+
 
 class Scorer:
     """Scores impression requests with a bundle's models.
@@ -120,12 +125,12 @@ class Scorer:
             'region': the region whose model scored it, 'model_version': bundle version}``.
         """
         ids, numeric, region = self.encoder.encode_one(request, now)
-        probs = self.models[region].predict(np.array([ids], dtype=np.int64), numeric[None, :])
+        probs = self.models[region].predict_one(ids, numeric)
         labels = self.labels
-        out: dict[str, Any] = {t: dict(zip(labels[t], probs[t][0].tolist())) for t in TARGETS}
-        out["region"] = region
-        out["model_version"] = self.version
-        return out
+        return {"gender": dict(zip(labels["gender"], probs["gender"])),
+                "age": dict(zip(labels["age"], probs["age"])),
+                "age_gender": dict(zip(labels["age_gender"], probs["age_gender"])),
+                "region": region, "model_version": self.version}
 
     def score_batch(self, requests: Sequence[Any], now: float | None = None
                     ) -> list[dict[str, Any]]:
