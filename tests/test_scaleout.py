@@ -330,32 +330,106 @@ def connect_url(tmp_path_factory):
             proc.wait(timeout=30)
 
 
-def _add_ten(batches):
-    import pyarrow as pa
-    import pyarrow.compute as pc
+# The client side runs in a subprocess: pyspark refuses a remote session in a process that
+# already holds a classic one (other test modules keep theirs open).
+CONNECT_ROUND_TRIP = """
+import json
+import pyarrow as pa, pyarrow.compute as pc
+from pythia import spark_s3
+from pythia.etl.session import get_spark
+
+def add_ten(batches):
     for b in batches:
         yield pa.RecordBatch.from_arrays(
             [b.column("id"), pc.add(b.column("id"), 10), b.column("user")],
             names=["id", "id_plus_10", "user"])
 
+spark = get_spark("pythia-connect-test")  # SPARK_REMOTE selects Spark Connect
+out = {"connect": spark_s3._is_connect(spark)}
+df = spark.createDataFrame([(i, "u%d" % (i % 4)) for i in range(30)], "id long, user string")
+arrow = df.mapInArrow(add_ten, "id long, id_plus_10 long, user string")
+out["counts"] = [[r.user, r["count"]] for r in arrow.groupBy("user").count().orderBy("user")
+                 .collect()]
+got = arrow.orderBy("id").toPandas()
+out["diffs"] = sorted(set((got["id_plus_10"] - got["id"]).tolist()))
+try:
+    df.select("no_such_column").collect()
+    out["bad_column"] = "accepted"
+except Exception as exc:
+    out["bad_column"] = type(exc).__name__ + ": " + str(exc)[:200]
+spark.stop()
+print("@@" + json.dumps(out))
+"""
+
+# prepare_labels + run_hours of the real ETL on a tiny sample source (hours 0-1).
+ETL_RUN = """
+import datetime as dt, json, sys
+from pythia import providers
+from pythia.config import DEFAULT_AGE_EDGES, Geography, Window
+from pythia.etl.hourly import run_hours
+from pythia.etl.session import get_spark
+from pythia.paths import join
+
+source, out_root = sys.argv[1], sys.argv[2]
+spark = get_spark("pythia-etl-compare")
+labels = providers.prepare_labels(spark, source, {"US": "lucid"}, DEFAULT_AGE_EDGES,
+                                  join(out_root, "labels"), "acme")
+manifest = run_hours(spark, source, [0, 1], Window(dt.date(2024, 3, 10)),
+                     labels["labels_path"], join(out_root, "etl"),
+                     join(out_root, "quarantine"), Geography(), False)
+spark.stop()
+print("@@" + json.dumps({"labels": labels["counts"], "manifest": manifest}, default=str))
+"""
+
+
+def _run_spark_script(code: str, args: list[str], extra_env: dict[str, str]) -> dict:
+    env = _subprocess_env(extra_env)
+    env.pop("SPARK_REMOTE", None)
+    env.pop("PYTHIA_SPARK_MASTER", None)
+    env.update(extra_env)
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads([x for x in proc.stdout.splitlines() if x.startswith("@@")][-1][2:])
+
 
 @pytest.mark.spark
 def test_spark_connect_round_trip_with_map_in_arrow(connect_url):
-    from pythia.etl.session import get_spark
-    spark = get_spark("pythia-connect-test", remote=connect_url)
-    try:
-        assert spark_s3._is_connect(spark) and spark_s3.s3a_available(spark)
-        df = spark.createDataFrame([(i, f"u{i % 4}") for i in range(30)], "id long, user string")
-        out = df.mapInArrow(_add_ten, "id long, id_plus_10 long, user string")
-        rows = out.groupBy("user").count().orderBy("user").collect()
-        assert [(r.user, r["count"]) for r in rows] == [("u0", 8), ("u1", 8), ("u2", 7),
-                                                        ("u3", 7)]
-        got = out.orderBy("id").toPandas()
-        assert (got["id_plus_10"] - got["id"] == 10).all() and len(got) == 30
-        with pytest.raises(Exception, match="(?i)cannot resolve|UNRESOLVED_COLUMN"):
-            df.select("no_such_column").collect()
-    finally:
-        spark.stop()
+    out = _run_spark_script(CONNECT_ROUND_TRIP, [], {"SPARK_REMOTE": connect_url})
+    assert out["connect"] is True
+    assert out["counts"] == [["u0", 8], ["u1", 8], ["u2", 7], ["u3", 7]]
+    assert out["diffs"] == [10]
+    assert "no_such_column" in out["bad_column"] and out["bad_column"] != "accepted"
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_etl_through_spark_connect_matches_local_mode(connect_url, tmp_path):
+    """The hourly ETL (mapInArrow feature derivation, joins, writes) gives the same rows on a
+    Spark Connect server as in local mode."""
+    import datetime as dt
+    from pythia.etl.sample import write_sample_source
+    from pythia.pipeline import read_table
+    source = str(tmp_path / "source")
+    write_sample_source(source, dt.date(2024, 3, 10), hours=[0, 1], n_users=24)
+    local = _run_spark_script(ETL_RUN, [source, str(tmp_path / "local")], {})
+    remote = _run_spark_script(ETL_RUN, [source, str(tmp_path / "connect")],
+                               {"SPARK_REMOTE": connect_url})
+    assert local["labels"] == remote["labels"]
+    drop = ("path", "rows_path", "quarantine_path", "user_day_counts_path")
+
+    def _counts(m: dict) -> str:
+        return json.dumps({k: v for k, v in m.items() if not k.endswith(drop) and
+                           "path" not in k}, sort_keys=True, default=str)
+    assert _counts(local["manifest"]) == _counts(remote["manifest"])
+    a = read_table(str(tmp_path / "local" / "etl" / "rows"))
+    b = read_table(str(tmp_path / "connect" / "etl" / "rows"))
+    assert len(a) > 0 and len(a) == len(b)
+    cols = sorted(a.columns)
+    a = a[cols].sort_values("impression_id").reset_index(drop=True)
+    b = b[cols].sort_values("impression_id").reset_index(drop=True)
+    import pandas as pd
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
 
 
 # ------------------------------------------------------------------ remote steps: code package
