@@ -14,6 +14,7 @@ import multiprocessing as mp
 import sys
 import time
 import urllib.parse
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -367,6 +368,18 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``np.load``-able .npz with fixed zip timestamps, so equal worlds are equal bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(arrays[name]), allow_pickle=False)
+    return buf.getvalue()
+
+
 def partition_path(root: str, date: dt.date, hour: int) -> str:
     return join(root, "impressions", f"date={date.isoformat()}", f"hour={hour:02d}",
                 "part-00000.parquet")
@@ -465,9 +478,8 @@ def generate_world(out: str, preset: str | WorldConfig = "default", seed: int = 
         weights = realised_weights(params, users, labels)
         storage.write_bytes_atomic(join(base, "truth", "users.parquet"),
                                    _parquet_bytes(truth_table(params, users)))
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **params.arrays, **weights)
-        storage.write_bytes_atomic(join(base, "truth", "world.npz"), buf.getvalue())
+        storage.write_bytes_atomic(join(base, "truth", "world.npz"),
+                                   _npz_bytes({**params.arrays, **weights}))
         summary = {
             "preset": name, "seed": seed, "dates": [d.isoformat() for d in config.dates],
             "hours": 24, "partitions": len(tasks), "impressions": int(sum(rows)),

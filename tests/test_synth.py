@@ -1,0 +1,311 @@
+"""Tests of the synthetic world: contract layout, determinism, and the exact Bayes posterior."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pythia.config import DEFAULT_REGION_OF_COUNTRY
+from pythia.features import age_gender_labels, age_to_bucket, age_bucket_labels
+from pythia.synth import (IMPRESSION_SCHEMA, LABEL_SCHEMA, PRESETS, PROVIDER_METRICS_SCHEMA,
+                          WorldConfig, generate_world, load_world, resolve_source)
+from pythia.synth import generate as gen_mod
+from pythia.synth.generate import PartitionSampler, build_users
+from pythia.synth.world import build_params
+
+INTERFACES = Path(__file__).resolve().parents[1] / "docs" / "interfaces.md"
+DOC_TYPES = {"str": pa.string(), "timestamp": pa.timestamp("us", tz="UTC"), "int32": pa.int32(),
+             "date": pa.date32(), "double": pa.float64(), "int64": pa.int64()}
+CLASSES = {label: i for i, label in enumerate(age_gender_labels())}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("synth") / "tiny")
+    generate_world(root, "tiny", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def impressions(tiny) -> pd.DataFrame:
+    """Every impression of the tiny world with its user's true AgeGender index."""
+    df = ds.dataset(f"{tiny}/impressions", partitioning="hive").to_table().to_pandas()
+    truth = load_world(tiny).truth().set_index("user_id")
+    df["y"] = truth.loc[df["user_id"], "age_gender"].map(CLASSES).to_numpy()
+    return df
+
+
+def _doc_columns(section: str, next_section: str) -> dict[str, pa.DataType]:
+    text = INTERFACES.read_text()
+    body = text[text.index(section):text.index(next_section)]
+    return {name: DOC_TYPES[kind] for name, kind in
+            re.findall(r"`(\w+)` (str|timestamp|int32|date|double|int64)", body)}
+
+
+def _calibration_z(p: np.ndarray, y: np.ndarray, bins: int = 4) -> float:
+    """Largest |z| over calibration statistics that have mean 0 when ``p`` is the true P(y | x).
+
+    Statistics: observed minus predicted count of each class within bins of its probability;
+    p[y] minus sum(p^2) (sharpness); log-loss minus entropy. Given the realised users (which
+    the posterior conditions on), impressions are independent draws, so each statistic's
+    variance is the sum of its per-row variance under ``p`` itself.
+    """
+    n, k = p.shape
+    rows = np.arange(n)
+    onehot = np.eye(k)[y]
+    stats = []  # (per-row residual, per-row variance under the null)
+    for c in range(k):
+        edges = np.quantile(p[:, c], np.linspace(0, 1, bins + 1)[1:-1])
+        b = np.searchsorted(edges, p[:, c])
+        for j in range(bins):
+            m = b == j
+            stats.append((np.where(m, onehot[:, c] - p[:, c], 0.0),
+                          np.where(m, p[:, c] * (1 - p[:, c]), 0.0)))
+    sharp = (p ** 2).sum(axis=1)
+    stats.append((p[rows, y] - sharp, (p * (p - sharp[:, None]) ** 2).sum(axis=1)))
+    nlog = -np.log(np.clip(p, 1e-12, 1.0))
+    entropy = (p * nlog).sum(axis=1)
+    stats.append((nlog[rows, y] - entropy, (p * (nlog - entropy[:, None]) ** 2).sum(axis=1)))
+    return max(abs(r.sum()) / np.sqrt(v.sum()) for r, v in stats if v.sum() > 0)
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+
+
+# ------------------------------------------------------------------ layout and schema
+
+def test_impression_schema_matches_contract(tiny):
+    doc = _doc_columns("Impression columns", "Label columns")
+    assert len(doc) == 19 and doc == dict(zip(IMPRESSION_SCHEMA.names, IMPRESSION_SCHEMA.types))
+    f = next(Path(tiny, "impressions").rglob("*.parquet"))
+    assert pq.read_schema(f).remove_metadata() == IMPRESSION_SCHEMA
+
+
+def test_label_and_metric_schemas_match_contract(tiny):
+    assert _doc_columns("Label columns", "Provider metric columns") == dict(
+        zip(LABEL_SCHEMA.names, LABEL_SCHEMA.types))
+    assert _doc_columns("Provider metric columns", "## Split Parquet") == dict(
+        zip(PROVIDER_METRICS_SCHEMA.names, PROVIDER_METRICS_SCHEMA.types))
+    for p in PRESETS["tiny"].providers:
+        f = Path(tiny, "labels", f"provider={p}", "part-00000.parquet")
+        assert pq.read_schema(f).remove_metadata() == LABEL_SCHEMA
+    assert pq.read_schema(Path(tiny, "provider_metrics", "part-00000.parquet")
+                          ).remove_metadata() == PROVIDER_METRICS_SCHEMA
+
+
+def test_every_partition_hour_region_present(tiny, impressions):
+    cfg = PRESETS["tiny"]
+    for d in cfg.dates:
+        for h in range(24):
+            f = Path(tiny, "impressions", f"date={d.isoformat()}", f"hour={h:02d}",
+                     "part-00000.parquet")
+            assert pq.read_metadata(f).num_rows > 0, f
+    assert Path(tiny, "_SUCCESS").exists()
+    assert {DEFAULT_REGION_OF_COUNTRY[c] for c in impressions["country"].unique()} == {
+        "NA", "EU", "APAC", "LATAM"}
+    # every ts lies inside its UTC date/hour partition
+    ts = pd.to_datetime(impressions["ts"], utc=True)
+    assert (ts.dt.strftime("%Y-%m-%d") == impressions["date"].astype(str)).all()
+    assert (ts.dt.hour == impressions["hour"].astype(int)).all()
+    assert impressions["impression_id"].is_unique
+    assert 20_000 <= len(impressions) <= 50_000
+
+
+def test_required_columns_never_null_and_browser_only_on_web(impressions):
+    for col in ("impression_id", "user_id", "ts", "country", "inventory_type", "site_or_app",
+                "device_type"):
+        assert impressions[col].notna().all(), col
+    apps = impressions["inventory_type"] == "app"
+    assert impressions.loc[apps, "browser"].isna().all()
+    assert impressions.loc[~apps & (impressions["device_type"] == "desktop"),
+                           "browser"].notna().all()
+
+
+def test_heavy_tail_and_power_users(tiny, impressions):
+    truth = load_world(tiny).truth().set_index("user_id")
+    per_user = impressions.groupby("user_id").size()
+    power = truth.loc[per_user.index, "is_power_user"]
+    assert power.any() and per_user[power].median() > 10 * per_user[~power].median()
+    assert per_user[~power].max() > 5 * per_user[~power].median()  # heavy tail without them
+
+
+def test_labels_have_repeats_bucket_only_rows_and_real_provider_choice(tiny):
+    labels = pq.read_table(Path(tiny, "labels")).to_pandas()
+    assert (labels.groupby(["provider", "user_id"], observed=True).size() > 1).any()
+    assert labels["age"].isna().any() and labels.loc[labels["age"].isna(),
+                                                     "age_bucket"].notna().all()
+    assert labels.loc[labels["age"].notna(), "age_bucket"].isna().all()
+    # observation dates of one user at one provider never tie, so "latest wins" is well defined
+    assert not labels.duplicated(["provider", "user_id", "observed_date"]).any()
+    metrics = pq.read_table(Path(tiny, "provider_metrics")).to_pandas()
+    best = metrics.groupby(["country", "provider"])["accuracy"].mean().unstack().idxmax(axis=1)
+    assert best.nunique() >= 2  # the best provider is not the same everywhere
+    assert metrics[["coverage", "accuracy", "consistency"]].apply(
+        lambda s: s.between(0, 1).all()).all()
+
+
+# ------------------------------------------------------------------ determinism
+
+def _world_files(root: str) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if name != "_SUCCESS":  # holds the wall-clock seconds taken
+                out[os.path.relpath(path, root)] = Path(path).read_bytes()
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny, tmp_path):
+    again = str(tmp_path / "again")
+    other = str(tmp_path / "other")
+    generate_world(again, "tiny", seed=0)
+    generate_world(other, "tiny", seed=1)
+    a, b, c = _world_files(tiny), _world_files(again), _world_files(other)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    part = "impressions/date=2026-11-20/hour=12/part-00000.parquet"
+    assert a[part] != c[part]
+
+
+def test_partition_depends_only_on_seed_date_hour(tiny):
+    params = build_params(PRESETS["tiny"], 0)
+    sampler = PartitionSampler(params, build_users(params))
+    table = sampler.sample(dt.date(2026, 11, 18), 7)  # sampled alone, out of order
+    written = pq.read_table(Path(tiny, "impressions", "date=2026-11-18", "hour=07"))
+    assert table.equals(written.select(table.column_names).cast(table.schema))
+
+
+def test_parallel_workers_write_identical_world(tiny, tmp_path):
+    root = str(tmp_path / "par")
+    generate_world(root, "tiny", seed=0, workers=2)
+    a, b = _world_files(tiny), _world_files(root)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+
+
+def test_bad_config_and_preset_rejected(tmp_path):
+    with pytest.raises(ValueError, match="n_interests"):
+        WorldConfig(n_interests=99)
+    with pytest.raises(ValueError, match="providers"):
+        dataclasses.replace(PRESETS["tiny"], providers=("lucid", "lucid", "x"))
+    with pytest.raises(ValueError, match="'huge'.*tiny"):
+        generate_world(str(tmp_path / "w"), "huge")
+    assert not (tmp_path / "w").exists()
+
+
+# ------------------------------------------------------------------ posterior
+
+def test_posterior_rows_are_distributions_and_ts_forms_agree(tiny, impressions):
+    world = load_world(tiny)
+    sample = impressions.sample(2000, random_state=0)
+    p = world.posterior(sample)
+    assert p.shape == (2000, 12) and np.isfinite(p).all() and (p >= 0).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    secs = (pd.to_datetime(sample["ts"], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(
+        seconds=1)
+    alt = sample.drop(columns=["ts"]).assign(ts_seconds=secs.to_numpy())
+    np.testing.assert_allclose(world.posterior(alt), p, rtol=1e-12)
+    # shifting ts by hours changes local hour, hence the posterior: time is really used
+    shifted = alt.assign(ts_seconds=alt["ts_seconds"] + 9 * 3600)
+    assert np.abs(world.posterior(shifted) - p).max() > 1e-3
+
+
+def test_posterior_rejects_unknown_values_and_missing_columns(tiny, impressions):
+    world = load_world(tiny)
+    rows = impressions.head(5).copy()
+    rows.loc[rows.index[2], "device_model"] = "Nokia 3310"
+    with pytest.raises(ValueError, match="device_model.*Nokia 3310"):
+        world.posterior(rows)
+    with pytest.raises(ValueError, match="metro"):
+        world.posterior(impressions.head(5).drop(columns=["metro"]))
+    with pytest.raises(ValueError, match="providers"):
+        world.label_posterior(impressions.head(5), np.array(["lucid"] * 4))
+
+
+def test_posterior_is_calibrated_against_truth(tiny, impressions):
+    world = load_world(tiny)
+    p = world.posterior(impressions)
+    y = impressions["y"].to_numpy()
+    assert _calibration_z(p, y) < 4.5
+    # the check can fail: the same probabilities given to the wrong rows are miscalibrated
+    shuffled = p[np.random.default_rng(0).permutation(len(p))]
+    assert _calibration_z(shuffled, y) > 10.0
+
+
+def test_features_depend_on_demographics(tiny, impressions):
+    world = load_world(tiny)
+    y = impressions["y"].to_numpy()
+    post = _log_loss(world.posterior(impressions), y)
+    prior = _log_loss(world.country_prior(impressions["country"].to_numpy()), y)
+    assert post < prior - 0.2, (post, prior)
+
+
+def _latest_labels(root: str, provider: str) -> pd.DataFrame:
+    labels = pq.read_table(Path(root, "labels", f"provider={provider}")).to_pandas()
+    latest = labels.sort_values("observed_date").groupby("user_id").tail(1)
+    bucket = np.where(latest["age"].notna(), age_to_bucket(latest["age"].fillna(0)),
+                      pd.Index(age_bucket_labels()).get_indexer(latest["age_bucket"]))
+    return latest.assign(y_label=(latest["gender"] == "M").to_numpy() * 6 + bucket)
+
+
+def test_label_posterior_is_calibrated_against_provider_labels(tiny, impressions):
+    world = load_world(tiny)
+    lab = _latest_labels(tiny, "lucid")
+    rows = impressions.merge(lab[["user_id", "y_label", "observed_date"]], on="user_id")
+    providers = np.full(len(rows), "lucid", dtype=object)
+    q = world.label_posterior(rows, providers)
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-12)
+    y = rows["y_label"].to_numpy()
+    assert _calibration_z(q, y) < 4.5
+    # labels are noisy: the true-class posterior is a worse forecast of them
+    assert _log_loss(q, y) < _log_loss(world.posterior(rows, providers=providers), y)
+    # the drift form (per label date) is a proper distribution too
+    qd = world.label_posterior(rows, providers, dates=rows["observed_date"].to_numpy())
+    np.testing.assert_allclose(qd.sum(axis=1), 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="label dates"):
+        world.label_posterior(rows.head(3), providers[:3],
+                              dates=np.array(["1999-01-01"] * 3))
+
+
+# ------------------------------------------------------------------ resolve_source
+
+def test_resolve_source_generates_once_then_reuses_cache(tmp_path, monkeypatch):
+    cache = str(tmp_path / "cache")
+    path = resolve_source("synthetic://tiny?seed=3", cache)
+    assert path == f"{cache}/tiny-seed3" and Path(path, "_SUCCESS").exists()
+
+    def fail(*a, **k):
+        raise AssertionError("a complete cached world must not be regenerated")
+    monkeypatch.setattr(gen_mod, "generate_world", fail)
+    assert resolve_source("synthetic://tiny?seed=3", cache) == path
+    assert resolve_source("/data/bids", cache) == "/data/bids"
+    assert resolve_source("s3://bucket/prefix", cache) == "s3://bucket/prefix"
+
+
+def test_resolve_source_regenerates_incomplete_copy(tmp_path):
+    cache = tmp_path / "cache"
+    stale = cache / "tiny-seed0"
+    stale.mkdir(parents=True)
+    (stale / "junk.txt").write_text("half-written")
+    path = resolve_source("synthetic://tiny", str(cache))
+    assert Path(path, "_SUCCESS").exists() and not Path(path, "junk.txt").exists()
+
+
+def test_resolve_source_rejects_bad_specs(tmp_path):
+    with pytest.raises(ValueError, match="'bogus'.*default.*large.*tiny"):
+        resolve_source("synthetic://bogus", str(tmp_path))
+    with pytest.raises(ValueError, match="color"):
+        resolve_source("synthetic://tiny?color=red", str(tmp_path))
+    with pytest.raises(ValueError, match="seed"):
+        resolve_source("synthetic://tiny?seed=x", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="_SUCCESS"):
+        load_world(str(tmp_path))
