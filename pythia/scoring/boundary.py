@@ -84,6 +84,8 @@ def clean_category(value: Any) -> str | None | _OutOfVocabulary:
 
 def clean_ts(value: Any) -> int | None:
     """Epoch seconds (floored) from an int/float/numeric string/ISO-8601 string, else ``None``."""
+    if type(value) is int:  # the common case first
+        return value if 0 <= value <= MAX_TS_SECONDS else None
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (bytes, bytearray)):
@@ -178,9 +180,7 @@ class RequestEncoder:
         return hit
 
     def _time_features(self, request: Mapping, now: float | None) -> tuple[dict, str | None]:
-        country = clean_category(request.get("country"))
-        if type(country) is not str:
-            country = None
+        country = _clean_country(request.get("country"))
         ts = clean_ts(request.get("ts"))
         if ts is None:
             ts = int(time.time() if now is None else now)
@@ -195,7 +195,7 @@ class RequestEncoder:
             (categorical ids in ``FEATURES`` order, normalised numerics in ``FEATURES`` order,
             the routed model region).
         """
-        if not isinstance(request, Mapping):
+        if type(request) is not dict and not isinstance(request, Mapping):
             request = {}
         derived, country = self._time_features(request, now)
         ids = []
@@ -222,12 +222,9 @@ class RequestEncoder:
             (ids (n, n_categorical) int64, numerics (n, n_numeric) float32,
             routed model region per request (n,) object array).
         """
-        rows = [r if isinstance(r, Mapping) else {} for r in requests]
+        rows = [r if type(r) is dict or isinstance(r, Mapping) else {} for r in requests]
         n = len(rows)
-        countries = []
-        for r in rows:
-            c = clean_category(r.get("country"))
-            countries.append(c if type(c) is str else None)
+        countries = [_clean_country(r.get("country")) for r in rows]
         stamps = [clean_ts(r.get("ts")) for r in rows]
         if any(s is None for s in stamps):
             fallback = int(time.time() if now is None else now)
@@ -254,6 +251,14 @@ class RequestEncoder:
         route, default = self._route.get, self._default_route
         regions = np.array([route(c, default) for c in countries], dtype=object)
         return ids, numeric, regions
+
+
+def _clean_country(value: Any) -> str | None:
+    """The country as a routing key: a usable string, else None (unknown -> OTHER / UTC)."""
+    if type(value) is str and len(value) <= MAX_VALUE_CHARS:
+        return value
+    cleaned = clean_category(value)
+    return cleaned if type(cleaned) is str else None
 
 
 def _lookup_cleaned(memo: Mapping, value: Any) -> int:
