@@ -250,8 +250,11 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
             yield bucket_labels(pdf, edges)[[f.name for f in schema.fields]]
 
     bucketed = valid.mapInPandas(_bucket, schema)
-    mapping = F.create_map(*[x for c, p in sorted(choice.items()) for x in (F.lit(c), F.lit(p))])
-    chosen_provider = F.coalesce(mapping[F.col("country")], F.lit(default_provider))
+    chosen_provider = F.lit(default_provider)
+    if choice:  # an empty create_map() has no key type and cannot be indexed by a string
+        mapping = F.create_map(*[x for c, p in sorted(choice.items())
+                                 for x in (F.lit(c), F.lit(p))])
+        chosen_provider = F.coalesce(mapping[F.col("country")], chosen_provider)
     usable = F.col("reject").isNull()
     is_chosen = usable & (F.col("provider") == chosen_provider)
     rank = F.row_number().over(

@@ -125,7 +125,9 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
     try:
         rows = [tuple(r) for r in every.groupBy("date", "hour", "split", "outcome",
                                                 "y_age_gender").count().collect()]
-        out_cols = [c for c in labelled.columns if c != "outcome"] + ["split"]
+        out_cols = contract.IMPRESSIONS.names + [
+            c for c in labelled.columns
+            if c not in contract.IMPRESSIONS.names and c != "outcome"] + ["split"]
         written = every.filter(F.col("outcome") == WRITTEN).select(*out_cols)
         rows_path = write_parquet_atomic(written, join(out_dir, "rows"))
         q_path = write_parquet_atomic(

@@ -144,9 +144,12 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
                "age": F.pmod(F.col("y_age_gender"), F.lit(n_age))}[cfg.resample_target]
         keep = {}
         for out in OUTPUT_SPLITS[:3]:
-            rate_map = F.create_map(*[x for c, r in sorted(rates[out].items())
-                                      for x in (F.lit(c), F.lit(float(r)))])
-            keep[out] = (F.col("split") == ETL_SPLIT_OF[out]) & (uniform < rate_map[y_t])
+            rate = F.lit(None).cast("double")  # no rows of this split: nothing to keep
+            if rates[out]:
+                rate = F.create_map(*[x for c, r in sorted(rates[out].items())
+                                      for x in (F.lit(c), F.lit(float(r)))])[y_t]
+            keep[out] = (F.col("split") == ETL_SPLIT_OF[out]) & F.coalesce(
+                uniform < rate, F.lit(False))
         keep_cols = [keep[o].alias(f"_keep_{o}") for o in OUTPUT_SPLITS[:3]]
         after = flagged.select("date", "hour", "split", "is_power_user", "y_age_gender",
                                *keep_cols).groupBy(
