@@ -25,11 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pythia import storage
+from pythia.config import DEFAULT_AGE_EDGES
 from pythia.paths import join
 from pythia.synth.world import (AGE_LABELS, CLASS_LABELS, DEVICE_TYPES, MAX_SYNTH_AGE, N_AGE,
                                 N_CLASS, PRESETS, WorldConfig, WorldParams, build_params,
                                 dumps_meta)
-from pythia.config import DEFAULT_AGE_EDGES
 
 SUCCESS = "_SUCCESS"
 IMPRESSION_SCHEMA = pa.schema([

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from pythia import storage
 from pythia.features import derive_time_features
 from pythia.paths import join
-from pythia.synth.world import N_CLASS, WorldParams, params_from_saved
+from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
 
 _CTV = "ctv"
 
@@ -113,7 +113,8 @@ class World:
 
     @property
     def class_labels(self) -> list[str]:
-        return list(self._meta_labels())
+        """The 12 AgeGender labels, in the column order of every posterior."""
+        return list(CLASS_LABELS)
 
     def truth(self) -> pd.DataFrame:
         """``truth/users.parquet``: true demographics and latent state of every user."""
@@ -151,9 +152,11 @@ class World:
         """(n, 12) P(the provider's label of this impression's user | features).
 
         The label is the provider's latest observation of the user (what label preparation
-        keeps). Without ``dates`` this is exact for the realised world (each user's realised
-        latest label). With ``dates`` (the label's observed date per row) it is
-        P(c | x, labelled by p) times the provider's confusion matrix on that date (its drift).
+        keeps). Without ``dates`` this is exact for the realised world: it sums over the
+        realised latest label of every user, so it is the gauge to use. With ``dates`` (each
+        row's label observed date) it is the population-level form P(c | x, labelled by p)
+        times the provider's confusion matrix on that date (its drift): right on average over
+        label-noise draws, but not conditioned on the labels this world actually drew.
         """
         n = len(df)
         prov = self._provider_codes(providers, n, allow_null=False)
@@ -182,7 +185,8 @@ class World:
         return self._normalize(out)
 
     def country_prior(self, countries: np.ndarray) -> np.ndarray:
-        """(n, 12) P(AgeGender | country) of a random impression (impression-weighted)."""
+        """(n, 12) P(AgeGender | country) of a random impression, averaged over a whole week
+        of traffic (a baseline: a particular day's mix differs slightly by day-of-week)."""
         cty = _codes(countries, self.params.vocab["countries"], "country")
         # a group's share of impressions is its activity times its mean weekly intensity
         mean_w = np.stack([self.params.W.mean(axis=(1, 2)), self.params.W_power.mean(axis=(1, 2))])
@@ -190,10 +194,6 @@ class World:
         return self._normalize(per[cty])
 
     # ---------------------------------------------------------------- internals
-
-    def _meta_labels(self) -> list[str]:
-        from pythia.synth.world import CLASS_LABELS
-        return list(CLASS_LABELS)
 
     def _provider_codes(self, providers, n: int, allow_null: bool) -> np.ndarray:
         providers = np.asarray(providers, dtype=object)
