@@ -56,7 +56,7 @@ class ColumnSpec:
     def domain_text(self) -> str:
         """The allowed values as one short human-readable string (for the docs)."""
         if self.allowed is not None:
-            return " | ".join(f"`{a}`" for a in self.allowed)
+            return ", ".join(f"`{a}`" for a in self.allowed)
         if self.min_value is not None or self.max_value is not None:
             return f"[{self.min_value}, {self.max_value}]"
         if self.pattern is not None:
@@ -179,8 +179,8 @@ def render_markdown() -> str:
     out = [
         "# Input data contract",
         "",
-        "Generated from `pythia/contract.py` (`python -m pythia.contract > docs/data-contract.md`);"
-        " edit the code, not this page.",
+        "Generated from `pythia/contract.py`, `pythia/providers.py` and `pythia/etl/splits.py` "
+        "(`python -m pythia.contract > docs/data-contract.md`); edit the code, not this page.",
         "",
         "`source` is a local folder or an `s3://` prefix; both go through the same code path "
         "(Spark reads the files, `pythia.storage` lists them). Columns not listed here are "
@@ -563,5 +563,13 @@ def count_by_reason(quarantine_rows: Iterable[Any]) -> dict[str, int]:
     return out
 
 
+def render_document() -> str:
+    """The whole ``docs/data-contract.md``: the tables plus the provider, label and ETL rules."""
+    from pythia import providers
+    from pythia.etl import splits
+
+    return "\n".join([render_markdown(), providers.rules_markdown(), splits.rules_markdown()])
+
+
 if __name__ == "__main__":
-    print(render_markdown())
+    print(render_document())

@@ -15,7 +15,7 @@ D = TEST_DATE
 
 def test_doc_is_rendered_from_the_contract():
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "data-contract.md")).read()
-    assert doc.strip() == contract.render_markdown().strip()
+    assert doc.strip() == contract.render_document().strip()
     for reason in contract.REASONS:
         assert f"`{reason}`" in doc
 

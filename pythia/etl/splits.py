@@ -21,6 +21,30 @@ ETL_SPLIT_OF = {"train": "train", "validation": "validation", "test_resampled": 
 _HASH_BITS = 53  # uniform draws with full double precision
 
 
+def rules_markdown() -> str:
+    """ETL split rules, for docs/data-contract.md."""
+    return "\n".join([
+        "## Splits, power users, resampling (`etl.hourly`, `etl.splits`, `etl.reconcile`)", "",
+        "- Window: the 5 days ending at the test date; split by partition date: 3 train days, "
+        "1 validation, 1 test. Impressions of users without a label are counted "
+        "(`unlabelled`), not written.",
+        "- Power users: per (user, date) count of labelled impressions over all hours; a "
+        "user-day above the threshold (`power_user_threshold`, else the exact "
+        "`power_user_quantile` of those counts) is flagged `is_power_user`; with "
+        "`drop_power_users` its rows leave train, validation and `test_resampled`.",
+        "- Resampling: keep-rates per class of `resample_target` from the GLOBAL class counts "
+        "of each split after the power-user drop: `balanced` n_min/n_c, `sqrt` "
+        "sqrt(n_min/n_c), `natural` 1. A row is kept when "
+        f"pmod(xxhash64(impression_id, seed), 2^{_HASH_BITS}) / 2^{_HASH_BITS} < rate "
+        "(deterministic).",
+        "- The test day is written twice: `test_resampled` (rules above) and `test_natural` "
+        "(every row, power users kept and flagged). `natural_priors` are the class "
+        "frequencies of all labelled train rows (power users included).",
+        "- Reconciliation, per (date, hour, output split) and in total: rows_in = quarantined "
+        "+ unlabelled + power_user_dropped + resampled_out + written.", "",
+    ])
+
+
 def resample_rates(counts: Mapping[int, int], mode: str) -> dict[int, float]:
     """Keep-rate per class from global class counts.
 
