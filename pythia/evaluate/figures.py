@@ -20,7 +20,7 @@ _DPI = 90
 
 def _new_figure(n_panels: int, width_per_panel: float = 5.0, height: float = 4.0
                 ) -> tuple[Figure, Sequence]:
-    fig = Figure(figsize=(width_per_panel * n_panels, height))
+    fig = Figure(figsize=(width_per_panel * n_panels, height), layout="tight")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     return fig, axes
@@ -42,10 +42,21 @@ def _grouped_bars(ax, table: pd.DataFrame, ylabel: str) -> None:
         ax.bar(x + (i - (n_series - 1) / 2) * width, table[col].to_numpy(dtype=float),
                width=width, label=str(col))
     ax.set_xticks(x)
-    ax.set_xticklabels([str(c) for c in table.index], rotation=60 if len(x) > 6 else 0,
-                       ha="right" if len(x) > 6 else "center")
+    crowded = len(x) > 4
+    ax.set_xticklabels([str(c) for c in table.index], rotation=45 if crowded else 0,
+                       ha="right" if crowded else "center")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+
+
+def _figure_legend(fig: Figure, axes: Sequence) -> None:
+    """One legend under the panels (per-axes legends hide bars)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(len(seen), 6), fontsize=8)
 
 
 def plot_bar_panels(panels: Mapping[str, pd.DataFrame], title: str, ylabel: str) -> bytes:
@@ -56,6 +67,7 @@ def plot_bar_panels(panels: Mapping[str, pd.DataFrame], title: str, ylabel: str)
     for ax, (name, table) in zip(axes, panels.items()):
         _grouped_bars(ax, table, ylabel)
         ax.set_title(name)
+    _figure_legend(fig, axes)
     fig.suptitle(title)
     return figure_png(fig)
 
@@ -91,6 +103,6 @@ def plot_reliability(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: st
         ax.set_xlabel("confidence (top-label probability)")
         ax.set_ylabel("accuracy")
         ax.set_title(name)
-        ax.legend(fontsize=7)
+    _figure_legend(fig, axes)
     fig.suptitle(title)
     return figure_png(fig)

@@ -9,8 +9,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (accuracy_score, f1_score, log_loss,
-                             precision_recall_fscore_support)
+from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support
 
 N_BINS = 15  # calibration bins (equal width on [0, 1]), as in Guo et al. 2017
 # Probabilities are stored as float32 lists; rows may sum to 1 +- a few ulps, or carry tiny
@@ -139,6 +138,14 @@ def total_variation_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(0.5 * np.abs(a / a.sum() - b / b.sum()).sum())
 
 
+def gauge_scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """(log-loss, macro F1 over the classes present in y): the two figures of the Bayes gauge."""
+    labels = np.arange(p.shape[1])
+    _, _, f1, support = precision_recall_fscore_support(
+        y, p.argmax(axis=1), labels=labels, zero_division=0)
+    return float(log_loss(y, p, labels=labels)), float(f1[support > 0].mean())
+
+
 def score_predictions(y: np.ndarray, p: np.ndarray, class_names: Sequence[str],
                       ordinal: bool = False, n_bins: int = N_BINS) -> pd.DataFrame:
     """Every metric of one (labels, probabilities) pair as tidy rows (metric, class, value).
@@ -157,23 +164,25 @@ def score_predictions(y: np.ndarray, p: np.ndarray, class_names: Sequence[str],
         return pd.DataFrame(columns=["metric", "class", "value"])
     pred = p.argmax(axis=1)
     labels = np.arange(k)
-    present = np.unique(y)
+    # one sklearn pass gives every per-class figure; macro/weighted F1 over the classes present
+    # in y are then the plain and support-weighted means (what f1_score(average=…) computes,
+    # without re-validating the arrays four times per slice)
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=0)
+    present = support > 0
     rows: list[tuple[str, str | None, float]] = [
         ("accuracy", None, accuracy_score(y, pred)),
         ("log_loss", None, log_loss(y, p, labels=labels)),
         ("brier", None, multiclass_brier(y, p)),
         ("ece", None, top_label_ece(y, p, n_bins)),
-        ("macro_f1", None, f1_score(y, pred, labels=present, average="macro", zero_division=0)),
-        ("weighted_f1", None, f1_score(y, pred, labels=present, average="weighted",
-                                       zero_division=0)),
+        ("macro_f1", None, float(f1[present].mean())),
+        ("weighted_f1", None, float(np.average(f1[present], weights=support[present]))),
     ]
     cw_mean, cw = classwise_ece(y, p, n_bins)
     rows.append(("classwise_ece", None, cw_mean))
     if ordinal:
         rows += [("mae_buckets", None, bucket_mae(y, p)),
                  ("expected_mae_buckets", None, expected_bucket_mae(y, p))]
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y, pred, labels=labels, zero_division=0)
     for name, values in (("precision", prec), ("recall", rec), ("f1", f1),
                          ("support", support), ("classwise_ece", cw)):
         rows += [(name, class_names[i], float(values[i])) for i in range(k)]

@@ -27,13 +27,24 @@ def _artifact(run: Any, name: str) -> Any:
     return None
 
 
-def run_status(run: Any) -> str:
-    """'successful', 'failed' or 'running' (a failed run never marks its end step done)."""
-    if run.finished:
-        return "successful" if run.successful else "failed"
+def _task_failed(task: Any) -> bool:
+    # a task that raised stores _task_ok=False (and _exception); a running one has neither
     try:
+        return "_task_ok" in task and task["_task_ok"].data is False
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def run_status(run: Any) -> str:
+    """'successful', 'failed' or 'running' (a failed run never reaches its end step)."""
+    if run.successful:
+        return "successful"
+    try:
+        end = run.end_task
+        if end is not None and _task_failed(end):
+            return "failed"
         for step in run:  # the most recent step tells whether the run stopped on an error
-            if any(t.finished and not t.successful for t in step):
+            if any(_task_failed(t) for t in step):
                 return "failed"
             break
     except Exception:  # noqa: BLE001
@@ -110,6 +121,7 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
 def summarize_run(run: Any) -> list[dict]:
     """One row per region of a run: its champion and the champion's natural-test scores."""
     base = {"run": run.id, "status": run_status(run),
+            "started": run.created_at.strftime("%Y-%m-%d %H:%M") if run.created_at else "-",
             "finished": run.finished_at.strftime("%Y-%m-%d %H:%M") if run.finished_at else "-",
             "window": _window_text(_artifact(run, "window"))}
     headline = _artifact(run, "headline")
@@ -150,10 +162,10 @@ def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO = sys.stdou
     if not rows:
         print(f"{flow_name} has no runs yet.", file=out)
         return 1
-    cols = ["run", "status", "finished", "window", "region", "champion"] + [
+    cols = ["run", "status", "started", "finished", "window", "region", "champion"] + [
         f"{m}_{s}" for _, s in TARGET_SHORT for m in ("ll", "f1")]
     table = pd.DataFrame(rows).reindex(columns=cols)
-    for c in cols[6:]:
+    for c in cols[7:]:
         table[c] = table[c].map(lambda v: f"{v:.4f}" if pd.notna(v) else "")
     with pd.option_context("display.width", 250, "display.max_columns", 50,
                            "display.max_colwidth", 60):

@@ -7,7 +7,9 @@ there is no Python loop over rows.
 """
 from __future__ import annotations
 
+import inspect
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -24,7 +26,7 @@ from pythia.config import GLOBAL_REGION
 from pythia.evaluate import figures as figs
 from pythia.evaluate.champions import DEFAULT_TOLERANCE, candidate_label, select_champions
 from pythia.evaluate.metrics import (N_BINS, check_probabilities, class_distribution,
-                                     reliability_bins, score_predictions,
+                                     gauge_scores, reliability_bins, score_predictions,
                                      total_variation_distance)
 from pythia.features import (GENDER_CLASSES, LABEL_COLUMNS, TARGETS, age_to_bucket,
                              class_labels, marginals_from_joint)
@@ -187,12 +189,15 @@ def _slices(frame: _Frame, pos: np.ndarray, test_set: str, eval_regions: Sequenc
 
 def _score_slices(ident: Mapping[str, Any], frame: _Frame, test_set: str, aligned: _Aligned,
                   probs_by_source: Mapping[str, Mapping[str, np.ndarray]],
-                  eval_regions: Sequence[str], edges: Sequence[int],
-                  actual: Mapping) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+                  eval_regions: Sequence[str], edges: Sequence[int], actual: Mapping,
+                  reference: Mapping[str, Mapping[str, np.ndarray]] | None = None
+                  ) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
     """Metrics and predicted-distribution rows of one scorer on one test set, every slice.
 
     ``probs_by_source`` maps label source -> {target: probabilities aligned to aligned.pos};
     a model has the same probabilities for every source, the Bayes gauge does not.
+    ``reference`` (label source -> {target: exact posterior for every frame row}) adds the
+    posterior's log-loss and macro F1 on exactly the rows the scorer was scored on.
     """
     metrics: list[pd.DataFrame] = []
     dists: list[pd.DataFrame] = []
@@ -230,6 +235,14 @@ def _score_slices(ident: Mapping[str, Any], frame: _Frame, test_set: str, aligne
                 if len(scored):
                     metrics.append(scored.assign(**base, target=target, label_source=source,
                                                  n=int(valid.sum())))
+                    if reference is not None and source in reference:
+                        ref_ll, ref_f1 = gauge_scores(y_all[valid],
+                                                      reference[source][target][pos][valid])
+                        metrics.append(pd.DataFrame([
+                            dict(base, target=target, label_source=source, metric=name,
+                                 value=value, n=int(valid.sum()))
+                            for name, value in (("bayes_log_loss", ref_ll),
+                                                ("bayes_macro_f1", ref_f1))]))
                 metrics.append(pd.DataFrame([dict(base, target=target, label_source=source,
                                                   metric="n_unlabelled",
                                                   value=float((~valid).sum()), n=len(pos))]))
@@ -294,16 +307,26 @@ def _eval_regions_of(candidate_region: str, present: Sequence[str]) -> list[str]
         candidate_region]
 
 
-def _bayes_probs(world: Any, frame: _Frame, n_age: int) -> dict[str, dict[str, np.ndarray]]:
-    """Exact posteriors on a split: against truth P(AgeGender|x), against provider labels
-    P(provider label|x, provider, date); each marginalised to gender and age."""
-    out = {}
-    joint_truth = np.asarray(world.posterior(frame.df))
-    dates = frame.df["date"].to_numpy() if "date" in frame.df.columns else None
+def _bayes_probs(world: Any, frame: _Frame, n_age: int, label_dates: bool = False
+                 ) -> dict[str, dict[str, np.ndarray]]:
+    """Exact posteriors on a split, marginalised to gender and age.
+
+    Against truth: P(AgeGender | x), conditioned on the row's user being labelled by its
+    provider when the world supports it (a labelled test set is that population). Against
+    provider labels: P(provider's label | x, provider). ``label_dates`` passes each row's date
+    to ``label_posterior``; the synthetic World documents the dateless form as the exact one
+    for its realised labels (the dated form is a population average), so it is the default.
+    """
     if "label_provider" not in frame.df.columns:
         raise ValueError(f"split {frame.split!r} lacks label_provider, needed for the gauge")
-    joint_label = np.asarray(world.label_posterior(
-        frame.df, frame.df["label_provider"].to_numpy(), dates))
+    providers = frame.df["label_provider"].to_numpy(dtype=object)
+    if "providers" in inspect.signature(world.posterior).parameters:
+        joint_truth = np.asarray(world.posterior(frame.df, providers=providers))
+    else:
+        joint_truth = np.asarray(world.posterior(frame.df))
+    dates = frame.df["date"].to_numpy() if label_dates and "date" in frame.df.columns else None
+    joint_label = np.asarray(world.label_posterior(frame.df, providers, dates))
+    out = {}
     for source, joint in (("truth", joint_truth), ("provider", joint_label)):
         if joint.shape != (len(frame.df), 2 * n_age):
             raise ValueError(f"world posterior for {source} has shape {joint.shape}, expected "
@@ -320,23 +343,29 @@ def _pivot_metric(metrics: pd.DataFrame, keys: list[str], metric: str) -> pd.Dat
     return sel[keys + ["value", "n"]]
 
 
+def _unstack(df: pd.DataFrame, index: list[str], columns: str, values: str) -> pd.DataFrame:
+    """Long -> wide on observed key combinations only (pivot_table(dropna=False) would build
+    their Cartesian product; dropna=True would drop the Bayes rows whose config_id is NA)."""
+    wide = df.set_index(index + [columns])[values].unstack(columns).reset_index()
+    wide.columns.name = None
+    return wide
+
+
 def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
-    """Model vs exact-posterior log-loss and macro F1 on the same slices (None without Bayes)."""
-    if not (metrics["model"] == BAYES_MODEL).any():
+    """Model vs exact-posterior log-loss and macro F1, on the rows each model was scored on
+    (None without a world)."""
+    names = {"log_loss": "logloss", "macro_f1": "macro_f1", "bayes_log_loss": "bayes_logloss",
+             "bayes_macro_f1": "bayes_macro_f1"}
+    if not (metrics["metric"] == "bayes_log_loss").any():
         return None
-    keys = ["eval_region", "target", "test_set", "label_source"]
-    wide = {}
-    for metric, short in (("log_loss", "logloss"), ("macro_f1", "macro_f1")):
-        sel = _pivot_metric(metrics, ["model", "region", "config_id"] + keys, metric)
-        wide[short] = sel.rename(columns={"value": short}).drop(columns="n")
-    table = wide["logloss"].merge(wide["macro_f1"], on=["model", "region", "config_id"] + keys)
-    bayes = table[table["model"] == BAYES_MODEL].drop(columns=["model", "region", "config_id"])
-    bayes = bayes.rename(columns={"logloss": "bayes_logloss", "macro_f1": "bayes_macro_f1"})
-    out = table[table["model"] != BAYES_MODEL].merge(bayes, on=keys, how="inner")
+    keys = ["model", "region", "config_id", "eval_region", "target", "test_set", "label_source"]
+    sel = metrics[metrics["metric"].isin(list(names)) & metrics["class"].isna()
+                  & metrics["test_set"].isin(TEST_SETS) & (metrics["model"] != BAYES_MODEL)]
+    out = _unstack(sel.assign(metric=sel["metric"].map(names)), keys, "metric", "value")
+    out = out.dropna(subset=["bayes_logloss"])
     out["ratio"] = out["logloss"] / out["bayes_logloss"]
-    cols = ["model", "region", "config_id"] + keys + ["logloss", "bayes_logloss", "ratio",
-                                                      "macro_f1", "bayes_macro_f1"]
-    return out[cols].sort_values(cols[:7]).reset_index(drop=True)
+    cols = keys + ["logloss", "bayes_logloss", "ratio", "macro_f1", "bayes_macro_f1"]
+    return out[cols].sort_values(keys).reset_index(drop=True)
 
 
 def build_headline(metrics: pd.DataFrame, champions: pd.DataFrame,
@@ -350,9 +379,7 @@ def build_headline(metrics: pd.DataFrame, champions: pd.DataFrame,
         return pd.DataFrame(columns=ident)
     nat = nat.assign(col=np.where(nat["metric"] == "log_loss", "logloss_", "macro_f1_")
                      + nat["target"].astype(str))
-    head = nat.pivot_table(index=ident, columns="col", values="value", aggfunc="first",
-                           dropna=False).reset_index()
-    head.columns.name = None
+    head = _unstack(nat, ident, "col", "value")
     n = nat[nat["target"] == "age_gender"].groupby(ident, dropna=False)["n"].max()
     head = head.merge(n.rename("n").reset_index(), on=ident, how="left")
     val = _pivot_metric(metrics[(metrics["test_set"] == "validation")
@@ -362,9 +389,7 @@ def build_headline(metrics: pd.DataFrame, champions: pd.DataFrame,
                       on=ident, how="left")
     if gauge is not None and not gauge.empty:
         g = gauge[(gauge["test_set"] == "natural") & (gauge["label_source"] == "provider")]
-        g = g.assign(col="bayes_ratio_" + g["target"]).pivot_table(
-            index=ident, columns="col", values="ratio", aggfunc="first").reset_index()
-        g.columns.name = None
+        g = _unstack(g.assign(col="bayes_ratio_" + g["target"]), ident, "col", "ratio")
         head = head.merge(g, on=ident, how="left")
     champ = champions[champions["blessed"].astype(bool)][
         ["region", "model", "candidate_region", "config_id"]].rename(
@@ -516,6 +541,18 @@ def evaluate_run(candidates: Sequence[Mapping[str, Any]],
         raise ValueError(f"duplicate candidates (model, region, config_id): {keys}")
     by_key = dict(zip(keys, candidates))
 
+    # exact posteriors first: every model's slices are gauged on their own rows
+    gauge_note = None
+    bayes_probs: dict[str, dict] = {}
+    if world is not None:
+        try:
+            for split in sorted({SPLIT_OF_TEST_SET[t] for t in TEST_SETS} & set(frames)):
+                bayes_probs[split] = _bayes_probs(world, frames[split], n_age)
+        except ValueError as exc:  # e.g. custom age edges on a world built with others
+            gauge_note = f"Bayes gauge skipped: {exc}"
+            log.warning(gauge_note)
+            bayes_probs = {}
+
     metric_parts: list[pd.DataFrame] = []
     dist_parts: list[pd.DataFrame] = [actual_table]
     for ident, cand in zip(idents, candidates):
@@ -528,8 +565,8 @@ def evaluate_run(candidates: Sequence[Mapping[str, Any]],
             aligned = _align(table, frame, ident["region"], edges, what)
             src = {s: aligned.probs for s in frame.labels}
             m, d = _score_slices(ident, frame, test_set, aligned, src,
-                                 [r for r in _eval_regions_of(ident["region"], present)],
-                                 edges, actual)
+                                 _eval_regions_of(ident["region"], present), edges, actual,
+                                 bayes_probs.get(frame.split))
             metric_parts += m
             dist_parts += d
         reported = (cand.get("val_logloss") or {}).get("age_gender")
@@ -540,26 +577,14 @@ def evaluate_run(candidates: Sequence[Mapping[str, Any]],
                 n=np.nan)]))
         del table
 
-    gauge_note = None
-    bayes_probs: dict[str, dict] = {}
-    if world is not None:
-        ident = {"model": BAYES_MODEL, "region": GLOBAL_REGION, "config_id": pd.NA}
-        try:
-            for test_set in TEST_SETS:
-                frame = frames.get(SPLIT_OF_TEST_SET[test_set])
-                if frame is None:
-                    continue
-                if frame.split not in bayes_probs:
-                    bayes_probs[frame.split] = _bayes_probs(world, frame, n_age)
-                all_rows = _Aligned(np.arange(len(frame.df)), {}, len(frame.df))
-                m, d = _score_slices(ident, frame, test_set, all_rows, bayes_probs[frame.split],
-                                     eval_regions, edges, actual)
-                metric_parts += m
-        except ValueError as exc:  # e.g. custom age edges on a world built with others
-            gauge_note = f"Bayes gauge skipped: {exc}"
-            log.warning(gauge_note)
-            bayes_probs = {}
-            metric_parts = [p for p in metric_parts if not (p["model"] == BAYES_MODEL).any()]
+    ident = {"model": BAYES_MODEL, "region": GLOBAL_REGION, "config_id": pd.NA}
+    for test_set in TEST_SETS:  # the posterior itself on every slice, for tables and figures
+        frame = frames.get(SPLIT_OF_TEST_SET[test_set])
+        if frame is None or frame.split not in bayes_probs:
+            continue
+        all_rows = _Aligned(np.arange(len(frame.df)), {}, len(frame.df))
+        metric_parts += _score_slices(ident, frame, test_set, all_rows, bayes_probs[frame.split],
+                                      eval_regions, edges, actual)[0]
 
     metrics = pd.concat([p for p in metric_parts if len(p)], ignore_index=True)
     metrics = metrics[METRIC_COLUMNS].astype({"config_id": "Int64", "value": float})
@@ -638,10 +663,8 @@ def _with_tvd(dists: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
         return dists.astype({"config_id": "Int64"})
     tv = tv.assign(source=tv["metric"].str.slice(4),
                    col="tvd_" + tv["label_source"].astype(str))
-    wide = tv.pivot_table(index=["model", "region", "config_id", "eval_region", "target",
-                                 "test_set", "source"], columns="col", values="value",
-                          aggfunc="first", dropna=False).reset_index()
-    wide.columns.name = None
+    wide = _unstack(tv, ["model", "region", "config_id", "eval_region", "target", "test_set",
+                         "source"], "col", "value")
     dists = dists.astype({"config_id": "Int64"})
     return dists.merge(wide, on=["model", "region", "config_id", "eval_region", "target",
                                  "test_set", "source"], how="left")
@@ -704,20 +727,16 @@ def write_reports(results: Mapping[str, Any], reports_uri: str) -> list[str]:
         uri = join(reports_uri, f"{name}.parquet")
         storage.write_bytes_atomic(uri, _parquet_bytes(df))
         written.append(uri)
-    doc = {name: _records(results[name]) for name in ("metrics", "champions", "headline", "gauge")
-           if results.get(name) is not None}
-    doc["gauge_note"] = results.get("gauge_note")
+    # pandas writes the records (NaN/NA -> null) far faster than json.dumps over dicts
+    parts = [f'"{name}": {results[name].to_json(orient="records")}'
+             for name in ("metrics", "champions", "headline", "gauge")
+             if results.get(name) is not None]
+    parts.append(f'"gauge_note": {json.dumps(results.get("gauge_note"))}')
     uri = join(reports_uri, "metrics.json")
-    storage.write_json_atomic(uri, doc)
+    storage.write_bytes_atomic(uri, ("{" + ", ".join(parts) + "}").encode())
     written.append(uri)
     for name, png in sorted(results.get("figures", {}).items()):
         uri = join(reports_uri, "figures", f"{name}.png")
         storage.write_bytes_atomic(uri, png)
         written.append(uri)
     return written
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    # pandas' JSON writer maps NaN/NA to null, which json.dumps would not
-    import json
-    return json.loads(df.to_json(orient="records"))
