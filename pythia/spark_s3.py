@@ -13,11 +13,16 @@ Credentials are never put into Spark settings: S3A uses the AWS SDK's default ch
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import shutil
+import tempfile
+import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
+
+import pyarrow.fs as pafs
 
 from pythia import storage
 
@@ -182,6 +187,46 @@ def spark_readable(spark: Any, uri: str) -> Iterator[str]:
     _require_local_mode(spark, uri)
     with storage.local_copy(from_s3a(uri)) as local:
         yield local
+
+
+_stage_root: str | None = None
+
+
+def _process_stage_root() -> str:
+    """A temp folder for staged S3 reads that lives as long as this process."""
+    global _stage_root
+    if _stage_root is None or not os.path.isdir(_stage_root):
+        _stage_root = tempfile.mkdtemp(prefix="pythia-s3-stage-")
+        atexit.register(shutil.rmtree, _stage_root, True)
+    return _stage_root
+
+
+def spark_read_path(spark: Any, uri: str) -> str:
+    """The path to hand ``spark.read`` for ``uri`` (a file or a folder), for lazy reads.
+
+    Local paths pass through and S3 gives ``s3a://…`` when the session has S3A. Otherwise (a
+    local-mode session without the jars) the object(s) are downloaded into a folder that lives
+    until the process exits, since a lazy DataFrame may read them at any later action; one
+    Metaflow task is one process, so a task's staged copies go with it.
+    """
+    if not storage.is_s3(uri):
+        return uri
+    if s3a_available(spark):
+        return to_s3a(uri)
+    _require_local_mode(spark, uri)
+    src = from_s3a(uri)
+    fs, path = storage.filesystem(src)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such file or folder: {uri}")
+    dest = os.path.join(_process_stage_root(), uuid.uuid4().hex, os.path.basename(path))
+    if info.type == pafs.FileType.File:
+        os.makedirs(os.path.dirname(dest))
+        with open(dest, "wb") as f:
+            f.write(storage.read_bytes(src))
+    else:
+        storage.download_dir(src, dest)
+    return dest
 
 
 @contextmanager

@@ -231,6 +231,28 @@ def test_spark_parquet_round_trip_on_s3_via_staging(s3_env, moto_s3, local_spark
 
 
 @pytest.mark.spark
+def test_spark_read_path_stages_files_and_folders(s3_env, moto_s3, local_spark):
+    """The drop-in for lazy ``spark.read`` calls (etl.io, contract.read_table) on S3."""
+    if spark_s3.s3a_available(local_spark):
+        pytest.skip("this session has S3A: spark_read_path returns s3a:// paths")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    root = s3_env["PYTHIA_DATA_ROOT"] + "/readpath"
+    for i in range(2):
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.table({"x": [i * 10 + k for k in range(5)]}), buf)
+        storage.write_bytes_atomic(f"{root}/t/part-{i}.parquet", buf.getvalue().to_pybytes())
+    folder = local_spark.read.parquet(spark_s3.spark_read_path(local_spark, root + "/t"))
+    single = local_spark.read.parquet(
+        spark_s3.spark_read_path(local_spark, root + "/t/part-1.parquet"))
+    assert sorted(r.x for r in folder.collect()) == list(range(5)) + list(range(10, 15))
+    assert sorted(r.x for r in single.collect()) == list(range(10, 15))
+    assert spark_s3.spark_read_path(local_spark, "/some/local/path") == "/some/local/path"
+    with pytest.raises(FileNotFoundError, match="readpath/absent"):
+        spark_s3.spark_read_path(local_spark, root + "/absent")
+
+
+@pytest.mark.spark
 def test_spark_writable_publishes_nothing_on_failure(s3_env, moto_s3, local_spark):
     uri = s3_env["PYTHIA_DATA_ROOT"] + "/spark/failed"
     with pytest.raises(RuntimeError, match="killed"):
