@@ -20,6 +20,7 @@ from pythia.features import (CATEGORICAL_FEATURES, FEATURES, MISSING_ID, NUMERIC
 from pythia.scoring import Scorer, read_bundle_doc, run_score_cli, write_bundle
 from pythia.scoring.boundary import MAX_VALUE_CHARS, OOV, RequestEncoder, clean_category, clean_ts
 from pythia.scoring.runtime import FusedMLP, check_export, load_export_npz, save_export_npz
+from s3_fixtures import moto_s3, s3_env  # noqa: F401  (pytest fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TS = 1_700_000_000  # 2023-11-14T22:13:20Z, a Tuesday
@@ -302,7 +303,8 @@ def test_bundle_layout(bundle, encoders):
     assert doc["spec_version"] == features.spec_version()
     assert doc["routing"]["region_of_country"]["DE"] == "EU"
     assert doc["utc_offset_minutes"]["JP"] == 540
-    assert doc["models"]["NA"] == {"kind": "mlp", "file": "weights-NA.npz", "source": None}
+    assert doc["models"]["NA"] == {"kind": "mlp", "file": "weights-NA.npz", "source": None,
+                                   "origin": None}
     assert doc["class_labels"]["age"] == list(features.age_bucket_labels(encoders.age_edges))
 
 
@@ -318,6 +320,55 @@ def test_write_bundle_rejects_bad_input(tmp_path, encoders):
         write_bundle({"global": {"kind": "xgboost", "model_dir": "."}}, encoders, GEO, "v",
                      str(tmp_path / "y"))
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
+def test_export_bundle_rejects_bad_champions(tmp_path, encoders):
+    pytest.importorskip("pythia.models")
+    from pythia.scoring import export_bundle
+    with pytest.raises(ValueError, match="model_dir"):
+        export_bundle([{"region": "global", "model": "gbdt"}], encoders, GEO, "v",
+                      str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="two champions"):
+        export_bundle([{"region": "global", "model": "gbdt", "model_dir": "m"}] * 2, encoders,
+                      GEO, "v", str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="model kind"):
+        export_bundle([{"region": "global", "model": "svm", "model_dir": "m"}], encoders, GEO,
+                      "v", str(tmp_path / "c"))
+
+
+def test_from_run_reads_the_bundle_path_artifact(monkeypatch, bundle):
+    import types
+
+    class Data(types.SimpleNamespace):
+        def __contains__(self, key):
+            return hasattr(self, key)
+
+    seen = []
+
+    def run(pathspec):
+        seen.append(pathspec)
+        return types.SimpleNamespace(pathspec=pathspec, data=Data(bundle_path=bundle))
+
+    fake = types.ModuleType("metaflow")  # the client API surface from_run uses
+    fake.Run = run
+    fake.Flow = lambda name: types.SimpleNamespace(latest_successful_run=run(f"{name}/99"))
+    fake.namespace = lambda ns: None
+    monkeypatch.setitem(sys.modules, "metaflow", fake)
+    assert Scorer.from_run("7").version == "DemoFlow/7/end/21"
+    assert Scorer.from_run(flow_name="Other").version == "DemoFlow/7/end/21"
+    assert seen == ["DemoFlow/7", "Other/99"]
+    fake.Run = lambda pathspec: types.SimpleNamespace(pathspec=pathspec, data=Data())
+    with pytest.raises(ValueError, match="no bundle_path"):
+        Scorer.from_run("8")
+
+
+def test_bundle_round_trip_on_s3(s3_env, moto_s3, encoders):
+    uri = f"s3://{moto_s3.bucket}/runs/bundle"
+    write_bundle({GLOBAL_REGION: {"kind": "mlp", "export": make_export(encoders, seed=1)}},
+                 encoders, GEO, "s3-run", uri)
+    assert any(k.endswith("bundle/weights-global.npz") for k in moto_s3.keys("runs/"))
+    scorer = Scorer.load(uri)
+    assert_valid(scorer.score(request()), scorer)
 
 
 def test_load_rejects_other_spec_version(tmp_path, bundle):

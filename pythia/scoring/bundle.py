@@ -38,7 +38,8 @@ def export_bundle(champions: Sequence[Mapping[str, Any]], encoders: Encoders, ge
 
     Args:
         champions: one dict per region, ``{'region': 'global'|region, 'model': 'mlp'|'tabnet'|
-            'gbdt', 'model_dir': saved model folder}``; a 'global' champion is required (it
+            'gbdt', 'model_dir': saved model folder}`` (an optional 'source', e.g. 'previous
+            run', is recorded as the entry's 'origin'); a 'global' champion is required (it
             scores every country whose region has no champion of its own).
         encoders: the run's encoders.
         geo: the run's geography (routing table and UTC offsets).
@@ -58,11 +59,14 @@ def export_bundle(champions: Sequence[Mapping[str, Any]], encoders: Encoders, ge
         kind, region = champion["model"], champion["region"]
         if region in payloads:
             raise ValueError(f"two champions for region {region!r}")
+        origin = champion.get("source")
         if kind == "mlp":
             payloads[region] = {"kind": "mlp", "export": load_model(champion["model_dir"])
-                                .export_numpy(), "source": champion["model_dir"]}
+                                .export_numpy(), "source": champion["model_dir"],
+                                "origin": origin}
         else:
-            payloads[region] = {"kind": kind, "model_dir": champion["model_dir"]}
+            payloads[region] = {"kind": kind, "model_dir": champion["model_dir"],
+                                "origin": origin}
     return write_bundle(payloads, encoders, geo, version, out_uri)
 
 
@@ -72,7 +76,8 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
 
     Args:
         models: region -> ``{'kind': 'mlp', 'export': export_numpy() dict}`` or
-            ``{'kind': 'gbdt'|'tabnet', 'model_dir': saved model folder}``.
+            ``{'kind': 'gbdt'|'tabnet', 'model_dir': saved model folder}``; optional
+            'source' (model folder) and 'origin' (why it was chosen) are recorded.
         encoders, geo, version, out_uri: as in ``export_bundle``.
 
     Returns:
@@ -100,12 +105,14 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
                 name = f"weights-{region}.npz"
                 save_export_npz(payload["export"], os.path.join(folder, name))
                 entries[region] = {"kind": "mlp", "file": name,
-                                   "source": payload.get("source")}
+                                   "source": payload.get("source"),
+                                   "origin": payload.get("origin")}
             else:
                 name = f"model-{region}"
                 storage.download_dir(payload["model_dir"], os.path.join(folder, name))
                 entries[region] = {"kind": payload["kind"], "dir": name,
-                                   "source": payload["model_dir"]}
+                                   "source": payload["model_dir"],
+                                   "origin": payload.get("origin")}
         doc = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
