@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _POLY = 0x82F63B78  # CRC32C (Castagnoli), reflected
 _MASK_DELTA = 0xA282EAD8  # TFRecord's masked-CRC constant
@@ -103,36 +105,46 @@ class Piece:
     """Row-wise byte strings: ``mat[i, :lens[i]]`` is row i's bytes, ``lin[i]`` their linear CRC.
 
     A constant piece has ``mat`` of one row and scalar ``lens``/``lin`` (broadcast to every row).
+    A looked-up piece (``take``) keeps its table and row ``index`` instead of copying rows.
     """
 
-    mat: np.ndarray  # (n or 1, width) uint8, left-aligned
+    mat: np.ndarray  # (n or 1, width) uint8, left-aligned; the table's rows when ``index`` is set
     lens: np.ndarray  # (n,) int64, or 0-d for a constant piece
     lin: np.ndarray  # (n,) uint32, or 0-d: CRC32C register from a zero state, no final xor
+    table: "Piece | None" = None
+    index: np.ndarray | None = None
 
     @property
     def width(self) -> int:
         return self.mat.shape[1]
 
+    def rows(self) -> np.ndarray:
+        """The (n, width) byte matrix, gathered from the table when looked up."""
+        return self.mat if self.index is None else self.mat[self.index]
+
     def take(self, index: np.ndarray) -> "Piece":
         """Rows ``index`` of a per-row piece (a table lookup when the piece is a table)."""
         if self.lens.ndim == 0:
             return self
-        return Piece(self.mat[index], self.lens[index], self.lin[index])
+        base = self if self.index is None else Piece(self.rows(), self.lens, self.lin)
+        index = np.asarray(index, dtype=np.int64)
+        return Piece(base.mat, base.lens[index], base.lin[index], table=base, index=index)
 
 
 def _linear_crc(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Linear CRC part of each row's first ``lens`` bytes (zero padding on the right ignored)."""
     n, width = mat.shape
-    out = np.zeros(n, dtype=_U32)
     if width == 0 or n == 0:
-        return out
+        return np.zeros(n, dtype=_U32)
     dist = _TABLES.need_dist(width).reshape(-1)
-    lens = np.broadcast_to(np.asarray(lens, dtype=np.int64), (n,))
-    # byte at column c sits (len - 1 - c) bytes before the end of its row
-    d = lens[:, None] - 1 - np.arange(width, dtype=np.int64)[None, :]
+    lens = np.broadcast_to(np.asarray(lens, dtype=np.int32), (n,))
+    if lens.min() == width:  # fixed width: byte at column c is (width - 1 - c) from the end
+        idx = ((width - 1 - np.arange(width, dtype=np.int32)) * 256)[None, :] + mat
+        return np.bitwise_xor.reduce(dist[idx], axis=1)
+    # ragged: byte at column c sits (len - 1 - c) bytes before the end of its row
+    d = lens[:, None] - 1 - np.arange(width, dtype=np.int32)[None, :]
     valid = d >= 0
-    idx = np.where(valid, d, 0) * 256 + mat
-    vals = dist[idx]
+    vals = dist[np.where(valid, d * 256 + mat, 0)]
     vals[~valid] = 0
     return np.bitwise_xor.reduce(vals, axis=1)
 
@@ -155,11 +167,15 @@ def const_piece(data: bytes) -> Piece:
     return Piece(mat, lens, _linear_crc(mat, lens[None])[0])
 
 
-def fixed_piece(mat: np.ndarray) -> Piece:
-    """Every row exactly ``mat.shape[1]`` bytes (floats, fixed headers)."""
+def fixed_piece(mat: np.ndarray, with_crc: bool = True) -> Piece:
+    """Every row exactly ``mat.shape[1]`` bytes (floats, fixed headers).
+
+    ``with_crc=False`` skips the CRC for bytes outside any checksummed span (TFRecord framing).
+    """
     mat = np.ascontiguousarray(mat, dtype=np.uint8)
     lens = np.full(len(mat), mat.shape[1], dtype=np.int64)
-    return Piece(mat, lens, _linear_crc(mat, lens))
+    lin = _linear_crc(mat, lens) if with_crc else np.zeros(len(mat), dtype=_U32)
+    return Piece(mat, lens, lin)
 
 
 def varint_sizes(values: np.ndarray) -> np.ndarray:
@@ -233,7 +249,7 @@ def _compact(pieces: Sequence[Piece], n: int) -> np.ndarray:
     keep = np.empty((n, total), dtype=bool)
     col = 0
     for p, w in zip(pieces, widths):
-        big[:, col:col + w] = p.mat
+        big[:, col:col + w] = p.rows()
         # columns every row fills need no comparison; only the ragged tail does
         full = int(p.lens) if p.lens.ndim == 0 else (int(p.lens.min()) if n else w)
         keep[:, col:col + full] = True
@@ -241,6 +257,36 @@ def _compact(pieces: Sequence[Piece], n: int) -> np.ndarray:
             keep[:, col + full:col + w] = np.arange(full, w)[None, :] < p.lens[:, None]
         col += w
     return big[keep]
+
+
+def _to_arrow(p: Piece, n: int) -> pa.Array | pa.Scalar:
+    """A piece as an Arrow binary array (a scalar when constant; an Arrow ``take`` on lookups)."""
+    if p.lens.ndim == 0:
+        return pa.scalar(p.mat.tobytes(), pa.binary())
+    if p.index is not None:
+        return pc.take(_to_arrow(p.table, len(p.table.lens)), pa.array(p.index))
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(p.lens, out=offsets[1:])
+    if n and p.lens.min() == p.width:
+        data = np.ascontiguousarray(p.mat)
+    else:
+        data = p.mat[np.arange(p.width)[None, :] < p.lens[:, None]]
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
+                                                  pa.py_buffer(data)])
+
+
+def join_pieces(pieces: Sequence[Piece], n: int) -> np.ndarray:
+    """Row-major concatenation of every row's pieces as one flat uint8 buffer (Arrow kernel).
+
+    Arrow's element-wise join copies each row's pieces in C++, and looked-up pieces are
+    gathered with Arrow ``take``; no (rows x bytes) matrix is built.
+    """
+    if n == 0:
+        return np.zeros(0, dtype=np.uint8)
+    joined = pc.binary_join_element_wise(*[_to_arrow(p, n) for p in pieces], b"")
+    _, offsets, data = joined.buffers()
+    offs = np.frombuffer(offsets, dtype=np.int32)[joined.offset:joined.offset + n + 1]
+    return np.frombuffer(data, dtype=np.uint8)[offs[0]:offs[-1]]
 
 
 # ---------------------------------------------------------------- tf.train.Example entries
@@ -317,8 +363,8 @@ def frame_examples(entries: Sequence[Piece], n: int) -> tuple[np.ndarray, np.nda
                         [data_len])
     len_bytes = fixed_piece(data_len.astype("<u8").view(np.uint8).reshape(n, 8))
     len_crc = mask_crc(len_bytes.lin ^ _TABLES.need_zeros(8)[8])
-    framed = ([len_bytes, fixed_piece(len_crc.astype("<u4").view(np.uint8).reshape(n, 4))]
-              + body + [fixed_piece(data_crc.astype("<u4").view(np.uint8).reshape(n, 4))])
+    framed = ([len_bytes, fixed_piece(len_crc.astype("<u4").view(np.uint8).reshape(n, 4), False)]
+              + body + [fixed_piece(data_crc.astype("<u4").view(np.uint8).reshape(n, 4), False)])
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(data_len + 16, out=offsets[1:])
-    return _compact(framed, n), offsets
+    return join_pieces(framed, n), offsets
