@@ -21,6 +21,7 @@ from pythia.synth import (IMPRESSION_SCHEMA, LABEL_SCHEMA, PRESETS, PROVIDER_MET
 from pythia.synth import generate as gen_mod
 from pythia.synth.generate import PartitionSampler, build_users
 from pythia.synth.world import build_params
+from s3_fixtures import moto_s3, s3_env  # noqa: F401  (fixtures)
 
 INTERFACES = Path(__file__).resolve().parents[1] / "docs" / "interfaces.md"
 DOC_TYPES = {"str": pa.string(), "timestamp": pa.timestamp("us", tz="UTC"), "int32": pa.int32(),
@@ -309,3 +310,18 @@ def test_resolve_source_rejects_bad_specs(tmp_path):
         resolve_source("synthetic://tiny?seed=x", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="_SUCCESS"):
         load_world(str(tmp_path))
+
+
+# ------------------------------------------------------------------ S3
+
+def test_world_on_s3_matches_local(tiny, impressions, moto_s3, s3_env):
+    root = f"s3://{moto_s3.bucket}/worlds"
+    path = resolve_source("synthetic://tiny", root)
+    assert path == f"{root}/tiny-seed0"
+    keys = moto_s3.keys("worlds/tiny-seed0/")
+    assert "worlds/tiny-seed0/_SUCCESS" in keys
+    assert sum(k.startswith("worlds/tiny-seed0/impressions/") for k in keys) == 5 * 24
+    remote, local = load_world(path), load_world(tiny)
+    rows = impressions.head(500)
+    np.testing.assert_array_equal(remote.posterior(rows), local.posterior(rows))
+    pd.testing.assert_frame_equal(remote.truth(), local.truth())

@@ -108,9 +108,9 @@ class WorldConfig:
     power_user_share: float = 0.01  # rate of the latent power-user flag
     power_user_multiplier: float = 30.0  # a power user's activity relative to an ordinary one
     power_user_informative: float = 0.2  # chance a power user's feature follows their demographics
-    interest_strength: float = 1.1  # spread of log P(z | AgeGender); higher = more informative
+    interest_strength: float = 1.3  # spread of log P(z | AgeGender); higher = more informative
     site_affinity: float = 2.2  # log-boost of a site for users of its primary interest
-    device_strength: float = 0.8  # spread of demographic effects on device model choice
+    device_strength: float = 0.9  # spread of demographic effects on device model choice
     metros_per_country: int = 16
     zips_per_metro: int = 12
     providers: tuple[str, ...] = ("lucid", "datamax", "tapir")  # label providers; >= 3
@@ -376,7 +376,7 @@ def build_params(config: WorldConfig, seed: int) -> WorldParams:
 
     # ---- providers: per-country coverage and a confusion matrix per observed date
     P, D = len(config.providers), config.label_history_days
-    coverage = rng.uniform(0.35, 0.65, (P, n_cty))
+    coverage = rng.uniform(0.45, 0.70, (P, n_cty))
     age_acc = np.empty((P, n_cty))
     gen_acc = np.empty((P, n_cty))
     for i in range(n_cty):
