@@ -32,7 +32,7 @@ HPARAMS = {
     "mlp": {"hidden_units": [8], "dropout": 0.0, "learning_rate": 0.02},
     "tabnet": {"n_d": 8, "n_a": 8, "n_steps": 2, "batch_size": 256, "virtual_batch_size": 64,
                "learning_rate": 0.05, "num_threads": 1},
-    "gbdt": {"max_iter": 40},
+    "gbdt": {"max_iter": 40, "n_threads": 1},
 }
 
 
@@ -107,6 +107,25 @@ def test_check_priors_rejects_bad_input():
         pr.check_priors(neg, N_CLASSES)
     with pytest.raises(ValueError, match="correction"):
         pr.correct_priors(np.ones((2, 2)) / 2, "magic", [0.5, 0.5], [0.5, 0.5])
+
+
+def test_priors_from_split_manifest():
+    natural = {"age_gender": [0.3, 0.1, 0.1, 0.2, 0.2, 0.1], "gender": [0.5, 0.5],
+               "age": [0.5, 0.3, 0.2]}
+    man = {"natural_priors": natural, "resample_target": "age_gender",
+           "class_counts_after": {"train": {str(c): 10 for c in range(6)}}}
+    got = pr.priors_from_split_manifest(man, EDGES)
+    assert got["natural"] == natural
+    np.testing.assert_allclose(got["train"]["age_gender"], [1 / 6] * 6)
+    np.testing.assert_allclose(got["train"]["gender"], [0.5, 0.5])
+    # gender-balanced resampling: keep-rates per gender reweight the natural joint
+    man = {"natural_priors": {**natural, "gender": [0.5, 0.5]}, "resample_target": "gender",
+           "rates": {"train": {"0": 1.0, "1": 0.5}}}
+    got = pr.priors_from_split_manifest(man, EDGES)
+    np.testing.assert_allclose(got["train"]["age_gender"],
+                               np.array([0.3, 0.1, 0.1, 0.1, 0.1, 0.05]) / 0.75)
+    with pytest.raises(ValueError, match="natural_priors"):
+        pr.priors_from_split_manifest({"rates": {}}, EDGES)
 
 
 def test_em_recovers_a_known_prior_shift():

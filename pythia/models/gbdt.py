@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import joblib
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
 
 from pythia import features
 from pythia.config import TrainConfig
@@ -25,6 +26,16 @@ from pythia.models.priors import log_probabilities
 MODEL_FILE = "hgb.joblib"
 MAX_CATEGORIES = 255  # HGB's limit (max_bins); ids 0 and 1 are reserved
 KEPT_VALUE_IDS = MAX_CATEGORIES - features.FIRST_VALUE_ID  # 253 most frequent values
+# Below this many training rows HGB's OpenMP parallel regions cost more than they save (and on
+# an oversubscribed machine their spin-waiting made a 0.2 s fit take 40 s): use one thread.
+SERIAL_BELOW_ROWS = 50_000
+
+
+def openmp_threads(n_threads: int, n_rows: int) -> int:
+    """Threads for HGB: ``n_threads`` if > 0, else 1 on small data and every core on large."""
+    if n_threads > 0:
+        return int(n_threads)
+    return 1 if n_rows < SERIAL_BELOW_ROWS else (os.cpu_count() or 1)
 
 
 def fit_category_maps(train: Mapping[str, np.ndarray], encoders: Encoders
@@ -87,6 +98,7 @@ class GBDTModel(Model):
             "min_samples_leaf": 20,
             "l2_regularization": 0.0,
             "n_iter_no_change": 10,  # rounds without validation-loss improvement
+            "n_threads": 0,  # OpenMP threads; 0 = auto (see openmp_threads)
         }
 
     def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
@@ -111,12 +123,13 @@ class GBDTModel(Model):
             max_bins=MAX_CATEGORIES, early_stopping=bool(keep.any()), scoring="loss",
             n_iter_no_change=int(h["n_iter_no_change"]), random_state=self.train_cfg.seed)
         Xt = to_matrix(train, self.category_maps)
-        if keep.any():
-            self.clf.fit(Xt, y, X_val=to_matrix({k: np.asarray(v)[keep] for k, v in valid.items()
-                                                 if k in features.FEATURE_NAMES},
-                                                self.category_maps), y_val=yv[keep])
-        else:
-            self.clf.fit(Xt, y)
+        with threadpool_limits(openmp_threads(int(h["n_threads"]), len(y)), user_api="openmp"):
+            if keep.any():
+                Xv = to_matrix({k: np.asarray(v)[keep] for k, v in valid.items()
+                                if k in features.FEATURE_NAMES}, self.category_maps)
+                self.clf.fit(Xt, y, X_val=Xv, y_val=yv[keep])
+            else:
+                self.clf.fit(Xt, y)
         val_loss = getattr(self.clf, "validation_score_", np.array([np.nan]))
         return {"epochs": int(self.clf.n_iter_),
                 "best_val_loss": float(-np.max(val_loss)) if len(val_loss) else float("nan"),
@@ -125,7 +138,10 @@ class GBDTModel(Model):
     def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.clf is None:
             raise RuntimeError("gbdt is not fitted")
-        p = self.clf.predict_proba(to_matrix(X, self.category_maps))
+        n = len(X[features.FEATURE_NAMES[0]])
+        with threadpool_limits(openmp_threads(int(self.hparams["n_threads"]), n),
+                               user_api="openmp"):
+            p = self.clf.predict_proba(to_matrix(X, self.category_maps))
         full = expand_classes(p, self.clf.classes_, self.n_classes["age_gender"])
         return {"age_gender": log_probabilities(full)}
 

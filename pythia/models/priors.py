@@ -73,6 +73,42 @@ def priors_from_labels(labels: Mapping[str, np.ndarray], n_classes: Mapping[str,
     return out
 
 
+def priors_from_split_manifest(split_manifest: Mapping, age_edges: Sequence[int]
+                               ) -> dict[str, dict[str, list[float]]]:
+    """``{'train', 'natural'}`` priors from the ETL's split manifest (``etl.splits``).
+
+    Natural priors are its ``natural_priors``. Training priors: when the resampling target is
+    AgeGender, the realised class counts of the written train split (gender and age are their
+    marginals); otherwise the natural joint reweighted by the train keep-rate of each row's
+    resampling class (exact in expectation), then marginalised.
+    """
+    from pythia import features
+
+    try:
+        natural = {t: list(map(float, split_manifest["natural_priors"][t]))
+                   for t in features.TARGETS}
+        target = split_manifest.get("resample_target", "age_gender")
+    except KeyError as exc:
+        raise ValueError(f"split manifest lacks {exc}: cannot derive class priors") from None
+    n_age = len(age_edges)
+    k = 2 * n_age
+    if target == "age_gender" and split_manifest.get("class_counts_after", {}).get("train"):
+        counts = split_manifest["class_counts_after"]["train"]
+        joint = np.array([float(counts.get(str(c), 0)) for c in range(k)])
+    else:
+        rates = split_manifest.get("rates", {}).get("train", {})
+        cls = {"age_gender": np.arange(k), "gender": np.arange(k) // n_age,
+               "age": np.arange(k) % n_age}[target]
+        joint = np.asarray(natural["age_gender"]) * np.array(
+            [float(rates.get(str(c), 1.0)) for c in cls])
+    if joint.sum() <= 0:
+        raise ValueError("split manifest has no training rows: cannot derive training priors")
+    joint = joint / joint.sum()
+    marg = features.marginals_from_joint(joint[None, :], n_age)
+    train = {t: marg[t][0].tolist() for t in features.TARGETS}
+    return {"train": train, "natural": natural}
+
+
 def prior_ratio(train: Sequence[float], natural: Sequence[float]) -> np.ndarray:
     """``pi_natural / pi_train`` with the training prior floored (a class absent from training)."""
     train_p = np.maximum(np.asarray(train, dtype=np.float64), PRIOR_FLOOR)
