@@ -69,8 +69,9 @@ def _calibration_z(p: np.ndarray, y: np.ndarray, bins: int = 4) -> float:
         b = np.searchsorted(edges, p[:, c])
         for j in range(bins):
             m = b == j
-            stats.append((np.where(m, onehot[:, c] - p[:, c], 0.0),
-                          np.where(m, p[:, c] * (1 - p[:, c]), 0.0)))
+            var = np.where(m, p[:, c] * (1 - p[:, c]), 0.0)
+            if var.sum() >= 10:  # the normal approximation needs more than a few expected hits
+                stats.append((np.where(m, onehot[:, c] - p[:, c], 0.0), var))
     sharp = (p ** 2).sum(axis=1)
     stats.append((p[rows, y] - sharp, (p * (p - sharp[:, None]) ** 2).sum(axis=1)))
     nlog = -np.log(np.clip(p, 1e-12, 1.0))
