@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
-import sys
 import textwrap
 
 import numpy as np
@@ -21,7 +19,7 @@ from pythia.evaluate import (bucket_mae, class_distribution, classwise_ece, eval
                              reliability_bins, score_predictions, select_champions,
                              top_label_ece, total_variation_distance)
 from pythia.evaluate.metrics import check_probabilities
-from pythia.features import age_gender_index, class_labels
+from pythia.features import age_gender_index
 
 EDGES = (18, 35, 55)  # 3 age buckets -> 6 AgeGender classes keeps fixtures tiny
 N_AGE = len(EDGES)
@@ -381,11 +379,29 @@ def test_evaluate_run_rejects_bad_inputs(tiny_run, tmp_path):
 
 def test_evaluate_run_without_world_has_no_gauge(tiny_run, tmp_path):
     _, frames, _, _, candidates = tiny_run
-    out = evaluate_run(candidates[:2], frames, None, None, EDGES, str(tmp_path),
-                       make_figures=False)
+    def broken_previous(region, rows):
+        raise OSError("bundle unreadable")
+
+    out = evaluate_run(candidates[:2], frames, None, broken_previous, EDGES, str(tmp_path),
+                       make_figures=False, previous_id="DemoFlow/7")
     assert out["gauge"] is None
     assert set(out["metrics"]["label_source"].dropna()) == {"provider"}
-    assert out["champions"].set_index("region").loc["global", "champion"] == "mlp/global#0"
+    glob = out["champions"].set_index("region").loc["global"]
+    assert glob["champion"] == "mlp/global#0"  # a broken previous bundle does not block
+    assert "DemoFlow/7 could not score" in glob["reason"]
+
+
+def test_read_predictions_from_a_folder_of_parts(tiny_run, tmp_path):
+    from pythia.evaluate.run import read_predictions
+
+    table = pq.read_table(tiny_run[4][0]["predictions_uri"])
+    (tmp_path / "p").mkdir()
+    pq.write_table(table.slice(0, 10), tmp_path / "p" / "part-0.parquet")
+    pq.write_table(table.slice(10), tmp_path / "p" / "part-1.parquet")
+    assert read_predictions(str(tmp_path / "p")).num_rows == table.num_rows
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no Parquet files"):
+        read_predictions(str(tmp_path / "empty"))
 
 
 # ---------------------------------------------------------------- card

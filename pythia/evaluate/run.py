@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from sklearn.metrics import log_loss
 
@@ -134,7 +135,14 @@ def _list_column(table: pa.Table, name: str, k: int, what: str) -> np.ndarray:
 
 
 def read_predictions(uri: str) -> pa.Table:
-    """Read one candidate's predictions Parquet (local or s3://)."""
+    """Read one candidate's predictions: a Parquet file, or a folder of part files."""
+    fs, path = storage.filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        parts = [f for f in storage.list_files(uri) if f.endswith(".parquet")]
+        if not parts:
+            raise FileNotFoundError(f"no Parquet files under predictions folder {uri}")
+        return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(f)))
+                                 for f in parts])
     return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
 
 
@@ -159,7 +167,13 @@ def _align(table: pa.Table, frame: _Frame, candidate_region: str, edges: Sequenc
     """
     eligible = (np.arange(len(frame.df)) if candidate_region == GLOBAL_REGION
                 else np.flatnonzero(frame.regions == candidate_region))
-    sub = table.filter(pc.equal(table.column("split"), frame.split))
+    for col in ("impression_id", "split"):
+        if col not in table.column_names:
+            raise ValueError(f"{what}: predictions lack column {col!r}")
+    split_col = table.column("split")
+    if pa.types.is_dictionary(split_col.type):
+        split_col = split_col.cast(pa.string())
+    sub = table.filter(pc.equal(split_col, frame.split))
     ids = sub.column("impression_id").to_numpy(zero_copy_only=False).astype(str)
     _, first = np.unique(ids, return_index=True)
     index = pd.Index(ids[first])
