@@ -326,3 +326,16 @@ def test_world_on_s3_matches_local(tiny, impressions, moto_s3, s3_env):
     rows = impressions.head(500)
     np.testing.assert_array_equal(remote.posterior(rows), local.posterior(rows))
     pd.testing.assert_frame_equal(remote.truth(), local.truth())
+
+
+# ------------------------------------------------------------------ CLI entry point
+
+def test_run_synth_cli_summary_and_bad_preset(tmp_path, capsys):
+    from pythia.synth import run_synth_cli
+    out = str(tmp_path / "cli")
+    assert run_synth_cli("tiny", out, 2) == 0
+    text = capsys.readouterr().out
+    assert "impressions" in text and out in text and Path(out, "_SUCCESS").exists()
+    assert run_synth_cli("nope", str(tmp_path / "bad"), 0) == 2
+    assert "'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
