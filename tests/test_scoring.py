@@ -206,6 +206,8 @@ def test_zero_prior_ratio_rules_a_class_out(encoders):
     (lambda e: e["temperature"].__setitem__("age", 0.0), "temperature"),
     (lambda e: e["prior_ratio"].__setitem__("gender", np.zeros(2)), "prior_ratio"),
     (lambda e: e["trunk"][1][0].__setitem__((0, 0), np.nan), "NaN"),
+    (lambda e: e.pop("prior_ratio"), "lacks"),
+    (lambda e: e["temperature"].pop("age_gender"), "age_gender"),
 ])
 def test_check_export_names_the_bad_entry(encoders, mutate, match):
     export = make_export(encoders, seed=7)

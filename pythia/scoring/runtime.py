@@ -23,6 +23,7 @@ import numpy as np
 from pythia import features
 from pythia.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGETS, Encoders
 
+EXPORT_KEYS = ("kind", "embeddings", "numeric", "trunk", "heads", "temperature", "prior_ratio")
 ACTIVATIONS = ("relu", "linear")
 LINKS = {"gender": ("softmax",), "age": ("corn", "softmax"), "age_gender": ("softmax",)}
 DTYPES = ("float32", "float64")
@@ -37,6 +38,9 @@ def check_export(export: Mapping[str, Any], encoders: Encoders) -> None:
     Raises:
         ValueError: naming the first inconsistent entry (order, shapes, links, values).
     """
+    missing = sorted(set(EXPORT_KEYS) - set(export))
+    if missing:
+        raise ValueError(f"export lacks {missing} (has {sorted(export)})")
     if export.get("kind") != "mlp":
         raise ValueError(f"export kind must be 'mlp', got {export.get('kind')!r}")
     names = [name for name, _ in export["embeddings"]]
@@ -80,6 +84,8 @@ def check_export(export: Mapping[str, Any], encoders: Encoders) -> None:
                              f"({width}, {out}) and ({out},) for {k} classes ({link})")
         _check_finite(W, f"head {target!r} W")
         _check_finite(b, f"head {target!r} b")
+        if target not in export["temperature"] or target not in export["prior_ratio"]:
+            raise ValueError(f"export has no temperature / prior_ratio for {target!r}")
         temperature = float(export["temperature"][target])
         if not (np.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature of {target!r} must be finite and > 0, "
