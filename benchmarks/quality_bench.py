@@ -1,0 +1,192 @@
+"""Quality benchmark: each model's log-loss and macro-F1 on the natural test day, next to the
+exact Bayes posterior on the same rows (ratio) and the gradient-boosting baseline.
+
+Two ways to get data:
+  * ``--manifest RUN/tfrecords/manifest.json`` — a run's TFRecords (labels as the run used them).
+    Bayes figures need ``--world ROOT`` (a pythia.synth world) and ``--split-parquet`` (the run's
+    ``split=test_natural`` Parquet: raw columns for the posterior), joined on impression_id.
+  * ``--preset tiny|default`` (default) — generate a synthetic world and build natural (not
+    resampled) splits straight from it with pandas, labelled with the TRUE demographics, so the
+    Bayes posterior is the exact optimum for the same target. No Spark needed.
+
+Prints one row per (model, target): logloss, bayes_logloss, ratio, ratio to the baseline,
+macro_f1, bayes_f1, fit seconds. Not a test: it never fails on the numbers.
+
+    python benchmarks/quality_bench.py --preset tiny
+    python benchmarks/quality_bench.py --manifest .pythia/data/DemoFlow/12/tfrecords/manifest.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, log_loss
+
+from pythia import features
+from pythia.config import Geography, TrainConfig
+from pythia.features import Encoders, NumericStats, Vocabulary
+from pythia.models import MODELS
+from pythia.models.priors import priors_from_labels
+
+BASELINE = "gbdt"
+
+
+def world_splits(preset: str, seed: int, cache: str, max_rows: int
+                 ) -> tuple[dict, Encoders, pd.DataFrame, np.ndarray]:
+    """Natural train/validation/test splits of a synthetic world, truth-labelled, plus its
+    exact posterior on the test rows."""
+    import pyarrow.dataset as ds
+
+    from pythia.synth import generate_world, is_complete, load_world
+
+    root = os.path.join(cache, f"{preset}-seed{seed}")
+    if not is_complete(root):
+        print(f"generating world {preset!r} (seed {seed}) into {root} …", file=sys.stderr)
+        generate_world(root, preset, seed)
+    world = load_world(root)
+    imp = ds.dataset(os.path.join(root, "impressions"), format="parquet",
+                     partitioning="hive").to_table().to_pandas()
+    truth = world.truth()[["user_id", "gender", "age_bucket"]]
+    imp = imp.merge(truth, on="user_id", how="left", validate="many_to_one")
+    if imp["gender"].isna().any():
+        raise ValueError(f"{int(imp['gender'].isna().sum())} impressions have no truth row")
+    imp["ts_seconds"] = pd.to_datetime(imp["ts"], utc=True).astype("int64") // 10**9
+    derived = features.derive_batch({"country": imp["country"].to_numpy(),
+                                     "ts": imp["ts_seconds"].to_numpy()}, Geography())
+    for k, v in derived.items():
+        imp[k] = v
+    ages = list(features.age_bucket_labels())
+    imp["y_gender"] = imp["gender"].map({g: i for i, g in enumerate(features.GENDER_CLASSES)})
+    imp["y_age"] = imp["age_bucket"].map({a: i for i, a in enumerate(ages)})
+    imp["y_age_gender"] = imp["y_gender"] * len(ages) + imp["y_age"]
+    dates = sorted(imp["date"].astype(str).unique())
+    if len(dates) < 3:
+        raise ValueError(f"world has {len(dates)} day(s); need train, validation and test days")
+    parts = {"train": imp[imp["date"].astype(str).isin(dates[:-2])],
+             "validation": imp[imp["date"].astype(str) == dates[-2]],
+             "test_natural": imp[imp["date"].astype(str) == dates[-1]]}
+    parts = {k: (v.sample(max_rows, random_state=seed) if max_rows and len(v) > max_rows else v)
+             .reset_index(drop=True) for k, v in parts.items()}
+    train = parts["train"]
+    vocabs = {}
+    for f in features.FEATURES:
+        if f.kind == features.CATEGORICAL:
+            counts = train[f.name].dropna().astype(str).value_counts().to_dict()
+            vocabs[f.name] = Vocabulary.fit(counts, f.min_count, f.max_vocab)
+    numeric = {f: NumericStats(float(train[f].mean()), float(train[f].std()))
+               for f in features.NUMERIC_FEATURES}
+    enc = Encoders(vocabs, numeric)
+    out = {}
+    for k, df in parts.items():
+        cols = {f: df[f].to_numpy(dtype=object) if f in vocabs else df[f].to_numpy()
+                for f in features.FEATURE_NAMES}
+        arrays = enc.encode_batch(cols)
+        for c in features.LABEL_COLUMNS.values():
+            arrays[c] = df[c].to_numpy(dtype=np.int64)
+        arrays["impression_id"] = df["impression_id"].to_numpy(dtype=object)
+        out[k] = arrays
+    posterior = world.posterior(parts["test_natural"])
+    order = [world.class_labels.index(c) for c in features.age_gender_labels()]
+    return out, enc, parts["test_natural"], posterior[:, order]
+
+
+def manifest_splits(path: str, world_root: str | None, split_parquet: str | None
+                    ) -> tuple[dict, Encoders, np.ndarray | None]:
+    from pythia import storage, tfrecords
+
+    manifest = storage.read_json(path)
+    enc = tfrecords.load_encoders(manifest)
+    out = {s: tfrecords.load_numpy(manifest, s) for s in ("train", "validation", "test_natural")}
+    posterior = None
+    if world_root and split_parquet:
+        import pyarrow.dataset as ds
+
+        from pythia.synth import load_world
+
+        world = load_world(world_root)
+        raw = ds.dataset(split_parquet, format="parquet").to_table().to_pandas()
+        raw = raw.set_index("impression_id").loc[out["test_natural"]["impression_id"]]
+        post = world.posterior(raw.reset_index())
+        order = [world.class_labels.index(c) for c in features.age_gender_labels(enc.age_edges)]
+        posterior = post[:, order]
+    return out, enc, posterior
+
+
+def score(p: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """(log-loss, macro-F1) per target."""
+    out = {}
+    for t, probs in p.items():
+        labels = list(range(probs.shape[1]))
+        out[t] = (float(log_loss(y[t], np.clip(probs, 1e-15, 1), labels=labels)),
+                  float(f1_score(y[t], probs.argmax(axis=1), labels=labels, average="macro",
+                                 zero_division=0)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--manifest", help="a run's tfrecords manifest.json")
+    ap.add_argument("--world", help="synthetic world root (Bayes figures in manifest mode)")
+    ap.add_argument("--split-parquet", help="the run's split=test_natural Parquet folder")
+    ap.add_argument("--preset", default="tiny", help="synthetic preset when no --manifest")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default=os.path.join(".pythia", "worlds"))
+    ap.add_argument("--max-rows", type=int, default=200_000, help="per split (world mode)")
+    ap.add_argument("--models", default="gbdt,tabnet,mlp")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--age-head", default="ordinal")
+    args = ap.parse_args(argv)
+
+    if args.manifest:
+        data, enc, posterior = manifest_splits(args.manifest, args.world, args.split_parquet)
+        source = args.manifest
+    else:
+        data, enc, _, posterior = world_splits(args.preset, args.seed, args.cache, args.max_rows)
+        source = f"synthetic {args.preset} seed {args.seed} (truth labels, natural splits)"
+    n_age = len(enc.age_edges)
+    n_classes = {t: len(features.class_labels(t, enc.age_edges)) for t in features.TARGETS}
+    ytr = {t: data["train"][c] for t, c in features.LABEL_COLUMNS.items()}
+    yte = {t: data["test_natural"][c] for t, c in features.LABEL_COLUMNS.items()}
+    train_prior = priors_from_labels(ytr, n_classes)
+    # natural splits here: training and natural priors coincide (the ratio is 1)
+    priors = {"train": train_prior, "natural": train_prior}
+    cfg = TrainConfig(max_epochs=args.epochs, batch_size=1024, patience=2, seed=args.seed,
+                      age_head=args.age_head)
+    print(f"data: {source}; rows train {len(ytr['age_gender'])}, validation "
+          f"{len(data['validation']['y_age_gender'])}, test {len(yte['age_gender'])}")
+
+    results: dict[str, dict] = {}
+    prior_p = {t: np.tile(train_prior[t], (len(yte[t]), 1)) for t in features.TARGETS}
+    results["prior"] = {"scores": score(prior_p, yte), "seconds": 0.0}
+    if posterior is not None:
+        results["bayes"] = {"scores": score(features.marginals_from_joint(posterior, n_age),
+                                            yte), "seconds": 0.0}
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        model = MODELS[name](enc, {}, cfg)
+        t0 = time.perf_counter()
+        summary = model.fit(data["train"], data["validation"], priors)
+        seconds = time.perf_counter() - t0
+        results[name] = {"scores": score(model.predict_proba(data["test_natural"]), yte),
+                         "seconds": seconds, "epochs": summary["epochs"]}
+
+    head = (f"{'model':>8} {'target':>10} {'logloss':>8} {'bayes':>8} {'ratio':>6} "
+            f"{'vs_gbdt':>7} {'macroF1':>8} {'bayesF1':>8} {'fit_s':>7}")
+    print(head)
+    for name, r in results.items():
+        for t in features.TARGETS:
+            ll, f1 = r["scores"][t]
+            b = results.get("bayes", {}).get("scores", {}).get(t)
+            base = results.get(BASELINE, {}).get("scores", {}).get(t)
+            print(f"{name:>8} {t:>10} {ll:8.4f} "
+                  f"{(b[0] if b else float('nan')):8.4f} {(ll / b[0] if b else float('nan')):6.3f} "
+                  f"{(ll / base[0] if base else float('nan')):7.3f} {f1:8.4f} "
+                  f"{(b[1] if b else float('nan')):8.4f} {r['seconds']:7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
