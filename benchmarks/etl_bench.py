@@ -1,0 +1,126 @@
+"""ETL throughput: Spark ``run_hours`` vs the same read/derive/join/write in one pandas process.
+
+    python benchmarks/etl_bench.py [--source DIR|synthetic://tiny] [--hours 0,1,2,3]
+
+Default source: the ``synthetic://tiny`` world when ``pythia.synth`` exists, else a
+``pythia.etl.sample`` source. The pandas baseline reads the same partitions with pyarrow,
+calls ``features.derive_batch``, left-joins the same labels and writes Parquet; it does NOT
+validate or quarantine, so it is a lower bound on the work. Prints rows/s of both and the ratio.
+Not a test: nothing here fails on a slow machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from pythia import contract, providers  # noqa: E402
+from pythia.config import Geography, Window  # noqa: E402
+from pythia.features import derive_batch  # noqa: E402
+from pythia.paths import default_cache_root  # noqa: E402
+
+
+def resolve_source(source: str | None, tmp: str, hours: list[int], users: int) -> str:
+    """The benchmark's source folder (generating one when none is given).
+
+    ``sample`` (or no source and no ``pythia.synth``) writes a ``pythia.etl.sample`` source of
+    ``users`` users for ``hours``.
+    """
+    if source and source != "sample" and not source.startswith("synthetic://"):
+        return source
+    try:
+        from pythia.synth.generate import resolve_source as synth_source
+    except ImportError:
+        synth_source = None
+    if synth_source is not None and source != "sample":
+        return synth_source(source or "synthetic://tiny", default_cache_root())
+    from pythia.etl.sample import write_sample_source
+
+    root = os.path.join(tmp, "sample")
+    write_sample_source(root, pd.Timestamp("2024-03-10").date(), hours=hours, n_users=users,
+                        impressions_per_user_hour=1.0)
+    return root
+
+
+def pandas_baseline(source: str, window: Window, hours: list[int], labels_path: str,
+                    out: str, geo: Geography) -> int:
+    """Read the partitions, derive features, left-join labels, write Parquet; returns rows in."""
+    found = contract.list_partition_files(source, window.dates, hours)
+    frames = []
+    for (day, hour), files in sorted(found.items()):
+        for f in files:
+            table = pq.read_table(f)
+            ts_us = pc.cast(pc.cast(table["ts"], pa.timestamp("us", tz="UTC")), pa.int64())
+            df = table.to_pandas()
+            df["ts_seconds"] = ts_us.to_numpy(zero_copy_only=False) // 10**6
+            df["date"], df["hour"] = day, hour
+            frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    derived = derive_batch({"ts": df["ts_seconds"].to_numpy(),
+                            "country": df["country"].to_numpy(dtype=object)}, geo)
+    for name, values in derived.items():
+        df[name] = values
+    labels = pq.read_table(labels_path).to_pandas()[
+        ["user_id", "label_provider", "gender", "age_bucket", "y_gender", "y_age",
+         "y_age_gender"]]
+    joined = df.merge(labels, on="user_id", how="inner")
+    pq.write_table(pa.Table.from_pandas(joined, preserve_index=False),
+                   os.path.join(out, "rows.parquet"))
+    return len(df)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source", default=None,
+                    help="folder, s3:// prefix, synthetic://PRESET, or 'sample'")
+    ap.add_argument("--hours", default="0,1,2,3", help="hours of day of the one ETL task")
+    ap.add_argument("--master", default=None, help="Spark master (default: tuned local[2])")
+    ap.add_argument("--users", type=int, default=5000, help="users of a 'sample' source")
+    args = ap.parse_args(argv)
+    hours = [int(h) for h in args.hours.split(",")]
+    with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
+        source = resolve_source(args.source, tmp, hours, args.users)
+        window = Window(contract.list_dates(source)[-1])
+        geo = Geography()
+        from pythia.etl.hourly import run_hours
+        from pythia.etl.session import get_spark
+
+        t0 = time.perf_counter()
+        spark = get_spark("etl-bench", master=args.master)
+        t_start = time.perf_counter() - t0
+        metrics, _ = providers.read_provider_metrics(spark, source)
+        _, choice, _ = providers.select_providers(
+            metrics, {}, sorted(set(metrics["country"])), providers.list_providers(source))
+        labels = providers.prepare_labels(spark, source, choice, (18, 25, 35, 45, 55, 65),
+                                          os.path.join(tmp, "labels"),
+                                          providers.best_global_provider(metrics))
+        t0 = time.perf_counter()
+        man = run_hours(spark, source, hours, window, labels["labels_path"],
+                        os.path.join(tmp, "etl"), os.path.join(tmp, "q"), geo, allow_gaps=True)
+        t_spark = time.perf_counter() - t0
+        spark.stop()
+        os.makedirs(os.path.join(tmp, "pd"))
+        t0 = time.perf_counter()
+        n_pd = pandas_baseline(source, window, hours, labels["labels_path"],
+                               os.path.join(tmp, "pd"), geo)
+        t_pd = time.perf_counter() - t0
+    n = man["total"]["rows_in"]
+    print(f"source {source}; window {window.dates[0]}..{window.dates[-1]}; hours {hours}")
+    print(f"spark session start          {t_start:8.2f} s")
+    print(f"spark run_hours  {n:9d} rows {t_spark:8.2f} s  {n / t_spark:12.0f} rows/s")
+    print(f"pandas baseline  {n_pd:9d} rows {t_pd:8.2f} s  {n_pd / t_pd:12.0f} rows/s")
+    print(f"ratio spark/pandas rows/s: {(n / t_spark) / (n_pd / t_pd):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
