@@ -116,7 +116,8 @@ def s3a_session_conf(endpoint: str | None = None) -> dict[str, str] | None:
     """Everything a *new* session needs for ``s3a://``: jars (or packages) plus ``s3a_conf``.
 
     Returns ``None`` when no S3A jars are available locally and no packages are configured:
-    the caller must then stage S3 data through local disk (see ``spark_readable``).
+    the caller must then stage S3 data through local disk (``spark_read_path``,
+    ``spark_writable``).
     """
     endpoint = endpoint if endpoint is not None else storage.s3_endpoint()
     conf = s3a_conf(endpoint)
@@ -141,17 +142,18 @@ def session_conf_for(*uris: str) -> dict[str, str]:
 def s3a_available(spark: Any) -> bool:
     """Whether this session can open ``s3a://`` paths.
 
-    A classic session is asked for the S3A class through its JVM; a Spark Connect session is
-    assumed to (the cluster's configuration owns S3 access and there is no JVM to ask).
+    A classic session asks Hadoop the question Spark's own reader asks (which class serves
+    the ``s3a`` scheme under this session's Hadoop configuration and class loader); a Spark
+    Connect session is assumed to (the cluster owns S3 access and there is no JVM to ask).
     """
     if _is_connect(spark):
         return True
-    jvm = spark.sparkContext._jvm
-    loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+    sc = spark.sparkContext
     try:
-        jvm.java.lang.Class.forName(S3A_FILESYSTEM, False, loader)
+        sc._jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(
+            "s3a", sc._jsc.hadoopConfiguration())
         return True
-    except Exception:  # py4j wraps ClassNotFoundException
+    except Exception:  # py4j wraps ClassNotFound / UnsupportedFileSystemException
         return False
 
 
