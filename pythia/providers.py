@@ -185,7 +185,9 @@ def list_providers(source: str) -> list[str]:
 
 def read_provider_metrics(spark: Any, source: str, quarantine_dir: str | None = None
                           ) -> tuple[pd.DataFrame, dict]:
-    """Valid provider metric rows as pandas, and counts (quarantine written when a dir is given).
+    """Valid provider metric rows as pandas, and counts.
+
+    The quarantined rows are written to ``quarantine_dir`` itself when it is given.
     """
     from pythia.etl.io import write_parquet_atomic
 
@@ -197,8 +199,7 @@ def read_provider_metrics(spark: Any, source: str, quarantine_dir: str | None = 
     manifest = {"rows_valid": len(pdf), "quarantined": counts, "extra_columns": extras,
                 "quarantine_path": None}
     if quarantine_dir:
-        manifest["quarantine_path"] = write_parquet_atomic(
-            quarantine, join(quarantine_dir, "provider_metrics"))
+        manifest["quarantine_path"] = write_parquet_atomic(quarantine, quarantine_dir)
     return pdf, manifest
 
 
@@ -252,7 +253,7 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
         and counted; contract violations are quarantined.
 
     Writes ``labels/`` (OUTPUT_COLUMNS), ``aside/`` (other providers' latest label per user and
-    country), ``rejected/`` under ``out_dir`` and the quarantine under ``quarantine_dir``
+    country), ``rejected/`` under ``out_dir`` and the quarantined rows to ``quarantine_dir`` itself
     (default ``<out_dir>/quarantine``). Returns a manifest: paths, counts per outcome (they sum
     to ``rows_in``), the inter-provider agreement records, extra columns.
     """
@@ -318,7 +319,7 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
             every.filter(F.col("reason").isNotNull()).select(
                 *[F.col(r).alias(c) for r, c in zip(raw_cols, contract.LABELS.names)],
                 "provider", "reason", "reason_column"),
-            join(qdir, "labels"))
+            qdir)
         agreement = agreement_table(latest)
     finally:
         every.unpersist()

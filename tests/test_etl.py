@@ -110,6 +110,7 @@ def test_hour_manifest_counts(etl):
     assert a["total"]["quarantined"] == {"null_required": 1, "wrong_type": 0,
                                          "bad_timestamp": 1, "out_of_domain": 1,
                                          "duplicate_impression_id": 1}
+    assert a["quarantined_by_reason"] == a["total"]["quarantined"]
     assert a["total"]["unlabelled"] == 10 and b["total"]["unlabelled"] == 4  # u3, no label
     assert a["total"]["written"] == 44 and b["total"]["written"] == 16
     assert a["written_by_split"] == {"train": 28, "validation": 8, "test": 8}
@@ -172,6 +173,8 @@ def test_power_users_and_resampling_from_global_counts(spark, etl):
     assert f["class_counts_before"]["train"] == {"1": 9, "5": 9, "6": 6, "8": 9}
     assert f["rates"]["train"] == {"1": 6 / 9, "5": 6 / 9, "6": 1.0, "8": 6 / 9}
     assert f["rates"]["validation"] == {"1": 1.0, "5": 1.0, "6": 1.0, "8": 1.0}
+    assert f["resample_rates"] == f["rates"]  # alias read by pythia.pipeline
+    assert f["splits"]["train"] == {"path": f["paths"]["train"], "rows": f["rows"]["train"]}
     train = spark.read.parquet(f["paths"]["train"]).toPandas()
     assert not train.is_power_user.any() and set(train.split) == {"train"}
     assert len(train) == f["rows"]["train"] and (train.y_age_gender == 6).sum() == 6

@@ -180,6 +180,6 @@ def _manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[st
             "window": window.as_dict(), "source": source, "labels_path": labels_path,
             "rows_path": rows_path, "quarantine_path": q_path, "user_day_counts_path": ud_path,
             "gaps": gaps, "extra_columns": extras, "schema": schema, "per_hour": per_hour,
-            "total": total, "written_by_split": written_by_split,
+            "total": total, "quarantined_by_reason": dict(total["quarantined"]), "written_by_split": written_by_split,
             "class_counts": {s: dict(sorted(c.items(), key=lambda kv: int(kv[0])))
                              for s, c in class_counts.items()}}

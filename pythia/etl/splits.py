@@ -245,11 +245,14 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
     def _keyed(d: Mapping[int, Any]) -> dict[str, Any]:
         return {str(k): d[k] for k in sorted(d)}
 
+    rate_doc = {s: _keyed(rates[s]) for s in rates}
     return {
         "paths": paths, "rows": rows, "resample": cfg.resample,
+        "splits": {s: {"path": paths[s], "rows": rows[s]} for s in OUTPUT_SPLITS},
+        "resample_rates": rate_doc,
         "resample_target": cfg.resample_target, "seed": cfg.seed,
         "class_names": list(class_labels(cfg.resample_target, cfg.age_edges)),
-        "rates": {s: _keyed(rates[s]) for s in rates},
+        "rates": rate_doc,
         "class_counts_before": {s: _keyed(counts[s]) for s in OUTPUT_SPLITS},
         "class_counts_after": {s: _keyed(cls_after[s]) for s in OUTPUT_SPLITS},
         "natural_priors": priors, "power_user_threshold": threshold,
