@@ -97,7 +97,9 @@ class DemoFlow(FlowSpec):
     def select_providers(self):
         """Score providers per country from their metrics; overrides win."""
         self.provider_choice, self.provider_map, self.provider_warnings = (
-            pipeline.select_providers(self.source_path, self.params))
+            pipeline.select_providers(
+                self.source_path, self.params,
+                pipeline.run_paths(self.params, current.flow_name, current.run_id)))
         self.next(self.prepare_labels)
 
     @resources(cpu=2, memory=8000)

@@ -166,28 +166,40 @@ def read_table(uri: str) -> pd.DataFrame:
         raise FileNotFoundError(f"no Parquet data at {uri}") from exc
 
 
-def select_providers(source_path: str, params: RunParams
-                     ) -> tuple[pd.DataFrame, dict[str, str], list[str]]:
-    """Score every (provider, country) and choose one provider per country."""
-    from pythia import contract, providers
-    metrics = contract.validate_provider_metrics(read_table(join(source_path,
-                                                                 "provider_metrics")))
+def select_providers(source_path: str, params: RunParams, paths: RunPaths
+                     ) -> tuple[pd.DataFrame, dict, list[str]]:
+    """Score every (provider, country) and choose one provider per country.
+
+    Returns the ``provider_choice`` table, ``{'by_country': {country: provider}, 'default':
+    best global provider, 'metrics': read/quarantine counts}`` and the warnings.
+    """
+    from pythia import providers
+    spark = _spark(params, "pythia-providers")
+    try:
+        metrics, read_manifest = providers.read_provider_metrics(
+            spark, source_path, join(paths.quarantine, "provider_metrics"))
+    finally:
+        spark.stop()
+    known = providers.list_providers(source_path)
     countries = sorted(set(params.geo.region_of_country) | set(metrics["country"].dropna()))
-    choice, mapping, warns = providers.select_providers(metrics, dict(params.provider_overrides),
-                                                         countries)
+    choice, mapping, warns = providers.select_providers(
+        metrics, dict(params.provider_overrides), countries, known_providers=known)
     for w in warns:
-        warnings.warn(w)
         print(f"warning: {w}")
-    return choice, mapping, list(warns)
+    default = providers.best_global_provider(metrics)
+    return choice, {"by_country": mapping, "default": default, "metrics": read_manifest}, \
+        list(warns)
 
 
-def prepare_labels(source_path: str, provider_map: Mapping[str, str], params: RunParams,
+def prepare_labels(source_path: str, provider_map: Mapping[str, Any], params: RunParams,
                    paths: RunPaths) -> dict:
     from pythia import providers
     spark = _spark(params, "pythia-labels")
     try:
-        return providers.prepare_labels(spark, source_path, dict(provider_map),
-                                        params.etl.age_edges, paths.labels)
+        return providers.prepare_labels(spark, source_path, dict(provider_map["by_country"]),
+                                        params.etl.age_edges, paths.labels,
+                                        provider_map["default"],
+                                        quarantine_dir=join(paths.quarantine, "labels"))
     finally:
         spark.stop()
 
@@ -199,7 +211,7 @@ def run_etl_hours(source_path: str, hours: list[int], window: Mapping[str, list[
     from pythia.etl.hourly import run_hours
     spark = _spark(params, f"pythia-etl-{hours[0]:02d}")
     try:
-        return run_hours(spark, source_path, hours, window_of(window), labels_manifest["path"],
+        return run_hours(spark, source_path, hours, window_of(window), labels_manifest["labels_path"],
                          paths.etl_hours(hours), paths.quarantine, params.geo,
                          params.etl.allow_gaps)
     finally:
@@ -238,10 +250,10 @@ def _sum_dicts(dicts) -> dict:
 def to_tfrecords(split_manifest: dict, params: RunParams, paths: RunPaths) -> tuple[dict, dict]:
     """Convert the four splits to TFRecord shards; returns (manifest, encoders as JSON)."""
     from pythia.tfrecords import convert_splits
-    split_paths = {name: s["path"] for name, s in split_manifest["splits"].items()}
     spark = _spark(params, "pythia-tfrecords")
     try:
-        manifest, encoders = convert_splits(spark, split_paths, paths.tfrecords)
+        manifest, encoders = convert_splits(spark, dict(split_manifest["paths"]),
+                                            paths.tfrecords, age_edges=params.etl.age_edges)
     finally:
         spark.stop()
     return manifest, encoders.to_json()
@@ -279,8 +291,12 @@ def train_grid(params: RunParams, tf_manifest: dict) -> list[dict]:
 def train_candidate(item: dict, tf_manifest: dict, split_manifest: dict, params: RunParams,
                     paths: RunPaths) -> dict:
     from pythia.models import train_candidate as _train
+    from pythia.models.priors import priors_from_split_manifest
     model, region, cid = item["model"], item["region"], item["config_id"]
-    return _train(model, region, cid, item["hparams"], tf_manifest, split_manifest["priors"],
+    # Resampling keeps class c at a global rate r_c, so pi_natural/pi_train is proportional to
+    # 1/r_c in every region: the global priors give each regional model the exact correction.
+    priors = priors_from_split_manifest(split_manifest, params.etl.age_edges)
+    return _train(model, region, cid, item["hparams"], tf_manifest, priors,
                   paths.model(model, region, cid), paths.predictions(model, region, cid),
                   params.train)
 
@@ -335,14 +351,14 @@ def evaluate(candidates: list[dict], split_manifest: dict, source_path: str,
              params: RunParams, paths: RunPaths, flow_name: str) -> dict:
     """Every metric, the Bayes gauge (synthetic sources), distributions and champions."""
     from pythia.evaluate import evaluate_run
-    frames = {name: read_table(split_manifest["splits"][name]["path"]) for name in EVAL_SPLITS}
+    frames = {name: read_table(split_manifest["paths"][name]) for name in EVAL_SPLITS}
     world = None
     if storage.exists(join(source_path, "truth")):  # synthetic worlds carry their truth
         from pythia.synth import load_world
         world = load_world(source_path)
     previous, previous_id = previous_champion_scorer(flow_name, paths.run_id)
     results = evaluate_run(candidates, frames, world, previous, params.etl.age_edges,
-                           paths.reports)
+                           paths.reports, previous_id=previous_id)
     results["previous_run"] = previous_id
     return results
 

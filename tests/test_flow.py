@@ -99,7 +99,7 @@ def test_run_records_providers_reconciliation_and_counts(tiny_run):
     recon = data.reconciliation
     assert len(recon) > 0
     tf_rows = {s: v["rows"] for s, v in data.tf_manifest["splits"].items()}
-    split_rows = {s: v["rows"] for s, v in data.split_manifest["splits"].items()}
+    split_rows = dict(data.split_manifest["rows"])
     assert tf_rows == split_rows
     assert split_rows["test_natural"] >= split_rows["test_resampled"] > 0
 
@@ -129,7 +129,7 @@ def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):
     from pythia.pipeline import read_table, rows_to_requests
     from pythia.scoring import run_score_cli
     data = tiny_run.data
-    rows = read_table(data.split_manifest["splits"]["test_natural"]["path"]).head(200)
+    rows = read_table(data.split_manifest["paths"]["test_natural"]).head(200)
     lines = "\n".join(json.dumps(r, default=str) for r in rows_to_requests(rows))
     out = io.StringIO()
     assert run_score_cli(data.bundle_path, io.StringIO(lines + "\n"), out) == 0

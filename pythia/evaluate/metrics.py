@@ -17,6 +17,12 @@ N_BINS = 15  # calibration bins (equal width on [0, 1]), as in Guo et al. 2017
 _PROB_TOLERANCE = 1e-3
 
 
+
+def clip_probabilities(p: np.ndarray) -> np.ndarray:
+    """Rows of ``p`` clipped into [0, 1]: float round-off (1.0000000000000002) must not make
+    scikit-learn's log_loss reject an otherwise valid distribution."""
+    return np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+
 def check_probabilities(p: np.ndarray, n_classes: int | None = None,
                         what: str = "probabilities") -> np.ndarray:
     """Return ``p`` as float64 rows that sum to one, or raise naming what is wrong.
@@ -143,7 +149,8 @@ def gauge_scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     labels = np.arange(p.shape[1])
     _, _, f1, support = precision_recall_fscore_support(
         y, p.argmax(axis=1), labels=labels, zero_division=0)
-    return float(log_loss(y, p, labels=labels)), float(f1[support > 0].mean())
+    return (float(log_loss(y, clip_probabilities(p), labels=labels)),
+            float(f1[support > 0].mean()))
 
 
 def score_predictions(y: np.ndarray, p: np.ndarray, class_names: Sequence[str],
@@ -172,7 +179,7 @@ def score_predictions(y: np.ndarray, p: np.ndarray, class_names: Sequence[str],
     present = support > 0
     rows: list[tuple[str, str | None, float]] = [
         ("accuracy", None, accuracy_score(y, pred)),
-        ("log_loss", None, log_loss(y, p, labels=labels)),
+        ("log_loss", None, log_loss(y, clip_probabilities(p), labels=labels)),
         ("brier", None, multiclass_brier(y, p)),
         ("ece", None, top_label_ece(y, p, n_bins)),
         ("macro_f1", None, float(f1[present].mean())),

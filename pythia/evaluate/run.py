@@ -26,7 +26,7 @@ from pythia import storage
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate import figures as figs
 from pythia.evaluate.champions import DEFAULT_TOLERANCE, candidate_label, select_champions
-from pythia.evaluate.metrics import (N_BINS, check_probabilities, class_distribution,
+from pythia.evaluate.metrics import (N_BINS, check_probabilities, clip_probabilities, class_distribution,
                                      gauge_scores, reliability_bins, score_predictions,
                                      total_variation_distance)
 from pythia.features import (GENDER_CLASSES, LABEL_COLUMNS, TARGETS, age_to_bucket,
@@ -643,8 +643,9 @@ def evaluate_run(candidates: Sequence[Mapping[str, Any]],
             return None, None, 0, f"no labelled test rows in {region} to compare with"
         cur = check_probabilities(al.probs["age_gender"][mask], k)
         labels = np.arange(k)
-        return (float(log_loss(y[valid], pp[valid], labels=labels)),
-                float(log_loss(y[valid], cur[valid], labels=labels)), int(valid.sum()),
+        return (float(log_loss(y[valid], clip_probabilities(pp[valid]), labels=labels)),
+                float(log_loss(y[valid], clip_probabilities(cur[valid]), labels=labels)),
+                int(valid.sum()),
                 f"previous = {prev_name}")
 
     champions = select_champions(scores, eval_regions,
