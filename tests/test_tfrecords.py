@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from pythia import features, storage
 from pythia.features import Encoders, NumericStats, Vocabulary
 from pythia.tfrecords import encode, reader, wire, writer
 from pythia.tfrecords import (convert_splits, fit_encoders, load_numpy, make_dataset,
-                              verify_shards, write_split)
+                              parquet_units, verify_shards, write_split, write_split_files)
 
 tf = pytest.importorskip("tensorflow")
 
@@ -379,6 +380,31 @@ def test_write_split_is_deterministic(spark, splits, tmp_path):
     rel = [[(os.path.relpath(s["path"], str(tmp_path / k)), s["sha256"]) for s in e["shards"]]
            for k, e in (("a", a), ("b", b))]
     assert rel[0] == rel[1] and a["rows"] == len(frames["train"])
+
+
+@pytest.mark.spark
+def test_dataframe_and_file_paths_write_the_same_records(spark, splits, tmp_path):
+    frames, paths = splits
+    enc = tiny_encoders()
+    a = write_split(spark.read.parquet(paths["train"]), enc, str(tmp_path / "a"), "train",
+                    shard_rows=64)
+    b = write_split_files(spark, paths["train"], enc, str(tmp_path / "b"), "train",
+                          shard_rows=64, regions=["MARS"])
+    assert a["rows_by_region"] == {r: n for r, n in b["rows_by_region"].items() if r != "MARS"}
+    assert b["rows_by_region"]["MARS"] == 0
+    manifest = {"compression": None, "spec_version": features.spec_version()}
+    got = [by_id(load_numpy({**manifest, "splits": {"train": e}}, "train")) for e in (a, b)]
+    assert got[0] == got[1] == by_id(reference(frames["train"], enc))
+
+
+def test_parquet_units_rejects_bad_folders(tmp_path):
+    with pytest.raises(ValueError, match="no Parquet files"):
+        parquet_units(str(tmp_path))
+    df = split_frame(5, 1).drop(columns=["region"])
+    (tmp_path / "_SUCCESS").write_bytes(b"")
+    pa.parquet.write_table(pa.Table.from_pandas(df), str(tmp_path / "part-0.parquet"))
+    with pytest.raises(ValueError, match="lacks column.*region"):
+        parquet_units(str(tmp_path))
 
 
 @pytest.mark.spark

@@ -5,7 +5,7 @@ Layout under the TFRecord root (``RunPaths.tfrecords``)::
     feature_spec.json  encoders.json  manifest.json
     split=<split>/region=<region>/part-<task>-<seq>.tfrecord[.gz]
 
-Writing (``convert_splits``, ``write_split``, ``fit_encoders``) runs on Spark; encoding and
+Writing (``convert_splits``, ``write_split[_files]``, ``fit_encoders``) runs on Spark; encoding and
 framing are TensorFlow-free (``encode``, ``wire``). Reading (``make_dataset``, ``load_numpy``)
 imports TensorFlow lazily, so importing this package stays cheap on Spark workers.
 """
@@ -13,10 +13,11 @@ from pythia.tfrecords.encode import encode_records
 from pythia.tfrecords.reader import (feature_description, load_encoders, load_numpy,
                                      make_dataset, verify_shards)
 from pythia.tfrecords.writer import (SPLITS, convert_splits, feature_spec, fit_encoders,
-                                     read_manifest, write_split)
+                                     parquet_units, read_manifest, write_split,
+                                     write_split_files)
 
 __all__ = [
     "SPLITS", "convert_splits", "encode_records", "feature_description", "feature_spec",
-    "fit_encoders", "load_encoders", "load_numpy", "make_dataset", "read_manifest",
-    "verify_shards", "write_split",
+    "fit_encoders", "load_encoders", "load_numpy", "make_dataset", "parquet_units",
+    "read_manifest", "verify_shards", "write_split", "write_split_files",
 ]

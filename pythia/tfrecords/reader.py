@@ -113,8 +113,9 @@ def feature_description(with_ids: bool = False) -> dict:
 
 def _parsed_dataset(manifest: Mapping[str, Any], split: str, regions: Sequence[str] | None,
                     batch_size: int, shuffle: bool, seed: int, repeat: bool, verify: bool,
-                    with_ids: bool):
-    """Batches of parsed records as flat dicts (every feature, label and optionally the id)."""
+                    with_ids: bool, shape=None):
+    """Batches of parsed records: flat dicts (every feature, label and optionally the id), or
+    ``shape(parsed)`` applied inside the same parallel map."""
     import tensorflow as tf
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -140,8 +141,9 @@ def _parsed_dataset(manifest: Mapping[str, Any], split: str, regions: Sequence[s
         ds = ds.interleave(
             lambda f: tf.data.TFRecordDataset(f, compression_type=compression).batch(batch_size),
             cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(lambda s: tf.io.parse_example(s, desc), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds
+    shape = shape or (lambda parsed: parsed)
+    return ds.map(lambda s: shape(tf.io.parse_example(s, desc)),
+                  num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
@@ -168,14 +170,14 @@ def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | N
         ValueError: unknown split or region, feature-spec mismatch, checksum mismatch.
     """
     import tensorflow as tf
-    ds = _parsed_dataset(manifest, split, regions, batch_size, shuffle, seed, repeat, verify,
-                         with_ids=False)
 
     def to_pair(parsed):
         feats = {name: parsed[name] for name in features.FEATURE_NAMES}
         labels = {t: parsed[col] for t, col in features.LABEL_COLUMNS.items()}
         return feats, labels
-    return ds.map(to_pair).prefetch(tf.data.AUTOTUNE)
+    ds = _parsed_dataset(manifest, split, regions, batch_size, shuffle, seed, repeat, verify,
+                         with_ids=False, shape=to_pair)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def load_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,

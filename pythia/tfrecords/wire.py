@@ -149,16 +149,19 @@ def _linear_crc(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.bitwise_xor.reduce(vals, axis=1)
 
 
-def _shift(lin: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Advance linear CRC registers ``lin`` by ``n`` zero bytes (row-wise ``n``)."""
-    n = np.asarray(n, dtype=np.int64)
-    table = _TABLES.need_shift(int(n.max()) if n.size else 0)
+def _shift(lin: np.ndarray, n: np.ndarray | int) -> np.ndarray:
+    """Advance linear CRC registers ``lin`` by ``n`` zero bytes (scalar or row-wise ``n``)."""
     lin = np.asarray(lin, dtype=_U32)
-    out = table[n, 0, lin & 0xFF]
-    out ^= table[n, 1, (lin >> 8) & 0xFF]
-    out ^= table[n, 2, (lin >> 16) & 0xFF]
-    out ^= table[n, 3, lin >> 24]
-    return out
+    n = np.asarray(n, dtype=np.int64)
+    lo, hi = (int(n), int(n)) if n.ndim == 0 else (int(n.min()), int(n.max()))
+    table = _TABLES.need_shift(hi)
+    b0, b1, b2, b3 = lin & 0xFF, (lin >> 8) & 0xFF, (lin >> 16) & 0xFF, lin >> 24
+    if lo == hi:  # one shift for every row: four lookups in cache-resident 256-entry tables
+        t = table[hi]
+        return t[0][b0] ^ t[1][b1] ^ t[2][b2] ^ t[3][b3]
+    flat = table.reshape(-1)
+    base = n * 1024
+    return flat[base + b0] ^ flat[base + 256 + b1] ^ flat[base + 512 + b2] ^ flat[base + 768 + b3]
 
 
 def const_piece(data: bytes) -> Piece:
@@ -234,10 +237,7 @@ def concat_linear_crc(pieces: Sequence[Piece], n: int) -> np.ndarray:
     """Linear CRC of the concatenation: lin(A || B) = shift(lin(A), len(B)) ^ lin(B)."""
     acc = np.zeros(n, dtype=_U32)
     for p in pieces:
-        if p.lens.ndim == 0:
-            acc = _shift(acc, np.full(n, int(p.lens))) ^ _U32(p.lin)
-        else:
-            acc = _shift(acc, p.lens) ^ p.lin
+        acc = _shift(acc, p.lens) ^ p.lin
     return acc
 
 
