@@ -18,7 +18,7 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models.base import Model, labels_of, normalize_age_head
-from pythia.models.links import corn_probabilities, link_probabilities, softmax  # noqa: F401
+from pythia.models.links import corn_probabilities  # noqa: F401  (re-exported for callers)
 
 KERAS_FILE = "model.keras"
 
