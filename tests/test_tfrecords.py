@@ -493,7 +493,8 @@ def test_s3_shards_round_trip(tmp_path, monkeypatch):
         assert sorted(storage.list_files(root)) == sorted(s["path"] for s in shards)
         manifest = {"root": root, "compression": "GZIP", "spec_version": features.spec_version(),
                     "encoders": "", "feature_spec": "",
-                    "splits": {"test_natural": {"rows": 25, "rows_by_region": {}, "shards": shards}}}
+                    "splits": {"test_natural": {"rows": 25, "rows_by_region": {},
+                                                "shards": shards}}}
         got = load_numpy(manifest, "test_natural", verify=True)
         assert by_id(got) == by_id(reference(df, enc))
     finally:
