@@ -527,3 +527,16 @@ def test_train_candidate_on_real_tfrecords(tmp_path):
         assert math.isfinite(res["val_logloss"]["age_gender"])
         if name == "mlp":  # 600 rows, 2 epochs: the MLP already beats the class prior
             assert res["val_logloss"]["age_gender"] < math.log(6)
+
+
+def test_tabnet_valid_logloss_tolerates_classes_missing_from_validation():
+    from sklearn.metrics import log_loss
+
+    from pythia.models.tabnet import ValidLogLoss
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(12), size=40)
+    y = rng.integers(0, 11, size=40)  # class 11 never appears in this validation slice
+    got = ValidLogLoss()(y, p)
+    assert got == pytest.approx(log_loss(y, p, labels=np.arange(12)))
+    with pytest.raises(ValueError):
+        log_loss(y, p)  # what pytorch-tabnet's built-in metric would call

@@ -17,7 +17,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from pytorch_tabnet.metrics import Metric
 from pytorch_tabnet.tab_model import TabNetClassifier
+from sklearn.metrics import log_loss
 
 from pythia import features
 from pythia.config import TrainConfig
@@ -39,6 +41,25 @@ def set_torch_threads(n_threads: int, n_rows: int) -> None:
     """Set torch's intra-op threads (``gbdt.openmp_threads`` rule: few threads on small data)."""
     torch.set_num_threads(max(1, min(openmp_threads(int(n_threads), n_rows),
                                      os.cpu_count() or 1)))
+
+
+class ValidLogLoss(Metric):
+    """Log-loss over every training class, even those absent from the validation rows.
+
+    pytorch-tabnet's own 'logloss' calls scikit-learn without ``labels=`` and fails when a
+    small validation slice (a region's day) lacks one of the training classes.
+    """
+
+    def __init__(self) -> None:
+        # a name of its own: pytorch-tabnet finds metrics by name among Metric subclasses,
+        # and 'logloss' would resolve to its built-in class
+        self._name = "logloss_all"
+        self._maximize = False
+
+    def __call__(self, y_true: np.ndarray, y_score: np.ndarray) -> float:
+        p = np.clip(np.asarray(y_score, dtype=np.float64), 1e-15, 1.0)
+        return float(log_loss(y_true, p / p.sum(axis=1, keepdims=True),
+                              labels=np.arange(p.shape[1])))
 
 
 class TabNetModel(Model):
@@ -96,13 +117,13 @@ class TabNetModel(Model):
         h = self.hparams
         self.clf.fit(
             to_matrix(train), y, eval_set=[(Xv, yv[keep])] if keep.any() else None,
-            eval_name=["valid"] if keep.any() else None, eval_metric=["logloss"],
+            eval_name=["valid"] if keep.any() else None, eval_metric=[ValidLogLoss],
             max_epochs=self.train_cfg.max_epochs, patience=self.train_cfg.patience,
             batch_size=int(h["batch_size"]), virtual_batch_size=int(h["virtual_batch_size"]),
             num_workers=0, drop_last=False, pin_memory=False, compute_importance=False)
         self.classes = np.asarray(self.clf.classes_, dtype=np.int64)
         hist = self.clf.history.history
-        val = [float(v) for v in hist.get("valid_logloss", [])]
+        val = [float(v) for v in hist.get("valid_logloss_all", [])]
         return {"epochs": len(hist.get("loss", [])),
                 "best_val_loss": min(val) if val else float("nan"),
                 "best_epoch": int(self.clf.best_epoch) + 1 if val else None,
