@@ -28,20 +28,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from pythia.scoring import run_score_cli
+    from pythia.scoring.scorer import bundle_path_of_run
     bundle = args.bundle or bundle_path_of_run(args.run, flow_name=args.flow)
     return run_score_cli(bundle, sys.stdin, sys.stdout)
-
-
-def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
-    """The ``bundle_path`` artifact of a run (default: the latest successful one)."""
-    from metaflow import Flow, Run, namespace
-    namespace(None)
-    run = Run(f"{flow_name}/{run_id}") if run_id else Flow(flow_name).latest_successful_run
-    if run is None:
-        raise ValueError(f"no successful {flow_name} run found; pass --bundle PATH")
-    if "bundle_path" not in run.data:
-        raise ValueError(f"run {run.pathspec} has no bundle_path artifact (did it finish?)")
-    return run.data.bundle_path
 
 
 def _benchmarks_dir() -> Path:

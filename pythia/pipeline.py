@@ -421,7 +421,7 @@ def export_bundle(champions: pd.DataFrame, candidates: list[dict], tf_manifest: 
 def summary_text(flow: Any, flow_name: str, run_id: str) -> str:
     lines = [f"DemoFlow run {run_id} finished.",
              f"  window: {flow.window}",
-             f"  run files: {flow.run_root}",
+             f"  run files: {flow.reports_path.rsplit('/reports', 1)[0]}",
              f"  reports: {flow.reports_path}",
              f"  bid-time bundle: {flow.bundle_path}",
              "Champions:"]

@@ -176,3 +176,43 @@ def test_resume_reruns_only_the_failed_hours(flow_env):
     assert all(f"/{failed.id}/" in json.dumps(m) for m in origin_paths)
     assert len(etl_failed) >= 1
     assert resumed.data.metrics is not None
+
+
+def test_hand_written_source_with_bad_rows_of_every_kind(flow_env, tmp_path):
+    """A folder written by hand in the contract layout runs; bad rows are quarantined, counted."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from pythia.etl import sample
+    _, env = flow_env
+    day = dt.date(2025, 6, 30)
+    root = str(tmp_path / "bidlogs")
+    sample.write_sample_source(root, day, n_users=80, providers=("acme", "lucid"), seed=3)
+    imp = sample.impression
+    bad = [imp("no-user", None, sample.at(day, 3, 5)),
+           imp("fridge", "u00001", sample.at(day, 3, 5), device_type="fridge"),
+           imp("late", "u00001", sample.at(day, 5, 0)),
+           imp("dup", "u00001", sample.at(day, 3, 30)),
+           imp("dup", "u00001", sample.at(day, 3, 20))]
+    sample.write_impressions(root, day, 3, bad, name="part-bad.parquet")
+    label_schema = pa.schema([("user_id", pa.string()), ("gender", pa.string()),
+                              ("age", pa.string()), ("country", pa.string()),
+                              ("observed_date", pa.date32())])
+    sample.write_labels(root, "acme", [{"user_id": "u00002", "gender": "F", "age": "forty",
+                                        "country": "GB", "observed_date": day}],
+                        name="part-bad.parquet", schema=label_schema)
+    with _runner(env) as runner:
+        result = runner.run(source=root, models="gbdt", regions="global", max_epochs=1,
+                            provider_overrides="")
+    run = result.run
+    assert run.successful, result.stderr[-4000:]
+    data = run.data
+    assert data.window["test"] == [day.isoformat()]
+    by_reason = data.quarantine["by_reason"]
+    assert by_reason["null_required"] >= 1 and by_reason["out_of_domain"] >= 1
+    assert by_reason["bad_timestamp"] >= 1 and by_reason["duplicate_impression_id"] >= 1
+    assert data.labels_manifest["counts"]["quarantined"]["wrong_type"] == 1
+    assert Path(data.quarantine["path"]).exists()
+    recon = data.reconciliation
+    assert bool(recon["balanced"].all())
