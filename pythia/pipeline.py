@@ -347,11 +347,28 @@ def previous_champion_scorer(flow_name: str, current_run_id: str | None = None):
     return None, None
 
 
+def importance_weights(y_age_gender, split_manifest: dict, split: str, n_age: int):
+    """1 / keep-rate of each row's resampling class: weights that turn a resampled split's
+    averages into natural-distribution averages (Horvitz-Thompson)."""
+    import numpy as np
+
+    from pythia.etl.splits import target_class
+    rates = split_manifest.get("rates", {}).get(split, {})
+    target = split_manifest.get("resample_target", "age_gender")
+    by_class = np.array([float(rates.get(str(target_class(c, target, n_age)), 1.0))
+                         for c in range(2 * n_age)])
+    weight = np.divide(1.0, by_class, out=np.zeros_like(by_class), where=by_class > 0)
+    return weight[np.asarray(y_age_gender, dtype=np.int64)]
+
+
 def evaluate(candidates: list[dict], split_manifest: dict, source_path: str,
              params: RunParams, paths: RunPaths, flow_name: str) -> dict:
     """Every metric, the Bayes gauge (synthetic sources), distributions and champions."""
     from pythia.evaluate import evaluate_run
     frames = {name: read_table(split_manifest["paths"][name]) for name in EVAL_SPLITS}
+    frames["validation"]["importance_weight"] = importance_weights(
+        frames["validation"]["y_age_gender"].to_numpy(), split_manifest, "validation",
+        len(params.etl.age_edges))
     world = None
     if storage.exists(join(source_path, "truth")):  # synthetic worlds carry their truth
         from pythia.synth import load_world

@@ -549,3 +549,32 @@ def test_report_and_runs_against_real_runs(metaflow_home, tmp_path):
     assert "0.3100" in out.getvalue() and "0.7100" in out.getvalue()
     with pytest.raises(ValueError, match="n must be"):
         print_runs_(io.StringIO(), n=0)
+
+
+def test_validation_importance_weights_give_a_natural_log_loss(tiny_run, tmp_path):
+    """A resampled validation day with importance weights: champions use the weighted loss."""
+    from pythia.pipeline import importance_weights
+    _, frames, _, _, candidates = tiny_run
+    manifest = {"resample_target": "age_gender",
+                "rates": {"validation": {str(c): (0.25 if c < N_AGE else 1.0)
+                                         for c in range(2 * N_AGE)}}}
+    y = frames["validation"]["y_age_gender"].to_numpy()
+    w = importance_weights(y, manifest, "validation", N_AGE)
+    np.testing.assert_array_equal(w, np.where(y < N_AGE, 4.0, 1.0))
+    weighted = dict(frames, validation=frames["validation"].assign(importance_weight=w))
+    out = evaluate_run(candidates[:2], weighted, None, None, EDGES, str(tmp_path),
+                       make_figures=False)
+    m = out["metrics"]
+    sel = m[(m["test_set"] == "validation") & (m["model"] == "mlp") & (m["target"] == "age_gender")
+            & (m["eval_region"] == "global") & (m["label_source"] == "provider")]
+    plain = sel[sel["metric"] == "log_loss"]["value"].iloc[0]
+    natural = sel[sel["metric"] == "log_loss_natural"]["value"].iloc[0]
+    assert natural != pytest.approx(plain)
+    champ = out["champions"].set_index("region").loc["global"]
+    val = m[(m["test_set"] == "validation") & (m["model"] == champ["model"])
+            & (m["region"] == champ["candidate_region"]) & (m["target"] == "age_gender")
+            & (m["eval_region"] == "global") & (m["metric"] == "log_loss_natural")]
+    assert champ["val_logloss"] == pytest.approx(val["value"].iloc[0])
+    without = evaluate_run(candidates[:2], frames, None, None, EDGES, str(tmp_path / "b"),
+                           make_figures=False)["metrics"]
+    assert not (without["metric"] == "log_loss_natural").any()

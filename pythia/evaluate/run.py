@@ -39,6 +39,7 @@ BAYES_MODEL = "bayes"
 TEST_SETS = ("natural", "resampled", "natural_no_power_users")
 LABEL_SOURCES = ("provider", "truth")
 # test_set -> split Parquet it comes from
+WEIGHT_COLUMN = "importance_weight"
 SPLIT_OF_TEST_SET = {"validation": "validation", "natural": "test_natural",
                      "resampled": "test_resampled", "natural_no_power_users": "test_natural"}
 REQUIRED_SPLITS = ("validation", "test_natural")
@@ -61,6 +62,10 @@ class _Frame:
     regions: np.ndarray
     power: np.ndarray
     labels: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # importance weights that undo class resampling (1 / keep-rate of the row's class), when
+    # the flow provides them: the validation day is resampled like train, but candidates are
+    # compared on natural-prior probabilities, so their log-loss must be natural-weighted
+    weights: np.ndarray | None = None
 
 
 def _label_indices(values: pd.Series, n_classes: int, what: str) -> np.ndarray:
@@ -92,7 +97,9 @@ def _prepare_frames(test_frames: Mapping[str, pd.DataFrame], edges: Sequence[int
         frames[split] = _Frame(split=split, df=df,
                                regions=df["region"].astype(str).to_numpy(dtype=object),
                                power=df["is_power_user"].fillna(False).astype(bool).to_numpy(),
-                               labels={"provider": labels})
+                               labels={"provider": labels},
+                               weights=(df[WEIGHT_COLUMN].astype("float64").to_numpy()
+                                        if WEIGHT_COLUMN in df.columns else None))
     return frames
 
 
@@ -249,6 +256,14 @@ def _score_slices(ident: Mapping[str, Any], frame: _Frame, test_set: str, aligne
                 if len(scored):
                     metrics.append(scored.assign(**base, target=target, label_source=source,
                                                  n=int(valid.sum())))
+                    if frame.weights is not None and is_model:
+                        w = frame.weights[pos][valid]
+                        metrics.append(pd.DataFrame([dict(
+                            base, target=target, label_source=source,
+                            metric="log_loss_natural", n=int(valid.sum()),
+                            value=float(log_loss(y_all[valid], clip_probabilities(p[valid]),
+                                                 labels=np.arange(len(names)),
+                                                 sample_weight=w)))]))
                     if reference is not None and source in reference:
                         ref_ll, ref_f1 = gauge_scores(y_all[valid],
                                                       reference[source][target][pos][valid])
@@ -396,9 +411,13 @@ def build_headline(metrics: pd.DataFrame, champions: pd.DataFrame,
     head = _unstack(nat, ident, "col", "value")
     n = nat[nat["target"] == "age_gender"].groupby(ident, dropna=False)["n"].max()
     head = head.merge(n.rename("n").reset_index(), on=ident, how="left")
-    val = _pivot_metric(metrics[(metrics["test_set"] == "validation")
-                                & (metrics["label_source"] == "provider")
-                                & (metrics["target"] == "age_gender")], ident, "log_loss")
+    val_rows = metrics[(metrics["test_set"] == "validation")
+                       & (metrics["label_source"] == "provider")
+                       & (metrics["target"] == "age_gender")]
+    # the champion criterion: natural-weighted validation log-loss when available
+    val_metric = ("log_loss_natural" if (val_rows["metric"] == "log_loss_natural").any()
+                  else "log_loss")
+    val = _pivot_metric(val_rows, ident, val_metric)
     head = head.merge(val.drop(columns="n").rename(columns={"value": "val_logloss"}),
                       on=ident, how="left")
     if gauge is not None and not gauge.empty:
@@ -703,7 +722,10 @@ def _champion_scores(metrics: pd.DataFrame, idents: Sequence[Mapping],
                          & here["class"].isna()]["value"]
                 return float(v.iloc[0]) if len(v) else np.nan
 
-            val_ll = pick("validation", "log_loss")
+            # natural-weighted when the flow gave importance weights (see _Frame.weights)
+            val_ll = pick("validation", "log_loss_natural")
+            if not np.isfinite(val_ll):
+                val_ll = pick("validation", "log_loss")
             val_cov = pick("validation", "coverage")
             test_cov = pick("natural", "coverage")
             reason = None
