@@ -11,11 +11,13 @@ _DEFAULT_WORKERS = str(max(1, (os.cpu_count() or 2) // 2))
 for _cmd in ("RUN", "RESUME"):
     os.environ.setdefault(f"METAFLOW_{_cmd}_MAX_WORKERS", _DEFAULT_WORKERS)
 
-from metaflow import FlowSpec, Parameter, card, current, resources, step  # noqa: E402
+from metaflow import (FlowSpec, Parameter, card, current, resources, schedule,  # noqa: E402
+                      step)
 
 from pythia import pipeline  # noqa: E402
 
 
+@schedule(daily=True)  # used by Airflow/Argo deployments; a plain `run` ignores it
 class DemoFlow(FlowSpec):
     """Predict age and gender behind ad impressions, from bid logs and provider labels.
 
@@ -40,8 +42,9 @@ class DemoFlow(FlowSpec):
              "synthetic://tiny|default|large[?seed=N] for the generated world.")
     date = Parameter(
         "date", default="",
-        help="Test day YYYY-MM-DD (the window is date-4 … date). Empty: the newest complete "
-             "date in the source; 'yesterday': yesterday in UTC (for daily schedules).")
+        help="Test day YYYY-MM-DD (the window is date-4 … date), or 'yesterday' (UTC). Empty: "
+             "yesterday on a scheduled (Airflow/Argo) run, else the newest date of the source "
+             "with all 24 hour partitions.")
     models = Parameter("models", default="mlp,tabnet,gbdt", help="Models to train.")
     regions = Parameter(
         "regions", default="all", help="'all' (global + every region in the data) or a list.")
@@ -86,7 +89,7 @@ class DemoFlow(FlowSpec):
         """Validate parameters, resolve the source and the window."""
         self.params = pipeline.resolve_params(self)
         self.source_path, self.window, self.gaps = pipeline.resolve_source_and_window(
-            self.params)
+            self.params, scheduled=pipeline.is_scheduled_run(current.run_id))
         self.run_root = pipeline.run_paths(self.params, current.flow_name, current.run_id).base
         self.hour_groups = pipeline.hour_groups(self.params)
         print(f"source {self.source_path}; window {self.window}; {len(self.hour_groups)} "

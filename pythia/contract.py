@@ -322,8 +322,13 @@ def inspect_files(files: Iterable[str], table: TableSpec) -> tuple[dict[tuple, l
     return groups, sorted(extras)
 
 
-def spark_uri(uri: str) -> str:
-    """The URI Spark's Hadoop layer understands (``s3a://`` for S3)."""
+def spark_uri(uri: str, spark: Any = None) -> str:
+    """The path to hand Spark for ``uri``: ``s3a://`` for S3 when the session has the S3A
+    connector; without it (local mode only) a local staged copy (``spark_s3.spark_read_path``).
+    Without a session, the plain ``s3a://`` translation."""
+    if spark is not None and storage.is_s3(uri):
+        from pythia.spark_s3 import spark_read_path
+        return spark_read_path(spark, uri)
     return "s3a://" + uri.split("://", 1)[1] if storage.is_s3(uri) else uri
 
 
@@ -346,7 +351,7 @@ def read_table(spark: Any, files: Sequence[str], table: TableSpec) -> tuple[Any,
         reader = spark.read
         if known:
             reader = reader.schema(", ".join(f"`{n}` {t}" for n, t in key))
-        sdf = reader.parquet(*[spark_uri(f) for f in group_files])
+        sdf = reader.parquet(*[spark_uri(f, spark) for f in group_files])
         path = F.col("_metadata.file_path")
         parts = []
         for pc in table.partition_columns:

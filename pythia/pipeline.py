@@ -123,16 +123,28 @@ def _newest_complete_date(source: str, not_after: dt.date | None = None) -> dt.d
                      f"(dates present: {[d.isoformat() for d in dates[:10]]}…)")
 
 
-def resolve_source_and_window(params: RunParams) -> tuple[str, dict, list[str]]:
+SCHEDULER_RUN_PREFIXES = ("airflow-", "argo-", "sfn-")
+
+
+def is_scheduled_run(run_id: str) -> bool:
+    """Whether Metaflow is running this run for a scheduler (Airflow, Argo, Step Functions):
+    their run ids carry the scheduler's prefix."""
+    return str(run_id).startswith(SCHEDULER_RUN_PREFIXES)
+
+
+def resolve_source_and_window(params: RunParams, scheduled: bool = False
+                              ) -> tuple[str, dict, list[str]]:
     """Generate/locate the source, pick the test day, check the window's hour partitions.
 
+    The test day is ``params.date``; when it is empty, yesterday (UTC) on a scheduled daily
+    run, else the newest date of the source with all 24 hour partitions.
     Returns the source path, the window as {'train': [...], 'validation': [...], 'test': [...]}
     and the recorded gaps (missing hour partitions; an error unless ``allow_gaps``).
     """
     from pythia import contract
     from pythia.synth import resolve_source
     source_path = resolve_source(params.source, default_cache_root())
-    if params.date == "yesterday":
+    if params.date == "yesterday" or (scheduled and not params.date):
         test_date = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     elif params.date:
         test_date = parse_date(params.date)
@@ -148,9 +160,12 @@ def window_of(window: Mapping[str, list[str]]) -> Window:
     return Window(parse_date(window["test"][0]))
 
 
-def _spark(params: RunParams, app: str):
+def _spark(params: RunParams, app: str, *uris: str):
+    """A Spark session for one step; S3A settings when the run touches S3 and the jars exist."""
     from pythia.etl.session import get_spark
-    return get_spark(app, master=params.spark_master)
+    from pythia.spark_s3 import session_conf_for
+    return get_spark(app, master=params.spark_master,
+                     conf=session_conf_for(params.data_root, params.source, *uris) or None)
 
 
 # ---------------------------------------------------------------- providers and labels

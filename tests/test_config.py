@@ -72,3 +72,27 @@ def test_make_params_validates_each_parameter():
                            ({"max_epochs": 0}, "max_epochs"), ({"resample": "x"}, "resample")]:
         with pytest.raises(ValueError, match=needle):
             make_params(**kwargs)
+
+
+def test_scheduled_runs_are_recognised_by_their_run_id():
+    from pythia.pipeline import is_scheduled_run
+    assert is_scheduled_run("airflow-7d1c0a") and is_scheduled_run("argo-demoflow-x2")
+    assert not is_scheduled_run("1795780906256409")
+
+
+def test_window_defaults_to_yesterday_on_a_schedule(tmp_path):
+    import datetime as dt
+
+    from pythia.etl import sample
+    from pythia.pipeline import resolve_source_and_window
+    yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    old = yesterday - dt.timedelta(days=30)
+    sample.write_sample_source(str(tmp_path), old, n_users=4)
+    params = make_params(source=str(tmp_path))
+    _, window, _ = resolve_source_and_window(params)
+    assert window["test"] == [old.isoformat()]  # interactive: newest complete date
+    with pytest.raises(ValueError, match="missing"):
+        resolve_source_and_window(params, scheduled=True)  # yesterday's partitions are absent
+    _, window, gaps = resolve_source_and_window(
+        make_params(source=str(tmp_path), allow_gaps=True), scheduled=True)
+    assert window["test"] == [yesterday.isoformat()] and len(gaps) == 5 * 24

@@ -19,7 +19,11 @@ def write_parquet_atomic(sdf: Any, uri: str) -> str:
     Returns ``uri``.
     """
     if storage.is_s3(uri):
-        sdf.write.mode("overwrite").parquet(spark_uri(uri))
+        from pythia.spark_s3 import spark_writable
+        # s3a:// when the session has the S3A connector (Spark's committer publishes at job
+        # commit); else, in local mode only, a local folder uploaded once complete
+        with spark_writable(sdf.sparkSession, uri) as target:
+            sdf.write.mode("overwrite").parquet(target)
         if not storage.exists(join(uri, "_SUCCESS")):
             raise RuntimeError(f"Spark write to {uri} finished without a _SUCCESS marker")
         return uri
@@ -45,4 +49,4 @@ def read_parquet(spark: Any, uris: list[str] | str) -> Any:
     uris = [uris] if isinstance(uris, str) else list(uris)
     if not uris:
         raise ValueError("read_parquet needs at least one path")
-    return spark.read.parquet(*[spark_uri(u) for u in uris])
+    return spark.read.parquet(*[spark_uri(u, spark) for u in uris])

@@ -430,7 +430,7 @@ def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri:
     out_uri = _absolute(out_uri)
     for s in SPLITS:
         parquet_units(split_paths[s])  # fail fast on a missing split or column
-    encoders = fit_encoders(spark, spark.read.parquet(spark_uri(split_paths["train"])),
+    encoders = fit_encoders(spark, spark.read.parquet(spark_uri(split_paths["train"], spark)),
                             age_edges)
     spec_uri, enc_uri = join(out_uri, FEATURE_SPEC_NAME), join(out_uri, ENCODERS_NAME)
     storage.write_json_atomic(spec_uri, feature_spec())
