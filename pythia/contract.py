@@ -174,6 +174,21 @@ _SPARK_TYPES = {"string": "string", "timestamp": "timestamp", "date": "date", "i
 
 # ------------------------------------------------------------------------------- documentation
 
+_ARROW_TYPES = {"string": pa.string(), "timestamp": pa.timestamp("us", tz="UTC"),
+                "date": pa.date32(), "int32": pa.int32(), "int64": pa.int64(),
+                "double": pa.float64(), "bool": pa.bool_()}
+
+
+def arrow_schema(table: TableSpec) -> pa.Schema:
+    """The Parquet (Arrow) schema of a contract table's stored columns, in contract order."""
+    return pa.schema([(c.name, _ARROW_TYPES[c.type]) for c in table.columns])
+
+
+IMPRESSION_SCHEMA = arrow_schema(IMPRESSIONS)
+LABEL_SCHEMA = arrow_schema(LABELS)
+PROVIDER_METRICS_SCHEMA = arrow_schema(PROVIDER_METRICS)
+
+
 def render_markdown() -> str:
     """The contract as Markdown; ``docs/data-contract.md`` is exactly this text."""
     out = [

@@ -136,46 +136,48 @@ def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):
     preds = [json.loads(x) for x in out.getvalue().splitlines()]
     assert len(preds) == len(rows)
     champions = data.champions.set_index("region")
-    glob = champions.loc["global"]
-    cand = next(c for c in data.candidates if c["model"] == glob["model"]
-                and c["region"] == glob["candidate_region"])
-    p = read_table(cand["predictions_uri"])
-    p = p[p["split"] == "test_natural"].set_index("impression_id")
+    by_candidate = {}
     checked = 0
     for req, pred in zip(rows.to_dict("records"), preds):
-        if pred.get("region") != "global" and pred.get("routed_region", "global") != "global":
-            continue
-        if req["impression_id"] not in p.index:
-            continue
-        want = np.asarray(p.loc[req["impression_id"], "p_age_gender"])
+        champ = champions.loc[pred["region"]]  # the region the scorer routed this request to
+        key = (champ["model"], champ["candidate_region"], int(champ["config_id"]))
+        if key not in by_candidate:
+            cand = next(c for c in data.candidates
+                        if (c["model"], c["region"], c["config_id"]) == key)
+            p = read_table(cand["predictions_uri"])
+            by_candidate[key] = p[p["split"] == "test_natural"].set_index("impression_id")
+        want = np.asarray(by_candidate[key].loc[req["impression_id"], "p_age_gender"])
         got = np.asarray(list(pred["age_gender"].values()))
         np.testing.assert_allclose(got, want, atol=1e-5)
         checked += 1
-    assert checked > 0
+    assert checked == len(rows)
 
 
 def test_resume_reruns_only_the_failed_hours(flow_env):
-    """A failure injected into one hour group; resume clones the other groups' tasks."""
+    """A failure injected into one hour group; resume clones the groups that had finished."""
     _, env = flow_env
     args = dict(source="synthetic://tiny", models="gbdt", regions="global", max_epochs=1)
-    with _runner(env, {"PYTHIA_FAIL_HOURS": "7"}) as runner:
+    with _runner(env, {"PYTHIA_FAIL_HOURS": "19"}) as runner:
         failed = runner.run(**args).run
     assert not failed.successful
-    etl_failed = list(failed["etl_hour"].tasks())
+    finished = {tuple(t.data.hours): t for t in failed["etl_hour"].tasks() if t.successful}
+    assert finished and (18, 19, 20, 21, 22, 23) not in finished
     with _runner(env) as runner:
         resumed = runner.resume(origin_run_id=failed.id).run
     assert resumed.successful
     tasks = list(resumed["etl_hour"].tasks())
-    assert len(tasks) == 4  # hours_per_task=6
-    cloned = [t for t in tasks if "origin-task-id" in t.metadata_dict]
-    rerun = [t for t in tasks if "origin-task-id" not in t.metadata_dict]
-    assert [t.data.hours for t in rerun] == [[6, 7, 8, 9, 10, 11]]
-    assert len(cloned) == 3
-    # the cloned tasks' files live under the origin run and are what downstream read
-    origin_paths = [t.data.manifest for t in cloned]
-    assert all(f"/{failed.id}/" in json.dumps(m) for m in origin_paths)
-    assert len(etl_failed) >= 1
+    assert sorted(tuple(t.data.hours) for t in tasks) == [tuple(range(h, h + 6))
+                                                          for h in (0, 6, 12, 18)]
+    cloned = {tuple(t.data.hours): t for t in tasks if "origin-task-id" in t.metadata_dict}
+    rerun = {tuple(t.data.hours) for t in tasks if "origin-task-id" not in t.metadata_dict}
+    assert set(cloned) == set(finished)  # every finished hour group was cloned, none redone
+    assert (18, 19, 20, 21, 22, 23) in rerun
+    for hours, task in cloned.items():
+        assert task.metadata_dict["origin-task-id"] == finished[hours].id
+        # the clone's files live under the origin run, and downstream steps read them there
+        assert f"/{failed.id}/" in json.dumps(task.data.manifest)
     assert resumed.data.metrics is not None
+    assert bool(resumed.data.reconciliation["balanced"].all())
 
 
 def test_hand_written_source_with_bad_rows_of_every_kind(flow_env, tmp_path):

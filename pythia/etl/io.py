@@ -1,9 +1,6 @@
 """Spark Parquet I/O at the edges: atomic dataset writes on local disk and S3 alike."""
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from typing import Any
 
 from pythia import storage
@@ -14,33 +11,16 @@ from pythia.paths import join
 def write_parquet_atomic(sdf: Any, uri: str) -> str:
     """Write ``sdf`` as a Parquet dataset at ``uri`` so readers never see a partial one.
 
-    Locally Spark writes into a hidden sibling folder that is renamed into place; on S3 (no
-    rename) Spark's output committer publishes files at job commit and we check ``_SUCCESS``.
+    ``spark_s3.spark_writable`` picks the target: locally a hidden sibling folder renamed into
+    place; on S3 with the S3A connector Spark's committer publishes at job commit; on S3
+    without it (local mode) a local folder uploaded once complete. ``_SUCCESS`` is checked.
     Returns ``uri``.
     """
-    if storage.is_s3(uri):
-        from pythia.spark_s3 import spark_writable
-        # s3a:// when the session has the S3A connector (Spark's committer publishes at job
-        # commit); else, in local mode only, a local folder uploaded once complete
-        with spark_writable(sdf.sparkSession, uri) as target:
-            sdf.write.mode("overwrite").parquet(target)
-        if not storage.exists(join(uri, "_SUCCESS")):
-            raise RuntimeError(f"Spark write to {uri} finished without a _SUCCESS marker")
-        return uri
-    final = os.path.abspath(uri)
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{os.path.basename(final)}")
-    try:
-        sdf.write.mode("overwrite").parquet(tmp)
-        if not os.path.exists(os.path.join(tmp, "_SUCCESS")):
-            raise RuntimeError(f"Spark write to {uri} finished without a _SUCCESS marker")
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+    from pythia.spark_s3 import spark_writable
+    with spark_writable(sdf.sparkSession, uri) as target:
+        sdf.write.mode("overwrite").parquet(target)
+    if not storage.exists(join(uri, "_SUCCESS")):
+        raise RuntimeError(f"Spark write to {uri} finished without a _SUCCESS marker")
     return uri
 
 

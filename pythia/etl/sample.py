@@ -14,27 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pythia import contract
 from pythia.paths import join
 
-IMPRESSION_SCHEMA = pa.schema([
-    ("impression_id", pa.string()), ("user_id", pa.string()),
-    ("ts", pa.timestamp("us", tz="UTC")), ("country", pa.string()),
-    ("geo_region", pa.string()), ("metro", pa.string()), ("zip", pa.string()),
-    ("inventory_type", pa.string()), ("site_or_app", pa.string()),
-    ("content_category", pa.string()), ("supply_vendor", pa.string()),
-    ("ad_format", pa.string()), ("ad_size", pa.string()), ("device_type", pa.string()),
-    ("device_make", pa.string()), ("device_model", pa.string()), ("os", pa.string()),
-    ("os_version", pa.string()), ("browser", pa.string()),
-])
-LABEL_SCHEMA = pa.schema([
-    ("user_id", pa.string()), ("gender", pa.string()), ("age", pa.int32()),
-    ("age_bucket", pa.string()), ("country", pa.string()), ("observed_date", pa.date32()),
-])
-METRIC_SCHEMA = pa.schema([
-    ("provider", pa.string()), ("country", pa.string()), ("date", pa.date32()),
-    ("coverage", pa.float64()), ("accuracy", pa.float64()), ("consistency", pa.float64()),
-    ("n_labels", pa.int64()),
-])
+IMPRESSION_SCHEMA = contract.IMPRESSION_SCHEMA
+LABEL_SCHEMA = contract.LABEL_SCHEMA
+METRIC_SCHEMA = contract.PROVIDER_METRICS_SCHEMA
 
 _DEFAULTS = {"geo_region": "R1", "metro": "M1", "zip": "00001", "inventory_type": "site",
              "site_or_app": "news.example", "content_category": "news", "supply_vendor": "sv1",

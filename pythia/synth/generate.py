@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pythia import storage
+from pythia import contract, storage
 from pythia.config import DEFAULT_AGE_EDGES
 from pythia.paths import join
 from pythia.synth.world import (AGE_LABELS, CLASS_LABELS, DEVICE_TYPES, MAX_SYNTH_AGE, N_AGE,
@@ -32,25 +32,10 @@ from pythia.synth.world import (AGE_LABELS, CLASS_LABELS, DEVICE_TYPES, MAX_SYNT
                                 dumps_meta)
 
 SUCCESS = "_SUCCESS"
-IMPRESSION_SCHEMA = pa.schema([
-    ("impression_id", pa.string()), ("user_id", pa.string()),
-    ("ts", pa.timestamp("us", tz="UTC")), ("country", pa.string()),
-    ("geo_region", pa.string()), ("metro", pa.string()), ("zip", pa.string()),
-    ("inventory_type", pa.string()), ("site_or_app", pa.string()),
-    ("content_category", pa.string()), ("supply_vendor", pa.string()),
-    ("ad_format", pa.string()), ("ad_size", pa.string()), ("device_type", pa.string()),
-    ("device_make", pa.string()), ("device_model", pa.string()), ("os", pa.string()),
-    ("os_version", pa.string()), ("browser", pa.string()),
-])
-LABEL_SCHEMA = pa.schema([
-    ("user_id", pa.string()), ("gender", pa.string()), ("age", pa.int32()),
-    ("age_bucket", pa.string()), ("country", pa.string()), ("observed_date", pa.date32()),
-])
-PROVIDER_METRICS_SCHEMA = pa.schema([
-    ("provider", pa.string()), ("country", pa.string()), ("date", pa.date32()),
-    ("coverage", pa.float64()), ("accuracy", pa.float64()), ("consistency", pa.float64()),
-    ("n_labels", pa.int64()),
-])
+# the contract's schemas (pythia.contract is the one place they are defined)
+IMPRESSION_SCHEMA = contract.IMPRESSION_SCHEMA
+LABEL_SCHEMA = contract.LABEL_SCHEMA
+PROVIDER_METRICS_SCHEMA = contract.PROVIDER_METRICS_SCHEMA
 _CTV = DEVICE_TYPES.index("ctv")
 _EPOCH = dt.date(1970, 1, 1)
 
