@@ -1,4 +1,4 @@
-"""`pythia …` console commands: synth, runs, report, score, bench.
+"""`pythia …` console commands: synth, runs, report, timings, score, bench.
 
 Imports are lazy so each command only pays for what it uses (the scorer never loads TensorFlow).
 """
@@ -24,6 +24,11 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pythia.evaluate import print_report
     return print_report(run_id=args.run_id, flow_name=args.flow)
+
+
+def _cmd_timings(args: argparse.Namespace) -> int:
+    from pythia.evaluate import print_timings
+    return print_timings(run_id=args.run_id, flow_name=args.flow)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -77,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?", default=None)
     p.add_argument("--flow", default="DemoFlow")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("timings", help="wall time of a run and of each step")
+    p.add_argument("run_id", nargs="?", default=None)
+    p.add_argument("--flow", default="DemoFlow")
+    p.set_defaults(func=_cmd_timings)
 
     p = sub.add_parser("score", help="score JSONL requests from stdin with a bundle")
     g = p.add_mutually_exclusive_group()

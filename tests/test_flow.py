@@ -120,6 +120,14 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     assert main(["runs", "-n", "3"]) == 0
     out = capsys.readouterr().out
     assert tiny_run.id in out
+    assert main(["timings", tiny_run.id]) == 0
+    out = capsys.readouterr().out
+    from pythia.evaluate.report import step_timings
+    table = step_timings(tiny_run)
+    assert set(table["step"]) == {"start", "select_providers", "prepare_labels", "etl_hour",
+                                  "join_hours", "to_tfrecords", "train", "evaluate", "end"}
+    assert (table["wall_s"] > 0).all() and "etl_hour" in out
+    assert table.set_index("step").loc["etl_hour", "tasks"] == 4
 
 
 def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):

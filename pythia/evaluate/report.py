@@ -171,3 +171,48 @@ def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO = sys.stdou
                            "display.max_colwidth", 60):
         print(table.fillna("").to_string(index=False), file=out)
     return 0
+
+
+def step_timings(run: Any) -> pd.DataFrame:
+    """Per step: task count, wall span (first task start -> last task end), summed task time
+    and the longest task, in seconds, read from the run's task timestamps."""
+    rows = []
+    for step in run:
+        tasks = [t for t in step if t.created_at is not None and t.finished_at is not None]
+        if not tasks:
+            continue
+        starts = [t.created_at for t in tasks]
+        ends = [t.finished_at for t in tasks]
+        durations = [(e - s).total_seconds() for s, e in zip(starts, ends)]
+        rows.append({"step": step.id, "tasks": len(tasks),
+                     "wall_s": (max(ends) - min(starts)).total_seconds(),
+                     "sum_task_s": sum(durations), "max_task_s": max(durations),
+                     "start": min(starts)})
+    df = pd.DataFrame(rows)
+    return df.sort_values("start").drop(columns="start").reset_index(drop=True) if len(df) else df
+
+
+def print_timings(run_id: str | None = None, flow_name: str = "DemoFlow",
+                  out: TextIO = sys.stdout) -> int:
+    """Print the wall time of a run and of each step (default: latest successful run)."""
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+
+    flow = _open_flow(flow_name, out)
+    if flow is None:
+        return 1
+    try:
+        run = Run(f"{flow_name}/{run_id}") if run_id else flow.latest_successful_run
+    except MetaflowNotFound:
+        print(f"Run {flow_name}/{run_id} not found.", file=out)
+        return 1
+    if run is None:
+        print(f"{flow_name} has no successful run yet.", file=out)
+        return 1
+    table = step_timings(run)
+    total = ((run.finished_at - run.created_at).total_seconds()
+             if run.finished_at and run.created_at else float("nan"))
+    print(f"Run {run.pathspec}  status: {run_status(run)}  wall time: {total:.0f} s", file=out)
+    with pd.option_context("display.float_format", "{:.1f}".format):
+        print(table.to_string(index=False), file=out)
+    return 0
