@@ -10,6 +10,12 @@ import datetime as dt
 from typing import Mapping, Sequence
 
 import pytest
+# Import torch before anything loads Metaflow's vendored typing_extensions (metaflow.Runner ->
+# typeguard does): once that older copy has patched `typing` after the site copy, torch's
+# import-time `Generic[...]` with TypeVar defaults fails ("Type parameter ~_R without a default
+# follows type parameter with a default"). Reproduce: import typing_extensions;
+# import metaflow._vendor.typing_extensions; import torch.
+import torch  # noqa: F401
 
 from pythia.config import Window
 from pythia.etl import sample
