@@ -9,13 +9,23 @@ from __future__ import annotations
 import datetime as dt
 from typing import Mapping, Sequence
 
+import typing
+
 import pytest
-# Import torch before anything loads Metaflow's vendored typing_extensions (metaflow.Runner ->
-# typeguard does): once that older copy has patched `typing` after the site copy, torch's
-# import-time `Generic[...]` with TypeVar defaults fails ("Type parameter ~_R without a default
-# follows type parameter with a default"). Reproduce: import typing_extensions;
-# import metaflow._vendor.typing_extensions; import torch.
-import torch  # noqa: F401
+import typing_extensions  # noqa: F401  (the site copy: it patches `typing` for TypeVar defaults)
+
+# metaflow.Runner -> typeguard imports Metaflow's vendored, older typing_extensions, which
+# re-patches typing._collect_parameters/_check_generic; afterwards torch's (lazy) modules that
+# subscript Generic with TypeVar defaults fail: "Type parameter ~_R without a default follows
+# type parameter with a default". Reproduce: import typing_extensions;
+# import metaflow._vendor.typing_extensions; import torch. Tests use the Runner and TabNet in
+# one process, so load the vendored copy now and put the site copy's patches back.
+_SITE_PATCHES = {name: getattr(typing, name) for name in ("_collect_parameters", "_check_generic")
+                 if hasattr(typing, name)}
+import metaflow._vendor.typing_extensions  # noqa: E402,F401
+
+for _name, _fn in _SITE_PATCHES.items():
+    setattr(typing, _name, _fn)
 
 from pythia.config import Window
 from pythia.etl import sample
