@@ -76,11 +76,12 @@ def _open_flow(flow_name: str, out: TextIO) -> Any:
 
 
 def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
-                 out: TextIO = sys.stdout) -> int:
+                 out: TextIO | None = None) -> int:
     """Print the champions and headline table of a run (default: latest successful run).
 
     Returns a process exit code: 0 when printed, 1 when there is nothing to show.
     """
+    out = out or sys.stdout  # resolved per call: tests and callers may swap stdout
     from metaflow import Run
     from metaflow.exception import MetaflowNotFound
 
@@ -143,12 +144,13 @@ def summarize_run(run: Any) -> list[dict]:
     return rows
 
 
-def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO = sys.stdout) -> int:
+def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = None) -> int:
     """Compare the ``n`` most recent runs: status, window and champion per region with its
     natural-test log-loss (ll_) and macro-F1 (f1_) for AgeGender (ag), gender (g), age (a).
 
     Returns a process exit code: 0 when printed, 1 when there are no runs.
     """
+    out = out or sys.stdout  # resolved per call: tests and callers may swap stdout
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     flow = _open_flow(flow_name, out)
@@ -193,8 +195,9 @@ def step_timings(run: Any) -> pd.DataFrame:
 
 
 def print_timings(run_id: str | None = None, flow_name: str = "DemoFlow",
-                  out: TextIO = sys.stdout) -> int:
+                  out: TextIO | None = None) -> int:
     """Print the wall time of a run and of each step (default: latest successful run)."""
+    out = out or sys.stdout  # resolved per call: tests and callers may swap stdout
     from metaflow import Run
     from metaflow.exception import MetaflowNotFound
 
