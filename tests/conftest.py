@@ -9,7 +9,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Mapping, Sequence
 
+import os
 import typing
+
+# Metaflow reads its user at import (this file imports it below); under root without $USER it
+# would refuse to run. The Makefile/CI export one too; this keeps plain `pytest` working.
+os.environ.setdefault("METAFLOW_USER", os.environ.get("USER") or "pythia-test")
 
 import pytest
 import typing_extensions  # noqa: F401  (the site copy: it patches `typing` for TypeVar defaults)
