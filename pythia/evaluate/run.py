@@ -470,12 +470,7 @@ def _region_figures(region: str, champ: pd.Series, metrics: pd.DataFrame,
     f1["who"] = [BAYES_MODEL if m == BAYES_MODEL else candidate_label(m, r, c)
                  for m, r, c in zip(f1["model"], f1["region"], f1["config_id"])]
     f1 = f1[f1["who"].isin(keep + [BAYES_MODEL])]
-    panels = {}
-    for t in TARGETS:
-        part = f1[f1["target"] == t]
-        if len(part):
-            panels[t] = part.pivot_table(index="class", columns="who", values="value",
-                                         aggfunc="first").reindex(class_labels(t, edges))
+    panels = _class_panels(f1, "who", "value", edges)
     if panels:
         out[f"per_class_f1__{region}"] = figs.plot_bar_panels(
             panels, f"{region}: per-class F1 on the natural test day (provider labels)", "F1")
@@ -514,17 +509,24 @@ def _region_figures(region: str, champ: pd.Series, metrics: pd.DataFrame,
     is_winner = ((d["model"] == champ["model"]) & (d["region"] == champ["candidate_region"])
                  & (d["config_id"].fillna(-1) == int(champ["config_id"])))
     d = d[is_winner | (d["model"] == "labels")]
-    bars = {}
-    for t in TARGETS:
-        part = d[d["target"] == t]
-        if len(part):
-            bars[t] = part.pivot_table(index="class", columns="source", values="share",
-                                       aggfunc="first").reindex(class_labels(t, edges))
+    bars = _class_panels(d, "source", "share", edges)
     if bars:
         out[f"distribution__{region}"] = figs.plot_bar_panels(
             bars, f"{region}: predicted vs actual class shares, {title} (natural test day)",
             "share of impressions")
     return out
+
+
+def _class_panels(df: pd.DataFrame, columns: str, values: str, edges: Sequence[int]
+                  ) -> dict[str, pd.DataFrame]:
+    """Per target: a class x ``columns`` table of ``values`` in class order (figure panels)."""
+    panels = {}
+    for t in TARGETS:
+        part = df[df["target"] == t]
+        if len(part):
+            panels[t] = part.pivot_table(index="class", columns=columns, values=values,
+                                         aggfunc="first").reindex(class_labels(t, edges))
+    return panels
 
 
 # ---------------------------------------------------------------- entry point

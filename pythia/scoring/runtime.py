@@ -266,6 +266,10 @@ class FusedMLP:
                             numeric.astype(self.dtype, copy=False)], axis=1)
         h = x @ self._W1_padded
         h += self.b1
+        return self._hidden_to_logits(h)
+
+    def _hidden_to_logits(self, h: np.ndarray) -> np.ndarray:
+        """The layers after the first: activation, then the next affine map (in place)."""
         act = self._act1
         for W, b, next_act in self.layers:
             if act == "relu":
@@ -310,14 +314,7 @@ class FusedMLP:
         rows = [i + o for i, o in zip(ids, self._offsets_list)] + self._extra_rows
         weights = np.array(self._ones + numeric + [1.0], dtype=self.dtype)
         h = weights @ self._fused[rows]
-        act = self._act1
-        for W, b, next_act in self.layers:
-            if act == "relu":
-                np.maximum(h, 0, out=h)
-            h = h @ W
-            h += b
-            act = next_act
-        return self._links_one(h.tolist())
+        return self._links_one(self._hidden_to_logits(h).tolist())
 
     def _links_one(self, z: list[float]) -> dict[str, list[float]]:
         """``_links`` for one row of logits, on Python floats."""
