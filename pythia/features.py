@@ -65,8 +65,38 @@ RAW_INPUT_COLUMNS = tuple(f.source for f in FEATURES if f.source != "derived") +
 GENDER_CLASSES = ("F", "M")
 TARGETS = ("gender", "age", "age_gender")
 LABEL_COLUMNS = {"gender": "y_gender", "age": "y_age", "age_gender": "y_age_gender"}
+Y_GENDER, Y_AGE, Y_AGE_GENDER = (LABEL_COLUMNS[t] for t in TARGETS)
+
+# ---------------------------------------------------------------- names (the one source)
+# Contract columns the pipeline refers to by name.
+IMPRESSION_ID = "impression_id"
+USER_ID = "user_id"
+TS = "ts"
+COUNTRY = "country"
+# Columns the ETL adds to every split row (beside FEATURES' derived ones and the labels).
+DATE = "date"  # partition date YYYY-MM-DD
+HOUR = "hour"  # partition hour 0..23 (UTC)
+TS_SECONDS = "ts_seconds"
+REGION = "region"  # model region of the row's country
+IS_POWER_USER = "is_power_user"
+LABEL_PROVIDER = "label_provider"
+GENDER = "gender"  # label value as text
+AGE_BUCKET = "age_bucket"  # label value as text
+SPLIT = "split"
+
+# Splits. The ETL splits the window by date into train / validation / test days; the test day
+# is written twice (resampled like train, and natural), so four output splits.
+TRAIN = "train"
+VALIDATION = "validation"
+TEST = "test"
+TEST_RESAMPLED = "test_resampled"
+TEST_NATURAL = "test_natural"
+ETL_SPLITS = (TRAIN, VALIDATION, TEST)
+OUTPUT_SPLITS = (TRAIN, VALIDATION, TEST_RESAMPLED, TEST_NATURAL)
+ETL_SPLIT_OF = {TRAIN: TRAIN, VALIDATION: VALIDATION, TEST_RESAMPLED: TEST, TEST_NATURAL: TEST}
+
 # Columns carried next to the features through ETL and TFRecords (ids for joins, slicing).
-KEY_COLUMNS = ("impression_id", "user_id", "region", "date", "is_power_user")
+KEY_COLUMNS = (IMPRESSION_ID, USER_ID, REGION, DATE, IS_POWER_USER)
 
 
 def age_bucket_labels(edges: Sequence[int] = DEFAULT_AGE_EDGES) -> tuple[str, ...]:
