@@ -1,8 +1,11 @@
 """DemoFlow: bid logs + provider labels -> age/gender models -> a bid-time scorer.
 
 Run the whole job on the embedded synthetic world with ``python flows/demo_flow.py run``.
+Deploy-time settings (geography, model hyperparameters, @resources) are in ``pythia.toml``
+next to this file; run-time choices are the Parameters (``run --help``).
 """
 import os
+import tomllib
 
 # Metaflow runs up to 16 tasks at once by default; on a small machine 16 Spark JVMs or 16
 # TensorFlow trainings thrash (3 parallel hourly Spark tasks took 76 s each vs 23 s one at a
@@ -11,10 +14,14 @@ _DEFAULT_WORKERS = str(max(1, (os.cpu_count() or 2) // 2))
 for _cmd in ("RUN", "RESUME"):
     os.environ.setdefault(f"METAFLOW_{_cmd}_MAX_WORKERS", _DEFAULT_WORKERS)
 
-from metaflow import (FlowSpec, Parameter, card, current, resources, schedule,  # noqa: E402
-                      step)
+from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # noqa: E402
+                      schedule, step)
 
-from pythia import pipeline  # noqa: E402
+from pythia import etl, evaluate, models, providers, runs, scoring, source, tfrecords  # noqa: E402
+from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
+from pythia.paths import RunPaths  # noqa: E402
+
+CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pythia.toml")
 
 
 @schedule(daily=True)  # used by Airflow/Argo deployments; a plain `run` ignores it
@@ -36,62 +43,45 @@ class DemoFlow(FlowSpec):
       end              export the champions' bid-time bundle
     """
 
-    source = Parameter(
-        "source", default="synthetic://default",
-        help="Data root in the contract layout (local folder or s3:// prefix), or "
-             "synthetic://tiny|default|large[?seed=N] for the generated world.")
-    date = Parameter(
-        "date", default="",
-        help="Test day YYYY-MM-DD (the window is date-4 … date), or 'yesterday' (UTC). Empty: "
-             "yesterday on a scheduled (Airflow/Argo) run, else the newest date of the source "
-             "with all 24 hour partitions.")
-    models = Parameter("models", default="mlp,tabnet,gbdt", help="Models to train.")
-    regions = Parameter(
-        "regions", default="all", help="'all' (global + every region in the data) or a list.")
-    provider_overrides = Parameter(
-        "provider_overrides", default="US=lucid",
-        help="COUNTRY=provider pairs that win over the provider scores.")
-    seed = Parameter("seed", default=0, type=int, help="Seed for resampling and training.")
-    resample = Parameter(
-        "resample", default="balanced", help="Class resampling: balanced | natural | sqrt.")
-    drop_power_users = Parameter(
-        "drop_power_users", default=True, type=bool,
-        help="Remove power users from train/validation.")
-    power_user_threshold = Parameter(
-        "power_user_threshold", default=0.0, type=float,
-        help="Impressions per user per day above which a user is a power user; 0 = derive "
-             "from the data (99th percentile).")
-    allow_gaps = Parameter(
-        "allow_gaps", default=False, type=bool,
-        help="Run even if hour partitions are missing (the gaps are recorded).")
-    hours_per_task = Parameter(
-        "hours_per_task", default=int(os.environ.get("PYTHIA_HOURS_PER_TASK", "4")), type=int,
-        help="Hours of day per etl_hour task (1 = 24 tasks; a divisor of 24). Locally a few "
-             "hours per task saves JVM starts; on a cluster use 1.")
-    spark_master = Parameter(
-        "spark_master", default="",
-        help="Spark master URL (empty: $PYTHIA_SPARK_MASTER, else $SPARK_REMOTE for Spark "
-             "Connect, else local mode).")
-    data_root = Parameter(
-        "data_root", default="",
-        help="Where run-scoped files go (local folder or s3:// prefix). Empty: "
-             "$PYTHIA_DATA_ROOT, else ./.pythia/data.")
-    max_epochs = Parameter("max_epochs", default=8, type=int, help="Training epochs cap.")
-    age_head = Parameter("age_head", default="ordinal", help="MLP age head: ordinal | softmax.")
-    prior_correction = Parameter(
-        "prior_correction", default="bayes", help="bayes | em | none (test-time priors).")
-    search = Parameter(
-        "search", default=0, type=int,
-        help="Hyperparameter exploration: N random configs per (model, region); 0 = off.")
+    config = Config("config", default=CONFIG_FILE, parser=tomllib.loads,
+                    help="Deploy-time settings (TOML): geography, model hyperparameters, "
+                         "@resources per step. Default: flows/pythia.toml.")
+
+    source = Parameter("source", **param_kwargs("source"))
+    date = Parameter("date", **param_kwargs("date"))
+    models = Parameter("models", **param_kwargs("models"))
+    regions = Parameter("regions", **param_kwargs("regions"))
+    provider_overrides = Parameter("provider_overrides", **param_kwargs("provider_overrides"))
+    seed = Parameter("seed", **param_kwargs("seed"))
+    resample = Parameter("resample", **param_kwargs("resample"))
+    drop_power_users = Parameter("drop_power_users", **param_kwargs("drop_power_users"))
+    power_user_threshold = Parameter("power_user_threshold",
+                                     **param_kwargs("power_user_threshold"))
+    allow_gaps = Parameter("allow_gaps", **param_kwargs("allow_gaps"))
+    hours_per_task = Parameter("hours_per_task", **param_kwargs("hours_per_task"))
+    spark_master = Parameter("spark_master", **param_kwargs("spark_master"))
+    data_root = Parameter("data_root", **param_kwargs("data_root"))
+    max_epochs = Parameter("max_epochs", **param_kwargs("max_epochs"))
+    age_head = Parameter("age_head", **param_kwargs("age_head"))
+    prior_correction = Parameter("prior_correction", **param_kwargs("prior_correction"))
+    search = Parameter("search", **param_kwargs("search"))
+
+    @property
+    def paths(self) -> RunPaths:
+        """This task's run-scoped locations (a resumed run's new tasks write under its own id;
+        cloned tasks keep the origin run's paths in their manifests)."""
+        return RunPaths(self.params.data_root, current.flow_name, current.run_id)
 
     @step
     def start(self):
         """Validate parameters, resolve the source and the window."""
-        self.params = pipeline.resolve_params(self)
-        self.source_path, self.window, self.gaps = pipeline.resolve_source_and_window(
-            self.params, scheduled=pipeline.is_scheduled_run(current.run_id))
-        self.run_root = pipeline.run_paths(self.params, current.flow_name, current.run_id).base
-        self.hour_groups = pipeline.hour_groups(self.params)
+        values = {p.name: getattr(self, p.name) for p in PARAMETERS}
+        self.params = RunParams.build(values, DeployConfig.from_mapping(self.config),
+                                      model_names=models.MODEL_NAMES)
+        self.source_path, self.window, self.gaps = source.resolve(
+            self.params, scheduled=source.is_scheduled_run(current.run_id))
+        self.run_root = self.paths.base
+        self.hour_groups = self.params.hour_groups
         print(f"source {self.source_path}; window {self.window}; {len(self.hour_groups)} "
               f"etl tasks")
         self.next(self.select_providers)
@@ -99,33 +89,29 @@ class DemoFlow(FlowSpec):
     @step
     def select_providers(self):
         """Score providers per country from their metrics; overrides win."""
-        self.provider_choice, self.provider_map, self.provider_warnings = (
-            pipeline.select_providers(
-                self.source_path, self.params,
-                pipeline.run_paths(self.params, current.flow_name, current.run_id)))
+        self.provider_choice, self.provider_map, self.provider_warnings = providers.choose(
+            self.source_path, self.params, self.paths)
         self.next(self.prepare_labels)
 
-    @resources(cpu=2, memory=8000)
+    @resources(cpu=config.resources.prepare_labels.cpu,
+               memory=config.resources.prepare_labels.memory)
     @step
     def prepare_labels(self):
         """One label per user from the provider chosen for the user's country."""
-        paths = pipeline.run_paths(self.params, current.flow_name, current.run_id)
-        self.labels_manifest = pipeline.prepare_labels(
-            self.source_path, self.provider_map, self.params, paths)
+        self.labels_manifest = providers.run(self.source_path, self.provider_map, self.params,
+                                             self.paths)
         self.next(self.etl_hour, foreach="hour_groups")
 
-    @resources(cpu=2, memory=8000)
+    @resources(cpu=config.resources.etl_hour.cpu, memory=config.resources.etl_hour.memory)
     @step
     def etl_hour(self):
         """Validate, quarantine, derive features and join labels for these hours of day."""
         self.hours = list(self.input)
-        pipeline.maybe_inject_failure(self.hours)
-        paths = pipeline.run_paths(self.params, current.flow_name, current.run_id)
-        self.manifest = pipeline.run_etl_hours(
-            self.source_path, self.hours, self.window, self.labels_manifest, self.params, paths)
+        self.manifest = etl.run_hours(self.source_path, self.hours, self.window,
+                                      self.labels_manifest, self.params, self.paths)
         self.next(self.join_hours)
 
-    @resources(cpu=2, memory=8000)
+    @resources(cpu=config.resources.join_hours.cpu, memory=config.resources.join_hours.memory)
     @step
     def join_hours(self, inputs):
         """Power users, resampling from global class counts, the four splits, reconciliation."""
@@ -133,56 +119,57 @@ class DemoFlow(FlowSpec):
                                               "provider_choice", "provider_map",
                                               "labels_manifest", "run_root"])
         self.hour_manifests = sorted((i.manifest for i in inputs), key=lambda m: m["hours"])
-        paths = pipeline.run_paths(self.params, current.flow_name, current.run_id)
         (self.split_manifest, self.reconciliation, self.resample_rates,
-         self.quarantine) = pipeline.finalize_splits(self.hour_manifests, self.params, paths)
+         self.quarantine) = etl.join_hours(self.hour_manifests, self.params, self.paths)
         self.next(self.to_tfrecords)
 
-    @resources(cpu=2, memory=8000)
+    @resources(cpu=config.resources.to_tfrecords.cpu,
+               memory=config.resources.to_tfrecords.memory)
     @step
     def to_tfrecords(self):
         """Vocabularies and statistics from the train days; TFRecord shards per split/region."""
-        paths = pipeline.run_paths(self.params, current.flow_name, current.run_id)
-        self.tf_manifest, self.encoders = pipeline.to_tfrecords(
-            self.split_manifest, self.params, paths)
-        self.train_grid = pipeline.train_grid(self.params, self.tf_manifest)
+        self.tf_manifest, self.encoders = tfrecords.convert(self.split_manifest, self.params,
+                                                            self.paths)
+        self.train_grid = models.train_grid(self.params, self.tf_manifest)
         self.next(self.train, foreach="train_grid")
 
-    @resources(cpu=2, memory=8000)
+    @resources(cpu=config.resources.train.cpu, memory=config.resources.train.memory)
     @step
     def train(self):
         """Fit one (model, region, config) candidate; predict validation and test days."""
-        paths = pipeline.run_paths(self.params, current.flow_name, current.run_id)
-        self.candidate = pipeline.train_candidate(
-            self.input, self.tf_manifest, self.split_manifest, self.params, paths)
+        self.candidate = models.train_candidate(self.input, self.tf_manifest,
+                                                self.split_manifest, self.params, self.paths)
         self.next(self.evaluate)
 
     @card(type="blank", id="report", timeout=600)
-    @resources(cpu=2, memory=8000)
+    @resources(cpu=config.resources.evaluate.cpu, memory=config.resources.evaluate.memory)
     @step
     def evaluate(self, inputs):
         """Metrics, Bayes gauge, distributions and champions; render the report card."""
         self.merge_artifacts(inputs, exclude=["candidate"])
         self.candidates = [i.candidate for i in inputs]
-        paths = pipeline.run_paths(self.params, current.flow_name, current.run_id)
-        results = pipeline.evaluate(self.candidates, self.split_manifest, self.source_path,
-                                    self.params, paths, current.flow_name)
+        previous = runs.previous_bundle(current.flow_name, current.run_id)
+        results = evaluate.run(self.candidates, self.split_manifest, self.source_path,
+                               self.params, self.paths.reports, previous)
         self.metrics, self.champions, self.headline = (
             results["metrics"], results["champions"], results["headline"])
         self.distributions, self.gauge = results["distributions"], results["gauge"]
-        self.reports_path = paths.reports
-        pipeline.render_card(current.card["report"], results, self.reconciliation,
+        self.reports_path = self.paths.reports
+        evaluate.render_card(current.card["report"], results, self.reconciliation,
                              self.provider_choice)
         self.next(self.end)
 
     @step
     def end(self):
         """Export the champions' bid-time bundle and say where to look."""
-        paths = pipeline.run_paths(self.params, current.flow_name, current.run_id)
-        self.bundle_path = pipeline.export_bundle(
-            self.champions, self.candidates, self.tf_manifest, self.params, paths,
-            current.pathspec, current.flow_name)
-        print(pipeline.summary_text(self, current.flow_name, current.run_id))
+        chosen = evaluate.choose_bundle_models(
+            self.champions, self.candidates, runs.previous_champions(current.flow_name,
+                                                                     current.run_id),
+            current.pathspec)
+        self.bundle_path = scoring.export_champions(chosen, self.tf_manifest, self.params.geo,
+                                                    current.pathspec, self.paths.bundle)
+        print(runs.summary_text(self, current.flow_name, current.run_id,
+                                os.path.relpath(__file__)))
 
 
 if __name__ == "__main__":

@@ -17,23 +17,23 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from pythia.evaluate import print_runs
+    from pythia.runs import print_runs
     return print_runs(n=args.n, flow_name=args.flow)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pythia.evaluate import print_report
+    from pythia.runs import print_report
     return print_report(run_id=args.run_id, flow_name=args.flow)
 
 
 def _cmd_timings(args: argparse.Namespace) -> int:
-    from pythia.evaluate import print_timings
+    from pythia.runs import print_timings
     return print_timings(run_id=args.run_id, flow_name=args.flow)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from pythia.scoring import run_score_cli
-    from pythia.scoring.scorer import bundle_path_of_run
+    from pythia.runs import bundle_path_of_run
     bundle = args.bundle or bundle_path_of_run(args.run, flow_name=args.flow)
     return run_score_cli(bundle, sys.stdin, sys.stdout)
 

@@ -1,13 +1,19 @@
-"""Typed, frozen configuration: the window, label buckets, geography and model grid.
+"""Typed, frozen configuration: run parameters, deploy-time settings, the window, geography.
 
-Config flows one way: the flow turns its Metaflow ``Parameter``s into these objects and passes
-them explicitly to library functions; nothing in ``pythia`` reads a flow parameter or a global.
+Config flows one way. Run-time choices are the flow's Metaflow ``Parameter``s, declared from
+``PARAMETERS`` below (one default each); deploy-time settings (geography, model
+hyperparameters, ``@resources``) come from the flow's TOML ``Config`` (``flows/pythia.toml``).
+``RunParams.build`` parses both once, in ``start``; library functions take explicit arguments.
 """
 from __future__ import annotations
 
 import datetime as dt
+import os
+import tomllib
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Any, Mapping
+
+from pythia.paths import default_data_root
 
 # Default age bucket edges (years). A bucket is [edge_i, edge_{i+1}); the last one is open.
 DEFAULT_AGE_EDGES: tuple[int, ...] = (18, 25, 35, 45, 55, 65)
@@ -147,7 +153,7 @@ class EtlConfig:
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
     power_user_quantile: float = 0.99  # of per-user-day impression counts (labelled users)
     allow_gaps: bool = False  # missing hour partitions stop the run unless True
-    hours_per_task: int = 1  # hours of day per etl task (24 tasks when 1)
+    hours_per_task: int = 4  # hours of day per etl task (24 tasks when 1)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -181,3 +187,191 @@ class TrainConfig:
 
 
 TINY_TRAIN = TrainConfig(max_epochs=3, batch_size=256, patience=1)
+
+
+# ---------------------------------------------------------------- run-time parameters
+MODEL_CHOICES_DEFAULT = "mlp,tabnet,gbdt"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One flow Parameter: its single default, type and help text."""
+
+    name: str
+    default: Any
+    help: str
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``metaflow.Parameter(name, **kwargs)``."""
+        out: dict[str, Any] = {"default": self.default, "help": self.help}
+        if not isinstance(self.default, str):
+            out["type"] = type(self.default)
+        return out
+
+
+def _hours_per_task_default() -> int:
+    # Locally a few hours per task saves JVM starts; on a cluster set 1 (24 tasks).
+    return int(os.environ.get("PYTHIA_HOURS_PER_TASK", "4"))
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("source", "synthetic://default",
+              "Data root in the contract layout (local folder or s3:// prefix), or "
+              "synthetic://tiny|default|skewed|large[?seed=N] for a generated world."),
+    ParamSpec("date", "",
+              "Test day YYYY-MM-DD (the window is date-4 … date), or 'yesterday' (UTC). Empty: "
+              "yesterday on a scheduled (Airflow/Argo) run, else the newest date of the source "
+              "with all 24 hour partitions."),
+    ParamSpec("models", MODEL_CHOICES_DEFAULT, "Models to train (comma-separated)."),
+    ParamSpec("regions", "all", "'all' (global + every region in the data) or a list."),
+    ParamSpec("provider_overrides", "US=lucid",
+              "COUNTRY=provider pairs that win over the provider scores where that country "
+              "and provider exist in the source (a warning names the ones that do not)."),
+    ParamSpec("seed", 0, "Seed for resampling and training."),
+    ParamSpec("resample", "balanced", "Class resampling: " + " | ".join(RESAMPLE_MODES) + "."),
+    ParamSpec("drop_power_users", True, "Remove power users from train/validation."),
+    ParamSpec("power_user_threshold", 0.0,
+              "Impressions per user per day above which a user is a power user; 0 = derive "
+              "from the data (99th percentile)."),
+    ParamSpec("allow_gaps", False,
+              "Run even if hour partitions are missing (the gaps are recorded)."),
+    ParamSpec("hours_per_task", _hours_per_task_default(),
+              "Hours of day per etl_hour task (1 = 24 tasks; a divisor of 24). Locally a few "
+              "hours per task saves JVM starts; on a cluster use 1. "
+              "Default: $PYTHIA_HOURS_PER_TASK, else 4."),
+    ParamSpec("spark_master", "",
+              "Spark master URL (empty: $PYTHIA_SPARK_MASTER, else $SPARK_REMOTE for Spark "
+              "Connect, else local mode)."),
+    ParamSpec("data_root", "",
+              "Where run-scoped files go (local folder or s3:// prefix). Empty: "
+              "$PYTHIA_DATA_ROOT, else ./.pythia/data."),
+    ParamSpec("max_epochs", 8, "Training epochs cap."),
+    ParamSpec("age_head", "ordinal", "MLP age head: ordinal | softmax."),
+    ParamSpec("prior_correction", "bayes", "bayes | em | none (test-time priors)."),
+    ParamSpec("search", 0,
+              "Hyperparameter exploration: N random configs per (model, region); 0 = off."),
+)
+PARAM_SPECS: Mapping[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+AGE_HEADS = ("ordinal", "softmax")
+PRIOR_CORRECTIONS = ("bayes", "em", "none")
+
+
+def param_kwargs(name: str) -> dict[str, Any]:
+    """``Parameter(name, **param_kwargs(name))``: the flow declares each parameter from here."""
+    return PARAM_SPECS[name].kwargs()
+
+
+# ---------------------------------------------------------------- deploy-time settings
+# The flow's TOML Config (flows/pythia.toml) is parsed into this. Every section is optional;
+# an absent key keeps the library default.
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Deploy-time settings: geography, ETL rules, training knobs, model hyperparameters."""
+
+    geo: Geography = field(default_factory=Geography)
+    age_edges: tuple[int, ...] = DEFAULT_AGE_EDGES
+    power_user_quantile: float = 0.99
+    batch_size: int = 1024
+    patience: int = 2
+    model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any] | None) -> "DeployConfig":
+        """Build from the parsed TOML (a plain mapping); errors name the bad key."""
+        doc = dict(doc or {})
+        unknown = set(doc) - {"geography", "etl", "train", "models", "resources"}
+        if unknown:
+            raise ValueError(f"config: unknown section(s) {sorted(unknown)}; expected "
+                             "geography, etl, train, models, resources")
+        geo_doc = dict(doc.get("geography") or {})
+        regions = {str(k).upper(): str(v) for k, v in (geo_doc.get("regions") or {}).items()}
+        geo = Geography(region_of_country={**DEFAULT_REGION_OF_COUNTRY, **regions})
+        etl = dict(doc.get("etl") or {})
+        train = dict(doc.get("train") or {})
+        models = {str(k): dict(v) for k, v in (doc.get("models") or {}).items()}
+        return cls(geo=geo,
+                   age_edges=tuple(int(e) for e in etl.get("age_edges", DEFAULT_AGE_EDGES)),
+                   power_user_quantile=float(etl.get("power_user_quantile", 0.99)),
+                   batch_size=int(train.get("batch_size", 1024)),
+                   patience=int(train.get("patience", 2)), model_hparams=models)
+
+
+def read_deploy_config(path: str) -> DeployConfig:
+    """Parse a TOML file into a ``DeployConfig`` (one-line error naming the file)."""
+    try:
+        with open(path, "rb") as f:
+            return DeployConfig.from_mapping(tomllib.load(f))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from exc
+
+
+# ---------------------------------------------------------------- the parsed run
+
+@dataclass(frozen=True)
+class RunParams:
+    """The flow's Parameters and deploy-time Config, parsed and validated once in ``start``."""
+
+    source: str
+    date: str
+    models: tuple[str, ...]
+    regions: tuple[str, ...] | None  # None = every region present in the data
+    provider_overrides: Mapping[str, str]
+    seed: int
+    etl: EtlConfig
+    train: TrainConfig
+    spark_master: str | None
+    data_root: str
+    search: int
+    geo: Geography = field(default_factory=Geography)
+    model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, values: Mapping[str, Any] | None = None,
+              deploy: DeployConfig | None = None,
+              model_names: tuple[str, ...] | None = None) -> "RunParams":
+        """Parse raw parameter values (as the CLI gives them; absent ones take their single
+        default from ``PARAMETERS``) and the deploy config, with errors naming the bad one."""
+        unknown = set(values or {}) - set(PARAM_SPECS)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)}")
+        v = {p.name: p.default for p in PARAMETERS}
+        v.update(values or {})
+        deploy = deploy or DeployConfig()
+        if not str(v["source"]).strip():
+            raise ValueError("source is empty: give a folder, an s3:// prefix or synthetic://…")
+        if v["date"] and v["date"] != "yesterday":
+            parse_date(v["date"])
+        models = parse_list(v["models"], model_names, "model")
+        regions = None if str(v["regions"]).strip() in ("", "all") else tuple(
+            parse_list(v["regions"], None, "region"))
+        _check_choice("age_head", v["age_head"], AGE_HEADS)
+        _check_choice("prior_correction", v["prior_correction"], PRIOR_CORRECTIONS)
+        for name, low in (("max_epochs", 1), ("search", 0), ("power_user_threshold", 0)):
+            if v[name] < low:
+                raise ValueError(f"{name} must be >= {low}, got {v[name]}")
+        etl = EtlConfig(age_edges=deploy.age_edges, resample=v["resample"],
+                        drop_power_users=bool(v["drop_power_users"]),
+                        power_user_threshold=v["power_user_threshold"] or None,
+                        power_user_quantile=deploy.power_user_quantile,
+                        allow_gaps=bool(v["allow_gaps"]), hours_per_task=int(v["hours_per_task"]),
+                        seed=int(v["seed"]))
+        train = TrainConfig(max_epochs=int(v["max_epochs"]), batch_size=deploy.batch_size,
+                            patience=deploy.patience, seed=int(v["seed"]),
+                            age_head=v["age_head"], prior_correction=v["prior_correction"])
+        return cls(source=str(v["source"]).strip(), date=str(v["date"]).strip(),
+                   models=tuple(models), regions=regions,
+                   provider_overrides=parse_overrides(v["provider_overrides"]),
+                   seed=int(v["seed"]), etl=etl, train=train,
+                   spark_master=v["spark_master"] or None,
+                   data_root=v["data_root"] or default_data_root(), search=int(v["search"]),
+                   geo=deploy.geo, model_hparams=deploy.model_hparams)
+
+    @property
+    def hour_groups(self) -> list[list[int]]:
+        return hour_groups(self.etl.hours_per_task)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {'|'.join(allowed)}, got {value!r}")

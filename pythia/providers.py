@@ -371,3 +371,35 @@ def agreement_table(latest: Any) -> list[dict]:
                   F.avg((F.col("a_a") == F.col("a_b")).cast("double")).alias("age_agreement"))
              .orderBy("provider_a", "provider_b", "country"))
     return [r.asDict() for r in pairs.collect()]
+
+
+# ------------------------------------------------------------------------------- the steps
+
+def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dict, list[str]]:
+    """The select_providers step: score every (provider, country), choose one per country.
+
+    Returns the ``provider_choice`` table, ``{'by_country': {country: provider}, 'default':
+    best global provider, 'metrics': read/quarantine counts}`` and the warnings.
+    """
+    from pythia.etl.session import spark_session
+    with spark_session("pythia-providers", params, source_path) as spark:
+        metrics, read_manifest = read_provider_metrics(
+            spark, source_path, join(paths.quarantine, "provider_metrics"))
+    known = list_providers(source_path)
+    countries = sorted(set(params.geo.region_of_country) | set(metrics["country"].dropna()))
+    choice, mapping, warns = select_providers(
+        metrics, dict(params.provider_overrides), countries, known_providers=known)
+    for w in warns:
+        print(f"warning: {w}")
+    default = best_global_provider(metrics)
+    return choice, {"by_country": mapping, "default": default, "metrics": read_manifest}, \
+        list(warns)
+
+
+def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: Any) -> dict:
+    """The prepare_labels step: one label per user from the chosen provider (a manifest)."""
+    from pythia.etl.session import spark_session
+    with spark_session("pythia-labels", params, source_path) as spark:
+        return prepare_labels(spark, source_path, dict(provider_map["by_country"]),
+                              params.etl.age_edges, paths.labels, provider_map["default"],
+                              quarantine_dir=join(paths.quarantine, "labels"))

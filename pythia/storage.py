@@ -175,3 +175,14 @@ def staged_dir(uri: str) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_frame(uri: str) -> "Any":
+    """Read a (hive-partitioned) Parquet folder or file, local or S3, into pandas."""
+    import pyarrow.dataset as ds
+    fs, path = filesystem(uri)
+    try:
+        return ds.dataset(path, filesystem=fs, format="parquet",
+                          partitioning="hive").to_table().to_pandas()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no Parquet data at {uri}") from exc

@@ -5,7 +5,11 @@ import pytest
 
 from pythia.config import (EtlConfig, Geography, Window, hour_groups, parse_date, parse_list,
                            parse_overrides)
-from pythia.pipeline import make_params
+from pythia.config import RunParams
+
+
+def make_params(**values):
+    return RunParams.build(values, model_names=("mlp", "tabnet", "gbdt"))
 
 
 def test_window_splits_five_days_ending_on_test_date():
@@ -75,7 +79,7 @@ def test_make_params_validates_each_parameter():
 
 
 def test_scheduled_runs_are_recognised_by_their_run_id():
-    from pythia.pipeline import is_scheduled_run
+    from pythia.source import is_scheduled_run
     assert is_scheduled_run("airflow-7d1c0a") and is_scheduled_run("argo-demoflow-x2")
     assert not is_scheduled_run("1795780906256409")
 
@@ -84,7 +88,7 @@ def test_window_defaults_to_yesterday_on_a_schedule(tmp_path):
     import datetime as dt
 
     from pythia.etl import sample
-    from pythia.pipeline import resolve_source_and_window
+    from pythia.source import resolve as resolve_source_and_window
     yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     old = yesterday - dt.timedelta(days=30)
     sample.write_sample_source(str(tmp_path), old, n_users=4)
@@ -96,3 +100,46 @@ def test_window_defaults_to_yesterday_on_a_schedule(tmp_path):
     _, window, gaps = resolve_source_and_window(
         make_params(source=str(tmp_path), allow_gaps=True), scheduled=True)
     assert window["test"] == [yesterday.isoformat()] and len(gaps) == 5 * 24
+
+
+def test_every_parameter_has_one_default_used_by_the_flow():
+    """The flow declares exactly PARAMETERS, each from param_kwargs (no second default)."""
+    import ast
+    from pathlib import Path
+
+    from pythia.config import PARAMETERS, RunParams
+    tree = ast.parse(Path(__file__).resolve().parent.parent.joinpath(
+        "flows", "demo_flow.py").read_text())
+    declared = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Parameter"):
+            name = node.args[0].value
+            declared[name] = [k.arg for k in node.keywords]
+    assert set(declared) == {p.name for p in PARAMETERS}
+    assert all(kws == [None] for kws in declared.values()), declared  # only **param_kwargs
+    built = RunParams.build({}, model_names=("mlp", "tabnet", "gbdt"))
+    assert built.etl.hours_per_task == 4 and built.models == ("mlp", "tabnet", "gbdt")
+
+
+def test_deploy_config_file_parses_and_feeds_resources():
+    import tomllib
+    from pathlib import Path
+
+    from pythia.config import DeployConfig
+    path = Path(__file__).resolve().parent.parent / "flows" / "pythia.toml"
+    doc = tomllib.loads(path.read_text())
+    cfg = DeployConfig.from_mapping(doc)
+    assert cfg.age_edges == (18, 25, 35, 45, 55, 65) and cfg.batch_size == 1024
+    for step in ("prepare_labels", "etl_hour", "join_hours", "to_tfrecords", "train",
+                 "evaluate"):
+        assert doc["resources"][step]["cpu"] >= 1 and doc["resources"][step]["memory"] > 0
+    patched = DeployConfig.from_mapping({"geography": {"regions": {"pl": "EU", "US": "AMER"}}})
+    assert patched.geo.region_of("PL") == "EU" and patched.geo.region_of("US") == "AMER"
+    assert patched.geo.region_of("GB") == "EU"  # the rest of the default map stays
+    with pytest.raises(ValueError, match="geograpy"):
+        DeployConfig.from_mapping({"geograpy": {}})
+
+
+def test_run_params_reject_unknown_parameters():
+    with pytest.raises(ValueError, match="sourc"):
+        RunParams.build({"sourc": "x"})

@@ -122,7 +122,7 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     assert tiny_run.id in out
     assert main(["timings", tiny_run.id]) == 0
     out = capsys.readouterr().out
-    from pythia.evaluate.report import step_timings
+    from pythia.runs import step_timings
     table = step_timings(tiny_run)
     assert set(table["step"]) == {"start", "select_providers", "prepare_labels", "etl_hour",
                                   "join_hours", "to_tfrecords", "train", "evaluate", "end"}
@@ -134,7 +134,8 @@ def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):
     """Scoring test-day rows through the exported bundle reproduces the run's predictions."""
     import io
     import numpy as np
-    from pythia.pipeline import read_table, rows_to_requests
+    from pythia.evaluate.io import rows_to_requests
+    from pythia.storage import read_frame as read_table
     from pythia.scoring import run_score_cli
     data = tiny_run.data
     rows = read_table(data.split_manifest["paths"]["test_natural"]).head(200)
@@ -161,15 +162,25 @@ def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):
     assert checked == len(rows)
 
 
-def test_resume_reruns_only_the_failed_hours(flow_env):
-    """A failure injected into one hour group; resume clones the groups that had finished."""
+def test_resume_reruns_only_the_failed_hours(flow_env, tmp_path):
+    """An unreadable file in one hour group stops its etl task; once the file is repaired,
+    resume clones the groups that had finished and reruns only the failed one."""
+    from pythia.synth import run_synth_cli
     _, env = flow_env
-    args = dict(source="synthetic://tiny", models="gbdt", regions="global", max_epochs=1)
-    with _runner(env, {"PYTHIA_FAIL_HOURS": "19"}) as runner:
-        failed = runner.run(**args).run
+    root = tmp_path / "world"
+    assert run_synth_cli("tiny", str(root), 0) == 0
+    day = sorted(p.name for p in (root / "impressions").iterdir())[-1]
+    broken = root / "impressions" / day / "hour=19" / "part-broken.parquet"
+    broken.write_bytes(b"this is not parquet")
+    args = dict(source=str(root), models="gbdt", regions="global", max_epochs=1)
+    with _runner(env) as runner:
+        result = runner.run(**args)
+    failed = result.run
     assert not failed.successful
+    assert "part-broken.parquet" in result.stderr  # the error names the file to fix
     finished = {tuple(t.data.hours): t for t in failed["etl_hour"].tasks() if t.successful}
     assert finished and (18, 19, 20, 21, 22, 23) not in finished
+    broken.unlink()  # the user repairs the input
     with _runner(env) as runner:
         resumed = runner.resume(origin_run_id=failed.id).run
     assert resumed.successful

@@ -228,7 +228,7 @@ def test_spark_parquet_round_trip_on_s3_via_staging(s3_env, moto_s3, local_spark
         back = local_spark.read.parquet(src).orderBy("id").collect()
     assert [(r.id, r.user, r.hour) for r in back] == [(i, f"u{i}", i % 3) for i in range(50)]
     # pyarrow (pythia.storage) reads what Spark wrote: one format, two engines
-    from pythia.pipeline import read_table
+    from pythia.storage import read_frame as read_table
     assert len(read_table(uri)) == 50
 
 
@@ -433,7 +433,7 @@ def test_etl_through_spark_connect_matches_local_mode(connect_url, tmp_path):
     Spark Connect server as in local mode."""
     import datetime as dt
     from pythia.etl.sample import write_sample_source
-    from pythia.pipeline import read_table
+    from pythia.storage import read_frame as read_table
     source = str(tmp_path / "source")
     write_sample_source(source, dt.date(2024, 3, 10), hours=[0, 1], n_users=24)
     local = _run_spark_script(ETL_RUN, [source, str(tmp_path / "local")], {})
@@ -469,7 +469,7 @@ def test_code_package_ships_the_pythia_package(tmp_path):
     names = set(tarfile.open(pkg).getnames())
     library = {str(p.relative_to(REPO)) for p in (REPO / "pythia").rglob("*.py")}
     assert "demo_flow.py" in names
-    assert {"pythia/pipeline.py", "pythia/storage.py", "pythia/spark_s3.py"} <= names
+    assert {"pythia/runs.py", "pythia/storage.py", "pythia/spark_s3.py"} <= names
     assert library <= names, sorted(library - names)
     assert not any(n.startswith(("flows/", "tests/", ".venv")) for n in names)
 

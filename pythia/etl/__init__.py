@@ -3,4 +3,41 @@
 ``session`` builds the SparkSession; ``hourly`` turns impression partitions into labelled,
 feature-derived rows; ``splits`` writes the four training splits; ``reconcile`` proves every
 input row is accounted for. ``sample`` writes tiny hand-made sources in the contract layout.
+The flow's steps call :func:`run_hours` (etl_hour) and :func:`join_hours` (join_hours).
 """
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def run_hours(source_path: str, hours: list[int], window: Mapping[str, list[str]],
+              labels_manifest: Mapping[str, Any], params: Any, paths: Any) -> dict:
+    """The etl_hour step: validate, quarantine, derive and label these hours of day over the
+    window; returns the task's manifest."""
+    from pythia.etl import hourly
+    from pythia.etl.session import spark_session
+    from pythia.source import window_of
+    with spark_session(f"pythia-etl-{hours[0]:02d}", params, source_path) as spark:
+        return hourly.run_hours(spark, source_path, hours, window_of(window),
+                                labels_manifest["labels_path"], paths.etl_hours(hours),
+                                paths.quarantine, params.geo, params.etl.allow_gaps)
+
+
+def join_hours(hour_manifests: list[dict], params: Any, paths: Any
+               ) -> tuple[dict, Any, dict, dict]:
+    """The join_hours step: power users, resampling and the four splits; the reconciliation
+    of every input row must balance. Returns (split_manifest, reconciliation, resample_rates,
+    quarantine summary)."""
+    from pythia.etl.reconcile import assert_balanced, reconcile
+    from pythia.etl.session import spark_session
+    from pythia.etl.splits import finalize_splits
+    with spark_session("pythia-splits", params) as spark:
+        split_manifest = finalize_splits(spark, hour_manifests, params.etl, paths)
+    reconciliation = reconcile(hour_manifests, split_manifest)
+    assert_balanced(reconciliation)
+    by_reason: dict[str, int] = {}
+    for m in hour_manifests:
+        for reason, n in m.get("quarantined_by_reason", {}).items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+    quarantine = {"path": paths.quarantine, "by_reason": by_reason}
+    return split_manifest, reconciliation, split_manifest.get("resample_rates", {}), quarantine

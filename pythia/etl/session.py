@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 # Local-mode defaults. Sessions are UTC so that naive timestamps and string parsing never depend
 # on the machine's time zone.
@@ -82,3 +83,18 @@ def get_spark(app_name: str, master: str | None = None, remote: str | None = Non
     if kind != "remote":
         spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextmanager
+def spark_session(app_name: str, params: Any, *uris: str) -> Iterator[Any]:
+    """A session for one step of a run (``params``: its ``RunParams``) that touches its source,
+    its data root and ``uris`` (S3A settings when any is on S3 and the connector is present);
+    stopped when the block ends, error or not."""
+    from pythia.spark_s3 import session_conf_for
+
+    conf = session_conf_for(params.data_root, params.source, *uris)
+    spark = get_spark(app_name, master=params.spark_master, conf=conf or None)
+    try:
+        yield spark
+    finally:
+        spark.stop()

@@ -10,11 +10,10 @@ from pythia.evaluate.metrics import (bucket_mae, class_distribution, classwise_e
                                      expected_bucket_mae, multiclass_brier, reliability_bins,
                                      score_predictions, top_label_ece,
                                      total_variation_distance)
-from pythia.evaluate.report import print_report, print_runs, print_timings
 from pythia.evaluate.run import build_gauge, build_headline, evaluate_run, write_reports
 
 __all__ = [
-    "evaluate_run", "render_card", "print_report", "print_runs", "print_timings", "select_champions",
+    "evaluate_run", "render_card", "select_champions",
     "candidate_label", "score_predictions", "multiclass_brier", "top_label_ece",
     "classwise_ece", "reliability_bins", "bucket_mae", "expected_bucket_mae",
     "total_variation_distance", "class_distribution", "build_gauge", "build_headline",

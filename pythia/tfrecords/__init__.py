@@ -16,8 +16,20 @@ from pythia.tfrecords.writer import (SPLITS, convert_splits, feature_spec, fit_e
                                      parquet_units, read_manifest, write_split,
                                      write_split_files)
 
+
+
+def convert(split_manifest: dict, params, paths) -> tuple[dict, dict]:
+    """The to_tfrecords step: vocabularies/statistics from the train days, TFRecord shards per
+    split and region. Returns (manifest, encoders as JSON)."""
+    from pythia.etl.session import spark_session
+    with spark_session("pythia-tfrecords", params) as spark:
+        manifest, encoders = convert_splits(spark, dict(split_manifest["paths"]),
+                                            paths.tfrecords, age_edges=params.etl.age_edges)
+    return manifest, encoders.to_json()
+
+
 __all__ = [
-    "SPLITS", "convert_splits", "encode_records", "feature_description", "feature_spec",
+    "SPLITS", "convert", "convert_splits", "encode_records", "feature_description", "feature_spec",
     "fit_encoders", "load_encoders", "load_numpy", "make_dataset", "parquet_units",
     "read_manifest", "verify_shards", "write_split", "write_split_files",
 ]

@@ -1,5 +1,8 @@
-"""Terminal views of past runs through the Metaflow client: `pythia report` (one run's headline)
-and `pythia runs` (recent runs side by side). Runs of every user are shown (namespace None).
+"""Past runs through the Metaflow client: the look-ups the flow needs (previous champions,
+the previous bundle) and the terminal views `pythia report`, `pythia runs`, `pythia timings`.
+
+Runs of every user are visible, but the process's namespace is never changed: every client
+object is opened with ``_namespace_check=False`` (a notebook importing this keeps its own).
 """
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ import sys
 from typing import Any, TextIO
 
 import pandas as pd
+
+from pythia import storage
+from pythia.paths import join
 
 TARGET_SHORT = (("age_gender", "ag"), ("gender", "g"), ("age", "a"))
 
@@ -62,17 +68,83 @@ def _window_text(window: Any) -> str:
     return f"{first}..{test[-1] if test else '?'} (test {','.join(test) or '?'})"
 
 
-def _open_flow(flow_name: str, out: TextIO) -> Any:
-    from metaflow import Flow, get_metadata, namespace
+def open_flow(flow_name: str) -> Any:
+    """The Metaflow ``Flow`` across all namespaces, or None when it has no runs here."""
+    from metaflow import Flow
     from metaflow.exception import MetaflowNotFound
 
-    namespace(None)
     try:
-        return Flow(flow_name)
+        return Flow(flow_name, _namespace_check=False)
     except MetaflowNotFound:
+        return None
+
+
+def open_run(flow_name: str, run_id: str) -> Any:
+    """``Run(flow/run_id)`` across all namespaces, or None when it does not exist."""
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+
+    try:
+        return Run(f"{flow_name}/{run_id}", _namespace_check=False)
+    except MetaflowNotFound:
+        return None
+
+
+def _open_flow(flow_name: str, out: TextIO) -> Any:
+    from metaflow import get_metadata
+
+    flow = open_flow(flow_name)
+    if flow is None:
         print(f"No runs of {flow_name} found (metadata: {get_metadata()}). Run the flow "
               f"first, e.g. `python flows/demo_flow.py run`.", file=out)
-        return None
+    return flow
+
+
+# ---------------------------------------------------------------- look-ups for the flow
+
+def _earlier_successful_runs(flow_name: str, current_run_id: str | None):
+    """Successful runs of ``flow_name`` other than ``current_run_id``, newest first."""
+    flow = open_flow(flow_name)
+    if flow is None:
+        return
+    for run in flow.runs():
+        if str(run.id) != str(current_run_id) and run.successful:
+            yield run
+
+
+def previous_bundle(flow_name: str, current_run_id: str | None) -> tuple[str | None, str | None]:
+    """(bundle path, run pathspec) of the newest earlier successful run with a bundle on
+    storage, else (None, None) (first run, or a fresh datastore)."""
+    for run in _earlier_successful_runs(flow_name, current_run_id):
+        bundle = _artifact(run, "bundle_path")
+        if bundle and storage.exists(join(bundle, "bundle.json")):
+            return bundle, run.pathspec
+    return None, None
+
+
+def previous_champions(flow_name: str, current_run_id: str | None) -> dict[str, dict]:
+    """The blessed champions of the newest earlier successful run, by region ({} if none)."""
+    for run in _earlier_successful_runs(flow_name, current_run_id):
+        champs = _artifact(run, "champions")
+        if champs is None:
+            continue
+        return {r["region"]: r for r in pd.DataFrame(champs).to_dict("records")
+                if r.get("blessed") and r.get("model")}
+    return {}
+
+
+def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
+    """The ``bundle_path`` artifact of a run (default: the latest successful one)."""
+    flow = open_flow(flow_name)
+    run = (open_run(flow_name, run_id) if run_id else
+           (flow.latest_successful_run if flow is not None else None))
+    if run is None:
+        what = f"run {flow_name}/{run_id}" if run_id else f"successful {flow_name} run"
+        raise ValueError(f"no {what} found; pass --bundle PATH")
+    if "bundle_path" not in run.data:
+        raise ValueError(f"run {run.pathspec} has no bundle_path artifact (did it finish?)")
+    return run.data.bundle_path
+
 
 
 def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
@@ -82,16 +154,12 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
     Returns a process exit code: 0 when printed, 1 when there is nothing to show.
     """
     out = out or sys.stdout  # resolved per call: tests and callers may swap stdout
-    from metaflow import Run
-    from metaflow.exception import MetaflowNotFound
-
     flow = _open_flow(flow_name, out)
     if flow is None:
         return 1
     if run_id:
-        try:
-            run = Run(f"{flow_name}/{run_id}")
-        except MetaflowNotFound:
+        run = open_run(flow_name, run_id)
+        if run is None:
             print(f"Run {flow_name}/{run_id} not found.", file=out)
             return 1
     else:
@@ -198,19 +266,13 @@ def print_timings(run_id: str | None = None, flow_name: str = "DemoFlow",
                   out: TextIO | None = None) -> int:
     """Print the wall time of a run and of each step (default: latest successful run)."""
     out = out or sys.stdout  # resolved per call: tests and callers may swap stdout
-    from metaflow import Run
-    from metaflow.exception import MetaflowNotFound
-
     flow = _open_flow(flow_name, out)
     if flow is None:
         return 1
-    try:
-        run = Run(f"{flow_name}/{run_id}") if run_id else flow.latest_successful_run
-    except MetaflowNotFound:
-        print(f"Run {flow_name}/{run_id} not found.", file=out)
-        return 1
+    run = open_run(flow_name, run_id) if run_id else flow.latest_successful_run
     if run is None:
-        print(f"{flow_name} has no successful run yet.", file=out)
+        print(f"Run {flow_name}/{run_id} not found." if run_id else
+              f"{flow_name} has no successful run yet.", file=out)
         return 1
     table = step_timings(run)
     total = ((run.finished_at - run.created_at).total_seconds()
@@ -219,3 +281,23 @@ def print_timings(run_id: str | None = None, flow_name: str = "DemoFlow",
     with pd.option_context("display.float_format", "{:.1f}".format):
         print(table.to_string(index=False), file=out)
     return 0
+
+
+def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
+    """What the end step prints: where the results are, and commands that inspect them (each
+    works as printed from the folder the run was started in)."""
+    lines = [f"{flow_name} run {run_id} finished.",
+             f"  window: {_window_text(flow.window)}",
+             f"  reports: {flow.reports_path}",
+             f"  bid-time bundle: {flow.bundle_path}",
+             "Champions:"]
+    for row in pd.DataFrame(flow.champions).to_dict("records"):
+        lines.append(f"  {row['region']:>8}: {row.get('model')} — {row.get('reason')}")
+    lines += ["Inspect:",
+              f"  python {flow_file} card get {run_id}/evaluate report.html   "
+              "(the report card, as a file)",
+              f"  pythia report {run_id}",
+              f"  pythia timings {run_id}",
+              "  pythia runs",
+              f"  pythia score --bundle {flow.bundle_path} < requests.jsonl"]
+    return "\n".join(lines)
