@@ -107,9 +107,11 @@ def select_providers(metrics: pd.DataFrame, overrides: Mapping[str, str],
     Args:
         metrics: provider metric rows (contract table ``provider_metrics``).
         overrides: country -> provider that wins regardless of scores (e.g. ``{'US': 'lucid'}``).
-        countries: the countries to decide for (override countries are added).
-        known_providers: providers that exist without metrics (e.g. the ``labels/`` folders);
-            an override naming a provider neither here nor in ``metrics`` is an error.
+            An override applies where its country is among ``countries`` and its provider
+            exists; otherwise it is skipped with a warning (a default must not assume our
+            synthetic world's providers).
+        countries: the countries to decide for (those of the source's provider metrics).
+        known_providers: providers that exist without metrics (e.g. the ``labels/`` folders).
         recent_days: metric look-back, see ``score_providers``.
 
     Returns:
@@ -119,15 +121,12 @@ def select_providers(metrics: pd.DataFrame, overrides: Mapping[str, str],
     """
     scored = score_providers(metrics, recent_days)
     known = set(scored["provider"]) | set(metrics["provider"]) | set(known_providers)
-    unknown = sorted({p for p in overrides.values() if p not in known})
-    if unknown:
-        raise ValueError(f"provider override names unknown provider(s) {unknown}; known: "
-                         f"{sorted(known)}")
+    overrides, notes = _applicable_overrides(overrides, countries, known)
     global_scores = scored.groupby("provider")["score"].mean().sort_index()
     best_global = (global_scores.sort_values(ascending=False, kind="stable").index[0]
                    if len(global_scores) else None)
-    rows, choice, notes = [], {}, []
-    for country in sorted(set(countries) | set(overrides)):
+    rows, choice = [], {}
+    for country in sorted(set(countries)):
         cand = scored[scored["country"] == country].to_dict("records")
         for r in cand:
             r.update(chosen=False, reason="")
@@ -158,10 +157,24 @@ def select_providers(metrics: pd.DataFrame, overrides: Mapping[str, str],
                          "reason": f"no metrics for {country}: best global provider"})
         choice[country] = winner
         rows.extend(cand)
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
     table = pd.DataFrame(rows, columns=CHOICE_COLUMNS)
     return table, choice, notes
+
+
+def _applicable_overrides(overrides: Mapping[str, str], countries: Sequence[str],
+                          known: set[str]) -> tuple[dict[str, str], list[str]]:
+    """The overrides whose country and provider exist here, and a warning per skipped one."""
+    applied, notes = {}, []
+    for country, provider in sorted(overrides.items()):
+        if provider not in known:
+            notes.append(f"provider override {country}={provider} skipped: this source has no "
+                         f"provider {provider!r} (providers: {', '.join(sorted(known))})")
+        elif country not in set(countries):
+            notes.append(f"provider override {country}={provider} skipped: no {country} rows "
+                         "in this source's provider metrics")
+        else:
+            applied[country] = provider
+    return applied, notes
 
 
 def best_global_provider(metrics: pd.DataFrame, recent_days: int = RECENT_DAYS) -> str:
@@ -268,8 +281,8 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw, extras = contract.read_table(spark, files, contract.LABELS)
-    if extras:
-        warnings.warn(f"labels: ignoring unknown column(s) {extras}", stacklevel=2)
+    if extras:  # printed to the step's log (Metaflow silences warnings.warn)
+        print(f"warning: labels: ignoring unknown column(s) {', '.join(extras)}")
     flagged = contract.flag_labels(raw, age_edges)
     base = ["user_id", "gender", "age", "age_bucket", "country", "observed_date", "provider"]
     valid = flagged.filter(F.col("reason").isNull()).select(*base)
@@ -386,10 +399,10 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
         metrics, read_manifest = read_provider_metrics(
             spark, source_path, join(paths.quarantine, "provider_metrics"))
     known = list_providers(source_path)
-    countries = sorted(set(params.geo.region_of_country) | set(metrics["country"].dropna()))
+    countries = sorted(set(metrics["country"].dropna()))
     choice, mapping, warns = select_providers(
         metrics, dict(params.provider_overrides), countries, known_providers=known)
-    for w in warns:
+    for w in warns:  # printed, not warnings.warn: Metaflow would silence those
         print(f"warning: {w}")
     default = best_global_provider(metrics)
     return choice, {"by_country": mapping, "default": default, "metrics": read_manifest}, \

@@ -36,12 +36,18 @@ def test_best_score_per_country_with_reason():
     assert table.groupby("country").chosen.sum().tolist() == [1, 1]
 
 
-def test_override_wins_and_unknown_override_is_an_error():
-    table, choice, _ = providers.select_providers(METRICS, {"GB": "lucid"}, ["GB", "US"])
-    assert choice["GB"] == "lucid"
+def test_override_wins_where_it_applies_and_is_skipped_with_a_warning_elsewhere():
+    table, choice, notes = providers.select_providers(METRICS, {"GB": "lucid"}, ["GB", "US"])
+    assert choice["GB"] == "lucid" and notes == []
     assert table.loc[(table.country == "GB") & table.chosen, "reason"].item() == "override"
-    with pytest.raises(ValueError, match="nobody"):
-        providers.select_providers(METRICS, {"US": "nobody"}, ["US"])
+    # a provider this source does not have: skipped, named, the scores decide
+    _, choice, notes = providers.select_providers(METRICS, {"US": "nobody"}, ["US"])
+    assert choice["US"] == "lucid" and len(notes) == 1
+    assert "US=nobody" in notes[0] and "no provider 'nobody'" in notes[0]
+    # a country this source does not have: skipped, named, no row invented for it
+    table, choice, notes = providers.select_providers(METRICS, {"BR": "lucid"}, ["GB", "US"])
+    assert "BR" not in choice and "BR" not in set(table.country)
+    assert len(notes) == 1 and "no BR rows" in notes[0]
     # a provider known only from the labels/ folder may be forced
     _, choice, _ = providers.select_providers(METRICS, {"US": "newco"}, ["US"],
                                               known_providers=["newco"])
@@ -50,8 +56,7 @@ def test_override_wins_and_unknown_override_is_an_error():
 
 def test_country_without_metrics_falls_back_to_best_global_provider():
     # global means: acme (0.85 + 0.55) / 2 = 0.70, lucid (0.82 + 0.60) / 2 = 0.71
-    with pytest.warns(UserWarning, match="no metrics for JP"):
-        table, choice, notes = providers.select_providers(METRICS, {}, ["GB", "JP"])
+    table, choice, notes = providers.select_providers(METRICS, {}, ["GB", "JP"])
     assert choice["JP"] == "lucid"
     assert notes and "JP" in notes[0]
     jp = table[table.country == "JP"]
