@@ -49,9 +49,9 @@ if set(_DEVICE_CODE) != set(_DEVICE_TYPES):
     raise ImportError(f"DEVICE_TYPE_OF_CODE maps to {sorted(_DEVICE_CODE)}, the contract's "
                       f"device_type allows {sorted(_DEVICE_TYPES)}")
 
-# Audio has no size in OpenRTB; the logs (and the synthetic world) record sizeless slots as 0x0.
+# Audio has no size in OpenRTB; the synthetic world records audio slots as '0x0', and mapping
+# audio to the same keeps both sources in one vocabulary.
 AUDIO_AD_SIZE = "0x0"
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 DEFAULT_CATTAX = 1  # OpenRTB 2.6: cattax absent = IAB Content Category Taxonomy 1.0
 NATIVE_MAIN_IMAGE = 3  # Native Ads 1.2 image asset type "Main image"
 # Kosovo's user-assigned code, used by exchanges though absent from ISO 3166-1 (and pycountry).
@@ -71,6 +71,7 @@ BROWSER_RULES: tuple[tuple[str, str], ...] = (
     (r"\bSafari/", "Safari"),
 )
 _BROWSER_RULES = tuple((re.compile(p), name) for p, name in BROWSER_RULES)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class UnmappableRequest(ValueError):
@@ -118,12 +119,17 @@ def _text(value: Any, path: str) -> str | None:
     raise _Breach(WRONG_TYPE, f"{path} is {type(value).__name__}, expected a string")
 
 
+def _is_object(value: Any) -> bool:
+    # decoded JSON objects are dicts; the exact type check first is several times faster
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _obj(parent: Mapping, key: str, path: str) -> Mapping:
     """A sub-object; missing/null is empty, anything else that is not an object is a breach."""
     value = parent.get(key)
     if value is None:
         return {}
-    if isinstance(value, Mapping):
+    if _is_object(value):
         return value
     raise _Breach(WRONG_TYPE, f"{path} is {type(value).__name__}, expected an object")
 
@@ -135,8 +141,11 @@ def _integer(value: Any, path: str) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    if isinstance(value, str) and value.strip().isdecimal():
+        try:
+            return int(value)
+        except ValueError:  # more digits than int() accepts
+            pass
     raise _Breach(WRONG_TYPE, f"{path} is {value!r}, expected an integer")
 
 
@@ -183,7 +192,6 @@ def _from_epoch(seconds: int | float) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=micros)
 
 
-
 @lru_cache(maxsize=1)
 def _alpha2_of() -> dict[str, str]:
     import pycountry  # loaded on first use: the scorer's import stays light
@@ -202,8 +210,7 @@ def country_alpha2(code: str) -> str | None:
 
 @lru_cache(maxsize=1)
 def _alpha3_of() -> dict[str, str]:
-    table = {a2: code for code, a2 in _alpha2_of().items() if len(code) == 3}
-    return table
+    return {a2: code for code, a2 in _alpha2_of().items() if len(code) == 3}
 
 
 def parse_browser(ua: str) -> str | None:
@@ -224,11 +231,13 @@ class _Context:
     def __init__(self, request: Mapping, imp: Mapping, n_imps: int, ts: Any) -> None:
         self.request, self.imp, self.n_imps, self.ts = request, imp, n_imps, ts
         self.inventory, self.inventory_obj, self.inventory_breach = self._inventory()
+        self._device: Mapping | None = None
+        self._geo: Mapping | None = None
 
     def _inventory(self) -> tuple[str | None, Mapping, _Breach | None]:
         present = [k for k in (*_INVENTORY_TYPES, "dooh") if self.request.get(k) is not None]
         for k in present:
-            if not isinstance(self.request[k], Mapping):
+            if not _is_object(self.request[k]):
                 return None, {}, _Breach(WRONG_TYPE, f"{k} is not an object")
         if len(present) > 1:
             return None, {}, _Breach(OUT_OF_DOMAIN, f"request has {' and '.join(present)}; "
@@ -241,11 +250,15 @@ class _Context:
         return present[0], self.request[present[0]], None
 
     def device(self) -> Mapping:
-        return _obj(self.request, "device", "device")
+        if self._device is None:  # a breach is raised again for every column that reads it
+            self._device = _obj(self.request, "device", "device")
+        return self._device
 
     def geo(self) -> Mapping:
-        geo = _obj(self.device(), "geo", "device.geo")
-        return geo if geo else _obj(_obj(self.request, "user", "user"), "geo", "user.geo")
+        if self._geo is None:
+            geo = _obj(self.device(), "geo", "device.geo")
+            self._geo = geo or _obj(_obj(self.request, "user", "user"), "geo", "user.geo")
+        return self._geo
 
 
 def _impression_id(c: _Context) -> str | None:
@@ -315,6 +328,8 @@ def _inventory_type(c: _Context) -> str | None:
 
 def _site_or_app(c: _Context) -> str | None:
     """`site.domain` (else the host of `site.page`) or `app.bundle`, as given."""
+    if c.inventory_breach is not None:  # report the cause (inventory_type), not a missing value
+        raise c.inventory_breach
     if c.inventory == "site":
         domain = _text(c.inventory_obj.get("domain"), "site.domain")
         page = None if domain else _text(c.inventory_obj.get("page"), "site.page")
@@ -349,7 +364,7 @@ def _supply_vendor(c: _Context) -> str | None:
     nodes = schain.get("nodes")
     if not nodes:
         return None
-    if not isinstance(nodes, list) or not isinstance(nodes[-1], Mapping):
+    if not isinstance(nodes, list) or not _is_object(nodes[-1]):
         raise _Breach(WRONG_TYPE, "schain.nodes is not an array of objects")
     return _text(nodes[-1].get("asi"), "schain.nodes[-1].asi")
 
@@ -360,7 +375,7 @@ def _ad_format(c: _Context) -> str | None:
     for name in _AD_FORMATS:
         value = c.imp.get(name)
         if value is not None:
-            if not isinstance(value, Mapping):
+            if not _is_object(value):
                 raise _Breach(WRONG_TYPE, f"imp.{name} is not an object")
             return name
     return None
@@ -497,7 +512,7 @@ def map_bid_request(request: Any, ts: Any = None) -> list[MappedImpression]:
     Raises:
         UnmappableRequest: ``request`` is not an object, or has no non-empty ``imp`` array.
     """
-    if not isinstance(request, Mapping):
+    if not _is_object(request):
         raise UnmappableRequest(WRONG_TYPE, "request",
                                 f"a BidRequest is an object, got {type(request).__name__}")
     imps = request.get("imp")
@@ -508,7 +523,7 @@ def map_bid_request(request: Any, ts: Any = None) -> list[MappedImpression]:
                                                    "expected an array")
     out = []
     for imp in imps:
-        imp_ok = isinstance(imp, Mapping)
+        imp_ok = _is_object(imp)
         c = _Context(request, imp if imp_ok else {}, len(imps), ts)
         row: dict[str, Any] = {}
         breaches: dict[str, _Breach] = {}
@@ -626,10 +641,11 @@ def score_openrtb_lines(scorer: Any, lines: Iterable[str | bytes], now: float | 
 # ------------------------------------------------------------------------------- the inverse
 
 # User agents the inverse writes for a browser; parse_browser reads each back to its name.
-_UA_PLATFORM = {"iOS": "iPhone; CPU iPhone OS 17_4 like Mac OS X", "Android": "Linux; Android 14",
-                "Windows": "Windows NT 10.0; Win64; x64",
-                "macOS": "Macintosh; Intel Mac OS X 10_15_7", "ChromeOS": "X11; CrOS x86_64 15633.0.0",
-                "Linux": "X11; Linux x86_64", "Fire OS": "Linux; Android 9; KFTRWI"}
+_UA_PLATFORM = {"iOS": "iPhone; CPU iPhone OS 17_4 like Mac OS X",
+                "Android": "Linux; Android 14", "Windows": "Windows NT 10.0; Win64; x64",
+                "macOS": "Macintosh; Intel Mac OS X 10_15_7",
+                "ChromeOS": "X11; CrOS x86_64 15633.0.0", "Linux": "X11; Linux x86_64",
+                "Fire OS": "Linux; Android 9; KFTRWI"}
 _WEBKIT = "AppleWebKit/537.36 (KHTML, like Gecko)"
 _UA_BROWSER = {
     "Chrome": f"{_WEBKIT} Chrome/124.0.0.0 Safari/537.36",
