@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pythia import contract, storage
 from pythia.config import GLOBAL_REGION
@@ -274,6 +276,8 @@ def test_a_number_where_a_string_belongs_is_cast_an_object_is_wrong_type():
     assert only(req).problem[:2] == (contract.WRONG_TYPE, "device_make")
     req["device"] = "iPhone"
     assert only(req).problem[:2] == (contract.WRONG_TYPE, "country")
+    req["user"]["id"] = 10 ** 5000  # more digits than Python prints
+    assert only(req).problem[:2] == (contract.WRONG_TYPE, "user_id")
 
 
 def test_first_breach_follows_the_contract_precedence():
@@ -298,7 +302,8 @@ def test_parse_ts(value, want):
 
 
 @pytest.mark.parametrize("value", ["yesterday", float("nan"), float("inf"), -1, TS * 1000,
-                                   True, [TS], "1969-12-31T23:59:59Z"])
+                                   True, [TS], "1969-12-31T23:59:59Z",
+                                   "9999-12-31T23:00:00-05:00", 10 ** 20])
 def test_parse_ts_rejects_unusable_times(value):
     with pytest.raises(ValueError):
         parse_ts(value)
@@ -326,6 +331,33 @@ def test_an_imp_that_is_not_an_object_is_wrong_type():
     req["imp"][1] = "banner"
     ok, bad = map_bid_request(req, TS)
     assert ok.problem is None and bad.problem[:2] == (contract.WRONG_TYPE, IMPRESSION_ID)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["id", "imp", "site", "app", "device", "geo", "user", "banner", "video",
+                         "native", "request", "w", "h", "format", "cat", "cattax", "country",
+                         "devicetype", "ua", "source", "schain", "nodes", "asi", "ext", "ts"]),
+        inner, max_size=5), max_leaves=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(doc=JSON, ts=JSON)
+def test_mapping_never_raises_anything_but_unmappable(doc, ts):
+    for request in (doc, {"id": "r", "imp": [doc, {"id": "2"}], "site": doc, "device": doc}):
+        try:
+            mapped = map_bid_request(request, ts)
+        except UnmappableRequest as exc:
+            assert exc.reason in contract.REASONS
+            continue
+        for m in mapped:
+            assert list(m.row) == COLUMNS
+            assert m.problem is None or m.problem[0] in contract.REASONS
+    try:
+        parse_line(json.dumps({"ts": ts, "request": doc}))
+    except UnmappableRequest:
+        pass
 
 
 def test_parse_line_formats():
@@ -425,7 +457,7 @@ def test_score_openrtb_never_fails_on_bad_requests(scorer):
 
 def test_score_openrtb_lines_gives_one_record_per_line(scorer):
     lines = [json.dumps({"ts": TS, "request": fixture("multi_imp")}), "", "{oops",
-             json.dumps(fixture("banner_site"))]
+             json.dumps(fixture("banner_site")).encode()]  # bytes lines, as from stdin.buffer
     out = list(score_openrtb_lines(scorer, lines, now=TS))
     assert [o["line"] for o in out] == [1, 2, 3, 4]
     assert len(out[0]["impressions"]) == 2 and out[0]["id"] == "mi-77"

@@ -113,8 +113,11 @@ def _text(value: Any, path: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value):
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python prints
+            pass
+    elif isinstance(value, float) and math.isfinite(value):
         return str(value)
     raise _Breach(WRONG_TYPE, f"{path} is {type(value).__name__}, expected a string")
 
@@ -182,7 +185,10 @@ def parse_ts(value: Any) -> dt.datetime | None:
     stamp = value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
     if stamp < _EPOCH:
         raise ValueError(f"timestamp {value.isoformat()} is before 1970")
-    return stamp.astimezone(dt.timezone.utc)
+    try:
+        return stamp.astimezone(dt.timezone.utc)
+    except OverflowError:  # a local time late on 9999-12-31 is past 9999 in UTC
+        raise ValueError(f"timestamp {value.isoformat()} is after 9999") from None
 
 
 def _from_epoch(seconds: int | float) -> dt.datetime:
