@@ -1,4 +1,4 @@
-"""`pythia …` console commands: synth, runs, report, timings, score, bench.
+"""`pythia …` console commands: synth, ingest, runs, report, timings, score, bench.
 
 Imports are lazy so each command only pays for what it uses (the scorer never loads TensorFlow).
 """
@@ -13,7 +13,17 @@ from pathlib import Path
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from pythia.synth import run_synth_cli
-    return run_synth_cli(args.preset, args.out, args.seed)
+    rc = run_synth_cli(args.preset, args.out, args.seed)
+    if rc == 0 and args.openrtb:
+        from pythia.ingest import write_openrtb_lines
+        done = write_openrtb_lines(args.out, args.openrtb)
+        print(f"  wrote {done['lines']:,} OpenRTB bid-request lines to {args.openrtb}")
+    return rc
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from pythia.ingest import run_ingest_cli
+    return run_ingest_cli(args.inputs, args.out)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -71,7 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="tiny | default | large")
     p.add_argument("--out", required=True, help="output folder or s3:// prefix")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--openrtb", default=None, metavar="DIR",
+                   help="also write the world's impressions as OpenRTB 2.6 JSON lines here")
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("ingest", help="raw logs -> the data-contract layout")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    q = kinds.add_parser("openrtb", help="OpenRTB 2.6 bid-request JSON lines (plain or gzip, "
+                                         "local or s3://), each with its auction time")
+    q.add_argument("inputs", nargs="+", help="files or folders of JSON lines")
+    q.add_argument("--out", required=True, help="source folder or s3:// prefix to write")
+    q.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("runs", help="compare recent DemoFlow runs (Metaflow client)")
     p.add_argument("-n", type=int, default=10, help="how many runs")
