@@ -121,9 +121,12 @@ def _cand(model, cregion, ll, region="EU", **kw):
                 val_logloss=ll, **kw)
 
 
+BASE = ("gbdt",)  # the registry's baseline, as the caller passes it
+
+
 def test_champion_best_model_beats_baseline():
     s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2), _cand("mlp", "global", 1.1)])
-    out = select_champions(s, ["EU"]).iloc[0]
+    out = select_champions(s, ["EU"], baseline_models=BASE).iloc[0]
     assert out["blessed"] and out["champion"] == "mlp/EU#0"
     assert out["baseline_val_logloss"] == 1.2
     assert "beats the gbdt baseline" in out["reason"]
@@ -132,35 +135,39 @@ def test_champion_best_model_beats_baseline():
 
 def test_champion_baseline_wins_as_baseline_and_wins_ties():
     s = _scores([_cand("mlp", "EU", 1.3), _cand("gbdt", "global", 1.1), _cand("tabnet", "EU", 1.1)])
-    out = select_champions(s, ["EU"]).iloc[0]
+    out = select_champions(s, ["EU"], baseline_models=BASE).iloc[0]
     assert out["champion"] == "gbdt/global#0"
     assert "wins as the baseline" in out["reason"]
 
 
 def test_champion_regression_blocks_blessing_and_tolerance_allows():
     s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2)])
-    worse = select_champions(s, ["EU"], lambda r, b: (1.00, 1.05, 40, None), tolerance=0.01)
+    worse = select_champions(s, ["EU"], lambda r, b: (1.00, 1.05, 40, None), tolerance=0.01,
+                             baseline_models=BASE)
     row = worse.iloc[0]
     assert not row["blessed"] and row["champion"] is None
     assert "REGRESSION" in row["reason"] and row["model"] == "mlp"
     assert row["previous_logloss"] == 1.0 and row["n_same_rows"] == 40
-    ok = select_champions(s, ["EU"], lambda r, b: (1.00, 1.005, 40, None), tolerance=0.01)
+    ok = select_champions(s, ["EU"], lambda r, b: (1.00, 1.005, 40, None), tolerance=0.01,
+                          baseline_models=BASE)
     assert ok.iloc[0]["blessed"] and "no regression" in ok.iloc[0]["reason"]
-    none = select_champions(s, ["EU"], lambda r, b: (None, None, 0, "no champion for EU"))
+    none = select_champions(s, ["EU"], lambda r, b: (None, None, 0, "no champion for EU"),
+                            baseline_models=BASE)
     assert none.iloc[0]["blessed"] and "no champion for EU" in none.iloc[0]["reason"]
 
 
 def test_champion_ineligible_and_missing_regions():
     s = _scores([_cand("mlp", "EU", 0.5, eligible=False, ineligible_reason="cover 50%"),
                  _cand("gbdt", "EU", 1.2), _cand("tabnet", "EU", float("nan"))])
-    out = select_champions(s, ["EU", "NA"]).set_index("region")
+    out = select_champions(s, ["EU", "NA"], baseline_models=BASE).set_index("region")
     assert out.loc["EU", "champion"] == "gbdt/EU#0"  # the better mlp is not eligible
     assert not out.loc["NA", "blessed"] and "no candidate" in out.loc["NA", "reason"]
     all_bad = select_champions(_scores([_cand("mlp", "EU", 0.5, eligible=False,
-                                              ineligible_reason="cover 50%")]), ["EU"])
+                                              ineligible_reason="cover 50%")]), ["EU"],
+                               baseline_models=BASE)
     assert "cover 50%" in all_bad.iloc[0]["reason"] and not all_bad.iloc[0]["blessed"]
     with pytest.raises(ValueError, match="lacks columns"):
-        select_champions(pd.DataFrame({"model": ["x"]}), ["EU"])
+        select_champions(pd.DataFrame({"model": ["x"]}), ["EU"], baseline_models=BASE)
 
 
 # ---------------------------------------------------------------- a tiny world
