@@ -287,7 +287,8 @@ def choose_bundle_models(champions: pd.DataFrame, candidates: Sequence[Mapping[s
     keeps the previous run's champion when there is one (otherwise the scorer routes it to
     the global model). The global slot falls back to the best global baseline candidate (by
     validation log-loss; any global candidate if no baseline was trained) when neither gives
-    one, so a bundle has a model for every request.
+    one, so a bundle has a model for every request. (With no global candidate at all there is
+    no global slot, and the bundle writer refuses the list.)
 
     Args:
         champions: this run's champions table (CHAMPION_COLUMNS).

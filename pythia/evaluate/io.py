@@ -59,7 +59,14 @@ def importance_weights(y_age_gender: Any, split_manifest: Mapping[str, Any], spl
     by_class = np.array([float(rates.get(str(target_class(c, target, n_age)), 1.0))
                          for c in range(2 * n_age)])
     weight = np.divide(1.0, by_class, out=np.zeros_like(by_class), where=by_class > 0)
-    return weight[np.asarray(y_age_gender, dtype=np.int64)]
+    y = pd.to_numeric(pd.Series(y_age_gender), errors="raise").astype("float64").to_numpy()
+    labelled = y >= 0  # NaN is not: unlabelled rows are never scored, their weight unused
+    if (y[labelled] >= len(weight)).any():
+        raise ValueError(f"{split}: AgeGender labels outside [0, {len(weight)}) (e.g. "
+                         f"{int(y[y >= len(weight)][0])}); do the age edges match the ETL's?")
+    out = np.ones(len(y))
+    out[labelled] = weight[y[labelled].astype(np.int64)]
+    return out
 
 
 def read_split_frames(split_manifest: Mapping[str, Any], age_edges: Sequence[int]
