@@ -148,9 +148,11 @@ class DemoFlow(FlowSpec):
         """Metrics, Bayes gauge, distributions and champions; render the report card."""
         self.merge_artifacts(inputs, exclude=["candidate"])
         self.candidates = [i.candidate for i in inputs]
-        previous = runs.previous_bundle(current.flow_name, current.run_id)
+        bundle, previous_id = runs.previous_bundle(current.flow_name, current.run_id)
         results = evaluate.run(self.candidates, self.split_manifest, self.source_path,
-                               self.params, self.paths.reports, previous)
+                               self.params.etl.age_edges, self.paths.reports,
+                               evaluate.bundle_scorer(bundle) if bundle else None, previous_id,
+                               baseline_models=models.BASELINE_MODELS)
         self.metrics, self.champions, self.headline = (
             results["metrics"], results["champions"], results["headline"])
         self.distributions, self.gauge = results["distributions"], results["gauge"]
@@ -163,9 +165,9 @@ class DemoFlow(FlowSpec):
     def end(self):
         """Export the champions' bid-time bundle and say where to look."""
         chosen = evaluate.choose_bundle_models(
-            self.champions, self.candidates, runs.previous_champions(current.flow_name,
-                                                                     current.run_id),
-            current.pathspec)
+            self.champions, self.candidates,
+            runs.previous_champions(current.flow_name, current.run_id), current.pathspec,
+            baseline_models=models.BASELINE_MODELS)
         self.bundle_path = scoring.export_champions(chosen, self.tf_manifest, self.params.geo,
                                                     current.pathspec, self.paths.bundle)
         print(runs.summary_text(self, current.flow_name, current.run_id,

@@ -1,5 +1,6 @@
-"""Tests of pythia.evaluate: metric arithmetic, champion rules, distributions, evaluate_run on
-a tiny in-memory world, the card, and `pythia report` / `pythia runs` on real Metaflow runs."""
+"""Tests of pythia.evaluate: metric arithmetic, champion and bundle rules, distributions,
+evaluate.run on a tiny world, the card, and `pythia report` / `pythia runs` on real Metaflow
+runs."""
 from __future__ import annotations
 
 import io
@@ -14,12 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import brier_score_loss, f1_score
 
-from pythia.evaluate import (bucket_mae, class_distribution, classwise_ece, evaluate_run,
-                             expected_bucket_mae, multiclass_brier, render_card,
-                             reliability_bins, score_predictions, select_champions,
-                             top_label_ece, total_variation_distance)
+from pythia import evaluate
+from pythia.evaluate import (bucket_mae, choose_bundle_models, class_distribution,
+                             classwise_ece, expected_bucket_mae, multiclass_brier, render_card,
+                             reliability_bins, rows_to_requests, score_predictions,
+                             select_champions, top_label_ece, total_variation_distance)
+from pythia.evaluate.io import importance_weights, read_predictions
 from pythia.evaluate.metrics import check_probabilities
-from pythia.features import age_gender_index
+from pythia.features import (TEST_NATURAL, TEST_RESAMPLED, VALIDATION, Y_AGE_GENDER,
+                             age_gender_index)
 
 EDGES = (18, 35, 55)  # 3 age buckets -> 6 AgeGender classes keeps fixtures tiny
 N_AGE = len(EDGES)
@@ -121,9 +125,12 @@ def _cand(model, cregion, ll, region="EU", **kw):
                 val_logloss=ll, **kw)
 
 
+BASE = ("gbdt",)  # the registry's baseline, as the caller passes it
+
+
 def test_champion_best_model_beats_baseline():
     s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2), _cand("mlp", "global", 1.1)])
-    out = select_champions(s, ["EU"]).iloc[0]
+    out = select_champions(s, ["EU"], baseline_models=BASE).iloc[0]
     assert out["blessed"] and out["champion"] == "mlp/EU#0"
     assert out["baseline_val_logloss"] == 1.2
     assert "beats the gbdt baseline" in out["reason"]
@@ -132,35 +139,109 @@ def test_champion_best_model_beats_baseline():
 
 def test_champion_baseline_wins_as_baseline_and_wins_ties():
     s = _scores([_cand("mlp", "EU", 1.3), _cand("gbdt", "global", 1.1), _cand("tabnet", "EU", 1.1)])
-    out = select_champions(s, ["EU"]).iloc[0]
+    out = select_champions(s, ["EU"], baseline_models=BASE).iloc[0]
     assert out["champion"] == "gbdt/global#0"
     assert "wins as the baseline" in out["reason"]
 
 
 def test_champion_regression_blocks_blessing_and_tolerance_allows():
     s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2)])
-    worse = select_champions(s, ["EU"], lambda r, b: (1.00, 1.05, 40, None), tolerance=0.01)
+    worse = select_champions(s, ["EU"], lambda r, b: (1.00, 1.05, 40, None), tolerance=0.01,
+                             baseline_models=BASE)
     row = worse.iloc[0]
     assert not row["blessed"] and row["champion"] is None
     assert "REGRESSION" in row["reason"] and row["model"] == "mlp"
     assert row["previous_logloss"] == 1.0 and row["n_same_rows"] == 40
-    ok = select_champions(s, ["EU"], lambda r, b: (1.00, 1.005, 40, None), tolerance=0.01)
+    ok = select_champions(s, ["EU"], lambda r, b: (1.00, 1.005, 40, None), tolerance=0.01,
+                          baseline_models=BASE)
     assert ok.iloc[0]["blessed"] and "no regression" in ok.iloc[0]["reason"]
-    none = select_champions(s, ["EU"], lambda r, b: (None, None, 0, "no champion for EU"))
+    none = select_champions(s, ["EU"], lambda r, b: (None, None, 0, "no champion for EU"),
+                            baseline_models=BASE)
     assert none.iloc[0]["blessed"] and "no champion for EU" in none.iloc[0]["reason"]
 
 
 def test_champion_ineligible_and_missing_regions():
     s = _scores([_cand("mlp", "EU", 0.5, eligible=False, ineligible_reason="cover 50%"),
                  _cand("gbdt", "EU", 1.2), _cand("tabnet", "EU", float("nan"))])
-    out = select_champions(s, ["EU", "NA"]).set_index("region")
+    out = select_champions(s, ["EU", "NA"], baseline_models=BASE).set_index("region")
     assert out.loc["EU", "champion"] == "gbdt/EU#0"  # the better mlp is not eligible
     assert not out.loc["NA", "blessed"] and "no candidate" in out.loc["NA", "reason"]
     all_bad = select_champions(_scores([_cand("mlp", "EU", 0.5, eligible=False,
-                                              ineligible_reason="cover 50%")]), ["EU"])
+                                              ineligible_reason="cover 50%")]), ["EU"],
+                               baseline_models=BASE)
     assert "cover 50%" in all_bad.iloc[0]["reason"] and not all_bad.iloc[0]["blessed"]
     with pytest.raises(ValueError, match="lacks columns"):
-        select_champions(pd.DataFrame({"model": ["x"]}), ["EU"])
+        select_champions(pd.DataFrame({"model": ["x"]}), ["EU"], baseline_models=BASE)
+    with pytest.raises(ValueError, match="baseline_models"):
+        select_champions(s, ["EU"], baseline_models=())
+    with pytest.raises(ValueError, match="baseline_models"):
+        select_champions(s, ["EU"], baseline_models="gbdt")  # a str is not a list of names
+
+
+def test_champion_any_of_several_baselines():
+    s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2), _cand("lgbm", "EU", 1.1)])
+    out = select_champions(s, ["EU"], baseline_models=("gbdt", "lgbm")).iloc[0]
+    assert out["champion"] == "mlp/EU#0" and out["baseline_val_logloss"] == 1.1
+    assert "beats the lgbm baseline" in out["reason"]  # the best baseline is the bar
+
+
+# ---------------------------------------------------------------- the bundle's models
+
+def _champ(region, model=None, blessed=False):
+    return {"region": region, "model": model, "blessed": blessed,
+            "model_dir": f"/run/{model}_{region}" if model else None}
+
+
+def _trained(model, region, ll):
+    return {"model": model, "region": region, "config_id": 0, "model_dir": f"/run/{model}_{region}",
+            "val_logloss": {"age_gender": ll}}
+
+
+def test_choose_bundle_models_blessed_previous_and_fallback():
+    champions = pd.DataFrame([_champ("global", "mlp", blessed=False),
+                              _champ("EU", "mlp", blessed=True),
+                              _champ("NA", "tabnet", blessed=False),
+                              _champ("APAC", None)])
+    candidates = [_trained("mlp", "global", 1.0), _trained("gbdt", "global", 1.3),
+                  _trained("tabnet", "global", 1.1), _trained("mlp", "EU", 0.9)]
+    previous = {"NA": {"region": "NA", "model": "gbdt", "model_dir": "/old/gbdt_NA"}}
+    chosen = choose_bundle_models(champions, candidates, previous, "DemoFlow/9", BASE)
+    by_region = {c["region"]: c for c in chosen}
+    assert by_region["EU"] == {"region": "EU", "model": "mlp", "model_dir": "/run/mlp_EU",
+                               "source": "DemoFlow/9"}
+    assert by_region["NA"] == {"region": "NA", "model": "gbdt", "model_dir": "/old/gbdt_NA",
+                               "source": "previous run"}
+    # no blessed global champion and none before: the baseline, though mlp scored better
+    assert by_region["global"] == {"region": "global", "model": "gbdt",
+                                   "model_dir": "/run/gbdt_global", "source": "fallback"}
+    # neither blessed nor kept from before: the scorer routes APAC to the global model
+    assert "APAC" not in by_region and len(chosen) == 3
+
+
+def test_choose_bundle_models_prefers_blessed_and_previous_global_over_fallback():
+    candidates = [_trained("mlp", "global", 1.0), _trained("gbdt", "global", 1.3)]
+    blessed = choose_bundle_models(pd.DataFrame([_champ("global", "mlp", blessed=True)]),
+                                   candidates, {}, "DemoFlow/9", BASE)
+    assert blessed == [{"region": "global", "model": "mlp", "model_dir": "/run/mlp_global",
+                        "source": "DemoFlow/9"}]
+    kept = choose_bundle_models(pd.DataFrame([_champ("global", "mlp")]), candidates,
+                                {"global": {"model": "tabnet", "model_dir": "/old/t"}},
+                                "DemoFlow/9", BASE)
+    assert kept == [{"region": "global", "model": "tabnet", "model_dir": "/old/t",
+                     "source": "previous run"}]
+    # no baseline among the global candidates: the best global one by validation log-loss
+    other = choose_bundle_models(pd.DataFrame([_champ("global")]),
+                                 [_trained("tabnet", "global", 1.2), _trained("mlp", "global", 1.0),
+                                  _trained("gbdt", "EU", 0.5)], {}, "DemoFlow/9", BASE)
+    assert [(c["model"], c["source"]) for c in other] == [("mlp", "fallback")]
+
+
+def test_choose_bundle_models_without_any_global_candidate_leaves_global_empty():
+    # negative case: nothing blessed, no previous run and only regional candidates (the
+    # bundle writer then refuses the list: a bundle needs a global model)
+    chosen = choose_bundle_models(pd.DataFrame([_champ("global"), _champ("EU", "gbdt")]),
+                                  [_trained("gbdt", "EU", 1.0)], {}, "DemoFlow/9", BASE)
+    assert chosen == []
 
 
 # ---------------------------------------------------------------- a tiny world
@@ -240,10 +321,27 @@ def _write_predictions(path, frames, world, mix: float, region: str, drop: int =
     return str(path)
 
 
+def _write_splits(root, frames, rates=None):
+    """The split rows as the ETL leaves them (a Parquet folder per split), and the manifest."""
+    paths = {}
+    for split, df in frames.items():
+        (root / split).mkdir(parents=True)
+        df.to_parquet(root / split / "part-0.parquet", index=False)
+        paths[split] = str(root / split)
+    return {"paths": paths, "resample_target": "age_gender", "rates": rates or {}}
+
+
+def _run(candidates, manifest, reports, previous=None, world=None, **kw):
+    return evaluate.run(candidates, manifest, None, EDGES, str(reports), previous,
+                        baseline_models=BASE, world=world, **kw)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """(results, frames, world, reports folder, candidates, split manifest) of one run."""
     tmp = tmp_path_factory.mktemp("evaluate")
     frames, world = _make_world()
+    manifest = _write_splits(tmp / "splits", frames)
     specs = [("mlp", "global", 0.0, 0), ("gbdt", "global", 0.5, 0), ("gbdt", "EU", 0.3, 0),
              ("tabnet", "EU", 0.0, 5)]  # tabnet misses 5 EU rows per split
     candidates = [{"model": m, "region": r, "config_id": 0, "model_dir": f"/models/{m}_{r}",
@@ -263,8 +361,8 @@ def tiny_run(tmp_path_factory):
 
     previous.pathspec = "DemoFlow/123"
     reports = tmp / "reports"
-    results = evaluate_run(candidates, frames, world, previous, EDGES, str(reports))
-    return results, frames, world, reports, candidates
+    results = _run(candidates, manifest, reports, previous, world)
+    return results, frames, world, reports, candidates, manifest
 
 
 def test_evaluate_run_metrics_cover_every_slice(tiny_run):
@@ -348,7 +446,7 @@ def test_evaluate_run_champions(tiny_run):
 
 
 def test_evaluate_run_writes_report_files(tiny_run):
-    results, _, _, reports, _ = tiny_run
+    results, _, _, reports, *_ = tiny_run
     files = results["report_files"]
     assert str(reports / "metrics.parquet") in files
     back = pd.read_parquet(reports / "metrics.parquet")
@@ -364,27 +462,30 @@ def test_evaluate_run_writes_report_files(tiny_run):
 
 
 def test_evaluate_run_rejects_bad_inputs(tiny_run, tmp_path):
-    _, frames, world, _, candidates = tiny_run
+    _, _, world, _, candidates, manifest = tiny_run
     with pytest.raises(ValueError, match="no candidates"):
-        evaluate_run([], frames, world, None, EDGES, str(tmp_path))
+        _run([], manifest, tmp_path, world=world)
+    only_validation = dict(manifest, paths={VALIDATION: manifest["paths"][VALIDATION]})
     with pytest.raises(ValueError, match="lacks split"):
-        evaluate_run(candidates, {"validation": frames["validation"]}, world, None, EDGES,
-                     str(tmp_path))
+        _run(candidates, only_validation, tmp_path, world=world)
     with pytest.raises(ValueError, match="duplicate candidates"):
-        evaluate_run(candidates[:1] * 2, frames, world, None, EDGES, str(tmp_path))
+        _run(candidates[:1] * 2, manifest, tmp_path, world=world)
     # labels coded for other age edges are a bug, not noise
     with pytest.raises(ValueError, match="age edges"):
-        evaluate_run(candidates, frames, None, None, (18, 40), str(tmp_path))
+        evaluate.run(candidates, manifest, None, (18, 40), str(tmp_path), baseline_models=BASE)
+    with pytest.raises(TypeError, match="baseline_models"):  # the caller must name it
+        evaluate.run(candidates, manifest, None, EDGES, str(tmp_path))
 
 
 def test_evaluate_run_without_world_has_no_gauge(tiny_run, tmp_path):
-    _, frames, _, _, candidates = tiny_run
+    *_, candidates, manifest = tiny_run
     def broken_previous(region, rows):
         raise OSError("bundle unreadable")
 
-    out = evaluate_run(candidates[:2], frames, None, broken_previous, EDGES, str(tmp_path),
-                       make_figures=False, previous_id="DemoFlow/7")
-    assert out["gauge"] is None
+    out = evaluate.run(candidates[:2], manifest, str(tmp_path / "no-world"), EDGES,
+                       str(tmp_path), broken_previous, "DemoFlow/7", baseline_models=BASE,
+                       make_figures=False)
+    assert out["gauge"] is None and out["previous_run"] == "DemoFlow/7"
     assert set(out["metrics"]["label_source"].dropna()) == {"provider"}
     glob = out["champions"].set_index("region").loc["global"]
     assert glob["champion"] == "mlp/global#0"  # a broken previous bundle does not block
@@ -392,8 +493,6 @@ def test_evaluate_run_without_world_has_no_gauge(tiny_run, tmp_path):
 
 
 def test_read_predictions_from_a_folder_of_parts(tiny_run, tmp_path):
-    from pythia.evaluate.run import read_predictions
-
     table = pq.read_table(tiny_run[4][0]["predictions_uri"])
     (tmp_path / "p").mkdir()
     pq.write_table(table.slice(0, 10), tmp_path / "p" / "part-0.parquet")
@@ -430,6 +529,7 @@ def test_render_card_shows_every_figure_and_table(tiny_run):
     assert len(tables) == 5  # champions, headline, gauge, reconciliation, provider choice
     text = " ".join(c._text for c in card.components if isinstance(c, Markdown))
     assert "Data reconciliation" in text and "Region `EU`" in text
+    assert "beats the baseline (`gbdt`)" in text  # named by the caller, not by the card
     for comp in card.components:
         comp.render()
     with pytest.raises(ValueError, match="champions"):
@@ -501,12 +601,12 @@ def test_report_and_runs_without_runs(metaflow_home):
 
 
 def print_runs_(out, n=10):
-    from pythia.evaluate import print_runs
+    from pythia.runs import print_runs
     return print_runs(n=n, flow_name="TinyReportFlow", out=out)
 
 
 def print_report_(out, run_id=None):
-    from pythia.evaluate import print_report
+    from pythia.runs import print_report
     return print_report(run_id=run_id, flow_name="TinyReportFlow", out=out)
 
 
@@ -552,18 +652,15 @@ def test_report_and_runs_against_real_runs(metaflow_home, tmp_path):
 
 
 def test_validation_importance_weights_give_a_natural_log_loss(tiny_run, tmp_path):
-    """A resampled validation day with importance weights: champions use the weighted loss."""
-    from pythia.pipeline import importance_weights
-    _, frames, _, _, candidates = tiny_run
-    manifest = {"resample_target": "age_gender",
-                "rates": {"validation": {str(c): (0.25 if c < N_AGE else 1.0)
-                                         for c in range(2 * N_AGE)}}}
-    y = frames["validation"]["y_age_gender"].to_numpy()
-    w = importance_weights(y, manifest, "validation", N_AGE)
+    """A resampled validation day: the split manifest's keep-rates weight it back to natural
+    priors, and champions use the weighted loss."""
+    _, frames, _, _, candidates, _ = tiny_run
+    rates = {VALIDATION: {str(c): (0.25 if c < N_AGE else 1.0) for c in range(2 * N_AGE)}}
+    manifest = _write_splits(tmp_path / "splits", frames, rates)
+    y = frames[VALIDATION][Y_AGE_GENDER].to_numpy()
+    w = importance_weights(y, manifest, VALIDATION, N_AGE)
     np.testing.assert_array_equal(w, np.where(y < N_AGE, 4.0, 1.0))
-    weighted = dict(frames, validation=frames["validation"].assign(importance_weight=w))
-    out = evaluate_run(candidates[:2], weighted, None, None, EDGES, str(tmp_path),
-                       make_figures=False)
+    out = _run(candidates[:2], manifest, tmp_path / "a", make_figures=False)
     m = out["metrics"]
     sel = m[(m["test_set"] == "validation") & (m["model"] == "mlp") & (m["target"] == "age_gender")
             & (m["eval_region"] == "global") & (m["label_source"] == "provider")]
@@ -575,6 +672,44 @@ def test_validation_importance_weights_give_a_natural_log_loss(tiny_run, tmp_pat
             & (m["region"] == champ["candidate_region"]) & (m["target"] == "age_gender")
             & (m["eval_region"] == "global") & (m["metric"] == "log_loss_natural")]
     assert champ["val_logloss"] == pytest.approx(val["value"].iloc[0])
-    without = evaluate_run(candidates[:2], frames, None, None, EDGES, str(tmp_path / "b"),
-                           make_figures=False)["metrics"]
-    assert not (without["metric"] == "log_loss_natural").any()
+    # a split that was not resampled (no rates): the weighted loss is the plain one
+    without = _run(candidates[:2], tiny_run[5], tmp_path / "b", make_figures=False)["metrics"]
+    sel = without[(without["test_set"] == VALIDATION) & without["class"].isna()
+                  & without["metric"].isin(["log_loss", "log_loss_natural"])]
+    wide = sel.pivot_table(index=["model", "eval_region", "target", "label_source"],
+                           columns="metric", values="value")
+    assert len(wide) and np.allclose(wide["log_loss"], wide["log_loss_natural"])
+
+
+def test_importance_weights_reject_labels_beyond_the_age_edges():
+    manifest = {"rates": {VALIDATION: {"0": 0.5}}}
+    np.testing.assert_array_equal(  # unlabelled rows are not scored: weight 1
+        importance_weights(pd.array([0, 3, None], dtype="Int32"), manifest, VALIDATION, 2),
+        [2.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="age edges"):
+        importance_weights(np.array([0, 4]), manifest, VALIDATION, 2)
+
+
+def test_read_split_frames_weights_only_the_validation_day(tiny_run):
+    from pythia.evaluate.io import read_split_frames
+    _, frames, *_, manifest = tiny_run
+    read = read_split_frames(manifest, EDGES)
+    assert set(read) == {VALIDATION, TEST_NATURAL, TEST_RESAMPLED}
+    assert len(read[TEST_NATURAL]) == len(frames[TEST_NATURAL])
+    assert (read[VALIDATION]["importance_weight"] == 1.0).all()  # no rates: not resampled
+    assert "importance_weight" not in read[TEST_NATURAL].columns
+    with pytest.raises(FileNotFoundError, match="no Parquet data"):
+        read_split_frames({"paths": {VALIDATION: "/nonexistent/validation"}}, EDGES)
+
+
+def test_rows_to_requests_keeps_the_request_columns():
+    rows = pd.DataFrame({"impression_id": ["i1", "i2"], "country": ["DE", None],
+                         "device_type": ["phone", "tv"], "ts_seconds": [1_700_000_000, 5],
+                         "ts": pd.to_datetime([1_700_000_000, 5], unit="s"),
+                         "y_age_gender": [3, 1], "region": ["EU", "EU"]})
+    requests = rows_to_requests(rows)
+    assert requests[0] == {"impression_id": "i1", "country": "DE", "device_type": "phone",
+                           "ts": 1_700_000_000}
+    assert requests[1]["country"] is None and requests[1]["ts"] == 5  # missing -> None
+    with pytest.raises(KeyError):  # split rows always carry ts_seconds
+        rows_to_requests(rows.drop(columns="ts_seconds"))

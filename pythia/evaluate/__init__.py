@@ -1,21 +1,100 @@
-"""Evaluation: metrics, calibration, distributions, the Bayes gauge, champions, the report
-card and the `pythia report` / `pythia runs` terminal views.
+"""Evaluation: every candidate scored on every slice, the Bayes gauge, the champions, the
+report figures, tables and card, and the `pythia report` / `pythia runs` terminal views.
 
-The flow calls :func:`evaluate_run` then :func:`render_card`; the CLI calls
-:func:`print_report` and :func:`print_runs`.
+The flow's evaluate step calls :func:`run` then :func:`render_card`; its end step calls
+:func:`choose_bundle_models`. Modules: ``io`` (inputs and report files), ``frames`` and
+``slices`` (pure metrics per slice), ``gauge``, ``champions``, ``tables``, ``figures``, ``card``.
 """
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
 from pythia.evaluate.card import render_card
-from pythia.evaluate.champions import candidate_label, select_champions
+from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, candidate_label,
+                                       choose_bundle_models, choose_champions, select_champions)
+from pythia.evaluate.figures import draw_figures
+from pythia.evaluate.frames import JOINT_TARGET
+from pythia.evaluate.gauge import build_gauge, posterior_probs_by_split, score_posterior
+from pythia.evaluate.io import (AlignedPredictions, bundle_scorer, read_predictions,
+                                read_split_frames, read_world, rows_to_requests, write_reports)
 from pythia.evaluate.metrics import (bucket_mae, class_distribution, classwise_ece,
                                      expected_bucket_mae, multiclass_brier, reliability_bins,
                                      score_predictions, top_label_ece,
                                      total_variation_distance)
-from pythia.evaluate.run import build_gauge, build_headline, evaluate_run, write_reports
+from pythia.evaluate.slices import (check_candidates, distributions_table, metrics_table,
+                                    prepare_data, score_candidate)
+from pythia.evaluate.tables import build_headline
+from pythia.features import TEST_NATURAL
 
 __all__ = [
-    "evaluate_run", "render_card", "select_champions",
-    "candidate_label", "score_predictions", "multiclass_brier", "top_label_ece",
-    "classwise_ece", "reliability_bins", "bucket_mae", "expected_bucket_mae",
-    "total_variation_distance", "class_distribution", "build_gauge", "build_headline",
-    "write_reports",
+    "run", "render_card", "choose_bundle_models", "bundle_scorer", "rows_to_requests",
+    "select_champions", "candidate_label",
+    "score_predictions", "multiclass_brier", "top_label_ece", "classwise_ece",
+    "reliability_bins", "bucket_mae", "expected_bucket_mae", "total_variation_distance",
+    "class_distribution", "build_gauge", "build_headline", "write_reports",
 ]
+
+
+def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, Any],
+        source_path: str | None, age_edges: Sequence[int], reports_uri: str,
+        previous: PreviousScorer | None = None, previous_id: str | None = None, *,
+        baseline_models: Sequence[str], tolerance: float = DEFAULT_TOLERANCE,
+        make_figures: bool = True, world: Any = None) -> dict[str, Any]:
+    """Evaluate every candidate, pick champions, draw figures and write the report files.
+
+    Args:
+        candidates: train-step records {model, region, config_id, predictions_uri, model_dir,
+            val_logloss: {target: float}, …}.
+        split_manifest: the ETL's manifest: ``paths`` of the split Parquet folders, and the
+            resampling ``rates`` that weight the validation day back to natural priors.
+        source_path: the data source; a synthetic world there adds the truth and the gauge.
+        age_edges: the run's age bucket edges.
+        reports_uri: folder (local or s3://) for the report tables and ``figures/*.png``.
+        previous: ``previous(region, rows) -> {target: (n, K) probabilities}`` (None when
+            that run has no champion there) scoring rows with the previous run's champions,
+            e.g. ``bundle_scorer(bundle)``; None when there is no previous run.
+        previous_id: names the previous run in the champion reasons.
+        baseline_models: model names every champion must beat (the model registry's).
+        tolerance: relative test log-loss regression against the previous champion allowed.
+        make_figures: draw figures (the tables are the same either way).
+        world: the synthetic world, instead of the one at ``source_path`` (tests).
+
+    Returns:
+        {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_note',
+        'champions', 'headline', 'figures' ({name: png}), 'report_files', 'previous_run',
+        'baseline_models'}.
+    """
+    if not candidates:
+        raise ValueError("no candidates to evaluate: did every train task fail?")
+    # load: split rows, the world's truth; predictions are read one candidate at a time
+    world = world if world is not None else read_world(source_path)
+    data = prepare_data(read_split_frames(split_manifest, age_edges), age_edges,
+                        world.truth() if world is not None else None)
+    idents = check_candidates(candidates)
+    # score: each candidate on every slice, then the exact posterior itself
+    bayes, gauge_note = posterior_probs_by_split(world, data)
+    metric_parts, dist_parts = [], [data.actual_table]
+    for ident, cand in zip(idents, candidates):
+        m, d = score_candidate(ident, read_predictions(cand["predictions_uri"]), data, bayes,
+                               (cand.get("val_logloss") or {}).get(JOINT_TARGET))
+        metric_parts += m
+        dist_parts += d
+    metrics = metrics_table(metric_parts + score_posterior(data, bayes))
+    distributions = distributions_table(dist_parts, metrics)
+    gauge = build_gauge(metrics)
+    # choose: one champion per region (winners' predictions are re-read on demand)
+    aligned = AlignedPredictions(candidates, data)
+    previous_run = previous_id or getattr(previous, "pathspec", None)
+    champions = choose_champions(metrics, candidates, data, aligned, previous,
+                                 previous_run or "previous run", baseline_models, tolerance)
+    headline = build_headline(metrics, champions, gauge)
+    # draw
+    figures = (draw_figures(champions, metrics, distributions, data, aligned,
+                            bayes.get(TEST_NATURAL)) if make_figures else {})
+    # write
+    results = {"metrics": metrics, "distributions": distributions, "gauge": gauge,
+               "gauge_note": gauge_note, "champions": champions, "headline": headline,
+               "figures": figures, "previous_run": previous_run,
+               "baseline_models": tuple(baseline_models)}
+    results["report_files"] = write_reports(results, reports_uri)
+    return results

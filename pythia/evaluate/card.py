@@ -19,10 +19,10 @@ FIGURE_KINDS = (
 INTRO = """
 # Pythia evaluation report
 
-Each **candidate** is one model (`mlp`, `tabnet`, `gbdt`, …) trained either on one region or on
-all of them (`global`). For every region, the candidate with the lowest **validation log-loss**
-on the joint AgeGender target wins, provided it beats the `gbdt` baseline and does not do
-worse than the previous run's champion on the same test rows (a small tolerance applies).
+Each **candidate** is one model of the registry trained either on one region or on all of them
+(`global`). For every region, the candidate with the lowest **validation log-loss** on the joint
+AgeGender target wins, provided it beats the baseline{baseline} and does not do worse than
+the previous run's champion on the same test rows (a small tolerance applies).
 A region without a blessed champion keeps the previous one in the exported bundle.
 
 Scores below are on the **natural test day** (the most recent day, not resampled) against the
@@ -48,17 +48,19 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
 
     Args:
         card: anything with ``append(component)``, normally a Metaflow card.
-        results: the dict returned by ``evaluate_run``.
+        results: the dict returned by ``evaluate.run``.
         reconciliation: rows in = used + filtered + quarantined, per stage (or None).
         provider_choice: the label provider chosen per country and why (or None).
     """
-    from metaflow.cards import Image, Markdown, Table
+    from metaflow.cards import Markdown, Table
 
     for key in ("champions", "headline", "figures"):
         if key not in results:
-            raise ValueError(f"results lack {key!r}: pass the dict evaluate_run returned")
+            raise ValueError(f"results lack {key!r}: pass the dict evaluate.run returned")
     champions: pd.DataFrame = results["champions"]
-    card.append(Markdown(INTRO))
+    names = " or ".join(f"`{m}`" for m in results.get("baseline_models") or ())
+    baseline = f" ({names})" if names else ""
+    card.append(Markdown(INTRO.format(baseline=baseline)))
 
     card.append(Markdown("## Champions\n\n`blessed` tells whether the region's winner replaces "
                          "the previous champion; `reason` says why or why not."))
@@ -84,16 +86,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
     elif results.get("gauge_note"):
         card.append(Markdown(f"_{results['gauge_note']}_"))
 
-    figures: Mapping[str, bytes] = results["figures"]
-    regions = list(champions["region"]) or sorted({n.split("__", 1)[1] for n in figures})
-    for region in regions:
-        shown = [(kind, text) for kind, text in FIGURE_KINDS if f"{kind}__{region}" in figures]
-        if not shown:
-            continue
-        card.append(Markdown(f"## Region `{region}`"))
-        for kind, text in shown:
-            card.append(Markdown(f"**{text}**"))
-            card.append(Image(figures[f"{kind}__{region}"], label=f"{kind} {region}"))
+    _append_figures(card, results["figures"], list(champions["region"]))
 
     if reconciliation is not None:
         card.append(Markdown("## Data reconciliation\n\nEvery input row is accounted for: "
@@ -104,3 +97,18 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
                              "used for each country, from the providers' quality metrics "
                              "(an override wins)."))
         card.append(Table.from_dataframe(_fmt(pd.DataFrame(provider_choice))))
+
+
+def _append_figures(card: Any, figures: Mapping[str, bytes], regions: list[str]) -> None:
+    """One section per region with its figures, in FIGURE_KINDS order."""
+    from metaflow.cards import Image, Markdown
+
+    regions = regions or sorted({n.split("__", 1)[1] for n in figures})
+    for region in regions:
+        shown = [(kind, text) for kind, text in FIGURE_KINDS if f"{kind}__{region}" in figures]
+        if not shown:
+            continue
+        card.append(Markdown(f"## Region `{region}`"))
+        for kind, text in shown:
+            card.append(Markdown(f"**{text}**"))
+            card.append(Image(figures[f"{kind}__{region}"], label=f"{kind} {region}"))

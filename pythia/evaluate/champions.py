@@ -1,17 +1,31 @@
-"""Champion rules: per region, the best validation log-loss wins if it beats the GBDT baseline
-and does not regress against the previous run's champion on the same test rows.
+"""All of the champion choice: per region, the best validation log-loss wins if it beats the
+baseline and does not regress against the previous run's champion on the same test rows; and
+which model each region's slot of the bid-time bundle gets (blessed champion, else the previous
+run's, else the global baseline).
 
-Pure: the caller supplies per-candidate validation scores and a function that compares the
-winner with the previous champion; nothing here reads files or Metaflow.
+The baseline model names come from the caller (the model registry owns them). Nothing here
+reads files or Metaflow: the caller supplies aligned predictions and the previous champion's
+scorer.
 """
 from __future__ import annotations
 
+import logging
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
+from sklearn.metrics import log_loss
 
-BASELINE_MODEL = "gbdt"
+from pythia.config import GLOBAL_REGION
+from pythia.evaluate.metrics import check_probabilities, clip_probabilities
+from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, SplitFrame
+from pythia.evaluate.slices import (NATURAL, Aligned, EvalData, candidate_label,
+                                    check_candidates, eval_regions_of, slice_masks)
+from pythia.features import TEST_NATURAL, VALIDATION
+
+log = logging.getLogger(__name__)
+
 DEFAULT_TOLERANCE = 0.01  # relative test log-loss increase allowed against the previous champion
 
 CHAMPION_COLUMNS = [
@@ -19,14 +33,19 @@ CHAMPION_COLUMNS = [
     "baseline_val_logloss", "previous_logloss", "current_logloss_on_same_rows", "n_same_rows",
     "blessed", "reason",
 ]
+SCORE_COLUMNS = ["eval_region", "model", "candidate_region", "config_id", "model_dir",
+                 "val_logloss", "eligible", "ineligible_reason"]
 
 # previous_check(region, winner_row) -> (previous_logloss, current_logloss, n_rows, note)
 PreviousCheck = Callable[[str, Mapping], tuple[float | None, float | None, int, str | None]]
+# previous(region, split rows) -> {target: (n, K) probabilities}, or None without a champion
+PreviousScorer = Callable[[str, pd.DataFrame], Mapping[str, np.ndarray] | None]
+# aligned(candidate key, split) -> the candidate's predictions aligned to that split's rows
+AlignedPredictions = Callable[[tuple, str], Aligned]
 
-
-def candidate_label(model: str, candidate_region: str, config_id: object) -> str:
-    """Human-readable candidate id, e.g. 'mlp/global#0'."""
-    return f"{model}/{candidate_region}#{config_id}"
+__all__ = ["CHAMPION_COLUMNS", "DEFAULT_TOLERANCE", "candidate_label", "champion_scores",
+           "choose_bundle_models", "choose_champions", "compare_with_previous",
+           "select_champions"]
 
 
 def _is_finite(x: object) -> bool:
@@ -36,10 +55,123 @@ def _is_finite(x: object) -> bool:
         return False
 
 
+# ---------------------------------------------------------------- the run's champions
+
+def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, Any]],
+                     data: EvalData, aligned: AlignedPredictions,
+                     previous: PreviousScorer | None, previous_name: str,
+                     baseline_models: Sequence[str], tolerance: float = DEFAULT_TOLERANCE
+                     ) -> pd.DataFrame:
+    """Score the candidates from the metrics table and pick one champion per eval region.
+
+    Args:
+        metrics: the long metrics table of every candidate.
+        candidates: the train-step records (model, region, config_id, model_dir, …).
+        data: the split rows (the natural test day compares with the previous champion).
+        aligned: a candidate's predictions aligned to a split (read on demand).
+        previous: scores rows with the previous run's champion of a region; None when there
+            is no previous run.
+        previous_name: names the previous run in the reasons.
+        baseline_models: model names every champion must beat (the registry's baselines).
+        tolerance: relative test log-loss regression against the previous champion allowed.
+    """
+    scores = champion_scores(metrics, check_candidates(candidates), candidates, data.present)
+    check = None
+    if previous is not None:
+        def check(region: str, best: Mapping) -> tuple:
+            key = (best["model"], best["candidate_region"], int(best["config_id"]))
+            return compare_with_previous(data.frames[TEST_NATURAL],
+                                         aligned(key, TEST_NATURAL), region, previous,
+                                         previous_name)
+    champions = select_champions(scores, data.eval_regions, check, tolerance,
+                                 baseline_models=baseline_models)
+    champions["config_id"] = champions["config_id"].astype("Int64")
+    return champions
+
+
+def _pick(here: pd.DataFrame, test_set: str, metric: str) -> float:
+    """The joint-target, provider-label value of one aggregate metric (NaN when absent)."""
+    v = here[(here["test_set"] == test_set) & (here["metric"] == metric)
+             & ((here["label_source"] == PROVIDER) | here["label_source"].isna())
+             & (here["target"].isna() | (here["target"] == JOINT_TARGET))
+             & here["class"].isna()]["value"]
+    return float(v.iloc[0]) if len(v) else np.nan
+
+
+def champion_scores(metrics: pd.DataFrame, idents: Sequence[Mapping],
+                    candidates: Sequence[Mapping], present: Sequence[str]) -> pd.DataFrame:
+    """Per (candidate, region it can score): validation log-loss and eligibility."""
+    rows = []
+    for ident, cand in zip(idents, candidates):
+        mine = metrics[(metrics["model"] == ident["model"])
+                       & (metrics["region"] == ident["region"])
+                       & (metrics["config_id"] == ident["config_id"]).fillna(False)]
+        for region in eval_regions_of(ident["region"], present):
+            here = mine[mine["eval_region"] == region]
+            # natural-weighted when the caller gave importance weights (see SplitFrame.weights)
+            val_ll = _pick(here, VALIDATION, "log_loss_natural")
+            if not np.isfinite(val_ll):
+                val_ll = _pick(here, VALIDATION, "log_loss")
+            val_cov = _pick(here, VALIDATION, "coverage")
+            test_cov = _pick(here, NATURAL, "coverage")
+            reason = None
+            if not np.isfinite(val_ll) and val_cov == 0 and region == ident["region"]:
+                # no validation predictions at all: fall back to the train step's own figure
+                val_ll = _pick(here, VALIDATION, "reported_val_logloss")
+                val_cov = 1.0 if np.isfinite(val_ll) else val_cov
+            if np.isfinite(val_cov) and val_cov < 1:
+                reason = f"predictions cover {val_cov:.1%} of the validation rows"
+            elif np.isfinite(test_cov) and test_cov < 1:
+                reason = f"predictions cover {test_cov:.1%} of the natural test rows"
+            elif not np.isfinite(val_ll):
+                reason = "no validation log-loss (no labelled validation rows?)"
+            rows.append({"eval_region": region, "model": ident["model"],
+                         "candidate_region": ident["region"], "config_id": ident["config_id"],
+                         "model_dir": cand.get("model_dir"), "val_logloss": val_ll,
+                         "eligible": reason is None, "ineligible_reason": reason})
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def compare_with_previous(frame: SplitFrame, winner: Aligned, region: str,
+                          previous: PreviousScorer, previous_name: str
+                          ) -> tuple[float | None, float | None, int, str]:
+    """Joint-target log-loss of the previous champion and of the winner on the same labelled
+    natural-test rows of ``region``: (previous, current, n rows, note).
+
+    A previous bundle that fails to score gives no comparison (it must not block this run).
+    """
+    mask = dict(slice_masks(frame, winner.pos, NATURAL, [region]))[region]
+    pos = winner.pos[mask]
+    y = frame.labels[PROVIDER][JOINT_TARGET][pos]
+    try:
+        prev = previous(region, frame.df.iloc[pos].reset_index(drop=True))
+    except Exception as exc:  # noqa: BLE001 - any failure of the old bundle is only a note
+        log.warning("previous champion for %s could not score: %s", region, exc)
+        return None, None, 0, f"{previous_name} could not score these rows ({exc})"
+    if prev is None or prev.get(JOINT_TARGET) is None:
+        return None, None, 0, f"{previous_name} has no champion for {region}"
+    k = winner.probs[JOINT_TARGET].shape[1]
+    pp = check_probabilities(prev[JOINT_TARGET], k,
+                             f"{previous_name} p_{JOINT_TARGET} ({region})")
+    if len(pp) != len(pos):
+        raise ValueError(f"{previous_name} returned {len(pp)} rows for {len(pos)} in {region}")
+    valid = y >= 0
+    if not valid.any():
+        return None, None, 0, f"no labelled test rows in {region} to compare with"
+    cur = check_probabilities(winner.probs[JOINT_TARGET][mask], k)
+    labels = np.arange(k)
+    return (float(log_loss(y[valid], clip_probabilities(pp[valid]), labels=labels)),
+            float(log_loss(y[valid], clip_probabilities(cur[valid]), labels=labels)),
+            int(valid.sum()),
+            f"previous = {previous_name}")
+
+
+# ---------------------------------------------------------------- rules
+
 def select_champions(scores: pd.DataFrame, regions: Sequence[str],
                      previous_check: PreviousCheck | None = None,
-                     tolerance: float = DEFAULT_TOLERANCE,
-                     baseline_model: str = BASELINE_MODEL) -> pd.DataFrame:
+                     tolerance: float = DEFAULT_TOLERANCE, *,
+                     baseline_models: Sequence[str]) -> pd.DataFrame:
     """Pick and bless one champion per region.
 
     Args:
@@ -50,25 +182,25 @@ def select_champions(scores: pd.DataFrame, regions: Sequence[str],
         previous_check: compares the winner with the previous run's champion of the region on
             the same test rows; None when there is no previous run.
         tolerance: relative log-loss increase over the previous champion still accepted.
-        baseline_model: the model name of the baseline every champion must beat.
+        baseline_models: model names of the baseline every champion must beat.
 
     Returns:
         The champions DataFrame (CHAMPION_COLUMNS); ``champion`` is None when not blessed.
     """
-    need = {"eval_region", "model", "candidate_region", "config_id", "model_dir",
-            "val_logloss", "eligible", "ineligible_reason"}
-    missing = need - set(scores.columns)
+    missing = set(SCORE_COLUMNS) - set(scores.columns)
     if missing:
         raise ValueError(f"scores table lacks columns {sorted(missing)}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if isinstance(baseline_models, str) or not baseline_models:
+        raise ValueError(f"baseline_models must name at least one model, got {baseline_models!r}")
     out = [_decide_region(scores[scores["eval_region"] == region], region, previous_check,
-                          tolerance, baseline_model) for region in regions]
+                          tolerance, tuple(baseline_models)) for region in regions]
     return pd.DataFrame(out, columns=CHAMPION_COLUMNS)
 
 
 def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousCheck | None,
-                   tolerance: float, baseline_model: str) -> dict:
+                   tolerance: float, baseline_models: tuple[str, ...]) -> dict:
     row = {c: None for c in CHAMPION_COLUMNS}
     row.update(region=region, blessed=False, n_same_rows=0)
     if pool.empty:
@@ -82,36 +214,23 @@ def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousChec
         row["reason"] = f"no eligible candidate ({why}); keeping the previous champion"
         return row
     # ties go to the baseline (simplest model), then to regional models, then lowest config
-    ranked = ok.assign(_not_base=ok["model"] != baseline_model,
-                       _is_global=ok["candidate_region"] != region,
+    is_base = ok["model"].isin(baseline_models)
+    ranked = ok.assign(_not_base=~is_base, _is_global=ok["candidate_region"] != region,
                        _cfg=ok["config_id"].astype(str))
     ranked = ranked.sort_values(["val_logloss", "_not_base", "_is_global", "_cfg"])
     best = ranked.iloc[0]
-    base = ranked[ranked["model"] == baseline_model]
-    name = candidate_label(best["model"], best["candidate_region"], best["config_id"])
     row.update(model=best["model"], candidate_region=best["candidate_region"],
                config_id=best["config_id"], model_dir=best["model_dir"],
                val_logloss=float(best["val_logloss"]))
-    notes = []
-    if base.empty:
-        notes.append(f"{name} has the best validation log-loss ({best['val_logloss']:.4f}); "
-                     f"no {baseline_model} baseline was trained for this region, so the "
-                     "baseline check was skipped")
+    note, row["baseline_val_logloss"], passed = _baseline_check(
+        best, ranked[~ranked["_not_base"]], baseline_models)
+    if not passed:
+        row["reason"] = note
+        return row
+    notes = [note]
+    if previous_check is None:
+        notes.append("no previous run to compare with")
     else:
-        base_ll = float(base.iloc[0]["val_logloss"])
-        row["baseline_val_logloss"] = base_ll
-        if best["model"] == baseline_model:
-            notes.append(f"the {baseline_model} baseline {name} is the best candidate "
-                         f"(validation log-loss {base_ll:.4f}); it wins as the baseline")
-        elif float(best["val_logloss"]) < base_ll:
-            notes.append(f"{name} has the best validation log-loss ({best['val_logloss']:.4f}) "
-                         f"and beats the {baseline_model} baseline ({base_ll:.4f})")
-        else:  # unreachable with the ranking above; kept so a rule change cannot bless silently
-            row["reason"] = (f"{name} does not beat the {baseline_model} baseline "
-                             f"({best['val_logloss']:.4f} >= {base_ll:.4f}); keeping the "
-                             "previous champion")
-            return row
-    if previous_check is not None:
         prev_ll, cur_ll, n_rows, note = previous_check(region, best.to_dict())
         row.update(previous_logloss=prev_ll, current_logloss_on_same_rows=cur_ll,
                    n_same_rows=int(n_rows or 0))
@@ -128,7 +247,75 @@ def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousChec
             notes.append(f"no regression: {text}")
         else:
             notes.append(note or "no previous champion for this region")
-    else:
-        notes.append("no previous run to compare with")
-    row.update(blessed=True, champion=name, reason="; ".join(notes))
+    row.update(blessed=True, champion=candidate_label(best["model"], best["candidate_region"],
+                                                      best["config_id"]),
+               reason="; ".join(notes))
     return row
+
+
+def _baseline_check(best: pd.Series, base: pd.DataFrame, baseline_models: Sequence[str]
+                    ) -> tuple[str, float | None, bool]:
+    """(why, baseline validation log-loss, whether the best candidate passes the baseline
+    check); ``base`` holds the eligible baseline candidates, best first."""
+    name = candidate_label(best["model"], best["candidate_region"], best["config_id"])
+    if base.empty:
+        return (f"{name} has the best validation log-loss ({best['val_logloss']:.4f}); "
+                f"no {' or '.join(baseline_models)} baseline was trained for this region, so "
+                "the baseline check was skipped"), None, True
+    base_ll = float(base.iloc[0]["val_logloss"])
+    base_model = base.iloc[0]["model"]
+    if best["model"] in baseline_models:
+        return (f"the {base_model} baseline {name} is the best candidate "
+                f"(validation log-loss {base_ll:.4f}); it wins as the baseline"), base_ll, True
+    if float(best["val_logloss"]) < base_ll:
+        return (f"{name} has the best validation log-loss ({best['val_logloss']:.4f}) "
+                f"and beats the {base_model} baseline ({base_ll:.4f})"), base_ll, True
+    # unreachable with the ranking above; kept so a rule change cannot bless silently
+    return (f"{name} does not beat the {base_model} baseline "
+            f"({best['val_logloss']:.4f} >= {base_ll:.4f}); keeping the previous champion"
+            ), base_ll, False
+
+
+# ---------------------------------------------------------------- the bundle's models
+
+def choose_bundle_models(champions: pd.DataFrame, candidates: Sequence[Mapping[str, Any]],
+                         previous_champions: Mapping[str, Mapping[str, Any]], pathspec: str,
+                         baseline_models: Sequence[str]) -> list[dict]:
+    """The model of each region's slot in the bid-time bundle.
+
+    A region's blessed champion gets the slot; a region whose candidates were not blessed
+    keeps the previous run's champion when there is one (otherwise the scorer routes it to
+    the global model). The global slot falls back to the best global baseline candidate (by
+    validation log-loss; any global candidate if no baseline was trained) when neither gives
+    one, so a bundle has a model for every request. (With no global candidate at all there is
+    no global slot, and the bundle writer refuses the list.)
+
+    Args:
+        champions: this run's champions table (CHAMPION_COLUMNS).
+        candidates: the train-step records (model, region, model_dir, val_logloss, …).
+        previous_champions: region -> the previous run's blessed champion row (model,
+            model_dir, …); {} without a previous run.
+        pathspec: this run's id, recorded as the source of its own champions.
+        baseline_models: model names preferred for the global fallback.
+
+    Returns:
+        [{region, model, model_dir, source}], source being ``pathspec``, 'previous run' or
+        'fallback'.
+    """
+    chosen: list[dict] = []
+    for row in champions.to_dict("records"):
+        if row.get("blessed") and row.get("model"):
+            chosen.append({"region": row["region"], "model": row["model"],
+                           "model_dir": row["model_dir"], "source": pathspec})
+        elif row["region"] in previous_champions:
+            prev = previous_champions[row["region"]]
+            chosen.append({"region": row["region"], "model": prev["model"],
+                           "model_dir": prev["model_dir"], "source": "previous run"})
+    if not any(c["region"] == GLOBAL_REGION for c in chosen):
+        base = [c for c in candidates if c["region"] == GLOBAL_REGION]
+        base.sort(key=lambda c: (c["model"] not in baseline_models,
+                                 c["val_logloss"][JOINT_TARGET]))
+        if base:
+            chosen.append({"region": GLOBAL_REGION, "model": base[0]["model"],
+                           "model_dir": base[0]["model_dir"], "source": "fallback"})
+    return chosen

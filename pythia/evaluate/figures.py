@@ -1,5 +1,5 @@
 """Report figures as PNG bytes: per-class F1, confusion matrices, reliability diagrams and
-predicted-vs-actual class distributions.
+predicted-vs-actual class distributions, four per eval region (``draw_figures``).
 
 Figures are built with the object-oriented ``matplotlib.figure.Figure`` API (Agg canvas, no
 pyplot state), so nothing needs closing and a notebook's backend is left alone.
@@ -7,7 +7,7 @@ pyplot state), so nothing needs closing and a notebook's backend is left alone.
 from __future__ import annotations
 
 import io
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from pythia.evaluate.metrics import N_BINS, reliability_bins
+from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, TRUTH, SplitFrame
+from pythia.evaluate.slices import (BAYES_MODEL, NATURAL, Aligned, EvalData, candidate_label,
+                                    slice_masks)
+from pythia.features import TARGETS, TEST_NATURAL, VALIDATION, class_labels
+
 _DPI = 90
+MAX_MODELS_IN_BARS = 6  # per-class F1 figure: the best few candidates, or bars get unreadable
 
 
 def _new_figure(n_panels: int, width_per_panel: float = 5.0, height: float = 4.0
@@ -106,3 +113,122 @@ def plot_reliability(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: st
     _figure_legend(fig, axes)
     fig.suptitle(title)
     return figure_png(fig)
+
+
+# ---------------------------------------------------------------- the report's figures
+
+def draw_figures(champions: pd.DataFrame, metrics: pd.DataFrame, distributions: pd.DataFrame,
+                 data: EvalData, aligned: Callable[[tuple, str], Aligned],
+                 bayes: Mapping[str, Mapping[str, np.ndarray]] | None) -> dict[str, bytes]:
+    """The figures of every champion's region on the natural test day, as
+    {'<kind>__<region>': png bytes}.
+
+    Args:
+        champions: the champions table (one row per eval region).
+        metrics, distributions: the long tables of the run.
+        data: the split rows.
+        aligned: a candidate's predictions aligned to a split (read on demand).
+        bayes: exact posteriors on the natural test day (label source -> {target: probs}),
+            or None without a world.
+    """
+    frame = data.frames[TEST_NATURAL]
+    figures: dict[str, bytes] = {}
+    for champ in champions.itertuples(index=False):
+        champ = pd.Series(champ._asdict())
+        region = champ["region"]
+        figures.update(_per_class_f1(region, metrics, data.edges))
+        if pd.isna(champ["model"]):
+            continue
+        key = (champ["model"], champ["candidate_region"], int(champ["config_id"]))
+        figures.update(_winner_figures(region, champ, aligned(key, TEST_NATURAL), frame,
+                                       bayes, data.edges))
+        figures.update(_distribution(region, champ, distributions, data.edges))
+    return figures
+
+
+def _winner_label(champ: pd.Series) -> str:
+    name = candidate_label(champ["model"], champ["candidate_region"], champ["config_id"])
+    return name if champ["blessed"] else f"{name} (best, NOT blessed)"
+
+
+def _per_class_f1(region: str, metrics: pd.DataFrame, edges: Sequence[int]
+                  ) -> dict[str, bytes]:
+    """Per-class F1 of the best few candidates by validation log-loss, and of the posterior."""
+    sel = metrics[(metrics["eval_region"] == region) & (metrics["test_set"] == NATURAL)
+                  & (metrics["label_source"] == PROVIDER)]
+    val = metrics[(metrics["eval_region"] == region) & (metrics["test_set"] == VALIDATION)
+                  & (metrics["metric"] == "log_loss") & (metrics["target"] == JOINT_TARGET)
+                  & (metrics["label_source"] == PROVIDER)]
+    keep = [candidate_label(r.model, r.region, r.config_id)
+            for r in val.sort_values("value").itertuples()][:MAX_MODELS_IN_BARS]
+    f1 = sel[(sel["metric"] == "f1") & sel["class"].notna()].copy()
+    f1["who"] = [BAYES_MODEL if m == BAYES_MODEL else candidate_label(m, r, c)
+                 for m, r, c in zip(f1["model"], f1["region"], f1["config_id"])]
+    panels = _class_panels(f1[f1["who"].isin(keep + [BAYES_MODEL])], "who", "value", edges)
+    if not panels:
+        return {}
+    return {f"per_class_f1__{region}": plot_bar_panels(
+        panels, f"{region}: per-class F1 on the natural test day (provider labels)", "F1")}
+
+
+def _winner_figures(region: str, champ: pd.Series, winner: Aligned, frame: SplitFrame,
+                    bayes: Mapping[str, Mapping[str, np.ndarray]] | None,
+                    edges: Sequence[int]) -> dict[str, bytes]:
+    """Confusion matrices and reliability diagrams of the region's winner."""
+    out: dict[str, bytes] = {}
+    mask = dict(slice_masks(frame, winner.pos, NATURAL, [region]))[region]
+    pos = winner.pos[mask]
+    title = _winner_label(champ)
+    conf_panels, rel_panels = {}, {}
+    for t in TARGETS:
+        names = class_labels(t, edges)
+        p = winner.probs[t][mask].astype(np.float64)
+        curves = {}
+        for source in (PROVIDER, TRUTH):
+            if source not in frame.labels:
+                continue
+            y = frame.labels[source][t][pos]
+            valid = y >= 0
+            if not valid.any():
+                continue
+            if source == PROVIDER:
+                conf_panels[t] = (y[valid], p[valid].argmax(axis=1), names)
+            curves[f"model vs {source}"] = reliability_bins(y[valid], p[valid], N_BINS)
+            if bayes is not None and source in bayes:
+                pb = bayes[source][t][pos]
+                curves[f"bayes vs {source}"] = reliability_bins(y[valid], pb[valid], N_BINS)
+        if curves:
+            rel_panels[t] = curves
+    if conf_panels:
+        out[f"confusion__{region}"] = plot_confusion(
+            conf_panels, f"{region}: {title}, normalised confusion (natural test, provider labels)")
+    if rel_panels:
+        out[f"reliability__{region}"] = plot_reliability(
+            rel_panels, f"{region}: {title}, reliability (natural test day)")
+    return out
+
+
+def _distribution(region: str, champ: pd.Series, dists: pd.DataFrame, edges: Sequence[int]
+                  ) -> dict[str, bytes]:
+    """The winner's predicted class shares next to the label shares."""
+    d = dists[(dists["eval_region"] == region) & (dists["test_set"] == NATURAL)]
+    is_winner = ((d["model"] == champ["model"]) & (d["region"] == champ["candidate_region"])
+                 & (d["config_id"].fillna(-1) == int(champ["config_id"])))
+    bars = _class_panels(d[is_winner | (d["model"] == "labels")], "source", "share", edges)
+    if not bars:
+        return {}
+    return {f"distribution__{region}": plot_bar_panels(
+        bars, f"{region}: predicted vs actual class shares, {_winner_label(champ)} "
+        "(natural test day)", "share of impressions")}
+
+
+def _class_panels(df: pd.DataFrame, columns: str, values: str, edges: Sequence[int]
+                  ) -> dict[str, pd.DataFrame]:
+    """Per target: a class x ``columns`` table of ``values`` in class order (figure panels)."""
+    panels = {}
+    for t in TARGETS:
+        part = df[df["target"] == t]
+        if len(part):
+            panels[t] = part.pivot_table(index="class", columns=columns, values=values,
+                                         aggfunc="first").reindex(class_labels(t, edges))
+    return panels

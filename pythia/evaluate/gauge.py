@@ -1,0 +1,100 @@
+"""The exact-Bayes gauge on synthetic data: the generator's posterior scored on every slice,
+and each model's log-loss and macro F1 set against it on the rows the model scored.
+
+No model can beat the exact posterior on average, so model / Bayes log-loss ratios near 1 are
+ideal. Without a world (real data) there is no gauge.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pythia.config import GLOBAL_REGION
+from pythia.evaluate.metrics import check_probabilities
+from pythia.evaluate.frames import PROVIDER, TRUTH, SplitFrame
+from pythia.evaluate.slices import (BAYES_MODEL, SPLIT_OF_TEST_SET, TEST_SETS, Aligned,
+                                    EvalData, score_slices, unstack_observed)
+from pythia.features import DATE, LABEL_PROVIDER, marginals_from_joint
+
+log = logging.getLogger(__name__)
+
+Posteriors = dict[str, dict[str, np.ndarray]]  # label source -> {target: (n, K) probabilities}
+
+
+def posterior_probs(world: Any, frame: SplitFrame, n_age: int, label_dates: bool = False
+                    ) -> Posteriors:
+    """Exact posteriors on a split, marginalised to gender and age.
+
+    Against truth: P(AgeGender | x), conditioned on the row's user being labelled by its
+    provider when the world supports it (a labelled test set is that population). Against
+    provider labels: P(provider's label | x, provider). ``label_dates`` passes each row's date
+    to ``label_posterior``; the synthetic World documents the dateless form as the exact one
+    for its realised labels (the dated form is a population average), so it is the default.
+    """
+    if LABEL_PROVIDER not in frame.df.columns:
+        raise ValueError(f"split {frame.split!r} lacks {LABEL_PROVIDER}, needed for the gauge")
+    providers = frame.df[LABEL_PROVIDER].to_numpy(dtype=object)
+    if "providers" in inspect.signature(world.posterior).parameters:
+        joint_truth = np.asarray(world.posterior(frame.df, providers=providers))
+    else:
+        joint_truth = np.asarray(world.posterior(frame.df))
+    dates = frame.df[DATE].to_numpy() if label_dates and DATE in frame.df.columns else None
+    joint_label = np.asarray(world.label_posterior(frame.df, providers, dates))
+    out = {}
+    for source, joint in ((TRUTH, joint_truth), (PROVIDER, joint_label)):
+        if joint.shape != (len(frame.df), 2 * n_age):
+            raise ValueError(f"world posterior for {source} has shape {joint.shape}, expected "
+                             f"({len(frame.df)}, {2 * n_age}): age edges differ from the world's")
+        joint = check_probabilities(joint, 2 * n_age, f"bayes {source} posterior")
+        out[source] = marginals_from_joint(joint, n_age)
+    return out
+
+
+def posterior_probs_by_split(world: Any, data: EvalData
+                             ) -> tuple[dict[str, Posteriors], str | None]:
+    """Exact posteriors of every test split ({} without a world), and a note when the world
+    cannot give them (e.g. custom age edges on a world built with others)."""
+    if world is None:
+        return {}, None
+    splits = sorted({SPLIT_OF_TEST_SET[t] for t in TEST_SETS} & set(data.frames))
+    try:
+        return {s: posterior_probs(world, data.frames[s], len(data.edges)) for s in splits}, None
+    except ValueError as exc:
+        note = f"Bayes gauge skipped: {exc}"
+        log.warning(note)
+        return {}, note
+
+
+def score_posterior(data: EvalData, bayes: dict[str, Posteriors]) -> list[pd.DataFrame]:
+    """Metric rows of the exact posterior itself on every slice (model BAYES_MODEL)."""
+    ident = {"model": BAYES_MODEL, "region": GLOBAL_REGION, "config_id": pd.NA}
+    parts: list[pd.DataFrame] = []
+    for test_set in TEST_SETS:
+        frame = data.frames.get(SPLIT_OF_TEST_SET[test_set])
+        if frame is None or frame.split not in bayes:
+            continue
+        all_rows = Aligned(np.arange(len(frame.df)), {}, len(frame.df))
+        parts += score_slices(ident, frame, test_set, all_rows, bayes[frame.split],
+                              data.eval_regions, data.edges, data.actual)[0]
+    return parts
+
+
+def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
+    """Model vs exact-posterior log-loss and macro F1, on the rows each model was scored on
+    (None without a world)."""
+    names = {"log_loss": "logloss", "macro_f1": "macro_f1", "bayes_log_loss": "bayes_logloss",
+             "bayes_macro_f1": "bayes_macro_f1"}
+    if not (metrics["metric"] == "bayes_log_loss").any():
+        return None
+    keys = ["model", "region", "config_id", "eval_region", "target", "test_set", "label_source"]
+    sel = metrics[metrics["metric"].isin(list(names)) & metrics["class"].isna()
+                  & metrics["test_set"].isin(TEST_SETS) & (metrics["model"] != BAYES_MODEL)]
+    out = unstack_observed(sel.assign(metric=sel["metric"].map(names)), keys, "metric", "value")
+    out = out.dropna(subset=["bayes_logloss"])
+    out["ratio"] = out["logloss"] / out["bayes_logloss"]
+    cols = keys + ["logloss", "bayes_logloss", "ratio", "macro_f1", "bayes_macro_f1"]
+    return out[cols].sort_values(keys).reset_index(drop=True)
