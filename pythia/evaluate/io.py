@@ -30,17 +30,6 @@ JSON_TABLES = ("metrics", "champions", "headline", "gauge")
 
 # ---------------------------------------------------------------- inputs
 
-def read_parquet_frame(uri: str) -> pd.DataFrame:
-    """Read a (hive-partitioned) Parquet folder or file, local or S3, into pandas."""
-    import pyarrow.dataset as ds
-    fs, path = storage.filesystem(uri)
-    try:
-        return ds.dataset(path, filesystem=fs, format="parquet",
-                          partitioning="hive").to_table().to_pandas()
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"no Parquet data at {uri}") from exc
-
-
 def importance_weights(y_age_gender: Any, split_manifest: Mapping[str, Any], split: str,
                        n_age: int) -> np.ndarray:
     """1 / keep-rate of each row's resampling class: weights that turn a resampled split's
@@ -74,7 +63,7 @@ def read_split_frames(split_manifest: Mapping[str, Any], age_edges: Sequence[int
     """The evaluated splits' rows (validation, natural and resampled test day) as pandas; the
     validation rows carry importance weights that undo its class resampling."""
     paths = split_manifest["paths"]
-    frames = {split: read_parquet_frame(paths[split]) for split in EVAL_SPLITS if split in paths}
+    frames = {split: storage.read_frame(paths[split]) for split in EVAL_SPLITS if split in paths}
     if VALIDATION in frames:
         frames[VALIDATION][WEIGHT_COLUMN] = importance_weights(
             frames[VALIDATION][Y_AGE_GENDER].to_numpy(), split_manifest, VALIDATION,
