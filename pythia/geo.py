@@ -109,12 +109,15 @@ def load_region_map(overrides: Mapping[str, str] | None = None, *,
         ValueError: one line naming the first bad country code or region name.
     """
     out = {} if replace else default_region_map()
-    known = known_countries()
+    known, seen = known_countries(), set()
     for key, region in (overrides or {}).items():
         code = key.strip().upper() if isinstance(key, str) else key
         if not isinstance(code, str) or code not in known:
             raise ValueError(f"region override {key!r}: not an ISO-3166-1 alpha-2 country code "
                              f"(e.g. 'US', 'DE')")
+        if code in seen:
+            raise ValueError(f"region override {key!r}: country {code!r} is given twice")
+        seen.add(code)
         if (not isinstance(region, str) or not _REGION_NAME.match(region)
                 or region.lower() in _RESERVED_REGIONS):
             raise ValueError(f"region override {key!r} = {region!r}: a region name is letters, "

@@ -93,6 +93,7 @@ def test_region_overrides_patch_or_replace_the_default():
 @pytest.mark.parametrize("overrides, named", [
     ({"XX": "EU"}, "'XX'"), ({"UK": "EU"}, "'UK'"), ({"USA": "NA"}, "'USA'"),
     ({"DE": "global"}, "'DE'"), ({"DE": "EU west"}, "'DE'"), ({"DE": 3}, "'DE'"),
+    ({"de": "A", "DE": "B"}, "'DE'"),
 ])
 def test_bad_region_override_is_one_line_naming_it(overrides, named):
     with pytest.raises(ValueError) as err:
