@@ -1,0 +1,501 @@
+"""Geography for every ISO-3166 country: its model region, and local time with daylight saving.
+
+Regions. Every ISO-3166-1 alpha-2 country (pycountry's list, plus the user-assigned ``XK`` that
+exchanges send for Kosovo) gets an ad-market region from its UN M49 area (``data/geo.json``):
+Northern America -> NA; Latin America and the Caribbean (South and Central America,
+Caribbean) -> LATAM; Europe (Eastern, Northern, Southern, Western) -> EU; Africa and Western
+Asia -> MEA; the rest of Asia (Eastern, South-eastern, Southern, Central) and Oceania -> APAC.
+Four exceptions win over the rule: MX -> NA (as before: ad markets sell it with the US and
+Canada), CY -> EU (an EU member state), IR -> MEA (Middle East) and AQ -> APAC (no M49 area).
+A code that is not a country (or empty) belongs to ``OTHER_REGION``. The map is plain data:
+``load_region_map`` patches or replaces it from a user's file or a flow ``Config`` table.
+
+Local time. A country's clock is its IANA zone (``zoneinfo`` over the ``tzdata`` package,
+daylight saving included); countries that span several zones use the ISO-3166-2 subdivision in
+``geo_region`` ('US-CA' or 'CA', as OpenRTB sends it) where the data file knows it, else their
+most populous zone; unknown countries use UTC. ``build_offset_table`` compiles those zones once
+into plain transition/offset arrays (JSON, carried by the bundle); ``local_offset_minutes``
+looks an instant up in them with a binary search, so the ETL (vectorised over a batch) and the
+scorer (one request, no tz database) derive the same local time from the same table.
+"""
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import functools
+import importlib.resources
+import io
+import json
+import math
+import re
+import struct
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+REGIONS: tuple[str, ...] = ("NA", "LATAM", "EU", "APAC", "MEA")  # the default's regions
+OTHER_REGION = "OTHER"  # a country code the map does not know
+UTC_ZONE = "Etc/UTC"  # the clock of an unknown country
+DEFAULT_YEARS: tuple[int, int] = (2000, 2045)  # instants outside keep the nearest year's offset
+
+OFFSETS_FORMAT = "pythia-utc-offsets"
+OFFSETS_FORMAT_VERSION = 1
+
+_DATA_FILE = "geo.json"
+# A region name is also a file-name part of the bundle (weights-<region>.npz); "global" is the
+# name of the fallback model, not a region.
+_REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_RESERVED_REGIONS = ("global",)
+_RULE_PROBE_SECONDS = 7 * 86_400  # probe step where a zone file's POSIX rule applies
+# Instants are clipped into [_TS_MIN, _TS_MAX) before the vectorised search (about years
+# 881..3058; any table's transitions lie inside, so clipping changes no result).
+_TS_MIN = -(2 ** 35)
+_TS_MAX = 2 ** 35
+_BLOCK = _TS_MAX - _TS_MIN  # key space per zone in the vectorised search
+
+
+# ---------------------------------------------------------------- the data file
+
+@functools.cache
+def _data() -> dict[str, Any]:
+    text = importlib.resources.files("pythia").joinpath("data", _DATA_FILE).read_text("utf8")
+    return json.loads(text)
+
+
+@functools.cache
+def known_countries() -> frozenset[str]:
+    """Country codes the geography accepts: ISO-3166-1 alpha-2 (pycountry) plus the extras."""
+    import pycountry
+
+    return frozenset(c.alpha_2 for c in pycountry.countries) | frozenset(
+        _data()["extra_countries"])
+
+
+# ---------------------------------------------------------------- regions
+
+def default_region_map() -> dict[str, str]:
+    """Country -> ad-market region for every known country (the module docstring's rule)."""
+    return dict(_default_region_map())
+
+
+@functools.cache
+def _default_region_map() -> dict[str, str]:
+    data = _data()
+    out = {c: area["region"] for area in data["m49_areas"].values() for c in area["countries"]}
+    out.update({c: e["region"] for c, e in data["region_exceptions"].items()})
+    out.update({c: e["region"] for c, e in data["extra_countries"].items()})
+    return dict(sorted(out.items()))
+
+
+def region_of(country: Any, region_map: Mapping[str, str] | None = None) -> str:
+    """The region of a country code in ``region_map`` (default map if None); else OTHER_REGION."""
+    regions = _default_region_map() if region_map is None else region_map
+    return regions.get(country, OTHER_REGION) if isinstance(country, str) else OTHER_REGION
+
+
+def load_region_map(overrides: Mapping[str, str] | None = None, *,
+                    replace: bool = False) -> dict[str, str]:
+    """The default region map patched (or replaced) by a user's overrides.
+
+    Args:
+        overrides: country code -> region name, e.g. a Metaflow ``Config`` TOML table
+            ``[geography.regions]`` or ``read_region_overrides(path)``. Codes are
+            case-insensitive ISO-3166-1 alpha-2; region names are free (``DACH``, ``OTHER`` …)
+            but must be usable in file names and may not be ``global``.
+        replace: if True the overrides are the whole map: countries they omit fall into
+            ``OTHER_REGION``.
+
+    Raises:
+        ValueError: one line naming the first bad country code or region name.
+    """
+    out = {} if replace else default_region_map()
+    known, seen = known_countries(), set()
+    for key, region in (overrides or {}).items():
+        code = key.strip().upper() if isinstance(key, str) else key
+        if not isinstance(code, str) or code not in known:
+            raise ValueError(f"region override {key!r}: not an ISO-3166-1 alpha-2 country code "
+                             f"(e.g. 'US', 'DE')")
+        if code in seen:
+            raise ValueError(f"region override {key!r}: country {code!r} is given twice")
+        seen.add(code)
+        if (not isinstance(region, str) or not _REGION_NAME.match(region)
+                or region.lower() in _RESERVED_REGIONS):
+            raise ValueError(f"region override {key!r} = {region!r}: a region name is letters, "
+                             f"digits, '_', '.' or '-' and not {_RESERVED_REGIONS[0]!r}")
+        out[code] = region
+    return dict(sorted(out.items()))
+
+
+def read_region_overrides(path: str) -> dict[str, str]:
+    """Country -> region overrides from a ``.toml`` or ``.json`` file.
+
+    TOML: either a ``[regions]`` table or top-level ``US = "NA"`` lines; JSON: an object, or one
+    with a ``"regions"`` object. Validate the result with ``load_region_map``.
+    """
+    if path.endswith(".toml"):
+        import tomllib
+
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    elif path.endswith(".json"):
+        with open(path, encoding="utf8") as f:
+            doc = json.load(f)
+    else:
+        raise ValueError(f"region overrides {path}: expected a .toml or .json file")
+    if isinstance(doc, dict) and isinstance(doc.get("regions"), dict):
+        doc = doc["regions"]
+    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+        raise ValueError(f"region overrides {path}: expected COUNTRY = \"REGION\" entries")
+    return dict(doc)
+
+
+# ---------------------------------------------------------------- zones
+
+def country_zones() -> dict[str, str]:
+    """Country -> its IANA zone (the most populous one where a country spans several)."""
+    data = _data()
+    out = dict(data["country_zones"])
+    out.update({c: e["zone"] for c, e in data["extra_countries"].items()})
+    return out
+
+
+def subdivision_zones() -> dict[str, str]:
+    """ISO-3166-2 subdivision ('US-CA') -> IANA zone, for countries that span several zones."""
+    return {s: z for subs in _data()["subdivision_zones"].values() for s, z in subs.items()}
+
+
+def subdivision_code(country: str, geo_region: Any) -> str | None:
+    """The ISO-3166-2 code a ``geo_region`` names: 'CA' or ' us-ca' -> 'US-CA'; None if unusable."""
+    if not isinstance(geo_region, str):
+        return None
+    code = geo_region.strip().upper()
+    if not code:
+        return None
+    return code if code.startswith(country + "-") else f"{country}-{code}"
+
+
+def zone_of(country: str | None, geo_region: str | None = None) -> str:
+    """The IANA zone of an impression (the rule ``build_offset_table`` compiles).
+
+    Args:
+        country: ISO-3166-1 alpha-2 code (upper case, as the contract has it).
+        geo_region: the impression's ISO-3166-2 subdivision ('US-CA' or 'CA'), if any.
+    """
+    zones = country_zones()
+    if country not in zones:
+        return UTC_ZONE
+    code = subdivision_code(country, geo_region)
+    if code is not None:
+        zone = _data()["subdivision_zones"].get(country, {}).get(code)
+        if zone is not None:
+            return zone
+    return zones[country]
+
+
+# ---------------------------------------------------------------- compiling the offset table
+
+def _tzdata_version() -> str:
+    from importlib.metadata import version
+
+    return version("tzdata")
+
+
+def _tzif_bytes(zone: str) -> bytes:
+    """The zone's TZif file from the ``tzdata`` package (not the host's): the same everywhere."""
+    path = importlib.resources.files("tzdata.zoneinfo").joinpath(*zone.split("/"))
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise ValueError(f"time zone {zone!r} is not in tzdata {_tzdata_version()}") from exc
+
+
+def _tzif_transitions(data: bytes) -> list[int]:
+    """The explicit transition instants of a TZif file (RFC 8536; the 64-bit block if any)."""
+    if data[:4] != b"TZif":
+        raise ValueError("not a TZif file")
+    isut, isstd, leap, timecnt, typecnt, charcnt = struct.unpack(">6l", data[20:44])
+    if data[4] == 0:  # version 1: 32-bit times only
+        return list(struct.unpack(f">{timecnt}l", data[44:44 + 4 * timecnt]))
+    second = 44 + timecnt * 5 + typecnt * 6 + charcnt + leap * 8 + isstd + isut
+    timecnt = struct.unpack(">6l", data[second + 20:second + 44])[3]
+    return list(struct.unpack(f">{timecnt}q", data[second + 44:second + 44 + 8 * timecnt]))
+
+
+def _zone_series(zone: str, start: int, end: int) -> tuple[list[int], list[int]]:
+    """(transition instants, UTC offsets in minutes) of ``zone`` over [start, end).
+
+    The first instant is ``start`` with the offset then in force; each later one is a change.
+    Offsets come from ``zoneinfo``. Where they change: at the file's explicit transitions
+    (checked, since some change only the abbreviation), and after the last of them, where the
+    file's POSIX rule applies (at most two changes a year, months apart), at changes found by
+    probing weekly and bisecting to the second.
+    """
+    import zoneinfo
+
+    data = _tzif_bytes(zone)
+    tz = zoneinfo.ZoneInfo.from_file(io.BytesIO(data), key=zone)
+
+    def offset(t: int) -> int:
+        return int(dt.datetime.fromtimestamp(t, tz).utcoffset().total_seconds())
+
+    listed = _tzif_transitions(data)
+    explicit = [t for t in listed if start < t < end]
+    rule_from = max([start, *listed])
+    points = explicit + list(range(rule_from + _RULE_PROBE_SECONDS, end, _RULE_PROBE_SECONDS))
+    transitions, offsets = [start], [offset(start)]
+    t, current = start, offsets[0]
+    for probe in sorted(set(points)):
+        if probe <= t or offset(probe) == current:
+            continue
+        lo, hi = t, probe  # offset is `current` on [t, lo] and differs at hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if offset(mid) == current else (lo, mid)
+        current = offset(hi)
+        transitions.append(hi)
+        offsets.append(current)
+        t = hi
+    if any(o % 60 for o in offsets):
+        raise ValueError(f"time zone {zone!r} has an offset that is not whole minutes")
+    return transitions, [o // 60 for o in offsets]
+
+
+def build_offset_table(countries: Iterable[str] | None = None,
+                       years: tuple[int, int] = DEFAULT_YEARS) -> dict[str, Any]:
+    """Compile the UTC offsets the ETL and the scorer need into a JSON-able document.
+
+    Args:
+        countries: the countries to cover (default: every known country); e.g. the countries
+            of a run's data, to keep the bundle small.
+        years: first and last calendar year (UTC) whose transitions are compiled; an instant
+            before/after keeps the offset in force at the start/end of the range.
+
+    Returns:
+        ``{'format', 'format_version', 'years', 'tzdata', 'countries': {country: zone},
+        'subdivisions': {'US-CA': zone} (only those whose zone differs from their country's),
+        'zones': {zone: {'transitions': [epoch s], 'offsets_minutes': [min]} or
+        {'same_as': zone}}}`` -- a zone whose series equals an earlier one names it.
+
+    Raises:
+        ValueError: an unknown country code or a bad year range (one line naming it).
+    """
+    first, last = int(years[0]), int(years[1])
+    if not 1900 <= first <= last <= 2200:
+        raise ValueError(f"offset table years {years!r}: expected (first, last) within 1900..2200")
+    zones_of = country_zones()
+    chosen = sorted(zones_of) if countries is None else sorted(set(countries))
+    for c in chosen:
+        if c not in zones_of:
+            raise ValueError(f"offset table: {c!r} is not an ISO-3166-1 alpha-2 country code")
+    country_zone = {c: zones_of[c] for c in chosen}
+    subdivisions = {}
+    for c in chosen:
+        for code, zone in _data()["subdivision_zones"].get(c, {}).items():
+            if zone != country_zone[c]:
+                subdivisions[code] = zone
+    start = int(dt.datetime(first, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+    end = int(dt.datetime(last + 1, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+    zones: dict[str, dict[str, Any]] = {}
+    first_with: dict[tuple, str] = {}
+    by_file: dict[bytes, tuple[list[int], list[int]]] = {}  # links are copies in tzdata
+    # Countries' own zones first, so they hold the series and subdivisions' zones name them.
+    ordered = sorted(set(country_zone.values()))
+    ordered += sorted(set(subdivisions.values()) - set(ordered))
+    for zone in ordered:
+        data = _tzif_bytes(zone)
+        if data not in by_file:
+            by_file[data] = _zone_series(zone, start, end)
+        transitions, offsets = by_file[data]
+        key = (tuple(transitions), tuple(offsets))
+        if key in first_with:
+            zones[zone] = {"same_as": first_with[key]}
+        else:
+            first_with[key] = zone
+            zones[zone] = {"transitions": transitions, "offsets_minutes": offsets}
+    return {"format": OFFSETS_FORMAT, "format_version": OFFSETS_FORMAT_VERSION,
+            "years": [first, last], "tzdata": _tzdata_version(),
+            "countries": country_zone, "subdivisions": dict(sorted(subdivisions.items())),
+            "zones": zones}
+
+
+# ---------------------------------------------------------------- the compiled table
+
+def _is_scalar(value: Any) -> bool:
+    if value is None or type(value) is str or type(value) is int or type(value) is float:
+        return True
+    return np.ndim(value) == 0
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy string scalar as a str; anything that is not a string as None (no code)."""
+    return str(value) if isinstance(value, str) else None
+
+
+class OffsetTable:
+    """A compiled offset table, ready for lookups (build it once, then share it).
+
+    ``OffsetTable.from_json(build_offset_table(...))``; ``to_json()`` gives the document back
+    exactly. Lookups need only NumPy and ``bisect``: no tz database.
+    """
+
+    def __init__(self, doc: Mapping[str, Any]) -> None:
+        if (doc.get("format"), doc.get("format_version")) != (OFFSETS_FORMAT,
+                                                               OFFSETS_FORMAT_VERSION):
+            raise ValueError(f"not a {OFFSETS_FORMAT} v{OFFSETS_FORMAT_VERSION} document "
+                             f"(format {doc.get('format')!r} v{doc.get('format_version')})")
+        self._doc = json.loads(json.dumps(doc))  # a private copy, plain JSON types
+        zones = self._doc["zones"]
+        # Series 0 is UTC (unknown countries); then one per distinct zone series.
+        series: list[tuple[list[int], list[int]]] = [([_TS_MIN], [0])]
+        index_of: dict[str, int] = {}
+        for zone, entry in zones.items():
+            if "same_as" not in entry:
+                t, o = entry["transitions"], entry["offsets_minutes"]
+                if not t or len(t) != len(o) or t != sorted(t):
+                    raise ValueError(f"offset table zone {zone!r}: transitions must be sorted "
+                                     f"and as many as the offsets")
+                index_of[zone] = len(series)
+                series.append((t, o))
+        for zone, entry in zones.items():
+            if "same_as" in entry:
+                if entry["same_as"] not in index_of:
+                    raise ValueError(f"offset table zone {zone!r}: same_as "
+                                     f"{entry['same_as']!r} has no series")
+                index_of[zone] = index_of[entry["same_as"]]
+        for owner, zone in [*self._doc["countries"].items(), *self._doc["subdivisions"].items()]:
+            if zone not in index_of:
+                raise ValueError(f"offset table: {owner!r} names zone {zone!r} without a series")
+        # Scalar path: country -> (transitions, offsets, series id, its subdivisions or None),
+        # the subdivisions under both spellings ('US-CA' and 'CA').
+        subs: dict[str, dict[str, tuple]] = {}
+        for code, zone in self._doc["subdivisions"].items():
+            country, short = code.split("-", 1)
+            entry = (*series[index_of[zone]], index_of[zone], None)
+            subs.setdefault(country, {})[code] = entry
+            subs[country][short] = entry
+        self._utc = (*series[0], 0, None)
+        self._by_country = {c: (*series[index_of[z]], index_of[z], subs.get(c))
+                            for c, z in self._doc["countries"].items()}
+        # Vectorised path: every series in one sorted key array, block j = series j.
+        sizes = [len(t) for t, _ in series]
+        self._starts = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+        self._keys = np.concatenate([j * _BLOCK + (np.asarray(t, dtype=np.int64) - _TS_MIN)
+                                     for j, (t, _) in enumerate(series)])
+        self._offsets = np.concatenate([np.asarray(o, dtype=np.int64) for _, o in series])
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "OffsetTable":
+        """The table of a ``build_offset_table`` document (e.g. read from a bundle)."""
+        return cls(doc)
+
+    @classmethod
+    def build(cls, countries: Iterable[str] | None = None,
+              years: tuple[int, int] = DEFAULT_YEARS) -> "OffsetTable":
+        """``from_json(build_offset_table(countries, years))``."""
+        return cls(build_offset_table(countries, years))
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-able document this table was built from (an equal copy)."""
+        return json.loads(json.dumps(self._doc))
+
+    @property
+    def years(self) -> tuple[int, int]:
+        return tuple(self._doc["years"])
+
+    @property
+    def tzdata_version(self) -> str:
+        return self._doc["tzdata"]
+
+    @property
+    def countries(self) -> list[str]:
+        return sorted(self._doc["countries"])
+
+    def zone_of(self, country: str | None, geo_region: str | None = None) -> str:
+        """The zone this table uses for a country/subdivision (``UTC_ZONE`` if unknown)."""
+        if country not in self._doc["countries"]:
+            return UTC_ZONE
+        code = subdivision_code(country, geo_region)
+        return self._doc["subdivisions"].get(code) or self._doc["countries"][country]
+
+    def _entry(self, country: Any, geo_region: Any) -> tuple:
+        """(transitions, offsets, series id, subdivisions) of a country/subdivision, else UTC's."""
+        entry = self._by_country.get(country) if isinstance(country, str) else None
+        if entry is None:
+            return self._utc
+        subs = entry[3]
+        if subs is not None and isinstance(geo_region, str) and geo_region:
+            return subs.get(geo_region) or subs.get(geo_region.strip().upper()) or entry
+        return entry
+
+    def offset_minutes(self, ts_seconds: Any, country: Any, geo_region: Any = None) -> Any:
+        """UTC offset in minutes at instant(s) ``ts_seconds`` (see ``local_offset_minutes``)."""
+        kind = type(ts_seconds)
+        if ((kind is int or kind is float) and (type(country) is str or country is None)
+                and (geo_region is None or type(geo_region) is str)):
+            # The scorer's path, kept to plain Python: a dict hit or two and one bisect.
+            entry = self._by_country.get(country, self._utc)
+            subs = entry[3]
+            if subs is not None and geo_region:
+                entry = subs.get(geo_region) or subs.get(geo_region.strip().upper()) or entry
+            if kind is float:
+                ts_seconds = math.floor(ts_seconds)
+            i = bisect.bisect_right(entry[0], ts_seconds) - 1
+            return entry[1][i if i > 0 else 0]
+        if _is_scalar(ts_seconds) and _is_scalar(country) and _is_scalar(geo_region):
+            # NumPy scalars and other odd types: plain values, or no code at all.
+            transitions, offsets, _, _ = self._entry(_plain(country), _plain(geo_region))
+            i = bisect.bisect_right(transitions, math.floor(ts_seconds)) - 1
+            return offsets[i if i > 0 else 0]
+        return self._offsets_many(ts_seconds, country, geo_region)
+
+    def _offsets_many(self, ts_seconds: Any, country: Any, geo_region: Any) -> np.ndarray:
+        ts = np.asarray(ts_seconds)
+        if ts.dtype.kind == "f":
+            ts = np.floor(ts)
+        ts = ts.astype(np.int64).reshape(-1)
+        countries = [country] if _is_scalar(country) else list(country)
+        regions = [geo_region] if _is_scalar(geo_region) else list(geo_region)
+        lengths = {len(ts), len(countries), len(regions)} - {1}
+        if len(lengths) > 1:
+            raise ValueError(f"offset lookup: ts, country and geo_region lengths differ "
+                             f"({len(ts)}, {len(countries)}, {len(regions)})")
+        n = lengths.pop() if lengths else 1
+        ts = np.broadcast_to(ts, (n,))
+        countries = countries * n if len(countries) == 1 else countries
+        regions = regions * n if len(regions) == 1 else regions
+        ids = np.fromiter(self._series_ids(countries, regions), dtype=np.int64, count=n)
+        keys = ids * _BLOCK + (np.clip(ts, _TS_MIN, _TS_MAX - 1) - _TS_MIN)
+        pos = np.searchsorted(self._keys, keys, side="right") - 1
+        return self._offsets[np.maximum(pos, self._starts[ids])]
+
+    def _series_ids(self, countries: list, regions: list) -> list[int]:
+        """Series id per row; each distinct (country, geo_region) pair is resolved once."""
+        memo: dict[tuple, int] = {}
+        get, ids = memo.get, []
+        try:
+            for key in zip(countries, regions):
+                sid = get(key)
+                if sid is None:
+                    sid = memo[key] = self._entry(*key)[2]
+                ids.append(sid)
+        except TypeError:  # an unhashable value (a list, a dict): no code, like any non-string
+            ids = [self._entry(*(v if isinstance(v, str) else None for v in key))[2]
+                   for key in zip(countries, regions)]
+        return ids
+
+
+def local_offset_minutes(ts_seconds: Any, country: Any, geo_region: Any,
+                         table: OffsetTable) -> Any:
+    """UTC offset (minutes) of the local clock at an impression's instant, DST included.
+
+    The one function the ETL and the scorer share. Scalars in -> a Python int (O(log n), no
+    NumPy call); any array argument -> an int64 array (the others broadcast), vectorised.
+
+    Args:
+        ts_seconds: epoch seconds (UTC), int/float or an array of them.
+        country: ISO-3166-1 alpha-2 code(s); unknown, empty or None -> UTC (offset 0).
+        geo_region: ISO-3166-2 subdivision(s) ('US-CA' or 'CA') or None; used where the
+            country spans several zones, ignored otherwise.
+        table: the compiled ``OffsetTable`` (the bundle's own, at scoring time).
+    """
+    return table.offset_minutes(ts_seconds, country, geo_region)
