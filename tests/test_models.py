@@ -1,14 +1,16 @@
 """Unit and component tests of pythia.models: priors/EM/temperature math, CORN, the three models,
-save/load, the NumPy export parity, the registry's invariants (every model answers for itself),
-the search helpers and the training stage entry points.
+save/load, the NumPy export parity, the registry's invariants (every model answers for itself,
+no model name outside pythia/models), the search helpers and the training stage entry points.
 
 Tiny sizes throughout (a few hundred rows, one hidden layer of 8 units, a few epochs).
 """
 from __future__ import annotations
 
+import ast
 import io
 import math
 import pathlib
+import re
 import sys
 import types
 
@@ -308,6 +310,51 @@ def test_export_payload_names_a_runtime(fitted, tmp_path):
             assert payload == {ex.RUNTIME: ex.SAVED_MODEL, ex.MODEL_DIR: folder}
     with pytest.raises(FileNotFoundError, match="not a saved pythia model"):
         get_model("mlp").export(str(tmp_path))  # its payload is read from the saved model
+
+
+def _docstring_ids(tree: ast.AST) -> set[int]:
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, kinds) and node.body and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)}
+
+
+def model_name_literals(root: pathlib.Path, names: set[str]) -> list[str]:
+    """``file:line: [names] in 'text'`` of every string constant (docstrings aside) naming a model.
+
+    A constant counts when one of its identifier-like words is a model name, so a default
+    such as ``"mlp,gbdt"`` is found as well as ``"gbdt"``; comments are not in the AST.
+    """
+    hits = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf8"))
+        docs = _docstring_ids(tree)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Constant) or not isinstance(node.value, str) \
+                    or id(node) in docs:
+                continue
+            found = names & set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", node.value))
+            if found:
+                hits.append(f"{path.relative_to(root.parent)}:{node.lineno}: {sorted(found)} "
+                            f"in {node.value[:40]!r}")
+    return hits
+
+
+def test_model_name_scan_finds_literals_and_skips_docstrings(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text('"""Talks about gbdt."""\n# and mlp\nX = "mlp,gbdt"\n'
+                              'def f():\n    """The mlp."""\n    return {"kind": "mlp"}\n'
+                              'Y = "numpy_layers"\n')
+    assert model_name_literals(pkg, {"mlp", "gbdt"}) == [
+        "pkg/a.py:3: ['gbdt', 'mlp'] in 'mlp,gbdt'", "pkg/a.py:6: ['mlp'] in 'mlp'"]
+
+
+def test_no_model_name_outside_pythia_models():
+    """Only the registry lists models; everything else asks the classes (issue 12)."""
+    hits = [h for h in model_name_literals(REPO / "pythia", set(MODEL_NAMES))
+            if not h.startswith("pythia/models/")]
+    assert not hits, "model names outside pythia/models:\n" + "\n".join(hits)
 
 
 def test_bad_inputs_are_named(fitted, data, tmp_path):
