@@ -538,6 +538,7 @@ def test_fit_candidate_writes_predictions_and_model(fake_tfrecords, tmp_path, na
                           TrainConfig(max_epochs=2, batch_size=64, seed=0))
     json.dumps(res)  # JSON-able
     assert res["model"] == name and res["region"] == region
+    assert res["is_baseline"] is MODELS[name].is_baseline
     assert res["n_train"] == (500 if region == "global" else 200)
     assert set(res["val_logloss"]) == set(features.TARGETS)
     assert res["age_head"] == ("corn" if name == "mlp" else "marginal")

@@ -188,9 +188,10 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
         train_cfg: epochs, batch size, patience, seed, age head, prior correction.
 
     Returns:
-        JSON-able dict: model, region, config_id, hparams, model_dir, predictions_uri, n_train,
-        n_valid, fit_seconds, epochs, best_val_loss, val_logloss (per target), age_head,
-        temperature, prior_correction, n_predicted (per split).
+        JSON-able dict: model, is_baseline (the class's answer, so that choosing champions
+        needs no model import), region, config_id, hparams, model_dir, predictions_uri,
+        n_train, n_valid, fit_seconds, epochs, best_val_loss, val_logloss (per target),
+        age_head, temperature, prior_correction, n_predicted (per split).
 
     Raises:
         ValueError: the region has no training (or no validation) rows.
@@ -217,6 +218,7 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
 
     return {
         "model": model_name,
+        "is_baseline": bool(cls.is_baseline),
         "region": region,
         "config_id": int(config_id),
         "hparams": {k: _finite(v) for k, v in model.hparams.items()},
