@@ -1,12 +1,16 @@
 """Unit and component tests of pythia.models: priors/EM/temperature math, CORN, the three models,
-save/load, the NumPy export parity, the search helpers and the train_candidate entry point.
+save/load, the NumPy export parity, the registry's invariants (every model answers for itself,
+no model name outside pythia/models), the search helpers and the training stage entry points.
 
 Tiny sizes throughout (a few hundred rows, one hidden layer of 8 units, a few epochs).
 """
 from __future__ import annotations
 
+import ast
 import io
 import math
+import pathlib
+import re
 import sys
 import types
 
@@ -18,11 +22,13 @@ import pythia
 from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders, NumericStats, Vocabulary
-from pythia.models import MODELS, get_model, load_model
+from pythia.models import MODEL_NAMES, MODELS, get_model, load_model
+from pythia.models import export as ex
 from pythia.models import priors as pr
 from pythia.models.links import corn_probabilities
 from pythia.models.search import best_config, sample_configs
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 EDGES = (18, 35, 55)  # 3 age buckets -> 6 AgeGender classes: learnable from few rows
 N_AGE = len(EDGES)
 N_CLASSES = {"gender": 2, "age": N_AGE, "age_gender": 2 * N_AGE}
@@ -251,6 +257,106 @@ def test_save_load_gives_identical_predictions(fitted, data, name, tmp_path):
         get_model(other).load(str(tmp_path / name))
 
 
+# ------------------------------------------------------------------ the registry
+
+def test_every_model_answers_for_itself():
+    from pythia.models import BASELINE_MODELS, baseline_models
+    from pythia.models.base import INPUT_FORMATS, Model
+
+    for name in MODEL_NAMES:
+        cls = MODELS[name]
+        assert issubclass(cls, Model) and cls.name == name
+        assert isinstance(cls.is_baseline, bool)
+        assert cls.input_format in INPUT_FORMATS, (name, cls.input_format)
+        space = cls.search_space()
+        assert isinstance(space, dict) and space, name
+        unknown = set(space) - set(cls.default_hparams())
+        assert not unknown, f"{name} searches knobs it does not have: {unknown}"
+        for knob, spec in space.items():
+            assert (isinstance(spec, list) and spec) or (
+                isinstance(spec, tuple) and spec[0] == "log" and 0 < spec[1] < spec[2]), knob
+        assert callable(cls.export) and callable(cls.tie_hparams)
+    assert BASELINE_MODELS and set(BASELINE_MODELS) <= set(MODEL_NAMES)
+    assert BASELINE_MODELS == baseline_models() == tuple(
+        n for n in MODEL_NAMES if MODELS[n].is_baseline)
+
+
+def test_registry_stays_light_to_import():
+    import subprocess
+
+    code = ("import sys, json\n"
+            "import pythia.models, pythia.models.export\n"
+            "assert pythia.models.MODEL_NAMES\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'tensorflow', 'torch', 'sklearn', 'pyarrow', 'scipy', 'keras'})\n"
+            "print(json.dumps(heavy))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(REPO), check=True)
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+    with pytest.raises(AttributeError, match="no attribute 'MODEL_KINDS'"):
+        pythia.models.MODEL_KINDS  # noqa: B018
+
+
+def test_export_payload_names_a_runtime(fitted, tmp_path):
+    for name, (model, _) in fitted.items():
+        folder = str(tmp_path / name)
+        model.save(folder)
+        payload = type(model).export(folder)
+        assert payload[ex.RUNTIME] in ex.RUNTIMES, name
+        if payload[ex.RUNTIME] == ex.NUMPY_LAYERS:
+            assert payload[ex.EXPORT]["kind"] == name
+            assert set(payload[ex.EXPORT]["heads"]) == set(features.TARGETS)
+        else:
+            assert payload == {ex.RUNTIME: ex.SAVED_MODEL, ex.MODEL_DIR: folder}
+    with pytest.raises(FileNotFoundError, match="not a saved pythia model"):
+        get_model("mlp").export(str(tmp_path))  # its payload is read from the saved model
+
+
+def _docstring_ids(tree: ast.AST) -> set[int]:
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, kinds) and node.body and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)}
+
+
+def model_name_literals(root: pathlib.Path, names: set[str]) -> list[str]:
+    """``file:line: [names] in 'text'`` of every string constant (docstrings aside) naming a model.
+
+    A constant counts when one of its identifier-like words is a model name, so a default
+    such as ``"mlp,gbdt"`` is found as well as ``"gbdt"``; comments are not in the AST.
+    """
+    hits = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf8"))
+        docs = _docstring_ids(tree)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Constant) or not isinstance(node.value, str) \
+                    or id(node) in docs:
+                continue
+            found = names & set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", node.value))
+            if found:
+                hits.append(f"{path.relative_to(root.parent)}:{node.lineno}: {sorted(found)} "
+                            f"in {node.value[:40]!r}")
+    return hits
+
+
+def test_model_name_scan_finds_literals_and_skips_docstrings(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text('"""Talks about gbdt."""\n# and mlp\nX = "mlp,gbdt"\n'
+                              'def f():\n    """The mlp."""\n    return {"kind": "mlp"}\n'
+                              'Y = "numpy_layers"\n')
+    assert model_name_literals(pkg, {"mlp", "gbdt"}) == [
+        "pkg/a.py:3: ['gbdt', 'mlp'] in 'mlp,gbdt'", "pkg/a.py:6: ['mlp'] in 'mlp'"]
+
+
+def test_no_model_name_outside_pythia_models():
+    """Only the registry lists models; everything else asks the classes (issue 12)."""
+    hits = [h for h in model_name_literals(REPO / "pythia", set(MODEL_NAMES))
+            if not h.startswith("pythia/models/")]
+    assert not hits, "model names outside pythia/models:\n" + "\n".join(hits)
+
+
 def test_bad_inputs_are_named(fitted, data, tmp_path):
     model, _ = fitted["gbdt"]
     X = dict(data["test"])
@@ -384,7 +490,7 @@ def test_best_config_picks_lowest_age_gender_logloss():
         best_config([results[2]])
 
 
-# ------------------------------------------------------------------ train_candidate
+# ------------------------------------------------------------------ training stage entry points
 
 @pytest.fixture()
 def fake_tfrecords(monkeypatch):
@@ -421,17 +527,18 @@ def fake_tfrecords(monkeypatch):
 
 
 @pytest.mark.parametrize("name,region", [("gbdt", "global"), ("mlp", "EU")])
-def test_train_candidate_writes_predictions_and_model(fake_tfrecords, tmp_path, name, region):
+def test_fit_candidate_writes_predictions_and_model(fake_tfrecords, tmp_path, name, region):
     import json
 
-    from pythia.models import train_candidate
+    from pythia.models import fit_candidate
 
     pred_uri = str(tmp_path / "pred" / f"{name}.parquet")
-    res = train_candidate(name, region, 0, HPARAMS[name], fake_tfrecords, uniform_priors(),
+    res = fit_candidate(name, region, 0, HPARAMS[name], fake_tfrecords, uniform_priors(),
                           str(tmp_path / "model"), pred_uri,
                           TrainConfig(max_epochs=2, batch_size=64, seed=0))
     json.dumps(res)  # JSON-able
     assert res["model"] == name and res["region"] == region
+    assert res["is_baseline"] is MODELS[name].is_baseline
     assert res["n_train"] == (500 if region == "global" else 200)
     assert set(res["val_logloss"]) == set(features.TARGETS)
     assert res["age_head"] == ("corn" if name == "mlp" else "marginal")
@@ -452,13 +559,57 @@ def test_train_candidate_writes_predictions_and_model(fake_tfrecords, tmp_path, 
     assert again.name == name
 
 
-def test_train_candidate_region_without_rows(fake_tfrecords, tmp_path):
-    from pythia.models import train_candidate
+def test_fit_candidate_region_without_rows(fake_tfrecords, tmp_path):
+    from pythia.models import fit_candidate
 
     with pytest.raises(ValueError, match="region 'LATAM' has no training rows"):
-        train_candidate("gbdt", "LATAM", 0, {}, fake_tfrecords, uniform_priors(),
+        fit_candidate("gbdt", "LATAM", 0, {}, fake_tfrecords, uniform_priors(),
                         str(tmp_path / "m"), str(tmp_path / "p.parquet"), FAST)
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_train_candidate_takes_the_flow_step_inputs(fake_tfrecords, tmp_path):
+    """The ``train`` step's call: grid item, manifests, config, age edges, the run's paths."""
+    from pythia.models import train_candidate, train_grid
+    from pythia.paths import RunPaths
+
+    natural = {"age_gender": [0.3, 0.1, 0.1, 0.2, 0.2, 0.1], "gender": [0.5, 0.5],
+               "age": [0.5, 0.3, 0.2]}
+    split_manifest = {"natural_priors": natural, "resample_target": "age_gender",
+                      "class_counts_after": {"train": {str(c): 10 for c in range(6)}}}
+    paths = RunPaths(str(tmp_path), "DemoFlow", "7")
+    item = train_grid(["gbdt"], ["EU"], fake_tfrecords, search=1, seed=0)[1]
+    res = train_candidate(item, fake_tfrecords, split_manifest, FAST, EDGES, paths)
+    assert (res["model"], res["region"], res["config_id"]) == ("gbdt", "EU", 1)
+    assert res["model_dir"] == paths.model("gbdt", "EU", 1)
+    assert res["predictions_uri"] == paths.predictions("gbdt", "EU", 1)
+    assert pq.read_table(res["predictions_uri"]).num_rows == 3 * 200
+    saved, want = load_model(res["model_dir"]), pr.priors_from_split_manifest(split_manifest,
+                                                                                 EDGES)
+    for kind in pr.PRIOR_KINDS:
+        for t in features.TARGETS:
+            np.testing.assert_allclose(saved.priors[kind][t], want[kind][t])
+    assert {k: saved.hparams[k] for k in item["hparams"]} == item["hparams"]
+    with pytest.raises(ValueError, match="natural_priors"):
+        train_candidate(item, fake_tfrecords, {}, FAST, EDGES, paths)
+
+
+def test_train_grid_regions_models_and_configs(fake_tfrecords):
+    from pythia.models import train_grid
+
+    grid = train_grid(["gbdt", "mlp"], None, fake_tfrecords, search=0, seed=0)
+    assert [(g["model"], g["region"]) for g in grid] == [
+        ("gbdt", "global"), ("gbdt", "EU"), ("gbdt", "NA"),
+        ("mlp", "global"), ("mlp", "EU"), ("mlp", "NA")]
+    assert all(g["config_id"] == 0 and g["hparams"] == {} for g in grid)
+    searched = train_grid(["tabnet"], ["global", "NA"], fake_tfrecords, search=2, seed=3)
+    assert [(g["region"], g["config_id"]) for g in searched] == [
+        ("global", 0), ("global", 1), ("global", 2), ("NA", 0), ("NA", 1), ("NA", 2)]
+    assert [g["hparams"] for g in searched[:3]] == sample_configs("tabnet", 2, seed=3)
+    with pytest.raises(ValueError, match=r"requested region\(s\) \['LATAM'\] have no training"):
+        train_grid(["gbdt"], ["EU", "LATAM"], fake_tfrecords, search=0, seed=0)
+    with pytest.raises(ValueError, match="unknown model"):
+        train_grid(["xgb"], None, fake_tfrecords, search=0, seed=0)
 
 
 def test_predictions_table_rejects_length_mismatch():
@@ -491,13 +642,13 @@ def _raw_batch(split: dict, region: str):
     return pa.RecordBatch.from_pydict(cols)
 
 
-def test_train_candidate_on_real_tfrecords(tmp_path):
+def test_fit_candidate_on_real_tfrecords(tmp_path):
     """End to end through pythia.tfrecords: shards written by its writer, read by its reader."""
     import pyarrow as pa
 
     tfr = pytest.importorskip("pythia.tfrecords")
     from pythia import storage
-    from pythia.models import train_candidate
+    from pythia.models import fit_candidate
     from pythia.tfrecords.writer import write_partition
 
     enc = make_encoders()
@@ -517,7 +668,7 @@ def test_train_candidate_on_real_tfrecords(tmp_path):
     assert tfr.load_numpy(manifest, "train", ["EU"])["site_or_app"].size == 250
     for name, region in [("mlp", "global"), ("tabnet", "NA")]:
         pred = str(tmp_path / f"{name}.parquet")
-        res = train_candidate(name, region, 0, HPARAMS[name], manifest, uniform_priors(),
+        res = fit_candidate(name, region, 0, HPARAMS[name], manifest, uniform_priors(),
                               str(tmp_path / f"model_{name}"), pred,
                               TrainConfig(max_epochs=2, batch_size=128, seed=0))
         df = pq.read_table(pred).to_pandas()

@@ -17,6 +17,7 @@ from pythia import features
 from pythia.config import GLOBAL_REGION, Geography
 from pythia.features import (CATEGORICAL_FEATURES, FEATURES, MISSING_ID, NUMERIC_FEATURES,
                              OOV_ID, TARGETS, Encoders, NumericStats, Vocabulary)
+from pythia.models.export import NUMPY_LAYERS, SAVED_MODEL
 from pythia.scoring import Scorer, read_bundle_doc, run_score_cli, write_bundle
 from pythia.scoring.boundary import MAX_VALUE_CHARS, OOV, RequestEncoder, clean_category, clean_ts
 from pythia.scoring.runtime import FusedMLP, check_export, load_export_npz, save_export_npz
@@ -62,6 +63,11 @@ def make_export(encoders: Encoders, seed: int = 0, age_link: str = "corn",
             "prior_ratio": {t: rng.uniform(0.3, 2.0, size=n_classes[t]) for t in TARGETS}}
 
 
+def layers(export: dict, **extra) -> dict:
+    """A ``write_bundle`` payload of the MLP's fused-NumPy runtime."""
+    return {"kind": "mlp", "runtime": NUMPY_LAYERS, "export": export, **extra}
+
+
 def reference_predict(export: dict, ids: np.ndarray, numeric: np.ndarray) -> dict:
     """The export's definition, computed the plain way (concat, layer by layer)."""
     x = np.concatenate([t[ids[:, j]] for j, (_, t) in enumerate(export["embeddings"])]
@@ -96,8 +102,8 @@ def encoders() -> Encoders:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, encoders) -> str:
     out = str(tmp_path_factory.mktemp("b") / "bundle")
-    models = {GLOBAL_REGION: {"kind": "mlp", "export": make_export(encoders, seed=1)},
-              "NA": {"kind": "mlp", "export": make_export(encoders, seed=2, age_link="softmax")}}
+    models = {GLOBAL_REGION: layers(make_export(encoders, seed=1)),
+              "NA": layers(make_export(encoders, seed=2, age_link="softmax"))}
     return write_bundle(models, encoders, GEO, "DemoFlow/7/end/21", out)
 
 
@@ -196,7 +202,7 @@ def test_zero_prior_ratio_rules_a_class_out(encoders):
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda e: e.update(kind="tabnet"), "kind"),
+    (lambda e: e.update(kind=""), "kind"),
     (lambda e: e["embeddings"].reverse(), "categorical FEATURES"),
     (lambda e: e.update(numeric=["hour_cos", "hour_sin"]), "numeric"),
     (lambda e: e["embeddings"].__setitem__(0, ("country", np.zeros((2, 3)))), "rows"),
@@ -305,23 +311,48 @@ def test_bundle_layout(bundle, encoders):
     assert doc["spec_version"] == features.spec_version()
     assert doc["routing"]["region_of_country"]["DE"] == "EU"
     assert doc["utc_offset_minutes"]["JP"] == 540
-    assert doc["models"]["NA"] == {"kind": "mlp", "file": "weights-NA.npz", "source": None,
-                                   "origin": None}
+    assert doc["models"]["NA"] == {"kind": "mlp", "runtime": NUMPY_LAYERS,
+                                   "file": "weights-NA.npz", "source": None, "origin": None}
     assert doc["class_labels"]["age"] == list(features.age_bucket_labels(encoders.age_edges))
 
 
 def test_write_bundle_rejects_bad_input(tmp_path, encoders):
     export = make_export(encoders)
     with pytest.raises(ValueError, match="global"):
-        write_bundle({"NA": {"kind": "mlp", "export": export}}, encoders, GEO, "v", str(tmp_path))
+        write_bundle({"NA": layers(export)}, encoders, GEO, "v", str(tmp_path))
     with pytest.raises(ValueError, match="MARS"):
-        write_bundle({"global": {"kind": "mlp", "export": export},
-                      "MARS": {"kind": "mlp", "export": export}}, encoders, GEO, "v",
+        write_bundle({"global": layers(export), "MARS": layers(export)}, encoders, GEO, "v",
                      str(tmp_path / "x"))
     with pytest.raises(ValueError, match="xgboost"):
-        write_bundle({"global": {"kind": "xgboost", "model_dir": "."}}, encoders, GEO, "v",
-                     str(tmp_path / "y"))
-    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+        write_bundle({"global": {"kind": "xgboost", "runtime": SAVED_MODEL, "model_dir": "."}},
+                     encoders, GEO, "v", str(tmp_path / "y"))
+    with pytest.raises(ValueError, match="runtime 'onnx' is not one of"):
+        write_bundle({"global": layers(export, runtime="onnx")}, encoders, GEO, "v",
+                     str(tmp_path / "z"))
+    with pytest.raises(ValueError, match="runtime None"):
+        write_bundle({"global": {"kind": "mlp", "export": export}}, encoders, GEO, "v",
+                     str(tmp_path / "z"))
+    with pytest.raises(ValueError, match="needs 'model_dir'"):
+        write_bundle({"global": {"kind": "gbdt", "runtime": SAVED_MODEL}}, encoders, GEO, "v",
+                     str(tmp_path / "z"))
+    for name in "xyz":
+        assert not os.path.exists(tmp_path / name)
+
+
+def test_bundle_without_runtime_field_still_loads(tmp_path, bundle):
+    """Bundles written before entries recorded their runtime (e.g. the previous run's)."""
+    import shutil
+    copy = str(tmp_path / "old")
+    shutil.copytree(bundle, copy)
+    path = os.path.join(copy, "bundle.json")
+    doc = json.load(open(path))
+    for entry in doc["models"].values():
+        del entry["runtime"]
+    json.dump(doc, open(path, "w"))
+    old, new = Scorer.load(copy), Scorer.load(bundle)
+    reqs = [request(), request(country="DE"), request(country="JP", os="os_1")]
+    for t in TARGETS:
+        np.testing.assert_array_equal(old.score_arrays(reqs)[t], new.score_arrays(reqs)[t])
 
 
 def test_export_bundle_rejects_bad_champions(tmp_path, encoders):
@@ -366,8 +397,8 @@ def test_from_run_reads_the_bundle_path_artifact(monkeypatch, bundle):
 
 def test_bundle_round_trip_on_s3(s3_env, moto_s3, encoders):
     uri = f"s3://{moto_s3.bucket}/runs/bundle"
-    write_bundle({GLOBAL_REGION: {"kind": "mlp", "export": make_export(encoders, seed=1)}},
-                 encoders, GEO, "s3-run", uri)
+    write_bundle({GLOBAL_REGION: layers(make_export(encoders, seed=1))}, encoders, GEO,
+                 "s3-run", uri)
     assert any(k.endswith("bundle/weights-global.npz") for k in moto_s3.keys("runs/"))
     scorer = Scorer.load(uri)
     assert_valid(scorer.score(request()), scorer)
@@ -523,7 +554,7 @@ def _fit_and_bundle(kind: str, tmp_path, hparams: dict) -> tuple:
     from pythia.config import TrainConfig
     from pythia.models import get_model, load_model
     from pythia.models.priors import priors_from_labels
-    from pythia.scoring import export_bundle
+    from pythia.scoring import export_champions
 
     encoders = make_encoders()
     reqs, labels = _tiny_world(encoders, 400, seed=0)
@@ -543,8 +574,11 @@ def _fit_and_bundle(kind: str, tmp_path, hparams: dict) -> tuple:
     model.fit(train, valid, {"train": natural, "natural": skewed})
     model_dir = str(tmp_path / kind)
     model.save(model_dir)
-    bundle = export_bundle([{"region": "global", "model": kind, "model_dir": model_dir}],
-                           encoders, GEO, f"Test/{kind}", str(tmp_path / "bundle"))
+    bundle = export_champions([{"region": "global", "model": kind, "model_dir": model_dir,
+                                "source": "test"}], encoders.to_json(), GEO, f"Test/{kind}",
+                              str(tmp_path / "bundle"))
+    entry = read_bundle_doc(bundle)["models"]["global"]
+    assert (entry["kind"], entry["source"], entry["origin"]) == (kind, model_dir, "test")
     return load_model(model_dir), Scorer.load(bundle), reqs, X
 
 
@@ -554,6 +588,8 @@ def test_parity_with_trained_keras_mlp(tmp_path):
         "mlp", tmp_path, {"hidden_units": [16, 8], "dropout": 0.1, "age_head": "corn"})
     assert sorted(os.listdir(tmp_path / "bundle")) == ["bundle.json", "encoders.json",
                                                        "weights-global.npz"]
+    assert read_bundle_doc(str(tmp_path / "bundle"))["models"]["global"]["runtime"] == \
+        NUMPY_LAYERS
     want = model.predict_proba(X)
     got = scorer.score_arrays(reqs)
     for t in TARGETS:
@@ -565,7 +601,8 @@ def test_parity_with_trained_keras_mlp(tmp_path):
 def test_parity_with_gbdt_through_saved_model(tmp_path):
     pytest.importorskip("sklearn")
     model, scorer, reqs, X = _fit_and_bundle("gbdt", tmp_path, {"max_iter": 5})
-    assert read_bundle_doc(str(tmp_path / "bundle"))["models"]["global"]["kind"] == "gbdt"
+    entry = read_bundle_doc(str(tmp_path / "bundle"))["models"]["global"]
+    assert (entry["kind"], entry["runtime"], entry["dir"]) == ("gbdt", SAVED_MODEL, "model-global")
     want = model.predict_proba(X)
     got = scorer.score_arrays(reqs)
     for t in TARGETS:

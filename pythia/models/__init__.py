@@ -1,20 +1,28 @@
 """The model registry: every model kind by name, behind one interface (``base.Model``).
 
-``MODELS`` maps 'mlp' / 'tabnet' / 'gbdt' to their classes. It imports a model's module on
-first access, so ``import pythia.models`` (e.g. by the scorer or a flow's ``start`` step) does not
-pull in TensorFlow or torch until that model is actually used.
+``_MODULES`` is the one list of model names in the code base: everything else asks the classes
+(``is_baseline``, ``input_format``, ``search_space()``, ``export()``). ``MODELS`` maps a name to
+its class and imports the class's module on first access, so ``import pythia.models`` (e.g. by
+the scorer or a flow's ``start`` step) pulls in neither TensorFlow nor torch, nor pyarrow: the
+stage entry points and the base class load on first use too.
 """
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from pythia.models.base import Model, read_meta
-from pythia.models.train import train_candidate
+if TYPE_CHECKING:
+    from pythia.models.base import Model, read_meta
+    from pythia.models.train import fit_candidate, train_candidate, train_grid
 
 _MODULES = {"mlp": ("pythia.models.mlp", "MLPModel"),
             "tabnet": ("pythia.models.tabnet", "TabNetModel"),
             "gbdt": ("pythia.models.gbdt", "GBDTModel")}
+# Names this package exports from submodules that import numpy, scipy, pyarrow: loaded on use.
+_LAZY = {"Model": "pythia.models.base", "read_meta": "pythia.models.base",
+         "fit_candidate": "pythia.models.train", "train_candidate": "pythia.models.train",
+         "train_grid": "pythia.models.train"}
 
 
 class _Registry(Mapping):
@@ -44,13 +52,33 @@ def get_model(name: str) -> type[Model]:
     return MODELS[name]
 
 
+def baseline_models() -> tuple[str, ...]:
+    """Names of the models whose class says ``is_baseline`` (imports every model's module)."""
+    return tuple(name for name in MODEL_NAMES if MODELS[name].is_baseline)
+
+
 def load_model(path: str) -> Model:
     """Load any saved model folder (local or s3://): reads its kind, dispatches to its class."""
     from pythia import storage
+    from pythia.models.base import read_meta
 
     with storage.local_copy(path) as folder:
         kind = read_meta(folder).get("kind")
         return get_model(kind).load(folder)
 
 
-__all__ = ["MODELS", "MODEL_NAMES", "Model", "get_model", "load_model", "train_candidate"]
+def __getattr__(name: str) -> Any:
+    # PEP 562: ``BASELINE_MODELS`` is computed on first access because it must import every
+    # model (TensorFlow, torch, scikit-learn); the names in _LAZY come from their modules.
+    if name == "BASELINE_MODELS":
+        value = baseline_models()
+        globals()[name] = value
+        return value
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BASELINE_MODELS", "MODELS", "MODEL_NAMES", "Model", "baseline_models",
+           "fit_candidate", "get_model", "load_model", "read_meta", "train_candidate",
+           "train_grid"]

@@ -1,10 +1,13 @@
 """The one model interface: fit / predict_proba / save / load, with calibration and priors.
 
 Subclasses only learn and emit *raw logits* per head under the training priors (``_fit``,
-``_predict_raw``; a head's ``link`` — softmax or CORN — turns them into probabilities) and persist their weights (``_save_weights`` / ``_load_weights``). This base
-class owns what must be identical for every model: input checks, per-head temperature scaling
-fitted on validation, the move to natural priors, and the saved folder layout
-(``meta.json`` + ``encoders.json`` + the model's own files).
+``_predict_raw``; a head's ``link`` — softmax or CORN — turns them into probabilities) and
+persist their weights (``_save_weights`` / ``_load_weights``). They also answer for themselves
+what the rest of the pipeline would otherwise look up by name: ``is_baseline``,
+``input_format``, ``search_space()`` and ``export()``. This base class owns what must be
+identical for every model: input checks, per-head temperature scaling fitted on validation, the
+move to natural priors, and the saved folder layout (``meta.json`` + ``encoders.json`` + the
+model's own files).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import numpy as np
 from pythia import features, storage
 from pythia.config import TrainConfig
 from pythia.features import Encoders
+from pythia.models import export as ex
 from pythia.models import priors as pr
 
 META_FILE = "meta.json"
@@ -26,6 +30,11 @@ ENCODERS_FILE = "encoders.json"
 # The age head options: CORN (ordinal, rank-consistent) or a plain softmax.
 AGE_HEADS = ("corn", "softmax")
 _AGE_HEAD_ALIASES = {"ordinal": "corn", "corn": "corn", "softmax": "softmax"}
+# How ``fit`` reads its training data: numpy dicts (``pythia.tfrecords.load_numpy``, the whole
+# split in memory) or the streamed (features, labels) ``tf.data.Dataset`` of ``make_dataset``.
+NUMPY = "numpy"
+TF_DATASET = "tf.data"
+INPUT_FORMATS = (NUMPY, TF_DATASET)
 
 
 def normalize_age_head(name: str) -> str:
@@ -58,6 +67,11 @@ class Model:
     # True when the model scores AgeGender only and derives gender/age as its marginals
     # (consistent by construction); False when every target has its own head.
     joint_only: bool = False
+    # True for the reference model every champion must beat (``BASELINE_MODELS``).
+    is_baseline: bool = False
+    # What ``train_candidate`` feeds ``fit`` (``INPUT_FORMATS``); every model also fits on
+    # numpy dicts (the tests' tiny in-memory splits).
+    input_format: str = NUMPY
 
     def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
                  train_cfg: TrainConfig = TrainConfig()) -> None:
@@ -82,6 +96,30 @@ class Model:
     def default_hparams(cls) -> dict[str, Any]:
         """Model-specific knobs and their defaults (the search space's config 0)."""
         return {}
+
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        """Knobs the random search draws (``search.sample_configs``), in draw order.
+
+        Each knob maps to a list of choices, or ``("log", lo, hi)`` for a log-uniform float.
+        Changing the order or the choices changes every sampled config of the model.
+        """
+        return {}
+
+    @classmethod
+    def tie_hparams(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """A sampled config with the knobs that follow others filled in (default: as drawn)."""
+        return config
+
+    @classmethod
+    def export(cls, model_dir: str) -> dict[str, Any]:
+        """What the scoring bundle stores for the model saved in ``model_dir``.
+
+        Default: the saved folder itself, run by the ``SAVED_MODEL`` runtime (the scorer loads
+        the model and calls ``predict_proba``). Models with a faster bid-time form override it
+        (see ``pythia.models.export`` for the runtime kinds and their payloads).
+        """
+        return {ex.RUNTIME: ex.SAVED_MODEL, ex.MODEL_DIR: model_dir}
 
     def _fit(self, train: Any, valid: Any) -> dict:
         """Learn from ``train``; early-stop on ``valid``. Returns {'epochs': int, ...}."""

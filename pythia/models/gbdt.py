@@ -88,6 +88,7 @@ class GBDTModel(Model):
 
     name = "gbdt"
     joint_only = True
+    is_baseline = True  # simple, robust, fast: what any other model must beat
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -99,6 +100,15 @@ class GBDTModel(Model):
             "l2_regularization": 0.0,
             "n_iter_no_change": 10,  # rounds without validation-loss improvement
             "n_threads": 0,  # OpenMP threads; 0 = auto (see openmp_threads)
+        }
+
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        return {
+            "learning_rate": ("log", 0.03, 0.3),
+            "max_leaf_nodes": [15, 31, 63],
+            "min_samples_leaf": [10, 20, 50, 100],
+            "l2_regularization": [0.0, 0.1, 1.0],
         }
 
     def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,

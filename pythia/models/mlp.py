@@ -17,7 +17,8 @@ import tensorflow as tf
 from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
-from pythia.models.base import Model, labels_of, normalize_age_head
+from pythia.models import export as ex
+from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities  # noqa: F401  (re-exported for callers)
 
 KERAS_FILE = "model.keras"
@@ -67,6 +68,7 @@ class MLPModel(Model):
 
     name = "mlp"
     joint_only = False
+    input_format = TF_DATASET  # streams TFRecords: the training split need not fit in memory
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -76,6 +78,16 @@ class MLPModel(Model):
             "learning_rate": 1e-3,  # Adam
             "embedding_max_dim": 16,
             "age_head": None,  # None -> TrainConfig.age_head; 'corn'/'ordinal' | 'softmax'
+        }
+
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        return {
+            "hidden_units": [[64], [128, 64], [256, 128], [512, 256]],
+            "dropout": [0.0, 0.1, 0.2, 0.3],
+            "learning_rate": ("log", 3e-4, 3e-3),
+            "embedding_max_dim": [8, 16, 24],
+            "age_head": ["corn", "softmax"],  # ordinal vs plain: decided by validation numbers
         }
 
     def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
@@ -198,6 +210,11 @@ class MLPModel(Model):
             os.path.join(folder, KERAS_FILE), compile=False,
             custom_objects={"CornLoss": CornLoss})
 
+    @classmethod
+    def export(cls, model_dir: str) -> dict[str, Any]:
+        """The ``NUMPY_LAYERS`` payload: the bid-time scorer runs it with NumPy alone."""
+        return {ex.RUNTIME: ex.NUMPY_LAYERS, ex.EXPORT: cls.load(model_dir).export_numpy()}
+
     def export_numpy(self) -> dict:
         """Everything the bid-time scorer needs for a pure-NumPy forward pass.
 
@@ -219,7 +236,7 @@ class MLPModel(Model):
             return (W, b, activation)
 
         return {
-            "kind": "mlp",
+            "kind": self.name,
             "embeddings": [(n, m.get_layer(f"emb_{n}").get_weights()[0])
                            for n in features.CATEGORICAL_FEATURES],
             "numeric": list(features.NUMERIC_FEATURES),

@@ -92,11 +92,11 @@ def priors_from_split_manifest(split_manifest: Mapping, age_edges: Sequence[int]
         raise ValueError(f"split manifest lacks {exc}: cannot derive class priors") from None
     n_age = len(age_edges)
     k = 2 * n_age
-    if target == "age_gender" and split_manifest.get("class_counts_after", {}).get("train"):
-        counts = split_manifest["class_counts_after"]["train"]
-        joint = np.array([float(counts.get(str(c), 0)) for c in range(k)])
+    train_counts = split_manifest.get("class_counts_after", {}).get(features.TRAIN)
+    if target == "age_gender" and train_counts:
+        joint = np.array([float(train_counts.get(str(c), 0)) for c in range(k)])
     else:
-        rates = split_manifest.get("rates", {}).get("train", {})
+        rates = split_manifest.get("rates", {}).get(features.TRAIN, {})
         cls = {"age_gender": np.arange(k), "gender": np.arange(k) // n_age,
                "age": np.arange(k) % n_age}[target]
         joint = np.asarray(natural["age_gender"]) * np.array(

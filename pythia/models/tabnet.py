@@ -83,6 +83,21 @@ class TabNetModel(Model):
             # on a busy 2-core box made a 6 s fit take 60 s), else every core
         }
 
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        return {
+            "n_d": [8, 16, 32],
+            "n_steps": [3, 4, 5],
+            "gamma": [1.0, 1.3, 1.5],
+            "lambda_sparse": ("log", 1e-5, 1e-2),
+            "learning_rate": ("log", 5e-3, 5e-2),
+        }
+
+    @classmethod
+    def tie_hparams(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The attention width follows the decision width (the TabNet paper's n_a = n_d)."""
+        return {**config, "n_a": config["n_d"]}
+
     def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
                  train_cfg: TrainConfig = TrainConfig()) -> None:
         super().__init__(encoders, hparams, train_cfg)

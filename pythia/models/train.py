@@ -1,14 +1,15 @@
-"""The training entry point the flow's ``train`` step calls: one (model, region, config) candidate.
+"""The training stage: the grid of candidates and the one function the ``train`` step calls.
 
-Reads the region's TFRecords (via ``pythia.tfrecords``), fits with early stopping, predicts the
-three scored splits under natural priors into ONE Parquet, saves the model folder, and returns
-a small JSON-able summary for the ``evaluate`` step.
+``train_grid`` lists the (model, region, config) candidates the flow fans out over;
+``train_candidate`` trains one: it reads the region's TFRecords (via ``pythia.tfrecords``), fits
+with early stopping, predicts the three scored splits under natural priors into ONE Parquet,
+saves the model folder, and returns a small JSON-able summary for the ``evaluate`` step.
 """
 from __future__ import annotations
 
 import io
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -16,20 +17,29 @@ import pyarrow.parquet as pq
 
 from pythia import features, storage
 from pythia.config import GLOBAL_REGION, TrainConfig
+from pythia.features import IMPRESSION_ID, REGION, SPLIT, TEST_NATURAL, TEST_RESAMPLED, TRAIN, \
+    VALIDATION
+from pythia.models.base import TF_DATASET, Model
 
-SCORED_SPLITS = ("validation", "test_natural", "test_resampled")
-# Models that stream TFRecords through tf.data; the others load numpy arrays.
-DATASET_MODELS = ("mlp",)
+SCORED_SPLITS = (VALIDATION, TEST_NATURAL, TEST_RESAMPLED)
 
 PREDICTION_SCHEMA = pa.schema([
-    ("impression_id", pa.string()),
-    ("split", pa.string()),
-    ("region", pa.string()),
+    (IMPRESSION_ID, pa.string()),
+    (SPLIT, pa.string()),
+    (REGION, pa.string()),
     ("scored_by_region", pa.string()),
     ("p_gender", pa.list_(pa.float32())),
     ("p_age", pa.list_(pa.float32())),
     ("p_age_gender", pa.list_(pa.float32())),
 ])
+
+
+class CandidatePaths(Protocol):
+    """Where a candidate's files go (``pythia.paths.RunPaths`` is one)."""
+
+    def model(self, model: str, region: str, config_id: int = 0) -> str: ...
+
+    def predictions(self, model: str, region: str, config_id: int = 0) -> str: ...
 
 
 def split_rows(manifest: Mapping, split: str, region: str) -> int:
@@ -90,13 +100,84 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def train_candidate(model_name: str, region: str, config_id: int, hparams: Mapping[str, Any],
-                    tf_manifest: Mapping, priors: Mapping, model_dir: str, predictions_uri: str,
-                    train_cfg: TrainConfig = TrainConfig()) -> dict:
+def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
+               tf_manifest: Mapping, search: int, seed: int) -> list[dict]:
+    """The flat foreach list of (model, region, config) candidates.
+
+    Args:
+        models: registered model names, in the order the grid lists them.
+        regions_requested: None for 'global' plus every region with training rows; else the
+            regions to train ('global' and/or regions, each of which must have training rows).
+        tf_manifest: the TFRecord manifest (rows per split and region).
+        search: sampled configs per (model, region) beyond the defaults (0 = defaults only).
+        seed: the search seed (``search.sample_configs``).
+
+    Returns:
+        ``[{'model', 'region', 'config_id', 'hparams'}, ...]``: model-major, then region,
+        then config (config 0 = the model's defaults, ``{}``).
+
+    Raises:
+        ValueError: an unknown model, or a requested region without training rows.
+    """
+    from pythia.models import MODEL_NAMES
+    from pythia.models.search import sample_configs
+
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {list(MODEL_NAMES)}")
+    present = split_regions(tf_manifest, TRAIN)
+    if regions_requested is None:
+        regions = [GLOBAL_REGION] + present
+    else:
+        missing = [r for r in regions_requested if r != GLOBAL_REGION and r not in present]
+        if missing:
+            raise ValueError(f"requested region(s) {missing} have no training rows; "
+                             f"regions in the data: {present}")
+        regions = list(regions_requested)
+    grid = []
+    for model in models:
+        configs = sample_configs(model, search, seed) if search else [{}]
+        for region in regions:
+            for config_id, hparams in enumerate(configs):
+                grid.append({"model": model, "region": region, "config_id": config_id,
+                             "hparams": hparams})
+    return grid
+
+
+def train_candidate(item: Mapping[str, Any], tf_manifest: Mapping, split_manifest: Mapping,
+                    train_cfg: TrainConfig, age_edges: Sequence[int], paths: CandidatePaths
+                    ) -> dict:
+    """The ``train`` step: fit one grid item with the run's class priors, into the run's paths.
+
+    Args:
+        item: one ``train_grid`` entry (model, region, config_id, hparams).
+        tf_manifest: the TFRecord manifest (``pythia.tfrecords``).
+        split_manifest: the ETL's split manifest (natural priors, resampling rates / counts).
+        train_cfg: epochs, batch size, patience, seed, age head, prior correction.
+        age_edges: the run's age bucket edges.
+        paths: gives the model folder and predictions file of the candidate (``RunPaths``).
+
+    Returns:
+        The ``fit_candidate`` summary.
+    """
+    from pythia.models.priors import priors_from_split_manifest
+
+    name, region, config_id = item["model"], item["region"], item["config_id"]
+    # Resampling keeps class c at a global rate r_c, so pi_natural/pi_train is proportional to
+    # 1/r_c in every region: the global priors give each regional model the exact correction.
+    priors = priors_from_split_manifest(split_manifest, age_edges)
+    return fit_candidate(name, region, config_id, item["hparams"], tf_manifest, priors,
+                         paths.model(name, region, config_id),
+                         paths.predictions(name, region, config_id), train_cfg)
+
+
+def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping[str, Any],
+                  tf_manifest: Mapping, priors: Mapping, model_dir: str, predictions_uri: str,
+                  train_cfg: TrainConfig = TrainConfig()) -> dict:
     """Fit one candidate, write its predictions and model, return its summary.
 
     Args:
-        model_name: registered model ('mlp', 'tabnet', 'gbdt').
+        model_name: a registered model (``pythia.models.MODEL_NAMES``).
         region: a model region, or 'global' (trained and scored on every region).
         config_id: index of ``hparams`` in the search (recorded only).
         hparams: model knobs overriding its defaults (``search.sample_configs``).
@@ -107,9 +188,10 @@ def train_candidate(model_name: str, region: str, config_id: int, hparams: Mappi
         train_cfg: epochs, batch size, patience, seed, age head, prior correction.
 
     Returns:
-        JSON-able dict: model, region, config_id, hparams, model_dir, predictions_uri, n_train,
-        n_valid, fit_seconds, epochs, best_val_loss, val_logloss (per target), age_head,
-        temperature, prior_correction, n_predicted (per split).
+        JSON-able dict: model, is_baseline (the class's answer, so that choosing champions
+        needs no model import), region, config_id, hparams, model_dir, predictions_uri,
+        n_train, n_valid, fit_seconds, epochs, best_val_loss, val_logloss (per target),
+        age_head, temperature, prior_correction, n_predicted (per split).
 
     Raises:
         ValueError: the region has no training (or no validation) rows.
@@ -118,49 +200,25 @@ def train_candidate(model_name: str, region: str, config_id: int, hparams: Mappi
     from pythia.models import get_model
 
     cls = get_model(model_name)
-    n_train = split_rows(tf_manifest, "train", region)
+    n_train = split_rows(tf_manifest, TRAIN, region)
     if n_train == 0:
         raise ValueError(f"region {region!r} has no training rows in the TFRecord manifest "
-                         f"(regions with rows: {split_regions(tf_manifest, 'train')})")
-    n_valid = split_rows(tf_manifest, "validation", region)
+                         f"(regions with rows: {split_regions(tf_manifest, TRAIN)})")
+    n_valid = split_rows(tf_manifest, VALIDATION, region)
     if n_valid == 0:
         raise ValueError(f"region {region!r} has no validation rows: early stopping and "
                          f"calibration need them")
-    regions = None if region == GLOBAL_REGION else [region]
-    encoders = tfrecords.load_encoders(tf_manifest)
-    model = cls(encoders, hparams, train_cfg)
-    if model_name in DATASET_MODELS:
-        train = tfrecords.make_dataset(tf_manifest, "train", regions,
-                                       batch_size=train_cfg.batch_size, shuffle=True,
-                                       seed=train_cfg.seed)
-        valid = tfrecords.make_dataset(tf_manifest, "validation", regions,
-                                       batch_size=max(train_cfg.batch_size, 4096))
-    else:
-        train = tfrecords.load_numpy(tf_manifest, "train", regions)
-        valid = tfrecords.load_numpy(tf_manifest, "validation", regions)
+    model = cls(tfrecords.load_encoders(tf_manifest), hparams, train_cfg)
+    train, valid = _training_data(model, tf_manifest, region)
     summary = model.fit(train, valid, priors)
     del train, valid
-
-    tables, n_predicted = [], {}
-    for split in SCORED_SPLITS:
-        n_predicted[split] = 0
-        scored = [region] if regions else split_regions(tf_manifest, split)
-        # One region at a time: the region column is exact and EM prior correction (when on)
-        # re-estimates priors per region, as it should.
-        for r in scored:
-            if split_rows(tf_manifest, split, r) == 0:
-                continue
-            data = tfrecords.load_numpy(tf_manifest, split, [r])
-            if len(data["impression_id"]) == 0:
-                continue
-            probs = model.predict_proba(data)
-            tables.append(predictions_table(data["impression_id"], split, r, region, probs))
-            n_predicted[split] += len(data["impression_id"])
+    tables, n_predicted = _predict_splits(model, tf_manifest, region)
     write_predictions(tables, predictions_uri)
     model.save(model_dir)
 
     return {
         "model": model_name,
+        "is_baseline": bool(cls.is_baseline),
         "region": region,
         "config_id": int(config_id),
         "hparams": {k: _finite(v) for k, v in model.hparams.items()},
@@ -177,3 +235,47 @@ def train_candidate(model_name: str, region: str, config_id: int, hparams: Mappi
         "prior_correction": train_cfg.prior_correction,
         "n_predicted": n_predicted,
     }
+
+
+def _regions_filter(region: str) -> list[str] | None:
+    """The ``regions`` argument of the TFRecord readers: None reads every region."""
+    return None if region == GLOBAL_REGION else [region]
+
+
+def _training_data(model: Model, tf_manifest: Mapping, region: str) -> tuple[Any, Any]:
+    """Train and validation data of ``region`` in the model's ``input_format``."""
+    from pythia import tfrecords
+
+    regions, cfg = _regions_filter(region), model.train_cfg
+    if model.input_format == TF_DATASET:
+        train = tfrecords.make_dataset(tf_manifest, TRAIN, regions, batch_size=cfg.batch_size,
+                                       shuffle=True, seed=cfg.seed)
+        valid = tfrecords.make_dataset(tf_manifest, VALIDATION, regions,
+                                       batch_size=max(cfg.batch_size, 4096))
+        return train, valid
+    return (tfrecords.load_numpy(tf_manifest, TRAIN, regions),
+            tfrecords.load_numpy(tf_manifest, VALIDATION, regions))
+
+
+def _predict_splits(model: Model, tf_manifest: Mapping, region: str
+                    ) -> tuple[list[pa.Table], dict[str, int]]:
+    """Prediction blocks of every scored split, and the rows predicted per split."""
+    from pythia import tfrecords
+
+    tables, n_predicted = [], {}
+    for split in SCORED_SPLITS:
+        n_predicted[split] = 0
+        scored = [region] if _regions_filter(region) else split_regions(tf_manifest, split)
+        # One region at a time: the region column is exact and EM prior correction (when on)
+        # re-estimates priors per region, as it should.
+        for r in scored:
+            if split_rows(tf_manifest, split, r) == 0:
+                continue
+            data = tfrecords.load_numpy(tf_manifest, split, [r])
+            ids = data[IMPRESSION_ID]
+            if len(ids) == 0:
+                continue
+            probs = model.predict_proba(data)
+            tables.append(predictions_table(ids, split, r, region, probs))
+            n_predicted[split] += len(ids)
+    return tables, n_predicted

@@ -4,13 +4,16 @@ Layout::
 
     bundle.json            version (the run's pathspec), feature spec + its version, routing
                            table country -> region, UTC offsets, age edges, class labels,
-                           and per region the model kind and file
+                           and per region the model kind, its runtime and its file or folder
     encoders.json          ``Encoders.to_json()``
-    weights-<region>.npz   an MLP region: ``export_numpy()`` arrays (temperature, prior ratio in)
-    model-<region>/        a gbdt / tabnet region: the saved model folder, loaded with
-                           ``pythia.models.load_model`` at score time (slower; needs those libs)
+    weights-<region>.npz   a ``numpy_layers`` region (the MLP): the exported arrays
+                           (temperature and prior ratio in), scored with NumPy alone
+    model-<region>/        a ``saved_model`` region: the saved model folder, loaded with
+                           ``pythia.models.load_model`` at score time (slower; needs its libs)
 
-An MLP-only bundle loads and scores with NumPy alone (no TensorFlow, no Metaflow).
+Which runtime a region gets is the model's own answer (``Model.export``); see
+``pythia.scoring.runtimes``. A bundle of ``numpy_layers`` regions only loads and scores with
+NumPy alone (no TensorFlow, no Metaflow).
 """
 from __future__ import annotations
 
@@ -22,14 +25,35 @@ from typing import Any, Mapping, Sequence
 from pythia import features
 from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
 from pythia.features import Encoders
-from pythia.scoring.runtime import check_export, save_export_npz
+from pythia.models.export import RUNTIME
+from pythia.scoring.runtimes import runtime_of
 
 BUNDLE_FILE = "bundle.json"
 ENCODERS_FILE = "encoders.json"
 BUNDLE_FORMAT = "pythia-scoring-bundle"
 BUNDLE_FORMAT_VERSION = 1
-MODEL_KINDS = ("mlp", "tabnet", "gbdt")
 _REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+CHAMPION_KEYS = ("region", "model", "model_dir")
+
+
+def export_champions(chosen: Sequence[Mapping[str, Any]], encoders: Encoders | Mapping,
+                     geo: Geography, pathspec: str, bundle_uri: str) -> str:
+    """The ``end`` step: write the bid-time bundle of the chosen models; returns its path.
+
+    Which models (this run's blessed champions, a previous run's, a fallback) is decided by
+    ``evaluate.champions``; this only exports the given list.
+
+    Args:
+        chosen: one dict per region, ``{'region', 'model', 'model_dir'}`` and optionally
+            'source' (why it was chosen, e.g. 'previous run'); a 'global' entry is required.
+        encoders: the run's encoders, as ``Encoders`` or their JSON (the ``encoders`` artifact).
+        geo: the run's geography (routing table and UTC offsets).
+        pathspec: the model version reported with every score (the run's pathspec).
+        bundle_uri: bundle folder to write (local or s3://), e.g. ``RunPaths.bundle``.
+    """
+    if not isinstance(encoders, Encoders):
+        encoders = Encoders.from_json(encoders)
+    return export_bundle(chosen, encoders, geo, pathspec, bundle_uri)
 
 
 def export_bundle(champions: Sequence[Mapping[str, Any]], encoders: Encoders, geo: Geography,
@@ -37,10 +61,10 @@ def export_bundle(champions: Sequence[Mapping[str, Any]], encoders: Encoders, ge
     """Export the champion models of a run as one scoring bundle (atomically).
 
     Args:
-        champions: one dict per region, ``{'region': 'global'|region, 'model': 'mlp'|'tabnet'|
-            'gbdt', 'model_dir': saved model folder}`` (an optional 'source', e.g. 'previous
-            run', is recorded as the entry's 'origin'); a 'global' champion is required (it
-            scores every country whose region has no champion of its own).
+        champions: one dict per region, ``{'region': 'global'|region, 'model': a registered
+            model name, 'model_dir': saved model folder}`` (an optional 'source', e.g.
+            'previous run', is recorded as the entry's 'origin'); a 'global' champion is
+            required (it scores every country whose region has no champion of its own).
         encoders: the run's encoders.
         geo: the run's geography (routing table and UTC offsets).
         version: the model version reported with every score (the run's pathspec).
@@ -49,34 +73,30 @@ def export_bundle(champions: Sequence[Mapping[str, Any]], encoders: Encoders, ge
     Returns:
         ``out_uri``.
     """
-    from pythia.models import load_model  # TensorFlow etc. are needed to export, not to score
+    from pythia.models import MODEL_NAMES, get_model  # model libraries: to export, not to score
 
     payloads: dict[str, dict[str, Any]] = {}
     for champion in champions:
-        missing = [k for k in ("region", "model", "model_dir") if k not in champion]
+        missing = [k for k in CHAMPION_KEYS if k not in champion]
         if missing:
             raise ValueError(f"champion {dict(champion)} lacks {missing}")
-        kind, region = champion["model"], champion["region"]
+        region, kind, model_dir = (champion[k] for k in CHAMPION_KEYS)
         if region in payloads:
             raise ValueError(f"two champions for region {region!r}")
-        origin = champion.get("source")
-        if kind == "mlp":
-            payloads[region] = {"kind": "mlp", "export": load_model(champion["model_dir"])
-                                .export_numpy(), "source": champion["model_dir"],
-                                "origin": origin}
-        else:
-            payloads[region] = {"kind": kind, "model_dir": champion["model_dir"],
-                                "origin": origin}
+        if kind not in MODEL_NAMES:
+            raise ValueError(f"model kind {kind!r} of region {region!r} not in {MODEL_NAMES}")
+        payloads[region] = {"kind": kind, **get_model(kind).export(model_dir),
+                            "source": model_dir, "origin": champion.get("source")}
     return write_bundle(payloads, encoders, geo, version, out_uri)
 
 
 def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, geo: Geography,
                  version: str, out_uri: str) -> str:
-    """Write a bundle from per-region payloads (what ``export_bundle`` loads from model folders).
+    """Write a bundle from per-region payloads (what ``export_bundle`` gets from the models).
 
     Args:
-        models: region -> ``{'kind': 'mlp', 'export': export_numpy() dict}`` or
-            ``{'kind': 'gbdt'|'tabnet', 'model_dir': saved model folder}``; optional
+        models: region -> ``{'kind': model name, **Model.export(model_dir)}``, i.e. a
+            'runtime' (``pythia.models.export.RUNTIMES``) and that runtime's payload; optional
             'source' (model folder) and 'origin' (why it was chosen) are recorded.
         encoders, geo, version, out_uri: as in ``export_bundle``.
 
@@ -84,6 +104,7 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
         ``out_uri``.
     """
     from pythia import storage
+    from pythia.models import MODEL_NAMES
 
     if GLOBAL_REGION not in models:
         raise ValueError(f"a bundle needs a {GLOBAL_REGION!r} model (regions given: "
@@ -93,26 +114,17 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
         if not _REGION_NAME.match(region) or region not in known:
             raise ValueError(f"region {region!r} is not a model region of the geography "
                              f"({sorted(known)})")
-        if payload.get("kind") not in MODEL_KINDS:
+        if payload.get("kind") not in MODEL_NAMES:
             raise ValueError(f"model kind {payload.get('kind')!r} of region {region!r} not in "
-                             f"{MODEL_KINDS}")
-        if payload["kind"] == "mlp":
-            check_export(payload["export"], encoders)
+                             f"{MODEL_NAMES}")
+        runtime_of(payload).check(payload, encoders)
     entries: dict[str, dict[str, Any]] = {}
     with storage.staged_dir(out_uri) as folder:
         for region, payload in sorted(models.items()):
-            if payload["kind"] == "mlp":
-                name = f"weights-{region}.npz"
-                save_export_npz(payload["export"], os.path.join(folder, name))
-                entries[region] = {"kind": "mlp", "file": name,
-                                   "source": payload.get("source"),
-                                   "origin": payload.get("origin")}
-            else:
-                name = f"model-{region}"
-                storage.download_dir(payload["model_dir"], os.path.join(folder, name))
-                entries[region] = {"kind": payload["kind"], "dir": name,
-                                   "source": payload["model_dir"],
-                                   "origin": payload.get("origin")}
+            runtime = runtime_of(payload)
+            entries[region] = {"kind": payload["kind"], RUNTIME: runtime.kind,
+                               "source": payload.get("source"), "origin": payload.get("origin"),
+                               **runtime.write(payload, folder, region)}
         doc = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import IO, Any, Iterable
 
+from pythia.features import IMPRESSION_ID
 from pythia.scoring.scorer import Scorer
 
 DEFAULT_BATCH_SIZE = 1024
@@ -82,8 +83,8 @@ def _write_batch(scorer: Scorer, batch: list[tuple[int, Any]], stdout: IO,
     for line_no, parsed in batch:
         if isinstance(parsed, dict):
             record = next(scored)
-            if "impression_id" in parsed:
-                record = {"impression_id": parsed["impression_id"], **record}
+            if IMPRESSION_ID in parsed:
+                record = {IMPRESSION_ID: parsed[IMPRESSION_ID], **record}
             counts["scored"] += 1
         else:
             record = {"line": line_no, "error": parsed}

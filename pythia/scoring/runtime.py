@@ -10,7 +10,8 @@ What made it fast was fewer array operations per request, not a faster engine:
   ratio of softmax heads into their bias (``softmax(z + log r) == softmax(z) * r / norm``);
 * the softmax groups are normalised together (segment max / sum with ``reduceat``).
 
-The export format is the one of ``MLPModel.export_numpy()`` (see ``check_export``).
+The export format is the ``numpy_layers`` payload of ``pythia.models.export`` (``MLPModel.
+export_numpy()``; see ``check_export``); ``pythia.scoring.runtimes`` stores and loads it.
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def check_export(export: Mapping[str, Any], encoders: Encoders) -> None:
     missing = sorted(set(EXPORT_KEYS) - set(export))
     if missing:
         raise ValueError(f"export lacks {missing} (has {sorted(export)})")
-    if export.get("kind") != "mlp":
-        raise ValueError(f"export kind must be 'mlp', got {export.get('kind')!r}")
+    if not isinstance(export["kind"], str) or not export["kind"]:
+        # the name of the model that exported it (recorded, not dispatched on)
+        raise ValueError(f"export kind must name the exporting model, got {export['kind']!r}")
     names = [name for name, _ in export["embeddings"]]
     if names != list(CATEGORICAL_FEATURES):
         raise ValueError(f"export embeddings {names} are not the categorical FEATURES in order "
@@ -70,6 +72,11 @@ def check_export(export: Mapping[str, Any], encoders: Encoders) -> None:
         _check_finite(W, f"trunk layer {i} W")
         _check_finite(b, f"trunk layer {i} b")
         width = W.shape[1]
+    _check_heads(export, encoders, width)
+
+
+def _check_heads(export: Mapping[str, Any], encoders: Encoders, width: int) -> None:
+    """Each target's head (shape, link), temperature and prior ratio; ``width`` = trunk output."""
     for target in TARGETS:
         if target not in export["heads"]:
             raise ValueError(f"export has no {target!r} head (heads: {sorted(export['heads'])})")

@@ -13,39 +13,15 @@ import numpy as np
 
 from pythia import features
 from pythia.config import Geography
-from pythia.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGETS, Encoders
+from pythia.features import TARGETS, Encoders
 from pythia.scoring.boundary import RequestEncoder
 from pythia.scoring.bundle import ENCODERS_FILE, read_bundle_doc
-from pythia.scoring.runtime import FusedMLP, load_export_npz
+from pythia.scoring.runtimes import runtime_of
 
 # float32 by measurement (benchmarks/scoring_bench.py): one request ~10% faster (p50 24 vs
 # 28 us), the batch path's first-layer matmul several times faster; it stays within 1e-5 of
 # the Keras model (parity tests).
 DEFAULT_DTYPE = "float32"
-
-
-class _SavedModelRuntime:
-    """A gbdt / tabnet region: the saved ``pythia.models`` model, called via ``predict_proba``.
-
-    Slower than the fused MLP (a model call per batch, the model's own libraries loaded) and
-    only the Bayes prior correction applies (``em`` needs many rows of the same region).
-    """
-
-    def __init__(self, folder: str) -> None:
-        from pythia.models import load_model  # imports scikit-learn / torch only for these
-
-        self.model = load_model(folder)
-
-    def predict(self, ids: np.ndarray, numeric: np.ndarray) -> dict[str, np.ndarray]:
-        X = {name: ids[:, j] for j, name in enumerate(CATEGORICAL_FEATURES)}
-        X.update({name: numeric[:, j] for j, name in enumerate(NUMERIC_FEATURES)})
-        probs = self.model.predict_proba(X)
-        return {t: np.asarray(probs[t], dtype=np.float64) for t in TARGETS}
-
-    def predict_one(self, ids: list[int], numeric: list[float]) -> dict[str, list[float]]:
-        probs = self.predict(np.array([ids], dtype=np.int64),
-                             np.array([numeric], dtype=np.float32))
-        return {t: p[0].tolist() for t, p in probs.items()}
 
 
 class Scorer:
@@ -93,13 +69,8 @@ class Scorer:
             encoders = Encoders.from_json(json.load(f))
         geo = Geography(region_of_country=dict(doc["routing"]["region_of_country"]),
                         utc_offset_minutes=dict(doc["utc_offset_minutes"]))
-        models: dict[str, Any] = {}
-        for region, entry in doc["models"].items():
-            if entry["kind"] == "mlp":
-                export = load_export_npz(os.path.join(folder, entry["file"]))
-                models[region] = FusedMLP(export, encoders, dtype=dtype)
-            else:
-                models[region] = _SavedModelRuntime(os.path.join(folder, entry["dir"]))
+        models = {region: runtime_of(entry).load(folder, entry, encoders, dtype)
+                  for region, entry in doc["models"].items()}
         return cls(doc, encoders, geo, models)
 
     @classmethod
