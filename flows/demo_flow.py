@@ -130,7 +130,9 @@ class DemoFlow(FlowSpec):
         """Vocabularies and statistics from the train days; TFRecord shards per split/region."""
         self.tf_manifest, self.encoders = tfrecords.convert(self.split_manifest, self.params,
                                                             self.paths)
-        self.train_grid = models.train_grid(self.params, self.tf_manifest)
+        self.train_grid = models.train_grid(self.params.models, self.params.regions,
+                                            self.tf_manifest, self.params.search,
+                                            self.params.seed)
         self.next(self.train, foreach="train_grid")
 
     @resources(cpu=config.resources.train.cpu, memory=config.resources.train.memory)
@@ -138,7 +140,8 @@ class DemoFlow(FlowSpec):
     def train(self):
         """Fit one (model, region, config) candidate; predict validation and test days."""
         self.candidate = models.train_candidate(self.input, self.tf_manifest,
-                                                self.split_manifest, self.params, self.paths)
+                                                self.split_manifest, self.params.train,
+                                                self.params.etl.age_edges, self.paths)
         self.next(self.evaluate)
 
     @card(type="blank", id="report", timeout=600)
@@ -152,7 +155,7 @@ class DemoFlow(FlowSpec):
         results = evaluate.run(self.candidates, self.split_manifest, self.source_path,
                                self.params.etl.age_edges, self.paths.reports,
                                evaluate.bundle_scorer(bundle) if bundle else None, previous_id,
-                               baseline_models=models.BASELINE_MODELS)
+                               baseline_models=evaluate.baseline_models_of(self.candidates))
         self.metrics, self.champions, self.headline = (
             results["metrics"], results["champions"], results["headline"])
         self.distributions, self.gauge = results["distributions"], results["gauge"]
@@ -167,8 +170,8 @@ class DemoFlow(FlowSpec):
         chosen = evaluate.choose_bundle_models(
             self.champions, self.candidates,
             runs.previous_champions(current.flow_name, current.run_id), current.pathspec,
-            baseline_models=models.BASELINE_MODELS)
-        self.bundle_path = scoring.export_champions(chosen, self.tf_manifest, self.params.geo,
+            baseline_models=evaluate.baseline_models_of(self.candidates))
+        self.bundle_path = scoring.export_champions(chosen, self.encoders, self.params.geo,
                                                     current.pathspec, self.paths.bundle)
         print(runs.summary_text(self, current.flow_name, current.run_id,
                                 os.path.relpath(__file__)))

@@ -190,7 +190,6 @@ TINY_TRAIN = TrainConfig(max_epochs=3, batch_size=256, patience=1)
 
 
 # ---------------------------------------------------------------- run-time parameters
-MODEL_CHOICES_DEFAULT = "mlp,tabnet,gbdt"
 
 
 @dataclass(frozen=True)
@@ -222,7 +221,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Test day YYYY-MM-DD (the window is date-4 … date), or 'yesterday' (UTC). Empty: "
               "yesterday on a scheduled (Airflow/Argo) run, else the newest date of the source "
               "with all 24 hour partitions."),
-    ParamSpec("models", MODEL_CHOICES_DEFAULT, "Models to train (comma-separated)."),
+    ParamSpec("models", "all",
+              "Models to train: 'all' (every model of the registry) or a comma-separated list."),
     ParamSpec("regions", "all", "'all' (global + every region in the data) or a list."),
     ParamSpec("provider_overrides", "US=lucid",
               "COUNTRY=provider pairs that win over the provider scores where that country "
@@ -342,7 +342,12 @@ class RunParams:
             raise ValueError("source is empty: give a folder, an s3:// prefix or synthetic://…")
         if v["date"] and v["date"] != "yesterday":
             parse_date(v["date"])
-        models = parse_list(v["models"], model_names, "model")
+        if str(v["models"]).strip() == "all":
+            if not model_names:
+                raise ValueError("models='all' needs the model registry's names")
+            models = list(model_names)
+        else:
+            models = parse_list(v["models"], model_names, "model")
         regions = None if str(v["regions"]).strip() in ("", "all") else tuple(
             parse_list(v["regions"], None, "region"))
         _check_choice("age_head", v["age_head"], AGE_HEADS)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from pythia.evaluate.card import render_card
-from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, candidate_label,
+from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, baseline_models_of,
+                                       candidate_label,
                                        choose_bundle_models, choose_champions, select_champions)
 from pythia.evaluate.figures import draw_figures
 from pythia.evaluate.frames import JOINT_TARGET
@@ -27,7 +28,7 @@ from pythia.evaluate.tables import build_headline
 from pythia.features import TEST_NATURAL
 
 __all__ = [
-    "run", "render_card", "choose_bundle_models", "bundle_scorer", "rows_to_requests",
+    "run", "render_card", "choose_bundle_models", "baseline_models_of", "bundle_scorer", "rows_to_requests",
     "select_champions", "candidate_label",
     "score_predictions", "multiclass_brier", "top_label_ece", "classwise_ece",
     "reliability_bins", "bucket_mae", "expected_bucket_mae", "total_variation_distance",

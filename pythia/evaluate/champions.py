@@ -43,9 +43,16 @@ PreviousScorer = Callable[[str, pd.DataFrame], Mapping[str, np.ndarray] | None]
 # aligned(candidate key, split) -> the candidate's predictions aligned to that split's rows
 AlignedPredictions = Callable[[tuple, str], Aligned]
 
-__all__ = ["CHAMPION_COLUMNS", "DEFAULT_TOLERANCE", "candidate_label", "champion_scores",
+__all__ = ["CHAMPION_COLUMNS", "DEFAULT_TOLERANCE", "baseline_models_of", "candidate_label",
+           "champion_scores",
            "choose_bundle_models", "choose_champions", "compare_with_previous",
            "select_champions"]
+
+
+def baseline_models_of(candidates: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The baseline model names among trained candidates (each training summary carries its
+    model's ``is_baseline``), so the flow needs no model import to know them."""
+    return tuple(sorted({str(c["model"]) for c in candidates if c.get("is_baseline")}))
 
 
 def _is_finite(x: object) -> bool:

@@ -80,6 +80,7 @@ class Scorer:
 
         Reads the run's ``bundle_path`` artifact with the Metaflow client (imported here only).
         """
+        from pythia.runs import bundle_path_of_run
         return cls.load(bundle_path_of_run(run_id, flow_name=flow_name), dtype=dtype)
 
     # ------------------------------------------------------------------ scoring
@@ -134,14 +135,3 @@ class Scorer:
                 out[t][rows] = probs[t]
         return out, regions
 
-
-def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
-    """The ``bundle_path`` artifact of a run (default: the latest successful one)."""
-    from metaflow import Flow, Run, namespace
-    namespace(None)
-    run = Run(f"{flow_name}/{run_id}") if run_id else Flow(flow_name).latest_successful_run
-    if run is None:
-        raise ValueError(f"no successful {flow_name} run found; pass --bundle PATH")
-    if "bundle_path" not in run.data:
-        raise ValueError(f"run {run.pathspec} has no bundle_path artifact (did it finish?)")
-    return run.data.bundle_path
