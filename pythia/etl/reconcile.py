@@ -10,13 +10,12 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from pythia import contract
+from pythia.contract import REASONS
+from pythia.features import OUTPUT_SPLITS, OUTPUT_SPLITS_OF
 
-OUTPUTS_OF = {"train": ("train",), "validation": ("validation",),
-              "test": ("test_resampled", "test_natural")}
 TERMS = ("quarantined", "unlabelled", "power_user_dropped", "resampled_out", "written")
 COLUMNS = (["scope", "date", "hour", "split", "rows_in", *TERMS, "etl_written"]
-           + [f"q_{r}" for r in contract.REASONS] + ["balanced"])
+           + [f"q_{r}" for r in REASONS] + ["balanced"])
 
 
 def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.DataFrame:
@@ -34,7 +33,7 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
             if key in seen:
                 raise ValueError(f"date {key[0]} hour {key[1]} appears in two hour manifests")
             seen.add(key)
-            for out in OUTPUTS_OF[p["split"]]:
+            for out in OUTPUT_SPLITS_OF[p["split"]]:  # test counts twice
                 s = by_hour.get((p["date"], int(p["hour"]), out), {})
                 rec = {"scope": "hour", "date": p["date"], "hour": int(p["hour"]), "split": out,
                        "rows_in": int(p["rows_in"]),
@@ -44,11 +43,9 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
                        "resampled_out": int(s.get("resampled_out", 0)),
                        "written": int(s.get("written", 0)),
                        "etl_written": int(p["written"])}
-                rec.update({f"q_{r}": int(p["quarantined"].get(r, 0)) for r in contract.REASONS})
+                rec.update({f"q_{r}": int(p["quarantined"].get(r, 0)) for r in REASONS})
                 records.append(rec)
-    unknown = sorted(set(by_hour) - {(d, h, o) for d, h in seen
-                                     for o in ("train", "validation", "test_resampled",
-                                               "test_natural")})
+    unknown = sorted(set(by_hour) - {(d, h, o) for d, h in seen for o in OUTPUT_SPLITS})
     if unknown:
         raise ValueError(f"split manifest counts hours no hour manifest read: {unknown[:5]}")
     df = pd.DataFrame.from_records(records, columns=COLUMNS[:-1])
