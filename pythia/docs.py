@@ -1,4 +1,4 @@
-"""Renders ``docs/data-contract.md`` from the code: ``python -m pythia.docs > docs/data-contract.md``.
+"""Renders ``docs/data-contract.md`` from the code (``python -m pythia.docs > docs/…``).
 
 The one module that imports the contract, the provider rules and the ETL split rules together;
 nothing imports it, so documentation can never close an import cycle.

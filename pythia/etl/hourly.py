@@ -88,6 +88,8 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
         unlabelled, written), per-split class counts of ``y_age_gender``, schema, extra
         columns, gaps.
     """
+    # Long on purpose: one Spark job graph whose persisted frame (``every``) must outlive the
+    # count query and the three writes, and be released in the ``finally`` here.
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -154,7 +156,7 @@ def _manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[st
     for d in window.dates:
         for h in hours:
             per[(d.isoformat(), h)] = {
-                "date": d.isoformat(), "hour": h, "split": window.split_of(d),
+                DATE: d.isoformat(), HOUR: h, SPLIT: window.split_of(d),
                 "gap": f"date={d.isoformat()}/hour={h:02d}" in gaps, "rows_in": 0,
                 "quarantined": {r: 0 for r in REASONS}, UNLABELLED: 0, WRITTEN: 0}
     class_counts: dict[str, dict[str, int]] = {s: {} for s in ETL_SPLITS}
@@ -174,12 +176,13 @@ def _manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[st
                              for r in REASONS},
              UNLABELLED: sum(p[UNLABELLED] for p in per_hour),
              WRITTEN: sum(p[WRITTEN] for p in per_hour)}
-    written_by_split = {s: sum(p[WRITTEN] for p in per_hour if p["split"] == s)
+    written_by_split = {s: sum(p[WRITTEN] for p in per_hour if p[SPLIT] == s)
                         for s in ETL_SPLITS}
     return {"hours": hours, "dates": [d.isoformat() for d in window.dates],
             "window": window.as_dict(), "source": source, "labels_path": labels_path,
             "rows_path": rows_path, "quarantine_path": q_path, "user_day_counts_path": ud_path,
             "gaps": gaps, "extra_columns": extras, "schema": schema, "per_hour": per_hour,
-            "total": total, "quarantined_by_reason": dict(total["quarantined"]), "written_by_split": written_by_split,
+            "total": total, "quarantined_by_reason": dict(total["quarantined"]),
+            "written_by_split": written_by_split,
             "class_counts": {s: dict(sorted(c.items(), key=lambda kv: int(kv[0])))
                              for s, c in class_counts.items()}}

@@ -11,10 +11,10 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from pythia.contract import REASONS
-from pythia.features import OUTPUT_SPLITS, OUTPUT_SPLITS_OF
+from pythia.features import DATE, HOUR, OUTPUT_SPLITS, OUTPUT_SPLITS_OF, SPLIT
 
 TERMS = ("quarantined", "unlabelled", "power_user_dropped", "resampled_out", "written")
-COLUMNS = (["scope", "date", "hour", "split", "rows_in", *TERMS, "etl_written"]
+COLUMNS = (["scope", DATE, HOUR, SPLIT, "rows_in", *TERMS, "etl_written"]
            + [f"q_{r}" for r in REASONS] + ["balanced"])
 
 
@@ -24,18 +24,18 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
     ``balanced`` is True when the identity holds and the ETL's written rows equal what the
     split step dropped + resampled out + wrote.
     """
-    by_hour = {(p["date"], int(p["hour"]), p["split"]): p for p in split_manifest["per_hour"]}
+    by_hour = {(p[DATE], int(p[HOUR]), p[SPLIT]): p for p in split_manifest["per_hour"]}
     seen: set[tuple[str, int]] = set()
     records = []
     for m in hour_manifests:
         for p in m["per_hour"]:
-            key = (p["date"], int(p["hour"]))
+            key = (p[DATE], int(p[HOUR]))
             if key in seen:
                 raise ValueError(f"date {key[0]} hour {key[1]} appears in two hour manifests")
             seen.add(key)
-            for out in OUTPUT_SPLITS_OF[p["split"]]:  # test counts twice
-                s = by_hour.get((p["date"], int(p["hour"]), out), {})
-                rec = {"scope": "hour", "date": p["date"], "hour": int(p["hour"]), "split": out,
+            for out in OUTPUT_SPLITS_OF[p[SPLIT]]:  # test counts twice
+                s = by_hour.get((p[DATE], int(p[HOUR]), out), {})
+                rec = {"scope": "hour", DATE: p[DATE], HOUR: int(p[HOUR]), SPLIT: out,
                        "rows_in": int(p["rows_in"]),
                        "quarantined": int(sum(p["quarantined"].values())),
                        "unlabelled": int(p["unlabelled"]),
@@ -50,8 +50,8 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
         raise ValueError(f"split manifest counts hours no hour manifest read: {unknown[:5]}")
     df = pd.DataFrame.from_records(records, columns=COLUMNS[:-1])
     if len(df):
-        totals = df.groupby("split", sort=False)[[c for c in COLUMNS[4:-1]]].sum().reset_index()
-        totals["scope"], totals["date"], totals["hour"] = "total", "*", -1
+        totals = df.groupby(SPLIT, sort=False)[[c for c in COLUMNS[4:-1]]].sum().reset_index()
+        totals["scope"], totals[DATE], totals[HOUR] = "total", "*", -1
         df = pd.concat([df, totals[COLUMNS[:-1]]], ignore_index=True)
     df["balanced"] = ((df["rows_in"] == df[list(TERMS)].sum(axis=1))
                       & (df["etl_written"] == df[["power_user_dropped", "resampled_out",

@@ -128,6 +128,8 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
         before/after per split (keys: class index as str), natural train priors per target,
         the power-user threshold, and per-(date, hour, split) counts for ``reconcile``.
     """
+    # Long on purpose: the persisted ``flagged`` frame must outlive both count queries and the
+    # four writes, and be released in the ``finally`` here.
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -216,7 +218,7 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
             if ETL_SPLIT_OF[out] != split:
                 continue
             rec = per.setdefault((date, hour, out), {
-                "date": date, "hour": hour, "split": out, "etl_written": 0,
+                DATE: date, HOUR: hour, SPLIT: out, "etl_written": 0,
                 "power_user_dropped": 0, "resampled_out": 0, "written": 0})
             rec["etl_written"] += n
             if out not in RESAMPLED_SPLITS:

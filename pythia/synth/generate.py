@@ -108,6 +108,7 @@ def generate_world(out: str, preset: str | WorldConfig = "default", seed: int = 
     Returns:
         A summary dict: row counts per table, dates, seconds taken.
     """
+    # Long on purpose: every write happens inside one ``_staging`` folder, published at the end.
     name, config = resolve_config(preset)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

@@ -137,6 +137,8 @@ def _normalize(p: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def build_params(config: WorldConfig, seed: int) -> WorldParams:
     """Draw every parameter table of the world from ``seed`` (deterministic)."""
+    # One long function on purpose: the order of the draws from this one ``rng`` IS the world
+    # (same seed -> same bytes), so the sections below (marked ``# ----``) share it in sequence.
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     countries = list(DEFAULT_REGION_OF_COUNTRY)
     n_cty, K = len(countries), config.n_interests
