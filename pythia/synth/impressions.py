@@ -12,9 +12,10 @@ import pyarrow.compute as pc
 
 from pythia.contract import IMPRESSION_SCHEMA
 from pythia.features import COUNTRY, IMPRESSION_ID, TS, USER_ID, ZIP
+from pythia.synth.catalog import DEVICE_TYPES
 from pythia.synth.population import EPOCH, Users
 from pythia.synth.sampling import Categorical, format_ids, stack_tables, take_strings
-from pythia.synth.world import DEVICE_TYPES, N_CLASS, WorldParams
+from pythia.synth.world import N_CLASS, WorldParams
 
 _CTV = DEVICE_TYPES.index("ctv")
 

@@ -48,5 +48,6 @@ def format_ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
 
 
 def take_strings(vocab: list[str], idx: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """``vocab[idx]`` as an Arrow string column; rows where ``valid`` is False are null."""
     indices = pa.array(idx.astype(np.int32), mask=None if valid is None else ~valid)
     return pc.take(pa.array(vocab, type=pa.string()), indices)
