@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pythia import contract, providers  # noqa: E402
+from pythia import contract_read, providers  # noqa: E402
 from pythia.config import Geography, Window  # noqa: E402
-from pythia.features import derive_batch  # noqa: E402
+from pythia.features import (COUNTRY, DATE, HOUR, TS, TS_SECONDS, USER_ID,  # noqa: E402
+                             USER_LABEL_COLUMNS, derive_batch)
 from pythia.paths import default_cache_root  # noqa: E402
 
 
@@ -54,25 +55,23 @@ def resolve_source(source: str | None, tmp: str, hours: list[int], users: int) -
 def pandas_baseline(source: str, window: Window, hours: list[int], labels_path: str,
                     out: str, geo: Geography) -> int:
     """Read the partitions, derive features, left-join labels, write Parquet; returns rows in."""
-    found = contract.list_partition_files(source, window.dates, hours)
+    found = contract_read.list_partition_files(source, window.dates, hours)
     frames = []
     for (day, hour), files in sorted(found.items()):
         for f in files:
             table = pq.read_table(f)
-            ts_us = pc.cast(pc.cast(table["ts"], pa.timestamp("us", tz="UTC")), pa.int64())
+            ts_us = pc.cast(pc.cast(table[TS], pa.timestamp("us", tz="UTC")), pa.int64())
             df = table.to_pandas()
-            df["ts_seconds"] = ts_us.to_numpy(zero_copy_only=False) // 10**6
-            df["date"], df["hour"] = day, hour
+            df[TS_SECONDS] = ts_us.to_numpy(zero_copy_only=False) // 10**6
+            df[DATE], df[HOUR] = day, hour
             frames.append(df)
     df = pd.concat(frames, ignore_index=True)
-    derived = derive_batch({"ts": df["ts_seconds"].to_numpy(),
-                            "country": df["country"].to_numpy(dtype=object)}, geo)
+    derived = derive_batch({TS: df[TS_SECONDS].to_numpy(),
+                            COUNTRY: df[COUNTRY].to_numpy(dtype=object)}, geo)
     for name, values in derived.items():
         df[name] = values
-    labels = pq.read_table(labels_path).to_pandas()[
-        ["user_id", "label_provider", "gender", "age_bucket", "y_gender", "y_age",
-         "y_age_gender"]]
-    joined = df.merge(labels, on="user_id", how="inner")
+    labels = pq.read_table(labels_path).to_pandas()[[USER_ID, *USER_LABEL_COLUMNS]]
+    joined = df.merge(labels, on=USER_ID, how="inner")
     pq.write_table(pa.Table.from_pandas(joined, preserve_index=False),
                    os.path.join(out, "rows.parquet"))
     return len(df)
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     hours = [int(h) for h in args.hours.split(",")]
     with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
         source = resolve_source(args.source, tmp, hours, args.users)
-        window = Window(contract.list_dates(source)[-1])
+        window = Window(contract_read.list_dates(source)[-1])
         geo = Geography()
         from pythia.etl.hourly import run_hours
         from pythia.etl.session import get_spark
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         t_start = time.perf_counter() - t0
         metrics, _ = providers.read_provider_metrics(spark, source)
         _, choice, _ = providers.select_providers(
-            metrics, {}, sorted(set(metrics["country"])), providers.list_providers(source))
+            metrics, {}, sorted(set(metrics[COUNTRY])), providers.list_providers(source))
         labels = providers.prepare_labels(spark, source, choice, (18, 25, 35, 45, 55, 65),
                                           os.path.join(tmp, "labels"),
                                           providers.best_global_provider(metrics))

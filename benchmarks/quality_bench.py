@@ -28,7 +28,9 @@ from sklearn.metrics import f1_score, log_loss
 
 from pythia import features
 from pythia.config import Geography, TrainConfig
-from pythia.features import Encoders, NumericStats, Vocabulary
+from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, IMPRESSION_ID, TEST_NATURAL, TRAIN,
+                             TS, TS_SECONDS, USER_ID, VALIDATION, Y_AGE, Y_AGE_GENDER, Y_GENDER,
+                             Encoders, NumericStats, Vocabulary)
 from pythia.models import MODELS
 from pythia.models.priors import priors_from_labels
 
@@ -50,28 +52,28 @@ def world_splits(preset: str, seed: int, cache: str, max_rows: int
     world = load_world(root)
     imp = ds.dataset(os.path.join(root, "impressions"), format="parquet",
                      partitioning="hive").to_table().to_pandas()
-    truth = world.truth()[["user_id", "gender", "age_bucket"]]
-    imp = imp.merge(truth, on="user_id", how="left", validate="many_to_one")
-    if imp["gender"].isna().any():
-        raise ValueError(f"{int(imp['gender'].isna().sum())} impressions have no truth row")
-    imp["ts_seconds"] = pd.to_datetime(imp["ts"], utc=True).astype("int64") // 10**9
-    derived = features.derive_batch({"country": imp["country"].to_numpy(),
-                                     "ts": imp["ts_seconds"].to_numpy()}, Geography())
+    truth = world.truth()[[USER_ID, GENDER, AGE_BUCKET]]
+    imp = imp.merge(truth, on=USER_ID, how="left", validate="many_to_one")
+    if imp[GENDER].isna().any():
+        raise ValueError(f"{int(imp[GENDER].isna().sum())} impressions have no truth row")
+    imp[TS_SECONDS] = pd.to_datetime(imp[TS], utc=True).astype("int64") // 10**9
+    derived = features.derive_batch({COUNTRY: imp[COUNTRY].to_numpy(),
+                                     TS: imp[TS_SECONDS].to_numpy()}, Geography())
     for k, v in derived.items():
         imp[k] = v
     ages = list(features.age_bucket_labels())
-    imp["y_gender"] = imp["gender"].map({g: i for i, g in enumerate(features.GENDER_CLASSES)})
-    imp["y_age"] = imp["age_bucket"].map({a: i for i, a in enumerate(ages)})
-    imp["y_age_gender"] = imp["y_gender"] * len(ages) + imp["y_age"]
-    dates = sorted(imp["date"].astype(str).unique())
+    imp[Y_GENDER] = imp[GENDER].map({g: i for i, g in enumerate(features.GENDER_CLASSES)})
+    imp[Y_AGE] = imp[AGE_BUCKET].map({a: i for i, a in enumerate(ages)})
+    imp[Y_AGE_GENDER] = imp[Y_GENDER] * len(ages) + imp[Y_AGE]
+    dates = sorted(imp[DATE].astype(str).unique())
     if len(dates) < 3:
         raise ValueError(f"world has {len(dates)} day(s); need train, validation and test days")
-    parts = {"train": imp[imp["date"].astype(str).isin(dates[:-2])],
-             "validation": imp[imp["date"].astype(str) == dates[-2]],
-             "test_natural": imp[imp["date"].astype(str) == dates[-1]]}
+    parts = {TRAIN: imp[imp[DATE].astype(str).isin(dates[:-2])],
+             VALIDATION: imp[imp[DATE].astype(str) == dates[-2]],
+             TEST_NATURAL: imp[imp[DATE].astype(str) == dates[-1]]}
     parts = {k: (v.sample(max_rows, random_state=seed) if max_rows and len(v) > max_rows else v)
              .reset_index(drop=True) for k, v in parts.items()}
-    train = parts["train"]
+    train = parts[TRAIN]
     vocabs = {}
     for f in features.FEATURES:
         if f.kind == features.CATEGORICAL:
@@ -87,11 +89,11 @@ def world_splits(preset: str, seed: int, cache: str, max_rows: int
         arrays = enc.encode_batch(cols)
         for c in features.LABEL_COLUMNS.values():
             arrays[c] = df[c].to_numpy(dtype=np.int64)
-        arrays["impression_id"] = df["impression_id"].to_numpy(dtype=object)
+        arrays[IMPRESSION_ID] = df[IMPRESSION_ID].to_numpy(dtype=object)
         out[k] = arrays
-    posterior = world.posterior(parts["test_natural"])
+    posterior = world.posterior(parts[TEST_NATURAL])
     order = [world.class_labels.index(c) for c in features.age_gender_labels()]
-    return out, enc, parts["test_natural"], posterior[:, order]
+    return out, enc, parts[TEST_NATURAL], posterior[:, order]
 
 
 def manifest_splits(path: str, world_root: str | None, split_parquet: str | None
@@ -100,7 +102,7 @@ def manifest_splits(path: str, world_root: str | None, split_parquet: str | None
 
     manifest = storage.read_json(path)
     enc = tfrecords.load_encoders(manifest)
-    out = {s: tfrecords.load_numpy(manifest, s) for s in ("train", "validation", "test_natural")}
+    out = {s: tfrecords.load_numpy(manifest, s) for s in (TRAIN, VALIDATION, TEST_NATURAL)}
     posterior = None
     if world_root and split_parquet:
         import pyarrow.dataset as ds
@@ -109,7 +111,7 @@ def manifest_splits(path: str, world_root: str | None, split_parquet: str | None
 
         world = load_world(world_root)
         raw = ds.dataset(split_parquet, format="parquet").to_table().to_pandas()
-        raw = raw.set_index("impression_id").loc[out["test_natural"]["impression_id"]]
+        raw = raw.set_index(IMPRESSION_ID).loc[out[TEST_NATURAL][IMPRESSION_ID]]
         post = world.posterior(raw.reset_index())
         order = [world.class_labels.index(c) for c in features.age_gender_labels(enc.age_edges)]
         posterior = post[:, order]
@@ -149,15 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         source = f"synthetic {args.preset} seed {args.seed} (truth labels, natural splits)"
     n_age = len(enc.age_edges)
     n_classes = {t: len(features.class_labels(t, enc.age_edges)) for t in features.TARGETS}
-    ytr = {t: data["train"][c] for t, c in features.LABEL_COLUMNS.items()}
-    yte = {t: data["test_natural"][c] for t, c in features.LABEL_COLUMNS.items()}
+    ytr = {t: data[TRAIN][c] for t, c in features.LABEL_COLUMNS.items()}
+    yte = {t: data[TEST_NATURAL][c] for t, c in features.LABEL_COLUMNS.items()}
     train_prior = priors_from_labels(ytr, n_classes)
     # natural splits here: training and natural priors coincide (the ratio is 1)
-    priors = {"train": train_prior, "natural": train_prior}
+    priors = {"train": train_prior, "natural": train_prior}  # the models' prior keys
     cfg = TrainConfig(max_epochs=args.epochs, batch_size=1024, patience=2, seed=args.seed,
                       age_head=args.age_head)
     print(f"data: {source}; rows train {len(ytr['age_gender'])}, validation "
-          f"{len(data['validation']['y_age_gender'])}, test {len(yte['age_gender'])}")
+          f"{len(data[VALIDATION][Y_AGE_GENDER])}, test {len(yte['age_gender'])}")
 
     results: dict[str, dict] = {}
     prior_p = {t: np.tile(train_prior[t], (len(yte[t]), 1)) for t in features.TARGETS}
@@ -168,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         model = MODELS[name](enc, {}, cfg)
         t0 = time.perf_counter()
-        summary = model.fit(data["train"], data["validation"], priors)
+        summary = model.fit(data[TRAIN], data[VALIDATION], priors)
         seconds = time.perf_counter() - t0
-        results[name] = {"scores": score(model.predict_proba(data["test_natural"]), yte),
+        results[name] = {"scores": score(model.predict_proba(data[TEST_NATURAL]), yte),
                          "seconds": seconds, "epochs": summary["epochs"]}
 
     head = (f"{'model':>8} {'target':>10} {'logloss':>8} {'bayes':>8} {'ratio':>6} "

@@ -30,8 +30,9 @@ import numpy as np  # noqa: E402
 
 from pythia import features  # noqa: E402
 from pythia.config import GLOBAL_REGION, Geography  # noqa: E402
-from pythia.features import (CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES,  # noqa: E402
-                             TARGETS, Encoders, NumericStats, Vocabulary)
+from pythia.features import (CATEGORICAL_FEATURES, DERIVED, FEATURES,  # noqa: E402
+                             IMPRESSION_ID, NUMERIC_FEATURES, TARGETS, TS, USER_ID, Y_AGE,
+                             Y_AGE_GENDER, Y_GENDER, Encoders, NumericStats, Vocabulary)
 from pythia.scoring import Scorer, read_bundle_doc  # noqa: E402
 
 TS0 = 1_700_000_000
@@ -46,7 +47,7 @@ VOCAB_SIZES = {"country": 12, "geo_region": 300, "metro": 210, "inventory_type":
 def make_encoders() -> Encoders:
     vocab = {}
     for name, size in VOCAB_SIZES.items():
-        if name == "local_hour" or name == "local_dow":
+        if name in features.DERIVED_FEATURES:  # local hour / day of week: small integers
             vocab[name] = Vocabulary([str(i) for i in range(size)])
         elif name == "country":
             vocab[name] = Vocabulary(sorted(Geography().region_of_country))
@@ -61,7 +62,7 @@ def make_requests(encoders: Encoders, n: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     cols = {}
     for f in FEATURES:
-        if f.kind != features.CATEGORICAL or f.source == "derived":
+        if f.kind != features.CATEGORICAL or f.source == DERIVED:
             continue
         values = np.array(encoders.vocabularies[f.name].values + ["unseen-value", ""], object)
         weights = 1.0 / np.arange(1, len(values) + 1)
@@ -70,9 +71,9 @@ def make_requests(encoders: Encoders, n: int, seed: int) -> list[dict]:
     out = []
     for i in range(n):
         r = {c: v[i] for c, v in cols.items()}
-        r["impression_id"] = f"imp-{i}"
-        r["user_id"] = f"u-{i % 997}"
-        r["ts"] = int(ts[i]) if i % 4 else f"2023-11-15T{i % 24:02d}:13:20Z"
+        r[IMPRESSION_ID] = f"imp-{i}"
+        r[USER_ID] = f"u-{i % 997}"
+        r[TS] = int(ts[i]) if i % 4 else f"2023-11-15T{i % 24:02d}:13:20Z"
         out.append(r)
     return out
 
@@ -94,14 +95,14 @@ def train_bundle(workdir: str, rows: int) -> tuple[str, str]:
     g, a = rng.integers(0, 2, rows), rng.integers(0, n_age, rows)
     data = {n: ids[:, j] for j, n in enumerate(CATEGORICAL_FEATURES)}
     data.update({n: numeric[:, j] for j, n in enumerate(NUMERIC_FEATURES)})
-    data.update(y_gender=g, y_age=a, y_age_gender=features.age_gender_index(g, a, n_age))
+    data.update({Y_GENDER: g, Y_AGE: a, Y_AGE_GENDER: features.age_gender_index(g, a, n_age)})
     cut = rows * 3 // 4
     train, valid = ({k: v[:cut] for k, v in data.items()}, {k: v[cut:] for k, v in data.items()})
     n_classes = {t: len(features.class_labels(t, encoders.age_edges)) for t in TARGETS}
     priors = priors_from_labels({t: data[c][:cut] for t, c in features.LABEL_COLUMNS.items()},
                                 n_classes)
     model = get_model("mlp")(encoders, {}, TrainConfig(max_epochs=1, batch_size=256))
-    model.fit(train, valid, {"train": priors, "natural": priors})
+    model.fit(train, valid, {"train": priors, "natural": priors})  # the models' prior keys
     model_dir = os.path.join(workdir, "model")
     model.save(model_dir)
     bundle = export_bundle([{"region": GLOBAL_REGION, "model": "mlp", "model_dir": model_dir}],

@@ -21,7 +21,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pythia.config import parse_overrides
-from pythia.features import age_bucket_labels, age_to_bucket, marginals_from_joint
+from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, GENDER_CLASSES, USER_ID,
+                             age_bucket_labels, age_to_bucket, marginals_from_joint)
 from pythia.synth import PRESETS, generate_world, load_world
 
 N_AGE = len(age_bucket_labels())
@@ -78,18 +79,19 @@ def chosen_provider_labels(root: str, providers: list[str], override: str) -> pd
     """Latest label per user from the provider with the best mean published accuracy in the
     user's country (override map wins), as a label-preparation step would produce."""
     metrics = pq.read_table(f"{root}/provider_metrics").to_pandas()
-    best = metrics.groupby(["country", "provider"])["accuracy"].mean().unstack().idxmax(axis=1)
+    best = metrics.groupby([COUNTRY, "provider"])["accuracy"].mean().unstack().idxmax(axis=1)
     best.update(pd.Series(parse_overrides(override)))
     frames = []
     for p in providers:
         t = pq.read_table(f"{root}/labels/provider={p}").to_pandas()
         frames.append(t.assign(provider=p))
     labels = pd.concat(frames, ignore_index=True)
-    labels = labels[labels["provider"] == labels["country"].map(best)]
-    labels = labels.sort_values("observed_date").groupby("user_id").tail(1)
+    labels = labels[labels["provider"] == labels[COUNTRY].map(best)]
+    labels = labels.sort_values("observed_date").groupby(USER_ID).tail(1)
     bucket = np.where(labels["age"].notna(), age_to_bucket(labels["age"].fillna(0)),
-                      pd.Index(age_bucket_labels()).get_indexer(labels["age_bucket"]))
-    return labels.assign(y_label=(labels["gender"] == "M").to_numpy() * N_AGE + bucket)
+                      pd.Index(age_bucket_labels()).get_indexer(labels[AGE_BUCKET]))
+    gender = pd.Index(GENDER_CLASSES).get_indexer(labels[GENDER])  # gender-major class index
+    return labels.assign(y_label=gender * N_AGE + bucket)
 
 
 def _scores(p: np.ndarray, y: np.ndarray) -> str:
@@ -105,18 +107,18 @@ def _scores(p: np.ndarray, y: np.ndarray) -> str:
 def bench_quality(root: str, test_date: str, override: str) -> None:
     world = load_world(root)
     df = ds.dataset(f"{root}/impressions", partitioning="hive").to_table(
-        filter=ds.field("date") == test_date).to_pandas()
+        filter=ds.field(DATE) == test_date).to_pandas()
     classes = {c: i for i, c in enumerate(world.class_labels)}
-    truth = world.truth().set_index("user_id")
-    df["y"] = truth.loc[df["user_id"], "age_gender"].map(classes).to_numpy()
+    truth = world.truth().set_index(USER_ID)
+    df["y"] = truth.loc[df[USER_ID], "age_gender"].map(classes).to_numpy()
     labels = chosen_provider_labels(root, world.params.vocab["providers"], override)
-    lab = df.merge(labels[["user_id", "provider", "y_label"]], on="user_id")
+    lab = df.merge(labels[[USER_ID, "provider", "y_label"]], on=USER_ID)
     prov = lab["provider"].to_numpy()
     print(f"Bayes gauge on test day {test_date}: {len(df):,} impressions, {len(lab):,} labelled "
-          f"(providers {labels.groupby('country')['provider'].first().to_dict()})")
+          f"(providers {labels.groupby(COUNTRY)['provider'].first().to_dict()})")
     print(f"  all impressions   vs truth : {_scores(world.posterior(df), df['y'].to_numpy())}")
     print(f"  country prior     vs truth : "
-          f"{_scores(world.country_prior(df['country'].to_numpy()), df['y'].to_numpy())}")
+          f"{_scores(world.country_prior(df[COUNTRY].to_numpy()), df['y'].to_numpy())}")
     print(f"  labelled impr.    vs truth : "
           f"{_scores(world.posterior(lab, providers=prov), lab['y'].to_numpy())}")
     print(f"  labelled impr.   vs labels : "

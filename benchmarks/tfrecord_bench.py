@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pythia import features
+from pythia.features import (IMPRESSION_ID, REGION, TRAIN, TS_SECONDS, USER_ID, Y_AGE,
+                             Y_AGE_GENDER, Y_GENDER)
 from pythia.tfrecords import encode, make_dataset, reader, write_split, write_split_files
 
 # Realistic-ish cardinalities per categorical (Zipf-distributed values).
@@ -49,15 +51,15 @@ def make_rows(n: int, seed: int = 0) -> pa.Table:
         else:
             cols[f.name] = pa.array(rng.normal(size=n).astype(np.float32))
     g, a = rng.integers(0, 2, n), rng.integers(0, 6, n)
-    cols["y_gender"] = pa.array(g.astype(np.int32))
-    cols["y_age"] = pa.array(a.astype(np.int32))
-    cols["y_age_gender"] = pa.array((g * 6 + a).astype(np.int32))
-    cols["impression_id"] = pa.array([f"{seed:02d}{i:014d}-{h:016x}" for i, h in
-                                      enumerate(rng.integers(0, 2**62, n))])
-    cols["region"] = pa.array(np.array(REGIONS, dtype=object)[rng.choice(5, n, p=[.4, .3, .15,
-                                                                              .1, .05])])
-    cols["user_id"] = pa.array([f"u{i % 50_000}" for i in range(n)])
-    cols["ts_seconds"] = pa.array(rng.integers(1_700_000_000, 1_700_400_000, n))
+    cols[Y_GENDER] = pa.array(g.astype(np.int32))
+    cols[Y_AGE] = pa.array(a.astype(np.int32))
+    cols[Y_AGE_GENDER] = pa.array((g * 6 + a).astype(np.int32))
+    cols[IMPRESSION_ID] = pa.array([f"{seed:02d}{i:014d}-{h:016x}" for i, h in
+                                    enumerate(rng.integers(0, 2**62, n))])
+    cols[REGION] = pa.array(np.array(REGIONS, dtype=object)[rng.choice(5, n, p=[.4, .3, .15,
+                                                                            .1, .05])])
+    cols[USER_ID] = pa.array([f"u{i % 50_000}" for i in range(n)])
+    cols[TS_SECONDS] = pa.array(rng.integers(1_700_000_000, 1_700_400_000, n))
     return pa.table(cols)
 
 
@@ -90,8 +92,8 @@ def naive_rate(table: pa.Table, encoders: features.Encoders, path: str) -> float
                     feat[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
             for c in encode.LABEL_COLUMNS:
                 feat[c] = tf.train.Feature(int64_list=tf.train.Int64List(value=[row[c]]))
-            feat["impression_id"] = tf.train.Feature(
-                bytes_list=tf.train.BytesList(value=[row["impression_id"].encode()]))
+            feat[encode.ID_COLUMN] = tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[row[encode.ID_COLUMN].encode()]))
             w.write(tf.train.Example(features=tf.train.Features(feature=feat))
                     .SerializeToString())
     return len(rows) / (time.perf_counter() - t0)
@@ -126,7 +128,7 @@ def timed(fn, repeat: int) -> float:
 
 def read_rates(manifest: dict, rows: int, batch_size: int) -> dict[str, float]:
     import tensorflow as tf
-    files = [s["path"] for s in manifest["splits"]["train"]["shards"]]
+    files = [s["path"] for s in manifest["splits"][TRAIN]["shards"]]
 
     def raw():
         ds = tf.data.Dataset.from_tensor_slices(files).interleave(
@@ -138,7 +140,7 @@ def read_rates(manifest: dict, rows: int, batch_size: int) -> dict[str, float]:
     def parsed(shuffle: bool):
         def run():
             n = sum(int(lab["gender"].shape[0]) for _, lab in
-                    make_dataset(manifest, "train", batch_size=batch_size, shuffle=shuffle))
+                    make_dataset(manifest, TRAIN, batch_size=batch_size, shuffle=shuffle))
             assert n == rows
         return run
 
@@ -178,14 +180,14 @@ def main() -> None:
 
         def ours(compression=None):
             # what convert_splits runs: Spark tasks read the row groups themselves
-            entry = write_split_files(spark, src, encoders, out, "train",
+            entry = write_split_files(spark, src, encoders, out, TRAIN,
                                       compression=compression)
             manifest.update({"root": out, "compression": compression, "encoders": "",
                              "feature_spec": "", "spec_version": features.spec_version(),
-                             "splits": {"train": entry}})
+                             "splits": {TRAIN: entry}})
 
         def ours_dataframe():
-            write_split(spark.read.parquet(src), encoders, out, "train")
+            write_split(spark.read.parquet(src), encoders, out, TRAIN)
 
         def spark_parquet():
             spark.read.parquet(src).write.mode("overwrite").parquet(pq_out)
@@ -198,8 +200,8 @@ def main() -> None:
             t_df = min(t_df, timed(ours_dataframe, 1))
         t_gz = timed(lambda: ours("GZIP"), 1)
         ours()  # leave uncompressed shards for the read benchmark
-        assert manifest["splits"]["train"]["rows"] == args.rows
-        shard_bytes = sum(os.path.getsize(s["path"]) for s in manifest["splits"]["train"]
+        assert manifest["splits"][TRAIN]["rows"] == args.rows
+        shard_bytes = sum(os.path.getsize(s["path"]) for s in manifest["splits"][TRAIN]
                           ["shards"])
         spark.stop()
 

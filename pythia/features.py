@@ -23,56 +23,15 @@ OOV_ID = 1  # reserved id: value not in the training vocabulary
 FIRST_VALUE_ID = 2
 
 
-@dataclass(frozen=True)
-class Feature:
-    """One model input. ``source`` is the contract column it comes from, or 'derived'."""
-
-    name: str
-    kind: str
-    source: str
-    min_count: int = 5  # training-day occurrences needed to get an own id (else OOV)
-    max_vocab: int = 20_000  # most frequent values kept
-
-
-# Order matters: it is the column order of the model inputs and of the exported bundle.
-FEATURES: tuple[Feature, ...] = (
-    Feature("country", CATEGORICAL, "country", min_count=1),
-    Feature("geo_region", CATEGORICAL, "geo_region"),
-    Feature("metro", CATEGORICAL, "metro"),
-    Feature("inventory_type", CATEGORICAL, "inventory_type", min_count=1),
-    Feature("site_or_app", CATEGORICAL, "site_or_app"),
-    Feature("content_category", CATEGORICAL, "content_category"),
-    Feature("supply_vendor", CATEGORICAL, "supply_vendor"),
-    Feature("ad_format", CATEGORICAL, "ad_format"),
-    Feature("ad_size", CATEGORICAL, "ad_size"),
-    Feature("device_type", CATEGORICAL, "device_type"),
-    Feature("device_make", CATEGORICAL, "device_make"),
-    Feature("device_model", CATEGORICAL, "device_model"),
-    Feature("os", CATEGORICAL, "os"),
-    Feature("os_version", CATEGORICAL, "os_version"),
-    Feature("browser", CATEGORICAL, "browser"),
-    Feature("local_hour", CATEGORICAL, "derived", min_count=1),
-    Feature("local_dow", CATEGORICAL, "derived", min_count=1),
-    Feature("hour_sin", NUMERIC, "derived"),
-    Feature("hour_cos", NUMERIC, "derived"),
-)
-FEATURE_NAMES = tuple(f.name for f in FEATURES)
-CATEGORICAL_FEATURES = tuple(f.name for f in FEATURES if f.kind == CATEGORICAL)
-NUMERIC_FEATURES = tuple(f.name for f in FEATURES if f.kind == NUMERIC)
-RAW_INPUT_COLUMNS = tuple(f.source for f in FEATURES if f.source != "derived") + ("ts",)
-
-# Targets. AgeGender classes are ordered gender-major: F_18-24 … F_65+, M_18-24 … M_65+.
-GENDER_CLASSES = ("F", "M")
-TARGETS = ("gender", "age", "age_gender")
-LABEL_COLUMNS = {"gender": "y_gender", "age": "y_age", "age_gender": "y_age_gender"}
-Y_GENDER, Y_AGE, Y_AGE_GENDER = (LABEL_COLUMNS[t] for t in TARGETS)
-
 # ---------------------------------------------------------------- names (the one source)
+# Every other module names these columns and splits through the constants below.
+DERIVED = "derived"  # Feature.source of a feature computed from ts + country, not read
 # Contract columns the pipeline refers to by name.
 IMPRESSION_ID = "impression_id"
 USER_ID = "user_id"
 TS = "ts"
 COUNTRY = "country"
+ZIP = "zip"  # carried by bid requests and the contract, not a model feature
 # Columns the ETL adds to every split row (beside FEATURES' derived ones and the labels).
 DATE = "date"  # partition date YYYY-MM-DD
 HOUR = "hour"  # partition hour 0..23 (UTC)
@@ -94,9 +53,83 @@ TEST_NATURAL = "test_natural"
 ETL_SPLITS = (TRAIN, VALIDATION, TEST)
 OUTPUT_SPLITS = (TRAIN, VALIDATION, TEST_RESAMPLED, TEST_NATURAL)
 ETL_SPLIT_OF = {TRAIN: TRAIN, VALIDATION: VALIDATION, TEST_RESAMPLED: TEST, TEST_NATURAL: TEST}
+# The inverse: the output splits each ETL split is written as (test -> both test splits).
+OUTPUT_SPLITS_OF = {s: tuple(o for o in OUTPUT_SPLITS if ETL_SPLIT_OF[o] == s) for s in ETL_SPLITS}
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One model input. ``source`` is the contract column it comes from, or 'derived'."""
+
+    name: str
+    kind: str
+    source: str
+    min_count: int = 5  # training-day occurrences needed to get an own id (else OOV)
+    max_vocab: int = 20_000  # most frequent values kept
+
+
+# Order matters: it is the column order of the model inputs and of the exported bundle.
+FEATURES: tuple[Feature, ...] = (
+    Feature("country", CATEGORICAL, COUNTRY, min_count=1),
+    Feature("geo_region", CATEGORICAL, "geo_region"),
+    Feature("metro", CATEGORICAL, "metro"),
+    Feature("inventory_type", CATEGORICAL, "inventory_type", min_count=1),
+    Feature("site_or_app", CATEGORICAL, "site_or_app"),
+    Feature("content_category", CATEGORICAL, "content_category"),
+    Feature("supply_vendor", CATEGORICAL, "supply_vendor"),
+    Feature("ad_format", CATEGORICAL, "ad_format"),
+    Feature("ad_size", CATEGORICAL, "ad_size"),
+    Feature("device_type", CATEGORICAL, "device_type"),
+    Feature("device_make", CATEGORICAL, "device_make"),
+    Feature("device_model", CATEGORICAL, "device_model"),
+    Feature("os", CATEGORICAL, "os"),
+    Feature("os_version", CATEGORICAL, "os_version"),
+    Feature("browser", CATEGORICAL, "browser"),
+    Feature("local_hour", CATEGORICAL, DERIVED, min_count=1),
+    Feature("local_dow", CATEGORICAL, DERIVED, min_count=1),
+    Feature("hour_sin", NUMERIC, DERIVED),
+    Feature("hour_cos", NUMERIC, DERIVED),
+)
+FEATURE_NAMES = tuple(f.name for f in FEATURES)
+CATEGORICAL_FEATURES = tuple(f.name for f in FEATURES if f.kind == CATEGORICAL)
+NUMERIC_FEATURES = tuple(f.name for f in FEATURES if f.kind == NUMERIC)
+DERIVED_FEATURES = tuple(f.name for f in FEATURES if f.source == DERIVED)
+SOURCE_COLUMNS = tuple(f.source for f in FEATURES if f.source != DERIVED)  # contract columns read
+RAW_INPUT_COLUMNS = SOURCE_COLUMNS + (TS,)
+# The keys of a bid-time request (``scoring``): the id, every contract column a feature reads,
+# and zip; ``TS`` travels too, as epoch seconds (``scoring.boundary.clean_ts``).
+REQUEST_COLUMNS = (IMPRESSION_ID,) + SOURCE_COLUMNS + (ZIP,)
+# What ``derive_batch`` returns: the derived features and the row's model region.
+DERIVED_COLUMNS = DERIVED_FEATURES + (REGION,)
+
+# Targets. AgeGender classes are ordered gender-major: F_18-24 … F_65+, M_18-24 … M_65+.
+GENDER_CLASSES = ("F", "M")
+TARGETS = ("gender", "age", "age_gender")
+LABEL_COLUMNS = {"gender": "y_gender", "age": "y_age", "age_gender": "y_age_gender"}
+Y_GENDER, Y_AGE, Y_AGE_GENDER = (LABEL_COLUMNS[t] for t in TARGETS)
+# One label per user (``providers.prepare_labels`` writes them), joined onto its impressions.
+USER_LABEL_COLUMNS = (LABEL_PROVIDER, GENDER, AGE_BUCKET) + tuple(LABEL_COLUMNS.values())
 
 # Columns carried next to the features through ETL and TFRecords (ids for joins, slicing).
 KEY_COLUMNS = (IMPRESSION_ID, USER_ID, REGION, DATE, IS_POWER_USER)
+
+# ---------------------------------------------------------------- column types
+# Named in the contract's type vocabulary (``contract.ColumnSpec.type``; these names are also
+# Arrow aliases, ``pa.type_for_alias``). Not pyarrow objects: importing pyarrow here would add
+# ~0.3 s to the start of the bid-time scorer, which imports this module and nothing of Arrow.
+STRING, INT32, INT64, FLOAT32, BOOL = "string", "int32", "int64", "float32", "bool"
+KIND_TYPES = {CATEGORICAL: STRING, NUMERIC: FLOAT32}  # how a derived feature is stored
+LABEL_TYPE = INT32
+# The columns the ETL appends to the contract's impression columns in every split row, in
+# output order; ``contract.SPLIT`` (and so the ETL's written schema) is built from this.
+SPLIT_COLUMN_TYPES: dict[str, str] = {
+    DATE: STRING, HOUR: INT32, TS_SECONDS: INT64,
+    **{f.name: KIND_TYPES[f.kind] for f in FEATURES if f.source == DERIVED},
+    REGION: STRING, IS_POWER_USER: BOOL, LABEL_PROVIDER: STRING, GENDER: STRING,
+    AGE_BUCKET: STRING,
+    **{c: LABEL_TYPE for c in LABEL_COLUMNS.values()},
+    SPLIT: STRING,
+}
 
 
 def age_bucket_labels(edges: Sequence[int] = DEFAULT_AGE_EDGES) -> tuple[str, ...]:
@@ -159,21 +192,19 @@ def derive_time_features(ts_seconds: Any, utc_offset_minutes: Any) -> dict[str, 
 def derive_batch(columns: Mapping[str, np.ndarray], geo: Geography) -> dict[str, np.ndarray]:
     """Derived features for a batch given raw contract columns ('ts' in epoch seconds, 'country').
 
-    Returns local_hour/local_dow as strings (they are categorical) and the numeric ones as float.
+    Returns ``DERIVED_COLUMNS``: categorical features as strings, numeric ones as float32, and
+    each row's model ``region``.
     """
-    country = np.asarray(columns["country"], dtype=object)
+    country = np.asarray(columns[COUNTRY], dtype=object)
     offsets = np.fromiter((geo.utc_offset_minutes.get(c, 0) for c in country), dtype=np.int64,
                           count=len(country))
-    ts = np.asarray(columns["ts"], dtype=np.int64)
+    ts = np.asarray(columns[TS], dtype=np.int64)
     out = derive_time_features(ts, offsets)
-    regions = np.array([geo.region_of(c) for c in country], dtype=object)
-    return {
-        "local_hour": out["local_hour"].astype(str).astype(object),
-        "local_dow": out["local_dow"].astype(str).astype(object),
-        "hour_sin": out["hour_sin"].astype(np.float32),
-        "hour_cos": out["hour_cos"].astype(np.float32),
-        "region": regions,
-    }
+    derived = {f.name: (out[f.name].astype(str).astype(object) if f.kind == CATEGORICAL
+                        else out[f.name].astype(np.float32))
+               for f in FEATURES if f.source == DERIVED}
+    derived[REGION] = np.array([geo.region_of(c) for c in country], dtype=object)
+    return derived
 
 
 # ---------------------------------------------------------------- encoders

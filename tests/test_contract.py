@@ -5,7 +5,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from pythia import contract
+from pythia import contract, contract_read, docs
 from pythia.etl import sample
 
 from conftest import TEST_DATE, WINDOW
@@ -15,7 +15,7 @@ D = TEST_DATE
 
 def test_doc_is_rendered_from_the_contract():
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "data-contract.md")).read()
-    assert doc.strip() == contract.render_document().strip()
+    assert doc.strip() == docs.render_data_contract().strip()
     for reason in contract.REASONS:
         assert f"`{reason}`" in doc
 
@@ -25,20 +25,20 @@ def test_missing_partitions_error_lists_them_and_allow_gaps_records_them(source)
     os.remove(os.path.join(source.root, "impressions", "date=2024-03-08", "hour=01",
                            "part-0.parquet"))
     with pytest.raises(ValueError, match=r"date=2024-03-08/hour=01") as err:
-        contract.check_partitions(source.root, WINDOW.dates, [0, 1, 2], allow_gaps=False)
+        contract_read.check_partitions(source.root, WINDOW.dates, [0, 1, 2], allow_gaps=False)
     assert "date=2024-03-06/hour=02" in str(err.value)  # every gap is listed, not just one
-    gaps = contract.check_partitions(source.root, WINDOW.dates, [0, 1, 2], allow_gaps=True)
+    gaps = contract_read.check_partitions(source.root, WINDOW.dates, [0, 1, 2], allow_gaps=True)
     assert gaps == ["date=2024-03-06/hour=02", "date=2024-03-07/hour=02",
                     "date=2024-03-08/hour=01", "date=2024-03-08/hour=02",
                     "date=2024-03-09/hour=02", "date=2024-03-10/hour=02"]
-    assert contract.check_partitions(source.root, WINDOW.dates, [0], allow_gaps=False) == []
+    assert contract_read.check_partitions(source.root, WINDOW.dates, [0], allow_gaps=False) == []
 
 
 def test_list_dates_and_missing_impressions_folder(source):
     source.users_every_hour({"u1": "US"}, [D, D - dt.timedelta(days=2)], [0])
-    assert contract.list_dates(source.root) == [D - dt.timedelta(days=2), D]
+    assert contract_read.list_dates(source.root) == [D - dt.timedelta(days=2), D]
     with pytest.raises(ValueError, match="no impressions/ folder"):
-        contract.list_dates(source.root + "-nothing")
+        contract_read.list_dates(source.root + "-nothing")
 
 
 def test_unreadable_file_error_names_it(source):
@@ -46,9 +46,9 @@ def test_unreadable_file_error_names_it(source):
     bad = os.path.join(source.root, "impressions", "date=2024-03-10", "hour=00", "broken.parquet")
     with open(bad, "wb") as f:
         f.write(b"this is not parquet")
-    files = contract.list_partition_files(source.root, [D], [0])[(D.isoformat(), 0)]
+    files = contract_read.list_partition_files(source.root, [D], [0])[(D.isoformat(), 0)]
     with pytest.raises(ValueError, match="broken.parquet"):
-        contract.inspect_files(files, contract.IMPRESSIONS)
+        contract_read.inspect_files(files, contract.IMPRESSIONS)
 
 
 def _reasons(quarantine) -> dict[str, str]:
@@ -71,9 +71,9 @@ def test_each_impression_quarantine_reason(spark, source):
         imp("dup", "u1", sample.at(D, 3, 20)),  # the earlier copy is kept
     ]
     source.hour(D, 3, rows)
-    files = contract.list_partition_files(source.root, WINDOW.dates, [3])
-    raw, extras = contract.read_table(spark, [f for fs in files.values() for f in fs],
-                                      contract.IMPRESSIONS)
+    files = contract_read.list_partition_files(source.root, WINDOW.dates, [3])
+    raw, extras = contract_read.read_table(spark, [f for fs in files.values() for f in fs],
+                                           contract.IMPRESSIONS)
     valid, quarantine = contract.validate_impressions(raw, WINDOW.dates, [3])
     assert _reasons(quarantine) == {
         "no-user": "null_required", "blank-site": "null_required", "fridge": "out_of_domain",
@@ -110,9 +110,9 @@ def test_malformed_timestamp_and_extra_column_and_missing_optional_column(spark,
     source.hour(D, 0, [dict(base, impression_id="iso", user_id="u", ts="2024-03-10T00:15:00Z"),
                        dict(base, impression_id="junk", user_id="u", ts="yesterday-ish")],
                 schema=schema)
-    files = contract.list_partition_files(source.root, [D], [0])[(D.isoformat(), 0)]
+    files = contract_read.list_partition_files(source.root, [D], [0])[(D.isoformat(), 0)]
     with pytest.warns(UserWarning, match="surprise"):
-        raw, extras = contract.read_table(spark, files, contract.IMPRESSIONS)
+        raw, extras = contract_read.read_table(spark, files, contract.IMPRESSIONS)
     assert extras == ["surprise"]
     valid, quarantine = contract.validate_impressions(raw, [D], [0])
     assert _reasons(quarantine) == {"junk": "bad_timestamp"}
@@ -138,8 +138,8 @@ def test_label_rules_and_wrong_type(spark, source):
         {"user_id": "no-country", "gender": "M", "age": "40", "country": None,
          "observed_date": "2024-03-01"},
     ], schema=schema)
-    raw, _ = contract.read_table(spark, contract.list_table_files(source.root, "labels"),
-                                 contract.LABELS)
+    raw, _ = contract_read.read_table(spark, contract.list_table_files(source.root, "labels"),
+                                      contract.LABELS)
     valid, quarantine = contract.validate_labels(raw)
     got = {r.user_id: (r.reason, r.reason_column) for r in quarantine.collect()}
     assert got == {"age-text": ("wrong_type", "age"),

@@ -4,8 +4,9 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from pythia import contract
 from pythia import features as F
-from pythia.config import Geography
+from pythia.config import Geography, Window
 
 
 def test_spec_invariants():
@@ -14,6 +15,62 @@ def test_spec_invariants():
     assert all(f.kind in (F.CATEGORICAL, F.NUMERIC) for f in F.FEATURES)
     assert F.MISSING_ID != F.OOV_ID and F.FIRST_VALUE_ID > max(F.MISSING_ID, F.OOV_ID)
     assert len(F.spec_version()) == 12 and F.spec_version() == F.spec_version()
+
+
+# ---- invariants in the style of TFX's features_test: the names hang together
+
+def test_every_feature_source_is_a_contract_column_or_derived():
+    impressions = set(contract.IMPRESSIONS.names)
+    for f in F.FEATURES:
+        assert f.source == F.DERIVED or f.source in impressions, f
+    assert set(F.RAW_INPUT_COLUMNS) <= impressions
+    # every derived feature is what derive_time_features computes (ETL and scorer alike)
+    assert set(F.DERIVED_FEATURES) <= set(F.derive_time_features(0, 0))
+
+
+def test_split_names_are_known():
+    assert set(F.ETL_SPLIT_OF) == set(F.OUTPUT_SPLITS)
+    assert set(F.ETL_SPLIT_OF.values()) == set(F.ETL_SPLITS)
+    assert sorted(o for outs in F.OUTPUT_SPLITS_OF.values() for o in outs) == sorted(
+        F.OUTPUT_SPLITS)
+    assert set(contract.SPLIT.column(F.SPLIT).allowed) == set(F.OUTPUT_SPLITS)
+    assert set(Window(dt.date(2026, 11, 20)).split_of(d)
+               for d in Window(dt.date(2026, 11, 20)).dates) == set(F.ETL_SPLITS)
+
+
+def test_label_columns_cover_targets():
+    assert set(F.LABEL_COLUMNS) == set(F.TARGETS)
+    assert (F.Y_GENDER, F.Y_AGE, F.Y_AGE_GENDER) == tuple(F.LABEL_COLUMNS[t] for t in F.TARGETS)
+    assert set(F.LABEL_COLUMNS.values()) <= set(F.USER_LABEL_COLUMNS)
+    for target in F.TARGETS:
+        assert F.class_labels(target)
+
+
+def test_split_schema_holds_every_feature_label_and_key_column():
+    names = contract.SPLIT.names
+    assert len(set(names)) == len(names)
+    for column in (F.FEATURE_NAMES + tuple(F.LABEL_COLUMNS.values()) + F.KEY_COLUMNS
+                   + F.USER_LABEL_COLUMNS + F.DERIVED_COLUMNS + (F.SPLIT, F.TS_SECONDS)):
+        assert column in names, column
+    # the contract columns come first, then exactly the ETL's columns with their types
+    assert names[:len(contract.IMPRESSIONS.names)] == contract.IMPRESSIONS.names
+    added = contract.SPLIT.columns[len(contract.IMPRESSIONS.names):]
+    assert {c.name: c.type for c in added} == F.SPLIT_COLUMN_TYPES
+    assert list(contract.arrow_schema(contract.SPLIT).names) == names
+
+
+def test_request_columns_are_the_contract_columns_a_request_carries():
+    impressions = contract.IMPRESSIONS.names
+    assert set(F.REQUEST_COLUMNS) <= set(impressions)
+    assert set(F.REQUEST_COLUMNS) == set(impressions) - {F.USER_ID, F.TS}
+    assert set(F.SOURCE_COLUMNS) <= set(F.REQUEST_COLUMNS)
+
+
+def test_negative_an_unknown_source_or_split_is_caught():
+    bad = F.Feature("shoe_size", F.CATEGORICAL, "shoe_size")
+    assert bad.source != F.DERIVED and bad.source not in contract.IMPRESSIONS.names
+    with pytest.raises(KeyError):
+        contract.SPLIT.column("test_unknown")
 
 
 def test_labels_and_buckets():

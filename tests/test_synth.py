@@ -18,8 +18,11 @@ from pythia.config import DEFAULT_REGION_OF_COUNTRY
 from pythia.features import age_gender_labels, age_to_bucket, age_bucket_labels
 from pythia.synth import (IMPRESSION_SCHEMA, LABEL_SCHEMA, PRESETS, PROVIDER_METRICS_SCHEMA,
                           WorldConfig, generate_world, load_world, resolve_source)
+from pythia import contract
+from pythia.synth import catalog
 from pythia.synth import generate as gen_mod
-from pythia.synth.generate import PartitionSampler, build_users
+from pythia.synth.impressions import PartitionSampler
+from pythia.synth.population import build_users
 from pythia.synth.world import build_params
 from s3_fixtures import moto_s3, s3_env  # noqa: F401  (fixtures)
 
@@ -185,6 +188,17 @@ def test_partition_depends_only_on_seed_date_hour(tiny):
     table = sampler.sample(dt.date(2026, 11, 18), 7)  # sampled alone, out of order
     written = pq.read_table(Path(tiny, "impressions", "date=2026-11-18", "hour=07"))
     assert table.equals(written.select(table.column_names).cast(table.schema))
+
+
+def test_closed_value_sets_are_the_contracts():
+    for column, values in (("device_type", catalog.DEVICE_TYPES),
+                           ("inventory_type", catalog.INVENTORY_TYPES),
+                           ("ad_format", catalog.AD_FORMATS)):
+        assert values == contract.IMPRESSIONS.column(column).allowed
+    vocab = build_params(PRESETS["tiny"], 0).vocab
+    assert vocab["device_types"] == list(contract.IMPRESSIONS.column("device_type").allowed)
+    # negative: a value outside the contract never appears in the world's catalog
+    assert "fridge" not in vocab["device_types"]
 
 
 def test_parallel_workers_write_identical_world(tiny, tmp_path):

@@ -17,6 +17,7 @@ from pythia.features import Encoders, NumericStats, Vocabulary
 from pythia.tfrecords import encode, reader, wire, writer
 from pythia.tfrecords import (convert_splits, fit_encoders, load_numpy, make_dataset,
                               parquet_units, verify_shards, write_split, write_split_files)
+from pythia.tfrecords.shards import write_partition
 
 tf = pytest.importorskip("tensorflow")
 
@@ -226,7 +227,7 @@ def test_write_partition_rolls_shards_and_is_deterministic(tmp_path):
     enc = tiny_encoders()
     runs = []
     for k in range(2):
-        shards = writer.write_partition(_batches(df, 10), enc, str(tmp_path / f"r{k}"), "train",
+        shards = write_partition(_batches(df, 10), enc, str(tmp_path / f"r{k}"), "train",
                                         task=3, shard_rows=7, compression="GZIP")
         runs.append(shards)
     assert sum(s["rows"] for s in runs[0]) == 53
@@ -249,7 +250,7 @@ def test_failed_writer_publishes_no_shard(tmp_path):
         raise RuntimeError("executor killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        writer.write_partition(dying(), tiny_encoders(), str(tmp_path), "train", task=0,
+        write_partition(dying(), tiny_encoders(), str(tmp_path), "train", task=0,
                                shard_rows=1000, compression=None)
     assert storage.list_files(str(tmp_path)) == []  # no shard, no temp file left
 
@@ -486,7 +487,7 @@ def test_s3_shards_round_trip(tmp_path, monkeypatch):
         df = split_frame(25, 5)
         enc = tiny_encoders()
         root = f"s3://{s3_fixtures.BUCKET}/tfr"
-        shards = writer.write_partition(_batches(df, 10), enc, f"{root}/split=test_natural",
+        shards = write_partition(_batches(df, 10), enc, f"{root}/split=test_natural",
                                         "test_natural", task=0, shard_rows=8,
                                         compression="GZIP")
         assert all(s["path"].startswith(root + "/split=test_natural/region=") for s in shards)

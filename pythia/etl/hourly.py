@@ -13,18 +13,20 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from pythia import contract
+from pythia import contract, contract_read
 from pythia.config import Geography, Window
+from pythia.contract import IMPRESSIONS, REASON, REASON_COLUMN, REASONS
 from pythia.etl.io import read_parquet, write_parquet_atomic
-from pythia.features import derive_batch
+from pythia.features import (COUNTRY, DATE, DERIVED_COLUMNS, ETL_SPLITS, HOUR, LABEL_PROVIDER,
+                             SPLIT, SPLIT_COLUMN_TYPES, TS, TS_SECONDS, USER_ID,
+                             USER_LABEL_COLUMNS, Y_AGE_GENDER, derive_batch)
 from pythia.paths import join
 
 WRITTEN = "written"
 UNLABELLED = "unlabelled"
-LABEL_COLUMNS = ("label_provider", "gender", "age_bucket", "y_gender", "y_age", "y_age_gender")
-DERIVED = (("local_hour", pa.string(), "string"), ("local_dow", pa.string(), "string"),
-           ("hour_sin", pa.float32(), "float"), ("hour_cos", pa.float32(), "float"),
-           ("region", pa.string(), "string"))
+OUTCOME = "outcome"  # working column: written | unlabelled | a quarantine reason
+# (name, contract type) of what derive_batch adds to each row
+DERIVED = tuple((name, SPLIT_COLUMN_TYPES[name]) for name in DERIVED_COLUMNS)
 
 
 def _hours_tag(hours: Sequence[int]) -> str:
@@ -36,32 +38,32 @@ def derive_features(sdf: Any, geo: Geography) -> Any:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    with_ts = sdf.withColumn("ts_seconds", F.unix_seconds(F.col("ts")))
+    with_ts = sdf.withColumn(TS_SECONDS, F.unix_seconds(F.col(TS)))
     names = with_ts.columns
     schema = T.StructType(with_ts.schema.fields + [
-        T.StructField(n, T.StringType() if s == "string" else T.FloatType())
-        for n, _, s in DERIVED])
+        T.StructField(n, contract_read.spark_struct_type(t)) for n, t in DERIVED])
+    arrow_types = [(n, contract.ARROW_TYPES[t]) for n, t in DERIVED]
 
     def _derive(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            cols = {"ts": batch.column(names.index("ts_seconds")).to_numpy(zero_copy_only=False),
-                    "country": np.asarray(batch.column(names.index("country")).to_pylist(),
-                                          dtype=object)}
+            cols = {TS: batch.column(names.index(TS_SECONDS)).to_numpy(zero_copy_only=False),
+                    COUNTRY: np.asarray(batch.column(names.index(COUNTRY)).to_pylist(),
+                                        dtype=object)}
             out = derive_batch(cols, geo)
-            extra = [pa.array(out[n], type=t) for n, t, _ in DERIVED]
+            extra = [pa.array(out[n], type=t) for n, t in arrow_types]
             yield pa.RecordBatch.from_arrays(batch.columns + extra,
-                                             names=names + [n for n, _, _ in DERIVED])
+                                             names=names + [n for n, _ in arrow_types])
 
     return with_ts.mapInArrow(_derive, schema)
 
 
 def read_labels(spark: Any, labels_path: str) -> Any:
     """The per-user labels written by ``providers.prepare_labels`` (one row per user)."""
-    labels = read_parquet(spark, labels_path).select("user_id", *LABEL_COLUMNS)
-    dup = labels.groupBy("user_id").count().filter("count > 1").limit(5).collect()
+    labels = read_parquet(spark, labels_path).select(USER_ID, *USER_LABEL_COLUMNS)
+    dup = labels.groupBy(USER_ID).count().filter("count > 1").limit(5).collect()
     if dup:
         raise ValueError(f"labels at {labels_path} hold several rows for user(s) "
-                         f"{[r.user_id for r in dup]}; expected one label per user")
+                         f"{[r[USER_ID] for r in dup]}; expected one label per user")
     return labels
 
 
@@ -86,59 +88,59 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
         unlabelled, written), per-split class counts of ``y_age_gender``, schema, extra
         columns, gaps.
     """
+    # Long on purpose: one Spark job graph whose persisted frame (``every``) must outlive the
+    # count query and the three writes, and be released in the ``finally`` here.
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     hours = sorted(int(h) for h in hours)
     dates = window.dates
-    found = contract.list_partition_files(source, dates, hours)
+    found = contract_read.list_partition_files(source, dates, hours)
     gaps = [f"date={d}/hour={h:02d}" for (d, h), fs in sorted(found.items()) if not fs]
     if gaps and not allow_gaps:
-        contract.check_partitions(source, dates, hours, allow_gaps=False)  # raises, listing them
+        contract_read.check_partitions(source, dates, hours, allow_gaps=False)  # raises, listing
     files = [f for _, fs in sorted(found.items()) for f in fs]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # extras are returned and warned about once below
-        raw, extras = contract.read_table(spark, files, contract.IMPRESSIONS)
+        raw, extras = contract_read.read_table(spark, files, IMPRESSIONS)
     if extras:
         warnings.warn(f"impressions: ignoring unknown column(s) {extras}", stacklevel=2)
     if not files:
-        raw = contract.empty_normalized(spark, contract.IMPRESSIONS)
+        raw = contract_read.empty_normalized(spark, IMPRESSIONS)
     flagged = contract.flag_impressions(raw, dates, hours)
     split_of = F.create_map(*[x for d in dates for x in (F.lit(d.isoformat()),
                                                          F.lit(window.split_of(d)))])
 
-    valid = flagged.filter(F.col("reason").isNull()).select(
-        *contract.IMPRESSIONS.names, "date", "hour")
+    valid = flagged.filter(F.col(REASON).isNull()).select(*IMPRESSIONS.names, DATE, HOUR)
     labelled = (derive_features(valid, geo)
-                .join(read_labels(spark, labels_path), "user_id", "left")
-                .withColumn("outcome", F.when(F.col("label_provider").isNull(), F.lit(UNLABELLED))
+                .join(read_labels(spark, labels_path), USER_ID, "left")
+                .withColumn(OUTCOME, F.when(F.col(LABEL_PROVIDER).isNull(), F.lit(UNLABELLED))
                             .otherwise(F.lit(WRITTEN))))
     # Quarantined rows keep their raw strings under the _raw_ names: a union with the typed
     # columns would coerce (and fail on) the very values that broke the contract.
-    raw_cols = [contract.RAW_PREFIX + c for c in contract.IMPRESSIONS.names]
-    quarantined = flagged.filter(F.col("reason").isNotNull()).select(
-        *raw_cols, "date", "hour", "reason", "reason_column",
-        F.col("reason").alias("outcome"))
+    raw_cols = [contract_read.RAW_PREFIX + c for c in IMPRESSIONS.names]
+    quarantined = flagged.filter(F.col(REASON).isNotNull()).select(
+        *raw_cols, DATE, HOUR, REASON, REASON_COLUMN, F.col(REASON).alias(OUTCOME))
     every = (labelled.unionByName(quarantined, allowMissingColumns=True)
-             .withColumn("split", split_of[F.col("date")])
+             .withColumn(SPLIT, split_of[F.col(DATE)])
              .persist(StorageLevel.MEMORY_AND_DISK))
     try:
-        rows = [tuple(r) for r in every.groupBy("date", "hour", "split", "outcome",
-                                                "y_age_gender").count().collect()]
-        out_cols = contract.IMPRESSIONS.names + [
+        rows = [tuple(r) for r in every.groupBy(DATE, HOUR, SPLIT, OUTCOME,
+                                                Y_AGE_GENDER).count().collect()]
+        out_cols = IMPRESSIONS.names + [
             c for c in labelled.columns
-            if c not in contract.IMPRESSIONS.names and c != "outcome"] + ["split"]
-        written = every.filter(F.col("outcome") == WRITTEN).select(*out_cols)
+            if c not in IMPRESSIONS.names and c != OUTCOME] + [SPLIT]
+        written = every.filter(F.col(OUTCOME) == WRITTEN).select(*out_cols)
         rows_path = write_parquet_atomic(written, join(out_dir, "rows"))
         q_path = write_parquet_atomic(
-            every.filter(F.col("reason").isNotNull()).select(
-                *[F.col(r).alias(c) for r, c in zip(raw_cols, contract.IMPRESSIONS.names)],
-                "date", "hour", "reason", "reason_column"),
-            join(quarantine_dir, "impressions", _hours_tag(hours)))
+            every.filter(F.col(REASON).isNotNull()).select(
+                *[F.col(r).alias(c) for r, c in zip(raw_cols, IMPRESSIONS.names)],
+                DATE, HOUR, REASON, REASON_COLUMN),
+            join(quarantine_dir, IMPRESSIONS.name, _hours_tag(hours)))
         # Per-user-day counts of labelled rows, summed over tasks later for the power-user
         # threshold (a user-day spans all 24 hours, i.e. several tasks).
         ud_path = write_parquet_atomic(
-            written.groupBy("user_id", "date").agg(F.count(F.lit(1)).alias("n")),
+            written.groupBy(USER_ID, DATE).agg(F.count(F.lit(1)).alias("n")),
             join(out_dir, "user_day_counts"))
         schema = [[f.name, f.dataType.simpleString()] for f in written.schema.fields]
     finally:
@@ -154,10 +156,10 @@ def _manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[st
     for d in window.dates:
         for h in hours:
             per[(d.isoformat(), h)] = {
-                "date": d.isoformat(), "hour": h, "split": window.split_of(d),
+                DATE: d.isoformat(), HOUR: h, SPLIT: window.split_of(d),
                 "gap": f"date={d.isoformat()}/hour={h:02d}" in gaps, "rows_in": 0,
-                "quarantined": {r: 0 for r in contract.REASONS}, UNLABELLED: 0, WRITTEN: 0}
-    class_counts: dict[str, dict[str, int]] = {s: {} for s in ("train", "validation", "test")}
+                "quarantined": {r: 0 for r in REASONS}, UNLABELLED: 0, WRITTEN: 0}
+    class_counts: dict[str, dict[str, int]] = {s: {} for s in ETL_SPLITS}
     for date, hour, split, outcome, y, n in rows:
         rec = per[(date, int(hour))]
         rec["rows_in"] += n
@@ -171,15 +173,16 @@ def _manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[st
     per_hour = [per[k] for k in sorted(per)]
     total = {"rows_in": sum(p["rows_in"] for p in per_hour),
              "quarantined": {r: sum(p["quarantined"][r] for p in per_hour)
-                             for r in contract.REASONS},
+                             for r in REASONS},
              UNLABELLED: sum(p[UNLABELLED] for p in per_hour),
              WRITTEN: sum(p[WRITTEN] for p in per_hour)}
-    written_by_split = {s: sum(p[WRITTEN] for p in per_hour if p["split"] == s)
-                        for s in ("train", "validation", "test")}
+    written_by_split = {s: sum(p[WRITTEN] for p in per_hour if p[SPLIT] == s)
+                        for s in ETL_SPLITS}
     return {"hours": hours, "dates": [d.isoformat() for d in window.dates],
             "window": window.as_dict(), "source": source, "labels_path": labels_path,
             "rows_path": rows_path, "quarantine_path": q_path, "user_day_counts_path": ud_path,
             "gaps": gaps, "extra_columns": extras, "schema": schema, "per_hour": per_hour,
-            "total": total, "quarantined_by_reason": dict(total["quarantined"]), "written_by_split": written_by_split,
+            "total": total, "quarantined_by_reason": dict(total["quarantined"]),
+            "written_by_split": written_by_split,
             "class_counts": {s: dict(sorted(c.items(), key=lambda kv: int(kv[0])))
                              for s, c in class_counts.items()}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pythia import storage
-from pythia.contract import spark_uri
+from pythia.contract_read import spark_uri
 from pythia.paths import join
 
 

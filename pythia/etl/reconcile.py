@@ -10,13 +10,12 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from pythia import contract
+from pythia.contract import REASONS
+from pythia.features import DATE, HOUR, OUTPUT_SPLITS, OUTPUT_SPLITS_OF, SPLIT
 
-OUTPUTS_OF = {"train": ("train",), "validation": ("validation",),
-              "test": ("test_resampled", "test_natural")}
 TERMS = ("quarantined", "unlabelled", "power_user_dropped", "resampled_out", "written")
-COLUMNS = (["scope", "date", "hour", "split", "rows_in", *TERMS, "etl_written"]
-           + [f"q_{r}" for r in contract.REASONS] + ["balanced"])
+COLUMNS = (["scope", DATE, HOUR, SPLIT, "rows_in", *TERMS, "etl_written"]
+           + [f"q_{r}" for r in REASONS] + ["balanced"])
 
 
 def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.DataFrame:
@@ -25,18 +24,18 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
     ``balanced`` is True when the identity holds and the ETL's written rows equal what the
     split step dropped + resampled out + wrote.
     """
-    by_hour = {(p["date"], int(p["hour"]), p["split"]): p for p in split_manifest["per_hour"]}
+    by_hour = {(p[DATE], int(p[HOUR]), p[SPLIT]): p for p in split_manifest["per_hour"]}
     seen: set[tuple[str, int]] = set()
     records = []
     for m in hour_manifests:
         for p in m["per_hour"]:
-            key = (p["date"], int(p["hour"]))
+            key = (p[DATE], int(p[HOUR]))
             if key in seen:
                 raise ValueError(f"date {key[0]} hour {key[1]} appears in two hour manifests")
             seen.add(key)
-            for out in OUTPUTS_OF[p["split"]]:
-                s = by_hour.get((p["date"], int(p["hour"]), out), {})
-                rec = {"scope": "hour", "date": p["date"], "hour": int(p["hour"]), "split": out,
+            for out in OUTPUT_SPLITS_OF[p[SPLIT]]:  # test counts twice
+                s = by_hour.get((p[DATE], int(p[HOUR]), out), {})
+                rec = {"scope": "hour", DATE: p[DATE], HOUR: int(p[HOUR]), SPLIT: out,
                        "rows_in": int(p["rows_in"]),
                        "quarantined": int(sum(p["quarantined"].values())),
                        "unlabelled": int(p["unlabelled"]),
@@ -44,17 +43,15 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
                        "resampled_out": int(s.get("resampled_out", 0)),
                        "written": int(s.get("written", 0)),
                        "etl_written": int(p["written"])}
-                rec.update({f"q_{r}": int(p["quarantined"].get(r, 0)) for r in contract.REASONS})
+                rec.update({f"q_{r}": int(p["quarantined"].get(r, 0)) for r in REASONS})
                 records.append(rec)
-    unknown = sorted(set(by_hour) - {(d, h, o) for d, h in seen
-                                     for o in ("train", "validation", "test_resampled",
-                                               "test_natural")})
+    unknown = sorted(set(by_hour) - {(d, h, o) for d, h in seen for o in OUTPUT_SPLITS})
     if unknown:
         raise ValueError(f"split manifest counts hours no hour manifest read: {unknown[:5]}")
     df = pd.DataFrame.from_records(records, columns=COLUMNS[:-1])
     if len(df):
-        totals = df.groupby("split", sort=False)[[c for c in COLUMNS[4:-1]]].sum().reset_index()
-        totals["scope"], totals["date"], totals["hour"] = "total", "*", -1
+        totals = df.groupby(SPLIT, sort=False)[[c for c in COLUMNS[4:-1]]].sum().reset_index()
+        totals["scope"], totals[DATE], totals[HOUR] = "total", "*", -1
         df = pd.concat([df, totals[COLUMNS[:-1]]], ignore_index=True)
     df["balanced"] = ((df["rows_in"] == df[list(TERMS)].sum(axis=1))
                       & (df["etl_written"] == df[["power_user_dropped", "resampled_out",

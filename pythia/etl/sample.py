@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pythia import contract
+from pythia.features import COUNTRY, DATE, GENDER, GENDER_CLASSES, IMPRESSION_ID, TS, USER_ID
 from pythia.paths import join
 
 IMPRESSION_SCHEMA = contract.IMPRESSION_SCHEMA
@@ -36,7 +37,7 @@ def at(day: dt.date, hour: int, minute: int = 0, second: int = 0) -> dt.datetime
 def impression(impression_id: str, user_id: str, ts: dt.datetime, country: str = "US",
                **overrides: Any) -> dict:
     """One valid impression row; ``overrides`` replace any column (use None for null)."""
-    row = {"impression_id": impression_id, "user_id": user_id, "ts": ts, "country": country}
+    row = {IMPRESSION_ID: impression_id, USER_ID: user_id, TS: ts, COUNTRY: country}
     row.update(_DEFAULTS)
     row.update(overrides)
     return row
@@ -93,7 +94,7 @@ def write_sample_source(root: str, test_date: dt.date, hours: Iterable[int] = ra
     users = [f"u{i:05d}" for i in range(n_users)]
     user_country = {u: countries[i % len(countries)] for i, u in enumerate(users)}
     ages = rng.integers(18, 80, size=n_users)
-    genders = rng.choice(["F", "M"], size=n_users)
+    genders = rng.choice(list(GENDER_CLASSES), size=n_users)
     dates = [test_date - dt.timedelta(days=k) for k in range(4 + extra_days, -1 - extra_days, -1)]
     hours = list(hours)
     n_rows = 0
@@ -121,16 +122,16 @@ def write_sample_source(root: str, test_date: dt.date, hours: Iterable[int] = ra
                 continue
             g, a = str(genders[ui]), int(ages[ui])
             if pi > 0 and rng.random() < 0.2:
-                g, a = ("M" if g == "F" else "F"), a + 11
-            rows.append({"user_id": u, "gender": g, "age": a, "country": user_country[u],
+                g, a = GENDER_CLASSES[1 - GENDER_CLASSES.index(g)], a + 11  # the other one
+            rows.append({USER_ID: u, GENDER: g, "age": a, COUNTRY: user_country[u],
                          "observed_date": observed})
         write_labels(root, provider, rows)
     metrics = []
     for pi, provider in enumerate(providers):
         for c in countries:
             for k in range(3):
-                metrics.append({"provider": provider, "country": c,
-                                "date": test_date - dt.timedelta(days=k),
+                metrics.append({"provider": provider, COUNTRY: c,
+                                DATE: test_date - dt.timedelta(days=k),
                                 "coverage": 0.9 - 0.1 * pi, "accuracy": 0.8 - 0.05 * pi,
                                 "consistency": 0.7, "n_labels": 1000})
     write_metrics(root, metrics)

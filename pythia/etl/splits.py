@@ -12,13 +12,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pythia import contract
 from pythia.config import EtlConfig
+from pythia.contract_read import SPARK_TYPES
 from pythia.etl.io import read_parquet, write_parquet_atomic
-from pythia.features import TARGETS, class_labels
+from pythia.features import (DATE, ETL_SPLIT_OF, ETL_SPLITS, HOUR, IMPRESSION_ID, IS_POWER_USER,
+                             OUTPUT_SPLITS, SPLIT, TARGETS, TEST_NATURAL, TEST_RESAMPLED, TRAIN,
+                             USER_ID, VALIDATION, Y_AGE_GENDER, class_labels)
 
-OUTPUT_SPLITS = ("train", "validation", "test_resampled", "test_natural")
-ETL_SPLIT_OF = {"train": "train", "validation": "validation", "test_resampled": "test",
-                "test_natural": "test"}
 _HASH_BITS = 53  # uniform draws with full double precision
+RESAMPLED_SPLITS = (TRAIN, VALIDATION, TEST_RESAMPLED)  # the output splits that are resampled
 
 
 def rules_markdown() -> str:
@@ -31,13 +32,13 @@ def rules_markdown() -> str:
         "- Power users: per (user, date) count of labelled impressions over all hours; a "
         "user-day above the threshold (`power_user_threshold`, else the exact "
         "`power_user_quantile` of those counts) is flagged `is_power_user`; with "
-        "`drop_power_users` its rows leave train, validation and `test_resampled`.",
+        f"`drop_power_users` its rows leave {TRAIN}, {VALIDATION} and `{TEST_RESAMPLED}`.",
         "- Resampling: keep-rates per class of `resample_target` from the GLOBAL class counts "
         "of each split after the power-user drop: `balanced` n_min/n_c, `sqrt` "
         "sqrt(n_min/n_c), `natural` 1. A row is kept when "
         f"pmod(xxhash64(impression_id, seed), 2^{_HASH_BITS}) / 2^{_HASH_BITS} < rate "
         "(deterministic).",
-        "- The test day is written twice: `test_resampled` (rules above) and `test_natural` "
+        f"- The test day is written twice: `{TEST_RESAMPLED}` (rules above) and `{TEST_NATURAL}` "
         "(every row, power users kept and flagged). `natural_priors` are the class "
         "frequencies of all labelled train rows (power users included).",
         "- Reconciliation, per (date, hour, output split) and in total: rows_in = quarantined "
@@ -84,7 +85,7 @@ def power_user_threshold(spark: Any, user_day_paths: Sequence[str], cfg: EtlConf
     """
     from pyspark.sql import functions as F
 
-    totals = read_parquet(spark, list(user_day_paths)).groupBy("user_id", "date").agg(
+    totals = read_parquet(spark, list(user_day_paths)).groupBy(USER_ID, DATE).agg(
         F.sum("n").alias("n"))
     if cfg.power_user_threshold is not None:
         return totals, float(cfg.power_user_threshold)
@@ -127,6 +128,8 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
         before/after per split (keys: class index as str), natural train priors per target,
         the power-user threshold, and per-(date, hour, split) counts for ``reconcile``.
     """
+    # Long on purpose: the persisted ``flagged`` frame must outlive both count queries and the
+    # four writes, and be released in the ``finally`` here.
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -139,54 +142,54 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
         spark, [m["user_day_counts_path"] for m in hour_manifests], cfg)
     rows = read_parquet(spark, [m["rows_path"] for m in hour_manifests])
     if threshold is None:
-        flagged = rows.withColumn("is_power_user", F.lit(False))
+        flagged = rows.withColumn(IS_POWER_USER, F.lit(False))
     else:
         power = totals.filter(F.col("n") > threshold).select(
-            "user_id", "date", F.lit(True).alias("is_power_user"))
-        flagged = (rows.join(F.broadcast(power), ["user_id", "date"], "left")
-                   .withColumn("is_power_user", F.coalesce("is_power_user", F.lit(False))))
+            USER_ID, DATE, F.lit(True).alias(IS_POWER_USER))
+        flagged = (rows.join(F.broadcast(power), [USER_ID, DATE], "left")
+                   .withColumn(IS_POWER_USER, F.coalesce(IS_POWER_USER, F.lit(False))))
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        before = flagged.groupBy("split", "is_power_user", "y_age_gender").count().collect()
+        before = flagged.groupBy(SPLIT, IS_POWER_USER, Y_AGE_GENDER).count().collect()
         counts: dict[str, dict[int, int]] = {s: {} for s in OUTPUT_SPLITS}
         natural: dict[int, int] = {}
         for split, pu, y, n in before:
-            if split == "train":
+            if split == TRAIN:
                 natural[int(y)] = natural.get(int(y), 0) + n
-            for out in OUTPUT_SPLITS:
-                if ETL_SPLIT_OF[out] != split or out == "test_natural":
+            for out in RESAMPLED_SPLITS:
+                if ETL_SPLIT_OF[out] != split:
                     continue
                 if pu and cfg.drop_power_users:
                     continue
                 c = target_class(y, cfg.resample_target, n_age)
                 counts[out][c] = counts[out].get(c, 0) + n
-        rates = {s: resample_rates(counts[s], cfg.resample) for s in OUTPUT_SPLITS[:3]}
-        uniform = (F.pmod(F.xxhash64(F.col("impression_id"), F.lit(int(cfg.seed))),
+        rates = {s: resample_rates(counts[s], cfg.resample) for s in RESAMPLED_SPLITS}
+        uniform = (F.pmod(F.xxhash64(F.col(IMPRESSION_ID), F.lit(int(cfg.seed))),
                           F.lit(1 << _HASH_BITS)).cast("double") / float(1 << _HASH_BITS))
-        y_t = {"age_gender": F.col("y_age_gender"),
-               "gender": F.floor(F.col("y_age_gender") / n_age).cast("int"),
-               "age": F.pmod(F.col("y_age_gender"), F.lit(n_age))}[cfg.resample_target]
+        y_t = {"age_gender": F.col(Y_AGE_GENDER),
+               "gender": F.floor(F.col(Y_AGE_GENDER) / n_age).cast("int"),
+               "age": F.pmod(F.col(Y_AGE_GENDER), F.lit(n_age))}[cfg.resample_target]
         keep = {}
-        for out in OUTPUT_SPLITS[:3]:
+        for out in RESAMPLED_SPLITS:
             rate = F.lit(None).cast("double")  # no rows of this split: nothing to keep
             if rates[out]:
                 rate = F.create_map(*[x for c, r in sorted(rates[out].items())
                                       for x in (F.lit(c), F.lit(float(r)))])[y_t]
-            keep[out] = (F.col("split") == ETL_SPLIT_OF[out]) & F.coalesce(
+            keep[out] = (F.col(SPLIT) == ETL_SPLIT_OF[out]) & F.coalesce(
                 uniform < rate, F.lit(False))
-        keep_cols = [keep[o].alias(f"_keep_{o}") for o in OUTPUT_SPLITS[:3]]
-        after = flagged.select("date", "hour", "split", "is_power_user", "y_age_gender",
+        keep_cols = [keep[o].alias(f"_keep_{o}") for o in RESAMPLED_SPLITS]
+        after = flagged.select(DATE, HOUR, SPLIT, IS_POWER_USER, Y_AGE_GENDER,
                                *keep_cols).groupBy(
-            "date", "hour", "split", "is_power_user", "y_age_gender",
-            *[f"_keep_{o}" for o in OUTPUT_SPLITS[:3]]).count().collect()
+            DATE, HOUR, SPLIT, IS_POWER_USER, Y_AGE_GENDER,
+            *[f"_keep_{o}" for o in RESAMPLED_SPLITS]).count().collect()
         paths = {}
         for out in OUTPUT_SPLITS:
-            sel = F.col("split") == ETL_SPLIT_OF[out]
-            if out != "test_natural":
+            sel = F.col(SPLIT) == ETL_SPLIT_OF[out]
+            if out in RESAMPLED_SPLITS:
                 if cfg.drop_power_users:
-                    sel = sel & ~F.col("is_power_user")
+                    sel = sel & ~F.col(IS_POWER_USER)
                 sel = sel & keep[out]
-            part = flagged.filter(sel).withColumn("split", F.lit(out))
+            part = flagged.filter(sel).withColumn(SPLIT, F.lit(out))
             paths[out] = write_parquet_atomic(_split_columns(part), uri_of(out))
     finally:
         flagged.unpersist()
@@ -197,9 +200,7 @@ def _split_columns(sdf: Any) -> Any:
     """Columns in the pinned order and types of ``contract.SPLIT``."""
     from pyspark.sql import functions as F
 
-    types = {"string": "string", "timestamp": "timestamp", "int32": "int", "int64": "bigint",
-             "float32": "float", "bool": "boolean", "double": "double", "date": "date"}
-    return sdf.select(*[F.col(c.name).cast(types[c.type]).alias(c.name)
+    return sdf.select(*[F.col(c.name).cast(SPARK_TYPES[c.type]).alias(c.name)
                         for c in contract.SPLIT.columns])
 
 
@@ -208,19 +209,19 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
     per: dict[tuple[str, int, str], dict] = {}
     rows = {s: 0 for s in OUTPUT_SPLITS}
     cls_after: dict[str, dict[int, int]] = {s: {} for s in OUTPUT_SPLITS}
-    pu_rows = {s: 0 for s in ("train", "validation", "test")}
+    pu_rows = {s: 0 for s in ETL_SPLITS}
     for r in after:
         date, hour, split, pu, y, n = r[0], int(r[1]), r[2], bool(r[3]), int(r[4]), r[-1]
-        kept = dict(zip(OUTPUT_SPLITS[:3], r[5:8]))
+        kept = dict(zip(RESAMPLED_SPLITS, r[5:8]))
         pu_rows[split] += n if pu else 0
         for out in OUTPUT_SPLITS:
             if ETL_SPLIT_OF[out] != split:
                 continue
             rec = per.setdefault((date, hour, out), {
-                "date": date, "hour": hour, "split": out, "etl_written": 0,
+                DATE: date, HOUR: hour, SPLIT: out, "etl_written": 0,
                 "power_user_dropped": 0, "resampled_out": 0, "written": 0})
             rec["etl_written"] += n
-            if out == "test_natural":
+            if out not in RESAMPLED_SPLITS:
                 outcome = "written"
             elif pu and cfg.drop_power_users:
                 outcome = "power_user_dropped"
@@ -240,7 +241,7 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
             freq[target_class(y, target, n_age)] += n / natural_total if natural_total else 0.0
         priors[target] = freq
     counts = dict(counts)
-    counts["test_natural"] = dict(cls_after["test_natural"])
+    counts[TEST_NATURAL] = dict(cls_after[TEST_NATURAL])
 
     def _keyed(d: Mapping[int, Any]) -> dict[str, Any]:
         return {str(k): d[k] for k in sorted(d)}

@@ -31,7 +31,7 @@ import numpy as np
 
 from pythia import features
 from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
-from pythia.features import CATEGORICAL, FEATURES, OOV_ID, Encoders
+from pythia.features import CATEGORICAL, COUNTRY, DERIVED, FEATURES, OOV_ID, TS, Encoders
 
 # Longer strings are never real category values; rejecting them early also bounds the work an
 # adversarial request can cause (hashing / decoding megabytes).
@@ -146,7 +146,7 @@ class RequestEncoder:
                        for c, r in geo.region_of_country.items()}
         self._offset = dict(geo.utc_offset_minutes)
         derived = features.derive_time_features(0, 0)
-        unknown = [f.name for f in FEATURES if f.source == "derived" and f.name not in derived]
+        unknown = [f.name for f in FEATURES if f.source == DERIVED and f.name not in derived]
         if unknown:
             raise ValueError(f"the scorer cannot derive feature(s) {unknown}: "
                              f"derive_time_features gives only {sorted(derived)}")
@@ -157,7 +157,7 @@ class RequestEncoder:
         if missing:
             raise ValueError(f"encoders have no entry for feature(s) {missing}")
         # (contract column or None when derived, feature name, memo of encode_one).
-        self._categorical = [(None if f.source == "derived" else f.source, f.name,
+        self._categorical = [(None if f.source == DERIVED else f.source, f.name,
                               self._memo(encoders.vocabularies[f.name]))
                              for f in FEATURES if f.kind == CATEGORICAL]
         self._numeric = [(f.name, encoders.numeric[f.name], {}) for f in FEATURES
@@ -180,8 +180,8 @@ class RequestEncoder:
         return hit
 
     def _time_features(self, request: Mapping, now: float | None) -> tuple[dict, str | None]:
-        country = _clean_country(request.get("country"))
-        ts = clean_ts(request.get("ts"))
+        country = _clean_country(request.get(COUNTRY))
+        ts = clean_ts(request.get(TS))
         if ts is None:
             ts = int(time.time() if now is None else now)
         return features.derive_time_features(ts, self._offset.get(country, 0)), country
@@ -224,8 +224,8 @@ class RequestEncoder:
         """
         rows = [r if type(r) is dict or isinstance(r, Mapping) else {} for r in requests]
         n = len(rows)
-        countries = [_clean_country(r.get("country")) for r in rows]
-        stamps = [clean_ts(r.get("ts")) for r in rows]
+        countries = [_clean_country(r.get(COUNTRY)) for r in rows]
+        stamps = [clean_ts(r.get(TS)) for r in rows]
         if any(s is None for s in stamps):
             fallback = int(time.time() if now is None else now)
             stamps = [fallback if s is None else s for s in stamps]

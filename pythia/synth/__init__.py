@@ -4,8 +4,8 @@
 ``synthetic://PRESET?seed=N`` source into a cached generated folder; ``load_world`` gives a
 ``World`` whose ``posterior`` is the exact Bayes P(AgeGender | one impression's features).
 """
-from pythia.synth.generate import (IMPRESSION_SCHEMA, LABEL_SCHEMA, PROVIDER_METRICS_SCHEMA,
-                                   generate_world, is_complete, resolve_source, run_synth_cli)
+from pythia.contract import IMPRESSION_SCHEMA, LABEL_SCHEMA, PROVIDER_METRICS_SCHEMA
+from pythia.synth.generate import generate_world, is_complete, resolve_source, run_synth_cli
 from pythia.synth.posterior import World, load_world
 from pythia.synth.world import PRESETS, WorldConfig
 

@@ -22,7 +22,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from pythia import storage
-from pythia.features import derive_time_features
+from pythia.features import TS, TS_SECONDS, derive_time_features
 from pythia.paths import join
 from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
 
@@ -66,11 +66,11 @@ def _runs(keys: tuple[np.ndarray, ...], size: int = CHUNK_ROWS):
 
 def ts_seconds_of(df: pd.DataFrame) -> np.ndarray:
     """Epoch seconds from ``ts_seconds`` (int) or ``ts`` (timestamp, any unit / tz-aware)."""
-    if "ts_seconds" in df.columns:
-        return df["ts_seconds"].to_numpy(dtype=np.int64)
-    if "ts" not in df.columns:
-        raise ValueError("posterior needs a 'ts' (timestamp) or 'ts_seconds' (int64) column")
-    ts = pd.to_datetime(df["ts"], utc=True)
+    if TS_SECONDS in df.columns:
+        return df[TS_SECONDS].to_numpy(dtype=np.int64)
+    if TS not in df.columns:
+        raise ValueError(f"posterior needs a {TS!r} (timestamp) or {TS_SECONDS!r} (int64) column")
+    ts = pd.to_datetime(df[TS], utc=True)
     return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 

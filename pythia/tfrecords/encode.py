@@ -14,8 +14,8 @@ from pythia import features
 from pythia.features import Encoders
 from pythia.tfrecords import wire
 
-ID_COLUMN = "impression_id"
-REGION_COLUMN = "region"
+ID_COLUMN = features.IMPRESSION_ID
+REGION_COLUMN = features.REGION
 LABEL_COLUMNS: tuple[str, ...] = tuple(features.LABEL_COLUMNS.values())
 # Every column an Example carries, in record order: features, labels, then the join key.
 RECORD_COLUMNS: tuple[str, ...] = features.FEATURE_NAMES + LABEL_COLUMNS + (ID_COLUMN,)

@@ -6,39 +6,30 @@ writes its shards under temporary names, renamed (or uploaded) only once complet
 """
 from __future__ import annotations
 
-import gzip
-import hashlib
 import logging
 import os
-import re
-import tempfile
-import uuid
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from pythia import features, storage
 from pythia.config import DEFAULT_AGE_EDGES
-from pythia.contract import spark_uri
-from pythia.features import Encoders, NumericStats, Vocabulary
+from pythia.contract_read import spark_uri
+from pythia.features import OUTPUT_SPLITS, TRAIN, Encoders, NumericStats, Vocabulary
 from pythia.paths import join
 from pythia.tfrecords import encode
+from pythia.tfrecords.shards import SHARD_NAME, write_partition
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test_resampled", "test_natural")
+SPLITS = OUTPUT_SPLITS
 COMPRESSIONS = (None, "GZIP")
 MANIFEST_NAME = "manifest.json"
 FEATURE_SPEC_NAME = "feature_spec.json"
 ENCODERS_NAME = "encoders.json"
-GZIP_LEVEL = 6  # zlib's default, as TensorFlow's own TFRecordWriter uses
-_REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_SHARD_NAME = re.compile(r"^part-\d{5}-\d{4}\.tfrecord(\.gz)?$")
 _SHARD_SCHEMA = "path string, region string, rows long, sha256 string"
 
 
@@ -123,141 +114,7 @@ def fit_encoders(spark: SparkSession, train_sdf: DataFrame,
     return Encoders(vocabularies, numeric, tuple(age_edges))
 
 
-# ---------------------------------------------------------------- executor-side shard writing
-
-class _HashingFile:
-    """A file wrapper that hashes every byte it writes (the sha256 of the file as stored)."""
-
-    def __init__(self, f: Any) -> None:
-        self.f, self.sha = f, hashlib.sha256()
-
-    def write(self, data: Any) -> int:
-        self.sha.update(data)
-        return self.f.write(data)
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-class _ShardWriter:
-    """Writes one region's records of one task into shards of at most ``shard_rows`` rows.
-
-    A shard is written under a hidden ``.tmp-*`` name and published (``os.replace`` locally,
-    one upload on S3) only when complete; names are ``part-<task>-<seq>`` so the same input
-    partition always yields the same names and bytes, and a retried task overwrites its own.
-    """
-
-    def __init__(self, region_uri: str, region: str, task: int, shard_rows: int,
-                 compression: str | None) -> None:
-        self.region_uri, self.region, self.task = region_uri, region, task
-        self.shard_rows, self.compression = shard_rows, compression
-        self.seq, self.rows = 0, 0
-        self.done: list[dict] = []
-        self._raw = self._hash = self._out = None
-        self._tmp = self._final = ""
-
-    def _open(self) -> None:
-        suffix = ".tfrecord.gz" if self.compression == "GZIP" else ".tfrecord"
-        name = f"part-{self.task:05d}-{self.seq:04d}{suffix}"
-        self._final = join(self.region_uri, name)
-        if storage.is_s3(self.region_uri):
-            folder = tempfile.gettempdir()
-        else:
-            folder = os.path.abspath(self.region_uri)
-            os.makedirs(folder, exist_ok=True)
-        self._tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
-        self._raw = open(self._tmp, "wb")
-        self._hash = _HashingFile(self._raw)
-        self._out = (gzip.GzipFile(filename="", mode="wb", fileobj=self._hash,
-                                   compresslevel=GZIP_LEVEL, mtime=0)
-                     if self.compression == "GZIP" else self._hash)
-        self.rows = 0
-
-    def _close(self) -> None:
-        if self._out is not self._hash:
-            self._out.close()  # flushes the gzip trailer through the hashing wrapper
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        try:
-            if storage.is_s3(self._final):
-                with open(self._tmp, "rb") as f:
-                    storage.write_bytes_atomic(self._final, f.read())
-            else:
-                os.replace(self._tmp, os.path.abspath(self._final))
-        finally:
-            if os.path.exists(self._tmp):
-                os.remove(self._tmp)
-        self.done.append({"path": self._final, "region": self.region, "rows": self.rows,
-                          "sha256": self._hash.sha.hexdigest()})
-        self._out = None
-        self.seq += 1
-
-    def write(self, flat: Any, offsets: Any) -> None:
-        """Append framed records ``flat[offsets[i]:offsets[i+1]]``, rolling shards as they fill."""
-        i, n = 0, len(offsets) - 1
-        while i < n:
-            if self._out is None:
-                self._open()
-            j = min(n, i + self.shard_rows - self.rows)
-            self._out.write(memoryview(flat[offsets[i]:offsets[j]]))
-            self.rows += j - i
-            i = j
-            if self.rows >= self.shard_rows:
-                self._close()
-
-    def finish(self) -> list[dict]:
-        if self._out is not None:
-            self._close()
-        return self.done
-
-    def abort(self) -> None:
-        if self._raw is not None and not self._raw.closed:
-            self._raw.close()
-        if self._tmp and os.path.exists(self._tmp):
-            os.remove(self._tmp)
-
-
-def write_partition(batches: Iterator[pa.RecordBatch], encoders: Encoders, split_uri: str,
-                    split: str, task: int, shard_rows: int,
-                    compression: str | None) -> list[dict]:
-    """Encode and write one partition's batches; returns its shards' metadata.
-
-    Rows are grouped by region within each batch (stable, so order is kept per region).
-    """
-    writers: dict[str, _ShardWriter] = {}
-    try:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            regions = batch.column(encode.REGION_COLUMN)
-            if regions.null_count:
-                raise ValueError(f"region is null in {regions.null_count} row(s) of split "
-                                 f"{split!r}")
-            enc = pc.dictionary_encode(regions)
-            names = enc.dictionary.to_pylist()
-            codes = enc.indices.to_numpy(zero_copy_only=False)
-            order = np.argsort(codes, kind="stable")  # stable: keeps row order per region
-            sorted_idx = codes[order]
-            batch = batch.take(pa.array(order))
-            flat, offsets = encode.encode_records(batch, encoders, f"split {split!r}")
-            bounds = [0] + list(1 + (sorted_idx[1:] != sorted_idx[:-1]).nonzero()[0]) \
-                + [batch.num_rows]
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                region = names[sorted_idx[a]]
-                if not _REGION_NAME.match(region):
-                    raise ValueError(f"region {region!r} in split {split!r} is not a valid "
-                                     f"folder name ([A-Za-z0-9_.-]+)")
-                if region not in writers:
-                    writers[region] = _ShardWriter(join(split_uri, f"region={region}"), region,
-                                                   task, shard_rows, compression)
-                writers[region].write(flat, offsets[a:b + 1])
-        return [s for r in sorted(writers) for s in writers[r].finish()]
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-
+# ---------------------------------------------------------------- Spark jobs
 
 _SHARD_ARROW_SCHEMA = pa.schema([("path", pa.string()), ("region", pa.string()),
                                  ("rows", pa.int64()), ("sha256", pa.string())])
@@ -337,7 +194,7 @@ def _remove_unlisted(split_uri: str, keep: set[str]) -> None:
     """Delete stale shards and leftovers of killed writers that the new manifest does not list."""
     for uri in storage.list_files(split_uri):
         name = uri.rstrip("/").rsplit("/", 1)[-1]
-        if uri not in keep and (name.startswith(".tmp-") or _SHARD_NAME.match(name)):
+        if uri not in keep and (name.startswith(".tmp-") or SHARD_NAME.match(name)):
             fs, path = storage.filesystem(uri)
             fs.delete_file(path)
 
@@ -421,7 +278,7 @@ def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri:
     Returns:
         ``(manifest, encoders)``; the manifest is also at ``<out_uri>/manifest.json``.
     """
-    _check_args("train", shard_rows, compression)
+    _check_args(TRAIN, shard_rows, compression)
     missing = [s for s in SPLITS if s not in split_paths]
     unknown = [s for s in split_paths if s not in SPLITS]
     if missing or unknown:
@@ -430,7 +287,7 @@ def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri:
     out_uri = _absolute(out_uri)
     for s in SPLITS:
         parquet_units(split_paths[s])  # fail fast on a missing split or column
-    encoders = fit_encoders(spark, spark.read.parquet(spark_uri(split_paths["train"], spark)),
+    encoders = fit_encoders(spark, spark.read.parquet(spark_uri(split_paths[TRAIN], spark)),
                             age_edges)
     spec_uri, enc_uri = join(out_uri, FEATURE_SPEC_NAME), join(out_uri, ENCODERS_NAME)
     storage.write_json_atomic(spec_uri, feature_spec())
