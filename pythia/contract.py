@@ -24,10 +24,6 @@ from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, GENDER_CLASSES, 
                              TEST_RESAMPLED, TS, USER_ID, ZIP, age_bucket_labels)
 from pythia.paths import join
 
-# Back-compatible names for callers that read through ``contract`` (pipeline.py, providers.py):
-# they live in ``contract_read``; import them from there.
-from pythia.contract_read import check_partitions, list_dates, read_table  # noqa: F401
-
 # Reason codes, in the order they are checked: a row gets the first that applies.
 NULL_REQUIRED = "null_required"
 WRONG_TYPE = "wrong_type"

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from pythia import contract, storage
+from pythia import contract, contract_read, storage
 from pythia.config import DEFAULT_AGE_EDGES, MAX_VALID_AGE, MIN_VALID_AGE
 from pythia.features import GENDER_CLASSES, age_bucket_labels, age_to_bucket
 from pythia.paths import join
@@ -205,7 +205,7 @@ def read_provider_metrics(spark: Any, source: str, quarantine_dir: str | None = 
     from pythia.etl.io import write_parquet_atomic
 
     files = contract.list_table_files(source, "provider_metrics")
-    raw, extras = contract.read_table(spark, files, contract.PROVIDER_METRICS)
+    raw, extras = contract_read.read_table(spark, files, contract.PROVIDER_METRICS)
     valid, quarantine = contract.validate_provider_metrics(raw)
     pdf = valid.toPandas()
     counts = contract.count_by_reason(quarantine.groupBy("reason").count().collect())
@@ -280,7 +280,7 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
     files = contract.list_table_files(source, "labels")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        raw, extras = contract.read_table(spark, files, contract.LABELS)
+        raw, extras = contract_read.read_table(spark, files, contract.LABELS)
     if extras:  # printed to the step's log (Metaflow silences warnings.warn)
         print(f"warning: labels: ignoring unknown column(s) {', '.join(extras)}")
     flagged = contract.flag_labels(raw, age_edges)

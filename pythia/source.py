@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pythia import contract
+from pythia import contract_read
 from pythia.config import RunParams, Window, parse_date
 from pythia.paths import default_cache_root
 
@@ -20,13 +20,13 @@ def is_scheduled_run(run_id: str) -> bool:
 
 def newest_complete_date(source: str, not_after: dt.date | None = None) -> dt.date:
     """The newest date under ``source`` whose 24 hour partitions all exist."""
-    dates = sorted(contract.list_dates(source), reverse=True)
+    dates = sorted(contract_read.list_dates(source), reverse=True)
     if not dates:
         raise ValueError(f"no impressions/date=YYYY-MM-DD partitions under {source}")
     for day in dates:
         if not_after is not None and day > not_after:
             continue
-        if not contract.check_partitions(source, [day], list(range(24)), allow_gaps=True):
+        if not contract_read.check_partitions(source, [day], list(range(24)), allow_gaps=True):
             return day
     raise ValueError(f"no date with all 24 hour partitions under {source} "
                      f"(dates present: {[d.isoformat() for d in dates[:10]]}…)")
@@ -49,7 +49,7 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
     else:
         test_date = newest_complete_date(source_path)
     window = Window(test_date)
-    gaps = contract.check_partitions(source_path, window.dates, list(range(24)),
+    gaps = contract_read.check_partitions(source_path, window.dates, list(range(24)),
                                      allow_gaps=params.etl.allow_gaps)
     return source_path, window.as_dict(), gaps
 

@@ -18,12 +18,10 @@ from pythia import storage
 from pythia.evaluate.frames import EVAL_SPLITS, JOINT_TARGET, WEIGHT_COLUMN
 from pythia.evaluate.slices import (Aligned, EvalData, align, candidate_ident, candidate_key,
                                     candidate_label)
-from pythia.features import (IMPRESSION_ID, RAW_INPUT_COLUMNS, TS, TS_SECONDS, VALIDATION,
-                             Y_AGE_GENDER)
+from pythia.features import REQUEST_COLUMNS, TS, TS_SECONDS, VALIDATION, Y_AGE_GENDER
 from pythia.paths import join
 
 # a bid-time request: the contract columns the features read (ts as epoch seconds), and the id
-REQUEST_COLUMNS = (IMPRESSION_ID,) + tuple(c for c in RAW_INPUT_COLUMNS if c != TS)
 REPORT_TABLES = ("metrics", "distributions", "gauge", "champions", "headline")
 JSON_TABLES = ("metrics", "champions", "headline", "gauge")
 
