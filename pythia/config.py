@@ -8,11 +8,13 @@ hyperparameters, ``@resources``) come from the flow's TOML ``Config`` (``flows/p
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from pythia import geo
 from pythia.paths import default_data_root
 
 # Default age bucket edges (years). A bucket is [edge_i, edge_{i+1}); the last one is open.
@@ -29,7 +31,7 @@ DEFAULT_REGION_OF_COUNTRY: Mapping[str, str] = {
     "JP": "APAC", "AU": "APAC", "IN": "APAC",
     "BR": "LATAM", "AR": "LATAM",
 }
-OTHER_REGION = "OTHER"
+OTHER_REGION = geo.OTHER_REGION  # countries no map knows; scored by the global model
 GLOBAL_REGION = "global"
 
 # Fixed UTC offsets (minutes) used to derive local hour/day-of-week. Daylight saving time is
@@ -125,21 +127,49 @@ def parse_list(text: str, allowed: tuple[str, ...] | None = None, what: str = "v
     return list(dict.fromkeys(items))
 
 
+@functools.lru_cache(maxsize=1)
+def _process_offset_table() -> "geo.OffsetTable":
+    # Built once per process for every country (1-3 s); runs store their own table instead.
+    return geo.OffsetTable.build()
+
+
 @dataclass(frozen=True)
 class Geography:
-    """Country -> model region and UTC offset tables (configuration, not code)."""
+    """Country -> model region, and local time (IANA zones with DST) for every country.
 
-    region_of_country: Mapping[str, str] = field(
-        default_factory=lambda: dict(DEFAULT_REGION_OF_COUNTRY))
-    utc_offset_minutes: Mapping[str, int] = field(
-        default_factory=lambda: dict(DEFAULT_UTC_OFFSET_MINUTES))
+    ``offsets`` is a ``geo.build_offset_table`` document: a run compiles it once (``compiled``)
+    so every ETL task and the exported bundle use the same table, and the scorer never needs a
+    tz database. ``None`` uses a table built once per process from this machine's tzdata.
+    """
+
+    region_of_country: Mapping[str, str] = field(default_factory=geo.default_region_map)
+    offsets: Mapping[str, Any] | None = None
 
     @property
     def regions(self) -> list[str]:
         return sorted(set(self.region_of_country.values()))
 
     def region_of(self, country: str | None) -> str:
-        return self.region_of_country.get(country or "", OTHER_REGION)
+        return geo.region_of(country, self.region_of_country)
+
+    @functools.cached_property
+    def offset_table(self) -> "geo.OffsetTable":
+        return (geo.OffsetTable.from_json(self.offsets) if self.offsets is not None
+                else _process_offset_table())
+
+    def offset_minutes(self, ts_seconds: Any, country: Any, geo_region: Any = None) -> Any:
+        """UTC offset (minutes) of the local clock at ``ts_seconds`` (scalars or arrays)."""
+        return self.offset_table.offset_minutes(ts_seconds, country, geo_region)
+
+    def compiled(self) -> "Geography":
+        """This geography with its offset table stored in it (what a run records)."""
+        return replace(self, offsets=self.offset_table.to_json())
+
+    @classmethod
+    def from_config(cls, regions: Mapping[str, str] | None = None,
+                    replace_regions: bool = False) -> "Geography":
+        """The default map patched (or replaced) by a user's ``regions`` (errors name the code)."""
+        return cls(region_of_country=geo.load_region_map(regions, replace=replace_regions))
 
 
 @dataclass(frozen=True)
@@ -285,12 +315,12 @@ class DeployConfig:
             raise ValueError(f"config: unknown section(s) {sorted(unknown)}; expected "
                              "geography, etl, train, models, resources")
         geo_doc = dict(doc.get("geography") or {})
-        regions = {str(k).upper(): str(v) for k, v in (geo_doc.get("regions") or {}).items()}
-        geo = Geography(region_of_country={**DEFAULT_REGION_OF_COUNTRY, **regions})
+        geography = Geography.from_config(geo_doc.get("regions") or {},
+                                          bool(geo_doc.get("replace_regions", False)))
         etl = dict(doc.get("etl") or {})
         train = dict(doc.get("train") or {})
         models = {str(k): dict(v) for k, v in (doc.get("models") or {}).items()}
-        return cls(geo=geo,
+        return cls(geo=geography,
                    age_edges=tuple(int(e) for e in etl.get("age_edges", DEFAULT_AGE_EDGES)),
                    power_user_quantile=float(etl.get("power_user_quantile", 0.99)),
                    batch_size=int(train.get("batch_size", 1024)),

@@ -31,7 +31,7 @@ from pythia.scoring.runtimes import runtime_of
 BUNDLE_FILE = "bundle.json"
 ENCODERS_FILE = "encoders.json"
 BUNDLE_FORMAT = "pythia-scoring-bundle"
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # 2: IANA local-time table (with DST) instead of fixed offsets
 _REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 CHAMPION_KEYS = ("region", "model", "model_dir")
 
@@ -136,7 +136,8 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
                              for t in features.TARGETS},
             "routing": {"region_of_country": dict(geo.region_of_country),
                         "other_region": OTHER_REGION, "fallback_region": GLOBAL_REGION},
-            "utc_offset_minutes": dict(geo.utc_offset_minutes),
+            # compiled zone transitions: the scorer needs no tz database (pythia.geo)
+            "utc_offsets": geo.offset_table.to_json(),
             "models": entries,
         }
         with open(os.path.join(folder, BUNDLE_FILE), "w", encoding="utf8") as f:
@@ -155,7 +156,8 @@ def read_bundle_doc(folder: str) -> dict[str, Any]:
         doc = json.load(f)
     if doc.get("format") != BUNDLE_FORMAT or doc.get("format_version") != BUNDLE_FORMAT_VERSION:
         raise ValueError(f"{path} is format {doc.get('format')!r} v{doc.get('format_version')}, "
-                         f"this code reads {BUNDLE_FORMAT!r} v{BUNDLE_FORMAT_VERSION}")
+                         f"this code reads {BUNDLE_FORMAT!r} v{BUNDLE_FORMAT_VERSION}: re-export "
+                         "it with this version (a newer run's bundle_path)")
     if doc.get("spec_version") != features.spec_version():
         raise ValueError(f"bundle {folder} was built for feature spec {doc.get('spec_version')}, "
                          f"this code has {features.spec_version()}: use the matching pythia "

@@ -68,7 +68,7 @@ class Scorer:
         with open(os.path.join(folder, ENCODERS_FILE), encoding="utf8") as f:
             encoders = Encoders.from_json(json.load(f))
         geo = Geography(region_of_country=dict(doc["routing"]["region_of_country"]),
-                        utc_offset_minutes=dict(doc["utc_offset_minutes"]))
+                        offsets=doc["utc_offsets"])
         models = {region: runtime_of(entry).load(folder, entry, encoders, dtype)
                   for region, entry in doc["models"].items()}
         return cls(doc, encoders, geo, models)
