@@ -29,6 +29,7 @@ from pythia import features
 from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
 from pythia.features import (CATEGORICAL_FEATURES, FEATURES, FIRST_VALUE_ID, MISSING_ID,
                              NUMERIC_FEATURES, OOV_ID, TARGETS, Encoders)
+from pythia.scoring.boundary import MAX_VALUE_CHARS
 from pythia.scoring.runtime import check_export
 
 ONNX_DIR = "onnx"  # the sub-folder of a bundle that holds the ONNX export
@@ -241,16 +242,11 @@ def encoders_document(encoders: Encoders, geo: Geography) -> dict[str, Any]:
                        "reference: pythia.features.derive_time_features",
             "ts": "epoch seconds (UTC) of the auction; the current time when unknown",
         },
-        "max_value_chars": _max_value_chars(),
+        "max_value_chars": MAX_VALUE_CHARS,
         "categorical": categorical,
         "numeric": numeric,
         "utc_offset_minutes": dict(geo.utc_offset_minutes),
     }
-
-
-def _max_value_chars() -> int:
-    from pythia.scoring.boundary import MAX_VALUE_CHARS
-    return MAX_VALUE_CHARS
 
 
 # ---------------------------------------------------------------------- export
