@@ -228,9 +228,12 @@ def test_reload_under_concurrent_requests_drops_nothing(bundles):
 
     async def run():
         transport = httpx.ASGITransport(app=app)
+        first_reload_done = asyncio.Event()
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             async def score(i: int):
-                await asyncio.sleep(0.001 * (i % 400))  # spread over the reloads
+                if i >= len(reqs) // 2:  # half of them start right after the first swap
+                    await first_reload_done.wait()
+                await asyncio.sleep(0.001 * (i % 200))  # spread over the reloads
                 if i % 3 == 0:
                     return await client.post("/score", json=[reqs[i], reqs[i - 1]])
                 return await client.post("/score", json=reqs[i])
@@ -240,6 +243,7 @@ def test_reload_under_concurrent_requests_drops_nothing(bundles):
                 for k in range(6):
                     out.append(await client.post("/admin/reload",
                                                  json={"path": b2 if k % 2 == 0 else b1}))
+                    first_reload_done.set()
                 return out
 
             return await asyncio.gather(reloads(), *(score(i) for i in range(len(reqs))))
