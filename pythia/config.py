@@ -8,13 +8,13 @@ hyperparameters, ``@resources``) come from the flow's TOML ``Config`` (``flows/p
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from pythia import geo
+from pythia.geo.geography import Geography  # noqa: F401  (config objects live here)
 from pythia.paths import default_data_root
 
 # Default age bucket edges (years). A bucket is [edge_i, edge_{i+1}); the last one is open.
@@ -125,51 +125,6 @@ def parse_list(text: str, allowed: tuple[str, ...] | None = None, what: str = "v
         if bad:
             raise ValueError(f"unknown {what}(s) {bad}; choose from {list(allowed)}")
     return list(dict.fromkeys(items))
-
-
-@functools.lru_cache(maxsize=1)
-def _process_offset_table() -> "geo.OffsetTable":
-    # Built once per process for every country (1-3 s); runs store their own table instead.
-    return geo.OffsetTable.build()
-
-
-@dataclass(frozen=True)
-class Geography:
-    """Country -> model region, and local time (IANA zones with DST) for every country.
-
-    ``offsets`` is a ``geo.build_offset_table`` document: a run compiles it once (``compiled``)
-    so every ETL task and the exported bundle use the same table, and the scorer never needs a
-    tz database. ``None`` uses a table built once per process from this machine's tzdata.
-    """
-
-    region_of_country: Mapping[str, str] = field(default_factory=geo.default_region_map)
-    offsets: Mapping[str, Any] | None = None
-
-    @property
-    def regions(self) -> list[str]:
-        return sorted(set(self.region_of_country.values()))
-
-    def region_of(self, country: str | None) -> str:
-        return geo.region_of(country, self.region_of_country)
-
-    @functools.cached_property
-    def offset_table(self) -> "geo.OffsetTable":
-        return (geo.OffsetTable.from_json(self.offsets) if self.offsets is not None
-                else _process_offset_table())
-
-    def offset_minutes(self, ts_seconds: Any, country: Any, geo_region: Any = None) -> Any:
-        """UTC offset (minutes) of the local clock at ``ts_seconds`` (scalars or arrays)."""
-        return self.offset_table.offset_minutes(ts_seconds, country, geo_region)
-
-    def compiled(self) -> "Geography":
-        """This geography with its offset table stored in it (what a run records)."""
-        return replace(self, offsets=self.offset_table.to_json())
-
-    @classmethod
-    def from_config(cls, regions: Mapping[str, str] | None = None,
-                    replace_regions: bool = False) -> "Geography":
-        """The default map patched (or replaced) by a user's ``regions`` (errors name the code)."""
-        return cls(region_of_country=geo.load_region_map(regions, replace=replace_regions))
 
 
 @dataclass(frozen=True)
@@ -405,6 +360,11 @@ class RunParams:
     @property
     def hour_groups(self) -> list[list[int]]:
         return hour_groups(self.etl.hours_per_task)
+
+    def compiled(self) -> "RunParams":
+        """These params with the geography's local-time table built in: ``start`` stores this,
+        so every task and the bundle use one table whatever tzdata their machine has."""
+        return replace(self, geo=self.geo.compiled())
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

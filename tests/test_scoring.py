@@ -304,8 +304,10 @@ def test_encoder_rejects_encoders_missing_a_feature(encoders):
 
 def test_bundle_layout(bundle, encoders):
     doc = read_bundle_doc(bundle)
-    assert sorted(os.listdir(bundle)) == ["bundle.json", "encoders.json", "weights-NA.npz",
-                                          "weights-global.npz"]
+    assert sorted(os.listdir(bundle)) == ["bundle.json", "encoders.json", "onnx",
+                                          "weights-NA.npz", "weights-global.npz"]
+    assert sorted(os.listdir(os.path.join(bundle, "onnx"))) == [
+        "NA", "encoders.json", "global", "onnx.json"]  # every layer region also as ONNX
     assert doc["version"] == "DemoFlow/7/end/21"
     assert doc["spec_version"] == features.spec_version()
     assert doc["routing"]["region_of_country"]["DE"] == "EU"
@@ -590,7 +592,7 @@ def test_parity_with_trained_keras_mlp(tmp_path):
     pytest.importorskip("tensorflow")
     model, scorer, reqs, X = _fit_and_bundle(
         "mlp", tmp_path, {"hidden_units": [16, 8], "dropout": 0.1, "age_head": "corn"})
-    assert sorted(os.listdir(tmp_path / "bundle")) == ["bundle.json", "encoders.json",
+    assert sorted(os.listdir(tmp_path / "bundle")) == ["bundle.json", "encoders.json", "onnx",
                                                        "weights-global.npz"]
     assert read_bundle_doc(str(tmp_path / "bundle"))["models"]["global"]["runtime"] == \
         NUMPY_LAYERS
