@@ -14,6 +14,10 @@ _DEFAULT_WORKERS = str(max(1, (os.cpu_count() or 2) // 2))
 for _cmd in ("RUN", "RESUME"):
     os.environ.setdefault(f"METAFLOW_{_cmd}_MAX_WORKERS", _DEFAULT_WORKERS)
 
+from pythia import quiet  # noqa: E402
+
+quiet.install()  # Spark/TensorFlow start-up noise off unless PYTHIA_VERBOSE=1
+
 from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # noqa: E402
                       schedule, step)
 
