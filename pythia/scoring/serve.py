@@ -13,9 +13,10 @@ Endpoints (docs/bidder.md has examples):
   polls the bundle path and reloads when it changes.
 
 Bad input is a 400 naming the problem, a body over ``max_body_bytes`` (or a batch over
-``max_batch``) a 413; never a 500. A reload never drops a request: every request takes the
-current scorer once, at its start, and finishes on it; the swap is one reference assignment,
-and a bundle that fails to load leaves the old one serving.
+``max_batch``) a 413; never a 500 (the body checks live in ``pythia.scoring.serve_input`` and
+are re-exported here). A reload never drops a request: every request takes the current scorer
+once, at its start, and finishes on it; the swap is one reference assignment, and a bundle that
+fails to load leaves the old one serving.
 """
 from __future__ import annotations
 
@@ -32,22 +33,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pythia import features
+from pythia.scoring.serve_input import (FORMATS, MAX_BATCH, MAX_BODY_BYTES,  # noqa: F401
+                                        BadInput, check_ts, detect_format, parse_body,
+                                        read_body)  # FORMATS, MAX_BATCH: re-exported
 
-MAX_BODY_BYTES = 1 << 20  # 1 MiB: an OpenRTB request is a few KiB; a batch of 1,000 ~ 400 KiB
-MAX_BATCH = 4096  # requests (or imps) per call: bounds the work one call can ask for
 THREAD_ABOVE_ROWS = 64  # larger batches score in a worker thread: the event loop keeps serving
 DEFAULT_PORT = 8080
-FORMATS = ("auto", "request", "openrtb")
 ENGINES = ("numpy", "onnx")
 log = logging.getLogger("pythia.serve")
-
-
-class BadInput(Exception):
-    """A client error: answered with ``status`` and the message, never a 500."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -129,65 +122,6 @@ class ScorerSlot:
 
 # ---------------------------------------------------------------------- request handling
 
-def parse_body(raw: bytes) -> Any:
-    """Decoded JSON, or ``BadInput`` with the parser's reason."""
-    if not raw.strip():
-        raise BadInput("empty body: send a JSON object (a request or an OpenRTB BidRequest) "
-                       "or an array of requests")
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise BadInput("invalid JSON: nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int too long
-        raise BadInput(f"invalid JSON: {exc}"[:300]) from None
-
-
-def detect_format(body: Any, requested: str) -> str:
-    """'request', 'batch' or 'openrtb' for a decoded body (``BadInput`` if it fits none)."""
-    if requested not in FORMATS:
-        raise BadInput(f"format must be one of {list(FORMATS)}, got {requested!r}")
-    if requested == "openrtb" or (requested == "auto" and isinstance(body, dict)
-                                  and "imp" in body):
-        if not isinstance(body, dict):
-            raise BadInput(f"an OpenRTB BidRequest is a JSON object, got {_kind(body)}")
-        imps = body.get("imp")
-        if not isinstance(imps, list) or not imps:
-            raise BadInput("an OpenRTB BidRequest needs a non-empty 'imp' array, got "
-                           f"{_kind(imps)}" + (" (empty)" if imps == [] else ""))
-        if len(imps) > MAX_BATCH:
-            raise BadInput(f"{len(imps)} imps; at most {MAX_BATCH} per call", 413)
-        return "openrtb"
-    if isinstance(body, dict):
-        return "request"
-    if isinstance(body, list):
-        if len(body) > MAX_BATCH:
-            raise BadInput(f"{len(body)} requests; at most {MAX_BATCH} per call", 413)
-        for i, item in enumerate(body):
-            if not isinstance(item, dict):
-                raise BadInput(f"element {i} of the array is {_kind(item)}, expected a "
-                               f"request object")
-        return "batch"
-    raise BadInput(f"the body is {_kind(body)}: send a request object, an array of them, "
-                   f"or an OpenRTB BidRequest")
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value),
-                                                                      type(value).__name__)
-
-
-def check_ts(ts: str | None) -> None:
-    """``BadInput`` unless ``?ts=`` is absent, epoch seconds or ISO-8601 (1970..9999)."""
-    if ts is None:
-        return
-    from pythia.scoring.openrtb import parse_ts
-    try:
-        parse_ts(ts)
-    except ValueError as exc:
-        raise BadInput(f"ts: {exc}") from None
-
-
 def score_body(scorer: Any, body: Any, fmt: str, ts: str | None = None) -> Any:
     """Score a decoded body of a detected format (pure: no I/O)."""
     if fmt == "openrtb":
@@ -215,6 +149,7 @@ def _echo(value: Any) -> Any:
 
 # ---------------------------------------------------------------------- the app
 
+# Long (~115 lines) by design: the route handlers are closures over this app's slot and limits.
 def create_app(bundle: str, *, engine: str = "numpy", max_body_bytes: int = MAX_BODY_BYTES,
                admin: bool = True, watch_seconds: float = 0.0,
                loader: Callable[[str], Any] | None = None):
@@ -249,25 +184,10 @@ def create_app(bundle: str, *, engine: str = "numpy", max_body_bytes: int = MAX_
     def error(status: int, message: str) -> JSONResponse:
         return JSON({"error": message}, status_code=status)
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise BadInput(f"bad Content-Length {declared[:40]!r}")
-            if int(declared) > max_body_bytes:
-                raise BadInput(f"body of {int(declared)} bytes; at most {max_body_bytes}", 413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise BadInput(f"body over {max_body_bytes} bytes", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def score(request: Request) -> Response:
         loaded = slot.current  # pinned: a reload from now on does not affect this request
         try:
-            body = parse_body(await read_body(request))
+            body = parse_body(await read_body(request, max_body_bytes))
             fmt = detect_format(body, request.query_params.get("format", "auto"))
             ts = request.query_params.get("ts")
             check_ts(ts)
@@ -301,7 +221,7 @@ def create_app(bundle: str, *, engine: str = "numpy", max_body_bytes: int = MAX_
 
     async def reload(request: Request) -> Response:
         try:
-            raw = await read_body(request)
+            raw = await read_body(request, max_body_bytes)
             body = parse_body(raw) if raw.strip() else {}
         except BadInput as exc:
             return error(exc.status, str(exc))
