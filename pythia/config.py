@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from pythia import geo
+from pythia.geo.geography import Geography  # noqa: F401  (config objects live here)
 from pythia.paths import default_data_root
 
 # Default age bucket edges (years). A bucket is [edge_i, edge_{i+1}); the last one is open.
@@ -29,7 +31,7 @@ DEFAULT_REGION_OF_COUNTRY: Mapping[str, str] = {
     "JP": "APAC", "AU": "APAC", "IN": "APAC",
     "BR": "LATAM", "AR": "LATAM",
 }
-OTHER_REGION = "OTHER"
+OTHER_REGION = geo.OTHER_REGION  # countries no map knows; scored by the global model
 GLOBAL_REGION = "global"
 
 # Fixed UTC offsets (minutes) used to derive local hour/day-of-week. Daylight saving time is
@@ -123,23 +125,6 @@ def parse_list(text: str, allowed: tuple[str, ...] | None = None, what: str = "v
         if bad:
             raise ValueError(f"unknown {what}(s) {bad}; choose from {list(allowed)}")
     return list(dict.fromkeys(items))
-
-
-@dataclass(frozen=True)
-class Geography:
-    """Country -> model region and UTC offset tables (configuration, not code)."""
-
-    region_of_country: Mapping[str, str] = field(
-        default_factory=lambda: dict(DEFAULT_REGION_OF_COUNTRY))
-    utc_offset_minutes: Mapping[str, int] = field(
-        default_factory=lambda: dict(DEFAULT_UTC_OFFSET_MINUTES))
-
-    @property
-    def regions(self) -> list[str]:
-        return sorted(set(self.region_of_country.values()))
-
-    def region_of(self, country: str | None) -> str:
-        return self.region_of_country.get(country or "", OTHER_REGION)
 
 
 @dataclass(frozen=True)
@@ -285,12 +270,12 @@ class DeployConfig:
             raise ValueError(f"config: unknown section(s) {sorted(unknown)}; expected "
                              "geography, etl, train, models, resources")
         geo_doc = dict(doc.get("geography") or {})
-        regions = {str(k).upper(): str(v) for k, v in (geo_doc.get("regions") or {}).items()}
-        geo = Geography(region_of_country={**DEFAULT_REGION_OF_COUNTRY, **regions})
+        geography = Geography.from_config(geo_doc.get("regions") or {},
+                                          bool(geo_doc.get("replace_regions", False)))
         etl = dict(doc.get("etl") or {})
         train = dict(doc.get("train") or {})
         models = {str(k): dict(v) for k, v in (doc.get("models") or {}).items()}
-        return cls(geo=geo,
+        return cls(geo=geography,
                    age_edges=tuple(int(e) for e in etl.get("age_edges", DEFAULT_AGE_EDGES)),
                    power_user_quantile=float(etl.get("power_user_quantile", 0.99)),
                    batch_size=int(train.get("batch_size", 1024)),
@@ -375,6 +360,11 @@ class RunParams:
     @property
     def hour_groups(self) -> list[list[int]]:
         return hour_groups(self.etl.hours_per_task)
+
+    def compiled(self) -> "RunParams":
+        """These params with the geography's local-time table built in: ``start`` stores this,
+        so every task and the bundle use one table whatever tzdata their machine has."""
+        return replace(self, geo=self.geo.compiled())
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

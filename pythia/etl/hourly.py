@@ -17,7 +17,7 @@ from pythia import contract, contract_read
 from pythia.config import Geography, Window
 from pythia.contract import IMPRESSIONS, REASON, REASON_COLUMN, REASONS
 from pythia.etl.io import read_parquet, write_parquet_atomic
-from pythia.features import (COUNTRY, DATE, DERIVED_COLUMNS, ETL_SPLITS, HOUR, LABEL_PROVIDER,
+from pythia.features import (COUNTRY, DATE, GEO_REGION, DERIVED_COLUMNS, ETL_SPLITS, HOUR, LABEL_PROVIDER,
                              SPLIT, SPLIT_COLUMN_TYPES, TS, TS_SECONDS, USER_ID,
                              USER_LABEL_COLUMNS, Y_AGE_GENDER, derive_batch)
 from pythia.paths import join
@@ -48,7 +48,9 @@ def derive_features(sdf: Any, geo: Geography) -> Any:
         for batch in batches:
             cols = {TS: batch.column(names.index(TS_SECONDS)).to_numpy(zero_copy_only=False),
                     COUNTRY: np.asarray(batch.column(names.index(COUNTRY)).to_pylist(),
-                                        dtype=object)}
+                                        dtype=object),
+                    GEO_REGION: np.asarray(batch.column(names.index(GEO_REGION)).to_pylist(),
+                                           dtype=object)}
             out = derive_batch(cols, geo)
             extra = [pa.array(out[n], type=t) for n, t in arrow_types]
             yield pa.RecordBatch.from_arrays(batch.columns + extra,
