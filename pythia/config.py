@@ -23,26 +23,8 @@ DEFAULT_AGE_EDGES: tuple[int, ...] = (18, 25, 35, 45, 55, 65)
 MIN_VALID_AGE = 13
 MAX_VALID_AGE = 110
 
-# Country -> model region. Countries absent here fall into OTHER_REGION and are scored by the
-# global model. Users with other geographies pass their own map to the flow (`region_map`).
-DEFAULT_REGION_OF_COUNTRY: Mapping[str, str] = {
-    "US": "NA", "CA": "NA", "MX": "NA",
-    "GB": "EU", "DE": "EU", "FR": "EU", "ES": "EU",
-    "JP": "APAC", "AU": "APAC", "IN": "APAC",
-    "BR": "LATAM", "AR": "LATAM",
-}
 OTHER_REGION = geo.OTHER_REGION  # countries no map knows; scored by the global model
 GLOBAL_REGION = "global"
-
-# Fixed UTC offsets (minutes) used to derive local hour/day-of-week. Daylight saving time is
-# deliberately ignored: a constant one-hour shift for part of the year is learnable noise, and
-# a fixed table keeps the bid-time scorer free of tz databases. Unknown countries use UTC.
-DEFAULT_UTC_OFFSET_MINUTES: Mapping[str, int] = {
-    "US": -300, "CA": -300, "MX": -360,
-    "GB": 0, "DE": 60, "FR": 60, "ES": 60,
-    "JP": 540, "AU": 600, "IN": 330,
-    "BR": -180, "AR": -180,
-}
 
 TRAIN_DAYS = 3  # oldest days of the window
 VALIDATION_DAYS = 1
