@@ -14,10 +14,8 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
-from pythia import storage
 from pythia.config import DEFAULT_AGE_EDGES
-from pythia.contract_read import (PROVIDER, RAW_PREFIX, is_data_file, is_normalized,
-                                  normalize)
+from pythia.contract_read import PROVIDER, RAW_PREFIX, is_normalized, list_data_files, normalize
 from pythia.features import SPLIT as SPLIT_COLUMN
 from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, GENDER_CLASSES, HOUR,
                              IMPRESSION_ID, OUTPUT_SPLITS, SPLIT_COLUMN_TYPES, TEST_NATURAL,
@@ -169,7 +167,7 @@ SPLIT_SCHEMA = arrow_schema(SPLIT)
 def list_table_files(source: str, table: str) -> list[str]:
     """Data files of ``labels`` or ``provider_metrics`` under ``source`` (error if none)."""
     uri = join(source, TABLES[table].layout.split("/", 1)[0])
-    files = [f for f in storage.list_files(uri) if is_data_file(f)]
+    files = list_data_files(uri)
     if not files:
         raise ValueError(f"no {table} files under {uri}")
     return files

@@ -29,8 +29,18 @@ LOCAL_CONF: Mapping[str, str] = {
                                      "-Dlog4j2.level=ERROR",
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "1000",
 }
-# Applied to every session (they only make results independent of the machine).
-COMMON_CONF: Mapping[str, str] = {"spark.sql.session.timeZone": "UTC"}
+# Applied to every session: results must not depend on the machine or on a cluster's defaults.
+# Dates/timestamps are read as written (proleptic Gregorian: pyarrow, Spark 3+, Hive 3), so a
+# sentinel like 0001-01-01 is a value to validate, not a read failure; a damaged or vanished
+# file stops the step naming it, never drops its rows silently. Nanosecond timestamps need no
+# setting: contract_read reads them as bigint through an explicit schema and converts them.
+COMMON_CONF: Mapping[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.datetimeRebaseModeInRead": "CORRECTED",
+    "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
+    "spark.sql.files.ignoreCorruptFiles": "false",
+    "spark.sql.files.ignoreMissingFiles": "false",
+}
 SPARK_REMOTE_ENV = "SPARK_REMOTE"
 SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
 
