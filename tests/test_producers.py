@@ -310,6 +310,42 @@ def test_side_files_and_bad_folders_on_s3(s3_env, moto_s3):  # noqa: F811
         f"{root}/impressions/date={D.isoformat()}/hour=24", "hour 24 is outside 00..23", 1)
 
 
+@pytest.mark.spark
+def test_every_documented_stored_type_reads(spark, tmp_path):
+    """Each Arrow type docs/data-contract.md lists, in the labels table (one file each)."""
+    root = str(tmp_path / "source")
+    ages = {"int8": pa.int8(), "int16": pa.int16(), "int64": pa.int64(), "uint8": pa.uint8(),
+            "uint16": pa.uint16(), "uint32": pa.uint32(), "uint64": pa.uint64(),
+            "float": pa.float32(), "decimal": pa.decimal128(5, 2)}
+    ids = {"int8": pa.string_view(), "int16": pa.large_binary(), "int64": pa.binary_view(),
+           "uint8": pa.large_string()}
+    dates = {"int8": (pa.date64(), dt.date(2024, 3, 1)), "int16": (pa.date32(), dt.date(1, 1, 1)),
+             "int64": (pa.timestamp("us", tz="UTC"), dt.datetime(2024, 3, 1, 23, 59,
+                                                                tzinfo=dt.timezone.utc)),
+             "uint8": (pa.string(), "2024-03-01")}
+    for k, (name, age_type) in enumerate(ages.items()):
+        age = decimal.Decimal("41.00") if name == "decimal" else 41
+        date_type, date = dates.get(name, (pa.date32(), dt.date(2024, 3, 1)))
+        pq.write_table(pa.table({
+            "user_id": pa.array([f"u-{name}"], ids.get(name, pa.string())),
+            "gender": ["F"], "age": pa.array([age], age_type), "country": ["US"],
+            "observed_date": pa.array([date], date_type)}),
+            _labels_file(root, f"part-{k}.parquet"))
+    raw, _ = contract_read.read_table(spark, contract.list_table_files(root, "labels"),
+                                      contract.LABELS)
+    valid, quarantine = contract.validate_labels(raw)
+    assert quarantine.count() == 0
+    got = {r.user_id: (r.age, r.observed_date) for r in valid.collect()}
+    assert got == {f"u-{n}": (41, dt.date(1, 1, 1) if n == "int16" else dt.date(2024, 3, 1))
+                   for n in ages}
+
+
+def _labels_file(root: str, name: str) -> str:
+    folder = join(root, "labels", "provider=acme")
+    os.makedirs(folder, exist_ok=True)
+    return join(folder, name)
+
+
 # ------------------------------------------------------------------------------- errors
 
 def _one_partition_source(tmp_path) -> str:
