@@ -15,12 +15,13 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 
 from pythia.config import DEFAULT_AGE_EDGES
-from pythia.contract_read import PROVIDER, RAW_PREFIX, is_normalized, list_data_files, normalize
+from pythia.contract_read import PROVIDER, RAW_PREFIX, is_normalized, normalize
 from pythia.features import SPLIT as SPLIT_COLUMN
 from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, GENDER_CLASSES, HOUR,
                              IMPRESSION_ID, OUTPUT_SPLITS, SPLIT_COLUMN_TYPES, TEST_NATURAL,
                              TEST_RESAMPLED, TS, USER_ID, ZIP, age_bucket_labels)
 from pythia.paths import join
+from pythia.source_layout import list_data_files
 
 # Reason codes, in the order they are checked: a row gets the first that applies.
 NULL_REQUIRED = "null_required"

@@ -3,8 +3,8 @@
 This module knows the contract's folder layout and type names but none of its tables: every
 reader takes a ``contract.TableSpec``. ``contract`` (schemas, validation) builds on it, never the
 other way round, so the two cannot import each other. Files are found the way Spark's own
-readers find them (side files skipped); partition folders whose names do not parse are listed
-as quarantine entries (``find_partition_problems``), never skipped silently.
+readers find them (``source_layout``); Parquet footers (``parquet_footers``) decide how each
+column is read.
 """
 from __future__ import annotations
 
@@ -16,17 +16,16 @@ import pyarrow.fs as pafs
 
 from pythia import storage
 from pythia.features import DATE, HOUR
-from pythia.parquet_footers import NotParquetError, StoredColumn, footer_rows, read_footer
+from pythia.parquet_footers import StoredColumn, read_footer
 from pythia.paths import join
+from pythia.source_layout import IMPRESSIONS_DIR, parse_date_folder, scan_date, top_entries
 
 if TYPE_CHECKING:  # annotations only; contract imports this module
     from pythia.contract import TableSpec
 
 RAW_PREFIX = "_raw_"  # normalised frames keep each contract column's original value as a string
-IMPRESSIONS_DIR = "impressions"  # the impression table's folder under a source
 PROVIDER = "provider"  # the labels' partition column (``provider=NAME`` folders)
-HIVE_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Hive's folder value for a null key
-# Partition values from a file's path as Spark reports it (URI-encoded); the last match wins.
+# Partition values from a listed file's path; the last match wins.
 PARTITION_PATTERNS = {DATE: r".*/date=(\d{4}-\d{2}-\d{2})/", HOUR: r".*/hour=(\d{1,2})/",
                       PROVIDER: r".*/provider=([^/]+)/"}
 PANDAS_INDEX = re.compile(r"__index_level_\d+__")  # pandas' index, written beside the data
@@ -41,87 +40,6 @@ _FRACTION_CHECK_TYPE = "decimal(38,9)"
 
 # ------------------------------------------------------------------------------- listing
 
-def is_side_file(name: str) -> bool:
-    """Whether Spark's readers skip a file or folder of this name: ``_x`` (not ``_k=v``),
-    ``.x`` (hidden, ``.crc`` checksums of Hadoop), ``*._COPYING_``, and any ``*.crc``."""
-    return ((name.startswith("_") and "=" not in name) or name.startswith(".")
-            or name.endswith(".crc") or name.endswith("._COPYING_"))
-
-
-def _listing_prefix(uri: str) -> str:
-    """The prefix ``storage.list_files(uri)`` puts before paths below ``uri``."""
-    _, path = storage.filesystem(uri)
-    return ("s3://" if storage.is_s3(uri) else "") + path.rstrip("/") + "/"
-
-
-def is_data_file(uri: str, root: str | None = None) -> bool:
-    """False for Spark/Hadoop side files (``_SUCCESS``, ``_committed_*``, ``.crc``, hidden
-    files) and, when ``root`` is given, for files inside side folders below it (``_temporary/``,
-    ``.hive-staging…/``)."""
-    rel = uri.rstrip("/")
-    prefix = _listing_prefix(root) if root else None
-    if prefix and rel.startswith(prefix):
-        parts = rel[len(prefix):].split("/")
-    else:
-        parts = [rel.rsplit("/", 1)[-1]]
-    return not any(is_side_file(p) for p in parts)
-
-
-def list_data_files(uri: str) -> list[str]:
-    """Data files under ``uri`` (recursive), side files and side folders left out."""
-    return [f for f in storage.list_files(uri) if is_data_file(f, uri)]
-
-
-def parse_date_folder(name: str) -> tuple[dt.date | None, str | None]:
-    """(date, None) for ``date=YYYY-MM-DD``; else (None, the problem in words)."""
-    if not name.startswith("date="):
-        return None, "not a date=YYYY-MM-DD folder"
-    value = name[len("date="):]
-    if value == HIVE_NULL_PARTITION:
-        return None, "null date (Hive's default partition)"
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        return None, f"date {value!r} is not YYYY-MM-DD"
-    try:
-        return dt.date.fromisoformat(value), None
-    except ValueError as exc:
-        return None, f"date {value!r} does not exist ({exc})"
-
-
-def parse_hour_folder(name: str) -> tuple[int | None, str | None]:
-    """(hour, None) for ``hour=H`` or ``hour=HH`` with 0 <= H <= 23; else (None, problem)."""
-    if not name.startswith("hour="):
-        return None, "not an hour=HH folder"
-    value = name[len("hour="):]
-    if value == HIVE_NULL_PARTITION:
-        return None, "null hour (Hive's default partition)"
-    if not re.fullmatch(r"\d{1,2}", value):
-        return None, f"hour {value!r} is not a number 00..23"
-    if int(value) > 23:
-        return None, f"hour {value} is outside 00..23"
-    return int(value), None
-
-
-def _scan_date(source: str, day: dt.date) -> tuple[dict[int, list[str]],
-                                                    dict[str, tuple[str, list[str]]]]:
-    """Data files of one ``date=`` folder by hour, and its folders that do not parse
-    (folder -> (problem, files)); files lying directly in the date folder count as one."""
-    date_uri = join(source, IMPRESSIONS_DIR, f"date={day.isoformat()}")
-    prefix = _listing_prefix(date_uri)
-    by_hour: dict[int, list[str]] = {}
-    bad: dict[str, tuple[str, list[str]]] = {}
-    for uri in list_data_files(date_uri):
-        parts = uri[len(prefix):].split("/") if uri.startswith(prefix) else [uri]
-        if len(parts) == 1:
-            bad.setdefault(date_uri, ("files outside an hour=HH folder", []))[1].append(uri)
-            continue
-        hour, problem = parse_hour_folder(parts[0])
-        if problem:
-            bad.setdefault(join(date_uri, parts[0]), (problem, []))[1].append(uri)
-        else:
-            by_hour.setdefault(hour, []).append(uri)
-    return by_hour, bad
-
-
 def list_partition_files(source: str, dates: Sequence[dt.date],
                          hours: Sequence[int]) -> dict[tuple[str, int], list[str]]:
     """Data files of each requested (date, hour) impression partition ([] when missing).
@@ -132,7 +50,7 @@ def list_partition_files(source: str, dates: Sequence[dt.date],
     found: dict[tuple[str, int], list[str]] = {
         (d.isoformat(), int(h)): [] for d in dates for h in hours}
     for d in dates:
-        by_hour, _ = _scan_date(source, d)
+        by_hour, _ = scan_date(source, d)
         for h in hours:
             found[(d.isoformat(), int(h))].extend(by_hour.get(int(h), []))
     return found
@@ -150,69 +68,19 @@ def check_partitions(source: str, dates: list[dt.date], hours: list[int],
     return gaps
 
 
-def _top_entries(source: str) -> list[pafs.FileInfo]:
-    fs, path = storage.filesystem(join(source, IMPRESSIONS_DIR))
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        raise ValueError(f"no {IMPRESSIONS_DIR}/ folder under source {source!r}")
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    return sorted((i for i in infos if not is_side_file(i.base_name)), key=lambda i: i.path)
-
-
 def list_dates(source: str) -> list[dt.date]:
     """Dates that have a ``date=YYYY-MM-DD`` folder under ``<source>/impressions/``, sorted.
 
     Folders whose name does not parse are not dates; ``find_partition_problems`` lists them.
     """
     out = []
-    for info in _top_entries(source):
+    for info in top_entries(source):
         day, _ = parse_date_folder(info.base_name)
         if info.type == pafs.FileType.Directory and day is not None:
             out.append(day)
     return sorted(out)
 
 
-def _problem(folder: str, problem: str, files: list[str]) -> dict:
-    """A quarantine entry for a partition folder: its row count comes from Parquet footers."""
-    rows, unreadable = 0, 0
-    for f in files:
-        try:
-            rows += footer_rows(f)
-        except NotParquetError:
-            unreadable += 1
-    if unreadable:
-        problem += f"; {unreadable} file(s) not readable as Parquet"
-    return {"folder": folder, "problem": problem, "files": len(files), "rows": rows}
-
-
-def find_partition_problems(source: str, dates: Sequence[dt.date]) -> list[dict]:
-    """Quarantine entries for the impression folders a run cannot use, sorted by folder.
-
-    Listed: folders under ``impressions/`` whose name is not a valid ``date=YYYY-MM-DD``
-    (wherever their date would fall), data files lying outside ``date=…/hour=…`` folders,
-    and inside the window's ``dates``: ``hour=`` folders that do not parse (``hour=24``,
-    ``hour=ab``, Hive's null partition) and files outside any ``hour=`` folder. Each entry is
-    ``{"folder", "problem", "files", "rows"}`` (rows from the Parquet footers; no row is read).
-    """
-    wanted = set(dates)
-    out = []
-    for info in _top_entries(source):
-        uri = ("s3://" if storage.is_s3(source) else "") + info.path
-        if info.type != pafs.FileType.Directory:
-            out.append(_problem(uri, "file outside date=…/hour=… folders", [uri]))
-            continue
-        day, problem = parse_date_folder(info.base_name)
-        if problem:
-            out.append(_problem(uri, problem, list_data_files(uri)))
-        elif day in wanted:
-            _, bad = _scan_date(source, day)
-            out += [_problem(folder, p, files) for folder, (p, files) in bad.items()]
-    return sorted(out, key=lambda e: e["folder"])
-
-
-def describe_partition_problem(entry: dict) -> str:
-    """One log line for a ``find_partition_problems`` entry."""
-    return (f"quarantined partition folder {entry['folder']}: {entry['problem']} "
-            f"({entry['files']} file(s), {entry['rows']} row(s) not read)")
 
 
 # ------------------------------------------------------------------------------- reading
@@ -274,15 +142,41 @@ def _print_read_notes(table: TableSpec, groups: dict[tuple, list[str]],
               "or INT96): read as UTC")
 
 
-def _partition_value(pc: Any) -> Any:
-    """A partition column's value from the path Spark reports for a row's file."""
+def partition_values(uri: str, table: TableSpec) -> tuple:
+    """The partition column values of a listed file, from its path (last match wins)."""
+    out = []
+    for pc in table.partition_columns:
+        found = re.findall(PARTITION_PATTERNS[pc.name], uri)
+        value = found[-1] if found else ""
+        out.append((int(value) if value else None) if pc.type == "int32" else value)
+    return tuple(out)
+
+
+def _file_key(path: Any) -> Any:
+    """The same string for a path handed to Spark and the path Spark reports for its rows
+    (URI-encoded, ``file:`` scheme): decoded, local paths without the scheme."""
     from pyspark.sql import functions as F
 
-    val = F.regexp_extract(F.col("_metadata.file_path"), PARTITION_PATTERNS[pc.name], 1)
-    if pc.type == "int32":
-        return val.try_cast("int").alias(pc.name)
-    # Spark reports the path URI-encoded: a provider folder "a b" arrives as "a%20b"
-    return F.url_decode(F.regexp_replace(val, r"\+", "%2B")).alias(pc.name)
+    decoded = F.url_decode(F.regexp_replace(path, r"\+", "%2B"))
+    return F.regexp_replace(decoded, r"^file:/+", "/")
+
+
+def _with_partitions(spark: Any, sdf: Any, handed: dict[str, str], table: TableSpec) -> Any:
+    """Add the partition columns to ``sdf`` from the listing (handed path -> listed URI).
+
+    Values come from the listed URIs, not from where Spark read the file: an S3 file staged
+    to a local folder (``spark_s3.spark_read_path``) keeps its ``date=``/``hour=`` values.
+    """
+    from pyspark.sql import functions as F
+
+    if not table.partition_columns:
+        return sdf
+    types = ", ".join(f"`{pc.name}` {SPARK_TYPES[pc.type]}" for pc in table.partition_columns)
+    mapping = spark.createDataFrame(
+        [(re.sub(r"^file:/+", "/", path), *partition_values(uri, table))
+         for path, uri in handed.items()], f"_file string, {types}")
+    return (sdf.withColumn("_file", _file_key(F.col("_metadata.file_path")))
+            .join(F.broadcast(mapping), "_file", "left").drop("_file"))
 
 
 def read_table(spark: Any, files: Sequence[str], table: TableSpec) -> tuple[Any, list[str]]:
@@ -291,7 +185,7 @@ def read_table(spark: Any, files: Sequence[str], table: TableSpec) -> tuple[Any,
     Files are read in groups of identical stored types with an explicit schema (no inference
     job), so a file with a column of the wrong type is read as stored and caught by the
     explicit cast in ``normalize``. Nanosecond timestamps are read as integers and converted
-    (Spark refuses them as timestamps). Partition columns come from the file paths. Extra
+    (Spark refuses them as timestamps). Partition columns come from the listed paths. Extra
     columns and naive timestamps are printed to the step's log.
     """
     from pyspark.sql import functions as F
@@ -303,11 +197,12 @@ def read_table(spark: Any, files: Sequence[str], table: TableSpec) -> tuple[Any,
         # a column absent from the files reads as null: it gives a file without any
         # contract column its row count
         schema = [f"`{n}` {t}" for n, t, _, _ in key] or [f"`{table.names[0]}` string"]
-        sdf = spark.read.schema(", ".join(schema)).parquet(
-            *[spark_uri(f, spark) for f in group_files])
+        handed = {spark_uri(f, spark): f for f in group_files}
+        sdf = spark.read.schema(", ".join(schema)).parquet(*handed)
+        sdf = _with_partitions(spark, sdf, handed, table)
         cols = [F.timestamp_micros(F.expr(f"`{n}` div 1000")).alias(n) if nanos
                 else F.col(f"`{n}`") for n, _, nanos, _ in key]
-        sdf = sdf.select(*cols, *[_partition_value(pc) for pc in table.partition_columns])
+        sdf = sdf.select(*cols, *[F.col(pc.name) for pc in table.partition_columns])
         frames.append(normalize(sdf, table))
     if not frames:
         return empty_normalized(spark, table), extras

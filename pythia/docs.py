@@ -8,9 +8,9 @@ from __future__ import annotations
 from pythia import contract, providers
 from pythia.contract import (BAD_TIMESTAMP, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED, OUT_OF_DOMAIN,
                              TS_TOLERANCE_SECONDS, WRONG_TYPE, ColumnSpec)
-from pythia.contract_read import HIVE_NULL_PARTITION
 from pythia.etl import splits
 from pythia.parquet_footers import ARROW_READ_TYPES, MAX_SPARK_DECIMAL_PRECISION
+from pythia.source_layout import HIVE_NULL_PARTITION
 
 
 def domain_text(column: ColumnSpec) -> str:
@@ -77,8 +77,8 @@ def _types_read_as(read_as: str) -> str:
 
 
 def render_producers() -> str:
-    """What producers may write and what each problem gets (``contract_read``,
-    ``parquet_footers``, ``errors``)."""
+    """What producers may write and what each problem gets (``source_layout``,
+    ``parquet_footers``, ``contract_read``, ``errors``)."""
     ints = ", ".join(f"`{a}`" for a, r in ARROW_READ_TYPES.items()
                      if r in ("tinyint", "smallint", "int", "bigint", "decimal(20,0)"))
     return "\n".join([

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pythia import contract_read
+from pythia import contract_read, source_layout
 from pythia.config import RunParams, Window, parse_date
 from pythia.paths import default_cache_root
 
@@ -21,7 +21,7 @@ def is_scheduled_run(run_id: str) -> bool:
 def _unparsed_dates_note(source: str) -> str:
     """' (not dates: date=yesterday: …; …)' for date folders that do not parse, else ''."""
     bad = [f"{e['folder'].rstrip('/').rsplit('/', 1)[-1]}: {e['problem']}"
-           for e in contract_read.find_partition_problems(source, [])]
+           for e in source_layout.find_partition_problems(source, [])]
     return f" (folders that are not dates: {'; '.join(bad)})" if bad else ""
 
 
@@ -60,9 +60,9 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
     else:
         test_date = newest_complete_date(source_path)
     window = Window(test_date)
-    problems = contract_read.find_partition_problems(source_path, window.dates)
+    problems = source_layout.find_partition_problems(source_path, window.dates)
     for entry in problems:
-        print(contract_read.describe_partition_problem(entry))
+        print(source_layout.describe_partition_problem(entry))
     try:
         gaps = contract_read.check_partitions(source_path, window.dates, list(range(24)),
                                               allow_gaps=params.etl.allow_gaps)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pythia import contract, contract_read, errors, etl, providers, storage
+from pythia import contract, contract_read, errors, etl, providers, source_layout, storage
 from pythia import source as run_source
 from pythia.config import RunParams
 from pythia.etl import sample
@@ -291,8 +291,10 @@ def test_provider_folder_names_are_read_as_written(spark, tmp_path):
     assert sorted(r.provider for r in raw.collect()) == ["acme data", "b+c%d", "Ünicode"]
 
 
-def test_side_files_and_bad_folders_on_s3(s3_env, moto_s3):  # noqa: F811
-    """Listing goes through the same rules on S3 as on local disk."""
+@pytest.mark.spark
+def test_side_files_bad_folders_and_partition_values_on_s3(spark, s3_env, moto_s3):  # noqa: F811
+    """Listing goes through the same rules on S3 as on local disk, and a file staged to local
+    disk (no S3A connector) keeps its partition values."""
     root = s3_env["PYTHIA_DATA_ROOT"] + "/source"
     padded = sample.write_impressions(root, D, 3, [sample.impression("a", "u", sample.at(D, 3))],
                                       name="000000_0")  # Hive: no extension
@@ -305,7 +307,9 @@ def test_side_files_and_bad_folders_on_s3(s3_env, moto_s3):  # noqa: F811
                                storage.read_bytes(padded))
     found = contract_read.list_partition_files(root, [D], [3])[(D.isoformat(), 3)]
     assert sorted(found) == sorted([padded, unpadded])
-    (entry,) = contract_read.find_partition_problems(root, [D])
+    raw, _ = contract_read.read_table(spark, found, contract.IMPRESSIONS)
+    assert sorted((r.date, r.hour) for r in raw.collect()) == [(D.isoformat(), 3)] * 2
+    (entry,) = source_layout.find_partition_problems(root, [D])
     assert (entry["folder"], entry["problem"], entry["rows"]) == (
         f"{root}/impressions/date={D.isoformat()}/hour=24", "hour 24 is outside 00..23", 1)
 

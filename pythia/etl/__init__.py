@@ -51,15 +51,15 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
 
 def quarantined_partitions(hour_manifests: list[dict]) -> dict:
     """``{"partitions": [...], "partition_rows": n}``: the impression folders of the run's
-    source that do not parse (``contract_read.find_partition_problems``), each printed."""
+    source that do not parse (``source_layout.find_partition_problems``), each printed."""
     import datetime as dt
 
-    from pythia import contract_read
+    from pythia import source_layout
     if not hour_manifests:
         return {"partitions": [], "partition_rows": 0}
     first = hour_manifests[0]
     dates = [dt.date.fromisoformat(d) for d in first["dates"]]
-    problems = contract_read.find_partition_problems(first["source"], dates)
+    problems = source_layout.find_partition_problems(first["source"], dates)
     for entry in problems:
-        print(contract_read.describe_partition_problem(entry))
+        print(source_layout.describe_partition_problem(entry))
     return {"partitions": problems, "partition_rows": sum(e["rows"] for e in problems)}
