@@ -14,6 +14,8 @@ from urllib.parse import unquote
 
 _ERROR_CLASS = re.compile(r"\[([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\]\s*([^\n]*)")
 _FILE = re.compile(r"((?:file|s3a?|hdfs|gs|abfss?|wasbs?):/+[^\s,;\]\[]+)")
+_CHECKSUM_FILE = re.compile(r"Checksum error: (\S+) at \d+")
+_JAVA_EXCEPTION = re.compile(r"^[:\s]*(?:[a-z0-9_]+\.)+([A-Za-z0-9_$]+(?:Exception|Error)): ")
 _COLUMN = re.compile(r"column:? \[?`?([^\]\s`,]+)`?\]?")
 _READING = re.compile(r"Encountered error while reading file \S+?\.(\s|$)")
 _MAX_DETAIL = 240
@@ -35,7 +37,7 @@ _FIXES = (
     ("PATH_NOT_FOUND", "the path does not exist (any more): check the source and rerun"),
 )
 _INPUT_CLASSES = tuple(prefix for prefix, _ in _FIXES)
-_INPUT_MARKERS = ("FileNotFoundException", "ParquetDecodingException",
+_INPUT_MARKERS = ("FileNotFoundException", "ParquetDecodingException", "ChecksumException",
                   "SchemaColumnConvertNotSupportedException", "is not a Parquet file")
 
 
@@ -73,7 +75,8 @@ def describe(exc: BaseException) -> dict:
     if not detail:
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("\tat ")]
         detail = lines[-1] if lines else type(exc).__name__
-    file = _FILE.search(detail) or _FILE.search(text)
+    detail = _JAVA_EXCEPTION.sub(r"\1: ", detail)  # "…hadoop.fs.ChecksumException: x" -> short
+    file = _FILE.search(detail) or _FILE.search(text) or _CHECKSUM_FILE.search(text)
     column = _COLUMN.search(detail) or _COLUMN.search(text)
     return {"error_class": cls, "file": _user_path(file.group(1)) if file else None,
             "column": column.group(1) if column else None, "detail": _one_line(detail)}
@@ -91,6 +94,10 @@ def translate(exc: BaseException, step: str) -> Exception:
         return RuntimeError(f"{step}: Spark failed: {tag}{d['detail']}")
     fix = next((f for prefix, f in _FIXES if cls.startswith(prefix)),
                "check the file against docs/data-contract.md, or move it out of the source")
+    if "ChecksumException" in text and d["file"]:  # Hadoop verified a stale .crc side file
+        folder, _, name = d["file"].rpartition("/")
+        fix = (f"its Hadoop checksum file {folder}/.{name}.crc does not match it (the file "
+               "was rewritten): remove that .crc file")
     where = d["file"] or "an input file (Spark did not name it)"
     column = f", column {d['column']}" if d["column"] else ""
     return ValueError(f"{step}: cannot read {where}{column}: {d['detail']} "

@@ -70,6 +70,8 @@ def _arrow(df: pd.DataFrame) -> pa.Table:
 def _write_flavours(spark, root: str) -> None:
     df = _frame(0)
     df.to_parquet(_partition(root, "00"))  # pandas' default: ns, tz-aware
+    with open(_partition(root, "00", ".part-0.parquet.crc"), "wb") as f:
+        f.write(b"crc\x00stale")  # Hadoop's checksum of an older file by that name
     df = _frame(1)
     df["ts"] = df["ts"].dt.tz_convert("UTC").dt.tz_localize(None)
     df.to_parquet(_partition(root, "01"))  # ns without a time zone
@@ -409,6 +411,25 @@ def test_spark_type_mismatch_names_file_and_column(spark, tmp_path):
     text = str(err.value)
     assert "\n" not in text and f"cannot read {path}, column ts" in text
     assert "PARQUET_COLUMN_DATA_TYPE_MISMATCH" in text and "Fix: rewrite the column" in text
+
+
+@pytest.mark.spark
+def test_a_stale_checksum_file_is_named_where_hadoop_still_checks_it(spark, tmp_path):
+    """Sessions pythia starts skip Hadoop's client-side checksums; elsewhere (a cluster's own
+    settings) a stale .crc fails the read, and the error names the .crc to remove."""
+    path = _partition(str(tmp_path / "source"), "00")
+    pq.write_table(pa.table({"x": list(range(1000))}), path)
+    with open(_partition(str(tmp_path / "source"), "00", ".part-0.parquet.crc"), "wb") as f:
+        f.write(b"crc\x00\x00\x00\x02\x00" + b"\x00" * 64)  # 512-byte chunks, wrong sums
+    jvm = spark.sparkContext._jvm
+    fs = jvm.org.apache.hadoop.fs.LocalFileSystem()  # what a default Hadoop setup reads with
+    fs.initialize(jvm.java.net.URI("file:///"), jvm.org.apache.hadoop.conf.Configuration())
+    with pytest.raises(ValueError) as err:
+        with errors.user_input_errors("etl_hour"):
+            fs.open(jvm.org.apache.hadoop.fs.Path(path)).read()
+    text = str(err.value)
+    assert "\n" not in text and f"cannot read {path}" in text
+    assert f"remove that .crc file" in text and f"/.part-0.parquet.crc" in text
 
 
 def test_errors_that_are_not_spark_errors_pass_through():

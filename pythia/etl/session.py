@@ -41,6 +41,13 @@ COMMON_CONF: Mapping[str, str] = {
     "spark.sql.files.ignoreCorruptFiles": "false",
     "spark.sql.files.ignoreMissingFiles": "false",
 }
+# Sessions this process starts (not Spark Connect, whose server has its own settings) read local
+# files without Hadoop's client-side checksums: a stale or foreign `.NAME.crc` side file next to
+# a rewritten Parquet file must not stop the run (Parquet has its own integrity checks), and the
+# ETL's own outputs get no .crc clutter.
+DRIVER_CONF: Mapping[str, str] = {
+    "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+}
 SPARK_REMOTE_ENV = "SPARK_REMOTE"
 SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
 
@@ -84,6 +91,7 @@ def get_spark(app_name: str, master: str | None = None, remote: str | None = Non
         builder = builder.remote(target)
     else:
         builder = builder.master(target)
+        settings.update(DRIVER_CONF)
         if kind == "local" or target.startswith("local"):
             settings.update(LOCAL_CONF)
     settings.update(conf or {})
