@@ -6,7 +6,6 @@ Port of the notebooks ``0_owdi-provider-consistency`` (provider scores, override
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -278,11 +277,8 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
     from pythia.etl.io import write_parquet_atomic
 
     files = contract.list_table_files(source, "labels")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw, extras = contract_read.read_table(spark, files, contract.LABELS)
-    if extras:  # printed to the step's log (Metaflow silences warnings.warn)
-        print(f"warning: labels: ignoring unknown column(s) {', '.join(extras)}")
+    # read_table prints extra columns and naive timestamps to the step's log
+    raw, extras = contract_read.read_table(spark, files, contract.LABELS)
     flagged = contract.flag_labels(raw, age_edges)
     base = ["user_id", "gender", "age", "age_bucket", "country", "observed_date", "provider"]
     valid = flagged.filter(F.col("reason").isNull()).select(*base)
@@ -394,8 +390,10 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
     Returns the ``provider_choice`` table, ``{'by_country': {country: provider}, 'default':
     best global provider, 'metrics': read/quarantine counts}`` and the warnings.
     """
+    from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
-    with spark_session("pythia-providers", params, source_path) as spark:
+    with spark_session("pythia-providers", params, source_path) as spark, \
+            user_input_errors("select_providers"):
         metrics, read_manifest = read_provider_metrics(
             spark, source_path, join(paths.quarantine, "provider_metrics"))
     known = list_providers(source_path)
@@ -411,8 +409,10 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
 
 def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: Any) -> dict:
     """The prepare_labels step: one label per user from the chosen provider (a manifest)."""
+    from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
-    with spark_session("pythia-labels", params, source_path) as spark:
+    with spark_session("pythia-labels", params, source_path) as spark, \
+            user_input_errors("prepare_labels"):
         return prepare_labels(spark, source_path, dict(provider_map["by_country"]),
                               params.etl.age_edges, paths.labels, provider_map["default"],
                               quarantine_dir=join(paths.quarantine, "labels"))

@@ -7,7 +7,6 @@ the bid-time scorer, never a second implementation in SQL.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -102,11 +101,8 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
     if gaps and not allow_gaps:
         contract_read.check_partitions(source, dates, hours, allow_gaps=False)  # raises, listing
     files = [f for _, fs in sorted(found.items()) for f in fs]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # extras are returned and warned about once below
-        raw, extras = contract_read.read_table(spark, files, IMPRESSIONS)
-    if extras:
-        warnings.warn(f"impressions: ignoring unknown column(s) {extras}", stacklevel=2)
+    # read_table prints extra columns and naive timestamps to the step's log
+    raw, extras = contract_read.read_table(spark, files, IMPRESSIONS)
     if not files:
         raw = contract_read.empty_normalized(spark, IMPRESSIONS)
     flagged = contract.flag_impressions(raw, dates, hours)
