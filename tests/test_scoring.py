@@ -614,3 +614,21 @@ def test_parity_with_gbdt_through_saved_model(tmp_path):
     for t in TARGETS:
         np.testing.assert_allclose(got[t], want[t], atol=1e-9, rtol=0)
     assert_valid(scorer.score({"country": [1], "ts": "garbage"}), scorer)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "class_prior"])
+def test_parity_with_the_baselines_through_saved_model(tmp_path, kind):
+    """The new baselines export as saved models; a scorer built from the bundle scores them."""
+    pytest.importorskip("sklearn")
+    model, scorer, reqs, X = _fit_and_bundle(kind, tmp_path, {})
+    entry = read_bundle_doc(str(tmp_path / "bundle"))["models"]["global"]
+    assert (entry["kind"], entry["runtime"], entry["dir"]) == (kind, SAVED_MODEL, "model-global")
+    want = model.predict_proba(X)
+    got = scorer.score_arrays(reqs)
+    for t in TARGETS:
+        np.testing.assert_allclose(got[t], want[t], atol=1e-9, rtol=0)
+    if kind == "class_prior":  # the same answer for every request
+        assert np.ptp(got["age_gender"], axis=0).max() < 1e-12
+    else:
+        assert np.ptp(got["age_gender"], axis=0).max() > 1e-3
+    assert_valid(scorer.score({"country": [1], "ts": "garbage"}), scorer)
