@@ -31,7 +31,8 @@ VALIDATION_DAYS = 1
 TEST_DAYS = 1  # the most recent day == `date`
 WINDOW_DAYS = TRAIN_DAYS + VALIDATION_DAYS + TEST_DAYS
 
-RESAMPLE_MODES = ("balanced", "natural", "sqrt")
+# Class resampling (etl.splits); ``auto`` picks balanced/sqrt/natural from the train counts.
+RESAMPLE_MODES = ("auto", "balanced", "natural", "sqrt")
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class EtlConfig:
     """Rules of the data side (ETL, resampling, power users)."""
 
     age_edges: tuple[int, ...] = DEFAULT_AGE_EDGES
-    resample: str = "balanced"  # balanced | natural | sqrt; rates from global split counts
+    resample: str = "auto"  # a RESAMPLE_MODES entry, optionally ":FLOOR" -> min_keep_rate
+    min_keep_rate: float = 0.0  # no class keep-rate below this (0: no floor)
     resample_target: str = "age_gender"  # the label whose classes are balanced
     drop_power_users: bool = True  # remove power users from train/validation
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
@@ -124,8 +126,19 @@ class EtlConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.resample not in RESAMPLE_MODES:
-            raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {self.resample!r}")
+        mode, sep, floor = str(self.resample).partition(":")
+        if mode not in RESAMPLE_MODES:
+            raise ValueError(f"resample must be one of {RESAMPLE_MODES} (optionally :FLOOR, "
+                             f"e.g. balanced:0.2), got {self.resample!r}")
+        if sep:  # "balanced:0.2": a frozen dataclass parses its own shorthand once
+            try:
+                object.__setattr__(self, "min_keep_rate", float(floor))
+            except ValueError:
+                raise ValueError(f"resample {self.resample!r}: the keep-rate floor after ':' "
+                                 "must be a number in [0, 1]") from None
+            object.__setattr__(self, "resample", mode)
+        if not 0.0 <= self.min_keep_rate <= 1.0:
+            raise ValueError(f"min_keep_rate must lie in [0, 1], got {self.min_keep_rate}")
         if list(self.age_edges) != sorted(set(self.age_edges)) or len(self.age_edges) < 2:
             raise ValueError(f"age_edges must be strictly increasing, got {self.age_edges}")
         if not 1 <= self.hours_per_task <= 24 or 24 % self.hours_per_task:
@@ -195,7 +208,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "COUNTRY=provider pairs that win over the provider scores where that country "
               "and provider exist in the source (a warning names the ones that do not)."),
     ParamSpec("seed", 0, "Seed for resampling and training."),
-    ParamSpec("resample", "balanced", "Class resampling: " + " | ".join(RESAMPLE_MODES) + "."),
+    ParamSpec("resample", "auto", "Class resampling: auto | balanced | natural | sqrt, with an "
+              "optional keep-rate floor (balanced:0.2). auto: balanced where it keeps half the "
+              "train rows or 1M rows, else sqrt by the same rule, else natural."),
     ParamSpec("drop_power_users", True, "Remove power users from train/validation."),
     ParamSpec("power_user_threshold", 0.0,
               "Impressions per user per day above which a user is a power user; 0 = derive "
