@@ -56,7 +56,8 @@ def render_tables() -> str:
         "the requested dates/hours).",
         f"4. `{OUT_OF_DOMAIN}`: a value outside the allowed set, range or pattern.",
         f"5. `{DUPLICATE_IMPRESSION_ID}`: an `impression_id` already seen among the valid rows "
-        "of the same ETL task (all window days of its hours); the earliest by `ts` is kept "
+        "of the whole window (settled across ETL tasks in `join_hours`, so the result does not "
+        "depend on `hours_per_task`); the earliest by `ts` is kept "
         "(ties broken by a hash of the raw values, so the choice is deterministic).",
         "",
     ]

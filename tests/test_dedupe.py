@@ -128,6 +128,7 @@ def runs(spark, tmp_path_factory):
         return {hpt: _run(spark, src, labels, str(base / "runs"), hpt) for hpt in (1, 4, 24)}
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 def test_counts_rows_and_quarantine_do_not_depend_on_hours_per_task(runs):
     one = runs[24]

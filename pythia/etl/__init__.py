@@ -43,7 +43,7 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
     with spark_session("pythia-splits", params) as spark, user_input_errors("join_hours"):
         # the losers' ids live beside the tasks' own outputs; their raw rows join the quarantine
         manifests, duplicates = settle_duplicates(
-            spark, hour_manifests, join(paths.base, "etl", "duplicates"),
+            spark, hour_manifests, paths.etl_duplicates,
             join(paths.quarantine, IMPRESSIONS.name, "duplicates_across_tasks"))
         split_manifest = finalize_splits(spark, manifests, params.etl, paths,
                                          duplicates=duplicates["path"])
