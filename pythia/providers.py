@@ -221,6 +221,8 @@ def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGE
 def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
                    age_edges: tuple[int, ...], out_dir: str, default_provider: str,
                    quarantine_dir: str | None = None) -> dict:
+    # Long on purpose: one persisted frame feeds every write and count; split into functions
+    # it would be re-computed or held past its unpersist.
     """One label per user from the provider chosen for the label row's country.
 
     Rules (each tested):
