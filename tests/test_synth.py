@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import re
 from pathlib import Path
@@ -350,6 +351,19 @@ def test_resolve_source_regenerates_incomplete_copy(tmp_path):
     (stale / "junk.txt").write_text("half-written")
     path = resolve_source("synthetic://tiny", str(cache))
     assert Path(path, "_SUCCESS").exists() and not Path(path, "junk.txt").exists()
+
+
+def test_resolve_source_regenerates_a_world_with_the_old_fixed_clock(tmp_path):
+    cache = tmp_path / "cache"
+    path = resolve_source("synthetic://tiny?seed=4", str(cache))
+    meta_file = Path(path, "truth", "world.json")
+    meta = json.loads(meta_file.read_text())
+    assert meta["offset_table"]["countries"]["AU"] == "Australia/Sydney"
+    # a world cached before the clock came from pythia.geo: fixed offsets, no offset table
+    old = {k: v for k, v in meta.items() if k != "offset_table"}
+    meta_file.write_text(json.dumps(old))
+    assert resolve_source("synthetic://tiny?seed=4", str(cache)) == path
+    assert json.loads(meta_file.read_text())["offset_table"] == meta["offset_table"]
 
 
 def test_resolve_source_rejects_bad_specs(tmp_path):
