@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="generate a synthetic world in the data-contract layout")
-    p.add_argument("--preset", default="default", help="tiny | default | large")
+    p.add_argument("--preset", default="default",
+                   help="tiny | default | skewed (40 countries, small skewed label set) | large")
     p.add_argument("--out", required=True, help="output folder or s3:// prefix")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--openrtb", default=None, metavar="DIR",
