@@ -99,11 +99,14 @@ def count_split_rows(split_manifest: Mapping[str, Any], split: str) -> int:
     return _split_dataset(split_manifest, split).count_rows()
 
 
-def split_batches(split_manifest: Mapping[str, Any], split: str, batch_rows: int = 65_536
+def split_batches(split_manifest: Mapping[str, Any], split: str,
+                  columns: Sequence[str] | None = None, batch_rows: int = 65_536
                   ) -> Iterator[pa.RecordBatch]:
-    """One split's rows as record batches of at most ``batch_rows``, read ahead by one."""
+    """One split's rows (``columns`` only, when given) as record batches of at most
+    ``batch_rows``, read ahead by one."""
     dataset = _split_dataset(split_manifest, split)
-    yield from dataset.to_batches(batch_size=batch_rows, batch_readahead=1,
+    yield from dataset.to_batches(columns=list(columns) if columns is not None else None,
+                                  batch_size=batch_rows, batch_readahead=1,
                                   fragment_readahead=1)
 
 

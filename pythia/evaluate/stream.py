@@ -115,12 +115,13 @@ def _stage_rows(split_manifest: Mapping, splits: Sequence[str], world: Any,
     out = {s: os.path.join(scratch, "rows", s) for s in splits}
     for split in splits:
         _check_split_columns(split_manifest, split, world)
-    if world is None:
+    if world is None:  # the metrics read the label, region and power-user columns only
         for split in splits:
-            buckets.partition(io.split_batches(split_manifest, split), IMPRESSION_ID,
-                              n_buckets, out[split])
+            buckets.partition(io.split_batches(split_manifest, split, FRAME_COLUMNS),
+                              IMPRESSION_ID, n_buckets, out[split])
         return out
-    # the truth joins on user id: both sides by user first, then rows on by impression id
+    # a world's posterior reads columns of its own choosing, so every column is kept; the
+    # truth joins on user id: both sides by user first, then the rows on by impression id
     truth_dir = os.path.join(scratch, "truth")
     _, truth_schema = buckets.partition(
         (pa.Table.from_pandas(t, preserve_index=False) for t in io.truth_batches(world)),
