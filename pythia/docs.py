@@ -79,6 +79,7 @@ def _types_read_as(read_as: str) -> str:
 
 
 def render_producers() -> str:
+    # Long on purpose: it is one page of prose (the producers section of the contract).
     """What producers may write and what each problem gets (``source_layout``,
     ``parquet_footers``, ``contract_read``, ``errors``)."""
     ints = ", ".join(f"`{a}`" for a, r in ARROW_READ_TYPES.items()

@@ -206,6 +206,7 @@ def train_candidate(item: Mapping[str, Any], tf_manifest: Mapping, split_manifes
 def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping[str, Any],
                   tf_manifest: Mapping, priors: Mapping, model_dir: str, predictions_uri: str,
                   train_cfg: TrainConfig = TrainConfig()) -> dict:
+    # ~60 lines of which 23 are the docstring: load, fit, predict, save read best in one place.
     """Fit one candidate, write its predictions and model, return its summary.
 
     Args:
