@@ -192,18 +192,9 @@ def _write_json(path: str, doc: Mapping[str, Any]) -> None:
 
 def read_onnx_manifest(onnx_dir: str) -> dict[str, Any]:
     """``onnx.json`` of an ONNX export folder, checked for format and feature spec."""
-    path = os.path.join(onnx_dir, MANIFEST_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{onnx_dir} holds no ONNX export (no {MANIFEST_FILE})")
-    with open(path, encoding="utf8") as f:
-        doc = json.load(f)
-    if doc.get("format") != MANIFEST_FORMAT or doc.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} is format {doc.get('format')!r} v{doc.get('format_version')}, "
-                         f"this code reads {MANIFEST_FORMAT!r} v{FORMAT_VERSION}")
-    if doc.get("spec_version") != features.spec_version():
-        raise ValueError(f"ONNX export {onnx_dir} was built for feature spec "
-                         f"{doc.get('spec_version')}, this code has {features.spec_version()}")
-    return doc
+    from pythia.scoring.bundle_doc import read_versioned_doc
+    return read_versioned_doc(onnx_dir, MANIFEST_FILE, MANIFEST_FORMAT, FORMAT_VERSION,
+                              "an ONNX export", "export it again with this pythia version")
 
 
 # ---------------------------------------------------------------------- ONNX Runtime engine
