@@ -90,7 +90,9 @@ def render_producers() -> str:
         "- Side files are skipped the way Spark's readers skip them: names starting with `_` "
         "(unless they hold `=`) or `.`, `*.crc`, `*._COPYING_`, and everything inside such "
         "folders — `_SUCCESS`, `_committed_*`, `_started_*`, `.part-….crc`, `_temporary/`, "
-        "`.hive-staging…/`.",
+        "`.hive-staging…/`. A stale `.NAME.crc` beside a rewritten file does not matter: "
+        "sessions pythia starts read local files without Hadoop's client-side checksums (a "
+        "cluster that still checks them gets an error naming the `.crc` to remove).",
         "- Every other file in a table folder must be Parquet. One that is not (a CSV, an "
         "empty 0-byte file, a damaged footer) stops the step with one line naming the file: "
         "remove it or move it out of the source.", "",
