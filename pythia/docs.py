@@ -6,6 +6,7 @@ nothing imports it, so documentation can never close an import cycle.
 from __future__ import annotations
 
 from pythia import contract, providers
+from pythia.config import MAX_VALID_AGE, MIN_VALID_AGE
 from pythia.contract import (BAD_TIMESTAMP, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED, OUT_OF_DOMAIN,
                              TS_TOLERANCE_SECONDS, WRONG_TYPE, ColumnSpec)
 from pythia.etl import splits
@@ -55,7 +56,8 @@ def render_tables() -> str:
         "the requested dates/hours).",
         f"4. `{OUT_OF_DOMAIN}`: a value outside the allowed set, range or pattern.",
         f"5. `{DUPLICATE_IMPRESSION_ID}`: an `impression_id` already seen among the valid rows "
-        "of the same ETL task (all window days of its hours); the earliest by `ts` is kept "
+        "of the whole window (settled across ETL tasks in `join_hours`, so the result does not "
+        "depend on `hours_per_task`); the earliest by `ts` is kept "
         "(ties broken by a hash of the raw values, so the choice is deterministic).",
         "",
     ]
@@ -164,8 +166,40 @@ def render_producers() -> str:
 def render_data_contract() -> str:
     """The whole ``docs/data-contract.md``: the tables, what producers may write, and the
     provider, label and ETL rules."""
-    return "\n".join([render_tables(), render_producers(), providers.rules_markdown(),
+    return "\n".join([render_tables(), render_producers(), render_provider_rules(),
                       splits.rules_markdown()])
+
+
+def render_provider_rules() -> str:
+    """Provider selection and label rules, for docs/data-contract.md."""
+    w = " + ".join(f"{v:g} × {k}" for k, v in providers.SCORE_WEIGHTS.items())
+    return "\n".join([
+        "## Provider selection (`providers.select_providers`)", "",
+        f"score(provider, country) = {w}, each figure averaged over the metric rows dated "
+        f"within {providers.RECENT_DAYS} days of the newest metric date (nulls ignored; a figure with no "
+        "value counts 0). Per country the best score wins (ties: provider name); an override "
+        "(`US=lucid` by default in the flow) always wins and must name a provider that has "
+        "metrics or a `labels/provider=NAME/` folder. A country without metrics gets the "
+        "provider with the best mean score over countries, with a warning. The "
+        "`provider_choice` table lists every candidate with its score, rank, `chosen` and the "
+        "winner's `reason`.", "",
+        "## Labels (`providers.prepare_labels`)", "",
+        "- A label row counts only if its provider is the one chosen for the row's `country`; "
+        "other usable rows are written aside and feed the inter-provider agreement table "
+        "(per provider pair and country: shared users, share with equal gender, with equal "
+        "age bucket).",
+        "- One label per user: the latest `observed_date` wins; ties go to the country, then "
+        "the provider, in alphabetical order. So a user labelled in two countries keeps the "
+        "label of the latest observation.",
+        "- Labels are user-level attributes: an observation dated after the window still "
+        "applies to the window's impressions.",
+        f"- `age` wins over `age_bucket`. Rejected (counted, written to `rejected/`): "
+        f"`{providers.IMPOSSIBLE_AGE}` (outside [{MIN_VALID_AGE}, {MAX_VALID_AGE}]), "
+        f"`{providers.AGE_BELOW_FIRST_EDGE}` (e.g. 15 with a first edge of 18), `{providers.INCOMPLETE_LABEL}` "
+        "(no gender, or neither age nor age bucket).",
+        "- Counts reconcile: rows in = quarantined + rejected + not chosen + superseded + users.",
+        "",
+    ])
 
 
 if __name__ == "__main__":

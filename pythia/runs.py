@@ -135,9 +135,11 @@ def previous_champions(flow_name: str, current_run_id: str | None) -> dict[str, 
 
 def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
     """The ``bundle_path`` artifact of a run (default: the latest successful one)."""
-    flow = open_flow(flow_name)
-    run = (open_run(flow_name, run_id) if run_id else
-           (flow.latest_successful_run if flow is not None else None))
+    if run_id:
+        run = open_run(flow_name, run_id)
+    else:
+        flow = open_flow(flow_name)
+        run = flow.latest_successful_run if flow is not None else None
     if run is None:
         what = f"run {flow_name}/{run_id}" if run_id else f"successful {flow_name} run"
         raise ValueError(f"no {what} found; pass --bundle PATH")
@@ -145,6 +147,45 @@ def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
         raise ValueError(f"run {run.pathspec} has no bundle_path artifact (did it finish?)")
     return run.data.bundle_path
 
+
+
+def baseline_alarm(champions: Any) -> list[str]:
+    """The loud multi-line block naming the regions whose best candidate is a baseline (the
+    champions rows' ``warning``), or [] when every region's model beats the baselines (and
+    for runs from before the rule, whose champions have no ``warning`` column)."""
+    if champions is None:
+        return []
+    table = pd.DataFrame(champions)
+    if "warning" not in table.columns:
+        return []
+    texts = [w for w in table["warning"] if isinstance(w, str) and w]
+    if not texts:
+        return []
+    bar = "!" * 88
+    return [bar, "WARNING: NO MODEL BEATS THE BASELINES in "
+            f"{len(texts)} region(s). They are NOT blessed and the bundle exports nothing new "
+            "for them", "(the previous champion stays; else the region is routed to the global "
+            "model, and a global slot falls back to the best baseline):"] + [
+        f"  {w}" for w in texts] + [bar]
+
+
+def bundle_lines(bundle_path: str | None) -> list[str]:
+    """Per bundle slot: the model and where it came from (this run, the previous run, or the
+    baseline fallback); [] when the bundle cannot be read."""
+    if not bundle_path:
+        return []
+    try:
+        doc = storage.read_json(join(bundle_path, "bundle.json"))
+    except Exception:  # noqa: BLE001 - only a summary; the bundle path is printed anyway
+        return []
+    why = {"fallback": "FALLBACK: nothing blessed and no previous champion, so the best "
+                       "baseline", "previous run": "kept from the previous run"}
+    lines = ["Bundle slots (other regions are scored by the global model):"]
+    for region, entry in sorted((doc.get("models") or {}).items()):
+        origin = entry.get("origin")
+        lines.append(f"  {region:>8}: {entry.get('kind')} — "
+                     f"{why.get(origin, f'champion of {origin}' if origin else 'champion')}")
+    return lines
 
 
 def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
@@ -176,6 +217,8 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
         print(f"Run {run.pathspec} has no headline (it stopped before evaluation).", file=out)
         return 1
     champions = _artifact(run, "champions")
+    for line in baseline_alarm(champions):
+        print(line, file=out)
     with pd.option_context("display.width", 200, "display.max_columns", 50,
                            "display.max_colwidth", 120, "display.float_format", "{:.4f}".format):
         if champions is not None:
@@ -200,7 +243,9 @@ def summarize_run(run: Any) -> list[dict]:
     headline = pd.DataFrame(headline)
     rows = []
     for c in pd.DataFrame(champions).itertuples(index=False):
-        row = dict(base, region=c.region, champion=c.champion if c.blessed else "(kept previous)")
+        kept = ("(baselines win)" if isinstance(getattr(c, "warning", None), str)
+                else "(kept previous)")
+        row = dict(base, region=c.region, champion=c.champion if c.blessed else kept)
         if c.blessed:
             hit = headline[(headline["eval_region"] == c.region) & headline["champion"]]
             if len(hit):
@@ -286,13 +331,16 @@ def print_timings(run_id: str | None = None, flow_name: str = "DemoFlow",
 def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
     """What the end step prints: where the results are, and commands that inspect them (each
     works as printed from the folder the run was started in)."""
-    lines = [f"{flow_name} run {run_id} finished.",
-             f"  window: {_window_text(flow.window)}",
-             f"  reports: {flow.reports_path}",
-             f"  bid-time bundle: {flow.bundle_path}",
-             "Champions:"]
+    lines = [f"{flow_name} run {run_id} finished."] + baseline_alarm(flow.champions) + [
+        f"  window: {_window_text(flow.window)}",
+        f"  reports: {flow.reports_path}",
+        f"  bid-time bundle: {flow.bundle_path}",
+        "Champions:"]
     for row in pd.DataFrame(flow.champions).to_dict("records"):
-        lines.append(f"  {row['region']:>8}: {row.get('model')} — {row.get('reason')}")
+        name = (row.get("model") if row.get("blessed") else
+                f"not blessed (best candidate: {row.get('model') or 'none'})")
+        lines.append(f"  {row['region']:>8}: {name} — {row.get('reason')}")
+    lines += bundle_lines(flow.bundle_path)
     lines += ["Inspect:",
               f"  python {flow_file} card get {run_id}/evaluate report.html   "
               "(the report card, as a file)",

@@ -19,7 +19,7 @@ import pytest
 
 from pythia import contract
 from pythia.config import EtlConfig, Geography
-from pythia.etl import reconcile, sample, session, splits
+from pythia.etl import hourly, reconcile, sample, session, splits
 from pythia.etl.hourly import run_hours
 from pythia.features import derive_batch
 
@@ -148,6 +148,13 @@ def test_hour_rows_features_and_labels(spark, etl):
     assert sorted(q.reason) == ["bad_timestamp", "duplicate_impression_id", "null_required",
                                 "out_of_domain"]
     assert set(q.date) == {"2024-03-09"} and set(q.hour) == {1}
+    # the ids table of every valid row (written + unlabelled), for the dedupe across tasks
+    ids = spark.read.parquet(etl["a"]["ids_path"]).toPandas()
+    assert list(ids.columns) == list(hourly.IDS_COLUMNS)
+    assert len(ids) == 44 + 10 and ids.impression_id.is_unique
+    assert (ids.outcome == "unlabelled").sum() == 10
+    assert ids[ids.user_id == "u3"].y_age_gender.isna().all()
+    assert ids[ids.impression_id == "0309-1-u1-0"].ts.iloc[0].minute == 10  # the task's survivor
 
 
 @pytest.mark.spark

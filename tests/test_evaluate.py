@@ -126,22 +126,62 @@ def _cand(model, cregion, ll, region="EU", **kw):
 
 
 BASE = ("gbdt",)  # the registry's baseline, as the caller passes it
+PRIOR = "class_prior"  # the constant-prior baseline (the registry's REFERENCE_MODEL)
+ALL_BASE = ("gbdt", "logreg", PRIOR)
 
 
 def test_champion_best_model_beats_baseline():
     s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2), _cand("mlp", "global", 1.1)])
     out = select_champions(s, ["EU"], baseline_models=BASE).iloc[0]
     assert out["blessed"] and out["champion"] == "mlp/EU#0"
-    assert out["baseline_val_logloss"] == 1.2
-    assert "beats the gbdt baseline" in out["reason"]
-    assert "no previous run" in out["reason"]
+    assert out["baseline_val_logloss"] == 1.2 and out["beats_baselines"]
+    assert "beats every baseline (gbdt/EU#0 1.2000)" in out["reason"]
+    assert "no previous run" in out["reason"] and out["warning"] is None
 
 
-def test_champion_baseline_wins_as_baseline_and_wins_ties():
-    s = _scores([_cand("mlp", "EU", 1.3), _cand("gbdt", "global", 1.1), _cand("tabnet", "EU", 1.1)])
-    out = select_champions(s, ["EU"], baseline_models=BASE).iloc[0]
-    assert out["champion"] == "gbdt/global#0"
-    assert "wins as the baseline" in out["reason"]
+def test_champion_must_beat_every_baseline_and_names_them():
+    s = _scores([_cand("mlp", "EU", 1.50), _cand("gbdt", "global", 1.70),
+                 _cand("logreg", "EU", 1.60), _cand(PRIOR, "EU", 1.90),
+                 _cand(PRIOR, "global", 1.95)])
+    out = select_champions(s, ["EU"], baseline_models=ALL_BASE,
+                           reference_models=(PRIOR,)).iloc[0]
+    assert out["blessed"] and out["champion"] == "mlp/EU#0"
+    assert (out["baseline_val_logloss"], out["prior_val_logloss"]) == (1.60, 1.90)
+    assert out["baselines"] == ("logreg/EU#0 1.6000, gbdt/global#0 1.7000, "
+                                "class_prior/EU#0 1.9000")
+
+
+def test_champion_worse_than_the_prior_is_not_blessed_and_says_so():
+    # issue 13: the MLP scored worse than the class frequencies and was still blessed
+    s = _scores([_cand("mlp", "global", 1.982, region="global"),
+                 _cand("gbdt", "global", 1.984, region="global"),
+                 _cand(PRIOR, "global", 1.979, region="global")])
+    out = select_champions(s, ["global"], baseline_models=ALL_BASE,
+                           reference_models=(PRIOR,)).iloc[0]
+    assert not out["blessed"] and out["champion"] is None and not out["beats_baselines"]
+    assert out["model"] == PRIOR and out["prior_val_logloss"] == 1.979
+    assert "NOTHING BEATS THE CONSTANT PRIOR in global" in out["warning"]
+    assert "mlp/global#0 1.9820 >= class_prior/global#0 1.9790" in out["warning"]
+    assert "NOT BLESSED" in out["reason"] and "class_prior/global#0 1.9790" in out["reason"]
+    assert "exports nothing new" in out["reason"]
+
+
+def test_champion_baseline_best_is_not_blessed_and_wins_ties():
+    s = _scores([_cand("mlp", "EU", 1.3), _cand("gbdt", "global", 1.1),
+                 _cand("tabnet", "EU", 1.1), _cand(PRIOR, "EU", 1.5)])
+    out = select_champions(s, ["EU"], baseline_models=ALL_BASE,
+                           reference_models=(PRIOR,)).iloc[0]
+    assert out["model"] == "gbdt" and not out["blessed"] and out["champion"] is None
+    assert out["warning"] == ("NO MODEL BEATS THE BASELINES in EU: best model tabnet/EU#0 "
+                              "1.1000 vs gbdt/global#0 1.1000")  # a tie goes to the baseline
+    # only baselines trained (e.g. --models gbdt): nothing to bless either
+    only = select_champions(_scores([_cand("gbdt", "EU", 1.1), _cand(PRIOR, "EU", 1.5)]),
+                            ["EU"], baseline_models=ALL_BASE).iloc[0]
+    assert not only["blessed"] and only["warning"].startswith("ONLY BASELINES in EU")
+    # no baseline scored the region: cannot tell, so not blessed
+    none = select_champions(_scores([_cand("mlp", "EU", 1.0)]), ["EU"],
+                            baseline_models=BASE).iloc[0]
+    assert not none["blessed"] and none["warning"].startswith("NO BASELINE in EU")
 
 
 def test_champion_regression_blocks_blessing_and_tolerance_allows():
@@ -152,6 +192,7 @@ def test_champion_regression_blocks_blessing_and_tolerance_allows():
     assert not row["blessed"] and row["champion"] is None
     assert "REGRESSION" in row["reason"] and row["model"] == "mlp"
     assert row["previous_logloss"] == 1.0 and row["n_same_rows"] == 40
+    assert row["warning"] is None  # the model beat the baselines: a regression is not that
     ok = select_champions(s, ["EU"], lambda r, b: (1.00, 1.005, 40, None), tolerance=0.01,
                           baseline_models=BASE)
     assert ok.iloc[0]["blessed"] and "no regression" in ok.iloc[0]["reason"]
@@ -164,7 +205,8 @@ def test_champion_ineligible_and_missing_regions():
     s = _scores([_cand("mlp", "EU", 0.5, eligible=False, ineligible_reason="cover 50%"),
                  _cand("gbdt", "EU", 1.2), _cand("tabnet", "EU", float("nan"))])
     out = select_champions(s, ["EU", "NA"], baseline_models=BASE).set_index("region")
-    assert out.loc["EU", "champion"] == "gbdt/EU#0"  # the better mlp is not eligible
+    assert out.loc["EU", "model"] == "gbdt"  # the better mlp is not eligible
+    assert not out.loc["EU", "blessed"] and "ONLY BASELINES" in out.loc["EU", "warning"]
     assert not out.loc["NA", "blessed"] and "no candidate" in out.loc["NA", "reason"]
     all_bad = select_champions(_scores([_cand("mlp", "EU", 0.5, eligible=False,
                                               ineligible_reason="cover 50%")]), ["EU"],
@@ -182,7 +224,7 @@ def test_champion_any_of_several_baselines():
     s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2), _cand("lgbm", "EU", 1.1)])
     out = select_champions(s, ["EU"], baseline_models=("gbdt", "lgbm")).iloc[0]
     assert out["champion"] == "mlp/EU#0" and out["baseline_val_logloss"] == 1.1
-    assert "beats the lgbm baseline" in out["reason"]  # the best baseline is the bar
+    assert "lgbm/EU#0 1.1000, gbdt/EU#0 1.2000" in out["reason"]  # best baseline first
 
 
 # ---------------------------------------------------------------- the bundle's models
@@ -234,6 +276,29 @@ def test_choose_bundle_models_prefers_blessed_and_previous_global_over_fallback(
                                  [_trained("tabnet", "global", 1.2), _trained("mlp", "global", 1.0),
                                   _trained("gbdt", "EU", 0.5)], {}, "DemoFlow/9", BASE)
     assert [(c["model"], c["source"]) for c in other] == [("mlp", "fallback")]
+
+
+def test_choose_bundle_models_when_a_baseline_wins_global():
+    """Unblessed global (a baseline was best): the previous champion, else that baseline."""
+    row = dict(_champ("global", "logreg"), candidate_region="global",
+               warning="NO MODEL BEATS THE BASELINES in global: ...")
+    champions = pd.DataFrame([row, _champ("EU", "gbdt")])
+    # by their train-step figures gbdt looks best; the champion rule (natural-weighted) said logreg
+    candidates = [_trained("mlp", "global", 1.3), _trained("gbdt", "global", 1.0),
+                  _trained("logreg", "global", 1.1), _trained("class_prior", "global", 1.5)]
+    base = ("class_prior", "gbdt", "logreg")
+    fallback = choose_bundle_models(champions, candidates, {}, "DemoFlow/9", base)
+    assert fallback == [{"region": "global", "model": "logreg",
+                         "model_dir": "/run/logreg_global", "source": "fallback"}]
+    previous = {"global": {"model": "mlp", "model_dir": "/old/mlp"},
+                "EU": {"model": "mlp", "model_dir": "/old/mlp_EU"}}
+    kept = choose_bundle_models(champions, candidates, previous, "DemoFlow/9", base)
+    assert [(c["region"], c["model_dir"], c["source"]) for c in kept] == [
+        ("global", "/old/mlp", "previous run"), ("EU", "/old/mlp_EU", "previous run")]
+    # a train-step val_logloss that is missing does not break the fallback sort
+    odd = [dict(_trained("gbdt", "global", 1.0), val_logloss={}), _trained("logreg", "global", 2)]
+    assert choose_bundle_models(pd.DataFrame([_champ("global")]), odd, {}, "D/1", base)[0][
+        "model"] == "logreg"
 
 
 def test_choose_bundle_models_without_any_global_candidate_leaves_global_empty():
@@ -492,6 +557,26 @@ def test_evaluate_run_without_world_has_no_gauge(tiny_run, tmp_path):
     assert "DemoFlow/7 could not score" in glob["reason"]
 
 
+def test_evaluate_run_does_not_bless_a_model_worse_than_the_prior(tiny_run, tmp_path):
+    """End to end: the candidates' own flags name the baselines and the constant prior."""
+    _, frames, world, _, _, manifest = tiny_run
+    candidates = [
+        {"model": m, "region": "global", "config_id": 0, "model_dir": f"/models/{m}",
+         "predictions_uri": _write_predictions(tmp_path / f"{m}.parquet", frames, world, mix,
+                                               "global"),
+         "val_logloss": {"age_gender": 9.9}, **flags}
+        for m, mix, flags in [("mlp", 0.9, {}),
+                              (PRIOR, 0.5, {"is_baseline": True, "is_reference": True})]]
+    out = evaluate.run(candidates, manifest, None, EDGES, str(tmp_path / "r"),
+                       baseline_models=evaluate.baseline_models_of(candidates),
+                       world=world, make_figures=False)
+    c = out["champions"].set_index("region")
+    assert not c["blessed"].any() and (c["model"] == PRIOR).all()
+    assert c.loc["global", "warning"].startswith("NOTHING BEATS THE CONSTANT PRIOR in global")
+    assert c.loc["global", "prior_val_logloss"] < c.loc["global", "val_logloss"] + 1e-12
+    assert not out["headline"]["champion"].any()
+
+
 def test_read_predictions_from_a_folder_of_parts(tiny_run, tmp_path):
     table = pq.read_table(tiny_run[4][0]["predictions_uri"])
     (tmp_path / "p").mkdir()
@@ -529,11 +614,29 @@ def test_render_card_shows_every_figure_and_table(tiny_run):
     assert len(tables) == 5  # champions, headline, gauge, reconciliation, provider choice
     text = " ".join(c._text for c in card.components if isinstance(c, Markdown))
     assert "Data reconciliation" in text and "Region `EU`" in text
-    assert "beats the baseline (`gbdt`)" in text  # named by the caller, not by the card
+    assert "baseline (`gbdt`)" in text  # named by the caller, not by the card
+    assert "no model beats the baselines" not in text  # every region's model beat gbdt
     for comp in card.components:
         comp.render()
     with pytest.raises(ValueError, match="champions"):
         render_card(FakeCard(), {"headline": None}, None, None)
+
+
+def test_render_card_puts_a_baseline_win_at_the_top_in_red(tiny_run):
+    from metaflow.cards import Markdown, ValueBox
+
+    results = dict(tiny_run[0])
+    champions = results["champions"].copy()
+    lost = "NOTHING BEATS THE CONSTANT PRIOR in global: best model mlp/global#0 1.9820 >= ..."
+    champions.loc[champions["region"] == "global", ["blessed", "warning"]] = [False, lost]
+    results["champions"] = champions
+    card = FakeCard()
+    render_card(card, results, None, None)
+    box, alarm = card.components[:2]
+    assert isinstance(box, ValueBox) and box._theme == "danger" and box._value == "global"
+    assert isinstance(alarm, Markdown) and f"**{lost}**" in alarm._text
+    for comp in card.components[:2]:
+        comp.render()
 
 
 # ---------------------------------------------------------------- report / runs
@@ -608,6 +711,68 @@ def print_runs_(out, n=10):
 def print_report_(out, run_id=None):
     from pythia.runs import print_report
     return print_report(run_id=run_id, flow_name="TinyReportFlow", out=out)
+
+
+class _Artifact:
+    def __init__(self, data):
+        self.data = data
+
+
+class _FakeRun:
+    """What print_report reads of a Metaflow Run: its end task's artifacts and status."""
+
+    def __init__(self, **artifacts):
+        self.end_task = {k: _Artifact(v) for k, v in artifacts.items()}
+        self.pathspec, self.successful, self.finished_at = "DemoFlow/42", True, None
+
+
+LOST = ("NOTHING BEATS THE CONSTANT PRIOR in global: best model mlp/global#0 1.9820 >= "
+        "class_prior/global#0 1.9790")
+
+
+def _lost_champions():
+    return pd.DataFrame({"region": ["global", "EU"], "champion": [None, "mlp/EU#0"],
+                         "model": ["class_prior", "mlp"], "blessed": [False, True],
+                         "reason": ["NOT BLESSED: the best candidate is the class_prior "
+                                    "baseline", "mlp/EU#0 beats every baseline"],
+                         "warning": [LOST, None]})
+
+
+def test_report_and_summary_say_loudly_that_the_baselines_won(monkeypatch, tmp_path):
+    import types
+
+    from pythia import runs
+
+    champions = _lost_champions()
+    headline = pd.DataFrame({"eval_region": ["global"], "model": ["mlp"], "val_logloss": [1.98]})
+    monkeypatch.setattr(runs, "open_flow", lambda name: object())
+    monkeypatch.setattr(runs, "open_run", lambda name, rid: _FakeRun(
+        champions=champions, headline=headline, window=None))
+    out = io.StringIO()
+    assert runs.print_report("42", out=out) == 0
+    text = out.getvalue()
+    assert "WARNING: NO MODEL BEATS THE BASELINES in 1 region(s)" in text and LOST in text
+    assert text.index(LOST) < text.index("Champions")  # before the tables, not after
+    # the end step's summary: the block, each region's state and where each bundle slot came from
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text(json.dumps({"models": {
+        "global": {"kind": "logreg", "origin": "fallback"},
+        "EU": {"kind": "mlp", "origin": "DemoFlow/42"}}}))
+    flow = types.SimpleNamespace(window=None, reports_path="/r", bundle_path=str(bundle),
+                                 champions=champions)
+    summary = runs.summary_text(flow, "DemoFlow", "42", "flows/demo_flow.py")
+    assert summary.splitlines()[1] == "!" * 88 and LOST in summary
+    assert "global: not blessed (best candidate: class_prior)" in summary
+    assert "global: logreg — FALLBACK: nothing blessed and no previous champion" in summary
+    assert "EU: mlp — champion of DemoFlow/42" in summary
+    # negative case: every region beats the baselines (or an old run without the column)
+    assert runs.baseline_alarm(champions.assign(warning=None)) == []
+    assert runs.baseline_alarm(champions.drop(columns="warning")) == []
+    assert "!!!!" not in runs.summary_text(
+        types.SimpleNamespace(window=None, reports_path="/r", bundle_path=None,
+                              champions=champions.assign(warning=None)),
+        "DemoFlow", "42", "flows/demo_flow.py")
 
 
 @pytest.mark.slow

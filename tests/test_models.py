@@ -39,7 +39,11 @@ HPARAMS = {
     "tabnet": {"n_d": 8, "n_a": 8, "n_steps": 2, "batch_size": 256, "virtual_batch_size": 64,
                "learning_rate": 0.05, "num_threads": 1},
     "gbdt": {"max_iter": 40, "n_threads": 1},
+    "logreg": {},
+    "class_prior": {},
 }
+LEARNERS = ["mlp", "tabnet", "gbdt", "logreg"]  # every model but the constant prior
+HPARAMS_LOGREG_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # logreg's default c_grid
 
 
 def make_encoders() -> Encoders:
@@ -213,7 +217,7 @@ def test_corn_loss_hand_computed():
 
 # ------------------------------------------------------------------ models
 
-@pytest.mark.parametrize("name", ["mlp", "tabnet", "gbdt"])
+@pytest.mark.parametrize("name", LEARNERS)
 def test_model_beats_class_prior_and_sums_to_one(fitted, data, name):
     model, summary = fitted[name]
     assert summary["epochs"] >= 1 and summary["seconds"] > 0
@@ -230,7 +234,78 @@ def test_model_beats_class_prior_and_sums_to_one(fitted, data, name):
         np.testing.assert_allclose(p["gender"], marg["gender"])
 
 
-@pytest.mark.parametrize("name", ["mlp", "tabnet", "gbdt"])
+def test_class_prior_predicts_the_natural_class_frequencies(fitted, data):
+    model, summary = fitted["class_prior"]
+    assert summary["val_logloss"]["age_gender"] == pytest.approx(math.log(6), abs=0.02)
+    natural = [0.4, 0.1, 0.1, 0.2, 0.1, 0.1]
+    skewed = {"train": uniform_priors()["train"],
+              "natural": {"age_gender": natural, "gender": [0.6, 0.4], "age": [0.6, 0.2, 0.2]}}
+    again = MODELS["class_prior"](make_encoders(), {}, FAST)
+    again.fit(data["train"], data["valid"], skewed)
+    p = again.predict_proba(data["test"])["age_gender"]
+    assert np.ptp(p, axis=0).max() == 0  # the same for every row
+    # training rows are balanced, so the natural priors come out (up to sampling noise)
+    np.testing.assert_allclose(p[0], natural, atol=0.03)
+    with pytest.raises(ValueError, match="smoothing must be >= 0"):
+        MODELS["class_prior"](make_encoders(), {"smoothing": -1}, FAST).fit(
+            data["train"], data["valid"], uniform_priors())
+
+
+def test_logreg_chooses_l2_on_validation_and_folds_rare_values(fitted, data, capsys):
+    from pythia.models.logreg import fit_columns, path_rows
+
+    _, summary = fitted["logreg"]
+    path = summary["c_path"]
+    assert summary["C"] == min(path, key=lambda s: s["val_loss"])["C"]
+    assert summary["C"] in HPARAMS_LOGREG_GRID
+    # a sampled path (every class kept) and the refit on all rows
+    small = MODELS["logreg"](make_encoders(), {"path_rows": 200}, FAST)
+    out = small.fit(data["train"], data["valid"], uniform_priors())
+    assert "path on" in capsys.readouterr().out and math.isfinite(out["best_val_loss"])
+    y = np.array([0] * 990 + [1] * 10)
+    idx = path_rows(y, 50, seed=0)
+    assert set(y[idx]) == {0, 1} and len(idx) <= 52 and np.all(np.diff(idx) > 0)
+    assert path_rows(y, 0, seed=0) is None and path_rows(y, 5000, seed=0) is None
+    # min_count: values with fewer training rows share the OOV column
+    train = {f: np.full(10, 2) for f in features.CATEGORICAL_FEATURES}
+    train["os"] = np.array([2] * 8 + [3, 4])
+    tables, n_cols = fit_columns(train, make_encoders(), min_count=2)
+    assert tables["os"][3] == tables["os"][4] == tables["os"][features.OOV_ID]
+    assert tables["os"][2] != tables["os"][features.OOV_ID]
+    assert n_cols == 3 * len(features.CATEGORICAL_FEATURES)  # missing, OOV, one kept value
+
+
+def test_logreg_rejects_what_it_cannot_fit(data):
+    one_class = {k: v[:50] for k, v in data["train"].items()}
+    one_class["y_age_gender"] = np.zeros(50, dtype=np.int64)
+    with pytest.raises(ValueError, match="at least 2 AgeGender classes"):
+        MODELS["logreg"](make_encoders(), {}, FAST).fit(one_class, data["valid"],
+                                                        uniform_priors())
+    with pytest.raises(ValueError, match="c_grid must hold positive"):
+        MODELS["logreg"](make_encoders(), {"c_grid": [0.0, 1.0]}, FAST).fit(
+            data["train"], data["valid"], uniform_priors())
+
+
+def test_saved_logreg_scores_without_scikit_learn(fitted, data, tmp_path):
+    import json
+    import subprocess
+
+    model, _ = fitted["logreg"]
+    model.save(str(tmp_path / "lr"))
+    np.savez(tmp_path / "x.npz", **{f: data["test"][f] for f in features.FEATURE_NAMES})
+    code = ("import sys, json, numpy as np\n"
+            "from pythia.models import load_model\n"
+            f"m = load_model({str(tmp_path / 'lr')!r})\n"
+            f"x = dict(np.load({str(tmp_path / 'x.npz')!r}))\n"
+            "p = m.predict_proba(x)['age_gender']\n"
+            "print(json.dumps([float(p.sum()), 'sklearn' in sys.modules]))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(REPO), check=True)
+    total, imported = json.loads(res.stdout.strip().splitlines()[-1])
+    assert total == pytest.approx(300) and not imported
+
+
+@pytest.mark.parametrize("name", list(MODEL_NAMES))
 def test_missing_and_oov_ids_do_not_crash(fitted, data, name):
     model, _ = fitted[name]
     X = {k: v[:20].copy() for k, v in data["test"].items()}
@@ -242,7 +317,7 @@ def test_missing_and_oov_ids_do_not_crash(fitted, data, name):
         np.testing.assert_allclose(p[t].sum(axis=1), 1.0, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["mlp", "tabnet", "gbdt"])
+@pytest.mark.parametrize("name", list(MODEL_NAMES))
 def test_save_load_gives_identical_predictions(fitted, data, name, tmp_path):
     model, _ = fitted[name]
     model.save(str(tmp_path / name))
@@ -269,7 +344,9 @@ def test_every_model_answers_for_itself():
         assert isinstance(cls.is_baseline, bool)
         assert cls.input_format in INPUT_FORMATS, (name, cls.input_format)
         space = cls.search_space()
-        assert isinstance(space, dict) and space, name
+        assert isinstance(space, dict), name
+        # only a baseline may have nothing to search (the constant prior): config 0 alone
+        assert space or (cls.is_baseline and sample_configs(name, 3, 0) == [{}]), name
         unknown = set(space) - set(cls.default_hparams())
         assert not unknown, f"{name} searches knobs it does not have: {unknown}"
         for knob, spec in space.items():
@@ -594,22 +671,49 @@ def test_train_candidate_takes_the_flow_step_inputs(fake_tfrecords, tmp_path):
         train_candidate(item, fake_tfrecords, {}, FAST, EDGES, paths)
 
 
-def test_train_grid_regions_models_and_configs(fake_tfrecords):
-    from pythia.models import train_grid
+def test_train_grid_regions_models_and_configs(fake_tfrecords, capsys):
+    from pythia.models import REFERENCE_MODEL, train_grid
 
     grid = train_grid(["gbdt", "mlp"], None, fake_tfrecords, search=0, seed=0)
+    # the constant prior is always trained, last when --models omit it, and says so
     assert [(g["model"], g["region"]) for g in grid] == [
         ("gbdt", "global"), ("gbdt", "EU"), ("gbdt", "NA"),
-        ("mlp", "global"), ("mlp", "EU"), ("mlp", "NA")]
+        ("mlp", "global"), ("mlp", "EU"), ("mlp", "NA"),
+        (REFERENCE_MODEL, "global"), (REFERENCE_MODEL, "EU"), (REFERENCE_MODEL, "NA")]
+    assert "adding the 'class_prior' baseline" in capsys.readouterr().out
     assert all(g["config_id"] == 0 and g["hparams"] == {} for g in grid)
-    searched = train_grid(["tabnet"], ["global", "NA"], fake_tfrecords, search=2, seed=3)
-    assert [(g["region"], g["config_id"]) for g in searched] == [
-        ("global", 0), ("global", 1), ("global", 2), ("NA", 0), ("NA", 1), ("NA", 2)]
+    searched = train_grid(["tabnet", REFERENCE_MODEL], ["global", "NA"], fake_tfrecords,
+                          search=2, seed=3)
+    # nothing to search in a constant: the prior keeps config 0 only
+    assert [(g["model"], g["region"], g["config_id"]) for g in searched] == [
+        ("tabnet", "global", 0), ("tabnet", "global", 1), ("tabnet", "global", 2),
+        ("tabnet", "NA", 0), ("tabnet", "NA", 1), ("tabnet", "NA", 2),
+        (REFERENCE_MODEL, "global", 0), (REFERENCE_MODEL, "NA", 0)]
+    assert "adding" not in capsys.readouterr().out
     assert [g["hparams"] for g in searched[:3]] == sample_configs("tabnet", 2, seed=3)
     with pytest.raises(ValueError, match=r"requested region\(s\) \['LATAM'\] have no training"):
         train_grid(["gbdt"], ["EU", "LATAM"], fake_tfrecords, search=0, seed=0)
     with pytest.raises(ValueError, match="unknown model"):
         train_grid(["xgb"], None, fake_tfrecords, search=0, seed=0)
+
+
+def test_train_grid_drops_a_region_with_the_global_rows(capsys):
+    """All training rows in one region (e.g. OTHER): its candidates would be the global ones."""
+    from pythia.models import train_grid
+
+    one = {"splits": {s: {"rows": 500, "rows_by_region": {"OTHER": 500, "EU": 0}}
+                      for s in ("train", "validation")}}
+    grid = train_grid(["logreg"], None, one, search=0, seed=0)
+    assert sorted({g["region"] for g in grid}) == ["global"]
+    assert "region 'OTHER' holds all 500 training rows" in capsys.readouterr().out
+    # asked for explicitly with global: still dropped; without global it is the only slice
+    assert {g["region"] for g in train_grid(["logreg"], ["global", "OTHER"], one, 0, 0)} == {
+        "global"}
+    assert {g["region"] for g in train_grid(["logreg"], ["OTHER"], one, 0, 0)} == {"OTHER"}
+    # negative case: a region with part of the rows is trained
+    two = {"splits": {"train": {"rows": 500, "rows_by_region": {"OTHER": 499, "EU": 1}}}}
+    assert {g["region"] for g in train_grid(["logreg"], None, two, 0, 0)} == {
+        "global", "EU", "OTHER"}
 
 
 def test_predictions_table_rejects_length_mismatch():

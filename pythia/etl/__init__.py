@@ -28,20 +28,30 @@ def run_hours(source_path: str, hours: list[int], window: Mapping[str, list[str]
 
 def join_hours(hour_manifests: list[dict], params: Any, paths: Any
                ) -> tuple[dict, Any, dict, dict]:
-    """The join_hours step: power users, resampling and the four splits; the reconciliation
-    of every input row must balance. Returns (split_manifest, reconciliation, resample_rates,
-    quarantine summary). The summary also lists the impression folders that were not read
-    because their names do not parse (``partitions``, rows counted from Parquet footers)."""
+    """The join_hours step: duplicates across tasks, power users, resampling and the four
+    splits; the reconciliation of every input row must balance. Returns (split_manifest,
+    reconciliation, resample_rates, quarantine summary). The summary also lists the impression
+    folders that were not read because their names do not parse (``partitions``, rows counted
+    from Parquet footers)."""
+    from pythia.contract import IMPRESSIONS
     from pythia.errors import user_input_errors
+    from pythia.etl.dedupe import settle_duplicates
     from pythia.etl.reconcile import assert_balanced, reconcile
     from pythia.etl.session import spark_session
     from pythia.etl.splits import finalize_splits
+    from pythia.paths import join
     with spark_session("pythia-splits", params) as spark, user_input_errors("join_hours"):
-        split_manifest = finalize_splits(spark, hour_manifests, params.etl, paths)
-    reconciliation = reconcile(hour_manifests, split_manifest)
+        # the losers' ids live beside the tasks' own outputs; their raw rows join the quarantine
+        manifests, duplicates = settle_duplicates(
+            spark, hour_manifests, paths.etl_duplicates,
+            join(paths.quarantine, IMPRESSIONS.name, "duplicates_across_tasks"))
+        split_manifest = finalize_splits(spark, manifests, params.etl, paths,
+                                         duplicates=duplicates["path"])
+    split_manifest["duplicates_across_tasks"] = duplicates
+    reconciliation = reconcile(manifests, split_manifest)
     assert_balanced(reconciliation)
     by_reason: dict[str, int] = {}
-    for m in hour_manifests:
+    for m in manifests:
         for reason, n in m.get("quarantined_by_reason", {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
     quarantine = {"path": paths.quarantine, "by_reason": by_reason,

@@ -21,9 +21,11 @@ INTRO = """
 
 Each **candidate** is one model of the registry trained either on one region or on all of them
 (`global`). For every region, the candidate with the lowest **validation log-loss** on the joint
-AgeGender target wins, provided it beats the baseline{baseline} and does not do worse than
-the previous run's champion on the same test rows (a small tolerance applies).
-A region without a blessed champion keeps the previous one in the exported bundle.
+AgeGender target (natural-weighted) wins, provided it is not a baseline — so it beats every
+baseline{baseline}, the constant class prior among them — and does not do worse than the
+previous run's champion on the same test rows (a small tolerance applies). A region without a
+blessed champion exports nothing new: the bundle keeps the previous champion, or routes the
+region to the global model; a global slot with neither falls back to the best baseline.
 
 Scores below are on the **natural test day** (the most recent day, not resampled) against the
 **provider labels** unless said otherwise. Lower log-loss is better; macro-F1 averages the F1
@@ -58,15 +60,17 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
         if key not in results:
             raise ValueError(f"results lack {key!r}: pass the dict evaluate.run returned")
     champions: pd.DataFrame = results["champions"]
-    names = " or ".join(f"`{m}`" for m in results.get("baseline_models") or ())
+    _append_baseline_alarm(card, champions)
+    names = ", ".join(f"`{m}`" for m in results.get("baseline_models") or ())
     baseline = f" ({names})" if names else ""
     card.append(Markdown(INTRO.format(baseline=baseline)))
 
     card.append(Markdown("## Champions\n\n`blessed` tells whether the region's winner replaces "
                          "the previous champion; `reason` says why or why not."))
-    card.append(Table.from_dataframe(_fmt(champions[[
-        "region", "champion", "blessed", "val_logloss", "baseline_val_logloss",
-        "previous_logloss", "current_logloss_on_same_rows", "reason"]]), truncate=False))
+    columns = ["region", "champion", "blessed", "val_logloss", "baseline_val_logloss",
+               "prior_val_logloss", "previous_logloss", "current_logloss_on_same_rows",
+               "reason"]
+    card.append(Table.from_dataframe(_fmt(champions.reindex(columns=columns)), truncate=False))
 
     card.append(Markdown(
         "## Headline\n\nPer evaluated region (`global` = all rows): every candidate that can "
@@ -97,6 +101,29 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
                              "used for each country, from the providers' quality metrics "
                              "(an override wins)."))
         card.append(Table.from_dataframe(_fmt(pd.DataFrame(provider_choice))))
+
+
+def baseline_warnings(champions: pd.DataFrame) -> list[str]:
+    """The champions rows' ``warning`` texts (regions the baselines won), in region order."""
+    if "warning" not in champions.columns:
+        return []  # a run from before the baseline rule
+    return [str(w) for w in champions["warning"] if isinstance(w, str) and w]
+
+
+def _append_baseline_alarm(card: Any, champions: pd.DataFrame) -> None:
+    """At the very top, in red and bold: the regions where no model beats the baselines."""
+    from metaflow.cards import Markdown, ValueBox
+
+    texts = baseline_warnings(champions)
+    if not texts:
+        return
+    lost = [r for r, w in zip(champions["region"], champions["warning"])
+            if isinstance(w, str) and w]
+    card.append(ValueBox(title="NOT BLESSED: the baselines win", value=", ".join(lost)[:200],
+                         subtitle="No model beats every baseline here; the bundle exports "
+                                  "nothing new for these regions.", theme="danger"))
+    card.append(Markdown("\n".join(["## WARNING: no model beats the baselines", ""]
+                                    + [f"- **{w}**" for w in texts])))
 
 
 def _append_figures(card: Any, figures: Mapping[str, bytes], regions: list[str]) -> None:

@@ -1,11 +1,17 @@
-"""All of the champion choice: per region, the best validation log-loss wins if it beats the
+"""All of the champion choice: per region, the best validation log-loss wins if it beats every
 baseline and does not regress against the previous run's champion on the same test rows; and
 which model each region's slot of the bid-time bundle gets (blessed champion, else the previous
-run's, else the global baseline).
+run's, else the best global baseline).
 
-The baseline model names come from the caller (the model registry owns them). Nothing here
-reads files or Metaflow: the caller supplies aligned predictions and the previous champion's
-scorer.
+The baseline rule (issue 13: a model that does not beat the trivial baselines is a failure to
+report loudly, not a champion): a region is blessed only when its best candidate is NOT a
+baseline, i.e. it beats every baseline that scored the region (the constant class prior, which
+every run trains, logistic regression, gbdt) on the natural-weighted validation log-loss; ties
+go to the baseline. Otherwise the row carries a ``warning`` with the numbers (card, end step,
+`pythia report`) and the bundle exports nothing new for the region.
+
+Baseline and reference names come from the caller or the candidates' own flags (the registry
+owns them). Nothing here reads files or Metaflow.
 """
 from __future__ import annotations
 
@@ -30,8 +36,9 @@ DEFAULT_TOLERANCE = 0.01  # relative test log-loss increase allowed against the 
 
 CHAMPION_COLUMNS = [
     "region", "champion", "model", "candidate_region", "config_id", "model_dir", "val_logloss",
-    "baseline_val_logloss", "previous_logloss", "current_logloss_on_same_rows", "n_same_rows",
-    "blessed", "reason",
+    "baseline_val_logloss", "prior_val_logloss", "baselines", "beats_baselines",
+    "previous_logloss", "current_logloss_on_same_rows", "n_same_rows", "blessed", "reason",
+    "warning",
 ]
 SCORE_COLUMNS = ["eval_region", "model", "candidate_region", "config_id", "model_dir",
                  "val_logloss", "eligible", "ineligible_reason"]
@@ -44,15 +51,19 @@ PreviousScorer = Callable[[str, pd.DataFrame], Mapping[str, np.ndarray] | None]
 AlignedPredictions = Callable[[tuple, str], Aligned]
 
 __all__ = ["CHAMPION_COLUMNS", "DEFAULT_TOLERANCE", "baseline_models_of", "candidate_label",
-           "champion_scores",
-           "choose_bundle_models", "choose_champions", "compare_with_previous",
-           "select_champions"]
+           "champion_scores", "choose_bundle_models", "choose_champions",
+           "compare_with_previous", "reference_models_of", "select_champions"]
 
 
 def baseline_models_of(candidates: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     """The baseline model names among trained candidates (each training summary carries its
     model's ``is_baseline``), so the flow needs no model import to know them."""
     return tuple(sorted({str(c["model"]) for c in candidates if c.get("is_baseline")}))
+
+
+def reference_models_of(candidates: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The constant-prior model name(s) among trained candidates (``is_reference``)."""
+    return tuple(sorted({str(c["model"]) for c in candidates if c.get("is_reference")}))
 
 
 def _is_finite(x: object) -> bool:
@@ -91,7 +102,8 @@ def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, An
                                          aligned(key, TEST_NATURAL), region, previous,
                                          previous_name)
     champions = select_champions(scores, data.eval_regions, check, tolerance,
-                                 baseline_models=baseline_models)
+                                 baseline_models=baseline_models,
+                                 reference_models=reference_models_of(candidates))
     champions["config_id"] = champions["config_id"].astype("Int64")
     return champions
 
@@ -178,7 +190,8 @@ def compare_with_previous(frame: SplitFrame, winner: Aligned, region: str,
 def select_champions(scores: pd.DataFrame, regions: Sequence[str],
                      previous_check: PreviousCheck | None = None,
                      tolerance: float = DEFAULT_TOLERANCE, *,
-                     baseline_models: Sequence[str]) -> pd.DataFrame:
+                     baseline_models: Sequence[str],
+                     reference_models: Sequence[str] = ()) -> pd.DataFrame:
     """Pick and bless one champion per region.
 
     Args:
@@ -189,10 +202,13 @@ def select_champions(scores: pd.DataFrame, regions: Sequence[str],
         previous_check: compares the winner with the previous run's champion of the region on
             the same test rows; None when there is no previous run.
         tolerance: relative log-loss increase over the previous champion still accepted.
-        baseline_models: model names of the baseline every champion must beat.
+        baseline_models: model names of the baselines every champion must beat.
+        reference_models: the constant-prior baseline(s) among them ("nothing beats the
+            prior" is the loudest warning).
 
     Returns:
-        The champions DataFrame (CHAMPION_COLUMNS); ``champion`` is None when not blessed.
+        The champions DataFrame (CHAMPION_COLUMNS); ``champion`` is None when not blessed;
+        ``warning`` is set when the baselines win the region.
     """
     missing = set(SCORE_COLUMNS) - set(scores.columns)
     if missing:
@@ -201,13 +217,15 @@ def select_champions(scores: pd.DataFrame, regions: Sequence[str],
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     if isinstance(baseline_models, str) or not baseline_models:
         raise ValueError(f"baseline_models must name at least one model, got {baseline_models!r}")
+    names = (tuple(baseline_models), tuple(reference_models))
     out = [_decide_region(scores[scores["eval_region"] == region], region, previous_check,
-                          tolerance, tuple(baseline_models)) for region in regions]
+                          tolerance, names) for region in regions]
     return pd.DataFrame(out, columns=CHAMPION_COLUMNS)
 
 
 def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousCheck | None,
-                   tolerance: float, baseline_models: tuple[str, ...]) -> dict:
+                   tolerance: float, names: tuple[tuple[str, ...], tuple[str, ...]]) -> dict:
+    """The champions row of one region (``names`` = (baseline models, reference models))."""
     row = {c: None for c in CHAMPION_COLUMNS}
     row.update(region=region, blessed=False, n_same_rows=0)
     if pool.empty:
@@ -221,7 +239,7 @@ def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousChec
         row["reason"] = f"no eligible candidate ({why}); keeping the previous champion"
         return row
     # ties go to the baseline (simplest model), then to regional models, then lowest config
-    is_base = ok["model"].isin(baseline_models)
+    is_base = ok["model"].isin(names[0])
     ranked = ok.assign(_not_base=~is_base, _is_global=ok["candidate_region"] != region,
                        _cfg=ok["config_id"].astype(str))
     ranked = ranked.sort_values(["val_logloss", "_not_base", "_is_global", "_cfg"])
@@ -229,12 +247,12 @@ def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousChec
     row.update(model=best["model"], candidate_region=best["candidate_region"],
                config_id=best["config_id"], model_dir=best["model_dir"],
                val_logloss=float(best["val_logloss"]))
-    note, row["baseline_val_logloss"], passed = _baseline_check(
-        best, ranked[~ranked["_not_base"]], baseline_models)
-    if not passed:
-        row["reason"] = note
+    verdict = _baseline_verdict(ranked, region, *names)
+    row.update({k: v for k, v in verdict.items() if k != "note"})
+    if not verdict["beats_baselines"]:
+        row["reason"] = verdict["note"]
         return row
-    notes = [note]
+    notes = [verdict["note"]]
     if previous_check is None:
         notes.append("no previous run to compare with")
     else:
@@ -260,27 +278,59 @@ def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousChec
     return row
 
 
-def _baseline_check(best: pd.Series, base: pd.DataFrame, baseline_models: Sequence[str]
-                    ) -> tuple[str, float | None, bool]:
-    """(why, baseline validation log-loss, whether the best candidate passes the baseline
-    check); ``base`` holds the eligible baseline candidates, best first."""
-    name = candidate_label(best["model"], best["candidate_region"], best["config_id"])
+def _label(r: pd.Series) -> str:
+    return candidate_label(r["model"], r["candidate_region"], r["config_id"])
+
+
+def _baseline_verdict(ranked: pd.DataFrame, region: str, baseline_models: Sequence[str],
+                      reference_models: Sequence[str]) -> dict:
+    """Whether the best of ``ranked`` (eligible candidates, best first, ties to baselines)
+    beats every baseline; the figures; and the loud ``warning`` when it does not.
+
+    Returns {beats_baselines, baseline_val_logloss, prior_val_logloss, baselines, note,
+    warning}.
+    """
+    best = ranked.iloc[0]
+    base = ranked[ranked["model"].isin(baseline_models)]
+    models = ranked[~ranked["model"].isin(baseline_models)]
+    prior = base[base["model"].isin(reference_models)]
+    # the best candidate of each baseline model, e.g. "class_prior/global#0 1.9790"
+    per_model = base.drop_duplicates("model")
+    figures = ", ".join(f"{_label(r)} {r['val_logloss']:.4f}" for _, r in per_model.iterrows())
+    out = {"baseline_val_logloss": float(base.iloc[0]["val_logloss"]) if len(base) else None,
+           "prior_val_logloss": float(prior.iloc[0]["val_logloss"]) if len(prior) else None,
+           "baselines": figures or None, "warning": None}
     if base.empty:
-        return (f"{name} has the best validation log-loss ({best['val_logloss']:.4f}); "
-                f"no {' or '.join(baseline_models)} baseline was trained for this region, so "
-                "the baseline check was skipped"), None, True
-    base_ll = float(base.iloc[0]["val_logloss"])
-    base_model = base.iloc[0]["model"]
-    if best["model"] in baseline_models:
-        return (f"the {base_model} baseline {name} is the best candidate "
-                f"(validation log-loss {base_ll:.4f}); it wins as the baseline"), base_ll, True
-    if float(best["val_logloss"]) < base_ll:
-        return (f"{name} has the best validation log-loss ({best['val_logloss']:.4f}) "
-                f"and beats the {base_model} baseline ({base_ll:.4f})"), base_ll, True
-    # unreachable with the ranking above; kept so a rule change cannot bless silently
-    return (f"{name} does not beat the {base_model} baseline "
-            f"({best['val_logloss']:.4f} >= {base_ll:.4f}); keeping the previous champion"
-            ), base_ll, False
+        out.update(beats_baselines=False, note=(
+            f"no {' or '.join(baseline_models)} baseline scored region {region}: a champion "
+            "must beat them, so nothing is blessed; keeping the previous champion"))
+        out["warning"] = (f"NO BASELINE in {region}: cannot tell whether "
+                          f"{_label(best)} ({best['val_logloss']:.4f}) beats them")
+        return out
+    if best["model"] not in baseline_models:
+        out.update(beats_baselines=True, note=(
+            f"{_label(best)} has the best validation log-loss ({best['val_logloss']:.4f}) and "
+            f"beats every baseline ({figures})"))
+        return out
+    out["beats_baselines"] = False
+    if models.empty:
+        top = "no non-baseline model was trained"
+        out["warning"] = (f"ONLY BASELINES in {region}: best {_label(best)} "
+                          f"{best['val_logloss']:.4f}; no model to bless")
+    else:
+        top_row = models.iloc[0]
+        top = f"best model {_label(top_row)} {top_row['val_logloss']:.4f}"
+        prior_ll = out["prior_val_logloss"]
+        if prior_ll is not None and float(top_row["val_logloss"]) >= prior_ll:
+            out["warning"] = (f"NOTHING BEATS THE CONSTANT PRIOR in {region}: {top} >= "
+                              f"{_label(prior.iloc[0])} {prior_ll:.4f}")
+        else:
+            out["warning"] = (f"NO MODEL BEATS THE BASELINES in {region}: {top} vs "
+                              f"{_label(best)} {best['val_logloss']:.4f}")
+    out["note"] = (f"NOT BLESSED: the best candidate is the {best['model']} baseline "
+                   f"{_label(best)} (validation log-loss {best['val_logloss']:.4f}); {top}; "
+                   f"baselines: {figures}; the bundle exports nothing new for {region}")
+    return out
 
 
 # ---------------------------------------------------------------- the bundle's models
@@ -291,11 +341,14 @@ def choose_bundle_models(champions: pd.DataFrame, candidates: Sequence[Mapping[s
     """The model of each region's slot in the bid-time bundle.
 
     A region's blessed champion gets the slot; a region whose candidates were not blessed
-    keeps the previous run's champion when there is one (otherwise the scorer routes it to
-    the global model). The global slot falls back to the best global baseline candidate (by
-    validation log-loss; any global candidate if no baseline was trained) when neither gives
-    one, so a bundle has a model for every request. (With no global candidate at all there is
-    no global slot, and the bundle writer refuses the list.)
+    (a baseline won it, a regression, no eligible candidate) exports nothing new: it keeps the
+    previous run's champion when there is one, otherwise the scorer routes it to the global
+    model. The global slot, when neither gives one, falls back to the best global baseline —
+    the global row's best candidate when a baseline won it (natural-weighted validation
+    log-loss), else the best global baseline candidate by its train-step validation log-loss
+    (any global candidate if no baseline was trained) — so a bundle has a model for every
+    request; its entry's source is 'fallback'. (With no global candidate at all there is no
+    global slot, and the bundle writer refuses the list.)
 
     Args:
         champions: this run's champions table (CHAMPION_COLUMNS).
@@ -310,7 +363,8 @@ def choose_bundle_models(champions: pd.DataFrame, candidates: Sequence[Mapping[s
         'fallback'.
     """
     chosen: list[dict] = []
-    for row in champions.to_dict("records"):
+    rows = champions.to_dict("records")
+    for row in rows:
         if row.get("blessed") and row.get("model"):
             chosen.append({"region": row["region"], "model": row["model"],
                            "model_dir": row["model_dir"], "source": pathspec})
@@ -319,10 +373,25 @@ def choose_bundle_models(champions: pd.DataFrame, candidates: Sequence[Mapping[s
             chosen.append({"region": row["region"], "model": prev["model"],
                            "model_dir": prev["model_dir"], "source": "previous run"})
     if not any(c["region"] == GLOBAL_REGION for c in chosen):
-        base = [c for c in candidates if c["region"] == GLOBAL_REGION]
-        base.sort(key=lambda c: (c["model"] not in baseline_models,
-                                 c["val_logloss"][JOINT_TARGET]))
-        if base:
-            chosen.append({"region": GLOBAL_REGION, "model": base[0]["model"],
-                           "model_dir": base[0]["model_dir"], "source": "fallback"})
+        fallback = _global_fallback(rows, candidates, baseline_models)
+        if fallback is not None:
+            chosen.append({"region": GLOBAL_REGION, "model": fallback["model"],
+                           "model_dir": fallback["model_dir"], "source": "fallback"})
     return chosen
+
+
+def _global_fallback(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Mapping[str, Any]],
+                     baseline_models: Sequence[str]) -> Mapping[str, Any] | None:
+    """The global slot's model when nothing was blessed and nothing kept (see above)."""
+    glob = next((r for r in rows if r["region"] == GLOBAL_REGION), None)
+    if (glob is not None and glob.get("model") in baseline_models and glob.get("model_dir")
+            and glob.get("candidate_region") == GLOBAL_REGION):
+        return glob
+
+    def loss(c: Mapping[str, Any]) -> float:
+        v = (c.get("val_logloss") or {}).get(JOINT_TARGET)
+        return float(v) if _is_finite(v) else math.inf
+
+    pool = sorted((c for c in candidates if c["region"] == GLOBAL_REGION),
+                  key=lambda c: (c["model"] not in baseline_models, loss(c)))
+    return pool[0] if pool else None

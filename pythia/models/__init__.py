@@ -18,7 +18,12 @@ if TYPE_CHECKING:
 
 _MODULES = {"mlp": ("pythia.models.mlp", "MLPModel"),
             "tabnet": ("pythia.models.tabnet", "TabNetModel"),
-            "gbdt": ("pythia.models.gbdt", "GBDTModel")}
+            "gbdt": ("pythia.models.gbdt", "GBDTModel"),
+            "logreg": ("pythia.models.logreg", "LogRegModel"),
+            "class_prior": ("pythia.models.prior", "PriorModel")}
+# The constant class-prior line: ``train_grid`` adds it to every run (even when the run's
+# ``--models`` omit it) and no region's champion is blessed unless it beats it.
+REFERENCE_MODEL = "class_prior"
 # Names this package exports from submodules that import numpy, scipy, pyarrow: loaded on use.
 _LAZY = {"Model": "pythia.models.base", "read_meta": "pythia.models.base",
          "fit_candidate": "pythia.models.train", "train_candidate": "pythia.models.train",
@@ -79,6 +84,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BASELINE_MODELS", "MODELS", "MODEL_NAMES", "Model", "baseline_models",
-           "fit_candidate", "get_model", "load_model", "read_meta", "train_candidate",
+__all__ = ["BASELINE_MODELS", "MODELS", "MODEL_NAMES", "Model", "REFERENCE_MODEL",
+           "baseline_models", "fit_candidate", "get_model", "load_model", "read_meta", "train_candidate",
            "train_grid"]

@@ -35,7 +35,8 @@ def sample_configs(model_name: str, n: int, seed: int) -> list[dict]:
 
     Returns:
         ``n + 1`` hparam dicts (config id = list index), each completed by the model's
-        ``tie_hparams`` (knobs that follow others).
+        ``tie_hparams`` (knobs that follow others); only ``[{}]`` for a model with nothing to
+        search (an empty ``search_space()``, e.g. the constant prior).
     """
     from pythia.models import get_model
 
@@ -43,6 +44,8 @@ def sample_configs(model_name: str, n: int, seed: int) -> list[dict]:
     if n < 0:
         raise ValueError(f"number of search configs must be >= 0, got {n}")
     space = cls.search_space()
+    if not space:
+        return [{}]
     rng = np.random.default_rng([int(seed), zlib.crc32(model_name.encode())])
     configs: list[dict] = [{}]
     seen = {json.dumps({}, sort_keys=True)}

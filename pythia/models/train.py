@@ -104,6 +104,12 @@ def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
                tf_manifest: Mapping, search: int, seed: int) -> list[dict]:
     """The flat foreach list of (model, region, config) candidates.
 
+    The constant prior (``REFERENCE_MODEL``) is always in the grid, added last when
+    ``models`` omit it: it is the line every champion must beat. A region whose training rows
+    are all the training rows (e.g. every row in one region, or ``OTHER`` holding them all)
+    is not trained apart from 'global' when 'global' is trained: its candidates would be the
+    global ones again; evaluation scores the region with the global candidates instead.
+
     Args:
         models: registered model names, in the order the grid lists them.
         regions_requested: None for 'global' plus every region with training rows; else the
@@ -119,21 +125,18 @@ def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
     Raises:
         ValueError: an unknown model, or a requested region without training rows.
     """
-    from pythia.models import MODEL_NAMES
+    from pythia.models import MODEL_NAMES, REFERENCE_MODEL
     from pythia.models.search import sample_configs
 
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; choose from {list(MODEL_NAMES)}")
-    present = split_regions(tf_manifest, TRAIN)
-    if regions_requested is None:
-        regions = [GLOBAL_REGION] + present
-    else:
-        missing = [r for r in regions_requested if r != GLOBAL_REGION and r not in present]
-        if missing:
-            raise ValueError(f"requested region(s) {missing} have no training rows; "
-                             f"regions in the data: {present}")
-        regions = list(regions_requested)
+    models = list(models)
+    if REFERENCE_MODEL not in models:
+        print(f"train_grid: adding the {REFERENCE_MODEL!r} baseline (the constant class prior) "
+              f"to the models {models}: every champion must beat it")
+        models.append(REFERENCE_MODEL)
+    regions = _distinct_regions(_grid_regions(regions_requested, tf_manifest), tf_manifest)
     grid = []
     for model in models:
         configs = sample_configs(model, search, seed) if search else [{}]
@@ -142,6 +145,35 @@ def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
                 grid.append({"model": model, "region": region, "config_id": config_id,
                              "hparams": hparams})
     return grid
+
+
+def _grid_regions(regions_requested: Sequence[str] | None, tf_manifest: Mapping) -> list[str]:
+    """'global' plus every region with training rows, or the requested ones (checked)."""
+    present = split_regions(tf_manifest, TRAIN)
+    if regions_requested is None:
+        return [GLOBAL_REGION] + present
+    missing = [r for r in regions_requested if r != GLOBAL_REGION and r not in present]
+    if missing:
+        raise ValueError(f"requested region(s) {missing} have no training rows; "
+                         f"regions in the data: {present}")
+    return list(regions_requested)
+
+
+def _distinct_regions(regions: list[str], tf_manifest: Mapping) -> list[str]:
+    """``regions`` without those whose training rows are exactly the global ones, when
+    'global' is among them (regions partition the rows, so equal counts mean equal rows)."""
+    if GLOBAL_REGION not in regions:
+        return regions
+    n_global = split_rows(tf_manifest, TRAIN, GLOBAL_REGION)
+    kept = []
+    for region in regions:
+        if region != GLOBAL_REGION and split_rows(tf_manifest, TRAIN, region) == n_global:
+            print(f"train_grid: region {region!r} holds all {n_global} training rows, the same "
+                  f"rows as {GLOBAL_REGION!r}: not trained twice; the {GLOBAL_REGION} "
+                  f"candidates score it")
+            continue
+        kept.append(region)
+    return kept
 
 
 def train_candidate(item: Mapping[str, Any], tf_manifest: Mapping, split_manifest: Mapping,
@@ -189,15 +221,16 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
 
     Returns:
         JSON-able dict: model, is_baseline (the class's answer, so that choosing champions
-        needs no model import), region, config_id, hparams, model_dir, predictions_uri,
+        needs no model import), is_reference (the constant-prior line), region, config_id, hparams, model_dir, predictions_uri,
         n_train, n_valid, fit_seconds, epochs, best_val_loss, val_logloss (per target),
         age_head, temperature, prior_correction, n_predicted (per split).
 
     Raises:
         ValueError: the region has no training (or no validation) rows.
     """
-    from pythia import tfrecords  # TF-heavy; only needed when a candidate really trains
-    from pythia.models import get_model
+    from pythia import quiet, tfrecords  # TF-heavy; only needed when a candidate really trains
+    quiet.import_tensorflow()  # first TF import of the task, without its start-up lines
+    from pythia.models import REFERENCE_MODEL, get_model
 
     cls = get_model(model_name)
     n_train = split_rows(tf_manifest, TRAIN, region)
@@ -219,6 +252,7 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
     return {
         "model": model_name,
         "is_baseline": bool(cls.is_baseline),
+        "is_reference": model_name == REFERENCE_MODEL,
         "region": region,
         "config_id": int(config_id),
         "hparams": {k: _finite(v) for k, v in model.hparams.items()},

@@ -1,0 +1,275 @@
+"""Multinomial logistic-regression baseline: one-hot categoricals + standardised numerics.
+
+One 12-class AgeGender model (gender and age are its marginals). Each categorical id gets its
+own one-hot column; the missing id and the OOV id always have one, and values seen fewer than
+``min_count`` times in training share the OOV column. The L2 strength is chosen on the
+validation day: a path over ``c_grid`` (scikit-learn's inverse strength ``C``, strongest
+first, each fit warm-started from the previous one) scored by the natural-weighted validation
+log-loss — the champion rule's measure — stopping at the first step without improvement.
+``C`` weighs every row's loss against the penalty, so the same grid suits 20k and 2M rows: a
+value's weight moves away from 0 once it has about ``1 / C`` rows. On large data the path runs
+on a sample of ``path_rows`` rows and the chosen ``C`` is refitted on all of them (L-BFGS costs
+about 0.15 CPU-s per iteration on 350k rows, and the path needs a few hundred iterations).
+
+Scoring needs NumPy only (the weights are a lookup table per feature); scikit-learn is
+imported to fit.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+
+from pythia import features
+from pythia.config import TrainConfig
+from pythia.features import Encoders
+from pythia.models import priors as pr
+from pythia.models.base import Model, labels_of
+
+MODEL_FILE = "logreg.npz"
+# Validation steps without improvement after which the regularisation path stops (the
+# validation loss is unimodal in C in practice; the large-C end is the slowest to fit).
+PATH_PATIENCE = 1
+
+
+def path_rows(y: np.ndarray, max_rows: int, seed: int) -> np.ndarray | None:
+    """Sorted indices of at most ``max_rows`` training rows (every class kept) on which the
+    regularisation path runs, or None when all rows fit (``max_rows`` <= 0: no limit)."""
+    y = np.asarray(y)
+    if max_rows <= 0 or len(y) <= max_rows:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(y), size=max_rows, replace=False)
+    # a class missing from the sample would change the coefficient shape of the warm start
+    _, first = np.unique(y, return_index=True)
+    return np.union1d(idx, first)
+
+
+def fit_columns(train: Mapping[str, np.ndarray], encoders: Encoders, min_count: int
+                ) -> tuple[dict[str, np.ndarray], int]:
+    """Per categorical feature a lookup ``id -> one-hot column``, and the number of columns.
+
+    Columns are numbered across features in ``CATEGORICAL_FEATURES`` order. The missing and
+    OOV ids always get a column; a value id with fewer than ``min_count`` training rows maps
+    to its feature's OOV column.
+    """
+    tables, offset = {}, 0
+    for name in features.CATEGORICAL_FEATURES:
+        size = encoders.vocabularies[name].size
+        counts = np.bincount(np.asarray(train[name], dtype=np.int64), minlength=size)[:size]
+        kept = counts >= max(int(min_count), 1)
+        kept[: features.FIRST_VALUE_ID] = True
+        cols = np.flatnonzero(kept)
+        table = np.full(size, -1, dtype=np.int64)
+        table[cols] = offset + np.arange(len(cols))
+        table[~kept] = table[features.OOV_ID]
+        tables[name] = table
+        offset += len(cols)
+    return tables, offset
+
+
+def _numeric(X: Mapping[str, np.ndarray], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(n, n_numeric) standardised numerics; non-finite values become 0 (the training mean)."""
+    cols = [np.asarray(X[f], dtype=np.float64) for f in features.NUMERIC_FEATURES]
+    z = (np.column_stack(cols) - mean) / std if cols else np.zeros((0, 0))
+    return np.where(np.isfinite(z), z, 0.0)
+
+
+def design_matrix(X: Mapping[str, np.ndarray], tables: Mapping[str, np.ndarray], n_onehot: int,
+                  mean: np.ndarray, std: np.ndarray) -> Any:
+    """The sparse float32 (n, n_onehot + n_numeric) CSR design matrix: one 1 per categorical,
+    then the standardised numerics."""
+    from scipy.sparse import csr_matrix
+
+    cat = np.column_stack([tables[f][np.asarray(X[f], dtype=np.int64)]
+                           for f in features.CATEGORICAL_FEATURES])
+    num = _numeric(X, mean, std)
+    n, n_num = len(cat), num.shape[1]
+    indices = np.hstack([cat, np.broadcast_to(n_onehot + np.arange(n_num), (n, n_num))])
+    # float32 halves the memory L-BFGS streams through per iteration
+    data = np.hstack([np.ones_like(cat, dtype=np.float32), num.astype(np.float32)])
+    width = indices.shape[1]
+    return csr_matrix((data.ravel(), indices.ravel(), np.arange(0, n * width + 1, width)),
+                      shape=(n, n_onehot + n_num))
+
+
+class LogRegModel(Model):
+    """scikit-learn multinomial logistic regression on AgeGender (see the module docstring)."""
+
+    name = "logreg"
+    joint_only = True
+    is_baseline = True
+
+    @classmethod
+    def default_hparams(cls) -> dict[str, Any]:
+        return {
+            # inverse L2 strengths, walked strongest first
+            "c_grid": [0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+            "min_count": 1,  # training rows a value needs for a column of its own
+            "max_iter": 300,  # L-BFGS iterations per point of the path
+            # L-BFGS gradient tolerance (mean log-loss) on the path: tight, because a larger C
+            # moves the gradient of a weight by only about w * (1/C1 - 1/C2) / n_rows
+            "tol": 1e-5,
+            # Rows the path runs on (a seeded sample, every class kept); the chosen C is then
+            # refitted on all rows from the path's coefficients. 0 = every row.
+            "path_rows": 50_000,
+            # the refit on all rows: more rows per weight, so a looser tolerance suffices
+            "refit_tol": 3e-4,
+            "refit_max_iter": 100,
+        }
+
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        return {"min_count": [1, 2, 5, 10, 20]}
+
+    def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
+                 train_cfg: TrainConfig = TrainConfig()) -> None:
+        super().__init__(encoders, hparams, train_cfg)
+        self.tables: dict[str, np.ndarray] = {}
+        self.n_onehot = 0
+        self.num_mean = np.zeros(len(features.NUMERIC_FEATURES))
+        self.num_std = np.ones(len(features.NUMERIC_FEATURES))
+        self.coef: np.ndarray | None = None  # (n_columns, n_classes): column weights per class
+        self.intercept: np.ndarray | None = None  # (n_classes,)
+        self.chosen_c: float | None = None
+
+    def _fit(self, train: Any, valid: Any) -> dict:
+        if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
+            raise TypeError("the logreg model trains on numpy dicts (pythia.tfrecords.load_numpy)")
+        grid = sorted(float(c) for c in self.hparams["c_grid"])
+        if not grid or grid[0] <= 0:
+            raise ValueError(f"logreg c_grid must hold positive values, got {grid}")
+        y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"logreg needs at least 2 AgeGender classes in the training rows, "
+                             f"got {np.unique(y).tolist()}")
+        if len(yv) == 0:
+            raise ValueError("logreg chooses its L2 strength on the validation day: no "
+                             "validation rows given")
+        self.check_features(valid)
+        self._fit_encoding(train)
+        Xt = design_matrix(train, self.tables, self.n_onehot, self.num_mean, self.num_std)
+        sub = path_rows(y, int(self.hparams["path_rows"]), self.train_cfg.seed)
+        path = self._regularisation_path(Xt if sub is None else Xt[sub],
+                                         y if sub is None else y[sub], valid, yv, grid)
+        best = min(path, key=lambda step: step["val_loss"])
+        self.chosen_c = best["C"]
+        final = best if sub is None else self._fit_point(
+            Xt, y, valid, yv, self.chosen_c, best["clf"],
+            (float(self.hparams["refit_tol"]), int(self.hparams["refit_max_iter"])))
+        self._set_weights(final["clf"])
+        text = ", ".join(f"C={s['C']:g}: {s['val_loss']:.4f}" for s in path)
+        rows = f"{len(y)} rows" if sub is None else f"path on {len(sub)} of {len(y)} rows"
+        print(f"logreg: L2 strength C={self.chosen_c:g} chosen on the validation day "
+              f"(natural-weighted log-loss; {rows}: {text}); {Xt.shape[1]} columns; "
+              f"final validation log-loss {final['val_loss']:.4f}")
+        steps = path + ([] if sub is None else [final])
+        return {"epochs": int(sum(s["n_iter"] for s in steps)),
+                "best_val_loss": float(final["val_loss"]), "C": self.chosen_c,
+                "c_path": [{k: s[k] for k in ("C", "val_loss", "n_iter", "seconds")}
+                           for s in path]}
+
+    def _fit_encoding(self, train: Mapping[str, np.ndarray]) -> None:
+        """One-hot columns and the numeric standardisation, from the training rows."""
+        self.tables, self.n_onehot = fit_columns(train, self.encoders,
+                                                 int(self.hparams["min_count"]))
+        num = np.column_stack([np.asarray(train[f], dtype=np.float64)
+                               for f in features.NUMERIC_FEATURES])
+        num = np.where(np.isfinite(num), num, np.nan)
+        with warnings.catch_warnings():  # an all-missing column: mean 0, std 1
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.num_mean = np.nan_to_num(np.nanmean(num, axis=0))
+            std = np.nan_to_num(np.nanstd(num, axis=0))
+        self.num_std = np.where(std > 0, std, 1.0)
+
+    def _regularisation_path(self, Xt: Any, y: np.ndarray, valid: Mapping[str, np.ndarray],
+                             yv: np.ndarray, grid: list[float]) -> list[dict]:
+        """Fit along ``grid`` (each point warm-started from the previous one), each scored on
+        validation; stops after ``PATH_PATIENCE`` points without improvement."""
+        path: list[dict] = []
+        previous = None
+        for c in grid:
+            path.append(self._fit_point(Xt, y, valid, yv, c, previous))
+            previous = path[-1]["clf"]
+            best = min(s["val_loss"] for s in path)
+            if len(path) > PATH_PATIENCE and all(s["val_loss"] > best
+                                                 for s in path[-PATH_PATIENCE:]):
+                break
+        return path
+
+    def _fit_point(self, Xt: Any, y: np.ndarray, valid: Mapping[str, np.ndarray],
+                   yv: np.ndarray, c: float, start: Any = None,
+                   stop: tuple[float, int] | None = None) -> dict:
+        """One L-BFGS fit at inverse L2 strength ``c`` (from ``start``'s coefficients when
+        given; ``stop`` = (tol, max_iter), default the path's), scored by the natural-weighted
+        log-loss of the validation rows."""
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
+
+        t0 = time.perf_counter()
+        tol, max_iter = stop or (float(self.hparams["tol"]), int(self.hparams["max_iter"]))
+        clf = LogisticRegression(solver="lbfgs", C=c, max_iter=max_iter, tol=tol,
+                                 warm_start=start is not None)
+        if start is not None:
+            clf.coef_, clf.intercept_ = start.coef_.copy(), start.intercept_.copy()
+        with warnings.catch_warnings(), threadpool_limits(1):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(Xt, y)
+        self._set_weights(clf)
+        p = self._natural(self._predict_raw(valid)["age_gender"])
+        # natural weights of the validation rows: the champion rule's log-loss
+        weights = self.prior_ratio["age_gender"][yv]
+        picked = np.maximum(p[np.arange(len(yv)), yv], pr.PROB_FLOOR)
+        return {"C": c, "clf": clf, "n_iter": int(np.max(clf.n_iter_)),
+                "val_loss": float(np.sum(-np.log(picked) * weights) / np.sum(weights)),
+                "seconds": time.perf_counter() - t0}
+
+    def _set_weights(self, clf: Any) -> None:
+        """Coefficients of a fitted classifier over all AgeGender classes: a class absent from
+        training gets a -inf-like intercept (probability ~0, as for gbdt)."""
+        k = self.n_classes["age_gender"]
+        classes = np.asarray(clf.classes_, dtype=np.int64)
+        coef = clf.coef_ if len(classes) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
+        intercept = (clf.intercept_ if len(classes) > 2
+                     else np.array([-clf.intercept_[0], clf.intercept_[0]]) / 2)
+        self.coef = np.zeros((coef.shape[1], k))
+        self.coef[:, classes] = coef.T
+        self.intercept = np.full(k, np.log(pr.PROB_FLOOR))
+        self.intercept[classes] = intercept
+
+    def _natural(self, logits: np.ndarray) -> np.ndarray:
+        """Validation probabilities moved to the natural priors (as ``predict_proba`` does)."""
+        p = pr.apply_temperature(logits, 1.0)
+        return pr.correct_priors(p, self.train_cfg.prior_correction,
+                                 self.priors["train"]["age_gender"],
+                                 self.priors["natural"]["age_gender"])
+
+    def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.coef is None or self.intercept is None:
+            raise RuntimeError("logreg is not fitted")
+        logits = np.broadcast_to(self.intercept, (len(X[features.FEATURE_NAMES[0]]),
+                                                  len(self.intercept))).copy()
+        for name in features.CATEGORICAL_FEATURES:
+            logits += self.coef[self.tables[name][np.asarray(X[name], dtype=np.int64)]]
+        logits += _numeric(X, self.num_mean, self.num_std) @ self.coef[self.n_onehot:]
+        return {"age_gender": logits}
+
+    def _save_weights(self, folder: str) -> dict:
+        if self.coef is None or self.intercept is None:
+            raise RuntimeError("logreg is not fitted")
+        np.savez(os.path.join(folder, MODEL_FILE), coef=self.coef, intercept=self.intercept,
+                 num_mean=self.num_mean, num_std=self.num_std,
+                 **{f"table__{f}": t for f, t in self.tables.items()})
+        return {"model_file": MODEL_FILE, "n_onehot": int(self.n_onehot), "C": self.chosen_c}
+
+    def _load_weights(self, folder: str, meta: Mapping[str, Any]) -> None:
+        with np.load(os.path.join(folder, meta.get("model_file", MODEL_FILE))) as z:
+            self.coef, self.intercept = z["coef"], z["intercept"]
+            self.num_mean, self.num_std = z["num_mean"], z["num_std"]
+            self.tables = {f: z[f"table__{f}"] for f in features.CATEGORICAL_FEATURES}
+        self.n_onehot = int(meta["n_onehot"])
+        self.chosen_c = meta.get("C")
