@@ -179,19 +179,22 @@ def _with_partitions(spark: Any, sdf: Any, handed: dict[str, str], table: TableS
             .join(F.broadcast(mapping), "_file", "left").drop("_file"))
 
 
-def read_table(spark: Any, files: Sequence[str], table: TableSpec) -> tuple[Any, list[str]]:
+def read_table(spark: Any, files: Sequence[str], table: TableSpec,
+               report: bool = True) -> tuple[Any, list[str]]:
     """Read ``files`` of ``table`` into one normalised Spark frame; also return extra columns.
 
     Files are read in groups of identical stored types with an explicit schema (no inference
     job), so a file with a column of the wrong type is read as stored and caught by the
     explicit cast in ``normalize``. Nanosecond timestamps are read as integers and converted
     (Spark refuses them as timestamps). Partition columns come from the listed paths. Extra
-    columns and naive timestamps are printed to the step's log.
+    columns and naive timestamps are printed to the step's log (``report=False``: a re-read of
+    files a step already reported on).
     """
     from pyspark.sql import functions as F
 
     groups, extras = inspect_files(files, table)
-    _print_read_notes(table, groups, extras)
+    if report:
+        _print_read_notes(table, groups, extras)
     frames = []
     for key, group_files in sorted(groups.items()):
         # a column absent from the files reads as null: it gives a file without any

@@ -78,14 +78,8 @@ def _types_read_as(read_as: str) -> str:
     return ", ".join(f"`{a}`" for a, r in ARROW_READ_TYPES.items() if r == read_as)
 
 
-def render_producers() -> str:
-    # Long on purpose: it is one page of prose (the producers section of the contract).
-    """What producers may write and what each problem gets (``source_layout``,
-    ``parquet_footers``, ``contract_read``, ``errors``)."""
-    ints = ", ".join(f"`{a}`" for a, r in ARROW_READ_TYPES.items()
-                     if r in ("tinyint", "smallint", "int", "bigint", "decimal(20,0)"))
-    return "\n".join([
-        "## What producers may write", "",
+def _producer_files() -> list[str]:
+    return [
         "### Files", "",
         "- Any Parquet writer: pandas / pyarrow, Spark (`df.write.parquet`, also "
         "`partitionBy(\"date\", \"hour\")` into `impressions/`), Hive, Impala. File names are "
@@ -93,10 +87,19 @@ def render_producers() -> str:
         "- Side files are skipped the way Spark's readers skip them: names starting with `_` "
         "(unless they hold `=`) or `.`, `*.crc`, `*._COPYING_`, and everything inside such "
         "folders — `_SUCCESS`, `_committed_*`, `_started_*`, `.part-….crc`, `_temporary/`, "
-        "`.hive-staging…/`.",
+        "`.hive-staging…/`. A stale `.NAME.crc` beside a rewritten file does not matter: "
+        "sessions pythia starts read local files without Hadoop's client-side checksums (a "
+        "cluster that still checks them gets an error naming the `.crc` to remove).",
         "- Every other file in a table folder must be Parquet. One that is not (a CSV, an "
         "empty 0-byte file, a damaged footer) stops the step with one line naming the file: "
         "remove it or move it out of the source.", "",
+    ]
+
+
+def _producer_types() -> list[str]:
+    ints = ", ".join(f"`{a}`" for a, r in ARROW_READ_TYPES.items()
+                     if r in ("tinyint", "smallint", "int", "bigint", "decimal(20,0)"))
+    return [
         "### Column types", "",
         "The Parquet footer of each file decides how its columns are read (files of different "
         "stored types can be mixed); a value that does not fit the contract column is "
@@ -120,6 +123,11 @@ def render_producers() -> str:
         f"over {MAX_SPARK_DECIMAL_PRECISION} digits) stops the step with one line naming the "
         "file, the column and the fix. Extra columns of any type are ignored and named in the "
         "log; pandas' index (`__index_level_N__`) is ignored silently.", "",
+    ]
+
+
+def _producer_partitions_and_errors() -> list[str]:
+    return [
         "### Partition folders (`impressions/`)", "",
         "- `date=YYYY-MM-DD` (zero-padded) and `hour=H` or `hour=HH` with H in 0..23: "
         "`hour=5` and `hour=05` are the same partition (both read). Folders below an hour "
@@ -145,7 +153,14 @@ def render_producers() -> str:
         "(`spark.sql.files.ignoreCorruptFiles=false`, `ignoreMissingFiles=false`) and read "
         "dates as written (`CORRECTED` rebase modes), so a sentinel like `0001-01-01` is a "
         "value to validate, not a read failure.", "",
-    ])
+    ]
+
+
+def render_producers() -> str:
+    """What producers may write and what each problem gets (``source_layout``,
+    ``parquet_footers``, ``contract_read``, ``errors``)."""
+    return "\n".join(["## What producers may write", "", *_producer_files(),
+                      *_producer_types(), *_producer_partitions_and_errors()])
 
 
 def render_data_contract() -> str:

@@ -27,8 +27,8 @@ ARROW_READ_TYPES = {
 }
 MAX_SPARK_DECIMAL_PRECISION = 38
 NOT_PARQUET_FIX = ("remove it or move it out of the source (a table folder may hold only "
-                   "Parquet files and the side files Spark skips: names starting with _ or ., "
-                   "and *.crc)")
+                   "Parquet files and the side files Spark skips: names starting with _ or . "
+                   "and names ending in .crc)")
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,13 @@ def test_log_names_extras_and_naive_timestamps_but_not_pandas_index(run):
 
 
 @pytest.mark.spark
+def test_a_re_read_can_stay_quiet(spark, run, capsys):
+    files = contract_read.list_partition_files(run["root"], [D], [4])[(D.isoformat(), 4)]
+    _, extras = contract_read.read_table(spark, files, contract.IMPRESSIONS, report=False)
+    assert extras == ["segments"] and capsys.readouterr().out == ""
+
+
+@pytest.mark.spark
 def test_bad_partition_folders_are_counted_quarantine_entries(run):
     got = {(os.path.relpath(e["folder"], join(run["root"], "impressions")), e["problem"],
             e["files"], e["rows"]) for e in run["partitions"]["partitions"]}

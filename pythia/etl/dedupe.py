@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import warnings
 from typing import Any, Mapping, Sequence
 
 from pythia import contract_read
@@ -112,9 +111,8 @@ def write_quarantine(spark: Any, source: str, losers_path: str, quarantine_uri: 
     found = contract_read.list_partition_files(
         source, sorted({dt.date.fromisoformat(d) for d, _ in parts}), sorted({h for _, h in parts}))
     files = [f for key in parts for f in found.get(key, [])]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # extra columns were reported by the etl_hour tasks
-        raw, _ = contract_read.read_table(spark, files, IMPRESSIONS)
+    # extra columns and naive-timestamp notes were reported by the etl_hour tasks already
+    raw, _ = contract_read.read_table(spark, files, IMPRESSIONS, report=False)
     rows = (raw.withColumn(CONTENT_HASH, hourly.content_hash())
             .join(losers, list(ROW_KEY), "left_semi")
             .dropDuplicates(list(ROW_KEY))  # byte-identical copies: one was the task's survivor
