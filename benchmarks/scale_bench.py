@@ -316,7 +316,8 @@ def print_table(scales: list[float], runs: list[dict[str, dict]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="default", help="synthetic preset scaled (default, tiny, …)")
+    ap.add_argument("--preset", default="default",
+                    help="the synthetic preset to scale (default, tiny, …)")
     ap.add_argument("--scales", default="1,2,4,8", help="comma-separated multiples of the preset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default="all", help="the flow's --models")
