@@ -15,10 +15,11 @@ a measuring parent that collects it and every descendant (its Spark JVM) and the
 single process: the step's Python or its JVM) and rows/s (the step's own input rows). Foreach
 steps add their tasks' wall and CPU (run one at a time here) and keep the largest RSS.
 
-Per step it then fits the growth exponent b of wall = a * s^b and of peak RSS (log-log least
-squares; 1.0 = linear, 0 = flat) and the fixed cost per run: the intercept c0 of
-wall = c0 + c1 * s. Not a test: nothing fails on a slow machine; the RSS ratio column compares
-each step's peak RSS at the largest scale with the smallest.
+Per step it then fits the growth exponent b of wall = a * n^b (and of CPU and peak RSS), n the
+world's impressions (log-log least squares; 1.0 = linear, 0 = flat), and the fixed cost per
+run: the intercept c0 of wall = c0 + c1 * n. Not a test: nothing fails on a slow machine; the
+RSS ratio column compares each step's peak RSS at the largest scale with the smallest.
+``--replot DIR`` prints the tables again from a kept run's ``results.json``.
 """
 from __future__ import annotations
 
@@ -289,7 +290,13 @@ def print_table(scales: list[float], runs: list[dict[str, dict]]) -> None:
             rate = f"{rows / st['wall_s']:10.0f}" if rows and st["wall_s"] > 0 else f"{'-':>10s}"
             print(f"{name:16s} {scale:6g} {rows if rows is not None else '-':>10} "
                   f"{st['wall_s']:8.1f} {st['cpu_s']:8.1f} {st['rss_mb']:8.0f} {rate}")
+    # a world of s x the users has about s x the impressions; fit against what it really has
+    imps = [r["_world"]["impressions"] for r in runs]
+    size = [n / imps[0] for n in imps]
     print()
+    print("impressions per scale: " + ", ".join(f"{s:g}x={n}" for s, n in zip(scales, imps)))
+    print("growth exponents b of value ~ impressions^b (1 = linear, 0 = flat); fixed s = wall "
+          "at zero impressions (linear fit)")
     print(f"{'step':16s} {'exp wall':>8s} {'exp cpu':>8s} {'exp RSS':>8s} {'RSS max/min':>11s} "
           f"{'fixed s':>8s}")
     total_fixed = 0.0
@@ -297,21 +304,20 @@ def print_table(scales: list[float], runs: list[dict[str, dict]]) -> None:
         wall = [r[name]["wall_s"] for r in runs]
         cpu = [r[name]["cpu_s"] for r in runs]
         rss = [r[name]["rss_mb"] for r in runs]
-        fixed = fit_fixed(scales, wall)
+        fixed = fit_fixed(size, wall)
         total_fixed += fixed if math.isfinite(fixed) else 0.0
-        print(f"{name:16s} {fit_exponent(scales, wall):8.2f} {fit_exponent(scales, cpu):8.2f} "
-              f"{fit_exponent(scales, rss):8.2f} {rss[-1] / rss[0] if rss[0] else float('nan'):11.2f} "
-              f"{fixed:8.1f}")
+        ratio = rss[-1] / rss[0] if rss[0] else float("nan")
+        print(f"{name:16s} {fit_exponent(size, wall):8.2f} {fit_exponent(size, cpu):8.2f} "
+              f"{fit_exponent(size, rss):8.2f} {ratio:11.2f} {fixed:8.1f}")
     totals = [sum(r[n]["wall_s"] for n in STEPS) for r in runs]
-    print(f"{'whole run':16s} {fit_exponent(scales, totals):8.2f} {'':8s} {'':8s} {'':11s} "
+    print(f"{'whole run':16s} {fit_exponent(size, totals):8.2f} {'':8s} {'':8s} {'':11s} "
           f"{total_fixed:8.1f}")
-    imps = [r["_world"]["impressions"] for r in runs]
-    print("impressions per scale: " + ", ".join(f"{s:g}x={n}" for s, n in zip(scales, imps)))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="default", help="synthetic preset scaled (default, tiny, …)")
+    ap.add_argument("--preset", default="default",
+                    help="the synthetic preset to scale (default, tiny, …)")
     ap.add_argument("--scales", default="1,2,4,8", help="comma-separated multiples of the preset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default="all", help="the flow's --models")
@@ -321,7 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="folder for worlds and run files "
                     "(default: a temporary folder, removed unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the worlds and run files")
+    ap.add_argument("--replot", default=None, metavar="DIR",
+                    help="only print the tables of a kept run (its results.json)")
     args = ap.parse_args(argv)
+    if args.replot:
+        with open(os.path.join(args.replot, "results.json")) as f:
+            saved = json.load(f)
+        print_table(saved["scales"], saved["runs"])
+        return 0
     scales = sorted(float(s) for s in args.scales.split(","))
     workdir = args.workdir or tempfile.mkdtemp(prefix="scale-bench-")
     print(f"scale_bench: preset {args.preset} x {scales}; models {args.models}, regions "
@@ -329,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.hours_per_task}; files under {workdir}", flush=True)
     try:
         runs = [run_scale(s, args, workdir) for s in scales]
+        if args.keep or args.workdir:
+            with open(os.path.join(workdir, "results.json"), "w") as f:
+                json.dump({"args": vars(args), "scales": scales, "runs": runs}, f, indent=1)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -141,8 +141,8 @@ def test_streaming_rejects_bad_inputs_with_one_line_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"mlp/global#0: predictions lack column 'impression_id'"):
         score_streaming([broken], manifest, EDGES)
     with pytest.raises(ValueError, match="lacks split"):
-        score_streaming(candidates, dict(manifest, paths={VALIDATION: manifest["paths"][VALIDATION]}),
-                        EDGES)
+        only_validation = {VALIDATION: manifest["paths"][VALIDATION]}
+        score_streaming(candidates, dict(manifest, paths=only_validation), EDGES)
     with pytest.raises(ValueError, match="age edges"):
         score_streaming(candidates, manifest, (18, 40))
     with pytest.raises(ValueError, match="bucket_rows"):

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-DEFAULT_BUFFER_ROWS = 262_144  # rows held back in memory across all buckets before writing
+DEFAULT_BUFFER_ROWS = 65_536  # rows held back in memory across all buckets before writing
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 

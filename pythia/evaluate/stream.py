@@ -34,7 +34,7 @@ from pythia.evaluate.slices import (NATURAL_NO_POWER_USERS, SPLIT_OF_TEST_SET, T
                                     Aligned, align, candidate_key, candidate_label,
                                     check_candidates, eval_regions_of, slice_masks)
 from pythia.evaluate.sums import BAYES_KEY, SliceSums, tables_of
-from pythia.features import (IMPRESSION_ID, TARGETS, USER_ID, VALIDATION, Y_AGE_GENDER,
+from pythia.features import (IMPRESSION_ID, SPLIT, TARGETS, USER_ID, VALIDATION, Y_AGE_GENDER,
                              class_labels)
 
 DEFAULT_BUCKET_ROWS = 100_000  # split rows per bucket: bounds evaluate's working set
@@ -84,6 +84,8 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
     n_buckets = max(1, math.ceil(n_rows / bucket_rows))
     sums = SliceSums(edges, (PROVIDER, TRUTH) if world is not None else (PROVIDER,))
     scratch = tempfile.mkdtemp(prefix="pythia-evaluate-", dir=scratch_dir)
+    print(f"evaluate: {n_rows} split rows and {len(candidates)} candidates' predictions in "
+          f"{n_buckets} bucket(s) under {scratch}")
     try:
         rows_dirs = _stage_rows(split_manifest, splits, world, edges, n_buckets, scratch)
         pred_dirs = [_stage_predictions(c, i, scratch, n_buckets)
@@ -243,7 +245,7 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
         table = buckets.read_bucket(folder, b)
         if table is None:
             table = (schema or pa.schema([(IMPRESSION_ID, pa.string()),
-                                          ("split", pa.string())])).empty_table()
+                                          (SPLIT, pa.string())])).empty_table()
         aligned: dict[str, Aligned] = {}
         for test_set in ALL_TEST_SETS:
             frame = frames.get(SPLIT_OF_TEST_SET[test_set])
