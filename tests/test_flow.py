@@ -281,7 +281,7 @@ def test_skewed_world_runs_with_default_parameters(flow_env):
     champ = data.champions.set_index("region").loc["global"]
     metrics = data.metrics
     natural = metrics[(metrics["test_set"] == "natural") & (metrics["label_source"] == "provider")
-                      & (metrics["metric"] == "logloss") & (metrics["target"] == "age_gender")
+                      & (metrics["metric"] == "log_loss") & (metrics["target"] == "age_gender")
                       & (metrics["eval_region"] == "global") & (metrics["region"] == "global")]
     by_model = natural.groupby("model")["value"].min()
     if champ["blessed"]:
