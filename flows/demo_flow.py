@@ -120,7 +120,7 @@ class DemoFlow(FlowSpec):
     def join_hours(self, inputs):
         """Power users, resampling from global class counts, the four splits, reconciliation."""
         self.merge_artifacts(inputs, include=["params", "source_path", "window", "gaps",
-                                              "provider_choice", "provider_map",
+                                              "provider_choice", "provider_map", "provider_warnings",
                                               "labels_manifest", "run_root"])
         self.hour_manifests = sorted((i.manifest for i in inputs), key=lambda m: m["hours"])
         (self.split_manifest, self.reconciliation, self.resample_rates,
