@@ -697,6 +697,22 @@ def test_train_grid_regions_models_and_configs(fake_tfrecords, capsys):
         train_grid(["xgb"], None, fake_tfrecords, search=0, seed=0)
 
 
+def test_validation_class_weights_undo_the_validation_resampling():
+    from pythia.models.train import validation_class_weights
+
+    by_gender = {"rates": {"validation": {"0": 1.0, "1": 0.25}, "train": {"0": 0.5}},
+                 "resample_target": "gender"}
+    assert validation_class_weights(by_gender, N_AGE) == [1.0] * N_AGE + [4.0] * N_AGE
+    joint = {"rates": {"validation": {"2": 0.5}}, "resample_target": "age_gender"}
+    assert validation_class_weights(joint, N_AGE) == [1.0, 1.0, 2.0, 1.0, 1.0, 1.0]
+    assert validation_class_weights({}, N_AGE) == [1.0] * 6  # not resampled
+    model = MODELS["logreg"](make_encoders(), {}, FAST)
+    model.valid_class_weights = np.asarray(validation_class_weights(by_gender, N_AGE))
+    np.testing.assert_array_equal(model.validation_weights(np.array([0, 5, 3])), [1, 4, 4])
+    with pytest.raises(ValueError, match="resample_target 'device'"):
+        validation_class_weights({"resample_target": "device"}, N_AGE)
+
+
 def test_train_grid_drops_a_region_with_the_global_rows(capsys):
     """All training rows in one region (e.g. OTHER): its candidates would be the global ones."""
     from pythia.models import train_grid
