@@ -558,6 +558,16 @@ def test_sample_configs_deterministic_distinct_and_defaults_first():
         sample_configs("mlp", -1, 0)
 
 
+def test_sample_configs_of_a_small_space_draws_it_whole(capsys):
+    space = get_model("logreg").search_space()
+    size = math.prod(len(v) for v in space.values())
+    configs = sample_configs("logreg", size + 3, seed=0)
+    assert len(configs) == size + 1 and configs[0] == {}
+    assert len({str(sorted(c.items())) for c in configs[1:]}) == size
+    assert f"logreg has {size} distinct configs" in capsys.readouterr().out
+    assert len(sample_configs("logreg", 2, seed=0)) == 3  # negative case: no cap below size
+
+
 def test_best_config_picks_lowest_age_gender_logloss():
     results = [{"config_id": 0, "val_logloss": {"age_gender": 1.2}},
                {"config_id": 1, "val_logloss": {"age_gender": 0.9}},
