@@ -1,12 +1,13 @@
-"""Bid-time scoring latency and throughput: the NumPy bundle scorer vs the Keras model.
+"""Bid-time scoring latency and throughput: the NumPy bundle scorer, ONNX Runtime, the Keras model.
 
 Trains a small MLP of realistic shape (default hparams: 17 embedding tables, trunk 256-128) on
 random data, exports it as a bundle, then measures in one run: single-request latency (p50/p99,
 feature encoding included) and batched throughput of ``Scorer``, float32 vs float64, against a
-plain NumPy forward pass (per-table gathers + concat) and against the Keras model called through
-a ``tf.function`` with a fixed input signature and through ``model(x)``. Prints ratios.
-Threads are pinned to 1 (one core); the heap is ``gc.freeze()``-d before latency loops, as a
-bidder would after loading. Usage::
+plain NumPy forward pass (per-table gathers + concat), against the bundle's ONNX export run by
+ONNX Runtime in-process (one intra-op thread; ``pythia.scoring.onnx_export``) and against the
+Keras model called through a ``tf.function`` with a fixed input signature and through
+``model(x)``. Prints ratios. Threads are pinned to 1 (one core); the heap is ``gc.freeze()``-d
+before latency loops, as a bidder would after loading. Usage::
 
     python benchmarks/scoring_bench.py                 # train a model, bundle it, measure
     python benchmarks/scoring_bench.py --bundle PATH   # measure a bundle (Keras too if its
@@ -258,6 +259,11 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
         results[key], results[key + "_median"] = best, median
         print(f"  {label:32s} {best:10,.0f} / {median:10,.0f}")
 
+    try:
+        _measure_onnx(bundle, export, encoded, batches, enc_batches, single, results)
+    except ImportError as exc:
+        print(f"\n(ONNX Runtime comparison skipped: {exc})")
+
     if model_dir:
         _measure_keras(model_dir, enc_batches, pairs, args, results)
     else:
@@ -274,12 +280,68 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
         print(f"  model(x) p50 / Scorer.score p50     {results['model_call_p50'] / p50:8.1f}x")
         print(f"  Scorer rows/s / tf.function rows/s  "
               f"{results['arrays_float32'] / results['tf_function_rows']:8.2f}x")
+    if "onnx_rows" in results:
+        print(f"  ONNX Runtime / fused NumPy forward, batched  "
+              f"{results['onnx_rows'] / results['fused_rows']:6.2f}x")
+        print(f"  score_arrays [onnx] / [numpy float32]        "
+              f"{results['arrays_onnx'] / results['arrays_float32']:6.2f}x")
+        print(f"  ONNX Runtime predict p50 / fused predict_one p50 (1 row) "
+              f"{results['onnx_one_p50'] / results['fused_p50']:6.2f}x")
+    if "onnx_rows" in results and "tf_function_rows" in results:
+        tf_rows, tf_p50 = results["tf_function_rows"], results["tf_function_p50"]
+        print(f"  ONNX Runtime forward rows/s / tf.function rows/s   "
+              f"{results['onnx_rows'] / tf_rows:6.2f}x   (both pre-encoded)")
+        print(f"  score_arrays [onnx] rows/s / tf.function rows/s    "
+              f"{results['arrays_onnx'] / tf_rows:6.2f}x   (Scorer encodes, tf.function not)")
+        print(f"  tf.function p50 / ONNX Runtime predict p50 (1 row) "
+              f"{tf_p50 / results['onnx_one_p50']:6.1f}x   (both pre-encoded)")
+        print(f"  tf.function p50 / Scorer.score [onnx, all ORT] p50 "
+              f"{tf_p50 / results['onnx_score_p50']:6.1f}x")
     print("\n-- goals: p50 <= 50 us, p99 <= 150 us, >= 100k rows/s, >= 10x tf.function at p50")
     print(f"  p50 {results['score_p50_float32']:.1f} us, p99 {results['score_p99_float32']:.1f} us,"
           f" {results['arrays_float32']:,.0f} rows/s best call "
           f"({results['arrays_float32_median']:,.0f} median); forward alone "
           f"{results['fused_rows']:,.0f} rows/s")
+    if "onnx_rows" in results and "tf_function_rows" in results:
+        # Issue 16: the bundle's batched path >= tf.function batched; one request >= 10x.
+        tf_rows = results["tf_function_rows"]
+        best_batched = max(results["arrays_onnx"], results["arrays_float32"])
+        print(f"  batched: bundle's best path {best_batched:,.0f} rows/s (encoding included) vs "
+              f"tf.function {tf_rows:,.0f} (pre-encoded) = {best_batched / tf_rows:.2f}x; "
+              f"forward alone ORT {results['onnx_rows'] / tf_rows:.2f}x")
+        print(f"  one request: tf.function p50 / Scorer.score p50 = "
+              f"{results['tf_function_p50'] / results['score_p50_float32']:.1f}x (goal >= 10x)")
     return 0
+
+
+def _measure_onnx(bundle: str, export: dict, encoded: list, batches: list,
+                  enc_batches: list, single: list, results: dict) -> None:
+    """The same model through ONNX Runtime: forward alone, and behind the Scorer's encoder."""
+    import onnxruntime
+
+    from pythia.scoring.onnx_export import OnnxMLP, build_onnx_model, load_onnx_scorer
+
+    encoders = Scorer.load(bundle).encoders
+    t0 = time.perf_counter()
+    engine = OnnxMLP(build_onnx_model(export, encoders), threads=1)
+    built = time.perf_counter() - t0
+    print(f"\n-- ONNX Runtime {onnxruntime.__version__}, 1 intra-op thread (graph built + "
+          f"session in {built:.2f}s), microseconds")
+    p50, p99 = time_single(lambda e: engine.predict_one(e[0], e[1]), encoded, repeats=2)
+    results["onnx_one_p50"] = p50
+    print(f"  ORT predict, 1 row (encoded)  p50 {p50:8.1f}   p99 {p99:8.1f}")
+    pure = load_onnx_scorer(bundle, numpy_for_small=False)  # every call on ORT
+    p50, p99 = time_single(pure.score, single)
+    results["onnx_score_p50"], results["onnx_score_p99"] = p50, p99
+    print(f"  Scorer.score [onnx, all ORT]  p50 {p50:8.1f}   p99 {p99:8.1f}")
+    best, median = time_rows_per_s(lambda p: engine.predict(*p), enc_batches)
+    results["onnx_rows"], results["onnx_rows_median"] = best, median
+    print(f"  ORT forward batched rows/s     {best:10,.0f} / {median:10,.0f} (best / median)")
+    hybrid = load_onnx_scorer(bundle)  # batches on ORT, single requests on NumPy
+    best, median = time_rows_per_s(hybrid.score_arrays, batches)
+    results["arrays_onnx"], results["arrays_onnx_median"] = best, median
+    print(f"  Scorer.score_arrays [onnx]     {best:10,.0f} / {median:10,.0f} (encoding "
+          f"included)")
 
 
 def _measure_keras(model_dir: str, enc_batches: list, pairs: list, args: argparse.Namespace,

@@ -14,6 +14,10 @@ _DEFAULT_WORKERS = str(max(1, (os.cpu_count() or 2) // 2))
 for _cmd in ("RUN", "RESUME"):
     os.environ.setdefault(f"METAFLOW_{_cmd}_MAX_WORKERS", _DEFAULT_WORKERS)
 
+from pythia import quiet  # noqa: E402
+
+quiet.install()  # Spark/TensorFlow start-up noise off unless PYTHIA_VERBOSE=1
+
 from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # noqa: E402
                       schedule, step)
 
@@ -77,7 +81,7 @@ class DemoFlow(FlowSpec):
         """Validate parameters, resolve the source and the window."""
         values = {p.name: getattr(self, p.name) for p in PARAMETERS}
         self.params = RunParams.build(values, DeployConfig.from_mapping(self.config),
-                                      model_names=models.MODEL_NAMES)
+                                      model_names=models.MODEL_NAMES).compiled()
         self.source_path, self.window, self.gaps = source.resolve(
             self.params, scheduled=source.is_scheduled_run(current.run_id))
         self.run_root = self.paths.base
@@ -173,8 +177,13 @@ class DemoFlow(FlowSpec):
             baseline_models=evaluate.baseline_models_of(self.candidates))
         self.bundle_path = scoring.export_champions(chosen, self.encoders, self.params.geo,
                                                     current.pathspec, self.paths.bundle)
-        print(runs.summary_text(self, current.flow_name, current.run_id,
-                                os.path.relpath(__file__)))
+        print(runs.summary_text(self, current.flow_name, current.run_id, _flow_file()))
+
+
+def _flow_file() -> str:
+    """This file as the user can type it from the folder the run started in."""
+    rel = os.path.relpath(os.path.abspath(__file__))
+    return os.path.abspath(__file__) if rel.startswith("..") else rel
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`pythia …` console commands: synth, ingest, runs, report, timings, score, bench.
+"""`pythia …` console commands: synth, ingest, runs, report, timings, score, serve, bench.
 
 Imports are lazy so each command only pays for what it uses (the scorer never loads TensorFlow).
 """
@@ -45,7 +45,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from pythia.scoring import run_score_cli
     from pythia.runs import bundle_path_of_run
     bundle = args.bundle or bundle_path_of_run(args.run, flow_name=args.flow)
-    return run_score_cli(bundle, sys.stdin, sys.stdout)
+    return run_score_cli(bundle, sys.stdin, sys.stdout, format=args.format)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pythia.runs import bundle_path_of_run
+    from pythia.scoring.serve import run_server
+    bundle = args.bundle or bundle_path_of_run(args.run, flow_name=args.flow)
+    return run_server(bundle, args.host, args.port, engine=args.engine, workers=args.workers,
+                      watch_seconds=args.watch, admin=args.admin, log_level=args.log_level)
 
 
 def _benchmarks_dir() -> Path:
@@ -78,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="generate a synthetic world in the data-contract layout")
-    p.add_argument("--preset", default="default", help="tiny | default | large")
+    p.add_argument("--preset", default="default",
+                   help="tiny | default | skewed (40 countries, small skewed label set) | large")
     p.add_argument("--out", required=True, help="output folder or s3:// prefix")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--openrtb", default=None, metavar="DIR",
@@ -113,7 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bundle", help="bundle folder (a run's `bundle_path` artifact)")
     g.add_argument("--run", default=None, help="run id whose bundle to use (default: latest)")
     p.add_argument("--flow", default="DemoFlow")
+    p.add_argument("--format", choices=("contract", "openrtb"), default="contract",
+                   help="input lines: our request dicts, or OpenRTB bid requests "
+                        '({"ts": …, "request": BidRequest}); openrtb scores every imp')
     p.set_defaults(func=_cmd_score)
+
+    from pythia.scoring.serve import add_serve_arguments
+    p = sub.add_parser("serve", help="serve a bundle over HTTP: POST /score (our request or "
+                                     "OpenRTB), GET /healthz, GET /version; hot reload")
+    add_serve_arguments(p)
+    p.add_argument("--run", default=None, help="run id whose bundle to serve (default: latest)")
+    p.add_argument("--flow", default="DemoFlow")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="run benchmarks/*_bench.py (from a source checkout)")
     p.add_argument("names", nargs="*", help="e.g. tfrecord scoring etl synth quality")

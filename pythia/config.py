@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from pythia import geo
+from pythia.geo.geography import Geography  # noqa: F401  (config objects live here)
 from pythia.paths import default_data_root
 
 # Default age bucket edges (years). A bucket is [edge_i, edge_{i+1}); the last one is open.
@@ -21,33 +23,16 @@ DEFAULT_AGE_EDGES: tuple[int, ...] = (18, 25, 35, 45, 55, 65)
 MIN_VALID_AGE = 13
 MAX_VALID_AGE = 110
 
-# Country -> model region. Countries absent here fall into OTHER_REGION and are scored by the
-# global model. Users with other geographies pass their own map to the flow (`region_map`).
-DEFAULT_REGION_OF_COUNTRY: Mapping[str, str] = {
-    "US": "NA", "CA": "NA", "MX": "NA",
-    "GB": "EU", "DE": "EU", "FR": "EU", "ES": "EU",
-    "JP": "APAC", "AU": "APAC", "IN": "APAC",
-    "BR": "LATAM", "AR": "LATAM",
-}
-OTHER_REGION = "OTHER"
+OTHER_REGION = geo.OTHER_REGION  # countries no map knows; scored by the global model
 GLOBAL_REGION = "global"
-
-# Fixed UTC offsets (minutes) used to derive local hour/day-of-week. Daylight saving time is
-# deliberately ignored: a constant one-hour shift for part of the year is learnable noise, and
-# a fixed table keeps the bid-time scorer free of tz databases. Unknown countries use UTC.
-DEFAULT_UTC_OFFSET_MINUTES: Mapping[str, int] = {
-    "US": -300, "CA": -300, "MX": -360,
-    "GB": 0, "DE": 60, "FR": 60, "ES": 60,
-    "JP": 540, "AU": 600, "IN": 330,
-    "BR": -180, "AR": -180,
-}
 
 TRAIN_DAYS = 3  # oldest days of the window
 VALIDATION_DAYS = 1
 TEST_DAYS = 1  # the most recent day == `date`
 WINDOW_DAYS = TRAIN_DAYS + VALIDATION_DAYS + TEST_DAYS
 
-RESAMPLE_MODES = ("balanced", "natural", "sqrt")
+# Class resampling (etl.splits); ``auto`` picks balanced/sqrt/natural from the train counts.
+RESAMPLE_MODES = ("auto", "balanced", "natural", "sqrt")
 
 
 @dataclass(frozen=True)
@@ -126,28 +111,12 @@ def parse_list(text: str, allowed: tuple[str, ...] | None = None, what: str = "v
 
 
 @dataclass(frozen=True)
-class Geography:
-    """Country -> model region and UTC offset tables (configuration, not code)."""
-
-    region_of_country: Mapping[str, str] = field(
-        default_factory=lambda: dict(DEFAULT_REGION_OF_COUNTRY))
-    utc_offset_minutes: Mapping[str, int] = field(
-        default_factory=lambda: dict(DEFAULT_UTC_OFFSET_MINUTES))
-
-    @property
-    def regions(self) -> list[str]:
-        return sorted(set(self.region_of_country.values()))
-
-    def region_of(self, country: str | None) -> str:
-        return self.region_of_country.get(country or "", OTHER_REGION)
-
-
-@dataclass(frozen=True)
 class EtlConfig:
     """Rules of the data side (ETL, resampling, power users)."""
 
     age_edges: tuple[int, ...] = DEFAULT_AGE_EDGES
-    resample: str = "balanced"  # balanced | natural | sqrt; rates from global split counts
+    resample: str = "auto"  # a RESAMPLE_MODES entry, optionally ":FLOOR" -> min_keep_rate
+    min_keep_rate: float = 0.0  # no class keep-rate below this (0: no floor)
     resample_target: str = "age_gender"  # the label whose classes are balanced
     drop_power_users: bool = True  # remove power users from train/validation
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
@@ -157,8 +126,19 @@ class EtlConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.resample not in RESAMPLE_MODES:
-            raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {self.resample!r}")
+        mode, sep, floor = str(self.resample).partition(":")
+        if mode not in RESAMPLE_MODES:
+            raise ValueError(f"resample must be one of {RESAMPLE_MODES} (optionally :FLOOR, "
+                             f"e.g. balanced:0.2), got {self.resample!r}")
+        if sep:  # "balanced:0.2": a frozen dataclass parses its own shorthand once
+            try:
+                object.__setattr__(self, "min_keep_rate", float(floor))
+            except ValueError:
+                raise ValueError(f"resample {self.resample!r}: the keep-rate floor after ':' "
+                                 "must be a number in [0, 1]") from None
+            object.__setattr__(self, "resample", mode)
+        if not 0.0 <= self.min_keep_rate <= 1.0:
+            raise ValueError(f"min_keep_rate must lie in [0, 1], got {self.min_keep_rate}")
         if list(self.age_edges) != sorted(set(self.age_edges)) or len(self.age_edges) < 2:
             raise ValueError(f"age_edges must be strictly increasing, got {self.age_edges}")
         if not 1 <= self.hours_per_task <= 24 or 24 % self.hours_per_task:
@@ -228,7 +208,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "COUNTRY=provider pairs that win over the provider scores where that country "
               "and provider exist in the source (a warning names the ones that do not)."),
     ParamSpec("seed", 0, "Seed for resampling and training."),
-    ParamSpec("resample", "balanced", "Class resampling: " + " | ".join(RESAMPLE_MODES) + "."),
+    ParamSpec("resample", "auto", "Class resampling: auto | balanced | natural | sqrt, with an "
+              "optional keep-rate floor (balanced:0.2). auto: balanced where it keeps half the "
+              "train rows or 1M rows, else sqrt by the same rule, else natural."),
     ParamSpec("drop_power_users", True, "Remove power users from train/validation."),
     ParamSpec("power_user_threshold", 0.0,
               "Impressions per user per day above which a user is a power user; 0 = derive "
@@ -285,12 +267,12 @@ class DeployConfig:
             raise ValueError(f"config: unknown section(s) {sorted(unknown)}; expected "
                              "geography, etl, train, models, resources")
         geo_doc = dict(doc.get("geography") or {})
-        regions = {str(k).upper(): str(v) for k, v in (geo_doc.get("regions") or {}).items()}
-        geo = Geography(region_of_country={**DEFAULT_REGION_OF_COUNTRY, **regions})
+        geography = Geography.from_config(geo_doc.get("regions") or {},
+                                          bool(geo_doc.get("replace_regions", False)))
         etl = dict(doc.get("etl") or {})
         train = dict(doc.get("train") or {})
         models = {str(k): dict(v) for k, v in (doc.get("models") or {}).items()}
-        return cls(geo=geo,
+        return cls(geo=geography,
                    age_edges=tuple(int(e) for e in etl.get("age_edges", DEFAULT_AGE_EDGES)),
                    power_user_quantile=float(etl.get("power_user_quantile", 0.99)),
                    batch_size=int(train.get("batch_size", 1024)),
@@ -375,6 +357,11 @@ class RunParams:
     @property
     def hour_groups(self) -> list[list[int]]:
         return hour_groups(self.etl.hours_per_task)
+
+    def compiled(self) -> "RunParams":
+        """These params with the geography's local-time table built in: ``start`` stores this,
+        so every task and the bundle use one table whatever tzdata their machine has."""
+        return replace(self, geo=self.geo.compiled())
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

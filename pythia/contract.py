@@ -14,15 +14,14 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
-from pythia import storage
 from pythia.config import DEFAULT_AGE_EDGES
-from pythia.contract_read import (PROVIDER, RAW_PREFIX, is_data_file, is_normalized,
-                                  normalize)
+from pythia.contract_read import PROVIDER, RAW_PREFIX, is_normalized, normalize
 from pythia.features import SPLIT as SPLIT_COLUMN
 from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, GENDER_CLASSES, HOUR,
                              IMPRESSION_ID, OUTPUT_SPLITS, SPLIT_COLUMN_TYPES, TEST_NATURAL,
                              TEST_RESAMPLED, TS, USER_ID, ZIP, age_bucket_labels)
 from pythia.paths import join
+from pythia.source_layout import list_data_files
 
 # Reason codes, in the order they are checked: a row gets the first that applies.
 NULL_REQUIRED = "null_required"
@@ -169,7 +168,7 @@ SPLIT_SCHEMA = arrow_schema(SPLIT)
 def list_table_files(source: str, table: str) -> list[str]:
     """Data files of ``labels`` or ``provider_metrics`` under ``source`` (error if none)."""
     uri = join(source, TABLES[table].layout.split("/", 1)[0])
-    files = [f for f in storage.list_files(uri) if is_data_file(f)]
+    files = list_data_files(uri)
     if not files:
         raise ValueError(f"no {table} files under {uri}")
     return files

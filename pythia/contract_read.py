@@ -2,64 +2,57 @@
 
 This module knows the contract's folder layout and type names but none of its tables: every
 reader takes a ``contract.TableSpec``. ``contract`` (schemas, validation) builds on it, never the
-other way round, so the two cannot import each other.
+other way round, so the two cannot import each other. Files are found the way Spark's own
+readers find them (``source_layout``); Parquet footers (``parquet_footers``) decide how each
+column is read.
 """
 from __future__ import annotations
 
 import datetime as dt
 import re
-import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from pythia import storage
 from pythia.features import DATE, HOUR
+from pythia.parquet_footers import StoredColumn, read_footer
 from pythia.paths import join
+from pythia.source_layout import IMPRESSIONS_DIR, parse_date_folder, scan_date, top_entries
 
 if TYPE_CHECKING:  # annotations only; contract imports this module
     from pythia.contract import TableSpec
 
 RAW_PREFIX = "_raw_"  # normalised frames keep each contract column's original value as a string
-IMPRESSIONS_DIR = "impressions"  # the impression table's folder under a source
 PROVIDER = "provider"  # the labels' partition column (``provider=NAME`` folders)
-DATE_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})(?:/|$)")
-HOUR_RE = re.compile(r"hour=(\d{1,2})(?:/|$)")
-PROVIDER_RE = re.compile(r"provider=([^/]+)(?:/|$)")
-PARTITION_PATTERNS = {DATE: DATE_RE, HOUR: HOUR_RE, PROVIDER: PROVIDER_RE}
+# Partition values from a listed file's path; the last match wins.
+PARTITION_PATTERNS = {DATE: r".*/date=(\d{4}-\d{2}-\d{2})/", HOUR: r".*/hour=(\d{1,2})/",
+                      PROVIDER: r".*/provider=([^/]+)/"}
+PANDAS_INDEX = re.compile(r"__index_level_\d+__")  # pandas' index, written beside the data
 
 # contract type name (``ColumnSpec.type``) -> Spark SQL type
 SPARK_TYPES = {"string": "string", "timestamp": "timestamp", "date": "date", "int32": "int",
                "int64": "bigint", "double": "double", "float32": "float", "bool": "boolean"}
+_INTEGER_TYPES = {"tinyint", "smallint", "int", "bigint"}
+# an exact numeric type wide enough to tell 35.0 (accepted as 35) from 34.7 (wrong_type)
+_FRACTION_CHECK_TYPE = "decimal(38,9)"
 
 
 # ------------------------------------------------------------------------------- listing
 
-def _partition_of(uri: str) -> tuple[str, int] | None:
-    d, h = DATE_RE.search(uri), HOUR_RE.search(uri)
-    if not d or not h:
-        return None
-    return d.group(1), int(h.group(1))
-
-
-def is_data_file(uri: str) -> bool:
-    """False for Spark/Hadoop side files (``_SUCCESS``, ``.crc``, hidden temp files)."""
-    base = uri.rstrip("/").rsplit("/", 1)[-1]
-    return not (base.startswith("_") or base.startswith("."))
-
-
 def list_partition_files(source: str, dates: Sequence[dt.date],
                          hours: Sequence[int]) -> dict[tuple[str, int], list[str]]:
-    """Data files of each requested (date, hour) impression partition ([] when missing)."""
+    """Data files of each requested (date, hour) impression partition ([] when missing).
+
+    ``hour=5`` and ``hour=05`` are the same partition; folders that do not parse are left to
+    ``find_partition_problems``.
+    """
     found: dict[tuple[str, int], list[str]] = {
         (d.isoformat(), int(h)): [] for d in dates for h in hours}
     for d in dates:
-        for uri in storage.list_files(join(source, IMPRESSIONS_DIR, f"date={d.isoformat()}")):
-            part = _partition_of(uri)
-            if part in found and is_data_file(uri):
-                found[part].append(uri)
+        by_hour, _ = scan_date(source, d)
+        for h in hours:
+            found[(d.isoformat(), int(h))].extend(by_hour.get(int(h), []))
     return found
 
 
@@ -76,56 +69,49 @@ def check_partitions(source: str, dates: list[dt.date], hours: list[int],
 
 
 def list_dates(source: str) -> list[dt.date]:
-    """Dates that have a ``date=YYYY-MM-DD`` folder under ``<source>/impressions/``, sorted."""
-    fs, path = storage.filesystem(join(source, IMPRESSIONS_DIR))
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        raise ValueError(f"no {IMPRESSIONS_DIR}/ folder under source {source!r}")
+    """Dates that have a ``date=YYYY-MM-DD`` folder under ``<source>/impressions/``, sorted.
+
+    Folders whose name does not parse are not dates; ``find_partition_problems`` lists them.
+    """
     out = []
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        m = DATE_RE.search(info.path.rstrip("/") + "/")
-        if info.type == pafs.FileType.Directory and m:
-            out.append(dt.date.fromisoformat(m.group(1)))
+    for info in top_entries(source):
+        day, _ = parse_date_folder(info.base_name)
+        if info.type == pafs.FileType.Directory and day is not None:
+            out.append(day)
     return sorted(out)
+
+
 
 
 # ------------------------------------------------------------------------------- reading
 
-_ARROW_TO_SPARK = {
-    "string": "string", "large_string": "string", "int8": "tinyint", "int16": "smallint",
-    "int32": "int", "int64": "bigint", "float": "float", "double": "double", "bool": "boolean",
-    "date32[day]": "date",
-}
-
-
-_READABLE_TYPES = set(_ARROW_TO_SPARK.values()) | {"timestamp", "timestamp_ntz"}
-
-
-def _spark_type_of(arrow_type: pa.DataType) -> str | None:
-    if pa.types.is_timestamp(arrow_type):
-        return "timestamp" if arrow_type.tz is not None else "timestamp_ntz"
-    if pa.types.is_dictionary(arrow_type):
-        return _spark_type_of(arrow_type.value_type)
-    return _ARROW_TO_SPARK.get(str(arrow_type))
+def _column_key(col: StoredColumn, uri: str, table: TableSpec) -> tuple[str, str, bool, bool]:
+    if col.read_as is None:
+        expected = table.column(col.name).type
+        raise ValueError(f"{uri}: column {col.name!r} is stored as {col.stored}, which cannot "
+                         f"be read as the contract's {expected} ({col.problem}); fix: write it "
+                         f"as {expected} (see docs/data-contract.md), or move the file out of "
+                         "the source")
+    return col.name, col.read_as, col.nanos, col.naive
 
 
 def inspect_files(files: Iterable[str], table: TableSpec) -> tuple[dict[tuple, list[str]],
                                                                    list[str]]:
-    """Group files by the stored types of their contract columns; list unknown extra columns.
+    """Group files by how Spark must read their contract columns; list unknown extra columns.
 
-    Reads only Parquet footers (cheap). Raises ValueError naming a file that is not readable.
+    A group key holds ``(name, Spark read type, nanos, naive)`` per contract column present
+    (all-null columns are left out: they read as absent). Reads only Parquet footers (cheap).
+    Raises ValueError naming the file when it is not Parquet or a contract column's stored type
+    cannot be read. pandas' index columns are neither contract nor extra columns.
     """
     groups: dict[tuple, list[str]] = {}
     extras: set[str] = set()
     known = set(table.names) | {c.name for c in table.partition_columns}
     for uri in files:
-        fs, path = storage.filesystem(uri)
-        try:
-            schema = pq.read_schema(path, filesystem=fs)
-        except Exception as exc:  # pyarrow raises several types for corrupt/foreign files
-            raise ValueError(f"cannot read Parquet file {uri}: {exc}") from exc
-        key = tuple((f.name, _spark_type_of(f.type) or str(f.type))
-                    for f in schema if f.name in table.names)
-        extras.update(f.name for f in schema if f.name not in known)
+        columns, _ = read_footer(uri)
+        key = tuple(_column_key(c, uri, table) for name, c in columns.items()
+                    if name in table.names and not c.all_null)
+        extras.update(n for n in columns if n not in known and not PANDAS_INDEX.fullmatch(n))
         groups.setdefault(key, []).append(uri)
     return groups, sorted(extras)
 
@@ -140,32 +126,86 @@ def spark_uri(uri: str, spark: Any = None) -> str:
     return "s3a://" + uri.split("://", 1)[1] if storage.is_s3(uri) else uri
 
 
-def read_table(spark: Any, files: Sequence[str], table: TableSpec) -> tuple[Any, list[str]]:
+def _print_read_notes(table: TableSpec, groups: dict[tuple, list[str]],
+                      extras: list[str]) -> None:
+    """What the step's log must say about a read (print: Metaflow silences warnings)."""
+    if extras:
+        print(f"note: {table.name}: ignoring column(s) not in the contract: "
+              f"{', '.join(extras)}")
+    naive: dict[str, int] = {}
+    for key, group_files in groups.items():
+        for name, _, _, is_naive in key:
+            if is_naive:
+                naive[name] = naive.get(name, 0) + len(group_files)
+    for name, n in sorted(naive.items()):
+        print(f"note: {table.name}: {name} has no time zone in {n} file(s) (naive timestamp "
+              "or INT96): read as UTC")
+
+
+def partition_values(uri: str, table: TableSpec) -> tuple:
+    """The partition column values of a listed file, from its path (last match wins)."""
+    out = []
+    for pc in table.partition_columns:
+        found = re.findall(PARTITION_PATTERNS[pc.name], uri)
+        value = found[-1] if found else ""
+        out.append((int(value) if value else None) if pc.type == "int32" else value)
+    return tuple(out)
+
+
+def _file_key(path: Any) -> Any:
+    """The same string for a path handed to Spark and the path Spark reports for its rows
+    (URI-encoded, ``file:`` scheme): decoded, local paths without the scheme."""
+    from pyspark.sql import functions as F
+
+    decoded = F.url_decode(F.regexp_replace(path, r"\+", "%2B"))
+    return F.regexp_replace(decoded, r"^file:/+", "/")
+
+
+def _with_partitions(spark: Any, sdf: Any, handed: dict[str, str], table: TableSpec) -> Any:
+    """Add the partition columns to ``sdf`` from the listing (handed path -> listed URI).
+
+    Values come from the listed URIs, not from where Spark read the file: an S3 file staged
+    to a local folder (``spark_s3.spark_read_path``) keeps its ``date=``/``hour=`` values.
+    """
+    from pyspark.sql import functions as F
+
+    if not table.partition_columns:
+        return sdf
+    types = ", ".join(f"`{pc.name}` {SPARK_TYPES[pc.type]}" for pc in table.partition_columns)
+    mapping = spark.createDataFrame(
+        [(re.sub(r"^file:/+", "/", path), *partition_values(uri, table))
+         for path, uri in handed.items()], f"_file string, {types}")
+    return (sdf.withColumn("_file", _file_key(F.col("_metadata.file_path")))
+            .join(F.broadcast(mapping), "_file", "left").drop("_file"))
+
+
+def read_table(spark: Any, files: Sequence[str], table: TableSpec,
+               report: bool = True) -> tuple[Any, list[str]]:
     """Read ``files`` of ``table`` into one normalised Spark frame; also return extra columns.
 
     Files are read in groups of identical stored types with an explicit schema (no inference
     job), so a file with a column of the wrong type is read as stored and caught by the
-    explicit cast in ``normalize``. Partition columns come from the file paths.
+    explicit cast in ``normalize``. Nanosecond timestamps are read as integers and converted
+    (Spark refuses them as timestamps). Partition columns come from the listed paths. Extra
+    columns and naive timestamps are printed to the step's log (``report=False``: a re-read of
+    files a step already reported on).
     """
     from pyspark.sql import functions as F
 
     groups, extras = inspect_files(files, table)
-    if extras:
-        warnings.warn(f"{table.name}: ignoring unknown column(s) {extras}", stacklevel=2)
+    if report:
+        _print_read_notes(table, groups, extras)
     frames = []
     for key, group_files in sorted(groups.items()):
-        types = dict(key)
-        known = all(t in _READABLE_TYPES for t in types.values())
-        reader = spark.read
-        if known:
-            reader = reader.schema(", ".join(f"`{n}` {t}" for n, t in key))
-        sdf = reader.parquet(*[spark_uri(f, spark) for f in group_files])
-        path = F.col("_metadata.file_path")
-        parts = []
-        for pc in table.partition_columns:
-            val = F.regexp_extract(path, PARTITION_PATTERNS[pc.name].pattern, 1)
-            parts.append((val.cast("int") if pc.type == "int32" else val).alias(pc.name))
-        sdf = sdf.select(*[F.col(n) for n in types], *parts)
+        # a column absent from the files reads as null: it gives a file without any
+        # contract column its row count
+        schema = [f"`{n}` {t}" for n, t, _, _ in key] or [f"`{table.names[0]}` string"]
+        handed = {spark_uri(f, spark): f for f in group_files}
+        sdf = spark.read.schema(", ".join(schema)).parquet(*handed)
+        sdf = _with_partitions(spark, sdf, handed, table)
+        cols = [F.timestamp_micros(F.expr(f"`{n}` div 1000")).alias(n) if nanos
+                else F.col(f"`{n}`") for n, _, nanos, _ in key]
+        sdf = sdf.select(*cols, *[F.col(pc.name) for pc in table.partition_columns])
         frames.append(normalize(sdf, table))
     if not frames:
         return empty_normalized(spark, table), extras
@@ -195,6 +235,27 @@ def spark_struct_type(name: str) -> Any:
             "float32": T.FloatType(), "bool": T.BooleanType()}[name]
 
 
+def _typed(col: Any, stored: str, contract_type: str) -> Any:
+    """``col`` (stored as the Spark type ``stored``) cast to the contract type; null when it
+    cannot be: a fraction is never truncated into an integer column (34.7 -> null, 35.0 -> 35).
+    """
+    from pyspark.sql import functions as F
+
+    target = SPARK_TYPES[contract_type]
+    if stored == target:
+        return col
+    if contract_type == "timestamp":
+        if stored == "string":
+            return F.try_to_timestamp(F.trim(col))
+        if stored == "timestamp_ntz":
+            return col.try_cast(target)  # the session is UTC: a naive value is taken as UTC
+        return F.lit(None).cast(target)  # numbers are not instants in this contract
+    if target in _INTEGER_TYPES and stored not in _INTEGER_TYPES:
+        exact = (F.trim(col) if stored == "string" else col).try_cast(_FRACTION_CHECK_TYPE)
+        return F.when(exact == F.floor(exact), exact.try_cast(target))
+    return col.try_cast(target)
+
+
 def normalize(sdf: Any, table: TableSpec) -> Any:
     """Contract columns cast to their types (null when not castable) + raw string copies.
 
@@ -206,21 +267,12 @@ def normalize(sdf: Any, table: TableSpec) -> Any:
     dtypes = dict(sdf.dtypes)
     typed, raw = [], []
     for c in table.columns:
-        target = SPARK_TYPES[c.type]
         if c.name not in dtypes:
-            typed.append(F.lit(None).cast(target).alias(c.name))
+            typed.append(F.lit(None).cast(SPARK_TYPES[c.type]).alias(c.name))
             raw.append(F.lit(None).cast("string").alias(RAW_PREFIX + c.name))
             continue
-        col, stored = F.col(f"`{c.name}`"), dtypes[c.name]
-        if stored == target:
-            typed.append(col.alias(c.name))
-        elif c.type == "timestamp" and stored == "string":
-            typed.append(F.try_to_timestamp(F.trim(col)).alias(c.name))
-        elif c.type == "timestamp" and stored != "timestamp_ntz":
-            # numbers are not instants in this contract: they are malformed timestamps
-            typed.append(F.lit(None).cast("timestamp").alias(c.name))
-        else:
-            typed.append(col.try_cast(target).alias(c.name))
+        col = F.col(f"`{c.name}`")
+        typed.append(_typed(col, dtypes[c.name], c.type).alias(c.name))
         raw.append(col.cast("string").alias(RAW_PREFIX + c.name))
     parts = [F.col(p.name) if p.name in dtypes else F.lit(None).cast(SPARK_TYPES[p.type])
              .alias(p.name) for p in table.partition_columns]

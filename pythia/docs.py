@@ -6,9 +6,12 @@ nothing imports it, so documentation can never close an import cycle.
 from __future__ import annotations
 
 from pythia import contract, providers
+from pythia.config import MAX_VALID_AGE, MIN_VALID_AGE
 from pythia.contract import (BAD_TIMESTAMP, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED, OUT_OF_DOMAIN,
                              TS_TOLERANCE_SECONDS, WRONG_TYPE, ColumnSpec)
 from pythia.etl import splits
+from pythia.parquet_footers import ARROW_READ_TYPES, MAX_SPARK_DECIMAL_PRECISION
+from pythia.source_layout import HIVE_NULL_PARTITION
 
 
 def domain_text(column: ColumnSpec) -> str:
@@ -33,9 +36,11 @@ def render_tables() -> str:
         "",
         "`source` is a local folder or an `s3://` prefix; both go through the same code path "
         "(Spark reads the files, `pythia.storage` lists them). Columns not listed here are "
-        "ignored with a warning (and recorded in the ETL manifest). A file that cannot be read "
-        "as Parquet stops the run with an error naming it. Missing hour partitions stop the run "
-        "with an error listing them, unless `allow_gaps` (then they are recorded).",
+        "ignored and named in the step's log (and recorded in the ETL manifest). A file that "
+        "cannot be read as Parquet stops the run with an error naming it. Missing hour "
+        "partitions stop the run with an error listing them, unless `allow_gaps` (then they "
+        "are recorded and printed). What each producer may write, and what each problem gets: "
+        "see *What producers may write* below.",
         "",
         "## Quarantine reasons",
         "",
@@ -51,7 +56,8 @@ def render_tables() -> str:
         "the requested dates/hours).",
         f"4. `{OUT_OF_DOMAIN}`: a value outside the allowed set, range or pattern.",
         f"5. `{DUPLICATE_IMPRESSION_ID}`: an `impression_id` already seen among the valid rows "
-        "of the same ETL task (all window days of its hours); the earliest by `ts` is kept "
+        "of the whole window (settled across ETL tasks in `join_hours`, so the result does not "
+        "depend on `hours_per_task`); the earliest by `ts` is kept "
         "(ties broken by a hash of the raw values, so the choice is deterministic).",
         "",
     ]
@@ -68,9 +74,132 @@ def render_tables() -> str:
     return "\n".join(out)
 
 
+def _types_read_as(read_as: str) -> str:
+    return ", ".join(f"`{a}`" for a, r in ARROW_READ_TYPES.items() if r == read_as)
+
+
+def _producer_files() -> list[str]:
+    return [
+        "### Files", "",
+        "- Any Parquet writer: pandas / pyarrow, Spark (`df.write.parquet`, also "
+        "`partitionBy(\"date\", \"hour\")` into `impressions/`), Hive, Impala. File names are "
+        "free (`part-00000-….snappy.parquet`, `000000_0`, no extension needed).",
+        "- Side files are skipped the way Spark's readers skip them: names starting with `_` "
+        "(unless they hold `=`) or `.`, `*.crc`, `*._COPYING_`, and everything inside such "
+        "folders — `_SUCCESS`, `_committed_*`, `_started_*`, `.part-….crc`, `_temporary/`, "
+        "`.hive-staging…/`. A stale `.NAME.crc` beside a rewritten file does not matter: "
+        "sessions pythia starts read local files without Hadoop's client-side checksums (a "
+        "cluster that still checks them gets an error naming the `.crc` to remove).",
+        "- Every other file in a table folder must be Parquet. One that is not (a CSV, an "
+        "empty 0-byte file, a damaged footer) stops the step with one line naming the file: "
+        "remove it or move it out of the source.", "",
+    ]
+
+
+def _producer_types() -> list[str]:
+    ints = ", ".join(f"`{a}`" for a, r in ARROW_READ_TYPES.items()
+                     if r in ("tinyint", "smallint", "int", "bigint", "decimal(20,0)"))
+    return [
+        "### Column types", "",
+        "The Parquet footer of each file decides how its columns are read (files of different "
+        "stored types can be mixed); a value that does not fit the contract column is "
+        f"quarantined (`{WRONG_TYPE}`, `{BAD_TIMESTAMP}`), never coerced silently.", "",
+        "- Timestamps with a time zone (`isAdjustedToUTC`), in ms, µs or ns: the instant. "
+        "Nanoseconds (pandas' default) are read as 64-bit integers and converted, truncated to "
+        "µs (Spark refuses `TIMESTAMP(NANOS)`).",
+        "- Timestamps without a time zone (pandas' naive `datetime64`) and `INT96` (Hive, "
+        "Impala, Spark's default; told apart by the Parquet physical type, since pyarrow "
+        "reports it as a naive ns timestamp): taken as UTC, with a note in the step's log.",
+        f"- Timestamps as strings: parsed (ISO 8601), else `{BAD_TIMESTAMP}`; as numbers: "
+        f"`{BAD_TIMESTAMP}` (epoch numbers are ambiguous).",
+        f"- Strings: {_types_read_as('string')}, and dictionary-encoded strings (pandas "
+        "categoricals). Dates: " + _types_read_as("date") + ", timestamps (their UTC date) and "
+        "`YYYY-MM-DD` strings.",
+        f"- Integer columns: {ints}. A float, double, decimal or text value in an integer "
+        f"column must be whole: `35.0` is 35, `34.7` is `{WRONG_TYPE}` (never truncated).",
+        "- A column whose Arrow type is `null` (pandas' all-`None` column) reads as absent "
+        "(all null).",
+        "- Anything else in a contract column (lists, structs, maps, time of day, decimals "
+        f"over {MAX_SPARK_DECIMAL_PRECISION} digits) stops the step with one line naming the "
+        "file, the column and the fix. Extra columns of any type are ignored and named in the "
+        "log; pandas' index (`__index_level_N__`) is ignored silently.", "",
+    ]
+
+
+def _producer_partitions_and_errors() -> list[str]:
+    return [
+        "### Partition folders (`impressions/`)", "",
+        "- `date=YYYY-MM-DD` (zero-padded) and `hour=H` or `hour=HH` with H in 0..23: "
+        "`hour=5` and `hour=05` are the same partition (both read). Folders below an hour "
+        "folder belong to it.",
+        "- A folder whose name does not parse is a **quarantine entry**: folder, problem, "
+        "files, and rows counted from the Parquet footers. Its rows are never read, so they "
+        "are outside the row reconciliation. `start` prints the entries; `join_hours` prints "
+        "them again and records them in its `quarantine` artifact (`partitions`, "
+        "`partition_rows`). Entries: every folder directly under `impressions/` that is not a "
+        "valid date (`date=2024-02-30`, `date=yesterday`, "
+        f"`date={HIVE_NULL_PARTITION}`, any other name) and files lying there; within the "
+        "window's dates, `hour=` folders that do not parse (`hour=24`, `hour=ab`, "
+        f"`hour={HIVE_NULL_PARTITION}`) and files outside any `hour=` folder. Folders of valid "
+        "dates outside the window are not looked at.",
+        "- `start` never fails on such a folder: it lists dates past it; its errors (no date, "
+        "no complete date, missing hour partitions) name the folders that do not parse.", "",
+        "### Errors", "",
+        "A Spark failure while reading (a damaged data page, a type Spark refuses, a file "
+        "that disappears mid-run) ends the step (`select_providers`, `prepare_labels`, "
+        "`etl_hour`, `join_hours`) with one line: the step, the file, the column when Spark "
+        "names one, Spark's error class and the fix. The JVM trace stays attached as the "
+        "error's cause. Sessions never skip corrupt or missing files "
+        "(`spark.sql.files.ignoreCorruptFiles=false`, `ignoreMissingFiles=false`) and read "
+        "dates as written (`CORRECTED` rebase modes), so a sentinel like `0001-01-01` is a "
+        "value to validate, not a read failure.", "",
+    ]
+
+
+def render_producers() -> str:
+    """What producers may write and what each problem gets (``source_layout``,
+    ``parquet_footers``, ``contract_read``, ``errors``)."""
+    return "\n".join(["## What producers may write", "", *_producer_files(),
+                      *_producer_types(), *_producer_partitions_and_errors()])
+
+
 def render_data_contract() -> str:
-    """The whole ``docs/data-contract.md``: the tables plus the provider, label and ETL rules."""
-    return "\n".join([render_tables(), providers.rules_markdown(), splits.rules_markdown()])
+    """The whole ``docs/data-contract.md``: the tables, what producers may write, and the
+    provider, label and ETL rules."""
+    return "\n".join([render_tables(), render_producers(), render_provider_rules(),
+                      splits.rules_markdown()])
+
+
+def render_provider_rules() -> str:
+    """Provider selection and label rules, for docs/data-contract.md."""
+    w = " + ".join(f"{v:g} × {k}" for k, v in providers.SCORE_WEIGHTS.items())
+    return "\n".join([
+        "## Provider selection (`providers.select_providers`)", "",
+        f"score(provider, country) = {w}, each figure averaged over the metric rows dated "
+        f"within {providers.RECENT_DAYS} days of the newest metric date (nulls ignored; a figure with no "
+        "value counts 0). Per country the best score wins (ties: provider name); an override "
+        "(`US=lucid` by default in the flow) always wins and must name a provider that has "
+        "metrics or a `labels/provider=NAME/` folder. A country without metrics gets the "
+        "provider with the best mean score over countries, with a warning. The "
+        "`provider_choice` table lists every candidate with its score, rank, `chosen` and the "
+        "winner's `reason`.", "",
+        "## Labels (`providers.prepare_labels`)", "",
+        "- A label row counts only if its provider is the one chosen for the row's `country`; "
+        "other usable rows are written aside and feed the inter-provider agreement table "
+        "(per provider pair and country: shared users, share with equal gender, with equal "
+        "age bucket).",
+        "- One label per user: the latest `observed_date` wins; ties go to the country, then "
+        "the provider, in alphabetical order. So a user labelled in two countries keeps the "
+        "label of the latest observation.",
+        "- Labels are user-level attributes: an observation dated after the window still "
+        "applies to the window's impressions.",
+        f"- `age` wins over `age_bucket`. Rejected (counted, written to `rejected/`): "
+        f"`{providers.IMPOSSIBLE_AGE}` (outside [{MIN_VALID_AGE}, {MAX_VALID_AGE}]), "
+        f"`{providers.AGE_BELOW_FIRST_EDGE}` (e.g. 15 with a first edge of 18), `{providers.INCOMPLETE_LABEL}` "
+        "(no gender, or neither age nor age bucket).",
+        "- Counts reconcile: rows in = quarantined + rejected + not chosen + superseded + users.",
+        "",
+    ])
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ IMPRESSION_ID = "impression_id"
 USER_ID = "user_id"
 TS = "ts"
 COUNTRY = "country"
+GEO_REGION = "geo_region"  # ISO-3166-2 subdivision (or a provider's own code)
 ZIP = "zip"  # carried by bid requests and the contract, not a model feature
 # Columns the ETL adds to every split row (beside FEATURES' derived ones and the labels).
 DATE = "date"  # partition date YYYY-MM-DD
@@ -71,7 +72,7 @@ class Feature:
 # Order matters: it is the column order of the model inputs and of the exported bundle.
 FEATURES: tuple[Feature, ...] = (
     Feature("country", CATEGORICAL, COUNTRY, min_count=1),
-    Feature("geo_region", CATEGORICAL, "geo_region"),
+    Feature(GEO_REGION, CATEGORICAL, GEO_REGION),
     Feature("metro", CATEGORICAL, "metro"),
     Feature("inventory_type", CATEGORICAL, "inventory_type", min_count=1),
     Feature("site_or_app", CATEGORICAL, "site_or_app"),
@@ -190,15 +191,19 @@ def derive_time_features(ts_seconds: Any, utc_offset_minutes: Any) -> dict[str, 
 
 
 def derive_batch(columns: Mapping[str, np.ndarray], geo: Geography) -> dict[str, np.ndarray]:
-    """Derived features for a batch given raw contract columns ('ts' in epoch seconds, 'country').
+    """Derived features for a batch given raw contract columns ('ts' in epoch seconds, 'country'
+    and, when present, 'geo_region': it picks the zone in countries with several).
 
     Returns ``DERIVED_COLUMNS``: categorical features as strings, numeric ones as float32, and
-    each row's model ``region``.
+    each row's model ``region``. Local time follows the IANA zone with daylight saving time at
+    each row's instant (``Geography.offset_minutes``, the same lookup as the bid-time scorer).
     """
     country = np.asarray(columns[COUNTRY], dtype=object)
-    offsets = np.fromiter((geo.utc_offset_minutes.get(c, 0) for c in country), dtype=np.int64,
-                          count=len(country))
     ts = np.asarray(columns[TS], dtype=np.int64)
+    geo_region = columns.get(GEO_REGION)
+    if geo_region is not None:
+        geo_region = np.asarray(geo_region, dtype=object)
+    offsets = np.asarray(geo.offset_minutes(ts, country, geo_region), dtype=np.int64)
     out = derive_time_features(ts, offsets)
     derived = {f.name: (out[f.name].astype(str).astype(object) if f.kind == CATEGORICAL
                         else out[f.name].astype(np.float32))

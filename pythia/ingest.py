@@ -160,6 +160,8 @@ def _staging_root(out: str) -> str:
 
 def ingest_openrtb(inputs: Sequence[str], out: str, *,
                    rows_per_file: int = DEFAULT_ROWS_PER_FILE) -> dict[str, Any]:
+    # Long on purpose: one staging folder and one set of counters live across the read, the
+    # per-partition writes and the summary; the parts are the helpers it calls.
     """Turn OpenRTB bid-log lines into the contract's impressions layout under ``out``.
 
     Args:

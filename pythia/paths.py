@@ -56,6 +56,11 @@ class RunPaths:
         return join(self.base, "etl", "hours=" + "-".join(f"{h:02d}" for h in hours))
 
     @property
+    def etl_duplicates(self) -> str:
+        """Ids of rows that lost to a duplicate in another ETL task (``etl.dedupe``)."""
+        return join(self.base, "etl", "duplicates")
+
+    @property
     def quarantine(self) -> str:
         return join(self.base, "quarantine")
 

@@ -6,7 +6,6 @@ Port of the notebooks ``0_owdi-provider-consistency`` (provider scores, override
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -41,38 +40,6 @@ OUTPUT_COLUMNS = ["user_id", "country", "gender", "age_bucket", "y_gender", "y_a
 
 
 # ------------------------------------------------------------------------------- selection
-
-def rules_markdown() -> str:
-    """Provider selection and label rules, for docs/data-contract.md."""
-    w = " + ".join(f"{v:g} × {k}" for k, v in SCORE_WEIGHTS.items())
-    return "\n".join([
-        "## Provider selection (`providers.select_providers`)", "",
-        f"score(provider, country) = {w}, each figure averaged over the metric rows dated "
-        f"within {RECENT_DAYS} days of the newest metric date (nulls ignored; a figure with no "
-        "value counts 0). Per country the best score wins (ties: provider name); an override "
-        "(`US=lucid` by default in the flow) always wins and must name a provider that has "
-        "metrics or a `labels/provider=NAME/` folder. A country without metrics gets the "
-        "provider with the best mean score over countries, with a warning. The "
-        "`provider_choice` table lists every candidate with its score, rank, `chosen` and the "
-        "winner's `reason`.", "",
-        "## Labels (`providers.prepare_labels`)", "",
-        "- A label row counts only if its provider is the one chosen for the row's `country`; "
-        "other usable rows are written aside and feed the inter-provider agreement table "
-        "(per provider pair and country: shared users, share with equal gender, with equal "
-        "age bucket).",
-        "- One label per user: the latest `observed_date` wins; ties go to the country, then "
-        "the provider, in alphabetical order. So a user labelled in two countries keeps the "
-        "label of the latest observation.",
-        "- Labels are user-level attributes: an observation dated after the window still "
-        "applies to the window's impressions.",
-        f"- `age` wins over `age_bucket`. Rejected (counted, written to `rejected/`): "
-        f"`{IMPOSSIBLE_AGE}` (outside [{MIN_VALID_AGE}, {MAX_VALID_AGE}]), "
-        f"`{AGE_BELOW_FIRST_EDGE}` (e.g. 15 with a first edge of 18), `{INCOMPLETE_LABEL}` "
-        "(no gender, or neither age nor age bucket).",
-        "- Counts reconcile: rows in = quarantined + rejected + not chosen + superseded + users.",
-        "",
-    ])
-
 
 def score_providers(metrics: pd.DataFrame, recent_days: int = RECENT_DAYS) -> pd.DataFrame:
     """One row per (provider, country) with recent mean metrics, score and rank in its country.
@@ -254,6 +221,8 @@ def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGE
 def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
                    age_edges: tuple[int, ...], out_dir: str, default_provider: str,
                    quarantine_dir: str | None = None) -> dict:
+    # Long on purpose: one persisted frame feeds every write and count; split into functions
+    # it would be re-computed or held past its unpersist.
     """One label per user from the provider chosen for the label row's country.
 
     Rules (each tested):
@@ -278,11 +247,8 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
     from pythia.etl.io import write_parquet_atomic
 
     files = contract.list_table_files(source, "labels")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw, extras = contract_read.read_table(spark, files, contract.LABELS)
-    if extras:  # printed to the step's log (Metaflow silences warnings.warn)
-        print(f"warning: labels: ignoring unknown column(s) {', '.join(extras)}")
+    # read_table prints extra columns and naive timestamps to the step's log
+    raw, extras = contract_read.read_table(spark, files, contract.LABELS)
     flagged = contract.flag_labels(raw, age_edges)
     base = ["user_id", "gender", "age", "age_bucket", "country", "observed_date", "provider"]
     valid = flagged.filter(F.col("reason").isNull()).select(*base)
@@ -394,8 +360,10 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
     Returns the ``provider_choice`` table, ``{'by_country': {country: provider}, 'default':
     best global provider, 'metrics': read/quarantine counts}`` and the warnings.
     """
+    from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
-    with spark_session("pythia-providers", params, source_path) as spark:
+    with spark_session("pythia-providers", params, source_path) as spark, \
+            user_input_errors("select_providers"):
         metrics, read_manifest = read_provider_metrics(
             spark, source_path, join(paths.quarantine, "provider_metrics"))
     known = list_providers(source_path)
@@ -411,8 +379,10 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
 
 def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: Any) -> dict:
     """The prepare_labels step: one label per user from the chosen provider (a manifest)."""
+    from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
-    with spark_session("pythia-labels", params, source_path) as spark:
+    with spark_session("pythia-labels", params, source_path) as spark, \
+            user_input_errors("prepare_labels"):
         return prepare_labels(spark, source_path, dict(provider_map["by_country"]),
                               params.etl.age_edges, paths.labels, provider_map["default"],
                               quarantine_dir=join(paths.quarantine, "labels"))

@@ -135,9 +135,11 @@ def previous_champions(flow_name: str, current_run_id: str | None) -> dict[str, 
 
 def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
     """The ``bundle_path`` artifact of a run (default: the latest successful one)."""
-    flow = open_flow(flow_name)
-    run = (open_run(flow_name, run_id) if run_id else
-           (flow.latest_successful_run if flow is not None else None))
+    if run_id:
+        run = open_run(flow_name, run_id)
+    else:
+        flow = open_flow(flow_name)
+        run = flow.latest_successful_run if flow is not None else None
     if run is None:
         what = f"run {flow_name}/{run_id}" if run_id else f"successful {flow_name} run"
         raise ValueError(f"no {what} found; pass --bundle PATH")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pythia import contract_read
+from pythia import contract_read, source_layout
 from pythia.config import RunParams, Window, parse_date
 from pythia.paths import default_cache_root
 
@@ -18,18 +18,27 @@ def is_scheduled_run(run_id: str) -> bool:
     return str(run_id).startswith(SCHEDULER_RUN_PREFIXES)
 
 
+def _unparsed_dates_note(source: str) -> str:
+    """' (not dates: date=yesterday: …; …)' for date folders that do not parse, else ''."""
+    bad = [f"{e['folder'].rstrip('/').rsplit('/', 1)[-1]}: {e['problem']}"
+           for e in source_layout.find_partition_problems(source, [])]
+    return f" (folders that are not dates: {'; '.join(bad)})" if bad else ""
+
+
 def newest_complete_date(source: str, not_after: dt.date | None = None) -> dt.date:
     """The newest date under ``source`` whose 24 hour partitions all exist."""
     dates = sorted(contract_read.list_dates(source), reverse=True)
     if not dates:
-        raise ValueError(f"no impressions/date=YYYY-MM-DD partitions under {source}")
+        raise ValueError(f"no impressions/date=YYYY-MM-DD partitions under {source}"
+                         f"{_unparsed_dates_note(source)}")
     for day in dates:
         if not_after is not None and day > not_after:
             continue
         if not contract_read.check_partitions(source, [day], list(range(24)), allow_gaps=True):
             return day
     raise ValueError(f"no date with all 24 hour partitions under {source} "
-                     f"(dates present: {[d.isoformat() for d in dates[:10]]}…)")
+                     f"(dates present: {[d.isoformat() for d in dates[:10]]}…)"
+                     f"{_unparsed_dates_note(source)}")
 
 
 def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list[str]]:
@@ -38,7 +47,9 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
     The test day is ``params.date``; when it is empty, yesterday (UTC) on a scheduled daily
     run, else the newest date of the source with all 24 hour partitions.
     Returns the source path, the window as {'train': [...], 'validation': [...], 'test': [...]}
-    and the recorded gaps (missing hour partitions; an error unless ``allow_gaps``).
+    and the recorded gaps (missing hour partitions; an error unless ``allow_gaps``). Partition
+    folders that do not parse are printed as quarantine entries (``join_hours`` records them);
+    a gap error names those of the window too, since a misnamed folder is a likely cause.
     """
     from pythia.synth import resolve_source
     source_path = resolve_source(params.source, default_cache_root())
@@ -49,8 +60,20 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
     else:
         test_date = newest_complete_date(source_path)
     window = Window(test_date)
-    gaps = contract_read.check_partitions(source_path, window.dates, list(range(24)),
-                                     allow_gaps=params.etl.allow_gaps)
+    problems = source_layout.find_partition_problems(source_path, window.dates)
+    for entry in problems:
+        print(source_layout.describe_partition_problem(entry))
+    try:
+        gaps = contract_read.check_partitions(source_path, window.dates, list(range(24)),
+                                              allow_gaps=params.etl.allow_gaps)
+    except ValueError as exc:
+        if not problems:
+            raise
+        folders = ", ".join(e["folder"] for e in problems)
+        raise ValueError(f"{exc}; partition folders that do not parse: {folders}") from None
+    if gaps:
+        print(f"note: {len(gaps)} missing impression partition(s), run anyway (allow_gaps): "
+              f"{', '.join(gaps)}")
     return source_path, window.as_dict(), gaps
 
 

@@ -8,7 +8,9 @@ Source (window 2024-03-06 … 2024-03-10; hours 0-2; tasks [0, 1] and [2]):
   * 2024-03-08 hour 2 has an extra column; 2024-03-10 hour 2 is an empty file;
   * partitions of 2024-03-05 and 2024-03-11 exist and must not be read.
 """
+import contextlib
 import datetime as dt
+import io
 import os
 
 import numpy as np
@@ -17,7 +19,7 @@ import pytest
 
 from pythia import contract
 from pythia.config import EtlConfig, Geography
-from pythia.etl import reconcile, sample, session, splits
+from pythia.etl import hourly, reconcile, sample, session, splits
 from pythia.etl.hourly import run_hours
 from pythia.features import derive_batch
 
@@ -72,9 +74,11 @@ def etl(spark, tmp_path_factory):
                                       str(base / "labels"), default_provider="acme")
     a = run_hours(spark, src.root, [0, 1], WINDOW, labels["labels_path"],
                   str(base / "etl" / "a"), str(base / "quarantine"), Geography(), False)
-    with pytest.warns(UserWarning, match="extra_col"):
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):  # printed to the step's log, not warnings.warn
         b = run_hours(spark, src.root, [2], WINDOW, labels["labels_path"],
                       str(base / "etl" / "b"), str(base / "quarantine"), Geography(), False)
+    assert "extra_col" in log.getvalue()
     cfg = EtlConfig(power_user_threshold=3, resample="balanced")
     out = {s: str(base / "splits" / f"split={s}") for s in splits.OUTPUT_SPLITS}
     final = splits.finalize_splits(spark, [a, b], cfg, out)
@@ -144,6 +148,13 @@ def test_hour_rows_features_and_labels(spark, etl):
     assert sorted(q.reason) == ["bad_timestamp", "duplicate_impression_id", "null_required",
                                 "out_of_domain"]
     assert set(q.date) == {"2024-03-09"} and set(q.hour) == {1}
+    # the ids table of every valid row (written + unlabelled), for the dedupe across tasks
+    ids = spark.read.parquet(etl["a"]["ids_path"]).toPandas()
+    assert list(ids.columns) == list(hourly.IDS_COLUMNS)
+    assert len(ids) == 44 + 10 and ids.impression_id.is_unique
+    assert (ids.outcome == "unlabelled").sum() == 10
+    assert ids[ids.user_id == "u3"].y_age_gender.isna().all()
+    assert ids[ids.impression_id == "0309-1-u1-0"].ts.iloc[0].minute == 10  # the task's survivor
 
 
 @pytest.mark.spark

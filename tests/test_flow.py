@@ -80,11 +80,12 @@ def test_run_produces_metrics_for_all_targets(tiny_run):
 
 def test_run_trains_every_model_and_region(tiny_run):
     data = tiny_run.data
+    from pythia.models import MODEL_NAMES
     pairs = {(c["model"], c["region"]) for c in data.candidates}
     regions = {r for _, r in pairs}
-    assert {m for m, _ in pairs} == {"mlp", "tabnet", "gbdt"}
+    assert {m for m, _ in pairs} == set(MODEL_NAMES)  # --models all, baselines included
     assert "global" in regions and len(regions) >= 3
-    assert len(pairs) == 3 * len(regions)
+    assert len(pairs) == len(MODEL_NAMES) * len(regions)
     from pythia.models import load_model
     for c in data.candidates:
         assert Path(c["model_dir"]).exists()
@@ -177,7 +178,8 @@ def test_resume_reruns_only_the_failed_hours(flow_env, tmp_path):
         result = runner.run(**args)
     failed = result.run
     assert not failed.successful
-    assert "part-broken.parquet" in result.stderr  # the error names the file to fix
+    broken_task = [t for t in failed["etl_hour"].tasks() if not t.successful]
+    assert broken_task and "part-broken.parquet" in broken_task[0].stderr  # names the file
     finished = {tuple(t.data.hours): t for t in failed["etl_hour"].tasks() if t.successful}
     assert finished and (18, 19, 20, 21, 22, 23) not in finished
     broken.unlink()  # the user repairs the input
@@ -237,3 +239,54 @@ def test_hand_written_source_with_bad_rows_of_every_kind(flow_env, tmp_path):
     assert Path(data.quarantine["path"]).exists()
     recon = data.reconciliation
     assert bool(recon["balanced"].all())
+
+
+def test_openrtb_round_trip_gives_the_same_splits(tiny_run, flow_env, tmp_path):
+    """World -> OpenRTB JSON lines -> `pythia ingest openrtb` -> DemoFlow: the same split
+    counts as the direct layout (tiny_run read the same world)."""
+    import shutil
+
+    from pythia.ingest import ingest_openrtb, write_openrtb_lines
+    _, env = flow_env
+    world = tiny_run.data.source_path
+    logs, source = tmp_path / "bidlogs", tmp_path / "source"
+    assert write_openrtb_lines(world, str(logs))["lines"] > 0
+    summary = ingest_openrtb([str(logs)], str(source))
+    assert summary["quarantined"]["impressions"] == 0
+    for table in ("labels", "provider_metrics"):
+        shutil.copytree(Path(world) / table, source / table)
+    with _runner(env) as runner:
+        result = runner.run(source=str(source), models="gbdt", regions="global", max_epochs=1)
+    run = result.run
+    assert run.successful, result.stderr[-4000:]
+    assert run.data.window == tiny_run.data.window
+    assert dict(run.data.split_manifest["rows"]) == dict(tiny_run.data.split_manifest["rows"])
+    assert run.data.quarantine["by_reason"] == tiny_run.data.quarantine["by_reason"]
+
+
+def test_skewed_world_runs_with_default_parameters(flow_env):
+    """The hard case of issue 13: 40 countries, a small skewed label set, a provider set without
+    the seed's `lucid` (the default override is skipped with a warning). The champion must beat
+    every baseline on the natural test day, or the run must say loudly that it does not and
+    export no new model for that slot."""
+    _, env = flow_env
+    with _runner(env) as runner:
+        result = runner.run(source="synthetic://skewed", regions="global",
+                            models="mlp,logreg,gbdt")
+    run = result.run
+    assert run.successful, result.stderr[-4000:]
+    data = run.data
+    assert any("US=lucid skipped" in w for w in data.provider_warnings)
+    assert data.split_manifest["resample"] == "natural"  # auto keeps the small label set
+    champ = data.champions.set_index("region").loc["global"]
+    metrics = data.metrics
+    natural = metrics[(metrics["test_set"] == "natural") & (metrics["label_source"] == "provider")
+                      & (metrics["metric"] == "logloss") & (metrics["target"] == "age_gender")
+                      & (metrics["eval_region"] == "global") & (metrics["region"] == "global")]
+    by_model = natural.groupby("model")["value"].min()
+    if champ["blessed"]:
+        assert champ["model"] not in ("class_prior", "logreg", "gbdt")
+        for baseline in ("class_prior", "logreg", "gbdt"):
+            assert by_model[champ["model"]] < by_model[baseline], by_model.to_dict()
+    else:  # loudly: the reason names the baselines, the bundle is not a new champion
+        assert "baseline" in champ["reason"] or "prior" in champ["reason"]

@@ -30,7 +30,7 @@ from pythia.scoring.openrtb import (DEVICE_TYPE_OF_CODE, UnmappableRequest, bid_
                                     render_mapping, request_rows, score_openrtb,
                                     score_openrtb_lines)
 from s3_fixtures import moto_s3, s3_env  # noqa: F401  (pytest fixtures)
-from test_scoring import GEO, make_encoders, make_export
+from test_scoring import GEO, layers, make_encoders, make_export
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "openrtb")
 TS = 1_772_323_200  # 2026-03-01T00:00:00Z
@@ -425,8 +425,8 @@ def test_inverse_refuses_rows_it_cannot_carry(kw):
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory) -> Scorer:
     encoders = make_encoders()
-    models = {GLOBAL_REGION: {"kind": "mlp", "export": make_export(encoders, seed=1)},
-              "NA": {"kind": "mlp", "export": make_export(encoders, seed=2)}}
+    models = {GLOBAL_REGION: layers(make_export(encoders, seed=1)),
+              "NA": layers(make_export(encoders, seed=2))}
     out = str(tmp_path_factory.mktemp("rtb") / "bundle")
     return Scorer.load(write_bundle(models, encoders, GEO, "DemoFlow/1/end/2", out))
 

@@ -488,6 +488,7 @@ def _scheduled_flow(tmp_path: Path) -> Path:
     d = tmp_path / "flows"
     d.mkdir()
     (d / "demo_flow.py").write_text(src)
+    (d / "pythia.toml").write_text((FLOW.parent / "pythia.toml").read_text())  # its Config
     (d / "pythia").symlink_to(REPO / "pythia", target_is_directory=True)
     return d / "demo_flow.py"
 

@@ -90,8 +90,7 @@ def reference_predict(export: dict, ids: np.ndarray, numeric: np.ndarray) -> dic
     return out
 
 
-GEO = Geography(region_of_country={"US": "NA", "CA": "NA", "DE": "EU", "JP": "APAC"},
-                utc_offset_minutes={"US": -300, "DE": 60, "JP": 540})
+GEO = Geography(region_of_country={"US": "NA", "CA": "NA", "DE": "EU", "JP": "APAC"})
 
 
 @pytest.fixture(scope="module")
@@ -305,12 +304,14 @@ def test_encoder_rejects_encoders_missing_a_feature(encoders):
 
 def test_bundle_layout(bundle, encoders):
     doc = read_bundle_doc(bundle)
-    assert sorted(os.listdir(bundle)) == ["bundle.json", "encoders.json", "weights-NA.npz",
-                                          "weights-global.npz"]
+    assert sorted(os.listdir(bundle)) == ["bundle.json", "encoders.json", "onnx",
+                                          "weights-NA.npz", "weights-global.npz"]
+    assert sorted(os.listdir(os.path.join(bundle, "onnx"))) == [
+        "NA", "encoders.json", "global", "onnx.json"]  # every layer region also as ONNX
     assert doc["version"] == "DemoFlow/7/end/21"
     assert doc["spec_version"] == features.spec_version()
     assert doc["routing"]["region_of_country"]["DE"] == "EU"
-    assert doc["utc_offset_minutes"]["JP"] == 540
+    assert doc["format_version"] == 2 and doc["utc_offsets"]  # the compiled IANA table
     assert doc["models"]["NA"] == {"kind": "mlp", "runtime": NUMPY_LAYERS,
                                    "file": "weights-NA.npz", "source": None, "origin": None}
     assert doc["class_labels"]["age"] == list(features.age_bucket_labels(encoders.age_edges))
@@ -378,19 +379,24 @@ def test_from_run_reads_the_bundle_path_artifact(monkeypatch, bundle):
 
     seen = []
 
-    def run(pathspec):
+    def run(pathspec, _namespace_check=True):
+        assert _namespace_check is False  # every user's runs, without namespace(None)
         seen.append(pathspec)
         return types.SimpleNamespace(pathspec=pathspec, data=Data(bundle_path=bundle))
 
     fake = types.ModuleType("metaflow")  # the client API surface from_run uses
     fake.Run = run
-    fake.Flow = lambda name: types.SimpleNamespace(latest_successful_run=run(f"{name}/99"))
-    fake.namespace = lambda ns: None
+    fake.Flow = lambda name, _namespace_check=True: types.SimpleNamespace(
+        latest_successful_run=run(f"{name}/99", _namespace_check))
+    fake.namespace = lambda ns: pytest.fail("runs.py must not change the process namespace")
+    exc = types.ModuleType("metaflow.exception")
+    exc.MetaflowNotFound = type("MetaflowNotFound", (Exception,), {})
     monkeypatch.setitem(sys.modules, "metaflow", fake)
+    monkeypatch.setitem(sys.modules, "metaflow.exception", exc)
     assert Scorer.from_run("7").version == "DemoFlow/7/end/21"
     assert Scorer.from_run(flow_name="Other").version == "DemoFlow/7/end/21"
     assert seen == ["DemoFlow/7", "Other/99"]
-    fake.Run = lambda pathspec: types.SimpleNamespace(pathspec=pathspec, data=Data())
+    fake.Run = lambda pathspec, **kw: types.SimpleNamespace(pathspec=pathspec, data=Data())
     with pytest.raises(ValueError, match="no bundle_path"):
         Scorer.from_run("8")
 
@@ -586,7 +592,7 @@ def test_parity_with_trained_keras_mlp(tmp_path):
     pytest.importorskip("tensorflow")
     model, scorer, reqs, X = _fit_and_bundle(
         "mlp", tmp_path, {"hidden_units": [16, 8], "dropout": 0.1, "age_head": "corn"})
-    assert sorted(os.listdir(tmp_path / "bundle")) == ["bundle.json", "encoders.json",
+    assert sorted(os.listdir(tmp_path / "bundle")) == ["bundle.json", "encoders.json", "onnx",
                                                        "weights-global.npz"]
     assert read_bundle_doc(str(tmp_path / "bundle"))["models"]["global"]["runtime"] == \
         NUMPY_LAYERS

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import re
 from pathlib import Path
@@ -14,14 +15,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pythia.config import DEFAULT_REGION_OF_COUNTRY
 from pythia.features import age_gender_labels, age_to_bucket, age_bucket_labels
 from pythia.synth import (IMPRESSION_SCHEMA, LABEL_SCHEMA, PRESETS, PROVIDER_METRICS_SCHEMA,
-                          WorldConfig, generate_world, load_world, resolve_source)
-from pythia import contract
+                          World, WorldConfig, generate_world, load_world, resolve_source)
+from pythia import contract, geo
 from pythia.synth import catalog
 from pythia.synth import generate as gen_mod
 from pythia.synth.impressions import PartitionSampler
+from pythia.synth.places import ZoneGroups
 from pythia.synth.population import build_users
 from pythia.synth.world import build_params
 from s3_fixtures import moto_s3, s3_env  # noqa: F401  (fixtures)
@@ -83,6 +84,10 @@ def _calibration_z(p: np.ndarray, y: np.ndarray, bins: int = 4) -> float:
     return max(abs(r.sum()) / np.sqrt(v.sum()) for r, v in stats if v.sum() > 0)
 
 
+def _ts(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp())
+
+
 def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
 
@@ -116,7 +121,7 @@ def test_every_partition_hour_region_present(tiny, impressions):
                      "part-00000.parquet")
             assert pq.read_metadata(f).num_rows > 0, f
     assert Path(tiny, "_SUCCESS").exists()
-    assert {DEFAULT_REGION_OF_COUNTRY[c] for c in impressions["country"].unique()} == {
+    assert {geo.region_of(c) for c in impressions["country"].unique()} == {
         "NA", "EU", "APAC", "LATAM"}
     # every ts lies inside its UTC date/hour partition
     ts = pd.to_datetime(impressions["ts"], utc=True)
@@ -213,6 +218,16 @@ def test_bad_config_and_preset_rejected(tmp_path):
         WorldConfig(n_interests=99)
     with pytest.raises(ValueError, match="providers"):
         dataclasses.replace(PRESETS["tiny"], providers=("lucid", "lucid", "x"))
+    with pytest.raises(ValueError, match="providers"):
+        dataclasses.replace(PRESETS["tiny"], providers=("solo",))
+    with pytest.raises(ValueError, match="country_set 'mars'.*core.*global40"):
+        WorldConfig(country_set="mars")
+    with pytest.raises(ValueError, match="device_catalog"):
+        WorldConfig(device_catalog="phones")
+    with pytest.raises(ValueError, match="age_shares"):
+        WorldConfig(age_shares=(0.5, 0.5))
+    with pytest.raises(ValueError, match="coverage"):
+        WorldConfig(coverage=(0.8, 0.2))
     with pytest.raises(ValueError, match="'huge'.*tiny"):
         generate_world(str(tmp_path / "w"), "huge")
     assert not (tmp_path / "w").exists()
@@ -233,6 +248,28 @@ def test_posterior_rows_are_distributions_and_ts_forms_agree(tiny, impressions):
     # shifting ts by hours changes local hour, hence the posterior: time is really used
     shifted = alt.assign(ts_seconds=alt["ts_seconds"] + 9 * 3600)
     assert np.abs(world.posterior(shifted) - p).max() > 1e-3
+
+
+def test_posterior_uses_the_worlds_clock_and_fixed_offsets_of_older_worlds(tiny, impressions):
+    """The tiny world's window (November 2026) is Sydney's summer time (+11:00): the posterior
+    reads pythia.geo's clock. A world written before it carried fixed offsets (AU +10:00, no
+    DST) in its vocab; the posterior of such a world keeps using them."""
+    world = load_world(tiny)
+    table = geo.OffsetTable.from_json(world.params.offsets)
+    assert table.offset_minutes(_ts("2026-11-20T00:00:00"), "AU") == 660
+    old = dataclasses.replace(world.params, offsets=None, vocab={
+        **world.params.vocab, "utc_offset_minutes": [
+            {"US": -300, "CA": -300, "MX": -360, "GB": 0, "DE": 60, "FR": 60, "ES": 60,
+             "JP": 540, "AU": 600, "IN": 330, "BR": -180, "AR": -180}[c]
+            for c in world.params.vocab["countries"]]})
+    legacy = World(tiny, old, {"R": world.R, "RP": world.RP, "RL": world.RL})
+    rows = impressions
+    au = (rows["country"] == "AU").to_numpy()
+    p, q = world.posterior(rows), legacy.posterior(rows)
+    np.testing.assert_allclose(p[~au], q[~au], rtol=1e-12)  # the same clocks elsewhere
+    assert au.sum() > 100 and np.abs(p[au] - q[au]).max() > 1e-3  # one hour apart in AU
+    with pytest.raises(ValueError, match="geo_region"):
+        world.posterior(rows.drop(columns=["geo_region"]))
 
 
 def test_posterior_rejects_unknown_values_and_missing_columns(tiny, impressions):
@@ -316,6 +353,19 @@ def test_resolve_source_regenerates_incomplete_copy(tmp_path):
     assert Path(path, "_SUCCESS").exists() and not Path(path, "junk.txt").exists()
 
 
+def test_resolve_source_regenerates_a_world_with_the_old_fixed_clock(tmp_path):
+    cache = tmp_path / "cache"
+    path = resolve_source("synthetic://tiny?seed=4", str(cache))
+    meta_file = Path(path, "truth", "world.json")
+    meta = json.loads(meta_file.read_text())
+    assert meta["offset_table"]["countries"]["AU"] == "Australia/Sydney"
+    # a world cached before the clock came from pythia.geo: fixed offsets, no offset table
+    old = {k: v for k, v in meta.items() if k != "offset_table"}
+    meta_file.write_text(json.dumps(old))
+    assert resolve_source("synthetic://tiny?seed=4", str(cache)) == path
+    assert json.loads(meta_file.read_text())["offset_table"] == meta["offset_table"]
+
+
 def test_resolve_source_rejects_bad_specs(tmp_path):
     with pytest.raises(ValueError, match="'bogus'.*default.*large.*tiny"):
         resolve_source("synthetic://bogus", str(tmp_path))
@@ -353,3 +403,131 @@ def test_run_synth_cli_summary_and_bad_preset(tmp_path, capsys):
     assert run_synth_cli("nope", str(tmp_path / "bad"), 0) == 2
     assert "'nope'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------ local time (pythia.geo)
+
+
+def test_hour_segments_cut_at_local_hours_and_dst_changes():
+    params = build_params(PRESETS["skewed"], 0)
+    table = geo.OffsetTable.from_json(params.offsets)
+    groups = ZoneGroups(params.vocab, params.arrays, table)
+    zones = [table.zone_of(c, r) for c, r in zip(groups.country_codes, groups.codes)]
+
+    def segments(t0: int, geo_region: str) -> list[tuple[int, int, int]]:
+        seg = groups.hour_segments(t0)
+        g = zones.index(table.zone_of(geo_region[:2], geo_region))
+        return [(int(seg["start"][g, j]), int(seg["length"][g, j]), int(seg["hour"][g, j]))
+                for j in range(seg["start"].shape[1]) if seg["length"][g, j] > 0]
+
+    # St John's (-03:30) springs forward at 02:00 local = 05:30 UTC: local 02:xx never happens
+    assert segments(_ts("2024-03-10T05:00:00"), "CA-NL") == [(0, 1800, 1), (1800, 1800, 3)]
+    # an hour later it is a half-hour zone at -02:30: cut at the local hour only
+    assert segments(_ts("2024-03-10T06:00:00"), "CA-NL") == [(0, 1800, 3), (1800, 1800, 4)]
+    # New York springs forward at 07:00 UTC: 06:00 UTC is 01 EST, 07:00 UTC is 03 EDT
+    assert segments(_ts("2024-03-10T06:00:00"), "US-NY") == [(0, 3600, 1)]
+    assert segments(_ts("2024-03-10T07:00:00"), "US-NY") == [(0, 3600, 3)]
+    # Phoenix keeps standard time; Kolkata (+05:30) is cut at its half hour
+    assert segments(_ts("2024-03-10T07:00:00"), "US-AZ") == [(0, 3600, 0)]
+    assert segments(_ts("2024-03-10T07:00:00"), "IN-01") == [(0, 1800, 12), (1800, 1800, 13)]
+
+
+@pytest.fixture(scope="module")
+def skewed(tmp_path_factory) -> str:
+    return resolve_source("synthetic://skewed", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def skewed_impressions(skewed) -> pd.DataFrame:
+    df = ds.dataset(f"{skewed}/impressions", partitioning="hive").to_table().to_pandas()
+    truth = load_world(skewed).truth().set_index("user_id")
+    df["y"] = truth.loc[df["user_id"], "age_gender"].map(CLASSES).to_numpy()
+    return df
+
+
+def test_generated_local_hours_follow_dst_like_pythia_geo(skewed, skewed_impressions):
+    """US and Canadian impressions in zones that spring forward on 2024-03-10: their local-hour
+    profile after the change (Mon, Tue) matches the one before (Fri) under pythia.geo's clock,
+    while the same rows read on the winter clock (their offset of 03-08) are one hour off."""
+    table = geo.OffsetTable.from_json(load_world(skewed).params.offsets)
+    rows = skewed_impressions[skewed_impressions["country"].isin(["US", "CA"])]
+    secs = ((pd.to_datetime(rows["ts"], utc=True) - pd.Timestamp(0, tz="UTC"))
+            // pd.Timedelta(seconds=1)).to_numpy()
+    country = rows["country"].to_numpy(dtype=object)
+    regions = rows["geo_region"].to_numpy(dtype=object)
+    now = geo.local_offset_minutes(secs, country, regions, table)
+
+    def offsets_on(day: str) -> np.ndarray:
+        return geo.local_offset_minutes(np.full(len(rows), _ts(f"{day}T12:00:00")), country,
+                                        regions, table)
+
+    winter, summer = offsets_on("2024-03-08"), offsets_on("2024-03-12")
+    day = rows["date"].astype(str).to_numpy()
+    before = (day == "2024-03-08") & (winter != summer)
+    after = np.isin(day, ["2024-03-11", "2024-03-12"]) & (winter != summer)
+    assert (now[before] == winter[before]).all() and (now[after] == winter[after] + 60).all()
+    assert before.sum() > 3000 and after.sum() > 6000
+    assert {"US-AZ", "CA-SK"} & set(regions[winter == summer])  # zones without DST exist too
+
+    def profile(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        hours = ((secs[mask] // 60 + offsets[mask]) // 60) % 24
+        return np.bincount(hours, minlength=24) / mask.sum()
+
+    def distance(p: np.ndarray, q: np.ndarray) -> float:  # chi-square between two profiles
+        return float(((p - q) ** 2 / (p + q)).sum())
+
+    ref = profile(before, now)
+    same_clock = distance(ref, profile(after, now))
+    winter_clock = distance(ref, profile(after, winter))
+    assert same_clock < winter_clock / 3, (same_clock, winter_clock)
+
+
+def test_skewed_preset_looks_like_the_hard_real_cases(skewed, skewed_impressions):
+    cfg = PRESETS["skewed"]
+    world = load_world(skewed)
+    vocab = world.params.vocab
+    countries = set(skewed_impressions["country"])
+    assert len(countries) >= 38 and len(countries - set(catalog.COUNTRY_SHARE)) >= 26
+    assert {geo.region_of(c) for c in countries} == set(geo.REGIONS)  # MEA included
+    # countries with many zones carry real ISO-3166-2 codes that resolve to several zones
+    import pycountry
+    table = geo.OffsetTable.from_json(world.params.offsets)
+    for country in ("US", "CA", "BR", "RU", "AU", "MX", "ID"):
+        codes = set(skewed_impressions.loc[skewed_impressions["country"] == country,
+                                           "geo_region"])
+        assert all(pycountry.subdivisions.get(code=c) is not None for c in codes), codes
+        assert len({table.zone_of(country, c) for c in codes}) >= 3, country
+    # two providers, neither of them the seed's 'lucid'
+    assert sorted(os.listdir(Path(skewed, "labels"))) == [f"provider={p}" for p in
+                                                          sorted(cfg.providers)]
+    assert "lucid" not in cfg.providers and len(cfg.providers) == 2
+    # ~30k labelled users; the smallest AgeGender class under 1% of them
+    latest = pd.concat([_latest_labels(skewed, p) for p in cfg.providers])
+    assert 25_000 <= latest["user_id"].nunique() <= 45_000
+    for p in cfg.providers:
+        shares = np.bincount(_latest_labels(skewed, p)["y_label"], minlength=12)
+        assert shares.min() / shares.sum() < 0.01
+    # a long, heavy-tailed device vocabulary with unicode names
+    models = skewed_impressions["device_model"].value_counts()
+    assert len(vocab["models"]) >= 200 and models.iloc[:len(models) // 10].sum() > 0.4 * len(
+        skewed_impressions)
+    assert (models < 20).sum() >= 30  # a long tail of rare models
+    names = set(models.index) | set(skewed_impressions["device_make"])
+    assert any(re.search("[\u4e00-\u9fff]", n) for n in names)  # CJK ('Xiaomi 红米 Note 11')
+    assert any(re.search("[àâçéèêëîïôûùüÿ]", n) for n in names)  # accents
+    assert {"Samsung Galaxy A12", "OPPO A57"} <= names
+    # small enough for CI
+    assert 100_000 <= len(skewed_impressions) <= 1_000_000
+
+
+def test_skewed_posterior_is_calibrated(skewed, skewed_impressions):
+    world = load_world(skewed)
+    rows = skewed_impressions[skewed_impressions["date"].astype(str) >= "2024-03-10"]
+    p = world.posterior(rows)
+    y = rows["y"].to_numpy()
+    assert _calibration_z(p, y) < 4.5
+    shuffled = p[np.random.default_rng(0).permutation(len(p))]
+    assert _calibration_z(shuffled, y) > 10.0
+    # a little signal beyond the country: beatable, but not by much
+    prior = _log_loss(world.country_prior(rows["country"].to_numpy()), y)
+    assert 0.05 < prior - _log_loss(p, y) < 0.6

@@ -3,7 +3,8 @@
 ``session`` builds the SparkSession; ``hourly`` turns impression partitions into labelled,
 feature-derived rows; ``splits`` writes the four training splits; ``reconcile`` proves every
 input row is accounted for. ``sample`` writes tiny hand-made sources in the contract layout.
-The flow's steps call :func:`run_hours` (etl_hour) and :func:`join_hours` (join_hours).
+The flow's steps call :func:`run_hours` (etl_hour) and :func:`join_hours` (join_hours); a Spark
+failure caused by an input file surfaces there as one line naming the file and the fix.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ def run_hours(source_path: str, hours: list[int], window: Mapping[str, list[str]
               labels_manifest: Mapping[str, Any], params: Any, paths: Any) -> dict:
     """The etl_hour step: validate, quarantine, derive and label these hours of day over the
     window; returns the task's manifest."""
+    from pythia.errors import user_input_errors
     from pythia.etl import hourly
     from pythia.etl.session import spark_session
     from pythia.source import window_of
-    with spark_session(f"pythia-etl-{hours[0]:02d}", params, source_path) as spark:
+    with spark_session(f"pythia-etl-{hours[0]:02d}", params, source_path) as spark, \
+            user_input_errors("etl_hour"):
         return hourly.run_hours(spark, source_path, hours, window_of(window),
                                 labels_manifest["labels_path"], paths.etl_hours(hours),
                                 paths.quarantine, params.geo, params.etl.allow_gaps)
@@ -25,19 +28,48 @@ def run_hours(source_path: str, hours: list[int], window: Mapping[str, list[str]
 
 def join_hours(hour_manifests: list[dict], params: Any, paths: Any
                ) -> tuple[dict, Any, dict, dict]:
-    """The join_hours step: power users, resampling and the four splits; the reconciliation
-    of every input row must balance. Returns (split_manifest, reconciliation, resample_rates,
-    quarantine summary)."""
+    """The join_hours step: duplicates across tasks, power users, resampling and the four
+    splits; the reconciliation of every input row must balance. Returns (split_manifest,
+    reconciliation, resample_rates, quarantine summary). The summary also lists the impression
+    folders that were not read because their names do not parse (``partitions``, rows counted
+    from Parquet footers)."""
+    from pythia.contract import IMPRESSIONS
+    from pythia.errors import user_input_errors
+    from pythia.etl.dedupe import settle_duplicates
     from pythia.etl.reconcile import assert_balanced, reconcile
     from pythia.etl.session import spark_session
     from pythia.etl.splits import finalize_splits
-    with spark_session("pythia-splits", params) as spark:
-        split_manifest = finalize_splits(spark, hour_manifests, params.etl, paths)
-    reconciliation = reconcile(hour_manifests, split_manifest)
+    from pythia.paths import join
+    with spark_session("pythia-splits", params) as spark, user_input_errors("join_hours"):
+        # the losers' ids live beside the tasks' own outputs; their raw rows join the quarantine
+        manifests, duplicates = settle_duplicates(
+            spark, hour_manifests, paths.etl_duplicates,
+            join(paths.quarantine, IMPRESSIONS.name, "duplicates_across_tasks"))
+        split_manifest = finalize_splits(spark, manifests, params.etl, paths,
+                                         duplicates=duplicates["path"])
+    split_manifest["duplicates_across_tasks"] = duplicates
+    reconciliation = reconcile(manifests, split_manifest)
     assert_balanced(reconciliation)
     by_reason: dict[str, int] = {}
-    for m in hour_manifests:
+    for m in manifests:
         for reason, n in m.get("quarantined_by_reason", {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
-    quarantine = {"path": paths.quarantine, "by_reason": by_reason}
+    quarantine = {"path": paths.quarantine, "by_reason": by_reason,
+                  **quarantined_partitions(hour_manifests)}
     return split_manifest, reconciliation, split_manifest.get("resample_rates", {}), quarantine
+
+
+def quarantined_partitions(hour_manifests: list[dict]) -> dict:
+    """``{"partitions": [...], "partition_rows": n}``: the impression folders of the run's
+    source that do not parse (``source_layout.find_partition_problems``), each printed."""
+    import datetime as dt
+
+    from pythia import source_layout
+    if not hour_manifests:
+        return {"partitions": [], "partition_rows": 0}
+    first = hour_manifests[0]
+    dates = [dt.date.fromisoformat(d) for d in first["dates"]]
+    problems = source_layout.find_partition_problems(first["source"], dates)
+    for entry in problems:
+        print(source_layout.describe_partition_problem(entry))
+    return {"partitions": problems, "partition_rows": sum(e["rows"] for e in problems)}

@@ -3,12 +3,12 @@
 One call handles a group of hours of day over the 5 window dates as a single Spark job graph
 (one read, one validation, one feature pass, cached, then small writes and one count query).
 Features come from ``features.derive_batch`` inside ``mapInArrow``: the same Python code as
-the bid-time scorer, never a second implementation in SQL.
+the bid-time scorer, never a second implementation in SQL. Each task also writes the ids of its
+valid rows (``ids/``) so that ``etl.dedupe`` can settle duplicates across tasks.
 """
 from __future__ import annotations
 
-import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -17,20 +17,34 @@ from pythia import contract, contract_read
 from pythia.config import Geography, Window
 from pythia.contract import IMPRESSIONS, REASON, REASON_COLUMN, REASONS
 from pythia.etl.io import read_parquet, write_parquet_atomic
-from pythia.features import (COUNTRY, DATE, DERIVED_COLUMNS, ETL_SPLITS, HOUR, LABEL_PROVIDER,
-                             SPLIT, SPLIT_COLUMN_TYPES, TS, TS_SECONDS, USER_ID,
+from pythia.features import (COUNTRY, DATE, DERIVED_COLUMNS, ETL_SPLITS, GEO_REGION, HOUR,
+                             IMPRESSION_ID, LABEL_PROVIDER, SPLIT, SPLIT_COLUMN_TYPES, TS,
+                             TS_SECONDS, USER_ID,
                              USER_LABEL_COLUMNS, Y_AGE_GENDER, derive_batch)
 from pythia.paths import join
 
 WRITTEN = "written"
 UNLABELLED = "unlabelled"
 OUTCOME = "outcome"  # working column: written | unlabelled | a quarantine reason
+CONTENT_HASH = "content_hash"  # xxhash64 of a row's raw values: the last duplicate tie-break
+# The per-task ids table (``ids/``): one row per valid row, enough to settle duplicates across
+# tasks with the within-task rule (earliest ts, then date, hour, content hash).
+IDS_COLUMNS = (IMPRESSION_ID, USER_ID, TS, DATE, HOUR, CONTENT_HASH, SPLIT, OUTCOME,
+               Y_AGE_GENDER)
 # (name, contract type) of what derive_batch adds to each row
 DERIVED = tuple((name, SPLIT_COLUMN_TYPES[name]) for name in DERIVED_COLUMNS)
 
 
 def _hours_tag(hours: Sequence[int]) -> str:
     return "hours=" + "-".join(f"{h:02d}" for h in hours)
+
+
+def content_hash() -> Any:
+    """The tie-break of ``contract.flag_impressions``: xxhash64 over every raw (string) value of
+    a normalised impression row, so the kept copy never depends on file order or task."""
+    from pyspark.sql import functions as F
+
+    return F.xxhash64(*[F.col(contract_read.RAW_PREFIX + c.name) for c in IMPRESSIONS.columns])
 
 
 def derive_features(sdf: Any, geo: Geography) -> Any:
@@ -48,7 +62,9 @@ def derive_features(sdf: Any, geo: Geography) -> Any:
         for batch in batches:
             cols = {TS: batch.column(names.index(TS_SECONDS)).to_numpy(zero_copy_only=False),
                     COUNTRY: np.asarray(batch.column(names.index(COUNTRY)).to_pylist(),
-                                        dtype=object)}
+                                        dtype=object),
+                    GEO_REGION: np.asarray(batch.column(names.index(GEO_REGION)).to_pylist(),
+                                           dtype=object)}
             out = derive_batch(cols, geo)
             extra = [pa.array(out[n], type=t) for n, t in arrow_types]
             yield pa.RecordBatch.from_arrays(batch.columns + extra,
@@ -77,7 +93,8 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
         hours: hours of day handled by this task (e.g. ``[0, 1, 2, 3]``).
         window: the 5-day window; each row's split comes from ``window.split_of(date)``.
         labels_path: Parquet of ``providers.prepare_labels`` (its manifest's ``labels_path``).
-        out_dir: where this task's rows (``rows/``) and user-day counts go.
+        out_dir: where this task's rows (``rows/``), user-day counts and the ids of its valid
+            rows (``ids/``, read by ``etl.dedupe``) go.
         quarantine_dir: root of quarantine tables; rows go to
             ``<quarantine_dir>/impressions/hours=HH-…``.
         geo: country -> region / UTC offset tables.
@@ -100,18 +117,16 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
     if gaps and not allow_gaps:
         contract_read.check_partitions(source, dates, hours, allow_gaps=False)  # raises, listing
     files = [f for _, fs in sorted(found.items()) for f in fs]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # extras are returned and warned about once below
-        raw, extras = contract_read.read_table(spark, files, IMPRESSIONS)
-    if extras:
-        warnings.warn(f"impressions: ignoring unknown column(s) {extras}", stacklevel=2)
+    # read_table prints extra columns and naive timestamps to the step's log
+    raw, extras = contract_read.read_table(spark, files, IMPRESSIONS)
     if not files:
         raw = contract_read.empty_normalized(spark, IMPRESSIONS)
     flagged = contract.flag_impressions(raw, dates, hours)
     split_of = F.create_map(*[x for d in dates for x in (F.lit(d.isoformat()),
                                                          F.lit(window.split_of(d)))])
 
-    valid = flagged.filter(F.col(REASON).isNull()).select(*IMPRESSIONS.names, DATE, HOUR)
+    valid = flagged.filter(F.col(REASON).isNull()).select(
+        *IMPRESSIONS.names, DATE, HOUR, content_hash().alias(CONTENT_HASH))
     labelled = (derive_features(valid, geo)
                 .join(read_labels(spark, labels_path), USER_ID, "left")
                 .withColumn(OUTCOME, F.when(F.col(LABEL_PROVIDER).isNull(), F.lit(UNLABELLED))
@@ -129,7 +144,7 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
                                                 Y_AGE_GENDER).count().collect()]
         out_cols = IMPRESSIONS.names + [
             c for c in labelled.columns
-            if c not in IMPRESSIONS.names and c != OUTCOME] + [SPLIT]
+            if c not in IMPRESSIONS.names and c not in (OUTCOME, CONTENT_HASH)] + [SPLIT]
         written = every.filter(F.col(OUTCOME) == WRITTEN).select(*out_cols)
         rows_path = write_parquet_atomic(written, join(out_dir, "rows"))
         q_path = write_parquet_atomic(
@@ -142,16 +157,33 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
         ud_path = write_parquet_atomic(
             written.groupBy(USER_ID, DATE).agg(F.count(F.lit(1)).alias("n")),
             join(out_dir, "user_day_counts"))
+        ids_path = write_parquet_atomic(
+            every.filter(F.col(OUTCOME).isin(WRITTEN, UNLABELLED)).select(*IDS_COLUMNS),
+            join(out_dir, "ids"))
         schema = [[f.name, f.dataType.simpleString()] for f in written.schema.fields]
     finally:
         every.unpersist()
     return _manifest(rows, window, hours, gaps, extras, schema, source, labels_path,
-                     rows_path, q_path, ud_path)
+                     rows_path, q_path, ud_path, ids_path)
+
+
+def manifest_totals(per_hour: Sequence[Mapping]) -> dict:
+    """The task-level sums of a manifest's ``per_hour`` records: ``total``,
+    ``quarantined_by_reason`` and ``written_by_split`` (recomputed after a global dedupe)."""
+    total = {"rows_in": sum(p["rows_in"] for p in per_hour),
+             "quarantined": {r: sum(p["quarantined"][r] for p in per_hour)
+                             for r in REASONS},
+             UNLABELLED: sum(p[UNLABELLED] for p in per_hour),
+             WRITTEN: sum(p[WRITTEN] for p in per_hour)}
+    written_by_split = {s: sum(p[WRITTEN] for p in per_hour if p[SPLIT] == s)
+                        for s in ETL_SPLITS}
+    return {"total": total, "quarantined_by_reason": dict(total["quarantined"]),
+            "written_by_split": written_by_split}
 
 
 def _manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[str],
               extras: list[str], schema: list, source: str, labels_path: str, rows_path: str,
-              q_path: str, ud_path: str) -> dict:
+              q_path: str, ud_path: str, ids_path: str) -> dict:
     per: dict[tuple[str, int], dict] = {}
     for d in window.dates:
         for h in hours:
@@ -171,18 +203,10 @@ def _manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[st
             key = str(int(y))
             class_counts[split][key] = class_counts[split].get(key, 0) + n
     per_hour = [per[k] for k in sorted(per)]
-    total = {"rows_in": sum(p["rows_in"] for p in per_hour),
-             "quarantined": {r: sum(p["quarantined"][r] for p in per_hour)
-                             for r in REASONS},
-             UNLABELLED: sum(p[UNLABELLED] for p in per_hour),
-             WRITTEN: sum(p[WRITTEN] for p in per_hour)}
-    written_by_split = {s: sum(p[WRITTEN] for p in per_hour if p[SPLIT] == s)
-                        for s in ETL_SPLITS}
     return {"hours": hours, "dates": [d.isoformat() for d in window.dates],
             "window": window.as_dict(), "source": source, "labels_path": labels_path,
             "rows_path": rows_path, "quarantine_path": q_path, "user_day_counts_path": ud_path,
-            "gaps": gaps, "extra_columns": extras, "schema": schema, "per_hour": per_hour,
-            "total": total, "quarantined_by_reason": dict(total["quarantined"]),
-            "written_by_split": written_by_split,
+            "ids_path": ids_path, "gaps": gaps, "extra_columns": extras, "schema": schema,
+            "per_hour": per_hour, **manifest_totals(per_hour),
             "class_counts": {s: dict(sorted(c.items(), key=lambda kv: int(kv[0])))
                              for s, c in class_counts.items()}}

@@ -29,8 +29,25 @@ LOCAL_CONF: Mapping[str, str] = {
                                      "-Dlog4j2.level=ERROR",
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "1000",
 }
-# Applied to every session (they only make results independent of the machine).
-COMMON_CONF: Mapping[str, str] = {"spark.sql.session.timeZone": "UTC"}
+# Applied to every session: results must not depend on the machine or on a cluster's defaults.
+# Dates/timestamps are read as written (proleptic Gregorian: pyarrow, Spark 3+, Hive 3), so a
+# sentinel like 0001-01-01 is a value to validate, not a read failure; a damaged or vanished
+# file stops the step naming it, never drops its rows silently. Nanosecond timestamps need no
+# setting: contract_read reads them as bigint through an explicit schema and converts them.
+COMMON_CONF: Mapping[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.datetimeRebaseModeInRead": "CORRECTED",
+    "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
+    "spark.sql.files.ignoreCorruptFiles": "false",
+    "spark.sql.files.ignoreMissingFiles": "false",
+}
+# Sessions this process starts (not Spark Connect, whose server has its own settings) read local
+# files without Hadoop's client-side checksums: a stale or foreign `.NAME.crc` side file next to
+# a rewritten Parquet file must not stop the run (Parquet has its own integrity checks), and the
+# ETL's own outputs get no .crc clutter.
+DRIVER_CONF: Mapping[str, str] = {
+    "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+}
 SPARK_REMOTE_ENV = "SPARK_REMOTE"
 SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
 
@@ -74,6 +91,7 @@ def get_spark(app_name: str, master: str | None = None, remote: str | None = Non
         builder = builder.remote(target)
     else:
         builder = builder.master(target)
+        settings.update(DRIVER_CONF)
         if kind == "local" or target.startswith("local"):
             settings.update(LOCAL_CONF)
     settings.update(conf or {})

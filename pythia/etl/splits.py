@@ -1,9 +1,9 @@
 """The four training splits: power users, class resampling from global counts, final writes.
 
-Runs once after all hourly tasks: rates come from each split's GLOBAL class counts (never per
-hour), selection is a deterministic hash of (impression_id, seed), and the test day is written
-twice: ``test_resampled`` (same rules as train/validation) and ``test_natural`` (every row,
-power users kept and flagged).
+Runs once after all hourly tasks: the mode (``auto`` decides it from the train counts) and the
+rates come from each split's GLOBAL class counts (never per hour), selection is a deterministic
+hash of (impression_id, seed), and the test day is written twice: ``test_resampled`` (same
+rules as train/validation) and ``test_natural`` (every row, power users kept and flagged).
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 from pythia import contract
-from pythia.config import EtlConfig
+from pythia.config import RESAMPLE_MODES, EtlConfig
 from pythia.contract_read import SPARK_TYPES
+from pythia.etl.hourly import OUTCOME, WRITTEN
 from pythia.etl.io import read_parquet, write_parquet_atomic
 from pythia.features import (DATE, ETL_SPLIT_OF, ETL_SPLITS, HOUR, IMPRESSION_ID, IS_POWER_USER,
                              OUTPUT_SPLITS, SPLIT, TARGETS, TEST_NATURAL, TEST_RESAMPLED, TRAIN,
@@ -20,24 +21,49 @@ from pythia.features import (DATE, ETL_SPLIT_OF, ETL_SPLITS, HOUR, IMPRESSION_ID
 
 _HASH_BITS = 53  # uniform draws with full double precision
 RESAMPLED_SPLITS = (TRAIN, VALIDATION, TEST_RESAMPLED)  # the output splits that are resampled
+AUTO = "auto"
+# ``auto`` balances only where balancing costs little data: the mode must keep at least this
+# share of the train rows ...
+AUTO_MIN_KEPT_FRACTION = 0.5
+# ... or at least this many rows, where training time rather than data is the constraint.
+AUTO_ENOUGH_ROWS = 1_000_000
 
 
 def rules_markdown() -> str:
     """ETL split rules, for docs/data-contract.md."""
     return "\n".join([
-        "## Splits, power users, resampling (`etl.hourly`, `etl.splits`, `etl.reconcile`)", "",
+        "## Splits, power users, resampling (`etl.hourly`, `etl.dedupe`, `etl.splits`, "
+        "`etl.reconcile`)", "",
         "- Window: the 5 days ending at the test date; split by partition date: 3 train days, "
         "1 validation, 1 test. Impressions of users without a label are counted "
         "(`unlabelled`), not written.",
+        "- Duplicates across the whole window: each `etl_hour` task keeps one copy of an "
+        "`impression_id` among its valid rows; `join_hours` then settles ids kept by several "
+        "tasks with the same rule (earliest `ts`, then date, hour, a hash of the raw values). "
+        "The other copies leave `written` or `unlabelled` of their own hour, count as "
+        "`duplicate_impression_id`, and their raw rows are read again from the source into "
+        "the quarantine (`impressions/duplicates_across_tasks`). Counts, splits and the "
+        "power-user threshold do not depend on `hours_per_task`.",
         "- Power users: per (user, date) count of labelled impressions over all hours; a "
         "user-day above the threshold (`power_user_threshold`, else the exact "
         "`power_user_quantile` of those counts) is flagged `is_power_user`; with "
         f"`drop_power_users` its rows leave {TRAIN}, {VALIDATION} and `{TEST_RESAMPLED}`.",
         "- Resampling: keep-rates per class of `resample_target` from the GLOBAL class counts "
         "of each split after the power-user drop: `balanced` n_min/n_c, `sqrt` "
-        "sqrt(n_min/n_c), `natural` 1. A row is kept when "
+        "sqrt(n_min/n_c), `natural` 1; with a floor (`balanced:0.2`) no rate is below it. "
+        "A row is kept when "
         f"pmod(xxhash64(impression_id, seed), 2^{_HASH_BITS}) / 2^{_HASH_BITS} < rate "
         "(deterministic).",
+        f"- `{AUTO}` (the default) picks one mode for all resampled splits from the {TRAIN} "
+        "class counts: `balanced` if it keeps at least "
+        f"{AUTO_MIN_KEPT_FRACTION:.0%} of the train rows or at least {AUTO_ENOUGH_ROWS:,} "
+        "rows, else `sqrt` by the same test, else `natural`. Why: the natural priors are "
+        "restored downstream (prior correction, importance weights), so resampling buys class "
+        "balance at the price of data; that is cheap where the classes are near balanced or "
+        "the data is large, and ruinous on small skewed label sets (a 0.4% class leaves "
+        "`balanced` about 5% of the rows). The split manifest records the mode applied "
+        "(`resample`), what was asked (`resample_requested`, `min_keep_rate`) and the numbers "
+        "(`resample_choice`).",
         f"- The test day is written twice: `{TEST_RESAMPLED}` (rules above) and `{TEST_NATURAL}` "
         "(every row, power users kept and flagged). `natural_priors` are the class "
         "frequencies of all labelled train rows (power users included).",
@@ -46,22 +72,62 @@ def rules_markdown() -> str:
     ])
 
 
-def resample_rates(counts: Mapping[int, int], mode: str) -> dict[int, float]:
+def resample_rates(counts: Mapping[int, int], mode: str, min_keep_rate: float = 0.0
+                   ) -> dict[int, float]:
     """Keep-rate per class from global class counts.
 
     ``balanced``: every class down to the smallest present class (rate n_min / n_c);
     ``sqrt``: kept counts proportional to sqrt(n_c) (rate sqrt(n_min / n_c));
-    ``natural``: every rate 1. Classes with no rows get no rate. All rates are in (0, 1].
+    ``natural``: every rate 1. No rate falls below ``min_keep_rate``. Classes with no rows get
+    no rate. All rates are in (0, 1]. (``auto`` is decided by :func:`choose_resample` first.)
     """
     present = {int(c): int(n) for c, n in counts.items() if n > 0}
     if mode == "natural" or not present:
         return {c: 1.0 for c in present}
     n_min = min(present.values())
     if mode == "balanced":
-        return {c: n_min / n for c, n in present.items()}
-    if mode == "sqrt":
-        return {c: math.sqrt(n_min / n) for c, n in present.items()}
-    raise ValueError(f"unknown resample mode {mode!r}")
+        rates = {c: n_min / n for c, n in present.items()}
+    elif mode == "sqrt":
+        rates = {c: math.sqrt(n_min / n) for c, n in present.items()}
+    else:
+        raise ValueError(f"unknown resample mode {mode!r}; choose from {RESAMPLE_MODES}")
+    return {c: max(r, float(min_keep_rate)) for c, r in rates.items()}
+
+
+def kept_fraction(counts: Mapping[int, int], rates: Mapping[int, float]) -> float:
+    """Expected share of the rows that ``rates`` keep (1.0 for no rows)."""
+    total = sum(int(n) for n in counts.values())
+    kept = sum(int(n) * rates.get(int(c), 0.0) for c, n in counts.items())
+    return kept / total if total else 1.0
+
+
+def choose_resample(counts: Mapping[int, int], requested: str, min_keep_rate: float = 0.0
+                    ) -> tuple[str, dict]:
+    """The resampling mode to apply to every resampled split, from the TRAIN class counts.
+
+    Any mode but ``auto`` is kept as asked. ``auto`` takes the first of balanced, sqrt that
+    keeps at least ``AUTO_MIN_KEPT_FRACTION`` of the rows or at least ``AUTO_ENOUGH_ROWS``
+    rows, else natural (see ``rules_markdown`` for why).
+
+    Returns:
+        (mode, evidence): evidence holds the train rows, the smallest class and the expected
+        kept fraction of each mode, so the manifest shows why the mode was chosen.
+    """
+    present = [int(n) for n in counts.values() if n > 0]
+    total = sum(present)
+    kept = {m: kept_fraction(counts, resample_rates(counts, m, min_keep_rate))
+            for m in ("balanced", "sqrt", "natural")}
+    evidence = {"requested": requested, "min_keep_rate": float(min_keep_rate),
+                "decided_on": TRAIN, "rows": total, "smallest_class_rows": min(present or [0]),
+                "kept_fraction": kept}
+    if requested != AUTO:
+        return requested, evidence
+    if not total:  # no train rows: nothing to balance
+        return "natural", evidence
+    for mode in ("balanced", "sqrt"):
+        if kept[mode] >= AUTO_MIN_KEPT_FRACTION or kept[mode] * total >= AUTO_ENOUGH_ROWS:
+            return mode, evidence
+    return "natural", evidence
 
 
 def target_class(y_age_gender: int, target: str, n_age: int) -> int:
@@ -75,18 +141,25 @@ def target_class(y_age_gender: int, target: str, n_age: int) -> int:
     raise ValueError(f"unknown target {target!r}; choose from {TARGETS}")
 
 
-def power_user_threshold(spark: Any, user_day_paths: Sequence[str], cfg: EtlConfig
-                         ) -> tuple[Any, float | None]:
+def power_user_threshold(spark: Any, user_day_paths: Sequence[str], cfg: EtlConfig,
+                         duplicates: str | None = None) -> tuple[Any, float | None]:
     """Per-(user, date) impression totals over all tasks, and the power-user threshold.
 
     The threshold is ``cfg.power_user_threshold`` when set, else the exact
     ``cfg.power_user_quantile`` of the per-user-day counts of labelled rows; a user-day with
     MORE impressions than the threshold is a power user. None when there are no rows.
+    ``duplicates`` (the losers of ``etl.dedupe``) are taken out of the counts first, so the
+    threshold is the one a single task reading every hour would find.
     """
     from pyspark.sql import functions as F
 
-    totals = read_parquet(spark, list(user_day_paths)).groupBy(USER_ID, DATE).agg(
-        F.sum("n").alias("n"))
+    counts = read_parquet(spark, list(user_day_paths)).select(
+        USER_ID, DATE, F.col("n").cast("long").alias("n"))
+    if duplicates:
+        counts = counts.unionByName(
+            read_parquet(spark, duplicates).filter(F.col(OUTCOME) == WRITTEN)
+            .groupBy(USER_ID, DATE).agg((-F.count(F.lit(1))).cast("long").alias("n")))
+    totals = counts.groupBy(USER_ID, DATE).agg(F.sum("n").alias("n")).filter(F.col("n") > 0)
     if cfg.power_user_threshold is not None:
         return totals, float(cfg.power_user_threshold)
     q = totals.approxQuantile("n", [cfg.power_user_quantile], 0.0)
@@ -114,19 +187,24 @@ def _check_manifests(hour_manifests: Sequence[Mapping]) -> None:
 
 
 def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfig,
-                    out_root: Any) -> dict:
+                    out_root: Any, duplicates: str | None = None) -> dict:
     """Flag power users, resample from global counts and write the four splits.
 
     Args:
         spark: the session.
-        hour_manifests: the manifests returned by ``hourly.run_hours``, one per task.
-        cfg: resampling mode/target, power-user rule, seed, age edges.
+        hour_manifests: the manifests returned by ``hourly.run_hours``, one per task (after
+            ``dedupe.apply_duplicates`` when there were duplicates across tasks).
+        cfg: resampling mode/target/floor, power-user rule, seed, age edges.
         out_root: ``RunPaths`` (its ``split(name)``), a dict split -> uri, or a function.
+        duplicates: the losers' ids table of ``dedupe.find_duplicates``: their written rows
+            are left out (and out of the power-user counts).
 
     Returns:
-        A JSON-able manifest: paths and row counts per split, keep-rates and class counts
-        before/after per split (keys: class index as str), natural train priors per target,
-        the power-user threshold, and per-(date, hour, split) counts for ``reconcile``.
+        A JSON-able manifest: paths and row counts per split, the applied resampling mode (and
+        why, for ``auto``), keep-rates and class counts before/after per split (keys: class
+        index as str), natural train priors per target, the power-user threshold, and
+        per-(date, hour, split) counts for ``reconcile``. One line saying which mode was
+        applied and how many rows each split kept is printed.
     """
     # Long on purpose: the persisted ``flagged`` frame must outlive both count queries and the
     # four writes, and be released in the ``finally`` here.
@@ -139,8 +217,12 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
     uri_of = _out_uri(out_root)
     n_age = len(cfg.age_edges)
     totals, threshold = power_user_threshold(
-        spark, [m["user_day_counts_path"] for m in hour_manifests], cfg)
+        spark, [m["user_day_counts_path"] for m in hour_manifests], cfg, duplicates)
     rows = read_parquet(spark, [m["rows_path"] for m in hour_manifests])
+    if duplicates:
+        keys = [IMPRESSION_ID, DATE, HOUR]
+        rows = rows.join(read_parquet(spark, duplicates).filter(F.col(OUTCOME) == WRITTEN)
+                         .select(*keys), keys, "left_anti")
     if threshold is None:
         flagged = rows.withColumn(IS_POWER_USER, F.lit(False))
     else:
@@ -151,19 +233,10 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         before = flagged.groupBy(SPLIT, IS_POWER_USER, Y_AGE_GENDER).count().collect()
-        counts: dict[str, dict[int, int]] = {s: {} for s in OUTPUT_SPLITS}
-        natural: dict[int, int] = {}
-        for split, pu, y, n in before:
-            if split == TRAIN:
-                natural[int(y)] = natural.get(int(y), 0) + n
-            for out in RESAMPLED_SPLITS:
-                if ETL_SPLIT_OF[out] != split:
-                    continue
-                if pu and cfg.drop_power_users:
-                    continue
-                c = target_class(y, cfg.resample_target, n_age)
-                counts[out][c] = counts[out].get(c, 0) + n
-        rates = {s: resample_rates(counts[s], cfg.resample) for s in RESAMPLED_SPLITS}
+        counts, natural = _counts_before(before, cfg, n_age)
+        mode, choice = choose_resample(counts[TRAIN], cfg.resample, cfg.min_keep_rate)
+        rates = {s: resample_rates(counts[s], mode, cfg.min_keep_rate)
+                 for s in RESAMPLED_SPLITS}
         uniform = (F.pmod(F.xxhash64(F.col(IMPRESSION_ID), F.lit(int(cfg.seed))),
                           F.lit(1 << _HASH_BITS)).cast("double") / float(1 << _HASH_BITS))
         y_t = {"age_gender": F.col(Y_AGE_GENDER),
@@ -193,7 +266,46 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
             paths[out] = write_parquet_atomic(_split_columns(part), uri_of(out))
     finally:
         flagged.unpersist()
-    return _manifest(after, counts, rates, natural, threshold, paths, cfg, n_age)
+    manifest = _manifest(after, counts, rates, natural, threshold, paths, cfg, n_age)
+    manifest.update(resample=mode, resample_requested=cfg.resample,
+                    min_keep_rate=cfg.min_keep_rate, resample_choice=choice)
+    print(resample_summary(manifest))
+    return manifest
+
+
+def _counts_before(before: list, cfg: EtlConfig, n_age: int
+                   ) -> tuple[dict[str, dict[int, int]], dict[int, int]]:
+    """Class counts of ``resample_target`` per resampled split (after the power-user drop),
+    and the AgeGender counts of every labelled train row (the natural priors)."""
+    counts: dict[str, dict[int, int]] = {s: {} for s in OUTPUT_SPLITS}
+    natural: dict[int, int] = {}
+    for split, pu, y, n in before:
+        if split == TRAIN:
+            natural[int(y)] = natural.get(int(y), 0) + n
+        for out in RESAMPLED_SPLITS:
+            if ETL_SPLIT_OF[out] != split or (pu and cfg.drop_power_users):
+                continue
+            c = target_class(y, cfg.resample_target, n_age)
+            counts[out][c] = counts[out].get(c, 0) + n
+    return counts, natural
+
+
+def resample_summary(manifest: Mapping) -> str:
+    """One line for the step's log: the mode applied (and, for ``auto``, the numbers that chose
+    it) and the rows each resampled split kept of its rows after the power-user drop."""
+    choice = manifest.get("resample_choice", {})
+    kept = ", ".join(
+        f"{s} {manifest['rows'][s]:,}/{sum(manifest['class_counts_before'][s].values()):,}"
+        for s in RESAMPLED_SPLITS)
+    why = ""
+    if choice.get("requested") == AUTO:
+        frac = choice["kept_fraction"]
+        why = (f" (auto, on {choice['rows']:,} train rows, smallest class "
+               f"{choice['smallest_class_rows']:,}: balanced would keep {frac['balanced']:.0%}, "
+               f"sqrt {frac['sqrt']:.0%})")
+    floor = (f", keep-rates floored at {manifest['min_keep_rate']:g}"
+             if manifest.get("min_keep_rate") else "")
+    return f"resample: {manifest['resample']}{why}{floor}; rows kept: {kept}"
 
 
 def _split_columns(sdf: Any) -> Any:
@@ -248,7 +360,7 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
 
     rate_doc = {s: _keyed(rates[s]) for s in rates}
     return {
-        "paths": paths, "rows": rows, "resample": cfg.resample,
+        "paths": paths, "rows": rows,
         "splits": {s: {"path": paths[s], "rows": rows[s]} for s in OUTPUT_SPLITS},
         "resample_rates": rate_doc,
         "resample_target": cfg.resample_target, "seed": cfg.seed,

@@ -2,8 +2,10 @@
 report figures, tables and card, and the `pythia report` / `pythia runs` terminal views.
 
 The flow's evaluate step calls :func:`run` then :func:`render_card`; its end step calls
-:func:`choose_bundle_models`. Modules: ``io`` (inputs and report files), ``frames`` and
-``slices`` (pure metrics per slice), ``gauge``, ``champions``, ``tables``, ``figures``, ``card``.
+:func:`choose_bundle_models`. Modules: ``io`` (inputs and report files), ``stream`` (the
+metrics in bounded memory: ``buckets`` on scratch disk, ``stats`` and ``sums`` per slice),
+``frames`` and ``slices`` (the in-memory reference), ``gauge``, ``champions``, ``tables``,
+``figures``, ``card``.
 """
 from __future__ import annotations
 
@@ -14,18 +16,16 @@ from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, baseli
                                        candidate_label,
                                        choose_bundle_models, choose_champions, select_champions)
 from pythia.evaluate.figures import draw_figures
-from pythia.evaluate.frames import JOINT_TARGET
-from pythia.evaluate.gauge import build_gauge, posterior_probs_by_split, score_posterior
-from pythia.evaluate.io import (AlignedPredictions, bundle_scorer, read_predictions,
-                                read_split_frames, read_world, rows_to_requests, write_reports)
+from pythia.evaluate.gauge import build_gauge
+from pythia.evaluate.io import (AlignedPredictions, SplitRowsOnDemand, bundle_scorer, read_world,
+                                rows_to_requests, write_reports)
 from pythia.evaluate.metrics import (bucket_mae, class_distribution, classwise_ece,
                                      expected_bucket_mae, multiclass_brier, reliability_bins,
                                      score_predictions, top_label_ece,
                                      total_variation_distance)
-from pythia.evaluate.slices import (check_candidates, distributions_table, metrics_table,
-                                    prepare_data, score_candidate)
+from pythia.evaluate.slices import EvalData
+from pythia.evaluate.stream import score_streaming
 from pythia.evaluate.tables import build_headline
-from pythia.features import TEST_NATURAL
 
 __all__ = [
     "run", "render_card", "choose_bundle_models", "baseline_models_of", "bundle_scorer", "rows_to_requests",
@@ -67,34 +67,27 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
     """
     if not candidates:
         raise ValueError("no candidates to evaluate: did every train task fail?")
-    # load: split rows, the world's truth; predictions are read one candidate at a time
+    # score: every candidate and the exact posterior on every slice, streamed bucket by bucket
+    # into per-slice sums (memory bounded by a bucket, not by the splits)
     world = world if world is not None else read_world(source_path)
-    data = prepare_data(read_split_frames(split_manifest, age_edges), age_edges,
-                        world.truth() if world is not None else None)
-    idents = check_candidates(candidates)
-    # score: each candidate on every slice, then the exact posterior itself
-    bayes, gauge_note = posterior_probs_by_split(world, data)
-    metric_parts, dist_parts = [], [data.actual_table]
-    for ident, cand in zip(idents, candidates):
-        m, d = score_candidate(ident, read_predictions(cand["predictions_uri"]), data, bayes,
-                               (cand.get("val_logloss") or {}).get(JOINT_TARGET))
-        metric_parts += m
-        dist_parts += d
-    metrics = metrics_table(metric_parts + score_posterior(data, bayes))
-    distributions = distributions_table(dist_parts, metrics)
+    scored = score_streaming(candidates, split_manifest, age_edges, world)
+    metrics, distributions = scored.metrics, scored.distributions
     gauge = build_gauge(metrics)
-    # choose: one champion per region (winners' predictions are re-read on demand)
+    # choose: one champion per region; split rows and winners' predictions are read only for
+    # the comparison with a previous run's champion
+    edges = tuple(int(e) for e in age_edges)
+    data = EvalData(SplitRowsOnDemand(split_manifest, edges), edges, scored.present, {},
+                    distributions[distributions["model"] == "labels"])
     aligned = AlignedPredictions(candidates, data)
     previous_run = previous_id or getattr(previous, "pathspec", None)
     champions = choose_champions(metrics, candidates, data, aligned, previous,
                                  previous_run or "previous run", baseline_models, tolerance)
     headline = build_headline(metrics, champions, gauge)
-    # draw
-    figures = (draw_figures(champions, metrics, distributions, data, aligned,
-                            bayes.get(TEST_NATURAL)) if make_figures else {})
+    # draw: from the sums (confusion counts, reliability bins), never from rows
+    figures = draw_figures(champions, metrics, distributions, scored.sums) if make_figures else {}
     # write
     results = {"metrics": metrics, "distributions": distributions, "gauge": gauge,
-               "gauge_note": gauge_note, "champions": champions, "headline": headline,
+               "gauge_note": scored.gauge_note, "champions": champions, "headline": headline,
                "figures": figures, "previous_run": previous_run,
                "baseline_models": tuple(baseline_models)}
     results["report_files"] = write_reports(results, reports_uri)

@@ -1,5 +1,7 @@
 """Report figures as PNG bytes: per-class F1, confusion matrices, reliability diagrams and
-predicted-vs-actual class distributions, four per eval region (``draw_figures``).
+predicted-vs-actual class distributions, four per eval region (``draw_figures``). Every figure
+is drawn from aggregates — the metric tables and the per-slice sums of streaming evaluation
+(confusion counts, reliability bins) — never from rows.
 
 Figures are built with the object-oriented ``matplotlib.figure.Figure`` API (Agg canvas, no
 pyplot state), so nothing needs closing and a notebook's backend is left alone.
@@ -7,7 +9,7 @@ pyplot state), so nothing needs closing and a notebook's backend is left alone.
 from __future__ import annotations
 
 import io
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,11 +17,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from pythia.evaluate.metrics import N_BINS, reliability_bins
-from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, TRUTH, SplitFrame
-from pythia.evaluate.slices import (BAYES_MODEL, NATURAL, Aligned, EvalData, candidate_label,
-                                    slice_masks)
-from pythia.features import TARGETS, TEST_NATURAL, VALIDATION, class_labels
+from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, TRUTH
+from pythia.evaluate.slices import BAYES_MODEL, NATURAL, candidate_label
+from pythia.evaluate.sums import SliceSums
+from pythia.features import TARGETS, VALIDATION, class_labels
 
 _DPI = 90
 MAX_MODELS_IN_BARS = 6  # per-class F1 figure: the best few candidates, or bars get unreadable
@@ -79,17 +80,19 @@ def plot_bar_panels(panels: Mapping[str, pd.DataFrame], title: str, ylabel: str)
     return figure_png(fig)
 
 
-def plot_confusion(panels: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[str]]],
-                   title: str) -> bytes:
-    """Row-normalised confusion matrices; panels map target -> (y_true, y_pred, class_names)."""
+def plot_confusion(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], title: str) -> bytes:
+    """Row-normalised confusion matrices; panels map target -> (counts, class_names), counts
+    a (true class, predicted class) matrix."""
     if not panels:
         raise ValueError(f"no data to plot for {title!r}")
     fig, axes = _new_figure(len(panels), width_per_panel=5.5, height=5.0)
-    for ax, (name, (y, pred, names)) in zip(axes, panels.items()):
-        ConfusionMatrixDisplay.from_predictions(
-            y, pred, labels=np.arange(len(names)), display_labels=list(names),
-            normalize="true", ax=ax, colorbar=False, include_values=len(names) <= 6,
-            values_format=".2f", xticks_rotation="vertical")
+    for ax, (name, (counts, names)) in zip(axes, panels.items()):
+        counts = np.asarray(counts, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
+        ConfusionMatrixDisplay(share, display_labels=list(names)).plot(
+            ax=ax, colorbar=False, include_values=len(names) <= 6, values_format=".2f",
+            xticks_rotation="vertical")
         ax.set_title(f"{name} (rows: true class)")
     fig.suptitle(title)
     return figure_png(fig)
@@ -118,31 +121,25 @@ def plot_reliability(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: st
 # ---------------------------------------------------------------- the report's figures
 
 def draw_figures(champions: pd.DataFrame, metrics: pd.DataFrame, distributions: pd.DataFrame,
-                 data: EvalData, aligned: Callable[[tuple, str], Aligned],
-                 bayes: Mapping[str, Mapping[str, np.ndarray]] | None) -> dict[str, bytes]:
+                 sums: SliceSums) -> dict[str, bytes]:
     """The figures of every champion's region on the natural test day, as
     {'<kind>__<region>': png bytes}.
 
     Args:
         champions: the champions table (one row per eval region).
         metrics, distributions: the long tables of the run.
-        data: the split rows.
-        aligned: a candidate's predictions aligned to a split (read on demand).
-        bayes: exact posteriors on the natural test day (label source -> {target: probs}),
-            or None without a world.
+        sums: the per-slice sums of streaming evaluation (the winners' confusion counts and
+            reliability bins, and the exact posterior's on the same rows).
     """
-    frame = data.frames[TEST_NATURAL]
     figures: dict[str, bytes] = {}
     for champ in champions.itertuples(index=False):
         champ = pd.Series(champ._asdict())
         region = champ["region"]
-        figures.update(_per_class_f1(region, metrics, data.edges))
+        figures.update(_per_class_f1(region, metrics, sums.edges))
         if pd.isna(champ["model"]):
             continue
-        key = (champ["model"], champ["candidate_region"], int(champ["config_id"]))
-        figures.update(_winner_figures(region, champ, aligned(key, TEST_NATURAL), frame,
-                                       bayes, data.edges))
-        figures.update(_distribution(region, champ, distributions, data.edges))
+        figures.update(_winner_figures(region, champ, sums))
+        figures.update(_distribution(region, champ, distributions, sums.edges))
     return figures
 
 
@@ -171,32 +168,23 @@ def _per_class_f1(region: str, metrics: pd.DataFrame, edges: Sequence[int]
         panels, f"{region}: per-class F1 on the natural test day (provider labels)", "F1")}
 
 
-def _winner_figures(region: str, champ: pd.Series, winner: Aligned, frame: SplitFrame,
-                    bayes: Mapping[str, Mapping[str, np.ndarray]] | None,
-                    edges: Sequence[int]) -> dict[str, bytes]:
+def _winner_figures(region: str, champ: pd.Series, sums: SliceSums) -> dict[str, bytes]:
     """Confusion matrices and reliability diagrams of the region's winner."""
     out: dict[str, bytes] = {}
-    mask = dict(slice_masks(frame, winner.pos, NATURAL, [region]))[region]
-    pos = winner.pos[mask]
+    key = (champ["model"], champ["candidate_region"], int(champ["config_id"]))
     title = _winner_label(champ)
     conf_panels, rel_panels = {}, {}
     for t in TARGETS:
-        names = class_labels(t, edges)
-        p = winner.probs[t][mask].astype(np.float64)
         curves = {}
         for source in (PROVIDER, TRUTH):
-            if source not in frame.labels:
-                continue
-            y = frame.labels[source][t][pos]
-            valid = y >= 0
-            if not valid.any():
+            stats = sums.label_stats(key, NATURAL, region, t, source)
+            if stats is None or stats.n == 0:
                 continue
             if source == PROVIDER:
-                conf_panels[t] = (y[valid], p[valid].argmax(axis=1), names)
-            curves[f"model vs {source}"] = reliability_bins(y[valid], p[valid], N_BINS)
-            if bayes is not None and source in bayes:
-                pb = bayes[source][t][pos]
-                curves[f"bayes vs {source}"] = reliability_bins(y[valid], pb[valid], N_BINS)
+                conf_panels[t] = (stats.confusion, class_labels(t, sums.edges))
+            curves[f"model vs {source}"] = stats.top.table()
+            if stats.reference is not None and sums.gauge_note is None:
+                curves[f"bayes vs {source}"] = stats.reference.top.table()
         if curves:
             rel_panels[t] = curves
     if conf_panels:

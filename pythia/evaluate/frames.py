@@ -51,34 +51,37 @@ def _label_indices(values: pd.Series, n_classes: int, what: str) -> np.ndarray:
     return out
 
 
+def split_frame(split: str, df: pd.DataFrame, edges: Sequence[int]) -> SplitFrame:
+    """One split's rows (all of them, or one bucket of them) as a SplitFrame with provider
+    label indices; importance weights come from the WEIGHT_COLUMN when the rows have one."""
+    absent = [c for c in FRAME_COLUMNS if c not in df.columns]
+    if absent:
+        raise ValueError(f"split {split!r} lacks columns {absent}")
+    df = df.reset_index(drop=True)
+    labels = {t: _label_indices(df[LABEL_COLUMNS[t]], len(class_labels(t, edges)),
+                                f"{split}.{LABEL_COLUMNS[t]}") for t in TARGETS}
+    return SplitFrame(split=split, df=df,
+                      regions=df[REGION].astype(str).to_numpy(dtype=object),
+                      power=df[IS_POWER_USER].fillna(False).astype(bool).to_numpy(),
+                      labels={PROVIDER: labels},
+                      weights=(df[WEIGHT_COLUMN].astype("float64").to_numpy()
+                               if WEIGHT_COLUMN in df.columns else None))
+
+
 def prepare_frames(test_frames: Mapping[str, pd.DataFrame], edges: Sequence[int]
                    ) -> dict[str, SplitFrame]:
     """Split name -> SplitFrame with provider label indices, for the evaluated splits."""
     missing = [s for s in REQUIRED_SPLITS if test_frames.get(s) is None]
     if missing:
         raise ValueError(f"test_frames lacks split(s) {missing}; got {sorted(test_frames)}")
-    frames: dict[str, SplitFrame] = {}
-    for split, df in test_frames.items():
-        if df is None or split not in EVAL_SPLITS:
-            continue
-        absent = [c for c in FRAME_COLUMNS if c not in df.columns]
-        if absent:
-            raise ValueError(f"split {split!r} lacks columns {absent}")
-        df = df.reset_index(drop=True)
-        labels = {t: _label_indices(df[LABEL_COLUMNS[t]], len(class_labels(t, edges)),
-                                    f"{split}.{LABEL_COLUMNS[t]}") for t in TARGETS}
-        frames[split] = SplitFrame(split=split, df=df,
-                                   regions=df[REGION].astype(str).to_numpy(dtype=object),
-                                   power=df[IS_POWER_USER].fillna(False).astype(bool).to_numpy(),
-                                   labels={PROVIDER: labels},
-                                   weights=(df[WEIGHT_COLUMN].astype("float64").to_numpy()
-                                            if WEIGHT_COLUMN in df.columns else None))
-    return frames
+    return {split: split_frame(split, df, edges) for split, df in test_frames.items()
+            if df is not None and split in EVAL_SPLITS}
 
 
-def attach_truth(frames: Mapping[str, SplitFrame], truth: pd.DataFrame, edges: Sequence[int]
-                 ) -> None:
-    """Add label source TRUTH from the world's true demographics (joined on user id)."""
+def truth_labels(user_ids: pd.Series, truth: pd.DataFrame, edges: Sequence[int]
+                 ) -> dict[str, np.ndarray]:
+    """Each row's true class index per target (-1 where the user has no truth), from the
+    world's true demographics joined on user id (the first row of a duplicated user wins)."""
     need = [c for c in (USER_ID, GENDER, TRUTH_AGE) if c not in truth.columns]
     if need:
         raise ValueError(f"world.truth() lacks columns {need}")
@@ -93,12 +96,17 @@ def attach_truth(frames: Mapping[str, SplitFrame], truth: pd.DataFrame, edges: S
             {b: i for i, b in enumerate(class_labels(AGE_TARGET, edges))})
         a_all = np.where(a_all < 0, by_name.fillna(-1).to_numpy(dtype=float), a_all)
     a_all = a_all.astype(np.int64)
-    n_age = len(edges)
+    pos = index.get_indexer(pd.Series(user_ids).astype(str))
+    g = np.where(pos >= 0, g_all[pos], -1)
+    a = np.where(pos >= 0, a_all[pos], -1)
+    return {GENDER_TARGET: g, AGE_TARGET: a,
+            JOINT_TARGET: np.where((g >= 0) & (a >= 0), g * len(edges) + a, -1)}
+
+
+def attach_truth(frames: Mapping[str, SplitFrame], truth: pd.DataFrame, edges: Sequence[int]
+                 ) -> None:
+    """Add label source TRUTH from the world's true demographics (joined on user id)."""
     for frame in frames.values():
         if USER_ID not in frame.df.columns:
             raise ValueError(f"split {frame.split!r} lacks {USER_ID}, needed to join the truth")
-        pos = index.get_indexer(frame.df[USER_ID].astype(str))
-        g = np.where(pos >= 0, g_all[pos], -1)
-        a = np.where(pos >= 0, a_all[pos], -1)
-        frame.labels[TRUTH] = {GENDER_TARGET: g, AGE_TARGET: a,
-                               JOINT_TARGET: np.where((g >= 0) & (a >= 0), g * n_age + a, -1)}
+        frame.labels[TRUTH] = truth_labels(frame.df[USER_ID], truth, edges)

@@ -6,22 +6,24 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pythia import storage
-from pythia.evaluate.frames import EVAL_SPLITS, JOINT_TARGET, WEIGHT_COLUMN
+from pythia.evaluate.frames import (EVAL_SPLITS, JOINT_TARGET, REQUIRED_SPLITS, WEIGHT_COLUMN,
+                                    SplitFrame, split_frame)
 from pythia.evaluate.slices import (Aligned, EvalData, align, candidate_ident, candidate_key,
                                     candidate_label)
-from pythia.features import REQUEST_COLUMNS, TS, TS_SECONDS, VALIDATION, Y_AGE_GENDER
+from pythia.features import (IMPRESSION_ID, REQUEST_COLUMNS, SPLIT, TARGETS, TS, TS_SECONDS,
+                             VALIDATION, Y_AGE_GENDER)
 from pythia.paths import join
 
-# a bid-time request: the contract columns the features read (ts as epoch seconds), and the id
 REPORT_TABLES = ("metrics", "distributions", "gauge", "champions", "headline")
 JSON_TABLES = ("metrics", "champions", "headline", "gauge")
 
@@ -67,6 +69,122 @@ def read_split_frames(split_manifest: Mapping[str, Any], age_edges: Sequence[int
             frames[VALIDATION][Y_AGE_GENDER].to_numpy(), split_manifest, VALIDATION,
             len(age_edges))
     return frames
+
+
+def evaluated_splits(split_manifest: Mapping[str, Any]) -> list[str]:
+    """The evaluated splits the ETL wrote (validation and the natural test day must be)."""
+    paths = split_manifest.get("paths") or {}
+    missing = [s for s in REQUIRED_SPLITS if s not in paths]
+    if missing:
+        raise ValueError(f"split manifest lacks split(s) {missing}; got {sorted(paths)}")
+    return [s for s in EVAL_SPLITS if s in paths]
+
+
+def _split_dataset(split_manifest: Mapping[str, Any], split: str) -> ds.Dataset:
+    uri = split_manifest["paths"][split]
+    fs, path = storage.filesystem(uri)
+    try:
+        return ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no Parquet data at {uri}") from exc
+
+
+def split_schema(split_manifest: Mapping[str, Any], split: str) -> pa.Schema:
+    """The columns of one split's Parquet folder (no row is read)."""
+    return _split_dataset(split_manifest, split).schema
+
+
+def count_split_rows(split_manifest: Mapping[str, Any], split: str) -> int:
+    """Rows of one split, from the Parquet footers (no row is read)."""
+    return _split_dataset(split_manifest, split).count_rows()
+
+
+def split_batches(split_manifest: Mapping[str, Any], split: str,
+                  columns: Sequence[str] | None = None, batch_rows: int = 65_536
+                  ) -> Iterator[pa.RecordBatch]:
+    """One split's rows (``columns`` only, when given) as record batches of at most
+    ``batch_rows``, read ahead by one."""
+    dataset = _split_dataset(split_manifest, split)
+    yield from dataset.to_batches(columns=list(columns) if columns is not None else None,
+                                  batch_size=batch_rows, batch_readahead=1,
+                                  fragment_readahead=1)
+
+
+def _prediction_files(uri: str) -> list[str]:
+    fs, path = storage.filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        parts = [f for f in storage.list_files(uri) if f.endswith(".parquet")]
+        if not parts:
+            raise FileNotFoundError(f"no Parquet files under predictions folder {uri}")
+        return parts
+    return [uri]
+
+
+def prediction_batches(uri: str, what: str, batch_rows: int = 65_536
+                       ) -> Iterator[pa.RecordBatch]:
+    """One candidate's predictions (a Parquet file or a folder of parts) as record batches of
+    the columns evaluation reads, ids and split names as plain strings.
+
+    Raises ValueError naming the candidate (``what``) when the ids or split names are absent.
+    """
+    wanted = [IMPRESSION_ID, SPLIT] + [f"p_{t}" for t in TARGETS]
+    for file_uri in _prediction_files(uri):
+        fs, path = storage.filesystem(file_uri)
+        with fs.open_input_file(path) as f:
+            reader = pq.ParquetFile(f)
+            names = reader.schema_arrow.names
+            for col in (IMPRESSION_ID, SPLIT):
+                if col not in names:
+                    raise ValueError(f"{what}: predictions lack column {col!r} ({file_uri})")
+            columns = [c for c in wanted if c in names]
+            for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):
+                yield batch.set_column(0, IMPRESSION_ID, batch.column(0).cast(pa.string())) \
+                           .set_column(1, SPLIT, batch.column(1).cast(pa.string()))
+
+
+def truth_batches(world: Any, batch_rows: int = 262_144) -> Iterator[pd.DataFrame]:
+    """The synthetic world's true demographics in batches: read from its
+    ``truth/users.parquet`` when the world has a root folder (the whole table is never held),
+    else ``world.truth()`` cut into batches."""
+    root = getattr(world, "root", None)
+    uri = join(root, "truth", "users.parquet") if isinstance(root, str) else None
+    if uri is None or not storage.exists(uri):
+        truth = world.truth()
+        for start in range(0, max(len(truth), 1), batch_rows):
+            yield truth.iloc[start:start + batch_rows]
+        return
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_file(path) as f:
+        reader = pq.ParquetFile(f)
+        for batch in reader.iter_batches(batch_size=batch_rows):
+            yield batch.to_pandas()
+
+
+class SplitRowsOnDemand(Mapping[str, SplitFrame]):
+    """Split name -> its rows as a SplitFrame, each split read only when first asked for (the
+    champion check against a previous run reads the natural test day; nothing else does)."""
+
+    def __init__(self, split_manifest: Mapping[str, Any], edges: Sequence[int]) -> None:
+        self._manifest, self._edges = split_manifest, tuple(edges)
+        self._splits = evaluated_splits(split_manifest)
+        self._cache: dict[str, SplitFrame] = {}
+
+    def __getitem__(self, split: str) -> SplitFrame:
+        if split not in self._splits:
+            raise KeyError(split)
+        if split not in self._cache:
+            df = storage.read_frame(self._manifest["paths"][split])
+            if split == VALIDATION:
+                df[WEIGHT_COLUMN] = importance_weights(df[Y_AGE_GENDER].to_numpy(),
+                                                       self._manifest, split, len(self._edges))
+            self._cache[split] = split_frame(split, df, self._edges)
+        return self._cache[split]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._splits)
+
+    def __len__(self) -> int:
+        return len(self._splits)
 
 
 def read_world(source_path: str | None) -> Any:

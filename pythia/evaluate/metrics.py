@@ -74,8 +74,8 @@ def multiclass_brier(y: np.ndarray, p: np.ndarray) -> float:
     return float(((p - onehot) ** 2).sum(axis=1).mean())
 
 
-def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
-    # equal-width bins on [0, 1]; 1.0 belongs to the last bin
+def bin_index(values: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Equal-width calibration bins on [0, 1] of ``values``; 1.0 belongs to the last bin."""
     return np.minimum((values * n_bins).astype(np.int64), n_bins - 1)
 
 
@@ -87,11 +87,20 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> pd.D
     """
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
-    b = _bin_index(conf, n_bins)
-    count = np.bincount(b, minlength=n_bins)
+    b = bin_index(conf, n_bins)
+    return reliability_table(np.bincount(b, minlength=n_bins),
+                             np.bincount(b, weights=conf, minlength=n_bins),
+                             np.bincount(b, weights=correct, minlength=n_bins))
+
+
+def reliability_table(count: np.ndarray, conf_sum: np.ndarray, correct_sum: np.ndarray
+                      ) -> pd.DataFrame:
+    """The reliability table of ``reliability_bins`` from per-bin sums (rows, summed top-label
+    confidence, rows whose top label was right), e.g. accumulated over record batches."""
+    n_bins = len(count)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(b, weights=conf, minlength=n_bins) / count
-        mean_acc = np.bincount(b, weights=correct, minlength=n_bins) / count
+        mean_conf = np.asarray(conf_sum, dtype=np.float64) / count
+        mean_acc = np.asarray(correct_sum, dtype=np.float64) / count
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     return pd.DataFrame({"bin": np.arange(n_bins), "lower": edges[:-1], "upper": edges[1:],
                          "count": count, "confidence": mean_conf, "accuracy": mean_acc})
@@ -101,7 +110,7 @@ def top_label_ece(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> float:
     """Expected calibration error of the top label: sum_b (n_b / n) |acc_b - conf_b|."""
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
-    b = _bin_index(conf, n_bins)
+    b = bin_index(conf, n_bins)
     # (n_b / n) * |acc_b - conf_b| == |sum_b correct - sum_b conf| / n
     gap = np.bincount(b, weights=correct, minlength=n_bins) - np.bincount(
         b, weights=conf, minlength=n_bins)
@@ -115,7 +124,7 @@ def classwise_ece(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS
     Returns (mean over classes, per-class values).
     """
     n, k = p.shape
-    b = _bin_index(p, n_bins) + np.arange(k)[None, :] * n_bins  # (n, K) flat bin ids
+    b = bin_index(p, n_bins) + np.arange(k)[None, :] * n_bins  # (n, K) flat bin ids
     onehot = np.eye(k)[y]
     gap = (np.bincount(b.ravel(), weights=onehot.ravel(), minlength=k * n_bins)
            - np.bincount(b.ravel(), weights=p.ravel(), minlength=k * n_bins))

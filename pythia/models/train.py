@@ -223,6 +223,7 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
                   tf_manifest: Mapping, priors: Mapping, model_dir: str, predictions_uri: str,
                   train_cfg: TrainConfig = TrainConfig(),
                   valid_class_weights: Sequence[float] | None = None) -> dict:
+    # ~65 lines of which 25 are the docstring: load, fit, predict, save read best in one place.
     """Fit one candidate, write its predictions and model, return its summary.
 
     Args:
@@ -240,14 +241,16 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
 
     Returns:
         JSON-able dict: model, is_baseline (the class's answer, so that choosing champions
-        needs no model import), is_reference (the constant-prior line), region, config_id, hparams, model_dir, predictions_uri,
-        n_train, n_valid, fit_seconds, epochs, best_val_loss, val_logloss (per target),
-        age_head, temperature, prior_correction, n_predicted (per split).
+        needs no model import), is_reference (the constant-prior line), region, config_id,
+        hparams, model_dir, predictions_uri, n_train, n_valid, fit_seconds, epochs,
+        best_val_loss, val_logloss (per target), age_head, temperature, prior_correction,
+        n_predicted (per split).
 
     Raises:
         ValueError: the region has no training (or no validation) rows.
     """
-    from pythia import tfrecords  # TF-heavy; only needed when a candidate really trains
+    from pythia import quiet, tfrecords  # TF-heavy; only needed when a candidate really trains
+    quiet.import_tensorflow()  # first TF import of the task, without its start-up lines
     from pythia.models import REFERENCE_MODEL, get_model
 
     cls = get_model(model_name)

@@ -4,7 +4,8 @@
 each in the runtime its model asks for (``pythia.scoring.runtimes``);
 ``Scorer.load(path).score(request)`` scores one impression (NumPy only for MLP regions).
 """
-from pythia.scoring.bundle import export_bundle, export_champions, read_bundle_doc, write_bundle
+from pythia.scoring.bundle import export_bundle, export_champions, write_bundle
+from pythia.scoring.bundle_doc import read_bundle_doc
 from pythia.scoring.cli import run_score_cli
 from pythia.scoring.scorer import Scorer
 

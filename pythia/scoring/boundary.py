@@ -31,7 +31,8 @@ import numpy as np
 
 from pythia import features
 from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
-from pythia.features import CATEGORICAL, COUNTRY, DERIVED, FEATURES, OOV_ID, TS, Encoders
+from pythia.features import (CATEGORICAL, COUNTRY, DERIVED, FEATURES, GEO_REGION, OOV_ID, TS,
+                             Encoders)
 
 # Longer strings are never real category values; rejecting them early also bounds the work an
 # adversarial request can cause (hashing / decoding megabytes).
@@ -144,7 +145,7 @@ class RequestEncoder:
         self._default_route = OTHER_REGION if OTHER_REGION in self.model_regions else GLOBAL_REGION
         self._route = {c: (r if r in self.model_regions else GLOBAL_REGION)
                        for c, r in geo.region_of_country.items()}
-        self._offset = dict(geo.utc_offset_minutes)
+        self._offset_of = geo.offset_table.offset_minutes  # (ts, country, geo_region) -> minutes
         derived = features.derive_time_features(0, 0)
         unknown = [f.name for f in FEATURES if f.source == DERIVED and f.name not in derived]
         if unknown:
@@ -180,11 +181,12 @@ class RequestEncoder:
         return hit
 
     def _time_features(self, request: Mapping, now: float | None) -> tuple[dict, str | None]:
-        country = _clean_country(request.get(COUNTRY))
+        country = _clean_code(request.get(COUNTRY))
         ts = clean_ts(request.get(TS))
         if ts is None:
             ts = int(time.time() if now is None else now)
-        return features.derive_time_features(ts, self._offset.get(country, 0)), country
+        offset = self._offset_of(ts, country, _clean_code(request.get(GEO_REGION)))
+        return features.derive_time_features(ts, offset), country
 
     # ------------------------------------------------------------------ one request
     def encode_one(self, request: Any, now: float | None = None
@@ -224,14 +226,15 @@ class RequestEncoder:
         """
         rows = [r if type(r) is dict or isinstance(r, Mapping) else {} for r in requests]
         n = len(rows)
-        countries = [_clean_country(r.get(COUNTRY)) for r in rows]
+        countries = [_clean_code(r.get(COUNTRY)) for r in rows]
         stamps = [clean_ts(r.get(TS)) for r in rows]
         if any(s is None for s in stamps):
             fallback = int(time.time() if now is None else now)
             stamps = [fallback if s is None else s for s in stamps]
-        offset_of = self._offset.get
         ts = np.array(stamps, dtype=np.int64)
-        offsets = np.fromiter((offset_of(c, 0) for c in countries), dtype=np.int64, count=n)
+        subdivisions = np.array([_clean_code(r.get(GEO_REGION)) for r in rows], dtype=object)
+        offsets = np.asarray(self._offset_of(ts, np.array(countries, dtype=object),
+                                             subdivisions), dtype=np.int64)
         derived = features.derive_time_features(ts, offsets)
         ids = np.empty((n, len(self._categorical)), dtype=np.int64)
         for j, (column, name, memo) in enumerate(self._categorical):
@@ -253,8 +256,10 @@ class RequestEncoder:
         return ids, numeric, regions
 
 
-def _clean_country(value: Any) -> str | None:
-    """The country as a routing key: a usable string, else None (unknown -> OTHER / UTC)."""
+def _clean_code(value: Any) -> str | None:
+    """A country or subdivision code as a lookup key: a usable string, else None (an unknown
+    country routes to OTHER / the global model and gets UTC; an unknown subdivision, the
+    country's main zone)."""
     if type(value) is str and len(value) <= MAX_VALUE_CHARS:
         return value
     cleaned = clean_category(value)

@@ -25,13 +25,12 @@ from typing import Any, Mapping, Sequence
 from pythia import features
 from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
 from pythia.features import Encoders
-from pythia.models.export import RUNTIME
+from pythia.models.export import NUMPY_LAYERS, RUNTIME
 from pythia.scoring.runtimes import runtime_of
 
-BUNDLE_FILE = "bundle.json"
-ENCODERS_FILE = "encoders.json"
-BUNDLE_FORMAT = "pythia-scoring-bundle"
-BUNDLE_FORMAT_VERSION = 1
+from pythia.scoring.bundle_doc import (BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION,
+                                       ENCODERS_FILE)
+
 _REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 CHAMPION_KEYS = ("region", "model", "model_dir")
 
@@ -136,28 +135,17 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
                              for t in features.TARGETS},
             "routing": {"region_of_country": dict(geo.region_of_country),
                         "other_region": OTHER_REGION, "fallback_region": GLOBAL_REGION},
-            "utc_offset_minutes": dict(geo.utc_offset_minutes),
+            # compiled zone transitions: the scorer needs no tz database (pythia.geo)
+            "utc_offsets": geo.offset_table.to_json(),
             "models": entries,
         }
         with open(os.path.join(folder, BUNDLE_FILE), "w", encoding="utf8") as f:
             json.dump(doc, f, indent=2, sort_keys=True)
         with open(os.path.join(folder, ENCODERS_FILE), "w", encoding="utf8") as f:
             json.dump(encoders.to_json(), f)
+        if any(e[RUNTIME] == NUMPY_LAYERS for e in entries.values()):
+            # model.onnx per layer-runtime region + encoders as JSON, for non-Python bidders
+            from pythia.scoring.onnx_export import ONNX_DIR, export_onnx
+            export_onnx({"models": models, "encoders": encoders, "geo": geo,
+                         "version": version}, os.path.join(folder, ONNX_DIR))
     return out_uri
-
-
-def read_bundle_doc(folder: str) -> dict[str, Any]:
-    """``bundle.json`` of a local bundle folder, checked for format and feature spec."""
-    path = os.path.join(folder, BUNDLE_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{folder} is not a scoring bundle (no {BUNDLE_FILE})")
-    with open(path, encoding="utf8") as f:
-        doc = json.load(f)
-    if doc.get("format") != BUNDLE_FORMAT or doc.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise ValueError(f"{path} is format {doc.get('format')!r} v{doc.get('format_version')}, "
-                         f"this code reads {BUNDLE_FORMAT!r} v{BUNDLE_FORMAT_VERSION}")
-    if doc.get("spec_version") != features.spec_version():
-        raise ValueError(f"bundle {folder} was built for feature spec {doc.get('spec_version')}, "
-                         f"this code has {features.spec_version()}: use the matching pythia "
-                         f"version or re-export")
-    return doc

@@ -20,8 +20,11 @@ EXIT_BAD_LINES = 1  # the whole stream was processed, some lines were errors
 EXIT_NO_BUNDLE = 2  # the bundle could not be loaded; nothing was read
 
 
+FORMATS = ("contract", "openrtb")
+
+
 def run_score_cli(bundle: str | Scorer, stdin: IO, stdout: IO, *, stderr: IO | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+                  batch_size: int = DEFAULT_BATCH_SIZE, format: str = "contract") -> int:
     """Score a JSONL stream with a bundle; reads and writes ``batch_size`` lines at a time.
 
     Args:
@@ -31,6 +34,8 @@ def run_score_cli(bundle: str | Scorer, stdin: IO, stdout: IO, *, stderr: IO | N
         stdout: text stream for the predictions.
         stderr: where the load error and the final counts go (default ``sys.stderr``).
         batch_size: lines scored per vectorised call.
+        format: ``contract`` (our request dicts) or ``openrtb`` (``{"ts", "request"}`` bid
+            request lines, ``pythia.scoring.openrtb``): one record per line with every imp.
 
     Returns:
         ``EXIT_OK``, ``EXIT_BAD_LINES`` or ``EXIT_NO_BUNDLE``.
@@ -43,7 +48,14 @@ def run_score_cli(bundle: str | Scorer, stdin: IO, stdout: IO, *, stderr: IO | N
     except (OSError, ValueError, KeyError) as exc:
         print(f"pythia score: cannot load bundle {bundle!r}: {exc}", file=err)
         return EXIT_NO_BUNDLE
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     counts = {"lines": 0, "scored": 0, "errors": 0}
+    if format == "openrtb":
+        _score_openrtb(scorer, getattr(stdin, "buffer", stdin), stdout, counts)
+        print(f"pythia score: {counts['lines']} lines, {counts['scored']} scored, "
+              f"{counts['errors']} errors", file=err)
+        return EXIT_OK if counts["errors"] == 0 else EXIT_BAD_LINES
     batch: list[tuple[int, Any]] = []
     for line_no, raw in enumerate(getattr(stdin, "buffer", stdin), start=1):
         batch.append((line_no, _parse_line(raw)))
@@ -92,4 +104,13 @@ def _write_batch(scorer: Scorer, batch: list[tuple[int, Any]], stdout: IO,
         lines.append(json.dumps(record))
     counts["lines"] += len(batch)
     stdout.write("\n".join(lines) + "\n")
+    stdout.flush()
+
+
+def _score_openrtb(scorer: Scorer, lines: Iterable, stdout: IO, counts: dict[str, int]) -> None:
+    from pythia.scoring.openrtb import score_openrtb_lines
+    for record in score_openrtb_lines(scorer, lines):
+        counts["lines"] += 1
+        counts["errors" if "error" in record else "scored"] += 1
+        stdout.write(json.dumps(record) + "\n")
     stdout.flush()

@@ -15,7 +15,7 @@ from pythia import features
 from pythia.config import Geography
 from pythia.features import TARGETS, Encoders
 from pythia.scoring.boundary import RequestEncoder
-from pythia.scoring.bundle import ENCODERS_FILE, read_bundle_doc
+from pythia.scoring.bundle_doc import ENCODERS_FILE, read_bundle_doc
 from pythia.scoring.runtimes import runtime_of
 
 # float32 by measurement (benchmarks/scoring_bench.py): one request ~10% faster (p50 24 vs
@@ -68,7 +68,7 @@ class Scorer:
         with open(os.path.join(folder, ENCODERS_FILE), encoding="utf8") as f:
             encoders = Encoders.from_json(json.load(f))
         geo = Geography(region_of_country=dict(doc["routing"]["region_of_country"]),
-                        utc_offset_minutes=dict(doc["utc_offset_minutes"]))
+                        offsets=doc["utc_offsets"])
         models = {region: runtime_of(entry).load(folder, entry, encoders, dtype)
                   for region, entry in doc["models"].items()}
         return cls(doc, encoders, geo, models)
@@ -102,6 +102,13 @@ class Scorer:
                 "age": dict(zip(labels["age"], probs["age"])),
                 "age_gender": dict(zip(labels["age_gender"], probs["age_gender"])),
                 "region": region, "model_version": self.version}
+
+    def score_openrtb(self, request: Any, ts: Any = None, now: float | None = None
+                      ) -> list[dict[str, Any]]:
+        """Score every ``imp`` of an OpenRTB 2.6 BidRequest; per imp the scores and the
+        region/model that scored it (``pythia.scoring.openrtb``: the mapping used at ingest)."""
+        from pythia.scoring.openrtb import score_openrtb
+        return score_openrtb(self, request, ts=ts, now=now)
 
     def score_batch(self, requests: Sequence[Any], now: float | None = None
                     ) -> list[dict[str, Any]]:

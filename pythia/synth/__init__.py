@@ -1,8 +1,9 @@
 """The synthetic world: seeded bid logs, provider labels and metrics, and their exact posterior.
 
 ``generate_world`` writes the data-contract layout (plus ``truth/``); ``resolve_source`` turns a
-``synthetic://PRESET?seed=N`` source into a cached generated folder; ``load_world`` gives a
-``World`` whose ``posterior`` is the exact Bayes P(AgeGender | one impression's features).
+``synthetic://PRESET?seed=N`` source (``PRESETS``: tiny, default, skewed, large) into a cached
+generated folder; ``load_world`` gives a ``World`` whose ``posterior`` is the exact Bayes
+P(AgeGender | one impression's features). Local time is ``pythia.geo``'s (IANA zones, DST).
 """
 from pythia.contract import IMPRESSION_SCHEMA, LABEL_SCHEMA, PROVIDER_METRICS_SCHEMA
 from pythia.synth.generate import generate_world, is_complete, resolve_source, run_synth_cli

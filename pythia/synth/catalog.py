@@ -1,15 +1,28 @@
-"""What a synthetic world is made of: country shares, interests, devices, ad slots, vendors.
+"""What a synthetic world is made of: classes, country shares, interests, devices, ad slots.
 
 Catalogs only (no randomness); ``world.build_params`` draws the world's tables over them. Value
 sets the contract closes (device type, inventory type, ad format) are taken from the contract.
+These are the ``core`` catalogs (the tiny/default/large worlds); ``longtail`` holds the skewed
+world's.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from pythia.config import DEFAULT_AGE_EDGES
 from pythia.contract import IMPRESSIONS
+from pythia.features import age_bucket_labels, age_gender_labels
 
-# Share of users per country; the country list itself is pythia.config's (4 regions).
+N_AGE = len(DEFAULT_AGE_EDGES)
+N_CLASS = 2 * N_AGE  # AgeGender, gender-major (features.age_gender_labels order)
+CLASS_LABELS = age_gender_labels()
+AGE_LABELS = age_bucket_labels()
+MAX_SYNTH_AGE = 90  # ages in the open 65+ bucket are drawn in [65, MAX_SYNTH_AGE]
+# User shares of the age buckets before each country's tilt (``WorldConfig.age_shares``).
+AGE_SHARES = (.16, .22, .20, .17, .13, .12)
+
+# The core worlds' 12 countries (4 regions of pythia.geo) and their share of users; the order
+# is an axis of the world's tables.
 COUNTRY_SHARE = {"US": .22, "CA": .05, "MX": .07, "GB": .08, "DE": .08, "FR": .07, "ES": .05,
                  "JP": .08, "AU": .04, "IN": .12, "BR": .09, "AR": .05}
 # Positive = younger population than average (tilts the country's age prior).

@@ -176,10 +176,17 @@ def is_complete(root: str) -> bool:
     return storage.exists(join(root, SUCCESS))
 
 
+def _is_current(root: str) -> bool:
+    """A complete world written by this generator: its clock is pythia.geo's offset table
+    (worlds written before used fixed offsets without daylight saving)."""
+    return storage.read_json(join(root, "truth", "world.json")).get("offset_table") is not None
+
+
 def resolve_source(source: str, cache_root: str) -> str:
     """Turn ``synthetic://PRESET[?seed=N]`` into a generated (cached) folder; pass others through.
 
-    The world goes to ``{cache_root}/{preset}-seed{seed}`` unless a complete copy is there.
+    The world goes to ``{cache_root}/{preset}-seed{seed}`` unless a complete copy written by
+    this generator is there (an older copy, with fixed UTC offsets, is regenerated).
     """
     if not source.startswith("synthetic://"):
         return source
@@ -198,13 +205,13 @@ def resolve_source(source: str, cache_root: str) -> str:
         raise ValueError(f"synthetic source {source!r}: seed must be an integer") from exc
     resolve_config(preset)  # the unknown-preset error names the choices
     root = join(cache_root, f"{preset}-seed{seed}")
-    if is_complete(root):
+    if is_complete(root) and _is_current(root):
         return root
     try:
         generate_world(root, preset, seed)
     except OSError:
         # Another process may have published the same world between our check and rename.
-        if not is_complete(root):
+        if not (is_complete(root) and _is_current(root)):
             raise
     return root
 

@@ -1,6 +1,11 @@
 """Impressions of one UTC hour, sampled from (seed, date, hour) alone by ``PartitionSampler``.
 
 Partitions are independent, so they can be written in any order, in parallel, one at a time.
+A user's impressions form a Poisson process per zone group of their country: the rate is their
+activity, times the share of their metro choice in that group's zones, times their class's
+intensity at the group's local hour and weekday (``places``: ``pythia.geo``'s clock). Each
+impression's metro is then drawn within its group, so its geo_region names the zone whose
+local time drove it -- the same local time the posterior, the ETL and the scorer derive.
 """
 from __future__ import annotations
 
@@ -12,9 +17,12 @@ import pyarrow.compute as pc
 
 from pythia.contract import IMPRESSION_SCHEMA
 from pythia.features import COUNTRY, IMPRESSION_ID, TS, USER_ID, ZIP
+from pythia import geo
 from pythia.synth.catalog import DEVICE_TYPES
+from pythia.synth.places import HOUR, ZoneGroups
 from pythia.synth.population import EPOCH, Users
 from pythia.synth.sampling import Categorical, format_ids, stack_tables, take_strings
+from pythia.synth.tables import normalize
 from pythia.synth.world import N_CLASS, WorldParams
 
 _CTV = DEVICE_TYPES.index("ctv")
@@ -36,47 +44,72 @@ class PartitionSampler:
         self._format = Categorical(stack_tables(a["p_format"], a["m_format"]))
         self._size = Categorical(a["p_size"])
         self._vendor = Categorical(a["p_vendor"])
-        self._metro = Categorical(stack_tables(a["p_metro"], a["m_metro"]))
         self._zip = Categorical(a["p_zip"])
         self._has_browser = a["p_browser"].sum(axis=(1, 2)) > 0  # per OS
-        self._offsets = np.array(params.vocab["utc_offset_minutes"], dtype=np.int64)
         self._user_ids = users.ids
         self._vocab_arrays = {k: pa.array(v, type=pa.string()) for k, v in params.vocab.items()
                               if v and isinstance(v[0], str)}
+        self._groups = ZoneGroups(params.vocab, a, geo.OffsetTable.from_json(params.offsets))
+        self._init_metros(users)
+
+    def _init_metros(self, users: Users) -> None:
+        """Per (user, zone group of their country): the rate share and a metro table per group."""
+        a, lam, groups = self.params.arrays, self.params.config.power_user_informative, self._groups
+        n_cty, mpc = self._n["cty"], self.params.config.metros_per_country
+        # f[s, country, class, metro within the country]: metro choice, power users mixed
+        own = a["p_metro"].reshape(n_cty, N_CLASS, n_cty, mpc)[np.arange(n_cty), :,
+                                                               np.arange(n_cty)]
+        marg = a["m_metro"].reshape(n_cty, n_cty, mpc)[np.arange(n_cty), np.arange(n_cty)]
+        f = np.stack([own, lam * own + (1 - lam) * marg[:, None, :]])
+        G = int(groups.n_groups.max())
+        in_group = (a["metro_zone_group"].reshape(n_cty, mpc)[:, None, :]
+                    == np.arange(G)[None, :, None])  # (country, group, metro)
+        by_group = f[:, :, :, None, :] * in_group[None, :, None]  # (s, cty, class, G, metro)
+        self._metro_in_group = Categorical(normalize(by_group))
+        share = by_group.sum(axis=-1)  # (s, country, class, G)
+        n_g = groups.n_groups[users.country]
+        self._pair_user = np.repeat(np.arange(len(users.cls)), n_g)
+        local = np.arange(len(self._pair_user)) - np.repeat(np.cumsum(n_g) - n_g, n_g)
+        u = self._pair_user
+        self._pair_local = local
+        self._pair_group = groups.first[users.country[u]] + local
+        self._pair_rate = users.activity[u] * share[users.power[u].astype(int), users.country[u],
+                                                    users.cls[u], local]
+        self._G = G
 
     def sample(self, date: dt.date, hour: int) -> pa.Table:
         """All impressions whose UTC timestamp falls in [date hour:00, hour+1:00)."""
         p, u_all = self.params, self.users
         rng = np.random.default_rng(np.random.SeedSequence(
             [p.seed, 3, date.toordinal(), hour]))
-        # Local time is piecewise constant within the UTC hour: one segment per local hour
-        # (two for half-hour offsets such as IN's +05:30).
-        t0 = ((date - EPOCH).days * 24 + hour) * 60  # epoch minutes
-        local0 = t0 + self._offsets[u_all.country]
-        first_len = 60 - local0 % 60
-        segments = [(np.zeros_like(first_len), first_len), (first_len, 60 - first_len)]
-        user_parts, start_parts, len_parts = [], [], []
-        for start, length in segments:
-            lm = local0 + start
-            lh, ld = (lm // 60) % 24, ((lm // 1440) + 3) % 7
-            intensity = np.where(u_all.power, p.W_power[u_all.cls, ld, lh],
-                                 p.W[u_all.cls, ld, lh])
-            counts = rng.poisson(u_all.activity * intensity * length / 60.0)
-            users_here = np.repeat(np.arange(len(counts)), counts)
-            user_parts.append(users_here)
-            start_parts.append(start[users_here])
-            len_parts.append(length[users_here])
-        u = np.concatenate(user_parts)
-        start = np.concatenate(start_parts)
+        t0 = ((date - EPOCH).days * 24 + hour) * HOUR  # epoch seconds
+        seg = self._groups.hour_segments(t0)
+        g, pu = self._pair_group, self._pair_user
+        power, cls = u_all.power[pu], u_all.cls[pu]
+        pair_parts, start_parts, len_parts = [], [], []
+        for j in range(seg["start"].shape[1]):
+            lh, ld, length = seg["hour"][g, j], seg["dow"][g, j], seg["length"][g, j]
+            intensity = np.where(power, p.W_power[cls, ld, lh], p.W[cls, ld, lh])
+            counts = rng.poisson(self._pair_rate * intensity * length / HOUR)
+            pairs_here = np.repeat(np.arange(len(counts)), counts)
+            pair_parts.append(pairs_here)
+            start_parts.append(seg["start"][g[pairs_here], j])
+            len_parts.append(length[pairs_here])
+        pair = np.concatenate(pair_parts)
         length = np.concatenate(len_parts)
-        ts_us = ((t0 + start) * 60_000_000
-                 + np.floor(rng.random(len(u)) * length * 60_000_000).astype(np.int64))
+        ts_us = ((t0 + np.concatenate(start_parts)) * 1_000_000
+                 + np.floor(rng.random(len(pair)) * length * 1_000_000).astype(np.int64))
         order = np.argsort(ts_us, kind="stable")
-        u, ts_us = u[order], ts_us[order]
-        return self._features(u, ts_us, date, hour, rng)
+        pair, ts_us = pair[order], ts_us[order]
+        u = pu[pair]
+        n_cty, mpc = self._n["cty"], p.config.metros_per_country
+        cty = u_all.country[u]
+        key = ((u_all.power[u].astype(int) * n_cty + cty) * N_CLASS + u_all.cls[u]) * self._G
+        metro = cty * mpc + self._metro_in_group.sample(key + self._pair_local[pair], rng)
+        return self._features(u, metro, ts_us, date, hour, rng)
 
-    def _features(self, u: np.ndarray, ts_us: np.ndarray, date: dt.date, hour: int,
-                  rng: np.random.Generator) -> pa.Table:
+    def _features(self, u: np.ndarray, metro: np.ndarray, ts_us: np.ndarray, date: dt.date,
+                  hour: int, rng: np.random.Generator) -> pa.Table:
         p, users, n = self.params, self.users, len(u)
         n_cty, K, n_os = self._n["cty"], self._n["K"], self._n["os"]
         cty, c, z, s = users.country[u], users.cls[u], users.interest[u], users.power[u]
@@ -101,8 +134,6 @@ class PartitionSampler:
         fmt = self._format.sample(np.where(m, 4 * K + dtype, dtype * K + z), rng)
         size = self._size.sample(fmt * 4 + dtype, rng)
         vendor = self._vendor.sample(cty * 2 + inv, rng)
-        m = marginal()
-        metro = self._metro.sample(np.where(m, n_cty * N_CLASS + cty, cty * N_CLASS + c), rng)
         zip_ = self._zip.sample(metro, rng)
         v = p.vocab
         prefix = f"{date:%Y%m%d}{hour:02d}-"

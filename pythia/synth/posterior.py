@@ -8,7 +8,8 @@ to u's Poisson intensity at t times P(x | u's latent state). Summing users by la
 
 where R is the realised activity of each group, A_s multiplies the factors that depend on c
 (device model, OS version, browser, metro, local hour/day intensity) and B_s those that depend
-on z (site, ad format). Features that do not depend on the user (zip within metro, ad size,
+on z (site, ad format). Local time is ``pythia.geo``'s for the row's country and geo_region,
+from the offset table the world was generated with (daylight saving included). Features that do not depend on the user (zip within metro, ad size,
 supply vendor) cancel. Power users (s=1) mix each factor with its population marginal.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from pythia import storage
+from pythia import geo, storage
 from pythia.features import TS, TS_SECONDS, derive_time_features
 from pythia.paths import join
 from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
@@ -90,6 +91,7 @@ class World:
         self.R, self.RP, self.RL = weights["R"], weights["RP"], weights["RL"]
         self._truth: pd.DataFrame | None = None
         v = params.vocab
+        self._clock = None if params.offsets is None else geo.OffsetTable.from_json(params.offsets)
         # (os, version string) -> os_version index; -1 where the OS has no such version
         versions = sorted(set(v["os_versions"]))
         self._versions = versions
@@ -128,8 +130,8 @@ class World:
         """(n, 12) P(AgeGender | features) for each impression row.
 
         Args:
-            df: impression contract columns (country, metro, site_or_app, device_model,
-                os_version, browser, ad_format and ``ts`` or ``ts_seconds``).
+            df: impression contract columns (country, geo_region, metro, site_or_app,
+                device_model, os_version, browser, ad_format and ``ts`` or ``ts_seconds``).
             providers: optional provider name per row; a row with a provider is conditioned on
                 its user being labelled by that provider (the population of a labelled test set).
                 Null entries use all users.
@@ -217,8 +219,8 @@ class World:
     def _encode(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """Integer codes of every conditioning column, plus local hour / day-of-week."""
         p, v = self.params, self.params.vocab
-        needed = ("country", "metro", "site_or_app", "device_model", "os_version", "browser",
-                  "ad_format")
+        needed = ("country", "geo_region", "metro", "site_or_app", "device_model", "os_version",
+                  "browser", "ad_format")
         missing = [c for c in needed if c not in df.columns]
         if missing:
             raise ValueError(f"posterior needs impression column(s) {missing}")
@@ -230,8 +232,14 @@ class World:
         if (osv < 0).any():
             raise ValueError("column 'os_version' holds versions that do not exist for the "
                              "row's device OS")
-        offsets = np.asarray(v["utc_offset_minutes"], dtype=np.int64)[cty]
-        t = derive_time_features(ts_seconds_of(df), offsets)
+        ts = ts_seconds_of(df)
+        if self._clock is None:  # a world written before its clock was pythia.geo's
+            offsets = np.asarray(v["utc_offset_minutes"], dtype=np.int64)[cty]
+        else:
+            offsets = geo.local_offset_minutes(ts, df["country"].to_numpy(dtype=object),
+                                               df["geo_region"].to_numpy(dtype=object),
+                                               self._clock)
+        t = derive_time_features(ts, offsets)
         return {
             "country": cty, "model": model, "os": os_, "osv": osv,
             "dtype": p.model_type[model],

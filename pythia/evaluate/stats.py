@@ -1,0 +1,195 @@
+"""Sufficient statistics of the evaluation metrics: per slice, sums and counts that batches of
+(labels, probabilities) add to, from which every metric of ``metrics.score_predictions`` — and
+the natural-weighted log-loss, the exact posterior's scores on the same rows, class shares and
+reliability bins — follows exactly. Memory is O(classes^2 + classes x bins) per slice, whatever
+the number of rows; ``add`` applies the same row transformations as the in-memory metrics.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from pythia.evaluate.metrics import (N_BINS, bin_index, check_labels, check_probabilities,
+                                     clip_probabilities, reliability_table)
+
+
+def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per-row ``-log p_y`` as scikit-learn's ``log_loss(y, clip_probabilities(p))`` averages
+    them: probabilities clipped into [eps, 1 - eps] first."""
+    pc = clip_probabilities(p)
+    eps = np.finfo(pc.dtype).eps
+    return -np.log(np.clip(pc[np.arange(len(y)), y], eps, 1 - eps))
+
+
+class TopLabelBins:
+    """Per confidence bin: rows, summed top-label confidence and rows whose top label was right
+    (the top-label ECE and the reliability diagram)."""
+
+    def __init__(self, n_bins: int = N_BINS) -> None:
+        self.count = np.zeros(n_bins, dtype=np.int64)
+        self.conf_sum = np.zeros(n_bins)
+        self.correct_sum = np.zeros(n_bins)
+
+    def add(self, y: np.ndarray, p: np.ndarray) -> None:
+        n_bins = len(self.count)
+        conf = p.max(axis=1)
+        correct = (p.argmax(axis=1) == y).astype(np.float64)
+        b = bin_index(conf, n_bins)
+        self.count += np.bincount(b, minlength=n_bins)
+        self.conf_sum += np.bincount(b, weights=conf, minlength=n_bins)
+        self.correct_sum += np.bincount(b, weights=correct, minlength=n_bins)
+
+    def table(self) -> pd.DataFrame:
+        """``metrics.reliability_bins``' table."""
+        return reliability_table(self.count, self.conf_sum, self.correct_sum)
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+
+
+def _prf(confusion: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-class precision, recall, F1 (0 where undefined, scikit-learn's zero_division=0)
+    and support, from a (true, predicted) confusion matrix."""
+    tp = np.diag(confusion).astype(np.float64)
+    pred = confusion.sum(axis=0).astype(np.float64)
+    support = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(pred > 0, tp / pred, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        denom = support + pred
+        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
+    return precision, recall, f1, support
+
+
+class ReferenceStats:
+    """The exact posterior scored on the same labelled rows as a model (the gauge's figures)."""
+
+    def __init__(self, k: int, n_bins: int = N_BINS) -> None:
+        self.k = k
+        self.log_loss_sum = 0.0
+        self.confusion = np.zeros((k, k), dtype=np.int64)
+        self.top = TopLabelBins(n_bins)
+
+    def add(self, y: np.ndarray, p: np.ndarray) -> None:
+        p = np.asarray(p, dtype=np.float64)
+        self.log_loss_sum += float(row_log_loss(y, p).sum())
+        self.confusion += _confusion(y, p.argmax(axis=1), self.k)
+        self.top.add(y, p)
+
+    def scores(self, n: int) -> tuple[float, float]:
+        """(log-loss, macro F1 over the classes present in y), as ``metrics.gauge_scores``."""
+        _, _, f1, support = _prf(self.confusion)
+        return self.log_loss_sum / n, float(f1[support > 0].mean())
+
+
+class LabelStats:
+    """One scorer's probabilities against one label source, on one slice and target."""
+
+    def __init__(self, k: int, ordinal: bool, n_bins: int = N_BINS) -> None:
+        self.k, self.ordinal, self.n_bins = k, ordinal, n_bins
+        self.n_unlabelled = 0
+        self.confusion = np.zeros((k, k), dtype=np.int64)  # (true, argmax) counts
+        self.log_loss_sum = 0.0
+        self.brier_sum = 0.0
+        self.top = TopLabelBins(n_bins)
+        self.class_label_sum = np.zeros(k * n_bins)  # classwise ECE: 1[y == k] per (k, bin)
+        self.class_prob_sum = np.zeros(k * n_bins)  # and p_k per (k, bin)
+        self.mae_sum = 0.0
+        self.expected_mae_sum = 0.0
+        self.weighted_loss_sum = 0.0  # natural-weighted log-loss, when rows carry weights
+        self.weight_sum = 0.0
+        self.weighted = False
+        self.reference: ReferenceStats | None = None
+
+    @property
+    def n(self) -> int:
+        """Labelled rows added."""
+        return int(self.confusion.sum())
+
+    def add(self, y_all: np.ndarray, p_raw: np.ndarray, weights: np.ndarray | None = None,
+            reference: np.ndarray | None = None) -> None:
+        """Add rows: labels (-1 = unlabelled), the scorer's probabilities as stored, the rows'
+        importance weights and the exact posterior on the same rows (each optional)."""
+        valid = y_all >= 0
+        self.n_unlabelled += int((~valid).sum())
+        if not valid.any():
+            return
+        k = self.k
+        p = check_probabilities(p_raw[valid], k)
+        y = check_labels(y_all[valid], k)
+        pred = p.argmax(axis=1)
+        self.confusion += _confusion(y, pred, k)
+        self.log_loss_sum += float(row_log_loss(y, p).sum())
+        self.brier_sum += float(((p - np.eye(k)[y]) ** 2).sum())
+        self.top.add(y, p)
+        b = (bin_index(p, self.n_bins) + np.arange(k)[None, :] * self.n_bins).ravel()
+        self.class_label_sum += np.bincount(b, weights=np.eye(k)[y].ravel(),
+                                            minlength=k * self.n_bins)
+        self.class_prob_sum += np.bincount(b, weights=p.ravel(), minlength=k * self.n_bins)
+        if self.ordinal:
+            self.mae_sum += float(np.abs(pred - y).sum())
+            dist = np.abs(np.arange(k)[None, :] - y[:, None])
+            self.expected_mae_sum += float((p * dist).sum())
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)[valid]
+            # as log_loss(..., sample_weight=w) on the stored (not renormalised) probabilities
+            self.weighted_loss_sum += float((w * row_log_loss(y, p_raw[valid])).sum())
+            self.weight_sum += float(w.sum())
+            self.weighted = True
+        if reference is not None:
+            if self.reference is None:
+                self.reference = ReferenceStats(k, self.n_bins)
+            self.reference.add(y, reference[valid])
+
+    def metric_rows(self, class_names: Sequence[str]) -> pd.DataFrame:
+        """The rows of ``metrics.score_predictions`` (metric, class, value), same order; none
+        when no labelled row was added."""
+        n = self.n
+        if n == 0:
+            return pd.DataFrame(columns=["metric", "class", "value"])
+        precision, recall, f1, support = _prf(self.confusion)
+        present = support > 0
+        per_class_ece = (np.abs(self.class_label_sum - self.class_prob_sum)
+                         .reshape(self.k, self.n_bins).sum(axis=1) / n)
+        rows: list[tuple[str, str | None, float]] = [
+            ("accuracy", None, float(np.trace(self.confusion)) / n),
+            ("log_loss", None, self.log_loss_sum / n),
+            ("brier", None, self.brier_sum / n),
+            ("ece", None, float(np.abs(self.top.correct_sum - self.top.conf_sum).sum() / n)),
+            ("macro_f1", None, float(f1[present].mean())),
+            ("weighted_f1", None, float(np.average(f1[present], weights=support[present]))),
+            ("classwise_ece", None, float(per_class_ece.mean())),
+        ]
+        if self.ordinal:
+            rows += [("mae_buckets", None, self.mae_sum / n),
+                     ("expected_mae_buckets", None, self.expected_mae_sum / n)]
+        for name, values in (("precision", precision), ("recall", recall), ("f1", f1),
+                             ("support", support), ("classwise_ece", per_class_ece)):
+            rows += [(name, class_names[i], float(values[i])) for i in range(self.k)]
+        return pd.DataFrame(rows, columns=["metric", "class", "value"]).astype({"value": float})
+
+    def natural_log_loss(self) -> float | None:
+        """The importance-weighted log-loss (None when no weighted rows were added)."""
+        return self.weighted_loss_sum / self.weight_sum if self.weighted else None
+
+
+class ShareStats:
+    """Predicted class shares of one scorer on one slice and target: summed probabilities and
+    argmax counts over every scored row, labelled or not (``metrics.class_distribution``)."""
+
+    def __init__(self, k: int) -> None:
+        self.n = 0
+        self.prob_sum = np.zeros(k)
+        self.argmax_count = np.zeros(k, dtype=np.int64)
+
+    def add(self, p_raw: np.ndarray) -> None:
+        p = np.asarray(p_raw, dtype=np.float64)
+        self.n += len(p)
+        self.prob_sum += p.sum(axis=0)
+        self.argmax_count += np.bincount(p.argmax(axis=1), minlength=len(self.prob_sum))
+
+    def shares(self) -> dict[str, np.ndarray]:
+        return {"mean_probability": self.prob_sum / self.n, "argmax": self.argmax_count / self.n}

@@ -1,0 +1,283 @@
+"""Streaming evaluation: every candidate and the exact posterior scored on every slice with
+memory bounded by one bucket of rows, whatever the size of the splits.
+
+Three passes over scratch files on local disk (removed at the end):
+  1. the split rows go to K buckets by a hash of the impression id — on a synthetic world
+     first by the user id, to join the truth bucket by bucket, then on by impression id;
+  2. each candidate's predictions go to the same K buckets;
+  3. bucket by bucket: the rows become SplitFrames, each candidate's predictions are aligned
+     to them (``slices.align``), the exact posterior is computed (``gauge.posterior_probs``),
+     and everything is added to per-slice sufficient statistics (``stats``).
+The metric and distribution tables are then built from the statistics alone (``tables_of``),
+in the rows and order of the in-memory path (``slices.score_candidate``, kept as the
+reference: the two agree to 1e-9).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pythia.config import GLOBAL_REGION
+from pythia.evaluate import buckets, io
+from pythia.evaluate.frames import (FRAME_COLUMNS, PROVIDER, TRUTH, WEIGHT_COLUMN, SplitFrame,
+                                    split_frame, truth_labels)
+from pythia.evaluate.gauge import posterior_probs
+from pythia.evaluate.slices import (NATURAL_NO_POWER_USERS, SPLIT_OF_TEST_SET, TEST_SETS,
+                                    Aligned, align, candidate_key, candidate_label,
+                                    check_candidates, eval_regions_of, slice_masks)
+from pythia.evaluate.sums import BAYES_KEY, SliceSums, tables_of
+from pythia.features import (IMPRESSION_ID, SPLIT, TARGETS, USER_ID, VALIDATION, Y_AGE_GENDER,
+                             class_labels)
+
+DEFAULT_BUCKET_ROWS = 100_000  # split rows per bucket: bounds evaluate's working set
+ALL_TEST_SETS = (VALIDATION,) + TEST_SETS
+_TRUTH_COLUMN = "__truth_{}"  # truth labels carried from the user-id pass to the scoring pass
+
+
+@dataclass
+class StreamScores:
+    """The streamed evaluation: the metric and distribution tables and the sums behind them."""
+
+    metrics: pd.DataFrame
+    distributions: pd.DataFrame
+    sums: SliceSums
+
+    @property
+    def gauge_note(self) -> str | None:
+        return self.sums.gauge_note
+
+    @property
+    def present(self) -> list[str]:
+        return self.sums.present
+
+
+def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, Any],
+                    age_edges: Sequence[int], world: Any = None, *,
+                    bucket_rows: int = DEFAULT_BUCKET_ROWS, scratch_dir: str | None = None
+                    ) -> StreamScores:
+    """Score every candidate (and the exact posterior on a world) on every slice, streaming.
+
+    Args:
+        candidates: train-step records {model, region, config_id, predictions_uri,
+            val_logloss: {target: float}, …}.
+        split_manifest: the ETL's manifest (``paths`` of the split folders, resampling
+            ``rates``).
+        age_edges: the run's age bucket edges.
+        world: the synthetic world (truth labels and the exact posterior), or None.
+        bucket_rows: split rows per bucket; peak memory grows with it, not with the splits.
+        scratch_dir: parent folder of the scratch files (default: the system temp folder).
+    """
+    if bucket_rows < 1:
+        raise ValueError(f"bucket_rows must be >= 1, got {bucket_rows}")
+    idents = check_candidates(candidates)
+    edges = tuple(int(e) for e in age_edges)
+    splits = io.evaluated_splits(split_manifest)
+    n_rows = sum(io.count_split_rows(split_manifest, s) for s in splits)
+    n_buckets = max(1, math.ceil(n_rows / bucket_rows))
+    sums = SliceSums(edges, (PROVIDER, TRUTH) if world is not None else (PROVIDER,))
+    scratch = tempfile.mkdtemp(prefix="pythia-evaluate-", dir=scratch_dir)
+    print(f"evaluate: {n_rows} split rows and {len(candidates)} candidates' predictions in "
+          f"{n_buckets} bucket(s) under {scratch}")
+    try:
+        rows_dirs = _stage_rows(split_manifest, splits, world, edges, n_buckets, scratch)
+        pred_dirs = [_stage_predictions(c, i, scratch, n_buckets)
+                     for i, c in enumerate(candidates)]
+        for b in range(n_buckets):
+            frames = _bucket_frames(rows_dirs, b, split_manifest, edges)
+            _score_bucket(sums, frames, idents, pred_dirs, b, world)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    metrics, distributions = tables_of(sums, idents, candidates, splits)
+    return StreamScores(metrics, distributions, sums)
+
+
+# ---------------------------------------------------------------- passes 1 and 2: buckets
+
+def _check_split_columns(split_manifest: Mapping, split: str, world: Any) -> None:
+    names = io.split_schema(split_manifest, split).names
+    absent = [c for c in FRAME_COLUMNS if c not in names]
+    if absent:
+        raise ValueError(f"split {split!r} lacks columns {absent}")
+    if world is not None and USER_ID not in names:
+        raise ValueError(f"split {split!r} lacks {USER_ID}, needed to join the truth")
+
+
+def _stage_rows(split_manifest: Mapping, splits: Sequence[str], world: Any,
+                edges: tuple[int, ...], n_buckets: int, scratch: str) -> dict[str, str]:
+    """Split rows into impression-id buckets (with truth label columns on a world); returns
+    split -> bucket folder."""
+    out = {s: os.path.join(scratch, "rows", s) for s in splits}
+    for split in splits:
+        _check_split_columns(split_manifest, split, world)
+    if world is None:  # the metrics read the label, region and power-user columns only
+        for split in splits:
+            buckets.partition(io.split_batches(split_manifest, split, FRAME_COLUMNS),
+                              IMPRESSION_ID, n_buckets, out[split])
+        return out
+    # a world's posterior reads columns of its own choosing, so every column is kept; the
+    # truth joins on user id: both sides by user first, then the rows on by impression id
+    truth_dir = os.path.join(scratch, "truth")
+    _, truth_schema = buckets.partition(
+        (pa.Table.from_pandas(t, preserve_index=False) for t in io.truth_batches(world)),
+        USER_ID, n_buckets, truth_dir)
+    for split in splits:
+        by_user = os.path.join(scratch, "rows_by_user", split)
+        buckets.partition(io.split_batches(split_manifest, split), USER_ID, n_buckets, by_user)
+        with buckets.BucketWriter(out[split], n_buckets) as writer:
+            for u in range(n_buckets):
+                rows = buckets.read_bucket(by_user, u)
+                if rows is None:
+                    continue
+                truth = buckets.read_bucket(truth_dir, u)
+                truth = (truth if truth is not None else truth_schema.empty_table()).to_pandas()
+                labels = truth_labels(rows.column(USER_ID).to_pandas(), truth, edges)
+                for t in TARGETS:
+                    rows = rows.append_column(_TRUTH_COLUMN.format(t), pa.array(labels[t]))
+                writer.write(rows, buckets.bucket_of(rows.column(IMPRESSION_ID), n_buckets))
+        shutil.rmtree(by_user, ignore_errors=True)
+    return out
+
+
+def _stage_predictions(candidate: Mapping, i: int, scratch: str, n_buckets: int
+                       ) -> tuple[str, pa.Schema | None]:
+    """One candidate's predictions into impression-id buckets: (folder, schema)."""
+    what = candidate_label(candidate["model"], candidate["region"],
+                           int(candidate.get("config_id", 0) or 0))
+    folder = os.path.join(scratch, "predictions", str(i))
+    _, schema = buckets.partition(io.prediction_batches(candidate["predictions_uri"], what),
+                                  IMPRESSION_ID, n_buckets, folder)
+    return folder, schema
+
+
+# ---------------------------------------------------------------- pass 3: score a bucket
+
+def _bucket_frames(rows_dirs: Mapping[str, str], b: int, split_manifest: Mapping,
+                   edges: tuple[int, ...]) -> dict[str, SplitFrame]:
+    """One bucket's rows of every split as SplitFrames (truth labels when staged)."""
+    frames = {}
+    for split, folder in rows_dirs.items():
+        table = buckets.read_bucket(folder, b)
+        if table is None:
+            continue
+        truth_cols = [_TRUTH_COLUMN.format(t) for t in TARGETS]
+        has_truth = truth_cols[0] in table.column_names
+        df = table.drop_columns(truth_cols).to_pandas() if has_truth else table.to_pandas()
+        if split == VALIDATION:
+            df[WEIGHT_COLUMN] = io.importance_weights(df[Y_AGE_GENDER].to_numpy(),
+                                                      split_manifest, split, len(edges))
+        frame = split_frame(split, df, edges)
+        if has_truth:
+            frame.labels[TRUTH] = {t: table.column(c).to_numpy().astype(np.int64)
+                                   for t, c in zip(TARGETS, truth_cols)}
+        frames[split] = frame
+    return frames
+
+
+def _count_rows(sums: SliceSums, frames: Mapping[str, SplitFrame]) -> list[str]:
+    """Add the bucket's slice sizes and label counts; returns its regions, sorted."""
+    regions = sorted(set().union(*(set(f.regions) for f in frames.values())))
+    sums.regions.update(regions)
+    for test_set in ALL_TEST_SETS:
+        frame = frames.get(SPLIT_OF_TEST_SET[test_set])
+        if frame is None:
+            continue
+        keep = (~frame.power if test_set == NATURAL_NO_POWER_USERS
+                else np.ones(len(frame.df), bool))
+        for region in [GLOBAL_REGION] + regions:
+            mask = keep if region == GLOBAL_REGION else keep & (frame.regions == region)
+            sums.rows[(test_set, region)] += int(mask.sum())
+            if test_set == VALIDATION:
+                continue
+            for target in TARGETS:
+                k = len(class_labels(target, sums.edges))
+                for source, labels in frame.labels.items():
+                    y = labels[target][mask]
+                    key = (test_set, region, target, source)
+                    sums.actual[key] = sums.actual.get(key, 0) + np.bincount(
+                        y[y >= 0], minlength=k)
+    return regions
+
+
+def _bucket_posteriors(sums: SliceSums, frames: Mapping[str, SplitFrame], world: Any
+                       ) -> dict[str, dict]:
+    """The exact posterior on the bucket's test rows ({} without a world, or once the world
+    failed to give it: the gauge is then skipped for the whole run, with a note)."""
+    if world is None or sums.gauge_note:
+        return {}
+    splits = sorted({SPLIT_OF_TEST_SET[t] for t in TEST_SETS} & set(frames))
+    try:
+        out = {s: posterior_probs(world, frames[s], len(sums.edges)) for s in splits}
+    except ValueError as exc:
+        sums.gauge_note = f"Bayes gauge skipped: {exc}"
+        print(sums.gauge_note)
+        return {}
+    for posterior in out.values():
+        sums.bayes_sources = tuple(posterior)
+    sums.bayes_splits.update(out)
+    return out
+
+
+def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Sequence[Mapping],
+                  pred_dirs: Sequence[tuple[str, pa.Schema | None]], b: int, world: Any) -> None:
+    """Add one bucket: slice sizes, the posterior's scores, every candidate's scores."""
+    if not frames:
+        return
+    regions = _count_rows(sums, frames)
+    bayes = _bucket_posteriors(sums, frames, world)
+    for test_set in TEST_SETS:
+        frame = frames.get(SPLIT_OF_TEST_SET[test_set])
+        if frame is None or frame.split not in bayes:
+            continue
+        everything = Aligned(np.arange(len(frame.df)), {}, len(frame.df))
+        _add_slices(sums, BAYES_KEY, frame, test_set, everything, bayes[frame.split],
+                    [GLOBAL_REGION] + regions, None)
+    for ident, (folder, schema) in zip(idents, pred_dirs):
+        key = candidate_key(ident)
+        what = candidate_label(*key)
+        table = buckets.read_bucket(folder, b)
+        if table is None:
+            table = (schema or pa.schema([(IMPRESSION_ID, pa.string()),
+                                          (SPLIT, pa.string())])).empty_table()
+        aligned: dict[str, Aligned] = {}
+        for test_set in ALL_TEST_SETS:
+            frame = frames.get(SPLIT_OF_TEST_SET[test_set])
+            if frame is None:
+                continue
+            if frame.split not in aligned:
+                aligned[frame.split] = align(table, frame, ident["region"], sums.edges, what)
+            a = aligned[frame.split]
+            _add_slices(sums, key, frame, test_set, a, {s: a.probs for s in frame.labels},
+                        eval_regions_of(ident["region"], regions), bayes.get(frame.split))
+
+
+def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
+                aligned: Aligned, probs_by_source: Mapping[str, Mapping[str, np.ndarray]],
+                eval_regions: Sequence[str], reference: Mapping | None) -> None:
+    """Add one scorer's rows of one test set to every slice (``slices.score_slices``' cuts)."""
+    is_model = key != BAYES_KEY
+    for region, mask in slice_masks(frame, aligned.pos, test_set, eval_regions):
+        pos = aligned.pos[mask]
+        sums.found[(key, test_set, region)] += len(pos)
+        if not len(pos):
+            continue
+        for target in TARGETS:
+            for i, (source, probs) in enumerate(probs_by_source.items()):
+                p = probs[target][mask]
+                if not is_model or i == 0:  # a model's shares are the same for every source
+                    sums.shares_of((key, test_set, region, target,
+                                  None if is_model else source)).add(p)
+                if source not in frame.labels:
+                    continue
+                ref = reference.get(source) if reference is not None else None
+                sums.label_of((key, test_set, region, target, source)).add(
+                    frame.labels[source][target][pos], p,
+                    frame.weights[pos] if is_model and frame.weights is not None else None,
+                    ref[target][pos] if ref is not None else None)

@@ -1,0 +1,42 @@
+"""The bundle's documents: file names, format version, and reading ``bundle.json`` back.
+
+Apart from ``bundle.py`` (which writes bundles) so that readers of a bundle (the scorer, the
+ONNX export, the service) import no writer.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pythia import features
+
+BUNDLE_FILE = "bundle.json"
+ENCODERS_FILE = "encoders.json"
+BUNDLE_FORMAT = "pythia-scoring-bundle"
+BUNDLE_FORMAT_VERSION = 2  # 2: IANA local-time table (with DST) instead of fixed offsets
+
+
+def read_versioned_doc(folder: str, file: str, fmt: str, version: int, what: str,
+                       fix: str) -> dict[str, Any]:
+    """A JSON document of an exported folder, checked for its format, version and feature spec
+    (errors name the file and ``fix``)."""
+    path = os.path.join(folder, file)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{folder} is not {what} (no {file})")
+    with open(path, encoding="utf8") as f:
+        doc = json.load(f)
+    if doc.get("format") != fmt or doc.get("format_version") != version:
+        raise ValueError(f"{path} is format {doc.get('format')!r} v{doc.get('format_version')}, "
+                         f"this code reads {fmt!r} v{version}: {fix}")
+    if doc.get("spec_version") != features.spec_version():
+        raise ValueError(f"{what} {folder} was built for feature spec {doc.get('spec_version')}, "
+                         f"this code has {features.spec_version()}: {fix}")
+    return doc
+
+
+def read_bundle_doc(folder: str) -> dict[str, Any]:
+    """``bundle.json`` of a local bundle folder, checked for format and feature spec."""
+    return read_versioned_doc(folder, BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION,
+                              "a scoring bundle", "re-export it with this pythia version (a "
+                              "newer run's bundle_path), or use the pythia that wrote it")

@@ -1,0 +1,154 @@
+"""Where a source's files are: the side files Spark skips, partition folder names, and the
+impression folders a run cannot use (quarantine entries, never skipped silently).
+
+Listing only (pyarrow filesystems, Parquet footers for row counts); nothing here reads rows.
+``contract_read`` finds a table's files with it; ``source`` and ``etl`` report the entries.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Sequence
+
+import pyarrow.fs as pafs
+
+from pythia import storage
+from pythia.parquet_footers import NotParquetError, footer_rows
+from pythia.paths import join
+
+IMPRESSIONS_DIR = "impressions"  # the impression table's folder under a source
+HIVE_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Hive's folder value for a null key
+
+
+def is_side_file(name: str) -> bool:
+    """Whether Spark's readers skip a file or folder of this name: ``_x`` (not ``_k=v``),
+    ``.x`` (hidden, ``.crc`` checksums of Hadoop), ``*._COPYING_``, and any ``*.crc``."""
+    return ((name.startswith("_") and "=" not in name) or name.startswith(".")
+            or name.endswith(".crc") or name.endswith("._COPYING_"))
+
+
+def _listing_prefix(uri: str) -> str:
+    """The prefix ``storage.list_files(uri)`` puts before paths below ``uri``."""
+    _, path = storage.filesystem(uri)
+    return ("s3://" if storage.is_s3(uri) else "") + path.rstrip("/") + "/"
+
+
+def is_data_file(uri: str, root: str | None = None) -> bool:
+    """False for Spark/Hadoop side files (``_SUCCESS``, ``_committed_*``, ``.crc``, hidden
+    files) and, when ``root`` is given, for files inside side folders below it (``_temporary/``,
+    ``.hive-staging…/``)."""
+    rel = uri.rstrip("/")
+    prefix = _listing_prefix(root) if root else None
+    if prefix and rel.startswith(prefix):
+        parts = rel[len(prefix):].split("/")
+    else:
+        parts = [rel.rsplit("/", 1)[-1]]
+    return not any(is_side_file(p) for p in parts)
+
+
+def list_data_files(uri: str) -> list[str]:
+    """Data files under ``uri`` (recursive), side files and side folders left out."""
+    return [f for f in storage.list_files(uri) if is_data_file(f, uri)]
+
+
+def parse_date_folder(name: str) -> tuple[dt.date | None, str | None]:
+    """(date, None) for ``date=YYYY-MM-DD``; else (None, the problem in words)."""
+    if not name.startswith("date="):
+        return None, "not a date=YYYY-MM-DD folder"
+    value = name[len("date="):]
+    if value == HIVE_NULL_PARTITION:
+        return None, "null date (Hive's default partition)"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        return None, f"date {value!r} is not YYYY-MM-DD"
+    try:
+        return dt.date.fromisoformat(value), None
+    except ValueError as exc:
+        return None, f"date {value!r} does not exist ({exc})"
+
+
+def parse_hour_folder(name: str) -> tuple[int | None, str | None]:
+    """(hour, None) for ``hour=H`` or ``hour=HH`` with 0 <= H <= 23; else (None, problem)."""
+    if not name.startswith("hour="):
+        return None, "not an hour=HH folder"
+    value = name[len("hour="):]
+    if value == HIVE_NULL_PARTITION:
+        return None, "null hour (Hive's default partition)"
+    if not re.fullmatch(r"\d{1,2}", value):
+        return None, f"hour {value!r} is not a number 00..23"
+    if int(value) > 23:
+        return None, f"hour {value} is outside 00..23"
+    return int(value), None
+
+
+def scan_date(source: str, day: dt.date) -> tuple[dict[int, list[str]],
+                                                    dict[str, tuple[str, list[str]]]]:
+    """Data files of one ``date=`` folder by hour, and its folders that do not parse
+    (folder -> (problem, files)); files lying directly in the date folder count as one."""
+    date_uri = join(source, IMPRESSIONS_DIR, f"date={day.isoformat()}")
+    prefix = _listing_prefix(date_uri)
+    by_hour: dict[int, list[str]] = {}
+    bad: dict[str, tuple[str, list[str]]] = {}
+    for uri in list_data_files(date_uri):
+        parts = uri[len(prefix):].split("/") if uri.startswith(prefix) else [uri]
+        if len(parts) == 1:
+            bad.setdefault(date_uri, ("files outside an hour=HH folder", []))[1].append(uri)
+            continue
+        hour, problem = parse_hour_folder(parts[0])
+        if problem:
+            bad.setdefault(join(date_uri, parts[0]), (problem, []))[1].append(uri)
+        else:
+            by_hour.setdefault(hour, []).append(uri)
+    return by_hour, bad
+
+
+def top_entries(source: str) -> list[pafs.FileInfo]:
+    """The entries directly under ``<source>/impressions/`` (side files left out), sorted."""
+    fs, path = storage.filesystem(join(source, IMPRESSIONS_DIR))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise ValueError(f"no {IMPRESSIONS_DIR}/ folder under source {source!r}")
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted((i for i in infos if not is_side_file(i.base_name)), key=lambda i: i.path)
+
+
+def _problem(folder: str, problem: str, files: list[str]) -> dict:
+    """A quarantine entry for a partition folder: its row count comes from Parquet footers."""
+    rows, unreadable = 0, 0
+    for f in files:
+        try:
+            rows += footer_rows(f)
+        except NotParquetError:
+            unreadable += 1
+    if unreadable:
+        problem += f"; {unreadable} file(s) not readable as Parquet"
+    return {"folder": folder, "problem": problem, "files": len(files), "rows": rows}
+
+
+def find_partition_problems(source: str, dates: Sequence[dt.date]) -> list[dict]:
+    """Quarantine entries for the impression folders a run cannot use, sorted by folder.
+
+    Listed: folders under ``impressions/`` whose name is not a valid ``date=YYYY-MM-DD``
+    (wherever their date would fall), data files lying outside ``date=…/hour=…`` folders,
+    and inside the window's ``dates``: ``hour=`` folders that do not parse (``hour=24``,
+    ``hour=ab``, Hive's null partition) and files outside any ``hour=`` folder. Each entry is
+    ``{"folder", "problem", "files", "rows"}`` (rows from the Parquet footers; no row is read).
+    """
+    wanted = set(dates)
+    out = []
+    for info in top_entries(source):
+        uri = ("s3://" if storage.is_s3(source) else "") + info.path
+        if info.type != pafs.FileType.Directory:
+            out.append(_problem(uri, "file outside date=…/hour=… folders", [uri]))
+            continue
+        day, problem = parse_date_folder(info.base_name)
+        if problem:
+            out.append(_problem(uri, problem, list_data_files(uri)))
+        elif day in wanted:
+            _, bad = scan_date(source, day)
+            out += [_problem(folder, p, files) for folder, (p, files) in bad.items()]
+    return sorted(out, key=lambda e: e["folder"])
+
+
+def describe_partition_problem(entry: dict) -> str:
+    """One log line for a ``find_partition_problems`` entry."""
+    return (f"quarantined partition folder {entry['folder']}: {entry['problem']} "
+            f"({entry['files']} file(s), {entry['rows']} row(s) not read)")
