@@ -558,6 +558,16 @@ def test_sample_configs_deterministic_distinct_and_defaults_first():
         sample_configs("mlp", -1, 0)
 
 
+def test_sample_configs_of_a_small_space_draws_it_whole(capsys):
+    space = get_model("logreg").search_space()
+    size = math.prod(len(v) for v in space.values())
+    configs = sample_configs("logreg", size + 3, seed=0)
+    assert len(configs) == size + 1 and configs[0] == {}
+    assert len({str(sorted(c.items())) for c in configs[1:]}) == size
+    assert f"logreg has {size} distinct configs" in capsys.readouterr().out
+    assert len(sample_configs("logreg", 2, seed=0)) == 3  # negative case: no cap below size
+
+
 def test_best_config_picks_lowest_age_gender_logloss():
     results = [{"config_id": 0, "val_logloss": {"age_gender": 1.2}},
                {"config_id": 1, "val_logloss": {"age_gender": 0.9}},
@@ -695,6 +705,22 @@ def test_train_grid_regions_models_and_configs(fake_tfrecords, capsys):
         train_grid(["gbdt"], ["EU", "LATAM"], fake_tfrecords, search=0, seed=0)
     with pytest.raises(ValueError, match="unknown model"):
         train_grid(["xgb"], None, fake_tfrecords, search=0, seed=0)
+
+
+def test_validation_class_weights_undo_the_validation_resampling():
+    from pythia.models.train import validation_class_weights
+
+    by_gender = {"rates": {"validation": {"0": 1.0, "1": 0.25}, "train": {"0": 0.5}},
+                 "resample_target": "gender"}
+    assert validation_class_weights(by_gender, N_AGE) == [1.0] * N_AGE + [4.0] * N_AGE
+    joint = {"rates": {"validation": {"2": 0.5}}, "resample_target": "age_gender"}
+    assert validation_class_weights(joint, N_AGE) == [1.0, 1.0, 2.0, 1.0, 1.0, 1.0]
+    assert validation_class_weights({}, N_AGE) == [1.0] * 6  # not resampled
+    model = MODELS["logreg"](make_encoders(), {}, FAST)
+    model.valid_class_weights = np.asarray(validation_class_weights(by_gender, N_AGE))
+    np.testing.assert_array_equal(model.validation_weights(np.array([0, 5, 3])), [1, 4, 4])
+    with pytest.raises(ValueError, match="resample_target 'device'"):
+        validation_class_weights({"resample_target": "device"}, N_AGE)
 
 
 def test_train_grid_drops_a_region_with_the_global_rows(capsys):

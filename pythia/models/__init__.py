@@ -85,5 +85,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["BASELINE_MODELS", "MODELS", "MODEL_NAMES", "Model", "REFERENCE_MODEL",
-           "baseline_models", "fit_candidate", "get_model", "load_model", "read_meta", "train_candidate",
-           "train_grid"]
+           "baseline_models", "fit_candidate", "get_model", "load_model", "read_meta",
+           "train_candidate", "train_grid"]

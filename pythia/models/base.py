@@ -90,6 +90,10 @@ class Model:
         self.priors: dict | None = None
         self.prior_ratio: dict[str, np.ndarray] = {}
         self.temperature: dict[str, float] = {t: 1.0 for t in self.heads}
+        # Per AgeGender class, the weight of a validation row that undoes the validation
+        # day's class resampling (1 / keep-rate, as evaluation weighs it); set by the caller
+        # before ``fit``. None: pi_natural / pi_train of the training priors instead.
+        self.valid_class_weights: np.ndarray | None = None
 
     # ------------------------------------------------------------ to implement per model
     @classmethod
@@ -168,6 +172,14 @@ class Model:
         """Raw logits and labels of the validation data (numpy dict by default)."""
         self.check_features(valid)
         return self._predict_raw(valid), labels_of(valid)
+
+    def validation_weights(self, y_age_gender: np.ndarray) -> np.ndarray:
+        """Per validation row, the weight that makes averages over the (resampled) validation
+        day natural-distribution averages: the champion rule's log-loss weighting. Needs
+        ``fit``'s priors when no ``valid_class_weights`` were given."""
+        per_class = (self.valid_class_weights if self.valid_class_weights is not None
+                     else self.prior_ratio["age_gender"])
+        return np.asarray(per_class, dtype=np.float64)[np.asarray(y_age_gender, dtype=np.int64)]
 
     def _calibrated(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {t: pr.apply_temperature(raw[t], self.temperature[t], self.link(t))

@@ -221,8 +221,7 @@ class LogRegModel(Model):
             clf.fit(Xt, y)
         self._set_weights(clf)
         p = self._natural(self._predict_raw(valid)["age_gender"])
-        # natural weights of the validation rows: the champion rule's log-loss
-        weights = self.prior_ratio["age_gender"][yv]
+        weights = self.validation_weights(yv)  # the champion rule's natural weighting
         picked = np.maximum(p[np.arange(len(yv)), yv], pr.PROB_FLOOR)
         return {"C": c, "clf": clf, "n_iter": int(np.max(clf.n_iter_)),
                 "val_loss": float(np.sum(-np.log(picked) * weights) / np.sum(weights)),

@@ -35,7 +35,8 @@ def sample_configs(model_name: str, n: int, seed: int) -> list[dict]:
 
     Returns:
         ``n + 1`` hparam dicts (config id = list index), each completed by the model's
-        ``tie_hparams`` (knobs that follow others); only ``[{}]`` for a model with nothing to
+        ``tie_hparams`` (knobs that follow others); fewer when a space of lists holds fewer
+        than ``n`` configs (all of them then); only ``[{}]`` for a model with nothing to
         search (an empty ``search_space()``, e.g. the constant prior).
     """
     from pythia.models import get_model
@@ -46,6 +47,12 @@ def sample_configs(model_name: str, n: int, seed: int) -> list[dict]:
     space = cls.search_space()
     if not space:
         return [{}]
+    if all(isinstance(v, list) for v in space.values()):
+        size = math.prod(len(v) for v in space.values())
+        if n > size:  # a small discrete space (e.g. logreg's) is drawn whole, not a failure
+            print(f"search: {model_name} has {size} distinct configs; using all {size} instead "
+                  f"of {n}")
+            n = size
     rng = np.random.default_rng([int(seed), zlib.crc32(model_name.encode())])
     configs: list[dict] = [{}]
     seen = {json.dumps({}, sort_keys=True)}

@@ -200,13 +200,30 @@ def train_candidate(item: Mapping[str, Any], tf_manifest: Mapping, split_manifes
     priors = priors_from_split_manifest(split_manifest, age_edges)
     return fit_candidate(name, region, config_id, item["hparams"], tf_manifest, priors,
                          paths.model(name, region, config_id),
-                         paths.predictions(name, region, config_id), train_cfg)
+                         paths.predictions(name, region, config_id), train_cfg,
+                         validation_class_weights(split_manifest, len(age_edges)))
+
+
+def validation_class_weights(split_manifest: Mapping, n_age: int) -> list[float]:
+    """Per AgeGender class, 1 / the validation day's keep-rate of its resampling class (1 when
+    the day was not resampled): the weights evaluation gives validation rows, so that a model
+    choosing knobs on validation measures what the champion rule measures."""
+    rates = split_manifest.get("rates", {}).get(VALIDATION, {})
+    target = split_manifest.get("resample_target", "age_gender")
+    classes = np.arange(2 * n_age)
+    of_target = {"age_gender": classes, "gender": classes // n_age, "age": classes % n_age}
+    if target not in of_target:
+        raise ValueError(f"split manifest resample_target {target!r} is not one of "
+                         f"{sorted(of_target)}")
+    rate = np.array([float(rates.get(str(c), 1.0)) for c in of_target[target]])
+    return np.divide(1.0, rate, out=np.zeros_like(rate), where=rate > 0).tolist()
 
 
 def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping[str, Any],
                   tf_manifest: Mapping, priors: Mapping, model_dir: str, predictions_uri: str,
-                  train_cfg: TrainConfig = TrainConfig()) -> dict:
-    # ~60 lines of which 23 are the docstring: load, fit, predict, save read best in one place.
+                  train_cfg: TrainConfig = TrainConfig(),
+                  valid_class_weights: Sequence[float] | None = None) -> dict:
+    # ~65 lines of which 25 are the docstring: load, fit, predict, save read best in one place.
     """Fit one candidate, write its predictions and model, return its summary.
 
     Args:
@@ -219,12 +236,15 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
         model_dir: folder (local or s3://) the model is saved to.
         predictions_uri: the Parquet file the predictions go to.
         train_cfg: epochs, batch size, patience, seed, age head, prior correction.
+        valid_class_weights: per AgeGender class, the natural weight of a validation row
+            (``validation_class_weights``); None: the priors' ratio.
 
     Returns:
         JSON-able dict: model, is_baseline (the class's answer, so that choosing champions
-        needs no model import), is_reference (the constant-prior line), region, config_id, hparams, model_dir, predictions_uri,
-        n_train, n_valid, fit_seconds, epochs, best_val_loss, val_logloss (per target),
-        age_head, temperature, prior_correction, n_predicted (per split).
+        needs no model import), is_reference (the constant-prior line), region, config_id,
+        hparams, model_dir, predictions_uri, n_train, n_valid, fit_seconds, epochs,
+        best_val_loss, val_logloss (per target), age_head, temperature, prior_correction,
+        n_predicted (per split).
 
     Raises:
         ValueError: the region has no training (or no validation) rows.
@@ -243,6 +263,8 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
         raise ValueError(f"region {region!r} has no validation rows: early stopping and "
                          f"calibration need them")
     model = cls(tfrecords.load_encoders(tf_manifest), hparams, train_cfg)
+    if valid_class_weights is not None:
+        model.valid_class_weights = np.asarray(valid_class_weights, dtype=np.float64)
     train, valid = _training_data(model, tf_manifest, region)
     summary = model.fit(train, valid, priors)
     del train, valid
