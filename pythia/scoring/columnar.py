@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pythia.features import MISSING_ID, OOV_ID
+from pythia.features import OOV_ID
 from pythia.scoring.cleaning import MAX_TS_SECONDS, clean_code, clean_ts, lookup_cleaned
 
 _NONE = type(None)
