@@ -6,8 +6,10 @@ feature encoding included) and batched throughput of ``Scorer``, float32 vs floa
 plain NumPy forward pass (per-table gathers + concat), against the bundle's ONNX export run by
 ONNX Runtime in-process (one intra-op thread; ``pythia.scoring.onnx_export``) and against the
 Keras model called through a ``tf.function`` with a fixed input signature and through
-``model(x)``. Prints ratios. Threads are pinned to 1 (one core); the heap is ``gc.freeze()``-d
-before latency loops, as a bidder would after loading. Usage::
+``model(x)``. The batched encoder is timed on the same batches as a list of dicts, as a dict of
+NumPy arrays and as a pyarrow Table of dictionary columns. Prints ratios. Threads are pinned
+to 1 (one core); the heap is ``gc.freeze()``-d before latency loops, as a bidder would after
+loading. Usage::
 
     python benchmarks/scoring_bench.py                 # train a model, bundle it, measure
     python benchmarks/scoring_bench.py --bundle PATH   # measure a bundle (Keras too if its
@@ -77,6 +79,33 @@ def make_requests(encoders: Encoders, n: int, seed: int) -> list[dict]:
         r[TS] = int(ts[i]) if i % 4 else f"2023-11-15T{i % 24:02d}:13:20Z"
         out.append(r)
     return out
+
+
+def as_columns(requests: list[dict]) -> dict[str, np.ndarray]:
+    """The same batch as columns: a dict of NumPy object arrays (cells unchanged)."""
+    names = list(dict.fromkeys(k for r in requests for k in r))
+    out = {}
+    for c in names:
+        column = np.empty(len(requests), dtype=object)
+        column[:] = [r.get(c) for r in requests]
+        out[c] = column
+    return out
+
+
+def as_arrow(requests: list[dict]):
+    """The same batch as a pyarrow Table a producer would write: dictionary-encoded strings,
+    ``ts`` as int64 epoch seconds. None when pyarrow is not installed."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return None
+    from pythia.scoring.boundary import clean_ts
+
+    columns = as_columns(requests)
+    table = {c: pa.array(v.tolist(), type=pa.string()).dictionary_encode()
+             for c, v in columns.items() if c != TS}
+    table[TS] = pa.array([clean_ts(v) for v in columns[TS].tolist()], type=pa.int64())
+    return pa.table(table)
 
 
 def train_bundle(workdir: str, rows: int) -> tuple[str, str]:
@@ -245,22 +274,31 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
 
     print(f"\n-- batched ({args.batch} rows per call), rows/s on one core: best call / median")
     enc_batches = [enc.encode_many(b)[:2] for b in batches]
+    col_batches = [as_columns(b) for b in batches]
+    arrow_batches = [as_arrow(b) for b in batches]
     rows = [("arrays_float32", "Scorer.score_arrays [float32]", scorers["float32"].score_arrays,
              batches),
             ("arrays_float64", "Scorer.score_arrays [float64]", scorers["float64"].score_arrays,
              batches),
             ("batch", "Scorer.score_batch (dicts out)", scorer.score_batch, batches),
             ("encode_rows", "  of which encode_many", enc.encode_many, batches),
+            ("encode_columns", "encode_many, dict of arrays", enc.encode_many, col_batches),
+            ("encode_arrow", "encode_many, Arrow (dictionary)", enc.encode_many,
+             arrow_batches),
             ("fused_rows", "  of which fused forward", lambda p: rt.predict(*p), enc_batches),
             ("naive_rows", "plain NumPy forward", lambda p: naive_forward(export, *p),
              enc_batches)]
+    if arrow_batches[0] is None:
+        rows = [r for r in rows if r[0] != "encode_arrow"]
+        print("  (pyarrow not installed: the Arrow rows are skipped)")
     for key, label, fn, data in rows:
         best, median = time_rows_per_s(fn, data)
         results[key], results[key + "_median"] = best, median
         print(f"  {label:32s} {best:10,.0f} / {median:10,.0f}")
 
     try:
-        _measure_onnx(bundle, export, encoded, batches, enc_batches, single, results)
+        _measure_onnx(bundle, export, encoded, batches, enc_batches, single, results,
+                      arrow_batches)
     except ImportError as exc:
         print(f"\n(ONNX Runtime comparison skipped: {exc})")
 
@@ -274,6 +312,11 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
     print(f"  fused / plain forward, batched {results['fused_rows'] / results['naive_rows']:6.2f}x")
     print(f"  float32 / float64 rows/s       "
           f"{results['arrays_float32'] / results['arrays_float64']:6.2f}x")
+    print(f"  encode_many: dict of arrays / list of dicts  "
+          f"{results['encode_columns'] / results['encode_rows']:6.2f}x")
+    if "encode_arrow" in results:
+        print(f"  encode_many: Arrow dictionary / list of dicts "
+              f"{results['encode_arrow'] / results['encode_rows']:6.2f}x")
     if "tf_function_p50" in results:
         p50 = results["score_p50_float32"]
         print(f"  tf.function p50 / Scorer.score p50  {results['tf_function_p50'] / p50:8.1f}x")
@@ -309,13 +352,17 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
         print(f"  batched: bundle's best path {best_batched:,.0f} rows/s (encoding included) vs "
               f"tf.function {tf_rows:,.0f} (pre-encoded) = {best_batched / tf_rows:.2f}x; "
               f"forward alone ORT {results['onnx_rows'] / tf_rows:.2f}x")
+        if "arrays_onnx_arrow" in results:
+            print(f"  batched from Arrow dictionary columns: "
+                  f"{results['arrays_onnx_arrow']:,.0f} rows/s = "
+                  f"{results['arrays_onnx_arrow'] / tf_rows:.2f}x tf.function")
         print(f"  one request: tf.function p50 / Scorer.score p50 = "
               f"{results['tf_function_p50'] / results['score_p50_float32']:.1f}x (goal >= 10x)")
     return 0
 
 
 def _measure_onnx(bundle: str, export: dict, encoded: list, batches: list,
-                  enc_batches: list, single: list, results: dict) -> None:
+                  enc_batches: list, single: list, results: dict, arrow_batches: list) -> None:
     """The same model through ONNX Runtime: forward alone, and behind the Scorer's encoder."""
     import onnxruntime
 
@@ -342,6 +389,11 @@ def _measure_onnx(bundle: str, export: dict, encoded: list, batches: list,
     results["arrays_onnx"], results["arrays_onnx_median"] = best, median
     print(f"  Scorer.score_arrays [onnx]     {best:10,.0f} / {median:10,.0f} (encoding "
           f"included)")
+    if arrow_batches[0] is not None:
+        best, median = time_rows_per_s(hybrid.score_arrays, arrow_batches)
+        results["arrays_onnx_arrow"], results["arrays_onnx_arrow_median"] = best, median
+        print(f"  score_arrays [onnx], Arrow     {best:10,.0f} / {median:10,.0f} (dictionary "
+              f"columns, encoding included)")
 
 
 def _measure_keras(model_dir: str, enc_batches: list, pairs: list, args: argparse.Namespace,

@@ -22,8 +22,6 @@ Defined behaviour for bad input (never an exception, never a NaN):
 """
 from __future__ import annotations
 
-import datetime as dt
-import math
 import time
 from typing import Any, Mapping, Sequence
 
@@ -33,91 +31,13 @@ from pythia import features
 from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
 from pythia.features import (CATEGORICAL, COUNTRY, DERIVED, FEATURES, GEO_REGION, OOV_ID, TS,
                              Encoders)
+from pythia.scoring import columnar
+from pythia.scoring.cleaning import (MAX_TS_CHARS, MAX_TS_SECONDS, MAX_VALUE_CHARS, OOV,
+                                     clean_category, clean_code, clean_ts, lookup_cleaned)
 
-# Longer strings are never real category values; rejecting them early also bounds the work an
-# adversarial request can cause (hashing / decoding megabytes).
-MAX_VALUE_CHARS = 512
-MAX_TS_CHARS = 64
-# Valid epoch seconds: 1970-01-01 .. 9999-12-31 (what datetime can represent).
-MAX_TS_SECONDS = 253_402_300_799
-
-
-class _OutOfVocabulary:
-    """Marker for a value that must encode to OOV_ID without being looked up."""
-
-    def __repr__(self) -> str:
-        return "<OOV>"
-
-
-OOV = _OutOfVocabulary()
-
-
-def clean_category(value: Any) -> str | None | _OutOfVocabulary:
-    """One raw categorical value -> a string to look up, ``None`` (missing) or ``OOV``."""
-    kind = type(value)
-    if kind is str:
-        return value if len(value) <= MAX_VALUE_CHARS else OOV
-    if value is None:
-        return None
-    if kind is bool:
-        return str(value)
-    if isinstance(value, str):  # str subclasses, np.str_
-        return str(value) if len(value) <= MAX_VALUE_CHARS else OOV
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raw = bytes(value)
-        if len(raw) > 4 * MAX_VALUE_CHARS:
-            return OOV
-        try:
-            return clean_category(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            return OOV
-    if isinstance(value, (int, np.integer)):
-        try:
-            text = str(int(value))
-        except ValueError:  # more digits than Python will print
-            return OOV
-        return text if len(text) <= MAX_VALUE_CHARS else OOV
-    if isinstance(value, (float, np.floating)):
-        number = float(value)
-        return str(number) if math.isfinite(number) else None
-    return None
-
-
-def clean_ts(value: Any) -> int | None:
-    """Epoch seconds (floored) from an int/float/numeric string/ISO-8601 string, else ``None``."""
-    if type(value) is int:  # the common case first
-        return value if 0 <= value <= MAX_TS_SECONDS else None
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text or len(text) > MAX_TS_CHARS:
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            try:
-                stamp = dt.datetime.fromisoformat(text)
-                if stamp.tzinfo is None:
-                    stamp = stamp.replace(tzinfo=dt.timezone.utc)
-                value = stamp.timestamp()
-            except (ValueError, OverflowError, OSError):
-                return None
-    if isinstance(value, (int, np.integer)):
-        seconds = int(value)
-    elif isinstance(value, (float, np.floating)):
-        if not math.isfinite(value):
-            return None
-        seconds = math.floor(value)
-    else:
-        return None
-    return seconds if 0 <= seconds <= MAX_TS_SECONDS else None
-
+# Re-exported: callers and tests name the rules through this module.
+__all__ = ["MAX_TS_CHARS", "MAX_TS_SECONDS", "MAX_VALUE_CHARS", "OOV", "RequestEncoder",
+           "clean_category", "clean_code", "clean_ts"]
 
 class RequestEncoder:
     """Cleans and encodes requests with a bundle's encoders; routes each to a model region.
@@ -163,6 +83,13 @@ class RequestEncoder:
                              for f in FEATURES if f.kind == CATEGORICAL]
         self._numeric = [(f.name, encoders.numeric[f.name], {}) for f in FEATURES
                          if f.kind != CATEGORICAL]
+        # The batch path: the same memos applied to whole columns, and the columns it reads.
+        offsets_doc = geo.offsets if geo.offsets is not None else geo.offset_table.to_json()
+        self._subdivided = frozenset(code.split("-", 1)[0]
+                                     for code in offsets_doc["subdivisions"])
+        self._lookups = [columnar.CategoryLookup(memo) for _, _, memo in self._categorical]
+        self._columns = list(dict.fromkeys([COUNTRY, GEO_REGION, TS] + [
+            column for column, _, _ in self._categorical if column is not None]))
 
     @staticmethod
     def _memo(vocab: Any) -> dict:
@@ -181,11 +108,11 @@ class RequestEncoder:
         return hit
 
     def _time_features(self, request: Mapping, now: float | None) -> tuple[dict, str | None]:
-        country = _clean_code(request.get(COUNTRY))
+        country = clean_code(request.get(COUNTRY))
         ts = clean_ts(request.get(TS))
         if ts is None:
             ts = int(time.time() if now is None else now)
-        offset = self._offset_of(ts, country, _clean_code(request.get(GEO_REGION)))
+        offset = self._offset_of(ts, country, clean_code(request.get(GEO_REGION)))
         return features.derive_time_features(ts, offset), country
 
     # ------------------------------------------------------------------ one request
@@ -210,62 +137,49 @@ class RequestEncoder:
             if type(value) is str or value is None:
                 ids.append(memo.get(value, OOV_ID))
             else:
-                ids.append(_lookup_cleaned(memo, value))
+                ids.append(lookup_cleaned(memo, value))
         numeric = [self._normalized(j, derived[name]) for j, (name, _, _) in
                    enumerate(self._numeric)]
         return ids, numeric, self._route.get(country, self._default_route)
 
     # ------------------------------------------------------------------ a batch
-    def encode_many(self, requests: Sequence[Any], now: float | None = None
+    def encode_many(self, requests: Any, now: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Encode a batch column by column (vectorised where the encoders allow).
+        """Encode a batch column by column with array operations; row i equals
+        ``encode_one(request i)`` (``pythia.scoring.columnar`` says how each column is read).
+
+        Args:
+            requests: a sequence of request dicts, or the batch as columns: a dict of column
+                name -> list/array, a pandas DataFrame or a pyarrow Table/RecordBatch (string
+                or dictionary-encoded columns; a column it lacks is missing in every row).
+            now: epoch seconds for rows without a usable ``ts`` (default: now).
 
         Returns:
             (ids (n, n_categorical) int64, numerics (n, n_numeric) float32,
             routed model region per request (n,) object array).
+
+        Raises:
+            ValueError: columns that are not arrays/lists of one common length.
         """
-        rows = [r if type(r) is dict or isinstance(r, Mapping) else {} for r in requests]
-        n = len(rows)
-        countries = [_clean_code(r.get(COUNTRY)) for r in rows]
-        stamps = [clean_ts(r.get(TS)) for r in rows]
-        if any(s is None for s in stamps):
-            fallback = int(time.time() if now is None else now)
-            stamps = [fallback if s is None else s for s in stamps]
-        ts = np.array(stamps, dtype=np.int64)
-        subdivisions = np.array([_clean_code(r.get(GEO_REGION)) for r in rows], dtype=object)
-        offsets = np.asarray(self._offset_of(ts, np.array(countries, dtype=object),
-                                             subdivisions), dtype=np.int64)
+        columns, n = columnar.batch_columns(requests, self._columns)
+        fallback = int(time.time() if now is None else now)
+        ts = columnar.clean_stamps(columns[TS], n, fallback)
+        country_at, countries = columnar.factorize_codes(columns[COUNTRY], n)
+        region_at, regions = columnar.factorize_codes(columns[GEO_REGION], n)
+        # A subdivision matters only where the country has several zones: dropping the others
+        # leaves the offsets unchanged and the (country, subdivision) pairs few.
+        split = np.array([c in self._subdivided for c in countries], dtype=bool)[country_at]
+        offsets = np.asarray(self._offset_of(
+            ts, np.array(countries, dtype=object)[country_at],
+            np.where(split, np.array(regions, dtype=object)[region_at], None)), dtype=np.int64)
         derived = features.derive_time_features(ts, offsets)
         ids = np.empty((n, len(self._categorical)), dtype=np.int64)
-        for j, (column, name, memo) in enumerate(self._categorical):
-            if column is None:
-                # Derived categoricals take few distinct values: encode each distinct one once.
-                distinct, inverse = np.unique(np.asarray(derived[name]), return_inverse=True)
-                vocab = self.encoders.vocabularies[name]
-                ids[:, j] = vocab.encode(distinct.astype(str).tolist())[inverse.reshape(-1)]
-                continue
-            get = memo.get
-            ids[:, j] = [get(v, OOV_ID) if (type(v) is str or v is None)
-                         else _lookup_cleaned(memo, v)
-                         for v in [r.get(column) for r in rows]]
+        for j, ((column, name, _), lookup) in enumerate(zip(self._categorical, self._lookups)):
+            ids[:, j] = (columnar.derived_ids(derived[name], lookup) if column is None
+                         else lookup.encode(columns[column], n))
         numeric = np.empty((n, len(self._numeric)), dtype=np.float32)
         for j, (name, stats, _) in enumerate(self._numeric):
             numeric[:, j] = stats.normalize(derived[name])
         route, default = self._route.get, self._default_route
-        regions = np.array([route(c, default) for c in countries], dtype=object)
-        return ids, numeric, regions
-
-
-def _clean_code(value: Any) -> str | None:
-    """A country or subdivision code as a lookup key: a usable string, else None (an unknown
-    country routes to OTHER / the global model and gets UTC; an unknown subdivision, the
-    country's main zone)."""
-    if type(value) is str and len(value) <= MAX_VALUE_CHARS:
-        return value
-    cleaned = clean_category(value)
-    return cleaned if type(cleaned) is str else None
-
-
-def _lookup_cleaned(memo: Mapping, value: Any) -> int:
-    cleaned = clean_category(value)
-    return OOV_ID if cleaned is OOV else memo.get(cleaned, OOV_ID)
+        return ids, numeric, np.array([route(c, default) for c in countries],
+                                      dtype=object)[country_at]

@@ -1,13 +1,14 @@
 """The bid-time scorer: a loaded bundle that turns impression requests into probabilities.
 
 ``Scorer.score`` handles one request (the bidder's hot path), ``score_batch`` many at once
-(vectorised), ``score_arrays`` returns bare arrays (benchmarks, parity checks). Inputs are
+(vectorised), ``score_arrays`` returns bare arrays (offline scoring, benchmarks, parity checks);
+both batch methods also take the batch as columns (``RequestEncoder.encode_many``). Inputs are
 cleaned at the boundary (``pythia.scoring.boundary``): no request makes it raise or return NaN.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -110,9 +111,13 @@ class Scorer:
         from pythia.scoring.openrtb import score_openrtb
         return score_openrtb(self, request, ts=ts, now=now)
 
-    def score_batch(self, requests: Sequence[Any], now: float | None = None
+    def score_batch(self, requests: Any, now: float | None = None
                     ) -> list[dict[str, Any]]:
-        """Score many requests at once; same output per request as ``score``."""
+        """Score many requests at once; same output per request as ``score``.
+
+        ``requests``: a sequence of request dicts, or columns (a dict of arrays, a pandas
+        DataFrame, a pyarrow Table); see ``RequestEncoder.encode_many``.
+        """
         probs, regions = self._score(requests, now)
         rows = {t: probs[t].tolist() for t in TARGETS}
         labels, version = self.labels, self.version
@@ -122,12 +127,16 @@ class Scorer:
                 for g, a, ag, r in zip(rows["gender"], rows["age"], rows["age_gender"],
                                        regions.tolist())]
 
-    def score_arrays(self, requests: Sequence[Any], now: float | None = None
+    def score_arrays(self, requests: Any, now: float | None = None
                      ) -> dict[str, np.ndarray]:
-        """Score many requests; ``{target: (n, n_classes) float64}`` in ``class_labels`` order."""
+        """Score many requests; ``{target: (n, n_classes) float64}`` in ``class_labels`` order.
+
+        ``requests`` as for ``score_batch``; columns (above all a pyarrow Table of dictionary
+        columns) skip the per-row work of reading dicts, the fastest way to score offline.
+        """
         return self._score(requests, now)[0]
 
-    def _score(self, requests: Sequence[Any], now: float | None
+    def _score(self, requests: Any, now: float | None
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         ids, numeric, regions = self.encoder.encode_many(requests, now)
         n = len(ids)

@@ -1,0 +1,234 @@
+"""The batched request encoder (``RequestEncoder.encode_many``, ``pythia.scoring.columnar``):
+every row, whatever form the batch takes, encodes exactly as ``encode_one`` encodes it."""
+from __future__ import annotations
+
+import collections
+import types
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pythia.features import CATEGORICAL_FEATURES, MISSING_ID, OOV_ID, TARGETS, Vocabulary
+from pythia.scoring import Scorer, write_bundle
+from pythia.scoring.boundary import MAX_VALUE_CHARS, RequestEncoder
+from test_scoring import _REQUEST, GEO, layers, make_encoders, make_export
+
+TS = 1_700_000_000
+US_DST_START = 1_710_054_000  # 2024-03-10T07:00:00Z: 02:00 EST -> 03:00 EDT
+DE_DST_START = 1_711_846_800  # 2024-03-31T01:00:00Z: 02:00 CET -> 03:00 CEST
+AU_DST_END = 1_712_415_600  # 2024-04-06T16:00:00Z: 03:00 AEDT -> 02:00 AEST (Sydney)
+
+
+class _Claims:
+    """A hostile value: hashes and compares equal to a vocabulary string."""
+
+    def __hash__(self) -> int:
+        return hash("os_1")
+
+    def __eq__(self, other) -> bool:
+        return True
+
+
+class _Unhashable:
+    __hash__ = None
+
+
+def mixed_requests() -> list:
+    """Known, unknown, missing, unicode and bad-typed values; several countries, both sides of
+    three DST changes; requests that are not dicts."""
+    rows = []
+    for ts in (US_DST_START - 1, US_DST_START, DE_DST_START - 1, DE_DST_START, AU_DST_END - 1,
+               AU_DST_END):
+        for country, region in (("US", "CA"), ("US", " ny "), ("US", "US-TX"), ("DE", None),
+                                ("AU", "NSW"), ("AU", "AU-WA"), ("JP", "x"), ("XX", "CA")):
+            rows.append({"country": country, "geo_region": region, "ts": ts, "os": "os_1",
+                         "site_or_app": "site_or_app_2", "inventory_type": "app"})
+    odd = [None, "", "os_0", "unknown", "Zürich", "東京", "🙂", "x" * (MAX_VALUE_CHARS + 1), 7,
+           2.5, -0.0, 0.0, float("nan"), float("inf"), True, b"os_1", b"\xff\xfe", {"a": 1},
+           [1], object(), 10 ** 5000, np.int64(3), np.str_("os_2"), np.float32(0.1),
+           _Claims(), _Unhashable()]
+    stamps = [TS, TS + 0.9, str(TS), "2023-11-14T22:13:20Z", "2023-11-14T23:13:20+01:00",
+              "2023-11-14T22:13:20", b"1700000000", None, "soon", float("nan"), -5, 10 ** 30,
+              True, "9" * 100, np.int64(TS), np.float64(TS + 0.5)]
+    for i, value in enumerate(odd):
+        rows.append({"country": odd[(i + 3) % len(odd)], "ts": stamps[i % len(stamps)],
+                     "os": value, "device_model": value, "geo_region": value,
+                     "ad_size": odd[(i + 7) % len(odd)]})
+    rows.append({"country": "US"})  # no ts: the fallback instant
+    rows += ["not a dict", None, 5, [("country", "US")], {},
+             types.MappingProxyType({"country": "DE", "os": "os_0", "ts": TS}),
+             collections.OrderedDict(country="JP", os="os_2", ts=TS)]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def encoder() -> RequestEncoder:
+    return RequestEncoder(make_encoders(), GEO, ["global", "NA"])
+
+
+def assert_rows_equal(encoder: RequestEncoder, batch, rows: list, now: float = TS) -> None:
+    ids, numeric, regions = encoder.encode_many(batch, now=now)
+    assert ids.shape == (len(rows), len(CATEGORICAL_FEATURES)) and ids.dtype == np.int64
+    assert numeric.dtype == np.float32 and len(regions) == len(rows)
+    for i, row in enumerate(rows):
+        one_ids, one_numeric, one_region = encoder.encode_one(row, now=now)
+        assert ids[i].tolist() == one_ids, (i, row)
+        np.testing.assert_array_equal(numeric[i], np.array(one_numeric, dtype=np.float32))
+        assert regions[i] == one_region, (i, row)
+
+
+def test_list_of_requests_matches_encode_one(encoder):
+    rows = mixed_requests()
+    assert_rows_equal(encoder, rows, rows)
+    ids, _, _ = encoder.encode_many(rows, now=TS)
+    col = CATEGORICAL_FEATURES.index("os")
+    claims = next(i for i, r in enumerate(rows) if isinstance(r, dict)
+                  and isinstance(r.get("os"), _Claims))
+    assert ids[claims, col] == MISSING_ID  # not looked up as "os_1": not a string
+    assert {MISSING_ID, OOV_ID} < set(ids[:, col].tolist())
+
+
+def test_uniform_rows_and_rows_missing_keys_agree(encoder):
+    full = [{c: r.get(c) for c in ("country", "geo_region", "ts", "os", "site_or_app",
+                                   "inventory_type", "device_model", "ad_size")}
+            for r in mixed_requests() if isinstance(r, dict)]
+    assert_rows_equal(encoder, full, full)  # every row has every key: the transposing path
+    ragged = full + [{"country": "DE"}]  # the last row lacks keys: the per-column path
+    assert_rows_equal(encoder, ragged, ragged)
+
+
+def _dict_rows() -> list[dict]:
+    return [r for r in mixed_requests() if type(r) is dict]
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    names = sorted({k for r in rows for k in r})
+    return {c: [r.get(c) for r in rows] for c in names}
+
+
+def test_columns_as_lists_and_object_arrays(encoder):
+    rows = _dict_rows()
+    cols = _columns(rows)
+    assert_rows_equal(encoder, cols, rows)
+    assert_rows_equal(encoder, {c: np.array(v + [None], dtype=object)[:-1]
+                                for c, v in cols.items()}, rows)
+
+
+def test_typed_numpy_columns():
+    encoders = make_encoders()  # numbers in the vocabularies, so a wrong string shows
+    encoders.vocabularies["ad_size"] = Vocabulary(["0.0", "2.0", "1e+20", "-7.0", "nan"])
+    encoders.vocabularies["os"] = Vocabulary(["1", "-3", "7", "True"])
+    encoder = RequestEncoder(encoders, GEO, ["global", "NA"])
+    ts = np.array([TS, TS + 0.9, np.nan, np.inf, -1.0, 1e300, US_DST_START - 0.5, DE_DST_START])
+    cols = {"ts": ts, "country": np.array(["US", "DE", "", "AU", "JP", "XX", "US", "DE"]),
+            "ad_size": np.array([-0.0, 0.0, np.nan, 2.0, 1e20, 3.5, 0.1, -7.0]),
+            "os": np.array([1, 2, -3, 0, 2 ** 62, 7, 7, 1], dtype=np.int64),
+            "device_model": np.array([b"device_model_1", b"\xff", b"", b"x"] * 2)}
+    rows = [{c: v[i] for c, v in cols.items()} for i in range(len(ts))]
+    assert_rows_equal(encoder, cols, rows)
+    int_ts = {"ts": np.array([TS, -5, 10 ** 15, US_DST_START], dtype=np.int64),
+              "country": ["US"] * 4}
+    assert_rows_equal(encoder, int_ts, [{c: v[i] for c, v in int_ts.items()}
+                                        for i in range(4)])
+
+
+def _clean_typed_rows() -> list[dict]:
+    """Rows Arrow can hold: strings or null per column, ts int or null."""
+    rows = []
+    values = [None, "", "os_0", "os_2", "unknown", "Zürich", "🙂", "x" * (MAX_VALUE_CHARS + 1)]
+    for i in range(48):
+        rows.append({"country": ["US", "DE", "AU", "JP", "XX", None, ""][i % 7],
+                     "geo_region": ["CA", "ny", "US-TX", "NSW", None, "", "WA"][i % 7],
+                     "ts": [US_DST_START - 1, US_DST_START, DE_DST_START, AU_DST_END - 1,
+                            AU_DST_END, None][i % 6],
+                     "os": values[i % len(values)],
+                     "site_or_app": values[(i + 3) % len(values)].replace("os", "site_or_app")
+                     if values[(i + 3) % len(values)] else values[(i + 3) % len(values)]})
+    return rows
+
+
+def test_pyarrow_tables_plain_and_dictionary(encoder):
+    pa = pytest.importorskip("pyarrow")
+    rows = _clean_typed_rows()
+    table = pa.Table.from_pylist(rows)
+    assert_rows_equal(encoder, table, table.to_pylist())
+    encoded = pa.table({c: (table[c].dictionary_encode() if pa.types.is_string(table[c].type)
+                            else table[c]) for c in table.column_names})
+    assert_rows_equal(encoder, encoded, rows)
+    chunked = pa.concat_tables([encoded.slice(0, 20), encoded.slice(20)])  # two dictionaries
+    assert_rows_equal(encoder, chunked, rows)
+    assert_rows_equal(encoder, encoded.to_batches()[0], rows)
+    large = table.cast(pa.schema([pa.field(f.name, pa.large_string() if
+                                           pa.types.is_string(f.type) else f.type)
+                                  for f in table.schema]))
+    assert_rows_equal(encoder, large, rows)
+
+
+def test_pandas_frames_object_and_category(encoder):
+    pd = pytest.importorskip("pandas")
+    rows = _clean_typed_rows()
+    frame = pd.DataFrame(rows)  # ts with a null becomes float64 NaN
+    assert_rows_equal(encoder, frame, [{**r, "ts": float("nan") if r["ts"] is None else r["ts"]}
+                                       for r in rows])
+    category = frame.astype({c: "category" for c in ("country", "geo_region", "os",
+                                                     "site_or_app")})
+    assert_rows_equal(encoder, category, rows)
+
+
+def test_absent_columns_and_empty_batches(encoder):
+    ids, numeric, regions = encoder.encode_many({"country": ["US", "DE"]}, now=TS)
+    assert_rows_equal(encoder, {"country": ["US", "DE"]}, [{"country": "US"}, {"country": "DE"}])
+    assert (ids[:, CATEGORICAL_FEATURES.index("os")] == MISSING_ID).all()
+    for empty in ([], {}, {"country": []}):
+        ids, numeric, regions = encoder.encode_many(empty)
+        assert ids.shape == (0, len(CATEGORICAL_FEATURES)) and len(regions) == 0
+
+
+@pytest.mark.parametrize("batch,match", [
+    ({"country": ["US", "DE"], "os": ["os_1"]}, "length"),
+    ({"country": "US", "ts": TS}, "not an array"),  # one request, not columns
+])
+def test_bad_columnar_batches_are_refused(encoder, batch, match):
+    with pytest.raises(ValueError, match=match):
+        encoder.encode_many(batch)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reqs=st.lists(_REQUEST, max_size=12))
+def test_random_batches_match_encode_one(encoder, reqs):
+    assert_rows_equal(encoder, reqs, reqs)
+
+
+# ---------------------------------------------------------------------- the scorer's batch APIs
+
+@pytest.fixture(scope="module")
+def scorer64(tmp_path_factory) -> Scorer:
+    encoders = make_encoders()
+    models = {"global": layers(make_export(encoders, seed=1)),
+              "NA": layers(make_export(encoders, seed=2, age_link="softmax"))}
+    out = str(tmp_path_factory.mktemp("enc") / "bundle")
+    return Scorer.load(write_bundle(models, encoders, GEO, "Test/encode", out), dtype="float64")
+
+
+def test_score_arrays_and_batch_equal_score(scorer64):
+    rows = mixed_requests()
+    arrays = scorer64.score_arrays(rows, now=TS)
+    batch = scorer64.score_batch(rows, now=TS)
+    assert {b["region"] for b in batch} == {"NA", "global"}
+    for i, row in enumerate(rows):
+        one = scorer64.score(row, now=TS)
+        assert batch[i]["region"] == one["region"]
+        for t in TARGETS:
+            want = list(one[t].values())
+            np.testing.assert_allclose(arrays[t][i], want, atol=1e-9, rtol=0)
+            np.testing.assert_allclose(list(batch[i][t].values()), want, atol=1e-9, rtol=0)
+
+
+def test_score_arrays_takes_columns(scorer64):
+    rows = _dict_rows()
+    want = scorer64.score_arrays(rows, now=TS)
+    got = scorer64.score_arrays(_columns(rows), now=TS)
+    for t in TARGETS:
+        np.testing.assert_array_equal(got[t], want[t])
