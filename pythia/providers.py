@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
 from pythia import contract, contract_read, storage
-from pythia.config import DEFAULT_AGE_EDGES, MAX_VALID_AGE, MIN_VALID_AGE
-from pythia.features import GENDER_CLASSES, age_bucket_labels, age_to_bucket
+from pythia.label_rules import (AGE_BELOW_FIRST_EDGE, IMPOSSIBLE_AGE,  # noqa: F401 (API)
+                                INCOMPLETE_LABEL, LABELLED, NOT_CHOSEN, OUTPUT_COLUMNS,
+                                REJECT_REASONS, SUPERSEDED, bucket_labels, label_outcome)
 from pythia.paths import join
 
 # Score of a (provider, country): a weighted mean of the three quality figures, each averaged
@@ -24,19 +24,8 @@ from pythia.paths import join
 SCORE_WEIGHTS: Mapping[str, float] = {"accuracy": 0.5, "consistency": 0.3, "coverage": 0.2}
 RECENT_DAYS = 7
 
-# Label rows that pass the contract but cannot become a training label.
-IMPOSSIBLE_AGE = "impossible_age"  # outside [MIN_VALID_AGE, MAX_VALID_AGE]
-AGE_BELOW_FIRST_EDGE = "age_below_first_edge"  # a plausible age no bucket covers (e.g. 15)
-INCOMPLETE_LABEL = "incomplete_label"  # gender or age (and age_bucket) missing
-REJECT_REASONS = (IMPOSSIBLE_AGE, AGE_BELOW_FIRST_EDGE, INCOMPLETE_LABEL)
-NOT_CHOSEN = "not_chosen_provider"  # usable, but not from the country's chosen provider
-SUPERSEDED = "superseded"  # usable and chosen, but the user has a newer chosen label
-LABELLED = "labelled"
-
 CHOICE_COLUMNS = ["country", "provider", "score", "accuracy", "consistency", "coverage",
                   "n_dates", "rank", "chosen", "reason"]
-OUTPUT_COLUMNS = ["user_id", "country", "gender", "age_bucket", "y_gender", "y_age",
-                  "y_age_gender", "label_provider", "observed_date"]
 
 
 # ------------------------------------------------------------------------------- selection
@@ -185,39 +174,6 @@ def read_provider_metrics(spark: Any, source: str, quarantine_dir: str | None = 
 
 # ------------------------------------------------------------------------------- labels
 
-def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGES
-                  ) -> pd.DataFrame:
-    """Add ``y_gender``, ``y_age``, ``y_age_gender``, canonical ``age_bucket`` and ``reject``.
-
-    ``age`` wins over ``age_bucket`` when both are given. ``reject`` is null for usable rows,
-    else one of REJECT_REASONS.
-    """
-    labels = age_bucket_labels(age_edges)
-    n_age = len(labels)
-    age = pd.to_numeric(pdf["age"], errors="coerce").to_numpy(dtype=float)
-    has_age = ~np.isnan(age)
-    impossible = has_age & ((age < MIN_VALID_AGE) | (age > MAX_VALID_AGE))
-    from_age = np.where(has_age, age_to_bucket(np.where(has_age, age, age_edges[0]), age_edges),
-                        -1)
-    below = has_age & ~impossible & (from_age < 0)
-    bucket_index = {b: i for i, b in enumerate(labels)}
-    from_bucket = pdf["age_bucket"].map(bucket_index).fillna(-1).to_numpy(dtype=int)
-    y_age = np.where(has_age, from_age, from_bucket)
-    gender_index = {g: i for i, g in enumerate(GENDER_CLASSES)}
-    y_gender = pdf["gender"].map(gender_index).fillna(-1).to_numpy(dtype=int)
-    incomplete = (y_gender < 0) | (y_age < 0)
-    reject = np.select([impossible, below, incomplete],
-                       [IMPOSSIBLE_AGE, AGE_BELOW_FIRST_EDGE, INCOMPLETE_LABEL], default="")
-    ok = reject == ""
-    out = pdf.copy()
-    out["reject"] = pd.Series(reject, index=pdf.index).replace("", None)
-    out["y_gender"] = np.where(ok, y_gender, -1).astype("int32")
-    out["y_age"] = np.where(ok, y_age, -1).astype("int32")
-    out["y_age_gender"] = np.where(ok, y_gender * n_age + y_age, -1).astype("int32")
-    out["age_bucket"] = [labels[i] if good else None for i, good in zip(y_age, ok)]
-    return out
-
-
 def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
                    age_edges: tuple[int, ...], out_dir: str, default_provider: str,
                    quarantine_dir: str | None = None) -> dict:
@@ -302,22 +258,10 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
         agreement = agreement_table(latest)
     finally:
         every.unpersist()
-    rows_in = sum(counts.values())
-    outcome = {
-        "rows_in": rows_in,
-        "quarantined": {r: counts.get(r, 0) for r in contract.REASONS},
-        "rejected": {r: counts.get(r, 0) for r in REJECT_REASONS},
-        NOT_CHOSEN: counts.get(NOT_CHOSEN, 0), SUPERSEDED: counts.get(SUPERSEDED, 0),
-        "users": counts.get(LABELLED, 0),
-    }
-    accounted = (sum(outcome["quarantined"].values()) + sum(outcome["rejected"].values())
-                 + outcome[NOT_CHOSEN] + outcome[SUPERSEDED] + outcome["users"])
-    if accounted != rows_in:  # a status outside the known ones: a bug, never silently lost
-        raise RuntimeError(f"label rows do not reconcile: {rows_in} in, {accounted} accounted "
-                           f"for ({counts})")
     return {"labels_path": labels_path, "aside_path": aside_path,
             "rejected_path": rejected_path, "quarantine_path": quarantine_path,
-            "counts": outcome, "choice": dict(choice), "default_provider": default_provider,
+            "counts": label_outcome(counts), "choice": dict(choice),
+            "default_provider": default_provider,
             "age_edges": list(age_edges), "agreement": agreement, "extra_columns": extras}
 
 
@@ -357,15 +301,22 @@ def agreement_table(latest: Any) -> list[dict]:
 def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dict, list[str]]:
     """The select_providers step: score every (provider, country), choose one per country.
 
-    Returns the ``provider_choice`` table, ``{'by_country': {country: provider}, 'default':
-    best global provider, 'metrics': read/quarantine counts}`` and the warnings.
+    The metrics are read on the driver when small (``providers_local.use_driver``), else with
+    Spark. Returns the ``provider_choice`` table, ``{'by_country': {country: provider},
+    'default': best global provider, 'metrics': read/quarantine counts}`` and the warnings.
     """
+    from pythia import providers_local
     from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
-    with spark_session("pythia-providers", params, source_path) as spark, \
-            user_input_errors("select_providers"):
-        metrics, read_manifest = read_provider_metrics(
-            spark, source_path, join(paths.quarantine, "provider_metrics"))
+    qdir = join(paths.quarantine, "provider_metrics")
+    with user_input_errors("select_providers"):
+        files = contract.list_table_files(source_path, "provider_metrics")
+        metrics, read_manifest = _on_driver(
+            "select_providers", files, params,
+            lambda: providers_local.read_provider_metrics(source_path, qdir))
+        if metrics is None:
+            with spark_session("pythia-providers", params, source_path) as spark:
+                metrics, read_manifest = read_provider_metrics(spark, source_path, qdir)
     known = list_providers(source_path)
     countries = sorted(set(metrics["country"].dropna()))
     choice, mapping, warns = select_providers(
@@ -373,16 +324,60 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
     for w in warns:  # printed, not warnings.warn: Metaflow would silence those
         print(f"warning: {w}")
     default = best_global_provider(metrics)
+    print(f"select_providers: {read_manifest['rows_valid']} metric rows used, "
+          f"{_quarantined(read_manifest['quarantined'])}; providers chosen: "
+          + ", ".join(f"{c}={p}" for c, p in sorted(mapping.items()))
+          + f"; default for other countries: {default}")
     return choice, {"by_country": mapping, "default": default, "metrics": read_manifest}, \
         list(warns)
 
 
+def _quarantined(by_reason: Mapping[str, int]) -> str:
+    """'N quarantined (reason: n, ...)' for the step's summary line."""
+    hits = {r: n for r, n in by_reason.items() if n}
+    detail = " (" + ", ".join(f"{r}: {n}" for r, n in hits.items()) + ")" if hits else ""
+    return f"{sum(hits.values())} quarantined{detail}"
+
+
+def _on_driver(step: str, files: Sequence[str], params: Any, work: Any) -> Any:
+    """``work()`` when the input fits the driver and its types convert exactly there; else
+    ``(None, None)`` and the caller uses Spark. The engine and why go to the step's log."""
+    from pythia import contract_local, providers_local
+    fits, why = providers_local.use_driver(files, params)
+    if fits:
+        try:
+            result = work()
+        except contract_local.NeedsSpark as exc:
+            why = f"Spark ({exc})"
+        else:
+            print(f"{step}: {why}")
+            return result
+    print(f"{step}: {why}")
+    return None, None
+
+
 def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: Any) -> dict:
-    """The prepare_labels step: one label per user from the chosen provider (a manifest)."""
+    """The prepare_labels step: one label per user from the chosen provider (a manifest).
+
+    On the driver when the labels are small (``providers_local.use_driver``), else Spark."""
+    from pythia import providers_local
     from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
-    with spark_session("pythia-labels", params, source_path) as spark, \
-            user_input_errors("prepare_labels"):
-        return prepare_labels(spark, source_path, dict(provider_map["by_country"]),
-                              params.etl.age_edges, paths.labels, provider_map["default"],
-                              quarantine_dir=join(paths.quarantine, "labels"))
+    args = (dict(provider_map["by_country"]), params.etl.age_edges, paths.labels,
+            provider_map["default"])
+    qdir = join(paths.quarantine, "labels")
+    with user_input_errors("prepare_labels"):
+        files = contract.list_table_files(source_path, "labels")
+        manifest, _ = _on_driver(
+            "prepare_labels", files, params,
+            lambda: (providers_local.prepare_labels(source_path, *args, quarantine_dir=qdir),
+                     None))
+        if manifest is None:
+            with spark_session("pythia-labels", params, source_path) as spark:
+                manifest = prepare_labels(spark, source_path, *args, quarantine_dir=qdir)
+    c = manifest["counts"]
+    print(f"prepare_labels: {c['rows_in']} label rows -> {c['users']} users labelled; "
+          f"{_quarantined(c['quarantined'])}, {sum(c['rejected'].values())} rejected, "
+          f"{c[NOT_CHOSEN]} from other providers, {c[SUPERSEDED]} superseded; wrote "
+          f"{manifest['labels_path']}")
+    return manifest

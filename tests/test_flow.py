@@ -163,6 +163,60 @@ def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):
     assert checked == len(rows)
 
 
+def _inspect_commands(end_stdout: str) -> list[str]:
+    """The commands the end step suggests under 'Inspect:', without their (comments)."""
+    lines = end_stdout.split("Inspect:", 1)[1].splitlines()[1:]
+    out = []
+    for line in lines:
+        if not line.startswith("  "):
+            break
+        out.append(line.split("   (", 1)[0].strip())
+    return out
+
+
+def _run_inspect_commands(end_stdout: str, cwd: str, test_rows_uri: str) -> dict[str, str]:
+    """Run each suggested command as printed from ``cwd`` (the folder the run started in);
+    ``pythia`` is this checkout's CLI, ``requests.jsonl`` a few of the run's test rows."""
+    import shlex
+    import subprocess
+    import sys
+
+    from pythia.evaluate.io import rows_to_requests
+    from pythia.storage import read_frame
+
+    rows = read_frame(test_rows_uri).head(5)
+    with open(os.path.join(cwd, "requests.jsonl"), "w") as f:
+        f.writelines(json.dumps(r, default=str) + "\n" for r in rows_to_requests(rows))
+    outputs = {}
+    for cmd in _inspect_commands(end_stdout):
+        command, _, stdin_name = cmd.partition(" < ")
+        argv = shlex.split(command)
+        prefix = {"pythia": [sys.executable, "-m", "pythia.cli"], "python": [sys.executable]}
+        argv = prefix.get(argv[0], argv[:1]) + argv[1:]
+        stdin = open(os.path.join(cwd, stdin_name.strip())) if stdin_name else None
+        try:
+            proc = subprocess.run(argv, cwd=cwd, stdin=stdin, capture_output=True, text=True,
+                                  timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+        finally:
+            if stdin:
+                stdin.close()
+        assert proc.returncode == 0, f"{cmd!r} failed:\n{proc.stderr[-3000:]}"
+        outputs[cmd] = proc.stdout
+    return outputs
+
+
+def test_the_end_steps_suggested_commands_work_as_printed(tiny_run, flow_env):
+    root, _ = flow_env
+    end_out = tiny_run["end"].task.stdout
+    outputs = _run_inspect_commands(end_out, str(root),
+                                    tiny_run.data.split_manifest["paths"]["test_natural"])
+    assert any(" card get " in c for c in outputs) and any(
+        c.startswith("pythia report") for c in outputs)
+    assert os.path.getsize(os.path.join(root, "report.html")) > 0  # card get wrote the card
+    scored = next(out for c, out in outputs.items() if c.startswith("pythia score"))
+    assert len(scored.splitlines()) == 5
+
+
 def test_resume_reruns_only_the_failed_hours(flow_env, tmp_path):
     """An unreadable file in one hour group stops its etl task; once the file is repaired,
     resume clones the groups that had finished and reruns only the failed one."""

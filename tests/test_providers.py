@@ -153,3 +153,171 @@ def test_read_provider_metrics_quarantines_and_scores(spark, source):
     pdf, man = providers.read_provider_metrics(spark, source.root)
     assert pdf.country.tolist() == ["US"] and man["quarantined"]["out_of_domain"] == 1
     assert providers.best_global_provider(pdf) == "acme"
+
+
+# ------------------------------------------------------------------------------- driver path
+
+def _flavoured_labels(spark, root):
+    """Labels as different producers write them, with bad rows of every reason code."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    early, late = dt.date(2024, 3, 1), dt.date(2024, 3, 5)
+    folder = os.path.join(root, "labels")
+    # pandas: observed_date datetime64[ns] (tz-aware here, naive below), age float with NaN
+    os.makedirs(os.path.join(folder, "provider=acme"))
+    pd.DataFrame({
+        "user_id": ["u1", "u2", "u3", "u4", "u5", " ", "u6", "u7", "u8", "u9"],
+        "gender": ["F", "M", None, "F", "X", "F", "M", "F", "M", None],
+        "age": [35.0, 41.0, 30.0, 34.7, 40.0, 30.0, None, 150.0, 15.0, None],
+        "age_bucket": [None, None, None, None, None, None, "25-34", None, None, None],
+        "country": ["US", "US", "GB", "US", "US", "US", "GB", "GB", "GB", "GB"],
+        "observed_date": pd.to_datetime(["2024-03-01"] * 5 + ["2024-03-05"] * 5, utc=True),
+    }).to_parquet(os.path.join(folder, "provider=acme", "part-0.parquet"))
+    pd.DataFrame({"user_id": ["u1", "u10", "u14"], "gender": ["F", "F", "F"],
+                  "age": ["36", " 41.0 ", "30"], "country": ["US", "GB", "usa"],
+                  "observed_date": pd.to_datetime(["2024-03-05", "2024-03-01", "2024-03-01"])
+                  }).to_parquet(
+        os.path.join(folder, "provider=acme", "part-1.parquet"))
+    pq.write_table(pa.table({  # pyarrow: decimal and unsigned ages, a date32 column
+        "user_id": ["u2", "u3", "u11"], "gender": ["F", "M", "M"],
+        "age": pa.array([__import__("decimal").Decimal("50.5"), None,
+                         __import__("decimal").Decimal("60.0")], pa.decimal128(4, 1)),
+        "age_bucket": [None, "35-44", "18-25"], "country": ["US", "GB", "GB"],
+        "observed_date": pa.array([early, late, None], pa.date32())}),
+        os.path.join(folder, "provider=acme", "part-2.parquet"))
+    # Spark: a partitionBy write, with its _SUCCESS and .crc side files
+    rows = [("u1", "M", 30, None, "US", early, "lucid"), ("u2", "M", 41, None, "US", late, "lucid"),
+            ("u3", "F", 28, None, "GB", early, "lucid"), ("u12", "F", None, "65+", "GB", late,
+                                                           "lucid"),
+            ("u13", None, None, None, "GB", late, "lucid")]
+    (spark.createDataFrame(rows, "user_id string, gender string, age int, age_bucket string, "
+                                 "country string, observed_date date, provider string")
+     .write.mode("overwrite").partitionBy("provider").parquet(folder + "/_spark_tmp"))
+    os.rename(os.path.join(folder, "_spark_tmp", "provider=lucid"),
+              os.path.join(folder, "provider=lucid"))
+    with open(os.path.join(folder, "provider=lucid", "_SUCCESS"), "wb"):
+        pass
+    with open(os.path.join(folder, "provider=lucid", ".stale.parquet.crc"), "wb") as f:
+        f.write(b"crc\x00")
+    import shutil
+    shutil.rmtree(os.path.join(folder, "_spark_tmp"))
+
+
+def _sorted(frame):
+    frame = frame.astype(object).where(frame.notna(), None)
+    frame = frame[sorted(frame.columns)]
+    return sorted(map(tuple, frame.astype(str).values.tolist()))
+
+
+@pytest.mark.spark
+def test_driver_and_spark_label_paths_give_the_same_outputs(spark, source, tmp_path):
+    from pythia import providers_local
+    from pythia.storage import read_frame
+
+    _flavoured_labels(spark, source.root)
+    choice = {"US": "acme", "GB": "lucid"}
+    by_spark = providers.prepare_labels(spark, source.root, choice, DEFAULT_AGE_EDGES,
+                                        str(tmp_path / "spark"), default_provider="acme")
+    by_pandas = providers_local.prepare_labels(source.root, choice, DEFAULT_AGE_EDGES,
+                                               str(tmp_path / "pandas"), default_provider="acme")
+    assert by_pandas["counts"] == by_spark["counts"]
+    c = by_spark["counts"]  # every outcome is exercised
+    assert c["users"] and c["superseded"] and c["not_chosen_provider"]
+    assert all(c["rejected"].values())
+    assert {r for r, n in c["quarantined"].items() if n} == {
+        "null_required", "wrong_type", "out_of_domain"}
+    assert by_pandas["agreement"] == by_spark["agreement"] and by_spark["agreement"]
+    assert by_pandas["extra_columns"] == by_spark["extra_columns"]
+    for key in ("labels_path", "aside_path", "rejected_path", "quarantine_path"):
+        want, got = read_frame(by_spark[key]), read_frame(by_pandas[key])
+        assert len(want) and _sorted(got) == _sorted(want), key
+        assert dict(got.dtypes.astype(str)) == dict(want.dtypes.astype(str)), key
+    q = read_frame(by_pandas["quarantine_path"])
+    assert set(zip(q.user_id, q.reason, q.reason_column)) >= {
+        (" ", "null_required", "user_id"), ("u4", "wrong_type", "age"),
+        ("u5", "out_of_domain", "gender"), ("u14", "out_of_domain", "country"),
+        ("u9", "null_required", "gender|age|age_bucket")}
+
+
+@pytest.mark.spark
+def test_driver_and_spark_metric_reads_agree(spark, source, tmp_path):
+    from pythia import providers_local
+    from pythia.storage import read_frame
+
+    source.metrics([
+        {"provider": "acme", "country": "US", "date": NOW, "coverage": 0.5, "accuracy": 0.6,
+         "consistency": 0.5, "n_labels": 1},
+        {"provider": "lucid", "country": "US", "date": NOW, "coverage": 0.4, "accuracy": 0.7,
+         "consistency": None, "n_labels": 3},
+        {"provider": "acme", "country": "GB", "date": NOW, "coverage": 2.0, "accuracy": 0.6,
+         "consistency": 0.5, "n_labels": 1},
+        {"provider": "acme", "country": "GB", "date": NOW, "coverage": float("nan"),
+         "accuracy": 0.6, "consistency": 0.5, "n_labels": 1},
+        {"provider": None, "country": "GB", "date": NOW, "coverage": 0.1, "accuracy": 0.6,
+         "consistency": 0.5, "n_labels": 1}])
+    want, want_man = providers.read_provider_metrics(spark, source.root, str(tmp_path / "qs"))
+    got, got_man = providers_local.read_provider_metrics(source.root, str(tmp_path / "qp"))
+    assert got_man["quarantined"] == want_man["quarantined"]
+    assert want_man["quarantined"]["out_of_domain"] == 2
+    assert want_man["quarantined"]["null_required"] == 1
+    assert _sorted(read_frame(got_man["quarantine_path"])) == _sorted(
+        read_frame(want_man["quarantine_path"]))
+    for a, b in ((want, got),):
+        ta, _, _ = providers.select_providers(a, {}, ["US"])
+        tb, _, _ = providers.select_providers(b, {}, ["US"])
+        pd.testing.assert_frame_equal(ta, tb, check_dtype=False)
+
+
+def test_small_inputs_run_without_spark_and_clusters_keep_it(source, tmp_path, monkeypatch):
+    import contextlib
+
+    from pythia import providers_local
+    from pythia.config import RunParams
+    from pythia.paths import RunPaths
+
+    source.labels("acme", [_label("u1", "F", 30, "US", NOW), _label("u2", "M", 50, "US", NOW),
+                           _label("", "F", 30, "US", NOW)])
+    source.metrics([{"provider": "acme", "country": "US", "date": NOW, "coverage": 0.5,
+                     "accuracy": 0.6, "consistency": 0.5, "n_labels": 1}])
+
+    @contextlib.contextmanager
+    def _no_spark(*_a, **_k):
+        raise AssertionError("Spark started for a small table")
+        yield
+
+    monkeypatch.setattr("pythia.etl.session.spark_session", _no_spark)
+    for var in ("SPARK_REMOTE", "PYTHIA_SPARK_MASTER", providers_local.DRIVER_MAX_ROWS_ENV):
+        monkeypatch.delenv(var, raising=False)
+    params = RunParams.build({"source": source.root, "data_root": str(tmp_path / "data"),
+                              "provider_overrides": ""}, model_names=("gbdt",))
+    paths = RunPaths(str(tmp_path / "data"), "T", "1")
+    _, provider_map, _ = providers.choose(source.root, params, paths)
+    manifest = providers.run(source.root, provider_map, params, paths)
+    assert manifest["counts"]["users"] == 2
+    assert manifest["counts"]["quarantined"]["null_required"] == 1
+    files = [source.root + "/labels/provider=acme/part-0.parquet"]
+    assert providers_local.use_driver(files, params)[0]
+    monkeypatch.setenv(providers_local.DRIVER_MAX_ROWS_ENV, "2")  # 3 rows: too many
+    assert not providers_local.use_driver(files, params)[0]
+    monkeypatch.delenv(providers_local.DRIVER_MAX_ROWS_ENV)
+    monkeypatch.setenv("SPARK_REMOTE", "sc://cluster:15002")
+    fits, why = providers_local.use_driver(files, params)
+    assert not fits and "sc://cluster:15002" in why
+    with pytest.raises(AssertionError, match="Spark started"):  # the cluster path is taken
+        providers.run(source.root, provider_map, params, paths)
+
+
+def test_types_the_driver_cannot_convert_exactly_go_to_spark(source):
+    import pyarrow as pa
+
+    from pythia import contract, contract_local
+
+    schema = pa.schema([("user_id", pa.string()), ("gender", pa.string()), ("age", pa.int32()),
+                        ("country", pa.string()), ("observed_date", pa.string())])
+    source.labels("acme", [_label("u1", "F", 30, "US", "2024-03-01")], schema=schema)
+    with pytest.raises(contract_local.NeedsSpark, match="observed_date"):
+        contract_local.read_table(contract.list_table_files(source.root, "labels"),
+                                  contract.LABELS)

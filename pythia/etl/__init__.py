@@ -21,9 +21,17 @@ def run_hours(source_path: str, hours: list[int], window: Mapping[str, list[str]
     from pythia.source import window_of
     with spark_session(f"pythia-etl-{hours[0]:02d}", params, source_path) as spark, \
             user_input_errors("etl_hour"):
-        return hourly.run_hours(spark, source_path, hours, window_of(window),
-                                labels_manifest["labels_path"], paths.etl_hours(hours),
-                                paths.quarantine, params.geo, params.etl.allow_gaps)
+        manifest = hourly.run_hours(spark, source_path, hours, window_of(window),
+                                    labels_manifest["labels_path"], paths.etl_hours(hours),
+                                    paths.quarantine, params.geo, params.etl.allow_gaps)
+    t = manifest["total"]
+    bad = {r: n for r, n in t["quarantined"].items() if n}
+    print(f"etl_hour {','.join(f'{h:02d}' for h in hours)}: {t['rows_in']:,} impressions read, "
+          f"{sum(bad.values()):,} quarantined"
+          + (" (" + ", ".join(f"{r}: {n:,}" for r, n in bad.items()) + ")" if bad else "")
+          + f", {t[hourly.UNLABELLED]:,} without a label, {t[hourly.WRITTEN]:,} written to "
+          f"{manifest['rows_path']}")
+    return manifest
 
 
 def join_hours(hour_manifests: list[dict], params: Any, paths: Any
@@ -56,6 +64,9 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
             by_reason[reason] = by_reason.get(reason, 0) + n
     quarantine = {"path": paths.quarantine, "by_reason": by_reason,
                   **quarantined_partitions(hour_manifests)}
+    print("join_hours: rows per split: " + ", ".join(
+        f"{s} {n:,}" for s, n in split_manifest["rows"].items())
+        + f"; every input row reconciled; quarantine under {paths.quarantine}")
     return split_manifest, reconciliation, split_manifest.get("resample_rates", {}), quarantine
 
 

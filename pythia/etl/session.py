@@ -95,12 +95,42 @@ def get_spark(app_name: str, master: str | None = None, remote: str | None = Non
         if kind == "local" or target.startswith("local"):
             settings.update(LOCAL_CONF)
     settings.update(conf or {})
+    if kind != "remote":
+        _launch_jvm(app_name, target, settings)
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     if kind != "remote":
         spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def _launch_jvm(app_name: str, master: str, settings: Mapping[str, str]) -> None:
+    """Start the driver JVM as pyspark would, but with its stderr piped through
+    ``quiet.filter_stream`` (the JVM's start-up notices dropped, everything else kept).
+
+    Does nothing when this process already has a JVM (sessions reuse it) or with
+    ``PYTHIA_VERBOSE=1`` (pyspark then starts it with stderr inherited). ``gateway.proc`` is
+    pyspark's documented handle on the JVM process for reading its output.
+    """
+    import subprocess
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    from pythia import quiet
+
+    if quiet.verbose():
+        return
+    with SparkContext._lock:
+        if SparkContext._gateway is not None:
+            return
+        conf = SparkConf(loadDefaults=False).setAll(
+            [*settings.items(), ("spark.master", master), ("spark.app.name", app_name)])
+        gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
+        quiet.filter_stream(gateway.proc.stderr)
+        SparkContext._gateway = gateway
+        SparkContext._jvm = gateway.jvm
 
 
 @contextmanager

@@ -91,4 +91,7 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
                "figures": figures, "previous_run": previous_run,
                "baseline_models": tuple(baseline_models)}
     results["report_files"] = write_reports(results, reports_uri)
+    print(f"evaluate: {len(candidates)} candidate(s); champions: " + ", ".join(
+        f"{r['region']}={r['model'] if r.get('blessed') else 'none blessed'}"
+        for r in champions.to_dict("records")) + f"; reports in {reports_uri}")
     return results

@@ -198,10 +198,15 @@ def train_candidate(item: Mapping[str, Any], tf_manifest: Mapping, split_manifes
     # Resampling keeps class c at a global rate r_c, so pi_natural/pi_train is proportional to
     # 1/r_c in every region: the global priors give each regional model the exact correction.
     priors = priors_from_split_manifest(split_manifest, age_edges)
-    return fit_candidate(name, region, config_id, item["hparams"], tf_manifest, priors,
-                         paths.model(name, region, config_id),
-                         paths.predictions(name, region, config_id), train_cfg,
-                         validation_class_weights(split_manifest, len(age_edges)))
+    summary = fit_candidate(name, region, config_id, item["hparams"], tf_manifest, priors,
+                            paths.model(name, region, config_id),
+                            paths.predictions(name, region, config_id), train_cfg,
+                            validation_class_weights(split_manifest, len(age_edges)))
+    print(f"train {name}/{region} (config {config_id}): {summary['epochs']} epoch(s) on "
+          f"{summary['n_train']:,} rows; validation log-loss "
+          + ", ".join(f"{t} {v:.4f}" if v is not None else f"{t} n/a"
+                      for t, v in summary["val_logloss"].items()))
+    return summary
 
 
 def validation_class_weights(split_manifest: Mapping, n_age: int) -> list[float]:

@@ -25,6 +25,10 @@ def convert(split_manifest: dict, params, paths) -> tuple[dict, dict]:
     with spark_session("pythia-tfrecords", params) as spark:
         manifest, encoders = convert_splits(spark, dict(split_manifest["paths"]),
                                             paths.tfrecords, age_edges=params.etl.age_edges)
+    splits = manifest["splits"]
+    print(f"to_tfrecords: {sum(len(s['shards']) for s in splits.values())} shard files under "
+          f"{manifest['root']}; rows: "
+          + ", ".join(f"{name} {s['rows']:,}" for name, s in splits.items()))
     return manifest, encoders.to_json()
 
 
