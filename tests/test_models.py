@@ -486,7 +486,13 @@ def _reference_forward(export: dict, X: dict) -> dict[str, np.ndarray]:
         h = np.maximum(h @ W + b, 0.0)
     out = {}
     for t, (W, b, link) in export["heads"].items():
-        z = (h @ W + b) / export["temperature"][t]
+        z = h @ W + b
+        if "wide" in export:  # the wide part: a logit row per categorical value, numeric @ W
+            for name, table in export["wide"][t]:
+                z = z + table[np.asarray(X[name], dtype=np.int64)]
+            num = np.stack([np.asarray(X[n], dtype=np.float64) for n in export["numeric"]], 1)
+            z = z + num @ export["wide_numeric"][t]
+        z = z / export["temperature"][t]
         if link == "softmax":
             e = np.exp(z - z.max(axis=1, keepdims=True))
             p = e / e.sum(axis=1, keepdims=True)
@@ -518,10 +524,88 @@ def test_numpy_export_matches_predict_proba(fitted, data, age_head):
     assert export["heads"]["age"][0].shape[1] == (N_AGE - 1 if age_head == "corn" else N_AGE)
     for name, table in export["embeddings"]:
         assert table.shape[0] == VOCAB + features.FIRST_VALUE_ID
+    assert [n for n, _ in export["wide"]["age"]] == list(features.CATEGORICAL_FEATURES)
     ref = _reference_forward(export, data["test"])
     got = model.predict_proba(data["test"])
     for t in features.TARGETS:
         np.testing.assert_allclose(ref[t], got[t], atol=1e-5)
+    # the wide part carries the LR: without it the forward pass answers differently
+    bare = _reference_forward({k: v for k, v in export.items() if not k.startswith("wide")},
+                              data["test"])
+    assert np.abs(bare["age_gender"] - got["age_gender"]).max() > 1e-2
+
+
+def _wide_start(data, age_head: str) -> tuple:
+    from pythia.models.wide import fit_wide_start
+
+    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "age_head": age_head}, FAST)
+    weights = np.ones(len(data["valid"]["y_age_gender"]))
+    start = fit_wide_start(data["train"], data["valid"], make_encoders(), uniform_priors(),
+                           weights, model.age_head, FAST)
+    return model, start
+
+
+@pytest.mark.parametrize("age_head", ["corn", "softmax"])
+def test_untrained_wide_mlp_is_the_logistic_regression(data, age_head):
+    from pythia.models.logreg import LinearTask, fit_linear
+
+    model, start = _wide_start(data, age_head)
+    net = model.build(len(data["train"]["y_age_gender"]), start)
+    out = net.predict(model._inputs(data["test"]), verbose=0)
+    lr = MODELS["logreg"](make_encoders(), {}, FAST)
+    lr.fit(data["train"], data["valid"], uniform_priors())
+    np.testing.assert_allclose(out["age_gender"], lr.linear_logits(data["test"]), atol=1e-4)
+    y, yv = data["train"]["y_gender"], data["valid"]["y_gender"]
+    gender, _ = fit_linear(data["train"], data["valid"], LinearTask(
+        y, yv, 2, [0.5, 0.5], [0.5, 0.5], np.ones(len(yv)), "gender"), make_encoders(), FAST)
+    np.testing.assert_allclose(out["gender"], gender.linear_logits(data["test"]), atol=1e-4)
+    assert out["age"].shape[1] == (N_AGE - 1 if age_head == "corn" else N_AGE)
+    # CORN: the logit of task k is the binary LR "y > k" among the rows with y >= k
+    if age_head == "corn":
+        y_age = data["test"]["y_age"]
+        first = 1 / (1 + np.exp(-out["age"][:, 0]))
+        assert first[y_age > 0].mean() > first[y_age == 0].mean() + 0.2
+    # each wide column keeps its LR's penalty, 1 / (2 C) per row (1 / C per softmax column of
+    # a binary LR, whose weight is split in two halves)
+    wide = net.get_layer("wide")
+    n = len(data["train"]["y_age_gender"])
+    assert wide.l2[-1] == pytest.approx(0.5 / start["age_gender"]["C"][0] / n)
+    assert wide.l2[0] == pytest.approx(1.0 / start["gender"]["C"][0] / n)
+
+
+def test_wide_mlp_keeps_the_lr_when_no_epoch_beats_it(data, capsys):
+    # an absurd learning rate: every epoch is worse than the start, so the start is kept
+    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "learning_rate": 30.0}, FAST)
+    summary = model.fit(data["train"], data["valid"], uniform_priors())
+    start = summary["wide_start"]
+    assert start["improved"] is False and start["best_epoch"] == 0
+    assert start["best_val_loss"] == start["lr_val_loss"]
+    assert summary["epochs"] >= 1 and "stays the logistic regression" in capsys.readouterr().out
+    lr = MODELS["logreg"](make_encoders(), {}, FAST)
+    lr_summary = lr.fit(data["train"], data["valid"], uniform_priors())
+    assert start["lr_val_loss"]["age_gender"] == pytest.approx(lr_summary["best_val_loss"],
+                                                               abs=1e-5)
+    assert model.natural_val_losses(data["valid"]) == pytest.approx(start["lr_val_loss"],
+                                                                    abs=1e-6)
+
+
+def test_wide_mlp_trains_past_its_start_when_that_helps(fitted):
+    _, summary = fitted["mlp"]
+    start = summary["wide_start"]
+    assert start["best_epoch"] == summary["best_epoch"]
+    assert start["best_val_loss"]["age_gender"] <= start["lr_val_loss"]["age_gender"]
+    assert start["improved"] is (start["best_epoch"] > 0)
+    assert len(summary["val_loss_by_epoch"]) == summary["epochs"] + 1
+
+
+def test_mlp_without_wide_part(data):
+    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "wide": False},
+                          TrainConfig(max_epochs=2, batch_size=64, seed=0))
+    summary = model.fit(data["train"], data["valid"], uniform_priors())
+    assert "wide_start" not in summary and "wide" not in model.export_numpy()
+    with pytest.raises(ValueError, match="wide_start"):
+        MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "wide_start": "lasso"}, FAST).fit(
+            data["train"], data["valid"], uniform_priors())
 
 
 def test_mlp_trains_from_tf_dataset(data):

@@ -52,10 +52,11 @@ def max_abs_diff(a: dict, b: dict) -> float:
 
 # ---------------------------------------------------------------------- graph parity
 
+@pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
 @pytest.mark.parametrize("age_link", ["corn", "softmax"])
 @pytest.mark.parametrize("hidden", [(8, 5), ()], ids=["trunk", "no-trunk"])
-def test_onnx_matches_numpy_scorer(encoders, age_link, hidden):
-    export = make_export(encoders, seed=11, age_link=age_link, hidden=hidden)
+def test_onnx_matches_numpy_scorer(encoders, age_link, hidden, wide):
+    export = make_export(encoders, seed=11, age_link=age_link, hidden=hidden, wide=wide)
     engine = OnnxMLP(build_onnx_model(export, encoders))
     # 200 rows: FusedMLP.predict without a trunk fails above its 256-row chunk (runtime.py
     # indexes self.layers[-1], empty then); real exports always have a trunk.
@@ -322,11 +323,14 @@ def test_onnx_scorer_exports_on_the_fly_and_checks_versions(bundle, tmp_path):
         load_onnx_scorer(bundle, payload_dir)
 
 
-def test_parity_with_trained_keras_mlp(tmp_path):
-    """A tiny trained MLP: its bundle's ONNX export equals the NumPy scorer and Keras."""
+@pytest.mark.parametrize("age_head", ["corn", "softmax"])
+def test_parity_with_trained_keras_mlp(tmp_path, age_head):
+    """A tiny trained wide & deep MLP (wide part started from logistic regression): its
+    bundle's ONNX export equals the NumPy scorer and Keras."""
     pytest.importorskip("tensorflow")
     model, scorer, reqs, X = _fit_and_bundle(
-        "mlp", tmp_path, {"hidden_units": [16, 8], "dropout": 0.1, "age_head": "corn"})
+        "mlp", tmp_path, {"hidden_units": [16, 8], "dropout": 0.1, "age_head": age_head})
+    assert "wide" in model.export_numpy()  # the default: the wide part is exported too
     bundle = str(tmp_path / "bundle")
     onnx_scorer = load_onnx_scorer(bundle, numpy_for_small=False)
     got = onnx_scorer.score_arrays(reqs)

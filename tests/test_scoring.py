@@ -41,8 +41,9 @@ def make_encoders() -> Encoders:
 
 
 def make_export(encoders: Encoders, seed: int = 0, age_link: str = "corn",
-                hidden: tuple[int, ...] = (8, 5), dim: int = 3) -> dict:
-    """A random export in the ``MLPModel.export_numpy()`` structure."""
+                hidden: tuple[int, ...] = (8, 5), dim: int = 3, wide: bool = False) -> dict:
+    """A random export in the ``MLPModel.export_numpy()`` structure (with a wide part when
+    ``wide``)."""
     rng = np.random.default_rng(seed)
     emb = [(n, rng.normal(size=(encoders.vocabularies[n].size, dim)))
            for n in CATEGORICAL_FEATURES]
@@ -58,9 +59,16 @@ def make_export(encoders: Encoders, seed: int = 0, age_link: str = "corn",
     heads = {t: (rng.normal(size=(width, k[t])) * 2, rng.normal(size=k[t]), links[t])
              for t in TARGETS}
     n_classes = {t: len(features.class_labels(t, encoders.age_edges)) for t in TARGETS}
-    return {"kind": "mlp", "embeddings": emb, "numeric": list(NUMERIC_FEATURES), "trunk": trunk,
-            "heads": heads, "temperature": {"gender": 1.3, "age": 0.8, "age_gender": 1.1},
-            "prior_ratio": {t: rng.uniform(0.3, 2.0, size=n_classes[t]) for t in TARGETS}}
+    export = {"kind": "mlp", "embeddings": emb, "numeric": list(NUMERIC_FEATURES),
+              "trunk": trunk, "heads": heads,
+              "temperature": {"gender": 1.3, "age": 0.8, "age_gender": 1.1},
+              "prior_ratio": {t: rng.uniform(0.3, 2.0, size=n_classes[t]) for t in TARGETS}}
+    if wide:  # per-value logits of the size a fitted LR gives (|w| mostly below 1)
+        export["wide"] = {t: [(n, rng.normal(0, 0.5, size=(encoders.vocabularies[n].size, k[t])))
+                              for n in CATEGORICAL_FEATURES] for t in TARGETS}
+        export["wide_numeric"] = {t: rng.normal(size=(len(NUMERIC_FEATURES), k[t]))
+                                  for t in TARGETS}
+    return export
 
 
 def layers(export: dict, **extra) -> dict:
@@ -78,7 +86,11 @@ def reference_predict(export: dict, ids: np.ndarray, numeric: np.ndarray) -> dic
             x = np.maximum(x, 0)
     out = {}
     for t, (W, b, link) in export["heads"].items():
-        z = (x @ W + b) / export["temperature"][t]
+        z = x @ W + b
+        if "wide" in export:  # a logit row per categorical value, plus numeric @ W
+            z = z + sum(table[ids[:, j]] for j, (_, table) in enumerate(export["wide"][t]))
+            z = z + numeric.astype(np.float64) @ export["wide_numeric"][t]
+        z = z / export["temperature"][t]
         if link == "softmax":
             p = np.exp(z - z.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
@@ -130,10 +142,11 @@ def assert_valid(out: dict, scorer: Scorer) -> None:
 
 # ---------------------------------------------------------------------- runtime
 
+@pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
 @pytest.mark.parametrize("age_link", ["corn", "softmax"])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
-def test_fused_mlp_matches_reference(encoders, age_link, dtype, tol):
-    export = make_export(encoders, seed=3, age_link=age_link)
+def test_fused_mlp_matches_reference(encoders, age_link, dtype, tol, wide):
+    export = make_export(encoders, seed=3, age_link=age_link, wide=wide)
     rng = np.random.default_rng(0)
     ids = np.stack([rng.integers(0, encoders.vocabularies[n].size, 50)
                     for n in CATEGORICAL_FEATURES], axis=1)
@@ -144,10 +157,11 @@ def test_fused_mlp_matches_reference(encoders, age_link, dtype, tol):
         np.testing.assert_allclose(got[t], want[t], atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
 @pytest.mark.parametrize("age_link", ["corn", "softmax"])
 @pytest.mark.parametrize("max_fused_bytes", [None, 0])
-def test_predict_one_and_chunks_match_reference(encoders, age_link, max_fused_bytes):
-    export = make_export(encoders, seed=4, age_link=age_link)
+def test_predict_one_and_chunks_match_reference(encoders, age_link, max_fused_bytes, wide):
+    export = make_export(encoders, seed=4, age_link=age_link, wide=wide)
     rng = np.random.default_rng(1)
     ids = np.stack([rng.integers(0, encoders.vocabularies[n].size, 23)
                     for n in CATEGORICAL_FEATURES], axis=1)
@@ -213,21 +227,30 @@ def test_zero_prior_ratio_rules_a_class_out(encoders):
     (lambda e: e["trunk"][1][0].__setitem__((0, 0), np.nan), "NaN"),
     (lambda e: e.pop("prior_ratio"), "lacks"),
     (lambda e: e["temperature"].pop("age_gender"), "age_gender"),
+    (lambda e: e.pop("wide_numeric"), "needs both"),
+    (lambda e: e["wide"]["age"].reverse(), "wide 'age' tables"),
+    (lambda e: e["wide"]["age"].__setitem__(4, ("site_or_app", np.zeros((5, 9)))),
+     r"wide 'age' table of 'site_or_app' has shape \(5, 9\)"),
+    (lambda e: e["wide_numeric"].__setitem__("gender", np.zeros((2, 3))), "wide_numeric of"),
+    (lambda e: e["wide"]["gender"][0][1].__setitem__((0, 0), np.inf), "wide 'gender'.*NaN"),
 ])
 def test_check_export_names_the_bad_entry(encoders, mutate, match):
-    export = make_export(encoders, seed=7)
+    export = make_export(encoders, seed=7, wide=True)
     mutate(export)
     with pytest.raises(ValueError, match=match):
         check_export(export, encoders)
 
 
-def test_npz_round_trip(tmp_path, encoders):
-    export = make_export(encoders, seed=8)
+@pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
+def test_npz_round_trip(tmp_path, encoders, wide):
+    export = make_export(encoders, seed=8, wide=wide)
     path = str(tmp_path / "w.npz")
     save_export_npz(export, path)
     back = load_export_npz(path)
-    ids = np.zeros((1, len(CATEGORICAL_FEATURES)), dtype=np.int64)
-    numeric = np.zeros((1, len(NUMERIC_FEATURES)), dtype=np.float32)
+    assert ("wide" in back) is wide and ("wide_numeric" in back) is wide
+    ids = np.stack([np.arange(3) % encoders.vocabularies[n].size for n in CATEGORICAL_FEATURES],
+                   axis=1)
+    numeric = np.linspace(-1, 1, 3 * len(NUMERIC_FEATURES)).reshape(3, -1).astype(np.float32)
     a, b = reference_predict(export, ids, numeric), reference_predict(back, ids, numeric)
     assert back["temperature"] == export["temperature"]
     for t in TARGETS:
@@ -311,7 +334,7 @@ def test_bundle_layout(bundle, encoders):
     assert doc["version"] == "DemoFlow/7/end/21"
     assert doc["spec_version"] == features.spec_version()
     assert doc["routing"]["region_of_country"]["DE"] == "EU"
-    assert doc["format_version"] == 2 and doc["utc_offsets"]  # the compiled IANA table
+    assert doc["format_version"] == 3 and doc["utc_offsets"]  # the compiled IANA table
     assert doc["models"]["NA"] == {"kind": "mlp", "runtime": NUMPY_LAYERS,
                                    "file": "weights-NA.npz", "source": None, "origin": None}
     assert doc["class_labels"]["age"] == list(features.age_bucket_labels(encoders.age_edges))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -33,6 +33,22 @@ MODEL_FILE = "logreg.npz"
 # Validation steps without improvement after which the regularisation path stops (the
 # validation loss is unimodal in C in practice; the large-C end is the slowest to fit).
 PATH_PATIENCE = 1
+
+
+class LinearTask(NamedTuple):
+    """One multinomial LR fit: labels, class count, priors and validation row weights.
+
+    ``LogRegModel`` fits the AgeGender task; ``fit_linear`` any other (the MLP's gender and
+    age heads, the CORN head's conditional binary tasks) the same way.
+    """
+
+    y: np.ndarray  # (n_train,) class ids
+    yv: np.ndarray  # (n_valid,) class ids
+    n_classes: int
+    train_prior: Any  # (n_classes,) class prior of the training rows (and of validation)
+    natural_prior: Any  # (n_classes,) natural class prior the validation loss is moved to
+    valid_weights: np.ndarray  # (n_valid,) natural weight of each validation row
+    label: str = "AgeGender"  # how messages name the target
 
 
 def path_rows(y: np.ndarray, max_rows: int, seed: int) -> np.ndarray | None:
@@ -139,13 +155,23 @@ class LogRegModel(Model):
     def _fit(self, train: Any, valid: Any) -> dict:
         if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
             raise TypeError("the logreg model trains on numpy dicts (pythia.tfrecords.load_numpy)")
+        y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
+        k = self.n_classes["age_gender"]
+        return self.fit_task(train, valid, LinearTask(
+            y, yv, k, self.priors["train"]["age_gender"], self.priors["natural"]["age_gender"],
+            self.validation_weights(yv)))
+
+    def fit_task(self, train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],
+                 task: LinearTask) -> dict:
+        """Fit ``task`` on the features of ``train`` with the L2 strength chosen on ``valid``
+        (the module docstring's rule); sets the weights, returns the fit summary."""
         grid = sorted(float(c) for c in self.hparams["c_grid"])
         if not grid or grid[0] <= 0:
             raise ValueError(f"logreg c_grid must hold positive values, got {grid}")
-        y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
+        y, yv = task.y, task.yv
         if len(np.unique(y)) < 2:
-            raise ValueError(f"logreg needs at least 2 AgeGender classes in the training rows, "
-                             f"got {np.unique(y).tolist()}")
+            raise ValueError(f"logreg needs at least 2 {task.label} classes in the training "
+                             f"rows, got {np.unique(y).tolist()}")
         if len(yv) == 0:
             raise ValueError("logreg chooses its L2 strength on the validation day: no "
                              "validation rows given")
@@ -154,17 +180,17 @@ class LogRegModel(Model):
         Xt = design_matrix(train, self.tables, self.n_onehot, self.num_mean, self.num_std)
         sub = path_rows(y, int(self.hparams["path_rows"]), self.train_cfg.seed)
         path = self._regularisation_path(Xt if sub is None else Xt[sub],
-                                         y if sub is None else y[sub], valid, yv, grid)
+                                         y if sub is None else y[sub], valid, task, grid)
         best = min(path, key=lambda step: step["val_loss"])
         self.chosen_c = best["C"]
         final = best if sub is None else self._fit_point(
-            Xt, y, valid, yv, self.chosen_c, best["clf"],
+            Xt, y, valid, task, self.chosen_c, best["clf"],
             (float(self.hparams["refit_tol"]), int(self.hparams["refit_max_iter"])))
-        self._set_weights(final["clf"])
+        self._set_weights(final["clf"], task.n_classes)
         text = ", ".join(f"C={s['C']:g}: {s['val_loss']:.4f}" for s in path)
         rows = f"{len(y)} rows" if sub is None else f"path on {len(sub)} of {len(y)} rows"
-        print(f"logreg: L2 strength C={self.chosen_c:g} chosen on the validation day "
-              f"(natural-weighted log-loss; {rows}: {text}); {Xt.shape[1]} columns; "
+        print(f"logreg ({task.label}): L2 strength C={self.chosen_c:g} chosen on the validation "
+              f"day (natural-weighted log-loss; {rows}: {text}); {Xt.shape[1]} columns; "
               f"final validation log-loss {final['val_loss']:.4f}")
         steps = path + ([] if sub is None else [final])
         return {"epochs": int(sum(s["n_iter"] for s in steps)),
@@ -186,13 +212,13 @@ class LogRegModel(Model):
         self.num_std = np.where(std > 0, std, 1.0)
 
     def _regularisation_path(self, Xt: Any, y: np.ndarray, valid: Mapping[str, np.ndarray],
-                             yv: np.ndarray, grid: list[float]) -> list[dict]:
+                             task: LinearTask, grid: list[float]) -> list[dict]:
         """Fit along ``grid`` (each point warm-started from the previous one), each scored on
         validation; stops after ``PATH_PATIENCE`` points without improvement."""
         path: list[dict] = []
         previous = None
         for c in grid:
-            path.append(self._fit_point(Xt, y, valid, yv, c, previous))
+            path.append(self._fit_point(Xt, y, valid, task, c, previous))
             previous = path[-1]["clf"]
             best = min(s["val_loss"] for s in path)
             if len(path) > PATH_PATIENCE and all(s["val_loss"] > best
@@ -201,7 +227,7 @@ class LogRegModel(Model):
         return path
 
     def _fit_point(self, Xt: Any, y: np.ndarray, valid: Mapping[str, np.ndarray],
-                   yv: np.ndarray, c: float, start: Any = None,
+                   task: LinearTask, c: float, start: Any = None,
                    stop: tuple[float, int] | None = None) -> dict:
         """One L-BFGS fit at inverse L2 strength ``c`` (from ``start``'s coefficients when
         given; ``stop`` = (tol, max_iter), default the path's), scored by the natural-weighted
@@ -219,18 +245,19 @@ class LogRegModel(Model):
         with warnings.catch_warnings(), threadpool_limits(1):
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(Xt, y)
-        self._set_weights(clf)
-        p = self._natural(self._predict_raw(valid)["age_gender"])
-        weights = self.validation_weights(yv)  # the champion rule's natural weighting
-        picked = np.maximum(p[np.arange(len(yv)), yv], pr.PROB_FLOOR)
+        self._set_weights(clf, task.n_classes)
+        p = pr.correct_priors(pr.apply_temperature(self.linear_logits(valid), 1.0),
+                              self.train_cfg.prior_correction, task.train_prior,
+                              task.natural_prior)  # as ``predict_proba`` moves them
+        weights = task.valid_weights  # the champion rule's natural weighting
+        picked = np.maximum(p[np.arange(len(task.yv)), task.yv], pr.PROB_FLOOR)
         return {"C": c, "clf": clf, "n_iter": int(np.max(clf.n_iter_)),
                 "val_loss": float(np.sum(-np.log(picked) * weights) / np.sum(weights)),
                 "seconds": time.perf_counter() - t0}
 
-    def _set_weights(self, clf: Any) -> None:
-        """Coefficients of a fitted classifier over all AgeGender classes: a class absent from
+    def _set_weights(self, clf: Any, k: int) -> None:
+        """Coefficients of a fitted classifier over all ``k`` classes: a class absent from
         training gets a -inf-like intercept (probability ~0, as for gbdt)."""
-        k = self.n_classes["age_gender"]
         classes = np.asarray(clf.classes_, dtype=np.int64)
         coef = clf.coef_ if len(classes) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
         intercept = (clf.intercept_ if len(classes) > 2
@@ -240,14 +267,8 @@ class LogRegModel(Model):
         self.intercept = np.full(k, np.log(pr.PROB_FLOOR))
         self.intercept[classes] = intercept
 
-    def _natural(self, logits: np.ndarray) -> np.ndarray:
-        """Validation probabilities moved to the natural priors (as ``predict_proba`` does)."""
-        p = pr.apply_temperature(logits, 1.0)
-        return pr.correct_priors(p, self.train_cfg.prior_correction,
-                                 self.priors["train"]["age_gender"],
-                                 self.priors["natural"]["age_gender"])
-
-    def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def linear_logits(self, X: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(n, n_classes) logits of the fitted weights (training priors, temperature 1)."""
         if self.coef is None or self.intercept is None:
             raise RuntimeError("logreg is not fitted")
         logits = np.broadcast_to(self.intercept, (len(X[features.FEATURE_NAMES[0]]),
@@ -255,7 +276,22 @@ class LogRegModel(Model):
         for name in features.CATEGORICAL_FEATURES:
             logits += self.coef[self.tables[name][np.asarray(X[name], dtype=np.int64)]]
         logits += _numeric(X, self.num_mean, self.num_std) @ self.coef[self.n_onehot:]
-        return {"age_gender": logits}
+        return logits
+
+    def logit_tables(self) -> dict[str, Any]:
+        """The fitted logits as lookups: ``{'tables': {feature: (vocabulary size, n_classes)},
+        'numeric': (n_numeric, n_classes), 'bias': (n_classes,)}`` such that for finite
+        numerics ``logits = bias + sum_f tables[f][id_f] + numeric @ numeric_W`` (rare values
+        get their feature's OOV row; the standardisation is folded into ``numeric`` and
+        ``bias``) -- how the MLP's wide part starts from this model."""
+        if self.coef is None or self.intercept is None:
+            raise RuntimeError("logreg is not fitted")
+        num_w = self.coef[self.n_onehot:] / self.num_std[:, None]
+        return {"tables": {f: self.coef[self.tables[f]] for f in features.CATEGORICAL_FEATURES},
+                "numeric": num_w, "bias": self.intercept - self.num_mean @ num_w}
+
+    def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"age_gender": self.linear_logits(X)}
 
     def _save_weights(self, folder: str) -> dict:
         if self.coef is None or self.intercept is None:
@@ -272,3 +308,22 @@ class LogRegModel(Model):
             self.tables = {f: z[f"table__{f}"] for f in features.CATEGORICAL_FEATURES}
         self.n_onehot = int(meta["n_onehot"])
         self.chosen_c = meta.get("C")
+
+
+def fit_linear(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],
+               task: LinearTask, encoders: Encoders, train_cfg: TrainConfig = TrainConfig(),
+               hparams: Mapping[str, Any] | None = None) -> tuple[LogRegModel, dict]:
+    """Fit ``task`` exactly as the logreg baseline fits AgeGender (same columns, same L2 path
+    chosen on validation); returns the fitted model (``logit_tables()``) and its summary.
+
+    Args:
+        train, valid: numpy dicts with every feature (the labels are ``task``'s).
+        task: labels, class count, priors and validation row weights.
+        encoders: the training encoders.
+        train_cfg: seed and prior correction (its ``hparams`` are ignored: another model's).
+        hparams: logreg knobs over its defaults.
+    """
+    import dataclasses
+
+    model = LogRegModel(encoders, hparams, dataclasses.replace(train_cfg, hparams={}))
+    return model, model.fit_task(train, valid, task)

@@ -1,9 +1,19 @@
-"""The "demo_nn" Keras MLP: an embedding per categorical feature, a Dense+ReLU trunk, three heads.
+"""The "demo_nn" Keras MLP, wide & deep: embeddings, a Dense+ReLU trunk, three heads, plus a
+wide part (``pythia.models.wide``) added to every head's logits.
 
 Heads: gender (softmax), age bucket (ordinal CORN — Shi et al. 2021 — or softmax, chosen by
 ``age_head``) and AgeGender (softmax). The network outputs logits; probabilities are computed
 in NumPy by the same functions the bid-time scorer uses on ``export_numpy()``. No BatchNorm and
 no ``Lambda`` layers, so the native ``.keras`` file reloads anywhere.
+
+The rule (``wide_start='logreg'``, the default): the wide part starts as logistic regressions
+fitted exactly like the logreg baseline (AgeGender is the baseline's own fit; gender and age get
+their own), the heads' last Dense kernels start at zero with the LRs' intercepts as biases, so
+the untrained network IS logistic regression; each wide logit column keeps its LR's L2 penalty.
+Training is joint; after every epoch, and once before the first, the natural-weighted AgeGender
+log-loss of the validation day (the champion rule's measure) is computed, training stops after
+``patience`` epochs without improvement, and the best weights are kept -- the starting LR
+itself when no epoch beats it. So on the validation day the MLP is never worse than the LR.
 """
 from __future__ import annotations
 
@@ -18,8 +28,11 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models import export as ex
+from pythia.models import priors as pr
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities  # noqa: F401  (re-exported for callers)
+from pythia.models.links import link_probabilities
+from pythia.models.wide import ColumnL2, WideLogits, fit_wide_start, numpy_of
 
 KERAS_FILE = "model.keras"
 
@@ -56,6 +69,43 @@ class CornLoss(keras.losses.Loss):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
+class KeepBest(keras.callbacks.Callback):
+    """Early stopping on ``score()['age_gender']``, scored once before the first epoch too:
+    stops after ``patience`` epochs without improvement and restores the best weights (the
+    starting ones when no epoch beat them). ``history[e]`` = the scores after epoch e."""
+
+    def __init__(self, score: Any, patience: int) -> None:
+        super().__init__()
+        self.score, self.patience = score, int(patience)
+        self.history: list[dict[str, float]] = []
+        self.best_index, self.best_weights = 0, None
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self._record()
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self._record()
+        if len(self.history) - 1 - self.best_index >= max(self.patience, 1):
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.model.set_weights(self.best_weights)
+
+    def _record(self) -> None:
+        self.history.append(self.score())
+        best = self.history[self.best_index]["age_gender"]
+        if self.best_weights is None or self.history[-1]["age_gender"] < best:
+            self.best_index, self.best_weights = len(self.history) - 1, self.model.get_weights()
+
+
+def count_rows(data: Any) -> int:
+    """Rows of a numpy split, or of a ``(features, labels)`` tf.data.Dataset (one pass)."""
+    if isinstance(data, tf.data.Dataset):
+        return int(data.reduce(np.int64(0), lambda n, batch: n + tf.cast(
+            tf.shape(batch[1]["age_gender"])[0], tf.int64)))
+    return len(labels_of(data)["age_gender"])
+
+
 def embedding_dim(vocab_size: int, max_dim: int = 16) -> int:
     """Rule-of-thumb embedding width, ``min(max_dim, round(1.6 * size**0.56))``, at least 1."""
     return int(max(1, min(max_dim, round(1.6 * vocab_size ** 0.56))))
@@ -78,6 +128,14 @@ class MLPModel(Model):
             "learning_rate": 1e-3,  # Adam
             "embedding_max_dim": 16,
             "age_head": None,  # None -> TrainConfig.age_head; 'corn'/'ordinal' | 'softmax'
+            "wide": True,  # add the wide part (a logit row per categorical value and head)
+            # 'logreg': the wide part starts as the LR fits (the module docstring's rule);
+            # 'zero': zero-initialised, trained with the deep part only
+            "wide_start": "logreg",
+            "wide_scale": 1.0,  # the wide logits are scale * weights: scale x Adam's step
+            # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *
+            # sum(w**2), a prior worth l2_rows training rows (the wide part keeps its LRs')
+            "l2_rows": 1.0,
         }
 
     @classmethod
@@ -98,31 +156,67 @@ class MLPModel(Model):
         self.keras_model: keras.Model | None = None
 
     # -------------------------------------------------------------- graph
-    def build(self) -> keras.Model:
-        """The functional Keras graph: dict of feature inputs -> dict of head logits."""
+    def build(self, n_train: int = 0, start: Mapping[str, Mapping] | None = None
+              ) -> keras.Model:
+        """The functional Keras graph: dict of feature inputs -> dict of head logits.
+
+        Deep kernels and embeddings get the L2 penalty ``l2_rows / n_train``. With ``start``
+        (``fit_wide_start``'s per-head LRs) the wide part and the heads' biases start as those
+        LRs and the heads' kernels at zero: the untrained network is the LRs.
+        """
+        l2 = float(self.hparams["l2_rows"] or 0.0) / max(int(n_train), 1)
+        reg = (lambda: keras.regularizers.L2(l2)) if l2 > 0 else (lambda: None)
         inputs, parts = {}, []
         for name in features.CATEGORICAL_FEATURES:
             size = self.encoders.vocabularies[name].size
             inputs[name] = keras.Input(shape=(), dtype="int64", name=name)
             parts.append(keras.layers.Embedding(
                 size, embedding_dim(size, self.hparams["embedding_max_dim"]),
-                name=f"emb_{name}")(inputs[name]))
+                embeddings_regularizer=reg(), name=f"emb_{name}")(inputs[name]))
         for name in features.NUMERIC_FEATURES:
             inputs[name] = keras.Input(shape=(), dtype="float32", name=name)
             parts.append(keras.layers.Reshape((1,), name=f"col_{name}")(inputs[name]))
         x = keras.layers.Concatenate(name="concat")(parts)
         for i, units in enumerate(self.hparams["hidden_units"]):
-            x = keras.layers.Dense(int(units), activation="relu", name=f"trunk_{i}")(x)
+            x = keras.layers.Dense(int(units), activation="relu", kernel_regularizer=reg(),
+                                   name=f"trunk_{i}")(x)
             if self.hparams["dropout"]:
                 x = keras.layers.Dropout(float(self.hparams["dropout"]), name=f"dropout_{i}")(x)
-        n_age = self.n_age
-        age_units = n_age - 1 if self.age_head == "corn" else n_age
-        outputs = {
-            "gender": keras.layers.Dense(self.n_classes["gender"], name="gender")(x),
-            "age": keras.layers.Dense(age_units, name="age")(x),
-            "age_gender": keras.layers.Dense(self.n_classes["age_gender"], name="age_gender")(x),
-        }
-        return keras.Model(inputs=inputs, outputs=outputs, name="demo_nn")
+        units = self.head_units()
+        zero = "zeros" if self.hparams["wide"] else "glorot_uniform"
+        heads = {t: keras.layers.Dense(u, kernel_regularizer=reg(), kernel_initializer=zero,
+                                       name=t) for t, u in units.items()}
+        outputs = {t: heads[t](x) for t in units}
+        if self.hparams["wide"]:
+            outputs = self._add_wide(inputs, outputs, units, n_train, start)
+        model = keras.Model(inputs=inputs, outputs=outputs, name="demo_nn")
+        if start is not None:
+            for t, layer in heads.items():
+                W, _ = layer.get_weights()
+                layer.set_weights([W, np.asarray(start[t]["bias"], dtype=np.float32)])
+        return model
+
+    def _add_wide(self, inputs: dict, outputs: dict, units: dict[str, int], n_train: int,
+                  start: Mapping[str, Mapping] | None) -> dict:
+        names = list(features.CATEGORICAL_FEATURES)
+        rows = [float(self.hparams["l2_rows"] or 0.0)] * sum(units.values())
+        if start is not None:  # each LR's own penalty
+            rows = [v for t in units for v in start[t]["l2_rows"]]
+        layer = WideLogits([self.encoders.vocabularies[n].size for n in names],
+                           list(units.values()), len(features.NUMERIC_FEATURES),
+                           [v / max(int(n_train), 1) for v in rows],
+                           float(self.hparams["wide_scale"]), name="wide")
+        wide = layer([inputs[n] for n in names + list(features.NUMERIC_FEATURES)])
+        if start is not None:
+            layer.set_start([start[t] for t in units], names)
+        return {t: keras.layers.Add(name=f"logits_{t}")([outputs[t], w])
+                for t, w in zip(units, wide)}
+
+    def head_units(self) -> dict[str, int]:
+        """Logits per head (``TARGETS`` order): K for softmax heads, K-1 for CORN."""
+        age = self.n_age - 1 if self.age_head == "corn" else self.n_age
+        return {"gender": self.n_classes["gender"], "age": age,
+                "age_gender": self.n_classes["age_gender"]}
 
     def _losses(self) -> dict:
         ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -145,30 +239,66 @@ class MLPModel(Model):
 
     # -------------------------------------------------------------- fit / predict
     def _fit(self, train: Any, valid: Any) -> dict:
+        if isinstance(train, Mapping) and isinstance(valid, tf.data.Dataset):
+            raise TypeError("numpy train data needs numpy valid data for the MLP")
         cfg = self.train_cfg
         keras.utils.set_random_seed(cfg.seed)
-        self.keras_model = self.build()
+        start = None
+        if self.hparams["wide"] and self.hparams["wide_start"] == "logreg":
+            train_np, valid_np = numpy_of(train), numpy_of(valid)
+            start = fit_wide_start(train_np, valid_np, self.encoders, self.priors,
+                                   self.validation_weights(labels_of(valid_np)["age_gender"]),
+                                   self.age_head, cfg)
+            n_train = len(labels_of(train_np)["age_gender"])
+            del train_np, valid_np
+        elif self.hparams["wide_start"] not in ("logreg", "zero"):
+            raise ValueError(f"mlp wide_start must be 'logreg' or 'zero', got "
+                             f"{self.hparams['wide_start']!r}")
+        else:
+            n_train = count_rows(train)
+        self.keras_model = self.build(n_train, start)
         self.keras_model.compile(
             optimizer=keras.optimizers.Adam(float(self.hparams["learning_rate"])),
             loss=self._losses())
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                             restore_best_weights=True)
+        keep = KeepBest(lambda: self.natural_val_losses(valid), cfg.patience)
         if isinstance(train, tf.data.Dataset):
-            val = self._select(valid) if isinstance(valid, tf.data.Dataset) else (
-                self._inputs(valid), labels_of(valid))
-            hist = self.keras_model.fit(self._select(train), validation_data=val,
-                                        epochs=cfg.max_epochs, callbacks=[stop], verbose=0,
-                                        shuffle=False)  # the dataset shuffles itself
+            self.keras_model.fit(self._select(train), epochs=cfg.max_epochs, callbacks=[keep],
+                                 verbose=0, shuffle=False)  # the dataset shuffles itself
         else:
-            if isinstance(valid, tf.data.Dataset):
-                raise TypeError("numpy train data needs numpy valid data for the MLP")
-            hist = self.keras_model.fit(
-                self._inputs(train), labels_of(train), batch_size=cfg.batch_size,
-                epochs=cfg.max_epochs, validation_data=(self._inputs(valid), labels_of(valid)),
-                callbacks=[stop], shuffle=True, verbose=0)
-        val_loss = [float(v) for v in hist.history["val_loss"]]
-        return {"epochs": len(val_loss), "best_val_loss": min(val_loss),
-                "best_epoch": int(np.argmin(val_loss)) + 1, "age_head": self.age_head}
+            self.keras_model.fit(self._inputs(train), labels_of(train),
+                                 batch_size=cfg.batch_size, epochs=cfg.max_epochs,
+                                 callbacks=[keep], shuffle=True, verbose=0)
+        return self._fit_summary(keep, start, n_train)
+
+    def _fit_summary(self, keep: "KeepBest", start: Mapping | None, n_train: int) -> dict:
+        first, best = keep.history[0], keep.history[keep.best_index]
+        summary = {"epochs": len(keep.history) - 1, "best_val_loss": best["age_gender"],
+                   "best_epoch": keep.best_index, "age_head": self.age_head,
+                   "n_train": n_train, "val_loss_by_epoch": keep.history}
+        if start is not None:
+            summary["wide_start"] = {
+                "lr_val_loss": first, "best_val_loss": best, "best_epoch": keep.best_index,
+                "improved": keep.best_index > 0, "C": {t: start[t]["C"] for t in start}}
+            verdict = (f"training improved it to {best['age_gender']:.4f} (epoch "
+                       f"{keep.best_index})" if keep.best_index else
+                       "no epoch beat it: the network stays the logistic regression")
+            print(f"mlp: wide part started as logistic regression, validation AgeGender "
+                  f"log-loss {first['age_gender']:.4f} (natural-weighted); {verdict}")
+        return summary
+
+    def natural_val_losses(self, valid: Any) -> dict[str, float]:
+        """Per head, the validation log-loss moved to the natural priors and weighted back to
+        the natural class mix (the champion rule's measure; temperature 1)."""
+        raw, y = self._raw_and_labels(valid)
+        weights = self.validation_weights(y["age_gender"])
+        out = {}
+        for t in features.TARGETS:
+            p = pr.correct_priors(link_probabilities(raw[t], self.link(t)),
+                                  self.train_cfg.prior_correction, self.priors["train"][t],
+                                  self.priors["natural"][t])
+            picked = np.maximum(p[np.arange(len(y[t])), y[t]], pr.PROB_FLOOR)
+            out[t] = float(np.sum(-np.log(picked) * weights) / max(np.sum(weights), 1e-12))
+        return out
 
     def link(self, head: str) -> str:
         return self.age_head if head == "age" else "softmax"
@@ -208,7 +338,10 @@ class MLPModel(Model):
         self.age_head = meta.get("age_head", self.age_head)
         self.keras_model = keras.saving.load_model(
             os.path.join(folder, KERAS_FILE), compile=False,
-            custom_objects={"CornLoss": CornLoss})
+            custom_objects={"CornLoss": CornLoss, "WideLogits": WideLogits,
+                            "ColumnL2": ColumnL2})
+        # models saved before the wide part existed have none, whatever today's default says
+        self.hparams["wide"] = any(layer.name == "wide" for layer in self.keras_model.layers)
 
     @classmethod
     def export(cls, model_dir: str) -> dict[str, Any]:
@@ -220,7 +353,9 @@ class MLPModel(Model):
 
         Forward pass: concatenate ``embeddings[i][1][id]`` in order, then the ``numeric``
         values in order; apply each trunk layer ``relu(x @ W + b)``; per head
-        ``z = (x @ W + b) / temperature[t]`` turned into probabilities by 'softmax' or 'corn'
+        ``z = (x @ W + b + wide) / temperature[t]`` turned into probabilities by 'softmax' or
+        'corn', where ``wide = sum_i wide[t][i][1][id_i] + numeric @ wide_numeric[t]`` when the
+        model has a wide part (else 0),
         (``links.corn_probabilities``); then ``p ∝ p * prior_ratio[t]`` (renormalised).
         """
         if self.keras_model is None or self.priors is None:
@@ -235,7 +370,7 @@ class MLPModel(Model):
             W, b = m.get_layer(name).get_weights()
             return (W, b, activation)
 
-        return {
+        export = {
             "kind": self.name,
             "embeddings": [(n, m.get_layer(f"emb_{n}").get_weights()[0])
                            for n in features.CATEGORICAL_FEATURES],
@@ -247,3 +382,7 @@ class MLPModel(Model):
             "prior_ratio": {t: np.asarray(r, dtype=np.float64)
                             for t, r in self.prior_ratio.items()},
         }
+        if self.hparams["wide"]:
+            export["wide"], export["wide_numeric"] = m.get_layer("wide").export(
+                list(features.CATEGORICAL_FEATURES), list(self.head_units()))
+        return export

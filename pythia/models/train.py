@@ -296,6 +296,7 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
         "temperature": {t: float(v) for t, v in summary["temperature"].items()},
         "prior_correction": train_cfg.prior_correction,
         "n_predicted": n_predicted,
+        "wide_start": summary.get("wide_start"),  # the MLP's LR start and whether it improved
     }
 
 

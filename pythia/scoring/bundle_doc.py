@@ -14,7 +14,7 @@ from pythia import features
 BUNDLE_FILE = "bundle.json"
 ENCODERS_FILE = "encoders.json"
 BUNDLE_FORMAT = "pythia-scoring-bundle"
-BUNDLE_FORMAT_VERSION = 2  # 2: IANA local-time table (with DST) instead of fixed offsets
+BUNDLE_FORMAT_VERSION = 3  # 3: the MLP wide part in weights-*.npz; 2: IANA local-time table
 
 
 def read_versioned_doc(folder: str, file: str, fmt: str, version: int, what: str,

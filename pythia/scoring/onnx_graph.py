@@ -15,7 +15,7 @@ import numpy as np
 
 from pythia import features
 from pythia.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, OOV_ID, TARGETS, Encoders
-from pythia.scoring.runtime import check_export
+from pythia.scoring.export_format import WIDE, WIDE_NUMERIC, check_export
 
 OPSET = 17  # Split with a sizes input (>= 13), Softmax over the last axis (>= 13)
 IR_VERSION = 8  # what opset 17 needs; a newer IR would shut out older runtimes
@@ -39,7 +39,9 @@ def build_onnx_model(export: Mapping[str, Any], encoders: Encoders, *,
     * the trunk as Gemm + Relu;
     * the three heads as ONE Gemm with ``1 / temperature`` folded into the weights and, for a
       softmax head, ``log(prior_ratio)`` into the bias (``softmax(z + log r) = softmax(z) * r /
-      norm``), then a Softmax per softmax head;
+      norm``); when the export has a wide part, plus one Gather from the stacked wide tables
+      (ids offset per feature), a ReduceSum over the features and ``numeric @ wide_numeric``,
+      scaled like the heads; then a Softmax per softmax head;
     * a CORN head as two small matmuls: ``E = exp(softplus(-l) @ L)`` gives ``[1, P(y > 0) ..
       P(y > K-2)]`` (``L`` sums the log-sigmoids cumulatively; its sign is folded into the head
       weights) and ``p = relu(E @ D)`` the successive differences, with the prior ratio folded
@@ -61,7 +63,7 @@ def build_onnx_model(export: Mapping[str, Any], encoders: Encoders, *,
     tables = [np.asarray(t, dtype=np.float64) for _, t in export["embeddings"]]
     ids, numeric = _boundary(g, [t.shape[0] for t in tables])
     h = _trunk(g, export, tables, ids, numeric)
-    _heads(g, export, h)
+    _heads(g, export, h, ids, numeric, [t.shape[0] for t in tables])
     model = _model(g, encoders, len(tables), len(export["numeric"]), doc_string, metadata)
     onnx.checker.check_model(model)
     return model
@@ -121,10 +123,10 @@ def _trunk(g: _Graph, export: Mapping[str, Any], tables: list[np.ndarray], ids: 
     return h
 
 
-def _folded_heads(export: Mapping[str, Any]) -> tuple[list, list, list[int]]:
+def _folded_heads(export: Mapping[str, Any]) -> tuple[list, list, list[int], list[float]]:
     """Per target, head weights and bias with the temperature, softmax prior ratios and the
-    CORN sign folded in, and the head's width."""
-    Ws, bs, widths = [], [], []
+    CORN sign folded in, the head's width and the scale folded into its weights."""
+    Ws, bs, widths, scales = [], [], [], []
     for t in TARGETS:
         W, b, link = export["heads"][t]
         scale = 1.0 / float(export["temperature"][t])
@@ -137,14 +139,19 @@ def _folded_heads(export: Mapping[str, Any]) -> tuple[list, list, list[int]]:
         Ws.append(np.asarray(W, np.float64) * scale)
         bs.append(np.asarray(b, np.float64) * scale + shift)
         widths.append(Ws[-1].shape[1])
-    return Ws, bs, widths
+        scales.append(scale)
+    return Ws, bs, widths, scales
 
 
-def _heads(g: _Graph, export: Mapping[str, Any], h: str) -> None:
-    """The heads as one Gemm, split per target, then Softmax or the CORN probabilities."""
-    Ws, bs, widths = _folded_heads(export)
+def _heads(g: _Graph, export: Mapping[str, Any], h: str, ids: str, numeric: str,
+           sizes: list[int]) -> None:
+    """The heads as one Gemm (plus the wide part), split per target, then Softmax or the CORN
+    probabilities."""
+    Ws, bs, widths, scales = _folded_heads(export)
     z = g.node("Gemm", [h, g.const("heads_W", np.concatenate(Ws, axis=1)),
                         g.const("heads_b", np.concatenate(bs))], "head_logits")
+    if WIDE in export:
+        z = g.node("Add", [z, _wide(g, export, ids, numeric, sizes, scales)], "wide_logits")
     parts = [f"{t}_logits" for t in TARGETS]
     g.node("Split", [z, g.const("head_split", widths, np.int64)], parts, axis=1)
     for t, part in zip(TARGETS, parts):
@@ -152,6 +159,27 @@ def _heads(g: _Graph, export: Mapping[str, Any], h: str) -> None:
             g.node("Softmax", [part], t, axis=-1)
         else:
             _corn(g, part, t, np.asarray(export["prior_ratio"][t], np.float64))
+
+
+def _wide(g: _Graph, export: Mapping[str, Any], ids: str, numeric: str, sizes: list[int],
+          scales: list[float]) -> str:
+    """The wide part's logits, (N, sum of head widths), each head scaled like its Gemm columns:
+    rows ``offset[i] + id_i`` of one stacked table summed over the features, plus
+    ``numeric @ W``."""
+    node, const = g.node, g.const
+    per_head = [dict(export[WIDE][t]) for t in TARGETS]
+    table = np.concatenate([np.concatenate([np.asarray(tables[name], np.float64) * scale
+                                            for tables, scale in zip(per_head, scales)], axis=1)
+                            for name in CATEGORICAL_FEATURES])
+    numeric_W = np.concatenate([np.asarray(export[WIDE_NUMERIC][t], np.float64) * scale
+                                for t, scale in zip(TARGETS, scales)], axis=1)
+    offsets = np.cumsum([0] + sizes[:-1])
+    rows = node("Add", [ids, const("wide_offsets", offsets, np.int64)], "wide_rows")
+    gathered = node("Gather", [const("wide_table", table), rows], "wide_gathered", axis=0)
+    summed = node("ReduceSum", [gathered, const("wide_sum_axes", [1], np.int64)], "wide_sum",
+                  keepdims=0)
+    linear = node("MatMul", [numeric, const("wide_numeric_W", numeric_W)], "wide_numeric")
+    return node("Add", [summed, linear], "wide")
 
 
 def _corn(g: _Graph, logits: str, out: str, ratio: np.ndarray) -> str:

@@ -8,147 +8,32 @@ What made it fast was fewer array operations per request, not a faster engine:
   rounding); a batch gathers the narrow embeddings from one padded table instead;
 * the heads share one matrix; temperatures are folded into the head weights and the Bayes prior
   ratio of softmax heads into their bias (``softmax(z + log r) == softmax(z) * r / norm``);
-* the softmax groups are normalised together (segment max / sum with ``reduceat``).
+* the softmax groups are normalised together (segment max / sum with ``reduceat``);
+* the optional wide part (a logit row per categorical value and head, and a linear term of the
+  numerics) is laid out like the fused heads, temperature and link scale folded in: one gather,
+  a sum and a small matmul added to the logits.
 
 The export format is the ``numpy_layers`` payload of ``pythia.models.export`` (``MLPModel.
 export_numpy()``; see ``check_export``); ``pythia.scoring.runtimes`` stores and loads it.
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping
 
 import numpy as np
 
 from pythia import features
-from pythia.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGETS, Encoders
+from pythia.features import TARGETS, Encoders
+# the format lives in export_format; re-exported here, where callers have always found it
+from pythia.scoring.export_format import (ACTIVATIONS, EXPORT_KEYS, LINKS,  # noqa: F401
+                                          WIDE, WIDE_NUMERIC, check_export, load_export_npz,
+                                          save_export_npz)
 
-EXPORT_KEYS = ("kind", "embeddings", "numeric", "trunk", "heads", "temperature", "prior_ratio")
-ACTIVATIONS = ("relu", "linear")
-LINKS = {"gender": ("softmax",), "age": ("corn", "softmax"), "age_gender": ("softmax",)}
 DTYPES = ("float32", "float64")
 # Above this size the pre-multiplied table would cost too much memory: keep the embeddings as
 # they are and multiply after the gather (same numbers, one matmul more per call).
 MAX_FUSED_TABLE_BYTES = 1 << 30
-
-
-def check_export(export: Mapping[str, Any], encoders: Encoders) -> None:
-    """Validate an ``export_numpy()`` dict against the feature spec and the encoders.
-
-    Raises:
-        ValueError: naming the first inconsistent entry (order, shapes, links, values).
-    """
-    missing = sorted(set(EXPORT_KEYS) - set(export))
-    if missing:
-        raise ValueError(f"export lacks {missing} (has {sorted(export)})")
-    if not isinstance(export["kind"], str) or not export["kind"]:
-        # the name of the model that exported it (recorded, not dispatched on)
-        raise ValueError(f"export kind must name the exporting model, got {export['kind']!r}")
-    names = [name for name, _ in export["embeddings"]]
-    if names != list(CATEGORICAL_FEATURES):
-        raise ValueError(f"export embeddings {names} are not the categorical FEATURES in order "
-                         f"{list(CATEGORICAL_FEATURES)}")
-    if list(export["numeric"]) != list(NUMERIC_FEATURES):
-        raise ValueError(f"export numeric {list(export['numeric'])} are not the numeric FEATURES "
-                         f"in order {list(NUMERIC_FEATURES)}")
-    width = 0
-    for name, table in export["embeddings"]:
-        table = np.asarray(table)
-        size = encoders.vocabularies[name].size
-        if table.ndim != 2 or table.shape[0] < size:
-            raise ValueError(f"embedding {name!r} has shape {table.shape}; needs 2-D with at "
-                             f"least {size} rows (the vocabulary size)")
-        _check_finite(table, f"embedding {name!r}")
-        width += table.shape[1]
-    width += len(NUMERIC_FEATURES)
-    for i, (W, b, act) in enumerate(export["trunk"]):
-        W, b = np.asarray(W), np.asarray(b)
-        if act not in ACTIVATIONS:
-            raise ValueError(f"trunk layer {i} activation {act!r} not in {ACTIVATIONS}")
-        if W.ndim != 2 or W.shape[0] != width or b.shape != (W.shape[1],):
-            raise ValueError(f"trunk layer {i} has W {W.shape}, b {b.shape}; input width is "
-                             f"{width}")
-        _check_finite(W, f"trunk layer {i} W")
-        _check_finite(b, f"trunk layer {i} b")
-        width = W.shape[1]
-    _check_heads(export, encoders, width)
-
-
-def _check_heads(export: Mapping[str, Any], encoders: Encoders, width: int) -> None:
-    """Each target's head (shape, link), temperature and prior ratio; ``width`` = trunk output."""
-    for target in TARGETS:
-        if target not in export["heads"]:
-            raise ValueError(f"export has no {target!r} head (heads: {sorted(export['heads'])})")
-        W, b, link = export["heads"][target]
-        W, b = np.asarray(W), np.asarray(b)
-        if link not in LINKS[target]:
-            raise ValueError(f"head {target!r} link {link!r} not in {LINKS[target]}")
-        k = len(features.class_labels(target, encoders.age_edges))
-        out = k - 1 if link == "corn" else k
-        if W.shape != (width, out) or b.shape != (out,):
-            raise ValueError(f"head {target!r} has W {W.shape}, b {b.shape}; expected "
-                             f"({width}, {out}) and ({out},) for {k} classes ({link})")
-        _check_finite(W, f"head {target!r} W")
-        _check_finite(b, f"head {target!r} b")
-        if target not in export["temperature"] or target not in export["prior_ratio"]:
-            raise ValueError(f"export has no temperature / prior_ratio for {target!r}")
-        temperature = float(export["temperature"][target])
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature of {target!r} must be finite and > 0, "
-                             f"got {temperature}")
-        ratio = np.asarray(export["prior_ratio"][target], dtype=np.float64)
-        if ratio.shape != (k,) or not np.all(np.isfinite(ratio)) or np.any(ratio < 0) \
-                or not np.any(ratio > 0):
-            raise ValueError(f"prior_ratio of {target!r} must be {k} finite values >= 0, "
-                             f"not all 0; got {ratio.tolist()}")
-
-
-def _check_finite(a: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{what} holds NaN or infinite values")
-
-
-# ---------------------------------------------------------------------- npz round trip
-
-def save_export_npz(export: Mapping[str, Any], path: str) -> None:
-    """Write an export dict to one ``.npz`` (arrays + a JSON ``meta`` entry; no pickle)."""
-    arrays: dict[str, np.ndarray] = {}
-    meta = {"kind": export["kind"], "embeddings": [n for n, _ in export["embeddings"]],
-            "numeric": list(export["numeric"]),
-            "trunk": [act for _, _, act in export["trunk"]],
-            "heads": {t: h[2] for t, h in export["heads"].items()},
-            "temperature": {t: float(v) for t, v in export["temperature"].items()}}
-    for name, table in export["embeddings"]:
-        arrays[f"emb__{name}"] = np.asarray(table)
-    for i, (W, b, _) in enumerate(export["trunk"]):
-        arrays[f"trunk__{i}__W"], arrays[f"trunk__{i}__b"] = np.asarray(W), np.asarray(b)
-    for t, (W, b, _) in export["heads"].items():
-        arrays[f"head__{t}__W"], arrays[f"head__{t}__b"] = np.asarray(W), np.asarray(b)
-    for t, ratio in export["prior_ratio"].items():
-        arrays[f"prior_ratio__{t}"] = np.asarray(ratio, dtype=np.float64)
-    for t, v in export["temperature"].items():
-        arrays[f"temperature__{t}"] = np.asarray(float(v))
-    arrays["meta"] = np.asarray(json.dumps(meta))
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def load_export_npz(path: str) -> dict[str, Any]:
-    """Read a ``save_export_npz`` file back into the ``export_numpy()`` structure."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        return {
-            "kind": meta["kind"],
-            "embeddings": [(n, z[f"emb__{n}"]) for n in meta["embeddings"]],
-            "numeric": meta["numeric"],
-            "trunk": [(z[f"trunk__{i}__W"], z[f"trunk__{i}__b"], act)
-                      for i, act in enumerate(meta["trunk"])],
-            "heads": {t: (z[f"head__{t}__W"], z[f"head__{t}__b"], link)
-                      for t, link in meta["heads"].items()},
-            "temperature": {t: float(z[f"temperature__{t}"]) for t in meta["temperature"]},
-            "prior_ratio": {t: z[f"prior_ratio__{t}"] for t in meta["heads"]},
-        }
 
 
 # ---------------------------------------------------------------------- fused runtime
@@ -188,6 +73,7 @@ class FusedMLP:
         n_cat, n_num = len(tables), len(export["numeric"])
         self.labels = {t: features.class_labels(t, encoders.age_edges) for t in TARGETS}
         head_W, head_b, self._layout = self._fuse_heads(export)
+        self._wide, self._wide_numeric = self._fuse_wide(export, dt)
         # Every affine map in order; the heads, fused into one, come last.
         affine = [(np.asarray(W, f64), np.asarray(b, f64), act) for W, b, act in export["trunk"]]
         affine.append((head_W, head_b, "heads"))
@@ -221,7 +107,7 @@ class FusedMLP:
         """One (width, sum of outputs) head matrix: softmax heads first, CORN heads after."""
         soft = [t for t in TARGETS if export["heads"][t][2] == "softmax"]
         corn = [t for t in TARGETS if export["heads"][t][2] == "corn"]
-        Ws, bs, slices, col = [], [], {}, 0
+        Ws, bs, slices, scales, col = [], [], {}, {}, 0
         for t in soft + corn:
             W, b, link = export["heads"][t]
             temperature = float(export["temperature"][t])
@@ -233,6 +119,7 @@ class FusedMLP:
             else:
                 # sigmoid(x) = 0.5 + 0.5 * tanh(x / 2): tanh never overflows.
                 scale, shift = 0.5 / temperature, 0.0
+            scales[t] = scale
             Ws.append(np.asarray(W, np.float64) * scale)
             bs.append(np.asarray(b, np.float64) * scale + shift)
             slices[t] = (col, col + Ws[-1].shape[1])
@@ -242,10 +129,26 @@ class FusedMLP:
         group_of_col = np.repeat(np.arange(len(soft)), [slices[t][1] - slices[t][0]
                                                          for t in soft])
         ratios = {t: np.asarray(export["prior_ratio"][t], np.float64) for t in corn}
-        layout = {"soft": soft, "corn": corn, "slices": slices, "n_soft": n_soft,
+        layout = {"soft": soft, "corn": corn, "slices": slices, "n_soft": n_soft, "scale": scales,
                   "starts": starts, "group_of_col": group_of_col, "corn_ratio": ratios,
                   "corn_ratio_list": {t: r.tolist() for t, r in ratios.items()}}
         return np.concatenate(Ws, axis=1), np.concatenate(bs), layout
+
+    def _fuse_wide(self, export: Mapping[str, Any], dt: np.dtype
+                   ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The wide part in the fused head layout, scaled like the heads: one (sum of table
+        rows, sum of outputs) table (rows offset like the embeddings) and one numeric matrix."""
+        if WIDE not in export:
+            return None, None
+        order = self._layout["soft"] + self._layout["corn"]
+        scale = self._layout["scale"]
+        per_head = {t: dict(export[WIDE][t]) for t in order}
+        table = np.concatenate([np.concatenate(
+            [np.asarray(per_head[t][name], np.float64) * scale[t] for t in order], axis=1)
+            for name, _ in export["embeddings"]])
+        numeric = np.concatenate([np.asarray(export[WIDE_NUMERIC][t], np.float64) * scale[t]
+                                  for t in order], axis=1)
+        return table.astype(dt), numeric.astype(dt)
 
     # ------------------------------------------------------------------ batch path
     def predict(self, ids: np.ndarray, numeric: np.ndarray) -> dict[str, np.ndarray]:
@@ -273,7 +176,11 @@ class FusedMLP:
                             numeric.astype(self.dtype, copy=False)], axis=1)
         h = x @ self._W1_padded
         h += self.b1
-        return self._hidden_to_logits(h)
+        z = self._hidden_to_logits(h)
+        if self._wide is not None:
+            z += self._wide[ids + self.offsets].sum(axis=1)
+            z += numeric.astype(self.dtype, copy=False) @ self._wide_numeric
+        return z
 
     def _hidden_to_logits(self, h: np.ndarray) -> np.ndarray:
         """The layers after the first: activation, then the next affine map (in place)."""
@@ -318,10 +225,13 @@ class FusedMLP:
             probs = self.predict(np.array([ids], dtype=np.int64),
                                  np.array([numeric], dtype=self.dtype))
             return {t: p[0].tolist() for t, p in probs.items()}
-        rows = [i + o for i, o in zip(ids, self._offsets_list)] + self._extra_rows
+        rows = [i + o for i, o in zip(ids, self._offsets_list)]
         weights = np.array(self._ones + numeric + [1.0], dtype=self.dtype)
-        h = weights @ self._fused[rows]
-        return self._links_one(self._hidden_to_logits(h).tolist())
+        z = self._hidden_to_logits(weights @ self._fused[rows + self._extra_rows])
+        if self._wide is not None:
+            z += self._wide[rows].sum(axis=0)
+            z += weights[len(rows):-1] @ self._wide_numeric
+        return self._links_one(z.tolist())
 
     def _links_one(self, z: list[float]) -> dict[str, list[float]]:
         """``_links`` for one row of logits, on Python floats."""
