@@ -36,7 +36,7 @@ class DemoFlow(FlowSpec):
       start            validate parameters, resolve the source (generate the synthetic world
                        for ``synthetic://…``), pick the 5-day window
       select_providers score every label provider per country, pick one (overrides win)
-      prepare_labels   one label per user from the chosen provider (Spark)
+      prepare_labels   one label per user from the chosen provider (pyarrow, or Spark when large)
       etl_hour         foreach over groups of hours of the day: validate, quarantine, derive
                        features, join labels, split by date (Spark; one session per task)
       join_hours       power users, resampling from global counts, the four splits,
