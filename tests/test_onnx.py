@@ -101,8 +101,9 @@ def test_extreme_logits_and_zero_prior_ratios(encoders):
     for t in TARGETS:
         W, b, link = export["heads"][t]
         export["heads"][t] = (W * 1e4, b, link)  # logits in the 1e4s
-    export["prior_ratio"]["gender"] = np.array([0.0, 1.0])
-    export["prior_ratio"]["age"] = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    ratio = np.zeros(12)  # AgeGender (gender-major): every F class ruled out, so gender F = 0
+    ratio[6:] = [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    export["prior_ratio"]["age_gender"] = ratio
     engine = OnnxMLP(build_onnx_model(export, encoders))
     ids, numeric = random_inputs(encoders, 50, seed=3)
     numeric[:] = 5.0
@@ -110,12 +111,14 @@ def test_extreme_logits_and_zero_prior_ratios(encoders):
     want = FusedMLP(export, encoders, "float64").predict(ids, numeric)
     assert max_abs_diff(got, want) <= PARITY
     np.testing.assert_array_equal(got["gender"][:, 0], 0.0)
+    np.testing.assert_allclose(got["age"][:, -1], 1.0, atol=1e-6)
     for t in TARGETS:
         assert np.all(np.isfinite(got[t])) and np.allclose(got[t].sum(axis=1), 1, atol=1e-6)
 
 
-def test_corn_head_with_no_mass_left_is_uniform(encoders):
-    """A prior ratio that rules out every class holding mass: uniform, as in NumPy."""
+def test_age_output_is_the_age_gender_marginal_whatever_the_age_head_says(encoders):
+    """The CORN age head is a training aid: even one with every class ruled out leaves the age
+    output the AgeGender marginal, in ONNX as in NumPy."""
     export = make_export(encoders, seed=14, hidden=())
     W, b, _ = export["heads"]["age"]
     export["heads"]["age"] = (W * 0.0, b * 0.0 - 1e4, "corn")  # P(y > 0) = 0: all mass on 0
@@ -123,7 +126,8 @@ def test_corn_head_with_no_mass_left_is_uniform(encoders):
     engine = OnnxMLP(build_onnx_model(export, encoders))
     ids, numeric = random_inputs(encoders, 4, seed=4)
     got = engine.predict(ids, numeric)
-    np.testing.assert_allclose(got["age"], 1 / 6, atol=1e-7)
+    cube = np.asarray(got["age_gender"], np.float64).reshape(len(ids), 2, -1)
+    np.testing.assert_allclose(got["age"], cube.sum(axis=1), atol=1e-6)
     assert max_abs_diff(got, FusedMLP(export, encoders).predict(ids, numeric)) <= PARITY
 
 

@@ -77,7 +77,8 @@ def layers(export: dict, **extra) -> dict:
 
 
 def reference_predict(export: dict, ids: np.ndarray, numeric: np.ndarray) -> dict:
-    """The export's definition, computed the plain way (concat, layer by layer)."""
+    """The export's definition, computed the plain way (concat, layer by layer); the gender
+    and age heads are training aids: the output's gender and age are AgeGender's marginals."""
     x = np.concatenate([t[ids[:, j]] for j, (_, t) in enumerate(export["embeddings"])]
                        + [numeric.astype(np.float64)], axis=1)
     for W, b, act in export["trunk"]:
@@ -99,7 +100,8 @@ def reference_predict(export: dict, ids: np.ndarray, numeric: np.ndarray) -> dic
             p = np.concatenate([1 - s[:, :1], s[:, :-1] - s[:, 1:], s[:, -1:]], axis=1)
         p = p * export["prior_ratio"][t]
         out[t] = p / p.sum(axis=1, keepdims=True)
-    return out
+    # what every runtime outputs: gender and age as the AgeGender marginals (gender-major)
+    return features.marginals_from_joint(out["age_gender"], out["age_gender"].shape[1] // 2)
 
 
 GEO = Geography(region_of_country={"US": "NA", "CA": "NA", "DE": "EU", "JP": "APAC"})
@@ -203,8 +205,9 @@ def test_no_trunk_and_extreme_logits_stay_finite(encoders):
 
 def test_zero_prior_ratio_rules_a_class_out(encoders):
     export = make_export(encoders, seed=6)
-    export["prior_ratio"]["gender"] = np.array([0.0, 1.0])
-    export["prior_ratio"]["age"] = np.array([0, 0, 0, 0, 0, 1.0])
+    ratio = np.zeros(12)  # AgeGender is gender-major: only M_65+ keeps mass
+    ratio[-1] = 1.0
+    export["prior_ratio"]["age_gender"] = ratio
     mlp = FusedMLP(export, encoders)
     got = mlp.predict(np.ones((2, len(CATEGORICAL_FEATURES)), int),
                       np.zeros((2, len(NUMERIC_FEATURES))))
@@ -526,7 +529,8 @@ def test_cli_streams_and_reports_bad_lines(bundle, scorer):
     assert out[1]["line"] == 2 and "invalid JSON" in out[1]["error"]
     assert out[2] == {"line": 3, "error": "not a JSON object (got list)"}
     assert out[3] == {"line": 4, "error": "empty line"}
-    assert out[4]["impression_id"] == "b" and math.isclose(sum(out[4]["age"].values()), 1)
+    assert out[4]["impression_id"] == "b" and math.isclose(sum(out[4]["age"].values()), 1,
+                                                                  abs_tol=1e-6)
     assert out[5]["impression_id"] is None and out[5]["region"] == "NA"
     assert "6 lines, 3 scored, 3 errors" in stderr.getvalue()
 

@@ -17,6 +17,7 @@ from pythia import features
 from pythia.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, OOV_ID, TARGETS, Encoders
 from pythia.scoring.export_format import WIDE, WIDE_NUMERIC, check_export
 
+JOINT = "age_gender"
 OPSET = 17  # Split with a sizes input (>= 13), Softmax over the last axis (>= 13)
 IR_VERSION = 8  # what opset 17 needs; a newer IR would shut out older runtimes
 IDS_INPUT = "ids"
@@ -41,7 +42,8 @@ def build_onnx_model(export: Mapping[str, Any], encoders: Encoders, *,
       softmax head, ``log(prior_ratio)`` into the bias (``softmax(z + log r) = softmax(z) * r /
       norm``); when the export has a wide part, plus one Gather from the stacked wide tables
       (ids offset per feature), a ReduceSum over the features and ``numeric @ wide_numeric``,
-      scaled like the heads; then a Softmax per softmax head;
+      scaled like the heads; then the AgeGender head's Softmax (or CORN, below); ``gender``
+      and ``age`` are its marginals (a Reshape and two ReduceSums), so the outputs agree;
     * a CORN head as two small matmuls: ``E = exp(softplus(-l) @ L)`` gives ``[1, P(y > 0) ..
       P(y > K-2)]`` (``L`` sums the log-sigmoids cumulatively; its sign is folded into the head
       weights) and ``p = relu(E @ D)`` the successive differences, with the prior ratio folded
@@ -154,11 +156,21 @@ def _heads(g: _Graph, export: Mapping[str, Any], h: str, ids: str, numeric: str,
         z = g.node("Add", [z, _wide(g, export, ids, numeric, sizes, scales)], "wide_logits")
     parts = [f"{t}_logits" for t in TARGETS]
     g.node("Split", [z, g.const("head_split", widths, np.int64)], parts, axis=1)
-    for t, part in zip(TARGETS, parts):
-        if export["heads"][t][2] == "softmax":
-            g.node("Softmax", [part], t, axis=-1)
-        else:
-            _corn(g, part, t, np.asarray(export["prior_ratio"][t], np.float64))
+    joint = dict(zip(TARGETS, parts))[JOINT]
+    if export["heads"][JOINT][2] == "softmax":
+        g.node("Softmax", [joint], JOINT, axis=-1)
+    else:
+        _corn(g, joint, JOINT, np.asarray(export["prior_ratio"][JOINT], np.float64))
+    _marginals(g, len(export["prior_ratio"][JOINT]) // len(features.GENDER_CLASSES))
+
+
+def _marginals(g: _Graph, n_age: int) -> None:
+    """``gender`` and ``age`` as the marginals of ``age_gender`` (gender-major classes), so the
+    three outputs agree exactly; the gender and age heads were training aids."""
+    cube = g.node("Reshape", [JOINT, g.const("joint_cube", [-1, len(features.GENDER_CLASSES),
+                                                            n_age], np.int64)], "joint_cube_out")
+    g.node("ReduceSum", [cube, g.const("gender_axes", [2], np.int64)], "gender", keepdims=0)
+    g.node("ReduceSum", [cube, g.const("age_axes", [1], np.int64)], "age", keepdims=0)
 
 
 def _wide(g: _Graph, export: Mapping[str, Any], ids: str, numeric: str, sizes: list[int],

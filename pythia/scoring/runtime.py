@@ -24,13 +24,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from pythia import features
-from pythia.features import TARGETS, Encoders
+from pythia.features import GENDER_CLASSES, TARGETS, Encoders, marginals_from_joint
 # the format lives in export_format; re-exported here, where callers have always found it
 from pythia.scoring.export_format import (ACTIVATIONS, EXPORT_KEYS, LINKS,  # noqa: F401
                                           WIDE, WIDE_NUMERIC, check_export, load_export_npz,
                                           save_export_npz)
 
 DTYPES = ("float32", "float64")
+N_GENDER = len(GENDER_CLASSES)
+JOINT = "age_gender"  # gender and age are output as its marginals
 # Above this size the pre-multiplied table would cost too much memory: keep the embeddings as
 # they are and multiply after the gather (same numbers, one matmul more per call).
 MAX_FUSED_TABLE_BYTES = 1 << 30
@@ -216,7 +218,7 @@ class FusedMLP:
             if dead.any():  # every class with mass was ruled out by the prior ratio
                 p[dead], total[dead] = 1.0, p.shape[1]
             out[t] = p / total
-        return out
+        return marginals_from_joint(out[JOINT], out[JOINT].shape[1] // N_GENDER)
 
     # ------------------------------------------------------------------ one-request path
     def predict_one(self, ids: list[int], numeric: list[float]) -> dict[str, list[float]]:
@@ -255,4 +257,8 @@ class FusedMLP:
                                                    lay["corn_ratio_list"][t])]
             total = sum(p)
             out[t] = [v / total for v in p] if total > 0 else [1.0 / len(p)] * len(p)
-        return out
+        joint = out[JOINT]
+        n_age = len(joint) // N_GENDER
+        return {"gender": [sum(joint[g * n_age:(g + 1) * n_age]) for g in range(N_GENDER)],
+                "age": [sum(joint[g * n_age + a] for g in range(N_GENDER)) for a in range(n_age)],
+                JOINT: joint}
