@@ -259,10 +259,11 @@ def test_failed_writer_publishes_no_shard(tmp_path):
 # ---------------------------------------------------------------- bounded reading (no Spark)
 
 def local_manifest(root, frames: dict[str, pd.DataFrame], shard_rows: int = 97) -> dict:
-    """TFRecords of ``frames`` (split -> rows) written by the shard writer, and their
-    manifest (as ``convert_splits`` writes it, without Spark)."""
+    """TFRecords of ``frames`` (split -> rows) written by the shard writer with
+    ``tiny_encoders``, and their manifest (as ``convert_splits`` writes it, without Spark)."""
+    storage.write_json_atomic(f"{root}/encoders.json", tiny_encoders().to_json())
     manifest = {"root": str(root), "compression": None, "spec_version": features.spec_version(),
-                "splits": {}}
+                "encoders": f"{root}/encoders.json", "splits": {}}
     for task, (split, df) in enumerate(frames.items()):
         shards = write_partition(_batches(df, 256), tiny_encoders(), f"{root}/split={split}",
                                  split, task, shard_rows, None)
