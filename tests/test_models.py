@@ -757,7 +757,7 @@ def test_train_grid_drops_a_region_with_the_global_rows(capsys):
 
 
 def test_predictions_table_rejects_length_mismatch():
-    from pythia.models.train import predictions_table
+    from pythia.models.predictions import predictions_table
 
     probs = {"gender": np.full((2, 2), 0.5), "age": np.full((2, 3), 1 / 3),
              "age_gender": np.full((1, 6), 1 / 6)}

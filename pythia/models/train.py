@@ -17,8 +17,7 @@ import numpy as np
 from pythia.config import GLOBAL_REGION, TrainConfig
 from pythia.features import TEST_NATURAL, TEST_RESAMPLED, TRAIN, VALIDATION
 from pythia.models.base import TF_DATASET, Model
-from pythia.models.predictions import (PREDICTION_SCHEMA, predictions_table,  # noqa: F401
-                                       write_predictions, write_split_predictions)
+from pythia.models.predictions import write_split_predictions
 
 SCORED_SPLITS = (VALIDATION, TEST_NATURAL, TEST_RESAMPLED)
 
