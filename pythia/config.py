@@ -163,6 +163,10 @@ class TrainConfig:
     seed: int = 0
     age_head: str = "ordinal"  # ordinal (CORN) | softmax, for the MLP
     prior_correction: str = "bayes"  # bayes (p * pi_nat / pi_train) | em (Saerens 2002) | none
+    # numpy-trained models (TabNet, gbdt, logreg, prior) read at most this many rows per split
+    # (train, validation), class-stratified and seeded (tfrecords.sample); 0 = every row. The
+    # default world's splits (359k train rows) fit: only larger worlds are sampled.
+    max_train_rows: int = 500_000
     hparams: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -256,6 +260,7 @@ class DeployConfig:
     power_user_quantile: float = 0.99
     batch_size: int = 1024
     patience: int = 2
+    max_train_rows: int = TrainConfig.max_train_rows
     model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
@@ -276,7 +281,17 @@ class DeployConfig:
                    age_edges=tuple(int(e) for e in etl.get("age_edges", DEFAULT_AGE_EDGES)),
                    power_user_quantile=float(etl.get("power_user_quantile", 0.99)),
                    batch_size=int(train.get("batch_size", 1024)),
-                   patience=int(train.get("patience", 2)), model_hparams=models)
+                   patience=int(train.get("patience", 2)),
+                   max_train_rows=_non_negative(train, "max_train_rows",
+                                                TrainConfig.max_train_rows),
+                   model_hparams=models)
+
+
+def _non_negative(section: Mapping[str, Any], key: str, default: int) -> int:
+    value = int(section.get(key, default))
+    if value < 0:
+        raise ValueError(f"config: {key} must be >= 0, got {value}")
+    return value
 
 
 def read_deploy_config(path: str) -> DeployConfig:
@@ -345,6 +360,7 @@ class RunParams:
                         seed=int(v["seed"]))
         train = TrainConfig(max_epochs=int(v["max_epochs"]), batch_size=deploy.batch_size,
                             patience=deploy.patience, seed=int(v["seed"]),
+                            max_train_rows=deploy.max_train_rows,
                             age_head=v["age_head"], prior_correction=v["prior_correction"])
         return cls(source=str(v["source"]).strip(), date=str(v["date"]).strip(),
                    models=tuple(models), regions=regions,

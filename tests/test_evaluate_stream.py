@@ -194,3 +194,125 @@ def test_label_stats_added_in_batches_equal_score_predictions():
     with pytest.raises(ValueError, match="labels outside"):
         LabelStats(k, ordinal=False).add(np.array([k]), p[:1])
     assert LabelStats(k, ordinal=False).metric_rows(list("abcd")).empty  # nothing added
+
+
+# ---------------------------------------------------------------- the previous run's champion
+
+def _label_scorer(rows):
+    """A previous champion that knew the labels (unlabelled rows: uniform)."""
+    y = pd.to_numeric(rows["y_age_gender"]).fillna(-1).to_numpy().astype(int)
+    p = np.full((len(rows), 2 * N_AGE), 0.02)
+    p[np.flatnonzero(y >= 0), y[y >= 0]] = 1 - 0.02 * (2 * N_AGE - 1)
+    p[y < 0] = 1 / (2 * N_AGE)
+    return {"age_gender": p}
+
+
+def _row_scorer(rows):
+    """A previous champion whose answer depends on each row alone (so batches cannot matter)."""
+    seeds = rows["impression_id"].str.rsplit("-", n=1).str[-1].astype(int).to_numpy()
+    return {"age_gender": np.stack([np.random.default_rng(s).dirichlet(np.ones(2 * N_AGE))
+                                    for s in seeds]) if len(seeds) else
+            np.zeros((0, 2 * N_AGE))}
+
+
+PREVIOUS = {
+    "knows labels": lambda region, rows: _label_scorer(rows),
+    "row-wise": lambda region, rows: None if region == "NA" else _row_scorer(rows),
+    "broken": lambda region, rows: (_ for _ in ()).throw(OSError("bundle unreadable")),
+}
+
+
+@pytest.fixture(scope="module")
+def natural_day(tmp_path_factory):
+    """(candidates, manifest): a natural test day with unlabelled AgeGender rows, a global
+    winner and a regional one that misses rows."""
+    tmp = tmp_path_factory.mktemp("previous")
+    frames, world = _make_world(seed=4)
+    nat = frames["test_natural"]
+    nat["y_age_gender"] = nat["y_age_gender"].astype("Int32")
+    nat.loc[[3, 50, 51, 400], "y_age_gender"] = pd.NA
+    manifest = _write_splits(tmp / "splits", frames)
+    candidates = [{"model": m, "region": r, "config_id": 0,
+                   "predictions_uri": _write_predictions(tmp / f"{m}_{r}.parquet", frames,
+                                                         world, mix, r, drop)}
+                  for m, r, mix, drop in [("mlp", "global", 0.2, 0), ("gbdt", "EU", 0.5, 3)]]
+    return candidates, manifest
+
+
+def _in_memory_comparison(candidate, manifest, region, previous):
+    from pythia import storage
+    from pythia.evaluate.champions import compare_with_previous
+    from pythia.evaluate.frames import split_frame
+    from pythia.evaluate.slices import align
+    frame = split_frame("test_natural", storage.read_frame(manifest["paths"]["test_natural"]),
+                        EDGES)
+    winner = align(read_predictions(candidate["predictions_uri"]), frame, candidate["region"],
+                   EDGES, "winner")
+    return compare_with_previous(frame, winner, region, previous, "DemoFlow/1")
+
+
+def _assert_same_comparison(got, want):
+    assert got[2:] == want[2:]  # rows compared and the note
+    for g, w in zip(got[:2], want[:2]):
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert abs(g - w) <= 1e-9, (g, w)
+
+
+@pytest.mark.parametrize("bucket_rows,batch_rows", [(10**9, 10**6), (250, 7), (31, 64)])
+def test_streamed_previous_comparison_equals_the_in_memory_one(natural_day, bucket_rows,
+                                                               batch_rows, tmp_path):
+    from pythia.evaluate.previous import PreviousComparison
+    candidates, manifest = natural_day
+    for name, previous in PREVIOUS.items():
+        with PreviousComparison(candidates, manifest, EDGES, previous, "DemoFlow/1",
+                                bucket_rows=bucket_rows, score_batch_rows=batch_rows,
+                                scratch_dir=str(tmp_path)) as check:
+            for cand in candidates:
+                best = {"model": cand["model"], "candidate_region": cand["region"],
+                        "config_id": 0}
+                regions = ["global", "EU", "NA"] if cand["region"] == "global" else ["EU"]
+                for region in regions:
+                    want = _in_memory_comparison(cand, manifest, region, previous)
+                    got = check(region, best)
+                    _assert_same_comparison(got, want)
+                    if name == "knows labels":
+                        assert got[3] == "previous = DemoFlow/1" and got[0] < got[1]
+                        assert got[2] == want[2] > 100
+                    if name == "row-wise" and region == "NA":
+                        assert got == (None, None, 0, "DemoFlow/1 has no champion for NA")
+                    if name == "broken":
+                        assert "DemoFlow/1 could not score" in got[3]
+        assert list(tmp_path.iterdir()) == []  # scratch files removed
+
+
+def test_streamed_previous_comparison_refuses_what_the_reference_refuses(natural_day, tmp_path):
+    from pythia.evaluate.previous import PreviousComparison
+    candidates, manifest = natural_day
+    best = {"model": "mlp", "candidate_region": "global", "config_id": 0}
+    k = 2 * N_AGE
+    bad = {"wrong classes": (lambda r, rows: {"age_gender": np.full((len(rows), 2), 0.5)},
+                             f"expected {k} classes, got 2"),
+           "wrong rows": (lambda r, rows: {"age_gender": np.full((len(rows) + 1, k), 1 / k)},
+                          "returned")}
+    for previous, match in bad.values():
+        with pytest.raises(ValueError, match=match):
+            _in_memory_comparison(candidates[0], manifest, "EU", previous)
+        with pytest.raises(ValueError, match=match):
+            with PreviousComparison(candidates, manifest, EDGES, previous, "DemoFlow/1",
+                                    bucket_rows=200, scratch_dir=str(tmp_path)) as check:
+                check("EU", best)
+    assert list(tmp_path.iterdir()) == []
+    # no row of the region at all: the bundle is still asked, as the reference asks it
+    asked = []
+
+    def counting(region, rows):
+        asked.append(len(rows))
+        return _label_scorer(rows)
+
+    with PreviousComparison(candidates, manifest, EDGES, counting, "DemoFlow/1") as check:
+        got = check("APAC", best)
+    assert got == (None, None, 0, "no labelled test rows in APAC to compare with")
+    assert asked == [0]
+    with pytest.raises(ValueError, match="bucket_rows"):
+        PreviousComparison(candidates, manifest, EDGES, counting, "x", bucket_rows=0)

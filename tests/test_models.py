@@ -667,6 +667,7 @@ def test_best_config_picks_lowest_age_gender_logloss():
 @pytest.fixture()
 def fake_tfrecords(monkeypatch):
     """A stand-in for pythia.tfrecords over in-memory splits of two regions."""
+    from pythia.tfrecords.sample import sample_chunks, sample_quotas  # the real sampling rule
     splits = {"train": 0, "validation": 1, "test_natural": 2, "test_resampled": 3}
     sizes = {"NA": 300, "EU": 200}
     store = {(s, r): make_split(n, 10 * seed + i)
@@ -690,8 +691,21 @@ def fake_tfrecords(monkeypatch):
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         return (ds.shuffle(2000, seed=seed) if shuffle else ds).batch(batch_size)
 
+    def iter_numpy(man, split, regions=None, chunk_rows=65_536):
+        d = load_numpy(man, split, regions)
+        step = chunk_rows or len(d["impression_id"])
+        for start in range(0, len(d["impression_id"]), step):
+            yield {k: v[start:start + step] for k, v in d.items()}
+
+    def load_sample(man, split, regions, max_rows, seed):
+        d = load_numpy(man, split, regions)
+        quotas = sample_quotas(dict(enumerate(np.bincount(d["y_age_gender"]).tolist())),
+                               max_rows or len(d["impression_id"]))
+        return sample_chunks(iter([d]), quotas, seed), {"split": split, "max_rows": max_rows}
+
     fake = types.ModuleType("pythia.tfrecords")
     fake.load_numpy, fake.make_dataset = load_numpy, make_dataset
+    fake.iter_numpy, fake.load_sample = iter_numpy, load_sample
     fake.load_encoders = lambda man: make_encoders()
     monkeypatch.setitem(sys.modules, "pythia.tfrecords", fake)
     monkeypatch.setattr(pythia, "tfrecords", fake, raising=False)
@@ -828,7 +842,7 @@ def test_train_grid_drops_a_region_with_the_global_rows(capsys):
 
 
 def test_predictions_table_rejects_length_mismatch():
-    from pythia.models.train import predictions_table
+    from pythia.models.predictions import predictions_table
 
     probs = {"gender": np.full((2, 2), 0.5), "age": np.full((2, 3), 1 / 3),
              "age_gender": np.full((1, 6), 1 / 6)}

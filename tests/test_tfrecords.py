@@ -15,8 +15,9 @@ import pytest
 from pythia import features, storage
 from pythia.features import Encoders, NumericStats, Vocabulary
 from pythia.tfrecords import encode, reader, wire, writer
-from pythia.tfrecords import (convert_splits, fit_encoders, load_numpy, make_dataset,
-                              parquet_units, verify_shards, write_split, write_split_files)
+from pythia.tfrecords import (SAMPLE_RULE, convert_splits, count_labels, fit_encoders,
+                              iter_numpy, load_numpy, load_sample, make_dataset, parquet_units,
+                              sample_quotas, verify_shards, write_split, write_split_files)
 from pythia.tfrecords.shards import write_partition
 
 tf = pytest.importorskip("tensorflow")
@@ -253,6 +254,149 @@ def test_failed_writer_publishes_no_shard(tmp_path):
         write_partition(dying(), tiny_encoders(), str(tmp_path), "train", task=0,
                                shard_rows=1000, compression=None)
     assert storage.list_files(str(tmp_path)) == []  # no shard, no temp file left
+
+
+# ---------------------------------------------------------------- bounded reading (no Spark)
+
+def local_manifest(root, frames: dict[str, pd.DataFrame], shard_rows: int = 97) -> dict:
+    """TFRecords of ``frames`` (split -> rows) written by the shard writer with
+    ``tiny_encoders``, and their manifest (as ``convert_splits`` writes it, without Spark)."""
+    storage.write_json_atomic(f"{root}/encoders.json", tiny_encoders().to_json())
+    manifest = {"root": str(root), "compression": None, "spec_version": features.spec_version(),
+                "encoders": f"{root}/encoders.json", "splits": {}}
+    for task, (split, df) in enumerate(frames.items()):
+        shards = write_partition(_batches(df, 256), tiny_encoders(), f"{root}/split={split}",
+                                 split, task, shard_rows, None)
+        manifest["splits"][split] = {
+            "rows": len(df), "shards": shards,
+            "rows_by_region": {str(r): int(n) for r, n in df["region"].value_counts().items()}}
+    return manifest
+
+
+def skewed_split(n: int, seed: int) -> pd.DataFrame:
+    """A split whose AgeGender classes run from common to a single row (class 11)."""
+    df = split_frame(n, seed)
+    rng = np.random.default_rng(seed)
+    share = np.r_[np.linspace(30, 1, 11), 0.0]
+    y = rng.choice(11, size=n, p=share[:11] / share[:11].sum())
+    y[n // 2] = 11
+    df["y_age_gender"] = y.astype(np.int32)
+    df["y_gender"], df["y_age"] = (y // 6).astype(np.int32), (y % 6).astype(np.int32)
+    return df
+
+
+@pytest.fixture(scope="module")
+def big_split(tmp_path_factory):
+    """(rows, manifest): a 3000-row train split in 31 shards."""
+    df = skewed_split(3000, 5)
+    return df, local_manifest(tmp_path_factory.mktemp("big"), {"train": df})
+
+
+def test_iter_numpy_chunks_are_load_numpy_in_pieces(big_split):
+    df, manifest = big_split
+    whole = load_numpy(manifest, "train")
+    chunks = list(iter_numpy(manifest, "train", chunk_rows=700))
+    assert [len(c["impression_id"]) for c in chunks] == [700, 700, 700, 700, 200]
+    for k, v in whole.items():
+        np.testing.assert_array_equal(np.concatenate([c[k] for c in chunks]), v)
+    [one] = list(iter_numpy(manifest, "train", chunk_rows=None))
+    assert len(one["impression_id"]) == 3000
+    eu = list(iter_numpy(manifest, "train", ["EU"], chunk_rows=10_000))
+    assert len(eu) == 1 and len(eu[0]["impression_id"]) == (df["region"] == "EU").sum()
+    assert count_labels(manifest, "train") == {
+        int(c): int(n) for c, n in sorted(df["y_age_gender"].value_counts().items())}
+    with pytest.raises(ValueError, match="chunk_rows"):
+        next(iter_numpy(manifest, "train", chunk_rows=0))
+
+
+def test_load_sample_caps_stratifies_and_is_seeded(big_split):
+    df, manifest = big_split
+    got, rec = load_sample(manifest, "train", None, max_rows=400, seed=1)
+    y = got["y_age_gender"]
+    counts = df["y_age_gender"].value_counts().to_dict()
+    assert len(y) == rec["rows_used"] == 400 and rec["rows_available"] == 3000
+    assert rec["rule"] == SAMPLE_RULE and (rec["max_rows"], rec["seed"]) == (400, 1)
+    assert set(np.unique(y)) == set(counts)  # every class keeps rows, the 1-row class too
+    assert rec["rows_by_class_used"] == {str(c): q for c, q in
+                                         sample_quotas(counts, 400).items()}
+    for c, n in counts.items():  # shares kept: within a row of proportional (+1 for class 11)
+        assert abs((y == c).sum() - n * 400 / 3000) <= 2
+    # the sampled rows are split rows, values intact, in shard order
+    whole = load_numpy(manifest, "train")
+    pos = {i: k for k, i in enumerate(whole["impression_id"])}
+    idx = np.array([pos[i] for i in got["impression_id"]])
+    assert (np.diff(idx) > 0).all()
+    for k in whole:
+        np.testing.assert_array_equal(got[k], whole[k][idx])
+    again, _ = load_sample(manifest, "train", None, max_rows=400, seed=1)
+    other, _ = load_sample(manifest, "train", None, max_rows=400, seed=2)
+    assert list(again["impression_id"]) == list(got["impression_id"])
+    assert set(other["impression_id"]) != set(got["impression_id"])
+    assert len(other["impression_id"]) == 400
+    json.dumps(rec)  # goes into the candidate's summary
+
+
+def test_load_sample_within_the_cap_reads_everything(big_split):
+    df, manifest = big_split
+    for cap in (0, 3000, 10**6):
+        got, rec = load_sample(manifest, "train", None, max_rows=cap, seed=0)
+        assert len(got["impression_id"]) == rec["rows_used"] == rec["rows_available"] == 3000
+        assert rec["rule"] != SAMPLE_RULE
+    eu, rec = load_sample(manifest, "train", ["EU"], max_rows=50, seed=0)
+    assert rec["rows_available"] == (df["region"] == "EU").sum()
+    assert len(eu["impression_id"]) == rec["rows_used"] == 50
+    assert set(eu["impression_id"]) <= set(df[df["region"] == "EU"]["impression_id"])
+    with pytest.raises(ValueError, match="cannot keep a row of each"):
+        load_sample(manifest, "train", None, max_rows=5, seed=0)
+    with pytest.raises(ValueError, match="max_rows"):
+        load_sample(manifest, "train", None, max_rows=-1, seed=0)
+
+
+def test_sample_quotas_rules():
+    assert sample_quotas({0: 1000, 1: 10, 2: 1, 3: 500}, 100) == {0: 65, 1: 1, 2: 1, 3: 33}
+    assert sample_quotas({0: 5, 1: 5, 2: 0}, 100) == {0: 5, 1: 5}  # within the cap: all
+    assert sum(sample_quotas({c: 7 * c + 1 for c in range(12)}, 97).values()) == 97
+    with pytest.raises(ValueError, match="max_rows"):
+        sample_quotas({0: 3}, 0)
+
+
+def _synthetic_chunks(n: int, chunk: int, seed: int = 0):
+    """Numpy-dict chunks of a split of ``n`` rows made on the fly (never held whole)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        yield {"impression_id": np.array([f"i{start + i}" for i in range(m)], dtype=object),
+               "y_age_gender": rng.choice(12, size=m, p=np.r_[[0.2] * 4, [0.02] * 8] / 0.96),
+               "country": rng.integers(0, 50, m), "hour_sin": rng.normal(size=m)}
+
+
+def test_sample_memory_does_not_grow_with_the_split():
+    """Peak memory of the sampling pass is set by the cap and the chunk, not the split: 40x
+    the rows cost no more than 10x (tracemalloc sees numpy's buffers)."""
+    import tracemalloc
+
+    from pythia.tfrecords.sample import sample_chunks
+
+    cap, chunk, peaks = 2_000, 5_000, {}
+    for n in (20 * cap, 80 * cap):
+        counts = np.zeros(12, dtype=np.int64)
+        for c in _synthetic_chunks(n, chunk):
+            counts += np.bincount(c["y_age_gender"], minlength=12)
+        quotas = sample_quotas(dict(enumerate(counts.tolist())), cap)
+        tracemalloc.start()
+        got = sample_chunks(_synthetic_chunks(n, chunk), quotas, seed=3)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(got["impression_id"]) == cap
+        assert set(np.unique(got["y_age_gender"])) == set(range(12))
+    assert peaks[80 * cap] < 1.25 * peaks[20 * cap], peaks
+    # the read order does not matter: the same rows from the chunks in reverse
+    rows = list(_synthetic_chunks(9_000, 1_000, seed=4))
+    counts = np.bincount(np.concatenate([r["y_age_gender"] for r in rows]), minlength=12)
+    quotas = sample_quotas(dict(enumerate(counts.tolist())), 500)
+    forward, backward = (set(sample_chunks(iter(order), quotas, seed=9)["impression_id"])
+                         for order in (rows, rows[::-1]))
+    assert forward == backward and len(forward) == 500
 
 
 # ---------------------------------------------------------------- encoders (Spark)

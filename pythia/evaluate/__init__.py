@@ -3,27 +3,31 @@ report figures, tables and card, and the `pythia report` / `pythia runs` termina
 
 The flow's evaluate step calls :func:`run` then :func:`render_card`; its end step calls
 :func:`choose_bundle_models`. Modules: ``io`` (inputs and report files), ``stream`` (the
-metrics in bounded memory: ``buckets`` on scratch disk, ``stats`` and ``sums`` per slice),
+metrics in bounded memory: ``buckets`` on scratch disk, ``stats`` and ``sums`` per slice;
+``previous``: the champions against the previous run's bundle, streamed the same way),
 ``frames`` and ``slices`` (the in-memory reference), ``gauge``, ``champions``, ``tables``,
 ``figures``, ``card``.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping, Sequence
 
+from pythia.config import GLOBAL_REGION
 from pythia.evaluate.card import render_card
 from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, baseline_models_of,
-                                       candidate_label,
-                                       choose_bundle_models, choose_champions, select_champions)
+                                       candidate_label, champion_scores,
+                                       choose_bundle_models, reference_models_of,
+                                       select_champions)
 from pythia.evaluate.figures import draw_figures
 from pythia.evaluate.gauge import build_gauge
-from pythia.evaluate.io import (AlignedPredictions, SplitRowsOnDemand, bundle_scorer, read_world,
-                                rows_to_requests, write_reports)
+from pythia.evaluate.io import bundle_scorer, read_world, rows_to_requests, write_reports
 from pythia.evaluate.metrics import (bucket_mae, class_distribution, classwise_ece,
                                      expected_bucket_mae, multiclass_brier, reliability_bins,
                                      score_predictions, top_label_ece,
                                      total_variation_distance)
-from pythia.evaluate.slices import EvalData
+from pythia.evaluate.previous import PreviousComparison
+from pythia.evaluate.slices import check_candidates
 from pythia.evaluate.stream import score_streaming
 from pythia.evaluate.tables import build_headline
 
@@ -73,15 +77,12 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
     scored = score_streaming(candidates, split_manifest, age_edges, world)
     metrics, distributions = scored.metrics, scored.distributions
     gauge = build_gauge(metrics)
-    # choose: one champion per region; split rows and winners' predictions are read only for
-    # the comparison with a previous run's champion
-    edges = tuple(int(e) for e in age_edges)
-    data = EvalData(SplitRowsOnDemand(split_manifest, edges), edges, scored.present, {},
-                    distributions[distributions["model"] == "labels"])
-    aligned = AlignedPredictions(candidates, data)
+    # choose: one champion per region; the comparison with a previous run's champion streams
+    # the natural test day and the winner's predictions through scratch buckets
     previous_run = previous_id or getattr(previous, "pathspec", None)
-    champions = choose_champions(metrics, candidates, data, aligned, previous,
-                                 previous_run or "previous run", baseline_models, tolerance)
+    champions = _choose_champions(metrics, candidates, split_manifest, age_edges, scored.present,
+                                  previous, previous_run or "previous run", baseline_models,
+                                  tolerance)
     headline = build_headline(metrics, champions, gauge)
     # draw: from the sums (confusion counts, reliability bins), never from rows
     figures = draw_figures(champions, metrics, distributions, scored.sums) if make_figures else {}
@@ -95,3 +96,21 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         f"{r['region']}={r['model'] if r.get('blessed') else 'none blessed'}"
         for r in champions.to_dict("records")) + f"; reports in {reports_uri}")
     return results
+
+
+def _choose_champions(metrics: Any, candidates: Sequence[Mapping[str, Any]],
+                      split_manifest: Mapping[str, Any], age_edges: Sequence[int],
+                      present: Sequence[str], previous: PreviousScorer | None,
+                      previous_name: str, baseline_models: Sequence[str], tolerance: float
+                      ) -> Any:
+    """``champions.choose_champions`` with the previous-run check streamed
+    (``previous.PreviousComparison``) instead of reading the natural test day whole."""
+    scores = champion_scores(metrics, check_candidates(candidates), candidates, present)
+    with contextlib.ExitStack() as stack:
+        check = None if previous is None else stack.enter_context(
+            PreviousComparison(candidates, split_manifest, age_edges, previous, previous_name))
+        champions = select_champions(scores, [GLOBAL_REGION] + list(present), check, tolerance,
+                                     baseline_models=baseline_models,
+                                     reference_models=reference_models_of(candidates))
+    champions["config_id"] = champions["config_id"].astype("Int64")
+    return champions

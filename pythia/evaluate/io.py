@@ -1,6 +1,8 @@
 """Evaluation I/O at the edges: the split rows and candidates' predictions in, the synthetic
 world when the source has one, the report files out; and split rows as bid-time requests for
-scoring them with a previous run's bundle.
+scoring them with a previous run's bundle. Rows and predictions are read as record batches
+(``split_batches``, ``prediction_batches``); ``read_split_frames`` and ``read_predictions``
+read them whole for the in-memory reference and tests.
 """
 from __future__ import annotations
 
@@ -16,10 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pythia import storage
-from pythia.evaluate.frames import (EVAL_SPLITS, JOINT_TARGET, REQUIRED_SPLITS, WEIGHT_COLUMN,
-                                    SplitFrame, split_frame)
-from pythia.evaluate.slices import (Aligned, EvalData, align, candidate_ident, candidate_key,
-                                    candidate_label)
+from pythia.evaluate.frames import EVAL_SPLITS, JOINT_TARGET, REQUIRED_SPLITS, WEIGHT_COLUMN
 from pythia.features import (IMPRESSION_ID, REQUEST_COLUMNS, SPLIT, TARGETS, TS, TS_SECONDS,
                              VALIDATION, Y_AGE_GENDER)
 from pythia.paths import join
@@ -160,33 +159,6 @@ def truth_batches(world: Any, batch_rows: int = 262_144) -> Iterator[pd.DataFram
             yield batch.to_pandas()
 
 
-class SplitRowsOnDemand(Mapping[str, SplitFrame]):
-    """Split name -> its rows as a SplitFrame, each split read only when first asked for (the
-    champion check against a previous run reads the natural test day; nothing else does)."""
-
-    def __init__(self, split_manifest: Mapping[str, Any], edges: Sequence[int]) -> None:
-        self._manifest, self._edges = split_manifest, tuple(edges)
-        self._splits = evaluated_splits(split_manifest)
-        self._cache: dict[str, SplitFrame] = {}
-
-    def __getitem__(self, split: str) -> SplitFrame:
-        if split not in self._splits:
-            raise KeyError(split)
-        if split not in self._cache:
-            df = storage.read_frame(self._manifest["paths"][split])
-            if split == VALIDATION:
-                df[WEIGHT_COLUMN] = importance_weights(df[Y_AGE_GENDER].to_numpy(),
-                                                       self._manifest, split, len(self._edges))
-            self._cache[split] = split_frame(split, df, self._edges)
-        return self._cache[split]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._splits)
-
-    def __len__(self) -> int:
-        return len(self._splits)
-
-
 def read_world(source_path: str | None) -> Any:
     """The synthetic world behind a source (it carries its truth), or None for real data."""
     if not source_path or not storage.exists(join(source_path, "truth")):
@@ -205,24 +177,6 @@ def read_predictions(uri: str) -> pa.Table:
         return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(f)))
                                  for f in parts])
     return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-
-
-class AlignedPredictions:
-    """Candidates' predictions aligned to split rows, read once per (candidate, split) when
-    first asked for (the champion check and the figures need only the winners')."""
-
-    def __init__(self, candidates: Sequence[Mapping[str, Any]], data: EvalData) -> None:
-        self._by_key = {candidate_key(candidate_ident(c)): c for c in candidates}
-        self._data = data
-        self._cache: dict[tuple, Aligned] = {}
-
-    def __call__(self, key: tuple, split: str) -> Aligned:
-        """``key`` is (model, candidate region, config id)."""
-        if (key, split) not in self._cache:
-            table = read_predictions(self._by_key[key]["predictions_uri"])
-            self._cache[(key, split)] = align(table, self._data.frames[split], key[1],
-                                              self._data.edges, candidate_label(*key))
-        return self._cache[(key, split)]
 
 
 # ---------------------------------------------------------------- the previous bundle

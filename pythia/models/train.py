@@ -2,36 +2,24 @@
 
 ``train_grid`` lists the (model, region, config) candidates the flow fans out over;
 ``train_candidate`` trains one: it reads the region's TFRecords (via ``pythia.tfrecords``), fits
-with early stopping, predicts the three scored splits under natural priors into ONE Parquet,
+with early stopping (numpy models on a bounded, class-stratified sample of each split:
+``tfrecords.sample``), predicts the three scored splits under natural priors chunk by chunk
+into ONE Parquet (``predictions``),
 saves the model folder, and returns a small JSON-able summary for the ``evaluate`` step.
 """
 from __future__ import annotations
 
-import io
 import math
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pythia import features, storage
 from pythia.config import GLOBAL_REGION, TrainConfig
-from pythia.features import IMPRESSION_ID, REGION, SPLIT, TEST_NATURAL, TEST_RESAMPLED, TRAIN, \
-    VALIDATION
+from pythia.features import TEST_NATURAL, TEST_RESAMPLED, TRAIN, VALIDATION
 from pythia.models.base import TF_DATASET, Model
+from pythia.models.predictions import write_split_predictions
 
 SCORED_SPLITS = (VALIDATION, TEST_NATURAL, TEST_RESAMPLED)
-
-PREDICTION_SCHEMA = pa.schema([
-    (IMPRESSION_ID, pa.string()),
-    (SPLIT, pa.string()),
-    (REGION, pa.string()),
-    ("scored_by_region", pa.string()),
-    ("p_gender", pa.list_(pa.float32())),
-    ("p_age", pa.list_(pa.float32())),
-    ("p_age_gender", pa.list_(pa.float32())),
-])
 
 
 class CandidatePaths(Protocol):
@@ -58,39 +46,6 @@ def split_regions(manifest: Mapping, split: str) -> list[str]:
     """Regions with rows in ``split``, sorted."""
     by_region = manifest["splits"].get(split, {}).get("rows_by_region", {})
     return sorted(r for r, n in by_region.items() if int(n) > 0)
-
-
-def _list_column(p: np.ndarray) -> pa.ListArray:
-    p = np.asarray(p, dtype=np.float32)
-    offsets = np.arange(0, p.size + 1, max(p.shape[1], 1), dtype=np.int32)[: len(p) + 1]
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(p.ravel()))
-
-
-def predictions_table(impression_id: np.ndarray, split: str, region: str, scored_by_region: str,
-                      probs: Mapping[str, np.ndarray]) -> pa.Table:
-    """One block of prediction rows in the ``docs/interfaces.md`` predictions schema."""
-    n = len(impression_id)
-    for t in features.TARGETS:
-        if len(probs[t]) != n:
-            raise ValueError(f"{len(probs[t])} {t} probability rows for {n} impressions")
-    return pa.Table.from_arrays([
-        pa.array(np.asarray(impression_id, dtype=object).astype(str), pa.string()),
-        pa.array([split] * n, pa.string()),
-        pa.array([region] * n, pa.string()),
-        pa.array([scored_by_region] * n, pa.string()),
-        _list_column(probs["gender"]),
-        _list_column(probs["age"]),
-        _list_column(probs["age_gender"]),
-    ], schema=PREDICTION_SCHEMA)
-
-
-def write_predictions(tables: list[pa.Table], uri: str) -> int:
-    """Concatenate blocks and write one Parquet atomically (local or s3://); returns rows."""
-    table = pa.concat_tables(tables) if tables else PREDICTION_SCHEMA.empty_table()
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes_atomic(uri, buf.getvalue())
-    return table.num_rows
 
 
 def _finite(x: Any) -> Any:
@@ -240,16 +195,18 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
         priors: ``{'train': {target: [...]}, 'natural': {target: [...]}}``.
         model_dir: folder (local or s3://) the model is saved to.
         predictions_uri: the Parquet file the predictions go to.
-        train_cfg: epochs, batch size, patience, seed, age head, prior correction.
+        train_cfg: epochs, batch size, patience, seed, age head, prior correction, and
+            max_train_rows (the numpy models' sample cap per split).
         valid_class_weights: per AgeGender class, the natural weight of a validation row
             (``validation_class_weights``); None: the priors' ratio.
 
     Returns:
         JSON-able dict: model, is_baseline (the class's answer, so that choosing champions
         needs no model import), is_reference (the constant-prior line), region, config_id,
-        hparams, model_dir, predictions_uri, n_train, n_valid, fit_seconds, epochs,
-        best_val_loss, val_logloss (per target), age_head, temperature, prior_correction,
-        n_predicted (per split).
+        hparams, model_dir, predictions_uri, n_train (rows available), n_valid (rows
+        used), fit_seconds, epochs, best_val_loss, val_logloss (per target), age_head,
+        temperature, prior_correction, n_predicted (per split), training_sample (per split:
+        rule, max_rows, seed, rows_available, rows_used; ``tfrecords.sample``).
 
     Raises:
         ValueError: the region has no training (or no validation) rows.
@@ -270,11 +227,11 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
     model = cls(tfrecords.load_encoders(tf_manifest), hparams, train_cfg)
     if valid_class_weights is not None:
         model.valid_class_weights = np.asarray(valid_class_weights, dtype=np.float64)
-    train, valid = _training_data(model, tf_manifest, region)
+    train, valid, sample = _training_data(model, tf_manifest, region)
     summary = model.fit(train, valid, priors)
     del train, valid
-    tables, n_predicted = _predict_splits(model, tf_manifest, region)
-    write_predictions(tables, predictions_uri)
+    n_predicted = write_split_predictions(model, tf_manifest, region, SCORED_SPLITS,
+                                          predictions_uri)
     model.save(model_dir)
 
     return {
@@ -297,6 +254,7 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
         "prior_correction": train_cfg.prior_correction,
         "n_predicted": n_predicted,
         "wide_start": summary.get("wide_start"),  # the MLP's LR start and whether it improved
+        "training_sample": sample,
     }
 
 
@@ -305,8 +263,10 @@ def _regions_filter(region: str) -> list[str] | None:
     return None if region == GLOBAL_REGION else [region]
 
 
-def _training_data(model: Model, tf_manifest: Mapping, region: str) -> tuple[Any, Any]:
-    """Train and validation data of ``region`` in the model's ``input_format``."""
+def _training_data(model: Model, tf_manifest: Mapping, region: str
+                   ) -> tuple[Any, Any, dict[str, dict]]:
+    """Train and validation data of ``region`` in the model's ``input_format``, and per split
+    the record of the rows it holds (numpy models: a bounded sample, ``tfrecords.sample``)."""
     from pythia import tfrecords
 
     regions, cfg = _regions_filter(region), model.train_cfg
@@ -315,30 +275,13 @@ def _training_data(model: Model, tf_manifest: Mapping, region: str) -> tuple[Any
                                        shuffle=True, seed=cfg.seed)
         valid = tfrecords.make_dataset(tf_manifest, VALIDATION, regions,
                                        batch_size=max(cfg.batch_size, 4096))
-        return train, valid
-    return (tfrecords.load_numpy(tf_manifest, TRAIN, regions),
-            tfrecords.load_numpy(tf_manifest, VALIDATION, regions))
-
-
-def _predict_splits(model: Model, tf_manifest: Mapping, region: str
-                    ) -> tuple[list[pa.Table], dict[str, int]]:
-    """Prediction blocks of every scored split, and the rows predicted per split."""
-    from pythia import tfrecords
-
-    tables, n_predicted = [], {}
-    for split in SCORED_SPLITS:
-        n_predicted[split] = 0
-        scored = [region] if _regions_filter(region) else split_regions(tf_manifest, split)
-        # One region at a time: the region column is exact and EM prior correction (when on)
-        # re-estimates priors per region, as it should.
-        for r in scored:
-            if split_rows(tf_manifest, split, r) == 0:
-                continue
-            data = tfrecords.load_numpy(tf_manifest, split, [r])
-            ids = data[IMPRESSION_ID]
-            if len(ids) == 0:
-                continue
-            probs = model.predict_proba(data)
-            tables.append(predictions_table(ids, split, r, region, probs))
-            n_predicted[split] += len(ids)
-    return tables, n_predicted
+        streamed = {s: {"split": s, "rule": "all rows, streamed (tf.data)",
+                        "rows_available": split_rows(tf_manifest, s, region),
+                        "rows_used": split_rows(tf_manifest, s, region)}
+                    for s in (TRAIN, VALIDATION)}
+        return train, valid, streamed
+    train, t_rec = tfrecords.load_sample(tf_manifest, TRAIN, regions, cfg.max_train_rows,
+                                         cfg.seed)
+    valid, v_rec = tfrecords.load_sample(tf_manifest, VALIDATION, regions,
+                                         cfg.max_train_rows, cfg.seed)
+    return train, valid, {TRAIN: t_rec, VALIDATION: v_rec}

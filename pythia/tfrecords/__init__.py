@@ -6,12 +6,14 @@ Layout under the TFRecord root (``RunPaths.tfrecords``)::
     split=<split>/region=<region>/part-<task>-<seq>.tfrecord[.gz]
 
 Writing (``convert_splits``, ``write_split[_files]``, ``fit_encoders``) runs on Spark; encoding and
-framing are TensorFlow-free (``encode``, ``wire``). Reading (``make_dataset``, ``load_numpy``)
-imports TensorFlow lazily, so importing this package stays cheap on Spark workers.
+framing are TensorFlow-free (``encode``, ``wire``). Reading (``make_dataset``, ``iter_numpy``,
+``load_numpy``, and ``load_sample``: a bounded class-stratified sample, see ``sample``) imports
+TensorFlow lazily, so importing this package stays cheap on Spark workers.
 """
 from pythia.tfrecords.encode import encode_records
-from pythia.tfrecords.reader import (feature_description, load_encoders, load_numpy,
-                                     make_dataset, verify_shards)
+from pythia.tfrecords.reader import (count_labels, feature_description, iter_numpy,
+                                     load_encoders, load_numpy, make_dataset, verify_shards)
+from pythia.tfrecords.sample import SAMPLE_RULE, load_sample, sample_quotas
 from pythia.tfrecords.writer import (SPLITS, convert_splits, feature_spec, fit_encoders,
                                      parquet_units, read_manifest, write_split,
                                      write_split_files)
@@ -33,7 +35,8 @@ def convert(split_manifest: dict, params, paths) -> tuple[dict, dict]:
 
 
 __all__ = [
-    "SPLITS", "convert", "convert_splits", "encode_records", "feature_description", "feature_spec",
-    "fit_encoders", "load_encoders", "load_numpy", "make_dataset", "parquet_units",
-    "read_manifest", "verify_shards", "write_split", "write_split_files",
+    "SAMPLE_RULE", "SPLITS", "convert", "convert_splits", "count_labels", "encode_records",
+    "feature_description", "feature_spec", "fit_encoders", "iter_numpy", "load_encoders",
+    "load_numpy", "load_sample", "make_dataset", "parquet_units", "read_manifest",
+    "sample_quotas", "verify_shards", "write_split", "write_split_files",
 ]
