@@ -13,11 +13,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Mapping, Sequence
 
-from pythia.config import GLOBAL_REGION
 from pythia.evaluate.card import render_card
 from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, baseline_models_of,
-                                       candidate_label, champion_scores,
-                                       choose_bundle_models, reference_models_of,
+                                       candidate_label, choose_bundle_models, choose_champions,
                                        select_champions)
 from pythia.evaluate.figures import draw_figures
 from pythia.evaluate.gauge import build_gauge
@@ -27,7 +25,6 @@ from pythia.evaluate.metrics import (bucket_mae, class_distribution, classwise_e
                                      score_predictions, top_label_ece,
                                      total_variation_distance)
 from pythia.evaluate.previous import PreviousComparison
-from pythia.evaluate.slices import check_candidates
 from pythia.evaluate.stream import score_streaming
 from pythia.evaluate.tables import build_headline
 
@@ -105,12 +102,8 @@ def _choose_champions(metrics: Any, candidates: Sequence[Mapping[str, Any]],
                       ) -> Any:
     """``champions.choose_champions`` with the previous-run check streamed
     (``previous.PreviousComparison``) instead of reading the natural test day whole."""
-    scores = champion_scores(metrics, check_candidates(candidates), candidates, present)
     with contextlib.ExitStack() as stack:
         check = None if previous is None else stack.enter_context(
             PreviousComparison(candidates, split_manifest, age_edges, previous, previous_name))
-        champions = select_champions(scores, [GLOBAL_REGION] + list(present), check, tolerance,
-                                     baseline_models=baseline_models,
-                                     reference_models=reference_models_of(candidates))
-    champions["config_id"] = champions["config_id"].astype("Int64")
-    return champions
+        return choose_champions(metrics, candidates, present, check, baseline_models,
+                                tolerance)

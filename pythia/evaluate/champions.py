@@ -26,9 +26,9 @@ from sklearn.metrics import log_loss
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.metrics import check_probabilities, clip_probabilities
 from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, SplitFrame
-from pythia.evaluate.slices import (NATURAL, Aligned, EvalData, candidate_label,
-                                    check_candidates, eval_regions_of, slice_masks)
-from pythia.features import TEST_NATURAL, VALIDATION
+from pythia.evaluate.slices import (NATURAL, Aligned, candidate_label, check_candidates,
+                                    eval_regions_of, slice_masks)
+from pythia.features import VALIDATION
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ SCORE_COLUMNS = ["eval_region", "model", "candidate_region", "config_id", "model
 PreviousCheck = Callable[[str, Mapping], tuple[float | None, float | None, int, str | None]]
 # previous(region, split rows) -> {target: (n, K) probabilities}, or None without a champion
 PreviousScorer = Callable[[str, pd.DataFrame], Mapping[str, np.ndarray] | None]
-# aligned(candidate key, split) -> the candidate's predictions aligned to that split's rows
-AlignedPredictions = Callable[[tuple, str], Aligned]
 
 __all__ = ["CHAMPION_COLUMNS", "DEFAULT_TOLERANCE", "baseline_models_of", "candidate_label",
            "champion_scores", "choose_bundle_models", "choose_champions",
@@ -76,8 +74,7 @@ def _is_finite(x: object) -> bool:
 # ---------------------------------------------------------------- the run's champions
 
 def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, Any]],
-                     data: EvalData, aligned: AlignedPredictions,
-                     previous: PreviousScorer | None, previous_name: str,
+                     present: Sequence[str], previous_check: PreviousCheck | None,
                      baseline_models: Sequence[str], tolerance: float = DEFAULT_TOLERANCE
                      ) -> pd.DataFrame:
     """Score the candidates from the metrics table and pick one champion per eval region.
@@ -85,24 +82,16 @@ def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, An
     Args:
         metrics: the long metrics table of every candidate.
         candidates: the train-step records (model, region, config_id, model_dir, …).
-        data: the split rows (the natural test day compares with the previous champion).
-        aligned: a candidate's predictions aligned to a split (read on demand).
-        previous: scores rows with the previous run's champion of a region; None when there
-            is no previous run.
-        previous_name: names the previous run in the reasons.
+        present: the regions with rows ('global' is always evaluated besides them).
+        previous_check: compares a region's winner with the previous run's champion on the
+            same test rows (``previous.PreviousComparison``; ``compare_with_previous`` is its
+            in-memory reference); None when there is no previous run.
         baseline_models: model names every champion must beat (the registry's baselines).
         tolerance: relative test log-loss regression against the previous champion allowed.
     """
-    scores = champion_scores(metrics, check_candidates(candidates), candidates, data.present)
-    check = None
-    if previous is not None:
-        def check(region: str, best: Mapping) -> tuple:
-            key = (best["model"], best["candidate_region"], int(best["config_id"]))
-            return compare_with_previous(data.frames[TEST_NATURAL],
-                                         aligned(key, TEST_NATURAL), region, previous,
-                                         previous_name)
-    champions = select_champions(scores, data.eval_regions, check, tolerance,
-                                 baseline_models=baseline_models,
+    scores = champion_scores(metrics, check_candidates(candidates), candidates, present)
+    champions = select_champions(scores, [GLOBAL_REGION] + list(present), previous_check,
+                                 tolerance, baseline_models=baseline_models,
                                  reference_models=reference_models_of(candidates))
     champions["config_id"] = champions["config_id"].astype("Int64")
     return champions
