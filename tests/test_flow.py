@@ -1,7 +1,9 @@
 """Flow tests: DemoFlow end to end on the tiny synthetic world through metaflow.Runner.
 
 Each test runs the real flow in a subprocess against a temporary Metaflow datastore, Spark in
-local mode, and asserts on artifacts read back through the Metaflow client.
+local mode, and asserts on artifacts read back through the Metaflow client. The runs on other
+inputs (a broken hour and resume, a hand-written source, the skewed world) are in
+test_flow_inputs.py, so that parallel test workers can run the two files side by side.
 """
 import json
 import os
@@ -10,51 +12,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-FLOW = str(REPO / "flows" / "demo_flow.py")
+from flow_fixtures import REPO, flow_env, runner as _runner  # noqa: F401,F811  (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
-
-@pytest.fixture(scope="module")
-def flow_env(tmp_path_factory):
-    """A private datastore, data root and world cache shared by this module's runs."""
-    root = tmp_path_factory.mktemp("flow")
-    env = {
-        "METAFLOW_USER": "pythia-test",
-        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root),
-        "METAFLOW_DEFAULT_DATASTORE": "local",
-        "METAFLOW_DEFAULT_METADATA": "local",
-        "PYTHIA_DATA_ROOT": str(root / "data"),
-        "PYTHIA_CACHE": str(root / "worlds"),
-        "PYTHIA_HOURS_PER_TASK": "6",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    old_cwd = os.getcwd()
-    os.chdir(root)  # the client finds the local datastore from the working folder too
-    yield root, env
-    os.chdir(old_cwd)
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def _runner(env, extra_env=None):
-    from metaflow import Runner
-    return Runner(FLOW, show_output=False, env={**env, **(extra_env or {})},
-                  cwd=env["METAFLOW_DATASTORE_SYSROOT_LOCAL"])
-
-
-TINY = dict(source="synthetic://tiny", max_epochs=2)
+# every model; three of the tiny world's five slices (global and two regions: the grid and the
+# routing are the same code for more, and each region costs one train task per model)
+TINY = dict(source="synthetic://tiny", max_epochs=2, regions="global,NA,EU")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(flow_env):
-    """One full run of the tiny world with every model and region."""
+    """One full run of the tiny world with every model, globally and in two regions."""
     _, env = flow_env
     with _runner(env) as runner:
         result = runner.run(**TINY)
@@ -217,84 +186,6 @@ def test_the_end_steps_suggested_commands_work_as_printed(tiny_run, flow_env):
     assert len(scored.splitlines()) == 5
 
 
-def test_resume_reruns_only_the_failed_hours(flow_env, tmp_path):
-    """An unreadable file in one hour group stops its etl task; once the file is repaired,
-    resume clones the groups that had finished and reruns only the failed one."""
-    from pythia.synth import run_synth_cli
-    _, env = flow_env
-    root = tmp_path / "world"
-    assert run_synth_cli("tiny", str(root), 0) == 0
-    day = sorted(p.name for p in (root / "impressions").iterdir())[-1]
-    broken = root / "impressions" / day / "hour=19" / "part-broken.parquet"
-    broken.write_bytes(b"this is not parquet")
-    args = dict(source=str(root), models="gbdt", regions="global", max_epochs=1)
-    with _runner(env) as runner:
-        result = runner.run(**args)
-    failed = result.run
-    assert not failed.successful
-    broken_task = [t for t in failed["etl_hour"].tasks() if not t.successful]
-    assert broken_task and "part-broken.parquet" in broken_task[0].stderr  # names the file
-    finished = {tuple(t.data.hours): t for t in failed["etl_hour"].tasks() if t.successful}
-    assert finished and (18, 19, 20, 21, 22, 23) not in finished
-    broken.unlink()  # the user repairs the input
-    with _runner(env) as runner:
-        resumed = runner.resume(origin_run_id=failed.id).run
-    assert resumed.successful
-    tasks = list(resumed["etl_hour"].tasks())
-    assert sorted(tuple(t.data.hours) for t in tasks) == [tuple(range(h, h + 6))
-                                                          for h in (0, 6, 12, 18)]
-    cloned = {tuple(t.data.hours): t for t in tasks if "origin-task-id" in t.metadata_dict}
-    rerun = {tuple(t.data.hours) for t in tasks if "origin-task-id" not in t.metadata_dict}
-    assert set(cloned) == set(finished)  # every finished hour group was cloned, none redone
-    assert (18, 19, 20, 21, 22, 23) in rerun
-    for hours, task in cloned.items():
-        assert task.metadata_dict["origin-task-id"] == finished[hours].id
-        # the clone's files live under the origin run, and downstream steps read them there
-        assert f"/{failed.id}/" in json.dumps(task.data.manifest)
-    assert resumed.data.metrics is not None
-    assert bool(resumed.data.reconciliation["balanced"].all())
-
-
-def test_hand_written_source_with_bad_rows_of_every_kind(flow_env, tmp_path):
-    """A folder written by hand in the contract layout runs; bad rows are quarantined, counted."""
-    import datetime as dt
-
-    import pyarrow as pa
-
-    from pythia.etl import sample
-    _, env = flow_env
-    day = dt.date(2025, 6, 30)
-    root = str(tmp_path / "bidlogs")
-    sample.write_sample_source(root, day, n_users=80, providers=("acme", "lucid"), seed=3)
-    imp = sample.impression
-    bad = [imp("no-user", None, sample.at(day, 3, 5)),
-           imp("fridge", "u00001", sample.at(day, 3, 5), device_type="fridge"),
-           imp("late", "u00001", sample.at(day, 5, 0)),
-           imp("dup", "u00001", sample.at(day, 3, 30)),
-           imp("dup", "u00001", sample.at(day, 3, 20))]
-    sample.write_impressions(root, day, 3, bad, name="part-bad.parquet")
-    label_schema = pa.schema([("user_id", pa.string()), ("gender", pa.string()),
-                              ("age", pa.string()), ("country", pa.string()),
-                              ("observed_date", pa.date32())])
-    sample.write_labels(root, "acme", [{"user_id": "u00002", "gender": "F", "age": "forty",
-                                        "country": "GB", "observed_date": day}],
-                        name="part-bad.parquet", schema=label_schema)
-    with _runner(env) as runner:
-        result = runner.run(source=root, models="gbdt", regions="global", max_epochs=1,
-                            provider_overrides="")
-    run = result.run
-    assert run.successful, result.stderr[-4000:]
-    data = run.data
-    assert data.window["test"] == [day.isoformat()]
-    by_reason = data.quarantine["by_reason"]
-    assert by_reason["null_required"] >= 1 and by_reason["out_of_domain"] >= 1
-    assert by_reason["bad_timestamp"] >= 1 and by_reason["duplicate_impression_id"] >= 1
-    assert data.labels_manifest["counts"]["quarantined"]["wrong_type"] == 1
-    assert Path(data.quarantine["path"]).exists()
-    recon = data.reconciliation
-    assert bool(recon["balanced"].all())
-
-
 def test_openrtb_round_trip_gives_the_same_splits(tiny_run, flow_env, tmp_path):
     """World -> OpenRTB JSON lines -> `pythia ingest openrtb` -> DemoFlow: the same split
     counts as the direct layout (tiny_run read the same world)."""
@@ -316,31 +207,3 @@ def test_openrtb_round_trip_gives_the_same_splits(tiny_run, flow_env, tmp_path):
     assert run.data.window == tiny_run.data.window
     assert dict(run.data.split_manifest["rows"]) == dict(tiny_run.data.split_manifest["rows"])
     assert run.data.quarantine["by_reason"] == tiny_run.data.quarantine["by_reason"]
-
-
-def test_skewed_world_runs_with_default_parameters(flow_env):
-    """The hard case of issue 13: 40 countries, a small skewed label set, a provider set without
-    the seed's `lucid` (the default override is skipped with a warning). The champion must beat
-    every baseline on the natural test day, or the run must say loudly that it does not and
-    export no new model for that slot."""
-    _, env = flow_env
-    with _runner(env) as runner:
-        result = runner.run(source="synthetic://skewed", regions="global",
-                            models="mlp,logreg,gbdt")
-    run = result.run
-    assert run.successful, result.stderr[-4000:]
-    data = run.data
-    assert any("US=lucid skipped" in w for w in data.provider_warnings)
-    assert data.split_manifest["resample"] == "natural"  # auto keeps the small label set
-    champ = data.champions.set_index("region").loc["global"]
-    metrics = data.metrics
-    natural = metrics[(metrics["test_set"] == "natural") & (metrics["label_source"] == "provider")
-                      & (metrics["metric"] == "log_loss") & (metrics["target"] == "age_gender")
-                      & (metrics["eval_region"] == "global") & (metrics["region"] == "global")]
-    by_model = natural.groupby("model")["value"].min()
-    if champ["blessed"]:
-        assert champ["model"] not in ("class_prior", "logreg", "gbdt")
-        for baseline in ("class_prior", "logreg", "gbdt"):
-            assert by_model[champ["model"]] < by_model[baseline], by_model.to_dict()
-    else:  # loudly: the reason names the baselines, the bundle is not a new champion
-        assert "baseline" in champ["reason"] or "prior" in champ["reason"]

@@ -1,0 +1,42 @@
+"""Shared fixtures of the flow tests: a private Metaflow datastore per test module and a
+``metaflow.Runner`` of DemoFlow in it (import them: ``from flow_fixtures import flow_env``)."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FLOW = str(REPO / "flows" / "demo_flow.py")
+
+
+@pytest.fixture(scope="module")
+def flow_env(tmp_path_factory):
+    """A private datastore, data root and world cache shared by this module's runs."""
+    root = tmp_path_factory.mktemp("flow")
+    env = {
+        "METAFLOW_USER": "pythia-test",
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root),
+        "METAFLOW_DEFAULT_DATASTORE": "local",
+        "METAFLOW_DEFAULT_METADATA": "local",
+        "PYTHIA_DATA_ROOT": str(root / "data"),
+        "PYTHIA_CACHE": str(root / "worlds"),
+        "PYTHIA_HOURS_PER_TASK": "6",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    old_cwd = os.getcwd()
+    os.chdir(root)  # the client finds the local datastore from the working folder too
+    yield root, env
+    os.chdir(old_cwd)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def runner(env, extra_env=None):
+    from metaflow import Runner
+    return Runner(FLOW, show_output=False, env={**env, **(extra_env or {})},
+                  cwd=env["METAFLOW_DATASTORE_SYSROOT_LOCAL"])
