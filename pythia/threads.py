@@ -22,6 +22,9 @@ WAIT_ENV: Mapping[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0
                                "GOMP_SPINCOUNT": "0"}
 COUNT_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 TF_INTRA_ENV, TF_INTER_ENV = "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"
+# NAME=VALUE,... that pythia set, so that child processes (Metaflow tasks under the runtime
+# that ran install()) do not mistake them for the user's own settings.
+OURS_ENV = "PYTHIA_THREADS_SET"
 
 _ours: dict[str, str] = {}  # environment values this process set (not the user's)
 _cores: int | None = None  # what configure() was given
@@ -119,10 +122,17 @@ def task_cores(requested: float | int | None = None) -> int:
     return max(1, math.floor(min(core_limits(requested).values())))
 
 
+def _inherited_ours() -> dict[str, str]:
+    pairs = (item.split("=", 1) for item in os.environ.get(OURS_ENV, "").split(",") if item)
+    return {name: value for name, value in pairs}
+
+
 def _user_value(name: str) -> str | None:
-    """The variable's value when the user (not this module) set it."""
+    """The variable's value when the user (not pythia, here or in a parent) set it."""
     value = os.environ.get(name)
-    return None if value is None or _ours.get(name) == value else value
+    if value is None or value in (_ours.get(name), _inherited_ours().get(name)):
+        return None
+    return value
 
 
 def _as_count(value: str | None) -> int | None:
@@ -154,6 +164,8 @@ def _setdefault_env(name: str, value: str) -> bool:
     if _user_value(name) is not None:
         return False
     os.environ[name] = _ours[name] = value
+    os.environ[OURS_ENV] = ",".join(f"{k}={v}" for k, v in {**_inherited_ours(), name: value}
+                                    .items())
     return True
 
 

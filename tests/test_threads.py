@@ -18,7 +18,7 @@ from pythia.etl import session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_ENV = (*threads.WAIT_ENV, *threads.COUNT_ENV, threads.TF_INTRA_ENV, threads.TF_INTER_ENV,
-              threads.TASK_CORES_ENV, "SPARK_REMOTE", "PYTHIA_SPARK_MASTER")
+              threads.TASK_CORES_ENV, threads.OURS_ENV, "SPARK_REMOTE", "PYTHIA_SPARK_MASTER")
 
 
 @pytest.fixture
@@ -194,6 +194,22 @@ result = threads.configure(1)
 print(json.dumps({"result": result, "omp": os.environ["OMP_NUM_THREADS"]}))
 """)
     assert out["omp"] == "1" and out["result"]["kept"] == {}  # its own 3 is not "the user's"
+
+
+def test_a_child_process_does_not_take_its_parents_settings_for_the_users():
+    code = """
+import json, os, subprocess, sys
+from pythia import threads
+threads.install()  # as the flow file does in Metaflow's runtime process
+os.environ["OMP_NUM_THREADS"] = "5"  # as if the user had set it
+child = subprocess.run([sys.executable, "-c", "from pythia import threads; import json; "
+                        "print(json.dumps(threads.configure(2)))"],
+                       capture_output=True, text=True, check=True)
+print(child.stdout.strip().splitlines()[-1])
+"""
+    out, _ = _configure_in_subprocess(code)
+    assert out["kept"] == {"OMP_NUM_THREADS": "5"}  # the wait policy is pythia's, not kept
+    assert out["threads"] == 5 and out["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 @pytest.mark.spark
