@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 FLOW = os.path.join(ROOT, "flows", "demo_flow.py")
 GOAL_WALL, GOAL_CPU = 2.2, 1.2
 REAP_GRACE_S = 60.0  # how long processes left behind by a run may take to exit
@@ -86,7 +86,7 @@ def measure(cmd: list[str]) -> None:
     except (OSError, AttributeError):
         pass  # not Linux: processes orphaned by the run are not counted
     t0 = time.perf_counter()
-    rc = subprocess.call(cmd)
+    rc = subprocess.call(cmd, stdout=sys.stderr)  # the run's output goes to its log, live
     wall = time.perf_counter() - t0
     left = _reap_all(REAP_GRACE_S)
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -117,8 +117,6 @@ def run_flow(args: argparse.Namespace, label: str, workdir: str, cache: str) -> 
                               text=True, cwd=ROOT, env=env, check=False)
     lines = proc.stdout.splitlines()
     figures = next((json.loads(ln) for ln in reversed(lines) if ln.startswith('{"rc"')), None)
-    with open(log_path, "a") as log:  # the flow's own stdout, for reading afterwards
-        log.write("\n".join(ln for ln in lines if not ln.startswith('{"rc"')) + "\n")
     if figures is None or figures["rc"] != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
@@ -218,13 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"world {args.world} generated in {time.perf_counter() - t0:.0f} s (not measured)")
     try:
         alone = run_flow(args, "alone", workdir, cache)
-        print(f"alone: {alone['wall_s']:.1f} s wall, {alone['cpu_s']:.1f} CPU-s")
+        print(f"alone: {alone['wall_s']:.1f} s wall, {alone['cpu_s']:.1f} CPU-s (log {alone['log']})")
         competitors = start_competitors(args.competitors)
         try:
             busy = run_flow(args, "contended", workdir, cache)
         finally:
             competitor_cpu = stop_competitors(competitors)
-        print(f"contended: {busy['wall_s']:.1f} s wall, {busy['cpu_s']:.1f} CPU-s")
+        print(f"contended: {busy['wall_s']:.1f} s wall, {busy['cpu_s']:.1f} CPU-s (log {busy['log']})")
     except RuntimeError as exc:
         print(f"contention_bench: {exc}", file=sys.stderr)
         return 1
