@@ -216,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"world {args.world} generated in {time.perf_counter() - t0:.0f} s (not measured)")
     try:
         alone = run_flow(args, "alone", workdir, cache)
-        print(f"alone: {alone['wall_s']:.1f} s wall, {alone['cpu_s']:.1f} CPU-s (log {alone['log']})")
+        print(f"alone: {alone['wall_s']:.1f} s wall, {alone['cpu_s']:.1f} CPU-s "
+              f"(log {alone['log']})")
         competitors = start_competitors(args.competitors)
         try:
             busy = run_flow(args, "contended", workdir, cache)
         finally:
             competitor_cpu = stop_competitors(competitors)
-        print(f"contended: {busy['wall_s']:.1f} s wall, {busy['cpu_s']:.1f} CPU-s (log {busy['log']})")
+        print(f"contended: {busy['wall_s']:.1f} s wall, {busy['cpu_s']:.1f} CPU-s "
+              f"(log {busy['log']})")
     except RuntimeError as exc:
         print(f"contention_bench: {exc}", file=sys.stderr)
         return 1
