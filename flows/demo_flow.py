@@ -14,9 +14,10 @@ _DEFAULT_WORKERS = str(max(1, (os.cpu_count() or 2) // 2))
 for _cmd in ("RUN", "RESUME"):
     os.environ.setdefault(f"METAFLOW_{_cmd}_MAX_WORKERS", _DEFAULT_WORKERS)
 
-from pythia import quiet  # noqa: E402
+from pythia import quiet, threads  # noqa: E402
 
 quiet.install()  # Spark/TensorFlow start-up noise off unless PYTHIA_VERBOSE=1
+threads.install()  # passive OpenMP waiting: must be set before numpy/sklearn/torch load
 
 from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # noqa: E402
                       schedule, step)
@@ -102,6 +103,7 @@ class DemoFlow(FlowSpec):
     @step
     def prepare_labels(self):
         """One label per user from the provider chosen for the user's country."""
+        threads.configure_task(self.config.resources.prepare_labels.cpu)
         self.labels_manifest = providers.run(self.source_path, self.provider_map, self.params,
                                              self.paths)
         self.next(self.etl_hour, foreach="hour_groups")
@@ -110,6 +112,7 @@ class DemoFlow(FlowSpec):
     @step
     def etl_hour(self):
         """Validate, quarantine, derive features and join labels for these hours of day."""
+        threads.configure_task(self.config.resources.etl_hour.cpu)
         self.hours = list(self.input)
         self.manifest = etl.run_hours(self.source_path, self.hours, self.window,
                                       self.labels_manifest, self.params, self.paths)
@@ -119,6 +122,7 @@ class DemoFlow(FlowSpec):
     @step
     def join_hours(self, inputs):
         """Power users, resampling from global class counts, the four splits, reconciliation."""
+        threads.configure_task(self.config.resources.join_hours.cpu)
         self.merge_artifacts(inputs, include=["params", "source_path", "window", "gaps",
                                               "provider_choice", "provider_map", "provider_warnings",
                                               "labels_manifest", "run_root"])
@@ -132,6 +136,7 @@ class DemoFlow(FlowSpec):
     @step
     def to_tfrecords(self):
         """Vocabularies and statistics from the train days; TFRecord shards per split/region."""
+        threads.configure_task(self.config.resources.to_tfrecords.cpu)
         self.tf_manifest, self.encoders = tfrecords.convert(self.split_manifest, self.params,
                                                             self.paths)
         self.train_grid = models.train_grid(self.params.models, self.params.regions,
@@ -143,6 +148,7 @@ class DemoFlow(FlowSpec):
     @step
     def train(self):
         """Fit one (model, region, config) candidate; predict validation and test days."""
+        threads.configure_task(self.config.resources.train.cpu)
         self.candidate = models.train_candidate(self.input, self.tf_manifest,
                                                 self.split_manifest, self.params.train,
                                                 self.params.etl.age_edges, self.paths)
@@ -153,6 +159,7 @@ class DemoFlow(FlowSpec):
     @step
     def evaluate(self, inputs):
         """Metrics, Bayes gauge, distributions and champions; render the report card."""
+        threads.configure_task(self.config.resources.evaluate.cpu)
         self.merge_artifacts(inputs, exclude=["candidate"])
         self.candidates = [i.candidate for i in inputs]
         bundle, previous_id = runs.previous_bundle(current.flow_name, current.run_id)

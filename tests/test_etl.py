@@ -89,7 +89,8 @@ def etl(spark, tmp_path_factory):
 def test_resolve_target_precedence(monkeypatch):
     monkeypatch.delenv("SPARK_REMOTE", raising=False)
     monkeypatch.delenv("PYTHIA_SPARK_MASTER", raising=False)
-    assert session.resolve_target() == ("local", "local[2]")
+    monkeypatch.setenv("PYTHIA_TASK_CORES", "1")  # local[N] follows the task's cores
+    assert session.resolve_target() == ("local", "local[1]")
     monkeypatch.setenv("PYTHIA_SPARK_MASTER", "spark://m:7077")
     assert session.resolve_target() == ("master", "spark://m:7077")
     monkeypatch.setenv("SPARK_REMOTE", "sc://h:15002")

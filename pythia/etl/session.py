@@ -1,7 +1,8 @@
 """The one place a SparkSession is built: Spark Connect, a configured master, or tuned local mode.
 
 Locally the JVM start dominates the ETL's wall time, so the local session is small and quiet:
-two cores, no UI, few shuffle partitions, a small heap and a JIT tuned for short jobs.
+as many cores as the task may use (``pythia.threads``), no UI, few shuffle partitions, a small
+heap and a JIT tuned for short jobs.
 """
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
+from pythia import threads
+
 # Local-mode defaults. Sessions are UTC so that naive timestamps and string parsing never depend
-# on the machine's time zone.
-LOCAL_MASTER = "local[2]"
+# on the machine's time zone. The local master is local[N], N the cores this task may use
+# (affinity, cgroup quota, @resources: threads.spark_local_master()), never local[*]: Spark
+# threads beyond the cores a busy machine gives the task only queue for them.
 LOCAL_CONF: Mapping[str, str] = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
@@ -53,10 +57,10 @@ SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
 
 
 def resolve_target(master: str | None = None, remote: str | None = None) -> tuple[str, str]:
-    """('remote', url) or ('master', url) or ('local', LOCAL_MASTER), explicit args first.
+    """('remote', url) or ('master', url) or ('local', 'local[N]'), explicit args first.
 
     Precedence: ``remote`` arg, ``master`` arg, ``$SPARK_REMOTE``, ``$PYTHIA_SPARK_MASTER``,
-    local mode.
+    local mode on the task's cores (``threads.spark_local_master()``).
     """
     if remote:
         return "remote", remote
@@ -66,7 +70,7 @@ def resolve_target(master: str | None = None, remote: str | None = None) -> tupl
         return "remote", os.environ[SPARK_REMOTE_ENV]
     if os.environ.get(SPARK_MASTER_ENV):
         return "master", os.environ[SPARK_MASTER_ENV]
-    return "local", LOCAL_MASTER
+    return "local", threads.spark_local_master()
 
 
 def get_spark(app_name: str, master: str | None = None, remote: str | None = None,

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from pythia import features
+from pythia import features, threads
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models.base import Model, labels_of
@@ -32,10 +32,11 @@ SERIAL_BELOW_ROWS = 50_000
 
 
 def openmp_threads(n_threads: int, n_rows: int) -> int:
-    """Threads for HGB: ``n_threads`` if > 0, else 1 on small data and every core on large."""
-    if n_threads > 0:
-        return int(n_threads)
-    return 1 if n_rows < SERIAL_BELOW_ROWS else (os.cpu_count() or 1)
+    """Threads for HGB: ``n_threads`` if > 0, else 1 on small data and every core of the task
+    on large; never more than the task's thread budget (``threads.thread_budget``)."""
+    wanted = int(n_threads) if n_threads > 0 else (1 if n_rows < SERIAL_BELOW_ROWS else 0)
+    budget = threads.thread_budget()
+    return min(wanted, budget) if wanted else budget
 
 
 def fit_category_maps(train: Mapping[str, np.ndarray], encoders: Encoders

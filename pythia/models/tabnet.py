@@ -38,9 +38,9 @@ def to_matrix(X: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def set_torch_threads(n_threads: int, n_rows: int) -> None:
-    """Set torch's intra-op threads (``gbdt.openmp_threads`` rule: few threads on small data)."""
-    torch.set_num_threads(max(1, min(openmp_threads(int(n_threads), n_rows),
-                                     os.cpu_count() or 1)))
+    """Set torch's intra-op threads (``gbdt.openmp_threads`` rule: few threads on small data,
+    never more than the task's thread budget)."""
+    torch.set_num_threads(openmp_threads(int(n_threads), n_rows))
 
 
 class ValidLogLoss(Metric):
