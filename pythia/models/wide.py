@@ -6,7 +6,8 @@ multinomial logistic regressions exactly as the logreg baseline does (``logreg.f
 same one-hot columns, L2 strength chosen on validation by the natural-weighted log-loss) and
 returns them as the wide part's starting weights: AgeGender from the baseline's own task, gender
 from its own LR, the age head from its own LR (softmax) or, for CORN, one binary LR per
-conditional task ``y > k`` among ``y >= k`` (which is what a CORN logit is).
+conditional task ``y > k`` among ``y >= k`` (which is what a CORN logit is). ``KeepBest``
+keeps the start when no epoch beats it on validation.
 """
 from __future__ import annotations
 
@@ -99,6 +100,40 @@ class WideLogits(keras.layers.Layer):
                       for n, o, s in zip(names, self.offsets, self.sizes)]
                   for j, h in enumerate(heads)}
         return tables, {h: numeric[:, cols[j]:cols[j + 1]] for j, h in enumerate(heads)}
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Early stopping on ``score()['age_gender']``, scored once before the first epoch too:
+    stops after ``patience`` epochs without improvement and restores the best weights (the
+    starting ones when no epoch beat them). ``history[e]`` = the scores after epoch e."""
+
+    def __init__(self, score: Any, patience: int) -> None:
+        super().__init__()
+        self.score, self.patience = score, int(patience)
+        self.history: list[dict[str, float]] = []
+        self.best_index, self.best_weights = 0, None
+        self.phase_start = 0
+        self.phase_ends: list[int] = []  # history index at the end of each training phase
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if not self.history:  # a later phase continues from the restored best weights
+            self._record()
+        self.phase_start = len(self.history) - 1
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self._record()
+        since = len(self.history) - 1 - max(self.best_index, self.phase_start)
+        if since >= max(self.patience, 1):
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.model.set_weights(self.best_weights)
+
+    def _record(self) -> None:
+        self.history.append(self.score())
+        best = self.history[self.best_index]["age_gender"]
+        if self.best_weights is None or self.history[-1]["age_gender"] < best:
+            self.best_index, self.best_weights = len(self.history) - 1, self.model.get_weights()
 
 
 def numpy_of(data: Any) -> dict[str, np.ndarray]:
