@@ -292,6 +292,21 @@ def test_logreg_per_feature_l2_shrinks_noise_features_on_validation(fitted, data
         out["val_logloss"]["age_gender"], abs=1e-9)
 
 
+def test_wide_start_heads_reuse_agegender_feature_penalties(data):
+    from pythia.models.wide import fit_wide_start
+
+    start = fit_wide_start(data["train"], data["valid"], make_encoders(), uniform_priors(),
+                           np.ones(len(data["valid"]["y_age_gender"])), "softmax", FAST,
+                           {"per_feature_l2": True})
+    chosen = start["age_gender"]["feature_penalty"]
+    assert set(chosen) == set(features.CATEGORICAL_FEATURES) and max(chosen.values()) > 1
+    assert start["gender"]["feature_penalty"] == chosen == start["age"]["feature_penalty"]
+    plain = fit_wide_start(data["train"], data["valid"], make_encoders(), uniform_priors(),
+                           np.ones(len(data["valid"]["y_age_gender"])), "softmax", FAST)
+    assert plain["gender"]["feature_penalty"] == {}
+    assert start["age_gender"]["val_loss"][0] < plain["age_gender"]["val_loss"][0]
+
+
 def test_logreg_rejects_what_it_cannot_fit(data):
     one_class = {k: v[:50] for k, v in data["train"].items()}
     one_class["y_age_gender"] = np.zeros(50, dtype=np.int64)

@@ -139,6 +139,9 @@ class LogRegModel(Model):
             # False: one C for every column (the baseline). True: after the path, a penalty
             # multiplier per categorical feature chosen on validation (``_feature_penalties``)
             "per_feature_l2": False,
+            # fixed penalty multipliers {feature: m} (e.g. another task's chosen ones): the
+            # path then chooses C for columns penalised 1 / (2 C) * m; {} = all 1
+            "feature_penalty": {},
         }
 
     @classmethod
@@ -184,6 +187,9 @@ class LogRegModel(Model):
         self.check_features(valid)
         self._fit_encoding(train)
         Xt = design_matrix(train, self.tables, self.n_onehot, self.num_mean, self.num_std)
+        if self.hparams["feature_penalty"]:
+            self._set_feature_penalty(dict(self.hparams["feature_penalty"]), Xt.shape[1])
+            Xt = Xt @ _diag(self.col_scale)
         sub = path_rows(y, int(self.hparams["path_rows"]), self.train_cfg.seed)
         path = self._regularisation_path(Xt if sub is None else Xt[sub],
                                          y if sub is None else y[sub], valid, task, grid)
@@ -200,7 +206,7 @@ class LogRegModel(Model):
         text = ", ".join(f"C={s['C']:g}: {s['val_loss']:.4f}" for s in path)
         rows = f"{len(y)} rows" if sub is None else f"path on {len(sub)} of {len(y)} rows"
         per = "".join(f", {f} x{v:g}" for f, v in self.feature_penalty.items() if v != 1)
-        per = f"; penalty per feature{per or ': all x1'}" if self.hparams["per_feature_l2"] else ""
+        per = f"; penalty per feature{per or ': all x1'}" if self.feature_penalty else ""
         print(f"logreg ({task.label}): L2 strength C={self.chosen_c:g} chosen on the validation "
               f"day (natural-weighted log-loss; {rows}: {text}{per}); {Xt.shape[1]} columns; "
               f"final validation log-loss {final['val_loss']:.4f}")
@@ -235,6 +241,13 @@ class LogRegModel(Model):
                                 for f in features.CATEGORICAL_FEATURES}
         self._set_weights(best["clf"], task.n_classes)
         return best
+
+    def _set_feature_penalty(self, penalty: Mapping[str, float], n_columns: int) -> None:
+        self.col_scale = np.ones(n_columns)
+        for name, m in penalty.items():
+            self.col_scale[np.unique(self.tables[name])] = 1 / np.sqrt(float(m))
+        self.feature_penalty = {f: float(penalty.get(f, 1.0))
+                                for f in features.CATEGORICAL_FEATURES}
 
     def _scaled_point(self, Xt: Any, y: np.ndarray, valid: Mapping[str, np.ndarray],
                       task: LinearTask, scale: np.ndarray, previous: np.ndarray,

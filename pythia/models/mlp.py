@@ -9,11 +9,18 @@ no ``Lambda`` layers, so the native ``.keras`` file reloads anywhere.
 The rule (``wide_start='logreg'``, the default): the wide part starts as logistic regressions
 fitted exactly like the logreg baseline (AgeGender is the baseline's own fit; gender and age get
 their own), the heads' last Dense kernels start at zero with the LRs' intercepts as biases, so
-the untrained network IS logistic regression; each wide logit column keeps its LR's L2 penalty.
-Training is joint; after every epoch, and once before the first, the natural-weighted AgeGender
-log-loss of the validation day (the champion rule's measure) is computed, training stops after
-``patience`` epochs without improvement, and the best weights are kept -- the starting LR
-itself when no epoch beats it. So on the validation day the MLP is never worse than the LR.
+the untrained network IS logistic regression. Then the residual phase (``wide_train='frozen'``,
+the default): the wide part stays fixed at the LRs (their logits are an offset) and only the
+deep part trains, so it can only add what the LRs miss (interactions); ``finetune_epochs`` > 0
+adds joint epochs at ``finetune_lr`` afterwards (``'joint'``: everything trains from the start,
+each wide logit column keeping its LR's L2 penalty). After every epoch, and once before the
+first, the natural-weighted AgeGender log-loss of the validation day (the champion rule's
+measure) is computed; a phase stops after ``patience`` epochs without improvement and the best
+weights are kept -- the starting LR itself when no epoch beats it, which the fit summary's
+``wide_start.improved`` and a printed line say. So on the validation day the MLP is never worse
+than its LR start. Measured on the skewed world (74k training rows) and the default one (359k),
+neither the residual phase, nor fine-tuning, nor joint training moved the validation loss off
+the LR start by more than 1e-4: the synthetic posterior is nearly log-additive in the features.
 """
 from __future__ import annotations
 
@@ -280,7 +287,8 @@ class MLPModel(Model):
         if start is not None:
             summary["wide_start"] = {
                 "lr_val_loss": first, "best_val_loss": best, "best_epoch": keep.best_index,
-                "improved": keep.best_index > 0, "C": {t: start[t]["C"] for t in start}}
+                "improved": keep.best_index > 0, "C": {t: start[t]["C"] for t in start},
+                "feature_penalty": start["age_gender"].get("feature_penalty", {})}
             verdict = (f"training improved it to {best['age_gender']:.4f} (epoch "
                        f"{keep.best_index})" if keep.best_index else
                        "no epoch beat it: the network stays the logistic regression")

@@ -169,10 +169,17 @@ def fit_wide_start(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarr
     y, yv = ({t: np.asarray(d[c], dtype=np.int64) for t, c in features.LABEL_COLUMNS.items()}
              for d in (train, valid))
     n_age = len(encoders.age_edges)
-    out = {}
-    for head, k, label in (("age_gender", 2 * n_age, "AgeGender"), ("gender", 2, "gender")):
-        out[head] = _fit_one(train, valid, task(y[head], yv[head], k, head, valid_weights,
-                                                label), encoders, train_cfg, lr_hparams)
+    out = {"age_gender": _fit_one(train, valid, task(y["age_gender"], yv["age_gender"],
+                                                     2 * n_age, "age_gender", valid_weights,
+                                                     "AgeGender"), encoders, train_cfg,
+                                  lr_hparams)}
+    # the other heads reuse AgeGender's penalty per feature (when it chose them): its search is
+    # the costly part, and the features' noise levels are the same for every head
+    chosen = out["age_gender"].get("feature_penalty") or {}
+    lr_hparams = {**(lr_hparams or {}), "per_feature_l2": False, "feature_penalty": chosen}
+    out["gender"] = _fit_one(train, valid, task(y["gender"], yv["gender"], 2, "gender",
+                                                valid_weights, "gender"),
+                             encoders, train_cfg, lr_hparams)
     if age_head == "softmax":
         out["age"] = _fit_one(train, valid, task(y["age"], yv["age"], n_age, "age",
                                                  valid_weights, "age"),
@@ -192,7 +199,8 @@ def _fit_one(train: Mapping, valid: Mapping, task: LinearTask, encoders: Encoder
     # |w|**2 / (2 C) on them takes twice the strength per column.
     per_column = (1.0 if task.n_classes == 2 else 0.5) / c
     return {**start, "l2_rows": [per_column] * task.n_classes, "C": [c],
-            "val_loss": [float(summary["best_val_loss"])]}
+            "val_loss": [float(summary["best_val_loss"])],
+            "feature_penalty": summary.get("feature_penalty", {})}
 
 
 def _fit_corn(train: Mapping, valid: Mapping, y: np.ndarray, yv: np.ndarray, n_age: int,
