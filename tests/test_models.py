@@ -607,7 +607,8 @@ def test_untrained_wide_mlp_is_the_logistic_regression(data, age_head):
 
 def test_wide_mlp_keeps_the_lr_when_no_epoch_beats_it(data, capsys):
     # an absurd learning rate: every epoch is worse than the start, so the start is kept
-    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "learning_rate": 30.0}, FAST)
+    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "learning_rate": 30.0,
+                                            "wide_per_feature_l2": False}, FAST)
     summary = model.fit(data["train"], data["valid"], uniform_priors())
     start = summary["wide_start"]
     assert start["improved"] is False and start["best_epoch"] == 0
@@ -646,7 +647,8 @@ def test_residual_phase_trains_the_deep_part_on_the_fixed_lr(capsys):
     # the deep part must find the interaction the LR start cannot; the wide part stays its LR
     train, valid = _xor_split(1500, 0), _xor_split(500, 1)
     model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "hidden_units": [16],
-                                            "wide_train": "frozen"},
+                                            "wide_train": "frozen",
+                                            "wide_per_feature_l2": False},
                           TrainConfig(max_epochs=12, batch_size=64, patience=3, seed=0))
     summary = model.fit(train, valid, uniform_priors())
     start = summary["wide_start"]
