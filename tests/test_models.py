@@ -275,6 +275,38 @@ def test_logreg_chooses_l2_on_validation_and_folds_rare_values(fitted, data, cap
     assert n_cols == 3 * len(features.CATEGORICAL_FEATURES)  # missing, OOV, one kept value
 
 
+def test_logreg_per_feature_l2_shrinks_noise_features_on_validation(fitted, data, capsys):
+    # only site_or_app and device_type carry the label among the categoricals (make_split)
+    _, shared = fitted["logreg"]
+    assert shared["feature_penalty"] == {}  # the baseline keeps one C for every column
+    model = MODELS["logreg"](make_encoders(), {"per_feature_l2": True}, FAST)
+    out = model.fit(data["train"], data["valid"], uniform_priors())
+    penalty = out["feature_penalty"]
+    assert set(penalty) == set(features.CATEGORICAL_FEATURES) and out["C"] == shared["C"]
+    assert out["best_val_loss"] < shared["best_val_loss"]  # accepted only on improvement
+    noise = [f for f in penalty if f not in ("site_or_app", "device_type")]
+    assert max(penalty[f] for f in noise) > 1 and "penalty per feature" in capsys.readouterr().out
+    # the weights are those of the 0/1 columns: the validation loss recomputes from them
+    p = model.predict_proba(data["valid"])["age_gender"]
+    assert pr.mean_log_loss(p, data["valid"]["y_age_gender"]) == pytest.approx(
+        out["val_logloss"]["age_gender"], abs=1e-9)
+
+
+def test_wide_start_heads_reuse_agegender_feature_penalties(data):
+    from pythia.models.wide import fit_wide_start
+
+    start = fit_wide_start(data["train"], data["valid"], make_encoders(), uniform_priors(),
+                           np.ones(len(data["valid"]["y_age_gender"])), "softmax", FAST,
+                           {"per_feature_l2": True})
+    chosen = start["age_gender"]["feature_penalty"]
+    assert set(chosen) == set(features.CATEGORICAL_FEATURES) and max(chosen.values()) > 1
+    assert start["gender"]["feature_penalty"] == chosen == start["age"]["feature_penalty"]
+    plain = fit_wide_start(data["train"], data["valid"], make_encoders(), uniform_priors(),
+                           np.ones(len(data["valid"]["y_age_gender"])), "softmax", FAST)
+    assert plain["gender"]["feature_penalty"] == {}
+    assert start["age_gender"]["val_loss"][0] < plain["age_gender"]["val_loss"][0]
+
+
 def test_logreg_rejects_what_it_cannot_fit(data):
     one_class = {k: v[:50] for k, v in data["train"].items()}
     one_class["y_age_gender"] = np.zeros(50, dtype=np.int64)
@@ -576,7 +608,8 @@ def test_untrained_wide_mlp_is_the_logistic_regression(data, age_head):
 
 def test_wide_mlp_keeps_the_lr_when_no_epoch_beats_it(data, capsys):
     # an absurd learning rate: every epoch is worse than the start, so the start is kept
-    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "learning_rate": 30.0}, FAST)
+    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "learning_rate": 30.0,
+                                            "wide_per_feature_l2": False}, FAST)
     summary = model.fit(data["train"], data["valid"], uniform_priors())
     start = summary["wide_start"]
     assert start["improved"] is False and start["best_epoch"] == 0
@@ -597,6 +630,61 @@ def test_wide_mlp_trains_past_its_start_when_that_helps(fitted):
     assert start["best_val_loss"]["age_gender"] <= start["lr_val_loss"]["age_gender"]
     assert start["improved"] is (start["best_epoch"] > 0)
     assert len(summary["val_loss_by_epoch"]) == summary["epochs"] + 1
+
+
+def _xor_split(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Gender is the XOR of two features' parities: no additive (LR) model sees any of it."""
+    X = make_split(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    size = VOCAB + features.FIRST_VALUE_ID
+    a, b = rng.integers(2, size, n), rng.integers(2, size, n)
+    g = np.where(rng.random(n) < 0.9, (a + b) % 2, rng.integers(0, 2, n))
+    X["site_or_app"], X["device_type"] = a, b
+    X["y_gender"], X["y_age_gender"] = g, g * N_AGE + X["y_age"]
+    return X
+
+
+def test_residual_phase_trains_the_deep_part_on_the_fixed_lr(capsys):
+    # the deep part must find the interaction the LR start cannot; the wide part stays its LR
+    train, valid = _xor_split(1500, 0), _xor_split(500, 1)
+    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "hidden_units": [16],
+                                            "wide_train": "frozen",
+                                            "wide_per_feature_l2": False},
+                          TrainConfig(max_epochs=12, batch_size=64, patience=3, seed=0))
+    summary = model.fit(train, valid, uniform_priors())
+    start = summary["wide_start"]
+    assert start["improved"] is True and summary["best_epoch"] > 0
+    assert start["best_val_loss"]["age_gender"] < start["lr_val_loss"]["age_gender"] - 0.01
+    assert "training improved it to" in capsys.readouterr().out
+    assert summary["phase_ends"] == [summary["epochs"]]  # no fine-tuning phase asked for
+    fixed = fit_wide_start_for(model, train, valid)
+    wide = model.export_numpy()["wide"]["gender"]
+    for name, table in wide:
+        np.testing.assert_allclose(table, fixed["gender"]["tables"][name], atol=1e-5)
+    with pytest.raises(ValueError, match="wide_train"):
+        MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "wide_train": "thawed"}, FAST).fit(
+            train, valid, uniform_priors())
+
+
+def test_finetune_phase_moves_the_wide_part_and_keeps_the_best():
+    train, valid = _xor_split(1500, 0), _xor_split(500, 1)
+    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "hidden_units": [16],
+                                            "finetune_epochs": 2, "finetune_lr": 0.01},
+                          TrainConfig(max_epochs=4, batch_size=64, patience=1, seed=0))
+    summary = model.fit(train, valid, uniform_priors())
+    first, last = summary["phase_ends"]
+    assert first <= 4 and first < last <= first + 2 and last == summary["epochs"]
+    history = [h["age_gender"] for h in summary["val_loss_by_epoch"]]
+    assert summary["best_val_loss"] == min(history)
+    assert model.natural_val_losses(valid)["age_gender"] == pytest.approx(min(history),
+                                                                        abs=1e-6)
+
+
+def fit_wide_start_for(model, train, valid) -> dict:
+    from pythia.models.wide import fit_wide_start
+
+    return fit_wide_start(train, valid, make_encoders(), uniform_priors(),
+                          np.ones(len(valid["y_age_gender"])), model.age_head, FAST)
 
 
 def test_mlp_without_wide_part(data):

@@ -33,6 +33,7 @@ MODEL_FILE = "logreg.npz"
 # Validation steps without improvement after which the regularisation path stops (the
 # validation loss is unimodal in C in practice; the large-C end is the slowest to fit).
 PATH_PATIENCE = 1
+PENALTY_STEPS = 2  # per feature and direction, of the per-feature L2 search (x4 each)
 
 
 class LinearTask(NamedTuple):
@@ -135,6 +136,12 @@ class LogRegModel(Model):
             # the refit on all rows: more rows per weight, so a looser tolerance suffices
             "refit_tol": 3e-4,
             "refit_max_iter": 100,
+            # False: one C for every column (the baseline). True: after the path, a penalty
+            # multiplier per categorical feature chosen on validation (``_feature_penalties``)
+            "per_feature_l2": False,
+            # fixed penalty multipliers {feature: m} (e.g. another task's chosen ones): the
+            # path then chooses C for columns penalised 1 / (2 C) * m; {} = all 1
+            "feature_penalty": {},
         }
 
     @classmethod
@@ -151,6 +158,8 @@ class LogRegModel(Model):
         self.coef: np.ndarray | None = None  # (n_columns, n_classes): column weights per class
         self.intercept: np.ndarray | None = None  # (n_classes,)
         self.chosen_c: float | None = None
+        self.col_scale: np.ndarray | None = None  # per design column; None = all ones
+        self.feature_penalty: dict[str, float] = {}
 
     def _fit(self, train: Any, valid: Any) -> dict:
         if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
@@ -178,25 +187,78 @@ class LogRegModel(Model):
         self.check_features(valid)
         self._fit_encoding(train)
         Xt = design_matrix(train, self.tables, self.n_onehot, self.num_mean, self.num_std)
+        if self.hparams["feature_penalty"]:
+            self._set_feature_penalty(dict(self.hparams["feature_penalty"]), Xt.shape[1])
+            Xt = Xt @ _diag(self.col_scale)
         sub = path_rows(y, int(self.hparams["path_rows"]), self.train_cfg.seed)
         path = self._regularisation_path(Xt if sub is None else Xt[sub],
                                          y if sub is None else y[sub], valid, task, grid)
         best = min(path, key=lambda step: step["val_loss"])
         self.chosen_c = best["C"]
+        if self.hparams["per_feature_l2"]:
+            best = self._feature_penalties(Xt if sub is None else Xt[sub],
+                                           y if sub is None else y[sub], valid, task, best)
+            Xt = Xt @ _diag(self.col_scale)
         final = best if sub is None else self._fit_point(
             Xt, y, valid, task, self.chosen_c, best["clf"],
             (float(self.hparams["refit_tol"]), int(self.hparams["refit_max_iter"])))
         self._set_weights(final["clf"], task.n_classes)
         text = ", ".join(f"C={s['C']:g}: {s['val_loss']:.4f}" for s in path)
         rows = f"{len(y)} rows" if sub is None else f"path on {len(sub)} of {len(y)} rows"
+        per = "".join(f", {f} x{v:g}" for f, v in self.feature_penalty.items() if v != 1)
+        per = f"; penalty per feature{per or ': all x1'}" if self.feature_penalty else ""
         print(f"logreg ({task.label}): L2 strength C={self.chosen_c:g} chosen on the validation "
-              f"day (natural-weighted log-loss; {rows}: {text}); {Xt.shape[1]} columns; "
+              f"day (natural-weighted log-loss; {rows}: {text}{per}); {Xt.shape[1]} columns; "
               f"final validation log-loss {final['val_loss']:.4f}")
         steps = path + ([] if sub is None else [final])
         return {"epochs": int(sum(s["n_iter"] for s in steps)),
                 "best_val_loss": float(final["val_loss"]), "C": self.chosen_c,
+                "feature_penalty": dict(self.feature_penalty),
                 "c_path": [{k: s[k] for k in ("C", "val_loss", "n_iter", "seconds")}
                            for s in path]}
+
+    def _feature_penalties(self, Xt: Any, y: np.ndarray, valid: Mapping[str, np.ndarray],
+                           task: LinearTask, best: dict) -> dict:
+        """One coordinate sweep over the categorical features at the chosen C: multiply a
+        feature's L2 penalty by 4 or 1/4 (repeatedly, up to ``PENALTY_STEPS`` times) while the
+        validation loss falls. A feature's columns scaled by s carry the penalty 1 / s**2."""
+        scale = np.ones(Xt.shape[1])
+        for name in features.CATEGORICAL_FEATURES:
+            cols = np.unique(self.tables[name])
+            for factor in (0.5, 2.0):  # penalty x4, then x1/4
+                moved = False
+                for _ in range(PENALTY_STEPS):
+                    trial = scale.copy()
+                    trial[cols] *= factor
+                    step = self._scaled_point(Xt, y, valid, task, trial, scale, best)
+                    if step["val_loss"] >= best["val_loss"]:
+                        break
+                    scale, best, moved = trial, step, True
+                if moved:
+                    break
+        self.col_scale = scale
+        self.feature_penalty = {f: float(1 / scale[self.tables[f][features.OOV_ID]] ** 2)
+                                for f in features.CATEGORICAL_FEATURES}
+        self._set_weights(best["clf"], task.n_classes)
+        return best
+
+    def _set_feature_penalty(self, penalty: Mapping[str, float], n_columns: int) -> None:
+        self.col_scale = np.ones(n_columns)
+        for name, m in penalty.items():
+            self.col_scale[np.unique(self.tables[name])] = 1 / np.sqrt(float(m))
+        self.feature_penalty = {f: float(penalty.get(f, 1.0))
+                                for f in features.CATEGORICAL_FEATURES}
+
+    def _scaled_point(self, Xt: Any, y: np.ndarray, valid: Mapping[str, np.ndarray],
+                      task: LinearTask, scale: np.ndarray, previous: np.ndarray,
+                      best: dict) -> dict:
+        """``_fit_point`` at the chosen C on the columns scaled by ``scale``, warm-started
+        from ``best`` (fitted with the scale ``previous``): same effective weights."""
+        start = best["clf"]
+        warm = type("Warm", (), {"coef_": start.coef_ * (previous / scale)[None, :],
+                                 "intercept_": start.intercept_})()
+        self.col_scale = scale
+        return self._fit_point(Xt @ _diag(scale), y, valid, task, self.chosen_c, warm)
 
     def _fit_encoding(self, train: Mapping[str, np.ndarray]) -> None:
         """One-hot columns and the numeric standardisation, from the training rows."""
@@ -264,6 +326,8 @@ class LogRegModel(Model):
                      else np.array([-clf.intercept_[0], clf.intercept_[0]]) / 2)
         self.coef = np.zeros((coef.shape[1], k))
         self.coef[:, classes] = coef.T
+        if self.col_scale is not None:  # weights of the scaled columns -> of the 0/1 columns
+            self.coef *= self.col_scale[:, None]
         self.intercept = np.full(k, np.log(pr.PROB_FLOOR))
         self.intercept[classes] = intercept
 
@@ -308,6 +372,12 @@ class LogRegModel(Model):
             self.tables = {f: z[f"table__{f}"] for f in features.CATEGORICAL_FEATURES}
         self.n_onehot = int(meta["n_onehot"])
         self.chosen_c = meta.get("C")
+
+
+def _diag(values: np.ndarray) -> Any:
+    from scipy.sparse import diags
+
+    return diags(np.asarray(values, dtype=np.float32)).tocsr()
 
 
 def fit_linear(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],

@@ -6,7 +6,8 @@ multinomial logistic regressions exactly as the logreg baseline does (``logreg.f
 same one-hot columns, L2 strength chosen on validation by the natural-weighted log-loss) and
 returns them as the wide part's starting weights: AgeGender from the baseline's own task, gender
 from its own LR, the age head from its own LR (softmax) or, for CORN, one binary LR per
-conditional task ``y > k`` among ``y >= k`` (which is what a CORN logit is).
+conditional task ``y > k`` among ``y >= k`` (which is what a CORN logit is). ``KeepBest``
+keeps the start when no epoch beats it on validation.
 """
 from __future__ import annotations
 
@@ -101,6 +102,40 @@ class WideLogits(keras.layers.Layer):
         return tables, {h: numeric[:, cols[j]:cols[j + 1]] for j, h in enumerate(heads)}
 
 
+class KeepBest(keras.callbacks.Callback):
+    """Early stopping on ``score()['age_gender']``, scored once before the first epoch too:
+    stops after ``patience`` epochs without improvement and restores the best weights (the
+    starting ones when no epoch beat them). ``history[e]`` = the scores after epoch e."""
+
+    def __init__(self, score: Any, patience: int) -> None:
+        super().__init__()
+        self.score, self.patience = score, int(patience)
+        self.history: list[dict[str, float]] = []
+        self.best_index, self.best_weights = 0, None
+        self.phase_start = 0
+        self.phase_ends: list[int] = []  # history index at the end of each training phase
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if not self.history:  # a later phase continues from the restored best weights
+            self._record()
+        self.phase_start = len(self.history) - 1
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self._record()
+        since = len(self.history) - 1 - max(self.best_index, self.phase_start)
+        if since >= max(self.patience, 1):
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.model.set_weights(self.best_weights)
+
+    def _record(self) -> None:
+        self.history.append(self.score())
+        best = self.history[self.best_index]["age_gender"]
+        if self.best_weights is None or self.history[-1]["age_gender"] < best:
+            self.best_index, self.best_weights = len(self.history) - 1, self.model.get_weights()
+
+
 def numpy_of(data: Any) -> dict[str, np.ndarray]:
     """A numpy split (features + ``y_*`` labels) from a numpy dict or a ``(features, labels)``
     tf.data.Dataset (read once)."""
@@ -134,10 +169,17 @@ def fit_wide_start(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarr
     y, yv = ({t: np.asarray(d[c], dtype=np.int64) for t, c in features.LABEL_COLUMNS.items()}
              for d in (train, valid))
     n_age = len(encoders.age_edges)
-    out = {}
-    for head, k, label in (("age_gender", 2 * n_age, "AgeGender"), ("gender", 2, "gender")):
-        out[head] = _fit_one(train, valid, task(y[head], yv[head], k, head, valid_weights,
-                                                label), encoders, train_cfg, lr_hparams)
+    out = {"age_gender": _fit_one(train, valid, task(y["age_gender"], yv["age_gender"],
+                                                     2 * n_age, "age_gender", valid_weights,
+                                                     "AgeGender"), encoders, train_cfg,
+                                  lr_hparams)}
+    # the other heads reuse AgeGender's penalty per feature (when it chose them): its search is
+    # the costly part, and the features' noise levels are the same for every head
+    chosen = out["age_gender"].get("feature_penalty") or {}
+    lr_hparams = {**(lr_hparams or {}), "per_feature_l2": False, "feature_penalty": chosen}
+    out["gender"] = _fit_one(train, valid, task(y["gender"], yv["gender"], 2, "gender",
+                                                valid_weights, "gender"),
+                             encoders, train_cfg, lr_hparams)
     if age_head == "softmax":
         out["age"] = _fit_one(train, valid, task(y["age"], yv["age"], n_age, "age",
                                                  valid_weights, "age"),
@@ -157,7 +199,8 @@ def _fit_one(train: Mapping, valid: Mapping, task: LinearTask, encoders: Encoder
     # |w|**2 / (2 C) on them takes twice the strength per column.
     per_column = (1.0 if task.n_classes == 2 else 0.5) / c
     return {**start, "l2_rows": [per_column] * task.n_classes, "C": [c],
-            "val_loss": [float(summary["best_val_loss"])]}
+            "val_loss": [float(summary["best_val_loss"])],
+            "feature_penalty": summary.get("feature_penalty", {})}
 
 
 def _fit_corn(train: Mapping, valid: Mapping, y: np.ndarray, yv: np.ndarray, n_age: int,
