@@ -6,8 +6,6 @@ PY := $(VENV)/bin/python
 # Metaflow refuses to run as an unknown user (e.g. root in a container without $USER).
 export METAFLOW_USER ?= $(or $(USER),pythia)
 PYTEST_ARGS ?=
-# test files run on this many worker processes (module fixtures stay once per file); 0 = one
-PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast bench java clean
 
@@ -28,10 +26,10 @@ demo: setup java
 	$(PY) flows/demo_flow.py run
 
 test: setup java
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup java
 	for b in benchmarks/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done

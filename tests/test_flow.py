@@ -3,7 +3,7 @@
 Each test runs the real flow in a subprocess against a temporary Metaflow datastore, Spark in
 local mode, and asserts on artifacts read back through the Metaflow client. The runs on other
 inputs (a broken hour and resume, a hand-written source, the skewed world) are in
-test_flow_inputs.py, so that parallel test workers can run the two files side by side.
+test_flow_inputs.py.
 """
 import json
 import os
