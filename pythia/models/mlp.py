@@ -2,7 +2,8 @@
 wide part (``pythia.models.wide``) added to every head's logits.
 
 Heads: gender (softmax), age bucket (ordinal CORN — Shi et al. 2021 — or softmax, chosen by
-``age_head``) and AgeGender (softmax). The network outputs logits; probabilities are computed
+``age_head``) and AgeGender (softmax); the outputs for gender and age are AgeGender's
+marginals (``Model._expand``). The network outputs logits; probabilities are computed
 in NumPy by the same functions the bid-time scorer uses on ``export_numpy()``. No BatchNorm and
 no ``Lambda`` layers, so the native ``.keras`` file reloads anywhere.
 
@@ -17,9 +18,8 @@ adds joint epochs at ``finetune_lr`` (``'joint'``: everything trains from the st
 natural-weighted AgeGender validation log-loss (the champion rule's measure) is computed before
 the first epoch and after each; a phase stops after ``patience`` epochs without improvement and
 the best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the
-fit summary, and printed). Measured on the skewed world (74k rows; validation AgeGender): LR
-start 2.0132; residual phase, fine-tuning, joint training, smaller/more regularised trunks all
-within 1e-4 of it (the synthetic posterior is nearly log-additive); per-feature L2 2.0013.
+fit summary, and printed). Skewed world (74k rows; validation AgeGender): LR start 2.0132;
+residual, fine-tuned, joint or smaller trunks all within 1e-4 of it; per-feature L2 2.0013.
 """
 from __future__ import annotations
 
