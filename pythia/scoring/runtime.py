@@ -207,6 +207,8 @@ class FusedMLP:
             a, b = lay["slices"][t]
             out[t] = e[:, a:b]
         for t in lay["corn"]:
+            if t != JOINT:  # only AgeGender reaches the output (its marginals give the rest)
+                continue
             a, b = lay["slices"][t]
             # P(y > k) = prod_{j <= k} sigmoid(l_j); class k gets P(y > k-1) - P(y > k).
             survival = np.cumprod(0.5 + 0.5 * np.tanh(z[:, a:b].astype(np.float64)), axis=1)
@@ -240,6 +242,8 @@ class FusedMLP:
         lay = self._layout
         out: dict[str, list[float]] = {}
         for t in lay["soft"]:
+            if t != JOINT:  # the gender and age heads are training aids: not computed here
+                continue
             a, b = lay["slices"][t]
             part = z[a:b]
             top = max(part)
@@ -247,6 +251,8 @@ class FusedMLP:
             total = sum(e)
             out[t] = [v / total for v in e]
         for t in lay["corn"]:
+            if t != JOINT:
+                continue
             a, b = lay["slices"][t]
             survival, s = [1.0], 1.0
             for v in z[a:b]:
