@@ -9,12 +9,12 @@ import tomllib
 
 # Metaflow runs up to 16 tasks at once by default; on a small machine 16 Spark JVMs or 16
 # TensorFlow trainings thrash (3 parallel hourly Spark tasks took 76 s each vs 23 s one at a
-# time). Default to one task per two cores; `--max-workers N` or METAFLOW_RUN_MAX_WORKERS wins.
-_DEFAULT_WORKERS = str(max(1, (os.cpu_count() or 2) // 2))
-for _cmd in ("RUN", "RESUME"):
-    os.environ.setdefault(f"METAFLOW_{_cmd}_MAX_WORKERS", _DEFAULT_WORKERS)
-
+# time). Default to one task per two cores this process may use (CPU affinity and cgroup
+# quota, not the host's count); `--max-workers N` or METAFLOW_RUN_MAX_WORKERS wins.
 from pythia import quiet, threads  # noqa: E402
+
+for _cmd in ("RUN", "RESUME"):
+    os.environ.setdefault(f"METAFLOW_{_cmd}_MAX_WORKERS", str(threads.local_workers()))
 
 quiet.install()  # Spark/TensorFlow start-up noise off unless PYTHIA_VERBOSE=1
 threads.install()  # passive OpenMP waiting: must be set before numpy/sklearn/torch load

@@ -122,6 +122,14 @@ def task_cores(requested: float | int | None = None) -> int:
     return max(1, math.floor(min(core_limits(requested).values())))
 
 
+def local_workers() -> int:
+    """Metaflow's default for local runs: one task at a time per two cores this process may
+    use (affinity and cgroup quota, not ``os.cpu_count()``, which counts the host's cores)."""
+    limits = core_limits()
+    machine = min(v for k, v in limits.items() if k in ("affinity", "cgroup"))
+    return max(1, math.floor(machine) // 2)
+
+
 def _inherited_ours() -> dict[str, str]:
     pairs = (item.split("=", 1) for item in os.environ.get(OURS_ENV, "").split(",") if item)
     return {name: value for name, value in pairs}

@@ -57,6 +57,16 @@ def test_affinity_bounds_the_task_and_resources_cap_it(machine):
     assert threads.core_limits(2) == {"affinity": 4, "@resources": 2.0}
 
 
+def test_local_workers_follow_affinity_and_quota_not_the_task_override(machine, monkeypatch):
+    assert threads.local_workers() == 2  # 4 cores: one task per two cores
+    machine("", **{"cpu.max": "150000 100000"})  # a 1.5-core container on a 4-core host
+    assert threads.local_workers() == 1
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(64)))
+    machine("", **{"cpu.max": "max 100000"})
+    monkeypatch.setenv(threads.TASK_CORES_ENV, "1")  # per task, not the machine's size
+    assert threads.local_workers() == 32
+
+
 def test_cgroup_v2_quota_tightest_ancestor_and_rounded_down(machine):
     machine("", **{"cpu.max": "max 100000"})
     assert threads.cgroup_cores() is None  # "max": no quota
