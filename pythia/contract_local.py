@@ -101,8 +101,7 @@ def timestamp_texts(us: np.ndarray, valid: np.ndarray) -> pa.Array:
     ``yyyy-MM-dd HH:mm:ss`` and the microseconds without trailing zeros, if any."""
     secs = us // 1_000_000
     frac = us - secs * 1_000_000
-    base = pc.strftime(pa.array(secs, pa.timestamp("s"), mask=~valid),
-                       format="%Y-%m-%d %H:%M:%S")
+    base = pa.array(secs, pa.timestamp("s"), mask=~valid).cast(pa.string())
     suffix = np.full(len(us), "", dtype=object)
     fractional = valid & (frac != 0)
     suffix[fractional] = [f".{f:06d}".rstrip("0") for f in frac[fractional].tolist()]

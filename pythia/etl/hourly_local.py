@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -107,7 +106,7 @@ def run_hours(source: str, hours: list[int], window: Window, labels_path: str, o
     counts = _counts([rows[DATE], quarantine[DATE]], [rows[HOUR], quarantine[HOUR]],
                      [rows[SPLIT], _splits(quarantine[DATE], split_of)],
                      [outcome, quarantine[REASON]],
-                     [rows[Y_AGE_GENDER], pa.nulls(len(bad), _INT32)])
+                     [rows[Y_AGE_GENDER], pa.nulls(len(bad), rows[Y_AGE_GENDER].type)])
 
     written = rows.filter(labelled)
     ids = rows.append_column(CONTENT_HASH, pa.array(hashes, _INT64)).append_column(
@@ -160,14 +159,13 @@ def _quarantine(bad: pa.Table, reason: np.ndarray, column: np.ndarray) -> pa.Tab
     return pa.table(cols)
 
 
-def _counts(*parts: Sequence) -> list[tuple]:
-    """``(date, hour, split, outcome, y_age_gender, n)`` per group, as Python values (the
-    Spark path's ``groupBy(...).count().collect()``)."""
-    frame = pd.DataFrame({name: pd.concat([pd.Series(a.to_pylist(), dtype=object)
-                                           for a in arrays], ignore_index=True)
-                          for name, arrays in zip("dhsoy", parts)})
-    if frame.empty:
-        return []
-    grouped = frame.groupby(list("dhsoy"), dropna=False, sort=False).size()
-    return [(d, int(h), s, o, None if y is None or y != y else int(y), int(n))
-            for (d, h, s, o, y), n in grouped.items()]
+def _counts(*parts: Sequence[pa.Array | pa.ChunkedArray]) -> list[tuple]:
+    """``(date, hour, split, outcome, y_age_gender, n)`` per group (nulls form groups), as
+    Python values: the Spark path's ``groupBy(...).count().collect()``."""
+    keys = list("dhsoy")
+    table = pa.table({k: pa.chunked_array([c for a in arrays for c in (
+        a.chunks if isinstance(a, pa.ChunkedArray) else [a])], type=arrays[0].type)
+        for k, arrays in zip(keys, parts)})
+    grouped = table.group_by(keys).aggregate([([], "count_all")])
+    return [(r["d"], int(r["h"]), r["s"], r["o"], r["y"], int(r["count_all"]))
+            for r in grouped.to_pylist()]
