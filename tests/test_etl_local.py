@@ -395,14 +395,14 @@ def test_needs_spark_is_raised_before_anything_is_written(tmp_path):
 
 
 def test_the_driver_reads_and_writes_s3(tmp_path, s3_env, moto_s3):  # noqa: F811
-    root = s3_env["PYTHIA_DATA_ROOT"] + "/source"
+    base = s3_env["PYTHIA_DATA_ROOT"] + "/etl-local"  # the bucket outlives a test
+    root = base + "/source"
     src = SourceBuilder(root)
     src.users_every_hour({"u1": "US", "u2": "GB"}, WINDOW.dates, [3])
     src.labels("acme", [{"user_id": "u2", "gender": "M", "age": 44, "country": "GB",
                          "observed_date": dt.date(2024, 3, 1)}])
-    labels = providers_local.prepare_labels(root, {}, AGES, s3_env["PYTHIA_DATA_ROOT"] + "/l",
-                                            "acme")
-    out = s3_env["PYTHIA_DATA_ROOT"] + "/etl"
+    labels = providers_local.prepare_labels(root, {}, AGES, base + "/labels", "acme")
+    out = base + "/etl"
     m = hourly_local.run_hours(root, [3], WINDOW, labels["labels_path"], out + "/o",
                                out + "/q", Geography(), False)
     assert m["total"]["written"] == 5 and m["rows_path"] == out + "/o/rows"
