@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pythia import contract, contract_read, storage
@@ -27,20 +28,26 @@ from pythia.contract_read import RAW_PREFIX
 _INTS = {"tinyint", "smallint", "int", "bigint"}
 _FRACTIONS = {"float", "double"}
 # contract type -> Spark read types (``StoredColumn.read_as``; "decimal" = any decimal(p,s))
-# this module converts exactly as ``contract_read._typed`` does. Timestamp contract columns
-# (impressions only) are not converted here.
+# this module converts exactly as ``contract_read._typed`` does. A timestamp contract column
+# (impressions' ts) is typed as integer microseconds since the epoch; stored as a number, a
+# boolean or a date it is not an instant (null, so bad_timestamp) but keeps its raw string.
+_INSTANTS = {"timestamp", "timestamp_ntz"}
 LOCAL_CONVERSIONS = {
     "string": {"string", "boolean", "date"} | _INTS,
     "int32": {"string", "decimal"} | _INTS | _FRACTIONS,
     "int64": {"string", "decimal"} | _INTS | _FRACTIONS,
     "double": {"decimal"} | _INTS | _FRACTIONS,
-    "date": {"date", "timestamp", "timestamp_ntz"},
+    "date": {"date"} | _INSTANTS,
+    "timestamp": {"boolean", "date"} | _INSTANTS | _INTS,
 }
 _INT_RANGE = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
 _DEC = decimal.Context(prec=200)
 _NINE = decimal.Decimal("1e-9")  # contract_read._FRACTION_CHECK_TYPE: decimal(38,9)
 _JAVA_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _EPOCH = dt.datetime(1970, 1, 1)
+# the instants whose text Spark and Python agree on: 0001-01-01 .. 9999-12-31 23:59:59.999999
+_MIN_US, _MAX_US = -62_135_596_800 * 10**6, 253_402_300_800 * 10**6 - 1
+_UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 
 class NeedsSpark(ValueError):
@@ -64,28 +71,41 @@ def _java_double(x: float, single: bool = False) -> str:
     return f"{mant if '.' in mant else mant + '.0'}E{int(exp)}"
 
 
-def _micros(arr: pa.Array, nanos_div: bool) -> list[int | None]:
-    """Timestamp values as integer microseconds since the epoch (UTC, or wall clock when naive).
+def micros(arr: pa.Array, nanos_div: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 microseconds since the epoch, validity) of a timestamp array: UTC, or the wall
+    clock when naive.
 
-    INT64 nanoseconds are divided as Spark's ``div`` does (toward zero); INT96, which pyarrow
-    also reports as ns, as Spark's INT96 reader does (floor)."""
-    unit = arr.type.unit
-    raw = arr.cast(pa.int64()).to_pylist()
-    scale = {"s": 1_000_000, "ms": 1_000, "us": 1}.get(unit)
-    if scale is not None:
-        return [None if v is None else v * scale for v in raw]
-    if nanos_div:
-        return [None if v is None else int(v / 1000) if v < 0 else v // 1000 for v in raw]
-    return [None if v is None else v // 1000 for v in raw]
+    INT64 nanoseconds are divided as Spark's ``div`` does (toward zero); INT96 (read as
+    microseconds, ``read_parquet``) is floored as Spark's INT96 reader does. NeedsSpark for an
+    instant outside years 1..9999, whose text this module cannot give as Spark does."""
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    raw = arr.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    if arr.type.unit == "ns":
+        us = raw // 1000
+        if nanos_div:
+            us = us + ((raw % 1000 != 0) & (raw < 0))
+    else:
+        scale = _UNIT_US[arr.type.unit]
+        if valid.any() and not (_MIN_US // scale <= raw[valid].min()
+                                and raw[valid].max() <= _MAX_US // scale):
+            raise NeedsSpark("a timestamp outside years 1..9999")
+        us = raw * scale
+    us = np.where(valid, us, 0)
+    if valid.any() and not (_MIN_US <= us.min() and us.max() <= _MAX_US):
+        raise NeedsSpark("a timestamp outside years 1..9999")
+    return us, valid
 
 
-def _timestamp_text(us: int) -> str:
-    try:
-        t = _EPOCH + dt.timedelta(microseconds=us)
-    except OverflowError as exc:
-        raise NeedsSpark(f"timestamp {us} us is outside Python's range") from exc
-    text = f"{t.year:04d}-{t.month:02d}-{t.day:02d} {t:%H:%M:%S}"
-    return text + (f".{t.microsecond:06d}".rstrip("0") if t.microsecond else "")
+def timestamp_texts(us: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """Spark's string of each instant (``cast(ts as string)`` in a UTC session):
+    ``yyyy-MM-dd HH:mm:ss`` and the microseconds without trailing zeros, if any."""
+    secs = us // 1_000_000
+    frac = us - secs * 1_000_000
+    base = pa.array(secs, pa.timestamp("s"), mask=~valid).cast(pa.string())
+    suffix = np.full(len(us), "", dtype=object)
+    fractional = valid & (frac != 0)
+    suffix[fractional] = [f".{f:06d}".rstrip("0") for f in frac[fractional].tolist()]
+    return pc.binary_join_element_wise(base, pa.array(suffix, pa.string()), "")
 
 
 def _integral(value: decimal.Decimal, kind: str) -> int | None:
@@ -111,22 +131,27 @@ def convert_column(arr: pa.Array, read_as: str, nanos: bool,
                    contract_type: str) -> tuple[list, list]:
     """(typed values, raw strings) of one stored column, as ``contract_read.normalize`` gives.
 
-    Raises NeedsSpark when the (stored, contract) pair is not in LOCAL_CONVERSIONS."""
+    Raises NeedsSpark when the (stored, contract) pair is not in LOCAL_CONVERSIONS, or for
+    strings that are not UTF-8 (Spark keeps their bytes)."""
     while pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
-    kind = "decimal" if read_as.startswith("decimal") else read_as
-    if nanos:
-        kind = "timestamp"
+    kind = _kind(read_as, nanos)
     if kind not in LOCAL_CONVERSIONS.get(contract_type, set()):
         raise NeedsSpark(f"{arr.type} stored for a {contract_type} column")
-    if kind in ("timestamp", "timestamp_ntz"):
-        us = _micros(arr, nanos_div=nanos)
-        raw = [None if v is None else _timestamp_text(v) for v in us]
-        return [None if v is None else (_EPOCH + dt.timedelta(microseconds=v)).date()
-                for v in us], raw
-    values = arr.to_pylist()
+    if kind in _INSTANTS:
+        us, valid = micros(arr, nanos_div=nanos)
+        raw = timestamp_texts(us, valid).to_pylist()
+        if contract_type == "timestamp":
+            return [int(v) if ok else None for v, ok in zip(us.tolist(), valid)], raw
+        return [(_EPOCH + dt.timedelta(microseconds=v)).date() if ok else None
+                for v, ok in zip(us.tolist(), valid)], raw
+    try:
+        values = arr.to_pylist()
+        if kind == "string":
+            values = [v.decode("utf8") if isinstance(v, bytes) else v for v in values]
+    except UnicodeDecodeError as exc:
+        raise NeedsSpark(f"a string that is not UTF-8 ({exc.reason})") from exc
     if kind == "string":
-        values = [v.decode("utf8", "replace") if isinstance(v, bytes) else v for v in values]
         raw = values
     elif kind in _FRACTIONS:
         raw = [None if v is None else _java_double(v, single=kind == "float") for v in values]
@@ -138,6 +163,36 @@ def convert_column(arr: pa.Array, read_as: str, nanos: bool,
         raw = [None if v is None else str(v) for v in values]
     return [None if v is None else _typed(v, kind, contract_type, raw_v)
             for v, raw_v in zip(values, raw)], raw
+
+
+def convert_arrow(arr: pa.Array, read_as: str, nanos: bool,
+                  contract_type: str) -> tuple[pa.Array, pa.Array]:
+    """``convert_column`` as Arrow arrays (typed in ``contract.ARROW_TYPES``, a timestamp as
+    int64 microseconds; raw as string), vectorised for strings and instants."""
+    while pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    kind = _kind(read_as, nanos)
+    if kind == "string" and contract_type == "string":
+        try:
+            text = arr.cast(pa.string())
+            text.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise NeedsSpark(f"a string that is not UTF-8 ({exc})") from exc
+        return text, text
+    if kind in _INSTANTS and contract_type == "timestamp":
+        us, valid = micros(arr, nanos_div=nanos)
+        return pa.array(us, pa.int64(), mask=~valid), timestamp_texts(us, valid)
+    typed, raw = convert_column(arr, read_as, nanos, contract_type)
+    kind_type = pa.int64() if contract_type == "timestamp" else contract.ARROW_TYPES[
+        contract_type]
+    return pa.array(typed, kind_type), pa.array(raw, pa.string())
+
+
+def _kind(read_as: str, nanos: bool) -> str:
+    """The LOCAL_CONVERSIONS name of a stored column (``StoredColumn.read_as``/``nanos``)."""
+    if nanos:
+        return "timestamp"
+    return "decimal" if read_as.startswith("decimal") else read_as
 
 
 def _typed(v: Any, kind: str, contract_type: str, raw: str) -> Any:
@@ -156,6 +211,8 @@ def _typed(v: Any, kind: str, contract_type: str, raw: str) -> Any:
         return _integral(decimal.Decimal(v), contract_type)  # uint64 arrives as int
     if contract_type == "double":
         return float(np.float32(v)) if kind == "float" else float(v)
+    if contract_type == "timestamp":
+        return None  # contract_read._typed: numbers, booleans and dates are not instants
     return v  # date from date
 
 
@@ -168,14 +225,7 @@ def read_table(files: Sequence[str], table: TableSpec, report: bool = True
 
     Raises NeedsSpark (before reading any data) when a file stores a column in a type this
     module does not convert exactly."""
-    groups, extras = contract_read.inspect_files(files, table)
-    for key in groups:
-        for name, read_as, nanos, _ in key:
-            kind = "timestamp" if nanos else ("decimal" if read_as.startswith("decimal")
-                                              else read_as)
-            if kind not in LOCAL_CONVERSIONS.get(table.column(name).type, set()):
-                raise NeedsSpark(f"{table.name}: column {name} stored as {read_as} is read by "
-                                 "Spark only")
+    groups, extras = inspect_local(files, table)
     if report:
         contract_read._print_read_notes(table, groups, extras)
     frames = [_read_file(uri, key, table) for key, group in sorted(groups.items())
@@ -187,10 +237,36 @@ def read_table(files: Sequence[str], table: TableSpec, report: bool = True
     return pd.concat(frames, ignore_index=True)[columns], extras
 
 
-def _read_file(uri: str, key: tuple, table: TableSpec) -> pd.DataFrame:
+def inspect_local(files: Sequence[str], table: TableSpec) -> tuple[dict[tuple, list[str]],
+                                                                   list[str]]:
+    """``contract_read.inspect_files``, raising NeedsSpark (before any data is read) when a
+    file stores a column in a type this module does not convert exactly."""
+    groups, extras = contract_read.inspect_files(files, table)
+    for key in groups:
+        for name, read_as, nanos, _ in key:
+            if _kind(read_as, nanos) not in LOCAL_CONVERSIONS.get(table.column(name).type,
+                                                                  set()):
+                raise NeedsSpark(f"{table.name}: column {name} stored as {read_as} is read by "
+                                 "Spark only")
+    return groups, extras
+
+
+def read_parquet(uri: str, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of one Parquet file (INT96 as microseconds, as Spark reads it); a file that
+    cannot be read is one line naming it and the fix."""
     fs, path = storage.filesystem(uri)
-    with fs.open_input_file(path) as handle:
-        data = pq.ParquetFile(handle).read(columns=[k[0] for k in key])
+    try:
+        with fs.open_input_file(path) as handle:
+            return pq.ParquetFile(handle, coerce_int96_timestamp_unit="us").read(
+                columns=list(columns))
+    except (OSError, pa.ArrowException) as exc:
+        detail = " ".join(str(exc).split())[:240]
+        raise ValueError(f"cannot read {uri}: {detail}. Fix: the file is damaged or not "
+                         "Parquet: rewrite it, or remove it / move it out of the source") from exc
+
+
+def _read_file(uri: str, key: tuple, table: TableSpec) -> pd.DataFrame:
+    data = read_parquet(uri, [k[0] for k in key])
     out: dict[str, list] = {}
     for c in table.columns:
         out[c.name] = out[RAW_PREFIX + c.name] = [None] * data.num_rows
@@ -198,8 +274,9 @@ def _read_file(uri: str, key: tuple, table: TableSpec) -> pd.DataFrame:
         typed, raw = convert_column(data.column(name).combine_chunks(), read_as, nanos,
                                     table.column(name).type)
         out[name], out[RAW_PREFIX + name] = typed, raw
-    for pc, value in zip(table.partition_columns, contract_read.partition_values(uri, table)):
-        out[pc.name] = [value] * data.num_rows
+    for part, value in zip(table.partition_columns,
+                           contract_read.partition_values(uri, table)):
+        out[part.name] = [value] * data.num_rows
     return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in out.items()})
 
 

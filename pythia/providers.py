@@ -311,9 +311,9 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
     qdir = join(paths.quarantine, "provider_metrics")
     with user_input_errors("select_providers"):
         files = contract.list_table_files(source_path, "provider_metrics")
-        metrics, read_manifest = _on_driver(
+        metrics, read_manifest = providers_local.on_driver(
             "select_providers", files, params,
-            lambda: providers_local.read_provider_metrics(source_path, qdir))
+            lambda: providers_local.read_provider_metrics(source_path, qdir)) or (None, None)
         if metrics is None:
             with spark_session("pythia-providers", params, source_path) as spark:
                 metrics, read_manifest = read_provider_metrics(spark, source_path, qdir)
@@ -339,23 +339,6 @@ def _quarantined(by_reason: Mapping[str, int]) -> str:
     return f"{sum(hits.values())} quarantined{detail}"
 
 
-def _on_driver(step: str, files: Sequence[str], params: Any, work: Any) -> Any:
-    """``work()`` when the input fits the driver and its types convert exactly there; else
-    ``(None, None)`` and the caller uses Spark. The engine and why go to the step's log."""
-    from pythia import contract_local, providers_local
-    fits, why = providers_local.use_driver(files, params)
-    if fits:
-        try:
-            result = work()
-        except contract_local.NeedsSpark as exc:
-            why = f"Spark ({exc})"
-        else:
-            print(f"{step}: {why}")
-            return result
-    print(f"{step}: {why}")
-    return None, None
-
-
 def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: Any) -> dict:
     """The prepare_labels step: one label per user from the chosen provider (a manifest).
 
@@ -368,10 +351,9 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
     qdir = join(paths.quarantine, "labels")
     with user_input_errors("prepare_labels"):
         files = contract.list_table_files(source_path, "labels")
-        manifest, _ = _on_driver(
+        manifest = providers_local.on_driver(
             "prepare_labels", files, params,
-            lambda: (providers_local.prepare_labels(source_path, *args, quarantine_dir=qdir),
-                     None))
+            lambda: providers_local.prepare_labels(source_path, *args, quarantine_dir=qdir))
         if manifest is None:
             with spark_session("pythia-labels", params, source_path) as spark:
                 manifest = prepare_labels(spark, source_path, *args, quarantine_dir=qdir)

@@ -1,7 +1,8 @@
-"""Spark jobs of the data side: session, hourly join, splits/resampling/power users, reconciliation.
+"""Jobs of the data side: session, hourly join, splits/resampling/power users, reconciliation.
 
 ``session`` builds the SparkSession; ``hourly`` turns impression partitions into labelled,
-feature-derived rows; ``splits`` writes the four training splits; ``reconcile`` proves every
+feature-derived rows (``hourly_local``: the same on the driver, without a JVM, for small
+tasks); ``splits`` writes the four training splits; ``reconcile`` proves every
 input row is accounted for. ``sample`` writes tiny hand-made sources in the contract layout.
 The flow's steps call :func:`run_hours` (etl_hour) and :func:`join_hours` (join_hours); a Spark
 failure caused by an input file surfaces there as one line naming the file and the fix.
@@ -14,16 +15,28 @@ from typing import Any, Mapping
 def run_hours(source_path: str, hours: list[int], window: Mapping[str, list[str]],
               labels_manifest: Mapping[str, Any], params: Any, paths: Any) -> dict:
     """The etl_hour step: validate, quarantine, derive and label these hours of day over the
-    window; returns the task's manifest."""
+    window; returns the task's manifest.
+
+    On the driver (``hourly_local``, no JVM) when the task's impressions are small and the run
+    is local (``providers_local.use_driver``: footer rows <= ``PYTHIA_DRIVER_MAX_ROWS``), else
+    Spark (``hourly``); the choice and why are printed in one line."""
+    from pythia import contract_read, providers_local
     from pythia.errors import user_input_errors
-    from pythia.etl import hourly
+    from pythia.etl import hourly, hourly_local
     from pythia.etl.session import spark_session
     from pythia.source import window_of
-    with spark_session(f"pythia-etl-{hours[0]:02d}", params, source_path) as spark, \
-            user_input_errors("etl_hour"):
-        manifest = hourly.run_hours(spark, source_path, hours, window_of(window),
-                                    labels_manifest["labels_path"], paths.etl_hours(hours),
-                                    paths.quarantine, params.geo, params.etl.allow_gaps)
+    w = window_of(window)
+    args = (source_path, hours, w, labels_manifest["labels_path"], paths.etl_hours(hours),
+            paths.quarantine, params.geo, params.etl.allow_gaps)
+    with user_input_errors("etl_hour"):
+        found = contract_read.list_partition_files(source_path, w.dates, hours)
+        files = [f for _, fs in sorted(found.items()) for f in fs]
+        manifest = providers_local.on_driver("etl_hour", files, params,
+                                             lambda: hourly_local.run_hours(*args))
+    if manifest is None:
+        with spark_session(f"pythia-etl-{hours[0]:02d}", params, source_path) as spark, \
+                user_input_errors("etl_hour"):
+            manifest = hourly.run_hours(spark, *args)
     t = manifest["total"]
     bad = {r: n for r, n in t["quarantined"].items() if n}
     print(f"etl_hour {','.join(f'{h:02d}' for h in hours)}: {t['rows_in']:,} impressions read, "

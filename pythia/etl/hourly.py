@@ -163,7 +163,7 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
         schema = [[f.name, f.dataType.simpleString()] for f in written.schema.fields]
     finally:
         every.unpersist()
-    return _manifest(rows, window, hours, gaps, extras, schema, source, labels_path,
+    return build_manifest(rows, window, hours, gaps, extras, schema, source, labels_path,
                      rows_path, q_path, ud_path, ids_path)
 
 
@@ -181,9 +181,11 @@ def manifest_totals(per_hour: Sequence[Mapping]) -> dict:
             "written_by_split": written_by_split}
 
 
-def _manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[str],
-              extras: list[str], schema: list, source: str, labels_path: str, rows_path: str,
-              q_path: str, ud_path: str, ids_path: str) -> dict:
+def build_manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[str],
+                   extras: list[str], schema: list, source: str, labels_path: str,
+                   rows_path: str, q_path: str, ud_path: str, ids_path: str) -> dict:
+    """The task's manifest from ``rows``: ``(date, hour, split, outcome, y_age_gender, n)``
+    per group of rows read (both engines of etl_hour build it here)."""
     per: dict[tuple[str, int], dict] = {}
     for d in window.dates:
         for h in hours:

@@ -1,6 +1,8 @@
-"""Spark Parquet I/O at the edges: atomic dataset writes on local disk and S3 alike."""
+"""Parquet I/O at the edges: atomic dataset writes on local disk and S3 alike, from Spark
+(``write_parquet_atomic``) or from Arrow on the driver (``write_arrow_atomic``)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pythia import storage
@@ -30,3 +32,17 @@ def read_parquet(spark: Any, uris: list[str] | str) -> Any:
     if not uris:
         raise ValueError("read_parquet needs at least one path")
     return spark.read.parquet(*[spark_uri(u, spark) for u in uris])
+
+
+def write_arrow_atomic(table: Any, uri: str, int96_timestamps: bool = False) -> str:
+    """Write a pyarrow Table as a one-file Parquet dataset at ``uri`` with a ``_SUCCESS``
+    marker, so readers never see a partial one (``storage.staged_dir``: a hidden sibling renamed
+    into place, or uploaded to S3 once complete). ``int96_timestamps`` stores timestamps as
+    Spark writes them by default (INT96). Returns ``uri``."""
+    import pyarrow.parquet as pq
+
+    with storage.staged_dir(uri) as folder:
+        pq.write_table(table, os.path.join(folder, "part-00000-driver.parquet"),
+                       use_deprecated_int96_timestamps=int96_timestamps)
+        open(os.path.join(folder, "_SUCCESS"), "wb").close()
+    return uri
