@@ -145,6 +145,25 @@ def test_age_output_is_the_age_gender_marginal_whatever_the_age_head_says(encode
     assert max_abs_diff(got, FusedMLP(export, encoders).predict(ids, numeric)) <= PARITY
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
+def test_graph_holds_only_the_age_gender_head(encoders, wide):
+    """The gender and age heads are training aids: no node or weight of the graph comes from
+    them (other such heads give the same bytes) and the head's Gemm has AgeGender's width."""
+    export = make_export(encoders, seed=18, wide=wide)
+    model = build_onnx_model(export, encoders)
+    n_joint = len(features.class_labels("age_gender", encoders.age_edges))
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    assert shapes["head_W"][1] == n_joint
+    if wide:
+        assert shapes["wide_table"][1] == shapes["wide_numeric_W"][1] == n_joint
+    for t in ("gender", "age"):
+        W, b, link = export["heads"][t]
+        export["heads"][t] = (W * 3.0 - 1.0, b + 2.0, link)
+        if wide:
+            export["wide"][t] = [(n, w * 5.0) for n, w in export["wide"][t]]
+    assert build_onnx_model(export, encoders).SerializeToString() == model.SerializeToString()
+
+
 def test_model_file_declares_its_interface(encoders):
     import onnx
 
