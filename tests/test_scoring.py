@@ -183,9 +183,11 @@ def test_predict_one_and_chunks_match_reference(encoders, age_link, max_fused_by
     assert mlp.premultiplied is (max_fused_bytes is None)
     mlp.chunk_rows = 5  # 23 rows -> 5 chunks, the last one short
     want = reference_predict(export, ids, numeric)
-    got = mlp.predict(ids, numeric)
-    for t in TARGETS:
-        np.testing.assert_allclose(got[t], want[t], atol=1e-12)
+    for few_rows in (FusedMLP.few_rows, 0):  # chunks of few rows: pre-multiplied table or not
+        mlp.few_rows = few_rows
+        got = mlp.predict(ids, numeric)
+        for t in TARGETS:
+            np.testing.assert_allclose(got[t], want[t], atol=1e-12)
     for i in range(len(ids)):
         one = mlp.predict_one(ids[i].tolist(), numeric[i].tolist())
         for t in TARGETS:
@@ -203,7 +205,7 @@ def test_forward_pass_computes_only_the_age_gender_head(encoders, hidden, wide):
     last = mlp.layers[-1][0] if mlp.layers else mlp._W1_grouped
     assert last.shape[1] == n_joint and mlp.n_out == n_joint
     if wide:
-        assert {t.shape[1] for t in mlp._wide_tables} == {n_joint}
+        assert mlp._wide_stacked.shape[1] == n_joint
         assert mlp._wide_numeric.shape == (len(NUMERIC_FEATURES), n_joint)
     # the gender and age heads' weights change nothing
     for t in ("gender", "age"):
