@@ -161,6 +161,13 @@ def test_pyarrow_tables_plain_and_dictionary(encoder):
     chunked = pa.concat_tables([encoded.slice(0, 20), encoded.slice(20)])  # two dictionaries
     assert_rows_equal(encoder, chunked, rows)
     assert_rows_equal(encoder, encoded.to_batches()[0], rows)
+    # dictionary columns without a null (their indices read as they are) next to ones with
+    full = [{c: ("" if v is None and c != "ts" else v) for c, v in r.items()} for r in rows]
+    no_nulls = pa.Table.from_pylist(full)
+    no_nulls = pa.table({c: (no_nulls[c].dictionary_encode() if c != "ts" else no_nulls[c])
+                         for c in no_nulls.column_names})
+    assert all(no_nulls[c].null_count == 0 for c in no_nulls.column_names if c != "ts")
+    assert_rows_equal(encoder, no_nulls, full)
     large = table.cast(pa.schema([pa.field(f.name, pa.large_string() if
                                            pa.types.is_string(f.type) else f.type)
                                   for f in table.schema]))
