@@ -192,6 +192,34 @@ def time_rows_per_s(fn, batches: list, seconds: float = 2.0) -> tuple[float, flo
     return max(rates), float(np.median(rates))
 
 
+def time_interleaved(contenders: dict, seconds: float = 8.0) -> dict:
+    """{name: (best wall, median wall, median CPU) rows/s} of ``{name: (fn, batches)}`` timed
+    in turns: every round calls each contender on each of its batches, so load from other
+    processes falls on all of them alike (timed one after the other, a contender can draw a
+    quiet or a busy spell). CPU time is the process's (``time.process_time``: every thread,
+    TensorFlow's pools included), which other processes' load barely moves."""
+    wall: dict = {name: [] for name in contenders}
+    cpu: dict = {name: [] for name in contenders}
+    for fn, batches in contenders.values():
+        fn(batches[0])
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or min(map(len, wall.values())) < 5:
+        for name, (fn, batches) in contenders.items():
+            for b in batches:
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn(b)
+                t1, c1 = time.perf_counter(), time.process_time()
+                wall[name].append(_rows_of(b) / (t1 - t0))
+                cpu[name].append(_rows_of(b) / max(c1 - c0, 1e-9))
+    return {name: (max(wall[name]), float(np.median(wall[name])), float(np.median(cpu[name])))
+            for name in contenders}
+
+
+# Issue 16's like-for-like comparisons, filled in as the sections build their callables:
+# {group: {label: (fn, batches)}}, the group's peer first.
+CONTENDERS: dict = {"forward": {}, "raw": {}}
+
+
 def _rows_of(batch) -> int:
     if isinstance(batch, dict):
         return len(next(iter(batch.values())))
@@ -314,16 +342,25 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
         best, median = time_rows_per_s(fn, data)
         results[key], results[key + "_median"] = best, median
         print(f"  {label:32s} {best:10,.0f} / {median:10,.0f}")
+    forward_numpy = ("bundle NumPy forward -> probabilities", (lambda p: rt.predict(*p),
+                                                                enc_batches))
+    raw_numpy = [("Scorer.score_arrays [numpy float32], Arrow", (scorer.score_arrays,
+                                                                 arrow_batches)),
+                 ("Scorer.score_arrays [numpy float32], dicts", (scorer.score_arrays, batches))]
 
     try:
-        _measure_onnx(bundle, export, encoded, batches, enc_batches, single, results,
-                      arrow_batches)
+        onnx_forward, onnx_raw = _measure_onnx(bundle, export, encoded, batches, enc_batches,
+                                               single, results, arrow_batches)
     except ImportError as exc:
+        onnx_forward, onnx_raw = [], []
         print(f"\n(ONNX Runtime comparison skipped: {exc})")
 
     if model_dir:
         _measure_keras(model_dir, enc_batches, pairs, args, results, export, scorer,
                        arrow_batches)
+        CONTENDERS["forward"].update([forward_numpy] + onnx_forward)
+        if CONTENDERS["raw"]:
+            CONTENDERS["raw"].update(raw_numpy + onnx_raw)
     else:
         print("\n(no MLP model folder: Keras comparison skipped)")
 
@@ -362,42 +399,32 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
 
 
 def _print_peer_comparisons(results: dict) -> None:
-    """Issue 16's batched goal, like for like: forward vs forward (encoded ids in), and raw
-    request columns in -> probabilities out on both sides."""
-    def line(label: str, key: str, peer: str) -> None:
-        if key in results and peer in results:
-            print(f"    {label:52s} {results[key]:10,.0f} rows/s  "
-                  f"{results[key] / results[peer]:5.2f}x")
-
-    print("\n-- batched, forward vs forward: encoded ids + numerics in (no encoding on either "
-          "side)")
-    print(f"    {'tf.function -> probabilities (the peer)':52s} "
-          f"{results['tf_proba_rows']:10,.0f} rows/s  1.00x")
-    line("bundle NumPy forward -> probabilities", "fused_rows", "tf_proba_rows")
-    line("bundle ONNX Runtime forward -> probabilities", "onnx_rows", "tf_proba_rows")
-    print(f"    {'tf.function -> all heads logits (the old peer)':52s} "
-          f"{results['tf_function_rows']:10,.0f} rows/s  "
-          f"{results['tf_function_rows'] / results['tf_proba_rows']:5.2f}x")
-    line("bundle NumPy forward vs the old peer", "fused_rows", "tf_function_rows")
-    line("bundle ONNX Runtime forward vs the old peer", "onnx_rows", "tf_function_rows")
-    if "tf_raw_rows" not in results:
-        return
-    print("\n-- batched, raw in -> probabilities out: request columns (Arrow dictionary "
-          "strings, int64 ts) in")
-    print(f"    {'tf.function raw peer, string tensors in (the peer)':52s} "
-          f"{results['tf_raw_rows']:10,.0f} rows/s  1.00x   (Arrow -> tensors not timed)")
-    line("tf.function raw peer, Arrow -> tensors included", "tf_raw_arrow_rows", "tf_raw_rows")
-    line("Scorer.score_arrays [numpy float32] from Arrow", "arrays_float32_arrow",
-         "tf_raw_rows")
-    line("Scorer.score_arrays [onnx] from Arrow", "arrays_onnx_arrow", "tf_raw_rows")
-    line("Scorer.score_arrays [numpy float32] from dicts", "arrays_float32", "tf_raw_rows")
-    print(f"    (peer checked equal to Scorer.score_arrays: max |diff| "
-          f"{results['tf_raw_max_diff']:.1e} over {results['tf_raw_check_rows']:,} rows, "
-          f"DST edges and subdivisions included; the UTC offsets are computed in the graph)")
+    """Issue 16's batched goal, like for like, each group timed in turns (``time_interleaved``):
+    forward vs forward (encoded ids in), and raw request columns in -> probabilities out."""
+    titles = {"forward": "forward vs forward: encoded ids + numerics in, no encoding on "
+                         "either side",
+              "raw": "raw in -> probabilities out: request columns in (Arrow: dictionary "
+                     "strings, int64 ts; the peer takes them as string tensors)"}
+    for group, contenders in CONTENDERS.items():
+        if len(contenders) < 2:
+            continue
+        timed = time_interleaved(contenders)
+        peer = next(iter(timed))
+        print(f"\n-- batched, {titles[group]}; timed in turns. rows/s: best call (wall), "
+              f"median call (wall), median call per CPU second; ratios to the peer")
+        for label, (best, median, cpu) in timed.items():
+            results[f"{group}: {label}"] = best
+            print(f"    {label:50s} {best:9,.0f} {best / timed[peer][0]:5.2f}x "
+                  f"{median:9,.0f} {cpu:9,.0f} {cpu / timed[peer][2]:5.2f}x")
+    if CONTENDERS["raw"]:
+        print(f"    (the raw peer equals Scorer.score_arrays to {results['tf_raw_max_diff']:.1e} "
+              f"over {results['tf_raw_check_rows']:,} rows, DST edges and subdivisions "
+              f"included; its UTC offsets are computed in the graph; one model, no routing)")
 
 
 def _measure_onnx(bundle: str, export: dict, encoded: list, batches: list,
-                  enc_batches: list, single: list, results: dict, arrow_batches: list) -> None:
+                  enc_batches: list, single: list, results: dict, arrow_batches: list
+                  ) -> tuple[list, list]:
     """The same model through ONNX Runtime: forward alone, and behind the Scorer's encoder."""
     import onnxruntime
 
@@ -429,6 +456,10 @@ def _measure_onnx(bundle: str, export: dict, encoded: list, batches: list,
         results["arrays_onnx_arrow"], results["arrays_onnx_arrow_median"] = best, median
         print(f"  score_arrays [onnx], Arrow     {best:10,.0f} / {median:10,.0f} (dictionary "
               f"columns, encoding included)")
+    return ([("bundle ONNX Runtime forward -> probabilities",
+              (lambda p: engine.predict(*p), enc_batches))],
+            [("Scorer.score_arrays [onnx], Arrow", (hybrid.score_arrays, arrow_batches))]
+            if arrow_batches[0] is not None else [])
 
 
 def _measure_keras(model_dir: str, enc_batches: list, pairs: list, args: argparse.Namespace,
@@ -465,6 +496,9 @@ def _measure_keras(model_dir: str, enc_batches: list, pairs: list, args: argpars
     proba = _proba_peer(keras_model, export, signature, scorer)
     diff = max(float(np.max(np.abs(proba(tf_batches[0])[t].numpy() - v)))
                for t, v in scorer.models[GLOBAL_REGION].predict(*enc_batches[0]).items())
+    CONTENDERS["forward"]["tf.function -> probabilities (the peer)"] = (proba, tf_batches)
+    CONTENDERS["forward"]["tf.function -> all heads' logits (the older peer)"] = (serve,
+                                                                                  tf_batches)
     best, median = time_rows_per_s(proba, tf_batches)
     results["tf_proba_rows"] = best
     print(f"  tf.function -> probabilities   {best:10,.0f} / {median:10,.0f} (AgeGender "
@@ -521,6 +555,9 @@ def _measure_raw_peer(keras_model, export: dict, scorer: Scorer, arrow_batches: 
     results["tf_raw_max_diff"] = check_peer(peer, scorer, sample)
     results["tf_raw_check_rows"] = sample.num_rows
     tensors = [arrow_to_tensors(b) for b in arrow_batches]
+    CONTENDERS["raw"]["tf.function raw peer, string tensors in (the peer)"] = (peer, tensors)
+    CONTENDERS["raw"]["tf.function raw peer, Arrow -> tensors timed too"] = (
+        lambda b: peer(arrow_to_tensors(b)), arrow_batches)
     best, median = time_rows_per_s(peer, tensors)
     results["tf_raw_rows"] = best
     print(f"  tf.function raw peer           {best:10,.0f} / {median:10,.0f} (string tensors + "
