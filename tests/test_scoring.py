@@ -218,6 +218,16 @@ def test_forward_pass_computes_only_the_age_gender_head(encoders, hidden, wide):
         np.testing.assert_array_equal(p, again[t])
 
 
+@pytest.mark.parametrize("max_fused_bytes", [None, 0])
+def test_empty_batch(encoders, max_fused_bytes):
+    kw = {} if max_fused_bytes is None else {"max_fused_bytes": max_fused_bytes}
+    mlp = FusedMLP(make_export(encoders, seed=10, wide=True, dim=MIXED_DIMS), encoders, **kw)
+    got = mlp.predict(np.zeros((0, len(CATEGORICAL_FEATURES)), dtype=np.int64),
+                      np.zeros((0, len(NUMERIC_FEATURES)), dtype=np.float32))
+    assert {t: p.shape for t, p in got.items()} == {
+        t: (0, len(features.class_labels(t, encoders.age_edges))) for t in TARGETS}
+
+
 def test_dtype_is_checked(encoders):
     with pytest.raises(ValueError, match="dtype"):
         FusedMLP(make_export(encoders), encoders, dtype="float16")

@@ -36,7 +36,9 @@ def build_onnx_model(export: Mapping[str, Any], encoders: Encoders, *,
     * one Gather per embedding table (ids split by column), concatenated with the numerics.
       Measured against one gather from a zero-padded stack of the tables: that has 16 fewer
       nodes (faster for one row) but its first matmul multiplies the padding too, which made
-      4,096-row batches ~15% slower -- and the batched path is where ONNX Runtime is used;
+      4,096-row batches ~15% slower -- and the batched path is where ONNX Runtime is used.
+      Gathering equally wide tables together measured no faster; gathering rows of the tables
+      pre-multiplied by the first layer and summing them (no first Gemm) ~2.5x slower;
     * the trunk as Gemm + Relu;
     * only the AgeGender head (``runtime.joint_head``): one Gemm with ``1 / temperature``
       folded into the weights and ``log(prior_ratio)`` into the bias (``softmax(z + log r) =

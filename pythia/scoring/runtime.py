@@ -77,8 +77,8 @@ class FusedMLP:
             path (same numbers, slower).
     """
 
-    # Rows per batch step: 1,024 measured fastest of 128..4,096 on the default-shape MLP (the
-    # activations of a step stay in the 2 MB L2 cache; smaller steps pay more per-call costs).
+    # Rows per batch step, measured on the default-shape MLP: 128..512 were slower, 2,048 and
+    # 4,096 no faster (a 1,024-row step's first-layer activations are 1 MB in float32).
     chunk_rows = 1024
     # Up to this many rows the first layer sums pre-multiplied rows (as ``predict_one`` does):
     # fewer NumPy calls than a gather per width group (measured faster up to 8 rows, even at 16).
@@ -116,7 +116,8 @@ class FusedMLP:
             sizes = [tables[j].shape[0] for j in js]
             self._groups.append((np.concatenate([tables[j] for j in js]).astype(dt),
                                  np.array(js, dtype=np.intp),
-                                 np.cumsum([0] + sizes[:-1]).astype(np.int64)))
+                                 np.cumsum([0] + sizes[:-1]).astype(np.int64),
+                                 dims[js[0]] * len(js)))  # (table, columns, offsets, width)
             rows += [r for j in js for r in range(starts[j], starts[j + 1])]
         self._W1_grouped = np.concatenate([W1[rows], num_W1]).astype(dt)
         self.b1 = b1.astype(dt)
@@ -176,8 +177,9 @@ class FusedMLP:
             h += numeric @ self._fused[self._extra_rows[:-1]]
             h += self._fused[self._extra_rows[-1]]
         else:
-            x = np.concatenate([table.take(ids[:, cols] + offsets, axis=0).reshape(n, -1)
-                                for table, cols, offsets in self._groups] + [numeric], axis=1)
+            x = np.concatenate([table.take(ids[:, cols] + offsets, axis=0).reshape(n, width)
+                                for table, cols, offsets, width in self._groups] + [numeric],
+                               axis=1)
             h = x @ self._W1_grouped
             h += self.b1
         z = self._hidden_to_logits(h)
