@@ -20,6 +20,10 @@ Issue 16's batched goal is printed as two like-for-like comparisons:
   vocabularies, the UTC offset table searched in the graph, local hour / day, normalisation),
   checked equal to the scorer (1e-5) on a sample with DST edges before it is timed.
 
+Each comparison's contenders are timed in turns (``time_interleaved``) and reported as best wall
+call, median wall call and median call per CPU second: on a shared machine the CPU-time median
+is the steadiest of the three.
+
 Prints ratios. Threads are pinned to 1 (one core); the heap is ``gc.freeze()``-d before latency
 loops, as a bidder would after loading. On a shared machine the figures move with other load:
 compare rows of one run, not runs. Usage::
