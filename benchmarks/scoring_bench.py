@@ -7,9 +7,26 @@ plain NumPy forward pass (per-table gathers + concat), against the bundle's ONNX
 ONNX Runtime in-process (one intra-op thread; ``pythia.scoring.onnx_export``) and against the
 Keras model called through a ``tf.function`` with a fixed input signature and through
 ``model(x)``. The batched encoder is timed on the same batches as a list of dicts, as a dict of
-NumPy arrays and as a pyarrow Table of dictionary columns. Prints ratios. Threads are pinned
-to 1 (one core); the heap is ``gc.freeze()``-d before latency loops, as a bidder would after
-loading. Usage::
+NumPy arrays and as a pyarrow Table of dictionary columns.
+
+Issue 16's batched goal is printed as two like-for-like comparisons:
+
+* forward vs forward: encoded ids in on both sides; the bundle's forward (probabilities) against
+  a ``tf.function`` returning the same probabilities (AgeGender's logits with the bundle's
+  temperature and prior ratio, softmax, marginals), and against the plain ``tf.function``
+  returning every head's logits (the older peer);
+* raw in -> probabilities out: ``Scorer.score_arrays`` on Arrow dictionary columns against a
+  ``tf.function`` that encodes the same raw columns in its graph (``tf_raw_peer.py``: hash-table
+  vocabularies, the UTC offset table searched in the graph, local hour / day, normalisation),
+  checked equal to the scorer (1e-5) on a sample with DST edges before it is timed.
+
+Each comparison's contenders are timed in turns (``time_interleaved``) and reported as best wall
+call, median wall call and median call per CPU second: on a shared machine the CPU-time median
+is the steadiest of the three.
+
+Prints ratios. Threads are pinned to 1 (one core); the heap is ``gc.freeze()``-d before latency
+loops, as a bidder would after loading. On a shared machine the figures move with other load:
+compare rows of one run, not runs. Usage::
 
     python benchmarks/scoring_bench.py                 # train a model, bundle it, measure
     python benchmarks/scoring_bench.py --bundle PATH   # measure a bundle (Keras too if its
@@ -33,9 +50,9 @@ import numpy as np  # noqa: E402
 
 from pythia import features  # noqa: E402
 from pythia.config import GLOBAL_REGION, Geography  # noqa: E402
-from pythia.features import (CATEGORICAL_FEATURES, DERIVED, FEATURES,  # noqa: E402
-                             IMPRESSION_ID, NUMERIC_FEATURES, TARGETS, TS, USER_ID, Y_AGE,
-                             Y_AGE_GENDER, Y_GENDER, Encoders, NumericStats, Vocabulary)
+from pythia.features import (CATEGORICAL_FEATURES, COUNTRY, DERIVED, FEATURES,  # noqa: E402
+                             GEO_REGION, IMPRESSION_ID, NUMERIC_FEATURES, TARGETS, TS, USER_ID,
+                             Y_AGE, Y_AGE_GENDER, Y_GENDER, Encoders, NumericStats, Vocabulary)
 from pythia.scoring import Scorer, read_bundle_doc  # noqa: E402
 
 TS0 = 1_700_000_000
@@ -179,6 +196,34 @@ def time_rows_per_s(fn, batches: list, seconds: float = 2.0) -> tuple[float, flo
     return max(rates), float(np.median(rates))
 
 
+def time_interleaved(contenders: dict, seconds: float = 8.0) -> dict:
+    """{name: (best wall, median wall, median CPU) rows/s} of ``{name: (fn, batches)}`` timed
+    in turns: every round calls each contender on each of its batches, so load from other
+    processes falls on all of them alike (timed one after the other, a contender can draw a
+    quiet or a busy spell). CPU time is the process's (``time.process_time``: every thread,
+    TensorFlow's pools included), which other processes' load barely moves."""
+    wall: dict = {name: [] for name in contenders}
+    cpu: dict = {name: [] for name in contenders}
+    for fn, batches in contenders.values():
+        fn(batches[0])
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or min(map(len, wall.values())) < 5:
+        for name, (fn, batches) in contenders.items():
+            for b in batches:
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn(b)
+                t1, c1 = time.perf_counter(), time.process_time()
+                wall[name].append(_rows_of(b) / (t1 - t0))
+                cpu[name].append(_rows_of(b) / max(c1 - c0, 1e-9))
+    return {name: (max(wall[name]), float(np.median(wall[name])), float(np.median(cpu[name])))
+            for name in contenders}
+
+
+# Issue 16's like-for-like comparisons, filled in as the sections build their callables:
+# {group: {label: (fn, batches)}}, the group's peer first.
+CONTENDERS: dict = {"forward": {}, "raw": {}}
+
+
 def _rows_of(batch) -> int:
     if isinstance(batch, dict):
         return len(next(iter(batch.values())))
@@ -246,8 +291,14 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
     single = make_requests(encoders, args.single, seed=3)
     batches = [make_requests(encoders, args.batch, seed=10 + i) for i in range(4)]
     rt = scorer.models[GLOBAL_REGION]
-    shape = (f"{len(CATEGORICAL_FEATURES)} tables, {rt.offsets[-1]} vocabulary rows, trunk "
-             f"{[rt.b1.shape[0]] + [W.shape[1] for W, _, _ in rt.layers]}")
+    export = load_export_npz(os.path.join(bundle, read_bundle_doc(bundle)["models"]
+                                          [GLOBAL_REGION]["file"]))
+    shape = (f"{len(CATEGORICAL_FEATURES)} tables, "
+             f"{sum(len(t) for _, t in export['embeddings'])} vocabulary rows, embedding widths "
+             f"{sorted({t.shape[1] for _, t in export['embeddings']}, reverse=True)}, trunk "
+             f"{[W.shape[1] for W, _, _ in export['trunk']]}, heads "
+             f"{ {t: W.shape[1] for t, (W, _, _) in export['heads'].items()} } (AgeGender's "
+             f"computed), wide part: {'wide' in export}")
     print(f"model: {shape}; numpy {np.__version__}; threads pinned to 1")
 
     print("\n-- single request (Scorer.score, feature encoding included), microseconds")
@@ -266,8 +317,6 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
              for e in encoded]
     p50, p99 = time_single(lambda p: rt.predict(*p), pairs, repeats=2)
     print(f"  batch path with 1 row         p50 {p50:8.1f}   p99 {p99:8.1f}")
-    export = load_export_npz(os.path.join(bundle, read_bundle_doc(bundle)["models"]
-                                          [GLOBAL_REGION]["file"]))
     p50, p99 = time_single(lambda p: naive_forward(export, *p), pairs, repeats=2)
     results["naive_p50"] = p50
     print(f"  plain NumPy forward (float64) p50 {p50:8.1f}   p99 {p99:8.1f}")
@@ -281,6 +330,8 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
             ("arrays_float64", "Scorer.score_arrays [float64]", scorers["float64"].score_arrays,
              batches),
             ("batch", "Scorer.score_batch (dicts out)", scorer.score_batch, batches),
+            ("arrays_float32_arrow", "score_arrays [float32], Arrow", scorer.score_arrays,
+             arrow_batches),
             ("encode_rows", "  of which encode_many", enc.encode_many, batches),
             ("encode_columns", "encode_many, dict of arrays", enc.encode_many, col_batches),
             ("encode_arrow", "encode_many, Arrow (dictionary)", enc.encode_many,
@@ -289,26 +340,37 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
             ("naive_rows", "plain NumPy forward", lambda p: naive_forward(export, *p),
              enc_batches)]
     if arrow_batches[0] is None:
-        rows = [r for r in rows if r[0] != "encode_arrow"]
+        rows = [r for r in rows if r[0] not in ("encode_arrow", "arrays_float32_arrow")]
         print("  (pyarrow not installed: the Arrow rows are skipped)")
     for key, label, fn, data in rows:
         best, median = time_rows_per_s(fn, data)
         results[key], results[key + "_median"] = best, median
         print(f"  {label:32s} {best:10,.0f} / {median:10,.0f}")
+    forward_numpy = ("bundle NumPy forward -> probabilities", (lambda p: rt.predict(*p),
+                                                                enc_batches))
+    raw_numpy = [("Scorer.score_arrays [numpy float32], Arrow", (scorer.score_arrays,
+                                                                 arrow_batches)),
+                 ("Scorer.score_arrays [numpy float32], dicts", (scorer.score_arrays, batches))]
 
     try:
-        _measure_onnx(bundle, export, encoded, batches, enc_batches, single, results,
-                      arrow_batches)
+        onnx_forward, onnx_raw = _measure_onnx(bundle, export, encoded, batches, enc_batches,
+                                               single, results, arrow_batches)
     except ImportError as exc:
+        onnx_forward, onnx_raw = [], []
         print(f"\n(ONNX Runtime comparison skipped: {exc})")
 
     if model_dir:
-        _measure_keras(model_dir, enc_batches, pairs, args, results)
+        _measure_keras(model_dir, enc_batches, pairs, args, results, export, scorer,
+                       arrow_batches)
+        CONTENDERS["forward"].update([forward_numpy] + onnx_forward)
+        if CONTENDERS["raw"]:
+            CONTENDERS["raw"].update(raw_numpy + onnx_raw)
     else:
         print("\n(no MLP model folder: Keras comparison skipped)")
 
-    print("\n-- ratios")
-    print(f"  plain forward / predict_one, 1 row  {results['naive_p50'] / results['fused_p50']:6.2f}x")
+    print("\n-- ratios (each figure: best call of its own row, one run, busy machine)")
+    print(f"  plain forward / predict_one, 1 row  "
+          f"{results['naive_p50'] / results['fused_p50']:6.2f}x")
     print(f"  fused / plain forward, batched {results['fused_rows'] / results['naive_rows']:6.2f}x")
     print(f"  float32 / float64 rows/s       "
           f"{results['arrays_float32'] / results['arrays_float64']:6.2f}x")
@@ -317,12 +379,6 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
     if "encode_arrow" in results:
         print(f"  encode_many: Arrow dictionary / list of dicts "
               f"{results['encode_arrow'] / results['encode_rows']:6.2f}x")
-    if "tf_function_p50" in results:
-        p50 = results["score_p50_float32"]
-        print(f"  tf.function p50 / Scorer.score p50  {results['tf_function_p50'] / p50:8.1f}x")
-        print(f"  model(x) p50 / Scorer.score p50     {results['model_call_p50'] / p50:8.1f}x")
-        print(f"  Scorer rows/s / tf.function rows/s  "
-              f"{results['arrays_float32'] / results['tf_function_rows']:8.2f}x")
     if "onnx_rows" in results:
         print(f"  ONNX Runtime / fused NumPy forward, batched  "
               f"{results['onnx_rows'] / results['fused_rows']:6.2f}x")
@@ -330,39 +386,49 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
               f"{results['arrays_onnx'] / results['arrays_float32']:6.2f}x")
         print(f"  ONNX Runtime predict p50 / fused predict_one p50 (1 row) "
               f"{results['onnx_one_p50'] / results['fused_p50']:6.2f}x")
-    if "onnx_rows" in results and "tf_function_rows" in results:
-        tf_rows, tf_p50 = results["tf_function_rows"], results["tf_function_p50"]
-        print(f"  ONNX Runtime forward rows/s / tf.function rows/s   "
-              f"{results['onnx_rows'] / tf_rows:6.2f}x   (both pre-encoded)")
-        print(f"  score_arrays [onnx] rows/s / tf.function rows/s    "
-              f"{results['arrays_onnx'] / tf_rows:6.2f}x   (Scorer encodes, tf.function not)")
-        print(f"  tf.function p50 / ONNX Runtime predict p50 (1 row) "
-              f"{tf_p50 / results['onnx_one_p50']:6.1f}x   (both pre-encoded)")
-        print(f"  tf.function p50 / Scorer.score [onnx, all ORT] p50 "
-              f"{tf_p50 / results['onnx_score_p50']:6.1f}x")
+    if "tf_function_p50" in results:
+        p50 = results["score_p50_float32"]
+        print(f"  tf.function p50 / Scorer.score p50  {results['tf_function_p50'] / p50:8.1f}x")
+        print(f"  model(x) p50 / Scorer.score p50     {results['model_call_p50'] / p50:8.1f}x")
+        _print_peer_comparisons(results)
     print("\n-- goals: p50 <= 50 us, p99 <= 150 us, >= 100k rows/s, >= 10x tf.function at p50")
     print(f"  p50 {results['score_p50_float32']:.1f} us, p99 {results['score_p99_float32']:.1f} us,"
           f" {results['arrays_float32']:,.0f} rows/s best call "
           f"({results['arrays_float32_median']:,.0f} median); forward alone "
           f"{results['fused_rows']:,.0f} rows/s")
-    if "onnx_rows" in results and "tf_function_rows" in results:
-        # Issue 16: the bundle's batched path >= tf.function batched; one request >= 10x.
-        tf_rows = results["tf_function_rows"]
-        best_batched = max(results["arrays_onnx"], results["arrays_float32"])
-        print(f"  batched: bundle's best path {best_batched:,.0f} rows/s (encoding included) vs "
-              f"tf.function {tf_rows:,.0f} (pre-encoded) = {best_batched / tf_rows:.2f}x; "
-              f"forward alone ORT {results['onnx_rows'] / tf_rows:.2f}x")
-        if "arrays_onnx_arrow" in results:
-            print(f"  batched from Arrow dictionary columns: "
-                  f"{results['arrays_onnx_arrow']:,.0f} rows/s = "
-                  f"{results['arrays_onnx_arrow'] / tf_rows:.2f}x tf.function")
+    if "tf_function_p50" in results:
         print(f"  one request: tf.function p50 / Scorer.score p50 = "
               f"{results['tf_function_p50'] / results['score_p50_float32']:.1f}x (goal >= 10x)")
     return 0
 
 
+def _print_peer_comparisons(results: dict) -> None:
+    """Issue 16's batched goal, like for like, each group timed in turns (``time_interleaved``):
+    forward vs forward (encoded ids in), and raw request columns in -> probabilities out."""
+    titles = {"forward": "forward vs forward: encoded ids + numerics in, no encoding on "
+                         "either side",
+              "raw": "raw in -> probabilities out: request columns in (Arrow: dictionary "
+                     "strings, int64 ts; the peer takes them as string tensors)"}
+    for group, contenders in CONTENDERS.items():
+        if len(contenders) < 2:
+            continue
+        timed = time_interleaved(contenders)
+        peer = next(iter(timed))
+        print(f"\n-- batched, {titles[group]}; timed in turns. rows/s: best call (wall), "
+              f"median call (wall), median call per CPU second; ratios to the peer")
+        for label, (best, median, cpu) in timed.items():
+            results[f"{group}: {label}"] = best
+            print(f"    {label:50s} {best:9,.0f} {best / timed[peer][0]:5.2f}x "
+                  f"{median:9,.0f} {cpu:9,.0f} {cpu / timed[peer][2]:5.2f}x")
+    if CONTENDERS["raw"]:
+        print(f"    (the raw peer equals Scorer.score_arrays to {results['tf_raw_max_diff']:.1e} "
+              f"over {results['tf_raw_check_rows']:,} rows, DST edges and subdivisions "
+              f"included; its UTC offsets are computed in the graph; one model, no routing)")
+
+
 def _measure_onnx(bundle: str, export: dict, encoded: list, batches: list,
-                  enc_batches: list, single: list, results: dict, arrow_batches: list) -> None:
+                  enc_batches: list, single: list, results: dict, arrow_batches: list
+                  ) -> tuple[list, list]:
     """The same model through ONNX Runtime: forward alone, and behind the Scorer's encoder."""
     import onnxruntime
 
@@ -394,10 +460,14 @@ def _measure_onnx(bundle: str, export: dict, encoded: list, batches: list,
         results["arrays_onnx_arrow"], results["arrays_onnx_arrow_median"] = best, median
         print(f"  score_arrays [onnx], Arrow     {best:10,.0f} / {median:10,.0f} (dictionary "
               f"columns, encoding included)")
+    return ([("bundle ONNX Runtime forward -> probabilities",
+              (lambda p: engine.predict(*p), enc_batches))],
+            [("Scorer.score_arrays [onnx], Arrow", (hybrid.score_arrays, arrow_batches))]
+            if arrow_batches[0] is not None else [])
 
 
 def _measure_keras(model_dir: str, enc_batches: list, pairs: list, args: argparse.Namespace,
-                   results: dict) -> None:
+                   results: dict, export: dict, scorer: Scorer, arrow_batches: list) -> None:
     import tensorflow as tf
 
     from pythia.models import load_model
@@ -425,7 +495,81 @@ def _measure_keras(model_dir: str, enc_batches: list, pairs: list, args: argpars
     tf_batches = [as_inputs(i, n) for i, n in enc_batches]
     best, median = time_rows_per_s(serve, tf_batches)
     results["tf_function_rows"] = best
-    print(f"  tf.function batched rows/s     {best:10,.0f} / {median:10,.0f} (best / median)")
+    print(f"  tf.function batched rows/s     {best:10,.0f} / {median:10,.0f} (best / median; "
+          f"logits of all three heads)")
+    proba = _proba_peer(keras_model, export, signature, scorer)
+    diff = max(float(np.max(np.abs(proba(tf_batches[0])[t].numpy() - v)))
+               for t, v in scorer.models[GLOBAL_REGION].predict(*enc_batches[0]).items())
+    CONTENDERS["forward"]["tf.function -> probabilities (the peer)"] = (proba, tf_batches)
+    CONTENDERS["forward"]["tf.function -> all heads' logits (the older peer)"] = (serve,
+                                                                                  tf_batches)
+    best, median = time_rows_per_s(proba, tf_batches)
+    results["tf_proba_rows"] = best
+    print(f"  tf.function -> probabilities   {best:10,.0f} / {median:10,.0f} (AgeGender "
+          f"calibrated as the bundle does, marginals; max |diff| to the bundle {diff:.1e})")
+    if arrow_batches[0] is None:
+        print("  (pyarrow not installed: the raw-in peer is skipped)")
+        return
+    _measure_raw_peer(keras_model, export, scorer, arrow_batches, results)
+
+
+def _proba_peer(keras_model, export: dict, signature: list, scorer: Scorer):
+    """tf.function: encoded tensors in, the bundle's probabilities out (AgeGender's logits
+    with its temperature and prior ratio, softmax, gender / age marginals)."""
+    import tensorflow as tf
+
+    scale = 1.0 / float(export["temperature"]["age_gender"])
+    with np.errstate(divide="ignore"):
+        log_ratio = tf.constant(np.log(export["prior_ratio"]["age_gender"]), tf.float32)
+    n_age = len(scorer.labels["age"])
+
+    @tf.function(input_signature=signature)
+    def proba(x):
+        joint = tf.nn.softmax(keras_model(x, training=False)["age_gender"] * scale + log_ratio)
+        cube = tf.reshape(joint, [-1, len(features.GENDER_CLASSES), n_age])
+        return {"gender": tf.reduce_sum(cube, axis=2), "age": tf.reduce_sum(cube, axis=1),
+                "age_gender": joint}
+
+    return proba
+
+
+def dst_sample(encoders: Encoders, n: int = 2000) -> list[dict]:
+    """Requests in countries with daylight saving and subdivision zones, a minute either side
+    of 2024's changes (the raw-in peer's correctness check)."""
+    rng = np.random.default_rng(7)
+    places = [("US", "CA"), ("US", "NY"), ("US", " tx "), ("US", "US-AZ"), ("US", None),
+              ("AU", "NSW"), ("AU", "WA"), ("DE", None), ("BR", "SP"), ("GB", None),
+              ("JP", None), ("XX", "CA"), (None, None)]
+    changes = [1_710_054_000, 1_730_613_600, 1_711_846_800, 1_729_990_800, 1_712_415_600,
+               1_728_144_000]  # US, DE, AU (Sydney) 2024
+    rows = make_requests(encoders, n, seed=8)
+    for r in rows:
+        r[COUNTRY], r[GEO_REGION] = places[rng.integers(len(places))]
+        r[TS] = int(changes[rng.integers(len(changes))] + rng.integers(-90, 90) * 60)
+    return rows
+
+
+def _measure_raw_peer(keras_model, export: dict, scorer: Scorer, arrow_batches: list,
+                      results: dict) -> None:
+    from tf_raw_peer import arrow_to_tensors, check_peer, make_raw_peer
+
+    peer = make_raw_peer(keras_model, scorer.encoders, scorer.geo.offset_table.to_json(),
+                         export)
+    sample = as_arrow(dst_sample(scorer.encoders) + make_requests(scorer.encoders, 2000, seed=9))
+    results["tf_raw_max_diff"] = check_peer(peer, scorer, sample)
+    results["tf_raw_check_rows"] = sample.num_rows
+    tensors = [arrow_to_tensors(b) for b in arrow_batches]
+    CONTENDERS["raw"]["tf.function raw peer, string tensors in (the peer)"] = (peer, tensors)
+    CONTENDERS["raw"]["tf.function raw peer, Arrow -> tensors timed too"] = (
+        lambda b: peer(arrow_to_tensors(b)), arrow_batches)
+    best, median = time_rows_per_s(peer, tensors)
+    results["tf_raw_rows"] = best
+    print(f"  tf.function raw peer           {best:10,.0f} / {median:10,.0f} (string tensors + "
+          f"int64 ts in, probabilities out; max |diff| to Scorer {results['tf_raw_max_diff']:.1e})")
+    best, median = time_rows_per_s(lambda b: peer(arrow_to_tensors(b)), arrow_batches)
+    results["tf_raw_arrow_rows"] = best
+    print(f"  tf.function raw peer, Arrow in {best:10,.0f} / {median:10,.0f} (Arrow -> tensors "
+          f"included)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ every row, whatever form the batch takes, encodes exactly as ``encode_one`` enco
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import types
 
 import numpy as np
@@ -160,6 +161,13 @@ def test_pyarrow_tables_plain_and_dictionary(encoder):
     chunked = pa.concat_tables([encoded.slice(0, 20), encoded.slice(20)])  # two dictionaries
     assert_rows_equal(encoder, chunked, rows)
     assert_rows_equal(encoder, encoded.to_batches()[0], rows)
+    # dictionary columns without a null (their indices read as they are) next to ones with
+    full = [{c: ("" if v is None and c != "ts" else v) for c, v in r.items()} for r in rows]
+    no_nulls = pa.Table.from_pylist(full)
+    no_nulls = pa.table({c: (no_nulls[c].dictionary_encode() if c != "ts" else no_nulls[c])
+                         for c in no_nulls.column_names})
+    assert all(no_nulls[c].null_count == 0 for c in no_nulls.column_names if c != "ts")
+    assert_rows_equal(encoder, no_nulls, full)
     large = table.cast(pa.schema([pa.field(f.name, pa.large_string() if
                                            pa.types.is_string(f.type) else f.type)
                                   for f in table.schema]))
@@ -175,6 +183,50 @@ def test_pandas_frames_object_and_category(encoder):
     category = frame.astype({c: "category" for c in ("country", "geo_region", "os",
                                                      "site_or_app")})
     assert_rows_equal(encoder, category, rows)
+
+
+def _rows_around_every_change(encoder: RequestEncoder, year: int = 2024) -> list[dict]:
+    """A request a second before, at and after every change of ``year`` in every zone of the
+    encoder's offset table, through each country and subdivision (in both spellings) naming
+    the zone, ts as int and as an ISO string, rows shuffled."""
+    table = encoder.geo.offset_table
+    doc = table.to_json()
+    owners = [(c, None) for c in doc["countries"]]
+    for code in doc["subdivisions"]:
+        owners += [(code.split("-", 1)[0], code), (code.split("-", 1)[0], code.split("-")[1])]
+    lo = int(dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+    hi = int(dt.datetime(year + 1, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+    rows = []
+    for country, region in owners:
+        entry = doc["zones"][table.zone_of(country, region)]
+        series = doc["zones"][entry["same_as"]] if "same_as" in entry else entry
+        for change in (t for t in series["transitions"][1:] if lo <= t < hi):
+            for ts in (change - 1, change, change + 1):
+                iso = dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+                rows.append({"country": country, "geo_region": region,
+                             "ts": ts if len(rows) % 2 else iso, "os": "os_1"})
+    order = np.random.default_rng(4).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def test_rows_around_every_dst_change_match_encode_one(encoder):
+    rows = _rows_around_every_change(encoder)
+    assert len(rows) > 300  # dozens of zones change their clocks twice in 2024
+    assert_rows_equal(encoder, rows, rows)
+    assert_rows_equal(encoder, _columns(rows), rows)
+    hour = CATEGORICAL_FEATURES.index("local_hour")
+    ids, _, _ = encoder.encode_many(rows, now=TS)
+    before_after = {}  # the local hour does change across the changes
+    for row, i in zip(rows, ids[:, hour].tolist()):
+        before_after.setdefault((row["country"], row["geo_region"]), set()).add(i)
+    assert sum(len(v) > 1 for v in before_after.values()) > 20
+    pa = pytest.importorskip("pyarrow")
+    arrow_rows = [{**r, "ts": r["ts"] if isinstance(r["ts"], int) else int(
+        dt.datetime.fromisoformat(r["ts"]).timestamp())} for r in rows]
+    table = pa.Table.from_pylist(arrow_rows)
+    encoded = pa.table({c: (table[c].dictionary_encode() if pa.types.is_string(table[c].type)
+                            else table[c]) for c in table.column_names})
+    assert_rows_equal(encoder, encoded, arrow_rows)
 
 
 def test_absent_columns_and_empty_batches(encoder):

@@ -232,6 +232,94 @@ def test_scalar_and_array_lookups_agree(table):
         table.offset_minutes(ts[:3], ["US", "DE"])
 
 
+def _factorized(values: list) -> tuple[np.ndarray, list]:
+    """(position of each value, distinct values), the last value's positions written -1."""
+    distinct = list(dict.fromkeys(values))
+    position = {v: i for i, v in enumerate(distinct)}
+    at = np.array([position[v] for v in values], dtype=np.int64)
+    at[at == len(distinct) - 1] = -1
+    return at, distinct
+
+
+class _ClaimsToBe:
+    """A hostile code: hashes like 'US' and compares equal to anything."""
+
+    def __hash__(self) -> int:
+        return hash("US")
+
+    def __eq__(self, other) -> bool:
+        return True
+
+
+def test_array_path_agrees_with_one_lookup_at_every_change(table):
+    """At every compiled change of every zone, and a second either side, reached through every
+    country and subdivision (both spellings, odd case and spaces) that names the zone, rows
+    shuffled so pairs interleave: the array path gives what one lookup gives, which is
+    zoneinfo's answer."""
+    doc = table.to_json()
+    owners = [(c, None) for c in doc["countries"]]
+    for code in doc["subdivisions"]:
+        country, short = code.split("-", 1)
+        owners += [(country, code), (country, f" {short.lower()} ")]
+    ts, countries, regions = [], [], []
+    for country, region in owners:
+        zone = table.zone_of(country, region)
+        entry = doc["zones"][zone]
+        changes = (doc["zones"][entry["same_as"]] if "same_as" in entry else entry)["transitions"]
+        for t in changes[1:]:
+            ts += [t - 1, t, t + 1]
+            countries += [country] * 3
+            regions += [region] * 3
+    order = np.random.default_rng(2).permutation(len(ts))
+    ts = np.array(ts, dtype=np.int64)[order]
+    countries = np.array(countries, dtype=object)[order]
+    regions = np.array(regions, dtype=object)[order]
+    assert len(ts) > 10_000  # daylight saving in many zones over 46 years
+    many = table.offset_minutes(ts, countries, regions)
+    one = [table.offset_minutes(int(t), c, r) for t, c, r in zip(ts, countries, regions)]
+    assert many.tolist() == one
+    # factorised, as the scorer's batch encoder holds the columns (-1: the last value)
+    coded = [_factorized(countries.tolist()), _factorized(regions.tolist())]
+    assert (coded[1][0] == -1).any()
+    assert table.offset_minutes_coded(ts, *coded[0], *coded[1]).tolist() == one
+    # and zoneinfo agrees, for a sample of the rows
+    for i in np.random.default_rng(3).choice(len(ts), 300, replace=False):
+        tz = zoneinfo.ZoneInfo.from_file(io.BytesIO(geo._tzif_bytes(
+            table.zone_of(countries[i], regions[i]))))
+        want = dt.datetime.fromtimestamp(int(ts[i]), tz).utcoffset().total_seconds() / 60
+        assert many[i] == want
+
+
+def test_array_path_reads_odd_codes_as_one_lookup_does(table):
+    """Codes that are not strings are no code (UTC, or the country's main zone) in both paths:
+    unhashable ones, ones claiming to equal 'US', numbers, NaN, NumPy strings, and a column
+    of one value standing for every row."""
+    summer = _ts("2024-07-01T12:00:00")
+    odd = [None, "US", "US", "us", _ClaimsToBe(), ["US"], {"US": 1}, 5, float("nan"),
+           np.str_("US"), np.str_("AU"), b"US", "AU"]
+    regions = ["CA", np.str_("CA"), " nsw ", ["CA"], _ClaimsToBe(), None, 7, "", b"CA",
+               "US-CA", "AU-WA", float("nan"), "WA"]
+    ts = np.full(len(odd), summer) + np.arange(len(odd))
+    as_array = np.empty(len(odd), dtype=object)
+    as_array[:] = odd
+
+    def code(value):  # the documented rule: a string is a code, anything else is none
+        return value if isinstance(value, str) else None
+
+    want = [table.offset_minutes(int(t), code(c), code(r)) for t, c, r in zip(ts, odd, regions)]
+    assert want == [0, -420, -240, 0, 0, 0, 0, 0, 0, -420, 480, 0, 480]
+    for column in (odd, as_array):
+        assert table.offset_minutes(ts, column, regions).tolist() == want
+    distinct = list(range(len(odd)))  # unhashable values: factorised by position
+    assert table.offset_minutes_coded(ts + 0.5, np.arange(len(odd)), odd, distinct[::-1],
+                                      regions[::-1]).tolist() == want
+    assert table.offset_minutes_coded(ts[:0], [], [], [], []).tolist() == []
+    assert table.offset_minutes(ts, [_ClaimsToBe()], "CA").tolist() == [0] * len(ts)
+    assert table.offset_minutes(ts, np.array(["US"] * len(ts)), "CA").tolist() == \
+        [-420] * len(ts)
+    assert table.offset_minutes(ts[:0], np.array([], dtype=object), []).tolist() == []
+
+
 def test_instants_outside_the_years_keep_the_nearest_offset():
     small = geo.OffsetTable.build(["US", "AU"], years=(2024, 2024))
     assert small.offset_minutes(_ts("1990-07-01T00:00:00"), "US") == -300  # 2024-01-01's

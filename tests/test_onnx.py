@@ -22,8 +22,8 @@ from pythia.scoring.onnx_export import (ENCODERS_FILE, MANIFEST_FILE, MODEL_FILE
                                         OPSET, OnnxMLP, build_onnx_model, export_onnx,
                                         load_onnx_scorer, read_onnx_manifest)
 from pythia.scoring.runtime import FusedMLP  # noqa: E402
-from test_scoring import (GEO, TS, _fit_and_bundle, layers, make_encoders, make_export,  # noqa: E402
-                          reference_predict, request)
+from test_scoring import (GEO, MIXED_DIMS, TS, _fit_and_bundle, layers,  # noqa: E402
+                          make_encoders, make_export, reference_predict, request)
 
 PARITY = 1e-5  # the issue's bound on |ONNX - NumPy scorer| per probability
 
@@ -58,8 +58,6 @@ def max_abs_diff(a: dict, b: dict) -> float:
 def test_onnx_matches_numpy_scorer(encoders, age_link, hidden, wide):
     export = make_export(encoders, seed=11, age_link=age_link, hidden=hidden, wide=wide)
     engine = OnnxMLP(build_onnx_model(export, encoders))
-    # 200 rows: FusedMLP.predict without a trunk fails above its 256-row chunk (runtime.py
-    # indexes self.layers[-1], empty then); real exports always have a trunk.
     ids, numeric = random_inputs(encoders, 200, seed=1)
     got = engine.predict(ids, numeric)
     for dtype in ("float32", "float64"):
@@ -73,6 +71,22 @@ def test_onnx_matches_numpy_scorer(encoders, age_link, hidden, wide):
         one = engine.predict_one(ids[i].tolist(), numeric[i].tolist())
         for t in TARGETS:
             np.testing.assert_allclose(one[t], got[t][i], atol=1e-7)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
+@pytest.mark.parametrize("hidden", [(8, 5), ()], ids=["trunk", "no-trunk"])
+def test_onnx_matches_numpy_scorer_with_tables_of_several_widths(encoders, hidden, wide):
+    """The NumPy batch path gathers equally wide tables together (first-layer rows permuted
+    to match) chunk by chunk; ONNX gathers table by table: both are the export's forward pass,
+    with or without a trunk, in chunks or not."""
+    export = make_export(encoders, seed=17, hidden=hidden, wide=wide, dim=MIXED_DIMS)
+    n = FusedMLP.chunk_rows * 2 + 200  # two full chunks and a short one
+    ids, numeric = random_inputs(encoders, n, seed=5)
+    got = OnnxMLP(build_onnx_model(export, encoders)).predict(ids, numeric)
+    assert max_abs_diff(got, reference_predict(export, ids, numeric)) <= PARITY
+    for dtype in ("float32", "float64"):
+        assert max_abs_diff(got, FusedMLP(export, encoders, dtype).predict(ids, numeric)) \
+            <= PARITY
 
 
 def test_out_of_range_ids_are_oov_and_bad_numerics_are_zero(encoders):
@@ -129,6 +143,25 @@ def test_age_output_is_the_age_gender_marginal_whatever_the_age_head_says(encode
     cube = np.asarray(got["age_gender"], np.float64).reshape(len(ids), 2, -1)
     np.testing.assert_allclose(got["age"], cube.sum(axis=1), atol=1e-6)
     assert max_abs_diff(got, FusedMLP(export, encoders).predict(ids, numeric)) <= PARITY
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
+def test_graph_holds_only_the_age_gender_head(encoders, wide):
+    """The gender and age heads are training aids: no node or weight of the graph comes from
+    them (other such heads give the same bytes) and the head's Gemm has AgeGender's width."""
+    export = make_export(encoders, seed=18, wide=wide)
+    model = build_onnx_model(export, encoders)
+    n_joint = len(features.class_labels("age_gender", encoders.age_edges))
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    assert shapes["head_W"][1] == n_joint
+    if wide:
+        assert shapes["wide_table"][1] == shapes["wide_numeric_W"][1] == n_joint
+    for t in ("gender", "age"):
+        W, b, link = export["heads"][t]
+        export["heads"][t] = (W * 3.0 - 1.0, b + 2.0, link)
+        if wide:
+            export["wide"][t] = [(n, w * 5.0) for n, w in export["wide"][t]]
+    assert build_onnx_model(export, encoders).SerializeToString() == model.SerializeToString()
 
 
 def test_model_file_declares_its_interface(encoders):

@@ -41,13 +41,16 @@ def make_encoders() -> Encoders:
 
 
 def make_export(encoders: Encoders, seed: int = 0, age_link: str = "corn",
-                hidden: tuple[int, ...] = (8, 5), dim: int = 3, wide: bool = False) -> dict:
+                hidden: tuple[int, ...] = (8, 5), dim: int | tuple[int, ...] = 3,
+                wide: bool = False) -> dict:
     """A random export in the ``MLPModel.export_numpy()`` structure (with a wide part when
-    ``wide``)."""
+    ``wide``); ``dim``: every embedding's width, or a width per table (cycled)."""
     rng = np.random.default_rng(seed)
-    emb = [(n, rng.normal(size=(encoders.vocabularies[n].size, dim)))
-           for n in CATEGORICAL_FEATURES]
-    width = dim * len(emb) + len(NUMERIC_FEATURES)
+    dims = [dim] * len(CATEGORICAL_FEATURES) if isinstance(dim, int) else \
+        [dim[j % len(dim)] for j in range(len(CATEGORICAL_FEATURES))]
+    emb = [(n, rng.normal(size=(encoders.vocabularies[n].size, d)))
+           for n, d in zip(CATEGORICAL_FEATURES, dims)]
+    width = sum(dims) + len(NUMERIC_FEATURES)
     trunk = []
     for h in hidden:
         trunk.append((rng.normal(size=(width, h)) / math.sqrt(width), rng.normal(size=h), "relu"))
@@ -144,11 +147,15 @@ def assert_valid(out: dict, scorer: Scorer) -> None:
 
 # ---------------------------------------------------------------------- runtime
 
+MIXED_DIMS = (3, 5, 3, 1, 8, 5)  # tables of several widths: the batch path groups them by width
+
+
+@pytest.mark.parametrize("dim", [3, MIXED_DIMS], ids=["one-width", "mixed-widths"])
 @pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
 @pytest.mark.parametrize("age_link", ["corn", "softmax"])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
-def test_fused_mlp_matches_reference(encoders, age_link, dtype, tol, wide):
-    export = make_export(encoders, seed=3, age_link=age_link, wide=wide)
+def test_fused_mlp_matches_reference(encoders, age_link, dtype, tol, wide, dim):
+    export = make_export(encoders, seed=3, age_link=age_link, wide=wide, dim=dim)
     rng = np.random.default_rng(0)
     ids = np.stack([rng.integers(0, encoders.vocabularies[n].size, 50)
                     for n in CATEGORICAL_FEATURES], axis=1)
@@ -159,11 +166,14 @@ def test_fused_mlp_matches_reference(encoders, age_link, dtype, tol, wide):
         np.testing.assert_allclose(got[t], want[t], atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("hidden", [(8, 5), ()], ids=["trunk", "no-trunk"])
 @pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
 @pytest.mark.parametrize("age_link", ["corn", "softmax"])
 @pytest.mark.parametrize("max_fused_bytes", [None, 0])
-def test_predict_one_and_chunks_match_reference(encoders, age_link, max_fused_bytes, wide):
-    export = make_export(encoders, seed=4, age_link=age_link, wide=wide)
+def test_predict_one_and_chunks_match_reference(encoders, age_link, max_fused_bytes, wide,
+                                                hidden):
+    export = make_export(encoders, seed=4, age_link=age_link, wide=wide, hidden=hidden,
+                         dim=MIXED_DIMS)
     rng = np.random.default_rng(1)
     ids = np.stack([rng.integers(0, encoders.vocabularies[n].size, 23)
                     for n in CATEGORICAL_FEATURES], axis=1)
@@ -173,13 +183,49 @@ def test_predict_one_and_chunks_match_reference(encoders, age_link, max_fused_by
     assert mlp.premultiplied is (max_fused_bytes is None)
     mlp.chunk_rows = 5  # 23 rows -> 5 chunks, the last one short
     want = reference_predict(export, ids, numeric)
-    got = mlp.predict(ids, numeric)
-    for t in TARGETS:
-        np.testing.assert_allclose(got[t], want[t], atol=1e-12)
+    for few_rows in (FusedMLP.few_rows, 0):  # chunks of few rows: pre-multiplied table or not
+        mlp.few_rows = few_rows
+        got = mlp.predict(ids, numeric)
+        for t in TARGETS:
+            np.testing.assert_allclose(got[t], want[t], atol=1e-12)
     for i in range(len(ids)):
         one = mlp.predict_one(ids[i].tolist(), numeric[i].tolist())
         for t in TARGETS:
             np.testing.assert_allclose(one[t], want[t][i], atol=1e-12)
+
+
+@pytest.mark.parametrize("hidden", [(8, 5), ()], ids=["trunk", "no-trunk"])
+@pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
+def test_forward_pass_computes_only_the_age_gender_head(encoders, hidden, wide):
+    """Gender and age are AgeGender's marginals: the other heads' logits (and their wide
+    parts) are not computed, so the last affine map is AgeGender's alone."""
+    export = make_export(encoders, seed=9, hidden=hidden, wide=wide)
+    mlp = FusedMLP(export, encoders, dtype="float64")
+    n_joint = len(features.class_labels("age_gender", encoders.age_edges))
+    last = mlp.layers[-1][0] if mlp.layers else mlp._W1_grouped
+    assert last.shape[1] == n_joint and mlp.n_out == n_joint
+    if wide:
+        assert mlp._wide_stacked.shape[1] == n_joint
+        assert mlp._wide_numeric.shape == (len(NUMERIC_FEATURES), n_joint)
+    # the gender and age heads' weights change nothing
+    for t in ("gender", "age"):
+        W, b, link = export["heads"][t]
+        export["heads"][t] = (W * 7.0 + 1.0, b - 3.0, link)
+    ids = np.ones((4, len(CATEGORICAL_FEATURES)), dtype=np.int64)
+    numeric = np.linspace(-1, 1, 4 * len(NUMERIC_FEATURES)).reshape(4, -1)
+    again = FusedMLP(export, encoders, dtype="float64").predict(ids, numeric)
+    for t, p in mlp.predict(ids, numeric).items():
+        np.testing.assert_array_equal(p, again[t])
+
+
+@pytest.mark.parametrize("max_fused_bytes", [None, 0])
+def test_empty_batch(encoders, max_fused_bytes):
+    kw = {} if max_fused_bytes is None else {"max_fused_bytes": max_fused_bytes}
+    mlp = FusedMLP(make_export(encoders, seed=10, wide=True, dim=MIXED_DIMS), encoders, **kw)
+    got = mlp.predict(np.zeros((0, len(CATEGORICAL_FEATURES)), dtype=np.int64),
+                      np.zeros((0, len(NUMERIC_FEATURES)), dtype=np.float32))
+    assert {t: p.shape for t, p in got.items()} == {
+        t: (0, len(features.class_labels(t, encoders.age_edges))) for t in TARGETS}
 
 
 def test_dtype_is_checked(encoders):

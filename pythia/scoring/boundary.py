@@ -66,6 +66,7 @@ class RequestEncoder:
         self._route = {c: (r if r in self.model_regions else GLOBAL_REGION)
                        for c, r in geo.region_of_country.items()}
         self._offset_of = geo.offset_table.offset_minutes  # (ts, country, geo_region) -> minutes
+        self._offsets_coded = geo.offset_table.offset_minutes_coded  # the batch path's
         derived = features.derive_time_features(0, 0)
         unknown = [f.name for f in FEATURES if f.source == DERIVED and f.name not in derived]
         if unknown:
@@ -168,10 +169,10 @@ class RequestEncoder:
         region_at, regions = columnar.factorize_codes(columns[GEO_REGION], n)
         # A subdivision matters only where the country has several zones: dropping the others
         # leaves the offsets unchanged and the (country, subdivision) pairs few.
+        # The codes stay factorised: the table resolves each distinct pair once.
         split = np.array([c in self._subdivided for c in countries], dtype=bool)[country_at]
-        offsets = np.asarray(self._offset_of(
-            ts, np.array(countries, dtype=object)[country_at],
-            np.where(split, np.array(regions, dtype=object)[region_at], None)), dtype=np.int64)
+        offsets = self._offsets_coded(ts, country_at, countries,
+                                      np.where(split, region_at, len(regions)), regions + [None])
         derived = features.derive_time_features(ts, offsets)
         ids = np.empty((n, len(self._categorical)), dtype=np.int64)
         for j, ((column, name, _), lookup) in enumerate(zip(self._categorical, self._lookups)):

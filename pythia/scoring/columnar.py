@@ -118,7 +118,11 @@ def _dictionary(column: Any) -> tuple[np.ndarray, list] | None:
             return np.empty(0, dtype=np.int64), []
         whole = pa.chunked_array(chunks).unify_dictionaries().combine_chunks() \
             if len(chunks) > 1 else chunks[0]
-        codes = whole.indices.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+        indices = whole.indices
+        if indices.null_count:
+            codes = indices.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+        else:  # no nulls: the indices as they are (zero copy), no Arrow kernels to run
+            codes = indices.to_numpy().astype(np.int64)
         return codes, whole.dictionary.to_pylist()
     return None
 

@@ -16,8 +16,8 @@ import numpy as np
 from pythia import features
 from pythia.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, OOV_ID, TARGETS, Encoders
 from pythia.scoring.export_format import WIDE, WIDE_NUMERIC, check_export
+from pythia.scoring.runtime import JOINT, joint_head
 
-JOINT = "age_gender"
 OPSET = 17  # Split with a sizes input (>= 13), Softmax over the last axis (>= 13)
 IR_VERSION = 8  # what opset 17 needs; a newer IR would shut out older runtimes
 IDS_INPUT = "ids"
@@ -36,18 +36,17 @@ def build_onnx_model(export: Mapping[str, Any], encoders: Encoders, *,
     * one Gather per embedding table (ids split by column), concatenated with the numerics.
       Measured against one gather from a zero-padded stack of the tables: that has 16 fewer
       nodes (faster for one row) but its first matmul multiplies the padding too, which made
-      4,096-row batches ~15% slower -- and the batched path is where ONNX Runtime is used;
+      4,096-row batches ~15% slower -- and the batched path is where ONNX Runtime is used.
+      Gathering equally wide tables together measured no faster; gathering rows of the tables
+      pre-multiplied by the first layer and summing them (no first Gemm) ~2.5x slower;
     * the trunk as Gemm + Relu;
-    * the three heads as ONE Gemm with ``1 / temperature`` folded into the weights and, for a
-      softmax head, ``log(prior_ratio)`` into the bias (``softmax(z + log r) = softmax(z) * r /
-      norm``); when the export has a wide part, plus one Gather from the stacked wide tables
-      (ids offset per feature), a ReduceSum over the features and ``numeric @ wide_numeric``,
-      scaled like the heads; then the AgeGender head's Softmax (or CORN, below); ``gender``
-      and ``age`` are its marginals (a Reshape and two ReduceSums), so the outputs agree;
-    * a CORN head as two small matmuls: ``E = exp(softplus(-l) @ L)`` gives ``[1, P(y > 0) ..
-      P(y > K-2)]`` (``L`` sums the log-sigmoids cumulatively; its sign is folded into the head
-      weights) and ``p = relu(E @ D)`` the successive differences, with the prior ratio folded
-      into ``D``; renormalised (uniform if a zero prior ratio leaves no mass, as in NumPy).
+    * only the AgeGender head (``runtime.joint_head``): one Gemm with ``1 / temperature``
+      folded into the weights and ``log(prior_ratio)`` into the bias (``softmax(z + log r) =
+      softmax(z) * r / norm``); when the export has a wide part, plus AgeGender's: one Gather
+      from its stacked wide tables (ids offset per feature), a ReduceSum over the features and
+      ``numeric @ wide_numeric``, scaled like the head; then Softmax; ``gender`` and ``age``
+      are its marginals (a Reshape and two ReduceSums), so the outputs agree. The gender and
+      age heads were training aids: no node computes them.
 
     Args:
         export: an ``export_numpy()`` dict (checked with ``check_export``).
@@ -125,42 +124,15 @@ def _trunk(g: _Graph, export: Mapping[str, Any], tables: list[np.ndarray], ids: 
     return h
 
 
-def _folded_heads(export: Mapping[str, Any]) -> tuple[list, list, list[int], list[float]]:
-    """Per target, head weights and bias with the temperature, softmax prior ratios and the
-    CORN sign folded in, the head's width and the scale folded into its weights."""
-    Ws, bs, widths, scales = [], [], [], []
-    for t in TARGETS:
-        W, b, link = export["heads"][t]
-        scale = 1.0 / float(export["temperature"][t])
-        shift = 0.0
-        if link == "softmax":
-            with np.errstate(divide="ignore"):
-                shift = np.log(np.asarray(export["prior_ratio"][t], np.float64))  # 0 -> -inf
-        else:
-            scale = -scale  # the CORN link reads softplus(-l)
-        Ws.append(np.asarray(W, np.float64) * scale)
-        bs.append(np.asarray(b, np.float64) * scale + shift)
-        widths.append(Ws[-1].shape[1])
-        scales.append(scale)
-    return Ws, bs, widths, scales
-
-
 def _heads(g: _Graph, export: Mapping[str, Any], h: str, ids: str, numeric: str,
            sizes: list[int]) -> None:
-    """The heads as one Gemm (plus the wide part), split per target, then Softmax or the CORN
-    probabilities."""
-    Ws, bs, widths, scales = _folded_heads(export)
-    z = g.node("Gemm", [h, g.const("heads_W", np.concatenate(Ws, axis=1)),
-                        g.const("heads_b", np.concatenate(bs))], "head_logits")
+    """The AgeGender head as one Gemm (plus its wide part), its Softmax, and the gender and
+    age outputs as its marginals; the gender and age heads are training aids, not computed."""
+    W, b, scale = joint_head(export)
+    z = g.node("Gemm", [h, g.const("head_W", W), g.const("head_b", b)], "head_logits")
     if WIDE in export:
-        z = g.node("Add", [z, _wide(g, export, ids, numeric, sizes, scales)], "wide_logits")
-    parts = [f"{t}_logits" for t in TARGETS]
-    g.node("Split", [z, g.const("head_split", widths, np.int64)], parts, axis=1)
-    joint = dict(zip(TARGETS, parts))[JOINT]
-    if export["heads"][JOINT][2] == "softmax":
-        g.node("Softmax", [joint], JOINT, axis=-1)
-    else:
-        _corn(g, joint, JOINT, np.asarray(export["prior_ratio"][JOINT], np.float64))
+        z = g.node("Add", [z, _wide(g, export, ids, numeric, sizes, scale)], "wide_logits")
+    g.node("Softmax", [z], JOINT, axis=-1)
     _marginals(g, len(export["prior_ratio"][JOINT]) // len(features.GENDER_CLASSES))
 
 
@@ -174,17 +146,14 @@ def _marginals(g: _Graph, n_age: int) -> None:
 
 
 def _wide(g: _Graph, export: Mapping[str, Any], ids: str, numeric: str, sizes: list[int],
-          scales: list[float]) -> str:
-    """The wide part's logits, (N, sum of head widths), each head scaled like its Gemm columns:
-    rows ``offset[i] + id_i`` of one stacked table summed over the features, plus
-    ``numeric @ W``."""
+          scale: float) -> str:
+    """AgeGender's wide logits, (N, classes), scaled like its Gemm: rows ``offset[i] + id_i``
+    of one stacked table summed over the features, plus ``numeric @ W``."""
     node, const = g.node, g.const
-    per_head = [dict(export[WIDE][t]) for t in TARGETS]
-    table = np.concatenate([np.concatenate([np.asarray(tables[name], np.float64) * scale
-                                            for tables, scale in zip(per_head, scales)], axis=1)
+    tables = dict(export[WIDE][JOINT])
+    table = np.concatenate([np.asarray(tables[name], np.float64) * scale
                             for name in CATEGORICAL_FEATURES])
-    numeric_W = np.concatenate([np.asarray(export[WIDE_NUMERIC][t], np.float64) * scale
-                                for t, scale in zip(TARGETS, scales)], axis=1)
+    numeric_W = np.asarray(export[WIDE_NUMERIC][JOINT], np.float64) * scale
     offsets = np.cumsum([0] + sizes[:-1])
     rows = node("Add", [ids, const("wide_offsets", offsets, np.int64)], "wide_rows")
     gathered = node("Gather", [const("wide_table", table), rows], "wide_gathered", axis=0)
@@ -192,28 +161,6 @@ def _wide(g: _Graph, export: Mapping[str, Any], ids: str, numeric: str, sizes: l
                   keepdims=0)
     linear = node("MatMul", [numeric, const("wide_numeric_W", numeric_W)], "wide_numeric")
     return node("Add", [summed, linear], "wide")
-
-
-def _corn(g: _Graph, logits: str, out: str, ratio: np.ndarray) -> str:
-    """CORN logits (negated) -> class probabilities x prior ratio, renormalised."""
-    node, const = g.node, g.const
-    k = len(ratio)
-    # log E_j = sum_{i<j} log sigmoid(l_i) = -sum_{i<j} softplus(-l_i); E_0 = 1.
-    cumulate = -np.triu(np.ones((k - 1, k)), k=1)
-    # p_j = r_j (E_j - E_{j+1}) for j < k-1, p_{k-1} = r_{k-1} E_{k-1}.
-    difference = np.diag(ratio) - np.diag(ratio[:-1], k=-1)
-    survival = node("Exp", [node("MatMul", [node("Softplus", [logits], f"{out}_softplus"),
-                                            const(f"{out}_cumulate", cumulate)],
-                                 f"{out}_log_survival")], f"{out}_survival")
-    p = node("Relu", [node("MatMul", [survival, const(f"{out}_difference", difference)],
-                           f"{out}_difference_out")], f"{out}_weighted")
-    total = node("ReduceSum", [p, const(f"{out}_sum_axes", [1], np.int64)], f"{out}_total",
-                 keepdims=1)
-    if np.all(ratio > 0):  # then the last class always keeps mass: total > 0
-        return node("Div", [p, total], out)
-    alive = node("Greater", [total, const(f"{out}_no_mass", 0.0)], f"{out}_alive")
-    return node("Where", [alive, node("Div", [p, total], f"{out}_normalised"),
-                          const(f"{out}_uniform", np.full(k, 1.0 / k))], out)
 
 
 def _model(g: _Graph, encoders: Encoders, n_cat: int, n_num: int, doc_string: str,

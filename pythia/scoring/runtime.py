@@ -1,17 +1,22 @@
 """NumPy forward pass of an exported MLP, rearranged for bid-time latency (NumPy only).
 
-What made it fast was fewer array operations per request, not a faster engine:
+What made it fast was fewer and cheaper array operations, not a faster engine:
 
+* only the AgeGender head is computed: the gender and age outputs are its marginals, so the
+  two other heads (training aids) and their wide parts are left out of the forward pass;
+* its temperature is folded into the head weights and the Bayes prior ratio into its bias
+  (``softmax(z + log r) == softmax(z) * r / norm``);
 * one request: all embedding tables are pre-multiplied by their slice of the first trunk
   layer's weights and stacked into ONE table, so the first layer is a single gather and a
   weighted row sum (``sum_i E_i[id_i] @ W1_i == (concat_i E_i[id_i]) @ W1``, exact up to float
-  rounding); a batch gathers the narrow embeddings from one padded table instead;
-* the heads share one matrix; temperatures are folded into the head weights and the Bayes prior
-  ratio of softmax heads into their bias (``softmax(z + log r) == softmax(z) * r / norm``);
-* the softmax groups are normalised together (segment max / sum with ``reduceat``);
-* the optional wide part (a logit row per categorical value and head, and a linear term of the
-  numerics) is laid out like the fused heads, temperature and link scale folded in: one gather,
-  a sum and a small matmul added to the logits.
+  rounding), and the softmax runs on Python floats;
+* a batch: the first layer stays a matmul over the narrow embeddings (pre-multiplied rows are
+  as wide as the layer, and gathering and adding them measured slower than the matmul they
+  replace); tables of one width are stacked so one ``take`` gathers them all (the first
+  layer's rows are permuted to match), ``take`` rather than fancy indexing (several times
+  faster), the wide part gathered as (features, rows, classes) and summed over the first axis
+  (summed over the middle axis it cost as much as the trunk's second layer), in chunks of
+  ``chunk_rows`` rows.
 
 The export format is the ``numpy_layers`` payload of ``pythia.models.export`` (``MLPModel.
 export_numpy()``; see ``check_export``); ``pythia.scoring.runtimes`` stores and loads it.
@@ -38,7 +43,19 @@ JOINT = "age_gender"  # gender and age are output as its marginals
 MAX_FUSED_TABLE_BYTES = 1 << 30
 
 
-# ---------------------------------------------------------------------- fused runtime
+def joint_head(export: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
+    """The AgeGender head (float64) with ``1 / temperature`` folded into its weights and
+    ``log(prior_ratio)`` into its bias, and that scale (the wide part takes it too).
+
+    ``check_export`` allows AgeGender only a softmax link, so its probabilities are
+    ``softmax(h @ W + b)``; a zero prior ratio gives a ``-inf`` bias (a class ruled out).
+    """
+    W, b, _ = export["heads"][JOINT]
+    scale = 1.0 / float(export["temperature"][JOINT])
+    with np.errstate(divide="ignore"):
+        shift = np.log(np.asarray(export["prior_ratio"][JOINT], dtype=np.float64))
+    return np.asarray(W, np.float64) * scale, np.asarray(b, np.float64) * scale + shift, scale
+
 
 class FusedMLP:
     """The exported MLP as a few fused NumPy arrays, with a one-request and a batch path.
@@ -46,12 +63,11 @@ class FusedMLP:
     * One request (``predict_one``): the embeddings are pre-multiplied by their slice of the
       first trunk layer and stacked, with the numeric rows of that layer and its bias, into ONE
       table; the first layer is then one gather and one vector-matrix product
-      (``[1..1, x_num, 1] @ table[rows]``), and the links run on Python floats, which beats
+      (``[1..1, x_num, 1] @ table[rows]``), and the softmax runs on Python floats, which beats
       NumPy calls on arrays this small.
-    * A batch (``predict``): the pre-multiplied rows are 256 floats wide, which makes a large
-      gather memory-bound; the batch path instead gathers the narrow embeddings from one
-      zero-padded table (one gather, a free reshape) and multiplies by the first layer, in
-      cache-sized chunks.
+    * A batch (``predict``): one ``np.take`` per group of equally wide embedding tables, a
+      concatenate with the numerics, the first layer's matmul (its rows in group order), the
+      rest of the trunk and the AgeGender head, in chunks of ``chunk_rows`` rows.
 
     Args:
         export: an ``export_numpy()`` dict (checked with ``check_export``).
@@ -61,7 +77,12 @@ class FusedMLP:
             path (same numbers, slower).
     """
 
-    chunk_rows = 256  # rows per batch step: keeps the gathered block in cache (measured)
+    # Rows per batch step, measured on the default-shape MLP: 128..512 were slower, 2,048 and
+    # 4,096 no faster (a 1,024-row step's first-layer activations are 1 MB in float32).
+    chunk_rows = 1024
+    # Up to this many rows the first layer sums pre-multiplied rows (as ``predict_one`` does):
+    # fewer NumPy calls than a gather per width group (measured faster up to 8 rows, even at 16).
+    few_rows = 8
 
     def __init__(self, export: Mapping[str, Any], encoders: Encoders, dtype: str = "float32",
                  max_fused_bytes: int = MAX_FUSED_TABLE_BYTES) -> None:
@@ -74,25 +95,41 @@ class FusedMLP:
         dims = [t.shape[1] for t in tables]
         n_cat, n_num = len(tables), len(export["numeric"])
         self.labels = {t: features.class_labels(t, encoders.age_edges) for t in TARGETS}
-        head_W, head_b, self._layout = self._fuse_heads(export)
-        self._wide, self._wide_numeric = self._fuse_wide(export, dt)
-        # Every affine map in order; the heads, fused into one, come last.
+        self.n_age = len(self.labels["age"])
+        head_W, head_b, scale = joint_head(export)
+        # Every affine map in order; the AgeGender head comes last.
         affine = [(np.asarray(W, f64), np.asarray(b, f64), act) for W, b, act in export["trunk"]]
-        affine.append((head_W, head_b, "heads"))
+        affine.append((head_W, head_b, "head"))
         W1, b1, self._act1 = affine[0]
         starts = np.cumsum([0] + dims)
         num_W1 = W1[starts[-1]:starts[-1] + n_num]
+        self.n_out = head_W.shape[1]
         self.offsets = np.cumsum([0] + [t.shape[0] for t in tables[:-1]]).astype(np.int64)
         n_rows = int(sum(t.shape[0] for t in tables))
 
-        # Batch path: embeddings zero-padded to one width, W1's rows laid out to match.
-        width = max(dims)
-        self._padded = np.concatenate(
-            [np.pad(t, ((0, 0), (0, width - t.shape[1]))) for t in tables]).astype(dt)
-        blocks = [np.pad(W1[s:s + d], ((0, width - d), (0, 0))) for s, d in zip(starts, dims)]
-        self._W1_padded = np.concatenate(blocks + [num_W1]).astype(dt)
+        # Batch path: tables grouped by width (widest first), W1's rows in the same order.
+        by_width: dict[int, list[int]] = {}
+        for j in sorted(range(n_cat), key=lambda j: -dims[j]):
+            by_width.setdefault(dims[j], []).append(j)
+        self._groups, rows = [], []
+        for js in by_width.values():
+            sizes = [tables[j].shape[0] for j in js]
+            self._groups.append((np.concatenate([tables[j] for j in js]).astype(dt),
+                                 np.array(js, dtype=np.intp),
+                                 np.cumsum([0] + sizes[:-1]).astype(np.int64),
+                                 dims[js[0]] * len(js)))  # (table, columns, offsets, width)
+            rows += [r for j in js for r in range(starts[j], starts[j + 1])]
+        self._W1_grouped = np.concatenate([W1[rows], num_W1]).astype(dt)
         self.b1 = b1.astype(dt)
         self.layers = [(W.astype(dt), b.astype(dt), act) for W, b, act in affine[1:]]
+        # The wide part of AgeGender, scaled like its head: the features' tables stacked (rows
+        # offset like `offsets`) and a numeric matrix.
+        self._wide_stacked = self._wide_numeric = None
+        if WIDE in export:
+            self._wide_stacked = (np.concatenate([np.asarray(t, f64) for _, t
+                                                  in export[WIDE][JOINT]]) * scale).astype(dt)
+            self._wide_numeric = (np.asarray(export[WIDE_NUMERIC][JOINT], f64) * scale
+                                  ).astype(dt)
 
         # One-request path: pre-multiplied rows, then numeric rows, then the bias row.
         self.premultiplied = (n_rows + n_num + 1) * W1.shape[1] * dt.itemsize <= max_fused_bytes
@@ -104,84 +141,53 @@ class FusedMLP:
             self._offsets_list = self.offsets.tolist()
             self._ones = [1.0] * n_cat
 
-    @staticmethod
-    def _fuse_heads(export: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, dict]:
-        """One (width, sum of outputs) head matrix: softmax heads first, CORN heads after."""
-        soft = [t for t in TARGETS if export["heads"][t][2] == "softmax"]
-        corn = [t for t in TARGETS if export["heads"][t][2] == "corn"]
-        Ws, bs, slices, scales, col = [], [], {}, {}, 0
-        for t in soft + corn:
-            W, b, link = export["heads"][t]
-            temperature = float(export["temperature"][t])
-            ratio = np.asarray(export["prior_ratio"][t], dtype=np.float64)
-            if link == "softmax":
-                scale = 1.0 / temperature
-                with np.errstate(divide="ignore"):
-                    shift = np.log(ratio)  # a zero ratio is a class ruled out: -inf logit
-            else:
-                # sigmoid(x) = 0.5 + 0.5 * tanh(x / 2): tanh never overflows.
-                scale, shift = 0.5 / temperature, 0.0
-            scales[t] = scale
-            Ws.append(np.asarray(W, np.float64) * scale)
-            bs.append(np.asarray(b, np.float64) * scale + shift)
-            slices[t] = (col, col + Ws[-1].shape[1])
-            col += Ws[-1].shape[1]
-        n_soft = slices[soft[-1]][1]
-        starts = np.array([slices[t][0] for t in soft], dtype=np.intp)
-        group_of_col = np.repeat(np.arange(len(soft)), [slices[t][1] - slices[t][0]
-                                                         for t in soft])
-        ratios = {t: np.asarray(export["prior_ratio"][t], np.float64) for t in corn}
-        layout = {"soft": soft, "corn": corn, "slices": slices, "n_soft": n_soft, "scale": scales,
-                  "starts": starts, "group_of_col": group_of_col, "corn_ratio": ratios,
-                  "corn_ratio_list": {t: r.tolist() for t, r in ratios.items()}}
-        return np.concatenate(Ws, axis=1), np.concatenate(bs), layout
-
-    def _fuse_wide(self, export: Mapping[str, Any], dt: np.dtype
-                   ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The wide part in the fused head layout, scaled like the heads: one (sum of table
-        rows, sum of outputs) table (rows offset like the embeddings) and one numeric matrix."""
-        if WIDE not in export:
-            return None, None
-        order = self._layout["soft"] + self._layout["corn"]
-        scale = self._layout["scale"]
-        per_head = {t: dict(export[WIDE][t]) for t in order}
-        table = np.concatenate([np.concatenate(
-            [np.asarray(per_head[t][name], np.float64) * scale[t] for t in order], axis=1)
-            for name, _ in export["embeddings"]])
-        numeric = np.concatenate([np.asarray(export[WIDE_NUMERIC][t], np.float64) * scale[t]
-                                  for t in order], axis=1)
-        return table.astype(dt), numeric.astype(dt)
-
     # ------------------------------------------------------------------ batch path
     def predict(self, ids: np.ndarray, numeric: np.ndarray) -> dict[str, np.ndarray]:
         """Probabilities per target (natural priors) for encoded rows.
 
         Args:
-            ids: (n, n_categorical) vocabulary ids in ``FEATURES`` order.
+            ids: (n, n_categorical) vocabulary ids in ``FEATURES`` order, each within its
+                vocabulary (``RequestEncoder`` guarantees it; ONNX applies the boundary rules).
             numeric: (n, n_numeric) normalised numerics.
 
         Returns:
-            {target: (n, n_classes) float64}, rows summing to 1.
+            {target: (n, n_classes) float64}, rows summing to 1; gender and age are the
+            marginals of age_gender.
         """
-        n = len(ids)
-        if n <= self.chunk_rows:
-            return self._links(self._logits(ids, numeric))
-        z = np.empty((n, self.layers[-1][0].shape[1]), dtype=self.dtype)
-        for a in range(0, n, self.chunk_rows):
-            z[a:a + self.chunk_rows] = self._logits(ids[a:a + self.chunk_rows],
-                                                    numeric[a:a + self.chunk_rows])
-        return self._links(z)
+        ids = np.asarray(ids)
+        numeric = np.asarray(numeric).astype(self.dtype, copy=False)
+        n, step = len(ids), self.chunk_rows
+        if n <= step:
+            z = self._logits(ids, numeric)
+        else:
+            z = np.empty((n, self.n_out), dtype=self.dtype)
+            for a in range(0, n, step):
+                z[a:a + step] = self._logits(ids[a:a + step], numeric[a:a + step])
+        # softmax in place (z's rows are finite where a class has mass, -inf where ruled out)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return marginals_from_joint(z.astype(np.float64, copy=False), self.n_age)
 
     def _logits(self, ids: np.ndarray, numeric: np.ndarray) -> np.ndarray:
+        """AgeGender logits (temperature and prior folded in) of one chunk."""
         n = len(ids)
-        x = np.concatenate([self._padded[ids + self.offsets].reshape(n, -1),
-                            numeric.astype(self.dtype, copy=False)], axis=1)
-        h = x @ self._W1_padded
-        h += self.b1
+        if n <= self.few_rows and self.premultiplied:  # fewer calls: the one-request table
+            h = self._fused.take(ids + self.offsets, axis=0).sum(axis=1)
+            h += numeric @ self._fused[self._extra_rows[:-1]]
+            h += self._fused[self._extra_rows[-1]]
+        else:
+            x = np.concatenate([table.take(ids[:, cols] + offsets, axis=0).reshape(n, width)
+                                for table, cols, offsets, width in self._groups] + [numeric],
+                               axis=1)
+            h = x @ self._W1_grouped
+            h += self.b1
         z = self._hidden_to_logits(h)
-        if self._wide is not None:
-            z += self._wide[ids + self.offsets].sum(axis=1)
-            z += numeric.astype(self.dtype, copy=False) @ self._wide_numeric
+        if self._wide_stacked is not None:
+            # (features, n, classes) then a sum over the first axis: contiguous adds
+            rows = (ids + self.offsets).T
+            z += np.add.reduce(self._wide_stacked.take(rows, axis=0), axis=0)
+            z += numeric @ self._wide_numeric
         return z
 
     def _hidden_to_logits(self, h: np.ndarray) -> np.ndarray:
@@ -195,33 +201,6 @@ class FusedMLP:
             act = next_act
         return h
 
-    def _links(self, z: np.ndarray) -> dict[str, np.ndarray]:
-        lay = self._layout
-        out: dict[str, np.ndarray] = {}
-        zs = z[:, :lay["n_soft"]]
-        starts, group = lay["starts"], lay["group_of_col"]
-        e = np.exp(zs - np.maximum.reduceat(zs, starts, axis=1)[:, group])
-        e /= np.add.reduceat(e, starts, axis=1)[:, group]
-        e = e.astype(np.float64, copy=False)
-        for t in lay["soft"]:
-            a, b = lay["slices"][t]
-            out[t] = e[:, a:b]
-        for t in lay["corn"]:
-            if t != JOINT:  # only AgeGender reaches the output (its marginals give the rest)
-                continue
-            a, b = lay["slices"][t]
-            # P(y > k) = prod_{j <= k} sigmoid(l_j); class k gets P(y > k-1) - P(y > k).
-            survival = np.cumprod(0.5 + 0.5 * np.tanh(z[:, a:b].astype(np.float64)), axis=1)
-            n = len(z)
-            edges = np.concatenate([np.ones((n, 1)), survival, np.zeros((n, 1))], axis=1)
-            p = (edges[:, :-1] - edges[:, 1:]) * lay["corn_ratio"][t]
-            total = p.sum(axis=1, keepdims=True)
-            dead = total[:, 0] <= 0
-            if dead.any():  # every class with mass was ruled out by the prior ratio
-                p[dead], total[dead] = 1.0, p.shape[1]
-            out[t] = p / total
-        return marginals_from_joint(out[JOINT], out[JOINT].shape[1] // N_GENDER)
-
     # ------------------------------------------------------------------ one-request path
     def predict_one(self, ids: list[int], numeric: list[float]) -> dict[str, list[float]]:
         """``predict`` for one request, returning Python floats (see the class docstring)."""
@@ -232,39 +211,15 @@ class FusedMLP:
         rows = [i + o for i, o in zip(ids, self._offsets_list)]
         weights = np.array(self._ones + numeric + [1.0], dtype=self.dtype)
         z = self._hidden_to_logits(weights @ self._fused[rows + self._extra_rows])
-        if self._wide is not None:
-            z += self._wide[rows].sum(axis=0)
+        if self._wide_stacked is not None:
+            z += self._wide_stacked[rows].sum(axis=0)
             z += weights[len(rows):-1] @ self._wide_numeric
-        return self._links_one(z.tolist())
-
-    def _links_one(self, z: list[float]) -> dict[str, list[float]]:
-        """``_links`` for one row of logits, on Python floats."""
-        lay = self._layout
-        out: dict[str, list[float]] = {}
-        for t in lay["soft"]:
-            if t != JOINT:  # the gender and age heads are training aids: not computed here
-                continue
-            a, b = lay["slices"][t]
-            part = z[a:b]
-            top = max(part)
-            e = [math.exp(v - top) for v in part]
-            total = sum(e)
-            out[t] = [v / total for v in e]
-        for t in lay["corn"]:
-            if t != JOINT:
-                continue
-            a, b = lay["slices"][t]
-            survival, s = [1.0], 1.0
-            for v in z[a:b]:
-                s *= 0.5 + 0.5 * math.tanh(v)
-                survival.append(s)
-            survival.append(0.0)
-            p = [(hi - lo) * r for hi, lo, r in zip(survival, survival[1:],
-                                                   lay["corn_ratio_list"][t])]
-            total = sum(p)
-            out[t] = [v / total for v in p] if total > 0 else [1.0 / len(p)] * len(p)
-        joint = out[JOINT]
-        n_age = len(joint) // N_GENDER
+        z = z.tolist()
+        top = max(z)
+        e = [math.exp(v - top) for v in z]
+        total = sum(e)
+        joint = [v / total for v in e]
+        n_age = self.n_age
         return {"gender": [sum(joint[g * n_age:(g + 1) * n_age]) for g in range(N_GENDER)],
                 "age": [sum(joint[g * n_age + a] for g in range(N_GENDER)) for a in range(n_age)],
                 JOINT: joint}

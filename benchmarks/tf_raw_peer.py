@@ -1,0 +1,174 @@
+"""A like-for-like TensorFlow peer of ``Scorer.score_arrays``: raw request columns in, the
+scorer's probabilities out, all inside one ``tf.function`` (used by ``scoring_bench.py``).
+
+What the graph does, from the bundle's own documents (the portable rules of
+``pythia.scoring.onnx_export.encoders_document`` and the offset table's JSON):
+
+* each categorical source column (a string tensor; missing = ``""``) looked up in a
+  ``tf.lookup.StaticHashTable`` built from the same vocabulary: ``""`` -> missing, a value
+  outside the vocabulary (or longer than ``MAX_VALUE_CHARS``) -> OOV;
+* the UTC offset in the graph: country -> zone series (hash table), the subdivision code
+  (stripped, upper-cased, prefixed ``COUNTRY-``) -> its own series where the table has one,
+  then ``tf.searchsorted`` over every series' transitions laid end to end (the layout of
+  ``pythia.geo.OffsetTable``);
+* local hour / day of week and their ids, ``hour_sin`` / ``hour_cos`` normalised as
+  ``NumericStats.normalize`` does (float64, then float32);
+* the Keras model, then AgeGender's logits with the bundle's temperature and prior ratio
+  (``softmax(z / T + log r)``) and gender / age as its marginals.
+
+Its inputs are tensors already: ``ts`` as int64 epoch seconds (no ISO-8601 parsing, no
+fallback to the current time, no non-string cells), and there is one model (no routing by
+country): the bench's batches need nothing more, and ``check_peer`` compares it with the
+scorer row by row.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from pythia import features
+from pythia.features import (CATEGORICAL, COUNTRY, DERIVED, FEATURES, GEO_REGION,
+                             MISSING_ID, NUMERIC_FEATURES, OOV_ID, TS, Encoders)
+from pythia.scoring.boundary import MAX_VALUE_CHARS
+
+# pythia.geo.offsets' key layout: series j occupies [j * BLOCK, (j + 1) * BLOCK)
+_TS_MIN, _TS_MAX = -(2 ** 35), 2 ** 35
+_BLOCK = _TS_MAX - _TS_MIN
+
+SOURCE_COLUMNS = [f.source for f in FEATURES if f.kind == CATEGORICAL and f.source != DERIVED]
+STRING_COLUMNS = list(dict.fromkeys([COUNTRY, GEO_REGION] + SOURCE_COLUMNS))
+
+
+def _series(offsets_doc: Mapping[str, Any]) -> tuple[dict, list, list]:
+    """(zone -> series id, transitions per series, offsets per series); series 0 is UTC."""
+    zones = offsets_doc["zones"]
+    series_of, transitions, offsets = {}, [[_TS_MIN]], [[0]]
+    for zone, entry in zones.items():
+        if "same_as" not in entry:
+            series_of[zone] = len(transitions)
+            transitions.append(entry["transitions"])
+            offsets.append(entry["offsets_minutes"])
+    for zone, entry in zones.items():
+        if "same_as" in entry:
+            series_of[zone] = series_of[entry["same_as"]]
+    return series_of, transitions, offsets
+
+
+def make_raw_peer(keras_model: Any, encoders: Encoders, offsets_doc: Mapping[str, Any],
+                  export: Mapping[str, Any]):
+    """A ``tf.function`` taking ``{column: tensor}`` (``STRING_COLUMNS`` as tf.string,
+    ``ts`` as tf.int64) and returning ``{gender, age, age_gender}`` float32 probabilities."""
+    import tensorflow as tf
+
+    unknown = [f.name for f in FEATURES if f.kind != CATEGORICAL
+               and f.name not in ("hour_sin", "hour_cos")]
+    if unknown:
+        raise NotImplementedError(f"the TF peer derives only hour_sin/hour_cos, not {unknown}")
+
+    def table(keys: list, values: list, default: int):
+        init = tf.lookup.KeyValueTensorInitializer(
+            tf.constant(keys, tf.string), tf.constant(values, tf.int64))
+        return tf.lookup.StaticHashTable(init, default_value=default)
+
+    vocab_tables = {}
+    for f in FEATURES:
+        if f.kind == CATEGORICAL and f.source != DERIVED:
+            vocab = encoders.vocabularies[f.name]
+            kept = [v for v in vocab.values if len(v) <= MAX_VALUE_CHARS]
+            vocab_tables[f.name] = (f.source, table(kept + [""], [vocab.encode_one(v) for v in kept]
+                                                    + [MISSING_ID], OOV_ID))
+    # derived categoricals are looked up as decimal strings: a dense table per small int
+    hour_ids = tf.constant([encoders.vocabularies["local_hour"].encode_one(str(h))
+                            for h in range(24)], tf.int64)
+    dow_ids = tf.constant([encoders.vocabularies["local_dow"].encode_one(str(d))
+                           for d in range(7)], tf.int64)
+    stats = {n: encoders.numeric[n] for n in NUMERIC_FEATURES}
+
+    series_of, transitions, offsets = _series(offsets_doc)
+    country_table = table(list(offsets_doc["countries"]),
+                          [series_of[z] for z in offsets_doc["countries"].values()], 0)
+    sub_table = table(list(offsets_doc["subdivisions"]),
+                      [series_of[z] for z in offsets_doc["subdivisions"].values()], -1)
+    keys = tf.constant(np.concatenate([j * _BLOCK + (np.asarray(t, np.int64) - _TS_MIN)
+                                       for j, t in enumerate(transitions)]), tf.int64)
+    minutes = tf.constant(np.concatenate([np.asarray(o, np.int64) for o in offsets]), tf.int64)
+    starts = tf.constant(np.cumsum([0] + [len(t) for t in transitions[:-1]]), tf.int64)
+
+    scale = 1.0 / float(export["temperature"]["age_gender"])
+    with np.errstate(divide="ignore"):
+        log_ratio = tf.constant(np.log(np.asarray(export["prior_ratio"]["age_gender"])),
+                                tf.float32)
+    n_age = len(encoders.age_edges)
+    n_gender = len(features.GENDER_CLASSES)
+
+    def utc_offset(ts, country, region):
+        country_sid = country_table.lookup(country)
+        code = tf.strings.upper(tf.strings.strip(region))
+        prefix = tf.strings.join([country, "-"])
+        width = tf.strings.length(prefix)
+        prefixed = tf.where(tf.strings.substr(code, tf.zeros_like(width), width) == prefix,
+                            code, tf.strings.join([prefix, code]))
+        sub_sid = sub_table.lookup(prefixed)
+        sid = tf.where((sub_sid >= 0) & (tf.strings.length(code) > 0), sub_sid, country_sid)
+        query = sid * _BLOCK + (tf.clip_by_value(ts, _TS_MIN, _TS_MAX - 1) - _TS_MIN)
+        pos = tf.searchsorted(keys, query, side="right", out_type=tf.int64) - 1
+        return tf.gather(minutes, tf.maximum(pos, tf.gather(starts, sid)))
+
+    signature = [{**{c: tf.TensorSpec([None], tf.string, name=c) for c in STRING_COLUMNS},
+                  TS: tf.TensorSpec([None], tf.int64, name=TS)}]
+
+    @tf.function(input_signature=signature)
+    def peer(columns):
+        ts = columns[TS]
+        offset = utc_offset(ts, columns[COUNTRY], columns[GEO_REGION])
+        local_minutes = tf.math.floordiv(ts, 60) + offset
+        hour = tf.math.floormod(tf.math.floordiv(local_minutes, 60), 24)
+        dow = tf.math.floormod(tf.math.floordiv(local_minutes, 1440) + 3, 7)
+        x = {name: t.lookup(columns[source]) for name, (source, t) in vocab_tables.items()}
+        x["local_hour"] = tf.gather(hour_ids, hour)
+        x["local_dow"] = tf.gather(dow_ids, dow)
+        angle = tf.cast(hour, tf.float64) * (2.0 * math.pi / 24.0)
+        raw = {"hour_sin": tf.sin(angle), "hour_cos": tf.cos(angle)}
+        for name in NUMERIC_FEATURES:
+            s = stats[name]
+            z = (raw[name] - s.mean) / (s.std if s.std > 0 else 1.0)
+            x[name] = tf.cast(tf.where(tf.math.is_finite(z), z, tf.zeros_like(z)), tf.float32)
+        z = keras_model(x, training=False)["age_gender"] * scale + log_ratio
+        joint = tf.nn.softmax(z, axis=-1)
+        cube = tf.reshape(joint, [-1, n_gender, n_age])
+        return {"gender": tf.reduce_sum(cube, axis=2), "age": tf.reduce_sum(cube, axis=1),
+                "age_gender": joint}
+
+    return peer
+
+
+def arrow_to_tensors(table: Any) -> dict:
+    """The peer's inputs from a pyarrow Table of (dictionary) string columns and int64 ts:
+    nulls as ``""``, strings as tf.string, ts as tf.int64 (the conversion a TF server pays)."""
+    import pyarrow as pa
+    import tensorflow as tf
+
+    out = {}
+    n = table.num_rows
+    for c in STRING_COLUMNS:
+        if c not in table.column_names:
+            out[c] = tf.constant([""] * n, tf.string)
+            continue
+        col = table.column(c).cast(pa.string()).fill_null("")
+        out[c] = tf.constant(col.to_numpy(zero_copy_only=False), tf.string)
+    out[TS] = tf.constant(table.column(TS).to_numpy(), tf.int64)
+    return out
+
+
+def check_peer(peer: Any, scorer: Any, table: Any, atol: float = 1e-5) -> float:
+    """Max |peer - scorer| over every probability of ``table``'s rows; raises above ``atol``
+    (timings of a peer that computes something else would mean nothing)."""
+    got = peer(arrow_to_tensors(table))
+    want = scorer.score_arrays(table)
+    diff = max(float(np.max(np.abs(got[t].numpy() - want[t]))) for t in want)
+    if not diff <= atol:
+        raise AssertionError(f"the TF raw-in peer differs from Scorer.score_arrays by {diff:.2e} "
+                             f"(> {atol:.0e}): fix the peer before timing it")
+    return diff
