@@ -2,7 +2,7 @@
 
 ETL outputs are built once per source (tasks on the driver): tests/test_dedupe.py's source with
 hours_per_task 1, 4 and 24 (duplicates across tasks, a labelled loser that would make a power
-user) and tests/test_etl.py's (a power user, two tasks). ``etl.join_hours`` then runs on them
+user; with 4 also by Spark tasks) and tests/test_etl.py's (a power user, two tasks). ``etl.join_hours`` then runs on them
 twice, Spark forced by ``PYTHIA_DRIVER_MAX_ROWS=0`` and the driver by default, under resampling
 modes auto/balanced/natural/sqrt, a floor, power users dropped or kept, a quantile or a fixed
 threshold, and splits with no rows; every output table (schema, types, nullability, sorted rows)
@@ -50,7 +50,7 @@ def _etl(tmp, name: str, source, choice: dict, groups: list[list[int]]) -> list[
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
+def sources(spark, tmp_path_factory):
     import test_dedupe
     import test_etl
 
@@ -58,6 +58,11 @@ def sources(tmp_path_factory):
     dedupe_src = test_dedupe.build_source(join(tmp, "dedupe-src"))
     out = {f"dedupe{h}": _etl(tmp, f"dedupe{h}", dedupe_src, {}, hour_groups(h))
            for h in (1, 4, 24)}
+    with pytest.MonkeyPatch.context() as mp:  # the same tasks written by Spark (ts as INT96)
+        mp.setattr("pythia.etl.session.spark_session",
+                   lambda *a, **k: contextlib.nullcontext(spark))
+        mp.setenv(providers_local.DRIVER_MAX_ROWS_ENV, "0")
+        out["dedupe4-spark"] = _etl(tmp, "dedupe4-spark", dedupe_src, {}, hour_groups(4))
     etl_src = test_etl.build_source(join(tmp, "etl-src"))
     out["etl"] = _etl(tmp, "etl", etl_src, {"US": "lucid"}, [[0, 1], [2]])
     return tmp, out
@@ -126,6 +131,7 @@ def assert_same_join(want: dict, got: dict) -> None:
 CASES = [  # (source, EtlConfig)
     ("dedupe1", EtlConfig(resample="balanced", power_user_quantile=0.5)),
     ("dedupe4", EtlConfig(resample="balanced", power_user_quantile=0.5)),
+    ("dedupe4-spark", EtlConfig(resample="balanced", power_user_quantile=0.5, seed=5)),
     ("dedupe24", EtlConfig(resample="sqrt", power_user_quantile=0.5, seed=7)),
     ("dedupe4", EtlConfig(resample="auto", power_user_quantile=0.9, drop_power_users=False)),
     ("etl", EtlConfig(resample="balanced", power_user_threshold=3)),
@@ -149,6 +155,8 @@ def test_driver_and_spark_join_the_same_way(spark, sources, monkeypatch, case):
     assert (f"join_hours: pandas on the driver: {n} rows <= 1000000 (PYTHIA_DRIVER_MAX_ROWS)"
             in got["driver"]["log"])
     split = got["driver"]["split"]
+    if name.startswith("dedupe4"):
+        assert split["duplicates_across_tasks"]["rows"] == 6
     if name == "dedupe1":
         assert split["duplicates_across_tasks"]["rows"] == 7
         assert split["power_user_threshold"] == 24.0

@@ -112,10 +112,9 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
     planned = splits.plan(before, cfg, n_age)
     rates = planned[-1]
     uniform = keep_uniform(flagged[IMPRESSION_ID], int(cfg.seed))
-    y_t = _target(y, cfg.resample_target, n_age)
     keep = {}
     for out in RESAMPLED_SPLITS:
-        rate = np.array([rates[out].get(c, np.nan) if ok else np.nan for c, ok in y_t])
+        rate = _rate_per_row(y, rates[out], cfg.resample_target, n_age)
         keep[out] = (split == ETL_SPLIT_OF[out]) & (uniform < rate)  # nan: not kept
     after = _groups(flagged.select([DATE, HOUR, SPLIT, IS_POWER_USER, Y_AGE_GENDER]).append_column(
         "_k0", pa.array(keep[RESAMPLED_SPLITS[0]])).append_column(
@@ -133,10 +132,15 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
     return splits.finish(after, planned, threshold, paths, cfg)
 
 
-def _target(y: pa.ChunkedArray, target: str, n_age: int) -> list[tuple[int, bool]]:
-    """(class of ``target``, present) per row: ``splits.target_class`` of each AgeGender."""
-    return [(splits.target_class(v, target, n_age), True) if v is not None else (0, False)
-            for v in y.to_pylist()]
+def _rate_per_row(y: pa.ChunkedArray, rates: Mapping[int, float], target: str, n_age: int
+                  ) -> np.ndarray:
+    """The keep-rate of each row's class of ``target`` (``splits.target_class`` of its
+    AgeGender), NaN where the class has no rate or the row no AgeGender: Spark's null."""
+    values = pc.unique(y).drop_null()
+    table = np.array([rates.get(splits.target_class(v, target, n_age), np.nan)
+                      for v in values.to_pylist()] + [np.nan], dtype=np.float64)
+    where = pc.fill_null(pc.index_in(y, value_set=values), len(values))
+    return table[where.to_numpy(zero_copy_only=False)]
 
 
 def _groups(table: pa.Table, keys: Sequence[str] | None) -> list[tuple]:
