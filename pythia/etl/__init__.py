@@ -2,8 +2,9 @@
 
 ``session`` builds the SparkSession; ``hourly`` turns impression partitions into labelled,
 feature-derived rows (``hourly_local``: the same on the driver, without a JVM, for small
-tasks); ``splits`` writes the four training splits; ``reconcile`` proves every
-input row is accounted for. ``sample`` writes tiny hand-made sources in the contract layout.
+tasks); ``dedupe`` settles duplicates across tasks and ``splits`` writes the four training
+splits (``dedupe_local``, ``splits_local``: the same on the driver for small runs);
+``reconcile`` proves every input row is accounted for. ``sample`` writes tiny hand-made sources in the contract layout.
 The flow's steps call :func:`run_hours` (etl_hour) and :func:`join_hours` (join_hours); a Spark
 failure caused by an input file surfaces there as one line naming the file and the fix.
 """
@@ -53,7 +54,13 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
     splits; the reconciliation of every input row must balance. Returns (split_manifest,
     reconciliation, resample_rates, quarantine summary). The summary also lists the impression
     folders that were not read because their names do not parse (``partitions``, rows counted
-    from Parquet footers)."""
+    from Parquet footers).
+
+    On the driver (``dedupe_local``, ``splits_local``, no JVM) under the rule of
+    ``providers_local.use_driver``, counting the footer rows of the tasks' rows/ and ids/
+    tables (what it reads), else Spark; one line says which and why. A source file the driver
+    cannot convert exactly (``NeedsSpark``, met when the losers' raw rows are read again) sends
+    the step to Spark, which rewrites every output."""
     from pythia import providers_local, source_layout
     from pythia.contract import IMPRESSIONS
     from pythia.errors import user_input_errors
