@@ -230,3 +230,25 @@ def test_join_hours_runs_on_the_driver_without_a_jvm(tmp_path):
     got = json.loads(lines[-1])
     assert got["loaded"] == []  # pyspark never imported
     assert got["rows"]["test_natural"] == 2 and sum(got["rows"].values()) >= 2
+
+
+def test_a_damaged_etl_table_on_the_driver_is_one_line_naming_it(tmp_path, monkeypatch):
+    from test_etl_local import _small_source
+
+    src, labels = _small_source(str(tmp_path / "src"))
+    for var in ("SPARK_REMOTE", "PYTHIA_SPARK_MASTER", providers_local.DRIVER_MAX_ROWS_ENV):
+        monkeypatch.delenv(var, raising=False)
+    params = RunParams.build({"source": src.root, "data_root": str(tmp_path / "data"),
+                              "allow_gaps": True}, model_names=("gbdt",))
+    paths = RunPaths(str(tmp_path / "data"), "T", "1")
+    with contextlib.redirect_stdout(io.StringIO()):
+        ms = [etl.run_hours(src.root, h, WINDOW.as_dict(), labels, params, paths)
+              for h in ([0], [1])]
+    bad = source_layout.list_data_files(ms[1]["rows_path"])[0]
+    data = bytearray(open(bad, "rb").read())
+    with open(bad, "wb") as f:
+        f.write(bytes(data[: len(data) // 2]))  # cut short: no footer
+    with pytest.raises(ValueError) as err, contextlib.redirect_stdout(io.StringIO()):
+        etl.join_hours(ms, params, paths)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(bad) and "may hold only Parquet files" in text
