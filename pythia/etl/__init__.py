@@ -2,8 +2,9 @@
 
 ``session`` builds the SparkSession; ``hourly`` turns impression partitions into labelled,
 feature-derived rows (``hourly_local``: the same on the driver, without a JVM, for small
-tasks); ``splits`` writes the four training splits; ``reconcile`` proves every
-input row is accounted for. ``sample`` writes tiny hand-made sources in the contract layout.
+tasks); ``dedupe`` settles duplicates across tasks and ``splits`` writes the four training
+splits (``dedupe_local``, ``splits_local``: the same on the driver for small runs);
+``reconcile`` proves every input row is accounted for. ``sample`` writes tiny hand-made sources in the contract layout.
 The flow's steps call :func:`run_hours` (etl_hour) and :func:`join_hours` (join_hours); a Spark
 failure caused by an input file surfaces there as one line naming the file and the fix.
 """
@@ -53,21 +54,43 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
     splits; the reconciliation of every input row must balance. Returns (split_manifest,
     reconciliation, resample_rates, quarantine summary). The summary also lists the impression
     folders that were not read because their names do not parse (``partitions``, rows counted
-    from Parquet footers)."""
+    from Parquet footers).
+
+    On the driver (``dedupe_local``, ``splits_local``, no JVM) under the rule of
+    ``providers_local.use_driver``, counting the footer rows of the tasks' rows/ and ids/
+    tables (what it reads), else Spark; one line says which and why. A source file the driver
+    cannot convert exactly (``NeedsSpark``, met when the losers' raw rows are read again) sends
+    the step to Spark, which rewrites every output."""
+    from pythia import providers_local, source_layout
     from pythia.contract import IMPRESSIONS
     from pythia.errors import user_input_errors
-    from pythia.etl.dedupe import settle_duplicates
+    from pythia.etl import dedupe_local, splits_local
     from pythia.etl.reconcile import assert_balanced, reconcile
-    from pythia.etl.session import spark_session
-    from pythia.etl.splits import finalize_splits
     from pythia.paths import join
-    with spark_session("pythia-splits", params) as spark, user_input_errors("join_hours"):
-        # the losers' ids live beside the tasks' own outputs; their raw rows join the quarantine
-        manifests, duplicates = settle_duplicates(
-            spark, hour_manifests, paths.etl_duplicates,
-            join(paths.quarantine, IMPRESSIONS.name, "duplicates_across_tasks"))
-        split_manifest = finalize_splits(spark, manifests, params.etl, paths,
-                                         duplicates=duplicates["path"])
+    # the losers' ids live beside the tasks' own outputs; their raw rows join the quarantine
+    work, q_uri = paths.etl_duplicates, join(paths.quarantine, IMPRESSIONS.name,
+                                             "duplicates_across_tasks")
+
+    def _driver() -> tuple:
+        manifests, duplicates = dedupe_local.settle_duplicates(hour_manifests, work, q_uri)
+        return manifests, duplicates, splits_local.finalize_splits(
+            manifests, params.etl, paths, duplicates=duplicates["path"])
+
+    with user_input_errors("join_hours"):
+        # the rule's rows: the tasks' rows/ and ids/ tables (Parquet footers), what is read
+        files = [f for m in hour_manifests for key in ("rows_path", "ids_path") if m.get(key)
+                 for f in source_layout.list_data_files(m[key])]
+        done = providers_local.on_driver("join_hours", files, params, _driver)
+    if done is None:
+        from pythia.etl.dedupe import settle_duplicates
+        from pythia.etl.session import spark_session
+        from pythia.etl.splits import finalize_splits
+        with spark_session("pythia-splits", params) as spark, user_input_errors("join_hours"):
+            manifests, duplicates = settle_duplicates(spark, hour_manifests, work, q_uri)
+            split_manifest = finalize_splits(spark, manifests, params.etl, paths,
+                                             duplicates=duplicates["path"])
+    else:
+        manifests, duplicates, split_manifest = done
     split_manifest["duplicates_across_tasks"] = duplicates
     reconciliation = reconcile(manifests, split_manifest)
     assert_balanced(reconciliation)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pythia import contract_read
 from pythia.contract import DUPLICATE_IMPRESSION_ID, IMPRESSIONS, REASON, REASON_COLUMN
@@ -42,13 +42,8 @@ def find_duplicates(spark: Any, hour_manifests: Sequence[Mapping], out_uri: str)
     from pyspark.sql import Window as W
     from pyspark.sql import functions as F
 
-    if len(hour_manifests) < 2:
+    if not needs_settling(hour_manifests):
         return {"path": None, "rows": 0, "counts": []}
-    missing = [m["hours"] for m in hour_manifests if not m.get("ids_path")]
-    if missing:
-        raise ValueError(f"hour manifest(s) of hours {missing} name no ids table (written by an "
-                         "older pythia?): rerun their etl_hour tasks so duplicates can be "
-                         "settled across the window")
     ids = read_parquet(spark, [m["ids_path"] for m in hour_manifests])
     # rank only the ids kept by several tasks: a hash aggregate over every id, then a sort of
     # the few candidates, instead of sorting every id of the window
@@ -59,10 +54,27 @@ def find_duplicates(spark: Any, hour_manifests: Sequence[Mapping], out_uri: str)
     path = write_parquet_atomic(losers, out_uri)
     grouped = read_parquet(spark, path).groupBy(DATE, HOUR, SPLIT, OUTCOME,
                                                 Y_AGE_GENDER).count().collect()
-    counts = sorted([[d, int(h), s, o, None if y is None else int(y), int(n)]
-                     for d, h, s, o, y, n in grouped],
-                    key=lambda r: (r[0], r[1], r[3], -1 if r[4] is None else r[4]))
+    counts = sorted_counts(grouped)
     return {"path": path, "rows": sum(r[-1] for r in counts), "counts": counts}
+
+
+def needs_settling(hour_manifests: Sequence[Mapping]) -> bool:
+    """Whether there are several tasks to settle; ValueError when one names no ids table."""
+    if len(hour_manifests) < 2:
+        return False
+    missing = [m["hours"] for m in hour_manifests if not m.get("ids_path")]
+    if missing:
+        raise ValueError(f"hour manifest(s) of hours {missing} name no ids table (written by an "
+                         "older pythia?): rerun their etl_hour tasks so duplicates can be "
+                         "settled across the window")
+    return True
+
+
+def sorted_counts(grouped: Sequence[Sequence]) -> list[list]:
+    """``[date, hour, split, outcome, y_age_gender, n]`` groups as Python values, in order."""
+    counts = [[d, int(h), s, o, None if y is None else int(y), int(n)]
+              for d, h, s, o, y, n in grouped]
+    return sorted(counts, key=lambda r: (r[0], r[1], r[3], -1 if r[4] is None else r[4]))
 
 
 def apply_duplicates(hour_manifests: Sequence[Mapping], counts: Sequence[Sequence]
@@ -138,6 +150,14 @@ def settle_duplicates(spark: Any, hour_manifests: Sequence[Mapping], work_uri: s
         ``quarantine_path`` of their rows. A line saying how many were found is printed.
     """
     found = find_duplicates(spark, hour_manifests, work_uri)
+    return settle(hour_manifests, found, lambda source: write_quarantine(
+        spark, source, found["path"], quarantine_uri, found["rows"]))
+
+
+def settle(hour_manifests: Sequence[Mapping], found: Mapping,
+           quarantine: Callable[[str], str]) -> tuple[list[dict], dict]:
+    """``settle_duplicates`` once the losers are ``found`` (either engine): their counts move,
+    ``quarantine(source)`` writes their raw rows when there are any, one line is printed."""
     adjusted = apply_duplicates(hour_manifests, found["counts"])
     by_outcome = {o: sum(r[-1] for r in found["counts"] if r[3] == o)
                   for o in (WRITTEN, UNLABELLED)}
@@ -146,8 +166,7 @@ def settle_duplicates(spark: Any, hour_manifests: Sequence[Mapping], work_uri: s
         sources = sorted({m["source"] for m in hour_manifests})
         if len(sources) != 1:
             raise ValueError(f"hour manifests read different sources {sources}")
-        q_path = write_quarantine(spark, sources[0], found["path"], quarantine_uri,
-                                  found["rows"])
+        q_path = quarantine(sources[0])
     print(f"duplicates across etl tasks: {found['rows']} row(s) lost to an earlier copy in "
           f"another task ({by_outcome[WRITTEN]} labelled, {by_outcome[UNLABELLED]} unlabelled)"
           + (f"; quarantined as {DUPLICATE_IMPRESSION_ID} under {q_path}" if q_path else ""))

@@ -36,11 +36,13 @@ def normalized_schema() -> pa.Schema:
     return pa.schema(typed + raw + parts)
 
 
-def read_impressions(files: Sequence[str]) -> tuple[pa.Table, list[str]]:
-    """The normalised impressions of ``files`` and the extra column names; extra columns and
-    naive timestamps are printed to the step's log as the Spark reader prints them."""
+def read_impressions(files: Sequence[str], report: bool = True) -> tuple[pa.Table, list[str]]:
+    """The normalised impressions of ``files`` and the extra column names; with ``report``,
+    extra columns and naive timestamps are printed to the step's log as the Spark reader
+    prints them."""
     groups, extras = contract_local.inspect_local(files, IMPRESSIONS)
-    contract_read._print_read_notes(IMPRESSIONS, groups, extras)
+    if report:
+        contract_read._print_read_notes(IMPRESSIONS, groups, extras)
     schema = normalized_schema()
     tables = [_read_file(uri, key, schema) for key, group in sorted(groups.items())
               for uri in group]

@@ -160,10 +160,17 @@ def power_user_threshold(spark: Any, user_day_paths: Sequence[str], cfg: EtlConf
             read_parquet(spark, duplicates).filter(F.col(OUTCOME) == WRITTEN)
             .groupBy(USER_ID, DATE).agg((-F.count(F.lit(1))).cast("long").alias("n")))
     totals = counts.groupBy(USER_ID, DATE).agg(F.sum("n").alias("n")).filter(F.col("n") > 0)
+    return totals, threshold_rule(
+        cfg, lambda q: next(iter(totals.approxQuantile("n", [q], 0.0)), None))
+
+
+def threshold_rule(cfg: EtlConfig, quantile: Callable[[float], float | None]) -> float | None:
+    """``cfg.power_user_threshold`` when set, else ``quantile(cfg.power_user_quantile)`` (the
+    exact quantile of the per-user-day totals; None when there are none), as a float."""
     if cfg.power_user_threshold is not None:
-        return totals, float(cfg.power_user_threshold)
-    q = totals.approxQuantile("n", [cfg.power_user_quantile], 0.0)
-    return totals, (float(q[0]) if q else None)
+        return float(cfg.power_user_threshold)
+    q = quantile(cfg.power_user_quantile)
+    return None if q is None else float(q)
 
 
 def _out_uri(out_root: Any) -> Callable[[str], str]:
@@ -233,10 +240,7 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         before = flagged.groupBy(SPLIT, IS_POWER_USER, Y_AGE_GENDER).count().collect()
-        counts, natural = _counts_before(before, cfg, n_age)
-        mode, choice = choose_resample(counts[TRAIN], cfg.resample, cfg.min_keep_rate)
-        rates = {s: resample_rates(counts[s], mode, cfg.min_keep_rate)
-                 for s in RESAMPLED_SPLITS}
+        counts, natural, mode, choice, rates = plan(before, cfg, n_age)
         uniform = (F.pmod(F.xxhash64(F.col(IMPRESSION_ID), F.lit(int(cfg.seed))),
                           F.lit(1 << _HASH_BITS)).cast("double") / float(1 << _HASH_BITS))
         y_t = {"age_gender": F.col(Y_AGE_GENDER),
@@ -266,7 +270,25 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
             paths[out] = write_parquet_atomic(_split_columns(part), uri_of(out))
     finally:
         flagged.unpersist()
-    manifest = _manifest(after, counts, rates, natural, threshold, paths, cfg, n_age)
+    return finish(after, (counts, natural, mode, choice, rates), threshold, paths, cfg)
+
+
+def plan(before: Sequence[Sequence], cfg: EtlConfig, n_age: int) -> tuple:
+    """(counts, natural, mode, choice, rates) from ``(split, is_power_user, y_age_gender, n)``
+    groups, taken in sorted order so float sums do not depend on the engine's row order."""
+    counts, natural = _counts_before(sorted(tuple(r) for r in before), cfg, n_age)
+    mode, choice = choose_resample(counts[TRAIN], cfg.resample, cfg.min_keep_rate)
+    rates = {s: resample_rates(counts[s], mode, cfg.min_keep_rate) for s in RESAMPLED_SPLITS}
+    return counts, natural, mode, choice, rates
+
+
+def finish(after: Sequence[Sequence], planned: tuple, threshold: float | None, paths: dict,
+           cfg: EtlConfig) -> dict:
+    """The split manifest from ``(date, hour, split, is_power_user, y, keep x3, n)`` groups
+    and ``plan``'s result; its one-line summary is printed."""
+    counts, natural, mode, choice, rates = planned
+    manifest = _manifest(list(after), counts, rates, natural, threshold, paths, cfg,
+                         len(cfg.age_edges))
     manifest.update(resample=mode, resample_requested=cfg.resample,
                     min_keep_rate=cfg.min_keep_rate, resample_choice=choice)
     print(resample_summary(manifest))
