@@ -23,11 +23,12 @@ from pythia.parquet_footers import footer_rows
 from pythia.paths import join
 
 # Input rows (summed from the Parquet footers of the table's files) up to which the step runs
-# on the driver. Row-wise conversion costs ~1-2 s per million rows here, and a million label
-# rows fit in well under 1 GB of pandas memory; an etl_hour task (etl.hourly_local) of 346k
-# impressions took ~5 s and ~400 MB above the process's own (a busy 2-core machine), Spark
-# ~55 s. PYTHIA_DRIVER_MAX_ROWS overrides it; 0 means always Spark.
-DRIVER_MAX_ROWS = 1_000_000
+# on the driver. Measured on a busy 2-core machine: an etl_hour task (etl.hourly_local) of 346k
+# impressions took ~6 s and ~400 MB above the process's own (Spark ~55 s); join_hours on the
+# default world's 3.2M rows/ + ids/ rows ~8 s and 933 MB for the whole process (Spark ~94 s).
+# At the limit a step stays well inside the 8 GB that flows/pythia.toml gives it.
+# PYTHIA_DRIVER_MAX_ROWS overrides it; 0 means always Spark.
+DRIVER_MAX_ROWS = 4_000_000
 DRIVER_MAX_ROWS_ENV = "PYTHIA_DRIVER_MAX_ROWS"
 
 _INT32, _STR, _DATE = pa.int32(), pa.string(), pa.date32()

@@ -311,7 +311,7 @@ def test_the_step_runs_on_the_driver_without_a_jvm(tmp_path):
     out = subprocess.run([sys.executable, "-c", _NO_JVM, arg], capture_output=True, text=True,
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     lines = out.stdout.splitlines()
-    assert lines[0] == ("etl_hour: pandas on the driver: 20 rows <= 1000000 "
+    assert lines[0] == ("etl_hour: pandas on the driver: 20 rows <= 4000000 "
                         "(PYTHIA_DRIVER_MAX_ROWS)")
     assert lines[1].startswith("etl_hour 00,01: 20 impressions read, 0 quarantined, "
                                "10 without a label, 10 written to ")

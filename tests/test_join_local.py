@@ -225,7 +225,7 @@ def test_join_hours_runs_on_the_driver_without_a_jvm(tmp_path):
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     lines = out.stdout.splitlines()
     # rows/ holds u1's 10 labelled rows, ids/ those and u2's 10 unlabelled
-    assert "join_hours: pandas on the driver: 30 rows <= 1000000 (PYTHIA_DRIVER_MAX_ROWS)" \
+    assert "join_hours: pandas on the driver: 30 rows <= 4000000 (PYTHIA_DRIVER_MAX_ROWS)" \
         in lines
     got = json.loads(lines[-1])
     assert got["loaded"] == []  # pyspark never imported
