@@ -21,8 +21,13 @@ another candidate (e.g. ``mlp/global``) on every region it scores.
 """
 from __future__ import annotations
 
-import argparse
+import pathlib
 import sys
+
+# this checkout's pythia, not whichever one the environment installed (editable installs)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import argparse
 
 import numpy as np
 import pandas as pd

@@ -13,9 +13,14 @@ out"), and the held-out difference to the first variant with its SE over users.
 """
 from __future__ import annotations
 
+import pathlib
+import sys
+
+# this checkout's pythia, not whichever one the environment installed (editable installs)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 import argparse
 import json
-import sys
 import zlib
 
 import numpy as np

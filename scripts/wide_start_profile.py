@@ -16,11 +16,16 @@ others of the LR start. Timings on a shared machine are relative only.
 """
 from __future__ import annotations
 
+import pathlib
+import sys
+
+# this checkout's pythia, not whichever one the environment installed (editable installs)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 import argparse
 import collections
 import contextlib
 import json
-import sys
 import time
 
 from pythia.config import TrainConfig
