@@ -82,9 +82,12 @@ class LogRegModel(Model):
             "per_feature_l2": False,
             # the per-feature sweep's trial fits: L-BFGS tolerance and rows (a seeded sample
             # of the path's rows, every class kept; 0 = the path's rows). The chosen weights
-            # are then refitted at ``tol`` (or ``refit_tol`` on all rows past ``path_rows``)
-            "sweep_tol": 1e-5,
-            "sweep_rows": 0,
+            # are then refitted at ``tol`` (or ``refit_tol`` on all rows past ``path_rows``).
+            # Skewed world, MLP wide start (CPU-s on a shared 2-core machine; validation
+            # AgeGender): 1e-5 on the path's rows -> these, global 69 -> 34 s, 2.0013 ->
+            # 2.0013; per region 9-28 -> 6-25 s, within 5e-4 (scripts/wide_start_profile.py)
+            "sweep_tol": 1e-4,
+            "sweep_rows": 20_000,
             # fixed penalty multipliers {feature: m} (e.g. another task's chosen ones): the
             # path then chooses C for columns penalised 1 / (2 C) * m; {} = all 1
             "feature_penalty": {},
