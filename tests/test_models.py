@@ -292,6 +292,35 @@ def test_logreg_per_feature_l2_shrinks_noise_features_on_validation(fitted, data
         out["val_logloss"]["age_gender"], abs=1e-9)
 
 
+def test_logreg_per_feature_sweep_on_a_sample_ends_with_a_tight_fit_on_all_rows(data, capsys):
+    # the sweep's trials run on 300 of the 600 rows at a loose tolerance; the chosen
+    # penalties are then refitted on every row at the path's tolerance: the same weights as a
+    # fresh fit with those penalties fixed
+    model = MODELS["logreg"](make_encoders(), {"per_feature_l2": True, "sweep_rows": 300,
+                                               "sweep_tol": 1e-3}, FAST)
+    out = model.fit(data["train"], data["valid"], uniform_priors())
+    chosen = out["feature_penalty"]
+    assert max(chosen.values()) > 1 and "penalty per feature" in capsys.readouterr().out
+    fixed = MODELS["logreg"](make_encoders(), {"feature_penalty": chosen, "tol": 1e-7,
+                                               "c_grid": [out["C"]]}, FAST)
+    fixed.fit(data["train"], data["valid"], uniform_priors())
+    np.testing.assert_allclose(model.linear_logits(data["test"]),
+                               fixed.linear_logits(data["test"]), atol=1e-2)
+    # the sample really was smaller: a sweep on every row gives other weights
+    trials = []
+    original = type(model)._fit_point
+
+    def spy(self, Xt, *a, **k):
+        trials.append(Xt.shape[0])
+        return original(self, Xt, *a, **k)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(model), "_fit_point", spy)
+        MODELS["logreg"](make_encoders(), {"per_feature_l2": True, "sweep_rows": 300},
+                         FAST).fit(data["train"], data["valid"], uniform_priors())
+    n = len(data["train"]["y_age_gender"])
+    assert trials[0] == n and trials[-1] == n and 300 <= min(trials) <= 306
+
+
 def test_wide_start_heads_reuse_agegender_feature_penalties(data):
     from pythia.models.wide import fit_wide_start
 

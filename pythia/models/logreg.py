@@ -28,6 +28,8 @@ from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models import priors as pr
 from pythia.models.base import Model, labels_of
+from pythia.models.design import (design_matrix, diag, fit_columns,  # noqa: F401
+                                   numeric_block, path_rows)
 
 MODEL_FILE = "logreg.npz"
 # Validation steps without improvement after which the regularisation path stops (the
@@ -50,67 +52,6 @@ class LinearTask(NamedTuple):
     natural_prior: Any  # (n_classes,) natural class prior the validation loss is moved to
     valid_weights: np.ndarray  # (n_valid,) natural weight of each validation row
     label: str = "AgeGender"  # how messages name the target
-
-
-def path_rows(y: np.ndarray, max_rows: int, seed: int) -> np.ndarray | None:
-    """Sorted indices of at most ``max_rows`` training rows (every class kept) on which the
-    regularisation path runs, or None when all rows fit (``max_rows`` <= 0: no limit)."""
-    y = np.asarray(y)
-    if max_rows <= 0 or len(y) <= max_rows:
-        return None
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(y), size=max_rows, replace=False)
-    # a class missing from the sample would change the coefficient shape of the warm start
-    _, first = np.unique(y, return_index=True)
-    return np.union1d(idx, first)
-
-
-def fit_columns(train: Mapping[str, np.ndarray], encoders: Encoders, min_count: int
-                ) -> tuple[dict[str, np.ndarray], int]:
-    """Per categorical feature a lookup ``id -> one-hot column``, and the number of columns.
-
-    Columns are numbered across features in ``CATEGORICAL_FEATURES`` order. The missing and
-    OOV ids always get a column; a value id with fewer than ``min_count`` training rows maps
-    to its feature's OOV column.
-    """
-    tables, offset = {}, 0
-    for name in features.CATEGORICAL_FEATURES:
-        size = encoders.vocabularies[name].size
-        counts = np.bincount(np.asarray(train[name], dtype=np.int64), minlength=size)[:size]
-        kept = counts >= max(int(min_count), 1)
-        kept[: features.FIRST_VALUE_ID] = True
-        cols = np.flatnonzero(kept)
-        table = np.full(size, -1, dtype=np.int64)
-        table[cols] = offset + np.arange(len(cols))
-        table[~kept] = table[features.OOV_ID]
-        tables[name] = table
-        offset += len(cols)
-    return tables, offset
-
-
-def _numeric(X: Mapping[str, np.ndarray], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(n, n_numeric) standardised numerics; non-finite values become 0 (the training mean)."""
-    cols = [np.asarray(X[f], dtype=np.float64) for f in features.NUMERIC_FEATURES]
-    z = (np.column_stack(cols) - mean) / std if cols else np.zeros((0, 0))
-    return np.where(np.isfinite(z), z, 0.0)
-
-
-def design_matrix(X: Mapping[str, np.ndarray], tables: Mapping[str, np.ndarray], n_onehot: int,
-                  mean: np.ndarray, std: np.ndarray) -> Any:
-    """The sparse float32 (n, n_onehot + n_numeric) CSR design matrix: one 1 per categorical,
-    then the standardised numerics."""
-    from scipy.sparse import csr_matrix
-
-    cat = np.column_stack([tables[f][np.asarray(X[f], dtype=np.int64)]
-                           for f in features.CATEGORICAL_FEATURES])
-    num = _numeric(X, mean, std)
-    n, n_num = len(cat), num.shape[1]
-    indices = np.hstack([cat, np.broadcast_to(n_onehot + np.arange(n_num), (n, n_num))])
-    # float32 halves the memory L-BFGS streams through per iteration
-    data = np.hstack([np.ones_like(cat, dtype=np.float32), num.astype(np.float32)])
-    width = indices.shape[1]
-    return csr_matrix((data.ravel(), indices.ravel(), np.arange(0, n * width + 1, width)),
-                      shape=(n, n_onehot + n_num))
 
 
 class LogRegModel(Model):
@@ -139,6 +80,14 @@ class LogRegModel(Model):
             # False: one C for every column (the baseline). True: after the path, a penalty
             # multiplier per categorical feature chosen on validation (``_feature_penalties``)
             "per_feature_l2": False,
+            # the per-feature sweep's trial fits: L-BFGS tolerance and rows (a seeded sample
+            # of the path's rows, every class kept; 0 = the path's rows). The chosen weights
+            # are then refitted at ``tol`` (or ``refit_tol`` on all rows past ``path_rows``).
+            # Skewed world, MLP wide start (CPU-s on a shared 2-core machine; validation
+            # AgeGender): 1e-5 on the path's rows -> these, global 69 -> 34 s, 2.0013 ->
+            # 2.0013; per region 9-28 -> 6-25 s, within 5e-4 (scripts/wide_start_profile.py)
+            "sweep_tol": 1e-4,
+            "sweep_rows": 20_000,
             # fixed penalty multipliers {feature: m} (e.g. another task's chosen ones): the
             # path then chooses C for columns penalised 1 / (2 C) * m; {} = all 1
             "feature_penalty": {},
@@ -189,7 +138,7 @@ class LogRegModel(Model):
         Xt = design_matrix(train, self.tables, self.n_onehot, self.num_mean, self.num_std)
         if self.hparams["feature_penalty"]:
             self._set_feature_penalty(dict(self.hparams["feature_penalty"]), Xt.shape[1])
-            Xt = Xt @ _diag(self.col_scale)
+            Xt = Xt @ diag(self.col_scale)
         sub = path_rows(y, int(self.hparams["path_rows"]), self.train_cfg.seed)
         path = self._regularisation_path(Xt if sub is None else Xt[sub],
                                          y if sub is None else y[sub], valid, task, grid)
@@ -198,7 +147,10 @@ class LogRegModel(Model):
         if self.hparams["per_feature_l2"]:
             best = self._feature_penalties(Xt if sub is None else Xt[sub],
                                            y if sub is None else y[sub], valid, task, best)
-            Xt = Xt @ _diag(self.col_scale)
+            Xt = Xt @ diag(self.col_scale)
+            if sub is None and best["stop"] != (float(self.hparams["tol"]),
+                                                int(self.hparams["max_iter"])):
+                best = self._fit_point(Xt, y, valid, task, self.chosen_c, best["clf"])
         final = best if sub is None else self._fit_point(
             Xt, y, valid, task, self.chosen_c, best["clf"],
             (float(self.hparams["refit_tol"]), int(self.hparams["refit_max_iter"])))
@@ -221,7 +173,16 @@ class LogRegModel(Model):
                            task: LinearTask, best: dict) -> dict:
         """One coordinate sweep over the categorical features at the chosen C: multiply a
         feature's L2 penalty by 4 or 1/4 (repeatedly, up to ``PENALTY_STEPS`` times) while the
-        validation loss falls. A feature's columns scaled by s carry the penalty 1 / s**2."""
+        validation loss falls. A feature's columns scaled by s carry the penalty 1 / s**2.
+        The trials fit ``sweep_rows`` of the rows at ``sweep_tol`` (``best`` refitted so,
+        first, so that every comparison is between fits of the same kind); the returned
+        step's ``stop`` says how it was fitted."""
+        stop = (float(self.hparams["sweep_tol"]), int(self.hparams["max_iter"]))
+        rows = path_rows(y, int(self.hparams["sweep_rows"]), self.train_cfg.seed + 1)
+        if rows is not None:
+            Xt, y = Xt[rows], y[rows]
+        if rows is not None or stop != (float(self.hparams["tol"]), int(self.hparams["max_iter"])):
+            best = self._fit_point(Xt, y, valid, task, self.chosen_c, best["clf"], stop)
         scale = np.ones(Xt.shape[1])
         for name in features.CATEGORICAL_FEATURES:
             cols = np.unique(self.tables[name])
@@ -230,7 +191,7 @@ class LogRegModel(Model):
                 for _ in range(PENALTY_STEPS):
                     trial = scale.copy()
                     trial[cols] *= factor
-                    step = self._scaled_point(Xt, y, valid, task, trial, scale, best)
+                    step = self._scaled_point(Xt, y, valid, task, trial, scale, best, stop)
                     if step["val_loss"] >= best["val_loss"]:
                         break
                     scale, best, moved = trial, step, True
@@ -240,7 +201,7 @@ class LogRegModel(Model):
         self.feature_penalty = {f: float(1 / scale[self.tables[f][features.OOV_ID]] ** 2)
                                 for f in features.CATEGORICAL_FEATURES}
         self._set_weights(best["clf"], task.n_classes)
-        return best
+        return {**best, "stop": stop if rows is None else None}
 
     def _set_feature_penalty(self, penalty: Mapping[str, float], n_columns: int) -> None:
         self.col_scale = np.ones(n_columns)
@@ -251,14 +212,14 @@ class LogRegModel(Model):
 
     def _scaled_point(self, Xt: Any, y: np.ndarray, valid: Mapping[str, np.ndarray],
                       task: LinearTask, scale: np.ndarray, previous: np.ndarray,
-                      best: dict) -> dict:
+                      best: dict, stop: tuple[float, int] | None = None) -> dict:
         """``_fit_point`` at the chosen C on the columns scaled by ``scale``, warm-started
         from ``best`` (fitted with the scale ``previous``): same effective weights."""
         start = best["clf"]
         warm = type("Warm", (), {"coef_": start.coef_ * (previous / scale)[None, :],
                                  "intercept_": start.intercept_})()
         self.col_scale = scale
-        return self._fit_point(Xt @ _diag(scale), y, valid, task, self.chosen_c, warm)
+        return self._fit_point(Xt @ diag(scale), y, valid, task, self.chosen_c, warm, stop)
 
     def _fit_encoding(self, train: Mapping[str, np.ndarray]) -> None:
         """One-hot columns and the numeric standardisation, from the training rows."""
@@ -339,7 +300,7 @@ class LogRegModel(Model):
                                                   len(self.intercept))).copy()
         for name in features.CATEGORICAL_FEATURES:
             logits += self.coef[self.tables[name][np.asarray(X[name], dtype=np.int64)]]
-        logits += _numeric(X, self.num_mean, self.num_std) @ self.coef[self.n_onehot:]
+        logits += numeric_block(X, self.num_mean, self.num_std) @ self.coef[self.n_onehot:]
         return logits
 
     def logit_tables(self) -> dict[str, Any]:
@@ -372,12 +333,6 @@ class LogRegModel(Model):
             self.tables = {f: z[f"table__{f}"] for f in features.CATEGORICAL_FEATURES}
         self.n_onehot = int(meta["n_onehot"])
         self.chosen_c = meta.get("C")
-
-
-def _diag(values: np.ndarray) -> Any:
-    from scipy.sparse import diags
-
-    return diags(np.asarray(values, dtype=np.float32)).tocsr()
 
 
 def fit_linear(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],

@@ -1,0 +1,40 @@
+"""The analysis scripts' own arithmetic (scripts/*.py read finished runs; their statistics are
+checked here on numbers whose answer is known)."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_difference_standard_errors_over_rows_and_users():
+    weighted_diff = _load("champion_margins").weighted_diff
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.1, 1.0, 400)
+    ones = np.ones(400)
+    mean, se_rows, se_users = weighted_diff(d, ones, np.arange(400))
+    # one row per user, unit weights: the textbook SE of a mean (n in the denominator)
+    assert mean == pytest.approx(d.mean())
+    assert se_rows == pytest.approx(d.std() / np.sqrt(400)) and se_users == pytest.approx(se_rows)
+    # every user's row shown twice: same mean, the row SE shrinks by sqrt(2), the user SE not
+    twice = np.repeat(d, 2)
+    mean2, se_rows2, se_users2 = weighted_diff(twice, np.ones(800), np.repeat(np.arange(400), 2))
+    assert mean2 == pytest.approx(mean) and se_users2 == pytest.approx(se_users)
+    assert se_rows2 == pytest.approx(se_rows / np.sqrt(2))
+    # weights: a row of weight 2 is that row twice
+    w = np.where(np.arange(400) < 200, 2.0, 1.0)
+    copies = np.concatenate([d, d[:200]])
+    users = np.concatenate([np.arange(400), np.arange(200)])
+    assert weighted_diff(d, w, np.arange(400))[::2] == pytest.approx(
+        weighted_diff(copies, np.ones(600), users)[::2])
