@@ -68,6 +68,17 @@ def check_partitions(source: str, dates: list[dt.date], hours: list[int],
     return gaps
 
 
+def task_inputs(source: str, dates: Sequence[dt.date], hours: Sequence[int], allow_gaps: bool
+                ) -> tuple[list[str], list[str]]:
+    """(files, gaps) of an etl task's hours over ``dates``: the gaps as ``date=…/hour=HH``;
+    without ``allow_gaps`` a gap raises (``check_partitions`` lists them all)."""
+    found = list_partition_files(source, dates, hours)
+    gaps = [f"date={d}/hour={h:02d}" for (d, h), fs in sorted(found.items()) if not fs]
+    if gaps and not allow_gaps:
+        check_partitions(source, list(dates), list(hours), allow_gaps=False)  # raises, listing
+    return [f for _, fs in sorted(found.items()) for f in fs], gaps
+
+
 def list_dates(source: str) -> list[dt.date]:
     """Dates that have a ``date=YYYY-MM-DD`` folder under ``<source>/impressions/``, sorted.
 

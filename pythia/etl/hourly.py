@@ -112,11 +112,7 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
 
     hours = sorted(int(h) for h in hours)
     dates = window.dates
-    found = contract_read.list_partition_files(source, dates, hours)
-    gaps = [f"date={d}/hour={h:02d}" for (d, h), fs in sorted(found.items()) if not fs]
-    if gaps and not allow_gaps:
-        contract_read.check_partitions(source, dates, hours, allow_gaps=False)  # raises, listing
-    files = [f for _, fs in sorted(found.items()) for f in fs]
+    files, gaps = contract_read.task_inputs(source, dates, hours, allow_gaps)
     # read_table prints extra columns and naive timestamps to the step's log
     raw, extras = contract_read.read_table(spark, files, IMPRESSIONS)
     if not files:

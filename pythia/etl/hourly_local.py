@@ -79,11 +79,7 @@ def run_hours(source: str, hours: list[int], window: Window, labels_path: str, o
     holds a stored type this path does not convert exactly."""
     hours = sorted(int(h) for h in hours)
     dates = window.dates
-    found = contract_read.list_partition_files(source, dates, hours)
-    gaps = [f"date={d}/hour={h:02d}" for (d, h), fs in sorted(found.items()) if not fs]
-    if gaps and not allow_gaps:
-        contract_read.check_partitions(source, dates, hours, allow_gaps=False)  # raises, listing
-    files = [f for _, fs in sorted(found.items()) for f in fs]
+    files, gaps = contract_read.task_inputs(source, dates, hours, allow_gaps)
     raw, extras = impressions_local.read_impressions(files)
     labels = read_labels(labels_path)
 
