@@ -309,8 +309,19 @@ def configure(cores: int, limits: Mapping[str, float] | None = None) -> dict[str
               "tensorflow": apply_tensorflow() if "tensorflow" in sys.modules else None,
               "spark_master": spark_local_master()}
     _install_import_hook()
-    print(summary_line(result, limits))
+    if _worth_saying(result, limits):
+        print(summary_line(result, limits))
     return result
+
+
+def _worth_saying(result: Mapping[str, Any], limits: Mapping[str, float] | None) -> bool:
+    """The threads line goes to the log when it says something a reader needs: the task got
+    fewer cores than the machine offers, the user's own settings were kept, or
+    ``PYTHIA_VERBOSE=1``; a task on all the cores it may use stays quiet."""
+    from pythia.quiet import verbose
+
+    machine = [v for k, v in (limits or {}).items() if k in ("affinity", "cgroup")]
+    return verbose() or bool(result["kept"]) or bool(machine and result["cores"] < min(machine))
 
 
 def configure_task(requested: float | int | None = None) -> dict[str, Any]:

@@ -235,3 +235,15 @@ print(json.dumps({"master": spark.sparkContext.master}))
 spark.stop()
 """)
     assert out["master"] == "local[1]"
+
+
+def test_the_threads_line_is_quiet_when_a_task_has_every_core_it_may_use():
+    code = """
+from pythia import threads
+threads.configure(2, {"affinity": 2, "@resources": 2})
+print("{}")
+"""
+    _, quiet_out = _configure_in_subprocess(code)
+    assert "threads:" not in quiet_out
+    _, verbose_out = _configure_in_subprocess(code, PYTHIA_VERBOSE="1")
+    assert "threads: 2 cores (affinity 2, @resources 2)" in verbose_out
