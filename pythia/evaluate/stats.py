@@ -79,6 +79,15 @@ class ReferenceStats:
         self.confusion += _confusion(y, p.argmax(axis=1), self.k)
         self.top.add(y, p)
 
+    def merge(self, other: "ReferenceStats") -> None:
+        """Add another's sums: the same as adding its rows here, bit for bit (each field is a
+        sum of per-batch terms, and ``other`` holds exactly those terms)."""
+        self.log_loss_sum += other.log_loss_sum
+        self.confusion += other.confusion
+        self.top.count += other.top.count
+        self.top.conf_sum += other.top.conf_sum
+        self.top.correct_sum += other.top.correct_sum
+
     def scores(self, n: int) -> tuple[float, float]:
         """(log-loss, macro F1 over the classes present in y), as ``metrics.gauge_scores``."""
         _, _, f1, support = _prf(self.confusion)
@@ -110,9 +119,11 @@ class LabelStats:
         return int(self.confusion.sum())
 
     def add(self, y_all: np.ndarray, p_raw: np.ndarray, weights: np.ndarray | None = None,
-            reference: np.ndarray | None = None) -> None:
+            reference: np.ndarray | ReferenceStats | None = None) -> None:
         """Add rows: labels (-1 = unlabelled), the scorer's probabilities as stored, the rows'
-        importance weights and the exact posterior on the same rows (each optional)."""
+        importance weights and the exact posterior on the same rows (each optional); the
+        posterior may come already summed (``reference_batch``) when several scorers share
+        the rows."""
         valid = y_all >= 0
         self.n_unlabelled += int((~valid).sum())
         if not valid.any():
@@ -142,7 +153,18 @@ class LabelStats:
         if reference is not None:
             if self.reference is None:
                 self.reference = ReferenceStats(k, self.n_bins)
-            self.reference.add(y, reference[valid])
+            if isinstance(reference, ReferenceStats):
+                self.reference.merge(reference)
+            else:
+                self.reference.add(y, reference[valid])
+
+    def reference_batch(self, y_all: np.ndarray, reference: np.ndarray) -> ReferenceStats:
+        """The posterior's sums over the labelled rows of one batch, for ``add``."""
+        valid = y_all >= 0
+        batch = ReferenceStats(self.k, self.n_bins)
+        if valid.any():
+            batch.add(check_labels(y_all[valid], self.k), reference[valid])
+        return batch
 
     def metric_rows(self, class_names: Sequence[str]) -> pd.DataFrame:
         """The rows of ``metrics.score_predictions`` (metric, class, value), same order; none

@@ -14,6 +14,7 @@ reference: the two agree to 1e-9).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -232,6 +233,7 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
         return
     regions = _count_rows(sums, frames)
     bayes = _bucket_posteriors(sums, frames, world)
+    ref_cache: dict = {}  # the posterior's sums per (slice, rows), shared by the candidates
     for test_set in TEST_SETS:
         frame = frames.get(SPLIT_OF_TEST_SET[test_set])
         if frame is None or frame.split not in bayes:
@@ -255,13 +257,18 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
                 aligned[frame.split] = align(table, frame, ident["region"], sums.edges, what)
             a = aligned[frame.split]
             _add_slices(sums, key, frame, test_set, a, {s: a.probs for s in frame.labels},
-                        eval_regions_of(ident["region"], regions), bayes.get(frame.split))
+                        eval_regions_of(ident["region"], regions), bayes.get(frame.split),
+                        ref_cache)
 
 
 def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 aligned: Aligned, probs_by_source: Mapping[str, Mapping[str, np.ndarray]],
-                eval_regions: Sequence[str], reference: Mapping | None) -> None:
-    """Add one scorer's rows of one test set to every slice (``slices.score_slices``' cuts)."""
+                eval_regions: Sequence[str], reference: Mapping | None,
+                ref_cache: dict | None = None) -> None:
+    """Add one scorer's rows of one test set to every slice (``slices.score_slices``' cuts).
+    ``ref_cache`` holds the posterior's sums per (slice, rows) of this bucket: every candidate
+    that covers the same rows shares them instead of scoring the posterior again."""
+    ref_cache = {} if ref_cache is None else ref_cache
     is_model = key != BAYES_KEY
     for region, mask in slice_masks(frame, aligned.pos, test_set, eval_regions):
         pos = aligned.pos[mask]
@@ -277,7 +284,13 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 if source not in frame.labels:
                     continue
                 ref = reference.get(source) if reference is not None else None
-                sums.label_of((key, test_set, region, target, source)).add(
-                    frame.labels[source][target][pos], p,
-                    frame.weights[pos] if is_model and frame.weights is not None else None,
-                    ref[target][pos] if ref is not None else None)
+                stats = sums.label_of((key, test_set, region, target, source))
+                y = frame.labels[source][target][pos]
+                if ref is not None:  # the posterior's sums on these rows: once per bucket
+                    ref_key = (test_set, region, target, source, len(pos),
+                               hashlib.blake2b(pos.tobytes(), digest_size=16).digest())
+                    if ref_key not in ref_cache:
+                        ref_cache[ref_key] = stats.reference_batch(y, ref[target][pos])
+                    ref = ref_cache[ref_key]
+                stats.add(y, p, frame.weights[pos] if is_model and frame.weights is not None
+                          else None, ref)
