@@ -174,6 +174,92 @@ def test_pyarrow_tables_plain_and_dictionary(encoder):
     assert_rows_equal(encoder, large, rows)
 
 
+def _arrow_forms(pa, rows: list[dict]) -> dict:
+    """One batch as Arrow tables a producer might send: plain string, large_string,
+    dictionary (int32 and int8 indices, large_string values) columns, and two chunks."""
+    plain = pa.Table.from_pylist(rows, schema=pa.schema(
+        [(c, pa.int64() if c == "ts" else pa.string()) for c in rows[0]]))
+    strings = [f.name for f in plain.schema if f.name != "ts"]
+
+    def cast(kind):
+        return plain.cast(pa.schema([pa.field(f.name, f.type if f.name == "ts" else kind)
+                                     for f in plain.schema]))
+    dictionary = pa.table({c: (plain[c].dictionary_encode() if c in strings else plain[c])
+                           for c in plain.column_names})
+    forms = {"string": plain, "large_string": cast(pa.large_string()),
+             "dictionary": dictionary,
+             "dictionary int8": cast(pa.dictionary(pa.int8(), pa.string())),
+             "dictionary of large_string": cast(pa.dictionary(pa.int32(), pa.large_string()))}
+    if len(rows) > 1:
+        forms["two chunks"] = pa.concat_tables([plain.slice(0, 1), plain.slice(1)])
+        forms["two dictionary chunks"] = pa.concat_tables([dictionary.slice(0, 1),
+                                                           dictionary.slice(1)])
+    return forms
+
+
+_EDGE_VALUES = [None, "", "os_0", "os_2", "OS_2", " os_2", "os_2 ", "unseen", "Zürich", "🙂",
+                "x" * (MAX_VALUE_CHARS + 1), "os_1", "site_or_app_1", "device_model_2"]
+
+
+def _edge_rows(n: int) -> list[dict]:
+    """n rows of nulls, "", known, unseen, case / whitespace variants, over-long strings."""
+    v = _EDGE_VALUES
+    return [{"country": ["US", None, "de", "DE", "", "XX", " JP"][i % 7],
+             "geo_region": ["CA", None, " ny", "WA", ""][i % 5], "ts": [TS, None][i % 2],
+             "os": v[i % len(v)], "site_or_app": v[(i + 5) % len(v)].replace("os", "site_or_app")
+             if v[(i + 5) % len(v)] else v[(i + 5) % len(v)],
+             "device_model": v[(i + 9) % len(v)]} for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 60])
+@pytest.mark.parametrize("vocab", [3, 400])
+def test_arrow_string_columns_both_lookups_match_encode_one(n, vocab):
+    """Arrow strings are looked up whole with ``index_in`` when the column is at least as long
+    as the vocabulary, else dictionary-encoded and looked up per distinct value: both ways,
+    in every Arrow form, every row equals ``encode_one`` (boundary rules unchanged)."""
+    pa = pytest.importorskip("pyarrow")
+    encoders = make_encoders()
+    for name in ("os", "site_or_app", "device_model"):
+        encoders.vocabularies[name] = Vocabulary([f"{name}_{i}" for i in range(vocab)])
+    encoder = RequestEncoder(encoders, GEO, ["global", "NA"])
+    lookup = encoder._lookups[CATEGORICAL_FEATURES.index("os")]
+    assert (n >= lookup._n_strings) == (vocab == 3 and n >= 4)  # both lookups are covered
+    rows = _edge_rows(n)
+    for form, table in _arrow_forms(pa, rows).items():
+        assert table.num_rows == n, form
+        assert_rows_equal(encoder, table, rows)
+        assert_rows_equal(encoder, table.to_batches()[-1], rows[-len(table.to_batches()[-1]):])
+
+
+def test_empty_and_all_null_arrow_batches(encoder):
+    pa = pytest.importorskip("pyarrow")
+    for form, table in _arrow_forms(pa, _edge_rows(3)).items():
+        empty = table.slice(0, 0)
+        ids, numeric, regions = encoder.encode_many(empty, now=TS)
+        assert ids.shape == (0, len(CATEGORICAL_FEATURES)) and numeric.shape[0] == 0, form
+        assert len(regions) == 0
+    nulls = [{"country": None, "geo_region": None, "ts": None, "os": None,
+              "site_or_app": None, "device_model": None}] * 5
+    for form, table in _arrow_forms(pa, nulls).items():
+        assert_rows_equal(encoder, table, nulls)
+        ids, _, _ = encoder.encode_many(table, now=TS)
+        assert (ids[:, CATEGORICAL_FEATURES.index("os")] == MISSING_ID).all(), form
+    typed = pa.table({"os": pa.array([], pa.string()), "ts": pa.array([], pa.int64())})
+    assert encoder.encode_many(typed)[0].shape == (0, len(CATEGORICAL_FEATURES))
+
+
+def test_derived_ids_by_table_and_beyond_it(encoder):
+    """Small non-negative ints are looked up by one gather; others (negative, large, floats)
+    the general way; both give the vocabulary's id of the decimal string."""
+    from pythia.scoring.columnar import derived_ids
+    lookup = encoder._lookups[CATEGORICAL_FEATURES.index("local_hour")]
+    vocab = make_encoders().vocabularies["local_hour"]
+    for values in (np.arange(24), np.array([0, 23, 5, 5]), np.array([-1, 3, 24, 100, 63, 64]),
+                   np.array([2 ** 40, 7]), np.array([], dtype=np.int64), np.array([3.0, 7.0])):
+        want = [vocab.encode_one(str(v)) for v in values.tolist()]
+        assert derived_ids(values, lookup).tolist() == want, values
+
+
 def test_pandas_frames_object_and_category(encoder):
     pd = pytest.importorskip("pandas")
     rows = _clean_typed_rows()
