@@ -364,6 +364,28 @@ def test_score_arrays_and_batch_equal_score(scorer64):
             np.testing.assert_allclose(list(batch[i][t].values()), want, atol=1e-9, rtol=0)
 
 
+def test_routes_without_rows_and_empty_batches(scorer64):
+    """A sliced Arrow batch whose dictionary still names a country of another model's region
+    (a route with no rows) scores like ``score``; an empty batch gives empty arrays."""
+    pa = pytest.importorskip("pyarrow")
+    rows = [{"country": c, "ts": TS, "os": "os_1"} for c in ("US", "DE", "US", "JP")]
+    plain = pa.Table.from_pylist(rows)
+    table = pa.table({c: (plain[c].dictionary_encode() if c != "ts" else plain[c])
+                      for c in plain.column_names})
+    part = table.slice(1, 1)  # DE only; "US" (the NA model's) stays in the dictionary
+    assert "US" in part["country"].chunk(0).dictionary.to_pylist()
+    arrays = scorer64.score_arrays(part, now=TS)
+    batch = scorer64.score_batch(part, now=TS)
+    one = scorer64.score(rows[1], now=TS)
+    assert [b["region"] for b in batch] == [one["region"]] == ["global"]
+    for t in TARGETS:
+        np.testing.assert_allclose(arrays[t][0], list(one[t].values()), atol=1e-9, rtol=0)
+    for empty in (table.slice(0, 0), plain.slice(0, 0), []):
+        arrays = scorer64.score_arrays(empty, now=TS)
+        assert {t: a.shape[0] for t, a in arrays.items()} == {t: 0 for t in TARGETS}
+        assert scorer64.score_batch(empty, now=TS) == []
+
+
 def test_score_arrays_takes_columns(scorer64):
     rows = _dict_rows()
     want = scorer64.score_arrays(rows, now=TS)
