@@ -8,6 +8,15 @@ of plain strings / None, of ints, a NumPy int or float array, an Arrow string or
 column), every other column goes value by value through the same cleaning functions. A cell
 means the value Python sees for it (``list(array)``; ``Series.to_numpy()``; Arrow's
 ``to_pylist()``). Neither pandas nor pyarrow is imported unless the batch is one of theirs.
+
+Vocabulary lookup of an Arrow column, measured (4,096 rows, one core, 20,000-value vocabulary,
+1,696 distinct values in the batch): a dict probe per distinct value of the column's
+dictionary ~145 us (plus ~65 us ``to_pylist``); ``pandas.Index.get_indexer`` (its hash table
+kept) the same, as it wants Python strings too; ``pyarrow.compute.index_in`` ~1,100 us, since
+it rehashes its value set on every call (it wins only when the column outgrows the
+vocabulary, so ``CategoryLookup`` picks it then); NumPy fingerprints of the Arrow buffers
+(polynomial hash, ``searchsorted`` into the vocabulary's sorted fingerprints, ``pc.equal`` to
+confirm) ~430 us. So the dict stays, fed by ``dictionary_encode`` for plain string columns.
 """
 from __future__ import annotations
 
