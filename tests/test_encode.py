@@ -231,6 +231,39 @@ def test_arrow_string_columns_both_lookups_match_encode_one(n, vocab):
         assert_rows_equal(encoder, table.to_batches()[-1], rows[-len(table.to_batches()[-1]):])
 
 
+def test_arrow_stream_dictionaries_reused_only_when_equal():
+    """Batches of an Arrow IPC stream share their dictionaries (the ids of the last one are
+    kept); a dictionary of the same length but other values or order, or of another string
+    type, must not take them."""
+    pa = pytest.importorskip("pyarrow")
+    encoder = RequestEncoder(make_encoders(), GEO, ["global", "NA"])
+    values = ["os_0", "os_2", None, "", "unseen", "OS_0"]
+    rows = [{"ts": TS, "country": "US", "os": values[i % len(values)]} for i in range(30)]
+    os_type = pa.dictionary(pa.int32(), pa.string())
+    schema = pa.schema([("ts", pa.int64()), ("country", os_type), ("os", os_type)])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for batch in table.to_batches(max_chunksize=7):
+            writer.write_batch(batch)
+    batches = list(pa.ipc.open_stream(sink.getvalue()))
+    assert len(batches) == 5
+    for k, batch in enumerate(batches):
+        assert_rows_equal(encoder, batch, rows[7 * k:7 * k + batch.num_rows])
+    lookup = encoder._lookups[CATEGORICAL_FEATURES.index("os")]
+    assert lookup._last is not None and lookup._last[0].equals(batches[-1]["os"].dictionary)
+    # the same length, other values / order / type: each must be looked up afresh
+    known = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 3, 4, 5], pa.int32()),
+                                           pa.array(values, pa.string()))
+    others = [pa.DictionaryArray.from_arrays(known.indices, pa.array(v, kind)) for v, kind in (
+        (list(reversed(values)), pa.string()), (["os_1", "os_2", None, "", "x", "os_0"],
+                                                pa.string()), (values, pa.large_string()))]
+    for dictionary_column in [known] + others + [known]:
+        cells = dictionary_column.to_pylist()
+        batch = pa.table({"ts": [TS] * len(cells), "os": dictionary_column})
+        assert_rows_equal(encoder, batch, [{"ts": TS, "os": v} for v in cells])
+
+
 def test_empty_and_all_null_arrow_batches(encoder):
     pa = pytest.importorskip("pyarrow")
     for form, table in _arrow_forms(pa, _edge_rows(3)).items():

@@ -113,9 +113,9 @@ def _arrow_values(column: Any) -> Any:
     return column.to_pylist()
 
 
-def _dictionary(column: Any) -> tuple[np.ndarray, list, bool] | None:
-    """(codes with -1 for a null cell, the dictionary's values, whether those are all ``str`` /
-    ``None``) of a categorical column: a pandas category, an Arrow dictionary column, or an
+def _dictionary(column: Any) -> tuple[np.ndarray, Any, bool] | None:
+    """(codes with -1 for a null cell, the dictionary (a list, or the Arrow array), whether its
+    values are all ``str`` / ``None``) of a categorical column: a pandas category, an Arrow dictionary column, or an
     Arrow string / large_string column, dictionary-encoded here (one C-level hashing pass, so
     each distinct string is converted and looked up once)."""
     kind = type(column).__module__.split(".")[0]
@@ -142,7 +142,7 @@ def _dictionary(column: Any) -> tuple[np.ndarray, list, bool] | None:
         codes = indices.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
     else:  # no nulls: the indices as they are (zero copy), no Arrow kernels to run
         codes = indices.to_numpy()
-    return codes, whole.dictionary.to_pylist(), plain
+    return codes, whole.dictionary, plain
 
 
 # ---------------------------------------------------------------- categorical features
@@ -163,6 +163,7 @@ class CategoryLookup:
         self._small: np.ndarray | None = None
         self._arrow = None  # (SetLookupOptions of the memo's strings, id per position + OOV)
         self._n_strings = sum(type(k) is str for k in memo)
+        self._last = None  # (the last Arrow dictionary, its ids): see _table_of
 
     def encode(self, column: Any, n: int) -> np.ndarray:
         """Ids (n,) int64 of a column (None: the batch has no such column, all missing).
@@ -180,17 +181,32 @@ class CategoryLookup:
         coded = _dictionary(column)
         if coded is not None:
             codes, dictionary, plain = coded
-            dictionary.append(None)  # position -1 (a null cell): the missing id
-            if plain:  # strings and None: the memo lookup is the whole rule, no type checks
-                table = np.fromiter(map(self.memo.get, dictionary, repeat(OOV_ID)), np.int64,
-                                    len(dictionary))
-            else:
-                table = self.encode_list(dictionary)
+            table = self._table_of(dictionary, plain)
             return table.take(codes)
         values = _values(column)
         if isinstance(values, np.ndarray):
             return self._encode_numbers(values)
         return self.encode_list(values)
+
+    def _table_of(self, dictionary: Any, plain: bool) -> np.ndarray:
+        """Ids of a dictionary's values, then the missing id (for code -1, a null cell). The
+        last Arrow dictionary's table is kept: batches of an Arrow stream share their
+        dictionary, and ``equals`` (a C-level compare) finds that out in microseconds. Only
+        string dictionaries: Arrow calls -0.0 and 0.0 equal, which print differently."""
+        last = self._last
+        arrow = plain and type(dictionary) is not list
+        if arrow and last is not None and (last[0] is dictionary or last[0].equals(dictionary)):
+            return last[1]
+        values = list(dictionary) if type(dictionary) is list else dictionary.to_pylist()
+        values.append(None)
+        if plain:  # strings and None: the memo lookup is the whole rule, no type checks
+            table = np.fromiter(map(self.memo.get, values, repeat(OOV_ID)), np.int64,
+                                len(values))
+        else:
+            table = self.encode_list(values)
+        if arrow:
+            self._last = (dictionary, table)  # one assignment: safe to read from threads
+        return table
 
     def encode_list(self, values: list) -> np.ndarray:
         """Ids of a list of raw values, each by ``encode_one``'s rule."""
@@ -284,6 +300,8 @@ def factorize_codes(column: Any, n: int) -> tuple[np.ndarray, list]:
     coded = _dictionary(column)
     if coded is not None:
         codes, dictionary, _ = coded
+        if type(dictionary) is not list:
+            dictionary = dictionary.to_pylist()
         return codes, [clean_code(v) for v in dictionary] + [None]  # code -1 (null): None
     values = _values(column)
     if isinstance(values, np.ndarray):
