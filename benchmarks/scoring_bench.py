@@ -7,7 +7,9 @@ plain NumPy forward pass (per-table gathers + concat), against the bundle's ONNX
 ONNX Runtime in-process (one intra-op thread; ``pythia.scoring.onnx_export``) and against the
 Keras model called through a ``tf.function`` with a fixed input signature and through
 ``model(x)``. The batched encoder is timed on the same batches as a list of dicts, as a dict of
-NumPy arrays and as a pyarrow Table of dictionary columns.
+NumPy arrays and as a pyarrow Table of dictionary columns; raw-in also as the record batches
+of an Arrow IPC stream (one dictionary per column shared by the batches, as a producer's
+stream delivers them: the encoder keeps the last dictionary's ids).
 
 Issue 16's batched goal is printed as two like-for-like comparisons:
 
@@ -123,6 +125,20 @@ def as_arrow(requests: list[dict]):
              for c, v in columns.items() if c != TS}
     table[TS] = pa.array([clean_ts(v) for v in columns[TS].tolist()], type=pa.int64())
     return pa.table(table)
+
+
+def as_arrow_stream(tables: list) -> list:
+    """The same batches as a producer's Arrow IPC stream delivers them: record batches sharing
+    one dictionary per column (the union of the batches' values)."""
+    import pyarrow as pa
+
+    whole = pa.concat_tables(tables).unify_dictionaries().combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, whole.schema) as writer:
+        for table in tables:  # the same rows per batch as ``tables``
+            writer.write_batch(whole.slice(0, table.num_rows).to_batches()[0])
+            whole = whole.slice(table.num_rows)
+    return list(pa.ipc.open_stream(sink.getvalue()))
 
 
 def train_bundle(workdir: str, rows: int) -> tuple[str, str]:
@@ -350,6 +366,9 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
                                                                 enc_batches))
     raw_numpy = [("Scorer.score_arrays [numpy float32], Arrow", (scorer.score_arrays,
                                                                  arrow_batches)),
+                 ("Scorer.score_arrays [numpy float32], Arrow IPC stream",
+                  (scorer.score_arrays, as_arrow_stream(arrow_batches)
+                   if arrow_batches[0] is not None else None)),
                  ("Scorer.score_arrays [numpy float32], dicts", (scorer.score_arrays, batches))]
 
     try:

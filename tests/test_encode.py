@@ -174,6 +174,125 @@ def test_pyarrow_tables_plain_and_dictionary(encoder):
     assert_rows_equal(encoder, large, rows)
 
 
+def _arrow_forms(pa, rows: list[dict]) -> dict:
+    """One batch as Arrow tables a producer might send: plain string, large_string,
+    dictionary (int32 and int8 indices, large_string values) columns, and two chunks."""
+    plain = pa.Table.from_pylist(rows, schema=pa.schema(
+        [(c, pa.int64() if c == "ts" else pa.string()) for c in rows[0]]))
+    strings = [f.name for f in plain.schema if f.name != "ts"]
+
+    def cast(kind):
+        return plain.cast(pa.schema([pa.field(f.name, f.type if f.name == "ts" else kind)
+                                     for f in plain.schema]))
+    dictionary = pa.table({c: (plain[c].dictionary_encode() if c in strings else plain[c])
+                           for c in plain.column_names})
+    forms = {"string": plain, "large_string": cast(pa.large_string()),
+             "dictionary": dictionary,
+             "dictionary int8": cast(pa.dictionary(pa.int8(), pa.string())),
+             "dictionary of large_string": cast(pa.dictionary(pa.int32(), pa.large_string()))}
+    if len(rows) > 1:
+        forms["two chunks"] = pa.concat_tables([plain.slice(0, 1), plain.slice(1)])
+        forms["two dictionary chunks"] = pa.concat_tables([dictionary.slice(0, 1),
+                                                           dictionary.slice(1)])
+    return forms
+
+
+_EDGE_VALUES = [None, "", "os_0", "os_2", "OS_2", " os_2", "os_2 ", "unseen", "Zürich", "🙂",
+                "x" * (MAX_VALUE_CHARS + 1), "os_1", "site_or_app_1", "device_model_2"]
+
+
+def _edge_rows(n: int) -> list[dict]:
+    """n rows of nulls, "", known, unseen, case / whitespace variants, over-long strings."""
+    v = _EDGE_VALUES
+    return [{"country": ["US", None, "de", "DE", "", "XX", " JP"][i % 7],
+             "geo_region": ["CA", None, " ny", "WA", ""][i % 5], "ts": [TS, None][i % 2],
+             "os": v[i % len(v)], "site_or_app": v[(i + 5) % len(v)].replace("os", "site_or_app")
+             if v[(i + 5) % len(v)] else v[(i + 5) % len(v)],
+             "device_model": v[(i + 9) % len(v)]} for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 60])
+@pytest.mark.parametrize("vocab", [3, 400])
+def test_arrow_string_columns_both_lookups_match_encode_one(n, vocab):
+    """Arrow strings are looked up whole with ``index_in`` when the column is at least as long
+    as the vocabulary, else dictionary-encoded and looked up per distinct value: both ways,
+    in every Arrow form, every row equals ``encode_one`` (boundary rules unchanged)."""
+    pa = pytest.importorskip("pyarrow")
+    encoders = make_encoders()
+    for name in ("os", "site_or_app", "device_model"):
+        encoders.vocabularies[name] = Vocabulary([f"{name}_{i}" for i in range(vocab)])
+    encoder = RequestEncoder(encoders, GEO, ["global", "NA"])
+    lookup = encoder._lookups[CATEGORICAL_FEATURES.index("os")]
+    assert (n >= lookup._n_strings) == (vocab == 3 and n >= 4)  # both lookups are covered
+    rows = _edge_rows(n)
+    for form, table in _arrow_forms(pa, rows).items():
+        assert table.num_rows == n, form
+        assert_rows_equal(encoder, table, rows)
+        assert_rows_equal(encoder, table.to_batches()[-1], rows[-len(table.to_batches()[-1]):])
+
+
+def test_arrow_stream_dictionaries_reused_only_when_equal():
+    """Batches of an Arrow IPC stream share their dictionaries (the ids of the last one are
+    kept); a dictionary of the same length but other values or order, or of another string
+    type, must not take them."""
+    pa = pytest.importorskip("pyarrow")
+    encoder = RequestEncoder(make_encoders(), GEO, ["global", "NA"])
+    values = ["os_0", "os_2", None, "", "unseen", "OS_0"]
+    rows = [{"ts": TS, "country": "US", "os": values[i % len(values)]} for i in range(30)]
+    os_type = pa.dictionary(pa.int32(), pa.string())
+    schema = pa.schema([("ts", pa.int64()), ("country", os_type), ("os", os_type)])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for batch in table.to_batches(max_chunksize=7):
+            writer.write_batch(batch)
+    batches = list(pa.ipc.open_stream(sink.getvalue()))
+    assert len(batches) == 5
+    for k, batch in enumerate(batches):
+        assert_rows_equal(encoder, batch, rows[7 * k:7 * k + batch.num_rows])
+    lookup = encoder._lookups[CATEGORICAL_FEATURES.index("os")]
+    assert lookup._last is not None and lookup._last[0].equals(batches[-1]["os"].dictionary)
+    # the same length, other values / order / type: each must be looked up afresh
+    known = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 3, 4, 5], pa.int32()),
+                                           pa.array(values, pa.string()))
+    others = [pa.DictionaryArray.from_arrays(known.indices, pa.array(v, kind)) for v, kind in (
+        (list(reversed(values)), pa.string()), (["os_1", "os_2", None, "", "x", "os_0"],
+                                                pa.string()), (values, pa.large_string()))]
+    for dictionary_column in [known] + others + [known]:
+        cells = dictionary_column.to_pylist()
+        batch = pa.table({"ts": [TS] * len(cells), "os": dictionary_column})
+        assert_rows_equal(encoder, batch, [{"ts": TS, "os": v} for v in cells])
+
+
+def test_empty_and_all_null_arrow_batches(encoder):
+    pa = pytest.importorskip("pyarrow")
+    for form, table in _arrow_forms(pa, _edge_rows(3)).items():
+        empty = table.slice(0, 0)
+        ids, numeric, regions = encoder.encode_many(empty, now=TS)
+        assert ids.shape == (0, len(CATEGORICAL_FEATURES)) and numeric.shape[0] == 0, form
+        assert len(regions) == 0
+    nulls = [{"country": None, "geo_region": None, "ts": None, "os": None,
+              "site_or_app": None, "device_model": None}] * 5
+    for form, table in _arrow_forms(pa, nulls).items():
+        assert_rows_equal(encoder, table, nulls)
+        ids, _, _ = encoder.encode_many(table, now=TS)
+        assert (ids[:, CATEGORICAL_FEATURES.index("os")] == MISSING_ID).all(), form
+    typed = pa.table({"os": pa.array([], pa.string()), "ts": pa.array([], pa.int64())})
+    assert encoder.encode_many(typed)[0].shape == (0, len(CATEGORICAL_FEATURES))
+
+
+def test_derived_ids_by_table_and_beyond_it(encoder):
+    """Small non-negative ints are looked up by one gather; others (negative, large, floats)
+    the general way; both give the vocabulary's id of the decimal string."""
+    from pythia.scoring.columnar import derived_ids
+    lookup = encoder._lookups[CATEGORICAL_FEATURES.index("local_hour")]
+    vocab = make_encoders().vocabularies["local_hour"]
+    for values in (np.arange(24), np.array([0, 23, 5, 5]), np.array([-1, 3, 24, 100, 63, 64]),
+                   np.array([2 ** 40, 7]), np.array([], dtype=np.int64), np.array([3.0, 7.0])):
+        want = [vocab.encode_one(str(v)) for v in values.tolist()]
+        assert derived_ids(values, lookup).tolist() == want, values
+
+
 def test_pandas_frames_object_and_category(encoder):
     pd = pytest.importorskip("pandas")
     rows = _clean_typed_rows()
@@ -276,6 +395,28 @@ def test_score_arrays_and_batch_equal_score(scorer64):
             want = list(one[t].values())
             np.testing.assert_allclose(arrays[t][i], want, atol=1e-9, rtol=0)
             np.testing.assert_allclose(list(batch[i][t].values()), want, atol=1e-9, rtol=0)
+
+
+def test_routes_without_rows_and_empty_batches(scorer64):
+    """A sliced Arrow batch whose dictionary still names a country of another model's region
+    (a route with no rows) scores like ``score``; an empty batch gives empty arrays."""
+    pa = pytest.importorskip("pyarrow")
+    rows = [{"country": c, "ts": TS, "os": "os_1"} for c in ("US", "DE", "US", "JP")]
+    plain = pa.Table.from_pylist(rows)
+    table = pa.table({c: (plain[c].dictionary_encode() if c != "ts" else plain[c])
+                      for c in plain.column_names})
+    part = table.slice(1, 1)  # DE only; "US" (the NA model's) stays in the dictionary
+    assert "US" in part["country"].chunk(0).dictionary.to_pylist()
+    arrays = scorer64.score_arrays(part, now=TS)
+    batch = scorer64.score_batch(part, now=TS)
+    one = scorer64.score(rows[1], now=TS)
+    assert [b["region"] for b in batch] == [one["region"]] == ["global"]
+    for t in TARGETS:
+        np.testing.assert_allclose(arrays[t][0], list(one[t].values()), atol=1e-9, rtol=0)
+    for empty in (table.slice(0, 0), plain.slice(0, 0), []):
+        arrays = scorer64.score_arrays(empty, now=TS)
+        assert {t: a.shape[0] for t, a in arrays.items()} == {t: 0 for t in TARGETS}
+        assert scorer64.score_batch(empty, now=TS) == []
 
 
 def test_score_arrays_takes_columns(scorer64):

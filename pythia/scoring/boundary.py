@@ -162,6 +162,13 @@ class RequestEncoder:
         Raises:
             ValueError: columns that are not arrays/lists of one common length.
         """
+        ids, numeric, route_at, routes = self.encode_routed(requests, now)
+        return ids, numeric, np.array(routes, dtype=object)[route_at]
+
+    def encode_routed(self, requests: Any, now: float | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """``encode_many`` with the regions factorised: (ids, numerics, (n,) positions into
+        the list of region names, that list). A name may have no row."""
         columns, n = columnar.batch_columns(requests, self._columns)
         fallback = int(time.time() if now is None else now)
         ts = columnar.clean_stamps(columns[TS], n, fallback)
@@ -182,5 +189,9 @@ class RequestEncoder:
         for j, (name, stats, _) in enumerate(self._numeric):
             numeric[:, j] = stats.normalize(derived[name])
         route, default = self._route.get, self._default_route
-        return ids, numeric, np.array([route(c, default) for c in countries],
-                                      dtype=object)[country_at]
+        route_of = [route(c, default) for c in countries]
+        routes = list(dict.fromkeys(route_of))
+        if len(routes) == 1:
+            return ids, numeric, np.zeros(n, dtype=np.intp), routes
+        code = {r: i for i, r in enumerate(routes)}
+        return ids, numeric, np.array([code[r] for r in route_of], np.intp)[country_at], routes

@@ -134,20 +134,23 @@ class Scorer:
         ``requests`` as for ``score_batch``; columns (above all a pyarrow Table of dictionary
         columns) skip the per-row work of reading dicts, the fastest way to score offline.
         """
-        return self._score(requests, now)[0]
+        return self._score_routed(requests, now)[0]
 
     def _score(self, requests: Any, now: float | None
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        ids, numeric, regions = self.encoder.encode_many(requests, now)
+        probs, route_at, routes = self._score_routed(requests, now)
+        return probs, np.array(routes, dtype=object)[route_at]
+
+    def _score_routed(self, requests: Any, now: float | None
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+        ids, numeric, route_at, routes = self.encoder.encode_routed(requests, now)
         n = len(ids)
-        distinct = list(dict.fromkeys(regions.tolist()))
-        if len(distinct) == 1:
-            return self.models[distinct[0]].predict(ids, numeric), regions
+        if len(routes) == 1 and n:
+            return self.models[routes[0]].predict(ids, numeric), route_at, routes
         out = {t: np.empty((n, len(self.labels[t]))) for t in TARGETS}
-        for region in distinct:
-            rows = np.flatnonzero(regions == region)
-            probs = self.models[region].predict(ids[rows], numeric[rows])
+        for k in np.flatnonzero(np.bincount(route_at, minlength=len(routes))).tolist():
+            rows = np.flatnonzero(route_at == k)
+            probs = self.models[routes[k]].predict(ids[rows], numeric[rows])
             for t in TARGETS:
                 out[t][rows] = probs[t]
-        return out, regions
-
+        return out, route_at, routes
