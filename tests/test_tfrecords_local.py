@@ -282,3 +282,30 @@ def test_tiny_world_splits_convert_the_same_on_both_engines(spark, tiny_splits, 
     m = runs["driver"][0]
     assert m["splits"]["train"]["rows"] > 0
     assert sum(len(s["shards"]) for s in m["splits"].values()) > len(SPLITS)
+
+
+@pytest.mark.parametrize("kind", ["float32", "float64", "wide", "few"])
+def test_numeric_moments_are_exact_whatever_the_partitioning(kind):
+    """Both engines' statistics rest on ``layout.moments``: exact sums (checked against
+    rationals), so any split into batches and any merge order give the same bits."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(7)
+    x = {"float32": rng.normal(size=5000).astype(np.float32).astype(np.float64),
+         "float64": rng.normal(size=5000) * 1e3,
+         "wide": rng.normal(size=5000) * 10.0 ** rng.integers(-40, 40, 5000),
+         "few": np.sin(rng.integers(0, 24, 5000) * np.pi / 12) * 1e-3}[kind]
+    x[:3] = [np.nan, np.inf, -np.inf]
+    finite = [Fraction(v) for v in x[3:].tolist()]
+    whole = layout.moments(pa.array(x))
+    assert whole[0] == len(finite)
+    assert sum(map(Fraction, whole[1])) == sum(finite)
+    assert sum(map(Fraction, whole[2])) == sum(v * v for v in finite)
+    cuts = sorted(rng.choice(len(x), 6, replace=False))
+    parts = [layout.moments(pa.array(p)) for p in np.split(rng.permutation(x), cuts)]
+    merged = layout.NO_MOMENTS
+    for p in parts[::-1]:
+        merged = layout.merge_moments(merged, p)
+    assert layout.numeric_stats("x", merged) == layout.numeric_stats("x", whole)
+    mean = sum(finite) / len(finite)
+    assert layout.numeric_stats("x", whole).mean == float(mean)

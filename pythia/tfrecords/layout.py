@@ -14,7 +14,9 @@ import os
 from fractions import Fraction
 from typing import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pythia import features, storage
@@ -51,34 +53,79 @@ def feature_spec() -> dict:
 
 # ---------------------------------------------------------------- encoders from counts
 
-def numeric_stats(name: str, counts: Mapping[float, int]) -> NumericStats:
-    """Mean and population std of a numeric feature from its finite values' counts.
+_SPLITTER = 134217729.0  # 2**27 + 1: Veltkamp's split of a double into two 26-bit halves
+Moments = tuple  # (finite values, expansion of their sum, expansion of their squares' sum)
+NO_MOMENTS: Moments = (0, [], [])
 
-    Exact (rational) arithmetic rounded once at the end, so the result depends only on the
-    counts, not on the order or partitioning in which an engine summed the rows. No finite
-    value: mean 0, std 1 (with a warning)."""
-    n = sum(counts.values())
+
+def expansion(values: Sequence[float]) -> list[float]:
+    """Floats whose exact sum is the exact sum of ``values``: ``math.fsum`` (correctly
+    rounded) of what is left, repeated until nothing is (usually two or three terms)."""
+    values, out = list(values), []
+    while True:
+        rest = math.fsum(values + [-p for p in out])
+        if rest == 0.0:  # exact: a non-zero sum of doubles never rounds to zero
+            return out
+        out.append(rest)
+
+
+def _floats(exact: Fraction) -> list[float]:
+    """Floats summing exactly to a dyadic rational (a sum of doubles)."""
+    out = []
+    while exact:
+        out.append(float(exact))
+        exact -= Fraction(out[-1])
+    return out
+
+
+def moments(arr: pa.Array) -> Moments:
+    """Count, exact sum and exact sum of squares of the finite values of a numeric column.
+
+    A square is the exact sum of three products of the value's Veltkamp halves, so nothing
+    rounds before ``numeric_stats``: any engine, partitioning or order gives the same bits."""
+    x = pc.cast(arr, pa.float64())
+    x = x.filter(pc.is_finite(x))
+    counts = pc.value_counts(x)
+    if len(counts) * 16 <= len(x):  # few distinct values (hour_sin: 24): rationals per value
+        pairs = list(zip(map(Fraction, counts.field("values").to_pylist()),
+                         counts.field("counts").to_pylist()))
+        return (len(x), _floats(sum((v * c for v, c in pairs), Fraction(0))),
+                _floats(sum((v * v * c for v, c in pairs), Fraction(0))))
+    x = x.to_numpy(zero_copy_only=False)
+    c = x * _SPLITTER
+    hi = c - (c - x)
+    lo = x - hi
+    # values stored as float32 (24-bit mantissas) have no low half: x * x is exact
+    squares = np.concatenate([hi * hi, 2 * hi * lo, lo * lo]) if lo.any() else x * x
+    return len(x), expansion(x.tolist()), expansion(squares.tolist())
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    return a[0] + b[0], expansion(a[1] + b[1]), expansion(a[2] + b[2])
+
+
+def numeric_stats(name: str, m: Moments) -> NumericStats:
+    """Mean and population std from ``moments``, in rational arithmetic rounded once at the
+    end. No finite value: mean 0, std 1 (with a warning)."""
+    n, sums, squares = m
     if not n:
         import logging
         logging.getLogger(__name__).warning(
             "numeric feature %s has no finite value in train; using mean 0, std 1", name)
         return NumericStats(0.0, 1.0)
-    total = sum(Fraction(v) * c for v, c in counts.items())
-    squares = sum(Fraction(v) ** 2 * c for v, c in counts.items())
-    mean = total / n
-    var = squares / n - mean * mean
+    mean = sum(map(Fraction, sums), Fraction(0)) / n
+    var = sum(map(Fraction, squares), Fraction(0)) / n - mean * mean
     return NumericStats(float(mean), math.sqrt(float(var)))
 
 
 def make_encoders(categorical: Mapping[str, Mapping[str, int]],
-                  numeric: Mapping[str, Mapping[float, int]],
-                  age_edges: Sequence[int]) -> Encoders:
-    """Encoders from value counts of the train split: ``Vocabulary.fit`` per categorical (the
-    counts may already be cut to its ``min_count``/``max_vocab``), ``numeric_stats`` per
-    numeric feature."""
+                  numeric: Mapping[str, Moments], age_edges: Sequence[int]) -> Encoders:
+    """Encoders from the train split: ``Vocabulary.fit`` per categorical on its value counts
+    (which may already be cut to its ``min_count``/``max_vocab``), ``numeric_stats`` per
+    numeric feature on its ``moments``."""
     vocabularies = {f.name: Vocabulary.fit(categorical.get(f.name, {}), f.min_count, f.max_vocab)
                     for f in features.FEATURES if f.kind == features.CATEGORICAL}
-    stats = {n: numeric_stats(n, numeric.get(n, {})) for n in features.NUMERIC_FEATURES}
+    stats = {n: numeric_stats(n, numeric.get(n, NO_MOMENTS)) for n in features.NUMERIC_FEATURES}
     return Encoders(vocabularies, stats, tuple(age_edges))
 
 
@@ -210,6 +257,6 @@ def read_manifest(out_uri: str) -> dict:
 
 
 __all__ = ["BATCH_ROWS", "COMPRESSIONS", "EMPTY_TRAIN", "SPLITS", "absolute", "check_args",
-           "check_train_columns", "convert", "feature_spec", "finish_split", "make_encoders",
-           "numeric_stats", "parquet_files", "parquet_units", "read_manifest",
-           "read_row_group"]
+           "check_train_columns", "convert", "expansion", "feature_spec", "finish_split",
+           "make_encoders", "merge_moments", "moments", "numeric_stats", "parquet_files",
+           "parquet_units", "read_manifest", "read_row_group"]

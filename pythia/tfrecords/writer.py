@@ -6,6 +6,7 @@ writes its shards under temporary names, renamed (or uploaded) only once complet
 """
 from __future__ import annotations
 
+import json
 from typing import Iterator, Mapping, Sequence
 
 import pyarrow as pa
@@ -28,14 +29,34 @@ _SHARD_SCHEMA = "path string, region string, rows long, sha256 string"
 
 # ---------------------------------------------------------------- encoders
 
+_MOMENTS_SCHEMA = "feature string, n long, sums string, squares string"
+
+
+def _moments_job(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One partition's ``layout.moments`` per numeric feature (floats as exact JSON reprs),
+    and its row count under the feature name ''."""
+    acc = {n: layout.NO_MOMENTS for n in features.NUMERIC_FEATURES}
+    rows = 0
+    for batch in batches:
+        rows += batch.num_rows
+        for n in acc:
+            acc[n] = layout.merge_moments(acc[n], layout.moments(batch.column(n)))
+    out = [{"feature": "", "n": rows, "sums": "[]", "squares": "[]"}]
+    out += [{"feature": n, "n": m[0], "sums": json.dumps(m[1]), "squares": json.dumps(m[2])}
+            for n, m in acc.items()]
+    yield pa.RecordBatch.from_pylist(out, schema=pa.schema([
+        ("feature", pa.string()), ("n", pa.int64()), ("sums", pa.string()),
+        ("squares", pa.string())]))
+
+
 def fit_encoders(spark: SparkSession, train_sdf: DataFrame,
                  age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -> Encoders:
     """Vocabularies and numeric statistics from the TRAIN split only.
 
-    Counts are Spark aggregations (one ``groupBy(feature, value)`` over all categoricals,
-    one over the numerics' finite values); only the kept categorical values
-    (``min_count``/``max_vocab`` of each Feature) and the numerics' distinct values reach the
-    driver, where ``layout.make_encoders`` makes the final, deterministic choice (as
+    Counts are Spark aggregations (one ``groupBy(feature, value)`` over all categoricals;
+    exact sums of the numerics per partition, ``layout.moments``); only the kept categorical
+    values (``min_count``/``max_vocab`` of each Feature) and a few floats per partition reach
+    the driver, where ``layout.make_encoders`` makes the final, deterministic choice (as
     ``writer_local.fit_encoders`` does from pyarrow counts).
 
     Args:
@@ -48,8 +69,6 @@ def fit_encoders(spark: SparkSession, train_sdf: DataFrame,
     """
     del spark  # the DataFrame carries its session
     layout.check_train_columns(train_sdf.columns)
-    if not train_sdf.limit(1).count():
-        raise ValueError(layout.EMPTY_TRAIN)
     cats = [f for f in features.FEATURES if f.kind == features.CATEGORICAL]
     pairs = F.explode(F.array(*[
         F.struct(F.lit(f.name).alias("feature"), F.col(f.name).cast("string").alias("value"))
@@ -71,17 +90,20 @@ def fit_encoders(spark: SparkSession, train_sdf: DataFrame,
     by_feature: dict[str, dict[str, int]] = {f.name: {} for f in cats}
     for row in kept:
         by_feature[row["feature"]][row["value"]] = int(row["count"])
-    # numerics: counts of each finite value, summed exactly by layout.numeric_stats (the
-    # driver engine gets the same statistics to the last bit)
-    nums = F.explode(F.array(*[
-        F.struct(F.lit(n).alias("feature"), F.col(n).cast("double").alias("value"))
-        for n in features.NUMERIC_FEATURES]))
-    finite = (F.col("value").isNotNull() & ~F.isnan("value")
-              & (F.abs("value") != F.lit(float("inf"))))
-    numeric: dict[str, dict[float, int]] = {n: {} for n in features.NUMERIC_FEATURES}
-    for row in (train_sdf.select(nums.alias("kv")).select("kv.feature", "kv.value")
-                .where(finite).groupBy("feature", "value").count().collect()):
-        numeric[row["feature"]][float(row["value"])] = int(row["count"])
+    # numerics: exact sums per partition (layout.moments), merged exactly on the driver, so
+    # the driver engine (writer_local) gets the same statistics to the last bit
+    numeric = {n: layout.NO_MOMENTS for n in features.NUMERIC_FEATURES}
+    rows = 0
+    for row in (train_sdf.select(*[F.col(n).cast("double").alias(n)
+                                   for n in features.NUMERIC_FEATURES])
+                .mapInArrow(_moments_job, _MOMENTS_SCHEMA).collect()):
+        if row["feature"] == "":
+            rows += int(row["n"])
+        else:
+            got = (int(row["n"]), json.loads(row["sums"]), json.loads(row["squares"]))
+            numeric[row["feature"]] = layout.merge_moments(numeric[row["feature"]], got)
+    if not rows:
+        raise ValueError(layout.EMPTY_TRAIN)
     return layout.make_encoders(by_feature, numeric, age_edges)
 
 

@@ -1,7 +1,7 @@
 """The TFRecord conversion on the driver (pyarrow, no JVM): ``writer``'s twin for small runs.
 
 Same inputs, same files: the train split's values are counted with Arrow (``value_counts`` per
-row group), ``layout.make_encoders`` turns the counts into the same encoders as the Spark
+batch) and its numerics summed exactly (``layout.moments``), ``layout.make_encoders`` turns the counts into the same encoders as the Spark
 path, and each split is cut into the same units (one per Parquet row group, numbered in sorted
 file order) that ``shards.write_partition`` encodes and writes one after the other, so shard
 names, bytes, sha256 and the manifest equal the Spark path's. tests/test_tfrecords_local.py
@@ -9,7 +9,6 @@ runs both engines and compares them.
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Mapping, Sequence
 
 import pyarrow as pa
@@ -23,21 +22,27 @@ from pythia.tfrecords import layout
 from pythia.tfrecords.shards import write_partition
 
 
-def _add_counts(into: Counter, values: pa.Array) -> None:
-    for item in pc.value_counts(values).to_pylist():
-        into[item["values"]] += item["counts"]
+def _counts(parts: list[pa.StructArray]) -> dict[str, int]:
+    """Sum of ``pc.value_counts`` results (one per batch) as {value: count}."""
+    if not parts:
+        return {}
+    table = pa.table({"v": pa.concat_arrays([p.field("values") for p in parts]),
+                      "c": pa.concat_arrays([p.field("counts") for p in parts])})
+    summed = table.group_by("v").aggregate([("c", "sum")])
+    return dict(zip(summed.column("v").to_pylist(), summed.column("c_sum").to_pylist()))
 
 
 def fit_encoders(train_uri: str, age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -> Encoders:
     """Vocabularies and numeric statistics from the train split's Parquet files.
 
     Categorical values are counted as strings (Arrow's cast, as ``encode`` looks them up),
-    nulls and "" left out; numerics count their finite values. Raises ValueError as
-    ``writer.fit_encoders`` does (missing feature column, empty split)."""
+    nulls and "" left out; numerics keep exact sums of their finite values
+    (``layout.moments``). Raises ValueError as ``writer.fit_encoders`` does (missing feature
+    column, empty split)."""
     units = layout.parquet_units(train_uri)
     cats = [f.name for f in features.FEATURES if f.kind == features.CATEGORICAL]
-    categorical: dict[str, Counter] = {n: Counter() for n in cats}
-    numeric: dict[str, Counter] = {n: Counter() for n in features.NUMERIC_FEATURES}
+    parts: dict[str, list] = {n: [] for n in cats}
+    numeric = {n: layout.NO_MOMENTS for n in features.NUMERIC_FEATURES}
     rows = 0
     for path, row_group in units:
         for batch in layout.read_row_group(path, row_group, features.FEATURE_NAMES):
@@ -47,13 +52,13 @@ def fit_encoders(train_uri: str, age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -
                 if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
                     arr = pc.cast(arr, pa.string())
                 arr = arr.filter(pc.and_kleene(pc.is_valid(arr), pc.not_equal(arr, "")))
-                _add_counts(categorical[name], arr)
-            for name in features.NUMERIC_FEATURES:
-                arr = pc.cast(batch.column(name), pa.float64())
-                _add_counts(numeric[name], arr.filter(pc.is_finite(arr)))
+                parts[name].append(pc.value_counts(arr))
+            for name in numeric:
+                numeric[name] = layout.merge_moments(numeric[name],
+                                                     layout.moments(batch.column(name)))
     if not rows:
         raise ValueError(layout.EMPTY_TRAIN)
-    return layout.make_encoders(categorical, numeric, age_edges)
+    return layout.make_encoders({n: _counts(p) for n, p in parts.items()}, numeric, age_edges)
 
 
 def write_split_files(parquet_uri: str, encoders: Encoders, out_uri: str, split: str,
