@@ -252,7 +252,7 @@ def main() -> None:
     print(f"ours / Spark Parquet write: {ours_core / pq_core:.2f}x   "
           f"ours / naive: {ours_core / naive:.1f}x  (goals: >= 1x, >= 20x)")
     print(f"fit_encoders: Spark {t_fit:.2f} s, driver {t_fit_drv:.2f} s; write: Spark "
-          f"{t_ours:.2f} s wall on {c} cores, driver {t_drv:.2f} s on 1; end to end (the step, "
+          f"{t_ours:.2f} s wall on {c} cores, driver {t_drv:.2f} s (one process); end to end (the step, "
           f"1 process) driver / naive: {drv_e2e / naive:.1f}x (goal >= 20x)")
     print("read (tf.data, 1 process)                      rows/s    vs raw read")
     print(f"  raw TFRecord read, unparsed                 {reads['raw']:>12,.0f} {1:>9.2f}x")
