@@ -2,7 +2,9 @@
 
 On the same rows of the split-Parquet schema it times:
   write  ours (Spark mapInArrow + vectorised encoder; from Parquet files and from a DataFrame)
-         · naive per-row tf.train.Example loop ·
+         · ours on the driver (writer_local: pyarrow, no JVM, one process with a thread per
+         core; what to_tfrecords runs up to PYTHIA_DRIVER_MAX_ROWS), alone and with its
+         encoder fit (the step end to end) · naive per-row tf.train.Example loop ·
          Spark's own Parquet write of the same DataFrame · raw write of the same bytes (limit)
   read   tf.data read+parse (make_dataset) · raw TFRecord read without parsing
 and prints rows/s (per core for Spark jobs) and the ratios. Never fails on a machine's speed.
@@ -25,7 +27,8 @@ import pyarrow.parquet as pq
 from pythia import features
 from pythia.features import (IMPRESSION_ID, REGION, TRAIN, TS_SECONDS, USER_ID, Y_AGE,
                              Y_AGE_GENDER, Y_GENDER)
-from pythia.tfrecords import encode, make_dataset, reader, write_split, write_split_files
+from pythia.tfrecords import (encode, make_dataset, reader, write_split, write_split_files,
+                              writer_local)
 
 # Realistic-ish cardinalities per categorical (Zipf-distributed values).
 CARDINALITY = {"country": 14, "geo_region": 300, "metro": 800, "inventory_type": 2,
@@ -189,15 +192,28 @@ def main() -> None:
         def ours_dataframe():
             write_split(spark.read.parquet(src), encoders, out, TRAIN)
 
+        driver_out = os.path.join(work, "tfr-driver")
+
+        def driver():
+            entry = writer_local.write_split_files(src, encoders, driver_out, TRAIN)
+            assert [s["sha256"] for s in entry["shards"]] == \
+                [s["sha256"] for s in manifest["splits"][TRAIN]["shards"]]  # the same bytes
+
+        def driver_fit():
+            assert writer_local.fit_encoders(src).to_json() == encoders.to_json()
+
         def spark_parquet():
             spark.read.parquet(src).write.mode("overwrite").parquet(pq_out)
 
-        ours(), spark_parquet(), ours_dataframe()  # warm-up: JVM JIT, Python workers, cache
-        t_ours = t_pq = t_df = float("inf")
+        ours(), spark_parquet(), ours_dataframe(), driver()  # warm-up: JIT, workers, cache
+        t_ours = t_pq = t_df = t_drv = t_fit_drv = t_fit = float("inf")
         for _ in range(args.repeat):  # interleaved, so load changes hit every contender
             t_ours = min(t_ours, timed(ours, 1))
             t_pq = min(t_pq, timed(spark_parquet, 1))
             t_df = min(t_df, timed(ours_dataframe, 1))
+            t_drv = min(t_drv, timed(driver, 1))
+            t_fit = min(t_fit, timed(lambda: fit_encoders(spark, spark.read.parquet(src)), 1))
+            t_fit_drv = min(t_fit_drv, timed(driver_fit, 1))
         t_gz = timed(lambda: ours("GZIP"), 1)
         ours()  # leave uncompressed shards for the read benchmark
         assert manifest["splits"][TRAIN]["rows"] == args.rows
@@ -218,18 +234,26 @@ def main() -> None:
 
     c = args.cores
     ours_core, pq_core, gz_core, df_core = (args.rows / t / c for t in (t_ours, t_pq, t_gz, t_df))
+    drv, drv_e2e = args.rows / t_drv, args.rows / (t_drv + t_fit_drv)
+    spark_e2e = args.rows / (t_ours + t_fit) / c
     print(f"\nTFRecord benchmark: {args.rows:,} rows, {shard_bytes / args.rows:.0f} B/record, "
           f"Spark local[{c}] (rates per core = rows / wall / {c}); fit_encoders {fit_s:.1f} s")
     print("write                                          rows/s/core    vs naive")
     print(f"  ours, Parquet files -> shards (convert)     {ours_core:>12,.0f} {ours_core / naive:>9.1f}x")
     print(f"  ours, from a DataFrame (rows via the JVM)   {df_core:>12,.0f} {df_core / naive:>9.1f}x")
     print(f"  ours, GZIP                                  {gz_core:>12,.0f} {gz_core / naive:>9.1f}x")
+    print(f"  ours on the driver (pyarrow, 1 process)     {drv:>12,.0f} {drv / naive:>9.1f}x")
+    print(f"  driver, fit + write (the step, 1 process)   {drv_e2e:>12,.0f} {drv_e2e / naive:>9.1f}x")
+    print(f"  Spark, fit + write (the step, warm JVM)     {spark_e2e:>12,.0f} {spark_e2e / naive:>9.1f}x")
     print(f"  ours, encoder alone (1 core, in memory)     {enc_rate:>12,.0f} {enc_rate / naive:>9.1f}x")
     print(f"  naive per-row Example loop ({args.naive_rows:,} rows)   {naive:>12,.0f} {1:>9.1f}x")
     print(f"  Spark Parquet write, same DataFrame         {pq_core:>12,.0f} {pq_core / naive:>9.1f}x")
     print(f"  raw write of the same bytes (limit, 1 core) {raw_rate:>12,.0f} {raw_rate / naive:>9.1f}x")
     print(f"ours / Spark Parquet write: {ours_core / pq_core:.2f}x   "
           f"ours / naive: {ours_core / naive:.1f}x  (goals: >= 1x, >= 20x)")
+    print(f"fit_encoders: Spark {t_fit:.2f} s, driver {t_fit_drv:.2f} s; write: Spark "
+          f"{t_ours:.2f} s wall on {c} cores, driver {t_drv:.2f} s (one process); end to end (the step, "
+          f"1 process) driver / naive: {drv_e2e / naive:.1f}x (goal >= 20x)")
     print("read (tf.data, 1 process)                      rows/s    vs raw read")
     print(f"  raw TFRecord read, unparsed                 {reads['raw']:>12,.0f} {1:>9.2f}x")
     print(f"  make_dataset read+parse                     {reads['parse']:>12,.0f} "

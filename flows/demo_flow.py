@@ -42,7 +42,8 @@ class DemoFlow(FlowSpec):
                        features, join labels, split by date (Spark; one session per task)
       join_hours       power users, resampling from global counts, the four splits,
                        reconciliation of every row (Spark)
-      to_tfrecords     vocabularies/statistics from train days, TFRecord shards (Spark)
+      to_tfrecords     vocabularies/statistics from train days, TFRecord shards (pyarrow,
+                       or Spark when large)
       train            foreach over (model, region[, config]): fit, calibrate, predict
       evaluate         metrics, Bayes gauge, distributions, champions, a card
       end              export the champions' bid-time bundle

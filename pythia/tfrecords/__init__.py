@@ -1,32 +1,55 @@
-"""Spec-driven TFRecords: Spark split Parquet -> sharded ``tf.train.Example`` files -> tf.data.
+"""Spec-driven TFRecords: split Parquet -> sharded ``tf.train.Example`` files -> tf.data.
 
 Layout under the TFRecord root (``RunPaths.tfrecords``)::
 
     feature_spec.json  encoders.json  manifest.json
-    split=<split>/region=<region>/part-<task>-<seq>.tfrecord[.gz]
+    split=<split>/region=<region>/part-<unit>-<seq>.tfrecord[.gz]
 
-Writing (``convert_splits``, ``write_split[_files]``, ``fit_encoders``) runs on Spark; encoding and
-framing are TensorFlow-free (``encode``, ``wire``). Reading (``make_dataset``, ``iter_numpy``,
-``load_numpy``, and ``load_sample``: a bounded class-stratified sample, see ``sample``) imports
-TensorFlow lazily, so importing this package stays cheap on Spark workers.
+Writing runs on Spark (``writer``: ``convert_splits``, ``write_split[_files]``,
+``fit_encoders``) or, for small runs, on the driver without a JVM (``writer_local``); both
+build the same files through ``layout`` (units, manifest, encoders from counts) and ``shards``.
+Encoding and framing are TensorFlow-free (``encode``, ``wire``). Reading (``make_dataset``,
+``iter_numpy``, ``load_numpy``, and ``load_sample``: a bounded class-stratified sample, see
+``sample``) imports TensorFlow lazily; the Spark names import pyspark only when first used, so
+importing this package stays cheap on Spark workers and on the driver path.
 """
 from pythia.tfrecords.encode import encode_records
+from pythia.tfrecords.layout import SPLITS, feature_spec, parquet_units, read_manifest
 from pythia.tfrecords.reader import (count_labels, feature_description, iter_numpy,
                                      load_encoders, load_numpy, make_dataset, verify_shards)
 from pythia.tfrecords.sample import SAMPLE_RULE, load_sample, sample_quotas
-from pythia.tfrecords.writer import (SPLITS, convert_splits, feature_spec, fit_encoders,
-                                     parquet_units, read_manifest, write_split,
-                                     write_split_files)
 
+_SPARK_NAMES = ("convert_splits", "fit_encoders", "write_split", "write_split_files")
+
+
+def __getattr__(name: str):
+    if name in _SPARK_NAMES:  # pyspark only for whoever uses the Spark writer
+        from pythia.tfrecords import writer
+        return getattr(writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def convert(split_manifest: dict, params, paths) -> tuple[dict, dict]:
     """The to_tfrecords step: vocabularies/statistics from the train days, TFRecord shards per
-    split and region. Returns (manifest, encoders as JSON)."""
-    from pythia.etl.session import spark_session
-    with spark_session("pythia-tfrecords", params) as spark:
-        manifest, encoders = convert_splits(spark, dict(split_manifest["paths"]),
-                                            paths.tfrecords, age_edges=params.etl.age_edges)
+    split and region. Returns (manifest, encoders as JSON).
+
+    On the driver (``writer_local``, no JVM) when the splits' footer rows fit
+    ``providers_local.use_driver`` and the run is local, else Spark (``writer``); the same
+    files either way, and one line says which engine and why."""
+    from pythia import providers_local
+    from pythia.tfrecords import layout, writer_local
+    split_paths = dict(split_manifest["paths"])
+    files = [f for s in SPLITS if s in split_paths for f in layout.parquet_files(split_paths[s])]
+    args = (split_paths, paths.tfrecords)
+    done = providers_local.on_driver(
+        "to_tfrecords", files, params,
+        lambda: writer_local.convert_splits(*args, age_edges=params.etl.age_edges))
+    if done is None:
+        from pythia.etl.session import spark_session
+        from pythia.tfrecords.writer import convert_splits
+        with spark_session("pythia-tfrecords", params) as spark:
+            done = convert_splits(spark, *args, age_edges=params.etl.age_edges)
+    manifest, encoders = done
     splits = manifest["splits"]
     print(f"to_tfrecords: {sum(len(s['shards']) for s in splits.values())} shard files under "
           f"{manifest['root']}; rows: "

@@ -6,60 +6,58 @@ writes its shards under temporary names, renamed (or uploaded) only once complet
 """
 from __future__ import annotations
 
-import logging
-import os
+import json
 from typing import Iterator, Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from pythia import features, storage
+from pythia import features
 from pythia.config import DEFAULT_AGE_EDGES
 from pythia.contract_read import spark_uri
-from pythia.features import OUTPUT_SPLITS, TRAIN, Encoders, NumericStats, Vocabulary
+from pythia.features import Encoders
 from pythia.paths import join
-from pythia.tfrecords import encode
-from pythia.tfrecords.shards import SHARD_NAME, write_partition
+from pythia.tfrecords import encode, layout
+from pythia.tfrecords.layout import (COMPRESSIONS, ENCODERS_NAME, FEATURE_SPEC_NAME,
+                                     MANIFEST_NAME, SPLITS, feature_spec, parquet_units,
+                                     read_manifest)
+from pythia.tfrecords.shards import write_partition
 
-log = logging.getLogger(__name__)
-
-SPLITS = OUTPUT_SPLITS
-COMPRESSIONS = (None, "GZIP")
-MANIFEST_NAME = "manifest.json"
-FEATURE_SPEC_NAME = "feature_spec.json"
-ENCODERS_NAME = "encoders.json"
 _SHARD_SCHEMA = "path string, region string, rows long, sha256 string"
 
 
-def feature_spec() -> dict:
-    """The TFRecord schema, derived from ``features.FEATURES`` (written as feature_spec.json).
-
-    ``tfrecord`` maps every key of an Example to its dtype; every feature holds one value.
-    """
-    dtypes = {f.name: ("int64" if f.kind == features.CATEGORICAL else "float32")
-              for f in features.FEATURES}
-    dtypes.update({c: "int64" for c in encode.LABEL_COLUMNS})
-    dtypes[encode.ID_COLUMN] = "string"
-    return {
-        "spec_version": features.spec_version(),
-        "spec": features.spec_document(),
-        "tfrecord": {k: {"dtype": v, "shape": []} for k, v in dtypes.items()},
-        "label_columns": dict(features.LABEL_COLUMNS),
-        "id_column": encode.ID_COLUMN,
-    }
-
-
 # ---------------------------------------------------------------- encoders
+
+_MOMENTS_SCHEMA = "feature string, n long, sums string, squares string"
+
+
+def _moments_job(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One partition's ``layout.moments`` per numeric feature (floats as exact JSON reprs),
+    and its row count under the feature name ''."""
+    acc = {n: layout.NO_MOMENTS for n in features.NUMERIC_FEATURES}
+    rows = 0
+    for batch in batches:
+        rows += batch.num_rows
+        for n in acc:
+            acc[n] = layout.merge_moments(acc[n], layout.moments(batch.column(n)))
+    out = [{"feature": "", "n": rows, "sums": "[]", "squares": "[]"}]
+    out += [{"feature": n, "n": m[0], "sums": json.dumps(m[1]), "squares": json.dumps(m[2])}
+            for n, m in acc.items()]
+    yield pa.RecordBatch.from_pylist(out, schema=pa.schema([
+        ("feature", pa.string()), ("n", pa.int64()), ("sums", pa.string()),
+        ("squares", pa.string())]))
+
 
 def fit_encoders(spark: SparkSession, train_sdf: DataFrame,
                  age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -> Encoders:
     """Vocabularies and numeric statistics from the TRAIN split only.
 
-    Counts are Spark aggregations (one ``groupBy(feature, value)`` over all categoricals);
-    only the kept values (``min_count``/``max_vocab`` of each Feature) reach the driver, and
-    ``features.Vocabulary.fit`` makes the final, deterministic choice.
+    Counts are Spark aggregations (one ``groupBy(feature, value)`` over all categoricals;
+    exact sums of the numerics per partition, ``layout.moments``); only the kept categorical
+    values (``min_count``/``max_vocab`` of each Feature) and a few floats per partition reach
+    the driver, where ``layout.make_encoders`` makes the final, deterministic choice (as
+    ``writer_local.fit_encoders`` does from pyarrow counts).
 
     Args:
         spark: the session (kept for symmetry with the other Spark entry points).
@@ -70,24 +68,7 @@ def fit_encoders(spark: SparkSession, train_sdf: DataFrame,
         ValueError: a feature column is missing, or the train split is empty.
     """
     del spark  # the DataFrame carries its session
-    missing = [n for n in features.FEATURE_NAMES if n not in train_sdf.columns]
-    if missing:
-        raise ValueError(f"train split lacks feature column(s) {missing} "
-                         f"(has {sorted(train_sdf.columns)})")
-    stats = train_sdf.agg(F.count(F.lit(1)).alias("n"), *[
-        agg(F.when(~F.isnan(F.col(n).cast("double")), F.col(n).cast("double"))).alias(f"{n}__{k}")
-        for n in features.NUMERIC_FEATURES
-        for k, agg in (("mean", F.mean), ("std", F.stddev_pop))]).first()
-    if not stats["n"]:
-        raise ValueError("the train split has no rows: cannot fit vocabularies or statistics")
-    numeric = {}
-    for n in features.NUMERIC_FEATURES:
-        mean, std = stats[f"{n}__mean"], stats[f"{n}__std"]
-        if mean is None:
-            log.warning("numeric feature %s has no finite value in train; using mean 0, std 1", n)
-            mean, std = 0.0, 1.0
-        numeric[n] = NumericStats(float(mean), float(std))
-
+    layout.check_train_columns(train_sdf.columns)
     cats = [f for f in features.FEATURES if f.kind == features.CATEGORICAL]
     pairs = F.explode(F.array(*[
         F.struct(F.lit(f.name).alias("feature"), F.col(f.name).cast("string").alias("value"))
@@ -109,16 +90,27 @@ def fit_encoders(spark: SparkSession, train_sdf: DataFrame,
     by_feature: dict[str, dict[str, int]] = {f.name: {} for f in cats}
     for row in kept:
         by_feature[row["feature"]][row["value"]] = int(row["count"])
-    vocabularies = {f.name: Vocabulary.fit(by_feature[f.name], f.min_count, f.max_vocab)
-                    for f in cats}
-    return Encoders(vocabularies, numeric, tuple(age_edges))
+    # numerics: exact sums per partition (layout.moments), merged exactly on the driver, so
+    # the driver engine (writer_local) gets the same statistics to the last bit
+    numeric = {n: layout.NO_MOMENTS for n in features.NUMERIC_FEATURES}
+    rows = 0
+    for row in (train_sdf.select(*[F.col(n).cast("double").alias(n)
+                                   for n in features.NUMERIC_FEATURES])
+                .mapInArrow(_moments_job, _MOMENTS_SCHEMA).collect()):
+        if row["feature"] == "":
+            rows += int(row["n"])
+        else:
+            got = (int(row["n"]), json.loads(row["sums"]), json.loads(row["squares"]))
+            numeric[row["feature"]] = layout.merge_moments(numeric[row["feature"]], got)
+    if not rows:
+        raise ValueError(layout.EMPTY_TRAIN)
+    return layout.make_encoders(by_feature, numeric, age_edges)
 
 
 # ---------------------------------------------------------------- Spark jobs
 
 _SHARD_ARROW_SCHEMA = pa.schema([("path", pa.string()), ("region", pa.string()),
                                  ("rows", pa.int64()), ("sha256", pa.string())])
-BATCH_ROWS = 10_000  # rows per Arrow batch read from a Parquet row group
 MAX_FILE_TASKS = 512  # Spark tasks for the file path (units are spread over them)
 
 
@@ -134,13 +126,6 @@ def _partition_job(encoders: Encoders, split_uri: str, split: str, shard_rows: i
     return run
 
 
-def _read_row_group(uri: str, row_group: int) -> Iterator[pa.RecordBatch]:
-    fs, path = storage.filesystem(uri)
-    with fs.open_input_file(path) as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, row_groups=[row_group],
-                                                  columns=list(encode.INPUT_COLUMNS))
-
-
 def _file_job(encoders: Encoders, split_uri: str, split: str, shard_rows: int,
               compression: str | None):
     """``mapInArrow`` over (unit, path, row_group) rows: each executor reads its own row groups
@@ -150,67 +135,10 @@ def _file_job(encoders: Encoders, split_uri: str, split: str, shard_rows: int,
         for batch in units:
             for unit, path, row_group in zip(*(batch.column(c).to_pylist()
                                                for c in ("unit", "path", "row_group"))):
-                shards += write_partition(_read_row_group(path, row_group), encoders,
+                shards += write_partition(layout.read_row_group(path, row_group), encoders,
                                           split_uri, split, unit, shard_rows, compression)
         yield pa.RecordBatch.from_pylist(shards, schema=_SHARD_ARROW_SCHEMA)
     return run
-
-
-def parquet_units(uri: str) -> list[tuple[str, int]]:
-    """(file, row group) pairs of a Parquet dataset folder, sorted; reads footers only.
-
-    Hidden and ``_``-prefixed files and folders (``_SUCCESS``, ``.tmp-*``) are skipped.
-
-    Raises:
-        ValueError: no Parquet file under ``uri``, or one lacks a needed column.
-    """
-    base = uri.rstrip("/")
-    files = [f for f in storage.list_files(uri) if f.endswith(".parquet") and not any(
-        part.startswith((".", "_")) for part in f[len(base):].split("/") if part)]
-    if not files:
-        raise ValueError(f"no Parquet files under {uri}")
-    units = []
-    for f in files:
-        fs, path = storage.filesystem(f)
-        with fs.open_input_file(path) as fh:
-            meta = pq.ParquetFile(fh)
-            encode.check_columns(meta.schema_arrow.names, f"Parquet file {f}")
-            units += [(f, rg) for rg in range(meta.metadata.num_row_groups)]
-    return units
-
-
-def _finish_split(rows: list, split_uri: str, regions: Sequence[str]) -> dict:
-    shards = sorted(({"path": r["path"], "region": r["region"], "rows": int(r["rows"]),
-                      "sha256": r["sha256"]} for r in rows), key=lambda s: s["path"])
-    by_region = {r: 0 for r in regions}
-    for s in shards:
-        by_region[s["region"]] = by_region.get(s["region"], 0) + s["rows"]
-    _remove_unlisted(split_uri, {s["path"] for s in shards})
-    return {"rows": sum(s["rows"] for s in shards),
-            "rows_by_region": dict(sorted(by_region.items())), "shards": shards}
-
-
-def _remove_unlisted(split_uri: str, keep: set[str]) -> None:
-    """Delete stale shards and leftovers of killed writers that the new manifest does not list."""
-    for uri in storage.list_files(split_uri):
-        name = uri.rstrip("/").rsplit("/", 1)[-1]
-        if uri not in keep and (name.startswith(".tmp-") or SHARD_NAME.match(name)):
-            fs, path = storage.filesystem(uri)
-            fs.delete_file(path)
-
-
-def _absolute(uri: str) -> str:
-    """Local roots become absolute so the manifest's paths work from any working folder."""
-    return uri if storage.is_s3(uri) else os.path.abspath(uri)
-
-
-def _check_args(split: str, shard_rows: int, compression: str | None) -> None:
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-    if shard_rows < 1:
-        raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
 
 
 def write_split(sdf: DataFrame, encoders: Encoders, out_uri: str, split: str,
@@ -235,12 +163,12 @@ def write_split(sdf: DataFrame, encoders: Encoders, out_uri: str, split: str,
         ``{"rows": n, "rows_by_region": {region: n}, "shards": [{path, region, rows, sha256}]}``
         with shards sorted by path.
     """
-    _check_args(split, shard_rows, compression)
+    layout.check_args(split, shard_rows, compression)
     encode.check_columns(sdf.columns, f"split {split!r}")
-    split_uri = join(_absolute(out_uri), f"split={split}")
+    split_uri = join(layout.absolute(out_uri), f"split={split}")
     job = _partition_job(encoders, split_uri, split, shard_rows, compression)
     rows = sdf.select(*encode.INPUT_COLUMNS).mapInArrow(job, _SHARD_SCHEMA).collect()
-    return _finish_split(rows, split_uri, regions)
+    return layout.finish_split(rows, split_uri, regions)
 
 
 def write_split_files(spark: SparkSession, parquet_uri: str, encoders: Encoders, out_uri: str,
@@ -252,15 +180,15 @@ def write_split_files(spark: SparkSession, parquet_uri: str, encoders: Encoders,
     DataFrame; each task reads its row groups with pyarrow, encodes and writes shards named
     after the row group's rank (deterministic for the same files). Returns as ``write_split``.
     """
-    _check_args(split, shard_rows, compression)
-    units = parquet_units(parquet_uri)
-    split_uri = join(_absolute(out_uri), f"split={split}")
+    layout.check_args(split, shard_rows, compression)
+    units = layout.parquet_units(parquet_uri)
+    split_uri = join(layout.absolute(out_uri), f"split={split}")
     job = _file_job(encoders, split_uri, split, shard_rows, compression)
     table = spark.createDataFrame([(i, u, rg) for i, (u, rg) in enumerate(units)],
                                   "unit int, path string, row_group int")
-    rows = (table.repartition(min(len(units), MAX_FILE_TASKS))
+    rows = (table.repartition(max(1, min(len(units), MAX_FILE_TASKS)))
             .mapInArrow(job, _SHARD_SCHEMA).collect())
-    return _finish_split(rows, split_uri, regions)
+    return layout.finish_split(rows, split_uri, regions)
 
 
 def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri: str,
@@ -278,37 +206,16 @@ def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri:
     Returns:
         ``(manifest, encoders)``; the manifest is also at ``<out_uri>/manifest.json``.
     """
-    _check_args(TRAIN, shard_rows, compression)
-    missing = [s for s in SPLITS if s not in split_paths]
-    unknown = [s for s in split_paths if s not in SPLITS]
-    if missing or unknown:
-        raise ValueError(f"split_paths must name exactly {SPLITS}; missing {missing}, "
-                         f"unknown {unknown}")
-    out_uri = _absolute(out_uri)
-    for s in SPLITS:
-        parquet_units(split_paths[s])  # fail fast on a missing split or column
-    encoders = fit_encoders(spark, spark.read.parquet(spark_uri(split_paths[TRAIN], spark)),
-                            age_edges)
-    spec_uri, enc_uri = join(out_uri, FEATURE_SPEC_NAME), join(out_uri, ENCODERS_NAME)
-    storage.write_json_atomic(spec_uri, feature_spec())
-    storage.write_json_atomic(enc_uri, encoders.to_json())
-    splits = {s: write_split_files(spark, split_paths[s], encoders, out_uri, s, shard_rows,
-                                   compression) for s in SPLITS}
-    regions = sorted({r for entry in splits.values() for r in entry["rows_by_region"]})
-    for entry in splits.values():
-        entry["rows_by_region"] = {r: entry["rows_by_region"].get(r, 0) for r in regions}
-    manifest = {
-        "root": out_uri,
-        "feature_spec": spec_uri,
-        "encoders": enc_uri,
-        "compression": compression,
-        "spec_version": features.spec_version(),
-        "splits": splits,
-    }
-    storage.write_json_atomic(join(out_uri, MANIFEST_NAME), manifest)
-    return manifest, encoders
+    def fit(train_uri: str) -> Encoders:
+        return fit_encoders(spark, spark.read.parquet(spark_uri(train_uri, spark)), age_edges)
+
+    def write(parquet_uri: str, encoders: Encoders, out: str, split: str) -> dict:
+        return write_split_files(spark, parquet_uri, encoders, out, split, shard_rows,
+                                 compression)
+
+    return layout.convert(split_paths, out_uri, shard_rows, compression, fit, write)
 
 
-def read_manifest(out_uri: str) -> dict:
-    """The manifest ``convert_splits`` wrote under ``out_uri``."""
-    return storage.read_json(join(out_uri, MANIFEST_NAME))
+__all__ = ["COMPRESSIONS", "ENCODERS_NAME", "FEATURE_SPEC_NAME", "MANIFEST_NAME", "SPLITS",
+           "convert_splits", "feature_spec", "fit_encoders", "parquet_units", "read_manifest",
+           "write_partition", "write_split", "write_split_files"]
