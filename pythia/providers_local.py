@@ -52,7 +52,7 @@ def use_driver(files: Sequence[str], params: Any) -> tuple[bool, str]:
     rows = sum(footer_rows(f) for f in files)
     if rows > limit:
         return False, f"Spark: {rows} rows > {limit} ({DRIVER_MAX_ROWS_ENV})"
-    return True, f"pandas on the driver: {rows} rows <= {limit} ({DRIVER_MAX_ROWS_ENV})"
+    return True, f"on the driver (no JVM): {rows} rows <= {limit} ({DRIVER_MAX_ROWS_ENV})"
 
 
 def on_driver(step: str, files: Sequence[str], params: Any, work: Callable[[], Any]) -> Any:

@@ -311,7 +311,7 @@ def test_the_step_runs_on_the_driver_without_a_jvm(tmp_path):
     out = subprocess.run([sys.executable, "-c", _NO_JVM, arg], capture_output=True, text=True,
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     lines = out.stdout.splitlines()
-    assert lines[0] == ("etl_hour: pandas on the driver: 20 rows <= 4000000 "
+    assert lines[0] == ("etl_hour: on the driver (no JVM): 20 rows <= 4000000 "
                         "(PYTHIA_DRIVER_MAX_ROWS)")
     assert lines[1].startswith("etl_hour 00,01: 20 impressions read, 0 quarantined, "
                                "10 without a label, 10 written to ")
@@ -341,7 +341,7 @@ def test_spark_is_used_when_forced_on_a_cluster_or_for_types_it_alone_reads(
                              RunPaths(str(tmp_path / "data"), "T", str(run)))
 
     driver = _step()
-    assert started == [] and "etl_hour: pandas on the driver: 20 rows" in capsys.readouterr().out
+    assert started == [] and "etl_hour: on the driver (no JVM): 20 rows" in capsys.readouterr().out
     monkeypatch.setenv(providers_local.DRIVER_MAX_ROWS_ENV, "0")
     forced = _step()
     assert started == ["pythia-etl-00"]

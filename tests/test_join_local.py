@@ -152,7 +152,7 @@ def test_driver_and_spark_join_the_same_way(spark, sources, monkeypatch, case):
     n = sum(footer_rows(f) for m in built[name] for k in ("rows_path", "ids_path")
             for f in source_layout.list_data_files(m[k]))
     assert f"join_hours: Spark: {n} rows > 0 (PYTHIA_DRIVER_MAX_ROWS)" in got["spark"]["log"]
-    assert (f"join_hours: pandas on the driver: {n} rows <= 1000000 (PYTHIA_DRIVER_MAX_ROWS)"
+    assert (f"join_hours: on the driver (no JVM): {n} rows <= 1000000 (PYTHIA_DRIVER_MAX_ROWS)"
             in got["driver"]["log"])
     split = got["driver"]["split"]
     if name.startswith("dedupe4"):
@@ -225,7 +225,7 @@ def test_join_hours_runs_on_the_driver_without_a_jvm(tmp_path):
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     lines = out.stdout.splitlines()
     # rows/ holds u1's 10 labelled rows, ids/ those and u2's 10 unlabelled
-    assert "join_hours: pandas on the driver: 30 rows <= 4000000 (PYTHIA_DRIVER_MAX_ROWS)" \
+    assert "join_hours: on the driver (no JVM): 30 rows <= 4000000 (PYTHIA_DRIVER_MAX_ROWS)" \
         in lines
     got = json.loads(lines[-1])
     assert got["loaded"] == []  # pyspark never imported

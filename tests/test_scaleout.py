@@ -196,17 +196,11 @@ def test_hadoop_version_matches_pyspark_jars():
 
 
 @pytest.fixture(scope="module")
-def local_spark():
-    """One small local[1] session for this module (the shape pythia.etl uses)."""
-    from pyspark.sql import SparkSession
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (SparkSession.builder.master("local[1]").appName("pythia-scaleout-test")
-             .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
-             .config("spark.driver.memory", "1g")
-             .config("spark.sql.session.timeZone", "UTC").getOrCreate())
-    spark.sparkContext.setLogLevel("ERROR")
-    yield spark
-    spark.stop()
+def local_spark(spark):
+    """conftest's shared local[1] session (the shape pythia.etl uses). Not stopped here: a
+    module's own getOrCreate() would return that same session, and stopping it would stop it
+    for every later test module."""
+    return spark
 
 
 @pytest.mark.spark

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -74,19 +73,8 @@ def tiny_encoders() -> Encoders:
                     {c: NumericStats(0.1, 2.0) for c in NUMS})
 
 
-@pytest.fixture(scope="module")
-def spark():
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-    s = (SparkSession.builder.master("local[2]").appName("test-tfrecords")
-         .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-         .config("spark.sql.shuffle.partitions", "2").config("spark.default.parallelism", "2")
-         .config("spark.sql.session.timeZone", "UTC")
-         .config("spark.driver.extraJavaOptions", "-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
-         .getOrCreate())
-    s.sparkContext.setLogLevel("ERROR")
-    yield s
-    s.stop()
+# Spark tests use conftest's shared session: a module's own getOrCreate() returns that same
+# session, and stopping it here stopped it for every later test module.
 
 
 @pytest.fixture(scope="module")

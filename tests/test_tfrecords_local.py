@@ -182,7 +182,7 @@ def test_the_step_picks_its_engine_and_says_why(spark, tmp_path, monkeypatch):
         assert len(lines) == 2 and lines[1].startswith("to_tfrecords: ")
         results[case + "-log"] = lines[0]
     assert started == ["pythia-tfrecords", "pythia-tfrecords"]
-    assert results["driver-log"] == (f"to_tfrecords: pandas on the driver: {n} rows <= 4000000 "
+    assert results["driver-log"] == (f"to_tfrecords: on the driver (no JVM): {n} rows <= 4000000 "
                                      "(PYTHIA_DRIVER_MAX_ROWS)")
     assert results["limit-log"] == f"to_tfrecords: Spark: {n} rows > 0 (PYTHIA_DRIVER_MAX_ROWS)"
     assert results["cluster-log"].startswith("to_tfrecords: Spark (")
@@ -214,7 +214,7 @@ def test_the_step_runs_on_the_driver_without_a_jvm(tmp_path):
     out = subprocess.run([sys.executable, "-c", _NO_JVM, arg], capture_output=True, text=True,
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("to_tfrecords: pandas on the driver: ")
+    assert lines[0].startswith("to_tfrecords: on the driver (no JVM): ")
     assert lines[1].startswith("to_tfrecords: ") and \
         lines[1].endswith("rows: train 300, validation 120, test_resampled 1, test_natural 0")
     assert json.loads(lines[-1]) == {"loaded": [], "rows": 300}  # pyspark never imported
