@@ -3,8 +3,9 @@
 Each candidate runs as the ``train`` step runs it (``models.fit_candidate``: imports, reading
 the splits, fitting, writing the scored splits' predictions and the model folder) in a child
 process, so the wall seconds include the fixed per-task cost (imports, reads, writes). Prints a
-JSON line per candidate: model, region, variant, wall seconds (process start to exit), fit
-seconds, epochs and the validation log-loss per target. Variants (``--variant name=JSON``) set
+JSON line per candidate: model, region, variant, wall seconds (process start to exit), CPU
+seconds of the child (user + system: steadier than wall on a shared machine), fit seconds,
+epochs and the validation log-loss per target. Variants (``--variant name=JSON``) set
 model hparams and, under the key ``train``, TrainConfig fields; ``--repeat`` interleaves the
 variants (a fair comparison on a shared machine). Outputs go under ``--out``.
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import argparse
 import json
 import os
+import resource
 import subprocess
 import time
 
@@ -54,6 +56,12 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def _child_cpu() -> float:
+    """User + system CPU seconds of the finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="DemoFlow run id with to_tfrecords done")
@@ -77,20 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.model:
             for region in args.region:
                 for name, spec in variants:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), _child_cpu()
                     proc = subprocess.run(
                         [sys.executable, __file__, "--child", "--run", args.run, "--model",
                          model, "--region", region, "--spec", spec,
                          "--out", os.path.join(args.out, name)],
                         capture_output=True, text=True)
-                    wall = time.perf_counter() - t0
+                    wall, cpu = time.perf_counter() - t0, _child_cpu() - c0
                     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
                     if proc.returncode or not lines:
                         print(proc.stdout[-2000:], proc.stderr[-3000:], file=sys.stderr)
                         raise SystemExit(f"{model}/{region} {name}: child failed "
                                          f"(exit {proc.returncode})")
                     row = {"model": model, "region": region, "variant": name, "rep": rep,
-                           "wall": round(wall, 1), **json.loads(lines[-1][6:])}
+                           "wall": round(wall, 1), "cpu": round(cpu, 1),
+                           **json.loads(lines[-1][6:])}
                     print(json.dumps(row), flush=True)
     return 0
 

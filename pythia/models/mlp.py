@@ -7,19 +7,20 @@ marginals (``Model._expand``). The network outputs logits; probabilities are com
 in NumPy by the same functions the bid-time scorer uses on ``export_numpy()``. No BatchNorm and
 no ``Lambda`` layers, so the native ``.keras`` file reloads anywhere.
 
-The rule (``wide_start='logreg'``, the default): the wide part starts as logistic regressions
-fitted exactly like the logreg baseline (AgeGender is the baseline's own fit; gender and age get
-their own), the heads' last Dense kernels start at zero with the LRs' intercepts as biases, so
-the untrained network IS logistic regression; by default (``wide_per_feature_l2``) those LRs
+The rule (``wide_start='logreg'``, the default): AgeGender's wide part starts as the logreg
+baseline's fit (the aid heads, gender and age, at their priors: ``aid_start``), the heads' last
+Dense kernels start at zero with the LRs' intercepts as biases, so the untrained network's
+AgeGender IS logistic regression; by default (``wide_per_feature_l2``) those LRs
 carry an L2 penalty per categorical feature chosen on validation (``logreg.per_feature_l2``).
 Then the residual phase (``wide_train='frozen'``, the default): the wide part stays fixed at the
 LRs and only the deep part trains, adding what they miss (interactions); ``finetune_epochs``
 adds joint epochs at ``finetune_lr`` (``'joint'``: everything trains from the start). The
 natural-weighted AgeGender validation log-loss (the champion rule's measure) is computed before
-the first epoch and after each; a phase stops after ``patience`` epochs without improvement and
-the best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the
-fit summary, and printed). Skewed world (74k rows; validation AgeGender): LR start 2.0132;
-residual, fine-tuned, joint or smaller trunks all within 1e-4 of it; per-feature L2 2.0013.
+the first epoch and after each; a phase stops after ``patience`` epochs without a gain above
+``min_delta``; the best weights are kept -- the LR start when no epoch beats it
+(``wide_start.improved`` in the fit summary, and printed). Skewed world (74k rows; validation
+AgeGender): LR start 2.0132; residual, fine-tuned, joint or smaller trunks all within 1e-4 of
+it; per-feature L2 2.0013.
 """
 from __future__ import annotations
 
@@ -36,8 +37,7 @@ from pythia.features import Encoders
 from pythia.models import export as ex
 from pythia.models import priors as pr
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
-from pythia.models.links import corn_probabilities  # noqa: F401  (re-exported for callers)
-from pythia.models.links import link_probabilities
+from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
 from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
                                  count_rows, embedding_dim, fit_wide_start, numpy_of)
 
@@ -105,13 +105,13 @@ class MLPModel(Model):
             # the LR start with an L2 penalty per categorical feature chosen on validation
             # (logreg's ``per_feature_l2``) instead of the baseline's one C
             "wide_per_feature_l2": True,
-            # the aid heads' wide part: 'logreg' = their own LR fits; 'prior' = zero weights
-            # at their training priors (only AgeGender's LR is fitted)
-            "aid_start": "logreg",
-            # an epoch counts as progress (for patience) only when it lowers the validation
-            # AgeGender log-loss by more than this; patience None = TrainConfig.patience
-            "min_delta": 0.0,
-            "patience": None,
+            # aid heads' wide part: 'prior' = zero at their training priors (AgeGender's LR
+            # only: 6 LR fits fewer), 'logreg' = their own LR fits
+            "aid_start": "prior",
+            # a phase stops after `patience` epochs (None: TrainConfig's) that lower the
+            # validation AgeGender log-loss by no more than min_delta
+            "min_delta": 5e-4,
+            "patience": 1,
             "finetune_epochs": 0,
             "finetune_lr": 1e-4,
             # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *

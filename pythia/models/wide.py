@@ -6,8 +6,10 @@ multinomial logistic regressions exactly as the logreg baseline does (``logreg.f
 same one-hot columns, L2 strength chosen on validation by the natural-weighted log-loss) and
 returns them as the wide part's starting weights: AgeGender from the baseline's own task, gender
 from its own LR, the age head from its own LR (softmax) or, for CORN, one binary LR per
-conditional task ``y > k`` among ``y >= k`` (which is what a CORN logit is). ``KeepBest``
-keeps the start when no epoch beats it on validation.
+conditional task ``y > k`` among ``y >= k`` (which is what a CORN logit is); or, with
+``aid_l2_rows`` (the MLP's ``aid_start='prior'``), gender and age at their training priors
+(``prior_start``): they are training aids, the answers are AgeGender's marginals. ``KeepBest``
+keeps the start when no epoch beats it on validation by more than ``min_delta``.
 """
 from __future__ import annotations
 
