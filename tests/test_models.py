@@ -677,8 +677,9 @@ def test_residual_phase_trains_the_deep_part_on_the_fixed_lr(capsys):
     # the deep part must find the interaction the LR start cannot; the wide part stays its LR
     train, valid = _xor_split(1500, 0), _xor_split(500, 1)
     model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "hidden_units": [16],
-                                            "wide_train": "frozen",
-                                            "wide_per_feature_l2": False},
+                                            "wide_train": "frozen", "aid_start": "logreg",
+                                            "wide_per_feature_l2": False, "patience": None,
+                                            "min_delta": 0.0},
                           TrainConfig(max_epochs=12, batch_size=64, patience=3, seed=0))
     summary = model.fit(train, valid, uniform_priors())
     start = summary["wide_start"]

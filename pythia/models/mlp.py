@@ -7,19 +7,20 @@ marginals (``Model._expand``). The network outputs logits; probabilities are com
 in NumPy by the same functions the bid-time scorer uses on ``export_numpy()``. No BatchNorm and
 no ``Lambda`` layers, so the native ``.keras`` file reloads anywhere.
 
-The rule (``wide_start='logreg'``, the default): the wide part starts as logistic regressions
-fitted exactly like the logreg baseline (AgeGender is the baseline's own fit; gender and age get
-their own), the heads' last Dense kernels start at zero with the LRs' intercepts as biases, so
-the untrained network IS logistic regression; by default (``wide_per_feature_l2``) those LRs
+The rule (``wide_start='logreg'``, the default): AgeGender's wide part starts as the logreg
+baseline's fit (the aid heads, gender and age, at their priors: ``aid_start``), the heads' last
+Dense kernels start at zero with the LRs' intercepts as biases, so the untrained network's
+AgeGender IS logistic regression; by default (``wide_per_feature_l2``) those LRs
 carry an L2 penalty per categorical feature chosen on validation (``logreg.per_feature_l2``).
 Then the residual phase (``wide_train='frozen'``, the default): the wide part stays fixed at the
 LRs and only the deep part trains, adding what they miss (interactions); ``finetune_epochs``
 adds joint epochs at ``finetune_lr`` (``'joint'``: everything trains from the start). The
 natural-weighted AgeGender validation log-loss (the champion rule's measure) is computed before
-the first epoch and after each; a phase stops after ``patience`` epochs without improvement and
-the best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the
-fit summary, and printed). Skewed world (74k rows; validation AgeGender): LR start 2.0132;
-residual, fine-tuned, joint or smaller trunks all within 1e-4 of it; per-feature L2 2.0013.
+the first epoch and after each; a phase stops after ``patience`` epochs without a gain above
+``min_delta``; the best weights are kept -- the LR start when no epoch beats it
+(``wide_start.improved`` in the fit summary, and printed). Skewed world (74k rows; validation
+AgeGender): LR start 2.0132; residual, fine-tuned, joint or smaller trunks all within 1e-4 of
+it; per-feature L2 2.0013.
 """
 from __future__ import annotations
 
@@ -36,10 +37,9 @@ from pythia.features import Encoders
 from pythia.models import export as ex
 from pythia.models import priors as pr
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
-from pythia.models.links import corn_probabilities  # noqa: F401  (re-exported for callers)
-from pythia.models.links import link_probabilities
-from pythia.models.wide import (ColumnL2, KeepBest, WideLogits, fit_wide_start,
-                                 numpy_of)
+from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
+from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
+                                 count_rows, embedding_dim, fit_wide_start, numpy_of)
 
 KERAS_FILE = "model.keras"
 
@@ -76,19 +76,6 @@ class CornLoss(keras.losses.Loss):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
-def count_rows(data: Any) -> int:
-    """Rows of a numpy split, or of a ``(features, labels)`` tf.data.Dataset (one pass)."""
-    if isinstance(data, tf.data.Dataset):
-        return int(data.reduce(np.int64(0), lambda n, batch: n + tf.cast(
-            tf.shape(batch[1]["age_gender"])[0], tf.int64)))
-    return len(labels_of(data)["age_gender"])
-
-
-def embedding_dim(vocab_size: int, max_dim: int = 16) -> int:
-    """Rule-of-thumb embedding width, ``min(max_dim, round(1.6 * size**0.56))``, at least 1."""
-    return int(max(1, min(max_dim, round(1.6 * vocab_size ** 0.56))))
-
-
 # ------------------------------------------------------------------ the model
 
 class MLPModel(Model):
@@ -118,6 +105,13 @@ class MLPModel(Model):
             # the LR start with an L2 penalty per categorical feature chosen on validation
             # (logreg's ``per_feature_l2``) instead of the baseline's one C
             "wide_per_feature_l2": True,
+            # aid heads' wide part: 'prior' = zero at their training priors (AgeGender's LR
+            # only: 6 LR fits fewer), 'logreg' = their own LR fits
+            "aid_start": "prior",
+            # a phase stops after `patience` epochs (None: TrainConfig's) that lower the
+            # validation AgeGender log-loss by no more than min_delta
+            "min_delta": 5e-4,
+            "patience": 1,
             "finetune_epochs": 0,
             "finetune_lr": 1e-4,
             # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *
@@ -233,10 +227,15 @@ class MLPModel(Model):
         start = None
         if self.hparams["wide"] and self.hparams["wide_start"] == "logreg":
             train_np, valid_np = numpy_of(train), numpy_of(valid)
+            if self.hparams["aid_start"] not in ("logreg", "prior"):
+                raise ValueError(f"mlp aid_start must be 'logreg' or 'prior', got "
+                                 f"{self.hparams['aid_start']!r}")
             start = fit_wide_start(train_np, valid_np, self.encoders, self.priors,
                                    self.validation_weights(labels_of(valid_np)["age_gender"]),
                                    self.age_head, cfg,
-                                   {"per_feature_l2": bool(self.hparams["wide_per_feature_l2"])})
+                                   {"per_feature_l2": bool(self.hparams["wide_per_feature_l2"])},
+                                   None if self.hparams["aid_start"] == "logreg"
+                                   else float(self.hparams["l2_rows"] or 0.0))
             n_train = len(labels_of(train_np)["age_gender"])
             del train_np, valid_np
         elif self.hparams["wide_start"] not in ("logreg", "zero"):
@@ -245,7 +244,9 @@ class MLPModel(Model):
         else:
             n_train = count_rows(train)
         self.keras_model = self.build(n_train, start)
-        keep = KeepBest(lambda: self.natural_val_losses(valid), cfg.patience)
+        patience = cfg.patience if self.hparams["patience"] is None else self.hparams["patience"]
+        keep = KeepBest(lambda: self.natural_val_losses(valid), int(patience),
+                        float(self.hparams["min_delta"]))
         if self.hparams["wide_train"] not in ("frozen", "joint"):
             raise ValueError(f"mlp wide_train must be 'frozen' or 'joint', got "
                              f"{self.hparams['wide_train']!r}")

@@ -6,8 +6,10 @@ multinomial logistic regressions exactly as the logreg baseline does (``logreg.f
 same one-hot columns, L2 strength chosen on validation by the natural-weighted log-loss) and
 returns them as the wide part's starting weights: AgeGender from the baseline's own task, gender
 from its own LR, the age head from its own LR (softmax) or, for CORN, one binary LR per
-conditional task ``y > k`` among ``y >= k`` (which is what a CORN logit is). ``KeepBest``
-keeps the start when no epoch beats it on validation.
+conditional task ``y > k`` among ``y >= k`` (which is what a CORN logit is); or, with
+``aid_l2_rows`` (the MLP's ``aid_start='prior'``), gender and age at their training priors
+(``prior_start``): they are training aids, the answers are AgeGender's marginals. ``KeepBest``
+keeps the start when no epoch beats it on validation by more than ``min_delta``.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from typing import Any, Mapping
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
+from pythia.models.base import labels_of
 from pythia.models.logreg import LinearTask, fit_linear
 
 
@@ -104,14 +108,17 @@ class WideLogits(keras.layers.Layer):
 
 class KeepBest(keras.callbacks.Callback):
     """Early stopping on ``score()['age_gender']``, scored once before the first epoch too:
-    stops after ``patience`` epochs without improvement and restores the best weights (the
-    starting ones when no epoch beat them). ``history[e]`` = the scores after epoch e."""
+    stops after ``patience`` epochs without an improvement of more than ``min_delta`` and
+    restores the best weights (the starting ones when no epoch beat them; a smaller gain still
+    counts as best). ``history[e]`` = the scores after epoch e."""
 
-    def __init__(self, score: Any, patience: int) -> None:
+    def __init__(self, score: Any, patience: int, min_delta: float = 0.0) -> None:
         super().__init__()
         self.score, self.patience = score, int(patience)
+        self.min_delta = float(min_delta)
         self.history: list[dict[str, float]] = []
         self.best_index, self.best_weights = 0, None
+        self.gain_index = 0  # the last epoch that improved on the best by more than min_delta
         self.phase_start = 0
         self.phase_ends: list[int] = []  # history index at the end of each training phase
 
@@ -122,7 +129,7 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self._record()
-        since = len(self.history) - 1 - max(self.best_index, self.phase_start)
+        since = len(self.history) - 1 - max(self.gain_index, self.phase_start)
         if since >= max(self.patience, 1):
             self.model.stop_training = True
 
@@ -131,8 +138,10 @@ class KeepBest(keras.callbacks.Callback):
 
     def _record(self) -> None:
         self.history.append(self.score())
-        best = self.history[self.best_index]["age_gender"]
-        if self.best_weights is None or self.history[-1]["age_gender"] < best:
+        best, now = self.history[self.best_index]["age_gender"], self.history[-1]["age_gender"]
+        if self.best_weights is None or now < best - self.min_delta:
+            self.gain_index = len(self.history) - 1
+        if self.best_weights is None or now < best:
             self.best_index, self.best_weights = len(self.history) - 1, self.model.get_weights()
 
 
@@ -150,11 +159,29 @@ def numpy_of(data: Any) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def count_rows(data: Any) -> int:
+    """Rows of a numpy split, or of a ``(features, labels)`` tf.data.Dataset (one pass)."""
+    if isinstance(data, tf.data.Dataset):
+        return int(data.reduce(np.int64(0), lambda n, batch: n + tf.cast(
+            tf.shape(batch[1]["age_gender"])[0], tf.int64)))
+    return len(labels_of(data)["age_gender"])
+
+
+def embedding_dim(vocab_size: int, max_dim: int = 16) -> int:
+    """Rule-of-thumb embedding width, ``min(max_dim, round(1.6 * size**0.56))``, at least 1."""
+    return int(max(1, min(max_dim, round(1.6 * vocab_size ** 0.56))))
+
+
 def fit_wide_start(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],
                    encoders: Encoders, priors: Mapping, valid_weights: np.ndarray,
                    age_head: str, train_cfg: TrainConfig = TrainConfig(),
-                   lr_hparams: Mapping[str, Any] | None = None) -> dict[str, dict]:
+                   lr_hparams: Mapping[str, Any] | None = None,
+                   aid_l2_rows: float | None = None) -> dict[str, dict]:
     """Per head, the fitted LR as ``{'tables', 'numeric', 'bias', 'l2_rows', 'C'}``.
+
+    ``aid_l2_rows`` given: only AgeGender is fitted; the aid heads (gender, age: training
+    aids, their answers are AgeGender's marginals) start at zero weights with their training
+    priors' logits as biases (``prior_start``) and that penalty per logit column.
 
     ``tables`` / ``numeric`` / ``bias`` as ``LogRegModel.logit_tables`` (for CORN: one column
     per conditional task); ``l2_rows`` per logit column is the LR's own penalty in the MLP's
@@ -175,6 +202,11 @@ def fit_wide_start(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarr
                                   lr_hparams)}
     # the other heads reuse AgeGender's penalty per feature (when it chose them): its search is
     # the costly part, and the features' noise levels are the same for every head
+    if aid_l2_rows is not None:
+        corn = age_head != "softmax"
+        out["gender"] = prior_start(encoders, priors["train"]["gender"], False, aid_l2_rows)
+        out["age"] = prior_start(encoders, priors["train"]["age"], corn, aid_l2_rows)
+        return out
     chosen = out["age_gender"].get("feature_penalty") or {}
     lr_hparams = {**(lr_hparams or {}), "per_feature_l2": False, "feature_penalty": chosen}
     out["gender"] = _fit_one(train, valid, task(y["gender"], yv["gender"], 2, "gender",
@@ -244,3 +276,19 @@ def _constant_logit(encoders: Encoders, logit: float) -> dict:
                        for f in features.CATEGORICAL_FEATURES},
             "numeric": np.zeros((len(features.NUMERIC_FEATURES), 1)),
             "bias": np.array([logit]), "l2_rows": [0.0], "C": [], "val_loss": []}
+
+
+def prior_start(encoders: Encoders, train_prior: Any, corn: bool, l2_rows: float) -> dict:
+    """A head that starts at its training prior: zero tables and numeric weights, biases the
+    prior's log-probabilities (softmax) or, for CORN, the log-odds of each task ``y > k``
+    among ``y >= k``."""
+    p = np.maximum(np.asarray(train_prior, dtype=np.float64), 1e-12)
+    if corn:
+        bias = np.array([np.log(max(p[k + 1:].sum(), 1e-12) / p[k]) for k in range(len(p) - 1)])
+    else:
+        bias = np.log(p / p.sum())
+    units = len(bias)
+    return {"tables": {f: np.zeros((encoders.vocabularies[f].size, units))
+                       for f in features.CATEGORICAL_FEATURES},
+            "numeric": np.zeros((len(features.NUMERIC_FEATURES), units)),
+            "bias": bias, "l2_rows": [float(l2_rows)] * units, "C": [], "val_loss": []}

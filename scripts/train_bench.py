@@ -1,0 +1,108 @@
+"""Time ``train`` tasks on a finished run's TFRecords, one fresh process per candidate.
+
+Each candidate runs as the ``train`` step runs it (``models.fit_candidate``: imports, reading
+the splits, fitting, writing the scored splits' predictions and the model folder) in a child
+process, so the wall seconds include the fixed per-task cost (imports, reads, writes). Prints a
+JSON line per candidate: model, region, variant, wall seconds (process start to exit), CPU
+seconds of the child (user + system: steadier than wall on a shared machine), fit seconds,
+epochs and the validation log-loss per target. Variants (``--variant name=JSON``) set
+model hparams and, under the key ``train``, TrainConfig fields; ``--repeat`` interleaves the
+variants (a fair comparison on a shared machine). Outputs go under ``--out``.
+
+    METAFLOW_DATASTORE_SYSROOT_LOCAL=/tmp/s20/mf python scripts/train_bench.py \
+        --run 1796174078426919 --model mlp --region global EU \
+        --variant 'base={}' --variant 'p1={"train": {"patience": 1}}'
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+# this checkout's pythia, not whichever one the environment installed (editable installs)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import time
+
+
+def child(args: argparse.Namespace) -> int:
+    """Fit one candidate in this process; print its summary as one JSON line."""
+    import dataclasses
+
+    from metaflow import Run, namespace
+
+    from pythia import threads
+    from pythia.models.priors import priors_from_split_manifest
+    from pythia.models.train import fit_candidate, validation_class_weights
+
+    threads.configure_task(2)
+    namespace(None)
+    data = Run(f"DemoFlow/{args.run}")["to_tfrecords"].task.data
+    params = data.params
+    variant = json.loads(args.spec)
+    cfg = dataclasses.replace(params.train, **variant.pop("train", {}))
+    edges = params.etl.age_edges
+    out = os.path.join(args.out, f"{args.model}-{args.region}")
+    s = fit_candidate(args.model, args.region, 0, variant, data.tf_manifest,
+                      priors_from_split_manifest(data.split_manifest, edges),
+                      os.path.join(out, "model"), os.path.join(out, "predictions.parquet"), cfg,
+                      validation_class_weights(data.split_manifest, len(edges)))
+    print("BENCH " + json.dumps({"fit_seconds": s["fit_seconds"], "epochs": s["epochs"],
+                                 "val_logloss": s["val_logloss"]}))
+    return 0
+
+
+def _child_cpu() -> float:
+    """User + system CPU seconds of the finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="DemoFlow run id with to_tfrecords done")
+    ap.add_argument("--model", nargs="+", default=["mlp"])
+    ap.add_argument("--region", nargs="+", default=["global"])
+    ap.add_argument("--variant", action="append", default=[],
+                    help="name=JSON of hparams (and 'train': TrainConfig fields); repeatable")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--out", default="/tmp/train_bench")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        args.model, args.region = args.model[0], args.region[0]
+        return child(args)
+    variants = [v.split("=", 1) for v in (args.variant or ["base={}"])]
+    bad = [v[0] for v in variants if len(v) != 2]
+    if bad:
+        raise SystemExit(f"--variant {bad[0]!r}: expected name=JSON, e.g. 'base={{}}'")
+    for rep in range(args.repeat):
+        for model in args.model:
+            for region in args.region:
+                for name, spec in variants:
+                    t0, c0 = time.perf_counter(), _child_cpu()
+                    proc = subprocess.run(
+                        [sys.executable, __file__, "--child", "--run", args.run, "--model",
+                         model, "--region", region, "--spec", spec,
+                         "--out", os.path.join(args.out, name)],
+                        capture_output=True, text=True)
+                    wall, cpu = time.perf_counter() - t0, _child_cpu() - c0
+                    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
+                    if proc.returncode or not lines:
+                        print(proc.stdout[-2000:], proc.stderr[-3000:], file=sys.stderr)
+                        raise SystemExit(f"{model}/{region} {name}: child failed "
+                                         f"(exit {proc.returncode})")
+                    row = {"model": model, "region": region, "variant": name, "rep": rep,
+                           "wall": round(wall, 1), "cpu": round(cpu, 1),
+                           **json.loads(lines[-1][6:])}
+                    print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
