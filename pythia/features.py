@@ -193,10 +193,13 @@ def derive_time_features(ts_seconds: Any, utc_offset_minutes: Any) -> dict[str, 
                                                 or isinstance(utc_offset_minutes, np.ndarray)):
         ts, offset = np.asarray(ts_seconds), np.asarray(utc_offset_minutes)
         if ts.dtype.kind == "i" and offset.dtype.kind == "i":
-            # floor(floor(ts / 60) + offset) / 60) == floor((ts + 60 offset) / 3600), etc.
-            days, seconds = np.divmod(ts.astype(np.int64) + offset * 60, 86_400)
+            # floor((floor(ts / 60) + offset) / 60) == floor((ts + 60 offset) / 3600), etc.
+            kind = np.result_type(ts, offset)  # the general formula's integer dtype
+            days, seconds = np.divmod(ts.astype(np.int64) + offset.astype(np.int64) * 60,
+                                      86_400)
             hour = seconds // 3600
-            return {"local_hour": hour, "local_dow": (days + 3) % 7,
+            return {"local_hour": hour.astype(kind, copy=False),
+                    "local_dow": ((days + 3) % 7).astype(kind, copy=False),
                     "hour_sin": _HOUR_SIN[hour], "hour_cos": _HOUR_COS[hour]}
     local_minutes = ts_seconds // 60 + utc_offset_minutes
     hour = (local_minutes // 60) % 24
