@@ -192,9 +192,10 @@ class OffsetTable:
         """``offset_minutes`` of factorised columns: row i is at ``ts_seconds[i]`` in country
         ``countries[country_at[i]]`` and subdivision ``regions[region_at[i]]`` (codes as
         ``offset_minutes`` reads them; positions as NumPy indexes, -1 the last value). Each
-        distinct (country, subdivision) pair is resolved once and the rows are never walked in
-        Python: what a caller that already holds its columns factorised (the scorer's batch
-        encoder) saves over ``offset_minutes``.
+        distinct country is resolved once, and each (country, subdivision) pair of a country
+        with several zones once per table (memoised for str/None codes); the rows are never
+        walked in Python: what a caller that already holds its columns factorised (the
+        scorer's batch encoder) saves over ``offset_minutes``.
 
         Returns:
             (n,) int64 minutes, equal to ``offset_minutes`` of the expanded columns.
