@@ -175,17 +175,37 @@ def marginals_from_joint(p_joint: np.ndarray, n_age: int) -> dict[str, np.ndarra
 
 # ---------------------------------------------------------------- derivations (scalar or array)
 
+_HOUR_ANGLE = 2.0 * np.pi / 24.0
+# sin / cos of each local hour: an array's hours are looked up here, not recomputed per row
+# (the same float64 values: np.sin of the same angles).
+_HOUR_SIN = np.sin(np.arange(24) * _HOUR_ANGLE)
+_HOUR_COS = np.cos(np.arange(24) * _HOUR_ANGLE)
+
+
 def derive_time_features(ts_seconds: Any, utc_offset_minutes: Any) -> dict[str, Any]:
     """Local hour, day of week (0=Monday) and the hour on the unit circle.
 
     Works on Python scalars and on NumPy arrays alike: the ETL calls it on an Arrow batch,
-    the scorer on one request.
+    the scorer on one request. Integer arrays take integer arithmetic on the local epoch
+    seconds and a 24-entry table for sin/cos (equal to the general formula below).
     """
+    if type(utc_offset_minutes) is not int and (isinstance(ts_seconds, np.ndarray)
+                                                or isinstance(utc_offset_minutes, np.ndarray)):
+        ts, offset = np.asarray(ts_seconds), np.asarray(utc_offset_minutes)
+        if ts.dtype.kind == "i" and offset.dtype.kind == "i":
+            # floor((floor(ts / 60) + offset) / 60) == floor((ts + 60 offset) / 3600), etc.
+            kind = np.result_type(ts, offset)  # the general formula's integer dtype
+            days, seconds = np.divmod(ts.astype(np.int64) + offset.astype(np.int64) * 60,
+                                      86_400)
+            hour = seconds // 3600
+            return {"local_hour": hour.astype(kind, copy=False),
+                    "local_dow": ((days + 3) % 7).astype(kind, copy=False),
+                    "hour_sin": _HOUR_SIN[hour], "hour_cos": _HOUR_COS[hour]}
     local_minutes = ts_seconds // 60 + utc_offset_minutes
     hour = (local_minutes // 60) % 24
     # 1970-01-01 was a Thursday (dow 3)
     dow = ((local_minutes // 1440) + 3) % 7
-    angle = hour * (2.0 * np.pi / 24.0)
+    angle = hour * _HOUR_ANGLE
     return {"local_hour": hour, "local_dow": dow, "hour_sin": np.sin(angle),
             "hour_cos": np.cos(angle)}
 

@@ -141,3 +141,50 @@ def test_encoders_round_trip_json_and_reject_other_spec():
     doc["spec_version"] = "deadbeef0000"
     with pytest.raises(ValueError, match="deadbeef0000"):
         F.Encoders.from_json(doc)
+
+
+def _general_time_features(ts, offset) -> dict:
+    """The general formula, written out: what integer arrays must equal exactly."""
+    local_minutes = ts // 60 + offset
+    hour = (local_minutes // 60) % 24
+    angle = hour * (2.0 * np.pi / 24.0)
+    return {"local_hour": hour, "local_dow": ((local_minutes // 1440) + 3) % 7,
+            "hour_sin": np.sin(angle), "hour_cos": np.cos(angle)}
+
+
+@pytest.mark.parametrize("ts_dtype, offset_dtype", [(np.int64, np.int64), (np.int64, np.int32),
+                                                    (np.int32, np.int64), (np.int32, np.int32),
+                                                    (np.int64, np.int16)])
+def test_time_features_of_integer_arrays_equal_the_general_formula(ts_dtype, offset_dtype):
+    """Integer arrays take integer arithmetic on the local epoch seconds and a table of sin /
+    cos per hour: the same values (bit for bit) and dtypes as the general formula, for
+    instants before 1970, at day and week boundaries, and offsets from -12 h to +14 h."""
+    rng = np.random.default_rng(5)
+    ts = rng.integers(-2 ** 31, 2 ** 31 - 1, 5000)
+    edges = (np.arange(-14, 15)[:, None] * 86_400 + np.array([-61, -60, -1, 0, 1, 59, 60])
+             ).reshape(-1)
+    ts = np.concatenate([ts, edges]).astype(ts_dtype)
+    offset = rng.choice([-720, -570, -300, 0, 45, 330, 345, 525, 765, 840], len(ts))
+    offset = offset.astype(offset_dtype)
+    fast = F.derive_time_features(ts, offset)
+    want = _general_time_features(ts, offset)
+    for name, values in want.items():
+        assert fast[name].dtype == values.dtype, name
+        assert np.array_equal(fast[name], values), name
+    assert set(fast["local_hour"].tolist()) == set(range(24))
+    assert set(fast["local_dow"].tolist()) == set(range(7))
+
+
+def test_time_features_of_scalars_and_float_arrays_keep_the_general_formula():
+    """One request (Python ints) and float instants are computed as before; a row of an
+    integer array equals the same row computed alone."""
+    ts, offset = 1_700_000_123, -300
+    one = F.derive_time_features(ts, offset)
+    assert type(one["local_hour"]) is int and type(one["local_dow"]) is int
+    assert one == _general_time_features(ts, offset)
+    many = F.derive_time_features(np.array([ts, ts + 3600]), np.array([offset, offset]))
+    assert int(many["local_hour"][0]) == one["local_hour"]
+    assert float(many["hour_sin"][0]) == float(one["hour_sin"])
+    floats = F.derive_time_features(np.array([ts + 0.5]), np.array([offset]))
+    assert floats["local_hour"].dtype == np.float64 and floats["local_hour"][0] == 17.0
+    assert one["local_hour"] == 17  # 2023-11-14 22:15 UTC at UTC-5

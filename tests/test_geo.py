@@ -363,3 +363,88 @@ def test_restricted_table_and_bad_inputs():
 def test_compiled_table_is_small(table):
     size = len(json.dumps(table.to_json(), separators=(",", ":")))
     assert size < 200_000, size
+
+
+def _expanded(table, ts, country_at, countries, region_at, regions) -> list[int]:
+    """What one lookup gives for each row of factorised columns (the reference)."""
+    return [table.offset_minutes(int(t), countries[c], regions[r])
+            for t, c, r in zip(ts, country_at, region_at)]
+
+
+def test_coded_pair_memo_gives_the_same_answers_batch_after_batch():
+    """The (country, subdivision) memo: many batches with fresh, reordered code lists (as each
+    Arrow table brings its own dictionary), pairs that differ between batches, a pair first
+    seen late, null positions (-1 into a list ending in None) and codes that are not plain
+    strings (resolved, never memoised): every batch equals one lookup per row."""
+    table = geo.OffsetTable.build(["US", "AU", "BR", "DE", "RU", "CA", "MX", "GB"])
+    rng = np.random.default_rng(11)
+    subs = [code.split("-", 1)[1] for code in table.to_json()["subdivisions"]]
+    regions_pool = subs + [f"US-{s}" for s in subs[:5]] + [" nsw ", "xx", ""]
+    countries_pool = table.countries + ["ZZ", ""]
+    start = _ts("2024-03-01T00:00:00")
+    for batch in range(40):
+        countries = rng.permutation(countries_pool).tolist() + [None]
+        regions = rng.permutation(regions_pool)[:rng.integers(3, len(regions_pool))].tolist()
+        if batch == 33:
+            regions.append("US-HI")  # first seen late: Hawaii keeps -600 all year
+        regions.append(None)
+        n = int(rng.integers(1, 700))
+        country_at = rng.integers(-1, len(countries), n)
+        region_at = rng.integers(-1, len(regions), n)
+        if batch == 33:
+            country_at[:5], region_at[:5] = countries.index("US"), len(regions) - 2
+        ts = start + rng.integers(0, 240 * 86_400, n)  # spans the spring and autumn changes
+        got = table.offset_minutes_coded(ts, country_at, countries, region_at, regions)
+        assert got.dtype == np.int64
+        assert got.tolist() == _expanded(table, ts, country_at, countries, region_at, regions)
+        if batch == 33:
+            assert got[:5].tolist() == [-600] * 5
+    assert ("US", "US-HI") in table._pair_memo
+    assert all(type(c) is str or c is None for pair in table._pair_memo for c in pair)
+    odd = [np.str_("US"), "US"]
+    got = table.offset_minutes_coded(np.full(2, start), [0, 1], odd, [0, 0], [np.str_("CA")])
+    assert got.tolist() == [-480, -480]
+    assert not any(type(c) is not str and c is not None for p in table._pair_memo for c in p)
+
+
+def test_coded_pair_memo_is_bounded(monkeypatch):
+    """Past its bound the memo starts again, and the answers do not change."""
+    table = geo.OffsetTable.build(["US", "AU"])
+    monkeypatch.setattr(geo.offsets, "_PAIR_MEMO_MAX", 8)
+    regions = [f"r{i}" for i in range(30)] + ["CA", "NY", "WA", "NSW"]
+    ts = np.full(len(regions), _ts("2024-07-01T12:00:00"))
+    for country in ("US", "AU", "US"):
+        got = table.offset_minutes_coded(ts, np.zeros(len(regions), np.int64), [country],
+                                         np.arange(len(regions)), regions)
+        assert got.tolist() == [table.offset_minutes(int(t), country, r)
+                                for t, r in zip(ts, regions)]
+        assert len(table._pair_memo) <= len(regions)
+
+
+@pytest.mark.parametrize("span_days", [0, 1, 3, 200, 20_000])
+def test_batch_lookup_with_and_without_a_change_in_its_span(table, span_days):
+    """A batch whose instants lie between two changes of a zone takes that zone's one offset
+    for all its rows; one that spans a change (or decades, or instants clipped far outside
+    the table's years) searches per row: both equal one lookup per row, just either side of
+    every spring change in 2024 too."""
+    rng = np.random.default_rng(span_days)
+    countries = ["US", "AU", "DE", "BR", "NZ", "IN", None]
+    regions = ["CA", "NY", "WA", "NSW", None]
+    n = 500
+    start = _ts("2024-03-09T12:00:00")  # a day before the US spring change
+    ts = start + rng.integers(0, span_days * 86_400 + 1, n)
+    if span_days == 20_000:
+        ts[:2] = [-(2 ** 40), 2 ** 40]  # clipped into the table's key space
+    country_at = rng.integers(0, len(countries), n)
+    region_at = rng.integers(0, len(regions), n)
+    for rows in (n, 10):  # 10 rows: below the batch threshold, one search per row
+        args = (ts[:rows], country_at[:rows], countries, region_at[:rows], regions)
+        assert table.offset_minutes_coded(*args).tolist() == _expanded(table, *args)
+    zones = table.to_json()["zones"]
+    entry = zones[table.zone_of("US", "NY")]
+    changes = [t for t in zones[entry.get("same_as", table.zone_of("US", "NY"))]["transitions"]
+               if _ts("2024-01-01T00:00:00") < t < _ts("2025-01-01T00:00:00")]
+    assert len(changes) == 2
+    edge = np.array([t + d for t in changes for d in (-1, 0, 1)] * 30)
+    got = table.offset_minutes(edge, "US", "NY")
+    assert got.tolist() == [table.offset_minutes(int(t), "US", "NY") for t in edge]

@@ -1,8 +1,9 @@
 """Local time with daylight saving: the UTC offset table the ETL and the scorer share.
 
 A country's clock is its IANA zone (``zoneinfo`` over the ``tzdata`` package, daylight saving
-included), chosen by ``pythia.geo.countries.zone_of``. ``build_offset_table`` compiles those
-zones once into plain transition/offset arrays (JSON, carried by the bundle);
+included), chosen by ``pythia.geo.countries.zone_of``. ``build_offset_table`` (in
+``pythia.geo.tzcompile``) compiles those zones once into plain transition/offset arrays (JSON,
+carried by the bundle);
 ``local_offset_minutes`` looks an instant up in them with a binary search, so the ETL
 (vectorised over a batch) and the scorer (one request, no tz database) derive the same local
 time from the same table.
@@ -10,155 +11,25 @@ time from the same table.
 from __future__ import annotations
 
 import bisect
-import datetime as dt
-import importlib.resources
-import io
 import json
 import math
-import struct
+from itertools import repeat
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from pythia.geo.countries import UTC_ZONE, _data, country_zones, subdivision_code
+from pythia.geo.countries import UTC_ZONE, subdivision_code
+from pythia.geo.tzcompile import (DEFAULT_YEARS, OFFSETS_FORMAT, OFFSETS_FORMAT_VERSION,
+                                  build_offset_table)
 
-DEFAULT_YEARS: tuple[int, int] = (2000, 2045)  # instants outside keep the nearest year's offset
-
-OFFSETS_FORMAT = "pythia-utc-offsets"
-OFFSETS_FORMAT_VERSION = 1
-
-_RULE_PROBE_SECONDS = 7 * 86_400  # probe step where a zone file's POSIX rule applies
 # Instants are clipped into [_TS_MIN, _TS_MAX) before the vectorised search (about years
 # 881..3058; any table's transitions lie inside, so clipping changes no result).
 _TS_MIN = -(2 ** 35)
 _TS_MAX = 2 ** 35
 _BLOCK = _TS_MAX - _TS_MIN  # key space per zone in the vectorised search
-
-
-# ---------------------------------------------------------------- compiling the offset table
-
-def _tzdata_version() -> str:
-    from importlib.metadata import version
-
-    return version("tzdata")
-
-
-def _tzif_bytes(zone: str) -> bytes:
-    """The zone's TZif file from the ``tzdata`` package (not the host's): the same everywhere."""
-    path = importlib.resources.files("tzdata.zoneinfo").joinpath(*zone.split("/"))
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-        raise ValueError(f"time zone {zone!r} is not in tzdata {_tzdata_version()}") from exc
-
-
-def _tzif_transitions(data: bytes) -> list[int]:
-    """The explicit transition instants of a TZif file (RFC 8536; the 64-bit block if any)."""
-    if data[:4] != b"TZif":
-        raise ValueError("not a TZif file")
-    isut, isstd, leap, timecnt, typecnt, charcnt = struct.unpack(">6l", data[20:44])
-    if data[4] == 0:  # version 1: 32-bit times only
-        return list(struct.unpack(f">{timecnt}l", data[44:44 + 4 * timecnt]))
-    second = 44 + timecnt * 5 + typecnt * 6 + charcnt + leap * 8 + isstd + isut
-    timecnt = struct.unpack(">6l", data[second + 20:second + 44])[3]
-    return list(struct.unpack(f">{timecnt}q", data[second + 44:second + 44 + 8 * timecnt]))
-
-
-def _zone_series(zone: str, start: int, end: int) -> tuple[list[int], list[int]]:
-    """(transition instants, UTC offsets in minutes) of ``zone`` over [start, end).
-
-    The first instant is ``start`` with the offset then in force; each later one is a change.
-    Offsets come from ``zoneinfo``. Where they change: at the file's explicit transitions
-    (checked, since some change only the abbreviation), and after the last of them, where the
-    file's POSIX rule applies (at most two changes a year, months apart), at changes found by
-    probing weekly and bisecting to the second.
-    """
-    import zoneinfo
-
-    data = _tzif_bytes(zone)
-    tz = zoneinfo.ZoneInfo.from_file(io.BytesIO(data), key=zone)
-
-    def offset(t: int) -> int:
-        return int(dt.datetime.fromtimestamp(t, tz).utcoffset().total_seconds())
-
-    listed = _tzif_transitions(data)
-    explicit = [t for t in listed if start < t < end]
-    rule_from = max([start, *listed])
-    points = explicit + list(range(rule_from + _RULE_PROBE_SECONDS, end, _RULE_PROBE_SECONDS))
-    transitions, offsets = [start], [offset(start)]
-    t, current = start, offsets[0]
-    for probe in sorted(set(points)):
-        if probe <= t or offset(probe) == current:
-            continue
-        lo, hi = t, probe  # offset is `current` on [t, lo] and differs at hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if offset(mid) == current else (lo, mid)
-        current = offset(hi)
-        transitions.append(hi)
-        offsets.append(current)
-        t = hi
-    if any(o % 60 for o in offsets):
-        raise ValueError(f"time zone {zone!r} has an offset that is not whole minutes")
-    return transitions, [o // 60 for o in offsets]
-
-
-def build_offset_table(countries: Iterable[str] | None = None,
-                       years: tuple[int, int] = DEFAULT_YEARS) -> dict[str, Any]:
-    """Compile the UTC offsets the ETL and the scorer need into a JSON-able document.
-
-    Args:
-        countries: the countries to cover (default: every known country); e.g. the countries
-            of a run's data, to keep the bundle small.
-        years: first and last calendar year (UTC) whose transitions are compiled; an instant
-            before/after keeps the offset in force at the start/end of the range.
-
-    Returns:
-        ``{'format', 'format_version', 'years', 'tzdata', 'countries': {country: zone},
-        'subdivisions': {'US-CA': zone} (only those whose zone differs from their country's),
-        'zones': {zone: {'transitions': [epoch s], 'offsets_minutes': [min]} or
-        {'same_as': zone}}}`` -- a zone whose series equals an earlier one names it.
-
-    Raises:
-        ValueError: an unknown country code or a bad year range (one line naming it).
-    """
-    first, last = int(years[0]), int(years[1])
-    if not 1900 <= first <= last <= 2200:
-        raise ValueError(f"offset table years {years!r}: expected (first, last) within 1900..2200")
-    zones_of = country_zones()
-    chosen = sorted(zones_of) if countries is None else sorted(set(countries))
-    for c in chosen:
-        if c not in zones_of:
-            raise ValueError(f"offset table: {c!r} is not an ISO-3166-1 alpha-2 country code")
-    country_zone = {c: zones_of[c] for c in chosen}
-    subdivisions = {}
-    for c in chosen:
-        for code, zone in _data()["subdivision_zones"].get(c, {}).items():
-            if zone != country_zone[c]:
-                subdivisions[code] = zone
-    start = int(dt.datetime(first, 1, 1, tzinfo=dt.timezone.utc).timestamp())
-    end = int(dt.datetime(last + 1, 1, 1, tzinfo=dt.timezone.utc).timestamp())
-    zones: dict[str, dict[str, Any]] = {}
-    first_with: dict[tuple, str] = {}
-    by_file: dict[bytes, tuple[list[int], list[int]]] = {}  # links are copies in tzdata
-    # Countries' own zones first, so they hold the series and subdivisions' zones name them.
-    ordered = sorted(set(country_zone.values()))
-    ordered += sorted(set(subdivisions.values()) - set(ordered))
-    for zone in ordered:
-        data = _tzif_bytes(zone)
-        if data not in by_file:
-            by_file[data] = _zone_series(zone, start, end)
-        transitions, offsets = by_file[data]
-        key = (tuple(transitions), tuple(offsets))
-        if key in first_with:
-            zones[zone] = {"same_as": first_with[key]}
-        else:
-            first_with[key] = zone
-            zones[zone] = {"transitions": transitions, "offsets_minutes": offsets}
-    return {"format": OFFSETS_FORMAT, "format_version": OFFSETS_FORMAT_VERSION,
-            "years": [first, last], "tzdata": _tzdata_version(),
-            "countries": country_zone, "subdivisions": dict(sorted(subdivisions.items())),
-            "zones": zones}
+_WINDOW_MIN_ROWS = 64  # from this many rows, series without a change in the batch's span skip
+_PAIR_MEMO_MAX = 65_536  # (country, subdivision) pairs memoised per table
+_PLAIN_CODES = frozenset({str, type(None)})  # code types looked up as dict keys directly
 
 
 # ---------------------------------------------------------------- the compiled table
@@ -227,6 +98,10 @@ class OffsetTable:
         self._keys = np.concatenate([j * _BLOCK + (np.asarray(t, dtype=np.int64) - _TS_MIN)
                                      for j, (t, _) in enumerate(series)])
         self._offsets = np.concatenate([np.asarray(o, dtype=np.int64) for _, o in series])
+        self._bases = np.arange(len(series), dtype=np.int64) * _BLOCK - _TS_MIN
+        self._pair_memo: dict[tuple, int] = {}  # (country, subdivision) -> series id
+        self._country_series = {c: e[2] for c, e in self._by_country.items()}  # UTC: 0
+        self._subdivided = frozenset(c for c, e in self._by_country.items() if e[3] is not None)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "OffsetTable":
@@ -317,33 +192,88 @@ class OffsetTable:
         """``offset_minutes`` of factorised columns: row i is at ``ts_seconds[i]`` in country
         ``countries[country_at[i]]`` and subdivision ``regions[region_at[i]]`` (codes as
         ``offset_minutes`` reads them; positions as NumPy indexes, -1 the last value). Each
-        distinct (country, subdivision) pair is resolved once and the rows are never walked in
-        Python: what a caller that already holds its columns factorised (the scorer's batch
-        encoder) saves over ``offset_minutes``.
+        distinct country is resolved once, and each (country, subdivision) pair of a country
+        with several zones once per table (memoised for str/None codes); the rows are never
+        walked in Python: what a caller that already holds its columns factorised (the
+        scorer's batch encoder) saves over ``offset_minutes``.
 
         Returns:
             (n,) int64 minutes, equal to ``offset_minutes`` of the expanded columns.
         """
-        country_at = np.asarray(country_at, np.int64)
-        region_at = np.asarray(region_at, np.int64)
+        country_at = np.asarray(country_at, np.int64).reshape(-1)
+        region_at = np.asarray(region_at, np.int64).reshape(-1)
         if not len(country_at):
             return np.empty(0, dtype=np.int64)
         width = len(regions)
-        country_at = np.where(country_at < 0, country_at + len(countries), country_at)
-        region_at = np.where(region_at < 0, region_at + width, region_at)
-        pairs, inverse = np.unique(country_at * width + region_at, return_inverse=True)
-        series = [self._entry(countries[p // width], regions[p % width])[2]
-                  for p in pairs.tolist()]
+        if country_at.min() < 0:
+            country_at = np.where(country_at < 0, country_at + len(countries), country_at)
+        if region_at.min() < 0:
+            region_at = np.where(region_at < 0, region_at + width, region_at)
+        # Per distinct country: its series and whether a subdivision can change it; only the
+        # rows of those countries are resolved per (country, subdivision) pair.
+        if _PLAIN_CODES.issuperset(map(type, countries)):  # C-level dict lookups
+            ids = np.fromiter(map(self._country_series.get, countries, repeat(0)), np.int64,
+                              len(countries))
+            split = np.fromiter(map(self._subdivided.__contains__, countries), bool,
+                                len(countries))
+        else:
+            entries = [self._entry(c, None) for c in countries]
+            ids = np.array([e[2] for e in entries], dtype=np.int64)
+            split = np.array([e[3] is not None for e in entries], dtype=bool)
+        ids = ids[country_at]
+        if split.any():
+            rows = np.flatnonzero(split[country_at])
+            if len(rows):
+                pairs, inverse = np.unique(country_at[rows] * width + region_at[rows],
+                                           return_inverse=True)
+                found = self._pair_series([countries[i] for i in (pairs // width).tolist()],
+                                          [regions[i] for i in (pairs % width).tolist()])
+                ids[rows] = found[inverse.reshape(-1)]
         ts = np.asarray(ts_seconds)
         if ts.dtype.kind == "f":
             ts = np.floor(ts)
-        ts = np.broadcast_to(ts.astype(np.int64).reshape(-1), inverse.shape)
-        return self._lookup(np.array(series, dtype=np.int64)[inverse.reshape(-1)], ts)
+        return self._lookup(ids, np.broadcast_to(ts.astype(np.int64).reshape(-1), ids.shape))
+
+    def _pair_series(self, countries: list, regions: list) -> np.ndarray:
+        """Series ids of (country, subdivision) pairs; pairs of plain codes (str or None) are
+        memoised on the table, so a pair seen in an earlier batch is one dict lookup."""
+        if not (_PLAIN_CODES.issuperset(map(type, countries))
+                and _PLAIN_CODES.issuperset(map(type, regions))):
+            return np.array([self._entry(c, r)[2] for c, r in zip(countries, regions)],
+                            dtype=np.int64)  # odd values: resolved, never memoised
+        keys = list(zip(countries, regions))
+        memo = self._pair_memo
+        found = list(map(memo.get, keys))
+        if None in found:
+            if len(memo) + len(keys) > _PAIR_MEMO_MAX:
+                memo.clear()
+            for i, key in enumerate(keys):
+                if found[i] is None:
+                    found[i] = memo[key] = self._entry(*key)[2]
+        return np.array(found, dtype=np.int64)
 
     def _lookup(self, ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Offsets of instants ``ts`` in series ``ids``: one binary search over all series."""
-        keys = ids * _BLOCK + (np.clip(ts, _TS_MIN, _TS_MAX - 1) - _TS_MIN)
-        pos = np.searchsorted(self._keys, keys, side="right") - 1
+        """Offsets of instants ``ts`` in series ``ids``. A series with no change between the
+        batch's first and last instant has one offset for all its rows (two binary searches
+        per series); the rows of the others take one binary search over all series."""
+        if len(ts) < _WINDOW_MIN_ROWS:
+            return self._search(ids, np.clip(ts, _TS_MIN, _TS_MAX - 1))
+        low, high = int(ts.min()), int(ts.max())
+        if low < _TS_MIN or high >= _TS_MAX:
+            ts = np.clip(ts, _TS_MIN, _TS_MAX - 1)
+            low, high = max(low, _TS_MIN), min(high, _TS_MAX - 1)
+        first = np.searchsorted(self._keys, self._bases + low, side="right")
+        moving = first != np.searchsorted(self._keys, self._bases + high, side="right")
+        out = self._offsets[np.maximum(first - 1, self._starts)][ids]
+        if moving.any():
+            rows = np.flatnonzero(moving[ids])
+            if len(rows):
+                out[rows] = self._search(ids[rows], ts[rows])
+        return out
+
+    def _search(self, ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Offsets of clipped instants ``ts`` in series ``ids``: one binary search over all."""
+        pos = np.searchsorted(self._keys, ids * _BLOCK + (ts - _TS_MIN), side="right") - 1
         return self._offsets[np.maximum(pos, self._starts[ids])]
 
     def _series_ids(self, countries: list, regions: list) -> list[int]:
