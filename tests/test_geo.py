@@ -448,3 +448,33 @@ def test_batch_lookup_with_and_without_a_change_in_its_span(table, span_days):
     edge = np.array([t + d for t in changes for d in (-1, 0, 1)] * 30)
     got = table.offset_minutes(edge, "US", "NY")
     assert got.tolist() == [table.offset_minutes(int(t), "US", "NY") for t in edge]
+
+
+def test_a_runs_geography_pickles_the_same_whatever_lookups_a_task_made():
+    """Metaflow merges a foreach's ``params`` only when every task pickles them the same: the
+    offset table's pair memo (and the cached table itself) must not travel in the pickle."""
+    import pickle
+
+    from pythia.geo.geography import Geography
+
+    g = Geography().compiled()
+    before = pickle.dumps(g)
+    n = 4096
+    rng = np.random.default_rng(0)
+    ts = rng.integers(1_700_000_000, 1_760_000_000, n)
+    countries = rng.choice(["US", "BR", "AU", "DE", "CA", "MX", "RU"], n)
+    subdivisions = rng.choice(["US-CA", "US-NY", "BR-SP", "AU-WA", None], n)
+    minutes = g.offset_minutes(ts, countries, subdivisions)
+    table = g.offset_table
+    c_list, c_at = np.unique(countries, return_inverse=True)
+    r_list = ["US-CA", "US-NY", "BR-SP", "AU-WA", None]
+    r_at = np.array([r_list.index(r) for r in subdivisions])
+    coded = table.offset_minutes_coded(ts, c_at, [str(c) for c in c_list], r_at, r_list)  # as the encoder
+    assert coded.tolist() == minutes.tolist()
+    assert table._pair_memo  # the lookups did fill the memo
+    assert pickle.dumps(g) == before
+    again = pickle.loads(pickle.dumps(g))
+    assert again == g and again.offset_minutes(ts, countries, subdivisions).tolist() == \
+        minutes.tolist()
+    restored = pickle.loads(pickle.dumps(table))
+    assert restored._pair_memo == {} and pickle.dumps(restored) == pickle.dumps(table)

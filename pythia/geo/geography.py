@@ -40,6 +40,14 @@ class Geography:
         return (OffsetTable.from_json(self.offsets) if self.offsets is not None
                 else _process_offset_table())
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the cached table (rebuilt from ``offsets`` on use): a run's params
+        must pickle the same in every task, whatever lookups a task made (Metaflow merges
+        artifacts of equal pickles only)."""
+        state = dict(self.__dict__)
+        state.pop("offset_table", None)
+        return state
+
     def offset_minutes(self, ts_seconds: Any, country: Any, geo_region: Any = None) -> Any:
         """UTC offset (minutes) of the local clock at ``ts_seconds`` (scalars or arrays)."""
         return self.offset_table.offset_minutes(ts_seconds, country, geo_region)

@@ -103,6 +103,10 @@ class OffsetTable:
         self._country_series = {c: e[2] for c, e in self._by_country.items()}  # UTC: 0
         self._subdivided = frozenset(c for c, e in self._by_country.items() if e[3] is not None)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the pair memo: equal tables pickle equal, whatever they looked up."""
+        return {**self.__dict__, "_pair_memo": {}}
+
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "OffsetTable":
         """The table of a ``build_offset_table`` document (e.g. read from a bundle)."""
