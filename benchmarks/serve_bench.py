@@ -39,6 +39,7 @@ sys.path.insert(0, REPO)
 from pythia import features  # noqa: E402
 from pythia.config import GLOBAL_REGION, Geography  # noqa: E402
 from pythia.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGETS  # noqa: E402
+from pythia.models.export import NUMPY_LAYERS, RUNTIME  # noqa: E402
 from pythia.scoring import write_bundle  # noqa: E402
 from scoring_bench import make_encoders, make_requests  # noqa: E402
 
@@ -77,7 +78,8 @@ def make_export(encoders, seed: int) -> dict:
 
 def write_bundles(workdir: str) -> tuple[str, str]:
     encoders, geo = make_encoders(), Geography()
-    return tuple(write_bundle({GLOBAL_REGION: {"kind": "mlp", "export": make_export(encoders, s)}},
+    return tuple(write_bundle({GLOBAL_REGION: {"kind": "mlp", RUNTIME: NUMPY_LAYERS,
+                                               "export": make_export(encoders, s)}},
                               encoders, geo, f"bench/{s}", os.path.join(workdir, f"bundle-{s}"))
                  for s in (1, 2))
 

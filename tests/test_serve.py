@@ -330,3 +330,22 @@ def test_command_line_serves_on_a_port_and_refuses_a_bad_bundle(bundles, tmp_pat
     bad = subprocess.run(cmd[:4] + [str(tmp_path), "--port", str(port)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "cannot serve bundle" in bad.stderr
+
+
+def test_the_load_benchmarks_bundles_load_and_score(tmp_path):
+    """benchmarks/serve_bench.py writes its bundles by hand: they must stay loadable (the
+    bundle format moved once under it, and the benchmark stopped at its first line)."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import serve_bench
+        from scoring_bench import make_requests
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    bundles = serve_bench.write_bundles(str(tmp_path))
+    encoders = serve_bench.make_encoders()
+    requests = make_requests(encoders, 20, seed=1)
+    for path in bundles:
+        scores = Scorer.load(path).score_batch(requests)
+        assert len(scores) == 20
+        for target in TARGETS:
+            assert all(abs(sum(s[target].values()) - 1) < 1e-5 for s in scores), target
