@@ -387,7 +387,8 @@ def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> in
     else:
         print("\n(no MLP model folder: Keras comparison skipped)")
 
-    print("\n-- ratios (each figure: best call of its own row, one run, busy machine)")
+    print("\n-- ratios (each figure: best call of its own row, one run; on a shared machine trust "
+          "the timed-in-turns sections below)")
     print(f"  plain forward / predict_one, 1 row  "
           f"{results['naive_p50'] / results['fused_p50']:6.2f}x")
     print(f"  fused / plain forward, batched {results['fused_rows'] / results['naive_rows']:6.2f}x")
