@@ -275,6 +275,9 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
         sums.found[(key, test_set, region)] += len(pos)
         if not len(pos):
             continue
+        rows_key = ((test_set, region, len(pos),
+                     hashlib.blake2b(pos.tobytes(), digest_size=16).digest())
+                    if reference is not None else None)  # names these rows in ref_cache
         for target in TARGETS:
             for i, (source, probs) in enumerate(probs_by_source.items()):
                 p = probs[target][mask]
@@ -287,8 +290,7 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 stats = sums.label_of((key, test_set, region, target, source))
                 y = frame.labels[source][target][pos]
                 if ref is not None:  # the posterior's sums on these rows: once per bucket
-                    ref_key = (test_set, region, target, source, len(pos),
-                               hashlib.blake2b(pos.tobytes(), digest_size=16).digest())
+                    ref_key = (rows_key, target, source)
                     if ref_key not in ref_cache:
                         ref_cache[ref_key] = stats.reference_batch(y, ref[target][pos])
                     ref = ref_cache[ref_key]
