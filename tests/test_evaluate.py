@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -878,3 +880,28 @@ def test_rows_to_requests_keeps_the_request_columns():
     assert requests[1]["country"] is None and requests[1]["ts"] == 5  # missing -> None
     with pytest.raises(KeyError):  # split rows always carry ts_seconds
         rows_to_requests(rows.drop(columns="ts_seconds"))
+
+
+def test_the_package_imports_its_modules_on_first_use():
+    """Every flow task imports ``pythia.evaluate``; only evaluate/end may pay for scikit-learn,
+    SciPy and matplotlib (about 2 s a task)."""
+    import subprocess
+
+    code = ("import sys, json\n"
+            "from pythia import etl, evaluate, models, providers, runs, scoring, source, "
+            "tfrecords\n"
+            "heavy = lambda: sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'sklearn', 'scipy', 'matplotlib', 'tensorflow', 'torch', 'pyspark'})\n"
+            "before = heavy()\n"
+            "evaluate.run, evaluate.render_card\n"
+            "print(json.dumps([before, heavy()]))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=str(Path(__file__).resolve().parent.parent))
+    before, after = json.loads(res.stdout.strip().splitlines()[-1])
+    assert before == []
+    assert {"sklearn", "matplotlib"} <= set(after)
+    for name in evaluate.__all__:
+        assert getattr(evaluate, name) is not None, name
+    assert "run" in dir(evaluate)
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        evaluate.nothing_here  # noqa: B018

@@ -6,104 +6,55 @@ The flow's evaluate step calls :func:`run` then :func:`render_card`; its end ste
 metrics in bounded memory: ``buckets`` on scratch disk, ``stats`` and ``sums`` per slice;
 ``previous``: the champions against the previous run's bundle, streamed the same way),
 ``frames`` and ``slices`` (the in-memory reference), ``gauge``, ``champions``, ``tables``,
-``figures``, ``card``.
+``figures``, ``card``; ``pipeline`` holds :func:`run`.
+
+The package imports its modules on first use (PEP 562): a task that only names
+``pythia.evaluate`` (every step of the flow imports it) does not pay for scikit-learn, SciPy and
+matplotlib (about 2 s a task); the evaluate and end steps import what they use.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Mapping, Sequence
+import importlib
+from typing import Any
 
-from pythia.evaluate.card import render_card
-from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, baseline_models_of,
-                                       candidate_label, choose_bundle_models, choose_champions,
-                                       select_champions)
-from pythia.evaluate.figures import draw_figures
-from pythia.evaluate.gauge import build_gauge
-from pythia.evaluate.io import bundle_scorer, read_world, rows_to_requests, write_reports
-from pythia.evaluate.metrics import (bucket_mae, class_distribution, classwise_ece,
-                                     expected_bucket_mae, multiclass_brier, reliability_bins,
-                                     score_predictions, top_label_ece,
-                                     total_variation_distance)
-from pythia.evaluate.previous import PreviousComparison
-from pythia.evaluate.stream import score_streaming
-from pythia.evaluate.tables import build_headline
+# public name -> the module that defines it
+_EXPORTS = {
+    "run": "pipeline",
+    "render_card": "card",
+    "DEFAULT_TOLERANCE": "champions", "PreviousScorer": "champions",
+    "baseline_models_of": "champions", "candidate_label": "champions",
+    "choose_bundle_models": "champions", "choose_champions": "champions",
+    "select_champions": "champions",
+    "draw_figures": "figures",
+    "build_gauge": "gauge",
+    "bundle_scorer": "io", "read_world": "io", "rows_to_requests": "io", "write_reports": "io",
+    "bucket_mae": "metrics", "class_distribution": "metrics", "classwise_ece": "metrics",
+    "expected_bucket_mae": "metrics", "multiclass_brier": "metrics",
+    "reliability_bins": "metrics", "score_predictions": "metrics", "top_label_ece": "metrics",
+    "total_variation_distance": "metrics",
+    "PreviousComparison": "previous",
+    "score_streaming": "stream",
+    "build_headline": "tables",
+}
 
 __all__ = [
-    "run", "render_card", "choose_bundle_models", "baseline_models_of", "bundle_scorer", "rows_to_requests",
-    "select_champions", "candidate_label",
+    "run", "render_card", "choose_bundle_models", "baseline_models_of", "bundle_scorer",
+    "rows_to_requests", "select_champions", "candidate_label",
     "score_predictions", "multiclass_brier", "top_label_ece", "classwise_ece",
     "reliability_bins", "bucket_mae", "expected_bucket_mae", "total_variation_distance",
     "class_distribution", "build_gauge", "build_headline", "write_reports",
 ]
 
 
-def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, Any],
-        source_path: str | None, age_edges: Sequence[int], reports_uri: str,
-        previous: PreviousScorer | None = None, previous_id: str | None = None, *,
-        baseline_models: Sequence[str], tolerance: float = DEFAULT_TOLERANCE,
-        make_figures: bool = True, world: Any = None) -> dict[str, Any]:
-    """Evaluate every candidate, pick champions, draw figures and write the report files.
-
-    Args:
-        candidates: train-step records {model, region, config_id, predictions_uri, model_dir,
-            val_logloss: {target: float}, …}.
-        split_manifest: the ETL's manifest: ``paths`` of the split Parquet folders, and the
-            resampling ``rates`` that weight the validation day back to natural priors.
-        source_path: the data source; a synthetic world there adds the truth and the gauge.
-        age_edges: the run's age bucket edges.
-        reports_uri: folder (local or s3://) for the report tables and ``figures/*.png``.
-        previous: ``previous(region, rows) -> {target: (n, K) probabilities}`` (None when
-            that run has no champion there) scoring rows with the previous run's champions,
-            e.g. ``bundle_scorer(bundle)``; None when there is no previous run.
-        previous_id: names the previous run in the champion reasons.
-        baseline_models: model names every champion must beat (the model registry's).
-        tolerance: relative test log-loss regression against the previous champion allowed.
-        make_figures: draw figures (the tables are the same either way).
-        world: the synthetic world, instead of the one at ``source_path`` (tests).
-
-    Returns:
-        {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_note',
-        'champions', 'headline', 'figures' ({name: png}), 'report_files', 'previous_run',
-        'baseline_models'}.
-    """
-    if not candidates:
-        raise ValueError("no candidates to evaluate: did every train task fail?")
-    # score: every candidate and the exact posterior on every slice, streamed bucket by bucket
-    # into per-slice sums (memory bounded by a bucket, not by the splits)
-    world = world if world is not None else read_world(source_path)
-    scored = score_streaming(candidates, split_manifest, age_edges, world)
-    metrics, distributions = scored.metrics, scored.distributions
-    gauge = build_gauge(metrics)
-    # choose: one champion per region; the comparison with a previous run's champion streams
-    # the natural test day and the winner's predictions through scratch buckets
-    previous_run = previous_id or getattr(previous, "pathspec", None)
-    champions = _choose_champions(metrics, candidates, split_manifest, age_edges, scored.present,
-                                  previous, previous_run or "previous run", baseline_models,
-                                  tolerance)
-    headline = build_headline(metrics, champions, gauge)
-    # draw: from the sums (confusion counts, reliability bins), never from rows
-    figures = draw_figures(champions, metrics, distributions, scored.sums) if make_figures else {}
-    # write
-    results = {"metrics": metrics, "distributions": distributions, "gauge": gauge,
-               "gauge_note": scored.gauge_note, "champions": champions, "headline": headline,
-               "figures": figures, "previous_run": previous_run,
-               "baseline_models": tuple(baseline_models)}
-    results["report_files"] = write_reports(results, reports_uri)
-    print(f"evaluate: {len(candidates)} candidate(s); champions: " + ", ".join(
-        f"{r['region']}={r['model'] if r.get('blessed') else 'none blessed'}"
-        for r in champions.to_dict("records")) + f"; reports in {reports_uri}")
-    return results
+def __getattr__(name: str) -> Any:
+    """Import the module defining ``name`` on first use (then cache the name here)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 
-def _choose_champions(metrics: Any, candidates: Sequence[Mapping[str, Any]],
-                      split_manifest: Mapping[str, Any], age_edges: Sequence[int],
-                      present: Sequence[str], previous: PreviousScorer | None,
-                      previous_name: str, baseline_models: Sequence[str], tolerance: float
-                      ) -> Any:
-    """``champions.choose_champions`` with the previous-run check streamed
-    (``previous.PreviousComparison``) instead of reading the natural test day whole."""
-    with contextlib.ExitStack() as stack:
-        check = None if previous is None else stack.enter_context(
-            PreviousComparison(candidates, split_manifest, age_edges, previous, previous_name))
-        return choose_champions(metrics, candidates, present, check, baseline_models,
-                                tolerance)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
