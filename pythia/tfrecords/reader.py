@@ -210,16 +210,47 @@ def _concat(parts: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
+_FELL_BACK: set = set()
+
+
+def _columnar(manifest: Mapping[str, Any], split: str) -> bool:
+    """Whether ``columnar`` reads the split (its manifest names the source Parquet); else one
+    line per manifest root says the tf.data reader does."""
+    from pythia.tfrecords import columnar
+    if columnar.has_source(manifest, split) or split not in manifest.get("splits", {}):
+        return columnar.has_source(manifest, split)
+    if manifest.get("root") not in _FELL_BACK:
+        _FELL_BACK.add(manifest.get("root"))
+        print(f"tfrecords: the manifest under {manifest.get('root')} does not name its source "
+              f"Parquet (written before the columnar reader): reading with tf.data; rerun "
+              f"to_tfrecords to read without TensorFlow")
+    return False
+
+
 def iter_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
                chunk_rows: int | None = 65_536, verify: bool = False,
                batch_size: int = 8192) -> Iterator[dict[str, np.ndarray]]:
-    """The split (or its regions) as numpy dicts of at most ``chunk_rows`` rows, in shard
-    order; memory holds one chunk. ``chunk_rows=None`` yields the whole split as one chunk.
+    """The split (or its regions) as numpy dicts of at most ``chunk_rows`` rows, in the
+    order of ``iter_numpy_tf``; memory holds one chunk. ``chunk_rows=None`` yields the whole
+    split as one chunk. Read without TensorFlow from the split's Parquet (``columnar``) when
+    the manifest names it, else through tf.data (``iter_numpy_tf``).
 
     Yields:
         Dicts like ``load_numpy``'s; nothing for an empty split.
     """
-    import tensorflow as tf
+    if _columnar(manifest, split):
+        from pythia.tfrecords import columnar
+        return columnar.iter_numpy(manifest, split, regions, chunk_rows, verify, batch_size)
+    return iter_numpy_tf(manifest, split, regions, chunk_rows, verify, batch_size)
+
+
+def iter_numpy_tf(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
+                  chunk_rows: int | None = 65_536, verify: bool = False,
+                  batch_size: int = 8192) -> Iterator[dict[str, np.ndarray]]:
+    """``iter_numpy`` through tf.data: batches of ``batch_size`` rows (at most
+    ``chunk_rows``) of up to ``CYCLE_LENGTH`` shards interleaved, parsed from the shards."""
+    from pythia import quiet
+    tf = quiet.import_tensorflow()
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1 (or None), got {chunk_rows}")
     step = batch_size if chunk_rows is None else min(batch_size, chunk_rows)
@@ -246,7 +277,18 @@ def iter_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | Non
 def count_labels(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
                  column: str = features.LABEL_COLUMNS["age_gender"],
                  batch_size: int = 65_536) -> dict[int, int]:
-    """Rows per value of a label ``column`` (parsing that column only): {value: rows}."""
+    """Rows per value of a label ``column`` (reading that column only): {value: rows};
+    from the split's Parquet (``columnar``) when the manifest names it, else tf.data."""
+    if _columnar(manifest, split):
+        from pythia.tfrecords import columnar
+        return columnar.count_labels(manifest, split, regions, column)
+    return count_labels_tf(manifest, split, regions, column, batch_size)
+
+
+def count_labels_tf(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
+                    column: str = features.LABEL_COLUMNS["age_gender"],
+                    batch_size: int = 65_536) -> dict[int, int]:
+    """``count_labels`` through tf.data (parsing that column only)."""
     counts: dict[int, int] = {}
     ds = _parsed_dataset(manifest, split, regions, batch_size, shuffle=False, seed=0,
                          repeat=False, verify=False, with_ids=False, keys=[column])
