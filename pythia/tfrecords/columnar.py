@@ -76,13 +76,13 @@ def _plan(manifest: Mapping[str, Any], split: str, regions: Sequence[str] | None
     start: dict[tuple[str, int], int] = {}
     plan = []
     for s in shards:
-        unit, seq = (int(x) for x in os.path.basename(s["path"]).split(".")[0].split("-")[1:3])
+        unit = int(os.path.basename(s["path"]).split("-")[1])  # part-<unit>-<seq>
         if unit >= len(units):
             raise ValueError(f"split {split!r}: shard {s['path']} names unit {unit}, the "
                              f"source has {len(units)}; rerun to_tfrecords")
         key = (s["region"], unit)
         plan.append({"unit": unit, "region": s["region"], "start": start.get(key, 0),
-                     "rows": int(s["rows"]), "path": s["path"], "seq": seq})
+                     "rows": int(s["rows"]), "path": s["path"]})
         start[key] = start.get(key, 0) + int(s["rows"])
     return units, plan
 

@@ -1,4 +1,6 @@
-"""Reading TFRecord shards back: tf.data pipelines for Keras, numpy dicts for the other models.
+"""Reading TFRecord shards back: tf.data pipelines for Keras, numpy dicts for the other models
+(from the split's source Parquet without TensorFlow, ``columnar``, when the manifest names it;
+``iter_numpy_tf`` / ``count_labels_tf`` are the tf.data readers it must equal).
 
 Readers open only the shards the manifest lists (never a folder listing), so a ``.tmp-*`` file
 left by a killed writer is never read. ``s3://`` shards are fetched once into a local,
