@@ -70,8 +70,8 @@ def _plan(manifest: Mapping[str, Any], split: str, regions: Sequence[str] | None
           ) -> tuple[list[tuple[str, int]], list[dict]]:
     """(units, shards to read in manifest order, each with its unit, region and first row
     among the unit's rows of that region)."""
-    from pythia.tfrecords.reader import _shards  # the same selection and errors as tf.data
-    shards = _shards(manifest, split, regions)
+    from pythia.tfrecords.reader import select_shards  # the same selection and errors as tf.data
+    shards = select_shards(manifest, split, regions)
     units = check_source(manifest, split)
     start: dict[tuple[str, int], int] = {}
     plan = []
@@ -123,9 +123,9 @@ def encode_columns(table: pa.Table, encoders: Encoders,
             ids = pc.cast(arr, pa.large_string()).to_numpy(zero_copy_only=False)
             out[name] = np.asarray(ids, dtype=object)
         elif name in encode.LABEL_COLUMNS:
-            out[name] = encode._non_null_ints(arr, name, "the split's Parquet")
+            out[name] = encode.non_null_ints(arr, name, "the split's Parquet")
         elif kinds[name] == features.CATEGORICAL:
-            values, index = encode._dictionary(arr)
+            values, index = encode.dictionary_ids(arr)
             out[name] = encoders.vocabularies[name].encode(values)[index]
         else:
             x = pc.fill_null(pc.cast(arr, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
@@ -134,11 +134,15 @@ def encode_columns(table: pa.Table, encoders: Encoders,
 
 
 class _Units:
-    """Row groups read on demand, the last one kept (the shards of one row group's regions
-    are opened one after the other)."""
+    """Row groups read on demand for the shards of ``plan``; the last one is kept until its
+    last shard is opened (a row group's regions are often opened one after the other)."""
 
-    def __init__(self, units: Sequence[tuple[str, int]], columns: Sequence[str]) -> None:
+    def __init__(self, units: Sequence[tuple[str, int]], columns: Sequence[str],
+                 plan: Sequence[Mapping[str, Any]]) -> None:
         self.units, self.columns = units, list(columns)
+        self.left: dict[int, int] = {}
+        for shard in plan:
+            self.left[shard["unit"]] = self.left.get(shard["unit"], 0) + 1
         self.key: Any = None
         self.table: pa.Table | None = None
 
@@ -147,13 +151,15 @@ class _Units:
         if self.key != unit:
             self.table = None
             path, row_group = self.units[unit]
-            batches = list(layout.read_row_group(path, row_group, self.columns))
-            schema = batches[0].schema if batches else None
-            self.table = pa.Table.from_batches(batches, schema) if batches else None
+            fs, name = storage.filesystem(path)
+            with fs.open_input_file(name) as f:
+                self.table = pq.ParquetFile(f).read_row_group(row_group, self.columns)
             self.key = unit
-        if self.table is None:
-            raise ValueError(f"row group {unit} of the source is empty; rerun to_tfrecords")
-        return self.table.filter(pc.equal(self.table.column(encode.REGION_COLUMN), region))
+        table = self.table
+        self.left[unit] -= 1
+        if not self.left[unit]:
+            self.key = self.table = None
+        return table.filter(pc.equal(table.column(encode.REGION_COLUMN), region))
 
 
 def _open(units: _Units, shard: Mapping[str, Any], encoders: Encoders,
@@ -166,8 +172,8 @@ def _open(units: _Units, shard: Mapping[str, Any], encoders: Encoders,
 
 
 def _empty() -> dict[str, np.ndarray]:
-    from pythia.tfrecords.reader import _column_dtypes
-    return {k: np.zeros(0, dtype=t) for k, t in _column_dtypes().items()}
+    from pythia.tfrecords.reader import column_dtypes
+    return {k: np.zeros(0, dtype=t) for k, t in column_dtypes().items()}
 
 
 def iter_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
@@ -186,7 +192,7 @@ def iter_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | Non
         verify_shards(manifest, split, regions)
     encoders = load_encoders(manifest)
     step = batch_size if chunk_rows is None else min(batch_size, chunk_rows)
-    reader = _Units(units, encode.INPUT_COLUMNS)
+    reader = _Units(units, encode.INPUT_COLUMNS, plan)
     open_: dict[int, dict[str, np.ndarray]] = {}
     parts: list[dict[str, np.ndarray]] = []
     pending = 0
@@ -220,11 +226,11 @@ def count_labels(manifest: Mapping[str, Any], split: str, regions: list[str] | N
         raise ValueError(f"count_labels counts a label column {encode.LABEL_COLUMNS}, "
                          f"got {column!r}")
     units, plan = _plan(manifest, split, regions)
-    reader = _Units(units, [column, encode.REGION_COLUMN])
+    reader = _Units(units, [column, encode.REGION_COLUMN], plan)
     counts: dict[int, int] = {}
     for shard in sorted(plan, key=lambda s: s["unit"]):  # any order: each unit read once
         rows = reader.rows(shard["unit"], shard["region"])
-        y = encode._non_null_ints(rows.column(column).combine_chunks().slice(
+        y = encode.non_null_ints(rows.column(column).combine_chunks().slice(
             shard["start"], shard["rows"]), column, f"split {split!r}")
         values, n = np.unique(y, return_counts=True)
         for v, c in zip(values.tolist(), n.tolist()):

@@ -31,8 +31,9 @@ def load_encoders(manifest: Mapping[str, Any]) -> Encoders:
     return Encoders.from_json(storage.read_json(manifest["encoders"]))
 
 
-def _shards(manifest: Mapping[str, Any], split: str,
-            regions: Sequence[str] | None) -> list[dict]:
+def select_shards(manifest: Mapping[str, Any], split: str,
+                  regions: Sequence[str] | None) -> list[dict]:
+    """The manifest's shards of ``split`` (of ``regions``; None = all), in manifest order."""
     if manifest.get("spec_version") != features.spec_version():
         raise ValueError(f"TFRecords were written for feature spec {manifest.get('spec_version')}"
                          f", this code has {features.spec_version()}: rewrite them")
@@ -91,7 +92,7 @@ def verify_shards(manifest: Mapping[str, Any], split: str,
         FileNotFoundError: a listed shard is missing.
         ValueError: a shard's bytes differ from the manifest.
     """
-    shards = _shards(manifest, split, regions)
+    shards = select_shards(manifest, split, regions)
     for s in shards:
         path = _local_path(s)
         if not os.path.exists(path):
@@ -128,7 +129,7 @@ def _parsed_dataset(manifest: Mapping[str, Any], split: str, regions: Sequence[s
     import tensorflow as tf
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    shards = _shards(manifest, split, regions)
+    shards = select_shards(manifest, split, regions)
     if verify:
         verify_shards(manifest, split, regions)
     files = [_local_path(s) for s in shards]
@@ -192,7 +193,8 @@ def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | N
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _column_dtypes() -> dict[str, Any]:
+def column_dtypes() -> dict[str, Any]:
+    """The numpy dtype of every column ``iter_numpy`` yields."""
     dtypes: dict[str, Any] = {f.name: (np.int64 if f.kind == features.CATEGORICAL else np.float32)
                               for f in features.FEATURES}
     dtypes.update({c: np.int64 for c in encode.LABEL_COLUMNS})
@@ -202,7 +204,7 @@ def _column_dtypes() -> dict[str, Any]:
 
 def _concat(parts: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     """Parsed batches -> one numpy dict (ids decoded to str)."""
-    dtypes = _column_dtypes()
+    dtypes = column_dtypes()
     out: dict[str, np.ndarray] = {}
     for k, chunks in parts.items():
         arr = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtypes[k])
