@@ -28,9 +28,8 @@ import pyarrow.parquet as pq
 from pythia import features, storage
 from pythia.features import Encoders
 from pythia.tfrecords import encode, layout
-
-CYCLE_LENGTH = 4  # reader.CYCLE_LENGTH: the tf.data interleave this replays
-
+from pythia.tfrecords.listing import (CYCLE_LENGTH, column_dtypes, load_encoders, select_shards,
+                                      verify_shards)
 
 def has_source(manifest: Mapping[str, Any], split: str) -> bool:
     """Whether the manifest says which Parquet the split's shards were written from."""
@@ -70,8 +69,7 @@ def _plan(manifest: Mapping[str, Any], split: str, regions: Sequence[str] | None
           ) -> tuple[list[tuple[str, int]], list[dict]]:
     """(units, shards to read in manifest order, each with its unit, region and first row
     among the unit's rows of that region)."""
-    from pythia.tfrecords.reader import select_shards  # the same selection and errors as tf.data
-    shards = select_shards(manifest, split, regions)
+    shards = select_shards(manifest, split, regions)  # as tf.data selects them
     units = check_source(manifest, split)
     start: dict[tuple[str, int], int] = {}
     plan = []
@@ -172,7 +170,6 @@ def _open(units: _Units, shard: Mapping[str, Any], encoders: Encoders,
 
 
 def _empty() -> dict[str, np.ndarray]:
-    from pythia.tfrecords.reader import column_dtypes
     return {k: np.zeros(0, dtype=t) for k, t in column_dtypes().items()}
 
 
@@ -181,8 +178,7 @@ def iter_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | Non
                batch_size: int = 8192) -> Iterator[dict[str, np.ndarray]]:
     """``reader.iter_numpy`` from the split's Parquet: the same chunks (same keys, dtypes,
     values and order; ``batch_size`` sets the replayed interleave's block as there).
-    ``verify`` also checks the shards' sha256 (``reader.verify_shards``)."""
-    from pythia.tfrecords.reader import load_encoders, verify_shards
+    ``verify`` also checks the shards' sha256 (``listing.verify_shards``)."""
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1 (or None), got {chunk_rows}")
     if batch_size < 1:
