@@ -48,21 +48,23 @@ def without_source(manifest: dict) -> dict:
     return old
 
 
-def assert_reads_like_tf(manifest: dict, region_lists, chunk_sizes=(1, 7, None),
-                         batch_sizes=(8192, 5)) -> None:
+# (chunk_rows, batch_size): batch_size sets the interleaved block (min of the two)
+READS = ((1, 8192), (7, 8192), (7, 5), (None, 8192), (None, 5))
+
+
+def assert_reads_like_tf(manifest: dict, region_lists, reads=READS) -> None:
     for split in SPLITS:
         assert columnar.has_source(manifest, split)
         for regions in region_lists:
-            for chunk_rows in chunk_sizes:
-                for batch_size in batch_sizes:
-                    what = f"{split} {regions} chunk_rows={chunk_rows} batch_size={batch_size}"
-                    want = list(reader.iter_numpy_tf(manifest, split, regions, chunk_rows,
-                                                     batch_size=batch_size))
-                    got = list(columnar.iter_numpy(manifest, split, regions, chunk_rows,
-                                                   batch_size=batch_size))
-                    assert_same_chunks(got, want, what)
-                    if chunk_rows is not None:
-                        assert all(len(c["impression_id"]) == chunk_rows for c in got[:-1])
+            for chunk_rows, batch_size in reads:
+                what = f"{split} {regions} chunk_rows={chunk_rows} batch_size={batch_size}"
+                want = list(reader.iter_numpy_tf(manifest, split, regions, chunk_rows,
+                                                 batch_size=batch_size))
+                got = list(columnar.iter_numpy(manifest, split, regions, chunk_rows,
+                                               batch_size=batch_size))
+                assert_same_chunks(got, want, what)
+                if chunk_rows is not None:
+                    assert all(len(c["impression_id"]) == chunk_rows for c in got[:-1])
             assert columnar.count_labels(manifest, split, regions) == \
                 reader.count_labels_tf(manifest, split, regions), f"{split} {regions}"
             assert_same_chunks([reader.load_numpy(manifest, split, regions)],
@@ -92,7 +94,7 @@ def test_columnar_reads_the_tiny_world_like_tf(spark, tiny_splits):  # noqa: F81
     for engine, (manifest, _) in runs.items():
         regions = [r for r, n in manifest["splits"]["train"]["rows_by_region"].items() if n]
         assert_reads_like_tf(manifest, [None, regions[:1], regions[::-1]],
-                             chunk_sizes=(7, 4096, None), batch_sizes=(8192,))
+                             reads=((7, 8192), (4096, 8192), (None, 8192)))
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +176,7 @@ def test_the_columnar_reader_reads_s3_sources(tmp_path, s3_env, moto_s3):  # noq
     manifest, _ = writer_local.convert_splits(paths, f"{s3_env['PYTHIA_DATA_ROOT']}/tfr",
                                               shard_rows=40)
     assert manifest["splits"]["train"]["source"]["uri"] == paths["train"]
-    assert_reads_like_tf(manifest, [None, ["NA"]], chunk_sizes=(7, None), batch_sizes=(8192,))
+    assert_reads_like_tf(manifest, [None, ["NA"]], reads=((7, 8192), (None, 8192)))
 
 
 _NO_TF = """
