@@ -32,9 +32,10 @@ from pythia.tfrecords.listing import (CYCLE_LENGTH, column_dtypes, load_encoders
                                       verify_shards)
 
 def has_source(manifest: Mapping[str, Any], split: str) -> bool:
-    """Whether the manifest says which Parquet the split's shards were written from."""
+    """Whether the manifest says which Parquet the split's shards were written from, and
+    with which encoders (what this reader needs)."""
     entry = (manifest.get("splits") or {}).get(split) or {}
-    return isinstance(entry.get("source"), Mapping)
+    return isinstance(entry.get("source"), Mapping) and bool(manifest.get("encoders"))
 
 
 def check_source(manifest: Mapping[str, Any], split: str) -> list[tuple[str, int]]:

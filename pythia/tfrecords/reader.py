@@ -133,8 +133,8 @@ def _columnar(manifest: Mapping[str, Any], split: str) -> bool:
     if manifest.get("root") not in _FELL_BACK:
         _FELL_BACK.add(manifest.get("root"))
         print(f"tfrecords: the manifest under {manifest.get('root')} does not name its source "
-              f"Parquet (written before the columnar reader): reading with tf.data; rerun "
-              f"to_tfrecords to read without TensorFlow")
+              f"Parquet and encoders (written before the columnar reader): reading with "
+              f"tf.data; rerun to_tfrecords to read without TensorFlow")
     return False
 
 
