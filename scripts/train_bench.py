@@ -7,7 +7,10 @@ JSON line per candidate: model, region, variant, wall seconds (process start to 
 seconds of the child (user + system: steadier than wall on a shared machine), fit seconds,
 epochs and the validation log-loss per target. Variants (``--variant name=JSON``) set
 model hparams and, under the key ``train``, TrainConfig fields; ``--repeat`` interleaves the
-variants (a fair comparison on a shared machine). Outputs go under ``--out``.
+variants (a fair comparison on a shared machine). Outputs go under ``--out``. ``--tfrecords``
+reads the manifest under that TFRecord root instead of the run's (e.g. the run's splits
+converted again by ``tfrecords.writer_local.convert_splits`` into a folder of one's own: the
+same shards, and a manifest that names its source Parquet, which the columnar reader needs).
 
     METAFLOW_DATASTORE_SYSROOT_LOCAL=/tmp/s20/mf python scripts/train_bench.py \
         --run 1796174078426919 --model mlp --region global EU \
@@ -47,12 +50,17 @@ def child(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(params.train, **variant.pop("train", {}))
     edges = params.etl.age_edges
     out = os.path.join(args.out, f"{args.model}-{args.region}")
-    s = fit_candidate(args.model, args.region, 0, variant, data.tf_manifest,
+    tf_manifest = data.tf_manifest
+    if args.tfrecords:
+        from pythia.tfrecords import read_manifest
+        tf_manifest = read_manifest(args.tfrecords)
+    s = fit_candidate(args.model, args.region, 0, variant, tf_manifest,
                       priors_from_split_manifest(data.split_manifest, edges),
                       os.path.join(out, "model"), os.path.join(out, "predictions.parquet"), cfg,
                       validation_class_weights(data.split_manifest, len(edges)))
     print("BENCH " + json.dumps({"fit_seconds": s["fit_seconds"], "epochs": s["epochs"],
-                                 "val_logloss": s["val_logloss"]}))
+                                 "val_logloss": s["val_logloss"],
+                                 "tensorflow": "tensorflow" in sys.modules}))
     return 0
 
 
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="name=JSON of hparams (and 'train': TrainConfig fields); repeatable")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--out", default="/tmp/train_bench")
+    ap.add_argument("--tfrecords", default="",
+                    help="TFRecord root whose manifest to use instead of the run's")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -89,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     proc = subprocess.run(
                         [sys.executable, __file__, "--child", "--run", args.run, "--model",
                          model, "--region", region, "--spec", spec,
-                         "--out", os.path.join(args.out, name)],
+                         "--out", os.path.join(args.out, name), "--tfrecords", args.tfrecords],
                         capture_output=True, text=True)
                     wall, cpu = time.perf_counter() - t0, _child_cpu() - c0
                     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]

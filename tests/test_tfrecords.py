@@ -13,7 +13,7 @@ import pytest
 
 from pythia import features, storage
 from pythia.features import Encoders, NumericStats, Vocabulary
-from pythia.tfrecords import encode, reader, wire, writer
+from pythia.tfrecords import encode, listing, reader, wire, writer
 from pythia.tfrecords import (SAMPLE_RULE, convert_splits, count_labels, fit_encoders,
                               iter_numpy, load_numpy, load_sample, make_dataset, parquet_units,
                               sample_quotas, verify_shards, write_split, write_split_files)
@@ -228,7 +228,7 @@ def test_write_partition_rolls_shards_and_is_deterministic(tmp_path):
     assert names[0][0] == "region=EU/part-00003-0000.tfrecord.gz"
     assert [s["sha256"] for s in runs[0]] == [s["sha256"] for s in runs[1]]
     for s in runs[0]:
-        assert reader._sha256_file(s["path"]) == s["sha256"]
+        assert listing.sha256_file(s["path"]) == s["sha256"]
 
 
 def test_failed_writer_publishes_no_shard(tmp_path):

@@ -1,4 +1,5 @@
-"""A candidate's predictions of the scored splits: read chunk by chunk from the TFRecords,
+"""A candidate's predictions of the scored splits: read chunk by chunk (``tfrecords.iter_numpy``:
+from the split Parquet without TensorFlow when the TFRecord manifest names it),
 predicted, and streamed into one Parquet file (one row group per chunk), so the train step
 never holds a split's rows or probabilities whole. Published atomically (local or s3://).
 """

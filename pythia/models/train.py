@@ -211,8 +211,10 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
     Raises:
         ValueError: the region has no training (or no validation) rows.
     """
-    from pythia import quiet, tfrecords  # TF-heavy; only needed when a candidate really trains
-    quiet.import_tensorflow()  # first TF import of the task, without its start-up lines
+    from pythia import quiet, tfrecords
+    # TensorFlow only for a tf.data model (or a manifest the columnar reader cannot read):
+    # its first import in the task, whichever it is, without its start-up lines
+    quiet.install()
     from pythia.models import REFERENCE_MODEL, get_model
 
     cls = get_model(model_name)

@@ -8,10 +8,12 @@ Layout under the TFRecord root (``RunPaths.tfrecords``)::
 Writing runs on Spark (``writer``: ``convert_splits``, ``write_split[_files]``,
 ``fit_encoders``) or, for small runs, on the driver without a JVM (``writer_local``); both
 build the same files through ``layout`` (units, manifest, encoders from counts) and ``shards``.
-Encoding and framing are TensorFlow-free (``encode``, ``wire``). Reading (``make_dataset``,
-``iter_numpy``, ``load_numpy``, and ``load_sample``: a bounded class-stratified sample, see
-``sample``) imports TensorFlow lazily; the Spark names import pyspark only when first used, so
-importing this package stays cheap on Spark workers and on the driver path.
+Encoding and framing are TensorFlow-free (``encode``, ``wire``). ``make_dataset`` (tf.data, for
+Keras) imports TensorFlow lazily; the numpy readers (``iter_numpy``, ``load_numpy``,
+``count_labels``, and ``load_sample``: a bounded class-stratified sample, see ``sample``) read
+the split's source Parquet without TensorFlow (``columnar``) when the manifest names it, else
+through tf.data. The Spark names import pyspark only when first used, so importing this package
+stays cheap on Spark workers and on the driver path.
 """
 from pythia.tfrecords.encode import encode_records
 from pythia.tfrecords.layout import SPLITS, feature_spec, parquet_units, read_manifest

@@ -30,7 +30,7 @@ def check_columns(names: list[str] | tuple[str, ...], what: str) -> None:
                          f"(has {sorted(names)})")
 
 
-def _dictionary(arr: pa.Array) -> tuple[list, np.ndarray]:
+def dictionary_ids(arr: pa.Array) -> tuple[list, np.ndarray]:
     """Distinct values (null included as None) and each row's index into them."""
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         arr = pc.cast(arr, pa.string())
@@ -38,7 +38,8 @@ def _dictionary(arr: pa.Array) -> tuple[list, np.ndarray]:
     return enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False)
 
 
-def _non_null_ints(arr: pa.Array, column: str, where: str) -> np.ndarray:
+def non_null_ints(arr: pa.Array, column: str, where: str) -> np.ndarray:
+    """A label column as int64 (ValueError naming ``column`` and ``where`` if it has nulls)."""
     if arr.null_count:
         raise ValueError(f"{column} is null in {arr.null_count} row(s) of {where}: the ETL must "
                          f"quarantine unlabelled rows before TFRecords")
@@ -83,7 +84,7 @@ def encode_records(batch: pa.RecordBatch, encoders: Encoders,
     for f in features.FEATURES:
         arr = batch.column(f.name)
         if f.kind == features.CATEGORICAL:
-            values, index = _dictionary(arr)
+            values, index = dictionary_ids(arr)
             ids = encoders.vocabularies[f.name].encode(values)
             # one entry per distinct raw value, then a row gather: no per-row Python
             entries.append(wire.int64_entries(f.name, ids).take(index))
@@ -91,7 +92,7 @@ def encode_records(batch: pa.RecordBatch, encoders: Encoders,
             x = pc.fill_null(pc.cast(arr, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
             entries.extend(wire.float_entries(f.name, encoders.numeric[f.name].normalize(x)))
     for col in LABEL_COLUMNS:
-        entries.append(_int64_entry_column(col, _non_null_ints(batch.column(col), col, where)))
+        entries.append(_int64_entry_column(col, non_null_ints(batch.column(col), col, where)))
     data, offsets = _string_buffers(batch.column(ID_COLUMN), ID_COLUMN, where)
     entries.extend(wire.bytes_entries(ID_COLUMN, data, offsets))
     return wire.frame_examples(entries, n)

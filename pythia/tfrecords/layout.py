@@ -9,6 +9,7 @@ engines write the same files byte for byte.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from fractions import Fraction
@@ -162,14 +163,36 @@ def parquet_units(uri: str) -> list[tuple[str, int]]:
     Raises:
         ValueError: no Parquet file under ``uri``, or one lacks a needed column.
     """
-    units = []
+    return parquet_source(uri)[0]
+
+
+def footer(f) -> tuple[int, str]:
+    """(size in bytes, sha256 of the Thrift footer) of an open Parquet file: rewriting the
+    file changes its footer (row group offsets, sizes, statistics), reading it costs one read."""
+    size = f.size()
+    tail = f.read_at(8, size - 8) if size >= 12 else b""
+    if len(tail) != 8 or tail[4:] != b"PAR1":
+        return size, ""
+    n = int.from_bytes(tail[:4], "little")
+    return size, hashlib.sha256(f.read_at(n, size - 8 - n)).hexdigest() if n <= size - 12 else ""
+
+
+def parquet_source(uri: str) -> tuple[list[tuple[str, int]], dict]:
+    """``parquet_units`` and the split entry's ``source``: the folder and, per file in unit
+    order, its size, footer sha256 and rows per row group (what the columnar reader checks
+    before it reads the split's Parquet instead of its shards)."""
+    units, files = [], []
     for f in parquet_files(uri):
         fs, path = storage.filesystem(f)
         with fs.open_input_file(path) as fh:
+            size, sha = footer(fh)
             meta = pq.ParquetFile(fh)
             encode.check_columns(meta.schema_arrow.names, f"Parquet file {f}")
-            units += [(f, rg) for rg in range(meta.metadata.num_row_groups)]
-    return units
+            groups = [meta.metadata.row_group(i).num_rows
+                      for i in range(meta.metadata.num_row_groups)]
+        units += [(f, rg) for rg in range(len(groups))]
+        files.append({"path": f, "bytes": int(size), "footer_sha256": sha, "row_groups": groups})
+    return units, {"uri": uri, "files": files}
 
 
 def read_row_group(uri: str, row_group: int,
@@ -180,16 +203,19 @@ def read_row_group(uri: str, row_group: int,
                                                   columns=list(columns))
 
 
-def finish_split(rows: list, split_uri: str, regions: Sequence[str]) -> dict:
-    """The split's manifest entry from its shards' metadata; removes shards it does not list."""
+def finish_split(rows: list, split_uri: str, regions: Sequence[str],
+                 source: dict | None = None) -> dict:
+    """The split's manifest entry from its shards' metadata (and the Parquet it was written
+    from, ``parquet_source``); removes shards it does not list."""
     shards = sorted(({"path": r["path"], "region": r["region"], "rows": int(r["rows"]),
                       "sha256": r["sha256"]} for r in rows), key=lambda s: s["path"])
     by_region = {r: 0 for r in regions}
     for s in shards:
         by_region[s["region"]] = by_region.get(s["region"], 0) + s["rows"]
     _remove_unlisted(split_uri, {s["path"] for s in shards})
-    return {"rows": sum(s["rows"] for s in shards),
-            "rows_by_region": dict(sorted(by_region.items())), "shards": shards}
+    entry = {"rows": sum(s["rows"] for s in shards),
+             "rows_by_region": dict(sorted(by_region.items())), "shards": shards}
+    return entry if source is None else dict(entry, source=source)
 
 
 def _remove_unlisted(split_uri: str, keep: set[str]) -> None:
@@ -259,4 +285,4 @@ def read_manifest(out_uri: str) -> dict:
 __all__ = ["BATCH_ROWS", "COMPRESSIONS", "EMPTY_TRAIN", "SPLITS", "absolute", "check_args",
            "check_train_columns", "convert", "expansion", "feature_spec", "finish_split",
            "make_encoders", "merge_moments", "moments", "numeric_stats", "parquet_files",
-           "parquet_units", "read_manifest", "read_row_group"]
+           "parquet_source", "parquet_units", "read_manifest", "read_row_group"]

@@ -1,104 +1,23 @@
-"""Reading TFRecord shards back: tf.data pipelines for Keras, numpy dicts for the other models.
+"""Reading TFRecord shards back: tf.data pipelines for Keras, numpy dicts for the other models
+(from the split's source Parquet without TensorFlow, ``columnar``, when the manifest names it;
+``iter_numpy_tf`` / ``count_labels_tf`` are the tf.data readers it must equal).
 
-Readers open only the shards the manifest lists (never a folder listing), so a ``.tmp-*`` file
-left by a killed writer is never read. ``s3://`` shards are fetched once into a local,
-content-addressed cache (keyed by their sha256, which is checked on download).
+Readers open only the shards the manifest lists (``listing``; never a folder listing), so a
+``.tmp-*`` file left by a killed writer is never read. ``s3://`` shards are fetched once into a
+local, content-addressed cache (keyed by their sha256, which is checked on download).
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pythia import features, storage
-from pythia.features import Encoders
+from pythia import features
 from pythia.tfrecords import encode
+from pythia.tfrecords.listing import (  # noqa: F401  (load_encoders, verify_shards: re-exported)
+    CYCLE_LENGTH, column_dtypes, load_encoders, local_path, select_shards, verify_shards)
 
-# Files interleaved this many at a time (read in parallel only for shuffled training batches);
-# each file is batched before interleaving (record-level parallel reads of small records were
-# ~10x slower).
-CYCLE_LENGTH = 4
 SHUFFLE_BUFFER_BATCHES = 16  # record shuffle buffer = this many batches (>= 10k records)
-
-
-def load_encoders(manifest: Mapping[str, Any]) -> Encoders:
-    """The encoders the shards were written with (checks the feature-spec version)."""
-    return Encoders.from_json(storage.read_json(manifest["encoders"]))
-
-
-def _shards(manifest: Mapping[str, Any], split: str,
-            regions: Sequence[str] | None) -> list[dict]:
-    if manifest.get("spec_version") != features.spec_version():
-        raise ValueError(f"TFRecords were written for feature spec {manifest.get('spec_version')}"
-                         f", this code has {features.spec_version()}: rewrite them")
-    try:
-        entry = manifest["splits"][split]
-    except KeyError:
-        raise ValueError(f"the TFRecord manifest has no split {split!r} "
-                         f"(has: {sorted(manifest.get('splits', {}))})") from None
-    shards = list(entry["shards"])
-    if regions is None:
-        return shards
-    known = set(entry.get("rows_by_region", {})) | {s["region"] for s in shards}
-    unknown = [r for r in regions if r not in known]
-    if unknown:
-        raise ValueError(f"unknown region(s) {unknown} for split {split!r}; "
-                         f"the manifest has {sorted(known)}")
-    wanted = set(regions)
-    return [s for s in shards if s["region"] in wanted]
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _cache_dir() -> str:
-    return os.environ.get("PYTHIA_TFRECORD_CACHE",
-                          os.path.join(tempfile.gettempdir(), "pythia-tfrecord-cache"))
-
-
-def _local_path(shard: Mapping[str, Any]) -> str:
-    """A local path with the shard's bytes (the shard itself, or a verified cached copy)."""
-    uri = shard["path"]
-    if not storage.is_s3(uri):
-        return uri
-    suffix = ".tfrecord.gz" if uri.endswith(".gz") else ".tfrecord"
-    path = os.path.join(_cache_dir(), shard["sha256"] + suffix)
-    if not os.path.exists(path):
-        data = storage.read_bytes(uri)
-        got = hashlib.sha256(data).hexdigest()
-        if got != shard["sha256"]:
-            raise ValueError(f"checksum mismatch for shard {uri}: manifest {shard['sha256']}, "
-                             f"downloaded {got}")
-        storage.write_bytes_atomic(path, data)
-    return path
-
-
-def verify_shards(manifest: Mapping[str, Any], split: str,
-                  regions: Sequence[str] | None = None) -> int:
-    """Check every listed shard's sha256; returns the number checked.
-
-    Raises:
-        FileNotFoundError: a listed shard is missing.
-        ValueError: a shard's bytes differ from the manifest.
-    """
-    shards = _shards(manifest, split, regions)
-    for s in shards:
-        path = _local_path(s)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"shard listed in the manifest is missing: {s['path']}")
-        got = _sha256_file(path)
-        if got != s["sha256"]:
-            raise ValueError(f"checksum mismatch for shard {s['path']}: manifest "
-                             f"{s['sha256']}, file {got}")
-    return len(shards)
 
 
 def feature_description(with_ids: bool = False, keys: Sequence[str] | None = None) -> dict:
@@ -126,10 +45,10 @@ def _parsed_dataset(manifest: Mapping[str, Any], split: str, regions: Sequence[s
     import tensorflow as tf
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    shards = _shards(manifest, split, regions)
+    shards = select_shards(manifest, split, regions)
     if verify:
         verify_shards(manifest, split, regions)
-    files = [_local_path(s) for s in shards]
+    files = [local_path(s) for s in shards]
     compression = manifest.get("compression") or ""
     desc = feature_description(with_ids, keys)
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
@@ -190,17 +109,9 @@ def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | N
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _column_dtypes() -> dict[str, Any]:
-    dtypes: dict[str, Any] = {f.name: (np.int64 if f.kind == features.CATEGORICAL else np.float32)
-                              for f in features.FEATURES}
-    dtypes.update({c: np.int64 for c in encode.LABEL_COLUMNS})
-    dtypes[encode.ID_COLUMN] = object
-    return dtypes
-
-
 def _concat(parts: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     """Parsed batches -> one numpy dict (ids decoded to str)."""
-    dtypes = _column_dtypes()
+    dtypes = column_dtypes()
     out: dict[str, np.ndarray] = {}
     for k, chunks in parts.items():
         arr = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtypes[k])
@@ -210,16 +121,47 @@ def _concat(parts: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
+_FELL_BACK: set = set()
+
+
+def _columnar(manifest: Mapping[str, Any], split: str) -> bool:
+    """Whether ``columnar`` reads the split (its manifest names the source Parquet); else one
+    line per manifest root says the tf.data reader does."""
+    from pythia.tfrecords import columnar
+    if columnar.has_source(manifest, split) or split not in manifest.get("splits", {}):
+        return columnar.has_source(manifest, split)
+    if manifest.get("root") not in _FELL_BACK:
+        _FELL_BACK.add(manifest.get("root"))
+        print(f"tfrecords: the manifest under {manifest.get('root')} does not name its source "
+              f"Parquet and encoders (written before the columnar reader): reading with "
+              f"tf.data; rerun to_tfrecords to read without TensorFlow")
+    return False
+
+
 def iter_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
                chunk_rows: int | None = 65_536, verify: bool = False,
                batch_size: int = 8192) -> Iterator[dict[str, np.ndarray]]:
-    """The split (or its regions) as numpy dicts of at most ``chunk_rows`` rows, in shard
-    order; memory holds one chunk. ``chunk_rows=None`` yields the whole split as one chunk.
+    """The split (or its regions) as numpy dicts of at most ``chunk_rows`` rows, in the
+    order of ``iter_numpy_tf``; memory holds one chunk. ``chunk_rows=None`` yields the whole
+    split as one chunk. Read without TensorFlow from the split's Parquet (``columnar``) when
+    the manifest names it, else through tf.data (``iter_numpy_tf``).
 
     Yields:
         Dicts like ``load_numpy``'s; nothing for an empty split.
     """
-    import tensorflow as tf
+    if _columnar(manifest, split):
+        from pythia.tfrecords import columnar
+        return columnar.iter_numpy(manifest, split, regions, chunk_rows, verify, batch_size)
+    return iter_numpy_tf(manifest, split, regions, chunk_rows, verify, batch_size)
+
+
+def iter_numpy_tf(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
+                  chunk_rows: int | None = 65_536, verify: bool = False,
+                  batch_size: int = 8192) -> Iterator[dict[str, np.ndarray]]:
+    """``iter_numpy`` through tf.data: batches of ``batch_size`` rows (at most
+    ``chunk_rows``) of up to ``CYCLE_LENGTH`` shards interleaved, parsed from the shards."""
+    from pythia import quiet
+    tf = quiet.import_tensorflow()
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1 (or None), got {chunk_rows}")
     step = batch_size if chunk_rows is None else min(batch_size, chunk_rows)
@@ -246,7 +188,18 @@ def iter_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | Non
 def count_labels(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
                  column: str = features.LABEL_COLUMNS["age_gender"],
                  batch_size: int = 65_536) -> dict[int, int]:
-    """Rows per value of a label ``column`` (parsing that column only): {value: rows}."""
+    """Rows per value of a label ``column`` (reading that column only): {value: rows};
+    from the split's Parquet (``columnar``) when the manifest names it, else tf.data."""
+    if _columnar(manifest, split):
+        from pythia.tfrecords import columnar
+        return columnar.count_labels(manifest, split, regions, column)
+    return count_labels_tf(manifest, split, regions, column, batch_size)
+
+
+def count_labels_tf(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
+                    column: str = features.LABEL_COLUMNS["age_gender"],
+                    batch_size: int = 65_536) -> dict[int, int]:
+    """``count_labels`` through tf.data (parsing that column only)."""
     counts: dict[int, int] = {}
     ds = _parsed_dataset(manifest, split, regions, batch_size, shuffle=False, seed=0,
                          repeat=False, verify=False, with_ids=False, keys=[column])

@@ -181,14 +181,14 @@ def write_split_files(spark: SparkSession, parquet_uri: str, encoders: Encoders,
     after the row group's rank (deterministic for the same files). Returns as ``write_split``.
     """
     layout.check_args(split, shard_rows, compression)
-    units = layout.parquet_units(parquet_uri)
+    units, source = layout.parquet_source(parquet_uri)
     split_uri = join(layout.absolute(out_uri), f"split={split}")
     job = _file_job(encoders, split_uri, split, shard_rows, compression)
     table = spark.createDataFrame([(i, u, rg) for i, (u, rg) in enumerate(units)],
                                   "unit int, path string, row_group int")
     rows = (table.repartition(max(1, min(len(units), MAX_FILE_TASKS)))
             .mapInArrow(job, _SHARD_SCHEMA).collect())
-    return layout.finish_split(rows, split_uri, regions)
+    return layout.finish_split(rows, split_uri, regions, source)
 
 
 def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri: str,

@@ -67,7 +67,7 @@ def write_split_files(parquet_uri: str, encoders: Encoders, out_uri: str, split:
                       regions: Sequence[str] = ()) -> dict:
     """``writer.write_split_files`` on the driver: the same units, shards and entry."""
     layout.check_args(split, shard_rows, compression)
-    units = layout.parquet_units(parquet_uri)
+    units, source = layout.parquet_source(parquet_uri)
     split_uri = join(layout.absolute(out_uri), f"split={split}")
 
     def one(unit: int) -> list[dict]:
@@ -79,7 +79,7 @@ def write_split_files(parquet_uri: str, encoders: Encoders, out_uri: str, split:
     # (threads.cores(): @resources, affinity, cgroup quota); units write disjoint shards
     with ThreadPoolExecutor(max(1, min(threads.cores(), len(units)))) as pool:
         shards = [s for done in pool.map(one, range(len(units))) for s in done]
-    return layout.finish_split(shards, split_uri, regions)
+    return layout.finish_split(shards, split_uri, regions, source)
 
 
 def convert_splits(split_paths: Mapping[str, str], out_uri: str, shard_rows: int = 200_000,
