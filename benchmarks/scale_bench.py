@@ -80,7 +80,12 @@ def _rows_of(value, *keys, default=None):
 
 
 def _step_synth(st: dict, task: int) -> tuple[dict, int | None]:
+    from pythia import storage
     from pythia.synth import generate_world
+    from pythia.synth.generate import SUCCESS, is_complete
+    if st.get("reuse_world") and is_complete(st["world_dir"]):  # its figures: the check only
+        summary = storage.read_json(os.path.join(st["world_dir"], SUCCESS))
+        return {"world_summary": summary}, summary["impressions"]
     summary = generate_world(st["world_dir"], scaled_world_config(st["preset"], st["scale"]),
                              seed=st["seed"])
     return {"world_summary": summary}, summary["impressions"]
@@ -235,7 +240,7 @@ def run_scale(scale: float, args: argparse.Namespace, workdir: str) -> dict[str,
     state = {"preset": args.preset, "scale": scale, "seed": args.seed, "run_id": run_id,
              "world_dir": os.path.join(base, "world"), "data_root": os.path.join(base, "data"),
              "models": args.models, "regions": args.regions, "max_epochs": args.max_epochs,
-             "hours_per_task": args.hours_per_task}
+             "hours_per_task": args.hours_per_task, "reuse_world": args.reuse_worlds}
     results: dict[str, dict] = {}
     with open(os.path.join(base, "steps.log"), "w") as log:
         for name in STEPS:
@@ -357,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="folder for worlds and run files "
                     "(default: a temporary folder, removed unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the worlds and run files")
+    ap.add_argument("--reuse-worlds", action="store_true",
+                    help="use a complete world already in the workdir (the synth row then "
+                         "measures only the check, not the generation)")
     ap.add_argument("--replot", default=None, metavar="DIR[,DIR…]",
                     help="only print the tables of kept runs (their results.json, scales merged)")
     args = ap.parse_args(argv)
