@@ -19,7 +19,11 @@ Per step it then fits the growth exponent b of wall = a * n^b (and of CPU and pe
 world's impressions (log-log least squares; 1.0 = linear, 0 = flat), and the fixed cost per
 run: the intercept c0 of wall = c0 + c1 * n. Not a test: nothing fails on a slow machine; the
 RSS ratio column compares each step's peak RSS at the largest scale with the smallest.
-``--replot DIR`` prints the tables again from a kept run's ``results.json``.
+``--replot DIR[,DIR…]`` prints the tables again from kept runs' ``results.json`` (several
+folders: their scales merged, e.g. a larger scale run on its own later; the same scale twice is
+an error). ``results.json`` is rewritten after every scale, so a stopped run keeps the scales it
+finished. The 1-minute load average is recorded after every task and printed per scale: the
+wall column of a busy machine is inflated, CPU seconds less so, peak RSS not at all.
 """
 from __future__ import annotations
 
@@ -76,7 +80,12 @@ def _rows_of(value, *keys, default=None):
 
 
 def _step_synth(st: dict, task: int) -> tuple[dict, int | None]:
+    from pythia import storage
     from pythia.synth import generate_world
+    from pythia.synth.generate import SUCCESS, is_complete
+    if st.get("reuse_world") and is_complete(st["world_dir"]):  # its figures: the check only
+        summary = storage.read_json(os.path.join(st["world_dir"], SUCCESS))
+        return {"world_summary": summary}, summary["impressions"]
     summary = generate_world(st["world_dir"], scaled_world_config(st["preset"], st["scale"]),
                              seed=st["seed"])
     return {"world_summary": summary}, summary["impressions"]
@@ -231,20 +240,22 @@ def run_scale(scale: float, args: argparse.Namespace, workdir: str) -> dict[str,
     state = {"preset": args.preset, "scale": scale, "seed": args.seed, "run_id": run_id,
              "world_dir": os.path.join(base, "world"), "data_root": os.path.join(base, "data"),
              "models": args.models, "regions": args.regions, "max_epochs": args.max_epochs,
-             "hours_per_task": args.hours_per_task}
+             "hours_per_task": args.hours_per_task, "reuse_world": args.reuse_worlds}
     results: dict[str, dict] = {}
     with open(os.path.join(base, "steps.log"), "w") as log:
         for name in STEPS:
             with open(os.path.join(state_dir, "state.pkl"), "wb") as f:
                 pickle.dump(state, f)
             n_tasks = len(state[FOREACH[name]]) if name in FOREACH else 1
-            step = {"wall_s": 0.0, "cpu_s": 0.0, "rss_mb": 0.0, "rows": None, "tasks": n_tasks}
+            step = {"wall_s": 0.0, "cpu_s": 0.0, "rss_mb": 0.0, "rows": None, "tasks": n_tasks,
+                    "load": []}
             for task in range(n_tasks):
                 fig = _measured(name, state_dir, task, log)
                 state.update(fig.pop("updates"))
                 step["wall_s"] += fig["wall_s"]
                 step["cpu_s"] += fig["cpu_s"]
                 step["rss_mb"] = max(step["rss_mb"], fig["rss_mb"])
+                step["load"].append(round(os.getloadavg()[0], 2))
                 if fig["rows"] is not None:
                     step["rows"] = (step["rows"] or 0) + fig["rows"]
             if name == "train" and step["rows"] is not None:
@@ -294,6 +305,11 @@ def print_table(scales: list[float], runs: list[dict[str, dict]]) -> None:
     imps = [r["_world"]["impressions"] for r in runs]
     size = [n / imps[0] for n in imps]
     print()
+    for scale, run in zip(scales, runs):
+        loads = [x for name in STEPS for x in run[name].get("load", [])]
+        if loads:
+            print(f"load average (1 min, after each task) at {scale:g}x: min {min(loads):.1f}, "
+                  f"median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f}")
     print("impressions per scale: " + ", ".join(f"{s:g}x={n}" for s, n in zip(scales, imps)))
     print("growth exponents b of value ~ impressions^b (1 = linear, 0 = flat); fixed s = wall "
           "at zero impressions (linear fit)")
@@ -314,6 +330,25 @@ def print_table(scales: list[float], runs: list[dict[str, dict]]) -> None:
           f"{total_fixed:8.1f}")
 
 
+def merge_results(folders: list[str]) -> tuple[list[float], list[dict]]:
+    """(scales, runs) of several kept runs' ``results.json``, sorted by scale."""
+    by_scale: dict[float, tuple[dict, str]] = {}
+    for folder in folders:
+        path = os.path.join(folder, "results.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"scale_bench: no results.json in {folder}; run with --keep or "
+                             f"--workdir first")
+        with open(path) as f:
+            saved = json.load(f)
+        for scale, run in zip(saved["scales"], saved["runs"]):
+            if scale in by_scale:
+                raise SystemExit(f"scale_bench: scale {scale:g} is in both "
+                                 f"{by_scale[scale][1]} and {folder}; replot one of them")
+            by_scale[scale] = (run, folder)
+    scales = sorted(by_scale)
+    return scales, [by_scale[s][0] for s in scales]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="default",
@@ -327,13 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="folder for worlds and run files "
                     "(default: a temporary folder, removed unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the worlds and run files")
-    ap.add_argument("--replot", default=None, metavar="DIR",
-                    help="only print the tables of a kept run (its results.json)")
+    ap.add_argument("--reuse-worlds", action="store_true",
+                    help="use a complete world already in the workdir (the synth row then "
+                         "measures only the check, not the generation)")
+    ap.add_argument("--replot", default=None, metavar="DIR[,DIR…]",
+                    help="only print the tables of kept runs (their results.json, scales merged)")
     args = ap.parse_args(argv)
     if args.replot:
-        with open(os.path.join(args.replot, "results.json")) as f:
-            saved = json.load(f)
-        print_table(saved["scales"], saved["runs"])
+        scales, runs = merge_results(args.replot.split(","))
+        print_table(scales, runs)
         return 0
     scales = sorted(float(s) for s in args.scales.split(","))
     workdir = args.workdir or tempfile.mkdtemp(prefix="scale-bench-")
@@ -341,10 +378,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.regions}, max_epochs {args.max_epochs}, hours_per_task "
           f"{args.hours_per_task}; files under {workdir}", flush=True)
     try:
-        runs = [run_scale(s, args, workdir) for s in scales]
-        if args.keep or args.workdir:
-            with open(os.path.join(workdir, "results.json"), "w") as f:
-                json.dump({"args": vars(args), "scales": scales, "runs": runs}, f, indent=1)
+        runs = []
+        for s in scales:  # saved after every scale, so a failed or stopped larger one keeps these
+            runs.append(run_scale(s, args, workdir))
+            if args.keep or args.workdir:
+                with open(os.path.join(workdir, "results.json"), "w") as f:
+                    json.dump({"args": vars(args), "scales": scales[:len(runs)], "runs": runs},
+                              f, indent=1)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -15,6 +15,7 @@ from pythia.config import RESAMPLE_MODES, EtlConfig
 from pythia.contract_read import SPARK_TYPES
 from pythia.etl.hourly import OUTCOME, WRITTEN
 from pythia.etl.io import read_parquet, write_parquet_atomic
+from pythia.etl.quantile import BROADCAST_MAX_ROWS, count_histogram, rank_quantile, rows_above
 from pythia.features import (DATE, ETL_SPLIT_OF, ETL_SPLITS, HOUR, IMPRESSION_ID, IS_POWER_USER,
                              OUTPUT_SPLITS, SPLIT, TARGETS, TEST_NATURAL, TEST_RESAMPLED, TRAIN,
                              USER_ID, VALIDATION, Y_AGE_GENDER, class_labels)
@@ -142,8 +143,9 @@ def target_class(y_age_gender: int, target: str, n_age: int) -> int:
 
 
 def power_user_threshold(spark: Any, user_day_paths: Sequence[str], cfg: EtlConfig,
-                         duplicates: str | None = None) -> tuple[Any, float | None]:
-    """Per-(user, date) impression totals over all tasks, and the power-user threshold.
+                         duplicates: str | None = None) -> tuple[Any, float | None, int]:
+    """Per-(user, date) impression totals over all tasks, the power-user threshold and the
+    user-days over it (the exact quantile from a histogram of totals: ``etl.quantile``).
 
     The threshold is ``cfg.power_user_threshold`` when set, else the exact
     ``cfg.power_user_quantile`` of the per-user-day counts of labelled rows; a user-day with
@@ -160,8 +162,9 @@ def power_user_threshold(spark: Any, user_day_paths: Sequence[str], cfg: EtlConf
             read_parquet(spark, duplicates).filter(F.col(OUTCOME) == WRITTEN)
             .groupBy(USER_ID, DATE).agg((-F.count(F.lit(1))).cast("long").alias("n")))
     totals = counts.groupBy(USER_ID, DATE).agg(F.sum("n").alias("n")).filter(F.col("n") > 0)
-    return totals, threshold_rule(
-        cfg, lambda q: next(iter(totals.approxQuantile("n", [q], 0.0)), None))
+    histogram = count_histogram(totals, "n")
+    threshold = threshold_rule(cfg, lambda q: rank_quantile(histogram, q))
+    return totals, threshold, rows_above(histogram, threshold)
 
 
 def threshold_rule(cfg: EtlConfig, quantile: Callable[[float], float | None]) -> float | None:
@@ -223,7 +226,7 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
     _check_manifests(hour_manifests)
     uri_of = _out_uri(out_root)
     n_age = len(cfg.age_edges)
-    totals, threshold = power_user_threshold(
+    totals, threshold, n_power = power_user_threshold(
         spark, [m["user_day_counts_path"] for m in hour_manifests], cfg, duplicates)
     rows = read_parquet(spark, [m["rows_path"] for m in hour_manifests])
     if duplicates:
@@ -235,7 +238,8 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
     else:
         power = totals.filter(F.col("n") > threshold).select(
             USER_ID, DATE, F.lit(True).alias(IS_POWER_USER))
-        flagged = (rows.join(F.broadcast(power), [USER_ID, DATE], "left")
+        power = F.broadcast(power) if n_power <= BROADCAST_MAX_ROWS else power
+        flagged = (rows.join(power, [USER_ID, DATE], "left")
                    .withColumn(IS_POWER_USER, F.coalesce(IS_POWER_USER, F.lit(False))))
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     try:

@@ -1,0 +1,62 @@
+"""benchmarks/scale_bench.py: the growth fit and merging kept runs of different scales."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "scale_bench.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("scale_bench", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(scale: float, rss: float) -> dict:
+    run = {name: {"wall_s": 10.0 * scale, "cpu_s": 5.0 * scale, "rss_mb": rss, "rows": None,
+                  "tasks": 1, "load": [3.0]} for name in ("synth", "start", "select_providers",
+                                                          "prepare_labels", "etl_hour",
+                                                          "join_hours", "to_tfrecords",
+                                                          "train", "evaluate", "end")}
+    run["_world"] = {"impressions": int(1000 * scale)}
+    return run
+
+
+def _save(folder, scales, runs) -> str:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump({"scales": scales, "runs": runs}, f)
+    return str(folder)
+
+
+def test_fit_exponent_linear_and_flat(bench):
+    assert bench.fit_exponent([1, 2, 4], [3, 6, 12]) == pytest.approx(1.0)
+    assert bench.fit_exponent([1, 2, 4], [7, 7, 7]) == pytest.approx(0.0)
+    assert bench.fit_fixed([1, 2, 4], [13, 16, 22]) == pytest.approx(10.0)
+
+
+def test_replot_merges_runs_by_scale(bench, tmp_path, capsys):
+    a = _save(tmp_path / "a", [1.0, 2.0], [_run(1, 500), _run(2, 500)])
+    b = _save(tmp_path / "b", [4.0], [_run(4, 1000)])
+    scales, runs = bench.merge_results([b, a])
+    assert scales == [1.0, 2.0, 4.0]
+    assert [r["_world"]["impressions"] for r in runs] == [1000, 2000, 4000]
+    assert bench.main(["--replot", f"{a},{b}"]) == 0
+    out = capsys.readouterr().out
+    assert "load average (1 min, after each task) at 4x: min 3.0" in out
+    evaluate_row = next(ln for ln in out.splitlines()
+                        if ln.startswith("evaluate ") and "4x" not in ln and len(ln.split()) == 6)
+    assert evaluate_row.split()[1:5] == ["1.00", "1.00", "0.50", "2.00"]  # RSS 500 -> 1000 MB
+
+
+def test_replot_refuses_the_same_scale_twice(bench, tmp_path):
+    a = _save(tmp_path / "a", [1.0], [_run(1, 500)])
+    b = _save(tmp_path / "b", [1.0], [_run(1, 600)])
+    with pytest.raises(SystemExit, match="scale 1 is in both"):
+        bench.merge_results([a, b])
