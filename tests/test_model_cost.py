@@ -64,3 +64,40 @@ def test_tabnet_batches_serve_rows_by_index():
     assert yb.tolist() == [4, 0, 5] and len(data) == 6
     with pytest.raises(IndexError):
         data.__getitems__([6])
+
+
+def _old_valid_loss(model, valid, task) -> float:
+    """logreg's validation score before issue 14: softmax, prior correction, pick."""
+    from pythia.models import priors as pr
+
+    p = pr.correct_priors(pr.apply_temperature(model.linear_logits(valid), 1.0),
+                          model.train_cfg.prior_correction, task.train_prior,
+                          task.natural_prior)
+    picked = np.maximum(p[np.arange(len(task.yv)), task.yv], pr.PROB_FLOOR)
+    return float(np.sum(-np.log(picked) * task.valid_weights) / np.sum(task.valid_weights))
+
+
+@pytest.mark.parametrize("correction", ["bayes", "none", "em"])
+def test_logreg_validation_score_equals_the_softmax_path(correction):
+    import dataclasses
+
+    from pythia.models.design import design_matrix
+    from pythia.models.logreg import LinearTask, LogRegModel
+
+    train, valid = make_split(600, 0), make_split(300, 1)
+    cfg = dataclasses.replace(FAST, prior_correction=correction)
+    model = LogRegModel(make_encoders(), {"c_grid": [0.1]}, cfg)
+    model.fit(train, valid, uniform_priors())
+    yv = valid["y_age_gender"]
+    # skewed priors, one class absent from the natural mix: its rows hit the floor
+    task = LinearTask(train["y_age_gender"], yv, 6, [0.1, 0.2, 0.3, 0.2, 0.1, 0.1],
+                      [0.3, 0.0, 0.2, 0.2, 0.2, 0.1], np.linspace(0.5, 2.0, len(yv)))
+    Xv = design_matrix(valid, model.tables, model.n_onehot, model.num_mean, model.num_std,
+                       np.float64)
+    np.testing.assert_allclose(Xv @ model.coef + model.intercept,
+                               model.linear_logits(valid), rtol=0, atol=1e-12)
+    assert model._valid_loss(Xv, task) == pytest.approx(_old_valid_loss(model, valid, task),
+                                                        rel=1e-12, abs=1e-12)
+    if correction == "bayes":  # the natural prior really moves the score
+        assert model._valid_loss(Xv, task) != pytest.approx(_old_valid_loss(
+            model, valid, task._replace(natural_prior=task.train_prior)), abs=1e-3)
