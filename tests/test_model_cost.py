@@ -101,3 +101,29 @@ def test_logreg_validation_score_equals_the_softmax_path(correction):
     if correction == "bayes":  # the natural prior really moves the score
         assert model._valid_loss(Xv, task) != pytest.approx(_old_valid_loss(
             model, valid, task._replace(natural_prior=task.train_prior)), abs=1e-3)
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_mlp_calibrates_on_the_validation_logits_early_stopping_computed(patience):
+    from pythia.models import priors as pr
+    from pythia.models.mlp import MLPModel
+
+    train, valid = make_split(600, 0), make_split(300, 1)
+    model = MLPModel(make_encoders(), {**HPARAMS["mlp"], "patience": patience, "min_delta": 0.0},
+                     FAST)
+    calls = []
+    original = MLPModel._raw_and_labels
+
+    def spy(self, data):
+        calls.append(len(data["y_age_gender"]))
+        return original(self, data)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MLPModel, "_raw_and_labels", spy)
+        out = model.fit(train, valid, uniform_priors())
+    # one pass before the first epoch and one after each: calibration adds none
+    assert calls == [300] * (out["epochs"] + 1)
+    raw, y = original(model, valid)  # the restored best weights, scored afresh
+    for t in model.heads:
+        assert model.temperature[t] == pr.fit_temperature(raw[t], y[t], model.link(t))
+    calibrated = pr.apply_temperature(raw["age_gender"], model.temperature["age_gender"])
+    assert out["val_logloss"]["age_gender"] == pr.mean_log_loss(calibrated, y["age_gender"])
