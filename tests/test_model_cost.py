@@ -127,3 +127,44 @@ def test_mlp_calibrates_on_the_validation_logits_early_stopping_computed(patienc
         assert model.temperature[t] == pr.fit_temperature(raw[t], y[t], model.link(t))
     calibrated = pr.apply_temperature(raw["age_gender"], model.temperature["age_gender"])
     assert out["val_logloss"]["age_gender"] == pr.mean_log_loss(calibrated, y["age_gender"])
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_gbdt_binned_prediction_equals_predict_proba(n_classes):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from pythia.models import gbdt
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    cat = rng.integers(0, 40, n).astype(np.float64)
+    num = rng.normal(size=n)
+    num[rng.random(n) < 0.05] = np.nan
+    y = (cat % n_classes + (num > 0.5)) % n_classes
+    X = np.column_stack([cat, num, np.round(rng.normal(size=n), 1)])
+    clf = HistGradientBoostingClassifier(max_iter=15, categorical_features=[True, False, False],
+                                         random_state=0).fit(X, y)
+    test = np.column_stack([rng.integers(0, 60, n),  # ids 40..59: never seen in training
+                            np.where(rng.random(n) < 0.1, np.nan, rng.normal(0, 3, n)),
+                            np.concatenate([X[:n // 2, 2], rng.normal(size=n - n // 2)])])
+    old = gbdt.PREDICT_BLOCK_ROWS
+    try:
+        gbdt.PREDICT_BLOCK_ROWS = 1000  # several blocks
+        got = gbdt.predict_binned_proba(clf, test, 1)
+    finally:
+        gbdt.PREDICT_BLOCK_ROWS = old
+    np.testing.assert_array_equal(got, clf.predict_proba(test))
+    assert got.shape == (n, n_classes)
+
+
+def test_gbdt_predicts_as_hgb_predict_proba():
+    from pythia.models.gbdt import GBDTModel, expand_classes, to_matrix
+    from pythia.models.priors import log_probabilities
+
+    model = GBDTModel(make_encoders(), HPARAMS["gbdt"], FAST)
+    model.fit(make_split(600, 0), make_split(300, 1), uniform_priors())
+    test = make_split(400, 2)
+    expected = expand_classes(model.clf.predict_proba(to_matrix(test, model.category_maps)),
+                              model.clf.classes_, 6)
+    np.testing.assert_array_equal(model._predict_raw(test)["age_gender"],
+                                  log_probabilities(expected))
