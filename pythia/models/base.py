@@ -98,6 +98,9 @@ class Model:
         # day's class resampling (1 / keep-rate, as evaluation weighs it); set by the caller
         # before ``fit``. None: pi_natural / pi_train of the training priors instead.
         self.valid_class_weights: np.ndarray | None = None
+        # (raw logits, labels) of validation under the final weights, when ``_fit`` already
+        # computed them (the MLP's early stopping): ``fit`` calibrates on them, once
+        self._kept_valid: tuple[dict, dict] | None = None
 
     # ------------------------------------------------------------ to implement per model
     @classmethod
@@ -216,8 +219,10 @@ class Model:
             self.check_features(train)
             labels_of(train)
         t0 = time.perf_counter()
+        self._kept_valid = None
         summary = dict(self._fit(train, valid))
-        raw, y = self._raw_and_labels(valid)
+        kept, self._kept_valid = self._kept_valid, None
+        raw, y = kept if kept is not None else self._raw_and_labels(valid)
         for t in self.heads:
             self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
         calibrated = self._expand(self._calibrated(raw))

@@ -56,9 +56,9 @@ def numeric_block(X: Mapping[str, np.ndarray], mean: np.ndarray, std: np.ndarray
 
 
 def design_matrix(X: Mapping[str, np.ndarray], tables: Mapping[str, np.ndarray], n_onehot: int,
-                  mean: np.ndarray, std: np.ndarray) -> Any:
-    """The sparse float32 (n, n_onehot + n_numeric) CSR design matrix: one 1 per categorical,
-    then the standardised numerics."""
+                  mean: np.ndarray, std: np.ndarray, dtype: Any = np.float32) -> Any:
+    """The sparse (n, n_onehot + n_numeric) CSR design matrix: one 1 per categorical, then
+    the standardised numerics; float32 for fitting, float64 to score as ``linear_logits``."""
     from scipy.sparse import csr_matrix
 
     cat = np.column_stack([tables[f][np.asarray(X[f], dtype=np.int64)]
@@ -67,7 +67,7 @@ def design_matrix(X: Mapping[str, np.ndarray], tables: Mapping[str, np.ndarray],
     n, n_num = len(cat), num.shape[1]
     indices = np.hstack([cat, np.broadcast_to(n_onehot + np.arange(n_num), (n, n_num))])
     # float32 halves the memory L-BFGS streams through per iteration
-    data = np.hstack([np.ones_like(cat, dtype=np.float32), num.astype(np.float32)])
+    data = np.hstack([np.ones_like(cat, dtype=dtype), num.astype(dtype)])
     width = indices.shape[1]
     return csr_matrix((data.ravel(), indices.ravel(), np.arange(0, n * width + 1, width)),
                       shape=(n, n_onehot + n_num))

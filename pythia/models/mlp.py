@@ -10,17 +10,16 @@ no ``Lambda`` layers, so the native ``.keras`` file reloads anywhere.
 The rule (``wide_start='logreg'``, the default): AgeGender's wide part starts as the logreg
 baseline's fit (the aid heads, gender and age, at their priors: ``aid_start``), the heads' last
 Dense kernels start at zero with the LRs' intercepts as biases, so the untrained network's
-AgeGender IS logistic regression; by default (``wide_per_feature_l2``) those LRs
-carry an L2 penalty per categorical feature chosen on validation (``logreg.per_feature_l2``).
-Then the residual phase (``wide_train='frozen'``, the default): the wide part stays fixed at the
-LRs and only the deep part trains, adding what they miss (interactions); ``finetune_epochs``
-adds joint epochs at ``finetune_lr`` (``'joint'``: everything trains from the start). The
-natural-weighted AgeGender validation log-loss (the champion rule's measure) is computed before
-the first epoch and after each; a phase stops after ``patience`` epochs without a gain above
-``min_delta``; the best weights are kept -- the LR start when no epoch beats it
-(``wide_start.improved`` in the fit summary, and printed). Skewed world (74k rows; validation
-AgeGender): LR start 2.0132; residual, fine-tuned, joint or smaller trunks all within 1e-4 of
-it; per-feature L2 2.0013.
+AgeGender IS logistic regression; by default (``wide_per_feature_l2``) those LRs carry an L2
+penalty per categorical feature chosen on validation (``logreg.per_feature_l2``). Then the
+residual phase (``wide_train='frozen'``, the default): the wide part stays fixed at the LRs and
+only the deep part trains, adding what they miss (interactions); ``finetune_epochs`` adds joint
+epochs at ``finetune_lr`` (``'joint'``: everything trains from the start). The natural-weighted
+AgeGender validation log-loss (the champion rule's measure) is computed before the first epoch
+and after each; a phase stops after ``patience`` epochs without a gain above ``min_delta``; the
+best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the
+fit summary, and printed). Skewed world (74k rows; validation AgeGender): LR start 2.0132;
+residual, fine-tuned, joint or smaller trunks all within 1e-4 of it; per-feature L2 2.0013.
 """
 from __future__ import annotations
 
@@ -246,7 +245,7 @@ class MLPModel(Model):
         self.keras_model = self.build(n_train, start)
         patience = cfg.patience if self.hparams["patience"] is None else self.hparams["patience"]
         keep = KeepBest(lambda: self.natural_val_losses(valid), int(patience),
-                        float(self.hparams["min_delta"]))
+                        float(self.hparams["min_delta"]), kept=lambda: self._scored_valid)
         if self.hparams["wide_train"] not in ("frozen", "joint"):
             raise ValueError(f"mlp wide_train must be 'frozen' or 'joint', got "
                              f"{self.hparams['wide_train']!r}")
@@ -258,6 +257,7 @@ class MLPModel(Model):
         for rate, wide_trains, epochs in phases:
             self._train_phase(train, rate, wide_trains, epochs, keep)
             keep.phase_ends.append(len(keep.history) - 1)
+        self._kept_valid = keep.best_kept  # the restored weights' validation logits
         return self._fit_summary(keep, start, n_train)
 
     def _train_phase(self, train: Any, rate: float, wide_trains: bool, epochs: int,
@@ -301,7 +301,7 @@ class MLPModel(Model):
     def natural_val_losses(self, valid: Any) -> dict[str, float]:
         """Per head, the validation log-loss moved to the natural priors and weighted back to
         the natural class mix (the champion rule's measure; temperature 1)."""
-        raw, y = self._raw_and_labels(valid)
+        raw, y = self._scored_valid = self._raw_and_labels(valid)
         weights = self.validation_weights(y["age_gender"])
         out = {}
         for t in features.TARGETS:

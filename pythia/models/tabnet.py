@@ -5,7 +5,8 @@ One ``TabNetClassifier`` on the 12-class AgeGender target rather than
 three targets consistent (a multi-task net can say "F" and put most AgeGender mass on "M_*"),
 and one head trains faster on 2 CPU cores. Categorical ids are embedded (``cat_idxs`` /
 ``cat_dims`` from the vocabulary sizes); the reserved missing/OOV ids keep unseen values
-inside each table, so TabNet's embedding lookup never goes out of range.
+inside each table, so TabNet's embedding lookup never goes out of range. Batches are sliced
+from whole tensors (``BatchTabNetClassifier``), not collated row by row.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from pytorch_tabnet.metrics import Metric
 from pytorch_tabnet.tab_model import TabNetClassifier
 from sklearn.metrics import log_loss
+from torch.utils.data import DataLoader, Dataset
 
 from pythia import features
 from pythia.config import TrainConfig
@@ -62,6 +64,62 @@ class ValidLogLoss(Metric):
                               labels=np.arange(p.shape[1])))
 
 
+class _Batches(Dataset):
+    """(x, y) rows served a whole batch at a time: the DataLoader's fetcher calls
+    ``__getitems__`` with the sampler's indices, so a batch is one tensor index instead of
+    pytorch-tabnet's per-row ``__getitem__`` + ``default_collate`` (a third of a global fit's
+    time, busy machine); same rows, same order, same dtypes."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(
+            np.ascontiguousarray(y))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple:
+        return self.x[index], self.y[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return self.x[idx], self.y[idx]
+
+
+def _whole_batch(batch: tuple) -> tuple:
+    return batch
+
+
+def _batch_loader(loader: DataLoader, shuffle: bool) -> DataLoader:
+    """``loader`` (pytorch-tabnet's, over a ``TorchDataset``) over ``_Batches`` instead: the
+    same sampler arguments, so the same random draws and batches."""
+    data = loader.dataset
+    return DataLoader(_Batches(data.x, data.y), batch_size=loader.batch_size, shuffle=shuffle,
+                      drop_last=loader.drop_last, collate_fn=_whole_batch)
+
+
+class BatchTabNetClassifier(TabNetClassifier):
+    """``TabNetClassifier`` whose batches are tensor slices (``_Batches``); fits and predicts
+    exactly as the library does (tests/test_model_cost.py compares them)."""
+
+    def _construct_loaders(self, X_train: np.ndarray, y_train: np.ndarray, eval_set: list
+                           ) -> tuple:
+        train, valid = super()._construct_loaders(X_train, y_train, eval_set)
+        if not isinstance(train.sampler, torch.utils.data.RandomSampler):
+            return train, valid  # weighted sampling: the library's own loaders
+        return _batch_loader(train, True), [_batch_loader(v, False) for v in valid]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Softmax of the network's outputs, ``batch_size`` rows at a time (as the library)."""
+        self.network.eval()
+        x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(x), self.batch_size):
+                logits, _ = self.network(x[start:start + self.batch_size])
+                out.append(torch.nn.Softmax(dim=1)(logits).numpy())
+        return np.vstack(out) if out else np.zeros((0, len(self.classes_)), np.float32)
+
+
 class TabNetModel(Model):
     """pytorch-tabnet classifier on AgeGender (see the module docstring)."""
 
@@ -101,16 +159,16 @@ class TabNetModel(Model):
     def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
                  train_cfg: TrainConfig = TrainConfig()) -> None:
         super().__init__(encoders, hparams, train_cfg)
-        self.clf: TabNetClassifier | None = None
+        self.clf: BatchTabNetClassifier | None = None
         self.classes: np.ndarray = np.arange(self.n_classes["age_gender"])
 
-    def _new_classifier(self) -> TabNetClassifier:
+    def _new_classifier(self) -> BatchTabNetClassifier:
         h = self.hparams
         cat_idxs = [i for i, f in enumerate(features.FEATURES) if f.kind == features.CATEGORICAL]
         cat_dims = [self.encoders.vocabularies[f].size for f in features.CATEGORICAL_FEATURES]
         cat_emb = [int(max(1, min(h["cat_emb_max_dim"], round(1.6 * d ** 0.56))))
                    for d in cat_dims]
-        return TabNetClassifier(
+        return BatchTabNetClassifier(
             n_d=int(h["n_d"]), n_a=int(h["n_a"]), n_steps=int(h["n_steps"]), gamma=h["gamma"],
             lambda_sparse=h["lambda_sparse"], cat_idxs=cat_idxs, cat_dims=cat_dims,
             cat_emb_dim=cat_emb, optimizer_fn=torch.optim.Adam,
@@ -164,6 +222,6 @@ class TabNetModel(Model):
         path = os.path.join(folder, meta.get("model_file", MODEL_STEM + ".zip"))
         if not zipfile.is_zipfile(path):
             raise FileNotFoundError(f"no TabNet archive at {path}")
-        self.clf = TabNetClassifier(device_name="cpu")
+        self.clf = BatchTabNetClassifier(device_name="cpu")
         self.clf.load_model(path)
         self.classes = np.asarray(meta["classes"], dtype=np.int64)

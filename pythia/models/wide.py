@@ -110,12 +110,16 @@ class KeepBest(keras.callbacks.Callback):
     """Early stopping on ``score()['age_gender']``, scored once before the first epoch too:
     stops after ``patience`` epochs without an improvement of more than ``min_delta`` and
     restores the best weights (the starting ones when no epoch beat them; a smaller gain still
-    counts as best). ``history[e]`` = the scores after epoch e."""
+    counts as best). ``history[e]`` = the scores after epoch e. ``kept()``, when given, is
+    called at each new best and its value kept as ``best_kept`` (e.g. the validation logits
+    the score was computed from: those of the restored weights)."""
 
-    def __init__(self, score: Any, patience: int, min_delta: float = 0.0) -> None:
+    def __init__(self, score: Any, patience: int, min_delta: float = 0.0,
+                 kept: Any = None) -> None:
         super().__init__()
         self.score, self.patience = score, int(patience)
         self.min_delta = float(min_delta)
+        self.kept, self.best_kept = kept, None
         self.history: list[dict[str, float]] = []
         self.best_index, self.best_weights = 0, None
         self.gain_index = 0  # the last epoch that improved on the best by more than min_delta
@@ -143,6 +147,7 @@ class KeepBest(keras.callbacks.Callback):
             self.gain_index = len(self.history) - 1
         if self.best_weights is None or now < best:
             self.best_index, self.best_weights = len(self.history) - 1, self.model.get_weights()
+            self.best_kept = self.kept() if self.kept is not None else None
 
 
 def numpy_of(data: Any) -> dict[str, np.ndarray]:
