@@ -230,11 +230,37 @@ import json
 from pythia import threads
 from pythia.etl.session import get_spark
 threads.configure(1)
+from pythia.etl.session import local_driver_memory
 spark = get_spark("threads-test")
-print(json.dumps({"master": spark.sparkContext.master}))
+heap = spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
+print(json.dumps({"master": spark.sparkContext.master, "heap_mb": heap / 2**20,
+                  "asked": local_driver_memory(),
+                  "conf": spark.sparkContext.getConf().get("spark.driver.memory")}))
 spark.stop()
 """)
     assert out["master"] == "local[1]"
+    # the driver heap is the one asked for (a quarter of the memory), not Spark's 1 GB default
+    assert out["conf"] == out["asked"] and out["asked"].endswith("m")
+    assert out["heap_mb"] > 0.85 * int(out["asked"][:-1])
+
+
+def test_the_local_driver_heap_is_a_quarter_of_the_memory_at_least_1g(monkeypatch, tmp_path):
+    from pythia.etl import session
+
+    monkeypatch.delenv(session.DRIVER_MEMORY_ENV, raising=False)
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(session, "CGROUP_MEMORY_FILES", (str(limit),))
+    monkeypatch.setattr(session.os, "sysconf", lambda name: {
+        "SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}[name])
+    assert session.local_driver_memory() == "6144m"  # 24 GiB machine, no cgroup limit file
+    limit.write_text("max\n")
+    assert session.local_driver_memory() == "6144m"  # cgroup v2 without a limit
+    limit.write_text(str(8 * 2**30))
+    assert session.local_driver_memory() == "2048m"  # an 8 GiB container on that machine
+    limit.write_text(str(2 * 2**30))
+    assert session.local_driver_memory() == "1024m"  # never below Spark's own 1 GB
+    monkeypatch.setenv(session.DRIVER_MEMORY_ENV, "3g")
+    assert session.local_driver_memory() == "3g"
 
 
 def test_the_threads_line_is_quiet_when_a_task_has_every_core_it_may_use():

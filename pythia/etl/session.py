@@ -2,7 +2,9 @@
 
 Locally the JVM start dominates the ETL's wall time, so the local session is small and quiet:
 as many cores as the task may use (``pythia.threads``), no UI, few shuffle partitions, a small
-heap and a JIT tuned for short jobs.
+JIT tuned for short jobs, and a driver heap of a quarter of the memory the task may use
+(``local_driver_memory``), as the JVM's own default would be, instead of Spark's 1 GB default,
+on which one task of 8M impressions ran out of heap (docs/scaling.md §8).
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ LOCAL_CONF: Mapping[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
     "spark.default.parallelism": "2",
-    "spark.driver.memory": "1g",
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "20000",
@@ -53,6 +54,40 @@ DRIVER_CONF: Mapping[str, str] = {
     "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
 }
 SPARK_REMOTE_ENV = "SPARK_REMOTE"
+DRIVER_MEMORY_ENV = "PYTHIA_SPARK_DRIVER_MEMORY"  # e.g. 6g: the local driver's heap, as set
+MIN_DRIVER_MB = 1024
+CGROUP_MEMORY_FILES = ("/sys/fs/cgroup/memory.max",  # cgroup v2
+                       "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v1
+
+
+def _memory_limit_bytes() -> int | None:
+    """The smallest of physical memory and this container's cgroup memory limit (bytes)."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not on every platform
+        pass
+    for path in CGROUP_MEMORY_FILES:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max" / a huge v1 value: no limit
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def local_driver_memory() -> str:
+    """The local driver JVM's heap (``spark.driver.memory``): ``$PYTHIA_SPARK_DRIVER_MEMORY`` if
+    set, else a quarter of the memory this process may use (physical or cgroup limit: the
+    JVM's own default share), at least 1 GB. Local mode runs the executors inside the driver,
+    so this heap holds every task's rows in flight."""
+    if os.environ.get(DRIVER_MEMORY_ENV):
+        return os.environ[DRIVER_MEMORY_ENV]
+    limit = _memory_limit_bytes()
+    mb = MIN_DRIVER_MB if limit is None else max(MIN_DRIVER_MB, limit // 4 // (1 << 20))
+    return f"{mb}m"
 SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
 
 
@@ -98,6 +133,7 @@ def get_spark(app_name: str, master: str | None = None, remote: str | None = Non
         settings.update(DRIVER_CONF)
         if kind == "local" or target.startswith("local"):
             settings.update(LOCAL_CONF)
+            settings["spark.driver.memory"] = local_driver_memory()
     settings.update(conf or {})
     if kind != "remote":
         _launch_jvm(app_name, target, settings)
