@@ -54,6 +54,7 @@ DRIVER_CONF: Mapping[str, str] = {
     "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
 }
 SPARK_REMOTE_ENV = "SPARK_REMOTE"
+SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
 DRIVER_MEMORY_ENV = "PYTHIA_SPARK_DRIVER_MEMORY"  # e.g. 6g: the local driver's heap, as set
 MIN_DRIVER_MB = 1024
 CGROUP_MEMORY_FILES = ("/sys/fs/cgroup/memory.max",  # cgroup v2
@@ -88,7 +89,6 @@ def local_driver_memory() -> str:
     limit = _memory_limit_bytes()
     mb = MIN_DRIVER_MB if limit is None else max(MIN_DRIVER_MB, limit // 4 // (1 << 20))
     return f"{mb}m"
-SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
 
 
 def resolve_target(master: str | None = None, remote: str | None = None) -> tuple[str, str]:

@@ -10,7 +10,6 @@ Parquet types and nullability Spark writes (``ts`` as INT96), since ``pythia.tfr
 """
 from __future__ import annotations
 
-import math
 import struct
 from typing import Mapping, Sequence
 
@@ -26,6 +25,7 @@ from pythia.etl.content_hash import SPARK_SEED
 from pythia.etl.dedupe_local import read_dataset
 from pythia.etl.hourly import OUTCOME, WRITTEN
 from pythia.etl.io import write_arrow_atomic
+from pythia.etl.quantile import rank_quantile
 from pythia.features import (DATE, ETL_SPLIT_OF, HOUR, IMPRESSION_ID, IS_POWER_USER,
                              OUTPUT_SPLITS, SPLIT, USER_ID, Y_AGE_GENDER)
 from pythia.etl.splits import _HASH_BITS, RESAMPLED_SPLITS
@@ -50,15 +50,10 @@ def keep_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
 
 def spark_quantile(values: np.ndarray, q: float) -> float | None:
     """``approxQuantile([q], 0.0)`` of Spark: the exact summary's element of rank
-    ceil(q * n) (1-based), the minimum for q <= 0, the maximum for q >= 1; None for no values."""
-    if not len(values):
-        return None
-    ordered = np.sort(np.asarray(values, dtype=np.float64))
-    if q <= 0:
-        return float(ordered[0])
-    if q >= 1:
-        return float(ordered[-1])
-    return float(ordered[max(math.ceil(q * len(ordered)), 1) - 1])
+    ceil(q * n) (1-based), the minimum for q <= 0, the maximum for q >= 1; None for no values.
+    The rule is ``etl.quantile.rank_quantile``'s, the Spark path's, on the values' histogram."""
+    distinct, rows = np.unique(np.asarray(values, dtype=np.float64), return_counts=True)
+    return rank_quantile(list(zip(distinct.tolist(), rows.tolist())), q)
 
 
 def power_user_threshold(user_day_paths: Sequence[str], cfg: EtlConfig,
