@@ -76,6 +76,10 @@ class Model:
     # What ``train_candidate`` feeds ``fit`` (``INPUT_FORMATS``); every model also fits on
     # numpy dicts (the tests' tiny in-memory splits).
     input_format: str = NUMPY
+    # True when ``fit(..., start=other)`` can start from a fitted model of the same class and
+    # encoders (a regional candidate fine-tuned from the global one); ``_fit`` reads
+    # ``self.start``.
+    warm_starts: bool = False
 
     def __init__(self, encoders: Encoders, hparams: Mapping[str, Any] | None = None,
                  train_cfg: TrainConfig = TrainConfig()) -> None:
@@ -101,6 +105,8 @@ class Model:
         # (raw logits, labels) of validation under the final weights, when ``_fit`` already
         # computed them (the MLP's early stopping): ``fit`` calibrates on them, once
         self._kept_valid: tuple[dict, dict] | None = None
+        # The fitted model ``fit`` starts from (``warm_starts``), during ``fit`` only
+        self.start: "Model | None" = None
 
     # ------------------------------------------------------------ to implement per model
     @classmethod
@@ -196,7 +202,8 @@ class Model:
         """Gender and age as the marginals of AgeGender (see ``joint_only``)."""
         return features.marginals_from_joint(per_head["age_gender"], self.n_age)
 
-    def fit(self, train: Any, valid: Any, priors: Mapping) -> dict:
+    def fit(self, train: Any, valid: Any, priors: Mapping, start: "Model | None" = None
+            ) -> dict:
         """Fit, early-stop on ``valid``, then fit the per-head temperature on ``valid``.
 
         Temperature divides a head's logits (``link(z / T)``) and is fitted on validation
@@ -207,11 +214,32 @@ class Model:
             train, valid: numpy dicts (features + ``y_*`` labels); the MLP also takes the
                 ``(features, labels)`` tf.data.Dataset of ``pythia.tfrecords.make_dataset``.
             priors: ``{'train': {target: [...]}, 'natural': {target: [...]}}``.
+            start: a fitted model of the same class and encoders to start from (e.g. the
+                global candidate, for a regional one); None: from scratch.
 
         Returns:
             Summary: epochs, best_val_loss, seconds, temperature, val_logloss per target (the
             calibrated posteriors under the training priors, which validation shares).
+
+        Raises:
+            ValueError: ``start`` given to a model that does not warm-start, or of another
+                class, or fitted with other encoders.
         """
+        if start is not None:
+            if not self.warm_starts:
+                raise ValueError(f"model {self.name!r} does not start from a fitted model "
+                                 f"(warm_starts is False); fit it from scratch")
+            if type(start) is not type(self) or start.encoders != self.encoders:
+                raise ValueError(f"model {self.name!r} can start only from a fitted "
+                                 f"{self.name!r} model with the same encoders, got "
+                                 f"{getattr(start, 'name', type(start).__name__)!r}")
+        self.start = start
+        try:
+            return self._fit_and_calibrate(train, valid, priors)
+        finally:
+            self.start = None
+
+    def _fit_and_calibrate(self, train: Any, valid: Any, priors: Mapping) -> dict:
         self.priors = pr.check_priors(priors, self.n_classes)
         self.prior_ratio = {t: pr.prior_ratio(self.priors["train"][t], self.priors["natural"][t])
                             for t in features.TARGETS}
