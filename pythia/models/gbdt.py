@@ -119,6 +119,7 @@ class GBDTModel(Model):
     name = "gbdt"
     joint_only = True
     is_baseline = True  # simple, robust, fast: what any other model must beat
+    warm_starts = True  # a regional fit adds trees to the global one's: pythia.models.warm
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -130,6 +131,9 @@ class GBDTModel(Model):
             "l2_regularization": 0.0,
             "n_iter_no_change": 10,  # rounds without validation-loss improvement
             "n_threads": 0,  # OpenMP threads; 0 = auto (see openmp_threads)
+            # a fit started from another gbdt (``fit(..., start=)``): at most this many trees
+            # added to its trees (early stopping as above; 0 = keep the start)
+            "warm_max_iter": 100,
         }
 
     @classmethod
@@ -150,6 +154,9 @@ class GBDTModel(Model):
     def _fit(self, train: Any, valid: Any) -> dict:
         if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
             raise TypeError("the gbdt model trains on numpy dicts (pythia.tfrecords.load_numpy)")
+        if self.start is not None:
+            from pythia.models.warm import fit_gbdt_warm
+            return fit_gbdt_warm(self, train, valid)
         self.category_maps = fit_category_maps(train, self.encoders)
         y = labels_of(train)["age_gender"]
         yv = labels_of(valid)["age_gender"]

@@ -30,6 +30,7 @@ from pythia.models import priors as pr
 from pythia.models.base import Model, labels_of
 from pythia.models.design import (design_matrix, diag, fit_columns,  # noqa: F401
                                    numeric_block, path_rows)
+from pythia.models.warm import fit_logreg_warm
 
 MODEL_FILE = "logreg.npz"
 # Validation steps without improvement after which the regularisation path stops (the
@@ -60,6 +61,7 @@ class LogRegModel(Model):
     name = "logreg"
     joint_only = True
     is_baseline = True
+    warm_starts = True  # a regional fit from the global one: pythia.models.warm
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -91,6 +93,10 @@ class LogRegModel(Model):
             # fixed penalty multipliers {feature: m} (e.g. another task's chosen ones): the
             # path then chooses C for columns penalised 1 / (2 C) * m; {} = all 1
             "feature_penalty": {},
+            # a fit started from another logreg (``fit(..., start=)``): one L-BFGS fit from
+            # its weights at its C, this tolerance and iteration cap (0 = keep the start)
+            "warm_tol": 1e-4,
+            "warm_max_iter": 100,
         }
 
     @classmethod
@@ -113,6 +119,8 @@ class LogRegModel(Model):
     def _fit(self, train: Any, valid: Any) -> dict:
         if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
             raise TypeError("the logreg model trains on numpy dicts (pythia.tfrecords.load_numpy)")
+        if self.start is not None:
+            return fit_logreg_warm(self, train, valid)
         y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
         k = self.n_classes["age_gender"]
         return self.fit_task(train, valid, LinearTask(
@@ -341,18 +349,23 @@ class LogRegModel(Model):
     def _save_weights(self, folder: str) -> dict:
         if self.coef is None or self.intercept is None:
             raise RuntimeError("logreg is not fitted")
+        scale = {} if self.col_scale is None else {"col_scale": self.col_scale}
         np.savez(os.path.join(folder, MODEL_FILE), coef=self.coef, intercept=self.intercept,
-                 num_mean=self.num_mean, num_std=self.num_std,
+                 num_mean=self.num_mean, num_std=self.num_std, **scale,
                  **{f"table__{f}": t for f, t in self.tables.items()})
-        return {"model_file": MODEL_FILE, "n_onehot": int(self.n_onehot), "C": self.chosen_c}
+        # C and the penalties travel with the weights: a regional fit may start from them
+        return {"model_file": MODEL_FILE, "n_onehot": int(self.n_onehot), "C": self.chosen_c,
+                "feature_penalty": dict(self.feature_penalty)}
 
     def _load_weights(self, folder: str, meta: Mapping[str, Any]) -> None:
         with np.load(os.path.join(folder, meta.get("model_file", MODEL_FILE))) as z:
             self.coef, self.intercept = z["coef"], z["intercept"]
             self.num_mean, self.num_std = z["num_mean"], z["num_std"]
             self.tables = {f: z[f"table__{f}"] for f in features.CATEGORICAL_FEATURES}
+            self.col_scale = z["col_scale"] if "col_scale" in z else None
         self.n_onehot = int(meta["n_onehot"])
         self.chosen_c = meta.get("C")
+        self.feature_penalty = dict(meta.get("feature_penalty", {}))
 
 
 def fit_linear(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],

@@ -1,0 +1,162 @@
+"""Regional fits started from a fitted global model of the same kind (``fit(..., start=m)``).
+
+Each learner's warm fit keeps the start's encoding (logreg's one-hot columns and
+standardisation, gbdt's category codes and bins, the networks' graphs), continues training on
+the region's rows for a bounded budget (the model's ``warm_*`` hparams), and keeps the start
+itself when no step beats it on the region's validation: a warm model is never worse than its
+start there, by construction. ``start_record`` is what the fit summary says about it.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import numpy as np
+
+from pythia import features
+from pythia.models.base import labels_of
+
+
+def start_record(val_loss_at_start: float, best_val_loss: float, kept: int, tried: int,
+                 measure: str) -> dict:
+    """The fit summary's ``start``: the start's and the kept validation loss on the region,
+    whether the regional steps improved on it, how many of them the model keeps
+    (``epochs_or_iterations``; 0 = the start) and how many ran (``tried``)."""
+    return {"warm": True, "val_loss_at_start": float(val_loss_at_start),
+            "best_val_loss": float(best_val_loss),
+            "improved": bool(best_val_loss < val_loss_at_start),
+            "epochs_or_iterations": int(kept), "tried": int(tried), "measure": measure}
+
+
+# ------------------------------------------------------------------ logistic regression
+
+def fit_logreg_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
+    """One L-BFGS fit on the region's rows from the start's coefficients, with the start's
+    columns, standardisation, C and per-feature penalties (no regularisation path); the
+    start's weights are kept when the fit does not lower the natural-weighted validation
+    log-loss."""
+    from pythia.models.design import design_matrix, diag
+    from pythia.models.logreg import LinearTask
+
+    start = model.start
+    if start.coef is None or start.chosen_c is None:
+        raise ValueError("logreg start has no fitted weights or chosen C: fit or load a "
+                         "complete logreg model to start from")
+    y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
+    k = model.n_classes["age_gender"]
+    task = LinearTask(y, yv, k, model.priors["train"]["age_gender"],
+                      model.priors["natural"]["age_gender"], model.validation_weights(yv))
+    model.tables = {f: t.copy() for f, t in start.tables.items()}
+    model.n_onehot, model.chosen_c = start.n_onehot, float(start.chosen_c)
+    model.num_mean, model.num_std = start.num_mean.copy(), start.num_std.copy()
+    model.col_scale = None if start.col_scale is None else start.col_scale.copy()
+    model.feature_penalty = dict(start.feature_penalty)
+    Xv = design_matrix(valid, model.tables, model.n_onehot, model.num_mean, model.num_std,
+                       np.float64)
+    model.coef, model.intercept = start.coef.copy(), start.intercept.copy()
+    at_start = model._valid_loss(Xv, task)
+    best, iters = at_start, 0
+    classes = np.unique(y)
+    max_iter = int(model.hparams["warm_max_iter"])
+    if max_iter > 0 and len(classes) >= 2:
+        Xt = design_matrix(train, model.tables, model.n_onehot, model.num_mean, model.num_std)
+        scale = np.ones(Xt.shape[1]) if model.col_scale is None else model.col_scale
+        if model.col_scale is not None:
+            Xt = Xt @ diag(scale)
+        # weights of the scaled columns, for the classes the region's rows hold
+        W, b = (start.coef / scale[:, None])[:, classes].T, start.intercept[classes]
+        if len(classes) == 2:  # sklearn's binary form: one logit, class 1 against class 0
+            W, b = (W[1] - W[0])[None, :], np.array([b[1] - b[0]])
+        warm = type("Warm", (), {"coef_": W, "intercept_": b})()
+        step = model._fit_point(Xt, y, Xv, task, model.chosen_c, warm,
+                                (float(model.hparams["warm_tol"]), max_iter))
+        iters = step["n_iter"]
+        if step["val_loss"] < at_start:
+            best = step["val_loss"]
+        else:  # keep the start
+            model.coef, model.intercept = start.coef.copy(), start.intercept.copy()
+    record = start_record(at_start, best, iters if best < at_start else 0, iters,
+                          "natural-weighted AgeGender log-loss")
+    print(f"logreg: started from the global fit (C={model.chosen_c:g}), validation AgeGender "
+          f"log-loss {at_start:.4f}; {iters} L-BFGS iteration(s) on {len(y)} rows -> "
+          f"{'kept ' + format(best, '.4f') if record['improved'] else 'no gain: kept the start'}")
+    return {"epochs": record["epochs_or_iterations"], "best_val_loss": float(best), "C": model.chosen_c,
+            "feature_penalty": dict(model.feature_penalty), "start": record}
+
+
+# ------------------------------------------------------------------ gradient boosting
+
+def _kept_bins_classifier(base: Any) -> Any:
+    """A ``HistGradientBoostingClassifier`` subclass whose warm fit keeps the start's bin
+    mapper and classes (scikit-learn's own ``warm_start`` re-bins the new rows and refits the
+    label encoder, so the old trees' bin thresholds would index other bins)."""
+
+    class KeptBins(base):
+        def _bin_data(self, X, sample_weight, is_training_data):
+            self._bin_mapper = self._kept_bin_mapper
+            binned = self._bin_mapper.transform(X)
+            return binned if is_training_data else np.ascontiguousarray(binned)
+
+        def _encode_y(self, y):
+            # the start's label encoder and tree count per iteration stay as they are
+            return self._label_encoder.transform(y).astype(np.float64, copy=False)
+
+    return KeptBins
+
+
+def fit_gbdt_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
+    """The start's trees, then up to ``warm_max_iter`` trees more fitted on the region's
+    rows (the start's category codes and bins), early-stopped on the region's validation and
+    cut back to the best count (0: the start)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    from pythia.models.gbdt import known_class_rows, openmp_threads, predict_binned_proba, \
+        to_matrix
+
+    start, h = model.start, model.hparams
+    model.category_maps = {f: t.copy() for f, t in start.category_maps.items()}
+    y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
+    classes = np.asarray(start.clf.classes_)
+    unseen = sorted(set(np.unique(y).tolist()) - set(classes.tolist()))
+    if unseen:
+        raise ValueError(f"gbdt start has no trees for AgeGender class(es) {unseen} the "
+                         f"region's training rows hold: fit this region from scratch")
+    keep = known_class_rows(yv, classes)
+    Xv = to_matrix({f: np.asarray(valid[f])[keep] for f in features.FEATURE_NAMES},
+                   model.category_maps)
+    threads = openmp_threads(int(h["n_threads"]), len(y))
+    n0 = int(start.clf.n_iter_)
+    with threadpool_limits(threads, user_api="openmp"):
+        p = predict_binned_proba(start.clf, Xv, threads)
+    yv_idx = np.searchsorted(classes, yv[keep])
+    at_start = float(-np.mean(np.log(np.maximum(p[np.arange(len(yv_idx)), yv_idx], 1e-15))))
+    clf = _kept_bins_classifier(HistGradientBoostingClassifier)()
+    clf.__dict__.update(copy.deepcopy(start.clf.__dict__))
+    clf._kept_bin_mapper = start.clf._bin_mapper
+    clf.set_params(warm_start=True, max_iter=n0 + int(h["warm_max_iter"]), early_stopping=True,
+                   scoring="loss", n_iter_no_change=int(h["n_iter_no_change"]),
+                   learning_rate=h["learning_rate"], max_leaf_nodes=int(h["max_leaf_nodes"]),
+                   min_samples_leaf=int(h["min_samples_leaf"]),
+                   l2_regularization=h["l2_regularization"])
+    # early stopping compares the added trees with the start on THIS validation (the start's
+    # own scores are the global validation's); the start's training score is not computed
+    clf.validation_score_, clf.train_score_ = np.array([-at_start]), np.array([np.nan])
+    if int(h["warm_max_iter"]) > 0 and keep.any():
+        with threadpool_limits(threads, user_api="openmp"):
+            clf.fit(to_matrix(train, model.category_maps), y, X_val=Xv, y_val=yv[keep])
+    scores = np.asarray(clf.validation_score_, dtype=np.float64)
+    added = int(np.argmax(scores))  # the first best: 0 = the start itself
+    clf._predictors = clf._predictors[:n0 + added]
+    plain = HistGradientBoostingClassifier()  # saved models stay plain scikit-learn objects
+    plain.__dict__.update({k: v for k, v in clf.__dict__.items() if k != "_kept_bin_mapper"})
+    plain.validation_score_, plain.train_score_ = scores[:added + 1], clf.train_score_[:added + 1]
+    plain.set_params(warm_start=False, max_iter=n0 + added)
+    model.clf = plain
+    record = start_record(at_start, -scores[added], added, len(scores) - 1,
+                          "AgeGender log-loss (gbdt's own early stopping)")
+    print(f"gbdt: started from the global model's {n0} iteration(s), validation AgeGender "
+          f"log-loss {at_start:.4f}; {len(scores) - 1} iteration(s) tried on {len(y)} rows, "
+          f"kept {added} -> {-scores[added]:.4f}")
+    return {"epochs": added, "best_val_loss": float(-scores[added]),
+            "n_valid_unknown_class": int((~keep).sum()), "start": record}
