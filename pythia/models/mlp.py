@@ -1,11 +1,11 @@
-"""The "demo_nn" Keras MLP, wide & deep: embeddings, a Dense+ReLU trunk, three heads, plus a
-wide part (``pythia.models.wide``) added to every head's logits.
+"""The "demo_nn" Keras MLP, wide & deep: embeddings, a Dense+ReLU trunk, three heads, plus a wide
+part (``pythia.models.wide``) added to every head's logits.
 
 Heads: gender (softmax), age bucket (ordinal CORN — Shi et al. 2021 — or softmax, chosen by
-``age_head``) and AgeGender (softmax); the outputs for gender and age are AgeGender's
-marginals (``Model._expand``). The network outputs logits; probabilities are computed
-in NumPy by the same functions the bid-time scorer uses on ``export_numpy()``. No BatchNorm and
-no ``Lambda`` layers, so the native ``.keras`` file reloads anywhere.
+``age_head``) and AgeGender (softmax); the outputs for gender and age are AgeGender's marginals
+(``Model._expand``). The network outputs logits; probabilities are computed in NumPy by the same
+functions the bid-time scorer uses on ``export_numpy()``. No BatchNorm and no ``Lambda`` layers,
+so the native ``.keras`` file reloads anywhere.
 
 The rule (``wide_start='logreg'``, the default): AgeGender's wide part starts as the logreg
 baseline's fit (the aid heads, gender and age, at their priors: ``aid_start``), the heads' last
@@ -17,9 +17,9 @@ only the deep part trains, adding what they miss (interactions); ``finetune_epoc
 epochs at ``finetune_lr`` (``'joint'``: everything trains from the start). The natural-weighted
 AgeGender validation log-loss (the champion rule's measure) is computed before the first epoch
 and after each; a phase stops after ``patience`` epochs without a gain above ``min_delta``; the
-best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the
-fit summary, and printed). Skewed world (74k rows; validation AgeGender): LR start 2.0132;
-residual, fine-tuned, joint or smaller trunks all within 1e-4 of it; per-feature L2 2.0013.
+best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the fit
+summary, and printed). Skewed world (74k rows; validation AgeGender): LR start 2.0132; residual,
+fine-tuned, joint or smaller trunks all within 1e-4 of it; per-feature L2 2.0013.
 """
 from __future__ import annotations
 
@@ -37,10 +37,13 @@ from pythia.models import export as ex
 from pythia.models import priors as pr
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
+from pythia.models.warm import fit_mlp_warm
 from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
                                  count_rows, embedding_dim, fit_wide_start, numpy_of)
 
 KERAS_FILE = "model.keras"
+KNOB_CHOICES = {"aid_start": ("logreg", "prior"), "wide_start": ("logreg", "zero"),
+                "wide_train": ("frozen", "joint")}  # the string knobs' allowed values
 
 
 # ------------------------------------------------------------------ CORN (ordinal) head
@@ -82,6 +85,7 @@ class MLPModel(Model):
 
     name = "mlp"
     joint_only = False
+    warm_starts = True  # pythia.models.warm
     input_format = TF_DATASET  # streams TFRecords: the training split need not fit in memory
 
     @classmethod
@@ -116,6 +120,7 @@ class MLPModel(Model):
             # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *
             # sum(w**2), a prior worth l2_rows training rows (the wide part keeps its LRs')
             "l2_rows": 1.0,
+            "warm_epochs": 2, "warm_wide_train": False,  # fit(..., start=): warm.fit_mlp_warm
         }
 
     @classmethod
@@ -221,14 +226,16 @@ class MLPModel(Model):
     def _fit(self, train: Any, valid: Any) -> dict:
         if isinstance(train, Mapping) and isinstance(valid, tf.data.Dataset):
             raise TypeError("numpy train data needs numpy valid data for the MLP")
-        cfg = self.train_cfg
+        if self.start is not None:  # a regional fit from the global one
+            return fit_mlp_warm(self, train, valid)
+        for knob, allowed in KNOB_CHOICES.items():
+            if self.hparams[knob] not in allowed:
+                raise ValueError(f"mlp {knob} must be {' or '.join(map(repr, allowed))}, got "
+                                 f"{self.hparams[knob]!r}")
+        cfg, start = self.train_cfg, None
         keras.utils.set_random_seed(cfg.seed)
-        start = None
         if self.hparams["wide"] and self.hparams["wide_start"] == "logreg":
             train_np, valid_np = numpy_of(train), numpy_of(valid)
-            if self.hparams["aid_start"] not in ("logreg", "prior"):
-                raise ValueError(f"mlp aid_start must be 'logreg' or 'prior', got "
-                                 f"{self.hparams['aid_start']!r}")
             start = fit_wide_start(train_np, valid_np, self.encoders, self.priors,
                                    self.validation_weights(labels_of(valid_np)["age_gender"]),
                                    self.age_head, cfg,
@@ -237,18 +244,12 @@ class MLPModel(Model):
                                    else float(self.hparams["l2_rows"] or 0.0))
             n_train = len(labels_of(train_np)["age_gender"])
             del train_np, valid_np
-        elif self.hparams["wide_start"] not in ("logreg", "zero"):
-            raise ValueError(f"mlp wide_start must be 'logreg' or 'zero', got "
-                             f"{self.hparams['wide_start']!r}")
         else:
             n_train = count_rows(train)
         self.keras_model = self.build(n_train, start)
         patience = cfg.patience if self.hparams["patience"] is None else self.hparams["patience"]
         keep = KeepBest(lambda: self.natural_val_losses(valid), int(patience),
                         float(self.hparams["min_delta"]), kept=lambda: self._scored_valid)
-        if self.hparams["wide_train"] not in ("frozen", "joint"):
-            raise ValueError(f"mlp wide_train must be 'frozen' or 'joint', got "
-                             f"{self.hparams['wide_train']!r}")
         frozen = start is not None and self.hparams["wide_train"] == "frozen"
         phases = [(float(self.hparams["learning_rate"]), not frozen, cfg.max_epochs)]
         if frozen and int(self.hparams["finetune_epochs"]) > 0:
@@ -331,8 +332,7 @@ class MLPModel(Model):
             for t in features.TARGETS:
                 logit_parts[t].append(np.asarray(out[t]))
                 label_parts[t].append(np.asarray(y[t]))
-        widths = {"gender": 2, "age": self.n_age - (self.age_head == "corn"),
-                  "age_gender": 2 * self.n_age}
+        widths = self.head_units()
         logits = {t: (np.concatenate(v).astype(np.float64) if v else np.zeros((0, widths[t])))
                   for t, v in logit_parts.items()}
         labels = {t: (np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64))

@@ -108,6 +108,17 @@ class BatchTabNetClassifier(TabNetClassifier):
             return train, valid  # weighted sampling: the library's own loaders
         return _batch_loader(train, True), [_batch_loader(v, False) for v in valid]
 
+    def update_fit_params(self, X_train: np.ndarray, y_train: np.ndarray, eval_set: list,
+                          weights: Any) -> None:
+        """The library's, but a warm fit (``keep_classes`` set) keeps the network's classes
+        when the region's rows hold only some of them."""
+        super().update_fit_params(X_train, y_train, eval_set, weights)
+        kept = getattr(self, "keep_classes", None)
+        if kept is not None:
+            self.classes_, self.output_dim = np.asarray(kept), len(kept)
+            self.target_mapper = {c: i for i, c in enumerate(self.classes_)}
+            self.preds_mapper = {str(i): c for i, c in enumerate(self.classes_)}
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Softmax of the network's outputs, ``batch_size`` rows at a time (as the library)."""
         self.network.eval()
@@ -125,6 +136,7 @@ class TabNetModel(Model):
 
     name = "tabnet"
     joint_only = True
+    warm_starts = True  # a regional fit from the global network: pythia.models.warm
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -139,6 +151,9 @@ class TabNetModel(Model):
             "virtual_batch_size": 512,
             "num_threads": 0,  # torch threads; 0 = auto: 1 below 50k rows (measured: 2 threads
             # on a busy 2-core box made a 6 s fit take 60 s), else every core
+            # a fit started from another tabnet (``fit(..., start=)``): at most this many
+            # epochs at learning_rate, kept only if better than the start (0 = the start)
+            "warm_epochs": 3,
         }
 
     @classmethod
@@ -178,6 +193,9 @@ class TabNetModel(Model):
     def _fit(self, train: Any, valid: Any) -> dict:
         if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
             raise TypeError("the tabnet model trains on numpy dicts (pythia.tfrecords.load_numpy)")
+        if self.start is not None:
+            from pythia.models.warm import fit_tabnet_warm
+            return fit_tabnet_warm(self, train, valid)
         y = labels_of(train)["age_gender"]
         set_torch_threads(self.hparams["num_threads"], len(y))
         torch.manual_seed(self.train_cfg.seed)

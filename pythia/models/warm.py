@@ -80,8 +80,8 @@ def fit_logreg_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
     print(f"logreg: started from the global fit (C={model.chosen_c:g}), validation AgeGender "
           f"log-loss {at_start:.4f}; {iters} L-BFGS iteration(s) on {len(y)} rows -> "
           f"{'kept ' + format(best, '.4f') if record['improved'] else 'no gain: kept the start'}")
-    return {"epochs": record["epochs_or_iterations"], "best_val_loss": float(best), "C": model.chosen_c,
-            "feature_penalty": dict(model.feature_penalty), "start": record}
+    return {"epochs": record["epochs_or_iterations"], "best_val_loss": float(best),
+            "C": model.chosen_c, "feature_penalty": dict(model.feature_penalty), "start": record}
 
 
 # ------------------------------------------------------------------ gradient boosting
@@ -159,4 +159,97 @@ def fit_gbdt_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
           f"log-loss {at_start:.4f}; {len(scores) - 1} iteration(s) tried on {len(y)} rows, "
           f"kept {added} -> {-scores[added]:.4f}")
     return {"epochs": added, "best_val_loss": float(-scores[added]),
+            "n_valid_unknown_class": int((~keep).sum()), "start": record}
+
+
+# ------------------------------------------------------------------ networks
+
+# MLP knobs that shape the graph: a warm fit trains the start's own graph, so they must agree
+MLP_GRAPH_KNOBS = ("hidden_units", "embedding_max_dim", "age_head", "wide", "dropout",
+                   "wide_scale")
+
+
+def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
+    """The start's graph and weights (its LR start is not refitted), then up to
+    ``warm_epochs`` epochs at ``learning_rate`` on the region's rows (the wide part trains
+    only with ``warm_wide_train``); ``KeepBest`` scores the start first, so the start is kept
+    when no epoch beats it on the region's natural-weighted validation."""
+    import keras
+
+    from pythia.models.wide import KeepBest
+
+    start, h = model.start, model.hparams
+    differ = {k: (h[k], start.hparams.get(k)) for k in MLP_GRAPH_KNOBS
+              if k in start.hparams and list(np.ravel(h[k])) != list(np.ravel(start.hparams[k]))}
+    if differ:
+        raise ValueError(f"mlp can start only from an mlp of the same graph; knobs differ "
+                         f"(this, start): {differ}")
+    keras.utils.set_random_seed(model.train_cfg.seed)
+    model.keras_model = keras.models.clone_model(start.keras_model)
+    model.keras_model.set_weights(start.keras_model.get_weights())
+    epochs = int(h["warm_epochs"])
+    patience = model.train_cfg.patience if h["patience"] is None else h["patience"]
+    keep = KeepBest(lambda: model.natural_val_losses(valid), int(patience),
+                    float(h["min_delta"]), kept=lambda: model._scored_valid)
+    if epochs > 0:
+        model._train_phase(train, float(h["learning_rate"]), bool(h["warm_wide_train"]),
+                           epochs, keep)
+        model._kept_valid = keep.best_kept
+    else:
+        keep.history = [model.natural_val_losses(valid)]
+        model._kept_valid = model._scored_valid
+    first, best = keep.history[0], keep.history[keep.best_index]
+    record = start_record(first["age_gender"], best["age_gender"], keep.best_index,
+                          len(keep.history) - 1, "natural-weighted AgeGender log-loss")
+    trail = ", ".join(f"{s['age_gender']:.4f}" for s in keep.history)
+    print(f"mlp: started from the global model; validation AgeGender log-loss by epoch "
+          f"{trail}; kept epoch {keep.best_index}")
+    return {"epochs": keep.best_index, "best_val_loss": best["age_gender"],
+            "best_epoch": keep.best_index, "age_head": model.age_head,
+            "val_loss_by_epoch": keep.history, "start": record}
+
+
+def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
+    """The start's network, then up to ``warm_epochs`` epochs at ``learning_rate`` on the
+    region's rows (TabNet's early stopping, patience as configured), kept only when its best
+    epoch beats the start on the region's validation (TabNet's own log-loss)."""
+    import torch
+
+    from pythia.models.gbdt import known_class_rows
+    from pythia.models.tabnet import ValidLogLoss, set_torch_threads, to_matrix
+
+    start, h, cfg = model.start, model.hparams, model.train_cfg
+    y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
+    unseen = sorted(set(np.unique(y).tolist()) - set(start.classes.tolist()))
+    if unseen:
+        raise ValueError(f"tabnet start has no outputs for AgeGender class(es) {unseen} the "
+                         f"region's training rows hold: fit this region from scratch")
+    set_torch_threads(h["num_threads"], len(y))
+    torch.manual_seed(cfg.seed)
+    keep = known_class_rows(yv, np.unique(y))
+    Xv = to_matrix(valid)[keep]
+    yv_idx = np.searchsorted(start.classes, yv[keep])
+    at_start = ValidLogLoss()(yv_idx, start.clf.predict_proba(Xv)) if keep.any() else np.nan
+    clf, best, kept, tried = start.clf, at_start, 0, 0
+    if int(h["warm_epochs"]) > 0 and keep.any():
+        clf = copy.deepcopy(start.clf)
+        clf.keep_classes = start.classes  # the start's outputs, even for a region's subset
+        clf.optimizer_params = {"lr": float(h["learning_rate"])}
+        clf.fit(to_matrix(train), y, eval_set=[(Xv, yv[keep])], eval_name=["valid"],
+                eval_metric=[ValidLogLoss], max_epochs=int(h["warm_epochs"]),
+                patience=cfg.patience, batch_size=int(h["batch_size"]),
+                virtual_batch_size=int(h["virtual_batch_size"]), num_workers=0,
+                drop_last=False, pin_memory=False, compute_importance=False, warm_start=True)
+        clf.keep_classes = None
+        val = [float(v) for v in clf.history.history.get("valid_logloss_all", [])]
+        tried = len(val)
+        if val and min(val) < at_start:
+            best, kept = min(val), int(clf.best_epoch) + 1
+        else:  # keep the start
+            clf = start.clf
+    model.clf, model.classes = copy.deepcopy(clf), start.classes.copy()
+    record = start_record(at_start, best, kept, tried, "AgeGender log-loss (TabNet's own)")
+    print(f"tabnet: started from the global model, validation AgeGender log-loss "
+          f"{at_start:.4f}; {tried} epoch(s) tried, kept {kept} -> {best:.4f}")
+    return {"epochs": kept, "best_val_loss": float(best), "best_epoch": kept,
             "n_valid_unknown_class": int((~keep).sum()), "start": record}
