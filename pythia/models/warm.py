@@ -87,11 +87,18 @@ def fit_logreg_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
 # ------------------------------------------------------------------ gradient boosting
 
 def _kept_bins_classifier(base: Any) -> Any:
-    """A ``HistGradientBoostingClassifier`` subclass whose warm fit keeps the start's bin
-    mapper and classes (scikit-learn's own ``warm_start`` re-bins the new rows and refits the
-    label encoder, so the old trees' bin thresholds would index other bins)."""
+    """A ``HistGradientBoostingClassifier`` subclass whose warm fit keeps the start's category
+    encoder, bin mapper and classes. scikit-learn's own ``warm_start`` (1.9) refits all three
+    on the new rows, so the old trees would read other category codes and bins: on a region
+    lacking some category values, the start's 55 trees' validation log-loss went from 2.07 to
+    2.15 with no tree added."""
 
     class KeptBins(base):
+        def _preprocess_X(self, X, *, reset):
+            if reset:  # fit: the start's category encoder, not one refitted on these rows
+                return self._preprocessor.transform(X), None
+            return super()._preprocess_X(X, reset=reset)
+
         def _bin_data(self, X, sample_weight, is_training_data):
             self._bin_mapper = self._kept_bin_mapper
             binned = self._bin_mapper.transform(X)
