@@ -156,3 +156,27 @@ def test_gbdt_warm_trees_see_the_bins_they_were_split_on(globals_, data):
     X = to_matrix(data["valid"], model.category_maps)
     np.testing.assert_allclose(predict_binned_proba(model.clf, X, 1), model.clf.predict_proba(X),
                                rtol=0, atol=1e-12)
+
+
+def test_logreg_warm_prior_centred_on_the_start(globals_, data):
+    # the start's L2 penalty centred on its weights: the region's skewed class mix moves the
+    # intercepts without shrinking the global weights to 0; a tiny C holds the weights there
+    start = globals_["logreg"]
+    model = _warm("logreg", {"warm_prior": "start"})
+    summary = model.fit(data["region_train"], data["region_valid"], uniform_priors(),
+                        start=start)
+    assert summary["start"]["improved"] is True
+    assert summary["start"]["best_val_loss"] < summary["start"]["val_loss_at_start"]
+    held = _warm("logreg", {"warm_prior": "start"})
+    held.start = start  # the fit's own call, at a C a million times smaller
+    held.priors, held.chosen_c, held.col_scale = start.priors, 1e-6 * start.chosen_c, None
+    from pythia.models.design import design_matrix
+    from pythia.models.warm import _fit_toward
+    Xt = design_matrix(data["region_train"], start.tables, start.n_onehot, start.num_mean,
+                       start.num_std)
+    _fit_toward(held, Xt, data["region_train"]["y_age_gender"], start.coef, start.intercept,
+                (1e-8, 200))
+    np.testing.assert_allclose(held.coef, start.coef, atol=1e-3)
+    with pytest.raises(ValueError, match="warm_prior must be"):
+        _warm("logreg", {"warm_prior": "global"}).fit(
+            data["region_train"], data["region_valid"], uniform_priors(), start=start)

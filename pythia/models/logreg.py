@@ -94,9 +94,11 @@ class LogRegModel(Model):
             # path then chooses C for columns penalised 1 / (2 C) * m; {} = all 1
             "feature_penalty": {},
             # a fit started from another logreg (``fit(..., start=)``): one L-BFGS fit from
-            # its weights at its C, this tolerance and iteration cap (0 = keep the start)
+            # its weights at its C, this tolerance and iteration cap (0 = keep the start),
+            # its L2 penalty centred on 0 ('zero', as sklearn) or on its weights ('start')
             "warm_tol": 1e-4,
             "warm_max_iter": 100,
+            "warm_prior": "zero",
         }
 
     @classmethod
