@@ -79,6 +79,7 @@ def warm_child(args: argparse.Namespace) -> int:
     BENCH JSON line per fit."""
     import dataclasses
 
+    import numpy as np
     from metaflow import Run, namespace
 
     from pythia import quiet, threads, tfrecords
@@ -102,7 +103,7 @@ def warm_child(args: argparse.Namespace) -> int:
 
     def fit(region: str, start=None) -> tuple:
         model = cls(encoders, variant, cfg)
-        model.valid_class_weights = __import__("numpy").asarray(weights, dtype=float)
+        model.valid_class_weights = np.asarray(weights, dtype=np.float64)
         train, valid, _ = _training_data(model, manifest, region)
         c0, t0 = time.process_time(), time.perf_counter()
         summary = model.fit(train, valid, priors, start=start)

@@ -1,7 +1,6 @@
 """Regional candidates started from a fitted global one: ``Model.fit(..., start=model)``."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -77,7 +76,6 @@ def test_warm_fit_never_ends_worse_than_its_start(globals_, data, name):
     assert record["best_val_loss"] <= record["val_loss_at_start"]
     assert record["improved"] is (record["best_val_loss"] < record["val_loss_at_start"])
     assert summary["val_logloss"]["age_gender"] < np.log(6)  # still a model of the data
-    import json
     json.dumps(summary["start"])  # the flow stores it as is
 
 
