@@ -1,6 +1,7 @@
 """Regional candidates started from a fitted global one: ``Model.fit(..., start=model)``."""
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
