@@ -296,7 +296,8 @@ def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
             best, kept = min(val), int(clf.best_epoch) + 1
         else:  # keep the start
             clf = start.clf
-    model.clf, model.classes = copy.deepcopy(clf), start.classes.copy()
+    model.clf = copy.deepcopy(clf) if clf is start.clf else clf  # never share the start's
+    model.classes = start.classes.copy()
     record = start_record(at_start, best, kept, tried, "AgeGender log-loss (TabNet's own)")
     print(f"tabnet: started from the global model, validation AgeGender log-loss "
           f"{at_start:.4f}; {tried} epoch(s) tried, kept {kept} -> {best:.4f}")
