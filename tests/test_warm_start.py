@@ -170,7 +170,7 @@ def test_logreg_warm_prior_centred_on_the_start(globals_, data):
     held.start = start  # the fit's own call, at a C a million times smaller
     held.priors, held.chosen_c, held.col_scale = start.priors, 1e-6 * start.chosen_c, None
     from pythia.models.design import design_matrix
-    from pythia.models.warm import _fit_toward
+    from pythia.models.warm_logreg import _fit_toward
     Xt = design_matrix(data["region_train"], start.tables, start.n_onehot, start.num_mean,
                        start.num_std)
     _fit_toward(held, Xt, data["region_train"]["y_age_gender"], start.coef, start.intercept,

@@ -351,3 +351,14 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return list(obj)
     raise TypeError(f"cannot store {type(obj)} in model meta")
+
+
+def start_record(val_loss_at_start: float, best_val_loss: float, kept: int, tried: int,
+                 measure: str) -> dict:
+    """The fit summary's ``start``: the start's and the kept validation loss on the region,
+    whether the regional steps improved on it, how many of them the model keeps
+    (``epochs_or_iterations``; 0 = the start) and how many ran (``tried``)."""
+    return {"warm": True, "val_loss_at_start": float(val_loss_at_start),
+            "best_val_loss": float(best_val_loss),
+            "improved": bool(best_val_loss < val_loss_at_start),
+            "epochs_or_iterations": int(kept), "tried": int(tried), "measure": measure}

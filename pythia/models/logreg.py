@@ -30,7 +30,7 @@ from pythia.models import priors as pr
 from pythia.models.base import Model, labels_of
 from pythia.models.design import (design_matrix, diag, fit_columns,  # noqa: F401
                                    numeric_block, path_rows)
-from pythia.models.warm import fit_logreg_warm
+from pythia.models.warm_logreg import fit_logreg_warm
 
 MODEL_FILE = "logreg.npz"
 # Validation steps without improvement after which the regularisation path stops (the
@@ -61,7 +61,7 @@ class LogRegModel(Model):
     name = "logreg"
     joint_only = True
     is_baseline = True
-    warm_starts = True  # a regional fit from the global one: pythia.models.warm
+    warm_starts = True  # a regional fit from the global one: pythia.models.warm_logreg
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -121,13 +121,13 @@ class LogRegModel(Model):
     def _fit(self, train: Any, valid: Any) -> dict:
         if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
             raise TypeError("the logreg model trains on numpy dicts (pythia.tfrecords.load_numpy)")
-        if self.start is not None:
-            return fit_logreg_warm(self, train, valid)
         y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
         k = self.n_classes["age_gender"]
-        return self.fit_task(train, valid, LinearTask(
-            y, yv, k, self.priors["train"]["age_gender"], self.priors["natural"]["age_gender"],
-            self.validation_weights(yv)))
+        task = LinearTask(y, yv, k, self.priors["train"]["age_gender"],
+                          self.priors["natural"]["age_gender"], self.validation_weights(yv))
+        if self.start is not None:  # a regional fit from the global one
+            return fit_logreg_warm(self, train, valid, task)
+        return self.fit_task(train, valid, task)
 
     def fit_task(self, train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],
                  task: LinearTask) -> dict:

@@ -37,7 +37,7 @@ from pythia.models import export as ex
 from pythia.models import priors as pr
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
-from pythia.models.warm import fit_mlp_warm
+from pythia.models.warm_mlp import fit_mlp_warm
 from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
                                  count_rows, embedding_dim, fit_wide_start, numpy_of)
 
@@ -85,7 +85,7 @@ class MLPModel(Model):
 
     name = "mlp"
     joint_only = False
-    warm_starts = True  # pythia.models.warm
+    warm_starts = True  # pythia.models.warm_mlp
     input_format = TF_DATASET  # streams TFRecords: the training split need not fit in memory
 
     @classmethod
@@ -120,7 +120,7 @@ class MLPModel(Model):
             # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *
             # sum(w**2), a prior worth l2_rows training rows (the wide part keeps its LRs')
             "l2_rows": 1.0,
-            "warm_epochs": 2, "warm_wide_train": False,  # fit(..., start=): warm.fit_mlp_warm
+            "warm_epochs": 2, "warm_wide_train": False,  # fit(..., start=): warm_mlp
         }
 
     @classmethod

@@ -6,11 +6,13 @@ three targets consistent (a multi-task net can say "F" and put most AgeGender ma
 and one head trains faster on 2 CPU cores. Categorical ids are embedded (``cat_idxs`` /
 ``cat_dims`` from the vocabulary sizes); the reserved missing/OOV ids keep unseen values
 inside each table, so TabNet's embedding lookup never goes out of range. Batches are sliced
-from whole tensors (``BatchTabNetClassifier``), not collated row by row.
+from whole tensors (``BatchTabNetClassifier``), not collated row by row. A regional model may
+start from the global network (``fit(..., start=)``, ``fit_tabnet_warm``).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import zipfile
@@ -26,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
-from pythia.models.base import Model, labels_of
+from pythia.models.base import Model, labels_of, start_record
 from pythia.models.priors import log_probabilities
 from pythia.models.gbdt import expand_classes, known_class_rows, openmp_threads
 
@@ -194,7 +196,6 @@ class TabNetModel(Model):
         if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
             raise TypeError("the tabnet model trains on numpy dicts (pythia.tfrecords.load_numpy)")
         if self.start is not None:
-            from pythia.models.warm import fit_tabnet_warm
             return fit_tabnet_warm(self, train, valid)
         y = labels_of(train)["age_gender"]
         set_torch_threads(self.hparams["num_threads"], len(y))
@@ -243,3 +244,45 @@ class TabNetModel(Model):
         self.clf = BatchTabNetClassifier(device_name="cpu")
         self.clf.load_model(path)
         self.classes = np.asarray(meta["classes"], dtype=np.int64)
+
+
+def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
+    """The start's network, then up to ``warm_epochs`` epochs at ``learning_rate`` on the
+    region's rows (TabNet's early stopping, patience as configured), kept only when its best
+    epoch beats the start on the region's validation (TabNet's own log-loss)."""
+    start, h, cfg = model.start, model.hparams, model.train_cfg
+    y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
+    unseen = sorted(set(np.unique(y).tolist()) - set(start.classes.tolist()))
+    if unseen:
+        raise ValueError(f"tabnet start has no outputs for AgeGender class(es) {unseen} the "
+                         f"region's training rows hold: fit this region from scratch")
+    set_torch_threads(h["num_threads"], len(y))
+    torch.manual_seed(cfg.seed)
+    keep = known_class_rows(yv, np.unique(y))
+    Xv = to_matrix(valid)[keep]
+    yv_idx = np.searchsorted(start.classes, yv[keep])
+    at_start = ValidLogLoss()(yv_idx, start.clf.predict_proba(Xv)) if keep.any() else np.nan
+    clf, best, kept, tried = start.clf, at_start, 0, 0
+    if int(h["warm_epochs"]) > 0 and keep.any():
+        clf = copy.deepcopy(start.clf)
+        clf.keep_classes = start.classes  # the start's outputs, even for a region's subset
+        clf.optimizer_params = {"lr": float(h["learning_rate"])}
+        clf.fit(to_matrix(train), y, eval_set=[(Xv, yv[keep])], eval_name=["valid"],
+                eval_metric=[ValidLogLoss], max_epochs=int(h["warm_epochs"]),
+                patience=cfg.patience, batch_size=int(h["batch_size"]),
+                virtual_batch_size=int(h["virtual_batch_size"]), num_workers=0,
+                drop_last=False, pin_memory=False, compute_importance=False, warm_start=True)
+        clf.keep_classes = None
+        val = [float(v) for v in clf.history.history.get("valid_logloss_all", [])]
+        tried = len(val)
+        if val and min(val) < at_start:
+            best, kept = min(val), int(clf.best_epoch) + 1
+        else:  # keep the start
+            clf = start.clf
+    model.clf = copy.deepcopy(clf) if clf is start.clf else clf  # never share the start's
+    model.classes = start.classes.copy()
+    record = start_record(at_start, best, kept, tried, "AgeGender log-loss (TabNet's own)")
+    print(f"tabnet: started from the global model, validation AgeGender log-loss "
+          f"{at_start:.4f}; {tried} epoch(s) tried, kept {kept} -> {best:.4f}")
+    return {"epochs": kept, "best_val_loss": float(best), "best_epoch": kept,
+            "n_valid_unknown_class": int((~keep).sum()), "start": record}

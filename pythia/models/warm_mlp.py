@@ -1,0 +1,56 @@
+"""The MLP fitted on a region's rows from the fitted global network
+(``MLPModel.fit(..., start=global)``): the start's graph and weights, a few epochs, the start
+kept when no epoch beats it on validation (``wide.KeepBest`` scores the start first).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pythia.models.base import start_record
+
+
+# MLP knobs that shape the graph: a warm fit trains the start's own graph, so they must agree
+MLP_GRAPH_KNOBS = ("hidden_units", "embedding_max_dim", "age_head", "wide", "dropout",
+                   "wide_scale")
+
+
+def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
+    """The start's graph and weights (its LR start is not refitted), then up to
+    ``warm_epochs`` epochs at ``learning_rate`` on the region's rows (the wide part trains
+    only with ``warm_wide_train``); ``KeepBest`` scores the start first, so the start is kept
+    when no epoch beats it on the region's natural-weighted validation."""
+    import keras
+
+    from pythia.models.wide import KeepBest
+
+    start, h = model.start, model.hparams
+    differ = {k: (h[k], start.hparams.get(k)) for k in MLP_GRAPH_KNOBS
+              if k in start.hparams and list(np.ravel(h[k])) != list(np.ravel(start.hparams[k]))}
+    if differ:
+        raise ValueError(f"mlp can start only from an mlp of the same graph; knobs differ "
+                         f"(this, start): {differ}")
+    keras.utils.set_random_seed(model.train_cfg.seed)
+    model.keras_model = keras.models.clone_model(start.keras_model)
+    model.keras_model.set_weights(start.keras_model.get_weights())
+    epochs = int(h["warm_epochs"])
+    patience = model.train_cfg.patience if h["patience"] is None else h["patience"]
+    keep = KeepBest(lambda: model.natural_val_losses(valid), int(patience),
+                    float(h["min_delta"]), kept=lambda: model._scored_valid)
+    if epochs > 0:
+        model._train_phase(train, float(h["learning_rate"]), bool(h["warm_wide_train"]),
+                           epochs, keep)
+        model._kept_valid = keep.best_kept
+    else:
+        keep.history = [model.natural_val_losses(valid)]
+        model._kept_valid = model._scored_valid
+    first, best = keep.history[0], keep.history[keep.best_index]
+    record = start_record(first["age_gender"], best["age_gender"], keep.best_index,
+                          len(keep.history) - 1, "natural-weighted AgeGender log-loss")
+    trail = ", ".join(f"{s['age_gender']:.4f}" for s in keep.history)
+    print(f"mlp: started from the global model; validation AgeGender log-loss by epoch "
+          f"{trail}; kept epoch {keep.best_index}")
+    return {"epochs": keep.best_index, "best_val_loss": best["age_gender"],
+            "best_epoch": keep.best_index, "age_head": model.age_head,
+            "val_loss_by_epoch": keep.history, "start": record}
