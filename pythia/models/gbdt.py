@@ -121,7 +121,7 @@ class GBDTModel(Model):
     name = "gbdt"
     joint_only = True
     is_baseline = True  # simple, robust, fast: what any other model must beat
-    warm_starts = True  # a regional fit adds trees to the global one's: pythia.models.warm
+    warm_starts = True  # a regional fit adds trees to the global one's (fit_gbdt_warm)
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -134,7 +134,9 @@ class GBDTModel(Model):
             "n_iter_no_change": 10,  # rounds without validation-loss improvement
             "n_threads": 0,  # OpenMP threads; 0 = auto (see openmp_threads)
             # a fit started from another gbdt (``fit(..., start=)``): at most this many trees
-            # added to its trees (early stopping as above; 0 = keep the start)
+            # added to its trees (early stopping as above; 0 = keep the start). Default world,
+            # 4 regions (busy machine): trees kept in 1 of 4, AgeGender mean 2.0938 vs 2.0939
+            # with 0; CPU-s 39.7 vs 8.3; scratch 2.1192, 61.3 CPU-s
             "warm_max_iter": 100,
         }
 

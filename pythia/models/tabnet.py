@@ -154,7 +154,9 @@ class TabNetModel(Model):
             "num_threads": 0,  # torch threads; 0 = auto: 1 below 50k rows (measured: 2 threads
             # on a busy 2-core box made a 6 s fit take 60 s), else every core
             # a fit started from another tabnet (``fit(..., start=)``): at most this many
-            # epochs at learning_rate, kept only if better than the start (0 = the start)
+            # epochs at learning_rate, kept only if better than the start (0 = the start).
+            # Default world, 4 regions (busy machine), AgeGender mean / CPU-s: 0 epochs
+            # 2.1014 / 2; 3: 2.0987 / 41; 6: 2.0979 / 83; scratch 2.1796 / 98
             "warm_epochs": 3,
         }
 

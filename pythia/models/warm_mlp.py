@@ -19,8 +19,12 @@ MLP_GRAPH_KNOBS = ("hidden_units", "embedding_max_dim", "age_head", "wide", "dro
 def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     """The start's graph and weights (its LR start is not refitted), then up to
     ``warm_epochs`` epochs at ``learning_rate`` on the region's rows (the wide part trains
-    only with ``warm_wide_train``); ``KeepBest`` scores the start first, so the start is kept
-    when no epoch beats it on the region's natural-weighted validation."""
+    too with ``warm_wide_train``); ``KeepBest`` scores the start first, so the start is kept
+    when no epoch beats it on the region's natural-weighted validation.
+
+    Default world, 4 regions (busy 2-core machine), AgeGender mean / CPU-s: wide part fixed
+    2.0596 / 34 (no epoch kept), trained 2.0595 / 35 (kept in 3 of 4), 0 epochs 2.0596 / 3.5;
+    scratch 2.0647 / 135."""
     import keras
 
     from pythia.models.wide import KeepBest
