@@ -220,7 +220,7 @@ def _kept_bins_classifier(base: Any) -> Any:
     class KeptBins(base):
         def _preprocess_X(self, X, *, reset):
             if reset:  # fit: the start's category encoder, not one refitted on these rows
-                return self._preprocessor.transform(X), None
+                return super()._preprocess_X(X, reset=False), None
             return super()._preprocess_X(X, reset=reset)
 
         def _bin_data(self, X, sample_weight, is_training_data):
