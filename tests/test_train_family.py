@@ -1,5 +1,7 @@
-"""The ``train`` step's unit, a model family: the (model, config) families of a run, and one
-family fitted global first, its regions started from the global model when the model can."""
+"""The ``train`` step's unit, a model family: the (model, config) families of a run; one family
+fitted global first, its regions started from the global model when the model can; and what
+reads families back: `pythia timings` per task and candidate, the report's regional-vs-global
+table."""
 from __future__ import annotations
 
 import dataclasses
@@ -130,3 +132,63 @@ def test_regional_start_is_validated():
     assert TrainConfig().regional_start == "global"
     with pytest.raises(ValueError, match=r"regional_start must be one of global\|scratch"):
         TrainConfig(regional_start="warm")
+
+
+class _Task:
+    """A stand-in for a Metaflow train task: its id, times and artifacts."""
+
+    def __init__(self, task_id, seconds, **artifacts):
+        import datetime as dt
+        self.id, self.artifacts = task_id, artifacts
+        self.created_at = dt.datetime(2026, 1, 1, 12, 0, 0)
+        self.finished_at = self.created_at + dt.timedelta(seconds=seconds)
+
+    def __contains__(self, name):
+        return name in self.artifacts
+
+    def __getitem__(self, name):
+        return type("Artifact", (), {"data": self.artifacts[name]})()
+
+
+def _cand(model, region, fit_s, start_from=None):
+    return {"model": model, "region": region, "config_id": 0, "fit_seconds": fit_s,
+            "start_from": start_from}
+
+
+def test_train_timings_read_families_and_runs_from_before_them():
+    from pythia.runs import task_candidates, train_timings
+
+    family = _Task("7", 30.0, candidates=[_cand("mlp", "global", 20.0),
+                                          _cand("mlp", "EU", 4.0, "mlp/global#0")])
+    old = _Task("8", 6.0, candidate=_cand("gbdt", "NA", 3.0))  # artifact before families
+    table = train_timings({"train": [old, family]})
+    assert table[["model", "region", "start_from", "fit_s", "task_s"]].values.tolist() == [
+        ["gbdt", "NA", "-", 3.0, 6.0], ["mlp", "global", "-", 20.0, 30.0],
+        ["mlp", "EU", "mlp/global#0", 4.0, 30.0]]
+    assert task_candidates(_Task("9", 1.0)) == []  # a task that stored neither
+    assert train_timings({}).empty  # a run without a train step yet
+
+
+def test_regional_vs_global_pairs_a_family_on_the_same_rows():
+    import pandas as pd
+
+    from pythia.evaluate.tables import build_regional_vs_global
+
+    def row(eval_region, model, cand_region, config_id, val, test):
+        return {"eval_region": eval_region, "model": model, "candidate_region": cand_region,
+                "config_id": config_id, "val_logloss": val, "logloss_age_gender": test,
+                "macro_f1_age_gender": 0.5, "n": 100.0}
+
+    headline = pd.DataFrame([
+        row("EU", "mlp", "global", 0, 1.9, 2.0), row("EU", "mlp", "EU", 0, 1.7, 1.8),
+        row("EU", "gbdt", "global", 0, 1.9, 2.1),  # no regional gbdt: no row
+        row("EU", "bayes", "global", pd.NA, None, 1.5),
+        row("global", "mlp", "global", 0, 1.9, 2.0)]).astype({"config_id": "Int64"})
+    cands = [_cand("mlp", "global", 1.0), _cand("mlp", "EU", 1.0, "mlp/global#0")]
+    out = build_regional_vs_global(headline, cands)
+    assert out[["region", "model", "start_from"]].values.tolist() == [
+        ["EU", "mlp", "mlp/global#0"]]
+    assert out.loc[0, "logloss_age_gender_global"] == 2.0
+    assert out.loc[0, "gain_logloss_age_gender"] == pytest.approx(0.2)
+    assert out.loc[0, "val_logloss_regional"] == 1.7
+    assert build_regional_vs_global(headline.iloc[0:0], cands).empty

@@ -4,9 +4,9 @@
 them into the (model, config) families the flow fans out over); ``fit_candidate`` trains one:
 it reads the region's TFRecords (via ``pythia.tfrecords``), fits with early stopping (numpy
 models on a bounded, class-stratified sample of each split: ``tfrecords.sample``), optionally
-starting from a fitted model of its family, predicts the three scored splits under natural priors chunk by chunk into
-ONE Parquet (``predictions``), saves the model folder, and returns a small JSON-able summary
-for the ``evaluate`` step.
+starting from a fitted model of its family, predicts the three scored splits under natural
+priors chunk by chunk into ONE Parquet (``predictions``), saves the model folder, and returns a
+small JSON-able summary for the ``evaluate`` step.
 """
 from __future__ import annotations
 
@@ -209,8 +209,9 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
             family's global one, ``Model.fit(..., start=)``); None: from scratch.
 
     Returns:
-        ``FittedCandidate``: the model, and a JSON-able summary dict: model, is_baseline (the class's answer, so that choosing champions
-        needs no model import), is_reference (the constant-prior line), region, config_id,
+        ``FittedCandidate``: the model, and a JSON-able summary dict: model, is_baseline (the
+        class's answer, so that choosing champions needs no model import), is_reference (the
+        constant-prior line), region, config_id,
         hparams, model_dir, predictions_uri, n_train (rows available), n_valid (rows
         used), fit_seconds, epochs, best_val_loss, val_logloss (per target), age_head,
         temperature, prior_correction, n_predicted (per split), training_sample (per split:
