@@ -62,7 +62,7 @@ def test_run_trains_every_model_and_region(tiny_run):
     for task in tasks:
         family = task["candidates"].data
         model = family[0]["model"]
-        assert [c["region"] for c in family] == ["global", "EU", "NA"]
+        assert [c["region"] for c in family] == ["global", "NA", "EU"]  # as the run asked
         assert {c["model"] for c in family} == {model}
         warm = get_model(model).warm_starts
         assert [c["start_from"] for c in family] == [None] + [
@@ -95,7 +95,13 @@ def test_bundle_and_card_exist(tiny_run):
     assert len(cards) == 1
     html = cards[0].get()
     assert "<img" in html or "data:image/png" in html
-    assert "Regional vs global" in html  # each region's candidate next to the global one
+    # the card's components travel base64-encoded in the page: each region's candidate next to
+    # the global one of its family
+    import base64
+    import re
+    blob = re.search(r'__MF_DATA__\["[^"]+"\] = "([^"]+)"', html).group(1)
+    components = base64.b64decode(blob).decode()
+    assert "Regional vs global" in components and "gain_logloss_age_gender" in components
 
 
 def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
