@@ -362,8 +362,9 @@ def print_timings(run_id: str | None = None, flow_name: str = "DemoFlow",
     with pd.option_context("display.float_format", "{:.1f}".format, "display.width", 200):
         print(table.to_string(index=False), file=out)
         if len(train):
-            print("\ntrain: one task per model family (task_s: the whole task; fit_s: each "
-                  "candidate's fit; start_from: the model a region started from)", file=out)
+            print("\ntrain tasks and their candidates (a task fits one model family; before "
+                  "families, one candidate) — task_s: the task's wall seconds; fit_s: the "
+                  "candidate's fit; start_from: the model a region started from", file=out)
             print(train.to_string(index=False), file=out)
     return 0
 

@@ -120,7 +120,7 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     assert (table["wall_s"] > 0).all() and "etl_hour" in out
     assert table.set_index("step").loc["etl_hour", "tasks"] == 4
     assert table.set_index("step").loc["train", "tasks"] == len(MODEL_NAMES)  # one per family
-    assert "train: one task per model family" in out
+    assert "train tasks and their candidates" in out and "start_from" in out
     from pythia.runs import train_timings
     train = train_timings(tiny_run)
     assert len(train) == len(tiny_run.data.candidates) and (train["fit_s"] > 0).all()
