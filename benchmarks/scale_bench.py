@@ -9,7 +9,7 @@
 For each scale s the world is the preset with s x its users (same seed and catalogs, so
 impressions grow ~linearly with s; ``scaled_world_config``). The steps run in flow order
 (synth, start, select_providers, prepare_labels, etl_hour x hour groups, join_hours,
-to_tfrecords, train x (model, region), evaluate, end), each task in a fresh process started by
+to_tfrecords, train x model family, evaluate, end), each task in a fresh process started by
 a measuring parent that collects it and every descendant (its Spark JVM) and then reads
 ``resource.getrusage(RUSAGE_CHILDREN)``: wall s, CPU s (user + sys), peak RSS (of the largest
 single process: the step's Python or its JVM) and rows/s (the step's own input rows). Foreach
@@ -43,7 +43,7 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 STEPS = ("synth", "start", "select_providers", "prepare_labels", "etl_hour", "join_hours",
          "to_tfrecords", "train", "evaluate", "end")
-FOREACH = {"etl_hour": "hour_groups", "train": "train_grid"}
+FOREACH = {"etl_hour": "hour_groups", "train": "train_families"}
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
@@ -140,8 +140,8 @@ def _step_to_tfrecords(st: dict, task: int) -> tuple[dict, int | None]:
     from pythia import models, tfrecords
     p = st["params"]
     tf_manifest, encoders = tfrecords.convert(st["split_manifest"], p, st["paths"])
-    grid = models.train_grid(p.models, p.regions, tf_manifest, p.search, p.seed)
-    return {"tf_manifest": tf_manifest, "encoders": encoders, "train_grid": grid}, sum(
+    families = models.train_families(p.models, p.regions, tf_manifest, p.search, p.seed)
+    return {"tf_manifest": tf_manifest, "encoders": encoders, "train_families": families}, sum(
         int(n) for n in (st["split_manifest"].get("rows") or {}).values())
 
 
@@ -149,14 +149,13 @@ def _step_train(st: dict, task: int) -> tuple[dict, int | None]:
     from pythia import models
     from pythia.features import TRAIN
     p = st["params"]
-    candidate = models.train_candidate(st["train_grid"][task], st["tf_manifest"],
-                                       st["split_manifest"], p.train, p.etl.age_edges,
-                                       st["paths"])
-    return {f"candidate_{task}": candidate}, _rows_of(st["split_manifest"], "rows", TRAIN)
+    candidates = models.train_family(st["train_families"][task], st["tf_manifest"],
+                                     st["split_manifest"], p.train, p.etl.age_edges, st["paths"])
+    return {f"candidates_{task}": candidates}, _rows_of(st["split_manifest"], "rows", TRAIN)
 
 
 def _candidates(st: dict) -> list[dict]:
-    return [st[f"candidate_{i}"] for i in range(len(st["train_grid"]))]
+    return [c for i in range(len(st["train_families"])) for c in st[f"candidates_{i}"]]
 
 
 def _step_evaluate(st: dict, task: int) -> tuple[dict, int | None]:
@@ -259,7 +258,7 @@ def run_scale(scale: float, args: argparse.Namespace, workdir: str) -> dict[str,
                 if fig["rows"] is not None:
                     step["rows"] = (step["rows"] or 0) + fig["rows"]
             if name == "train" and step["rows"] is not None:
-                step["rows"] //= max(n_tasks, 1)  # every candidate reads the same train rows
+                step["rows"] //= max(n_tasks, 1)  # every family reads the same train rows
             results[name] = step
             print(f"  s={scale:g} {name:16s} {step['wall_s']:8.1f} s wall "
                   f"{step['cpu_s']:8.1f} s cpu {step['rss_mb']:8.0f} MB", flush=True)

@@ -44,7 +44,9 @@ class DemoFlow(FlowSpec):
                        reconciliation of every row (Spark)
       to_tfrecords     vocabularies/statistics from train days, TFRecord shards (pyarrow,
                        or Spark when large)
-      train            foreach over (model, region[, config]): fit, calibrate, predict
+      train            foreach over model families (model[, config]): fit the global
+                       candidate, then each region (started from the global model when the
+                       model can); calibrate, predict
       evaluate         metrics, Bayes gauge, distributions, champions, a card
       end              export the champions' bid-time bundle
     """
@@ -140,19 +142,20 @@ class DemoFlow(FlowSpec):
         threads.configure_task(self.config.resources.to_tfrecords.cpu)
         self.tf_manifest, self.encoders = tfrecords.convert(self.split_manifest, self.params,
                                                             self.paths)
-        self.train_grid = models.train_grid(self.params.models, self.params.regions,
-                                            self.tf_manifest, self.params.search,
-                                            self.params.seed)
-        self.next(self.train, foreach="train_grid")
+        self.train_families = models.train_families(self.params.models, self.params.regions,
+                                                    self.tf_manifest, self.params.search,
+                                                    self.params.seed)
+        self.next(self.train, foreach="train_families")
 
     @resources(cpu=config.resources.train.cpu, memory=config.resources.train.memory)
     @step
     def train(self):
-        """Fit one (model, region, config) candidate; predict validation and test days."""
+        """Fit one model family: its global candidate, then each region; predict validation
+        and test days."""
         threads.configure_task(self.config.resources.train.cpu)
-        self.candidate = models.train_candidate(self.input, self.tf_manifest,
-                                                self.split_manifest, self.params.train,
-                                                self.params.etl.age_edges, self.paths)
+        self.candidates = models.train_family(self.input, self.tf_manifest, self.split_manifest,
+                                              self.params.train, self.params.etl.age_edges,
+                                              self.paths)
         self.next(self.evaluate)
 
     @card(type="blank", id="report", timeout=600)
@@ -161,8 +164,8 @@ class DemoFlow(FlowSpec):
     def evaluate(self, inputs):
         """Metrics, Bayes gauge, distributions and champions; render the report card."""
         threads.configure_task(self.config.resources.evaluate.cpu)
-        self.merge_artifacts(inputs, exclude=["candidate"])
-        self.candidates = [i.candidate for i in inputs]
+        self.merge_artifacts(inputs, exclude=["candidates"])
+        self.candidates = [c for i in inputs for c in i.candidates]
         bundle, previous_id = runs.previous_bundle(current.flow_name, current.run_id)
         results = evaluate.run(self.candidates, self.split_manifest, self.source_path,
                                self.params.etl.age_edges, self.paths.reports,

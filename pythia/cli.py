@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", default="DemoFlow")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("timings", help="wall time of a run and of each step")
+    p = sub.add_parser("timings", help="wall time of a run and of each step; per train task "
+                                       "(model family) its candidates' fit seconds")
     p.add_argument("run_id", nargs="?", default=None)
     p.add_argument("--flow", default="DemoFlow")
     p.set_defaults(func=_cmd_timings)

@@ -153,6 +153,9 @@ def hour_groups(hours_per_task: int) -> list[list[int]]:
     return [list(range(h, h + hours_per_task)) for h in range(0, 24, hours_per_task)]
 
 
+REGIONAL_STARTS = ("global", "scratch")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training knobs shared by all models; model-specific knobs live in each model module."""
@@ -167,7 +170,15 @@ class TrainConfig:
     # (train, validation), class-stratified and seeded (tfrecords.sample); 0 = every row. The
     # default world's splits (359k train rows) fit: only larger worlds are sampled.
     max_train_rows: int = 500_000
+    # where a regional candidate starts: 'global' = from its family's fitted global model when
+    # the model can (Model.warm_starts); 'scratch' = fresh, like the global one
+    regional_start: str = "global"
     hparams: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.regional_start not in REGIONAL_STARTS:
+            raise ValueError(f"[train] regional_start must be one of {'|'.join(REGIONAL_STARTS)}"
+                             f" (flows/pythia.toml), got {self.regional_start!r}")
 
 
 TINY_TRAIN = TrainConfig(max_epochs=3, batch_size=256, patience=1)
@@ -261,6 +272,7 @@ class DeployConfig:
     batch_size: int = 1024
     patience: int = 2
     max_train_rows: int = TrainConfig.max_train_rows
+    regional_start: str = TrainConfig.regional_start
     model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
@@ -284,6 +296,7 @@ class DeployConfig:
                    patience=int(train.get("patience", 2)),
                    max_train_rows=_non_negative(train, "max_train_rows",
                                                 TrainConfig.max_train_rows),
+                   regional_start=str(train.get("regional_start", TrainConfig.regional_start)),
                    model_hparams=models)
 
 
@@ -361,6 +374,7 @@ class RunParams:
         train = TrainConfig(max_epochs=int(v["max_epochs"]), batch_size=deploy.batch_size,
                             patience=deploy.patience, seed=int(v["seed"]),
                             max_train_rows=deploy.max_train_rows,
+                            regional_start=deploy.regional_start,
                             age_head=v["age_head"], prior_correction=v["prior_correction"])
         return cls(source=str(v["source"]).strip(), date=str(v["date"]).strip(),
                    models=tuple(models), regions=regions,

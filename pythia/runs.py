@@ -307,9 +307,44 @@ def step_timings(run: Any) -> pd.DataFrame:
     return df.sort_values("start").drop(columns="start").reset_index(drop=True) if len(df) else df
 
 
+def task_candidates(task: Any) -> list[dict]:
+    """The candidate summaries a ``train`` task stored: ``candidates`` (a model family per
+    task), or ``candidate`` (one per task, runs from before families); [] when it has neither."""
+    try:
+        if "candidates" in task:
+            return list(task["candidates"].data or [])
+        if "candidate" in task:
+            return [task["candidate"].data]
+    except Exception:  # noqa: BLE001 - a half-written task must not break the listing
+        pass
+    return []
+
+
+def train_timings(run: Any) -> pd.DataFrame:
+    """One row per candidate of the run's ``train`` tasks: its model, config, region, what it
+    started from, its fit seconds, and the wall seconds of the task that fitted it (a task
+    fits one model family: the global candidate, then its regions)."""
+    rows = []
+    try:
+        tasks = list(run["train"])
+    except Exception:  # noqa: BLE001 - no train step (yet): nothing to show
+        return pd.DataFrame()
+    for task in tasks:
+        task_s = ((task.finished_at - task.created_at).total_seconds()
+                  if task.created_at and task.finished_at else float("nan"))
+        for c in task_candidates(task):
+            rows.append({"model": c.get("model"), "config_id": c.get("config_id", 0),
+                         "region": c.get("region"), "start_from": c.get("start_from") or "-",
+                         "fit_s": c.get("fit_seconds"), "task": task.id, "task_s": task_s})
+    df = pd.DataFrame(rows)
+    return df.sort_values(["model", "config_id", "task"], kind="stable").reset_index(
+        drop=True) if len(df) else df
+
+
 def print_timings(run_id: str | None = None, flow_name: str = "DemoFlow",
                   out: TextIO | None = None) -> int:
-    """Print the wall time of a run and of each step (default: latest successful run)."""
+    """Print the wall time of a run, of each step, and of each train task and its candidates
+    (default: latest successful run)."""
     out = out or sys.stdout  # resolved per call: tests and callers may swap stdout
     flow = _open_flow(flow_name, out)
     if flow is None:
@@ -323,8 +358,14 @@ def print_timings(run_id: str | None = None, flow_name: str = "DemoFlow",
     total = ((run.finished_at - run.created_at).total_seconds()
              if run.finished_at and run.created_at else float("nan"))
     print(f"Run {run.pathspec}  status: {run_status(run)}  wall time: {total:.0f} s", file=out)
-    with pd.option_context("display.float_format", "{:.1f}".format):
+    train = train_timings(run)
+    with pd.option_context("display.float_format", "{:.1f}".format, "display.width", 200):
         print(table.to_string(index=False), file=out)
+        if len(train):
+            print("\ntrain tasks and their candidates (a task fits one model family; before "
+                  "families, one candidate) — task_s: the task's wall seconds; fit_s: the "
+                  "candidate's fit; start_from: the model a region started from", file=out)
+            print(train.to_string(index=False), file=out)
     return 0
 
 

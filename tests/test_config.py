@@ -131,6 +131,7 @@ def test_deploy_config_file_parses_and_feeds_resources():
     doc = tomllib.loads(path.read_text())
     cfg = DeployConfig.from_mapping(doc)
     assert cfg.age_edges == (18, 25, 35, 45, 55, 65) and cfg.batch_size == 1024
+    assert cfg.regional_start == "global"  # the file names the default it keeps
     for step in ("prepare_labels", "etl_hour", "join_hours", "to_tfrecords", "train",
                  "evaluate"):
         assert doc["resources"][step]["cpu"] >= 1 and doc["resources"][step]["memory"] > 0
@@ -144,3 +145,13 @@ def test_deploy_config_file_parses_and_feeds_resources():
 def test_run_params_reject_unknown_parameters():
     with pytest.raises(ValueError, match="sourc"):
         RunParams.build({"sourc": "x"})
+
+
+def test_regional_start_comes_from_the_deploy_config_and_is_checked():
+    from pythia.config import DeployConfig
+    assert make_params().train.regional_start == "global"
+    scratch = DeployConfig.from_mapping({"train": {"regional_start": "scratch"}})
+    assert RunParams.build({}, scratch, model_names=("mlp",)).train.regional_start == "scratch"
+    bad = DeployConfig.from_mapping({"train": {"regional_start": "fine-tune"}})
+    with pytest.raises(ValueError, match=r"regional_start .*'fine-tune'"):
+        RunParams.build({}, bad, model_names=("mlp",))

@@ -600,6 +600,19 @@ class FakeCard:
         self.components.append(component)
 
 
+def test_evaluate_run_sets_each_regional_candidate_beside_its_global_one(tiny_run):
+    results = tiny_run[0]
+    table, head = results["regional_vs_global"], results["headline"]
+    # gbdt has both; tabnet (EU only) and mlp (global only) have no pair
+    assert table[["region", "model"]].values.tolist() == [["EU", "gbdt"]]
+    eu = head[(head["eval_region"] == "EU") & (head["model"] == "gbdt")].set_index(
+        "candidate_region")["logloss_age_gender"]
+    row = table.iloc[0]
+    assert row["logloss_age_gender_regional"] == eu["EU"]
+    assert row["logloss_age_gender_global"] == eu["global"]
+    assert row["gain_logloss_age_gender"] == pytest.approx(eu["global"] - eu["EU"])
+
+
 def test_render_card_shows_every_figure_and_table(tiny_run):
     from metaflow.cards import Image, Markdown, Table
 
@@ -613,9 +626,11 @@ def test_render_card_shows_every_figure_and_table(tiny_run):
     assert len(images) == len(results["figures"])
     assert all(c._error_comp is None for c in images)  # PNG bytes parsed
     tables = [c for c in card.components if isinstance(c, Table)]
-    assert len(tables) == 5  # champions, headline, gauge, reconciliation, provider choice
+    # champions, headline, regional vs global, gauge, reconciliation, provider choice
+    assert len(tables) == 6
     text = " ".join(c._text for c in card.components if isinstance(c, Markdown))
     assert "Data reconciliation" in text and "Region `EU`" in text
+    assert "Regional vs global" in text
     assert "baseline (`gbdt`)" in text  # named by the caller, not by the card
     assert "no model beats the baselines" not in text  # every region's model beat gbdt
     for comp in card.components:

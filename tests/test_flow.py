@@ -49,12 +49,25 @@ def test_run_produces_metrics_for_all_targets(tiny_run):
 
 def test_run_trains_every_model_and_region(tiny_run):
     data = tiny_run.data
-    from pythia.models import MODEL_NAMES
+    from pythia.models import MODEL_NAMES, get_model
     pairs = {(c["model"], c["region"]) for c in data.candidates}
     regions = {r for _, r in pairs}
     assert {m for m, _ in pairs} == set(MODEL_NAMES)  # --models all, baselines included
     assert "global" in regions and len(regions) >= 3
     assert len(pairs) == len(MODEL_NAMES) * len(regions)
+    # one train task per model family: its global candidate first, then the regions, each
+    # started from the global one exactly when the model warm-starts (regional_start=global)
+    tasks = list(tiny_run["train"])
+    assert len(tasks) == len(MODEL_NAMES)
+    for task in tasks:
+        family = task["candidates"].data
+        model = family[0]["model"]
+        assert [c["region"] for c in family] == ["global", "NA", "EU"]  # as the run asked
+        assert {c["model"] for c in family} == {model}
+        warm = get_model(model).warm_starts
+        assert [c["start_from"] for c in family] == [None] + [
+            f"{model}/global#0" if warm else None] * 2
+        assert task.stdout.count(f"train {model}/") == 3  # one line per candidate
     from pythia.models import load_model
     for c in data.candidates:
         assert Path(c["model_dir"]).exists()
@@ -82,10 +95,18 @@ def test_bundle_and_card_exist(tiny_run):
     assert len(cards) == 1
     html = cards[0].get()
     assert "<img" in html or "data:image/png" in html
+    # the card's components travel base64-encoded in the page: each region's candidate next to
+    # the global one of its family
+    import base64
+    import re
+    blob = re.search(r'__MF_DATA__\["[^"]+"\] = "([^"]+)"', html).group(1)
+    components = base64.b64decode(blob).decode()
+    assert "Regional vs global" in components and "gain_logloss_age_gender" in components
 
 
 def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     from pythia.cli import main
+    from pythia.models import MODEL_NAMES
     assert main(["report", tiny_run.id]) == 0
     assert main(["runs", "-n", "3"]) == 0
     out = capsys.readouterr().out
@@ -98,6 +119,12 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
                                   "join_hours", "to_tfrecords", "train", "evaluate", "end"}
     assert (table["wall_s"] > 0).all() and "etl_hour" in out
     assert table.set_index("step").loc["etl_hour", "tasks"] == 4
+    assert table.set_index("step").loc["train", "tasks"] == len(MODEL_NAMES)  # one per family
+    assert "train tasks and their candidates" in out and "start_from" in out
+    from pythia.runs import train_timings
+    train = train_timings(tiny_run)
+    assert len(train) == len(tiny_run.data.candidates) and (train["fit_s"] > 0).all()
+    assert (train.groupby("task")["task_s"].first() > train.groupby("task")["fit_s"].sum()).all()
 
 
 def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):

@@ -78,6 +78,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
         "`logloss_*` / `macro_f1_*` are on the natural test day; `bayes_ratio_*` = model "
         "log-loss / exact-posterior log-loss on the same rows."))
     card.append(Table.from_dataframe(_fmt(results["headline"]), truncate=False))
+    _append_regional_vs_global(card, results.get("regional_vs_global"))
 
     gauge = results.get("gauge")
     if gauge is not None and len(gauge):
@@ -101,6 +102,22 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
                              "used for each country, from the providers' quality metrics "
                              "(an override wins)."))
         card.append(Table.from_dataframe(_fmt(pd.DataFrame(provider_choice))))
+
+
+def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
+    """Each regional candidate against the global one of its family on the region's rows."""
+    from metaflow.cards import Markdown, Table
+
+    if table is None or not len(table):
+        return
+    card.append(Markdown(
+        "## Regional vs global\n\nPer region and model: the candidate trained on the region "
+        "(`start_from`: the global model it was fine-tuned from, blank when trained from "
+        "scratch) next to the global candidate of the same model and config, scored on the "
+        "same rows: validation day (`val_logloss_*`) and natural test day (AgeGender). "
+        "`gain_logloss_age_gender` = global - regional test log-loss: positive when the "
+        "regional candidate does better."))
+    card.append(Table.from_dataframe(_fmt(table), truncate=False))
 
 
 def baseline_warnings(champions: pd.DataFrame) -> list[str]:

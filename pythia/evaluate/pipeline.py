@@ -10,7 +10,7 @@ from pythia.evaluate.gauge import build_gauge
 from pythia.evaluate.io import read_world, write_reports
 from pythia.evaluate.previous import PreviousComparison
 from pythia.evaluate.stream import score_streaming
-from pythia.evaluate.tables import build_headline
+from pythia.evaluate.tables import build_headline, build_regional_vs_global
 
 
 def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, Any],
@@ -39,8 +39,9 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
 
     Returns:
         {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_note',
-        'champions', 'headline', 'figures' ({name: png}), 'report_files', 'previous_run',
-        'baseline_models'}.
+        'champions', 'headline', 'regional_vs_global' (each regional candidate against its
+        family's global one on the region's rows), 'figures' ({name: png}), 'report_files',
+        'previous_run', 'baseline_models'}.
     """
     if not candidates:
         raise ValueError("no candidates to evaluate: did every train task fail?")
@@ -57,12 +58,14 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
                                   previous, previous_run or "previous run", baseline_models,
                                   tolerance)
     headline = build_headline(metrics, champions, gauge)
+    regional_vs_global = build_regional_vs_global(headline, candidates)
     # draw: from the sums (confusion counts, reliability bins), never from rows
     figures = draw_figures(champions, metrics, distributions, scored.sums) if make_figures else {}
     # write
     results = {"metrics": metrics, "distributions": distributions, "gauge": gauge,
                "gauge_note": scored.gauge_note, "champions": champions, "headline": headline,
-               "figures": figures, "previous_run": previous_run,
+               "regional_vs_global": regional_vs_global, "figures": figures,
+               "previous_run": previous_run,
                "baseline_models": tuple(baseline_models)}
     results["report_files"] = write_reports(results, reports_uri)
     print(f"evaluate: {len(candidates)} candidate(s); champions: " + ", ".join(

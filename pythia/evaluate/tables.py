@@ -1,10 +1,14 @@
 """The headline table: per eval region, every scorer's natural-test scores next to its
-validation log-loss, Bayes ratio and champion flag (what the card and `pythia report` show)."""
+validation log-loss, Bayes ratio and champion flag (what the card and `pythia report` show);
+and, from it, each regional candidate against the global one of its family on the same rows."""
 from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from pythia.config import GLOBAL_REGION
 from pythia.evaluate.frames import JOINT_TARGET, PROVIDER
 from pythia.evaluate.slices import BAYES_MODEL, NATURAL, unstack_observed
 from pythia.features import TARGETS, VALIDATION
@@ -62,3 +66,38 @@ def build_headline(metrics: pd.DataFrame, champions: pd.DataFrame,
     head = head.sort_values(["eval_region", "champion", "_bayes", "val_logloss"],
                             ascending=[True, False, True, True], na_position="last")
     return head.drop(columns="_bayes").reset_index(drop=True)
+
+
+# what the regional-vs-global table compares, per candidate (headline columns)
+COMPARED = ("val_logloss", "logloss_age_gender", "macro_f1_age_gender")
+
+
+def build_regional_vs_global(headline: pd.DataFrame,
+                             candidates: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per region and model family (model, config): the regional candidate next to the global
+    one of the same family on the same rows — the region's validation and natural test day —
+    and what the regional one started from (issue #15: does a regional model earn its place?).
+
+    ``gain_logloss_age_gender`` = global - regional natural-test AgeGender log-loss (positive:
+    the regional candidate is better). Families without both candidates have no row.
+    """
+    ident = ["eval_region", "model", "config_id"]
+    cols = ["region", "model", "config_id", "start_from"] + [
+        f"{c}_{who}" for c in COMPARED for who in ("regional", "global")] + [
+        "gain_logloss_age_gender", "n"]
+    if headline.empty:
+        return pd.DataFrame(columns=cols)
+    rows = headline[(headline["eval_region"] != GLOBAL_REGION)
+                    & (headline["model"] != BAYES_MODEL)]
+    regional = rows[rows["candidate_region"] == rows["eval_region"]]
+    global_ = rows[rows["candidate_region"] == GLOBAL_REGION]
+    both = regional[ident + list(COMPARED) + ["n"]].merge(
+        global_[ident + list(COMPARED)], on=ident, suffixes=("_regional", "_global"))
+    both["gain_logloss_age_gender"] = (both["logloss_age_gender_global"]
+                                       - both["logloss_age_gender_regional"])
+    started = {(str(c["model"]), str(c["region"]), int(c.get("config_id", 0) or 0)):
+               c.get("start_from") for c in candidates}
+    both["start_from"] = [started.get((m, r, int(k))) for m, r, k in
+                          zip(both["model"], both["eval_region"], both["config_id"])]
+    both = both.rename(columns={"eval_region": "region"})
+    return both[cols].sort_values(["region", "model", "config_id"]).reset_index(drop=True)

@@ -14,20 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pythia.models.base import Model, read_meta
-    from pythia.models.train import fit_candidate, train_candidate, train_grid
+    from pythia.models.family import train_candidate, train_families, train_family
+    from pythia.models.train import fit_candidate, train_grid
 
 _MODULES = {"mlp": ("pythia.models.mlp", "MLPModel"),
             "tabnet": ("pythia.models.tabnet", "TabNetModel"),
             "gbdt": ("pythia.models.gbdt", "GBDTModel"),
             "logreg": ("pythia.models.logreg", "LogRegModel"),
             "class_prior": ("pythia.models.prior", "PriorModel")}
-# The constant class-prior line: ``train_grid`` adds it to every run (even when the run's
-# ``--models`` omit it) and no region's champion is blessed unless it beats it.
+# The constant class-prior line: ``train_grid`` (so ``train_families``) adds it to every run
+# (even when the run's ``--models`` omit it); no region's champion is blessed unless it beats it.
 REFERENCE_MODEL = "class_prior"
 # Names this package exports from submodules that import numpy, scipy, pyarrow: loaded on use.
 _LAZY = {"Model": "pythia.models.base", "read_meta": "pythia.models.base",
-         "fit_candidate": "pythia.models.train", "train_candidate": "pythia.models.train",
-         "train_grid": "pythia.models.train"}
+         "fit_candidate": "pythia.models.train", "train_candidate": "pythia.models.family",
+         "train_grid": "pythia.models.train", "train_families": "pythia.models.family",
+         "train_family": "pythia.models.family"}
 
 
 class _Registry(Mapping):
@@ -86,4 +88,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["BASELINE_MODELS", "MODELS", "MODEL_NAMES", "Model", "REFERENCE_MODEL",
            "baseline_models", "fit_candidate", "get_model", "load_model", "read_meta",
-           "train_candidate", "train_grid"]
+           "train_candidate", "train_families", "train_family", "train_grid"]

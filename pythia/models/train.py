@@ -1,16 +1,17 @@
-"""The training stage: the grid of candidates and the one function the ``train`` step calls.
+"""The training stage: the grid of candidates and fitting one of them.
 
-``train_grid`` lists the (model, region, config) candidates the flow fans out over;
-``train_candidate`` trains one: it reads the region's TFRecords (via ``pythia.tfrecords``), fits
-with early stopping (numpy models on a bounded, class-stratified sample of each split:
-``tfrecords.sample``), predicts the three scored splits under natural priors chunk by chunk
-into ONE Parquet (``predictions``),
-saves the model folder, and returns a small JSON-able summary for the ``evaluate`` step.
+``train_grid`` lists the (model, region, config) candidates (``family.train_families`` groups
+them into the (model, config) families the flow fans out over); ``fit_candidate`` trains one:
+it reads the region's TFRecords (via ``pythia.tfrecords``), fits with early stopping (numpy
+models on a bounded, class-stratified sample of each split: ``tfrecords.sample``), optionally
+starting from a fitted model of its family, predicts the three scored splits under natural
+priors chunk by chunk into ONE Parquet (``predictions``), saves the model folder, and returns a
+small JSON-able summary for the ``evaluate`` step.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -131,37 +132,15 @@ def _distinct_regions(regions: list[str], tf_manifest: Mapping) -> list[str]:
     return kept
 
 
-def train_candidate(item: Mapping[str, Any], tf_manifest: Mapping, split_manifest: Mapping,
-                    train_cfg: TrainConfig, age_edges: Sequence[int], paths: CandidatePaths
-                    ) -> dict:
-    """The ``train`` step: fit one grid item with the run's class priors, into the run's paths.
-
-    Args:
-        item: one ``train_grid`` entry (model, region, config_id, hparams).
-        tf_manifest: the TFRecord manifest (``pythia.tfrecords``).
-        split_manifest: the ETL's split manifest (natural priors, resampling rates / counts).
-        train_cfg: epochs, batch size, patience, seed, age head, prior correction.
-        age_edges: the run's age bucket edges.
-        paths: gives the model folder and predictions file of the candidate (``RunPaths``).
-
-    Returns:
-        The ``fit_candidate`` summary.
-    """
-    from pythia.models.priors import priors_from_split_manifest
-
-    name, region, config_id = item["model"], item["region"], item["config_id"]
-    # Resampling keeps class c at a global rate r_c, so pi_natural/pi_train is proportional to
-    # 1/r_c in every region: the global priors give each regional model the exact correction.
-    priors = priors_from_split_manifest(split_manifest, age_edges)
-    summary = fit_candidate(name, region, config_id, item["hparams"], tf_manifest, priors,
-                            paths.model(name, region, config_id),
-                            paths.predictions(name, region, config_id), train_cfg,
-                            validation_class_weights(split_manifest, len(age_edges)))
-    print(f"train {name}/{region} (config {config_id}): {summary['epochs']} epoch(s) on "
-          f"{summary['n_train']:,} rows; validation log-loss "
+def print_candidate(summary: Mapping[str, Any]) -> None:
+    """The task's line for one fitted candidate: epochs, rows, where it started, validation."""
+    start = (f"started from {summary['start_from']}" if summary.get("start_from")
+             else "from scratch")
+    print(f"train {summary['model']}/{summary['region']} (config {summary['config_id']}): "
+          f"{summary['epochs']} epoch(s) on {summary['n_train']:,} rows, {start}, "
+          f"{summary['fit_seconds']:.1f} s; validation log-loss "
           + ", ".join(f"{t} {v:.4f}" if v is not None else f"{t} n/a"
                       for t, v in summary["val_logloss"].items()))
-    return summary
 
 
 def validation_class_weights(split_manifest: Mapping, n_age: int) -> list[float]:
@@ -179,12 +158,39 @@ def validation_class_weights(split_manifest: Mapping, n_age: int) -> list[float]
     return np.divide(1.0, rate, out=np.zeros_like(rate), where=rate > 0).tolist()
 
 
+class FittedCandidate(NamedTuple):
+    """A fitted candidate kept in the task: its summary and the model itself (which a
+    regional candidate of the same family can start from)."""
+
+    summary: dict
+    model: Model
+
+
+def candidate_name(summary: Mapping[str, Any]) -> str:
+    """A candidate's id as the report writes it, e.g. 'mlp/global#0'."""
+    return f"{summary['model']}/{summary['region']}#{int(summary.get('config_id', 0) or 0)}"
+
+
 def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping[str, Any],
                   tf_manifest: Mapping, priors: Mapping, model_dir: str, predictions_uri: str,
                   train_cfg: TrainConfig = TrainConfig(),
-                  valid_class_weights: Sequence[float] | None = None) -> dict:
-    # ~65 lines of which 25 are the docstring: load, fit, predict, save read best in one place.
-    """Fit one candidate, write its predictions and model, return its summary.
+                  valid_class_weights: Sequence[float] | None = None,
+                  start: FittedCandidate | None = None) -> dict:
+    """Fit one candidate, write its predictions and model, return its summary (the summary of
+    ``fit_candidate_model``, which also returns the model)."""
+    return fit_candidate_model(model_name, region, config_id, hparams, tf_manifest, priors,
+                               model_dir, predictions_uri, train_cfg, valid_class_weights,
+                               start).summary
+
+
+def fit_candidate_model(model_name: str, region: str, config_id: int,
+                        hparams: Mapping[str, Any], tf_manifest: Mapping, priors: Mapping,
+                        model_dir: str, predictions_uri: str,
+                        train_cfg: TrainConfig = TrainConfig(),
+                        valid_class_weights: Sequence[float] | None = None,
+                        start: FittedCandidate | None = None) -> FittedCandidate:
+    # ~70 lines of which 30 are the docstring: load, fit, predict, save read best in one place.
+    """Fit one candidate, write its predictions and model; return its summary and the model.
 
     Args:
         model_name: a registered model (``pythia.models.MODEL_NAMES``).
@@ -199,17 +205,22 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
             max_train_rows (the numpy models' sample cap per split).
         valid_class_weights: per AgeGender class, the natural weight of a validation row
             (``validation_class_weights``); None: the priors' ratio.
+        start: a fitted candidate of the same model class and encoders to start from (the
+            family's global one, ``Model.fit(..., start=)``); None: from scratch.
 
     Returns:
-        JSON-able dict: model, is_baseline (the class's answer, so that choosing champions
-        needs no model import), is_reference (the constant-prior line), region, config_id,
+        ``FittedCandidate``: the model, and a JSON-able summary dict: model, is_baseline (the
+        class's answer, so that choosing champions needs no model import), is_reference (the
+        constant-prior line), region, config_id,
         hparams, model_dir, predictions_uri, n_train (rows available), n_valid (rows
         used), fit_seconds, epochs, best_val_loss, val_logloss (per target), age_head,
         temperature, prior_correction, n_predicted (per split), training_sample (per split:
-        rule, max_rows, seed, rows_available, rows_used; ``tfrecords.sample``).
+        rule, max_rows, seed, rows_available, rows_used; ``tfrecords.sample``), start_from
+        (``start``'s id, e.g. 'mlp/global#0', or None).
 
     Raises:
-        ValueError: the region has no training (or no validation) rows.
+        ValueError: the region has no training (or no validation) rows; ``start`` of a model
+            that cannot start from one (``Model.fit``).
     """
     from pythia import quiet, tfrecords
     # TensorFlow only for a tf.data model (or a manifest the columnar reader cannot read):
@@ -230,13 +241,13 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
     if valid_class_weights is not None:
         model.valid_class_weights = np.asarray(valid_class_weights, dtype=np.float64)
     train, valid, sample = _training_data(model, tf_manifest, region)
-    summary = model.fit(train, valid, priors)
+    summary = model.fit(train, valid, priors, start=start.model if start else None)
     del train, valid
     n_predicted = write_split_predictions(model, tf_manifest, region, SCORED_SPLITS,
                                           predictions_uri)
     model.save(model_dir)
 
-    return {
+    record = {
         "model": model_name,
         "is_baseline": bool(cls.is_baseline),
         "is_reference": model_name == REFERENCE_MODEL,
@@ -257,7 +268,9 @@ def fit_candidate(model_name: str, region: str, config_id: int, hparams: Mapping
         "n_predicted": n_predicted,
         "wide_start": summary.get("wide_start"),  # the MLP's LR start and whether it improved
         "training_sample": sample,
+        "start_from": candidate_name(start.summary) if start else None,
     }
+    return FittedCandidate(record, model)
 
 
 def _regions_filter(region: str) -> list[str] | None:

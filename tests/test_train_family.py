@@ -1,0 +1,194 @@
+"""The ``train`` step's unit, a model family: the (model, config) families of a run; one family
+fitted global first, its regions started from the global model when the model can; and what
+reads families back: `pythia timings` per task and candidate, the report's regional-vs-global
+table."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import pythia.models
+from pythia.config import TrainConfig
+from pythia.models.prior import PriorModel
+from pythia.paths import RunPaths
+from test_models import EDGES, FAST, fake_tfrecords  # noqa: F401  (fixture)
+
+NATURAL = {"age_gender": [0.3, 0.1, 0.1, 0.2, 0.2, 0.1], "gender": [0.5, 0.5],
+           "age": [0.5, 0.3, 0.2]}
+SPLIT_MANIFEST = {"natural_priors": NATURAL, "resample_target": "age_gender",
+                  "class_counts_after": {"train": {str(c): 10 for c in range(6)}}}
+
+
+class WarmPrior(PriorModel):
+    """A test-only model that can start from a fitted one: it records what it started from."""
+
+    warm_starts = True
+    fits: list = []  # (fitted model, the model it started from) in fit order
+
+    def _fit(self, train, valid):
+        WarmPrior.fits.append((self, self.start))
+        return super()._fit(train, valid)
+
+
+@pytest.fixture()
+def warm_prior(monkeypatch):
+    """``class_prior`` resolves to WarmPrior (the learners warm-start only with helper A's
+    models); returns the list of its fits."""
+    real = pythia.models.get_model
+    monkeypatch.setattr(pythia.models, "get_model",
+                        lambda name: WarmPrior if name == "class_prior" else real(name))
+    WarmPrior.fits = []
+    return WarmPrior.fits
+
+
+def _train(family, manifest, tmp_path, cfg=FAST):
+    from pythia.models import train_family
+    return train_family(family, manifest, SPLIT_MANIFEST, cfg, EDGES,
+                        RunPaths(str(tmp_path), "DemoFlow", "7"))
+
+
+def family(regions, model="class_prior"):
+    return {"model": model, "config_id": 0, "hparams": {}, "regions": regions}
+
+
+def test_families_group_the_grid_global_first(fake_tfrecords, capsys):
+    from pythia.models import REFERENCE_MODEL, train_families
+
+    fams = train_families(["gbdt", "mlp"], None, fake_tfrecords, search=0, seed=0)
+    assert [(f["model"], f["config_id"], f["regions"]) for f in fams] == [
+        ("gbdt", 0, ["global", "EU", "NA"]), ("mlp", 0, ["global", "EU", "NA"]),
+        (REFERENCE_MODEL, 0, ["global", "EU", "NA"])]  # the class prior is still added
+    assert "adding the 'class_prior' baseline" in capsys.readouterr().out
+    # global is fitted first whatever order the run asked for; configs are families of their own
+    searched = train_families(["tabnet", REFERENCE_MODEL], ["NA", "global"], fake_tfrecords,
+                              search=2, seed=3)
+    assert [(f["model"], f["config_id"], f["regions"]) for f in searched] == [
+        ("tabnet", 0, ["global", "NA"]), ("tabnet", 1, ["global", "NA"]),
+        ("tabnet", 2, ["global", "NA"]), (REFERENCE_MODEL, 0, ["global", "NA"])]
+    assert searched[1]["hparams"] and searched[0]["hparams"] == {}
+    assert [f["regions"] for f in train_families(["gbdt"], ["EU"], fake_tfrecords, 0, 0)] == [
+        ["EU"], ["EU"]]
+    with pytest.raises(ValueError, match=r"requested region\(s\) \['LATAM'\]"):
+        train_families(["gbdt"], ["global", "LATAM"], fake_tfrecords, search=0, seed=0)
+
+
+def test_families_drop_a_region_with_the_global_rows(capsys):
+    from pythia.models import train_families
+
+    one = {"splits": {s: {"rows": 500, "rows_by_region": {"OTHER": 500, "EU": 0}}
+                      for s in ("train", "validation")}}
+    assert [f["regions"] for f in train_families(["logreg"], None, one, 0, 0)] == [
+        ["global"], ["global"]]
+    assert "region 'OTHER' holds all 500 training rows" in capsys.readouterr().out
+    two = {"splits": {"train": {"rows": 500, "rows_by_region": {"OTHER": 499, "EU": 1}}}}
+    assert train_families(["logreg"], None, two, 0, 0)[0]["regions"] == ["global", "EU", "OTHER"]
+
+
+def test_a_family_trains_global_then_its_regions_from_the_global_model(
+        fake_tfrecords, warm_prior, tmp_path, capsys):
+    out = _train(family(["global", "EU", "NA"]), fake_tfrecords, tmp_path)
+    assert [(c["region"], c["start_from"]) for c in out] == [
+        ("global", None), ("EU", "class_prior/global#0"), ("NA", "class_prior/global#0")]
+    # the regions started from the global model fitted in this process, the global one fresh
+    global_model = warm_prior[0][0]
+    assert [start for _, start in warm_prior] == [None, global_model, global_model]
+    assert global_model.class_log_prior is not None
+    assert [c["n_train"] for c in out] == [500, 200, 300]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("train ")]
+    assert len(lines) == 3 and "from scratch" in lines[0]
+    assert all("started from class_prior/global#0" in ln for ln in lines[1:])
+    paths = RunPaths(str(tmp_path), "DemoFlow", "7")
+    assert [c["model_dir"] for c in out] == [paths.model("class_prior", r, 0)
+                                             for r in ("global", "EU", "NA")]
+
+
+def test_scratch_or_no_global_or_a_cold_model_start_fresh(
+        fake_tfrecords, warm_prior, tmp_path, monkeypatch):
+    scratch = dataclasses.replace(FAST, regional_start="scratch")
+    out = _train(family(["global", "EU"]), fake_tfrecords, tmp_path, scratch)
+    assert [c["start_from"] for c in out] == [None, None]
+    assert [start for _, start in warm_prior] == [None, None]
+    warm_prior.clear()
+    out = _train(family(["EU", "NA"]), fake_tfrecords, tmp_path)  # a family without global
+    assert [c["start_from"] for c in out] == [None, None]
+    assert [start for _, start in warm_prior] == [None, None]
+    monkeypatch.setattr(WarmPrior, "warm_starts", False)  # a model that cannot warm-start
+    out = _train(family(["global", "EU"]), fake_tfrecords, tmp_path)
+    assert [c["start_from"] for c in out] == [None, None]
+
+
+def test_train_candidate_fits_one_grid_item_alone(fake_tfrecords, warm_prior, tmp_path):
+    from pythia.models import train_candidate
+
+    paths = RunPaths(str(tmp_path), "DemoFlow", "7")
+    item = {"model": "class_prior", "region": "EU", "config_id": 0, "hparams": {}}
+    res = train_candidate(item, fake_tfrecords, SPLIT_MANIFEST, FAST, EDGES, paths)
+    assert (res["region"], res["start_from"]) == ("EU", None)
+    assert res["model_dir"] == paths.model("class_prior", "EU", 0)
+
+
+def test_regional_start_is_validated():
+    assert TrainConfig().regional_start == "global"
+    with pytest.raises(ValueError, match=r"regional_start must be one of global\|scratch"):
+        TrainConfig(regional_start="warm")
+
+
+class _Task:
+    """A stand-in for a Metaflow train task: its id, times and artifacts."""
+
+    def __init__(self, task_id, seconds, **artifacts):
+        import datetime as dt
+        self.id, self.artifacts = task_id, artifacts
+        self.created_at = dt.datetime(2026, 1, 1, 12, 0, 0)
+        self.finished_at = self.created_at + dt.timedelta(seconds=seconds)
+
+    def __contains__(self, name):
+        return name in self.artifacts
+
+    def __getitem__(self, name):
+        return type("Artifact", (), {"data": self.artifacts[name]})()
+
+
+def _cand(model, region, fit_s, start_from=None):
+    return {"model": model, "region": region, "config_id": 0, "fit_seconds": fit_s,
+            "start_from": start_from}
+
+
+def test_train_timings_read_families_and_runs_from_before_them():
+    from pythia.runs import task_candidates, train_timings
+
+    family = _Task("7", 30.0, candidates=[_cand("mlp", "global", 20.0),
+                                          _cand("mlp", "EU", 4.0, "mlp/global#0")])
+    old = _Task("8", 6.0, candidate=_cand("gbdt", "NA", 3.0))  # artifact before families
+    table = train_timings({"train": [old, family]})
+    assert table[["model", "region", "start_from", "fit_s", "task_s"]].values.tolist() == [
+        ["gbdt", "NA", "-", 3.0, 6.0], ["mlp", "global", "-", 20.0, 30.0],
+        ["mlp", "EU", "mlp/global#0", 4.0, 30.0]]
+    assert task_candidates(_Task("9", 1.0)) == []  # a task that stored neither
+    assert train_timings({}).empty  # a run without a train step yet
+
+
+def test_regional_vs_global_pairs_a_family_on_the_same_rows():
+    import pandas as pd
+
+    from pythia.evaluate.tables import build_regional_vs_global
+
+    def row(eval_region, model, cand_region, config_id, val, test):
+        return {"eval_region": eval_region, "model": model, "candidate_region": cand_region,
+                "config_id": config_id, "val_logloss": val, "logloss_age_gender": test,
+                "macro_f1_age_gender": 0.5, "n": 100.0}
+
+    headline = pd.DataFrame([
+        row("EU", "mlp", "global", 0, 1.9, 2.0), row("EU", "mlp", "EU", 0, 1.7, 1.8),
+        row("EU", "gbdt", "global", 0, 1.9, 2.1),  # no regional gbdt: no row
+        row("EU", "bayes", "global", pd.NA, None, 1.5),
+        row("global", "mlp", "global", 0, 1.9, 2.0)]).astype({"config_id": "Int64"})
+    cands = [_cand("mlp", "global", 1.0), _cand("mlp", "EU", 1.0, "mlp/global#0")]
+    out = build_regional_vs_global(headline, cands)
+    assert out[["region", "model", "start_from"]].values.tolist() == [
+        ["EU", "mlp", "mlp/global#0"]]
+    assert out.loc[0, "logloss_age_gender_global"] == 2.0
+    assert out.loc[0, "gain_logloss_age_gender"] == pytest.approx(0.2)
+    assert out.loc[0, "val_logloss_regional"] == 1.7
+    assert build_regional_vs_global(headline.iloc[0:0], cands).empty
