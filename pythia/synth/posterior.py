@@ -9,8 +9,13 @@ to u's Poisson intensity at t times P(x | u's latent state). Summing users by la
 where R is the realised activity of each group, A_s multiplies the factors that depend on c
 (device model, OS version, browser, metro, local hour/day intensity) and B_s those that depend
 on z (site, ad format). Local time is ``pythia.geo``'s for the row's country and geo_region,
-from the offset table the world was generated with (daylight saving included). Features that do not depend on the user (zip within metro, ad size,
-supply vendor) cancel. Power users (s=1) mix each factor with its population marginal.
+from the offset table the world was generated with (daylight saving included). Features that
+do not depend on the user (zip within metro, ad size, supply vendor) cancel. Power users (s=1)
+mix each factor with its population marginal.
+
+Rows carrying ``user_impressions_today`` (n) are also conditioned on it: n is Poisson(a_u H(t))
+independently of the row (``activity``), so R becomes a sum over activity levels l of
+count[l, s, country, c, z] · a_l^(n+1) H_{s,country,c}(t)^n e^(-a_l H) / n!.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from pythia import geo, storage
-from pythia.features import TS, TS_SECONDS, derive_time_features
+from pythia.features import TS, TS_SECONDS, USER_IMPRESSIONS_TODAY, derive_time_features
 from pythia.paths import join
+from pythia.synth.activity import ExposureClock, check_counts, level_weights
 from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
 
 _CTV = "ctv"
@@ -89,6 +95,9 @@ class World:
         self.root = root
         self.params = params
         self.R, self.RP, self.RL = weights["R"], weights["RP"], weights["RL"]
+        # per-level user counts (None in worlds written before activity levels)
+        self.RN, self.RNL = weights.get("RN"), weights.get("RNL")
+        self._exposure: ExposureClock | None = None
         self._truth: pd.DataFrame | None = None
         v = params.vocab
         self._clock = None if params.offsets is None else geo.OffsetTable.from_json(params.offsets)
@@ -131,23 +140,41 @@ class World:
 
         Args:
             df: impression contract columns (country, geo_region, metro, site_or_app,
-                device_model, os_version, browser, ad_format and ``ts`` or ``ts_seconds``).
+                device_model, os_version, browser, ad_format and ``ts`` or ``ts_seconds``);
+                with ``user_impressions_today`` the posterior is also conditioned on it.
             providers: optional provider name per row; a row with a provider is conditioned on
                 its user being labelled by that provider (the population of a labelled test set).
                 Null entries use all users.
+        """
+        return self._normalize(self.unnormalized_posterior(df, providers)[0])
+
+    def unnormalized_posterior(self, df: pd.DataFrame, providers: np.ndarray | None = None
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """((n, 12) weights, (n,) log scale): P(class, x[, n]) ∝ weights · exp(scale).
+
+        Without ``user_impressions_today`` the scale is 0 and the weights are those of the
+        posterior marginal over n; with it, summing weights · exp(scale) over n = 0, 1, ...
+        gives those marginal weights (the tests check it).
         """
         codes = self._encode(df)
         n = len(df)
         prov = (np.full(n, -1) if providers is None
                 else self._provider_codes(providers, n, allow_null=True))
-        out = np.empty((n, N_CLASS))
+        out, shift = np.empty((n, N_CLASS)), np.zeros(n)
+        today = self._activity_today(df, codes) if USER_IMPRESSIONS_TODAY in df.columns else None
         # The matmuls are tiny (K x 12): multi-threaded BLAS only adds contention here.
         with threadpool_limits(limits=1, user_api="blas"):
             for rows, (p, cty) in _runs((prov, codes["country"])):
                 f = self._factors(codes, rows)
-                weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
-                out[rows] = sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1))
-        return self._normalize(out)
+                if today is None:
+                    weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
+                    out[rows] = sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1))
+                    continue
+                counts = self.RN[:, :, cty] if p < 0 else self.RNL[p, :, :, cty].sum(axis=-1)
+                w, shift[rows] = level_weights(today[0][rows], today[1][rows], today[2],
+                                               counts, f.B)
+                out[rows] = f.A[0] * w[0] + f.A[1] * w[1]
+        return out, shift
 
     def label_posterior(self, df: pd.DataFrame, providers: np.ndarray,
                         dates: np.ndarray | None = None) -> np.ndarray:
@@ -158,7 +185,8 @@ class World:
         realised latest label of every user, so it is the gauge to use. With ``dates`` (each
         row's label observed date) it is the population-level form P(c | x, labelled by p)
         times the provider's confusion matrix on that date (its drift): right on average over
-        label-noise draws, but not conditioned on the labels this world actually drew.
+        label-noise draws, but not conditioned on the labels this world actually drew. Rows
+        with ``user_impressions_today`` are conditioned on it too (both forms).
         """
         n = len(df)
         prov = self._provider_codes(providers, n, allow_null=False)
@@ -174,9 +202,15 @@ class World:
         codes = self._encode(df)
         K = self.params.config.n_interests
         out = np.empty((n, N_CLASS))
+        today = self._activity_today(df, codes) if USER_IMPRESSIONS_TODAY in df.columns else None
         with threadpool_limits(limits=1, user_api="blas"):
             for rows, (p, cty) in _runs((prov, codes["country"])):
                 f = self._factors(codes, rows)
+                if today is not None:
+                    w, _ = level_weights(today[0][rows], today[1][rows], today[2],
+                                         self.RNL[p, :, :, cty], f.B)  # (rows, class, label)
+                    out[rows] = sum(np.einsum("nc,ncl->nl", f.A[s], w[s]) for s in (0, 1))
+                    continue
                 acc = np.zeros((len(rows), N_CLASS))
                 for s in (0, 1):
                     # RL[p, s, cty]: (class, z, label) -> (z, class*label), one matmul per run
@@ -196,6 +230,26 @@ class World:
         return self._normalize(per[cty])
 
     # ---------------------------------------------------------------- internals
+
+    def _activity_today(self, df: pd.DataFrame, codes: dict[str, np.ndarray]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(count n, exposure H (n, 2, 12), level rates (L, 2)) of rows carrying the count."""
+        if self.RN is None or self._clock is None:
+            raise ValueError(f"world {self.root} predates activity levels: regenerate it to "
+                             f"condition on {USER_IMPRESSIONS_TODAY!r}")
+        counts = check_counts(df[USER_IMPRESSIONS_TODAY], USER_IMPRESSIONS_TODAY)
+        if TS in df.columns:  # microseconds: the exposure up to the very instant of the row
+            ts = pd.to_datetime(df[TS], utc=True)
+            t = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(
+                np.int64) / 1e6
+        else:
+            t = ts_seconds_of(df).astype(np.float64)
+        if self._exposure is None:
+            self._exposure = ExposureClock(self.params)
+        cfg = self.params.config
+        rate = (float(self.params.base_rate) * self.params.activity_level[:, None]
+                * np.array([1.0, cfg.power_user_multiplier]))
+        return counts, self._exposure.exposure(t, codes["country"]), rate
 
     def _provider_codes(self, providers, n: int, allow_null: bool) -> np.ndarray:
         providers = np.asarray(providers, dtype=object)
@@ -298,5 +352,5 @@ def load_world(root: str) -> World:
     meta = storage.read_json(join(root, "truth", "world.json"))
     with np.load(io.BytesIO(storage.read_bytes(join(root, "truth", "world.npz")))) as z:
         arrays = {k: z[k] for k in z.files}
-    weights = {k: arrays.pop(k) for k in ("R", "RP", "RL")}
+    weights = {k: arrays.pop(k) for k in ("R", "RP", "RL", "RN", "RNL") if k in arrays}
     return World(root, params_from_saved(meta, arrays), weights)

@@ -1,0 +1,218 @@
+"""User activity: the world's discrete activity levels, the exposure a user accumulates since
+UTC midnight, and the reference count of a user's impressions so far today.
+
+A user's impressions are a Poisson process (``impressions``), so the number N of the same
+user's impressions earlier that UTC day is, given the user, independent of the impression at t
+and Poisson(a_u · H(t)) with H the intensity integrated from UTC midnight to t. Activity takes
+one of a few levels, so the posterior can sum over levels instead of users (``posterior``).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy.special import gammaln, ndtr, xlogy
+
+from pythia import geo
+from pythia.features import IMPRESSION_ID, TS, USER_ID
+from pythia.synth.catalog import N_CLASS
+from pythia.synth.places import HOUR, ZoneGroups
+
+if TYPE_CHECKING:
+    from pythia.synth.world import WorldConfig, WorldParams
+
+DAY = 24 * HOUR
+LEVEL_Z_SPAN = 2.8  # level edges cut the standard normal behind the lognormal evenly in [-2.8, 2.8]
+
+
+def activity_levels(config: WorldConfig) -> np.ndarray:
+    """(L,) activity multipliers (mean 1 under the lognormal): E[lognormal | its level's bin].
+
+    The lognormal(-σ²/2, σ) of ``activity_sigma`` is cut where its normal z crosses
+    ``linspace(-2.8, 2.8, L - 1)``; each level is the bin's exact conditional mean, so the
+    population mean activity is that of the continuous lognormal.
+    """
+    L, sigma = config.activity_levels, config.activity_sigma
+    if sigma == 0:
+        return np.ones(L)
+    edges = np.concatenate([[-np.inf], _z_edges(L), [np.inf]])
+    mass = np.diff(ndtr(edges))
+    return np.diff(ndtr(edges - sigma)) / mass
+
+
+def activity_level_of(draws: np.ndarray, config: WorldConfig) -> np.ndarray:
+    """Level index of lognormal(-σ²/2, σ) draws: the bin their normal z falls in."""
+    sigma = config.activity_sigma
+    if sigma == 0:
+        return np.zeros(len(draws), dtype=np.int64)
+    z = (np.log(draws) + 0.5 * sigma ** 2) / sigma
+    return np.searchsorted(_z_edges(config.activity_levels), z).astype(np.int64)
+
+
+def _z_edges(n_levels: int) -> np.ndarray:
+    return np.linspace(-LEVEL_Z_SPAN, LEVEL_Z_SPAN, n_levels - 1)
+
+
+def metro_choice_by_group(params: WorldParams, groups: ZoneGroups) -> np.ndarray:
+    """(s, country, class, zone group, metro in country): the metro choice within each group.
+
+    Summed over metros it is the share of a user's activity in each zone group; power users
+    (s=1) mix their class's choice with the country's marginal.
+    """
+    a, lam = params.arrays, params.config.power_user_informative
+    n_cty, mpc = len(params.vocab["countries"]), params.config.metros_per_country
+    own = a["p_metro"].reshape(n_cty, N_CLASS, n_cty, mpc)[np.arange(n_cty), :, np.arange(n_cty)]
+    marg = a["m_metro"].reshape(n_cty, n_cty, mpc)[np.arange(n_cty), np.arange(n_cty)]
+    f = np.stack([own, lam * own + (1 - lam) * marg[:, None, :]])
+    G = int(groups.n_groups.max())
+    in_group = (a["metro_zone_group"].reshape(n_cty, mpc)[:, None, :]
+                == np.arange(G)[None, :, None])  # (country, group, metro)
+    return f[:, :, :, None, :] * in_group[None, :, None]
+
+
+class ExposureClock:
+    """H[s, country, class](t): a group's expected impressions from UTC midnight to t per unit
+    activity -- Σ_g share[s, country, class, g] ∫ W_s[class, local dow_g, local hour_g] dt/HOUR,
+    with the very segments (``ZoneGroups.hour_segments``) the generator samples from."""
+
+    def __init__(self, params: WorldParams):
+        self.params = params
+        self._groups = ZoneGroups(params.vocab, params.arrays,
+                                  geo.OffsetTable.from_json(params.offsets))
+        self._share = metro_choice_by_group(params, self._groups).sum(axis=-1)  # (s, cty, c, G)
+        self._W = np.stack([params.W, params.W_power])  # (s, class, dow, hour)
+        self._days: dict[int, tuple[np.ndarray, list]] = {}
+
+    def _day(self, day: int) -> tuple[np.ndarray, list]:
+        """(cumulative exposure at each UTC hour start (25, groups, s, class), per-hour
+        (start, length, intensity (groups, J, s, class)) segments) of UTC day ``day``."""
+        if day not in self._days:
+            hours, full = [], []
+            for h in range(24):
+                seg = self._groups.hour_segments(day * DAY + h * HOUR)
+                w = self._W[:, :, seg["dow"], seg["hour"]].transpose(2, 3, 0, 1)  # (G, J, s, c)
+                hours.append((seg["start"], seg["length"], w))
+                full.append((seg["length"][:, :, None, None] * w).sum(axis=1) / HOUR)
+            cum = np.concatenate([np.zeros((1,) + full[0].shape), np.cumsum(full, axis=0)])
+            self._days[day] = (cum, hours)
+        return self._days[day]
+
+    def exposure(self, t: np.ndarray, country: np.ndarray) -> np.ndarray:
+        """(n, 2, N_CLASS) H at epoch seconds ``t`` (float) for rows of country index ``country``."""
+        t = np.asarray(t, dtype=np.float64)
+        out = np.zeros((len(t), 2, N_CLASS))
+        day = np.floor(t / DAY).astype(np.int64)
+        hour = np.floor((t - day * DAY) / HOUR).astype(np.int64)
+        groups = self._groups
+        for d in np.unique(day):
+            cum, hours = self._day(int(d))
+            for h in np.unique(hour[day == d]):
+                start, length, w = hours[h]
+                in_hour = np.flatnonzero((day == d) & (hour == h))
+                for c in np.unique(country[in_hour]):
+                    rows = in_hour[country[in_hour] == c]
+                    g = slice(groups.first[c], groups.first[c] + groups.n_groups[c])
+                    elapsed = t[rows] - (d * DAY + h * HOUR)
+                    overlap = np.clip(elapsed[:, None, None] - start[None, g], 0,
+                                      length[None, g])  # (rows, G_c, J)
+                    per_group = cum[h, g][None] + np.einsum("rgj,gjsk->rgsk", overlap,
+                                                            w[g]) / HOUR
+                    share = self._share[:, c, :, :groups.n_groups[c]]  # (s, class, G_c)
+                    out[rows] = np.einsum("rgsk,skg->rsk", per_group, share)
+        return out
+
+
+BLOCK_ELEMENTS = 1 << 22  # rows x levels x classes (x labels) per block: bounded memory
+
+
+def level_weights(n: np.ndarray, H: np.ndarray, level_rate: np.ndarray, counts: np.ndarray,
+                  B: tuple[np.ndarray, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Σ_z B_s[z] Σ_levels count · P(n | a_l H) · a_l per row, class and s, up to exp(shift).
+
+    Args:
+        n: (r,) impressions of the row's user earlier that UTC day.
+        H: (r, 2, N_CLASS) exposure since UTC midnight.
+        level_rate: (L, 2) activity a of each level and power flag.
+        counts: (L, 2, N_CLASS, K, *extra) users per level, power flag, class, interest (and
+            e.g. provider label).
+        B: per power flag, (r, K) interest-dependent factors.
+
+    Returns:
+        Per power flag (r, N_CLASS, *extra) weights, and the (r,) log scale ``shift`` they are
+        relative to (true weight = weight · exp(shift); the shift keeps big n finite).
+    """
+    r, K, L = len(n), counts.shape[3], len(level_rate)
+    extra = counts.shape[4:]
+    nn = n[:, None, None, None].astype(np.float64)
+    a = level_rate.T[None, :, :, None]  # (1, s, L, 1)
+    Hs = H[:, :, None, :]  # (r, s, 1, class)
+    # log[a^(n+1) H^n e^(-aH) / n!]: Poisson(n | aH) times the rate a of the impression itself
+    log_w = xlogy(nn + 1, a) + xlogy(nn, Hs) - a * Hs - gammaln(nn + 1)  # (r, s, L, class)
+    shift = log_w.reshape(r, -1).max(axis=1)
+    E = np.exp(log_w - shift[:, None, None, None])
+    tables = [np.moveaxis(counts[:, s], 2, 0).reshape(K, -1).astype(np.float64) for s in (0, 1)]
+    out = [np.empty((r, N_CLASS) + extra) for _ in (0, 1)]
+    step = max(1, BLOCK_ELEMENTS // (L * N_CLASS * int(np.prod(extra, dtype=np.int64))))
+    for lo in range(0, r, step):
+        hi = min(r, lo + step)
+        for s in (0, 1):
+            t = (B[s][lo:hi] @ tables[s]).reshape((hi - lo, L, N_CLASS) + extra)
+            e = E[lo:hi, s].reshape((hi - lo, L, N_CLASS) + (1,) * len(extra))
+            out[s][lo:hi] = (e * t).sum(axis=1)
+    return out, shift
+
+
+def user_impressions_today(df: pd.DataFrame) -> np.ndarray:
+    """Per row: how many impressions of the same user came earlier the same UTC day.
+
+    The reference definition of ``features.USER_IMPRESSIONS_TODAY``, which the ETL must
+    implement: per (user_id, UTC date of ts), the number of that user's rows ordered strictly
+    before the row by (ts, impression_id). Rows to give: every impression of the day(s) that
+    is kept as a valid, distinct impression (after quarantine and duplicate settling), before
+    any split sampling or filtering (e.g. of power users). A synthetic world's impressions are
+    all valid and distinct (the generator never corrupts or duplicates rows; contract tests
+    inject such rows themselves), so for a world it counts exactly the Poisson process the
+    posterior conditions on. A copy of an impression would count twice, so duplicate
+    impression ids raise, as do null keys.
+
+    Args:
+        df: rows with ``user_id``, ``ts`` (timestamp) and ``impression_id``.
+
+    Returns:
+        (n,) int64 counts aligned with ``df``'s rows.
+    """
+    missing = [c for c in (USER_ID, TS, IMPRESSION_ID) if c not in df.columns]
+    if missing:
+        raise ValueError(f"user_impressions_today needs column(s) {missing}")
+    for col in (USER_ID, TS, IMPRESSION_ID):
+        if df[col].isna().any():
+            raise ValueError(f"column {col!r} has {int(df[col].isna().sum())} null(s): drop or "
+                             f"quarantine those rows before counting")
+    if df[IMPRESSION_ID].duplicated().any():
+        dup = df.loc[df[IMPRESSION_ID].duplicated(), IMPRESSION_ID].head(3).tolist()
+        raise ValueError(f"column {IMPRESSION_ID!r} repeats ids, e.g. {dup}: settle duplicates "
+                         f"first (each impression counts once)")
+    ts = pd.to_datetime(df[TS], utc=True)
+    keys = pd.DataFrame({"u": df[USER_ID].to_numpy(), "d": ts.dt.floor("D").to_numpy(),
+                         "t": ts.to_numpy(), "i": df[IMPRESSION_ID].to_numpy()})
+    order = keys.sort_values(["u", "d", "t", "i"], kind="stable").index
+    counts = keys.loc[order].groupby(["u", "d"], sort=False).cumcount().to_numpy()
+    out = np.empty(len(df), dtype=np.int64)
+    out[keys.index.get_indexer(order)] = counts
+    return out
+
+
+def check_counts(values: pd.Series | np.ndarray, column: str) -> np.ndarray:
+    """The count column as int64; nulls, negatives and fractions raise."""
+    ser = pd.Series(np.asarray(values))
+    numeric = pd.to_numeric(ser, errors="coerce")
+    bad = numeric.isna() | (numeric < 0) | (numeric % 1 != 0)
+    if bad.any():
+        raise ValueError(f"column {column!r} needs whole counts >= 0, got e.g. "
+                         f"{ser[bad].head(3).tolist()}")
+    return numeric.to_numpy(dtype=np.int64)
+
+
+__all__ = ["activity_levels", "activity_level_of", "metro_choice_by_group", "ExposureClock",
+           "level_weights", "user_impressions_today", "check_counts"]

@@ -1,0 +1,207 @@
+"""Tests of the world's activity levels and the posterior given a user's impressions so far today."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+from scipy.special import ndtr
+from scipy.stats import poisson
+
+from pythia import geo
+from pythia.features import USER_IMPRESSIONS_TODAY as N_TODAY
+from pythia.synth import PRESETS, generate_world, load_world
+from pythia.synth.activity import (DAY, ExposureClock, activity_levels, user_impressions_today)
+from pythia.synth.population import build_users
+from pythia.synth.world import WorldConfig, build_params
+
+N_BINS = ((0, 0), (1, 3), (4, 15), (16, None))  # bins of n for the calibration check
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("synth") / "tiny")
+    generate_world(root, "tiny", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def rows(tiny) -> pd.DataFrame:
+    """Every impression of the tiny world with its reference count, true class, power flag."""
+    world = load_world(tiny)
+    df = ds.dataset(f"{tiny}/impressions", partitioning="hive").to_table().to_pandas()
+    df[N_TODAY] = user_impressions_today(df)
+    truth = world.truth().set_index("user_id")
+    classes = {c: i for i, c in enumerate(world.class_labels)}
+    df["y"] = truth.loc[df["user_id"], "age_gender"].map(classes).to_numpy()
+    df["power"] = truth.loc[df["user_id"], "is_power_user"].to_numpy()
+    return df
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+
+
+def _calibration_by_n(p: np.ndarray, y: np.ndarray, n: np.ndarray) -> float:
+    """Largest |z| of (true count - summed probability) per class within each bin of n."""
+    worst = 0.0
+    for lo, hi in N_BINS:
+        m = (n >= lo) & (n <= (np.inf if hi is None else hi))
+        observed = np.bincount(y[m], minlength=p.shape[1])
+        expected, var = p[m].sum(axis=0), (p[m] * (1 - p[m])).sum(axis=0)
+        ok = var >= 10  # the normal approximation needs a few expected hits
+        worst = max(worst, float(np.max(np.abs(observed - expected)[ok] / np.sqrt(var[ok]))))
+    return worst
+
+
+# ------------------------------------------------------------------ levels and the reference count
+
+def test_activity_levels_keep_the_lognormal_mean_and_the_other_draws():
+    cfg = WorldConfig(n_users=3000, n_sites=100)
+    levels = activity_levels(cfg)
+    edges = np.concatenate([[-np.inf], np.linspace(-2.8, 2.8, cfg.activity_levels - 1), [np.inf]])
+    assert len(levels) == 16 and np.all(np.diff(levels) > 0)
+    assert np.diff(ndtr(edges)) @ levels == pytest.approx(1.0, abs=1e-12)  # the mean is kept
+    params = build_params(cfg, seed=1)
+    users = build_users(params)
+    assert set(np.unique(users.level)) <= set(range(16)) and len(np.unique(users.level)) >= 12
+    np.testing.assert_array_equal(users.activity, float(params.base_rate) * levels[users.level]
+                                  * np.where(users.power, cfg.power_user_multiplier, 1.0))
+    # one level: everyone at the mean; levels change activity only (country, class, ... kept)
+    flat = build_users(build_params(dataclasses.replace(cfg, activity_sigma=0.0), seed=1))
+    assert np.unique(flat.activity[~flat.power]).size == 1
+    np.testing.assert_array_equal(flat.cls, users.cls)
+    with pytest.raises(ValueError, match="activity_levels"):
+        WorldConfig(activity_levels=1)
+
+
+def test_reference_count_is_per_user_and_utc_day_strictly_before():
+    ts = pd.to_datetime(["2026-11-19 23:59:59", "2026-11-20 00:00:00", "2026-11-20 08:00:00",
+                         "2026-11-20 08:00:00", "2026-11-20 07:00:00", "2026-11-20 09:00:00"],
+                        utc=True)
+    df = pd.DataFrame({"user_id": ["a", "a", "a", "a", "a", "b"], "ts": ts,
+                       "impression_id": ["i1", "i2", "i4", "i3", "i5", "i6"]})
+    # a's 2026-11-20 rows in order: i2 (00:00), i5 (07:00), i3 then i4 (08:00, by id)
+    assert user_impressions_today(df).tolist() == [0, 0, 3, 2, 1, 0]
+    with pytest.raises(ValueError, match="repeats ids"):
+        user_impressions_today(pd.concat([df, df.head(1)]))
+    with pytest.raises(ValueError, match="null"):
+        user_impressions_today(df.assign(user_id=[None, "a", "a", "a", "a", "b"]))
+
+
+def test_cache_regenerates_a_world_of_an_older_generator(tmp_path):
+    from pythia.synth import generate as gen_mod
+    root = tmp_path / "w"
+    generate_world(str(root), "tiny", seed=2)
+    assert gen_mod._is_current(str(root))
+    meta = root / "truth" / "world.json"
+    meta.write_text(meta.read_text().replace('"generator_version": 2', '"generator_version": 1'))
+    assert not gen_mod._is_current(str(root))
+
+
+# ------------------------------------------------------------------ the conditional posterior
+
+def test_conditional_weights_summed_over_n_are_the_marginal(tiny, rows):
+    world = load_world(tiny)
+    # early-morning rows keep the Poisson means small enough to sum n exhaustively
+    first = rows[(rows["ts"].dt.hour == 0) & (rows["ts"].dt.minute < 20)]
+    sample = first.groupby("country").head(3).drop(columns=[N_TODAY]).reset_index(drop=True)
+    assert sample["country"].nunique() >= 8
+    marginal, zero = world.unnormalized_posterior(sample)
+    assert not zero.any()
+    H = ExposureClock(world.params).exposure(
+        (sample["ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(),
+        pd.Index(world.params.vocab["countries"]).get_indexer(sample["country"]))
+    top = float(world.params.base_rate) * world.params.activity_level.max() \
+        * world.params.config.power_user_multiplier * H.max()
+    n_max = int(poisson.isf(1e-13, top)) + 5  # the tail beyond is < 1e-12
+    grid = sample.loc[np.repeat(sample.index, n_max + 1)].reset_index(drop=True)
+    grid[N_TODAY] = np.tile(np.arange(n_max + 1), len(sample))
+    for providers in (None, np.full(len(grid), "lucid", dtype=object)):
+        w, shift = world.unnormalized_posterior(grid, providers)
+        total = (w * np.exp(shift)[:, None]).reshape(len(sample), n_max + 1, -1).sum(axis=1)
+        base = marginal if providers is None else world.unnormalized_posterior(
+            sample, providers[:len(sample)])[0]
+        np.testing.assert_allclose(total, base, rtol=1e-9, atol=0)
+
+
+def _local_day_exposure(world, df: pd.DataFrame) -> np.ndarray:
+    """A WRONG H: exposure since LOCAL midnight (what a local-day counter would need)."""
+    clock = ExposureClock(world.params)
+    cty = pd.Index(world.params.vocab["countries"]).get_indexer(df["country"])
+    t = (df["ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    off = 60.0 * geo.local_offset_minutes(t.astype(np.int64), df["country"].to_numpy(object),
+                                          df["geo_region"].to_numpy(object),
+                                          geo.OffsetTable.from_json(world.params.offsets))
+    local_midnight = np.floor((t + off) / DAY) * DAY - off
+    since_utc = clock.exposure(t, cty)
+    at_mid = clock.exposure(local_midnight, cty)
+    day_end = clock.exposure(np.floor(local_midnight / DAY) * DAY + DAY - 1e-6, cty)
+    same_day = (np.floor(local_midnight / DAY) == np.floor(t / DAY))[:, None, None]
+    return np.where(same_day, since_utc - at_mid, since_utc + day_end - at_mid)
+
+
+class _FixedExposure:
+    def __init__(self, H: np.ndarray):
+        self.H = H
+
+    def exposure(self, t: np.ndarray, country: np.ndarray) -> np.ndarray:
+        assert len(t) == len(self.H)
+        return self.H
+
+
+def test_conditional_posterior_is_calibrated_per_bin_of_n_and_wrong_exposures_fail(tiny, rows):
+    world = load_world(tiny)
+    y, n = rows["y"].to_numpy(), rows[N_TODAY].to_numpy()
+    p = world.posterior(rows)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    assert _calibration_by_n(p, y, n) < 4.5
+    H = ExposureClock(world.params).exposure(
+        (rows["ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(),
+        pd.Index(world.params.vocab["countries"]).get_indexer(rows["country"]))
+    wrong = {"no class dependence": np.broadcast_to(H.mean(axis=2, keepdims=True), H.shape),
+             "local day": _local_day_exposure(world, rows)}
+    for name, bad in wrong.items():
+        world._exposure = _FixedExposure(bad)
+        assert _calibration_by_n(world.posterior(rows), y, n) > 6.0, name
+    world._exposure = _FixedExposure(H)
+    np.testing.assert_allclose(world.posterior(rows), p, rtol=1e-6)  # float seconds agree
+
+
+def test_count_helps_most_on_power_users(tiny, rows):
+    world = load_world(tiny)
+    y, power = rows["y"].to_numpy(), rows["power"].to_numpy()
+    cond, marg = world.posterior(rows), world.posterior(rows.drop(columns=[N_TODAY]))
+    assert _log_loss(cond[power], y[power]) < _log_loss(marg[power], y[power]) - 0.05
+    assert _log_loss(cond, y) < _log_loss(marg, y)
+
+
+def test_label_posterior_given_the_count_is_calibrated(tiny, rows):
+    world = load_world(tiny)
+    providers = np.full(len(rows), "lucid", dtype=object)
+    truth_p = world.posterior(rows, providers=providers)
+    q = world.label_posterior(rows, providers)
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-12)
+    marg = world.label_posterior(rows.drop(columns=[N_TODAY]), providers)
+    assert not np.allclose(q, marg)
+    # rows whose user lucid labels: the label posterior's class mass equals the truth one's
+    # mass pushed through the labels lucid drew, so both have the same argmax rate overall
+    assert abs((q.argmax(1) == truth_p.argmax(1)).mean()) > 0.5
+
+
+def test_counts_are_checked_and_older_worlds_refuse_them(tiny, rows):
+    world = load_world(tiny)
+    with pytest.raises(ValueError, match=N_TODAY):
+        world.posterior(rows.head(3).assign(**{N_TODAY: [0, -1, 2]}))
+    with pytest.raises(ValueError, match=N_TODAY):
+        world.posterior(rows.head(3).assign(**{N_TODAY: [0, None, 2]}))
+    world.RN = None  # what load_world gives for a world written before activity levels
+    with pytest.raises(ValueError, match="predates activity levels"):
+        world.posterior(rows.head(3))
+    assert world.posterior(rows.head(3).drop(columns=[N_TODAY])).shape == (3, 12)
+
+
+def test_presets_all_have_levels():
+    assert all(cfg.activity_levels == 16 for cfg in PRESETS.values())
