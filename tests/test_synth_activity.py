@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from scipy.special import ndtr
@@ -12,12 +14,15 @@ from scipy.stats import poisson
 
 from pythia import geo
 from pythia.features import USER_IMPRESSIONS_TODAY as N_TODAY
+from pythia.features import age_bucket_labels, age_to_bucket
 from pythia.synth import PRESETS, generate_world, load_world
 from pythia.synth.activity import (DAY, ExposureClock, activity_levels, user_impressions_today)
+from pythia.synth.impressions import PartitionSampler
 from pythia.synth.population import build_users
 from pythia.synth.world import WorldConfig, build_params
 
 N_BINS = ((0, 0), (1, 3), (4, 15), (16, None))  # bins of n for the calibration check
+REPLICATE_DAYS = 30  # independent days of the tiny world's users for the calibration checks
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +35,23 @@ def tiny(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def rows(tiny) -> pd.DataFrame:
     """Every impression of the tiny world with its reference count, true class, power flag."""
-    world = load_world(tiny)
     df = ds.dataset(f"{tiny}/impressions", partitioning="hive").to_table().to_pandas()
+    return _with_truth(load_world(tiny), df)
+
+
+@pytest.fixture(scope="module")
+def replicates(tiny) -> pd.DataFrame:
+    """REPLICATE_DAYS independent days of the tiny world's users (the sampler draws any UTC
+    day from (seed, date, hour)), with the same columns as ``rows`` and the day's index."""
+    world = load_world(tiny)
+    sampler = PartitionSampler(world.params, build_users(world.params))
+    end = dt.date.fromisoformat(world.params.config.end_date)
+    days = [pa.concat_tables([sampler.sample(end - dt.timedelta(days=k), h) for h in range(24)])
+            .to_pandas().assign(day=k) for k in range(REPLICATE_DAYS)]
+    return _with_truth(world, pd.concat(days, ignore_index=True))
+
+
+def _with_truth(world, df: pd.DataFrame) -> pd.DataFrame:
     df[N_TODAY] = user_impressions_today(df)
     truth = world.truth().set_index("user_id")
     classes = {c: i for i, c in enumerate(world.class_labels)}
@@ -44,15 +64,21 @@ def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
 
 
-def _calibration_by_n(p: np.ndarray, y: np.ndarray, n: np.ndarray) -> float:
-    """Largest |z| of (true count - summed probability) per class within each bin of n."""
+def _calibration_t(p: np.ndarray, y: np.ndarray, n: np.ndarray, day: np.ndarray) -> float:
+    """Largest |t| over days of (true count - summed probability) per class and bin of n.
+
+    Rows of one user and day share the class and the count, so rows are not independent;
+    days are (given the users), so each statistic's noise is measured across days.
+    """
+    days = np.unique(day)
     worst = 0.0
     for lo, hi in N_BINS:
         m = (n >= lo) & (n <= (np.inf if hi is None else hi))
-        observed = np.bincount(y[m], minlength=p.shape[1])
-        expected, var = p[m].sum(axis=0), (p[m] * (1 - p[m])).sum(axis=0)
-        ok = var >= 10  # the normal approximation needs a few expected hits
-        worst = max(worst, float(np.max(np.abs(observed - expected)[ok] / np.sqrt(var[ok]))))
+        per_day = pd.DataFrame(np.eye(p.shape[1])[y[m]] - p[m]).groupby(day[m]).sum()
+        per_day = per_day.reindex(days, fill_value=0.0).to_numpy()
+        ok = p[m].sum(axis=0) >= 10 * len(days)  # classes with some hits per day
+        t = per_day.mean(axis=0) / (per_day.std(axis=0, ddof=1) / np.sqrt(len(days)))
+        worst = max(worst, float(np.max(np.abs(t[ok]))))
     return worst
 
 
@@ -152,22 +178,56 @@ class _FixedExposure:
         return self.H
 
 
-def test_conditional_posterior_is_calibrated_per_bin_of_n_and_wrong_exposures_fail(tiny, rows):
+def _exposure_of(world, df: pd.DataFrame) -> np.ndarray:
+    return ExposureClock(world.params).exposure(
+        (df["ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(),
+        pd.Index(world.params.vocab["countries"]).get_indexer(df["country"]))
+
+
+def test_conditional_posterior_is_calibrated_per_bin_of_n_and_wrong_exposures_fail(
+        tiny, replicates):
     world = load_world(tiny)
-    y, n = rows["y"].to_numpy(), rows[N_TODAY].to_numpy()
-    p = world.posterior(rows)
+    df = replicates
+    y, n, day = df["y"].to_numpy(), df[N_TODAY].to_numpy(), df["day"].to_numpy()
+    p = world.posterior(df)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
-    assert _calibration_by_n(p, y, n) < 4.5
-    H = ExposureClock(world.params).exposure(
-        (rows["ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(),
-        pd.Index(world.params.vocab["countries"]).get_indexer(rows["country"]))
+    assert _calibration_t(p, y, n, day) < 4.5
+    H = _exposure_of(world, df)
     wrong = {"no class dependence": np.broadcast_to(H.mean(axis=2, keepdims=True), H.shape),
-             "local day": _local_day_exposure(world, rows)}
+             "local day": _local_day_exposure(world, df)}
     for name, bad in wrong.items():
         world._exposure = _FixedExposure(bad)
-        assert _calibration_by_n(world.posterior(rows), y, n) > 6.0, name
+        assert _calibration_t(world.posterior(df), y, n, day) > 6.0, name
     world._exposure = _FixedExposure(H)
-    np.testing.assert_allclose(world.posterior(rows), p, rtol=1e-6)  # float seconds agree
+    np.testing.assert_allclose(world.posterior(df), p, rtol=1e-6)  # float seconds agree
+
+
+def test_exposure_gives_the_generators_counts_per_user_and_day(tiny, replicates):
+    """N(before τ) of each user and day is Poisson(a_u H(τ)), independent across users/days."""
+    params = load_world(tiny).params
+    users = build_users(params)
+    n_users = len(users.cls)
+    end = dt.date.fromisoformat(params.config.end_date)
+    day_start = np.array([(end - dt.timedelta(days=k) - dt.date(1970, 1, 1)).days * DAY
+                          for k in range(REPLICATE_DAYS)], dtype=np.float64)
+    u = np.tile(np.arange(n_users), REPLICATE_DAYS)
+    key = pd.MultiIndex.from_arrays([np.repeat(np.arange(REPLICATE_DAYS), n_users),
+                                     np.asarray(users.ids.to_pylist(), dtype=object)[u]])
+    clock = ExposureClock(params)
+    z = {"right": [], "no class dependence": []}
+    for cut_hour in (6, 12, 18):
+        H = clock.exposure(np.repeat(day_start, n_users) + cut_hour * 3600, users.country[u])
+        seen = replicates[replicates["ts"].dt.hour < cut_hour].groupby(["day", "user_id"]).size()
+        N = seen.reindex(key, fill_value=0).to_numpy()
+        s = users.power[u].astype(int)
+        for name, h in (("right", H), ("no class dependence", H.mean(axis=2, keepdims=True))):
+            mean = users.activity[u] * h[np.arange(len(u)), s, users.cls[u] if h.shape[2] > 1
+                                         else 0]
+            for c in np.unique(users.cls):
+                m = users.cls[u] == c
+                z[name].append(abs(N[m].sum() - mean[m].sum()) / np.sqrt(mean[m].sum()))
+    assert max(z["right"]) < 4.5 and max(z["no class dependence"]) > 6.0, \
+        {k: max(v) for k, v in z.items()}
 
 
 def test_count_helps_most_on_power_users(tiny, rows):
@@ -178,17 +238,32 @@ def test_count_helps_most_on_power_users(tiny, rows):
     assert _log_loss(cond, y) < _log_loss(marg, y)
 
 
-def test_label_posterior_given_the_count_is_calibrated(tiny, rows):
+def _latest_labels(root: str, provider: str) -> pd.Series:
+    """Each labelled user's latest label (AgeGender index) from ``provider``."""
+    labels = pd.read_parquet(f"{root}/labels/provider={provider}")
+    latest = labels.sort_values("observed_date").groupby("user_id").tail(1)
+    bucket = np.where(latest["age"].notna(), age_to_bucket(latest["age"].fillna(0)),
+                      pd.Index(age_bucket_labels()).get_indexer(latest["age_bucket"]))
+    n_age = len(age_bucket_labels())
+    return pd.Series((latest["gender"] == "M").to_numpy() * n_age + bucket,
+                     index=latest["user_id"].to_numpy())
+
+
+def test_label_posterior_given_the_count_is_calibrated(tiny, replicates):
     world = load_world(tiny)
-    providers = np.full(len(rows), "lucid", dtype=object)
-    truth_p = world.posterior(rows, providers=providers)
-    q = world.label_posterior(rows, providers)
+    label = _latest_labels(tiny, "lucid")
+    df = replicates[replicates["user_id"].isin(label.index)].reset_index(drop=True)
+    y, n, day = label.loc[df["user_id"]].to_numpy(), df[N_TODAY].to_numpy(), df["day"].to_numpy()
+    providers = np.full(len(df), "lucid", dtype=object)
+    q = world.label_posterior(df, providers)
     np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-12)
-    marg = world.label_posterior(rows.drop(columns=[N_TODAY]), providers)
-    assert not np.allclose(q, marg)
-    # rows whose user lucid labels: the label posterior's class mass equals the truth one's
-    # mass pushed through the labels lucid drew, so both have the same argmax rate overall
-    assert abs((q.argmax(1) == truth_p.argmax(1)).mean()) > 0.5
+    assert _calibration_t(q, y, n, day) < 4.5
+    marginal = world.label_posterior(df.drop(columns=[N_TODAY]), providers)
+    assert _log_loss(q, y) < _log_loss(marginal, y) - 0.05
+    # the dated (drift) form goes through the conditional posterior too
+    dated = world.label_posterior(df.head(50), providers[:50],
+                                  dates=np.full(50, world.params.vocab["label_dates"][-1]))
+    np.testing.assert_allclose(dated.sum(axis=1), 1.0, atol=1e-12)
 
 
 def test_counts_are_checked_and_older_worlds_refuse_them(tiny, rows):
