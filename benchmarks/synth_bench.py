@@ -4,26 +4,37 @@ Prints generation rows/s next to pyarrow writing the same rows (a pure-I/O basel
 rows/s next to a plain NumPy draw of an (n, 12) probability matrix, and — unless ``--no-quality``
 — the Bayes-optimal log-loss / accuracy of every target on the test day, against the truth and
 against the chosen providers' labels. Timings are measured in this run; nothing here fails on a
-slow machine.
+slow machine. ``--activity`` instead draws only the test day (in memory) and compares the
+posterior marginal over the user's impressions so far today with the one conditioned on it:
+time, and log-loss on all rows, without power users, power users only -- for the realised
+world's users (the gauge) and for the population form (expected users per group).
 
     python benchmarks/synth_bench.py [--preset default] [--seed 0] [--rows 1000000]
+    python benchmarks/synth_bench.py --activity [--preset default] [--seed 0]
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import shutil
 import tempfile
 import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pythia.config import parse_overrides
 from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, GENDER_CLASSES, USER_ID,
                              age_bucket_labels, age_to_bucket, marginals_from_joint)
-from pythia.synth import PRESETS, generate_world, load_world
+from pythia.features import USER_IMPRESSIONS_TODAY
+from pythia.synth import PRESETS, World, generate_world, load_world
+from pythia.synth.activity import expected_weights, user_impressions_today
+from pythia.synth.impressions import PartitionSampler
+from pythia.synth.population import build_labels, build_users, realised_weights, truth_table
+from pythia.synth.world import build_params
 
 N_AGE = len(age_bucket_labels())
 
@@ -125,6 +136,43 @@ def bench_quality(root: str, test_date: str, override: str) -> None:
           f"{_scores(world.label_posterior(lab, prov), lab['y_label'].to_numpy())}")
 
 
+def bench_activity(preset: str, seed: int) -> None:
+    """The test day of ``preset`` drawn in memory (the same rows generate_world writes), its
+    reference counts, and the marginal vs count-conditioned posterior: time and log-loss."""
+    params = build_params(PRESETS[preset], seed)
+    users = build_users(params)
+    world = World("<in memory>", params, realised_weights(params, users,
+                                                          build_labels(params, users)))
+    sampler = PartitionSampler(params, users)
+    day = dt.date.fromisoformat(params.config.end_date)
+    df, gen_secs = _timed(lambda: pa.concat_tables(
+        [sampler.sample(day, h) for h in range(24)]).to_pandas())
+    counts, count_secs = _timed(lambda: user_impressions_today(df))
+    truth = truth_table(params, users).to_pandas().set_index(USER_ID)
+    y = truth.loc[df[USER_ID], "age_gender"].map(
+        {c: i for i, c in enumerate(world.class_labels)}).to_numpy()
+    power = truth.loc[df[USER_ID], "is_power_user"].to_numpy()
+    marg, marg_secs = _timed(lambda: world.posterior(df))
+    counted = df.assign(**{USER_IMPRESSIONS_TODAY: counts})
+    cond, cond_secs = _timed(lambda: world.posterior(counted))
+    # the population form: expected rather than realised users per group
+    population = World("<population>", params, expected_weights(params))
+    pop_marg, pop_cond = population.posterior(df), population.posterior(counted)
+    n = len(df)
+    print(f"activity   {preset} seed={seed} test day {day}: {n:,} rows drawn in {gen_secs:.1f} s, "
+          f"counted in {count_secs:.2f} s; median count {np.median(counts):.0f}, "
+          f"max {counts.max():,}")
+    print(f"posterior  marginal {marg_secs:6.2f} s ({n / marg_secs:,.0f} rows/s) | given the "
+          f"count {cond_secs:6.2f} s ({n / cond_secs:,.0f} rows/s) | ratio "
+          f"{cond_secs / marg_secs:.1f}x")
+    for name, m in (("all rows", np.ones(n, bool)), ("without power users", ~power),
+                    ("power users only", power)):
+        print(f"  {name:20s} {int(m.sum()):>9,} rows | marginal: {_scores(marg[m], y[m])}")
+        print(f"  {'':20s} {'':>9s}      | given n : {_scores(cond[m], y[m])}")
+        print(f"  {'':20s} {'':>9s} population marginal: {_scores(pop_marg[m], y[m])}")
+        print(f"  {'':20s} {'':>9s} population given n : {_scores(pop_cond[m], y[m])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
@@ -134,7 +182,12 @@ def main() -> None:
     ap.add_argument("--override", default="US=lucid", help="provider override map")
     ap.add_argument("--no-quality", action="store_true", help="skip the Bayes gauge")
     ap.add_argument("--keep", help="generate into this folder and keep it")
+    ap.add_argument("--activity", action="store_true",
+                    help="only the posterior given impressions so far today, on the test day")
     args = ap.parse_args()
+    if args.activity:
+        bench_activity(args.preset, args.seed)
+        return
     root = args.keep or tempfile.mkdtemp(prefix="synth-bench-") + "/world"
     try:
         bench_generation(root, args.preset, args.seed, args.workers)

@@ -15,8 +15,9 @@ from scipy.stats import poisson
 from pythia import geo
 from pythia.features import USER_IMPRESSIONS_TODAY as N_TODAY
 from pythia.features import age_bucket_labels, age_to_bucket
-from pythia.synth import PRESETS, generate_world, load_world
-from pythia.synth.activity import (DAY, ExposureClock, activity_levels, user_impressions_today)
+from pythia.synth import PRESETS, World, generate_world, load_world
+from pythia.synth.activity import (DAY, ExposureClock, activity_levels, expected_weights,
+                                   user_impressions_today)
 from pythia.synth.impressions import PartitionSampler
 from pythia.synth.population import build_users
 from pythia.synth.world import WorldConfig, build_params
@@ -135,8 +136,7 @@ def test_conditional_weights_summed_over_n_are_the_marginal(tiny, rows):
     first = rows[(rows["ts"].dt.hour == 0) & (rows["ts"].dt.minute < 20)]
     sample = first.groupby("country").head(3).drop(columns=[N_TODAY]).reset_index(drop=True)
     assert sample["country"].nunique() >= 8
-    marginal, zero = world.unnormalized_posterior(sample)
-    assert not zero.any()
+    assert not world.unnormalized_posterior(sample)[1].any()  # no count: no scale
     H = ExposureClock(world.params).exposure(
         (sample["ts"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(),
         pd.Index(world.params.vocab["countries"]).get_indexer(sample["country"]))
@@ -145,12 +145,16 @@ def test_conditional_weights_summed_over_n_are_the_marginal(tiny, rows):
     n_max = int(poisson.isf(1e-13, top)) + 5  # the tail beyond is < 1e-12
     grid = sample.loc[np.repeat(sample.index, n_max + 1)].reset_index(drop=True)
     grid[N_TODAY] = np.tile(np.arange(n_max + 1), len(sample))
-    for providers in (None, np.full(len(grid), "lucid", dtype=object)):
-        w, shift = world.unnormalized_posterior(grid, providers)
+    population = World(tiny, world.params, expected_weights(world.params))
+    for w_, providers in ((world, None), (world, np.full(len(grid), "lucid", dtype=object)),
+                          (population, None)):
+        w, shift = w_.unnormalized_posterior(grid, providers)
         total = (w * np.exp(shift)[:, None]).reshape(len(sample), n_max + 1, -1).sum(axis=1)
-        base = marginal if providers is None else world.unnormalized_posterior(
-            sample, providers[:len(sample)])[0]
+        base = w_.unnormalized_posterior(
+            sample, None if providers is None else providers[:len(sample)])[0]
         np.testing.assert_allclose(total, base, rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match="population"):
+        population.posterior(sample, providers=np.full(len(sample), "lucid", dtype=object))
 
 
 def _local_day_exposure(world, df: pd.DataFrame) -> np.ndarray:

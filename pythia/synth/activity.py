@@ -41,6 +41,31 @@ def activity_levels(config: WorldConfig) -> np.ndarray:
     return np.diff(ndtr(edges - sigma)) / mass
 
 
+def activity_level_shares(config: WorldConfig) -> np.ndarray:
+    """(L,) probability of each activity level (1 at one level when activity_sigma is 0)."""
+    if config.activity_sigma == 0:
+        return np.eye(config.activity_levels)[0]
+    edges = np.concatenate([[-np.inf], _z_edges(config.activity_levels), [np.inf]])
+    return np.diff(ndtr(edges))
+
+
+def expected_weights(params: WorldParams) -> dict[str, np.ndarray]:
+    """R and RN (``population.realised_weights``' shapes) expected over the draw of the users.
+
+    A World built on them gives the population posterior: what a model that knows the
+    generative tables but not which users the world happened to draw can know. The realised
+    form is sharper where groups hold few users (power users, single activity levels).
+    """
+    cfg = params.config
+    power = np.array([1 - cfg.power_user_share, cfg.power_user_share])
+    users = (cfg.n_users * power[:, None, None, None] * params.country_share[None, :, None, None]
+             * params.prior[None, :, :, None] * params.theta[None, None])  # (s, cty, c, z)
+    RN = activity_level_shares(cfg)[:, None, None, None, None] * users[None]
+    rate = (float(params.base_rate) * params.activity_level[:, None]
+            * np.array([1.0, cfg.power_user_multiplier]))  # (L, s)
+    return {"R": np.einsum("ls,lsckz->sckz", rate, RN), "RN": RN}
+
+
 def activity_level_of(draws: np.ndarray, config: WorldConfig) -> np.ndarray:
     """Level index of lognormal(-σ²/2, σ) draws: the bin their normal z falls in."""
     sigma = config.activity_sigma
@@ -214,5 +239,5 @@ def check_counts(values: pd.Series | np.ndarray, column: str) -> np.ndarray:
     return numeric.to_numpy(dtype=np.int64)
 
 
-__all__ = ["activity_levels", "activity_level_of", "metro_choice_by_group", "ExposureClock",
+__all__ = ["activity_levels", "activity_level_shares", "activity_level_of", "expected_weights", "metro_choice_by_group", "ExposureClock",
            "level_weights", "user_impressions_today", "check_counts"]

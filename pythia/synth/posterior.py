@@ -94,7 +94,9 @@ class World:
     def __init__(self, root: str, params: WorldParams, weights: dict[str, np.ndarray]):
         self.root = root
         self.params = params
-        self.R, self.RP, self.RL = weights["R"], weights["RP"], weights["RL"]
+        self.R = weights["R"]
+        # per provider; None in a population World (activity.expected_weights)
+        self.RP, self.RL = weights.get("RP"), weights.get("RL")
         # per-level user counts (None in worlds written before activity levels)
         self.RN, self.RNL = weights.get("RN"), weights.get("RNL")
         self._exposure: ExposureClock | None = None
@@ -252,6 +254,9 @@ class World:
         return counts, self._exposure.exposure(t, codes["country"]), rate
 
     def _provider_codes(self, providers, n: int, allow_null: bool) -> np.ndarray:
+        if self.RP is None:
+            raise ValueError(f"world {self.root} has no per-provider weights (a population "
+                             f"World): call it without providers")
         providers = np.asarray(providers, dtype=object)
         if providers.shape != (n,):
             raise ValueError(f"providers must have one entry per row ({n}), got shape "
