@@ -8,11 +8,12 @@ one of a few levels, so the posterior can sum over levels instead of users (``po
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy.special import gammaln, ndtr, xlogy
+from scipy.special import gammaln, ndtr, pdtr, pdtrc, xlogy
 
 from pythia import geo
 from pythia.features import IMPRESSION_ID, TS, USER_ID
@@ -151,14 +152,57 @@ class ExposureClock:
 BLOCK_ELEMENTS = 1 << 22  # rows x levels x classes (x labels) per block: bounded memory
 
 
-def level_weights(n: np.ndarray, H: np.ndarray, level_rate: np.ndarray, counts: np.ndarray,
-                  B: tuple[np.ndarray, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Σ_z B_s[z] Σ_levels count · P(n | a_l H) · a_l per row, class and s, up to exp(shift).
+@dataclass
+class ActivityEvidence:
+    """What rows tell about their users' activity, for the posterior's sum over levels.
+
+    Either or both of: ``n`` (impressions of the user earlier that UTC day, with ``H`` the
+    exposure since UTC midnight) and ``power`` (whether the user's whole UTC day has more than
+    ``threshold`` impressions -- the pipeline's observed power-user flag, with ``H_day`` the
+    exposure of the whole day).
+    """
+
+    rate: np.ndarray  # (L, 2) activity a of each level and power flag
+    n: np.ndarray | None = None  # (r,)
+    H: np.ndarray | None = None  # (r, 2, N_CLASS)
+    power: np.ndarray | None = None  # (r,) bool
+    threshold: float = 0.0
+    H_day: np.ndarray | None = None  # (r, 2, N_CLASS)
+
+    def log_weights(self, rows: np.ndarray) -> np.ndarray:
+        """(r, s, L, class) log of a · P(evidence | a, s, class) per row and activity level."""
+        a = self.rate.T[None, :, :, None]  # (1, s, L, 1)
+        r = len(rows)
+        if self.n is None:
+            log_w = np.broadcast_to(np.log(a), (r, 2, len(self.rate), N_CLASS)).copy()
+            n_eff, mu = np.zeros(r), a * self.H_day[rows][:, :, None, :]
+        else:
+            nn = self.n[rows][:, None, None, None].astype(np.float64)
+            Hs = self.H[rows][:, :, None, :]
+            # a^(n+1) H^n e^(-aH) / n!: Poisson(n | aH) times the rate a of the row itself
+            log_w = xlogy(nn + 1, a) + xlogy(nn, Hs) - a * Hs - gammaln(nn + 1)
+            n_eff = self.n[rows].astype(np.float64)
+            if self.power is not None:
+                mu = a * np.maximum(self.H_day[rows] - self.H[rows], 0.0)[:, :, None, :]
+        if self.power is not None:
+            # the day has more than `threshold` impressions iff the others (after the row's
+            # n earlier ones and itself) number at least `need`; they are Poisson(mu)
+            need = (np.floor(self.threshold) - n_eff)[:, None, None, None] * np.ones_like(mu)
+            k = np.maximum(need - 1, 0)
+            p_more = np.where(need <= 0, 1.0, pdtrc(k, mu))
+            p = np.where(self.power[rows][:, None, None, None], p_more,
+                         np.where(need <= 0, 0.0, pdtr(k, mu)))
+            with np.errstate(divide="ignore"):
+                log_w = log_w + np.log(p)
+        return log_w
+
+
+def sum_levels(log_w: np.ndarray, counts: np.ndarray, B: tuple[np.ndarray, np.ndarray]
+               ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Σ_z B_s[z] Σ_levels count · exp(log_w) per row, class and s, up to exp(shift).
 
     Args:
-        n: (r,) impressions of the row's user earlier that UTC day.
-        H: (r, 2, N_CLASS) exposure since UTC midnight.
-        level_rate: (L, 2) activity a of each level and power flag.
+        log_w: (r, s, L, class) from ``ActivityEvidence.log_weights``.
         counts: (L, 2, N_CLASS, K, *extra) users per level, power flag, class, interest (and
             e.g. provider label).
         B: per power flag, (r, K) interest-dependent factors.
@@ -167,13 +211,8 @@ def level_weights(n: np.ndarray, H: np.ndarray, level_rate: np.ndarray, counts: 
         Per power flag (r, N_CLASS, *extra) weights, and the (r,) log scale ``shift`` they are
         relative to (true weight = weight · exp(shift); the shift keeps big n finite).
     """
-    r, K, L = len(n), counts.shape[3], len(level_rate)
+    r, L, K = log_w.shape[0], log_w.shape[2], counts.shape[3]
     extra = counts.shape[4:]
-    nn = n[:, None, None, None].astype(np.float64)
-    a = level_rate.T[None, :, :, None]  # (1, s, L, 1)
-    Hs = H[:, :, None, :]  # (r, s, 1, class)
-    # log[a^(n+1) H^n e^(-aH) / n!]: Poisson(n | aH) times the rate a of the impression itself
-    log_w = xlogy(nn + 1, a) + xlogy(nn, Hs) - a * Hs - gammaln(nn + 1)  # (r, s, L, class)
     shift = log_w.reshape(r, -1).max(axis=1)
     E = np.exp(log_w - shift[:, None, None, None])
     tables = [np.moveaxis(counts[:, s], 2, 0).reshape(K, -1).astype(np.float64) for s in (0, 1)]
@@ -239,5 +278,5 @@ def check_counts(values: pd.Series | np.ndarray, column: str) -> np.ndarray:
     return numeric.to_numpy(dtype=np.int64)
 
 
-__all__ = ["activity_levels", "activity_level_shares", "activity_level_of", "expected_weights", "metro_choice_by_group", "ExposureClock",
-           "level_weights", "user_impressions_today", "check_counts"]
+__all__ = ["activity_levels", "activity_level_shares", "activity_level_of", "expected_weights",
+           "metro_choice_by_group", "ExposureClock", "ActivityEvidence", "sum_levels", "user_impressions_today", "check_counts"]

@@ -28,9 +28,10 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from pythia import geo, storage
-from pythia.features import TS, TS_SECONDS, USER_IMPRESSIONS_TODAY, derive_time_features
+from pythia.features import (IS_POWER_USER, TS, TS_SECONDS, USER_IMPRESSIONS_TODAY,
+                             derive_time_features)
 from pythia.paths import join
-from pythia.synth.activity import ExposureClock, check_counts, level_weights
+from pythia.synth.activity import ActivityEvidence, ExposureClock, check_counts, sum_levels
 from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
 
 _CTV = "ctv"
@@ -137,7 +138,8 @@ class World:
             self._truth = pq.read_table(io.BytesIO(data)).to_pandas()
         return self._truth
 
-    def posterior(self, df: pd.DataFrame, providers: np.ndarray | None = None) -> np.ndarray:
+    def posterior(self, df: pd.DataFrame, providers: np.ndarray | None = None,
+                  power_threshold: float | None = None) -> np.ndarray:
         """(n, 12) P(AgeGender | features) for each impression row.
 
         Args:
@@ -147,10 +149,14 @@ class World:
             providers: optional provider name per row; a row with a provider is conditioned on
                 its user being labelled by that provider (the population of a labelled test set).
                 Null entries use all users.
+            power_threshold: with it, each row is also conditioned on its ``is_power_user``
+                flag meaning "the user's UTC day has more than this many impressions" (the
+                pipeline's observed flag), so slices by that flag have an exact gauge too.
         """
-        return self._normalize(self.unnormalized_posterior(df, providers)[0])
+        return self._normalize(self.unnormalized_posterior(df, providers, power_threshold)[0])
 
-    def unnormalized_posterior(self, df: pd.DataFrame, providers: np.ndarray | None = None
+    def unnormalized_posterior(self, df: pd.DataFrame, providers: np.ndarray | None = None,
+                               power_threshold: float | None = None
                                ) -> tuple[np.ndarray, np.ndarray]:
         """((n, 12) weights, (n,) log scale): P(class, x[, n]) ∝ weights · exp(scale).
 
@@ -163,23 +169,23 @@ class World:
         prov = (np.full(n, -1) if providers is None
                 else self._provider_codes(providers, n, allow_null=True))
         out, shift = np.empty((n, N_CLASS)), np.zeros(n)
-        today = self._activity_today(df, codes) if USER_IMPRESSIONS_TODAY in df.columns else None
+        evidence = self._evidence(df, codes, power_threshold)
         # The matmuls are tiny (K x 12): multi-threaded BLAS only adds contention here.
         with threadpool_limits(limits=1, user_api="blas"):
             for rows, (p, cty) in _runs((prov, codes["country"])):
                 f = self._factors(codes, rows)
-                if today is None:
+                if evidence is None:
                     weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
                     out[rows] = sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1))
                     continue
                 counts = self.RN[:, :, cty] if p < 0 else self.RNL[p, :, :, cty].sum(axis=-1)
-                w, shift[rows] = level_weights(today[0][rows], today[1][rows], today[2],
-                                               counts, f.B)
+                w, shift[rows] = sum_levels(evidence.log_weights(rows), counts, f.B)
                 out[rows] = f.A[0] * w[0] + f.A[1] * w[1]
         return out, shift
 
     def label_posterior(self, df: pd.DataFrame, providers: np.ndarray,
-                        dates: np.ndarray | None = None) -> np.ndarray:
+                        dates: np.ndarray | None = None, power_threshold: float | None = None
+                        ) -> np.ndarray:
         """(n, 12) P(the provider's label of this impression's user | features).
 
         The label is the provider's latest observation of the user (what label preparation
@@ -188,14 +194,15 @@ class World:
         row's label observed date) it is the population-level form P(c | x, labelled by p)
         times the provider's confusion matrix on that date (its drift): right on average over
         label-noise draws, but not conditioned on the labels this world actually drew. Rows
-        with ``user_impressions_today`` are conditioned on it too (both forms).
+        with ``user_impressions_today`` are conditioned on it too, and on ``is_power_user``
+        with ``power_threshold`` (both forms; see ``posterior``).
         """
         n = len(df)
         prov = self._provider_codes(providers, n, allow_null=False)
         if dates is not None:
             day = self._date_codes(dates, n)
             names = np.asarray(self.params.vocab["providers"], dtype=object)[prov]
-            post = self.posterior(df, providers=names)
+            post = self.posterior(df, providers=names, power_threshold=power_threshold)
             cty = _codes(df["country"], self.params.vocab["countries"], "country")
             out = np.empty((n, N_CLASS))
             for rows, (p, c, d) in _runs((prov, cty, day)):
@@ -204,13 +211,13 @@ class World:
         codes = self._encode(df)
         K = self.params.config.n_interests
         out = np.empty((n, N_CLASS))
-        today = self._activity_today(df, codes) if USER_IMPRESSIONS_TODAY in df.columns else None
+        evidence = self._evidence(df, codes, power_threshold)
         with threadpool_limits(limits=1, user_api="blas"):
             for rows, (p, cty) in _runs((prov, codes["country"])):
                 f = self._factors(codes, rows)
-                if today is not None:
-                    w, _ = level_weights(today[0][rows], today[1][rows], today[2],
-                                         self.RNL[p, :, :, cty], f.B)  # (rows, class, label)
+                if evidence is not None:
+                    w, _ = sum_levels(evidence.log_weights(rows), self.RNL[p, :, :, cty],
+                                      f.B)  # per s: (rows, class, label)
                     out[rows] = sum(np.einsum("nc,ncl->nl", f.A[s], w[s]) for s in (0, 1))
                     continue
                 acc = np.zeros((len(rows), N_CLASS))
@@ -233,13 +240,15 @@ class World:
 
     # ---------------------------------------------------------------- internals
 
-    def _activity_today(self, df: pd.DataFrame, codes: dict[str, np.ndarray]
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(count n, exposure H (n, 2, 12), level rates (L, 2)) of rows carrying the count."""
+    def _evidence(self, df: pd.DataFrame, codes: dict[str, np.ndarray],
+                  power_threshold: float | None) -> ActivityEvidence | None:
+        """What the rows say about their users' activity; None when they say nothing."""
+        counted = USER_IMPRESSIONS_TODAY in df.columns
+        if not counted and power_threshold is None:
+            return None
         if self.RN is None or self._clock is None:
             raise ValueError(f"world {self.root} predates activity levels: regenerate it to "
-                             f"condition on {USER_IMPRESSIONS_TODAY!r}")
-        counts = check_counts(df[USER_IMPRESSIONS_TODAY], USER_IMPRESSIONS_TODAY)
+                             f"condition on {USER_IMPRESSIONS_TODAY!r} or the power-user flag")
         if TS in df.columns:  # microseconds: the exposure up to the very instant of the row
             ts = pd.to_datetime(df[TS], utc=True)
             t = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(
@@ -249,9 +258,21 @@ class World:
         if self._exposure is None:
             self._exposure = ExposureClock(self.params)
         cfg = self.params.config
-        rate = (float(self.params.base_rate) * self.params.activity_level[:, None]
-                * np.array([1.0, cfg.power_user_multiplier]))
-        return counts, self._exposure.exposure(t, codes["country"]), rate
+        ev = ActivityEvidence(rate=float(self.params.base_rate)
+                              * self.params.activity_level[:, None]
+                              * np.array([1.0, cfg.power_user_multiplier]))
+        if counted:
+            ev.n = check_counts(df[USER_IMPRESSIONS_TODAY], USER_IMPRESSIONS_TODAY)
+            ev.H = self._exposure.exposure(t, codes["country"])
+        if power_threshold is not None:
+            if IS_POWER_USER not in df.columns or df[IS_POWER_USER].isna().any():
+                raise ValueError(f"power_threshold needs a non-null {IS_POWER_USER!r} column")
+            ev.power = df[IS_POWER_USER].to_numpy(dtype=bool)
+            ev.threshold = float(power_threshold)
+            # just before the next UTC midnight: the exposure of the whole day
+            ev.H_day = self._exposure.exposure(np.floor(t / 86400) * 86400 + 86400 - 1e-6,
+                                               codes["country"])
+        return ev
 
     def _provider_codes(self, providers, n: int, allow_null: bool) -> np.ndarray:
         if self.RP is None:
