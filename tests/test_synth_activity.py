@@ -78,8 +78,9 @@ def _calibration_t(p: np.ndarray, y: np.ndarray, n: np.ndarray, day: np.ndarray)
         per_day = pd.DataFrame(np.eye(p.shape[1])[y[m]] - p[m]).groupby(day[m]).sum()
         per_day = per_day.reindex(days, fill_value=0.0).to_numpy()
         ok = p[m].sum(axis=0) >= 10 * len(days)  # classes with some hits per day
-        t = per_day.mean(axis=0) / (per_day.std(axis=0, ddof=1) / np.sqrt(len(days)))
-        worst = max([worst] + np.abs(t[ok]).tolist())
+        ok = ok & (per_day.std(axis=0) > 0)
+        t = per_day.mean(axis=0)[ok] / (per_day.std(axis=0, ddof=1)[ok] / np.sqrt(len(days)))
+        worst = max([worst] + np.abs(t).tolist())
     return worst
 
 
