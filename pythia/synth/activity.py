@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy.special import gammaln, ndtr, pdtr, pdtrc, xlogy
+from scipy.special import gammaln, ndtr, pdtrc, xlogy
 
 from pythia import geo
 from pythia.features import IMPRESSION_ID, TS, USER_ID
@@ -187,14 +187,23 @@ class ActivityEvidence:
         if self.power is not None:
             # the day has more than `threshold` impressions iff the others (after the row's
             # n earlier ones and itself) number at least `need`; they are Poisson(mu)
-            need = (np.floor(self.threshold) - n_eff)[:, None, None, None] * np.ones_like(mu)
-            k = np.maximum(need - 1, 0)
-            p_more = np.where(need <= 0, 1.0, pdtrc(k, mu))
-            p = np.where(self.power[rows][:, None, None, None], p_more,
-                         np.where(need <= 0, 0.0, pdtr(k, mu)))
+            need = np.floor(self.threshold) - n_eff
+            if self.n is None:  # mu is one per (day, country): evaluate each once
+                flat = mu.reshape(r, -1)
+                uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
+                p_more = _p_at_least(need[:1], uniq)[inverse.ravel()].reshape(mu.shape)
+            else:
+                p_more = _p_at_least(need, mu.reshape(r, -1)).reshape(mu.shape)
+            p = np.where(self.power[rows][:, None, None, None], p_more, 1.0 - p_more)
             with np.errstate(divide="ignore"):
                 log_w = log_w + np.log(p)
         return log_w
+
+
+def _p_at_least(need: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """P(Poisson(mu) >= need) for (r,) needs and (r, m) means (need <= 0: certain)."""
+    need = np.broadcast_to(need[:, None], mu.shape)
+    return np.where(need <= 0, 1.0, pdtrc(np.maximum(need - 1, 0), mu))
 
 
 def sum_levels(log_w: np.ndarray, counts: np.ndarray, B: tuple[np.ndarray, np.ndarray]
