@@ -168,6 +168,7 @@ class ActivityEvidence:
     power: np.ndarray | None = None  # (r,) bool
     threshold: float = 0.0
     H_day: np.ndarray | None = None  # (r, 2, N_CLASS)
+    day_key: np.ndarray | None = None  # (r,) UTC day x country: rows sharing H_day
 
     def log_weights(self, rows: np.ndarray) -> np.ndarray:
         """(r, s, L, class) log of a · P(evidence | a, s, class) per row and activity level."""
@@ -188,10 +189,11 @@ class ActivityEvidence:
             # the day has more than `threshold` impressions iff the others (after the row's
             # n earlier ones and itself) number at least `need`; they are Poisson(mu)
             need = np.floor(self.threshold) - n_eff
-            if self.n is None:  # mu is one per (day, country): evaluate each once
-                flat = mu.reshape(r, -1)
-                uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
-                p_more = _p_at_least(need[:1], uniq)[inverse.ravel()].reshape(mu.shape)
+            if self.n is None:  # mu is one per (UTC day, country): evaluate each once
+                _, first, inverse = np.unique(self.day_key[rows], return_index=True,
+                                              return_inverse=True)
+                flat = mu.reshape(r, -1)[first]
+                p_more = _p_at_least(need[first], flat)[inverse.ravel()].reshape(mu.shape)
             else:
                 p_more = _p_at_least(need, mu.reshape(r, -1)).reshape(mu.shape)
             p = np.where(self.power[rows][:, None, None, None], p_more, 1.0 - p_more)

@@ -270,8 +270,10 @@ class World:
             ev.power = df[IS_POWER_USER].to_numpy(dtype=bool)
             ev.threshold = float(power_threshold)
             # just before the next UTC midnight: the exposure of the whole day
-            ev.H_day = self._exposure.exposure(np.floor(t / 86400) * 86400 + 86400 - 1e-6,
-                                               codes["country"])
+            day = np.floor(t / 86400)
+            ev.H_day = self._exposure.exposure(day * 86400 + 86400 - 1e-6, codes["country"])
+            ev.day_key = day.astype(np.int64) * len(self.params.vocab["countries"]) + codes[
+                "country"]
         return ev
 
     def _provider_codes(self, providers, n: int, allow_null: bool) -> np.ndarray:
