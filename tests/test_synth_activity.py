@@ -1,4 +1,4 @@
-"""Tests of the world's activity levels and the posterior given a user's impressions so far today."""
+"""Tests of the world's activity levels and the posterior given a user's impressions today."""
 from __future__ import annotations
 
 import dataclasses

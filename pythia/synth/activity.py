@@ -125,7 +125,7 @@ class ExposureClock:
         return self._days[day]
 
     def exposure(self, t: np.ndarray, country: np.ndarray) -> np.ndarray:
-        """(n, 2, N_CLASS) H at epoch seconds ``t`` (float) for rows of country index ``country``."""
+        """(n, 2, N_CLASS) H at epoch seconds ``t`` (float) of rows of country ``country``."""
         t = np.asarray(t, dtype=np.float64)
         out = np.zeros((len(t), 2, N_CLASS))
         day = np.floor(t / DAY).astype(np.int64)
@@ -290,4 +290,5 @@ def check_counts(values: pd.Series | np.ndarray, column: str) -> np.ndarray:
 
 
 __all__ = ["activity_levels", "activity_level_shares", "activity_level_of", "expected_weights",
-           "metro_choice_by_group", "ExposureClock", "ActivityEvidence", "sum_levels", "user_impressions_today", "check_counts"]
+           "metro_choice_by_group", "ExposureClock", "ActivityEvidence", "sum_levels",
+           "user_impressions_today", "check_counts"]

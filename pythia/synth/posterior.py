@@ -15,7 +15,9 @@ mix each factor with its population marginal.
 
 Rows carrying ``user_impressions_today`` (n) are also conditioned on it: n is Poisson(a_u H(t))
 independently of the row (``activity``), so R becomes a sum over activity levels l of
-count[l, s, country, c, z] · a_l^(n+1) H_{s,country,c}(t)^n e^(-a_l H) / n!.
+count[l, s, country, c, z] · a_l^(n+1) H_{s,country,c}(t)^n e^(-a_l H) / n!; with
+``power_threshold`` each level's weight also takes the probability of the row's observed
+power-user flag (the user-day's total over the threshold).
 """
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ from pythia.synth.tables import COUNTRY_SETS, DEVICE_CATALOGS
 GENERATOR_VERSION = 2
 
 __all__ = ["GENERATOR_VERSION", "AGE_LABELS", "CLASS_LABELS", "MAX_SYNTH_AGE", "N_AGE", "N_CLASS",
-           "PRESETS", "WorldConfig", "WorldParams", "build_params", "params_from_saved", "dumps_meta"]
+           "PRESETS", "WorldConfig", "WorldParams", "build_params", "params_from_saved",
+           "dumps_meta"]
 
 
 @dataclass(frozen=True)
