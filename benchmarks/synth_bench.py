@@ -4,26 +4,37 @@ Prints generation rows/s next to pyarrow writing the same rows (a pure-I/O basel
 rows/s next to a plain NumPy draw of an (n, 12) probability matrix, and — unless ``--no-quality``
 — the Bayes-optimal log-loss / accuracy of every target on the test day, against the truth and
 against the chosen providers' labels. Timings are measured in this run; nothing here fails on a
-slow machine.
+slow machine. ``--activity`` instead draws only the test day (in memory) and compares the
+posterior marginal over the user's impressions so far today with the one conditioned on it:
+time, and log-loss on all rows, without power users, power users only -- for the realised
+world's users (the gauge) and for the population form (expected users per group).
 
     python benchmarks/synth_bench.py [--preset default] [--seed 0] [--rows 1000000]
+    python benchmarks/synth_bench.py --activity [--preset default] [--seed 0]
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import shutil
 import tempfile
 import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pythia.config import parse_overrides
 from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, GENDER_CLASSES, USER_ID,
                              age_bucket_labels, age_to_bucket, marginals_from_joint)
-from pythia.synth import PRESETS, generate_world, load_world
+from pythia.features import IS_POWER_USER, USER_IMPRESSIONS_TODAY
+from pythia.synth import PRESETS, World, generate_world, load_world
+from pythia.synth.activity import expected_weights, user_impressions_today
+from pythia.synth.impressions import PartitionSampler
+from pythia.synth.population import build_labels, build_users, realised_weights, truth_table
+from pythia.synth.world import build_params
 
 N_AGE = len(age_bucket_labels())
 
@@ -125,6 +136,69 @@ def bench_quality(root: str, test_date: str, override: str) -> None:
           f"{_scores(world.label_posterior(lab, prov), lab['y_label'].to_numpy())}")
 
 
+def _log_losses(p: np.ndarray, y: np.ndarray) -> str:
+    m = marginals_from_joint(p, N_AGE)
+    parts = []
+    for target, yy in (("age_gender", y), ("gender", y // N_AGE), ("age", y % N_AGE)):
+        q = np.clip(m[target][np.arange(len(yy)), yy], 1e-15, 1.0)
+        parts.append(f"{-np.log(q).mean():.4f}")
+    return " / ".join(parts)
+
+
+def bench_activity(preset: str, seed: int, quantile: float) -> None:
+    """The test day of ``preset`` drawn in memory (the same rows generate_world writes), its
+    reference counts, and the posterior marginal vs given the count (and the observed
+    power-user flag): time, and log-loss per slice."""
+    params = build_params(PRESETS[preset], seed)
+    users = build_users(params)
+    world = World("<in memory>", params, realised_weights(params, users,
+                                                          build_labels(params, users)))
+    sampler = PartitionSampler(params, users)
+    day = dt.date.fromisoformat(params.config.end_date)
+    df, gen_secs = _timed(lambda: pa.concat_tables(
+        [sampler.sample(day, h) for h in range(24)]).to_pandas())
+    counts, count_secs = _timed(lambda: user_impressions_today(df))
+    truth = truth_table(params, users).to_pandas().set_index(USER_ID)
+    y = truth.loc[df[USER_ID], "age_gender"].map(
+        {c: i for i, c in enumerate(world.class_labels)}).to_numpy()
+    latent = truth.loc[df[USER_ID], IS_POWER_USER].to_numpy()
+    # the pipeline's flag: the user-day's total over the quantile of user-day totals (here of
+    # the test day's users; the ETL takes labelled users over the whole window)
+    totals = df.groupby(USER_ID)[USER_ID].transform("size").to_numpy()
+    threshold = float(np.quantile(df.groupby(USER_ID).size().to_numpy(), quantile))
+    counted = df.assign(**{USER_IMPRESSIONS_TODAY: counts})
+    flagged = df.assign(**{IS_POWER_USER: totals > threshold})
+    both = counted.assign(**{IS_POWER_USER: totals > threshold})
+    marg, marg_secs = _timed(lambda: world.posterior(df))
+    cond, cond_secs = _timed(lambda: world.posterior(counted))
+    flag, flag_secs = _timed(lambda: world.posterior(flagged, power_threshold=threshold))
+    flag_n, flag_n_secs = _timed(lambda: world.posterior(both, power_threshold=threshold))
+    population = World("<population>", params, expected_weights(params))
+    pop_marg, pop_cond = population.posterior(df), population.posterior(counted)
+    n = len(df)
+    print(f"activity   {preset} seed={seed} test day {day}: {n:,} rows drawn in {gen_secs:.1f} s, "
+          f"counted in {count_secs:.2f} s; count median {np.median(counts):.0f}, max "
+          f"{counts.max():,}; flag threshold {threshold:.0f} impressions/day (q={quantile})")
+    print(f"posterior  {n:,} rows: marginal {marg_secs:.2f} s | given n {cond_secs:.2f} s "
+          f"({cond_secs / marg_secs:.1f}x) | given flag {flag_secs:.2f} s | given flag and n "
+          f"{flag_n_secs:.2f} s")
+    print("log-loss age_gender / gender / age (realised world = the gauge; population = "
+          "expected users per group)")
+    slices = (("all rows", np.ones(n, bool), False),
+              ("flag: not power", totals <= threshold, True),
+              ("flag: power", totals > threshold, True),
+              ("latent: not power", ~latent, False), ("latent: power", latent, False))
+    for name, m, by_flag in slices:
+        line = (f"  {name:18s} {int(m.sum()):>8,} rows | marginal {_log_losses(marg[m], y[m])} | "
+                f"given n {_log_losses(cond[m], y[m])}")
+        if by_flag:
+            line += (f" | given flag {_log_losses(flag[m], y[m])} | given flag, n "
+                     f"{_log_losses(flag_n[m], y[m])}")
+        print(line)
+        print(f"  {'':18s} {'':>8s}      | population: marginal "
+              f"{_log_losses(pop_marg[m], y[m])} | given n {_log_losses(pop_cond[m], y[m])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
@@ -134,7 +208,14 @@ def main() -> None:
     ap.add_argument("--override", default="US=lucid", help="provider override map")
     ap.add_argument("--no-quality", action="store_true", help="skip the Bayes gauge")
     ap.add_argument("--keep", help="generate into this folder and keep it")
+    ap.add_argument("--activity", action="store_true",
+                    help="only the posterior given impressions so far today, on the test day")
+    ap.add_argument("--power-quantile", type=float, default=0.99,
+                    help="--activity: quantile of user-day totals above which a user is flagged")
     args = ap.parse_args()
+    if args.activity:
+        bench_activity(args.preset, args.seed, args.power_quantile)
+        return
     root = args.keep or tempfile.mkdtemp(prefix="synth-bench-") + "/world"
     try:
         bench_generation(root, args.preset, args.seed, args.workers)

@@ -39,6 +39,9 @@ HOUR = "hour"  # partition hour 0..23 (UTC)
 TS_SECONDS = "ts_seconds"
 REGION = "region"  # model region of the row's country
 IS_POWER_USER = "is_power_user"
+# Impressions of the row's user earlier the same UTC day (a bidder's frequency counter);
+# defined by pythia.synth.activity.user_impressions_today.
+USER_IMPRESSIONS_TODAY = "user_impressions_today"
 LABEL_PROVIDER = "label_provider"
 GENDER = "gender"  # label value as text
 AGE_BUCKET = "age_bucket"  # label value as text

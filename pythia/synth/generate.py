@@ -28,7 +28,8 @@ from pythia.paths import join
 from pythia.synth.impressions import PartitionSampler
 from pythia.synth.population import (build_labels, build_provider_metrics, build_users,
                                      realised_weights, truth_table)
-from pythia.synth.world import PRESETS, WorldConfig, build_params, dumps_meta
+from pythia.synth.world import (GENERATOR_VERSION, PRESETS, WorldConfig, build_params,
+                                dumps_meta)
 
 SUCCESS = "_SUCCESS"
 
@@ -178,15 +179,19 @@ def is_complete(root: str) -> bool:
 
 def _is_current(root: str) -> bool:
     """A complete world written by this generator: its clock is pythia.geo's offset table
-    (worlds written before used fixed offsets without daylight saving)."""
-    return storage.read_json(join(root, "truth", "world.json")).get("offset_table") is not None
+    (worlds written before used fixed offsets without daylight saving) and its version is
+    ``GENERATOR_VERSION`` (older worlds drew continuous activity)."""
+    meta = storage.read_json(join(root, "truth", "world.json"))
+    return (meta.get("offset_table") is not None
+            and meta.get("generator_version") == GENERATOR_VERSION)
 
 
 def resolve_source(source: str, cache_root: str) -> str:
     """Turn ``synthetic://PRESET[?seed=N]`` into a generated (cached) folder; pass others through.
 
     The world goes to ``{cache_root}/{preset}-seed{seed}`` unless a complete copy written by
-    this generator is there (an older copy, with fixed UTC offsets, is regenerated).
+    this generator is there (an older copy -- fixed UTC offsets, or another
+    ``GENERATOR_VERSION`` -- is regenerated).
     """
     if not source.startswith("synthetic://"):
         return source

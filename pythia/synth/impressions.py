@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from pythia.contract import IMPRESSION_SCHEMA
 from pythia.features import COUNTRY, IMPRESSION_ID, TS, USER_ID, ZIP
 from pythia import geo
+from pythia.synth.activity import metro_choice_by_group
 from pythia.synth.catalog import DEVICE_TYPES
 from pythia.synth.places import HOUR, ZoneGroups
 from pythia.synth.population import EPOCH, Users
@@ -54,17 +55,8 @@ class PartitionSampler:
 
     def _init_metros(self, users: Users) -> None:
         """Per (user, zone group of their country): the rate share and a metro table per group."""
-        a, lam, groups = self.params.arrays, self.params.config.power_user_informative, self._groups
-        n_cty, mpc = self._n["cty"], self.params.config.metros_per_country
-        # f[s, country, class, metro within the country]: metro choice, power users mixed
-        own = a["p_metro"].reshape(n_cty, N_CLASS, n_cty, mpc)[np.arange(n_cty), :,
-                                                               np.arange(n_cty)]
-        marg = a["m_metro"].reshape(n_cty, n_cty, mpc)[np.arange(n_cty), np.arange(n_cty)]
-        f = np.stack([own, lam * own + (1 - lam) * marg[:, None, :]])
-        G = int(groups.n_groups.max())
-        in_group = (a["metro_zone_group"].reshape(n_cty, mpc)[:, None, :]
-                    == np.arange(G)[None, :, None])  # (country, group, metro)
-        by_group = f[:, :, :, None, :] * in_group[None, :, None]  # (s, cty, class, G, metro)
+        groups = self._groups
+        by_group = metro_choice_by_group(self.params, groups)  # (s, cty, class, G, metro)
         self._metro_in_group = Categorical(normalize(by_group))
         share = by_group.sum(axis=-1)  # (s, country, class, G)
         n_g = groups.n_groups[users.country]
@@ -75,7 +67,7 @@ class PartitionSampler:
         self._pair_group = groups.first[users.country[u]] + local
         self._pair_rate = users.activity[u] * share[users.power[u].astype(int), users.country[u],
                                                     users.cls[u], local]
-        self._G = G
+        self._G = by_group.shape[3]
 
     def sample(self, date: dt.date, hour: int) -> pa.Table:
         """All impressions whose UTC timestamp falls in [date hour:00, hour+1:00)."""

@@ -17,6 +17,7 @@ from pythia.config import DEFAULT_AGE_EDGES
 from pythia.contract import LABEL_SCHEMA, PROVIDER_METRICS_SCHEMA
 from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, GENDER_CLASSES, IS_POWER_USER,
                              USER_ID)
+from pythia.synth.activity import activity_level_of
 from pythia.synth.sampling import Categorical, format_ids, take_strings
 from pythia.synth.world import (AGE_LABELS, CLASS_LABELS, MAX_SYNTH_AGE, N_AGE, N_CLASS,
                                 WorldParams)
@@ -33,6 +34,7 @@ class Users:
     interest: np.ndarray  # int, latent interest z
     power: np.ndarray  # bool, latent power-user flag
     activity: np.ndarray  # float, expected impressions per hour at mean intensity
+    level: np.ndarray  # int, activity level (index into params.activity_level)
     age: np.ndarray  # int, true age in years
 
     @property
@@ -50,11 +52,14 @@ def build_users(params: WorldParams) -> Users:
     interest = Categorical(params.theta).sample(cls, rng)
     power = rng.random(n) < cfg.power_user_share
     sigma = cfg.activity_sigma
-    activity = (float(params.base_rate) * rng.lognormal(-0.5 * sigma ** 2, sigma, n)
+    # the same lognormal draw as before levels existed (so every later draw is unchanged),
+    # replaced by its level's mean
+    level = activity_level_of(rng.lognormal(-0.5 * sigma ** 2, sigma, n), cfg)
+    activity = (float(params.base_rate) * params.activity_level[level]
                 * np.where(power, cfg.power_user_multiplier, 1.0))
     age = _draw_age(cls % N_AGE, rng)
     return Users(country=country, cls=cls, interest=interest, power=power, activity=activity,
-                 age=age)
+                 level=level, age=age)
 
 
 def _draw_age(bucket: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -151,7 +156,9 @@ def realised_weights(params: WorldParams, users: Users, labels: Labels) -> dict[
     """Activity summed per latent group: the exact impression-level prior of this realised world.
 
     R[s, country, class, z] over all users; RP[p, ...] over users labelled by provider p; and
-    RL[p, ..., label] split by the provider's latest label of each user.
+    RL[p, ..., label] split by the provider's latest label of each user. RN[level, s, country,
+    class, z] and RNL[p, level, ..., label] count the users, for the posteriors given a user's
+    impressions so far today (they sum over activity levels).
     """
     n_cty, K = len(params.vocab["countries"]), params.config.n_interests
     shape = (2, n_cty, N_CLASS, K)
@@ -164,7 +171,15 @@ def realised_weights(params: WorldParams, users: Users, labels: Labels) -> dict[
         u, lab = labels.latest[name]
         np.add.at(RL[p], (users.power[u].astype(int), users.country[u], users.cls[u],
                           users.interest[u], lab), users.activity[u])
-    return {"R": R, "RP": RL.sum(axis=-1), "RL": RL}
+    L = len(params.activity_level)
+    RN = np.zeros((L,) + shape, dtype=np.int32)
+    np.add.at(RN, (users.level,) + idx, 1)
+    RNL = np.zeros((P, L) + shape + (N_CLASS,), dtype=np.int32)
+    for p, name in enumerate(params.config.providers):
+        u, lab = labels.latest[name]
+        np.add.at(RNL[p], (users.level[u], users.power[u].astype(int), users.country[u],
+                           users.cls[u], users.interest[u], lab), 1)
+    return {"R": R, "RP": RL.sum(axis=-1), "RL": RL, "RN": RN, "RNL": RNL}
 
 
 def truth_table(params: WorldParams, users: Users) -> pa.Table:

@@ -9,8 +9,15 @@ to u's Poisson intensity at t times P(x | u's latent state). Summing users by la
 where R is the realised activity of each group, A_s multiplies the factors that depend on c
 (device model, OS version, browser, metro, local hour/day intensity) and B_s those that depend
 on z (site, ad format). Local time is ``pythia.geo``'s for the row's country and geo_region,
-from the offset table the world was generated with (daylight saving included). Features that do not depend on the user (zip within metro, ad size,
-supply vendor) cancel. Power users (s=1) mix each factor with its population marginal.
+from the offset table the world was generated with (daylight saving included). Features that
+do not depend on the user (zip within metro, ad size, supply vendor) cancel. Power users (s=1)
+mix each factor with its population marginal.
+
+Rows carrying ``user_impressions_today`` (n) are also conditioned on it: n is Poisson(a_u H(t))
+independently of the row (``activity``), so R becomes a sum over activity levels l of
+count[l, s, country, c, z] · a_l^(n+1) H_{s,country,c}(t)^n e^(-a_l H) / n!; with
+``power_threshold`` each level's weight also takes the probability of the row's observed
+power-user flag (the user-day's total over the threshold).
 """
 from __future__ import annotations
 
@@ -23,8 +30,10 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from pythia import geo, storage
-from pythia.features import TS, TS_SECONDS, derive_time_features
+from pythia.features import (IS_POWER_USER, TS, TS_SECONDS, USER_IMPRESSIONS_TODAY,
+                             derive_time_features)
 from pythia.paths import join
+from pythia.synth.activity import ActivityEvidence, ExposureClock, check_counts, sum_levels
 from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
 
 _CTV = "ctv"
@@ -88,7 +97,12 @@ class World:
     def __init__(self, root: str, params: WorldParams, weights: dict[str, np.ndarray]):
         self.root = root
         self.params = params
-        self.R, self.RP, self.RL = weights["R"], weights["RP"], weights["RL"]
+        self.R = weights["R"]
+        # per provider; None in a population World (activity.expected_weights)
+        self.RP, self.RL = weights.get("RP"), weights.get("RL")
+        # per-level user counts (None in worlds written before activity levels)
+        self.RN, self.RNL = weights.get("RN"), weights.get("RNL")
+        self._exposure: ExposureClock | None = None
         self._truth: pd.DataFrame | None = None
         v = params.vocab
         self._clock = None if params.offsets is None else geo.OffsetTable.from_json(params.offsets)
@@ -126,31 +140,54 @@ class World:
             self._truth = pq.read_table(io.BytesIO(data)).to_pandas()
         return self._truth
 
-    def posterior(self, df: pd.DataFrame, providers: np.ndarray | None = None) -> np.ndarray:
+    def posterior(self, df: pd.DataFrame, providers: np.ndarray | None = None,
+                  power_threshold: float | None = None) -> np.ndarray:
         """(n, 12) P(AgeGender | features) for each impression row.
 
         Args:
             df: impression contract columns (country, geo_region, metro, site_or_app,
-                device_model, os_version, browser, ad_format and ``ts`` or ``ts_seconds``).
+                device_model, os_version, browser, ad_format and ``ts`` or ``ts_seconds``);
+                with ``user_impressions_today`` the posterior is also conditioned on it.
             providers: optional provider name per row; a row with a provider is conditioned on
                 its user being labelled by that provider (the population of a labelled test set).
                 Null entries use all users.
+            power_threshold: with it, each row is also conditioned on its ``is_power_user``
+                flag meaning "the user's UTC day has more than this many impressions" (the
+                pipeline's observed flag), so slices by that flag have an exact gauge too.
+        """
+        return self._normalize(self.unnormalized_posterior(df, providers, power_threshold)[0])
+
+    def unnormalized_posterior(self, df: pd.DataFrame, providers: np.ndarray | None = None,
+                               power_threshold: float | None = None
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """((n, 12) weights, (n,) log scale): P(class, x[, n]) ∝ weights · exp(scale).
+
+        Without ``user_impressions_today`` the scale is 0 and the weights are those of the
+        posterior marginal over n; with it, summing weights · exp(scale) over n = 0, 1, ...
+        gives those marginal weights (the tests check it).
         """
         codes = self._encode(df)
         n = len(df)
         prov = (np.full(n, -1) if providers is None
                 else self._provider_codes(providers, n, allow_null=True))
-        out = np.empty((n, N_CLASS))
+        out, shift = np.empty((n, N_CLASS)), np.zeros(n)
+        evidence = self._evidence(df, codes, power_threshold)
         # The matmuls are tiny (K x 12): multi-threaded BLAS only adds contention here.
         with threadpool_limits(limits=1, user_api="blas"):
             for rows, (p, cty) in _runs((prov, codes["country"])):
                 f = self._factors(codes, rows)
-                weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
-                out[rows] = sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1))
-        return self._normalize(out)
+                if evidence is None:
+                    weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
+                    out[rows] = sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1))
+                    continue
+                counts = self.RN[:, :, cty] if p < 0 else self.RNL[p, :, :, cty].sum(axis=-1)
+                w, shift[rows] = sum_levels(evidence.log_weights(rows), counts, f.B)
+                out[rows] = f.A[0] * w[0] + f.A[1] * w[1]
+        return out, shift
 
     def label_posterior(self, df: pd.DataFrame, providers: np.ndarray,
-                        dates: np.ndarray | None = None) -> np.ndarray:
+                        dates: np.ndarray | None = None, power_threshold: float | None = None
+                        ) -> np.ndarray:
         """(n, 12) P(the provider's label of this impression's user | features).
 
         The label is the provider's latest observation of the user (what label preparation
@@ -158,14 +195,16 @@ class World:
         realised latest label of every user, so it is the gauge to use. With ``dates`` (each
         row's label observed date) it is the population-level form P(c | x, labelled by p)
         times the provider's confusion matrix on that date (its drift): right on average over
-        label-noise draws, but not conditioned on the labels this world actually drew.
+        label-noise draws, but not conditioned on the labels this world actually drew. Rows
+        with ``user_impressions_today`` are conditioned on it too, and on ``is_power_user``
+        with ``power_threshold`` (both forms; see ``posterior``).
         """
         n = len(df)
         prov = self._provider_codes(providers, n, allow_null=False)
         if dates is not None:
             day = self._date_codes(dates, n)
             names = np.asarray(self.params.vocab["providers"], dtype=object)[prov]
-            post = self.posterior(df, providers=names)
+            post = self.posterior(df, providers=names, power_threshold=power_threshold)
             cty = _codes(df["country"], self.params.vocab["countries"], "country")
             out = np.empty((n, N_CLASS))
             for rows, (p, c, d) in _runs((prov, cty, day)):
@@ -174,9 +213,15 @@ class World:
         codes = self._encode(df)
         K = self.params.config.n_interests
         out = np.empty((n, N_CLASS))
+        evidence = self._evidence(df, codes, power_threshold)
         with threadpool_limits(limits=1, user_api="blas"):
             for rows, (p, cty) in _runs((prov, codes["country"])):
                 f = self._factors(codes, rows)
+                if evidence is not None:
+                    w, _ = sum_levels(evidence.log_weights(rows), self.RNL[p, :, :, cty],
+                                      f.B)  # per s: (rows, class, label)
+                    out[rows] = sum(np.einsum("nc,ncl->nl", f.A[s], w[s]) for s in (0, 1))
+                    continue
                 acc = np.zeros((len(rows), N_CLASS))
                 for s in (0, 1):
                     # RL[p, s, cty]: (class, z, label) -> (z, class*label), one matmul per run
@@ -197,7 +242,46 @@ class World:
 
     # ---------------------------------------------------------------- internals
 
+    def _evidence(self, df: pd.DataFrame, codes: dict[str, np.ndarray],
+                  power_threshold: float | None) -> ActivityEvidence | None:
+        """What the rows say about their users' activity; None when they say nothing."""
+        counted = USER_IMPRESSIONS_TODAY in df.columns
+        if not counted and power_threshold is None:
+            return None
+        if self.RN is None or self._clock is None:
+            raise ValueError(f"world {self.root} predates activity levels: regenerate it to "
+                             f"condition on {USER_IMPRESSIONS_TODAY!r} or the power-user flag")
+        if TS in df.columns:  # microseconds: the exposure up to the very instant of the row
+            ts = pd.to_datetime(df[TS], utc=True)
+            t = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(
+                np.int64) / 1e6
+        else:
+            t = ts_seconds_of(df).astype(np.float64)
+        if self._exposure is None:
+            self._exposure = ExposureClock(self.params)
+        cfg = self.params.config
+        ev = ActivityEvidence(rate=float(self.params.base_rate)
+                              * self.params.activity_level[:, None]
+                              * np.array([1.0, cfg.power_user_multiplier]))
+        if counted:
+            ev.n = check_counts(df[USER_IMPRESSIONS_TODAY], USER_IMPRESSIONS_TODAY)
+            ev.H = self._exposure.exposure(t, codes["country"])
+        if power_threshold is not None:
+            if IS_POWER_USER not in df.columns or df[IS_POWER_USER].isna().any():
+                raise ValueError(f"power_threshold needs a non-null {IS_POWER_USER!r} column")
+            ev.power = df[IS_POWER_USER].to_numpy(dtype=bool)
+            ev.threshold = float(power_threshold)
+            # just before the next UTC midnight: the exposure of the whole day
+            day = np.floor(t / 86400)
+            ev.H_day = self._exposure.exposure(day * 86400 + 86400 - 1e-6, codes["country"])
+            ev.day_key = day.astype(np.int64) * len(self.params.vocab["countries"]) + codes[
+                "country"]
+        return ev
+
     def _provider_codes(self, providers, n: int, allow_null: bool) -> np.ndarray:
+        if self.RP is None:
+            raise ValueError(f"world {self.root} has no per-provider weights (a population "
+                             f"World): call it without providers")
         providers = np.asarray(providers, dtype=object)
         if providers.shape != (n,):
             raise ValueError(f"providers must have one entry per row ({n}), got shape "
@@ -298,5 +382,5 @@ def load_world(root: str) -> World:
     meta = storage.read_json(join(root, "truth", "world.json"))
     with np.load(io.BytesIO(storage.read_bytes(join(root, "truth", "world.npz")))) as z:
         arrays = {k: z[k] for k in z.files}
-    weights = {k: arrays.pop(k) for k in ("R", "RP", "RL")}
+    weights = {k: arrays.pop(k) for k in ("R", "RP", "RL", "RN", "RNL") if k in arrays}
     return World(root, params_from_saved(meta, arrays), weights)

@@ -20,12 +20,18 @@ import numpy as np
 from pythia import geo
 from pythia.config import DEFAULT_AGE_EDGES
 from pythia.synth import places, tables
+from pythia.synth.activity import activity_levels
 from pythia.synth.catalog import (AGE_LABELS, AGE_SHARES, CLASS_LABELS, INTERESTS,
                                   INVENTORY_TYPES, MAX_SYNTH_AGE, N_AGE, N_CLASS)
 from pythia.synth.tables import COUNTRY_SETS, DEVICE_CATALOGS
 
-__all__ = ["AGE_LABELS", "CLASS_LABELS", "MAX_SYNTH_AGE", "N_AGE", "N_CLASS", "PRESETS",
-           "WorldConfig", "WorldParams", "build_params", "params_from_saved", "dumps_meta"]
+# Bumped when the same (config, seed) gives another world, so caches regenerate: 2 = discrete
+# activity levels (truth/world.npz gains the per-level user counts the posterior needs).
+GENERATOR_VERSION = 2
+
+__all__ = ["GENERATOR_VERSION", "AGE_LABELS", "CLASS_LABELS", "MAX_SYNTH_AGE", "N_AGE", "N_CLASS",
+           "PRESETS", "WorldConfig", "WorldParams", "build_params", "params_from_saved",
+           "dumps_meta"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,10 @@ class WorldConfig:
     n_interests: int = 12  # latent interest topics z (at most len(INTERESTS))
     impressions_per_user_day: float = 7.0  # population mean, power users included
     activity_sigma: float = 1.0  # lognormal spread of per-user activity (the heavy tail)
+    # activity takes this many discrete levels: the lognormal cut where its normal z crosses
+    # linspace(-2.8, 2.8, levels - 1), each level its bin's exact mean (activity.activity_levels),
+    # so the posterior can condition on a user's impressions so far today by summing over levels
+    activity_levels: int = 16
     power_user_share: float = 0.01  # rate of the latent power-user flag
     power_user_multiplier: float = 30.0  # a power user's activity relative to an ordinary one
     power_user_informative: float = 0.2  # chance a power user's feature follows their demographics
@@ -70,6 +80,9 @@ class WorldConfig:
                              f"{self.n_interests}")
         if len(self.providers) < 2 or len(set(self.providers)) != len(self.providers):
             raise ValueError(f"need >= 2 distinct providers, got {self.providers}")
+        if not 2 <= self.activity_levels <= 64 or self.activity_sigma < 0:
+            raise ValueError(f"activity_levels must be in [2, 64] and activity_sigma >= 0, got "
+                             f"{self.activity_levels}, {self.activity_sigma}")
         if self.label_history_days < 1:
             raise ValueError(f"label_history_days must be >= 1, got {self.label_history_days}")
         for name, value, choices in (("country_set", self.country_set, COUNTRY_SETS),
@@ -151,7 +164,7 @@ class WorldParams:
     def meta_json(self) -> dict:
         return {"config": self.config.to_json(), "seed": self.seed, "vocab": self.vocab,
                 "class_labels": list(CLASS_LABELS), "age_edges": list(DEFAULT_AGE_EDGES),
-                "offset_table": self.offsets}
+                "offset_table": self.offsets, "generator_version": GENERATOR_VERSION}
 
 
 def build_params(config: WorldConfig, seed: int) -> WorldParams:
@@ -182,6 +195,7 @@ def build_params(config: WorldConfig, seed: int) -> WorldParams:
     arrays.update(tables.draw_providers(rng, config, n_cty))
     mean_mult = 1 - config.power_user_share + config.power_user_share * config.power_user_multiplier
     arrays["base_rate"] = np.array(config.impressions_per_user_day / 24.0 / mean_mult)
+    arrays["activity_level"] = activity_levels(config)  # (L,) multipliers, mean 1
     vocab.update({"inventory_types": list(INVENTORY_TYPES), "providers": list(config.providers),
                   "label_dates": [d.isoformat() for d in config.label_dates]})
     return WorldParams(config=config, seed=seed, vocab=vocab, arrays=arrays, offsets=offsets)
