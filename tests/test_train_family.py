@@ -118,6 +118,39 @@ def test_scratch_or_no_global_or_a_cold_model_start_fresh(
     assert [c["start_from"] for c in out] == [None, None]
 
 
+def test_a_real_learner_family_records_each_regions_warm_start(fake_tfrecords, tmp_path):
+    """logreg (a learner that warm-starts): the regions start from the global fit and their
+    summaries carry the start's record (validation loss at the start, steps kept/tried)."""
+    out = _train(family(["global", "EU"], model="logreg"), fake_tfrecords, tmp_path)
+    assert [c["start_from"] for c in out] == [None, "logreg/global#0"]
+    assert out[0]["warm_start"] is None
+    warm = out[1]["warm_start"]
+    assert warm["warm"] is True and warm["tried"] >= warm["epochs_or_iterations"] >= 0
+    assert warm["best_val_loss"] <= warm["val_loss_at_start"]
+
+
+def test_a_model_saved_with_a_training_knob_this_code_lacks_still_loads(fake_tfrecords,
+                                                                         tmp_path):
+    """A folder written by newer code (one more TrainConfig field) loads: training knobs do
+    not change how a saved model scores."""
+    import json
+    import os
+
+    from pythia.models.base import META_FILE
+    from pythia.models.prior import PriorModel as Prior
+
+    out = _train(family(["global"]), fake_tfrecords, tmp_path)
+    folder = out[0]["model_dir"]
+    with open(os.path.join(folder, META_FILE), encoding="utf8") as f:
+        meta = json.load(f)
+    meta["train_cfg"]["a_knob_from_the_future"] = 3
+    with open(os.path.join(folder, META_FILE), "w", encoding="utf8") as f:
+        json.dump(meta, f)
+    loaded = Prior.load(folder)  # TypeError before: TrainConfig(**meta['train_cfg'])
+    assert loaded.train_cfg.max_epochs == FAST.max_epochs
+    assert not hasattr(loaded.train_cfg, "a_knob_from_the_future")
+
+
 def test_train_candidate_fits_one_grid_item_alone(fake_tfrecords, warm_prior, tmp_path):
     from pythia.models import train_candidate
 

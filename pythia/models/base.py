@@ -324,7 +324,10 @@ class Model:
                                  f"this code has {features.spec_version()}")
             with open(os.path.join(folder, ENCODERS_FILE), encoding="utf8") as f:
                 encoders = Encoders.from_json(json.load(f))
-            cfg = TrainConfig(**meta["train_cfg"])
+            # training knobs a newer version added do not change how a model scores: a
+            # folder saved by newer code loads (a rollback, a datastore shared by versions)
+            known = {f.name for f in dataclasses.fields(TrainConfig)}
+            cfg = TrainConfig(**{k: v for k, v in meta["train_cfg"].items() if k in known})
             model = cls(encoders, meta["hparams"], dataclasses.replace(cfg, hparams={}))
             model.train_cfg = cfg
             model.priors = meta["priors"]

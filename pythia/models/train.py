@@ -269,6 +269,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         "wide_start": summary.get("wide_start"),  # the MLP's LR start and whether it improved
         "training_sample": sample,
         "start_from": candidate_name(start.summary) if start else None,
+        # the start's and the kept validation loss on the region, steps kept / tried
+        "warm_start": summary.get("start"),
     }
     return FittedCandidate(record, model)
 
