@@ -174,6 +174,7 @@ class DemoFlow(FlowSpec):
         self.metrics, self.champions, self.headline = (
             results["metrics"], results["champions"], results["headline"])
         self.distributions, self.gauge = results["distributions"], results["gauge"]
+        self.regional_vs_global = results["regional_vs_global"]  # per region: regional vs global
         self.reports_path = self.paths.reports
         evaluate.render_card(current.card["report"], results, self.reconciliation,
                              self.provider_choice)

@@ -520,6 +520,9 @@ def test_evaluate_run_writes_report_files(tiny_run):
     assert len(back) == len(results["metrics"])
     doc = json.loads((reports / "metrics.json").read_text())
     assert len(doc["metrics"]) == len(results["metrics"]) and doc["champions"]
+    # the regional-vs-global table is a report file too, not only a card table
+    back = pd.read_parquet(reports / "regional_vs_global.parquet")
+    assert len(back) == len(results["regional_vs_global"]) == len(doc["regional_vs_global"]) > 0
     names = set(results["figures"])
     for kind in ("per_class_f1", "confusion", "reliability", "distribution"):
         for region in ("global", "EU", "NA"):

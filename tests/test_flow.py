@@ -142,6 +142,8 @@ def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):
     preds = [json.loads(x) for x in out.getvalue().splitlines()]
     assert len(preds) == len(rows)
     champions = data.champions.set_index("region")
+    # the regional-vs-global table is an artifact a notebook reads through the client
+    assert {"region", "model", "gain_logloss_age_gender"} <= set(data.regional_vs_global.columns)
     by_candidate = {}
     checked = 0
     for req, pred in zip(rows.to_dict("records"), preds):
