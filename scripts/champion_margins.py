@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                 ll_b = row_log_loss(y[m], pb)
                 diff, se_r, se_u = weighted_diff(ll_c - ll_b, w, users)
                 mean_b = float((w * ll_b).sum() / w.sum())
-                cells.append(f"{mean_b:.4f} {diff:+.4f}±{se_r:.4f}/{se_u:.4f} "
-                             f"z{diff / se_u:+5.1f}")
+                # the champion against itself (a baseline that is the champion): no z
+                z = f"z{diff / se_u:+5.1f}" if se_u > 0 else "(itself)"
+                cells.append(f"{mean_b:.4f} {diff:+.4f}±{se_r:.4f}/{se_u:.4f} {z}")
             print(f"{SHORT[target]:9} {int(m.sum()):>6} {bay:7.4f} {mean_c:7.4f} | "
                   + " | ".join(cells))
         print()
