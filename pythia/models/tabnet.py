@@ -151,8 +151,11 @@ class TabNetModel(Model):
             "cat_emb_max_dim": 8,
             "batch_size": 4096,  # TabNet likes large batches; ghost BN on virtual batches
             "virtual_batch_size": 512,
-            "num_threads": 0,  # torch threads; 0 = auto: 1 below 50k rows (measured: 2 threads
-            # on a busy 2-core box made a 6 s fit take 60 s), else every core
+            # torch threads; 0 = auto (1 below 50k rows, else every core of the task). 1 by
+            # default: TabNet's small ops do not pay for a second thread's wake-ups. Idle
+            # 2-core VM, default world, global fit of 8 epochs (scripts/train_bench.py):
+            # 1 thread 47 s, auto (2) 120 s; a busy box made a 6 s fit take 60 s with 2
+            "num_threads": 1,
             # a fit started from another tabnet (``fit(..., start=)``): at most this many
             # epochs at learning_rate, kept only if better than the start (0 = the start).
             # Default world, 4 regions (busy machine), AgeGender mean / CPU-s: 0 epochs
