@@ -5,17 +5,18 @@ Deploy-time settings (geography, model hyperparameters, @resources) are in ``pyt
 next to this file; run-time choices are the Parameters (``run --help``).
 """
 import os
+import sys
 import tomllib
 
 # Metaflow runs up to 16 tasks at once by default; on a small machine 16 Spark JVMs or 16
-# TensorFlow trainings thrash (3 parallel hourly Spark tasks took 76 s each vs 23 s one at a
-# time). Default to one task per two cores this process may use (CPU affinity and cgroup
-# quota, not the host's count); `--max-workers N` or METAFLOW_RUN_MAX_WORKERS wins.
-from pythia import quiet, threads  # noqa: E402
+# TensorFlow trainings thrash. Default to one task per core this process may use (CPU affinity
+# and cgroup quota, not the host's count; fewer when memory is short), and foreach tasks
+# (etl_hour, train) size their thread pools to their share of the cores: on an idle 2-core VM
+# the default world ran in 253 s with 2 tasks of 1 thread (docs/scaling.md §9).
+# `--max-workers N` or METAFLOW_RUN_MAX_WORKERS wins (pythia.workers).
+from pythia import quiet, threads, workers  # noqa: E402
 
-for _cmd in ("RUN", "RESUME"):
-    os.environ.setdefault(f"METAFLOW_{_cmd}_MAX_WORKERS", str(threads.local_workers()))
-
+workers.install_runtime(sys.argv)
 quiet.install()  # Spark/TensorFlow start-up noise off unless PYTHIA_VERBOSE=1
 threads.install()  # passive OpenMP waiting: must be set before numpy/sklearn/torch load
 
@@ -115,7 +116,7 @@ class DemoFlow(FlowSpec):
     @step
     def etl_hour(self):
         """Validate, quarantine, derive features and join labels for these hours of day."""
-        threads.configure_task(self.config.resources.etl_hour.cpu)
+        threads.configure_task(self.config.resources.etl_hour.cpu, parallel=True)
         self.hours = list(self.input)
         self.manifest = etl.run_hours(self.source_path, self.hours, self.window,
                                       self.labels_manifest, self.params, self.paths)
@@ -152,7 +153,7 @@ class DemoFlow(FlowSpec):
     def train(self):
         """Fit one model family: its global candidate, then each region; predict validation
         and test days."""
-        threads.configure_task(self.config.resources.train.cpu)
+        threads.configure_task(self.config.resources.train.cpu, parallel=True)
         self.candidates = models.train_family(self.input, self.tf_manifest, self.split_manifest,
                                               self.params.train, self.params.etl.age_edges,
                                               self.paths)

@@ -2,8 +2,9 @@
 
 On a busy machine a pool sized from ``os.cpu_count()`` whose idle threads spin for cores they
 do not get turns a 1-minute fit into 12. ``task_cores`` says how many cores this task may use
-(affinity, cgroup quota, the step's ``@resources``, ``$PYTHIA_TASK_CORES``); ``configure``
-sizes OpenMP/BLAS, torch, TensorFlow and Spark's local master to it. A user's own settings win.
+(affinity, cgroup quota, the step's ``@resources``, ``$PYTHIA_TASK_CORES``, and a foreach
+task's share of a local run's machine, ``pythia.workers``); ``configure`` sizes OpenMP/BLAS,
+torch, TensorFlow and Spark's local master to it. A user's own settings win.
 """
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ TF_INTRA_ENV, TF_INTER_ENV = "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"
 # NAME=VALUE,... that pythia set, so that child processes (Metaflow tasks under the runtime
 # that ran install()) do not mistake them for the user's own settings.
 OURS_ENV = "PYTHIA_THREADS_SET"
+# How many tasks a local run executes at once; set by install_runtime in the runtime process.
+WORKERS_ENV = "PYTHIA_LOCAL_WORKERS"
 
 _ours: dict[str, str] = {}  # environment values this process set (not the user's)
 _cores: int | None = None  # what configure() was given
+_memory_share = 1.0  # what configure_task(parallel=True) planned (memory_share)
 
 
 def affinity_cores() -> int:
@@ -94,9 +98,11 @@ def _ratio(quota: str | None, period: str | None) -> float | None:
     return q / p if q > 0 and p > 0 else None
 
 
-def core_limits(requested: float | int | None = None) -> dict[str, float]:
+def core_limits(requested: float | int | None = None, parallel: bool = False
+                ) -> dict[str, float]:
     """Every limit on this task's cores, by source: 'affinity', 'cgroup', '@resources',
-    '$PYTHIA_TASK_CORES' (only those that apply)."""
+    '$PYTHIA_TASK_CORES', and for a ``parallel`` (foreach) task of a local run with several
+    workers 'share of N workers' (only those that apply)."""
     limits: dict[str, float] = {"affinity": affinity_cores()}
     quota = cgroup_cores()
     if quota is not None:
@@ -112,6 +118,9 @@ def core_limits(requested: float | int | None = None) -> dict[str, float]:
         if not value > 0:
             raise ValueError(f"${TASK_CORES_ENV}={raw!r}: expected a positive number of cores")
         limits[f"${TASK_CORES_ENV}"] = value
+    share = share_cores() if parallel else None
+    if share is not None:
+        limits[f"share of {os.environ[WORKERS_ENV]} workers"] = share
     return limits
 
 
@@ -122,12 +131,28 @@ def task_cores(requested: float | int | None = None) -> int:
     return max(1, math.floor(min(core_limits(requested).values())))
 
 
-def local_workers() -> int:
-    """Metaflow's default for local runs: one task at a time per two cores this process may
-    use (affinity and cgroup quota, not ``os.cpu_count()``, which counts the host's cores)."""
+def machine_cores() -> float:
+    """The cores this whole run may use: CPU affinity and cgroup quota (not ``os.cpu_count()``,
+    which counts the host's cores; not the per-task limits)."""
     limits = core_limits()
-    machine = min(v for k, v in limits.items() if k in ("affinity", "cgroup"))
-    return max(1, math.floor(machine) // 2)
+    return min(v for k, v in limits.items() if k in ("affinity", "cgroup"))
+
+
+def share_cores() -> float | None:
+    """The cores of this machine per concurrently running local task (``$PYTHIA_LOCAL_WORKERS``
+    set by ``install_runtime``); None outside a local run or with one worker."""
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    try:
+        workers = int(raw)
+    except ValueError:
+        return None
+    return machine_cores() / workers if workers > 1 else None
+
+
+def memory_share() -> float:
+    """The fraction of the machine's memory this task should plan for: 1 / local workers in a
+    parallel (foreach) task of a local run, else 1 (e.g. a local Spark driver's heap)."""
+    return _memory_share
 
 
 def _inherited_ours() -> dict[str, str]:
@@ -324,10 +349,16 @@ def _worth_saying(result: Mapping[str, Any], limits: Mapping[str, float] | None)
     return verbose() or bool(result["kept"]) or bool(machine and result["cores"] < min(machine))
 
 
-def configure_task(requested: float | int | None = None) -> dict[str, Any]:
+def configure_task(requested: float | int | None = None, parallel: bool = False
+                   ) -> dict[str, Any]:
     """``configure(task_cores(requested))`` for a step whose ``@resources`` asks for
-    ``requested`` cpus (None: no request)."""
-    limits = core_limits(requested)
+    ``requested`` cpus (None: no request). ``parallel``: a foreach step, whose tasks a local
+    run executes several at once, so it also gets only its share of the machine's cores and
+    memory (``share_cores``, ``memory_share``); a step that runs alone gets all of them."""
+    global _memory_share
+    limits = core_limits(requested, parallel=parallel)
+    share = share_cores() if parallel else None
+    _memory_share = 1.0 if share is None else min(1.0, share / machine_cores())
     return configure(max(1, math.floor(min(limits.values()))), limits)
 
 

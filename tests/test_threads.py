@@ -13,12 +13,13 @@ import sys
 
 import pytest
 
-from pythia import threads
+from pythia import threads, workers
 from pythia.etl import session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_ENV = (*threads.WAIT_ENV, *threads.COUNT_ENV, threads.TF_INTRA_ENV, threads.TF_INTER_ENV,
-              threads.TASK_CORES_ENV, threads.OURS_ENV, "SPARK_REMOTE", "PYTHIA_SPARK_MASTER")
+              threads.TASK_CORES_ENV, threads.OURS_ENV, threads.WORKERS_ENV, "SPARK_REMOTE",
+              "PYTHIA_SPARK_MASTER")
 
 
 @pytest.fixture
@@ -57,14 +58,69 @@ def test_affinity_bounds_the_task_and_resources_cap_it(machine):
     assert threads.core_limits(2) == {"affinity": 4, "@resources": 2.0}
 
 
-def test_local_workers_follow_affinity_and_quota_not_the_task_override(machine, monkeypatch):
-    assert threads.local_workers() == 2  # 4 cores: one task per two cores
+def test_local_workers_follow_affinity_quota_and_memory_not_the_task_override(machine,
+                                                                              monkeypatch):
+    big = 64 << 30
+    assert workers.local_workers(big) == 4  # 4 cores: one task per core
     machine("", **{"cpu.max": "150000 100000"})  # a 1.5-core container on a 4-core host
-    assert threads.local_workers() == 1
+    assert workers.local_workers(big) == 1
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(64)))
     machine("", **{"cpu.max": "max 100000"})
     monkeypatch.setenv(threads.TASK_CORES_ENV, "1")  # per task, not the machine's size
-    assert threads.local_workers() == 32
+    assert workers.local_workers(big) == 32  # 64 cores, but 2 GB planned per task
+    assert workers.local_workers(5 << 30) == 2  # a 5 GB container: two tasks
+    assert workers.local_workers(1 << 30) == 1  # at least one
+
+
+def test_runtime_workers_read_the_run_option_then_the_environment():
+    env = {"METAFLOW_RUN_MAX_WORKERS": "3", "METAFLOW_RESUME_MAX_WORKERS": "5"}
+    assert workers.runtime_workers(["flow.py", "run"], env) == 3
+    assert workers.runtime_workers(["flow.py", "resume", "train"], env) == 5
+    assert workers.runtime_workers(["flow.py", "--quiet", "run", "--max-workers", "1"], env) == 1
+    assert workers.runtime_workers(["flow.py", "run", "--max-workers=4"], env) == 4
+    assert workers.runtime_workers(["flow.py", "run"], {}) is None
+    # a task's own command line, or a command that runs nothing, shares nothing
+    assert workers.runtime_workers(["flow.py", "step", "train", "--run-id", "1"], env) is None
+    assert workers.runtime_workers(["flow.py", "show"], env) is None
+
+
+def test_install_runtime_defaults_the_workers_and_tells_the_tasks(machine, monkeypatch):
+    for cmd in ("RUN", "RESUME"):
+        monkeypatch.delenv(f"METAFLOW_{cmd}_MAX_WORKERS", raising=False)
+    monkeypatch.setattr(workers, "memory_limit_bytes", lambda: 64 << 30)
+    workers.install_runtime(["flow.py", "run"])
+    assert os.environ["METAFLOW_RUN_MAX_WORKERS"] == "4"
+    assert os.environ[threads.WORKERS_ENV] == "4"
+    monkeypatch.delenv(threads.WORKERS_ENV)
+    workers.install_runtime(["flow.py", "run", "--max-workers", "2"])  # the option wins
+    assert os.environ[threads.WORKERS_ENV] == "2"
+    monkeypatch.delenv(threads.WORKERS_ENV)
+    monkeypatch.setenv("METAFLOW_RUN_MAX_WORKERS", "1")  # the user's setting wins
+    workers.install_runtime(["flow.py", "run"])
+    assert os.environ[threads.WORKERS_ENV] == "1"
+    monkeypatch.delenv(threads.WORKERS_ENV)
+    workers.install_runtime(["flow.py", "step", "train"])  # a task: inherits, sets nothing
+    assert threads.WORKERS_ENV not in os.environ
+
+
+def test_a_foreach_task_gets_its_share_of_the_cores_and_memory(machine, monkeypatch):
+    monkeypatch.delenv(threads.WORKERS_ENV, raising=False)
+    assert threads.core_limits(parallel=True) == {"affinity": 4}  # not a local run
+    monkeypatch.setenv(threads.WORKERS_ENV, "2")
+    assert threads.core_limits(2) == {"affinity": 4, "@resources": 2.0}  # a step run alone
+    assert threads.core_limits(parallel=True) == {"affinity": 4, "share of 2 workers": 2.0}
+    monkeypatch.setenv(threads.WORKERS_ENV, "4")
+    assert threads.task_cores() == 4 and min(threads.core_limits(parallel=True).values()) == 1
+    monkeypatch.setattr(threads, "configure", lambda cores, limits: {"cores": cores})
+    monkeypatch.setattr(threads, "_memory_share", 1.0)
+    assert threads.configure_task(parallel=True) == {"cores": 1}
+    assert threads.memory_share() == 0.25
+    assert threads.configure_task() == {"cores": 4} and threads.memory_share() == 1.0
+    monkeypatch.setenv(threads.WORKERS_ENV, "1")
+    assert threads.configure_task(parallel=True) == {"cores": 4}  # one worker: no sharing
+    assert threads.memory_share() == 1.0
+    monkeypatch.setenv(threads.WORKERS_ENV, "6")  # more workers than cores: at least 1 core
+    assert threads.configure_task(parallel=True) == {"cores": 1}
 
 
 def test_cgroup_v2_quota_tightest_ancestor_and_rounded_down(machine):
@@ -139,7 +195,7 @@ def _configure_in_subprocess(code: str, **env: str) -> tuple[dict, str]:
 
 CONFIGURE_THEN_IMPORT = """
 import json, os
-from pythia import threads
+from pythia import threads, workers
 threads.install()
 import numpy
 result = threads.configure(3, {"affinity": 8, "@resources": 3})
@@ -177,7 +233,7 @@ def test_configure_never_overrides_the_users_own_settings():
     code = """
 import json, os
 import torch
-from pythia import threads
+from pythia import threads, workers
 result = threads.configure(3)
 print(json.dumps({"result": result, "env": {k: os.environ.get(k) for k in %r},
                   "torch": torch.get_num_threads()}))
@@ -198,7 +254,7 @@ print(json.dumps({"result": result, "env": {k: os.environ.get(k) for k in %r},
 def test_configure_twice_updates_its_own_values():
     out, _ = _configure_in_subprocess("""
 import json, os
-from pythia import threads
+from pythia import threads, workers
 threads.configure(3)
 result = threads.configure(1)
 print(json.dumps({"result": result, "omp": os.environ["OMP_NUM_THREADS"]}))
@@ -209,7 +265,7 @@ print(json.dumps({"result": result, "omp": os.environ["OMP_NUM_THREADS"]}))
 def test_a_child_process_does_not_take_its_parents_settings_for_the_users():
     code = """
 import json, os, subprocess, sys
-from pythia import threads
+from pythia import threads, workers
 threads.install()  # as the flow file does in Metaflow's runtime process
 os.environ["OMP_NUM_THREADS"] = "5"  # as if the user had set it
 child = subprocess.run([sys.executable, "-c", "from pythia import threads; import json; "
@@ -227,7 +283,7 @@ def test_a_local_session_runs_on_the_configured_cores():
     pytest.importorskip("pyspark")
     out, _ = _configure_in_subprocess("""
 import json
-from pythia import threads
+from pythia import threads, workers
 from pythia.etl.session import get_spark
 threads.configure(1)
 from pythia.etl.session import local_driver_memory
@@ -265,7 +321,7 @@ def test_the_local_driver_heap_is_a_quarter_of_the_memory_at_least_1g(monkeypatc
 
 def test_the_threads_line_is_quiet_when_a_task_has_every_core_it_may_use():
     code = """
-from pythia import threads
+from pythia import threads, workers
 threads.configure(2, {"affinity": 2, "@resources": 2})
 print("{}")
 """
