@@ -16,13 +16,14 @@ from __future__ import annotations
 import importlib.abc
 import importlib.resources
 import importlib.util
+import io
 import logging
 import os
 import re
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from typing import IO, Any, Iterator, Sequence
 
 VERBOSE_ENV = "PYTHIA_VERBOSE"
@@ -150,3 +151,15 @@ def import_tensorflow() -> Any:
     with _fd2_filtered(TF_IMPORT_NOISE):
         import tensorflow as tf
     return tf
+
+
+@contextmanager
+def library_prints() -> Iterator[None]:
+    """Drop what a library ``print``s to stdout inside the block (e.g. pytorch-tabnet's
+    "Stop training because you reached max_epochs" after every fit, which no option silences
+    and which our own per-candidate line says better), unless ``PYTHIA_VERBOSE=1``."""
+    if verbose():
+        yield
+        return
+    with redirect_stdout(io.StringIO()):
+        yield

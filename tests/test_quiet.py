@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from pythia import quiet
+
 SNIPPET = ("from pythia import quiet; quiet.install(); tf = quiet.import_tensorflow(); "
            "import sys; print('tf', tf.constant(1).numpy(), file=sys.stderr)")
 # What a step does: the flow file's quiet.install(), a Spark session through the one helper
@@ -92,3 +94,15 @@ def test_install_points_spark_at_the_quiet_profile_and_respects_the_user(monkeyp
     monkeypatch.setenv("SPARK_SUBMIT_OPTS", "")
     quiet.install()
     assert os.environ["SPARK_SUBMIT_OPTS"] == ""
+
+
+def test_library_prints_are_dropped_unless_verbose(monkeypatch, capsys):
+    monkeypatch.delenv(quiet.VERBOSE_ENV, raising=False)
+    with quiet.library_prints():
+        print("Stop training because you reached max_epochs = 8")
+    print("ours")
+    assert capsys.readouterr().out == "ours\n"
+    monkeypatch.setenv(quiet.VERBOSE_ENV, "1")
+    with quiet.library_prints():
+        print("Stop training because you reached max_epochs = 8")
+    assert "max_epochs" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from pytorch_tabnet.tab_model import TabNetClassifier
 from sklearn.metrics import log_loss
 from torch.utils.data import DataLoader, Dataset
 
-from pythia import features
+from pythia import features, quiet
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models.base import Model, labels_of, start_record
@@ -212,12 +212,13 @@ class TabNetModel(Model):
         Xv = to_matrix(valid)[keep]
         self.clf = self._new_classifier()
         h = self.hparams
-        self.clf.fit(
-            to_matrix(train), y, eval_set=[(Xv, yv[keep])] if keep.any() else None,
-            eval_name=["valid"] if keep.any() else None, eval_metric=[ValidLogLoss],
-            max_epochs=self.train_cfg.max_epochs, patience=self.train_cfg.patience,
-            batch_size=int(h["batch_size"]), virtual_batch_size=int(h["virtual_batch_size"]),
-            num_workers=0, drop_last=False, pin_memory=False, compute_importance=False)
+        with quiet.library_prints():
+            self.clf.fit(
+                to_matrix(train), y, eval_set=[(Xv, yv[keep])] if keep.any() else None,
+                eval_name=["valid"] if keep.any() else None, eval_metric=[ValidLogLoss],
+                max_epochs=self.train_cfg.max_epochs, patience=self.train_cfg.patience,
+                batch_size=int(h["batch_size"]), virtual_batch_size=int(h["virtual_batch_size"]),
+                num_workers=0, drop_last=False, pin_memory=False, compute_importance=False)
         self.classes = np.asarray(self.clf.classes_, dtype=np.int64)
         hist = self.clf.history.history
         val = [float(v) for v in hist.get("valid_logloss_all", [])]
@@ -272,11 +273,13 @@ def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
         clf = copy.deepcopy(start.clf)
         clf.keep_classes = start.classes  # the start's outputs, even for a region's subset
         clf.optimizer_params = {"lr": float(h["learning_rate"])}
-        clf.fit(to_matrix(train), y, eval_set=[(Xv, yv[keep])], eval_name=["valid"],
-                eval_metric=[ValidLogLoss], max_epochs=int(h["warm_epochs"]),
-                patience=cfg.patience, batch_size=int(h["batch_size"]),
-                virtual_batch_size=int(h["virtual_batch_size"]), num_workers=0,
-                drop_last=False, pin_memory=False, compute_importance=False, warm_start=True)
+        with quiet.library_prints():
+            clf.fit(to_matrix(train), y, eval_set=[(Xv, yv[keep])], eval_name=["valid"],
+                    eval_metric=[ValidLogLoss], max_epochs=int(h["warm_epochs"]),
+                    patience=cfg.patience, batch_size=int(h["batch_size"]),
+                    virtual_batch_size=int(h["virtual_batch_size"]), num_workers=0,
+                    drop_last=False, pin_memory=False, compute_importance=False,
+                    warm_start=True)
         clf.keep_classes = None
         val = [float(v) for v in clf.history.history.get("valid_logloss_all", [])]
         tried = len(val)
