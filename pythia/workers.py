@@ -69,12 +69,23 @@ def runtime_workers(argv: list[str], environ: Mapping[str, str]) -> int | None:
         return None  # Metaflow itself reports the bad option
 
 
+def runs_remote(argv: list[str]) -> bool:
+    """Whether ``argv`` sends the steps to Kubernetes or AWS Batch (``--with kubernetes``,
+    ``--with batch:cpu=4``, ``--with=kubernetes``): their tasks do not share this machine."""
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--with"]
+    values += [a.split("=", 1)[1] for a in argv if a.startswith("--with=")]
+    return any(v.split(":", 1)[0] in ("kubernetes", "batch") for v in values)
+
+
 def install_runtime(argv: list[str]) -> None:
     """In the process that runs the flow locally: default Metaflow's max workers to
     ``local_workers()`` and tell the tasks (through ``$PYTHIA_LOCAL_WORKERS``, which they
     inherit) how many of them share this machine, so that a foreach task sizes its pools to
-    its share (``configure_task(parallel=True)``). A user's own setting of either wins; remote
-    tasks (Kubernetes, Batch) do not inherit it and size to their own container."""
+    its share (``configure_task(parallel=True)``). A user's own setting of either wins. A run
+    whose steps go to Kubernetes or Batch keeps Metaflow's own default (16 tasks at once) and
+    its tasks size to their own containers."""
+    if runs_remote(argv):
+        return
     for cmd in ("RUN", "RESUME"):
         os.environ.setdefault(f"METAFLOW_{cmd}_MAX_WORKERS", str(local_workers()))
     workers = runtime_workers(argv, os.environ)

@@ -101,6 +101,12 @@ def test_install_runtime_defaults_the_workers_and_tells_the_tasks(machine, monke
     monkeypatch.delenv(threads.WORKERS_ENV)
     workers.install_runtime(["flow.py", "step", "train"])  # a task: inherits, sets nothing
     assert threads.WORKERS_ENV not in os.environ
+    monkeypatch.delenv("METAFLOW_RUN_MAX_WORKERS")
+    for remote in (["--with", "kubernetes"], ["--with", "batch:cpu=4"], ["--with=kubernetes"]):
+        workers.install_runtime(["flow.py", "run", *remote])  # steps on their own nodes
+        assert "METAFLOW_RUN_MAX_WORKERS" not in os.environ
+        assert threads.WORKERS_ENV not in os.environ
+    assert not workers.runs_remote(["flow.py", "run", "--with", "card"])
 
 
 def test_a_foreach_task_gets_its_share_of_the_cores_and_memory(machine, monkeypatch):
