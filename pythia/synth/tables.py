@@ -153,9 +153,39 @@ def _device_index(entries: tuple) -> dict[str, Any]:
     return out
 
 
-def draw_devices(rng: np.random.Generator, config: WorldConfig, n_cty: int
+def device_makes(catalog: str) -> list[str]:
+    """The device makes of a catalog, in the order the world's make axes use."""
+    return _device_index(DEVICE_CATALOGS[catalog][0])["makes"]
+
+
+def regional_make_effects(seed: int, config: WorldConfig, countries: list[str], n_makes: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """What a device make says about age and gender in each model region, beyond what it says
+    everywhere: (n_cty, n_makes) age and gender effects, the same for every country of a region.
+
+    ``config.regional_make_strength`` gives each region's scale (in units of
+    ``device_strength``; regions it omits get none). Drawn from their own stream
+    (``SeedSequence([seed, 2])``), so with every strength 0 the world is the one without them.
+    """
+    from pythia.geo.countries import region_of
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    strength = dict(config.regional_make_strength)
+    names = sorted({region_of(c) for c in countries})
+    draws = {r: (rng.normal(0, 1, n_makes), rng.normal(0, 0.5, n_makes)) for r in names}
+    age = np.zeros((len(countries), n_makes))
+    gen = np.zeros((len(countries), n_makes))
+    for i, c in enumerate(countries):
+        scale = strength.get(region_of(c), 0.0) * config.device_strength
+        age[i], gen[i] = scale * draws[region_of(c)][0], scale * draws[region_of(c)][1]
+    return age, gen
+
+
+def draw_devices(rng: np.random.Generator, config: WorldConfig, n_cty: int,
+                 regional: tuple[np.ndarray, np.ndarray] | None = None
                  ) -> tuple[Arrays, dict[str, list]]:
-    """P(device model | country, AgeGender): a type share, country taste by make, demography.
+    """P(device model | country, AgeGender): a type share, country taste by make, demography,
+    and the ``regional`` make effects (``regional_make_effects``; None: none).
 
     The core catalog is uniform within a device type; the long tail is Zipf over makes (in
     catalog order) and over models within a make (a drawn order), with effects by make too.
@@ -178,6 +208,10 @@ def draw_devices(rng: np.random.Generator, config: WorldConfig, n_cty: int
         m_gen = m_gen + rng.normal(0, 0.5 * s, len(d["makes"]))[model_make]
     logit = (base[None, None, :] + country_make[:, None, model_make]
              + (np.outer(CLS_AGE, m_age) + np.outer(CLS_GENDER, m_gen) + m_noise)[None])
+    if regional is not None:  # a make means something else here: its buyers lean elsewhere
+        r_age, r_gen = regional
+        logit = logit + (CLS_AGE[None, :, None] * r_age[:, None, model_make]
+                         + CLS_GENDER[None, :, None] * r_gen[:, None, model_make])
     arrays = {"p_model": softmax(logit), "model_type": model_type, "model_make": model_make,
               "model_os": d["os"]}
     vocab = {"device_types": list(DEVICE_TYPES), "makes": d["makes"], "oses": d["os_names"],

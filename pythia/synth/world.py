@@ -26,8 +26,9 @@ from pythia.synth.catalog import (AGE_LABELS, AGE_SHARES, CLASS_LABELS, INTEREST
 from pythia.synth.tables import COUNTRY_SETS, DEVICE_CATALOGS
 
 # Bumped when the same (config, seed) gives another world, so caches regenerate: 2 = discrete
-# activity levels (truth/world.npz gains the per-level user counts the posterior needs).
-GENERATOR_VERSION = 2
+# activity levels (truth/world.npz gains the per-level user counts the posterior needs);
+# 3 = regional make effects (regional_make_strength).
+GENERATOR_VERSION = 3
 
 __all__ = ["GENERATOR_VERSION", "AGE_LABELS", "CLASS_LABELS", "MAX_SYNTH_AGE", "N_AGE", "N_CLASS",
            "PRESETS", "WorldConfig", "WorldParams", "build_params", "params_from_saved",
@@ -55,6 +56,9 @@ class WorldConfig:
     interest_strength: float = 1.3  # spread of log P(z | AgeGender); higher = more informative
     site_affinity: float = 2.2  # log-boost of a site for users of its primary interest
     device_strength: float = 0.9  # spread of demographic effects on device model choice
+    # (region, scale): what a device make says about age and gender differs by model region
+    # (tables.regional_make_effects), scale in units of device_strength; none by default
+    regional_make_strength: tuple[tuple[str, float], ...] = ()
     software_strength: float = 1.0  # scale of demographic effects on OS version and browser
     time_strength: float = 1.0  # scale of demographic effects on the local hour/weekday profile
     geo_strength: float = 1.0  # scale of demographic effects on the metro
@@ -89,6 +93,10 @@ class WorldConfig:
                                      ("device_catalog", self.device_catalog, DEVICE_CATALOGS)):
             if value not in choices:
                 raise ValueError(f"{name} {value!r} is unknown; choose from {sorted(choices)}")
+        if any(not isinstance(r, str) or not float(k) >= 0
+               for r, k in self.regional_make_strength):
+            raise ValueError("regional_make_strength needs (region, scale >= 0) pairs, got "
+                             f"{self.regional_make_strength}")
         if len(self.age_shares) != N_AGE or min(self.age_shares) <= 0:
             raise ValueError(f"age_shares needs {N_AGE} positive shares, got {self.age_shares}")
         if not 0.1 < self.male_share < 0.9:
@@ -109,12 +117,23 @@ class WorldConfig:
 
     def to_json(self) -> dict:
         doc = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in doc.items()}
+        return {k: _lists(v) for k, v in doc.items()}
 
     @classmethod
     def from_json(cls, doc: dict) -> "WorldConfig":
         """The config of a saved world; fields it lacks (an older world) take their defaults."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+        return cls(**{k: _tuples(v) for k, v in doc.items()})
+
+
+DEFAULT_REGIONAL = (("APAC", 0.8), ("LATAM", 0.8), ("EU", 0.4), ("NA", 0.0))
+
+
+def _lists(v: Any) -> Any:
+    return [_lists(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
+def _tuples(v: Any) -> Any:
+    return tuple(_tuples(x) for x in v) if isinstance(v, (tuple, list)) else v
 
 
 PRESETS: dict[str, WorldConfig] = {
@@ -122,7 +141,9 @@ PRESETS: dict[str, WorldConfig] = {
     "tiny": WorldConfig(n_users=400, n_sites=300, impressions_per_user_day=15.0,
                         metros_per_country=6, zips_per_metro=4, label_history_days=7),
     # the demo: ~2.1M impressions over one 5-day window
-    "default": WorldConfig(),
+    # regional make effects: a regional model has something to learn in APAC and LATAM, less
+    # in EU, nothing in NA (their size on the test day: docs/synthetic-world.md)
+    "default": WorldConfig(regional_make_strength=DEFAULT_REGIONAL),
     # the hard real case, small enough for CI (~210k impressions): 40 countries in every region,
     # several with many zones (real ISO-3166-2 geo_regions); the window spans the US/CA switch
     # to daylight saving (2024-03-10); ~30k users labelled by the chosen provider of two (no
@@ -138,7 +159,8 @@ PRESETS: dict[str, WorldConfig] = {
                           providers=("orbis", "quanta"), coverage=(0.55, 0.85)),
     # scale: ~56M impressions over 7 days, streamed partition by partition
     "large": WorldConfig(n_users=2_000_000, days=7, n_sites=10_000,
-                         impressions_per_user_day=4.0, metros_per_country=24),
+                         impressions_per_user_day=4.0, metros_per_country=24,
+                         regional_make_strength=DEFAULT_REGIONAL),
 }
 
 
@@ -187,7 +209,10 @@ def build_params(config: WorldConfig, seed: int) -> WorldParams:
     arrays.update(tables.draw_interests(rng, config))
     arrays.update(tables.draw_time(rng, config))
     add(tables.draw_sites(rng, config, arrays["country_share"]))
-    add(tables.draw_devices(rng, config, n_cty))
+    countries = list(COUNTRY_SETS[config.country_set])
+    n_makes = len(tables.device_makes(config.device_catalog))
+    add(tables.draw_devices(rng, config, n_cty,
+                            tables.regional_make_effects(seed, config, countries, n_makes)))
     add(tables.draw_software(rng, config, vocab["oses"]))
     add(places.draw_geography(rng, config, geo.OffsetTable.from_json(offsets)))
     add(tables.draw_ad_slot(rng, config, n_cty))
