@@ -40,13 +40,18 @@ def tiny(tmp_path_factory) -> str:
     return root
 
 
+def impressions_with_truth(root: str) -> pd.DataFrame:
+    """Every impression of the world at ``root`` with its user's true AgeGender index ``y``."""
+    df = ds.dataset(f"{root}/impressions", partitioning="hive").to_table().to_pandas()
+    truth = load_world(root).truth().set_index("user_id")
+    df["y"] = truth.loc[df["user_id"], "age_gender"].map(CLASSES).to_numpy()
+    return df
+
+
 @pytest.fixture(scope="module")
 def impressions(tiny) -> pd.DataFrame:
     """Every impression of the tiny world with its user's true AgeGender index."""
-    df = ds.dataset(f"{tiny}/impressions", partitioning="hive").to_table().to_pandas()
-    truth = load_world(tiny).truth().set_index("user_id")
-    df["y"] = truth.loc[df["user_id"], "age_gender"].map(CLASSES).to_numpy()
-    return df
+    return impressions_with_truth(tiny)
 
 
 def _doc_columns(section: str, next_section: str) -> dict[str, pa.DataType]:

@@ -21,16 +21,10 @@ from pythia.synth.activity import (DAY, ExposureClock, activity_levels, expected
 from pythia.synth.impressions import PartitionSampler
 from pythia.synth.population import build_users
 from pythia.synth.world import WorldConfig, build_params
+from test_synth import tiny  # noqa: F401  (the module-scoped tiny world fixture)
 
 N_BINS = ((0, 0), (1, 3), (4, 15), (16, None))  # bins of n for the calibration check
 REPLICATE_DAYS = 30  # independent days of the tiny world's users for the calibration checks
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("synth") / "tiny")
-    generate_world(root, "tiny", seed=0)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +119,11 @@ def test_cache_regenerates_a_world_of_an_older_generator(tmp_path):
     generate_world(str(root), "tiny", seed=2)
     assert gen_mod._is_current(str(root))
     meta = root / "truth" / "world.json"
-    meta.write_text(meta.read_text().replace('"generator_version": 2', '"generator_version": 1'))
+    version = gen_mod.GENERATOR_VERSION
+    text = meta.read_text()
+    assert f'"generator_version": {version}' in text
+    meta.write_text(text.replace(f'"generator_version": {version}',
+                                 f'"generator_version": {version - 1}'))
     assert not gen_mod._is_current(str(root))
 
 

@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 
 from pythia.geo.countries import region_of
@@ -15,7 +14,7 @@ from pythia.synth import PRESETS, WorldConfig, generate_world, load_world
 from pythia.synth.regional import effect_size, region_blind
 from pythia.synth.tables import COUNTRY_SETS
 from pythia.synth.world import build_params
-from test_synth import CLASSES, _calibration_z, _log_loss
+from test_synth import _calibration_z, _log_loss, impressions_with_truth
 
 STRONG = (("APAC", 1.5), ("LATAM", 0.0))
 CONFIG = dataclasses.replace(PRESETS["tiny"], n_users=1_500, regional_make_strength=STRONG)
@@ -30,9 +29,7 @@ def regional(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def regional_rows(regional) -> pd.DataFrame:
-    df = ds.dataset(f"{regional}/impressions", partitioning="hive").to_table().to_pandas()
-    truth = load_world(regional).truth().set_index("user_id")
-    df["y"] = truth.loc[df["user_id"], "age_gender"].map(CLASSES).to_numpy()
+    df = impressions_with_truth(regional)
     df["region"] = [region_of(c) for c in df["country"]]
     return df
 
