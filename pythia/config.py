@@ -186,7 +186,6 @@ TINY_TRAIN = TrainConfig(max_epochs=3, batch_size=256, patience=1)
 
 # ---------------------------------------------------------------- run-time parameters
 
-
 @dataclass(frozen=True)
 class ParamSpec:
     """One flow Parameter: its single default, type and help text."""
@@ -274,15 +273,16 @@ class DeployConfig:
     max_train_rows: int = TrainConfig.max_train_rows
     regional_start: str = TrainConfig.regional_start
     model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    z_min: float = 2.0  # [evaluate]: champions beat each baseline by > z_min clustered SEs
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any] | None) -> "DeployConfig":
         """Build from the parsed TOML (a plain mapping); errors name the bad key."""
         doc = dict(doc or {})
-        unknown = set(doc) - {"geography", "etl", "train", "models", "resources"}
-        if unknown:
-            raise ValueError(f"config: unknown section(s) {sorted(unknown)}; expected "
-                             "geography, etl, train, models, resources")
+        sections = ("geography", "etl", "train", "evaluate", "models", "resources")
+        if set(doc) - set(sections):
+            raise ValueError(f"config: unknown section(s) {sorted(set(doc) - set(sections))}; "
+                             f"expected {', '.join(sections)}")
         geo_doc = dict(doc.get("geography") or {})
         geography = Geography.from_config(geo_doc.get("regions") or {},
                                           bool(geo_doc.get("replace_regions", False)))
@@ -294,14 +294,14 @@ class DeployConfig:
                    power_user_quantile=float(etl.get("power_user_quantile", 0.99)),
                    batch_size=int(train.get("batch_size", 1024)),
                    patience=int(train.get("patience", 2)),
-                   max_train_rows=_non_negative(train, "max_train_rows",
-                                                TrainConfig.max_train_rows),
+                   max_train_rows=_non_negative(train, "max_train_rows", cls.max_train_rows),
                    regional_start=str(train.get("regional_start", TrainConfig.regional_start)),
-                   model_hparams=models)
+                   model_hparams=models, z_min=_non_negative(
+                       dict(doc.get("evaluate") or {}), "z_min", cls.z_min, float))
 
 
-def _non_negative(section: Mapping[str, Any], key: str, default: int) -> int:
-    value = int(section.get(key, default))
+def _non_negative(section: Mapping[str, Any], key: str, default: Any, cast: type = int) -> Any:
+    value = cast(section.get(key, default))
     if value < 0:
         raise ValueError(f"config: {key} must be >= 0, got {value}")
     return value
@@ -335,6 +335,7 @@ class RunParams:
     search: int
     geo: Geography = field(default_factory=Geography)
     model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    z_min: float = DeployConfig.z_min  # the champion rule's noise test (evaluate)
 
     @classmethod
     def build(cls, values: Mapping[str, Any] | None = None,
@@ -382,7 +383,7 @@ class RunParams:
                    seed=int(v["seed"]), etl=etl, train=train,
                    spark_master=v["spark_master"] or None,
                    data_root=v["data_root"] or default_data_root(), search=int(v["search"]),
-                   geo=deploy.geo, model_hparams=deploy.model_hparams)
+                   geo=deploy.geo, model_hparams=deploy.model_hparams, z_min=deploy.z_min)
 
     @property
     def hour_groups(self) -> list[list[int]]:
