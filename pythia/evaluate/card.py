@@ -22,8 +22,11 @@ INTRO = """
 Each **candidate** is one model of the registry trained either on one region or on all of them
 (`global`). For every region, the candidate with the lowest **validation log-loss** on the joint
 AgeGender target (natural-weighted) wins, provided it is not a baseline — so it beats every
-baseline{baseline}, the constant class prior among them — and does not do worse than the
-previous run's champion on the same test rows (a small tolerance applies). A region without a
+baseline{baseline}, the constant class prior among them, by more than noise: its paired
+validation log-loss difference with each baseline (`margin_diff`, model - closest baseline) must
+be below -`z_min` standard errors (`margin_se`, clustered by user: impressions of one user are
+not independent) — and does not do worse than the previous run's champion on the same test rows
+(a small tolerance applies). A region without a
 blessed champion exports nothing new: the bundle keeps the previous champion, or routes the
 region to the global model; a global slot with neither falls back to the best baseline.
 
@@ -68,8 +71,8 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
     card.append(Markdown("## Champions\n\n`blessed` tells whether the region's winner replaces "
                          "the previous champion; `reason` says why or why not."))
     columns = ["region", "champion", "blessed", "val_logloss", "baseline_val_logloss",
-               "prior_val_logloss", "previous_logloss", "current_logloss_on_same_rows",
-               "reason"]
+               "prior_val_logloss", "margin_vs", "margin_diff", "margin_se", "margin_z", "z_min",
+               "previous_logloss", "current_logloss_on_same_rows", "reason"]
     card.append(Table.from_dataframe(_fmt(champions.reindex(columns=columns)), truncate=False))
 
     card.append(Markdown(
@@ -116,7 +119,9 @@ def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
         "scratch) next to the global candidate of the same model and config, scored on the "
         "same rows: validation day (`val_logloss_*`) and natural test day (AgeGender). "
         "`gain_logloss_age_gender` = global - regional test log-loss: positive when the "
-        "regional candidate does better."))
+        "regional candidate does better. `val_diff` = regional - global validation log-loss "
+        "(natural-weighted, paired on the same rows), `val_se` its standard error clustered by "
+        "user and `val_z` = val_diff / val_se: |z| below 2 is noise."))
     card.append(Table.from_dataframe(_fmt(table), truncate=False))
 
 
@@ -137,9 +142,10 @@ def _append_baseline_alarm(card: Any, champions: pd.DataFrame) -> None:
     lost = [r for r, w in zip(champions["region"], champions["warning"])
             if isinstance(w, str) and w]
     card.append(ValueBox(title="NOT BLESSED: the baselines win", value=", ".join(lost)[:200],
-                         subtitle="No model beats every baseline here; the bundle exports "
-                                  "nothing new for these regions.", theme="danger"))
-    card.append(Markdown("\n".join(["## WARNING: no model beats the baselines", ""]
+                         subtitle="No model beats every baseline by more than noise here; the "
+                                  "bundle exports nothing new for these regions.",
+                         theme="danger"))
+    card.append(Markdown("\n".join(["## WARNING: no model beats the baselines by more than noise", ""]
                                     + [f"- **{w}**" for w in texts])))
 
 

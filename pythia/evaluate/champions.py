@@ -8,35 +8,33 @@ report loudly, not a champion): a region is blessed only when its best candidate
 baseline, i.e. it beats every baseline that scored the region (the constant class prior, which
 every run trains, logistic regression, gbdt) on the natural-weighted validation log-loss; ties
 go to the baseline. Otherwise the row carries a ``warning`` with the numbers (card, end step,
-`pythia report`) and the bundle exports nothing new for the region.
+`pythia report`) and the bundle exports nothing new for the region. The noise rule (issue 15,
+``margins``): the best model must also beat each baseline model's best candidate by more than
+``z_min`` user-clustered standard errors of the paired validation difference (0 = off).
 
 Baseline and reference names come from the caller or the candidates' own flags (the registry
 owns them). Nothing here reads files or Metaflow.
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import log_loss
 
 from pythia.config import GLOBAL_REGION
-from pythia.evaluate.metrics import check_probabilities, clip_probabilities
-from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, SplitFrame
-from pythia.evaluate.slices import (NATURAL, Aligned, candidate_label, check_candidates,
-                                    eval_regions_of, slice_masks)
+from pythia.evaluate.frames import JOINT_TARGET, PROVIDER
+from pythia.evaluate.margins import DEFAULT_Z_MIN, MARGIN_COLUMNS, MarginLookup, noise_test
+from pythia.evaluate.previous import compare_with_previous  # noqa: F401 (its reference)
+from pythia.evaluate.slices import NATURAL, candidate_label, check_candidates, eval_regions_of
 from pythia.features import VALIDATION
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 0.01  # relative test log-loss increase allowed against the previous champion
 
 CHAMPION_COLUMNS = [
     "region", "champion", "model", "candidate_region", "config_id", "model_dir", "val_logloss",
-    "baseline_val_logloss", "prior_val_logloss", "baselines", "beats_baselines",
+    "baseline_val_logloss", "prior_val_logloss", "baselines", "beats_baselines", *MARGIN_COLUMNS,
     "previous_logloss", "current_logloss_on_same_rows", "n_same_rows", "blessed", "reason",
     "warning",
 ]
@@ -75,7 +73,8 @@ def _is_finite(x: object) -> bool:
 
 def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, Any]],
                      present: Sequence[str], previous_check: PreviousCheck | None,
-                     baseline_models: Sequence[str], tolerance: float = DEFAULT_TOLERANCE
+                     baseline_models: Sequence[str], tolerance: float = DEFAULT_TOLERANCE, *,
+                     margins: MarginLookup | None = None, z_min: float = DEFAULT_Z_MIN
                      ) -> pd.DataFrame:
     """Score the candidates from the metrics table and pick one champion per eval region.
 
@@ -88,11 +87,14 @@ def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, An
             in-memory reference); None when there is no previous run.
         baseline_models: model names every champion must beat (the registry's baselines).
         tolerance: relative test log-loss regression against the previous champion allowed.
+        margins: paired validation margins (``margins.margin_lookup`` of the streamed sums).
+        z_min: the noise rule's threshold in standard errors (0: point estimates only).
     """
     scores = champion_scores(metrics, check_candidates(candidates), candidates, present)
     champions = select_champions(scores, [GLOBAL_REGION] + list(present), previous_check,
                                  tolerance, baseline_models=baseline_models,
-                                 reference_models=reference_models_of(candidates))
+                                 reference_models=reference_models_of(candidates),
+                                 margins=margins, z_min=z_min)
     champions["config_id"] = champions["config_id"].astype("Int64")
     return champions
 
@@ -140,47 +142,14 @@ def champion_scores(metrics: pd.DataFrame, idents: Sequence[Mapping],
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def compare_with_previous(frame: SplitFrame, winner: Aligned, region: str,
-                          previous: PreviousScorer, previous_name: str
-                          ) -> tuple[float | None, float | None, int, str]:
-    """Joint-target log-loss of the previous champion and of the winner on the same labelled
-    natural-test rows of ``region``: (previous, current, n rows, note).
-
-    A previous bundle that fails to score gives no comparison (it must not block this run).
-    """
-    mask = dict(slice_masks(frame, winner.pos, NATURAL, [region]))[region]
-    pos = winner.pos[mask]
-    y = frame.labels[PROVIDER][JOINT_TARGET][pos]
-    try:
-        prev = previous(region, frame.df.iloc[pos].reset_index(drop=True))
-    except Exception as exc:  # noqa: BLE001 - any failure of the old bundle is only a note
-        log.warning("previous champion for %s could not score: %s", region, exc)
-        return None, None, 0, f"{previous_name} could not score these rows ({exc})"
-    if prev is None or prev.get(JOINT_TARGET) is None:
-        return None, None, 0, f"{previous_name} has no champion for {region}"
-    k = winner.probs[JOINT_TARGET].shape[1]
-    pp = check_probabilities(prev[JOINT_TARGET], k,
-                             f"{previous_name} p_{JOINT_TARGET} ({region})")
-    if len(pp) != len(pos):
-        raise ValueError(f"{previous_name} returned {len(pp)} rows for {len(pos)} in {region}")
-    valid = y >= 0
-    if not valid.any():
-        return None, None, 0, f"no labelled test rows in {region} to compare with"
-    cur = check_probabilities(winner.probs[JOINT_TARGET][mask], k)
-    labels = np.arange(k)
-    return (float(log_loss(y[valid], clip_probabilities(pp[valid]), labels=labels)),
-            float(log_loss(y[valid], clip_probabilities(cur[valid]), labels=labels)),
-            int(valid.sum()),
-            f"previous = {previous_name}")
-
-
 # ---------------------------------------------------------------- rules
 
 def select_champions(scores: pd.DataFrame, regions: Sequence[str],
                      previous_check: PreviousCheck | None = None,
                      tolerance: float = DEFAULT_TOLERANCE, *,
                      baseline_models: Sequence[str],
-                     reference_models: Sequence[str] = ()) -> pd.DataFrame:
+                     reference_models: Sequence[str] = (), margins: MarginLookup | None = None,
+                     z_min: float = DEFAULT_Z_MIN) -> pd.DataFrame:
     """Pick and bless one champion per region.
 
     Args:
@@ -194,6 +163,9 @@ def select_champions(scores: pd.DataFrame, regions: Sequence[str],
         baseline_models: model names of the baselines every champion must beat.
         reference_models: the constant-prior baseline(s) among them ("nothing beats the
             prior" is the loudest warning).
+        margins: ``margin(key_a, key_b, region)``, the paired validation margins; required
+            unless ``z_min`` is 0.
+        z_min: the best model must beat each baseline by more than this many SEs.
 
     Returns:
         The champions DataFrame (CHAMPION_COLUMNS); ``champion`` is None when not blessed;
@@ -206,15 +178,20 @@ def select_champions(scores: pd.DataFrame, regions: Sequence[str],
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     if isinstance(baseline_models, str) or not baseline_models:
         raise ValueError(f"baseline_models must name at least one model, got {baseline_models!r}")
+    if not z_min >= 0 or (z_min > 0 and margins is None):
+        raise ValueError(f"z_min must be >= 0 and, above 0, comes with margins; got {z_min}")
     names = (tuple(baseline_models), tuple(reference_models))
+    rule = (margins or (lambda a, b, region: None), float(z_min))
     out = [_decide_region(scores[scores["eval_region"] == region], region, previous_check,
-                          tolerance, names) for region in regions]
+                          tolerance, names, rule) for region in regions]
     return pd.DataFrame(out, columns=CHAMPION_COLUMNS)
 
 
 def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousCheck | None,
-                   tolerance: float, names: tuple[tuple[str, ...], tuple[str, ...]]) -> dict:
-    """The champions row of one region (``names`` = (baseline models, reference models))."""
+                   tolerance: float, names: tuple[tuple[str, ...], tuple[str, ...]],
+                   rule: tuple[MarginLookup, float]) -> dict:
+    """The champions row of one region (``names`` = (baseline models, reference models),
+    ``rule`` = (margins, z_min))."""
     row = {c: None for c in CHAMPION_COLUMNS}
     row.update(region=region, blessed=False, n_same_rows=0)
     if pool.empty:
@@ -238,10 +215,15 @@ def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousChec
                val_logloss=float(best["val_logloss"]))
     verdict = _baseline_verdict(ranked, region, *names)
     row.update({k: v for k, v in verdict.items() if k != "note"})
+    noise = noise_test(ranked, region, names[0], *rule)
+    row.update({c: noise[c] for c in MARGIN_COLUMNS})
     if not verdict["beats_baselines"]:
         row["reason"] = verdict["note"]
         return row
-    notes = [verdict["note"]]
+    if not noise["passed"]:
+        row.update(reason=noise["note"], warning=noise["warning"])
+        return row
+    notes = [verdict["note"], noise["note"]]
     if previous_check is None:
         notes.append("no previous run to compare with")
     else:

@@ -8,6 +8,7 @@ from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, choose
 from pythia.evaluate.figures import draw_figures
 from pythia.evaluate.gauge import build_gauge
 from pythia.evaluate.io import read_world, write_reports
+from pythia.evaluate.margins import DEFAULT_Z_MIN, margin_lookup, regional_margins
 from pythia.evaluate.previous import PreviousComparison
 from pythia.evaluate.stream import score_streaming
 from pythia.evaluate.tables import build_headline, build_regional_vs_global
@@ -17,7 +18,8 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         source_path: str | None, age_edges: Sequence[int], reports_uri: str,
         previous: PreviousScorer | None = None, previous_id: str | None = None, *,
         baseline_models: Sequence[str], tolerance: float = DEFAULT_TOLERANCE,
-        make_figures: bool = True, world: Any = None) -> dict[str, Any]:
+        make_figures: bool = True, world: Any = None, z_min: float = DEFAULT_Z_MIN
+        ) -> dict[str, Any]:
     """Evaluate every candidate, pick champions, draw figures and write the report files.
 
     Args:
@@ -36,6 +38,8 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         tolerance: relative test log-loss regression against the previous champion allowed.
         make_figures: draw figures (the tables are the same either way).
         world: the synthetic world, instead of the one at ``source_path`` (tests).
+        z_min: a region's best model must beat each baseline by more than this many
+            user-clustered SEs of the paired validation log-loss difference (0: any margin).
 
     Returns:
         {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_note',
@@ -56,9 +60,10 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
     previous_run = previous_id or getattr(previous, "pathspec", None)
     champions = _choose_champions(metrics, candidates, split_manifest, age_edges, scored.present,
                                   previous, previous_run or "previous run", baseline_models,
-                                  tolerance)
+                                  tolerance, margin_lookup(scored.sums.groups), z_min)
     headline = build_headline(metrics, champions, gauge)
-    regional_vs_global = build_regional_vs_global(headline, candidates)
+    regional_vs_global = regional_margins(scored.sums.groups,
+                                          build_regional_vs_global(headline, candidates))
     # draw: from the sums (confusion counts, reliability bins), never from rows
     figures = draw_figures(champions, metrics, distributions, scored.sums) if make_figures else {}
     # write
@@ -70,19 +75,20 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
     results["report_files"] = write_reports(results, reports_uri)
     print(f"evaluate: {len(candidates)} candidate(s); champions: " + ", ".join(
         f"{r['region']}={r['model'] if r.get('blessed') else 'none blessed'}"
-        for r in champions.to_dict("records")) + f"; reports in {reports_uri}")
+        for r in champions.to_dict("records")) + f" (rule: beats every baseline by more than "
+        f"z_min {z_min:g} user-clustered SEs on validation); reports in {reports_uri}")
     return results
 
 
 def _choose_champions(metrics: Any, candidates: Sequence[Mapping[str, Any]],
                       split_manifest: Mapping[str, Any], age_edges: Sequence[int],
                       present: Sequence[str], previous: PreviousScorer | None,
-                      previous_name: str, baseline_models: Sequence[str], tolerance: float
-                      ) -> Any:
+                      previous_name: str, baseline_models: Sequence[str], tolerance: float,
+                      margins: Any, z_min: float) -> Any:
     """``champions.choose_champions`` with the previous-run check streamed
     (``previous.PreviousComparison``) instead of reading the natural test day whole."""
     with contextlib.ExitStack() as stack:
         check = None if previous is None else stack.enter_context(
             PreviousComparison(candidates, split_manifest, age_edges, previous, previous_name))
         return choose_champions(metrics, candidates, present, check, baseline_models,
-                                tolerance)
+                                tolerance, margins=margins, z_min=z_min)

@@ -2,8 +2,8 @@
 the natural test day and each winner's predictions are hash-partitioned by impression id on
 scratch disk (``buckets``), and bucket by bucket the winner's labelled rows of a region are
 scored by the previous bundle in record batches, the log-losses added up as sums
-(``stats.row_log_loss``). The answers equal ``champions.compare_with_previous`` (the in-memory
-reference) to 1e-9; ``PreviousComparison`` is a ``champions.PreviousCheck``.
+(``stats.row_log_loss``). The answers equal ``compare_with_previous`` (the in-memory
+reference, at the end) to 1e-9; ``PreviousComparison`` is a ``champions.PreviousCheck``.
 """
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from sklearn.metrics import log_loss
 
 from pythia.evaluate import buckets, io
 from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, SplitFrame, split_frame
-from pythia.evaluate.metrics import check_probabilities
-from pythia.evaluate.slices import (NATURAL, align, candidate_ident, candidate_key,
+from pythia.evaluate.metrics import check_probabilities, clip_probabilities
+from pythia.evaluate.slices import (NATURAL, Aligned, align, candidate_ident, candidate_key,
                                     candidate_label, slice_masks)
 from pythia.evaluate.stats import row_log_loss
 from pythia.features import IMPRESSION_ID, SPLIT, TARGETS, TEST_NATURAL, class_labels
@@ -113,7 +114,7 @@ class PreviousComparison:
 
     def _compare(self, key: tuple, region: str, rows_dir: str, pred_dir: str,
                  schema: pa.Schema | None) -> tuple[float | None, float | None, int, str]:
-        """``champions.compare_with_previous`` over the buckets (same answers and notes)."""
+        """``compare_with_previous`` over the buckets (same answers and notes)."""
         k = len(class_labels(JOINT_TARGET, self._edges))
         sums = np.zeros(2)  # previous, current
         n_valid = n_scored = 0
@@ -158,3 +159,37 @@ class PreviousComparison:
         if len(p) != len(rows):
             raise ValueError(f"{self._name} returned {len(p)} rows for {len(rows)} in {region}")
         return p
+
+
+def compare_with_previous(frame: SplitFrame, winner: Aligned, region: str,
+                          previous: Callable[[str, pd.DataFrame], Mapping[str, np.ndarray] | None], previous_name: str
+                          ) -> tuple[float | None, float | None, int, str]:
+    """Joint-target log-loss of the previous champion and of the winner on the same labelled
+    natural-test rows of ``region``: (previous, current, n rows, note).
+
+    A previous bundle that fails to score gives no comparison (it must not block this run).
+    """
+    mask = dict(slice_masks(frame, winner.pos, NATURAL, [region]))[region]
+    pos = winner.pos[mask]
+    y = frame.labels[PROVIDER][JOINT_TARGET][pos]
+    try:
+        prev = previous(region, frame.df.iloc[pos].reset_index(drop=True))
+    except Exception as exc:  # noqa: BLE001 - any failure of the old bundle is only a note
+        log.warning("previous champion for %s could not score: %s", region, exc)
+        return None, None, 0, f"{previous_name} could not score these rows ({exc})"
+    if prev is None or prev.get(JOINT_TARGET) is None:
+        return None, None, 0, f"{previous_name} has no champion for {region}"
+    k = winner.probs[JOINT_TARGET].shape[1]
+    pp = check_probabilities(prev[JOINT_TARGET], k,
+                             f"{previous_name} p_{JOINT_TARGET} ({region})")
+    if len(pp) != len(pos):
+        raise ValueError(f"{previous_name} returned {len(pp)} rows for {len(pos)} in {region}")
+    valid = y >= 0
+    if not valid.any():
+        return None, None, 0, f"no labelled test rows in {region} to compare with"
+    cur = check_probabilities(winner.probs[JOINT_TARGET][mask], k)
+    labels = np.arange(k)
+    return (float(log_loss(y[valid], clip_probabilities(pp[valid]), labels=labels)),
+            float(log_loss(y[valid], clip_probabilities(cur[valid]), labels=labels)),
+            int(valid.sum()),
+            f"previous = {previous_name}")

@@ -28,9 +28,10 @@ import pyarrow as pa
 
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate import buckets, io
-from pythia.evaluate.frames import (FRAME_COLUMNS, PROVIDER, TRUTH, WEIGHT_COLUMN, SplitFrame,
-                                    split_frame, truth_labels)
+from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, PROVIDER, TRUTH,
+                                    WEIGHT_COLUMN, SplitFrame, split_frame, truth_labels)
 from pythia.evaluate.gauge import posterior_probs
+from pythia.evaluate.margins import user_groups
 from pythia.evaluate.slices import (NATURAL_NO_POWER_USERS, SPLIT_OF_TEST_SET, TEST_SETS,
                                     Aligned, align, candidate_key, candidate_label,
                                     check_candidates, eval_regions_of, slice_masks)
@@ -119,8 +120,9 @@ def _stage_rows(split_manifest: Mapping, splits: Sequence[str], world: Any,
     for split in splits:
         _check_split_columns(split_manifest, split, world)
     if world is None:  # the metrics read the label, region and power-user columns only
-        for split in splits:
-            buckets.partition(io.split_batches(split_manifest, split, FRAME_COLUMNS),
+        for split in splits:  # and the user id, which clusters the margins' SEs
+            user = (USER_ID,) if USER_ID in io.split_schema(split_manifest, split).names else ()
+            buckets.partition(io.split_batches(split_manifest, split, FRAME_COLUMNS + user),
                               IMPRESSION_ID, n_buckets, out[split])
         return out
     # a world's posterior reads columns of its own choosing, so every column is kept; the
@@ -233,6 +235,9 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
         return
     regions = _count_rows(sums, frames)
     bayes = _bucket_posteriors(sums, frames, world)
+    val = frames.get(VALIDATION)  # its rows' user groups cluster the margins' SEs
+    groups = (user_groups(val.df[USER_ID]) if val is not None and USER_ID in val.df.columns
+              else None)
     ref_cache: dict = {}  # the posterior's sums per (slice, rows), shared by the candidates
     for test_set in TEST_SETS:
         frame = frames.get(SPLIT_OF_TEST_SET[test_set])
@@ -258,16 +263,17 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
             a = aligned[frame.split]
             _add_slices(sums, key, frame, test_set, a, {s: a.probs for s in frame.labels},
                         eval_regions_of(ident["region"], regions), bayes.get(frame.split),
-                        ref_cache)
+                        ref_cache, groups if test_set == VALIDATION else None)
 
 
 def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 aligned: Aligned, probs_by_source: Mapping[str, Mapping[str, np.ndarray]],
                 eval_regions: Sequence[str], reference: Mapping | None,
-                ref_cache: dict | None = None) -> None:
+                ref_cache: dict | None = None, groups: np.ndarray | None = None) -> None:
     """Add one scorer's rows of one test set to every slice (``slices.score_slices``' cuts).
     ``ref_cache`` holds the posterior's sums per (slice, rows) of this bucket: every candidate
-    that covers the same rows shares them instead of scoring the posterior again."""
+    that covers the same rows shares them instead of scoring the posterior again. ``groups``
+    (the frame rows' user groups, validation only) adds the paired margins' sums."""
     ref_cache = {} if ref_cache is None else ref_cache
     is_model = key != BAYES_KEY
     for region, mask in slice_masks(frame, aligned.pos, test_set, eval_regions):
@@ -294,5 +300,7 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                     if ref_key not in ref_cache:
                         ref_cache[ref_key] = stats.reference_batch(y, ref[target][pos])
                     ref = ref_cache[ref_key]
-                stats.add(y, p, frame.weights[pos] if is_model and frame.weights is not None
-                          else None, ref)
+                w = frame.weights[pos] if is_model and frame.weights is not None else None
+                stats.add(y, p, w, ref)
+                if groups is not None and target == JOINT_TARGET and source == PROVIDER:
+                    sums.groups_of((key, region)).add(groups[pos], y, p, w)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.frames import AGE_TARGET, JOINT_TARGET
+from pythia.evaluate.margins import GroupSums
 from pythia.evaluate.metrics import total_variation_distance
 from pythia.evaluate.slices import (BAYES_MODEL, DIST_COLUMNS, METRIC_COLUMNS,
                                     SPLIT_OF_TEST_SET, TEST_SETS, candidate_key,
@@ -39,6 +40,8 @@ class SliceSums:
     bayes_sources: tuple[str, ...] = ()  # label sources of the posterior, in its order
     bayes_splits: set = field(default_factory=set)
     gauge_note: str | None = None  # set when the world could not give the posterior
+    # (scorer, eval region) -> validation sums per user group (the champion rule's margins)
+    groups: dict = field(default_factory=dict)
 
     @property
     def present(self) -> list[str]:
@@ -57,6 +60,12 @@ class SliceSums:
             self.labels[key] = LabelStats(len(class_labels(target, self.edges)),
                                           ordinal=target == AGE_TARGET)
         return self.labels[key]
+
+    def groups_of(self, key: tuple) -> GroupSums:
+        """The GroupSums of (scorer, eval region), created empty."""
+        if key not in self.groups:
+            self.groups[key] = GroupSums()
+        return self.groups[key]
 
     def shares_of(self, key: tuple) -> ShareStats:
         """The ShareStats of (scorer, test_set, region, target, source or None), created."""

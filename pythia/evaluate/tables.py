@@ -80,6 +80,7 @@ def build_regional_vs_global(headline: pd.DataFrame,
 
     ``gain_logloss_age_gender`` = global - regional natural-test AgeGender log-loss (positive:
     the regional candidate is better). Families without both candidates have no row.
+    ``margins.regional_margins`` adds the paired validation difference with its SE and z.
     """
     ident = ["eval_region", "model", "config_id"]
     cols = ["region", "model", "config_id", "start_from"] + [
