@@ -134,7 +134,7 @@ ALL_BASE = ("gbdt", "logreg", PRIOR)
 
 def test_champion_best_model_beats_baseline():
     s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2), _cand("mlp", "global", 1.1)])
-    out = select_champions(s, ["EU"], baseline_models=BASE).iloc[0]
+    out = select_champions(s, ["EU"], z_min=0, baseline_models=BASE).iloc[0]
     assert out["blessed"] and out["champion"] == "mlp/EU#0"
     assert out["baseline_val_logloss"] == 1.2 and out["beats_baselines"]
     assert "beats every baseline (gbdt/EU#0 1.2000)" in out["reason"]
@@ -145,7 +145,7 @@ def test_champion_must_beat_every_baseline_and_names_them():
     s = _scores([_cand("mlp", "EU", 1.50), _cand("gbdt", "global", 1.70),
                  _cand("logreg", "EU", 1.60), _cand(PRIOR, "EU", 1.90),
                  _cand(PRIOR, "global", 1.95)])
-    out = select_champions(s, ["EU"], baseline_models=ALL_BASE,
+    out = select_champions(s, ["EU"], z_min=0, baseline_models=ALL_BASE,
                            reference_models=(PRIOR,)).iloc[0]
     assert out["blessed"] and out["champion"] == "mlp/EU#0"
     assert (out["baseline_val_logloss"], out["prior_val_logloss"]) == (1.60, 1.90)
@@ -158,7 +158,7 @@ def test_champion_worse_than_the_prior_is_not_blessed_and_says_so():
     s = _scores([_cand("mlp", "global", 1.982, region="global"),
                  _cand("gbdt", "global", 1.984, region="global"),
                  _cand(PRIOR, "global", 1.979, region="global")])
-    out = select_champions(s, ["global"], baseline_models=ALL_BASE,
+    out = select_champions(s, ["global"], z_min=0, baseline_models=ALL_BASE,
                            reference_models=(PRIOR,)).iloc[0]
     assert not out["blessed"] and out["champion"] is None and not out["beats_baselines"]
     assert out["model"] == PRIOR and out["prior_val_logloss"] == 1.979
@@ -171,60 +171,60 @@ def test_champion_worse_than_the_prior_is_not_blessed_and_says_so():
 def test_champion_baseline_best_is_not_blessed_and_wins_ties():
     s = _scores([_cand("mlp", "EU", 1.3), _cand("gbdt", "global", 1.1),
                  _cand("tabnet", "EU", 1.1), _cand(PRIOR, "EU", 1.5)])
-    out = select_champions(s, ["EU"], baseline_models=ALL_BASE,
+    out = select_champions(s, ["EU"], z_min=0, baseline_models=ALL_BASE,
                            reference_models=(PRIOR,)).iloc[0]
     assert out["model"] == "gbdt" and not out["blessed"] and out["champion"] is None
     assert out["warning"] == ("NO MODEL BEATS THE BASELINES in EU: best model tabnet/EU#0 "
                               "1.1000 vs gbdt/global#0 1.1000")  # a tie goes to the baseline
     # only baselines trained (e.g. --models gbdt): nothing to bless either
     only = select_champions(_scores([_cand("gbdt", "EU", 1.1), _cand(PRIOR, "EU", 1.5)]),
-                            ["EU"], baseline_models=ALL_BASE).iloc[0]
+                            ["EU"], z_min=0, baseline_models=ALL_BASE).iloc[0]
     assert not only["blessed"] and only["warning"].startswith("ONLY BASELINES in EU")
     # no baseline scored the region: cannot tell, so not blessed
     none = select_champions(_scores([_cand("mlp", "EU", 1.0)]), ["EU"],
-                            baseline_models=BASE).iloc[0]
+                            z_min=0, baseline_models=BASE).iloc[0]
     assert not none["blessed"] and none["warning"].startswith("NO BASELINE in EU")
 
 
 def test_champion_regression_blocks_blessing_and_tolerance_allows():
     s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2)])
     worse = select_champions(s, ["EU"], lambda r, b: (1.00, 1.05, 40, None), tolerance=0.01,
-                             baseline_models=BASE)
+                             z_min=0, baseline_models=BASE)
     row = worse.iloc[0]
     assert not row["blessed"] and row["champion"] is None
     assert "REGRESSION" in row["reason"] and row["model"] == "mlp"
     assert row["previous_logloss"] == 1.0 and row["n_same_rows"] == 40
     assert row["warning"] is None  # the model beat the baselines: a regression is not that
     ok = select_champions(s, ["EU"], lambda r, b: (1.00, 1.005, 40, None), tolerance=0.01,
-                          baseline_models=BASE)
+                          z_min=0, baseline_models=BASE)
     assert ok.iloc[0]["blessed"] and "no regression" in ok.iloc[0]["reason"]
     none = select_champions(s, ["EU"], lambda r, b: (None, None, 0, "no champion for EU"),
-                            baseline_models=BASE)
+                            z_min=0, baseline_models=BASE)
     assert none.iloc[0]["blessed"] and "no champion for EU" in none.iloc[0]["reason"]
 
 
 def test_champion_ineligible_and_missing_regions():
     s = _scores([_cand("mlp", "EU", 0.5, eligible=False, ineligible_reason="cover 50%"),
                  _cand("gbdt", "EU", 1.2), _cand("tabnet", "EU", float("nan"))])
-    out = select_champions(s, ["EU", "NA"], baseline_models=BASE).set_index("region")
+    out = select_champions(s, ["EU", "NA"], z_min=0, baseline_models=BASE).set_index("region")
     assert out.loc["EU", "model"] == "gbdt"  # the better mlp is not eligible
     assert not out.loc["EU", "blessed"] and "ONLY BASELINES" in out.loc["EU", "warning"]
     assert not out.loc["NA", "blessed"] and "no candidate" in out.loc["NA", "reason"]
     all_bad = select_champions(_scores([_cand("mlp", "EU", 0.5, eligible=False,
                                               ineligible_reason="cover 50%")]), ["EU"],
-                               baseline_models=BASE)
+                               z_min=0, baseline_models=BASE)
     assert "cover 50%" in all_bad.iloc[0]["reason"] and not all_bad.iloc[0]["blessed"]
     with pytest.raises(ValueError, match="lacks columns"):
-        select_champions(pd.DataFrame({"model": ["x"]}), ["EU"], baseline_models=BASE)
+        select_champions(pd.DataFrame({"model": ["x"]}), ["EU"], z_min=0, baseline_models=BASE)
     with pytest.raises(ValueError, match="baseline_models"):
-        select_champions(s, ["EU"], baseline_models=())
+        select_champions(s, ["EU"], z_min=0, baseline_models=())
     with pytest.raises(ValueError, match="baseline_models"):
-        select_champions(s, ["EU"], baseline_models="gbdt")  # a str is not a list of names
+        select_champions(s, ["EU"], z_min=0, baseline_models="gbdt")  # a str is not a list of names
 
 
 def test_champion_any_of_several_baselines():
     s = _scores([_cand("mlp", "EU", 1.0), _cand("gbdt", "EU", 1.2), _cand("lgbm", "EU", 1.1)])
-    out = select_champions(s, ["EU"], baseline_models=("gbdt", "lgbm")).iloc[0]
+    out = select_champions(s, ["EU"], z_min=0, baseline_models=("gbdt", "lgbm")).iloc[0]
     assert out["champion"] == "mlp/EU#0" and out["baseline_val_logloss"] == 1.1
     assert "lgbm/EU#0 1.1000, gbdt/EU#0 1.2000" in out["reason"]  # best baseline first
 

@@ -145,7 +145,8 @@ def _append_baseline_alarm(card: Any, champions: pd.DataFrame) -> None:
                          subtitle="No model beats every baseline by more than noise here; the "
                                   "bundle exports nothing new for these regions.",
                          theme="danger"))
-    card.append(Markdown("\n".join(["## WARNING: no model beats the baselines by more than noise", ""]
+    heading = "## WARNING: no model beats the baselines by more than noise"
+    card.append(Markdown("\n".join([heading, ""]
                                     + [f"- **{w}**" for w in texts])))
 
 

@@ -162,7 +162,9 @@ class PreviousComparison:
 
 
 def compare_with_previous(frame: SplitFrame, winner: Aligned, region: str,
-                          previous: Callable[[str, pd.DataFrame], Mapping[str, np.ndarray] | None], previous_name: str
+                          previous: Callable[[str, pd.DataFrame],
+                                             Mapping[str, np.ndarray] | None],
+                          previous_name: str
                           ) -> tuple[float | None, float | None, int, str]:
     """Joint-target log-loss of the previous champion and of the winner on the same labelled
     natural-test rows of ``region``: (previous, current, n rows, note).
