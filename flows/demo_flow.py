@@ -171,7 +171,8 @@ class DemoFlow(FlowSpec):
         results = evaluate.run(self.candidates, self.split_manifest, self.source_path,
                                self.params.etl.age_edges, self.paths.reports,
                                evaluate.bundle_scorer(bundle) if bundle else None, previous_id,
-                               baseline_models=evaluate.baseline_models_of(self.candidates))
+                               baseline_models=evaluate.baseline_models_of(self.candidates),
+                               z_min=self.params.z_min)
         self.metrics, self.champions, self.headline = (
             results["metrics"], results["champions"], results["headline"])
         self.distributions, self.gauge = results["distributions"], results["gauge"]

@@ -61,7 +61,7 @@ def paired_margin(d: np.ndarray, w: np.ndarray, clusters: np.ndarray,
     """The in-memory reference: weighted mean of the row differences ``d`` and its
     linearised ratio SE, clustered by ``clusters`` (user ids, or user groups)."""
     d, w = np.asarray(d, dtype=np.float64), np.asarray(w, dtype=np.float64)
-    codes, _ = pd.factorize(pd.Series(clusters))
+    codes, _ = pd.factorize(pd.Series(clusters), use_na_sentinel=False)  # nulls: one cluster
     n = codes.max() + 1 if len(codes) else 0
     return _margin(np.bincount(codes, weights=w * d, minlength=n),
                    np.bincount(codes, weights=w, minlength=n), int(n), min_groups)
