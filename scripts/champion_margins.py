@@ -17,6 +17,11 @@ rule does: the weighted mean and its linearised SE), so that a change can be cho
 validation with the same yardstick. ``--candidate MODEL/REGION`` replaces the champion by
 another candidate (e.g. ``mlp/global``) on every region it scores.
 
+``--rule Z_MIN`` instead re-runs the evaluate step's streaming pass on the run's splits and
+predictions and prints, per eval region, what the champion rule decides with the noise test
+off (z_min 0: the point estimate, the rule before issue 15) and with ``Z_MIN`` (the previous
+run's check left out of both), with the deciding margin: diff, user-clustered SE and z.
+
     METAFLOW_DATASTORE_SYSROOT_LOCAL=... python scripts/champion_margins.py [--run ID]
 """
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pythia.config import GLOBAL_REGION
 from pythia.evaluate.champions import champion_scores
 from pythia.evaluate.frames import PROVIDER, split_frame
 from pythia.evaluate.io import importance_weights, read_predictions, read_world
+from pythia.evaluate.margins import paired_margin
 from pythia.evaluate.slices import check_candidates
 from pythia.evaluate.stats import row_log_loss
 from pythia.features import (IMPRESSION_ID, SPLIT, TARGETS, TEST_NATURAL, USER_ID, VALIDATION,
@@ -59,14 +65,11 @@ def run_artifacts(run_id: str | None) -> dict:
 
 
 def weighted_diff(d: np.ndarray, w: np.ndarray, users: np.ndarray) -> tuple[float, float, float]:
-    """(weighted mean of d, its SE over rows, its SE over users) — linearised ratio SEs."""
-    sw = w.sum()
-    mean = float((w * d).sum() / sw)
-    r = w * (d - mean)
-    se_rows = float(np.sqrt((r ** 2).sum()) / sw)
-    per_user = pd.Series(r).groupby(users).sum().to_numpy()
-    se_users = float(np.sqrt((per_user ** 2).sum()) / sw)
-    return mean, se_rows, se_users
+    """(weighted mean of d, its SE over rows, its SE over users) — the linearised ratio SEs of
+    ``margins.paired_margin``, the champion rule's in-memory reference (every cluster count
+    accepted here: the script shows the figures, the rule decides)."""
+    by_user = paired_margin(d, w, users, min_groups=1)
+    return by_user.diff, paired_margin(d, w, np.arange(len(d)), min_groups=1).se, by_user.se
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,9 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidate", help="MODEL/REGION to put in the champion's place")
     ap.add_argument("--no-power-users", action="store_true",
                     help="leave out the power users' rows (the natural_no_power_users test set)")
+    ap.add_argument("--rule", type=float, metavar="Z_MIN",
+                    help="print the champion rule's decisions at z_min 0 and Z_MIN instead")
     args = ap.parse_args(argv)
 
     art = run_artifacts(args.run)
+    if args.rule is not None:
+        return print_rule(art, args.rule)
     edges, n_age = art["age_edges"], len(art["age_edges"])
     split = TEST_NATURAL if args.split == "test" else VALIDATION
     manifest, cands = art["split_manifest"], art["candidates"]
@@ -170,6 +177,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{SHORT[target]:9} {int(m.sum()):>6} {bay:7.4f} {mean_c:7.4f} | "
                   + " | ".join(cells))
         print()
+    return 0
+
+
+def print_rule(art: dict, z_min: float) -> int:
+    """Per eval region: the champion rule's decision at z_min 0 and at ``z_min``."""
+    import tempfile
+    import time
+
+    from pythia.evaluate.champions import baseline_models_of, choose_champions
+    from pythia.evaluate.margins import margin_lookup
+    from pythia.evaluate.stream import score_streaming
+
+    cands = art["candidates"]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        scored = score_streaming(cands, art["split_manifest"], art["age_edges"],
+                                 scratch_dir=scratch)
+    margins, bases = margin_lookup(scored.sums.groups), baseline_models_of(cands)
+    print(f"run {art['run']}: streamed in {time.perf_counter() - t0:.0f} s; baselines "
+          f"{', '.join(bases)}; previous-run check left out\n")
+    rules = {z: choose_champions(scored.metrics, cands, scored.present, None, bases,
+                                 margins=margins, z_min=z).set_index("region")
+             for z in (0.0, z_min)}
+    for region, old in rules[0.0].iterrows():
+        new = rules[z_min].loc[region]
+        print(f"{region:>7}: z_min 0 -> {old['champion'] or 'not blessed'}; z_min {z_min:g} -> "
+              f"{new['champion'] or 'NOT blessed'}; {new['margin_vs']} (closest baseline): "
+              f"diff {new['margin_diff']:+.4f} SE {new['margin_se']:.4f} z {new['margin_z']:+.2f}")
     return 0
 
 

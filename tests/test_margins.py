@@ -199,7 +199,7 @@ def test_a_clear_winner_is_blessed_and_the_reason_says_by_how_much():
     assert row["blessed"] and row["champion"] == "mlp/global#0"
     margin = margin_lookup(groups)
     z = {b: margin(("mlp", "global", 0), (b, "global", 0), "EU").z for b in BASE}
-    assert row["margin_vs"] == f"{max(z, key=z.get)}/global#0"  # the closest baseline's
+    assert row["margin_vs"] == f"mlp/global#0 vs {max(z, key=z.get)}/global#0"  # closest
     assert row["margin_z"] == max(z.values()) < -2
     closest = groups[((max(z, key=z.get), "global", 0), "EU")]
     assert row["margin_diff"] == pytest.approx(

@@ -23,10 +23,11 @@ Each **candidate** is one model of the registry trained either on one region or 
 (`global`). For every region, the candidate with the lowest **validation log-loss** on the joint
 AgeGender target (natural-weighted) wins, provided it is not a baseline — so it beats every
 baseline{baseline}, the constant class prior among them, by more than noise: its paired
-validation log-loss difference with each baseline (`margin_diff`, model - closest baseline) must
-be below -`z_min` standard errors (`margin_se`, clustered by user: impressions of one user are
-not independent) — and does not do worse than the previous run's champion on the same test rows
-(a small tolerance applies). A region without a
+validation log-loss difference with each baseline must be below -`z_min` standard errors
+clustered by user (impressions of one user are not independent); `margin_vs` names the best
+model and the closest baseline, `margin_diff` = model - baseline, `margin_se`, `margin_z` — and
+does not do worse than the previous run's champion on the same test rows (a small tolerance
+applies). A region without a
 blessed champion exports nothing new: the bundle keeps the previous champion, or routes the
 region to the global model; a global slot with neither falls back to the best baseline.
 

@@ -153,7 +153,8 @@ def noise_test(ranked: pd.DataFrame, region: str, baseline_models: Sequence[str]
         if worst is None or rank > worst[0]:
             worst = (rank, b, m)
     _, b, m = worst
-    out.update(margin_vs=_label(b), margin_diff=m.diff, margin_se=m.se, margin_z=m.z)
+    out.update(margin_vs=f"{_label(best)} vs {_label(b)}", margin_diff=m.diff,
+               margin_se=m.se, margin_z=m.z)
     if ranked.iloc[0]["model"] in baseline_models:
         return out  # a baseline is best: the baseline rule already said no; figures only
     figures = (f"{_label(best)} - {_label(b)} = {m.diff:+.4f} ± {m.se:.4f} user-clustered SE "
