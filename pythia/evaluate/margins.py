@@ -168,8 +168,9 @@ def noise_test(ranked: pd.DataFrame, region: str, baseline_models: Sequence[str]
         why = m.note or f"z {m.z:+.2f} is not below -{z_min:g}"
         out["warning"] = (f"NOT CLEARLY BETTER THAN THE BASELINES in {region}: {figures}; {why}")
         out["note"] = (f"NOT BLESSED (noise rule, z_min {z_min:g}): {_label(best)} does not "
-                       f"beat {_label(b)} by more than {z_min:g} user-clustered SE: {figures}; "
-                       f"{why}; the bundle exports nothing new for {region}")
+                       f"beat the {b['model']} baseline {_label(b)} by more than {z_min:g} "
+                       f"user-clustered SE: {figures}; {why}; the bundle exports nothing new "
+                       f"for {region}")
     return out
 
 
