@@ -329,3 +329,32 @@ def test_z_min_is_an_evaluate_setting_of_the_deploy_config(tmp_path):
         DeployConfig.from_mapping({"evalute": {"z_min": 1}})
     from flow_fixtures import REPO
     assert read_deploy_config(str(REPO / "flows" / "pythia.toml")).z_min == 2.0
+
+
+def test_evaluate_run_applies_the_rule_and_shows_the_margins(tmp_path, capsys):
+    from pythia import evaluate
+
+    frames = _user_rows(seed=3)
+    manifest, cands = _write(tmp_path, frames, [
+        ("mlp", "global", 3.0, False), ("logreg", "global", 1.0, True),
+        ("mlp", "EU", 3.2, False), ("class_prior", "global", 0.0, True)])
+    out = evaluate.run(cands, manifest, None, EDGES, str(tmp_path / "reports"),
+                       baseline_models=evaluate.baseline_models_of(cands), make_figures=False,
+                       z_min=2.0)
+    c = out["champions"].set_index("region")
+    assert c.loc["global", "blessed"] and c.loc["global", "margin_z"] < -2
+    assert c.loc["global", "margin_vs"].startswith("mlp/global#0 vs ")
+    assert (c["z_min"] == 2.0).all()
+    assert "beats every baseline by more than 2 SE" in c.loc["global", "reason"]
+    assert "(rule: beats every baseline by more than z_min 2 user-clustered SEs" in (
+        capsys.readouterr().out)
+    # each regional candidate against its family's global one, on the region's rows
+    rvg = out["regional_vs_global"].set_index(["region", "model"]).loc[("EU", "mlp")]
+    head = out["headline"]
+    val = head[(head["eval_region"] == "EU") & (head["model"] == "mlp")].set_index(
+        "candidate_region")["val_logloss"]
+    assert rvg["val_diff"] == pytest.approx(val["EU"] - val["global"], abs=1e-9)
+    assert rvg["val_se"] > 0 and rvg["val_z"] == pytest.approx(rvg["val_diff"] / rvg["val_se"])
+    # the report files keep the figures as numbers
+    back = pd.read_parquet(tmp_path / "reports" / "champions.parquet")
+    assert back["margin_se"].dtype == np.float64 and np.isfinite(back["margin_se"]).all()

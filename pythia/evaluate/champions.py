@@ -184,7 +184,9 @@ def select_champions(scores: pd.DataFrame, regions: Sequence[str],
     rule = (margins or (lambda a, b, region: None), float(z_min))
     out = [_decide_region(scores[scores["eval_region"] == region], region, previous_check,
                           tolerance, names, rule) for region in regions]
-    return pd.DataFrame(out, columns=CHAMPION_COLUMNS)
+    # the figures stay numbers (NaN when undefined) in Parquet and JSON
+    return pd.DataFrame(out, columns=CHAMPION_COLUMNS).astype(
+        {c: float for c in MARGIN_COLUMNS if c != "margin_vs"})
 
 
 def _decide_region(pool: pd.DataFrame, region: str, previous_check: PreviousCheck | None,
