@@ -148,7 +148,8 @@ def noise_test(ranked: pd.DataFrame, region: str, baseline_models: Sequence[str]
     worst = None
     for _, b in base.iterrows():
         m = margin(_key(best), _key(b), region)
-        m = m or Margin(math.nan, math.nan, 0, "no paired sums for these candidates")
+        m = m or Margin(math.nan, math.nan, 0, "no paired sums for these "
+                                "candidates (validation rows without user ids?)")
         rank = m.z if math.isfinite(m.z) else math.inf
         if worst is None or rank > worst[0]:
             worst = (rank, b, m)
