@@ -166,11 +166,12 @@ def noise_test(ranked: pd.DataFrame, region: str, baseline_models: Sequence[str]
         out.update(passed=True, note=f"beats every baseline by more than {z_min:g} SE: "
                    f"closest {figures}")
     else:
-        why = m.note or f"z {m.z:+.2f} is not below -{z_min:g}"
-        out["warning"] = (f"NOT CLEARLY BETTER THAN THE BASELINES in {region}: {figures}; {why}")
+        why = f"; {m.note}" if m.note else ""  # why there is no SE
+        out["warning"] = (f"NOT CLEARLY BETTER THAN THE BASELINES in {region} (z_min "
+                          f"{z_min:g}): {figures}{why}")
         out["note"] = (f"NOT BLESSED (noise rule, z_min {z_min:g}): {_label(best)} does not "
                        f"beat the {b['model']} baseline {_label(b)} by more than {z_min:g} "
-                       f"user-clustered SE: {figures}; {why}; the bundle exports nothing new "
+                       f"user-clustered SE: {figures}{why}; the bundle exports nothing new "
                        f"for {region}")
     return out
 
