@@ -7,7 +7,8 @@ Three passes over scratch files on local disk (removed at the end):
   2. each candidate's predictions go to the same K buckets;
   3. bucket by bucket: the rows become SplitFrames, each candidate's predictions are aligned
      to them (``slices.align``), the exact posterior is computed (``gauge.posterior_probs``),
-     and everything is added to per-slice sufficient statistics (``stats``).
+     and everything is added to per-slice sufficient statistics (``stats``) — on the
+     validation day also per user group (``margins``: the champion rule's paired SEs).
 The metric and distribution tables are then built from the statistics alone (``tables_of``),
 in the rows and order of the in-memory path (``slices.score_candidate``, kept as the
 reference: the two agree to 1e-9).
