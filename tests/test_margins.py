@@ -358,3 +358,17 @@ def test_evaluate_run_applies_the_rule_and_shows_the_margins(tmp_path, capsys):
     # the report files keep the figures as numbers
     back = pd.read_parquet(tmp_path / "reports" / "champions.parquet")
     assert back["margin_se"].dtype == np.float64 and np.isfinite(back["margin_se"]).all()
+
+
+def test_the_alarm_header_names_noise_apart_from_a_baseline_win():
+    from pythia import runs
+
+    champions = pd.DataFrame({"region": ["EU", "NA", "APAC"], "warning": [
+        "NO MODEL BEATS THE BASELINES in EU: best model mlp/EU#0 2.08 vs logreg/EU#0 2.07",
+        "NOT CLEARLY BETTER THAN THE BASELINES in NA (z_min 2): ...", None]})
+    lines = runs.baseline_alarm(champions)
+    assert lines[1].startswith("WARNING: NO MODEL BEATS THE BASELINES in 1 region(s); NO MODEL "
+                               "IS CLEARLY BETTER THAN THE BASELINES in 1 region(s). They are NOT")
+    noise_only = runs.baseline_alarm(champions.iloc[1:])
+    assert noise_only[1].startswith("WARNING: NO MODEL IS CLEARLY BETTER THAN THE BASELINES in 1")
+    assert runs.baseline_alarm(champions.iloc[2:]) == []
