@@ -85,13 +85,15 @@ def run_hours(source: str, hours: list[int], window: Window, labels_path: str, o
 
     reason, column = impressions_local.flag(raw, dates, hours)
     valid = np.flatnonzero(np.equal(reason, None))
-    kept = raw.take(valid)
+    # usually every row is valid and unique: then no copy of the whole table (0.17 s a task)
+    kept = raw if len(valid) == raw.num_rows else raw.take(valid)
     hashes = spark_xxhash64([kept[RAW_PREFIX + c] for c in IMPRESSIONS.names])
     ts_us = kept[TS].to_numpy()
     dup = impressions_local.duplicates(kept[IMPRESSION_ID], ts_us,
                                        kept[DATE], kept[HOUR].to_numpy(), hashes)
     reason[valid[dup]], column[valid[dup]] = impressions_local.DUPLICATE
-    kept, hashes, ts_us = kept.filter(pa.array(~dup)), hashes[~dup], ts_us[~dup]
+    if dup.any():
+        kept, hashes, ts_us = kept.filter(pa.array(~dup)), hashes[~dup], ts_us[~dup]
 
     split_of = {d.isoformat(): window.split_of(d) for d in dates}
     rows = _labelled(kept, ts_us, labels, geo, split_of)
