@@ -102,8 +102,8 @@ def clean_count(value: Any) -> float:
     """An activity counter (``features.ACTIVITY``) as a float: a whole or fractional number
     >= 0 (int, float, numeric string or UTF-8 bytes), else NaN -- unknown, which the encoders
     turn into the training mean. A bool, a negative or non-finite number is unknown too."""
-    if type(value) is int:  # the common case first
-        return float(value) if value >= 0 else math.nan
+    if type(value) is int and 0 <= value < 1 << 53:  # the common case first
+        return float(value)
     if value is None or isinstance(value, (bool, np.bool_)):
         return math.nan
     if isinstance(value, (bytes, bytearray)):
