@@ -143,12 +143,12 @@ def tiny_joined(spark, tmp_path_factory):
     finally:
         mp.undo()
     kept = read_dataset([m["rows_path"] for m in hours]).to_pandas()
-    return kept, out
+    return kept, out, src
 
 
 @pytest.mark.spark
 def test_tiny_world_counts_are_the_reference_on_every_split_of_both_engines(tiny_joined):
-    kept, out = tiny_joined
+    kept, out, _ = tiny_joined
     assert kept[IMPRESSION_ID].is_unique  # a world has no duplicates to settle
     want = _reference(kept)
     tables = {e: _frame(m["paths"], OUTPUT_SPLITS) for e, m in out.items()}
@@ -159,3 +159,34 @@ def test_tiny_world_counts_are_the_reference_on_every_split_of_both_engines(tiny
     natural = {e: m["rows"]["test_natural"] for e, m in out.items()}
     assert natural["spark"] == natural["driver"] > 0
     assert out["driver"]["drop_power_users"] and want.max() > 10
+
+
+def test_tiny_world_gauge_reports_three_natural_slices_given_the_count(tiny_joined):
+    """The exact posterior on the natural test day: all rows, without power users, power users
+    only (rows adding up), conditioned on the split rows' count (it moves the posterior)."""
+    from pythia.config import DEFAULT_AGE_EDGES
+    from pythia.evaluate import gauge, io as eval_io, slices
+
+    _, out, src = tiny_joined
+    world = eval_io.read_world(src)
+    frames = eval_io.read_split_frames(out["driver"], DEFAULT_AGE_EDGES)
+    assert USER_IMPRESSIONS_TODAY in frames["test_natural"].columns
+    data = slices.prepare_data(frames, DEFAULT_AGE_EDGES)
+    bayes, note = gauge.posterior_probs_by_split(world, data)
+    assert note is None
+    m = slices.metrics_table(gauge.score_posterior(data, bayes))
+    ll = m[(m["metric"] == "log_loss") & (m["eval_region"] == "global")
+           & (m["target"] == "age_gender") & (m["label_source"] == "provider")]
+    n = ll.set_index("test_set")["n"]
+    natural = [slices.NATURAL, slices.NATURAL_NO_POWER_USERS, slices.NATURAL_POWER_USERS]
+    assert set(natural) <= set(n.index)
+    power = frames["test_natural"]["is_power_user"]
+    assert n[slices.NATURAL_POWER_USERS] == power.sum() > 0
+    assert n[slices.NATURAL] == n[slices.NATURAL_NO_POWER_USERS] + n[slices.NATURAL_POWER_USERS]
+    # given the count vs not: the same rows, a different (sharper) posterior
+    frame = data.frames["test_natural"]
+    blind = slices.SplitFrame(**{**frame.__dict__,
+                                 "df": frame.df.drop(columns=[USER_IMPRESSIONS_TODAY])})
+    with_n = bayes["test_natural"]["provider"]["age_gender"]
+    without = gauge.posterior_probs(world, blind, len(DEFAULT_AGE_EDGES))["provider"]["age_gender"]
+    assert np.abs(with_n - without).max() > 0.01
