@@ -89,7 +89,8 @@ def test_both_engines_count_as_the_reference_on_odd_writers(spark, odd_source, m
     flavours = rows[(rows["date"] == D10.isoformat()) & rows["hour"].between(0, 5)]
     assert flavours["hour"].nunique() == 6  # every writer flavour's hour is counted
     # resampled, power users dropped: every row keeps the count of the whole day
-    sampled = EtlConfig(resample="balanced", power_user_quantile=0.5, seed=3)
+    sampled = EtlConfig(resample="balanced", power_user_quantile=0.5, seed=3,
+                        drop_power_users=True)
     for engine in ("spark", "driver"):
         out = _join(spark, monkeypatch, manifests, sampled, join(tmp, "sampled"), engine)
         part = _frame(out["split"]["paths"], OUTPUT_SPLITS)
@@ -121,7 +122,8 @@ def tiny_joined(spark, tmp_path_factory):
     from test_tfrecords_local import _session
 
     tmp = str(tmp_path_factory.mktemp("tiny-activity"))
-    params = RunParams.build({"source": "synthetic://tiny", "data_root": tmp},
+    params = RunParams.build({"source": "synthetic://tiny", "data_root": tmp,
+                              "drop_power_users": True},  # sampled AND dropped rows
                              model_names=models.MODEL_NAMES).compiled()
     mp = pytest.MonkeyPatch()
     started: list = []
