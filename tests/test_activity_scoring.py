@@ -136,3 +136,20 @@ def test_openrtb_user_ext_counter_reaches_every_imp_and_http_agrees(scorer):
     assert [i["gender"] for i in http["impressions"]] == [g["gender"] for g in got]
     http_plain = score_body(scorer, request(user_impressions_today=25), "request")
     assert http_plain["gender"] == scorer.score(request(user_impressions_today=25))["gender"]
+
+
+def test_pythia_score_reads_the_counter_from_each_line(scorer):
+    import io
+    import json
+
+    from pythia.scoring import run_score_cli
+
+    reqs = [request(user_impressions_today=n) for n in (0, 60)] + [request()]
+    out = io.StringIO()
+    assert run_score_cli(scorer, io.StringIO("".join(json.dumps(r) + "\n" for r in reqs)),
+                         out) == 0
+    got = [json.loads(line) for line in out.getvalue().splitlines()]
+    for g, r in zip(got, reqs):
+        np.testing.assert_allclose(list(g["gender"].values()),
+                                   list(scorer.score(r)["gender"].values()), atol=1e-6)
+    assert abs(got[0]["gender"]["F"] - got[1]["gender"]["F"]) > 1e-6
