@@ -61,6 +61,9 @@ def world_splits(preset: str, seed: int, cache: str, max_rows: int
                                      TS: imp[TS_SECONDS].to_numpy()}, Geography())
     for k, v in derived.items():
         imp[k] = v
+    # the bidder's counter, over every impression of the world (before any row sampling)
+    from pythia.synth.activity import user_impressions_today
+    imp[features.USER_IMPRESSIONS_TODAY] = user_impressions_today(imp)
     ages = list(features.age_bucket_labels())
     imp[Y_GENDER] = imp[GENDER].map({g: i for i, g in enumerate(features.GENDER_CLASSES)})
     imp[Y_AGE] = imp[AGE_BUCKET].map({a: i for i, a in enumerate(ages)})
@@ -79,8 +82,10 @@ def world_splits(preset: str, seed: int, cache: str, max_rows: int
         if f.kind == features.CATEGORICAL:
             counts = train[f.name].dropna().astype(str).value_counts().to_dict()
             vocabs[f.name] = Vocabulary.fit(counts, f.min_count, f.max_vocab)
-    numeric = {f: NumericStats(float(train[f].mean()), float(train[f].std()))
-               for f in features.NUMERIC_FEATURES}
+    numeric = {}
+    for f in features.NUMERIC_FEATURES:  # statistics of the transformed values, as the ETL's
+        t = features.transform_values(features.feature_transform(f), train[f].to_numpy())
+        numeric[f] = NumericStats(float(t.mean()), float(t.std()), features.feature_transform(f))
     enc = Encoders(vocabs, numeric)
     out = {}
     for k, df in parts.items():

@@ -118,7 +118,7 @@ class EtlConfig:
     resample: str = "auto"  # a RESAMPLE_MODES entry, optionally ":FLOOR" -> min_keep_rate
     min_keep_rate: float = 0.0  # no class keep-rate below this (0: no floor)
     resample_target: str = "age_gender"  # the label whose classes are balanced
-    drop_power_users: bool = True  # remove power users from train/validation
+    drop_power_users: bool = False  # remove power users from train/validation (see README)
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
     power_user_quantile: float = 0.99  # of per-user-day impression counts (labelled users)
     allow_gaps: bool = False  # missing hour partitions stop the run unless True
@@ -225,12 +225,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("resample", "auto", "Class resampling: auto | balanced | natural | sqrt, with an "
               "optional keep-rate floor (balanced:0.2). auto: balanced where it keeps half the "
               "train rows or 1M rows, else sqrt by the same rule, else natural."),
-    ParamSpec("drop_power_users", True, "Remove power users from train/validation."),
+    ParamSpec("drop_power_users", False, "Remove power users from train/validation (off: "
+              "the models see user_impressions_today and learn power users too)."),
     ParamSpec("power_user_threshold", 0.0,
               "Impressions per user per day above which a user is a power user; 0 = derive "
               "from the data (99th percentile)."),
-    ParamSpec("allow_gaps", False,
-              "Run even if hour partitions are missing (the gaps are recorded)."),
+    ParamSpec("allow_gaps", False, "Run even if hour partitions are missing (recorded)."),
     ParamSpec("hours_per_task", _hours_per_task_default(),
               "Hours of day per etl_hour task (1 = 24 tasks; a divisor of 24). Locally a few "
               "hours per task saves JVM starts; on a cluster use 1. "

@@ -26,6 +26,10 @@ FIRST_VALUE_ID = 2
 # ---------------------------------------------------------------- names (the one source)
 # Every other module names these columns and splits through the constants below.
 DERIVED = "derived"  # Feature.source of a feature computed from ts + country, not read
+# Feature.source of a feature the ETL counts over the user's impressions (``etl.activity``) and
+# a bidder sends under the feature's own name (its frequency counter).
+ACTIVITY = "activity"
+LOG1P = "log1p"  # Feature.transform: log(1 + x) before the z-score; x < 0 counts as missing
 # Contract columns the pipeline refers to by name.
 IMPRESSION_ID = "impression_id"
 USER_ID = "user_id"
@@ -70,6 +74,7 @@ class Feature:
     source: str
     min_count: int = 5  # training-day occurrences needed to get an own id (else OOV)
     max_vocab: int = 20_000  # most frequent values kept
+    transform: str | None = None  # numeric only: applied before the z-score (LOG1P)
 
 
 # Order matters: it is the column order of the model inputs and of the exported bundle.
@@ -93,16 +98,22 @@ FEATURES: tuple[Feature, ...] = (
     Feature("local_dow", CATEGORICAL, DERIVED, min_count=1),
     Feature("hour_sin", NUMERIC, DERIVED),
     Feature("hour_cos", NUMERIC, DERIVED),
+    # log1p: counts are skewed (power users reach hundreds a day) and the posterior's evidence
+    # grows like n log(rate), so equal steps in log(1 + n) carry similar information.
+    Feature(USER_IMPRESSIONS_TODAY, NUMERIC, ACTIVITY, transform=LOG1P),
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
 CATEGORICAL_FEATURES = tuple(f.name for f in FEATURES if f.kind == CATEGORICAL)
 NUMERIC_FEATURES = tuple(f.name for f in FEATURES if f.kind == NUMERIC)
 DERIVED_FEATURES = tuple(f.name for f in FEATURES if f.source == DERIVED)
-SOURCE_COLUMNS = tuple(f.source for f in FEATURES if f.source != DERIVED)  # contract columns read
+SOURCE_COLUMNS = tuple(f.source for f in FEATURES
+                       if f.source not in (DERIVED, ACTIVITY))  # contract columns read
+ACTIVITY_FEATURES = tuple(f.name for f in FEATURES if f.source == ACTIVITY)
 RAW_INPUT_COLUMNS = SOURCE_COLUMNS + (TS,)
 # The keys of a bid-time request (``scoring``): the id, every contract column a feature reads,
-# and zip; ``TS`` travels too, as epoch seconds (``scoring.boundary.clean_ts``).
-REQUEST_COLUMNS = (IMPRESSION_ID,) + SOURCE_COLUMNS + (ZIP,)
+# zip, and the activity counters; ``TS`` travels too, as epoch seconds
+# (``scoring.boundary.clean_ts``).
+REQUEST_COLUMNS = (IMPRESSION_ID,) + SOURCE_COLUMNS + (ZIP,) + ACTIVITY_FEATURES
 # What ``derive_batch`` returns: the derived features and the row's model region.
 DERIVED_COLUMNS = DERIVED_FEATURES + (REGION,)
 
@@ -129,7 +140,8 @@ LABEL_TYPE = INT32
 SPLIT_COLUMN_TYPES: dict[str, str] = {
     DATE: STRING, HOUR: INT32, TS_SECONDS: INT64,
     **{f.name: KIND_TYPES[f.kind] for f in FEATURES if f.source == DERIVED},
-    REGION: STRING, IS_POWER_USER: BOOL, LABEL_PROVIDER: STRING, GENDER: STRING,
+    REGION: STRING, IS_POWER_USER: BOOL, USER_IMPRESSIONS_TODAY: INT64,
+    LABEL_PROVIDER: STRING, GENDER: STRING,
     AGE_BUCKET: STRING,
     **{c: LABEL_TYPE for c in LABEL_COLUMNS.values()},
     SPLIT: STRING,
@@ -272,14 +284,35 @@ class Vocabulary:
              for v in values), dtype=np.int64)
 
 
+def transform_values(transform: str | None, x: Any) -> np.ndarray:
+    """``Feature.transform`` of raw numeric values as float64 (None: unchanged); LOG1P maps a
+    negative value to NaN (missing), as no count is negative."""
+    x = np.asarray(x, dtype=np.float64)
+    if transform is None:
+        return x
+    if transform == LOG1P:
+        with np.errstate(invalid="ignore"):
+            return np.log1p(np.where(x >= 0, x, np.nan))
+    raise ValueError(f"unknown numeric transform {transform!r}; choose from ({LOG1P!r}, None)")
+
+
+def feature_transform(name: str) -> str | None:
+    """The ``transform`` of numeric feature ``name``."""
+    return next(f.transform for f in FEATURES if f.name == name)
+
+
 @dataclass(frozen=True)
 class NumericStats:
+    """Mean and std of the transformed training values, and the transform itself."""
+
     mean: float
     std: float
+    transform: str | None = None  # Feature.transform, applied before the z-score
 
     def normalize(self, x: Any) -> Any:
-        """(x - mean) / std; missing / non-finite inputs become 0 (the training mean)."""
-        z = (np.asarray(x, dtype=np.float64) - self.mean) / (self.std if self.std > 0 else 1.0)
+        """(transform(x) - mean) / std; missing / non-finite inputs become 0 (the mean)."""
+        t = transform_values(self.transform, x)
+        z = (t - self.mean) / (self.std if self.std > 0 else 1.0)
         return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
 
 
@@ -292,15 +325,18 @@ class Encoders:
     age_edges: tuple[int, ...] = DEFAULT_AGE_EDGES
 
     def encode_batch(self, columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Model inputs of a batch of feature columns; an absent column is missing in every
+        row (categorical id ``MISSING_ID``, numeric the training mean: 0)."""
         out: dict[str, np.ndarray] = {}
+        n = len(next(iter(columns.values())))
         for f in FEATURES:
             col = columns.get(f.name)
             if f.kind == CATEGORICAL:
-                n = len(next(iter(columns.values())))
                 out[f.name] = (self.vocabularies[f.name].encode(col) if col is not None
                                else np.zeros(n, dtype=np.int64))
             else:
-                out[f.name] = self.numeric[f.name].normalize(col)
+                out[f.name] = self.numeric[f.name].normalize(col if col is not None
+                                                             else np.full(n, np.nan))
         return out
 
     def to_json(self) -> dict:

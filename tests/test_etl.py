@@ -79,7 +79,7 @@ def etl(spark, tmp_path_factory):
         b = run_hours(spark, src.root, [2], WINDOW, labels["labels_path"],
                       str(base / "etl" / "b"), str(base / "quarantine"), Geography(), False)
     assert "extra_col" in log.getvalue()
-    cfg = EtlConfig(power_user_threshold=3, resample="balanced")
+    cfg = EtlConfig(drop_power_users=True, power_user_threshold=3, resample="balanced")
     out = {s: str(base / "splits" / f"split={s}") for s in splits.OUTPUT_SPLITS}
     final = splits.finalize_splits(spark, [a, b], cfg, out)
     return {"base": base, "src": src, "a": a, "b": b, "final": final, "cfg": cfg,
@@ -202,14 +202,14 @@ def test_power_users_and_resampling_from_global_counts(spark, etl):
 def test_power_users_kept_in_test_natural_and_selection_is_deterministic(spark, etl, tmp_path):
     a, b = etl["a"], etl["b"]
     # threshold 1: every user-day with 2+ labelled rows (all of them) is a power user
-    cfg = EtlConfig(power_user_threshold=1, resample="balanced", seed=3)
+    cfg = EtlConfig(drop_power_users=True, power_user_threshold=1, resample="balanced", seed=3)
     out1 = {s: str(tmp_path / "r1" / s) for s in splits.OUTPUT_SPLITS}
     f1 = splits.finalize_splits(spark, [a, b], cfg, out1)
     assert f1["rows"]["train"] == 0 and f1["rows"]["test_resampled"] == 0
     natural = spark.read.parquet(f1["paths"]["test_natural"]).toPandas()
     assert len(natural) == 8 and natural.is_power_user.all()
     # same seed twice -> the same rows; the selection is a hash, not a random draw
-    cfg = EtlConfig(power_user_threshold=100, resample="balanced", seed=3)
+    cfg = EtlConfig(drop_power_users=True, power_user_threshold=100, resample="balanced", seed=3)
     ids = []
     for run in ("r2", "r3"):
         out = {s: str(tmp_path / run / s) for s in splits.OUTPUT_SPLITS}

@@ -50,7 +50,8 @@ def test_threshold_without_a_summary_of_every_row(spark, tmp_path, monkeypatch):
         raise AssertionError("approxQuantile(..., 0.0) merges one entry per row on the driver")
 
     monkeypatch.setattr(type(totals), "approxQuantile", refuse)  # Spark 4: the classic class
-    got = splits.power_user_threshold(spark, [path], EtlConfig(power_user_quantile=q))
+    got = splits.power_user_threshold(spark, [path], EtlConfig(
+        drop_power_users=True, power_user_quantile=q))
     assert got[1] == want  # (totals, threshold, user-days over it)
     assert got[2] == over > 0
 

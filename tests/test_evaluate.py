@@ -437,7 +437,8 @@ def test_evaluate_run_metrics_cover_every_slice(tiny_run):
     m = results["metrics"]
     assert {"model", "region", "config_id", "eval_region", "target", "test_set",
             "label_source", "metric", "class", "value", "n"} <= set(m.columns)
-    assert set(m["test_set"]) == {"validation", "natural", "resampled", "natural_no_power_users"}
+    assert set(m["test_set"]) == {"validation", "natural", "resampled", "natural_no_power_users",
+                                  "natural_power_users"}
     assert set(m["label_source"].dropna()) == {"provider", "truth"}
     glob = m[(m["model"] == "mlp") & (m["region"] == "global")]
     assert set(glob["eval_region"]) == {"global", "EU", "NA"}
@@ -452,6 +453,13 @@ def test_evaluate_run_metrics_cover_every_slice(tiny_run):
               & (m["test_set"] == "natural_no_power_users") & (m["metric"] == "log_loss")
               & (m["target"] == "age_gender") & (m["label_source"] == "provider")]["n"]
     assert n_npu.iloc[0] == (~nat["is_power_user"]).sum()
+    # ... and the power-users-only slice holds the rest: the two partition the natural day
+    n_of = {t: m[(m["model"] == "mlp") & (m["eval_region"] == "global") & (m["test_set"] == t)
+                 & (m["metric"] == "log_loss") & (m["target"] == "age_gender")
+                 & (m["label_source"] == "provider")]["n"].iloc[0]
+            for t in ("natural", "natural_no_power_users", "natural_power_users")}
+    assert n_of["natural_power_users"] == nat["is_power_user"].sum() > 0
+    assert n_of["natural"] == n_of["natural_no_power_users"] + n_of["natural_power_users"]
     # the one missing gender label is counted, not dropped
     unl = m[(m["model"] == "mlp") & (m["eval_region"] == "global") & (m["test_set"] == "natural")
             & (m["metric"] == "n_unlabelled") & (m["target"] == "gender")

@@ -22,7 +22,11 @@ def test_spec_invariants():
 def test_every_feature_source_is_a_contract_column_or_derived():
     impressions = set(contract.IMPRESSIONS.names)
     for f in F.FEATURES:
-        assert f.source == F.DERIVED or f.source in impressions, f
+        assert f.source in (F.DERIVED, F.ACTIVITY) or f.source in impressions, f
+        # an activity counter is a numeric column the ETL adds to every split row
+        assert f.source != F.ACTIVITY or (f.kind == F.NUMERIC
+                                          and F.SPLIT_COLUMN_TYPES[f.name] == F.INT64), f
+        assert f.transform is None or f.kind == F.NUMERIC, f
     assert set(F.RAW_INPUT_COLUMNS) <= impressions
     # every derived feature is what derive_time_features computes (ETL and scorer alike)
     assert set(F.DERIVED_FEATURES) <= set(F.derive_time_features(0, 0))
@@ -61,8 +65,9 @@ def test_split_schema_holds_every_feature_label_and_key_column():
 
 def test_request_columns_are_the_contract_columns_a_request_carries():
     impressions = contract.IMPRESSIONS.names
-    assert set(F.REQUEST_COLUMNS) <= set(impressions)
-    assert set(F.REQUEST_COLUMNS) == set(impressions) - {F.USER_ID, F.TS}
+    assert set(F.REQUEST_COLUMNS) - set(F.ACTIVITY_FEATURES) <= set(impressions)
+    assert set(F.REQUEST_COLUMNS) == (set(impressions) - {F.USER_ID, F.TS}
+                                      | {F.USER_IMPRESSIONS_TODAY})
     assert set(F.SOURCE_COLUMNS) <= set(F.REQUEST_COLUMNS)
 
 
@@ -188,3 +193,16 @@ def test_time_features_of_scalars_and_float_arrays_keep_the_general_formula():
     floats = F.derive_time_features(np.array([ts + 0.5]), np.array([offset]))
     assert floats["local_hour"].dtype == np.float64 and floats["local_hour"][0] == 17.0
     assert one["local_hour"] == 17  # 2023-11-14 22:15 UTC at UTC-5
+
+
+def test_log1p_counts_normalise_with_unknown_as_the_mean():
+    stats = F.NumericStats(mean=1.0, std=0.5, transform=F.LOG1P)
+    x = np.array([0, 1, np.e - 1, -1, np.nan, np.inf])
+    np.testing.assert_allclose(stats.normalize(x), [-2.0, (np.log(2) - 1) / 0.5, 0, 0, 0, 0],
+                               rtol=1e-6)
+    assert F.feature_transform(F.USER_IMPRESSIONS_TODAY) == F.LOG1P
+    assert F.feature_transform("hour_sin") is None
+    enc = F.Encoders({}, {"x": stats})
+    assert F.Encoders.from_json(enc.to_json()).numeric["x"] == stats  # travels with the model
+    with pytest.raises(ValueError, match="unknown numeric transform 'sqrt'"):
+        F.transform_values("sqrt", x)

@@ -128,16 +128,17 @@ def assert_same_join(want: dict, got: dict) -> None:
         [ln.replace(str(got["paths"].base), "") for ln in lines[1]]
 
 
-CASES = [  # (source, EtlConfig)
-    ("dedupe1", EtlConfig(resample="balanced", power_user_quantile=0.5)),
-    ("dedupe4", EtlConfig(resample="balanced", power_user_quantile=0.5)),
-    ("dedupe4-spark", EtlConfig(resample="balanced", power_user_quantile=0.5, seed=5)),
-    ("dedupe24", EtlConfig(resample="sqrt", power_user_quantile=0.5, seed=7)),
+DROP = {"drop_power_users": True}
+CASES = [  # (source, EtlConfig); DROP: power users dropped (the default keeps them)
+    ("dedupe1", EtlConfig(**DROP, resample="balanced", power_user_quantile=0.5)),
+    ("dedupe4", EtlConfig(**DROP, resample="balanced", power_user_quantile=0.5)),
+    ("dedupe4-spark", EtlConfig(**DROP, resample="balanced", power_user_quantile=0.5, seed=5)),
+    ("dedupe24", EtlConfig(**DROP, resample="sqrt", power_user_quantile=0.5, seed=7)),
     ("dedupe4", EtlConfig(resample="auto", power_user_quantile=0.9, drop_power_users=False)),
-    ("etl", EtlConfig(resample="balanced", power_user_threshold=3)),
-    ("etl", EtlConfig(resample="balanced:0.9", power_user_threshold=3, seed=3)),
+    ("etl", EtlConfig(**DROP, resample="balanced", power_user_threshold=3)),
+    ("etl", EtlConfig(**DROP, resample="balanced:0.9", power_user_threshold=3, seed=3)),
     ("etl", EtlConfig(resample="natural", power_user_threshold=3, drop_power_users=False)),
-    ("etl", EtlConfig(resample="auto", power_user_threshold=1)),  # every split resampled empty
+    ("etl", EtlConfig(**DROP, resample="auto", power_user_threshold=1)),  # all resampled empty
 ]
 
 

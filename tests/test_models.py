@@ -64,6 +64,7 @@ def make_split(n: int, seed: int, ag_prior: np.ndarray | None = None) -> dict[st
     X["device_type"] = np.where(rng.random(n) < 0.2, 2 + rng.integers(0, 2, n), 2 + g)
     X["hour_sin"] = (a - 1 + rng.normal(0, 0.7, n)).astype(np.float32)
     X["hour_cos"] = rng.normal(0, 1, n).astype(np.float32)
+    X[features.USER_IMPRESSIONS_TODAY] = np.zeros(n, np.float32)  # the counter: unknown
     X["y_gender"], X["y_age"], X["y_age_gender"] = g, a, ag
     X["impression_id"] = np.array([f"s{seed}-{i}" for i in range(n)], dtype=object)
     return X

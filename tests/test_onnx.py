@@ -99,8 +99,8 @@ def test_out_of_range_ids_are_oov_and_bad_numerics_are_zero(encoders):
     bad_ids[1] = -1  # a negative index would wrap around in Gather
     bad_ids[2] = 10 ** 12
     bad_numeric = numeric.copy()
-    bad_numeric[3] = [np.nan, np.inf]
-    bad_numeric[4] = [-np.inf, np.nan]
+    bad_numeric[3] = np.resize([np.nan, np.inf], numeric.shape[1])
+    bad_numeric[4] = np.resize([-np.inf, np.nan], numeric.shape[1])
     clean_ids, clean_numeric = ids.copy(), numeric.copy()
     clean_ids[:3] = OOV_ID
     clean_numeric[3:5] = 0.0
@@ -281,7 +281,13 @@ def _foreign_encode(enc: dict, routing: dict, request: dict) -> tuple[list[int],
     numeric = [0.0] * len(enc["numeric"])
     for feat in enc["numeric"]:
         std = feat["std"] if feat["std"] > 0 else 1.0
-        numeric[feat["column"]] = (raw_numeric[feat["name"]] - feat["mean"]) / std
+        x = raw_numeric.get(feat["name"])
+        if feat["source"] == "activity":  # the bidder's counter; unknown -> 0 (the mean)
+            x = request.get(feat["name"])
+            x = float(x) if isinstance(x, (int, float)) and x >= 0 else None
+        if x is not None and feat["transform"] == "log1p":
+            x = math.log1p(x)
+        numeric[feat["column"]] = 0.0 if x is None else (x - feat["mean"]) / std
     region = routing["region_of_country"].get(country, routing["other_region"])
     return ids, numeric, region
 
@@ -298,7 +304,9 @@ def test_a_foreign_encoder_reproduces_the_scorer(exported, bundle):
                 request(country="JP", site_or_app="never-seen", device_type=""),
                 request(country="US", ts=TS + 13 * 3600 + 1, browser="browser_2"),
                 request(country="XX", inventory_type="site"),  # unknown country: UTC, global
-                request(country="CA", os=None)]  # CA routes to NA, has no UTC offset: UTC
+                request(country="CA", os=None),  # CA routes to NA, has no UTC offset: UTC
+                request(user_impressions_today=0), request(user_impressions_today=37),
+                request(country="DE", user_impressions_today=-2)]  # negative: unknown
     for req in requests:
         ids, numeric, region = _foreign_encode(enc, manifest["routing"], req)
         if region not in sessions:

@@ -12,7 +12,7 @@ import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from pythia import features, storage
-from pythia.features import Encoders, NumericStats, Vocabulary
+from pythia.features import ACTIVITY_FEATURES, Encoders, NumericStats, Vocabulary
 from pythia.tfrecords import encode, listing, reader, wire, writer
 from pythia.tfrecords import (SAMPLE_RULE, convert_splits, count_labels, fit_encoders,
                               iter_numpy, load_numpy, load_sample, make_dataset, parquet_units,
@@ -35,7 +35,10 @@ def split_frame(n: int, seed: int, regions=("NA", "EU"), prefix: str = "v") -> p
         # few values, a skewed frequency so min_count matters
         d[name] = [f"{prefix}{i}" for i in np.minimum(rng.geometric(0.4, n) - 1, 9)]
     for name in NUMS:
-        d[name] = rng.normal(size=n).astype(np.float32)
+        if name in ACTIVITY_FEATURES:  # whole counts, from their own draws (the others' stay)
+            d[name] = np.random.default_rng([seed, 1]).poisson(3.0, n).astype(np.int64)
+        else:
+            d[name] = rng.normal(size=n).astype(np.float32)
     d["y_gender"] = rng.integers(0, 2, n).astype(np.int32)
     d["y_age"] = rng.integers(0, 6, n).astype(np.int32)
     d["y_age_gender"] = (d["y_gender"] * 6 + d["y_age"]).astype(np.int32)
@@ -401,8 +404,10 @@ def test_fit_encoders_uses_train_counts_only(spark):
             want = Vocabulary.fit(counts, f.min_count, f.max_vocab)
             assert enc.vocabularies[f.name].values == want.values, f.name
     assert "rare" not in enc.vocabularies["metro"].values
-    for name in NUMS:
-        x = df[name].to_numpy(dtype=np.float64)
+    for name in NUMS:  # statistics of the transformed values (log1p of the counts)
+        x = features.transform_values(features.feature_transform(name),
+                                      df[name].to_numpy(dtype=np.float64))
+        assert enc.numeric[name].transform == features.feature_transform(name)
         assert enc.numeric[name].mean == pytest.approx(x.mean(), abs=1e-6)
         assert enc.numeric[name].std == pytest.approx(x.std(), abs=1e-6)
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pythia import contract
 from pythia.config import RESAMPLE_MODES, EtlConfig
 from pythia.contract_read import SPARK_TYPES
+from pythia.etl.activity import RULE as ACTIVITY_RULE, add_user_impressions_today
 from pythia.etl.hourly import OUTCOME, WRITTEN
 from pythia.etl.io import read_parquet, write_parquet_atomic
 from pythia.etl.quantile import BROADCAST_MAX_ROWS, count_histogram, rank_quantile, rows_above
@@ -49,6 +50,7 @@ def rules_markdown() -> str:
         "user-day above the threshold (`power_user_threshold`, else the exact "
         "`power_user_quantile` of those counts) is flagged `is_power_user`; with "
         f"`drop_power_users` its rows leave {TRAIN}, {VALIDATION} and `{TEST_RESAMPLED}`.",
+        ACTIVITY_RULE,
         "- Resampling: keep-rates per class of `resample_target` from the GLOBAL class counts "
         "of each split after the power-user drop: `balanced` n_min/n_c, `sqrt` "
         "sqrt(n_min/n_c), `natural` 1; with a floor (`balanced:0.2`) no rate is below it. "
@@ -216,8 +218,7 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
         per-(date, hour, split) counts for ``reconcile``. One line saying which mode was
         applied and how many rows each split kept is printed.
     """
-    # Long on purpose: the persisted ``flagged`` frame must outlive both count queries and the
-    # four writes, and be released in the ``finally`` here.
+    # Long on purpose: ``flagged`` is persisted for two count queries and four writes.
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -233,6 +234,7 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
         keys = [IMPRESSION_ID, DATE, HOUR]
         rows = rows.join(read_parquet(spark, duplicates).filter(F.col(OUTCOME) == WRITTEN)
                          .select(*keys), keys, "left_anti")
+    rows = add_user_impressions_today(rows)  # over every kept row: before any flag or sample
     if threshold is None:
         flagged = rows.withColumn(IS_POWER_USER, F.lit(False))
     else:
@@ -288,8 +290,7 @@ def plan(before: Sequence[Sequence], cfg: EtlConfig, n_age: int) -> tuple:
 
 def finish(after: Sequence[Sequence], planned: tuple, threshold: float | None, paths: dict,
            cfg: EtlConfig) -> dict:
-    """The split manifest from ``(date, hour, split, is_power_user, y, keep x3, n)`` groups
-    and ``plan``'s result; its one-line summary is printed."""
+    """The split manifest (printed in one line) from ``plan`` and the ``after`` groups."""
     counts, natural, mode, choice, rates = planned
     manifest = _manifest(list(after), counts, rates, natural, threshold, paths, cfg,
                          len(cfg.age_edges))
@@ -383,7 +384,6 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
 
     def _keyed(d: Mapping[int, Any]) -> dict[str, Any]:
         return {str(k): d[k] for k in sorted(d)}
-
     rate_doc = {s: _keyed(rates[s]) for s in rates}
     return {
         "paths": paths, "rows": rows,

@@ -21,18 +21,20 @@ import xxhash
 from pythia import contract
 from pythia.config import EtlConfig
 from pythia.etl import splits
+from pythia.etl.activity import user_impressions_today
 from pythia.etl.content_hash import SPARK_SEED
 from pythia.etl.dedupe_local import read_dataset
 from pythia.etl.hourly import OUTCOME, WRITTEN
 from pythia.etl.io import write_arrow_atomic
 from pythia.etl.quantile import rank_quantile
 from pythia.features import (DATE, ETL_SPLIT_OF, HOUR, IMPRESSION_ID, IS_POWER_USER,
-                             OUTPUT_SPLITS, SPLIT, USER_ID, Y_AGE_GENDER)
+                             OUTPUT_SPLITS, SPLIT, USER_ID, USER_IMPRESSIONS_TODAY,
+                             Y_AGE_GENDER)
 from pythia.etl.splits import _HASH_BITS, RESAMPLED_SPLITS
 
 _INT32_RANGE = (-(1 << 31), 1 << 31)
 # columns Spark writes as non-nullable: literals (and coalesce with a literal)
-_NOT_NULL = (SPLIT, IS_POWER_USER)
+_NOT_NULL = (SPLIT, IS_POWER_USER, USER_IMPRESSIONS_TODAY)
 
 
 def keep_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
@@ -93,6 +95,9 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
     if losers is not None:
         keys = [IMPRESSION_ID, DATE, HOUR]
         rows = rows.join(losers.select(keys), keys, join_type="left anti").select(order)
+    # over every kept row: before any flag or sample (``etl.activity``)
+    rows = rows.append_column(USER_IMPRESSIONS_TODAY,
+                              pa.array(user_impressions_today(rows), pa.int64()))
     power = np.zeros(rows.num_rows, dtype=bool)
     if threshold is not None:
         over = totals.filter(pc.greater(totals["n"], threshold))

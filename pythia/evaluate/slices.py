@@ -25,10 +25,13 @@ from pythia.features import (IMPRESSION_ID, SPLIT, TARGETS, TEST_NATURAL, TEST_R
 
 BAYES_MODEL = "bayes"  # the exact posterior's rows in the metrics tables
 # test sets: the natural test day, its resampled copy, and the natural day without power users
+# and with power users only (the last two partition the first's rows)
 NATURAL, RESAMPLED, NATURAL_NO_POWER_USERS = "natural", "resampled", "natural_no_power_users"
-TEST_SETS = (NATURAL, RESAMPLED, NATURAL_NO_POWER_USERS)
+NATURAL_POWER_USERS = "natural_power_users"
+TEST_SETS = (NATURAL, RESAMPLED, NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS)
 SPLIT_OF_TEST_SET = {VALIDATION: VALIDATION, NATURAL: TEST_NATURAL,
-                     RESAMPLED: TEST_RESAMPLED, NATURAL_NO_POWER_USERS: TEST_NATURAL}
+                     RESAMPLED: TEST_RESAMPLED, NATURAL_NO_POWER_USERS: TEST_NATURAL,
+                     NATURAL_POWER_USERS: TEST_NATURAL}
 METRIC_COLUMNS = ["model", "region", "config_id", "eval_region", "target", "test_set",
                   "label_source", "metric", "class", "value", "n"]
 DIST_COLUMNS = ["model", "region", "config_id", "eval_region", "target", "test_set", "source",
@@ -157,10 +160,19 @@ def align(table: pa.Table, frame: SplitFrame, candidate_region: str, edges: Sequ
 
 # ---------------------------------------------------------------- scoring
 
+def test_set_rows(power: np.ndarray, test_set: str) -> np.ndarray:
+    """Which rows (by their power-user flags ``power``) belong to ``test_set``."""
+    if test_set == NATURAL_NO_POWER_USERS:
+        return ~power
+    if test_set == NATURAL_POWER_USERS:
+        return power.copy()
+    return np.ones(len(power), bool)
+
+
 def slice_masks(frame: SplitFrame, pos: np.ndarray, test_set: str, eval_regions: Sequence[str]
                 ) -> list[tuple[str, np.ndarray]]:
     """(eval_region, boolean mask over pos) for every slice of a test set."""
-    keep = ~frame.power[pos] if test_set == NATURAL_NO_POWER_USERS else np.ones(len(pos), bool)
+    keep = test_set_rows(frame.power[pos], test_set)
     return [(r, keep if r == GLOBAL_REGION else keep & (frame.regions[pos] == r))
             for r in eval_regions]
 
@@ -168,7 +180,7 @@ def slice_masks(frame: SplitFrame, pos: np.ndarray, test_set: str, eval_regions:
 def _n_expected(frame: SplitFrame, test_set: str, eval_region: str, candidate_region: str
                 ) -> int:
     """Rows of a slice that a scorer of ``candidate_region`` is expected to cover."""
-    keep = ~frame.power if test_set == NATURAL_NO_POWER_USERS else np.ones(len(frame.df), bool)
+    keep = test_set_rows(frame.power, test_set)
     if eval_region != GLOBAL_REGION:
         keep = keep & (frame.regions == eval_region)
     if candidate_region != GLOBAL_REGION:

@@ -33,7 +33,7 @@ from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, PROVIDER, TRUTH
                                     WEIGHT_COLUMN, SplitFrame, split_frame, truth_labels)
 from pythia.evaluate.gauge import posterior_probs
 from pythia.evaluate.margins import user_groups
-from pythia.evaluate.slices import (NATURAL_NO_POWER_USERS, SPLIT_OF_TEST_SET, TEST_SETS,
+from pythia.evaluate.slices import (SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
                                     Aligned, align, candidate_key, candidate_label,
                                     check_candidates, eval_regions_of, slice_masks)
 from pythia.evaluate.sums import BAYES_KEY, SliceSums, tables_of
@@ -193,8 +193,7 @@ def _count_rows(sums: SliceSums, frames: Mapping[str, SplitFrame]) -> list[str]:
         frame = frames.get(SPLIT_OF_TEST_SET[test_set])
         if frame is None:
             continue
-        keep = (~frame.power if test_set == NATURAL_NO_POWER_USERS
-                else np.ones(len(frame.df), bool))
+        keep = test_set_rows(frame.power, test_set)
         for region in [GLOBAL_REGION] + regions:
             mask = keep if region == GLOBAL_REGION else keep & (frame.regions == region)
             sums.rows[(test_set, region)] += int(mask.sum())

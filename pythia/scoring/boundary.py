@@ -18,7 +18,10 @@ Defined behaviour for bad input (never an exception, never a NaN):
   because a bid is scored when it happens;
 * a request that is not a dict at all -> every field missing;
 * the derived features (``local_hour``, ``hour_sin`` …) are always derived from ``ts`` and the
-  country; values for them in the request are ignored.
+  country; values for them in the request are ignored;
+* an activity counter (``user_impressions_today``: the bidder's count of the user's impressions
+  earlier the same UTC day) that is missing, not a number, negative or non-finite is *unknown*
+  (``clean_count``): it is encoded as the training mean (normalised 0), not as 0 impressions.
 """
 from __future__ import annotations
 
@@ -29,15 +32,16 @@ import numpy as np
 
 from pythia import features
 from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
-from pythia.features import (CATEGORICAL, COUNTRY, DERIVED, FEATURES, GEO_REGION, OOV_ID, TS,
-                             Encoders)
+from pythia.features import (ACTIVITY, CATEGORICAL, COUNTRY, DERIVED, FEATURES, GEO_REGION,
+                             OOV_ID, TS, Encoders)
 from pythia.scoring import columnar
 from pythia.scoring.cleaning import (MAX_TS_CHARS, MAX_TS_SECONDS, MAX_VALUE_CHARS, OOV,
-                                     clean_category, clean_code, clean_ts, lookup_cleaned)
+                                     clean_category, clean_code, clean_count, clean_ts,
+                                     lookup_cleaned)
 
 # Re-exported: callers and tests name the rules through this module.
 __all__ = ["MAX_TS_CHARS", "MAX_TS_SECONDS", "MAX_VALUE_CHARS", "OOV", "RequestEncoder",
-           "clean_category", "clean_code", "clean_ts"]
+           "clean_category", "clean_code", "clean_count", "clean_ts"]
 
 class RequestEncoder:
     """Cleans and encodes requests with a bundle's encoders; routes each to a model region.
@@ -82,15 +86,18 @@ class RequestEncoder:
         self._categorical = [(None if f.source == DERIVED else f.source, f.name,
                               self._memo(encoders.vocabularies[f.name]))
                              for f in FEATURES if f.kind == CATEGORICAL]
-        self._numeric = [(f.name, encoders.numeric[f.name], {}) for f in FEATURES
-                         if f.kind != CATEGORICAL]
+        # (feature name, statistics, memo, read from the request (an activity counter) or
+        # derived from ts)
+        self._numeric = [(f.name, encoders.numeric[f.name], {}, f.source == ACTIVITY)
+                         for f in FEATURES if f.kind != CATEGORICAL]
         # The batch path: the same memos applied to whole columns, and the columns it reads.
         offsets_doc = geo.offsets if geo.offsets is not None else geo.offset_table.to_json()
         self._subdivided = frozenset(code.split("-", 1)[0]
                                      for code in offsets_doc["subdivisions"])
         self._lookups = [columnar.CategoryLookup(memo) for _, _, memo in self._categorical]
         self._columns = list(dict.fromkeys([COUNTRY, GEO_REGION, TS] + [
-            column for column, _, _ in self._categorical if column is not None]))
+            column for column, _, _ in self._categorical if column is not None] + [
+            name for name, _, _, requested in self._numeric if requested]))
 
     @staticmethod
     def _memo(vocab: Any) -> dict:
@@ -99,8 +106,10 @@ class RequestEncoder:
         return memo
 
     def _normalized(self, j: int, value: Any) -> float:
-        name, stats, memo = self._numeric[j]
+        name, stats, memo, _ = self._numeric[j]
         key = float(value)
+        if key != key:  # NaN: unknown -> the mean (and never a memo entry: NaN != NaN)
+            return 0.0
         hit = memo.get(key)
         if hit is None:
             hit = float(stats.normalize(value))
@@ -139,8 +148,8 @@ class RequestEncoder:
                 ids.append(memo.get(value, OOV_ID))
             else:
                 ids.append(lookup_cleaned(memo, value))
-        numeric = [self._normalized(j, derived[name]) for j, (name, _, _) in
-                   enumerate(self._numeric)]
+        numeric = [self._normalized(j, clean_count(get(name)) if requested else derived[name])
+                   for j, (name, _, _, requested) in enumerate(self._numeric)]
         return ids, numeric, self._route.get(country, self._default_route)
 
     # ------------------------------------------------------------------ a batch
@@ -186,8 +195,9 @@ class RequestEncoder:
             ids[:, j] = (columnar.derived_ids(derived[name], lookup) if column is None
                          else lookup.encode(columns[column], n))
         numeric = np.empty((n, len(self._numeric)), dtype=np.float32)
-        for j, (name, stats, _) in enumerate(self._numeric):
-            numeric[:, j] = stats.normalize(derived[name])
+        for j, (name, stats, _, requested) in enumerate(self._numeric):
+            numeric[:, j] = stats.normalize(columnar.clean_counts(columns[name], n) if requested
+                                            else derived[name])
         route, default = self._route.get, self._default_route
         route_of = [route(c, default) for c in countries]
         routes = list(dict.fromkeys(route_of))

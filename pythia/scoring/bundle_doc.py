@@ -14,7 +14,9 @@ from pythia import features
 BUNDLE_FILE = "bundle.json"
 ENCODERS_FILE = "encoders.json"
 BUNDLE_FORMAT = "pythia-scoring-bundle"
-BUNDLE_FORMAT_VERSION = 3  # 3: the MLP wide part in weights-*.npz; 2: IANA local-time table
+# 4: numeric encoders carry a transform (the activity counter); 3: the MLP wide part in
+# weights-*.npz; 2: IANA local-time table
+BUNDLE_FORMAT_VERSION = 4
 
 
 def read_versioned_doc(folder: str, file: str, fmt: str, version: int, what: str,

@@ -98,6 +98,36 @@ def clean_ts(value: Any) -> int | None:
     return seconds if 0 <= seconds <= MAX_TS_SECONDS else None
 
 
+def clean_count(value: Any) -> float:
+    """An activity counter (``features.ACTIVITY``) as a float: a whole or fractional number
+    >= 0 (int, float, numeric string or UTF-8 bytes), else NaN -- unknown, which the encoders
+    turn into the training mean. A bool, a negative or non-finite number is unknown too."""
+    if type(value) is int and 0 <= value < 1 << 53:  # the common case first
+        return float(value)
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return math.nan
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return math.nan
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > MAX_TS_CHARS:
+            return math.nan
+        try:
+            value = float(text)
+        except ValueError:
+            return math.nan
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        return math.nan
+    try:
+        number = float(value)
+    except OverflowError:  # an int too big for a float: no counter reaches that
+        return math.nan
+    return number if math.isfinite(number) and number >= 0 else math.nan
+
+
 def clean_code(value: Any) -> str | None:
     """A country or subdivision code as a lookup key: a usable string, else None (an unknown
     country routes to OTHER / the global model and gets UTC; an unknown subdivision, the

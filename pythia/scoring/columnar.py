@@ -27,7 +27,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from pythia.features import OOV_ID
-from pythia.scoring.cleaning import MAX_TS_SECONDS, clean_code, clean_ts, lookup_cleaned
+from pythia.scoring.cleaning import (MAX_TS_SECONDS, clean_code, clean_count, clean_ts,
+                                     lookup_cleaned)
 
 _NONE = type(None)
 _PLAIN = frozenset({str, _NONE})
@@ -291,6 +292,19 @@ def _stamps_of_numbers(values: np.ndarray, fallback: int) -> np.ndarray:
     return np.where(ok, values, fallback).astype(np.int64)
 
 
+def clean_counts(column: Any, n: int) -> np.ndarray:
+    """(n,) float64 activity counters of a column by ``cleaning.clean_count`` (NaN: unknown);
+    a NumPy / Arrow column of numbers in one pass, anything else cell by cell."""
+    values = _values(column)
+    if values is None:
+        return np.full(n, np.nan)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        x = values.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            return np.where(np.isfinite(x) & (x >= 0), x, np.nan)
+    return np.fromiter(map(clean_count, values), dtype=np.float64, count=n)
+
+
 def factorize_codes(column: Any, n: int) -> tuple[np.ndarray, list]:
     """Country / subdivision codes per ``clean_code``, factorised: (n,) int64 positions into a
     list of distinct cleaned codes (None: no usable code). Each distinct raw value is cleaned
@@ -325,4 +339,5 @@ def derived_ids(values: np.ndarray, lookup: CategoryLookup) -> np.ndarray:
     return lookup.encode_list([str(v) for v in distinct.tolist()])[inverse.reshape(-1)]
 
 
-__all__ = ["CategoryLookup", "batch_columns", "clean_stamps", "derived_ids", "factorize_codes"]
+__all__ = ["CategoryLookup", "batch_columns", "clean_counts", "clean_stamps", "derived_ids",
+           "factorize_codes"]

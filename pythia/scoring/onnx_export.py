@@ -41,7 +41,7 @@ ENCODERS_FILE = "encoders.json"
 MODEL_FILE = "model.onnx"
 MANIFEST_FORMAT = "pythia-onnx"
 ENCODERS_FORMAT = "pythia-onnx-encoders"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: numeric entries carry "transform" (user_impressions_today: log1p)
 # Below this many rows a call goes to the NumPy runtime when one is at hand: ONNX Runtime's
 # fixed cost per call from Python is larger than a small batch's compute (measured: the
 # two cross between 4 and 16 rows of the default-shape MLP).
@@ -69,8 +69,8 @@ def encoders_document(encoders: Encoders, geo: Geography) -> dict[str, Any]:
         else:
             stats = encoders.numeric[f.name]
             numeric.append({"name": f.name, "column": NUMERIC_FEATURES.index(f.name),
-                            "source": f.source, "mean": float(stats.mean),
-                            "std": float(stats.std)})
+                            "source": f.source, "transform": stats.transform,
+                            "mean": float(stats.mean), "std": float(stats.std)})
     return {
         "format": ENCODERS_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -82,7 +82,13 @@ def encoders_document(encoders: Encoders, geo: Geography) -> dict[str, Any]:
                    "max_value_chars) -> id 'oov' (1)",
             "numbers_as_categories": "a number where a category is expected is looked up as "
                                      "its decimal string (Python str())",
-            "normalise": "numeric = (x - mean) / (std if std > 0 else 1); non-finite -> 0",
+            "normalise": "numeric = (t - mean) / (std if std > 0 else 1) with t = x, or "
+                         "t = log(1 + x) where 'transform' is 'log1p' (x < 0 -> unknown); "
+                         "unknown / non-finite -> 0",
+            "activity": "a numeric with source 'activity' is read from the request under its "
+                        "name (the bidder's counter, e.g. user_impressions_today: the user's "
+                        "impressions earlier the same UTC day); missing or not a number >= 0 "
+                        "-> unknown (normalised 0, the training mean)",
             "utc_offset": "from 'utc_offsets': code = geo_region stripped and upper-cased, "
                           "prefixed 'COUNTRY-' unless it already is; zone = "
                           "subdivisions[code] if present, else countries[country], else UTC "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from dataclasses import replace
 from fractions import Fraction
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -101,6 +102,15 @@ def moments(arr: pa.Array) -> Moments:
     return len(x), expansion(x.tolist()), expansion(squares.tolist())
 
 
+def feature_moments(name: str, arr: pa.Array) -> Moments:
+    """``moments`` of numeric feature ``name``'s values after its ``Feature.transform``."""
+    transform = features.feature_transform(name)
+    if transform is None:
+        return moments(arr)
+    raw = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    return moments(pa.array(features.transform_values(transform, raw), pa.float64()))
+
+
 def merge_moments(a: Moments, b: Moments) -> Moments:
     return a[0] + b[0], expansion(a[1] + b[1]), expansion(a[2] + b[2])
 
@@ -126,7 +136,9 @@ def make_encoders(categorical: Mapping[str, Mapping[str, int]],
     numeric feature on its ``moments``."""
     vocabularies = {f.name: Vocabulary.fit(categorical.get(f.name, {}), f.min_count, f.max_vocab)
                     for f in features.FEATURES if f.kind == features.CATEGORICAL}
-    stats = {n: numeric_stats(n, numeric.get(n, NO_MOMENTS)) for n in features.NUMERIC_FEATURES}
+    stats = {n: replace(numeric_stats(n, numeric.get(n, NO_MOMENTS)),
+                        transform=features.feature_transform(n))
+             for n in features.NUMERIC_FEATURES}
     return Encoders(vocabularies, stats, tuple(age_edges))
 
 

@@ -40,7 +40,7 @@ def _moments_job(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         rows += batch.num_rows
         for n in acc:
-            acc[n] = layout.merge_moments(acc[n], layout.moments(batch.column(n)))
+            acc[n] = layout.merge_moments(acc[n], layout.feature_moments(n, batch.column(n)))
     out = [{"feature": "", "n": rows, "sums": "[]", "squares": "[]"}]
     out += [{"feature": n, "n": m[0], "sums": json.dumps(m[1]), "squares": json.dumps(m[2])}
             for n, m in acc.items()]

@@ -55,8 +55,8 @@ def fit_encoders(train_uri: str, age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -
                 arr = arr.filter(pc.and_kleene(pc.is_valid(arr), pc.not_equal(arr, "")))
                 parts[name].append(pc.value_counts(arr))
             for name in numeric:
-                numeric[name] = layout.merge_moments(numeric[name],
-                                                     layout.moments(batch.column(name)))
+                numeric[name] = layout.merge_moments(
+                    numeric[name], layout.feature_moments(name, batch.column(name)))
     if not rows:
         raise ValueError(layout.EMPTY_TRAIN)
     return layout.make_encoders({n: _counts(p) for n, p in parts.items()}, numeric, age_edges)

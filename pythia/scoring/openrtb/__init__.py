@@ -14,9 +14,10 @@ from pythia.scoring.openrtb.columns import (ADCOM_DEVICE_TYPES, AUDIO_AD_SIZE, D
                                             DEVICE_TYPE_OF_CODE, EXTRACTORS, NATIVE_MAIN_IMAGE,
                                             render_mapping)
 from pythia.scoring.openrtb.inverse import bid_request_line, contract_row_to_bid_request
-from pythia.scoring.openrtb.mapping import (LINE_REQUEST, LINE_TS, MappedImpression,
-                                            map_bid_request, map_request, parse_line,
-                                            request_rows, score_openrtb, score_openrtb_lines)
+from pythia.scoring.openrtb.mapping import (LINE_REQUEST, LINE_TS, USER_EXT_COUNTER,
+                                            MappedImpression, map_bid_request, map_request,
+                                            parse_line, request_rows, score_openrtb,
+                                            score_openrtb_lines, user_counter)
 from pythia.scoring.openrtb.values import (BROWSER_RULES, UnmappableRequest, country_alpha2,
                                            parse_browser, parse_ts)
 
@@ -25,4 +26,4 @@ __all__ = ["ADCOM_DEVICE_TYPES", "AUDIO_AD_SIZE", "BROWSER_RULES", "DEFAULT_CATT
            "MappedImpression", "UnmappableRequest", "bid_request_line",
            "contract_row_to_bid_request", "country_alpha2", "map_bid_request", "map_request",
            "parse_browser", "parse_line", "parse_ts", "render_mapping", "request_rows",
-           "score_openrtb", "score_openrtb_lines"]
+           "score_openrtb", "score_openrtb_lines", "USER_EXT_COUNTER", "user_counter"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 from pythia.contract import NULL_REQUIRED, WRONG_TYPE
-from pythia.features import IMPRESSION_ID, TS
+from pythia.features import IMPRESSION_ID, TS, USER_IMPRESSIONS_TODAY
 from pythia.scoring.openrtb.columns import EXTRACTORS, _Context, _first_problem
 from pythia.scoring.openrtb.values import UnmappableRequest, _Breach, _is_object, _text
 
@@ -21,6 +21,9 @@ from pythia.scoring.openrtb.values import UnmappableRequest, _Breach, _is_object
 # time in its own "ext": {"ts": ...}. OpenRTB has no auction-time field, so a logger adds one.
 LINE_TS = "ts"
 LINE_REQUEST = "request"
+# The bidder's frequency counter: ``user.ext.impressions_today``, the user's impressions earlier
+# the same UTC day (docs/bidder.md). It is no contract column, so only scorer rows carry it.
+USER_EXT_COUNTER = "impressions_today"
 
 
 @dataclass(frozen=True)
@@ -97,13 +100,23 @@ def map_request(request: Any, ts: Any = None) -> list[dict[str, Any]]:
 def request_rows(request: Any, ts: Any = None) -> list[dict[str, Any]]:
     """Rows ready for ``Scorer.score`` / ``score_batch``: ``map_request`` with ``ts`` as epoch
     seconds (None when unknown, so the scorer uses the current time)."""
-    return [_scorer_row(row) for row in map_request(request, ts)]
+    counter = user_counter(request)
+    return [_scorer_row(row, counter) for row in map_request(request, ts)]
 
 
-def _scorer_row(row: Mapping[str, Any]) -> dict[str, Any]:
+def user_counter(request: Any) -> Any:
+    """``user.ext.impressions_today`` of a BidRequest as sent (None when absent); the scorer
+    cleans it (``cleaning.clean_count``: anything but a number >= 0 is unknown)."""
+    user = request.get("user") if isinstance(request, dict) else None
+    ext = user.get("ext") if isinstance(user, dict) else None
+    return ext.get(USER_EXT_COUNTER) if isinstance(ext, dict) else None
+
+
+def _scorer_row(row: Mapping[str, Any], counter: Any = None) -> dict[str, Any]:
     out = dict(row)
     if out[TS] is not None:
         out[TS] = math.floor(out[TS].timestamp())
+    out[USER_IMPRESSIONS_TODAY] = counter
     return out
 
 
@@ -126,7 +139,8 @@ def score_openrtb(scorer: Any, request: Any, ts: Any = None, now: float | None =
         mapped = map_bid_request(request, ts)
     except UnmappableRequest:
         return []
-    rows = [_scorer_row(m.row) for m in mapped]
+    counter = user_counter(request)
+    rows = [_scorer_row(m.row, counter) for m in mapped]
     scores = ([scorer.score(rows[0], now=now)] if len(rows) == 1
               else scorer.score_batch(rows, now=now))
     kinds = {region: entry.get("kind") for region, entry in scorer.doc.get("models", {}).items()}
