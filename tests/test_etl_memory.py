@@ -1,6 +1,7 @@
-"""etl_hour's Spark path in bounded memory: 4x the rows per task, the same peak RSS.
+"""etl_hour's Spark path in bounded memory: its cached frame stays off the heap, and 4x the
+rows per task run in the same small heap at the same peak RSS.
 
-Each run is one Spark ``etl_hour`` task (``PYTHIA_DRIVER_MAX_ROWS=0``) in a fresh process with
+Each measured run is one Spark ``etl_hour`` task (``PYTHIA_DRIVER_MAX_ROWS=0``) in a fresh process with
 a small driver heap, measured by ``benchmarks/scale_bench.py _measure`` (peak RSS of the largest
 process of the tree: the step's Python, its JVM or a Python worker). The sources are written
 the way users' writers write them: pandas (ns, tz-aware) and pyarrow (µs) files side by side,
@@ -20,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pythia import contract, providers_local
-from pythia.etl import sample
+from pythia.config import Geography
+from pythia.etl import hourly, sample
 
 from conftest import WINDOW
 
@@ -130,3 +132,27 @@ def test_four_times_the_rows_per_task_run_in_the_same_small_heap(tmp_path):
           f"({runs[4]['wall_s']:.0f} s)")
     assert large <= 1.5 * small, (f"peak RSS grew {large / small:.2f}x for 4x the rows per "
                                   f"task ({small:.0f} -> {large:.0f} MB, heap {DRIVER_HEAP})")
+
+
+@pytest.mark.spark
+def test_the_cached_task_frame_is_on_disk_not_in_the_heap(spark, tmp_path, monkeypatch):
+    # Read what Spark's block manager holds when the first write starts: the count query has
+    # filled the cache by then. An in-memory level keeps the task's rows in the heap.
+    held = []
+
+    def _write(sdf, uri):
+        held.extend((info.memSize(), info.diskSize())
+                    for info in spark.sparkContext._jsc.sc().getRDDStorageInfo())
+        return real_write(sdf, uri)
+
+    real_write = hourly.write_parquet_atomic
+    monkeypatch.setattr(hourly, "write_parquet_atomic", _write)
+    root = str(tmp_path / "src")
+    labels = write_task_source(root, 2_000)
+    m = hourly.run_hours(spark, root, HOURS, WINDOW, labels["labels_path"],
+                         str(tmp_path / "out"), str(tmp_path / "q"), Geography(), False)
+    assert m["total"]["written"] > 0
+    assert held, "no cached frame while etl_hour wrote its outputs"
+    assert all(mem == 0 for mem, _ in held), f"cached bytes in the heap: {held}"
+    assert any(disk > 0 for _, disk in held), f"nothing cached on disk: {held}"
+    assert len(spark.sparkContext._jsc.sc().getRDDStorageInfo()) == 0  # released after the task
