@@ -311,8 +311,9 @@ def test_the_local_driver_heap_is_a_quarter_of_the_memory_at_least_1g(monkeypatc
 
     monkeypatch.delenv(session.DRIVER_MEMORY_ENV, raising=False)
     limit = tmp_path / "memory.max"
-    monkeypatch.setattr(session, "CGROUP_MEMORY_FILES", (str(limit),))
-    monkeypatch.setattr(session.os, "sysconf", lambda name: {
+    monkeypatch.setattr(workers, "CGROUP_MEMORY_FILES", (str(limit),))
+    monkeypatch.setattr(threads, "_memory_share", 1.0)
+    monkeypatch.setattr(workers.os, "sysconf", lambda name: {
         "SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}[name])
     assert session.local_driver_memory() == "6144m"  # 24 GiB machine, no cgroup limit file
     limit.write_text("max\n")
@@ -321,6 +322,9 @@ def test_the_local_driver_heap_is_a_quarter_of_the_memory_at_least_1g(monkeypatc
     assert session.local_driver_memory() == "2048m"  # an 8 GiB container on that machine
     limit.write_text(str(2 * 2**30))
     assert session.local_driver_memory() == "1024m"  # never below Spark's own 1 GB
+    limit.write_text(str(16 * 2**30))
+    monkeypatch.setattr(threads, "_memory_share", 0.5)  # a foreach task of 2 local workers
+    assert session.local_driver_memory() == "2048m"
     monkeypatch.setenv(session.DRIVER_MEMORY_ENV, "3g")
     assert session.local_driver_memory() == "3g"
 

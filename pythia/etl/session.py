@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
-from pythia import threads
+from pythia import threads, workers
 
 # Local-mode defaults. Sessions are UTC so that naive timestamps and string parsing never depend
 # on the machine's time zone. The local master is local[N], N the cores this task may use
@@ -57,37 +57,21 @@ SPARK_REMOTE_ENV = "SPARK_REMOTE"
 SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
 DRIVER_MEMORY_ENV = "PYTHIA_SPARK_DRIVER_MEMORY"  # e.g. 6g: the local driver's heap, as set
 MIN_DRIVER_MB = 1024
-CGROUP_MEMORY_FILES = ("/sys/fs/cgroup/memory.max",  # cgroup v2
-                       "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v1
-
-
-def _memory_limit_bytes() -> int | None:
-    """The smallest of physical memory and this container's cgroup memory limit (bytes)."""
-    limits = []
-    try:
-        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # not on every platform
-        pass
-    for path in CGROUP_MEMORY_FILES:
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:  # "max" / a huge v1 value: no limit
-            limits.append(int(text))
-    return min(limits) if limits else None
 
 
 def local_driver_memory() -> str:
     """The local driver JVM's heap (``spark.driver.memory``): ``$PYTHIA_SPARK_DRIVER_MEMORY`` if
     set, else a quarter of the memory this process may use (physical or cgroup limit: the
-    JVM's own default share), at least 1 GB. Local mode runs the executors inside the driver,
+    JVM's own default share; in a foreach task of a local run with N workers, of 1/N of it:
+    ``threads.memory_share``), at least 1 GB. Local mode runs the executors inside the driver,
     so this heap holds every task's rows in flight."""
     if os.environ.get(DRIVER_MEMORY_ENV):
         return os.environ[DRIVER_MEMORY_ENV]
-    limit = _memory_limit_bytes()
-    mb = MIN_DRIVER_MB if limit is None else max(MIN_DRIVER_MB, limit // 4 // (1 << 20))
+    limit = workers.memory_limit_bytes()
+    # a foreach task of a local run shares the machine with the other workers' tasks
+    share = threads.memory_share()
+    mb = MIN_DRIVER_MB if limit is None else max(MIN_DRIVER_MB,
+                                                 int(limit * share) // 4 // (1 << 20))
     return f"{mb}m"
 
 
