@@ -140,10 +140,15 @@ def test_the_cached_task_frame_is_on_disk_not_in_the_heap(spark, tmp_path, monke
     # filled the cache by then. An in-memory level keeps the task's rows in the heap.
     held = []
 
+    def _cached() -> dict:  # RDD id -> (bytes in memory, bytes on disk); other tests' excluded
+        return {i.id(): (i.memSize(), i.diskSize())
+                for i in spark.sparkContext._jsc.sc().getRDDStorageInfo() if i.id() not in before}
+
     def _write(sdf, uri):
-        held.extend((info.memSize(), info.diskSize())
-                    for info in spark.sparkContext._jsc.sc().getRDDStorageInfo())
+        held.extend(_cached().values())
         return real_write(sdf, uri)
+
+    before = {i.id() for i in spark.sparkContext._jsc.sc().getRDDStorageInfo()}
 
     real_write = hourly.write_parquet_atomic
     monkeypatch.setattr(hourly, "write_parquet_atomic", _write)
@@ -155,4 +160,4 @@ def test_the_cached_task_frame_is_on_disk_not_in_the_heap(spark, tmp_path, monke
     assert held, "no cached frame while etl_hour wrote its outputs"
     assert all(mem == 0 for mem, _ in held), f"cached bytes in the heap: {held}"
     assert any(disk > 0 for _, disk in held), f"nothing cached on disk: {held}"
-    assert len(spark.sparkContext._jsc.sc().getRDDStorageInfo()) == 0  # released after the task
+    assert _cached() == {}  # released after the task
