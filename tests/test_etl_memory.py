@@ -1,11 +1,12 @@
 """etl_hour's Spark path in bounded memory: its cached frame stays off the heap, and 4x the
 rows per task run in the same small heap at the same peak RSS.
 
-Each measured run is one Spark ``etl_hour`` task (``PYTHIA_DRIVER_MAX_ROWS=0``) in a fresh process with
-a small driver heap, measured by ``benchmarks/scale_bench.py _measure`` (peak RSS of the largest
-process of the tree: the step's Python, its JVM or a Python worker). The sources are written
-the way users' writers write them: pandas (ns, tz-aware) and pyarrow (µs) files side by side,
-skewed users across five countries, nulls in optional columns and a few rows to quarantine.
+Each measured run is one Spark ``etl_hour`` task (``PYTHIA_DRIVER_MAX_ROWS=0``) in a fresh
+process with a small driver heap, measured by ``benchmarks/scale_bench.py _measure`` (peak RSS
+of the largest process of the tree: the step's Python, its JVM or a Python worker). The
+sources are written the way users' writers write them: pandas (ns, tz-aware) and pyarrow (µs)
+files side by side, skewed users across five countries, nulls in optional columns and a few
+rows to quarantine.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ HOURS = [0, 1]
 DRIVER_HEAP = "512m"  # Spark refuses less than ~450 MB (its 300 MB reserve x 1.5)
 SMALL_ROWS = 40_000  # impressions per task (2 hours x 5 dates = 10 partitions)
 COUNTRIES = {"US": "US-NY", "GB": "GB-LND", "DE": "DE-BE", "JP": "JP-13", "BR": "BR-SP"}
-_CHOICES = {"inventory_type": ["site", "app"], "device_type": ["mobile", "desktop", "tablet", "ctv"],
+_CHOICES = {"inventory_type": ["site", "app"],
+            "device_type": ["mobile", "desktop", "tablet", "ctv"],
             "ad_format": ["banner", "video", "native", None], "os": ["android", "ios", "windows"],
             "browser": ["chrome", "safari", "firefox", None], "ad_size": ["300x250", "728x90"],
             "content_category": ["news", "sports", "games", None]}
@@ -73,7 +75,9 @@ def write_task_source(root: str, rows_per_task: int, seed: int = 0) -> dict:
             folder = os.path.join(root, "impressions", f"date={day}", f"hour={hour:02d}")
             os.makedirs(folder, exist_ok=True)
             if hour % 2:
-                table.to_pandas().to_parquet(os.path.join(folder, "part-0.parquet"))
+                frame = table.to_pandas()
+                frame["ts"] = frame["ts"].astype("datetime64[ns, UTC]")
+                frame.to_parquet(os.path.join(folder, "part-0.parquet"))
             else:
                 pq.write_table(table, os.path.join(folder, "part-0.parquet"))
     sample.write_labels(root, "acme", [
@@ -140,10 +144,15 @@ def test_the_cached_task_frame_is_on_disk_not_in_the_heap(spark, tmp_path, monke
     # filled the cache by then. An in-memory level keeps the task's rows in the heap.
     held = []
 
+    def _cached() -> dict:  # RDD id -> (bytes in memory, bytes on disk); other tests' excluded
+        return {i.id(): (i.memSize(), i.diskSize())
+                for i in spark.sparkContext._jsc.sc().getRDDStorageInfo() if i.id() not in before}
+
     def _write(sdf, uri):
-        held.extend((info.memSize(), info.diskSize())
-                    for info in spark.sparkContext._jsc.sc().getRDDStorageInfo())
+        held.extend(_cached().values())
         return real_write(sdf, uri)
+
+    before = {i.id() for i in spark.sparkContext._jsc.sc().getRDDStorageInfo()}
 
     real_write = hourly.write_parquet_atomic
     monkeypatch.setattr(hourly, "write_parquet_atomic", _write)
@@ -155,4 +164,4 @@ def test_the_cached_task_frame_is_on_disk_not_in_the_heap(spark, tmp_path, monke
     assert held, "no cached frame while etl_hour wrote its outputs"
     assert all(mem == 0 for mem, _ in held), f"cached bytes in the heap: {held}"
     assert any(disk > 0 for _, disk in held), f"nothing cached on disk: {held}"
-    assert len(spark.sparkContext._jsc.sc().getRDDStorageInfo()) == 0  # released after the task
+    assert _cached() == {}  # released after the task

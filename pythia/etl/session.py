@@ -49,9 +49,13 @@ COMMON_CONF: Mapping[str, str] = {
 # Sessions this process starts (not Spark Connect, whose server has its own settings) read local
 # files without Hadoop's client-side checksums: a stale or foreign `.NAME.crc` side file next to
 # a rewritten Parquet file must not stop the run (Parquet has its own integrity checks), and the
-# ETL's own outputs get no .crc clutter.
+# ETL's own outputs get no .crc clutter. The Java serializer's stream keeps every object it
+# wrote until it resets (by default every 100): writing a cached block to disk (etl_hour's
+# DISK_ONLY cache) then kept up to 100 cached batches of ~2 MB each in the heap; reset after
+# each one (2.56M rows in a 512 MB heap: 327 -> 38 full GCs; docs/scaling.md section 8).
 DRIVER_CONF: Mapping[str, str] = {
     "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+    "spark.serializer.objectStreamReset": "1",
 }
 SPARK_REMOTE_ENV = "SPARK_REMOTE"
 SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
