@@ -12,7 +12,8 @@ import tomllib
 # TensorFlow trainings thrash. Default to one task per core this process may use (CPU affinity
 # and cgroup quota, not the host's count; fewer when memory is short), and foreach tasks
 # (etl_hour, train) size their thread pools to their share of the cores: on an idle 2-core VM
-# the default world ran in 253 s with 2 tasks of 1 thread (docs/scaling.md §9).
+# 2 one-thread tasks at a time ran the default world in 253 s, 1 two-thread task in 481 s
+# (session 24, before power users were trained on; docs/scaling.md §9).
 # `--max-workers N` or METAFLOW_RUN_MAX_WORKERS wins (pythia.workers).
 from pythia import quiet, threads, workers  # noqa: E402
 
