@@ -116,34 +116,11 @@ def test_driver_count_orders_by_microseconds_then_id_and_resets_at_midnight():
 @pytest.fixture(scope="module")
 def tiny_joined(spark, tmp_path_factory):
     """The tiny world's hourly rows (every kept row) and its splits from both engines."""
-    from pythia import models, providers, source
-    from pythia.config import RunParams
-
-    from test_tfrecords_local import _session
+    from test_tfrecords_local import join_tiny_both_engines
 
     tmp = str(tmp_path_factory.mktemp("tiny-activity"))
-    params = RunParams.build({"source": "synthetic://tiny", "data_root": tmp,
-                              "drop_power_users": True},  # sampled AND dropped rows
-                             model_names=models.MODEL_NAMES).compiled()
-    mp = pytest.MonkeyPatch()
-    started: list = []
-    mp.setattr("pythia.etl.session.spark_session", _session(spark, started))
-    for var in ("SPARK_REMOTE", "PYTHIA_SPARK_MASTER", providers_local.DRIVER_MAX_ROWS_ENV):
-        mp.delenv(var, raising=False)
-    out = {}
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            paths = RunPaths(tmp, "Tiny", "1")
-            src, window, _ = source.resolve(params, scheduled=False)
-            _, provider_map, _ = providers.choose(src, params, paths)
-            labels = providers.run(src, provider_map, params, paths)
-            hours = [etl.run_hours(src, h, window, labels, params, paths)
-                     for h in params.hour_groups]
-            for engine, limit in (("spark", "0"), ("driver", "4000000")):
-                mp.setenv(providers_local.DRIVER_MAX_ROWS_ENV, limit)
-                out[engine] = etl.join_hours(hours, params, RunPaths(tmp, "Tiny", engine))[0]
-    finally:
-        mp.undo()
+    # power users sampled AND dropped: the count must be taken before either
+    hours, out, src, _ = join_tiny_both_engines(spark, tmp, {"drop_power_users": True})
     kept = read_dataset([m["rows_path"] for m in hours]).to_pandas()
     return kept, out, src
 

@@ -117,6 +117,19 @@ def test_tvd_and_class_distribution():
 
 # ---------------------------------------------------------------- champion rules
 
+def prediction_rows(df: pd.DataFrame, split: str, region: str, joint: np.ndarray
+                    ) -> pd.DataFrame:
+    """A candidate's predictions file rows for ``df``'s rows, from AgeGender probabilities
+    ``joint`` (gender and age as its marginals), as ``write_split_predictions`` writes them."""
+    p = joint.reshape(len(df), 2, -1)
+    return pd.DataFrame({
+        "impression_id": df["impression_id"].to_numpy(), "split": split,
+        "region": df["region"].to_numpy(), "scored_by_region": region,
+        "p_gender": list(p.sum(axis=2).astype(np.float32)),
+        "p_age": list(p.sum(axis=1).astype(np.float32)),
+        "p_age_gender": list(joint.astype(np.float32))})
+
+
 def _scores(rows):
     base = {"model_dir": "/m", "eligible": True, "ineligible_reason": None}
     return pd.DataFrame([dict(base, **r) for r in rows])
@@ -376,13 +389,7 @@ def _write_predictions(path, frames, world, mix: float, region: str, drop: int =
         df = df.iloc[drop:]
         joint = (1 - mix) * world.label_posterior(df, df["label_provider"].to_numpy(),
                                                   df["date"].to_numpy()) + mix / (2 * N_AGE)
-        p = joint.reshape(len(df), 2, N_AGE)
-        rows.append(pd.DataFrame({
-            "impression_id": df["impression_id"].to_numpy(), "split": split,
-            "region": df["region"].to_numpy(), "scored_by_region": region,
-            "p_gender": list(p.sum(axis=2).astype(np.float32)),
-            "p_age": list(p.sum(axis=1).astype(np.float32)),
-            "p_age_gender": list(joint.astype(np.float32))}))
+        rows.append(prediction_rows(df, split, region, joint))
     table = pa.Table.from_pandas(pd.concat(rows, ignore_index=True), preserve_index=False)
     pq.write_table(table, path)
     return str(path)

@@ -19,6 +19,7 @@ from pythia.evaluate.margins import (GroupSums, Margin, margin_lookup, paired_ma
 from pythia.evaluate.stats import row_log_loss
 from pythia.evaluate.stream import score_streaming
 from pythia.features import age_gender_index
+from test_evaluate import prediction_rows
 
 EDGES = (18, 35, 55)
 N_AGE = len(EDGES)
@@ -77,13 +78,7 @@ def _write(root, frames, candidates, seed: int = 1):
             logits = sharp * np.eye(K)[df["y_age_gender"].to_numpy(int)] + rng.normal(
                 0, 1, (len(df), K))
             joint = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-            p = joint.reshape(len(df), 2, N_AGE)
-            rows.append(pd.DataFrame({
-                "impression_id": df["impression_id"].to_numpy(), "split": split,
-                "region": df["region"].to_numpy(), "scored_by_region": region,
-                "p_gender": list(p.sum(axis=2).astype(np.float32)),
-                "p_age": list(p.sum(axis=1).astype(np.float32)),
-                "p_age_gender": list(joint.astype(np.float32))}))
+            rows.append(prediction_rows(df, split, region, joint))
         path = root / f"{model}_{region}.parquet"
         pq.write_table(pa.Table.from_pandas(pd.concat(rows, ignore_index=True),
                                             preserve_index=False), path)

@@ -242,15 +242,16 @@ def test_the_driver_writes_to_s3(tmp_path, s3_env, moto_s3):  # noqa: F811
 
 # ---------------------------------------------------------------- the tiny world
 
-@pytest.fixture(scope="module")
-def tiny_splits(spark, tmp_path_factory):
-    """The tiny world's splits as join_hours writes them with Spark and on the driver."""
+def join_tiny_both_engines(spark, tmp: str, overrides: dict | None = None
+                           ) -> tuple[list[dict], dict, str, list]:
+    """The tiny world's hourly ETL (once), then join_hours with Spark (``spark``: this test
+    session) and on the driver: (hourly manifests, {engine: split manifest}, source folder,
+    the Spark sessions started)."""
     from pythia import etl, models, providers, source
     from pythia.config import RunParams
     from pythia.paths import RunPaths
 
-    tmp = str(tmp_path_factory.mktemp("tiny"))
-    params = RunParams.build({"source": "synthetic://tiny", "data_root": tmp},
+    params = RunParams.build({"source": "synthetic://tiny", "data_root": tmp, **(overrides or {})},
                              model_names=models.MODEL_NAMES).compiled()
     mp = pytest.MonkeyPatch()
     started: list = []
@@ -271,6 +272,14 @@ def tiny_splits(spark, tmp_path_factory):
                 out[engine] = etl.join_hours(hours, params, RunPaths(tmp, "Tiny", engine))[0]
     finally:
         mp.undo()
+    return hours, out, src, started
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(spark, tmp_path_factory):
+    """The tiny world's splits as join_hours writes them with Spark and on the driver."""
+    tmp = str(tmp_path_factory.mktemp("tiny"))
+    _, out, _, started = join_tiny_both_engines(spark, tmp)
     assert started == ["pythia-splits"]
     return tmp, out
 
