@@ -118,9 +118,9 @@ def core_limits(requested: float | int | None = None, parallel: bool = False
         if not value > 0:
             raise ValueError(f"${TASK_CORES_ENV}={raw!r}: expected a positive number of cores")
         limits[f"${TASK_CORES_ENV}"] = value
-    share = share_cores() if parallel else None
-    if share is not None:
-        limits[f"share of {os.environ[WORKERS_ENV]} workers"] = share
+    n = sharing_workers() if parallel else None
+    if n is not None:
+        limits[f"share of {n} workers"] = machine_cores() / n
     return limits
 
 
@@ -138,15 +138,14 @@ def machine_cores() -> float:
     return min(v for k, v in limits.items() if k in ("affinity", "cgroup"))
 
 
-def share_cores() -> float | None:
-    """The cores of this machine per concurrently running local task (``$PYTHIA_LOCAL_WORKERS``
-    set by ``install_runtime``); None outside a local run or with one worker."""
-    raw = os.environ.get(WORKERS_ENV, "").strip()
+def sharing_workers() -> int | None:
+    """How many local tasks share this machine (``$PYTHIA_LOCAL_WORKERS``, set by
+    ``workers.install_runtime``); None outside a local run or with one worker."""
     try:
-        workers = int(raw)
+        n = int(os.environ.get(WORKERS_ENV, "").strip())
     except ValueError:
         return None
-    return machine_cores() / workers if workers > 1 else None
+    return n if n > 1 else None
 
 
 def memory_share() -> float:
@@ -354,11 +353,11 @@ def configure_task(requested: float | int | None = None, parallel: bool = False
     """``configure(task_cores(requested))`` for a step whose ``@resources`` asks for
     ``requested`` cpus (None: no request). ``parallel``: a foreach step, whose tasks a local
     run executes several at once, so it also gets only its share of the machine's cores and
-    memory (``share_cores``, ``memory_share``); a step that runs alone gets all of them."""
+    memory (1 / ``sharing_workers``: ``memory_share``); a step that runs alone gets all of them."""
     global _memory_share
     limits = core_limits(requested, parallel=parallel)
-    share = share_cores() if parallel else None
-    _memory_share = 1.0 if share is None else min(1.0, share / machine_cores())
+    n = sharing_workers() if parallel else None
+    _memory_share = 1.0 if n is None else 1.0 / n
     return configure(max(1, math.floor(min(limits.values()))), limits)
 
 
