@@ -55,7 +55,7 @@ def family(regions, model="class_prior"):
 def test_families_group_the_grid_global_first(fake_tfrecords, capsys):
     from pythia.models import REFERENCE_MODEL, train_families
 
-    fams = train_families(["gbdt", "mlp"], None, fake_tfrecords, search=0, seed=0)
+    fams = train_families(["mlp", "gbdt"], None, fake_tfrecords, search=0, seed=0)
     assert [(f["model"], f["config_id"], f["regions"]) for f in fams] == [
         ("gbdt", 0, ["global", "EU", "NA"]), ("mlp", 0, ["global", "EU", "NA"]),
         (REFERENCE_MODEL, 0, ["global", "EU", "NA"])]  # the class prior is still added
@@ -71,6 +71,21 @@ def test_families_group_the_grid_global_first(fake_tfrecords, capsys):
         ["EU"], ["EU"]]
     with pytest.raises(ValueError, match=r"requested region\(s\) \['LATAM'\]"):
         train_families(["gbdt"], ["global", "LATAM"], fake_tfrecords, search=0, seed=0)
+
+
+def test_families_start_with_the_costliest_model_whatever_order_the_run_asks(fake_tfrecords):
+    from pythia.models import MODEL_NAMES, TYPICAL_TASK_SECONDS, train_families
+
+    # every registered model has a measured cost, so none silently sorts last
+    assert set(TYPICAL_TASK_SECONDS) == set(MODEL_NAMES)
+    by_cost = sorted(MODEL_NAMES, key=lambda m: -TYPICAL_TASK_SECONDS[m])
+    for asked in (list(MODEL_NAMES), list(reversed(MODEL_NAMES))):
+        fams = train_families(asked, ["global"], fake_tfrecords, search=0, seed=0)
+        assert [f["model"] for f in fams] == by_cost
+    # configs of one model stay together, in config order, after costlier models
+    searched = train_families(["logreg", "gbdt"], ["global"], fake_tfrecords, search=1, seed=0)
+    assert [(f["model"], f["config_id"]) for f in searched] == [
+        ("gbdt", 0), ("gbdt", 1), ("logreg", 0), ("logreg", 1), ("class_prior", 0)]
 
 
 def test_families_drop_a_region_with_the_global_rows(capsys):
