@@ -140,7 +140,7 @@ def _cand(model, cregion, ll, region="EU", **kw):
                 val_logloss=ll, **kw)
 
 
-BASE = ("gbdt",)  # the registry's baseline, as the caller passes it
+BASE = ("gbdt",)  # a baseline name, as the caller passes it (any name works)
 PRIOR = "class_prior"  # the constant-prior baseline (the registry's REFERENCE_MODEL)
 ALL_BASE = ("gbdt", "logreg", PRIOR)
 

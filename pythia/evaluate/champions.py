@@ -6,7 +6,7 @@ run's, else the best global baseline).
 The baseline rule (issue 13: a model that does not beat the trivial baselines is a failure to
 report loudly, not a champion): a region is blessed only when its best candidate is NOT a
 baseline, i.e. it beats every baseline that scored the region (the constant class prior, which
-every run trains, logistic regression, gbdt) on the natural-weighted validation log-loss; ties
+every run trains, and logistic regression; gbdt is a contender) on the natural-weighted validation log-loss; ties
 go to the baseline. Otherwise the row carries a ``warning`` with the numbers (card, end step,
 `pythia report`) and the bundle exports nothing new for the region. The noise rule (issue 15,
 ``margins``): the best model must also beat each baseline model's best candidate by more than
