@@ -73,7 +73,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
                          "the previous champion; `reason` says why or why not."))
     columns = ["region", "champion", "blessed", "val_logloss", "baseline_val_logloss",
                "prior_val_logloss", "margin_vs", "margin_diff", "margin_se", "margin_z", "z_min",
-               "previous_logloss", "current_logloss_on_same_rows", "reason"]
+               "previous_logloss", "current_logloss_on_same_rows", "reason", "guard"]
     card.append(Table.from_dataframe(_fmt(champions.reindex(columns=columns)), truncate=False))
 
     card.append(Markdown(

@@ -54,6 +54,13 @@ def posterior_probs(world: Any, frame: SplitFrame, n_age: int, label_dates: bool
     return out
 
 
+def population_of(world: Any) -> Any:
+    """The population form of a world (its generative tables without the drawn users and
+    labels: ``World.population``), or None when the world has none (real data, test fakes)."""
+    make = getattr(world, "population", None)
+    return make() if callable(make) else None
+
+
 def posterior_probs_by_split(world: Any, data: EvalData
                              ) -> tuple[dict[str, Posteriors], str | None]:
     """Exact posteriors of every test split ({} without a world), and a note when the world
@@ -85,9 +92,13 @@ def score_posterior(data: EvalData, bayes: dict[str, Posteriors]) -> list[pd.Dat
 
 def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
     """Model vs exact-posterior log-loss and macro F1, on the rows each model was scored on
-    (None without a world)."""
+    (None without a world): ``ratio`` against the realised posterior (the world's drawn
+    users and labels; no model beats it on average) and, when the world has a population
+    form, ``ratio_population`` against the population posterior (the generative tables
+    only) on the same rows."""
     names = {"log_loss": "logloss", "macro_f1": "macro_f1", "bayes_log_loss": "bayes_logloss",
-             "bayes_macro_f1": "bayes_macro_f1"}
+             "bayes_macro_f1": "bayes_macro_f1", "population_log_loss": "population_logloss",
+             "population_macro_f1": "population_macro_f1"}
     if not (metrics["metric"] == "bayes_log_loss").any():
         return None
     keys = ["model", "region", "config_id", "eval_region", "target", "test_set", "label_source"]
@@ -95,6 +106,11 @@ def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
                   & metrics["test_set"].isin(TEST_SETS) & (metrics["model"] != BAYES_MODEL)]
     out = unstack_observed(sel.assign(metric=sel["metric"].map(names)), keys, "metric", "value")
     out = out.dropna(subset=["bayes_logloss"])
+    for c in ("population_logloss", "population_macro_f1"):
+        if c not in out.columns:
+            out[c] = np.nan
     out["ratio"] = out["logloss"] / out["bayes_logloss"]
-    cols = keys + ["logloss", "bayes_logloss", "ratio", "macro_f1", "bayes_macro_f1"]
+    out["ratio_population"] = out["logloss"] / out["population_logloss"]
+    cols = keys + ["logloss", "bayes_logloss", "ratio", "population_logloss",
+                   "ratio_population", "macro_f1", "bayes_macro_f1", "population_macro_f1"]
     return out[cols].sort_values(keys).reset_index(drop=True)
