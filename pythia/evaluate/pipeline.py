@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, choose_champions)
 from pythia.evaluate.figures import draw_figures
-from pythia.evaluate.gauge import build_gauge
+from pythia.evaluate.gauge import build_gauge, gauge_by_slice
 from pythia.evaluate.guard import slice_margin_lookup
 from pythia.evaluate.io import read_world, write_reports
 from pythia.evaluate.margins import DEFAULT_Z_MIN, margin_lookup, regional_margins
@@ -45,7 +45,8 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
             power users or other users by more than that many (``guard``).
 
     Returns:
-        {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_note',
+        {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_slices'
+        (``gauge.gauge_by_slice``; None without a world), 'gauge_note',
         'champions', 'headline', 'regional_vs_global' (each regional candidate against its
         family's global one on the region's rows), 'figures' ({name: png}), 'report_files',
         'previous_run', 'baseline_models'}.
@@ -71,8 +72,10 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
     # draw: from the sums (confusion counts, reliability bins), never from rows
     figures = draw_figures(champions, metrics, distributions, scored.sums) if make_figures else {}
     # write
+    # each region's chosen candidate against both posteriors on the three natural slices
+    gauge_slices = None if gauge is None else gauge_by_slice(gauge, champions)
     results = {"metrics": metrics, "distributions": distributions, "gauge": gauge,
-               "gauge_note": scored.gauge_note, "champions": champions, "headline": headline,
+               "gauge_slices": gauge_slices, "gauge_note": scored.gauge_note, "champions": champions, "headline": headline,
                "regional_vs_global": regional_vs_global, "figures": figures,
                "previous_run": previous_run,
                "baseline_models": tuple(baseline_models)}
