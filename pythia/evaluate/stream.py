@@ -11,7 +11,9 @@ Three passes over scratch files on local disk (removed at the end):
      validation day also per user group (``margins``: the champion rule's paired SEs).
 The metric and distribution tables are then built from the statistics alone (``tables_of``),
 in the rows and order of the in-memory path (``slices.score_candidate``, kept as the
-reference: the two agree to 1e-9).
+reference: the two agree to 1e-9). The population posterior's figures
+(``population_log_loss`` / ``population_macro_f1``, when the world has a population form)
+are streaming only; the in-memory path gives them with that form as its only posterior.
 """
 from __future__ import annotations
 
