@@ -132,6 +132,11 @@ def test_guard_excludes_a_regional_candidate_that_falls_apart_on_validation_powe
     other = margin(("mlp", "LATAM", 0), ("mlp", "global", 0), "LATAM", OTHER_PART)
     assert power.z > 2 and other.z < -2 and power.n_groups >= 20
     assert f"{power.diff:+.4f}" in guard
+    # the card's regional-vs-global table shows the guard's figures for every family
+    rvg = out["regional_vs_global"].set_index(["region", "model"])
+    assert rvg.loc[("LATAM", "mlp"), "val_z_power_users"] == pytest.approx(power.z)
+    assert rvg.loc[("LATAM", "mlp"), "val_z_other_users"] == pytest.approx(other.z)
+    assert rvg.loc[("EU", "mlp"), "val_z_power_users"] < 2
 
 
 def test_the_parts_partition_the_validation_rows_and_match_pandas(tmp_path):

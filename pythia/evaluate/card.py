@@ -126,7 +126,9 @@ def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
         "`gain_logloss_age_gender` = global - regional test log-loss: positive when the "
         "regional candidate does better. `val_diff` = regional - global validation log-loss "
         "(natural-weighted, paired on the same rows), `val_se` its standard error clustered by "
-        "user and `val_z` = val_diff / val_se: |z| below 2 is noise."))
+        "user and `val_z` = val_diff / val_se: |z| below 2 is noise. `val_diff_*` / `val_z_*`: "
+        "the same on the region's power users and on its other users — the per-slice guard "
+        "excludes a regional candidate whose z there is above `z_min`."))
     card.append(Table.from_dataframe(_fmt(table), truncate=False))
 
 

@@ -83,3 +83,18 @@ def guard_regional(scores: pd.DataFrame, margin: SliceMarginLookup, z_min: float
         out.loc[i, "ineligible_reason"] = f"per-slice guard: {text}"
         notes.setdefault(region, []).append(text)
     return out, {r: "per-slice guard excluded " + "; ".join(t) for r, t in notes.items()}
+
+
+def slice_margin_columns(groups: Mapping[tuple, GroupSums], table: pd.DataFrame
+                         ) -> pd.DataFrame:
+    """``table`` (regional vs global: region, model, config_id) with the guard's figures:
+    per part, the regional - global validation difference and its z (``val_z_power_users``,
+    ``val_z_other_users``; positive: the regional candidate is worse there)."""
+    margin = slice_margin_lookup(groups)
+    out = table.copy()
+    for part in GUARD_PARTS:
+        found = [margin((m, r, int(c)), (m, GLOBAL_REGION, int(c)), r, part)
+                 for r, m, c in zip(table["region"], table["model"], table["config_id"])]
+        out[f"val_diff_{part}"] = [x.diff if x else math.nan for x in found]
+        out[f"val_z_{part}"] = [x.z if x else math.nan for x in found]
+    return out

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, choose_champions)
 from pythia.evaluate.figures import draw_figures
 from pythia.evaluate.gauge import build_gauge, gauge_by_slice
-from pythia.evaluate.guard import slice_margin_lookup
+from pythia.evaluate.guard import slice_margin_columns, slice_margin_lookup
 from pythia.evaluate.io import read_world, write_reports
 from pythia.evaluate.margins import DEFAULT_Z_MIN, margin_lookup, regional_margins
 from pythia.evaluate.previous import PreviousComparison
@@ -67,8 +67,8 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
                                   tolerance, margin_lookup(scored.sums.groups), z_min,
                                   slice_margin_lookup(scored.sums.groups))
     headline = build_headline(metrics, champions, gauge)
-    regional_vs_global = regional_margins(scored.sums.groups,
-                                          build_regional_vs_global(headline, candidates))
+    regional_vs_global = slice_margin_columns(scored.sums.groups, regional_margins(
+        scored.sums.groups, build_regional_vs_global(headline, candidates)))
     # draw: from the sums (confusion counts, reliability bins), never from rows
     figures = draw_figures(champions, metrics, distributions, scored.sums) if make_figures else {}
     # write
