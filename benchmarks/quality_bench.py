@@ -1,16 +1,22 @@
-"""Quality benchmark: each model's log-loss and macro-F1 on the natural test day, next to the
-exact Bayes posterior on the same rows (ratio) and the gradient-boosting baseline.
+"""Quality benchmark: each model's log-loss and macro-F1 on the natural test day and on its
+non-power-user and power-user slices, next to both Bayes posteriors on the same rows — the
+realised one (the world's drawn users and labels: the headline bar, ``ratio``) and the
+population one (the generative tables only: ``ratio_pop``) — and the logreg baseline.
 
 Two ways to get data:
-  * ``--manifest RUN/tfrecords/manifest.json`` — a run's TFRecords (labels as the run used them).
+  * ``--manifest RUN/tfrecords/manifest.json`` — a run's TFRecords (its PROVIDER labels).
     Bayes figures need ``--world ROOT`` (a pythia.synth world) and ``--split-parquet`` (the run's
-    ``split=test_natural`` Parquet: raw columns for the posterior), joined on impression_id.
+    ``split=test_natural`` Parquet: raw columns, label provider and power-user flag for the
+    posterior and the slices), joined on impression_id; the posteriors are those of the
+    provider's label.
   * ``--preset tiny|default`` (default) — generate a synthetic world and build natural (not
     resampled) splits straight from it with pandas, labelled with the TRUE demographics, so the
-    Bayes posterior is the exact optimum for the same target. No Spark needed.
+    posteriors are those of the true class. The power-user flag is the ETL's rule: a user-day
+    with more impressions than the 0.99 quantile of user-day totals. No Spark needed.
 
-Prints one row per (model, target): logloss, bayes_logloss, ratio, ratio to the baseline,
-macro_f1, bayes_f1, fit seconds. Not a test: it never fails on the numbers.
+Prints one row per (slice, model, target): logloss, bayes (realised), ratio, bayes_pop,
+ratio_pop, ratio to the baseline, macro_f1, bayes_f1, fit seconds. Not a test: it never
+fails on the numbers.
 
     python benchmarks/quality_bench.py --preset tiny
     python benchmarks/quality_bench.py --manifest .pythia/data/DemoFlow/12/tfrecords/manifest.json
@@ -34,13 +40,27 @@ from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, IMPRESSION_ID, T
 from pythia.models import MODELS
 from pythia.models.priors import priors_from_labels
 
-BASELINE = "gbdt"
+BASELINE = "logreg"  # the trivial baselines are the class prior and logreg (gbdt contends)
+SLICES = ("natural", "natural_no_power_users", "natural_power_users")
+POWER_QUANTILE = 0.99  # the ETL's default power_user_quantile
+
+
+def _gauges(world, rows: pd.DataFrame, order: list[int], providers=None) -> dict[str, np.ndarray]:
+    """{'realised', 'population'}: (n, K) joint posteriors of the label on ``rows``, columns
+    in the run's AgeGender order; of the provider's label when ``providers`` is given, else
+    of the true class."""
+    out = {}
+    for name, w in (("realised", world), ("population", world.population())):
+        joint = (w.posterior(rows) if providers is None
+                 else w.label_posterior(rows, providers))
+        out[name] = joint[:, order]
+    return out
 
 
 def world_splits(preset: str, seed: int, cache: str, max_rows: int
-                 ) -> tuple[dict, Encoders, pd.DataFrame, np.ndarray]:
-    """Natural train/validation/test splits of a synthetic world, truth-labelled, plus its
-    exact posterior on the test rows."""
+                 ) -> tuple[dict, Encoders, np.ndarray, dict[str, np.ndarray]]:
+    """Natural train/validation/test splits of a synthetic world, truth-labelled, plus the
+    test rows' power-user flags and both posteriors on them."""
     import pyarrow.dataset as ds
 
     from pythia.synth import generate_world, is_complete, load_world
@@ -64,6 +84,10 @@ def world_splits(preset: str, seed: int, cache: str, max_rows: int
     # the bidder's counter, over every impression of the world (before any row sampling)
     from pythia.synth.activity import user_impressions_today
     imp[features.USER_IMPRESSIONS_TODAY] = user_impressions_today(imp)
+    day_total = imp.groupby([USER_ID, DATE])[IMPRESSION_ID].transform("size")
+    totals = imp.groupby([USER_ID, DATE]).size().to_numpy()
+    imp[features.IS_POWER_USER] = day_total > np.quantile(totals, POWER_QUANTILE,
+                                                          method="inverted_cdf")
     ages = list(features.age_bucket_labels())
     imp[Y_GENDER] = imp[GENDER].map({g: i for i, g in enumerate(features.GENDER_CLASSES)})
     imp[Y_AGE] = imp[AGE_BUCKET].map({a: i for i, a in enumerate(ages)})
@@ -96,31 +120,34 @@ def world_splits(preset: str, seed: int, cache: str, max_rows: int
             arrays[c] = df[c].to_numpy(dtype=np.int64)
         arrays[IMPRESSION_ID] = df[IMPRESSION_ID].to_numpy(dtype=object)
         out[k] = arrays
-    posterior = world.posterior(parts[TEST_NATURAL])
     order = [world.class_labels.index(c) for c in features.age_gender_labels()]
-    return out, enc, parts[TEST_NATURAL], posterior[:, order]
+    test = parts[TEST_NATURAL]
+    return (out, enc, test[features.IS_POWER_USER].to_numpy(bool),
+            _gauges(world, test, order))
 
 
 def manifest_splits(path: str, world_root: str | None, split_parquet: str | None
-                    ) -> tuple[dict, Encoders, np.ndarray | None]:
+                    ) -> tuple[dict, Encoders, np.ndarray | None, dict[str, np.ndarray]]:
+    """A run's splits (provider labels), and with a world and the test Parquet the test
+    rows' power-user flags and both posteriors of the provider's label on them."""
     from pythia import storage, tfrecords
 
     manifest = storage.read_json(path)
     enc = tfrecords.load_encoders(manifest)
     out = {s: tfrecords.load_numpy(manifest, s) for s in (TRAIN, VALIDATION, TEST_NATURAL)}
-    posterior = None
-    if world_root and split_parquet:
-        import pyarrow.dataset as ds
+    if not (world_root and split_parquet):
+        return out, enc, None, {}
+    import pyarrow.dataset as ds
 
-        from pythia.synth import load_world
+    from pythia.synth import load_world
 
-        world = load_world(world_root)
-        raw = ds.dataset(split_parquet, format="parquet").to_table().to_pandas()
-        raw = raw.set_index(IMPRESSION_ID).loc[out[TEST_NATURAL][IMPRESSION_ID]]
-        post = world.posterior(raw.reset_index())
-        order = [world.class_labels.index(c) for c in features.age_gender_labels(enc.age_edges)]
-        posterior = post[:, order]
-    return out, enc, posterior
+    world = load_world(world_root)
+    raw = ds.dataset(split_parquet, format="parquet").to_table().to_pandas()
+    raw = raw.set_index(IMPRESSION_ID).loc[out[TEST_NATURAL][IMPRESSION_ID]].reset_index()
+    order = [world.class_labels.index(c) for c in features.age_gender_labels(enc.age_edges)]
+    power = raw[features.IS_POWER_USER].fillna(False).to_numpy(bool)
+    return out, enc, power, _gauges(world, raw, order,
+                                    raw[features.LABEL_PROVIDER].to_numpy(dtype=object))
 
 
 def score(p: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
@@ -143,16 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=os.path.join(".pythia", "worlds"))
     ap.add_argument("--max-rows", type=int, default=200_000, help="per split (world mode)")
-    ap.add_argument("--models", default="gbdt,tabnet,mlp")
+    ap.add_argument("--models", default="logreg,gbdt,tabnet,mlp")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--age-head", default="ordinal")
     args = ap.parse_args(argv)
 
     if args.manifest:
-        data, enc, posterior = manifest_splits(args.manifest, args.world, args.split_parquet)
-        source = args.manifest
+        data, enc, power, gauges = manifest_splits(args.manifest, args.world, args.split_parquet)
+        source = f"{args.manifest} (provider labels)"
     else:
-        data, enc, _, posterior = world_splits(args.preset, args.seed, args.cache, args.max_rows)
+        data, enc, power, gauges = world_splits(args.preset, args.seed, args.cache,
+                                                args.max_rows)
         source = f"synthetic {args.preset} seed {args.seed} (truth labels, natural splits)"
     n_age = len(enc.age_edges)
     n_classes = {t: len(features.class_labels(t, enc.age_edges)) for t in features.TARGETS}
@@ -163,35 +191,46 @@ def main(argv: list[str] | None = None) -> int:
     priors = {"train": train_prior, "natural": train_prior}  # the models' prior keys
     cfg = TrainConfig(max_epochs=args.epochs, batch_size=1024, patience=2, seed=args.seed,
                       age_head=args.age_head)
+    n_test = len(yte["age_gender"])
     print(f"data: {source}; rows train {len(ytr['age_gender'])}, validation "
-          f"{len(data[VALIDATION][Y_AGE_GENDER])}, test {len(yte['age_gender'])}")
+          f"{len(data[VALIDATION][Y_AGE_GENDER])}, test {n_test}"
+          + (f" ({int(power.sum())} of power users)" if power is not None else ""))
 
-    results: dict[str, dict] = {}
-    prior_p = {t: np.tile(train_prior[t], (len(yte[t]), 1)) for t in features.TARGETS}
-    results["prior"] = {"scores": score(prior_p, yte), "seconds": 0.0}
-    if posterior is not None:
-        results["bayes"] = {"scores": score(features.marginals_from_joint(posterior, n_age),
-                                            yte), "seconds": 0.0}
+    probs: dict[str, dict[str, np.ndarray]] = {
+        "prior": {t: np.tile(train_prior[t], (n_test, 1)) for t in features.TARGETS}}
+    seconds: dict[str, float] = {"prior": 0.0}
+    for name, joint in gauges.items():  # realised, population
+        probs[f"bayes_{name[:3]}"] = features.marginals_from_joint(joint, n_age)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         model = MODELS[name](enc, {}, cfg)
         t0 = time.perf_counter()
-        summary = model.fit(data[TRAIN], data[VALIDATION], priors)
-        seconds = time.perf_counter() - t0
-        results[name] = {"scores": score(model.predict_proba(data[TEST_NATURAL]), yte),
-                         "seconds": seconds, "epochs": summary["epochs"]}
+        model.fit(data[TRAIN], data[VALIDATION], priors)
+        seconds[name] = time.perf_counter() - t0
+        probs[name] = model.predict_proba(data[TEST_NATURAL])
 
-    head = (f"{'model':>8} {'target':>10} {'logloss':>8} {'bayes':>8} {'ratio':>6} "
-            f"{'vs_gbdt':>7} {'macroF1':>8} {'bayesF1':>8} {'fit_s':>7}")
-    print(head)
-    for name, r in results.items():
-        for t in features.TARGETS:
-            ll, f1 = r["scores"][t]
-            b = results.get("bayes", {}).get("scores", {}).get(t)
-            base = results.get(BASELINE, {}).get("scores", {}).get(t)
-            print(f"{name:>8} {t:>10} {ll:8.4f} "
-                  f"{(b[0] if b else float('nan')):8.4f} {(ll / b[0] if b else float('nan')):6.3f} "
-                  f"{(ll / base[0] if base else float('nan')):7.3f} {f1:8.4f} "
-                  f"{(b[1] if b else float('nan')):8.4f} {r['seconds']:7.1f}")
+    masks = {"natural": np.ones(n_test, dtype=bool)}
+    if power is not None:
+        masks.update(natural_no_power_users=~power, natural_power_users=power)
+    print(f"{'slice':>22} {'model':>8} {'target':>10} {'logloss':>8} {'bayes':>8} {'ratio':>6} "
+          f"{'bayes_pop':>9} {'ratio_pop':>9} {'vs_' + BASELINE:>9} {'macroF1':>8} "
+          f"{'bayesF1':>8} {'fit_s':>7}")
+    nan = float("nan")
+    for slice_name, mask in masks.items():
+        if not mask.any():
+            continue
+        y = {t: v[mask] for t, v in yte.items()}
+        scores = {name: score({t: p[t][mask] for t in features.TARGETS}, y)
+                  for name, p in probs.items()}
+        for name, sc in scores.items():
+            for t in features.TARGETS:
+                ll, f1 = sc[t]
+                real = scores.get("bayes_rea", {}).get(t, (nan, nan))
+                pop = scores.get("bayes_pop", {}).get(t, (nan, nan))
+                base = scores.get(BASELINE, {}).get(t, (nan, nan))
+                print(f"{slice_name:>22} {name:>8} {t:>10} {ll:8.4f} {real[0]:8.4f} "
+                      f"{ll / real[0]:6.3f} {pop[0]:9.4f} {ll / pop[0]:9.3f} "
+                      f"{ll / base[0]:9.3f} {f1:8.4f} {real[1]:8.4f} "
+                      f"{seconds.get(name, 0.0):7.1f}")
     return 0
 
 

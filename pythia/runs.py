@@ -233,6 +233,8 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
                   file=out)
         print("\nHeadline (natural test day, provider labels)", file=out)
         print(pd.DataFrame(headline).to_string(index=False), file=out)
+        from pythia.evaluate.gauge import print_gauge_slices
+        print_gauge_slices(_artifact(run, "gauge"), champions, out)
     return 0
 
 

@@ -140,7 +140,7 @@ def _cand(model, cregion, ll, region="EU", **kw):
                 val_logloss=ll, **kw)
 
 
-BASE = ("gbdt",)  # the registry's baseline, as the caller passes it
+BASE = ("gbdt",)  # a baseline name, as the caller passes it (any name works)
 PRIOR = "class_prior"  # the constant-prior baseline (the registry's REFERENCE_MODEL)
 ALL_BASE = ("gbdt", "logreg", PRIOR)
 
@@ -644,8 +644,9 @@ def test_render_card_shows_every_figure_and_table(tiny_run):
     assert len(images) == len(results["figures"])
     assert all(c._error_comp is None for c in images)  # PNG bytes parsed
     tables = [c for c in card.components if isinstance(c, Table)]
-    # champions, headline, regional vs global, gauge, reconciliation, provider choice
-    assert len(tables) == 6
+    # champions, headline, regional vs global, gauge per slice, gauge, reconciliation,
+    # provider choice
+    assert len(tables) == 7
     text = " ".join(c._text for c in card.components if isinstance(c, Markdown))
     assert "Data reconciliation" in text and "Region `EU`" in text
     assert "Regional vs global" in text

@@ -145,15 +145,14 @@ def test_conditional_weights_summed_over_n_are_the_marginal(tiny, rows):
     grid = sample.loc[np.repeat(sample.index, n_max + 1)].reset_index(drop=True)
     grid[N_TODAY] = np.tile(np.arange(n_max + 1), len(sample))
     population = World(tiny, world.params, expected_weights(world.params))
-    for w_, providers in ((world, None), (world, np.full(len(grid), "lucid", dtype=object)),
-                          (population, None)):
+    lucid = np.full(len(grid), "lucid", dtype=object)
+    for w_, providers in ((world, None), (world, lucid), (population, None),
+                          (population, lucid)):  # the population form has providers too
         w, shift = w_.unnormalized_posterior(grid, providers)
         total = (w * np.exp(shift)[:, None]).reshape(len(sample), n_max + 1, -1).sum(axis=1)
         base = w_.unnormalized_posterior(
             sample, None if providers is None else providers[:len(sample)])[0]
         np.testing.assert_allclose(total, base, rtol=1e-9, atol=0)
-    with pytest.raises(ValueError, match="population"):
-        population.posterior(sample, providers=np.full(len(sample), "lucid", dtype=object))
 
 
 def _local_day_exposure(world, df: pd.DataFrame) -> np.ndarray:

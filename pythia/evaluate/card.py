@@ -73,7 +73,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
                          "the previous champion; `reason` says why or why not."))
     columns = ["region", "champion", "blessed", "val_logloss", "baseline_val_logloss",
                "prior_val_logloss", "margin_vs", "margin_diff", "margin_se", "margin_z", "z_min",
-               "previous_logloss", "current_logloss_on_same_rows", "reason"]
+               "previous_logloss", "current_logloss_on_same_rows", "reason", "guard"]
     card.append(Table.from_dataframe(_fmt(champions.reindex(columns=columns)), truncate=False))
 
     card.append(Markdown(
@@ -86,11 +86,15 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
 
     gauge = results.get("gauge")
     if gauge is not None and len(gauge):
+        _append_gauge_slices(card, results.get("gauge_slices"))
         g = gauge[(gauge["test_set"] == "natural") & (gauge["eval_region"] == GLOBAL_REGION)]
         card.append(Markdown(
             "## Bayes gauge (synthetic data)\n\nAll rows, natural test day. Against `truth` the "
             "exact posterior is P(true AgeGender | features); against `provider` labels it is "
-            "P(provider's label | features, provider, date) — the noise of the labels included."))
+            "P(provider's label | features, provider) — the noise of the labels included. "
+            "`ratio` is against the realised posterior (the headline bar), `ratio_population` "
+            "against the population one, `gap_closed` = (population - model) / (population - "
+            "realised)."))
         card.append(Table.from_dataframe(_fmt(g), truncate=False))
     elif results.get("gauge_note"):
         card.append(Markdown(f"_{results['gauge_note']}_"))
@@ -122,8 +126,28 @@ def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
         "`gain_logloss_age_gender` = global - regional test log-loss: positive when the "
         "regional candidate does better. `val_diff` = regional - global validation log-loss "
         "(natural-weighted, paired on the same rows), `val_se` its standard error clustered by "
-        "user and `val_z` = val_diff / val_se: |z| below 2 is noise."))
+        "user and `val_z` = val_diff / val_se: |z| below 2 is noise. `val_diff_*` / `val_z_*`: "
+        "the same on the region's power users and on its other users — the per-slice guard "
+        "excludes a regional candidate whose z there is above `z_min`."))
     card.append(Table.from_dataframe(_fmt(table), truncate=False))
+
+
+def _append_gauge_slices(card: Any, table: pd.DataFrame | None) -> None:
+    """Each region's chosen candidate against both posteriors on the three natural slices."""
+    from metaflow.cards import Markdown, Table
+
+    if table is None or not len(table):
+        return
+    card.append(Markdown(
+        "## Bayes gauge per slice (synthetic data)\n\nPer region, its champion (else its best "
+        "candidate) on the natural test day, its non-power users and its power users, on the "
+        "same rows for model and posteriors. `ratio_*` = model / **realised** posterior (the "
+        "world's drawn users and labels): the headline bar, the only one no model beats on "
+        "average. `ratio_population_*` = model / **population** posterior (the generative "
+        "tables only): a model learns that plus what the training days' labels reveal about "
+        "the drawn users, so on power users (few per group, which the realised posterior "
+        "nearly identifies) it lands between the two, below 1 here."))
+    card.append(Table.from_dataframe(_fmt(table, 3), truncate=False))
 
 
 def baseline_warnings(champions: pd.DataFrame) -> list[str]:

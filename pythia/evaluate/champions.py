@@ -6,7 +6,7 @@ run's, else the best global baseline).
 The baseline rule (issue 13: a model that does not beat the trivial baselines is a failure to
 report loudly, not a champion): a region is blessed only when its best candidate is NOT a
 baseline, i.e. it beats every baseline that scored the region (the constant class prior, which
-every run trains, logistic regression, gbdt) on the natural-weighted validation log-loss; ties
+every run trains, and logistic regression; gbdt is a contender) on the natural-weighted validation log-loss; ties
 go to the baseline. Otherwise the row carries a ``warning`` with the numbers (card, end step,
 `pythia report`) and the bundle exports nothing new for the region. The noise rule (issue 15,
 ``margins``): the best model must also beat each baseline model's best candidate by more than
@@ -25,6 +25,7 @@ import pandas as pd
 
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.frames import JOINT_TARGET, PROVIDER
+from pythia.evaluate.guard import SliceMarginLookup, guard_regional
 from pythia.evaluate.margins import DEFAULT_Z_MIN, MARGIN_COLUMNS, MarginLookup, noise_test
 from pythia.evaluate.previous import compare_with_previous  # noqa: F401 (its reference)
 from pythia.evaluate.slices import NATURAL, candidate_label, check_candidates, eval_regions_of
@@ -36,7 +37,7 @@ CHAMPION_COLUMNS = [
     "region", "champion", "model", "candidate_region", "config_id", "model_dir", "val_logloss",
     "baseline_val_logloss", "prior_val_logloss", "baselines", "beats_baselines", *MARGIN_COLUMNS,
     "previous_logloss", "current_logloss_on_same_rows", "n_same_rows", "blessed", "reason",
-    "warning",
+    "warning", "guard",
 ]
 SCORE_COLUMNS = ["eval_region", "model", "candidate_region", "config_id", "model_dir",
                  "val_logloss", "eligible", "ineligible_reason"]
@@ -74,8 +75,8 @@ def _is_finite(x: object) -> bool:
 def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, Any]],
                      present: Sequence[str], previous_check: PreviousCheck | None,
                      baseline_models: Sequence[str], tolerance: float = DEFAULT_TOLERANCE, *,
-                     margins: MarginLookup | None = None, z_min: float = DEFAULT_Z_MIN
-                     ) -> pd.DataFrame:
+                     margins: MarginLookup | None = None, z_min: float = DEFAULT_Z_MIN,
+                     slice_margins: SliceMarginLookup | None = None) -> pd.DataFrame:
     """Score the candidates from the metrics table and pick one champion per eval region.
 
     Args:
@@ -89,13 +90,24 @@ def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, An
         tolerance: relative test log-loss regression against the previous champion allowed.
         margins: paired validation margins (``margins.margin_lookup`` of the streamed sums).
         z_min: the noise rule's threshold in standard errors (0: point estimates only).
+        slice_margins: the per-slice validation margins (``guard.slice_margin_lookup``): a
+            regional candidate losing to its global one on the power users or the other users
+            by more than ``z_min`` SEs is not chosen (``guard``); None: no guard.
     """
     scores = champion_scores(metrics, check_candidates(candidates), candidates, present)
+    guarded: dict[str, str] = {}
+    if slice_margins is not None:
+        scores, guarded = guard_regional(scores, slice_margins, z_min, baseline_models)
     champions = select_champions(scores, [GLOBAL_REGION] + list(present), previous_check,
                                  tolerance, baseline_models=baseline_models,
                                  reference_models=reference_models_of(candidates),
                                  margins=margins, z_min=z_min)
     champions["config_id"] = champions["config_id"].astype("Int64")
+    # the guard's one line, also at the end of the reason (what the card and report show)
+    champions["guard"] = champions["region"].map(guarded)
+    has = champions["guard"].notna()
+    champions.loc[has, "reason"] = (champions.loc[has, "reason"].fillna("") + "; "
+                                    + champions.loc[has, "guard"])
     return champions
 
 

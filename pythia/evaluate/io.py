@@ -23,9 +23,10 @@ from pythia.features import (IMPRESSION_ID, REQUEST_COLUMNS, SPLIT, TARGETS, TS,
                              VALIDATION, Y_AGE_GENDER)
 from pythia.paths import join
 
-REPORT_TABLES = ("metrics", "distributions", "gauge", "champions", "headline",
+REPORT_TABLES = ("metrics", "distributions", "gauge", "gauge_slices", "champions", "headline",
                  "regional_vs_global")
-JSON_TABLES = ("metrics", "champions", "headline", "gauge", "regional_vs_global")
+JSON_TABLES = ("metrics", "champions", "headline", "gauge", "gauge_slices",
+               "regional_vs_global")
 
 
 # ---------------------------------------------------------------- inputs

@@ -30,6 +30,8 @@ DEFAULT_Z_MIN = DeployConfig.z_min  # [evaluate] z_min in flows/pythia.toml
 # margin(key_a, key_b, eval_region) -> Margin of a - b, or None when either was not scored
 MarginLookup = Callable[[tuple, tuple, str], "Margin | None"]
 MARGIN_COLUMNS = ["margin_vs", "margin_diff", "margin_se", "margin_z", "z_min"]
+# the validation rows' parts the regional guard compares on (``guard``)
+POWER_PART, OTHER_PART = "power_users", "other_users"
 
 
 def user_groups(users: Sequence | np.ndarray | pd.Series,

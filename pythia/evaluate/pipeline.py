@@ -6,7 +6,8 @@ from typing import Any, Mapping, Sequence
 
 from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, choose_champions)
 from pythia.evaluate.figures import draw_figures
-from pythia.evaluate.gauge import build_gauge
+from pythia.evaluate.gauge import build_gauge, gauge_by_slice
+from pythia.evaluate.guard import slice_margin_columns, slice_margin_lookup
 from pythia.evaluate.io import read_world, write_reports
 from pythia.evaluate.margins import DEFAULT_Z_MIN, margin_lookup, regional_margins
 from pythia.evaluate.previous import PreviousComparison
@@ -39,10 +40,13 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         make_figures: draw figures (the tables are the same either way).
         world: the synthetic world, instead of the one at ``source_path`` (tests).
         z_min: a region's best model must beat each baseline by more than this many
-            user-clustered SEs of the paired validation log-loss difference (0: any margin).
+            user-clustered SEs of the paired validation log-loss difference (0: any margin);
+            and a regional candidate may not lose to its global one on the validation day's
+            power users or other users by more than that many (``guard``).
 
     Returns:
-        {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_note',
+        {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_slices'
+        (``gauge.gauge_by_slice``; None without a world), 'gauge_note',
         'champions', 'headline', 'regional_vs_global' (each regional candidate against its
         family's global one on the region's rows), 'figures' ({name: png}), 'report_files',
         'previous_run', 'baseline_models'}.
@@ -60,15 +64,18 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
     previous_run = previous_id or getattr(previous, "pathspec", None)
     champions = _choose_champions(metrics, candidates, split_manifest, age_edges, scored.present,
                                   previous, previous_run or "previous run", baseline_models,
-                                  tolerance, margin_lookup(scored.sums.groups), z_min)
+                                  tolerance, margin_lookup(scored.sums.groups), z_min,
+                                  slice_margin_lookup(scored.sums.groups))
     headline = build_headline(metrics, champions, gauge)
-    regional_vs_global = regional_margins(scored.sums.groups,
-                                          build_regional_vs_global(headline, candidates))
+    regional_vs_global = slice_margin_columns(scored.sums.groups, regional_margins(
+        scored.sums.groups, build_regional_vs_global(headline, candidates)))
     # draw: from the sums (confusion counts, reliability bins), never from rows
     figures = draw_figures(champions, metrics, distributions, scored.sums) if make_figures else {}
     # write
+    # each region's chosen candidate against both posteriors on the three natural slices
+    gauge_slices = None if gauge is None else gauge_by_slice(gauge, champions)
     results = {"metrics": metrics, "distributions": distributions, "gauge": gauge,
-               "gauge_note": scored.gauge_note, "champions": champions, "headline": headline,
+               "gauge_slices": gauge_slices, "gauge_note": scored.gauge_note, "champions": champions, "headline": headline,
                "regional_vs_global": regional_vs_global, "figures": figures,
                "previous_run": previous_run,
                "baseline_models": tuple(baseline_models)}
@@ -84,11 +91,12 @@ def _choose_champions(metrics: Any, candidates: Sequence[Mapping[str, Any]],
                       split_manifest: Mapping[str, Any], age_edges: Sequence[int],
                       present: Sequence[str], previous: PreviousScorer | None,
                       previous_name: str, baseline_models: Sequence[str], tolerance: float,
-                      margins: Any, z_min: float) -> Any:
+                      margins: Any, z_min: float, slice_margins: Any = None) -> Any:
     """``champions.choose_champions`` with the previous-run check streamed
     (``previous.PreviousComparison``) instead of reading the natural test day whole."""
     with contextlib.ExitStack() as stack:
         check = None if previous is None else stack.enter_context(
             PreviousComparison(candidates, split_manifest, age_edges, previous, previous_name))
         return choose_champions(metrics, candidates, present, check, baseline_models,
-                                tolerance, margins=margins, z_min=z_min)
+                                tolerance, margins=margins, z_min=z_min,
+                                slice_margins=slice_margins)

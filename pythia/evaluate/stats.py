@@ -111,7 +111,8 @@ class LabelStats:
         self.weighted_loss_sum = 0.0  # natural-weighted log-loss, when rows carry weights
         self.weight_sum = 0.0
         self.weighted = False
-        self.reference: ReferenceStats | None = None
+        self.reference: ReferenceStats | None = None  # the realised posterior on these rows
+        self.population: ReferenceStats | None = None  # the population posterior on them
 
     @property
     def n(self) -> int:
@@ -119,11 +120,12 @@ class LabelStats:
         return int(self.confusion.sum())
 
     def add(self, y_all: np.ndarray, p_raw: np.ndarray, weights: np.ndarray | None = None,
-            reference: np.ndarray | ReferenceStats | None = None) -> None:
+            reference: np.ndarray | ReferenceStats | None = None,
+            population: np.ndarray | ReferenceStats | None = None) -> None:
         """Add rows: labels (-1 = unlabelled), the scorer's probabilities as stored, the rows'
-        importance weights and the exact posterior on the same rows (each optional); the
-        posterior may come already summed (``reference_batch``) when several scorers share
-        the rows."""
+        importance weights, the exact (realised) posterior and the population posterior on
+        the same rows (each optional); a posterior may come already summed
+        (``reference_batch``) when several scorers share the rows."""
         valid = y_all >= 0
         self.n_unlabelled += int((~valid).sum())
         if not valid.any():
@@ -150,13 +152,20 @@ class LabelStats:
             self.weighted_loss_sum += float((w * row_log_loss(y, p_raw[valid])).sum())
             self.weight_sum += float(w.sum())
             self.weighted = True
-        if reference is not None:
-            if self.reference is None:
-                self.reference = ReferenceStats(k, self.n_bins)
-            if isinstance(reference, ReferenceStats):
-                self.reference.merge(reference)
-            else:
-                self.reference.add(y, reference[valid])
+        self.reference = self._add_reference(self.reference, y, valid, reference)
+        self.population = self._add_reference(self.population, y, valid, population)
+
+    def _add_reference(self, stats: ReferenceStats | None, y: np.ndarray, valid: np.ndarray,
+                       probs: np.ndarray | ReferenceStats | None) -> ReferenceStats | None:
+        """``stats`` (created when first needed) with one posterior's rows added."""
+        if probs is None:
+            return stats
+        stats = stats if stats is not None else ReferenceStats(self.k, self.n_bins)
+        if isinstance(probs, ReferenceStats):
+            stats.merge(probs)
+        else:
+            stats.add(y, probs[valid])
+        return stats
 
     def reference_batch(self, y_all: np.ndarray, reference: np.ndarray) -> ReferenceStats:
         """The posterior's sums over the labelled rows of one batch, for ``add``."""

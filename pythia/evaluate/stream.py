@@ -11,7 +11,9 @@ Three passes over scratch files on local disk (removed at the end):
      validation day also per user group (``margins``: the champion rule's paired SEs).
 The metric and distribution tables are then built from the statistics alone (``tables_of``),
 in the rows and order of the in-memory path (``slices.score_candidate``, kept as the
-reference: the two agree to 1e-9).
+reference: the two agree to 1e-9). The population posterior's figures
+(``population_log_loss`` / ``population_macro_f1``, when the world has a population form)
+are streaming only; the in-memory path gives them with that form as its only posterior.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ from pythia.config import GLOBAL_REGION
 from pythia.evaluate import buckets, io
 from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, PROVIDER, TRUTH,
                                     WEIGHT_COLUMN, SplitFrame, split_frame, truth_labels)
-from pythia.evaluate.gauge import posterior_probs
-from pythia.evaluate.margins import user_groups
+from pythia.evaluate.gauge import population_of, posterior_probs
+from pythia.evaluate.margins import OTHER_PART, POWER_PART, user_groups
 from pythia.evaluate.slices import (SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
                                     Aligned, align, candidate_key, candidate_label,
                                     check_candidates, eval_regions_of, slice_masks)
@@ -93,9 +95,10 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
         rows_dirs = _stage_rows(split_manifest, splits, world, edges, n_buckets, scratch)
         pred_dirs = [_stage_predictions(c, i, scratch, n_buckets)
                      for i, c in enumerate(candidates)]
+        worlds = (world, population_of(world))  # the realised world and its population form
         for b in range(n_buckets):
             frames = _bucket_frames(rows_dirs, b, split_manifest, edges)
-            _score_bucket(sums, frames, idents, pred_dirs, b, world)
+            _score_bucket(sums, frames, idents, pred_dirs, b, worlds)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     metrics, distributions = tables_of(sums, idents, candidates, splits)
@@ -209,32 +212,43 @@ def _count_rows(sums: SliceSums, frames: Mapping[str, SplitFrame]) -> list[str]:
     return regions
 
 
-def _bucket_posteriors(sums: SliceSums, frames: Mapping[str, SplitFrame], world: Any
-                       ) -> dict[str, dict]:
-    """The exact posterior on the bucket's test rows ({} without a world, or once the world
-    failed to give it: the gauge is then skipped for the whole run, with a note)."""
+def _bucket_posteriors(sums: SliceSums, frames: Mapping[str, SplitFrame], worlds: tuple
+                       ) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The exact (realised) and the population posteriors on the bucket's test rows ({}
+    without a world, or once a world failed to give one: that gauge is then skipped for the
+    whole run, with a note; the population one also goes with the realised one)."""
+    world, population = worlds
     if world is None or sums.gauge_note:
-        return {}
+        return {}, {}
     splits = sorted({SPLIT_OF_TEST_SET[t] for t in TEST_SETS} & set(frames))
     try:
         out = {s: posterior_probs(world, frames[s], len(sums.edges)) for s in splits}
     except ValueError as exc:
         sums.gauge_note = f"Bayes gauge skipped: {exc}"
         print(sums.gauge_note)
-        return {}
+        return {}, {}
     for posterior in out.values():
         sums.bayes_sources = tuple(posterior)
     sums.bayes_splits.update(out)
-    return out
+    pop: dict[str, dict] = {}
+    if population is not None and not sums.population_note:
+        try:
+            pop = {s: posterior_probs(population, frames[s], len(sums.edges)) for s in splits}
+        except ValueError as exc:
+            sums.population_note = f"population gauge skipped: {exc}"
+            print(sums.population_note)
+    return out, pop
 
 
 def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Sequence[Mapping],
-                  pred_dirs: Sequence[tuple[str, pa.Schema | None]], b: int, world: Any) -> None:
-    """Add one bucket: slice sizes, the posterior's scores, every candidate's scores."""
+                  pred_dirs: Sequence[tuple[str, pa.Schema | None]], b: int, worlds: tuple
+                  ) -> None:
+    """Add one bucket: slice sizes, the posterior's scores, every candidate's scores (and,
+    with the population form of the world, its scores on the same rows)."""
     if not frames:
         return
     regions = _count_rows(sums, frames)
-    bayes = _bucket_posteriors(sums, frames, world)
+    bayes, pop = _bucket_posteriors(sums, frames, worlds)
     val = frames.get(VALIDATION)  # its rows' user groups cluster the margins' SEs
     groups = (user_groups(val.df[USER_ID]) if val is not None and USER_ID in val.df.columns
               else None)
@@ -245,7 +259,7 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
             continue
         everything = Aligned(np.arange(len(frame.df)), {}, len(frame.df))
         _add_slices(sums, BAYES_KEY, frame, test_set, everything, bayes[frame.split],
-                    [GLOBAL_REGION] + regions, None)
+                    [GLOBAL_REGION] + regions, None, population=pop.get(frame.split))
     for ident, (folder, schema) in zip(idents, pred_dirs):
         key = candidate_key(ident)
         what = candidate_label(*key)
@@ -263,17 +277,21 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
             a = aligned[frame.split]
             _add_slices(sums, key, frame, test_set, a, {s: a.probs for s in frame.labels},
                         eval_regions_of(ident["region"], regions), bayes.get(frame.split),
-                        ref_cache, groups if test_set == VALIDATION else None)
+                        ref_cache, groups if test_set == VALIDATION else None,
+                        population=pop.get(frame.split))
 
 
 def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 aligned: Aligned, probs_by_source: Mapping[str, Mapping[str, np.ndarray]],
                 eval_regions: Sequence[str], reference: Mapping | None,
-                ref_cache: dict | None = None, groups: np.ndarray | None = None) -> None:
+                ref_cache: dict | None = None, groups: np.ndarray | None = None, *,
+                population: Mapping | None = None) -> None:
     """Add one scorer's rows of one test set to every slice (``slices.score_slices``' cuts).
-    ``ref_cache`` holds the posterior's sums per (slice, rows) of this bucket: every candidate
-    that covers the same rows shares them instead of scoring the posterior again. ``groups``
-    (the frame rows' user groups, validation only) adds the paired margins' sums."""
+    ``reference`` / ``population``: the realised / population posterior per label source.
+    ``ref_cache`` holds the posteriors' sums per (slice, rows) of this bucket: every candidate
+    that covers the same rows shares them instead of scoring the posteriors again. ``groups``
+    (the frame rows' user groups, validation only) adds the paired margins' sums, on the whole
+    slice and on its power-user and other rows (the regional guard's)."""
     ref_cache = {} if ref_cache is None else ref_cache
     is_model = key != BAYES_KEY
     for region, mask in slice_masks(frame, aligned.pos, test_set, eval_regions):
@@ -283,7 +301,8 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
             continue
         rows_key = ((test_set, region, len(pos),
                      hashlib.blake2b(pos.tobytes(), digest_size=16).digest())
-                    if reference is not None else None)  # names these rows in ref_cache
+                    if reference is not None or population is not None
+                    else None)  # names these rows in ref_cache
         for target in TARGETS:
             for i, (source, probs) in enumerate(probs_by_source.items()):
                 p = probs[target][mask]
@@ -292,15 +311,22 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                                   None if is_model else source)).add(p)
                 if source not in frame.labels:
                     continue
-                ref = reference.get(source) if reference is not None else None
                 stats = sums.label_of((key, test_set, region, target, source))
                 y = frame.labels[source][target][pos]
-                if ref is not None:  # the posterior's sums on these rows: once per bucket
-                    ref_key = (rows_key, target, source)
-                    if ref_key not in ref_cache:
-                        ref_cache[ref_key] = stats.reference_batch(y, ref[target][pos])
-                    ref = ref_cache[ref_key]
+                refs = []
+                for kind, posteriors in (("realised", reference), ("population", population)):
+                    ref = posteriors.get(source) if posteriors is not None else None
+                    if ref is not None:  # the posterior's sums on these rows: once per bucket
+                        ref_key = (rows_key, target, source, kind)
+                        if ref_key not in ref_cache:
+                            ref_cache[ref_key] = stats.reference_batch(y, ref[target][pos])
+                        ref = ref_cache[ref_key]
+                    refs.append(ref)
                 w = frame.weights[pos] if is_model and frame.weights is not None else None
-                stats.add(y, p, w, ref)
+                stats.add(y, p, w, refs[0], refs[1])
                 if groups is not None and target == JOINT_TARGET and source == PROVIDER:
                     sums.groups_of((key, region)).add(groups[pos], y, p, w)
+                    power = frame.power[pos]
+                    for part, rows in ((POWER_PART, power), (OTHER_PART, ~power)):
+                        sums.groups_of((key, region, part)).add(
+                            groups[pos][rows], y[rows], p[rows], None if w is None else w[rows])

@@ -40,7 +40,9 @@ class SliceSums:
     bayes_sources: tuple[str, ...] = ()  # label sources of the posterior, in its order
     bayes_splits: set = field(default_factory=set)
     gauge_note: str | None = None  # set when the world could not give the posterior
-    # (scorer, eval region) -> validation sums per user group (the champion rule's margins)
+    population_note: str | None = None  # set when it could not give the population one
+    # (scorer, eval region) -> validation sums per user group (the champion rule's margins);
+    # (scorer, eval region, POWER_PART or OTHER_PART): the same on power users / the others
     groups: dict = field(default_factory=dict)
 
     @property
@@ -176,6 +178,10 @@ def _label_rows(sums: SliceSums, base: Mapping[str, Any], stats: LabelStats,
         ref_ll, ref_f1 = stats.reference.scores(n)
         out += [dict(base, metric="bayes_log_loss", value=ref_ll, n=n),
                 dict(base, metric="bayes_macro_f1", value=ref_f1, n=n)]
+        if stats.population is not None and sums.population_note is None:
+            pop_ll, pop_f1 = stats.population.scores(n)
+            out += [dict(base, metric="population_log_loss", value=pop_ll, n=n),
+                    dict(base, metric="population_macro_f1", value=pop_f1, n=n)]
     return out
 
 

@@ -120,7 +120,7 @@ class GBDTModel(Model):
 
     name = "gbdt"
     joint_only = True
-    is_baseline = True  # simple, robust, fast: what any other model must beat
+    is_baseline = False  # a contender: the trivial baselines are the class prior and logreg
     warm_starts = True  # a regional fit adds trees to the global one's (fit_gbdt_warm)
 
     @classmethod

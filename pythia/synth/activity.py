@@ -51,7 +51,8 @@ def activity_level_shares(config: WorldConfig) -> np.ndarray:
 
 
 def expected_weights(params: WorldParams) -> dict[str, np.ndarray]:
-    """R and RN (``population.realised_weights``' shapes) expected over the draw of the users.
+    """R, RN and the per-provider RP, RL, RNL (``population.realised_weights``' shapes)
+    expected over the draw of the users and of the providers' labels.
 
     A World built on them gives the population posterior: what a model that knows the
     generative tables but not which users the world happened to draw can know. The realised
@@ -64,7 +65,35 @@ def expected_weights(params: WorldParams) -> dict[str, np.ndarray]:
     RN = activity_level_shares(cfg)[:, None, None, None, None] * users[None]
     rate = (float(params.base_rate) * params.activity_level[:, None]
             * np.array([1.0, cfg.power_user_multiplier]))  # (L, s)
-    return {"R": np.einsum("ls,lsckz->sckz", rate, RN), "RN": RN}
+    R = np.einsum("ls,lsckz->sckz", rate, RN)
+    # provider p labels a user of country i with probability coverage[p, i], and its label is
+    # the latest observation's: (P, country, class, label) over the draw of observation days
+    covered = params.coverage[:, :, None, None] * latest_label_matrix(params)
+    RL = covered[:, None, :, :, None, :] * R[None, ..., None]  # (P, s, cty, c, z, label)
+    RNL = covered[:, None, None, :, :, None, :] * RN[None, ..., None]
+    return {"R": R, "RN": RN, "RP": RL.sum(axis=-1), "RL": RL, "RNL": RNL}
+
+
+def latest_label_matrix(params: WorldParams) -> np.ndarray:
+    """(P, country, true class, label) P(a labelled user's latest label | true class).
+
+    ``population.build_labels`` gives a labelled user min(1 + Poisson(extra_observations), D)
+    distinct observation days, uniform among the D label days, each labelled through that
+    day's confusion matrix; the latest day wins. With k days the latest is day d (0-based)
+    with probability C(d, k-1) / C(D, k).
+    """
+    from scipy.special import comb
+    from scipy.stats import poisson
+
+    confusion = params.confusion  # (P, country, day, class, label)
+    D = confusion.shape[2]
+    k = np.arange(1, D + 1)
+    p_k = poisson.pmf(k - 1, params.config.extra_observations)
+    p_k[-1] = 1.0 - p_k[:-1].sum()  # min(., D): the tail lands on D days
+    d = np.arange(D)
+    p_latest = (p_k[:, None] * comb(d[None, :], k[:, None] - 1)
+                / comb(D, k)[:, None]).sum(axis=0)  # (D,)
+    return np.einsum("d,pidcl->picl", p_latest, confusion)
 
 
 def activity_level_of(draws: np.ndarray, config: WorldConfig) -> np.ndarray:
@@ -290,5 +319,6 @@ def check_counts(values: pd.Series | np.ndarray, column: str) -> np.ndarray:
 
 
 __all__ = ["activity_levels", "activity_level_shares", "activity_level_of", "expected_weights",
+           "latest_label_matrix",
            "metro_choice_by_group", "ExposureClock", "ActivityEvidence", "sum_levels",
            "user_impressions_today", "check_counts"]

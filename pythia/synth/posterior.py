@@ -33,7 +33,8 @@ from pythia import geo, storage
 from pythia.features import (IS_POWER_USER, TS, TS_SECONDS, USER_IMPRESSIONS_TODAY,
                              derive_time_features)
 from pythia.paths import join
-from pythia.synth.activity import ActivityEvidence, ExposureClock, check_counts, sum_levels
+from pythia.synth.activity import (ActivityEvidence, ExposureClock, check_counts,
+                                   expected_weights, sum_levels)
 from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
 
 _CTV = "ctv"
@@ -131,6 +132,12 @@ class World:
     def class_labels(self) -> list[str]:
         """The 12 AgeGender labels, in the column order of every posterior."""
         return list(CLASS_LABELS)
+
+    def population(self) -> "World":
+        """This world with its drawn users and labels replaced by their expectation
+        (``activity.expected_weights``): the population posterior, which knows the generative
+        tables but not which users were drawn. It shares this world's truth."""
+        return World(self.root, self.params, expected_weights(self.params))
 
     def truth(self) -> pd.DataFrame:
         """``truth/users.parquet``: true demographics and latent state of every user."""

@@ -1,0 +1,100 @@
+"""The per-slice guard on regional candidates (issue 15): on the VALIDATION day, a regional
+candidate must not lose to its family's global candidate (same model and config) on the
+region's power users, nor on its other users, by more than ``z_min`` user-clustered standard
+errors of the paired natural-weighted log-loss difference. A regional model that wins overall
+but falls apart on one slice is then not chosen for the region; the champions row says why.
+
+The margins come from the streamed per-user-group sums of each part of the validation rows
+(``margins.GroupSums``, keyed (scorer, eval region, part)); the test day is never used.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Sequence
+
+import pandas as pd
+
+from pythia.config import GLOBAL_REGION
+from pythia.evaluate.margins import OTHER_PART, POWER_PART, GroupSums, Margin
+from pythia.evaluate.slices import candidate_label
+
+GUARD_PARTS = (POWER_PART, OTHER_PART)
+# margin(key_a, key_b, eval_region, part) -> Margin of a - b on that part, or None if unscored
+SliceMarginLookup = Callable[[tuple, tuple, str, str], "Margin | None"]
+
+
+def slice_margin_lookup(groups: Mapping[tuple, GroupSums]) -> SliceMarginLookup:
+    """``margin(key_a, key_b, region, part)`` over sums keyed (scorer key, region, part)."""
+    def margin(a: tuple, b: tuple, region: str, part: str) -> Margin | None:
+        sa = groups.get((tuple(a), region, part))
+        sb = groups.get((tuple(b), region, part))
+        return None if sa is None or sb is None else sa.margin_against(sb)
+    return margin
+
+
+def loses_by_more_than(m: Margin | None, z_min: float) -> bool:
+    """Is a - b worse (positive) by more than ``z_min`` SEs? Without an SE (too few user
+    groups) only ``z_min = 0`` judges, on the point estimate; otherwise there is no evidence."""
+    if m is None or not math.isfinite(m.diff):
+        return False
+    if z_min == 0:
+        return m.diff > 0
+    return math.isfinite(m.se) and m.se > 0 and m.diff > z_min * m.se
+
+
+def guard_regional(scores: pd.DataFrame, margin: SliceMarginLookup, z_min: float,
+                   baseline_models: Sequence[str] = ()) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Make the regional candidates that fail the guard ineligible for their region.
+
+    Args:
+        scores: ``champions.champion_scores``' table (eval_region, model, candidate_region,
+            config_id, eligible, ineligible_reason, …).
+        margin: the per-part validation margins (``slice_margin_lookup``).
+        z_min: SEs a regional candidate may lose by on a part before it is excluded.
+        baseline_models: not guarded (excluding a baseline would only make the baseline rule
+            easier to pass).
+
+    Returns:
+        (scores with the failing rows ineligible and their reason set, region -> one line
+        naming every excluded candidate with its figures).
+    """
+    if not z_min >= 0:
+        raise ValueError(f"z_min must be >= 0, got {z_min}")
+    out = scores.copy()
+    notes: dict[str, list[str]] = {}
+    regional = ((out["candidate_region"] == out["eval_region"])
+                & (out["eval_region"] != GLOBAL_REGION) & out["eligible"].astype(bool)
+                & ~out["model"].isin(list(baseline_models)))
+    for i in out.index[regional]:
+        row = out.loc[i]
+        region, cfg = str(row["eval_region"]), int(row["config_id"])
+        mine, glob = (row["model"], region, cfg), (row["model"], GLOBAL_REGION, cfg)
+        lost = []
+        for part in GUARD_PARTS:
+            m = margin(mine, glob, region, part)
+            if loses_by_more_than(m, z_min):
+                z = f"z {m.z:+.2f}" if math.isfinite(m.z) else "no SE"
+                lost.append(f"{part.replace('_', ' ')} {m.diff:+.4f} ± {m.se:.4f} ({z})")
+        if not lost:
+            continue
+        text = (f"{candidate_label(*mine)} loses to {candidate_label(*glob)} on validation "
+                f"{' and '.join(lost)} by more than z_min {z_min:g} SE")
+        out.loc[i, "eligible"] = False
+        out.loc[i, "ineligible_reason"] = f"per-slice guard: {text}"
+        notes.setdefault(region, []).append(text)
+    return out, {r: "per-slice guard excluded " + "; ".join(t) for r, t in notes.items()}
+
+
+def slice_margin_columns(groups: Mapping[tuple, GroupSums], table: pd.DataFrame
+                         ) -> pd.DataFrame:
+    """``table`` (regional vs global: region, model, config_id) with the guard's figures:
+    per part, the regional - global validation difference and its z (``val_z_power_users``,
+    ``val_z_other_users``; positive: the regional candidate is worse there)."""
+    margin = slice_margin_lookup(groups)
+    out = table.copy()
+    for part in GUARD_PARTS:
+        found = [margin((m, r, int(c)), (m, GLOBAL_REGION, int(c)), r, part)
+                 for r, m, c in zip(table["region"], table["model"], table["config_id"])]
+        out[f"val_diff_{part}"] = [x.diff if x else math.nan for x in found]
+        out[f"val_z_{part}"] = [x.z if x else math.nan for x in found]
+    return out
