@@ -5,9 +5,10 @@ reads the evaluate step's artifacts (candidates, champions, metrics, split manif
 candidate's predictions, and prints per eval region and target (AgeGender, gender, age):
 
 * rows, the exact posterior's log-loss on the same rows (synthetic worlds: the Bayes gauge);
-* the champion (model/candidate region) and each baseline (class_prior, logreg, gbdt) as the
-  champion rule would pick it for the region (lowest natural-weighted validation log-loss among
-  that model's global and regional candidates), with the log-loss on the chosen split;
+* the champion (model/candidate region) and each baseline (``models.BASELINE_MODELS``: the
+  class prior and logreg) as the champion rule would pick it for the region (lowest
+  natural-weighted validation log-loss among that model's global and regional candidates),
+  with the log-loss on the chosen split;
 * per baseline, the paired difference champion - baseline (mean of the per-row log-loss
   differences), its standard error over rows and its standard error over users (impressions of
   one user are correlated; the cluster-robust SE is the honest one), and z = diff / user SE.
@@ -48,7 +49,7 @@ from pythia.evaluate.stats import row_log_loss
 from pythia.features import (IMPRESSION_ID, SPLIT, TARGETS, TEST_NATURAL, USER_ID, VALIDATION,
                              Y_AGE_GENDER)
 
-BASELINES = ("class_prior", "logreg", "gbdt")
+BASELINES = ("class_prior", "logreg")  # models.BASELINE_MODELS; a test checks they agree
 SHORT = {"age_gender": "AgeGender", "gender": "gender", "age": "age"}
 
 

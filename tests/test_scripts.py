@@ -38,3 +38,9 @@ def test_paired_difference_standard_errors_over_rows_and_users():
     users = np.concatenate([np.arange(400), np.arange(200)])
     assert weighted_diff(d, w, np.arange(400))[::2] == pytest.approx(
         weighted_diff(copies, np.ones(600), users)[::2])
+
+
+def test_champion_margins_compares_with_the_registry_baselines():
+    from pythia.models import BASELINE_MODELS
+
+    assert set(_load("champion_margins").BASELINES) == set(BASELINE_MODELS)

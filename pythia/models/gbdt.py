@@ -1,4 +1,4 @@
-"""Gradient-boosting baseline: one 12-class AgeGender ``HistGradientBoostingClassifier``.
+"""Gradient boosting: one 12-class AgeGender ``HistGradientBoostingClassifier``, a contender.
 
 Gender and age are the marginals of the AgeGender posterior, so the three targets are
 consistent by construction. Categorical ids use HGB's native categorical splits; HGB allows at
@@ -116,7 +116,7 @@ def known_class_rows(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 class GBDTModel(Model):
-    """scikit-learn HistGradientBoosting baseline on AgeGender (see the module docstring)."""
+    """scikit-learn HistGradientBoosting on AgeGender (see the module docstring)."""
 
     name = "gbdt"
     joint_only = True
