@@ -160,8 +160,8 @@ REGIONAL_STARTS = ("global", "scratch")
 class TrainConfig:
     """Training knobs shared by all models; model-specific knobs live in each model module."""
 
-    max_epochs: int = 8
-    batch_size: int = 1024
+    max_epochs: int = 12
+    batch_size: int = 4096  # the MLP's mini-batch; its learning_rate default is set for it
     patience: int = 2  # early stopping on validation loss
     seed: int = 0
     age_head: str = "ordinal"  # ordinal (CORN) | softmax, for the MLP
@@ -241,7 +241,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("data_root", "",
               "Where run-scoped files go (local folder or s3:// prefix). Empty: "
               "$PYTHIA_DATA_ROOT, else ./.pythia/data."),
-    ParamSpec("max_epochs", 8, "Training epochs cap."),
+    ParamSpec("max_epochs", 12, "Training epochs cap."),
     ParamSpec("age_head", "ordinal", "MLP age head: ordinal | softmax."),
     ParamSpec("prior_correction", "bayes", "bayes | em | none (test-time priors)."),
     ParamSpec("search", 0,
@@ -268,7 +268,7 @@ class DeployConfig:
     geo: Geography = field(default_factory=Geography)
     age_edges: tuple[int, ...] = DEFAULT_AGE_EDGES
     power_user_quantile: float = 0.99
-    batch_size: int = 1024
+    batch_size: int = TrainConfig.batch_size
     patience: int = 2
     max_train_rows: int = TrainConfig.max_train_rows
     regional_start: str = TrainConfig.regional_start
@@ -292,7 +292,7 @@ class DeployConfig:
         return cls(geo=geography,
                    age_edges=tuple(int(e) for e in etl.get("age_edges", DEFAULT_AGE_EDGES)),
                    power_user_quantile=float(etl.get("power_user_quantile", 0.99)),
-                   batch_size=int(train.get("batch_size", 1024)),
+                   batch_size=int(train.get("batch_size", cls.batch_size)),
                    patience=int(train.get("patience", 2)),
                    max_train_rows=_non_negative(train, "max_train_rows", cls.max_train_rows),
                    regional_start=str(train.get("regional_start", TrainConfig.regional_start)),

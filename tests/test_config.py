@@ -130,7 +130,7 @@ def test_deploy_config_file_parses_and_feeds_resources():
     path = Path(__file__).resolve().parent.parent / "flows" / "pythia.toml"
     doc = tomllib.loads(path.read_text())
     cfg = DeployConfig.from_mapping(doc)
-    assert cfg.age_edges == (18, 25, 35, 45, 55, 65) and cfg.batch_size == 1024
+    assert cfg.age_edges == (18, 25, 35, 45, 55, 65) and cfg.batch_size == 4096
     assert cfg.regional_start == "global"  # the file names the default it keeps
     for step in ("prepare_labels", "etl_hour", "join_hours", "to_tfrecords", "train",
                  "evaluate"):

@@ -93,7 +93,7 @@ class MLPModel(Model):
         return {
             "hidden_units": [256, 128],  # trunk widths
             "dropout": 0.1,  # after each trunk layer
-            "learning_rate": 1e-3,  # Adam
+            "learning_rate": 1e-2,  # Adam, at TrainConfig.batch_size 4096 (pythia.toml)
             "embedding_max_dim": 16,
             "age_head": None,  # None -> TrainConfig.age_head; 'corn'/'ordinal' | 'softmax'
             "wide": True,  # add the wide part (a logit row per categorical value and head)
@@ -114,7 +114,7 @@ class MLPModel(Model):
             # a phase stops after `patience` epochs (None: TrainConfig's) that lower the
             # validation AgeGender log-loss by no more than min_delta
             "min_delta": 5e-4,
-            "patience": 1,
+            "patience": 2,
             "finetune_epochs": 0,
             "finetune_lr": 1e-4,
             # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *
@@ -128,7 +128,7 @@ class MLPModel(Model):
         return {
             "hidden_units": [[64], [128, 64], [256, 128], [512, 256]],
             "dropout": [0.0, 0.1, 0.2, 0.3],
-            "learning_rate": ("log", 3e-4, 3e-3),
+            "learning_rate": ("log", 3e-3, 3e-2),
             "embedding_max_dim": [8, 16, 24],
             "age_head": ["corn", "softmax"],  # ordinal vs plain: decided by validation numbers
         }
