@@ -168,3 +168,34 @@ def test_gbdt_predicts_as_hgb_predict_proba():
                               model.clf.classes_, 6)
     np.testing.assert_array_equal(model._predict_raw(test)["age_gender"],
                                   log_probabilities(expected))
+
+
+def test_gbdt_keeps_the_trees_up_to_the_best_validation_iteration():
+    """HGB's early stopping keeps the worse iterations it tried after the best one; the fitted
+    model is cut back to the best, and predicts as HGB's own model did at that iteration."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from pythia.models.gbdt import GBDTModel, expand_classes, known_class_rows, to_matrix
+    from pythia.models.priors import log_probabilities
+
+    hp = {"max_iter": 200, "n_iter_no_change": 4, "learning_rate": 0.5, "n_threads": 1}
+    train, valid, test = make_split(600, 0), make_split(300, 1), make_split(400, 2)
+    model = GBDTModel(make_encoders(), hp, FAST)
+    model.fit(train, valid, uniform_priors())
+    # the same HGB without the cut: same seed, same data, so the same trees
+    y, yv = train["y_age_gender"], valid["y_age_gender"]
+    keep = known_class_rows(yv, np.unique(y))
+    ref = HistGradientBoostingClassifier(**{
+        k: v for k, v in model.clf.get_params().items() if k != "max_iter"}, max_iter=200)
+    ref.fit(to_matrix(train, model.category_maps), y,
+            X_val=to_matrix({k: np.asarray(v)[keep] for k, v in valid.items()},
+                            model.category_maps), y_val=yv[keep])
+    best = int(np.argmax(ref.validation_score_))
+    assert 1 <= best < ref.n_iter_  # the data must make early stopping try worse iterations
+    assert model.clf.n_iter_ == best and len(model.clf.validation_score_) == best + 1
+    X = to_matrix(test, model.category_maps)
+    staged = list(ref.staged_predict_proba(X))[best - 1]
+    np.testing.assert_allclose(model.clf.predict_proba(X), staged, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(model._predict_raw(test)["age_gender"],
+                               log_probabilities(expand_classes(staged, ref.classes_, 6)),
+                               rtol=0, atol=1e-9)
