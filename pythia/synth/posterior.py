@@ -30,11 +30,11 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from pythia import geo, storage
-from pythia.features import (IS_POWER_USER, TS, TS_SECONDS, USER_IMPRESSIONS_TODAY,
-                             derive_time_features)
+from pythia.features import IS_POWER_USER, TS, USER_IMPRESSIONS_TODAY, derive_time_features
 from pythia.paths import join
 from pythia.synth.activity import (ActivityEvidence, ExposureClock, check_counts,
-                                   expected_weights, sum_levels)
+                                   expected_weights, label_given_class, sum_levels,
+                                   ts_seconds_of)
 from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
 
 _CTV = "ctv"
@@ -75,16 +75,6 @@ def _runs(keys: tuple[np.ndarray, ...], size: int = CHUNK_ROWS):
             yield order[lo:min(b, lo + size)], tuple(int(k[a]) for k in sorted_keys)
 
 
-def ts_seconds_of(df: pd.DataFrame) -> np.ndarray:
-    """Epoch seconds from ``ts_seconds`` (int) or ``ts`` (timestamp, any unit / tz-aware)."""
-    if TS_SECONDS in df.columns:
-        return df[TS_SECONDS].to_numpy(dtype=np.int64)
-    if TS not in df.columns:
-        raise ValueError(f"posterior needs a {TS!r} (timestamp) or {TS_SECONDS!r} (int64) column")
-    ts = pd.to_datetime(df[TS], utc=True)
-    return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
-
-
 @dataclass
 class _Factors:
     country: np.ndarray  # (n,) country index
@@ -103,6 +93,8 @@ class World:
         self.RP, self.RL = weights.get("RP"), weights.get("RL")
         # per-level user counts (None in worlds written before activity levels)
         self.RN, self.RNL = weights.get("RN"), weights.get("RNL")
+        # "LC" (population World): P(labelled, label | class), which RL and RNL factor through
+        self.LC = weights.get("LC")
         self._exposure: ExposureClock | None = None
         self._truth: pd.DataFrame | None = None
         v = params.vocab
@@ -137,7 +129,8 @@ class World:
         """This world with its drawn users and labels replaced by their expectation
         (``activity.expected_weights``): the population posterior, which knows the generative
         tables but not which users were drawn. It shares this world's truth."""
-        return World(self.root, self.params, expected_weights(self.params))
+        weights = {**expected_weights(self.params), "LC": label_given_class(self.params)}
+        return World(self.root, self.params, weights)
 
     def truth(self) -> pd.DataFrame:
         """``truth/users.parquet``: true demographics and latent state of every user."""
@@ -182,15 +175,21 @@ class World:
         # The matmuls are tiny (K x 12): multi-threaded BLAS only adds contention here.
         with threadpool_limits(limits=1, user_api="blas"):
             for rows, (p, cty) in _runs((prov, codes["country"])):
-                f = self._factors(codes, rows)
-                if evidence is None:
-                    weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
-                    out[rows] = sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1))
-                    continue
-                counts = self.RN[:, :, cty] if p < 0 else self.RNL[p, :, :, cty].sum(axis=-1)
-                w, shift[rows] = sum_levels(evidence.log_weights(rows), counts, f.B)
-                out[rows] = f.A[0] * w[0] + f.A[1] * w[1]
+                out[rows], shift[rows] = self._class_weights(codes, rows, evidence, p, cty)
         return out, shift
+
+    def _class_weights(self, codes: dict[str, np.ndarray], rows: np.ndarray,
+                       evidence: ActivityEvidence | None, p: int, cty: int
+                       ) -> tuple[np.ndarray, np.ndarray | float]:
+        """One run's (rows of provider p, -1 for none, and country cty) unnormalised
+        posterior weights (r, 12) and log scale."""
+        f = self._factors(codes, rows)
+        if evidence is None:
+            weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
+            return sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1)), 0.0
+        counts = self.RN[:, :, cty] if p < 0 else self.RNL[p, :, :, cty].sum(axis=-1)
+        w, shift = sum_levels(evidence.log_weights(rows), counts, f.B)
+        return f.A[0] * w[0] + f.A[1] * w[1], shift
 
     def label_posterior(self, df: pd.DataFrame, providers: np.ndarray,
                         dates: np.ndarray | None = None, power_threshold: float | None = None
@@ -223,6 +222,10 @@ class World:
         evidence = self._evidence(df, codes, power_threshold)
         with threadpool_limits(limits=1, user_api="blas"):
             for rows, (p, cty) in _runs((prov, codes["country"])):
+                if self.LC is not None:  # Σ over labelled users of a class, then their labels
+                    out[rows] = self._class_weights(codes, rows, evidence, -1, cty)[0] @ self.LC[
+                        p, cty]  # the scale is one per row: normalising drops it
+                    continue
                 f = self._factors(codes, rows)
                 if evidence is not None:
                     w, _ = sum_levels(evidence.log_weights(rows), self.RNL[p, :, :, cty],
