@@ -287,6 +287,26 @@ def ts_seconds_of(df: pd.DataFrame) -> np.ndarray:
     return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
+CHUNK_ROWS = 1 << 15  # rows per vectorised block: small enough to reuse memory, big enough for BLAS
+
+
+def row_runs(keys: tuple[np.ndarray, ...], size: int = CHUNK_ROWS):
+    """Yield (row indices, key values) for blocks of rows sharing every key, at most ``size``."""
+    if not len(keys[0]):
+        return
+    order = np.lexsort(keys[::-1])
+    sorted_keys = [k[order] for k in keys]
+    change = np.zeros(len(order), dtype=bool)
+    change[0] = True
+    for k in sorted_keys:
+        change[1:] |= k[1:] != k[:-1]
+    starts = np.flatnonzero(change)
+    bounds = np.append(starts, len(order))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for lo in range(a, b, size):
+            yield order[lo:min(b, lo + size)], tuple(int(k[a]) for k in sorted_keys)
+
+
 def user_impressions_today(df: pd.DataFrame) -> np.ndarray:
     """Per row: how many impressions of the same user came earlier the same UTC day.
 

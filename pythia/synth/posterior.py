@@ -33,8 +33,8 @@ from pythia import geo, storage
 from pythia.features import IS_POWER_USER, TS, USER_IMPRESSIONS_TODAY, derive_time_features
 from pythia.paths import join
 from pythia.synth.activity import (ActivityEvidence, ExposureClock, check_counts,
-                                   expected_weights, label_given_class, sum_levels,
-                                   ts_seconds_of)
+                                   expected_weights, label_given_class, row_runs,
+                                   sum_levels, ts_seconds_of)
 from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
 
 _CTV = "ctv"
@@ -53,26 +53,6 @@ def _codes(values: pd.Series | np.ndarray, vocab: list[str], column: str,
         raise ValueError(f"column {column!r} has {int(bad.sum())} value(s) this world never "
                          f"generates, e.g. {examples}")
     return idx
-
-
-CHUNK_ROWS = 1 << 15  # rows per vectorised block: small enough to reuse memory, big enough for BLAS
-
-
-def _runs(keys: tuple[np.ndarray, ...], size: int = CHUNK_ROWS):
-    """Yield (row indices, key values) for blocks of rows sharing every key, at most ``size``."""
-    if not len(keys[0]):
-        return
-    order = np.lexsort(keys[::-1])
-    sorted_keys = [k[order] for k in keys]
-    change = np.zeros(len(order), dtype=bool)
-    change[0] = True
-    for k in sorted_keys:
-        change[1:] |= k[1:] != k[:-1]
-    starts = np.flatnonzero(change)
-    bounds = np.append(starts, len(order))
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        for lo in range(a, b, size):
-            yield order[lo:min(b, lo + size)], tuple(int(k[a]) for k in sorted_keys)
 
 
 @dataclass
@@ -174,7 +154,7 @@ class World:
         evidence = self._evidence(df, codes, power_threshold)
         # The matmuls are tiny (K x 12): multi-threaded BLAS only adds contention here.
         with threadpool_limits(limits=1, user_api="blas"):
-            for rows, (p, cty) in _runs((prov, codes["country"])):
+            for rows, (p, cty) in row_runs((prov, codes["country"])):
                 out[rows], shift[rows] = self._class_weights(codes, rows, evidence, p, cty)
         return out, shift
 
@@ -213,33 +193,17 @@ class World:
             post = self.posterior(df, providers=names, power_threshold=power_threshold)
             cty = _codes(df["country"], self.params.vocab["countries"], "country")
             out = np.empty((n, N_CLASS))
-            for rows, (p, c, d) in _runs((prov, cty, day)):
+            for rows, (p, c, d) in row_runs((prov, cty, day)):
                 out[rows] = post[rows] @ self.params.confusion[p, c, d]
             return out
-        codes = self._encode(df)
-        K = self.params.config.n_interests
-        out = np.empty((n, N_CLASS))
-        evidence = self._evidence(df, codes, power_threshold)
-        with threadpool_limits(limits=1, user_api="blas"):
-            for rows, (p, cty) in _runs((prov, codes["country"])):
-                if self.LC is not None:  # Σ over labelled users of a class, then their labels
-                    out[rows] = self._class_weights(codes, rows, evidence, -1, cty)[0] @ self.LC[
-                        p, cty]  # the scale is one per row: normalising drops it
-                    continue
-                f = self._factors(codes, rows)
-                if evidence is not None:
-                    w, _ = sum_levels(evidence.log_weights(rows), self.RNL[p, :, :, cty],
-                                      f.B)  # per s: (rows, class, label)
-                    out[rows] = sum(np.einsum("nc,ncl->nl", f.A[s], w[s]) for s in (0, 1))
-                    continue
-                acc = np.zeros((len(rows), N_CLASS))
-                for s in (0, 1):
-                    # RL[p, s, cty]: (class, z, label) -> (z, class*label), one matmul per run
-                    table = self.RL[p, s, cty].transpose(1, 0, 2).reshape(K, -1)
-                    t = (f.B[s] @ table).reshape(len(rows), N_CLASS, N_CLASS)
-                    acc += np.einsum("nc,ncl->nl", f.A[s], t)
-                out[rows] = acc
-        return self._normalize(out)
+        return self._normalize(self._truth_and_label(df, prov, power_threshold)[1])
+
+    def gauge_posteriors(self, df: pd.DataFrame, providers: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """``(posterior(df, providers), label_posterior(df, providers))`` in one pass: both
+        sum the same per-row (class, label) weights, one over labels, the other over classes."""
+        prov = self._provider_codes(providers, len(df), allow_null=False)
+        return tuple(self._normalize(w) for w in self._truth_and_label(df, prov, None))
 
     def country_prior(self, countries: np.ndarray) -> np.ndarray:
         """(n, 12) P(AgeGender | country) of a random impression, averaged over a whole week
@@ -251,6 +215,35 @@ class World:
         return self._normalize(per[cty])
 
     # ---------------------------------------------------------------- internals
+
+    def _truth_and_label(self, df: pd.DataFrame, prov: np.ndarray,
+                         power_threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Unnormalised (n, 12) P(class, x) and P(label, x) of rows labelled by providers
+        ``prov``, each up to one scale per row (normalising drops it)."""
+        codes = self._encode(df)
+        evidence = self._evidence(df, codes, power_threshold)
+        truth, label = np.empty((len(df), N_CLASS)), np.empty((len(df), N_CLASS))
+        with threadpool_limits(limits=1, user_api="blas"):
+            for rows, (p, cty) in row_runs((prov, codes["country"])):
+                w = self._label_weights(codes, rows, evidence, p, cty)
+                truth[rows], label[rows] = w.sum(axis=2), w.sum(axis=1)
+        return truth, label
+
+    def _label_weights(self, codes: dict[str, np.ndarray], rows: np.ndarray,
+                       evidence: ActivityEvidence | None, p: int, cty: int) -> np.ndarray:
+        """One run's (rows of provider p and country cty) (r, class, label) weights."""
+        if self.LC is not None:  # Σ over a class's users, then P(labelled, label | class)
+            w = self._class_weights(codes, rows, evidence, -1, cty)[0]
+            return w[:, :, None] * self.LC[p, cty][None]
+        f = self._factors(codes, rows)
+        if evidence is not None:  # per s: (rows, class, label)
+            w, _ = sum_levels(evidence.log_weights(rows), self.RNL[p, :, :, cty], f.B)
+            return f.A[0][:, :, None] * w[0] + f.A[1][:, :, None] * w[1]
+        K = self.params.config.n_interests
+        # RL[p, s, cty]: (class, z, label) -> (z, class*label), one matmul per run
+        tables = [self.RL[p, s, cty].transpose(1, 0, 2).reshape(K, -1) for s in (0, 1)]
+        return sum(f.A[s][:, :, None] * (f.B[s] @ tables[s]).reshape(len(rows), N_CLASS, N_CLASS)
+                   for s in (0, 1))
 
     def _evidence(self, df: pd.DataFrame, codes: dict[str, np.ndarray],
                   power_threshold: float | None) -> ActivityEvidence | None:
