@@ -108,7 +108,8 @@ class World:
     def population(self) -> "World":
         """This world with its drawn users and labels replaced by their expectation
         (``activity.expected_weights``): the population posterior, which knows the generative
-        tables but not which users were drawn. It shares this world's truth."""
+        tables but not which users were drawn. It shares this world's truth. Its labels depend
+        on a user only through the class (``LC``), so its label posterior sums users per class."""
         weights = {**expected_weights(self.params), "LC": label_given_class(self.params)}
         return World(self.root, self.params, weights)
 
