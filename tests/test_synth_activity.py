@@ -155,6 +155,50 @@ def test_conditional_weights_summed_over_n_are_the_marginal(tiny, rows):
         np.testing.assert_allclose(total, base, rtol=1e-9, atol=0)
 
 
+def test_population_label_posterior_factors_through_the_label_tables(tiny, rows):
+    # World.population() sums a class's users first and applies P(labelled, label | class)
+    # after; the same World on the full (P, ..., label) tables must give the same posteriors
+    world = load_world(tiny)
+    population, full = world.population(), World(tiny, world.params,
+                                                 expected_weights(world.params))
+    assert population.LC is not None and full.LC is None and world.LC is None
+    flag, threshold = _day_flags(rows)
+    sample = rows.assign(is_power_user=flag).groupby("country").head(25)
+    cty = pd.Index(world.params.vocab["countries"]).get_indexer(sample["country"])
+    p = np.arange(len(sample)) % len(world.params.vocab["providers"])  # several providers
+    ok = world.params.coverage[p, cty] > 0  # rows whose provider labels the row's country
+    sample = sample[ok].reset_index(drop=True)
+    providers = np.asarray(world.params.vocab["providers"], dtype=object)[p[ok]]
+    assert len(set(providers)) > 1 and sample["country"].nunique() >= 5
+    for df, thr in ((sample, None), (sample.drop(columns=[N_TODAY]), None),
+                    (sample, threshold)):
+        got = population.label_posterior(df, providers, power_threshold=thr)
+        want = full.label_posterior(df, providers, power_threshold=thr)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+        realised = world.label_posterior(df, providers, power_threshold=thr)
+        assert np.abs(realised - got).max() > 1e-3  # the realised labels are not the tables'
+
+
+def test_gauge_posteriors_are_the_two_posteriors_in_one_pass(tiny, rows):
+    world = load_world(tiny)
+    sample = rows.groupby("country").head(25)
+    cty = pd.Index(world.params.vocab["countries"]).get_indexer(sample["country"])
+    p = np.arange(len(sample)) % len(world.params.vocab["providers"])
+    ok = world.params.coverage[p, cty] > 0
+    sample = sample[ok].reset_index(drop=True)
+    providers = np.asarray(world.params.vocab["providers"], dtype=object)[p[ok]]
+    for w in (world, world.population()):
+        for df in (sample, sample.drop(columns=[N_TODAY])):  # with and without the count
+            truth, label = w.gauge_posteriors(df, providers)
+            np.testing.assert_allclose(truth, w.posterior(df, providers), rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(label, w.label_posterior(df, providers), rtol=1e-12,
+                                       atol=1e-15)
+            assert np.abs(truth - label).max() > 1e-3  # two different posteriors
+    providers[0] = None  # every gauge row has its provider: a null one is named
+    with pytest.raises(ValueError, match="providers"):
+        world.gauge_posteriors(sample, providers)
+
+
 def _local_day_exposure(world, df: pd.DataFrame) -> np.ndarray:
     """A WRONG H: exposure since LOCAL midnight (what a local-day counter would need)."""
     clock = ExposureClock(world.params)

@@ -47,12 +47,15 @@ def posterior_probs(world: Any, frame: SplitFrame, n_age: int, label_dates: bool
     if LABEL_PROVIDER not in frame.df.columns:
         raise ValueError(f"split {frame.split!r} lacks {LABEL_PROVIDER}, needed for the gauge")
     providers = frame.df[LABEL_PROVIDER].to_numpy(dtype=object)
-    if "providers" in inspect.signature(world.posterior).parameters:
-        joint_truth = np.asarray(world.posterior(frame.df, providers=providers))
+    both = getattr(world, "gauge_posteriors", None)
+    if both is not None and not label_dates:  # the synthetic World: the two in one pass
+        joint_truth, joint_label = (np.asarray(p) for p in both(frame.df, providers))
     else:
-        joint_truth = np.asarray(world.posterior(frame.df))
-    dates = frame.df[DATE].to_numpy() if label_dates and DATE in frame.df.columns else None
-    joint_label = np.asarray(world.label_posterior(frame.df, providers, dates))
+        joint_truth = np.asarray(world.posterior(frame.df, providers=providers)
+                                 if "providers" in inspect.signature(world.posterior).parameters
+                                 else world.posterior(frame.df))
+        dates = frame.df[DATE].to_numpy() if label_dates and DATE in frame.df.columns else None
+        joint_label = np.asarray(world.label_posterior(frame.df, providers, dates))
     out = {}
     for source, joint in ((TRUTH, joint_truth), (PROVIDER, joint_label)):
         if joint.shape != (len(frame.df), 2 * n_age):

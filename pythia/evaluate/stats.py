@@ -18,9 +18,9 @@ from pythia.evaluate.metrics import (N_BINS, bin_index, check_labels, check_prob
 def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Per-row ``-log p_y`` as scikit-learn's ``log_loss(y, clip_probabilities(p))`` averages
     them: probabilities clipped into [eps, 1 - eps] first."""
-    pc = clip_probabilities(p)
-    eps = np.finfo(pc.dtype).eps
-    return -np.log(np.clip(pc[np.arange(len(y)), y], eps, 1 - eps))
+    picked = clip_probabilities(p[np.arange(len(y)), y])  # the same values: clip is per entry
+    eps = np.finfo(picked.dtype).eps
+    return -np.log(np.clip(picked, eps, 1 - eps))
 
 
 class TopLabelBins:
@@ -32,10 +32,12 @@ class TopLabelBins:
         self.conf_sum = np.zeros(n_bins)
         self.correct_sum = np.zeros(n_bins)
 
-    def add(self, y: np.ndarray, p: np.ndarray) -> None:
+    def add(self, y: np.ndarray, p: np.ndarray, pred: np.ndarray | None = None) -> None:
+        """Add rows: labels, probabilities and (when already known) their argmax."""
         n_bins = len(self.count)
-        conf = p.max(axis=1)
-        correct = (p.argmax(axis=1) == y).astype(np.float64)
+        pred = p.argmax(axis=1) if pred is None else pred
+        conf = p[np.arange(len(p)), pred]  # the row maximum
+        correct = (pred == y).astype(np.float64)
         b = bin_index(conf, n_bins)
         self.count += np.bincount(b, minlength=n_bins)
         self.conf_sum += np.bincount(b, weights=conf, minlength=n_bins)
@@ -75,9 +77,10 @@ class ReferenceStats:
 
     def add(self, y: np.ndarray, p: np.ndarray) -> None:
         p = np.asarray(p, dtype=np.float64)
+        pred = p.argmax(axis=1)
         self.log_loss_sum += float(row_log_loss(y, p).sum())
-        self.confusion += _confusion(y, p.argmax(axis=1), self.k)
-        self.top.add(y, p)
+        self.confusion += _confusion(y, pred, self.k)
+        self.top.add(y, p, pred)
 
     def merge(self, other: "ReferenceStats") -> None:
         """Add another's sums: the same as adding its rows here, bit for bit (each field is a
@@ -137,11 +140,12 @@ class LabelStats:
         self.confusion += _confusion(y, pred, k)
         self.log_loss_sum += float(row_log_loss(y, p).sum())
         self.brier_sum += float(((p - np.eye(k)[y]) ** 2).sum())
-        self.top.add(y, p)
-        b = (bin_index(p, self.n_bins) + np.arange(k)[None, :] * self.n_bins).ravel()
-        self.class_label_sum += np.bincount(b, weights=np.eye(k)[y].ravel(),
-                                            minlength=k * self.n_bins)
-        self.class_prob_sum += np.bincount(b, weights=p.ravel(), minlength=k * self.n_bins)
+        self.top.add(y, p, pred)
+        b = bin_index(p, self.n_bins) + np.arange(k)[None, :] * self.n_bins
+        # 1[y == k] is one in the label's column only: count that column's (class, bin)
+        self.class_label_sum += np.bincount(b[np.arange(len(y)), y], minlength=k * self.n_bins)
+        self.class_prob_sum += np.bincount(b.ravel(), weights=p.ravel(),
+                                           minlength=k * self.n_bins)
         if self.ordinal:
             self.mae_sum += float(np.abs(pred - y).sum())
             dist = np.abs(np.arange(k)[None, :] - y[:, None])

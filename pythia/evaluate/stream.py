@@ -305,8 +305,8 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                     else None)  # names these rows in ref_cache
         for target in TARGETS:
             for i, (source, probs) in enumerate(probs_by_source.items()):
-                p = probs[target][mask]
-                if not is_model or i == 0:  # a model's shares are the same for every source
+                if not is_model or i == 0:  # a model's probabilities (so its shares) are the
+                    p = probs[target][mask]  # same for every source: cut and added once
                     sums.shares_of((key, test_set, region, target,
                                   None if is_model else source)).add(p)
                 if source not in frame.labels:

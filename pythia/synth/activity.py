@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.special import gammaln, ndtr, pdtrc, xlogy
 
 from pythia import geo
-from pythia.features import IMPRESSION_ID, TS, USER_ID
+from pythia.features import IMPRESSION_ID, TS, TS_SECONDS, USER_ID
 from pythia.synth.catalog import N_CLASS
 from pythia.synth.places import HOUR, ZoneGroups
 
@@ -68,10 +68,20 @@ def expected_weights(params: WorldParams) -> dict[str, np.ndarray]:
     R = np.einsum("ls,lsckz->sckz", rate, RN)
     # provider p labels a user of country i with probability coverage[p, i], and its label is
     # the latest observation's: (P, country, class, label) over the draw of observation days
-    covered = params.coverage[:, :, None, None] * latest_label_matrix(params)
+    covered = label_given_class(params)
     RL = covered[:, None, :, :, None, :] * R[None, ..., None]  # (P, s, cty, c, z, label)
     RNL = covered[:, None, None, :, :, None, :] * RN[None, ..., None]
     return {"R": R, "RN": RN, "RP": RL.sum(axis=-1), "RL": RL, "RNL": RNL}
+
+
+def label_given_class(params: WorldParams) -> np.ndarray:
+    """(P, country, true class, label) P(provider p labels a user, with that label | class).
+
+    Provider p covers a user of country i with probability coverage[p, i], and its label is the
+    latest observation's (``latest_label_matrix``). In the expected tables a user's label depends
+    on the user only through its class, so RL and RNL are this times R and RN.
+    """
+    return params.coverage[:, :, None, None] * latest_label_matrix(params)
 
 
 def latest_label_matrix(params: WorldParams) -> np.ndarray:
@@ -265,6 +275,36 @@ def sum_levels(log_w: np.ndarray, counts: np.ndarray, B: tuple[np.ndarray, np.nd
             e = E[lo:hi, s].reshape((hi - lo, L, N_CLASS) + (1,) * len(extra))
             out[s][lo:hi] = (e * t).sum(axis=1)
     return out, shift
+
+
+def ts_seconds_of(df: pd.DataFrame) -> np.ndarray:
+    """Epoch seconds from ``ts_seconds`` (int) or ``ts`` (timestamp, any unit / tz-aware)."""
+    if TS_SECONDS in df.columns:
+        return df[TS_SECONDS].to_numpy(dtype=np.int64)
+    if TS not in df.columns:
+        raise ValueError(f"posterior needs a {TS!r} (timestamp) or {TS_SECONDS!r} (int64) column")
+    ts = pd.to_datetime(df[TS], utc=True)
+    return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+
+
+CHUNK_ROWS = 1 << 15  # rows per vectorised block: small enough to reuse memory, big enough for BLAS
+
+
+def row_runs(keys: tuple[np.ndarray, ...], size: int = CHUNK_ROWS):
+    """Yield (row indices, key values) for blocks of rows sharing every key, at most ``size``."""
+    if not len(keys[0]):
+        return
+    order = np.lexsort(keys[::-1])
+    sorted_keys = [k[order] for k in keys]
+    change = np.zeros(len(order), dtype=bool)
+    change[0] = True
+    for k in sorted_keys:
+        change[1:] |= k[1:] != k[:-1]
+    starts = np.flatnonzero(change)
+    bounds = np.append(starts, len(order))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for lo in range(a, b, size):
+            yield order[lo:min(b, lo + size)], tuple(int(k[a]) for k in sorted_keys)
 
 
 def user_impressions_today(df: pd.DataFrame) -> np.ndarray:

@@ -30,11 +30,11 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from pythia import geo, storage
-from pythia.features import (IS_POWER_USER, TS, TS_SECONDS, USER_IMPRESSIONS_TODAY,
-                             derive_time_features)
+from pythia.features import IS_POWER_USER, TS, USER_IMPRESSIONS_TODAY, derive_time_features
 from pythia.paths import join
 from pythia.synth.activity import (ActivityEvidence, ExposureClock, check_counts,
-                                   expected_weights, sum_levels)
+                                   expected_weights, label_given_class, row_runs,
+                                   sum_levels, ts_seconds_of)
 from pythia.synth.world import CLASS_LABELS, N_CLASS, WorldParams, params_from_saved
 
 _CTV = "ctv"
@@ -55,36 +55,6 @@ def _codes(values: pd.Series | np.ndarray, vocab: list[str], column: str,
     return idx
 
 
-CHUNK_ROWS = 1 << 15  # rows per vectorised block: small enough to reuse memory, big enough for BLAS
-
-
-def _runs(keys: tuple[np.ndarray, ...], size: int = CHUNK_ROWS):
-    """Yield (row indices, key values) for blocks of rows sharing every key, at most ``size``."""
-    if not len(keys[0]):
-        return
-    order = np.lexsort(keys[::-1])
-    sorted_keys = [k[order] for k in keys]
-    change = np.zeros(len(order), dtype=bool)
-    change[0] = True
-    for k in sorted_keys:
-        change[1:] |= k[1:] != k[:-1]
-    starts = np.flatnonzero(change)
-    bounds = np.append(starts, len(order))
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        for lo in range(a, b, size):
-            yield order[lo:min(b, lo + size)], tuple(int(k[a]) for k in sorted_keys)
-
-
-def ts_seconds_of(df: pd.DataFrame) -> np.ndarray:
-    """Epoch seconds from ``ts_seconds`` (int) or ``ts`` (timestamp, any unit / tz-aware)."""
-    if TS_SECONDS in df.columns:
-        return df[TS_SECONDS].to_numpy(dtype=np.int64)
-    if TS not in df.columns:
-        raise ValueError(f"posterior needs a {TS!r} (timestamp) or {TS_SECONDS!r} (int64) column")
-    ts = pd.to_datetime(df[TS], utc=True)
-    return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
-
-
 @dataclass
 class _Factors:
     country: np.ndarray  # (n,) country index
@@ -103,6 +73,8 @@ class World:
         self.RP, self.RL = weights.get("RP"), weights.get("RL")
         # per-level user counts (None in worlds written before activity levels)
         self.RN, self.RNL = weights.get("RN"), weights.get("RNL")
+        # "LC" (population World): P(labelled, label | class), which RL and RNL factor through
+        self.LC = weights.get("LC")
         self._exposure: ExposureClock | None = None
         self._truth: pd.DataFrame | None = None
         v = params.vocab
@@ -136,8 +108,10 @@ class World:
     def population(self) -> "World":
         """This world with its drawn users and labels replaced by their expectation
         (``activity.expected_weights``): the population posterior, which knows the generative
-        tables but not which users were drawn. It shares this world's truth."""
-        return World(self.root, self.params, expected_weights(self.params))
+        tables but not which users were drawn. It shares this world's truth. Its labels depend
+        on a user only through the class (``LC``), so its label posterior sums users per class."""
+        weights = {**expected_weights(self.params), "LC": label_given_class(self.params)}
+        return World(self.root, self.params, weights)
 
     def truth(self) -> pd.DataFrame:
         """``truth/users.parquet``: true demographics and latent state of every user."""
@@ -181,16 +155,22 @@ class World:
         evidence = self._evidence(df, codes, power_threshold)
         # The matmuls are tiny (K x 12): multi-threaded BLAS only adds contention here.
         with threadpool_limits(limits=1, user_api="blas"):
-            for rows, (p, cty) in _runs((prov, codes["country"])):
-                f = self._factors(codes, rows)
-                if evidence is None:
-                    weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
-                    out[rows] = sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1))
-                    continue
-                counts = self.RN[:, :, cty] if p < 0 else self.RNL[p, :, :, cty].sum(axis=-1)
-                w, shift[rows] = sum_levels(evidence.log_weights(rows), counts, f.B)
-                out[rows] = f.A[0] * w[0] + f.A[1] * w[1]
+            for rows, (p, cty) in row_runs((prov, codes["country"])):
+                out[rows], shift[rows] = self._class_weights(codes, rows, evidence, p, cty)
         return out, shift
+
+    def _class_weights(self, codes: dict[str, np.ndarray], rows: np.ndarray,
+                       evidence: ActivityEvidence | None, p: int, cty: int
+                       ) -> tuple[np.ndarray, np.ndarray | float]:
+        """One run's (rows of provider p, -1 for none, and country cty) unnormalised
+        posterior weights (r, 12) and log scale."""
+        f = self._factors(codes, rows)
+        if evidence is None:
+            weights = self.R[:, cty] if p < 0 else self.RP[p, :, cty]  # (s, class, z)
+            return sum(f.A[s] * (f.B[s] @ weights[s].T) for s in (0, 1)), 0.0
+        counts = self.RN[:, :, cty] if p < 0 else self.RNL[p, :, :, cty].sum(axis=-1)
+        w, shift = sum_levels(evidence.log_weights(rows), counts, f.B)
+        return f.A[0] * w[0] + f.A[1] * w[1], shift
 
     def label_posterior(self, df: pd.DataFrame, providers: np.ndarray,
                         dates: np.ndarray | None = None, power_threshold: float | None = None
@@ -214,29 +194,17 @@ class World:
             post = self.posterior(df, providers=names, power_threshold=power_threshold)
             cty = _codes(df["country"], self.params.vocab["countries"], "country")
             out = np.empty((n, N_CLASS))
-            for rows, (p, c, d) in _runs((prov, cty, day)):
+            for rows, (p, c, d) in row_runs((prov, cty, day)):
                 out[rows] = post[rows] @ self.params.confusion[p, c, d]
             return out
-        codes = self._encode(df)
-        K = self.params.config.n_interests
-        out = np.empty((n, N_CLASS))
-        evidence = self._evidence(df, codes, power_threshold)
-        with threadpool_limits(limits=1, user_api="blas"):
-            for rows, (p, cty) in _runs((prov, codes["country"])):
-                f = self._factors(codes, rows)
-                if evidence is not None:
-                    w, _ = sum_levels(evidence.log_weights(rows), self.RNL[p, :, :, cty],
-                                      f.B)  # per s: (rows, class, label)
-                    out[rows] = sum(np.einsum("nc,ncl->nl", f.A[s], w[s]) for s in (0, 1))
-                    continue
-                acc = np.zeros((len(rows), N_CLASS))
-                for s in (0, 1):
-                    # RL[p, s, cty]: (class, z, label) -> (z, class*label), one matmul per run
-                    table = self.RL[p, s, cty].transpose(1, 0, 2).reshape(K, -1)
-                    t = (f.B[s] @ table).reshape(len(rows), N_CLASS, N_CLASS)
-                    acc += np.einsum("nc,ncl->nl", f.A[s], t)
-                out[rows] = acc
-        return self._normalize(out)
+        return self._normalize(self._truth_and_label(df, prov, power_threshold)[1])
+
+    def gauge_posteriors(self, df: pd.DataFrame, providers: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """``(posterior(df, providers), label_posterior(df, providers))`` in one pass: both
+        sum the same per-row (class, label) weights, one over labels, the other over classes."""
+        prov = self._provider_codes(providers, len(df), allow_null=False)
+        return tuple(self._normalize(w) for w in self._truth_and_label(df, prov, None))
 
     def country_prior(self, countries: np.ndarray) -> np.ndarray:
         """(n, 12) P(AgeGender | country) of a random impression, averaged over a whole week
@@ -248,6 +216,35 @@ class World:
         return self._normalize(per[cty])
 
     # ---------------------------------------------------------------- internals
+
+    def _truth_and_label(self, df: pd.DataFrame, prov: np.ndarray,
+                         power_threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Unnormalised (n, 12) P(class, x) and P(label, x) of rows labelled by providers
+        ``prov``, each up to one scale per row (normalising drops it)."""
+        codes = self._encode(df)
+        evidence = self._evidence(df, codes, power_threshold)
+        truth, label = np.empty((len(df), N_CLASS)), np.empty((len(df), N_CLASS))
+        with threadpool_limits(limits=1, user_api="blas"):
+            for rows, (p, cty) in row_runs((prov, codes["country"])):
+                w = self._label_weights(codes, rows, evidence, p, cty)
+                truth[rows], label[rows] = w.sum(axis=2), w.sum(axis=1)
+        return truth, label
+
+    def _label_weights(self, codes: dict[str, np.ndarray], rows: np.ndarray,
+                       evidence: ActivityEvidence | None, p: int, cty: int) -> np.ndarray:
+        """One run's (rows of provider p and country cty) (r, class, label) weights."""
+        if self.LC is not None:  # Σ over a class's users, then P(labelled, label | class)
+            w = self._class_weights(codes, rows, evidence, -1, cty)[0]
+            return w[:, :, None] * self.LC[p, cty][None]
+        f = self._factors(codes, rows)
+        if evidence is not None:  # per s: (rows, class, label)
+            w, _ = sum_levels(evidence.log_weights(rows), self.RNL[p, :, :, cty], f.B)
+            return f.A[0][:, :, None] * w[0] + f.A[1][:, :, None] * w[1]
+        K = self.params.config.n_interests
+        # RL[p, s, cty]: (class, z, label) -> (z, class*label), one matmul per run
+        tables = [self.RL[p, s, cty].transpose(1, 0, 2).reshape(K, -1) for s in (0, 1)]
+        return sum(f.A[s][:, :, None] * (f.B[s] @ tables[s]).reshape(len(rows), N_CLASS, N_CLASS)
+                   for s in (0, 1))
 
     def _evidence(self, df: pd.DataFrame, codes: dict[str, np.ndarray],
                   power_threshold: float | None) -> ActivityEvidence | None:
