@@ -24,6 +24,7 @@ from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models import export as ex
 from pythia.models import priors as pr
+from pythia.models.raw_memo import RawMemo
 
 META_FILE = "meta.json"
 ENCODERS_FILE = "encoders.json"
@@ -105,6 +106,9 @@ class Model:
         # (raw logits, labels) of validation under the final weights, when ``_fit`` already
         # computed them (the MLP's early stopping): ``fit`` calibrates on them, once
         self._kept_valid: tuple[dict, dict] | None = None
+        # numpy models: the validation logits calibration computed, by impression id, for
+        # the predictions file's validation pass (``raw_memo``); ``forget_validation`` drops it
+        self._valid_memo: RawMemo | None = None
         # The fitted model ``fit`` starts from (``warm_starts``), during ``fit`` only
         self.start: "Model | None" = None
 
@@ -251,6 +255,9 @@ class Model:
         summary = dict(self._fit(train, valid))
         kept, self._kept_valid = self._kept_valid, None
         raw, y = kept if kept is not None else self._raw_and_labels(valid)
+        self._valid_memo = (RawMemo(valid[features.IMPRESSION_ID], raw) if kept is None and
+                            isinstance(valid, Mapping) and features.IMPRESSION_ID in valid
+                            else None)
         for t in self.heads:
             self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
         calibrated = self._expand(self._calibrated(raw))
@@ -277,7 +284,9 @@ class Model:
         n = self.check_features(X)
         if n == 0:
             return {t: np.zeros((0, k)) for t, k in self.n_classes.items()}
-        calibrated = self._calibrated(self._predict_raw(X))
+        known = (self._valid_memo.lookup(X[features.IMPRESSION_ID])
+                 if self._valid_memo is not None and features.IMPRESSION_ID in X else None)
+        calibrated = self._calibrated(known if known is not None else self._predict_raw(X))
         method = self.train_cfg.prior_correction
         corrected = {t: pr.correct_priors(calibrated[t], method, self.priors["train"][t],
                                           self.priors["natural"][t], groups)
@@ -288,6 +297,10 @@ class Model:
                 raise FloatingPointError(f"model {self.name!r} produced non-finite {t} "
                                          f"probabilities")
         return out
+
+    def forget_validation(self) -> None:
+        """Drop the validation logits kept from calibration (once its predictions are out)."""
+        self._valid_memo = None
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str) -> None:

@@ -245,6 +245,7 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
     del train, valid
     n_predicted = write_split_predictions(model, tf_manifest, region, SCORED_SPLITS,
                                           predictions_uri)
+    model.forget_validation()
     model.save(model_dir)
 
     record = {
