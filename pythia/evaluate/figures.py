@@ -4,7 +4,9 @@ is drawn from aggregates — the metric tables and the per-slice sums of streami
 (confusion counts, reliability bins) — never from rows.
 
 Figures are built with the object-oriented ``matplotlib.figure.Figure`` API (Agg canvas, no
-pyplot state), so nothing needs closing and a notebook's backend is left alone.
+pyplot state), so nothing needs closing and a notebook's backend is left alone. Their layout is
+constrained (it places the suptitle and the legend under the panels itself), so a figure is laid
+out once and saved as is: ``bbox_inches="tight"`` would measure every text again.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ MAX_MODELS_IN_BARS = 6  # per-class F1 figure: the best few candidates, or bars 
 
 def _new_figure(n_panels: int, width_per_panel: float = 5.0, height: float = 4.0
                 ) -> tuple[Figure, Sequence]:
-    fig = Figure(figsize=(width_per_panel * n_panels, height), layout="tight")
+    fig = Figure(figsize=(width_per_panel * n_panels, height), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     return fig, axes
@@ -37,7 +39,7 @@ def _new_figure(n_panels: int, width_per_panel: float = 5.0, height: float = 4.0
 def figure_png(fig: Figure) -> bytes:
     """Render a figure to PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=_DPI)
     return buf.getvalue()
 
 
@@ -63,8 +65,8 @@ def _figure_legend(fig: Figure, axes: Sequence) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="upper center",
-                   bbox_to_anchor=(0.5, 0.0), ncol=min(len(seen), 6), fontsize=8)
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center",
+                   ncol=min(len(seen), 6), fontsize=8)
 
 
 def plot_bar_panels(panels: Mapping[str, pd.DataFrame], title: str, ylabel: str) -> bytes:
