@@ -37,6 +37,7 @@ from pythia.models import export as ex
 from pythia.models import priors as pr
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
+from pythia.models.mlp_valid import ValidationSample, losses_of, natural_loss_sums
 from pythia.models.warm_mlp import fit_mlp_warm
 from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
                                  count_rows, embedding_dim, fit_wide_start, numpy_of)
@@ -139,6 +140,7 @@ class MLPModel(Model):
         self.age_head = normalize_age_head(self.hparams["age_head"] or self.train_cfg.age_head)
         self.hparams["age_head"] = self.age_head
         self.keras_model: keras.Model | None = None
+        self._valid_sampler: ValidationSample | None = None
 
     # -------------------------------------------------------------- graph
     def build(self, n_train: int = 0, start: Mapping[str, Mapping] | None = None
@@ -224,6 +226,13 @@ class MLPModel(Model):
 
     # -------------------------------------------------------------- fit / predict
     def _fit(self, train: Any, valid: Any) -> dict:
+        self._valid_sampler = None
+        summary = self._fit_network(train, valid)
+        if self._valid_sampler is not None:  # a tf.data split: the temperature's rows
+            summary["temperature_sample"] = self._valid_sampler.record
+        return summary
+
+    def _fit_network(self, train: Any, valid: Any) -> dict:
         if isinstance(train, Mapping) and isinstance(valid, tf.data.Dataset):
             raise TypeError("numpy train data needs numpy valid data for the MLP")
         if self.start is not None:  # a regional fit from the global one
@@ -301,17 +310,18 @@ class MLPModel(Model):
 
     def natural_val_losses(self, valid: Any) -> dict[str, float]:
         """Per head, the validation log-loss moved to the natural priors and weighted back to
-        the natural class mix (the champion rule's measure; temperature 1)."""
-        raw, y = self._scored_valid = self._raw_and_labels(valid)
-        weights = self.validation_weights(y["age_gender"])
-        out = {}
-        for t in features.TARGETS:
-            p = pr.correct_priors(link_probabilities(raw[t], self.link(t)),
-                                  self.train_cfg.prior_correction, self.priors["train"][t],
-                                  self.priors["natural"][t])
-            picked = np.maximum(p[np.arange(len(y[t])), y[t]], pr.PROB_FLOOR)
-            out[t] = float(np.sum(-np.log(picked) * weights) / max(np.sum(weights), 1e-12))
-        return out
+        the natural class mix (the champion rule's measure; temperature 1). A tf.data split is
+        scored batch by batch and only a bounded sample keeps its logits (``mlp_valid``)."""
+        if isinstance(valid, tf.data.Dataset):
+            cfg = self.train_cfg  # one sampler per fit: it keeps the split's class counts
+            self._valid_sampler = (self._valid_sampler
+                                   or ValidationSample(cfg.max_train_rows, cfg.seed))
+            raw, y, sums = self._valid_sampler.score(self, valid)
+        else:
+            raw, y = super()._raw_and_labels(valid)
+            sums = natural_loss_sums(self, raw, y)
+        self._scored_valid = (raw, y)
+        return losses_of(sums)
 
     def link(self, head: str) -> str:
         return self.age_head if head == "age" else "softmax"
@@ -325,19 +335,8 @@ class MLPModel(Model):
     def _raw_and_labels(self, valid: Any):
         if not isinstance(valid, tf.data.Dataset):
             return super()._raw_and_labels(valid)
-        logit_parts: dict[str, list] = {t: [] for t in features.TARGETS}
-        label_parts: dict[str, list] = {t: [] for t in features.TARGETS}
-        for x, y in self._select(valid):
-            out = self.keras_model(x, training=False)
-            for t in features.TARGETS:
-                logit_parts[t].append(np.asarray(out[t]))
-                label_parts[t].append(np.asarray(y[t]))
-        widths = self.head_units()
-        logits = {t: (np.concatenate(v).astype(np.float64) if v else np.zeros((0, widths[t])))
-                  for t, v in logit_parts.items()}
-        labels = {t: (np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64))
-                  for t, v in label_parts.items()}
-        return logits, labels
+        self.natural_val_losses(valid)  # the kept rows (a bounded sample over the cap)
+        return self._scored_valid
 
     # -------------------------------------------------------------- persistence / export
     def _save_weights(self, folder: str) -> dict:

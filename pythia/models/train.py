@@ -268,6 +268,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         "n_predicted": n_predicted,
         "wide_start": summary.get("wide_start"),  # the MLP's LR start and whether it improved
         "training_sample": sample,
+        # the MLP: the validation rows its temperature was fitted on (models.mlp_valid)
+        "temperature_sample": summary.get("temperature_sample"),
         "start_from": candidate_name(start.summary) if start else None,
         # the start's and the kept validation loss on the region, steps kept / tried
         "warm_start": summary.get("start"),
@@ -291,7 +293,7 @@ def _training_data(model: Model, tf_manifest: Mapping, region: str
         train = tfrecords.make_dataset(tf_manifest, TRAIN, regions, batch_size=cfg.batch_size,
                                        shuffle=True, seed=cfg.seed)
         valid = tfrecords.make_dataset(tf_manifest, VALIDATION, regions,
-                                       batch_size=max(cfg.batch_size, 4096))
+                                       batch_size=max(cfg.batch_size, 4096), with_ids=True)
         streamed = {s: {"split": s, "rule": "all rows, streamed (tf.data)",
                         "rows_available": split_rows(tf_manifest, s, region),
                         "rows_used": split_rows(tf_manifest, s, region)}

@@ -1,0 +1,155 @@
+"""The MLP's validation pass in bounded memory: early stopping's natural-weighted log-loss is
+summed batch by batch over every validation row, and only a bounded sample of rows keeps its
+logits and labels for the temperature fit (and the summary's ``val_logloss``).
+
+The sample is the numpy models' training-sample rule (``tfrecords.sample``): at most
+``TrainConfig.max_train_rows`` rows, per AgeGender class a quota proportional to its rows (a
+class with rows keeps at least one), filled with the rows of smallest SipHash of the impression
+id keyed by the run's seed. Within the cap every row is kept, in read order, so the fit is the
+one of every row. Chosen over streaming passes because a temperature is one scalar that a
+half-million-row sample pins to well within the fit's tolerance, whereas a streamed fit needs
+a forward pass of the network over the whole split per loss evaluation (~20 per head).
+
+Under ``prior_correction = 'em'`` the loss re-estimates priors from the rows it is given, so
+early stopping reads the kept rows (every row within the cap), not batches.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from pythia import features
+from pythia.models import priors as pr
+from pythia.models.links import link_probabilities
+from pythia.tfrecords import encode
+from pythia.tfrecords.sample import (ALL_ROWS_RULE, SAMPLE_RULE, STRATUM, sample_chunks,
+                                     sample_quotas)
+
+LOGIT = "logits:"  # prefix of a head's logits in a sampled chunk
+STRATUM_TARGET = "age_gender"  # the head whose labels are the stratum (tfrecords.sample)
+USE = ("the temperature fit and val_logloss; early stopping's natural-weighted log-loss sums "
+       "every validation row")
+
+
+def natural_loss_sums(model: Any, raw: dict[str, np.ndarray], y: dict[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+    """Per head, [sum of natural-weighted per-row log-losses, sum of weights] of these rows:
+    the champion rule's measure (priors moved to the natural ones, temperature 1) is
+    the first over the second, summed over any partition of the rows."""
+    weights = model.validation_weights(y["age_gender"])
+    out = {}
+    for t in features.TARGETS:
+        p = pr.correct_priors(link_probabilities(raw[t], model.link(t)),
+                              model.train_cfg.prior_correction, model.priors["train"][t],
+                              model.priors["natural"][t])
+        picked = np.maximum(p[np.arange(len(y[t])), y[t]], pr.PROB_FLOOR)
+        out[t] = np.array([np.sum(-np.log(picked) * weights), np.sum(weights)])
+    return out
+
+
+def losses_of(sums: dict[str, np.ndarray]) -> dict[str, float]:
+    """The per-head log-losses of ``natural_loss_sums`` (summed)."""
+    return {t: float(s / max(w, 1e-12)) for t, (s, w) in sums.items()}
+
+
+class ValidationSample:
+    """Scores a validation ``tf.data.Dataset`` (features may carry the impression id) with
+    the model's current weights, one batch at a time.
+
+    The class counts come from the first pass: it keeps rows while they fit the cap; when the
+    split turns out larger, a second pass draws the sample (once per fit: later passes know
+    the counts). Memory: at most about 2 x ``max_rows`` rows of logits and labels plus a batch.
+    """
+
+    def __init__(self, max_rows: int, seed: int) -> None:
+        if max_rows < 0:
+            raise ValueError(f"max_train_rows must be >= 0 (0 = every row), got {max_rows}")
+        self.max_rows, self.seed = int(max_rows), int(seed)
+        self.counts: dict[int, int] | None = None
+        self.record: dict[str, Any] | None = None
+
+    def score(self, model: Any, valid: Any) -> tuple[dict, dict, dict[str, np.ndarray]]:
+        """(logits, labels) of the kept rows as float64 / int64 arrays, and the loss sums
+        (``natural_loss_sums``) over every row, or over the kept rows under 'em'."""
+        sums = {t: np.zeros(2) for t in features.TARGETS}
+        sampled = self.counts is not None and self._over_cap(self.counts)
+        kept = None if sampled else self._keep_within_cap(self._chunks(model, valid, sums))
+        if kept is None:  # over the cap: the first pass only counted, or counts were known
+            sums = {t: np.zeros(2) for t in features.TARGETS}
+            quotas = sample_quotas(self.counts, self.max_rows)
+            kept = sample_chunks(self._chunks(model, valid, sums, ids=True), quotas, self.seed)
+        if not kept:  # an empty split: no rows, the heads' widths
+            widths = model.head_units()
+            kept = {**{LOGIT + t: np.zeros((0, widths[t])) for t in features.TARGETS},
+                    **{c: np.zeros(0, np.int64) for c in features.LABEL_COLUMNS.values()}}
+        raw = {t: np.asarray(kept[LOGIT + t], dtype=np.float64) for t in features.TARGETS}
+        y = {t: np.asarray(kept[c], dtype=np.int64) for t, c in features.LABEL_COLUMNS.items()}
+        self.record = self._record(y[STRATUM_TARGET])
+        if model.train_cfg.prior_correction == "em":
+            sums = natural_loss_sums(model, raw, y)
+        return raw, y, sums
+
+    def _over_cap(self, counts: dict[int, int]) -> bool:
+        return self.max_rows > 0 and sum(counts.values()) > self.max_rows
+
+    def _keep_within_cap(self, chunks: Iterator[dict]) -> dict | None:
+        """Every row while the rows seen fit the cap, counting the classes; None (the rows
+        dropped, the counting finished) as soon as they do not."""
+        held: list[dict] | None = []
+        tally = np.zeros(0, dtype=np.int64)
+        for chunk in chunks:
+            c = np.bincount(chunk[STRATUM])
+            tally = np.pad(tally, (0, max(0, len(c) - len(tally))))
+            tally[:len(c)] += c
+            if held is not None:
+                held.append(chunk)
+                if self._over_cap({0: int(tally.sum())}):
+                    held = None
+        self.counts = {c: int(n) for c, n in enumerate(tally) if n > 0}
+        if held is None:
+            return None
+        if not held:
+            return {}
+        return {k: np.concatenate([h[k] for h in held]) for k in held[0]}
+
+    def _chunks(self, model: Any, valid: Any, sums: dict[str, np.ndarray],
+                ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Per batch: the heads' logits (float32, as the network gives them), the labels and,
+        with ``ids``, the impression ids as str; each batch's loss sums added to ``sums``."""
+        for x, y in valid:
+            out = model.keras_model({k: x[k] for k in features.FEATURE_NAMES}, training=False)
+            chunk = {LOGIT + t: np.asarray(out[t]) for t in features.TARGETS}
+            chunk.update({c: np.asarray(y[t]).astype(np.int64)
+                          for t, c in features.LABEL_COLUMNS.items()})
+            if ids:
+                if encode.ID_COLUMN not in x:
+                    raise ValueError(
+                        f"the MLP's validation dataset has no {encode.ID_COLUMN!r} to draw the "
+                        f"temperature sample by ({sum(self.counts.values())} rows > "
+                        f"max_train_rows={self.max_rows}): build it with "
+                        f"tfrecords.make_dataset(..., with_ids=True), or set [train] "
+                        f"max_train_rows = 0 to keep every row")
+                chunk[encode.ID_COLUMN] = np.array(
+                    [v.decode() if isinstance(v, bytes) else v
+                     for v in np.asarray(x[encode.ID_COLUMN])], dtype=object)
+            if model.train_cfg.prior_correction != "em":
+                raw = {t: chunk[LOGIT + t].astype(np.float64) for t in features.TARGETS}
+                part = natural_loss_sums(
+                    model, raw, {t: chunk[c] for t, c in features.LABEL_COLUMNS.items()})
+                for t, v in part.items():
+                    sums[t] += v
+            yield chunk
+
+    def _record(self, y_kept: np.ndarray) -> dict[str, Any]:
+        n = sum(self.counts.values())
+        record = {"split": "validation", "use": USE, "max_rows": self.max_rows,
+                  "seed": self.seed, "stratum": STRATUM, "rows_available": int(n),
+                  "rows_used": int(len(y_kept))}
+        if not self._over_cap(self.counts):
+            return dict(record, rule=ALL_ROWS_RULE)
+        used = np.bincount(y_kept, minlength=max(self.counts) + 1)
+        return dict(record, rule=SAMPLE_RULE,
+                    rows_by_class_available={str(c): n for c, n in self.counts.items()},
+                    rows_by_class_used={str(c): int(used[c]) for c in self.counts})
+
