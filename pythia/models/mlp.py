@@ -244,7 +244,8 @@ class MLPModel(Model):
         cfg, start = self.train_cfg, None
         keras.utils.set_random_seed(cfg.seed)
         if self.hparams["wide"] and self.hparams["wide_start"] == "logreg":
-            train_np, valid_np = numpy_of(train), numpy_of(valid)
+            ds = isinstance(valid, tf.data.Dataset)  # a dataset's ids are not LR inputs
+            train_np, valid_np = numpy_of(train), numpy_of(self._select(valid) if ds else valid)
             start = fit_wide_start(train_np, valid_np, self.encoders, self.priors,
                                    self.validation_weights(labels_of(valid_np)["age_gender"]),
                                    self.age_head, cfg,
