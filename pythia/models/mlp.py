@@ -319,7 +319,7 @@ class MLPModel(Model):
                                    or ValidationSample(cfg.max_train_rows, cfg.seed))
             raw, y, sums = self._valid_sampler.score(self, valid)
         else:
-            raw, y = super()._raw_and_labels(valid)
+            raw, y = self._raw_and_labels(valid)
             sums = natural_loss_sums(self, raw, y)
         self._scored_valid = (raw, y)
         return losses_of(sums)
