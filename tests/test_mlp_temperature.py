@@ -194,6 +194,38 @@ def test_under_em_the_loss_is_the_kept_rows_whole():
     assert empty[0]["age_gender"].shape == (0, model.head_units()["age_gender"])
 
 
+# ------------------------------------------------------------------ the LR start's sample
+
+def test_sample_dataset_is_numpy_of_within_the_cap_and_bounded_over_it():
+    from pythia.models.mlp_valid import sample_dataset
+    from pythia.models.wide import numpy_of
+
+    d = skewed(2000, 8)
+    ds = _dataset(d, 97)
+    whole = numpy_of(ds)
+    for cap in (0, 2000):
+        kept, rec = sample_dataset(ds, cap, 1, "train")
+        assert rec["rule"] == ALL_ROWS_RULE and rec["split"] == "train"
+        assert set(kept) == set(whole) - {"impression_id"}
+        for k, v in kept.items():
+            np.testing.assert_array_equal(v, whole[k])
+    kept, rec = sample_dataset(ds, 400, 1, "train")
+    assert rec["rule"] == SAMPLE_RULE and (rec["rows_available"], rec["rows_used"]) == (2000, 400)
+    assert rec["rows_by_class_used"]["5"] == 1 and "impression_id" not in kept
+    assert all(len(v) == 400 for v in kept.values())
+    # the rows are the training sample's: the same as tfrecords.sample on the same ids
+    from pythia.tfrecords.sample import sample_chunks, sample_quotas
+    quotas = sample_quotas({int(c): int(n) for c, n in
+                            enumerate(np.bincount(d["y_age_gender"])) if n}, 400)
+    ref = sample_chunks(iter([{k: d[k] for k in ("impression_id", "y_age_gender",
+                                                   "hour_sin")}]), quotas, 1)
+    assert sorted(kept["hour_sin"].tolist()) == sorted(ref["hour_sin"].tolist())
+    assert sample_dataset(d, 10, 1, "train") == (d, None)  # a numpy split: as it is
+    with pytest.raises(ValueError, match="train dataset has no 'impression_id'"):
+        sample_dataset(ds.map(lambda x, y: ({k: x[k] for k in features.FEATURE_NAMES}, y)),
+                       400, 1, "train")
+
+
 # ------------------------------------------------------------------ the MLP, component level
 
 def _dataset(d: dict, batch: int):
@@ -205,8 +237,8 @@ def _dataset(d: dict, batch: int):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
 
 
-def _reference_temperatures(model, valid) -> dict[str, float]:
-    """The temperatures as fitted before this change: every validation row's logits held."""
+def _reference_logits(model, valid) -> tuple[dict, dict]:
+    """Every validation row's logits and labels, held as before this change."""
     parts = {t: [] for t in features.TARGETS}
     labels = {t: [] for t in features.TARGETS}
     for x, y in valid:
@@ -215,8 +247,7 @@ def _reference_temperatures(model, valid) -> dict[str, float]:
             parts[t].append(np.asarray(out[t]))
             labels[t].append(np.asarray(y[t]))
     raw = {t: np.concatenate(v).astype(np.float64) for t, v in parts.items()}
-    y = {t: np.concatenate(v).astype(np.int64) for t, v in labels.items()}
-    return temperatures(model, raw, y)
+    return raw, {t: np.concatenate(v).astype(np.int64) for t, v in labels.items()}
 
 
 def test_mlp_temperatures_within_and_over_the_cap():
@@ -224,7 +255,7 @@ def test_mlp_temperatures_within_and_over_the_cap():
     cfg = TrainConfig(max_epochs=1, batch_size=64, patience=1, seed=0, max_train_rows=0)
     model = MODELS["mlp"](make_encoders(), HPARAMS["mlp"], cfg)
     summary = model.fit(_dataset(train, 64), _dataset(valid, 128), uniform_priors())
-    ref = _reference_temperatures(model, _dataset(valid, 128))
+    ref = temperatures(model, *_reference_logits(model, _dataset(valid, 128)))
     for t in features.TARGETS:
         assert abs(model.temperature[t] - ref[t]) <= 1e-9
     assert summary["n_valid"] == 900
@@ -237,11 +268,18 @@ def test_mlp_temperatures_within_and_over_the_cap():
     rec = s2["temperature_sample"]
     assert (rec["rows_available"], rec["rows_used"], s2["n_valid"]) == (900, 300, 300)
     assert rec["rule"] == SAMPLE_RULE and rec["rows_by_class_used"]["5"] == 1
-    # the same network (same seed, same early-stopping losses over every row)
-    for a, b in zip(s2["val_loss_by_epoch"], summary["val_loss_by_epoch"], strict=True):
-        assert a == pytest.approx(b, rel=1e-9)
-    for t in features.TARGETS:
-        assert capped.temperature[t] == pytest.approx(ref[t], rel=0.15)
+    # early stopping's loss is every row's: that of the restored weights on all 900 rows
+    full = _reference_logits(capped, _dataset(valid, 128))
+    whole = losses_of(natural_loss_sums(capped, *full))["age_gender"]
+    assert s2["best_val_loss"] == pytest.approx(whole, rel=1e-9)
+    full_t = temperatures(capped, *full)
+    for t in features.TARGETS:  # a third of the rows: near the full-data temperature
+        assert capped.temperature[t] == pytest.approx(full_t[t], rel=0.15)
+    # the LR start read bounded samples of both splits
+    start = s2["wide_start"]["sample"]
+    assert (start["train"]["rows_available"], start["train"]["rows_used"]) == (600, 300)
+    assert (start["validation"]["rows_used"], start["validation"]["rule"]) == (300, SAMPLE_RULE)
+    assert summary["wide_start"]["sample"]["train"]["rule"] == ALL_ROWS_RULE
 
 
 # ------------------------------------------------------------------ the candidate, from TFRecords
@@ -268,5 +306,8 @@ def test_the_candidate_records_the_temperature_sample_read_from_tfrecords(tmp_pa
                                               capped["rows_used"]) == (700, 250)
     assert capped["rows_by_class_used"]["11"] == 1  # the split's single row of class 11
     assert out[250]["n_valid"] == 250 and out[0]["n_valid"] == 700
-    # the MLP's train and early stopping still read every row
+    # the MLP's epochs and early stopping still read every row; its LR start a sample
     assert out[250]["training_sample"]["validation"]["rows_used"] == 700
+    start = out[250]["wide_start"]["sample"]
+    assert (start["train"]["rows_available"], start["train"]["rows_used"]) == (1500, 250)
+    assert out[0]["wide_start"]["sample"]["train"]["rows_used"] == 1500

@@ -37,10 +37,10 @@ from pythia.models import export as ex
 from pythia.models import priors as pr
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
-from pythia.models.mlp_valid import ValidationSample, losses_of, natural_loss_sums
+from pythia.models.mlp_valid import ValidationSample, sample_dataset, validation_losses
 from pythia.models.warm_mlp import fit_mlp_warm
 from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
-                                 count_rows, embedding_dim, fit_wide_start, numpy_of)
+                                 count_rows, embedding_dim, fit_wide_start)
 
 KERAS_FILE = "model.keras"
 KNOB_CHOICES = {"aid_start": ("logreg", "prior"), "wide_start": ("logreg", "zero"),
@@ -140,7 +140,8 @@ class MLPModel(Model):
         self.age_head = normalize_age_head(self.hparams["age_head"] or self.train_cfg.age_head)
         self.hparams["age_head"] = self.age_head
         self.keras_model: keras.Model | None = None
-        self._valid_sampler: ValidationSample | None = None
+        self._valid_sampler: ValidationSample | None = None  # this fit's (mlp_valid)
+        self._start_sample: dict | None = None  # the LR start's rows, per split
 
     # -------------------------------------------------------------- graph
     def build(self, n_train: int = 0, start: Mapping[str, Mapping] | None = None
@@ -244,15 +245,18 @@ class MLPModel(Model):
         cfg, start = self.train_cfg, None
         keras.utils.set_random_seed(cfg.seed)
         if self.hparams["wide"] and self.hparams["wide_start"] == "logreg":
-            ds = isinstance(valid, tf.data.Dataset)  # a dataset's ids are not LR inputs
-            train_np, valid_np = numpy_of(train), numpy_of(self._select(valid) if ds else valid)
+            # on the rows the logreg candidate fits on: at most max_train_rows (mlp_valid)
+            cap = (cfg.max_train_rows, cfg.seed)
+            (train_np, t_rec), (valid_np, v_rec) = (sample_dataset(train, *cap, "train"),
+                                                    sample_dataset(valid, *cap, "validation"))
+            self._start_sample = {"train": t_rec, "validation": v_rec}
             start = fit_wide_start(train_np, valid_np, self.encoders, self.priors,
                                    self.validation_weights(labels_of(valid_np)["age_gender"]),
                                    self.age_head, cfg,
                                    {"per_feature_l2": bool(self.hparams["wide_per_feature_l2"])},
                                    None if self.hparams["aid_start"] == "logreg"
                                    else float(self.hparams["l2_rows"] or 0.0))
-            n_train = len(labels_of(train_np)["age_gender"])
+            n_train = (t_rec or {}).get("rows_available") or len(labels_of(train_np)["age_gender"])
             del train_np, valid_np
         else:
             n_train = count_rows(train)
@@ -299,7 +303,8 @@ class MLPModel(Model):
             summary["wide_start"] = {
                 "lr_val_loss": first, "best_val_loss": best, "best_epoch": keep.best_index,
                 "improved": keep.best_index > 0, "C": {t: start[t]["C"] for t in start},
-                "feature_penalty": start["age_gender"].get("feature_penalty", {})}
+                "feature_penalty": start["age_gender"].get("feature_penalty", {}),
+                "sample": self._start_sample}
             verdict = (f"training improved it to {best['age_gender']:.4f} (epoch "
                        f"{keep.best_index})" if keep.best_index else
                        "no epoch beat it: the network stays the logistic regression")
@@ -313,16 +318,9 @@ class MLPModel(Model):
         """Per head, the validation log-loss moved to the natural priors and weighted back to
         the natural class mix (the champion rule's measure; temperature 1). A tf.data split is
         scored batch by batch and only a bounded sample keeps its logits (``mlp_valid``)."""
-        if isinstance(valid, tf.data.Dataset):
-            cfg = self.train_cfg  # one sampler per fit: it keeps the split's class counts
-            self._valid_sampler = (self._valid_sampler
-                                   or ValidationSample(cfg.max_train_rows, cfg.seed))
-            raw, y, sums = self._valid_sampler.score(self, valid)
-        else:
-            raw, y = self._raw_and_labels(valid)
-            sums = natural_loss_sums(self, raw, y)
+        raw, y, losses = validation_losses(self, valid)
         self._scored_valid = (raw, y)
-        return losses_of(sums)
+        return losses
 
     def link(self, head: str) -> str:
         return self.age_head if head == "age" else "softmax"

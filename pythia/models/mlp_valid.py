@@ -15,7 +15,7 @@ early stopping reads the kept rows (every row within the cap), not batches.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -53,42 +53,55 @@ def losses_of(sums: dict[str, np.ndarray]) -> dict[str, float]:
     return {t: float(s / max(w, 1e-12)) for t, (s, w) in sums.items()}
 
 
-class ValidationSample:
-    """Scores a validation ``tf.data.Dataset`` (features may carry the impression id) with
-    the model's current weights, one batch at a time.
+def validation_losses(model: Any, valid: Any) -> tuple[dict, dict, dict[str, float]]:
+    """The MLP's validation pass: (logits, labels) of the kept rows and the natural-weighted
+    log-loss per head. A tf.data split goes through the fit's ``ValidationSample`` (kept on
+    the model: it remembers the class counts); a numpy one is scored whole."""
+    if isinstance(valid, Mapping):
+        raw, y = model._raw_and_labels(valid)
+        return raw, y, losses_of(natural_loss_sums(model, raw, y))
+    cfg = model.train_cfg
+    model._valid_sampler = model._valid_sampler or ValidationSample(cfg.max_train_rows, cfg.seed)
+    raw, y, sums = model._valid_sampler.score(model, valid)
+    return raw, y, losses_of(sums)
+
+
+class BoundedRows:
+    """At most ``max_rows`` rows of a split read as numpy chunks, by the training-sample rule.
 
     The class counts come from the first pass: it keeps rows while they fit the cap; when the
-    split turns out larger, a second pass draws the sample (once per fit: later passes know
-    the counts). Memory: at most about 2 x ``max_rows`` rows of logits and labels plus a batch.
+    split turns out larger, a second pass draws the sample (later draws know the counts and
+    make one pass). Memory: about 2 x ``max_rows`` rows of the chunks' columns plus a chunk.
     """
 
-    def __init__(self, max_rows: int, seed: int) -> None:
+    def __init__(self, max_rows: int, seed: int, split: str = "validation") -> None:
         if max_rows < 0:
             raise ValueError(f"max_train_rows must be >= 0 (0 = every row), got {max_rows}")
-        self.max_rows, self.seed = int(max_rows), int(seed)
+        self.max_rows, self.seed, self.split = int(max_rows), int(seed), split
         self.counts: dict[int, int] | None = None
         self.record: dict[str, Any] | None = None
 
-    def score(self, model: Any, valid: Any) -> tuple[dict, dict, dict[str, np.ndarray]]:
-        """(logits, labels) of the kept rows as float64 / int64 arrays, and the loss sums
-        (``natural_loss_sums``) over every row, or over the kept rows under 'em'."""
-        sums = {t: np.zeros(2) for t in features.TARGETS}
+    def draw(self, chunks: Callable[[bool], Iterator[dict]]) -> dict[str, np.ndarray]:
+        """The kept rows' columns ({} for an empty split); ``chunks(ids)`` starts a pass (with
+        the impression ids as str when ``ids``)."""
         sampled = self.counts is not None and self._over_cap(self.counts)
-        kept = None if sampled else self._keep_within_cap(self._chunks(model, valid, sums))
+        kept = None if sampled else self._keep_within_cap(chunks(False))
         if kept is None:  # over the cap: the first pass only counted, or counts were known
-            sums = {t: np.zeros(2) for t in features.TARGETS}
             quotas = sample_quotas(self.counts, self.max_rows)
-            kept = sample_chunks(self._chunks(model, valid, sums, ids=True), quotas, self.seed)
-        if not kept:  # an empty split: no rows, the heads' widths
-            widths = model.head_units()
-            kept = {**{LOGIT + t: np.zeros((0, widths[t])) for t in features.TARGETS},
-                    **{c: np.zeros(0, np.int64) for c in features.LABEL_COLUMNS.values()}}
-        raw = {t: np.asarray(kept[LOGIT + t], dtype=np.float64) for t in features.TARGETS}
-        y = {t: np.asarray(kept[c], dtype=np.int64) for t, c in features.LABEL_COLUMNS.items()}
-        self.record = self._record(y[STRATUM_TARGET])
-        if model.train_cfg.prior_correction == "em":
-            sums = natural_loss_sums(model, raw, y)
-        return raw, y, sums
+            kept = sample_chunks(chunks(True), quotas, self.seed)
+        self.record = self._record(kept[STRATUM] if kept else np.zeros(0, np.int64))
+        return kept
+
+    def ids(self, x: Mapping[str, Any]) -> np.ndarray:
+        """A batch's impression ids as str (the sample's key), or why there are none."""
+        if encode.ID_COLUMN not in x:
+            raise ValueError(
+                f"the MLP's {self.split} dataset has no {encode.ID_COLUMN!r} to draw its "
+                f"bounded sample by ({sum(self.counts.values())} rows > max_train_rows="
+                f"{self.max_rows}): build it with tfrecords.make_dataset(..., with_ids=True), "
+                f"or set [train] max_train_rows = 0 to keep every row")
+        return np.array([v.decode() if isinstance(v, bytes) else v
+                         for v in np.asarray(x[encode.ID_COLUMN])], dtype=object)
 
     def _over_cap(self, counts: dict[int, int]) -> bool:
         return self.max_rows > 0 and sum(counts.values()) > self.max_rows
@@ -113,26 +126,53 @@ class ValidationSample:
             return {}
         return {k: np.concatenate([h[k] for h in held]) for k in held[0]}
 
+    def _record(self, y_kept: np.ndarray) -> dict[str, Any]:
+        n = sum(self.counts.values())
+        record = {"split": self.split, "max_rows": self.max_rows, "seed": self.seed,
+                  "stratum": STRATUM, "rows_available": int(n), "rows_used": int(len(y_kept))}
+        if not self._over_cap(self.counts):
+            return dict(record, rule=ALL_ROWS_RULE)
+        used = np.bincount(y_kept, minlength=max(self.counts) + 1)
+        return dict(record, rule=SAMPLE_RULE,
+                    rows_by_class_available={str(c): n for c, n in self.counts.items()},
+                    rows_by_class_used={str(c): int(used[c]) for c in self.counts})
+
+
+class ValidationSample(BoundedRows):
+    """Scores a validation ``tf.data.Dataset`` (features may carry the impression id) with
+    the model's current weights, one batch at a time, keeping the bounded sample's logits."""
+
+    def score(self, model: Any, valid: Any) -> tuple[dict, dict, dict[str, np.ndarray]]:
+        """(logits, labels) of the kept rows as float64 / int64 arrays, and the loss sums
+        (``natural_loss_sums``) over every row, or over the kept rows under 'em'."""
+        sums: dict[str, np.ndarray] = {}
+
+        def chunks(ids: bool) -> Iterator[dict]:
+            sums.update({t: np.zeros(2) for t in features.TARGETS})  # each pass sums afresh
+            return self._chunks(model, valid, sums, ids)
+        kept = self.draw(chunks)
+        if not kept:  # an empty split: no rows, the heads' widths
+            widths = model.head_units()
+            kept = {**{LOGIT + t: np.zeros((0, widths[t])) for t in features.TARGETS},
+                    **{c: np.zeros(0, np.int64) for c in features.LABEL_COLUMNS.values()}}
+        raw = {t: np.asarray(kept[LOGIT + t], dtype=np.float64) for t in features.TARGETS}
+        y = {t: np.asarray(kept[c], dtype=np.int64) for t, c in features.LABEL_COLUMNS.items()}
+        self.record["use"] = USE
+        if model.train_cfg.prior_correction == "em":
+            sums = natural_loss_sums(model, raw, y)
+        return raw, y, sums
+
     def _chunks(self, model: Any, valid: Any, sums: dict[str, np.ndarray],
                 ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
         """Per batch: the heads' logits (float32, as the network gives them), the labels and,
-        with ``ids``, the impression ids as str; each batch's loss sums added to ``sums``."""
+        with ``ids``, the impression ids; each batch's loss sums added to ``sums``."""
         for x, y in valid:
             out = model.keras_model({k: x[k] for k in features.FEATURE_NAMES}, training=False)
             chunk = {LOGIT + t: np.asarray(out[t]) for t in features.TARGETS}
             chunk.update({c: np.asarray(y[t]).astype(np.int64)
                           for t, c in features.LABEL_COLUMNS.items()})
             if ids:
-                if encode.ID_COLUMN not in x:
-                    raise ValueError(
-                        f"the MLP's validation dataset has no {encode.ID_COLUMN!r} to draw the "
-                        f"temperature sample by ({sum(self.counts.values())} rows > "
-                        f"max_train_rows={self.max_rows}): build it with "
-                        f"tfrecords.make_dataset(..., with_ids=True), or set [train] "
-                        f"max_train_rows = 0 to keep every row")
-                chunk[encode.ID_COLUMN] = np.array(
-                    [v.decode() if isinstance(v, bytes) else v
-                     for v in np.asarray(x[encode.ID_COLUMN])], dtype=object)
+                chunk[encode.ID_COLUMN] = self.ids(x)
             if model.train_cfg.prior_correction != "em":
                 raw = {t: chunk[LOGIT + t].astype(np.float64) for t in features.TARGETS}
                 part = natural_loss_sums(
@@ -141,15 +181,23 @@ class ValidationSample:
                     sums[t] += v
             yield chunk
 
-    def _record(self, y_kept: np.ndarray) -> dict[str, Any]:
-        n = sum(self.counts.values())
-        record = {"split": "validation", "use": USE, "max_rows": self.max_rows,
-                  "seed": self.seed, "stratum": STRATUM, "rows_available": int(n),
-                  "rows_used": int(len(y_kept))}
-        if not self._over_cap(self.counts):
-            return dict(record, rule=ALL_ROWS_RULE)
-        used = np.bincount(y_kept, minlength=max(self.counts) + 1)
-        return dict(record, rule=SAMPLE_RULE,
-                    rows_by_class_available={str(c): n for c, n in self.counts.items()},
-                    rows_by_class_used={str(c): int(used[c]) for c in self.counts})
 
+def sample_dataset(data: Any, max_rows: int, seed: int, split: str
+                   ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+    """``wide.numpy_of(data)`` bounded to ``max_rows`` rows by the training-sample rule (the
+    MLP's LR start: the rows the logreg candidate would fit on), and the record of the draw
+    (None for a numpy dict, returned as it is). Within the cap: every row, in read order."""
+    if isinstance(data, Mapping):
+        return data, None
+    sampler = BoundedRows(max_rows, seed, split)
+
+    def chunks(ids: bool) -> Iterator[dict]:
+        for x, y in data.as_numpy_iterator():
+            chunk = {k: v for k, v in x.items() if k != encode.ID_COLUMN}
+            chunk.update({features.LABEL_COLUMNS[t]: v for t, v in y.items()})
+            if ids:
+                chunk[encode.ID_COLUMN] = sampler.ids(x)
+            yield chunk
+    kept = sampler.draw(chunks)
+    kept.pop(encode.ID_COLUMN, None)
+    return kept, sampler.record

@@ -290,8 +290,9 @@ def _training_data(model: Model, tf_manifest: Mapping, region: str
 
     regions, cfg = _regions_filter(region), model.train_cfg
     if model.input_format == TF_DATASET:
+        # with the ids: the MLP's LR start and temperature read bounded samples by them
         train = tfrecords.make_dataset(tf_manifest, TRAIN, regions, batch_size=cfg.batch_size,
-                                       shuffle=True, seed=cfg.seed)
+                                       shuffle=True, seed=cfg.seed, with_ids=True)
         valid = tfrecords.make_dataset(tf_manifest, VALIDATION, regions,
                                        batch_size=max(cfg.batch_size, 4096), with_ids=True)
         streamed = {s: {"split": s, "rule": "all rows, streamed (tf.data)",
