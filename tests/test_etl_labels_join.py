@@ -1,5 +1,5 @@
 """etl_hour's labels join: the labels are broadcast only up to ``LABELS_BROADCAST_MAX_ROWS``
-rows (a broadcast is held whole in every task's heap, ~350 B a label row, while Spark's own
+rows (a broadcast is held whole in the heap, ~200 B a label row, while Spark's own
 10 MB rule reads the Parquet files' ~6 B a row), else sort-merged; the joined rows are the
 same either way. Labels written by pyarrow (two files, one provider, a null age) and
 impressions with users absent from the labels and labels of users never seen."""

@@ -74,8 +74,9 @@ def derive_features(sdf: Any, geo: Geography) -> Any:
     return with_ts.mapInArrow(_derive, schema)
 
 
-# the labels joined to a task's impressions are broadcast (held whole in every task's heap:
-# ~350 B a label row measured, docs/scaling.md section 8) up to this many rows, else shuffled
+# the labels joined to a task's impressions are broadcast (held whole in the heap: ~200 B a
+# label row measured, docs/scaling.md section 8) up to this many rows, else sort-merged; the
+# default world's 32k label rows (one per user) stay broadcast
 LABELS_BROADCAST_MAX_ROWS = 250_000
 
 
@@ -90,7 +91,7 @@ def read_labels(spark: Any, labels_path: str) -> Any:
         raise ValueError(f"labels at {labels_path} hold several rows for user(s) "
                          f"{[r[USER_ID] for r in dup]}; expected one label per user")
     # Spark's own rule (autoBroadcastJoinThreshold, 10 MB) reads the Parquet files' size: at
-    # ~6 B a label row on disk that admits ~1.8M rows, held in the heap at ~350 B each
+    # 6-9 B a label row on disk that admits 1.1-1.7M rows, 220-340 MB of heap at ~200 B each
     return (F.broadcast(labels) if labels.count() <= LABELS_BROADCAST_MAX_ROWS
             else labels.hint("merge"))
 
