@@ -1,6 +1,8 @@
-"""The MLP's validation pass in bounded memory: early stopping's natural-weighted log-loss is
-summed batch by batch over every validation row, and only a bounded sample of rows keeps its
-logits and labels for the temperature fit (and the summary's ``val_logloss``).
+"""The MLP's reads of its splits in bounded memory. Validation: early stopping's
+natural-weighted log-loss is summed batch by batch over every row, and only a bounded sample
+of rows keeps its logits and labels for the temperature fit (and the summary's
+``val_logloss``). The LR start (``wide_start='logreg'``) fits on bounded samples of train and
+validation (``sample_dataset``), the rows the logreg candidate fits on.
 
 The sample is the numpy models' training-sample rule (``tfrecords.sample``): at most
 ``TrainConfig.max_train_rows`` rows, per AgeGender class a quota proportional to its rows (a
@@ -27,7 +29,6 @@ from pythia.tfrecords.sample import (ALL_ROWS_RULE, SAMPLE_RULE, STRATUM, sample
                                      sample_quotas)
 
 LOGIT = "logits:"  # prefix of a head's logits in a sampled chunk
-STRATUM_TARGET = "age_gender"  # the head whose labels are the stratum (tfrecords.sample)
 USE = ("the temperature fit and val_logloss; early stopping's natural-weighted log-loss sums "
        "every validation row")
 
