@@ -215,8 +215,10 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         hparams, model_dir, predictions_uri, n_train (rows available), n_valid (rows
         used), fit_seconds, epochs, best_val_loss, val_logloss (per target), age_head,
         temperature, prior_correction, n_predicted (per split), training_sample (per split:
-        rule, max_rows, seed, rows_available, rows_used; ``tfrecords.sample``), start_from
-        (``start``'s id, e.g. 'mlp/global#0', or None).
+        rule, max_rows, seed, rows_available, rows_used; ``tfrecords.sample``),
+        temperature_sample (the MLP's: the validation rows its temperature was fitted on,
+        ``models.mlp_valid``; else None), start_from (``start``'s id, e.g. 'mlp/global#0',
+        or None).
 
     Raises:
         ValueError: the region has no training (or no validation) rows; ``start`` of a model
