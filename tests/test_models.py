@@ -801,11 +801,12 @@ def fake_tfrecords(monkeypatch):
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def make_dataset(man, split, regions=None, batch_size=1024, shuffle=False, seed=0,
-                     repeat=False):
+                     repeat=False, with_ids=False):
         import tensorflow as tf
 
         d = load_numpy(man, split, regions)
-        x = {f: d[f] for f in features.FEATURE_NAMES}
+        names = features.FEATURE_NAMES + (("impression_id",) if with_ids else ())
+        x = {f: d[f] for f in names}
         y = {t: d[c] for t, c in features.LABEL_COLUMNS.items()}
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         return (ds.shuffle(2000, seed=seed) if shuffle else ds).batch(batch_size)

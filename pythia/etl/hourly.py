@@ -74,14 +74,26 @@ def derive_features(sdf: Any, geo: Geography) -> Any:
     return with_ts.mapInArrow(_derive, schema)
 
 
+# the labels joined to a task's impressions are broadcast (held whole in the heap: ~200 B a
+# label row measured, docs/scaling.md section 8) up to this many rows, else sort-merged; the
+# default world's 32k label rows (one per user) stay broadcast
+LABELS_BROADCAST_MAX_ROWS = 250_000
+
+
 def read_labels(spark: Any, labels_path: str) -> Any:
-    """The per-user labels written by ``providers.prepare_labels`` (one row per user)."""
+    """The per-user labels written by ``providers.prepare_labels`` (one row per user), hinted
+    to be broadcast to the join up to ``LABELS_BROADCAST_MAX_ROWS`` rows, else sort-merged."""
+    from pyspark.sql import functions as F
+
     labels = read_parquet(spark, labels_path).select(USER_ID, *USER_LABEL_COLUMNS)
     dup = labels.groupBy(USER_ID).count().filter("count > 1").limit(5).collect()
     if dup:
         raise ValueError(f"labels at {labels_path} hold several rows for user(s) "
                          f"{[r[USER_ID] for r in dup]}; expected one label per user")
-    return labels
+    # Spark's own rule (autoBroadcastJoinThreshold, 10 MB) reads the Parquet files' size: at
+    # 6-9 B a label row on disk that admits 1.1-1.7M rows, 220-340 MB of heap at ~200 B each
+    return (F.broadcast(labels) if labels.count() <= LABELS_BROADCAST_MAX_ROWS
+            else labels.hint("merge"))
 
 
 def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_path: str,

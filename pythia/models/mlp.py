@@ -34,12 +34,12 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models import export as ex
-from pythia.models import priors as pr
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
+from pythia.models.mlp_valid import ValidationSample, sample_dataset, validation_losses
 from pythia.models.warm_mlp import fit_mlp_warm
 from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
-                                 count_rows, embedding_dim, fit_wide_start, numpy_of)
+                                 count_rows, embedding_dim, fit_wide_start)
 
 KERAS_FILE = "model.keras"
 KNOB_CHOICES = {"aid_start": ("logreg", "prior"), "wide_start": ("logreg", "zero"),
@@ -139,6 +139,8 @@ class MLPModel(Model):
         self.age_head = normalize_age_head(self.hparams["age_head"] or self.train_cfg.age_head)
         self.hparams["age_head"] = self.age_head
         self.keras_model: keras.Model | None = None
+        self._valid_sampler: ValidationSample | None = None  # this fit's (mlp_valid)
+        self._start_sample: dict | None = None  # the LR start's rows, per split
 
     # -------------------------------------------------------------- graph
     def build(self, n_train: int = 0, start: Mapping[str, Mapping] | None = None
@@ -224,6 +226,13 @@ class MLPModel(Model):
 
     # -------------------------------------------------------------- fit / predict
     def _fit(self, train: Any, valid: Any) -> dict:
+        self._valid_sampler = None
+        summary = self._fit_network(train, valid)
+        if self._valid_sampler is not None:  # a tf.data split: the temperature's rows
+            summary["temperature_sample"] = self._valid_sampler.record
+        return summary
+
+    def _fit_network(self, train: Any, valid: Any) -> dict:
         if isinstance(train, Mapping) and isinstance(valid, tf.data.Dataset):
             raise TypeError("numpy train data needs numpy valid data for the MLP")
         if self.start is not None:  # a regional fit from the global one
@@ -235,14 +244,18 @@ class MLPModel(Model):
         cfg, start = self.train_cfg, None
         keras.utils.set_random_seed(cfg.seed)
         if self.hparams["wide"] and self.hparams["wide_start"] == "logreg":
-            train_np, valid_np = numpy_of(train), numpy_of(valid)
+            # on the rows the logreg candidate fits on: at most max_train_rows (mlp_valid)
+            cap = (cfg.max_train_rows, cfg.seed)
+            (train_np, t_rec), (valid_np, v_rec) = (sample_dataset(train, *cap, "train"),
+                                                    sample_dataset(valid, *cap, "validation"))
+            self._start_sample = {"train": t_rec, "validation": v_rec}
             start = fit_wide_start(train_np, valid_np, self.encoders, self.priors,
                                    self.validation_weights(labels_of(valid_np)["age_gender"]),
                                    self.age_head, cfg,
                                    {"per_feature_l2": bool(self.hparams["wide_per_feature_l2"])},
                                    None if self.hparams["aid_start"] == "logreg"
                                    else float(self.hparams["l2_rows"] or 0.0))
-            n_train = len(labels_of(train_np)["age_gender"])
+            n_train = (t_rec or {}).get("rows_available") or len(labels_of(train_np)["age_gender"])
             del train_np, valid_np
         else:
             n_train = count_rows(train)
@@ -289,7 +302,8 @@ class MLPModel(Model):
             summary["wide_start"] = {
                 "lr_val_loss": first, "best_val_loss": best, "best_epoch": keep.best_index,
                 "improved": keep.best_index > 0, "C": {t: start[t]["C"] for t in start},
-                "feature_penalty": start["age_gender"].get("feature_penalty", {})}
+                "feature_penalty": start["age_gender"].get("feature_penalty", {}),
+                "sample": self._start_sample}
             verdict = (f"training improved it to {best['age_gender']:.4f} (epoch "
                        f"{keep.best_index})" if keep.best_index else
                        "no epoch beat it: the network stays the logistic regression")
@@ -301,17 +315,11 @@ class MLPModel(Model):
 
     def natural_val_losses(self, valid: Any) -> dict[str, float]:
         """Per head, the validation log-loss moved to the natural priors and weighted back to
-        the natural class mix (the champion rule's measure; temperature 1)."""
-        raw, y = self._scored_valid = self._raw_and_labels(valid)
-        weights = self.validation_weights(y["age_gender"])
-        out = {}
-        for t in features.TARGETS:
-            p = pr.correct_priors(link_probabilities(raw[t], self.link(t)),
-                                  self.train_cfg.prior_correction, self.priors["train"][t],
-                                  self.priors["natural"][t])
-            picked = np.maximum(p[np.arange(len(y[t])), y[t]], pr.PROB_FLOOR)
-            out[t] = float(np.sum(-np.log(picked) * weights) / max(np.sum(weights), 1e-12))
-        return out
+        the natural class mix (the champion rule's measure; temperature 1). A tf.data split is
+        scored batch by batch and only a bounded sample keeps its logits (``mlp_valid``)."""
+        raw, y, losses = validation_losses(self, valid)
+        self._scored_valid = (raw, y)
+        return losses
 
     def link(self, head: str) -> str:
         return self.age_head if head == "age" else "softmax"
@@ -325,19 +333,8 @@ class MLPModel(Model):
     def _raw_and_labels(self, valid: Any):
         if not isinstance(valid, tf.data.Dataset):
             return super()._raw_and_labels(valid)
-        logit_parts: dict[str, list] = {t: [] for t in features.TARGETS}
-        label_parts: dict[str, list] = {t: [] for t in features.TARGETS}
-        for x, y in self._select(valid):
-            out = self.keras_model(x, training=False)
-            for t in features.TARGETS:
-                logit_parts[t].append(np.asarray(out[t]))
-                label_parts[t].append(np.asarray(y[t]))
-        widths = self.head_units()
-        logits = {t: (np.concatenate(v).astype(np.float64) if v else np.zeros((0, widths[t])))
-                  for t, v in logit_parts.items()}
-        labels = {t: (np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64))
-                  for t, v in label_parts.items()}
-        return logits, labels
+        self.natural_val_losses(valid)  # the kept rows (a bounded sample over the cap)
+        return self._scored_valid
 
     # -------------------------------------------------------------- persistence / export
     def _save_weights(self, folder: str) -> dict:

@@ -215,8 +215,10 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         hparams, model_dir, predictions_uri, n_train (rows available), n_valid (rows
         used), fit_seconds, epochs, best_val_loss, val_logloss (per target), age_head,
         temperature, prior_correction, n_predicted (per split), training_sample (per split:
-        rule, max_rows, seed, rows_available, rows_used; ``tfrecords.sample``), start_from
-        (``start``'s id, e.g. 'mlp/global#0', or None).
+        rule, max_rows, seed, rows_available, rows_used; ``tfrecords.sample``),
+        temperature_sample (the MLP's: the validation rows its temperature was fitted on,
+        ``models.mlp_valid``; else None), start_from (``start``'s id, e.g. 'mlp/global#0',
+        or None).
 
     Raises:
         ValueError: the region has no training (or no validation) rows; ``start`` of a model
@@ -269,6 +271,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         "n_predicted": n_predicted,
         "wide_start": summary.get("wide_start"),  # the MLP's LR start and whether it improved
         "training_sample": sample,
+        # the MLP: the validation rows its temperature was fitted on (models.mlp_valid)
+        "temperature_sample": summary.get("temperature_sample"),
         "start_from": candidate_name(start.summary) if start else None,
         # the start's and the kept validation loss on the region, steps kept / tried
         "warm_start": summary.get("start"),
@@ -289,10 +293,11 @@ def _training_data(model: Model, tf_manifest: Mapping, region: str
 
     regions, cfg = _regions_filter(region), model.train_cfg
     if model.input_format == TF_DATASET:
+        # with the ids: the MLP's LR start and temperature read bounded samples by them
         train = tfrecords.make_dataset(tf_manifest, TRAIN, regions, batch_size=cfg.batch_size,
-                                       shuffle=True, seed=cfg.seed)
+                                       shuffle=True, seed=cfg.seed, with_ids=True)
         valid = tfrecords.make_dataset(tf_manifest, VALIDATION, regions,
-                                       batch_size=max(cfg.batch_size, 4096))
+                                       batch_size=max(cfg.batch_size, 4096), with_ids=True)
         streamed = {s: {"split": s, "rule": "all rows, streamed (tf.data)",
                         "rows_available": split_rows(tf_manifest, s, region),
                         "rows_used": split_rows(tf_manifest, s, region)}

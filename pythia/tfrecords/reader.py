@@ -77,7 +77,7 @@ def _parsed_dataset(manifest: Mapping[str, Any], split: str, regions: Sequence[s
 
 def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
                  batch_size: int = 1024, shuffle: bool = False, seed: int = 0,
-                 repeat: bool = False, verify: bool = False):
+                 repeat: bool = False, verify: bool = False, with_ids: bool = False):
     """A ``tf.data.Dataset`` of ``(features_dict, labels_dict)`` batches for Keras.
 
     ``features_dict`` maps every ``features.FEATURES`` name to a (batch,) tensor (int64 ids for
@@ -94,6 +94,8 @@ def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | N
         seed: the shuffle seed.
         repeat: repeat forever (one pass per epoch otherwise).
         verify: check every shard's sha256 first.
+        with_ids: ``features_dict`` also carries the impression id (bytes), e.g. for the MLP's
+            seeded temperature sample (``models.mlp_valid``); Keras inputs ignore it.
 
     Raises:
         ValueError: unknown split or region, feature-spec mismatch, checksum mismatch.
@@ -101,11 +103,12 @@ def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | N
     import tensorflow as tf
 
     def to_pair(parsed):
-        feats = {name: parsed[name] for name in features.FEATURE_NAMES}
+        names = features.FEATURE_NAMES + ((encode.ID_COLUMN,) if with_ids else ())
+        feats = {name: parsed[name] for name in names}
         labels = {t: parsed[col] for t, col in features.LABEL_COLUMNS.items()}
         return feats, labels
     ds = _parsed_dataset(manifest, split, regions, batch_size, shuffle, seed, repeat, verify,
-                         with_ids=False, shape=to_pair)
+                         with_ids=with_ids, shape=to_pair)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

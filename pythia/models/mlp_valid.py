@@ -1,0 +1,204 @@
+"""The MLP's reads of its splits in bounded memory. Validation: early stopping's
+natural-weighted log-loss is summed batch by batch over every row, and only a bounded sample
+of rows keeps its logits and labels for the temperature fit (and the summary's
+``val_logloss``). The LR start (``wide_start='logreg'``) fits on bounded samples of train and
+validation (``sample_dataset``), the rows the logreg candidate fits on.
+
+The sample is the numpy models' training-sample rule (``tfrecords.sample``): at most
+``TrainConfig.max_train_rows`` rows, per AgeGender class a quota proportional to its rows (a
+class with rows keeps at least one), filled with the rows of smallest SipHash of the impression
+id keyed by the run's seed. Within the cap every row is kept, in read order, so the fit is the
+one of every row. Chosen over streaming passes because a temperature is one scalar that a
+half-million-row sample pins to well within the fit's tolerance, whereas a streamed fit needs
+a forward pass of the network over the whole split per loss evaluation (~20 per head).
+
+Under ``prior_correction = 'em'`` the loss re-estimates priors from the rows it is given, so
+early stopping reads the kept rows (every row within the cap), not batches.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from pythia import features
+from pythia.models import priors as pr
+from pythia.models.links import link_probabilities
+from pythia.tfrecords import encode
+from pythia.tfrecords.sample import (ALL_ROWS_RULE, SAMPLE_RULE, STRATUM, sample_chunks,
+                                     sample_quotas)
+
+LOGIT = "logits:"  # prefix of a head's logits in a sampled chunk
+USE = ("the temperature fit and val_logloss; early stopping's natural-weighted log-loss sums "
+       "every validation row")
+
+
+def natural_loss_sums(model: Any, raw: dict[str, np.ndarray], y: dict[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+    """Per head, [sum of natural-weighted per-row log-losses, sum of weights] of these rows:
+    the champion rule's measure (priors moved to the natural ones, temperature 1) is
+    the first over the second, summed over any partition of the rows."""
+    weights = model.validation_weights(y["age_gender"])
+    out = {}
+    for t in features.TARGETS:
+        p = pr.correct_priors(link_probabilities(raw[t], model.link(t)),
+                              model.train_cfg.prior_correction, model.priors["train"][t],
+                              model.priors["natural"][t])
+        picked = np.maximum(p[np.arange(len(y[t])), y[t]], pr.PROB_FLOOR)
+        out[t] = np.array([np.sum(-np.log(picked) * weights), np.sum(weights)])
+    return out
+
+
+def losses_of(sums: dict[str, np.ndarray]) -> dict[str, float]:
+    """The per-head log-losses of ``natural_loss_sums`` (summed)."""
+    return {t: float(s / max(w, 1e-12)) for t, (s, w) in sums.items()}
+
+
+def validation_losses(model: Any, valid: Any) -> tuple[dict, dict, dict[str, float]]:
+    """The MLP's validation pass: (logits, labels) of the kept rows and the natural-weighted
+    log-loss per head. A tf.data split goes through the fit's ``ValidationSample`` (kept on
+    the model: it remembers the class counts); a numpy one is scored whole."""
+    if isinstance(valid, Mapping):
+        raw, y = model._raw_and_labels(valid)
+        return raw, y, losses_of(natural_loss_sums(model, raw, y))
+    cfg = model.train_cfg
+    model._valid_sampler = model._valid_sampler or ValidationSample(cfg.max_train_rows, cfg.seed)
+    raw, y, sums = model._valid_sampler.score(model, valid)
+    return raw, y, losses_of(sums)
+
+
+class BoundedRows:
+    """At most ``max_rows`` rows of a split read as numpy chunks, by the training-sample rule.
+
+    The class counts come from the first pass: it keeps rows while they fit the cap; when the
+    split turns out larger, a second pass draws the sample (later draws know the counts and
+    make one pass). Memory: about 2 x ``max_rows`` rows of the chunks' columns plus a chunk.
+    """
+
+    def __init__(self, max_rows: int, seed: int, split: str = "validation") -> None:
+        if max_rows < 0:
+            raise ValueError(f"max_train_rows must be >= 0 (0 = every row), got {max_rows}")
+        self.max_rows, self.seed, self.split = int(max_rows), int(seed), split
+        self.counts: dict[int, int] | None = None
+        self.record: dict[str, Any] | None = None
+
+    def draw(self, chunks: Callable[[bool], Iterator[dict]]) -> dict[str, np.ndarray]:
+        """The kept rows' columns ({} for an empty split); ``chunks(ids)`` starts a pass (with
+        the impression ids as str when ``ids``)."""
+        sampled = self.counts is not None and self._over_cap(self.counts)
+        kept = None if sampled else self._keep_within_cap(chunks(False))
+        if kept is None:  # over the cap: the first pass only counted, or counts were known
+            quotas = sample_quotas(self.counts, self.max_rows)
+            kept = sample_chunks(chunks(True), quotas, self.seed)
+        self.record = self._record(kept[STRATUM] if kept else np.zeros(0, np.int64))
+        return kept
+
+    def ids(self, x: Mapping[str, Any]) -> np.ndarray:
+        """A batch's impression ids as str (the sample's key), or why there are none."""
+        if encode.ID_COLUMN not in x:
+            raise ValueError(
+                f"the MLP's {self.split} dataset has no {encode.ID_COLUMN!r} to draw its "
+                f"bounded sample by ({sum(self.counts.values())} rows > max_train_rows="
+                f"{self.max_rows}): build it with tfrecords.make_dataset(..., with_ids=True), "
+                f"or set [train] max_train_rows = 0 to keep every row")
+        return np.array([v.decode() if isinstance(v, bytes) else v
+                         for v in np.asarray(x[encode.ID_COLUMN])], dtype=object)
+
+    def _over_cap(self, counts: dict[int, int]) -> bool:
+        return self.max_rows > 0 and sum(counts.values()) > self.max_rows
+
+    def _keep_within_cap(self, chunks: Iterator[dict]) -> dict | None:
+        """Every row while the rows seen fit the cap, counting the classes; None (the rows
+        dropped, the counting finished) as soon as they do not."""
+        held: list[dict] | None = []
+        tally = np.zeros(0, dtype=np.int64)
+        for chunk in chunks:
+            c = np.bincount(chunk[STRATUM])
+            tally = np.pad(tally, (0, max(0, len(c) - len(tally))))
+            tally[:len(c)] += c
+            if held is not None:
+                held.append(chunk)
+                if self._over_cap({0: int(tally.sum())}):
+                    held = None
+        self.counts = {c: int(n) for c, n in enumerate(tally) if n > 0}
+        if held is None:
+            return None
+        if not held:
+            return {}
+        return {k: np.concatenate([h[k] for h in held]) for k in held[0]}
+
+    def _record(self, y_kept: np.ndarray) -> dict[str, Any]:
+        n = sum(self.counts.values())
+        record = {"split": self.split, "max_rows": self.max_rows, "seed": self.seed,
+                  "stratum": STRATUM, "rows_available": int(n), "rows_used": int(len(y_kept))}
+        if not self._over_cap(self.counts):
+            return dict(record, rule=ALL_ROWS_RULE)
+        used = np.bincount(y_kept, minlength=max(self.counts) + 1)
+        return dict(record, rule=SAMPLE_RULE,
+                    rows_by_class_available={str(c): n for c, n in self.counts.items()},
+                    rows_by_class_used={str(c): int(used[c]) for c in self.counts})
+
+
+class ValidationSample(BoundedRows):
+    """Scores a validation ``tf.data.Dataset`` (features may carry the impression id) with
+    the model's current weights, one batch at a time, keeping the bounded sample's logits."""
+
+    def score(self, model: Any, valid: Any) -> tuple[dict, dict, dict[str, np.ndarray]]:
+        """(logits, labels) of the kept rows as float64 / int64 arrays, and the loss sums
+        (``natural_loss_sums``) over every row, or over the kept rows under 'em'."""
+        sums: dict[str, np.ndarray] = {}
+
+        def chunks(ids: bool) -> Iterator[dict]:
+            sums.update({t: np.zeros(2) for t in features.TARGETS})  # each pass sums afresh
+            return self._chunks(model, valid, sums, ids)
+        kept = self.draw(chunks)
+        if not kept:  # an empty split: no rows, the heads' widths
+            widths = model.head_units()
+            kept = {**{LOGIT + t: np.zeros((0, widths[t])) for t in features.TARGETS},
+                    **{c: np.zeros(0, np.int64) for c in features.LABEL_COLUMNS.values()}}
+        raw = {t: np.asarray(kept[LOGIT + t], dtype=np.float64) for t in features.TARGETS}
+        y = {t: np.asarray(kept[c], dtype=np.int64) for t, c in features.LABEL_COLUMNS.items()}
+        self.record["use"] = USE
+        if model.train_cfg.prior_correction == "em":
+            sums = natural_loss_sums(model, raw, y)
+        return raw, y, sums
+
+    def _chunks(self, model: Any, valid: Any, sums: dict[str, np.ndarray],
+                ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Per batch: the heads' logits (float32, as the network gives them), the labels and,
+        with ``ids``, the impression ids; each batch's loss sums added to ``sums``."""
+        for x, y in valid:
+            out = model.keras_model({k: x[k] for k in features.FEATURE_NAMES}, training=False)
+            chunk = {LOGIT + t: np.asarray(out[t]) for t in features.TARGETS}
+            chunk.update({c: np.asarray(y[t]).astype(np.int64)
+                          for t, c in features.LABEL_COLUMNS.items()})
+            if ids:
+                chunk[encode.ID_COLUMN] = self.ids(x)
+            if model.train_cfg.prior_correction != "em":
+                raw = {t: chunk[LOGIT + t].astype(np.float64) for t in features.TARGETS}
+                part = natural_loss_sums(
+                    model, raw, {t: chunk[c] for t, c in features.LABEL_COLUMNS.items()})
+                for t, v in part.items():
+                    sums[t] += v
+            yield chunk
+
+
+def sample_dataset(data: Any, max_rows: int, seed: int, split: str
+                   ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+    """``wide.numpy_of(data)`` bounded to ``max_rows`` rows by the training-sample rule (the
+    MLP's LR start: the rows the logreg candidate would fit on), and the record of the draw
+    (None for a numpy dict, returned as it is). Within the cap: every row, in read order."""
+    if isinstance(data, Mapping):
+        return data, None
+    sampler = BoundedRows(max_rows, seed, split)
+
+    def chunks(ids: bool) -> Iterator[dict]:
+        for x, y in data.as_numpy_iterator():
+            chunk = {k: v for k, v in x.items() if k != encode.ID_COLUMN}
+            chunk.update({features.LABEL_COLUMNS[t]: v for t, v in y.items()})
+            if ids:
+                chunk[encode.ID_COLUMN] = sampler.ids(x)
+            yield chunk
+    kept = sampler.draw(chunks)
+    kept.pop(encode.ID_COLUMN, None)
+    return kept, sampler.record
