@@ -293,11 +293,16 @@ def _training_data(model: Model, tf_manifest: Mapping, region: str
 
     regions, cfg = _regions_filter(region), model.train_cfg
     if model.input_format == TF_DATASET:
-        # with the ids: the MLP's LR start and temperature read bounded samples by them
+        # with the ids only over the cap: the MLP's LR start and temperature then draw
+        # bounded samples by them; within it they keep every row and parsing the ids would
+        # only slow every epoch
+        ids = {s: 0 < cfg.max_train_rows < split_rows(tf_manifest, s, region)
+               for s in (TRAIN, VALIDATION)}
         train = tfrecords.make_dataset(tf_manifest, TRAIN, regions, batch_size=cfg.batch_size,
-                                       shuffle=True, seed=cfg.seed, with_ids=True)
+                                       shuffle=True, seed=cfg.seed, with_ids=ids[TRAIN])
         valid = tfrecords.make_dataset(tf_manifest, VALIDATION, regions,
-                                       batch_size=max(cfg.batch_size, 4096), with_ids=True)
+                                       batch_size=max(cfg.batch_size, 4096),
+                                       with_ids=ids[VALIDATION])
         streamed = {s: {"split": s, "rule": "all rows, streamed (tf.data)",
                         "rows_available": split_rows(tf_manifest, s, region),
                         "rows_used": split_rows(tf_manifest, s, region)}
