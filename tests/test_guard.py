@@ -17,6 +17,7 @@ from pythia.evaluate.margins import OTHER_PART, POWER_PART, Margin
 from pythia.evaluate.stream import score_streaming
 from pythia.features import age_gender_index
 from test_evaluate import prediction_rows
+from test_margins import write_split_parts
 
 EDGES = (18, 35, 55)
 N_AGE = len(EDGES)
@@ -56,16 +57,7 @@ def _write(root, frames, candidates, seed: int = 1):
     """Each split as a pandas-written and a pyarrow-written part; each candidate's
     predictions with its own sharpness on power users and on the others, per split."""
     rng = np.random.default_rng(seed)
-    paths = {}
-    for split, df in frames.items():
-        (root / split).mkdir(parents=True)
-        half = len(df) // 3
-        df.iloc[:half].to_parquet(root / split / "part-0.parquet", index=False)
-        pq.write_table(pa.Table.from_pandas(df.iloc[half:], preserve_index=False),
-                       root / split / "part-1.parquet")
-        paths[split] = str(root / split)
-    manifest = {"paths": paths, "resample_target": "age_gender",
-                "rates": {"validation": {"0": 0.5, "1": 0.7, "5": 1.0}}}
+    manifest = write_split_parts(root, frames, {"0": 0.5, "1": 0.7, "5": 1.0}, 3)
     out = []
     for model, region, sharp, is_base in candidates:
         rows = []

@@ -55,20 +55,25 @@ def _user_rows(seed: int = 0):
     return frames
 
 
+def write_split_parts(root, frames, rates: dict, pandas_fraction: int = 2) -> dict:
+    """Each split as two Parquet parts (pandas writes the first 1/``pandas_fraction`` of its
+    rows, pyarrow the rest); returns the split manifest with the validation day's ``rates``."""
+    paths = {}
+    for split, df in frames.items():
+        (root / split).mkdir(parents=True)
+        cut = len(df) // pandas_fraction
+        df.iloc[:cut].to_parquet(root / split / "part-0.parquet", index=False)
+        pq.write_table(pa.Table.from_pandas(df.iloc[cut:], preserve_index=False),
+                       root / split / "part-1.parquet")
+        paths[split] = str(root / split)
+    return {"paths": paths, "resample_target": "age_gender", "rates": {"validation": rates}}
+
+
 def _write(root, frames, candidates, seed: int = 1):
     """Splits as two Parquet parts each (pandas writes one, pyarrow the other), and each
     candidate's predictions (regional ones: their region's rows only)."""
     rng = np.random.default_rng(seed)
-    paths = {}
-    for split, df in frames.items():
-        (root / split).mkdir(parents=True)
-        half = len(df) // 2
-        df.iloc[:half].to_parquet(root / split / "part-0.parquet", index=False)
-        pq.write_table(pa.Table.from_pandas(df.iloc[half:], preserve_index=False),
-                       root / split / "part-1.parquet")
-        paths[split] = str(root / split)
-    manifest = {"paths": paths, "resample_target": "age_gender",
-                "rates": {"validation": {"0": 0.25, "1": 0.5, "5": 1.0}}}
+    manifest = write_split_parts(root, frames, {"0": 0.25, "1": 0.5, "5": 1.0})
     out = []
     for model, region, sharp, is_base in candidates:
         rows = []
