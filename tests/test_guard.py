@@ -8,8 +8,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pythia.evaluate.guard import guard_regional, loses_by_more_than, slice_margin_lookup
@@ -17,7 +15,7 @@ from pythia.evaluate.margins import OTHER_PART, POWER_PART, Margin
 from pythia.evaluate.stream import score_streaming
 from pythia.features import age_gender_index
 from test_evaluate import prediction_rows
-from test_margins import write_split_parts
+from test_margins import write_candidates
 
 EDGES = (18, 35, 55)
 N_AGE = len(EDGES)
@@ -53,31 +51,17 @@ def _rows(seed: int = 0) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def _per_power_flag(sharp, split, df):
+    """A candidate's sharpness on power users and on the others, per split (``sharp(split)``)."""
+    s_power, s_other = sharp(split)
+    return np.where(df["is_power_user"].to_numpy(bool), s_power, s_other)[:, None]
+
+
 def _write(root, frames, candidates, seed: int = 1):
     """Each split as a pandas-written and a pyarrow-written part; each candidate's
     predictions with its own sharpness on power users and on the others, per split."""
-    rng = np.random.default_rng(seed)
-    manifest = write_split_parts(root, frames, {"0": 0.5, "1": 0.7, "5": 1.0}, 3)
-    out = []
-    for model, region, sharp, is_base in candidates:
-        rows = []
-        for split, df in frames.items():
-            if region != "global":
-                df = df[df["region"] == region]
-            power = df["is_power_user"].to_numpy(bool)
-            s_power, s_other = sharp(split)
-            s = np.where(power, s_power, s_other)[:, None]
-            logits = s * np.eye(K)[df["y_age_gender"].to_numpy(int)] + rng.normal(
-                0, 1, (len(df), K))
-            joint = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-            rows.append(prediction_rows(df, split, region, joint))
-        path = root / f"{model}_{region}.parquet"
-        pq.write_table(pa.Table.from_pandas(pd.concat(rows, ignore_index=True),
-                                            preserve_index=False), path)
-        out.append({"model": model, "region": region, "config_id": 0,
-                    "predictions_uri": str(path), "is_baseline": is_base,
-                    "val_logloss": {"age_gender": 1.0}})
-    return manifest, out
+    return write_candidates(root, frames, candidates, seed, {"0": 0.5, "1": 0.7, "5": 1.0}, 3,
+                            _per_power_flag)
 
 
 def _everywhere(s_power, s_other):

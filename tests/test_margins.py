@@ -69,18 +69,23 @@ def write_split_parts(root, frames, rates: dict, pandas_fraction: int = 2) -> di
     return {"paths": paths, "resample_target": "age_gender", "rates": {"validation": rates}}
 
 
-def _write(root, frames, candidates, seed: int = 1):
+def write_candidates(root, frames, candidates, seed: int = 1, rates: dict | None = None,
+           pandas_fraction: int = 2, sharpness=None):
     """Splits as two Parquet parts each (pandas writes one, pyarrow the other), and each
-    candidate's predictions (regional ones: their region's rows only)."""
+    candidate's predictions (regional ones: their region's rows only). A candidate is
+    (model, region, sharp, is_baseline); its logits are sharp x one-hot(label) + noise, with
+    ``sharpness(sharp, split, df)`` (per row) in place of ``sharp`` when given."""
     rng = np.random.default_rng(seed)
-    manifest = write_split_parts(root, frames, {"0": 0.25, "1": 0.5, "5": 1.0})
+    manifest = write_split_parts(root, frames, rates or {"0": 0.25, "1": 0.5, "5": 1.0},
+                                 pandas_fraction)
     out = []
     for model, region, sharp, is_base in candidates:
         rows = []
         for split, df in frames.items():
             if region != "global":
                 df = df[df["region"] == region]
-            logits = sharp * np.eye(K)[df["y_age_gender"].to_numpy(int)] + rng.normal(
+            s = sharp if sharpness is None else sharpness(sharp, split, df)
+            logits = s * np.eye(K)[df["y_age_gender"].to_numpy(int)] + rng.normal(
                 0, 1, (len(df), K))
             joint = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
             rows.append(prediction_rows(df, split, region, joint))
@@ -107,7 +112,7 @@ def _in_memory(frames, manifest, cand, region):
 
 def test_streamed_margins_equal_the_in_memory_computation(tmp_path):
     frames = _user_rows()
-    manifest, cands = _write(tmp_path, frames, [
+    manifest, cands = write_candidates(tmp_path, frames, [
         ("mlp", "global", 2.0, False), ("logreg", "global", 1.0, True),
         ("mlp", "EU", 2.5, False)])
     scored = score_streaming(cands, manifest, EDGES, bucket_rows=250)  # several buckets
@@ -335,7 +340,7 @@ def test_evaluate_run_applies_the_rule_and_shows_the_margins(tmp_path, capsys):
     from pythia import evaluate
 
     frames = _user_rows(seed=3)
-    manifest, cands = _write(tmp_path, frames, [
+    manifest, cands = write_candidates(tmp_path, frames, [
         ("mlp", "global", 3.0, False), ("logreg", "global", 1.0, True),
         ("mlp", "EU", 3.2, False), ("class_prior", "global", 0.0, True)])
     out = evaluate.run(cands, manifest, None, EDGES, str(tmp_path / "reports"),

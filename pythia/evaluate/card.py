@@ -112,42 +112,48 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
         card.append(Table.from_dataframe(_fmt(pd.DataFrame(provider_choice))))
 
 
-def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
-    """Each regional candidate against the global one of its family on the region's rows."""
+def _append_explained_table(card: Any, text: str, table: pd.DataFrame | None,
+                            digits: int = 4) -> None:
+    """A section: its explanation (Markdown), then the whole table; nothing without rows."""
     from metaflow.cards import Markdown, Table
 
     if table is None or not len(table):
         return
-    card.append(Markdown(
-        "## Regional vs global\n\nPer region and model: the candidate trained on the region "
-        "(`start_from`: the global model it was fine-tuned from, blank when trained from "
-        "scratch) next to the global candidate of the same model and config, scored on the "
-        "same rows: validation day (`val_logloss_*`) and natural test day (AgeGender). "
-        "`gain_logloss_age_gender` = global - regional test log-loss: positive when the "
-        "regional candidate does better. `val_diff` = regional - global validation log-loss "
-        "(natural-weighted, paired on the same rows), `val_se` its standard error clustered by "
-        "user and `val_z` = val_diff / val_se: |z| below 2 is noise. `val_diff_*` / `val_z_*`: "
-        "the same on the region's power users and on its other users — the per-slice guard "
-        "excludes a regional candidate whose z there is above `z_min`."))
-    card.append(Table.from_dataframe(_fmt(table), truncate=False))
+    card.append(Markdown(text))
+    card.append(Table.from_dataframe(_fmt(table, digits), truncate=False))
+
+
+_REGIONAL_VS_GLOBAL = (
+    "## Regional vs global\n\nPer region and model: the candidate trained on the region "
+    "(`start_from`: the global model it was fine-tuned from, blank when trained from "
+    "scratch) next to the global candidate of the same model and config, scored on the "
+    "same rows: validation day (`val_logloss_*`) and natural test day (AgeGender). "
+    "`gain_logloss_age_gender` = global - regional test log-loss: positive when the "
+    "regional candidate does better. `val_diff` = regional - global validation log-loss "
+    "(natural-weighted, paired on the same rows), `val_se` its standard error clustered by "
+    "user and `val_z` = val_diff / val_se: |z| below 2 is noise. `val_diff_*` / `val_z_*`: "
+    "the same on the region's power users and on its other users — the per-slice guard "
+    "excludes a regional candidate whose z there is above `z_min`.")
+
+_GAUGE_SLICES = (
+    "## Bayes gauge per slice (synthetic data)\n\nPer region, its champion (else its best "
+    "candidate) on the natural test day, its non-power users and its power users, on the "
+    "same rows for model and posteriors. `ratio_*` = model / **realised** posterior (the "
+    "world's drawn users and labels): the headline bar, the only one no model beats on "
+    "average. `ratio_population_*` = model / **population** posterior (the generative "
+    "tables only): a model learns that plus what the training days' labels reveal about "
+    "the drawn users, so on power users (few per group, which the realised posterior "
+    "nearly identifies) it lands between the two, below 1 here.")
+
+
+def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
+    """Each regional candidate against the global one of its family on the region's rows."""
+    _append_explained_table(card, _REGIONAL_VS_GLOBAL, table)
 
 
 def _append_gauge_slices(card: Any, table: pd.DataFrame | None) -> None:
     """Each region's chosen candidate against both posteriors on the three natural slices."""
-    from metaflow.cards import Markdown, Table
-
-    if table is None or not len(table):
-        return
-    card.append(Markdown(
-        "## Bayes gauge per slice (synthetic data)\n\nPer region, its champion (else its best "
-        "candidate) on the natural test day, its non-power users and its power users, on the "
-        "same rows for model and posteriors. `ratio_*` = model / **realised** posterior (the "
-        "world's drawn users and labels): the headline bar, the only one no model beats on "
-        "average. `ratio_population_*` = model / **population** posterior (the generative "
-        "tables only): a model learns that plus what the training days' labels reveal about "
-        "the drawn users, so on power users (few per group, which the realised posterior "
-        "nearly identifies) it lands between the two, below 1 here."))
-    card.append(Table.from_dataframe(_fmt(table, 3), truncate=False))
+    _append_explained_table(card, _GAUGE_SLICES, table, 3)
 
 
 def baseline_warnings(champions: pd.DataFrame) -> list[str]:
