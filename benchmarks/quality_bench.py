@@ -19,7 +19,9 @@ ratio_pop, ratio to the baseline, macro_f1, bayes_f1, fit seconds. Not a test: i
 fails on the numbers.
 
     python benchmarks/quality_bench.py --preset tiny
-    python benchmarks/quality_bench.py --manifest .pythia/data/DemoFlow/12/tfrecords/manifest.json
+    python benchmarks/quality_bench.py --manifest .pythia/data/DemoFlow/12/tfrecords/manifest.json \
+        --run 12 --world .pythia/worlds/default-seed0 \
+        --split-parquet .pythia/data/DemoFlow/12/splits/split=test_natural
 """
 from __future__ import annotations
 
@@ -171,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=os.path.join(".pythia", "worlds"))
     ap.add_argument("--max-rows", type=int, default=200_000, help="per split (world mode)")
     ap.add_argument("--models", default="logreg,gbdt,tabnet,mlp")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=TrainConfig.max_epochs)
     ap.add_argument("--age-head", default="ordinal")
+    ap.add_argument("--run", help="with --manifest: the DemoFlow run id whose split manifest "
+                    "gives the natural priors and validation weights (a run's train and "
+                    "validation days are resampled: without it the models are not corrected "
+                    "back to the natural class mix and over-predict rare classes)")
     args = ap.parse_args(argv)
 
     if args.manifest:
@@ -187,10 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     ytr = {t: data[TRAIN][c] for t, c in features.LABEL_COLUMNS.items()}
     yte = {t: data[TEST_NATURAL][c] for t, c in features.LABEL_COLUMNS.items()}
     train_prior = priors_from_labels(ytr, n_classes)
-    # natural splits here: training and natural priors coincide (the ratio is 1)
-    priors = {"train": train_prior, "natural": train_prior}  # the models' prior keys
-    cfg = TrainConfig(max_epochs=args.epochs, batch_size=1024, patience=2, seed=args.seed,
-                      age_head=args.age_head)
+    # world mode: natural splits, so training and natural priors coincide (the ratio is 1);
+    # a run's splits are resampled: its split manifest has both, as the train step uses them
+    priors, valid_weights = {"train": train_prior, "natural": train_prior}, None
+    if args.manifest and args.run:
+        from metaflow import Run, namespace
+
+        from pythia.models.priors import priors_from_split_manifest
+        from pythia.models.train import validation_class_weights
+        namespace(None)
+        split_manifest = Run(f"DemoFlow/{args.run}")["to_tfrecords"].task.data.split_manifest
+        priors = priors_from_split_manifest(split_manifest, enc.age_edges)
+        valid_weights = validation_class_weights(split_manifest, len(enc.age_edges))
+    elif args.manifest:
+        print("quality_bench: no --run: the run's resampled train split is taken as natural "
+              "(no prior correction); pass --run RUN_ID for the run's priors")
+    cfg = TrainConfig(max_epochs=args.epochs, seed=args.seed, age_head=args.age_head)
     n_test = len(yte["age_gender"])
     print(f"data: {source}; rows train {len(ytr['age_gender'])}, validation "
           f"{len(data[VALIDATION][Y_AGE_GENDER])}, test {n_test}"
@@ -203,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         probs[f"bayes_{name[:3]}"] = features.marginals_from_joint(joint, n_age)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         model = MODELS[name](enc, {}, cfg)
+        if valid_weights is not None:
+            model.valid_class_weights = np.asarray(valid_weights, dtype=np.float64)
         t0 = time.perf_counter()
         model.fit(data[TRAIN], data[VALIDATION], priors)
         seconds[name] = time.perf_counter() - t0
