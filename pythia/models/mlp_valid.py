@@ -25,8 +25,8 @@ from pythia import features
 from pythia.models import priors as pr
 from pythia.models.links import link_probabilities
 from pythia.tfrecords import encode
-from pythia.tfrecords.sample import (ALL_ROWS_RULE, SAMPLE_RULE, STRATUM, sample_chunks,
-                                     sample_quotas)
+from pythia.tfrecords.sample import (ALL_ROWS_RULE, STRATUM, sample_chunks, sample_quotas,
+                                     sampled_record)
 
 LOGIT = "logits:"  # prefix of a head's logits in a sampled chunk
 USE = ("the temperature fit and val_logloss; early stopping's natural-weighted log-loss sums "
@@ -128,15 +128,12 @@ class BoundedRows:
         return {k: np.concatenate([h[k] for h in held]) for k in held[0]}
 
     def _record(self, y_kept: np.ndarray) -> dict[str, Any]:
-        n = sum(self.counts.values())
         record = {"split": self.split, "max_rows": self.max_rows, "seed": self.seed,
-                  "stratum": STRATUM, "rows_available": int(n), "rows_used": int(len(y_kept))}
+                  "stratum": STRATUM}
         if not self._over_cap(self.counts):
-            return dict(record, rule=ALL_ROWS_RULE)
-        used = np.bincount(y_kept, minlength=max(self.counts) + 1)
-        return dict(record, rule=SAMPLE_RULE,
-                    rows_by_class_available={str(c): n for c, n in self.counts.items()},
-                    rows_by_class_used={str(c): int(used[c]) for c in self.counts})
+            n = int(sum(self.counts.values()))
+            return dict(record, rule=ALL_ROWS_RULE, rows_available=n, rows_used=n)
+        return sampled_record(record, self.counts, y_kept)
 
 
 class ValidationSample(BoundedRows):

@@ -160,8 +160,15 @@ def load_sample(manifest: Mapping[str, Any], split: str, regions: list[str] | No
     quotas = sample_quotas(counts, max_rows)
     data = sample_chunks(iter_numpy(manifest, split, regions, chunk_rows=chunk_rows), quotas,
                          seed)
-    used = np.bincount(data[STRATUM], minlength=max(quotas) + 1)
-    return data, dict(record, rule=SAMPLE_RULE, rows_available=sum(counts.values()),
-                      rows_used=int(len(data[STRATUM])),
-                      rows_by_class_available={str(c): n for c, n in counts.items()},
-                      rows_by_class_used={str(c): int(used[c]) for c in quotas})
+    return data, sampled_record(record, counts, data[STRATUM])
+
+
+def sampled_record(record: Mapping[str, Any], counts: Mapping[int, int], y_kept: np.ndarray
+                   ) -> dict[str, Any]:
+    """``record`` (split, max_rows, seed, stratum) completed for a drawn sample: the rule, the
+    rows available and used, and both per class (``counts``: the split's rows per class)."""
+    used = np.bincount(np.asarray(y_kept, dtype=np.int64), minlength=max(counts) + 1)
+    return dict(record, rule=SAMPLE_RULE, rows_available=int(sum(counts.values())),
+                rows_used=int(len(y_kept)),
+                rows_by_class_available={str(c): int(n) for c, n in counts.items()},
+                rows_by_class_used={str(c): int(used[c]) for c in counts})
