@@ -242,12 +242,17 @@ def cut_to_best(clf: HistGradientBoostingClassifier) -> None:
     """Keep the trees up to the validation's best iteration (at least one), as a warm fit
     does: HGB's early stopping keeps the ``n_iter_no_change`` worse iterations it tried
     after the best, which every prediction would walk (about a tenth of the trees)."""
-    scores = np.asarray(clf.validation_score_, dtype=np.float64)
-    best = max(int(np.argmax(scores)), 1)  # index 0 is the baseline, before any tree
-    clf._predictors = clf._predictors[:best]
-    clf.validation_score_ = scores[:best + 1]
-    clf.train_score_ = np.asarray(clf.train_score_)[:best + 1]
-    clf.set_params(max_iter=best)
+    best = max(int(np.argmax(clf.validation_score_)), 1)  # index 0: the baseline, no tree
+    keep_iterations(clf, best, best + 1)
+
+
+def keep_iterations(clf: HistGradientBoostingClassifier, iterations: int, scores: int) -> None:
+    """Cut a fitted HGB to its first ``iterations`` boosting iterations and the first
+    ``scores`` entries of its score histories (a warm fit's history starts at its start)."""
+    clf._predictors = clf._predictors[:iterations]
+    clf.validation_score_ = np.asarray(clf.validation_score_, dtype=np.float64)[:scores]
+    clf.train_score_ = np.asarray(clf.train_score_)[:scores]
+    clf.set_params(max_iter=iterations)
 
 
 def fit_gbdt_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
@@ -287,11 +292,10 @@ def fit_gbdt_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
             clf.fit(to_matrix(train, model.category_maps), y, X_val=Xv, y_val=yv[keep])
     scores = np.asarray(clf.validation_score_, dtype=np.float64)
     added = int(np.argmax(scores))  # the first best: 0 = the start itself
-    clf._predictors = clf._predictors[:n0 + added]
     plain = HistGradientBoostingClassifier()  # saved models stay plain scikit-learn objects
     plain.__dict__.update({k: v for k, v in clf.__dict__.items() if k != "_kept_bin_mapper"})
-    plain.validation_score_, plain.train_score_ = scores[:added + 1], clf.train_score_[:added + 1]
-    plain.set_params(warm_start=False, max_iter=n0 + added)
+    plain.set_params(warm_start=False)
+    keep_iterations(plain, n0 + added, added + 1)
     model.clf = plain
     record = start_record(at_start, -scores[added], added, len(scores) - 1,
                           "AgeGender log-loss (gbdt's own early stopping)")
