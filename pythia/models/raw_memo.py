@@ -25,11 +25,17 @@ class RawMemo:
         self.raw = {h: np.asarray(v)[first] for h, v in raw.items()}
 
     def lookup(self, impression_ids: np.ndarray) -> dict[str, np.ndarray] | None:
-        """The memo's rows for these ids, in their order; None unless every id is known."""
+        """The memo's rows for these ids, in their order; None unless every id is known.
+        The first id is tried alone first, so a test day's chunk costs one lookup."""
+        if not len(impression_ids) or self._positions(impression_ids[:1]) is None:
+            return None
+        pos = self._positions(impression_ids)
+        return None if pos is None else {h: v[pos] for h, v in self.raw.items()}
+
+    def _positions(self, impression_ids: np.ndarray) -> np.ndarray | None:
+        """Each id's row in the memo, or None when any id is unknown."""
+        if not len(self.ids):
+            return None
         ids = np.asarray(impression_ids).astype(str)
-        if not len(self.ids) or not len(ids):
-            return None
         pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        if not np.array_equal(self.ids[pos], ids):
-            return None
-        return {h: v[pos] for h, v in self.raw.items()}
+        return pos if np.array_equal(self.ids[pos], ids) else None
