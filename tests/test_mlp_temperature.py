@@ -79,6 +79,8 @@ def fake_model(cfg: TrainConfig):
     model.priors = uniform_priors()
     model.prior_ratio = {t: np.ones(len(p)) for t, p in model.priors["train"].items()}
     model.keras_model = FakeNetwork(model.head_units())
+    # numpy, not TensorFlow: the fake is its own inference pass (mlp_valid.compiled_forward)
+    model._forward = (model.keras_model, model.keras_model)
     return model
 
 
@@ -238,11 +240,14 @@ def _dataset(d: dict, batch: int):
 
 
 def _reference_logits(model, valid) -> tuple[dict, dict]:
-    """Every validation row's logits and labels, held as before this change."""
+    """Every validation row's logits and labels, held as before this change (by the same
+    compiled inference pass: eager calls differ in float32 rounding)."""
+    from pythia.models.mlp_valid import compiled_forward
+
     parts = {t: [] for t in features.TARGETS}
     labels = {t: [] for t in features.TARGETS}
     for x, y in valid:
-        out = model.keras_model({f: x[f] for f in features.FEATURE_NAMES}, training=False)
+        out = compiled_forward(model)({f: x[f] for f in features.FEATURE_NAMES})
         for t in features.TARGETS:
             parts[t].append(np.asarray(out[t]))
             labels[t].append(np.asarray(y[t]))

@@ -133,7 +133,7 @@ def test_mlp_calibrates_on_the_validation_logits_early_stopping_computed(patienc
 def test_gbdt_binned_prediction_equals_predict_proba(n_classes):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from pythia.models import gbdt
+    from pythia.models import hgb as gbdt
 
     rng = np.random.default_rng(0)
     n = 3000
@@ -158,7 +158,8 @@ def test_gbdt_binned_prediction_equals_predict_proba(n_classes):
 
 
 def test_gbdt_predicts_as_hgb_predict_proba():
-    from pythia.models.gbdt import GBDTModel, expand_classes, to_matrix
+    from pythia.models.gbdt import GBDTModel
+    from pythia.models.hgb import expand_classes, to_matrix
     from pythia.models.priors import log_probabilities
 
     model = GBDTModel(make_encoders(), HPARAMS["gbdt"], FAST)
@@ -175,7 +176,8 @@ def test_gbdt_keeps_the_trees_up_to_the_best_validation_iteration():
     model is cut back to the best, and predicts as HGB's own model did at that iteration."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from pythia.models.gbdt import GBDTModel, expand_classes, known_class_rows, to_matrix
+    from pythia.models.gbdt import GBDTModel
+    from pythia.models.hgb import expand_classes, known_class_rows, to_matrix
     from pythia.models.priors import log_probabilities
 
     hp = {"max_iter": 200, "n_iter_no_change": 4, "learning_rate": 0.5, "n_threads": 1}

@@ -182,7 +182,7 @@ def test_spark_local_master_follows_the_task_cores(machine, monkeypatch):
 
 
 def test_model_thread_knobs_follow_the_budget_not_the_machine(machine, monkeypatch):
-    from pythia.models.gbdt import SERIAL_BELOW_ROWS, openmp_threads
+    from pythia.models.hgb import SERIAL_BELOW_ROWS, openmp_threads
     monkeypatch.setattr(threads, "_cores", 2)
     assert openmp_threads(0, SERIAL_BELOW_ROWS * 10) == 2  # "every core" = the task's cores
     assert openmp_threads(0, 100) == 1  # small data stays serial

@@ -143,7 +143,7 @@ def test_a_loaded_model_serves_as_a_start(globals_, data, name, tmp_path):
 def test_gbdt_warm_trees_see_the_bins_they_were_split_on(globals_, data):
     # scikit-learn's own warm_start re-bins the new rows, so the start's trees would read
     # other bins: walking the trees on the bins and on the float thresholds would disagree
-    from pythia.models.gbdt import predict_binned_proba, to_matrix
+    from pythia.models.hgb import predict_binned_proba, to_matrix
 
     model = _warm("gbdt", {"warm_max_iter": 20})
     region = {**data["region_train"],  # values 2-4 absent: category codes would shift

@@ -112,6 +112,10 @@ class Model:
         # The fitted model ``fit`` starts from (``warm_starts``), during ``fit`` only
         self.start: "Model | None" = None
 
+    def serve_as_start(self) -> None:
+        """This model will be the ``start`` of other fits (its family's regions): keep from now
+        on what they can reuse. Nothing by default; gbdt keeps its raw scores."""
+
     # ------------------------------------------------------------ to implement per model
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:

@@ -88,7 +88,8 @@ def train_family(family: Mapping[str, Any], tf_manifest: Mapping, split_manifest
         fitted = fit_candidate_model(name, region, config_id, family["hparams"], tf_manifest,
                                      priors, paths.model(name, region, config_id),
                                      paths.predictions(name, region, config_id), train_cfg,
-                                     weights, start if region != GLOBAL_REGION else None)
+                                     weights, start if region != GLOBAL_REGION else None,
+                                     serves_as_start=warm and region == GLOBAL_REGION)
         if warm and region == GLOBAL_REGION:
             start = fitted  # kept for the regions; the other fitted models are dropped at once
         print_candidate(fitted.summary)

@@ -164,8 +164,9 @@ class ValidationSample(BoundedRows):
                 ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
         """Per batch: the heads' logits (float32, as the network gives them), the labels and,
         with ``ids``, the impression ids; each batch's loss sums added to ``sums``."""
+        forward = compiled_forward(model)
         for x, y in valid:
-            out = model.keras_model({k: x[k] for k in features.FEATURE_NAMES}, training=False)
+            out = forward({k: x[k] for k in features.FEATURE_NAMES})
             chunk = {LOGIT + t: np.asarray(out[t]) for t in features.TARGETS}
             chunk.update({c: np.asarray(y[t]).astype(np.int64)
                           for t, c in features.LABEL_COLUMNS.items()})
@@ -178,6 +179,23 @@ class ValidationSample(BoundedRows):
                 for t, v in part.items():
                     sums[t] += v
             yield chunk
+
+
+def compiled_forward(model: Any) -> Callable[[dict], dict]:
+    """The network's inference pass as one compiled ``tf.function``, made once per Keras model
+    (kept on ``model``; the weights are read when called). Called eagerly, the Keras model
+    runs its layers op by op from Python: one pass over the default world's 162k validation
+    rows took 1.4-1.5 CPU-s eagerly, 0.8-0.9 compiled (0.45 of either is reading the rows),
+    and the MLP family makes 25 such passes."""
+    import tensorflow as tf
+
+    keras_model = model.keras_model
+    made = getattr(model, "_forward", None)
+    if made is None or made[0] is not keras_model:
+        made = (keras_model, tf.function(lambda x: keras_model(x, training=False),
+                                         reduce_retracing=True))
+        model._forward = made
+    return made[1]
 
 
 def sample_dataset(data: Any, max_rows: int, seed: int, split: str

@@ -30,7 +30,7 @@ from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models.base import Model, labels_of, start_record
 from pythia.models.priors import log_probabilities
-from pythia.models.gbdt import expand_classes, known_class_rows, openmp_threads
+from pythia.models.hgb import expand_classes, known_class_rows, openmp_threads
 
 MODEL_STEM = "tabnet"  # pytorch-tabnet writes <stem>.zip (model_params.json + network.pt)
 
@@ -42,7 +42,7 @@ def to_matrix(X: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def set_torch_threads(n_threads: int, n_rows: int) -> None:
-    """Set torch's intra-op threads (``gbdt.openmp_threads`` rule: few threads on small data,
+    """Set torch's intra-op threads (``hgb.openmp_threads`` rule: few threads on small data,
     never more than the task's thread budget)."""
     torch.set_num_threads(openmp_threads(int(n_threads), n_rows))
 

@@ -188,7 +188,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
                         model_dir: str, predictions_uri: str,
                         train_cfg: TrainConfig = TrainConfig(),
                         valid_class_weights: Sequence[float] | None = None,
-                        start: FittedCandidate | None = None) -> FittedCandidate:
+                        start: FittedCandidate | None = None, serves_as_start: bool = False
+                        ) -> FittedCandidate:
     # ~70 lines of which 30 are the docstring: load, fit, predict, save read best in one place.
     """Fit one candidate, write its predictions and model; return its summary and the model.
 
@@ -207,6 +208,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
             (``validation_class_weights``); None: the priors' ratio.
         start: a fitted candidate of the same model class and encoders to start from (the
             family's global one, ``Model.fit(..., start=)``); None: from scratch.
+        serves_as_start: the fitted model will be the ``start`` of others
+            (``Model.serve_as_start``: gbdt keeps its raw scores for them).
 
     Returns:
         ``FittedCandidate``: the model, and a JSON-able summary dict: model, is_baseline (the
@@ -242,6 +245,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
     model = cls(tfrecords.load_encoders(tf_manifest), hparams, train_cfg)
     if valid_class_weights is not None:
         model.valid_class_weights = np.asarray(valid_class_weights, dtype=np.float64)
+    if serves_as_start:
+        model.serve_as_start()
     train, valid, sample = _training_data(model, tf_manifest, region)
     summary = model.fit(train, valid, priors, start=start.model if start else None)
     del train, valid
