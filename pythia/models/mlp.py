@@ -341,7 +341,9 @@ class MLPModel(Model):
         if self.keras_model is None:
             raise RuntimeError("MLP is not fitted")
         self.keras_model.save(os.path.join(folder, KERAS_FILE))
-        return {"age_head": self.age_head, "keras_file": KERAS_FILE}
+        # the bid-time export too, so that the end step exports without TensorFlow
+        return {"age_head": self.age_head, "keras_file": KERAS_FILE,
+                **ex.save_export(folder, self.export_numpy())}
 
     def _load_weights(self, folder: str, meta: Mapping[str, Any]) -> None:
         self.age_head = meta.get("age_head", self.age_head)

@@ -74,19 +74,44 @@ def export_bundle(champions: Sequence[Mapping[str, Any]], encoders: Encoders, ge
     """
     from pythia.models import MODEL_NAMES, get_model  # model libraries: to export, not to score
 
-    payloads: dict[str, dict[str, Any]] = {}
-    for champion in champions:
+    seen: set[str] = set()
+    for champion in champions:  # every entry checked before any model folder is read
         missing = [k for k in CHAMPION_KEYS if k not in champion]
         if missing:
             raise ValueError(f"champion {dict(champion)} lacks {missing}")
-        region, kind, model_dir = (champion[k] for k in CHAMPION_KEYS)
-        if region in payloads:
+        region, kind, _ = (champion[k] for k in CHAMPION_KEYS)
+        if region in seen:
             raise ValueError(f"two champions for region {region!r}")
         if kind not in MODEL_NAMES:
             raise ValueError(f"model kind {kind!r} of region {region!r} not in {MODEL_NAMES}")
-        payloads[region] = {"kind": kind, **get_model(kind).export(model_dir),
+        seen.add(region)
+    payloads: dict[str, dict[str, Any]] = {}
+    for champion in champions:
+        region, kind, model_dir = (champion[k] for k in CHAMPION_KEYS)
+        # a saved export first: no model library (e.g. TensorFlow) to import
+        payloads[region] = {"kind": kind, **(saved_export(model_dir)
+                                             or get_model(kind).export(model_dir)),
                             "source": model_dir, "origin": champion.get("source")}
     return write_bundle(payloads, encoders, geo, version, out_uri)
+
+
+def saved_export(model_dir: str) -> dict[str, Any] | None:
+    """The ``NUMPY_LAYERS`` payload saved with the model in ``model_dir`` (local or s3://,
+    ``models.export.save_export``), or None when the folder has none or was saved for another
+    feature spec (then the model's class exports it from its weights, importing its library).
+    """
+    import joblib
+
+    from pythia import storage
+    from pythia.models.base import read_meta
+    from pythia.models.export import EXPORT, EXPORT_FILE_KEY
+
+    with storage.local_copy(model_dir) as folder:
+        meta = read_meta(folder)
+        name = meta.get("extra", {}).get(EXPORT_FILE_KEY)
+        if not name or meta.get("spec_version") != features.spec_version():
+            return None
+        return {RUNTIME: NUMPY_LAYERS, EXPORT: joblib.load(os.path.join(folder, name))}
 
 
 def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, geo: Geography,
