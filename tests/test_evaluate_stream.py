@@ -100,6 +100,30 @@ def test_streaming_metrics_equal_the_in_memory_ones(tiny, bucket_rows, with_worl
     assert list(tmp_path.iterdir()) == []  # scratch files removed
 
 
+@pytest.mark.parametrize("with_world", [True, False])
+def test_buckets_scored_in_processes_equal_one_process(tiny, with_world):
+    # forked workers take every other bucket; their merged sums give the one-process tables
+    candidates, manifest, world = tiny
+    world = world if with_world else None
+    one = score_streaming(candidates, manifest, EDGES, world, bucket_rows=97, workers=1)
+    for workers in (2, 3):
+        got = score_streaming(candidates, manifest, EDGES, world, bucket_rows=97,
+                              workers=workers)
+        assert_same_table(got.metrics, one.metrics, KEYS, ["value", "n"])
+        assert_same_table(got.distributions, one.distributions, DIST_KEYS,
+                          [c for c in one.distributions.columns
+                           if c in ("share", "tvd_provider", "tvd_truth")])
+        assert got.sums.rows == one.sums.rows and got.sums.found == one.sums.found
+        assert set(got.sums.labels) == set(one.sums.labels)
+        for key, stats in one.sums.labels.items():
+            np.testing.assert_array_equal(got.sums.labels[key].confusion, stats.confusion)
+            assert got.sums.labels[key].log_loss_sum == pytest.approx(stats.log_loss_sum,
+                                                                      rel=1e-12)
+        for key, groups in one.sums.groups.items():
+            np.testing.assert_array_equal(got.sums.groups[key].rows, groups.rows)
+            np.testing.assert_allclose(got.sums.groups[key].loss, groups.loss, rtol=1e-12)
+
+
 class FailingWorld:
     """A world whose posterior refuses one impression: the gauge is skipped for the whole run,
     even when the refusal comes in a late bucket."""
@@ -125,7 +149,7 @@ def test_a_posterior_failing_in_a_late_bucket_skips_the_gauge_like_in_memory(tin
     # 20 buckets of ~97 rows: that impression is in the last one, after 19 scored ones
     assert buckets.bucket_of(pa.array(["test_natural-33"]), 20)[0] == 19
     want_m, want_d, want_note = in_memory(candidates, manifest, failing)
-    got = score_streaming(candidates, manifest, EDGES, failing, bucket_rows=97)
+    got = score_streaming(candidates, manifest, EDGES, failing, bucket_rows=97, workers=2)
     assert want_note and got.gauge_note == want_note
     assert want_note in capsys.readouterr().out  # printed to the step's log
     assert not got.metrics["metric"].isin(["bayes_log_loss", "bayes_macro_f1"]).any()

@@ -107,6 +107,12 @@ class GroupSums:
         self.loss += np.bincount(g, weights=w * row_log_loss(y[valid], p_raw[valid]),
                                  minlength=n)
 
+    def merge(self, other: "GroupSums") -> None:
+        """Add another's sums (other rows)."""
+        self.rows += other.rows
+        self.weight += other.weight
+        self.loss += other.loss
+
     def margin_against(self, other: "GroupSums", min_groups: int = MIN_USER_GROUPS) -> Margin:
         """This scorer minus ``other`` on the same rows (else a Margin with a note)."""
         if not (np.array_equal(self.rows, other.rows)

@@ -43,6 +43,12 @@ class TopLabelBins:
         self.conf_sum += np.bincount(b, weights=conf, minlength=n_bins)
         self.correct_sum += np.bincount(b, weights=correct, minlength=n_bins)
 
+    def merge(self, other: "TopLabelBins") -> None:
+        """Add another's bins (other rows)."""
+        self.count += other.count
+        self.conf_sum += other.conf_sum
+        self.correct_sum += other.correct_sum
+
     def table(self) -> pd.DataFrame:
         """``metrics.reliability_bins``' table."""
         return reliability_table(self.count, self.conf_sum, self.correct_sum)
@@ -87,9 +93,7 @@ class ReferenceStats:
         sum of per-batch terms, and ``other`` holds exactly those terms)."""
         self.log_loss_sum += other.log_loss_sum
         self.confusion += other.confusion
-        self.top.count += other.top.count
-        self.top.conf_sum += other.top.conf_sum
-        self.top.correct_sum += other.top.correct_sum
+        self.top.merge(other.top)
 
     def scores(self, n: int) -> tuple[float, float]:
         """(log-loss, macro F1 over the classes present in y), as ``metrics.gauge_scores``."""
@@ -159,6 +163,25 @@ class LabelStats:
         self.reference = self._add_reference(self.reference, y, valid, reference)
         self.population = self._add_reference(self.population, y, valid, population)
 
+    def merge(self, other: "LabelStats") -> None:
+        """Add another's sums (the same scorer, slice, target and source; other rows), as
+        adding its rows here would, up to the order of the float additions."""
+        self.n_unlabelled += other.n_unlabelled
+        self.confusion += other.confusion
+        for name in ("log_loss_sum", "brier_sum", "mae_sum", "expected_mae_sum",
+                     "weighted_loss_sum", "weight_sum"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.top.merge(other.top)
+        self.class_label_sum += other.class_label_sum
+        self.class_prob_sum += other.class_prob_sum
+        self.weighted = self.weighted or other.weighted
+        for name in ("reference", "population"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if theirs is not None and mine is None:
+                setattr(self, name, theirs)
+            elif theirs is not None:
+                mine.merge(theirs)
+
     def _add_reference(self, stats: ReferenceStats | None, y: np.ndarray, valid: np.ndarray,
                        probs: np.ndarray | ReferenceStats | None) -> ReferenceStats | None:
         """``stats`` (created when first needed) with one posterior's rows added."""
@@ -225,6 +248,12 @@ class ShareStats:
         self.n += len(p)
         self.prob_sum += p.sum(axis=0)
         self.argmax_count += np.bincount(p.argmax(axis=1), minlength=len(self.prob_sum))
+
+    def merge(self, other: "ShareStats") -> None:
+        """Add another's sums (other rows)."""
+        self.n += other.n
+        self.prob_sum += other.prob_sum
+        self.argmax_count += other.argmax_count
 
     def shares(self) -> dict[str, np.ndarray]:
         return {"mean_probability": self.prob_sum / self.n, "argmax": self.argmax_count / self.n}

@@ -69,6 +69,26 @@ class SliceSums:
             self.groups[key] = GroupSums()
         return self.groups[key]
 
+    def merge(self, other: "SliceSums") -> None:
+        """Add the sums of other buckets (another process's, ``stream``), as adding those
+        buckets here would, up to the order of the float additions."""
+        self.rows.update(other.rows)  # Counter.update adds
+        self.found.update(other.found)
+        for mine, theirs in ((self.labels, other.labels), (self.shares, other.shares),
+                             (self.groups, other.groups)):
+            for key, stats in theirs.items():
+                if key in mine:
+                    mine[key].merge(stats)
+                else:
+                    mine[key] = stats
+        for key, counts in other.actual.items():
+            self.actual[key] = self.actual.get(key, 0) + counts
+        self.regions |= other.regions
+        self.bayes_splits |= other.bayes_splits
+        self.bayes_sources = self.bayes_sources or other.bayes_sources
+        self.gauge_note = self.gauge_note or other.gauge_note
+        self.population_note = self.population_note or other.population_note
+
     def shares_of(self, key: tuple) -> ShareStats:
         """The ShareStats of (scorer, test_set, region, target, source or None), created."""
         if key not in self.shares:
