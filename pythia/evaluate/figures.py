@@ -19,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from pythia import threads
+from pythia.evaluate.forked import map_forked
 from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, TRUTH
 from pythia.evaluate.slices import BAYES_MODEL, NATURAL, candidate_label
 from pythia.evaluate.sums import SliceSums
@@ -123,7 +125,7 @@ def plot_reliability(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: st
 # ---------------------------------------------------------------- the report's figures
 
 def draw_figures(champions: pd.DataFrame, metrics: pd.DataFrame, distributions: pd.DataFrame,
-                 sums: SliceSums) -> dict[str, bytes]:
+                 sums: SliceSums, workers: int | None = None) -> dict[str, bytes]:
     """The figures of every champion's region on the natural test day, as
     {'<kind>__<region>': png bytes}.
 
@@ -132,16 +134,21 @@ def draw_figures(champions: pd.DataFrame, metrics: pd.DataFrame, distributions: 
         metrics, distributions: the long tables of the run.
         sums: the per-slice sums of streaming evaluation (the winners' confusion counts and
             reliability bins, and the exact posterior's on the same rows).
+        workers: processes drawing regions at once (``forked``; default: the task's cores).
     """
-    figures: dict[str, bytes] = {}
-    for champ in champions.itertuples(index=False):
-        champ = pd.Series(champ._asdict())
+    def region_figures(champ: pd.Series) -> dict[str, bytes]:
         region = champ["region"]
-        figures.update(_per_class_f1(region, metrics, sums.edges))
-        if pd.isna(champ["model"]):
-            continue
-        figures.update(_winner_figures(region, champ, sums))
-        figures.update(_distribution(region, champ, distributions, sums.edges))
+        out = _per_class_f1(region, metrics, sums.edges)
+        if not pd.isna(champ["model"]):
+            out.update(_winner_figures(region, champ, sums))
+            out.update(_distribution(region, champ, distributions, sums.edges))
+        return out
+
+    figures: dict[str, bytes] = {}
+    for part in map_forked(region_figures,
+                           [pd.Series(c._asdict()) for c in champions.itertuples(index=False)],
+                           threads.thread_budget() if workers is None else workers):
+        figures.update(part)
     return figures
 
 

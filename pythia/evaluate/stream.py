@@ -9,7 +9,7 @@ Three passes over scratch files on local disk (removed at the end):
      to them (``slices.align``), the exact posterior is computed (``gauge.posterior_probs``),
      and everything is added to per-slice sufficient statistics (``stats``) — on the
      validation day also per user group (``margins``: the champion rule's paired SEs).
-     With more than one core, ``workers`` processes (forked) take every other bucket each,
+     With more than one core, ``workers`` processes (``forked``) take every other bucket each,
      and their sums are merged (``SliceSums.merge``): the same figures up to the order of the
      float additions (default world, idle 2-core machine: pass 3 took about 30 of evaluate's
      41 s in one process).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -37,6 +36,7 @@ import pyarrow as pa
 from pythia import threads
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate import buckets, io
+from pythia.evaluate.forked import map_forked
 from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, PROVIDER, TRUTH,
                                     WEIGHT_COLUMN, SplitFrame, split_frame, truth_labels)
 from pythia.evaluate.gauge import population_of, posterior_probs
@@ -108,8 +108,10 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
         n_workers = min(n_buckets, threads.thread_budget() if workers is None else workers)
         if n_workers <= 1:
             job.score(sums, range(n_buckets))
-        else:
-            for part in _score_in_processes(job, sums, n_buckets, n_workers):
+        else:  # worker w of n: buckets w, w + n, ...; merged in worker order (a fixed order)
+            shares = [list(range(w, n_buckets, n_workers)) for w in range(n_workers)]
+            for part in map_forked(lambda ids: job.score(SliceSums(edges, sums.sources), ids),
+                                   shares, n_workers):
                 sums.merge(part)
         for note in (sums.gauge_note, sums.population_note):
             if note:  # here, not in a worker: a forked worker's output may go nowhere
@@ -137,32 +139,6 @@ class _Job:
             frames = _bucket_frames(self.rows_dirs, b, self.split_manifest, self.edges)
             _score_bucket(sums, frames, self.idents, self.pred_dirs, b, self.worlds)
         return sums
-
-
-_FORKED_JOB: tuple[_Job, SliceSums] | None = None  # the job a forked worker inherits
-
-
-def _score_share(bucket_ids: list[int]) -> SliceSums:
-    """A worker process: its buckets into empty sums (one BLAS/OpenMP thread: a core each)."""
-    from threadpoolctl import threadpool_limits
-
-    job, template = _FORKED_JOB
-    with threadpool_limits(limits=1):
-        return job.score(SliceSums(template.edges, template.sources), bucket_ids)
-
-
-def _score_in_processes(job: _Job, sums: SliceSums, n_buckets: int, n_workers: int
-                        ) -> list[SliceSums]:
-    """Buckets b, b + n, b + 2n, ... in worker b of n (forked: the job and the world are
-    inherited, not pickled); their sums in worker order, so the merge order is fixed."""
-    global _FORKED_JOB
-    _FORKED_JOB = (job, sums)
-    try:
-        with multiprocessing.get_context("fork").Pool(n_workers) as pool:
-            return pool.map(_score_share, [list(range(w, n_buckets, n_workers))
-                                           for w in range(n_workers)], chunksize=1)
-    finally:
-        _FORKED_JOB = None
 
 
 # ---------------------------------------------------------------- passes 1 and 2: buckets
