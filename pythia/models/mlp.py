@@ -36,7 +36,8 @@ from pythia.features import Encoders
 from pythia.models import export as ex
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
-from pythia.models.mlp_valid import ValidationSample, sample_dataset, validation_losses
+from pythia.models.mlp_valid import (ValidationSample, forward_in_batches, sample_dataset,
+                                     validation_losses)
 from pythia.models.warm_mlp import fit_mlp_warm
 from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
                                  count_rows, embedding_dim, fit_wide_start)
@@ -327,7 +328,7 @@ class MLPModel(Model):
     def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.keras_model is None:
             raise RuntimeError("MLP is not fitted")
-        logits = self.keras_model.predict(self._inputs(X), batch_size=8192, verbose=0)
+        logits = forward_in_batches(self, self._inputs(X))
         return {t: np.asarray(logits[t], dtype=np.float64) for t in features.TARGETS}
 
     def _raw_and_labels(self, valid: Any):
