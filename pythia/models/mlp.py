@@ -19,7 +19,7 @@ AgeGender validation log-loss (the champion rule's measure) is computed before t
 and after each; a phase stops after ``patience`` epochs without a gain above ``min_delta``; the
 best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the fit
 summary, and printed). Skewed world (74k rows; validation AgeGender): LR start 2.0132; residual,
-fine-tuned, joint or smaller trunks all within 1e-4 of it; per-feature L2 2.0013.
+fine-tuned, joint, smaller trunks within 1e-4 of it; per-feature L2 2.0013. Unseen ids: ``unseen``.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
 from pythia.models.mlp_valid import (ValidationSample, forward_in_batches, sample_dataset,
                                      validation_losses)
+from pythia.models.unseen import UnseenRows, id_counts
 from pythia.models.warm_mlp import fit_mlp_warm
 from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
                                  count_rows, embedding_dim, fit_wide_start)
@@ -261,9 +262,11 @@ class MLPModel(Model):
         else:
             n_train = count_rows(train)
         self.keras_model = self.build(n_train, start)
+        unseen = UnseenRows(id_counts(train, self.encoders))  # filled before each score
         patience = cfg.patience if self.hparams["patience"] is None else self.hparams["patience"]
-        keep = KeepBest(lambda: self.natural_val_losses(valid), int(patience),
-                        float(self.hparams["min_delta"]), kept=lambda: self._scored_valid)
+        keep = KeepBest(unseen.before(self.keras_model, lambda: self.natural_val_losses(valid)),
+                        int(patience), float(self.hparams["min_delta"]),
+                        kept=lambda: self._scored_valid)
         frozen = start is not None and self.hparams["wide_train"] == "frozen"
         phases = [(float(self.hparams["learning_rate"]), not frozen, cfg.max_epochs)]
         if frozen and int(self.hparams["finetune_epochs"]) > 0:
@@ -326,10 +329,7 @@ class MLPModel(Model):
         return self.age_head if head == "age" else "softmax"
 
     def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.keras_model is None:
-            raise RuntimeError("MLP is not fitted")
-        logits = forward_in_batches(self, self._inputs(X))
-        return {t: np.asarray(logits[t], dtype=np.float64) for t in features.TARGETS}
+        return forward_in_batches(self, self._inputs(X))
 
     def _raw_and_labels(self, valid: Any):
         if not isinstance(valid, tf.data.Dataset):

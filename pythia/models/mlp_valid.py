@@ -202,16 +202,18 @@ PREDICT_BATCH_ROWS = 8192  # rows per call of the compiled pass when predicting 
 
 
 def forward_in_batches(model: Any, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The heads' logits of feature arrays by ``compiled_forward``, ``PREDICT_BATCH_ROWS`` rows
-    a call: ``keras.Model.predict`` sets up a data adapter and callbacks per call, and took
-    1.1-1.7 CPU-s where this takes 0.3-0.7 on the default world's 223k test rows (busy
-    machine)."""
+    """The heads' logits (float64) of feature arrays by ``compiled_forward``,
+    ``PREDICT_BATCH_ROWS`` rows a call: ``keras.Model.predict`` sets up a data adapter and
+    callbacks per call, and took 1.1-1.7 CPU-s where this takes 0.3-0.7 on the default world's
+    223k test rows (busy machine)."""
+    if model.keras_model is None:
+        raise RuntimeError("MLP is not fitted")
     forward = compiled_forward(model)
     n = len(next(iter(x.values())))
     parts = [forward({k: v[s:s + PREDICT_BATCH_ROWS] for k, v in x.items()})
              for s in range(0, n, PREDICT_BATCH_ROWS)]
-    return {t: np.concatenate([np.asarray(p[t]) for p in parts]) if parts else
-            np.zeros((0, model.head_units()[t]), np.float32) for t in features.TARGETS}
+    return {t: np.concatenate([np.asarray(p[t]) for p in parts]).astype(np.float64) if parts
+            else np.zeros((0, model.head_units()[t])) for t in features.TARGETS}
 
 
 def sample_dataset(data: Any, max_rows: int, seed: int, split: str

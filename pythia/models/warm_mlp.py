@@ -27,6 +27,7 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     scratch 2.0647 / 135."""
     import keras
 
+    from pythia.models.unseen import UnseenRows, id_counts
     from pythia.models.wide import KeepBest
 
     start, h = model.start, model.hparams
@@ -40,14 +41,16 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     model.keras_model.set_weights(start.keras_model.get_weights())
     epochs = int(h["warm_epochs"])
     patience = model.train_cfg.patience if h["patience"] is None else h["patience"]
-    keep = KeepBest(lambda: model.natural_val_losses(valid), int(patience),
-                    float(h["min_delta"]), kept=lambda: model._scored_valid)
+    # ids the region's rows never carry keep the start's rows (``models.unseen``)
+    unseen = UnseenRows(id_counts(train, model.encoders), start.keras_model)
+    score = unseen.before(model.keras_model, lambda: model.natural_val_losses(valid))
+    keep = KeepBest(score, int(patience), float(h["min_delta"]), kept=lambda: model._scored_valid)
     if epochs > 0:
         model._train_phase(train, float(h["learning_rate"]), bool(h["warm_wide_train"]),
                            epochs, keep)
         model._kept_valid = keep.best_kept
     else:
-        keep.history = [model.natural_val_losses(valid)]
+        keep.history = [score()]
         model._kept_valid = model._scored_valid
     first, best = keep.history[0], keep.history[keep.best_index]
     record = start_record(first["age_gender"], best["age_gender"], keep.best_index,
