@@ -116,3 +116,14 @@ def test_raw_binned_needs_the_start_scores_to_skip_trees(data):
         hgb.raw_binned(model.clf, X, 1, first=2)
     with pytest.raises(ValueError, match="start scores of shape"):
         hgb.raw_binned(model.clf, X, 1, first=2, start_raw=np.zeros((3, 1)))
+
+
+def test_the_warm_fit_stops_on_its_own_patience(data):
+    # the global fit's early stopping waits n_iter_no_change rounds, a regional warm fit
+    # (a smaller, noisier validation day) warm_n_iter_no_change
+    start = get_model("gbdt")(make_encoders(), {**HPARAMS["gbdt"], "n_iter_no_change": 3}, FAST)
+    start.fit(data["train"], data["valid"], uniform_priors())
+    assert start.clf.n_iter_no_change == 3
+    model = get_model("gbdt")(make_encoders(), {**WARM, "warm_n_iter_no_change": 7}, FAST)
+    model.fit(data["region_train"], data["region_valid"], uniform_priors(), start=start)
+    assert model.clf.n_iter_no_change == 7

@@ -140,7 +140,7 @@ def fit_gbdt_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
     clf.__dict__.update(copy.deepcopy(start.clf.__dict__))
     clf._kept_bin_mapper, clf._val_start_raw = start.clf._bin_mapper, raw0
     clf.set_params(warm_start=True, max_iter=n0 + int(h["warm_max_iter"]), early_stopping=True,
-                   scoring="loss", n_iter_no_change=int(h["n_iter_no_change"]),
+                   scoring="loss", n_iter_no_change=int(h["warm_n_iter_no_change"]),
                    learning_rate=h["learning_rate"], max_leaf_nodes=int(h["max_leaf_nodes"]),
                    min_samples_leaf=int(h["min_samples_leaf"]),
                    l2_regularization=h["l2_regularization"])
