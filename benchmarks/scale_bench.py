@@ -183,8 +183,14 @@ def _step_end(st: dict, task: int) -> tuple[dict, int | None]:
 def run_step(name: str, state_dir: str, task: int) -> None:
     """Child process: run one task of one step on the saved state, save what it adds."""
     sys.path.insert(0, ROOT)
-    from pythia import quiet
+    import tomllib
+
+    from pythia import quiet, threads
     quiet.install()
+    with open(os.path.join(ROOT, "flows", "pythia.toml"), "rb") as f:
+        task = tomllib.load(f).get("resources", {}).get(name)
+    if task:  # as the flow's step: its cores, and its @resources memory sizes a Spark heap
+        threads.configure_task(task.get("cpu"), memory_mb=task.get("memory"))
     updates, rows = globals()[f"_step_{name}"](_load(state_dir), task)
     out = os.path.join(state_dir, f"out-{name}-{task}.pkl")
     with open(out + ".tmp", "wb") as f:

@@ -313,6 +313,7 @@ def test_the_local_driver_heap_is_a_quarter_of_the_memory_at_least_1g(monkeypatc
     limit = tmp_path / "memory.max"
     monkeypatch.setattr(workers, "CGROUP_MEMORY_FILES", (str(limit),))
     monkeypatch.setattr(threads, "_memory_share", 1.0)
+    monkeypatch.setattr(threads, "_memory_mb", None)
     monkeypatch.setattr(workers.os, "sysconf", lambda name: {
         "SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}[name])
     assert session.local_driver_memory() == "6144m"  # 24 GiB machine, no cgroup limit file
@@ -325,6 +326,35 @@ def test_the_local_driver_heap_is_a_quarter_of_the_memory_at_least_1g(monkeypatc
     limit.write_text(str(16 * 2**30))
     monkeypatch.setattr(threads, "_memory_share", 0.5)  # a foreach task of 2 local workers
     assert session.local_driver_memory() == "2048m"
+    monkeypatch.setenv(session.DRIVER_MEMORY_ENV, "3g")
+    assert session.local_driver_memory() == "3g"
+
+
+def test_the_local_driver_heap_is_sized_from_the_steps_resources_memory(machine, monkeypatch):
+    # A quarter of the machine (6 GB of 24) let join_hours' heap grow with the data: 1.6 GB
+    # RSS at 1x, 2.0x that at 2x (docs/scaling.md section 8). The step's @resources memory
+    # bounds it, as a remote task's container would; the machine's share still caps it.
+    from pythia.etl import session
+
+    monkeypatch.delenv(session.DRIVER_MEMORY_ENV, raising=False)
+    monkeypatch.setattr(workers, "CGROUP_MEMORY_FILES", ())
+    monkeypatch.setattr(workers.os, "sysconf", lambda name: {
+        "SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}[name])
+    monkeypatch.setattr(threads, "_memory_mb", None)
+    monkeypatch.setattr(threads, "_memory_share", 1.0)
+    monkeypatch.setattr(threads, "configure", lambda cores, limits: {"cores": cores})
+    monkeypatch.delenv(threads.WORKERS_ENV, raising=False)
+    threads.configure_task(2)
+    assert threads.task_memory_mb() is None
+    assert session.local_driver_memory() == "6144m"  # no @resources memory: the machine's
+    threads.configure_task(2, memory_mb=8000)  # flows/pythia.toml's join_hours
+    assert threads.task_memory_mb() == 8000
+    assert session.local_driver_memory() == "2000m"
+    threads.configure_task(2, memory_mb=2000)
+    assert session.local_driver_memory() == "1024m"  # never below Spark's own 1 GB
+    monkeypatch.setenv(threads.WORKERS_ENV, "4")  # 4 local workers: 6 GB each, under 64 GB
+    threads.configure_task(2, memory_mb=64000, parallel=True)
+    assert session.local_driver_memory() == "1536m"
     monkeypatch.setenv(session.DRIVER_MEMORY_ENV, "3g")
     assert session.local_driver_memory() == "3g"
 

@@ -3,8 +3,10 @@
 Locally the JVM start dominates the ETL's wall time, so the local session is small and quiet:
 as many cores as the task may use (``pythia.threads``), no UI, few shuffle partitions, a small
 JIT tuned for short jobs, and a driver heap of a quarter of the memory the task may use
-(``local_driver_memory``), as the JVM's own default would be, instead of Spark's 1 GB default,
-on which one task of 8M impressions ran out of heap (docs/scaling.md §8).
+(``local_driver_memory``: its ``@resources`` memory, within the machine's), as the JVM's own
+default would be, instead of Spark's 1 GB default, on which one task of 8M impressions ran out
+of heap; not a quarter of the whole machine, into which the heap grew with the data
+(docs/scaling.md §8).
 """
 from __future__ import annotations
 
@@ -65,17 +67,21 @@ MIN_DRIVER_MB = 1024
 
 def local_driver_memory() -> str:
     """The local driver JVM's heap (``spark.driver.memory``): ``$PYTHIA_SPARK_DRIVER_MEMORY`` if
-    set, else a quarter of the memory this process may use (physical or cgroup limit: the
-    JVM's own default share; in a foreach task of a local run with N workers, of 1/N of it:
-    ``threads.memory_share``), at least 1 GB. Local mode runs the executors inside the driver,
-    so this heap holds every task's rows in flight."""
+    set, else a quarter of the memory this task may use, at least 1 GB. That memory is the
+    smaller of the step's ``@resources`` memory (``threads.task_memory_mb``, what a remote
+    task's container has) and the machine's (physical or cgroup limit; in a foreach task of a
+    local run with N workers, 1/N of it: ``threads.memory_share``). Local mode runs the
+    executors inside the driver, so this heap holds every task's rows in flight; Spark sizes
+    its execution and storage pools from it and spills past them, so the heap, not the data,
+    bounds the JVM's resident memory."""
     if os.environ.get(DRIVER_MEMORY_ENV):
         return os.environ[DRIVER_MEMORY_ENV]
     limit = workers.memory_limit_bytes()
     # a foreach task of a local run shares the machine with the other workers' tasks
-    share = threads.memory_share()
-    mb = MIN_DRIVER_MB if limit is None else max(MIN_DRIVER_MB,
-                                                 int(limit * share) // 4 // (1 << 20))
+    budget = [limit * threads.memory_share()] if limit is not None else []
+    if threads.task_memory_mb():
+        budget.append(threads.task_memory_mb() * (1 << 20))
+    mb = max(MIN_DRIVER_MB, int(min(budget)) // 4 // (1 << 20)) if budget else MIN_DRIVER_MB
     return f"{mb}m"
 
 
