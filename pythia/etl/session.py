@@ -5,8 +5,8 @@ as many cores as the task may use (``pythia.threads``), no UI, few shuffle parti
 JIT tuned for short jobs, and a driver heap of an eighth of the memory the task may use
 (``local_driver_memory``: its ``@resources`` memory, within the machine's), at least Spark's
 1 GB default. A JVM fills whatever heap it may use between full GCs, so the heap, not the
-data, sets its resident memory: a quarter of the whole machine (6 GB) let join_hours' RSS grow
-1.3x for 2x the rows, and 2 GB 1.85x from 1x to 4x, for the same CPU as 1 GB (docs/scaling.md §8).
+data, sets its resident memory: with a quarter of the machine (6 GB) join_hours' RSS grew 1.3x
+for 2x the rows; with 2 GB, 1.85x from 1x to 4x, for the CPU of 1 GB (docs/scaling.md §8).
 """
 from __future__ import annotations
 
@@ -70,11 +70,12 @@ def local_driver_memory() -> str:
     """The local driver JVM's heap (``spark.driver.memory``): ``$PYTHIA_SPARK_DRIVER_MEMORY`` if
     set, else an eighth (``HEAP_SHARE``) of the memory this task may use, at least Spark's 1 GB
     default. That memory is the smaller of the step's ``@resources`` memory
-    (``threads.task_memory_mb``, what a remote task's container has) and the machine's (physical or cgroup limit; in a foreach task of a
-    local run with N workers, 1/N of it: ``threads.memory_share``). Local mode runs the
-    executors inside the driver, so this heap holds every task's rows in flight; Spark sizes
-    its execution and storage pools from it and spills past them, so the heap, not the data,
-    bounds the JVM's resident memory (≈ the heap + 0.35 GB)."""
+    (``threads.task_memory_mb``, what a remote task's container has) and the machine's
+    (physical or cgroup limit; in a foreach task of a local run with N workers, 1/N of it:
+    ``threads.memory_share``). Local mode runs the executors inside the driver, so this heap
+    holds every task's rows in flight; Spark sizes its execution and storage pools from it and
+    spills past them, so the heap, not the data, bounds the JVM's resident memory (≈ the heap
+    + 0.35 GB)."""
     if os.environ.get(DRIVER_MEMORY_ENV):
         return os.environ[DRIVER_MEMORY_ENV]
     limit = workers.memory_limit_bytes()
