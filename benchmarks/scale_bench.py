@@ -12,7 +12,9 @@ impressions grow ~linearly with s; ``scaled_world_config``). The steps run in fl
 to_tfrecords, train x model family, evaluate, end), each task in a fresh process started by
 a measuring parent that collects it and every descendant (its Spark JVM) and then reads
 ``resource.getrusage(RUSAGE_CHILDREN)``: wall s, CPU s (user + sys), peak RSS (of the largest
-single process: the step's Python or its JVM) and rows/s (the step's own input rows). Foreach
+single process: the step's Python or its JVM) and rows/s (the step's own input rows); each
+task is configured as the flow's step (``threads.configure_task`` with its ``@resources`` cpu and
+memory from flows/pythia.toml: a Spark heap is sized from that memory). Foreach
 steps add their tasks' wall and CPU (run one at a time here) and keep the largest RSS.
 
 Per step it then fits the growth exponent b of wall = a * n^b (and of CPU and peak RSS), n the
@@ -183,8 +185,14 @@ def _step_end(st: dict, task: int) -> tuple[dict, int | None]:
 def run_step(name: str, state_dir: str, task: int) -> None:
     """Child process: run one task of one step on the saved state, save what it adds."""
     sys.path.insert(0, ROOT)
-    from pythia import quiet
+    import tomllib
+
+    from pythia import quiet, threads
     quiet.install()
+    with open(os.path.join(ROOT, "flows", "pythia.toml"), "rb") as f:
+        asked = tomllib.load(f).get("resources", {}).get(name)
+    if asked:  # as the flow's step: its cores, and its @resources memory sizes a Spark heap
+        threads.configure_task(asked.get("cpu"), memory_mb=asked.get("memory"))
     updates, rows = globals()[f"_step_{name}"](_load(state_dir), task)
     out = os.path.join(state_dir, f"out-{name}-{task}.pkl")
     with open(out + ".tmp", "wb") as f:

@@ -108,7 +108,8 @@ class DemoFlow(FlowSpec):
     @step
     def prepare_labels(self):
         """One label per user from the provider chosen for the user's country."""
-        threads.configure_task(self.config.resources.prepare_labels.cpu)
+        task = self.config.resources.prepare_labels
+        threads.configure_task(task.cpu, memory_mb=task.memory)
         self.labels_manifest = providers.run(self.source_path, self.provider_map, self.params,
                                              self.paths)
         self.next(self.etl_hour, foreach="hour_groups")
@@ -117,7 +118,8 @@ class DemoFlow(FlowSpec):
     @step
     def etl_hour(self):
         """Validate, quarantine, derive features and join labels for these hours of day."""
-        threads.configure_task(self.config.resources.etl_hour.cpu, parallel=True)
+        task = self.config.resources.etl_hour
+        threads.configure_task(task.cpu, memory_mb=task.memory, parallel=True)
         self.hours = list(self.input)
         self.manifest = etl.run_hours(self.source_path, self.hours, self.window,
                                       self.labels_manifest, self.params, self.paths)
@@ -127,7 +129,8 @@ class DemoFlow(FlowSpec):
     @step
     def join_hours(self, inputs):
         """Power users, resampling from global class counts, the four splits, reconciliation."""
-        threads.configure_task(self.config.resources.join_hours.cpu)
+        task = self.config.resources.join_hours
+        threads.configure_task(task.cpu, memory_mb=task.memory)
         self.merge_artifacts(inputs, include=["params", "source_path", "window", "gaps",
                                               "provider_choice", "provider_map", "provider_warnings",
                                               "labels_manifest", "run_root"])
@@ -141,7 +144,8 @@ class DemoFlow(FlowSpec):
     @step
     def to_tfrecords(self):
         """Vocabularies and statistics from the train days; TFRecord shards per split/region."""
-        threads.configure_task(self.config.resources.to_tfrecords.cpu)
+        task = self.config.resources.to_tfrecords
+        threads.configure_task(task.cpu, memory_mb=task.memory)
         self.tf_manifest, self.encoders = tfrecords.convert(self.split_manifest, self.params,
                                                             self.paths)
         self.train_families = models.train_families(self.params.models, self.params.regions,
@@ -154,7 +158,8 @@ class DemoFlow(FlowSpec):
     def train(self):
         """Fit one model family: its global candidate, then each region; predict validation
         and test days."""
-        threads.configure_task(self.config.resources.train.cpu, parallel=True)
+        task = self.config.resources.train
+        threads.configure_task(task.cpu, memory_mb=task.memory, parallel=True)
         self.candidates = models.train_family(self.input, self.tf_manifest, self.split_manifest,
                                               self.params.train, self.params.etl.age_edges,
                                               self.paths)
@@ -165,7 +170,8 @@ class DemoFlow(FlowSpec):
     @step
     def evaluate(self, inputs):
         """Metrics, Bayes gauge, distributions and champions; render the report card."""
-        threads.configure_task(self.config.resources.evaluate.cpu)
+        task = self.config.resources.evaluate
+        threads.configure_task(task.cpu, memory_mb=task.memory)
         self.merge_artifacts(inputs, exclude=["candidates"])
         self.candidates = [c for i in inputs for c in i.candidates]
         bundle, previous_id = runs.previous_bundle(current.flow_name, current.run_id)

@@ -235,7 +235,7 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
         *raw_cols, "provider", "reason", "reason_column", F.col("reason").alias("status"))
     every = (bucketed.withColumn("status", status)
              .unionByName(q, allowMissingColumns=True)
-             .persist(StorageLevel.MEMORY_AND_DISK))
+             .persist(StorageLevel.DISK_ONLY))  # not in the heap: docs/scaling.md section 8
     qdir = quarantine_dir or join(out_dir, "quarantine")
     try:
         counts = {r: int(n) for r, n in every.groupBy("status").count().collect()}

@@ -32,6 +32,7 @@ WORKERS_ENV = "PYTHIA_LOCAL_WORKERS"
 _ours: dict[str, str] = {}  # environment values this process set (not the user's)
 _cores: int | None = None  # what configure() was given
 _memory_share = 1.0  # what configure_task(parallel=True) planned (memory_share)
+_memory_mb: float | None = None  # the task's @resources memory (configure_task: task_memory_mb)
 
 
 def affinity_cores() -> int:
@@ -152,6 +153,12 @@ def memory_share() -> float:
     """The fraction of the machine's memory this task should plan for: 1 / local workers in a
     parallel (foreach) task of a local run, else 1 (e.g. a local Spark driver's heap)."""
     return _memory_share
+
+
+def task_memory_mb() -> float | None:
+    """The memory (MB) the step's ``@resources`` gives this task (``configure_task``), which a
+    remote task's container enforces and a local task plans within; None when not given."""
+    return _memory_mb
 
 
 def _inherited_ours() -> dict[str, str]:
@@ -348,16 +355,18 @@ def _worth_saying(result: Mapping[str, Any], limits: Mapping[str, float] | None)
     return verbose() or bool(result["kept"]) or bool(machine and result["cores"] < min(machine))
 
 
-def configure_task(requested: float | int | None = None, parallel: bool = False
-                   ) -> dict[str, Any]:
+def configure_task(requested: float | int | None = None, parallel: bool = False,
+                   memory_mb: float | int | None = None) -> dict[str, Any]:
     """``configure(task_cores(requested))`` for a step whose ``@resources`` asks for
-    ``requested`` cpus (None: no request). ``parallel``: a foreach step, whose tasks a local
-    run executes several at once, so it also gets only its share of the machine's cores and
-    memory (1 / ``sharing_workers``: ``memory_share``); a step that runs alone gets all of them."""
-    global _memory_share
+    ``requested`` cpus (None: no request) and ``memory_mb`` of memory (``task_memory_mb``: a
+    local Spark driver's heap is sized from it). ``parallel``: a foreach step, whose tasks a
+    local run executes several at once, so it also gets only its share of the machine's cores
+    and memory (1 / ``sharing_workers``: ``memory_share``); a step that runs alone gets all."""
+    global _memory_share, _memory_mb
     limits = core_limits(requested, parallel=parallel)
     n = sharing_workers() if parallel else None
     _memory_share = 1.0 if n is None else 1.0 / n
+    _memory_mb = float(memory_mb) if memory_mb else None
     return configure(max(1, math.floor(min(limits.values()))), limits)
 
 

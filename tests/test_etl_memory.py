@@ -165,3 +165,45 @@ def test_the_cached_task_frame_is_on_disk_not_in_the_heap(spark, tmp_path, monke
     assert all(mem == 0 for mem, _ in held), f"cached bytes in the heap: {held}"
     assert any(disk > 0 for _, disk in held), f"nothing cached on disk: {held}"
     assert _cached() == {}  # released after the task
+
+
+@pytest.mark.spark
+def test_the_cached_frames_of_prepare_labels_and_join_hours_are_on_disk(spark, tmp_path,
+                                                                       monkeypatch):
+    # Under MEMORY_AND_DISK both kept their frames (every label row; every labelled row of the
+    # window) in the driver's storage pool, which a large heap let grow with the data: the
+    # Spark join_hours' RSS doubled from 1x to 2x the default world (docs/scaling.md §8).
+    from pythia import providers
+    from pythia.config import EtlConfig
+    from pythia.etl import io, splits
+
+    before = {i.id() for i in spark.sparkContext._jsc.sc().getRDDStorageInfo()}
+    held: dict[str, list] = {"labels": [], "splits": []}
+
+    def _recording(real, step):
+        def _write(sdf, uri):
+            held[step].extend((i.memSize(), i.diskSize()) for i in
+                              spark.sparkContext._jsc.sc().getRDDStorageInfo()
+                              if i.id() not in before)
+            return real(sdf, uri)
+        return _write
+
+    root = str(tmp_path / "src")
+    write_task_source(root, 2_000)
+    monkeypatch.setattr(io, "write_parquet_atomic", _recording(io.write_parquet_atomic, "labels"))
+    labels = providers.prepare_labels(spark, root, {}, AGES, str(tmp_path / "labels"), "acme")
+    monkeypatch.undo()
+    tasks = [hourly.run_hours(spark, root, [h], WINDOW, labels["labels_path"],
+                              str(tmp_path / f"etl{h}"), str(tmp_path / "q"), Geography(), False)
+             for h in HOURS]
+    monkeypatch.setattr(splits, "write_parquet_atomic",
+                        _recording(splits.write_parquet_atomic, "splits"))
+    out = {s: str(tmp_path / "splits" / s) for s in splits.OUTPUT_SPLITS}
+    final = splits.finalize_splits(spark, tasks, EtlConfig(), out)
+    assert sum(final["rows"].values()) > 0
+    for step, sizes in held.items():
+        assert sizes, f"{step}: no cached frame while it wrote its outputs"
+        assert all(mem == 0 for mem, _ in sizes), f"{step}: cached bytes in the heap: {sizes}"
+        assert any(disk > 0 for _, disk in sizes), f"{step}: nothing cached on disk: {sizes}"
+    assert not [i for i in spark.sparkContext._jsc.sc().getRDDStorageInfo()
+                if i.id() not in before]  # released after each step

@@ -306,25 +306,56 @@ spark.stop()
     assert out["heap_mb"] > 0.85 * int(out["asked"][:-1])
 
 
-def test_the_local_driver_heap_is_a_quarter_of_the_memory_at_least_1g(monkeypatch, tmp_path):
+def test_the_local_driver_heap_is_an_eighth_of_the_memory_at_least_1g(monkeypatch, tmp_path):
     from pythia.etl import session
 
     monkeypatch.delenv(session.DRIVER_MEMORY_ENV, raising=False)
     limit = tmp_path / "memory.max"
     monkeypatch.setattr(workers, "CGROUP_MEMORY_FILES", (str(limit),))
     monkeypatch.setattr(threads, "_memory_share", 1.0)
+    monkeypatch.setattr(threads, "_memory_mb", None)
     monkeypatch.setattr(workers.os, "sysconf", lambda name: {
         "SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}[name])
-    assert session.local_driver_memory() == "6144m"  # 24 GiB machine, no cgroup limit file
+    assert session.local_driver_memory() == "3072m"  # 24 GiB machine, no cgroup limit file
     limit.write_text("max\n")
-    assert session.local_driver_memory() == "6144m"  # cgroup v2 without a limit
-    limit.write_text(str(8 * 2**30))
-    assert session.local_driver_memory() == "2048m"  # an 8 GiB container on that machine
-    limit.write_text(str(2 * 2**30))
-    assert session.local_driver_memory() == "1024m"  # never below Spark's own 1 GB
+    assert session.local_driver_memory() == "3072m"  # cgroup v2 without a limit
     limit.write_text(str(16 * 2**30))
+    assert session.local_driver_memory() == "2048m"  # a 16 GiB container on that machine
+    limit.write_text(str(4 * 2**30))
+    assert session.local_driver_memory() == "1024m"  # never below Spark's own 1 GB
+    limit.write_text("max\n")
     monkeypatch.setattr(threads, "_memory_share", 0.5)  # a foreach task of 2 local workers
-    assert session.local_driver_memory() == "2048m"
+    assert session.local_driver_memory() == "1536m"
+    monkeypatch.setenv(session.DRIVER_MEMORY_ENV, "3g")
+    assert session.local_driver_memory() == "3g"
+
+
+def test_the_local_driver_heap_is_sized_from_the_steps_resources_memory(machine, monkeypatch):
+    # A share of the whole machine let a JVM's heap grow with the data (a JVM fills the heap
+    # it may use): join_hours' RSS grew 1.3x for 2x the rows with a 6 GB heap, 1.85x
+    # from 1x to 4x with 2 GB (docs/scaling.md section 8). The step's @resources memory bounds
+    # it, as a remote task's container would; the machine's share still caps it.
+    from pythia.etl import session
+
+    monkeypatch.delenv(session.DRIVER_MEMORY_ENV, raising=False)
+    monkeypatch.setattr(workers, "CGROUP_MEMORY_FILES", ())
+    monkeypatch.setattr(workers.os, "sysconf", lambda name: {
+        "SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}[name])
+    monkeypatch.setattr(threads, "_memory_mb", None)
+    monkeypatch.setattr(threads, "_memory_share", 1.0)
+    monkeypatch.setattr(threads, "configure", lambda cores, limits: {"cores": cores})
+    monkeypatch.delenv(threads.WORKERS_ENV, raising=False)
+    threads.configure_task(2)
+    assert threads.task_memory_mb() is None
+    assert session.local_driver_memory() == "3072m"  # no @resources memory: the machine's
+    threads.configure_task(2, memory_mb=8000)  # flows/pythia.toml's join_hours
+    assert threads.task_memory_mb() == 8000
+    assert session.local_driver_memory() == "1024m"  # 1000 MB, raised to Spark's 1 GB
+    threads.configure_task(2, memory_mb=16000)
+    assert session.local_driver_memory() == "2000m"
+    monkeypatch.setenv(threads.WORKERS_ENV, "2")  # 2 local workers: 12 GiB each, under 64 GB
+    threads.configure_task(2, memory_mb=64000, parallel=True)
+    assert session.local_driver_memory() == "1536m"
     monkeypatch.setenv(session.DRIVER_MEMORY_ENV, "3g")
     assert session.local_driver_memory() == "3g"
 

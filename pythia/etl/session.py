@@ -2,9 +2,11 @@
 
 Locally the JVM start dominates the ETL's wall time, so the local session is small and quiet:
 as many cores as the task may use (``pythia.threads``), no UI, few shuffle partitions, a small
-JIT tuned for short jobs, and a driver heap of a quarter of the memory the task may use
-(``local_driver_memory``), as the JVM's own default would be, instead of Spark's 1 GB default,
-on which one task of 8M impressions ran out of heap (docs/scaling.md §8).
+JIT tuned for short jobs, and a driver heap of an eighth of the memory the task may use
+(``local_driver_memory``: its ``@resources`` memory, within the machine's), at least Spark's
+1 GB default. A JVM fills whatever heap it may use between full GCs, so the heap, not the
+data, sets its resident memory: with a quarter of the machine (6 GB) join_hours' RSS grew 1.3x
+for 2x the rows; with 2 GB, 1.85x from 1x to 4x, for the CPU of 1 GB (docs/scaling.md §8).
 """
 from __future__ import annotations
 
@@ -61,22 +63,28 @@ SPARK_REMOTE_ENV = "SPARK_REMOTE"
 SPARK_MASTER_ENV = "PYTHIA_SPARK_MASTER"
 DRIVER_MEMORY_ENV = "PYTHIA_SPARK_DRIVER_MEMORY"  # e.g. 6g: the local driver's heap, as set
 MIN_DRIVER_MB = 1024
+HEAP_SHARE = 8  # the heap is 1/HEAP_SHARE of the task's memory (the JVM's own default: 1/4)
 
 
 def local_driver_memory() -> str:
     """The local driver JVM's heap (``spark.driver.memory``): ``$PYTHIA_SPARK_DRIVER_MEMORY`` if
-    set, else a quarter of the memory this process may use (physical or cgroup limit: the
-    JVM's own default share; in a foreach task of a local run with N workers, of 1/N of it:
-    ``threads.memory_share``), at least 1 GB. Local mode runs the executors inside the driver,
-    so this heap holds every task's rows in flight."""
+    set, else an eighth (``HEAP_SHARE``) of the memory this task may use, at least Spark's 1 GB
+    default. That memory is the smaller of the step's ``@resources`` memory
+    (``threads.task_memory_mb``, what a remote task's container has) and the machine's
+    (physical or cgroup limit; in a foreach task of a local run with N workers, 1/N of it:
+    ``threads.memory_share``). Local mode runs the executors inside the driver, so this heap
+    holds every task's rows in flight; Spark sizes its execution and storage pools from it and
+    spills past them, so the heap, not the data, bounds the JVM's resident memory (≈ the heap
+    + 0.35 GB)."""
     if os.environ.get(DRIVER_MEMORY_ENV):
         return os.environ[DRIVER_MEMORY_ENV]
     limit = workers.memory_limit_bytes()
     # a foreach task of a local run shares the machine with the other workers' tasks
-    share = threads.memory_share()
-    mb = MIN_DRIVER_MB if limit is None else max(MIN_DRIVER_MB,
-                                                 int(limit * share) // 4 // (1 << 20))
-    return f"{mb}m"
+    budget = [limit * threads.memory_share()] if limit is not None else []
+    if threads.task_memory_mb():
+        budget.append(threads.task_memory_mb() * (1 << 20))
+    mb = int(min(budget)) // HEAP_SHARE // (1 << 20) if budget else 0
+    return f"{max(MIN_DRIVER_MB, mb)}m"
 
 
 def resolve_target(master: str | None = None, remote: str | None = None) -> tuple[str, str]:

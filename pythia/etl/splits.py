@@ -243,7 +243,7 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
         power = F.broadcast(power) if n_power <= BROADCAST_MAX_ROWS else power
         flagged = (rows.join(power, [USER_ID, DATE], "left")
                    .withColumn(IS_POWER_USER, F.coalesce(IS_POWER_USER, F.lit(False))))
-    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
+    flagged = flagged.persist(StorageLevel.DISK_ONLY)  # not in the heap: scaling.md §8
     try:
         before = flagged.groupBy(SPLIT, IS_POWER_USER, Y_AGE_GENDER).count().collect()
         counts, natural, mode, choice, rates = plan(before, cfg, n_age)
