@@ -183,12 +183,11 @@ def test_logreg_warm_prior_centred_on_the_start(globals_, data):
 
 def test_tabnet_stops_on_its_own_patience(data):
     from pythia.config import TrainConfig
-    from pythia.models.tabnet import tabnet_patience
 
     cfg = TrainConfig(max_epochs=30, batch_size=64, patience=5, seed=0)
     model = get_model("tabnet")(make_encoders(), {**HPARAMS["tabnet"], "patience": 1}, cfg)
-    assert tabnet_patience(model) == 1
-    assert tabnet_patience(get_model("tabnet")(
-        make_encoders(), {**HPARAMS["tabnet"], "patience": None}, cfg)) == 5  # TrainConfig's
+    assert model.patience() == 1
+    assert (get_model("tabnet")(
+        make_encoders(), {**HPARAMS["tabnet"], "patience": None}, cfg).patience() == 5)
     summary = model.fit(data["train"], data["valid"], uniform_priors())
     assert summary["best_epoch"] < summary["epochs"] <= summary["best_epoch"] + 1

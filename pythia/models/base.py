@@ -112,6 +112,12 @@ class Model:
         # The fitted model ``fit`` starts from (``warm_starts``), during ``fit`` only
         self.start: "Model | None" = None
 
+    def patience(self) -> int:
+        """Epochs without a validation gain before early stopping: the model's ``patience``
+        hparam when it has one that is set, else ``TrainConfig.patience``."""
+        own = self.hparams.get("patience")
+        return int(self.train_cfg.patience if own is None else own)
+
     def serve_as_start(self) -> None:
         """This model will be the ``start`` of other fits (its family's regions): keep from now
         on what they can reuse. Nothing by default; gbdt keeps its raw scores."""

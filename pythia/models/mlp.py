@@ -263,7 +263,7 @@ class MLPModel(Model):
             n_train = count_rows(train)
         self.keras_model = self.build(n_train, start)
         unseen = UnseenRows(id_counts(train, self.encoders))  # filled before each score
-        patience = cfg.patience if self.hparams["patience"] is None else self.hparams["patience"]
+        patience = self.patience()
         keep = KeepBest(unseen.before(self.keras_model, lambda: self.natural_val_losses(valid)),
                         int(patience), float(self.hparams["min_delta"]),
                         kept=lambda: self._scored_valid)

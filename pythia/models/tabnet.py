@@ -221,7 +221,7 @@ class TabNetModel(Model):
             self.clf.fit(
                 to_matrix(train), y, eval_set=[(Xv, yv[keep])] if keep.any() else None,
                 eval_name=["valid"] if keep.any() else None, eval_metric=[ValidLogLoss],
-                max_epochs=self.train_cfg.max_epochs, patience=tabnet_patience(self),
+                max_epochs=self.train_cfg.max_epochs, patience=self.patience(),
                 batch_size=int(h["batch_size"]), virtual_batch_size=int(h["virtual_batch_size"]),
                 num_workers=0, drop_last=False, pin_memory=False, compute_importance=False)
         self.classes = np.asarray(self.clf.classes_, dtype=np.int64)
@@ -257,15 +257,9 @@ class TabNetModel(Model):
         self.classes = np.asarray(meta["classes"], dtype=np.int64)
 
 
-def tabnet_patience(model: Any) -> int:
-    """The model's ``patience`` hparam, or TrainConfig's when it is None."""
-    p = model.hparams.get("patience")
-    return int(model.train_cfg.patience if p is None else p)
-
-
 def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
     """The start's network, then up to ``warm_epochs`` epochs at ``learning_rate`` on the
-    region's rows (TabNet's early stopping, ``tabnet_patience``), kept only when its best
+    region's rows (TabNet's early stopping, ``Model.patience``), kept only when its best
     epoch beats the start on the region's validation (TabNet's own log-loss)."""
     start, h, cfg = model.start, model.hparams, model.train_cfg
     y, yv = labels_of(train)["age_gender"], labels_of(valid)["age_gender"]
@@ -287,7 +281,7 @@ def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
         with quiet.library_prints():
             clf.fit(to_matrix(train), y, eval_set=[(Xv, yv[keep])], eval_name=["valid"],
                     eval_metric=[ValidLogLoss], max_epochs=int(h["warm_epochs"]),
-                    patience=tabnet_patience(model), batch_size=int(h["batch_size"]),
+                    patience=model.patience(), batch_size=int(h["batch_size"]),
                     virtual_batch_size=int(h["virtual_batch_size"]), num_workers=0,
                     drop_last=False, pin_memory=False, compute_importance=False,
                     warm_start=True)

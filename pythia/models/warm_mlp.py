@@ -40,7 +40,7 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     model.keras_model = keras.models.clone_model(start.keras_model)
     model.keras_model.set_weights(start.keras_model.get_weights())
     epochs = int(h["warm_epochs"])
-    patience = model.train_cfg.patience if h["patience"] is None else h["patience"]
+    patience = model.patience()
     # ids the region's rows never carry keep the start's rows (``models.unseen``)
     unseen = UnseenRows(id_counts(train, model.encoders), start.keras_model)
     score = unseen.before(model.keras_model, lambda: model.natural_val_losses(valid))
