@@ -119,7 +119,8 @@ class DemoFlow(FlowSpec):
     def etl_hour(self):
         """Validate, quarantine, derive features and join labels for these hours of day."""
         task = self.config.resources.etl_hour
-        threads.configure_task(task.cpu, memory_mb=task.memory, parallel=True)
+        threads.configure_task(task.cpu, memory_mb=task.memory, parallel=True,
+                               say=self.index == 0)
         self.hours = list(self.input)
         self.manifest = etl.run_hours(self.source_path, self.hours, self.window,
                                       self.labels_manifest, self.params, self.paths)
@@ -159,7 +160,8 @@ class DemoFlow(FlowSpec):
         """Fit one model family: its global candidate, then each region; predict validation
         and test days."""
         task = self.config.resources.train
-        threads.configure_task(task.cpu, memory_mb=task.memory, parallel=True)
+        threads.configure_task(task.cpu, memory_mb=task.memory, parallel=True,
+                               say=self.index == 0)
         self.candidates = models.train_family(self.input, self.tf_manifest, self.split_manifest,
                                               self.params.train, self.params.etl.age_edges,
                                               self.paths)

@@ -324,7 +324,8 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
     for w in warns:  # printed, not warnings.warn: Metaflow would silence those
         print(f"warning: {w}")
     default = best_global_provider(metrics)
-    print(f"select_providers: {read_manifest['rows_valid']} metric rows used, "
+    print(f"{providers_local.engine('select_providers')}: {read_manifest['rows_valid']} metric "
+          "rows used, "
           f"{_quarantined(read_manifest['quarantined'])}; providers chosen: "
           + ", ".join(f"{c}={p}" for c, p in sorted(mapping.items()))
           + f"; default for other countries: {default}")
@@ -358,7 +359,8 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
             with spark_session("pythia-labels", params, source_path) as spark:
                 manifest = prepare_labels(spark, source_path, *args, quarantine_dir=qdir)
     c = manifest["counts"]
-    print(f"prepare_labels: {c['rows_in']} label rows -> {c['users']} users labelled; "
+    print(f"{providers_local.engine('prepare_labels')}: {c['rows_in']} label rows -> "
+          f"{c['users']} users labelled; "
           f"{_quarantined(c['quarantined'])}, {sum(c['rejected'].values())} rejected, "
           f"{c[NOT_CHOSEN]} from other providers, {c[SUPERSEDED]} superseded; wrote "
           f"{manifest['labels_path']}")

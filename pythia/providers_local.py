@@ -39,7 +39,8 @@ LABEL_TYPES = {"y_gender": _INT32, "y_age": _INT32, "y_age_gender": _INT32, "age
 
 
 def use_driver(files: Sequence[str], params: Any) -> tuple[bool, str]:
-    """Whether a step may read ``files`` on the driver, and why (one line for the log).
+    """Whether a step may read ``files`` on the driver, and why (a few words for the step's
+    summary line).
 
     Spark is kept on a cluster (``--spark_master``, ``$SPARK_REMOTE`` or
     ``$PYTHIA_SPARK_MASTER``) and above ``DRIVER_MAX_ROWS`` footer rows."""
@@ -52,24 +53,39 @@ def use_driver(files: Sequence[str], params: Any) -> tuple[bool, str]:
     rows = sum(footer_rows(f) for f in files)
     if rows > limit:
         return False, f"Spark: {rows} rows > {limit} ({DRIVER_MAX_ROWS_ENV})"
-    return True, f"on the driver (no JVM): {rows} rows <= {limit} ({DRIVER_MAX_ROWS_ENV})"
+    return True, f"driver, no JVM: {rows} rows <= {limit}"
+
+
+# step -> where ``on_driver`` sent it and why, until the step's summary line says it
+_ENGINES: dict[str, str] = {}
 
 
 def on_driver(step: str, files: Sequence[str], params: Any, work: Callable[[], Any]) -> Any:
     """``work()`` when ``files`` fit the driver (``use_driver``) and their types convert
     exactly there; else ``None`` and the caller uses Spark. The engine and why (a NeedsSpark
-    reason too) go to the step's log as one line."""
+    reason too) are kept for the step's summary line (``engine``), one line per step instead of
+    two; ``PYTHIA_VERBOSE=1`` also prints them at once."""
+    from pythia.quiet import verbose
+
     fits, why = use_driver(files, params)
+    result = None
     if fits:
         try:
             result = work()
         except contract_local.NeedsSpark as exc:
-            why = f"Spark ({exc})"
-        else:
-            print(f"{step}: {why}")
-            return result
-    print(f"{step}: {why}")
-    return None
+            fits, why = False, f"Spark ({exc})"
+    _ENGINES[step] = why
+    if verbose():
+        print(f"{step}: {why}")
+    return result if fits else None
+
+
+def engine(step: str, name: str | None = None) -> str:
+    """``name`` (default ``step``) and, in brackets, where ``on_driver`` last ran it and why: the head of the
+    step's summary line (e.g. ``join_hours (driver, no JVM: 30 rows <= 4000000)``). Said once:
+    the note is dropped after it is read."""
+    why = _ENGINES.pop(step, None)
+    return f"{name or step} ({why})" if why else (name or step)
 
 
 def write_table(df: pd.DataFrame, uri: str, types: Mapping[str, pa.DataType] | None = None

@@ -13,6 +13,9 @@ import pandas as pd
 
 from pythia import storage
 from pythia.paths import join
+# the end step's summary; re-exported here, where the flow and callers have looked for it
+from pythia.run_summary import baseline_alarm, summary_text  # noqa: F401
+from pythia.run_summary import window_text as _window_text
 
 TARGET_SHORT = (("age_gender", "ag"), ("gender", "g"), ("age", "a"))
 
@@ -56,16 +59,6 @@ def run_status(run: Any) -> str:
     except Exception:  # noqa: BLE001
         pass
     return "running"
-
-
-def _window_text(window: Any) -> str:
-    if not isinstance(window, dict):
-        return "-"
-    train = window.get("train") or []
-    test = window.get("test") or []
-    val = window.get("validation") or []
-    first = train[0] if train else (val[0] if val else "?")
-    return f"{first}..{test[-1] if test else '?'} (test {','.join(test) or '?'})"
 
 
 def open_flow(flow_name: str) -> Any:
@@ -146,52 +139,6 @@ def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
     if "bundle_path" not in run.data:
         raise ValueError(f"run {run.pathspec} has no bundle_path artifact (did it finish?)")
     return run.data.bundle_path
-
-
-
-def baseline_alarm(champions: Any) -> list[str]:
-    """The loud multi-line block naming the regions whose best candidate is a baseline (the
-    champions rows' ``warning``), or [] when every region's model beats the baselines (and
-    for runs from before the rule, whose champions have no ``warning`` column)."""
-    if champions is None:
-        return []
-    table = pd.DataFrame(champions)
-    if "warning" not in table.columns:
-        return []
-    texts = [w for w in table["warning"] if isinstance(w, str) and w]
-    if not texts:
-        return []
-    bar = "!" * 88
-    # the noise rule's warning: a win the validation day cannot tell from luck
-    noise = sum(t.startswith("NOT CLEARLY BETTER") for t in texts)
-    kinds = [f"NO MODEL BEATS THE BASELINES in {len(texts) - noise} region(s)"] * (
-        len(texts) > noise)
-    if noise:
-        kinds.append(f"NO MODEL IS CLEARLY BETTER THAN THE BASELINES in {noise} region(s)")
-    return [bar, f"WARNING: {'; '.join(kinds)}. They are NOT blessed and the bundle exports "
-            "nothing new for them", "(the previous champion stays; else the region is routed "
-            "to the global "
-            "model, and a global slot falls back to the best baseline):"] + [
-        f"  {w}" for w in texts] + [bar]
-
-
-def bundle_lines(bundle_path: str | None) -> list[str]:
-    """Per bundle slot: the model and where it came from (this run, the previous run, or the
-    baseline fallback); [] when the bundle cannot be read."""
-    if not bundle_path:
-        return []
-    try:
-        doc = storage.read_json(join(bundle_path, "bundle.json"))
-    except Exception:  # noqa: BLE001 - only a summary; the bundle path is printed anyway
-        return []
-    why = {"fallback": "FALLBACK: nothing blessed and no previous champion, so the best "
-                       "baseline", "previous run": "kept from the previous run"}
-    lines = ["Bundle slots (other regions are scored by the global model):"]
-    for region, entry in sorted((doc.get("models") or {}).items()):
-        origin = entry.get("origin")
-        lines.append(f"  {region:>8}: {entry.get('kind')} — "
-                     f"{why.get(origin, f'champion of {origin}' if origin else 'champion')}")
-    return lines
 
 
 def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
@@ -375,26 +322,3 @@ def print_timings(run_id: str | None = None, flow_name: str = "DemoFlow",
                   "candidate's fit; start_from: the model a region started from", file=out)
             print(train.to_string(index=False), file=out)
     return 0
-
-
-def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
-    """What the end step prints: where the results are, and commands that inspect them (each
-    works as printed from the folder the run was started in)."""
-    lines = [f"{flow_name} run {run_id} finished."] + baseline_alarm(flow.champions) + [
-        f"  window: {_window_text(flow.window)}",
-        f"  reports: {flow.reports_path}",
-        f"  bid-time bundle: {flow.bundle_path}",
-        "Champions:"]
-    for row in pd.DataFrame(flow.champions).to_dict("records"):
-        name = (row.get("model") if row.get("blessed") else
-                f"not blessed (best candidate: {row.get('model') or 'none'})")
-        lines.append(f"  {row['region']:>8}: {name} — {row.get('reason')}")
-    lines += bundle_lines(flow.bundle_path)
-    lines += ["Inspect:",
-              f"  python {flow_file} card get {run_id}/evaluate report.html   "
-              "(the report card, as a file)",
-              f"  pythia report {run_id}",
-              f"  pythia timings {run_id}",
-              "  pythia runs",
-              f"  pythia score --bundle {flow.bundle_path} < requests.jsonl"]
-    return "\n".join(lines)

@@ -306,7 +306,8 @@ def _limit_loaded_pools(n: int) -> dict[str, int]:
     return {i["user_api"]: i["num_threads"] for i in threadpool_info()}
 
 
-def configure(cores: int, limits: Mapping[str, float] | None = None) -> dict[str, Any]:
+def configure(cores: int, limits: Mapping[str, float] | None = None, say: bool = True,
+              label: str = "threads") -> dict[str, Any]:
     """Size this process's thread pools to ``cores`` (call first thing in a heavy step).
 
     Sets, unless the user set them: OMP/MKL/OPENBLAS_NUM_THREADS, passive OpenMP waiting,
@@ -317,6 +318,9 @@ def configure(cores: int, limits: Mapping[str, float] | None = None) -> dict[str
     Args:
         cores: the cores this task may use (``task_cores``).
         limits: where that number came from (``core_limits``), for the printed line only.
+        say: False keeps the line to ``PYTHIA_VERBOSE=1`` (a foreach step says it once, from
+            its first task, not once per task).
+        label: the line's head.
 
     Returns:
         cores, threads, env (what was set), kept (the user's own values), blas, torch,
@@ -340,37 +344,43 @@ def configure(cores: int, limits: Mapping[str, float] | None = None) -> dict[str
               "tensorflow": apply_tensorflow() if "tensorflow" in sys.modules else None,
               "spark_master": spark_local_master()}
     _install_import_hook()
-    if _worth_saying(result, limits):
-        print(summary_line(result, limits))
+    if _worth_saying(result, limits, say):
+        print(summary_line(result, limits, label))
     return result
 
 
-def _worth_saying(result: Mapping[str, Any], limits: Mapping[str, float] | None) -> bool:
+def _worth_saying(result: Mapping[str, Any], limits: Mapping[str, float] | None,
+                  say: bool = True) -> bool:
     """The threads line goes to the log when it says something a reader needs: the task got
     fewer cores than the machine offers, the user's own settings were kept, or
     ``PYTHIA_VERBOSE=1``; a task on all the cores it may use stays quiet."""
     from pythia.quiet import verbose
 
     machine = [v for k, v in (limits or {}).items() if k in ("affinity", "cgroup")]
-    return verbose() or bool(result["kept"]) or bool(machine and result["cores"] < min(machine))
+    return verbose() or (say and (bool(result["kept"]) or
+                                  bool(machine and result["cores"] < min(machine))))
 
 
 def configure_task(requested: float | int | None = None, parallel: bool = False,
-                   memory_mb: float | int | None = None) -> dict[str, Any]:
+                   memory_mb: float | int | None = None, say: bool = True) -> dict[str, Any]:
     """``configure(task_cores(requested))`` for a step whose ``@resources`` asks for
     ``requested`` cpus (None: no request) and ``memory_mb`` of memory (``task_memory_mb``: a
     local Spark driver's heap is sized from it). ``parallel``: a foreach step, whose tasks a
     local run executes several at once, so it also gets only its share of the machine's cores
-    and memory (1 / ``sharing_workers``: ``memory_share``); a step that runs alone gets all."""
+    and memory (1 / ``sharing_workers``: ``memory_share``); a step that runs alone gets all.
+    ``say``: whether this task prints the threads line (``configure``); a foreach step passes
+    True for its first task only, whose line speaks for each task of the step."""
     global _memory_share, _memory_mb
     limits = core_limits(requested, parallel=parallel)
     n = sharing_workers() if parallel else None
     _memory_share = 1.0 if n is None else 1.0 / n
     _memory_mb = float(memory_mb) if memory_mb else None
-    return configure(max(1, math.floor(min(limits.values()))), limits)
+    return configure(max(1, math.floor(min(limits.values()))), limits, say,
+                     "threads (each task of this step)" if parallel else "threads")
 
 
-def summary_line(result: Mapping[str, Any], limits: Mapping[str, float] | None = None) -> str:
+def summary_line(result: Mapping[str, Any], limits: Mapping[str, float] | None = None,
+                 label: str = "threads") -> str:
     """One line: 'threads: 2 cores (affinity 2, @resources 2): torch 2/1, TF 2/1, ...'."""
     why = ", ".join(f"{k} {v:g}" for k, v in (limits or {}).items())
     n = result["threads"]
@@ -380,5 +390,5 @@ def summary_line(result: Mapping[str, Any], limits: Mapping[str, float] | None =
              f"Spark {result['spark_master']}"]
     if result["kept"]:
         parts.append("yours: " + " ".join(f"{k}={v}" for k, v in result["kept"].items()))
-    return f"threads: {result['cores']} cores" + (f" ({why})" if why else "") + ": " + \
+    return f"{label}: {result['cores']} cores" + (f" ({why})" if why else "") + ": " + \
         ", ".join(parts)

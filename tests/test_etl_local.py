@@ -311,10 +311,10 @@ def test_the_step_runs_on_the_driver_without_a_jvm(tmp_path):
     out = subprocess.run([sys.executable, "-c", _NO_JVM, arg], capture_output=True, text=True,
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     lines = out.stdout.splitlines()
-    assert lines[0] == ("etl_hour: on the driver (no JVM): 20 rows <= 4000000 "
-                        "(PYTHIA_DRIVER_MAX_ROWS)")
-    assert lines[1].startswith("etl_hour 00,01: 20 impressions read, 0 quarantined, "
-                               "10 without a label, 10 written to ")
+    # one line: the engine and why, then what the step did
+    assert lines[0].startswith("etl_hour 00,01 (driver, no JVM: 20 rows <= 4000000): 20 "
+                               "impressions read, 0 quarantined, 10 without a label, 10 "
+                               "written to ")
     assert json.loads(lines[-1]) == {"loaded": [], "written": 10}  # pyspark never imported
 
 
@@ -341,25 +341,26 @@ def test_spark_is_used_when_forced_on_a_cluster_or_for_types_it_alone_reads(
                              RunPaths(str(tmp_path / "data"), "T", str(run)))
 
     driver = _step()
-    assert started == [] and "etl_hour: on the driver (no JVM): 20 rows" in capsys.readouterr().out
+    assert started == [] and "etl_hour 00,01 (driver, no JVM: 20 rows" in capsys.readouterr().out
     monkeypatch.setenv(providers_local.DRIVER_MAX_ROWS_ENV, "0")
     forced = _step()
     assert started == ["pythia-etl-00"]
-    assert ("etl_hour: Spark: 20 rows > 0 (PYTHIA_DRIVER_MAX_ROWS)"
+    assert ("etl_hour 00,01 (Spark: 20 rows > 0 (PYTHIA_DRIVER_MAX_ROWS)): 20 impressions read"
             in capsys.readouterr().out)
     assert_same_outputs(forced, driver)
     monkeypatch.delenv(providers_local.DRIVER_MAX_ROWS_ENV)
     monkeypatch.setenv("PYTHIA_SPARK_MASTER", "local[1]")
     _step()
     assert started[-1] == "pythia-etl-00" and len(started) == 2
-    assert "etl_hour: Spark (master local[1])" in capsys.readouterr().out
+    assert "etl_hour 00,01 (Spark (master local[1])): " in capsys.readouterr().out
     monkeypatch.delenv("PYTHIA_SPARK_MASTER")
     schema = contract.IMPRESSION_SCHEMA.set(2, pa.field("ts", pa.string()))
     src.hour(D6, 1, [imp("text-ts", "u1", "2024-03-06 01:30:00")], name="text.parquet",
              schema=schema)
     by_spark = _step()
     assert len(started) == 3 and by_spark["per_hour"][1]["rows_in"] == 3
-    assert ("etl_hour: Spark (impressions: column ts stored as string is read by Spark only)"
+    assert ("etl_hour 00,01 (Spark (impressions: column ts stored as string is read by Spark "
+            "only)): "
             in capsys.readouterr().out)
 
 

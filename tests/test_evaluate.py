@@ -794,14 +794,17 @@ def test_report_and_summary_say_loudly_that_the_baselines_won(monkeypatch, tmp_p
     bundle.mkdir()
     (bundle / "bundle.json").write_text(json.dumps({"models": {
         "global": {"kind": "logreg", "origin": "fallback"},
-        "EU": {"kind": "mlp", "origin": "DemoFlow/42"}}}))
+        "EU": {"kind": "mlp", "origin": "DemoFlow/42/end/9"}}}))
     flow = types.SimpleNamespace(window=None, reports_path="/r", bundle_path=str(bundle),
                                  champions=champions)
     summary = runs.summary_text(flow, "DemoFlow", "42", "flows/demo_flow.py")
     assert summary.splitlines()[1] == "!" * 88 and LOST in summary
-    assert "global: not blessed (best candidate: class_prior)" in summary
-    assert "global: logreg — FALLBACK: nothing blessed and no previous champion" in summary
-    assert "EU: mlp — champion of DemoFlow/42" in summary
+    # one line per region: its champion (or why none) and where its bundle slot came from
+    assert ("global: not blessed (best candidate: class_prior): NOT BLESSED: the best candidate "
+            "is the class_prior baseline; bundle: logreg, FALLBACK: nothing blessed and no "
+            "previous champion") in summary
+    assert "EU: mlp/EU#0; bundle: mlp, this run" in summary
+    assert "Bundle slots" not in summary and summary.count("EU:") == 1
     # negative case: every region beats the baselines (or an old run without the column)
     assert runs.baseline_alarm(champions.assign(warning=None)) == []
     assert runs.baseline_alarm(champions.drop(columns="warning")) == []
@@ -939,3 +942,35 @@ def test_the_package_imports_its_modules_on_first_use():
     assert "run" in dir(evaluate)
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         evaluate.nothing_here  # noqa: B018
+
+
+def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_path):
+    """A blessed champion: its validation log-loss, the baselines it beat and the noise rule's
+    z, the previous champion's test log-loss on the same rows, and its bundle slot; a slot of a
+    region without a champion row still shows. One line each, under ~200 characters."""
+    import types
+
+    from pythia import run_summary
+    row = {"region": "NA", "champion": "mlp/NA#0", "model": "mlp", "blessed": True,
+           "val_logloss": 1.95094, "baselines": "logreg/NA#0 2.1424, class_prior/NA#0 2.4638",
+           "margin_vs": "mlp/NA#0 vs logreg/NA#0", "margin_z": -5.449, "previous_logloss": 1.9612,
+           "current_logloss_on_same_rows": 1.9433, "n_same_rows": 150516,
+           "reason": "a long reason " * 20}
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text(json.dumps({"models": {
+        "NA": {"kind": "mlp", "origin": "DemoFlow/7/end/3"},
+        "EU": {"kind": "gbdt", "origin": "previous run"}}}))
+    flow = types.SimpleNamespace(window=None, reports_path="/r", bundle_path=str(bundle),
+                                 champions=pd.DataFrame([row]))
+    lines = run_summary.summary_text(flow, "DemoFlow", "7", "flows/demo_flow.py").splitlines()
+    na = next(ln for ln in lines if ln.strip().startswith("NA:"))
+    assert na == ("        NA: mlp/NA#0 1.9509, beat logreg/NA#0 2.1424, class_prior/NA#0 2.4638 "
+                  "(z -5.45 vs logreg/NA#0); test 1.9433 vs the previous champion's 1.9612 on "
+                  "150,516 rows; bundle: mlp, this run")
+    assert "        EU: bundle: gbdt, kept from the previous run" in lines
+    assert "a long reason" not in "\n".join(lines)
+    # an unreadable bundle: the champions still print, without slots
+    flow.bundle_path = str(tmp_path / "missing")
+    text = run_summary.summary_text(flow, "DemoFlow", "7", "flows/demo_flow.py")
+    assert "NA: mlp/NA#0 1.9509" in text and "bundle: " not in text.split("Champions")[1]

@@ -51,6 +51,33 @@ def test_run_produces_metrics_for_all_targets(tiny_run):
     assert metrics["value"].notna().all()
 
 
+def test_each_step_says_what_it_did_in_a_few_lines(tiny_run):
+    """The run's log reads top to bottom (#14): each step one to three lines of its own, the
+    engine on the summary line (no line of its own), the threads line once per foreach step
+    (from its first task), one line per candidate in train, and the end step's summary with
+    one line per champion (no second block of bundle slots)."""
+    said = {step.id: [t.stdout.splitlines() for t in step] for step in tiny_run}
+    for step in ("start", "select_providers", "prepare_labels", "join_hours", "to_tfrecords",
+                 "evaluate"):
+        own = [[ln for ln in lines if not ln.startswith("warning")] for lines in said[step]]
+        assert all(1 <= len(lines) <= 3 for lines in own), (step, said[step])  # + warnings
+    for step in ("etl_hour", "train"):
+        heads = [ln for lines in said[step] for ln in lines if ln.startswith("threads")]
+        assert len(heads) <= 1 and all(h.startswith("threads (each task of this step)")
+                                       for h in heads), heads
+    assert all(len(lines) <= 2 for lines in said["etl_hour"])
+    everything = [ln for lines in said.values() for task in lines for ln in task]
+    assert not [ln for ln in everything if ": on the driver (no JVM)" in ln]
+    for step in ("select_providers", "prepare_labels", "join_hours", "to_tfrecords"):
+        assert any(ln.startswith(f"{step} (driver, no JVM: ") for ln in everything), step
+    n_candidates = len(tiny_run.data.candidates)
+    train_lines = [ln for lines in said["train"] for ln in lines if not ln.startswith("threads")]
+    assert len(train_lines) == n_candidates, train_lines
+    end = said["end"][0]
+    assert "Bundle slots" not in "\n".join(end)
+    assert len(end) <= 6 + len(tiny_run.data.champions) + 6, end
+
+
 def test_run_trains_every_model_and_region(tiny_run):
     data = tiny_run.data
     from pythia.models import MODEL_NAMES, get_model

@@ -46,6 +46,12 @@ LEARNERS = ["mlp", "tabnet", "gbdt", "logreg"]  # every model but the constant p
 HPARAMS_LOGREG_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # logreg's default c_grid
 
 
+def _said(model):
+    """What ``model``'s fits said about themselves (``models.notes``) since the last call."""
+    from pythia.models import notes
+    return " ".join(notes.take(model))
+
+
 def make_encoders() -> Encoders:
     return Encoders({f: Vocabulary([f"v{i}" for i in range(VOCAB)])
                      for f in features.CATEGORICAL_FEATURES},
@@ -262,7 +268,7 @@ def test_logreg_chooses_l2_on_validation_and_folds_rare_values(fitted, data, cap
     # a sampled path (every class kept) and the refit on all rows
     small = MODELS["logreg"](make_encoders(), {"path_rows": 200}, FAST)
     out = small.fit(data["train"], data["valid"], uniform_priors())
-    assert "path on" in capsys.readouterr().out and math.isfinite(out["best_val_loss"])
+    assert "path on" in _said("logreg") and math.isfinite(out["best_val_loss"])
     y = np.array([0] * 990 + [1] * 10)
     idx = path_rows(y, 50, seed=0)
     assert set(y[idx]) == {0, 1} and len(idx) <= 52 and np.all(np.diff(idx) > 0)
@@ -286,7 +292,7 @@ def test_logreg_per_feature_l2_shrinks_noise_features_on_validation(fitted, data
     assert set(penalty) == set(features.CATEGORICAL_FEATURES) and out["C"] == shared["C"]
     assert out["best_val_loss"] < shared["best_val_loss"]  # accepted only on improvement
     noise = [f for f in penalty if f not in ("site_or_app", "device_type")]
-    assert max(penalty[f] for f in noise) > 1 and "penalty per feature" in capsys.readouterr().out
+    assert max(penalty[f] for f in noise) > 1 and "penalty per feature" in _said("logreg")
     # the weights are those of the 0/1 columns: the validation loss recomputes from them
     p = model.predict_proba(data["valid"])["age_gender"]
     assert pr.mean_log_loss(p, data["valid"]["y_age_gender"]) == pytest.approx(
@@ -301,7 +307,7 @@ def test_logreg_per_feature_sweep_on_a_sample_ends_with_a_tight_fit_on_all_rows(
                                                "sweep_tol": 1e-3}, FAST)
     out = model.fit(data["train"], data["valid"], uniform_priors())
     chosen = out["feature_penalty"]
-    assert max(chosen.values()) > 1 and "penalty per feature" in capsys.readouterr().out
+    assert max(chosen.values()) > 1 and "penalty per feature" in _said("logreg")
     fixed = MODELS["logreg"](make_encoders(), {"feature_penalty": chosen, "tol": 1e-7,
                                                "c_grid": [out["C"]]}, FAST)
     fixed.fit(data["train"], data["valid"], uniform_priors())
@@ -644,7 +650,7 @@ def test_wide_mlp_keeps_the_lr_when_no_epoch_beats_it(data, capsys):
     start = summary["wide_start"]
     assert start["improved"] is False and start["best_epoch"] == 0
     assert start["best_val_loss"] == start["lr_val_loss"]
-    assert summary["epochs"] >= 1 and "stays the logistic regression" in capsys.readouterr().out
+    assert summary["epochs"] >= 1 and "stays the logistic regression" in _said("mlp")
     lr = MODELS["logreg"](make_encoders(), {}, FAST)
     lr_summary = lr.fit(data["train"], data["valid"], uniform_priors())
     assert start["lr_val_loss"]["age_gender"] == pytest.approx(lr_summary["best_val_loss"],
@@ -686,7 +692,7 @@ def test_residual_phase_trains_the_deep_part_on_the_fixed_lr(capsys):
     start = summary["wide_start"]
     assert start["improved"] is True and summary["best_epoch"] > 0
     assert start["best_val_loss"]["age_gender"] < start["lr_val_loss"]["age_gender"] - 0.01
-    assert "training improved it to" in capsys.readouterr().out
+    assert "training improved it to" in _said("mlp")
     assert summary["phase_ends"] == [summary["epochs"]]  # no fine-tuning phase asked for
     fixed = fit_wide_start_for(model, train, valid)
     wide = model.export_numpy()["wide"]["gender"]

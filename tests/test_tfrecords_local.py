@@ -182,13 +182,16 @@ def test_the_step_picks_its_engine_and_says_why(spark, tmp_path, monkeypatch):
         for k in env:
             monkeypatch.delenv(k)
         lines = log.getvalue().splitlines()
-        assert len(lines) == 2 and lines[1].startswith("to_tfrecords: ")
+        assert len(lines) == 1  # the engine and what the step did: one line
         results[case + "-log"] = lines[0]
     assert started == ["pythia-tfrecords", "pythia-tfrecords"]
-    assert results["driver-log"] == (f"to_tfrecords: on the driver (no JVM): {n} rows <= 4000000 "
-                                     "(PYTHIA_DRIVER_MAX_ROWS)")
-    assert results["limit-log"] == f"to_tfrecords: Spark: {n} rows > 0 (PYTHIA_DRIVER_MAX_ROWS)"
-    assert results["cluster-log"].startswith("to_tfrecords: Spark (")
+    assert results["driver-log"].startswith(
+        f"to_tfrecords (driver, no JVM: {n} rows <= 4000000): ")
+    assert results["limit-log"].startswith(
+        f"to_tfrecords (Spark: {n} rows > 0 (PYTHIA_DRIVER_MAX_ROWS)): ")
+    assert results["cluster-log"].startswith("to_tfrecords (Spark (remote sc://nowhere:15002)): ")
+    assert all(results[f"{c}-log"].endswith("rows: train 300, validation 120, test_resampled 1, "
+                                            "test_natural 0") for c in ("driver", "limit"))
     for case in ("limit", "cluster"):
         assert results[case][1] == results["driver"][1]  # encoders as JSON
         same = json.dumps(results[case][0]).replace(str(tmp_path / case), "ROOT")
@@ -217,9 +220,8 @@ def test_the_step_runs_on_the_driver_without_a_jvm(tmp_path):
     out = subprocess.run([sys.executable, "-c", _NO_JVM, arg], capture_output=True, text=True,
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("to_tfrecords: on the driver (no JVM): ")
-    assert lines[1].startswith("to_tfrecords: ") and \
-        lines[1].endswith("rows: train 300, validation 120, test_resampled 1, test_natural 0")
+    assert lines[0].startswith("to_tfrecords (driver, no JVM: ") and \
+        lines[0].endswith("rows: train 300, validation 120, test_resampled 1, test_natural 0")
     assert json.loads(lines[-1]) == {"loaded": [], "rows": 300}  # pyspark never imported
 
 

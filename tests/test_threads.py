@@ -117,7 +117,7 @@ def test_a_foreach_task_gets_its_share_of_the_cores_and_memory(machine, monkeypa
     assert threads.core_limits(parallel=True) == {"affinity": 4, "share of 2 workers": 2.0}
     monkeypatch.setenv(threads.WORKERS_ENV, "4")
     assert threads.task_cores() == 4 and min(threads.core_limits(parallel=True).values()) == 1
-    monkeypatch.setattr(threads, "configure", lambda cores, limits: {"cores": cores})
+    monkeypatch.setattr(threads, "configure", lambda cores, limits, *_: {"cores": cores})
     monkeypatch.setattr(threads, "_memory_share", 1.0)
     assert threads.configure_task(parallel=True) == {"cores": 1}
     assert threads.memory_share() == 0.25
@@ -343,7 +343,7 @@ def test_the_local_driver_heap_is_sized_from_the_steps_resources_memory(machine,
         "SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}[name])
     monkeypatch.setattr(threads, "_memory_mb", None)
     monkeypatch.setattr(threads, "_memory_share", 1.0)
-    monkeypatch.setattr(threads, "configure", lambda cores, limits: {"cores": cores})
+    monkeypatch.setattr(threads, "configure", lambda cores, limits, *_: {"cores": cores})
     monkeypatch.delenv(threads.WORKERS_ENV, raising=False)
     threads.configure_task(2)
     assert threads.task_memory_mb() is None
@@ -370,3 +370,20 @@ print("{}")
     assert "threads:" not in quiet_out
     _, verbose_out = _configure_in_subprocess(code, PYTHIA_VERBOSE="1")
     assert "threads: 2 cores (affinity 2, @resources 2)" in verbose_out
+
+
+def test_a_foreach_step_says_its_threads_line_once_for_each_task():
+    """Tasks of a foreach step get fewer cores than the machine (worth saying), but only the
+    first task says so, for every task of the step; ``PYTHIA_VERBOSE=1`` makes each say it."""
+    code = """
+from pythia import threads
+threads.configure(1, {"affinity": 2, "@resources": 2}, say=%s,
+                  label="threads (each task of this step)")
+print("{}")
+"""
+    _, first = _configure_in_subprocess(code % "True")
+    assert "threads (each task of this step): 1 cores (affinity 2, @resources 2)" in first
+    _, other = _configure_in_subprocess(code % "False")
+    assert "threads" not in other
+    _, verbose_out = _configure_in_subprocess(code % "False", PYTHIA_VERBOSE="1")
+    assert "threads (each task of this step): 1 cores" in verbose_out

@@ -240,3 +240,25 @@ def test_regional_vs_global_pairs_a_family_on_the_same_rows():
     assert out.loc[0, "gain_logloss_age_gender"] == pytest.approx(0.2)
     assert out.loc[0, "val_logloss_regional"] == 1.7
     assert build_regional_vs_global(headline.iloc[0:0], cands).empty
+
+
+def test_each_candidate_says_what_its_fit_did_on_its_one_train_line(
+        fake_tfrecords, tmp_path, capsys, monkeypatch):
+    """One line per candidate: the fit's own note (the C path; the warm start's gain) ends the
+    candidate's train line instead of a line of its own, and lands in its summary; a note of a
+    model nested in another one's fit (the MLP's logistic start) is not on the outer line."""
+    from pythia.models import notes
+    monkeypatch.delenv("PYTHIA_VERBOSE", raising=False)
+    out = _train(family(["global", "EU"], "logreg"), fake_tfrecords, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(ln.startswith("train logreg/") for ln in lines)
+    assert " | AgeGender: C=" in lines[0] and "chosen on validation" in lines[0]
+    assert out[0]["notes"][0].startswith("AgeGender: C=")
+    assert " | AgeGender " in lines[1] and "at the start (C=" in lines[1]
+    assert lines[1].endswith(out[1]["notes"][0])
+    notes.say("logreg", "inner")
+    notes.say("mlp", "outer")
+    assert notes.take("mlp") == ["outer"] and notes.take("logreg") == []
+    monkeypatch.setenv("PYTHIA_VERBOSE", "1")  # verbose: said at once as well
+    notes.say("mlp", "now")
+    assert capsys.readouterr().out == "mlp: now\n" and notes.take("mlp") == ["now"]

@@ -40,7 +40,9 @@ def run_hours(source_path: str, hours: list[int], window: Mapping[str, list[str]
             manifest = hourly.run_hours(spark, *args)
     t = manifest["total"]
     bad = {r: n for r, n in t["quarantined"].items() if n}
-    print(f"etl_hour {','.join(f'{h:02d}' for h in hours)}: {t['rows_in']:,} impressions read, "
+    label = "etl_hour " + ",".join(f"{h:02d}" for h in hours)
+    print(f"{providers_local.engine('etl_hour', label)}: "
+          f"{t['rows_in']:,} impressions read, "
           f"{sum(bad.values()):,} quarantined"
           + (" (" + ", ".join(f"{r}: {n:,}" for r, n in bad.items()) + ")" if bad else "")
           + f", {t[hourly.UNLABELLED]:,} without a label, {t[hourly.WRITTEN]:,} written to "
@@ -100,9 +102,10 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
             by_reason[reason] = by_reason.get(reason, 0) + n
     quarantine = {"path": paths.quarantine, "by_reason": by_reason,
                   **quarantined_partitions(hour_manifests)}
-    print("join_hours: rows per split: " + ", ".join(
+    print(f"{providers_local.engine('join_hours')}: rows per split: " + ", ".join(
         f"{s} {n:,}" for s, n in split_manifest["rows"].items())
-        + f"; every input row reconciled; quarantine under {paths.quarantine}")
+        + f"; every input row reconciled ({duplicates['rows']:,} duplicate(s) across etl "
+        f"tasks); quarantine under {paths.quarantine}")
     return split_manifest, reconciliation, split_manifest.get("resample_rates", {}), quarantine
 
 

@@ -157,7 +157,8 @@ def settle_duplicates(spark: Any, hour_manifests: Sequence[Mapping], work_uri: s
 def settle(hour_manifests: Sequence[Mapping], found: Mapping,
            quarantine: Callable[[str], str]) -> tuple[list[dict], dict]:
     """``settle_duplicates`` once the losers are ``found`` (either engine): their counts move,
-    ``quarantine(source)`` writes their raw rows when there are any, one line is printed."""
+    ``quarantine(source)`` writes their raw rows when there are any, and then one line says
+    so (none found: join_hours' summary line gives the 0)."""
     adjusted = apply_duplicates(hour_manifests, found["counts"])
     by_outcome = {o: sum(r[-1] for r in found["counts"] if r[3] == o)
                   for o in (WRITTEN, UNLABELLED)}
@@ -167,8 +168,9 @@ def settle(hour_manifests: Sequence[Mapping], found: Mapping,
         if len(sources) != 1:
             raise ValueError(f"hour manifests read different sources {sources}")
         q_path = quarantine(sources[0])
-    print(f"duplicates across etl tasks: {found['rows']} row(s) lost to an earlier copy in "
-          f"another task ({by_outcome[WRITTEN]} labelled, {by_outcome[UNLABELLED]} unlabelled)"
-          + (f"; quarantined as {DUPLICATE_IMPRESSION_ID} under {q_path}" if q_path else ""))
+    if found["rows"]:
+        print(f"duplicates across etl tasks: {found['rows']} row(s) lost to an earlier copy in "
+              f"another task ({by_outcome[WRITTEN]} labelled, {by_outcome[UNLABELLED]} "
+              f"unlabelled); quarantined as {DUPLICATE_IMPRESSION_ID} under {q_path}")
     return adjusted, {"path": found["path"] if found["rows"] else None, "rows": found["rows"],
                       **by_outcome, "counts": found["counts"], "quarantine_path": q_path}

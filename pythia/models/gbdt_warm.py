@@ -20,6 +20,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
 from pythia import features
+from pythia.models import notes
 from pythia.models.base import labels_of, start_record
 from pythia.models.hgb import (keep_iterations, known_class_rows, openmp_threads, raw_binned,
                                to_matrix)
@@ -161,8 +162,7 @@ def fit_gbdt_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
     model.start_scores, model.start_iterations = start.own_scores, n0
     record = start_record(at_start, -scores[added], added, len(scores) - 1,
                           "AgeGender log-loss (gbdt's own early stopping)")
-    print(f"gbdt: started from the global model's {n0} iteration(s), validation AgeGender "
-          f"log-loss {at_start:.4f}; {len(scores) - 1} iteration(s) tried on {len(y)} rows, "
-          f"kept {added} -> {-scores[added]:.4f}")
+    notes.say("gbdt", f"AgeGender {at_start:.4f} with the global model's {n0} iteration(s); "
+              f"{len(scores) - 1} more tried, kept {added} -> {-scores[added]:.4f}")
     return {"epochs": added, "best_val_loss": float(-scores[added]),
             "n_valid_unknown_class": int((~keep).sum()), "start": record}

@@ -26,6 +26,7 @@ import numpy as np
 from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
+from pythia.models import notes
 from pythia.models import priors as pr
 from pythia.models.base import Model, labels_of
 from pythia.models.design import (design_matrix, diag, fit_columns,  # noqa: F401
@@ -175,9 +176,8 @@ class LogRegModel(Model):
         rows = f"{len(y)} rows" if sub is None else f"path on {len(sub)} of {len(y)} rows"
         per = "".join(f", {f} x{v:g}" for f, v in self.feature_penalty.items() if v != 1)
         per = f"; penalty per feature{per or ': all x1'}" if self.feature_penalty else ""
-        print(f"logreg ({task.label}): L2 strength C={self.chosen_c:g} chosen on the validation "
-              f"day (natural-weighted log-loss; {rows}: {text}{per}); {Xt.shape[1]} columns; "
-              f"final validation log-loss {final['val_loss']:.4f}")
+        notes.say("logreg", f"{task.label}: C={self.chosen_c:g} chosen on validation ({rows}: "
+                            f"{text}{per}); {Xt.shape[1]} columns; {final['val_loss']:.4f}")
         steps = path + ([] if sub is None else [final])
         return {"epochs": int(sum(s["n_iter"] for s in steps)),
                 "best_val_loss": float(final["val_loss"]), "C": self.chosen_c,

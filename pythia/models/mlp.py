@@ -33,7 +33,7 @@ import tensorflow as tf
 from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
-from pythia.models import export as ex
+from pythia.models import export as ex, notes
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
 from pythia.models.mlp_valid import (ValidationSample, forward_in_batches, sample_dataset,
@@ -312,9 +312,8 @@ class MLPModel(Model):
                        f"{keep.best_index})" if keep.best_index else
                        "no epoch beat it: the network stays the logistic regression")
             trail = ", ".join(f"{h['age_gender']:.4f}" for h in keep.history)
-            print(f"mlp: wide part started as logistic regression, validation AgeGender "
-                  f"log-loss {first['age_gender']:.4f} (natural-weighted); {verdict} "
-                  f"(by epoch: {trail})")
+            notes.say("mlp", f"AgeGender by epoch {trail} (0: the wide part as logistic "
+                             f"regression, {first['age_gender']:.4f}); {verdict}")
         return summary
 
     def natural_val_losses(self, valid: Any) -> dict[str, float]:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from pythia import features, quiet
 from pythia.config import TrainConfig
 from pythia.features import Encoders
+from pythia.models import notes
 from pythia.models.base import Model, labels_of, start_record
 from pythia.models.priors import log_probabilities
 from pythia.models.hgb import expand_classes, known_class_rows, openmp_threads
@@ -295,7 +296,7 @@ def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
     model.clf = copy.deepcopy(clf) if clf is start.clf else clf  # never share the start's
     model.classes = start.classes.copy()
     record = start_record(at_start, best, kept, tried, "AgeGender log-loss (TabNet's own)")
-    print(f"tabnet: started from the global model, validation AgeGender log-loss "
-          f"{at_start:.4f}; {tried} epoch(s) tried, kept {kept} -> {best:.4f}")
+    notes.say("tabnet", f"AgeGender {at_start:.4f} at the start; {tried} epoch(s) tried, kept "
+              f"{kept} -> {best:.4f}")
     return {"epochs": kept, "best_val_loss": float(best), "best_epoch": kept,
             "n_valid_unknown_class": int((~keep).sum()), "start": record}

@@ -17,6 +17,7 @@ import numpy as np
 
 from pythia.config import GLOBAL_REGION, TrainConfig
 from pythia.features import TEST_NATURAL, TEST_RESAMPLED, TRAIN, VALIDATION
+from pythia.models import notes
 from pythia.models.base import TF_DATASET, Model
 from pythia.models.predictions import write_split_predictions
 
@@ -133,14 +134,16 @@ def _distinct_regions(regions: list[str], tf_manifest: Mapping) -> list[str]:
 
 
 def print_candidate(summary: Mapping[str, Any]) -> None:
-    """The task's line for one fitted candidate: epochs, rows, where it started, validation."""
+    """The task's line for one fitted candidate: epochs, rows, where it started, validation,
+    and what the fit said about itself (its ``notes``: the epochs' log-loss, a C path)."""
     start = (f"started from {summary['start_from']}" if summary.get("start_from")
              else "from scratch")
     print(f"train {summary['model']}/{summary['region']} (config {summary['config_id']}): "
           f"{summary['epochs']} epoch(s) on {summary['n_train']:,} rows, {start}, "
           f"{summary['fit_seconds']:.1f} s; validation log-loss "
           + ", ".join(f"{t} {v:.4f}" if v is not None else f"{t} n/a"
-                      for t, v in summary["val_logloss"].items()))
+                      for t, v in summary["val_logloss"].items())
+          + "".join(f" | {text}" for text in summary.get("notes") or ()))
 
 
 def validation_class_weights(split_manifest: Mapping, n_age: int) -> list[float]:
@@ -248,7 +251,9 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
     if serves_as_start:
         model.serve_as_start()
     train, valid, sample = _training_data(model, tf_manifest, region)
+    notes.take(model_name)  # nothing left over from an earlier fit
     summary = model.fit(train, valid, priors, start=start.model if start else None)
+    said = notes.take(model_name)
     del train, valid
     n_predicted = write_split_predictions(model, tf_manifest, region, SCORED_SPLITS,
                                           predictions_uri)
@@ -281,6 +286,7 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         "start_from": candidate_name(start.summary) if start else None,
         # the start's and the kept validation loss on the region, steps kept / tried
         "warm_start": summary.get("start"),
+        "notes": said,  # what the fit said about itself (models.notes), on the train line
     }
     return FittedCandidate(record, model)
 

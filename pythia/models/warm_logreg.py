@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from pythia.models import notes
 from pythia.models.base import start_record
 from pythia.models.design import design_matrix, diag
 
@@ -60,9 +61,9 @@ def fit_logreg_warm(model: Any, train: Mapping, valid: Mapping, task: Any) -> di
             model.coef, model.intercept = start.coef.copy(), start.intercept.copy()
     record = start_record(at_start, best, iters if best < at_start else 0, iters,
                           "natural-weighted AgeGender log-loss")
-    print(f"logreg: started from the global fit (C={model.chosen_c:g}), validation AgeGender "
-          f"log-loss {at_start:.4f}; {iters} L-BFGS iteration(s) on {len(y)} rows -> "
-          f"{'kept ' + format(best, '.4f') if record['improved'] else 'no gain: kept the start'}")
+    notes.say("logreg", f"AgeGender {at_start:.4f} at the start (C={model.chosen_c:g}); "
+              f"{iters} L-BFGS iteration(s) -> "
+              f"{format(best, '.4f') if record['improved'] else 'no gain: kept the start'}")
     return {"epochs": record["epochs_or_iterations"], "best_val_loss": float(best),
             "C": model.chosen_c, "feature_penalty": dict(model.feature_penalty), "start": record}
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from pythia.models import notes
 from pythia.models.base import start_record
 
 
@@ -56,8 +57,7 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     record = start_record(first["age_gender"], best["age_gender"], keep.best_index,
                           len(keep.history) - 1, "natural-weighted AgeGender log-loss")
     trail = ", ".join(f"{s['age_gender']:.4f}" for s in keep.history)
-    print(f"mlp: started from the global model; validation AgeGender log-loss by epoch "
-          f"{trail}; kept epoch {keep.best_index}")
+    notes.say("mlp", f"AgeGender by epoch {trail} (0: the start); kept epoch {keep.best_index}")
     return {"epochs": keep.best_index, "best_val_loss": best["age_gender"],
             "best_epoch": keep.best_index, "age_head": model.age_head,
             "val_loss_by_epoch": keep.history, "start": record}

@@ -53,7 +53,8 @@ def convert(split_manifest: dict, params, paths) -> tuple[dict, dict]:
             done = convert_splits(spark, *args, age_edges=params.etl.age_edges)
     manifest, encoders = done
     splits = manifest["splits"]
-    print(f"to_tfrecords: {sum(len(s['shards']) for s in splits.values())} shard files under "
+    print(f"{providers_local.engine('to_tfrecords')}: "
+          f"{sum(len(s['shards']) for s in splits.values())} shard files under "
           f"{manifest['root']}; rows: "
           + ", ".join(f"{name} {s['rows']:,}" for name, s in splits.items()))
     return manifest, encoders.to_json()
