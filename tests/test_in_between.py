@@ -15,7 +15,8 @@ from pythia.features import AGE_BUCKET, GENDER, LABEL_PROVIDER, USER_ID
 from pythia.synth import generate_world, load_world
 from pythia.synth.activity import expected_weights, user_impressions_today
 from pythia.synth.in_between import (Observed, cell_posteriors, in_between_weights,
-                                     in_between_world, unseen_given_cell, user_posteriors)
+                                     in_between_world, read_observed, unseen_given_cell,
+                                     user_posteriors)
 from pythia.synth.population import build_labels, build_users, realised_weights
 from pythia.synth.world import CLASS_LABELS
 
@@ -166,3 +167,27 @@ def test_bad_rows_name_the_problem(tiny):
         in_between_weights(world, [Observed(rows, keep={"F_18-24": 0.0})])
     with pytest.raises(ValueError, match="lack column"):
         in_between_weights(world, [Observed(rows.drop(columns=[LABEL_PROVIDER]))])
+
+
+def test_read_observed_takes_the_splits_rows_and_keep_rates(tiny, tmp_path):
+    world, _, _, rows, chosen = tiny
+    dates = sorted(rows["date"].unique())
+    paths = {}
+    for split, day in (("train", dates[0]), ("validation", dates[1])):
+        paths[split] = str(tmp_path / f"split={split}")
+        os.makedirs(paths[split])
+        rows[rows["date"] == day].to_parquet(os.path.join(paths[split], "part-0.parquet"))
+    names = list(CLASS_LABELS)
+    manifest = {"paths": paths, "class_names": names,
+                "resample_rates": {"train": {str(i): 0.5 + 0.04 * i for i in range(12)}}}
+    parts = read_observed(manifest, ["train", "validation"])
+    assert [len(p.rows) for p in parts] == [(rows["date"] == d).sum() for d in dates[:2]]
+    assert parts[0].keep == {names[i]: 0.5 + 0.04 * i for i in range(12)}
+    assert parts[1].keep == {}  # not resampled: every row kept
+    # a lower keep-rate says less about the users that left no row: the weights differ
+    kept = in_between_weights(world, parts, chosen)
+    full = in_between_weights(world, [Observed(p.rows) for p in parts], chosen)
+    assert not np.allclose(kept["RN"], full["RN"])
+    np.testing.assert_allclose(kept["RN"].sum(), full["RN"].sum())
+    with pytest.raises(ValueError, match="not in the run's split manifest"):
+        read_observed(manifest, ["test"])

@@ -118,6 +118,21 @@ def in_between_weights(world: World, observed: Sequence[Observed],
     return {"R": R, "RP": RL.sum(axis=-1), "RL": RL, "RN": RN, "RNL": RNL}
 
 
+def read_observed(split_manifest: Mapping, splits: Sequence[str]) -> list[Observed]:
+    """A DemoFlow run's ``splits`` (e.g. train and validation) as ``Observed`` parts: each
+    split's kept rows (its Parquet) and the keep-rate of each label (its resample rates)."""
+    names = split_manifest["class_names"]
+    parts = []
+    for s in splits:
+        if s not in split_manifest["paths"]:
+            raise ValueError(f"split {s!r} is not in the run's split manifest: "
+                             f"choose among {sorted(split_manifest['paths'])}")
+        rates = split_manifest.get("resample_rates", {}).get(s, {})
+        parts.append(Observed(pd.read_parquet(split_manifest["paths"][s]),
+                              keep={names[int(k)]: float(v) for k, v in rates.items()}))
+    return parts
+
+
 def user_posteriors(world: World, observed: Sequence[Observed]
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(user ids, (u, L, 2, N_CLASS, K) P(level, s, class, z | the user's rows)) per block of
@@ -320,5 +335,6 @@ def _seen_users(world: World, observed: Sequence[Observed]) -> _Users:
                   log_a=log_a.reshape(-1, 2, N_CLASS), log_b=log_b.reshape(-1, 2, K))
 
 
-__all__ = ["Observed", "in_between_world", "in_between_weights", "user_posteriors",
+__all__ = ["Observed", "in_between_world", "in_between_weights", "read_observed",
+           "user_posteriors",
            "cell_posteriors", "unseen_given_cell"]
