@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     model = {t: np.stack(pred[f"p_{t}"].to_numpy()) for t in TARGETS}
 
     t0 = time.perf_counter()
-    parts = read_observed(manifest, [s.strip() for s in args.observed.split(",") if s.strip()])
+    observed = [s.strip() for s in args.observed.split(",") if s.strip()]
+    parts = read_observed(manifest, observed)
     between = in_between_world(world, parts, provider_map)
     build_s = time.perf_counter() - t0
     n_age = len(features.age_bucket_labels())
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     power = test[IS_POWER_USER].fillna(False).to_numpy(bool)
     masks = {"natural": np.ones(len(test), bool), "natural_no_power_users": ~power,
              "natural_power_users": power}
-    rows_seen = sum(len(p.rows) for p in parts)
+    rows_seen = sum(manifest["rows"][s] for s in observed)
     print(f"run {args.run}: {len(test)} test_natural rows ({int(power.sum())} of power users); "
           f"model {args.model}/{args.region}#{args.config_id}; in-between reader saw "
           f"{args.observed} ({rows_seen} rows; built in {build_s:.1f} s); gauges "

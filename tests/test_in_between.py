@@ -181,7 +181,8 @@ def test_read_observed_takes_the_splits_rows_and_keep_rates(tiny, tmp_path):
     manifest = {"paths": paths, "class_names": names,
                 "resample_rates": {"train": {str(i): 0.5 + 0.04 * i for i in range(12)}}}
     parts = read_observed(manifest, ["train", "validation"])
-    assert [len(p.rows) for p in parts] == [(rows["date"] == d).sum() for d in dates[:2]]
+    assert [sum(len(b) for b in p.batches()) for p in parts] == [
+        (rows["date"] == d).sum() for d in dates[:2]]
     assert parts[0].keep == {names[i]: 0.5 + 0.04 * i for i in range(12)}
     assert parts[1].keep == {}  # not resampled: every row kept
     # a lower keep-rate says less about the users that left no row: the weights differ
@@ -189,5 +190,81 @@ def test_read_observed_takes_the_splits_rows_and_keep_rates(tiny, tmp_path):
     full = in_between_weights(world, [Observed(p.rows) for p in parts], chosen)
     assert not np.allclose(kept["RN"], full["RN"])
     np.testing.assert_allclose(kept["RN"].sum(), full["RN"].sum())
+    # read in small batches (users spread over many): the same weights as the frames whole
+    from pythia.synth import in_between
+    whole = in_between_weights(world, [Observed(rows[rows["date"] == d], keep=p.keep)
+                                       for d, p in zip(dates[:2], parts)], chosen)
+    in_between.BATCH_ROWS, saved = 997, in_between.BATCH_ROWS
+    try:
+        batched = in_between_weights(world, parts, chosen)
+    finally:
+        in_between.BATCH_ROWS = saved
+    for k in whole:
+        np.testing.assert_allclose(batched[k], whole[k], rtol=1e-9, atol=1e-12, err_msg=k)
     with pytest.raises(ValueError, match="not in the run's split manifest"):
         read_observed(manifest, ["test"])
+
+
+def test_evaluate_streams_the_in_between_gauge_on_every_slice(tiny, tmp_path):
+    from pythia.evaluate.gauge import build_gauge, gauge_by_slice, in_between_of
+    from pythia.evaluate.stream import score_streaming
+    from pythia.features import REGION, derive_batch
+    from pythia.config import DEFAULT_AGE_EDGES, Geography
+    from test_evaluate import prediction_rows
+
+    world, users, _, rows, chosen = tiny
+    dates = sorted(rows["date"].unique())
+    rows = rows.assign(**{REGION: derive_batch({"country": rows["country"].to_numpy(),
+                                                "ts": rows["ts"].astype("int64") // 10**9},
+                                               Geography())[REGION]})
+    y = pd.Index(CLASS_LABELS).get_indexer(rows[GENDER] + "_" + rows[AGE_BUCKET])
+    rows = rows.assign(y_age_gender=y, y_gender=y // 6, y_age=y % 6)
+    splits = {"train": rows[rows["date"].isin(dates[:3])], "validation":
+              rows[rows["date"] == dates[3]], "test_natural": rows[rows["date"] == dates[4]]}
+    paths = {}
+    for split, df in splits.items():
+        os.makedirs(tmp_path / split)
+        df.assign(split=split).to_parquet(tmp_path / split / "part-0.parquet", index=False)
+        paths[split] = str(tmp_path / split)
+    manifest = {"paths": paths, "resample_target": "age_gender", "rates": {},
+                "class_names": list(CLASS_LABELS)}
+    test = splits["test_natural"].reset_index(drop=True)
+    uniform = np.full((len(test), 12), 1 / 12)
+    pred = prediction_rows(test, "test_natural", "global", uniform)
+    val = splits["validation"]
+    pred = pd.concat([pred, prediction_rows(val, "validation", "global",
+                                            np.full((len(val), 12), 1 / 12))])
+    pred.to_parquet(tmp_path / "pred.parquet", index=False)
+    candidates = [{"model": "flat", "region": "global", "config_id": 0, "model_dir": "/m",
+                   "predictions_uri": str(tmp_path / "pred.parquet"),
+                   "val_logloss": {"age_gender": math.log(12)}}]
+    metrics = score_streaming(candidates, manifest, DEFAULT_AGE_EDGES, world,
+                              bucket_rows=1500, workers=1).metrics
+    gauge = build_gauge(metrics)
+    natural = gauge[(gauge["test_set"] == "natural") & (gauge["eval_region"] == "global")
+                    & (gauge["target"] == "age_gender")].set_index("label_source")
+    # the streamed figure is the in-between World's own log-loss on the test rows
+    between = in_between_world(world, [Observed(splits["train"]),
+                                       Observed(splits["validation"])], chosen)
+    p_truth, p_label = between.gauge_posteriors(test, test[LABEL_PROVIDER].to_numpy(object))
+    truth = users.cls[np.array([int(x[1:]) for x in test[USER_ID]])]
+    want = {"provider": -np.log(p_label[np.arange(len(test)), test["y_age_gender"]]).mean(),
+            "truth": -np.log(p_truth[np.arange(len(test)), truth]).mean()}
+    for source, value in want.items():
+        assert natural.loc[source, "in_between_logloss"] == pytest.approx(value, rel=1e-6)
+        r = natural.loc[source]
+        assert r["bayes_logloss"] <= r["in_between_logloss"] + 1e-3 < r["population_logloss"]
+        assert r["ratio_in_between"] == pytest.approx(math.log(12) / value, rel=1e-4)
+    champions = pd.DataFrame({"region": ["global"], "model": ["flat"],
+                              "candidate_region": ["global"], "config_id": [0],
+                              "blessed": [True]})
+    table = gauge_by_slice(gauge, champions)
+    assert table["ratio_in_between_age_gender"].notna().sum() == 6  # 3 slices x 2 sources
+    # no gauge without a world's tables or a train split; a note when power users were dropped
+    assert in_between_of(object(), manifest) is None
+    assert in_between_of(world, {**manifest, "paths": {"test_natural": "x"}}) is None
+    dropped = score_streaming(candidates, {**manifest, "drop_power_users": True},
+                              DEFAULT_AGE_EDGES, world, workers=1)
+    assert "in-between gauge skipped" in dropped.sums.in_between_note
+    assert not dropped.metrics["metric"].str.startswith("in_between").any()
+    assert dropped.metrics["metric"].str.startswith("population").any()

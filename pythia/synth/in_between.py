@@ -26,18 +26,21 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as ds
 import scipy.sparse as sp
 
+from pythia import storage
 from pythia.features import AGE_BUCKET, COUNTRY, GENDER, LABEL_PROVIDER, USER_ID
 from pythia.synth.activity import (DAY, ExposureClock, expected_weights, label_given_class,
                                    row_runs, ts_seconds_of)
 from pythia.synth.posterior import World
 from pythia.synth.world import CLASS_LABELS, N_CLASS
 
+BATCH_ROWS = 1 << 16  # observed rows per batch (their factors are (rows, 2 * (12 + K)) floats)
 USERS_PER_BLOCK = 1024  # users per vectorised block: (users, L, 2, 12, K) floats, ~38 MB at L=16
 _TINY = 1e-300  # a zero factor stays finite in the log-sums: the cell is impossible all the same
 
@@ -49,16 +52,23 @@ class Observed:
     Attributes:
         rows: the kept rows: ``user_id``, the posterior's impression columns (country,
             geo_region, metro, site_or_app, device_model, os_version, browser, ad_format, ts or
-            ts_seconds), ``label_provider`` and the label (``gender``, ``age_bucket``).
+            ts_seconds), ``label_provider`` and the label (``gender``, ``age_bucket``); or a
+            function giving them in batches (memory then grows with the users, not the rows).
         days: the UTC days the rows were drawn from (every impression of a labelled user on
             them could have been kept); None: the rows' own UTC dates.
         keep: P(a row is kept | its label), by AgeGender label (e.g. ``F_25-34``); missing
             labels keep every row. A run's ``resample_rates`` of the split.
     """
 
-    rows: pd.DataFrame
+    rows: pd.DataFrame | Callable[[], Iterable[pd.DataFrame]]
     days: Sequence[dt.date] | None = None
     keep: Mapping[str, float] | None = None
+
+    def batches(self) -> Iterator[pd.DataFrame]:
+        """The rows, in one or more non-empty frames."""
+        for df in ([self.rows] if isinstance(self.rows, pd.DataFrame) else self.rows()):
+            for lo in range(0, len(df), BATCH_ROWS):  # bounded factors per batch
+                yield df.iloc[lo:lo + BATCH_ROWS]
 
 
 @dataclass
@@ -97,9 +107,9 @@ def in_between_weights(world: World, observed: Sequence[Observed],
     prior = expected_weights(params)["RN"] / cfg.n_users  # (L, 2, country, c, z)
     lc = label_given_class(params)  # (P, country, c, label)
     rate = _rates(world)
-    users = _seen_users(world, observed)
+    users, days = _seen_users(world, observed)
     chosen = _chosen_providers(params, users, providers)
-    heff = _exposure_by_label(world, observed)  # (label, country, 2, c)
+    heff = _exposure_by_label(world, observed, days)  # (label, country, 2, c)
     RN = np.zeros(prior.shape)
     RNL = np.zeros((P,) + prior.shape + (N_CLASS,))
     for cty, idx, post in _blocks(world, users, prior, lc, rate, heff):
@@ -120,7 +130,8 @@ def in_between_weights(world: World, observed: Sequence[Observed],
 
 def read_observed(split_manifest: Mapping, splits: Sequence[str]) -> list[Observed]:
     """A DemoFlow run's ``splits`` (e.g. train and validation) as ``Observed`` parts: each
-    split's kept rows (its Parquet) and the keep-rate of each label (its resample rates)."""
+    split's kept rows (its Parquet, local or s3://, read in batches when used) and the
+    keep-rate of each label (its resample rates)."""
     names = split_manifest["class_names"]
     parts = []
     for s in splits:
@@ -128,9 +139,18 @@ def read_observed(split_manifest: Mapping, splits: Sequence[str]) -> list[Observ
             raise ValueError(f"split {s!r} is not in the run's split manifest: "
                              f"choose among {sorted(split_manifest['paths'])}")
         rates = split_manifest.get("resample_rates", {}).get(s, {})
-        parts.append(Observed(pd.read_parquet(split_manifest["paths"][s]),
+        parts.append(Observed(_parquet_batches(split_manifest["paths"][s]),
                               keep={names[int(k)]: float(v) for k, v in rates.items()}))
     return parts
+
+
+def _parquet_batches(uri: str) -> Callable[[], Iterator[pd.DataFrame]]:
+    def batches() -> Iterator[pd.DataFrame]:
+        fs, path = storage.filesystem(uri)
+        for batch in ds.dataset(path, filesystem=fs, format="parquet").to_batches(
+                batch_size=BATCH_ROWS, batch_readahead=1, fragment_readahead=1):
+            yield batch.to_pandas()
+    return batches
 
 
 def user_posteriors(world: World, observed: Sequence[Observed]
@@ -139,9 +159,9 @@ def user_posteriors(world: World, observed: Sequence[Observed]
     seen users (each of one country)."""
     params = world.params
     prior = expected_weights(params)["RN"] / params.config.n_users
-    users = _seen_users(world, observed)
+    users, days = _seen_users(world, observed)
     blocks = _blocks(world, users, prior, label_given_class(params), _rates(world),
-                     _exposure_by_label(world, observed))
+                     _exposure_by_label(world, observed, days))
     for _, idx, post in blocks:
         yield users.ids[idx], post
 
@@ -268,15 +288,17 @@ def _day_exposure(world: World, clock: ExposureClock, days: np.ndarray) -> np.nd
     return out
 
 
-def _exposure_by_label(world: World, observed: Sequence[Observed]) -> np.ndarray:
-    """(label, country, 2, c) Σ_parts keep_part[label] · exposure of the part's days."""
+def _exposure_by_label(world: World, observed: Sequence[Observed],
+                       row_days: Sequence[set]) -> np.ndarray:
+    """(label, country, 2, c) Σ_parts keep_part[label] · exposure of the part's days (its
+    ``days``, else ``row_days``: the epoch days of its rows)."""
     clock = ExposureClock(world.params)
     out = np.zeros((N_CLASS, len(world.params.vocab["countries"]), 2, N_CLASS))
-    for part in observed:
+    for part, seen in zip(observed, row_days):
         if part.days is None:
-            days = np.unique(ts_seconds_of(part.rows) // DAY) if len(part.rows) else []
+            days = sorted(seen)
         else:
-            days = np.array([(d - dt.date(1970, 1, 1)).days for d in part.days])
+            days = [(d - dt.date(1970, 1, 1)).days for d in part.days]
         keep = np.ones(N_CLASS)
         for name, rate in (part.keep or {}).items():
             if name not in CLASS_LABELS or not 0 < float(rate) <= 1:
@@ -287,20 +309,63 @@ def _exposure_by_label(world: World, observed: Sequence[Observed]) -> np.ndarray
     return out
 
 
-def _seen_users(world: World, observed: Sequence[Observed]) -> _Users:
-    """Every user with a row in ``observed``: label, provider and the rows' summed log factors."""
+def _seen_users(world: World, observed: Sequence[Observed]) -> tuple[_Users, list[set]]:
+    """Every user with a row in ``observed`` (label, provider, the rows' summed log factors),
+    read batch by batch, and each part's epoch days with rows."""
+    K = world.params.config.n_interests
+    empty = np.zeros(0, dtype=np.int64)
+    users = _Users(np.zeros(0, dtype=object), empty, empty, empty, empty,
+                   np.zeros((0, 2, N_CLASS)), np.zeros((0, 2, K)))
+    days = []
+    for part in observed:
+        seen: set = set()
+        for df in part.batches():
+            seen.update(np.unique(ts_seconds_of(df) // DAY).tolist())
+            users = _merge_users(users, _batch_users(world, df))
+        days.append(seen)
+    return users, days
+
+
+def _merge_users(a: _Users, b: _Users) -> _Users:
+    """Two sets of users' evidence summed per user id (a user's country, provider and label
+    must agree)."""
+    if not len(a.ids):
+        return b
+    ids, user = np.unique(np.concatenate([a.ids, b.ids]), return_inverse=True)
+    out = {}
+    for col in ("country", "provider", "label"):
+        values = np.concatenate([getattr(a, col), getattr(b, col)])
+        out[col] = _one_per_user(ids, user, values, col)
+    to_user = sp.csr_matrix((np.ones(len(user)), (user, np.arange(len(user)))),
+                            shape=(len(ids), len(user)))
+    n = to_user @ np.concatenate([a.n, b.n])
+    log_a = to_user @ np.concatenate([a.log_a, b.log_a]).reshape(len(user), -1)
+    log_b = to_user @ np.concatenate([a.log_b, b.log_b]).reshape(len(user), -1)
+    return _Users(ids=ids, n=n.astype(np.int64), log_a=log_a.reshape(len(ids), 2, -1),
+                  log_b=log_b.reshape(len(ids), 2, -1), **out)
+
+
+def _one_per_user(ids: np.ndarray, user: np.ndarray, values: np.ndarray, col: str
+                  ) -> np.ndarray:
+    """Per user id, its one value of ``col`` across rows (different values raise)."""
+    first = np.zeros(len(ids), dtype=np.int64)
+    first[user] = values
+    if (first[user] != values).any():
+        bad = ids[np.unique(user[first[user] != values])][:3].tolist()
+        raise ValueError(f"users {bad} have rows with different {col}s: a user has one "
+                         f"{col} (check the observed rows)")
+    return first
+
+
+def _batch_users(world: World, df: pd.DataFrame) -> _Users:
+    """The users of one batch of rows, with their rows' summed log factors."""
     params = world.params
     K = params.config.n_interests
-    frames = [o.rows for o in observed if len(o.rows)]
-    if not frames:
-        empty = np.zeros(0, dtype=np.int64)
-        return _Users(np.zeros(0, dtype=object), empty, empty, empty, empty,
-                      np.zeros((0, 2, N_CLASS)), np.zeros((0, 2, K)))
-    df = pd.concat(frames, ignore_index=True)
     missing = [c for c in (USER_ID, LABEL_PROVIDER, GENDER, AGE_BUCKET) if c not in df.columns]
     if missing:
         raise ValueError(f"observed rows lack column(s) {missing}: pass a split's rows (user, "
                          f"provider and label columns)")
+    df = df.reset_index(drop=True)
     ids, user = np.unique(df[USER_ID].to_numpy(dtype=object), return_inverse=True)
     names = (df[GENDER].astype(str) + "_" + df[AGE_BUCKET].astype(str)).to_numpy(dtype=object)
     label = pd.Index(CLASS_LABELS).get_indexer(names)
@@ -313,25 +378,15 @@ def _seen_users(world: World, observed: Sequence[Observed]) -> _Users:
         raise ValueError(f"column {LABEL_PROVIDER!r} holds providers outside the world's "
                          f"{params.vocab['providers']}")
     codes = world._encode(df)  # the posterior's own per-row codes and factors
-    per_user = {}
-    for col, values in (("country", codes["country"]), ("provider", prov), ("label", label)):
-        first = np.zeros(len(ids), dtype=np.int64)
-        first[user] = values
-        if (first[user] != values).any():
-            bad = ids[np.unique(user[first[user] != values])][:3].tolist()
-            raise ValueError(f"users {bad} have rows with different {col}s: a user has one "
-                             f"{col} (check the observed rows)")
-        per_user[col] = first
-    log_a, log_b = np.zeros((len(ids), 2 * N_CLASS)), np.zeros((len(ids), 2 * K))
-    for lo in range(0, len(df), 1 << 16):
-        rows = np.arange(lo, min(len(df), lo + (1 << 16)))
-        f = world._factors(codes, rows)
-        to_user = sp.csr_matrix((np.ones(len(rows)), (user[rows], np.arange(len(rows)))),
-                                shape=(len(ids), len(rows)))
-        log_a += to_user @ np.log(np.maximum(np.hstack(f.A), _TINY))
-        log_b += to_user @ np.log(np.maximum(np.hstack(f.B), _TINY))
-    return _Users(ids=ids, country=per_user["country"], provider=per_user["provider"],
-                  label=per_user["label"], n=np.bincount(user, minlength=len(ids)),
+    f = world._factors(codes, np.arange(len(df)))
+    to_user = sp.csr_matrix((np.ones(len(df)), (user, np.arange(len(df)))),
+                            shape=(len(ids), len(df)))
+    log_a = to_user @ np.log(np.maximum(np.hstack(f.A), _TINY))
+    log_b = to_user @ np.log(np.maximum(np.hstack(f.B), _TINY))
+    return _Users(ids=ids, country=_one_per_user(ids, user, codes["country"], "country"),
+                  provider=_one_per_user(ids, user, prov, "provider"),
+                  label=_one_per_user(ids, user, label, "label"),
+                  n=np.bincount(user, minlength=len(ids)),
                   log_a=log_a.reshape(-1, 2, N_CLASS), log_b=log_b.reshape(-1, 2, K))
 
 
