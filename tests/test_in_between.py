@@ -240,6 +240,13 @@ def test_evaluate_streams_the_in_between_gauge_on_every_slice(tiny, tmp_path):
                    "val_logloss": {"age_gender": math.log(12)}}]
     metrics = score_streaming(candidates, manifest, DEFAULT_AGE_EDGES, world,
                               bucket_rows=1500, workers=1).metrics
+    # two processes, each every other bucket, merged: the same figures
+    forked = score_streaming(candidates, manifest, DEFAULT_AGE_EDGES, world,
+                             bucket_rows=1500, workers=2).metrics
+    a, b = (m[m["metric"] == "in_between_log_loss"].sort_values(
+        ["model", "test_set", "eval_region", "target", "label_source"]) for m in (metrics, forked))
+    assert len(a) > 20
+    np.testing.assert_allclose(a["value"].to_numpy(), b["value"].to_numpy(), rtol=1e-9)
     gauge = build_gauge(metrics)
     natural = gauge[(gauge["test_set"] == "natural") & (gauge["eval_region"] == "global")
                     & (gauge["target"] == "age_gender")].set_index("label_source")
