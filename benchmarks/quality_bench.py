@@ -1,7 +1,9 @@
 """Quality benchmark: each model's log-loss and macro-F1 on the natural test day and on its
-non-power-user and power-user slices, next to both Bayes posteriors on the same rows — the
-realised one (the world's drawn users and labels: the headline bar, ``ratio``) and the
-population one (the generative tables only: ``ratio_pop``) — and the logreg baseline.
+non-power-user and power-user slices, next to the Bayes posteriors on the same rows — the
+realised one (the world's drawn users and labels: the headline bar, ``ratio``), the
+in-between one (what the run's train and validation rows say about the drawn users,
+``synth.in_between``: ``ratio_btw``; manifest mode with ``--run`` only) and the population one
+(the generative tables only: ``ratio_pop``) — and the logreg baseline.
 
 Two ways to get data:
   * ``--manifest RUN/tfrecords/manifest.json`` — a run's TFRecords (its PROVIDER labels).
@@ -14,9 +16,10 @@ Two ways to get data:
     posteriors are those of the true class. The power-user flag is the ETL's rule: a user-day
     with more impressions than the 0.99 quantile of user-day totals. No Spark needed.
 
-Prints one row per (slice, model, target): logloss, bayes (realised), ratio, bayes_pop,
-ratio_pop, ratio to the baseline, macro_f1, bayes_f1, fit seconds. Not a test: it never
-fails on the numbers.
+Prints one row per (slice, model, target): logloss, bayes (realised), ratio, bayes_btw,
+ratio_btw, bayes_pop, ratio_pop, ratio to the baseline, macro_f1, bayes_f1, fit seconds. Not a
+test: it never fails on the numbers. The gauges alone, next to a run's stored predictions
+(no training): ``benchmarks/gauge_bench.py``.
 
     python benchmarks/quality_bench.py --preset tiny
     python benchmarks/quality_bench.py --manifest .pythia/data/DemoFlow/12/tfrecords/manifest.json \
@@ -47,12 +50,14 @@ SLICES = ("natural", "natural_no_power_users", "natural_power_users")
 POWER_QUANTILE = 0.99  # the ETL's default power_user_quantile
 
 
-def _gauges(world, rows: pd.DataFrame, order: list[int], providers=None) -> dict[str, np.ndarray]:
-    """{'realised', 'population'}: (n, K) joint posteriors of the label on ``rows``, columns
-    in the run's AgeGender order; of the provider's label when ``providers`` is given, else
-    of the true class."""
+def _gauges(world, rows: pd.DataFrame, order: list[int], providers=None, between=None
+            ) -> dict[str, np.ndarray]:
+    """{'realised', 'in_between' (with ``between``, its World), 'population'}: (n, K) joint
+    posteriors of the label on ``rows``, columns in the run's AgeGender order; of the
+    provider's label when ``providers`` is given, else of the true class."""
     out = {}
-    for name, w in (("realised", world), ("population", world.population())):
+    worlds = [("realised", world)] + ([("in_between", between)] if between else [])
+    for name, w in worlds + [("population", world.population())]:
         joint = (w.posterior(rows) if providers is None
                  else w.label_posterior(rows, providers))
         out[name] = joint[:, order]
@@ -128,10 +133,12 @@ def world_splits(preset: str, seed: int, cache: str, max_rows: int
             _gauges(world, test, order))
 
 
-def manifest_splits(path: str, world_root: str | None, split_parquet: str | None
+def manifest_splits(path: str, world_root: str | None, split_parquet: str | None,
+                    run_split_manifest: dict | None = None, provider_map: dict | None = None
                     ) -> tuple[dict, Encoders, np.ndarray | None, dict[str, np.ndarray]]:
     """A run's splits (provider labels), and with a world and the test Parquet the test
-    rows' power-user flags and both posteriors of the provider's label on them."""
+    rows' power-user flags and the posteriors of the provider's label on them; with the run's
+    split manifest and provider map also the in-between one (its train and validation rows)."""
     from pythia import storage, tfrecords
 
     manifest = storage.read_json(path)
@@ -148,8 +155,14 @@ def manifest_splits(path: str, world_root: str | None, split_parquet: str | None
     raw = raw.set_index(IMPRESSION_ID).loc[out[TEST_NATURAL][IMPRESSION_ID]].reset_index()
     order = [world.class_labels.index(c) for c in features.age_gender_labels(enc.age_edges)]
     power = raw[features.IS_POWER_USER].fillna(False).to_numpy(bool)
+    between = None
+    if run_split_manifest is not None:
+        from pythia.synth.in_between import in_between_world, read_observed
+        between = in_between_world(world, read_observed(run_split_manifest,
+                                                        (TRAIN, VALIDATION)), provider_map)
     return out, enc, power, _gauges(world, raw, order,
-                                    raw[features.LABEL_PROVIDER].to_numpy(dtype=object))
+                                    raw[features.LABEL_PROVIDER].to_numpy(dtype=object),
+                                    between)
 
 
 def score(p: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
@@ -181,8 +194,16 @@ def main(argv: list[str] | None = None) -> int:
                     "back to the natural class mix and over-predict rare classes)")
     args = ap.parse_args(argv)
 
+    split_manifest = provider_map = None
+    if args.manifest and args.run:
+        from metaflow import Run, namespace
+        namespace(None)
+        run = Run(f"DemoFlow/{args.run}")
+        split_manifest = run["to_tfrecords"].task.data.split_manifest
+        provider_map = run["select_providers"].task.data.provider_map["by_country"]
     if args.manifest:
-        data, enc, power, gauges = manifest_splits(args.manifest, args.world, args.split_parquet)
+        data, enc, power, gauges = manifest_splits(args.manifest, args.world, args.split_parquet,
+                                                   split_manifest, provider_map)
         source = f"{args.manifest} (provider labels)"
     else:
         data, enc, power, gauges = world_splits(args.preset, args.seed, args.cache,
@@ -196,13 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     # world mode: natural splits, so training and natural priors coincide (the ratio is 1);
     # a run's splits are resampled: its split manifest has both, as the train step uses them
     priors, valid_weights = {"train": train_prior, "natural": train_prior}, None
-    if args.manifest and args.run:
-        from metaflow import Run, namespace
-
+    if split_manifest is not None:
         from pythia.models.priors import priors_from_split_manifest
         from pythia.models.train import validation_class_weights
-        namespace(None)
-        split_manifest = Run(f"DemoFlow/{args.run}")["to_tfrecords"].task.data.split_manifest
         priors = priors_from_split_manifest(split_manifest, enc.age_edges)
         valid_weights = validation_class_weights(split_manifest, len(enc.age_edges))
     elif args.manifest:
@@ -217,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     probs: dict[str, dict[str, np.ndarray]] = {
         "prior": {t: np.tile(train_prior[t], (n_test, 1)) for t in features.TARGETS}}
     seconds: dict[str, float] = {"prior": 0.0}
-    for name, joint in gauges.items():  # realised, population
-        probs[f"bayes_{name[:3]}"] = features.marginals_from_joint(joint, n_age)
+    short = {"realised": "rea", "in_between": "btw", "population": "pop"}
+    for name, joint in gauges.items():  # realised, in_between, population
+        probs[f"bayes_{short[name]}"] = features.marginals_from_joint(joint, n_age)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         model = MODELS[name](enc, {}, cfg)
         if valid_weights is not None:
@@ -232,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     if power is not None:
         masks.update(natural_no_power_users=~power, natural_power_users=power)
     print(f"{'slice':>22} {'model':>8} {'target':>10} {'logloss':>8} {'bayes':>8} {'ratio':>6} "
-          f"{'bayes_pop':>9} {'ratio_pop':>9} {'vs_' + BASELINE:>9} {'macroF1':>8} "
+          f"{'bayes_btw':>9} {'ratio_btw':>9} {'bayes_pop':>9} {'ratio_pop':>9} {'vs_' + BASELINE:>9} {'macroF1':>8} "
           f"{'bayesF1':>8} {'fit_s':>7}")
     nan = float("nan")
     for slice_name, mask in masks.items():
@@ -245,10 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             for t in features.TARGETS:
                 ll, f1 = sc[t]
                 real = scores.get("bayes_rea", {}).get(t, (nan, nan))
+                btw = scores.get("bayes_btw", {}).get(t, (nan, nan))
                 pop = scores.get("bayes_pop", {}).get(t, (nan, nan))
                 base = scores.get(BASELINE, {}).get(t, (nan, nan))
                 print(f"{slice_name:>22} {name:>8} {t:>10} {ll:8.4f} {real[0]:8.4f} "
-                      f"{ll / real[0]:6.3f} {pop[0]:9.4f} {ll / pop[0]:9.3f} "
+                      f"{ll / real[0]:6.3f} {btw[0]:9.4f} {ll / btw[0]:9.3f} {pop[0]:9.4f} {ll / pop[0]:9.3f} "
                       f"{ll / base[0]:9.3f} {f1:8.4f} {real[1]:8.4f} "
                       f"{seconds.get(name, 0.0):7.1f}")
     return 0

@@ -92,8 +92,9 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
             "## Bayes gauge (synthetic data)\n\nAll rows, natural test day. Against `truth` the "
             "exact posterior is P(true AgeGender | features); against `provider` labels it is "
             "P(provider's label | features, provider) — the noise of the labels included. "
-            "`ratio` is against the realised posterior (the headline bar), `ratio_population` "
-            "against the population one, `gap_closed` = (population - model) / (population - "
+            "`ratio` is against the realised posterior (the headline bar), `ratio_in_between` "
+            "against the in-between one, `ratio_population` against the population one, "
+            "`gap_closed` = (population - model) / (population - "
             "realised)."))
         card.append(Table.from_dataframe(_fmt(g), truncate=False))
     elif results.get("gauge_note"):
@@ -140,10 +141,12 @@ _GAUGE_SLICES = (
     "candidate) on the natural test day, its non-power users and its power users, on the "
     "same rows for model and posteriors. `ratio_*` = model / **realised** posterior (the "
     "world's drawn users and labels): the headline bar, the only one no model beats on "
-    "average. `ratio_population_*` = model / **population** posterior (the generative "
-    "tables only): a model learns that plus what the training days' labels reveal about "
-    "the drawn users, so on power users (few per group, which the realised posterior "
-    "nearly identifies) it lands between the two, below 1 here.")
+    "average. `ratio_in_between_*` = model / **in-between** posterior (the generative "
+    "tables plus what the run's train and validation rows reveal about the drawn users: "
+    "docs/in-between-gauge.md): the bar a model given those rows could reach. "
+    "`ratio_population_*` = model / **population** posterior (the generative tables only): "
+    "on power users (few per group, which the realised posterior nearly identifies) a model "
+    "lands between the population and the in-between ones.")
 
 
 def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
@@ -152,7 +155,7 @@ def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
 
 
 def _append_gauge_slices(card: Any, table: pd.DataFrame | None) -> None:
-    """Each region's chosen candidate against both posteriors on the three natural slices."""
+    """Each region's chosen candidate against the posteriors on the three natural slices."""
     _append_explained_table(card, _GAUGE_SLICES, table, 3)
 
 

@@ -1,20 +1,22 @@
 """The exact-Bayes gauge on synthetic data: the generator's posterior scored on every slice,
 and each model's log-loss and macro F1 set against it on the rows the model scored.
 
-Two posteriors, on the same rows: the *realised* one (the world's drawn users and labels: the
-exact optimum, no model beats it on average, so model / Bayes ratios near 1 are ideal) and the
-*population* one (the generative tables only, ``World.population``). The realised one is the
-headline bar (``HEADLINE_GAUGE``): it is the only one that is a bound. A model learns the
-population posterior plus what the training days' labels reveal about the drawn users, so it
-lands between the two where they differ (power users, whose few users per group the realised
-posterior nearly identifies) and may beat the population one; ``gap_closed`` = (population -
+Three posteriors, on the same rows: the *realised* one (the world's drawn users and labels:
+the exact optimum, no model beats it on average, so model / Bayes ratios near 1 are ideal),
+the *in-between* one (the generative tables plus what the run's train and validation rows say
+about the drawn users, ``synth.in_between``, docs/in-between-gauge.md: ``ratio_in_between``)
+and the *population* one (the generative tables only, ``World.population``). The realised one
+is the headline bar (``HEADLINE_GAUGE``): it is the only one that is a bound. A model learns
+the population posterior plus what the training days' labels reveal about the drawn users, so
+it lands between the population and the in-between ones where they differ (power users, whose
+few users per group the realised posterior nearly identifies); ``gap_closed`` = (population -
 model) / (population - realised) says how far it got. Without a world there is no gauge.
 """
 from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, TextIO
+from typing import Any, Mapping, TextIO
 
 import numpy as np
 import pandas as pd
@@ -25,7 +27,7 @@ from pythia.evaluate.frames import PROVIDER, TRUTH, SplitFrame
 from pythia.evaluate.slices import (BAYES_MODEL, NATURAL, NATURAL_NO_POWER_USERS,
                                     NATURAL_POWER_USERS, SPLIT_OF_TEST_SET, TEST_SETS, Aligned,
                                     EvalData, score_slices, unstack_observed)
-from pythia.features import DATE, LABEL_PROVIDER, marginals_from_joint
+from pythia.features import DATE, LABEL_PROVIDER, TRAIN, VALIDATION, marginals_from_joint
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,24 @@ def population_of(world: Any) -> Any:
     return make() if callable(make) else None
 
 
+def in_between_of(world: Any, split_manifest: Mapping[str, Any]) -> Any:
+    """The in-between form of a synthetic world given the run's train and validation rows
+    (``synth.in_between``: read in batches), or None (no world with tables, e.g. real data or
+    test fakes, or no train split). Countries' providers are read off the rows; the split
+    manifest's ``class_names`` name its resample rates' classes. Raises ValueError when the
+    run dropped power users (a truncation it does not model)."""
+    paths = split_manifest.get("paths") or {}
+    if getattr(world, "params", None) is None or TRAIN not in paths:
+        return None
+    if split_manifest.get("drop_power_users"):
+        raise ValueError("the run dropped power users' rows from train: the in-between gauge "
+                         "does not model that truncation (rerun with drop_power_users off)")
+    splits = [s for s in (TRAIN, VALIDATION) if s in paths]
+    from pythia.synth.in_between import in_between_world, read_observed
+
+    return in_between_world(world, read_observed(split_manifest, splits))
+
+
 def posterior_probs_by_split(world: Any, data: EvalData
                              ) -> tuple[dict[str, Posteriors], str | None]:
     """Exact posteriors of every test split ({} without a world), and a note when the world
@@ -105,12 +125,15 @@ def score_posterior(data: EvalData, bayes: dict[str, Posteriors]) -> list[pd.Dat
 def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
     """Model vs exact-posterior log-loss and macro F1, on the rows each model was scored on
     (None without a world): ``ratio`` against the realised posterior (the world's drawn
-    users and labels; no model beats it on average) and, when the world has a population
-    form, ``ratio_population`` against the population posterior (the generative tables
-    only) on the same rows."""
+    users and labels; no model beats it on average) and, when the world has those forms,
+    ``ratio_in_between`` against the in-between posterior (what the run's train and
+    validation rows say about the drawn users) and ``ratio_population`` against the
+    population posterior (the generative tables only), on the same rows."""
     names = {"log_loss": "logloss", "macro_f1": "macro_f1", "bayes_log_loss": "bayes_logloss",
              "bayes_macro_f1": "bayes_macro_f1", "population_log_loss": "population_logloss",
-             "population_macro_f1": "population_macro_f1"}
+             "population_macro_f1": "population_macro_f1",
+             "in_between_log_loss": "in_between_logloss",
+             "in_between_macro_f1": "in_between_macro_f1"}
     if not (metrics["metric"] == "bayes_log_loss").any():
         return None
     keys = ["model", "region", "config_id", "eval_region", "target", "test_set", "label_source"]
@@ -118,16 +141,19 @@ def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
                   & metrics["test_set"].isin(TEST_SETS) & (metrics["model"] != BAYES_MODEL)]
     out = unstack_observed(sel.assign(metric=sel["metric"].map(names)), keys, "metric", "value")
     out = out.dropna(subset=["bayes_logloss"])
-    for c in ("population_logloss", "population_macro_f1"):
+    for c in ("population_logloss", "population_macro_f1", "in_between_logloss",
+              "in_between_macro_f1"):
         if c not in out.columns:
             out[c] = np.nan
     out["ratio"] = out["logloss"] / out["bayes_logloss"]
     out["ratio_population"] = out["logloss"] / out["population_logloss"]
+    out["ratio_in_between"] = out["logloss"] / out["in_between_logloss"]
     gap = out["population_logloss"] - out["bayes_logloss"]
     out["gap_closed"] = ((out["population_logloss"] - out["logloss"]) / gap).where(gap > 1e-12)
-    cols = keys + ["logloss", "bayes_logloss", "ratio", "population_logloss",
+    cols = keys + ["logloss", "bayes_logloss", "ratio", "in_between_logloss",
+                   "ratio_in_between", "population_logloss",
                    "ratio_population", "gap_closed", "macro_f1", "bayes_macro_f1",
-                   "population_macro_f1"]
+                   "population_macro_f1", "in_between_macro_f1"]
     return out[cols].sort_values(keys).reset_index(drop=True)
 
 
@@ -135,7 +161,8 @@ def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.Da
     """Per eval region, its chosen candidate (the champion, else the region's best on
     validation, which the champions row names) on the natural test day and its two power-user
     slices, per label source: model / realised-Bayes log-loss per target (``ratio_*``, the
-    headline bar) and model / population-Bayes (``ratio_population_*``), on the same rows."""
+    headline bar), model / in-between-Bayes (``ratio_in_between_*``) and model /
+    population-Bayes (``ratio_population_*``), on the same rows."""
     cols = ["eval_region", "candidate", "blessed", "test_set", "label_source"]
     if gauge is None or gauge.empty or champions.empty:
         return pd.DataFrame(columns=cols)
@@ -149,7 +176,8 @@ def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.Da
     if g.empty:
         return pd.DataFrame(columns=cols)
     g = g.assign(candidate=g["model"] + "/" + g["region"] + "#" + g["config_id"].astype(str))
-    values = [c for c in ("ratio", "ratio_population") if c in g.columns]  # older runs: ratio
+    values = [c for c in ("ratio", "ratio_in_between", "ratio_population")
+              if c in g.columns]  # older runs: ratio only, or no in-between
     wide = g.set_index(cols + ["target"])[values].unstack("target")  # NaN kept, no product
     wide.columns = [f"{m}_{t}" for m, t in wide.columns]
     order = {s: i for i, s in enumerate(GAUGE_SLICES)}
@@ -167,5 +195,7 @@ def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
     table = gauge_by_slice(pd.DataFrame(gauge), pd.DataFrame(champions))
     if len(table):
         print("\nBayes gauge per slice (ratio_* = model / realised posterior, the headline bar; "
-              "ratio_population_* = model / population posterior; same rows)", file=out)
+              "ratio_in_between_* = model / in-between posterior (the train and validation "
+              "rows' users); ratio_population_* = model / population posterior; same rows)",
+              file=out)
         print(table.to_string(index=False), file=out)

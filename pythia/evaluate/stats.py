@@ -120,6 +120,7 @@ class LabelStats:
         self.weighted = False
         self.reference: ReferenceStats | None = None  # the realised posterior on these rows
         self.population: ReferenceStats | None = None  # the population posterior on them
+        self.in_between: ReferenceStats | None = None  # the in-between posterior on them
 
     @property
     def n(self) -> int:
@@ -128,9 +129,10 @@ class LabelStats:
 
     def add(self, y_all: np.ndarray, p_raw: np.ndarray, weights: np.ndarray | None = None,
             reference: np.ndarray | ReferenceStats | None = None,
-            population: np.ndarray | ReferenceStats | None = None) -> None:
+            population: np.ndarray | ReferenceStats | None = None,
+            in_between: np.ndarray | ReferenceStats | None = None) -> None:
         """Add rows: labels (-1 = unlabelled), the scorer's probabilities as stored, the rows'
-        importance weights, the exact (realised) posterior and the population posterior on
+        importance weights, the exact (realised), population and in-between posteriors on
         the same rows (each optional); a posterior may come already summed
         (``reference_batch``) when several scorers share the rows."""
         valid = y_all >= 0
@@ -162,6 +164,7 @@ class LabelStats:
             self.weighted = True
         self.reference = self._add_reference(self.reference, y, valid, reference)
         self.population = self._add_reference(self.population, y, valid, population)
+        self.in_between = self._add_reference(self.in_between, y, valid, in_between)
 
     def merge(self, other: "LabelStats") -> None:
         """Add another's sums (the same scorer, slice, target and source; other rows), as
@@ -175,7 +178,7 @@ class LabelStats:
         self.class_label_sum += other.class_label_sum
         self.class_prob_sum += other.class_prob_sum
         self.weighted = self.weighted or other.weighted
-        for name in ("reference", "population"):
+        for name in ("reference", "population", "in_between"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if theirs is not None and mine is None:
                 setattr(self, name, theirs)

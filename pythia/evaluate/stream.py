@@ -15,9 +15,10 @@ Three passes over scratch files on local disk (removed at the end):
      41 s in one process).
 The metric and distribution tables are then built from the statistics alone (``tables_of``),
 in the rows and order of the in-memory path (``slices.score_candidate``, kept as the
-reference: the two agree to 1e-9). The population posterior's figures
-(``population_log_loss`` / ``population_macro_f1``, when the world has a population form)
-are streaming only; the in-memory path gives them with that form as its only posterior.
+reference: the two agree to 1e-9). The population and in-between posteriors' figures
+(``population_log_loss`` / ``population_macro_f1``, ``in_between_*``: when the world has
+those forms, ``gauge.population_of`` / ``gauge.in_between_of``) are streaming only; the
+in-memory path gives them with that form as its only posterior.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from pythia.evaluate import buckets, io
 from pythia.evaluate.forked import map_forked
 from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, PROVIDER, TRUTH,
                                     WEIGHT_COLUMN, SplitFrame, split_frame, truth_labels)
-from pythia.evaluate.gauge import population_of, posterior_probs
+from pythia.evaluate.gauge import in_between_of, population_of, posterior_probs
 from pythia.evaluate.margins import OTHER_PART, POWER_PART, user_groups
 from pythia.evaluate.slices import (SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
                                     Aligned, align, candidate_key, candidate_label,
@@ -103,8 +104,12 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
         rows_dirs = _stage_rows(split_manifest, splits, world, edges, n_buckets, scratch)
         pred_dirs = [_stage_predictions(c, i, scratch, n_buckets)
                      for i, c in enumerate(candidates)]
+        try:  # what the run's train and validation rows say about the world's users
+            between = in_between_of(world, split_manifest)
+        except ValueError as exc:
+            between, sums.in_between_note = None, f"in-between gauge skipped: {exc}"
         job = _Job(rows_dirs, split_manifest, edges, idents, pred_dirs,
-                   (world, population_of(world)))  # the realised world, its population form
+                   (world, {"population": population_of(world), "in_between": between}))
         n_workers = min(n_buckets, threads.thread_budget() if workers is None else workers)
         if n_workers <= 1:
             job.score(sums, range(n_buckets))
@@ -113,7 +118,7 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
             for part in map_forked(lambda ids: job.score(SliceSums(edges, sums.sources), ids),
                                    shares, n_workers):
                 sums.merge(part)
-        for note in (sums.gauge_note, sums.population_note):
+        for note in (sums.gauge_note, sums.population_note, sums.in_between_note):
             if note:  # here, not in a worker: a forked worker's output may go nowhere
                 print(note)
     finally:
@@ -249,11 +254,12 @@ def _count_rows(sums: SliceSums, frames: Mapping[str, SplitFrame]) -> list[str]:
 
 
 def _bucket_posteriors(sums: SliceSums, frames: Mapping[str, SplitFrame], worlds: tuple
-                       ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """The exact (realised) and the population posteriors on the bucket's test rows ({}
-    without a world, or once a world failed to give one: that gauge is then skipped for the
-    whole run, with a note; the population one also goes with the realised one)."""
-    world, population = worlds
+                       ) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
+    """The exact (realised) posterior on the bucket's test rows, and per other form of the
+    world (population, in-between) its posterior ({} without a world, or once a world failed
+    to give one: that gauge is then skipped for the whole run, with a note; the others also
+    go with the realised one)."""
+    world, forms = worlds
     if world is None or sums.gauge_note:
         return {}, {}
     splits = sorted({SPLIT_OF_TEST_SET[t] for t in TEST_SETS} & set(frames))
@@ -265,24 +271,26 @@ def _bucket_posteriors(sums: SliceSums, frames: Mapping[str, SplitFrame], worlds
     for posterior in out.values():
         sums.bayes_sources = tuple(posterior)
     sums.bayes_splits.update(out)
-    pop: dict[str, dict] = {}
-    if population is not None and not sums.population_note:
+    extra: dict[str, dict] = {}
+    for kind, form in forms.items():
+        if form is None or getattr(sums, f"{kind}_note"):
+            continue
         try:
-            pop = {s: posterior_probs(population, frames[s], len(sums.edges)) for s in splits}
-        except ValueError as exc:
-            sums.population_note = f"population gauge skipped: {exc}"  # printed once scored
-    return out, pop
+            extra[kind] = {s: posterior_probs(form, frames[s], len(sums.edges)) for s in splits}
+        except ValueError as exc:  # printed once scored
+            setattr(sums, f"{kind}_note", f"{kind.replace('_', '-')} gauge skipped: {exc}")
+    return out, extra
 
 
 def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Sequence[Mapping],
                   pred_dirs: Sequence[tuple[str, pa.Schema | None]], b: int, worlds: tuple
                   ) -> None:
     """Add one bucket: slice sizes, the posterior's scores, every candidate's scores (and,
-    with the population form of the world, its scores on the same rows)."""
+    with the population and in-between forms of the world, their scores on the same rows)."""
     if not frames:
         return
     regions = _count_rows(sums, frames)
-    bayes, pop = _bucket_posteriors(sums, frames, worlds)
+    bayes, extra = _bucket_posteriors(sums, frames, worlds)
     val = frames.get(VALIDATION)  # its rows' user groups cluster the margins' SEs
     groups = (user_groups(val.df[USER_ID]) if val is not None and USER_ID in val.df.columns
               else None)
@@ -293,7 +301,8 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
             continue
         everything = Aligned(np.arange(len(frame.df)), {}, len(frame.df))
         _add_slices(sums, BAYES_KEY, frame, test_set, everything, bayes[frame.split],
-                    [GLOBAL_REGION] + regions, None, population=pop.get(frame.split))
+                    [GLOBAL_REGION] + regions, None,
+                    extras={k: v.get(frame.split) for k, v in extra.items()})
     for ident, (folder, schema) in zip(idents, pred_dirs):
         key = candidate_key(ident)
         what = candidate_label(*key)
@@ -312,21 +321,23 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
             _add_slices(sums, key, frame, test_set, a, {s: a.probs for s in frame.labels},
                         eval_regions_of(ident["region"], regions), bayes.get(frame.split),
                         ref_cache, groups if test_set == VALIDATION else None,
-                        population=pop.get(frame.split))
+                        extras={k: v.get(frame.split) for k, v in extra.items()})
 
 
 def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 aligned: Aligned, probs_by_source: Mapping[str, Mapping[str, np.ndarray]],
                 eval_regions: Sequence[str], reference: Mapping | None,
                 ref_cache: dict | None = None, groups: np.ndarray | None = None, *,
-                population: Mapping | None = None) -> None:
+                extras: Mapping[str, Mapping | None] | None = None) -> None:
     """Add one scorer's rows of one test set to every slice (``slices.score_slices``' cuts).
-    ``reference`` / ``population``: the realised / population posterior per label source.
+    ``reference``: the realised posterior per label source; ``extras``: the population and
+    in-between ones ({kind: per label source}).
     ``ref_cache`` holds the posteriors' sums per (slice, rows) of this bucket: every candidate
     that covers the same rows shares them instead of scoring the posteriors again. ``groups``
     (the frame rows' user groups, validation only) adds the paired margins' sums, on the whole
     slice and on its power-user and other rows (the regional guard's)."""
     ref_cache = {} if ref_cache is None else ref_cache
+    extras = extras or {}
     is_model = key != BAYES_KEY
     for region, mask in slice_masks(frame, aligned.pos, test_set, eval_regions):
         pos = aligned.pos[mask]
@@ -335,7 +346,7 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
             continue
         rows_key = ((test_set, region, len(pos),
                      hashlib.blake2b(pos.tobytes(), digest_size=16).digest())
-                    if reference is not None or population is not None
+                    if reference is not None or any(v is not None for v in extras.values())
                     else None)  # names these rows in ref_cache
         for target in TARGETS:
             for i, (source, probs) in enumerate(probs_by_source.items()):
@@ -347,17 +358,18 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                     continue
                 stats = sums.label_of((key, test_set, region, target, source))
                 y = frame.labels[source][target][pos]
-                refs = []
-                for kind, posteriors in (("realised", reference), ("population", population)):
+                refs = {}
+                for kind, posteriors in (("realised", reference), *extras.items()):
                     ref = posteriors.get(source) if posteriors is not None else None
                     if ref is not None:  # the posterior's sums on these rows: once per bucket
                         ref_key = (rows_key, target, source, kind)
                         if ref_key not in ref_cache:
                             ref_cache[ref_key] = stats.reference_batch(y, ref[target][pos])
                         ref = ref_cache[ref_key]
-                    refs.append(ref)
+                    refs[kind] = ref
                 w = frame.weights[pos] if is_model and frame.weights is not None else None
-                stats.add(y, p, w, refs[0], refs[1])
+                stats.add(y, p, w, refs["realised"], refs.get("population"),
+                          refs.get("in_between"))
                 if groups is not None and target == JOINT_TARGET and source == PROVIDER:
                     sums.groups_of((key, region)).add(groups[pos], y, p, w)
                     power = frame.power[pos]

@@ -41,6 +41,7 @@ class SliceSums:
     bayes_splits: set = field(default_factory=set)
     gauge_note: str | None = None  # set when the world could not give the posterior
     population_note: str | None = None  # set when it could not give the population one
+    in_between_note: str | None = None  # and the in-between one
     # (scorer, eval region) -> validation sums per user group (the champion rule's margins);
     # (scorer, eval region, POWER_PART or OTHER_PART): the same on power users / the others
     groups: dict = field(default_factory=dict)
@@ -88,6 +89,7 @@ class SliceSums:
         self.bayes_sources = self.bayes_sources or other.bayes_sources
         self.gauge_note = self.gauge_note or other.gauge_note
         self.population_note = self.population_note or other.population_note
+        self.in_between_note = self.in_between_note or other.in_between_note
 
     def shares_of(self, key: tuple) -> ShareStats:
         """The ShareStats of (scorer, test_set, region, target, source or None), created."""
@@ -198,10 +200,12 @@ def _label_rows(sums: SliceSums, base: Mapping[str, Any], stats: LabelStats,
         ref_ll, ref_f1 = stats.reference.scores(n)
         out += [dict(base, metric="bayes_log_loss", value=ref_ll, n=n),
                 dict(base, metric="bayes_macro_f1", value=ref_f1, n=n)]
-        if stats.population is not None and sums.population_note is None:
-            pop_ll, pop_f1 = stats.population.scores(n)
-            out += [dict(base, metric="population_log_loss", value=pop_ll, n=n),
-                    dict(base, metric="population_macro_f1", value=pop_f1, n=n)]
+        for kind in ("population", "in_between"):
+            extra = getattr(stats, kind)
+            if extra is not None and getattr(sums, f"{kind}_note") is None:
+                ll, f1 = extra.scores(n)
+                out += [dict(base, metric=f"{kind}_log_loss", value=ll, n=n),
+                        dict(base, metric=f"{kind}_macro_f1", value=f1, n=n)]
     return out
 
 

@@ -1,0 +1,123 @@
+"""The three exact gauges of a finished DemoFlow run on synthetic data, next to one of its
+models, on the same rows: log-loss per slice (natural test day, without and with power
+users), target and label source. No training: the model's figures are its stored test
+predictions (``predictions/<model>__<region>__<config>.parquet``).
+
+  * realised   — the world's drawn users and labels (``World``): the exact optimum;
+  * in-between — what the run's train and validation rows say about the drawn users
+    (``synth.in_between``, docs/in-between-gauge.md): the bar a model could reach;
+  * population — the generative tables only (``World.population``).
+
+Reads the run through the Metaflow client (its split manifest, provider map and world), so
+set METAFLOW_DATASTORE_SYSROOT_LOCAL to the run's datastore. Not a test.
+
+    python benchmarks/gauge_bench.py --run 1796277385509603
+    python benchmarks/gauge_bench.py --run RUN --model mlp --region global --observed train
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from pythia import features
+from pythia.features import (IMPRESSION_ID, IS_POWER_USER, LABEL_COLUMNS, LABEL_PROVIDER,
+                             TARGETS, TEST_NATURAL, USER_ID)
+
+SLICES = ("natural", "natural_no_power_users", "natural_power_users")
+GAUGES = ("realised", "in_between", "population")
+
+
+def log_losses(probs: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean -log p of the label per target (rows without a label are skipped)."""
+    out = {}
+    for t in TARGETS:
+        ok = y[t] >= 0
+        p = probs[t][np.flatnonzero(ok), y[t][ok]]
+        out[t] = float(-np.log(np.clip(p, 1e-15, 1)).mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="DemoFlow run id")
+    ap.add_argument("--world", help="the run's world root (default: the run's source_path)")
+    ap.add_argument("--model", default="mlp")
+    ap.add_argument("--region", default="global", help="the model's training region")
+    ap.add_argument("--config-id", type=int, default=0)
+    ap.add_argument("--observed", default="train,validation",
+                    help="the splits the in-between gauge's reader saw")
+    args = ap.parse_args(argv)
+
+    from metaflow import Run, namespace
+
+    from pythia.synth import load_world
+    from pythia.synth.in_between import in_between_world, read_observed
+
+    namespace(None)
+    run = Run(f"DemoFlow/{args.run}")
+    manifest = run["join_hours"].task.data.split_manifest
+    provider_map = run["select_providers"].task.data.provider_map["by_country"]
+    world = load_world(args.world or run["start"].task.data.source_path)
+    if run["start"].task.data.drop_power_users:
+        print("gauge_bench: the run dropped power users from train: the in-between gauge "
+              "does not model that truncation (synth.in_between)", file=sys.stderr)
+    test = pd.read_parquet(manifest["paths"][TEST_NATURAL])
+    run_dir = os.path.dirname(os.path.dirname(manifest["paths"][TEST_NATURAL].rstrip("/")))
+    pred_path = os.path.join(run_dir, "predictions",
+                             f"{args.model}__{args.region}__{args.config_id}.parquet")
+    pred = pd.read_parquet(pred_path)
+    pred = pred[pred["split"] == TEST_NATURAL].set_index(IMPRESSION_ID)
+    test = test[test[IMPRESSION_ID].isin(pred.index)].reset_index(drop=True)
+    pred = pred.loc[test[IMPRESSION_ID]]
+    model = {t: np.stack(pred[f"p_{t}"].to_numpy()) for t in TARGETS}
+
+    t0 = time.perf_counter()
+    observed = [s.strip() for s in args.observed.split(",") if s.strip()]
+    parts = read_observed(manifest, observed)
+    between = in_between_world(world, parts, provider_map)
+    build_s = time.perf_counter() - t0
+    n_age = len(features.age_bucket_labels())
+    order = [world.class_labels.index(c) for c in features.age_gender_labels()]
+    providers = test[LABEL_PROVIDER].to_numpy(dtype=object)
+    probs = {"model": {"truth": model, "provider": model}}
+    seconds = {}
+    for name, w in (("realised", world), ("in_between", between),
+                    ("population", world.population())):
+        t0 = time.perf_counter()
+        truth, label = w.gauge_posteriors(test, providers)
+        seconds[name] = time.perf_counter() - t0
+        probs[name] = {"truth": features.marginals_from_joint(truth[:, order], n_age),
+                       "provider": features.marginals_from_joint(label[:, order], n_age)}
+    true_class = world.truth().set_index(USER_ID)["age_gender"].loc[test[USER_ID]]
+    y_joint = pd.Index(features.age_gender_labels()).get_indexer(true_class)
+    y = {"provider": {t: test[c].to_numpy(dtype=np.int64) for t, c in LABEL_COLUMNS.items()},
+         "truth": {"age_gender": y_joint, "gender": y_joint // n_age, "age": y_joint % n_age}}
+    power = test[IS_POWER_USER].fillna(False).to_numpy(bool)
+    masks = {"natural": np.ones(len(test), bool), "natural_no_power_users": ~power,
+             "natural_power_users": power}
+    rows_seen = sum(manifest["rows"][s] for s in observed)
+    print(f"run {args.run}: {len(test)} test_natural rows ({int(power.sum())} of power users); "
+          f"model {args.model}/{args.region}#{args.config_id}; in-between reader saw "
+          f"{args.observed} ({rows_seen} rows; built in {build_s:.1f} s); gauges "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    print(f"{'slice':>22} {'labels':>8} {'target':>10} {'model':>8} "
+          + " ".join(f"{g:>10}" for g in GAUGES) + f" {'model/betw':>10}")
+    for source in ("provider", "truth"):
+        for slice_name, m in masks.items():
+            ys = {t: v[m] for t, v in y[source].items()}
+            ll = {k: log_losses({t: p[source][t][m] for t in TARGETS}, ys)
+                  for k, p in probs.items()}
+            for t in ("age_gender", "gender", "age"):
+                print(f"{slice_name:>22} {source:>8} {t:>10} {ll['model'][t]:8.4f} "
+                      + " ".join(f"{ll[g][t]:10.4f}" for g in GAUGES)
+                      + f" {ll['model'][t] / ll['in_between'][t]:10.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
