@@ -181,7 +181,8 @@ class DemoFlow(FlowSpec):
                                self.params.etl.age_edges, self.paths.reports,
                                evaluate.bundle_scorer(bundle) if bundle else None, previous_id,
                                baseline_models=evaluate.baseline_models_of(self.candidates),
-                               z_min=self.params.z_min)
+                               z_min=self.params.z_min,
+                               in_between_gauge=self.params.in_between_gauge)
         self.metrics, self.champions, self.headline = (
             results["metrics"], results["champions"], results["headline"])
         self.distributions, self.gauge = results["distributions"], results["gauge"]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from pythia import geo
+from pythia.config_parse import (config_flag, non_negative, parse_date,  # noqa: F401 (re-export)
+                                 parse_list, parse_overrides)
 from pythia.geo.geography import Geography  # noqa: F401  (config objects live here)
 from pythia.paths import default_data_root
 
@@ -73,41 +75,6 @@ class Window:
             "validation": [d.isoformat() for d in self.validation_dates],
             "test": [d.isoformat() for d in self.test_dates],
         }
-
-
-def parse_date(text: str) -> dt.date:
-    """Parse YYYY-MM-DD, raising a ValueError that names the bad value."""
-    try:
-        return dt.date.fromisoformat(text.strip())
-    except (ValueError, AttributeError) as exc:
-        raise ValueError(f"date must be YYYY-MM-DD, got {text!r}") from exc
-
-
-def parse_overrides(text: str) -> dict[str, str]:
-    """Parse 'US=lucid,GB=acme' into {'US': 'lucid', 'GB': 'acme'}; '' means no override."""
-    out: dict[str, str] = {}
-    for part in (p.strip() for p in (text or "").split(",")):
-        if not part:
-            continue
-        if "=" not in part:
-            raise ValueError(f"provider override {part!r} is not COUNTRY=provider")
-        country, provider = (s.strip() for s in part.split("=", 1))
-        if len(country) != 2 or not country.isalpha() or not provider:
-            raise ValueError(f"provider override {part!r} is not COUNTRY=provider")
-        out[country.upper()] = provider
-    return out
-
-
-def parse_list(text: str, allowed: tuple[str, ...] | None = None, what: str = "value") -> list[str]:
-    """Parse a comma-separated list, checking members against ``allowed`` when given."""
-    items = [p.strip() for p in (text or "").split(",") if p.strip()]
-    if not items:
-        raise ValueError(f"empty list of {what}s")
-    if allowed is not None:
-        bad = [i for i in items if i not in allowed]
-        if bad:
-            raise ValueError(f"unknown {what}(s) {bad}; choose from {list(allowed)}")
-    return list(dict.fromkeys(items))
 
 
 @dataclass(frozen=True)
@@ -274,6 +241,7 @@ class DeployConfig:
     regional_start: str = TrainConfig.regional_start
     model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     z_min: float = 2.0  # [evaluate]: champions beat each baseline by > z_min clustered SEs
+    in_between_gauge: bool = False  # [evaluate]: also the in-between gauge (synthetic worlds)
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any] | None) -> "DeployConfig":
@@ -289,22 +257,16 @@ class DeployConfig:
         etl = dict(doc.get("etl") or {})
         train = dict(doc.get("train") or {})
         models = {str(k): dict(v) for k, v in (doc.get("models") or {}).items()}
+        ev = dict(doc.get("evaluate") or {})
         return cls(geo=geography,
                    age_edges=tuple(int(e) for e in etl.get("age_edges", DEFAULT_AGE_EDGES)),
                    power_user_quantile=float(etl.get("power_user_quantile", 0.99)),
                    batch_size=int(train.get("batch_size", cls.batch_size)),
                    patience=int(train.get("patience", 2)),
-                   max_train_rows=_non_negative(train, "max_train_rows", cls.max_train_rows),
+                   max_train_rows=non_negative(train, "max_train_rows", cls.max_train_rows),
                    regional_start=str(train.get("regional_start", TrainConfig.regional_start)),
-                   model_hparams=models, z_min=_non_negative(
-                       dict(doc.get("evaluate") or {}), "z_min", cls.z_min, float))
-
-
-def _non_negative(section: Mapping[str, Any], key: str, default: Any, cast: type = int) -> Any:
-    value = cast(section.get(key, default))
-    if value < 0:
-        raise ValueError(f"config: {key} must be >= 0, got {value}")
-    return value
+                   model_hparams=models, z_min=non_negative(ev, "z_min", cls.z_min, float),
+                   in_between_gauge=config_flag(ev, "in_between_gauge"))
 
 
 def read_deploy_config(path: str) -> DeployConfig:
@@ -336,6 +298,7 @@ class RunParams:
     geo: Geography = field(default_factory=Geography)
     model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     z_min: float = DeployConfig.z_min  # the champion rule's noise test (evaluate)
+    in_between_gauge: bool = False  # evaluate scores the in-between gauge too
 
     @classmethod
     def build(cls, values: Mapping[str, Any] | None = None,
@@ -383,7 +346,8 @@ class RunParams:
                    seed=int(v["seed"]), etl=etl, train=train,
                    spark_master=v["spark_master"] or None,
                    data_root=v["data_root"] or default_data_root(), search=int(v["search"]),
-                   geo=deploy.geo, model_hparams=deploy.model_hparams, z_min=deploy.z_min)
+                   geo=deploy.geo, model_hparams=deploy.model_hparams, z_min=deploy.z_min,
+                   in_between_gauge=deploy.in_between_gauge)
 
     @property
     def hour_groups(self) -> list[list[int]]:

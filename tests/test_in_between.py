@@ -270,8 +270,29 @@ def test_evaluate_streams_the_in_between_gauge_on_every_slice(tiny, tmp_path):
     # no gauge without a world's tables or a train split; a note when power users were dropped
     assert in_between_of(object(), manifest) is None
     assert in_between_of(world, {**manifest, "paths": {"test_natural": "x"}}) is None
+    # off (the flow's default, [evaluate] in_between_gauge = false): the other gauges only
+    off = score_streaming(candidates, manifest, DEFAULT_AGE_EDGES, world, bucket_rows=1500,
+                          workers=1, in_between=False).metrics
+    assert not off["metric"].str.startswith("in_between").any()
+    assert off["metric"].str.startswith("population").any()
+    assert build_gauge(off)["ratio_in_between"].isna().all()
     dropped = score_streaming(candidates, {**manifest, "drop_power_users": True},
                               DEFAULT_AGE_EDGES, world, workers=1)
     assert "in-between gauge skipped" in dropped.sums.in_between_note
     assert not dropped.metrics["metric"].str.startswith("in_between").any()
     assert dropped.metrics["metric"].str.startswith("population").any()
+
+
+def test_the_in_between_gauge_is_an_evaluate_setting_off_by_default():
+    """``[evaluate] in_between_gauge``: off in flows/pythia.toml and by default (it about doubles
+    evaluate's scoring), on when set, a one-line error for a value that is not a boolean."""
+    from flow_fixtures import REPO
+    from pythia.config import DeployConfig, RunParams, read_deploy_config
+
+    assert not read_deploy_config(str(REPO / "flows" / "pythia.toml")).in_between_gauge
+    assert not RunParams.build({"source": "synthetic://tiny"}, model_names=("mlp",)
+                               ).in_between_gauge
+    on = DeployConfig.from_mapping({"evaluate": {"in_between_gauge": True}})
+    assert RunParams.build({"source": "synthetic://tiny"}, on, ("mlp",)).in_between_gauge
+    with pytest.raises(ValueError, match="in_between_gauge must be true or false, got 'yes'"):
+        DeployConfig.from_mapping({"evaluate": {"in_between_gauge": "yes"}})

@@ -74,7 +74,7 @@ class StreamScores:
 def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, Any],
                     age_edges: Sequence[int], world: Any = None, *,
                     bucket_rows: int = DEFAULT_BUCKET_ROWS, scratch_dir: str | None = None,
-                    workers: int | None = None) -> StreamScores:
+                    workers: int | None = None, in_between: bool = True) -> StreamScores:
     """Score every candidate (and the exact posterior on a world) on every slice, streaming.
 
     Args:
@@ -88,6 +88,9 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
         scratch_dir: parent folder of the scratch files (default: the system temp folder).
         workers: processes scoring buckets at once (default: the task's cores,
             ``threads.thread_budget``; 1 = in this process).
+        in_between: also score the in-between gauge (``gauge.in_between_of``: it reads the
+            train and validation splits and about doubles the scoring time); the flow's
+            ``[evaluate] in_between_gauge`` (default off).
     """
     if bucket_rows < 1:
         raise ValueError(f"bucket_rows must be >= 1, got {bucket_rows}")
@@ -105,7 +108,7 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
         pred_dirs = [_stage_predictions(c, i, scratch, n_buckets)
                      for i, c in enumerate(candidates)]
         try:  # what the run's train and validation rows say about the world's users
-            between = in_between_of(world, split_manifest)
+            between = in_between_of(world, split_manifest) if in_between else None
         except ValueError as exc:
             between, sums.in_between_note = None, f"in-between gauge skipped: {exc}"
         job = _Job(rows_dirs, split_manifest, edges, idents, pred_dirs,
