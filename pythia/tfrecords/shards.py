@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pythia import storage
 from pythia.features import Encoders
 from pythia.paths import join
-from pythia.tfrecords import encode
+from pythia.tfrecords import encode, permute
 
 GZIP_LEVEL = 6  # zlib's default, as TensorFlow's own TFRecordWriter uses
 _REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -121,13 +121,25 @@ class _ShardWriter:
 
 
 def write_partition(batches: Iterator[pa.RecordBatch], encoders: Encoders, split_uri: str,
-                    split: str, task: int, shard_rows: int,
-                    compression: str | None) -> list[dict]:
+                    split: str, task: int, shard_rows: int, compression: str | None,
+                    shuffle_seed: int | None = None, unit_rows: int | None = None) -> list[dict]:
     """Encode and write one partition's batches; returns its shards' metadata.
 
-    Rows are grouped by region within each batch (stable, so order is kept per region).
+    Rows are grouped by region within each batch (stable, so order is kept per region), or,
+    with ``shuffle_seed``, written per region in the order of ``permute.row_keys`` (spilled to
+    temporary files by key range as they stream in: ``permute.Spill``; ``unit_rows``, the
+    partition's row count when known, sets how many ranges so that one holds about
+    ``permute.SPILL_ROWS`` rows).
     """
     writers: dict[str, _ShardWriter] = {}
+
+    def writer(region: str) -> _ShardWriter:
+        if region not in writers:
+            writers[region] = _ShardWriter(join(split_uri, f"region={region}"), region, task,
+                                           shard_rows, compression)
+        return writers[region]
+
+    spill = None if shuffle_seed is None else permute.Spill(shuffle_seed, task, unit_rows)
     try:
         for batch in batches:
             if batch.num_rows == 0:
@@ -138,24 +150,33 @@ def write_partition(batches: Iterator[pa.RecordBatch], encoders: Encoders, split
                                  f"{split!r}")
             enc = pc.dictionary_encode(regions)
             names = enc.dictionary.to_pylist()
-            codes = enc.indices.to_numpy(zero_copy_only=False)
-            order = np.argsort(codes, kind="stable")  # stable: keeps row order per region
-            sorted_idx = codes[order]
+            group = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            if spill is not None:  # (region, key range) groups
+                keys, ranges = spill.keys(batch.num_rows)
+                group = group * spill.ranges + ranges
+            order = np.argsort(group, kind="stable")  # stable: keeps row order per group
+            sorted_idx = group[order]
             batch = batch.take(pa.array(order))
             flat, offsets = encode.encode_records(batch, encoders, f"split {split!r}")
             bounds = [0] + list(1 + (sorted_idx[1:] != sorted_idx[:-1]).nonzero()[0]) \
                 + [batch.num_rows]
             for a, b in zip(bounds[:-1], bounds[1:]):
-                region = names[sorted_idx[a]]
+                region = names[sorted_idx[a] // (1 if spill is None else spill.ranges)]
                 if not _REGION_NAME.match(region):
                     raise ValueError(f"region {region!r} in split {split!r} is not a valid "
                                      f"folder name ([A-Za-z0-9_.-]+)")
-                if region not in writers:
-                    writers[region] = _ShardWriter(join(split_uri, f"region={region}"), region,
-                                                   task, shard_rows, compression)
-                writers[region].write(flat, offsets[a:b + 1])
+                if spill is None:
+                    writer(region).write(flat, offsets[a:b + 1])
+                else:
+                    spill.add(region, int(sorted_idx[a] % spill.ranges), flat,
+                              offsets[a:b + 1], keys[order[a:b]])
+        for region, flat, offsets in (spill.drain() if spill is not None else ()):
+            writer(region).write(flat, offsets)
         return [s for r in sorted(writers) for s in writers[r].finish()]
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
+    finally:
+        if spill is not None:
+            spill.close()
