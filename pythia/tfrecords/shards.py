@@ -127,7 +127,7 @@ def write_partition(batches: Iterator[pa.RecordBatch], encoders: Encoders, split
 
     Rows are grouped by region within each batch (stable, so order is kept per region), or,
     with ``shuffle_seed``, written per region in the order of ``permute.row_keys`` (spilled to
-    temporary files by key range as they stream in: ``permute.Spill``; ``unit_rows``, the
+    a temporary Arrow file by key range as they stream in: ``permute.Spill``; ``unit_rows``, the
     partition's row count when known, sets how many ranges so that one holds about
     ``permute.SPILL_ROWS`` rows).
     """
@@ -150,28 +150,24 @@ def write_partition(batches: Iterator[pa.RecordBatch], encoders: Encoders, split
                                  f"{split!r}")
             enc = pc.dictionary_encode(regions)
             names = enc.dictionary.to_pylist()
-            group = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-            if spill is not None:  # (region, key range) groups
-                keys, ranges = spill.keys(batch.num_rows)
-                group = group * spill.ranges + ranges
-            order = np.argsort(group, kind="stable")  # stable: keeps row order per group
-            sorted_idx = group[order]
+            for region in names:
+                if not _REGION_NAME.match(region):
+                    raise ValueError(f"region {region!r} in split {split!r} is not a valid "
+                                     f"folder name ([A-Za-z0-9_.-]+)")
+            if spill is not None:  # cut by key range, to the spill file
+                spill.add(batch)
+                continue
+            codes = enc.indices.to_numpy(zero_copy_only=False)
+            order = np.argsort(codes, kind="stable")  # stable: keeps row order per region
+            sorted_idx = codes[order]
             batch = batch.take(pa.array(order))
             flat, offsets = encode.encode_records(batch, encoders, f"split {split!r}")
             bounds = [0] + list(1 + (sorted_idx[1:] != sorted_idx[:-1]).nonzero()[0]) \
                 + [batch.num_rows]
             for a, b in zip(bounds[:-1], bounds[1:]):
-                region = names[sorted_idx[a] // (1 if spill is None else spill.ranges)]
-                if not _REGION_NAME.match(region):
-                    raise ValueError(f"region {region!r} in split {split!r} is not a valid "
-                                     f"folder name ([A-Za-z0-9_.-]+)")
-                if spill is None:
-                    writer(region).write(flat, offsets[a:b + 1])
-                else:
-                    spill.add(region, int(sorted_idx[a] % spill.ranges), flat,
-                              offsets[a:b + 1], keys[order[a:b]])
-        for region, flat, offsets in (spill.drain() if spill is not None else ()):
-            writer(region).write(flat, offsets)
+                writer(names[sorted_idx[a]]).write(flat, offsets[a:b + 1])
+        for region, rows in (spill.drain() if spill is not None else ()):
+            writer(region).write(*encode.encode_records(rows, encoders, f"split {split!r}"))
         return [s for r in sorted(writers) for s in writers[r].finish()]
     except BaseException:
         for w in writers.values():
