@@ -10,10 +10,11 @@ shard of a region is a uniform sample of its unit across the day, the same in bo
 resampled impression get independent places (the key is the position, not the id).
 
 Memory stays bounded: ``Spill`` appends each batch's rows, cut by key range, to one temporary
-Arrow file as they stream in (disk: the unit's rows, LZ4-compressed), then reads back one range
-at a time, sorts each region's part by key and hands it to be encoded and written. Ranges are a
-power of two of equal key spans, enough that one holds about ``SPILL_ROWS`` rows of the unit on
-average (the keys are uniform); the order written does not depend on how many there are.
+Arrow file as they stream in (disk: the unit's rows as Arrow, about half the size of their
+records), then reads back one range at a time, sorts each region's part by key and hands it to
+be encoded and written. Ranges are a power of two of equal key spans, enough that one holds
+about ``SPILL_ROWS`` rows of the unit on average (the keys are uniform); the order written
+does not depend on how many there are.
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def range_bits(unit_rows: int | None) -> int:
 
 
 class Spill:
-    """One unit's rows, each batch cut by key range, in a temporary Arrow IPC file (LZ4).
+    """One unit's rows, each batch cut by key range, in a temporary Arrow IPC file.
 
     ``add`` appends a batch as ``ranges`` record batches (its rows of each key range, with
     their keys); ``drain`` reads one range at a time (that range's piece of every batch) and
