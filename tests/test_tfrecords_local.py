@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pythia import providers_local, storage, tfrecords
-from pythia.tfrecords import layout, reader, writer_local
+from pythia.tfrecords import layout, permute, reader, writer_local
 
 from s3_fixtures import moto_s3, s3_env  # noqa: F401  (S3 fixtures, imported where needed)
 from test_tfrecords import NUMS, by_id, reference, split_frame, with_edge_values
@@ -104,13 +104,16 @@ def assert_same(runs: dict, frames: dict[str, pd.DataFrame] | None = None) -> No
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("how,compression", [("spark", None), ("arrow", None),
-                                             ("arrow", "GZIP")])
-def test_both_engines_write_the_same_files(spark, tmp_path, how, compression):
+@pytest.mark.parametrize("how,compression,shuffle", [
+    ("spark", None, None), ("arrow", None, None), ("arrow", "GZIP", None), ("spark", None, 7)])
+def test_both_engines_write_the_same_files(spark, tmp_path, how, compression, shuffle):
     frames = edge_frames()
     split_paths = write_inputs(spark, frames, str(tmp_path / "in"), how)
-    runs = both(spark, split_paths, str(tmp_path), shard_rows=40, compression=compression)
+    runs = both(spark, split_paths, str(tmp_path), shard_rows=40, compression=compression,
+                shuffle_seed=shuffle)
     assert_same(runs, frames)
+    assert runs["spark"][0]["shuffle"] == (shuffle and {"seed": shuffle,
+                                                        "rule": permute.SHUFFLE_RULE})
     m = runs["driver"][0]
     assert [m["splits"][s]["rows"] for s in SPLITS] == [len(frames[s]) for s in SPLITS]
     empty = dict(m["splits"]["test_natural"])
@@ -159,7 +162,7 @@ def test_driver_rewrite_removes_stale_shards_and_fails_on_bad_input(tmp_path):
 
 def _params(**kw):
     return types.SimpleNamespace(etl=types.SimpleNamespace(age_edges=(18, 25, 35, 45, 55, 65)),
-                                 spark_master=None, **kw)
+                                 spark_master=None, seed=3, **kw)
 
 
 @pytest.mark.spark
@@ -196,6 +199,7 @@ def test_the_step_picks_its_engine_and_says_why(spark, tmp_path, monkeypatch):
         assert results[case][1] == results["driver"][1]  # encoders as JSON
         same = json.dumps(results[case][0]).replace(str(tmp_path / case), "ROOT")
         assert json.dumps(results["driver"][0]).replace(str(tmp_path / "driver"), "ROOT") == same
+    assert results["driver"][0]["shuffle"]["seed"] == 3  # the run's seed, recorded
 
 
 _NO_JVM = """
@@ -203,7 +207,7 @@ import json, sys, types
 from pythia import tfrecords
 args = json.loads(sys.argv[1])
 params = types.SimpleNamespace(etl=types.SimpleNamespace(age_edges=(18, 25, 35, 45, 55, 65)),
-                               spark_master=None)
+                               spark_master=None, seed=0)
 m, enc = tfrecords.convert({"paths": args["splits"]}, params,
                            types.SimpleNamespace(tfrecords=args["out"]))
 print(json.dumps({"loaded": sorted(k for k in sys.modules if "spark" in k or "py4j" in k),

@@ -37,20 +37,22 @@ def convert(split_manifest: dict, params, paths) -> tuple[dict, dict]:
 
     On the driver (``writer_local``, no JVM) when the splits' footer rows fit
     ``providers_local.use_driver`` and the run is local, else Spark (``writer``); the same
-    files either way, and one line says which engine and why."""
+    files either way, and one line says which engine and why. Each region's rows are written
+    in the seeded order of ``permute`` (the run's seed, recorded in the manifest), so every
+    shard mixes its split's day instead of holding a stretch of it."""
     from pythia import providers_local
     from pythia.tfrecords import layout, writer_local
     split_paths = dict(split_manifest["paths"])
     files = [f for s in SPLITS if s in split_paths for f in layout.parquet_files(split_paths[s])]
     args = (split_paths, paths.tfrecords)
+    kw = {"age_edges": params.etl.age_edges, "shuffle_seed": int(params.seed)}
     done = providers_local.on_driver(
-        "to_tfrecords", files, params,
-        lambda: writer_local.convert_splits(*args, age_edges=params.etl.age_edges))
+        "to_tfrecords", files, params, lambda: writer_local.convert_splits(*args, **kw))
     if done is None:
         from pythia.etl.session import spark_session
         from pythia.tfrecords.writer import convert_splits
         with spark_session("pythia-tfrecords", params) as spark:
-            done = convert_splits(spark, *args, age_edges=params.etl.age_edges)
+            done = convert_splits(spark, *args, **kw)
     manifest, encoders = done
     splits = manifest["splits"]
     print(f"{providers_local.engine('to_tfrecords')}: "

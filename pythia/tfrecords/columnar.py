@@ -1,7 +1,8 @@
 """Reading a split's records back without TensorFlow: from the Parquet the shards came from.
 
 Both writers cut a split into units (one per Parquet row group, in sorted file order), and
-unit ``u``'s rows of region ``r``, in row order, become the shards ``region=r/part-u-<seq>``
+unit ``u``'s rows of region ``r``, in row order (or in the seeded order of ``permute`` when
+the manifest records a ``shuffle``), become the shards ``region=r/part-u-<seq>``
 (``layout``, ``shards.write_partition``). The manifest's ``source`` records that Parquet (per
 file: size, footer sha256, rows per row group), so the records can be rebuilt from it by the
 same encoders ``encode`` applies (``Vocabulary.encode`` of the dictionary-encoded strings,
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from pythia import features, storage
 from pythia.features import Encoders
-from pythia.tfrecords import encode, layout
+from pythia.tfrecords import encode, layout, permute
 from pythia.tfrecords.listing import (CYCLE_LENGTH, column_dtypes, load_encoders, select_shards,
                                       verify_shards)
 
@@ -134,11 +135,13 @@ def encode_columns(table: pa.Table, encoders: Encoders,
 
 class _Units:
     """Row groups read on demand for the shards of ``plan``; the last one is kept until its
-    last shard is opened (a row group's regions are often opened one after the other)."""
+    last shard is opened (a row group's regions are often opened one after the other).
+    ``manifest`` says whether the writer shuffled (``permute``)."""
 
     def __init__(self, units: Sequence[tuple[str, int]], columns: Sequence[str],
-                 plan: Sequence[Mapping[str, Any]]) -> None:
+                 plan: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> None:
         self.units, self.columns = units, list(columns)
+        self.seed = (manifest.get("shuffle") or {}).get("seed")
         self.left: dict[int, int] = {}
         for shard in plan:
             self.left[shard["unit"]] = self.left.get(shard["unit"], 0) + 1
@@ -146,7 +149,7 @@ class _Units:
         self.table: pa.Table | None = None
 
     def rows(self, unit: int, region: str) -> pa.Table:
-        """The unit's rows of ``region``, in row order."""
+        """The unit's rows of ``region``, in the order the writer wrote them."""
         if self.key != unit:
             self.table = None
             path, row_group = self.units[unit]
@@ -158,7 +161,11 @@ class _Units:
         self.left[unit] -= 1
         if not self.left[unit]:
             self.key = self.table = None
-        return table.filter(pc.equal(table.column(encode.REGION_COLUMN), region))
+        mine = pc.equal(table.column(encode.REGION_COLUMN), region)
+        if self.seed is None:
+            return table.filter(mine)
+        at = np.flatnonzero(pc.fill_null(mine, False).to_numpy(zero_copy_only=False))
+        return table.take(at[np.argsort(permute.row_keys(self.seed, unit, at), kind="stable")])
 
 
 def _open(units: _Units, shard: Mapping[str, Any], encoders: Encoders,
@@ -189,7 +196,7 @@ def iter_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | Non
         verify_shards(manifest, split, regions)
     encoders = load_encoders(manifest)
     step = batch_size if chunk_rows is None else min(batch_size, chunk_rows)
-    reader = _Units(units, encode.INPUT_COLUMNS, plan)
+    reader = _Units(units, encode.INPUT_COLUMNS, plan, manifest)
     open_: dict[int, dict[str, np.ndarray]] = {}
     parts: list[dict[str, np.ndarray]] = []
     pending = 0
@@ -223,7 +230,7 @@ def count_labels(manifest: Mapping[str, Any], split: str, regions: list[str] | N
         raise ValueError(f"count_labels counts a label column {encode.LABEL_COLUMNS}, "
                          f"got {column!r}")
     units, plan = _plan(manifest, split, regions)
-    reader = _Units(units, [column, encode.REGION_COLUMN], plan)
+    reader = _Units(units, [column, encode.REGION_COLUMN], plan, manifest)
     counts: dict[int, int] = {}
     for shard in sorted(plan, key=lambda s: s["unit"]):  # any order: each unit read once
         rows = reader.rows(shard["unit"], shard["region"])

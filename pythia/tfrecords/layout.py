@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pythia import features, storage
 from pythia.features import OUTPUT_SPLITS, TRAIN, Encoders, NumericStats, Vocabulary
 from pythia.paths import join
-from pythia.tfrecords import encode
+from pythia.tfrecords import encode, permute
 from pythia.tfrecords.shards import SHARD_NAME
 
 SPLITS = OUTPUT_SPLITS
@@ -207,6 +207,11 @@ def parquet_source(uri: str) -> tuple[list[tuple[str, int]], dict]:
     return units, {"uri": uri, "files": files}
 
 
+def unit_rows(source: dict) -> list[int]:
+    """Rows of each unit (row group) of a ``parquet_source`` entry, in unit order."""
+    return [int(n) for f in source["files"] for n in f["row_groups"]]
+
+
 def read_row_group(uri: str, row_group: int,
                    columns: Sequence[str] = encode.INPUT_COLUMNS) -> Iterator[pa.RecordBatch]:
     fs, path = storage.filesystem(uri)
@@ -257,9 +262,11 @@ def check_args(split: str, shard_rows: int, compression: str | None) -> None:
 
 def convert(split_paths: Mapping[str, str], out_uri: str, shard_rows: int,
             compression: str | None, fit: Callable[[str], Encoders],
-            write: Callable[[str, Encoders, str, str], dict]) -> tuple[dict, Encoders]:
+            write: Callable[[str, Encoders, str, str], dict],
+            shuffle_seed: int | None = None) -> tuple[dict, Encoders]:
     """Check the arguments, ``fit(train_uri)``, write the spec and encoders, ``write(parquet_uri,
-    encoders, out_uri, split)`` every split, then ``manifest.json`` last (atomically)."""
+    encoders, out_uri, split)`` every split, then ``manifest.json`` last (atomically). The
+    manifest records the ``shuffle_seed`` the writes used (``permute``; None: row order)."""
     check_args(TRAIN, shard_rows, compression)
     missing = [s for s in SPLITS if s not in split_paths]
     unknown = [s for s in split_paths if s not in SPLITS]
@@ -282,6 +289,8 @@ def convert(split_paths: Mapping[str, str], out_uri: str, shard_rows: int,
         "feature_spec": spec_uri,
         "encoders": enc_uri,
         "compression": compression,
+        "shuffle": None if shuffle_seed is None else {"seed": int(shuffle_seed),
+                                                      "rule": permute.SHUFFLE_RULE},
         "spec_version": features.spec_version(),
         "splits": splits,
     }
@@ -297,4 +306,4 @@ def read_manifest(out_uri: str) -> dict:
 __all__ = ["BATCH_ROWS", "COMPRESSIONS", "EMPTY_TRAIN", "SPLITS", "absolute", "check_args",
            "check_train_columns", "convert", "expansion", "feature_spec", "finish_split",
            "make_encoders", "merge_moments", "moments", "numeric_stats", "parquet_files",
-           "parquet_source", "parquet_units", "read_manifest", "read_row_group"]
+           "parquet_source", "parquet_units", "read_manifest", "read_row_group", "unit_rows"]

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pythia import storage
 from pythia.features import Encoders
 from pythia.paths import join
-from pythia.tfrecords import encode
+from pythia.tfrecords import encode, permute
 
 GZIP_LEVEL = 6  # zlib's default, as TensorFlow's own TFRecordWriter uses
 _REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -121,13 +121,25 @@ class _ShardWriter:
 
 
 def write_partition(batches: Iterator[pa.RecordBatch], encoders: Encoders, split_uri: str,
-                    split: str, task: int, shard_rows: int,
-                    compression: str | None) -> list[dict]:
+                    split: str, task: int, shard_rows: int, compression: str | None,
+                    shuffle_seed: int | None = None, unit_rows: int | None = None) -> list[dict]:
     """Encode and write one partition's batches; returns its shards' metadata.
 
-    Rows are grouped by region within each batch (stable, so order is kept per region).
+    Rows are grouped by region within each batch (stable, so order is kept per region), or,
+    with ``shuffle_seed``, written per region in the order of ``permute.row_keys`` (spilled to
+    a temporary Arrow file by key range as they stream in: ``permute.Spill``; ``unit_rows``, the
+    partition's row count when known, sets how many ranges so that one holds about
+    ``permute.SPILL_ROWS`` rows).
     """
     writers: dict[str, _ShardWriter] = {}
+
+    def writer(region: str) -> _ShardWriter:
+        if region not in writers:
+            writers[region] = _ShardWriter(join(split_uri, f"region={region}"), region, task,
+                                           shard_rows, compression)
+        return writers[region]
+
+    spill = None if shuffle_seed is None else permute.Spill(shuffle_seed, task, unit_rows)
     try:
         for batch in batches:
             if batch.num_rows == 0:
@@ -138,6 +150,13 @@ def write_partition(batches: Iterator[pa.RecordBatch], encoders: Encoders, split
                                  f"{split!r}")
             enc = pc.dictionary_encode(regions)
             names = enc.dictionary.to_pylist()
+            for region in names:
+                if not _REGION_NAME.match(region):
+                    raise ValueError(f"region {region!r} in split {split!r} is not a valid "
+                                     f"folder name ([A-Za-z0-9_.-]+)")
+            if spill is not None:  # cut by key range, to the spill file
+                spill.add(batch)
+                continue
             codes = enc.indices.to_numpy(zero_copy_only=False)
             order = np.argsort(codes, kind="stable")  # stable: keeps row order per region
             sorted_idx = codes[order]
@@ -146,16 +165,14 @@ def write_partition(batches: Iterator[pa.RecordBatch], encoders: Encoders, split
             bounds = [0] + list(1 + (sorted_idx[1:] != sorted_idx[:-1]).nonzero()[0]) \
                 + [batch.num_rows]
             for a, b in zip(bounds[:-1], bounds[1:]):
-                region = names[sorted_idx[a]]
-                if not _REGION_NAME.match(region):
-                    raise ValueError(f"region {region!r} in split {split!r} is not a valid "
-                                     f"folder name ([A-Za-z0-9_.-]+)")
-                if region not in writers:
-                    writers[region] = _ShardWriter(join(split_uri, f"region={region}"), region,
-                                                   task, shard_rows, compression)
-                writers[region].write(flat, offsets[a:b + 1])
+                writer(names[sorted_idx[a]]).write(flat, offsets[a:b + 1])
+        for region, rows in (spill.drain() if spill is not None else ()):
+            writer(region).write(*encode.encode_records(rows, encoders, f"split {split!r}"))
         return [s for r in sorted(writers) for s in writers[r].finish()]
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
+    finally:
+        if spill is not None:
+            spill.close()

@@ -115,35 +115,37 @@ MAX_FILE_TASKS = 512  # Spark tasks for the file path (units are spread over the
 
 
 def _partition_job(encoders: Encoders, split_uri: str, split: str, shard_rows: int,
-                   compression: str | None):
+                   compression: str | None, shuffle_seed: int | None):
     """``mapInArrow`` over the split's rows: a closure with only small, picklable state."""
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
         task = TaskContext.get().partitionId()
         shards = write_partition(batches, encoders, split_uri, split, task, shard_rows,
-                                 compression)
+                                 compression, shuffle_seed)
         yield pa.RecordBatch.from_pylist(shards, schema=_SHARD_ARROW_SCHEMA)
     return run
 
 
 def _file_job(encoders: Encoders, split_uri: str, split: str, shard_rows: int,
-              compression: str | None):
-    """``mapInArrow`` over (unit, path, row_group) rows: each executor reads its own row groups
-    with pyarrow, so the rows never pass through the JVM; the unit number names the shards."""
+              compression: str | None, shuffle_seed: int | None):
+    """``mapInArrow`` over (unit, path, row_group, rows) rows: each executor reads its own row
+    groups with pyarrow, so the rows never pass through the JVM; the unit number names the
+    shards."""
     def run(units: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         shards: list[dict] = []
         for batch in units:
-            for unit, path, row_group in zip(*(batch.column(c).to_pylist()
-                                               for c in ("unit", "path", "row_group"))):
+            for unit, path, row_group, rows in zip(*(
+                    batch.column(c).to_pylist() for c in ("unit", "path", "row_group", "rows"))):
                 shards += write_partition(layout.read_row_group(path, row_group), encoders,
-                                          split_uri, split, unit, shard_rows, compression)
+                                          split_uri, split, unit, shard_rows, compression,
+                                          shuffle_seed, rows)
         yield pa.RecordBatch.from_pylist(shards, schema=_SHARD_ARROW_SCHEMA)
     return run
 
 
 def write_split(sdf: DataFrame, encoders: Encoders, out_uri: str, split: str,
                 shard_rows: int = 200_000, compression: str | None = None,
-                regions: Sequence[str] = ()) -> dict:
+                regions: Sequence[str] = (), shuffle_seed: int | None = None) -> dict:
     """Write one split as TFRecord shards ``<out>/split=<split>/region=<r>/part-<t>-<s>.tfrecord``.
 
     Each Spark task encodes its own partition (``mapInArrow``) and writes its own shards; only
@@ -158,6 +160,8 @@ def write_split(sdf: DataFrame, encoders: Encoders, out_uri: str, split: str,
         shard_rows: most records per shard file.
         compression: None or 'GZIP'.
         regions: regions to report with 0 rows when absent from this split.
+        shuffle_seed: None: each region's rows in partition order; else in the seeded order of
+            ``permute`` per partition (bounded memory: spilled to local temporary files).
 
     Returns:
         ``{"rows": n, "rows_by_region": {region: n}, "shards": [{path, region, rows, sha256}]}``
@@ -166,14 +170,14 @@ def write_split(sdf: DataFrame, encoders: Encoders, out_uri: str, split: str,
     layout.check_args(split, shard_rows, compression)
     encode.check_columns(sdf.columns, f"split {split!r}")
     split_uri = join(layout.absolute(out_uri), f"split={split}")
-    job = _partition_job(encoders, split_uri, split, shard_rows, compression)
+    job = _partition_job(encoders, split_uri, split, shard_rows, compression, shuffle_seed)
     rows = sdf.select(*encode.INPUT_COLUMNS).mapInArrow(job, _SHARD_SCHEMA).collect()
     return layout.finish_split(rows, split_uri, regions)
 
 
 def write_split_files(spark: SparkSession, parquet_uri: str, encoders: Encoders, out_uri: str,
                       split: str, shard_rows: int = 200_000, compression: str | None = None,
-                      regions: Sequence[str] = ()) -> dict:
+                      regions: Sequence[str] = (), shuffle_seed: int | None = None) -> dict:
     """``write_split`` for a split stored as Parquet: Spark tasks read row groups themselves.
 
     The driver lists files and row groups (footers only) and hands them out as a tiny
@@ -183,9 +187,10 @@ def write_split_files(spark: SparkSession, parquet_uri: str, encoders: Encoders,
     layout.check_args(split, shard_rows, compression)
     units, source = layout.parquet_source(parquet_uri)
     split_uri = join(layout.absolute(out_uri), f"split={split}")
-    job = _file_job(encoders, split_uri, split, shard_rows, compression)
-    table = spark.createDataFrame([(i, u, rg) for i, (u, rg) in enumerate(units)],
-                                  "unit int, path string, row_group int")
+    job = _file_job(encoders, split_uri, split, shard_rows, compression, shuffle_seed)
+    table = spark.createDataFrame([(i, u, rg, n) for i, ((u, rg), n)
+                                   in enumerate(zip(units, layout.unit_rows(source)))],
+                                  "unit int, path string, row_group int, rows long")
     rows = (table.repartition(max(1, min(len(units), MAX_FILE_TASKS)))
             .mapInArrow(job, _SHARD_SCHEMA).collect())
     return layout.finish_split(rows, split_uri, regions, source)
@@ -193,7 +198,8 @@ def write_split_files(spark: SparkSession, parquet_uri: str, encoders: Encoders,
 
 def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri: str,
                    shard_rows: int = 200_000, compression: str | None = None,
-                   age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -> tuple[dict, Encoders]:
+                   age_edges: Sequence[int] = DEFAULT_AGE_EDGES,
+                   shuffle_seed: int | None = None) -> tuple[dict, Encoders]:
     """Fit encoders on train, write every split, then ``manifest.json`` last (atomically).
 
     Args:
@@ -202,6 +208,7 @@ def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri:
         out_uri: the TFRecord root (``RunPaths.tfrecords``).
         shard_rows, compression: see ``write_split``.
         age_edges: recorded in the encoders.
+        shuffle_seed: see ``write_split``; recorded in the manifest.
 
     Returns:
         ``(manifest, encoders)``; the manifest is also at ``<out_uri>/manifest.json``.
@@ -211,9 +218,10 @@ def convert_splits(spark: SparkSession, split_paths: Mapping[str, str], out_uri:
 
     def write(parquet_uri: str, encoders: Encoders, out: str, split: str) -> dict:
         return write_split_files(spark, parquet_uri, encoders, out, split, shard_rows,
-                                 compression)
+                                 compression, shuffle_seed=shuffle_seed)
 
-    return layout.convert(split_paths, out_uri, shard_rows, compression, fit, write)
+    return layout.convert(split_paths, out_uri, shard_rows, compression, fit, write,
+                          shuffle_seed)
 
 
 __all__ = ["COMPRESSIONS", "ENCODERS_NAME", "FEATURE_SPEC_NAME", "MANIFEST_NAME", "SPLITS",

@@ -64,16 +64,18 @@ def fit_encoders(train_uri: str, age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -
 
 def write_split_files(parquet_uri: str, encoders: Encoders, out_uri: str, split: str,
                       shard_rows: int = 200_000, compression: str | None = None,
-                      regions: Sequence[str] = ()) -> dict:
+                      regions: Sequence[str] = (), shuffle_seed: int | None = None) -> dict:
     """``writer.write_split_files`` on the driver: the same units, shards and entry."""
     layout.check_args(split, shard_rows, compression)
     units, source = layout.parquet_source(parquet_uri)
     split_uri = join(layout.absolute(out_uri), f"split={split}")
 
+    rows = layout.unit_rows(source)
+
     def one(unit: int) -> list[dict]:
         path, row_group = units[unit]
         return write_partition(layout.read_row_group(path, row_group), encoders, split_uri,
-                               split, unit, shard_rows, compression)
+                               split, unit, shard_rows, compression, shuffle_seed, rows[unit])
 
     # Arrow and NumPy release the GIL in the heavy kernels: one thread per core of the task
     # (threads.cores(): @resources, affinity, cgroup quota); units write disjoint shards
@@ -84,10 +86,13 @@ def write_split_files(parquet_uri: str, encoders: Encoders, out_uri: str, split:
 
 def convert_splits(split_paths: Mapping[str, str], out_uri: str, shard_rows: int = 200_000,
                    compression: str | None = None,
-                   age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -> tuple[dict, Encoders]:
+                   age_edges: Sequence[int] = DEFAULT_AGE_EDGES,
+                   shuffle_seed: int | None = None) -> tuple[dict, Encoders]:
     """``writer.convert_splits`` on the driver: same arguments (no session), same outputs."""
     def write(parquet_uri: str, enc: Encoders, out: str, split: str) -> dict:
-        return write_split_files(parquet_uri, enc, out, split, shard_rows, compression)
+        return write_split_files(parquet_uri, enc, out, split, shard_rows, compression,
+                                 shuffle_seed=shuffle_seed)
 
     return layout.convert(split_paths, out_uri, shard_rows, compression,
-                          lambda train_uri: fit_encoders(train_uri, age_edges), write)
+                          lambda train_uri: fit_encoders(train_uri, age_edges), write,
+                          shuffle_seed)
