@@ -13,6 +13,11 @@ set METAFLOW_DATASTORE_SYSROOT_LOCAL to the run's datastore. Not a test.
 
     python benchmarks/gauge_bench.py --run 1796277385509603
     python benchmarks/gauge_bench.py --run RUN --model mlp --region global --observed train
+
+``--predictions LABEL=PATH`` (repeatable) scores other predictions files of the same run's test
+rows instead of the stored one, e.g. ``scripts/train_bench.py`` variants
+(``<out>/<variant>/mlp-global/predictions.parquet``): one block per file, on the rows every
+file covers; ``--gauges realised,population`` skips building the in-between gauge.
 """
 from __future__ import annotations
 
@@ -51,7 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config-id", type=int, default=0)
     ap.add_argument("--observed", default="train,validation",
                     help="the splits the in-between gauge's reader saw")
+    ap.add_argument("--predictions", action="append", default=[], metavar="LABEL=PATH",
+                    help="a predictions parquet to score instead of the stored one; repeatable")
+    ap.add_argument("--gauges", default=",".join(GAUGES),
+                    help=f"comma-separated subset of {','.join(GAUGES)}")
     args = ap.parse_args(argv)
+    gauges = [g.strip() for g in args.gauges.split(",") if g.strip()]
+    bad = [g for g in gauges if g not in GAUGES]
+    if bad or "realised" not in gauges:
+        raise SystemExit(f"--gauges {args.gauges!r}: " + (
+            f"{bad[0]!r} is not one of {', '.join(GAUGES)}" if bad else
+            "'realised' is required (the ratios' base); e.g. --gauges realised,population"))
+    sources = [p.split("=", 1) for p in args.predictions]
+    if any(len(s) != 2 or not s[1] for s in sources):
+        raise SystemExit(f"--predictions {args.predictions!r}: expected LABEL=PATH, "
+                         f"e.g. base=/tmp/bench/base/mlp-global/predictions.parquet")
 
     from metaflow import Run, namespace
 
@@ -68,26 +87,35 @@ def main(argv: list[str] | None = None) -> int:
               "does not model that truncation (synth.in_between)", file=sys.stderr)
     test = pd.read_parquet(manifest["paths"][TEST_NATURAL])
     run_dir = os.path.dirname(os.path.dirname(manifest["paths"][TEST_NATURAL].rstrip("/")))
-    pred_path = os.path.join(run_dir, "predictions",
-                             f"{args.model}__{args.region}__{args.config_id}.parquet")
-    pred = pd.read_parquet(pred_path)
-    pred = pred[pred["split"] == TEST_NATURAL].set_index(IMPRESSION_ID)
-    test = test[test[IMPRESSION_ID].isin(pred.index)].reset_index(drop=True)
-    pred = pred.loc[test[IMPRESSION_ID]]
-    model = {t: np.stack(pred[f"p_{t}"].to_numpy()) for t in TARGETS}
+    stored = f"{args.model}/{args.region}#{args.config_id}"
+    sources = sources or [[stored, os.path.join(
+        run_dir, "predictions", f"{args.model}__{args.region}__{args.config_id}.parquet")]]
+    preds = {}
+    for name, path in sources:
+        pred = pd.read_parquet(path)
+        preds[name] = pred[pred["split"] == TEST_NATURAL].set_index(IMPRESSION_ID)
+        test = test[test[IMPRESSION_ID].isin(preds[name].index)]
+    test = test.reset_index(drop=True)
+    models = {}
+    for name, pred in preds.items():
+        pred = pred.loc[test[IMPRESSION_ID]]
+        p = {t: np.stack(pred[f"p_{t}"].to_numpy()) for t in TARGETS}
+        models[name] = {"truth": p, "provider": p}
 
     t0 = time.perf_counter()
     observed = [s.strip() for s in args.observed.split(",") if s.strip()]
-    parts = read_observed(manifest, observed)
-    between = in_between_world(world, parts, provider_map)
+    worlds = {"realised": world, "population": world.population}
+    if "in_between" in gauges:
+        parts = read_observed(manifest, observed)
+        between = in_between_world(world, parts, provider_map)
+        worlds["in_between"] = lambda: between
     build_s = time.perf_counter() - t0
     n_age = len(features.age_bucket_labels())
     order = [world.class_labels.index(c) for c in features.age_gender_labels()]
     providers = test[LABEL_PROVIDER].to_numpy(dtype=object)
-    probs = {"model": {"truth": model, "provider": model}}
-    seconds = {}
-    for name, w in (("realised", world), ("in_between", between),
-                    ("population", world.population())):
+    probs, seconds = {}, {}
+    for name in gauges:
+        w = world if name == "realised" else worlds[name]()
         t0 = time.perf_counter()
         truth, label = w.gauge_posteriors(test, providers)
         seconds[name] = time.perf_counter() - t0
@@ -101,21 +129,25 @@ def main(argv: list[str] | None = None) -> int:
     masks = {"natural": np.ones(len(test), bool), "natural_no_power_users": ~power,
              "natural_power_users": power}
     rows_seen = sum(manifest["rows"][s] for s in observed)
+    between_note = (f"in-between reader saw {args.observed} ({rows_seen} rows; built in "
+                    f"{build_s:.1f} s)" if "in_between" in gauges else "no in-between gauge")
     print(f"run {args.run}: {len(test)} test_natural rows ({int(power.sum())} of power users); "
-          f"model {args.model}/{args.region}#{args.config_id}; in-between reader saw "
-          f"{args.observed} ({rows_seen} rows; built in {build_s:.1f} s); gauges "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
-    print(f"{'slice':>22} {'labels':>8} {'target':>10} {'model':>8} "
-          + " ".join(f"{g:>10}" for g in GAUGES) + f" {'model/betw':>10}")
-    for source in ("provider", "truth"):
-        for slice_name, m in masks.items():
-            ys = {t: v[m] for t, v in y[source].items()}
-            ll = {k: log_losses({t: p[source][t][m] for t in TARGETS}, ys)
-                  for k, p in probs.items()}
-            for t in ("age_gender", "gender", "age"):
-                print(f"{slice_name:>22} {source:>8} {t:>10} {ll['model'][t]:8.4f} "
-                      + " ".join(f"{ll[g][t]:10.4f}" for g in GAUGES)
-                      + f" {ll['model'][t] / ll['in_between'][t]:10.3f}")
+          f"{between_note}; gauges " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    bases = [g for g in ("realised", "in_between") if g in gauges]  # the ratios' gauges
+    ratios = " ".join(f"{'model/' + g[:4]:>10}" for g in bases)
+    for name, model in models.items():
+        print(f"model {name}")
+        print(f"{'slice':>22} {'labels':>8} {'target':>10} {'model':>8} "
+              + " ".join(f"{g:>10}" for g in gauges) + f" {ratios}")
+        for source in ("provider", "truth"):
+            for slice_name, m in masks.items():
+                ys = {t: v[m] for t, v in y[source].items()}
+                ll = {k: log_losses({t: p[source][t][m] for t in TARGETS}, ys)
+                      for k, p in {"model": model, **probs}.items()}
+                for t in ("age_gender", "gender", "age"):
+                    print(f"{slice_name:>22} {source:>8} {t:>10} {ll['model'][t]:8.4f} "
+                          + " ".join(f"{ll[g][t]:10.4f}" for g in gauges)
+                          + "".join(f" {ll['model'][t] / ll[g][t]:10.3f}" for g in bases))
     return 0
 
 

@@ -5,7 +5,9 @@ the splits, fitting, writing the scored splits' predictions and the model folder
 process, so the wall seconds include the fixed per-task cost (imports, reads, writes). Prints a
 JSON line per candidate: model, region, variant, wall seconds (process start to exit), CPU
 seconds of the child (user + system: steadier than wall on a shared machine), fit seconds,
-epochs and the validation log-loss per target. Variants (``--variant name=JSON``) set
+epochs, the validation log-loss per target (after the temperature), the best epoch's
+uncalibrated AgeGender validation loss, the temperatures and what the fit said (``notes``:
+the MLP's AgeGender loss by epoch). Variants (``--variant name=JSON``) set
 model hparams and, under the key ``train``, TrainConfig fields; ``--repeat`` interleaves the
 variants (a fair comparison on a shared machine). Outputs go under ``--out``. ``--tfrecords``
 reads the manifest under that TFRecord root instead of the run's (e.g. the run's splits
@@ -70,6 +72,8 @@ def child(args: argparse.Namespace) -> int:
                       validation_class_weights(data.split_manifest, len(edges)))
     print("BENCH " + json.dumps({"fit_seconds": s["fit_seconds"], "epochs": s["epochs"],
                                  "val_logloss": s["val_logloss"],
+                                 "best_val_loss": s["best_val_loss"],
+                                 "temperature": s["temperature"], "notes": s["notes"],
                                  "tensorflow": "tensorflow" in sys.modules}))
     return 0
 

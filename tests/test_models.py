@@ -686,7 +686,7 @@ def test_residual_phase_trains_the_deep_part_on_the_fixed_lr(capsys):
     model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "hidden_units": [16],
                                             "wide_train": "frozen", "aid_start": "logreg",
                                             "wide_per_feature_l2": False, "patience": None,
-                                            "min_delta": 0.0},
+                                            "min_delta": 0.0, "finetune_epochs": 0},
                           TrainConfig(max_epochs=12, batch_size=64, patience=3, seed=0))
     summary = model.fit(train, valid, uniform_priors())
     start = summary["wide_start"]
@@ -745,7 +745,9 @@ def test_mlp_trains_from_tf_dataset(data):
 
     model = MODELS["mlp"](make_encoders(), HPARAMS["mlp"], TrainConfig(max_epochs=2, seed=0))
     summary = model.fit(ds(data["train"], True), ds(data["valid"], False), uniform_priors())
-    assert summary["epochs"] == 2 and summary["n_valid"] == 300
+    # 2 epochs of the residual phase, then up to finetune_epochs (default 2) joint ones
+    assert summary["phase_ends"][0] == 2 and 2 < summary["epochs"] <= 4
+    assert summary["n_valid"] == 300
     assert all(np.isfinite(v) for v in summary["val_logloss"].values())
     with pytest.raises(TypeError, match="numpy"):
         model.fit(data["train"], ds(data["valid"], False), uniform_priors())

@@ -44,3 +44,16 @@ def test_champion_margins_compares_with_the_registry_baselines():
     from pythia.models import BASELINE_MODELS
 
     assert set(_load("champion_margins").BASELINES) == set(BASELINE_MODELS)
+
+
+def test_gauge_bench_rejects_bad_gauges_and_predictions_before_reading_a_run():
+    spec = importlib.util.spec_from_file_location(
+        "gauge_bench", SCRIPTS.parent / "benchmarks" / "gauge_bench.py")
+    gauge_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gauge_bench)
+    with pytest.raises(SystemExit, match="'nope' is not one of realised, in_between"):
+        gauge_bench.main(["--run", "1", "--gauges", "realised,nope"])
+    with pytest.raises(SystemExit, match="'realised' is required"):
+        gauge_bench.main(["--run", "1", "--gauges", "population"])
+    with pytest.raises(SystemExit, match="expected LABEL=PATH"):
+        gauge_bench.main(["--run", "1", "--predictions", "/tmp/p.parquet"])

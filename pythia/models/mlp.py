@@ -13,13 +13,15 @@ Dense kernels start at zero with the LRs' intercepts as biases, so the untrained
 AgeGender IS logistic regression; by default (``wide_per_feature_l2``) those LRs carry an L2
 penalty per categorical feature chosen on validation (``logreg.per_feature_l2``). Then the
 residual phase (``wide_train='frozen'``, the default): the wide part stays fixed at the LRs and
-only the deep part trains, adding what they miss (interactions); ``finetune_epochs`` adds joint
+only the deep part trains, adding what they miss (interactions); then ``finetune_epochs`` joint
 epochs at ``finetune_lr`` (``'joint'``: everything trains from the start). The natural-weighted
 AgeGender validation log-loss (the champion rule's measure) is computed before the first epoch
 and after each; a phase stops after ``patience`` epochs without a gain above ``min_delta``; the
 best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the fit
-summary, and printed). Skewed world (74k rows; validation AgeGender): LR start 2.0132; residual,
-fine-tuned, joint, smaller trunks within 1e-4 of it; per-feature L2 2.0013. Unseen ids: ``unseen``.
+summary, and printed). Validation AgeGender, skewed world (74k rows): LR start 2.0132; residual,
+fine-tuned, joint, smaller trunks within 1e-4 of it; per-feature L2 2.0013. Default world (488k
+rows): residual 1.8802, + 2 joint epochs at 1e-3 1.8539 (docs/mlp-power-users.md); unseen ids:
+``unseen``.
 """
 from __future__ import annotations
 
@@ -103,9 +105,8 @@ class MLPModel(Model):
             # 'zero': zero-initialised, trained with the deep part only
             "wide_start": "logreg",
             "wide_scale": 1.0,  # the wide logits are scale * weights: scale x Adam's step
-            # 'frozen': first the residual phase -- the wide part fixed at its start, only the
-            # deep part trains; then up to `finetune_epochs` joint epochs at `finetune_lr`.
-            # 'joint': everything trains from the first epoch at `learning_rate`
+            # 'frozen': the residual phase (wide part fixed at its start, deep part trains), then
+            # `finetune_epochs` joint ones at `finetune_lr`; 'joint': all trains from epoch 1
             "wide_train": "frozen",
             # the LR start with an L2 penalty per categorical feature chosen on validation
             # (logreg's ``per_feature_l2``) instead of the baseline's one C
@@ -117,8 +118,8 @@ class MLPModel(Model):
             # validation AgeGender log-loss by no more than min_delta
             "min_delta": 5e-4,
             "patience": 2,
-            "finetune_epochs": 0,
-            "finetune_lr": 1e-4,
+            "finetune_epochs": 2,
+            "finetune_lr": 1e-3,
             # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *
             # sum(w**2), a prior worth l2_rows training rows (the wide part keeps its LRs')
             "l2_rows": 1.0,
