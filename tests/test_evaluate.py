@@ -774,6 +774,17 @@ def _lost_champions():
                          "warning": [LOST, None]})
 
 
+def _finished_flow(tmp_path, champions, slots):
+    """What the end step's summary reads off a finished flow: its champions and a bundle folder
+    whose bundle.json has these ``slots``."""
+    import types
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text(json.dumps({"models": slots}))
+    return types.SimpleNamespace(window=None, reports_path="/r", bundle_path=str(bundle),
+                                 champions=champions)
+
+
 def test_report_and_summary_say_loudly_that_the_baselines_won(monkeypatch, tmp_path):
     import types
 
@@ -790,13 +801,9 @@ def test_report_and_summary_say_loudly_that_the_baselines_won(monkeypatch, tmp_p
     assert "WARNING: NO MODEL BEATS THE BASELINES in 1 region(s)" in text and LOST in text
     assert text.index(LOST) < text.index("Champions")  # before the tables, not after
     # the end step's summary: the block, each region's state and where each bundle slot came from
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "bundle.json").write_text(json.dumps({"models": {
+    flow = _finished_flow(tmp_path, champions, {
         "global": {"kind": "logreg", "origin": "fallback"},
-        "EU": {"kind": "mlp", "origin": "DemoFlow/42/end/9"}}}))
-    flow = types.SimpleNamespace(window=None, reports_path="/r", bundle_path=str(bundle),
-                                 champions=champions)
+        "EU": {"kind": "mlp", "origin": "DemoFlow/42/end/9"}})
     summary = runs.summary_text(flow, "DemoFlow", "42", "flows/demo_flow.py")
     assert summary.splitlines()[1] == "!" * 88 and LOST in summary
     # one line per region: its champion (or why none) and where its bundle slot came from
@@ -948,26 +955,21 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
     """A blessed champion: its validation log-loss, the baselines it beat and the noise rule's
     z, the previous champion's test log-loss on the same rows, and its bundle slot; a slot of a
     region without a champion row still shows. One line each, under ~200 characters."""
-    import types
-
     from pythia import run_summary
     row = {"region": "NA", "champion": "mlp/NA#0", "model": "mlp", "blessed": True,
            "val_logloss": 1.95094, "baselines": "logreg/NA#0 2.1424, class_prior/NA#0 2.4638",
            "margin_vs": "mlp/NA#0 vs logreg/NA#0", "margin_z": -5.449, "previous_logloss": 1.9612,
            "current_logloss_on_same_rows": 1.9433, "n_same_rows": 150516,
            "reason": "a long reason " * 20}
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "bundle.json").write_text(json.dumps({"models": {
+    flow = _finished_flow(tmp_path, pd.DataFrame([row]), {
         "NA": {"kind": "mlp", "origin": "DemoFlow/7/end/3"},
-        "EU": {"kind": "gbdt", "origin": "previous run"}}}))
-    flow = types.SimpleNamespace(window=None, reports_path="/r", bundle_path=str(bundle),
-                                 champions=pd.DataFrame([row]))
+        "EU": {"kind": "gbdt", "origin": "previous run"}})
     lines = run_summary.summary_text(flow, "DemoFlow", "7", "flows/demo_flow.py").splitlines()
     na = next(ln for ln in lines if ln.strip().startswith("NA:"))
     assert na == ("        NA: mlp/NA#0 1.9509, beat logreg/NA#0 2.1424, class_prior/NA#0 2.4638 "
                   "(z -5.45 vs logreg/NA#0); test 1.9433 vs the previous champion's 1.9612 on "
                   "150,516 rows; bundle: mlp, this run")
+    assert len(na) <= 200  # short: the full reason is in `pythia report` and the card
     assert "        EU: bundle: gbdt, kept from the previous run" in lines
     assert "a long reason" not in "\n".join(lines)
     # an unreadable bundle: the champions still print, without slots
