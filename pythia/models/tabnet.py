@@ -162,8 +162,8 @@ class TabNetModel(Model):
             # Default world, 4 regions (busy machine), AgeGender mean / CPU-s: 0 epochs
             # 2.1014 / 2; 3: 2.0987 / 41; 6: 2.0979 / 83; scratch 2.1796 / 98
             "warm_epochs": 3,
-            # epochs without a validation gain before stopping (None: TrainConfig's, which the
-            # MLP needs at 2). Default world, global fit (busy machine, scripts/train_bench.py):
+            # epochs without a validation gain before stopping (None: TrainConfig's: 2; the
+            # MLP has 1 too). Default world, global fit (busy machine, scripts/train_bench.py):
             # 1 stops after 4 epochs with the same best epoch (3) and model as 2 does after 5,
             # 45.7 vs 53.6 CPU-s; the regional fits' 3 epochs improve or end either way
             "patience": 1,
