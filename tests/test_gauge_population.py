@@ -128,6 +128,10 @@ def test_gauge_tables_carry_both_bars(tiny):  # noqa: F811
     out = io.StringIO()
     print_gauge_slices(g, champions, out)
     assert "headline bar" in out.getvalue() and "gbdt/EU#0" in out.getvalue()
+    # the in-between gauge off (the default): its all-NaN columns and legend are left out
+    assert g["ratio_in_between"].isna().all()
+    assert not [c for c in s.columns if c.startswith("ratio_in_between")]
+    assert "in-between" not in out.getvalue() and "population posterior" in out.getvalue()
     # a run from before the population gauge: realised ratios only; no world: nothing
     old = gauge_by_slice(g.drop(columns=["population_logloss", "ratio_population"]), champions)
     assert "ratio_age_gender" in old.columns and "ratio_population_age" not in old.columns

@@ -93,7 +93,8 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
             "exact posterior is P(true AgeGender | features); against `provider` labels it is "
             "P(provider's label | features, provider) — the noise of the labels included. "
             "`ratio` is against the realised posterior (the headline bar), `ratio_in_between` "
-            "against the in-between one, `ratio_population` against the population one, "
+            "against the in-between one (empty unless `[evaluate] in_between_gauge` is on), "
+            "`ratio_population` against the population one, "
             "`gap_closed` = (population - model) / (population - "
             "realised)."))
         card.append(Table.from_dataframe(_fmt(g), truncate=False))
@@ -143,7 +144,8 @@ _GAUGE_SLICES = (
     "world's drawn users and labels): the headline bar, the only one no model beats on "
     "average. `ratio_in_between_*` = model / **in-between** posterior (the generative "
     "tables plus what the run's train and validation rows reveal about the drawn users: "
-    "docs/in-between-gauge.md): the bar a model given those rows could reach. "
+    "docs/in-between-gauge.md; only when `[evaluate] in_between_gauge` is on): the bar a "
+    "model given those rows could reach. "
     "`ratio_population_*` = model / **population** posterior (the generative tables only): "
     "on power users (few per group, which the realised posterior nearly identifies) a model "
     "lands between the population and the in-between ones.")

@@ -176,8 +176,10 @@ def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.Da
     if g.empty:
         return pd.DataFrame(columns=cols)
     g = g.assign(candidate=g["model"] + "/" + g["region"] + "#" + g["config_id"].astype(str))
+    # older runs: ratio only, or no in-between; a run with the in-between gauge off has the
+    # column, all NaN: left out, not printed as a block of NaN
     values = [c for c in ("ratio", "ratio_in_between", "ratio_population")
-              if c in g.columns]  # older runs: ratio only, or no in-between
+              if c in g.columns and (c == "ratio" or g[c].notna().any())]
     wide = g.set_index(cols + ["target"])[values].unstack("target")  # NaN kept, no product
     wide.columns = [f"{m}_{t}" for m, t in wide.columns]
     order = {s: i for i, s in enumerate(GAUGE_SLICES)}
@@ -194,8 +196,11 @@ def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
         return
     table = gauge_by_slice(pd.DataFrame(gauge), pd.DataFrame(champions))
     if len(table):
-        print("\nBayes gauge per slice (ratio_* = model / realised posterior, the headline bar; "
-              "ratio_in_between_* = model / in-between posterior (the train and validation "
-              "rows' users); ratio_population_* = model / population posterior; same rows)",
-              file=out)
+        legend = ["ratio_* = model / realised posterior, the headline bar"]
+        if any(c.startswith("ratio_in_between_") for c in table.columns):
+            legend.append("ratio_in_between_* = model / in-between posterior (the train and "
+                          "validation rows' users)")
+        if any(c.startswith("ratio_population_") for c in table.columns):
+            legend.append("ratio_population_* = model / population posterior")
+        print(f"\nBayes gauge per slice ({'; '.join(legend)}; same rows)", file=out)
         print(table.to_string(index=False), file=out)
