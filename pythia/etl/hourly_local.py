@@ -12,9 +12,10 @@ the caller runs the Spark path. tests/test_etl_local.py runs both on the same in
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,7 +27,7 @@ from pythia.etl import impressions_local
 from pythia.etl.content_hash import spark_xxhash64
 from pythia.etl.hourly import (CONTENT_HASH, DERIVED, IDS_COLUMNS, OUTCOME, UNLABELLED,
                                WRITTEN, _hours_tag, build_manifest)
-from pythia.etl.io import write_arrow_atomic
+from pythia.etl.io import ArrowDatasetWriter
 from pythia.features import (COUNTRY, DATE, GEO_REGION, HOUR, IMPRESSION_ID,
                              LABEL_PROVIDER, SPLIT, TS,
                              TS_SECONDS, USER_ID, USER_LABEL_COLUMNS, Y_AGE_GENDER,
@@ -72,55 +73,146 @@ def read_labels(labels_path: str) -> pa.Table:
     return labels
 
 
+# The task's impressions are read ETL_BATCH_ROWS at a time, three times at most: pass 1 keeps
+# an int64 hash of each valid row's impression id (8 bytes a row: the only state that grows
+# with the task); when some hash repeats, pass 2 re-reads the rows of those ids (exact ids,
+# ts, date, hour, content hash) and settles their duplicates as ``impressions_local.duplicates``
+# does for the whole task; pass 3 derives, joins and writes each batch as a row group. At
+# 32k rows a batch holds about one partition file of the default world (17.7k rows at 1x):
+# peak RSS in session 28 (docs/scaling.md) is near-flat from 1x to 8x.
+ETL_BATCH_ROWS = 32_768
+
+
 def run_hours(source: str, hours: list[int], window: Window, labels_path: str, out_dir: str,
               quarantine_dir: str, geo: Geography, allow_gaps: bool) -> dict:
     """``hourly.run_hours`` without Spark (same arguments but the session, same outputs and
-    manifest). Raises ``contract_local.NeedsSpark`` before writing anything when an input
-    holds a stored type this path does not convert exactly."""
+    manifest), in bounded memory (``ETL_BATCH_ROWS``). Raises ``contract_local.NeedsSpark``
+    before writing anything when an input holds a stored type this path does not convert
+    exactly."""
     hours = sorted(int(h) for h in hours)
     dates = window.dates
     files, gaps = contract_read.task_inputs(source, dates, hours, allow_gaps)
-    raw, extras = impressions_local.read_impressions(files)
+    batches, extras = impressions_local.iter_impressions(files, ETL_BATCH_ROWS)
     labels = read_labels(labels_path)
-
-    reason, column = impressions_local.flag(raw, dates, hours)
-    valid = np.flatnonzero(np.equal(reason, None))
-    # usually every row is valid and unique: then no copy of the whole table (0.17 s a task)
-    kept = raw if len(valid) == raw.num_rows else raw.take(valid)
-    hashes = spark_xxhash64([kept[RAW_PREFIX + c] for c in IMPRESSIONS.names])
-    ts_us = kept[TS].to_numpy()
-    dup = impressions_local.duplicates(kept[IMPRESSION_ID], ts_us,
-                                       kept[DATE], kept[HOUR].to_numpy(), hashes)
-    reason[valid[dup]], column[valid[dup]] = impressions_local.DUPLICATE
-    if dup.any():
-        kept, hashes, ts_us = kept.filter(pa.array(~dup)), hashes[~dup], ts_us[~dup]
-
+    repeated = _repeated_ids(batches(), dates, hours)
+    losers = _settle(batches(), dates, hours, repeated) if len(repeated) else np.zeros(0, int)
     split_of = {d.isoformat(): window.split_of(d) for d in dates}
-    rows = _labelled(kept, ts_us, labels, geo, split_of)
-    labelled = rows[LABEL_PROVIDER].is_valid()
-    outcome = pc.if_else(labelled, WRITTEN, UNLABELLED)
-    bad = np.flatnonzero(np.not_equal(reason, None))
-    quarantine = _quarantine(raw.take(bad), reason[bad], column[bad])
-    counts = _counts([rows[DATE], quarantine[DATE]], [rows[HOUR], quarantine[HOUR]],
-                     [rows[SPLIT], _splits(quarantine[DATE], split_of)],
-                     [outcome, quarantine[REASON]],
-                     [rows[Y_AGE_GENDER], pa.nulls(len(bad), rows[Y_AGE_GENDER].type)])
-
-    written = rows.filter(labelled)
-    ids = rows.append_column(CONTENT_HASH, pa.array(hashes, _INT64)).append_column(
-        OUTCOME, outcome).select(list(IDS_COLUMNS))
-    user_days = written.group_by([USER_ID, DATE]).aggregate([([], "count_all")])
-    user_days = pa.table([user_days[USER_ID], user_days[DATE], user_days["count_all"]],
-                         schema=pa.schema([(USER_ID, _STR), (DATE, _STR),
-                                           pa.field("n", _INT64, nullable=False)]))
-    rows_path = write_arrow_atomic(written, join(out_dir, "rows"), int96_timestamps=True)
-    q_path = write_arrow_atomic(quarantine, join(quarantine_dir, IMPRESSIONS.name,
-                                                 _hours_tag(hours)))
-    ud_path = write_arrow_atomic(user_days, join(out_dir, "user_day_counts"))
-    ids_path = write_arrow_atomic(ids, join(out_dir, "ids"), int96_timestamps=True)
-    schema = [[f.name, SPARK_NAMES[f.type]] for f in written.schema]
+    out = {"rows": ArrowDatasetWriter(join(out_dir, "rows"), int96_timestamps=True),
+           "quarantine": ArrowDatasetWriter(join(quarantine_dir, IMPRESSIONS.name,
+                                                 _hours_tag(hours))),
+           "user_days": ArrowDatasetWriter(join(out_dir, "user_day_counts"), _USER_DAYS),
+           "ids": ArrowDatasetWriter(join(out_dir, "ids"), int96_timestamps=True)}
+    try:
+        counts = _write_batches(batches(), dates, hours, losers, labels, geo, split_of, out)
+        schema = [[f.name, SPARK_NAMES[f.type]] for f in out["rows"].schema]
+        paths = {k: w.close() for k, w in out.items()}
+    finally:
+        for w in out.values():
+            w.abort()
     return build_manifest(counts, window, hours, gaps, extras, schema, source, labels_path,
-                          rows_path, q_path, ud_path, ids_path)
+                          paths["rows"], paths["quarantine"], paths["user_days"], paths["ids"])
+
+
+_USER_DAYS = pa.schema([(USER_ID, _STR), (DATE, _STR), pa.field("n", _INT64, nullable=False)])
+
+
+def _valid(batch: pa.Table, dates: Sequence, hours: list[int]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(reason, reason column, indices of the rows no rule flags) of one batch."""
+    reason, column = impressions_local.flag(batch, dates, hours)
+    return reason, column, np.flatnonzero(np.equal(reason, None))
+
+
+def _id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash per impression id (equal ids, equal hashes; collisions are settled by
+    ``_settle`` on the exact ids)."""
+    values = ids.to_numpy(zero_copy_only=False)
+    return pd.util.hash_array(values, categorize=False).view(np.int64)
+
+
+def _repeated_ids(batches: Iterator[pa.Table], dates: Sequence, hours: list[int]
+                  ) -> np.ndarray:
+    """Pass 1: the id hashes that more than one valid row of the task has, sorted."""
+    parts = []
+    for batch in batches:
+        _, _, valid = _valid(batch, dates, hours)
+        parts.append(_id_hashes(batch[IMPRESSION_ID].take(valid)))
+    hashes = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    del parts
+    hashes.sort()
+    return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+
+
+def _settle(batches: Iterator[pa.Table], dates: Sequence, hours: list[int],
+            repeated: np.ndarray) -> np.ndarray:
+    """Pass 2: positions (among the task's valid rows, in read order) of the duplicates an
+    earlier copy keeps, settled on the rows whose id hash repeats, in the whole task's order."""
+    at, parts = 0, []
+    for batch in batches:
+        _, _, valid = _valid(batch, dates, hours)
+        picked = np.flatnonzero(np.isin(_id_hashes(batch[IMPRESSION_ID].take(valid)), repeated))
+        rows = batch.take(valid[picked])
+        parts.append(pa.table({
+            "at": pa.array(picked + at, pa.int64()), IMPRESSION_ID: rows[IMPRESSION_ID],
+            TS: rows[TS], DATE: rows[DATE], HOUR: rows[HOUR],
+            CONTENT_HASH: pa.array(spark_xxhash64([rows[RAW_PREFIX + c]
+                                                   for c in IMPRESSIONS.names]), _INT64)}))
+        at += len(valid)
+    rows = pa.concat_tables(parts)
+    dup = impressions_local.duplicates(rows[IMPRESSION_ID], rows[TS].to_numpy(), rows[DATE],
+                                       rows[HOUR].to_numpy(), rows[CONTENT_HASH].to_numpy())
+    return rows["at"].to_numpy()[dup]
+
+
+def _write_batches(batches: Iterator[pa.Table], dates: Sequence, hours: list[int],
+                   losers: np.ndarray, labels: pa.Table, geo: Geography,
+                   split_of: dict[str, str], out: dict[str, ArrowDatasetWriter]) -> list[tuple]:
+    """Pass 3: each batch's rows/, ids/ and quarantine rows appended to ``out``; user-day
+    counts and the manifest's counts summed over the batches. Returns the counts."""
+    at, counts, user_days = 0, {}, []
+    for batch in batches:
+        reason, column, valid = _valid(batch, dates, hours)
+        dup = np.isin(np.arange(at, at + len(valid)), losers)
+        at += len(valid)
+        reason[valid[dup]], column[valid[dup]] = impressions_local.DUPLICATE
+        kept = batch if len(valid) == batch.num_rows and not dup.any() else batch.take(
+            valid[~dup])
+        hashes = spark_xxhash64([kept[RAW_PREFIX + c] for c in IMPRESSIONS.names])
+        rows = _labelled(kept, kept[TS].to_numpy(), labels, geo, split_of)
+        labelled = rows[LABEL_PROVIDER].is_valid()
+        outcome = pc.if_else(labelled, WRITTEN, UNLABELLED)
+        bad = np.flatnonzero(np.not_equal(reason, None))
+        quarantine = _quarantine(batch.take(bad), reason[bad], column[bad])
+        for key in _counts([rows[DATE], quarantine[DATE]], [rows[HOUR], quarantine[HOUR]],
+                           [rows[SPLIT], _splits(quarantine[DATE], split_of)],
+                           [outcome, quarantine[REASON]],
+                           [rows[Y_AGE_GENDER], pa.nulls(len(bad), rows[Y_AGE_GENDER].type)]):
+            counts[key[:-1]] = counts.get(key[:-1], 0) + key[-1]
+        written = rows.filter(labelled)
+        out["rows"].write(written)
+        out["quarantine"].write(quarantine)
+        out["ids"].write(rows.append_column(CONTENT_HASH, pa.array(hashes, _INT64)).append_column(
+            OUTCOME, outcome).select(list(IDS_COLUMNS)))
+        user_days.append(written.group_by([USER_ID, DATE], use_threads=False).aggregate(
+            [([], "count_all")]))
+        if sum(t.num_rows for t in user_days) > USER_DAY_COMPACT_ROWS:
+            user_days = [_sum_user_days(user_days)]
+    total = _sum_user_days(user_days)
+    out["user_days"].write(pa.table([total[USER_ID], total[DATE], total["count_all"]],
+                                    schema=_USER_DAYS))
+    return [(*key, n) for key, n in counts.items()]
+
+
+# user-day counts of the batches are summed whenever they exceed this many rows, so they hold
+# about the task's distinct (user, date) pairs (618k at 8x the default world, ~25 MB)
+USER_DAY_COMPACT_ROWS = 1_000_000
+
+
+def _sum_user_days(parts: list[pa.Table]) -> pa.Table:
+    summed = pa.concat_tables(parts).group_by([USER_ID, DATE], use_threads=False).aggregate(
+        [("count_all", "sum")])
+    return pa.table({USER_ID: summed[USER_ID], DATE: summed[DATE],
+                     "count_all": summed["count_all_sum"]})
 
 
 def _labelled(kept: pa.Table, ts_us: np.ndarray, labels: pa.Table, geo: Geography,
