@@ -251,7 +251,7 @@ def test_tiny_batches_give_the_same_outputs(both, monkeypatch, ids_collide):
     import numpy as np
 
     monkeypatch.setattr(hourly_local, "ETL_BATCH_ROWS", 3)
-    monkeypatch.setattr(hourly_local, "USER_DAY_COMPACT_ROWS", 5)
+    monkeypatch.setattr(hourly_local.UserDayCounts, "COMPACT_ROWS", 5)
     if ids_collide:
         monkeypatch.setattr(hourly_local, "_id_hashes",
                             lambda ids: np.zeros(len(ids), dtype=np.int64))

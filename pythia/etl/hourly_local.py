@@ -12,6 +12,7 @@ the caller runs the Spark path. tests/test_etl_local.py runs both on the same in
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ from pythia.features import (COUNTRY, DATE, GEO_REGION, HOUR, IMPRESSION_ID,
                              LABEL_PROVIDER, SPLIT, TS,
                              TS_SECONDS, USER_ID, USER_LABEL_COLUMNS, Y_AGE_GENDER,
                              derive_batch)
-from pythia.parquet_footers import read_footer
+from pythia.parquet_footers import footer_rows, read_footer
 from pythia.paths import join
 
 _STR, _INT32, _INT64 = pa.string(), pa.int32(), pa.int64()
@@ -94,7 +95,7 @@ def run_hours(source: str, hours: list[int], window: Window, labels_path: str, o
     files, gaps = contract_read.task_inputs(source, dates, hours, allow_gaps)
     batches, extras = impressions_local.iter_impressions(files, ETL_BATCH_ROWS)
     labels = read_labels(labels_path)
-    repeated = _repeated_ids(batches(), dates, hours)
+    repeated = _repeated_ids(batches(), dates, hours, sum(footer_rows(f) for f in files))
     losers = _settle(batches(), dates, hours, repeated) if len(repeated) else np.zeros(0, int)
     split_of = {d.isoformat(): window.split_of(d) for d in dates}
     out = {"rows": ArrowDatasetWriter(join(out_dir, "rows"), int96_timestamps=True),
@@ -103,7 +104,8 @@ def run_hours(source: str, hours: list[int], window: Window, labels_path: str, o
            "user_days": ArrowDatasetWriter(join(out_dir, "user_day_counts"), _USER_DAYS),
            "ids": ArrowDatasetWriter(join(out_dir, "ids"), int96_timestamps=True)}
     try:
-        counts = _write_batches(batches(), dates, hours, losers, labels, geo, split_of, out)
+        counts = _write_batches(batches(), dates, hours, losers, labels, geo, split_of, out,
+                                Counter(_date_of(f) for f in files))
         schema = [[f.name, SPARK_NAMES[f.type]] for f in out["rows"].schema]
         paths = {k: w.close() for k, w in out.items()}
     finally:
@@ -130,25 +132,28 @@ def _id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pd.util.hash_array(values, categorize=False).view(np.int64)
 
 
-def _repeated_ids(batches: Iterator[pa.Table], dates: Sequence, hours: list[int]
-                  ) -> np.ndarray:
-    """Pass 1: the id hashes that more than one valid row of the task has, sorted."""
-    parts = []
-    for batch in batches:
+def _repeated_ids(batches: Iterator[tuple[str | None, pa.Table]], dates: Sequence,
+                  hours: list[int], rows: int) -> np.ndarray:
+    """Pass 1: the id hashes that more than one valid row of the task has, sorted (``rows``:
+    the task's rows from the footers, so the hashes fill one array, sorted in place)."""
+    hashes, at = np.empty(rows, np.int64), 0
+    for _, batch in batches:
         _, _, valid = _valid(batch, dates, hours)
-        parts.append(_id_hashes(batch[IMPRESSION_ID].take(valid)))
-    hashes = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    del parts
+        if at + len(valid) > len(hashes):  # more rows than the footers said
+            hashes = np.concatenate([hashes, np.empty(len(valid), np.int64)])
+        hashes[at:at + len(valid)] = _id_hashes(batch[IMPRESSION_ID].take(valid))
+        at += len(valid)
+    hashes = hashes[:at]
     hashes.sort()
     return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
 
 
-def _settle(batches: Iterator[pa.Table], dates: Sequence, hours: list[int],
+def _settle(batches: Iterator[tuple[str | None, pa.Table]], dates: Sequence, hours: list[int],
             repeated: np.ndarray) -> np.ndarray:
     """Pass 2: positions (among the task's valid rows, in read order) of the duplicates an
     earlier copy keeps, settled on the rows whose id hash repeats, in the whole task's order."""
     at, parts = 0, []
-    for batch in batches:
+    for _, batch in batches:
         _, _, valid = _valid(batch, dates, hours)
         picked = np.flatnonzero(np.isin(_id_hashes(batch[IMPRESSION_ID].take(valid)), repeated))
         rows = batch.take(valid[picked])
@@ -164,13 +169,19 @@ def _settle(batches: Iterator[pa.Table], dates: Sequence, hours: list[int],
     return rows["at"].to_numpy()[dup]
 
 
-def _write_batches(batches: Iterator[pa.Table], dates: Sequence, hours: list[int],
-                   losers: np.ndarray, labels: pa.Table, geo: Geography,
-                   split_of: dict[str, str], out: dict[str, ArrowDatasetWriter]) -> list[tuple]:
-    """Pass 3: each batch's rows/, ids/ and quarantine rows appended to ``out``; user-day
-    counts and the manifest's counts summed over the batches. Returns the counts."""
-    at, counts, user_days = 0, {}, []
-    for batch in batches:
+def _write_batches(batches: Iterator[tuple[str | None, pa.Table]], dates: Sequence,
+                   hours: list[int], losers: np.ndarray, labels: pa.Table, geo: Geography,
+                   split_of: dict[str, str], out: dict[str, ArrowDatasetWriter],
+                   files_per_date: dict[str, int]) -> list[tuple]:
+    """Pass 3: each batch's rows/, ids/ and quarantine rows appended to ``out``; the
+    manifest's counts summed over the batches, and the user-day counts over a date's files
+    (written once its last file is read: ``files_per_date``). Returns the counts."""
+    at, counts, user_days, left = 0, {}, UserDayCounts(out["user_days"]), dict(files_per_date)
+    previous = None
+    for uri, batch in batches:
+        if uri != previous and previous is not None:
+            user_days.file_done(previous, left)
+        previous = uri
         reason, column, valid = _valid(batch, dates, hours)
         dup = np.isin(np.arange(at, at + len(valid)), losers)
         at += len(valid)
@@ -193,19 +204,47 @@ def _write_batches(batches: Iterator[pa.Table], dates: Sequence, hours: list[int
         out["quarantine"].write(quarantine)
         out["ids"].write(rows.append_column(CONTENT_HASH, pa.array(hashes, _INT64)).append_column(
             OUTCOME, outcome).select(list(IDS_COLUMNS)))
-        user_days.append(written.group_by([USER_ID, DATE], use_threads=False).aggregate(
-            [([], "count_all")]))
-        if sum(t.num_rows for t in user_days) > USER_DAY_COMPACT_ROWS:
-            user_days = [_sum_user_days(user_days)]
-    total = _sum_user_days(user_days)
-    out["user_days"].write(pa.table([total[USER_ID], total[DATE], total["count_all"]],
-                                    schema=_USER_DAYS))
+        user_days.add(uri, written)
+    user_days.flush_all()
     return [(*key, n) for key, n in counts.items()]
 
 
-# user-day counts of the batches are summed whenever they exceed this many rows, so they hold
-# about the task's distinct (user, date) pairs (618k at 8x the default world, ~25 MB)
-USER_DAY_COMPACT_ROWS = 1_000_000
+class UserDayCounts:
+    """Rows per (user, date) summed over batches, written to ``writer`` a date at a time: once
+    the last file of a date is read its pairs are final, so what is held is about one date's
+    pairs of the task (8x the default world: ~125k of 618k) plus COMPACT_ROWS."""
+
+    COMPACT_ROWS = 200_000  # batch counts are summed once they exceed this many rows
+
+    def __init__(self, writer: ArrowDatasetWriter):
+        self.writer, self.parts = writer, {}
+
+    def add(self, uri: str | None, written: pa.Table) -> None:
+        parts = self.parts.setdefault(_date_of(uri), [])
+        parts.append(written.group_by([USER_ID, DATE], use_threads=False).aggregate(
+            [([], "count_all")]))
+        if sum(t.num_rows for t in parts) > self.COMPACT_ROWS:
+            parts[:] = [_sum_user_days(parts)]
+
+    def file_done(self, uri: str, left: dict[str, int]) -> None:
+        date = _date_of(uri)
+        left[date] -= 1
+        if not left[date]:
+            self._write(self.parts.pop(date, []))
+
+    def flush_all(self) -> None:
+        for date in sorted(self.parts, key=str):
+            self._write(self.parts.pop(date))
+
+    def _write(self, parts: list[pa.Table]) -> None:
+        if parts:
+            total = _sum_user_days(parts)
+            self.writer.write(pa.table([total[USER_ID], total[DATE], total["count_all"]],
+                                       schema=_USER_DAYS))
+
+
+def _date_of(uri: str | None) -> str | None:
+    return None if uri is None else contract_read.partition_values(uri, IMPRESSIONS)[0]
 
 
 def _sum_user_days(parts: list[pa.Table]) -> pa.Table:

@@ -50,24 +50,25 @@ def read_impressions(files: Sequence[str], report: bool = True) -> tuple[pa.Tabl
 
 
 def iter_impressions(files: Sequence[str], batch_rows: int, report: bool = True
-                     ) -> tuple[Callable[[], Iterator[pa.Table]], list[str]]:
+                     ) -> tuple[Callable[[], Iterator[tuple[str | None, pa.Table]]], list[str]]:
     """``read_impressions`` in tables of at most ``batch_rows`` rows, in its row order: a
-    function giving a fresh pass over them each call (at least one table, maybe empty), and
-    the extra column names. NeedsSpark is raised here, before any row is read."""
+    function giving a fresh pass over ``(file, table)`` each call (at least one table, maybe
+    empty: file None when there is no file), and the extra column names. NeedsSpark is
+    raised here, before any row is read."""
     groups, extras = contract_local.inspect_local(files, IMPRESSIONS)
     if report:
         contract_read._print_read_notes(IMPRESSIONS, groups, extras)
     schema = normalized_schema()
 
-    def batches() -> Iterator[pa.Table]:
+    def batches() -> Iterator[tuple[str | None, pa.Table]]:
         given = False
         for key, group in sorted(groups.items()):
             for uri in group:
                 for data in contract_local.iter_parquet(uri, [k[0] for k in key], batch_rows):
                     given = True
-                    yield _normalized(data, uri, key, schema)
+                    yield uri, _normalized(data, uri, key, schema)
         if not given:
-            yield schema.empty_table()
+            yield None, schema.empty_table()
     return batches, extras
 
 
