@@ -28,7 +28,8 @@ from pythia.paths import join
 # on the driver. Measured on a busy 2-core machine: an etl_hour task (etl.hourly_local) of 346k
 # impressions took ~6 s and ~400 MB above the process's own (Spark ~55 s); join_hours on the
 # default world's 3.2M rows/ + ids/ rows ~8 s and 933 MB for the whole process (Spark ~94 s).
-# At the limit a step stays well inside the 8 GB that flows/pythia.toml gives it.
+# At the limit a step stays well inside the 8 GB that flows/pythia.toml gives it; since
+# session 28 prepare_labels and etl_hour hold a bucket / a batch, not the table, on the driver.
 # PYTHIA_DRIVER_MAX_ROWS overrides it; 0 means always Spark.
 DRIVER_MAX_ROWS = 4_000_000
 DRIVER_MAX_ROWS_ENV = "PYTHIA_DRIVER_MAX_ROWS"

@@ -9,6 +9,10 @@ names, order and Parquet types Spark writes (``ts`` as INT96), so ``join_hours``
 driver and Spark tasks alike; the manifest comes from ``hourly.build_manifest``. Stored types
 it cannot convert exactly raise ``contract_local.NeedsSpark`` before anything is written, and
 the caller runs the Spark path. tests/test_etl_local.py runs both on the same inputs.
+
+Memory is bounded by a batch (``ETL_BATCH_ROWS``), not by the task: the files are read in
+batches up to three times (ids, then the repeated ids' rows, then everything to write) and each
+output is appended a row group at a time (``io.ArrowDatasetWriter``), published at the end.
 """
 from __future__ import annotations
 
