@@ -147,8 +147,8 @@ def test_four_times_the_rows_per_task_run_in_the_same_small_heap(tmp_path):
 @pytest.mark.slow
 def test_the_driver_path_holds_a_batch_not_the_task(tmp_path):
     """8x the rows per task on the driver (no JVM), read 4k rows at a time (a file of the
-    small source): the task's table held whole grew 233 -> 578 MB here (session 27 code); in batches
-    the peak stays within 1.2x (the ids' hashes, labels and user-day counts still grow)."""
+    small source): holding the task's table whole grew 233 -> 578 MB here (session 27's
+    code); in batches the peak stays within 1.2x (id hashes, labels, user-day counts grow)."""
     runs = {}
     for k in (1, 8):
         root = str(tmp_path / f"src{k}")
