@@ -25,9 +25,9 @@ RSS ratio column compares each step's peak RSS at the largest scale with the sma
 ``--until STEP`` stops every scale after that step (e.g. ``--until etl_hour`` measures the
 ETL's memory in minutes instead of the whole run's half hour at 8x); the tables then list the
 steps that ran. ``--replot DIR[,DIR…]`` prints the tables again from kept runs'
-``results.json`` (several folders: their scales merged, e.g. a larger scale run on its own later; the same scale twice is
-an error). ``results.json`` is rewritten after every scale, so a stopped run keeps the scales it
-finished. The 1-minute load average is recorded after every task and printed per scale: the
+``results.json`` (several folders: their scales merged, e.g. a larger scale run on its own
+later; the same scale twice is an error). ``results.json`` is rewritten after every scale, so a
+stopped run keeps the scales it finished. The 1-minute load average is recorded after every task and printed per scale: the
 wall column of a busy machine is inflated, CPU seconds less so, peak RSS not at all.
 """
 from __future__ import annotations
