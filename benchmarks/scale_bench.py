@@ -27,8 +27,9 @@ ETL's memory in minutes instead of the whole run's half hour at 8x); the tables 
 steps that ran. ``--replot DIR[,DIR…]`` prints the tables again from kept runs'
 ``results.json`` (several folders: their scales merged, e.g. a larger scale run on its own
 later; the same scale twice is an error). ``results.json`` is rewritten after every scale, so a
-stopped run keeps the scales it finished. The 1-minute load average is recorded after every task and printed per scale: the
-wall column of a busy machine is inflated, CPU seconds less so, peak RSS not at all.
+stopped run keeps the scales it finished. The 1-minute load average is recorded after every
+task and printed per scale: the wall column of a busy machine is inflated, CPU seconds less so,
+peak RSS not at all.
 """
 from __future__ import annotations
 
