@@ -2,6 +2,7 @@
 
     python benchmarks/scale_bench.py [--preset default] [--scales 1,2,4,8] [--models all]
         [--regions all] [--max-epochs 8] [--hours-per-task 4] [--workdir DIR] [--keep]
+        [--until STEP]
 
     # small and quick (minutes): python benchmarks/scale_bench.py --preset tiny \\
     #     --scales 0.25,0.5,1 --models gbdt --regions global --max-epochs 1
@@ -21,11 +22,14 @@ Per step it then fits the growth exponent b of wall = a * n^b (and of CPU and pe
 world's impressions (log-log least squares; 1.0 = linear, 0 = flat), and the fixed cost per
 run: the intercept c0 of wall = c0 + c1 * n. Not a test: nothing fails on a slow machine; the
 RSS ratio column compares each step's peak RSS at the largest scale with the smallest.
-``--replot DIR[,DIR…]`` prints the tables again from kept runs' ``results.json`` (several
-folders: their scales merged, e.g. a larger scale run on its own later; the same scale twice is
-an error). ``results.json`` is rewritten after every scale, so a stopped run keeps the scales it
-finished. The 1-minute load average is recorded after every task and printed per scale: the
-wall column of a busy machine is inflated, CPU seconds less so, peak RSS not at all.
+``--until STEP`` stops every scale after that step (e.g. ``--until etl_hour`` measures the
+ETL's memory in minutes instead of the whole run's half hour at 8x); the tables then list the
+steps that ran. ``--replot DIR[,DIR…]`` prints the tables again from kept runs'
+``results.json`` (several folders: their scales merged, e.g. a larger scale run on its own
+later; the same scale twice is an error). ``results.json`` is rewritten after every scale, so a
+stopped run keeps the scales it finished. The 1-minute load average is recorded after every
+task and printed per scale: the wall column of a busy machine is inflated, CPU seconds less so,
+peak RSS not at all.
 """
 from __future__ import annotations
 
@@ -250,7 +254,7 @@ def run_scale(scale: float, args: argparse.Namespace, workdir: str) -> dict[str,
              "hours_per_task": args.hours_per_task, "reuse_world": args.reuse_worlds}
     results: dict[str, dict] = {}
     with open(os.path.join(base, "steps.log"), "w") as log:
-        for name in STEPS:
+        for name in steps_until(args.until):
             with open(os.path.join(state_dir, "state.pkl"), "wb") as f:
                 pickle.dump(state, f)
             n_tasks = len(state[FOREACH[name]]) if name in FOREACH else 1
@@ -297,11 +301,26 @@ def fit_fixed(scales: list[float], values: list[float]) -> float:
     return my - slope * mx
 
 
+def steps_until(until: str | None) -> tuple[str, ...]:
+    """The steps in flow order up to and including ``until`` (all of them for None)."""
+    if until is None:
+        return STEPS
+    if until not in STEPS:
+        raise ValueError(f"--until {until!r} is not a step; choose from {', '.join(STEPS)}")
+    return STEPS[:STEPS.index(until) + 1]
+
+
+def _steps_of(runs: list[dict[str, dict]]) -> tuple[str, ...]:
+    """The steps every run has (a run stopped by ``--until`` has a prefix of STEPS)."""
+    return tuple(name for name in STEPS if all(name in run for run in runs))
+
+
 def print_table(scales: list[float], runs: list[dict[str, dict]]) -> None:
+    steps = _steps_of(runs)
     print()
     print(f"{'step':16s} {'scale':>6s} {'rows':>10s} {'wall s':>8s} {'cpu s':>8s} "
           f"{'RSS MB':>8s} {'rows/s':>10s}")
-    for name in STEPS:
+    for name in steps:
         for scale, run in zip(scales, runs):
             st = run[name]
             rows = st["rows"]
@@ -313,7 +332,7 @@ def print_table(scales: list[float], runs: list[dict[str, dict]]) -> None:
     size = [n / imps[0] for n in imps]
     print()
     for scale, run in zip(scales, runs):
-        loads = [x for name in STEPS for x in run[name].get("load", [])]
+        loads = [x for name in steps for x in run[name].get("load", [])]
         if loads:
             print(f"load average (1 min, after each task) at {scale:g}x: min {min(loads):.1f}, "
                   f"median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f}")
@@ -323,7 +342,7 @@ def print_table(scales: list[float], runs: list[dict[str, dict]]) -> None:
     print(f"{'step':16s} {'exp wall':>8s} {'exp cpu':>8s} {'exp RSS':>8s} {'RSS max/min':>11s} "
           f"{'fixed s':>8s}")
     total_fixed = 0.0
-    for name in STEPS:
+    for name in steps:
         wall = [r[name]["wall_s"] for r in runs]
         cpu = [r[name]["cpu_s"] for r in runs]
         rss = [r[name]["rss_mb"] for r in runs]
@@ -332,7 +351,7 @@ def print_table(scales: list[float], runs: list[dict[str, dict]]) -> None:
         ratio = rss[-1] / rss[0] if rss[0] else float("nan")
         print(f"{name:16s} {fit_exponent(size, wall):8.2f} {fit_exponent(size, cpu):8.2f} "
               f"{fit_exponent(size, rss):8.2f} {ratio:11.2f} {fixed:8.1f}")
-    totals = [sum(r[n]["wall_s"] for n in STEPS) for r in runs]
+    totals = [sum(r[n]["wall_s"] for n in steps) for r in runs]
     print(f"{'whole run':16s} {fit_exponent(size, totals):8.2f} {'':8s} {'':8s} {'':11s} "
           f"{total_fixed:8.1f}")
 
@@ -372,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-worlds", action="store_true",
                     help="use a complete world already in the workdir (the synth row then "
                          "measures only the check, not the generation)")
+    ap.add_argument("--until", default=None, choices=STEPS, metavar="STEP",
+                    help="stop every scale after this step (one of: " + ", ".join(STEPS)
+                         + "); the tables list the steps that ran")
     ap.add_argument("--replot", default=None, metavar="DIR[,DIR…]",
                     help="only print the tables of kept runs (their results.json, scales merged)")
     args = ap.parse_args(argv)
@@ -383,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="scale-bench-")
     print(f"scale_bench: preset {args.preset} x {scales}; models {args.models}, regions "
           f"{args.regions}, max_epochs {args.max_epochs}, hours_per_task "
-          f"{args.hours_per_task}; files under {workdir}", flush=True)
+          f"{args.hours_per_task}; steps up to {args.until or STEPS[-1]}; files under "
+          f"{workdir}", flush=True)
     try:
         runs = []
         for s in scales:  # saved after every scale, so a failed or stopped larger one keeps these

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -265,8 +265,49 @@ def read_parquet(uri: str, columns: Sequence[str]) -> pa.Table:
                          "Parquet: rewrite it, or remove it / move it out of the source") from exc
 
 
+def iter_parquet(uri: str, columns: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
+    """``read_parquet`` in tables of at most ``batch_rows`` rows (at least one table, maybe
+    empty), so a reader holds a batch, not the file; the same one-line error."""
+    fs, path = storage.filesystem(uri)
+    try:
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle, coerce_int96_timestamp_unit="us")
+            schema = parquet.schema_arrow
+            yielded = False
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns)):
+                yielded = True
+                yield pa.Table.from_batches([batch])
+            if not yielded:
+                yield pa.schema([schema.field(c) for c in columns]).empty_table()
+    except (OSError, pa.ArrowException) as exc:
+        detail = " ".join(str(exc).split())[:240]
+        raise ValueError(f"cannot read {uri}: {detail}. Fix: the file is damaged or not "
+                         "Parquet: rewrite it, or remove it / move it out of the source") from exc
+
+
+def iter_table(files: Sequence[str], table: TableSpec, batch_rows: int, report: bool = True
+               ) -> tuple[Iterator[pd.DataFrame], list[str]]:
+    """``read_table`` as frames of at most ``batch_rows`` rows, in its row order (NeedsSpark
+    is raised here, before any data is read)."""
+    groups, extras = inspect_local(files, table)
+    if report:
+        contract_read._print_read_notes(table, groups, extras)
+    columns = [*table.names, *[RAW_PREFIX + n for n in table.names],
+               *[p.name for p in table.partition_columns]]
+
+    def frames() -> Iterator[pd.DataFrame]:
+        for key, group in sorted(groups.items()):
+            for uri in group:
+                for data in iter_parquet(uri, [k[0] for k in key], batch_rows):
+                    yield _frame(data, uri, key, table)[columns]
+    return frames(), extras
+
+
 def _read_file(uri: str, key: tuple, table: TableSpec) -> pd.DataFrame:
-    data = read_parquet(uri, [k[0] for k in key])
+    return _frame(read_parquet(uri, [k[0] for k in key]), uri, key, table)
+
+
+def _frame(data: pa.Table, uri: str, key: tuple, table: TableSpec) -> pd.DataFrame:
     out: dict[str, list] = {}
     for c in table.columns:
         out[c.name] = out[RAW_PREFIX + c.name] = [None] * data.num_rows

@@ -9,6 +9,8 @@ checks by running both on the same inputs.
 from __future__ import annotations
 
 import os
+import pickle
+import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -17,7 +19,7 @@ import pyarrow as pa
 
 from pythia import contract, contract_local, label_rules
 from pythia.contract_read import RAW_PREFIX
-from pythia.etl.io import write_arrow_atomic
+from pythia.etl.io import ArrowDatasetWriter, write_arrow_atomic
 from pythia.features import AGE_BUCKET, GENDER, age_bucket_labels
 from pythia.parquet_footers import footer_rows
 from pythia.paths import join
@@ -26,7 +28,8 @@ from pythia.paths import join
 # on the driver. Measured on a busy 2-core machine: an etl_hour task (etl.hourly_local) of 346k
 # impressions took ~6 s and ~400 MB above the process's own (Spark ~55 s); join_hours on the
 # default world's 3.2M rows/ + ids/ rows ~8 s and 933 MB for the whole process (Spark ~94 s).
-# At the limit a step stays well inside the 8 GB that flows/pythia.toml gives it.
+# At the limit a step stays well inside the 8 GB that flows/pythia.toml gives it; since
+# session 28 prepare_labels and etl_hour hold a bucket / a batch, not the table, on the driver.
 # PYTHIA_DRIVER_MAX_ROWS overrides it; 0 means always Spark.
 DRIVER_MAX_ROWS = 4_000_000
 DRIVER_MAX_ROWS_ENV = "PYTHIA_DRIVER_MAX_ROWS"
@@ -92,10 +95,14 @@ def write_table(df: pd.DataFrame, uri: str, types: Mapping[str, pa.DataType] | N
                 ) -> str:
     """Write ``df`` as a one-file Parquet dataset at ``uri`` (atomically, with ``_SUCCESS``);
     columns are strings unless ``types`` names them."""
+    return write_arrow_atomic(_arrow(df, types), uri)
+
+
+def _arrow(df: pd.DataFrame, types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+    """``df`` as ``write_table`` writes it: strings unless ``types`` names the column."""
     schema = pa.schema([(c, (types or {}).get(c, _STR)) for c in df.columns])
-    data = pa.Table.from_pydict({c: _values(df[c], schema.field(c).type) for c in df.columns},
+    return pa.Table.from_pydict({c: _values(df[c], schema.field(c).type) for c in df.columns},
                                 schema=schema)
-    return write_arrow_atomic(data, uri)
 
 
 def _values(s: pd.Series, kind: pa.DataType) -> list:
@@ -159,52 +166,122 @@ def _latest_per_provider(df: pd.DataFrame) -> pd.DataFrame:
     return latest
 
 
-def agreement_table(latest: pd.DataFrame) -> list[dict]:
-    """``providers.agreement_table`` on pandas (same rows, same order, Python numbers)."""
+def _agreement_sums(latest: pd.DataFrame) -> pd.DataFrame:
+    """Per (provider_a, provider_b, country): users both providers label and how many of them
+    they agree on (gender, age bucket): sums that add up across buckets of users."""
     a = latest[["user_id", "country", "provider", "y_gender", "y_age"]]
     pairs = a.merge(a, on=["user_id", "country"], suffixes=("_a", "_b"))
     pairs = pairs[pairs["provider_a"] < pairs["provider_b"]]
-    if pairs.empty:
-        return []
     pairs = pairs.assign(g=(pairs["y_gender_a"] == pairs["y_gender_b"]).astype(float),
                          a=(pairs["y_age_a"] == pairs["y_age_b"]).astype(float))
-    out = (pairs.groupby(["provider_a", "provider_b", "country"], sort=True)
-           .agg(shared_users=("user_id", "size"), gender_agreement=("g", "mean"),
-                age_agreement=("a", "mean")).reset_index())
+    return (pairs.groupby(["provider_a", "provider_b", "country"], sort=False)
+            .agg(shared_users=("user_id", "size"), g=("g", "sum"), a=("a", "sum"))
+            .reset_index())
+
+
+def agreement_table(sums: Sequence[pd.DataFrame]) -> list[dict]:
+    """``providers.agreement_table`` from ``_agreement_sums`` of buckets of users (same rows,
+    same order, Python numbers; a mean of 0/1 values is its exact sum over its count)."""
+    parts = [s for s in sums if len(s)]
+    if not parts:
+        return []
+    out = (pd.concat(parts).groupby(["provider_a", "provider_b", "country"], sort=True)
+           .sum().reset_index())
     return [{"provider_a": r.provider_a, "provider_b": r.provider_b, "country": r.country,
-             "shared_users": int(r.shared_users), "gender_agreement": float(r.gender_agreement),
-             "age_agreement": float(r.age_agreement)} for r in out.itertuples()]
+             "shared_users": int(r.shared_users),
+             "gender_agreement": float(r.g / r.shared_users),
+             "age_agreement": float(r.a / r.shared_users)} for r in out.itertuples()]
+
+
+# Label rows are read LABEL_BATCH_ROWS at a time and spilled, by a hash of user_id, into
+# ceil(rows / LABEL_BUCKET_ROWS) buckets resolved one at a time: every rule of the step looks
+# at one user's rows only, and a bucket holds them all. A row costs ~1.3 KB as pandas objects
+# (session 27: 162k rows, 365 MB; 1.29M rows, 1711 MB when held whole), so the step's peak is
+# about a bucket's plus a batch's whatever the table's size (session 28, docs/scaling.md).
+LABEL_BATCH_ROWS = 50_000
+LABEL_BUCKET_ROWS = 100_000
+_BASE = ["user_id", "gender", "age", "age_bucket", "country", "observed_date", "provider"]
+_ASIDE = ["user_id", "country", "provider", "gender", "age_bucket", "y_gender", "y_age",
+          "y_age_gender", "observed_date"]
+
+
+def _spill(files: Sequence[str], age_edges: tuple[int, ...], n_buckets: int, folder: str,
+           quarantine: ArrowDatasetWriter) -> tuple[list[str], dict[str, int]]:
+    """Pass 1: flag every batch, write its quarantined rows, and append its valid rows (in
+    read order) to the pickle file of their user's bucket. Returns the extra column names and
+    the quarantined rows per reason."""
+    batches, extras = contract_local.iter_table(files, contract.LABELS, LABEL_BATCH_ROWS)
+    paths = [os.path.join(folder, f"bucket-{k}.pkl") for k in range(n_buckets)]
+    handles = [open(p, "wb") for p in paths]
+    quarantined: dict[str, int] = {}
+    try:
+        for raw in batches:
+            valid, bad = contract_local.split_valid(flag_labels(raw, age_edges), contract.LABELS)
+            quarantine.write(_arrow(bad))
+            bucket = pd.util.hash_array(valid["user_id"].to_numpy(dtype=object)) % n_buckets
+            for k in np.unique(bucket):
+                pickle.dump(valid.loc[bucket == k, _BASE], handles[k],
+                            protocol=pickle.HIGHEST_PROTOCOL)
+            for reason, n in bad[contract.REASON].value_counts().items():
+                quarantined[reason] = quarantined.get(reason, 0) + int(n)
+    finally:
+        for h in handles:
+            h.close()
+    return extras, quarantined
+
+
+def _bucket_rows(path: str) -> pd.DataFrame:
+    frames = []
+    with open(path, "rb") as f:
+        while True:
+            try:
+                frames.append(pickle.load(f))
+            except EOFError:
+                break
+    if not frames:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in _BASE})
+    return pd.concat(frames, ignore_index=True)
 
 
 def prepare_labels(source: str, choice: Mapping[str, str], age_edges: tuple[int, ...],
                    out_dir: str, default_provider: str, quarantine_dir: str | None = None
                    ) -> dict:
-    """``providers.prepare_labels`` on the driver: same rules, files and manifest."""
+    """``providers.prepare_labels`` on the driver: same rules, files and manifest, in bounded
+    memory (``LABEL_BUCKET_ROWS``); rows are written bucket by bucket."""
     files = contract.list_table_files(source, "labels")
-    raw, extras = contract_local.read_table(files, contract.LABELS)
-    flagged = flag_labels(raw, age_edges)
-    valid, quarantine = contract_local.split_valid(flagged, contract.LABELS)
-    base = ["user_id", "gender", "age", "age_bucket", "country", "observed_date", "provider"]
-    every = _status(label_rules.bucket_labels(valid[base], age_edges), choice, default_provider)
-    counts = {**every["status"].value_counts().to_dict(),
-              **quarantine[contract.REASON].value_counts().to_dict()}
-    winners = every[every["status"] == label_rules.LABELLED].rename(
-        columns={"provider": "label_provider"})[label_rules.OUTPUT_COLUMNS]
-    kept = every[every["status"].isin(
-        [label_rules.LABELLED, label_rules.SUPERSEDED, label_rules.NOT_CHOSEN])]
-    latest = _latest_per_provider(kept)
-    aside = latest[latest["provider"] != latest["_chosen_provider"]]
-    rejected = every[every["status"].isin(label_rules.REJECT_REASONS)]
-    aside = aside[["user_id", "country", "provider", "gender", "age_bucket", "y_gender", "y_age",
-                   "y_age_gender", "observed_date"]]
-    paths = {
-        "labels_path": write_table(winners, join(out_dir, "labels"), LABEL_TYPES),
-        "aside_path": write_table(aside, join(out_dir, "aside"), LABEL_TYPES),
-        "rejected_path": write_table(rejected[[*base, "reject"]], join(out_dir, "rejected"),
-                                     LABEL_TYPES),
-        "quarantine_path": write_table(quarantine,
-                                       quarantine_dir or join(out_dir, "quarantine")),
-    }
+    n_buckets = max(1, -(-sum(footer_rows(f) for f in files) // LABEL_BUCKET_ROWS))
+    out = {"labels_path": ArrowDatasetWriter(join(out_dir, "labels")),
+           "aside_path": ArrowDatasetWriter(join(out_dir, "aside")),
+           "rejected_path": ArrowDatasetWriter(join(out_dir, "rejected")),
+           "quarantine_path": ArrowDatasetWriter(quarantine_dir or join(out_dir, "quarantine"))}
+    counts: dict[str, int] = {}
+    sums = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="pythia-labels-") as folder:
+            extras, quarantined = _spill(files, age_edges, n_buckets, folder,
+                                         out["quarantine_path"])
+            counts.update(quarantined)
+            for k in range(n_buckets):
+                every = _status(label_rules.bucket_labels(
+                    _bucket_rows(os.path.join(folder, f"bucket-{k}.pkl")), age_edges),
+                    choice, default_provider)
+                for status, n in every["status"].value_counts().items():
+                    counts[status] = counts.get(status, 0) + int(n)
+                winners = every[every["status"] == label_rules.LABELLED].rename(
+                    columns={"provider": "label_provider"})[label_rules.OUTPUT_COLUMNS]
+                kept = every[every["status"].isin(
+                    [label_rules.LABELLED, label_rules.SUPERSEDED, label_rules.NOT_CHOSEN])]
+                latest = _latest_per_provider(kept)
+                aside = latest[latest["provider"] != latest["_chosen_provider"]]
+                rejected = every[every["status"].isin(label_rules.REJECT_REASONS)]
+                out["labels_path"].write(_arrow(winners, LABEL_TYPES))
+                out["aside_path"].write(_arrow(aside[_ASIDE], LABEL_TYPES))
+                out["rejected_path"].write(_arrow(rejected[[*_BASE, "reject"]], LABEL_TYPES))
+                sums.append(_agreement_sums(latest))
+        paths = {key: writer.close() for key, writer in out.items()}
+    finally:
+        for writer in out.values():
+            writer.abort()
     return {**paths, "counts": label_rules.label_outcome(counts), "choice": dict(choice),
             "default_provider": default_provider, "age_edges": list(age_edges),
-            "agreement": agreement_table(latest), "extra_columns": extras}
+            "agreement": agreement_table(sums), "extra_columns": extras}

@@ -243,6 +243,48 @@ def test_the_rules_and_tie_breaks_land_where_the_contract_says(both):
 
 
 @pytest.mark.spark
+@pytest.mark.parametrize("ids_collide", [False, True], ids=["ids-hashed", "ids-collide"])
+def test_tiny_batches_give_the_same_outputs(both, monkeypatch, ids_collide):
+    """Batches of 3 rows (duplicates and their winners in different batches and files; the
+    user-day counts summed as they go) give Spark's outputs; with every id hash colliding,
+    the duplicates are still settled on the exact ids."""
+    import numpy as np
+
+    monkeypatch.setattr(hourly_local, "ETL_BATCH_ROWS", 3)
+    monkeypatch.setattr(hourly_local.UserDayCounts, "COMPACT_ROWS", 5)
+    if ids_collide:
+        monkeypatch.setattr(hourly_local, "_id_hashes",
+                            lambda ids: np.zeros(len(ids), dtype=np.int64))
+    out = join(both["base"], "tiny-collide" if ids_collide else "tiny")
+    got = hourly_local.run_hours(both["root"], HOURS, WINDOW, both["labels"], join(out, "etl"),
+                                 join(out, "q"), Geography(), True)
+    assert_same_outputs(both["spark"], got)
+    assert pq.ParquetFile(source_layout.list_data_files(got["rows_path"])[0]
+                          ).metadata.num_row_groups > 10
+
+
+def test_the_dataset_writer_appends_row_groups_and_publishes_only_on_close(tmp_path):
+    from pythia.etl.io import ArrowDatasetWriter
+
+    uri = str(tmp_path / "out")
+    writer = ArrowDatasetWriter(uri)
+    writer.write(pa.table({"a": [1, 2]}))
+    writer.write(pa.table({"a": pa.array([3], pa.int32())}))  # cast to the first schema
+    assert not os.path.exists(uri)
+    assert writer.close() == uri and os.path.exists(join(uri, "_SUCCESS"))
+    assert read_frame(uri).a.tolist() == [1, 2, 3]
+    with pytest.raises(RuntimeError, match="boom"):
+        with ArrowDatasetWriter(str(tmp_path / "lost")) as lost:
+            lost.write(pa.table({"a": [1]}))
+            raise RuntimeError("boom")
+    assert not os.path.exists(tmp_path / "lost") and os.listdir(tmp_path) == ["out"]
+    with pytest.raises(ValueError, match="nothing written to .*none"):
+        ArrowDatasetWriter(str(tmp_path / "none")).close()
+    empty = ArrowDatasetWriter(str(tmp_path / "empty"), pa.schema([("n", pa.int64())]))
+    assert read_frame(empty.close()).empty
+
+
+@pytest.mark.spark
 def test_a_task_of_gaps_only_gives_the_same_empty_outputs(spark, both):
     got = _run_both(spark, both["root"], join(both["base"], "gaps"), [20], both["labels"])
     assert_same_outputs(got["spark"], got["driver"])

@@ -93,6 +93,9 @@ from pythia import etl
 from pythia.config import RunParams
 from pythia.paths import RunPaths
 a = json.loads(sys.argv[1])
+if a.get("batch_rows"):
+    from pythia.etl import hourly_local
+    hourly_local.ETL_BATCH_ROWS = a["batch_rows"]
 params = RunParams.build({"source": a["root"], "data_root": a["data"]}, model_names=("gbdt",))
 m = etl.run_hours(a["root"], a["hours"], a["window"], a["labels"], params,
                   RunPaths(a["data"], "T", "1"))
@@ -100,13 +103,16 @@ print("TOTAL " + json.dumps(m["total"]))
 """
 
 
-def run_measured_task(root: str, labels: dict, data: str) -> dict:
-    """One Spark etl_hour task in a fresh, measured process tree: rc, wall_s, rss_mb, total."""
+def run_measured_task(root: str, labels: dict, data: str, driver: bool = False,
+                      batch_rows: int | None = None) -> dict:
+    """One etl_hour task (Spark; with ``driver`` the pyarrow path, reading ``batch_rows`` at a
+    time) in a fresh, measured process tree: rc, wall_s, rss_mb, total."""
     env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYTHIA_SPARK_MASTER")}
-    env.update(PYTHIA_DRIVER_MAX_ROWS="0", PYTHIA_SPARK_DRIVER_MEMORY=DRIVER_HEAP,
+    env.update(PYTHIA_DRIVER_MAX_ROWS=str(10**9) if driver else "0",
+               PYTHIA_SPARK_DRIVER_MEMORY=DRIVER_HEAP,
                PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]))
     arg = json.dumps({"root": root, "data": data, "labels": labels, "hours": HOURS,
-                      "window": WINDOW.as_dict()})
+                      "window": WINDOW.as_dict(), "batch_rows": batch_rows})
     out = subprocess.run([sys.executable, BENCH, "_measure", "--", sys.executable, "-c", _TASK,
                           arg], capture_output=True, text=True, env=env, cwd=ROOT)
     figures = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
@@ -136,6 +142,26 @@ def test_four_times_the_rows_per_task_run_in_the_same_small_heap(tmp_path):
           f"({runs[4]['wall_s']:.0f} s)")
     assert large <= 1.5 * small, (f"peak RSS grew {large / small:.2f}x for 4x the rows per "
                                   f"task ({small:.0f} -> {large:.0f} MB, heap {DRIVER_HEAP})")
+
+
+@pytest.mark.slow
+def test_the_driver_path_holds_a_batch_not_the_task(tmp_path):
+    """8x the rows per task on the driver (no JVM), read 4k rows at a time (a file of the
+    small source): holding the task's table whole grew 233 -> 578 MB here (session 27's
+    code); in batches the peak stays within 1.2x (id hashes, labels, user-day counts grow)."""
+    runs = {}
+    for k in (1, 8):
+        root = str(tmp_path / f"src{k}")
+        labels = write_task_source(root, k * SMALL_ROWS, seed=k)
+        runs[k] = run_measured_task(root, labels, str(tmp_path / f"data{k}"), driver=True,
+                                    batch_rows=4_000)
+        assert runs[k]["rc"] == 0, f"{k}x rows: etl_hour failed:\n{runs[k]['log']}"
+        assert runs[k]["total"]["rows_in"] == k * SMALL_ROWS
+        assert "driver, no JVM" in runs[k]["log"]
+    small, large = runs[1]["rss_mb"], runs[8]["rss_mb"]
+    print(f"driver etl_hour peak RSS: {SMALL_ROWS:,} rows {small:.0f} MB, "
+          f"{8 * SMALL_ROWS:,} rows {large:.0f} MB")
+    assert large <= 1.2 * small, f"peak RSS grew {large / small:.2f}x for 8x the rows"
 
 
 @pytest.mark.spark

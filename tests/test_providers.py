@@ -243,6 +243,37 @@ def test_driver_and_spark_label_paths_give_the_same_outputs(spark, source, tmp_p
 
 
 @pytest.mark.spark
+def test_driver_labels_in_small_batches_and_buckets_are_the_same(spark, source, tmp_path,
+                                                                 monkeypatch):
+    """Batches of 2 rows and buckets of ~3 (one user's rows always in one bucket; some buckets
+    empty) give the same files, counts and agreement as the whole table at once."""
+    from pythia import providers_local
+    from pythia.storage import read_frame
+
+    _flavoured_labels(spark, source.root)
+    choice = {"US": "acme", "GB": "lucid"}
+    whole = providers_local.prepare_labels(source.root, choice, DEFAULT_AGE_EDGES,
+                                           str(tmp_path / "whole"), default_provider="acme")
+    held = []
+    bucket_rows = providers_local._bucket_rows
+    monkeypatch.setattr(providers_local, "_bucket_rows",
+                        lambda path: held.append(bucket_rows(path)) or held[-1])
+    monkeypatch.setattr(providers_local, "LABEL_BATCH_ROWS", 2)
+    monkeypatch.setattr(providers_local, "LABEL_BUCKET_ROWS", 3)
+    small = providers_local.prepare_labels(source.root, choice, DEFAULT_AGE_EDGES,
+                                           str(tmp_path / "small"), default_provider="acme")
+    assert len(held) == -(-whole["counts"]["rows_in"] // 3) and any(len(b) == 0 for b in held)
+    users = [set(b.user_id) for b in held]
+    assert sum(len(u) for u in users) == len(set().union(*users))  # a user in one bucket
+    assert small["counts"] == whole["counts"] and small["agreement"] == whole["agreement"]
+    assert small["extra_columns"] == whole["extra_columns"]
+    for key in ("labels_path", "aside_path", "rejected_path", "quarantine_path"):
+        want, got = read_frame(whole[key]), read_frame(small[key])
+        assert len(want) and _sorted(got) == _sorted(want), key
+        assert dict(got.dtypes.astype(str)) == dict(want.dtypes.astype(str)), key
+
+
+@pytest.mark.spark
 def test_driver_and_spark_metric_reads_agree(spark, source, tmp_path):
     from pythia import providers_local
     from pythia.storage import read_frame

@@ -60,3 +60,29 @@ def test_replot_refuses_the_same_scale_twice(bench, tmp_path):
     b = _save(tmp_path / "b", [1.0], [_run(1, 600)])
     with pytest.raises(SystemExit, match="scale 1 is in both"):
         bench.merge_results([a, b])
+
+
+def test_until_stops_after_the_step_and_refuses_an_unknown_one(bench):
+    assert bench.steps_until("etl_hour") == ("synth", "start", "select_providers",
+                                             "prepare_labels", "etl_hour")
+    assert bench.steps_until(None) == bench.STEPS
+    with pytest.raises(ValueError, match="'etl' is not a step"):
+        bench.steps_until("etl")
+    with pytest.raises(SystemExit):  # argparse: not one of the steps
+        bench.main(["--until", "etl", "--replot", "x"])
+
+
+def test_replot_of_runs_stopped_by_until_lists_only_their_steps(bench, tmp_path, capsys):
+    runs = []
+    for scale in (1, 8):
+        run = _run(scale, 300 * scale)
+        for name in ("join_hours", "to_tfrecords", "train", "evaluate", "end"):
+            del run[name]
+        runs.append(run)
+    folder = _save(tmp_path / "u", [1.0, 8.0], runs)
+    assert bench.main(["--replot", folder]) == 0
+    out = capsys.readouterr().out
+    assert "etl_hour              8" in out and "join_hours" not in out
+    etl_row = next(ln for ln in out.splitlines()
+                   if ln.startswith("etl_hour ") and len(ln.split()) == 6)
+    assert etl_row.split()[4] == "8.00"  # RSS 300 -> 2400 MB

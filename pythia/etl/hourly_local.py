@@ -9,12 +9,18 @@ names, order and Parquet types Spark writes (``ts`` as INT96), so ``join_hours``
 driver and Spark tasks alike; the manifest comes from ``hourly.build_manifest``. Stored types
 it cannot convert exactly raise ``contract_local.NeedsSpark`` before anything is written, and
 the caller runs the Spark path. tests/test_etl_local.py runs both on the same inputs.
+
+Memory is bounded by a batch (``ETL_BATCH_ROWS``), not by the task: the files are read in
+batches up to three times (ids, then the repeated ids' rows, then everything to write) and each
+output is appended a row group at a time (``io.ArrowDatasetWriter``), published at the end.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections import Counter
+from typing import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,12 +32,12 @@ from pythia.etl import impressions_local
 from pythia.etl.content_hash import spark_xxhash64
 from pythia.etl.hourly import (CONTENT_HASH, DERIVED, IDS_COLUMNS, OUTCOME, UNLABELLED,
                                WRITTEN, _hours_tag, build_manifest)
-from pythia.etl.io import write_arrow_atomic
+from pythia.etl.io import ArrowDatasetWriter
 from pythia.features import (COUNTRY, DATE, GEO_REGION, HOUR, IMPRESSION_ID,
                              LABEL_PROVIDER, SPLIT, TS,
                              TS_SECONDS, USER_ID, USER_LABEL_COLUMNS, Y_AGE_GENDER,
                              derive_batch)
-from pythia.parquet_footers import read_footer
+from pythia.parquet_footers import footer_rows, read_footer
 from pythia.paths import join
 
 _STR, _INT32, _INT64 = pa.string(), pa.int32(), pa.int64()
@@ -72,55 +78,184 @@ def read_labels(labels_path: str) -> pa.Table:
     return labels
 
 
+# The task's impressions are read ETL_BATCH_ROWS at a time, three times at most: pass 1 keeps
+# an int64 hash of each valid row's impression id (8 bytes a row: the only state that grows
+# with the task); when some hash repeats, pass 2 re-reads the rows of those ids (exact ids,
+# ts, date, hour, content hash) and settles their duplicates as ``impressions_local.duplicates``
+# does for the whole task; pass 3 derives, joins and writes each batch as a row group. At
+# 32k rows a batch holds about one partition file of the default world (17.7k rows at 1x):
+# peak RSS in session 28 (docs/scaling.md) is near-flat from 1x to 8x.
+ETL_BATCH_ROWS = 32_768
+
+
 def run_hours(source: str, hours: list[int], window: Window, labels_path: str, out_dir: str,
               quarantine_dir: str, geo: Geography, allow_gaps: bool) -> dict:
     """``hourly.run_hours`` without Spark (same arguments but the session, same outputs and
-    manifest). Raises ``contract_local.NeedsSpark`` before writing anything when an input
-    holds a stored type this path does not convert exactly."""
+    manifest), in bounded memory (``ETL_BATCH_ROWS``). Raises ``contract_local.NeedsSpark``
+    before writing anything when an input holds a stored type this path does not convert
+    exactly."""
     hours = sorted(int(h) for h in hours)
     dates = window.dates
     files, gaps = contract_read.task_inputs(source, dates, hours, allow_gaps)
-    raw, extras = impressions_local.read_impressions(files)
+    batches, extras = impressions_local.iter_impressions(files, ETL_BATCH_ROWS)
     labels = read_labels(labels_path)
-
-    reason, column = impressions_local.flag(raw, dates, hours)
-    valid = np.flatnonzero(np.equal(reason, None))
-    # usually every row is valid and unique: then no copy of the whole table (0.17 s a task)
-    kept = raw if len(valid) == raw.num_rows else raw.take(valid)
-    hashes = spark_xxhash64([kept[RAW_PREFIX + c] for c in IMPRESSIONS.names])
-    ts_us = kept[TS].to_numpy()
-    dup = impressions_local.duplicates(kept[IMPRESSION_ID], ts_us,
-                                       kept[DATE], kept[HOUR].to_numpy(), hashes)
-    reason[valid[dup]], column[valid[dup]] = impressions_local.DUPLICATE
-    if dup.any():
-        kept, hashes, ts_us = kept.filter(pa.array(~dup)), hashes[~dup], ts_us[~dup]
-
+    repeated = _repeated_ids(batches(), dates, hours, sum(footer_rows(f) for f in files))
+    losers = _settle(batches(), dates, hours, repeated) if len(repeated) else np.zeros(0, int)
     split_of = {d.isoformat(): window.split_of(d) for d in dates}
-    rows = _labelled(kept, ts_us, labels, geo, split_of)
-    labelled = rows[LABEL_PROVIDER].is_valid()
-    outcome = pc.if_else(labelled, WRITTEN, UNLABELLED)
-    bad = np.flatnonzero(np.not_equal(reason, None))
-    quarantine = _quarantine(raw.take(bad), reason[bad], column[bad])
-    counts = _counts([rows[DATE], quarantine[DATE]], [rows[HOUR], quarantine[HOUR]],
-                     [rows[SPLIT], _splits(quarantine[DATE], split_of)],
-                     [outcome, quarantine[REASON]],
-                     [rows[Y_AGE_GENDER], pa.nulls(len(bad), rows[Y_AGE_GENDER].type)])
-
-    written = rows.filter(labelled)
-    ids = rows.append_column(CONTENT_HASH, pa.array(hashes, _INT64)).append_column(
-        OUTCOME, outcome).select(list(IDS_COLUMNS))
-    user_days = written.group_by([USER_ID, DATE]).aggregate([([], "count_all")])
-    user_days = pa.table([user_days[USER_ID], user_days[DATE], user_days["count_all"]],
-                         schema=pa.schema([(USER_ID, _STR), (DATE, _STR),
-                                           pa.field("n", _INT64, nullable=False)]))
-    rows_path = write_arrow_atomic(written, join(out_dir, "rows"), int96_timestamps=True)
-    q_path = write_arrow_atomic(quarantine, join(quarantine_dir, IMPRESSIONS.name,
-                                                 _hours_tag(hours)))
-    ud_path = write_arrow_atomic(user_days, join(out_dir, "user_day_counts"))
-    ids_path = write_arrow_atomic(ids, join(out_dir, "ids"), int96_timestamps=True)
-    schema = [[f.name, SPARK_NAMES[f.type]] for f in written.schema]
+    out = {"rows": ArrowDatasetWriter(join(out_dir, "rows"), int96_timestamps=True),
+           "quarantine": ArrowDatasetWriter(join(quarantine_dir, IMPRESSIONS.name,
+                                                 _hours_tag(hours))),
+           "user_days": ArrowDatasetWriter(join(out_dir, "user_day_counts"), _USER_DAYS),
+           "ids": ArrowDatasetWriter(join(out_dir, "ids"), int96_timestamps=True)}
+    try:
+        counts = _write_batches(batches(), dates, hours, losers, labels, geo, split_of, out,
+                                Counter(_date_of(f) for f in files))
+        schema = [[f.name, SPARK_NAMES[f.type]] for f in out["rows"].schema]
+        paths = {k: w.close() for k, w in out.items()}
+    finally:
+        for w in out.values():
+            w.abort()
     return build_manifest(counts, window, hours, gaps, extras, schema, source, labels_path,
-                          rows_path, q_path, ud_path, ids_path)
+                          paths["rows"], paths["quarantine"], paths["user_days"], paths["ids"])
+
+
+_USER_DAYS = pa.schema([(USER_ID, _STR), (DATE, _STR), pa.field("n", _INT64, nullable=False)])
+
+
+def _valid(batch: pa.Table, dates: Sequence, hours: list[int]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(reason, reason column, indices of the rows no rule flags) of one batch."""
+    reason, column = impressions_local.flag(batch, dates, hours)
+    return reason, column, np.flatnonzero(np.equal(reason, None))
+
+
+def _id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash per impression id (equal ids, equal hashes; collisions are settled by
+    ``_settle`` on the exact ids)."""
+    values = ids.to_numpy(zero_copy_only=False)
+    return pd.util.hash_array(values, categorize=False).view(np.int64)
+
+
+def _repeated_ids(batches: Iterator[tuple[str | None, pa.Table]], dates: Sequence,
+                  hours: list[int], rows: int) -> np.ndarray:
+    """Pass 1: the id hashes that more than one valid row of the task has, sorted (``rows``:
+    the task's rows from the footers, so the hashes fill one array, sorted in place)."""
+    hashes, at = np.empty(rows, np.int64), 0
+    for _, batch in batches:
+        _, _, valid = _valid(batch, dates, hours)
+        if at + len(valid) > len(hashes):  # more rows than the footers said
+            hashes = np.concatenate([hashes, np.empty(len(valid), np.int64)])
+        hashes[at:at + len(valid)] = _id_hashes(batch[IMPRESSION_ID].take(valid))
+        at += len(valid)
+    hashes = hashes[:at]
+    hashes.sort()
+    return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+
+
+def _settle(batches: Iterator[tuple[str | None, pa.Table]], dates: Sequence, hours: list[int],
+            repeated: np.ndarray) -> np.ndarray:
+    """Pass 2: positions (among the task's valid rows, in read order) of the duplicates an
+    earlier copy keeps, settled on the rows whose id hash repeats, in the whole task's order."""
+    at, parts = 0, []
+    for _, batch in batches:
+        _, _, valid = _valid(batch, dates, hours)
+        picked = np.flatnonzero(np.isin(_id_hashes(batch[IMPRESSION_ID].take(valid)), repeated))
+        rows = batch.take(valid[picked])
+        parts.append(pa.table({
+            "at": pa.array(picked + at, pa.int64()), IMPRESSION_ID: rows[IMPRESSION_ID],
+            TS: rows[TS], DATE: rows[DATE], HOUR: rows[HOUR],
+            CONTENT_HASH: pa.array(spark_xxhash64([rows[RAW_PREFIX + c]
+                                                   for c in IMPRESSIONS.names]), _INT64)}))
+        at += len(valid)
+    rows = pa.concat_tables(parts)
+    dup = impressions_local.duplicates(rows[IMPRESSION_ID], rows[TS].to_numpy(), rows[DATE],
+                                       rows[HOUR].to_numpy(), rows[CONTENT_HASH].to_numpy())
+    return rows["at"].to_numpy()[dup]
+
+
+def _write_batches(batches: Iterator[tuple[str | None, pa.Table]], dates: Sequence,
+                   hours: list[int], losers: np.ndarray, labels: pa.Table, geo: Geography,
+                   split_of: dict[str, str], out: dict[str, ArrowDatasetWriter],
+                   files_per_date: dict[str, int]) -> list[tuple]:
+    """Pass 3: each batch's rows/, ids/ and quarantine rows appended to ``out``; the
+    manifest's counts summed over the batches, and the user-day counts over a date's files
+    (written once its last file is read: ``files_per_date``). Returns the counts."""
+    at, counts, user_days, left = 0, {}, UserDayCounts(out["user_days"]), dict(files_per_date)
+    previous = None
+    for uri, batch in batches:
+        if uri != previous and previous is not None:
+            user_days.file_done(previous, left)
+        previous = uri
+        reason, column, valid = _valid(batch, dates, hours)
+        dup = np.isin(np.arange(at, at + len(valid)), losers)
+        at += len(valid)
+        reason[valid[dup]], column[valid[dup]] = impressions_local.DUPLICATE
+        kept = batch if len(valid) == batch.num_rows and not dup.any() else batch.take(
+            valid[~dup])
+        hashes = spark_xxhash64([kept[RAW_PREFIX + c] for c in IMPRESSIONS.names])
+        rows = _labelled(kept, kept[TS].to_numpy(), labels, geo, split_of)
+        labelled = rows[LABEL_PROVIDER].is_valid()
+        outcome = pc.if_else(labelled, WRITTEN, UNLABELLED)
+        bad = np.flatnonzero(np.not_equal(reason, None))
+        quarantine = _quarantine(batch.take(bad), reason[bad], column[bad])
+        for key in _counts([rows[DATE], quarantine[DATE]], [rows[HOUR], quarantine[HOUR]],
+                           [rows[SPLIT], _splits(quarantine[DATE], split_of)],
+                           [outcome, quarantine[REASON]],
+                           [rows[Y_AGE_GENDER], pa.nulls(len(bad), rows[Y_AGE_GENDER].type)]):
+            counts[key[:-1]] = counts.get(key[:-1], 0) + key[-1]
+        written = rows.filter(labelled)
+        out["rows"].write(written)
+        out["quarantine"].write(quarantine)
+        out["ids"].write(rows.append_column(CONTENT_HASH, pa.array(hashes, _INT64)).append_column(
+            OUTCOME, outcome).select(list(IDS_COLUMNS)))
+        user_days.add(uri, written)
+    user_days.flush_all()
+    return [(*key, n) for key, n in counts.items()]
+
+
+class UserDayCounts:
+    """Rows per (user, date) summed over batches, written to ``writer`` a date at a time: once
+    the last file of a date is read its pairs are final, so what is held is about one date's
+    pairs of the task (8x the default world: ~125k of 618k) plus COMPACT_ROWS."""
+
+    COMPACT_ROWS = 200_000  # batch counts are summed once they exceed this many rows
+
+    def __init__(self, writer: ArrowDatasetWriter):
+        self.writer, self.parts = writer, {}
+
+    def add(self, uri: str | None, written: pa.Table) -> None:
+        parts = self.parts.setdefault(_date_of(uri), [])
+        parts.append(written.group_by([USER_ID, DATE], use_threads=False).aggregate(
+            [([], "count_all")]))
+        if sum(t.num_rows for t in parts) > self.COMPACT_ROWS:
+            parts[:] = [_sum_user_days(parts)]
+
+    def file_done(self, uri: str, left: dict[str, int]) -> None:
+        date = _date_of(uri)
+        left[date] -= 1
+        if not left[date]:
+            self._write(self.parts.pop(date, []))
+
+    def flush_all(self) -> None:
+        for date in sorted(self.parts, key=str):
+            self._write(self.parts.pop(date))
+
+    def _write(self, parts: list[pa.Table]) -> None:
+        if parts:
+            total = _sum_user_days(parts)
+            self.writer.write(pa.table([total[USER_ID], total[DATE], total["count_all"]],
+                                       schema=_USER_DAYS))
+
+
+def _date_of(uri: str | None) -> str | None:
+    return None if uri is None else contract_read.partition_values(uri, IMPRESSIONS)[0]
+
+
+def _sum_user_days(parts: list[pa.Table]) -> pa.Table:
+    summed = pa.concat_tables(parts).group_by([USER_ID, DATE], use_threads=False).aggregate(
+        [("count_all", "sum")])
+    return pa.table({USER_ID: summed[USER_ID], DATE: summed[DATE],
+                     "count_all": summed["count_all_sum"]})
 
 
 def _labelled(kept: pa.Table, ts_us: np.ndarray, labels: pa.Table, geo: Geography,

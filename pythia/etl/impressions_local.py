@@ -11,7 +11,7 @@ then date, hour, content hash).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -49,8 +49,34 @@ def read_impressions(files: Sequence[str], report: bool = True) -> tuple[pa.Tabl
     return (pa.concat_tables(tables) if tables else schema.empty_table()), extras
 
 
+def iter_impressions(files: Sequence[str], batch_rows: int, report: bool = True
+                     ) -> tuple[Callable[[], Iterator[tuple[str | None, pa.Table]]], list[str]]:
+    """``read_impressions`` in tables of at most ``batch_rows`` rows, in its row order: a
+    function giving a fresh pass over ``(file, table)`` each call (at least one table, maybe
+    empty: file None when there is no file), and the extra column names. NeedsSpark is
+    raised here, before any row is read."""
+    groups, extras = contract_local.inspect_local(files, IMPRESSIONS)
+    if report:
+        contract_read._print_read_notes(IMPRESSIONS, groups, extras)
+    schema = normalized_schema()
+
+    def batches() -> Iterator[tuple[str | None, pa.Table]]:
+        given = False
+        for key, group in sorted(groups.items()):
+            for uri in group:
+                for data in contract_local.iter_parquet(uri, [k[0] for k in key], batch_rows):
+                    given = True
+                    yield uri, _normalized(data, uri, key, schema)
+        if not given:
+            yield None, schema.empty_table()
+    return batches, extras
+
+
 def _read_file(uri: str, key: tuple, schema: pa.Schema) -> pa.Table:
-    data = contract_local.read_parquet(uri, [k[0] for k in key])
+    return _normalized(contract_local.read_parquet(uri, [k[0] for k in key]), uri, key, schema)
+
+
+def _normalized(data: pa.Table, uri: str, key: tuple, schema: pa.Schema) -> pa.Table:
     n = data.num_rows
     out = {f.name: pa.nulls(n, f.type) for f in schema}
     for name, read_as, nanos, _ in key:
