@@ -354,7 +354,7 @@ def test_the_step_runs_on_the_driver_without_a_jvm(tmp_path):
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     lines = out.stdout.splitlines()
     # one line: the engine and why, then what the step did
-    assert lines[0].startswith("etl_hour 00,01 (driver, no JVM: 20 rows <= 4000000): 20 "
+    assert lines[0].startswith("etl_hour 00,01 (driver, no JVM: 20 rows, streamed): 20 "
                                "impressions read, 0 quarantined, 10 without a label, 10 "
                                "written to ")
     assert json.loads(lines[-1]) == {"loaded": [], "written": 10}  # pyspark never imported

@@ -333,10 +333,18 @@ def test_small_inputs_run_without_spark_and_clusters_keep_it(source, tmp_path, m
     assert providers_local.use_driver(files, params)[0]
     monkeypatch.setenv(providers_local.DRIVER_MAX_ROWS_ENV, "2")  # 3 rows: too many
     assert not providers_local.use_driver(files, params)[0]
+    assert not providers_local.use_driver(files, params, "prepare_labels")[0]  # set: for all
     monkeypatch.delenv(providers_local.DRIVER_MAX_ROWS_ENV)
+    # unset: the default limit binds the steps that hold their table, not the streaming ones
+    monkeypatch.setattr(providers_local, "DRIVER_MAX_ROWS", 2)
+    assert not providers_local.use_driver(files, params, "join_hours")[0]
+    for step in ("prepare_labels", "etl_hour", "to_tfrecords"):
+        assert providers_local.use_driver(files, params, step) == (
+            True, "driver, no JVM: 3 rows, streamed")
     monkeypatch.setenv("SPARK_REMOTE", "sc://cluster:15002")
     fits, why = providers_local.use_driver(files, params)
     assert not fits and "sc://cluster:15002" in why
+    assert not providers_local.use_driver(files, params, "etl_hour")[0]  # a cluster: Spark
     with pytest.raises(AssertionError, match="Spark started"):  # the cluster path is taken
         providers.run(source.root, provider_map, params, paths)
 

@@ -189,7 +189,7 @@ def test_the_step_picks_its_engine_and_says_why(spark, tmp_path, monkeypatch):
         results[case + "-log"] = lines[0]
     assert started == ["pythia-tfrecords", "pythia-tfrecords"]
     assert results["driver-log"].startswith(
-        f"to_tfrecords (driver, no JVM: {n} rows <= 4000000): ")
+        f"to_tfrecords (driver, no JVM: {n} rows, streamed): ")
     assert results["limit-log"].startswith(
         f"to_tfrecords (Spark: {n} rows > 0 (PYTHIA_DRIVER_MAX_ROWS)): ")
     assert results["cluster-log"].startswith("to_tfrecords (Spark (remote sc://nowhere:15002)): ")
