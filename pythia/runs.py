@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import pandas as pd
 
 from pythia import storage
+from pythia.features import spec_version
 from pythia.paths import join
 # the end step's summary; re-exported here, where the flow and callers have looked for it
 from pythia.run_summary import baseline_alarm, summary_text  # noqa: F401
@@ -107,11 +108,16 @@ def _earlier_successful_runs(flow_name: str, current_run_id: str | None):
 
 def previous_bundle(flow_name: str, current_run_id: str | None) -> tuple[str | None, str | None]:
     """(bundle path, run pathspec) of the newest earlier successful run with a bundle on
-    storage, else (None, None) (first run, or a fresh datastore)."""
+    storage that this code can load (built for this feature spec), else (None, None) (first
+    run, a fresh datastore, or only bundles of another feature spec: one line says so)."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
         bundle = _artifact(run, "bundle_path")
         if bundle and storage.exists(join(bundle, "bundle.json")):
-            return bundle, run.pathspec
+            built = storage.read_json(join(bundle, "bundle.json")).get("spec_version")
+            if built == spec_version():
+                return bundle, run.pathspec
+            print(f"previous bundle of {run.pathspec} skipped: built for feature spec {built}, "
+                  f"this code has {spec_version()} (it cannot score this run's features)")
     return None, None
 
 

@@ -976,3 +976,28 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
     flow.bundle_path = str(tmp_path / "missing")
     text = run_summary.summary_text(flow, "DemoFlow", "7", "flows/demo_flow.py")
     assert "NA: mlp/NA#0 1.9509" in text and "bundle: " not in text.split("Champions")[1]
+
+
+def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeypatch, capsys):
+    """After a feature spec change the newest earlier run's bundle cannot score this run's
+    features: evaluate compares with the newest bundle of this spec, or with none."""
+    from types import SimpleNamespace
+
+    from pythia import runs
+    from pythia.features import spec_version
+
+    def bundle(name: str, spec: str) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "bundle.json").write_text(json.dumps({"spec_version": spec}))
+        return str(folder)
+
+    found = {"DemoFlow/3": bundle("new", "000000000000"), "DemoFlow/2": None,
+             "DemoFlow/1": bundle("old", spec_version())}
+    fake = [SimpleNamespace(pathspec=p) for p in found]
+    monkeypatch.setattr(runs, "_earlier_successful_runs", lambda flow, current: iter(fake))
+    monkeypatch.setattr(runs, "_artifact", lambda run, name: found[run.pathspec])
+    assert runs.previous_bundle("DemoFlow", "4") == (found["DemoFlow/1"], "DemoFlow/1")
+    assert "DemoFlow/3 skipped: built for feature spec 000000000000" in capsys.readouterr().out
+    fake.pop()  # only the other spec's bundle left: no comparison
+    assert runs.previous_bundle("DemoFlow", "4") == (None, None)
