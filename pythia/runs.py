@@ -106,27 +106,40 @@ def _earlier_successful_runs(flow_name: str, current_run_id: str | None):
             yield run
 
 
+def _other_spec(run: Any) -> str | None:
+    """The feature spec of ``run``'s bundle when it is not this code's (its models cannot
+    score this run's features; one line says so), else None (same spec, or no bundle)."""
+    bundle = _artifact(run, "bundle_path")
+    if not bundle or not storage.exists(join(bundle, "bundle.json")):
+        return None
+    built = storage.read_json(join(bundle, "bundle.json")).get("spec_version")
+    if built == spec_version():
+        return None
+    print(f"previous run {run.pathspec} skipped: its bundle was built for feature spec {built}, "
+          f"this code has {spec_version()} (its models cannot score this run's features)")
+    return built
+
+
 def previous_bundle(flow_name: str, current_run_id: str | None) -> tuple[str | None, str | None]:
     """(bundle path, run pathspec) of the newest earlier successful run with a bundle on
     storage that this code can load (built for this feature spec), else (None, None) (first
-    run, a fresh datastore, or only bundles of another feature spec: one line says so)."""
+    run, a fresh datastore, or only bundles of another feature spec)."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
         bundle = _artifact(run, "bundle_path")
-        if bundle and storage.exists(join(bundle, "bundle.json")):
-            built = storage.read_json(join(bundle, "bundle.json")).get("spec_version")
-            if built == spec_version():
-                return bundle, run.pathspec
-            print(f"previous bundle of {run.pathspec} skipped: built for feature spec {built}, "
-                  f"this code has {spec_version()} (it cannot score this run's features)")
+        if bundle and storage.exists(join(bundle, "bundle.json")) and _other_spec(run) is None:
+            return bundle, run.pathspec
     return None, None
 
 
 def previous_champions(flow_name: str, current_run_id: str | None) -> dict[str, dict]:
-    """The blessed champions of the newest earlier successful run, by region ({} if none)."""
+    """The blessed champions of the newest earlier successful run, by region ({} if none, or
+    if that run's models were built for another feature spec)."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
         champs = _artifact(run, "champions")
         if champs is None:
             continue
+        if _other_spec(run) is not None:
+            return {}
         return {r["region"]: r for r in pd.DataFrame(champs).to_dict("records")
                 if r.get("blessed") and r.get("model")}
     return {}

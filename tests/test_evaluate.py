@@ -979,8 +979,9 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
 
 
 def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeypatch, capsys):
-    """After a feature spec change the newest earlier run's bundle cannot score this run's
-    features: evaluate compares with the newest bundle of this spec, or with none."""
+    """After a feature spec change the newest earlier run's bundle and champions cannot score
+    this run's features: evaluate compares with the newest bundle of this spec, or with none,
+    and the end step keeps no champion of another spec."""
     from types import SimpleNamespace
 
     from pythia import runs
@@ -994,10 +995,16 @@ def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeyp
 
     found = {"DemoFlow/3": bundle("new", "000000000000"), "DemoFlow/2": None,
              "DemoFlow/1": bundle("old", spec_version())}
+    champions = [{"region": "APAC", "model": "mlp", "model_dir": "m", "blessed": True}]
     fake = [SimpleNamespace(pathspec=p) for p in found]
     monkeypatch.setattr(runs, "_earlier_successful_runs", lambda flow, current: iter(fake))
-    monkeypatch.setattr(runs, "_artifact", lambda run, name: found[run.pathspec])
+    monkeypatch.setattr(runs, "_artifact", lambda run, name: (
+        found[run.pathspec] if name == "bundle_path" else champions))
     assert runs.previous_bundle("DemoFlow", "4") == (found["DemoFlow/1"], "DemoFlow/1")
-    assert "DemoFlow/3 skipped: built for feature spec 000000000000" in capsys.readouterr().out
-    fake.pop()  # only the other spec's bundle left: no comparison
+    assert "DemoFlow/3 skipped: its bundle was built for feature spec 000000000000" in \
+        capsys.readouterr().out
+    assert runs.previous_champions("DemoFlow", "4") == {}  # the newest run's: another spec
+    fake.pop(0)
+    assert runs.previous_champions("DemoFlow", "4") == {"APAC": champions[0]}
+    fake[:] = [SimpleNamespace(pathspec="DemoFlow/3")]  # only another spec's bundle left
     assert runs.previous_bundle("DemoFlow", "4") == (None, None)
