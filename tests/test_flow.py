@@ -78,6 +78,15 @@ def test_each_step_says_what_it_did_in_a_few_lines(tiny_run):
     assert len(end) <= 6 + len(tiny_run.data.champions) + 6, end
 
 
+def test_a_model_beats_the_baselines_in_every_region_of_the_tiny_world(tiny_run):
+    """Small data is a user's first run: the defaults must still give every region a model
+    better than the class prior and logreg (gbdt at learning_rate 0.2 lost EU to logreg)."""
+    from pythia.run_summary import baseline_alarm
+
+    champions = pd.DataFrame(tiny_run.data.champions)
+    assert champions["blessed"].all() and not baseline_alarm(champions), champions
+
+
 def test_run_trains_every_model_and_region(tiny_run):
     data = tiny_run.data
     from pythia.models import MODEL_NAMES, get_model

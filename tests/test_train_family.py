@@ -57,7 +57,7 @@ def test_families_group_the_grid_global_first(fake_tfrecords, capsys):
 
     fams = train_families(["mlp", "gbdt"], None, fake_tfrecords, search=0, seed=0)
     assert [(f["model"], f["config_id"], f["regions"]) for f in fams] == [
-        ("mlp", 0, ["global", "EU", "NA"]), ("gbdt", 0, ["global", "EU", "NA"]),
+        ("gbdt", 0, ["global", "EU", "NA"]), ("mlp", 0, ["global", "EU", "NA"]),
         (REFERENCE_MODEL, 0, ["global", "EU", "NA"])]  # the class prior is still added
     assert "adding the 'class_prior' baseline" in capsys.readouterr().out
     # global is fitted first whatever order the run asked for; configs are families of their own
