@@ -254,24 +254,21 @@ def inspect_local(files: Sequence[str], table: TableSpec) -> tuple[dict[tuple, l
 def read_parquet(uri: str, columns: Sequence[str]) -> pa.Table:
     """``columns`` of one Parquet file (INT96 as microseconds, as Spark reads it); a file that
     cannot be read is one line naming it and the fix."""
-    fs, path = storage.filesystem(uri)
-    try:
-        with fs.open_input_file(path) as handle:
-            return pq.ParquetFile(handle, coerce_int96_timestamp_unit="us").read(
-                columns=list(columns))
-    except (OSError, pa.ArrowException) as exc:
-        detail = " ".join(str(exc).split())[:240]
-        raise ValueError(f"cannot read {uri}: {detail}. Fix: the file is damaged or not "
-                         "Parquet: rewrite it, or remove it / move it out of the source") from exc
+    return pa.concat_tables(iter_parquet(uri, columns, None))
 
 
-def iter_parquet(uri: str, columns: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
-    """``read_parquet`` in tables of at most ``batch_rows`` rows (at least one table, maybe
-    empty), so a reader holds a batch, not the file; the same one-line error."""
+def iter_parquet(uri: str, columns: Sequence[str], batch_rows: int | None
+                 ) -> Iterator[pa.Table]:
+    """``read_parquet`` in tables of at most ``batch_rows`` rows (None: the whole file as one;
+    at least one table, maybe empty), so a reader holds a batch, not the file; the same
+    one-line error."""
     fs, path = storage.filesystem(uri)
     try:
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle, coerce_int96_timestamp_unit="us")
+            if batch_rows is None:
+                yield parquet.read(columns=list(columns))
+                return
             schema = parquet.schema_arrow
             yielded = False
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns)):
