@@ -154,3 +154,40 @@ def test_max_train_rows_comes_from_the_deploy_config():
     assert DeployConfig.from_mapping({"train": {"max_train_rows": 0}}).max_train_rows == 0
     with pytest.raises(ValueError, match="max_train_rows must be >= 0"):
         DeployConfig.from_mapping({"train": {"max_train_rows": -5}})
+
+
+def test_the_mlp_reads_its_splits_once_within_the_cap_and_streams_over_it(tf_manifest):
+    """Within ``max_train_rows`` the MLP gets numpy arrays read once (no per-epoch parse);
+    over it, or with the cap off (0), tf.data streams every epoch."""
+    import types
+
+    import tensorflow as tf
+
+    from pythia.models.base import TF_DATASET
+    from pythia.models.train import _training_data
+    from pythia.tfrecords.sample import ALL_ROWS_RULE
+    _, manifest = tf_manifest
+
+    def data(cap):
+        mlp = types.SimpleNamespace(input_format=TF_DATASET,
+                                    train_cfg=TrainConfig(max_train_rows=cap, seed=1))
+        return _training_data(mlp, manifest, "global")
+    train, valid, record = data(3000)
+    assert isinstance(train, dict) and isinstance(valid, dict)
+    assert len(train["y_age_gender"]) == 3000 and len(valid["y_age_gender"]) == 800
+    assert record["train"]["rule"] == record["validation"]["rule"] == ALL_ROWS_RULE
+    for cap in (2999, 0):
+        train, valid, record = data(cap)
+        assert isinstance(train, tf.data.Dataset) and isinstance(valid, tf.data.Dataset)
+        assert record["train"]["rule"] == "all rows, streamed (tf.data)"
+        assert record["train"]["rows_used"] == 3000
+
+
+def test_an_mlp_fitted_in_memory_records_every_row(tf_manifest, tmp_path):
+    _, manifest = tf_manifest
+    res, uri = _fit(manifest, tmp_path, "mlp",
+                    TrainConfig(max_epochs=1, batch_size=256, patience=1, max_train_rows=5000))
+    sample = res["training_sample"]
+    assert sample["train"]["rows_used"] == 3000 and sample["validation"]["rows_used"] == 800
+    assert res["n_predicted"] == {"validation": 800, "test_natural": 500, "test_resampled": 300}
+    assert np.isfinite(res["val_logloss"]["age_gender"])

@@ -296,6 +296,15 @@ def _regions_filter(region: str) -> list[str] | None:
     return None if region == GLOBAL_REGION else [region]
 
 
+def _in_memory(tf_manifest: Mapping, region: str, cfg: TrainConfig) -> bool:
+    """Whether a tf.data model (the MLP) gets its splits as numpy arrays read once: when both
+    are within ``max_train_rows`` (not 0), the rows the numpy models hold and the MLP's LR
+    start reads whole anyway. Streamed, every epoch re-read and re-parsed every record (about
+    a core's worth of tf.data threads beside the fit); over the cap it still streams."""
+    return 0 < max(split_rows(tf_manifest, s, region) for s in (TRAIN, VALIDATION)
+                   ) <= cfg.max_train_rows
+
+
 def _training_data(model: Model, tf_manifest: Mapping, region: str
                    ) -> tuple[Any, Any, dict[str, dict]]:
     """Train and validation data of ``region`` in the model's ``input_format``, and per split
@@ -303,7 +312,7 @@ def _training_data(model: Model, tf_manifest: Mapping, region: str
     from pythia import tfrecords
 
     regions, cfg = _regions_filter(region), model.train_cfg
-    if model.input_format == TF_DATASET:
+    if model.input_format == TF_DATASET and not _in_memory(tf_manifest, region, cfg):
         # with the ids only over the cap: the MLP's LR start and temperature then draw
         # bounded samples by them; within it they keep every row and parsing the ids would
         # only slow every epoch
