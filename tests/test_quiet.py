@@ -26,6 +26,18 @@ print("tf", tf.constant(1).numpy(), file=sys.stderr)
 SPARK_NOISE = ("Using incubator modules", "Setting default log level",
                "To adjust logging level use sc.setLogLevel", "Using Spark's default log4j")
 TF_NOISE = ("absl::InitializeLog", "oneDNN custom operations")
+RAW_TF = "import sys; import tensorflow as tf; print('tf', tf.constant(1).numpy(), file=sys.stderr)"
+
+
+def _tf_noise_here() -> list[str]:
+    """The TF_NOISE lines a plain TensorFlow import prints on this machine: the oneDNN line
+    only where oneDNN is on by default (CPUs with AVX512_VNNI, AVX512_BF16 or AMX), so a
+    verbose run is checked for what TensorFlow really says here."""
+    raw = _run({}, RAW_TF)
+    assert raw.returncode == 0, raw.stderr
+    said = [n for n in TF_NOISE if n in raw.stderr]
+    assert "absl::InitializeLog" in said, raw.stderr  # printed on every CPU
+    return said
 
 
 def _run(env_extra, snippet=SNIPPET):
@@ -47,8 +59,7 @@ def test_a_step_starting_spark_and_tensorflow_is_quiet_unless_verbose():
         assert noise not in quiet.stderr, quiet.stderr
     loud = _run({"PYTHIA_VERBOSE": "1"}, STEP_SNIPPET)
     assert loud.returncode == 0, loud.stderr
-    for noise in ("Using incubator modules", "Setting default log level",
-                  "oneDNN custom operations", "absl::InitializeLog"):
+    for noise in ("Using incubator modules", "Setting default log level", *_tf_noise_here()):
         assert noise in loud.stderr, loud.stderr
 
 
@@ -75,7 +86,9 @@ def test_tensorflow_import_noise_is_dropped_and_verbose_keeps_it():
     assert "tf 1" in quiet.stderr  # other stderr output still gets through
     assert "oneDNN" not in quiet.stderr and "absl::InitializeLog" not in quiet.stderr
     loud = _run({"PYTHIA_VERBOSE": "1"})
-    assert loud.returncode == 0 and "oneDNN custom operations" in loud.stderr
+    assert loud.returncode == 0
+    for noise in _tf_noise_here():
+        assert noise in loud.stderr, loud.stderr
 
 
 def test_install_points_spark_at_the_quiet_profile_and_respects_the_user(monkeypatch):
