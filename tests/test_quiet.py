@@ -1,4 +1,5 @@
 """Quiet by default: library start-up noise off unless PYTHIA_VERBOSE=1."""
+import functools
 import os
 import subprocess
 import sys
@@ -29,13 +30,14 @@ TF_NOISE = ("absl::InitializeLog", "oneDNN custom operations")
 RAW_TF = "import sys; import tensorflow as tf; print('tf', tf.constant(1).numpy(), file=sys.stderr)"
 
 
-def _tf_noise_here() -> list[str]:
+@functools.cache
+def _tf_noise_here() -> tuple[str, ...]:
     """The TF_NOISE lines a plain TensorFlow import prints on this machine: the oneDNN line
     only where oneDNN is on by default (CPUs with AVX512_VNNI, AVX512_BF16 or AMX), so a
     verbose run is checked for what TensorFlow really says here."""
     raw = _run({}, RAW_TF)
     assert raw.returncode == 0, raw.stderr
-    said = [n for n in TF_NOISE if n in raw.stderr]
+    said = tuple(n for n in TF_NOISE if n in raw.stderr)
     assert "absl::InitializeLog" in said, raw.stderr  # printed on every CPU
     return said
 
