@@ -154,8 +154,8 @@ def _producer_partitions_and_errors() -> list[str]:
         "dates as written (`CORRECTED` rebase modes), so a sentinel like `0001-01-01` is a "
         "value to validate, not a read failure.", "",
         "Steps that read a small input on the driver (pyarrow, no JVM: `select_providers`, "
-        "`prepare_labels`, `etl_hour` and `to_tfrecords` streamed at any size, `join_hours` up "
-        "to `PYTHIA_DRIVER_MAX_ROWS` rows, which when set binds them all) "
+        "`prepare_labels`, `etl_hour`, `join_hours` and `to_tfrecords` streamed at any size "
+        "unless `PYTHIA_DRIVER_MAX_ROWS` sets a limit) "
         "apply the same rules and write the same outputs; a damaged file there is one line "
         "naming it and the "
         "fix, and a stored type they do not convert exactly as Spark does (e.g. `ts` as text) "

@@ -34,10 +34,10 @@ from pythia.paths import join
 DRIVER_MAX_ROWS = 4_000_000
 DRIVER_MAX_ROWS_ENV = "PYTHIA_DRIVER_MAX_ROWS"
 # Steps whose driver path holds a batch, a bucket or a row group, not the table (session 28:
-# peak RSS 1.18x / 1.33x / 1.28x from 1x to 8x the default world): on a local run they stay on
-# the driver at any size unless PYTHIA_DRIVER_MAX_ROWS is set; the limit is for the others
-# (join_hours holds its rows: ~0.3 KB a row).
-STREAMING_STEPS = frozenset({"prepare_labels", "etl_hour", "to_tfrecords"})
+# peak RSS 1.18x / 1.33x / 1.28x from 1x to 8x the default world; join_hours since session 30,
+# etl.splits_local): on a local run they stay on the driver at any size unless
+# PYTHIA_DRIVER_MAX_ROWS is set.
+STREAMING_STEPS = frozenset({"prepare_labels", "etl_hour", "join_hours", "to_tfrecords"})
 
 _INT32, _STR, _DATE = pa.int32(), pa.string(), pa.date32()
 # Arrow types of the typed label frames' columns as the Spark path writes them (others: string;

@@ -27,7 +27,8 @@ import pytest
 
 from pythia import etl, providers_local, source_layout
 from pythia.config import EtlConfig, RunParams, hour_groups
-from pythia.etl import splits_local
+from pythia.etl import dedupe_local, splits_local
+from pythia.etl.activity import user_impressions_today
 from pythia.parquet_footers import footer_rows
 from pythia.paths import RunPaths, join
 
@@ -91,6 +92,11 @@ def _join(spark, monkeypatch, manifests, cfg: EtlConfig, root: str, engine: str)
             "log": log.getvalue(), "paths": paths}
 
 
+def _colliding(values) -> np.ndarray:
+    """A hash under which every value of the same length collides."""
+    return np.array([len(v or "") for v in values.to_pylist()], np.int64)
+
+
 def _no_paths(value):
     """A manifest without its paths (they name each engine's own folders)."""
     if isinstance(value, dict):
@@ -150,6 +156,24 @@ def test_driver_and_spark_join_the_same_way(spark, sources, monkeypatch, case):
     root = join(tmp, f"join{case}")
     got = {e: _join(spark, monkeypatch, built[name], cfg, root, e) for e in ("spark", "driver")}
     assert_same_join(got["spark"], got["driver"])
+    # streamed in batches of 3 rows and buckets of users of ~4 rows (every other case with
+    # id and user hashes that collide): the same outputs, and the counters saw a bucket at a time
+    seen = []
+    with monkeypatch.context() as mp:
+        mp.setattr(dedupe_local, "BATCH_ROWS", 3)
+        mp.setattr(splits_local, "BATCH_ROWS", 3)
+        mp.setattr(splits_local, "BUCKET_ROWS", 4)
+        if case % 2:
+            for module in (dedupe_local, splits_local):
+                mp.setattr(module, "key_hashes", _colliding)
+        mp.setattr(splits_local, "user_impressions_today",
+                   lambda t: seen.append(t.num_rows) or user_impressions_today(t))
+        small = _join(spark, mp, built[name], cfg, root + "-small", "driver")
+    assert_same_join(got["spark"], small)
+    rows = sum(footer_rows(f) for m in built[name] for f in
+               source_layout.list_data_files(m["rows_path"]))
+    assert len(seen) == -(-rows // 4) and sum(seen) <= rows
+    assert max(seen) < rows or case % 2  # colliding user hashes: one bucket holds them all
     n = sum(footer_rows(f) for m in built[name] for k in ("rows_path", "ids_path")
             for f in source_layout.list_data_files(m[k]))
     assert (f"join_hours (Spark: {n} rows > 0 (PYTHIA_DRIVER_MAX_ROWS)): rows per split: "
@@ -227,7 +251,7 @@ def test_join_hours_runs_on_the_driver_without_a_jvm(tmp_path):
                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     lines = out.stdout.splitlines()
     # rows/ holds u1's 10 labelled rows, ids/ those and u2's 10 unlabelled
-    assert any(line.startswith("join_hours (driver, no JVM: 30 rows <= 4000000): rows per split")
+    assert any(line.startswith("join_hours (driver, no JVM: 30 rows, streamed): rows per split")
                for line in lines)
     got = json.loads(lines[-1])
     assert got["loaded"] == []  # pyspark never imported

@@ -337,8 +337,8 @@ def test_small_inputs_run_without_spark_and_clusters_keep_it(source, tmp_path, m
     monkeypatch.delenv(providers_local.DRIVER_MAX_ROWS_ENV)
     # unset: the default limit binds the steps that hold their table, not the streaming ones
     monkeypatch.setattr(providers_local, "DRIVER_MAX_ROWS", 2)
-    assert not providers_local.use_driver(files, params, "join_hours")[0]
-    for step in ("prepare_labels", "etl_hour", "to_tfrecords"):
+    assert not providers_local.use_driver(files, params, "select_providers")[0]
+    for step in ("prepare_labels", "etl_hour", "join_hours", "to_tfrecords"):
         assert providers_local.use_driver(files, params, step) == (
             True, "driver, no JVM: 3 rows, streamed")
     monkeypatch.setenv("SPARK_REMOTE", "sc://cluster:15002")

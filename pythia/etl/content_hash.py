@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import xxhash
 
@@ -29,3 +30,11 @@ def spark_xxhash64(columns: Sequence[pa.Array], seed: int = SPARK_SEED) -> np.nd
         values = col.cast(pa.binary()).to_pylist()  # UTF-8 bytes, no str round trip
         hashes = [h if v is None else digest(v, h) for v, h in zip(values, hashes)]
     return np.array(hashes, dtype=np.uint64).view(np.int64)
+
+
+def key_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash per value (pandas' ``hash_array``; equal values, equal hashes; a null is
+    one value): the driver paths' buckets and their first pass over ids. Not Spark's hash, so
+    never written; a collision only costs a second look at the exact values."""
+    return pd.util.hash_array(values.to_numpy(zero_copy_only=False),
+                              categorize=False).view(np.int64)

@@ -1,4 +1,4 @@
-"""``etl.dedupe`` on the driver (pyarrow, no JVM), for runs small enough.
+"""``etl.dedupe`` on the driver (pyarrow, no JVM), streamed: the ids are read a batch at a time.
 
 Same contract as ``dedupe.settle_duplicates``: the losers among the ids kept by several tasks
 (the same ``WINNER_ORDER``), the same losers' table and counts, and the losers' raw rows read
@@ -9,7 +9,7 @@ line are ``dedupe.settle``, shared with the Spark path. tests/test_join_local.py
 from __future__ import annotations
 
 import datetime as dt
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,42 +19,90 @@ from pythia import contract_local, contract_read, source_layout
 from pythia.contract import DUPLICATE_IMPRESSION_ID, IMPRESSIONS, REASON, REASON_COLUMN
 from pythia.contract_read import RAW_PREFIX
 from pythia.etl import dedupe, impressions_local
-from pythia.etl.content_hash import spark_xxhash64
+from pythia.etl.content_hash import key_hashes, spark_xxhash64
 from pythia.etl.dedupe import ROW_KEY, WINNER_ORDER
 from pythia.etl.hourly import CONTENT_HASH, IDS_COLUMNS, OUTCOME
 from pythia.etl.io import write_arrow_atomic
 from pythia.features import DATE, HOUR, IMPRESSION_ID, SPLIT, Y_AGE_GENDER
-from pythia.parquet_footers import read_footer
+from pythia.parquet_footers import footer_rows, read_footer
 
 _TS = pa.timestamp("us", tz="UTC")  # Spark's timestamps, written as INT96
+# Rows read at a time by the streamed passes over the ETL tables (this module's and
+# ``splits_local``'s): ~0.5 KB a row of the rows/ table as Arrow.
+BATCH_ROWS = 65_536
+
+
+def _nullable(data: pa.Table, names: Sequence[str]) -> pa.Table:
+    """One file's table as Spark reads it: INT96 as UTC microseconds, every column nullable."""
+    table = pa.table([c.cast(_TS) if pa.types.is_timestamp(c.type) else c for c in data.columns],
+                     names=list(names))
+    return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+
+
+def _files(uris: Sequence[str]) -> list[str]:
+    files = [f for u in uris for f in source_layout.list_data_files(u)]
+    if not files:
+        raise contract_local.NeedsSpark(f"no data files under {', '.join(uris)}")
+    return files
 
 
 def read_dataset(uris: Sequence[str]) -> pa.Table:
     """Every data file of the Parquet datasets ``uris`` (written by either engine) as Spark
     reads them: INT96 as UTC microseconds, every column nullable, the first file's column
     order. ``contract_local.NeedsSpark`` when there is no data file to take a schema from."""
-    files = [f for u in uris for f in source_layout.list_data_files(u)]
-    if not files:
-        raise contract_local.NeedsSpark(f"no data files under {', '.join(uris)}")
-    tables = []
+    files = _files(uris)
+    names = list(read_footer(files[0])[0])
+    tables = [_nullable(contract_local.read_parquet(uri, names), names) for uri in files]
+    return pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+
+
+def iter_dataset(uris: Sequence[str], batch_rows: int, columns: Sequence[str] | None = None
+                 ) -> Iterator[pa.Table]:
+    """``read_dataset`` (or its ``columns``) in tables of at most ``batch_rows`` rows, file by
+    file, in the same row order: a reader holds a batch, not the dataset."""
+    files = _files(uris)
+    names = list(columns or read_footer(files[0])[0])
+    schema = None
     for uri in files:
-        names = list(read_footer(uri)[0]) if not tables else tables[0].column_names
-        data = contract_local.read_parquet(uri, names)
-        tables.append(pa.table(
-            [c.cast(_TS) if pa.types.is_timestamp(c.type) else c for c in data.columns],
-            names=names))
-    schema = pa.schema([f.with_nullable(True) for f in tables[0].schema])
-    return pa.concat_tables([t.cast(schema) for t in tables])
+        for batch in contract_local.iter_parquet(uri, names, batch_rows):
+            table = _nullable(batch, names)
+            schema = schema or table.schema
+            yield table.cast(schema)
+
+
+def dataset_rows(uris: Sequence[str]) -> int:
+    """The rows the footers of the datasets' files record."""
+    return sum(footer_rows(f) for u in uris for f in source_layout.list_data_files(u))
+
+
+def _repeated_hashes(uris: Sequence[str]) -> np.ndarray:
+    """Pass 1: the sorted id hashes (``key_hashes``) that more than one row of the ids
+    tables has; 8 bytes a row, the only state that grows with the run."""
+    hashes, at = np.empty(dataset_rows(uris), np.int64), 0
+    for batch in iter_dataset(uris, BATCH_ROWS, [IMPRESSION_ID]):
+        if at + batch.num_rows > len(hashes):  # more rows than the footers said
+            hashes = np.concatenate([hashes, np.empty(batch.num_rows, np.int64)])
+        hashes[at:at + batch.num_rows] = key_hashes(batch[IMPRESSION_ID])
+        at += batch.num_rows
+    hashes = np.sort(hashes[:at])
+    return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
 
 
 def find_duplicates(hour_manifests: Sequence[Mapping], out_uri: str) -> dict:
-    """``dedupe.find_duplicates`` on the driver: same losers' table, rows and counts."""
+    """``dedupe.find_duplicates`` on the driver: same losers' table, rows and counts. The ids
+    are read ``BATCH_ROWS`` at a time, twice at most: pass 1 keeps a hash per id, pass 2 only
+    the rows whose hash repeats, which are then settled on their exact ids (a collision keeps
+    both rows)."""
     if not dedupe.needs_settling(hour_manifests):
         return {"path": None, "rows": 0, "counts": []}
-    ids = read_dataset([m["ids_path"] for m in hour_manifests]).select(list(IDS_COLUMNS))
+    uris = [m["ids_path"] for m in hour_manifests]
+    repeated = _repeated_hashes(uris)
+    parts = [batch.filter(pa.array(np.isin(key_hashes(batch[IMPRESSION_ID]), repeated)))
+             for batch in iter_dataset(uris, BATCH_ROWS, IDS_COLUMNS)] if len(repeated) else []
+    ids = pa.concat_tables(parts) if parts else next(iter_dataset(uris, 1, IDS_COLUMNS)).slice(0, 0)
     tally = pc.value_counts(ids[IMPRESSION_ID])
-    repeated = pc.filter(tally.field("values"), pc.greater(tally.field("counts"), 1))
-    candidates = ids.filter(pc.is_in(ids[IMPRESSION_ID], value_set=repeated))
+    repeated_ids = pc.filter(tally.field("values"), pc.greater(tally.field("counts"), 1))
+    candidates = ids.filter(pc.is_in(ids[IMPRESSION_ID], value_set=repeated_ids))
     order = pc.sort_indices(candidates, sort_keys=[(c, "ascending", "at_start") for c in
                                                    (IMPRESSION_ID, *WINNER_ORDER)])
     ranked = candidates.take(order)

@@ -20,7 +20,6 @@ from collections import Counter
 from typing import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -29,7 +28,7 @@ from pythia.config import Geography, Window
 from pythia.contract import IMPRESSIONS, REASON, REASON_COLUMN
 from pythia.contract_read import RAW_PREFIX
 from pythia.etl import impressions_local
-from pythia.etl.content_hash import spark_xxhash64
+from pythia.etl.content_hash import key_hashes, spark_xxhash64
 from pythia.etl.hourly import (CONTENT_HASH, DERIVED, IDS_COLUMNS, OUTCOME, UNLABELLED,
                                WRITTEN, _hours_tag, build_manifest)
 from pythia.etl.io import ArrowDatasetWriter
@@ -132,8 +131,7 @@ def _valid(batch: pa.Table, dates: Sequence, hours: list[int]
 def _id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit hash per impression id (equal ids, equal hashes; collisions are settled by
     ``_settle`` on the exact ids)."""
-    values = ids.to_numpy(zero_copy_only=False)
-    return pd.util.hash_array(values, categorize=False).view(np.int64)
+    return key_hashes(ids)
 
 
 def _repeated_ids(batches: Iterator[tuple[str | None, pa.Table]], dates: Sequence,

@@ -1,4 +1,4 @@
-"""``etl.splits.finalize_splits`` on the driver (pyarrow + NumPy, no JVM), for runs small enough.
+"""``etl.splits.finalize_splits`` on the driver (pyarrow + NumPy, no JVM), in bounded memory.
 
 Only the data movement differs from the Spark path: the power-user totals and threshold
 (``splits.threshold_rule`` with Spark's exact quantile, ``spark_quantile``), the class counts,
@@ -7,10 +7,19 @@ the keep decision is Spark's ``pmod(xxhash64(impression_id, seed), 2^53) / 2^53 
 bit for bit (``keep_uniform``), and the four splits are written with the columns, order,
 Parquet types and nullability Spark writes (``ts`` as INT96), since ``pythia.tfrecords``
 (Spark) reads them. tests/test_join_local.py runs both paths on the same ETL outputs.
+
+Memory: a batch of ``BATCH_ROWS`` rows, one bucket of users (``BUCKET_ROWS``; more rows are
+spilled to local disk as Arrow IPC by a hash of ``user_id``), and what grows with users, not
+rows: the pairs (user, date) over the power-user threshold, and one int64 per (user, date)
+for the threshold's quantile. The rows within a split file are in bucket order, not Spark's.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import tempfile
+from collections import Counter
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -22,10 +31,10 @@ from pythia import contract
 from pythia.config import EtlConfig
 from pythia.etl import splits
 from pythia.etl.activity import user_impressions_today
-from pythia.etl.content_hash import SPARK_SEED
-from pythia.etl.dedupe_local import read_dataset
+from pythia.etl.content_hash import SPARK_SEED, key_hashes
+from pythia.etl.dedupe_local import BATCH_ROWS, dataset_rows, iter_dataset, read_dataset
 from pythia.etl.hourly import OUTCOME, WRITTEN
-from pythia.etl.io import write_arrow_atomic
+from pythia.etl.io import ArrowDatasetWriter
 from pythia.etl.quantile import rank_quantile
 from pythia.features import (DATE, ETL_SPLIT_OF, HOUR, IMPRESSION_ID, IS_POWER_USER,
                              OUTPUT_SPLITS, SPLIT, USER_ID, USER_IMPRESSIONS_TODAY,
@@ -35,6 +44,11 @@ from pythia.etl.splits import _HASH_BITS, RESAMPLED_SPLITS
 _INT32_RANGE = (-(1 << 31), 1 << 31)
 # columns Spark writes as non-nullable: literals (and coalesce with a literal)
 _NOT_NULL = (SPLIT, IS_POWER_USER, USER_IMPRESSIONS_TODAY)
+# Rows of a bucket of users, held whole while its users' counters are computed (~0.5 KB a
+# row as Arrow): ceil(rows / BUCKET_ROWS) buckets by a hash of user_id; up to BUCKET_ROWS
+# rows, one bucket kept in memory (no spill). Also the user-day counts' buckets.
+BUCKET_ROWS = 2_000_000
+_IPC = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 def keep_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
@@ -58,27 +72,100 @@ def spark_quantile(values: np.ndarray, q: float) -> float | None:
     return rank_quantile(list(zip(distinct.tolist(), rows.tolist())), q)
 
 
-def power_user_threshold(user_day_paths: Sequence[str], cfg: EtlConfig,
-                         losers: pa.Table | None) -> tuple[pa.Table, float | None]:
-    """``splits.power_user_threshold`` on the driver: the (user, date) totals (n > 0) less
-    the written losers, and the threshold by the shared ``splits.threshold_rule``."""
-    counts = read_dataset(list(user_day_paths)).select([USER_ID, DATE, "n"])
-    counts = counts.set_column(2, "n", counts["n"].cast(pa.int64()))
-    if losers is not None and losers.num_rows:
-        lost = losers.group_by([USER_ID, DATE]).aggregate([([], "count_all")])
-        counts = pa.concat_tables([counts, pa.table(
-            [lost[USER_ID], lost[DATE], pc.negate(lost["count_all"])], schema=counts.schema)])
-    totals = counts.group_by([USER_ID, DATE]).aggregate([("n", "sum")]).rename_columns(
-        [USER_ID, DATE, "n"])
-    totals = totals.filter(pc.greater(totals["n"], 0))
-    n = totals["n"].to_numpy()
-    return totals, splits.threshold_rule(cfg, lambda q: spark_quantile(n, q))
+class _Buckets:
+    """Tables spilled by bucket (``add`` with each row's bucket), read back one bucket at a
+    time (``take``). One bucket is kept in memory; more are Arrow IPC files (LZ4) in a private
+    temporary folder of local disk, removed by ``close``."""
+
+    def __init__(self, n: int, prefix: str):
+        self.n = n
+        self._held: list[pa.Table] = []
+        self._folder = tempfile.mkdtemp(prefix=prefix) if n > 1 else None
+        self._writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        self._files: list = []
+
+    def add(self, table: pa.Table, bucket: np.ndarray) -> None:
+        if self.n == 1:
+            self._held.append(table)
+            return
+        for k in np.unique(bucket):
+            part = table.filter(pa.array(bucket == k))
+            if k not in self._writers:
+                sink = pa.OSFile(os.path.join(self._folder, f"bucket-{k}.arrow"), "wb")
+                self._files.append(sink)
+                self._writers[k] = pa.ipc.new_file(sink, part.schema, options=_IPC)
+            self._writers[k].write_table(part)
+
+    def take(self, k: int, schema: pa.Schema) -> pa.Table:
+        """Every row added to bucket ``k`` (the tables ``add`` was given, in order)."""
+        if self.n == 1:
+            held, self._held = self._held, []
+            return pa.concat_tables(held) if held else schema.empty_table()
+        if k not in self._writers:
+            return schema.empty_table()
+        self._writers.pop(k).close()
+        with pa.memory_map(os.path.join(self._folder, f"bucket-{k}.arrow")) as source:
+            table = pa.ipc.open_file(source).read_all()
+        os.remove(os.path.join(self._folder, f"bucket-{k}.arrow"))
+        return table
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        for sink in self._files:
+            sink.close()
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _bucket_of(users: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    """Each row's bucket of users: a hash of ``user_id`` mod ``n`` (null ids share one)."""
+    return key_hashes(pc.fill_null(users, "")).view(np.uint64) % np.uint64(n)
+
+
+def power_users(user_day_paths: Sequence[str], cfg: EtlConfig, losers: pa.Table | None
+                ) -> tuple[pa.Table, float | None]:
+    """``splits.power_user_threshold`` on the driver, streamed: the (user, date) totals (n > 0)
+    of the tasks' counts less the written losers, summed a bucket of users at a time, and the
+    threshold by the shared ``splits.threshold_rule``. Returns the (user_id, date) pairs over
+    the threshold (the power users' days: a small table) and the threshold."""
+    n_buckets = max(1, -(-dataset_rows(user_day_paths) // BUCKET_ROWS))
+    keys = [USER_ID, DATE]
+    buckets = _Buckets(n_buckets, "pythia-user-days-")
+    try:
+        for batch in iter_dataset(user_day_paths, BATCH_ROWS, [*keys, "n"]):
+            batch = batch.set_column(2, "n", batch["n"].cast(pa.int64()))
+            buckets.add(batch, _bucket_of(batch[USER_ID], n_buckets))
+        if losers is not None and losers.num_rows:
+            lost = losers.group_by(keys).aggregate([([], "count_all")])
+            lost = pa.table([lost[USER_ID], lost[DATE], pc.negate(lost["count_all"])],
+                            names=[*keys, "n"])
+            buckets.add(lost, _bucket_of(lost[USER_ID], n_buckets))
+        schema = pa.schema([(USER_ID, pa.string()), (DATE, pa.string()), ("n", pa.int64())])
+        totals = []
+        for k in range(n_buckets):
+            counts = buckets.take(k, schema)
+            summed = counts.group_by(keys).aggregate([("n", "sum")]).rename_columns([*keys, "n"])
+            totals.append(summed.filter(pc.greater(summed["n"], 0)))
+            del counts
+        # the n of every (user, date) for the quantile; only the pairs over it are kept
+        n = np.concatenate([t["n"].to_numpy() for t in totals]) if totals else np.zeros(0)
+        threshold = splits.threshold_rule(cfg, lambda q: spark_quantile(n, q))
+        over = [t.filter(pc.greater(t["n"], threshold)).select(keys) for t in totals] \
+            if threshold is not None else []
+    finally:
+        buckets.close()
+    return (pa.concat_tables(over) if over else schema.empty_table().select(keys)), threshold
 
 
 def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
                     duplicates: str | None = None) -> dict:
     """``splits.finalize_splits`` without Spark (same arguments but the session, same files
-    and manifest)."""
+    and manifest), in bounded memory: the rows are read ``BATCH_ROWS`` at a time (pass 1:
+    duplicates' losers out, the power-user flag, the class counts before resampling) and
+    spilled by a hash of ``user_id`` into ceil(rows / ``BUCKET_ROWS``) buckets; pass 2 takes a
+    bucket at a time (every row of its users: what ``user_impressions_today`` needs), draws
+    the keep decisions and appends the rows to the four splits."""
     if not hour_manifests:
         raise ValueError("finalize_splits needs at least one hour manifest")
     splits._check_manifests(hour_manifests)
@@ -88,48 +175,78 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
     if duplicates:
         losers = read_dataset([duplicates])
         losers = losers.filter(pc.equal(losers[OUTCOME], WRITTEN))
-    totals, threshold = power_user_threshold(
-        [m["user_day_counts_path"] for m in hour_manifests], cfg, losers)
-    rows = read_dataset([m["rows_path"] for m in hour_manifests])
-    order = rows.column_names
+    over, threshold = power_users([m["user_day_counts_path"] for m in hour_manifests], cfg,
+                                  losers)
+    row_uris = [m["rows_path"] for m in hour_manifests]
+    n_buckets = max(1, -(-dataset_rows(row_uris) // BUCKET_ROWS))
+    buckets = _Buckets(n_buckets, "pythia-splits-")
+    writers = {out: ArrowDatasetWriter(uri_of(out), _split_schema(), int96_timestamps=True)
+               for out in OUTPUT_SPLITS}
+    before: Counter = Counter()
+    after: Counter = Counter()
+    try:
+        schema = None
+        for batch in iter_dataset(row_uris, BATCH_ROWS):
+            flagged = _flag(batch, losers, over)
+            schema = flagged.schema
+            before.update(_groups(flagged, [SPLIT, IS_POWER_USER, Y_AGE_GENDER]))
+            buckets.add(flagged, _bucket_of(flagged[USER_ID], n_buckets))
+        planned = splits.plan([(*k, n) for k, n in before.items()], cfg, n_age)
+        for k in range(n_buckets):
+            rows = buckets.take(k, schema)
+            # over every kept row of these users: before any sample (``etl.activity``)
+            rows = rows.append_column(USER_IMPRESSIONS_TODAY,
+                                      pa.array(user_impressions_today(rows), pa.int64()))
+            after.update(_write_bucket(rows, planned[-1], cfg, n_age, writers))
+            del rows
+        paths = {out: writer.close() for out, writer in writers.items()}
+    finally:
+        buckets.close()
+        for writer in writers.values():
+            writer.abort()
+    return splits.finish([(*k, n) for k, n in after.items()], planned, threshold, paths, cfg)
+
+
+def _flag(batch: pa.Table, losers: pa.Table | None, over: pa.Table) -> pa.Table:
+    """A batch of rows without the duplicates' losers, with ``is_power_user`` (the row's
+    (user, date) is over the threshold)."""
+    order = batch.column_names
     if losers is not None:
         keys = [IMPRESSION_ID, DATE, HOUR]
-        rows = rows.join(losers.select(keys), keys, join_type="left anti").select(order)
-    # over every kept row: before any flag or sample (``etl.activity``)
-    rows = rows.append_column(USER_IMPRESSIONS_TODAY,
-                              pa.array(user_impressions_today(rows), pa.int64()))
-    power = np.zeros(rows.num_rows, dtype=bool)
-    if threshold is not None:
-        over = totals.filter(pc.greater(totals["n"], threshold))
-        marked = rows.select([USER_ID, DATE]).append_column(
-            "_i", pa.array(np.arange(rows.num_rows), pa.int64())).join(
-            over.select([USER_ID, DATE]), [USER_ID, DATE], join_type="left semi")
+        batch = batch.join(losers.select(keys), keys, join_type="left anti").select(order)
+    power = np.zeros(batch.num_rows, dtype=bool)
+    if over.num_rows and batch.num_rows:
+        marked = batch.select([USER_ID, DATE]).append_column(
+            "_i", pa.array(np.arange(batch.num_rows), pa.int64())).join(
+            over, [USER_ID, DATE], join_type="left semi")
         power[marked["_i"].to_numpy()] = True
-    flagged = rows.append_column(IS_POWER_USER, pa.array(power))
-    split = flagged[SPLIT].to_numpy(zero_copy_only=False)
-    y = flagged[Y_AGE_GENDER]
-    before = _groups(flagged, [SPLIT, IS_POWER_USER, Y_AGE_GENDER])
-    planned = splits.plan(before, cfg, n_age)
-    rates = planned[-1]
-    uniform = keep_uniform(flagged[IMPRESSION_ID], int(cfg.seed))
+    return batch.append_column(IS_POWER_USER, pa.array(power))
+
+
+def _write_bucket(rows: pa.Table, rates: Mapping, cfg: EtlConfig, n_age: int,
+                  writers: Mapping[str, ArrowDatasetWriter]) -> Counter:
+    """The keep decisions of a bucket's rows, its rows appended to each split's writer;
+    returns the bucket's groups over (date, hour, split, is_power_user, y_age_gender, kept in
+    each resampled split)."""
+    split = rows[SPLIT].to_numpy(zero_copy_only=False)
+    power = rows[IS_POWER_USER].to_numpy(zero_copy_only=False)
+    y = rows[Y_AGE_GENDER]
+    uniform = keep_uniform(rows[IMPRESSION_ID], int(cfg.seed))
     keep = {}
     for out in RESAMPLED_SPLITS:
         rate = _rate_per_row(y, rates[out], cfg.resample_target, n_age)
         keep[out] = (split == ETL_SPLIT_OF[out]) & (uniform < rate)  # nan: not kept
-    after = _groups(flagged.select([DATE, HOUR, SPLIT, IS_POWER_USER, Y_AGE_GENDER]).append_column(
-        "_k0", pa.array(keep[RESAMPLED_SPLITS[0]])).append_column(
-        "_k1", pa.array(keep[RESAMPLED_SPLITS[1]])).append_column(
-        "_k2", pa.array(keep[RESAMPLED_SPLITS[2]])), None)
-    paths = {}
     for out in OUTPUT_SPLITS:
         sel = split == ETL_SPLIT_OF[out]
         if out in RESAMPLED_SPLITS:
             if cfg.drop_power_users:
                 sel = sel & ~power
             sel = sel & keep[out]
-        paths[out] = write_arrow_atomic(_split_columns(flagged.filter(pa.array(sel)), out),
-                                        uri_of(out), int96_timestamps=True)
-    return splits.finish(after, planned, threshold, paths, cfg)
+        writers[out].write(_split_columns(rows.filter(pa.array(sel)), out))
+    table = rows.select([DATE, HOUR, SPLIT, IS_POWER_USER, Y_AGE_GENDER])
+    for i, out in enumerate(RESAMPLED_SPLITS):
+        table = table.append_column(f"_k{i}", pa.array(keep[out]))
+    return Counter(_groups(table, None))
 
 
 def _rate_per_row(y: pa.ChunkedArray, rates: Mapping[int, float], target: str, n_age: int
@@ -143,18 +260,24 @@ def _rate_per_row(y: pa.ChunkedArray, rates: Mapping[int, float], target: str, n
     return table[where.to_numpy(zero_copy_only=False)]
 
 
-def _groups(table: pa.Table, keys: Sequence[str] | None) -> list[tuple]:
-    """``groupBy(keys).count().collect()`` as tuples (every column when ``keys`` is None)."""
+def _groups(table: pa.Table, keys: Sequence[str] | None) -> dict[tuple, int]:
+    """``groupBy(keys).count().collect()`` as {key tuple: rows} (every column when ``keys`` is
+    None); buckets' groups add up (``Counter.update``)."""
     keys = list(keys or table.column_names)
     grouped = table.group_by(keys).aggregate([([], "count_all")])
-    return [tuple(r[k] for k in keys) + (int(r["count_all"]),) for r in grouped.to_pylist()]
+    return {tuple(r[k] for k in keys): int(r["count_all"]) for r in grouped.to_pylist()}
+
+
+def _split_schema() -> pa.Schema:
+    """``contract.SPLIT``'s columns in order, their Arrow types, Spark's nullability."""
+    return pa.schema([pa.field(c.name, contract.ARROW_TYPES[c.type],
+                               nullable=c.name not in _NOT_NULL)
+                      for c in contract.SPLIT.columns])
 
 
 def _split_columns(part: pa.Table, out: str) -> pa.Table:
-    """``splits._split_columns`` of the rows with split = ``out``: the columns of
-    ``contract.SPLIT`` in order, their Arrow types, Spark's nullability."""
+    """``splits._split_columns`` of the rows with split = ``out``: ``_split_schema``."""
     part = part.set_column(part.column_names.index(SPLIT), SPLIT,
                            pa.array([out] * part.num_rows, pa.string()))
-    fields = [pa.field(c.name, contract.ARROW_TYPES[c.type], nullable=c.name not in _NOT_NULL)
-              for c in contract.SPLIT.columns]
-    return pa.table([part[f.name].cast(f.type) for f in fields], schema=pa.schema(fields))
+    schema = _split_schema()
+    return pa.table([part[f.name].cast(f.type) for f in schema], schema=schema)
