@@ -24,6 +24,7 @@ from pythia import contract, contract_read, storage
 from pythia.contract import (NULL_REQUIRED, OUT_OF_DOMAIN, REASON, REASON_COLUMN, WRONG_TYPE,
                              TableSpec)
 from pythia.contract_read import RAW_PREFIX
+from pythia.parquet_footers import iter_file_batches
 
 _INTS = {"tinyint", "smallint", "int", "bigint"}
 _FRACTIONS = {"float", "double"}
@@ -271,7 +272,7 @@ def iter_parquet(uri: str, columns: Sequence[str], batch_rows: int | None
                 return
             schema = parquet.schema_arrow
             yielded = False
-            for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns)):
+            for batch in iter_file_batches(parquet, batch_rows, list(columns)):
                 yielded = True
                 yield pa.Table.from_batches([batch])
             if not yielded:

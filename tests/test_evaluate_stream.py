@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pythia.evaluate import buckets
+from pythia import buckets
 from pythia.evaluate.gauge import posterior_probs_by_split, score_posterior
 from pythia.evaluate.io import read_predictions, read_split_frames
 from pythia.evaluate.metrics import score_predictions

@@ -84,7 +84,8 @@ def _repeated_hashes(uris: Sequence[str]) -> np.ndarray:
             hashes = np.concatenate([hashes, np.empty(batch.num_rows, np.int64)])
         hashes[at:at + batch.num_rows] = key_hashes(batch[IMPRESSION_ID])
         at += batch.num_rows
-    hashes = np.sort(hashes[:at])
+    hashes = hashes[:at]
+    hashes.sort()  # in place: no second array of the run's ids
     return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
 
 

@@ -16,7 +16,6 @@ for the threshold's quantile. The rows within a split file are in bucket order, 
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import tempfile
 from collections import Counter
@@ -27,11 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from pythia import contract
+from pythia import buckets, contract
 from pythia.config import EtlConfig
 from pythia.etl import splits
 from pythia.etl.activity import user_impressions_today
-from pythia.etl.content_hash import SPARK_SEED, key_hashes
+from pythia.etl.content_hash import SPARK_SEED
 from pythia.etl.dedupe_local import BATCH_ROWS, dataset_rows, iter_dataset, read_dataset
 from pythia.etl.hourly import OUTCOME, WRITTEN
 from pythia.etl.io import ArrowDatasetWriter
@@ -48,7 +47,6 @@ _NOT_NULL = (SPLIT, IS_POWER_USER, USER_IMPRESSIONS_TODAY)
 # row as Arrow): ceil(rows / BUCKET_ROWS) buckets by a hash of user_id; up to BUCKET_ROWS
 # rows, one bucket kept in memory (no spill). Also the user-day counts' buckets.
 BUCKET_ROWS = 2_000_000
-_IPC = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 def keep_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
@@ -72,55 +70,40 @@ def spark_quantile(values: np.ndarray, q: float) -> float | None:
     return rank_quantile(list(zip(distinct.tolist(), rows.tolist())), q)
 
 
-class _Buckets:
-    """Tables spilled by bucket (``add`` with each row's bucket), read back one bucket at a
-    time (``take``). One bucket is kept in memory; more are Arrow IPC files (LZ4) in a private
-    temporary folder of local disk, removed by ``close``."""
+class _Spill:
+    """Tables by bucket of users (``pythia.buckets``: LZ4 Arrow IPC files in a private
+    temporary folder, removed on exit), read back a bucket at a time; with one bucket the
+    tables stay in memory (nothing to spill)."""
 
     def __init__(self, n: int, prefix: str):
-        self.n = n
-        self._held: list[pa.Table] = []
-        self._folder = tempfile.mkdtemp(prefix=prefix) if n > 1 else None
-        self._writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
-        self._files: list = []
+        self.n, self._prefix, self._held = n, prefix, []
 
-    def add(self, table: pa.Table, bucket: np.ndarray) -> None:
-        if self.n == 1:
+    def __enter__(self) -> "_Spill":
+        self._folder = tempfile.TemporaryDirectory(prefix=self._prefix) if self.n > 1 else None
+        self._writer = buckets.BucketWriter(self._folder.name, self.n) if self._folder else None
+        return self
+
+    def add(self, table: pa.Table) -> None:
+        if self._writer is None:
             self._held.append(table)
-            return
-        for k in np.unique(bucket):
-            part = table.filter(pa.array(bucket == k))
-            if k not in self._writers:
-                sink = pa.OSFile(os.path.join(self._folder, f"bucket-{k}.arrow"), "wb")
-                self._files.append(sink)
-                self._writers[k] = pa.ipc.new_file(sink, part.schema, options=_IPC)
-            self._writers[k].write_table(part)
+        else:
+            self._writer.write(table, buckets.bucket_of(table[USER_ID], self.n))
 
     def take(self, k: int, schema: pa.Schema) -> pa.Table:
-        """Every row added to bucket ``k`` (the tables ``add`` was given, in order)."""
-        if self.n == 1:
+        """Every row added to bucket ``k`` (in the order added); call after the last ``add``."""
+        if self._writer is None:
             held, self._held = self._held, []
             return pa.concat_tables(held) if held else schema.empty_table()
-        if k not in self._writers:
-            return schema.empty_table()
-        self._writers.pop(k).close()
-        with pa.memory_map(os.path.join(self._folder, f"bucket-{k}.arrow")) as source:
-            table = pa.ipc.open_file(source).read_all()
-        os.remove(os.path.join(self._folder, f"bucket-{k}.arrow"))
-        return table
+        self._writer.close()
+        table = buckets.read_bucket(self._folder.name, k)
+        if table is not None:
+            os.remove(buckets.bucket_path(self._folder.name, k))
+        return table if table is not None else schema.empty_table()
 
-    def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        for sink in self._files:
-            sink.close()
-        if self._folder:
-            shutil.rmtree(self._folder, ignore_errors=True)
-
-
-def _bucket_of(users: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
-    """Each row's bucket of users: a hash of ``user_id`` mod ``n`` (null ids share one)."""
-    return key_hashes(pc.fill_null(users, "")).view(np.uint64) % np.uint64(n)
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._folder.cleanup()
 
 
 def power_users(user_day_paths: Sequence[str], cfg: EtlConfig, losers: pa.Table | None
@@ -131,30 +114,24 @@ def power_users(user_day_paths: Sequence[str], cfg: EtlConfig, losers: pa.Table 
     the threshold (the power users' days: a small table) and the threshold."""
     n_buckets = max(1, -(-dataset_rows(user_day_paths) // BUCKET_ROWS))
     keys = [USER_ID, DATE]
-    buckets = _Buckets(n_buckets, "pythia-user-days-")
-    try:
+    schema = pa.schema([(USER_ID, pa.string()), (DATE, pa.string()), ("n", pa.int64())])
+    totals = []
+    with _Spill(n_buckets, "pythia-user-days-") as spill:
         for batch in iter_dataset(user_day_paths, BATCH_ROWS, [*keys, "n"]):
-            batch = batch.set_column(2, "n", batch["n"].cast(pa.int64()))
-            buckets.add(batch, _bucket_of(batch[USER_ID], n_buckets))
+            spill.add(batch.set_column(2, "n", batch["n"].cast(pa.int64())).cast(schema))
         if losers is not None and losers.num_rows:
             lost = losers.group_by(keys).aggregate([([], "count_all")])
-            lost = pa.table([lost[USER_ID], lost[DATE], pc.negate(lost["count_all"])],
-                            names=[*keys, "n"])
-            buckets.add(lost, _bucket_of(lost[USER_ID], n_buckets))
-        schema = pa.schema([(USER_ID, pa.string()), (DATE, pa.string()), ("n", pa.int64())])
-        totals = []
+            spill.add(pa.table([lost[USER_ID], lost[DATE], pc.negate(lost["count_all"])],
+                               schema=schema))
         for k in range(n_buckets):
-            counts = buckets.take(k, schema)
-            summed = counts.group_by(keys).aggregate([("n", "sum")]).rename_columns([*keys, "n"])
+            summed = spill.take(k, schema).group_by(keys).aggregate([("n", "sum")]
+                                                                    ).rename_columns([*keys, "n"])
             totals.append(summed.filter(pc.greater(summed["n"], 0)))
-            del counts
-        # the n of every (user, date) for the quantile; only the pairs over it are kept
-        n = np.concatenate([t["n"].to_numpy() for t in totals]) if totals else np.zeros(0)
-        threshold = splits.threshold_rule(cfg, lambda q: spark_quantile(n, q))
-        over = [t.filter(pc.greater(t["n"], threshold)).select(keys) for t in totals] \
-            if threshold is not None else []
-    finally:
-        buckets.close()
+    # the n of every (user, date) for the quantile; only the pairs over it are kept
+    n = np.concatenate([t["n"].to_numpy() for t in totals]) if totals else np.zeros(0)
+    threshold = splits.threshold_rule(cfg, lambda q: spark_quantile(n, q))
+    over = [t.filter(pc.greater(t["n"], threshold)).select(keys) for t in totals] \
+        if threshold is not None else []
     return (pa.concat_tables(over) if over else schema.empty_table().select(keys)), threshold
 
 
@@ -179,29 +156,28 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
                                   losers)
     row_uris = [m["rows_path"] for m in hour_manifests]
     n_buckets = max(1, -(-dataset_rows(row_uris) // BUCKET_ROWS))
-    buckets = _Buckets(n_buckets, "pythia-splits-")
     writers = {out: ArrowDatasetWriter(uri_of(out), _split_schema(), int96_timestamps=True)
                for out in OUTPUT_SPLITS}
     before: Counter = Counter()
     after: Counter = Counter()
     try:
-        schema = None
-        for batch in iter_dataset(row_uris, BATCH_ROWS):
-            flagged = _flag(batch, losers, over)
-            schema = flagged.schema
-            before.update(_groups(flagged, [SPLIT, IS_POWER_USER, Y_AGE_GENDER]))
-            buckets.add(flagged, _bucket_of(flagged[USER_ID], n_buckets))
-        planned = splits.plan([(*k, n) for k, n in before.items()], cfg, n_age)
-        for k in range(n_buckets):
-            rows = buckets.take(k, schema)
-            # over every kept row of these users: before any sample (``etl.activity``)
-            rows = rows.append_column(USER_IMPRESSIONS_TODAY,
-                                      pa.array(user_impressions_today(rows), pa.int64()))
-            after.update(_write_bucket(rows, planned[-1], cfg, n_age, writers))
-            del rows
+        with _Spill(n_buckets, "pythia-splits-") as spill:
+            schema = None
+            for batch in iter_dataset(row_uris, BATCH_ROWS):
+                flagged = _flag(batch, losers, over)
+                schema = flagged.schema
+                before.update(_groups(flagged, [SPLIT, IS_POWER_USER, Y_AGE_GENDER]))
+                spill.add(flagged)
+            planned = splits.plan([(*k, n) for k, n in before.items()], cfg, n_age)
+            for k in range(n_buckets):
+                rows = spill.take(k, schema)
+                # over every kept row of these users: before any sample (``etl.activity``)
+                rows = rows.append_column(USER_IMPRESSIONS_TODAY,
+                                          pa.array(user_impressions_today(rows), pa.int64()))
+                after.update(_write_bucket(rows, planned[-1], cfg, n_age, writers))
+                del rows
         paths = {out: writer.close() for out, writer in writers.items()}
     finally:
-        buckets.close()
         for writer in writers.values():
             writer.abort()
     return splits.finish([(*k, n) for k, n in after.items()], planned, threshold, paths, cfg)

@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pythia import storage
+from pythia.parquet_footers import iter_file_batches
 from pythia.evaluate.frames import EVAL_SPLITS, JOINT_TARGET, REQUIRED_SPLITS, WEIGHT_COLUMN
 from pythia.features import (IMPRESSION_ID, REQUEST_COLUMNS, SPLIT, TARGETS, TS, TS_SECONDS,
                              VALIDATION, Y_AGE_GENDER)
@@ -104,11 +105,15 @@ def split_batches(split_manifest: Mapping[str, Any], split: str,
                   columns: Sequence[str] | None = None, batch_rows: int = 65_536
                   ) -> Iterator[pa.RecordBatch]:
     """One split's rows (``columns`` only, when given) as record batches of at most
-    ``batch_rows``, read ahead by one."""
+    ``batch_rows``, file by file and a row group at a time (``iter_file_batches``), in the
+    dataset's schema."""
     dataset = _split_dataset(split_manifest, split)
-    yield from dataset.to_batches(columns=list(columns) if columns is not None else None,
-                                  batch_size=batch_rows, batch_readahead=1,
-                                  fragment_readahead=1)
+    names = list(columns) if columns is not None else dataset.schema.names
+    schema = pa.schema([dataset.schema.field(n) for n in names])
+    for file in dataset.files:  # file by file, a row group at a time (not Dataset.to_batches)
+        with dataset.filesystem.open_input_file(file) as f:
+            for batch in iter_file_batches(pq.ParquetFile(f), batch_rows, names):
+                yield batch.cast(schema) if batch.schema != schema else batch
 
 
 def _prediction_files(uri: str) -> list[str]:
@@ -138,7 +143,7 @@ def prediction_batches(uri: str, what: str, batch_rows: int = 65_536
                 if col not in names:
                     raise ValueError(f"{what}: predictions lack column {col!r} ({file_uri})")
             columns = [c for c in wanted if c in names]
-            for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):
+            for batch in iter_file_batches(reader, batch_rows, columns):
                 yield batch.set_column(0, IMPRESSION_ID, batch.column(0).cast(pa.string())) \
                            .set_column(1, SPLIT, batch.column(1).cast(pa.string()))
 
@@ -157,7 +162,7 @@ def truth_batches(world: Any, batch_rows: int = 262_144) -> Iterator[pd.DataFram
     fs, path = storage.filesystem(uri)
     with fs.open_input_file(path) as f:
         reader = pq.ParquetFile(f)
-        for batch in reader.iter_batches(batch_size=batch_rows):
+        for batch in iter_file_batches(reader, batch_rows):
             yield batch.to_pandas()
 
 

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sklearn.metrics import log_loss
 
-from pythia.evaluate import buckets, io
+from pythia import buckets
+from pythia.evaluate import io
 from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, SplitFrame, split_frame
 from pythia.evaluate.metrics import check_probabilities, clip_probabilities
 from pythia.evaluate.slices import (NATURAL, Aligned, align, candidate_ident, candidate_key,

@@ -36,7 +36,8 @@ import pyarrow as pa
 
 from pythia import threads
 from pythia.config import GLOBAL_REGION
-from pythia.evaluate import buckets, io
+from pythia import buckets
+from pythia.evaluate import io
 from pythia.evaluate.forked import map_forked
 from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, PROVIDER, TRUTH,
                                     WEIGHT_COLUMN, SplitFrame, split_frame, truth_labels)

@@ -93,7 +93,7 @@ class BucketWriter:
                 self._writers[bucket] = pa.ipc.new_file(path, self.schema, options=_IPC_OPTIONS)
             except OSError as exc:
                 if exc.errno == errno.EMFILE:
-                    raise OSError(f"too many open files writing {self.n_buckets} evaluation "
+                    raise OSError(f"too many open files writing {self.n_buckets} "
                                   f"buckets under {self.folder}: raise the open-file limit "
                                   f"(ulimit -n) or the rows per bucket") from exc
                 raise
