@@ -1,0 +1,55 @@
+"""``parquet_footers.iter_file_batches``: every row in order, in bounded batches, holding about
+a batch however large the file (a fresh process, so the Arrow pool's peak is this read's)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pythia.parquet_footers import iter_file_batches
+
+
+def _file(path, groups: int, rows: int, text: int = 32) -> pa.Table:
+    """A string and a list<float> column, as in a candidate's predictions file."""
+    n = groups * rows
+    offsets = pa.array(np.arange(0, 12 * n + 1, 12, dtype=np.int32))
+    table = pa.table({"i": pa.array(range(n), pa.int64()),
+                      "s": pa.array([f"{k:0{text}d}" for k in range(n)], pa.string()),
+                      "p": pa.ListArray.from_arrays(offsets, pa.array(
+                          np.random.default_rng(0).random(12 * n, dtype=np.float32)))})
+    pq.write_table(table, path, row_group_size=rows)
+    return table
+
+
+def test_every_row_in_order_in_bounded_batches(tmp_path):
+    path = str(tmp_path / "f.parquet")
+    table = _file(path, groups=3, rows=1000, text=8)
+    got = list(iter_file_batches(pq.ParquetFile(path), 256, ["p", "i"]))
+    assert max(b.num_rows for b in got) == 256
+    assert pa.Table.from_batches(got).equals(table.select(["p", "i"]))
+    empty = str(tmp_path / "e.parquet")
+    pq.write_table(table.slice(0, 0), empty)
+    assert list(iter_file_batches(pq.ParquetFile(empty), 256)) == []
+
+
+_PEAK = """
+import json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from pythia.parquet_footers import iter_file_batches
+rows = sum(b.num_rows for b in iter_file_batches(pq.ParquetFile(sys.argv[1]), 4096))
+print(json.dumps({"rows": rows, "peak": pa.default_memory_pool().max_memory()}))
+"""
+
+
+def test_memory_is_a_row_group_not_the_file(tmp_path):
+    path = str(tmp_path / "big.parquet")
+    _file(path, groups=60, rows=16_384)  # ~85 MB decoded, 1.4 MB a row group
+    out = subprocess.run([sys.executable, "-c", _PEAK, path], capture_output=True, text=True,
+                         check=True)
+    got = json.loads(out.stdout)
+    assert got["rows"] == 60 * 16_384
+    assert got["peak"] < 16 * 2**20, got  # one iter_batches over the whole file: ~100 MB
