@@ -125,7 +125,7 @@ def iter_file_batches(parquet: pq.ParquetFile, batch_rows: int,
     time (``iter_batches(row_groups=[i])``): memory stays at about a batch whatever the file's
     size. One ``iter_batches`` over the whole file held what it had read, list columns most
     (a candidate's 4.2M-row predictions file of 65k-row row groups: 486 MB of Arrow memory,
-    38 MB this way; session 30), as ``Dataset.to_batches`` does (apache/arrow#39808).
+    39 MB this way; session 30), as ``Dataset.to_batches`` does (apache/arrow#39808).
     Yields nothing for a file of no row group. tests/test_parquet_batches.py."""
     for i in range(parquet.num_row_groups):
         yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[i], columns=columns)
