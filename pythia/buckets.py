@@ -97,7 +97,14 @@ class BucketWriter:
                                   f"buckets under {self.folder}: raise the open-file limit "
                                   f"(ulimit -n) or the rows per bucket") from exc
                 raise
-        self._writers[bucket].write_table(pa.concat_tables(parts).combine_chunks())
+        try:
+            self._writers[bucket].write_table(pa.concat_tables(parts).combine_chunks())
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, f"no space left on the scratch disk writing "
+                              f"{self.n_buckets} buckets under {self.folder}: free space there "
+                              f"or point TMPDIR at a larger local disk") from exc
+            raise
 
     def close(self) -> None:
         """Write what is pending and close every bucket file."""

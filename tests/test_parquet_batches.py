@@ -53,3 +53,20 @@ def test_memory_is_a_row_group_not_the_file(tmp_path):
     got = json.loads(out.stdout)
     assert got["rows"] == 60 * 16_384
     assert got["peak"] < 16 * 2**20, got  # one iter_batches over the whole file: ~100 MB
+
+
+def test_a_full_scratch_disk_is_one_line_naming_the_folder_and_the_fix(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from pythia import buckets
+
+    real = pa.ipc.new_file
+    monkeypatch.setattr(pa.ipc, "new_file",  # every bucket file is /dev/full: writes fail
+                        lambda path, schema, options=None: real("/dev/full", schema))
+    table = pa.table({"k": [str(i) for i in range(100)]})
+    with pytest.raises(OSError, match=r"no space left on the scratch disk writing 4 buckets "
+                                      r"under .*: free space there or point TMPDIR") as err:
+        buckets.partition([table], "k", 4, str(tmp_path / "b"))
+    assert err.value.errno == errno.ENOSPC and "\n" not in str(err.value)

@@ -50,16 +50,14 @@ def read_dataset(uris: Sequence[str]) -> pa.Table:
     """Every data file of the Parquet datasets ``uris`` (written by either engine) as Spark
     reads them: INT96 as UTC microseconds, every column nullable, the first file's column
     order. ``contract_local.NeedsSpark`` when there is no data file to take a schema from."""
-    files = _files(uris)
-    names = list(read_footer(files[0])[0])
-    tables = [_nullable(contract_local.read_parquet(uri, names), names) for uri in files]
-    return pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+    return pa.concat_tables(iter_dataset(uris, None))
 
 
-def iter_dataset(uris: Sequence[str], batch_rows: int, columns: Sequence[str] | None = None
-                 ) -> Iterator[pa.Table]:
-    """``read_dataset`` (or its ``columns``) in tables of at most ``batch_rows`` rows, file by
-    file, in the same row order: a reader holds a batch, not the dataset."""
+def iter_dataset(uris: Sequence[str], batch_rows: int | None,
+                 columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """``read_dataset`` (or its ``columns``) in tables of at most ``batch_rows`` rows (None: a
+    file at a time), file by file, in the same row order: a reader holds a batch, not the
+    dataset. Each table has the first one's schema."""
     files = _files(uris)
     names = list(columns or read_footer(files[0])[0])
     schema = None
