@@ -1,6 +1,6 @@
 """Cost curve: every stage function of DemoFlow on synthetic worlds of s x a base size.
 
-    python benchmarks/scale_bench.py [--preset default] [--scales 1,2,4,8] [--models all]
+    python benchmarks/scale_bench.py [--preset default] [--scales 1,2,4,8] [--models default]
         [--regions all] [--max-epochs 8] [--hours-per-task 4] [--workdir DIR] [--keep]
         [--until STEP]
 
@@ -107,7 +107,8 @@ def _step_start(st: dict, task: int) -> tuple[dict, int | None]:
                               "models": st["models"], "regions": st["regions"],
                               "max_epochs": st["max_epochs"],
                               "hours_per_task": st["hours_per_task"], "seed": st["seed"]},
-                             deploy, model_names=models.MODEL_NAMES).compiled()
+                             deploy, model_names=models.MODEL_NAMES,
+                             default_models=models.DEFAULT_MODELS).compiled()
     source_path, window, _ = source.resolve(params)
     return {"params": params, "source_path": source_path, "window": window,
             "paths": RunPaths(params.data_root, "ScaleBench", st["run_id"]),
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the synthetic preset to scale (default, tiny, …)")
     ap.add_argument("--scales", default="1,2,4,8", help="comma-separated multiples of the preset")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--models", default="all", help="the flow's --models")
+    ap.add_argument("--models", default="default", help="the flow's --models")
     ap.add_argument("--regions", default="all", help="the flow's --regions")
     ap.add_argument("--max-epochs", type=int, default=8, help="the flow's --max_epochs")
     ap.add_argument("--hours-per-task", type=int, default=4, help="the flow's --hours_per_task")

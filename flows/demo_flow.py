@@ -87,7 +87,8 @@ class DemoFlow(FlowSpec):
         """Validate parameters, resolve the source and the window."""
         values = {p.name: getattr(self, p.name) for p in PARAMETERS}
         self.params = RunParams.build(values, DeployConfig.from_mapping(self.config),
-                                      model_names=models.MODEL_NAMES).compiled()
+                                      model_names=models.MODEL_NAMES,
+                                      default_models=models.DEFAULT_MODELS).compiled()
         self.source_path, self.window, self.gaps = source.resolve(
             self.params, scheduled=source.is_scheduled_run(current.run_id))
         self.run_root = self.paths.base

@@ -182,8 +182,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Test day YYYY-MM-DD (the window is date-4 … date), or 'yesterday' (UTC). Empty: "
               "yesterday on a scheduled (Airflow/Argo) run, else the newest date of the source "
               "with all 24 hour partitions."),
-    ParamSpec("models", "all",
-              "Models to train: 'all' (every model of the registry) or a comma-separated list."),
+    ParamSpec("models", "default",
+              "Models to train: 'default' (mlp, tabnet, logreg), 'all' (every model of the "
+              "registry: gbdt too) or a comma-separated list; the class prior is always added."),
     ParamSpec("regions", "all", "'all' (global + every region in the data) or a list."),
     ParamSpec("provider_overrides", "US=lucid",
               "COUNTRY=provider pairs that win over the provider scores where that country "
@@ -303,9 +304,13 @@ class RunParams:
     @classmethod
     def build(cls, values: Mapping[str, Any] | None = None,
               deploy: DeployConfig | None = None,
-              model_names: tuple[str, ...] | None = None) -> "RunParams":
+              model_names: tuple[str, ...] | None = None,
+              default_models: tuple[str, ...] | None = None) -> "RunParams":
         """Parse raw parameter values (as the CLI gives them; absent ones take their single
-        default from ``PARAMETERS``) and the deploy config, with errors naming the bad one."""
+        default from ``PARAMETERS``) and the deploy config, with errors naming the bad one.
+        ``model_names`` is the registry ('all'), ``default_models`` what 'default' trains
+        (``pythia.models.MODEL_NAMES``, ``DEFAULT_MODELS``: this module imports no model;
+        without ``default_models``, 'default' is every name of ``model_names``)."""
         unknown = set(values or {}) - set(PARAM_SPECS)
         if unknown:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)}")
@@ -316,10 +321,13 @@ class RunParams:
             raise ValueError("source is empty: give a folder, an s3:// prefix or synthetic://…")
         if v["date"] and v["date"] != "yesterday":
             parse_date(v["date"])
-        if str(v["models"]).strip() == "all":
-            if not model_names:
-                raise ValueError("models='all' needs the model registry's names")
-            models = list(model_names)
+        chosen = str(v["models"]).strip()
+        if chosen in ("all", "default"):
+            names = model_names if chosen == "all" else (default_models or model_names)
+            if not names:
+                raise ValueError(f"models={chosen!r} needs the model registry's names "
+                                 f"(RunParams.build(model_names=, default_models=))")
+            models = list(names)
         else:
             models = parse_list(v["models"], model_names, "model")
         regions = None if str(v["regions"]).strip() in ("", "all") else tuple(

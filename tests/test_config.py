@@ -9,7 +9,8 @@ from pythia.config import RunParams
 
 
 def make_params(**values):
-    return RunParams.build(values, model_names=("mlp", "tabnet", "gbdt"))
+    return RunParams.build(values, model_names=("mlp", "tabnet", "gbdt"),
+                           default_models=("mlp", "tabnet"))
 
 
 def test_window_splits_five_days_ending_on_test_date():
@@ -118,8 +119,27 @@ def test_every_parameter_has_one_default_used_by_the_flow():
             declared[name] = [k.arg for k in node.keywords]
     assert set(declared) == {p.name for p in PARAMETERS}
     assert all(kws == [None] for kws in declared.values()), declared  # only **param_kwargs
-    built = RunParams.build({}, model_names=("mlp", "tabnet", "gbdt"))
-    assert built.etl.hours_per_task == 4 and built.models == ("mlp", "tabnet", "gbdt")
+    built = RunParams.build({}, model_names=("mlp", "tabnet", "gbdt"),
+                            default_models=("mlp", "tabnet"))
+    assert built.etl.hours_per_task == 4 and built.models == ("mlp", "tabnet")
+
+
+def test_models_default_is_the_registry_default_and_all_adds_gbdt():
+    """--models default (the flow's default) trains DEFAULT_MODELS, 'all' every registered
+    model; either without the registry's names is a clear error, not an empty run."""
+    from pythia import models
+    from pythia.config import RunParams
+    assert set(models.DEFAULT_MODELS) < set(models.MODEL_NAMES)
+    assert "gbdt" not in models.DEFAULT_MODELS and "logreg" in models.DEFAULT_MODELS
+    names = dict(model_names=models.MODEL_NAMES, default_models=models.DEFAULT_MODELS)
+    assert RunParams.build({"source": "x"}, **names).models == models.DEFAULT_MODELS
+    assert RunParams.build({"source": "x", "models": "all"}, **names).models == \
+        models.MODEL_NAMES
+    assert RunParams.build({"source": "x", "models": " default "}, **names).models == \
+        models.DEFAULT_MODELS
+    for chosen in ("all", "default"):
+        with pytest.raises(ValueError, match=f"models='{chosen}' needs"):
+            RunParams.build({"source": "x", "models": chosen})
 
 
 def test_deploy_config_file_parses_and_feeds_resources():

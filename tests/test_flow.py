@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 # every model; three of the tiny world's five slices (global and two regions: the grid and the
 # routing are the same code for more, and each region costs one train task per model)
-TINY = dict(source="synthetic://tiny", max_epochs=2, regions="global,NA,EU")
+TINY = dict(source="synthetic://tiny", max_epochs=2, regions="global,NA,EU", models="all")
 
 
 @pytest.fixture(scope="module")
