@@ -183,8 +183,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "yesterday on a scheduled (Airflow/Argo) run, else the newest date of the source "
               "with all 24 hour partitions."),
     ParamSpec("models", "default",
-              "Models to train: 'default' (mlp, tabnet, logreg), 'all' (every model of the "
-              "registry: gbdt too) or a comma-separated list; the class prior is always added."),
+              "Models to train: 'default' (pythia.models.DEFAULT_MODELS), 'all' (every model "
+              "of the registry) or a comma-separated list; the class prior is always added."),
     ParamSpec("regions", "all", "'all' (global + every region in the data) or a list."),
     ParamSpec("provider_overrides", "US=lucid",
               "COUNTRY=provider pairs that win over the provider scores where that country "

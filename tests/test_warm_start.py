@@ -95,7 +95,7 @@ def test_warm_fit_keeps_the_start_when_training_only_hurts(globals_, data, name)
     # have one): every step moves away from what validation rewards, so the start is kept
     hurt = {"logreg": {"warm_max_iter": 100, "warm_tol": 1e-10},
             "gbdt": {"warm_max_iter": 5, "learning_rate": 1.0, "min_samples_leaf": 2},
-            "mlp": {"warm_epochs": 2, "learning_rate": 1.0},
+            "mlp": {"warm_epochs": 2, "warm_lr": 1.0},
             "tabnet": {"warm_epochs": 2, "learning_rate": 0.5}}[name]
     start = globals_[name]
     model = _warm(name, hurt)

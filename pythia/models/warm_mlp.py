@@ -19,9 +19,18 @@ MLP_GRAPH_KNOBS = ("hidden_units", "embedding_max_dim", "age_head", "wide", "dro
 
 def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     """The start's graph and weights (its LR start is not refitted), then up to
-    ``warm_epochs`` epochs at ``learning_rate`` on the region's rows (the wide part trains
+    ``warm_epochs`` epochs at ``warm_lr`` on the region's rows (the wide part trains
     too with ``warm_wide_train``); ``KeepBest`` scores the start first, so the start is kept
     when no epoch beats it on the region's natural-weighted validation.
+
+    ``warm_lr`` is 1e-3, the global fit's last (joint) phase's rate: at the main
+    ``learning_rate`` (1e-2) the first warm epoch was worse than the start in all four regions
+    of the default world, so every regional MLP was the global one recalibrated. At 1e-3
+    (``scripts/train_bench.py --warm --warm-only``, session 31, run 1796325082345022's global
+    MLP; validation AgeGender after the temperature, start kept at 1e-2 -> 1e-3): APAC 1.8359
+    -> 1.8328, LATAM 1.7418 -> 1.7342, EU 1.7885 -> 1.7873, NA 1.9278 -> 1.9235; 3e-4 gained
+    less, 4 epochs at 1e-3 a little more (LATAM 1.7315, EU 1.7838, NA 1.9216) for twice the
+    time.
 
     Default world, 4 regions (busy 2-core machine), AgeGender mean / CPU-s: wide part fixed
     2.0596 / 34 (no epoch kept), trained 2.0595 / 35 (kept in 3 of 4), 0 epochs 2.0596 / 3.5;
@@ -47,7 +56,8 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     score = unseen.before(model.keras_model, lambda: model.natural_val_losses(valid))
     keep = KeepBest(score, int(patience), float(h["min_delta"]), kept=lambda: model._scored_valid)
     if epochs > 0:
-        model._train_phase(train, float(h["learning_rate"]), bool(h["warm_wide_train"]),
+        model._train_phase(train, float(h.get("warm_lr", h["learning_rate"])),
+                           bool(h["warm_wide_train"]),
                            epochs, keep)
         model._kept_valid = keep.best_kept
     else:
