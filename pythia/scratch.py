@@ -7,11 +7,16 @@ in use; the kernel drops the lock when the last descriptor of it closes, which a
 death does, however it dies. ``sweep`` removes every such folder whose lock it can take (its
 owner is gone) and never one whose owner lives. Every ``ScratchDir`` sweeps its parent first.
 
-Invariants (each folder ``<dir>/pythia-<what>-<random>``, lock file ``LOCK_NAME`` inside):
+Layout: ``<dir>/pythia-<what>-<random>/`` (the folder swept as a unit, ``ScratchDir.root``)
+holds the lock file ``LOCK_NAME`` and ``CONTENT_NAME/``, the empty folder handed to the caller
+(``ScratchDir.path``): what a caller uploads or lists whole never includes the lock file.
+
+Invariants:
 
 * A folder appears under its final name already locked: it is made under a hidden name
   (``.pythia-…``, which ``sweep`` never lists), its lock file created and locked there, then
-  renamed into place. A sweeper therefore never sees a live folder unlocked.
+  renamed into place. A sweeper therefore never sees a live folder unlocked. (A process
+  killed within those few system calls leaves a hidden, empty folder that nothing sweeps.)
 * ``sweep`` only considers ``pythia-*`` folders of this user that hold a regular lock file,
   and removes one only while holding its lock, after checking that the lock file it locked is
   still the one in the folder (so a folder removed and replaced meanwhile is left alone).
@@ -43,6 +48,7 @@ from typing import Iterator
 
 SCRATCH_PREFIX = "pythia-"  # every scratch folder's name starts with it; sweep looks at these
 LOCK_NAME = ".pythia-scratch.lock"  # the lock file that marks a folder as made here
+CONTENT_NAME = "data"  # the caller's folder, beside the lock file
 _HIDDEN = "."  # prefix of a folder being made (not yet locked in the sweeper's eyes)
 _RENAME_TRIES = 100
 
@@ -63,12 +69,13 @@ class Swept:
 
 
 class ScratchDir:
-    """A fresh scratch folder ``<dir>/<prefix><random>``, locked while this object lives.
+    """A fresh, empty scratch folder ``path`` (in ``root`` = ``<dir>/<prefix><random>``, beside
+    the lock file), locked while this object lives.
 
-    Made at construction (after a ``sweep`` of ``dir``); ``path`` is the folder; ``close()``
-    (or leaving ``with``, or the object being collected, or the interpreter exiting) removes
-    it. Keep it on an object when the folder outlives a block (``previous.py``), else use
-    ``scratch_dir``.
+    Made at construction (after a ``sweep`` of ``dir``); ``close()`` (or leaving ``with``, or
+    the object being collected, or the interpreter exiting) removes ``root``. Keep the object
+    while the folder is in use (on an object when it outlives a block: ``previous.py``), else
+    use ``scratch_dir``.
 
     Args:
         prefix: start of the folder's name; must start with ``SCRATCH_PREFIX``.
@@ -83,8 +90,9 @@ class ScratchDir:
         parent = os.path.abspath(dir or tempfile.gettempdir())
         if sweep_first:
             sweep(parent)
-        self.path, fd = _make_locked(parent, prefix)
-        self._finalizer = weakref.finalize(self, _release, self.path, fd, os.getpid())
+        self.root, fd = _make_locked(parent, prefix)
+        self.path = os.path.join(self.root, CONTENT_NAME)
+        self._finalizer = weakref.finalize(self, _release, self.root, fd, os.getpid())
 
     def close(self) -> None:
         """Remove the folder (once; later calls do nothing)."""
@@ -101,13 +109,13 @@ class ScratchDir:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ScratchDir({self.path!r}{', closed' if self.closed else ''})"
+        return f"ScratchDir({self.root!r}{', closed' if self.closed else ''})"
 
 
 @contextmanager
 def scratch_dir(prefix: str, dir: str | None = None) -> Iterator[str]:
-    """``with scratch_dir("pythia-evaluate-") as path:`` a ``ScratchDir``'s path, the folder
-    removed when the block ends, normally or by an exception."""
+    """``with scratch_dir("pythia-evaluate-") as path:`` a ``ScratchDir``'s (empty) path, the
+    folder removed when the block ends, normally or by an exception."""
     folder = ScratchDir(prefix, dir)
     try:
         yield folder.path
@@ -153,14 +161,16 @@ def _is_own_dir(entry: os.DirEntry) -> bool:
 
 
 def _make_locked(parent: str, prefix: str) -> tuple[str, int]:
-    """Make ``<parent>/<prefix><random>`` holding a locked ``LOCK_NAME``; returns (path, the
-    lock's descriptor). The folder is made and locked under a hidden name, then renamed."""
+    """Make ``<parent>/<prefix><random>`` holding a locked ``LOCK_NAME`` and an empty
+    ``CONTENT_NAME``; returns (its path, the lock's descriptor). The folder is made and locked
+    under a hidden name, then renamed."""
     hidden = tempfile.mkdtemp(prefix=_HIDDEN + prefix, dir=parent)
     fd = -1
     try:
         fd = os.open(os.path.join(hidden, LOCK_NAME),
                      os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+        os.mkdir(os.path.join(hidden, CONTENT_NAME), 0o700)
         return _publish(hidden, parent, prefix), fd
     except BaseException:
         if fd >= 0:
@@ -188,12 +198,12 @@ def _publish(hidden: str, parent: str, prefix: str) -> str:
                           f"{parent}")
 
 
-def _release(path: str, fd: int, owner_pid: int) -> None:
+def _release(root: str, fd: int, owner_pid: int) -> None:
     """The owner's cleanup: remove the folder (lock file last), then drop the descriptor.
     In a forked child only the child's copy of the descriptor is closed."""
     try:
         if os.getpid() == owner_pid:
-            _remove(path)
+            _remove(root)
     finally:
         os.close(fd)
 

@@ -300,8 +300,9 @@ def test_driver_labels_spill_to_a_swept_scratch_folder_and_leave_none(source, tm
     assert out["counts"]["users"] == 3
     assert len(seen) == 3 and len({folder for folder, _ in seen}) == 1
     folder, locked = seen[0]
-    assert locked and os.path.dirname(folder) == str(scratch)
-    assert os.path.basename(folder).startswith("pythia-labels-")
+    root = os.path.dirname(folder)  # the scratch folder: its lock file and the spill's folder
+    assert locked and os.path.dirname(root) == str(scratch)
+    assert os.path.basename(root).startswith("pythia-labels-")
     assert not os.path.exists(stale[0]) and os.listdir(scratch) == []
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from pythia import scratch
-from pythia.scratch import LOCK_NAME, ScratchDir, Swept, scratch_dir, sweep
+from pythia.scratch import CONTENT_NAME, LOCK_NAME, ScratchDir, Swept, scratch_dir, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# makes a scratch folder with NBYTES of data under PARENT, prints its path, then holds it
+# makes a scratch folder with NBYTES of data under PARENT, prints its root, then holds it
 # ("hold"), dies by SIGKILL ("die"), or forks a child that outlives it ("fork": the child's
 # pid first); with COUNT > 1 makes that many folders
 _OWNER = textwrap.dedent("""
@@ -39,7 +39,7 @@ _OWNER = textwrap.dedent("""
             os._exit(0)
         print(child, flush=True)
     for folder in folders:
-        print(folder.path, flush=True)
+        print(folder.root, flush=True)
     if mode == "die":
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(60)
@@ -89,7 +89,7 @@ def _sweeper_result(proc: subprocess.Popen) -> tuple[int, int, int]:
 def leave_dead_scratch(parent: str, prefix: str = "pythia-evaluate-", nbytes: int = 1000,
                        count: int = 1) -> list[str]:
     """Scratch folders under ``parent`` whose owner process was SIGKILLed (what a killed task
-    leaves behind); returns their paths."""
+    leaves behind); returns their roots."""
     proc = _python(_OWNER, parent, prefix, nbytes, "die", count)
     paths = [_line(proc) for _ in range(count)]
     assert proc.wait(timeout=30) == -signal.SIGKILL
@@ -98,8 +98,12 @@ def leave_dead_scratch(parent: str, prefix: str = "pythia-evaluate-", nbytes: in
 
 
 def is_locked(path: str) -> bool:
-    """Whether someone holds the folder's lock (a lock attempt of our own fails)."""
-    fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR)
+    """Whether someone holds the lock of the scratch folder that ``path`` is (its root) or is
+    in (its content folder): a lock attempt of our own fails."""
+    lock = os.path.join(path, LOCK_NAME)
+    if not os.path.exists(lock):
+        lock = os.path.join(os.path.dirname(path), LOCK_NAME)
+    fd = os.open(lock, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -126,12 +130,15 @@ def _sweep_until_removed(parent: str, seconds: float = 10.0) -> Swept:
 
 def test_the_folder_is_locked_in_use_and_goes_on_normal_exit(tmp_path):
     with scratch_dir("pythia-test-", str(tmp_path)) as path:
-        assert os.path.dirname(path) == str(tmp_path)
-        assert os.path.basename(path).startswith("pythia-test-")
+        root = os.path.dirname(path)  # the folder swept as a unit: the lock file and ours
+        assert os.path.dirname(root) == str(tmp_path)
+        assert os.path.basename(root).startswith("pythia-test-")
+        assert os.listdir(path) == [] and os.path.basename(path) == CONTENT_NAME
+        assert sorted(os.listdir(root)) == sorted([LOCK_NAME, CONTENT_NAME])
         assert is_locked(path)
         os.makedirs(os.path.join(path, "rows", "a"))
         Path(path, "rows", "a", "bucket-0.arrow").write_bytes(b"x" * 100)
-    assert not os.path.exists(path)
+    assert not os.path.exists(root)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -140,7 +147,7 @@ def test_the_folder_goes_on_an_exception(tmp_path):
         with scratch_dir("pythia-test-", str(tmp_path)) as path:
             Path(path, "data").write_bytes(b"x")
             raise RuntimeError("boom")
-    assert not os.path.exists(path)
+    assert not os.path.exists(os.path.dirname(path))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -160,7 +167,7 @@ def test_the_default_parent_is_the_temp_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches $TMPDIR
     with scratch_dir("pythia-test-") as path:
-        assert os.path.dirname(path) == str(tmp_path)
+        assert os.path.dirname(os.path.dirname(path)) == str(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -186,8 +193,8 @@ def test_a_folder_is_locked_before_a_sweeper_can_see_it(tmp_path, monkeypatch):
     folder = ScratchDir("pythia-test-", str(tmp_path), sweep_first=False)
     monkeypatch.setattr(scratch.fcntl, "flock", real)
     assert seen == [Swept()]
-    assert os.path.isfile(os.path.join(folder.path, LOCK_NAME)) and is_locked(folder.path)
-    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(folder.path)]
+    assert os.path.isfile(os.path.join(folder.root, LOCK_NAME)) and is_locked(folder.root)
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(folder.root)]
     folder.close()
 
 
@@ -198,7 +205,7 @@ def test_a_live_owners_folder_stays_and_a_killed_ones_is_swept(tmp_path):
     try:
         path = _line(owner)
         assert sweep(str(tmp_path)) == Swept()
-        assert os.path.getsize(os.path.join(path, "data.bin")) == 12345
+        assert os.path.getsize(os.path.join(path, CONTENT_NAME, "data.bin")) == 12345
     finally:
         owner.kill()  # SIGKILL: no cleanup runs
         owner.wait()
@@ -260,7 +267,7 @@ def test_a_sweep_of_a_missing_or_empty_parent_frees_nothing(tmp_path):
 def test_making_a_folder_sweeps_the_dead_first(tmp_path, capsys):
     dead = leave_dead_scratch(str(tmp_path), "pythia-splits-", 2048, count=3)
     with scratch_dir("pythia-labels-", str(tmp_path)) as path:
-        assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(path)]
+        assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(os.path.dirname(path))]
     assert not any(os.path.exists(p) for p in dead)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "removed 3 folder(s), 6.1 kB" in out and str(tmp_path) in out
