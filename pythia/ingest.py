@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from contextlib import contextmanager
 from typing import IO, Any, Iterator, Sequence
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ from pythia.features import IMPRESSION_ID, TS
 from pythia.paths import join
 from pythia.scoring.openrtb import (UnmappableRequest, bid_request_line,
                                     contract_row_to_bid_request, map_bid_request, parse_line)
+from pythia.scratch import scratch_dir
 
 DEFAULT_ROWS_PER_FILE = 250_000  # rows buffered per partition before a Parquet file is cut
 MAX_RAW_CHARS = 65_536  # a quarantined line is kept up to this length (bid requests are ~1-10 kB)
@@ -148,12 +150,20 @@ def _publish_partition(staged: str, final_uri: str) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _staging_root(out: str) -> str:
-    # Local outputs stage beside themselves (same filesystem, so renames are atomic).
+@contextmanager
+def _staging(out: str) -> Iterator[str]:
+    """A folder to stage the new files in, removed on exit: beside a local output (same
+    filesystem, so renames are atomic), else a ``pythia.scratch`` folder (swept if killed)."""
     if storage.is_s3(out):
-        return tempfile.mkdtemp(prefix="pythia-ingest-")
+        with scratch_dir("pythia-ingest-") as folder:
+            yield folder
+        return
     os.makedirs(os.path.abspath(out), exist_ok=True)
-    return tempfile.mkdtemp(prefix=".tmp-ingest-", dir=os.path.abspath(out))
+    folder = tempfile.mkdtemp(prefix=".tmp-ingest-", dir=os.path.abspath(out))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- ingest
@@ -188,8 +198,7 @@ def ingest_openrtb(inputs: Sequence[str], out: str, *,
         raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")
     files = list_inputs(inputs)
     run = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    staging = _staging_root(out)
-    try:
+    with _staging(out) as staging:
         impressions = _PartWriter(os.path.join(staging, "impressions"), IMPRESSION_SCHEMA,
                                   rows_per_file)
         quarantine = _PartWriter(os.path.join(staging, "quarantine"), QUARANTINE_SCHEMA,
@@ -241,8 +250,6 @@ def ingest_openrtb(inputs: Sequence[str], out: str, *,
                    "quarantined": q_counts, "quarantine": join(run_dir, "quarantine")}
         storage.write_json_atomic(join(run_dir, "summary.json"), summary)
         return summary
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_ingest_cli(inputs: Sequence[str], out: str, *, stderr: IO | None = None) -> int:

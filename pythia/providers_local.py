@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -23,6 +22,7 @@ from pythia.etl.io import ArrowDatasetWriter, write_arrow_atomic
 from pythia.features import AGE_BUCKET, GENDER, age_bucket_labels
 from pythia.parquet_footers import footer_rows
 from pythia.paths import join
+from pythia.scratch import scratch_dir
 
 # Input rows (summed from the Parquet footers of the table's files) up to which the step runs
 # on the driver. Measured on a busy 2-core machine: an etl_hour task (etl.hourly_local) of 346k
@@ -266,7 +266,7 @@ def prepare_labels(source: str, choice: Mapping[str, str], age_edges: tuple[int,
     counts: dict[str, int] = {}
     sums = []
     try:
-        with tempfile.TemporaryDirectory(prefix="pythia-labels-") as folder:
+        with scratch_dir("pythia-labels-") as folder:  # locked: swept if this task dies
             extras, quarantined = _spill(files, age_edges, n_buckets, folder,
                                          out["quarantine_path"])
             counts.update(quarantined)

@@ -13,11 +13,9 @@ Credentials are never put into Spark settings: S3A uses the AWS SDK's default ch
 """
 from __future__ import annotations
 
-import atexit
 import glob
 import os
 import shutil
-import tempfile
 import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
@@ -25,6 +23,7 @@ from typing import Any, Iterator, Mapping
 import pyarrow.fs as pafs
 
 from pythia import storage
+from pythia.scratch import ScratchDir
 
 S3A_FILESYSTEM = "org.apache.hadoop.fs.s3a.S3AFileSystem"
 # The SDK v2 default chain; Hadoop >= 3.4 (pyspark 4.x ships 3.4/3.5) accepts v2 providers.
@@ -191,16 +190,19 @@ def spark_readable(spark: Any, uri: str) -> Iterator[str]:
         yield local
 
 
-_stage_root: str | None = None
+_stage_root: ScratchDir | None = None
 
 
 def _process_stage_root() -> str:
-    """A temp folder for staged S3 reads that lives as long as this process."""
+    """A temp folder for staged S3 reads that lives as long as this process: a
+    ``pythia.scratch`` folder, removed at exit (or swept by a later task if this one is
+    killed)."""
     global _stage_root
-    if _stage_root is None or not os.path.isdir(_stage_root):
-        _stage_root = tempfile.mkdtemp(prefix="pythia-s3-stage-")
-        atexit.register(shutil.rmtree, _stage_root, True)
-    return _stage_root
+    if _stage_root is None or not os.path.isdir(_stage_root.path):
+        if _stage_root is not None:
+            _stage_root.close()
+        _stage_root = ScratchDir("pythia-s3-stage-")
+    return _stage_root.path
 
 
 def spark_read_path(spark: Any, uri: str) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pyarrow.fs as pafs
+
+from pythia.scratch import scratch_dir
 
 
 def is_s3(uri: str) -> bool:
@@ -136,15 +137,13 @@ def download_dir(uri: str, local_dir: str) -> str:
 
 @contextmanager
 def local_copy(uri: str) -> Iterator[str]:
-    """A local path holding ``uri``'s content: the path itself when local, a temp copy on S3."""
+    """A local path holding ``uri``'s content: the path itself when local, a temp copy on S3
+    (a ``pythia.scratch`` folder: removed on exit, or swept if this process is killed)."""
     if not is_s3(uri):
         yield os.path.abspath(uri)
         return
-    tmp = tempfile.mkdtemp(prefix="pythia-")
-    try:
+    with scratch_dir("pythia-copy-") as tmp:
         yield download_dir(uri, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -152,15 +151,13 @@ def staged_dir(uri: str) -> Iterator[str]:
     """A local folder to write into; its content is published to ``uri`` on success.
 
     Locally the folder is a hidden sibling renamed into place at the end, so a killed writer
-    never leaves a half-written ``uri``; on S3 files are uploaded once complete.
+    never leaves a half-written ``uri``; on S3 files are uploaded once complete, from a
+    ``pythia.scratch`` folder (swept if this process is killed).
     """
     if is_s3(uri):
-        tmp = tempfile.mkdtemp(prefix="pythia-stage-")
-        try:
+        with scratch_dir("pythia-stage-") as tmp:
             yield tmp
             upload_dir(tmp, uri)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return
     final = os.path.abspath(uri)
     parent = os.path.dirname(final)

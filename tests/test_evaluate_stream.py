@@ -3,6 +3,8 @@ metrics and distributions tables is the same (keys, order, n) and every value ag
 whatever the number of buckets; plus the bucket files and the per-slice sums on their own."""
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -171,6 +173,36 @@ def test_streaming_rejects_bad_inputs_with_one_line_errors(tiny, tmp_path):
         score_streaming(candidates, manifest, (18, 40))
     with pytest.raises(ValueError, match="bucket_rows"):
         score_streaming(candidates, manifest, EDGES, bucket_rows=0)
+
+
+def test_streaming_sweeps_a_dead_tasks_scratch_and_leaves_none(tiny, tmp_path, monkeypatch,
+                                                                capsys):
+    # a killed evaluate's scratch in $TMPDIR goes when the next one starts; a sweep while this
+    # one runs (another task starting) leaves this one's folder, which goes at the end
+    from pythia.evaluate import stream
+    from pythia.scratch import sweep
+    from test_scratch import is_locked, leave_dead_scratch
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches $TMPDIR
+    stale = leave_dead_scratch(str(tmp_path), "pythia-evaluate-", 5000)
+    stage_rows, during = stream._stage_rows, []
+
+    def staging(*args):
+        out = stage_rows(*args)
+        during.append((sweep(str(tmp_path)), os.listdir(tmp_path), is_locked(args[-1])))
+        return out
+
+    monkeypatch.setattr(stream, "_stage_rows", staging)
+    candidates, manifest, world = tiny
+    got = score_streaming(candidates, manifest, EDGES, world, bucket_rows=97, workers=2)
+    assert len(got.metrics)
+    assert not os.path.exists(stale[0])
+    assert "scratch: removed 1 folder(s), 5.0 kB" in capsys.readouterr().out
+    [(swept, names, locked)] = during
+    assert swept.folders == 0 and locked
+    assert len(names) == 1 and names[0].startswith("pythia-evaluate-")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- buckets and sums

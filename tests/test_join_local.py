@@ -18,6 +18,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import types
 
 import numpy as np
@@ -278,3 +279,28 @@ def test_a_damaged_etl_table_on_the_driver_is_one_line_naming_it(tmp_path, monke
         etl.join_hours(ms, params, paths)
     text = str(err.value)
     assert "\n" not in text and text.startswith(bad) and "may hold only Parquet files" in text
+
+
+def test_the_spill_is_a_swept_scratch_folder_removed_on_exit(tmp_path, monkeypatch):
+    """Spilled buckets go to a ``pythia.scratch`` folder under $TMPDIR: a killed task's spill
+    is swept when the next spill starts, and this one's goes on exit, by an exception too."""
+    from test_scratch import is_locked, leave_dead_scratch
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches $TMPDIR
+    stale = leave_dead_scratch(str(tmp_path), "pythia-splits-", 100)
+    schema = pa.schema([("user_id", pa.string()), ("n", pa.int64())])
+    rows = pa.table([[f"u{i}" for i in range(50)], list(range(50))], schema=schema)
+    with splits_local._Spill(3, "pythia-splits-") as spill:
+        [folder] = os.listdir(tmp_path)  # the dead task's is gone
+        assert folder.startswith("pythia-splits-") and is_locked(str(tmp_path / folder))
+        spill.add(rows)
+        got = [spill.take(k, schema) for k in range(3)]
+    assert not os.path.exists(stale[0]) and os.listdir(tmp_path) == []
+    assert sorted(n for t in got for n in t["n"].to_pylist()) == list(range(50))
+    with pytest.raises(RuntimeError, match="a failed pass"):
+        with splits_local._Spill(3, "pythia-splits-") as spill:
+            spill.add(rows)
+            assert len(os.listdir(tmp_path)) == 1
+            raise RuntimeError("a failed pass")
+    assert os.listdir(tmp_path) == []

@@ -273,6 +273,39 @@ def test_driver_labels_in_small_batches_and_buckets_are_the_same(spark, source, 
         assert dict(got.dtypes.astype(str)) == dict(want.dtypes.astype(str)), key
 
 
+def test_driver_labels_spill_to_a_swept_scratch_folder_and_leave_none(source, tmp_path,
+                                                                     monkeypatch):
+    """The label spill is a ``pythia.scratch`` folder under $TMPDIR: a killed task's is swept
+    when the next one starts, this one's is locked while in use and goes at the end."""
+    import os
+    import tempfile
+
+    from pythia import providers_local
+    from test_scratch import is_locked, leave_dead_scratch
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches $TMPDIR
+    stale = leave_dead_scratch(str(scratch), "pythia-labels-", 100)
+    early = dt.date(2024, 3, 1)
+    source.labels("acme", [_label("u1", "M", 50, "US", early), _label("u2", "F", 30, "US", early),
+                           _label("u3", "F", 40, "US", early)])
+    seen, bucket_rows = [], providers_local._bucket_rows
+    monkeypatch.setattr(providers_local, "_bucket_rows", lambda path: seen.append(
+        (os.path.dirname(path), is_locked(os.path.dirname(path)))) or bucket_rows(path))
+    monkeypatch.setattr(providers_local, "LABEL_BUCKET_ROWS", 1)
+    out = providers_local.prepare_labels(source.root, {"US": "acme"}, DEFAULT_AGE_EDGES,
+                                         str(tmp_path / "labels"), default_provider="acme")
+    assert out["counts"]["users"] == 3
+    assert len(seen) == 3 and len({folder for folder, _ in seen}) == 1
+    folder, locked = seen[0]
+    root = os.path.dirname(folder)  # the scratch folder: its lock file and the spill's folder
+    assert locked and os.path.dirname(root) == str(scratch)
+    assert os.path.basename(root).startswith("pythia-labels-")
+    assert not os.path.exists(stale[0]) and os.listdir(scratch) == []
+
+
 @pytest.mark.spark
 def test_driver_and_spark_metric_reads_agree(spark, source, tmp_path):
     from pythia import providers_local

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from collections import Counter
 from typing import Mapping, Sequence
 
@@ -39,6 +38,7 @@ from pythia.features import (DATE, ETL_SPLIT_OF, HOUR, IMPRESSION_ID, IS_POWER_U
                              OUTPUT_SPLITS, SPLIT, USER_ID, USER_IMPRESSIONS_TODAY,
                              Y_AGE_GENDER)
 from pythia.etl.splits import _HASH_BITS, RESAMPLED_SPLITS
+from pythia.scratch import ScratchDir
 
 _INT32_RANGE = (-(1 << 31), 1 << 31)
 # columns Spark writes as non-nullable: literals (and coalesce with a literal)
@@ -72,15 +72,15 @@ def spark_quantile(values: np.ndarray, q: float) -> float | None:
 
 class _Spill:
     """Tables by bucket of users (``pythia.buckets``: LZ4 Arrow IPC files in a private
-    temporary folder, removed on exit), read back a bucket at a time; with one bucket the
-    tables stay in memory (nothing to spill)."""
+    ``pythia.scratch`` folder, removed on exit), read back a bucket at a time; with one bucket
+    the tables stay in memory (nothing to spill)."""
 
     def __init__(self, n: int, prefix: str):
         self.n, self._prefix, self._held = n, prefix, []
 
     def __enter__(self) -> "_Spill":
-        self._folder = tempfile.TemporaryDirectory(prefix=self._prefix) if self.n > 1 else None
-        self._writer = buckets.BucketWriter(self._folder.name, self.n) if self._folder else None
+        self._folder = ScratchDir(self._prefix) if self.n > 1 else None
+        self._writer = buckets.BucketWriter(self._folder.path, self.n) if self._folder else None
         return self
 
     def add(self, table: pa.Table) -> None:
@@ -95,15 +95,17 @@ class _Spill:
             held, self._held = self._held, []
             return pa.concat_tables(held) if held else schema.empty_table()
         self._writer.close()
-        table = buckets.read_bucket(self._folder.name, k)
+        table = buckets.read_bucket(self._folder.path, k)
         if table is not None:
-            os.remove(buckets.bucket_path(self._folder.name, k))
+            os.remove(buckets.bucket_path(self._folder.path, k))
         return table if table is not None else schema.empty_table()
 
     def __exit__(self, *exc: object) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._folder.cleanup()
+            try:
+                self._writer.close()
+            finally:
+                self._folder.close()
 
 
 def power_users(user_day_paths: Sequence[str], cfg: EtlConfig, losers: pa.Table | None

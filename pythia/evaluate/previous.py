@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import tempfile
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +19,7 @@ import pyarrow.compute as pc
 from sklearn.metrics import log_loss
 
 from pythia import buckets
+from pythia.scratch import ScratchDir
 from pythia.evaluate import io
 from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, SplitFrame, split_frame
 from pythia.evaluate.metrics import check_probabilities, clip_probabilities
@@ -55,7 +54,7 @@ class PreviousComparison:
         self._previous, self._name = previous, previous_name
         self._bucket_rows, self._batch = bucket_rows, score_batch_rows
         self._scratch_parent = scratch_dir
-        self._scratch: str | None = None
+        self._scratch: ScratchDir | None = None  # locked while in use: swept if we die
         self._n_buckets = 0
         self._staged: dict[tuple, tuple[str, pa.Schema | None]] = {}
 
@@ -68,7 +67,7 @@ class PreviousComparison:
     def close(self) -> None:
         """Remove the scratch files."""
         if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch.close()
             self._scratch, self._staged = None, {}
 
     def __call__(self, region: str, best: Mapping[str, Any]
@@ -81,17 +80,16 @@ class PreviousComparison:
     # ------------------------------------------------------------ staging
     def _stage_rows(self) -> str:
         if self._scratch is None:
-            self._scratch = tempfile.mkdtemp(prefix="pythia-previous-",
-                                             dir=self._scratch_parent)
+            self._scratch = ScratchDir("pythia-previous-", self._scratch_parent)
             n = io.count_split_rows(self._manifest, TEST_NATURAL)
             self._n_buckets = max(1, math.ceil(n / self._bucket_rows))
             buckets.partition(io.split_batches(self._manifest, TEST_NATURAL), IMPRESSION_ID,
-                              self._n_buckets, os.path.join(self._scratch, "rows"))
-        return os.path.join(self._scratch, "rows")
+                              self._n_buckets, os.path.join(self._scratch.path, "rows"))
+        return os.path.join(self._scratch.path, "rows")
 
     def _stage_winner(self, key: tuple) -> tuple[str, pa.Schema | None]:
         if key not in self._staged:
-            folder = os.path.join(self._scratch, "predictions", str(len(self._staged)))
+            folder = os.path.join(self._scratch.path, "predictions", str(len(self._staged)))
             natural = (b.filter(pc.equal(b.column(SPLIT), TEST_NATURAL)) for b in
                        io.prediction_batches(self._by_key[key]["predictions_uri"],
                                              candidate_label(*key)))

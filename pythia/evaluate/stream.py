@@ -1,7 +1,8 @@
 """Streaming evaluation: every candidate and the exact posterior scored on every slice with
 memory bounded by one bucket of rows, whatever the size of the splits.
 
-Three passes over scratch files on local disk (removed at the end):
+Three passes over scratch files on local disk (``pythia.scratch``: removed at the end, or
+by a later task's sweep when this one is killed):
   1. the split rows go to K buckets by a hash of the impression id — on a synthetic world
      first by the user id, to join the truth bucket by bucket, then on by impression id;
   2. each candidate's predictions go to the same K buckets;
@@ -26,7 +27,6 @@ import hashlib
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -37,6 +37,7 @@ import pyarrow as pa
 from pythia import threads
 from pythia.config import GLOBAL_REGION
 from pythia import buckets
+from pythia.scratch import ScratchDir
 from pythia.evaluate import io
 from pythia.evaluate.forked import map_forked
 from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, PROVIDER, TRUTH,
@@ -101,10 +102,10 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
     n_rows = sum(io.count_split_rows(split_manifest, s) for s in splits)
     n_buckets = max(1, math.ceil(n_rows / bucket_rows))
     sums = SliceSums(edges, (PROVIDER, TRUTH) if world is not None else (PROVIDER,))
-    scratch = tempfile.mkdtemp(prefix="pythia-evaluate-", dir=scratch_dir)
-    print(f"evaluate: {n_rows} split rows and {len(candidates)} candidates' predictions in "
-          f"{n_buckets} bucket(s) under {scratch}")
-    try:
+    with ScratchDir("pythia-evaluate-", scratch_dir) as folder:  # locked: swept if we die
+        scratch = folder.path
+        print(f"evaluate: {n_rows} split rows and {len(candidates)} candidates' predictions "
+              f"in {n_buckets} bucket(s) under {scratch}")
         rows_dirs = _stage_rows(split_manifest, splits, world, edges, n_buckets, scratch)
         pred_dirs = [_stage_predictions(c, i, scratch, n_buckets)
                      for i, c in enumerate(candidates)]
@@ -125,8 +126,6 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
         for note in (sums.gauge_note, sums.population_note, sums.in_between_note):
             if note:  # here, not in a worker: a forked worker's output may go nowhere
                 print(note)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     metrics, distributions = tables_of(sums, idents, candidates, splits)
     return StreamScores(metrics, distributions, sums)
 

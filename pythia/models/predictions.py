@@ -6,7 +6,6 @@ never holds a split's rows or probabilities whole. Published atomically (local o
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 from pythia import features, storage
 from pythia.config import GLOBAL_REGION
 from pythia.features import IMPRESSION_ID, REGION, SPLIT
+from pythia.scratch import scratch_dir
 
 PREDICT_CHUNK_ROWS = 65_536  # rows read, predicted and written at a time
 
@@ -59,31 +59,35 @@ def predictions_table(impression_id: np.ndarray, split: str, region: str, scored
 def write_predictions(tables: Iterable[pa.Table], uri: str) -> int:
     """Stream blocks into one Parquet file (a row group per block) and publish it atomically
     at ``uri`` (local or s3://); returns rows. Memory holds one block: the file is written on
-    local disk (a hidden sibling, or the temp folder for S3) and renamed or uploaded at the
-    end, so a failure leaves nothing at ``uri``."""
-    s3 = storage.is_s3(uri)
-    if s3:
-        local = os.path.join(tempfile.gettempdir(), f"pythia-predictions-{uuid.uuid4().hex}")
-    else:
-        final = os.path.abspath(uri)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        local = os.path.join(os.path.dirname(final),
-                             f".tmp-{uuid.uuid4().hex}-{os.path.basename(final)}")
-    rows = 0
-    try:
-        with pq.ParquetWriter(local, PREDICTION_SCHEMA) as writer:
-            for table in tables:
-                writer.write_table(table.cast(PREDICTION_SCHEMA))
-                rows += table.num_rows
-        if s3:
+    local disk (a hidden sibling, or for S3 a ``pythia.scratch`` folder, swept if this task
+    is killed) and renamed or uploaded at the end, so a failure leaves nothing at ``uri``."""
+    if storage.is_s3(uri):
+        with scratch_dir("pythia-predictions-") as folder:
+            local = os.path.join(folder, "predictions.parquet")
+            rows = _write_file(tables, local)
             fs, path = storage.filesystem(uri)
             pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(),
                             destination_filesystem=fs)
-        else:
-            os.replace(local, final)
+        return rows
+    final = os.path.abspath(uri)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    local = os.path.join(os.path.dirname(final),
+                         f".tmp-{uuid.uuid4().hex}-{os.path.basename(final)}")
+    try:
+        rows = _write_file(tables, local)
+        os.replace(local, final)
     finally:
         if os.path.exists(local):
             os.remove(local)
+    return rows
+
+
+def _write_file(tables: Iterable[pa.Table], local: str) -> int:
+    rows = 0
+    with pq.ParquetWriter(local, PREDICTION_SCHEMA) as writer:
+        for table in tables:
+            writer.write_table(table.cast(PREDICTION_SCHEMA))
+            rows += table.num_rows
     return rows
 
 
