@@ -129,3 +129,12 @@ def iter_file_batches(parquet: pq.ParquetFile, batch_rows: int,
     Yields nothing for a file of no row group. tests/test_parquet_batches.py."""
     for i in range(parquet.num_row_groups):
         yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[i], columns=columns)
+
+
+def iter_dataset_batches(dataset, batch_rows: int, columns: list[str] | None = None):
+    """A ``pyarrow.dataset`` Dataset's record batches, file by file in ``dataset.files``
+    order, each file a row group at a time (``iter_file_batches``; not ``to_batches``, which
+    holds what it read). Batches keep each file's own schema."""
+    for file in dataset.files:
+        with dataset.filesystem.open_input_file(file) as f:
+            yield from iter_file_batches(pq.ParquetFile(f), batch_rows, columns)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pythia.parquet_footers import iter_file_batches
+from pythia.parquet_footers import iter_dataset_batches, iter_file_batches
 
 
 def _file(path, groups: int, rows: int, text: int = 32) -> pa.Table:
@@ -36,10 +36,23 @@ def test_every_row_in_order_in_bounded_batches(tmp_path):
     assert list(iter_file_batches(pq.ParquetFile(empty), 256)) == []
 
 
+def test_a_dataset_file_by_file_in_its_files_order(tmp_path):
+    import pyarrow.dataset as ds
+    (tmp_path / "d").mkdir()
+    a = _file(str(tmp_path / "d" / "part-0.parquet"), groups=2, rows=300, text=4)
+    b = _file(str(tmp_path / "d" / "part-1.parquet"), groups=3, rows=100, text=4)
+    dataset = ds.dataset(str(tmp_path / "d"), format="parquet")
+    got = list(iter_dataset_batches(dataset, 128, ["i"]))
+    assert max(x.num_rows for x in got) == 128
+    # each file's row groups go one at a time: no batch spans two row groups or two files
+    assert [x.num_rows for x in got] == [128, 128, 44] * 2 + [100] * 3
+    assert pa.Table.from_batches(got).equals(pa.concat_tables([a, b]).select(["i"]))
+
+
 _PEAK = """
 import json, sys
 import pyarrow as pa, pyarrow.parquet as pq
-from pythia.parquet_footers import iter_file_batches
+from pythia.parquet_footers import iter_dataset_batches, iter_file_batches
 rows = sum(b.num_rows for b in iter_file_batches(pq.ParquetFile(sys.argv[1]), 4096))
 print(json.dumps({"rows": rows, "peak": pa.default_memory_pool().max_memory()}))
 """

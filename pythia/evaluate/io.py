@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pythia import storage
-from pythia.parquet_footers import iter_file_batches
+from pythia.parquet_footers import iter_dataset_batches, iter_file_batches
 from pythia.evaluate.frames import EVAL_SPLITS, JOINT_TARGET, REQUIRED_SPLITS, WEIGHT_COLUMN
 from pythia.features import (IMPRESSION_ID, REQUEST_COLUMNS, SPLIT, TARGETS, TS, TS_SECONDS,
                              VALIDATION, Y_AGE_GENDER)
@@ -105,15 +105,13 @@ def split_batches(split_manifest: Mapping[str, Any], split: str,
                   columns: Sequence[str] | None = None, batch_rows: int = 65_536
                   ) -> Iterator[pa.RecordBatch]:
     """One split's rows (``columns`` only, when given) as record batches of at most
-    ``batch_rows``, file by file and a row group at a time (``iter_file_batches``), in the
+    ``batch_rows``, file by file and a row group at a time (``iter_dataset_batches``), in the
     dataset's schema."""
     dataset = _split_dataset(split_manifest, split)
     names = list(columns) if columns is not None else dataset.schema.names
     schema = pa.schema([dataset.schema.field(n) for n in names])
-    for file in dataset.files:  # file by file, a row group at a time (not Dataset.to_batches)
-        with dataset.filesystem.open_input_file(file) as f:
-            for batch in iter_file_batches(pq.ParquetFile(f), batch_rows, names):
-                yield batch.cast(schema) if batch.schema != schema else batch
+    for batch in iter_dataset_batches(dataset, batch_rows, names):
+        yield batch.cast(schema) if batch.schema != schema else batch
 
 
 def _prediction_files(uri: str) -> list[str]:

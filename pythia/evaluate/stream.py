@@ -34,10 +34,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pythia import threads
+from pythia import buckets, threads
 from pythia.config import GLOBAL_REGION
-from pythia import buckets
-from pythia.scratch import ScratchDir
 from pythia.evaluate import io
 from pythia.evaluate.forked import map_forked
 from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, PROVIDER, TRUTH,
@@ -50,6 +48,7 @@ from pythia.evaluate.slices import (SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
 from pythia.evaluate.sums import BAYES_KEY, SliceSums, tables_of
 from pythia.features import (IMPRESSION_ID, SPLIT, TARGETS, USER_ID, VALIDATION, Y_AGE_GENDER,
                              class_labels)
+from pythia.scratch import ScratchDir
 
 DEFAULT_BUCKET_ROWS = 100_000  # split rows per bucket: bounds evaluate's working set
 ALL_TEST_SETS = (VALIDATION,) + TEST_SETS

@@ -31,11 +31,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from pythia import storage
-from pythia.parquet_footers import iter_file_batches
+from pythia.parquet_footers import iter_dataset_batches
 from pythia.features import AGE_BUCKET, COUNTRY, GENDER, LABEL_PROVIDER, USER_ID
 from pythia.synth.activity import (DAY, ExposureClock, expected_weights, label_given_class,
                                    row_runs, ts_seconds_of)
@@ -149,10 +148,9 @@ def read_observed(split_manifest: Mapping, splits: Sequence[str]) -> list[Observ
 def _parquet_batches(uri: str) -> Callable[[], Iterator[pd.DataFrame]]:
     def batches() -> Iterator[pd.DataFrame]:
         fs, path = storage.filesystem(uri)
-        for file in ds.dataset(path, filesystem=fs, format="parquet").files:
-            with fs.open_input_file(file) as f:  # a row group at a time (not to_batches)
-                for batch in iter_file_batches(pq.ParquetFile(f), BATCH_ROWS):
-                    yield batch.to_pandas()
+        dataset = ds.dataset(path, filesystem=fs, format="parquet")
+        for batch in iter_dataset_batches(dataset, BATCH_ROWS):  # a row group at a time
+            yield batch.to_pandas()
     return batches
 
 
