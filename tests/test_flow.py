@@ -167,6 +167,35 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     assert (train.groupby("task")["task_s"].first() > train.groupby("task")["fit_s"].sum()).all()
 
 
+def test_learning_curve_reads_the_runs_gauge(tiny_run, flow_env, tmp_path, capsys):
+    """benchmarks/learning_curve.py --add: a finished run's champions against the realised
+    gauge, read in a child process from the run's own datastore."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "learning_curve", os.path.join(REPO, "benchmarks", "learning_curve.py"))
+    lc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lc)
+    root, _ = flow_env
+    assert lc.main(["--workdir", str(tmp_path), "--add", f"1={root}:{tiny_run.id}"]) == 0
+    point = json.loads((tmp_path / "results.json").read_text())["points"][0]
+    assert point["train_rows"] == tiny_run.data.split_manifest["rows"]["train"]
+    # every eval region; those without a regional candidate are scored by the global one
+    assert set(point["ratios"]) == {"global", "APAC", "EU", "LATAM", "NA"}
+    assert point["champions"]["APAC"].endswith("/global#0")
+    assert set(point["ratios"]["global"]) == {"natural", "natural_no_power_users",
+                                              "natural_power_users"}
+    champion = tiny_run.data.champions
+    from pythia.evaluate.gauge import gauge_by_slice
+    table = gauge_by_slice(pd.DataFrame(tiny_run.data.gauge), pd.DataFrame(champion))
+    row = table[(table.eval_region == "global") & (table.test_set == "natural")
+                & (table.label_source == "provider")].iloc[0]
+    assert point["ratios"]["global"]["natural"]["age_gender"] == pytest.approx(
+        row["ratio_age_gender"])
+    assert f"{row['ratio_age_gender']:6.3f}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no run DemoFlow/42"):
+        lc.main(["--workdir", str(tmp_path), "--add", f"1={root}:42"])
+
+
 def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):
     """Scoring test-day rows through the exported bundle reproduces the run's predictions."""
     import io
