@@ -717,6 +717,26 @@ def test_finetune_phase_moves_the_wide_part_and_keeps_the_best():
                                                                         abs=1e-6)
 
 
+@pytest.mark.parametrize("finetune_patience", [1, 2, 3])
+def test_joint_phase_runs_until_its_own_patience_runs_out(finetune_patience):
+    # a joint rate so large that no joint epoch can gain: the phase stops after exactly
+    # finetune_patience epochs (not a fixed count, not the residual phase's patience) and the
+    # best weights, from before it, are kept
+    train, valid = _xor_split(1500, 0), _xor_split(500, 1)
+    model = MODELS["mlp"](make_encoders(), {**HPARAMS["mlp"], "hidden_units": [16],
+                                            "patience": 1, "finetune_epochs": None,
+                                            "finetune_lr": 50.0,
+                                            "finetune_patience": finetune_patience},
+                          TrainConfig(max_epochs=6, batch_size=64, seed=0))
+    summary = model.fit(train, valid, uniform_priors())
+    first, last = summary["phase_ends"]
+    assert last - first == finetune_patience
+    assert summary["best_epoch"] <= first
+    history = [h["age_gender"] for h in summary["val_loss_by_epoch"]]
+    assert model.natural_val_losses(valid)["age_gender"] == pytest.approx(min(history),
+                                                                        abs=1e-6)
+
+
 def fit_wide_start_for(model, train, valid) -> dict:
     from pythia.models.wide import fit_wide_start
 

@@ -13,11 +13,11 @@ Dense kernels start at zero with the LRs' intercepts as biases, so the untrained
 AgeGender IS logistic regression; by default (``wide_per_feature_l2``) those LRs carry an L2
 penalty per categorical feature chosen on validation (``logreg.per_feature_l2``). Then the
 residual phase (``wide_train='frozen'``, the default): the wide part stays fixed at the LRs and
-only the deep part trains, adding what they miss (interactions); then ``finetune_epochs`` joint
-epochs at ``finetune_lr`` (``'joint'``: everything trains from the start). The natural-weighted
-AgeGender validation log-loss (the champion rule's measure) is computed before the first epoch
-and after each; a phase stops after ``patience`` epochs without a gain above ``min_delta``; the
-best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the fit
+only the deep part trains, adding what they miss (interactions); then joint epochs at
+``finetune_lr``, at most ``finetune_epochs`` (None: ``max_epochs``) (``'joint'``: everything
+trains from the start). The natural-weighted AgeGender validation log-loss (the champion rule's
+measure) is computed before the first epoch and after each; a phase stops after ``patience``
+epochs without a gain above ``min_delta``; the best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the fit
 summary, and printed). Validation AgeGender, skewed world (74k rows): LR start 2.0132; residual,
 fine-tuned, joint, smaller trunks within 1e-4 of it; per-feature L2 2.0013. Default world (488k
 rows): residual 1.8802, + 2 joint epochs at 1e-3 1.8539 (docs/mlp-power-users.md); unseen ids:
@@ -112,14 +112,14 @@ class MLPModel(Model):
             # (logreg's ``per_feature_l2``) instead of the baseline's one C
             "wide_per_feature_l2": True,
             # aid heads' wide part: 'prior' = zero at their training priors (AgeGender's LR
-            # only: 6 LR fits fewer), 'logreg' = their own LR fits
-            "aid_start": "prior",
+            "aid_start": "prior",  # only: 6 LR fits fewer), 'logreg' = their own LR fits
             # a phase stops after `patience` epochs (None: TrainConfig's) not lowering validation
             # AgeGender by > min_delta. 1, not 2, since the joint phase follows (train_bench,
             # default world, seeds 0/1): 1.8348/1.8323 vs 1.8352/1.8341, an epoch fewer
             "min_delta": 5e-4, "patience": 1,
-            "finetune_epochs": 2,
-            "finetune_lr": 1e-3,
+            # joint epochs: until `finetune_patience` ones gain nothing, at most finetune_epochs
+            # (None: max_epochs); a cap of 2 and patience 1 stopped a 2x world's fit 0.08 short
+            "finetune_epochs": None, "finetune_lr": 1e-3, "finetune_patience": 2,
             # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *
             # sum(w**2), a prior worth l2_rows training rows (the wide part keeps its LRs')
             "l2_rows": 1.0,
@@ -264,16 +264,16 @@ class MLPModel(Model):
             n_train = count_rows(train)
         self.keras_model = self.build(n_train, start)
         unseen = UnseenRows(id_counts(train, self.encoders))  # filled before each score
-        patience = self.patience()
+        patience, h = int(self.patience()), self.hparams
         keep = KeepBest(unseen.before(self.keras_model, lambda: self.natural_val_losses(valid)),
-                        int(patience), float(self.hparams["min_delta"]),
-                        kept=lambda: self._scored_valid)
-        frozen = start is not None and self.hparams["wide_train"] == "frozen"
-        phases = [(float(self.hparams["learning_rate"]), not frozen, cfg.max_epochs)]
-        if frozen and int(self.hparams["finetune_epochs"]) > 0:
-            phases.append((float(self.hparams["finetune_lr"]), True,
-                           int(self.hparams["finetune_epochs"])))
-        for rate, wide_trains, epochs in phases:
+                        patience, float(h["min_delta"]), kept=lambda: self._scored_valid)
+        frozen = start is not None and h["wide_train"] == "frozen"
+        phases = [(float(h["learning_rate"]), not frozen, cfg.max_epochs, patience)]
+        joint = cfg.max_epochs if h["finetune_epochs"] is None else int(h["finetune_epochs"])
+        if frozen and joint > 0:
+            phases.append((float(h["finetune_lr"]), True, joint,
+                           int(h.get("finetune_patience") or patience)))
+        for rate, wide_trains, epochs, keep.patience in phases:
             self._train_phase(train, rate, wide_trains, epochs, keep)
             keep.phase_ends.append(len(keep.history) - 1)
         self._kept_valid = keep.best_kept  # the restored weights' validation logits
