@@ -37,6 +37,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 REGIONS = ("global", "APAC", "EU", "LATAM", "NA")
 TARGETS = ("age_gender", "gender", "age")
 SLICES = ("natural", "natural_no_power_users", "natural_power_users")
+FAR = 1000  # an extrapolation beyond this multiple of the largest scale is not printed
 _RUN_ID = re.compile(r"Workflow starting \(run-id (\S+)\)")
 
 
@@ -183,6 +184,9 @@ def print_curve(points: list[dict], target: float, region_target: float, out=Non
                 text = f"b = {fit[1]:.2f}: the excess does not fall with the rows"
             elif last[1] <= bar:
                 text = f"b = {fit[1]:.2f}; already at {last[1]:.3f} <= {bar} with {last[0]:,} rows"
+            elif need > FAR * last[0]:
+                text = (f"b = {fit[1]:.2f}: the excess falls too slowly to reach {bar} within "
+                        f"{FAR:g}x the largest scale's {last[0]:,} rows")
             else:
                 text = (f"b = {fit[1]:.2f}; {need:,.0f} train rows "
                         f"({need / last[0]:.1f}x the largest scale's {last[0]:,})")

@@ -75,3 +75,11 @@ def test_replot_and_bad_add_say_what_is_wrong(lc, tmp_path, capsys):
         {"points": [_point(1, 100_000, 1.08), _point(4, 400_000, 1.04)]}))
     assert lc.main(["--workdir", str(tmp_path), "--replot"]) == 0
     assert "b = 0.50" in capsys.readouterr().out
+
+
+def test_an_excess_that_hardly_falls_is_said_so_not_extrapolated(lc):
+    points = [_point(1, 100_000, 1.080), _point(2, 200_000, 1.079)]
+    out = io.StringIO()
+    lc.print_curve(points, 1.02, 1.03, out=out)
+    line = next(ln for ln in out.getvalue().splitlines() if "global  age_gender" in ln)
+    assert "falls too slowly to reach 1.02 within 1000x" in line and "train rows (" not in line
