@@ -637,3 +637,32 @@ def test_s3_shards_round_trip(tmp_path, monkeypatch):
         assert by_id(got) == by_id(reference(df, enc))
     finally:
         server.stop()
+
+
+def test_a_shuffled_read_mixes_every_shard_in_proportion_all_epoch(tmp_path, monkeypatch):
+    # 8 shards of unequal size (2 units x 4 regions, as a split of 2x the default world's
+    # rows): every quarter of an epoch holds each shard's records in proportion to its rows
+    # (interleaving 4 files at a time spent half the epoch on 4 of the 8), every record once
+    import collections
+
+    import tensorflow as tf
+    sizes = [12000, 4000, 24000, 8000, 10000, 4800, 20000, 9200]
+    monkeypatch.setattr(reader, "MIX_BLOCK", 8)  # blocks small against the shards, as in a run
+    files = []
+    for i, n in enumerate(sizes):
+        path = str(tmp_path / f"part-{i}.tfrecord")
+        with tf.io.TFRecordWriter(path) as w:
+            for j in range(n):
+                w.write(f"{i}:{j}".encode())
+        files.append(path)
+    out = [r.decode() for r in reader._proportional_mix(files, sizes, "", seed=3)
+           .as_numpy_iterator()]
+    assert sorted(out) == sorted(f"{i}:{j}" for i, n in enumerate(sizes) for j in range(n))
+    total = sum(sizes)
+    for quarter in np.array_split(np.array(out), 4):
+        counts = collections.Counter(r.split(":")[0] for r in quarter)
+        for i, n in enumerate(sizes):
+            assert counts[str(i)] / len(quarter) == pytest.approx(n / total, abs=0.05), i
+    again = [r.decode() for r in reader._proportional_mix(files, sizes, "", seed=3)
+             .as_numpy_iterator()]
+    assert again == out  # seeded

@@ -18,6 +18,7 @@ from pythia.tfrecords.listing import (  # noqa: F401  (load_encoders, verify_sha
     CYCLE_LENGTH, column_dtypes, load_encoders, local_path, select_shards, verify_shards)
 
 SHUFFLE_BUFFER_BATCHES = 16  # record shuffle buffer = this many batches (>= 10k records)
+MIX_BLOCK = 64  # records read from one shard at a time by a shuffled read
 
 
 def feature_description(with_ids: bool = False, keys: Sequence[str] | None = None) -> dict:
@@ -51,19 +52,18 @@ def _parsed_dataset(manifest: Mapping[str, Any], split: str, regions: Sequence[s
     files = [local_path(s) for s in shards]
     compression = manifest.get("compression") or ""
     desc = feature_description(with_ids, keys)
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
     if shuffle and files:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    cycle = max(1, min(CYCLE_LENGTH, len(files)))
-    if shuffle:
-        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-                           cycle_length=cycle, block_length=64,
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = _proportional_mix(files, [int(s.get("rows") or 0) for s in shards], compression,
+                               seed)
+        if repeat:
+            ds = ds.repeat()
         ds = ds.shuffle(max(10_000, SHUFFLE_BUFFER_BATCHES * batch_size), seed=seed,
                         reshuffle_each_iteration=True).batch(batch_size)
     else:
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
+        if repeat:
+            ds = ds.repeat()
+        cycle = max(1, min(CYCLE_LENGTH, len(files)))
         # The same order as a deterministic parallel interleave, read one batch at a time:
         # the parallel one buffered batches of the files ahead, so its memory grew with the
         # split (+170 MB from 100k to 400k rows); the parse below stays parallel.
@@ -73,6 +73,28 @@ def _parsed_dataset(manifest: Mapping[str, Any], split: str, regions: Sequence[s
     shape = shape or (lambda parsed: parsed)
     return ds.map(lambda s: shape(tf.io.parse_example(s, desc)),
                   num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _proportional_mix(files: Sequence[str], rows: Sequence[int], compression: str, seed: int):
+    """Every shard read at once, blocks of ``MIX_BLOCK`` records drawn from each with
+    probability proportional to its rows, so any stretch of an epoch is a sample of the whole
+    split (every region and every unit in proportion) and all shards run out together.
+    Interleaving ``CYCLE_LENGTH`` files at a time did this only when the split had exactly that
+    many shards: with one unit per region and 4 regions. A world with 2x the default's train
+    rows has 8 and spent half of each epoch on a few regions' shards (docs/mlp-power-users.md,
+    session 32)."""
+    import tensorflow as tf
+    # each shard's blocks prefetched by its own thread: the shards are read in parallel
+    blocks = [tf.data.TFRecordDataset(f, compression_type=compression).batch(MIX_BLOCK)
+              .prefetch(tf.data.AUTOTUNE) for f in files]
+    if len(blocks) == 1:
+        return blocks[0].unbatch()
+    total = sum(rows)
+    weights = ([r / total for r in rows] if total > 0 and all(r > 0 for r in rows)
+               else [1.0 / len(rows)] * len(rows))  # a manifest without row counts
+    return tf.data.Dataset.sample_from_datasets(
+        blocks, weights=weights, seed=seed, stop_on_empty_dataset=False,
+        rerandomize_each_iteration=True).unbatch()
 
 
 def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | None = None,
