@@ -80,8 +80,9 @@ def collect(run_id: str) -> dict:
 
 
 def _env(datastore_root: str, data_root: str | None = None) -> dict:
+    paths = [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
     env = dict(os.environ, METAFLOW_DATASTORE_SYSROOT_LOCAL=datastore_root,
-               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+               PYTHONPATH=os.pathsep.join(paths))
     env.setdefault("METAFLOW_USER", "pythia-bench")
     if data_root:
         env["PYTHIA_DATA_ROOT"] = data_root

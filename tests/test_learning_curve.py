@@ -57,9 +57,9 @@ def test_table_names_every_scale_and_the_extrapolated_rows(lc):
     table = [ln for ln in lines if ln[:1] in (["1"], ["2"])]
     assert [ln[1] for ln in table] == ["100,000", "200,000"]  # sorted by rows
     assert table[0][3] == f"{1 + 0.5 * 100_000 ** -0.25:.3f}"
-    need = lc.rows_for(lc.fit_power([1e5, 2e5], [p["ratios"]["global"]["natural"]["age_gender"]
-                                                 for p in sorted(points, key=lambda p: p["scale"])]),
-                       1.02)
+    ratios = [p["ratios"]["global"]["natural"]["age_gender"]
+              for p in sorted(points, key=lambda p: p["scale"])]
+    need = lc.rows_for(lc.fit_power([1e5, 2e5], ratios), 1.02)
     assert f"{need:,.0f} train rows" in text
     assert "b = 0.25" in text
 

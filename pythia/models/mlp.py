@@ -17,11 +17,11 @@ only the deep part trains, adding what they miss (interactions); then joint epoc
 ``finetune_lr``, at most ``finetune_epochs`` (None: ``max_epochs``) (``'joint'``: everything
 trains from the start). The natural-weighted AgeGender validation log-loss (the champion rule's
 measure) is computed before the first epoch and after each; a phase stops after ``patience``
-epochs without a gain above ``min_delta``; the best weights are kept -- the LR start when no epoch beats it (``wide_start.improved`` in the fit
-summary, and printed). Validation AgeGender, skewed world (74k rows): LR start 2.0132; residual,
-fine-tuned, joint, smaller trunks within 1e-4 of it; per-feature L2 2.0013. Default world (488k
-rows): residual 1.8802, + 2 joint epochs at 1e-3 1.8539 (docs/mlp-power-users.md); unseen ids:
-``unseen``.
+(joint: ``finetune_patience``) epochs without a gain above ``min_delta``; the best weights are
+kept -- the LR start when no epoch beats it (``wide_start.improved`` in the fit summary, and
+printed). Validation AgeGender, skewed world (74k rows): LR start 2.0132; residual, fine-tuned,
+joint, smaller trunks within 1e-4 of it; per-feature L2 2.0013. Default world (488k rows):
+residual 1.8802, + 2 joint epochs at 1e-3 1.8539 (docs/mlp-power-users.md); unseen: ``unseen``.
 """
 from __future__ import annotations
 

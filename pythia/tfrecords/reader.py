@@ -89,9 +89,9 @@ def _proportional_mix(files: Sequence[str], rows: Sequence[int], compression: st
               .prefetch(tf.data.AUTOTUNE) for f in files]
     if len(blocks) == 1:
         return blocks[0].unbatch()
-    total = sum(rows)
-    weights = ([r / total for r in rows] if total > 0 and all(r > 0 for r in rows)
-               else [1.0 / len(rows)] * len(rows))  # a manifest without row counts
+    # a manifest without row counts: every shard alike; an empty shard: a weight of one row
+    weights = [max(r, 1) for r in rows] if any(r > 0 for r in rows) else [1] * len(rows)
+    weights = [w / sum(weights) for w in weights]
     return tf.data.Dataset.sample_from_datasets(
         blocks, weights=weights, seed=seed, stop_on_empty_dataset=False,
         rerandomize_each_iteration=True).unbatch()
