@@ -170,11 +170,8 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
 def test_learning_curve_reads_the_runs_gauge(tiny_run, flow_env, tmp_path, capsys):
     """benchmarks/learning_curve.py --add: a finished run's champions against the realised
     gauge, read in a child process from the run's own datastore."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "learning_curve", os.path.join(REPO, "benchmarks", "learning_curve.py"))
-    lc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lc)
+    from repo_modules import load_repo_module
+    lc = load_repo_module("benchmarks/learning_curve.py")
     root, _ = flow_env
     assert lc.main(["--workdir", str(tmp_path), "--add", f"1={root}:{tiny_run.id}"]) == 0
     point = json.loads((tmp_path / "results.json").read_text())["points"][0]

@@ -4,22 +4,17 @@ Reading a real run's gauge (run_figures / --add) is tested on the tiny flow run 
 test_flow.py."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import os
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "learning_curve.py")
+from repo_modules import load_repo_module
 
 
 @pytest.fixture(scope="module")
 def lc():
-    spec = importlib.util.spec_from_file_location("learning_curve", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("benchmarks/learning_curve.py")
 
 
 def _point(scale: float, rows: int, ratio: float) -> dict:

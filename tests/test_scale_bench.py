@@ -1,21 +1,17 @@
 """benchmarks/scale_bench.py: the growth fit and merging kept runs of different scales."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "scale_bench.py")
+from repo_modules import load_repo_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("scale_bench", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("benchmarks/scale_bench.py")
 
 
 def _run(scale: float, rss: float) -> dict:

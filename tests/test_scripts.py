@@ -2,20 +2,14 @@
 checked here on numbers whose answer is known)."""
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
-SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+from repo_modules import load_repo_module
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module(f"scripts/{name}.py")
 
 
 def test_paired_difference_standard_errors_over_rows_and_users():
@@ -47,10 +41,7 @@ def test_champion_margins_compares_with_the_registry_baselines():
 
 
 def test_gauge_bench_rejects_bad_gauges_and_predictions_before_reading_a_run():
-    spec = importlib.util.spec_from_file_location(
-        "gauge_bench", SCRIPTS.parent / "benchmarks" / "gauge_bench.py")
-    gauge_bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gauge_bench)
+    gauge_bench = load_repo_module("benchmarks/gauge_bench.py")
     with pytest.raises(SystemExit, match="'nope' is not one of realised, in_between"):
         gauge_bench.main(["--run", "1", "--gauges", "realised,nope"])
     with pytest.raises(SystemExit, match="'realised' is required"):
