@@ -86,6 +86,9 @@ class EtlConfig:
     min_keep_rate: float = 0.0  # no class keep-rate below this (0: no floor)
     resample_target: str = "age_gender"  # the label whose classes are balanced
     drop_power_users: bool = False  # remove power users from train/validation (see README)
+    # share of users (a hash of user_id and seed) kept out of train and validation: the natural
+    # test day's "new users" slice measures the models on users they never saw (etl.holdout)
+    holdout_users: float = 0.1
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
     power_user_quantile: float = 0.99  # of per-user-day impression counts (labelled users)
     allow_gaps: bool = False  # missing hour partitions stop the run unless True
@@ -106,6 +109,9 @@ class EtlConfig:
             object.__setattr__(self, "resample", mode)
         if not 0.0 <= self.min_keep_rate <= 1.0:
             raise ValueError(f"min_keep_rate must lie in [0, 1], got {self.min_keep_rate}")
+        if not 0.0 <= self.holdout_users < 1.0:
+            raise ValueError(f"holdout_users must lie in [0, 1) (a share of users kept out of "
+                             f"train and validation; 0 = none), got {self.holdout_users}")
         if list(self.age_edges) != sorted(set(self.age_edges)) or len(self.age_edges) < 2:
             raise ValueError(f"age_edges must be strictly increasing, got {self.age_edges}")
         if not 1 <= self.hours_per_task <= 24 or 24 % self.hours_per_task:
@@ -195,6 +201,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "train rows or 1M rows, else sqrt by the same rule, else natural."),
     ParamSpec("drop_power_users", False, "Remove power users from train/validation (off: "
               "the models see user_impressions_today and learn power users too)."),
+    ParamSpec("holdout_users", 0.1,
+              "Share of users (by a hash of user_id and seed) kept out of train and validation; "
+              "their test-day rows are the natural_new_users slice: how the models do on users "
+              "they never saw. 0 = none."),
     ParamSpec("power_user_threshold", 0.0,
               "Impressions per user per day above which a user is a power user; 0 = derive "
               "from the data (99th percentile)."),
@@ -339,6 +349,7 @@ class RunParams:
                 raise ValueError(f"{name} must be >= {low}, got {v[name]}")
         etl = EtlConfig(age_edges=deploy.age_edges, resample=v["resample"],
                         drop_power_users=bool(v["drop_power_users"]),
+                        holdout_users=float(v["holdout_users"]),
                         power_user_threshold=v["power_user_threshold"] or None,
                         power_user_quantile=deploy.power_user_quantile,
                         allow_gaps=bool(v["allow_gaps"]), hours_per_task=int(v["hours_per_task"]),

@@ -9,7 +9,7 @@ from pythia import contract, providers
 from pythia.config import MAX_VALID_AGE, MIN_VALID_AGE
 from pythia.contract import (BAD_TIMESTAMP, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED, OUT_OF_DOMAIN,
                              TS_TOLERANCE_SECONDS, WRONG_TYPE, ColumnSpec)
-from pythia.etl import splits
+from pythia.etl import split_rules
 from pythia.parquet_footers import ARROW_READ_TYPES, MAX_SPARK_DECIMAL_PRECISION
 from pythia.source_layout import HIVE_NULL_PARTITION
 
@@ -31,7 +31,7 @@ def render_tables() -> str:
         "# Input data contract",
         "",
         "Generated from `pythia/contract.py`, `pythia/features.py`, `pythia/providers.py` and "
-        "`pythia/etl/splits.py` (`python -m pythia.docs > docs/data-contract.md`); edit the "
+        "`pythia/etl/split_rules.py` (`python -m pythia.docs > docs/data-contract.md`); edit the "
         "code, not this page.",
         "",
         "`source` is a local folder or an `s3://` prefix; both go through the same code path "
@@ -174,7 +174,7 @@ def render_data_contract() -> str:
     """The whole ``docs/data-contract.md``: the tables, what producers may write, and the
     provider, label and ETL rules."""
     return "\n".join([render_tables(), render_producers(), render_provider_rules(),
-                      splits.rules_markdown()])
+                      split_rules.rules_markdown()])
 
 
 def render_provider_rules() -> str:

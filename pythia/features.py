@@ -46,6 +46,9 @@ IS_POWER_USER = "is_power_user"
 # Impressions of the row's user earlier the same UTC day (a bidder's frequency counter);
 # defined by pythia.synth.activity.user_impressions_today.
 USER_IMPRESSIONS_TODAY = "user_impressions_today"
+# True on the test-day rows of a user held out of train and validation (``etl.holdout``): the
+# natural test day's "new users" slice, users the models never saw.
+USER_HELD_OUT = "user_held_out"
 LABEL_PROVIDER = "label_provider"
 GENDER = "gender"  # label value as text
 AGE_BUCKET = "age_bucket"  # label value as text
@@ -140,7 +143,7 @@ LABEL_TYPE = INT32
 SPLIT_COLUMN_TYPES: dict[str, str] = {
     DATE: STRING, HOUR: INT32, TS_SECONDS: INT64,
     **{f.name: KIND_TYPES[f.kind] for f in FEATURES if f.source == DERIVED},
-    REGION: STRING, IS_POWER_USER: BOOL, USER_IMPRESSIONS_TODAY: INT64,
+    REGION: STRING, IS_POWER_USER: BOOL, USER_IMPRESSIONS_TODAY: INT64, USER_HELD_OUT: BOOL,
     LABEL_PROVIDER: STRING, GENDER: STRING,
     AGE_BUCKET: STRING,
     **{c: LABEL_TYPE for c in LABEL_COLUMNS.values()},

@@ -285,7 +285,7 @@ def test_auto_on_a_skewed_label_set_writes_the_mode_rates_and_exact_priors(spark
                     str(tmp_path / "q"), Geography(), False)
     out = {s: str(tmp_path / "splits" / s) for s in OUTPUT_SPLITS}
     f = splits.finalize_splits(spark, [man], EtlConfig(
-        drop_power_users=True, power_user_threshold=100), out)
+        drop_power_users=True, power_user_threshold=100, holdout_users=0), out)
     assert (f["resample"], f["resample_requested"], f["min_keep_rate"]) == ("natural", "auto", 0)
     assert f["resample_choice"]["kept_fraction"] == pytest.approx(
         {"balanced": 6 / 30, "sqrt": 12 / 30, "natural": 1.0})
@@ -299,7 +299,8 @@ def test_auto_on_a_skewed_label_set_writes_the_mode_rates_and_exact_priors(spark
         assert p["train"][target] == pytest.approx(natural)
     # a floor: balanced, but no class below 0.5; the priors follow the realised counts
     f = splits.finalize_splits(spark, [man], EtlConfig(
-        drop_power_users=True, power_user_threshold=100, resample="balanced:0.5"), out)
+        drop_power_users=True, power_user_threshold=100, resample="balanced:0.5",
+        holdout_users=0), out)
     assert f["rates"]["train"] == {"1": 0.5, "8": 1.0} and f["resample"] == "balanced"
     assert f["resample_choice"]["requested"] == "balanced"
     after = f["class_counts_after"]["train"]

@@ -79,7 +79,8 @@ def etl(spark, tmp_path_factory):
         b = run_hours(spark, src.root, [2], WINDOW, labels["labels_path"],
                       str(base / "etl" / "b"), str(base / "quarantine"), Geography(), False)
     assert "extra_col" in log.getvalue()
-    cfg = EtlConfig(drop_power_users=True, power_user_threshold=3, resample="balanced")
+    cfg = EtlConfig(drop_power_users=True, power_user_threshold=3, resample="balanced",
+                    holdout_users=0)
     out = {s: str(base / "splits" / f"split={s}") for s in splits.OUTPUT_SPLITS}
     final = splits.finalize_splits(spark, [a, b], cfg, out)
     return {"base": base, "src": src, "a": a, "b": b, "final": final, "cfg": cfg,
@@ -202,14 +203,16 @@ def test_power_users_and_resampling_from_global_counts(spark, etl):
 def test_power_users_kept_in_test_natural_and_selection_is_deterministic(spark, etl, tmp_path):
     a, b = etl["a"], etl["b"]
     # threshold 1: every user-day with 2+ labelled rows (all of them) is a power user
-    cfg = EtlConfig(drop_power_users=True, power_user_threshold=1, resample="balanced", seed=3)
+    cfg = EtlConfig(drop_power_users=True, power_user_threshold=1, resample="balanced", seed=3,
+                    holdout_users=0)
     out1 = {s: str(tmp_path / "r1" / s) for s in splits.OUTPUT_SPLITS}
     f1 = splits.finalize_splits(spark, [a, b], cfg, out1)
     assert f1["rows"]["train"] == 0 and f1["rows"]["test_resampled"] == 0
     natural = spark.read.parquet(f1["paths"]["test_natural"]).toPandas()
     assert len(natural) == 8 and natural.is_power_user.all()
     # same seed twice -> the same rows; the selection is a hash, not a random draw
-    cfg = EtlConfig(drop_power_users=True, power_user_threshold=100, resample="balanced", seed=3)
+    cfg = EtlConfig(drop_power_users=True, power_user_threshold=100, resample="balanced", seed=3,
+                    holdout_users=0)
     ids = []
     for run in ("r2", "r3"):
         out = {s: str(tmp_path / run / s) for s in splits.OUTPUT_SPLITS}
@@ -239,3 +242,43 @@ def test_reconciliation_identity_holds_exactly(etl):
                                             for p in etl["final"]["per_hour"]])
     with pytest.raises(ValueError, match="2024-03-06"):
         reconcile.assert_balanced(reconcile.reconcile([etl["a"], etl["b"]], tampered))
+
+
+@pytest.mark.spark
+def test_held_out_users_leave_train_and_validation_and_are_flagged_on_the_test_day(
+        spark, etl, tmp_path):
+    from pythia.etl.content_hash import keep_uniform
+
+    a, b = etl["a"], etl["b"]
+    base = EtlConfig(resample="natural", power_user_threshold=100, holdout_users=0)
+    everyone = splits.finalize_splits(spark, [a, b], base, {
+        s: str(tmp_path / "all" / s) for s in splits.OUTPUT_SPLITS})
+    read = {s: spark.read.parquet(everyone["paths"][s]).toPandas() for s in splits.OUTPUT_SPLITS}
+    users = sorted(set().union(*(set(df.user_id) for df in read.values())))
+    # a seed that holds out some of the users and keeps others (the draw is a hash: fixed)
+    seed = next(s for s in range(50) if 0 < (keep_uniform(pa.array(users), s) < 0.5).sum()
+                < len(users))
+    held = {u for u, x in zip(users, keep_uniform(pa.array(users), seed)) if x < 0.5}
+    cfg = EtlConfig(resample="natural", power_user_threshold=100, holdout_users=0.5, seed=seed)
+    f = splits.finalize_splits(spark, [a, b], cfg, {
+        s: str(tmp_path / "held" / s) for s in splits.OUTPUT_SPLITS})
+    got = {s: spark.read.parquet(f["paths"][s]).toPandas() for s in splits.OUTPUT_SPLITS}
+    for s in ("train", "validation"):
+        assert not set(got[s].user_id) & held and not got[s].user_held_out.any()
+        kept = read[s][~read[s].user_id.isin(held)]
+        assert sorted(got[s].impression_id) == sorted(kept.impression_id)
+        assert f["held_out_rows"][s] == int(read[s].user_id.isin(held).sum())
+    assert sum(f["held_out_rows"].values()) > 0
+    for s in ("test_natural", "test_resampled"):  # the test day keeps everyone, flagged
+        assert sorted(got[s].impression_id) == sorted(read[s].impression_id)
+        assert (got[s].user_held_out == got[s].user_id.isin(held)).all()
+    assert got["test_natural"].user_held_out.any()
+    # the class counts behind the resample rates leave the held-out users out too
+    assert sum(f["class_counts_before"]["train"].values()) == len(got["train"])
+    df = reconcile.reconcile([a, b], f)
+    reconcile.assert_balanced(df)
+    total = df[df.scope == "total"].set_index("split")
+    assert total.loc["train", "user_held_out"] == f["held_out_rows"]["train"]
+    assert total.loc["test_natural", "user_held_out"] == 0
+    with pytest.raises(ValueError, match="holdout_users must lie in"):
+        EtlConfig(holdout_users=1.0)

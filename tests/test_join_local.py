@@ -146,6 +146,7 @@ CASES = [  # (source, EtlConfig); DROP: power users dropped (the default keeps t
     ("etl", EtlConfig(**DROP, resample="balanced:0.9", power_user_threshold=3, seed=3)),
     ("etl", EtlConfig(resample="natural", power_user_threshold=3, drop_power_users=False)),
     ("etl", EtlConfig(**DROP, resample="auto", power_user_threshold=1)),  # all resampled empty
+    ("etl", EtlConfig(resample="natural", power_user_threshold=3, holdout_users=0.5, seed=1)),
 ]
 
 
@@ -187,7 +188,9 @@ def test_driver_and_spark_join_the_same_way(spark, sources, monkeypatch, case):
     if name == "dedupe1":
         assert split["duplicates_across_tasks"]["rows"] == 7
         assert split["power_user_threshold"] == 24.0
-    if case == len(CASES) - 1:
+    if cfg.holdout_users == 0.5:  # some users held out: both engines leave the same rows out
+        assert split["held_out_rows"]["train"] > 0
+    if case == len(CASES) - 2:
         assert split["rows"]["train"] == 0 and split["rows"]["test_natural"] == 8
         assert split["resample"] == "natural"
     if name == "etl" and cfg.drop_power_users and cfg.power_user_threshold == 3:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from pythia.features import IMPRESSION_ID, TS, TS_SECONDS, USER_ID, USER_IMPRESSIONS_TODAY
 
 SECONDS_PER_DAY = 86_400
-# The rule as docs/data-contract.md states it (``splits.rules_markdown``).
+# The rule as docs/data-contract.md states it (``split_rules.rules_markdown``).
 RULE = (f"- `{USER_IMPRESSIONS_TODAY}` (every split row, int64, never null): the number of the "
         "same user's kept impressions earlier the same UTC day of `ts`, ordered by (`ts`, "
         "`impression_id`) -- a bidder's frequency counter. Counted over every valid, distinct "

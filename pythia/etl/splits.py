@@ -13,7 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 from pythia import contract
 from pythia.config import RESAMPLE_MODES, EtlConfig
 from pythia.contract_read import SPARK_TYPES
-from pythia.etl.activity import RULE as ACTIVITY_RULE, add_user_impressions_today
+from pythia.etl import holdout
+from pythia.etl.activity import add_user_impressions_today
+from pythia.etl.content_hash import UNIFORM_BITS as _HASH_BITS, spark_uniform
 from pythia.etl.hourly import OUTCOME, WRITTEN
 from pythia.etl.io import read_parquet, write_parquet_atomic
 from pythia.etl.quantile import BROADCAST_MAX_ROWS, count_histogram, rank_quantile, rows_above
@@ -21,7 +23,6 @@ from pythia.features import (DATE, ETL_SPLIT_OF, ETL_SPLITS, HOUR, IMPRESSION_ID
                              OUTPUT_SPLITS, SPLIT, TARGETS, TEST_NATURAL, TEST_RESAMPLED, TRAIN,
                              USER_ID, VALIDATION, Y_AGE_GENDER, class_labels)
 
-_HASH_BITS = 53  # uniform draws with full double precision
 RESAMPLED_SPLITS = (TRAIN, VALIDATION, TEST_RESAMPLED)  # the output splits that are resampled
 AUTO = "auto"
 # ``auto`` balances only where balancing costs little data: the mode must keep at least this
@@ -29,50 +30,6 @@ AUTO = "auto"
 AUTO_MIN_KEPT_FRACTION = 0.5
 # ... or at least this many rows, where training time rather than data is the constraint.
 AUTO_ENOUGH_ROWS = 1_000_000
-
-
-def rules_markdown() -> str:
-    """ETL split rules, for docs/data-contract.md."""
-    return "\n".join([
-        "## Splits, power users, resampling (`etl.hourly`, `etl.dedupe`, `etl.splits`, "
-        "`etl.reconcile`)", "",
-        "- Window: the 5 days ending at the test date; split by partition date: 3 train days, "
-        "1 validation, 1 test. Impressions of users without a label are counted "
-        "(`unlabelled`), not written.",
-        "- Duplicates across the whole window: each `etl_hour` task keeps one copy of an "
-        "`impression_id` among its valid rows; `join_hours` then settles ids kept by several "
-        "tasks with the same rule (earliest `ts`, then date, hour, a hash of the raw values). "
-        "The other copies leave `written` or `unlabelled` of their own hour, count as "
-        "`duplicate_impression_id`, and their raw rows are read again from the source into "
-        "the quarantine (`impressions/duplicates_across_tasks`). Counts, splits and the "
-        "power-user threshold do not depend on `hours_per_task`.",
-        "- Power users: per (user, date) count of labelled impressions over all hours; a "
-        "user-day above the threshold (`power_user_threshold`, else the exact "
-        "`power_user_quantile` of those counts) is flagged `is_power_user`; with "
-        f"`drop_power_users` its rows leave {TRAIN}, {VALIDATION} and `{TEST_RESAMPLED}`.",
-        ACTIVITY_RULE,
-        "- Resampling: keep-rates per class of `resample_target` from the GLOBAL class counts "
-        "of each split after the power-user drop: `balanced` n_min/n_c, `sqrt` "
-        "sqrt(n_min/n_c), `natural` 1; with a floor (`balanced:0.2`) no rate is below it. "
-        "A row is kept when "
-        f"pmod(xxhash64(impression_id, seed), 2^{_HASH_BITS}) / 2^{_HASH_BITS} < rate "
-        "(deterministic).",
-        f"- `{AUTO}` (the default) picks one mode for all resampled splits from the {TRAIN} "
-        "class counts: `balanced` if it keeps at least "
-        f"{AUTO_MIN_KEPT_FRACTION:.0%} of the train rows or at least {AUTO_ENOUGH_ROWS:,} "
-        "rows, else `sqrt` by the same test, else `natural`. Why: the natural priors are "
-        "restored downstream (prior correction, importance weights), so resampling buys class "
-        "balance at the price of data; that is cheap where the classes are near balanced or "
-        "the data is large, and ruinous on small skewed label sets (a 0.4% class leaves "
-        "`balanced` about 5% of the rows). The split manifest records the mode applied "
-        "(`resample`), what was asked (`resample_requested`, `min_keep_rate`) and the numbers "
-        "(`resample_choice`).",
-        f"- The test day is written twice: `{TEST_RESAMPLED}` (rules above) and `{TEST_NATURAL}` "
-        "(every row, power users kept and flagged). `natural_priors` are the class "
-        "frequencies of all labelled train rows (power users included).",
-        "- Reconciliation, per (date, hour, output split) and in total: rows_in = quarantined "
-        "+ unlabelled + power_user_dropped + resampled_out + written.", "",
-    ])
 
 
 def resample_rates(counts: Mapping[int, int], mode: str, min_keep_rate: float = 0.0
@@ -110,7 +67,7 @@ def choose_resample(counts: Mapping[int, int], requested: str, min_keep_rate: fl
 
     Any mode but ``auto`` is kept as asked. ``auto`` takes the first of balanced, sqrt that
     keeps at least ``AUTO_MIN_KEPT_FRACTION`` of the rows or at least ``AUTO_ENOUGH_ROWS``
-    rows, else natural (see ``rules_markdown`` for why).
+    rows, else natural (see ``split_rules.rules_markdown`` for why).
 
     Returns:
         (mode, evidence): evidence holds the train rows, the smallest class and the expected
@@ -245,10 +202,10 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
                    .withColumn(IS_POWER_USER, F.coalesce(IS_POWER_USER, F.lit(False))))
     flagged = flagged.persist(StorageLevel.DISK_ONLY)  # not in the heap: scaling.md §8
     try:
-        before = flagged.groupBy(SPLIT, IS_POWER_USER, Y_AGE_GENDER).count().collect()
+        kept, held = holdout.spark_split_off(flagged, cfg)
+        before = kept.groupBy(SPLIT, IS_POWER_USER, Y_AGE_GENDER).count().collect()
         counts, natural, mode, choice, rates = plan(before, cfg, n_age)
-        uniform = (F.pmod(F.xxhash64(F.col(IMPRESSION_ID), F.lit(int(cfg.seed))),
-                          F.lit(1 << _HASH_BITS)).cast("double") / float(1 << _HASH_BITS))
+        uniform = spark_uniform(IMPRESSION_ID, cfg.seed)
         y_t = {"age_gender": F.col(Y_AGE_GENDER),
                "gender": F.floor(F.col(Y_AGE_GENDER) / n_age).cast("int"),
                "age": F.pmod(F.col(Y_AGE_GENDER), F.lit(n_age))}[cfg.resample_target]
@@ -261,7 +218,7 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
             keep[out] = (F.col(SPLIT) == ETL_SPLIT_OF[out]) & F.coalesce(
                 uniform < rate, F.lit(False))
         keep_cols = [keep[o].alias(f"_keep_{o}") for o in RESAMPLED_SPLITS]
-        after = flagged.select(DATE, HOUR, SPLIT, IS_POWER_USER, Y_AGE_GENDER,
+        after = kept.select(DATE, HOUR, SPLIT, IS_POWER_USER, Y_AGE_GENDER,
                                *keep_cols).groupBy(
             DATE, HOUR, SPLIT, IS_POWER_USER, Y_AGE_GENDER,
             *[f"_keep_{o}" for o in RESAMPLED_SPLITS]).count().collect()
@@ -272,11 +229,11 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
                 if cfg.drop_power_users:
                     sel = sel & ~F.col(IS_POWER_USER)
                 sel = sel & keep[out]
-            part = flagged.filter(sel).withColumn(SPLIT, F.lit(out))
+            part = kept.filter(sel).withColumn(SPLIT, F.lit(out))
             paths[out] = write_parquet_atomic(_split_columns(part), uri_of(out))
     finally:
         flagged.unpersist()
-    return finish(after, (counts, natural, mode, choice, rates), threshold, paths, cfg)
+    return finish(after, (counts, natural, mode, choice, rates), threshold, paths, cfg, held)
 
 
 def plan(before: Sequence[Sequence], cfg: EtlConfig, n_age: int) -> tuple:
@@ -289,11 +246,12 @@ def plan(before: Sequence[Sequence], cfg: EtlConfig, n_age: int) -> tuple:
 
 
 def finish(after: Sequence[Sequence], planned: tuple, threshold: float | None, paths: dict,
-           cfg: EtlConfig) -> dict:
-    """The split manifest (printed in one line) from ``plan`` and the ``after`` groups."""
+           cfg: EtlConfig, held: Sequence[Sequence] = ()) -> dict:
+    """The split manifest (printed in one line) from ``plan``, the ``after`` groups and the
+    held-out users' (date, hour, split, rows) groups (``etl.holdout``)."""
     counts, natural, mode, choice, rates = planned
     manifest = _manifest(list(after), counts, rates, natural, threshold, paths, cfg,
-                         len(cfg.age_edges))
+                         len(cfg.age_edges), held)
     manifest.update(resample=mode, resample_requested=cfg.resample,
                     min_keep_rate=cfg.min_keep_rate, resample_choice=choice)
     print(resample_summary(manifest))
@@ -344,7 +302,7 @@ def _split_columns(sdf: Any) -> Any:
 
 
 def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: float | None,
-              paths: dict, cfg: EtlConfig, n_age: int) -> dict:
+              paths: dict, cfg: EtlConfig, n_age: int, held: Sequence[Sequence]) -> dict:
     per: dict[tuple[str, int, str], dict] = {}
     rows = {s: 0 for s in OUTPUT_SPLITS}
     cls_after: dict[str, dict[int, int]] = {s: {} for s in OUTPUT_SPLITS}
@@ -356,9 +314,7 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
         for out in OUTPUT_SPLITS:
             if ETL_SPLIT_OF[out] != split:
                 continue
-            rec = per.setdefault((date, hour, out), {
-                DATE: date, HOUR: hour, SPLIT: out, "etl_written": 0,
-                "power_user_dropped": 0, "resampled_out": 0, "written": 0})
+            rec = per.setdefault((date, hour, out), _hour_record(date, hour, out))
             rec["etl_written"] += n
             if out not in RESAMPLED_SPLITS:
                 outcome = "written"
@@ -371,6 +327,12 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
                 rows[out] += n
                 c = target_class(y, cfg.resample_target, n_age)
                 cls_after[out][c] = cls_after[out].get(c, 0) + n
+    held_rows = {s: 0 for s in holdout.HELD_OUT_SPLITS}
+    for date, hour, split, n in held:  # train and validation: one output split each
+        rec = per.setdefault((date, int(hour), split), _hour_record(date, int(hour), split))
+        rec["etl_written"] += n
+        rec[holdout.OUTCOME] += n
+        held_rows[split] += n
     natural_total = sum(natural.values())
     priors = {}
     for target in TARGETS:
@@ -396,5 +358,11 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
         "class_counts_after": {s: _keyed(cls_after[s]) for s in OUTPUT_SPLITS},
         "natural_priors": priors, "power_user_threshold": threshold,
         "drop_power_users": cfg.drop_power_users, "power_user_rows": pu_rows,
+        "holdout_users": cfg.holdout_users, "held_out_rows": held_rows,
         "per_hour": [per[k] for k in sorted(per)],
     }
+
+
+def _hour_record(date: str, hour: int, out: str) -> dict:
+    return {DATE: date, HOUR: hour, SPLIT: out, "etl_written": 0, "power_user_dropped": 0,
+            holdout.OUTCOME: 0, "resampled_out": 0, "written": 0}

@@ -16,50 +16,34 @@ for the threshold's quantile. The rows within a split file are in bucket order, 
 from __future__ import annotations
 
 import os
-import struct
 from collections import Counter
 from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
 from pythia import buckets, contract
 from pythia.config import EtlConfig
-from pythia.etl import splits
+from pythia.etl import holdout, splits
 from pythia.etl.activity import user_impressions_today
-from pythia.etl.content_hash import SPARK_SEED
+from pythia.etl.content_hash import keep_uniform
 from pythia.etl.dedupe_local import BATCH_ROWS, dataset_rows, iter_dataset, read_dataset
 from pythia.etl.hourly import OUTCOME, WRITTEN
 from pythia.etl.io import ArrowDatasetWriter
 from pythia.etl.quantile import rank_quantile
 from pythia.features import (DATE, ETL_SPLIT_OF, HOUR, IMPRESSION_ID, IS_POWER_USER,
-                             OUTPUT_SPLITS, SPLIT, USER_ID, USER_IMPRESSIONS_TODAY,
-                             Y_AGE_GENDER)
-from pythia.etl.splits import _HASH_BITS, RESAMPLED_SPLITS
+                             OUTPUT_SPLITS, SPLIT, USER_HELD_OUT, USER_ID,
+                             USER_IMPRESSIONS_TODAY, Y_AGE_GENDER)
+from pythia.etl.splits import RESAMPLED_SPLITS
 from pythia.scratch import ScratchDir
 
-_INT32_RANGE = (-(1 << 31), 1 << 31)
 # columns Spark writes as non-nullable: literals (and coalesce with a literal)
-_NOT_NULL = (SPLIT, IS_POWER_USER, USER_IMPRESSIONS_TODAY)
+_NOT_NULL = (SPLIT, IS_POWER_USER, USER_IMPRESSIONS_TODAY, USER_HELD_OUT)
 # Rows of a bucket of users, held whole while its users' counters are computed (~0.5 KB a
 # row as Arrow): ceil(rows / BUCKET_ROWS) buckets by a hash of user_id; up to BUCKET_ROWS
 # rows, one bucket kept in memory (no spill). Also the user-day counts' buckets.
 BUCKET_ROWS = 2_000_000
-
-
-def keep_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
-    """``pmod(xxhash64(impression_id, lit(seed)), 2^53) / 2^53`` as Spark computes it: the id's
-    UTF-8 bytes hashed from 42 (a null id skipped), then the seed literal (an int, or a long
-    outside the int range) hashed as its little-endian bytes, as Spark's hashInt/hashLong."""
-    lo, hi = _INT32_RANGE
-    literal = struct.pack("<i" if lo <= seed < hi else "<q", seed)
-    digest = xxhash.xxh64_intdigest
-    hashes = [digest(literal, SPARK_SEED if v is None else digest(v, SPARK_SEED))
-              for v in ids.cast(pa.binary()).to_pylist()]
-    signed = np.array(hashes, dtype=np.uint64).view(np.int64)
-    return (signed % (1 << _HASH_BITS)).astype(np.float64) / float(1 << _HASH_BITS)
 
 
 def spark_quantile(values: np.ndarray, q: float) -> float | None:
@@ -162,11 +146,13 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
                for out in OUTPUT_SPLITS}
     before: Counter = Counter()
     after: Counter = Counter()
+    held: Counter = Counter()  # the held-out users' train and validation rows (etl.holdout)
     try:
         with _Spill(n_buckets, "pythia-splits-") as spill:
             schema = None
             for batch in iter_dataset(row_uris, BATCH_ROWS):
-                flagged = _flag(batch, losers, over)
+                flagged, removed = holdout.local_split_off(_flag(batch, losers, over), cfg)
+                held.update(removed)
                 schema = flagged.schema
                 before.update(_groups(flagged, [SPLIT, IS_POWER_USER, Y_AGE_GENDER]))
                 spill.add(flagged)
@@ -182,7 +168,8 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
     finally:
         for writer in writers.values():
             writer.abort()
-    return splits.finish([(*k, n) for k, n in after.items()], planned, threshold, paths, cfg)
+    return splits.finish([(*k, n) for k, n in after.items()], planned, threshold, paths, cfg,
+                         [(*k, n) for k, n in held.items()])
 
 
 def _flag(batch: pa.Table, losers: pa.Table | None, over: pa.Table) -> pa.Table:
