@@ -1,12 +1,14 @@
 """The three exact gauges of a finished DemoFlow run on synthetic data, next to one of its
 models, on the same rows: log-loss per slice (natural test day, without and with power
-users), target and label source. No training: the model's figures are its stored test
+users, its new users: held out of training, when the run's rows carry ``user_held_out``),
+target and label source. No training: the model's figures are its stored test
 predictions (``predictions/<model>__<region>__<config>.parquet``).
 
   * realised   — the world's drawn users and labels (``World``): the exact optimum;
   * in-between — what the run's train and validation rows say about the drawn users
     (``synth.in_between``, docs/in-between-gauge.md): the bar a model could reach;
-  * population — the generative tables only (``World.population``).
+  * population — the generative tables only (``World.population``): the fair bar on new
+    users, of whom the training rows say nothing.
 
 Reads the run through the Metaflow client (its split manifest, provider map and world), so
 set METAFLOW_DATASTORE_SYSROOT_LOCAL to the run's datastore. Not a test.
@@ -31,9 +33,9 @@ import pandas as pd
 
 from pythia import features
 from pythia.features import (IMPRESSION_ID, IS_POWER_USER, LABEL_COLUMNS, LABEL_PROVIDER,
-                             TARGETS, TEST_NATURAL, USER_ID)
+                             TARGETS, TEST_NATURAL, USER_HELD_OUT, USER_ID)
 
-SLICES = ("natural", "natural_no_power_users", "natural_power_users")
+SLICES = ("natural", "natural_no_power_users", "natural_power_users", "natural_new_users")
 GAUGES = ("realised", "in_between", "population")
 
 
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     if run["start"].task.data.drop_power_users:
         print("gauge_bench: the run dropped power users from train: the in-between gauge "
               "does not model that truncation (synth.in_between)", file=sys.stderr)
+    if float(manifest.get("holdout_users") or 0) > 0 and "in_between" in gauges:
+        print("gauge_bench: the run held out users from train (holdout_users > 0): the "
+              "in-between gauge takes them for users unseen by chance (synth.in_between)",
+              file=sys.stderr)
     test = pd.read_parquet(manifest["paths"][TEST_NATURAL])
     run_dir = os.path.dirname(os.path.dirname(manifest["paths"][TEST_NATURAL].rstrip("/")))
     stored = f"{args.model}/{args.region}#{args.config_id}"
@@ -126,14 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     y = {"provider": {t: test[c].to_numpy(dtype=np.int64) for t, c in LABEL_COLUMNS.items()},
          "truth": {"age_gender": y_joint, "gender": y_joint // n_age, "age": y_joint % n_age}}
     power = test[IS_POWER_USER].fillna(False).to_numpy(bool)
-    masks = {"natural": np.ones(len(test), bool), "natural_no_power_users": ~power,
-             "natural_power_users": power}
+    held = (test[USER_HELD_OUT].fillna(False).to_numpy(bool) if USER_HELD_OUT in test.columns
+            else np.zeros(len(test), bool))  # older runs' rows lack the flag: no new users
+    masks = dict(zip(SLICES, (np.ones(len(test), bool), ~power, power, held)))
+    masks = {k: m for k, m in masks.items() if m.any()}  # a slice without rows: no line
     rows_seen = sum(manifest["rows"][s] for s in observed)
     between_note = (f"in-between reader saw {args.observed} ({rows_seen} rows; built in "
                     f"{build_s:.1f} s)" if "in_between" in gauges else "no in-between gauge")
-    print(f"run {args.run}: {len(test)} test_natural rows ({int(power.sum())} of power users); "
+    print(f"run {args.run}: {len(test)} test_natural rows ({int(power.sum())} of power users, "
+          f"{int(held.sum())} of new users); "
           f"{between_note}; gauges " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
-    bases = [g for g in ("realised", "in_between") if g in gauges]  # the ratios' gauges
+    bases = [g for g in GAUGES if g in gauges]  # the ratios' gauges (population: new users')
     ratios = " ".join(f"{'model/' + g[:4]:>10}" for g in bases)
     for name, model in models.items():
         print(f"model {name}")

@@ -16,11 +16,13 @@ datastore and data root under ``DIR/x{s}``; ``METAFLOW_USER`` from the environme
 Per run it reads the ``gauge`` and ``champions`` artifacts (``evaluate.gauge.gauge_by_slice``,
 provider labels, the same rows for model and posterior) and the train rows from
 ``split_manifest``, and prints per scale and region the champion's log-loss / realised-Bayes
-log-loss on the natural test day (AgeGender, gender, age) and AgeGender on its non-power-user
-and power-user slices. Then, per region and target, it fits excess = ratio - 1 = a * N^-b over
-the scales (N the train rows; log-log least squares) and prints the train rows at which the fit
-reaches the bar (``--target`` globally, ``--region-target`` per region): an extrapolation that
-assumes the excess keeps falling as the same power of N, printed as such. ``results.json`` in
+log-loss on the natural test day (AgeGender, gender, age) and AgeGender on its non-power-user,
+power-user and new-user slices (users held out of training: on them also against the
+population posterior, their fair bar; runs from before the holdout have none). Then, per
+region and target, it fits excess = ratio - 1 = a * N^-b over the scales (N the train rows;
+log-log least squares) and prints the train rows at which the fit reaches the bar
+(``--target`` globally, ``--region-target`` per region): an extrapolation that assumes the
+excess keeps falling as the same power of N, printed as such. ``results.json`` in
 DIR is rewritten after every scale. Not a test: nothing fails on the numbers.
 """
 from __future__ import annotations
@@ -36,7 +38,8 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 REGIONS = ("global", "APAC", "EU", "LATAM", "NA")
 TARGETS = ("age_gender", "gender", "age")
-SLICES = ("natural", "natural_no_power_users", "natural_power_users")
+SLICES = ("natural", "natural_no_power_users", "natural_power_users", "natural_new_users")
+NEW_USERS = SLICES[-1]  # its fair bar is the population posterior (evaluate.gauge)
 FAR = 1000  # an extrapolation beyond this multiple of the largest scale is not printed
 _RUN_ID = re.compile(r"Workflow starting \(run-id (\S+)\)")
 
@@ -44,8 +47,9 @@ _RUN_ID = re.compile(r"Workflow starting \(run-id (\S+)\)")
 # ---------------------------------------------------------------- one run's figures
 
 def run_figures(gauge, champions, split_manifest) -> dict:
-    """{'train_rows', 'ratios': {region: {slice: {target: ratio}}}, 'champions': {region: cand}}
-    of one run's artifacts: each region's chosen candidate, provider labels."""
+    """{'train_rows', 'ratios': {region: {slice: {target: ratio}}}, 'population': the same
+    against the population posterior, 'champions': {region: cand}} of one run's artifacts:
+    each region's chosen candidate, provider labels."""
     import pandas as pd
 
     from pythia.evaluate.gauge import gauge_by_slice
@@ -57,14 +61,18 @@ def run_figures(gauge, champions, split_manifest) -> dict:
                          "finish): nothing to put on a learning curve")
     table = table[table["label_source"] == "provider"]
     ratios: dict = {}
+    population: dict = {}
     chosen: dict = {}
     for row in table.to_dict("records"):
         region, slice_ = row["eval_region"], row["test_set"]
         chosen[region] = row["candidate"]
         ratios.setdefault(region, {})[slice_] = {
             t: float(row[f"ratio_{t}"]) for t in TARGETS if f"ratio_{t}" in row}
+        population.setdefault(region, {})[slice_] = {
+            t: float(row[f"ratio_population_{t}"]) for t in TARGETS
+            if pd.notna(row.get(f"ratio_population_{t}"))}
     return {"train_rows": int(split_manifest["rows"]["train"]), "ratios": ratios,
-            "champions": chosen}
+            "population": population, "champions": chosen}
 
 
 def collect(run_id: str) -> dict:
@@ -153,9 +161,10 @@ def print_curve(points: list[dict], target: float, region_target: float, out=Non
     out = out or sys.stdout
     points = sorted(points, key=lambda p: p["train_rows"])
     print("\nchampion / realised Bayes log-loss, natural test day, provider labels "
-          "(ag / g / a; AgeGender on non-power and power users)", file=out)
+          "(ag / g / a; AgeGender on non-power, power and new users; nu pop: AgeGender on new "
+          "users / the population posterior, their fair bar)", file=out)
     print(f"{'scale':>6} {'train rows':>11}  {'region':<7} {'ag':>6} {'g':>6} {'a':>6} "
-          f"{'ag np':>6} {'ag pw':>6}  champion", file=out)
+          f"{'ag np':>6} {'ag pw':>6} {'ag nu':>6} {'nu pop':>6}  champion", file=out)
     for p in points:
         for region in REGIONS:
             r = p["ratios"].get(region)
@@ -164,6 +173,8 @@ def print_curve(points: list[dict], target: float, region_target: float, out=Non
             nat = r.get("natural", {})
             vals = [nat.get(t) for t in TARGETS] + [r.get(s, {}).get("age_gender")
                                                    for s in SLICES[1:]]
+            vals.append(p.get("population", {}).get(region, {}).get(NEW_USERS, {})
+                        .get("age_gender"))  # absent on older points
             cells = " ".join(f"{v:6.3f}" if v is not None else f"{'-':>6}" for v in vals)
             print(f"{p['scale']:>6g} {p['train_rows']:>11,}  {region:<7} {cells}  "
                   f"{p['champions'].get(region, '-')}", file=out)

@@ -1,9 +1,11 @@
 """Quality benchmark: each model's log-loss and macro-F1 on the natural test day and on its
-non-power-user and power-user slices, next to the Bayes posteriors on the same rows — the
-realised one (the world's drawn users and labels: the headline bar, ``ratio``), the
-in-between one (what the run's train and validation rows say about the drawn users,
-``synth.in_between``: ``ratio_btw``; manifest mode with ``--run`` only) and the population one
-(the generative tables only: ``ratio_pop``) — and the logreg baseline.
+non-power-user, power-user and new-user slices (the last when a run's rows carry
+``user_held_out``), next to the Bayes posteriors on the same rows — the realised one (the
+world's drawn users and labels: the headline bar, ``ratio``), the in-between one (what the
+run's train and validation rows say about the drawn users, ``synth.in_between``:
+``ratio_btw``; manifest mode with ``--run`` only) and the population one (the generative
+tables only: ``ratio_pop``, the fair bar on new users, of whom the training rows say
+nothing) — and the logreg baseline.
 
 Two ways to get data:
   * ``--manifest RUN/tfrecords/manifest.json`` — a run's TFRecords (its PROVIDER labels).
@@ -46,7 +48,7 @@ from pythia.models import MODELS
 from pythia.models.priors import priors_from_labels
 
 BASELINE = "logreg"  # the trivial baselines are the class prior and logreg (gbdt contends)
-SLICES = ("natural", "natural_no_power_users", "natural_power_users")
+SLICES = ("natural", "natural_no_power_users", "natural_power_users", "natural_new_users")
 POWER_QUANTILE = 0.99  # the ETL's default power_user_quantile
 
 
@@ -64,10 +66,22 @@ def _gauges(world, rows: pd.DataFrame, order: list[int], providers=None, between
     return out
 
 
+def slice_masks(power: np.ndarray | None, held: np.ndarray | None, n_test: int
+                ) -> dict[str, np.ndarray]:
+    """SLICES -> boolean mask over the test rows: the power-user slices with ``power``, the
+    new users with ``held`` (the rows' ``user_held_out``)."""
+    masks = {"natural": np.ones(n_test, dtype=bool)}
+    if power is not None:
+        masks.update(natural_no_power_users=~power, natural_power_users=power)
+    if held is not None:
+        masks["natural_new_users"] = held
+    return masks
+
+
 def world_splits(preset: str, seed: int, cache: str, max_rows: int
                  ) -> tuple[dict, Encoders, np.ndarray, dict[str, np.ndarray]]:
     """Natural train/validation/test splits of a synthetic world, truth-labelled, plus the
-    test rows' power-user flags and both posteriors on them."""
+    test rows' power-user flags and both posteriors on them (no user is held out)."""
     import pyarrow.dataset as ds
 
     from pythia.synth import generate_world, is_complete, load_world
@@ -135,17 +149,19 @@ def world_splits(preset: str, seed: int, cache: str, max_rows: int
 
 def manifest_splits(path: str, world_root: str | None, split_parquet: str | None,
                     run_split_manifest: dict | None = None, provider_map: dict | None = None
-                    ) -> tuple[dict, Encoders, np.ndarray | None, dict[str, np.ndarray]]:
+                    ) -> tuple[dict, Encoders, np.ndarray | None, np.ndarray | None,
+                               dict[str, np.ndarray]]:
     """A run's splits (provider labels), and with a world and the test Parquet the test
-    rows' power-user flags and the posteriors of the provider's label on them; with the run's
-    split manifest and provider map also the in-between one (its train and validation rows)."""
+    rows' power-user and held-out flags (None for a run from before the holdout) and the
+    posteriors of the provider's label on them; with the run's split manifest and provider
+    map also the in-between one (its train and validation rows)."""
     from pythia import storage, tfrecords
 
     manifest = storage.read_json(path)
     enc = tfrecords.load_encoders(manifest)
     out = {s: tfrecords.load_numpy(manifest, s) for s in (TRAIN, VALIDATION, TEST_NATURAL)}
     if not (world_root and split_parquet):
-        return out, enc, None, {}
+        return out, enc, None, None, {}
     import pyarrow.dataset as ds
 
     from pythia.synth import load_world
@@ -155,12 +171,14 @@ def manifest_splits(path: str, world_root: str | None, split_parquet: str | None
     raw = raw.set_index(IMPRESSION_ID).loc[out[TEST_NATURAL][IMPRESSION_ID]].reset_index()
     order = [world.class_labels.index(c) for c in features.age_gender_labels(enc.age_edges)]
     power = raw[features.IS_POWER_USER].fillna(False).to_numpy(bool)
+    held = (raw[features.USER_HELD_OUT].fillna(False).to_numpy(bool)
+            if features.USER_HELD_OUT in raw.columns else None)
     between = None
     if run_split_manifest is not None:
         from pythia.synth.in_between import in_between_world, read_observed
         between = in_between_world(world, read_observed(run_split_manifest,
                                                         (TRAIN, VALIDATION)), provider_map)
-    return out, enc, power, _gauges(world, raw, order,
+    return out, enc, power, held, _gauges(world, raw, order,
                                     raw[features.LABEL_PROVIDER].to_numpy(dtype=object),
                                     between)
 
@@ -202,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         split_manifest = run["to_tfrecords"].task.data.split_manifest
         provider_map = run["select_providers"].task.data.provider_map["by_country"]
     if args.manifest:
-        data, enc, power, gauges = manifest_splits(args.manifest, args.world, args.split_parquet,
-                                                   split_manifest, provider_map)
+        data, enc, power, held, gauges = manifest_splits(
+            args.manifest, args.world, args.split_parquet, split_manifest, provider_map)
         source = f"{args.manifest} (provider labels)"
     else:
         data, enc, power, gauges = world_splits(args.preset, args.seed, args.cache,
                                                 args.max_rows)
+        held = None
         source = f"synthetic {args.preset} seed {args.seed} (truth labels, natural splits)"
     n_age = len(enc.age_edges)
     n_classes = {t: len(features.class_labels(t, enc.age_edges)) for t in features.TARGETS}
@@ -229,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     n_test = len(yte["age_gender"])
     print(f"data: {source}; rows train {len(ytr['age_gender'])}, validation "
           f"{len(data[VALIDATION][Y_AGE_GENDER])}, test {n_test}"
-          + (f" ({int(power.sum())} of power users)" if power is not None else ""))
+          + (f" ({int(power.sum())} of power users)" if power is not None else "")
+          + (f" ({int(held.sum())} of new users)" if held is not None else ""))
 
     probs: dict[str, dict[str, np.ndarray]] = {
         "prior": {t: np.tile(train_prior[t], (n_test, 1)) for t in features.TARGETS}}
@@ -246,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds[name] = time.perf_counter() - t0
         probs[name] = model.predict_proba(data[TEST_NATURAL])
 
-    masks = {"natural": np.ones(n_test, dtype=bool)}
-    if power is not None:
-        masks.update(natural_no_power_users=~power, natural_power_users=power)
+    masks = slice_masks(power, held, n_test)
     print(f"{'slice':>22} {'model':>8} {'target':>10} {'logloss':>8} {'bayes':>8} {'ratio':>6} "
           f"{'bayes_btw':>9} {'ratio_btw':>9} {'bayes_pop':>9} {'ratio_pop':>9} {'vs_' + BASELINE:>9} {'macroF1':>8} "
           f"{'bayesF1':>8} {'fit_s':>7}")

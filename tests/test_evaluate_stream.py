@@ -21,7 +21,7 @@ from pythia.evaluate.slices import (check_candidates, distributions_table, metri
                                     prepare_data, score_candidate)
 from pythia.evaluate.stats import LabelStats, ShareStats
 from pythia.evaluate.stream import score_streaming
-from pythia.features import TEST_RESAMPLED, VALIDATION
+from pythia.features import TEST_RESAMPLED, USER_HELD_OUT, VALIDATION
 # the tiny world of the evaluate tests, built the same way
 from test_evaluate import EDGES, N_AGE, _make_world, _write_predictions, _write_splits
 
@@ -35,12 +35,15 @@ SPECS = [("mlp", "global", 0.0, 0), ("gbdt", "global", 0.5, 0), ("gbdt", "EU", 0
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(candidates, split manifest, world): a resampled validation day (importance weights)
-    and a resampled test day holding duplicated impressions."""
+    """(candidates, split manifest, world): a resampled validation day (importance weights),
+    a resampled test day holding duplicated impressions, and held-out users (every tenth)
+    flagged on the test days (the natural_new_users slice)."""
     tmp = tmp_path_factory.mktemp("stream")
     frames, world = _make_world(seed=3)
     res = frames[TEST_RESAMPLED]
     frames[TEST_RESAMPLED] = pd.concat([res, res.iloc[:60]], ignore_index=True)
+    for split, df in frames.items():
+        df[USER_HELD_OUT] = (df["user_id"].str[1:].astype(int) % 10 == 0) & (split != VALIDATION)
     rates = {VALIDATION: {str(c): (0.25 if c < N_AGE else 1.0) for c in range(2 * N_AGE)}}
     manifest = _write_splits(tmp / "splits", frames, rates)
     candidates = [{"model": m, "region": r, "config_id": 0, "model_dir": f"/models/{m}_{r}",

@@ -179,8 +179,8 @@ def test_learning_curve_reads_the_runs_gauge(tiny_run, flow_env, tmp_path, capsy
     # every eval region; those without a regional candidate are scored by the global one
     assert set(point["ratios"]) == {"global", "APAC", "EU", "LATAM", "NA"}
     assert point["champions"]["APAC"].endswith("/global#0")
-    assert set(point["ratios"]["global"]) == {"natural", "natural_no_power_users",
-                                              "natural_power_users"}
+    # natural_new_users too: the run holds out a share of users (holdout_users, default 0.1)
+    assert set(point["ratios"]["global"]) == set(lc.SLICES)
     champion = tiny_run.data.champions
     from pythia.evaluate.gauge import gauge_by_slice
     table = gauge_by_slice(pd.DataFrame(tiny_run.data.gauge), pd.DataFrame(champion))

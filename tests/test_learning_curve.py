@@ -78,3 +78,19 @@ def test_an_excess_that_hardly_falls_is_said_so_not_extrapolated(lc):
     lc.print_curve(points, 1.02, 1.03, out=out)
     line = next(ln for ln in out.getvalue().splitlines() if "global  age_gender" in ln)
     assert "falls too slowly to reach 1.02 within 1000x" in line and "train rows (" not in line
+
+
+def test_table_shows_the_new_users_against_both_bars_and_dashes_on_older_points(lc):
+    """natural_new_users: the realised ratio (``ag nu``) and the population one (``nu pop``,
+    their fair bar); a point from before the holdout has neither."""
+    new = _point(2, 200_000, 1.05)
+    new["ratios"]["global"]["natural_new_users"] = {"age_gender": 1.25}
+    new["population"] = {"global": {"natural_new_users": {"age_gender": 1.01}}}
+    out = io.StringIO()
+    lc.print_curve([_point(1, 100_000, 1.08), new], 1.02, 1.03, out=out)
+    lines = out.getvalue().splitlines()
+    assert any(ln.rstrip().endswith("ag pw  ag nu nu pop  champion") for ln in lines)
+    rows = {ln.split()[0]: ln.split() for ln in lines if ln.split()[:1] in (["1"], ["2"])}
+    # scale, rows, region, ag, g, a, ag np, ag pw, ag nu, nu pop, champion
+    assert rows["2"][8:10] == ["1.250", "1.010"] and rows["1"][8:10] == ["-", "-"]
+    assert lc.SLICES[-1] == lc.NEW_USERS == "natural_new_users"

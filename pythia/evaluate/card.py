@@ -139,7 +139,8 @@ _REGIONAL_VS_GLOBAL = (
 
 _GAUGE_SLICES = (
     "## Bayes gauge per slice (synthetic data)\n\nPer region, its champion (else its best "
-    "candidate) on the natural test day, its non-power users and its power users, on the "
+    "candidate) on the natural test day, its non-power users, its power users and its new "
+    "users (`natural_new_users`: held out of train and validation, `holdout_users`), on the "
     "same rows for model and posteriors. `ratio_*` = model / **realised** posterior (the "
     "world's drawn users and labels): the headline bar, the only one no model beats on "
     "average. `ratio_in_between_*` = model / **in-between** posterior (the generative "
@@ -148,7 +149,10 @@ _GAUGE_SLICES = (
     "model given those rows could reach. "
     "`ratio_population_*` = model / **population** posterior (the generative tables only): "
     "on power users (few per group, which the realised posterior nearly identifies) a model "
-    "lands between the population and the in-between ones.")
+    "lands between the population and the in-between ones. On new users the fair bar is "
+    "`ratio_population_*`: their rows are not in training, so the population posterior is "
+    "all a reader of the training rows can know of them (the realised one knows the drawn "
+    "users).")
 
 
 def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
@@ -157,7 +161,7 @@ def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
 
 
 def _append_gauge_slices(card: Any, table: pd.DataFrame | None) -> None:
-    """Each region's chosen candidate against the posteriors on the three natural slices."""
+    """Each region's chosen candidate against the posteriors on the natural slices."""
     _append_explained_table(card, _GAUGE_SLICES, table, 3)
 
 

@@ -1,6 +1,6 @@
 """The evaluated split rows as label arrays: per split, each row's class index per target and
 label source (the provider's label, and the world's truth on synthetic data), its region, the
-power-user flag and importance weights. Pure: DataFrames in, arrays out.
+power-user and held-out-user flags and importance weights. Pure: DataFrames in, arrays out.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 
 from pythia.features import (AGE_BUCKET, GENDER, GENDER_CLASSES, IMPRESSION_ID, IS_POWER_USER,
                              LABEL_COLUMNS, REGION, TARGETS, TEST_NATURAL, TEST_RESAMPLED,
-                             USER_ID, VALIDATION, age_to_bucket, class_labels)
+                             USER_HELD_OUT, USER_ID, VALIDATION, age_to_bucket, class_labels)
 
 # target names as features.TARGETS spells them; the joint one decides champions
 GENDER_TARGET, AGE_TARGET, JOINT_TARGET = TARGETS
@@ -21,6 +21,8 @@ LABEL_SOURCES = (PROVIDER, TRUTH)
 EVAL_SPLITS = (VALIDATION, TEST_NATURAL, TEST_RESAMPLED)
 REQUIRED_SPLITS = (VALIDATION, TEST_NATURAL)
 FRAME_COLUMNS = (IMPRESSION_ID, REGION, IS_POWER_USER) + tuple(LABEL_COLUMNS.values())
+# read when a split has them: older runs' splits lack the held-out flag (then all False)
+OPTIONAL_FRAME_COLUMNS = (USER_HELD_OUT,)
 WEIGHT_COLUMN = "importance_weight"
 TRUTH_AGE = "age"  # the synthetic world's truth gives ages in years
 
@@ -33,6 +35,7 @@ class SplitFrame:
     df: pd.DataFrame
     regions: np.ndarray
     power: np.ndarray
+    held_out: np.ndarray  # the row's user was held out of train and validation (etl.holdout)
     labels: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     # importance weights that undo class resampling (1 / keep-rate of the row's class), when
     # the caller provides them: the validation day is resampled like train, but candidates are
@@ -51,9 +54,15 @@ def _label_indices(values: pd.Series, n_classes: int, what: str) -> np.ndarray:
     return out
 
 
+def _flags(df: pd.DataFrame, column: str) -> np.ndarray:
+    """A bool column as a bool array, nulls False."""
+    return df[column].fillna(False).astype(bool).to_numpy()
+
+
 def split_frame(split: str, df: pd.DataFrame, edges: Sequence[int]) -> SplitFrame:
     """One split's rows (all of them, or one bucket of them) as a SplitFrame with provider
-    label indices; importance weights come from the WEIGHT_COLUMN when the rows have one."""
+    label indices; importance weights come from the WEIGHT_COLUMN when the rows have one, the
+    held-out flags from USER_HELD_OUT (all False without it: a run from before the holdout)."""
     absent = [c for c in FRAME_COLUMNS if c not in df.columns]
     if absent:
         raise ValueError(f"split {split!r} lacks columns {absent}")
@@ -62,7 +71,9 @@ def split_frame(split: str, df: pd.DataFrame, edges: Sequence[int]) -> SplitFram
                                 f"{split}.{LABEL_COLUMNS[t]}") for t in TARGETS}
     return SplitFrame(split=split, df=df,
                       regions=df[REGION].astype(str).to_numpy(dtype=object),
-                      power=df[IS_POWER_USER].fillna(False).astype(bool).to_numpy(),
+                      power=_flags(df, IS_POWER_USER),
+                      held_out=(_flags(df, USER_HELD_OUT) if USER_HELD_OUT in df.columns
+                                else np.zeros(len(df), bool)),
                       labels={PROVIDER: labels},
                       weights=(df[WEIGHT_COLUMN].astype("float64").to_numpy()
                                if WEIGHT_COLUMN in df.columns else None))

@@ -10,7 +10,10 @@ is the headline bar (``HEADLINE_GAUGE``): it is the only one that is a bound. A 
 the population posterior plus what the training days' labels reveal about the drawn users, so
 it lands between the population and the in-between ones where they differ (power users, whose
 few users per group the realised posterior nearly identifies); ``gap_closed`` = (population -
-model) / (population - realised) says how far it got. Without a world there is no gauge.
+model) / (population - realised) says how far it got. On the new users (``natural_new_users``:
+held out of train and validation) the fair bar is the population posterior: the training rows
+say nothing about those users, so it is all a reader of those rows can know of them.
+Without a world there is no gauge.
 """
 from __future__ import annotations
 
@@ -24,16 +27,17 @@ import pandas as pd
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.metrics import check_probabilities
 from pythia.evaluate.frames import PROVIDER, TRUTH, SplitFrame
-from pythia.evaluate.slices import (BAYES_MODEL, NATURAL, NATURAL_NO_POWER_USERS,
-                                    NATURAL_POWER_USERS, SPLIT_OF_TEST_SET, TEST_SETS, Aligned,
-                                    EvalData, score_slices, unstack_observed)
+from pythia.evaluate.slices import (BAYES_MODEL, NATURAL, NATURAL_NEW_USERS,
+                                    NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS,
+                                    SPLIT_OF_TEST_SET, TEST_SETS, Aligned, EvalData,
+                                    score_slices, unstack_observed)
 from pythia.features import DATE, LABEL_PROVIDER, TRAIN, VALIDATION, marginals_from_joint
 
 log = logging.getLogger(__name__)
 
 Posteriors = dict[str, dict[str, np.ndarray]]  # label source -> {target: (n, K) probabilities}
 HEADLINE_GAUGE = "realised"  # the bar of the issue's targets: the exact optimum (see above)
-GAUGE_SLICES = (NATURAL, NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS)
+GAUGE_SLICES = (NATURAL, NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS, NATURAL_NEW_USERS)
 
 
 def posterior_probs(world: Any, frame: SplitFrame, n_age: int, label_dates: bool = False
@@ -80,13 +84,18 @@ def in_between_of(world: Any, split_manifest: Mapping[str, Any]) -> Any:
     (``synth.in_between``: read in batches), or None (no world with tables, e.g. real data or
     test fakes, or no train split). Countries' providers are read off the rows; the split
     manifest's ``class_names`` name its resample rates' classes. Raises ValueError when the
-    run dropped power users (a truncation it does not model)."""
+    run dropped power users (a truncation it does not model) or held out users (it would
+    count them as users unseen by chance)."""
     paths = split_manifest.get("paths") or {}
     if getattr(world, "params", None) is None or TRAIN not in paths:
         return None
     if split_manifest.get("drop_power_users"):
         raise ValueError("the run dropped power users' rows from train: the in-between gauge "
                          "does not model that truncation (rerun with drop_power_users off)")
+    if float(split_manifest.get("holdout_users") or 0) > 0:
+        raise ValueError("the run held out users from train (holdout_users > 0): the "
+                         "in-between gauge takes them for users unseen by chance (rerun with "
+                         "holdout_users 0)")
     splits = [s for s in (TRAIN, VALIDATION) if s in paths]
     from pythia.synth.in_between import in_between_world, read_observed
 
@@ -159,10 +168,11 @@ def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
 
 def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.DataFrame:
     """Per eval region, its chosen candidate (the champion, else the region's best on
-    validation, which the champions row names) on the natural test day and its two power-user
-    slices, per label source: model / realised-Bayes log-loss per target (``ratio_*``, the
-    headline bar), model / in-between-Bayes (``ratio_in_between_*``) and model /
-    population-Bayes (``ratio_population_*``), on the same rows."""
+    validation, which the champions row names) on the natural test day and its power-user
+    and new-user slices (GAUGE_SLICES; a slice without rows has no row), per label source:
+    model / realised-Bayes log-loss per target (``ratio_*``, the headline bar), model /
+    in-between-Bayes (``ratio_in_between_*``) and model / population-Bayes
+    (``ratio_population_*``: the fair bar on new users), on the same rows."""
     cols = ["eval_region", "candidate", "blessed", "test_set", "label_source"]
     if gauge is None or gauge.empty or champions.empty:
         return pd.DataFrame(columns=cols)
@@ -202,5 +212,9 @@ def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
                           "validation rows' users)")
         if any(c.startswith("ratio_population_") for c in table.columns):
             legend.append("ratio_population_* = model / population posterior")
+            if (table["test_set"] == NATURAL_NEW_USERS).any():
+                legend.append(f"on {NATURAL_NEW_USERS} (users held out of training) the fair "
+                              "bar is ratio_population_*: the training rows say nothing "
+                              "about them")
         print(f"\nBayes gauge per slice ({'; '.join(legend)}; same rows)", file=out)
         print(table.to_string(index=False), file=out)

@@ -76,7 +76,7 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
     # draw: from the sums (confusion counts, reliability bins), never from rows
     figures = draw_figures(champions, metrics, distributions, scored.sums) if make_figures else {}
     # write
-    # each region's chosen candidate against both posteriors on the three natural slices
+    # each region's chosen candidate against the posteriors on the natural slices
     gauge_slices = None if gauge is None else gauge_by_slice(gauge, champions)
     results = {"metrics": metrics, "distributions": distributions, "gauge": gauge,
                "gauge_slices": gauge_slices, "gauge_note": scored.gauge_note, "champions": champions, "headline": headline,

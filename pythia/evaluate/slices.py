@@ -24,14 +24,18 @@ from pythia.features import (IMPRESSION_ID, SPLIT, TARGETS, TEST_NATURAL, TEST_R
                              VALIDATION, class_labels)
 
 BAYES_MODEL = "bayes"  # the exact posterior's rows in the metrics tables
-# test sets: the natural test day, its resampled copy, and the natural day without power users
-# and with power users only (the last two partition the first's rows)
+# test sets: the natural test day, its resampled copy, the natural day without power users
+# and with power users only (the two partition its rows), and its new users: those held out
+# of train and validation (etl.holdout), whom no model saw (no rows on older runs)
 NATURAL, RESAMPLED, NATURAL_NO_POWER_USERS = "natural", "resampled", "natural_no_power_users"
-NATURAL_POWER_USERS = "natural_power_users"
-TEST_SETS = (NATURAL, RESAMPLED, NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS)
+NATURAL_POWER_USERS, NATURAL_NEW_USERS = "natural_power_users", "natural_new_users"
+TEST_SETS = (NATURAL, RESAMPLED, NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS, NATURAL_NEW_USERS)
 SPLIT_OF_TEST_SET = {VALIDATION: VALIDATION, NATURAL: TEST_NATURAL,
                      RESAMPLED: TEST_RESAMPLED, NATURAL_NO_POWER_USERS: TEST_NATURAL,
-                     NATURAL_POWER_USERS: TEST_NATURAL}
+                     NATURAL_POWER_USERS: TEST_NATURAL, NATURAL_NEW_USERS: TEST_NATURAL}
+# test set -> (the SplitFrame flag that selects its rows, the value they have); others: all rows
+_ROWS_OF_TEST_SET = {NATURAL_NO_POWER_USERS: ("power", False),
+                     NATURAL_POWER_USERS: ("power", True), NATURAL_NEW_USERS: ("held_out", True)}
 METRIC_COLUMNS = ["model", "region", "config_id", "eval_region", "target", "test_set",
                   "label_source", "metric", "class", "value", "n"]
 DIST_COLUMNS = ["model", "region", "config_id", "eval_region", "target", "test_set", "source",
@@ -160,19 +164,21 @@ def align(table: pa.Table, frame: SplitFrame, candidate_region: str, edges: Sequ
 
 # ---------------------------------------------------------------- scoring
 
-def test_set_rows(power: np.ndarray, test_set: str) -> np.ndarray:
-    """Which rows (by their power-user flags ``power``) belong to ``test_set``."""
-    if test_set == NATURAL_NO_POWER_USERS:
-        return ~power
-    if test_set == NATURAL_POWER_USERS:
-        return power.copy()
-    return np.ones(len(power), bool)
+def test_set_rows(frame: SplitFrame, test_set: str, pos: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Which of the frame's rows (all, or those at ``pos``) belong to ``test_set``: a new
+    boolean array, by the rows' power-user or held-out flags."""
+    if test_set not in _ROWS_OF_TEST_SET:
+        return np.ones(len(frame.df) if pos is None else len(pos), bool)
+    flag, value = _ROWS_OF_TEST_SET[test_set]
+    flags = getattr(frame, flag)
+    return (flags if pos is None else flags[pos]) == value
 
 
 def slice_masks(frame: SplitFrame, pos: np.ndarray, test_set: str, eval_regions: Sequence[str]
                 ) -> list[tuple[str, np.ndarray]]:
     """(eval_region, boolean mask over pos) for every slice of a test set."""
-    keep = test_set_rows(frame.power[pos], test_set)
+    keep = test_set_rows(frame, test_set, pos)
     return [(r, keep if r == GLOBAL_REGION else keep & (frame.regions[pos] == r))
             for r in eval_regions]
 
@@ -180,7 +186,7 @@ def slice_masks(frame: SplitFrame, pos: np.ndarray, test_set: str, eval_regions:
 def _n_expected(frame: SplitFrame, test_set: str, eval_region: str, candidate_region: str
                 ) -> int:
     """Rows of a slice that a scorer of ``candidate_region`` is expected to cover."""
-    keep = test_set_rows(frame.power, test_set)
+    keep = test_set_rows(frame, test_set)
     if eval_region != GLOBAL_REGION:
         keep = keep & (frame.regions == eval_region)
     if candidate_region != GLOBAL_REGION:

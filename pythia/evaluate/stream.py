@@ -38,8 +38,9 @@ from pythia import buckets, threads
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate import io
 from pythia.evaluate.forked import map_forked
-from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, PROVIDER, TRUTH,
-                                    WEIGHT_COLUMN, SplitFrame, split_frame, truth_labels)
+from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, OPTIONAL_FRAME_COLUMNS,
+                                    PROVIDER, TRUTH, WEIGHT_COLUMN, SplitFrame, split_frame,
+                                    truth_labels)
 from pythia.evaluate.gauge import in_between_of, population_of, posterior_probs
 from pythia.evaluate.margins import OTHER_PART, POWER_PART, user_groups
 from pythia.evaluate.slices import (SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
@@ -166,10 +167,14 @@ def _stage_rows(split_manifest: Mapping, splits: Sequence[str], world: Any,
     out = {s: os.path.join(scratch, "rows", s) for s in splits}
     for split in splits:
         _check_split_columns(split_manifest, split, world)
-    if world is None:  # the metrics read the label, region and power-user columns only
-        for split in splits:  # and the user id, which clusters the margins' SEs
-            user = (USER_ID,) if USER_ID in io.split_schema(split_manifest, split).names else ()
-            buckets.partition(io.split_batches(split_manifest, split, FRAME_COLUMNS + user),
+    if world is None:
+        # the metrics read the label, region and power-user columns only, and when the split
+        # has them the held-out flags (OPTIONAL_FRAME_COLUMNS) and the user id (it clusters
+        # the margins' SEs)
+        for split in splits:
+            names = io.split_schema(split_manifest, split).names
+            extra = tuple(c for c in (USER_ID,) + OPTIONAL_FRAME_COLUMNS if c in names)
+            buckets.partition(io.split_batches(split_manifest, split, FRAME_COLUMNS + extra),
                               IMPRESSION_ID, n_buckets, out[split])
         return out
     # a world's posterior reads columns of its own choosing, so every column is kept; the
@@ -239,7 +244,7 @@ def _count_rows(sums: SliceSums, frames: Mapping[str, SplitFrame]) -> list[str]:
         frame = frames.get(SPLIT_OF_TEST_SET[test_set])
         if frame is None:
             continue
-        keep = test_set_rows(frame.power, test_set)
+        keep = test_set_rows(frame, test_set)
         for region in [GLOBAL_REGION] + regions:
             mask = keep if region == GLOBAL_REGION else keep & (frame.regions == region)
             sums.rows[(test_set, region)] += int(mask.sum())

@@ -20,7 +20,8 @@ Activity within a level (docs/in-between-gauge.md item 4) needs no approximation
 GENERATOR_VERSION 2 every user's activity is its level's rate (``population.build_users``), so
 E[a_u 1{cell_u = cell} | D] = rate[l, s] · P(cell_u = cell | D). Not modelled: runs that drop
 power users (``drop_power_users`` truncates user-days; the rows must be kept irrespective of
-the power flag) and label rows the ETL rejected (a synthetic world's labels are all valid).
+the power flag), runs that hold out users (``holdout_users``: they would count as unseen by
+chance) and label rows the ETL rejected (a synthetic world's labels are all valid).
 """
 from __future__ import annotations
 
