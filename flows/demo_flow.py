@@ -178,7 +178,8 @@ class DemoFlow(FlowSpec):
         threads.configure_task(task.cpu, memory_mb=task.memory)
         self.merge_artifacts(inputs, exclude=["candidates"])
         self.candidates = [c for i in inputs for c in i.candidates]
-        bundle, previous_id = runs.previous_bundle(current.flow_name, current.run_id)
+        bundle, previous_id = runs.previous_bundle(current.flow_name, current.run_id,
+                                                   runs.user_split_of(self.split_manifest))
         results = evaluate.run(self.candidates, self.split_manifest, self.source_path,
                                self.params.etl.age_edges, self.paths.reports,
                                evaluate.bundle_scorer(bundle) if bundle else None, previous_id,
@@ -199,7 +200,8 @@ class DemoFlow(FlowSpec):
         """Export the champions' bid-time bundle and say where to look."""
         chosen = evaluate.choose_bundle_models(
             self.champions, self.candidates,
-            runs.previous_champions(current.flow_name, current.run_id), current.pathspec,
+            runs.previous_champions(current.flow_name, current.run_id,
+                                    runs.user_split_of(self.split_manifest)), current.pathspec,
             baseline_models=evaluate.baseline_models_of(self.candidates))
         self.bundle_path = scoring.export_champions(chosen, self.encoders, self.params.geo,
                                                     current.pathspec, self.paths.bundle)

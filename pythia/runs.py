@@ -7,7 +7,7 @@ object is opened with ``_namespace_check=False`` (a notebook importing this keep
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import Any, Mapping, TextIO
 
 import pandas as pd
 
@@ -120,25 +120,53 @@ def _other_spec(run: Any) -> str | None:
     return built
 
 
-def previous_bundle(flow_name: str, current_run_id: str | None) -> tuple[str | None, str | None]:
+def user_split_of(split_manifest: Mapping[str, Any] | None) -> tuple[float, int]:
+    """(holdout_users, seed) of a run's split manifest: which users it held out of training
+    (``etl.holdout``; none for a run from before the holdout)."""
+    m = split_manifest or {}
+    return float(m.get("holdout_users") or 0.0), int(m.get("seed") or 0)
+
+
+def _trained_on_new_users(run: Any, user_split: tuple[float, int] | None) -> bool:
+    """Whether ``run``'s models trained on users this run holds out (``user_split``): then
+    comparing on those users favours it (one line says so). A run that held out at least the
+    same share with the same seed held out every one of them (the draw is a hash)."""
+    if user_split is None or user_split[0] <= 0:
+        return False
+    share, seed = user_split_of(_artifact(run, "split_manifest"))
+    if seed == user_split[1] and share >= user_split[0]:
+        return False
+    print(f"previous run {run.pathspec} skipped: it held out {share:g} of the users (seed "
+          f"{seed}), this run {user_split[0]:g} (seed {user_split[1]}): its models trained on "
+          "users this run keeps for its new-users test")
+    return True
+
+
+def previous_bundle(flow_name: str, current_run_id: str | None,
+                    user_split: tuple[float, int] | None = None
+                    ) -> tuple[str | None, str | None]:
     """(bundle path, run pathspec) of the newest earlier successful run with a bundle on
-    storage that this code can load (built for this feature spec), else (None, None) (first
-    run, a fresh datastore, or only bundles of another feature spec)."""
+    storage that this code can load (built for this feature spec) and that did not train on
+    this run's held-out users (``user_split``: ``user_split_of`` its split manifest), else
+    (None, None) (first run, a fresh datastore, or only such other runs)."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
         bundle = _artifact(run, "bundle_path")
-        if bundle and storage.exists(join(bundle, "bundle.json")) and _other_spec(run) is None:
+        if (bundle and storage.exists(join(bundle, "bundle.json")) and _other_spec(run) is None
+                and not _trained_on_new_users(run, user_split)):
             return bundle, run.pathspec
     return None, None
 
 
-def previous_champions(flow_name: str, current_run_id: str | None) -> dict[str, dict]:
+def previous_champions(flow_name: str, current_run_id: str | None,
+                       user_split: tuple[float, int] | None = None) -> dict[str, dict]:
     """The blessed champions of the newest earlier successful run, by region ({} if none, or
-    if that run's models were built for another feature spec)."""
+    if that run's models were built for another feature spec or trained on this run's
+    held-out users: ``previous_bundle``)."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
         champs = _artifact(run, "champions")
         if champs is None:
             continue
-        if _other_spec(run) is not None:
+        if _other_spec(run) is not None or _trained_on_new_users(run, user_split):
             return {}
         return {r["region"]: r for r in pd.DataFrame(champs).to_dict("records")
                 if r.get("blessed") and r.get("model")}

@@ -245,7 +245,7 @@ def test_reconciliation_identity_holds_exactly(etl):
 
 
 @pytest.mark.spark
-def test_held_out_users_leave_train_and_validation_and_are_flagged_on_the_test_day(
+def test_held_out_users_leave_train_validation_keeps_only_them_and_the_test_day_flags_them(
         spark, etl, tmp_path):
     from pythia.etl.content_hash import keep_uniform
 
@@ -263,12 +263,17 @@ def test_held_out_users_leave_train_and_validation_and_are_flagged_on_the_test_d
     f = splits.finalize_splits(spark, [a, b], cfg, {
         s: str(tmp_path / "held" / s) for s in splits.OUTPUT_SPLITS})
     got = {s: spark.read.parquet(f["paths"][s]).toPandas() for s in splits.OUTPUT_SPLITS}
-    for s in ("train", "validation"):
-        assert not set(got[s].user_id) & held and not got[s].user_held_out.any()
-        kept = read[s][~read[s].user_id.isin(held)]
-        assert sorted(got[s].impression_id) == sorted(kept.impression_id)
-        assert f["held_out_rows"][s] == int(read[s].user_id.isin(held).sum())
-    assert sum(f["held_out_rows"].values()) > 0
+    train, validation = got["train"], got["validation"]
+    assert not set(train.user_id) & held and not train.user_held_out.any()
+    assert sorted(train.impression_id) == sorted(
+        read["train"][~read["train"].user_id.isin(held)].impression_id)
+    assert f["user_split_rows"]["train"] == int(read["train"].user_id.isin(held).sum()) > 0
+    # validation: the held-out users only (user-disjoint from train), flagged
+    assert set(validation.user_id) <= held and validation.user_held_out.all()
+    assert sorted(validation.impression_id) == sorted(
+        read["validation"][read["validation"].user_id.isin(held)].impression_id)
+    assert f["user_split_rows"]["validation"] == int(
+        (~read["validation"].user_id.isin(held)).sum())
     for s in ("test_natural", "test_resampled"):  # the test day keeps everyone, flagged
         assert sorted(got[s].impression_id) == sorted(read[s].impression_id)
         assert (got[s].user_held_out == got[s].user_id.isin(held)).all()
@@ -278,7 +283,8 @@ def test_held_out_users_leave_train_and_validation_and_are_flagged_on_the_test_d
     df = reconcile.reconcile([a, b], f)
     reconcile.assert_balanced(df)
     total = df[df.scope == "total"].set_index("split")
-    assert total.loc["train", "user_held_out"] == f["held_out_rows"]["train"]
-    assert total.loc["test_natural", "user_held_out"] == 0
+    assert total.loc["train", "user_split"] == f["user_split_rows"]["train"]
+    assert total.loc["validation", "user_split"] == f["user_split_rows"]["validation"]
+    assert total.loc["test_natural", "user_split"] == 0
     with pytest.raises(ValueError, match="holdout_users must lie in"):
         EtlConfig(holdout_users=1.0)

@@ -1008,3 +1008,36 @@ def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeyp
     assert runs.previous_champions("DemoFlow", "4") == {"APAC": champions[0]}
     fake[:] = [SimpleNamespace(pathspec="DemoFlow/3")]  # only another spec's bundle left
     assert runs.previous_bundle("DemoFlow", "4") == (None, None)
+
+
+def test_previous_bundle_skips_runs_that_trained_on_this_runs_new_users(tmp_path, monkeypatch,
+                                                                       capsys):
+    """A run that holds users out compares its champions with the previous one on those users
+    (evaluate.previous): a previous run that trained on them (held out none, fewer or others)
+    would win that comparison by memory, so it is skipped."""
+    from types import SimpleNamespace
+
+    from pythia import runs
+    from pythia.features import spec_version
+
+    folder = tmp_path / "b"
+    folder.mkdir()
+    (folder / "bundle.json").write_text(json.dumps({"spec_version": spec_version()}))
+    split = {"DemoFlow/3": {"seed": 0}, "DemoFlow/2": {"holdout_users": 0.1, "seed": 1},
+             "DemoFlow/1": {"holdout_users": 0.2, "seed": 0}}  # 3: from before the holdout
+    champions = [{"region": "APAC", "model": "mlp", "model_dir": "m", "blessed": True}]
+    fake = [SimpleNamespace(pathspec=p) for p in split]
+    monkeypatch.setattr(runs, "_earlier_successful_runs", lambda flow, current: iter(fake))
+    monkeypatch.setattr(runs, "_artifact", lambda run, name: {
+        "bundle_path": str(folder), "split_manifest": split[run.pathspec],
+        "champions": champions}[name])
+    ours = runs.user_split_of({"holdout_users": 0.1, "seed": 0})
+    assert ours == (0.1, 0) and runs.user_split_of({"seed": 3}) == (0.0, 3)
+    # 0.2 with the same seed held out every user 0.1 holds out: a fair comparison
+    assert runs.previous_bundle("DemoFlow", "4", ours) == (str(folder), "DemoFlow/1")
+    out = capsys.readouterr().out
+    assert "DemoFlow/3 skipped: it held out 0 of the users (seed 0), this run 0.1" in out
+    assert "DemoFlow/2 skipped: it held out 0.1 of the users (seed 1)" in out
+    assert runs.previous_champions("DemoFlow", "4", ours) == {}  # the newest: trained on them
+    assert runs.previous_champions("DemoFlow", "4", (0.0, 0)) == {"APAC": champions[0]}
+    assert runs.previous_bundle("DemoFlow", "4") == (str(folder), "DemoFlow/3")  # no holdout

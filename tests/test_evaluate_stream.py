@@ -290,6 +290,7 @@ def natural_day(tmp_path_factory):
     nat = frames["test_natural"]
     nat["y_age_gender"] = nat["y_age_gender"].astype("Int32")
     nat.loc[[3, 50, 51, 400], "y_age_gender"] = pd.NA
+    nat[USER_HELD_OUT] = nat["user_id"].str[1:].astype(int) % 10 == 0  # new users (etl.holdout)
     manifest = _write_splits(tmp / "splits", frames)
     candidates = [{"model": m, "region": r, "config_id": 0,
                    "predictions_uri": _write_predictions(tmp / f"{m}_{r}.parquet", frames,
@@ -302,12 +303,14 @@ def _in_memory_comparison(candidate, manifest, region, previous):
     from pythia import storage
     from pythia.evaluate.champions import compare_with_previous
     from pythia.evaluate.frames import split_frame
+    from pythia.evaluate.previous import comparison_test_set
     from pythia.evaluate.slices import align
     frame = split_frame("test_natural", storage.read_frame(manifest["paths"]["test_natural"]),
                         EDGES)
     winner = align(read_predictions(candidate["predictions_uri"]), frame, candidate["region"],
                    EDGES, "winner")
-    return compare_with_previous(frame, winner, region, previous, "DemoFlow/1")
+    return compare_with_previous(frame, winner, region, previous, "DemoFlow/1",
+                                 comparison_test_set(manifest))
 
 
 def _assert_same_comparison(got, want):
@@ -343,6 +346,26 @@ def test_streamed_previous_comparison_equals_the_in_memory_one(natural_day, buck
                     if name == "broken":
                         assert "DemoFlow/1 could not score" in got[3]
         assert list(tmp_path.iterdir()) == []  # scratch files removed
+
+
+def test_a_run_that_held_out_users_is_compared_with_the_previous_one_on_them(natural_day,
+                                                                           tmp_path):
+    from pythia import storage
+    from pythia.evaluate.previous import PreviousComparison
+    candidates, manifest = natural_day
+    held = dict(manifest, holdout_users=0.1)
+    rows = storage.read_frame(manifest["paths"]["test_natural"])
+    new = rows["user_held_out"].astype(bool) & rows["y_age_gender"].notna()
+    assert 0 < new.sum() < rows["y_age_gender"].notna().sum()
+    best = {"model": "mlp", "candidate_region": "global", "config_id": 0}
+    for bucket_rows in (10**9, 31):
+        with PreviousComparison(candidates, held, EDGES, PREVIOUS["knows labels"], "DemoFlow/1",
+                                bucket_rows=bucket_rows, scratch_dir=str(tmp_path)) as check:
+            got = check("global", best)
+        want = _in_memory_comparison(candidates[0], held, "global", PREVIOUS["knows labels"])
+        _assert_same_comparison(got, want)
+        assert got[2] == int(new.sum())  # the new users' labelled rows only
+        assert got[3] == "previous = DemoFlow/1; the new users' rows"
 
 
 def test_streamed_previous_comparison_refuses_what_the_reference_refuses(natural_day, tmp_path):

@@ -2,7 +2,7 @@
 
 Identity, per (date, hour) and output split (the test day counts once for ``test_resampled``
 and once for ``test_natural``):
-``rows_in = quarantined + unlabelled + power_user_dropped + user_held_out + resampled_out +
+``rows_in = quarantined + unlabelled + power_user_dropped + user_split + resampled_out +
 written``.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 from pythia.contract import REASONS
 from pythia.features import DATE, HOUR, OUTPUT_SPLITS, OUTPUT_SPLITS_OF, SPLIT
 
-TERMS = ("quarantined", "unlabelled", "power_user_dropped", "user_held_out", "resampled_out",
+TERMS = ("quarantined", "unlabelled", "power_user_dropped", "user_split", "resampled_out",
          "written")
 COLUMNS = (["scope", DATE, HOUR, SPLIT, "rows_in", *TERMS, "etl_written"]
            + [f"q_{r}" for r in REASONS] + ["balanced"])
@@ -42,7 +42,7 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
                        "quarantined": int(sum(p["quarantined"].values())),
                        "unlabelled": int(p["unlabelled"]),
                        "power_user_dropped": int(s.get("power_user_dropped", 0)),
-                       "user_held_out": int(s.get("user_held_out", 0)),
+                       "user_split": int(s.get("user_split", 0)),
                        "resampled_out": int(s.get("resampled_out", 0)),
                        "written": int(s.get("written", 0)),
                        "etl_written": int(p["written"])}

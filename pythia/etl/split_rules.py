@@ -49,5 +49,5 @@ def rules_markdown() -> str:
         "(every row, power users kept and flagged). `natural_priors` are the class "
         "frequencies of all labelled train rows (power users included).",
         "- Reconciliation, per (date, hour, output split) and in total: rows_in = quarantined "
-        "+ unlabelled + power_user_dropped + user_held_out + resampled_out + written.", "",
+        "+ unlabelled + power_user_dropped + user_split + resampled_out + written.", "",
     ])

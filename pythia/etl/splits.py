@@ -248,7 +248,7 @@ def plan(before: Sequence[Sequence], cfg: EtlConfig, n_age: int) -> tuple:
 def finish(after: Sequence[Sequence], planned: tuple, threshold: float | None, paths: dict,
            cfg: EtlConfig, held: Sequence[Sequence] = ()) -> dict:
     """The split manifest (printed in one line) from ``plan``, the ``after`` groups and the
-    held-out users' (date, hour, split, rows) groups (``etl.holdout``)."""
+    (date, hour, split, rows) groups of the rows the user split removed (``etl.holdout``)."""
     counts, natural, mode, choice, rates = planned
     manifest = _manifest(list(after), counts, rates, natural, threshold, paths, cfg,
                          len(cfg.age_edges), held)
@@ -327,7 +327,7 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
                 rows[out] += n
                 c = target_class(y, cfg.resample_target, n_age)
                 cls_after[out][c] = cls_after[out].get(c, 0) + n
-    held_rows = {s: 0 for s in holdout.HELD_OUT_SPLITS}
+    held_rows = {s: 0 for s in holdout.USER_SPLITS}
     for date, hour, split, n in held:  # train and validation: one output split each
         rec = per.setdefault((date, int(hour), split), _hour_record(date, int(hour), split))
         rec["etl_written"] += n
@@ -358,7 +358,7 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
         "class_counts_after": {s: _keyed(cls_after[s]) for s in OUTPUT_SPLITS},
         "natural_priors": priors, "power_user_threshold": threshold,
         "drop_power_users": cfg.drop_power_users, "power_user_rows": pu_rows,
-        "holdout_users": cfg.holdout_users, "held_out_rows": held_rows,
+        "holdout_users": cfg.holdout_users, "user_split_rows": held_rows,
         "per_hour": [per[k] for k in sorted(per)],
     }
 

@@ -146,7 +146,7 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
                for out in OUTPUT_SPLITS}
     before: Counter = Counter()
     after: Counter = Counter()
-    held: Counter = Counter()  # the held-out users' train and validation rows (etl.holdout)
+    held: Counter = Counter()  # rows the user split removes from train and validation
     try:
         with _Spill(n_buckets, "pythia-splits-") as spill:
             schema = None

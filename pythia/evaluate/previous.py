@@ -1,5 +1,7 @@
-"""This run's champions against the previous run's bundle on the same rows, in bounded memory:
-the natural test day and each winner's predictions are hash-partitioned by impression id on
+"""This run's champions against the previous run's bundle on the same rows -- the natural test
+day's new users when the run held users out (``comparison_test_set``: they stand for the users
+a bidder scores without a label), else the whole day -- in bounded memory: the natural test
+day and each winner's predictions are hash-partitioned by impression id on
 scratch disk (``buckets``), and bucket by bucket the winner's labelled rows of a region are
 scored by the previous bundle in record batches, the log-losses added up as sums
 (``stats.row_log_loss``). The answers equal ``compare_with_previous`` (the in-memory
@@ -23,12 +25,23 @@ from pythia.scratch import ScratchDir
 from pythia.evaluate import io
 from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, SplitFrame, split_frame
 from pythia.evaluate.metrics import check_probabilities, clip_probabilities
-from pythia.evaluate.slices import (NATURAL, Aligned, align, candidate_ident, candidate_key,
-                                    candidate_label, slice_masks)
+from pythia.evaluate.slices import (NATURAL, NATURAL_NEW_USERS, Aligned, align, candidate_ident,
+                                    candidate_key, candidate_label, slice_masks)
 from pythia.evaluate.stats import row_log_loss
 from pythia.features import IMPRESSION_ID, SPLIT, TARGETS, TEST_NATURAL, class_labels
 
 log = logging.getLogger(__name__)
+
+def comparison_test_set(split_manifest: Mapping[str, Any]) -> str:
+    """The test set the previous champion is compared on: the new users when the run held
+    users out of training (``etl.holdout``), else the whole natural test day."""
+    return NATURAL_NEW_USERS if float(split_manifest.get("holdout_users") or 0) > 0 else NATURAL
+
+
+def _note(previous_name: str, test_set: str) -> str:
+    return f"previous = {previous_name}" + (
+        "; the new users' rows" if test_set == NATURAL_NEW_USERS else "")
+
 
 DEFAULT_BUCKET_ROWS = 100_000  # natural test rows per bucket: bounds the working set
 SCORE_BATCH_ROWS = 8_192  # rows handed to the previous bundle at a time
@@ -119,7 +132,8 @@ class PreviousComparison:
         n_valid = n_scored = 0
         for frame, preds in self._frames(rows_dir, pred_dir, schema):
             winner = align(preds, frame, key[1], self._edges, candidate_label(*key))
-            mask = dict(slice_masks(frame, winner.pos, NATURAL, [region]))[region]
+            mask = dict(slice_masks(frame, winner.pos, comparison_test_set(self._manifest),
+                                    [region]))[region]
             pos, cur_all = winner.pos[mask], winner.probs[JOINT_TARGET][mask]
             for start in range(0, len(pos), self._batch):
                 part = pos[start:start + self._batch]
@@ -141,7 +155,7 @@ class PreviousComparison:
         if n_valid == 0:
             return None, None, 0, f"no labelled test rows in {region} to compare with"
         return (float(sums[0] / n_valid), float(sums[1] / n_valid), n_valid,
-                f"previous = {self._name}")
+                _note(self._name, comparison_test_set(self._manifest)))
 
     def _score(self, region: str, rows: pd.DataFrame) -> np.ndarray | str:
         """The previous bundle's AgeGender probabilities of ``rows``, or the note saying why
@@ -163,14 +177,15 @@ class PreviousComparison:
 def compare_with_previous(frame: SplitFrame, winner: Aligned, region: str,
                           previous: Callable[[str, pd.DataFrame],
                                              Mapping[str, np.ndarray] | None],
-                          previous_name: str
+                          previous_name: str, test_set: str = NATURAL
                           ) -> tuple[float | None, float | None, int, str]:
     """Joint-target log-loss of the previous champion and of the winner on the same labelled
-    natural-test rows of ``region``: (previous, current, n rows, note).
+    rows of ``region`` in ``test_set`` (``comparison_test_set``): (previous, current, n rows,
+    note).
 
     A previous bundle that fails to score gives no comparison (it must not block this run).
     """
-    mask = dict(slice_masks(frame, winner.pos, NATURAL, [region]))[region]
+    mask = dict(slice_masks(frame, winner.pos, test_set, [region]))[region]
     pos = winner.pos[mask]
     y = frame.labels[PROVIDER][JOINT_TARGET][pos]
     try:
@@ -193,4 +208,4 @@ def compare_with_previous(frame: SplitFrame, winner: Aligned, region: str,
     return (float(log_loss(y[valid], clip_probabilities(pp[valid]), labels=labels)),
             float(log_loss(y[valid], clip_probabilities(cur[valid]), labels=labels)),
             int(valid.sum()),
-            f"previous = {previous_name}")
+            _note(previous_name, test_set))
