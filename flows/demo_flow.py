@@ -66,6 +66,7 @@ class DemoFlow(FlowSpec):
     resample = Parameter("resample", **param_kwargs("resample"))
     drop_power_users = Parameter("drop_power_users", **param_kwargs("drop_power_users"))
     holdout_users = Parameter("holdout_users", **param_kwargs("holdout_users"))
+    cap_power_users = Parameter("cap_power_users", **param_kwargs("cap_power_users"))
     power_user_threshold = Parameter("power_user_threshold",
                                      **param_kwargs("power_user_threshold"))
     allow_gaps = Parameter("allow_gaps", **param_kwargs("allow_gaps"))

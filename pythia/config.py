@@ -86,6 +86,8 @@ class EtlConfig:
     min_keep_rate: float = 0.0  # no class keep-rate below this (0: no floor)
     resample_target: str = "age_gender"  # the label whose classes are balanced
     drop_power_users: bool = False  # remove power users from train/validation (see README)
+    # train keeps a power user-day's rows with probability threshold / n (etl.splits)
+    cap_power_users: bool = True
     # share of users (a hash of user_id and seed) kept out of train and validation: the natural
     # test day's "new users" slice measures the models on users they never saw (etl.holdout)
     holdout_users: float = 0.1
@@ -201,6 +203,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "train rows or 1M rows, else sqrt by the same rule, else natural."),
     ParamSpec("drop_power_users", False, "Remove power users from train/validation (off: "
               "the models see user_impressions_today and learn power users too)."),
+    ParamSpec("cap_power_users", True,
+              "Train keeps a power user-day's rows with probability threshold / its "
+              "impressions (about as many as the busiest other user-day), so a few heavy users "
+              "do not dominate the fit; validation and test keep every row."),
     ParamSpec("holdout_users", 0.1,
               "Share of users (by a hash of user_id and seed) kept out of train and validation; "
               "their test-day rows are the natural_new_users slice: how the models do on users "
@@ -350,6 +356,7 @@ class RunParams:
         etl = EtlConfig(age_edges=deploy.age_edges, resample=v["resample"],
                         drop_power_users=bool(v["drop_power_users"]),
                         holdout_users=float(v["holdout_users"]),
+                        cap_power_users=bool(v["cap_power_users"]),
                         power_user_threshold=v["power_user_threshold"] or None,
                         power_user_quantile=deploy.power_user_quantile,
                         allow_gaps=bool(v["allow_gaps"]), hours_per_task=int(v["hours_per_task"]),

@@ -74,7 +74,7 @@ def test_both_engines_count_as_the_reference_on_odd_writers(spark, odd_source, m
 
     tmp, manifests = odd_source
     full = EtlConfig(resample="natural", drop_power_users=False, power_user_quantile=0.5,
-                     holdout_users=0)  # every row in the splits
+                     holdout_users=0, cap_power_users=False)  # every row in the splits
     got = {e: _join(spark, monkeypatch, manifests, full, join(tmp, "full"), e)
            for e in ("spark", "driver")}
     assert_same_join(got["spark"], got["driver"])  # schema (int64, not null) and every row

@@ -26,7 +26,10 @@ def rules_markdown() -> str:
         "- Power users: per (user, date) count of labelled impressions over all hours; a "
         "user-day above the threshold (`power_user_threshold`, else the exact "
         "`power_user_quantile` of those counts) is flagged `is_power_user`; with "
-        f"`drop_power_users` its rows leave {TRAIN}, {VALIDATION} and `{TEST_RESAMPLED}`.",
+        f"`drop_power_users` its rows leave {TRAIN}, {VALIDATION} and `{TEST_RESAMPLED}`; "
+        f"else, with `cap_power_users` (the default), {TRAIN} keeps each of its rows with "
+        "probability threshold / n on top of its class keep-rate (about as many rows as the "
+        "busiest other user-day; the draw is the same hash as the resampling's).",
         ACTIVITY_RULE,
         holdout.RULE,
         "- Resampling: keep-rates per class of `resample_target` from the GLOBAL class counts "

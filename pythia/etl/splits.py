@@ -24,6 +24,7 @@ from pythia.features import (DATE, ETL_SPLIT_OF, ETL_SPLITS, HOUR, IMPRESSION_ID
                              USER_ID, VALIDATION, Y_AGE_GENDER, class_labels)
 
 RESAMPLED_SPLITS = (TRAIN, VALIDATION, TEST_RESAMPLED)  # the output splits that are resampled
+CAP = "_power_user_cap"  # per row: threshold / its user-day's n on power users' rows, else 1
 AUTO = "auto"
 # ``auto`` balances only where balancing costs little data: the mode must keep at least this
 # share of the train rows ...
@@ -193,13 +194,15 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
                          .select(*keys), keys, "left_anti")
     rows = add_user_impressions_today(rows)  # over every kept row: before any flag or sample
     if threshold is None:
-        flagged = rows.withColumn(IS_POWER_USER, F.lit(False))
+        flagged = rows.withColumn(IS_POWER_USER, F.lit(False)).withColumn(CAP, F.lit(1.0))
     else:
         power = totals.filter(F.col("n") > threshold).select(
-            USER_ID, DATE, F.lit(True).alias(IS_POWER_USER))
+            USER_ID, DATE, F.lit(True).alias(IS_POWER_USER),
+            (F.lit(float(threshold)) / F.col("n").cast("double")).alias(CAP))
         power = F.broadcast(power) if n_power <= BROADCAST_MAX_ROWS else power
         flagged = (rows.join(power, [USER_ID, DATE], "left")
-                   .withColumn(IS_POWER_USER, F.coalesce(IS_POWER_USER, F.lit(False))))
+                   .withColumn(IS_POWER_USER, F.coalesce(IS_POWER_USER, F.lit(False)))
+                   .withColumn(CAP, F.coalesce(CAP, F.lit(1.0))))
     flagged = flagged.persist(StorageLevel.DISK_ONLY)  # not in the heap: scaling.md §8
     try:
         kept, held = holdout.spark_split_off(flagged, cfg)
@@ -215,6 +218,8 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
             if rates[out]:
                 rate = F.create_map(*[x for c, r in sorted(rates[out].items())
                                       for x in (F.lit(c), F.lit(float(r)))])[y_t]
+                if out == TRAIN and caps_power_users(cfg):
+                    rate = rate * F.col(CAP)
             keep[out] = (F.col(SPLIT) == ETL_SPLIT_OF[out]) & F.coalesce(
                 uniform < rate, F.lit(False))
         keep_cols = [keep[o].alias(f"_keep_{o}") for o in RESAMPLED_SPLITS]
@@ -234,6 +239,13 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
     finally:
         flagged.unpersist()
     return finish(after, (counts, natural, mode, choice, rates), threshold, paths, cfg, held)
+
+
+def caps_power_users(cfg: EtlConfig) -> bool:
+    """Whether train keeps a power user-day's rows with probability threshold / n on top of
+    its class keep-rate (``cap_power_users``; moot when power users are dropped): about as many
+    rows as the busiest other user-day, so a few heavy users do not dominate the fit."""
+    return cfg.cap_power_users and not cfg.drop_power_users
 
 
 def plan(before: Sequence[Sequence], cfg: EtlConfig, n_age: int) -> tuple:
@@ -359,6 +371,7 @@ def _manifest(after: list, counts: dict, rates: dict, natural: dict, threshold: 
         "natural_priors": priors, "power_user_threshold": threshold,
         "drop_power_users": cfg.drop_power_users, "power_user_rows": pu_rows,
         "holdout_users": cfg.holdout_users, "user_split_rows": held_rows,
+        "cap_power_users": caps_power_users(cfg),
         "per_hour": [per[k] for k in sorted(per)],
     }
 

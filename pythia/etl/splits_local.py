@@ -33,7 +33,7 @@ from pythia.etl.hourly import OUTCOME, WRITTEN
 from pythia.etl.io import ArrowDatasetWriter
 from pythia.etl.quantile import rank_quantile
 from pythia.features import (DATE, ETL_SPLIT_OF, HOUR, IMPRESSION_ID, IS_POWER_USER,
-                             OUTPUT_SPLITS, SPLIT, USER_HELD_OUT, USER_ID,
+                             OUTPUT_SPLITS, SPLIT, TRAIN, USER_HELD_OUT, USER_ID,
                              USER_IMPRESSIONS_TODAY, Y_AGE_GENDER)
 from pythia.etl.splits import RESAMPLED_SPLITS
 from pythia.scratch import ScratchDir
@@ -116,9 +116,9 @@ def power_users(user_day_paths: Sequence[str], cfg: EtlConfig, losers: pa.Table 
     # the n of every (user, date) for the quantile; only the pairs over it are kept
     n = np.concatenate([t["n"].to_numpy() for t in totals]) if totals else np.zeros(0)
     threshold = splits.threshold_rule(cfg, lambda q: spark_quantile(n, q))
-    over = [t.filter(pc.greater(t["n"], threshold)).select(keys) for t in totals] \
+    over = [t.filter(pc.greater(t["n"], threshold)) for t in totals] \
         if threshold is not None else []
-    return (pa.concat_tables(over) if over else schema.empty_table().select(keys)), threshold
+    return (pa.concat_tables(over) if over else schema.empty_table()), threshold
 
 
 def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
@@ -151,7 +151,8 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
         with _Spill(n_buckets, "pythia-splits-") as spill:
             schema = None
             for batch in iter_dataset(row_uris, BATCH_ROWS):
-                flagged, removed = holdout.local_split_off(_flag(batch, losers, over), cfg)
+                flagged, removed = holdout.local_split_off(
+                    _flag(batch, losers, over, threshold), cfg)
                 held.update(removed)
                 schema = flagged.schema
                 before.update(_groups(flagged, [SPLIT, IS_POWER_USER, Y_AGE_GENDER]))
@@ -172,20 +173,26 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
                          [(*k, n) for k, n in held.items()])
 
 
-def _flag(batch: pa.Table, losers: pa.Table | None, over: pa.Table) -> pa.Table:
+def _flag(batch: pa.Table, losers: pa.Table | None, over: pa.Table,
+          threshold: float | None) -> pa.Table:
     """A batch of rows without the duplicates' losers, with ``is_power_user`` (the row's
-    (user, date) is over the threshold)."""
+    (user, date) is over the threshold) and ``splits.CAP`` (threshold / the user-day's n on
+    power users' rows, else 1: ``splits.power_user_cap``)."""
     order = batch.column_names
     if losers is not None:
         keys = [IMPRESSION_ID, DATE, HOUR]
         batch = batch.join(losers.select(keys), keys, join_type="left anti").select(order)
     power = np.zeros(batch.num_rows, dtype=bool)
+    cap = np.ones(batch.num_rows, dtype=np.float64)
     if over.num_rows and batch.num_rows:
         marked = batch.select([USER_ID, DATE]).append_column(
             "_i", pa.array(np.arange(batch.num_rows), pa.int64())).join(
-            over, [USER_ID, DATE], join_type="left semi")
-        power[marked["_i"].to_numpy()] = True
-    return batch.append_column(IS_POWER_USER, pa.array(power))
+            over, [USER_ID, DATE], join_type="inner")
+        i = marked["_i"].to_numpy()
+        power[i] = True
+        cap[i] = float(threshold) / marked["n"].to_numpy().astype(np.float64)
+    return batch.append_column(IS_POWER_USER, pa.array(power)).append_column(
+        splits.CAP, pa.array(cap))
 
 
 def _write_bucket(rows: pa.Table, rates: Mapping, cfg: EtlConfig, n_age: int,
@@ -200,6 +207,8 @@ def _write_bucket(rows: pa.Table, rates: Mapping, cfg: EtlConfig, n_age: int,
     keep = {}
     for out in RESAMPLED_SPLITS:
         rate = _rate_per_row(y, rates[out], cfg.resample_target, n_age)
+        if out == TRAIN and splits.caps_power_users(cfg):
+            rate = rate * rows[splits.CAP].to_numpy()
         keep[out] = (split == ETL_SPLIT_OF[out]) & (uniform < rate)  # nan: not kept
     for out in OUTPUT_SPLITS:
         sel = split == ETL_SPLIT_OF[out]
