@@ -288,3 +288,31 @@ def test_held_out_users_leave_train_validation_keeps_only_them_and_the_test_day_
     assert total.loc["test_natural", "user_split"] == 0
     with pytest.raises(ValueError, match="holdout_users must lie in"):
         EtlConfig(holdout_users=1.0)
+
+
+@pytest.mark.spark
+def test_train_keeps_a_power_user_days_rows_at_threshold_over_n(spark, etl, tmp_path):
+    from pythia.etl.content_hash import keep_uniform
+
+    a, b = etl["a"], etl["b"]
+    out = {k: {s: str(tmp_path / k / s) for s in splits.OUTPUT_SPLITS} for k in ("all", "cap")}
+    base = dict(resample="natural", power_user_threshold=3, holdout_users=0, seed=2)
+    full = splits.finalize_splits(spark, [a, b], EtlConfig(**base, cap_power_users=False),
+                                  out["all"])
+    capped = splits.finalize_splits(spark, [a, b], EtlConfig(**base), out["cap"])
+    assert full["cap_power_users"] is False and capped["cap_power_users"] is True
+    rows = spark.read.parquet(full["paths"]["train"]).toPandas()
+    got = spark.read.parquet(capped["paths"]["train"]).toPandas()
+    power = rows[rows.is_power_user]
+    assert len(power) == 7 and power.groupby(["user_id", "date"]).size().tolist() == [7]
+    # a power user-day's row stays when its draw is under threshold / n (3 / 7); others all stay
+    draw = keep_uniform(pa.array(power.impression_id.tolist()), 2)
+    want = set(rows[~rows.is_power_user].impression_id) | set(power.impression_id[draw < 3 / 7])
+    assert set(got.impression_id) == want and 0 < len(want) - (~rows.is_power_user).sum() < 7
+    # validation and test keep every row; the reconciliation counts the capped rows
+    for s in ("validation", "test_natural"):
+        assert capped["rows"][s] == full["rows"][s]
+    df = reconcile.reconcile([a, b], capped)
+    reconcile.assert_balanced(df)
+    assert df[df.scope == "total"].set_index("split").loc["train", "resampled_out"] == 7 - (
+        draw < 3 / 7).sum()
