@@ -107,11 +107,13 @@ def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
     and commands that inspect them (each works as printed from the folder the run was started
     in)."""
     slots = bundle_slots(flow.bundle_path, f"{flow_name}/{run_id}/")
+    held = float((getattr(flow, "split_manifest", None) or {}).get("holdout_users") or 0)
+    on = f", on the {held:g} of the users held out of training" if held > 0 else ""
     lines = [f"{flow_name} run {run_id} finished."] + baseline_alarm(flow.champions) + [
         f"  window: {window_text(flow.window)}",
         f"  reports: {flow.reports_path}",
         f"  bid-time bundle: {flow.bundle_path}",
-        "Champions (validation AgeGender log-loss) and the bundle slot each fills "
+        f"Champions (validation AgeGender log-loss{on}) and the bundle slot each fills "
         "(other regions are scored by the global slot):"]
     rows = pd.DataFrame(flow.champions).to_dict("records")
     lines += [champion_line(row, slots.pop(row["region"], None)) for row in rows]

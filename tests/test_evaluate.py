@@ -976,6 +976,11 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
     flow.bundle_path = str(tmp_path / "missing")
     text = run_summary.summary_text(flow, "DemoFlow", "7", "flows/demo_flow.py")
     assert "NA: mlp/NA#0 1.9509" in text and "bundle: " not in text.split("Champions")[1]
+    # validation holds the users held out of training: the header says whose log-loss it is
+    assert "Champions (validation AgeGender log-loss) and" in text
+    flow.split_manifest = {"holdout_users": 0.1, "seed": 0}
+    assert ("Champions (validation AgeGender log-loss, on the 0.1 of the users held out of "
+            "training) and") in run_summary.summary_text(flow, "DemoFlow", "7", "f.py")
 
 
 def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeypatch, capsys):
