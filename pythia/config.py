@@ -88,7 +88,8 @@ class EtlConfig:
     drop_power_users: bool = False  # remove power users from train/validation (see README)
     # train keeps a power user-day's rows with probability threshold / n (etl.splits)
     cap_power_users: bool = True
-    # share of users (a hash of user_id and seed) kept out of train and validation: the natural
+    # share of users (a hash of user_id and seed) held out of train: validation is their rows
+    # of the days before the test day, train the other users' rows of those days; the natural
     # test day's "new users" slice measures the models on users they never saw (etl.holdout)
     holdout_users: float = 0.1
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
@@ -208,9 +209,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "impressions (about as many as the busiest other user-day), so a few heavy users "
               "do not dominate the fit; validation and test keep every row."),
     ParamSpec("holdout_users", 0.1,
-              "Share of users (by a hash of user_id and seed) kept out of train and validation; "
-              "their test-day rows are the natural_new_users slice: how the models do on users "
-              "they never saw. 0 = none."),
+              "Share of users (by a hash of user_id and seed) held out of train: validation is "
+              "their rows of the days before the test day, train the other users' rows of those "
+              "days; their test-day rows are the natural_new_users slice: how the models do on "
+              "users they never saw. 0 = none (split by date)."),
     ParamSpec("power_user_threshold", 0.0,
               "Impressions per user per day above which a user is a power user; 0 = derive "
               "from the data (99th percentile)."),
