@@ -144,7 +144,8 @@ class TrainConfig:
     prior_correction: str = "bayes"  # bayes (p * pi_nat / pi_train) | em (Saerens 2002) | none
     # numpy-trained models (TabNet, gbdt, logreg, prior) read at most this many rows per split
     # (train, validation), class-stratified and seeded (tfrecords.sample); 0 = every row. The
-    # default world's splits (359k train rows) fit: only larger worlds are sampled.
+    # default world's splits (490k train rows since the user split, session 34) fit: only
+    # larger worlds are sampled.
     max_train_rows: int = 500_000
     # where a regional candidate starts: 'global' = from its family's fitted global model when
     # the model can (Model.warm_starts); 'scratch' = fresh, like the global one
