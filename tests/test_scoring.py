@@ -1,6 +1,7 @@
 """Tests of the bid-time scorer: export, fused NumPy runtime, boundary, CLI, parity."""
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import math
@@ -9,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -326,6 +328,52 @@ def test_clean_category(value, want):
 ], ids=lambda v: type(v).__name__)
 def test_clean_ts(value, want):
     assert clean_ts(value) == want
+
+
+@pytest.mark.parametrize("value,want", [
+    (dt.datetime(2023, 11, 14, 22, 13, 20), TS),  # naive: UTC
+    (dt.datetime(2023, 11, 14, 23, 13, 20, 999999, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+     TS),
+    (pd.Timestamp("2023-11-14 22:13:20.999999999"), TS),  # floored, not rounded up
+    (pd.Timestamp("2023-11-14 17:13:20", tz="America/New_York"), TS),
+    (np.datetime64("2023-11-14T22:13:20.5"), TS), (np.datetime64("2023-11-14T22:13:20", "ns"), TS),
+    (pd.NaT, None), (np.datetime64("NaT"), None), (dt.datetime(1960, 1, 1), None),
+], ids=lambda v: type(v).__name__)
+def test_clean_ts_reads_timestamps_as_the_instant(value, want):
+    """A datetime is what a pandas / pyarrow / Spark timestamp column holds: it is the instant
+    it names, not an unusable value (which would silently score the row at 'now')."""
+    assert clean_ts(value) == want
+
+
+def test_a_timestamp_column_scores_like_epoch_seconds(scorer):
+    """Bid logs read from Parquet carry ts as a timestamp column (any unit, with or without a
+    zone): every batch form scores its rows at their own time, as epoch seconds do, and a
+    null stays 'now'."""
+    import pyarrow as pa
+
+    secs = [TS, TS + 5 * 3600 + 59, TS + 12 * 3600, None]
+    reqs = [request(ts=s) for s in secs]
+    want = scorer.score_arrays(reqs, now=TS + 3 * 3600)
+    stamps = pd.to_datetime(pd.Series(secs, dtype="float64"), unit="s") + pd.Timedelta("999ms")
+    cols = {k: [r[k] for r in reqs] for k in reqs[0] if k != "ts"}
+    variants = {
+        "pandas": pd.DataFrame({**cols, "ts": stamps}),
+        "pandas tz": pd.DataFrame({**cols, "ts": stamps.dt.tz_localize("UTC").dt.tz_convert(
+            "Asia/Tokyo")}),
+        "arrow us": pa.table({**{k: pa.array(v) for k, v in cols.items()},
+                              "ts": pa.array(stamps, pa.timestamp("us"))}),
+        "arrow ms tz": pa.table({**{k: pa.array(v) for k, v in cols.items()},
+                                 "ts": pa.array(stamps, pa.timestamp("ms", tz="UTC"))}),
+        "numpy": {**{k: np.asarray(v, dtype=object) for k, v in cols.items()},
+                  "ts": stamps.to_numpy()},
+        "datetimes": [dict(r, ts=None if s is None else dt.datetime.fromtimestamp(
+            s, dt.timezone.utc)) for r, s in zip(reqs, secs)],
+    }
+    for name, batch in variants.items():
+        got = scorer.score_arrays(batch, now=TS + 3 * 3600)
+        for t in TARGETS:
+            np.testing.assert_allclose(got[t], want[t], atol=1e-6, err_msg=name)
+    assert not np.allclose(want["gender"][0], want["gender"][2])  # the hour matters here
 
 
 def test_encode_one_matches_features_module(encoders):

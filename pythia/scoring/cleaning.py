@@ -19,6 +19,7 @@ MAX_VALUE_CHARS = 512
 MAX_TS_CHARS = 64
 # Valid epoch seconds: 1970-01-01 .. 9999-12-31 (what datetime can represent).
 MAX_TS_SECONDS = 253_402_300_799
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class _OutOfVocabulary:
@@ -63,11 +64,25 @@ def clean_category(value: Any) -> str | None | _OutOfVocabulary:
 
 
 def clean_ts(value: Any) -> int | None:
-    """Epoch seconds (floored) from an int/float/numeric string/ISO-8601 string, else ``None``."""
+    """Epoch seconds (floored) from an int/float/numeric string/ISO-8601 string, or a
+    ``datetime`` (pandas ``Timestamp`` included; naive = UTC) / ``numpy.datetime64``, else
+    ``None``."""
     if type(value) is int:  # the common case first
         return value if 0 <= value <= MAX_TS_SECONDS else None
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, dt.datetime):  # what a Parquet / pandas timestamp column holds
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        try:  # whole seconds exactly (a float timestamp can round .999999999 up)
+            delta = value - _EPOCH
+            value = int(delta.days) * 86_400 + int(delta.seconds)
+        except (ValueError, TypeError, OverflowError):  # pandas' NaT: unusable
+            return None
+    elif isinstance(value, np.datetime64):
+        if np.isnat(value):
+            return None
+        value = int(value.astype("datetime64[us]").astype(np.int64)) // 1_000_000
     if isinstance(value, (bytes, bytearray)):
         try:
             value = bytes(value).decode("utf-8")

@@ -266,7 +266,13 @@ def _is_arrow_string(column: Any) -> bool:
 # ---------------------------------------------------------------- ts and codes
 
 def clean_stamps(column: Any, n: int, fallback: int) -> np.ndarray:
-    """Epoch seconds (n,) int64 per ``clean_ts``; an unusable or missing ts -> ``fallback``."""
+    """Epoch seconds (n,) int64 per ``clean_ts``; an unusable or missing ts -> ``fallback``.
+    A timestamp column (Arrow, pandas or NumPy datetime64, any unit or time zone) is read as
+    the instants it holds, as ``clean_ts`` reads each of its cells."""
+    seconds = _timestamp_seconds(column)
+    if seconds is not None:
+        ok = (seconds >= 0) & (seconds <= MAX_TS_SECONDS)  # a null / NaT is negative here
+        return np.where(ok, seconds, fallback).astype(np.int64)
     values = _values(column)
     if values is None:
         return np.full(n, fallback, dtype=np.int64)
@@ -280,6 +286,34 @@ def clean_stamps(column: Any, n: int, fallback: int) -> np.ndarray:
     texts = {v: clean_ts(v) for v in set(v for v in values if type(v) is str)}
     stamps = [texts[v] if type(v) is str else clean_ts(v) for v in values]
     return np.array([fallback if s is None else s for s in stamps], dtype=np.int64)
+
+
+_UNIT_SECONDS = {"s": 1, "ms": 10 ** 3, "us": 10 ** 6, "ns": 10 ** 9}
+
+
+def _timestamp_seconds(column: Any) -> np.ndarray | None:
+    """Floored epoch seconds (int64; a null -> -1) of a timestamp column, else None."""
+    kind = type(column).__module__.split(".")[0]
+    if kind == "pandas":
+        import pandas as pd
+
+        if not (pd.api.types.is_datetime64_any_dtype(column.dtype)):
+            return None
+        import pyarrow as pa
+
+        column, kind = pa.array(column), "pyarrow"  # a zone-aware column too: its instants
+    if kind == "pyarrow":
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not pa.types.is_timestamp(column.type):
+            return None
+        raw = pc.fill_null(column.cast(pa.int64()), -1).to_numpy(zero_copy_only=False)
+        return np.floor_divide(raw.reshape(-1), _UNIT_SECONDS[column.type.unit])
+    if isinstance(column, np.ndarray) and column.dtype.kind == "M":
+        micros = column.reshape(-1).astype("datetime64[us]").astype(np.int64)  # NaT: min int
+        return np.where(micros < 0, -1, micros // 1_000_000)
+    return None
 
 
 def _stamps_of_numbers(values: np.ndarray, fallback: int) -> np.ndarray:
