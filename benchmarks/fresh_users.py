@@ -1,0 +1,219 @@
+"""Score a finished DemoFlow run's candidates on users the world never drew before: a fresh
+population from the run's synthetic world, scored the way a bidder scores them.
+
+The held-out users of a run (``holdout_users``) are the product's measure of new users, but on
+the default world they are a few thousand users of whom a few dozen are heavy (a quarter of the
+impressions), so every heavy-user figure is noise-limited (docs/new-users.md, session 34).
+A synthetic world can draw as many new users as wanted: the same generative tables (countries,
+classes, devices, sites, activity levels, provider labels), another seed. For them the exact
+optimum is the **population** posterior (``World.population``: the tables, no drawn users);
+nothing a model learnt about the run's users applies to them.
+
+Per candidate (``model/region#config``, default every global candidate of the run) the model
+folder is exported as a one-slot bundle (``scoring.export_bundle``) and its rows are scored
+by ``Scorer.score_arrays``: the bid-time path, from the raw impression columns and
+``user_impressions_today`` (the world's reference count) to the probabilities. The run's own
+bundle is scored too (``bundle``: the champions and fallbacks the run exported).
+
+Printed per candidate and slice (all rows; rows of non-power / power user-days, by the run's
+threshold on the fresh users' day totals; rows of users with 100+ impressions earlier that
+day): AgeGender, gender and age log-loss against the provider labels (the country's provider
+of the run, the latest label of each covered fresh user: what the models learnt to predict),
+and model / population posterior on the same rows. Not a test; no timings.
+
+    METAFLOW_DATASTORE_SYSROOT_LOCAL=/tmp/s34/mf1 python benchmarks/fresh_users.py \
+        --run 1796379642644146 --users 200000 --hours 0-23
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+HEAVY = 100  # impressions earlier the same day: the "heavy" slice's floor
+
+
+def parse_hours(spec: str) -> list[int]:
+    """'0-23' or '0,6,12' (UTC hours of the run's test day) -> sorted distinct hours."""
+    hours: set[int] = set()
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            hours.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise SystemExit(f"--hours {spec!r}: expected hours 0..23 as '0-23' or '0,6,12'")
+    if not hours or min(hours) < 0 or max(hours) > 23:
+        raise SystemExit(f"--hours {spec!r}: expected hours 0..23 as '0-23' or '0,6,12'")
+    return sorted(hours)
+
+
+def fresh_rows(params, n_users: int, stream: int, test_date, hours: list[int],
+               provider_of_country: dict[str, str], power_threshold: float | None
+               ) -> pd.DataFrame:
+    """The impressions of ``n_users`` users drawn afresh from the world's tables (seed
+    ``params.seed + stream``) on ``test_date``'s ``hours``, with ``user_impressions_today``,
+    the power-user flag of the user-day (its rows over the hours drawn > threshold) and the
+    provider label of the row's country's provider (rows of users it does not cover are
+    dropped, as the ETL drops unlabelled rows). ``y_age_gender`` is in
+    ``features.age_gender_labels()`` order."""
+    from pythia import features
+    from pythia.synth.activity import user_impressions_today
+    from pythia.synth.impressions import PartitionSampler
+    from pythia.synth.population import build_labels, build_users
+    from pythia.synth.world import CLASS_LABELS
+
+    fresh = dataclasses.replace(params, seed=int(params.seed) + int(stream),
+                                config=dataclasses.replace(params.config, n_users=int(n_users)))
+    users = build_users(fresh)
+    labels = build_labels(fresh, users)
+    sampler = PartitionSampler(fresh, users)
+    df = pa.concat_tables([sampler.sample(test_date, h) for h in hours]).to_pandas()
+    df[features.USER_IMPRESSIONS_TODAY] = user_impressions_today(df)
+    index = df[features.USER_ID].str[1:].astype(np.int64).to_numpy()
+    countries = df[features.COUNTRY].to_numpy(dtype=object)
+    label = np.full(len(df), -1, dtype=np.int64)
+    names = np.array([provider_of_country.get(c) for c in countries], dtype=object)
+    for name in {n for n in names if n is not None}:
+        who, cls = labels.latest[name]
+        table = np.full(len(users.cls), -1, dtype=np.int64)
+        table[who] = cls
+        rows = names == name
+        label[rows] = table[index[rows]]
+    df["true_class"] = users.cls[index]
+    df[features.LABEL_PROVIDER] = names
+    df = df[label >= 0].reset_index(drop=True)
+    order = pd.Index(features.age_gender_labels()).get_indexer(list(CLASS_LABELS))
+    df["y_age_gender"] = order[label[label >= 0]]
+    day_total = df.groupby(features.USER_ID)[features.USER_ID].transform("size")
+    df[features.IS_POWER_USER] = (day_total > power_threshold if power_threshold is not None
+                                  else False)
+    return df
+
+
+def log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))))
+
+
+def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age: int
+                ) -> pd.DataFrame:
+    """Per scorer and slice: log-loss per target, and scorer / population on the same rows
+    (``probs['population']`` must be there)."""
+    from pythia.features import IS_POWER_USER, USER_IMPRESSIONS_TODAY
+
+    power = df[IS_POWER_USER].to_numpy(bool)
+    heavy = df[USER_IMPRESSIONS_TODAY].to_numpy() >= HEAVY
+    masks = {"all": np.ones(len(df), bool), "non_power": ~power, "power": power,
+             f"{HEAVY}+_today": heavy}
+    y_ag = df["y_age_gender"].to_numpy(np.int64)
+    y = {"age_gender": y_ag, "gender": y_ag // n_age, "age": y_ag % n_age}
+    rows = []
+    for slice_name, m in masks.items():
+        if not m.any():
+            continue
+        users = df.loc[m, "user_id"].nunique()
+        ref = {t: log_loss(probs["population"][t][m], y[t][m]) for t in y}
+        for name, p in probs.items():
+            rec = {"scorer": name, "slice": slice_name, "rows": int(m.sum()), "users": users}
+            for t in y:
+                ll = log_loss(p[t][m], y[t][m])
+                rec[t] = round(ll, 4)
+                rec[f"{t}_x_pop"] = round(ll / ref[t], 4)
+            rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="DemoFlow run id (its datastore: "
+                    "METAFLOW_DATASTORE_SYSROOT_LOCAL)")
+    ap.add_argument("--candidates", default="",
+                    help="comma-separated model/region#config (default: every global one)")
+    ap.add_argument("--users", type=int, default=0,
+                    help="fresh users to draw (default: the world's own count)")
+    ap.add_argument("--stream", type=int, default=1_000_003,
+                    help="added to the world's seed for the fresh users, labels and rows")
+    ap.add_argument("--hours", default="0-23", help="UTC hours of the test day, e.g. 0-23")
+    ap.add_argument("--json", help="also write the table here (JSON records)")
+    args = ap.parse_args(argv)
+    hours = parse_hours(args.hours)
+    if args.users < 0:
+        raise SystemExit(f"--users {args.users}: expected a count of users (0: the world's)")
+
+    from metaflow import Run, namespace
+
+    from pythia import features
+    from pythia.features import Encoders
+    from pythia.scoring.bundle import export_bundle
+    from pythia.scoring.scorer import Scorer
+    from pythia.synth import load_world
+
+    namespace(None)
+    run = Run(f"DemoFlow/{args.run}")
+    start = run["start"].task.data
+    world = load_world(start.source_path)
+    if world.params is None:
+        raise SystemExit(f"run {args.run}: its source {start.source_path} is not a synthetic "
+                         "world with tables")
+    manifest = run["join_hours"].task.data.split_manifest
+    provider_map = run["select_providers"].task.data.provider_map["by_country"]
+    encoders = run["to_tfrecords"].task.data.encoders
+    encoders = encoders if isinstance(encoders, Encoders) else Encoders.from_json(encoders)
+    geo = start.params.geo
+    run_dir = os.path.dirname(os.path.dirname(manifest["paths"]["train"].rstrip("/")))
+    wanted = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    if not wanted:
+        wanted = sorted(f"{m}/global#0" for m in start.params.models)
+    folders = {}
+    for c in wanted:
+        model, _, rest = c.partition("/")
+        region, _, config = rest.partition("#")
+        folder = os.path.join(run_dir, "models", f"{model}__{region}__{config or 0}")
+        if not model or not region or not os.path.isdir(folder):
+            raise SystemExit(f"--candidates {c!r}: no model folder {folder} in run {args.run}")
+        folders[c] = (model, folder)
+
+    test_date = dt.date.fromisoformat(start.window["test"][-1])
+    df = fresh_rows(world.params, args.users or world.params.config.n_users, args.stream,
+                    test_date, hours, provider_map,
+                    manifest.get("power_user_threshold"))
+    n_age = len(features.age_bucket_labels())
+    print(f"run {args.run}: {df.user_id.nunique():,} fresh labelled users, {len(df):,} rows "
+          f"on {test_date} hours {hours[0]}..{hours[-1]} "
+          f"({int(df[features.IS_POWER_USER].sum()):,} of power user-days)", flush=True)
+    order = [world.class_labels.index(c) for c in features.age_gender_labels()]
+    _, label = world.population().gauge_posteriors(
+        df, df[features.LABEL_PROVIDER].to_numpy(dtype=object))
+    probs = {"population": features.marginals_from_joint(label[:, order], n_age)}
+    requests = pa.Table.from_pandas(df.drop(columns=["y_age_gender", "true_class"]),
+                                    preserve_index=False)
+    with tempfile.TemporaryDirectory(prefix="pythia-fresh-") as tmp:
+        for c, (model, folder) in folders.items():
+            out = os.path.join(tmp, c.replace("/", "_").replace("#", "_"))
+            export_bundle([{"region": "global", "model": model, "model_dir": folder}],
+                          encoders, geo, f"fresh/{c}", out)
+            probs[c] = Scorer.load(out).score_arrays(requests)
+    bundle = run["end"].task.data.bundle_path if "end" in run else None
+    if bundle and os.path.isdir(str(bundle)):
+        probs["bundle"] = Scorer.load(bundle).score_arrays(requests)
+    table = slice_table(probs, df, n_age)
+    with pd.option_context("display.width", 200, "display.max_rows", 200):
+        print(table.to_string(index=False))
+    if args.json:
+        with open(args.json, "w", encoding="utf8") as f:
+            json.dump(table.to_dict(orient="records"), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""benchmarks/fresh_users.py: users drawn afresh from a world's tables, labelled by the run's
+providers, scored against the population posterior (the run end to end: test_flow.py)."""
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pythia import features
+from pythia.synth import generate_world, load_world
+from pythia.synth.activity import user_impressions_today
+from pythia.synth.population import build_users
+from repo_modules import load_repo_module
+
+fu = load_repo_module("benchmarks/fresh_users.py")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("fresh") / "tiny")
+    generate_world(root, "tiny", seed=0)
+    return load_world(root)
+
+
+def test_hours_are_parsed_or_refused_in_one_line():
+    assert fu.parse_hours("0-3,7") == [0, 1, 2, 3, 7]
+    assert fu.parse_hours("5") == [5]
+    for bad in ("", "a-b", "3-30", "-1"):
+        with pytest.raises(SystemExit, match="--hours"):
+            fu.parse_hours(bad)
+
+
+def test_fresh_rows_are_new_users_labelled_by_the_runs_providers(world):
+    params = world.params
+    day = dt.date.fromisoformat(params.vocab["label_dates"][-1])
+    countries = params.vocab["countries"]
+    providers = params.config.providers
+    # half the countries labelled by one provider, the rest by another; one not at all
+    chosen = {c: providers[i % len(providers)] for i, c in enumerate(countries[1:])}
+    df = fu.fresh_rows(params, 400, 17, day, list(range(24)), chosen, power_threshold=30)
+    assert len(df) and not (df.country == countries[0]).any()  # an unlabelled country: gone
+    assert (df.label_provider == df.country.map(chosen)).all()
+    # the count is the world's reference definition over every drawn row of the day
+    whole = fu.fresh_rows(params, 400, 17, day, list(range(24)), dict.fromkeys(countries,
+                                                                              providers[0]), None)
+    ref = user_impressions_today(whole)
+    np.testing.assert_array_equal(whole[features.USER_IMPRESSIONS_TODAY], ref)
+    # power user-days by their total over the hours drawn, as the ETL flags them
+    totals = df.groupby("user_id").size()
+    assert (df.is_power_user == df.user_id.map(totals > 30)).all()
+    # a label is the provider's latest for the user, in features' class order
+    assert df.y_age_gender.between(0, len(features.age_gender_labels()) - 1).all()
+    agree = np.mean(df.y_age_gender.to_numpy() == pd.Index(features.age_gender_labels())
+                    .get_indexer(np.array(world.class_labels)[df.true_class]))
+    assert agree > 0.5  # noisy labels, but mostly the truth: the orders line up
+    # another seed: not the world's own users (the same index draws another class)
+    own = build_users(params)
+    fresh_cls = df.drop_duplicates("user_id").set_index("user_id").true_class
+    idx = fresh_cls.index.str[1:].astype(int)
+    assert (own.cls[idx] != fresh_cls.to_numpy()).mean() > 0.5
+    with pytest.raises(SystemExit, match="--hours"):
+        fu.main(["--run", "1", "--hours", "25"])
+
+
+def test_slice_table_is_relative_to_the_population_on_the_same_rows():
+    n_age = 6
+    y = np.array([0, 1, 7, 7, 11, 3])
+    p_pop = np.full((6, 12), 1 / 12)
+    p_good = np.full((6, 12), 0.5 / 11)
+    p_good[np.arange(6), y] = 0.5
+    df = pd.DataFrame({"user_id": list("aabbcd"), "y_age_gender": y,
+                       features.IS_POWER_USER: [True, True, False, False, False, False],
+                       features.USER_IMPRESSIONS_TODAY: [150, 151, 0, 1, 2, 3]})
+    probs = {name: features.marginals_from_joint(p, n_age)
+             for name, p in (("population", p_pop), ("good", p_good))}
+    table = fu.slice_table(probs, df, n_age).set_index(["scorer", "slice"])
+    assert table.loc[("population", "all"), "age_gender_x_pop"] == 1.0
+    assert table.loc[("good", "all"), "age_gender"] == pytest.approx(-np.log(0.5), abs=1e-4)
+    assert table.loc[("good", "power"), "age_gender_x_pop"] == pytest.approx(
+        np.log(0.5) / np.log(1 / 12), abs=1e-4)
+    assert table.loc[("good", "power"), "users"] == 1 and table.loc[("good", "power"), "rows"] == 2
+    assert table.loc[("good", f"{fu.HEAVY}+_today"), "rows"] == 2
