@@ -133,23 +133,12 @@ def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age
     return pd.DataFrame(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", required=True, help="DemoFlow run id (its datastore: "
-                    "METAFLOW_DATASTORE_SYSROOT_LOCAL)")
-    ap.add_argument("--candidates", default="",
-                    help="comma-separated model/region#config (default: every global one)")
-    ap.add_argument("--users", type=int, default=0,
-                    help="fresh users to draw (default: the world's own count)")
-    ap.add_argument("--stream", type=int, default=1_000_003,
-                    help="added to the world's seed for the fresh users, labels and rows")
-    ap.add_argument("--hours", default="0-23", help="UTC hours of the test day, e.g. 0-23")
-    ap.add_argument("--json", help="also write the table here (JSON records)")
-    args = ap.parse_args(argv)
-    hours = parse_hours(args.hours)
-    if args.users < 0:
-        raise SystemExit(f"--users {args.users}: expected a count of users (0: the world's)")
-
+def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: list[int]
+                ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """(the fresh rows, {scorer: {target: (rows, classes)}}) of a run: ``population`` (the
+    provider-label posterior of the world's tables), each candidate ``model/region#config``
+    (default: every global model folder of the run, baselines included) and ``bundle`` (the
+    run's own, when it exported one)."""
     from metaflow import Run, namespace
 
     from pythia import features
@@ -159,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     from pythia.synth import load_world
 
     namespace(None)
-    run = Run(f"DemoFlow/{args.run}")
+    run = Run(f"DemoFlow/{run_id}")
     start = run["start"].task.data
     world = load_world(start.source_path)
     if world.params is None:
-        raise SystemExit(f"run {args.run}: its source {start.source_path} is not a synthetic "
+        raise SystemExit(f"run {run_id}: its source {start.source_path} is not a synthetic "
                          "world with tables")
     manifest = run["join_hours"].task.data.split_manifest
     provider_map = run["select_providers"].task.data.provider_map["by_country"]
@@ -171,24 +160,26 @@ def main(argv: list[str] | None = None) -> int:
     encoders = encoders if isinstance(encoders, Encoders) else Encoders.from_json(encoders)
     geo = start.params.geo
     run_dir = os.path.dirname(os.path.dirname(manifest["paths"]["train"].rstrip("/")))
-    wanted = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    wanted = [c.strip() for c in candidates.split(",") if c.strip()]
     if not wanted:
-        wanted = sorted(f"{m}/global#0" for m in start.params.models)
+        found = sorted(os.listdir(os.path.join(run_dir, "models")))
+        wanted = [f"{m}/global#{c}" for m, r, c in (f.split("__") for f in found
+                                                   if f.count("__") == 2) if r == "global"]
     folders = {}
     for c in wanted:
         model, _, rest = c.partition("/")
         region, _, config = rest.partition("#")
         folder = os.path.join(run_dir, "models", f"{model}__{region}__{config or 0}")
         if not model or not region or not os.path.isdir(folder):
-            raise SystemExit(f"--candidates {c!r}: no model folder {folder} in run {args.run}")
+            raise SystemExit(f"--candidates {c!r}: no model folder {folder} in run {run_id}")
         folders[c] = (model, folder)
 
     test_date = dt.date.fromisoformat(start.window["test"][-1])
-    df = fresh_rows(world.params, args.users or world.params.config.n_users, args.stream,
+    df = fresh_rows(world.params, n_users or world.params.config.n_users, stream,
                     test_date, hours, provider_map,
                     manifest.get("power_user_threshold"))
     n_age = len(features.age_bucket_labels())
-    print(f"run {args.run}: {df.user_id.nunique():,} fresh labelled users, {len(df):,} rows "
+    print(f"run {run_id}: {df.user_id.nunique():,} fresh labelled users, {len(df):,} rows "
           f"on {test_date} hours {hours[0]}..{hours[-1]} "
           f"({int(df[features.IS_POWER_USER].sum()):,} of power user-days)", flush=True)
     order = [world.class_labels.index(c) for c in features.age_gender_labels()]
@@ -206,6 +197,31 @@ def main(argv: list[str] | None = None) -> int:
     bundle = run["end"].task.data.bundle_path if "end" in run else None
     if bundle and os.path.isdir(str(bundle)):
         probs["bundle"] = Scorer.load(bundle).score_arrays(requests)
+    return df, probs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="DemoFlow run id (its datastore: "
+                    "METAFLOW_DATASTORE_SYSROOT_LOCAL)")
+    ap.add_argument("--candidates", default="",
+                    help="comma-separated model/region#config (default: every global model "
+                    "folder of the run, baselines included)")
+    ap.add_argument("--users", type=int, default=0,
+                    help="fresh users to draw (default: the world's own count)")
+    ap.add_argument("--stream", type=int, default=1_000_003,
+                    help="added to the world's seed for the fresh users, labels and rows")
+    ap.add_argument("--hours", default="0-23", help="UTC hours of the test day, e.g. 0-23")
+    ap.add_argument("--json", help="also write the table here (JSON records)")
+    args = ap.parse_args(argv)
+    hours = parse_hours(args.hours)
+    if args.users < 0:
+        raise SystemExit(f"--users {args.users}: expected a count of users (0: the world's)")
+
+    from pythia.features import age_bucket_labels
+
+    df, probs = score_fresh(args.run, args.candidates, args.users, args.stream, hours)
+    n_age = len(age_bucket_labels())
     table = slice_table(probs, df, n_age)
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.to_string(index=False))
