@@ -88,8 +88,7 @@ class EtlConfig:
     drop_power_users: bool = False  # remove power users from train/validation (see README)
     # train keeps a power user-day's rows with probability threshold / n (etl.splits)
     cap_power_users: bool = True
-    # share of users (a hash of user_id and seed) held out of train: validation is their rows
-    # of the days before the test day, train the other users' rows of those days; the natural
+    # share of users (a hash of user_id and seed) kept out of train and validation: the natural
     # test day's "new users" slice measures the models on users they never saw (etl.holdout)
     holdout_users: float = 0.1
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
@@ -144,8 +143,8 @@ class TrainConfig:
     prior_correction: str = "bayes"  # bayes (p * pi_nat / pi_train) | em (Saerens 2002) | none
     # numpy-trained models (TabNet, gbdt, logreg, prior) read at most this many rows per split
     # (train, validation), class-stratified and seeded (tfrecords.sample); 0 = every row. The
-    # default world's splits (490k train rows since the user split, session 34) fit: only
-    # larger worlds are sampled.
+    # default world's splits (368k train rows with the default holdout) fit: only larger
+    # worlds are sampled.
     max_train_rows: int = 500_000
     # where a regional candidate starts: 'global' = from its family's fitted global model when
     # the model can (Model.warm_starts); 'scratch' = fresh, like the global one
@@ -210,10 +209,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "impressions (about as many as the busiest other user-day), so a few heavy users "
               "do not dominate the fit; validation and test keep every row."),
     ParamSpec("holdout_users", 0.1,
-              "Share of users (by a hash of user_id and seed) held out of train: validation is "
-              "their rows of the days before the test day, train the other users' rows of those "
-              "days; their test-day rows are the natural_new_users slice: how the models do on "
-              "users they never saw. 0 = none (split by date)."),
+              "Share of users (by a hash of user_id and seed) kept out of train and validation; "
+              "their test-day rows are the natural_new_users slice: how the models do on users "
+              "they never saw. 0 = none."),
     ParamSpec("power_user_threshold", 0.0,
               "Impressions per user per day above which a user is a power user; 0 = derive "
               "from the data (99th percentile)."),

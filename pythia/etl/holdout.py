@@ -9,14 +9,11 @@ over-confident there (on the default world the MLP's AgeGender log-loss on unsee
 was 8.8 nats, against 2.46 for the class prior: docs/new-users.md). So a share
 ``holdout_users`` of the users is held out: a user is held out when
 ``pmod(xxhash64(user_id, seed), 2^53) / 2^53 < holdout_users`` (the run's seed; one draw per
-user, the same in every split and on every engine). The days before the test day are then
-split by user, not by date: train gets the other users' rows of the train AND validation days,
-validation the held-out users' rows of those days (user-disjoint from train: early stopping,
-temperatures and champions are decided on users no model trained on, with all the rows the
-window has of them). The rows that change split count per hour as ``user_split`` in the split
-of their date and again, in the reconciliation, as the rows in of the split they joined
-(``etl.reconcile``): moved, not lost. The test day keeps everyone, in both test splits, with
-``user_held_out`` true on the held-out users' rows: the natural test day's
+user, the same in every split and on every engine). Train keeps the other users' rows,
+validation only the held-out users' rows (user-disjoint from train: early stopping,
+temperatures and champions are decided on users no model trained on); the rows that leave are
+counted per hour as ``user_split`` (reconciled, not lost). The test day keeps everyone, in both
+test splits, with ``user_held_out`` true on the held-out users' rows: the natural test day's
 ``natural_new_users`` slice (``evaluate.slices``). Every user still counts in the power-user
 threshold and in ``user_impressions_today`` (of their own rows only).
 """
@@ -33,41 +30,35 @@ from pythia.config import EtlConfig
 from pythia.etl.content_hash import keep_uniform, spark_uniform
 from pythia.features import DATE, HOUR, SPLIT, TRAIN, USER_HELD_OUT, USER_ID, VALIDATION
 
-USER_SPLITS = (TRAIN, VALIDATION)  # the splits the user split exchanges rows between
-OTHER = {TRAIN: VALIDATION, VALIDATION: TRAIN}
-OUTCOME = "user_split"  # the reconciliation term of the rows that moved to the other split
+USER_SPLITS = (TRAIN, VALIDATION)  # the splits that keep one side of the user split each
+OUTCOME = "user_split"  # the reconciliation term of the rows on the other side
 RULE = (f"- Held-out users (`holdout_users`, default 0.1): a user is held out when "
-        "pmod(xxhash64(user_id, seed), 2^53) / 2^53 < holdout_users. The days before the test "
-        f"day are then split by user: {TRAIN} gets the other users' rows of the train and "
-        f"validation days, {VALIDATION} the held-out users' rows of those days (a row that "
-        f"changes split counts as `{OUTCOME}` in its date's split and as rows in of the split "
-        "it joins); the test day keeps every user, in both test splits, with "
-        f"`{USER_HELD_OUT}` true on the held-out users' rows: the `natural_new_users` slice, "
-        "users no model trained on. 0 holds out nobody (the split is by date alone).")
+        "pmod(xxhash64(user_id, seed), 2^53) / 2^53 < holdout_users. "
+        f"{TRAIN} keeps the other users' rows, {VALIDATION} only the held-out users' rows "
+        f"(the rows that leave count as `{OUTCOME}`); the test day keeps every user, in both "
+        f"test splits, with `{USER_HELD_OUT}` true on the held-out users' rows: the "
+        "`natural_new_users` slice, users no model trained on. 0 holds out nobody (validation "
+        "then has every user's rows).")
 
 
-def spark_user_split(flagged: Any, cfg: EtlConfig) -> tuple[Any, list[tuple]]:
-    """Spark: (``flagged`` with ``user_held_out`` and, when users are held out, the split of
-    the train and validation days' rows by user; the moved rows' (date, hour, split of their
-    date, count) groups)."""
+def spark_split_off(flagged: Any, cfg: EtlConfig) -> tuple[Any, list[tuple]]:
+    """Spark: (``flagged`` with ``user_held_out``, without the held-out users' train rows and,
+    when users are held out, the other users' validation rows; the removed rows' (date, hour,
+    split, count) groups)."""
     from pyspark.sql import functions as F
 
-    if cfg.holdout_users <= 0:
-        return flagged.withColumn(USER_HELD_OUT, F.lit(False)), []
-    held = F.coalesce(spark_uniform(USER_ID, cfg.seed) < F.lit(float(cfg.holdout_users)),
-                      F.lit(False))
+    held = (F.coalesce(spark_uniform(USER_ID, cfg.seed) < F.lit(float(cfg.holdout_users)),
+                       F.lit(False)) if cfg.holdout_users > 0 else F.lit(False))
     flagged = flagged.withColumn(USER_HELD_OUT, held)
-    moved = (((F.col(SPLIT) == TRAIN) & F.col(USER_HELD_OUT))
-             | ((F.col(SPLIT) == VALIDATION) & ~F.col(USER_HELD_OUT)))
-    groups = [tuple(r) for r in flagged.filter(moved).groupBy(DATE, HOUR, SPLIT).count()
-              .collect()]
-    split = F.when(moved, F.when(F.col(SPLIT) == TRAIN, F.lit(VALIDATION))
-                   .otherwise(F.lit(TRAIN))).otherwise(F.col(SPLIT))
-    return flagged.withColumn(SPLIT, split), groups
+    gone = (F.col(SPLIT) == TRAIN) & F.col(USER_HELD_OUT)
+    if cfg.holdout_users > 0:
+        gone = gone | ((F.col(SPLIT) == VALIDATION) & ~F.col(USER_HELD_OUT))
+    groups = [tuple(r) for r in flagged.filter(gone).groupBy(DATE, HOUR, SPLIT).count().collect()]
+    return flagged.filter(~gone), groups
 
 
-def local_user_split(batch: pa.Table, cfg: EtlConfig) -> tuple[pa.Table, Counter]:
-    """Driver: ``spark_user_split`` of a batch of rows (the same draw, ``keep_uniform``)."""
+def local_split_off(batch: pa.Table, cfg: EtlConfig) -> tuple[pa.Table, Counter]:
+    """Driver: ``spark_split_off`` of a batch of rows (the same draw, ``keep_uniform``)."""
     held = np.zeros(batch.num_rows, dtype=bool)
     if cfg.holdout_users > 0 and batch.num_rows:
         users = pc.unique(batch[USER_ID])  # a null, if any, is one value: Spark hashes it too
@@ -75,17 +66,14 @@ def local_user_split(batch: pa.Table, cfg: EtlConfig) -> tuple[pa.Table, Counter
         held = draw[pc.index_in(batch[USER_ID], value_set=users, skip_nulls=False).to_numpy(
             zero_copy_only=False)]
     batch = batch.append_column(USER_HELD_OUT, pa.array(held))
-    moved_rows = Counter()
-    if cfg.holdout_users <= 0 or not batch.num_rows:
-        return batch, moved_rows
-    split = batch[SPLIT].to_numpy(zero_copy_only=False).astype(object)
-    moved = (held & (split == TRAIN)) | (~held & (split == VALIDATION))
-    if moved.any():
-        part = batch.filter(pa.array(moved)).select([DATE, HOUR, SPLIT])
+    split = batch[SPLIT].to_numpy(zero_copy_only=False)
+    gone = held & (split == TRAIN)
+    if cfg.holdout_users > 0:
+        gone |= ~held & (split == VALIDATION)
+    removed = Counter()
+    if gone.any():
+        part = batch.filter(pa.array(gone)).select([DATE, HOUR, SPLIT])
         grouped = part.group_by([DATE, HOUR, SPLIT]).aggregate([([], "count_all")])
-        moved_rows.update({(r[DATE], r[HOUR], r[SPLIT]): r["count_all"]
-                           for r in grouped.to_pylist()})
-        split[moved] = [OTHER[s] for s in split[moved]]
-        batch = batch.set_column(batch.column_names.index(SPLIT), SPLIT,
-                                 pa.array(split, batch.schema.field(SPLIT).type))
-    return batch, moved_rows
+        removed.update({(r[DATE], r[HOUR], r[SPLIT]): r["count_all"]
+                        for r in grouped.to_pylist()})
+    return batch.filter(pa.array(~gone)), removed

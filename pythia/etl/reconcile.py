@@ -4,12 +4,6 @@ Identity, per (date, hour) and output split (the test day counts once for ``test
 and once for ``test_natural``):
 ``rows_in = quarantined + unlabelled + power_user_dropped + user_split + resampled_out +
 written``.
-
-With users held out (``etl.holdout``) the train and validation days are split by user: the
-rows that leave their date's split count as ``user_split`` there, and the split they join
-gets a row of scope ``user_split_in`` for the same (date, hour), whose rows in are the moved
-rows (``etl_written``: the other split's ``user_split``, which must equal the rows the split
-step counted in) and whose terms say what became of them.
 """
 from __future__ import annotations
 
@@ -18,7 +12,6 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from pythia.contract import REASONS
-from pythia.etl.holdout import OTHER
 from pythia.features import DATE, HOUR, OUTPUT_SPLITS, OUTPUT_SPLITS_OF, SPLIT
 
 TERMS = ("quarantined", "unlabelled", "power_user_dropped", "user_split", "resampled_out",
@@ -28,8 +21,7 @@ COLUMNS = (["scope", DATE, HOUR, SPLIT, "rows_in", *TERMS, "etl_written"]
 
 
 def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.DataFrame:
-    """One row per (date, hour, output split) plus a ``total`` row per split (and one of scope
-    ``user_split_in`` per (date, hour) whose rows moved to the other split).
+    """One row per (date, hour, output split) plus a ``total`` row per split.
 
     ``balanced`` is True when the identity holds and the ETL's written rows equal what the
     split step dropped + resampled out + wrote.
@@ -56,9 +48,6 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
                        "etl_written": int(p["written"])}
                 rec.update({f"q_{r}": int(p["quarantined"].get(r, 0)) for r in REASONS})
                 records.append(rec)
-            moved_in = by_hour.get((p[DATE], int(p[HOUR]), OTHER.get(p[SPLIT])))
-            if moved_in is not None:
-                records.append(_moved_in(moved_in, rec["user_split"]))
     unknown = sorted(set(by_hour) - {(d, h, o) for d, h in seen for o in OUTPUT_SPLITS})
     if unknown:
         raise ValueError(f"split manifest counts hours no hour manifest read: {unknown[:5]}")
@@ -70,18 +59,6 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
     df["balanced"] = ((df["rows_in"] == df[list(TERMS)].sum(axis=1))
                       & (df["etl_written"] == df[list(TERMS[2:])].sum(axis=1)))
     return df[COLUMNS]
-
-
-def _moved_in(s: Mapping, moved_out: int) -> dict:
-    """The record of the rows of a (date, hour) that joined the other split: rows in as the
-    split step counted them, ``etl_written`` as the split they left counted them."""
-    rec = {"scope": "user_split_in", DATE: s[DATE], HOUR: int(s[HOUR]), SPLIT: s[SPLIT],
-           "rows_in": int(s.get("etl_written", 0)), "quarantined": 0, "unlabelled": 0,
-           "power_user_dropped": int(s.get("power_user_dropped", 0)), "user_split": 0,
-           "resampled_out": int(s.get("resampled_out", 0)), "written": int(s.get("written", 0)),
-           "etl_written": int(moved_out)}
-    rec.update({f"q_{r}": 0 for r in REASONS})
-    return rec
 
 
 def assert_balanced(df: pd.DataFrame) -> None:

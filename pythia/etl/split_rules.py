@@ -52,7 +52,5 @@ def rules_markdown() -> str:
         "(every row, power users kept and flagged). `natural_priors` are the class "
         "frequencies of all labelled train rows (power users included).",
         "- Reconciliation, per (date, hour, output split) and in total: rows_in = quarantined "
-        "+ unlabelled + power_user_dropped + user_split + resampled_out + written. Rows the "
-        "user split moved count as `user_split` in their date's split and as the rows_in of a "
-        "row of scope `user_split_in` in the split they joined (which must equal them).", "",
+        "+ unlabelled + power_user_dropped + user_split + resampled_out + written.", "",
     ])

@@ -205,7 +205,7 @@ def finalize_splits(spark: Any, hour_manifests: Sequence[Mapping], cfg: EtlConfi
                    .withColumn(CAP, F.coalesce(CAP, F.lit(1.0))))
     flagged = flagged.persist(StorageLevel.DISK_ONLY)  # not in the heap: scaling.md §8
     try:
-        kept, held = holdout.spark_user_split(flagged, cfg)
+        kept, held = holdout.spark_split_off(flagged, cfg)
         before = kept.groupBy(SPLIT, IS_POWER_USER, Y_AGE_GENDER).count().collect()
         counts, natural, mode, choice, rates = plan(before, cfg, n_age)
         uniform = spark_uniform(IMPRESSION_ID, cfg.seed)

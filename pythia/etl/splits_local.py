@@ -146,14 +146,14 @@ def finalize_splits(hour_manifests: Sequence[Mapping], cfg: EtlConfig, out_root,
                for out in OUTPUT_SPLITS}
     before: Counter = Counter()
     after: Counter = Counter()
-    held: Counter = Counter()  # rows the user split moves between train and validation
+    held: Counter = Counter()  # rows the user split removes from train and validation
     try:
         with _Spill(n_buckets, "pythia-splits-") as spill:
             schema = None
             for batch in iter_dataset(row_uris, BATCH_ROWS):
-                flagged, moved = holdout.local_user_split(
+                flagged, removed = holdout.local_split_off(
                     _flag(batch, losers, over, threshold), cfg)
-                held.update(moved)
+                held.update(removed)
                 schema = flagged.schema
                 before.update(_groups(flagged, [SPLIT, IS_POWER_USER, Y_AGE_GENDER]))
                 spill.add(flagged)
