@@ -44,3 +44,47 @@ def test_figures_drawn_in_workers_are_the_same_images():
     serial = [draw(s) for s in range(4)]
     assert map_forked(draw, range(4), workers=2) == serial
     assert serial[0][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_items_a_dead_worker_lost_are_computed_here_not_waited_for(capfd):
+    """A worker that dies (here ``os._exit``; in CI, TensorFlow aborting a fork) used to leave
+    ``Pool.map`` waiting forever for its item."""
+    parent = os.getpid()
+
+    def work(i):
+        if i == 2 and os.getpid() != parent:
+            os._exit(3)
+        return i * i, os.getpid() == parent
+    got = map_forked(work, range(6), workers=2)
+    assert [g[0] for g in got] == [i * i for i in range(6)]
+    assert got[2][1]  # item 2 was computed in this process
+    err = capfd.readouterr().err
+    assert "a worker process died (exit 3)" in err and "of 6 in this process" in err
+
+
+def test_the_parents_garbage_is_freed_in_the_parent_not_in_a_worker(tmp_path):
+    """Unreachable objects of the parent (TensorFlow's functions, in CI) are collected before
+    the fork; a worker's collection never runs their finalisers."""
+    import gc
+    parent = os.getpid()
+    log = tmp_path / "freed"
+
+    class Finalised:
+        def __del__(self):
+            with open(log, "a") as f:
+                f.write(f"{'parent' if os.getpid() == parent else 'worker'}\n")
+
+    def work(i):
+        gc.collect()
+        return i
+    was_enabled = gc.isenabled()
+    gc.disable()  # the cycle stays uncollected until map_forked forks
+    try:
+        a, b = Finalised(), Finalised()
+        a.other, b.other = b, a
+        del a, b
+        assert map_forked(work, range(4), workers=2) == [0, 1, 2, 3]
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert log.read_text().split() == ["parent", "parent"]
