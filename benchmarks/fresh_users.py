@@ -21,6 +21,17 @@ day): AgeGender, gender and age log-loss against the provider labels (the countr
 of the run, the latest label of each covered fresh user: what the models learnt to predict),
 and model / population posterior on the same rows. Not a test; no timings.
 
+``--activity-bins 3,10,30,100`` measures what a temperature per activity bin (bins of
+``user_impressions_today``: 0-2, 3-9, 10-29, 30-99, 100+) would give. For each candidate it
+fits, on a second fresh draw (``--fit-stream``), one scale per bin of the AgeGender logits
+before the Bayes prior shift (``softmax(s * (log p - log r) + log r)``, ``r`` the model's
+prior ratio, so ``T / s`` is the bin's temperature), applies them to the scored users and adds
+``<candidate>+bins`` to the table. Fitted on plenty of fresh users, it is an upper bound of
+what such a calibration could do. ``--fit-on validation`` fits the scales where a run would:
+on its validation split (scored by the same one-slot bundles; resampled like training, so
+the fit is under the training priors, ``softmax(s * (log p - log r))``, as the models fit
+their temperature).
+
     METAFLOW_DATASTORE_SYSROOT_LOCAL=/tmp/s34/mf1 python benchmarks/fresh_users.py \
         --run 1796379642644146 --users 200000 --hours 0-23
 """
@@ -133,12 +144,51 @@ def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age
     return pd.DataFrame(rows)
 
 
-def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: list[int]
-                ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
-    """(the fresh rows, {scorer: {target: (rows, classes)}}) of a run: ``population`` (the
+def retemper(p: np.ndarray, log_ratio: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """AgeGender probabilities under the natural priors with each row's logits (before the
+    prior shift ``log_ratio``) multiplied by ``scale``: ``softmax(s * (log p - log r) +
+    log r)``; a scale of 1 gives ``p`` back."""
+    with np.errstate(divide="ignore"):
+        z = np.log(np.clip(p, 1e-300, 1.0)) - log_ratio
+        z = np.asarray(scale, np.float64).reshape(-1, 1) * z + log_ratio
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def fit_bin_scales(p: np.ndarray, y: np.ndarray, bins: np.ndarray, n_bins: int,
+                   log_ratio: np.ndarray, natural: bool = True) -> np.ndarray:
+    """Per bin, the logit scale (``retemper``) with the least log-loss on that bin's rows;
+    1 for a bin without rows. ``natural``: ``y`` follows the natural priors (fresh users);
+    else the training priors (a resampled split), where the prior shift is left out."""
+    from scipy.optimize import minimize_scalar
+
+    scales = np.ones(n_bins)
+    back = log_ratio if natural else np.zeros_like(log_ratio)
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            pb, yb = p[m], y[m]
+            if not natural:  # softmax(z / T): the probabilities under the training priors
+                ratio = np.exp(log_ratio)
+                pb = np.divide(pb, ratio, out=np.zeros_like(pb), where=ratio > 0)
+                pb /= pb.sum(axis=1, keepdims=True)
+            scales[b] = minimize_scalar(
+                lambda s: log_loss(retemper(pb, back, np.full(len(yb), s)), yb),
+                bounds=(0.02, 5.0), method="bounded", options={"xatol": 1e-4}).x
+    return scales
+
+
+def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: list[int],
+                split: str | None = None
+                ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]], dict[str, str],
+                           tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]] | None]:
+    """(the fresh rows, {scorer: {target: (rows, classes)}}, {candidate: model folder},
+    (the ``split``'s rows, {candidate: probabilities}) or None) of a run: ``population`` (the
     provider-label posterior of the world's tables), each candidate ``model/region#config``
     (default: every global model folder of the run, baselines included) and ``bundle`` (the
-    run's own, when it exported one)."""
+    run's own, when it exported one). ``split`` (e.g. 'validation'): also score the run's
+    rows of that split with each candidate."""
     from metaflow import Run, namespace
 
     from pythia import features
@@ -188,16 +238,50 @@ def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: 
     probs = {"population": features.marginals_from_joint(label[:, order], n_age)}
     requests = pa.Table.from_pandas(df.drop(columns=["y_age_gender", "true_class"]),
                                     preserve_index=False)
+    split_rows = pd.read_parquet(manifest["paths"][split]) if split else None
+    split_probs = {}
     with tempfile.TemporaryDirectory(prefix="pythia-fresh-") as tmp:
         for c, (model, folder) in folders.items():
             out = os.path.join(tmp, c.replace("/", "_").replace("#", "_"))
             export_bundle([{"region": "global", "model": model, "model_dir": folder}],
                           encoders, geo, f"fresh/{c}", out)
-            probs[c] = Scorer.load(out).score_arrays(requests)
+            scorer = Scorer.load(out)
+            probs[c] = scorer.score_arrays(requests)
+            if split_rows is not None:
+                split_probs[c] = scorer.score_arrays(split_rows)
     bundle = run["end"].task.data.bundle_path if "end" in run else None
     if bundle and os.path.isdir(str(bundle)):
         probs["bundle"] = Scorer.load(bundle).score_arrays(requests)
-    return df, probs
+    return (df, probs, {c: folder for c, (_, folder) in folders.items()},
+            (split_rows, split_probs) if split else None)
+
+
+def add_bin_temperatures(edges: list[int], df: pd.DataFrame,
+                         probs: dict[str, dict[str, np.ndarray]], folders: dict[str, str],
+                         fit_df: pd.DataFrame, fit_probs: dict[str, dict[str, np.ndarray]],
+                         natural: bool) -> dict[str, list[float]]:
+    """Fit each candidate's per-bin scales on ``fit_df`` (scored as ``fit_probs``; its labels
+    under the natural priors or not) and add ``<candidate>+bins`` (its scored rows
+    re-tempered) to ``probs``; returns the bins' temperature multipliers (``1 / scale``)."""
+    from pythia import features
+
+    n_age = len(features.age_bucket_labels())
+    count = features.USER_IMPRESSIONS_TODAY
+    fit_bins = np.digitize(fit_df[count].to_numpy(), edges)
+    bins = np.digitize(df[count].to_numpy(), edges)
+    y = fit_df["y_age_gender"].to_numpy(np.int64)
+    multipliers = {}
+    for c, folder in folders.items():
+        with open(os.path.join(folder, "meta.json"), encoding="utf8") as f:
+            ratio = np.asarray(json.load(f)["prior_ratio"]["age_gender"], np.float64)
+        with np.errstate(divide="ignore"):
+            log_ratio = np.log(ratio)
+        scales = fit_bin_scales(fit_probs[c]["age_gender"], y, fit_bins, len(edges) + 1,
+                                log_ratio, natural)
+        joint = retemper(probs[c]["age_gender"], log_ratio, scales[bins])
+        probs[f"{c}+bins"] = features.marginals_from_joint(joint, n_age)
+        multipliers[c] = [round(float(1 / s), 3) for s in scales]
+    return multipliers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,14 +297,49 @@ def main(argv: list[str] | None = None) -> int:
                     help="added to the world's seed for the fresh users, labels and rows")
     ap.add_argument("--hours", default="0-23", help="UTC hours of the test day, e.g. 0-23")
     ap.add_argument("--json", help="also write the table here (JSON records)")
+    ap.add_argument("--activity-bins", default="",
+                    help="e.g. 3,10,30,100: also score each candidate with a temperature per "
+                    "bin of user_impressions_today, fitted on the --fit-stream draw")
+    ap.add_argument("--fit-stream", type=int, default=2_000_017,
+                    help="the draw the per-bin temperatures are fitted on")
+    ap.add_argument("--fit-on", choices=("fresh", "validation"), default="fresh",
+                    help="fit the per-bin temperatures on the --fit-stream draw (an upper "
+                    "bound) or on the run's validation split (where a run would)")
     args = ap.parse_args(argv)
     hours = parse_hours(args.hours)
+    try:
+        edges = [int(e) for e in args.activity_bins.split(",") if e.strip()]
+    except ValueError:
+        edges = [0]
+    if edges and (min(edges) < 1 or edges != sorted(set(edges))):
+        raise SystemExit(f"--activity-bins {args.activity_bins!r}: expected increasing counts "
+                         "of impressions >= 1, e.g. 3,10,30,100")
+    if edges and args.fit_on == "fresh" and args.fit_stream == args.stream:
+        raise SystemExit("--fit-stream must differ from --stream: the scales would be fitted "
+                         "on the users they are scored on")
     if args.users < 0:
         raise SystemExit(f"--users {args.users}: expected a count of users (0: the world's)")
 
-    from pythia.features import age_bucket_labels
+    from pythia.features import USER_IMPRESSIONS_TODAY, age_bucket_labels
 
-    df, probs = score_fresh(args.run, args.candidates, args.users, args.stream, hours)
+    split = "validation" if edges and args.fit_on == "validation" else None
+    df, probs, folders, scored_split = score_fresh(args.run, args.candidates, args.users,
+                                                   args.stream, hours, split)
+    if edges:
+        if scored_split is None:
+            fit_df, fit_probs, _, _ = score_fresh(args.run, args.candidates, args.users,
+                                                  args.fit_stream, hours)
+        else:
+            fit_df, fit_probs = scored_split
+        multipliers = add_bin_temperatures(edges, df, probs, folders, fit_df, fit_probs,
+                                           natural=scored_split is None)
+        bounds = [0] + edges
+        names = [f"{a}-{b - 1}" for a, b in zip(bounds, edges)] + [f"{edges[-1]}+"]
+        for c, m in multipliers.items():
+            where = (f"stream {args.fit_stream}" if scored_split is None
+                     else f"the run's {len(scored_split[0]):,} validation rows")
+            print(f"{c}: temperature x {dict(zip(names, m))} (bins of "
+                  f"{USER_IMPRESSIONS_TODAY}, fitted on {where})")
     n_age = len(age_bucket_labels())
     table = slice_table(probs, df, n_age)
     with pd.option_context("display.width", 200, "display.max_rows", 200):

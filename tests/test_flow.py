@@ -204,10 +204,11 @@ def test_fresh_users_scores_the_global_candidates_and_the_bundle(tiny_run, tmp_p
     from repo_modules import load_repo_module
     fu = load_repo_module("benchmarks/fresh_users.py")
     out = tmp_path / "fresh.json"
-    assert fu.main(["--run", tiny_run.id, "--users", "2000", "--json", str(out)]) == 0
+    assert fu.main(["--run", tiny_run.id, "--users", "2000", "--json", str(out),
+                    "--activity-bins", "3,30"]) == 0
     table = pd.DataFrame(json.loads(out.read_text()))
-    want = ({"population", "bundle", "class_prior/global#0"}
-            | {f"{m}/global#0" for m in tiny_run.data.params.models})
+    globals_ = {"class_prior/global#0"} | {f"{m}/global#0" for m in tiny_run.data.params.models}
+    want = {"population", "bundle"} | globals_ | {f"{c}+bins" for c in globals_}
     assert set(table.scorer) == want
     every = table[table.slice == "all"].set_index("scorer")
     assert every.rows.nunique() == 1 and every.rows.iloc[0] > 5000  # the same rows for all

@@ -80,3 +80,39 @@ def test_slice_table_is_relative_to_the_population_on_the_same_rows():
         np.log(0.5) / np.log(1 / 12), abs=1e-4)
     assert table.loc[("good", "power"), "users"] == 1 and table.loc[("good", "power"), "rows"] == 2
     assert table.loc[("good", f"{fu.HEAVY}+_today"), "rows"] == 2
+
+
+def test_per_bin_scales_undo_a_bins_over_confidence():
+    """``fit_bin_scales`` finds the logit scale that calibrates each activity bin (and leaves
+    a calibrated bin and an empty one at 1); ``retemper`` applies it around the prior shift."""
+    rng = np.random.default_rng(3)
+    n, k = 40_000, 4
+    log_ratio = np.log(np.array([0.5, 1.0, 1.5, 2.0]))
+    z = rng.normal(0, 1.5, (n, k))
+    truth = np.exp(z) / np.exp(z).sum(1, keepdims=True)  # the labels' distribution
+    y = (truth.cumsum(1) > rng.random((n, 1))).argmax(1)
+    bins = np.repeat([0, 1], n // 2)
+    p = truth.copy()
+    p[bins == 1] = fu.retemper(truth[bins == 1], log_ratio, np.full(n // 2, 4.0))  # 4x sharp
+    np.testing.assert_allclose(fu.retemper(p, log_ratio, np.ones(n)), p, atol=1e-12)
+    scales = fu.fit_bin_scales(p, y, bins, 3, log_ratio)
+    assert abs(scales[0] - 1) < 0.05 and abs(scales[1] - 0.25) < 0.02 and scales[2] == 1
+    fixed = fu.retemper(p, log_ratio, scales[bins])
+    assert fu.log_loss(fixed, y) < fu.log_loss(p, y) - 0.05
+    np.testing.assert_allclose(fixed.sum(1), 1, atol=1e-12)
+    # labels under the training priors (a resampled split): the scorer's natural-prior
+    # output is moved back by the prior ratio before the fit
+    natural = truth * np.exp(log_ratio)  # softmax(log truth + log r)
+    natural /= natural.sum(1, keepdims=True)
+    p = natural.copy()
+    p[bins == 1] = fu.retemper(natural[bins == 1], log_ratio, np.full(n // 2, 4.0))
+    scales = fu.fit_bin_scales(p, y, bins, 2, log_ratio, natural=False)
+    assert abs(scales[0] - 1) < 0.05 and abs(scales[1] - 0.25) < 0.02
+
+
+@pytest.mark.parametrize("bins", ["0,3", "10,3", "3,x", "3,3"])
+def test_bad_activity_bins_are_refused_in_one_line(bins):
+    with pytest.raises(SystemExit, match="--activity-bins"):
+        fu.main(["--run", "1", "--activity-bins", bins])
+    with pytest.raises(SystemExit, match="--fit-stream must differ"):
+        fu.main(["--run", "1", "--activity-bins", "3", "--fit-stream", "5", "--stream", "5"])
