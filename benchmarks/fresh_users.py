@@ -148,12 +148,12 @@ def retemper(p: np.ndarray, log_ratio: np.ndarray, scale: np.ndarray) -> np.ndar
     """AgeGender probabilities under the natural priors with each row's logits (before the
     prior shift ``log_ratio``) multiplied by ``scale``: ``softmax(s * (log p - log r) +
     log r)``; a scale of 1 gives ``p`` back."""
+    from pythia.models.links import link_probabilities
+
     with np.errstate(divide="ignore"):
         z = np.log(np.clip(p, 1e-300, 1.0)) - log_ratio
-        z = np.asarray(scale, np.float64).reshape(-1, 1) * z + log_ratio
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    return z / z.sum(axis=1, keepdims=True)
+    return link_probabilities(np.asarray(scale, np.float64).reshape(-1, 1) * z + log_ratio,
+                              "softmax")
 
 
 def fit_bin_scales(p: np.ndarray, y: np.ndarray, bins: np.ndarray, n_bins: int,
@@ -165,14 +165,14 @@ def fit_bin_scales(p: np.ndarray, y: np.ndarray, bins: np.ndarray, n_bins: int,
 
     scales = np.ones(n_bins)
     back = log_ratio if natural else np.zeros_like(log_ratio)
+    if not natural:  # softmax(z / T): the probabilities under the training priors
+        ratio = np.exp(log_ratio)
+        p = np.divide(p, ratio, out=np.zeros_like(p), where=ratio > 0)
+        p /= p.sum(axis=1, keepdims=True)
     for b in range(n_bins):
         m = bins == b
         if m.any():
             pb, yb = p[m], y[m]
-            if not natural:  # softmax(z / T): the probabilities under the training priors
-                ratio = np.exp(log_ratio)
-                pb = np.divide(pb, ratio, out=np.zeros_like(pb), where=ratio > 0)
-                pb /= pb.sum(axis=1, keepdims=True)
             scales[b] = minimize_scalar(
                 lambda s: log_loss(retemper(pb, back, np.full(len(yb), s)), yb),
                 bounds=(0.02, 5.0), method="bounded", options={"xatol": 1e-4}).x
@@ -180,15 +180,15 @@ def fit_bin_scales(p: np.ndarray, y: np.ndarray, bins: np.ndarray, n_bins: int,
 
 
 def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: list[int],
-                split: str | None = None
+                split: str | None = None, with_bundle: bool = True
                 ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]], dict[str, str],
                            tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]] | None]:
     """(the fresh rows, {scorer: {target: (rows, classes)}}, {candidate: model folder},
     (the ``split``'s rows, {candidate: probabilities}) or None) of a run: ``population`` (the
     provider-label posterior of the world's tables), each candidate ``model/region#config``
     (default: every global model folder of the run, baselines included) and ``bundle`` (the
-    run's own, when it exported one). ``split`` (e.g. 'validation'): also score the run's
-    rows of that split with each candidate."""
+    run's own, when it exported one, unless ``with_bundle`` is False). ``split`` (e.g.
+    'validation'): also score the run's rows of that split with each candidate."""
     from metaflow import Run, namespace
 
     from pythia import features
@@ -249,7 +249,7 @@ def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: 
             probs[c] = scorer.score_arrays(requests)
             if split_rows is not None:
                 split_probs[c] = scorer.score_arrays(split_rows)
-    bundle = run["end"].task.data.bundle_path if "end" in run else None
+    bundle = run["end"].task.data.bundle_path if with_bundle and "end" in run else None
     if bundle and os.path.isdir(str(bundle)):
         probs["bundle"] = Scorer.load(bundle).score_arrays(requests)
     return (df, probs, {c: folder for c, (_, folder) in folders.items()},
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if edges:
         if scored_split is None:
             fit_df, fit_probs, _, _ = score_fresh(args.run, args.candidates, args.users,
-                                                  args.fit_stream, hours)
+                                                  args.fit_stream, hours, with_bundle=False)
         else:
             fit_df, fit_probs = scored_split
         multipliers = add_bin_temperatures(edges, df, probs, folders, fit_df, fit_probs,
