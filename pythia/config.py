@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from pythia import geo
-from pythia.config_parse import (config_flag, non_negative, parse_date,  # noqa: F401 (re-export)
-                                 parse_list, parse_overrides)
+from pythia.config_parse import (check_bins, config_flag, non_negative,  # noqa: F401 (re-export)
+                                 parse_date, parse_list, parse_overrides)
 from pythia.geo.geography import Geography  # noqa: F401  (config objects live here)
 from pythia.paths import default_data_root
 
@@ -149,6 +149,9 @@ class TrainConfig:
     # where a regional candidate starts: 'global' = from its family's fitted global model when
     # the model can (Model.warm_starts); 'scratch' = fresh, like the global one
     regional_start: str = "global"
+    # AgeGender's temperature per bin of user_impressions_today (models.activity_temp): a bin
+    # starts at each count; () = one temperature
+    activity_bins: tuple[int, ...] = (3, 10, 30, 100)
     hparams: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -257,6 +260,7 @@ class DeployConfig:
     patience: int = 2
     max_train_rows: int = TrainConfig.max_train_rows
     regional_start: str = TrainConfig.regional_start
+    activity_bins: tuple[int, ...] = TrainConfig.activity_bins
     model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     z_min: float = 2.0  # [evaluate]: champions beat each baseline by > z_min clustered SEs
     in_between_gauge: bool = False  # [evaluate]: also the in-between gauge (synthetic worlds)
@@ -283,6 +287,7 @@ class DeployConfig:
                    patience=int(train.get("patience", 2)),
                    max_train_rows=non_negative(train, "max_train_rows", cls.max_train_rows),
                    regional_start=str(train.get("regional_start", TrainConfig.regional_start)),
+                   activity_bins=check_bins(train.get("activity_bins", cls.activity_bins)),
                    model_hparams=models, z_min=non_negative(ev, "z_min", cls.z_min, float),
                    in_between_gauge=config_flag(ev, "in_between_gauge"))
 
@@ -366,6 +371,7 @@ class RunParams:
                             patience=deploy.patience, seed=int(v["seed"]),
                             max_train_rows=deploy.max_train_rows,
                             regional_start=deploy.regional_start,
+                            activity_bins=deploy.activity_bins,
                             age_head=v["age_head"], prior_correction=v["prior_correction"])
         return cls(source=str(v["source"]).strip(), date=str(v["date"]).strip(),
                    models=tuple(models), regions=regions,

@@ -53,3 +53,18 @@ def non_negative(section: Mapping[str, Any], key: str, default: Any, cast: type 
     if value < 0:
         raise ValueError(f"config: {key} must be >= 0, got {value}")
     return value
+
+
+def check_bins(counts: Any) -> tuple[int, ...]:
+    """``[train] activity_bins`` as a tuple of strictly increasing whole counts >= 1."""
+    try:
+        out = tuple(int(c) for c in counts)
+        ok = isinstance(counts, (list, tuple)) and all(
+            not isinstance(c, (bool, str)) and float(c) == int(c) for c in counts)
+    except (TypeError, ValueError):
+        out, ok = (), False
+    if not ok or any(c < 1 for c in out) or any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"config: [train] activity_bins must be strictly increasing whole "
+                         f"counts >= 1 (each starts a bin of user_impressions_today, e.g. "
+                         f"[3, 10, 30, 100]; [] = one temperature), got {counts!r}")
+    return out

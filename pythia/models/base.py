@@ -22,6 +22,7 @@ import numpy as np
 from pythia import features, storage
 from pythia.config import TrainConfig
 from pythia.features import Encoders
+from pythia.models import activity_temp as at
 from pythia.models import export as ex
 from pythia.models import priors as pr
 from pythia.models.raw_memo import RawMemo
@@ -65,12 +66,9 @@ class Model:
     """Base class of every registered model (see the module docstring for the split of work)."""
 
     name: str = "base"
-    # True when the model scores AgeGender only; False when every target has its own head
-    # (the MLP: the gender and age heads are auxiliary training tasks). Either way the
-    # gender and age probabilities a model outputs are the marginals of its AgeGender ones,
-    # so the three answers agree exactly (issue 15; measured on the skewed world, the
-    # marginals' log-loss was also lower than the heads': gender 0.6346 vs 0.6350, age
-    # 1.3787 vs 1.3799).
+    # True when the model scores AgeGender only; False when every target has its own head (the
+    # MLP's gender and age are training aids). Either way a model outputs gender and age as the
+    # marginals of its AgeGender probabilities, so the three agree exactly (issue 15).
     joint_only: bool = False
     # True for the reference model every champion must beat (``BASELINE_MODELS``).
     is_baseline: bool = False
@@ -99,6 +97,7 @@ class Model:
         self.priors: dict | None = None
         self.prior_ratio: dict[str, np.ndarray] = {}
         self.temperature: dict[str, float] = {t: 1.0 for t in self.heads}
+        self.activity_temperature: at.ActivityTemperature | None = None  # AgeGender's per bin
         # Per AgeGender class, the weight of a validation row that undoes the validation
         # day's class resampling (1 / keep-rate, as evaluation weighs it); set by the caller
         # before ``fit``. None: pi_natural / pi_train of the training priors instead.
@@ -198,7 +197,7 @@ class Model:
     def _raw_and_labels(self, valid: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Raw logits and labels of the validation data (numpy dict by default)."""
         self.check_features(valid)
-        return self._predict_raw(valid), labels_of(valid)
+        return self._predict_raw(valid), at.with_activity(labels_of(valid), valid)
 
     def validation_weights(self, y_age_gender: np.ndarray) -> np.ndarray:
         """Per validation row, the weight that makes averages over the (resampled) validation
@@ -208,9 +207,13 @@ class Model:
                      else self.prior_ratio["age_gender"])
         return np.asarray(per_class, dtype=np.float64)[np.asarray(y_age_gender, dtype=np.int64)]
 
-    def _calibrated(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {t: pr.apply_temperature(raw[t], self.temperature[t], self.link(t))
-                for t in self.heads}
+    def _calibrated(self, raw: Mapping[str, np.ndarray], activity: Any = None
+                    ) -> dict[str, np.ndarray]:
+        """Each head at its temperature; AgeGender's per row of ``activity`` when it has bins."""
+        temps: dict[str, Any] = dict(self.temperature)
+        if self.activity_temperature is not None and activity is not None:
+            temps[at.JOINT] = self.activity_temperature.per_row(activity)
+        return {t: at.scaled_probabilities(raw[t], temps[t], self.link(t)) for t in self.heads}
 
     def _expand(self, per_head: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Gender and age as the marginals of AgeGender (see ``joint_only``)."""
@@ -270,10 +273,14 @@ class Model:
                             else None)
         for t in self.heads:
             self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
-        calibrated = self._expand(self._calibrated(raw))
+        self.activity_temperature = at.fit(
+            raw[at.JOINT], y[at.JOINT], y.get(at.FEATURE), self.encoders,
+            self.train_cfg.activity_bins, self.temperature[at.JOINT], self.link(at.JOINT))
+        calibrated = self._expand(self._calibrated(raw, y.get(at.FEATURE)))
         summary["val_logloss"] = {t: (pr.mean_log_loss(calibrated[t], y[t]) if len(y[t])
                                       else float("nan")) for t in features.TARGETS}
         summary["temperature"] = dict(self.temperature)
+        summary["activity_temperature"] = at.to_json(self.activity_temperature)
         summary["seconds"] = time.perf_counter() - t0
         summary["n_valid"] = int(len(y["age_gender"]))
         return summary
@@ -296,7 +303,8 @@ class Model:
             return {t: np.zeros((0, k)) for t, k in self.n_classes.items()}
         known = (self._valid_memo.lookup(X[features.IMPRESSION_ID])
                  if self._valid_memo is not None and features.IMPRESSION_ID in X else None)
-        calibrated = self._calibrated(known if known is not None else self._predict_raw(X))
+        calibrated = self._calibrated(known if known is not None else self._predict_raw(X),
+                                      X[at.FEATURE])
         method = self.train_cfg.prior_correction
         corrected = {t: pr.correct_priors(calibrated[t], method, self.priors["train"][t],
                                           self.priors["natural"][t], groups)
@@ -327,6 +335,7 @@ class Model:
                 "priors": self.priors,
                 "prior_ratio": {t: r.tolist() for t, r in self.prior_ratio.items()},
                 "temperature": self.temperature,
+                "activity_temperature": at.to_json(self.activity_temperature),
                 "age_edges": list(self.encoders.age_edges),
                 "extra": extra,
             }
@@ -356,6 +365,7 @@ class Model:
             model.priors = meta["priors"]
             model.prior_ratio = {t: np.asarray(r) for t, r in meta["prior_ratio"].items()}
             model.temperature = {t: float(v) for t, v in meta["temperature"].items()}
+            model.activity_temperature = at.from_json(meta.get("activity_temperature"))
             model._load_weights(folder, meta.get("extra", {}))
         return model
 

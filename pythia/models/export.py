@@ -24,6 +24,10 @@ RUNTIME = "runtime"
 EXPORT = "export"
 MODEL_DIR = "model_dir"
 
+# Optional NUMPY_LAYERS entry: AgeGender's temperature per bin of a numeric feature's normalised
+# value, {"feature", "edges" (k increasing), "temperature" (k + 1)} (``models.activity_temp``)
+ACTIVITY_TEMPERATURE = "activity_temperature"
+
 # The NUMPY_LAYERS export saved in a model folder (joblib), and the meta.json "extra" key naming it
 EXPORT_FILE = "numpy_layers.joblib"
 EXPORT_FILE_KEY = "numpy_export"

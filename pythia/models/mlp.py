@@ -36,6 +36,7 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models import export as ex, notes
+from pythia.models.activity_temp import EXPORT_KEY
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
 from pythia.models.mlp_valid import (ValidationSample, forward_in_batches, sample_dataset,
@@ -88,7 +89,6 @@ class MLPModel(Model):
     """Keras MLP with embeddings and three heads (the original ``demo_nn``)."""
 
     name = "mlp"
-    joint_only = False
     warm_starts = True  # pythia.models.warm_mlp
     input_format = TF_DATASET  # streams TFRecords: the training split need not fit in memory
 
@@ -122,8 +122,7 @@ class MLPModel(Model):
             "finetune_epochs": None, "finetune_lr": 1e-3, "finetune_patience": 2,
             # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *
             # sum(w**2), a prior worth l2_rows training rows (the wide part keeps its LRs')
-            "l2_rows": 1.0,
-            "warm_epochs": 2, "warm_wide_train": True, "warm_lr": 1e-3,  # warm_mlp
+            "l2_rows": 1.0, "warm_epochs": 2, "warm_wide_train": True, "warm_lr": 1e-3,  # warm_mlp
         }
 
     @classmethod
@@ -368,7 +367,8 @@ class MLPModel(Model):
         ``z = (x @ W + b + wide) / temperature[t]`` turned into probabilities by 'softmax' or
         'corn', where ``wide = sum_i wide[t][i][1][id_i] + numeric @ wide_numeric[t]`` when the
         model has a wide part (else 0),
-        (``links.corn_probabilities``); then ``p ∝ p * prior_ratio[t]`` (renormalised).
+        (``links.corn_probabilities``); then ``p ∝ p * prior_ratio[t]`` (renormalised). With
+        ``activity_temperature``, AgeGender's T is its row's bin's (``models.activity_temp``).
         """
         if self.keras_model is None or self.priors is None:
             raise RuntimeError("MLP is not fitted")
@@ -379,9 +379,7 @@ class MLPModel(Model):
             trunk.append((W, b, "relu"))
 
         def head(name: str, activation: str) -> tuple:
-            W, b = m.get_layer(name).get_weights()
-            return (W, b, activation)
-
+            return (*m.get_layer(name).get_weights(), activation)
         export = {
             "kind": self.name,
             "embeddings": [(n, m.get_layer(f"emb_{n}").get_weights()[0])
@@ -397,4 +395,6 @@ class MLPModel(Model):
         if self.hparams["wide"]:
             export["wide"], export["wide_numeric"] = m.get_layer("wide").export(
                 list(features.CATEGORICAL_FEATURES), list(self.head_units()))
+        if self.activity_temperature is not None:
+            export[EXPORT_KEY] = self.activity_temperature.export()
         return export

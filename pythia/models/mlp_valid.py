@@ -12,6 +12,8 @@ one of every row. Chosen over streaming passes because a temperature is one scal
 half-million-row sample pins to well within the fit's tolerance, whereas a streamed fit needs
 a forward pass of the network over the whole split per loss evaluation (~20 per head).
 
+The kept rows keep their (normalised) activity too: the per-bin temperature's bins.
+
 Under ``prior_correction = 'em'`` the loss re-estimates priors from the rows it is given, so
 early stopping reads the kept rows (every row within the cap), not batches.
 """
@@ -23,6 +25,8 @@ import numpy as np
 
 from pythia import features
 from pythia.models import priors as pr
+from pythia.models.activity_temp import FEATURE as ACTIVITY
+from pythia.models.activity_temp import with_activity
 from pythia.models.links import link_probabilities
 from pythia.tfrecords import encode
 from pythia.tfrecords.sample import (ALL_ROWS_RULE, STRATUM, sample_chunks, sample_quotas,
@@ -152,9 +156,11 @@ class ValidationSample(BoundedRows):
         if not kept:  # an empty split: no rows, the heads' widths
             widths = model.head_units()
             kept = {**{LOGIT + t: np.zeros((0, widths[t])) for t in features.TARGETS},
-                    **{c: np.zeros(0, np.int64) for c in features.LABEL_COLUMNS.values()}}
+                    **{c: np.zeros(0, np.int64) for c in features.LABEL_COLUMNS.values()},
+                    ACTIVITY: np.zeros(0)}
         raw = {t: np.asarray(kept[LOGIT + t], dtype=np.float64) for t in features.TARGETS}
         y = {t: np.asarray(kept[c], dtype=np.int64) for t, c in features.LABEL_COLUMNS.items()}
+        y = with_activity(y, kept)  # the per-bin temperature's bins (models.activity_temp)
         self.record["use"] = USE
         if model.train_cfg.prior_correction == "em":
             sums = natural_loss_sums(model, raw, y)
@@ -168,6 +174,7 @@ class ValidationSample(BoundedRows):
         for x, y in valid:
             out = forward({k: x[k] for k in features.FEATURE_NAMES})
             chunk = {LOGIT + t: np.asarray(out[t]) for t in features.TARGETS}
+            chunk[ACTIVITY] = np.asarray(x[ACTIVITY])
             chunk.update({c: np.asarray(y[t]).astype(np.int64)
                           for t, c in features.LABEL_COLUMNS.items()})
             if ids:

@@ -253,6 +253,9 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
     train, valid, sample = _training_data(model, tf_manifest, region)
     notes.take(model_name)  # nothing left over from an earlier fit
     summary = model.fit(train, valid, priors, start=start.model if start else None)
+    if model.activity_temperature is not None:  # models.activity_temp
+        notes.say(model_name, f"AgeGender temperature by impressions today: "
+                              f"{model.activity_temperature.describe()}")
     said = notes.take(model_name)
     del train, valid
     n_predicted = write_split_predictions(model, tf_manifest, region, SCORED_SPLITS,
@@ -277,6 +280,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         "val_logloss": {t: _finite(v) for t, v in summary["val_logloss"].items()},
         "age_head": getattr(model, "age_head", "marginal"),
         "temperature": {t: float(v) for t, v in summary["temperature"].items()},
+        # AgeGender's per bin of user_impressions_today, or None (models.activity_temp)
+        "activity_temperature": summary.get("activity_temperature"),
         "prior_correction": train_cfg.prior_correction,
         "n_predicted": n_predicted,
         "wide_start": summary.get("wide_start"),  # the MLP's LR start and whether it improved

@@ -14,23 +14,27 @@ from pythia import features
 BUNDLE_FILE = "bundle.json"
 ENCODERS_FILE = "encoders.json"
 BUNDLE_FORMAT = "pythia-scoring-bundle"
-# 4: numeric encoders carry a transform (the activity counter); 3: the MLP wide part in
-# weights-*.npz; 2: IANA local-time table
-BUNDLE_FORMAT_VERSION = 4
+# 5: the MLP's AgeGender temperature per activity bin in weights-*.npz (a v4 reader would
+# ignore it and score wrongly); 4: numeric encoders carry a transform (the activity counter);
+# 3: the MLP wide part in weights-*.npz; 2: IANA local-time table
+BUNDLE_FORMAT_VERSION = 5
+# what this code reads: a v4 bundle is a v5 one without the per-bin temperature
+BUNDLE_READS = (4, 5)
 
 
-def read_versioned_doc(folder: str, file: str, fmt: str, version: int, what: str,
-                       fix: str) -> dict[str, Any]:
-    """A JSON document of an exported folder, checked for its format, version and feature spec
-    (errors name the file and ``fix``)."""
+def read_versioned_doc(folder: str, file: str, fmt: str, version: int | tuple[int, ...],
+                       what: str, fix: str) -> dict[str, Any]:
+    """A JSON document of an exported folder, checked for its format, version (one, or the
+    versions this code reads) and feature spec (errors name the file and ``fix``)."""
+    versions = version if isinstance(version, tuple) else (version,)
     path = os.path.join(folder, file)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{folder} is not {what} (no {file})")
     with open(path, encoding="utf8") as f:
         doc = json.load(f)
-    if doc.get("format") != fmt or doc.get("format_version") != version:
+    if doc.get("format") != fmt or doc.get("format_version") not in versions:
         raise ValueError(f"{path} is format {doc.get('format')!r} v{doc.get('format_version')}, "
-                         f"this code reads {fmt!r} v{version}: {fix}")
+                         f"this code reads {fmt!r} v{'/v'.join(map(str, versions))}: {fix}")
     if doc.get("spec_version") != features.spec_version():
         raise ValueError(f"{what} {folder} was built for feature spec {doc.get('spec_version')}, "
                          f"this code has {features.spec_version()}: {fix}")
@@ -39,6 +43,6 @@ def read_versioned_doc(folder: str, file: str, fmt: str, version: int, what: str
 
 def read_bundle_doc(folder: str) -> dict[str, Any]:
     """``bundle.json`` of a local bundle folder, checked for format and feature spec."""
-    return read_versioned_doc(folder, BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION,
+    return read_versioned_doc(folder, BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_READS,
                               "a scoring bundle", "re-export it with this pythia version (a "
                               "newer run's bundle_path), or use the pythia that wrote it")

@@ -13,6 +13,7 @@ import numpy as np
 
 from pythia import features
 from pythia.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGETS, Encoders
+from pythia.models.export import ACTIVITY_TEMPERATURE as ACTIVITY
 
 EXPORT_KEYS = ("kind", "embeddings", "numeric", "trunk", "heads", "temperature", "prior_ratio")
 # Optional, together: {target: [(feature, (rows, head outputs) table), ...]} and
@@ -64,6 +65,27 @@ def check_export(export: Mapping[str, Any], encoders: Encoders) -> None:
     _check_heads(export, encoders, width)
     if WIDE in export or WIDE_NUMERIC in export:
         _check_wide(export)
+    if ACTIVITY in export:
+        check_activity(export[ACTIVITY])
+
+
+def check_activity(entry: Any) -> None:
+    """The optional per-bin temperature of AgeGender (``models.activity_temp``): a numeric
+    feature, k strictly increasing finite edges on its normalised value, k + 1 temperatures."""
+    if not isinstance(entry, Mapping) or set(entry) != {"feature", "edges", "temperature"}:
+        raise ValueError(f"export {ACTIVITY!r} must hold exactly 'feature', 'edges' and "
+                         f"'temperature', got {entry!r}")
+    if entry["feature"] not in NUMERIC_FEATURES:
+        raise ValueError(f"export {ACTIVITY!r} bins by {entry['feature']!r}, not one of the "
+                         f"numeric FEATURES {list(NUMERIC_FEATURES)}")
+    edges = np.asarray(entry["edges"], dtype=np.float64)
+    temps = np.asarray(entry["temperature"], dtype=np.float64)
+    if edges.ndim != 1 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"export {ACTIVITY!r} edges must be finite and strictly increasing, "
+                         f"got {edges.tolist()}")
+    if temps.shape != (len(edges) + 1,) or not np.all(np.isfinite(temps)) or np.any(temps <= 0):
+        raise ValueError(f"export {ACTIVITY!r} needs {len(edges) + 1} finite temperatures > 0 "
+                         f"(one per bin), got {temps.tolist()}")
 
 
 def _check_wide(export: Mapping[str, Any]) -> None:
@@ -152,6 +174,10 @@ def save_export_npz(export: Mapping[str, Any], path: str) -> None:
             arrays[f"wide__{t}__{name}"] = np.asarray(table)
         arrays[f"wide_numeric__{t}"] = np.asarray(export[WIDE_NUMERIC][t])
     meta[WIDE] = sorted(export.get(WIDE, {}))
+    if ACTIVITY in export:
+        meta[ACTIVITY] = export[ACTIVITY]["feature"]
+        for key in ("edges", "temperature"):
+            arrays[f"activity__{key}"] = np.asarray(export[ACTIVITY][key], dtype=np.float64)
     arrays["meta"] = np.asarray(json.dumps(meta))
     with open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -166,6 +192,9 @@ def load_export_npz(path: str) -> dict[str, Any]:
         return {
             **({WIDE: wide, WIDE_NUMERIC: {t: z[f"wide_numeric__{t}"] for t in wide}}
                if wide else {}),
+            **({ACTIVITY: {"feature": meta[ACTIVITY],
+                           **{k: z[f"activity__{k}"].tolist() for k in ("edges", "temperature")}}}
+               if meta.get(ACTIVITY) else {}),
             "kind": meta["kind"],
             "embeddings": [(n, z[f"emb__{n}"]) for n in meta["embeddings"]],
             "numeric": meta["numeric"],

@@ -15,7 +15,7 @@ import numpy as np
 
 from pythia import features
 from pythia.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, OOV_ID, TARGETS, Encoders
-from pythia.scoring.export_format import WIDE, WIDE_NUMERIC, check_export
+from pythia.scoring.export_format import ACTIVITY, WIDE, WIDE_NUMERIC, check_export
 from pythia.scoring.runtime import JOINT, joint_head
 
 OPSET = 17  # Split with a sizes input (>= 13), Softmax over the last axis (>= 13)
@@ -44,7 +44,10 @@ def build_onnx_model(export: Mapping[str, Any], encoders: Encoders, *,
       folded into the weights and ``log(prior_ratio)`` into the bias (``softmax(z + log r) =
       softmax(z) * r / norm``); when the export has a wide part, plus AgeGender's: one Gather
       from its stacked wide tables (ids offset per feature), a ReduceSum over the features and
-      ``numeric @ wide_numeric``, scaled like the head; then Softmax; ``gender`` and ``age``
+      ``numeric @ wide_numeric``, scaled like the head; with a temperature per activity bin
+      (export entry ``ACTIVITY``) nothing is folded: the logits are multiplied by their row's
+      ``1 / T`` (the normalised activity compared with the edges, the bins counted, a Gather
+      of the scales) and ``log(prior_ratio)`` is added after; then Softmax; ``gender`` and ``age``
       are its marginals (a Reshape and two ReduceSums), so the outputs agree. The gender and
       age heads were training aids: no node computes them.
 
@@ -128,12 +131,33 @@ def _heads(g: _Graph, export: Mapping[str, Any], h: str, ids: str, numeric: str,
            sizes: list[int]) -> None:
     """The AgeGender head as one Gemm (plus its wide part), its Softmax, and the gender and
     age outputs as its marginals; the gender and age heads are training aids, not computed."""
-    W, b, scale = joint_head(export)
+    W, b, scale, shift = joint_head(export)
     z = g.node("Gemm", [h, g.const("head_W", W), g.const("head_b", b)], "head_logits")
     if WIDE in export:
         z = g.node("Add", [z, _wide(g, export, ids, numeric, sizes, scale)], "wide_logits")
+    if shift is not None:
+        z = g.node("Mul", [z, _activity_scale(g, export, numeric)], "activity_logits")
+        z = g.node("Add", [z, g.const("prior_shift", shift)], "prior_logits")
     g.node("Softmax", [z], JOINT, axis=-1)
     _marginals(g, len(export["prior_ratio"][JOINT]) // len(features.GENDER_CLASSES))
+
+
+def _activity_scale(g: _Graph, export: Mapping[str, Any], numeric: str) -> str:
+    """(N, 1): each row's ``1 / T`` of its activity bin, the bin being how many edges the
+    row's normalised value reaches (``runtime.ActivityScale``)."""
+    node, const = g.node, g.const
+    entry = export[ACTIVITY]
+    column = list(export["numeric"]).index(entry["feature"])
+    value = node("Gather", [numeric, const("activity_column", [column], np.int64)],
+                 "activity_value", axis=1)  # (N, 1)
+    reached = node("Cast", [node("GreaterOrEqual", [value, const("activity_edges",
+                                                                   entry["edges"])],
+                                 "activity_reached")], "activity_reached_int", to=7)  # INT64
+    bins = node("ReduceSum", [reached, const("activity_axes", [1], np.int64)], "activity_bin",
+                keepdims=1)  # (N, 1)
+    inverse = 1.0 / np.asarray(entry["temperature"], np.float64)
+    return node("Gather", [const("activity_inverse_t", inverse), bins], "activity_scale",
+                axis=0)  # (N, 1)
 
 
 def _marginals(g: _Graph, n_age: int) -> None:

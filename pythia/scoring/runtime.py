@@ -5,7 +5,9 @@ What made it fast was fewer and cheaper array operations, not a faster engine:
 * only the AgeGender head is computed: the gender and age outputs are its marginals, so the
   two other heads (training aids) and their wide parts are left out of the forward pass;
 * its temperature is folded into the head weights and the Bayes prior ratio into its bias
-  (``softmax(z + log r) == softmax(z) * r / norm``);
+  (``softmax(z + log r) == softmax(z) * r / norm``); with a temperature per activity bin
+  (``models.activity_temp``) the head stays unscaled and each row's logits are multiplied by
+  ``1 / T`` of its bin before the prior's ``log r`` is added;
 * one request: all embedding tables are pre-multiplied by their slice of the first trunk
   layer's weights and stacked into ONE table, so the first layer is a single gather and a
   weighted row sum (``sum_i E_i[id_i] @ W1_i == (concat_i E_i[id_i]) @ W1``, exact up to float
@@ -23,6 +25,7 @@ export_numpy()``; see ``check_export``); ``pythia.scoring.runtimes`` stores and 
 """
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any, Mapping
 
@@ -31,9 +34,9 @@ import numpy as np
 from pythia import features
 from pythia.features import GENDER_CLASSES, TARGETS, Encoders, marginals_from_joint
 # the format lives in export_format; re-exported here, where callers have always found it
-from pythia.scoring.export_format import (ACTIVATIONS, EXPORT_KEYS, LINKS,  # noqa: F401
-                                          WIDE, WIDE_NUMERIC, check_export, load_export_npz,
-                                          save_export_npz)
+from pythia.scoring.export_format import (ACTIVATIONS, ACTIVITY, EXPORT_KEYS,  # noqa: F401
+                                          LINKS, WIDE, WIDE_NUMERIC, check_export,
+                                          load_export_npz, save_export_npz)
 
 DTYPES = ("float32", "float64")
 N_GENDER = len(GENDER_CLASSES)
@@ -43,18 +46,43 @@ JOINT = "age_gender"  # gender and age are output as its marginals
 MAX_FUSED_TABLE_BYTES = 1 << 30
 
 
-def joint_head(export: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
+def joint_head(export: Mapping[str, Any]
+               ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
     """The AgeGender head (float64) with ``1 / temperature`` folded into its weights and
-    ``log(prior_ratio)`` into its bias, and that scale (the wide part takes it too).
+    ``log(prior_ratio)`` into its bias, that scale (the wide part takes it too), and None.
 
+    With a temperature per activity bin (export entry ``ACTIVITY``) nothing is folded: the
+    head as it is, scale 1 and the prior's ``log r`` apart, for ``z * (1 / T_row) + log r``.
     ``check_export`` allows AgeGender only a softmax link, so its probabilities are
-    ``softmax(h @ W + b)``; a zero prior ratio gives a ``-inf`` bias (a class ruled out).
+    ``softmax(z)``; a zero prior ratio gives a ``-inf`` logit (a class ruled out).
     """
     W, b, _ = export["heads"][JOINT]
-    scale = 1.0 / float(export["temperature"][JOINT])
     with np.errstate(divide="ignore"):
         shift = np.log(np.asarray(export["prior_ratio"][JOINT], dtype=np.float64))
-    return np.asarray(W, np.float64) * scale, np.asarray(b, np.float64) * scale + shift, scale
+    W, b = np.asarray(W, np.float64), np.asarray(b, np.float64)
+    if ACTIVITY in export:
+        return W, b, 1.0, shift
+    scale = 1.0 / float(export["temperature"][JOINT])
+    return W * scale, b * scale + shift, scale, None
+
+
+class ActivityScale:
+    """Each row's ``1 / T`` from its bin of the normalised activity column (``ACTIVITY``)."""
+
+    def __init__(self, export: Mapping[str, Any]) -> None:
+        entry = export[ACTIVITY]
+        self.column = list(export["numeric"]).index(entry["feature"])
+        self.edges = [float(e) for e in entry["edges"]]
+        self.inverse = [1.0 / float(t) for t in entry["temperature"]]
+        self._edges, self._inverse = np.asarray(self.edges), np.asarray(self.inverse)
+
+    def of_rows(self, numeric: np.ndarray) -> np.ndarray:
+        """(n, 1) scales of a (n, n_numeric) batch."""
+        bins = np.searchsorted(self._edges, numeric[:, self.column], side="right")
+        return self._inverse.take(bins)[:, None]
+
+    def of_one(self, numeric: list[float]) -> float:
+        return self.inverse[bisect.bisect_right(self.edges, numeric[self.column])]
 
 
 class FusedMLP:
@@ -96,7 +124,10 @@ class FusedMLP:
         n_cat, n_num = len(tables), len(export["numeric"])
         self.labels = {t: features.class_labels(t, encoders.age_edges) for t in TARGETS}
         self.n_age = len(self.labels["age"])
-        head_W, head_b, scale = joint_head(export)
+        head_W, head_b, scale, self._shift = joint_head(export)
+        self._activity = ActivityScale(export) if self._shift is not None else None
+        if self._shift is not None:
+            self._shift = self._shift.astype(dt)
         # Every affine map in order; the AgeGender head comes last.
         affine = [(np.asarray(W, f64), np.asarray(b, f64), act) for W, b, act in export["trunk"]]
         affine.append((head_W, head_b, "head"))
@@ -188,6 +219,9 @@ class FusedMLP:
             rows = (ids + self.offsets).T
             z += np.add.reduce(self._wide_stacked.take(rows, axis=0), axis=0)
             z += numeric @ self._wide_numeric
+        if self._activity is not None:  # the row's 1 / T, then the prior
+            z *= self._activity.of_rows(numeric).astype(self.dtype, copy=False)
+            z += self._shift
         return z
 
     def _hidden_to_logits(self, h: np.ndarray) -> np.ndarray:
@@ -214,6 +248,8 @@ class FusedMLP:
         if self._wide_stacked is not None:
             z += self._wide_stacked[rows].sum(axis=0)
             z += weights[len(rows):-1] @ self._wide_numeric
+        if self._activity is not None:
+            z = z * self._activity.of_one(numeric) + self._shift
         z = z.tolist()
         top = max(z)
         e = [math.exp(v - top) for v in z]
