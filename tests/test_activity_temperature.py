@@ -158,6 +158,18 @@ def test_the_bins_are_saved_with_the_model(logreg_fit, tmp_path):
         np.testing.assert_allclose(back.predict_proba(test)[t], p, atol=1e-12)
 
 
+def test_the_class_prior_stays_one_constant_row_whatever_the_activity():
+    """A baseline that knows nothing must not learn activity through its bins' temperatures."""
+    from pythia.models import get_model
+
+    enc = activity_encoders()
+    train, valid = world(enc, 3000, 0), world(enc, 3000, 1)
+    model = get_model("class_prior")(enc, {}, TrainConfig())
+    assert model.fit(train, valid, priors_of(train, enc))["activity_temperature"] is None
+    p = model.predict_proba(valid)["age_gender"]
+    assert np.allclose(p, p[0], atol=1e-12)
+
+
 def test_a_model_with_bins_off_has_one_temperature():
     from pythia.models import get_model
 

@@ -22,9 +22,7 @@ import numpy as np
 from pythia import features, storage
 from pythia.config import TrainConfig
 from pythia.features import Encoders
-from pythia.models import activity_temp as at
-from pythia.models import export as ex
-from pythia.models import priors as pr
+from pythia.models import activity_temp as at, export as ex, priors as pr
 from pythia.models.raw_memo import RawMemo
 
 META_FILE = "meta.json"
@@ -72,6 +70,7 @@ class Model:
     joint_only: bool = False
     # True for the reference model every champion must beat (``BASELINE_MODELS``).
     is_baseline: bool = False
+    bins_by_activity: bool = True  # False: one temperature, no bins (the constant class prior)
     # What ``train_candidate`` feeds ``fit`` (``INPUT_FORMATS``); every model also fits on
     # numpy dicts (the tests' tiny in-memory splits).
     input_format: str = NUMPY
@@ -223,9 +222,9 @@ class Model:
             ) -> dict:
         """Fit, early-stop on ``valid``, then fit the per-head temperature on ``valid``.
 
-        Temperature divides a head's logits (``link(z / T)``) and is fitted on validation
-        before any prior correction: validation is resampled like training, so it shares the
-        training priors the raw posteriors carry.
+        Temperature divides a head's logits (``link(z / T)``), fitted on validation before any
+        prior correction (validation is resampled like training: it shares the training
+        priors); AgeGender's also per bin of the user's activity (``activity_temp``).
 
         Args:
             train, valid: numpy dicts (features + ``y_*`` labels); the MLP also takes the
@@ -239,8 +238,8 @@ class Model:
             calibrated posteriors under the training priors, which validation shares).
 
         Raises:
-            ValueError: ``start`` given to a model that does not warm-start, or of another
-                class, or fitted with other encoders.
+            ValueError: ``start`` given to a model that does not warm-start, of another class,
+                or fitted with other encoders.
         """
         if start is not None:
             if not self.warm_starts:
@@ -273,9 +272,10 @@ class Model:
                             else None)
         for t in self.heads:
             self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
-        self.activity_temperature = at.fit(
-            raw[at.JOINT], y[at.JOINT], y.get(at.FEATURE), self.encoders,
-            self.train_cfg.activity_bins, self.temperature[at.JOINT], self.link(at.JOINT))
+        activity = y.get(at.FEATURE) if self.bins_by_activity else None
+        self.activity_temperature = at.fit(raw[at.JOINT], y[at.JOINT], activity, self.encoders,
+                                           self.train_cfg.activity_bins,
+                                           self.temperature[at.JOINT], self.link(at.JOINT))
         calibrated = self._expand(self._calibrated(raw, y.get(at.FEATURE)))
         summary["val_logloss"] = {t: (pr.mean_log_loss(calibrated[t], y[t]) if len(y[t])
                                       else float("nan")) for t in features.TARGETS}

@@ -25,6 +25,7 @@ class PriorModel(Model):
     name = "class_prior"
     joint_only = True
     is_baseline = True
+    bins_by_activity = False  # a constant stays one: no temperature per activity bin
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
