@@ -22,7 +22,10 @@ of the run, the latest label of each covered fresh user: what the models learnt 
 and model / population posterior on the same rows. Not a test; no timings.
 
 ``--activity-bins 3,10,30,100`` measures what a temperature per activity bin (bins of
-``user_impressions_today``: 0-2, 3-9, 10-29, 30-99, 100+) would give. For each candidate it
+``user_impressions_today``: 0-2, 3-9, 10-29, 30-99, 100+) would give *on top of* the models' own
+(since session 36 the models fit one per bin on validation, ``[train] activity_bins``, so
+``--fit-on validation`` finds multipliers of 1: a check; ``--fit-on fresh`` is how far a fit on
+plenty of fresh users would still move them). For each candidate it
 fits, on a second fresh draw (``--fit-stream``), one scale per bin of the AgeGender logits
 before the Bayes prior shift (``softmax(s * (log p - log r) + log r)``, ``r`` the model's
 prior ratio, so ``T / s`` is the bin's temperature), applies them to the scored users and adds
