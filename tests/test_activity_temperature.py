@@ -70,7 +70,7 @@ def test_bins_sit_between_whole_counts_and_a_missing_count_takes_the_means_bin()
     assert 3 <= mean_count < 10
 
 
-def test_a_bin_made_over_confident_is_fitted_back_and_thin_bins_keep_the_global_one():
+def test_a_bin_made_over_confident_is_fitted_back_and_thin_bins_pool_with_their_neighbours():
     enc = activity_encoders()
     rng = np.random.default_rng(0)
     n, k = 6000, 6
@@ -78,16 +78,35 @@ def test_a_bin_made_over_confident_is_fitted_back_and_thin_bins_keep_the_global_
     true = rng.normal(size=(n, k))
     y = np.array([rng.choice(k, p=np.exp(z) / np.exp(z).sum()) for z in true])
     logits = true * np.where(counts >= 30, 4.0, 1.0)[:, None]  # 30+: 4x over-confident
-    fitted = at.fit(logits, y, enc.numeric[at.FEATURE].normalize(counts), enc,
-                    (3, 10, 30, 100), global_temperature=1.7)
-    assert fitted.rows == tuple(int(v) for v in np.bincount(
-        at.bin_of(fitted.edges, enc.numeric[at.FEATURE].normalize(counts)), minlength=5))
-    t = dict(zip(range(5), fitted.temperature))
+    x = enc.numeric[at.FEATURE].normalize(counts)
+    fitted = at.fit(logits, y, x, enc, (3, 10, 30, 100), global_temperature=1.7)
+    assert fitted.rows == tuple(int(v) for v in np.bincount(at.bin_of(fitted.edges, x),
+                                                            minlength=5))
+    assert fitted.rows[2] == 0 and fitted.rows[4] < at.MIN_BIN_ROWS  # empty; ~90 rows
+    # 10-29 (empty) pools with 30-99, and the thin 100+ joins that pool too
+    assert fitted.pools == (0, 1, 2, 2, 2) and all(fitted.fitted)
+    t = fitted.temperature
     assert abs(t[0] - 1) < 0.1 and abs(t[1] - 1) < 0.1 and abs(t[3] - 4) < 0.4
-    assert fitted.rows[2] == 0 and t[2] == 1.7 and not fitted.fitted[2]  # empty: global
-    assert fitted.rows[4] < at.MIN_BIN_ROWS and t[4] == 1.7  # ~90 rows: global
-    assert "10-29: 1.700 (global, 0 rows)" in fitted.describe()
+    assert t[2] == t[3] == t[4]
+    assert fitted.describe().startswith("0-2: ") and ", 10+: " in fitted.describe()
     assert at.from_json(at.to_json(fitted)) == fitted
+    # a pool whose own fit (T searched up to 20) would not beat the global temperature keeps
+    # it, and says so: heavy rows whose huge logits say nothing about the label
+    noise = np.where((counts >= 30)[:, None], rng.normal(size=(n, k)) * 200, true)
+    y_noise = np.where(counts >= 30, rng.integers(0, k, n), y)
+    flat = at.fit(noise, y_noise, x, enc, (3, 10, 30, 100), global_temperature=1e4)
+    assert flat.temperature[3] == 1e4 and not flat.fitted[3] and flat.fitted[0]
+    assert "10+: 10000.000 (global: no gain on its 2," in flat.describe()
+
+
+@pytest.mark.parametrize("rows, pools", [
+    ((646, 617, 371, 138, 104), (0, 1, 2, 2, 2)),  # a small region's heavy bins
+    ((1106, 1030, 600, 437, 611), (0, 1, 2, 3, 3)),  # a thin bin before a full one
+    ((4594, 4212, 2265, 1566, 1621), (0, 1, 2, 3, 4)),  # every bin its own
+    ((600, 0, 0, 0, 0), (0, 0, 0, 0, 0)),  # one pool: the global temperature's rows
+    ((10, 10, 10, 10, 10), (0, 0, 0, 0, 0))])
+def test_thin_bins_pool_upwards_and_a_thin_last_pool_joins_the_one_before(rows, pools):
+    assert at.pool_bins(rows, 500) == pools
 
 
 def test_no_bins_no_column_or_nothing_to_gain_gives_one_temperature():
@@ -134,7 +153,8 @@ def test_a_linear_model_gets_hotter_on_light_users_and_colder_on_heavy_ones(logr
     fitted = model.activity_temperature
     assert fitted is not None and summary["activity_temperature"] == at.to_json(fitted)
     t = fitted.temperature
-    assert fitted.fitted[0] and fitted.fitted[4] and not fitted.fitted[2]  # 10-29: no rows
+    assert fitted.rows[2] == 0 and fitted.pools[2] == fitted.pools[3]  # 10-29: no rows
+    assert fitted.fitted[0] and fitted.fitted[4]
     assert t[0] < model.temperature["age_gender"] < t[4] and t[4] > 2 * t[0], fitted.describe()
     # on rows it never saw, the per-bin temperature beats the one temperature
     binned = model.predict_proba(test)["age_gender"]
