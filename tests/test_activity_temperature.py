@@ -90,6 +90,8 @@ def test_a_bin_made_over_confident_is_fitted_back_and_thin_bins_pool_with_their_
     assert t[2] == t[3] == t[4]
     assert fitted.describe().startswith("0-2: ") and ", 10+: " in fitted.describe()
     assert at.from_json(at.to_json(fitted)) == fitted
+    before_pools = {k: v for k, v in at.to_json(fitted).items() if k != "pools"}
+    assert at.from_json(before_pools).pools == (0, 1, 2, 3, 4)  # saved before pools existed
     # a pool whose own fit (T searched up to 20) would not beat the global temperature keeps
     # it, and says so: heavy rows whose huge logits say nothing about the label
     noise = np.where((counts >= 30)[:, None], rng.normal(size=(n, k)) * 200, true)

@@ -97,7 +97,8 @@ class ActivityTemperature:
         return cls(tuple(int(c) for c in doc["counts"]), tuple(float(e) for e in doc["edges"]),
                    tuple(float(t) for t in doc["temperature"]),
                    tuple(int(n) for n in doc["rows"]), tuple(bool(f) for f in doc["fitted"]),
-                   tuple(int(g) for g in doc["pools"]))
+                   # saved before the pools (commit 101fb09): a pool per bin
+                   tuple(int(g) for g in doc.get("pools", range(len(doc["temperature"])))))
 
     def export(self) -> dict[str, Any]:
         """The ``EXPORT_KEY`` entry: what a scorer needs to put a row in its bin."""
