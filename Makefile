@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 # `pytest` does). The suite is CPU-bound and a serial run keeps about one of CI's two cores
 # busy (~1,500 s of CPU in 1,666 s); each test file stays on one worker (--dist loadfile), so a
 # module's flow run and fixtures are built once; each worker has its own Spark session and tmp.
+# Files go out in collection order, the longest first (tests/conftest.py: LONG_FILES_FIRST).
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast bench java clean
@@ -31,7 +32,7 @@ demo: setup java
 	$(PY) flows/demo_flow.py run
 
 test: setup java
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

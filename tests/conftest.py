@@ -70,6 +70,27 @@ class SourceBuilder:
         return n
 
 
+# The longest test files first, longest first (per-file seconds of a 2-worker run, session 36):
+# `make test`'s workers take whole files in collection order (--dist loadfile
+# --no-loadscope-reorder), and one of these started last leaves the other worker idle while it
+# runs (xdist's own reorder, by number of tests, put the 3 flow runs of test_flow_inputs.py
+# near the end). The other files keep their order after these.
+LONG_FILES_FIRST = ("test_scaleout.py", "test_flow.py", "test_flow_inputs.py",
+                    "test_tfrecords_columnar.py", "test_join_local.py", "test_etl_memory.py",
+                    "test_etl_local.py", "test_models.py", "test_evaluate_stream.py",
+                    "test_mlp_temperature.py", "test_warm_start.py", "test_synth_activity.py",
+                    "test_etl.py", "test_quiet.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker, put LONG_FILES_FIRST's tests first (a stable sort: each file's own
+    order is kept); a plain `pytest` keeps the collection order."""
+    if not hasattr(config, "workerinput"):
+        return
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def spark():
     """A local[1] session with 2 shuffle partitions and no UI, shared by all Spark tests."""
