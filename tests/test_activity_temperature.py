@@ -101,6 +101,53 @@ def test_a_bin_made_over_confident_is_fitted_back_and_thin_bins_pool_with_their_
     assert "10+: 10000.000 (global: no gain on its 2," in flat.describe()
 
 
+def test_a_warm_start_keeps_its_starts_bins_times_one_scale():
+    """A regional model's own heavy bins are a few users': it keeps the shape of its start's
+    bins and fits one scale on its rows (1 when the scale gains nothing)."""
+    enc = activity_encoders()
+    rng = np.random.default_rng(3)
+    n, k = 4000, 6
+    counts = rng.choice([1, 5, 15, 50, 500], size=n)
+    x = enc.numeric[at.FEATURE].normalize(counts)
+    edges = at.normalized_edges(enc, (3, 10, 30, 100))
+    start = at.ActivityTemperature((3, 10, 30, 100), edges, (1.0, 1.0, 1.5, 2.0, 4.0),
+                                   (900, 900, 900, 900, 900), (True,) * 5, (0, 1, 2, 3, 4))
+    true = rng.normal(size=(n, k))
+    y = np.array([rng.choice(k, p=np.exp(z) / np.exp(z).sum()) for z in true])
+    per_row = np.asarray(start.temperature)[at.bin_of(edges, x)]
+    logits = true * per_row[:, None] * 1.5  # the start's shape, 1.5x hotter everywhere
+    fitted = at.fit(logits, y, x, enc, (3, 10, 30, 100), 1.3, start=start)
+    assert abs(fitted.start_scale - 1.5) < 0.1
+    assert np.allclose(np.asarray(fitted.temperature) / np.asarray(start.temperature),
+                       fitted.start_scale)
+    assert fitted.pools == start.pools and fitted.rows == tuple(
+        int(v) for v in np.bincount(at.bin_of(edges, x), minlength=5))
+    assert fitted.describe().startswith("the start's bins x 1.")
+    assert at.from_json(at.to_json(fitted)) == fitted
+    # labels that say nothing: no scale beats 1 by much, the bins stay the start's
+    same = at.fit(true * per_row[:, None], y, x, enc, (3, 10, 30, 100), 1.3, start=start)
+    assert abs(same.start_scale - 1.0) < 0.1
+
+
+def test_a_regional_logreg_started_from_the_global_one_keeps_its_bins(logreg_fit):
+    from pythia.models import get_model
+
+    start, _, _ = logreg_fit
+    enc = activity_encoders()
+    train, valid = world(enc, 2000, 5), world(enc, 1500, 6)
+    regional = get_model("logreg")(enc, {}, TrainConfig())
+    summary = regional.fit(train, valid, priors_of(train, enc), start=start)
+    fitted = regional.activity_temperature
+    assert fitted.start_scale is not None and summary["activity_temperature"]["start_scale"]
+    np.testing.assert_allclose(np.asarray(fitted.temperature),
+                               fitted.start_scale * np.asarray(
+                                   start.activity_temperature.temperature))
+    # from scratch, the same rows fit bins of their own
+    own = get_model("logreg")(enc, {}, TrainConfig())
+    own.fit(train, valid, priors_of(train, enc))
+    assert own.activity_temperature.start_scale is None
+
+
 @pytest.mark.parametrize("rows, pools", [
     ((646, 617, 371, 138, 104), (0, 1, 2, 2, 2)),  # a small region's heavy bins
     ((1106, 1030, 600, 437, 611), (0, 1, 2, 3, 3)),  # a thin bin before a full one

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 from pythia import features
 from pythia.config import TrainConfig
@@ -82,6 +83,8 @@ class ActivityTemperature:
     rows: tuple[int, ...]  # validation rows per bin the fit saw
     fitted: tuple[bool, ...]  # False: the global temperature (no gain on the pool's rows)
     pools: tuple[int, ...]  # per bin, its pool (bins of one pool share their temperature)
+    # a warm-started model's: its start's temperatures times this scale (``from_start``)
+    start_scale: float | None = None
 
     def per_row(self, x: Any) -> np.ndarray:
         """Each row's temperature, from its normalised activity."""
@@ -90,7 +93,8 @@ class ActivityTemperature:
     def to_json(self) -> dict[str, list]:
         return {"counts": list(self.counts), "edges": list(self.edges),
                 "temperature": list(self.temperature), "rows": list(self.rows),
-                "fitted": list(self.fitted), "pools": list(self.pools)}
+                "fitted": list(self.fitted), "pools": list(self.pools),
+                "start_scale": self.start_scale}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "ActivityTemperature":
@@ -98,7 +102,8 @@ class ActivityTemperature:
                    tuple(float(t) for t in doc["temperature"]),
                    tuple(int(n) for n in doc["rows"]), tuple(bool(f) for f in doc["fitted"]),
                    # saved before the pools (commit 101fb09): a pool per bin
-                   tuple(int(g) for g in doc.get("pools", range(len(doc["temperature"])))))
+                   tuple(int(g) for g in doc.get("pools", range(len(doc["temperature"])))),
+                   None if doc.get("start_scale") is None else float(doc["start_scale"]))
 
     def export(self) -> dict[str, Any]:
         """The ``EXPORT_KEY`` entry: what a scorer needs to put a row in its bin."""
@@ -117,16 +122,19 @@ class ActivityTemperature:
             rows = sum(self.rows[k] for k in ks)
             parts.append(f"{name}: {self.temperature[ks[0]]:.3f}" + (
                 "" if self.fitted[ks[0]] else f" (global: no gain on its {rows:,} rows)"))
-        return ", ".join(parts)
+        return (f"the start's bins x {self.start_scale:.3f}: " if self.start_scale is not None
+                else "") + ", ".join(parts)
 
 
 def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Encoders,
         counts: Sequence[int], global_temperature: float, link: str = "softmax",
-        min_rows: int | None = None) -> ActivityTemperature | None:
+        min_rows: int | None = None, start: ActivityTemperature | None = None
+        ) -> ActivityTemperature | None:
     """Per pool of bins of ``activity`` (normalised; ``pool_bins`` with ``min_rows``, default
     ``MIN_BIN_ROWS``), the temperature minimising the pool's validation log-loss of
     ``link(logits / T)``; None without bins, without the activity column, with one pool (that
-    is the global temperature's fit) or when no pool gains over the global temperature."""
+    is the global temperature's fit) or when no pool gains over the global temperature. With
+    ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
     counts = check_bins(counts)
     min_rows = MIN_BIN_ROWS if min_rows is None else int(min_rows)
     if not counts or activity is None:
@@ -134,6 +142,8 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     edges = normalized_edges(encoders, counts)
     bins = bin_of(edges, activity)
     rows = tuple(int(n) for n in np.bincount(bins, minlength=len(counts) + 1))
+    if start is not None and start.counts == counts and start.edges == edges:
+        return from_start(start, np.asarray(logits), np.asarray(y, np.int64), bins, rows, link)
     pools = pool_bins(rows, min_rows)
     if len(set(pools)) < 2:
         return None
@@ -153,6 +163,29 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     if not any(fitted):  # the global temperature everywhere: nothing to add
         return None
     return ActivityTemperature(counts, edges, tuple(temps), rows, tuple(fitted), pools)
+
+
+def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
+               bins: np.ndarray, rows: tuple[int, ...], link: str) -> ActivityTemperature:
+    """A warm-started (regional) model's bins: its start's per-bin temperatures -- fitted on
+    the start's validation, four times the users of a region's -- times one scale fitted on
+    its own validation rows (1 when the scale does not gain). A region's own heavy bins are a
+    few users': seed 1's regional NA MLP fitted 1.51 for 30+ where its global start had 1.76
+    and 2.98, and scored 1.067 x population on fresh NA users; with the start's bins, 1.044
+    (docs/new-users.md, session 36)."""
+    per_row = np.asarray(start.temperature, np.float64)[bins]
+
+    def loss(scale: float) -> float:
+        return pr.mean_log_loss(scaled_probabilities(logits, scale * per_row, link), y)
+    scale = 1.0
+    if len(y):
+        res = minimize_scalar(lambda ls: loss(float(np.exp(ls))), method="bounded",
+                              bounds=(np.log(0.25), np.log(4.0)), options={"xatol": 1e-4})
+        best = float(np.exp(res.x))
+        scale = best if loss(best) < loss(1.0) else 1.0
+    return ActivityTemperature(start.counts, start.edges,
+                               tuple(scale * t for t in start.temperature), rows, start.fitted,
+                               start.pools, scale)
 
 
 def pool_bins(rows: Sequence[int], min_rows: int) -> tuple[int, ...]:

@@ -206,8 +206,7 @@ class Model:
                      else self.prior_ratio["age_gender"])
         return np.asarray(per_class, dtype=np.float64)[np.asarray(y_age_gender, dtype=np.int64)]
 
-    def _calibrated(self, raw: Mapping[str, np.ndarray], activity: Any = None
-                    ) -> dict[str, np.ndarray]:
+    def _calibrated(self, raw: Mapping[str, np.ndarray], activity: Any = None) -> dict:
         """Each head at its temperature; AgeGender's per row of ``activity`` when it has bins."""
         temps: dict[str, Any] = dict(self.temperature)
         if self.activity_temperature is not None and activity is not None:
@@ -273,9 +272,10 @@ class Model:
         for t in self.heads:
             self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
         activity = y.get(at.FEATURE) if self.bins_by_activity else None
-        self.activity_temperature = at.fit(raw[at.JOINT], y[at.JOINT], activity, self.encoders,
-                                           self.train_cfg.activity_bins,
-                                           self.temperature[at.JOINT], self.link(at.JOINT))
+        self.activity_temperature = at.fit(  # a warm start keeps its start's bins' shape
+            raw[at.JOINT], y[at.JOINT], activity, self.encoders, self.train_cfg.activity_bins,
+            self.temperature[at.JOINT], self.link(at.JOINT),
+            start=self.start.activity_temperature if self.start is not None else None)
         calibrated = self._expand(self._calibrated(raw, y.get(at.FEATURE)))
         summary["val_logloss"] = {t: (pr.mean_log_loss(calibrated[t], y[t]) if len(y[t])
                                       else float("nan")) for t in features.TARGETS}
