@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from pythia import features
 from pythia.config import TrainConfig
@@ -173,16 +172,9 @@ def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
     few users': seed 1's regional NA MLP fitted 1.51 for 30+ where its global start had 1.76
     and 2.98, and scored 1.067 x population on fresh NA users; with the start's bins, 1.044
     (docs/new-users.md, session 36)."""
+    # T_row = scale * T_start[bin]: the scale is a plain temperature of the start-scaled logits
     per_row = np.asarray(start.temperature, np.float64)[bins]
-
-    def loss(scale: float) -> float:
-        return pr.mean_log_loss(scaled_probabilities(logits, scale * per_row, link), y)
-    scale = 1.0
-    if len(y):
-        res = minimize_scalar(lambda ls: loss(float(np.exp(ls))), method="bounded",
-                              bounds=(np.log(0.25), np.log(4.0)), options={"xatol": 1e-4})
-        best = float(np.exp(res.x))
-        scale = best if loss(best) < loss(1.0) else 1.0
+    scale = pr.fit_temperature(logits / per_row[:, None], y, link, bounds=(0.25, 4.0))
     return ActivityTemperature(start.counts, start.edges,
                                tuple(scale * t for t in start.temperature), rows, start.fitted,
                                start.pools, scale)
