@@ -88,8 +88,8 @@ class EtlConfig:
     drop_power_users: bool = False  # remove power users from train/validation (see README)
     # train keeps a power user-day's rows with probability threshold / n (etl.splits)
     cap_power_users: bool = True
-    # share of users (a hash of user_id and seed) kept out of train and validation: the natural
-    # test day's "new users" slice measures the models on users they never saw (etl.holdout)
+    # share of users (a hash of user_id and seed) kept out of train (validation's users): the
+    # natural test day's "new users" slice measures models on users they never saw (etl.holdout)
     holdout_users: float = 0.1
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
     power_user_quantile: float = 0.99  # of per-user-day impression counts (labelled users)
@@ -113,7 +113,7 @@ class EtlConfig:
             raise ValueError(f"min_keep_rate must lie in [0, 1], got {self.min_keep_rate}")
         if not 0.0 <= self.holdout_users < 1.0:
             raise ValueError(f"holdout_users must lie in [0, 1) (a share of users kept out of "
-                             f"train and validation; 0 = none), got {self.holdout_users}")
+                             f"train, validation's users; 0 = none), got {self.holdout_users}")
         if list(self.age_edges) != sorted(set(self.age_edges)) or len(self.age_edges) < 2:
             raise ValueError(f"age_edges must be strictly increasing, got {self.age_edges}")
         if not 1 <= self.hours_per_task <= 24 or 24 % self.hours_per_task:
@@ -212,9 +212,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "impressions (about as many as the busiest other user-day), so a few heavy users "
               "do not dominate the fit; validation and test keep every row."),
     ParamSpec("holdout_users", 0.1,
-              "Share of users (by a hash of user_id and seed) kept out of train and validation; "
-              "their test-day rows are the natural_new_users slice: how the models do on users "
-              "they never saw. 0 = none."),
+              "Share of users (by a hash of user_id and seed) kept out of train: validation is "
+              "their rows of every date before the test day, train the others'; their test-day "
+              "rows are the natural_new_users slice (users the models never saw). 0 = none."),
     ParamSpec("power_user_threshold", 0.0,
               "Impressions per user per day above which a user is a power user; 0 = derive "
               "from the data (99th percentile)."),

@@ -46,7 +46,7 @@ IS_POWER_USER = "is_power_user"
 # Impressions of the row's user earlier the same UTC day (a bidder's frequency counter);
 # defined by pythia.synth.activity.user_impressions_today.
 USER_IMPRESSIONS_TODAY = "user_impressions_today"
-# True on the test-day rows of a user held out of train and validation (``etl.holdout``): the
+# True on the test-day rows of a user held out of train (validation's users) (``etl.holdout``): the
 # natural test day's "new users" slice, users the models never saw.
 USER_HELD_OUT = "user_held_out"
 LABEL_PROVIDER = "label_provider"

@@ -14,6 +14,7 @@ import io
 import os
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -245,8 +246,10 @@ def test_reconciliation_identity_holds_exactly(etl):
 
 
 @pytest.mark.spark
-def test_held_out_users_leave_train_validation_keeps_only_them_and_the_test_day_flags_them(
+def test_held_out_users_rows_before_the_test_day_are_validation_the_others_train(
         spark, etl, tmp_path):
+    """The user decides the split before the test day: nothing is dropped, train and
+    validation are user-disjoint, and every moved row is reconciled on both sides."""
     from pythia.etl.content_hash import keep_uniform
 
     a, b = etl["a"], etl["b"]
@@ -255,37 +258,59 @@ def test_held_out_users_leave_train_validation_keeps_only_them_and_the_test_day_
         s: str(tmp_path / "all" / s) for s in splits.OUTPUT_SPLITS})
     read = {s: spark.read.parquet(everyone["paths"][s]).toPandas() for s in splits.OUTPUT_SPLITS}
     users = sorted(set().union(*(set(df.user_id) for df in read.values())))
-    # a seed that holds out some of the users and keeps others (the draw is a hash: fixed)
-    seed = next(s for s in range(50) if 0 < (keep_uniform(pa.array(users), s) < 0.5).sum()
-                < len(users))
-    held = {u for u, x in zip(users, keep_uniform(pa.array(users), seed)) if x < 0.5}
+    # a seed that holds out some of the users and keeps others (the draw is a hash: fixed),
+    # with held-out users on a train date and other users on the validation date
+    def draw(s):
+        return {u for u, x in zip(users, keep_uniform(pa.array(users), s)) if x < 0.5}
+    seed = next(s for s in range(50) if read["train"].user_id.isin(draw(s)).any()
+                and (~read["validation"].user_id.isin(draw(s))).any())
+    held = draw(seed)
     cfg = EtlConfig(resample="natural", power_user_threshold=100, holdout_users=0.5, seed=seed)
     f = splits.finalize_splits(spark, [a, b], cfg, {
         s: str(tmp_path / "held" / s) for s in splits.OUTPUT_SPLITS})
     got = {s: spark.read.parquet(f["paths"][s]).toPandas() for s in splits.OUTPUT_SPLITS}
     train, validation = got["train"], got["validation"]
+    before = pd.concat([read["train"], read["validation"]])
+    # train: the other users' rows of every train and validation date, unflagged
     assert not set(train.user_id) & held and not train.user_held_out.any()
     assert sorted(train.impression_id) == sorted(
-        read["train"][~read["train"].user_id.isin(held)].impression_id)
-    assert f["user_split_rows"]["train"] == int(read["train"].user_id.isin(held).sum()) > 0
-    # validation: the held-out users only (user-disjoint from train), flagged
+        before[~before.user_id.isin(held)].impression_id)
+    assert set(train.date) == set(before.date)  # the validation date's other users train
+    # validation: the held-out users' rows of the same dates (user-disjoint), flagged
     assert set(validation.user_id) <= held and validation.user_held_out.all()
     assert sorted(validation.impression_id) == sorted(
-        read["validation"][read["validation"].user_id.isin(held)].impression_id)
+        before[before.user_id.isin(held)].impression_id)
+    assert len(train) + len(validation) == len(before)  # nothing dropped
+    # moved: counted by the split their date gave them
+    assert f["user_split_rows"]["train"] == int(read["train"].user_id.isin(held).sum()) > 0
     assert f["user_split_rows"]["validation"] == int(
-        (~read["validation"].user_id.isin(held)).sum())
+        (~read["validation"].user_id.isin(held)).sum()) > 0
     for s in ("test_natural", "test_resampled"):  # the test day keeps everyone, flagged
         assert sorted(got[s].impression_id) == sorted(read[s].impression_id)
         assert (got[s].user_held_out == got[s].user_id.isin(held)).all()
     assert got["test_natural"].user_held_out.any()
-    # the class counts behind the resample rates leave the held-out users out too
+    # the class counts behind the resample rates are those of the moved splits
     assert sum(f["class_counts_before"]["train"].values()) == len(got["train"])
+    assert sum(f["class_counts_before"]["validation"].values()) == len(got["validation"])
     df = reconcile.reconcile([a, b], f)
     reconcile.assert_balanced(df)
     total = df[df.scope == "total"].set_index("split")
     assert total.loc["train", "user_split"] == f["user_split_rows"]["train"]
     assert total.loc["validation", "user_split"] == f["user_split_rows"]["validation"]
     assert total.loc["test_natural", "user_split"] == 0
+    for s in ("train", "validation"):  # what a split wrote is what its records say
+        assert total.loc[s, "written"] == len(got[s])
+    # an hour of a train date has a validation record: its held-out users' rows landed there
+    hours = df[(df.scope == "hour") & (df.split == "validation")]
+    landed = hours[hours.date.isin(set(read["train"].date))]
+    assert landed.rows_in.sum() == f["user_split_rows"]["train"]
+    assert (landed.quarantined == 0).all() and (landed.unlabelled == 0).all()
+    # and a record that does not add up says so
+    tampered = dict(f, per_hour=[dict(p, written=p["written"] + 1)
+                                 if p["split"] == "validation" and p["etl_written"] else p
+                                 for p in f["per_hour"]])
+    with pytest.raises(ValueError, match="do not balance"):
+        reconcile.assert_balanced(reconcile.reconcile([a, b], tampered))
     with pytest.raises(ValueError, match="holdout_users must lie in"):
         EtlConfig(holdout_users=1.0)
 

@@ -4,6 +4,11 @@ Identity, per (date, hour) and output split (the test day counts once for ``test
 and once for ``test_natural``):
 ``rows_in = quarantined + unlabelled + power_user_dropped + user_split + resampled_out +
 written``.
+
+With held-out users (``etl.holdout``) a train or validation date's rows that change split count
+as ``user_split`` in the record of the split their date gave them, and again, as that hour's
+``rows_in`` of a record of the split they land in (no quarantined or unlabelled rows there: the
+hour's record counted those), where they are written, resampled out or dropped as power users.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from pythia.contract import REASONS
+from pythia.etl.holdout import OTHER_SPLIT
 from pythia.features import DATE, HOUR, OUTPUT_SPLITS, OUTPUT_SPLITS_OF, SPLIT
 
 TERMS = ("quarantined", "unlabelled", "power_user_dropped", "user_split", "resampled_out",
@@ -37,16 +43,16 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
             seen.add(key)
             for out in OUTPUT_SPLITS_OF[p[SPLIT]]:  # test counts twice
                 s = by_hour.get((p[DATE], int(p[HOUR]), out), {})
-                rec = {"scope": "hour", DATE: p[DATE], HOUR: int(p[HOUR]), SPLIT: out,
-                       "rows_in": int(p["rows_in"]),
-                       "quarantined": int(sum(p["quarantined"].values())),
-                       "unlabelled": int(p["unlabelled"]),
-                       "power_user_dropped": int(s.get("power_user_dropped", 0)),
-                       "user_split": int(s.get("user_split", 0)),
-                       "resampled_out": int(s.get("resampled_out", 0)),
-                       "written": int(s.get("written", 0)),
-                       "etl_written": int(p["written"])}
+                rec = _record(p, out, s, int(p["rows_in"]), int(p["written"]))
                 rec.update({f"q_{r}": int(p["quarantined"].get(r, 0)) for r in REASONS})
+                rec.update(quarantined=int(sum(p["quarantined"].values())),
+                           unlabelled=int(p["unlabelled"]))
+                records.append(rec)
+            landed = by_hour.get((p[DATE], int(p[HOUR]), OTHER_SPLIT.get(p[SPLIT])))
+            if landed:  # the held-out users' (or the other users') rows of this hour
+                n = int(landed.get("etl_written", 0))
+                rec = _record(p, OTHER_SPLIT[p[SPLIT]], landed, n, n)
+                rec.update({f"q_{r}": 0 for r in REASONS})
                 records.append(rec)
     unknown = sorted(set(by_hour) - {(d, h, o) for d, h in seen for o in OUTPUT_SPLITS})
     if unknown:
@@ -59,6 +65,14 @@ def reconcile(hour_manifests: Sequence[Mapping], split_manifest: Mapping) -> pd.
     df["balanced"] = ((df["rows_in"] == df[list(TERMS)].sum(axis=1))
                       & (df["etl_written"] == df[list(TERMS[2:])].sum(axis=1)))
     return df[COLUMNS]
+
+
+def _record(p: Mapping, out: str, s: Mapping, rows_in: int, etl_written: int) -> dict:
+    """A reconciliation record of hour ``p`` (an hour manifest's entry) and output split
+    ``out`` from the split step's counts ``s`` (quarantined and unlabelled 0: the caller's)."""
+    return {"scope": "hour", DATE: p[DATE], HOUR: int(p[HOUR]), SPLIT: out, "rows_in": rows_in,
+            "quarantined": 0, "unlabelled": 0,
+            **{t: int(s.get(t, 0)) for t in TERMS[2:]}, "etl_written": etl_written}
 
 
 def assert_balanced(df: pd.DataFrame) -> None:

@@ -14,8 +14,8 @@ def rules_markdown() -> str:
         "## Splits, power users, resampling (`etl.hourly`, `etl.dedupe`, `etl.splits`, "
         "`etl.reconcile`)", "",
         "- Window: the 5 days ending at the test date; split by partition date: 3 train days, "
-        "1 validation, 1 test. Impressions of users without a label are counted "
-        "(`unlabelled`), not written.",
+        "1 validation, 1 test, then by user before the test day (held-out users below). "
+        "Impressions of users without a label are counted (`unlabelled`), not written.",
         "- Duplicates across the whole window: each `etl_hour` task keeps one copy of an "
         "`impression_id` among its valid rows; `join_hours` then settles ids kept by several "
         "tasks with the same rule (earliest `ts`, then date, hour, a hash of the raw values). "
@@ -52,5 +52,7 @@ def rules_markdown() -> str:
         "(every row, power users kept and flagged). `natural_priors` are the class "
         "frequencies of all labelled train rows (power users included).",
         "- Reconciliation, per (date, hour, output split) and in total: rows_in = quarantined "
-        "+ unlabelled + power_user_dropped + user_split + resampled_out + written.", "",
+        "+ unlabelled + power_user_dropped + user_split + resampled_out + written. Rows that "
+        "change split with their user are `user_split` of their date's split and `rows_in` "
+        "of that hour's record of the split they land in.", "",
     ])

@@ -140,7 +140,7 @@ _REGIONAL_VS_GLOBAL = (
 _GAUGE_SLICES = (
     "## Bayes gauge per slice (synthetic data)\n\nPer region, its champion (else its best "
     "candidate) on the natural test day, its non-power users, its power users and its new "
-    "users (`natural_new_users`: held out of train and validation, `holdout_users`), on the "
+    "users (`natural_new_users`: held out of train, `holdout_users`), on the "
     "same rows for model and posteriors. `ratio_*` = model / **realised** posterior (the "
     "world's drawn users and labels): the headline bar, the only one no model beats on "
     "average. `ratio_in_between_*` = model / **in-between** posterior (the generative "

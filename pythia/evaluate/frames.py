@@ -35,7 +35,7 @@ class SplitFrame:
     df: pd.DataFrame
     regions: np.ndarray
     power: np.ndarray
-    held_out: np.ndarray  # the row's user was held out of train and validation (etl.holdout)
+    held_out: np.ndarray  # the row's user was held out of train: validation's (etl.holdout)
     labels: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     # importance weights that undo class resampling (1 / keep-rate of the row's class), when
     # the caller provides them: the validation day is resampled like train, but candidates are

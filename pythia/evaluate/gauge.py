@@ -11,7 +11,7 @@ the population posterior plus what the training days' labels reveal about the dr
 it lands between the population and the in-between ones where they differ (power users, whose
 few users per group the realised posterior nearly identifies); ``gap_closed`` = (population -
 model) / (population - realised) says how far it got. On the new users (``natural_new_users``:
-held out of train and validation) the fair bar is the population posterior: the training rows
+held out of train (validation's users)) the fair bar is the population posterior: the training rows
 say nothing about those users, so it is all a reader of those rows can know of them.
 Without a world there is no gauge.
 """
