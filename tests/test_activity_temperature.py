@@ -408,3 +408,27 @@ def test_the_scorer_reads_a_format_4_bundle_and_refuses_older_in_one_line(tmp_pa
                                                  r"reads .* v4/v5") as err:
                 Scorer.load(bundle)
             assert "\n" not in str(err.value)
+
+
+def test_early_stopping_scores_each_epoch_as_it_would_ship():
+    """The MLP's epoch score is AgeGender's natural-weighted loss at the temperatures the fit
+    ships (one and per bin, fitted after the epoch): the kept epoch's score is the shipped
+    model's loss on validation, and on a world whose heavy users' labels are noise it is
+    below the temperature-1 score the rule used before."""
+    pytest.importorskip("tensorflow")
+    from pythia.models import get_model
+    from pythia.models.mlp_valid import shipped_val_losses
+
+    enc = activity_encoders()
+    train, valid = world(enc, 4000, 0), world(enc, 2500, 1)
+    model = get_model("mlp")(enc, {"hidden_units": [16], "age_head": "softmax"},
+                             TrainConfig(max_epochs=3, batch_size=256, patience=2))
+    summary = model.fit(train, valid, priors_of(train, enc))
+    assert model.activity_temperature is not None
+    p = model.predict_proba(valid)["age_gender"]
+    y = valid["y_age_gender"]
+    w = model.validation_weights(y)
+    shipped = float(np.sum(-np.log(p[np.arange(len(y)), y]) * w) / np.sum(w))
+    assert shipped_val_losses(model, valid)["age_gender"] == pytest.approx(shipped, abs=1e-6)
+    assert summary["best_val_loss"] == pytest.approx(shipped, abs=1e-6)
+    assert shipped < model.natural_val_losses(valid)["age_gender"] - 0.01

@@ -40,7 +40,7 @@ from pythia.models.activity_temp import EXPORT_KEY
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
 from pythia.models.mlp_valid import (ValidationSample, forward_in_batches, sample_dataset,
-                                     validation_losses)
+                                     shipped_val_losses, validation_losses)
 from pythia.models.unseen import UnseenRows, id_counts
 from pythia.models.warm_mlp import fit_mlp_warm
 from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (re-exported)
@@ -264,7 +264,7 @@ class MLPModel(Model):
         self.keras_model = self.build(n_train, start)
         unseen = UnseenRows(id_counts(train, self.encoders))  # filled before each score
         patience, h = int(self.patience()), self.hparams
-        keep = KeepBest(unseen.before(self.keras_model, lambda: self.natural_val_losses(valid)),
+        keep = KeepBest(unseen.before(self.keras_model, lambda: shipped_val_losses(self, valid)),
                         patience, float(h["min_delta"]), kept=lambda: self._scored_valid)
         frozen = start is not None and h["wide_train"] == "frozen"
         phases = [(float(h["learning_rate"]), not frozen, cfg.max_epochs, patience)]
@@ -312,7 +312,7 @@ class MLPModel(Model):
                        f"{keep.best_index})" if keep.best_index else
                        "no epoch beat it: the network stays the logistic regression")
             trail = ", ".join(f"{h['age_gender']:.4f}" for h in keep.history)
-            notes.say("mlp", f"AgeGender by epoch {trail} (0: the wide part as logistic "
+            notes.say("mlp", f"AgeGender as shipped by epoch {trail} (0: the wide part, a logistic "
                              f"regression, {first['age_gender']:.4f}); {verdict}")
         return summary
 

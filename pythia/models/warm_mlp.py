@@ -37,6 +37,7 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     scratch 2.0647 / 135."""
     import keras
 
+    from pythia.models.mlp_valid import shipped_val_losses
     from pythia.models.unseen import UnseenRows, id_counts
     from pythia.models.wide import KeepBest
 
@@ -53,7 +54,7 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     patience = model.patience()
     # ids the region's rows never carry keep the start's rows (``models.unseen``)
     unseen = UnseenRows(id_counts(train, model.encoders), start.keras_model)
-    score = unseen.before(model.keras_model, lambda: model.natural_val_losses(valid))
+    score = unseen.before(model.keras_model, lambda: shipped_val_losses(model, valid))
     keep = KeepBest(score, int(patience), float(h["min_delta"]), kept=lambda: model._scored_valid)
     if epochs > 0:
         model._train_phase(train, float(h.get("warm_lr", h["learning_rate"])),
@@ -67,7 +68,8 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     record = start_record(first["age_gender"], best["age_gender"], keep.best_index,
                           len(keep.history) - 1, "natural-weighted AgeGender log-loss")
     trail = ", ".join(f"{s['age_gender']:.4f}" for s in keep.history)
-    notes.say("mlp", f"AgeGender by epoch {trail} (0: the start); kept epoch {keep.best_index}")
+    notes.say("mlp", f"AgeGender as shipped by epoch {trail} (0: the start); kept epoch "
+                     f"{keep.best_index}")
     return {"epochs": keep.best_index, "best_val_loss": best["age_gender"],
             "best_epoch": keep.best_index, "age_head": model.age_head,
             "val_loss_by_epoch": keep.history, "start": record}
