@@ -15,7 +15,8 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.models import MODELS
 from pythia.models import priors as pr
-from pythia.models.mlp_valid import ValidationSample, losses_of, natural_loss_sums
+from pythia.models.mlp_valid import (ValidationSample, losses_of, natural_loss_sums,
+                                     shipped_val_losses)
 from pythia.tfrecords.sample import ALL_ROWS_RULE, SAMPLE_RULE
 from test_models import HPARAMS, N_AGE, make_encoders, make_split, uniform_priors
 
@@ -273,10 +274,15 @@ def test_mlp_temperatures_within_and_over_the_cap():
     rec = s2["temperature_sample"]
     assert (rec["rows_available"], rec["rows_used"], s2["n_valid"]) == (900, 300, 300)
     assert rec["rule"] == SAMPLE_RULE and rec["rows_by_class_used"]["5"] == 1
-    # early stopping's loss is every row's: that of the restored weights on all 900 rows
+    # early stopping: gender and age on every row (the restored weights on all 900 rows);
+    # AgeGender as shipped, on the kept rows its temperatures are fitted on
     full = _reference_logits(capped, _dataset(valid, 128))
-    whole = losses_of(natural_loss_sums(capped, *full))["age_gender"]
-    assert s2["best_val_loss"] == pytest.approx(whole, rel=1e-9)
+    whole = losses_of(natural_loss_sums(capped, *full))
+    best = s2["val_loss_by_epoch"][s2["best_epoch"]]
+    assert best["gender"] == pytest.approx(whole["gender"], rel=1e-9)
+    assert best["age"] == pytest.approx(whole["age"], rel=1e-9)
+    shipped = shipped_val_losses(capped, _dataset(valid, 128))["age_gender"]
+    assert s2["best_val_loss"] == pytest.approx(shipped, rel=1e-9) != whole["age_gender"]
     full_t = temperatures(capped, *full)
     for t in features.TARGETS:  # a third of the rows: near the full-data temperature
         assert capped.temperature[t] == pytest.approx(full_t[t], rel=0.15)

@@ -1,7 +1,7 @@
-"""The MLP's reads of its splits in bounded memory. Validation: early stopping's
-natural-weighted log-loss is summed batch by batch over every row, and only a bounded sample
-of rows keeps its logits and labels for the temperature fit (and the summary's
-``val_logloss``). The LR start (``wide_start='logreg'``) fits on bounded samples of train and
+"""The MLP's reads of its splits in bounded memory. Validation: the natural-weighted log-loss
+of each head is summed batch by batch over every row, and only a bounded sample of rows keeps
+its logits and labels for the temperature fit, the summary's ``val_logloss`` and early
+stopping's AgeGender score (below). The LR start (``wide_start='logreg'``) fits on bounded samples of train and
 validation (``sample_dataset``), the rows the logreg candidate fits on.
 
 The sample is the numpy models' training-sample rule (``tfrecords.sample``): at most
@@ -41,8 +41,8 @@ from pythia.tfrecords.sample import (ALL_ROWS_RULE, STRATUM, sample_chunks, samp
                                      sampled_record)
 
 LOGIT = "logits:"  # prefix of a head's logits in a sampled chunk
-USE = ("the temperature fit and val_logloss; early stopping's natural-weighted log-loss sums "
-       "every validation row")
+USE = ("the temperature fit, val_logloss and early stopping's AgeGender score (as shipped); "
+       "the gender and age heads' natural-weighted log-loss sums every validation row")
 
 
 def natural_loss_sums(model: Any, raw: dict[str, np.ndarray], y: dict[str, np.ndarray],
