@@ -312,8 +312,8 @@ class MLPModel(Model):
                        f"{keep.best_index})" if keep.best_index else
                        "no epoch beat it: the network stays the logistic regression")
             trail = ", ".join(f"{h['age_gender']:.4f}" for h in keep.history)
-            notes.say("mlp", f"AgeGender as shipped by epoch {trail} (0: the wide part, a logistic "
-                             f"regression, {first['age_gender']:.4f}); {verdict}")
+            notes.say("mlp", f"AgeGender as shipped by epoch {trail} (0: the wide part, a "
+                             f"logistic regression, {first['age_gender']:.4f}); {verdict}")
         return summary
 
     def natural_val_losses(self, valid: Any) -> dict[str, float]:

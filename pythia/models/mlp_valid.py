@@ -1,8 +1,8 @@
 """The MLP's reads of its splits in bounded memory. Validation: the natural-weighted log-loss
 of each head is summed batch by batch over every row, and only a bounded sample of rows keeps
 its logits and labels for the temperature fit, the summary's ``val_logloss`` and early
-stopping's AgeGender score (below). The LR start (``wide_start='logreg'``) fits on bounded samples of train and
-validation (``sample_dataset``), the rows the logreg candidate fits on.
+stopping's AgeGender score (below). The LR start (``wide_start='logreg'``) fits on bounded
+samples of train and validation (``sample_dataset``), the rows the logreg candidate fits on.
 
 The sample is the numpy models' training-sample rule (``tfrecords.sample``): at most
 ``TrainConfig.max_train_rows`` rows, per AgeGender class a quota proportional to its rows (a
