@@ -82,13 +82,22 @@ def test_each_step_says_what_it_did_in_a_few_lines(tiny_run):
     assert all(line in end for line in alarm), (alarm, end)
 
 
-def test_a_model_beats_the_baselines_in_every_region_of_the_tiny_world(tiny_run):
-    """Small data is a user's first run: the defaults must still give every region a model
-    better than the class prior and logreg (gbdt at learning_rate 0.2 lost EU to logreg)."""
+def test_a_model_beats_the_baselines_in_every_region_the_tiny_world_trains(tiny_run):
+    """Small data is a user's first run: the defaults must still give every region the run
+    trains a model better than the class prior and logreg (gbdt at learning_rate 0.2 lost EU
+    to logreg). A region only the global candidates score may have too few held-out users
+    for any model to beat the prior: then it is named in the loud block. (The tiny world's
+    APAC: on the test day's new users the prior scores 2.558 and the best model 2.557; before
+    validation had every day of the held-out users, one validation day blessed TabNet there,
+    2.465 against the prior's 2.556, a win the test day did not repeat: 2.551 against 2.554.)"""
     from pythia.run_summary import baseline_alarm
 
-    champions = pd.DataFrame(tiny_run.data.champions)
-    assert champions["blessed"].all() and not baseline_alarm(champions), champions
+    champions = pd.DataFrame(tiny_run.data.champions).set_index("region")
+    trained = ["global"] + TINY["regions"].split(",")[1:]
+    assert champions.loc[trained, "blessed"].all(), champions
+    alarm = "\n".join(baseline_alarm(champions.reset_index()))
+    for region, row in champions.iterrows():
+        assert row["blessed"] or (region not in trained and f" in {region}" in alarm), alarm
 
 
 def test_run_trains_every_model_and_region(tiny_run):
