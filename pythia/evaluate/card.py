@@ -78,7 +78,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
 
     card.append(Markdown(
         "## Headline\n\nPer evaluated region (`global` = all rows): every candidate that can "
-        "score it, the champion first. `val_logloss` is AgeGender on the validation day; "
+        "score it, the champion first. `val_logloss` is AgeGender on validation (held-out users); "
         "`logloss_*` / `macro_f1_*` are on the natural test day; `bayes_ratio_*` = model "
         "log-loss / exact-posterior log-loss on the same rows."))
     card.append(Table.from_dataframe(_fmt(results["headline"]), truncate=False))
@@ -129,7 +129,7 @@ _REGIONAL_VS_GLOBAL = (
     "## Regional vs global\n\nPer region and model: the candidate trained on the region "
     "(`start_from`: the global model it was fine-tuned from, blank when trained from "
     "scratch) next to the global candidate of the same model and config, scored on the "
-    "same rows: validation day (`val_logloss_*`) and natural test day (AgeGender). "
+    "same rows: validation (`val_logloss_*`) and natural test day (AgeGender). "
     "`gain_logloss_age_gender` = global - regional test log-loss: positive when the "
     "regional candidate does better. `val_diff` = regional - global validation log-loss "
     "(natural-weighted, paired on the same rows), `val_se` its standard error clustered by "

@@ -145,7 +145,7 @@ class LogRegModel(Model):
             raise ValueError(f"logreg needs at least 2 {task.label} classes in the training "
                              f"rows, got {np.unique(y).tolist()}")
         if len(yv) == 0:
-            raise ValueError("logreg chooses its L2 strength on the validation day: no "
+            raise ValueError("logreg chooses its L2 strength on validation: no "
                              "validation rows given")
         self.check_features(valid)
         self._fit_encoding(train)
