@@ -164,6 +164,17 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     return ActivityTemperature(counts, edges, tuple(temps), rows, tuple(fitted), pools)
 
 
+def fit_for(model: Any, logits: np.ndarray, y: Mapping[str, np.ndarray],
+            global_temperature: float) -> ActivityTemperature | None:
+    """``fit`` of a model's AgeGender ``logits`` on validation rows ``y`` (labels, and the
+    activity column when kept): its ``activity_bins``, no bins when it does not bin by
+    activity (``bins_by_activity``), and a warm start's start bins (``from_start``)."""
+    return fit(logits, y[JOINT], y.get(FEATURE) if model.bins_by_activity else None,
+               model.encoders, model.train_cfg.activity_bins, global_temperature,
+               model.link(JOINT),
+               start=model.start.activity_temperature if model.start is not None else None)
+
+
 def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
                bins: np.ndarray, rows: tuple[int, ...], link: str) -> ActivityTemperature:
     """A warm-started (regional) model's bins: its start's per-bin temperatures -- fitted on

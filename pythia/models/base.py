@@ -271,11 +271,8 @@ class Model:
                             else None)
         for t in self.heads:
             self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
-        activity = y.get(at.FEATURE) if self.bins_by_activity else None
-        self.activity_temperature = at.fit(  # a warm start keeps its start's bins' shape
-            raw[at.JOINT], y[at.JOINT], activity, self.encoders, self.train_cfg.activity_bins,
-            self.temperature[at.JOINT], self.link(at.JOINT),
-            start=self.start.activity_temperature if self.start is not None else None)
+        # a warm start keeps its start's bins' shape
+        self.activity_temperature = at.fit_for(self, raw[at.JOINT], y, self.temperature[at.JOINT])
         calibrated = self._expand(self._calibrated(raw, y.get(at.FEATURE)))
         summary["val_logloss"] = {t: (pr.mean_log_loss(calibrated[t], y[t]) if len(y[t])
                                       else float("nan")) for t in features.TARGETS}

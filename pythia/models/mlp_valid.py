@@ -90,9 +90,7 @@ def shipped_val_losses(model: Any, valid: Any) -> dict[str, float]:
     if not len(y[joint]):
         return losses
     temperature = pr.fit_temperature(raw[joint], y[joint], link)
-    start = model.start.activity_temperature if model.start is not None else None
-    bins = at.fit(raw[joint], y[joint], y.get(ACTIVITY) if model.bins_by_activity else None,
-                  model.encoders, model.train_cfg.activity_bins, temperature, link, start=start)
+    bins = at.fit_for(model, raw[joint], y, temperature)
     per_row = (bins.per_row(y[ACTIVITY]) if bins is not None
                else np.full(len(y[joint]), temperature))
     scaled = {joint: np.asarray(raw[joint], np.float64) / per_row[:, None]}
