@@ -35,6 +35,12 @@ on its validation split (scored by the same one-slot bundles; resampled like tra
 the fit is under the training priors, ``softmax(s * (log p - log r))``, as the models fit
 their temperature).
 
+``--by-region`` adds a slice per model region (and its non-power user-days) and the scorer
+``region_blind``: the population posterior of the world's tables without their regional make
+effects. A global candidate below ``region_blind`` in a region has learnt some of that
+region's effects itself (it sees the country); a regional candidate can then gain only the
+rest (docs/new-users.md, session 38).
+
     METAFLOW_DATASTORE_SYSROOT_LOCAL=/tmp/s34/mf1 python benchmarks/fresh_users.py \
         --run 1796379642644146 --users 200000 --hours 0-23
 """
@@ -119,16 +125,20 @@ def log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))))
 
 
-def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age: int
-                ) -> pd.DataFrame:
+def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age: int,
+                regions: np.ndarray | None = None) -> pd.DataFrame:
     """Per scorer and slice: log-loss per target, and scorer / population on the same rows
-    (``probs['population']`` must be there)."""
+    (``probs['population']`` must be there). ``regions`` (each row's model region) adds the
+    slices ``<region>`` and ``<region> non_power``."""
     from pythia.features import IS_POWER_USER, USER_IMPRESSIONS_TODAY
 
     power = df[IS_POWER_USER].to_numpy(bool)
     heavy = df[USER_IMPRESSIONS_TODAY].to_numpy() >= HEAVY
     masks = {"all": np.ones(len(df), bool), "non_power": ~power, "power": power,
              f"{HEAVY}+_today": heavy}
+    for region in sorted(set(regions)) if regions is not None else ():
+        masks[str(region)] = np.asarray(regions) == region
+        masks[f"{region} non_power"] = masks[str(region)] & ~power
     y_ag = df["y_age_gender"].to_numpy(np.int64)
     y = {"age_gender": y_ag, "gender": y_ag // n_age, "age": y_ag % n_age}
     rows = []
@@ -183,7 +193,7 @@ def fit_bin_scales(p: np.ndarray, y: np.ndarray, bins: np.ndarray, n_bins: int,
 
 
 def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: list[int],
-                split: str | None = None, with_bundle: bool = True
+                split: str | None = None, with_bundle: bool = True, blind: bool = False
                 ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]], dict[str, str],
                            tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]] | None]:
     """(the fresh rows, {scorer: {target: (rows, classes)}}, {candidate: model folder},
@@ -191,7 +201,10 @@ def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: 
     provider-label posterior of the world's tables), each candidate ``model/region#config``
     (default: every global model folder of the run, baselines included) and ``bundle`` (the
     run's own, when it exported one, unless ``with_bundle`` is False). ``split`` (e.g.
-    'validation'): also score the run's rows of that split with each candidate."""
+    'validation'): also score the run's rows of that split with each candidate. ``blind``:
+    also ``region_blind``, the population posterior of the world's tables without their
+    regional make effects (``synth.regional.region_blind``: what a model that does not learn
+    them can reach at best)."""
     from metaflow import Run, namespace
 
     from pythia import features
@@ -239,6 +252,12 @@ def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: 
     _, label = world.population().gauge_posteriors(
         df, df[features.LABEL_PROVIDER].to_numpy(dtype=object))
     probs = {"population": features.marginals_from_joint(label[:, order], n_age)}
+    if blind:
+        from pythia.synth.regional import region_blind
+
+        _, label = region_blind(world).population().gauge_posteriors(
+            df, df[features.LABEL_PROVIDER].to_numpy(dtype=object))
+        probs["region_blind"] = features.marginals_from_joint(label[:, order], n_age)
     requests = pa.Table.from_pandas(df.drop(columns=["y_age_gender", "true_class"]),
                                     preserve_index=False)
     split_rows = pd.read_parquet(manifest["paths"][split]) if split else None
@@ -308,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit-on", choices=("fresh", "validation"), default="fresh",
                     help="fit the per-bin temperatures on the --fit-stream draw (an upper "
                     "bound) or on the run's validation split (where a run would)")
+    ap.add_argument("--by-region", action="store_true",
+                    help="also slice by model region, with the world's region-blind "
+                    "population posterior (``region_blind``) as a scorer")
     args = ap.parse_args(argv)
     hours = parse_hours(args.hours)
     try:
@@ -327,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
 
     split = "validation" if edges and args.fit_on == "validation" else None
     df, probs, folders, scored_split = score_fresh(args.run, args.candidates, args.users,
-                                                   args.stream, hours, split)
+                                                   args.stream, hours, split,
+                                                   blind=args.by_region)
     if edges:
         if scored_split is None:
             fit_df, fit_probs, _, _ = score_fresh(args.run, args.candidates, args.users,
@@ -344,7 +367,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c}: temperature x {dict(zip(names, m))} (bins of "
                   f"{USER_IMPRESSIONS_TODAY}, fitted on {where})")
     n_age = len(age_bucket_labels())
-    table = slice_table(probs, df, n_age)
+    regions = None
+    if args.by_region:
+        from metaflow import Run
+
+        geo = Run(f"DemoFlow/{args.run}")["start"].task.data.params.geo
+        regions = np.array([geo.region_of(c) for c in df["country"]], dtype=object)
+    table = slice_table(probs, df, n_age, regions)
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.to_string(index=False))
     if args.json:

@@ -80,6 +80,18 @@ def test_slice_table_is_relative_to_the_population_on_the_same_rows():
         np.log(0.5) / np.log(1 / 12), abs=1e-4)
     assert table.loc[("good", "power"), "users"] == 1 and table.loc[("good", "power"), "rows"] == 2
     assert table.loc[("good", f"{fu.HEAVY}+_today"), "rows"] == 2
+    # by region: each region's rows, and its non-power user-days, against the same population
+    p_mixed = p_good.copy()
+    p_mixed[4:] = 1 / 12  # right in NA, the population's guess in EU
+    probs["mixed"] = features.marginals_from_joint(p_mixed, n_age)
+    regions = np.array(["NA", "NA", "NA", "NA", "EU", "EU"], dtype=object)
+    table = fu.slice_table(probs, df, n_age, regions).set_index(["scorer", "slice"])
+    assert table.loc[("mixed", "NA"), "rows"] == 4 and table.loc[("mixed", "EU"), "rows"] == 2
+    assert table.loc[("mixed", "NA non_power"), "rows"] == 2
+    assert table.loc[("mixed", "EU"), "age_gender_x_pop"] == pytest.approx(1.0)
+    assert table.loc[("mixed", "NA"), "age_gender_x_pop"] == pytest.approx(
+        np.log(0.5) / np.log(1 / 12), abs=1e-4)
+    assert table.loc[("mixed", "all"), "rows"] == 6  # the other slices stay
 
 
 def test_per_bin_scales_undo_a_bins_over_confidence():
