@@ -378,9 +378,10 @@ def test_a_trained_mlp_with_bins_scores_alike_in_keras_numpy_onnx_and_the_bundle
         assert max(np.abs(np.asarray(got[t]) - want[t]).max() for t in TARGETS) <= 1e-5
 
 
-def test_the_scorer_reads_a_format_4_bundle_and_refuses_older_in_one_line(tmp_path):
-    """A format-4 bundle is a format-5 one without the bins (a past run's bundle still
-    scores); format 3 is refused naming the file."""
+def test_the_scorer_reads_format_4_and_5_bundles_and_refuses_older_in_one_line(tmp_path):
+    """A format-5 bundle is a format-6 one without wide-only bins, a format-4 one also
+    without the bins (a past run's bundle still scores); format 3 is refused naming the
+    file."""
     import json
     import os
 
@@ -394,10 +395,10 @@ def test_the_scorer_reads_a_format_4_bundle_and_refuses_older_in_one_line(tmp_pa
     doc_path = os.path.join(bundle, "bundle.json")
     with open(doc_path) as f:
         doc = json.load(f)
-    assert doc["format_version"] == 5
+    assert doc["format_version"] == 6
     reqs = [{"country": "US", "ts": 1_710_000_000, at.FEATURE: 40}]
     now = Scorer.load(bundle).score_arrays(reqs)
-    for version, ok in ((4, True), (3, False)):
+    for version, ok in ((5, True), (4, True), (3, False)):
         with open(doc_path, "w") as f:
             json.dump({**doc, "format_version": version}, f)
         if ok:
@@ -405,7 +406,7 @@ def test_the_scorer_reads_a_format_4_bundle_and_refuses_older_in_one_line(tmp_pa
             assert all(np.array_equal(got[t], now[t]) for t in TARGETS)
         else:
             with pytest.raises(ValueError, match=r"bundle.json is format .* v3, this code "
-                                                 r"reads .* v4/v5") as err:
+                                                 r"reads .* v4/v5/v6") as err:
                 Scorer.load(bundle)
             assert "\n" not in str(err.value)
 

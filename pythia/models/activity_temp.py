@@ -28,6 +28,13 @@ first run built with a 100-row floor and no pooling, LATAM's regional logreg and
 fitted 0.92 and 0.74 on their 104 rows of 100+, at or below their light users' 0.92 and
 1.06, where every other region's models fitted 1.6-9.9. A pool whose own fit does not beat
 the global temperature on its rows keeps the global one.
+
+**The deep part by activity** (a wide & deep model, session 38): a pool may also score
+AgeGender with the model's wide part alone (logistic regression), when that, at its own
+temperature, beats the whole model at its best on the pool's validation rows (``deep`` per
+bin; the raw logits then carry the deep part's own under ``DEEP``). On the default world the
+MLP's deep part learns heavy users from a few hundred training users' many rows and is worse
+than its wide part on heavy users no model saw (docs/new-users.md, session 38).
 """
 from __future__ import annotations
 
@@ -45,6 +52,7 @@ from pythia.models.links import link_probabilities
 
 FEATURE = features.USER_IMPRESSIONS_TODAY
 JOINT = "age_gender"
+DEEP = "age_gender:deep"  # a wide & deep model's raw logits: AgeGender's deep part alone
 # A bin starts at each count: 0-2, 3-9, 10-29, 30-99, 100+ impressions today (the bins the
 # session-35 measurement used); () = one temperature, as before.
 DEFAULT_BINS = TrainConfig.activity_bins
@@ -84,16 +92,28 @@ class ActivityTemperature:
     pools: tuple[int, ...]  # per bin, its pool (bins of one pool share their temperature)
     # a warm-started model's: its start's temperatures times this scale (``from_start``)
     start_scale: float | None = None
+    # per bin, False: AgeGender is the wide part alone there (None: the whole model everywhere)
+    deep: tuple[bool, ...] | None = None
 
     def per_row(self, x: Any) -> np.ndarray:
         """Each row's temperature, from its normalised activity."""
         return np.asarray(self.temperature, np.float64)[bin_of(self.edges, x)]
 
+    def logits(self, raw: Mapping[str, np.ndarray], x: Any) -> np.ndarray:
+        """AgeGender's raw logits with the deep part taken out of the rows of wide-only bins
+        (``raw[DEEP]``: the deep part's own logits; needed when some bin is wide-only)."""
+        z = np.asarray(raw[JOINT], np.float64)
+        if self.deep is None or all(self.deep):
+            return z
+        off = ~np.asarray(self.deep, bool)[bin_of(self.edges, x)]
+        return z - np.where(off[:, None], np.asarray(raw[DEEP], np.float64), 0.0)
+
     def to_json(self) -> dict[str, list]:
         return {"counts": list(self.counts), "edges": list(self.edges),
                 "temperature": list(self.temperature), "rows": list(self.rows),
                 "fitted": list(self.fitted), "pools": list(self.pools),
-                "start_scale": self.start_scale}
+                "start_scale": self.start_scale,
+                "deep": None if self.deep is None else list(self.deep)}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "ActivityTemperature":
@@ -102,12 +122,17 @@ class ActivityTemperature:
                    tuple(int(n) for n in doc["rows"]), tuple(bool(f) for f in doc["fitted"]),
                    # saved before the pools (commit 101fb09): a pool per bin
                    tuple(int(g) for g in doc.get("pools", range(len(doc["temperature"])))),
-                   None if doc.get("start_scale") is None else float(doc["start_scale"]))
+                   None if doc.get("start_scale") is None else float(doc["start_scale"]),
+                   None if doc.get("deep") is None else tuple(bool(d) for d in doc["deep"]))
 
     def export(self) -> dict[str, Any]:
-        """The ``EXPORT_KEY`` entry: what a scorer needs to put a row in its bin."""
-        return {"feature": FEATURE, "edges": list(self.edges),
-                "temperature": list(self.temperature)}
+        """The ``EXPORT_KEY`` entry: what a scorer needs to put a row in its bin (and, when
+        some bin is wide-only, ``deep``: 1.0 or 0.0 per bin, the deep logits' factor)."""
+        entry = {"feature": FEATURE, "edges": list(self.edges),
+                 "temperature": list(self.temperature)}
+        if self.deep is not None and not all(self.deep):
+            entry["deep"] = [float(d) for d in self.deep]
+        return entry
 
     def describe(self) -> str:
         """One entry per pool, e.g. '0-2: 1.094, 3-9: 1.145, 10-29: 1.274, 30+: 1.529 (global:
@@ -119,7 +144,9 @@ class ActivityTemperature:
                                      else None)
             name = f"{lo}+" if hi is None else f"{lo}-{hi}"
             rows = sum(self.rows[k] for k in ks)
+            wide = self.deep is not None and not self.deep[ks[0]]
             parts.append(f"{name}: {self.temperature[ks[0]]:.3f}" + (
+                " (the wide part alone)" if wide else "") + (
                 "" if self.fitted[ks[0]] else f" (global: no gain on its {rows:,} rows)"))
         return (f"the start's bins x {self.start_scale:.3f}: " if self.start_scale is not None
                 else "") + ", ".join(parts)
@@ -127,12 +154,14 @@ class ActivityTemperature:
 
 def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Encoders,
         counts: Sequence[int], global_temperature: float, link: str = "softmax",
-        min_rows: int | None = None, start: ActivityTemperature | None = None
-        ) -> ActivityTemperature | None:
+        min_rows: int | None = None, start: ActivityTemperature | None = None,
+        deep: np.ndarray | None = None) -> ActivityTemperature | None:
     """Per pool of bins of ``activity`` (normalised; ``pool_bins`` with ``min_rows``, default
     ``MIN_BIN_ROWS``), the temperature minimising the pool's validation log-loss of
     ``link(logits / T)``; None without bins, without the activity column, with one pool (that
     is the global temperature's fit) or when no pool gains over the global temperature. With
+    ``deep`` (the deep part's own logits of a wide & deep model) a pool is scored by the wide
+    part alone (``logits - deep``, at its own temperature) when that has the lower loss. With
     ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
     counts = check_bins(counts)
     min_rows = MIN_BIN_ROWS if min_rows is None else int(min_rows)
@@ -142,53 +171,70 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     bins = bin_of(edges, activity)
     rows = tuple(int(n) for n in np.bincount(bins, minlength=len(counts) + 1))
     if start is not None and start.counts == counts and start.edges == edges:
-        return from_start(start, np.asarray(logits), np.asarray(y, np.int64), bins, rows, link)
+        return from_start(start, np.asarray(logits), np.asarray(y, np.int64), bins, rows, link,
+                          deep)
     pools = pool_bins(rows, min_rows)
     if len(set(pools)) < 2:
         return None
     y, logits, glob = np.asarray(y, np.int64), np.asarray(logits), float(global_temperature)
-    temps, fitted = [glob] * len(rows), [False] * len(rows)
+    temps, fitted, on = [glob] * len(rows), [False] * len(rows), [True] * len(rows)
     for pool in set(pools):
         ks = [k for k, g in enumerate(pools) if g == pool]
         mask = np.isin(bins, ks)
-        z, yk = logits[mask], y[mask]
+        yk = y[mask]
 
-        def loss(temp: float) -> float:
+        def loss(z: np.ndarray, temp: float) -> float:
             return pr.mean_log_loss(pr.apply_temperature(z, temp, link), yk)
+        # (loss, temperature, fitted, deep part on) of each way to score the pool
+        z = logits[mask]
         own = pr.fit_temperature(z, yk, link)
-        if loss(own) < loss(glob):
-            for k in ks:
-                temps[k], fitted[k] = own, True
+        ways = [(loss(z, glob), glob, False, True), (loss(z, own), own, True, True)]
+        if deep is not None:
+            z_wide = z - np.asarray(deep)[mask]
+            t_wide = pr.fit_temperature(z_wide, yk, link)
+            ways.append((loss(z_wide, t_wide), t_wide, True, False))
+        _, temp, is_fitted, is_on = min(ways, key=lambda w: w[0])
+        for k in ks:
+            temps[k], fitted[k], on[k] = temp, is_fitted, is_on
     if not any(fitted):  # the global temperature everywhere: nothing to add
         return None
-    return ActivityTemperature(counts, edges, tuple(temps), rows, tuple(fitted), pools)
+    return ActivityTemperature(counts, edges, tuple(temps), rows, tuple(fitted), pools,
+                               deep=None if deep is None else tuple(on))
 
 
-def fit_for(model: Any, logits: np.ndarray, y: Mapping[str, np.ndarray],
+def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray],
             global_temperature: float) -> ActivityTemperature | None:
-    """``fit`` of a model's AgeGender ``logits`` on validation rows ``y`` (labels, and the
-    activity column when kept): its ``activity_bins``, no bins when it does not bin by
+    """``fit`` of a model's AgeGender raw logits (``raw[JOINT]``, and ``raw[DEEP]`` when the
+    model has a deep part its wide part can do without) on validation rows ``y`` (labels, and
+    the activity column when kept): its ``activity_bins``, no bins when it does not bin by
     activity (``bins_by_activity``), and a warm start's start bins (``from_start``)."""
-    return fit(logits, y[JOINT], y.get(FEATURE) if model.bins_by_activity else None,
+    return fit(raw[JOINT], y[JOINT], y.get(FEATURE) if model.bins_by_activity else None,
                model.encoders, model.train_cfg.activity_bins, global_temperature,
                model.link(JOINT),
-               start=model.start.activity_temperature if model.start is not None else None)
+               start=model.start.activity_temperature if model.start is not None else None,
+               deep=raw.get(DEEP))
 
 
 def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
-               bins: np.ndarray, rows: tuple[int, ...], link: str) -> ActivityTemperature:
+               bins: np.ndarray, rows: tuple[int, ...], link: str,
+               deep: np.ndarray | None = None) -> ActivityTemperature:
     """A warm-started (regional) model's bins: its start's per-bin temperatures -- fitted on
     the start's validation, four times the users of a region's -- times one scale fitted on
-    its own validation rows (1 when the scale does not gain). A region's own heavy bins are a
-    few users': seed 1's regional NA MLP fitted 1.51 for 30+ where its global start had 1.76
-    and 2.98, and scored 1.067 x population on fresh NA users; with the start's bins, 1.044
-    (docs/new-users.md, session 36)."""
+    its own validation rows (1 when the scale does not gain), and its start's wide-only bins
+    (``deep``: the warm-started model's deep logits, taken out of those bins' rows). A
+    region's own heavy bins are a few users': seed 1's regional NA MLP fitted 1.51 for 30+
+    where its global start had 1.76 and 2.98, and scored 1.067 x population on fresh NA
+    users; with the start's bins, 1.044 (docs/new-users.md, session 36)."""
+    gates = start.deep if deep is not None else None
+    if gates is not None and not all(gates):
+        off = ~np.asarray(gates, bool)[bins]
+        logits = logits - np.where(off[:, None], np.asarray(deep), 0.0)
     # T_row = scale * T_start[bin]: the scale is a plain temperature of the start-scaled logits
     per_row = np.asarray(start.temperature, np.float64)[bins]
     scale = pr.fit_temperature(logits / per_row[:, None], y, link, bounds=(0.25, 4.0))
     return ActivityTemperature(start.counts, start.edges,
                                tuple(scale * t for t in start.temperature), rows, start.fitted,
-                               start.pools, scale)
+                               start.pools, scale, gates)
 
 
 def pool_bins(rows: Sequence[int], min_rows: int) -> tuple[int, ...]:

@@ -207,10 +207,12 @@ class Model:
         return np.asarray(per_class, dtype=np.float64)[np.asarray(y_age_gender, dtype=np.int64)]
 
     def _calibrated(self, raw: Mapping[str, np.ndarray], activity: Any = None) -> dict:
-        """Each head at its temperature; AgeGender's per row of ``activity`` when it has bins."""
+        """Each head at its temperature; AgeGender's per row of ``activity`` when it has bins
+        (and without its deep part in wide-only bins: ``ActivityTemperature.logits``)."""
         temps: dict[str, Any] = dict(self.temperature)
         if self.activity_temperature is not None and activity is not None:
             temps[at.JOINT] = self.activity_temperature.per_row(activity)
+            raw = {**raw, at.JOINT: self.activity_temperature.logits(raw, activity)}
         return {t: at.scaled_probabilities(raw[t], temps[t], self.link(t)) for t in self.heads}
 
     def _expand(self, per_head: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -272,7 +274,7 @@ class Model:
         for t in self.heads:
             self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
         # a warm start keeps its start's bins' shape
-        self.activity_temperature = at.fit_for(self, raw[at.JOINT], y, self.temperature[at.JOINT])
+        self.activity_temperature = at.fit_for(self, raw, y, self.temperature[at.JOINT])
         calibrated = self._expand(self._calibrated(raw, y.get(at.FEATURE)))
         summary["val_logloss"] = {t: (pr.mean_log_loss(calibrated[t], y[t]) if len(y[t])
                                       else float("nan")) for t in features.TARGETS}

@@ -90,10 +90,11 @@ def shipped_val_losses(model: Any, valid: Any) -> dict[str, float]:
     if not len(y[joint]):
         return losses
     temperature = pr.fit_temperature(raw[joint], y[joint], link)
-    bins = at.fit_for(model, raw[joint], y, temperature)
-    per_row = (bins.per_row(y[ACTIVITY]) if bins is not None
-               else np.full(len(y[joint]), temperature))
-    scaled = {joint: np.asarray(raw[joint], np.float64) / per_row[:, None]}
+    bins = at.fit_for(model, raw, y, temperature)
+    if bins is None:
+        scaled = {joint: np.asarray(raw[joint], np.float64) / temperature}
+    else:  # the bins' temperatures, without the deep part where a bin is wide-only
+        scaled = {joint: bins.logits(raw, y[ACTIVITY]) / bins.per_row(y[ACTIVITY])[:, None]}
     return {**losses, joint: losses_of(natural_loss_sums(model, scaled, y, (joint,)))[joint]}
 
 
@@ -185,6 +186,8 @@ class ValidationSample(BoundedRows):
                     **{c: np.zeros(0, np.int64) for c in features.LABEL_COLUMNS.values()},
                     ACTIVITY: np.zeros(0)}
         raw = {t: np.asarray(kept[LOGIT + t], dtype=np.float64) for t in features.TARGETS}
+        if LOGIT + at.DEEP in kept:  # a wide & deep model's deep part (``network_outputs``)
+            raw[at.DEEP] = np.asarray(kept[LOGIT + at.DEEP], dtype=np.float64)
         y = {t: np.asarray(kept[c], dtype=np.int64) for t, c in features.LABEL_COLUMNS.items()}
         y = with_activity(y, kept)  # the per-bin temperature's bins (models.activity_temp)
         self.record["use"] = USE
@@ -199,7 +202,7 @@ class ValidationSample(BoundedRows):
         forward = compiled_forward(model)
         for x, y in valid:
             out = forward({k: x[k] for k in features.FEATURE_NAMES})
-            chunk = {LOGIT + t: np.asarray(out[t]) for t in features.TARGETS}
+            chunk = {LOGIT + t: np.asarray(v) for t, v in out.items()}
             chunk[ACTIVITY] = np.asarray(x[ACTIVITY])
             chunk.update({c: np.asarray(y[t]).astype(np.int64)
                           for t, c in features.LABEL_COLUMNS.items()})
@@ -225,10 +228,27 @@ def compiled_forward(model: Any) -> Callable[[dict], dict]:
     keras_model = model.keras_model
     made = getattr(model, "_forward", None)
     if made is None or made[0] is not keras_model:
-        made = (keras_model, tf.function(lambda x: keras_model(x, training=False),
-                                         reduce_retracing=True))
+        made = (keras_model, tf.function(network_outputs(keras_model), reduce_retracing=True))
         model._forward = made
     return made[1]
+
+
+def network_outputs(keras_model: Any) -> Callable[[dict], dict]:
+    """The inference pass: each head's logits and, when the network has a wide part,
+    AgeGender's deep part alone (``activity_temp.DEEP``: the head's Dense without its bias,
+    which stays with the wide part) -- what a bin scored by the wide part takes out."""
+    import keras
+
+    if not any(layer.name == "wide" for layer in keras_model.layers):
+        return lambda x: keras_model(x, training=False)
+    head = keras_model.get_layer(at.JOINT)
+    outputs = {t: keras_model.get_layer(f"logits_{t}").output for t in features.TARGETS}
+    network = keras.Model(keras_model.input, {**outputs, at.DEEP: head.output})
+
+    def run(x: dict) -> dict:
+        out = network(x, training=False)  # the bias is read when called: the current weights
+        return {**out, at.DEEP: out[at.DEEP] - head.bias}
+    return run
 
 
 PREDICT_BATCH_ROWS = 8192  # rows per call of the compiled pass when predicting arrays
@@ -245,8 +265,10 @@ def forward_in_batches(model: Any, x: Mapping[str, np.ndarray]) -> dict[str, np.
     n = len(next(iter(x.values())))
     parts = [forward({k: v[s:s + PREDICT_BATCH_ROWS] for k, v in x.items()})
              for s in range(0, n, PREDICT_BATCH_ROWS)]
-    return {t: np.concatenate([np.asarray(p[t]) for p in parts]).astype(np.float64) if parts
-            else np.zeros((0, model.head_units()[t])) for t in features.TARGETS}
+    if not parts:
+        return {t: np.zeros((0, model.head_units()[t])) for t in features.TARGETS}
+    return {t: np.concatenate([np.asarray(p[t]) for p in parts]).astype(np.float64)
+            for t in parts[0]}
 
 
 def sample_dataset(data: Any, max_rows: int, seed: int, split: str

@@ -14,12 +14,15 @@ from pythia import features
 BUNDLE_FILE = "bundle.json"
 ENCODERS_FILE = "encoders.json"
 BUNDLE_FORMAT = "pythia-scoring-bundle"
-# 5: the MLP's AgeGender temperature per activity bin in weights-*.npz (a v4 reader would
-# ignore it and score wrongly); 4: numeric encoders carry a transform (the activity counter);
-# 3: the MLP wide part in weights-*.npz; 2: IANA local-time table
-BUNDLE_FORMAT_VERSION = 5
-# what this code reads: a v4 bundle is a v5 one without the per-bin temperature
-BUNDLE_READS = (4, 5)
+# 6: activity bins the MLP's AgeGender scores with its wide part alone (``activity__deep``
+# in weights-*.npz; a v5 reader would ignore it and score wrongly); 5: the MLP's AgeGender
+# temperature per activity bin in weights-*.npz (a v4 reader would ignore it); 4: numeric
+# encoders carry a transform (the activity counter); 3: the MLP wide part in weights-*.npz;
+# 2: IANA local-time table
+BUNDLE_FORMAT_VERSION = 6
+# what this code reads: a v5 bundle is a v6 one without wide-only bins, a v4 one also
+# without the per-bin temperature
+BUNDLE_READS = (4, 5, 6)
 
 
 def read_versioned_doc(folder: str, file: str, fmt: str, version: int | tuple[int, ...],

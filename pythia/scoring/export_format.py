@@ -69,12 +69,19 @@ def check_export(export: Mapping[str, Any], encoders: Encoders) -> None:
         check_activity(export[ACTIVITY])
 
 
+ACTIVITY_KEYS = ("edges", "temperature", "deep")  # the entry's arrays (``deep``: optional)
+
+
 def check_activity(entry: Any) -> None:
     """The optional per-bin temperature of AgeGender (``models.activity_temp``): a numeric
-    feature, k strictly increasing finite edges on its normalised value, k + 1 temperatures."""
-    if not isinstance(entry, Mapping) or set(entry) != {"feature", "edges", "temperature"}:
+    feature, k strictly increasing finite edges on its normalised value, k + 1 temperatures,
+    and optionally ``deep``: k + 1 factors, 1 or 0, of the head's deep logits per bin (0: the
+    wide part alone scores the bin)."""
+    if not isinstance(entry, Mapping) or not (
+            {"feature", "edges", "temperature"} <= set(entry)
+            <= {"feature", "edges", "temperature", "deep"}):
         raise ValueError(f"export {ACTIVITY!r} must hold exactly 'feature', 'edges' and "
-                         f"'temperature', got {entry!r}")
+                         f"'temperature' (and optionally 'deep'), got {entry!r}")
     if entry["feature"] not in NUMERIC_FEATURES:
         raise ValueError(f"export {ACTIVITY!r} bins by {entry['feature']!r}, not one of the "
                          f"numeric FEATURES {list(NUMERIC_FEATURES)}")
@@ -86,6 +93,10 @@ def check_activity(entry: Any) -> None:
     if temps.shape != (len(edges) + 1,) or not np.all(np.isfinite(temps)) or np.any(temps <= 0):
         raise ValueError(f"export {ACTIVITY!r} needs {len(edges) + 1} finite temperatures > 0 "
                          f"(one per bin), got {temps.tolist()}")
+    deep = np.asarray(entry.get("deep", np.ones(len(temps))), dtype=np.float64)
+    if deep.shape != temps.shape or not np.all((deep == 0) | (deep == 1)):
+        raise ValueError(f"export {ACTIVITY!r} 'deep' needs {len(temps)} factors of 0 or 1 "
+                         f"(one per bin), got {deep.tolist()}")
 
 
 def _check_wide(export: Mapping[str, Any]) -> None:
@@ -176,8 +187,9 @@ def save_export_npz(export: Mapping[str, Any], path: str) -> None:
     meta[WIDE] = sorted(export.get(WIDE, {}))
     if ACTIVITY in export:
         meta[ACTIVITY] = export[ACTIVITY]["feature"]
-        for key in ("edges", "temperature"):
-            arrays[f"activity__{key}"] = np.asarray(export[ACTIVITY][key], dtype=np.float64)
+        for key in ACTIVITY_KEYS:
+            if key in export[ACTIVITY]:
+                arrays[f"activity__{key}"] = np.asarray(export[ACTIVITY][key], np.float64)
     arrays["meta"] = np.asarray(json.dumps(meta))
     with open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -193,7 +205,8 @@ def load_export_npz(path: str) -> dict[str, Any]:
             **({WIDE: wide, WIDE_NUMERIC: {t: z[f"wide_numeric__{t}"] for t in wide}}
                if wide else {}),
             **({ACTIVITY: {"feature": meta[ACTIVITY],
-                           **{k: z[f"activity__{k}"].tolist() for k in ("edges", "temperature")}}}
+                           **{k: z[f"activity__{k}"].tolist() for k in ACTIVITY_KEYS
+                              if f"activity__{k}" in z}}}
                if meta.get(ACTIVITY) else {}),
             "kind": meta["kind"],
             "embeddings": [(n, z[f"emb__{n}"]) for n in meta["embeddings"]],

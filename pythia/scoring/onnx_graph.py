@@ -47,7 +47,9 @@ def build_onnx_model(export: Mapping[str, Any], encoders: Encoders, *,
       ``numeric @ wide_numeric``, scaled like the head; with a temperature per activity bin
       (export entry ``ACTIVITY``) nothing is folded: the logits are multiplied by their row's
       ``1 / T`` (the normalised activity compared with the edges, the bins counted, a Gather
-      of the scales) and ``log(prior_ratio)`` is added after; then Softmax; ``gender`` and ``age``
+      of the scales) and ``log(prior_ratio)`` is added after; a bin scored by the wide part
+      alone (the entry's ``deep``) has the head's kernel part multiplied by 0 (a MatMul, a
+      Gather of the factors, a Mul, then the bias); then Softmax; ``gender`` and ``age``
       are its marginals (a Reshape and two ReduceSums), so the outputs agree. The gender and
       age heads were training aids: no node computes them.
 
@@ -132,19 +134,28 @@ def _heads(g: _Graph, export: Mapping[str, Any], h: str, ids: str, numeric: str,
     """The AgeGender head as one Gemm (plus its wide part), its Softmax, and the gender and
     age outputs as its marginals; the gender and age heads are training aids, not computed."""
     W, b, scale, shift = joint_head(export)
-    z = g.node("Gemm", [h, g.const("head_W", W), g.const("head_b", b)], "head_logits")
+    bins = _activity_bins(g, export, numeric) if shift is not None else None
+    if bins is not None and "deep" in export[ACTIVITY]:  # wide-only bins: the kernel part x 0
+        z = g.node("MatMul", [h, g.const("head_W", W)], "head_kernel")
+        z = g.node("Mul", [z, _per_bin(g, "activity_deep", export[ACTIVITY]["deep"], bins)],
+                   "head_kernel_gated")
+        z = g.node("Add", [z, g.const("head_b", b)], "head_logits")
+    else:
+        z = g.node("Gemm", [h, g.const("head_W", W), g.const("head_b", b)], "head_logits")
     if WIDE in export:
         z = g.node("Add", [z, _wide(g, export, ids, numeric, sizes, scale)], "wide_logits")
-    if shift is not None:
-        z = g.node("Mul", [z, _activity_scale(g, export, numeric)], "activity_logits")
+    if bins is not None:
+        inverse = 1.0 / np.asarray(export[ACTIVITY]["temperature"], np.float64)
+        z = g.node("Mul", [z, _per_bin(g, "activity_inverse_t", inverse, bins)],
+                   "activity_logits")
         z = g.node("Add", [z, g.const("prior_shift", shift)], "prior_logits")
     g.node("Softmax", [z], JOINT, axis=-1)
     _marginals(g, len(export["prior_ratio"][JOINT]) // len(features.GENDER_CLASSES))
 
 
-def _activity_scale(g: _Graph, export: Mapping[str, Any], numeric: str) -> str:
-    """(N, 1): each row's ``1 / T`` of its activity bin, the bin being how many edges the
-    row's normalised value reaches (``runtime.ActivityScale``)."""
+def _activity_bins(g: _Graph, export: Mapping[str, Any], numeric: str) -> str:
+    """(N, 1) int64: each row's activity bin, how many edges the row's normalised value
+    reaches (``runtime.ActivityScale``)."""
     node, const = g.node, g.const
     entry = export[ACTIVITY]
     column = list(export["numeric"]).index(entry["feature"])
@@ -153,11 +164,14 @@ def _activity_scale(g: _Graph, export: Mapping[str, Any], numeric: str) -> str:
     reached = node("Cast", [node("GreaterOrEqual", [value, const("activity_edges",
                                                                    entry["edges"])],
                                  "activity_reached")], "activity_reached_int", to=7)  # INT64
-    bins = node("ReduceSum", [reached, const("activity_axes", [1], np.int64)], "activity_bin",
+    return node("ReduceSum", [reached, const("activity_axes", [1], np.int64)], "activity_bin",
                 keepdims=1)  # (N, 1)
-    inverse = 1.0 / np.asarray(entry["temperature"], np.float64)
-    return node("Gather", [const("activity_inverse_t", inverse), bins], "activity_scale",
-                axis=0)  # (N, 1)
+
+
+def _per_bin(g: _Graph, name: str, values: Any, bins: str) -> str:
+    """(N, 1): each row's value of its bin (``values``: one per bin)."""
+    return g.node("Gather", [g.const(name, np.asarray(values, np.float64)), bins],
+                  f"{name}_rows", axis=0)
 
 
 def _marginals(g: _Graph, n_age: int) -> None:

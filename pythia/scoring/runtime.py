@@ -75,14 +75,17 @@ class ActivityScale:
         self.edges = [float(e) for e in entry["edges"]]
         self.inverse = [1.0 / float(t) for t in entry["temperature"]]
         self._edges, self._inverse = np.asarray(self.edges), np.asarray(self.inverse)
+        # per bin, the factor of the head's deep logits (0: the wide part and bias alone)
+        self.deep = [float(d) for d in entry["deep"]] if "deep" in entry else None
 
-    def of_rows(self, numeric: np.ndarray) -> np.ndarray:
-        """(n, 1) scales of a (n, n_numeric) batch."""
+    def of_rows(self, numeric: np.ndarray, per_bin: Any = None) -> np.ndarray:
+        """(n, 1) scales (or ``per_bin`` values) of a (n, n_numeric) batch."""
         bins = np.searchsorted(self._edges, numeric[:, self.column], side="right")
-        return self._inverse.take(bins)[:, None]
+        return np.asarray(self._inverse if per_bin is None else per_bin).take(bins)[:, None]
 
-    def of_one(self, numeric: list[float]) -> float:
-        return self.inverse[bisect.bisect_right(self.edges, numeric[self.column])]
+    def of_one(self, numeric: list[float], per_bin: Any = None) -> float:
+        values = self.inverse if per_bin is None else per_bin
+        return values[bisect.bisect_right(self.edges, numeric[self.column])]
 
 
 class FusedMLP:
@@ -126,6 +129,8 @@ class FusedMLP:
         self.n_age = len(self.labels["age"])
         head_W, head_b, scale, self._shift = joint_head(export)
         self._activity = ActivityScale(export) if self._shift is not None else None
+        self._head_b = head_b.astype(dt)  # kept where a bin's deep part is off
+        self._deep = self._activity.deep if self._activity is not None else None
         if self._shift is not None:
             self._shift = self._shift.astype(dt)
         # Every affine map in order; the AgeGender head comes last.
@@ -214,6 +219,10 @@ class FusedMLP:
             h = x @ self._W1_grouped
             h += self.b1
         z = self._hidden_to_logits(h)
+        if self._deep is not None:  # wide-only bins: the head's kernel part times 0
+            z -= self._head_b
+            z *= self._activity.of_rows(numeric, self._deep).astype(self.dtype, copy=False)
+            z += self._head_b
         if self._wide_stacked is not None:
             # (features, n, classes) then a sum over the first axis: contiguous adds
             rows = (ids + self.offsets).T
@@ -245,6 +254,8 @@ class FusedMLP:
         rows = [i + o for i, o in zip(ids, self._offsets_list)]
         weights = np.array(self._ones + numeric + [1.0], dtype=self.dtype)
         z = self._hidden_to_logits(weights @ self._fused[rows + self._extra_rows])
+        if self._deep is not None:
+            z = (z - self._head_b) * self._activity.of_one(numeric, self._deep) + self._head_b
         if self._wide_stacked is not None:
             z += self._wide_stacked[rows].sum(axis=0)
             z += weights[len(rows):-1] @ self._wide_numeric
