@@ -189,3 +189,23 @@ def test_a_trained_mlp_with_wide_only_bins_scores_alike_in_keras_numpy_and_onnx(
     model.activity_temperature = ungated
     assert np.abs(model.predict_proba(test)["age_gender"][heavy]
                   - want["age_gender"][heavy]).max() > 1e-3
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_wide_only_bins_can_be_turned_off(allowed):
+    """``wide_only_bins`` (an MLP hparam, default on): off, the network gives no deep part
+    to take out and no bin is wide-only, whatever validation says."""
+    pytest.importorskip("tensorflow")
+    from pythia.models import get_model
+    from pythia.models.mlp_valid import forward_in_batches
+
+    enc = activity_encoders()
+    train, valid = world(enc, 3000, 0), world(enc, 2500, 1)
+    model = get_model("mlp")(enc, {"hidden_units": [16], "age_head": "softmax",
+                                   "wide_only_bins": allowed},
+                             TrainConfig(max_epochs=2, batch_size=256, patience=1))
+    model.fit(train, valid, priors_of(train, enc))
+    raw = forward_in_batches(model, model._inputs(valid))
+    assert (at.DEEP in raw) == allowed
+    assert model.activity_temperature is not None
+    assert (model.activity_temperature.deep is not None) == allowed

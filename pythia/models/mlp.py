@@ -96,11 +96,11 @@ class MLPModel(Model):
     def default_hparams(cls) -> dict[str, Any]:
         return {
             "hidden_units": [256, 128],  # trunk widths
-            "dropout": 0.1,  # after each trunk layer
+            "dropout": 0.1, "embedding_max_dim": 16,  # dropout after each trunk layer
             "learning_rate": 1e-2,  # Adam, at TrainConfig.batch_size 4096 (pythia.toml)
-            "embedding_max_dim": 16,
             "age_head": None,  # None -> TrainConfig.age_head; 'corn'/'ordinal' | 'softmax'
-            "wide": True,  # add the wide part (a logit row per categorical value and head)
+            # a wide part (a logit row per categorical value and head); activity bins where it
+            "wide": True, "wide_only_bins": True,  # alone does better (activity_temp.DEEP)
             # 'logreg': the wide part starts as the LR fits (the module docstring's rule);
             # 'zero': zero-initialised, trained with the deep part only
             "wide_start": "logreg",

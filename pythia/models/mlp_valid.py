@@ -228,18 +228,20 @@ def compiled_forward(model: Any) -> Callable[[dict], dict]:
     keras_model = model.keras_model
     made = getattr(model, "_forward", None)
     if made is None or made[0] is not keras_model:
-        made = (keras_model, tf.function(network_outputs(keras_model), reduce_retracing=True))
+        run = network_outputs(keras_model, bool(model.hparams.get("wide_only_bins", True)))
+        made = (keras_model, tf.function(run, reduce_retracing=True))
         model._forward = made
     return made[1]
 
 
-def network_outputs(keras_model: Any) -> Callable[[dict], dict]:
-    """The inference pass: each head's logits and, when the network has a wide part,
-    AgeGender's deep part alone (``activity_temp.DEEP``: the head's Dense without its bias,
-    which stays with the wide part) -- what a bin scored by the wide part takes out."""
+def network_outputs(keras_model: Any, deep: bool = True) -> Callable[[dict], dict]:
+    """The inference pass: each head's logits and, when the network has a wide part (and
+    ``deep``: the MLP's ``wide_only_bins``), AgeGender's deep part alone (``activity_temp.DEEP``:
+    the head's Dense without its bias, which stays with the wide part) -- what a bin scored
+    by the wide part takes out; without it no bin can be wide-only."""
     import keras
 
-    if not any(layer.name == "wide" for layer in keras_model.layers):
+    if not deep or not any(layer.name == "wide" for layer in keras_model.layers):
         return lambda x: keras_model(x, training=False)
     head = keras_model.get_layer(at.JOINT)
     outputs = {t: keras_model.get_layer(f"logits_{t}").output for t in features.TARGETS}
