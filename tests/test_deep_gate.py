@@ -72,6 +72,31 @@ def test_where_the_deep_part_helps_every_bin_keeps_it():
         assert "deep" not in fitted.export()  # nothing gated: the format-5 entry
 
 
+def test_one_cut_the_deep_part_below_it_the_wide_part_from_it_up():
+    """Wide-only bins are the heaviest ones: a middle bin where the deep part is noise keeps
+    it when the bins above gain from it (chosen bin by bin it would go wide-only)."""
+    rng = np.random.default_rng(7)
+    enc = activity_encoders()
+    n = 30_000
+    counts = rng.choice([0, 2, 5, 12, 40, 150], size=n)
+    x = enc.numeric[at.FEATURE].normalize(counts)
+    wide, deep = rng.normal(0, 1.5, (n, 12)), rng.normal(0, 1.5, (n, 12))
+    middle = (counts >= 10) & (counts < 30)
+    truth = np.where(middle[:, None], wide, wide + deep)
+    p = np.exp(truth - truth.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    y = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    fitted = at.fit(wide + deep, y, x, enc, COUNTS, 1.0, deep=deep)
+    assert fitted.deep == (True,) * 5
+    # and where the heavy bins do not need it, the cut takes the middle bin with them
+    truth = np.where((counts >= 10)[:, None], wide, wide + deep)
+    p = np.exp(truth - truth.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    y = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    assert at.fit(wide + deep, y, x, enc, COUNTS, 1.0, deep=deep).deep == (True,) * 2 + (
+        False,) * 3
+
+
 def test_the_gates_round_trip_and_a_warm_start_keeps_its_starts():
     enc, x, counts, raw, y = gated_world(0)
     fitted = at.fit(raw[at.JOINT], y, x, enc, COUNTS, 1.0, deep=raw[at.DEEP])

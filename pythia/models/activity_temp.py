@@ -29,10 +29,12 @@ fitted 0.92 and 0.74 on their 104 rows of 100+, at or below their light users' 0
 1.06, where every other region's models fitted 1.6-9.9. A pool whose own fit does not beat
 the global temperature on its rows keeps the global one.
 
-**The deep part by activity** (a wide & deep model, session 38): a pool may also score
-AgeGender with the model's wide part alone (logistic regression), when that, at its own
-temperature, beats the whole model at its best on the pool's validation rows (``deep`` per
-bin; the raw logits then carry the deep part's own under ``DEEP``). On the default world the
+**The deep part by activity** (a wide & deep model, session 38): the pools from one activity
+up may score AgeGender with the model's wide part alone (logistic regression), each at its
+own temperature, when that cut beats the whole model at its best on validation (``deep`` per
+bin; the raw logits then carry the deep part's own under ``DEEP``). One cut, not a choice per
+pool: a heavy pool's rows are a few users', and chosen pool by pool a seed kept the deep part
+at 100+ (temperature 14) between two wide-only pools, on noise (docs/new-users.md). On the default world the
 MLP's deep part learns heavy users from a few hundred training users' many rows and is worse
 than its wide part on heavy users no model saw (docs/new-users.md, session 38).
 """
@@ -160,8 +162,9 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     ``MIN_BIN_ROWS``), the temperature minimising the pool's validation log-loss of
     ``link(logits / T)``; None without bins, without the activity column, with one pool (that
     is the global temperature's fit) or when no pool gains over the global temperature. With
-    ``deep`` (the deep part's own logits of a wide & deep model) a pool is scored by the wide
-    part alone (``logits - deep``, at its own temperature) when that has the lower loss. With
+    ``deep`` (the deep part's own logits of a wide & deep model) the pools from one activity
+    up are scored by the wide part alone (``logits - deep``, each at its own temperature),
+    the cut that gives the least validation loss (none: no pool is wide-only). With
     ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
     counts = check_bins(counts)
     min_rows = MIN_BIN_ROWS if min_rows is None else int(min_rows)
@@ -177,25 +180,30 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     if len(set(pools)) < 2:
         return None
     y, logits, glob = np.asarray(y, np.int64), np.asarray(logits), float(global_temperature)
-    temps, fitted, on = [glob] * len(rows), [False] * len(rows), [True] * len(rows)
-    for pool in set(pools):
-        ks = [k for k, g in enumerate(pools) if g == pool]
-        mask = np.isin(bins, ks)
-        yk = y[mask]
+    # per pool, lightest first: (summed loss, temperature, fitted) with the deep part, and
+    # (summed loss, temperature) with the wide part alone
+    with_deep, wide_only = [], []
+    for pool in sorted(set(pools)):
+        mask = np.isin(bins, [k for k, g in enumerate(pools) if g == pool])
+        yk, z = y[mask], logits[mask]
 
         def loss(z: np.ndarray, temp: float) -> float:
-            return pr.mean_log_loss(pr.apply_temperature(z, temp, link), yk)
-        # (loss, temperature, fitted, deep part on) of each way to score the pool
-        z = logits[mask]
+            return len(yk) * pr.mean_log_loss(pr.apply_temperature(z, temp, link), yk)
         own = pr.fit_temperature(z, yk, link)
-        ways = [(loss(z, glob), glob, False, True), (loss(z, own), own, True, True)]
+        with_deep.append(min((loss(z, glob), glob, False), (loss(z, own), own, True),
+                             key=lambda w: w[0]))
         if deep is not None:
             z_wide = z - np.asarray(deep)[mask]
             t_wide = pr.fit_temperature(z_wide, yk, link)
-            ways.append((loss(z_wide, t_wide), t_wide, True, False))
-        _, temp, is_fitted, is_on = min(ways, key=lambda w: w[0])
-        for k in ks:
-            temps[k], fitted[k], on[k] = temp, is_fitted, is_on
+            wide_only.append((loss(z_wide, t_wide), t_wide))
+    # the deep part below one cut, the wide part alone from it up (one choice, not one per
+    # pool: a heavy pool's rows are a few users'); no cut when none gains
+    n = len(with_deep)
+    cut = n if deep is None else min(range(n, -1, -1), key=lambda c: sum(
+        w[0] for w in with_deep[:c]) + sum(w[0] for w in wide_only[c:]))
+    chosen = [(t, f, True) for _, t, f in with_deep[:cut]] + [(t, True, False)
+                                                               for _, t in wide_only[cut:]]
+    temps, fitted, on = zip(*(chosen[g] for g in pools))
     if not any(fitted):  # the global temperature everywhere: nothing to add
         return None
     return ActivityTemperature(counts, edges, tuple(temps), rows, tuple(fitted), pools,
