@@ -34,9 +34,9 @@ up may score AgeGender with the model's wide part alone (logistic regression), e
 own temperature, when that cut beats the whole model at its best on validation (``deep`` per
 bin; the raw logits then carry the deep part's own under ``DEEP``). One cut, not a choice per
 pool: a heavy pool's rows are a few users', and chosen pool by pool a seed kept the deep part
-at 100+ (temperature 14) between two wide-only pools, on noise (docs/new-users.md). On the default world the
-MLP's deep part learns heavy users from a few hundred training users' many rows and is worse
-than its wide part on heavy users no model saw (docs/new-users.md, session 38).
+at 100+ (temperature 14) between two wide-only pools, on noise. On the default world the MLP's
+deep part learns heavy users from a few hundred training users' many rows and is worse than
+its wide part on heavy users no model saw (docs/new-users.md, session 38).
 """
 from __future__ import annotations
 
