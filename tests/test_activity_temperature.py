@@ -281,21 +281,38 @@ def inputs(encoders, n: int, seed: int):
     return ids, numeric
 
 
+def assert_every_numpy_path(export, encoders, ids, numeric, want, every: int) -> None:
+    """The NumPy scorer equals ``want`` on its batch, few-rows and one-request paths (one
+    request every ``every`` rows), in float64 and float32."""
+    for dtype, tol in (("float64", 1e-10), ("float32", 2e-5)):
+        fused = FusedMLP(export, encoders, dtype=dtype)
+        got = fused.predict(ids, numeric)  # chunks of 1,024 rows
+        assert max(np.abs(got[t] - want[t]).max() for t in TARGETS) < tol
+        few = fused.predict(ids[:5], numeric[:5])  # the pre-multiplied few-rows path
+        assert max(np.abs(few[t] - want[t][:5]).max() for t in TARGETS) < tol
+        for r in range(0, len(ids), every):  # one request, Python floats
+            one = fused.predict_one(ids[r].tolist(), numeric[r].tolist())
+            assert max(np.abs(np.array(one[t]) - want[t][r]).max() for t in TARGETS) < tol
+
+
+def assert_onnx_is_numpy(export, encoders, ids, numeric) -> None:
+    """The ONNX graph of ``export`` scores as the float64 NumPy scorer (<= 1e-5)."""
+    pytest.importorskip("onnxruntime")
+    from pythia.scoring.onnx_export import OnnxMLP
+    from pythia.scoring.onnx_graph import build_onnx_model
+
+    got = OnnxMLP(build_onnx_model(export, encoders)).predict(ids, numeric)
+    want = FusedMLP(export, encoders, dtype="float64").predict(ids, numeric)
+    assert max(np.abs(np.asarray(got[t]) - want[t]).max() for t in TARGETS) <= 1e-5
+
+
 @pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
 def test_numpy_scorer_applies_each_rows_bin_on_every_path(wide):
     enc = activity_encoders()
     export = binned_export(enc, wide=wide)
     ids, numeric = inputs(enc, 3000, 4)
     want = binned_reference(export, ids, numeric)
-    for dtype, tol in (("float64", 1e-10), ("float32", 2e-5)):
-        fused = FusedMLP(export, enc, dtype=dtype)
-        got = fused.predict(ids, numeric)  # chunks of 1,024 rows
-        assert max(np.abs(got[t] - want[t]).max() for t in TARGETS) < tol
-        few = fused.predict(ids[:5], numeric[:5])  # the pre-multiplied few-rows path
-        assert max(np.abs(few[t] - want[t][:5]).max() for t in TARGETS) < tol
-        for r in range(0, 3000, 250):  # one request, Python floats
-            one = fused.predict_one(ids[r].tolist(), numeric[r].tolist())
-            assert max(np.abs(np.array(one[t]) - want[t][r]).max() for t in TARGETS) < tol
+    assert_every_numpy_path(export, enc, ids, numeric, want, 250)
     # the bins matter: with the global temperature everywhere the answer differs
     plain = FusedMLP({k: v for k, v in export.items() if k != at.EXPORT_KEY}, enc,
                      dtype="float64").predict(ids, numeric)
@@ -304,16 +321,9 @@ def test_numpy_scorer_applies_each_rows_bin_on_every_path(wide):
 
 @pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
 def test_onnx_graph_applies_each_rows_bin(wide):
-    pytest.importorskip("onnxruntime")
-    from pythia.scoring.onnx_export import OnnxMLP
-    from pythia.scoring.onnx_graph import build_onnx_model
-
     enc = activity_encoders()
-    export = binned_export(enc, seed=5, wide=wide)
     ids, numeric = inputs(enc, 2000, 6)
-    got = OnnxMLP(build_onnx_model(export, enc)).predict(ids, numeric)
-    want = FusedMLP(export, enc, dtype="float64").predict(ids, numeric)
-    assert max(np.abs(np.asarray(got[t]) - want[t]).max() for t in TARGETS) <= 1e-5
+    assert_onnx_is_numpy(binned_export(enc, seed=5, wide=wide), enc, ids, numeric)
 
 
 def test_the_export_entry_is_checked_and_round_trips(tmp_path):

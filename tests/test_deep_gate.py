@@ -14,7 +14,8 @@ from pythia.features import TARGETS
 from pythia.models import activity_temp as at
 from pythia.models.priors import apply_temperature, mean_log_loss
 from pythia.scoring.runtime import FusedMLP, check_export, load_export_npz, save_export_npz
-from test_activity_temperature import (activity_encoders, binned_export, binned_reference,
+from test_activity_temperature import (activity_encoders, assert_every_numpy_path,
+                                       assert_onnx_is_numpy, binned_export, binned_reference,
                                        inputs, priors_of, world)
 
 COUNTS = (3, 10, 30, 100)
@@ -136,15 +137,7 @@ def test_numpy_scorer_scores_wide_only_bins_without_the_deep_part_on_every_path(
     export = gated_export(enc, wide=wide)
     ids, numeric = inputs(enc, 2000, 4)
     want = gated_reference(export, ids, numeric)
-    for dtype, tol in (("float64", 1e-10), ("float32", 2e-5)):
-        fused = FusedMLP(export, enc, dtype=dtype)
-        got = fused.predict(ids, numeric)
-        assert max(np.abs(got[t] - want[t]).max() for t in TARGETS) < tol
-        few = fused.predict(ids[:5], numeric[:5])  # the pre-multiplied few-rows path
-        assert max(np.abs(few[t] - want[t][:5]).max() for t in TARGETS) < tol
-        for r in range(0, 2000, 125):  # one request, Python floats
-            one = fused.predict_one(ids[r].tolist(), numeric[r].tolist())
-            assert max(np.abs(np.array(one[t]) - want[t][r]).max() for t in TARGETS) < tol
+    assert_every_numpy_path(export, enc, ids, numeric, want, 125)
     # the gates matter
     ungated = binned_export(enc, wide=wide)
     plain = FusedMLP(ungated, enc, dtype="float64").predict(ids, numeric)
@@ -153,16 +146,9 @@ def test_numpy_scorer_scores_wide_only_bins_without_the_deep_part_on_every_path(
 
 @pytest.mark.parametrize("wide", [False, True], ids=["deep", "wide"])
 def test_onnx_graph_scores_wide_only_bins_as_numpy_does(wide):
-    pytest.importorskip("onnxruntime")
-    from pythia.scoring.onnx_export import OnnxMLP
-    from pythia.scoring.onnx_graph import build_onnx_model
-
     enc = activity_encoders()
-    export = gated_export(enc, seed=5, wide=wide)
     ids, numeric = inputs(enc, 2000, 6)
-    got = OnnxMLP(build_onnx_model(export, enc)).predict(ids, numeric)
-    want = FusedMLP(export, enc, dtype="float64").predict(ids, numeric)
-    assert max(np.abs(np.asarray(got[t]) - want[t]).max() for t in TARGETS) <= 1e-5
+    assert_onnx_is_numpy(gated_export(enc, seed=5, wide=wide), enc, ids, numeric)
 
 
 def test_the_gates_are_checked_and_round_trip_in_the_npz(tmp_path):
