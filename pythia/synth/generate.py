@@ -177,21 +177,23 @@ def is_complete(root: str) -> bool:
     return storage.exists(join(root, SUCCESS))
 
 
-def _is_current(root: str) -> bool:
+def _is_current(root: str, config: WorldConfig | None = None) -> bool:
     """A complete world written by this generator: its clock is pythia.geo's offset table
-    (worlds written before used fixed offsets without daylight saving) and its version is
-    ``GENERATOR_VERSION`` (older worlds drew continuous activity)."""
+    (worlds written before used fixed offsets without daylight saving), its version is
+    ``GENERATOR_VERSION`` (older worlds drew continuous activity) and, given ``config``, it
+    was drawn from that config (a preset that changed, e.g. its activity levels, regenerates)."""
     meta = storage.read_json(join(root, "truth", "world.json"))
     return (meta.get("offset_table") is not None
-            and meta.get("generator_version") == GENERATOR_VERSION)
+            and meta.get("generator_version") == GENERATOR_VERSION
+            and (config is None or WorldConfig.from_json(meta.get("config", {})) == config))
 
 
 def resolve_source(source: str, cache_root: str) -> str:
     """Turn ``synthetic://PRESET[?seed=N]`` into a generated (cached) folder; pass others through.
 
     The world goes to ``{cache_root}/{preset}-seed{seed}`` unless a complete copy written by
-    this generator is there (an older copy -- fixed UTC offsets, or another
-    ``GENERATOR_VERSION`` -- is regenerated).
+    this generator from the preset's config is there (an older copy -- fixed UTC offsets,
+    another ``GENERATOR_VERSION``, or a preset changed since -- is regenerated).
     """
     if not source.startswith("synthetic://"):
         return source
@@ -208,15 +210,15 @@ def resolve_source(source: str, cache_root: str) -> str:
         seed = int(query.get("seed", ["0"])[-1])
     except ValueError as exc:
         raise ValueError(f"synthetic source {source!r}: seed must be an integer") from exc
-    resolve_config(preset)  # the unknown-preset error names the choices
+    _, config = resolve_config(preset)  # the unknown-preset error names the choices
     root = join(cache_root, f"{preset}-seed{seed}")
-    if is_complete(root) and _is_current(root):
+    if is_complete(root) and _is_current(root, config):
         return root
     try:
         generate_world(root, preset, seed)
     except OSError:
         # Another process may have published the same world between our check and rename.
-        if not (is_complete(root) and _is_current(root)):
+        if not (is_complete(root) and _is_current(root, config)):
             raise
     return root
 
