@@ -127,7 +127,7 @@ def test_cache_regenerates_a_world_of_an_older_generator(tmp_path):
     assert not gen_mod._is_current(str(root))
 
 
-def test_cache_regenerates_a_world_drawn_from_another_config_of_its_preset(tmp_path):
+def test_cache_regenerates_a_world_drawn_from_another_config_of_its_preset(tmp_path, capsys):
     """A preset that changed (e.g. the default's activity levels) must not reuse the cached
     world of its old config: same folder name, same generator version, another world."""
     import json
@@ -143,9 +143,15 @@ def test_cache_regenerates_a_world_drawn_from_another_config_of_its_preset(tmp_p
     meta = json.loads(meta_path.read_text())
     meta["config"]["activity_levels"] = 8  # as if the preset had 8 levels when it was cached
     meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
     assert resolve_source("synthetic://tiny?seed=2", str(tmp_path)) == str(root)
     again = json.loads(meta_path.read_text())["config"]
     assert again["activity_levels"] == PRESETS["tiny"].activity_levels  # regenerated
+    said = capsys.readouterr().out  # and the run's log says why
+    assert f"generating synthetic world 'tiny' seed=2 in {root}" in said
+    assert "another config of the preset" in said
+    assert resolve_source("synthetic://tiny?seed=2", str(tmp_path)) == str(root)
+    assert "generating" not in capsys.readouterr().out  # current: reused, silently
 
 
 # ------------------------------------------------------------------ the conditional posterior

@@ -214,6 +214,9 @@ def resolve_source(source: str, cache_root: str) -> str:
     root = join(cache_root, f"{preset}-seed{seed}")
     if is_complete(root) and _is_current(root, config):
         return root
+    why = ("the cached copy was drawn by another generator or another config of the preset"
+           if is_complete(root) else "no complete cached copy")
+    print(f"generating synthetic world {preset!r} seed={seed} in {root} ({why})", flush=True)
     try:
         generate_world(root, preset, seed)
     except OSError:
