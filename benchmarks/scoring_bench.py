@@ -47,14 +47,16 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from pythia import features  # noqa: E402
 from pythia.config import GLOBAL_REGION, Geography  # noqa: E402
 from pythia.features import (CATEGORICAL_FEATURES, COUNTRY, DERIVED, FEATURES,  # noqa: E402
-                             GEO_REGION, IMPRESSION_ID, NUMERIC_FEATURES, TARGETS, TS, USER_ID,
-                             Y_AGE, Y_AGE_GENDER, Y_GENDER, Encoders, NumericStats, Vocabulary)
+                             GEO_REGION, IMPRESSION_ID, NUMERIC_FEATURES, TARGETS, TS,
+                             USER_ID, USER_IMPRESSIONS_TODAY, Y_AGE, Y_AGE_GENDER, Y_GENDER,
+                             Encoders, NumericStats, Vocabulary)
 from pythia.scoring import Scorer, read_bundle_doc  # noqa: E402
 
 TS0 = 1_700_000_000
@@ -75,12 +77,15 @@ def make_encoders() -> Encoders:
             vocab[name] = Vocabulary(sorted(Geography().region_of_country))
         else:
             vocab[name] = Vocabulary([f"{name}-{i}" for i in range(size)])
+    # numerics with the transform their feature has (the activity counter: log1p, as the ETL)
     return Encoders(vocabularies=vocab,
-                    numeric={n: NumericStats(0.0, 0.7) for n in NUMERIC_FEATURES})
+                    numeric={f.name: NumericStats(0.0, 0.7, f.transform) for f in FEATURES
+                             if f.name in NUMERIC_FEATURES})
 
 
 def make_requests(encoders: Encoders, n: int, seed: int) -> list[dict]:
-    """Random requests: Zipf-ish vocabulary values, a few unknown / missing ones, string ts."""
+    """Random requests: Zipf-ish vocabulary values, a few unknown / missing ones, string ts,
+    the activity counter (``user_impressions_today``; a tenth of the requests without it)."""
     rng = np.random.default_rng(seed)
     cols = {}
     for f in FEATURES:
@@ -90,12 +95,15 @@ def make_requests(encoders: Encoders, n: int, seed: int) -> list[dict]:
         weights = 1.0 / np.arange(1, len(values) + 1)
         cols[f.source] = rng.choice(values, size=n, p=weights / weights.sum())
     ts = TS0 + rng.integers(0, 86400 * 7, size=n)
+    counts = np.floor(rng.lognormal(1.0, 1.5, size=n))
     out = []
     for i in range(n):
         r = {c: v[i] for c, v in cols.items()}
         r[IMPRESSION_ID] = f"imp-{i}"
         r[USER_ID] = f"u-{i % 997}"
         r[TS] = int(ts[i]) if i % 4 else f"2023-11-15T{i % 24:02d}:13:20Z"
+        if i % 10:  # impressions so far today: mostly few, a heavy tail; a tenth unknown
+            r[USER_IMPRESSIONS_TODAY] = int(counts[i])
         out.append(r)
     return out
 
@@ -113,7 +121,8 @@ def as_columns(requests: list[dict]) -> dict[str, np.ndarray]:
 
 def as_arrow(requests: list[dict]):
     """The same batch as a pyarrow Table a producer would write: dictionary-encoded strings,
-    ``ts`` as int64 epoch seconds. None when pyarrow is not installed."""
+    ``ts`` as int64 epoch seconds, the activity counter as int64 (null when unknown). None
+    when pyarrow is not installed."""
     try:
         import pyarrow as pa
     except ImportError:
@@ -122,7 +131,10 @@ def as_arrow(requests: list[dict]):
 
     columns = as_columns(requests)
     table = {c: pa.array(v.tolist(), type=pa.string()).dictionary_encode()
-             for c, v in columns.items() if c != TS}
+             for c, v in columns.items() if c not in (TS, USER_IMPRESSIONS_TODAY)}
+    if USER_IMPRESSIONS_TODAY in columns:
+        table[USER_IMPRESSIONS_TODAY] = pa.array(columns[USER_IMPRESSIONS_TODAY].tolist(),
+                                                 type=pa.int64())
     table[TS] = pa.array([clean_ts(v) for v in columns[TS].tolist()], type=pa.int64())
     return pa.table(table)
 
@@ -141,8 +153,10 @@ def as_arrow_stream(tables: list) -> list:
     return list(pa.ipc.open_stream(sink.getvalue()))
 
 
-def train_bundle(workdir: str, rows: int) -> tuple[str, str]:
-    """Fit the default-shape MLP on random data for one epoch; returns (bundle, model_dir)."""
+def train_bundle(workdir: str, rows: int, hparams: dict | None = None,
+                 before_save: Any = None) -> tuple[str, str]:
+    """Fit the default-shape MLP (or ``hparams``') on random data for one epoch, call
+    ``before_save(model)`` when given, save and export it; returns (bundle, model_dir)."""
     from pythia.config import TrainConfig
     from pythia.models import get_model
     from pythia.models.priors import priors_from_labels
@@ -164,8 +178,10 @@ def train_bundle(workdir: str, rows: int) -> tuple[str, str]:
     n_classes = {t: len(features.class_labels(t, encoders.age_edges)) for t in TARGETS}
     priors = priors_from_labels({t: data[c][:cut] for t, c in features.LABEL_COLUMNS.items()},
                                 n_classes)
-    model = get_model("mlp")(encoders, {}, TrainConfig(max_epochs=1, batch_size=256))
+    model = get_model("mlp")(encoders, hparams or {}, TrainConfig(max_epochs=1, batch_size=256))
     model.fit(train, valid, {"train": priors, "natural": priors})  # the models' prior keys
+    if before_save is not None:
+        before_save(model)
     model_dir = os.path.join(workdir, "model")
     model.save(model_dir)
     bundle = export_bundle([{"region": GLOBAL_REGION, "model": "mlp", "model_dir": model_dir}],
@@ -535,17 +551,17 @@ def _measure_keras(model_dir: str, enc_batches: list, pairs: list, args: argpars
 
 def _proba_peer(keras_model, export: dict, signature: list, scorer: Scorer):
     """tf.function: encoded tensors in, the bundle's probabilities out (AgeGender's logits
-    with its temperature and prior ratio, softmax, gender / age marginals)."""
+    calibrated as the bundle does -- temperature, or per activity bin with its wide-only
+    bins, and prior ratio -- softmax, gender / age marginals)."""
     import tensorflow as tf
+    from tf_raw_peer import calibrated_joint
 
-    scale = 1.0 / float(export["temperature"]["age_gender"])
-    with np.errstate(divide="ignore"):
-        log_ratio = tf.constant(np.log(export["prior_ratio"]["age_gender"]), tf.float32)
+    joint_of = calibrated_joint(keras_model, export)
     n_age = len(scorer.labels["age"])
 
     @tf.function(input_signature=signature)
     def proba(x):
-        joint = tf.nn.softmax(keras_model(x, training=False)["age_gender"] * scale + log_ratio)
+        joint = joint_of(x)
         cube = tf.reshape(joint, [-1, len(features.GENDER_CLASSES), n_age])
         return {"gender": tf.reduce_sum(cube, axis=2), "age": tf.reduce_sum(cube, axis=1),
                 "age_gender": joint}

@@ -12,9 +12,14 @@ What the graph does, from the bundle's own documents (the portable rules of
   then ``tf.searchsorted`` over every series' transitions laid end to end (the layout of
   ``pythia.geo.OffsetTable``);
 * local hour / day of week and their ids, ``hour_sin`` / ``hour_cos`` normalised as
-  ``NumericStats.normalize`` does (float64, then float32);
-* the Keras model, then AgeGender's logits with the bundle's temperature and prior ratio
-  (``softmax(z / T + log r)``) and gender / age as its marginals.
+  ``NumericStats.normalize`` does (float64, then float32); the activity counter
+  (``user_impressions_today``, a float64 tensor, NaN = unknown) through the encoders'
+  transform (log1p, or none; a negative count is unknown) and the same z-score, unknown -> 0;
+* the Keras model, then AgeGender's logits calibrated as the bundle does
+  (``calibrated_joint``): with the bundle's temperature and prior ratio
+  (``softmax(z / T + log r)``), or, when the bundle bins AgeGender by activity, without the
+  head's deep logits in the wide-only bins and at each bin's temperature; gender / age are
+  its marginals.
 
 Its inputs are tensors already: ``ts`` as int64 epoch seconds (no ISO-8601 parsing, no
 fallback to the current time, no non-string cells), and there is one model (no routing by
@@ -29,7 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from pythia import features
-from pythia.features import (CATEGORICAL, COUNTRY, DERIVED, FEATURES, GEO_REGION,
+from pythia.features import (CATEGORICAL, COUNTRY, DERIVED, FEATURES, GEO_REGION, LOG1P,
                              MISSING_ID, NUMERIC_FEATURES, OOV_ID, TS, Encoders)
 from pythia.scoring.boundary import MAX_VALUE_CHARS
 
@@ -39,6 +44,44 @@ _BLOCK = _TS_MAX - _TS_MIN
 
 SOURCE_COLUMNS = [f.source for f in FEATURES if f.kind == CATEGORICAL and f.source != DERIVED]
 STRING_COLUMNS = list(dict.fromkeys([COUNTRY, GEO_REGION] + SOURCE_COLUMNS))
+# numeric features read from a request column of their own name (the activity counter)
+COUNT_COLUMNS = [f.name for f in FEATURES if f.kind != CATEGORICAL and f.source != DERIVED]
+
+
+def calibrated_joint(keras_model: Any, export: Mapping[str, Any]):
+    """``joint(x)``: AgeGender's probabilities of a batch of model inputs as the bundle
+    computes them (``pythia.scoring.runtime``): ``softmax(z / T + log r)``, or with a
+    temperature per activity bin (the export's ``activity``) ``softmax(z' / T_bin + log r)``,
+    where z' leaves out the head's deep logits (its kernel part) in the wide-only bins."""
+    import tensorflow as tf
+
+    from pythia.models import activity_temp as at
+    from pythia.models.mlp_valid import network_outputs
+
+    with np.errstate(divide="ignore"):
+        log_ratio = tf.constant(np.log(np.asarray(export["prior_ratio"]["age_gender"])),
+                                tf.float32)
+    entry = export.get(at.EXPORT_KEY)
+    if entry is None:
+        scale = 1.0 / float(export["temperature"]["age_gender"])
+        return lambda x: tf.nn.softmax(keras_model(x, training=False)["age_gender"] * scale
+                                       + log_ratio, axis=-1)
+    edges = tf.constant(np.asarray(entry["edges"], np.float64))
+    inverse = tf.constant(1.0 / np.asarray(entry["temperature"], np.float64), tf.float32)
+    gates = entry.get("deep")
+    off = None if gates is None else tf.constant(1.0 - np.asarray(gates, np.float64),
+                                                  tf.float32)
+    outputs = network_outputs(keras_model, deep=off is not None)
+
+    def joint(x):
+        out = outputs(x)
+        z = out["age_gender"]
+        activity = tf.cast(tf.reshape(x[entry["feature"]], [1, -1]), tf.float64)
+        bins = tf.reshape(tf.searchsorted(edges[None, :], activity, side="right"), [-1])
+        if off is not None:
+            z = z - out[at.DEEP] * tf.gather(off, bins)[:, None]
+        return tf.nn.softmax(z * tf.gather(inverse, bins)[:, None] + log_ratio, axis=-1)
+    return joint
 
 
 def _series(offsets_doc: Mapping[str, Any]) -> tuple[dict, list, list]:
@@ -62,10 +105,12 @@ def make_raw_peer(keras_model: Any, encoders: Encoders, offsets_doc: Mapping[str
     ``ts`` as tf.int64) and returning ``{gender, age, age_gender}`` float32 probabilities."""
     import tensorflow as tf
 
-    unknown = [f.name for f in FEATURES if f.kind != CATEGORICAL
-               and f.name not in ("hour_sin", "hour_cos")]
+    unknown = [f.name for f in FEATURES if f.kind != CATEGORICAL and (
+        f.name not in ("hour_sin", "hour_cos") if f.source == DERIVED
+        else encoders.numeric[f.name].transform not in (None, LOG1P))]
     if unknown:
-        raise NotImplementedError(f"the TF peer derives only hour_sin/hour_cos, not {unknown}")
+        raise NotImplementedError(f"the TF peer derives only hour_sin/hour_cos and reads "
+                                  f"counters (log1p or as they are), not {unknown}")
 
     def table(keys: list, values: list, default: int):
         init = tf.lookup.KeyValueTensorInitializer(
@@ -96,10 +141,7 @@ def make_raw_peer(keras_model: Any, encoders: Encoders, offsets_doc: Mapping[str
     minutes = tf.constant(np.concatenate([np.asarray(o, np.int64) for o in offsets]), tf.int64)
     starts = tf.constant(np.cumsum([0] + [len(t) for t in transitions[:-1]]), tf.int64)
 
-    scale = 1.0 / float(export["temperature"]["age_gender"])
-    with np.errstate(divide="ignore"):
-        log_ratio = tf.constant(np.log(np.asarray(export["prior_ratio"]["age_gender"])),
-                                tf.float32)
+    joint_of = calibrated_joint(keras_model, export)
     n_age = len(encoders.age_edges)
     n_gender = len(features.GENDER_CLASSES)
 
@@ -117,7 +159,10 @@ def make_raw_peer(keras_model: Any, encoders: Encoders, offsets_doc: Mapping[str
         return tf.gather(minutes, tf.maximum(pos, tf.gather(starts, sid)))
 
     signature = [{**{c: tf.TensorSpec([None], tf.string, name=c) for c in STRING_COLUMNS},
+                  **{c: tf.TensorSpec([None], tf.float64, name=c) for c in COUNT_COLUMNS},
                   TS: tf.TensorSpec([None], tf.int64, name=TS)}]
+    # the encoders' transform, as NumericStats.normalize applies it
+    transforms = {name: encoders.numeric[name].transform for name in COUNT_COLUMNS}
 
     @tf.function(input_signature=signature)
     def peer(columns):
@@ -131,12 +176,16 @@ def make_raw_peer(keras_model: Any, encoders: Encoders, offsets_doc: Mapping[str
         x["local_dow"] = tf.gather(dow_ids, dow)
         angle = tf.cast(hour, tf.float64) * (2.0 * math.pi / 24.0)
         raw = {"hour_sin": tf.sin(angle), "hour_cos": tf.cos(angle)}
+        for name in COUNT_COLUMNS:  # a negative or unknown (NaN) count: unknown
+            count = columns[name]
+            unknown = tf.fill(tf.shape(count), tf.constant(math.nan, tf.float64))
+            known = tf.where(count >= 0, count, unknown)
+            raw[name] = tf.math.log1p(known) if transforms[name] == LOG1P else known
         for name in NUMERIC_FEATURES:
             s = stats[name]
             z = (raw[name] - s.mean) / (s.std if s.std > 0 else 1.0)
             x[name] = tf.cast(tf.where(tf.math.is_finite(z), z, tf.zeros_like(z)), tf.float32)
-        z = keras_model(x, training=False)["age_gender"] * scale + log_ratio
-        joint = tf.nn.softmax(z, axis=-1)
+        joint = joint_of(x)
         cube = tf.reshape(joint, [-1, n_gender, n_age])
         return {"gender": tf.reduce_sum(cube, axis=2), "age": tf.reduce_sum(cube, axis=1),
                 "age_gender": joint}
@@ -145,8 +194,10 @@ def make_raw_peer(keras_model: Any, encoders: Encoders, offsets_doc: Mapping[str
 
 
 def arrow_to_tensors(table: Any) -> dict:
-    """The peer's inputs from a pyarrow Table of (dictionary) string columns and int64 ts:
-    nulls as ``""``, strings as tf.string, ts as tf.int64 (the conversion a TF server pays)."""
+    """The peer's inputs from a pyarrow Table of (dictionary) string columns, numeric
+    counters and int64 ts: nulls as ``""`` (strings) or NaN (counters, also when the column
+    is absent), strings as tf.string, counters as tf.float64, ts as tf.int64 (the conversion
+    a TF server pays)."""
     import pyarrow as pa
     import tensorflow as tf
 
@@ -158,6 +209,10 @@ def arrow_to_tensors(table: Any) -> dict:
             continue
         col = table.column(c).cast(pa.string()).fill_null("")
         out[c] = tf.constant(col.to_numpy(zero_copy_only=False), tf.string)
+    for c in COUNT_COLUMNS:
+        values = (table.column(c).cast(pa.float64()).fill_null(math.nan).to_numpy()
+                  if c in table.column_names else np.full(n, math.nan))
+        out[c] = tf.constant(values, tf.float64)
     out[TS] = tf.constant(table.column(TS).to_numpy(), tf.int64)
     return out
 
