@@ -174,7 +174,13 @@ def manifest_splits(path: str, world_root: str | None, split_parquet: str | None
     held = (raw[features.USER_HELD_OUT].fillna(False).to_numpy(bool)
             if features.USER_HELD_OUT in raw.columns else None)
     between = None
+    refusal = None
     if run_split_manifest is not None:
+        from pythia.evaluate.gauge import in_between_refusal
+        refusal = in_between_refusal(run_split_manifest)
+        if refusal:  # e.g. held-out users' labels would be impossible under it
+            print(f"no in-between gauge: {refusal}", flush=True)
+    if run_split_manifest is not None and not refusal:
         from pythia.synth.in_between import in_between_world, read_observed
         between = in_between_world(world, read_observed(run_split_manifest,
                                                         (TRAIN, VALIDATION)), provider_map)

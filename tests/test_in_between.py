@@ -296,3 +296,14 @@ def test_the_in_between_gauge_is_an_evaluate_setting_off_by_default():
     assert RunParams.build({"source": "synthetic://tiny"}, on, ("mlp",)).in_between_gauge
     with pytest.raises(ValueError, match="in_between_gauge must be true or false, got 'yes'"):
         DeployConfig.from_mapping({"evaluate": {"in_between_gauge": "yes"}})
+
+
+def test_the_in_between_gauge_says_which_runs_it_cannot_describe():
+    """One rule for evaluate and benchmarks/quality_bench.py (which built the gauge for a run
+    that held out users, and stopped on their labels: 'zero probability under this world')."""
+    from pythia.evaluate.gauge import in_between_refusal
+
+    assert in_between_refusal({"holdout_users": 0, "drop_power_users": False}) is None
+    assert in_between_refusal({}) is None
+    assert "holdout_users" in in_between_refusal({"holdout_users": 0.1})
+    assert "drop_power_users" in in_between_refusal({"drop_power_users": True})

@@ -89,17 +89,24 @@ def in_between_of(world: Any, split_manifest: Mapping[str, Any]) -> Any:
     paths = split_manifest.get("paths") or {}
     if getattr(world, "params", None) is None or TRAIN not in paths:
         return None
-    if split_manifest.get("drop_power_users"):
-        raise ValueError("the run dropped power users' rows from train: the in-between gauge "
-                         "does not model that truncation (rerun with drop_power_users off)")
-    if float(split_manifest.get("holdout_users") or 0) > 0:
-        raise ValueError("the run held out users from train (holdout_users > 0): the "
-                         "in-between gauge takes them for users unseen by chance (rerun with "
-                         "holdout_users 0)")
+    refusal = in_between_refusal(split_manifest)
+    if refusal:
+        raise ValueError(refusal)
     splits = [s for s in (TRAIN, VALIDATION) if s in paths]
     from pythia.synth.in_between import in_between_world, read_observed
 
     return in_between_world(world, read_observed(split_manifest, splits))
+
+
+def in_between_refusal(split_manifest: Mapping[str, Any]) -> str | None:
+    """Why the in-between gauge cannot describe a run's splits (None: it can)."""
+    if split_manifest.get("drop_power_users"):
+        return ("the run dropped power users' rows from train: the in-between gauge does not "
+                "model that truncation (rerun with drop_power_users off)")
+    if float(split_manifest.get("holdout_users") or 0) > 0:
+        return ("the run held out users from train (holdout_users > 0): the in-between gauge "
+                "takes them for users unseen by chance (rerun with holdout_users 0)")
+    return None
 
 
 def posterior_probs_by_split(world: Any, data: EvalData
