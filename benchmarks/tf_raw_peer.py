@@ -51,8 +51,9 @@ COUNT_COLUMNS = [f.name for f in FEATURES if f.kind != CATEGORICAL and f.source 
 def calibrated_joint(keras_model: Any, export: Mapping[str, Any]):
     """``joint(x)``: AgeGender's probabilities of a batch of model inputs as the bundle
     computes them (``pythia.scoring.runtime``): ``softmax(z / T + log r)``, or with a
-    temperature per activity bin (the export's ``activity``) ``softmax(z' / T_bin + log r)``,
-    where z' leaves out the head's deep logits (its kernel part) in the wide-only bins."""
+    temperature per activity bin (the export's ``activity_temperature`` entry)
+    ``softmax(z' / T_bin + log r)``, where z' leaves out the head's deep logits (its kernel
+    part) in the wide-only bins."""
     import tensorflow as tf
 
     from pythia.models import activity_temp as at
