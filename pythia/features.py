@@ -43,6 +43,12 @@ HOUR = "hour"  # partition hour 0..23 (UTC)
 TS_SECONDS = "ts_seconds"
 REGION = "region"  # model region of the row's country
 IS_POWER_USER = "is_power_user"
+# A TFRecord key column (not a feature): the row's user as one of N_USER_GROUPS groups (a fixed
+# hash of user_id, ``buckets.bucket_of``), the clusters of a validation margin's user-clustered
+# SE (``evaluate.margins``; the MLP's activity cut, ``models.activity_temp``). Shards written
+# before it read -1 (no group).
+USER_GROUP = "user_group"
+N_USER_GROUPS = 1024  # enough that users rarely share one on small days
 # Impressions of the row's user earlier the same UTC day (a bidder's frequency counter);
 # defined by pythia.synth.activity.user_impressions_today.
 USER_IMPRESSIONS_TODAY = "user_impressions_today"

@@ -12,6 +12,7 @@ import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from pythia import features, storage
+from pythia.evaluate.margins import user_groups
 from pythia.features import ACTIVITY_FEATURES, Encoders, NumericStats, Vocabulary
 from pythia.tfrecords import encode, listing, reader, wire, writer
 from pythia.tfrecords import (SAMPLE_RULE, convert_splits, count_labels, fit_encoders,
@@ -67,6 +68,8 @@ def reference(df: pd.DataFrame, encoders: Encoders) -> dict[str, np.ndarray]:
     out = encoders.encode_batch(cols)
     for c in encode.LABEL_COLUMNS:
         out[c] = df[c].to_numpy(dtype=np.int64)
+    # the user's group as evaluate's user-clustered SE computes it (the same clusters)
+    out["user_group"] = user_groups(df["user_id"])
     out["impression_id"] = df["impression_id"].to_numpy(dtype=object)
     return out
 

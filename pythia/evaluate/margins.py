@@ -17,11 +17,12 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from pythia import features
 from pythia.config import GLOBAL_REGION, DeployConfig
 from pythia.evaluate.slices import candidate_label
 from pythia.evaluate.stats import row_log_loss
 
-N_USER_GROUPS = 1024  # clusters of the SE: enough that users rarely share one on small days
+N_USER_GROUPS = features.N_USER_GROUPS  # clusters of the SE (also a TFRecord column's)
 # fewer non-empty user groups than this: no SE (a cluster-robust SE from a handful of
 # clusters is far too small), so the region is not blessed unless z_min = 0
 MIN_USER_GROUPS = 20

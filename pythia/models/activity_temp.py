@@ -53,6 +53,7 @@ from pythia.models.export import ACTIVITY_TEMPERATURE
 from pythia.models.links import link_probabilities
 
 FEATURE = features.USER_IMPRESSIONS_TODAY
+GROUPS = features.USER_GROUP  # the validation rows' user groups (the cut's noise test)
 JOINT = "age_gender"
 DEEP = "age_gender:deep"  # a wide & deep model's raw logits: AgeGender's deep part alone
 # A bin starts at each count: 0-2, 3-9, 10-29, 30-99, 100+ impressions today (the bins the
@@ -60,6 +61,9 @@ DEEP = "age_gender:deep"  # a wide & deep model's raw logits: AgeGender's deep p
 DEFAULT_BINS = TrainConfig.activity_bins
 # Validation rows a pool of bins needs for its own temperature (see the module docstring)
 MIN_BIN_ROWS = 500
+# The deep part is kept in a heavy pool only when it beats the wide part there by more than
+# this many user-clustered SEs of the validation margin: the champion rule's default z_min.
+CUT_Z_MIN = 2.0
 # The optional entry of an MLP's ``numpy_layers`` export: {"feature", "edges", "temperature"}.
 EXPORT_KEY = ACTIVITY_TEMPERATURE
 
@@ -157,15 +161,18 @@ class ActivityTemperature:
 def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Encoders,
         counts: Sequence[int], global_temperature: float, link: str = "softmax",
         min_rows: int | None = None, start: ActivityTemperature | None = None,
-        deep: np.ndarray | None = None) -> ActivityTemperature | None:
+        deep: np.ndarray | None = None, groups: np.ndarray | None = None
+        ) -> ActivityTemperature | None:
     """Per pool of bins of ``activity`` (normalised; ``pool_bins`` with ``min_rows``, default
     ``MIN_BIN_ROWS``), the temperature minimising the pool's validation log-loss of
     ``link(logits / T)``; None without bins, without the activity column, with one pool (that
     is the global temperature's fit) or when no pool gains over the global temperature. With
     ``deep`` (the deep part's own logits of a wide & deep model) the pools from one activity
     up are scored by the wide part alone (``logits - deep``, each at its own temperature),
-    the cut that gives the least validation loss (none: no pool is wide-only). With
-    ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
+    the cut that gives the least validation loss (none: no pool is wide-only), moved down
+    while the deep part's lead over the wide part on the pools it would leave is within noise
+    (``noise_aware_cut``; needs ``groups``, each row's user group). With ``start`` (the bins
+    of the model a warm-started one started from): ``from_start``."""
     counts = check_bins(counts)
     min_rows = MIN_BIN_ROWS if min_rows is None else int(min_rows)
     if not counts or activity is None:
@@ -181,26 +188,36 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         return None
     y, logits, glob = np.asarray(y, np.int64), np.asarray(logits), float(global_temperature)
     # per pool, lightest first: (summed loss, temperature, fitted) with the deep part, and
-    # (summed loss, temperature) with the wide part alone
+    # (summed loss, temperature) with the wide part alone; per row, the deep part's loss minus
+    # the wide part's (the noise test's differences)
     with_deep, wide_only = [], []
+    pool_of = np.asarray(pools)[bins]
+    d = np.zeros(len(y))
     for pool in sorted(set(pools)):
-        mask = np.isin(bins, [k for k, g in enumerate(pools) if g == pool])
+        mask = pool_of == pool
         yk, z = y[mask], logits[mask]
 
-        def loss(z: np.ndarray, temp: float) -> float:
-            return len(yk) * pr.mean_log_loss(pr.apply_temperature(z, temp, link), yk)
+        def row_loss(z: np.ndarray, temp: float) -> np.ndarray:
+            p = pr.apply_temperature(z, temp, link)[np.arange(len(yk)), yk]
+            return -np.log(np.maximum(p, pr.PROB_FLOOR))
         own = pr.fit_temperature(z, yk, link)
-        with_deep.append(min((loss(z, glob), glob, False), (loss(z, own), own, True),
-                             key=lambda w: w[0]))
+        loss_g, loss_own = row_loss(z, glob), row_loss(z, own)
+        best = min((loss_g.sum(), glob, False, loss_g), (loss_own.sum(), own, True, loss_own),
+                   key=lambda w: w[0])
+        with_deep.append(best[:3])
         if deep is not None:
             z_wide = z - np.asarray(deep)[mask]
             t_wide = pr.fit_temperature(z_wide, yk, link)
-            wide_only.append((loss(z_wide, t_wide), t_wide))
+            loss_w = row_loss(z_wide, t_wide)
+            wide_only.append((loss_w.sum(), t_wide))
+            d[mask] = best[3] - loss_w
     # the deep part below one cut, the wide part alone from it up (one choice, not one per
     # pool: a heavy pool's rows are a few users'); no cut when none gains
     n = len(with_deep)
     cut = n if deep is None else min(range(n, -1, -1), key=lambda c: sum(
         w[0] for w in with_deep[:c]) + sum(w[0] for w in wide_only[c:]))
+    if deep is not None and groups is not None:
+        cut = noise_aware_cut(cut, d, pool_of, groups)
     chosen = [(t, f, True) for _, t, f in with_deep[:cut]] + [(t, True, False)
                                                                for _, t in wide_only[cut:]]
     temps, fitted, on = zip(*(chosen[g] for g in pools))
@@ -208,6 +225,34 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         return None
     return ActivityTemperature(counts, edges, tuple(temps), rows, tuple(fitted), pools,
                                deep=None if deep is None else tuple(on))
+
+
+def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.ndarray,
+                    z_min: float = CUT_Z_MIN) -> int:
+    """The least-loss ``cut`` moved down pool by pool while the deep part's lead on the pools
+    it would leave to the wide part (``[c - 1, cut)``) is within ``z_min`` user-clustered SEs
+    (no SE -- too few user groups -- is within noise): the deep part keeps a pool only on
+    evidence. ``d``: per row, the deep part's log-loss minus the wide part's; ``pool_of``:
+    each row's pool; ``groups``: each row's user group. Rows without a group (-1: shards
+    written before the column) leave ``cut`` as it is.
+
+    Why: a heavy pool's validation rows are a few users', and the least loss followed them.
+    Session 39's seed 1 kept the deep part at 100+ on validation's say; on fresh users the
+    MLP was then worse than logistic regression on power user-days (1.0488 against 1.0301 x
+    the population posterior), and its champion margin's SE was 0.050, against 0.002 with
+    logistic regression scoring its rows from 30+ (``benchmarks/heavy_routing.py``)."""
+    from pythia.evaluate.margins import paired_margin  # evaluate's noise test (lazy: ~1 s)
+    groups = np.asarray(groups, np.int64)
+    if len(groups) != len(d) or (groups < 0).any():
+        return cut
+    c = cut
+    while c > 0:
+        rows = (pool_of >= c - 1) & (pool_of < cut)
+        margin = paired_margin(d[rows], np.ones(int(rows.sum())), groups[rows])
+        if margin.z < -z_min:  # the deep part is better there beyond noise: it stays
+            break
+        c -= 1
+    return c
 
 
 def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray],
@@ -220,7 +265,7 @@ def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarra
                model.encoders, model.train_cfg.activity_bins, global_temperature,
                model.link(JOINT),
                start=model.start.activity_temperature if model.start is not None else None,
-               deep=raw.get(DEEP))
+               deep=raw.get(DEEP), groups=y.get(GROUPS))
 
 
 def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
@@ -271,7 +316,10 @@ def from_json(doc: Mapping[str, Any] | None) -> ActivityTemperature | None:
 
 def with_activity(y: dict[str, np.ndarray], data: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Validation labels ``y`` with the rows' normalised activity under ``FEATURE`` (what
-    ``fit`` bins by), when ``data`` has the column."""
+    ``fit`` bins by) and their user groups under ``GROUPS`` (its cut's noise test), for the
+    columns ``data`` has."""
     if FEATURE in data:
         y[FEATURE] = np.asarray(data[FEATURE], np.float64)
+    if GROUPS in data:
+        y[GROUPS] = np.asarray(data[GROUPS], np.int64)
     return y

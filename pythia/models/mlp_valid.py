@@ -12,7 +12,8 @@ one of every row. Chosen over streaming passes because a temperature is one scal
 half-million-row sample pins to well within the fit's tolerance, whereas a streamed fit needs
 a forward pass of the network over the whole split per loss evaluation (~20 per head).
 
-The kept rows keep their (normalised) activity too: the per-bin temperature's bins.
+The kept rows keep their (normalised) activity too: the per-bin temperature's bins; and their
+user groups (with ids): the activity cut's noise test (``activity_temp.noise_aware_cut``).
 
 Early stopping scores AgeGender as it would ship (``shipped_val_losses``): the temperature and
 per-bin temperatures the fit would end with are fitted on the kept rows after each epoch and
@@ -204,6 +205,8 @@ class ValidationSample(BoundedRows):
             out = forward({k: x[k] for k in features.FEATURE_NAMES})
             chunk = {LOGIT + t: np.asarray(v) for t, v in out.items()}
             chunk[ACTIVITY] = np.asarray(x[ACTIVITY])
+            if encode.GROUP_COLUMN in x:  # the user groups (the activity cut's noise test)
+                chunk[encode.GROUP_COLUMN] = np.asarray(x[encode.GROUP_COLUMN], np.int64)
             chunk.update({c: np.asarray(y[t]).astype(np.int64)
                           for t, c in features.LABEL_COLUMNS.items()})
             if ids:

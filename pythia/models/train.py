@@ -318,16 +318,15 @@ def _training_data(model: Model, tf_manifest: Mapping, region: str
 
     regions, cfg = _regions_filter(region), model.train_cfg
     if model.input_format == TF_DATASET and not _in_memory(tf_manifest, region, cfg):
-        # with the ids only over the cap: the MLP's LR start and temperature then draw
-        # bounded samples by them; within it they keep every row and parsing the ids would
-        # only slow every epoch
-        ids = {s: 0 < cfg.max_train_rows < split_rows(tf_manifest, s, region)
-               for s in (TRAIN, VALIDATION)}
+        # train with the ids only over the cap: the MLP's LR start then draws a bounded
+        # sample by them; within it every row is kept and parsing the ids would only slow
+        # every epoch. Validation always: its keys carry the user groups of the activity
+        # cut's noise test (and, over the cap, the temperature sample's ids)
+        ids = 0 < cfg.max_train_rows < split_rows(tf_manifest, TRAIN, region)
         train = tfrecords.make_dataset(tf_manifest, TRAIN, regions, batch_size=cfg.batch_size,
-                                       shuffle=True, seed=cfg.seed, with_ids=ids[TRAIN])
+                                       shuffle=True, seed=cfg.seed, with_ids=ids)
         valid = tfrecords.make_dataset(tf_manifest, VALIDATION, regions,
-                                       batch_size=max(cfg.batch_size, 4096),
-                                       with_ids=ids[VALIDATION])
+                                       batch_size=max(cfg.batch_size, 4096), with_ids=True)
         streamed = {s: {"split": s, "rule": "all rows, streamed (tf.data)",
                         "rows_available": split_rows(tf_manifest, s, region),
                         "rows_used": split_rows(tf_manifest, s, region)}

@@ -117,6 +117,9 @@ def encode_columns(table: pa.Table, encoders: Encoders,
     out: dict[str, np.ndarray] = {}
     kinds = {f.name: f.kind for f in features.FEATURES}
     for name in columns:
+        if name == encode.GROUP_COLUMN:
+            out[name] = encode.user_groups(table.column(features.USER_ID))
+            continue
         arr = table.column(name).combine_chunks() if table.num_rows else \
             pa.array([], table.schema.field(name).type)
         if name == encode.ID_COLUMN:

@@ -10,16 +10,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pythia import features
+from pythia import buckets, features
 from pythia.features import Encoders
 from pythia.tfrecords import wire
 
 ID_COLUMN = features.IMPRESSION_ID
+GROUP_COLUMN = features.USER_GROUP  # from the input's user_id (``user_groups``)
 REGION_COLUMN = features.REGION
 LABEL_COLUMNS: tuple[str, ...] = tuple(features.LABEL_COLUMNS.values())
-# Every column an Example carries, in record order: features, labels, then the join key.
-RECORD_COLUMNS: tuple[str, ...] = features.FEATURE_NAMES + LABEL_COLUMNS + (ID_COLUMN,)
-INPUT_COLUMNS: tuple[str, ...] = RECORD_COLUMNS + (REGION_COLUMN,)
+# Every column an Example carries, in record order: features, labels, the user's group, then
+# the join key.
+RECORD_COLUMNS: tuple[str, ...] = (features.FEATURE_NAMES + LABEL_COLUMNS
+                                   + (GROUP_COLUMN, ID_COLUMN))
+INPUT_COLUMNS: tuple[str, ...] = (features.FEATURE_NAMES + LABEL_COLUMNS
+                                  + (ID_COLUMN, features.USER_ID, REGION_COLUMN))
+
+
+def user_groups(user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Each row's ``GROUP_COLUMN``: its user id's group, as ``evaluate.margins.user_groups``
+    computes it (a missing id is the group of "None")."""
+    return buckets.bucket_of(user_ids, features.N_USER_GROUPS)
 
 
 def check_columns(names: list[str] | tuple[str, ...], what: str) -> None:
@@ -93,6 +103,7 @@ def encode_records(batch: pa.RecordBatch, encoders: Encoders,
             entries.extend(wire.float_entries(f.name, encoders.numeric[f.name].normalize(x)))
     for col in LABEL_COLUMNS:
         entries.append(_int64_entry_column(col, non_null_ints(batch.column(col), col, where)))
+    entries.append(_int64_entry_column(GROUP_COLUMN, user_groups(batch.column(features.USER_ID))))
     data, offsets = _string_buffers(batch.column(ID_COLUMN), ID_COLUMN, where)
     entries.extend(wire.bytes_entries(ID_COLUMN, data, offsets))
     return wire.frame_examples(entries, n)

@@ -43,6 +43,7 @@ def feature_spec() -> dict:
     dtypes = {f.name: ("int64" if f.kind == features.CATEGORICAL else "float32")
               for f in features.FEATURES}
     dtypes.update({c: "int64" for c in encode.LABEL_COLUMNS})
+    dtypes[encode.GROUP_COLUMN] = "int64"
     dtypes[encode.ID_COLUMN] = "string"
     return {
         "spec_version": features.spec_version(),

@@ -107,5 +107,6 @@ def column_dtypes() -> dict[str, Any]:
     dtypes: dict[str, Any] = {f.name: (np.int64 if f.kind == features.CATEGORICAL else np.float32)
                               for f in features.FEATURES}
     dtypes.update({c: np.int64 for c in encode.LABEL_COLUMNS})
+    dtypes[encode.GROUP_COLUMN] = np.int64
     dtypes[encode.ID_COLUMN] = object
     return dtypes

@@ -28,7 +28,8 @@ def feature_description(with_ids: bool = False, keys: Sequence[str] | None = Non
     desc = {f.name: tf.io.FixedLenFeature([], tf.int64 if f.kind == features.CATEGORICAL
                                           else tf.float32) for f in features.FEATURES}
     desc.update({c: tf.io.FixedLenFeature([], tf.int64) for c in encode.LABEL_COLUMNS})
-    if with_ids:
+    if with_ids:  # the keys: the user's group (-1 in shards written before it) and the id
+        desc[encode.GROUP_COLUMN] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
         desc[encode.ID_COLUMN] = tf.io.FixedLenFeature([], tf.string)
     if keys is not None:
         unknown = [k for k in keys if k not in desc]
@@ -117,7 +118,9 @@ def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | N
         repeat: repeat forever (one pass per epoch otherwise).
         verify: check every shard's sha256 first.
         with_ids: ``features_dict`` also carries the impression id (bytes), e.g. for the MLP's
-            seeded temperature sample (``models.mlp_valid``); Keras inputs ignore it.
+            seeded temperature sample (``models.mlp_valid``), and the user's group (int64,
+            -1 in shards written before it: the activity cut's noise test); Keras inputs
+            ignore both.
 
     Raises:
         ValueError: unknown split or region, feature-spec mismatch, checksum mismatch.
@@ -125,7 +128,8 @@ def make_dataset(manifest: Mapping[str, Any], split: str, regions: list[str] | N
     import tensorflow as tf
 
     def to_pair(parsed):
-        names = features.FEATURE_NAMES + ((encode.ID_COLUMN,) if with_ids else ())
+        names = features.FEATURE_NAMES + ((encode.GROUP_COLUMN, encode.ID_COLUMN)
+                                          if with_ids else ())
         feats = {name: parsed[name] for name in names}
         labels = {t: parsed[col] for t, col in features.LABEL_COLUMNS.items()}
         return feats, labels
@@ -243,7 +247,8 @@ def load_numpy(manifest: Mapping[str, Any], split: str, regions: list[str] | Non
 
     Returns:
         Every ``features.FEATURES`` name (int64 ids / float32), ``y_gender``, ``y_age``,
-        ``y_age_gender`` (int64) and ``impression_id`` (object array of str), in shard order.
+        ``y_age_gender`` (int64), ``user_group`` (int64) and ``impression_id`` (object array
+        of str), in shard order.
     """
     return next(iter_numpy(manifest, split, regions, chunk_rows=None, verify=verify,
                            batch_size=batch_size))

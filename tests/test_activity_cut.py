@@ -1,0 +1,155 @@
+"""The MLP's activity cut keeps the deep part in a heavy pool only on evidence beyond noise
+(issue 15, session 40: ``activity_temp.noise_aware_cut``): the validation rows' user groups
+travel from the split's ``user_id`` through the TFRecords (``encode.GROUP_COLUMN``) to the
+fit, and the deep part's lead on a heavy pool is tested with the user-clustered SE the
+champion rule uses."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pythia import features
+from pythia.config import TrainConfig
+from pythia.evaluate.margins import user_groups
+from pythia.models import activity_temp as at
+from pythia.tfrecords import encode
+from test_activity_temperature import activity_encoders
+
+COUNTS = (3, 10, 30, 100)
+
+
+def _draw(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    p = np.exp(truth - truth.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)
+
+
+def heavy_users_world(helpful: int, users: int = 40, per_user: int = 100, seed: int = 11):
+    """16,000 light rows of one user each, where the deep part is signal; ``users`` heavy
+    users (150 impressions today) of ``per_user`` rows each, where it is signal for the first
+    ``helpful`` of them and noise for the rest. Returns (encoders, activity, wide, deep,
+    labels, user of each row)."""
+    rng = np.random.default_rng(seed)
+    enc = activity_encoders()
+    light = 16_000
+    counts = np.concatenate([rng.choice([0, 2, 5, 12, 40], size=light),
+                             np.full(users * per_user, 150)])
+    user = np.concatenate([np.arange(light), light + np.repeat(np.arange(users), per_user)])
+    n = len(counts)
+    wide, deep = rng.normal(0, 1.5, (n, 12)), rng.normal(0, 1.5, (n, 12))
+    on = np.ones(n)
+    heavy = counts >= 100
+    on[heavy] = (user[heavy] - light) < helpful
+    y = _draw(wide + on[:, None] * deep, rng)
+    return enc, enc.numeric[at.FEATURE].normalize(counts), wide, deep, y, user
+
+
+def _gates(groups, helpful: int, **kw):
+    enc, x, wide, deep, y, user = heavy_users_world(helpful, **kw)
+    g = {"none": None, "rows": np.arange(len(y)), "users": user}[groups]
+    return at.fit(wide + deep, y, x, enc, COUNTS, 1.0, deep=deep, groups=g).deep
+
+
+def test_a_heavy_lead_that_is_a_few_users_goes_to_the_wide_part():
+    """22 of 40 heavy users gain from the deep part: on 4,000 rows it has the least loss and
+    is 'significant' row by row, but clustered by user its lead is noise."""
+    assert _gates("none", 22) == (True,) * 5  # the least-loss cut: no cut
+    assert _gates("rows", 22) == (True,) * 5  # rows taken for independent users
+    assert _gates("users", 22) == (True,) * 4 + (False,)
+
+
+def test_a_lead_beyond_noise_keeps_the_deep_part_and_light_pools_are_never_touched():
+    assert _gates("users", 40) == (True,) * 5  # every heavy user gains: beyond noise
+    # three heavy users: too few groups for an SE -- within noise, the wide part
+    assert _gates("users", 3, users=3, per_user=1200) == (True,) * 4 + (False,)
+
+
+def test_the_cut_moves_down_only_while_the_pools_left_behind_lead_within_noise():
+    d = np.r_[np.full(400, -0.5), np.full(400, -0.01), np.full(400, -0.3)]
+    pool_of = np.repeat([0, 1, 2], 400)
+    rng = np.random.default_rng(0)
+    d = d + rng.normal(0, 0.05, len(d))
+    many = np.arange(1200)  # one user per row
+    few = np.r_[np.arange(400), 400 + np.arange(800) % 4]  # pools 1-2: four users
+    assert at.noise_aware_cut(3, d, pool_of, many) == 3  # every pool's lead beyond noise
+    assert at.noise_aware_cut(3, d, pool_of, few) == 1  # down to the light pool, not past it
+    assert at.noise_aware_cut(2, d, pool_of, few) == 1
+    # rows without a group (shards written before the column): the least-loss cut stays
+    assert at.noise_aware_cut(3, d, pool_of, np.full(1200, -1)) == 3
+    assert at.noise_aware_cut(3, d, pool_of, many[:10]) == 3
+
+
+def test_fit_for_reads_the_groups_from_the_validation_labels():
+    enc, x, wide, deep, y, user = heavy_users_world(22)
+    groups = user_groups(pd.Series(user).map(lambda u: f"user-{u}"))
+
+    class Model:  # what fit_for reads of a model
+        bins_by_activity, encoders, start = True, enc, None
+        train_cfg = TrainConfig(activity_bins=COUNTS)
+
+        @staticmethod
+        def link(_):
+            return "softmax"
+    raw = {at.JOINT: wide + deep, at.DEEP: deep}
+    labels = at.with_activity({at.JOINT: y}, {at.FEATURE: x, at.GROUPS: groups})
+    assert at.fit_for(Model, raw, labels, 1.0).deep == (True,) * 4 + (False,)
+    labels.pop(at.GROUPS)
+    assert at.fit_for(Model, raw, labels, 1.0).deep == (True,) * 5
+
+
+# ------------------------------------------------------------------ the groups, end to end
+
+tf = pytest.importorskip("tensorflow")
+
+
+def test_records_carry_each_rows_user_group_and_older_shards_read_minus_one(tmp_path):
+    from pythia.tfrecords import make_dataset, reader
+    from test_tfrecords import local_manifest, skewed_split
+
+    frames = {s: skewed_split(300, i) for i, s in enumerate(
+        ("train", "validation", "test_natural", "test_resampled"))}
+    frames["validation"]["user_id"] = [f"dev-{i % 37}" if i % 11 else None
+                                       for i in range(300)]
+    manifest = local_manifest(tmp_path / "tfr", frames)
+    want = dict(zip(frames["validation"]["impression_id"],
+                    user_groups(frames["validation"]["user_id"])))
+    got = {}
+    for x, _ in make_dataset(manifest, "validation", with_ids=True).as_numpy_iterator():
+        got.update(zip((i.decode() for i in x[encode.ID_COLUMN]),
+                       x[encode.GROUP_COLUMN].tolist()))
+    assert got == want and len(set(want.values())) > 30
+    # the numpy reader holds the same column (the TensorFlow-free one equals it:
+    # test_tfrecords_columnar compares every column)
+    chunk = next(reader.iter_numpy_tf(manifest, "validation", chunk_rows=None))
+    assert dict(zip(chunk[encode.ID_COLUMN], chunk[encode.GROUP_COLUMN].tolist())) == want
+    # a record written before the column parses to -1 (no group): the cut then stays as fit
+    ex = tf.train.Example(features=tf.train.Features(feature={
+        **{f.name: (tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))
+                    if f.kind == features.CATEGORICAL
+                    else tf.train.Feature(float_list=tf.train.FloatList(value=[0.0])))
+           for f in features.FEATURES},
+        **{c: tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))
+           for c in encode.LABEL_COLUMNS},
+        encode.ID_COLUMN: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"old"]))}))
+    parsed = tf.io.parse_example([ex.SerializeToString()],
+                                 reader.feature_description(with_ids=True))
+    assert parsed[encode.GROUP_COLUMN].numpy().tolist() == [-1]
+
+
+def test_the_mlps_validation_sample_keeps_the_groups():
+    from pythia.models.mlp_valid import ValidationSample
+    from test_mlp_temperature import batches, fake_model, skewed
+
+    d = skewed(900, 4)
+    d[encode.GROUP_COLUMN] = np.arange(900) % 50
+    parts = batches(d, [300, 300, 300])
+    for (x, _), rows in zip(parts, (slice(0, 300), slice(300, 600), slice(600, 900))):
+        x[encode.GROUP_COLUMN] = d[encode.GROUP_COLUMN][rows]
+    for cap in (0, 500):
+        model = fake_model(TrainConfig(max_train_rows=cap))
+        _, y, _ = ValidationSample(cap, seed=0).score(model, parts)
+        kept = np.asarray(y[at.GROUPS])
+        assert len(kept) == (900 if cap == 0 else 500)
+        if cap == 0:
+            np.testing.assert_array_equal(kept, d[encode.GROUP_COLUMN])
