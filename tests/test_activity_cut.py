@@ -75,6 +75,12 @@ def test_the_cut_moves_down_only_while_the_pools_left_behind_lead_within_noise()
     assert at.noise_aware_cut(3, d, pool_of, many) == 3  # every pool's lead beyond noise
     assert at.noise_aware_cut(3, d, pool_of, few) == 1  # down to the light pool, not past it
     assert at.noise_aware_cut(2, d, pool_of, few) == 1
+    # each pool on its own rows: a light pool's clear lead (400 users) is not drowned by
+    # the noise of four heavy users above it (+-3 nats a row, each user all one sign)
+    heavy = np.repeat([3.0, -3.0, 3.0, -3.2], 100)
+    d2 = np.r_[np.full(400, -0.5), -0.05 + rng.normal(0, 0.05, 400), heavy]
+    assert at.noise_aware_cut(3, d2, pool_of, np.r_[np.arange(800), 800 + np.arange(400) // 100]
+                              ) == 2
     # rows without a group (shards written before the column): the least-loss cut stays
     assert at.noise_aware_cut(3, d, pool_of, np.full(1200, -1)) == 3
     assert at.noise_aware_cut(3, d, pool_of, many[:10]) == 3

@@ -229,12 +229,15 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
 
 def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.ndarray,
                     z_min: float = CUT_Z_MIN) -> int:
-    """The least-loss ``cut`` moved down pool by pool while the deep part's lead on the pools
-    it would leave to the wide part (``[c - 1, cut)``) is within ``z_min`` user-clustered SEs
-    (no SE -- too few user groups -- is within noise): the deep part keeps a pool only on
-    evidence. ``d``: per row, the deep part's log-loss minus the wide part's; ``pool_of``:
-    each row's pool; ``groups``: each row's user group. Rows without a group (-1: shards
-    written before the column) leave ``cut`` as it is.
+    """The least-loss ``cut`` moved down pool by pool while the deep part's lead on the rows
+    of the pool just below it is within ``z_min`` user-clustered SEs (no SE -- too few user
+    groups -- is within noise): the deep part keeps a pool only on evidence, and the first
+    pool that gives it stops the descent (one cut). Each pool is tested on its own rows: a
+    test on every pool the cut would pass drowned a light pool's clear lead in the heavy
+    users' noise (seed 0 of the default world went wide-only from 3+). ``d``: per row, the
+    deep part's log-loss minus the wide part's; ``pool_of``: each row's pool; ``groups``:
+    each row's user group. Rows without a group (-1: shards written before the column)
+    leave ``cut`` as it is.
 
     Why: a heavy pool's validation rows are a few users', and the least loss followed them.
     Session 39's seed 1 kept the deep part at 100+ on validation's say; on fresh users the
@@ -247,7 +250,7 @@ def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.nda
         return cut
     c = cut
     while c > 0:
-        rows = (pool_of >= c - 1) & (pool_of < cut)
+        rows = pool_of == c - 1
         margin = paired_margin(d[rows], np.ones(int(rows.sum())), groups[rows])
         if margin.z < -z_min:  # the deep part is better there beyond noise: it stays
             break
