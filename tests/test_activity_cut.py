@@ -159,3 +159,36 @@ def test_the_mlps_validation_sample_keeps_the_groups():
         assert len(kept) == (900 if cap == 0 else 500)
         if cap == 0:
             np.testing.assert_array_equal(kept, d[encode.GROUP_COLUMN])
+
+
+def test_early_stopping_scores_epochs_with_the_least_loss_cut(monkeypatch):
+    """The epoch score takes the cut of least loss (the noise test's jumps are larger than an
+    epoch's gain); the fit ships the noise-tested one."""
+    from pythia.models import mlp_valid
+    from test_mlp_temperature import fake_model, skewed
+
+    enc, x, wide, deep, y, user = heavy_users_world(22)
+    plain = dict(at.with_activity({at.JOINT: y}, {at.FEATURE: x}))
+    grouped = at.with_activity({at.JOINT: y}, {at.FEATURE: x, at.GROUPS: user})
+    raw = {at.JOINT: wide + deep, at.DEEP: deep}
+
+    class Model:
+        bins_by_activity, encoders, start = True, enc, None
+        train_cfg = TrainConfig(activity_bins=COUNTS)
+
+        @staticmethod
+        def link(_):
+            return "softmax"
+    assert at.fit_for(Model, raw, grouped, 1.0).deep == (True,) * 4 + (False,)
+    assert at.fit_for(Model, raw, grouped, 1.0, noise_test=False) == at.fit_for(
+        Model, raw, plain, 1.0)
+    # shipped_val_losses asks for it
+    seen = []
+    real = at.fit_for
+    monkeypatch.setattr(at, "fit_for", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    d = skewed(600, 2)
+    d[at.FEATURE] = np.zeros(600, np.float32)
+    d[at.GROUPS] = np.arange(600) % 40
+    model = fake_model(TrainConfig(max_train_rows=0))
+    mlp_valid.shipped_val_losses(model, d)
+    assert seen and all(kw.get("noise_test") is False for kw in seen)

@@ -259,16 +259,19 @@ def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.nda
 
 
 def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray],
-            global_temperature: float) -> ActivityTemperature | None:
+            global_temperature: float, noise_test: bool = True
+            ) -> ActivityTemperature | None:
     """``fit`` of a model's AgeGender raw logits (``raw[JOINT]``, and ``raw[DEEP]`` when the
     model has a deep part its wide part can do without) on validation rows ``y`` (labels, and
     the activity column when kept): its ``activity_bins``, no bins when it does not bin by
-    activity (``bins_by_activity``), and a warm start's start bins (``from_start``)."""
+    activity (``bins_by_activity``), and a warm start's start bins (``from_start``). The cut
+    takes the noise test when ``y`` has the rows' user groups (``GROUPS``), unless
+    ``noise_test`` is False: the least-loss cut (early stopping's epoch score)."""
     return fit(raw[JOINT], y[JOINT], y.get(FEATURE) if model.bins_by_activity else None,
                model.encoders, model.train_cfg.activity_bins, global_temperature,
                model.link(JOINT),
                start=model.start.activity_temperature if model.start is not None else None,
-               deep=raw.get(DEEP), groups=y.get(GROUPS))
+               deep=raw.get(DEEP), groups=y.get(GROUPS) if noise_test else None)
 
 
 def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,

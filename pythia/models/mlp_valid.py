@@ -22,6 +22,14 @@ over-confidence of a few heavy users' rows (session 37, default world, seed 0: 2
 2.3655 at epochs 0-2), which the shipped temperatures take out; the epoch kept is then the one
 whose shipped predictions are best, not the one least over-confident on them.
 
+One exception: the epoch is scored with the activity cut of least validation loss, and the
+fit then ships the noise-tested one (``activity_temp.noise_aware_cut``). The noise test moves
+the cut in jumps (a heavy pool's whole lead in or out) larger than an epoch's gain, and epochs
+scored with it stopped seed 0 of the default world at epoch 1 (2.1462; the least-loss scores
+went on to 2.1442 at epoch 4), whose network was 0.007 worse on fresh users (1.0290 against
+1.0216 x the population posterior, docs/new-users.md, session 40). The epoch is the network's
+best on validation, as its temperatures are; the cut is then chosen on evidence.
+
 Under ``prior_correction = 'em'`` the loss re-estimates priors from the rows it is given, so
 early stopping reads the kept rows (every row within the cap), not batches.
 """
@@ -83,7 +91,8 @@ def validation_losses(model: Any, valid: Any) -> tuple[dict, dict, dict[str, flo
 def shipped_val_losses(model: Any, valid: Any) -> dict[str, float]:
     """``model.natural_val_losses(valid)`` with AgeGender's at the temperatures the fit would
     ship now: its one temperature and, with ``activity_bins``, the per-bin ones (a warm start's
-    from its start's bins), fitted on the kept rows as ``Model._fit_and_calibrate`` fits them,
+    from its start's bins), fitted on the kept rows as ``Model._fit_and_calibrate`` fits them
+    (but the activity cut of least loss, without the noise test: see the module docstring),
     then the natural-weighted log-loss of those rows (every row within the cap)."""
     losses = model.natural_val_losses(valid)
     raw, y = model._scored_valid
@@ -91,7 +100,8 @@ def shipped_val_losses(model: Any, valid: Any) -> dict[str, float]:
     if not len(y[joint]):
         return losses
     temperature = pr.fit_temperature(raw[joint], y[joint], link)
-    bins = at.fit_for(model, raw, y, temperature)
+    # the least-loss cut, not the noise-tested one the fit ships (see the module docstring)
+    bins = at.fit_for(model, raw, y, temperature, noise_test=False)
     if bins is None:
         scaled = {joint: np.asarray(raw[joint], np.float64) / temperature}
     else:  # the bins' temperatures, without the deep part where a bin is wide-only
