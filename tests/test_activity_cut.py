@@ -192,3 +192,15 @@ def test_early_stopping_scores_epochs_with_the_least_loss_cut(monkeypatch):
     model = fake_model(TrainConfig(max_train_rows=0))
     mlp_valid.shipped_val_losses(model, d)
     assert seen and all(kw.get("noise_test") is False for kw in seen)
+
+
+def test_the_train_line_shows_what_the_noise_test_saw_and_it_is_saved():
+    enc, x, wide, deep, y, user = heavy_users_world(22)
+    fitted = at.fit(wide + deep, y, x, enc, COUNTS, 1.0, deep=deep, groups=user)
+    # tested from the least-loss cut (none) down: 100+ (its lead is noise), then 30-99 (clear)
+    assert fitted.lead_z[:3] == (None, None, None)
+    assert fitted.lead_z[3] < -at.CUT_Z_MIN < fitted.lead_z[4]
+    text = fitted.describe()
+    assert "100+: " in text and "(the wide part alone; the deep part's lead z " in text
+    assert at.from_json(at.to_json(fitted)) == fitted
+    assert at.fit(wide + deep, y, x, enc, COUNTS, 1.0, deep=deep).lead_z is None

@@ -100,6 +100,9 @@ class ActivityTemperature:
     start_scale: float | None = None
     # per bin, False: AgeGender is the wide part alone there (None: the whole model everywhere)
     deep: tuple[bool, ...] | None = None
+    # per bin, the z of the deep part's lead on its pool in the cut's noise test (None: not
+    # tested, or too few user groups for an SE; ``noise_aware_cut``)
+    lead_z: tuple[float | None, ...] | None = None
 
     def per_row(self, x: Any) -> np.ndarray:
         """Each row's temperature, from its normalised activity."""
@@ -119,7 +122,8 @@ class ActivityTemperature:
                 "temperature": list(self.temperature), "rows": list(self.rows),
                 "fitted": list(self.fitted), "pools": list(self.pools),
                 "start_scale": self.start_scale,
-                "deep": None if self.deep is None else list(self.deep)}
+                "deep": None if self.deep is None else list(self.deep),
+                "lead_z": None if self.lead_z is None else list(self.lead_z)}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "ActivityTemperature":
@@ -129,7 +133,9 @@ class ActivityTemperature:
                    # saved before the pools (commit 101fb09): a pool per bin
                    tuple(int(g) for g in doc.get("pools", range(len(doc["temperature"])))),
                    None if doc.get("start_scale") is None else float(doc["start_scale"]),
-                   None if doc.get("deep") is None else tuple(bool(d) for d in doc["deep"]))
+                   None if doc.get("deep") is None else tuple(bool(d) for d in doc["deep"]),
+                   None if doc.get("lead_z") is None else tuple(
+                       None if z is None else float(z) for z in doc["lead_z"]))
 
     def export(self) -> dict[str, Any]:
         """The ``EXPORT_KEY`` entry: what a scorer needs to put a row in its bin (and, when
@@ -151,8 +157,11 @@ class ActivityTemperature:
             name = f"{lo}+" if hi is None else f"{lo}-{hi}"
             rows = sum(self.rows[k] for k in ks)
             wide = self.deep is not None and not self.deep[ks[0]]
+            z = self.lead_z[ks[0]] if self.lead_z is not None else None
+            notes = (["the wide part alone"] if wide else []) + (
+                [] if z is None else [f"the deep part's lead z {z:.2f}"])
             parts.append(f"{name}: {self.temperature[ks[0]]:.3f}" + (
-                " (the wide part alone)" if wide else "") + (
+                f" ({'; '.join(notes)})" if notes else "") + (
                 "" if self.fitted[ks[0]] else f" (global: no gain on its {rows:,} rows)"))
         return (f"the start's bins x {self.start_scale:.3f}: " if self.start_scale is not None
                 else "") + ", ".join(parts)
@@ -216,19 +225,21 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     n = len(with_deep)
     cut = n if deep is None else min(range(n, -1, -1), key=lambda c: sum(
         w[0] for w in with_deep[:c]) + sum(w[0] for w in wide_only[c:]))
+    tested: dict[int, float | None] = {}
     if deep is not None and groups is not None:
-        cut = noise_aware_cut(cut, d, pool_of, groups)
+        cut = noise_aware_cut(cut, d, pool_of, groups, tested=tested)
     chosen = [(t, f, True) for _, t, f in with_deep[:cut]] + [(t, True, False)
                                                                for _, t in wide_only[cut:]]
     temps, fitted, on = zip(*(chosen[g] for g in pools))
     if not any(fitted):  # the global temperature everywhere: nothing to add
         return None
     return ActivityTemperature(counts, edges, tuple(temps), rows, tuple(fitted), pools,
-                               deep=None if deep is None else tuple(on))
+                               deep=None if deep is None else tuple(on),
+                               lead_z=tuple(tested.get(g) for g in pools) if tested else None)
 
 
 def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.ndarray,
-                    z_min: float = CUT_Z_MIN) -> int:
+                    z_min: float = CUT_Z_MIN, tested: dict | None = None) -> int:
     """The least-loss ``cut`` moved down pool by pool while the deep part's lead on the rows
     of the pool just below it is within ``z_min`` user-clustered SEs (no SE -- too few user
     groups -- is within noise): the deep part keeps a pool only on evidence, and the first
@@ -236,8 +247,8 @@ def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.nda
     test on every pool the cut would pass drowned a light pool's clear lead in the heavy
     users' noise (seed 0 of the default world went wide-only from 3+). ``d``: per row, the
     deep part's log-loss minus the wide part's; ``pool_of``: each row's pool; ``groups``:
-    each row's user group. Rows without a group (-1: shards written before the column)
-    leave ``cut`` as it is.
+    each row's user group; ``tested`` (optional) gets each tested pool's z (None: no SE).
+    Rows without a group (-1: shards written before the column) leave ``cut`` as it is.
 
     Why: a heavy pool's validation rows are a few users', and the least loss followed them.
     Session 39's seed 1 kept the deep part at 100+ on validation's say; on fresh users the
@@ -252,6 +263,8 @@ def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.nda
     while c > 0:
         rows = pool_of == c - 1
         margin = paired_margin(d[rows], np.ones(int(rows.sum())), groups[rows])
+        if tested is not None:
+            tested[c - 1] = float(margin.z) if np.isfinite(margin.z) else None
         if margin.z < -z_min:  # the deep part is better there beyond noise: it stays
             break
         c -= 1
