@@ -204,3 +204,19 @@ def test_the_train_line_shows_what_the_noise_test_saw_and_it_is_saved():
     assert "100+: " in text and "(the wide part alone; the deep part's lead z " in text
     assert at.from_json(at.to_json(fitted)) == fitted
     assert at.fit(wide + deep, y, x, enc, COUNTS, 1.0, deep=deep).lead_z is None
+
+
+def test_the_mlp_hparam_wide_only_z_sets_the_noise_tests_bar():
+    from pythia.models import get_model
+
+    enc, x, wide, deep, y, user = heavy_users_world(22)
+    raw = {at.JOINT: wide + deep, at.DEEP: deep}
+    labels = at.with_activity({at.JOINT: y}, {at.FEATURE: x, at.GROUPS: user})
+    gates = {}
+    for z in (2.0, 0.5):
+        model = get_model("mlp")(enc, {"wide_only_z": z}, TrainConfig(activity_bins=COUNTS))
+        fitted = at.fit_for(model, raw, labels, 1.0)
+        gates[z] = fitted.deep
+        assert fitted.lead_z[4] is not None and -2.0 < fitted.lead_z[4] < -0.5
+    # the 100+ pool's lead (z about -1) is noise at 2 SEs, evidence at 0.5
+    assert gates == {2.0: (True,) * 4 + (False,), 0.5: (True,) * 5}

@@ -62,7 +62,8 @@ DEFAULT_BINS = TrainConfig.activity_bins
 # Validation rows a pool of bins needs for its own temperature (see the module docstring)
 MIN_BIN_ROWS = 500
 # The deep part is kept in a heavy pool only when it beats the wide part there by more than
-# this many user-clustered SEs of the validation margin: the champion rule's default z_min.
+# this many user-clustered SEs of the validation margin: the champion rule's default z_min
+# (the MLP hparam ``wide_only_z``).
 CUT_Z_MIN = 2.0
 # The optional entry of an MLP's ``numpy_layers`` export: {"feature", "edges", "temperature"}.
 EXPORT_KEY = ACTIVITY_TEMPERATURE
@@ -170,8 +171,8 @@ class ActivityTemperature:
 def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Encoders,
         counts: Sequence[int], global_temperature: float, link: str = "softmax",
         min_rows: int | None = None, start: ActivityTemperature | None = None,
-        deep: np.ndarray | None = None, groups: np.ndarray | None = None
-        ) -> ActivityTemperature | None:
+        deep: np.ndarray | None = None, groups: np.ndarray | None = None,
+        z_min: float = CUT_Z_MIN) -> ActivityTemperature | None:
     """Per pool of bins of ``activity`` (normalised; ``pool_bins`` with ``min_rows``, default
     ``MIN_BIN_ROWS``), the temperature minimising the pool's validation log-loss of
     ``link(logits / T)``; None without bins, without the activity column, with one pool (that
@@ -179,9 +180,9 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     ``deep`` (the deep part's own logits of a wide & deep model) the pools from one activity
     up are scored by the wide part alone (``logits - deep``, each at its own temperature),
     the cut that gives the least validation loss (none: no pool is wide-only), moved down
-    while the deep part's lead over the wide part on the pools it would leave is within noise
-    (``noise_aware_cut``; needs ``groups``, each row's user group). With ``start`` (the bins
-    of the model a warm-started one started from): ``from_start``."""
+    while the deep part's lead over the wide part on the pool it would leave is within noise
+    (``noise_aware_cut`` at ``z_min``; needs ``groups``, each row's user group). With
+    ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
     counts = check_bins(counts)
     min_rows = MIN_BIN_ROWS if min_rows is None else int(min_rows)
     if not counts or activity is None:
@@ -227,7 +228,7 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         w[0] for w in with_deep[:c]) + sum(w[0] for w in wide_only[c:]))
     tested: dict[int, float | None] = {}
     if deep is not None and groups is not None:
-        cut = noise_aware_cut(cut, d, pool_of, groups, tested=tested)
+        cut = noise_aware_cut(cut, d, pool_of, groups, z_min, tested)
     chosen = [(t, f, True) for _, t, f in with_deep[:cut]] + [(t, True, False)
                                                                for _, t in wide_only[cut:]]
     temps, fitted, on = zip(*(chosen[g] for g in pools))
@@ -284,7 +285,8 @@ def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarra
                model.encoders, model.train_cfg.activity_bins, global_temperature,
                model.link(JOINT),
                start=model.start.activity_temperature if model.start is not None else None,
-               deep=raw.get(DEEP), groups=y.get(GROUPS) if noise_test else None)
+               deep=raw.get(DEEP), groups=y.get(GROUPS) if noise_test else None,
+               z_min=float(getattr(model, "hparams", {}).get("wide_only_z", CUT_Z_MIN)))
 
 
 def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
