@@ -45,18 +45,19 @@ def heavy_users_world(helpful: int, users: int = 40, per_user: int = 100, seed: 
     return enc, enc.numeric[at.FEATURE].normalize(counts), wide, deep, y, user
 
 
-def _gates(groups, helpful: int, **kw):
+def _gates(groups, helpful: int, z_min: float = at.CUT_Z_MIN, **kw):
     enc, x, wide, deep, y, user = heavy_users_world(helpful, **kw)
     g = {"none": None, "rows": np.arange(len(y)), "users": user}[groups]
-    return at.fit(wide + deep, y, x, enc, COUNTS, 1.0, deep=deep, groups=g).deep
+    return at.fit(wide + deep, y, x, enc, COUNTS, 1.0, deep=deep, groups=g, z_min=z_min).deep
 
 
 def test_a_heavy_lead_that_is_a_few_users_goes_to_the_wide_part():
     """22 of 40 heavy users gain from the deep part: on 4,000 rows it has the least loss and
-    is 'significant' row by row, but clustered by user its lead is noise."""
+    is beyond 2 SEs row by row, but clustered by user its lead is noise (z about -1)."""
     assert _gates("none", 22) == (True,) * 5  # the least-loss cut: no cut
-    assert _gates("rows", 22) == (True,) * 5  # rows taken for independent users
-    assert _gates("users", 22) == (True,) * 4 + (False,)
+    assert _gates("rows", 22, z_min=2.0) == (True,) * 5  # rows taken for independent users
+    assert _gates("users", 22, z_min=2.0) == (True,) * 4 + (False,)
+    assert _gates("users", 20) == (True,) * 4 + (False,)  # z about -0.4: noise at any bar
 
 
 def test_a_lead_beyond_noise_keeps_the_deep_part_and_light_pools_are_never_touched():
@@ -87,7 +88,7 @@ def test_the_cut_moves_down_only_while_the_pools_left_behind_lead_within_noise()
 
 
 def test_fit_for_reads_the_groups_from_the_validation_labels():
-    enc, x, wide, deep, y, user = heavy_users_world(22)
+    enc, x, wide, deep, y, user = heavy_users_world(20)
     groups = user_groups(pd.Series(user).map(lambda u: f"user-{u}"))
 
     class Model:  # what fit_for reads of a model
@@ -167,7 +168,7 @@ def test_early_stopping_scores_epochs_with_the_least_loss_cut(monkeypatch):
     from pythia.models import mlp_valid
     from test_mlp_temperature import fake_model, skewed
 
-    enc, x, wide, deep, y, user = heavy_users_world(22)
+    enc, x, wide, deep, y, user = heavy_users_world(20)
     plain = dict(at.with_activity({at.JOINT: y}, {at.FEATURE: x}))
     grouped = at.with_activity({at.JOINT: y}, {at.FEATURE: x, at.GROUPS: user})
     raw = {at.JOINT: wide + deep, at.DEEP: deep}
@@ -195,7 +196,7 @@ def test_early_stopping_scores_epochs_with_the_least_loss_cut(monkeypatch):
 
 
 def test_the_train_line_shows_what_the_noise_test_saw_and_it_is_saved():
-    enc, x, wide, deep, y, user = heavy_users_world(22)
+    enc, x, wide, deep, y, user = heavy_users_world(20)
     fitted = at.fit(wide + deep, y, x, enc, COUNTS, 1.0, deep=deep, groups=user)
     # tested from the least-loss cut (none) down: 100+ (its lead is noise), then 30-99 (clear)
     assert fitted.lead_z[:3] == (None, None, None)
@@ -209,14 +210,14 @@ def test_the_train_line_shows_what_the_noise_test_saw_and_it_is_saved():
 def test_the_mlp_hparam_wide_only_z_sets_the_noise_tests_bar():
     from pythia.models import get_model
 
-    enc, x, wide, deep, y, user = heavy_users_world(22)
+    enc, x, wide, deep, y, user = heavy_users_world(20)
     raw = {at.JOINT: wide + deep, at.DEEP: deep}
     labels = at.with_activity({at.JOINT: y}, {at.FEATURE: x, at.GROUPS: user})
     gates = {}
-    for z in (2.0, 0.5):
+    for z in (1.0, 0.25):
         model = get_model("mlp")(enc, {"wide_only_z": z}, TrainConfig(activity_bins=COUNTS))
         fitted = at.fit_for(model, raw, labels, 1.0)
         gates[z] = fitted.deep
-        assert fitted.lead_z[4] is not None and -2.0 < fitted.lead_z[4] < -0.5
-    # the 100+ pool's lead (z about -1) is noise at 2 SEs, evidence at 0.5
-    assert gates == {2.0: (True,) * 4 + (False,), 0.5: (True,) * 5}
+        assert fitted.lead_z[4] is not None and -1.0 < fitted.lead_z[4] < -0.25
+    # the 100+ pool's lead (z about -0.4) is noise at 1 SE, evidence at 0.25
+    assert gates == {1.0: (True,) * 4 + (False,), 0.25: (True,) * 5}

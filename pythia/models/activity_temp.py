@@ -62,9 +62,12 @@ DEFAULT_BINS = TrainConfig.activity_bins
 # Validation rows a pool of bins needs for its own temperature (see the module docstring)
 MIN_BIN_ROWS = 500
 # The deep part is kept in a heavy pool only when it beats the wide part there by more than
-# this many user-clustered SEs of the validation margin: the champion rule's default z_min
-# (the MLP hparam ``wide_only_z``).
-CUT_Z_MIN = 2.0
+# this many user-clustered SEs of the validation margin (the MLP hparam ``wide_only_z``). One,
+# not the champion rule's two: on three seeds of the default world, 2 moved the cut to 10+ on
+# two of them, and seed 2's MLP was 0.0016 worse on fresh users than with 1, which cut at
+# 30+ on both (docs/new-users.md, session 40). A bin's choice is between two parts of one
+# model, not a bet on a new one.
+CUT_Z_MIN = 1.0
 # The optional entry of an MLP's ``numpy_layers`` export: {"feature", "edges", "temperature"}.
 EXPORT_KEY = ACTIVITY_TEMPERATURE
 

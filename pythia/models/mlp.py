@@ -102,7 +102,7 @@ class MLPModel(Model):
             # a wide part (a logit row per categorical value and head); activity bins where it
             "wide": True, "wide_only_bins": True,  # alone does better (activity_temp.DEEP)
             # ... a bin keeps the deep part only when its validation lead is beyond this many
-            "wide_only_z": 2.0,  # user-clustered SEs (activity_temp.noise_aware_cut)
+            "wide_only_z": 1.0,  # user-clustered SEs (activity_temp.CUT_Z_MIN)
             # 'logreg': the wide part starts as the LR fits (the module docstring's rule);
             # 'zero': zero-initialised, trained with the deep part only
             "wide_start": "logreg",
