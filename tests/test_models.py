@@ -1018,6 +1018,8 @@ def _raw_batch(split: dict, region: str):
     cols.update({f: pa.array(split[f], pa.float32()) for f in features.NUMERIC_FEATURES})
     cols.update({c: pa.array(split[c], pa.int32()) for c in features.LABEL_COLUMNS.values()})
     cols["impression_id"] = pa.array(split["impression_id"].astype(str), pa.string())
+    cols["user_id"] = pa.array([f"{region}-user-{i % 97}" for i in range(len(split["y_gender"]))],
+                               pa.string())  # the split's user, hashed into its user_group
     cols["region"] = pa.array([region] * len(split["impression_id"]), pa.string())
     return pa.RecordBatch.from_pydict(cols)
 

@@ -99,10 +99,8 @@ class MLPModel(Model):
             "dropout": 0.1, "embedding_max_dim": 16,  # dropout after each trunk layer
             "learning_rate": 1e-2,  # Adam, at TrainConfig.batch_size 4096 (pythia.toml)
             "age_head": None,  # None -> TrainConfig.age_head; 'corn'/'ordinal' | 'softmax'
-            # a wide part (a logit row per categorical value and head); activity bins where it
-            "wide": True, "wide_only_bins": True,  # alone does better (activity_temp.DEEP)
-            # ... a bin keeps the deep part only when its validation lead is beyond this many
-            "wide_only_z": 1.0,  # user-clustered SEs (activity_temp.CUT_Z_MIN)
+            # a wide part; bins it scores alone: the deep part's lead < z SEs (activity_temp)
+            "wide": True, "wide_only_bins": True, "wide_only_z": 1.0,
             # 'logreg': the wide part starts as the LR fits (the module docstring's rule);
             # 'zero': zero-initialised, trained with the deep part only
             "wide_start": "logreg",
