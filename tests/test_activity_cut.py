@@ -162,9 +162,76 @@ def test_the_mlps_validation_sample_keeps_the_groups():
             np.testing.assert_array_equal(kept, d[encode.GROUP_COLUMN])
 
 
-def test_early_stopping_scores_epochs_with_the_least_loss_cut(monkeypatch):
-    """The epoch score takes the cut of least loss (the noise test's jumps are larger than an
-    epoch's gain); the fit ships the noise-tested one."""
+class _Model:
+    """What the cut and the epoch score read of an MLP (uniform priors: weights of 1)."""
+    bins_by_activity, start = True, None
+    train_cfg = TrainConfig(activity_bins=COUNTS)
+    priors = {k: {at.JOINT: np.full(12, 1 / 12)} for k in ("train", "natural")}
+
+    def __init__(self, enc, z: float = at.CUT_Z_MIN) -> None:
+        self.encoders, self.hparams = enc, {"wide_only_z": z}
+
+    @staticmethod
+    def link(_):
+        return "softmax"
+
+    @staticmethod
+    def validation_weights(y):
+        return np.ones(len(y))
+
+
+def _scores(helpful: int, z: float = at.CUT_Z_MIN, scale: float = 1.0, noise: float = 1.0
+            ) -> dict[str, float]:
+    """On the heavy-users world with the deep part's heavy logits times ``scale`` (and times
+    ``noise`` for the heavy users it does not help): the epoch score
+    (``discounted_joint_loss``), and the loss at the least-loss and noise-tested cuts."""
+    from pythia.models import mlp_valid
+
+    enc, x, wide, deep, y, user = heavy_users_world(helpful)
+    heavy = x > enc.numeric[at.FEATURE].normalize(99.5)
+    unhelped = heavy & (user - (~heavy).sum() >= helpful)
+    deep = deep * np.where(heavy, scale, 1.0)[:, None] * np.where(unhelped, noise, 1.0)[:, None]
+    raw = {at.JOINT: wide + deep, at.DEEP: deep}
+    labels = at.with_activity({at.JOINT: y}, {at.FEATURE: x, at.GROUPS: user})
+    model, t = _Model(enc, z), 1.0  # the global temperature (each pool fits its own)
+
+    def loss(bins):
+        return float(np.mean(mlp_valid.joint_row_losses(model, raw, labels, bins, t)[0]))
+    return {"epoch": mlp_valid.discounted_joint_loss(model, raw, labels, t),
+            "least": loss(at.fit_for(model, raw, labels, t, noise_test=False)),
+            "tested": loss(at.fit_for(model, raw, labels, t))}
+
+
+def test_the_epoch_score_gives_a_heavy_lead_within_noise_no_credit():
+    """Early stopping's score (``mlp_valid.discounted_joint_loss``): 20 of 40 heavy users gain
+    from the deep part, a lead of z about -0.4 that the least-loss cut takes whole; the
+    epoch score counts none of it, and the light pools' clear leads less their SE."""
+    s = _scores(20)
+    assert s["least"] < s["tested"] < s["epoch"]
+    # at a bar of 0 every lead counts whole: the least-loss cut's loss
+    assert _scores(20, z=0.0)["epoch"] == pytest.approx(s["least"], abs=1e-9)
+    # the same score as a deep part that adds nothing to heavy rows
+    assert s["epoch"] == pytest.approx(_scores(20, scale=0.0)["epoch"], abs=1e-9)
+    # a lead of every heavy user (beyond noise) earns credit
+    assert _scores(40)["epoch"] < _scores(40, scale=0.0)["epoch"] - 1e-4
+
+
+def test_the_epoch_score_moves_continuously_where_the_noise_tested_cut_jumps():
+    """As the deep part's noise on the heavy users it does not help fades, its 100+ lead
+    passes the noise bar: the noise-tested cut's loss jumps there (the whole lead comes in at
+    once); the epoch score's steps stay as small as the least-loss cut's loss's."""
+    grid = [_scores(20, noise=a) for a in np.linspace(1.0, 0.0, 11)]
+    step = {k: max(abs(b[k] - a[k]) for a, b in zip(grid, grid[1:]))
+            for k in ("epoch", "least", "tested")}
+    assert step["tested"] > 2.5 * step["least"]
+    assert step["epoch"] <= 1.5 * step["least"]
+
+
+def test_early_stopping_uses_the_discounted_score_and_otherwise_the_least_loss_cut(
+        monkeypatch):
+    """``shipped_val_losses`` scores AgeGender by ``discounted_joint_loss`` when there is a
+    deep part, bins and the rows' user groups; without groups (or with -1, older shards) or
+    for a warm-started model, by the cut of least loss; the fit ships the noise-tested one."""
     from pythia.models import mlp_valid
     from test_mlp_temperature import fake_model, skewed
 
@@ -172,27 +239,29 @@ def test_early_stopping_scores_epochs_with_the_least_loss_cut(monkeypatch):
     plain = dict(at.with_activity({at.JOINT: y}, {at.FEATURE: x}))
     grouped = at.with_activity({at.JOINT: y}, {at.FEATURE: x, at.GROUPS: user})
     raw = {at.JOINT: wide + deep, at.DEEP: deep}
-
-    class Model:
-        bins_by_activity, encoders, start = True, enc, None
-        train_cfg = TrainConfig(activity_bins=COUNTS)
-
-        @staticmethod
-        def link(_):
-            return "softmax"
-    assert at.fit_for(Model, raw, grouped, 1.0).deep == (True,) * 4 + (False,)
-    assert at.fit_for(Model, raw, grouped, 1.0, noise_test=False) == at.fit_for(
-        Model, raw, plain, 1.0)
-    # shipped_val_losses asks for it
+    model = _Model(enc)
+    assert at.fit_for(model, raw, grouped, 1.0).deep == (True,) * 4 + (False,)
+    assert at.fit_for(model, raw, grouped, 1.0, noise_test=False) == at.fit_for(
+        model, raw, plain, 1.0)
+    assert mlp_valid.discounted_joint_loss(model, raw, grouped, 1.0) is not None
+    for labels in (plain, {**grouped, at.GROUPS: np.full(len(y), -1)}):
+        assert mlp_valid.discounted_joint_loss(model, raw, labels, 1.0) is None
+    model.start = object()  # a warm start keeps its start's cut
+    assert mlp_valid.discounted_joint_loss(model, raw, grouped, 1.0) is None
+    assert mlp_valid.discounted_joint_loss(_Model(enc), {at.JOINT: raw[at.JOINT]}, grouped,
+                                           1.0) is None  # no deep part to cut
+    # shipped_val_losses: the discounted score when it applies, else the least-loss cut
     seen = []
     real = at.fit_for
     monkeypatch.setattr(at, "fit_for", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     d = skewed(600, 2)
     d[at.FEATURE] = np.zeros(600, np.float32)
     d[at.GROUPS] = np.arange(600) % 40
-    model = fake_model(TrainConfig(max_train_rows=0))
-    mlp_valid.shipped_val_losses(model, d)
-    assert seen and all(kw.get("noise_test") is False for kw in seen)
+    fake = fake_model(TrainConfig(max_train_rows=0))
+    mlp_valid.shipped_val_losses(fake, d)
+    assert seen and all(kw.get("noise_test") is False for kw in seen)  # no deep part
+    monkeypatch.setattr(mlp_valid, "discounted_joint_loss", lambda *a: 1.2345)
+    assert mlp_valid.shipped_val_losses(fake, d)["age_gender"] == 1.2345
 
 
 def test_the_train_line_shows_what_the_noise_test_saw_and_it_is_saved():

@@ -175,7 +175,7 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         counts: Sequence[int], global_temperature: float, link: str = "softmax",
         min_rows: int | None = None, start: ActivityTemperature | None = None,
         deep: np.ndarray | None = None, groups: np.ndarray | None = None,
-        z_min: float = CUT_Z_MIN) -> ActivityTemperature | None:
+        z_min: float = CUT_Z_MIN, cut: int | None = None) -> ActivityTemperature | None:
     """Per pool of bins of ``activity`` (normalised; ``pool_bins`` with ``min_rows``, default
     ``MIN_BIN_ROWS``), the temperature minimising the pool's validation log-loss of
     ``link(logits / T)``; None without bins, without the activity column, with one pool (that
@@ -184,8 +184,8 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     up are scored by the wide part alone (``logits - deep``, each at its own temperature),
     the cut that gives the least validation loss (none: no pool is wide-only), moved down
     while the deep part's lead over the wide part on the pool it would leave is within noise
-    (``noise_aware_cut`` at ``z_min``; needs ``groups``, each row's user group). With
-    ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
+    (``noise_aware_cut`` at ``z_min``; needs ``groups``, each row's user group); ``cut``
+    (0: every pool wide-only, a large number: none) replaces that choice. With ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
     counts = check_bins(counts)
     min_rows = MIN_BIN_ROWS if min_rows is None else int(min_rows)
     if not counts or activity is None:
@@ -227,10 +227,12 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     # the deep part below one cut, the wide part alone from it up (one choice, not one per
     # pool: a heavy pool's rows are a few users'); no cut when none gains
     n = len(with_deep)
-    cut = n if deep is None else min(range(n, -1, -1), key=lambda c: sum(
-        w[0] for w in with_deep[:c]) + sum(w[0] for w in wide_only[c:]))
+    forced = cut is not None and deep is not None
+    cut = n if deep is None else min(max(int(cut), 0), n) if forced else min(
+        range(n, -1, -1), key=lambda c: sum(w[0] for w in with_deep[:c]) + sum(
+            w[0] for w in wide_only[c:]))
     tested: dict[int, float | None] = {}
-    if deep is not None and groups is not None:
+    if deep is not None and groups is not None and not forced:
         cut = noise_aware_cut(cut, d, pool_of, groups, z_min, tested)
     chosen = [(t, f, True) for _, t, f in with_deep[:cut]] + [(t, True, False)
                                                                for _, t in wide_only[cut:]]
@@ -276,20 +278,25 @@ def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.nda
 
 
 def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray],
-            global_temperature: float, noise_test: bool = True
+            global_temperature: float, noise_test: bool = True, cut: int | None = None
             ) -> ActivityTemperature | None:
     """``fit`` of a model's AgeGender raw logits (``raw[JOINT]``, and ``raw[DEEP]`` when the
     model has a deep part its wide part can do without) on validation rows ``y`` (labels, and
     the activity column when kept): its ``activity_bins``, no bins when it does not bin by
     activity (``bins_by_activity``), and a warm start's start bins (``from_start``). The cut
     takes the noise test when ``y`` has the rows' user groups (``GROUPS``), unless
-    ``noise_test`` is False: the least-loss cut (early stopping's epoch score)."""
+    ``noise_test`` is False: the least-loss cut; ``cut``: that cut (``fit``)."""
     return fit(raw[JOINT], y[JOINT], y.get(FEATURE) if model.bins_by_activity else None,
                model.encoders, model.train_cfg.activity_bins, global_temperature,
                model.link(JOINT),
                start=model.start.activity_temperature if model.start is not None else None,
                deep=raw.get(DEEP), groups=y.get(GROUPS) if noise_test else None,
-               z_min=float(getattr(model, "hparams", {}).get("wide_only_z", CUT_Z_MIN)))
+               z_min=wide_only_z(model), cut=cut)
+
+
+def wide_only_z(model: Any) -> float:
+    """The noise test's bar of ``model`` (its hparam ``wide_only_z``, else ``CUT_Z_MIN``)."""
+    return float(getattr(model, "hparams", {}).get("wide_only_z", CUT_Z_MIN))
 
 
 def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,

@@ -312,7 +312,7 @@ class MLPModel(Model):
                        f"{keep.best_index})" if keep.best_index else
                        "no epoch beat it: the network stays the logistic regression")
             trail = ", ".join(f"{h['age_gender']:.4f}" for h in keep.history)
-            notes.say("mlp", f"AgeGender as shipped by epoch {trail} (0: the wide part, a "
+            notes.say("mlp", f"AgeGender's epoch scores {trail} (0: the wide part, a "
                              f"logistic regression, {first['age_gender']:.4f}); {verdict}")
         return summary
 

@@ -22,13 +22,17 @@ over-confidence of a few heavy users' rows (session 37, default world, seed 0: 2
 2.3655 at epochs 0-2), which the shipped temperatures take out; the epoch kept is then the one
 whose shipped predictions are best, not the one least over-confident on them.
 
-One exception: the epoch is scored with the activity cut of least validation loss, and the
-fit then ships the noise-tested one (``activity_temp.noise_aware_cut``). The noise test moves
-the cut in jumps (a heavy pool's whole lead in or out) larger than an epoch's gain, and epochs
-scored with it stopped seed 0 of the default world at epoch 1 (2.1462; the least-loss scores
-went on to 2.1442 at epoch 4), whose network was 0.007 worse on fresh users (1.0290 against
-1.0216 x the population posterior, docs/new-users.md, session 40). The epoch is the network's
-best on validation, as its temperatures are; the cut is then chosen on evidence.
+One exception: the activity cut. The fit ships the noise-tested cut
+(``activity_temp.noise_aware_cut``), whose jumps (a heavy pool's whole lead in or out) are larger
+than an epoch's gain: epochs scored with it stopped seed 0 of the default world at epoch 1
+(2.1462; the least-loss scores went on to 2.1442 at epoch 4), whose network was 0.007 worse on
+fresh users (docs/new-users.md, session 40). The cut of least loss does not jump, but it
+follows a few heavy users: seed 1 stopped at epoch 1 on a lead of the deep part at 100+ that
+the noise test then gave to the wide part. So with the rows' user groups a deep part's epoch
+is scored by ``discounted_joint_loss``: the wide part alone on every pool, plus the deep
+part's lead on each pool it keeps, counted only beyond ``wide_only_z`` user-clustered SEs
+(the noise test's bar), under the one cut that gives the least such score. Noise earns
+nothing; a lead's credit grows continuously as it passes the bar, so the score does not jump.
 
 Under ``prior_correction = 'em'`` the loss re-estimates priors from the rows it is given, so
 early stopping reads the kept rows (every row within the cap), not batches.
@@ -91,22 +95,72 @@ def validation_losses(model: Any, valid: Any) -> tuple[dict, dict, dict[str, flo
 def shipped_val_losses(model: Any, valid: Any) -> dict[str, float]:
     """``model.natural_val_losses(valid)`` with AgeGender's at the temperatures the fit would
     ship now: its one temperature and, with ``activity_bins``, the per-bin ones (a warm start's
-    from its start's bins), fitted on the kept rows as ``Model._fit_and_calibrate`` fits them
-    (but the activity cut of least loss, without the noise test: see the module docstring),
-    then the natural-weighted log-loss of those rows (every row within the cap)."""
+    from its start's bins), fitted on the kept rows as ``Model._fit_and_calibrate`` fits them,
+    then the natural-weighted log-loss of those rows (every row within the cap). The activity
+    cut: ``discounted_joint_loss`` when it applies, else the cut of least loss (see the module
+    docstring)."""
     losses = model.natural_val_losses(valid)
     raw, y = model._scored_valid
-    joint, link = at.JOINT, model.link(at.JOINT)
+    joint = at.JOINT
     if not len(y[joint]):
         return losses
-    temperature = pr.fit_temperature(raw[joint], y[joint], link)
-    # the least-loss cut, not the noise-tested one the fit ships (see the module docstring)
+    temperature = pr.fit_temperature(raw[joint], y[joint], model.link(joint))
+    discounted = discounted_joint_loss(model, raw, y, temperature)
+    if discounted is not None:
+        return {**losses, joint: discounted}
     bins = at.fit_for(model, raw, y, temperature, noise_test=False)
+    loss, w = joint_row_losses(model, raw, y, bins, temperature)
+    return {**losses, joint: float(np.sum(loss * w) / max(np.sum(w), 1e-12))}
+
+
+def joint_row_losses(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray],
+                     bins: "at.ActivityTemperature | None", temperature: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, AgeGender's natural-prior log-loss as ``bins`` ship it (None: the one
+    ``temperature``; wide-only bins without the deep part), and its natural weight."""
+    joint = at.JOINT
     if bins is None:
-        scaled = {joint: np.asarray(raw[joint], np.float64) / temperature}
-    else:  # the bins' temperatures, without the deep part where a bin is wide-only
-        scaled = {joint: bins.logits(raw, y[ACTIVITY]) / bins.per_row(y[ACTIVITY])[:, None]}
-    return {**losses, joint: losses_of(natural_loss_sums(model, scaled, y, (joint,)))[joint]}
+        z = np.asarray(raw[joint], np.float64) / temperature
+    else:
+        z = bins.logits(raw, y[ACTIVITY]) / bins.per_row(y[ACTIVITY])[:, None]
+    p = pr.correct_priors(link_probabilities(z, model.link(joint)),
+                          model.train_cfg.prior_correction, model.priors["train"][joint],
+                          model.priors["natural"][joint])
+    yj = np.asarray(y[joint], np.int64)
+    picked = np.maximum(p[np.arange(len(yj)), yj], pr.PROB_FLOOR)
+    return -np.log(picked), model.validation_weights(yj)
+
+
+def discounted_joint_loss(model: Any, raw: Mapping[str, np.ndarray],
+                          y: Mapping[str, np.ndarray], temperature: float) -> float | None:
+    """AgeGender's epoch score with the deep part's lead discounted by its noise: the
+    natural-weighted loss of the wide part alone on every pool, plus, per pool below the cut,
+    the deep part's lead there (summed, natural-weighted) moved ``wide_only_z`` of its
+    user-clustered SEs towards zero (a lead within them, or without an SE, counts nothing; a
+    loss counts whole), the cut being the one of least score. None -- the least-loss cut
+    applies -- without a deep part to cut, activity bins or the rows' user groups, and for a
+    warm-started model (its start's cut is fixed). See the module docstring."""
+    from pythia.evaluate.margins import paired_margin  # evaluate's SE (lazy: ~1 s)
+    groups = y.get(at.GROUPS)
+    if (at.DEEP not in raw or model.start is not None or not model.bins_by_activity
+            or groups is None or len(groups) != len(y[at.JOINT]) or (groups < 0).any()):
+        return None
+    wide = at.fit_for(model, raw, y, temperature, cut=0)
+    if wide is None or wide.deep is None:
+        return None
+    deep = at.fit_for(model, raw, y, temperature, cut=len(wide.temperature))
+    lw, w = joint_row_losses(model, raw, y, wide, temperature)
+    ld, _ = joint_row_losses(model, raw, y, deep, temperature)
+    pool = np.asarray(wide.pools)[at.bin_of(wide.edges, y[ACTIVITY])]
+    z, credit, best = at.wide_only_z(model), 0.0, 0.0
+    for p in sorted(set(wide.pools)):
+        rows = pool == p
+        m = paired_margin(ld[rows] - lw[rows], w[rows], np.asarray(groups)[rows])
+        lead, se = m.diff * w[rows].sum(), m.se * w[rows].sum()
+        if np.isfinite(lead):
+            credit += lead if lead >= 0 else min(0.0, lead + z * se) if np.isfinite(se) else 0.0
+        best = min(best, credit)
+    return float((np.sum(lw * w) + best) / max(np.sum(w), 1e-12))
 
 
 class BoundedRows:
