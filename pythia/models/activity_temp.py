@@ -185,7 +185,8 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     the cut that gives the least validation loss (none: no pool is wide-only), moved down
     while the deep part's lead over the wide part on the pool it would leave is within noise
     (``noise_aware_cut`` at ``z_min``; needs ``groups``, each row's user group); ``cut``
-    (0: every pool wide-only, a large number: none) replaces that choice. With ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
+    (0: every pool wide-only, a large number: none) replaces that choice. With ``start`` (the
+    bins of the model a warm-started one started from): ``from_start``."""
     counts = check_bins(counts)
     min_rows = MIN_BIN_ROWS if min_rows is None else int(min_rows)
     if not counts or activity is None:
