@@ -27,7 +27,9 @@ users'), and a temperature fitted on one user's rows is that user's, not the bin
 first run built with a 100-row floor and no pooling, LATAM's regional logreg and TabNet
 fitted 0.92 and 0.74 on their 104 rows of 100+, at or below their light users' 0.92 and
 1.06, where every other region's models fitted 1.6-9.9. A pool whose own fit does not beat
-the global temperature on its rows keeps the global one.
+the global temperature on its rows keeps the global one. With the rows' user groups (the
+TFRecords' ``user_group``), a pool's own fit *below* the global temperature (sharper) must
+beat it by more than ``TEMP_Z_MIN`` user-clustered SEs (session 41).
 
 **The deep part by activity** (a wide & deep model, session 38): the pools from one activity
 up may score AgeGender with the model's wide part alone (logistic regression), each at its
@@ -61,6 +63,15 @@ DEEP = "age_gender:deep"  # a wide & deep model's raw logits: AgeGender's deep p
 DEFAULT_BINS = TrainConfig.activity_bins
 # Validation rows a pool of bins needs for its own temperature (see the module docstring)
 MIN_BIN_ROWS = 500
+# With the rows' user groups, a pool's own temperature below the global one (sharper) ships
+# only when it beats the global one there by more than TEMP_Z_MIN user-clustered SEs; a
+# softer one on any gain, as without groups. Log-loss is unbounded on over-confidence and
+# heavy pools' rows are a few users': on the skewed world (session 41) pools of 689 and 914
+# validation rows were 25 and 7 users', whose temperatures 0.58 and 0.40 sharpened logistic
+# regression on power users to 1.209 x the population posterior on fresh users (the class
+# prior: 1.019). Tested both ways at 2 SEs, the default world's logistic regression lost its
+# heavy pools' tempering (30+: 3 -> the global 1.24; power users 1.071 on fresh users).
+TEMP_Z_MIN = 2.0
 # The deep part is kept in a heavy pool only when it beats the wide part there by more than
 # this many user-clustered SEs of the validation margin (the MLP hparam ``wide_only_z``). One,
 # not the champion rule's two: on three seeds of the default world, 2 moved the cut to 10+ on
@@ -175,7 +186,8 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         counts: Sequence[int], global_temperature: float, link: str = "softmax",
         min_rows: int | None = None, start: ActivityTemperature | None = None,
         deep: np.ndarray | None = None, groups: np.ndarray | None = None,
-        z_min: float = CUT_Z_MIN, cut: int | None = None) -> ActivityTemperature | None:
+        z_min: float = CUT_Z_MIN, cut: int | None = None, noise_cut: bool = True
+        ) -> ActivityTemperature | None:
     """Per pool of bins of ``activity`` (normalised; ``pool_bins`` with ``min_rows``, default
     ``MIN_BIN_ROWS``), the temperature minimising the pool's validation log-loss of
     ``link(logits / T)``; None without bins, without the activity column, with one pool (that
@@ -184,9 +196,11 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     up are scored by the wide part alone (``logits - deep``, each at its own temperature),
     the cut that gives the least validation loss (none: no pool is wide-only), moved down
     while the deep part's lead over the wide part on the pool it would leave is within noise
-    (``noise_aware_cut`` at ``z_min``; needs ``groups``, each row's user group); ``cut``
-    (0: every pool wide-only, a large number: none) replaces that choice. With ``start`` (the
-    bins of the model a warm-started one started from): ``from_start``."""
+    (``noise_aware_cut`` at ``z_min``; needs ``groups``, each row's user group, and
+    ``noise_cut``); ``cut`` (0: every pool wide-only, a large number: none) replaces that
+    choice. With ``groups`` a pool's own temperature below the global one ships only when it
+    beats it there by more than ``TEMP_Z_MIN`` user-clustered SEs (else by any margin). With
+    ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
     counts = check_bins(counts)
     min_rows = MIN_BIN_ROWS if min_rows is None else int(min_rows)
     if not counts or activity is None:
@@ -197,6 +211,7 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     if start is not None and start.counts == counts and start.edges == edges:
         return from_start(start, np.asarray(logits), np.asarray(y, np.int64), bins, rows, link,
                           deep)
+    groups = _known(groups, len(bins))
     pools = pool_bins(rows, min_rows)
     if len(set(pools)) < 2:
         return None
@@ -214,15 +229,19 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         def row_loss(z: np.ndarray, temp: float) -> np.ndarray:
             p = pr.apply_temperature(z, temp, link)[np.arange(len(yk)), yk]
             return -np.log(np.maximum(p, pr.PROB_FLOOR))
+        gk = None if groups is None else groups[mask]
         own = pr.fit_temperature(z, yk, link)
         loss_g, loss_own = row_loss(z, glob), row_loss(z, own)
-        best = min((loss_g.sum(), glob, False, loss_g), (loss_own.sum(), own, True, loss_own),
-                   key=lambda w: w[0])
+        best = ((loss_own.sum(), own, True, loss_own) if _gains(loss_own, loss_g, gk,
+                                                                   own < glob)
+                else (loss_g.sum(), glob, False, loss_g))
         with_deep.append(best[:3])
         if deep is not None:
             z_wide = z - np.asarray(deep)[mask]
             t_wide = pr.fit_temperature(z_wide, yk, link)
-            loss_w = row_loss(z_wide, t_wide)
+            loss_w, loss_wg = row_loss(z_wide, t_wide), row_loss(z_wide, glob)
+            if not _gains(loss_w, loss_wg, gk, t_wide < glob):
+                t_wide, loss_w = glob, loss_wg
             wide_only.append((loss_w.sum(), t_wide))
             d[mask] = best[3] - loss_w
     # the deep part below one cut, the wide part alone from it up (one choice, not one per
@@ -233,7 +252,7 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         range(n, -1, -1), key=lambda c: sum(w[0] for w in with_deep[:c]) + sum(
             w[0] for w in wide_only[c:]))
     tested: dict[int, float | None] = {}
-    if deep is not None and groups is not None and not forced:
+    if deep is not None and groups is not None and noise_cut and not forced:
         cut = noise_aware_cut(cut, d, pool_of, groups, z_min, tested)
     chosen = [(t, f, True) for _, t, f in with_deep[:cut]] + [(t, True, False)
                                                                for _, t in wide_only[cut:]]
@@ -278,6 +297,26 @@ def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.nda
     return c
 
 
+def _known(groups: Any, n: int) -> np.ndarray | None:
+    """The rows' user groups, or None when there are none for every row (-1: shards written
+    before the column)."""
+    if groups is None:
+        return None
+    groups = np.asarray(groups, np.int64)
+    return groups if len(groups) == n and not (groups < 0).any() else None
+
+
+def _gains(loss: np.ndarray, loss_base: np.ndarray, groups: np.ndarray | None,
+           sharper: bool = True) -> bool:
+    """Whether per-row ``loss`` (a pool's own temperature) beats ``loss_base`` (the global
+    one): when ``sharper`` and with ``groups``, beyond ``TEMP_Z_MIN`` user-clustered SEs (no
+    SE: no); else by any margin."""
+    if groups is None or not sharper:
+        return bool(loss.sum() < loss_base.sum())
+    from pythia.evaluate.margins import paired_margin  # evaluate's noise test (lazy: ~1 s)
+    return bool(paired_margin(loss - loss_base, np.ones(len(loss)), groups).z < -TEMP_Z_MIN)
+
+
 def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray],
             global_temperature: float, noise_test: bool = True, cut: int | None = None
             ) -> ActivityTemperature | None:
@@ -291,8 +330,8 @@ def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarra
                model.encoders, model.train_cfg.activity_bins, global_temperature,
                model.link(JOINT),
                start=model.start.activity_temperature if model.start is not None else None,
-               deep=raw.get(DEEP), groups=y.get(GROUPS) if noise_test else None,
-               z_min=wide_only_z(model), cut=cut)
+               deep=raw.get(DEEP), groups=y.get(GROUPS), z_min=wide_only_z(model), cut=cut,
+               noise_cut=noise_test)
 
 
 def wide_only_z(model: Any) -> float:
