@@ -211,7 +211,7 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     if start is not None and start.counts == counts and start.edges == edges:
         return from_start(start, np.asarray(logits), np.asarray(y, np.int64), bins, rows, link,
                           deep)
-    groups = _known(groups, len(bins))
+    groups = known_groups(groups, len(bins))
     pools = pool_bins(rows, min_rows)
     if len(set(pools)) < 2:
         return None
@@ -282,8 +282,8 @@ def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.nda
     the population posterior), and its champion margin's SE was 0.050, against 0.002 with
     logistic regression scoring its rows from 30+ (``benchmarks/heavy_routing.py``)."""
     from pythia.evaluate.margins import paired_margin  # evaluate's noise test (lazy: ~1 s)
-    groups = np.asarray(groups, np.int64)
-    if len(groups) != len(d) or (groups < 0).any():
+    groups = known_groups(groups, len(d))
+    if groups is None:
         return cut
     c = cut
     while c > 0:
@@ -297,7 +297,7 @@ def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.nda
     return c
 
 
-def _known(groups: Any, n: int) -> np.ndarray | None:
+def known_groups(groups: Any, n: int) -> np.ndarray | None:
     """The rows' user groups, or None when there are none for every row (-1: shards written
     before the column)."""
     if groups is None:

@@ -64,14 +64,17 @@ def natural_loss_sums(model: Any, raw: dict[str, np.ndarray], y: dict[str, np.nd
     the champion rule's measure (priors moved to the natural ones, temperature 1) is
     the first over the second, summed over any partition of the rows."""
     weights = model.validation_weights(y["age_gender"])
-    out = {}
-    for t in heads:
-        p = pr.correct_priors(link_probabilities(raw[t], model.link(t)),
-                              model.train_cfg.prior_correction, model.priors["train"][t],
-                              model.priors["natural"][t])
-        picked = np.maximum(p[np.arange(len(y[t])), y[t]], pr.PROB_FLOOR)
-        out[t] = np.array([np.sum(-np.log(picked) * weights), np.sum(weights)])
-    return out
+    return {t: np.array([np.sum(natural_row_losses(model, raw[t], y[t], t) * weights),
+                         np.sum(weights)]) for t in heads}
+
+
+def natural_row_losses(model: Any, logits: np.ndarray, y: np.ndarray, head: str) -> np.ndarray:
+    """Per row, ``head``'s log-loss of ``logits`` with the priors moved to the natural ones."""
+    p = pr.correct_priors(link_probabilities(logits, model.link(head)),
+                          model.train_cfg.prior_correction, model.priors["train"][head],
+                          model.priors["natural"][head])
+    y = np.asarray(y, np.int64)
+    return -np.log(np.maximum(p[np.arange(len(y)), y], pr.PROB_FLOOR))
 
 
 def losses_of(sums: dict[str, np.ndarray]) -> dict[str, float]:
@@ -123,12 +126,7 @@ def joint_row_losses(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, 
         z = np.asarray(raw[joint], np.float64) / temperature
     else:
         z = bins.logits(raw, y[ACTIVITY]) / bins.per_row(y[ACTIVITY])[:, None]
-    p = pr.correct_priors(link_probabilities(z, model.link(joint)),
-                          model.train_cfg.prior_correction, model.priors["train"][joint],
-                          model.priors["natural"][joint])
-    yj = np.asarray(y[joint], np.int64)
-    picked = np.maximum(p[np.arange(len(yj)), yj], pr.PROB_FLOOR)
-    return -np.log(picked), model.validation_weights(yj)
+    return natural_row_losses(model, z, y[joint], joint), model.validation_weights(y[joint])
 
 
 def discounted_joint_loss(model: Any, raw: Mapping[str, np.ndarray],
@@ -141,9 +139,9 @@ def discounted_joint_loss(model: Any, raw: Mapping[str, np.ndarray],
     applies -- without a deep part to cut, activity bins or the rows' user groups, and for a
     warm-started model (its start's cut is fixed). See the module docstring."""
     from pythia.evaluate.margins import paired_margin  # evaluate's SE (lazy: ~1 s)
-    groups = y.get(at.GROUPS)
-    if (at.DEEP not in raw or model.start is not None or not model.bins_by_activity
-            or groups is None or len(groups) != len(y[at.JOINT]) or (groups < 0).any()):
+    groups = at.known_groups(y.get(at.GROUPS), len(y[at.JOINT]))
+    if at.DEEP not in raw or model.start is not None or not model.bins_by_activity or (
+            groups is None):
         return None
     wide = at.fit_for(model, raw, y, temperature, cut=0)
     if wide is None or wide.deep is None:
@@ -155,7 +153,7 @@ def discounted_joint_loss(model: Any, raw: Mapping[str, np.ndarray],
     z, credit, best = at.wide_only_z(model), 0.0, 0.0
     for p in sorted(set(wide.pools)):
         rows = pool == p
-        m = paired_margin(ld[rows] - lw[rows], w[rows], np.asarray(groups)[rows])
+        m = paired_margin(ld[rows] - lw[rows], w[rows], groups[rows])
         lead, se = m.diff * w[rows].sum(), m.se * w[rows].sum()
         if np.isfinite(lead):
             credit += lead if lead >= 0 else min(0.0, lead + z * se) if np.isfinite(se) else 0.0
