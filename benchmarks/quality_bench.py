@@ -18,6 +18,11 @@ Two ways to get data:
     posteriors are those of the true class. The power-user flag is the ETL's rule: a user-day
     with more impressions than the 0.99 quantile of user-day totals. No Spark needed.
 
+``--members K`` fits each model K times on the same rows, with training seeds ``--seed`` ..
+``--seed + K - 1``: the rows ``model#i`` are the fits, the row ``model`` their ensemble (the
+mean of their probabilities; gender and age stay AgeGender's marginals, the mean being
+linear). It measures what averaging fits that differ only in their seed gains.
+
 Prints one row per (slice, model, target): logloss, bayes (realised), ratio, bayes_btw,
 ratio_btw, bayes_pop, ratio_pop, ratio to the baseline, macro_f1, bayes_f1, fit seconds. Not a
 test: it never fails on the numbers. The gauges alone, next to a run's stored predictions
@@ -31,6 +36,7 @@ test: it never fails on the numbers. The gauges alone, next to a run's stored pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -200,6 +206,11 @@ def score(p: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, tuple
     return out
 
 
+def member_mean(members: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The ensemble of fits: per target, the mean of their probabilities."""
+    return {t: np.mean([m[t] for m in members], axis=0) for t in members[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", help="a run's tfrecords manifest.json")
@@ -212,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="logreg,gbdt,tabnet,mlp")
     ap.add_argument("--epochs", type=int, default=TrainConfig.max_epochs)
     ap.add_argument("--age-head", default="ordinal")
+    ap.add_argument("--members", type=int, default=1,
+                    help="fits per model, training seeds --seed, --seed + 1, ...: rows "
+                         "model#i, and the row model is their mean (an ensemble)")
     ap.add_argument("--run", help="with --manifest: the DemoFlow run id whose split manifest "
                     "gives the natural priors and validation weights (a run's train and "
                     "validation days are resampled: without it the models are not corrected "
@@ -263,14 +277,23 @@ def main(argv: list[str] | None = None) -> int:
     short = {"realised": "rea", "in_between": "btw", "population": "pop"}
     for name, joint in gauges.items():  # realised, in_between, population
         probs[f"bayes_{short[name]}"] = features.marginals_from_joint(joint, n_age)
+    if args.members < 1:
+        ap.error(f"--members must be at least 1, got {args.members}")
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        model = MODELS[name](enc, {}, cfg)
-        if valid_weights is not None:
-            model.valid_class_weights = np.asarray(valid_weights, dtype=np.float64)
-        t0 = time.perf_counter()
-        model.fit(data[TRAIN], data[VALIDATION], priors)
-        seconds[name] = time.perf_counter() - t0
-        probs[name] = model.predict_proba(data[TEST_NATURAL])
+        members = []
+        for i in range(args.members):
+            model = MODELS[name](enc, {}, dataclasses.replace(cfg, seed=args.seed + i))
+            if valid_weights is not None:
+                model.valid_class_weights = np.asarray(valid_weights, dtype=np.float64)
+            t0 = time.perf_counter()
+            model.fit(data[TRAIN], data[VALIDATION], priors)
+            member = name if args.members == 1 else f"{name}#{i}"
+            seconds[member] = time.perf_counter() - t0
+            probs[member] = model.predict_proba(data[TEST_NATURAL])
+            members.append(probs[member])
+        if args.members > 1:
+            probs[name] = member_mean(members)
+            seconds[name] = sum(seconds[f"{name}#{i}"] for i in range(args.members))
 
     masks = slice_masks(power, held, n_test)
     print(f"{'slice':>22} {'model':>8} {'target':>10} {'logloss':>8} {'bayes':>8} {'ratio':>6} "
