@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                     "validation days are resampled: without it the models are not corrected "
                     "back to the natural class mix and over-predict rare classes)")
     args = ap.parse_args(argv)
+    if args.members < 1:
+        ap.error(f"--members must be at least 1, got {args.members}")
 
     split_manifest = provider_map = None
     if args.manifest and args.run:
@@ -277,8 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     short = {"realised": "rea", "in_between": "btw", "population": "pop"}
     for name, joint in gauges.items():  # realised, in_between, population
         probs[f"bayes_{short[name]}"] = features.marginals_from_joint(joint, n_age)
-    if args.members < 1:
-        ap.error(f"--members must be at least 1, got {args.members}")
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         members = []
         for i in range(args.members):

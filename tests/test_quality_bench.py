@@ -50,8 +50,10 @@ def test_members_are_fitted_with_their_own_seeds_and_their_mean_scored(tmp_path,
     assert mean < (one + two) / 2
 
 
-def test_members_below_one_are_refused(tmp_path):
+def test_members_below_one_are_refused_before_any_data_is_read(tmp_path, capsys):
     bench = load_repo_module("benchmarks/quality_bench.py")
     with pytest.raises(SystemExit):
         bench.main(["--preset", "tiny", "--cache", str(tmp_path), "--models", "logreg",
                     "--members", "0"])
+    assert "--members must be at least 1, got 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no world generated
