@@ -35,9 +35,10 @@ import tensorflow as tf
 from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
-from pythia.models import export as ex, notes
+from pythia.models import export as ex, members, notes
 from pythia.models.activity_temp import EXPORT_KEY
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
+from pythia.models.corn_loss import CornLoss  # noqa: F401 (re-exported)
 from pythia.models.links import corn_probabilities, link_probabilities  # noqa: F401 (re-export)
 from pythia.models.mlp_valid import (ValidationSample, forward_in_batches, sample_dataset,
                                      shipped_val_losses, validation_losses)
@@ -49,38 +50,6 @@ from pythia.models.wide import (ColumnL2, KeepBest, WideLogits,  # noqa: F401 (r
 KERAS_FILE = "model.keras"
 KNOB_CHOICES = {"aid_start": ("logreg", "prior"), "wide_start": ("logreg", "zero"),
                 "wide_train": ("frozen", "joint")}  # the string knobs' allowed values
-
-
-# ------------------------------------------------------------------ CORN (ordinal) head
-
-@keras.saving.register_keras_serializable(package="pythia")
-class CornLoss(keras.losses.Loss):
-    """CORN loss (Shi, Cao & Raschka 2021) for integer labels and K-1 conditional logits.
-
-    Task k (k = 0..K-2) is the binary question "y > k" asked only of rows with y >= k (the
-    conditional training subsets); per row the loss is the sum of its tasks' binary
-    cross-entropies. Keras then averages rows (the paper divides by the total subset size
-    instead — a constant-order rescaling that keeps sample weights working per row).
-    """
-
-    def __init__(self, num_classes: int, name: str = "corn_loss", **kwargs: Any) -> None:
-        super().__init__(name=name, **kwargs)
-        if num_classes < 2:
-            raise ValueError(f"CORN needs at least 2 classes, got {num_classes}")
-        self.num_classes = int(num_classes)
-
-    def call(self, y_true, y_pred):
-        y = keras.ops.cast(keras.ops.reshape(y_true, (-1, 1)), "int32")
-        tasks = keras.ops.arange(self.num_classes - 1, dtype="int32")[None, :]
-        in_subset = keras.ops.cast(y >= tasks, y_pred.dtype)
-        target = keras.ops.cast(y > tasks, y_pred.dtype)
-        # log-sigmoid form of the binary cross-entropy: stable for large |logits|
-        bce = -(target * keras.ops.log_sigmoid(y_pred)
-                + (1.0 - target) * keras.ops.log_sigmoid(-y_pred))
-        return keras.ops.sum(in_subset * bce, axis=1)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "num_classes": self.num_classes}
 
 
 # ------------------------------------------------------------------ the model
@@ -101,6 +70,7 @@ class MLPModel(Model):
             "age_head": None,  # None -> TrainConfig.age_head; 'corn'/'ordinal' | 'softmax'
             # a wide part; bins it scores alone: the deep part's lead < z SEs (activity_temp)
             "wide": True, "wide_only_bins": True, "wide_only_z": 1.0,
+            "members": 1,  # fits of different seeds, averaged as one wider network (members)
             # 'logreg': the wide part starts as the LR fits (the module docstring's rule);
             # 'zero': zero-initialised, trained with the deep part only
             "wide_start": "logreg",
@@ -145,13 +115,14 @@ class MLPModel(Model):
         self._start_sample: dict | None = None  # the LR start's rows, per split
 
     # -------------------------------------------------------------- graph
-    def build(self, n_train: int = 0, start: Mapping[str, Mapping] | None = None
-              ) -> keras.Model:
+    def build(self, n_train: int = 0, start: Mapping[str, Mapping] | None = None,
+              width: int = 1) -> keras.Model:
         """The functional Keras graph: dict of feature inputs -> dict of head logits.
 
         Deep kernels and embeddings get the L2 penalty ``l2_rows / n_train``. With ``start``
         (``fit_wide_start``'s per-head LRs) the wide part and the heads' biases start as those
-        LRs and the heads' kernels at zero: the untrained network is the LRs.
+        LRs and the heads' kernels at zero: the untrained network is the LRs. ``width``: every
+        embedding and trunk layer that many times as wide (``members.merge``'s network).
         """
         l2 = float(self.hparams["l2_rows"] or 0.0) / max(int(n_train), 1)
         reg = (lambda: keras.regularizers.L2(l2)) if l2 > 0 else (lambda: None)
@@ -160,15 +131,15 @@ class MLPModel(Model):
             size = self.encoders.vocabularies[name].size
             inputs[name] = keras.Input(shape=(), dtype="int64", name=name)
             parts.append(keras.layers.Embedding(
-                size, embedding_dim(size, self.hparams["embedding_max_dim"]),
+                size, width * embedding_dim(size, self.hparams["embedding_max_dim"]),
                 embeddings_regularizer=reg(), name=f"emb_{name}")(inputs[name]))
         for name in features.NUMERIC_FEATURES:
             inputs[name] = keras.Input(shape=(), dtype="float32", name=name)
             parts.append(keras.layers.Reshape((1,), name=f"col_{name}")(inputs[name]))
         x = keras.layers.Concatenate(name="concat")(parts)
         for i, units in enumerate(self.hparams["hidden_units"]):
-            x = keras.layers.Dense(int(units), activation="relu", kernel_regularizer=reg(),
-                                   name=f"trunk_{i}")(x)
+            x = keras.layers.Dense(width * int(units), activation="relu",
+                                   kernel_regularizer=reg(), name=f"trunk_{i}")(x)
             if self.hparams["dropout"]:
                 x = keras.layers.Dropout(float(self.hparams["dropout"]), name=f"dropout_{i}")(x)
         units = self.head_units()
@@ -261,9 +232,35 @@ class MLPModel(Model):
             del train_np, valid_np
         else:
             n_train = count_rows(train)
-        self.keras_model = self.build(n_train, start)
         unseen = UnseenRows(id_counts(train, self.encoders))  # filled before each score
-        patience, h = int(self.patience()), self.hparams
+        n = int(self.hparams.get("members") or 1)
+        fits = [self._fit_member(train, valid, start, n_train, unseen, k) for k in range(n)]
+        keep = fits[0][1]
+        self._kept_valid = keep.best_kept  # the restored weights' validation logits
+        if n > 1:  # one network, the mean of the members' logits (models.members)
+            self.keras_model = self.build(n_train, start, width=n)
+            members.merge([m for m, _ in fits], self.keras_model,
+                          len(self.hparams["hidden_units"]), list(self.head_units()))
+            merged = shipped_val_losses(self, valid)["age_gender"]
+            self._kept_valid = self._scored_valid
+            scores = ", ".join(f"{k.history[k.best_index]['age_gender']:.4f}" for _, k in fits)
+            notes.say("mlp", f"{n} members (seeds {self.train_cfg.seed}..): AgeGender {scores}; "
+                             f"their mean, one network: {merged:.4f}")
+        summary = self._fit_summary(keep, start, n_train)
+        if n > 1:
+            summary["members"] = [{"best_epoch": k.best_index, "val_loss_by_epoch": k.history}
+                                  for _, k in fits]
+            summary["best_val_loss"] = merged
+        return summary
+
+    def _fit_member(self, train: Any, valid: Any, start: Mapping | None, n_train: int,
+                    unseen: UnseenRows, k: int) -> tuple[Any, "KeepBest"]:
+        """Member ``k``'s network (seed ``seed + k``; member 0 continues the fit's seed), its
+        phases and early stopping; returns the network at its kept weights and its scores."""
+        if k:
+            keras.utils.set_random_seed(self.train_cfg.seed + k)
+        self.keras_model = self.build(n_train, start)
+        cfg, patience, h = self.train_cfg, int(self.patience()), self.hparams
         keep = KeepBest(unseen.before(self.keras_model, lambda: shipped_val_losses(self, valid)),
                         patience, float(h["min_delta"]), kept=lambda: self._scored_valid)
         frozen = start is not None and h["wide_train"] == "frozen"
@@ -275,8 +272,7 @@ class MLPModel(Model):
         for rate, wide_trains, epochs, keep.patience in phases:
             self._train_phase(train, rate, wide_trains, epochs, keep)
             keep.phase_ends.append(len(keep.history) - 1)
-        self._kept_valid = keep.best_kept  # the restored weights' validation logits
-        return self._fit_summary(keep, start, n_train)
+        return self.keras_model, keep
 
     def _train_phase(self, train: Any, rate: float, wide_trains: bool, epochs: int,
                      keep: "KeepBest") -> None:
