@@ -91,6 +91,7 @@ class DemoFlow(FlowSpec):
         self.params = RunParams.build(values, DeployConfig.from_mapping(self.config),
                                       model_names=models.MODEL_NAMES,
                                       default_models=models.DEFAULT_MODELS).compiled()
+        models.check_model_hparams(self.params.model_hparams)  # [models.*]: before the ETL
         self.source_path, self.window, self.gaps = source.resolve(
             self.params, scheduled=source.is_scheduled_run(current.run_id))
         self.run_root = self.paths.base
@@ -154,7 +155,7 @@ class DemoFlow(FlowSpec):
                                                             self.paths)
         self.train_families = models.train_families(self.params.models, self.params.regions,
                                                     self.tf_manifest, self.params.search,
-                                                    self.params.seed)
+                                                    self.params.seed, self.params.model_hparams)
         self.next(self.train, foreach="train_families")
 
     @resources(cpu=config.resources.train.cpu, memory=config.resources.train.memory)

@@ -957,6 +957,51 @@ def test_train_grid_regions_models_and_configs(fake_tfrecords, capsys):
         train_grid(["xgb"], None, fake_tfrecords, search=0, seed=0)
 
 
+def test_the_configs_models_sections_reach_every_config_of_their_model(fake_tfrecords):
+    """``[models.<name>]`` in the deploy config (flows/pythia.toml) is each config's base: a
+    searched knob overrides its value, the other knobs stay."""
+    from pythia.models import train_families, train_grid
+
+    knobs = {"mlp": {"members": 3, "hidden_units": [64]}, "tabnet": {}}
+    grid = train_grid(["mlp"], ["global"], fake_tfrecords, search=2, seed=0,
+                      model_hparams=knobs)
+    mlp = [g["hparams"] for g in grid if g["model"] == "mlp"]
+    searched = sample_configs("mlp", 2, seed=0)
+    assert mlp[0] == {"members": 3, "hidden_units": [64]}
+    for got, drawn in zip(mlp[1:], searched[1:]):
+        assert got == {"members": 3, "hidden_units": [64], **drawn}
+    assert all(g["hparams"] == {} for g in grid if g["model"] != "mlp")
+    families = train_families(["mlp"], ["global"], fake_tfrecords, 0, 0, knobs)
+    assert families[0]["hparams"] == {"members": 3, "hidden_units": [64]}
+
+
+@pytest.mark.parametrize("knobs,message", [
+    ({"mlp": {"hiden_units": [64]}}, r"config \[models.mlp\]: unknown knob\(s\) "
+                                     r"\['hiden_units'\]; mlp's knobs are \[.*'hidden_units'"),
+    ({"xgb": {"depth": 3}}, r"config \[models.xgb\]: no model 'xgb'; the models are")])
+def test_a_bad_models_section_is_refused_naming_it(knobs, message, fake_tfrecords):
+    from pythia.models import check_model_hparams, train_grid
+
+    with pytest.raises(ValueError, match=message):
+        check_model_hparams(knobs)
+    with pytest.raises(ValueError, match=message):
+        train_grid(["mlp"], None, fake_tfrecords, search=0, seed=0, model_hparams=knobs)
+
+
+def test_the_flow_checks_the_models_sections_before_the_etl():
+    import ast
+    import pathlib
+
+    flow = pathlib.Path(__file__).resolve().parents[1] / "flows" / "demo_flow.py"
+    tree = ast.parse(flow.read_text())
+    start = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "start")
+    calls = {ast.unparse(c.func) for c in ast.walk(start) if isinstance(c, ast.Call)}
+    assert "models.check_model_hparams" in calls
+    to_tfrecords = next(n for n in ast.walk(tree)
+                        if isinstance(n, ast.FunctionDef) and n.name == "to_tfrecords")
+    assert "self.params.model_hparams" in ast.unparse(to_tfrecords)
+
+
 def test_validation_class_weights_undo_the_validation_resampling():
     from pythia.models.train import validation_class_weights
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pythia.models.base import Model, read_meta
     from pythia.models.family import train_candidate, train_families, train_family
-    from pythia.models.train import fit_candidate, train_grid
+    from pythia.models.train import check_model_hparams, fit_candidate, train_grid
 
 _MODULES = {"mlp": ("pythia.models.mlp", "MLPModel"),
             "tabnet": ("pythia.models.tabnet", "TabNetModel"),
@@ -44,6 +44,7 @@ REFERENCE_MODEL = "class_prior"
 _LAZY = {"Model": "pythia.models.base", "read_meta": "pythia.models.base",
          "fit_candidate": "pythia.models.train", "train_candidate": "pythia.models.family",
          "train_grid": "pythia.models.train", "train_families": "pythia.models.family",
+         "check_model_hparams": "pythia.models.train",
          "train_family": "pythia.models.family"}
 
 
@@ -104,4 +105,5 @@ def __getattr__(name: str) -> Any:
 __all__ = ["BASELINE_MODELS", "DEFAULT_MODELS", "MODELS", "MODEL_NAMES", "Model",
            "REFERENCE_MODEL", "TYPICAL_TASK_SECONDS",
            "baseline_models", "fit_candidate", "get_model", "load_model", "read_meta",
-           "train_candidate", "train_families", "train_family", "train_grid"]
+           "train_candidate", "train_families", "train_family", "train_grid",
+           "check_model_hparams"]

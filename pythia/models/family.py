@@ -16,7 +16,8 @@ from pythia.models.train import (CandidatePaths, FittedCandidate, fit_candidate_
 
 
 def train_families(models: Sequence[str], regions_requested: Sequence[str] | None,
-                   tf_manifest: Mapping, search: int, seed: int) -> list[dict]:
+                   tf_manifest: Mapping, search: int, seed: int,
+                   model_hparams: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict]:
     """The flow's foreach list: the candidates of ``train_grid`` grouped by (model, config).
 
     Same arguments and rules as ``train_grid`` (the class prior added; a region holding all the
@@ -34,7 +35,7 @@ def train_families(models: Sequence[str], regions_requested: Sequence[str] | Non
     from pythia.models import TYPICAL_TASK_SECONDS
 
     families: dict[tuple[str, int], dict[str, Any]] = {}
-    for item in train_grid(models, regions_requested, tf_manifest, search, seed):
+    for item in train_grid(models, regions_requested, tf_manifest, search, seed, model_hparams):
         family = families.setdefault((item["model"], item["config_id"]), {
             "model": item["model"], "config_id": item["config_id"],
             "hparams": item["hparams"], "regions": []})

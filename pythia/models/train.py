@@ -57,8 +57,28 @@ def _finite(x: Any) -> Any:
     return x
 
 
+def check_model_hparams(model_hparams: Mapping[str, Mapping[str, Any]]) -> None:
+    """The deploy config's ``[models.<name>]`` sections name registered models and their
+    knobs; the error names the section, the bad keys and the knobs there are."""
+    from pythia.models import MODEL_NAMES, get_model
+
+    for model, knobs in model_hparams.items():
+        if model not in MODEL_NAMES:
+            raise ValueError(f"config [models.{model}]: no model {model!r}; the models are "
+                             f"{list(MODEL_NAMES)}")
+        if not knobs:  # an empty section: nothing to check, no model module to import
+            continue
+        allowed = get_model(model).default_hparams()
+        unknown = sorted(set(knobs) - set(allowed))
+        if unknown:
+            raise ValueError(f"config [models.{model}]: unknown knob(s) {unknown}; {model}'s "
+                             f"knobs are {sorted(allowed)} (default_hparams() in "
+                             f"pythia/models/{model}.py)")
+
+
 def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
-               tf_manifest: Mapping, search: int, seed: int) -> list[dict]:
+               tf_manifest: Mapping, search: int, seed: int,
+               model_hparams: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict]:
     """The flat foreach list of (model, region, config) candidates.
 
     The constant prior (``REFERENCE_MODEL``) is always in the grid, added last when
@@ -74,13 +94,16 @@ def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
         tf_manifest: the TFRecord manifest (rows per split and region).
         search: sampled configs per (model, region) beyond the defaults (0 = defaults only).
         seed: the search seed (``search.sample_configs``).
+        model_hparams: per model, the deploy config's ``[models.<name>]`` knobs: every
+            config of that model starts from them (a searched knob overrides its value).
 
     Returns:
         ``[{'model', 'region', 'config_id', 'hparams'}, ...]``: model-major, then region,
-        then config (config 0 = the model's defaults, ``{}``).
+        then config (config 0 = the model's defaults and the config's knobs).
 
     Raises:
-        ValueError: an unknown model, or a requested region without training rows.
+        ValueError: an unknown model, a ``[models.<name>]`` knob the model does not have,
+            or a requested region without training rows.
     """
     from pythia.models import MODEL_NAMES, REFERENCE_MODEL
     from pythia.models.search import sample_configs
@@ -93,10 +116,13 @@ def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
         print(f"train_grid: adding the {REFERENCE_MODEL!r} baseline (the constant class prior) "
               f"to the models {models}: every champion must beat it")
         models.append(REFERENCE_MODEL)
+    given = {str(m): dict(h) for m, h in (model_hparams or {}).items()}
+    check_model_hparams(given)
     regions = _distinct_regions(_grid_regions(regions_requested, tf_manifest), tf_manifest)
     grid = []
     for model in models:
-        configs = sample_configs(model, search, seed) if search else [{}]
+        configs = [{**given.get(model, {}), **c}
+                   for c in (sample_configs(model, search, seed) if search else [{}])]
         for region in regions:
             for config_id, hparams in enumerate(configs):
                 grid.append({"model": model, "region": region, "config_id": config_id,
