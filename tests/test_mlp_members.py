@@ -83,3 +83,13 @@ def test_the_merged_network_exports_and_scores_alike(fitted, tmp_path):
     back = load_model(str(tmp_path / "m"))
     np.testing.assert_allclose(back.predict_proba(test)["age_gender"], want["age_gender"],
                                atol=1e-6)
+
+
+def test_a_regional_fit_starts_from_the_merged_network_of_the_same_members(fitted):
+    start, _ = fitted
+    region = get_model("mlp")(make_encoders(), {**HPARAMS["mlp"], "members": 2}, FAST)
+    region.fit(make_split(300, 6), make_split(200, 7), uniform_priors(), start=start)
+    assert region.keras_model.get_layer("trunk_0").units == 2 * HPARAMS["mlp"]["hidden_units"][0]
+    other = get_model("mlp")(make_encoders(), HPARAMS["mlp"], FAST)  # members 1
+    with pytest.raises(ValueError, match=r"knobs differ \(this, start\): \{'members': \(1, 2\)"):
+        other.fit(make_split(300, 6), make_split(200, 7), uniform_priors(), start=start)

@@ -14,7 +14,7 @@ from pythia.models.base import start_record
 
 # MLP knobs that shape the graph: a warm fit trains the start's own graph, so they must agree
 MLP_GRAPH_KNOBS = ("hidden_units", "embedding_max_dim", "age_head", "wide", "dropout",
-                   "wide_scale")
+                   "wide_scale", "members")
 
 
 def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
