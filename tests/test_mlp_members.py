@@ -64,7 +64,9 @@ def test_the_train_line_shows_each_member_and_their_mean():
     notes.take("mlp")
     model.fit(make_split(400, 3), make_split(200, 4), uniform_priors())
     said = " ".join(notes.take("mlp"))
-    assert "2 members (seeds 0..): AgeGender " in said and "their mean, one network: " in said
+    assert "2 members (seeds 0.., the first above): AgeGender " in said
+    assert "their mean, one network: " in said
+    assert said.index("AgeGender's epoch scores") < said.index("2 members")
 
 
 def test_the_merged_network_exports_and_scores_alike(fitted, tmp_path):
@@ -93,3 +95,9 @@ def test_a_regional_fit_starts_from_the_merged_network_of_the_same_members(fitte
     other = get_model("mlp")(make_encoders(), HPARAMS["mlp"], FAST)  # members 1
     with pytest.raises(ValueError, match=r"knobs differ \(this, start\): \{'members': \(1, 2\)"):
         other.fit(make_split(300, 6), make_split(200, 7), uniform_priors(), start=start)
+
+
+def test_members_below_one_are_refused_in_one_line():
+    model = get_model("mlp")(make_encoders(), {**HPARAMS["mlp"], "members": 0}, FAST)
+    with pytest.raises(ValueError, match="mlp members must be a whole number >= 1, got 0"):
+        model.fit(make_split(100, 0), make_split(50, 1), uniform_priors())

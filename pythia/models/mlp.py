@@ -214,6 +214,9 @@ class MLPModel(Model):
             if self.hparams[knob] not in allowed:
                 raise ValueError(f"mlp {knob} must be {' or '.join(map(repr, allowed))}, got "
                                  f"{self.hparams[knob]!r}")
+        n = int(self.hparams.get("members", 1))
+        if n < 1:
+            raise ValueError(f"mlp members must be a whole number >= 1, got {n}")
         cfg, start = self.train_cfg, None
         keras.utils.set_random_seed(cfg.seed)
         if self.hparams["wide"] and self.hparams["wide_start"] == "logreg":
@@ -233,7 +236,6 @@ class MLPModel(Model):
         else:
             n_train = count_rows(train)
         unseen = UnseenRows(id_counts(train, self.encoders))  # filled before each score
-        n = int(self.hparams.get("members") or 1)
         fits = [self._fit_member(train, valid, start, n_train, unseen, k) for k in range(n)]
         keep = fits[0][1]
         self._kept_valid = keep.best_kept  # the restored weights' validation logits
@@ -243,11 +245,11 @@ class MLPModel(Model):
                           len(self.hparams["hidden_units"]), list(self.head_units()))
             merged = shipped_val_losses(self, valid)["age_gender"]
             self._kept_valid = self._scored_valid
-            scores = ", ".join(f"{k.history[k.best_index]['age_gender']:.4f}" for _, k in fits)
-            notes.say("mlp", f"{n} members (seeds {self.train_cfg.seed}..): AgeGender {scores}; "
-                             f"their mean, one network: {merged:.4f}")
-        summary = self._fit_summary(keep, start, n_train)
+        summary = self._fit_summary(keep, start, n_train)  # member 0's epochs
         if n > 1:
+            scores = ", ".join(f"{k.history[k.best_index]['age_gender']:.4f}" for _, k in fits)
+            notes.say("mlp", f"{n} members (seeds {self.train_cfg.seed}.., the first above): "
+                             f"AgeGender {scores}; their mean, one network: {merged:.4f}")
             summary["members"] = [{"best_epoch": k.best_index, "val_loss_by_epoch": k.history}
                                   for _, k in fits]
             summary["best_val_loss"] = merged
