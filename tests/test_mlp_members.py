@@ -69,7 +69,7 @@ def test_the_train_line_shows_each_member_and_their_mean():
     assert said.index("AgeGender's epoch scores") < said.index("2 members")
 
 
-def test_the_merged_network_exports_and_scores_alike(fitted, tmp_path):
+def test_the_merged_network_scores_alike_in_keras_numpy_and_onnx(fitted, tmp_path):
     from pythia.models import load_model
     from pythia.scoring.runtime import FusedMLP
 
@@ -78,9 +78,16 @@ def test_the_merged_network_exports_and_scores_alike(fitted, tmp_path):
     want = model.predict_proba(test)
     ids = np.stack([test[f] for f in features.CATEGORICAL_FEATURES], 1).astype(np.int64)
     numeric = np.stack([test[f] for f in features.NUMERIC_FEATURES], 1).astype(np.float32)
-    got = FusedMLP(model.export_numpy(), model.encoders, dtype="float64").predict(ids, numeric)
+    export = model.export_numpy()
+    got = FusedMLP(export, model.encoders, dtype="float64").predict(ids, numeric)
     for t in features.TARGETS:
         np.testing.assert_allclose(got[t], want[t], atol=2e-5)
+    pytest.importorskip("onnxruntime")
+    from pythia.scoring.onnx_export import OnnxMLP
+    from pythia.scoring.onnx_graph import build_onnx_model
+    onnx = OnnxMLP(build_onnx_model(export, model.encoders)).predict(ids, numeric)
+    for t in features.TARGETS:
+        np.testing.assert_allclose(np.asarray(onnx[t]), want[t], atol=2e-5)
     model.save(str(tmp_path / "m"))
     back = load_model(str(tmp_path / "m"))
     np.testing.assert_allclose(back.predict_proba(test)["age_gender"], want["age_gender"],
