@@ -40,7 +40,6 @@ def merge(members: Sequence[Any], merged: Any, n_hidden: int, heads: Sequence[st
         dims.append(tables[0].shape[1])
         merged.get_layer(f"emb_{f}").set_weights([np.concatenate(tables, axis=1)])
     n_num = len(features.NUMERIC_FEATURES)
-    first = "trunk_0" if n_hidden else None
     for i in range(n_hidden):
         ws = weights(f"trunk_{i}")
         if i == 0:
@@ -50,7 +49,7 @@ def merge(members: Sequence[Any], merged: Any, n_hidden: int, heads: Sequence[st
         merged.get_layer(f"trunk_{i}").set_weights([W, np.concatenate([w[1] for w in ws])])
     for t in heads:
         ws = weights(t)
-        if first is None:  # no trunk: the heads read the inputs
+        if not n_hidden:  # no trunk: the heads read the inputs
             W = _spread_input([w[0] for w in ws], dims, n_num, blocks=False) / k
         else:
             W = np.concatenate([w[0] for w in ws], axis=0) / k
