@@ -35,6 +35,14 @@ on its validation split (scored by the same one-slot bundles; resampled like tra
 the fit is under the training priors, ``softmax(s * (log p - log r))``, as the models fit
 their temperature).
 
+``--bin-by rate`` bins by the day's *projected* impressions instead of the count so far:
+``(user_impressions_today + 1) * 24 / (hours since UTC midnight + 0.5)``, the counter's rate
+since it was reset at UTC midnight (``activity_key``). A count of 20 means a light user by
+22:00 UTC and a heavy one by 01:00; the count-so-far bins put both in 10-29, where the power
+user-days (a fifth of the features informative) and the others (all of them) want different
+temperatures. ``--activity-bins`` are then in projected impressions a day (e.g.
+10,30,66,200). Measured on session 41's three runs (docs/new-users.md, session 43).
+
 ``--by-region`` adds a slice per model region (and its non-power user-days) and the scorer
 ``region_blind``: the population posterior of the world's tables without their regional make
 effects. A global candidate below ``region_blind`` in a region has learnt some of that
@@ -278,19 +286,40 @@ def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: 
             (split_rows, split_probs) if split else None)
 
 
+BIN_BY = ("count", "rate")  # what --activity-bins bins (``activity_key``)
+
+
+def activity_key(df: pd.DataFrame, by: str = "count") -> np.ndarray:
+    """Per row, what the activity bins bin: ``count``, ``user_impressions_today``; ``rate``,
+    the day's projected impressions ``(count + 1) * 24 / (h + 0.5)`` with ``h`` the hours
+    since UTC midnight of ``ts`` (when the counter was reset: ``etl.activity``)."""
+    from pythia.features import TS, USER_IMPRESSIONS_TODAY
+
+    count = df[USER_IMPRESSIONS_TODAY].to_numpy(np.float64)
+    if by == "count":
+        return count
+    if by != "rate":
+        raise ValueError(f"activity key {by!r}: expected one of {BIN_BY}")
+    ts = pd.to_datetime(df[TS], utc=True)
+    micros = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(
+        np.int64)
+    hours = (micros % 86_400_000_000) / 3_600_000_000
+    return (count + 1.0) * 24.0 / (hours + 0.5)
+
+
 def add_bin_temperatures(edges: list[int], df: pd.DataFrame,
                          probs: dict[str, dict[str, np.ndarray]], folders: dict[str, str],
                          fit_df: pd.DataFrame, fit_probs: dict[str, dict[str, np.ndarray]],
-                         natural: bool) -> dict[str, list[float]]:
+                         natural: bool, by: str = "count") -> dict[str, list[float]]:
     """Fit each candidate's per-bin scales on ``fit_df`` (scored as ``fit_probs``; its labels
     under the natural priors or not) and add ``<candidate>+bins`` (its scored rows
-    re-tempered) to ``probs``; returns the bins' temperature multipliers (``1 / scale``)."""
+    re-tempered) to ``probs``; returns the bins' temperature multipliers (``1 / scale``).
+    ``by``: what is binned (``activity_key``)."""
     from pythia import features
 
     n_age = len(features.age_bucket_labels())
-    count = features.USER_IMPRESSIONS_TODAY
-    fit_bins = np.digitize(fit_df[count].to_numpy(), edges)
-    bins = np.digitize(df[count].to_numpy(), edges)
+    fit_bins = np.digitize(activity_key(fit_df, by), edges)
+    bins = np.digitize(activity_key(df, by), edges)
     y = fit_df["y_age_gender"].to_numpy(np.int64)
     multipliers = {}
     for c, folder in folders.items():
@@ -327,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit-on", choices=("fresh", "validation"), default="fresh",
                     help="fit the per-bin temperatures on the --fit-stream draw (an upper "
                     "bound) or on the run's validation split (where a run would)")
+    ap.add_argument("--bin-by", choices=BIN_BY, default="count",
+                    help="bin user_impressions_today as it is (count) or as the day's "
+                    "projected impressions, (count + 1) * 24 / (hours since UTC midnight "
+                    "+ 0.5) (rate)")
     ap.add_argument("--by-region", action="store_true",
                     help="also slice by model region, with the world's region-blind "
                     "population posterior (``region_blind``) as a scorer")
@@ -339,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     if edges and (min(edges) < 1 or edges != sorted(set(edges))):
         raise SystemExit(f"--activity-bins {args.activity_bins!r}: expected increasing counts "
                          "of impressions >= 1, e.g. 3,10,30,100")
+    if args.bin_by != "count" and not edges:
+        raise SystemExit(f"--bin-by {args.bin_by} bins nothing without --activity-bins, "
+                         "e.g. --activity-bins 10,30,66,200")
     if edges and args.fit_on == "fresh" and args.fit_stream == args.stream:
         raise SystemExit("--fit-stream must differ from --stream: the scales would be fitted "
                          "on the users they are scored on")
@@ -358,14 +394,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             fit_df, fit_probs = scored_split
         multipliers = add_bin_temperatures(edges, df, probs, folders, fit_df, fit_probs,
-                                           natural=scored_split is None)
+                                           natural=scored_split is None, by=args.bin_by)
         bounds = [0] + edges
         names = [f"{a}-{b - 1}" for a, b in zip(bounds, edges)] + [f"{edges[-1]}+"]
         for c, m in multipliers.items():
             where = (f"stream {args.fit_stream}" if scored_split is None
                      else f"the run's {len(scored_split[0]):,} validation rows")
-            print(f"{c}: temperature x {dict(zip(names, m))} (bins of "
-                  f"{USER_IMPRESSIONS_TODAY}, fitted on {where})")
+            key = (USER_IMPRESSIONS_TODAY if args.bin_by == "count"
+                   else "the day's projected impressions")
+            print(f"{c}: temperature x {dict(zip(names, m))} (bins of {key}, fitted on "
+                  f"{where})")
     n_age = len(age_bucket_labels())
     regions = None
     if args.by_region:

@@ -128,3 +128,26 @@ def test_bad_activity_bins_are_refused_in_one_line(bins):
         fu.main(["--run", "1", "--activity-bins", bins])
     with pytest.raises(SystemExit, match="--fit-stream must differ"):
         fu.main(["--run", "1", "--activity-bins", "3", "--fit-stream", "5", "--stream", "5"])
+
+
+def test_rate_key_projects_the_count_to_the_whole_utc_day():
+    """``activity_key(by='rate')``: (count + 1) * 24 / (hours since UTC midnight + 0.5), from
+    ``ts`` as the generator (tz-aware, microseconds) and a split (naive UTC, nanoseconds) write
+    it; ``count`` is the counter itself. 20 impressions by 01:00 UTC is a heavier day than 20
+    by 22:00, which the count alone cannot tell."""
+    stamps = ["2026-11-20 01:00:00", "2026-11-20 22:00:00", "2026-11-21 00:00:00",
+              "2026-11-20 11:30:00"]
+    counts = [20, 20, 0, 5]
+    want = [21 * 24 / 1.5, 21 * 24 / 22.5, 24 / 0.5, 6 * 24 / 12.0]
+    for ts in (pd.to_datetime(stamps, utc=True).astype("datetime64[us, UTC]"),
+               pd.to_datetime(stamps).astype("datetime64[ns]")):
+        df = pd.DataFrame({features.TS: ts, features.USER_IMPRESSIONS_TODAY: counts})
+        np.testing.assert_allclose(fu.activity_key(df, "rate"), want)
+        np.testing.assert_array_equal(fu.activity_key(df), counts)
+    with pytest.raises(ValueError, match="activity key 'hour'"):
+        fu.activity_key(df, "hour")
+
+
+def test_rate_bins_need_edges():
+    with pytest.raises(SystemExit, match="--bin-by rate bins nothing without --activity-bins"):
+        fu.main(["--run", "1", "--bin-by", "rate"])
