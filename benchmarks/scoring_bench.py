@@ -33,6 +33,14 @@ compare rows of one run, not runs. Usage::
     python benchmarks/scoring_bench.py                 # train a model, bundle it, measure
     python benchmarks/scoring_bench.py --bundle PATH   # measure a bundle (Keras too if its
                                                        # MLP's model folder still exists)
+    python benchmarks/scoring_bench.py --bundle A --against B   # two bundles, in turns
+
+``--against B`` weighs one bundle against another on this machine, e.g. ``members = 3``
+against one fit (docs/new-users.md, session 42): the same requests, each timed in turns with
+threads pinned, so both sides share whatever else the machine does. Printed: ``Scorer.score``
+p50 / p99 per request (encoding included; the median of ``--rounds`` alternating rounds),
+``Scorer.score_arrays`` raw columns -> probabilities, and the global model's forward on
+encoded rows, as rows/s (best wall, median wall, median CPU), with B / A and A / B ratios.
 """
 from __future__ import annotations
 
@@ -296,7 +304,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4096, help="rows per batched call")
     parser.add_argument("--keras-single", type=int, default=300,
                         help="single calls timed for model(x) (slow)")
+    parser.add_argument("--against", metavar="BUNDLE",
+                        help="with --bundle: time that bundle and this one in turns (ratios)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="--against: alternating rounds of single requests")
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="--against: seconds of interleaved batch calls per comparison")
     args = parser.parse_args(argv)
+    if args.against:
+        if not args.bundle:
+            raise SystemExit("--against needs --bundle: the two bundles to time in turns")
+        for path in (args.bundle, args.against):
+            if not os.path.isfile(os.path.join(path, "bundle.json")):
+                raise SystemExit(f"{path}: not a bundle folder (no bundle.json); pass the "
+                                 "'bundle_path' a run's end step printed")
+        if args.rounds < 1 or args.single < args.rounds or args.batch < 1:
+            raise SystemExit("--against needs --rounds >= 1, --single >= --rounds and "
+                             "--batch >= 1")
+        compare(args.bundle, args.against, args)
+        return 0
 
     pin_tf_threads()
     with tempfile.TemporaryDirectory(prefix="pythia-bench-") as workdir:
@@ -311,6 +337,54 @@ def main(argv: list[str] | None = None) -> int:
             bundle, model_dir = train_bundle(workdir, args.rows)
             print(f"trained + exported a default-shape MLP in {time.perf_counter() - t0:.1f}s")
         return _measure(bundle, model_dir, args)
+
+
+def compare(bundle_a: str, bundle_b: str, args: argparse.Namespace) -> dict:
+    """``--against``: bundles A and B on the same requests, timed in turns; prints the table
+    and returns {measure: {"A": value, "B": value}}. NumPy only: TensorFlow is not used."""
+    scorers = {"A": Scorer.load(bundle_a, dtype="float32"),
+               "B": Scorer.load(bundle_b, dtype="float32")}
+    requests = make_requests(scorers["A"].encoders, args.single, seed=3)
+    batches = [make_requests(scorers["A"].encoders, args.batch, seed=10 + i) for i in range(2)]
+    for name, path in (("A", bundle_a), ("B", bundle_b)):
+        export = scorers[name].models[GLOBAL_REGION]
+        print(f"{name}: {path} (global model: {type(export).__name__})")
+    out: dict = {}
+    print(f"\n-- single request (Scorer.score, encoding included), microseconds: the median "
+          f"of {args.rounds} alternating rounds of {args.single // args.rounds:,} requests")
+    per = args.single // args.rounds
+    rounds: dict = {k: [] for k in scorers}
+    for r in range(args.rounds):
+        chunk = requests[r * per:(r + 1) * per]
+        for name, scorer in scorers.items():
+            rounds[name].append(time_single(scorer.score, chunk))
+    for i, label in enumerate(("p50", "p99")):
+        out[f"score_{label}_us"] = {k: float(np.median([v[i] for v in rounds[k]]))
+                                    for k in scorers}
+        a, b = out[f"score_{label}_us"]["A"], out[f"score_{label}_us"]["B"]
+        print(f"  {label}: A {a:8.1f}   B {b:8.1f}   B / A {b / a:5.2f}")
+    arrays = [as_columns(b) for b in batches]
+    encoded = {}
+    for name, scorer in scorers.items():
+        encoded[name] = [dict(zip(("ids", "numeric"), scorer.encoder.encode_many(b)[:2]))
+                         for b in batches]
+    groups = {
+        "raw columns -> probabilities (Scorer.score_arrays)": {
+            k: (s.score_arrays, arrays) for k, s in scorers.items()},
+        "the global model's forward on encoded rows": {
+            k: (lambda e, rt=s.models[GLOBAL_REGION]: rt.predict(e["ids"], e["numeric"]),
+                encoded[k]) for k, s in scorers.items()},
+    }
+    for title, contenders in groups.items():
+        res = time_interleaved(contenders, args.seconds)
+        print(f"\n-- {title}, rows/s ({args.batch:,} a call; best wall, median wall, "
+              "median CPU)")
+        for name, (best, med, cpu) in res.items():
+            print(f"  {name}: {best:12,.0f} {med:12,.0f} {cpu:12,.0f}")
+        ratio = res["A"][2] / res["B"][2]
+        print(f"  A / B (median CPU rows/s): {ratio:.2f}")
+        out[title] = {k: res[k][2] for k in res}
+    return out
 
 
 def _measure(bundle: str, model_dir: str | None, args: argparse.Namespace) -> int:

@@ -97,3 +97,29 @@ def test_the_forward_peer_equals_the_bundles_forward(bench, gated_bundle):
     got = scoring_bench._proba_peer(keras_model, export, signature, scorer)(x)
     want = scorer.models["global"].predict(ids, numeric)
     assert max(float(np.abs(got[t].numpy() - np.asarray(want[t])).max()) for t in TARGETS) <= 1e-5
+
+
+def test_against_times_two_bundles_in_turns_and_refuses_what_it_cannot_compare(
+        bench, tmp_path_factory, capsys):
+    """``scoring_bench --bundle A --against B``: both bundles on the same requests, in turns;
+    a table with B / A and A / B ratios (no figure is asserted: timings are not tests)."""
+    scoring_bench, _ = bench
+    work = str(tmp_path_factory.mktemp("against"))
+    narrow, _ = scoring_bench.train_bundle(os.path.join(work, "a"), 512, {"hidden_units": [8]})
+    wide, _ = scoring_bench.train_bundle(os.path.join(work, "b"), 512, {"hidden_units": [64]})
+    args = ["--bundle", narrow, "--against", wide, "--single", "40", "--rounds", "2",
+            "--batch", "64", "--seconds", "0.05"]
+    assert scoring_bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"A: {narrow}" in out and f"B: {wide}" in out
+    assert "2 alternating rounds of 20 requests" in out
+    for line in ("  p50: A", "  p99: A", "raw columns -> probabilities", "forward on encoded"):
+        assert line in out, line
+    ratios = [float(x.split(":")[-1]) for x in out.splitlines() if "A / B (median CPU" in x]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    with pytest.raises(SystemExit, match="--against needs --bundle"):
+        scoring_bench.main(["--against", wide])
+    with pytest.raises(SystemExit, match="not a bundle folder"):
+        scoring_bench.main(["--bundle", narrow, "--against", work])
+    with pytest.raises(SystemExit, match="--rounds >= 1"):
+        scoring_bench.main(["--bundle", narrow, "--against", wide, "--rounds", "0"])
