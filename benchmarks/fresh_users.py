@@ -219,11 +219,13 @@ def score_fresh(run_id: str, candidates: str, n_users: int, stream: int, hours: 
     from pythia.features import Encoders
     from pythia.scoring.bundle import export_bundle
     from pythia.scoring.scorer import Scorer
-    from pythia.synth import load_world
+    from pythia.synth import check_world, load_world
 
     namespace(None)
     run = Run(f"DemoFlow/{run_id}")
     start = run["start"].task.data
+    # the very world the run read (runs from before the record: None, not checked)
+    check_world(start.source_path, getattr(start, "world_fingerprint", None))
     world = load_world(start.source_path)
     if world.params is None:
         raise SystemExit(f"run {run_id}: its source {start.source_path} is not a synthetic "

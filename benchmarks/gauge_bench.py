@@ -76,14 +76,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from metaflow import Run, namespace
 
-    from pythia.synth import load_world
+    from pythia.synth import check_world, load_world
     from pythia.synth.in_between import in_between_world, read_observed
 
     namespace(None)
     run = Run(f"DemoFlow/{args.run}")
     manifest = run["join_hours"].task.data.split_manifest
     provider_map = run["select_providers"].task.data.provider_map["by_country"]
-    world = load_world(args.world or run["start"].task.data.source_path)
+    start = run["start"].task.data
+    if not args.world:  # the run's own world must be the one it read (--world: the user's say)
+        check_world(start.source_path, getattr(start, "world_fingerprint", None))
+    world = load_world(args.world or start.source_path)
     if run["start"].task.data.drop_power_users:
         print("gauge_bench: the run dropped power users from train: the in-between gauge "
               "does not model that truncation (synth.in_between)", file=sys.stderr)

@@ -95,6 +95,8 @@ class DemoFlow(FlowSpec):
         self.source_path, self.window, self.gaps = source.resolve(
             self.params, scheduled=source.is_scheduled_run(current.run_id))
         self.run_root = self.paths.base
+        # which synthetic world (None: real data): evaluate and the benchmarks check they read it
+        self.world_fingerprint = source.world_fingerprint(self.source_path)
         self.hour_groups = self.params.hour_groups
         print(f"source {self.source_path}; window {self.window}; {len(self.hour_groups)} "
               f"etl tasks")
@@ -139,6 +141,8 @@ class DemoFlow(FlowSpec):
         self.merge_artifacts(inputs, include=["params", "source_path", "window", "gaps",
                                               "provider_choice", "provider_map", "provider_warnings",
                                               "labels_manifest", "run_root"])
+        # the start step's (every branch has it; None on a run resumed from before it)
+        self.world_fingerprint = getattr(inputs[0], "world_fingerprint", None)
         self.hour_manifests = sorted((i.manifest for i in inputs), key=lambda m: m["hours"])
         (self.split_manifest, self.reconciliation, self.resample_rates,
          self.quarantine) = etl.join_hours(self.hour_manifests, self.params, self.paths)
@@ -187,7 +191,8 @@ class DemoFlow(FlowSpec):
                                evaluate.bundle_scorer(bundle) if bundle else None, previous_id,
                                baseline_models=evaluate.baseline_models_of(self.candidates),
                                z_min=self.params.z_min,
-                               in_between_gauge=self.params.in_between_gauge)
+                               in_between_gauge=self.params.in_between_gauge,
+                               world_fingerprint=self.world_fingerprint)
         self.metrics, self.champions, self.headline = (
             results["metrics"], results["champions"], results["headline"])
         self.distributions, self.gauge = results["distributions"], results["gauge"]

@@ -41,6 +41,13 @@ def newest_complete_date(source: str, not_after: dt.date | None = None) -> dt.da
                      f"{_unparsed_dates_note(source)}")
 
 
+def world_fingerprint(source_path: str) -> str | None:
+    """``synth.world_fingerprint`` of a resolved source: which synthetic world a run read
+    (None for real data)."""
+    from pythia.synth import world_fingerprint as fingerprint
+    return fingerprint(source_path)
+
+
 def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list[str]]:
     """Generate/locate the source, pick the test day, check the window's hour partitions.
 

@@ -49,6 +49,12 @@ def test_run_produces_metrics_for_all_targets(tiny_run):
     f1 = natural[natural["metric"].str.contains("f1")]
     assert set(f1["target"]) >= {"gender", "age", "age_gender"}
     assert metrics["value"].notna().all()
+    # which world it read, recorded at the start and carried past the foreach join, where
+    # evaluate checked it (synth.check_world)
+    from pythia.synth import world_fingerprint
+    recorded = latest["start"].task.data.world_fingerprint
+    assert recorded == world_fingerprint(latest.data.source_path) is not None
+    assert latest["join_hours"].task.data.world_fingerprint == recorded
 
 
 def test_each_step_says_what_it_did_in_a_few_lines(tiny_run):

@@ -151,3 +151,34 @@ def test_rate_key_projects_the_count_to_the_whole_utc_day():
 def test_rate_bins_need_edges():
     with pytest.raises(SystemExit, match="--bin-by rate bins nothing without --activity-bins"):
         fu.main(["--run", "1", "--bin-by", "rate"])
+
+
+def test_a_regenerated_world_is_refused_by_its_fingerprint(world, tmp_path):
+    """``synth.world_fingerprint``: the same world gives the same one; a world regenerated in
+    place (another generator or preset: another ``truth/world.json``) another, and
+    ``check_world`` refuses it in one line naming the folder; no record (a run from before
+    it, real data): nothing to check."""
+    import json
+    import shutil
+
+    from pythia.evaluate.io import read_world
+    from pythia.synth import check_world, world_fingerprint
+
+    root = world.root
+    recorded = world_fingerprint(root)
+    assert recorded and recorded == world_fingerprint(root) and len(recorded) == 16
+    check_world(root, recorded)
+    check_world(root, None)
+    assert read_world(root, recorded) is not None
+    assert world_fingerprint(str(tmp_path)) is None  # no truth/world.json: real data
+    copy = str(tmp_path / "regenerated")
+    shutil.copytree(root, copy)
+    meta_path = tmp_path / "regenerated" / "truth" / "world.json"
+    meta = json.loads(meta_path.read_text())
+    meta["generator_version"] = int(meta["generator_version"]) + 1
+    meta_path.write_text(json.dumps(meta))
+    assert world_fingerprint(copy) not in (None, recorded)
+    for load in (lambda: check_world(copy, recorded), lambda: read_world(copy, recorded)):
+        with pytest.raises(ValueError, match="not the synthetic world the run was made on") as e:
+            load()
+        assert copy in str(e.value) and "\n" not in str(e.value)

@@ -164,11 +164,14 @@ def truth_batches(world: Any, batch_rows: int = 262_144) -> Iterator[pd.DataFram
             yield batch.to_pandas()
 
 
-def read_world(source_path: str | None) -> Any:
-    """The synthetic world behind a source (it carries its truth), or None for real data."""
+def read_world(source_path: str | None, fingerprint: str | None = None) -> Any:
+    """The synthetic world behind a source (it carries its truth), or None for real data;
+    with ``fingerprint`` (the run's ``world_fingerprint``) it must be that very world
+    (``synth.check_world``: a one-line ValueError when it was regenerated since)."""
     if not source_path or not storage.exists(join(source_path, "truth")):
         return None
-    from pythia.synth import load_world
+    from pythia.synth import check_world, load_world
+    check_world(source_path, fingerprint)
     return load_world(source_path)
 
 

@@ -20,7 +20,7 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         previous: PreviousScorer | None = None, previous_id: str | None = None, *,
         baseline_models: Sequence[str], tolerance: float = DEFAULT_TOLERANCE,
         make_figures: bool = True, world: Any = None, z_min: float = DEFAULT_Z_MIN,
-        in_between_gauge: bool = False) -> dict[str, Any]:
+        in_between_gauge: bool = False, world_fingerprint: str | None = None) -> dict[str, Any]:
     """Evaluate every candidate, pick champions, draw figures and write the report files.
 
     Args:
@@ -46,6 +46,9 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         in_between_gauge: on a synthetic world, also the in-between gauge (``ratio_in_between``;
             docs/in-between-gauge.md); off by default: it about doubles the scoring time and
             sits within 0.003 nats of the realised one on the default world.
+        world_fingerprint: the start step's ``synth.world_fingerprint`` of ``source_path``:
+            the world read here must be that one (a ``resume`` after the cached world was
+            regenerated would gauge the run against another world).
 
     Returns:
         {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_slices'
@@ -58,7 +61,7 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         raise ValueError("no candidates to evaluate: did every train task fail?")
     # score: every candidate and the exact posterior on every slice, streamed bucket by bucket
     # into per-slice sums (memory bounded by a bucket, not by the splits)
-    world = world if world is not None else read_world(source_path)
+    world = world if world is not None else read_world(source_path, world_fingerprint)
     scored = score_streaming(candidates, split_manifest, age_edges, world,
                              in_between=in_between_gauge)
     metrics, distributions = scored.metrics, scored.distributions

@@ -8,11 +8,12 @@ today (``user_impressions_today`` is that count's reference definition) and the 
 power-user flag. Local time is ``pythia.geo``'s (IANA zones, DST).
 """
 from pythia.contract import IMPRESSION_SCHEMA, LABEL_SCHEMA, PROVIDER_METRICS_SCHEMA
-from pythia.synth.generate import generate_world, is_complete, resolve_source, run_synth_cli
+from pythia.synth.generate import (check_world, generate_world, is_complete, resolve_source,
+                                   run_synth_cli, world_fingerprint)
 from pythia.synth.activity import user_impressions_today
 from pythia.synth.posterior import World, load_world
 from pythia.synth.world import PRESETS, WorldConfig
 
 __all__ = ["PRESETS", "WorldConfig", "World", "generate_world", "resolve_source", "load_world",
-           "run_synth_cli", "is_complete", "user_impressions_today", "IMPRESSION_SCHEMA",
+           "run_synth_cli", "is_complete", "world_fingerprint", "check_world", "user_impressions_today", "IMPRESSION_SCHEMA",
            "LABEL_SCHEMA", "PROVIDER_METRICS_SCHEMA"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import hashlib
 import io
 import json
 import multiprocessing as mp
@@ -175,6 +176,30 @@ def generate_world(out: str, preset: str | WorldConfig = "default", seed: int = 
 def is_complete(root: str) -> bool:
     """A world folder is complete only once its ``_SUCCESS`` marker exists."""
     return storage.exists(join(root, SUCCESS))
+
+
+def world_fingerprint(root: str | None) -> str | None:
+    """A short hash of a synthetic world's ``truth/world.json`` (its generator version, config,
+    seed, vocabularies and summary): the same world always gives the same one, a world
+    regenerated under a new generator or preset another; None for a source without one."""
+    if not root or not storage.exists(join(root, "truth", "world.json")):
+        return None
+    meta = storage.read_json(join(root, "truth", "world.json"))
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_world(root: str, expected: str | None) -> None:
+    """Raise a one-line ValueError when the world at ``root`` is not the one whose
+    ``world_fingerprint`` a run recorded (``expected``; None: a run from before the record,
+    or real data: nothing to check). A cached ``synthetic://`` world is regenerated in place
+    when the generator or its preset changes, and a run scored against the new one would be
+    measured against another world's truth without a word."""
+    got = world_fingerprint(root) if expected is not None else None
+    if got != expected:
+        raise ValueError(f"{root}: not the synthetic world the run was made on (fingerprint "
+                         f"{got}, the run's {expected}): it was regenerated since, by another "
+                         "generator or preset; score the run against the world it used, or "
+                         "run the flow again")
 
 
 def _is_current(root: str, config: WorldConfig | None = None) -> bool:
