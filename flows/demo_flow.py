@@ -192,7 +192,8 @@ class DemoFlow(FlowSpec):
                                baseline_models=evaluate.baseline_models_of(self.candidates),
                                z_min=self.params.z_min,
                                in_between_gauge=self.params.in_between_gauge,
-                               world_fingerprint=self.world_fingerprint)
+                               # None on a run resumed from before the record
+                               world_fingerprint=getattr(self, "world_fingerprint", None))
         self.metrics, self.champions, self.headline = (
             results["metrics"], results["champions"], results["headline"])
         self.distributions, self.gauge = results["distributions"], results["gauge"]

@@ -341,3 +341,21 @@ def test_openrtb_round_trip_gives_the_same_splits(tiny_run, flow_env, tmp_path):
     assert run.data.window == tiny_run.data.window
     assert dict(run.data.split_manifest["rows"]) == dict(tiny_run.data.split_manifest["rows"])
     assert run.data.quarantine["by_reason"] == tiny_run.data.quarantine["by_reason"]
+
+
+def test_a_run_from_before_the_world_record_still_evaluates():
+    """A ``resume`` of a run made before ``world_fingerprint`` existed clones steps without
+    it: the join and evaluate read it with a default (None: nothing to check), never as a
+    required artifact. Checked on the flow's source, since such a run cannot be made here."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "flows" / "demo_flow.py").read_text())
+    reads = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+             and n.attr == "world_fingerprint" and isinstance(n.ctx, ast.Load)
+             and ast.unparse(n.value) != "source"]  # source.world_fingerprint(): the function
+    assert not reads, [ast.unparse(n) for n in reads]  # only getattr(..., None) reads it
+    calls = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", None) == "getattr" and len(n.args) == 3
+             and getattr(n.args[1], "value", None) == "world_fingerprint"]
+    assert calls == ["getattr(inputs[0], 'world_fingerprint', None)",
+                     "getattr(self, 'world_fingerprint', None)"], calls
