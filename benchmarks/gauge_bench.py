@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.world:  # the run's own world must be the one it read (--world: the user's say)
         check_world(start.source_path, getattr(start, "world_fingerprint", None))
     world = load_world(args.world or start.source_path)
-    if run["start"].task.data.drop_power_users:
+    if start.drop_power_users:
         print("gauge_bench: the run dropped power users from train: the in-between gauge "
               "does not model that truncation (synth.in_between)", file=sys.stderr)
     if float(manifest.get("holdout_users") or 0) > 0 and "in_between" in gauges:

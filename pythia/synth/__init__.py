@@ -15,5 +15,6 @@ from pythia.synth.posterior import World, load_world
 from pythia.synth.world import PRESETS, WorldConfig
 
 __all__ = ["PRESETS", "WorldConfig", "World", "generate_world", "resolve_source", "load_world",
-           "run_synth_cli", "is_complete", "world_fingerprint", "check_world", "user_impressions_today", "IMPRESSION_SCHEMA",
+           "run_synth_cli", "is_complete", "world_fingerprint", "check_world",
+           "user_impressions_today", "IMPRESSION_SCHEMA",
            "LABEL_SCHEMA", "PROVIDER_METRICS_SCHEMA"]
