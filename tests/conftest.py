@@ -35,6 +35,10 @@ for _name, _fn in _SITE_PATCHES.items():
 from pythia.config import Window
 from pythia.etl import sample
 
+# pytester runs a small inner session in tests/test_tmp_cleanup.py; tmp_cleanup frees each
+# module's temporary folders when it ends (see its docstring).
+pytest_plugins = ["pytester", "tmp_cleanup"]
+
 TEST_DATE = dt.date(2024, 3, 10)  # window 2024-03-06 … 2024-03-10
 WINDOW = Window(TEST_DATE)
 
