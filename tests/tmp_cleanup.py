@@ -7,6 +7,11 @@ held ~0.8 GB at its peak, and a CI machine with little disk left after the insta
 with "No space left on device" a third of the way in. This fixture notes the worker's
 temporary folders when a module starts and removes the ones the module added when it ends;
 a module with a failing test keeps them all, to look at. Loaded by tests/conftest.py.
+
+One limit: a session-scoped fixture that makes a folder with ``tmp_path_factory`` during a
+module (first asked for by a later test of it) would lose the folder when that module ends.
+None does today (``spark`` makes none); such a fixture should be autouse, or make its folder
+elsewhere.
 """
 from __future__ import annotations
 
