@@ -65,6 +65,13 @@ def _user_path(spark_path: str) -> str:
     return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
 
 
+def file_in_text(text: str) -> str | None:
+    """The first file a Spark error's text names with its scheme (``file:``, ``s3a:``, …),
+    as the user writes it; None when it names none."""
+    found = _FILE.search(text)
+    return _user_path(found.group(1)) if found else None
+
+
 def describe(exc: BaseException) -> dict:
     """The error class, file, column and a one-line detail found in a Spark error's text."""
     text = str(exc)

@@ -1,0 +1,152 @@
+"""A full disk inside a step: one line naming the folder, its free space and the fix; the task's
+partial output removed; every other failure unchanged (``pythia.disk_full``)."""
+import errno
+import os
+import stat
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pythia import disk_full
+
+SPARK_TEXT = (  # what Py4J carries when Spark's writer meets a full disk (trimmed)
+    "An error occurred while calling o123.parquet.\n: org.apache.spark.SparkException: "
+    "[TASK_WRITE_FAILED] Task failed while writing rows to file:{root}/DemoFlow/1/etl/"
+    "hours=12-13/.tmp-28913ff5-ids/_spark.\n\tat org.apache.spark.sql.errors.X(X.scala:1)\n"
+    "Caused by: org.apache.hadoop.fs.FSError: java.io.IOException: No space left on device\n")
+
+
+def _pyarrow_full() -> OSError:
+    """The error pyarrow's Parquet writer really raises on a full disk: /dev/full, opened by
+    pyarrow (given the path itself, pyarrow would remove the "partial file" on failure)."""
+    if not os.path.exists("/dev/full") or not stat.S_ISCHR(os.stat("/dev/full").st_mode):
+        pytest.skip("no /dev/full device on this system")
+    with pytest.raises(OSError) as caught, pa.OSFile("/dev/full", "wb") as sink:
+        pq.write_table(pa.table({"a": list(range(100_000))}), sink)
+    return caught.value
+
+
+def _chained(outer: Exception, cause: BaseException) -> Exception:
+    try:
+        try:
+            raise cause
+        except BaseException as inner:
+            raise outer from inner
+    except Exception as exc:
+        return exc
+
+
+def test_what_counts_as_a_full_disk():
+    assert disk_full.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk_full.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert disk_full.is_disk_full(_pyarrow_full())
+    # a Spark failure: our one-line RuntimeError, with the Py4J error's text as its cause
+    spark = _chained(RuntimeError("etl_hour: Spark failed: [TASK_WRITE_FAILED] Task failed"),
+                     RuntimeError(SPARK_TEXT.format(root="/data")))
+    assert disk_full.is_disk_full(spark)
+    assert not disk_full.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk_full.is_disk_full(ValueError("column age: not an int"))
+    assert not disk_full.is_disk_full(_chained(RuntimeError("x"), KeyError("y")))
+
+
+def test_the_path_a_failed_write_names():
+    assert disk_full.failing_path(OSError(errno.ENOSPC, "full", "/data/a.parquet")) == \
+        "/data/a.parquet"
+    spark = _chained(RuntimeError("etl_hour: Spark failed"),
+                     RuntimeError(SPARK_TEXT.format(root="/data")))
+    assert disk_full.failing_path(spark) == \
+        "/data/DemoFlow/1/etl/hours=12-13/.tmp-28913ff5-ids/_spark"
+    shuffle = RuntimeError("java.io.FileNotFoundException: /tmp/blockmgr-1a/0c/temp_shuffle_2 "
+                           "(No space left on device)")
+    assert disk_full.failing_path(shuffle) == "/tmp/blockmgr-1a/0c/temp_shuffle_2"
+    assert disk_full.failing_path(_pyarrow_full()) is None
+
+
+def _task_output(tmp_path):
+    root = tmp_path / "data"
+    mine = root / "DemoFlow" / "1" / "etl" / "hours=00-01"
+    (mine / "rows").mkdir(parents=True)
+    (mine / "rows" / "part-0.parquet").write_bytes(b"x" * 3000)
+    (mine / "rows" / ".tmp-1-part-1.parquet").write_bytes(b"x" * 1000)
+    other = root / "DemoFlow" / "1" / "etl" / "hours=02-03"
+    other.mkdir(parents=True)
+    (other / "part-0.parquet").write_bytes(b"y" * 10)
+    single = root / "DemoFlow" / "1" / "predictions" / "mlp__global__0.parquet"
+    single.parent.mkdir(parents=True)
+    single.write_bytes(b"z" * 24)
+    return root, mine, other, single
+
+
+def test_a_full_disk_becomes_one_line_and_frees_the_partial_output(tmp_path):
+    root, mine, other, single = _task_output(tmp_path)
+    missing = root / "DemoFlow" / "1" / "models" / "never-written"
+    with pytest.raises(OSError) as caught:
+        with disk_full.full_disk_errors("etl_hour", str(root), [str(mine), str(single),
+                                                               str(missing)]):
+            raise _pyarrow_full()
+    err = caught.value
+    text = str(err)
+    assert err.errno == errno.ENOSPC and "\n" not in text
+    assert text.startswith("[Errno 28] etl_hour: no space left on the disk writing to ")
+    assert f"writing to the data root {root} (" in text and " free of " in text  # its room
+    assert "removed this task's partial output (3.9 KB: " in text  # 3000 + 1000 + 24 bytes
+    assert str(mine) in text and str(single) in text and str(missing) not in text
+    assert "resume` reads its finished steps" in text and "SPARK" not in text
+    assert text.endswith("then `python flows/demo_flow.py resume etl_hour`")
+    assert isinstance(err.__cause__, OSError) and "Error writing bytes" in str(err.__cause__)
+    assert not mine.exists() and not single.exists()
+    assert (other / "part-0.parquet").read_bytes() == b"y" * 10  # another task's: kept
+
+
+def test_a_spark_write_names_its_folder_and_a_shuffle_names_spark_scratch(tmp_path):
+    root, mine, _, _ = _task_output(tmp_path)
+    spark = _chained(RuntimeError("etl_hour: Spark failed: [TASK_WRITE_FAILED]"),
+                     RuntimeError(SPARK_TEXT.format(root=root)))
+    with pytest.raises(OSError) as caught:
+        with disk_full.full_disk_errors("etl_hour", str(root), [str(mine)], resume="RESUME"):
+            raise spark
+    text = str(caught.value)
+    assert f"writing to {root}/DemoFlow/1/etl/hours=12-13/.tmp-28913ff5-ids/_spark (" in text
+    assert "--data_root on a larger disk, then RESUME" in text
+    shuffle = RuntimeError("java.io.FileNotFoundException: /tmp/blockmgr-1a/0c/temp_shuffle_2 "
+                           "(No space left on device)")
+    with pytest.raises(OSError) as caught:
+        with disk_full.full_disk_errors("join_hours", str(root)):
+            raise shuffle
+    text = str(caught.value)
+    assert "writing to /tmp/blockmgr-1a/0c/temp_shuffle_2 (" in text
+    assert "set SPARK_LOCAL_DIRS to a folder on a disk with room" in text
+    assert "no partial output to remove" in text
+
+
+def test_spark_naming_no_file_lists_the_disks_it_may_have_filled(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", str(scratch))
+    spark = _chained(RuntimeError("prepare_labels: Spark failed: Caused by: "
+                                  "java.io.IOException: No space left on device"),
+                     RuntimeError("Job aborted ... java.io.IOException: No space left on "
+                                  "device"))
+    with pytest.raises(OSError) as caught:
+        with disk_full.full_disk_errors("prepare_labels", str(root)):
+            raise spark
+    text = str(caught.value)
+    assert f"one of the data root {root} (" in text
+    assert f"the scratch folder {scratch} (" in text
+
+
+def test_other_failures_pass_unchanged_and_remove_nothing(tmp_path):
+    root, mine, _, _ = _task_output(tmp_path)
+    for exc in (ValueError("column age: not an int"), OSError(errno.EACCES, "denied")):
+        with pytest.raises(type(exc)) as caught:
+            with disk_full.full_disk_errors("etl_hour", str(root), [str(mine)]):
+                raise exc
+        assert caught.value is exc
+    assert (mine / "rows" / "part-0.parquet").exists()
+
+
+def test_s3_outputs_are_not_removed(tmp_path):
+    removed, freed = disk_full.remove_partial(["s3://bucket/run/etl/hours=00"])
+    assert removed == [] and freed == 0
