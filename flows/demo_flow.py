@@ -24,7 +24,8 @@ threads.install()  # passive OpenMP waiting: must be set before numpy/sklearn/to
 from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # noqa: E402
                       schedule, step)
 
-from pythia import etl, evaluate, models, providers, runs, scoring, source, tfrecords  # noqa: E402
+from pythia import (etl, evaluate, models, providers, runs, scoring, source, stack,  # noqa: E402
+                    tfrecords)
 from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
 from pythia.paths import RunPaths  # noqa: E402
 
@@ -97,6 +98,7 @@ class DemoFlow(FlowSpec):
         self.run_root = self.paths.base
         # which synthetic world (None: real data): evaluate and the benchmarks check they read it
         self.world_fingerprint = source.world_fingerprint(self.source_path)
+        self.stack = stack.versions()  # the driver's libraries (each train candidate has its own)
         self.hour_groups = self.params.hour_groups
         print(f"source {self.source_path}; window {self.window}; {len(self.hour_groups)} "
               f"etl tasks")
@@ -141,8 +143,9 @@ class DemoFlow(FlowSpec):
         self.merge_artifacts(inputs, include=["params", "source_path", "window", "gaps",
                                               "provider_choice", "provider_map", "provider_warnings",
                                               "labels_manifest", "run_root"])
-        # the start step's (every branch has it; None on a run resumed from before it)
+        # the start step's (every branch has them; None on a run resumed from before them)
         self.world_fingerprint = getattr(inputs[0], "world_fingerprint", None)
+        self.stack = getattr(inputs[0], "stack", None)
         self.hour_manifests = sorted((i.manifest for i in inputs), key=lambda m: m["hours"])
         (self.split_manifest, self.reconciliation, self.resample_rates,
          self.quarantine) = etl.join_hours(self.hour_manifests, self.params, self.paths)

@@ -11,7 +11,7 @@ from typing import Any, Mapping, TextIO
 
 import pandas as pd
 
-from pythia import storage
+from pythia import stack, storage
 from pythia.features import spec_version
 from pythia.paths import join
 # the end step's summary; re-exported here, where the flow and callers have looked for it
@@ -190,7 +190,7 @@ def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
 
 def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
                  out: TextIO | None = None) -> int:
-    """Print the champions and headline table of a run (default: latest successful run).
+    """Print the stack, champions and headline table of a run (default: latest successful run).
 
     Returns a process exit code: 0 when printed, 1 when there is nothing to show.
     """
@@ -213,6 +213,8 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
     print(f"Run {run.pathspec}  status: {run_status(run)}  finished: "
           f"{run.finished_at or '-'}  window: {_window_text(_artifact(run, 'window'))}",
           file=out)
+    for line in stack.report_lines(_artifact(run, "stack"), _artifact(run, "candidates")):
+        print(line, file=out)
     if headline is None:
         print(f"Run {run.pathspec} has no headline (it stopped before evaluation).", file=out)
         return 1
@@ -261,7 +263,8 @@ def summarize_run(run: Any) -> list[dict]:
 
 def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = None) -> int:
     """Compare the ``n`` most recent runs: status, window and champion per region with its
-    natural-test log-loss (ll_) and macro-F1 (f1_) for AgeGender (ag), gender (g), age (a).
+    natural-test log-loss (ll_) and macro-F1 (f1_) for AgeGender (ag), gender (g), age (a);
+    under a run whose library stack differs from the next older listed run's, what moved.
 
     Returns a process exit code: 0 when printed, 1 when there are no runs.
     """
@@ -271,11 +274,13 @@ def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = No
     flow = _open_flow(flow_name, out)
     if flow is None:
         return 1
-    rows = []
+    rows, stacks = [], []
     for i, run in enumerate(flow):  # newest first
         if i >= n:
             break
         rows += summarize_run(run)
+        stacks.append((run.id, stack.run_stack(_artifact(run, "stack"),
+                                               _artifact(run, "candidates"))))
     if not rows:
         print(f"{flow_name} has no runs yet.", file=out)
         return 1
@@ -286,7 +291,13 @@ def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = No
         table[c] = table[c].map(lambda v: f"{v:.4f}" if pd.notna(v) else "")
     with pd.option_context("display.width", 250, "display.max_columns", 50,
                            "display.max_colwidth", 60):
-        print(table.fillna("").to_string(index=False), file=out)
+        lines = table.fillna("").to_string(index=False).splitlines()
+    notes = stack.change_notes(stacks)
+    print(lines[0], file=out)
+    for k, (line, run_id) in enumerate(zip(lines[1:], table["run"])):  # a note under a run
+        print(line, file=out)
+        if run_id in notes and (k + 1 == len(table) or table["run"].iloc[k + 1] != run_id):
+            print(notes[run_id], file=out)
     return 0
 
 

@@ -7,6 +7,8 @@ test_flow_inputs.py.
 """
 import json
 import os
+import platform
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -131,6 +133,9 @@ def test_run_trains_every_model_and_region(tiny_run):
     for c in data.candidates:
         assert Path(c["model_dir"]).exists()
     load_model(data.candidates[0]["model_dir"])  # stored models load back
+    # each candidate, and the start step, record the libraries that made them (pythia.stack)
+    assert {c["stack"]["numpy"] for c in data.candidates} == {version("numpy")}
+    assert data.stack["numpy"] == version("numpy")
 
 
 def test_run_records_providers_reconciliation_and_counts(tiny_run):
@@ -167,6 +172,9 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     from pythia.cli import main
     from pythia.models import MODEL_NAMES
     assert main(["report", tiny_run.id]) == 0
+    out = capsys.readouterr().out
+    assert f"stack: python {platform.python_version()}, numpy {version('numpy')}" in out
+    assert "DIFFERENT STACKS" not in out  # every train task ran here
     assert main(["runs", "-n", "3"]) == 0
     out = capsys.readouterr().out
     assert tiny_run.id in out

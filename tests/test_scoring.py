@@ -761,6 +761,11 @@ def test_parity_with_gbdt_through_saved_model(tmp_path):
     model, scorer, reqs, X = _fit_and_bundle("gbdt", tmp_path, {"max_iter": 5})
     entry = read_bundle_doc(str(tmp_path / "bundle"))["models"]["global"]
     assert (entry["kind"], entry["runtime"], entry["dir"]) == ("gbdt", SAVED_MODEL, "model-global")
+    # the model folder and the bundle say which libraries made them (pythia.stack)
+    import importlib.metadata
+    meta = json.loads((tmp_path / "gbdt" / "meta.json").read_text())
+    assert meta["stack"]["scikit-learn"] == importlib.metadata.version("scikit-learn")
+    assert read_bundle_doc(str(tmp_path / "bundle"))["stack"]["numpy"] == np.__version__
     want = model.predict_proba(X)
     got = scorer.score_arrays(reqs)
     for t in TARGETS:

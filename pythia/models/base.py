@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pythia import features, storage
+from pythia import features, stack, storage
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models import activity_temp as at, export as ex, priors as pr
@@ -329,6 +329,7 @@ class Model:
             meta = {
                 "kind": self.name,
                 "spec_version": features.spec_version(),
+                "stack": stack.versions(),  # the libraries that fitted it (pythia.stack)
                 "hparams": self.hparams,
                 "train_cfg": train_config_to_json(self.train_cfg),
                 "priors": self.priors,

@@ -15,6 +15,7 @@ from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from pythia import stack
 from pythia.config import GLOBAL_REGION, TrainConfig
 from pythia.features import TEST_NATURAL, TEST_RESAMPLED, TRAIN, VALIDATION
 from pythia.models import notes
@@ -318,6 +319,7 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         # the start's and the kept validation loss on the region, steps kept / tried
         "warm_start": summary.get("start"),
         "notes": said,  # what the fit said about itself (models.notes), on the train line
+        "stack": stack.versions(),  # the libraries that fitted it (pythia.stack)
     }
     return FittedCandidate(record, model)
 

@@ -22,7 +22,7 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
-from pythia import features
+from pythia import features, stack
 from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
 from pythia.features import Encoders
 from pythia.models.export import NUMPY_LAYERS, RUNTIME
@@ -154,6 +154,7 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
             "format_version": BUNDLE_FORMAT_VERSION,
             "version": version,
             "spec_version": features.spec_version(),
+            "stack": stack.versions(),  # the exporting environment's libraries (pythia.stack)
             "feature_spec": features.spec_document(),
             "age_edges": list(encoders.age_edges),
             "class_labels": {t: list(features.class_labels(t, encoders.age_edges))

@@ -1,0 +1,148 @@
+"""The recorded library stack (``pythia.stack``): what it reads, what it says moved, and how
+``pythia runs`` / ``pythia report`` show it for (fake) runs."""
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import platform
+import subprocess
+import sys
+
+import pandas as pd
+
+from pythia import runs, stack
+
+OLD = {"python": "3.11.7", "numpy": "2.4.5", "keras": "3.15.0", "machine": "x86_64"}
+NEW = dict(OLD, numpy="2.4.6", keras="3.15.1")
+
+
+def test_versions_reads_the_installed_metadata():
+    got = stack.versions()
+    assert list(got) == list(stack.KEYS)
+    assert got["numpy"] == importlib.metadata.version("numpy")
+    assert got["python"] == platform.python_version()
+    assert got["machine"] == platform.machine()
+
+
+def test_versions_imports_none_of_the_packages_it_reports():
+    heavy = ("numpy", "pandas", "tensorflow", "keras", "torch", "sklearn", "pyspark", "pyarrow")
+    code = ("import sys\nfrom pythia import stack\nstack.versions()\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def _installed(monkeypatch, versions):
+    """Make ``importlib.metadata.version`` know exactly ``versions``."""
+    def version(name):
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+    monkeypatch.setattr(importlib.metadata, "version", version)
+
+
+def test_versions_says_none_for_a_missing_package_and_names_tensorflows_distribution(
+        monkeypatch):
+    _installed(monkeypatch, {"numpy": "2.4.6", "tensorflow-cpu": "2.21.0"})
+    got = stack.versions()
+    assert got["numpy"] == "2.4.6" and got["onnx"] is None and got["torch"] is None
+    assert got["tensorflow"] == "2.21.0 (tensorflow-cpu)"
+    _installed(monkeypatch, {"tensorflow": "2.20.0", "tensorflow-intel": "2.20.0"})
+    assert stack.versions()["tensorflow"] == "2.20.0"  # plain tensorflow: no name added
+    _installed(monkeypatch, {"tensorflow-intel": "2.15.0"})
+    assert stack.versions()["tensorflow"] == "2.15.0 (tensorflow-intel)"
+    _installed(monkeypatch, {})
+    assert stack.versions()["tensorflow"] is None
+
+
+def test_differences_name_what_moved_in_a_stable_order():
+    assert stack.differences(OLD, dict(OLD)) == []
+    assert stack.differences(OLD, NEW) == ["numpy 2.4.5 -> 2.4.6", "keras 3.15.0 -> 3.15.1"]
+    assert stack.differences(NEW, OLD) == ["numpy 2.4.6 -> 2.4.5", "keras 3.15.1 -> 3.15.0"]
+    # a key missing on one side reads '-'; so does None (not installed): they agree
+    assert stack.differences({"numpy": "2.4.5"}, {"numpy": "2.4.5", "torch": "2.1"}) == [
+        "torch - -> 2.1"]
+    assert stack.differences({"torch": None}, {}) == []
+    # keys of ``KEYS`` in its order (python first, machine last), then others sorted
+    assert stack.differences({"machine": "arm64", "zz": "1", "numpy": "1"},
+                             {"machine": "x86_64", "aa": "1", "python": "3.12"}) == [
+        "python - -> 3.12", "numpy 1 -> -", "machine arm64 -> x86_64", "aa - -> 1",
+        "zz 1 -> -"]
+
+
+class _Artifact:
+    def __init__(self, data):
+        self.data = data
+
+
+class _FakeRun:
+    """What print_runs and print_report read of a Metaflow Run: its id, status and the end
+    task's artifacts."""
+
+    def __init__(self, run_id, **artifacts):
+        self.id, self.pathspec = run_id, f"DemoFlow/{run_id}"
+        self.successful, self.created_at, self.finished_at = True, None, None
+        self.end_task = {k: _Artifact(v) for k, v in artifacts.items()}
+
+
+def _two_regions():
+    """Artifacts that give a run two rows in ``pythia runs`` (nothing blessed)."""
+    return {"headline": pd.DataFrame({"eval_region": ["global"], "champion": [True]}),
+            "champions": pd.DataFrame({"region": ["global", "EU"], "champion": [None, None],
+                                       "blessed": [False, False]})}
+
+
+def _print_runs(monkeypatch, fake_runs):
+    monkeypatch.setattr(runs, "open_flow", lambda name: list(fake_runs))  # newest first
+    out = io.StringIO()
+    assert runs.print_runs(out=out) == 0
+    return out.getvalue().splitlines()
+
+
+def test_runs_say_under_a_run_what_moved_since_the_older_one(monkeypatch):
+    # run 3 trained on NEW (its candidates), run 2 recorded OLD at start only, run 1 nothing
+    lines = _print_runs(monkeypatch, [
+        _FakeRun("3", candidates=[{"model": "mlp", "stack": NEW}], stack=OLD, **_two_regions()),
+        _FakeRun("2", stack=OLD), _FakeRun("1")])
+    note = ("  stack differs from run 2: numpy 2.4.5 -> 2.4.6, keras 3.15.0 -> 3.15.1 "
+            "(the same seed may not give the same models)")
+    assert [ln.split()[0] for ln in lines[1:]] == ["3", "3", "stack", "2", "1"]
+    assert lines[3] == note  # under run 3's last row
+    assert sum("stack differs" in ln for ln in lines) == 1  # run 1 has no record: no line
+
+
+def test_runs_say_nothing_when_the_stacks_agree_or_were_not_recorded(monkeypatch):
+    same = _print_runs(monkeypatch, [_FakeRun("2", candidates=[{"stack": OLD}]),
+                                     _FakeRun("1", stack=dict(OLD, onnx=None))])
+    old = _print_runs(monkeypatch, [_FakeRun("2", stack=NEW), _FakeRun("1")])
+    assert len(same) == len(old) == 3
+    assert not any("stack" in ln for ln in same + old)
+
+
+def _report(monkeypatch, **artifacts):
+    monkeypatch.setattr(runs, "open_flow", lambda name: object())
+    monkeypatch.setattr(runs, "open_run", lambda name, rid: _FakeRun("42", **artifacts))
+    out = io.StringIO()
+    assert runs.print_report("42", out=out) == 1  # no headline: it stops after the header
+    return out.getvalue().splitlines()
+
+
+def test_report_prints_the_stack_and_loudly_when_train_tasks_differ(monkeypatch):
+    cands = [{"model": "mlp", "region": "global", "config_id": 0, "stack": NEW},
+             {"model": "mlp", "region": "EU", "config_id": 0, "stack": NEW},
+             {"model": "gbdt", "region": "global", "config_id": 0, "stack": OLD},
+             {"model": "gbdt", "region": "EU", "config_id": 0, "stack": OLD}]
+    lines = _report(monkeypatch, stack=OLD, candidates=cands)
+    assert lines[1] == ("stack: python 3.11.7, numpy 2.4.6, keras 3.15.1, machine x86_64")
+    assert lines[2:-1] == [  # one line per other stack, against the first candidate's
+        "WARNING: THE TRAIN TASKS RAN ON DIFFERENT STACKS: gbdt/global#0 vs mlp/global#0: "
+        "numpy 2.4.6 -> 2.4.5, keras 3.15.1 -> 3.15.0 (the same seed may not give the same "
+        "models)"]
+    # the train tasks agree: the stack line alone; no candidate stacks: the start step's
+    assert _report(monkeypatch, stack=OLD, candidates=cands[:2])[1:-1] == [
+        "stack: python 3.11.7, numpy 2.4.6, keras 3.15.1, machine x86_64"]
+    assert _report(monkeypatch, stack=dict(OLD, torch=None), candidates=[{"model": "mlp"}]
+                   )[1:-1] == ["stack: python 3.11.7, numpy 2.4.5, keras 3.15.0, machine x86_64"]
+    # a run from before the record: no stack line
+    assert not any("stack" in ln for ln in _report(monkeypatch, candidates=[{"model": "mlp"}]))
