@@ -27,7 +27,8 @@ from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # 
 from pythia import (etl, evaluate, models, providers, runs, scoring, source, stack,  # noqa: E402
                     tfrecords)
 from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
-from pythia.paths import RunPaths  # noqa: E402
+from pythia.disk_full import full_disk_errors, task_outputs  # noqa: E402
+from pythia.paths import RunPaths, default_cache_root  # noqa: E402
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pythia.toml")
 
@@ -85,6 +86,12 @@ class DemoFlow(FlowSpec):
         cloned tasks keep the origin run's paths in their manifests)."""
         return RunPaths(self.params.data_root, current.flow_name, current.run_id)
 
+    def full_disk(self, step: str, **task):
+        """A full disk inside the block: one line naming the folder, its free space and the fix,
+        after removing this task's partial output (``task``: etl_hour's hours, train's family)."""
+        return full_disk_errors(step, self.paths.root, task_outputs(step, self.paths, **task),
+                                resume=f"`python {_flow_file()} resume {step}`")
+
     @step
     def start(self):
         """Validate parameters, resolve the source and the window."""
@@ -93,8 +100,11 @@ class DemoFlow(FlowSpec):
                                       model_names=models.MODEL_NAMES,
                                       default_models=models.DEFAULT_MODELS).compiled()
         models.check_model_hparams(self.params.model_hparams)  # [models.*]: before the ETL
-        self.source_path, self.window, self.gaps = source.resolve(
-            self.params, scheduled=source.is_scheduled_run(current.run_id))
+        with full_disk_errors("start", default_cache_root(), root_name="the world cache",
+                              move="set PYTHIA_CACHE to a folder on a larger disk",
+                              resume=f"`python {_flow_file()} run` again"):
+            self.source_path, self.window, self.gaps = source.resolve(
+                self.params, scheduled=source.is_scheduled_run(current.run_id))
         self.run_root = self.paths.base
         # which synthetic world (None: real data): evaluate and the benchmarks check they read it
         self.world_fingerprint = source.world_fingerprint(self.source_path)
@@ -107,8 +117,9 @@ class DemoFlow(FlowSpec):
     @step
     def select_providers(self):
         """Score providers per country from their metrics; overrides win."""
-        self.provider_choice, self.provider_map, self.provider_warnings = providers.choose(
-            self.source_path, self.params, self.paths)
+        with self.full_disk("select_providers"):
+            self.provider_choice, self.provider_map, self.provider_warnings = providers.choose(
+                self.source_path, self.params, self.paths)
         self.next(self.prepare_labels)
 
     @resources(cpu=config.resources.prepare_labels.cpu,
@@ -118,8 +129,9 @@ class DemoFlow(FlowSpec):
         """One label per user from the provider chosen for the user's country."""
         task = self.config.resources.prepare_labels
         threads.configure_task(task.cpu, memory_mb=task.memory)
-        self.labels_manifest = providers.run(self.source_path, self.provider_map, self.params,
-                                             self.paths)
+        with self.full_disk("prepare_labels"):
+            self.labels_manifest = providers.run(self.source_path, self.provider_map,
+                                                 self.params, self.paths)
         self.next(self.etl_hour, foreach="hour_groups")
 
     @resources(cpu=config.resources.etl_hour.cpu, memory=config.resources.etl_hour.memory)
@@ -130,8 +142,9 @@ class DemoFlow(FlowSpec):
         threads.configure_task(task.cpu, memory_mb=task.memory, parallel=True,
                                say=self.index == 0)
         self.hours = list(self.input)
-        self.manifest = etl.run_hours(self.source_path, self.hours, self.window,
-                                      self.labels_manifest, self.params, self.paths)
+        with self.full_disk("etl_hour", hours=self.hours):
+            self.manifest = etl.run_hours(self.source_path, self.hours, self.window,
+                                          self.labels_manifest, self.params, self.paths)
         self.next(self.join_hours)
 
     @resources(cpu=config.resources.join_hours.cpu, memory=config.resources.join_hours.memory)
@@ -147,8 +160,9 @@ class DemoFlow(FlowSpec):
         self.world_fingerprint = getattr(inputs[0], "world_fingerprint", None)
         self.stack = getattr(inputs[0], "stack", None)
         self.hour_manifests = sorted((i.manifest for i in inputs), key=lambda m: m["hours"])
-        (self.split_manifest, self.reconciliation, self.resample_rates,
-         self.quarantine) = etl.join_hours(self.hour_manifests, self.params, self.paths)
+        with self.full_disk("join_hours"):
+            (self.split_manifest, self.reconciliation, self.resample_rates,
+             self.quarantine) = etl.join_hours(self.hour_manifests, self.params, self.paths)
         self.next(self.to_tfrecords)
 
     @resources(cpu=config.resources.to_tfrecords.cpu,
@@ -158,8 +172,9 @@ class DemoFlow(FlowSpec):
         """Vocabularies and statistics from the train days; TFRecord shards per split/region."""
         task = self.config.resources.to_tfrecords
         threads.configure_task(task.cpu, memory_mb=task.memory)
-        self.tf_manifest, self.encoders = tfrecords.convert(self.split_manifest, self.params,
-                                                            self.paths)
+        with self.full_disk("to_tfrecords"):
+            self.tf_manifest, self.encoders = tfrecords.convert(self.split_manifest,
+                                                                self.params, self.paths)
         self.train_families = models.train_families(self.params.models, self.params.regions,
                                                     self.tf_manifest, self.params.search,
                                                     self.params.seed, self.params.model_hparams)
@@ -173,9 +188,10 @@ class DemoFlow(FlowSpec):
         task = self.config.resources.train
         threads.configure_task(task.cpu, memory_mb=task.memory, parallel=True,
                                say=self.index == 0)
-        self.candidates = models.train_family(self.input, self.tf_manifest, self.split_manifest,
-                                              self.params.train, self.params.etl.age_edges,
-                                              self.paths)
+        with self.full_disk("train", family=self.input):
+            self.candidates = models.train_family(
+                self.input, self.tf_manifest, self.split_manifest, self.params.train,
+                self.params.etl.age_edges, self.paths)
         self.next(self.evaluate)
 
     @card(type="blank", id="report", timeout=600)
@@ -189,14 +205,15 @@ class DemoFlow(FlowSpec):
         self.candidates = [c for i in inputs for c in i.candidates]
         bundle, previous_id = runs.previous_bundle(current.flow_name, current.run_id,
                                                    runs.user_split_of(self.split_manifest))
-        results = evaluate.run(self.candidates, self.split_manifest, self.source_path,
-                               self.params.etl.age_edges, self.paths.reports,
-                               evaluate.bundle_scorer(bundle) if bundle else None, previous_id,
-                               baseline_models=evaluate.baseline_models_of(self.candidates),
-                               z_min=self.params.z_min,
-                               in_between_gauge=self.params.in_between_gauge,
-                               # None on a run resumed from before the record
-                               world_fingerprint=getattr(self, "world_fingerprint", None))
+        with self.full_disk("evaluate"):
+            results = evaluate.run(self.candidates, self.split_manifest, self.source_path,
+                                   self.params.etl.age_edges, self.paths.reports,
+                                   evaluate.bundle_scorer(bundle) if bundle else None, previous_id,
+                                   baseline_models=evaluate.baseline_models_of(self.candidates),
+                                   z_min=self.params.z_min,
+                                   in_between_gauge=self.params.in_between_gauge,
+                                   # None on a run resumed from before the record
+                                   world_fingerprint=getattr(self, "world_fingerprint", None))
         self.metrics, self.champions, self.headline = (
             results["metrics"], results["champions"], results["headline"])
         self.distributions, self.gauge = results["distributions"], results["gauge"]
@@ -214,8 +231,9 @@ class DemoFlow(FlowSpec):
             runs.previous_champions(current.flow_name, current.run_id,
                                     runs.user_split_of(self.split_manifest)), current.pathspec,
             baseline_models=evaluate.baseline_models_of(self.candidates))
-        self.bundle_path = scoring.export_champions(chosen, self.encoders, self.params.geo,
-                                                    current.pathspec, self.paths.bundle)
+        with self.full_disk("end"):
+            self.bundle_path = scoring.export_champions(chosen, self.encoders, self.params.geo,
+                                                        current.pathspec, self.paths.bundle)
         print(runs.summary_text(self, current.flow_name, current.run_id, _flow_file()))
 
 

@@ -13,15 +13,17 @@ folder, the free space left there, what was removed and the fix, with the origin
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import re
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from pythia import storage
 from pythia.errors import file_in_text, is_spark_error
+from pythia.paths import RunPaths, join
 
 _NAMED_FULL = re.compile(r"(/[^\s:()\[\]]+) \((?:No space left on device|Disk quota exceeded)\)")
 
@@ -115,12 +117,20 @@ def _bytes_under(path: str) -> int:
     return total
 
 
+def staged(path: str) -> list[str]:
+    """The hidden staging siblings of ``path`` a writer killed mid-way may leave (``.tmp-<hex>-
+    <name>``: ``storage.staged_dir`` and ``write_bytes_atomic``'s names)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    return sorted(glob.glob(os.path.join(glob.escape(parent), f".tmp-*-{glob.escape(name)}")))
+
+
 def remove_partial(paths: Iterable[str]) -> tuple[list[str], int]:
-    """Remove the local files and folders among ``paths`` that exist; returns (the removed
-    ones, their bytes). S3 prefixes are left: no local disk holds them."""
+    """Remove the local files and folders among ``paths`` that exist, and their staging
+    siblings; returns (the removed ones, their bytes). S3 prefixes are left: no local disk
+    holds them."""
     removed, freed = [], 0
-    for p in paths:
-        if storage.is_s3(p) or not os.path.lexists(p):
+    for p in [q for p in paths if not storage.is_s3(p) for q in [p, *staged(p)]]:
+        if not os.path.lexists(p):
             continue
         freed += _bytes_under(p)
         if os.path.isdir(p) and not os.path.islink(p):
@@ -144,25 +154,28 @@ def scratch_folders() -> list[str]:
 
 
 def message(step: str, exc: BaseException, data_root: str, removed: list[str], freed: int,
-            resume: str) -> str:
-    """The one line: where the disk is full, its free space now, what was removed, the fix."""
+            resume: str, root_name: str = "the data root",
+            move: str = "start a new run with --data_root on a larger disk") -> str:
+    """The one line: where the disk is full, its free space now, what was removed, the fix.
+    ``root_name`` names ``data_root`` (the folder the step writes under) and ``move`` is the
+    fix that puts it on another disk."""
     path = failing_path(exc)
     local_root = not storage.is_s3(data_root)
     if path is not None and (not local_root or _under(path, data_root)):
         where = f"{path} ({free_text(path)} now)"
         fix = ("free space on that disk (keep this run's folder: `resume` reads its finished "
-               "steps) or start a new run with --data_root on a larger disk")
+               f"steps) or {move}")
     elif path is not None:  # outside the data root: a scratch folder (Spark's, the temp one)
         where = f"{path} ({free_text(path)} now)"
         fix = (SPARK_SCRATCH_HINT if "blockmgr-" in path or "spark-" in path else
                "free space on that disk or set TMPDIR to a folder on a disk with room")
     elif not _from_spark(exc):  # pyarrow names no file: the step writes under the data root
-        where = f"the data root {data_root}" + (f" ({free_text(data_root)} now)"
-                                                 if local_root else "")
+        where = f"{root_name} {data_root}" + (f" ({free_text(data_root)} now)"
+                                               if local_root else "")
         fix = ("free space on that disk (keep this run's folder: `resume` reads its finished "
-               "steps) or start a new run with --data_root on a larger disk")
+               f"steps) or {move}")
     else:  # Spark often names no file: the disks it may have filled, with their free space
-        disks = ([f"the data root {data_root} ({free_text(data_root)})"] if local_root else [])
+        disks = [f"{root_name} {data_root} ({free_text(data_root)})"] if local_root else []
         disks += [f"the scratch folder {d} ({free_text(d)})" for d in scratch_folders()]
         where = "one of " + ", ".join(disks) if len(disks) > 1 else disks[0]
         fix = ("free space on the full one (keep this run's folder: `resume` reads its finished "
@@ -173,12 +186,35 @@ def message(step: str, exc: BaseException, data_root: str, removed: list[str], f
             f"Fix: {fix}, then {resume}")
 
 
+def task_outputs(step: str, paths: RunPaths, hours: Sequence[int] = (),
+                 family: Mapping[str, Any] | None = None) -> list[str]:
+    """The files and folders under the run's data root that only this step's task writes (for
+    ``etl_hour`` the task's ``hours``, for ``train`` its ``family``: model, config_id,
+    regions): what a full disk makes the task remove. ``start`` writes the world cache."""
+    q = paths.quarantine
+    if step == "etl_hour":
+        own = paths.etl_hours(list(hours))
+        return [own, join(q, "impressions", own.rsplit("/", 1)[-1])]
+    if step == "train":
+        f = family or {}
+        return [p for r in f.get("regions", ()) for p in (
+            paths.model(f["model"], r, f["config_id"]),
+            paths.predictions(f["model"], r, f["config_id"]))]
+    return {"select_providers": [join(q, "provider_metrics")],
+            "prepare_labels": [paths.labels, join(q, "labels")],
+            "join_hours": [paths.splits, paths.etl_duplicates,
+                           join(q, "impressions", "duplicates_across_tasks")],
+            "to_tfrecords": [paths.tfrecords], "evaluate": [paths.reports],
+            "end": [paths.bundle]}.get(step, [])
+
+
 @contextmanager
 def full_disk_errors(step: str, data_root: str, partial: Iterable[str] = (),
-                     resume: str | None = None) -> Iterator[None]:
+                     resume: str | None = None, **names: str) -> Iterator[None]:
     """Re-raise a full disk inside the block as one ``OSError(ENOSPC)`` line (cause kept),
     after removing ``partial``: the files and folders only this task writes. ``resume`` is the
-    command the fix proposes (default ``python flows/demo_flow.py resume <step>``)."""
+    command the fix proposes (default ``python flows/demo_flow.py resume <step>``); ``names``:
+    ``message``'s ``root_name`` and ``move``."""
     try:
         yield
     except Exception as exc:
@@ -186,5 +222,5 @@ def full_disk_errors(step: str, data_root: str, partial: Iterable[str] = (),
             raise
         removed, freed = remove_partial(list(partial))
         text = message(step, exc, data_root, removed, freed,
-                       resume or f"`python flows/demo_flow.py resume {step}`")
+                       resume or f"`python flows/demo_flow.py resume {step}`", **names)
         raise OSError(errno.ENOSPC, text) from exc

@@ -147,6 +147,57 @@ def test_other_failures_pass_unchanged_and_remove_nothing(tmp_path):
     assert (mine / "rows" / "part-0.parquet").exists()
 
 
+def test_staging_siblings_go_too_and_only_they(tmp_path):
+    root, mine, other, _ = _task_output(tmp_path)
+    left = mine.parent / f".tmp-0a1b-{mine.name}"  # a killed writer's staged folder
+    (left / "rows").mkdir(parents=True)
+    (left / "rows" / "part-0.parquet").write_bytes(b"x" * 100)
+    theirs = other.parent / f".tmp-0a1b-{other.name}"
+    theirs.mkdir()
+    removed, freed = disk_full.remove_partial([str(mine)])
+    assert removed == [str(mine), str(left)] and freed == 4100
+    assert theirs.exists() and other.exists()
+
+
+def test_a_dataset_writer_aborted_on_a_full_disk_leaves_no_staged_folder(tmp_path):
+    """The footer write of an aborted writer fails on a full disk too; the staged folder must
+    go all the same, and the next writer's abort must still run."""
+    from pythia.etl.io import ArrowDatasetWriter
+
+    class FullDisk:
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    writers = [ArrowDatasetWriter(str(tmp_path / name)) for name in ("rows", "ids")]
+    for w in writers:
+        w.write(pa.table({"a": [1, 2]}))
+    writers[0]._writer.close()
+    writers[0]._writer = FullDisk()
+    for w in writers:
+        w.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_s3_outputs_are_not_removed(tmp_path):
     removed, freed = disk_full.remove_partial(["s3://bucket/run/etl/hours=00"])
     assert removed == [] and freed == 0
+
+
+def test_every_step_of_the_flow_runs_inside_the_guard():
+    """Each DemoFlow step's work is inside ``full_disk`` / ``full_disk_errors`` (a new step
+    that forgets would stop on a full disk with a raw writer error)."""
+    import ast
+    from pathlib import Path
+    flow = Path(__file__).resolve().parent.parent / "flows" / "demo_flow.py"
+    tree = ast.parse(flow.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DemoFlow")
+    steps = [f for f in cls.body if isinstance(f, ast.FunctionDef)
+             and any(getattr(d, "id", None) == "step" for d in f.decorator_list)]
+    assert len(steps) == 9
+    for f in steps:
+        guards = [w for w in ast.walk(f) if isinstance(w, ast.With)
+                  and any(isinstance(i.context_expr, ast.Call)
+                          and ast.unparse(i.context_expr.func) in ("self.full_disk",
+                                                                   "full_disk_errors")
+                          for i in w.items)]
+        assert guards, f"step {f.name} writes outside the full-disk guard"

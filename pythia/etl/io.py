@@ -95,9 +95,13 @@ class ArrowDatasetWriter:
         if self._done:
             return
         self._done = True
-        if self._writer is not None:
-            self._writer.close()
-        self._stage.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except OSError:  # e.g. a full disk fails the footer too: the folder goes all the same
+            pass
+        finally:
+            self._stage.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def __enter__(self) -> "ArrowDatasetWriter":
         return self

@@ -1,0 +1,103 @@
+"""DemoFlow on a disk that fills up: the failed step says so in one line naming the data root
+and its free space, removes its task's partial output, and ``resume`` finishes the run once
+there is room. The data root is a real small tmpfs (``mount`` needs root and CAP_SYS_ADMIN;
+without them the tests skip and say why); the datastore stays on the normal disk."""
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pythia.disk_full import task_outputs
+from pythia.paths import RunPaths
+
+from flow_fixtures import flow_env, runner as _runner  # noqa: F401,F811  (fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+ONE_LINE = re.compile(r"etl_hour: no space left on the disk writing to (.*?); "
+                      r"removed this task's partial output \([0-9.]+ [KM]?B: ([^)]*)\)\. "
+                      r"Fix: (.*), then `python \S*demo_flow\.py resume etl_hour`")
+
+
+def _mount(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs (the tiny world's labels fit, its etl_hour output does not)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = _mount(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)])
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield disk
+    _mount(["umount", "-l", str(disk)])
+
+
+def _failed_lines(run) -> list[str]:
+    failed = [t for t in run["etl_hour"].tasks() if not t.successful]
+    assert failed, "no etl_hour task failed: the disk was not full"
+    lines = [ln for t in failed for ln in t.stderr.splitlines() if ONE_LINE.search(ln)]
+    assert lines, "no one-line disk-full error in the failed etl_hour tasks' stderr: " + " | ".join(
+        t.stderr[-1500:] for t in failed)
+    return lines
+
+
+def test_a_full_data_root_stops_in_one_line_and_resume_finishes(flow_env, small_disk):
+    _, env = flow_env
+    env = {**env, "PYTHIA_DATA_ROOT": str(small_disk / "data")}
+    args = dict(source="synthetic://tiny", models="logreg", regions="global")
+    with _runner(env) as runner:
+        failed = runner.run(**args).run
+    assert not failed.successful
+    lines = _failed_lines(failed)
+    assert lines, "the failed etl_hour task did not print the one-line disk-full error"
+    for line in lines:
+        where, removed, fix = ONE_LINE.search(line).groups()
+        assert where.startswith(f"the data root {small_disk / 'data'} (")
+        assert " free of 1.0 MB now" in where
+        assert "--data_root on a larger disk" in fix
+        for path in removed.split(", "):  # the task's partial output is gone
+            assert re.search(f"/{failed.id}/(etl|quarantine/impressions)/hours=", path)
+            assert not Path(path).exists()
+    _mount(["mount", "-o", "remount,size=64m", str(small_disk)])  # the user makes room
+    with _runner(env) as runner:
+        resumed = runner.resume(origin_run_id=failed.id).run
+    assert resumed.successful
+    assert Path(resumed.data.bundle_path, "bundle.json").exists()
+    # every file either run wrote belongs to exactly one task's outputs (what a full disk
+    # removes): no other task's file is ever removed, and nothing is left unowned
+    root = str(small_disk / "data")
+    for run in (failed, resumed):
+        paths = RunPaths(root, "DemoFlow", run.id)
+        outputs = [p for s in ("select_providers", "prepare_labels", "join_hours",
+                               "to_tfrecords", "evaluate", "end")
+                   for p in task_outputs(s, paths)]
+        outputs += [p for hours in resumed["start"].task.data.hour_groups
+                    for p in task_outputs("etl_hour", paths, hours=hours)]
+        outputs += [p for family in resumed["to_tfrecords"].task.data.train_families
+                    for p in task_outputs("train", paths, family=family)]
+        files = [f for f in Path(paths.base).rglob("*") if f.is_file()]
+        assert files
+        for f in files:
+            owners = [o for o in outputs if str(f) == o or str(f).startswith(o + "/")]
+            assert len(owners) == 1, f"{f} is in {len(owners)} task outputs: {owners}"
+
+
+def test_spark_on_a_full_data_root_names_the_file_it_was_writing(flow_env, small_disk):
+    _, env = flow_env
+    env = {**env, "PYTHIA_DATA_ROOT": str(small_disk / "data"), "PYTHIA_DRIVER_MAX_ROWS": "0"}
+    with _runner(env) as runner:
+        failed = runner.run(source="synthetic://tiny", models="logreg", regions="global").run
+    assert not failed.successful
+    lines = _failed_lines(failed)
+    assert lines, "the failed etl_hour task did not print the one-line disk-full error"
+    for line in lines:
+        where, removed, _ = ONE_LINE.search(line).groups()
+        # Spark names the file of its failed write, under this task's output folder
+        assert where.startswith(f"{small_disk / 'data'}/DemoFlow/{failed.id}/etl/hours=")
+        for path in removed.split(", "):
+            assert re.search(f"/{failed.id}/(etl|quarantine/impressions)/hours=", path)
+            assert not Path(path).exists()
