@@ -153,6 +153,15 @@ def scratch_folders() -> list[str]:
     return dirs or [tempfile.gettempdir()]
 
 
+def _removed_text(removed: list[str], freed: int) -> str:
+    """'1.5 MB under /data/DemoFlow/1: models/a, predictions/a.parquet' (one path: itself)."""
+    if len(removed) == 1:
+        return f"{_size(freed)}: {removed[0]}"
+    base = os.path.commonpath([os.path.abspath(p) for p in removed])
+    rel = [os.path.relpath(os.path.abspath(p), base) for p in removed]
+    return f"{_size(freed)} under {base}: {', '.join(rel)}"
+
+
 def message(step: str, exc: BaseException, data_root: str, removed: list[str], freed: int,
             resume: str, root_name: str = "the data root",
             move: str = "start a new run with --data_root on a larger disk") -> str:
@@ -180,8 +189,8 @@ def message(step: str, exc: BaseException, data_root: str, removed: list[str], f
         where = "one of " + ", ".join(disks) if len(disks) > 1 else disks[0]
         fix = ("free space on the full one (keep this run's folder: `resume` reads its finished "
                f"steps), or {SPARK_SCRATCH_HINT}")
-    gone = (f"removed this task's partial output ({_size(freed)}: "
-            f"{', '.join(removed)})" if removed else "no partial output to remove")
+    gone = (f"removed this task's partial output ({_removed_text(removed, freed)})" if removed
+            else "no partial output to remove")
     return (f"{step}: no space left on the disk writing to {where}; {gone}. "
             f"Fix: {fix}, then {resume}")
 

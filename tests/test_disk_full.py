@@ -90,8 +90,10 @@ def test_a_full_disk_becomes_one_line_and_frees_the_partial_output(tmp_path):
     assert err.errno == errno.ENOSPC and "\n" not in text
     assert text.startswith("[Errno 28] etl_hour: no space left on the disk writing to ")
     assert f"writing to the data root {root} (" in text and " free of " in text  # its room
-    assert "removed this task's partial output (3.9 KB: " in text  # 3000 + 1000 + 24 bytes
-    assert str(mine) in text and str(single) in text and str(missing) not in text
+    # 3000 + 1000 + 24 bytes, under the two paths' common folder
+    assert (f"removed this task's partial output (3.9 KB under {root}/DemoFlow/1: "
+            "etl/hours=00-01, predictions/mlp__global__0.parquet)") in text
+    assert "never-written" not in text
     assert "resume` reads its finished steps" in text and "SPARK" not in text
     assert text.endswith("then `python flows/demo_flow.py resume etl_hour`")
     assert isinstance(err.__cause__, OSError) and "Error writing bytes" in str(err.__cause__)

@@ -16,7 +16,7 @@ from flow_fixtures import flow_env, runner as _runner  # noqa: F401,F811  (fixtu
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 ONE_LINE = re.compile(r"etl_hour: no space left on the disk writing to (.*?); "
-                      r"removed this task's partial output \([0-9.]+ [KM]?B: ([^)]*)\)\. "
+                      r"removed this task's partial output \(([^)]*)\)\. "
                       r"Fix: (.*), then `python \S*demo_flow\.py resume etl_hour`")
 
 
@@ -34,6 +34,13 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
     yield disk
     _mount(["umount", "-l", str(disk)])
+
+
+def _removed(text: str) -> list[str]:
+    """The paths of the line's 'removed …' part: '1.2 KB: /a' or '1.2 KB under /b: c, d'."""
+    size_and_base, _, names = text.partition(": ")
+    base = size_and_base.split(" under ")[1] if " under " in size_and_base else ""
+    return [str(Path(base, n)) if base else n for n in names.split(", ")]
 
 
 def _failed_lines(run) -> list[str]:
@@ -59,7 +66,7 @@ def test_a_full_data_root_stops_in_one_line_and_resume_finishes(flow_env, small_
         assert where.startswith(f"the data root {small_disk / 'data'} (")
         assert " free of 1.0 MB now" in where
         assert "--data_root on a larger disk" in fix
-        for path in removed.split(", "):  # the task's partial output is gone
+        for path in _removed(removed):  # the task's partial output is gone
             assert re.search(f"/{failed.id}/(etl|quarantine/impressions)/hours=", path)
             assert not Path(path).exists()
     _mount(["mount", "-o", "remount,size=64m", str(small_disk)])  # the user makes room
@@ -98,6 +105,6 @@ def test_spark_on_a_full_data_root_names_the_file_it_was_writing(flow_env, small
         where, removed, _ = ONE_LINE.search(line).groups()
         # Spark names the file of its failed write, under this task's output folder
         assert where.startswith(f"{small_disk / 'data'}/DemoFlow/{failed.id}/etl/hours=")
-        for path in removed.split(", "):
+        for path in _removed(removed):
             assert re.search(f"/{failed.id}/(etl|quarantine/impressions)/hours=", path)
             assert not Path(path).exists()
