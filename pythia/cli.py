@@ -155,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         # "Note on SIGPIPE")
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:  # a full disk: one line naming the folder and its free space
+        from pythia import disk_full
+        if not disk_full.is_disk_full(exc):
+            raise
+        outs = [o for o in (getattr(args, "out", None), getattr(args, "openrtb", None)) if o]
+        print(f"pythia {args.command}: {disk_full.cli_message(exc, outs)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

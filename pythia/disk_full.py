@@ -195,6 +195,20 @@ def message(step: str, exc: BaseException, data_root: str, removed: list[str], f
             f"Fix: {fix}, then {resume}")
 
 
+def cli_message(exc: BaseException, outputs: Sequence[str]) -> str:
+    """A command's one line on a full disk: where (the file the error names, else the command's
+    output folders, else standard output), the free space there, and the fix. The commands
+    publish a file only once it is complete (synth and ingest stage the whole output), so
+    there is nothing half-written to remove."""
+    path = failing_path(exc)
+    local = [o for o in outputs if not storage.is_s3(o)]
+    places = [path] if path else local
+    where = (", ".join(f"{p} ({free_text(p)} now)" for p in places) if places
+             else "standard output (redirected to a full disk?)")
+    return (f"no space left on the disk writing to {where}; files are published only when "
+            "complete. Fix: free space there, or write to a folder on a larger disk")
+
+
 def task_outputs(step: str, paths: RunPaths, hours: Sequence[int] = (),
                  family: Mapping[str, Any] | None = None) -> list[str]:
     """The files and folders under the run's data root that only this step's task writes (for

@@ -53,3 +53,21 @@ def point_estimate_config(folder) -> Path:
     path = Path(folder) / "pythia-z0.toml"
     path.write_text(text.replace("\nz_min = 2.0 ", "\nz_min = 0.0 "))
     return path
+
+
+def mount_tmpfs(folder: Path, size: str) -> Path:
+    """A tmpfs of ``size`` (e.g. '1m') at ``folder``: a real small disk that fills up. Needs
+    root and CAP_SYS_ADMIN; the test skips, saying why, without them. Unmount with
+    ``umount_tmpfs``."""
+    import subprocess
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    return folder
+
+
+def umount_tmpfs(folder: Path) -> None:
+    import subprocess
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -203,3 +203,41 @@ def test_every_step_of_the_flow_runs_inside_the_guard():
                                                                    "full_disk_errors")
                           for i in w.items)]
         assert guards, f"step {f.name} writes outside the full-disk guard"
+
+
+def _line_of(stderr: str, head: str) -> str:
+    """The one line starting with ``head`` (a progress bar's ``\\r`` redraws print around
+    it)."""
+    lines = [ln[ln.index(head):] for ln in stderr.splitlines() if head in ln]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    from flow_fixtures import mount_tmpfs, umount_tmpfs
+    disk = mount_tmpfs(tmp_path / "disk", "1m")
+    yield disk
+    umount_tmpfs(disk)
+
+
+def test_commands_on_a_full_disk_say_so_in_one_line_and_leave_nothing(full_disk, tmp_path,
+                                                                        capsys):
+    """``pythia synth`` and ``pythia ingest openrtb`` writing to a real 1 MB disk: exit 1, one
+    line naming the folder and its free space, and no file or staging folder left there."""
+    from pythia import cli
+    assert cli.main(["synth", "--preset", "tiny", "--out", str(full_disk / "world")]) == 1
+    err = _line_of(capsys.readouterr().err, "pythia synth:")
+    assert err.startswith(f"pythia synth: no space left on the disk writing to "
+                          f"{full_disk / 'world'} (")
+    assert " free of 1.0 MB now); files are published only when complete. Fix: " in err
+    assert list(full_disk.iterdir()) == []
+    logs = tmp_path / "rtb"  # bid logs on the normal disk, ingested onto the full one
+    assert cli.main(["synth", "--preset", "tiny", "--out", str(tmp_path / "w"),
+                     "--openrtb", str(logs)]) == 0
+    capsys.readouterr()
+    assert cli.main(["ingest", "openrtb", str(logs), "--out", str(full_disk / "src")]) == 1
+    err = _line_of(capsys.readouterr().err, "pythia ingest:")
+    assert err.startswith(f"pythia ingest: no space left on the disk writing to "
+                          f"{full_disk / 'src'} (")
+    assert [p for p in full_disk.rglob("*") if p.is_file()] == []

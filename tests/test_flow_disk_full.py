@@ -11,7 +11,8 @@ import pytest
 from pythia.disk_full import task_outputs
 from pythia.paths import RunPaths
 
-from flow_fixtures import flow_env, runner as _runner  # noqa: F401,F811  (fixture)
+from flow_fixtures import flow_env, mount_tmpfs, umount_tmpfs  # noqa: F401  (fixture)
+from flow_fixtures import runner as _runner
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -27,13 +28,9 @@ def _mount(cmd: list[str]) -> subprocess.CompletedProcess:
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MB tmpfs (the tiny world's labels fit, its etl_hour output does not)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = _mount(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)])
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    disk = mount_tmpfs(tmp_path / "disk", "1m")
     yield disk
-    _mount(["umount", "-l", str(disk)])
+    umount_tmpfs(disk)
 
 
 def _removed(text: str) -> list[str]:
