@@ -1,4 +1,5 @@
-"""`pythia …` console commands: synth, ingest, runs, report, timings, score, serve, bench.
+"""`pythia …` console commands: synth, ingest, runs, report, timings, clean, score, serve,
+bench.
 
 Imports are lazy so each command only pays for what it uses (the scorer never loads TensorFlow).
 """
@@ -39,6 +40,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_timings(args: argparse.Namespace) -> int:
     from pythia.runs import print_timings
     return print_timings(run_id=args.run_id, flow_name=args.flow)
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from pythia.clean import run_clean
+    from pythia.paths import default_data_root
+    return run_clean(args.data_root or default_data_root(), args.keep, args.yes,
+                     flow_name=args.flow)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -117,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?", default=None)
     p.add_argument("--flow", default="DemoFlow")
     p.set_defaults(func=_cmd_timings)
+
+    p = sub.add_parser("clean", help="free the data root of old runs' files, keeping what "
+                                     "later runs and resume read (prints the plan; --yes acts)")
+    p.add_argument("--keep", type=int, default=3, help="newest successful runs to keep (>= 1)")
+    p.add_argument("--data_root", default=None,
+                   help="the flows' --data_root (default: PYTHIA_DATA_ROOT, else ./.pythia/data)")
+    p.add_argument("--yes", action="store_true", help="remove the folders the plan marks")
+    p.add_argument("--flow", default="DemoFlow")
+    p.set_defaults(func=_cmd_clean)
 
     p = sub.add_parser("score", help="score JSONL requests from stdin with a bundle")
     g = p.add_mutually_exclusive_group()

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from pythia import storage
+from pythia.scratch import tree_bytes
 from pythia.errors import file_in_text, is_spark_error
 from pythia.paths import RunPaths, join
 
@@ -32,6 +33,8 @@ FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # (java.io.IOException), pyarrow's wrapped status ("[errno 28]"), a quota
 _MARKERS = ("No space left on device", "Disk quota exceeded", "[errno 28]", "[Errno 28]",
             "[errno 122]", "[Errno 122]")
+FREE_HERE = ("free space on that disk (`pythia clean` removes old runs' files and keeps this "
+             "run's: `resume` reads its finished steps)")
 SPARK_SCRATCH_HINT = ("Spark's scratch folder (spark.local.dir, /tmp by default): set "
                       "SPARK_LOCAL_DIRS to a folder on a disk with room")
 
@@ -93,10 +96,10 @@ def _existing(path: str) -> str:
 def free_text(path: str) -> str:
     """'12.3 MB free of 1.0 GB' for the disk holding ``path`` (its nearest existing folder)."""
     usage = shutil.disk_usage(_existing(path))
-    return f"{_size(usage.free)} free of {_size(usage.total)}"
+    return f"{size_text(usage.free)} free of {size_text(usage.total)}"
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -104,17 +107,11 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _bytes_under(path: str) -> int:
+def bytes_under(path: str) -> int:
+    """The bytes of the file at ``path``, or of the files under the folder (0 when gone)."""
     if os.path.isfile(path) or os.path.islink(path):
         return os.lstat(path).st_size
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                pass
-    return total
+    return tree_bytes(path)
 
 
 def staged(path: str) -> list[str]:
@@ -132,7 +129,7 @@ def remove_partial(paths: Iterable[str]) -> tuple[list[str], int]:
     for p in [q for p in paths if not storage.is_s3(p) for q in [p, *staged(p)]]:
         if not os.path.lexists(p):
             continue
-        freed += _bytes_under(p)
+        freed += bytes_under(p)
         if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -156,10 +153,10 @@ def scratch_folders() -> list[str]:
 def _removed_text(removed: list[str], freed: int) -> str:
     """'1.5 MB under /data/DemoFlow/1: models/a, predictions/a.parquet' (one path: itself)."""
     if len(removed) == 1:
-        return f"{_size(freed)}: {removed[0]}"
+        return f"{size_text(freed)}: {removed[0]}"
     base = os.path.commonpath([os.path.abspath(p) for p in removed])
     rel = [os.path.relpath(os.path.abspath(p), base) for p in removed]
-    return f"{_size(freed)} under {base}: {', '.join(rel)}"
+    return f"{size_text(freed)} under {base}: {', '.join(rel)}"
 
 
 def message(step: str, exc: BaseException, data_root: str, removed: list[str], freed: int,
@@ -172,8 +169,7 @@ def message(step: str, exc: BaseException, data_root: str, removed: list[str], f
     local_root = not storage.is_s3(data_root)
     if path is not None and (not local_root or _under(path, data_root)):
         where = f"{path} ({free_text(path)} now)"
-        fix = ("free space on that disk (keep this run's folder: `resume` reads its finished "
-               f"steps) or {move}")
+        fix = f"{FREE_HERE} or {move}"
     elif path is not None:  # outside the data root: a scratch folder (Spark's, the temp one)
         where = f"{path} ({free_text(path)} now)"
         fix = (SPARK_SCRATCH_HINT if "blockmgr-" in path or "spark-" in path else
@@ -181,14 +177,13 @@ def message(step: str, exc: BaseException, data_root: str, removed: list[str], f
     elif not _from_spark(exc):  # pyarrow names no file: the step writes under the data root
         where = f"{root_name} {data_root}" + (f" ({free_text(data_root)} now)"
                                                if local_root else "")
-        fix = ("free space on that disk (keep this run's folder: `resume` reads its finished "
-               f"steps) or {move}")
+        fix = f"{FREE_HERE} or {move}"
     else:  # Spark often names no file: the disks it may have filled, with their free space
         disks = [f"{root_name} {data_root} ({free_text(data_root)})"] if local_root else []
         disks += [f"the scratch folder {d} ({free_text(d)})" for d in scratch_folders()]
         where = "one of " + ", ".join(disks) if len(disks) > 1 else disks[0]
-        fix = ("free space on the full one (keep this run's folder: `resume` reads its finished "
-               f"steps), or {SPARK_SCRATCH_HINT}")
+        fix = ("free space on the full one (`pythia clean` removes old runs' files and keeps "
+               f"this run's: `resume` reads its finished steps), or {SPARK_SCRATCH_HINT}")
     gone = (f"removed this task's partial output ({_removed_text(removed, freed)})" if removed
             else "no partial output to remove")
     return (f"{step}: no space left on the disk writing to {where}; {gone}. "

@@ -229,9 +229,9 @@ def _reclaim(path: str) -> int | None:
             return None
         if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
             return None
-        size = _tree_bytes(path)
+        size = tree_bytes(path)
         _remove(path)
-        return size - _tree_bytes(path)
+        return size - tree_bytes(path)
     finally:
         os.close(fd)  # only now may anyone else lock it (the file is gone by then)
 
@@ -260,7 +260,7 @@ def _remove(path: str) -> None:
         pass
 
 
-def _tree_bytes(path: str) -> int:
+def tree_bytes(path: str) -> int:
     """The sizes of the files under ``path`` (0 when it is gone)."""
     total = 0
     for root, _, files in os.walk(path):

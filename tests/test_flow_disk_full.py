@@ -2,6 +2,7 @@
 and its free space, removes its task's partial output, and ``resume`` finishes the run once
 there is room. The data root is a real small tmpfs (``mount`` needs root and CAP_SYS_ADMIN;
 without them the tests skip and say why); the datastore stays on the normal disk."""
+import io
 import re
 import subprocess
 from pathlib import Path
@@ -71,6 +72,15 @@ def test_a_full_data_root_stops_in_one_line_and_resume_finishes(flow_env, small_
         resumed = runner.resume(origin_run_id=failed.id).run
     assert resumed.successful
     assert Path(resumed.data.bundle_path, "bundle.json").exists()
+    # `pythia clean` keeps the failed origin: the resumed run's cloned steps read its files
+    from pythia.clean import run_clean
+    out = io.StringIO()
+    assert run_clean(str(small_disk / "data"), keep=1, yes=True, out=out) == 0
+    plan = out.getvalue()
+    assert f"keep   {failed.id} failed" in plan
+    assert f"run {resumed.id}, kept, was resumed from it and reads its files" in plan
+    assert "removed 0 run folder(s)" in plan
+    assert (small_disk / "data" / "DemoFlow" / failed.id).is_dir()
     # every file either run wrote belongs to exactly one task's outputs (what a full disk
     # removes): no other task's file is ever removed, and nothing is left unowned
     root = str(small_disk / "data")
