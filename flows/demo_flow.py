@@ -24,8 +24,8 @@ threads.install()  # passive OpenMP waiting: must be set before numpy/sklearn/to
 from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # noqa: E402
                       schedule, step)
 
-from pythia import (etl, evaluate, models, providers, runs, scoring, source, stack,  # noqa: E402
-                    tfrecords)
+from pythia import (disk_budget, etl, evaluate, models, providers, runs, scoring,  # noqa: E402
+                    source, stack, tfrecords)
 from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
 from pythia.disk_full import full_disk_errors, task_outputs  # noqa: E402
 from pythia.paths import RunPaths, default_cache_root  # noqa: E402
@@ -106,6 +106,9 @@ class DemoFlow(FlowSpec):
             self.source_path, self.window, self.gaps = source.resolve(
                 self.params, scheduled=source.is_scheduled_run(current.run_id))
         self.run_root = self.paths.base
+        # will it fit? one line, a loud one when the estimate exceeds the free space
+        self.source_bytes = disk_budget.check(self.source_path, self.window, self.paths.root,
+                                              current.flow_name, current.run_id)
         # which synthetic world (None: real data): evaluate and the benchmarks check they read it
         self.world_fingerprint = source.world_fingerprint(self.source_path)
         self.stack = stack.versions()  # the driver's libraries (each train candidate has its own)

@@ -39,7 +39,7 @@ class Entry:
     reason: str
 
 
-def _origin(run: Any) -> str | None:
+def resumed_from(run: Any) -> str | None:
     """The run ``run`` was resumed from (its start task's ``origin-run-id``), or None."""
     try:
         value = run["start"].task.metadata_dict.get("origin-run-id")
@@ -74,10 +74,11 @@ def plan(folders: dict[str, str], runs: Iterable[Any], keep: int) -> list[Entry]
         elif status[run_id] == "running":  # of any age: it may still be writing
             reasons[run_id] = "running (or killed without a record): it may still be writing"
     for run_id in list(reasons):  # resume chains: the origin's files are read by the clone
-        child, origin = run_id, _origin(by_id[run_id])
+        child, origin = run_id, resumed_from(by_id[run_id])
         while origin is not None and origin not in reasons:
             reasons[origin] = f"run {child}, kept, was resumed from it and reads its files"
-            child, origin = origin, (_origin(by_id[origin]) if origin in by_id else None)
+            child, origin = origin, (resumed_from(by_id[origin]) if origin in by_id
+                                     else None)
     entries = []
     for run_id, path in folders.items():
         if run_id not in by_id:

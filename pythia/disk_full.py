@@ -86,7 +86,8 @@ def failing_path(exc: BaseException) -> str | None:
     return None
 
 
-def _existing(path: str) -> str:
+def existing_parent(path: str) -> str:
+    """``path``, or its nearest existing parent (a folder not made yet)."""
     path = os.path.abspath(path)
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
@@ -95,7 +96,7 @@ def _existing(path: str) -> str:
 
 def free_text(path: str) -> str:
     """'12.3 MB free of 1.0 GB' for the disk holding ``path`` (its nearest existing folder)."""
-    usage = shutil.disk_usage(_existing(path))
+    usage = shutil.disk_usage(existing_parent(path))
     return f"{size_text(usage.free)} free of {size_text(usage.total)}"
 
 

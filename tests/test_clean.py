@@ -116,4 +116,4 @@ def test_no_folders_no_work(tmp_path, monkeypatch, capsys):
 def test_a_run_not_resumed_has_no_origin(value):
     run = _Run("1", "successful")
     run.steps[-1][0].metadata_dict["origin-run-id"] = value
-    assert clean._origin(run) is None
+    assert clean.resumed_from(run) is None

@@ -348,6 +348,12 @@ def test_openrtb_round_trip_gives_the_same_splits(tiny_run, flow_env, tmp_path):
     assert run.successful, result.stderr[-4000:]
     assert run.data.window == tiny_run.data.window
     assert dict(run.data.split_manifest["rows"]) == dict(tiny_run.data.split_manifest["rows"])
+    # the start step's disk line: this run's need estimated from tiny_run's folder and bytes
+    from pythia.disk_budget import window_bytes
+    disk = [ln for ln in run["start"].task.stdout.splitlines() if ln.startswith("disk: ")]
+    assert len(disk) == 1 and f"; run {tiny_run.id} wrote " in disk[0], disk
+    for r, src in ((run, str(source)), (tiny_run, world)):  # the start step records it
+        assert r["start"].task.data.source_bytes == window_bytes(src, r.data.window) > 0
     assert run.data.quarantine["by_reason"] == tiny_run.data.quarantine["by_reason"]
 
 
