@@ -223,7 +223,8 @@ class DemoFlow(FlowSpec):
         self.regional_vs_global = results["regional_vs_global"]  # per region: regional vs global
         self.reports_path = self.paths.reports
         evaluate.render_card(current.card["report"], results, self.reconciliation,
-                             self.provider_choice)
+                             self.provider_choice,
+                             stack.report_lines(getattr(self, "stack", None), self.candidates))
         self.next(self.end)
 
     @step

@@ -656,6 +656,24 @@ def test_render_card_shows_every_figure_and_table(tiny_run):
         comp.render()
     with pytest.raises(ValueError, match="champions"):
         render_card(FakeCard(), {"headline": None}, None, None)
+    assert "Library stack" not in text  # no lines given: no section
+
+
+def test_render_card_shows_the_library_stack_and_a_mixed_one_loudly(tiny_run):
+    from metaflow.cards import Markdown
+
+    from pythia import stack
+    mine = stack.versions()
+    other = {**mine, "numpy": "0.0.1"}
+    candidates = [{"model": "mlp", "region": "global", "config_id": 0, "stack": mine},
+                  {"model": "gbdt", "region": "global", "config_id": 0, "stack": other}]
+    card = FakeCard()
+    render_card(card, tiny_run[0], None, None, stack.report_lines(mine, candidates))
+    text = " ".join(c._text for c in card.components if isinstance(c, Markdown))
+    assert "## Library stack" in text
+    assert f"`stack: python {mine['python']}, numpy {mine['numpy']}," in text
+    assert (f"**WARNING: THE TRAIN TASKS RAN ON DIFFERENT STACKS: gbdt/global#0 vs "
+            f"mlp/global#0: numpy {mine['numpy']} -> 0.0.1") in text
 
 
 def test_render_card_puts_a_baseline_win_at_the_top_in_red(tiny_run):

@@ -166,6 +166,8 @@ def test_bundle_and_card_exist(tiny_run):
     blob = re.search(r'__MF_DATA__\["[^"]+"\] = "([^"]+)"', html).group(1)
     components = base64.b64decode(blob).decode()
     assert "Regional vs global" in components and "gain_logloss_age_gender" in components
+    import numpy as np
+    assert "Library stack" in components and f"numpy {np.__version__}" in components
 
 
 def test_cli_report_and_runs_read_the_run(tiny_run, capsys):

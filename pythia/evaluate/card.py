@@ -3,7 +3,7 @@ figures, data reconciliation and provider choice, with prose for readers who nev
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -49,7 +49,7 @@ def _fmt(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 
 
 def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFrame | None,
-                provider_choice: pd.DataFrame | None) -> None:
+                provider_choice: pd.DataFrame | None, stack_lines: Sequence[str] = ()) -> None:
     """Append the report's components to ``card`` (``metaflow.current.card[...]``).
 
     Args:
@@ -57,6 +57,8 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
         results: the dict returned by ``evaluate.run``.
         reconciliation: rows in = used + filtered + quarantined, per stage (or None).
         provider_choice: the label provider chosen per country and why (or None).
+        stack_lines: ``pythia.stack.report_lines`` of the run (the libraries it trained with,
+            and a warning when its train tasks ran on different ones); none: no section.
     """
     from metaflow.cards import Markdown, Table
 
@@ -112,6 +114,11 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
                              "used for each country, from the providers' quality metrics "
                              "(an override wins)."))
         card.append(Table.from_dataframe(_fmt(pd.DataFrame(provider_choice))))
+    if stack_lines:
+        card.append(Markdown("## Library stack\n\nThe same seed repeats a run exactly only on "
+                             "the same libraries.\n\n" + "\n\n".join(
+                                 f"**{ln}**" if ln.startswith("WARNING") else f"`{ln}`"
+                                 for ln in stack_lines)))
 
 
 def _append_explained_table(card: Any, text: str, table: pd.DataFrame | None,
