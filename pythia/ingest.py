@@ -283,7 +283,8 @@ def write_openrtb_lines(source: str, out: str, *, compress: bool = True) -> dict
 
     Each ``impressions/date=…/hour=…/<name>.parquet`` becomes ``out/date=…/hour=…/<name>``
     ``.jsonl.gz`` (or ``.jsonl``), written atomically; ``ingest_openrtb(out, …)`` gives the
-    same rows back.
+    same rows back. A call that fails (a full disk, a row the mapping cannot carry) removes
+    the files it wrote, so a folder never looks like a whole log while missing hours.
 
     Returns:
         ``{'files': n, 'lines': n}``.
@@ -299,19 +300,27 @@ def write_openrtb_lines(source: str, out: str, *, compress: bool = True) -> dict
         raise FileNotFoundError(f"no impression Parquet files under {base}")
     n_lines = 0
     base_path = storage.filesystem(base)[1]
-    for uri in files:
-        fs, path = storage.filesystem(uri)
-        rel = os.path.relpath(path, base_path).replace(os.sep, "/")
-        target = join(out, rel[: -len(".parquet")] + (".jsonl.gz" if compress else ".jsonl"))
-        buf = io.BytesIO()
-        sink: IO[bytes] = gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) if compress else buf
-        table = pq.read_table(path, filesystem=fs, columns=IMPRESSION_SCHEMA.names)
-        for batch in table.to_batches(max_chunksize=8192):
-            lines = [bid_request_line(contract_row_to_bid_request(row), row[TS])
-                     for row in batch.to_pylist()]
-            sink.write(("\n".join(lines) + "\n").encode())
-            n_lines += len(lines)
-        if compress:
-            sink.close()
-        storage.write_bytes_atomic(target, buf.getvalue())
+    written: list[str] = []
+    try:
+        for uri in files:
+            fs, path = storage.filesystem(uri)
+            rel = os.path.relpath(path, base_path).replace(os.sep, "/")
+            target = join(out, rel[: -len(".parquet")] + (".jsonl.gz" if compress else ".jsonl"))
+            buf = io.BytesIO()
+            sink: IO[bytes] = (gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) if compress
+                               else buf)
+            table = pq.read_table(path, filesystem=fs, columns=IMPRESSION_SCHEMA.names)
+            for batch in table.to_batches(max_chunksize=8192):
+                lines = [bid_request_line(contract_row_to_bid_request(row), row[TS])
+                         for row in batch.to_pylist()]
+                sink.write(("\n".join(lines) + "\n").encode())
+                n_lines += len(lines)
+            if compress:
+                sink.close()
+            storage.write_bytes_atomic(target, buf.getvalue())
+            written.append(target)
+    except BaseException:  # a full disk, a bad row: no log that looks whole but lacks hours
+        for target in written:
+            storage.remove(target)
+        raise
     return {"files": len(files), "lines": n_lines}

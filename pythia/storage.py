@@ -100,6 +100,15 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             os.remove(tmp)
 
 
+def remove(uri: str) -> None:
+    """Delete the file at ``uri`` (local or S3); nothing when it is already gone."""
+    fs, path = filesystem(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def write_json_atomic(uri: str, doc: Any) -> None:
     write_bytes_atomic(uri, json.dumps(doc, indent=2, sort_keys=True, default=str).encode())
 

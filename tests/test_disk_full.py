@@ -241,3 +241,10 @@ def test_commands_on_a_full_disk_say_so_in_one_line_and_leave_nothing(full_disk,
     assert err.startswith(f"pythia ingest: no space left on the disk writing to "
                           f"{full_disk / 'src'} (")
     assert [p for p in full_disk.rglob("*") if p.is_file()] == []
+    # bid logs written onto the full disk: the hours already written are removed too, so no
+    # folder looks like a whole log while missing hours
+    assert cli.main(["synth", "--preset", "tiny", "--out", str(tmp_path / "w"),
+                     "--openrtb", str(full_disk / "rtb")]) == 1
+    err = _line_of(capsys.readouterr().err, "pythia synth:")
+    assert f"{full_disk / 'rtb'} (" in err
+    assert [p for p in full_disk.rglob("*") if p.is_file()] == []
