@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from pythia import storage
-from pythia.scratch import tree_bytes
 from pythia.errors import file_in_text, is_spark_error
 from pythia.paths import RunPaths, join
+from pythia.scratch import tree_bytes
 
 _NAMED_FULL = re.compile(r"(/[^\s:()\[\]]+) \((?:No space left on device|Disk quota exceeded)\)")
 
@@ -101,6 +101,7 @@ def free_text(path: str) -> str:
 
 
 def size_text(n: float) -> str:
+    """``n`` bytes as '812 B', '3.9 KB', '1.5 MB' or '2.0 GB' (GB and up stay in GB)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -168,10 +169,10 @@ def message(step: str, exc: BaseException, data_root: str, removed: list[str], f
     fix that puts it on another disk."""
     path = failing_path(exc)
     local_root = not storage.is_s3(data_root)
-    if path is not None and (not local_root or _under(path, data_root)):
+    if path is not None and local_root and _under(path, data_root):
         where = f"{path} ({free_text(path)} now)"
         fix = f"{FREE_HERE} or {move}"
-    elif path is not None:  # outside the data root: a scratch folder (Spark's, the temp one)
+    elif path is not None:  # a local path outside the data root: a scratch folder
         where = f"{path} ({free_text(path)} now)"
         fix = (SPARK_SCRATCH_HINT if "blockmgr-" in path or "spark-" in path else
                "free space on that disk or set TMPDIR to a folder on a disk with room")

@@ -120,6 +120,10 @@ def test_a_spark_write_names_its_folder_and_a_shuffle_names_spark_scratch(tmp_pa
     assert "writing to /tmp/blockmgr-1a/0c/temp_shuffle_2 (" in text
     assert "set SPARK_LOCAL_DIRS to a folder on a disk with room" in text
     assert "no partial output to remove" in text
+    with pytest.raises(OSError) as caught:  # the same with the data root on S3
+        with disk_full.full_disk_errors("join_hours", "s3://bucket/data"):
+            raise shuffle
+    assert "set SPARK_LOCAL_DIRS to a folder on a disk with room" in str(caught.value)
 
 
 def test_spark_naming_no_file_lists_the_disks_it_may_have_filled(tmp_path, monkeypatch):
