@@ -50,8 +50,8 @@ def resumed_from(run: Any) -> str | None:
 
 def plan(folders: dict[str, str], runs: Iterable[Any], keep: int) -> list[Entry]:
     """What ``clean`` does with each run folder (``folders``: run id -> path), given the flow's
-    ``runs`` newest first (Metaflow client ``Run``s, or objects with ``id``, ``successful``,
-    ``created_at``, ``["start"].task.metadata_dict``); newest folder first."""
+    ``runs`` newest first (Metaflow client ``Run``s: ``runs.run_status`` reads their status,
+    ``resumed_from`` their origin); newest folder first."""
     from pythia.runs import run_status
     if keep < 1:
         raise ValueError("--keep must be at least 1: the next run compares with the newest "
