@@ -12,8 +12,9 @@ import platform
 from typing import Any, Mapping, Sequence
 
 # the distributions whose versions decide a run's numbers, in the order the lines show them
-PACKAGES = ("numpy", "tensorflow", "keras", "torch", "pytorch-tabnet", "scikit-learn", "pandas",
-            "pyarrow", "pyspark", "metaflow", "onnx", "onnxruntime")
+# (importlib.metadata matches a name with "_" or "-" alike: "pytorch_tabnet" is pytorch-tabnet)
+PACKAGES = ("numpy", "tensorflow", "keras", "torch", "pytorch_tabnet", "scikit-learn",
+            "pandas", "pyarrow", "pyspark", "metaflow", "onnx", "onnxruntime")
 # TensorFlow installs under any of these names; the first installed one is reported
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel")
 KEYS = ("python",) + PACKAGES + ("machine",)
