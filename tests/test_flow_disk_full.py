@@ -45,8 +45,8 @@ def _failed_lines(run) -> list[str]:
     failed = [t for t in run["etl_hour"].tasks() if not t.successful]
     assert failed, "no etl_hour task failed: the disk was not full"
     lines = [ln for t in failed for ln in t.stderr.splitlines() if ONE_LINE.search(ln)]
-    assert lines, "no one-line disk-full error in the failed etl_hour tasks' stderr: " + " | ".join(
-        t.stderr[-1500:] for t in failed)
+    assert lines, ("no one-line disk-full error in the failed etl_hour tasks' stderr: "
+                   + " | ".join(t.stderr[-1500:] for t in failed))
     return lines
 
 
