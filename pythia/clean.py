@@ -117,8 +117,9 @@ def run_clean(data_root: str, keep: int, yes: bool, flow_name: str = "DemoFlow",
         print(f"nothing to clean: no run folders under {join(data_root, flow_name)}", file=out)
         return 0
     for e in entries:
-        action = "keep  " if e.keep else ("remove" if yes else "would remove")
-        print(f"{action} {e.run_id} {e.status:<10} {size_text(e.bytes):>9}  {e.reason}", file=out)
+        action = "keep" if e.keep else ("remove" if yes else "would remove")
+        print(f"{action:<12} {e.run_id} {e.status:<10} {size_text(e.bytes):>9}  {e.reason}",
+              file=out)
     gone = [e for e in entries if not e.keep]
     total = size_text(sum(e.bytes for e in gone))
     if not yes:
