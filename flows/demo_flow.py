@@ -39,7 +39,8 @@ class DemoFlow(FlowSpec):
 
     Steps:
       start            validate parameters, resolve the source (generate the synthetic world
-                       for ``synthetic://…``), pick the 5-day window
+                       for ``synthetic://…``), pick the 5-day window; will the run fit on
+                       the data root's disk (pythia.disk_budget)
       select_providers score every label provider per country, pick one (overrides win)
       prepare_labels   one label per user from the chosen provider (pyarrow, or Spark when large)
       etl_hour         foreach over groups of hours of the day: validate, quarantine, derive
@@ -53,6 +54,9 @@ class DemoFlow(FlowSpec):
                        model can); calibrate, predict
       evaluate         metrics, Bayes gauge, distributions, champions, a card
       end              export the champions' bid-time bundle
+
+    A full disk stops any step with one line naming the folder, its free space and the fix,
+    after removing the task's partial output (``full_disk``; pythia.disk_full).
     """
 
     config = Config("config", default=CONFIG_FILE, parser=tomllib.loads,
