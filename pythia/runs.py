@@ -13,6 +13,7 @@ import pandas as pd
 
 from pythia import stack, storage
 from pythia.features import spec_version
+from pythia.models.base import META_FILE
 from pythia.paths import join
 # the end step's summary; re-exported here, where the flow and callers have looked for it
 from pythia.run_summary import baseline_alarm, summary_text  # noqa: F401
@@ -161,7 +162,8 @@ def previous_champions(flow_name: str, current_run_id: str | None,
                        user_split: tuple[float, int] | None = None) -> dict[str, dict]:
     """The blessed champions of the newest earlier successful run, by region ({} if none, or
     if that run's models were built for another feature spec or trained on this run's
-    held-out users: ``previous_bundle``)."""
+    held-out users: ``previous_bundle``). A champion whose model folder is gone (``pythia
+    clean``, a lifecycle rule) is left out: its region routes as if it had none."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
         champs = _artifact(run, "champions")
         if champs is None:
@@ -169,7 +171,8 @@ def previous_champions(flow_name: str, current_run_id: str | None,
         if _other_spec(run) is not None or _trained_on_new_users(run, user_split):
             return {}
         return {r["region"]: r for r in pd.DataFrame(champs).to_dict("records")
-                if r.get("blessed") and r.get("model")}
+                if r.get("blessed") and r.get("model")
+                and storage.exists(join(str(r.get("model_dir")), META_FILE))}
     return {}
 
 

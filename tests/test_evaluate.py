@@ -1001,6 +1001,31 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
             "training) and") in run_summary.summary_text(flow, "DemoFlow", "7", "f.py")
 
 
+def _model_dir(tmp_path) -> str:
+    """A saved model folder as far as the champion look-ups check it (its meta.json)."""
+    folder = tmp_path / "models" / "mlp__APAC__0"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").write_text("{}")
+    return str(folder)
+
+
+def test_previous_champions_leave_out_a_model_folder_that_is_gone(tmp_path, monkeypatch):
+    """`pythia clean` (or a lifecycle rule) removed the previous run's files: its champions
+    cannot be kept in the bundle, so their regions route as if there were none."""
+    from types import SimpleNamespace
+
+    from pythia import runs
+    kept, gone = _model_dir(tmp_path), str(tmp_path / "cleaned" / "mlp__EU__0")
+    champions = [{"region": "APAC", "model": "mlp", "model_dir": kept, "blessed": True},
+                 {"region": "EU", "model": "mlp", "model_dir": gone, "blessed": True}]
+    monkeypatch.setattr(runs, "_earlier_successful_runs",
+                        lambda flow, current: iter([SimpleNamespace(pathspec="DemoFlow/1")]))
+    monkeypatch.setattr(runs, "_artifact", lambda run, name: (
+        champions if name == "champions" else None))
+    monkeypatch.setattr(runs, "_other_spec", lambda run: None)
+    assert runs.previous_champions("DemoFlow", "2") == {"APAC": champions[0]}
+
+
 def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeypatch, capsys):
     """After a feature spec change the newest earlier run's bundle and champions cannot score
     this run's features: evaluate compares with the newest bundle of this spec, or with none,
@@ -1018,7 +1043,8 @@ def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeyp
 
     found = {"DemoFlow/3": bundle("new", "000000000000"), "DemoFlow/2": None,
              "DemoFlow/1": bundle("old", spec_version())}
-    champions = [{"region": "APAC", "model": "mlp", "model_dir": "m", "blessed": True}]
+    champions = [{"region": "APAC", "model": "mlp", "model_dir": _model_dir(tmp_path),
+                  "blessed": True}]
     fake = [SimpleNamespace(pathspec=p) for p in found]
     monkeypatch.setattr(runs, "_earlier_successful_runs", lambda flow, current: iter(fake))
     monkeypatch.setattr(runs, "_artifact", lambda run, name: (
@@ -1048,7 +1074,8 @@ def test_previous_bundle_skips_runs_that_trained_on_this_runs_new_users(tmp_path
     (folder / "bundle.json").write_text(json.dumps({"spec_version": spec_version()}))
     split = {"DemoFlow/3": {"seed": 0}, "DemoFlow/2": {"holdout_users": 0.1, "seed": 1},
              "DemoFlow/1": {"holdout_users": 0.2, "seed": 0}}  # 3: from before the holdout
-    champions = [{"region": "APAC", "model": "mlp", "model_dir": "m", "blessed": True}]
+    champions = [{"region": "APAC", "model": "mlp", "model_dir": _model_dir(tmp_path),
+                  "blessed": True}]
     fake = [SimpleNamespace(pathspec=p) for p in split]
     monkeypatch.setattr(runs, "_earlier_successful_runs", lambda flow, current: iter(fake))
     monkeypatch.setattr(runs, "_artifact", lambda run, name: {
