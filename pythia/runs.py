@@ -170,9 +170,16 @@ def previous_champions(flow_name: str, current_run_id: str | None,
             continue
         if _other_spec(run) is not None or _trained_on_new_users(run, user_split):
             return {}
-        return {r["region"]: r for r in pd.DataFrame(champs).to_dict("records")
-                if r.get("blessed") and r.get("model")
-                and storage.exists(join(str(r.get("model_dir")), META_FILE))}
+        kept = {}
+        for r in pd.DataFrame(champs).to_dict("records"):
+            if not (r.get("blessed") and r.get("model")):
+                continue
+            if storage.exists(join(str(r.get("model_dir")), META_FILE)):
+                kept[r["region"]] = r
+            else:
+                print(f"{run.pathspec}'s {r['region']} champion is not kept: its model folder "
+                      f"{r.get('model_dir')} is gone")
+        return kept
     return {}
 
 

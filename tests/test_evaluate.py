@@ -1009,7 +1009,8 @@ def _model_dir(tmp_path) -> str:
     return str(folder)
 
 
-def test_previous_champions_leave_out_a_model_folder_that_is_gone(tmp_path, monkeypatch):
+def test_previous_champions_leave_out_a_model_folder_that_is_gone(tmp_path, monkeypatch,
+                                                                   capsys):
     """`pythia clean` (or a lifecycle rule) removed the previous run's files: its champions
     cannot be kept in the bundle, so their regions route as if there were none."""
     from types import SimpleNamespace
@@ -1024,6 +1025,8 @@ def test_previous_champions_leave_out_a_model_folder_that_is_gone(tmp_path, monk
         champions if name == "champions" else None))
     monkeypatch.setattr(runs, "_other_spec", lambda run: None)
     assert runs.previous_champions("DemoFlow", "2") == {"APAC": champions[0]}
+    assert f"DemoFlow/1's EU champion is not kept: its model folder {gone} is gone" in \
+        capsys.readouterr().out
 
 
 def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeypatch, capsys):
