@@ -13,7 +13,6 @@ import pandas as pd
 
 from pythia import stack, storage
 from pythia.features import spec_version
-from pythia.models.base import META_FILE
 from pythia.paths import join
 # the end step's summary; re-exported here, where the flow and callers have looked for it
 from pythia.run_summary import baseline_alarm, summary_text  # noqa: F401
@@ -164,6 +163,7 @@ def previous_champions(flow_name: str, current_run_id: str | None,
     if that run's models were built for another feature spec or trained on this run's
     held-out users: ``previous_bundle``). A champion whose model folder is gone (``pythia
     clean``, a lifecycle rule) is left out: its region routes as if it had none."""
+    from pythia.models.base import META_FILE  # here: models.base loads SciPy
     for run in _earlier_successful_runs(flow_name, current_run_id):
         champs = _artifact(run, "champions")
         if champs is None:
