@@ -50,23 +50,31 @@ def _failed_lines(run) -> list[str]:
     return lines
 
 
-def test_a_full_data_root_stops_in_one_line_and_resume_finishes(flow_env, small_disk):
-    _, env = flow_env
-    env = {**env, "PYTHIA_DATA_ROOT": str(small_disk / "data")}
-    args = dict(source="synthetic://tiny", models="logreg", regions="global")
+def _fails_in_one_line(env):
+    """Run the tiny world onto the small disk: it fails in etl_hour, each failed task says so
+    in one line, and the paths that line names as removed are gone. Returns the run and each
+    line's (where, fix)."""
     with _runner(env) as runner:
-        failed = runner.run(**args).run
+        failed = runner.run(source="synthetic://tiny", models="logreg", regions="global").run
     assert not failed.successful
-    lines = _failed_lines(failed)
-    assert lines, "the failed etl_hour task did not print the one-line disk-full error"
-    for line in lines:
+    said = []
+    for line in _failed_lines(failed):
         where, removed, fix = ONE_LINE.search(line).groups()
-        assert where.startswith(f"the data root {small_disk / 'data'} (")
-        assert " free of 1.0 MB now" in where
-        assert "--data_root on a larger disk" in fix
         for path in _removed(removed):  # the task's partial output is gone
             assert re.search(f"/{failed.id}/(etl|quarantine/impressions)/hours=", path)
             assert not Path(path).exists()
+        said.append((where, fix))
+    return failed, said
+
+
+def test_a_full_data_root_stops_in_one_line_and_resume_finishes(flow_env, small_disk):
+    _, env = flow_env
+    env = {**env, "PYTHIA_DATA_ROOT": str(small_disk / "data")}
+    failed, said = _fails_in_one_line(env)
+    for where, fix in said:
+        assert where.startswith(f"the data root {small_disk / 'data'} (")
+        assert " free of 1.0 MB now" in where
+        assert "--data_root on a larger disk" in fix
     _mount(["mount", "-o", "remount,size=64m", str(small_disk)])  # the user makes room
     with _runner(env) as runner:
         resumed = runner.resume(origin_run_id=failed.id).run
@@ -105,15 +113,6 @@ def test_spark_on_a_full_data_root_names_the_file_it_was_writing(flow_env, small
     # Spark forced; one etl task (one Spark start-up instead of four)
     env = {**env, "PYTHIA_DATA_ROOT": str(small_disk / "data"), "PYTHIA_DRIVER_MAX_ROWS": "0",
            "PYTHIA_HOURS_PER_TASK": "24"}
-    with _runner(env) as runner:
-        failed = runner.run(source="synthetic://tiny", models="logreg", regions="global").run
-    assert not failed.successful
-    lines = _failed_lines(failed)
-    assert lines, "the failed etl_hour task did not print the one-line disk-full error"
-    for line in lines:
-        where, removed, _ = ONE_LINE.search(line).groups()
-        # Spark names the file of its failed write, under this task's output folder
+    failed, said = _fails_in_one_line(env)
+    for where, _ in said:  # Spark names the file of its failed write, under the task's folder
         assert where.startswith(f"{small_disk / 'data'}/DemoFlow/{failed.id}/etl/hours=")
-        for path in _removed(removed):
-            assert re.search(f"/{failed.id}/(etl|quarantine/impressions)/hours=", path)
-            assert not Path(path).exists()
