@@ -13,18 +13,18 @@ under ``<data root>/<flow>/<run id>/``, and a daily job fills the disk with them
 - any folder that is not a run of this datastore (another datastore's run, a user's folder).
 
 The rest are removed (with ``yes``; else the plan is only printed). Their Metaflow records stay,
-so ``pythia runs`` and ``pythia report`` still show them. On S3 use a lifecycle rule instead.
+so ``pythia runs`` and ``pythia report`` still show them. A data root on S3 is cleaned the same
+way (``pythia.storage``: a run folder is every object under ``<run id>/``); an S3 lifecycle rule
+cannot know the rules above (docs/scaling.md §1).
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, TextIO
 
 from pythia import storage
-from pythia.disk_full import bytes_under, size_text
+from pythia.disk_full import size_text
 from pythia.paths import join
 
 
@@ -82,22 +82,21 @@ def plan(folders: dict[str, str], runs: Iterable[Any], keep: int) -> list[Entry]
     entries = []
     for run_id, path in folders.items():
         if run_id not in by_id:
-            entry = Entry(run_id, path, "unknown", bytes_under(path), True,
+            entry = Entry(run_id, path, "unknown", storage.tree_bytes(path), True,
                           "no run of this id in this datastore: left alone")
         else:
-            entry = Entry(run_id, path, status[run_id], bytes_under(path), run_id in reasons,
+            entry = Entry(run_id, path, status[run_id], storage.tree_bytes(path),
+                          run_id in reasons,
                           reasons.get(run_id, "older than the runs kept"))
         entries.append(entry)
     return sorted(entries, key=lambda e: e.run_id, reverse=True)
 
 
 def run_folders(data_root: str, flow_name: str) -> dict[str, str]:
-    """run id -> folder, for every folder under ``<data_root>/<flow_name>``."""
+    """run id -> folder, for every folder under ``<data_root>/<flow_name>`` (local or S3)."""
     base = join(data_root, flow_name)
-    if not os.path.isdir(base):
-        return {}
-    return {name: os.path.join(base, name) for name in sorted(os.listdir(base))
-            if os.path.isdir(os.path.join(base, name)) and not name.startswith(".")}
+    return {name: join(base, name) for name in storage.subfolders(base)
+            if not name.startswith(".")}
 
 
 def run_clean(data_root: str, keep: int, yes: bool, flow_name: str = "DemoFlow",
@@ -106,11 +105,13 @@ def run_clean(data_root: str, keep: int, yes: bool, flow_name: str = "DemoFlow",
     with ``yes`` remove the folders it marks. Returns 0."""
     from pythia.runs import open_flow
     out = out or sys.stdout
-    if storage.is_s3(data_root):
-        raise ValueError(f"{data_root} is on S3: expire old runs with an S3 lifecycle rule on "
-                         f"{join(data_root, flow_name)}/ instead (a run's files are under "
-                         "<run id>/)")
-    folders = run_folders(data_root, flow_name)
+    try:
+        folders = run_folders(data_root, flow_name)
+    except OSError as exc:  # S3: no credentials, no such bucket, access denied
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"cannot list {join(data_root, flow_name)}: {first}. Fix: check the "
+                         "data root and, on S3, the AWS credentials and endpoint "
+                         "(AWS_ENDPOINT_URL_S3)") from exc
     flow = open_flow(flow_name)
     entries = plan(folders, flow.runs() if flow is not None else [], keep)
     if not entries:
@@ -128,7 +129,7 @@ def run_clean(data_root: str, keep: int, yes: bool, flow_name: str = "DemoFlow",
               file=out)
         return 0
     for e in gone:
-        shutil.rmtree(e.path, ignore_errors=True)
+        storage.remove_tree(e.path)
     print(f"removed {len(gone)} run folder(s), {total}, under {join(data_root, flow_name)}",
           file=out)
     return 0

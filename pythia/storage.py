@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
-from pythia.scratch import scratch_dir
+from pythia.scratch import scratch_dir, tree_bytes as local_tree_bytes
 
 
 def is_s3(uri: str) -> bool:
@@ -64,6 +64,34 @@ def list_files(uri: str, recursive: bool = True) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
     prefix = "s3://" if is_s3(uri) else ""
     return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
+
+
+def subfolders(uri: str) -> list[str]:
+    """The names of the folders directly under ``uri`` (S3: its common prefixes), sorted;
+    [] when ``uri`` is gone."""
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def tree_bytes(uri: str) -> int:
+    """The bytes of the files under ``uri`` (local or S3; 0 when it is gone)."""
+    if not is_s3(uri):
+        return local_tree_bytes(uri)
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sum(max(i.size or 0, 0) for i in infos if i.type == pafs.FileType.File)
+
+
+def remove_tree(uri: str) -> None:
+    """Delete the folder ``uri`` and everything under it (local or S3: every object under the
+    prefix); nothing when it is already gone."""
+    if not is_s3(uri):
+        shutil.rmtree(os.path.abspath(uri), ignore_errors=True)
+        return
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
 
 
 def read_bytes(uri: str) -> bytes:

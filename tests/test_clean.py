@@ -2,6 +2,7 @@
 import pytest
 
 from pythia import clean, cli
+from s3_fixtures import moto_s3, s3_env  # noqa: F401  (pytest fixtures)
 
 
 class _Artifact:
@@ -100,10 +101,12 @@ def test_clean_prints_the_plan_and_removes_only_with_yes(tmp_path, monkeypatch, 
 def test_refusals_are_one_line(tmp_path, capsys):
     assert cli.main(["clean", "--data_root", str(tmp_path), "--keep", "0"]) == 2
     assert "--keep must be at least 1" in capsys.readouterr().err
-    assert cli.main(["clean", "--data_root", "s3://bucket/pythia"]) == 2
+    # a data root that cannot be listed (a file where the folder should be)
+    (tmp_path / "DemoFlow").write_text("not a folder")
+    assert cli.main(["clean", "--data_root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("pythia clean: s3://bucket/pythia is on S3: expire old runs with an "
-                          "S3 lifecycle rule") and "\n" not in err
+    assert err.startswith(f"pythia clean: cannot list {tmp_path}/DemoFlow: ") and "\n" not in err
+    assert "Fix: check the data root" in err
 
 
 def test_no_folders_no_work(tmp_path, monkeypatch, capsys):
@@ -117,3 +120,36 @@ def test_a_run_not_resumed_has_no_origin(value):
     run = _Run("1", "successful")
     run.steps[-1][0].metadata_dict["origin-run-id"] = value
     assert clean.resumed_from(run) is None
+
+
+def test_an_s3_data_root_is_cleaned_by_the_same_rules(moto_s3, s3_env, monkeypatch, capsys):
+    """Run folders on a real S3 endpoint (moto): the same plan as on disk; --yes deletes every
+    object of the folders it marks and nothing else (not the neighbouring flow's prefix)."""
+    from pythia import storage
+
+    root = s3_env["PYTHIA_DATA_ROOT"]
+    for k, run_id in enumerate(("9", "8", "7", "6", "5", "4", "3", "2", "12345")):
+        for part in ("etl/hours=0/part-0.parquet", "models/mlp__global__0/meta.json"):
+            storage.write_bytes_atomic(f"{root}/DemoFlow/{run_id}/{part}", b"x" * (500 + k))
+    storage.write_bytes_atomic(f"{root}/OtherFlow/5/kept.bin", b"y")
+
+    class _Flow:
+        def runs(self):
+            return iter(RUNS)
+
+    monkeypatch.setattr("pythia.runs.open_flow", lambda name: _Flow())
+    assert cli.main(["clean", "--keep", "2"]) == 0  # the data root from PYTHIA_DATA_ROOT
+    out = capsys.readouterr().out
+    assert "would remove 5 successful    1008 B  older than the runs kept" in out
+    assert "2 run folder(s), 2.0 KB, would be removed; add --yes" in out
+    before = moto_s3.keys("pythia/")
+    assert len(before) == 19
+    assert cli.main(["clean", "--keep", "2", "--yes"]) == 0
+    assert f"removed 2 run folder(s), 2.0 KB, under {root}/DemoFlow" in capsys.readouterr().out
+    after = moto_s3.keys("pythia/")
+    assert sorted(set(before) - set(after)) == [
+        f"pythia/DemoFlow/{r}/{p}" for r in ("3", "5")
+        for p in ("etl/hours=0/part-0.parquet", "models/mlp__global__0/meta.json")]
+    assert "pythia/OtherFlow/5/kept.bin" in after
+    assert sorted(clean.run_folders(root, "DemoFlow")) == ["12345", "2", "4", "6", "7", "8",
+                                                            "9"]
