@@ -175,3 +175,28 @@ def test_regional_start_comes_from_the_deploy_config_and_is_checked():
     bad = DeployConfig.from_mapping({"train": {"regional_start": "fine-tune"}})
     with pytest.raises(ValueError, match=r"regional_start .*'fine-tune'"):
         RunParams.build({}, bad, model_names=("mlp",))
+
+
+def test_the_commented_model_knobs_in_pythia_toml_show_the_defaults():
+    """`# key = value` under [models.<name>] reads as "the default, uncomment to change it":
+    each must be the model's own default (a stale `learning_rate = 1e-3` sat there while the
+    MLP's default was 1e-2)."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from pythia.models import get_model
+    text = (Path(__file__).resolve().parent.parent / "flows" / "pythia.toml").read_text()
+    section, checked = None, 0
+    for line in text.splitlines():
+        head = re.match(r"\[models\.(\w+)\]", line)
+        if head or line.startswith("["):
+            section = head.group(1) if head else None
+            continue
+        knob = re.match(r"# (\w+) = (.+?)(\s{2,}#.*)?$", line)
+        if section and knob:
+            value = tomllib.loads(f"v = {knob.group(2)}")["v"]
+            default = get_model(section).default_hparams()[knob.group(1)]
+            assert value == default, (section, knob.group(1), value, default)
+            checked += 1
+    assert checked >= 7
