@@ -6,6 +6,13 @@ resumed: the bytes its folder holds under the data root, scaled by this run's im
 over that run's (``source_bytes``: the window's impression files, recorded by every start
 step). It prints one line, and a loud warning when the estimate exceeds the free space. The
 run goes on: the estimate is a guide (other models, other search settings write other sizes).
+
+Metaflow's own local datastore fills too: when it cannot save a step's artifacts it stops with
+"Internal error" and no folder named, after the step's code returned (nothing in the step can
+catch it). So the start step also prints the datastore's free space and what the same earlier
+run stored there (its task metadata and logs, and the artifact blobs it references:
+``datastore_bytes``), loudly when that exceeds the free space; on a disk shared with the data
+root, the data root's estimate is counted against the same free space.
 """
 from __future__ import annotations
 
@@ -82,12 +89,77 @@ def preflight_lines(data_root: str, source_bytes: int,
                  "disk; it stops with one line if the disk fills", bar]
 
 
+def datastore_root() -> str | None:
+    """The local Metaflow datastore's folder (``<sysroot>/.metaflow``), or None when the
+    datastore is not local or not made yet."""
+    from metaflow.metaflow_config import DEFAULT_DATASTORE
+    if DEFAULT_DATASTORE != "local":
+        return None
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+    root = LocalStorage.get_datastore_root_from_config(lambda *a, **k: None,
+                                                       create_on_absent=False)
+    return root if root and os.path.isdir(root) else None
+
+
+def datastore_bytes(root: str, flow_name: str, run_id: str) -> int:
+    """What run ``run_id`` stored in the local datastore at ``root``: its folder (task
+    metadata, logs) and every artifact blob its tasks reference (content-addressed under
+    ``<flow>/data/<sha[:2]>/<sha>``, each counted once: an upper bound, as runs share blobs)."""
+    from pythia.runs import open_run
+    run = open_run(flow_name, run_id)
+    shas = ({a.sha for step in run for task in step for a in task.artifacts}
+            if run is not None else set())
+    blobs = (os.path.join(root, flow_name, "data", sha[:2], sha) for sha in shas)
+    return (bytes_under(os.path.join(root, flow_name, str(run_id)))
+            + sum(os.path.getsize(b) for b in blobs if os.path.isfile(b)))
+
+
+def datastore_lines(root: str | None, stored: tuple[str, int] | None, reserved: int = 0
+                    ) -> list[str]:
+    """What the start step prints about the local datastore ``root`` ([] when not local):
+    its free space, and ``stored`` = (run id, bytes ``datastore_bytes``) of the earlier run;
+    a loud block when those bytes exceed the free space less ``reserved`` (the data root's
+    estimate, when both are on one disk)."""
+    if root is None:
+        return []
+    free = free_text(root)
+    if stored is None:
+        return [f"datastore: Metaflow's datastore {root} has {free}"]
+    run_id, need = stored
+    line = (f"Metaflow's datastore {root} has {free}; run {run_id} stored "
+            f"{size_text(need)} there" + (f" (and the data root's {size_text(reserved)} "
+                                          "estimate is on the same disk)" if reserved else ""))
+    if need + reserved <= shutil.disk_usage(root).free:
+        return [f"datastore: {line}"]
+    bar = "!" * 88
+    return [bar, f"WARNING: METAFLOW'S DATASTORE MAY FILL: {line}. When it cannot save a "
+                 "step's artifacts Metaflow stops with \"Internal error ... No space left on "
+                 "device\" and names no folder. Free space there or set "
+                 "METAFLOW_DATASTORE_SYSROOT_LOCAL to a folder on a larger disk", bar]
+
+
+def _same_disk(a: str, b: str) -> bool:
+    return os.stat(existing_parent(a)).st_dev == os.stat(existing_parent(b)).st_dev
+
+
 def check(source_path: str, window: Mapping[str, Any], data_root: str, flow_name: str,
           run_id: str) -> int:
-    """The start step's check: print ``preflight_lines``; returns this run's ``source_bytes``
-    (recorded as an artifact, for the estimates of later runs)."""
+    """The start step's check: print ``preflight_lines`` and ``datastore_lines``; returns this
+    run's ``source_bytes`` (recorded as an artifact, for the estimates of later runs)."""
     source_bytes = window_bytes(source_path, window)
-    for line in preflight_lines(data_root, source_bytes,
-                                previous_footprint(flow_name, run_id)):
+    previous = previous_footprint(flow_name, run_id)
+    lines = preflight_lines(data_root, source_bytes, previous)
+    root = datastore_root()
+    stored = None
+    if root is not None and previous is not None:
+        try:
+            stored = previous[0], datastore_bytes(root, flow_name, previous[0])
+        except Exception:  # noqa: BLE001 - the run is in another datastore: no estimate
+            stored = None
+    reserved = 0
+    if previous is not None and not storage.is_s3(data_root) and root is not None \
+            and _same_disk(root, data_root):
+        reserved = int(bytes_under(previous[1]) * source_bytes / previous[2])
+    for line in lines + datastore_lines(root, stored, reserved):
         print(line)
     return source_bytes

@@ -93,3 +93,22 @@ def test_the_previous_footprint_skips_what_cannot_give_an_estimate(tmp_path, mon
     assert disk_budget.previous_footprint("DemoFlow", "9") is None
     monkeypatch.setattr("pythia.runs.open_flow", lambda name: None)
     assert disk_budget.previous_footprint("DemoFlow", "9") is None
+
+
+def test_the_datastore_line_and_its_loud_block(tmp_path):
+    store = str(tmp_path / ".metaflow")
+    os.makedirs(store)
+    assert disk_budget.datastore_lines(None, ("7", 10)) == []  # not a local datastore
+    first = disk_budget.datastore_lines(store, None)
+    assert first == [f"datastore: Metaflow's datastore {store} has " + first[0].split(" has ")[1]]
+    fits = disk_budget.datastore_lines(store, ("7", 4096))
+    assert len(fits) == 1 and fits[0].endswith("; run 7 stored 4.0 KB there")
+    shared = disk_budget.datastore_lines(store, ("7", 4096), reserved=2048)
+    assert shared[0].endswith("; run 7 stored 4.0 KB there (and the data root's 2.0 KB "
+                              "estimate is on the same disk)")
+    # the data root's estimate takes the disk's free space: the datastore's bytes do not fit
+    full = disk_budget.datastore_lines(store, ("7", 4096), reserved=10 ** 18)
+    assert len(full) == 3 and full[0] == full[2] == "!" * 88
+    assert full[1].startswith(f"WARNING: METAFLOW'S DATASTORE MAY FILL: Metaflow's datastore "
+                              f"{store} has ")
+    assert "METAFLOW_DATASTORE_SYSROOT_LOCAL" in full[1] and "Internal error" in full[1]

@@ -354,6 +354,17 @@ def test_openrtb_round_trip_gives_the_same_splits(tiny_run, flow_env, tmp_path):
     from pythia.disk_budget import window_bytes
     disk = [ln for ln in run["start"].task.stdout.splitlines() if ln.startswith("disk: ")]
     assert len(disk) == 1 and f"; run {tiny_run.id} wrote " in disk[0], disk
+    # and the datastore line: what tiny_run stored in Metaflow's datastore (fixed since it ended)
+    from pythia.disk_budget import datastore_bytes
+    from pythia.disk_full import size_text
+    store = os.path.join(env["METAFLOW_DATASTORE_SYSROOT_LOCAL"], ".metaflow")
+    stored = datastore_bytes(store, "DemoFlow", tiny_run.id)
+    assert stored > sum(f.stat().st_size for f in Path(store, "DemoFlow", tiny_run.id).rglob("*")
+                        if f.is_file())  # its artifact blobs too
+    line = [ln for ln in run["start"].task.stdout.splitlines() if ln.startswith("datastore: ")]
+    assert line == [f"datastore: Metaflow's datastore {store} has " + line[0].split(" has ")[1]]
+    assert (f"; run {tiny_run.id} stored {size_text(stored)} there (and the data root's "
+            in line[0]), line  # one disk holds both here
     for r, src in ((run, str(source)), (tiny_run, world)):  # the start step records it
         assert r["start"].task.data.source_bytes == window_bytes(src, r.data.window) > 0
     assert run.data.quarantine["by_reason"] == tiny_run.data.quarantine["by_reason"]
