@@ -9,24 +9,21 @@ regression on the same rows learns it (the regional logistic regression's gender
 users: 1.020 × population, the MLPs' 1.023). This fits that regression *on top of* the
 network: for AgeGender, ``z + X Δ + δ`` with ``z`` the start's logits (fixed), ``X`` the wide
 part's own inputs (one column per categorical id, and the numerics) and an L2 penalty
-``l2_rows / n · |Δ|² / 2`` chosen from ``GRID`` by the warm fit's own score (validation
-AgeGender as the model would ship it: its temperatures, activity bins and wide-only bins
-refitted; none when no strength beats the start by ``min_delta``). Convex, so no seed luck; then
+``l2_rows / n · |Δ|² / 2`` chosen on the region's validation rows from ``GRID`` (strongest
+first; none when no strength beats the start by ``min_delta``). Convex, so no seed luck; then
 ``Δ`` is added to the wide part's AgeGender table and ``δ`` to the head's bias: the graph, the
 export and every scorer stay as they are. The gender and age heads are training aids (the
 answers are AgeGender's marginals) and are left as they are.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from pythia import features
 
-# l2_rows tried (a prior worth that many rows), strongest first; on the default world's APAC
-# and LATAM the first grid (1000, 100, 10) chose its strongest
-GRID = (10000.0, 3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0)
+GRID = (1000.0, 100.0, 10.0)  # l2_rows tried (a prior worth that many rows), strongest first
 MAX_ITER = 200  # L-BFGS iterations per strength
 
 
@@ -86,55 +83,49 @@ def fit_offset(X: Any, y: np.ndarray, z: np.ndarray, l2_rows: float,
     return res.x[:d * k].reshape(d, k), res.x[d * k:].copy()
 
 
-def refit_wide(model: Any, train: Any, valid: Any, score: Callable[[], float]) -> dict:
+def refit_wide(model: Any, train: Any, valid: Any) -> dict:
     """Fit ``Δ, δ`` on the region's rows (bounded like the MLP's LR start: ``max_train_rows``)
-    for each strength of ``GRID`` (strongest first, each from the previous one; stopping at
-    the first that scores worse than the one before), score each on ``model.keras_model``
-    (a copy of the start's network) with ``score()`` (the warm fit's: validation AgeGender as
-    the model would ship) and keep the best, if it beats the start by ``min_delta``. Returns
-    the record: the score before and after, the ``l2_rows`` kept (None: the start kept)."""
+    and add them to ``model.keras_model`` (a copy of the start's network). Returns the record:
+    the natural-weighted validation AgeGender log-loss (temperature 1) before and after, and
+    the ``l2_rows`` chosen (None: kept as it was)."""
     from pythia.models.base import labels_of
     from pythia.models.mlp_valid import sample_dataset
 
     cfg, names = model.train_cfg, list(features.CATEGORICAL_FEATURES)
     sizes = [model.encoders.vocabularies[f].size for f in names]
-    tr, _ = sample_dataset(train, cfg.max_train_rows, cfg.seed, "train")
-    y = labels_of(tr)["age_gender"]
-    z = model._predict_raw(tr)["age_gender"].astype(np.float64)
-    X = design(tr, sizes)
-    net = model.keras_model
-    base = {n: net.get_layer(n).get_weights() for n in ("wide", "age_gender")}
-    before = score()
-    best, theta, tried = (before, None), None, []
+    (tr, _), (va, _) = (sample_dataset(train, cfg.max_train_rows, cfg.seed, "train"),
+                        sample_dataset(valid, cfg.max_train_rows, cfg.seed, "validation"))
+    y, yv = labels_of(tr)["age_gender"], labels_of(va)["age_gender"]
+    z, zv = (model._predict_raw(d)["age_gender"].astype(np.float64) for d in (tr, va))
+    X, Xv = design(tr, sizes), design(va, sizes)
+    # the validation loss on the natural scale: the prior shift, and the rows' natural weights
+    shift = np.log(np.asarray(model.prior_ratio["age_gender"], dtype=np.float64))
+    wv = model.validation_weights(yv)
+    before = cross_entropy(zv + shift, yv, wv)
+    best, theta, tried = (before, None, None), None, []
     for l2_rows in GRID:
         W, b = fit_offset(X, y, z, l2_rows, theta)
         theta = np.concatenate([W.ravel(), b])
-        _add_to_wide(net, base, W, b, n_onehot=int(sum(sizes)))
-        tried.append({"l2_rows": l2_rows, "val_loss": score()})
-        if tried[-1]["val_loss"] < best[0] - float(model.hparams["min_delta"]):
-            best = (tried[-1]["val_loss"], (l2_rows, W, b))
-        if len(tried) > 1 and tried[-1]["val_loss"] > tried[-2]["val_loss"]:
-            break  # weaker penalties overfit from here on
-    if best[1] is None:
-        for n, weights in base.items():
-            net.get_layer(n).set_weights(weights)
-    else:
-        _add_to_wide(net, base, best[1][1], best[1][2], n_onehot=int(sum(sizes)))
-    return {"val_loss_before": before, "val_loss_after": best[0],
-            "l2_rows": None if best[1] is None else best[1][0], "tried": tried,
-            "rows": int(len(y))}
+        loss = cross_entropy(zv + np.asarray(Xv @ W) + b + shift, yv, wv)
+        tried.append({"l2_rows": l2_rows, "val_loss": loss})
+        if loss < best[0] - float(model.hparams["min_delta"]):
+            best = (loss, (W, b), l2_rows)
+    record = {"val_loss_before": before, "val_loss_after": best[0], "l2_rows": best[2],
+              "tried": tried, "rows": int(len(y))}
+    if best[1] is not None:
+        _add_to_wide(model.keras_model, *best[1], n_onehot=int(sum(sizes)))
+    return record
 
 
-def _add_to_wide(net: Any, base: Mapping[str, list], W: np.ndarray, b: np.ndarray,
-                 n_onehot: int) -> None:
-    """Set the wide part and the AgeGender head to ``base`` (their weights before) plus ``W``
-    (one-hot rows, then numeric rows) in the wide part's AgeGender columns (the last ``K`` of
-    its table: heads in ``head_units`` order) and ``b`` in the head's bias."""
+def _add_to_wide(net: Any, W: np.ndarray, b: np.ndarray, n_onehot: int) -> None:
+    """Add ``W`` (one-hot rows, then numeric rows) to the wide part's AgeGender columns (the
+    last ``K`` of its table: heads in ``head_units`` order) and ``b`` to the head's bias."""
     wide = net.get_layer("wide")
-    table, numeric = (np.asarray(v, dtype=np.float64) for v in base["wide"])
+    table, numeric = (np.asarray(v, dtype=np.float64) for v in wide.get_weights())
     k = W.shape[1]
     table[:, -k:] += W[:n_onehot] / wide.scale
     numeric[:, -k:] += W[n_onehot:] / wide.scale
     wide.set_weights([table.astype(np.float32), numeric.astype(np.float32)])
-    kernel, bias = base["age_gender"]
-    net.get_layer("age_gender").set_weights([kernel, (bias + b).astype(bias.dtype)])
+    head = net.get_layer("age_gender")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, (bias + b).astype(bias.dtype)])

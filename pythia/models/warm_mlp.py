@@ -50,18 +50,18 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     keras.utils.set_random_seed(model.train_cfg.seed)
     model.keras_model = keras.models.clone_model(start.keras_model)
     model.keras_model.set_weights(start.keras_model.get_weights())
+    residual = None
+    if h.get("warm_residual") and h["wide"]:  # the region's own LR on top of the start
+        from pythia.models.residual_wide import refit_wide
+        residual = refit_wide(model, train, valid)
+        notes.say("mlp", f"residual wide fit on {residual['rows']:,} rows: AgeGender "
+                         f"{residual['val_loss_before']:.4f} -> {residual['val_loss_after']:.4f}"
+                         f" (l2_rows {residual['l2_rows']})")
     epochs = int(h["warm_epochs"])
     patience = model.patience()
     # ids the region's rows never carry keep the start's rows (``models.unseen``)
     unseen = UnseenRows(id_counts(train, model.encoders), start.keras_model)
     score = unseen.before(model.keras_model, lambda: shipped_val_losses(model, valid))
-    residual = None
-    if h.get("warm_residual") and h["wide"]:  # the region's own LR on top of the start
-        from pythia.models.residual_wide import refit_wide
-        residual = refit_wide(model, train, valid, lambda: score()["age_gender"])
-        notes.say("mlp", f"residual wide fit on {residual['rows']:,} rows: AgeGender "
-                         f"{residual['val_loss_before']:.4f} -> {residual['val_loss_after']:.4f}"
-                         f" (l2_rows {residual['l2_rows']})")
     keep = KeepBest(score, int(patience), float(h["min_delta"]), kept=lambda: model._scored_valid)
     if epochs > 0:
         model._train_phase(train, float(h.get("warm_lr", h["learning_rate"])),
