@@ -93,7 +93,6 @@ class MLPModel(Model):
             # L2 on the deep part's kernels and embeddings: loss + (l2_rows / n_train) *
             # sum(w**2), a prior worth l2_rows training rows (the wide part keeps its LRs')
             "l2_rows": 1.0, "warm_epochs": 2, "warm_wide_train": True, "warm_lr": 1e-3,  # warm_mlp
-            "warm_residual": False,  # a region's LR on the start's logits first (residual_wide)
         }
 
     @classmethod

@@ -50,13 +50,6 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     keras.utils.set_random_seed(model.train_cfg.seed)
     model.keras_model = keras.models.clone_model(start.keras_model)
     model.keras_model.set_weights(start.keras_model.get_weights())
-    residual = None
-    if h.get("warm_residual") and h["wide"]:  # the region's own LR on top of the start
-        from pythia.models.residual_wide import refit_wide
-        residual = refit_wide(model, train, valid)
-        notes.say("mlp", f"residual wide fit on {residual['rows']:,} rows: AgeGender "
-                         f"{residual['val_loss_before']:.4f} -> {residual['val_loss_after']:.4f}"
-                         f" (l2_rows {residual['l2_rows']})")
     epochs = int(h["warm_epochs"])
     patience = model.patience()
     # ids the region's rows never carry keep the start's rows (``models.unseen``)
@@ -79,5 +72,4 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
                      f"{keep.best_index}")
     return {"epochs": keep.best_index, "best_val_loss": best["age_gender"],
             "best_epoch": keep.best_index, "age_head": model.age_head,
-            "val_loss_by_epoch": keep.history, "start": record,
-            **({"residual_wide": residual} if residual is not None else {})}
+            "val_loss_by_epoch": keep.history, "start": record}
