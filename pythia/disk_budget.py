@@ -65,6 +65,12 @@ def previous_footprint(flow_name: str, current_run_id: str | None
     return None
 
 
+def estimated_need(used: int, source_bytes: int, prev_bytes: int) -> int:
+    """The earlier run's folder bytes ``used`` scaled by the impression bytes of this run's
+    window over that run's."""
+    return int(used * source_bytes / prev_bytes) if prev_bytes else used
+
+
 def preflight_lines(data_root: str, source_bytes: int,
                     previous: tuple[str, str, int] | None) -> list[str]:
     """What the start step prints about disk space: one line, or a loud block when the
@@ -77,7 +83,7 @@ def preflight_lines(data_root: str, source_bytes: int,
                 "to estimate this run's need from"]
     run_id, folder, prev_bytes = previous
     used = bytes_under(folder)
-    need = int(used * source_bytes / prev_bytes) if prev_bytes else used
+    need = estimated_need(used, source_bytes, prev_bytes)
     line = (f"the data root {data_root} has {free}; run {run_id} wrote {size_text(used)} "
             f"there for {size_text(prev_bytes)} of impressions, so this run "
             f"({size_text(source_bytes)}) needs about {size_text(need)}")
@@ -159,7 +165,7 @@ def check(source_path: str, window: Mapping[str, Any], data_root: str, flow_name
     reserved = 0
     if previous is not None and not storage.is_s3(data_root) and root is not None \
             and _same_disk(root, data_root):
-        reserved = int(bytes_under(previous[1]) * source_bytes / previous[2])
+        reserved = estimated_need(bytes_under(previous[1]), source_bytes, previous[2])
     for line in lines + datastore_lines(root, stored, reserved):
         print(line)
     return source_bytes
