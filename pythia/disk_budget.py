@@ -107,17 +107,29 @@ def datastore_root() -> str | None:
     return root if root and os.path.isdir(root) else None
 
 
+def allocated(path: str) -> int:
+    """The disk space the file at ``path`` takes (its blocks: a 300-byte metadata file takes
+    a whole block), 0 when it is gone."""
+    try:
+        return os.lstat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
 def datastore_bytes(root: str, flow_name: str, run_id: str) -> int:
-    """What run ``run_id`` stored in the local datastore at ``root``: its folder (task
-    metadata, logs) and every artifact blob its tasks reference (content-addressed under
+    """The disk space run ``run_id`` took in the local datastore at ``root``: its folder (task
+    metadata and logs: a default run's 1,381 small files take 5.7 MB of blocks for 0.6 MB of
+    bytes) and every artifact blob its tasks reference (content-addressed under
     ``<flow>/data/<sha[:2]>/<sha>``, each counted once: an upper bound, as runs share blobs)."""
     from pythia.runs import open_run
     run = open_run(flow_name, run_id)
     shas = ({a.sha for step in run for task in step for a in task.artifacts}
             if run is not None else set())
-    blobs = (os.path.join(root, flow_name, "data", sha[:2], sha) for sha in shas)
-    return (bytes_under(os.path.join(root, flow_name, str(run_id)))
-            + sum(os.path.getsize(b) for b in blobs if os.path.isfile(b)))
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, flow_name,
+                                                                      str(run_id)))
+             for f in fs]
+    files += [os.path.join(root, flow_name, "data", sha[:2], sha) for sha in shas]
+    return sum(allocated(f) for f in files)
 
 
 def datastore_lines(root: str | None, stored: tuple[str, int] | None, reserved: int = 0
