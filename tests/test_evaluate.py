@@ -629,6 +629,11 @@ def test_evaluate_run_sets_each_regional_candidate_beside_its_global_one(tiny_ru
     assert row["logloss_age_gender_regional"] == eu["EU"]
     assert row["logloss_age_gender_global"] == eu["global"]
     assert row["gain_logloss_age_gender"] == pytest.approx(eu["global"] - eu["EU"])
+    # the test day's paired margin on the same rows: its mean is minus that gain, with an SE
+    # clustered by user (the card's "is the gain more than noise?")
+    assert row["test_diff"] == pytest.approx(-row["gain_logloss_age_gender"], abs=1e-9)
+    assert row["test_se"] > 0 and row["test_z"] == pytest.approx(row["test_diff"]
+                                                                 / row["test_se"])
 
 
 def test_render_card_shows_every_figure_and_table(tiny_run):

@@ -140,7 +140,9 @@ _REGIONAL_VS_GLOBAL = (
     "`gain_logloss_age_gender` = global - regional test log-loss: positive when the "
     "regional candidate does better. `val_diff` = regional - global validation log-loss "
     "(natural-weighted, paired on the same rows), `val_se` its standard error clustered by "
-    "user and `val_z` = val_diff / val_se: |z| below 2 is noise. `val_diff_*` / `val_z_*`: "
+    "user and `val_z` = val_diff / val_se: |z| below 2 is noise; `test_diff` / `test_se` / "
+    "`test_z`: the same on the natural test day (-test_diff is the gain above, with its "
+    "noise). `val_diff_*` / `val_z_*`: "
     "the same on the region's power users and on its other users — the per-slice guard "
     "excludes a regional candidate whose z there is above `z_min`.")
 

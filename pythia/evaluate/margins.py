@@ -33,6 +33,8 @@ MarginLookup = Callable[[tuple, tuple, str], "Margin | None"]
 MARGIN_COLUMNS = ["margin_vs", "margin_diff", "margin_se", "margin_z", "z_min"]
 # the validation rows' parts the regional guard compares on (``guard``)
 POWER_PART, OTHER_PART = "power_users", "other_users"
+# the natural test day's rows, as a part: the regional-vs-global table's test margin
+TEST_PART = "natural_test"
 
 
 def user_groups(users: Sequence | np.ndarray | pd.Series,
@@ -191,11 +193,18 @@ def _label(r: Mapping) -> str:
 
 def regional_margins(groups: Mapping[tuple, GroupSums], table: pd.DataFrame) -> pd.DataFrame:
     """``table`` (regional vs global: region, model, config_id) with each regional
-    candidate's validation margin against the global one of its family on the region's rows:
-    val_diff (regional - global; negative: regional better), val_se, val_z."""
-    margin = margin_lookup(groups)
-    found = [margin((m, r, int(c)), (m, GLOBAL_REGION, int(c)), r)
-             for r, m, c in zip(table["region"], table["model"], table["config_id"])]
+    candidate's margin against the global one of its family on the region's rows, on
+    validation (natural-weighted) and on the natural test day: ``val_diff`` / ``test_diff``
+    (regional - global; negative: regional better), their user-clustered SEs and z."""
+    from pythia.evaluate.guard import slice_margin_lookup
+    margin, on_test = margin_lookup(groups), slice_margin_lookup(groups)
+    keys = [((m, r, int(c)), (m, GLOBAL_REGION, int(c)), r)
+            for r, m, c in zip(table["region"], table["model"], table["config_id"])]
+    found = [margin(*k) for k in keys]
+    test = [on_test(*k, TEST_PART) for k in keys]
     return table.assign(val_diff=[x.diff if x else math.nan for x in found],
                         val_se=[x.se if x else math.nan for x in found],
-                        val_z=[x.z if x else math.nan for x in found])
+                        val_z=[x.z if x else math.nan for x in found],
+                        test_diff=[x.diff if x else math.nan for x in test],
+                        test_se=[x.se if x else math.nan for x in test],
+                        test_z=[x.z if x else math.nan for x in test])

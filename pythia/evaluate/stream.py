@@ -42,8 +42,8 @@ from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, OPTIONAL_FRAME_
                                     PROVIDER, TRUTH, WEIGHT_COLUMN, SplitFrame, split_frame,
                                     truth_labels)
 from pythia.evaluate.gauge import in_between_of, population_of, posterior_probs
-from pythia.evaluate.margins import OTHER_PART, POWER_PART, user_groups
-from pythia.evaluate.slices import (SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
+from pythia.evaluate.margins import OTHER_PART, POWER_PART, TEST_PART, user_groups
+from pythia.evaluate.slices import (NATURAL, SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
                                     Aligned, align, candidate_key, candidate_label,
                                     check_candidates, eval_regions_of, slice_masks)
 from pythia.evaluate.sums import BAYES_KEY, SliceSums, tables_of
@@ -298,9 +298,10 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
         return
     regions = _count_rows(sums, frames)
     bayes, extra = _bucket_posteriors(sums, frames, worlds)
-    val = frames.get(VALIDATION)  # its rows' user groups cluster the margins' SEs
-    groups = (user_groups(val.df[USER_ID]) if val is not None and USER_ID in val.df.columns
-              else None)
+    # the rows' user groups cluster the margins' SEs: validation's (the champion rule, the
+    # guard) and the natural test day's (the regional-vs-global table's test margin)
+    groups = {name: user_groups(f.df[USER_ID]) for name, f in frames.items()
+              if name in (VALIDATION, SPLIT_OF_TEST_SET[NATURAL]) and USER_ID in f.df.columns}
     ref_cache: dict = {}  # the posterior's sums per (slice, rows), shared by the candidates
     for test_set in TEST_SETS:
         frame = frames.get(SPLIT_OF_TEST_SET[test_set])
@@ -327,7 +328,8 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
             a = aligned[frame.split]
             _add_slices(sums, key, frame, test_set, a, {s: a.probs for s in frame.labels},
                         eval_regions_of(ident["region"], regions), bayes.get(frame.split),
-                        ref_cache, groups if test_set == VALIDATION else None,
+                        ref_cache, groups.get(frame.split) if test_set in (VALIDATION, NATURAL)
+                        else None,
                         extras={k: v.get(frame.split) for k, v in extra.items()})
 
 
@@ -341,8 +343,9 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
     in-between ones ({kind: per label source}).
     ``ref_cache`` holds the posteriors' sums per (slice, rows) of this bucket: every candidate
     that covers the same rows shares them instead of scoring the posteriors again. ``groups``
-    (the frame rows' user groups, validation only) adds the paired margins' sums, on the whole
-    slice and on its power-user and other rows (the regional guard's)."""
+    (the frame rows' user groups) adds the paired margins' sums: on validation the whole slice
+    and its power-user and other rows (the champion rule's, the regional guard's); on the
+    natural test day the whole slice, as part ``TEST_PART``."""
     ref_cache = {} if ref_cache is None else ref_cache
     extras = extras or {}
     is_model = key != BAYES_KEY
@@ -378,6 +381,9 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 stats.add(y, p, w, refs["realised"], refs.get("population"),
                           refs.get("in_between"))
                 if groups is not None and target == JOINT_TARGET and source == PROVIDER:
+                    if test_set == NATURAL:  # the test day: the whole slice only
+                        sums.groups_of((key, region, TEST_PART)).add(groups[pos], y, p, w)
+                        continue
                     sums.groups_of((key, region)).add(groups[pos], y, p, w)
                     power = frame.power[pos]
                     for part, rows in ((POWER_PART, power), (OTHER_PART, ~power)):
