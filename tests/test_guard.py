@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pythia.evaluate.guard import guard_regional, loses_by_more_than, slice_margin_lookup
-from pythia.evaluate.margins import OTHER_PART, POWER_PART, Margin
+from pythia.evaluate.guard import guard_regional, loses_by_more_than
+from pythia.evaluate.margins import OTHER_PART, POWER_PART, Margin, slice_margin_lookup
 from pythia.evaluate.stream import score_streaming
 from pythia.features import age_gender_index
 from test_evaluate import prediction_rows

@@ -25,8 +25,9 @@ import pandas as pd
 
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.frames import JOINT_TARGET, PROVIDER
-from pythia.evaluate.guard import SliceMarginLookup, guard_regional
-from pythia.evaluate.margins import DEFAULT_Z_MIN, MARGIN_COLUMNS, MarginLookup, noise_test
+from pythia.evaluate.guard import guard_regional
+from pythia.evaluate.margins import (DEFAULT_Z_MIN, MARGIN_COLUMNS, MarginLookup,
+                                     SliceMarginLookup, noise_test)
 from pythia.evaluate.previous import compare_with_previous  # noqa: F401 (its reference)
 from pythia.evaluate.slices import NATURAL, candidate_label, check_candidates, eval_regions_of
 from pythia.features import VALIDATION
@@ -90,7 +91,7 @@ def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, An
         tolerance: relative test log-loss regression against the previous champion allowed.
         margins: paired validation margins (``margins.margin_lookup`` of the streamed sums).
         z_min: the noise rule's threshold in standard errors (0: point estimates only).
-        slice_margins: the per-slice validation margins (``guard.slice_margin_lookup``): a
+        slice_margins: the per-slice validation margins (``margins.slice_margin_lookup``): a
             regional candidate losing to its global one on the power users or the other users
             by more than ``z_min`` SEs is not chosen (``guard``); None: no guard.
     """

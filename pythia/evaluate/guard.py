@@ -10,26 +10,16 @@ The margins come from the streamed per-user-group sums of each part of the valid
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
 from pythia.config import GLOBAL_REGION
-from pythia.evaluate.margins import OTHER_PART, POWER_PART, GroupSums, Margin
+from pythia.evaluate.margins import (OTHER_PART, POWER_PART, GroupSums, Margin,
+                                     SliceMarginLookup, slice_margin_lookup)
 from pythia.evaluate.slices import candidate_label
 
 GUARD_PARTS = (POWER_PART, OTHER_PART)
-# margin(key_a, key_b, eval_region, part) -> Margin of a - b on that part, or None if unscored
-SliceMarginLookup = Callable[[tuple, tuple, str, str], "Margin | None"]
-
-
-def slice_margin_lookup(groups: Mapping[tuple, GroupSums]) -> SliceMarginLookup:
-    """``margin(key_a, key_b, region, part)`` over sums keyed (scorer key, region, part)."""
-    def margin(a: tuple, b: tuple, region: str, part: str) -> Margin | None:
-        sa = groups.get((tuple(a), region, part))
-        sb = groups.get((tuple(b), region, part))
-        return None if sa is None or sb is None else sa.margin_against(sb)
-    return margin
 
 
 def loses_by_more_than(m: Margin | None, z_min: float) -> bool:

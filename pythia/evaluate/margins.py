@@ -35,6 +35,8 @@ MARGIN_COLUMNS = ["margin_vs", "margin_diff", "margin_se", "margin_z", "z_min"]
 POWER_PART, OTHER_PART = "power_users", "other_users"
 # the natural test day's rows, as a part: the regional-vs-global table's test margin
 TEST_PART = "natural_test"
+# margin(key_a, key_b, eval_region, part) -> Margin of a - b on that part, or None if unscored
+SliceMarginLookup = Callable[[tuple, tuple, str, str], "Margin | None"]
 
 
 def user_groups(users: Sequence | np.ndarray | pd.Series,
@@ -191,12 +193,20 @@ def _label(r: Mapping) -> str:
     return candidate_label(r["model"], r["candidate_region"], r["config_id"])
 
 
+def slice_margin_lookup(groups: Mapping[tuple, GroupSums]) -> SliceMarginLookup:
+    """``margin(key_a, key_b, region, part)`` over sums keyed (scorer key, region, part)."""
+    def margin(a: tuple, b: tuple, region: str, part: str) -> Margin | None:
+        sa = groups.get((tuple(a), region, part))
+        sb = groups.get((tuple(b), region, part))
+        return None if sa is None or sb is None else sa.margin_against(sb)
+    return margin
+
+
 def regional_margins(groups: Mapping[tuple, GroupSums], table: pd.DataFrame) -> pd.DataFrame:
     """``table`` (regional vs global: region, model, config_id) with each regional
     candidate's margin against the global one of its family on the region's rows, on
     validation (natural-weighted) and on the natural test day: ``val_diff`` / ``test_diff``
     (regional - global; negative: regional better), their user-clustered SEs and z."""
-    from pythia.evaluate.guard import slice_margin_lookup
     margin, on_test = margin_lookup(groups), slice_margin_lookup(groups)
     keys = [((m, r, int(c)), (m, GLOBAL_REGION, int(c)), r)
             for r, m, c in zip(table["region"], table["model"], table["config_id"])]

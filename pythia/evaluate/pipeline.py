@@ -7,9 +7,10 @@ from typing import Any, Mapping, Sequence
 from pythia.evaluate.champions import (DEFAULT_TOLERANCE, PreviousScorer, choose_champions)
 from pythia.evaluate.figures import draw_figures
 from pythia.evaluate.gauge import build_gauge, gauge_by_slice
-from pythia.evaluate.guard import slice_margin_columns, slice_margin_lookup
+from pythia.evaluate.guard import slice_margin_columns
 from pythia.evaluate.io import read_world, write_reports
-from pythia.evaluate.margins import DEFAULT_Z_MIN, margin_lookup, regional_margins
+from pythia.evaluate.margins import (DEFAULT_Z_MIN, margin_lookup, regional_margins,
+                                     slice_margin_lookup)
 from pythia.evaluate.previous import PreviousComparison
 from pythia.evaluate.stream import score_streaming
 from pythia.evaluate.tables import build_headline, build_regional_vs_global
