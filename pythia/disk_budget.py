@@ -162,8 +162,9 @@ def _same_disk(a: str, b: str) -> bool:
 
 def check(source_path: str, window: Mapping[str, Any], data_root: str, flow_name: str,
           run_id: str) -> int:
-    """The start step's check: print ``preflight_lines`` and ``datastore_lines``; returns this
-    run's ``source_bytes`` (recorded as an artifact, for the estimates of later runs)."""
+    """The start step's check: print ``preflight_lines`` and ``datastore_lines`` (one ``disk:``
+    line when neither is loud); returns this run's ``source_bytes`` (recorded as an artifact,
+    for the estimates of later runs)."""
     source_bytes = window_bytes(source_path, window)
     previous = previous_footprint(flow_name, run_id)
     lines = preflight_lines(data_root, source_bytes, previous)
@@ -178,6 +179,9 @@ def check(source_path: str, window: Mapping[str, Any], data_root: str, flow_name
     if previous is not None and not storage.is_s3(data_root) and root is not None \
             and _same_disk(root, data_root):
         reserved = estimated_need(bytes_under(previous[1]), source_bytes, previous[2])
-    for line in lines + datastore_lines(root, stored, reserved):
+    store = datastore_lines(root, stored, reserved)
+    if len(lines) == 1 and len(store) == 1:  # nothing loud: one line, as the step log wants
+        lines, store = [f"{lines[0]}; {store[0][len('datastore: '):]}"], []
+    for line in lines + store:
         print(line)
     return source_bytes
