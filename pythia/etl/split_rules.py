@@ -45,7 +45,11 @@ def rules_markdown() -> str:
         "restored downstream (prior correction, importance weights), so resampling buys class "
         "balance at the price of data; that is cheap where the classes are near balanced or "
         "the data is large, and ruinous on small skewed label sets (a 0.4% class leaves "
-        "`balanced` about 5% of the rows). The split manifest records the mode applied "
+        "`balanced` about 5% of the rows). Not free even near balance: on the default world "
+        "`balanced` keeps 78% of the train rows, and `natural` scored 0.0014 better AgeGender "
+        "on fresh users over three seeds, all of it on power user-days, but worse in APAC on "
+        "every seed (docs/new-users.md, session 46), so `auto` is unchanged. "
+        "The split manifest records the mode applied "
         "(`resample`), what was asked (`resample_requested`, `min_keep_rate`) and the numbers "
         "(`resample_choice`).",
         f"- The test day is written twice: `{TEST_RESAMPLED}` (rules above) and `{TEST_NATURAL}` "
