@@ -125,9 +125,15 @@ def test_a_run_not_resumed_has_no_origin(value):
 def test_an_s3_data_root_is_cleaned_by_the_same_rules(moto_s3, s3_env, monkeypatch, capsys):
     """Run folders on a real S3 endpoint (moto): the same plan as on disk; --yes deletes every
     object of the folders it marks and nothing else (not the neighbouring flow's prefix)."""
+    import uuid
+
     from pythia import storage
 
-    root = s3_env["PYTHIA_DATA_ROOT"]
+    # moto keeps one store per process: other modules' S3 tests may have written to this
+    # bucket, so this test owns a fresh prefix (the data root, through PYTHIA_DATA_ROOT)
+    prefix = f"clean-{uuid.uuid4().hex[:8]}"
+    root = f"s3://{moto_s3.bucket}/{prefix}"
+    monkeypatch.setenv("PYTHIA_DATA_ROOT", root)
     for k, run_id in enumerate(("9", "8", "7", "6", "5", "4", "3", "2", "12345")):
         for part in ("etl/hours=0/part-0.parquet", "models/mlp__global__0/meta.json"):
             storage.write_bytes_atomic(f"{root}/DemoFlow/{run_id}/{part}", b"x" * (500 + k))
@@ -142,14 +148,14 @@ def test_an_s3_data_root_is_cleaned_by_the_same_rules(moto_s3, s3_env, monkeypat
     out = capsys.readouterr().out
     assert "would remove 5 successful    1008 B  older than the runs kept" in out
     assert "2 run folder(s), 2.0 KB, would be removed; add --yes" in out
-    before = moto_s3.keys("pythia/")
+    before = moto_s3.keys(f"{prefix}/")
     assert len(before) == 19
     assert cli.main(["clean", "--keep", "2", "--yes"]) == 0
     assert f"removed 2 run folder(s), 2.0 KB, under {root}/DemoFlow" in capsys.readouterr().out
-    after = moto_s3.keys("pythia/")
+    after = moto_s3.keys(f"{prefix}/")
     assert sorted(set(before) - set(after)) == [
-        f"pythia/DemoFlow/{r}/{p}" for r in ("3", "5")
+        f"{prefix}/DemoFlow/{r}/{p}" for r in ("3", "5")
         for p in ("etl/hours=0/part-0.parquet", "models/mlp__global__0/meta.json")]
-    assert "pythia/OtherFlow/5/kept.bin" in after
+    assert f"{prefix}/OtherFlow/5/kept.bin" in after
     assert sorted(clean.run_folders(root, "DemoFlow")) == ["12345", "2", "4", "6", "7", "8",
                                                             "9"]
