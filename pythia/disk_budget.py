@@ -72,9 +72,11 @@ def estimated_need(used: int, source_bytes: int, prev_bytes: int) -> int:
 
 
 def preflight_lines(data_root: str, source_bytes: int,
-                    previous: tuple[str, str, int] | None) -> list[str]:
+                    previous: tuple[str, str, int] | None, used: int | None = None
+                    ) -> list[str]:
     """What the start step prints about disk space: one line, or a loud block when the
-    estimated need exceeds the free space of the data root's disk ([] on S3)."""
+    estimated need exceeds the free space of the data root's disk ([] on S3). ``used``: the
+    previous run's folder bytes when the caller has them (else they are counted here)."""
     if storage.is_s3(data_root):
         return []
     free = free_text(data_root)
@@ -82,7 +84,7 @@ def preflight_lines(data_root: str, source_bytes: int,
         return [f"disk: the data root {data_root} has {free}; no earlier successful run here "
                 "to estimate this run's need from"]
     run_id, folder, prev_bytes = previous
-    used = bytes_under(folder)
+    used = bytes_under(folder) if used is None else used
     need = estimated_need(used, source_bytes, prev_bytes)
     line = (f"the data root {data_root} has {free}; run {run_id} wrote {size_text(used)} "
             f"there for {size_text(prev_bytes)} of impressions, so this run "
@@ -167,7 +169,8 @@ def check(source_path: str, window: Mapping[str, Any], data_root: str, flow_name
     for the estimates of later runs)."""
     source_bytes = window_bytes(source_path, window)
     previous = previous_footprint(flow_name, run_id)
-    lines = preflight_lines(data_root, source_bytes, previous)
+    used = bytes_under(previous[1]) if previous is not None else None  # walked once
+    lines = preflight_lines(data_root, source_bytes, previous, used)
     root = datastore_root()
     stored = None
     if root is not None and previous is not None:
@@ -178,7 +181,7 @@ def check(source_path: str, window: Mapping[str, Any], data_root: str, flow_name
     reserved = 0
     if previous is not None and not storage.is_s3(data_root) and root is not None \
             and _same_disk(root, data_root):
-        reserved = estimated_need(bytes_under(previous[1]), source_bytes, previous[2])
+        reserved = estimated_need(used, source_bytes, previous[2])
     store = datastore_lines(root, stored, reserved)
     if len(lines) == 1 and len(store) == 1:  # nothing loud: one line, as the step log wants
         lines, store = [f"{lines[0]}; {store[0][len('datastore: '):]}"], []
