@@ -164,3 +164,55 @@ def test_guard_rule_on_given_margins():
     assert out["eligible"].all()
     with pytest.raises(ValueError, match="z_min must be >= 0"):
         guard_regional(scores, lambda *a: None, -1.0)
+
+
+def test_a_regional_candidate_that_wins_only_on_power_users_is_not_chosen(tmp_path):
+    """Better overall through the held-out power users, a shade worse (within noise) on the
+    other users: the old rule kept it and the overall validation loss chose it; the guard
+    now routes the region to the global candidate and says why. LATAM, better on both
+    parts, stays."""
+    from pythia import evaluate
+
+    frames = _rows(seed=3)
+    manifest, cands = _write(tmp_path, frames, [
+        ("mlp", "global", _everywhere(2.0, 2.0), False),
+        ("logreg", "global", _everywhere(0.5, 0.5), True),
+        ("class_prior", "global", _everywhere(0.0, 0.0), True),
+        ("mlp", "EU", _everywhere(3.0, 1.97), False),
+        ("mlp", "LATAM", _everywhere(2.1, 2.1), False)])
+    out = evaluate.run(cands, manifest, None, EDGES, str(tmp_path / "reports"),
+                       baseline_models=evaluate.baseline_models_of(cands), make_figures=False,
+                       z_min=2.0)
+    c = out["champions"].set_index("region")
+    val = out["headline"].set_index(["eval_region", "model", "candidate_region"])["val_logloss"]
+    rvg = out["regional_vs_global"].set_index(["region", "model"])
+    eu = rvg.loc[("EU", "mlp")]
+    # the case: better overall, worse on the other users but not by z_min SEs
+    assert val[("EU", "mlp", "EU")] < val[("EU", "mlp", "global")] and eu["val_diff"] < 0
+    assert 0 < eu["val_z_other_users"] < 2 and eu["val_diff_power_users"] < 0
+    assert c.loc["EU", "champion"] == "mlp/global#0"
+    guard = c.loc["EU", "guard"]
+    assert guard == (f"per-slice guard excluded mlp/EU#0 is not better than mlp/global#0 on "
+                     f"validation other users {eu['val_diff_other_users']:+.4f} ± "
+                     f"{eu['val_diff_other_users'] / eu['val_z_other_users']:.4f} "
+                     f"(z {eu['val_z_other_users']:+.2f}); a regional candidate must win there")
+    assert c.loc["LATAM", "champion"] == "mlp/LATAM#0" and pd.isna(c.loc["LATAM", "guard"])
+
+
+def test_the_other_users_must_show_a_win():
+    scores = _scores([
+        dict(eval_region="EU", model="mlp", candidate_region="EU", val_logloss=1.0),
+        dict(eval_region="EU", model="mlp", candidate_region="global", val_logloss=1.1)])
+    parts = {POWER_PART: Margin(-0.2, math.nan, 4, "only 4 user group(s)")}
+    for other, kept in ((Margin(0.001, 0.01, 40), False), (Margin(0.0, 0.01, 40), False),
+                        (Margin(-0.001, 0.01, 40), True), (None, True),
+                        (Margin(math.nan, math.nan, 0, "no rows"), True)):
+        parts[OTHER_PART] = other
+        for z_min in (0.0, 2.0):
+            out, notes = guard_regional(scores, lambda a, b, r, part: parts[part], z_min)
+            assert out.loc[0, "eligible"] == kept and out.loc[1, "eligible"]
+            assert ("mlp/EU#0" in notes.get("EU", "")) == (not kept)
+            # z_min 0 excludes a positive point estimate as a loss; the win rule adds ties
+            says = "is not better than mlp/global#0 on validation other users"
+            assert (says in notes.get("EU", "")) == (
+                not kept and (z_min > 0 or other.diff == 0))

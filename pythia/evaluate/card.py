@@ -144,7 +144,8 @@ _REGIONAL_VS_GLOBAL = (
     "`test_z`: the same on the natural test day (-test_diff is the gain above, with its "
     "noise). `val_diff_*` / `val_z_*`: "
     "the same on the region's power users and on its other users — the per-slice guard "
-    "excludes a regional candidate whose z there is above `z_min`.")
+    "excludes a regional candidate whose z there is above `z_min`, and one whose "
+    "`val_diff_other_users` is not below 0 (the baselines are not guarded).")
 
 _GAUGE_SLICES = (
     "## Bayes gauge per slice (synthetic data)\n\nPer region, its champion (else its best "
