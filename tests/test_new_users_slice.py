@@ -5,6 +5,7 @@ with the population posterior as its bar, and left out, not crashing, when it ha
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,8 @@ from pythia.evaluate.gauge import (GAUGE_SLICES, build_gauge, gauge_by_slice, in
 from pythia.evaluate import slices  # its test_set_rows, imported here, would be collected
 from pythia.evaluate.slices import (NATURAL, NATURAL_NEW_USERS, NATURAL_POWER_USERS,
                                     SPLIT_OF_TEST_SET, TEST_SETS, slice_masks)
+from pythia.evaluate.margins import (MIN_USER_GROUPS, NEW_USERS_TEST_PART,
+                                     regional_margins, user_groups)
 from pythia.evaluate.stream import score_streaming
 from pythia.features import TEST_NATURAL, TEST_RESAMPLED, USER_HELD_OUT, VALIDATION
 from test_evaluate import EDGES, FakeCard, _make_world, _write_predictions, _write_splits
@@ -109,6 +112,38 @@ def test_gauge_per_slice_lists_the_new_users_with_the_population_bar(tiny):
     assert NATURAL_NEW_USERS in text
     assert f"on {NATURAL_NEW_USERS} (users held out of training) the fair bar is " \
            "ratio_population_*" in text
+
+
+def test_the_regional_margin_on_the_new_users_pairs_their_rows(tiny):
+    """The card's new_diff: regional - global AgeGender log-loss on the test day's held-out
+    users of the region, equal to the two candidates' log-losses on the natural_new_users
+    slice (same rows), with a user-clustered SE; the whole day's test_diff stays apart."""
+    candidates, manifest, _ = tiny
+    scored = score_streaming(candidates, manifest, EDGES, None, bucket_rows=97)
+    table = regional_margins(scored.sums.groups, pd.DataFrame(
+        {"region": ["EU"], "model": ["gbdt"], "config_id": [0]})).iloc[0]
+    m = scored.metrics
+
+    def loss(region, test_set):
+        sel = m[(m["model"] == "gbdt") & (m["region"] == region) & (m["eval_region"] == "EU")
+                & (m["test_set"] == test_set) & (m["metric"] == "log_loss")
+                & (m["target"] == "age_gender") & (m["label_source"] == "provider")]
+        return float(sel["value"].iloc[0])
+
+    assert table["new_diff"] == pytest.approx(loss("EU", NATURAL_NEW_USERS)
+                                              - loss("global", NATURAL_NEW_USERS), abs=1e-6)
+    assert table["test_diff"] == pytest.approx(loss("EU", NATURAL) - loss("global", NATURAL),
+                                               abs=1e-6)
+    assert table["new_diff"] != pytest.approx(table["test_diff"])
+    nat = pd.read_parquet(manifest["paths"][TEST_NATURAL])
+    held = nat[nat[USER_HELD_OUT] & (nat["region"] == "EU") & nat["y_age_gender"].notna()]
+    part = scored.sums.groups[(("gbdt", "EU", 0), "EU", NEW_USERS_TEST_PART)]
+    assert part.rows.sum() == len(held) > 0
+    # this tiny day's held-out EU users fill fewer user groups than an SE needs: no SE, said
+    margin = part.margin_against(scored.sums.groups[(("gbdt", "global", 0), "EU",
+                                                     NEW_USERS_TEST_PART)])
+    assert margin.n_groups == len(set(user_groups(held["user_id"]))) < MIN_USER_GROUPS
+    assert math.isnan(table["new_se"]) and math.isnan(table["new_z"]) and margin.note
 
 
 @pytest.mark.parametrize("flag", ["absent", "all_false"])

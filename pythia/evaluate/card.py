@@ -142,7 +142,9 @@ _REGIONAL_VS_GLOBAL = (
     "(natural-weighted, paired on the same rows), `val_se` its standard error clustered by "
     "user and `val_z` = val_diff / val_se: |z| below 2 is noise; `test_diff` / `test_se` / "
     "`test_z`: the same on the natural test day (-test_diff is the gain above, with its "
-    "noise). `val_diff_*` / `val_z_*`: "
+    "noise); `new_diff` / `new_se` / `new_z`: on the test day's new users (held out of "
+    "training: a bidder's case, as a device with a label needs no model). "
+    "`val_diff_*` / `val_z_*`: "
     "the same on the region's power users and on its other users — the per-slice guard "
     "excludes a regional candidate whose z there is above `z_min`, and one whose "
     "`val_diff_other_users` is not below 0 (the baselines are not guarded).")

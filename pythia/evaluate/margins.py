@@ -19,7 +19,7 @@ import pandas as pd
 
 from pythia import features
 from pythia.config import GLOBAL_REGION, DeployConfig
-from pythia.evaluate.slices import candidate_label
+from pythia.evaluate.slices import NATURAL, NATURAL_NEW_USERS, candidate_label
 from pythia.evaluate.stats import row_log_loss
 
 N_USER_GROUPS = features.N_USER_GROUPS  # clusters of the SE (also a TFRecord column's)
@@ -33,8 +33,10 @@ MarginLookup = Callable[[tuple, tuple, str], "Margin | None"]
 MARGIN_COLUMNS = ["margin_vs", "margin_diff", "margin_se", "margin_z", "z_min"]
 # the validation rows' parts the regional guard compares on (``guard``)
 POWER_PART, OTHER_PART = "power_users", "other_users"
-# the natural test day's rows, as a part: the regional-vs-global table's test margin
-TEST_PART = "natural_test"
+# the natural test day's rows, and its new users' (held out of train), as parts: the
+# regional-vs-global table's test margins (test set -> part)
+TEST_PART, NEW_USERS_TEST_PART = "natural_test", "natural_new_users_test"
+TEST_PARTS = {NATURAL: TEST_PART, NATURAL_NEW_USERS: NEW_USERS_TEST_PART}
 # margin(key_a, key_b, eval_region, part) -> Margin of a - b on that part, or None if unscored
 SliceMarginLookup = Callable[[tuple, tuple, str, str], "Margin | None"]
 
@@ -205,16 +207,17 @@ def slice_margin_lookup(groups: Mapping[tuple, GroupSums]) -> SliceMarginLookup:
 def regional_margins(groups: Mapping[tuple, GroupSums], table: pd.DataFrame) -> pd.DataFrame:
     """``table`` (regional vs global: region, model, config_id) with each regional
     candidate's margin against the global one of its family on the region's rows, on
-    validation (natural-weighted) and on the natural test day: ``val_diff`` / ``test_diff``
-    (regional - global; negative: regional better), their user-clustered SEs and z."""
+    validation (natural-weighted), on the natural test day and on its new users (held out of
+    train: the bid-time case): ``val_diff`` / ``test_diff`` / ``new_diff`` (regional - global;
+    negative: regional better), their user-clustered SEs and z."""
     margin, on_test = margin_lookup(groups), slice_margin_lookup(groups)
     keys = [((m, r, int(c)), (m, GLOBAL_REGION, int(c)), r)
             for r, m, c in zip(table["region"], table["model"], table["config_id"])]
     found = [margin(*k) for k in keys]
-    test = [on_test(*k, TEST_PART) for k in keys]
-    return table.assign(val_diff=[x.diff if x else math.nan for x in found],
-                        val_se=[x.se if x else math.nan for x in found],
-                        val_z=[x.z if x else math.nan for x in found],
-                        test_diff=[x.diff if x else math.nan for x in test],
-                        test_se=[x.se if x else math.nan for x in test],
-                        test_z=[x.z if x else math.nan for x in test])
+    columns = {}
+    for prefix, found in (("val", [margin(*k) for k in keys]),
+                          ("test", [on_test(*k, TEST_PART) for k in keys]),
+                          ("new", [on_test(*k, NEW_USERS_TEST_PART) for k in keys])):
+        for what in ("diff", "se", "z"):
+            columns[f"{prefix}_{what}"] = [getattr(x, what) if x else math.nan for x in found]
+    return table.assign(**columns)

@@ -42,7 +42,7 @@ from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, OPTIONAL_FRAME_
                                     PROVIDER, TRUTH, WEIGHT_COLUMN, SplitFrame, split_frame,
                                     truth_labels)
 from pythia.evaluate.gauge import in_between_of, population_of, posterior_probs
-from pythia.evaluate.margins import OTHER_PART, POWER_PART, TEST_PART, user_groups
+from pythia.evaluate.margins import OTHER_PART, POWER_PART, TEST_PARTS, user_groups
 from pythia.evaluate.slices import (NATURAL, SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
                                     Aligned, align, candidate_key, candidate_label,
                                     check_candidates, eval_regions_of, slice_masks)
@@ -328,8 +328,8 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
             a = aligned[frame.split]
             _add_slices(sums, key, frame, test_set, a, {s: a.probs for s in frame.labels},
                         eval_regions_of(ident["region"], regions), bayes.get(frame.split),
-                        ref_cache, groups.get(frame.split) if test_set in (VALIDATION, NATURAL)
-                        else None,
+                        ref_cache, groups.get(frame.split)
+                        if test_set == VALIDATION or test_set in TEST_PARTS else None,
                         extras={k: v.get(frame.split) for k, v in extra.items()})
 
 
@@ -345,7 +345,7 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
     that covers the same rows shares them instead of scoring the posteriors again. ``groups``
     (the frame rows' user groups) adds the paired margins' sums: on validation the whole slice
     and its power-user and other rows (the champion rule's, the regional guard's); on the
-    natural test day the whole slice, as part ``TEST_PART``."""
+    natural test day the whole slice and its new users, as parts ``TEST_PARTS[test_set]``."""
     ref_cache = {} if ref_cache is None else ref_cache
     extras = extras or {}
     is_model = key != BAYES_KEY
@@ -381,8 +381,9 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 stats.add(y, p, w, refs["realised"], refs.get("population"),
                           refs.get("in_between"))
                 if groups is not None and target == JOINT_TARGET and source == PROVIDER:
-                    if test_set == NATURAL:  # the test day: the whole slice only
-                        sums.groups_of((key, region, TEST_PART)).add(groups[pos], y, p, w)
+                    if test_set in TEST_PARTS:  # the test day: one part per test set
+                        sums.groups_of((key, region, TEST_PARTS[test_set])).add(
+                            groups[pos], y, p, w)
                         continue
                     sums.groups_of((key, region)).add(groups[pos], y, p, w)
                     power = frame.power[pos]
