@@ -120,3 +120,31 @@ def test_the_train_steps_validation_predictions_are_out_of_fold(fitted, monkeypa
     np.testing.assert_allclose(got["test_natural"], model.predict_proba(valid)["age_gender"],
                                rtol=0, atol=1e-6)
     assert counts == {"validation": n, "test_natural": n}
+
+
+def test_a_warm_started_models_folds_start_from_its_starts_same_fold(fitted):
+    """A regional model's bins are its start's times one scale; its fold f starts from the
+    start's bins fitted without fold f (the start's full fit saw fold f's labels), and a
+    start without folds gives the regional model none."""
+    from pythia.models import get_model
+
+    start, _ = fitted
+    enc = activity_encoders()
+    train = world(enc, 2000, 5)
+    valid = _with_groups(world(enc, 1500, 6), 200, 8)
+    regional = get_model("logreg")(enc, {}, TrainConfig())
+    regional.fit(train, valid, priors_of(train, enc), start=start)
+    assert regional.activity_temperature.start_scale is not None
+    for (_, mine), (_, theirs) in zip(regional.fold_calibration, start.fold_calibration):
+        np.testing.assert_allclose(np.asarray(mine.temperature),
+                                   mine.start_scale * np.asarray(theirs.temperature))
+    # the start's shipped bins are back in place after the folds
+    assert start.activity_temperature.start_scale is None
+    kept = start.fold_calibration
+    try:
+        start.fold_calibration = None
+        again = get_model("logreg")(enc, {}, TrainConfig())
+        again.fit(train, valid, priors_of(train, enc), start=start)
+        assert again.fold_calibration is None
+    finally:
+        start.fold_calibration = kept

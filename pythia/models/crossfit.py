@@ -16,8 +16,9 @@ users its calibration never saw. The shipped model keeps the temperatures fitted
 validation row; only the validation predictions file changes. Rows without a user group
 (shards written before the column) and runs with too few user groups keep the in-sample
 calibration. The folds refit exactly what ``Model._fit_and_calibrate`` fits
-(``activity_temp.fit_for``; a warm-started model's start bins times its own scale), so a
-regional model's folds start from its start's full fit.
+(``activity_temp.fit_for``; a warm-started model's start bins times its own scale), and a
+regional model's fold starts from its global start's bins of the same fold: the start's bins
+fitted on every validation row would carry the fold's own labels into it.
 """
 from __future__ import annotations
 
@@ -44,14 +45,23 @@ def fold_of(groups: Any) -> np.ndarray:
 def fold_calibrations(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray]
                       ) -> list[tuple[dict, Any]] | None:
     """Per fold, (temperature per head, activity temperature) fitted on the validation rows
-    of the other folds, as ``Model._fit_and_calibrate`` fits them; None without user groups
-    or with fewer than ``MIN_GROUPS`` of them."""
+    of the other folds, as ``Model._fit_and_calibrate`` fits them (a warm-started model's
+    from its start's fold: the start's ``fold_calibration``); None without user groups, with
+    fewer than ``MIN_GROUPS`` of them, or for a warm start whose start has no folds."""
     groups = y.get(GROUPS)
     if groups is None:
         return None
     fold = fold_of(groups)
     if len(np.unique(np.asarray(groups)[fold >= 0])) < MIN_GROUPS:
         return None
+    # a warm start's bins were fitted on every fold of its validation (a superset of these
+    # rows): each fold starts from the start's bins fitted without that fold, or none is honest
+    start = getattr(model, "start", None)
+    start_folds = None
+    if start is not None and start.activity_temperature is not None:
+        start_folds = getattr(start, "fold_calibration", None)
+        if start_folds is None:
+            return None
     out = []
     for f in range(N_FOLDS):
         rows = np.flatnonzero((fold >= 0) & (fold != f))
@@ -60,7 +70,14 @@ def fold_calibrations(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str,
         temps = dict(model.temperature)
         for t in model.heads:
             temps[t] = pr.fit_temperature(r[t], yy[t], model.link(t))
-        out.append((temps, at.fit_for(model, r, yy, temps[at.JOINT])))
+        shipped = start.activity_temperature if start_folds is not None else None
+        try:
+            if start_folds is not None:
+                start.activity_temperature = start_folds[f][1]
+            out.append((temps, at.fit_for(model, r, yy, temps[at.JOINT])))
+        finally:
+            if start_folds is not None:
+                start.activity_temperature = shipped
     return out
 
 
