@@ -213,7 +213,6 @@ def regional_margins(groups: Mapping[tuple, GroupSums], table: pd.DataFrame) -> 
     margin, on_test = margin_lookup(groups), slice_margin_lookup(groups)
     keys = [((m, r, int(c)), (m, GLOBAL_REGION, int(c)), r)
             for r, m, c in zip(table["region"], table["model"], table["config_id"])]
-    found = [margin(*k) for k in keys]
     columns = {}
     for prefix, found in (("val", [margin(*k) for k in keys]),
                           ("test", [on_test(*k, TEST_PART) for k in keys]),
