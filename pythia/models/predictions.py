@@ -16,8 +16,7 @@ import pyarrow.parquet as pq
 
 from pythia import features, storage
 from pythia.config import GLOBAL_REGION
-from pythia.features import IMPRESSION_ID, REGION, SPLIT, VALIDATION
-from pythia.models import crossfit
+from pythia.features import IMPRESSION_ID, REGION, SPLIT
 from pythia.scratch import scratch_dir
 
 PREDICT_CHUNK_ROWS = 65_536  # rows read, predicted and written at a time
@@ -122,10 +121,7 @@ def prediction_blocks(model: Any, tf_manifest: Mapping, region: str, splits: Seq
                 ids = data[IMPRESSION_ID]
                 if len(ids) == 0:
                     continue
-                # validation: each row calibrated without its fold of users (crossfit)
-                probs = (crossfit.predict_validation(model, data) if split == VALIDATION
-                         else model.predict_proba(data))
-                yield predictions_table(ids, split, r, region, probs)
+                yield predictions_table(ids, split, r, region, model.predict_proba(data))
                 counts[split] += len(ids)
 
 
