@@ -144,6 +144,23 @@ def test_a_real_learner_family_records_each_regions_warm_start(fake_tfrecords, t
     assert warm["best_val_loss"] <= warm["val_loss_at_start"]
 
 
+def test_a_family_reads_the_runs_fold_regions_once_and_each_candidate_scores_its_own(
+        fake_tfrecords, warm_prior, tmp_path, monkeypatch):
+    """One out-of-fold rule for the run (``crossfit.fold_regions``, read once per family):
+    the global candidate scores every fold region out of fold, a regional one its own region
+    when it is one; each summary records it."""
+    from pythia.models import crossfit
+
+    calls = []
+    monkeypatch.setattr(crossfit, "fold_regions",
+                        lambda manifest: calls.append(manifest) or ("NA",))
+    out = _train(family(["global", "EU", "NA"]), fake_tfrecords, tmp_path)
+    assert [(c["region"], c["fold_regions"]) for c in out] == [
+        ("global", ["NA"]), ("EU", []), ("NA", ["NA"])]
+    assert [model.fold_regions for model, _ in warm_prior] == [("NA",), (), ("NA",)]
+    assert calls == [fake_tfrecords]
+
+
 def test_a_model_saved_with_a_training_knob_this_code_lacks_still_loads(fake_tfrecords,
                                                                          tmp_path):
     """A folder written by newer code (one more TrainConfig field) loads: training knobs do

@@ -21,7 +21,10 @@ INTRO = """
 
 Each **candidate** is one model of the registry trained either on one region or on all of them
 (`global`). For every region, the candidate with the lowest **validation log-loss** on the joint
-AgeGender target (natural-weighted) wins, provided it is not a baseline — so it beats every
+AgeGender target (natural-weighted; in a region whose validation rows hold 100 user groups or
+more, every candidate scores each row under temperatures fitted without its fifth of the users,
+so none is scored on the rows it was calibrated on: `fold_regions` of `candidates`) wins,
+provided it is not a baseline — so it beats every
 baseline{baseline}, the constant class prior among them, by more than noise: its paired
 validation log-loss difference with each baseline must be below -`z_min` standard errors
 clustered by user (impressions of one user are not independent); `margin_vs` names the best

@@ -22,7 +22,7 @@ import numpy as np
 from pythia import features, stack, storage
 from pythia.config import TrainConfig
 from pythia.features import Encoders
-from pythia.models import activity_temp as at, export as ex, priors as pr
+from pythia.models import activity_temp as at, crossfit, export as ex, priors as pr
 from pythia.models.raw_memo import RawMemo
 
 META_FILE = "meta.json"
@@ -273,8 +273,9 @@ class Model:
                             else None)
         for t in self.heads:
             self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
-        # a warm start keeps its start's bins' shape
+        # a warm start keeps its start's bins' shape; the validation predictions' folds too
         self.activity_temperature = at.fit_for(self, raw, y, self.temperature[at.JOINT])
+        self.fold_calibration = crossfit.fold_calibrations(self, raw, y)
         calibrated = self._expand(self._calibrated(raw, y.get(at.FEATURE)))
         summary["val_logloss"] = {t: (pr.mean_log_loss(calibrated[t], y[t]) if len(y[t])
                                       else float("nan")) for t in features.TARGETS}
@@ -319,7 +320,6 @@ class Model:
         """Drop the validation logits kept from calibration (once its predictions are out)."""
         self._valid_memo = None
 
-    # ------------------------------------------------------------ persistence
     def save(self, path: str) -> None:
         """Write the model folder (local or s3://) atomically: meta, encoders, weights."""
         if self.priors is None:

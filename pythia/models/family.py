@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from pythia.config import GLOBAL_REGION, TrainConfig
+from pythia.models import crossfit
 from pythia.models.train import (CandidatePaths, FittedCandidate, fit_candidate_model,
                                  print_candidate, train_grid, validation_class_weights)
 
@@ -83,6 +84,8 @@ def train_family(family: Mapping[str, Any], tf_manifest: Mapping, split_manifest
     priors = priors_from_split_manifest(split_manifest, age_edges)
     weights = validation_class_weights(split_manifest, len(age_edges))
     warm = starts_from_global(get_model(name), regions, train_cfg)
+    # one rule for every candidate of the run: a region is scored out of fold or in-sample
+    folds = crossfit.fold_regions(tf_manifest)
     start: FittedCandidate | None = None
     summaries = []
     for region in regions:
@@ -90,7 +93,8 @@ def train_family(family: Mapping[str, Any], tf_manifest: Mapping, split_manifest
                                      priors, paths.model(name, region, config_id),
                                      paths.predictions(name, region, config_id), train_cfg,
                                      weights, start if region != GLOBAL_REGION else None,
-                                     serves_as_start=warm and region == GLOBAL_REGION)
+                                     serves_as_start=warm and region == GLOBAL_REGION,
+                                     fold_regions=folds)
         if warm and region == GLOBAL_REGION:
             start = fitted  # kept for the regions; the other fitted models are dropped at once
         print_candidate(fitted.summary)

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 from pythia import features, storage
 from pythia.config import GLOBAL_REGION
-from pythia.features import IMPRESSION_ID, REGION, SPLIT
+from pythia.features import IMPRESSION_ID, REGION, SPLIT, VALIDATION
+from pythia.models import crossfit
 from pythia.scratch import scratch_dir
 
 PREDICT_CHUNK_ROWS = 65_536  # rows read, predicted and written at a time
@@ -121,7 +122,10 @@ def prediction_blocks(model: Any, tf_manifest: Mapping, region: str, splits: Seq
                 ids = data[IMPRESSION_ID]
                 if len(ids) == 0:
                     continue
-                yield predictions_table(ids, split, r, region, model.predict_proba(data))
+                # validation: out of fold in the regions the model scores so (crossfit)
+                probs = (crossfit.predict_validation(model, data, r) if split == VALIDATION
+                         else model.predict_proba(data))
+                yield predictions_table(ids, split, r, region, probs)
                 counts[split] += len(ids)
 
 

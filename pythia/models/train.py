@@ -18,7 +18,7 @@ import numpy as np
 from pythia import stack
 from pythia.config import GLOBAL_REGION, TrainConfig
 from pythia.features import TEST_NATURAL, TEST_RESAMPLED, TRAIN, VALIDATION
-from pythia.models import notes
+from pythia.models import crossfit, notes
 from pythia.models.base import TF_DATASET, Model
 from pythia.models.predictions import write_split_predictions
 
@@ -218,8 +218,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
                         model_dir: str, predictions_uri: str,
                         train_cfg: TrainConfig = TrainConfig(),
                         valid_class_weights: Sequence[float] | None = None,
-                        start: FittedCandidate | None = None, serves_as_start: bool = False
-                        ) -> FittedCandidate:
+                        start: FittedCandidate | None = None, serves_as_start: bool = False,
+                        fold_regions: Sequence[str] = ()) -> FittedCandidate:
     # ~70 lines of which 30 are the docstring: load, fit, predict, save read best in one place.
     """Fit one candidate, write its predictions and model; return its summary and the model.
 
@@ -240,6 +240,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
             family's global one, ``Model.fit(..., start=)``); None: from scratch.
         serves_as_start: the fitted model will be the ``start`` of others
             (``Model.serve_as_start``: gbdt keeps its raw scores for them).
+        fold_regions: the run's regions whose validation rows every candidate scores out of
+            fold (``crossfit.fold_regions``); () = all in-sample.
 
     Returns:
         ``FittedCandidate``: the model, and a JSON-able summary dict: model, is_baseline (the
@@ -247,7 +249,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         constant-prior line), region, config_id,
         hparams, model_dir, predictions_uri, n_train (rows available), n_valid (rows
         used), fit_seconds, epochs, best_val_loss, val_logloss (per target), age_head,
-        temperature, prior_correction, n_predicted (per split), training_sample (per split:
+        temperature, prior_correction, n_predicted (per split), fold_regions (the regions
+        whose validation rows it scored out of fold), training_sample (per split:
         rule, max_rows, seed, rows_available, rows_used; ``tfrecords.sample``),
         temperature_sample (the MLP's: the validation rows its temperature was fitted on,
         ``models.mlp_valid``; else None), start_from (``start``'s id, e.g. 'mlp/global#0',
@@ -277,6 +280,7 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         model.valid_class_weights = np.asarray(valid_class_weights, dtype=np.float64)
     if serves_as_start:
         model.serve_as_start()
+    model.fold_regions = crossfit.candidate_fold_regions(region, fold_regions)
     train, valid, sample = _training_data(model, tf_manifest, region)
     notes.take(model_name)  # nothing left over from an earlier fit
     summary = model.fit(train, valid, priors, start=start.model if start else None)
@@ -311,6 +315,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         "activity_temperature": summary.get("activity_temperature"),
         "prior_correction": train_cfg.prior_correction,
         "n_predicted": n_predicted,
+        # the regions whose validation rows it scored out of fold (models.crossfit)
+        "fold_regions": list(model.fold_regions),
         "wide_start": summary.get("wide_start"),  # the MLP's LR start and whether it improved
         "training_sample": sample,
         # the MLP: the validation rows its temperature was fitted on (models.mlp_valid)
