@@ -102,6 +102,13 @@ def champion_line(row: dict, slot: str | None) -> str:
     return f"  {row['region']:>8}: {head}" + (f"; bundle: {slot}" if slot else "")
 
 
+def fold_regions(candidates: Any) -> list[str]:
+    """The regions whose validation rows the run's candidates scored out of fold
+    (``models.crossfit``: each candidate's ``fold_regions``); [] for an in-sample run or one
+    trained before the record."""
+    return sorted({r for c in candidates or [] for r in (c.get("fold_regions") or [])})
+
+
 def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
     """What the end step prints: where the results are, the champions and their bundle slots,
     and commands that inspect them (each works as printed from the folder the run was started
@@ -109,6 +116,8 @@ def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
     slots = bundle_slots(flow.bundle_path, f"{flow_name}/{run_id}/")
     held = float((getattr(flow, "split_manifest", None) or {}).get("holdout_users") or 0)
     on = f", on the {held:g} of the users held out of training" if held > 0 else ""
+    folds = fold_regions(getattr(flow, "candidates", None))
+    on += f", out of fold in {', '.join(folds)}" if folds else ""
     lines = [f"{flow_name} run {run_id} finished."] + baseline_alarm(flow.champions) + [
         f"  window: {window_text(flow.window)}",
         f"  reports: {flow.reports_path}",

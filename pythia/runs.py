@@ -15,7 +15,7 @@ from pythia import stack, storage
 from pythia.features import spec_version
 from pythia.paths import join
 # the end step's summary; re-exported here, where the flow and callers have looked for it
-from pythia.run_summary import baseline_alarm, summary_text  # noqa: F401
+from pythia.run_summary import baseline_alarm, fold_regions, summary_text  # noqa: F401
 from pythia.run_summary import window_text as _window_text
 
 TARGET_SHORT = (("age_gender", "ag"), ("gender", "g"), ("age", "a"))
@@ -237,6 +237,9 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
             print("\nChampions", file=out)
             print(champions[["region", "champion", "blessed", "reason"]].to_string(index=False),
                   file=out)
+            folds = fold_regions(_artifact(run, "candidates"))
+            print(f"(validation scored out of fold in: {', '.join(folds) or 'no region'}; "
+                  "in-sample elsewhere: models/crossfit.py)", file=out)
         print("\nHeadline (natural test day, provider labels)", file=out)
         print(pd.DataFrame(headline).to_string(index=False), file=out)
         from pythia.evaluate.gauge import print_gauge_slices

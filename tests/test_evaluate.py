@@ -817,11 +817,13 @@ def test_report_and_summary_say_loudly_that_the_baselines_won(monkeypatch, tmp_p
     headline = pd.DataFrame({"eval_region": ["global"], "model": ["mlp"], "val_logloss": [1.98]})
     monkeypatch.setattr(runs, "open_flow", lambda name: object())
     monkeypatch.setattr(runs, "open_run", lambda name, rid: _FakeRun(
-        champions=champions, headline=headline, window=None))
+        champions=champions, headline=headline, window=None,
+        candidates=[{"region": "global", "fold_regions": ["EU"]}, {"region": "EU"}]))
     out = io.StringIO()
     assert runs.print_report("42", out=out) == 0
     text = out.getvalue()
     assert "WARNING: NO MODEL BEATS THE BASELINES in 1 region(s)" in text and LOST in text
+    assert "(validation scored out of fold in: EU; in-sample elsewhere" in text
     assert text.index(LOST) < text.index("Champions")  # before the tables, not after
     # the end step's summary: the block, each region's state and where each bundle slot came from
     flow = _finished_flow(tmp_path, champions, {
@@ -1004,6 +1006,11 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
     flow.split_manifest = {"holdout_users": 0.1, "seed": 0}
     assert ("Champions (validation AgeGender log-loss, on the 0.1 of the users held out of "
             "training) and") in run_summary.summary_text(flow, "DemoFlow", "7", "f.py")
+    # and where it was scored out of fold (models.crossfit: each candidate's fold_regions)
+    flow.candidates = [{"region": "global", "fold_regions": ["NA", "EU"]},
+                       {"region": "EU", "fold_regions": ["EU"]}, {"region": "APAC"}]
+    assert ("log-loss, on the 0.1 of the users held out of training, out of fold in EU, NA) "
+            "and") in run_summary.summary_text(flow, "DemoFlow", "7", "f.py")
 
 
 def _model_dir(tmp_path) -> str:

@@ -183,6 +183,7 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     out = capsys.readouterr().out
     assert f"stack: python {platform.python_version()}, numpy {version('numpy')}" in out
     assert "DIFFERENT STACKS" not in out  # every train task ran here
+    assert "(validation scored out of fold in: no region; in-sample elsewhere" in out  # tiny
     assert main(["runs", "-n", "3"]) == 0
     out = capsys.readouterr().out
     assert tiny_run.id in out
