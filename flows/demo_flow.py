@@ -185,6 +185,8 @@ class DemoFlow(FlowSpec):
         self.train_families = models.train_families(self.params.models, self.params.regions,
                                                     self.tf_manifest, self.params.search,
                                                     self.params.seed, self.params.model_hparams)
+        # the regions every candidate scores out of fold: one read, one rule for all tasks
+        self.fold_regions = list(models.fold_regions(self.tf_manifest))
         self.next(self.train, foreach="train_families")
 
     @resources(cpu=config.resources.train.cpu, memory=config.resources.train.memory)
@@ -196,9 +198,10 @@ class DemoFlow(FlowSpec):
         threads.configure_task(task.cpu, memory_mb=task.memory, parallel=True,
                                say=self.index == 0)
         with self.full_disk("train", family=self.input):
+            # a run resumed from one made before the fold_regions artifact reads it here
             self.candidates = models.train_family(
                 self.input, self.tf_manifest, self.split_manifest, self.params.train,
-                self.params.etl.age_edges, self.paths)
+                self.params.etl.age_edges, self.paths, getattr(self, "fold_regions", None))
         self.next(self.evaluate)
 
     @card(type="blank", id="report", timeout=600)

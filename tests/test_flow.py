@@ -108,6 +108,7 @@ def test_a_model_beats_the_baselines_in_every_region_the_tiny_world_trains(tiny_
     # (out of fold, folds of five users calibrated so badly that the prior led: session 47)
     assert crossfit.MIN_REGION_GROUPS > 20
     assert all(c["fold_regions"] == [] for c in tiny_run.data.candidates)
+    assert tiny_run.data.fold_regions == []  # decided once, in to_tfrecords
     assert champions.loc[trained, "blessed"].all(), champions
     alarm = "\n".join(baseline_alarm(champions.reset_index()))
     for region, row in champions.iterrows():

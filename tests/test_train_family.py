@@ -42,10 +42,10 @@ def warm_prior(monkeypatch):
     return WarmPrior.fits
 
 
-def _train(family, manifest, tmp_path, cfg=FAST):
+def _train(family, manifest, tmp_path, cfg=FAST, fold_regions=None):
     from pythia.models import train_family
     return train_family(family, manifest, SPLIT_MANIFEST, cfg, EDGES,
-                        RunPaths(str(tmp_path), "DemoFlow", "7"))
+                        RunPaths(str(tmp_path), "DemoFlow", "7"), fold_regions)
 
 
 def family(regions, model="class_prior"):
@@ -159,6 +159,21 @@ def test_a_family_reads_the_runs_fold_regions_once_and_each_candidate_scores_its
         ("global", ["NA"]), ("EU", []), ("NA", ["NA"])]
     assert [model.fold_regions for model, _ in warm_prior] == [("NA",), (), ("NA",)]
     assert calls == [fake_tfrecords]
+
+
+def test_a_family_given_the_runs_fold_regions_does_not_read_them_again(
+        fake_tfrecords, warm_prior, tmp_path, monkeypatch):
+    """The flow decides the fold regions once (``to_tfrecords``) and hands them to every
+    train task: a family given them uses them and reads no validation user groups."""
+    from pythia.models import crossfit
+
+    def read(manifest):
+        raise AssertionError("fold regions read again")
+
+    monkeypatch.setattr(crossfit, "fold_regions", read)
+    out = _train(family(["global", "NA"]), fake_tfrecords, tmp_path, fold_regions=["NA"])
+    assert [(c["region"], c["fold_regions"]) for c in out] == [("global", ["NA"]),
+                                                                ("NA", ["NA"])]
 
 
 def test_a_model_saved_with_a_training_knob_this_code_lacks_still_loads(fake_tfrecords,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pythia.models.base import Model, read_meta
+    from pythia.models.crossfit import fold_regions
     from pythia.models.family import train_candidate, train_families, train_family
     from pythia.models.train import check_model_hparams, fit_candidate, train_grid
 
@@ -45,7 +46,7 @@ _LAZY = {"Model": "pythia.models.base", "read_meta": "pythia.models.base",
          "fit_candidate": "pythia.models.train", "train_candidate": "pythia.models.family",
          "train_grid": "pythia.models.train", "train_families": "pythia.models.family",
          "check_model_hparams": "pythia.models.train",
-         "train_family": "pythia.models.family"}
+         "train_family": "pythia.models.family", "fold_regions": "pythia.models.crossfit"}
 
 
 class _Registry(Mapping):
@@ -104,6 +105,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["BASELINE_MODELS", "DEFAULT_MODELS", "MODELS", "MODEL_NAMES", "Model",
            "REFERENCE_MODEL", "TYPICAL_TASK_SECONDS",
-           "baseline_models", "fit_candidate", "get_model", "load_model", "read_meta",
-           "train_candidate", "train_families", "train_family", "train_grid",
+           "baseline_models", "fit_candidate", "fold_regions", "get_model", "load_model",
+           "read_meta", "train_candidate", "train_families", "train_family", "train_grid",
            "check_model_hparams"]

@@ -57,8 +57,8 @@ def starts_from_global(model_class: type, regions: Sequence[str], train_cfg: Tra
 
 
 def train_family(family: Mapping[str, Any], tf_manifest: Mapping, split_manifest: Mapping,
-                 train_cfg: TrainConfig, age_edges: Sequence[int], paths: CandidatePaths
-                 ) -> list[dict]:
+                 train_cfg: TrainConfig, age_edges: Sequence[int], paths: CandidatePaths,
+                 fold_regions: Sequence[str] | None = None) -> list[dict]:
     """The ``train`` step: fit a family's candidates in order, global first, each into the run's
     paths, with the run's class priors; print one line per candidate.
 
@@ -70,6 +70,9 @@ def train_family(family: Mapping[str, Any], tf_manifest: Mapping, split_manifest
             regional_start.
         age_edges: the run's age bucket edges.
         paths: gives the model folder and predictions file of each candidate (``RunPaths``).
+        fold_regions: the run's regions whose validation rows every candidate scores out of
+            fold, decided once for the run (the flow's ``to_tfrecords`` step); None: read
+            from ``tf_manifest`` here (``crossfit.fold_regions``).
 
     Returns:
         The candidates' ``fit_candidate`` summaries in ``family['regions']`` order, each with
@@ -85,7 +88,7 @@ def train_family(family: Mapping[str, Any], tf_manifest: Mapping, split_manifest
     weights = validation_class_weights(split_manifest, len(age_edges))
     warm = starts_from_global(get_model(name), regions, train_cfg)
     # one rule for every candidate of the run: a region is scored out of fold or in-sample
-    folds = crossfit.fold_regions(tf_manifest)
+    folds = crossfit.fold_regions(tf_manifest) if fold_regions is None else tuple(fold_regions)
     start: FittedCandidate | None = None
     summaries = []
     for region in regions:
