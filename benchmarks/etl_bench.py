@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from pythia import contract_read, providers  # noqa: E402
 from pythia.config import Geography, Window  # noqa: E402
 from pythia.features import (COUNTRY, DATE, HOUR, TS, TS_SECONDS, USER_ID,  # noqa: E402
-                             USER_LABEL_COLUMNS, derive_batch)
+                             REGIONAL_FEATURES, USER_LABEL_COLUMNS, derive_batch)
 from pythia.paths import default_cache_root  # noqa: E402
 
 
@@ -71,7 +71,9 @@ def pandas_baseline(source: str, window: Window, hours: list[int], labels_path: 
             frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     derived = derive_batch({TS: df[TS_SECONDS].to_numpy(),
-                            COUNTRY: df[COUNTRY].to_numpy(dtype=object)}, geo)
+                            COUNTRY: df[COUNTRY].to_numpy(dtype=object),
+                            **{f.of: df[f.of].to_numpy(dtype=object)
+                               for f in REGIONAL_FEATURES}}, geo)
     for name, values in derived.items():
         df[name] = values
     labels = pq.read_table(labels_path).to_pandas()[[USER_ID, *USER_LABEL_COLUMNS]]

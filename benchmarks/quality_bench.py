@@ -105,7 +105,9 @@ def world_splits(preset: str, seed: int, cache: str, max_rows: int
         raise ValueError(f"{int(imp[GENDER].isna().sum())} impressions have no truth row")
     imp[TS_SECONDS] = pd.to_datetime(imp[TS], utc=True).astype("int64") // 10**9
     derived = features.derive_batch({COUNTRY: imp[COUNTRY].to_numpy(),
-                                     TS: imp[TS_SECONDS].to_numpy()}, Geography())
+                                     TS: imp[TS_SECONDS].to_numpy(),
+                                     **{f.of: imp[f.of].to_numpy(dtype=object)
+                                        for f in features.REGIONAL_FEATURES}}, Geography())
     for k, v in derived.items():
         imp[k] = v
     # the bidder's counter, over every impression of the world (before any row sampling)

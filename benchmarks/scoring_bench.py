@@ -85,6 +85,10 @@ def make_encoders() -> Encoders:
             vocab[name] = Vocabulary(sorted(Geography().region_of_country))
         else:
             vocab[name] = Vocabulary([f"{name}-{i}" for i in range(size)])
+    # each make in each region of the map (the train days' vocabulary of a many-market log)
+    regions = sorted(set(Geography().region_of_country.values()))
+    vocab["region_device_make"] = Vocabulary([f"{r}|{v}" for r in regions
+                                              for v in vocab["device_make"].values])
     # numerics with the transform their feature has (the activity counter: log1p, as the ETL)
     return Encoders(vocabularies=vocab,
                     numeric={f.name: NumericStats(0.0, 0.7, f.transform) for f in FEATURES
@@ -664,7 +668,7 @@ def _measure_raw_peer(keras_model, export: dict, scorer: Scorer, arrow_batches: 
     from tf_raw_peer import arrow_to_tensors, check_peer, make_raw_peer
 
     peer = make_raw_peer(keras_model, scorer.encoders, scorer.geo.offset_table.to_json(),
-                         export)
+                         export, scorer.geo.region_of_country)
     sample = as_arrow(dst_sample(scorer.encoders) + make_requests(scorer.encoders, 2000, seed=9))
     results["tf_raw_max_diff"] = check_peer(peer, scorer, sample)
     results["tf_raw_check_rows"] = sample.num_rows

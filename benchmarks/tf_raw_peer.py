@@ -6,7 +6,9 @@ What the graph does, from the bundle's own documents (the portable rules of
 
 * each categorical source column (a string tensor; missing = ``""``) looked up in a
   ``tf.lookup.StaticHashTable`` built from the same vocabulary: ``""`` -> missing, a value
-  outside the vocabulary (or longer than ``MAX_VALUE_CHARS``) -> OOV;
+  outside the vocabulary (or longer than ``MAX_VALUE_CHARS``) -> OOV; a regional feature
+  (``region_device_make``) looks up ``region|value`` with the country's region from the
+  bundle's map (missing / OOV where its column's id is);
 * the UTC offset in the graph: country -> zone series (hash table), the subdivision code
   (stripped, upper-cased, prefixed ``COUNTRY-``) -> its own series where the table has one,
   then ``tf.searchsorted`` over every series' transitions laid end to end (the layout of
@@ -34,15 +36,18 @@ from typing import Any, Mapping
 import numpy as np
 
 from pythia import features
+from pythia.config import OTHER_REGION
 from pythia.features import (CATEGORICAL, COUNTRY, DERIVED, FEATURES, GEO_REGION, LOG1P,
-                             MISSING_ID, NUMERIC_FEATURES, OOV_ID, TS, Encoders)
+                             MISSING_ID, NUMERIC_FEATURES, OOV_ID, REGIONAL, REGIONAL_FEATURES, TS,
+                             Encoders)
 from pythia.scoring.boundary import MAX_VALUE_CHARS
 
 # pythia.geo.offsets' key layout: series j occupies [j * BLOCK, (j + 1) * BLOCK)
 _TS_MIN, _TS_MAX = -(2 ** 35), 2 ** 35
 _BLOCK = _TS_MAX - _TS_MIN
 
-SOURCE_COLUMNS = [f.source for f in FEATURES if f.kind == CATEGORICAL and f.source != DERIVED]
+SOURCE_COLUMNS = [f.source for f in FEATURES
+                  if f.kind == CATEGORICAL and f.source not in (DERIVED, REGIONAL)]
 STRING_COLUMNS = list(dict.fromkeys([COUNTRY, GEO_REGION] + SOURCE_COLUMNS))
 # numeric features read from a request column of their own name (the activity counter)
 COUNT_COLUMNS = [f.name for f in FEATURES if f.kind != CATEGORICAL and f.source != DERIVED]
@@ -101,9 +106,10 @@ def _series(offsets_doc: Mapping[str, Any]) -> tuple[dict, list, list]:
 
 
 def make_raw_peer(keras_model: Any, encoders: Encoders, offsets_doc: Mapping[str, Any],
-                  export: Mapping[str, Any]):
+                  export: Mapping[str, Any], region_of_country: Mapping[str, str]):
     """A ``tf.function`` taking ``{column: tensor}`` (``STRING_COLUMNS`` as tf.string,
-    ``ts`` as tf.int64) and returning ``{gender, age, age_gender}`` float32 probabilities."""
+    ``ts`` as tf.int64) and returning ``{gender, age, age_gender}`` float32 probabilities;
+    ``region_of_country``: the bundle's map (``Geography.region_of_country``)."""
     import tensorflow as tf
 
     unknown = [f.name for f in FEATURES if f.kind != CATEGORICAL and (
@@ -120,11 +126,17 @@ def make_raw_peer(keras_model: Any, encoders: Encoders, offsets_doc: Mapping[str
 
     vocab_tables = {}
     for f in FEATURES:
-        if f.kind == CATEGORICAL and f.source != DERIVED:
+        if f.kind == CATEGORICAL and f.source not in (DERIVED, REGIONAL):
             vocab = encoders.vocabularies[f.name]
             kept = [v for v in vocab.values if len(v) <= MAX_VALUE_CHARS]
             vocab_tables[f.name] = (f.source, table(kept + [""], [vocab.encode_one(v) for v in kept]
                                                     + [MISSING_ID], OOV_ID))
+    region_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(list(region_of_country), tf.string),
+        tf.constant(list(region_of_country.values()), tf.string)), default_value=OTHER_REGION)
+    regional_tables = {f.name: (f.of, table(encoders.vocabularies[f.name].values, [
+        encoders.vocabularies[f.name].encode_one(v)
+        for v in encoders.vocabularies[f.name].values], OOV_ID)) for f in REGIONAL_FEATURES}
     # derived categoricals are looked up as decimal strings: a dense table per small int
     hour_ids = tf.constant([encoders.vocabularies["local_hour"].encode_one(str(h))
                             for h in range(24)], tf.int64)
@@ -173,6 +185,10 @@ def make_raw_peer(keras_model: Any, encoders: Encoders, offsets_doc: Mapping[str
         hour = tf.math.floormod(tf.math.floordiv(local_minutes, 60), 24)
         dow = tf.math.floormod(tf.math.floordiv(local_minutes, 1440) + 3, 7)
         x = {name: t.lookup(columns[source]) for name, (source, t) in vocab_tables.items()}
+        region = region_table.lookup(columns[COUNTRY])
+        for name, (of, t) in regional_tables.items():  # missing / OOV where its column's is
+            ids = t.lookup(tf.strings.join([region, columns[of]], separator="|"))
+            x[name] = tf.where(x[of] <= OOV_ID, x[of], ids)
         x["local_hour"] = tf.gather(hour_ids, hour)
         x["local_dow"] = tf.gather(dow_ids, dow)
         angle = tf.cast(hour, tf.float64) * (2.0 * math.pi / 24.0)

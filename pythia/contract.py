@@ -18,8 +18,8 @@ from pythia.config import DEFAULT_AGE_EDGES
 from pythia.contract_read import PROVIDER, RAW_PREFIX, is_normalized, normalize
 from pythia.features import SPLIT as SPLIT_COLUMN
 from pythia.features import (AGE_BUCKET, COUNTRY, DATE, GENDER, GENDER_CLASSES, HOUR,
-                             IMPRESSION_ID, OUTPUT_SPLITS, SPLIT_COLUMN_TYPES, TEST_NATURAL,
-                             TEST_RESAMPLED, TS, USER_ID, ZIP, age_bucket_labels)
+                             IMPRESSION_ID, OUTPUT_SPLITS, REGIONAL_FEATURES, SPLIT_COLUMN_TYPES,
+                             TEST_NATURAL, TEST_RESAMPLED, TS, USER_ID, ZIP, age_bucket_labels)
 from pythia.paths import join
 from pythia.source_layout import list_data_files
 
@@ -136,11 +136,15 @@ PROVIDER_METRICS = TableSpec(
 # The ETL output (docs/interfaces.md "Split Parquet"): the impression columns, then the columns
 # and types of ``features.SPLIT_COLUMN_TYPES``. Not validated, but every writer casts to it.
 _SPLIT_ALLOWED = {GENDER: GENDER_CLASSES, SPLIT_COLUMN: OUTPUT_SPLITS}
+# a regional feature is null where its column is (``features.regional_values``)
+_SPLIT_NULLABLE = {f.name: f"the row's region, a bar, `{f.of}` (`APAC\\|Apple`); null where "
+                           f"`{f.of}` is" for f in REGIONAL_FEATURES}
 SPLIT = TableSpec(
     name="split",
     layout="RunPaths.split(name)/*.parquet, name in " + " | ".join(OUTPUT_SPLITS),
     columns=IMPRESSIONS.columns + tuple(
-        ColumnSpec(name, type_, True, allowed=_SPLIT_ALLOWED.get(name))
+        ColumnSpec(name, type_, name not in _SPLIT_NULLABLE, allowed=_SPLIT_ALLOWED.get(name),
+                   description=_SPLIT_NULLABLE.get(name, ""))
         for name, type_ in SPLIT_COLUMN_TYPES.items()),
     notes=f"`{SPLIT_COLUMN}` holds the output split name (the test day appears as "
           f"`{TEST_RESAMPLED}` and `{TEST_NATURAL}`).",

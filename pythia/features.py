@@ -29,6 +29,7 @@ DERIVED = "derived"  # Feature.source of a feature computed from ts + country, n
 # Feature.source of a feature the ETL counts over the user's impressions (``etl.activity``) and
 # a bidder sends under the feature's own name (its frequency counter).
 ACTIVITY = "activity"
+REGIONAL = "regional"  # Feature.source: column ``of``'s value in the row's region (APAC|Apple)
 LOG1P = "log1p"  # Feature.transform: log(1 + x) before the z-score; x < 0 counts as missing
 # Contract columns the pipeline refers to by name.
 IMPRESSION_ID = "impression_id"
@@ -84,6 +85,7 @@ class Feature:
     min_count: int = 5  # training-day occurrences needed to get an own id (else OOV)
     max_vocab: int = 20_000  # most frequent values kept
     transform: str | None = None  # numeric only: applied before the z-score (LOG1P)
+    of: str | None = None  # REGIONAL only: the contract column paired with the region
 
 
 # Order matters: it is the column order of the model inputs and of the exported bundle.
@@ -103,6 +105,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("os", CATEGORICAL, "os"),
     Feature("os_version", CATEGORICAL, "os_version"),
     Feature("browser", CATEGORICAL, "browser"),
+    Feature("region_device_make", CATEGORICAL, REGIONAL, of="device_make"),  # make per market
     Feature("local_hour", CATEGORICAL, DERIVED, min_count=1),
     Feature("local_dow", CATEGORICAL, DERIVED, min_count=1),
     Feature("hour_sin", NUMERIC, DERIVED),
@@ -115,16 +118,17 @@ FEATURE_NAMES = tuple(f.name for f in FEATURES)
 CATEGORICAL_FEATURES = tuple(f.name for f in FEATURES if f.kind == CATEGORICAL)
 NUMERIC_FEATURES = tuple(f.name for f in FEATURES if f.kind == NUMERIC)
 DERIVED_FEATURES = tuple(f.name for f in FEATURES if f.source == DERIVED)
+REGIONAL_FEATURES = tuple(f for f in FEATURES if f.source == REGIONAL)
 SOURCE_COLUMNS = tuple(f.source for f in FEATURES
-                       if f.source not in (DERIVED, ACTIVITY))  # contract columns read
+                       if f.source not in (DERIVED, ACTIVITY, REGIONAL))  # contract columns read
 ACTIVITY_FEATURES = tuple(f.name for f in FEATURES if f.source == ACTIVITY)
 RAW_INPUT_COLUMNS = SOURCE_COLUMNS + (TS,)
 # The keys of a bid-time request (``scoring``): the id, every contract column a feature reads,
 # zip, and the activity counters; ``TS`` travels too, as epoch seconds
 # (``scoring.boundary.clean_ts``).
 REQUEST_COLUMNS = (IMPRESSION_ID,) + SOURCE_COLUMNS + (ZIP,) + ACTIVITY_FEATURES
-# What ``derive_batch`` returns: the derived features and the row's model region.
-DERIVED_COLUMNS = DERIVED_FEATURES + (REGION,)
+# What ``derive_batch`` returns: the derived and regional features and the row's model region.
+DERIVED_COLUMNS = DERIVED_FEATURES + tuple(f.name for f in REGIONAL_FEATURES) + (REGION,)
 
 # Targets. AgeGender classes are ordered gender-major: F_18-24 … F_65+, M_18-24 … M_65+.
 GENDER_CLASSES = ("F", "M")
@@ -149,6 +153,7 @@ LABEL_TYPE = INT32
 SPLIT_COLUMN_TYPES: dict[str, str] = {
     DATE: STRING, HOUR: INT32, TS_SECONDS: INT64,
     **{f.name: KIND_TYPES[f.kind] for f in FEATURES if f.source == DERIVED},
+    **{f.name: KIND_TYPES[f.kind] for f in REGIONAL_FEATURES},
     REGION: STRING, IS_POWER_USER: BOOL, USER_IMPRESSIONS_TODAY: INT64, USER_HELD_OUT: BOOL,
     LABEL_PROVIDER: STRING, GENDER: STRING,
     AGE_BUCKET: STRING,
@@ -235,8 +240,8 @@ def derive_time_features(ts_seconds: Any, utc_offset_minutes: Any) -> dict[str, 
 
 
 def derive_batch(columns: Mapping[str, np.ndarray], geo: Geography) -> dict[str, np.ndarray]:
-    """Derived features for a batch given raw contract columns ('ts' in epoch seconds, 'country'
-    and, when present, 'geo_region': it picks the zone in countries with several).
+    """Derived features for a batch given raw contract columns ('ts' in epoch seconds, 'country',
+    each ``Feature.of`` and, if present, 'geo_region': the zone in countries with several).
 
     Returns ``DERIVED_COLUMNS``: categorical features as strings, numeric ones as float32, and
     each row's model ``region``. Local time follows the IANA zone with daylight saving time at
@@ -253,7 +258,16 @@ def derive_batch(columns: Mapping[str, np.ndarray], geo: Geography) -> dict[str,
                         else out[f.name].astype(np.float32))
                for f in FEATURES if f.source == DERIVED}
     derived[REGION] = np.array([geo.region_of(c) for c in country], dtype=object)
+    for f in REGIONAL_FEATURES:
+        derived[f.name] = regional_values(derived[REGION], np.asarray(columns[f.of], object))
     return derived
+
+
+def regional_values(region: Iterable, values: Iterable) -> np.ndarray:
+    """A REGIONAL feature's values: ``region|value`` ('APAC|Apple'); None where the value is
+    missing (null or empty). The scorers look the same strings up (``scoring.boundary``)."""
+    return np.array([f"{r}|{v}" if isinstance(v, str) and v else None
+                     for r, v in zip(region, values)], dtype=object)
 
 
 # ---------------------------------------------------------------- encoders

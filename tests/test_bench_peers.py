@@ -70,13 +70,14 @@ def test_the_raw_in_peer_equals_the_scorer_and_would_catch_ungated_logits(bench,
     assert sum(r.get("user_impressions_today", 0) >= 30 for r in requests) > 100  # heavy rows
     sample = scoring_bench.as_arrow(scoring_bench.dst_sample(scorer.encoders) + requests)
     offsets = scorer.geo.offset_table.to_json()
-    peer = tf_raw_peer.make_raw_peer(keras_model, scorer.encoders, offsets, export)
+    regions = scorer.geo.region_of_country
+    peer = tf_raw_peer.make_raw_peer(keras_model, scorer.encoders, offsets, export, regions)
     assert tf_raw_peer.check_peer(peer, scorer, sample) <= 1e-5
     # a peer that ignores the wide-only bins is caught by the check
     ungated = {k: v for k, v in export.items()}
     ungated["activity_temperature"] = {k: v for k, v in export["activity_temperature"].items()
                                        if k != "deep"}
-    wrong = tf_raw_peer.make_raw_peer(keras_model, scorer.encoders, offsets, ungated)
+    wrong = tf_raw_peer.make_raw_peer(keras_model, scorer.encoders, offsets, ungated, regions)
     with pytest.raises(AssertionError, match="differs from Scorer.score_arrays"):
         tf_raw_peer.check_peer(wrong, scorer, sample)
 

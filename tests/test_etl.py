@@ -142,9 +142,9 @@ def test_hour_rows_features_and_labels(spark, etl):
     assert set(rows[rows.user_id == "u1"].label_provider) == {"lucid"}
     dup = rows[rows.impression_id == "0309-1-u1-0"]
     assert len(dup) == 1 and dup.ts.iloc[0].minute == 10  # the earlier copy was kept
-    expect = derive_batch({"ts": rows.ts_seconds.to_numpy(), "country": rows.country.to_numpy()},
-                          Geography())
-    for name in ("local_hour", "local_dow", "region"):
+    expect = derive_batch({"ts": rows.ts_seconds.to_numpy(), "country": rows.country.to_numpy(),
+                           "device_make": rows.device_make.to_numpy(dtype=object)}, Geography())
+    for name in ("local_hour", "local_dow", "region", "region_device_make"):
         assert rows[name].tolist() == list(expect[name])
     np.testing.assert_array_equal(rows.hour_sin.to_numpy(), expect["hour_sin"])
     q = spark.read.parquet(etl["a"]["quarantine_path"]).toPandas()

@@ -22,7 +22,11 @@ def test_spec_invariants():
 def test_every_feature_source_is_a_contract_column_or_derived():
     impressions = set(contract.IMPRESSIONS.names)
     for f in F.FEATURES:
-        assert f.source in (F.DERIVED, F.ACTIVITY) or f.source in impressions, f
+        assert f.source in (F.DERIVED, F.ACTIVITY, F.REGIONAL) or f.source in impressions, f
+        # a regional feature pairs the region with a contract column that is itself a feature
+        assert (f.source == F.REGIONAL) == (f.of is not None), f
+        assert f.source != F.REGIONAL or (f.of in impressions and f.of in F.CATEGORICAL_FEATURES
+                                          and F.SPLIT_COLUMN_TYPES[f.name] == F.STRING), f
         # an activity counter is a numeric column the ETL adds to every split row
         assert f.source != F.ACTIVITY or (f.kind == F.NUMERIC
                                           and F.SPLIT_COLUMN_TYPES[f.name] == F.INT64), f
@@ -109,10 +113,13 @@ def test_time_features_scalar_and_array_agree():
 
 
 def test_derive_batch_regions_and_strings():
-    out = F.derive_batch({"country": np.array(["US", "ZZ"], dtype=object),
-                          "ts": np.array([0, 0])}, Geography())
-    assert list(out["region"]) == ["NA", "OTHER"]
-    assert list(out["local_hour"]) == ["19", "0"]
+    out = F.derive_batch({"country": np.array(["US", "ZZ", "JP", "DE"], dtype=object),
+                          "device_make": np.array(["Apple", "Apple", None, ""], dtype=object),
+                          "ts": np.array([0, 0, 0, 0])}, Geography())
+    assert list(out["region"]) == ["NA", "OTHER", "APAC", "EU"]
+    assert list(out["local_hour"]) == ["19", "0", "9", "1"]
+    # the make within the row's region; no make, no regional value
+    assert list(out["region_device_make"]) == ["NA|Apple", "OTHER|Apple", None, None]
 
 
 def test_vocabulary_reserved_ids_and_min_count():
@@ -206,3 +213,16 @@ def test_log1p_counts_normalise_with_unknown_as_the_mean():
     assert F.Encoders.from_json(enc.to_json()).numeric["x"] == stats  # travels with the model
     with pytest.raises(ValueError, match="unknown numeric transform 'sqrt'"):
         F.transform_values("sqrt", x)
+
+
+def test_a_regional_vocabulary_keeps_only_values_the_scorer_can_reach():
+    """The scorer finds a regional id from its column's id (``scoring.boundary``), so a value
+    whose column value has no id of its own (cut by max_vocab, say) would be trained on and
+    never served: the encoders drop it."""
+    from pythia.tfrecords.layout import make_encoders
+    counts = {"device_make": {"Apple": 90, "Nokia": 40},  # "Rare" already cut
+              "region_device_make": {"NA|Apple": 60, "EU|Apple": 30, "EU|Nokia": 40,
+                                     "APAC|Rare": 9}}
+    enc = make_encoders(counts, {}, (18, 25, 35, 45, 55, 65))
+    assert enc.vocabularies["region_device_make"].values == ["NA|Apple", "EU|Nokia",
+                                                             "EU|Apple"]

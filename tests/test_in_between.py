@@ -215,7 +215,8 @@ def test_evaluate_streams_the_in_between_gauge_on_every_slice(tiny, tmp_path):
     world, users, _, rows, chosen = tiny
     dates = sorted(rows["date"].unique())
     rows = rows.assign(**{REGION: derive_batch({"country": rows["country"].to_numpy(),
-                                                "ts": rows["ts"].astype("int64") // 10**9},
+                                                "ts": rows["ts"].astype("int64") // 10**9,
+                                                "device_make": rows["device_make"].to_numpy()},
                                                Geography())[REGION]})
     y = pd.Index(CLASS_LABELS).get_indexer(rows[GENDER] + "_" + rows[AGE_BUCKET])
     rows = rows.assign(y_age_gender=y, y_gender=y // 6, y_age=y % 6)

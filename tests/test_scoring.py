@@ -38,6 +38,8 @@ def make_encoders() -> Encoders:
     vocab["inventory_type"] = Vocabulary(["site", "app"])
     vocab["local_hour"] = Vocabulary([str(h) for h in range(24)])
     vocab["local_dow"] = Vocabulary([str(d) for d in range(7)])
+    vocab["region_device_make"] = Vocabulary(["NA|device_make_0", "EU|device_make_1",
+                                              "APAC|device_make_0", "OTHER|device_make_2"])
     numeric = {name: NumericStats(mean=0.1, std=0.7) for name in NUMERIC_FEATURES}
     return Encoders(vocabularies=vocab, numeric=numeric)
 
@@ -377,21 +379,38 @@ def test_a_timestamp_column_scores_like_epoch_seconds(scorer):
 
 
 def test_encode_one_matches_features_module(encoders):
+    """The scorer encodes a request as the ETL's columns (``derive_batch``) are encoded for
+    training, the regional make included (known, unknown, missing, in and out of the map)."""
     enc = RequestEncoder(encoders, GEO, ["global", "NA"])
-    ids, numeric, region = enc.encode_one(request())
-    derived = features.derive_batch({"country": np.array(["US"], dtype=object),
-                                     "ts": np.array([TS])}, GEO)
-    want = encoders.encode_batch({**{c: np.array([request().get(c)], dtype=object)
-                                     for c in features.RAW_INPUT_COLUMNS}, **derived})
-    assert ids == [int(want[n][0]) for n in CATEGORICAL_FEATURES]
-    np.testing.assert_array_equal(numeric, [want[n][0] for n in NUMERIC_FEATURES])
-    assert region == "NA"
+    made = CATEGORICAL_FEATURES.index("region_device_make")
+    cases = [("US", "device_make_0"), ("DE", "device_make_1"), ("JP", "device_make_0"),
+             ("DE", "device_make_0"), ("ZZ", "device_make_2"), ("US", "nope"), ("US", None)]
+    for country, make in cases:
+        req = request(country=country, device_make=make)
+        ids, numeric, region = enc.encode_one(req)
+        derived = features.derive_batch({"country": np.array([country], dtype=object),
+                                         "device_make": np.array([make], dtype=object),
+                                         "ts": np.array([TS])}, GEO)
+        want = encoders.encode_batch({**{c: np.array([req.get(c)], dtype=object)
+                                         for c in features.RAW_INPUT_COLUMNS}, **derived})
+        assert ids == [int(want[n][0]) for n in CATEGORICAL_FEATURES], (country, make)
+        # the ETL stores hour_sin / hour_cos as float32 before the z-score: 1 ulp apart
+        np.testing.assert_allclose(numeric, [want[n][0] for n in NUMERIC_FEATURES], atol=3e-7)
+        assert region == ("NA" if country == "US" else "global")
+        if (country, make) in cases[:3]:  # each a value of its region's vocabulary
+            assert ids[made] >= features.FIRST_VALUE_ID
+    assert enc.encode_one(request(country="DE", device_make="device_make_0"))[0][made] == OOV_ID
+    assert enc.encode_one(request(device_make=None))[0][made] == MISSING_ID
 
 
 def test_encode_many_matches_encode_one(encoders):
     enc = RequestEncoder(encoders, GEO, ["global", "NA"])
     reqs = [request(), request(country="DE", ts="2024-02-29T03:00:00Z", os=b"\xff"),
             request(country=None, ts=None, site_or_app=12), "not a dict", {}]
+    makes = [request(device_make="device_make_0"),
+             request(country="JP", device_make=b"device_make_0"),
+             request(country="DE", device_make="device_make_1"), request(device_make=7),
+             request(country="XX", device_make="device_make_2"), request(device_make="")]
     ids, numeric, regions = enc.encode_many(reqs, now=TS)
     for i, r in enumerate(reqs):
         one_ids, one_num, one_region = enc.encode_one(r, now=TS)
@@ -401,6 +420,12 @@ def test_encode_many_matches_encode_one(encoders):
     assert regions.tolist() == ["NA", "global", "global", "global", "global"]
     os_col = CATEGORICAL_FEATURES.index("os")
     assert ids[1, os_col] == OOV_ID and ids[3, os_col] == MISSING_ID
+    # the regional make: the batch's table lookups give each row what encode_one gives
+    ids, _, _ = enc.encode_many(makes, now=TS)
+    assert ids.tolist() == [enc.encode_one(r, now=TS)[0] for r in makes]
+    made = CATEGORICAL_FEATURES.index("region_device_make")
+    assert [ids[i, made] >= features.FIRST_VALUE_ID for i in range(len(makes))] == [
+        True, True, True, False, True, False]
 
 
 @settings(max_examples=300, deadline=None)

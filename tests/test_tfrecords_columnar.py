@@ -99,11 +99,12 @@ def test_columnar_reads_the_tiny_world_like_tf(spark, tiny_splits):  # noqa: F81
 
 @pytest.fixture(scope="module")
 def skewed(tmp_path_factory):
-    """Splits over a sample cap (train 3000 rows, validation 800) in several row groups."""
+    """Splits over a sample cap (train 3000 rows, validation 1000: each region over 400) in
+    several row groups."""
     root = tmp_path_factory.mktemp("skewed")
     paths = {}
     for i, split in enumerate(SPLITS):
-        df = skewed_split({"train": 3000, "validation": 800}.get(split, 300), 20 + i)
+        df = skewed_split({"train": 3000, "validation": 1000}.get(split, 300), 20 + i)
         paths[split] = str(root / "in" / split)
         os.makedirs(paths[split])
         import pyarrow as pa
@@ -207,10 +208,10 @@ def test_numpy_candidates_never_import_tensorflow(skewed, tmp_path, models, load
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.splitlines()[-1])
     assert got["loaded"] == loaded  # the MLP still trains from tf.data
-    rows = {"validation": 800, "test_natural": 300, "test_resampled": 300}
+    rows = {"validation": 1000, "test_natural": 300, "test_resampled": 300}
     assert got["predicted"] == {m: rows for m in models}
     for m in models:
-        assert pq.read_table(str(tmp_path / f"{m}.parquet")).num_rows == 1400
+        assert pq.read_table(str(tmp_path / f"{m}.parquet")).num_rows == 1600
 
 
 def test_interleave_replays_tf_data_order():

@@ -19,8 +19,8 @@ from pythia.config import Geography, Window
 from pythia.contract import IMPRESSIONS, REASON, REASON_COLUMN, REASONS
 from pythia.etl.io import read_parquet, write_parquet_atomic
 from pythia.features import (COUNTRY, DATE, DERIVED_COLUMNS, ETL_SPLITS, GEO_REGION, HOUR,
-                             IMPRESSION_ID, LABEL_PROVIDER, SPLIT, SPLIT_COLUMN_TYPES, TS,
-                             TS_SECONDS, USER_ID,
+                             IMPRESSION_ID, LABEL_PROVIDER, REGIONAL_FEATURES, SPLIT,
+                             SPLIT_COLUMN_TYPES, TS, TS_SECONDS, USER_ID,
                              USER_LABEL_COLUMNS, Y_AGE_GENDER, derive_batch)
 from pythia.paths import join
 
@@ -65,7 +65,9 @@ def derive_features(sdf: Any, geo: Geography) -> Any:
                     COUNTRY: np.asarray(batch.column(names.index(COUNTRY)).to_pylist(),
                                         dtype=object),
                     GEO_REGION: np.asarray(batch.column(names.index(GEO_REGION)).to_pylist(),
-                                           dtype=object)}
+                                           dtype=object),
+                    **{f.of: np.asarray(batch.column(names.index(f.of)).to_pylist(), object)
+                       for f in REGIONAL_FEATURES}}
             out = derive_batch(cols, geo)
             extra = [pa.array(out[n], type=t) for n, t in arrow_types]
             yield pa.RecordBatch.from_arrays(batch.columns + extra,

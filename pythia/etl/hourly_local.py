@@ -33,7 +33,7 @@ from pythia.etl.hourly import (CONTENT_HASH, DERIVED, IDS_COLUMNS, OUTCOME, UNLA
                                WRITTEN, _hours_tag, build_manifest)
 from pythia.etl.io import ArrowDatasetWriter
 from pythia.features import (COUNTRY, DATE, GEO_REGION, HOUR, IMPRESSION_ID,
-                             LABEL_PROVIDER, SPLIT, TS,
+                             LABEL_PROVIDER, REGIONAL_FEATURES, SPLIT, TS,
                              TS_SECONDS, USER_ID, USER_LABEL_COLUMNS, Y_AGE_GENDER,
                              derive_batch)
 from pythia.parquet_footers import footer_rows, read_footer
@@ -263,7 +263,9 @@ def _labelled(kept: pa.Table, ts_us: np.ndarray, labels: pa.Table, geo: Geograph
     ts_seconds = ts_us // 1_000_000
     derived = derive_batch({TS: ts_seconds,
                             COUNTRY: kept[COUNTRY].to_numpy(zero_copy_only=False),
-                            GEO_REGION: kept[GEO_REGION].to_numpy(zero_copy_only=False)}, geo)
+                            GEO_REGION: kept[GEO_REGION].to_numpy(zero_copy_only=False),
+                            **{f.of: kept[f.of].to_numpy(zero_copy_only=False)
+                               for f in REGIONAL_FEATURES}}, geo)
     label_rows = labels.take(pc.index_in(kept[USER_ID], value_set=labels[USER_ID]))
     cols: dict[str, pa.Array | pa.ChunkedArray] = {c: kept[c] for c in IMPRESSIONS.names}
     cols[TS] = pa.array(ts_us, pa.int64()).cast(_TS)

@@ -18,7 +18,9 @@ Defined behaviour for bad input (never an exception, never a NaN):
   because a bid is scored when it happens;
 * a request that is not a dict at all -> every field missing;
 * the derived features (``local_hour``, ``hour_sin`` …) are always derived from ``ts`` and the
-  country; values for them in the request are ignored;
+  country, the regional ones (``region_device_make``) from the country's region and their
+  column's value (missing / out of vocabulary when that value is); values for them in the
+  request are ignored;
 * an activity counter (``user_impressions_today``: the bidder's count of the user's impressions
   earlier the same UTC day) that is missing, not a number, negative or non-finite is *unknown*
   (``clean_count``): it is encoded as the training mean (normalised 0), not as 0 impressions.
@@ -33,7 +35,7 @@ import numpy as np
 from pythia import features
 from pythia.config import GLOBAL_REGION, OTHER_REGION, Geography
 from pythia.features import (ACTIVITY, CATEGORICAL, COUNTRY, DERIVED, FEATURES, GEO_REGION,
-                             OOV_ID, TS, Encoders)
+                             OOV_ID, REGIONAL, TS, Encoders)
 from pythia.scoring import columnar
 from pythia.scoring.cleaning import (MAX_TS_CHARS, MAX_TS_SECONDS, MAX_VALUE_CHARS, OOV,
                                      clean_category, clean_code, clean_count, clean_ts,
@@ -82,10 +84,12 @@ class RequestEncoder:
                     and f.name not in encoders.numeric]
         if missing:
             raise ValueError(f"encoders have no entry for feature(s) {missing}")
-        # (contract column or None when derived, feature name, memo of encode_one).
-        self._categorical = [(None if f.source == DERIVED else f.source, f.name,
+        # (contract column or None when derived, feature name, memo of encode_one); a regional
+        # feature's entry is a placeholder: its ids come from ``_regional`` after the others.
+        self._categorical = [(None if f.source in (DERIVED, REGIONAL) else f.source, f.name,
                               self._memo(encoders.vocabularies[f.name]))
                              for f in FEATURES if f.kind == CATEGORICAL]
+        self._regional, self._region_code = self._regional_tables(encoders, geo)
         # (feature name, statistics, memo, read from the request (an activity counter) or
         # derived from ts)
         self._numeric = [(f.name, encoders.numeric[f.name], {}, f.source == ACTIVITY)
@@ -98,6 +102,30 @@ class RequestEncoder:
         self._columns = list(dict.fromkeys([COUNTRY, GEO_REGION, TS] + [
             column for column, _, _ in self._categorical if column is not None] + [
             name for name, _, _, requested in self._numeric if requested]))
+
+    @staticmethod
+    def _regional_tables(encoders: Encoders, geo: Geography) -> tuple[list, dict]:
+        """Per regional feature (its position, its column's position, (region code, column id)
+        -> id table), and country -> region code (unknown countries: the last, OTHER_REGION).
+
+        The table holds what the vocabulary gives ``regional_values``' string of each region and
+        value of the column's vocabulary; a missing or out-of-vocabulary value stays so."""
+        position = {name: j for j, name in enumerate(features.CATEGORICAL_FEATURES)}
+        regions = sorted(set(geo.region_of_country.values()) | {OTHER_REGION})
+        code = {c: regions.index(r) for c, r in geo.region_of_country.items()}
+        code[None] = regions.index(OTHER_REGION)
+        out = []
+        for f in features.REGIONAL_FEATURES:
+            if f.of not in position:
+                raise ValueError(f"regional feature {f.name}: {f.of!r} is not a categorical "
+                                 f"feature, so the scorer cannot encode it")
+            of, vocab = encoders.vocabularies[f.of], encoders.vocabularies[f.name]
+            table = np.empty((len(regions), of.size), dtype=np.int64)
+            for r, region in enumerate(regions):
+                keys = features.regional_values([region] * len(of.values), of.values)
+                table[r] = np.concatenate([[features.MISSING_ID, OOV_ID], vocab.encode(keys)])
+            out.append((position[f.name], position[f.of], table))
+        return out, code
 
     @staticmethod
     def _memo(vocab: Any) -> dict:
@@ -141,13 +169,17 @@ class RequestEncoder:
         get = request.get
         for column, name, memo in self._categorical:
             if column is None:
-                ids.append(memo.get(str(derived[name]), OOV_ID))
+                ids.append(memo.get(str(derived.get(name)), OOV_ID))
                 continue
             value = get(column)
             if type(value) is str or value is None:
                 ids.append(memo.get(value, OOV_ID))
             else:
                 ids.append(lookup_cleaned(memo, value))
+        if self._regional:
+            r = self._region_code.get(country, self._region_code[None])
+            for j, j_of, table in self._regional:
+                ids[j] = int(table[r, ids[j_of]])
         numeric = [self._normalized(j, clean_count(get(name)) if requested else derived[name])
                    for j, (name, _, _, requested) in enumerate(self._numeric)]
         return ids, numeric, self._route.get(country, self._default_route)
@@ -192,8 +224,16 @@ class RequestEncoder:
         derived = features.derive_time_features(ts, offsets)
         ids = np.empty((n, len(self._categorical)), dtype=np.int64)
         for j, ((column, name, _), lookup) in enumerate(zip(self._categorical, self._lookups)):
+            if column is None and name not in derived:  # regional: below
+                continue
             ids[:, j] = (columnar.derived_ids(derived[name], lookup) if column is None
                          else lookup.encode(columns[column], n))
+        if self._regional:
+            other = self._region_code[None]
+            region = np.array([self._region_code.get(c, other) for c in countries],
+                              dtype=np.intp)[country_at]
+            for j, j_of, table in self._regional:
+                ids[:, j] = table[region, ids[:, j_of]]
         numeric = np.empty((n, len(self._numeric)), dtype=np.float32)
         for j, (name, stats, _, requested) in enumerate(self._numeric):
             numeric[:, j] = stats.normalize(columnar.clean_counts(columns[name], n) if requested

@@ -41,7 +41,8 @@ ENCODERS_FILE = "encoders.json"
 MODEL_FILE = "model.onnx"
 MANIFEST_FORMAT = "pythia-onnx"
 ENCODERS_FORMAT = "pythia-onnx-encoders"
-FORMAT_VERSION = 2  # 2: numeric entries carry "transform" (user_impressions_today: log1p)
+# 2: numeric entries carry "transform" (user_impressions_today: log1p); 3: regional categories
+FORMAT_VERSION = 3
 # Below this many rows a call goes to the NumPy runtime when one is at hand: ONNX Runtime's
 # fixed cost per call from Python is larger than a small batch's compute (measured: the
 # two cross between 4 and 16 rows of the default-shape MLP).
@@ -64,7 +65,7 @@ def encoders_document(encoders: Encoders, geo: Geography) -> dict[str, Any]:
             vocab = encoders.vocabularies[f.name]
             categorical.append({
                 "name": f.name, "column": column[f.name], "source": f.source,
-                "size": vocab.size,
+                "size": vocab.size, **({"of": f.of} if f.source == features.REGIONAL else {}),
                 "ids": {v: i + FIRST_VALUE_ID for i, v in enumerate(vocab.values)}})
         else:
             stats = encoders.numeric[f.name]
@@ -100,6 +101,11 @@ def encoders_document(encoders: Encoders, geo: Geography) -> dict[str, Any]:
                        "hour_sin / hour_cos = sin / cos(local_hour * 2 pi / 24); local_hour "
                        "and local_dow are categories: look up their decimal string; "
                        "reference: pythia.features.derive_time_features",
+            "regional": "a category with source 'regional' reads the request's field 'of': "
+                        "missing when that field is; oov when that field's value is not in "
+                        "its own feature's 'ids'; else ids[region + '|' + value] (else oov), "
+                        "region = the routing's region_of_country[country], else its "
+                        "other_region; reference: pythia.features.regional_values",
             "ts": "epoch seconds (UTC) of the auction; the current time when unknown",
         },
         "max_value_chars": MAX_VALUE_CHARS,

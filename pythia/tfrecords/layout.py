@@ -133,10 +133,15 @@ def numeric_stats(name: str, m: Moments) -> NumericStats:
 def make_encoders(categorical: Mapping[str, Mapping[str, int]],
                   numeric: Mapping[str, Moments], age_edges: Sequence[int]) -> Encoders:
     """Encoders from the train split: ``Vocabulary.fit`` per categorical on its value counts
-    (which may already be cut to its ``min_count``/``max_vocab``), ``numeric_stats`` per
-    numeric feature on its ``moments``."""
+    (which may already be cut to its ``min_count``/``max_vocab``; a regional feature keeps the
+    values whose column value has an id), ``numeric_stats`` per numeric feature on its
+    ``moments``."""
     vocabularies = {f.name: Vocabulary.fit(categorical.get(f.name, {}), f.min_count, f.max_vocab)
                     for f in features.FEATURES if f.kind == features.CATEGORICAL}
+    for f in features.REGIONAL_FEATURES:  # only values the scorer can reach: 'R|v', v known
+        known = set(vocabularies[f.of].values)
+        vocabularies[f.name] = Vocabulary([v for v in vocabularies[f.name].values
+                                           if v.split("|", 1)[-1] in known])
     stats = {n: replace(numeric_stats(n, numeric.get(n, NO_MOMENTS)),
                         transform=features.feature_transform(n))
              for n in features.NUMERIC_FEATURES}
@@ -146,8 +151,9 @@ def make_encoders(categorical: Mapping[str, Mapping[str, int]],
 def check_train_columns(names: Sequence[str]) -> None:
     missing = [n for n in features.FEATURE_NAMES if n not in names]
     if missing:
-        raise ValueError(f"train split lacks feature column(s) {missing} "
-                         f"(has {sorted(names)})")
+        raise ValueError(f"train split lacks feature column(s) {missing}: it was written "
+                         f"for another feature spec; run the ETL again (a new run, or "
+                         f"'resume etl_hour') (has {sorted(names)})")
 
 
 EMPTY_TRAIN = "the train split has no rows: cannot fit vocabularies or statistics"
