@@ -149,6 +149,13 @@ def test_driver_rewrite_removes_stale_shards_and_fails_on_bad_input(tmp_path):
                    os.path.join(split_paths["validation"], "part-2.parquet"))
     with pytest.raises(ValueError, match=r"part-2.parquet lacks column\(s\) \['browser'\]"):
         writer_local.convert_splits(split_paths, out)
+    # a split from before a derived feature existed (a resumed old run): the fix is named
+    pq.write_table(pa.Table.from_pandas(frames["train"].drop(columns=["region_device_make"]),
+                                        preserve_index=False),
+                   os.path.join(split_paths["validation"], "part-2.parquet"))
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['region_device_make'\] needed "
+                                         r"for TFRecords; .* run the ETL again"):
+        writer_local.convert_splits(split_paths, out)
     empty_train = dict(split_paths, train=split_paths["test_natural"])
     with pytest.raises(ValueError, match="the train split has no rows"):
         writer_local.convert_splits(dict(empty_train, validation=split_paths["train"]), out)

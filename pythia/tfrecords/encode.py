@@ -36,7 +36,10 @@ def check_columns(names: list[str] | tuple[str, ...], what: str) -> None:
     """Raise a ValueError naming every record column missing from ``names``."""
     missing = [c for c in INPUT_COLUMNS if c not in names]
     if missing:
-        raise ValueError(f"{what} lacks column(s) {missing} needed for TFRecords "
+        # a column the ETL derives: split files of another pythia's ETL (a resumed old run)
+        fix = ("; the ETL of another pythia version wrote it: run the ETL again (a new run, "
+               "or 'resume etl_hour')" if set(missing) & set(features.DERIVED_COLUMNS) else "")
+        raise ValueError(f"{what} lacks column(s) {missing} needed for TFRecords{fix} "
                          f"(has {sorted(names)})")
 
 
