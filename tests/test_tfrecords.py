@@ -429,7 +429,7 @@ def test_fit_encoders_respects_max_vocab_ties(spark, monkeypatch):
 @pytest.mark.spark
 def test_fit_encoders_rejects_bad_train(spark):
     df = split_frame(10, 1)
-    with pytest.raises(ValueError, match="lacks feature column.*browser"):
+    with pytest.raises(ValueError, match="lacks feature column.*browser.*run the ETL again"):
         fit_encoders(spark, spark.createDataFrame(df.drop(columns=["browser"])))
     with pytest.raises(ValueError, match="no rows"):
         fit_encoders(spark, spark.createDataFrame(df).limit(0))

@@ -102,8 +102,8 @@ def encoders_document(encoders: Encoders, geo: Geography) -> dict[str, Any]:
                        "and local_dow are categories: look up their decimal string; "
                        "reference: pythia.features.derive_time_features",
             "regional": "a category with source 'regional' reads the request's field 'of': "
-                        "missing when that field is; oov when that field's value is not in "
-                        "its own feature's 'ids'; else ids[region + '|' + value] (else oov), "
+                        "missing when that field is; oov when its value is not in the 'ids' "
+                        "of the category named 'of'; else ids[region + '|' + value] (else oov), "
                         "region = the routing's region_of_country[country], else its "
                         "other_region; reference: pythia.features.regional_values",
             "ts": "epoch seconds (UTC) of the auction; the current time when unknown",
