@@ -228,12 +228,12 @@ class RequestEncoder:
                 continue
             ids[:, j] = (columnar.derived_ids(derived[name], lookup) if column is None
                          else lookup.encode(columns[column], n))
-        if self._regional:
+        if self._regional:  # one gather from the flattened table: row = region, column = id
             other = self._region_code[None]
             region = np.array([self._region_code.get(c, other) for c in countries],
                               dtype=np.intp)[country_at]
             for j, j_of, table in self._regional:
-                ids[:, j] = table[region, ids[:, j_of]]
+                ids[:, j] = np.take(table.ravel(), region * table.shape[1] + ids[:, j_of])
         numeric = np.empty((n, len(self._numeric)), dtype=np.float32)
         for j, (name, stats, _, requested) in enumerate(self._numeric):
             numeric[:, j] = stats.normalize(columnar.clean_counts(columns[name], n) if requested
