@@ -101,8 +101,8 @@ def make_requests(encoders: Encoders, n: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     cols = {}
     for f in FEATURES:
-        if f.kind != features.CATEGORICAL or f.source == DERIVED:
-            continue
+        if f.kind != features.CATEGORICAL or f.source in (DERIVED, features.REGIONAL):
+            continue  # derived from the request's other fields
         values = np.array(encoders.vocabularies[f.name].values + ["unseen-value", ""], object)
         weights = 1.0 / np.arange(1, len(values) + 1)
         cols[f.source] = rng.choice(values, size=n, p=weights / weights.sum())
