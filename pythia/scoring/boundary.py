@@ -105,8 +105,9 @@ class RequestEncoder:
 
     @staticmethod
     def _regional_tables(encoders: Encoders, geo: Geography) -> tuple[list, dict]:
-        """Per regional feature (its position, its column's position, (region code, column id)
-        -> id table), and country -> region code (unknown countries: the last, OTHER_REGION).
+        """Per regional feature (its position, its column's position, the (region code, column
+        id) -> id table as an array and as lists), and country -> region code (unknown
+        countries: OTHER_REGION's).
 
         The table holds what the vocabulary gives ``regional_values``' string of each region and
         value of the column's vocabulary; a missing or out-of-vocabulary value stays so."""
@@ -124,7 +125,8 @@ class RequestEncoder:
             for r, region in enumerate(regions):
                 keys = features.regional_values([region] * len(of.values), of.values)
                 table[r] = np.concatenate([[features.MISSING_ID, OOV_ID], vocab.encode(keys)])
-            out.append((position[f.name], position[f.of], table))
+            # the one-request path indexes nested lists (a NumPy scalar index costs more)
+            out.append((position[f.name], position[f.of], table, table.tolist()))
         return out, code
 
     @staticmethod
@@ -169,7 +171,7 @@ class RequestEncoder:
         get = request.get
         for column, name, memo in self._categorical:
             if column is None:
-                ids.append(memo.get(str(derived.get(name)), OOV_ID))
+                ids.append(memo.get(str(derived[name]), OOV_ID) if name in derived else 0)
                 continue
             value = get(column)
             if type(value) is str or value is None:
@@ -178,8 +180,8 @@ class RequestEncoder:
                 ids.append(lookup_cleaned(memo, value))
         if self._regional:
             r = self._region_code.get(country, self._region_code[None])
-            for j, j_of, table in self._regional:
-                ids[j] = int(table[r, ids[j_of]])
+            for j, j_of, _, rows in self._regional:
+                ids[j] = rows[r][ids[j_of]]
         numeric = [self._normalized(j, clean_count(get(name)) if requested else derived[name])
                    for j, (name, _, _, requested) in enumerate(self._numeric)]
         return ids, numeric, self._route.get(country, self._default_route)
@@ -232,7 +234,7 @@ class RequestEncoder:
             other = self._region_code[None]
             region = np.array([self._region_code.get(c, other) for c in countries],
                               dtype=np.intp)[country_at]
-            for j, j_of, table in self._regional:
+            for j, j_of, table, _ in self._regional:
                 ids[:, j] = np.take(table.ravel(), region * table.shape[1] + ids[:, j_of])
         numeric = np.empty((n, len(self._numeric)), dtype=np.float32)
         for j, (name, stats, _, requested) in enumerate(self._numeric):
