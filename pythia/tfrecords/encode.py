@@ -32,13 +32,17 @@ def user_groups(user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return buckets.bucket_of(user_ids, features.N_USER_GROUPS)
 
 
+# the fix for split files this pythia's ETL did not write (e.g. an older run's, resumed)
+RERUN_ETL = "run the ETL again (a new run, or 'resume etl_hour')"
+
+
 def check_columns(names: list[str] | tuple[str, ...], what: str) -> None:
     """Raise a ValueError naming every record column missing from ``names``."""
     missing = [c for c in INPUT_COLUMNS if c not in names]
     if missing:
         # a column the ETL derives: split files of another pythia's ETL (a resumed old run)
-        fix = ("; the ETL of another pythia version wrote it: run the ETL again (a new run, "
-               "or 'resume etl_hour')" if set(missing) & set(features.DERIVED_COLUMNS) else "")
+        fix = (f"; the ETL of another pythia version wrote it: {RERUN_ETL}"
+               if set(missing) & set(features.DERIVED_COLUMNS) else "")
         raise ValueError(f"{what} lacks column(s) {missing} needed for TFRecords{fix} "
                          f"(has {sorted(names)})")
 

@@ -152,8 +152,8 @@ def check_train_columns(names: Sequence[str]) -> None:
     missing = [n for n in features.FEATURE_NAMES if n not in names]
     if missing:
         raise ValueError(f"train split lacks feature column(s) {missing}: this pythia's ETL "
-                         f"did not write it (an older run's?); run the ETL again (a new run, "
-                         f"or 'resume etl_hour') (has {sorted(names)})")
+                         f"did not write it (an older run's?); {encode.RERUN_ETL} "
+                         f"(has {sorted(names)})")
 
 
 EMPTY_TRAIN = "the train split has no rows: cannot fit vocabularies or statistics"
