@@ -40,7 +40,7 @@ from pythia.features import DATE, HOUR, SPLIT, TRAIN, USER_HELD_OUT, USER_ID, VA
 USER_SPLITS = (TRAIN, VALIDATION)  # the splits that keep one side of the user split each
 OTHER_SPLIT = {TRAIN: VALIDATION, VALIDATION: TRAIN}
 OUTCOME = "user_split"  # the reconciliation term of the rows that change split
-RULE = (f"- Held-out users (`holdout_users`, default 0.1): a user is held out when "
+RULE = (f"- Held-out users (`holdout_users`, default 0.2): a user is held out when "
         "pmod(xxhash64(user_id, seed), 2^53) / 2^53 < holdout_users. On every date before the "
         f"test day the user decides the split: {VALIDATION} gets the held-out users' rows of "
         f"the train and validation dates, {TRAIN} the other users' rows of the same dates "
