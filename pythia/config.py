@@ -92,7 +92,7 @@ class EtlConfig:
     # natural test day's "new users" slice measures models on users they never saw (etl.holdout).
     # 0.2, not 0.1 (session 51): at 0.1 a few heavy held-out users carried most of the champion
     # margin's SE (default world, seed 0: z -1.58, nothing blessed; 0.2: z -6.47), and the
-    # models scored the same on fresh users on three seeds (docs/new-users.md)
+    # global MLP scored the same on fresh users on three seeds (docs/new-users.md)
     holdout_users: float = 0.2
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
     power_user_quantile: float = 0.99  # of per-user-day impression counts (labelled users)
