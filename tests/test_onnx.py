@@ -269,8 +269,8 @@ def _foreign_encode(enc: dict, routing: dict, request: dict) -> tuple[list[int],
     local_minutes = request["ts"] // 60 + offset
     hour = (local_minutes // 60) % 24
     derived = {"local_hour": str(hour), "local_dow": str((local_minutes // 1440 + 3) % 7)}
-    raw_numeric = {"hour_sin": math.sin(hour * 2 * math.pi / 24),
-                   "hour_cos": math.cos(hour * 2 * math.pi / 24)}
+    raw_numeric = {"hour_sin": float(np.float32(math.sin(hour * 2 * math.pi / 24))),
+                   "hour_cos": float(np.float32(math.cos(hour * 2 * math.pi / 24)))}
     ids = [0] * len(enc["categorical"])
     region = routing["region_of_country"].get(country, routing["other_region"])
     by_name = {feat["name"]: feat for feat in enc["categorical"]}

@@ -94,6 +94,9 @@ class RequestEncoder:
         # derived from ts)
         self._numeric = [(f.name, encoders.numeric[f.name], {}, f.source == ACTIVITY)
                          for f in FEATURES if f.kind != CATEGORICAL]
+        # a derived numeric as the split Parquet stores it, the value the models trained on
+        # (``hour_sin`` as float32: one ulp from the float64 sine at some hours)
+        self._stored = np.dtype(features.KIND_TYPES[features.NUMERIC]).type
         # The batch path: the same memos applied to whole columns, and the columns it reads.
         offsets_doc = geo.offsets if geo.offsets is not None else geo.offset_table.to_json()
         self._subdivided = frozenset(code.split("-", 1)[0]
@@ -136,13 +139,13 @@ class RequestEncoder:
         return memo
 
     def _normalized(self, j: int, value: Any) -> float:
-        name, stats, memo, _ = self._numeric[j]
+        name, stats, memo, requested = self._numeric[j]
         key = float(value)
         if key != key:  # NaN: unknown -> the mean (and never a memo entry: NaN != NaN)
             return 0.0
         hit = memo.get(key)
-        if hit is None:
-            hit = float(stats.normalize(value))
+        if hit is None:  # a derived value as stored (``_stored``), on a miss only
+            hit = float(stats.normalize(value if requested else self._stored(value)))
             if len(memo) < self._NUMERIC_MEMO_MAX:
                 memo[key] = hit
         return hit
@@ -239,7 +242,7 @@ class RequestEncoder:
         numeric = np.empty((n, len(self._numeric)), dtype=np.float32)
         for j, (name, stats, _, requested) in enumerate(self._numeric):
             numeric[:, j] = stats.normalize(columnar.clean_counts(columns[name], n) if requested
-                                            else derived[name])
+                                            else derived[name].astype(self._stored))
         route, default = self._route.get, self._default_route
         route_of = [route(c, default) for c in countries]
         routes = list(dict.fromkeys(route_of))

@@ -98,7 +98,8 @@ def encoders_document(encoders: Encoders, geo: Geography) -> dict[str, Any]:
                           "reference: pythia.geo.OffsetTable.offset_minutes",
             "derived": "local_minutes = floor(ts / 60) + utc_offset; local_hour = floor(local_minutes / 60) mod 24; "
                        "local_dow = (floor(local_minutes / 1440) + 3) mod 7 (0 = Monday); "
-                       "hour_sin / hour_cos = sin / cos(local_hour * 2 pi / 24); local_hour "
+                       "hour_sin / hour_cos = sin / cos(local_hour * 2 pi / 24) rounded to "
+                       "float32 (the training rows' values); local_hour "
                        "and local_dow are categories: look up their decimal string; "
                        "reference: pythia.features.derive_time_features",
             "regional": "a category with source 'regional' reads the request's field 'of': "
