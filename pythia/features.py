@@ -255,7 +255,7 @@ def derive_batch(columns: Mapping[str, np.ndarray], geo: Geography) -> dict[str,
     offsets = np.asarray(geo.offset_minutes(ts, country, geo_region), dtype=np.int64)
     out = derive_time_features(ts, offsets)
     derived = {f.name: (out[f.name].astype(str).astype(object) if f.kind == CATEGORICAL
-                        else out[f.name].astype(np.float32))
+                        else out[f.name].astype(KIND_TYPES[f.kind]))  # as stored
                for f in FEATURES if f.source == DERIVED}
     derived[REGION] = np.array([geo.region_of(c) for c in country], dtype=object)
     for f in REGIONAL_FEATURES:
