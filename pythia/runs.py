@@ -242,8 +242,9 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
                   "in-sample elsewhere: models/crossfit.py)", file=out)
         print("\nHeadline (natural test day, provider labels)", file=out)
         print(pd.DataFrame(headline).to_string(index=False), file=out)
-        from pythia.evaluate.gauge import print_gauge_slices
+        from pythia.evaluate.gauge import print_gauge_slices, print_regional_structure
         print_gauge_slices(_artifact(run, "gauge"), champions, out)
+        print_regional_structure(_artifact(run, "gauge"), champions, out)
     return 0
 
 

@@ -23,11 +23,16 @@ from pythia.synth.world import CLASS_LABELS
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(world, users, labelled rows of every day): each country's rows carry the labels of one
-    provider (the first for half the countries, the second for the rest), the latest label of
-    each covered user, with the count so far today and the ETL's power-user flag."""
     root = str(tmp_path_factory.mktemp("in-between") / "tiny")
     generate_world(root, "tiny", seed=0)
+    return labelled_world(root)
+
+
+def labelled_world(root: str):
+    """(world, users, labels, labelled rows of every day, country -> provider) of the world at
+    ``root``: each country's rows carry the labels of one provider (the first for half the
+    countries, the second for the rest), the latest label of each covered user, with the count
+    so far today and the ETL's power-user flag."""
     world = load_world(root)
     params = world.params
     users = build_users(params)
@@ -205,14 +210,13 @@ def test_read_observed_takes_the_splits_rows_and_keep_rates(tiny, tmp_path):
         read_observed(manifest, ["test"])
 
 
-def test_evaluate_streams_the_in_between_gauge_on_every_slice(tiny, tmp_path):
-    from pythia.evaluate.gauge import build_gauge, gauge_by_slice, in_between_of
-    from pythia.evaluate.stream import score_streaming
+def write_day_splits(rows: pd.DataFrame, folder) -> tuple[dict[str, pd.DataFrame], dict]:
+    """``labelled_world``'s rows as a run's split Parquet under ``folder`` (with the derived
+    region and the label indices): the first three days train, the fourth validation, the
+    fifth the natural test day; returns the splits and their manifest."""
+    from pythia.config import Geography
     from pythia.features import REGION, derive_batch
-    from pythia.config import DEFAULT_AGE_EDGES, Geography
-    from test_evaluate import prediction_rows
 
-    world, users, _, rows, chosen = tiny
     dates = sorted(rows["date"].unique())
     rows = rows.assign(**{REGION: derive_batch({"country": rows["country"].to_numpy(),
                                                 "ts": rows["ts"].astype("int64") // 10**9,
@@ -224,11 +228,22 @@ def test_evaluate_streams_the_in_between_gauge_on_every_slice(tiny, tmp_path):
               rows[rows["date"] == dates[3]], "test_natural": rows[rows["date"] == dates[4]]}
     paths = {}
     for split, df in splits.items():
-        os.makedirs(tmp_path / split)
-        df.assign(split=split).to_parquet(tmp_path / split / "part-0.parquet", index=False)
-        paths[split] = str(tmp_path / split)
+        os.makedirs(folder / split)
+        df.assign(split=split).to_parquet(folder / split / "part-0.parquet", index=False)
+        paths[split] = str(folder / split)
     manifest = {"paths": paths, "resample_target": "age_gender", "rates": {},
                 "class_names": list(CLASS_LABELS)}
+    return splits, manifest
+
+
+def test_evaluate_streams_the_in_between_gauge_on_every_slice(tiny, tmp_path):
+    from pythia.evaluate.gauge import build_gauge, gauge_by_slice, in_between_of
+    from pythia.evaluate.stream import score_streaming
+    from pythia.config import DEFAULT_AGE_EDGES
+    from test_evaluate import prediction_rows
+
+    world, users, _, rows, chosen = tiny
+    splits, manifest = write_day_splits(rows, tmp_path)
     test = splits["test_natural"].reset_index(drop=True)
     uniform = np.full((len(test), 12), 1 / 12)
     pred = prediction_rows(test, "test_natural", "global", uniform)

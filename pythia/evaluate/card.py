@@ -88,6 +88,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
         "log-loss / exact-posterior log-loss on the same rows."))
     card.append(Table.from_dataframe(_fmt(results["headline"]), truncate=False))
     _append_regional_vs_global(card, results.get("regional_vs_global"))
+    _append_explained_table(card, _REGIONAL_STRUCTURE, results.get("regional_structure"))
 
     gauge = results.get("gauge")
     if gauge is not None and len(gauge):
@@ -151,6 +152,17 @@ _REGIONAL_VS_GLOBAL = (
     "the same on the region's power users and on its other users — the per-slice guard "
     "excludes a regional candidate whose z there is above `z_min`, and one whose "
     "`val_diff_other_users` is not below 0 (the baselines are not guarded).")
+
+_REGIONAL_STRUCTURE = (
+    "## Regional structure (synthetic data)\n\nPer region, on its natural test day rows "
+    "(provider labels): `effect_*` = log-loss of the **region-blind** posterior (every "
+    "generative table but what a device make means in this region) / the population "
+    "posterior's, what the world's regional effects are worth there (1: none). Every "
+    "candidate that scores the region, global (`trained_on` global) and regional: "
+    "`ratio_region_blind_*` = model / region-blind posterior, below 1 when the model knows "
+    "more about the region than any model blind to its regional effects could; "
+    "`ratio_population_*` = model / population posterior. A global model that sees "
+    "`region_device_make` can learn the effects as well as a regional one.")
 
 _GAUGE_SLICES = (
     "## Bayes gauge per slice (synthetic data)\n\nPer region, its champion (else its best "

@@ -79,6 +79,20 @@ def population_of(world: Any) -> Any:
     return make() if callable(make) else None
 
 
+def region_blind_of(world: Any) -> Any:
+    """The population form of a synthetic world whose device tables lack its regional make
+    effects (``synth.regional.region_blind``): all a reader who knows every generative table
+    but what a make means per region can know. None for a world without such effects (every
+    ``regional_make_strength`` 0: it would be the population form) or without tables."""
+    params = getattr(world, "params", None)
+    strengths = getattr(getattr(params, "config", None), "regional_make_strength", ())
+    if not any(float(k) > 0 for _, k in strengths or ()):
+        return None
+    from pythia.synth.regional import region_blind
+
+    return region_blind(world).population()
+
+
 def in_between_of(world: Any, split_manifest: Mapping[str, Any]) -> Any:
     """The in-between form of a synthetic world given the run's train and validation rows
     (``synth.in_between``: read in batches), or None (no world with tables, e.g. real data or
@@ -143,13 +157,17 @@ def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
     (None without a world): ``ratio`` against the realised posterior (the world's drawn
     users and labels; no model beats it on average) and, when the world has those forms,
     ``ratio_in_between`` against the in-between posterior (what the run's train and
-    validation rows say about the drawn users) and ``ratio_population`` against the
-    population posterior (the generative tables only), on the same rows."""
+    validation rows say about the drawn users), ``ratio_population`` against the
+    population posterior (the generative tables only) and ``ratio_region_blind`` against the
+    region-blind one (those tables without the regional make effects: ``region_blind_of``),
+    on the same rows."""
     names = {"log_loss": "logloss", "macro_f1": "macro_f1", "bayes_log_loss": "bayes_logloss",
              "bayes_macro_f1": "bayes_macro_f1", "population_log_loss": "population_logloss",
              "population_macro_f1": "population_macro_f1",
              "in_between_log_loss": "in_between_logloss",
-             "in_between_macro_f1": "in_between_macro_f1"}
+             "in_between_macro_f1": "in_between_macro_f1",
+             "region_blind_log_loss": "region_blind_logloss",
+             "region_blind_macro_f1": "region_blind_macro_f1"}
     if not (metrics["metric"] == "bayes_log_loss").any():
         return None
     keys = ["model", "region", "config_id", "eval_region", "target", "test_set", "label_source"]
@@ -158,18 +176,20 @@ def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
     out = unstack_observed(sel.assign(metric=sel["metric"].map(names)), keys, "metric", "value")
     out = out.dropna(subset=["bayes_logloss"])
     for c in ("population_logloss", "population_macro_f1", "in_between_logloss",
-              "in_between_macro_f1"):
+              "in_between_macro_f1", "region_blind_logloss", "region_blind_macro_f1"):
         if c not in out.columns:
             out[c] = np.nan
     out["ratio"] = out["logloss"] / out["bayes_logloss"]
     out["ratio_population"] = out["logloss"] / out["population_logloss"]
     out["ratio_in_between"] = out["logloss"] / out["in_between_logloss"]
+    out["ratio_region_blind"] = out["logloss"] / out["region_blind_logloss"]
     gap = out["population_logloss"] - out["bayes_logloss"]
     out["gap_closed"] = ((out["population_logloss"] - out["logloss"]) / gap).where(gap > 1e-12)
     cols = keys + ["logloss", "bayes_logloss", "ratio", "in_between_logloss",
                    "ratio_in_between", "population_logloss",
-                   "ratio_population", "gap_closed", "macro_f1", "bayes_macro_f1",
-                   "population_macro_f1", "in_between_macro_f1"]
+                   "ratio_population", "gap_closed", "region_blind_logloss",
+                   "ratio_region_blind", "macro_f1", "bayes_macro_f1",
+                   "population_macro_f1", "in_between_macro_f1", "region_blind_macro_f1"]
     return out[cols].sort_values(keys).reset_index(drop=True)
 
 
@@ -224,4 +244,20 @@ def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
                               "bar is ratio_population_*: the training rows say nothing "
                               "about them")
         print(f"\nBayes gauge per slice ({'; '.join(legend)}; same rows)", file=out)
+        print(table.to_string(index=False), file=out)
+
+
+def print_regional_structure(gauge: Any, champions: Any, out: TextIO) -> None:
+    """Print ``tables.build_regional_structure`` of a run's gauge and champions artifacts
+    (nothing without a region-blind gauge), for `pythia report`."""
+    from pythia.evaluate.tables import build_regional_structure
+
+    if gauge is None or champions is None:
+        return
+    table = build_regional_structure(pd.DataFrame(gauge), pd.DataFrame(champions))
+    if len(table):
+        print("\nRegional structure (natural test day, provider labels; effect_* = region-blind"
+              " / population posterior: what the world's regional make effects are worth; "
+              "ratio_region_blind_* = model / region-blind posterior, below 1: the model "
+              "learnt some of them; same rows)", file=out)
         print(table.to_string(index=False), file=out)

@@ -13,7 +13,8 @@ from pythia.evaluate.margins import (DEFAULT_Z_MIN, margin_lookup, regional_marg
                                      slice_margin_lookup)
 from pythia.evaluate.previous import PreviousComparison
 from pythia.evaluate.stream import score_streaming
-from pythia.evaluate.tables import build_headline, build_regional_vs_global
+from pythia.evaluate.tables import (build_headline, build_regional_structure,
+                                    build_regional_vs_global)
 
 
 def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, Any],
@@ -55,8 +56,9 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         {'metrics', 'distributions', 'gauge' (None without a world), 'gauge_slices'
         (``gauge.gauge_by_slice``; None without a world), 'gauge_note',
         'champions', 'headline', 'regional_vs_global' (each regional candidate against its
-        family's global one on the region's rows), 'figures' ({name: png}), 'report_files',
-        'previous_run', 'baseline_models'}.
+        family's global one on the region's rows), 'regional_structure'
+        (``tables.build_regional_structure``: empty without a region-blind gauge),
+        'figures' ({name: png}), 'report_files', 'previous_run', 'baseline_models'}.
     """
     if not candidates:
         raise ValueError("no candidates to evaluate: did every train task fail?")
@@ -83,8 +85,11 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
     # each region's chosen candidate against the posteriors on the natural slices
     gauge_slices = None if gauge is None else gauge_by_slice(gauge, champions)
     results = {"metrics": metrics, "distributions": distributions, "gauge": gauge,
-               "gauge_slices": gauge_slices, "gauge_note": scored.gauge_note, "champions": champions, "headline": headline,
+               "gauge_slices": gauge_slices, "gauge_note": scored.gauge_note,
+               "champions": champions, "headline": headline,
                "regional_vs_global": regional_vs_global, "figures": figures,
+               # what the world's regional effects are worth per region, and who learnt them
+               "regional_structure": build_regional_structure(gauge, champions),
                "previous_run": previous_run,
                "baseline_models": tuple(baseline_models)}
     results["report_files"] = write_reports(results, reports_uri)

@@ -101,6 +101,11 @@ class ReferenceStats:
         return self.log_loss_sum / n, float(f1[support > 0].mean())
 
 
+# a synthetic world's posteriors besides the realised one (``gauge``): a LabelStats attribute
+# and a SliceSums ``<form>_note`` each, and ``<form>_log_loss`` / ``<form>_macro_f1`` metrics
+OTHER_FORMS = ("population", "in_between", "region_blind")
+
+
 class LabelStats:
     """One scorer's probabilities against one label source, on one slice and target."""
 
@@ -121,6 +126,7 @@ class LabelStats:
         self.reference: ReferenceStats | None = None  # the realised posterior on these rows
         self.population: ReferenceStats | None = None  # the population posterior on them
         self.in_between: ReferenceStats | None = None  # the in-between posterior on them
+        self.region_blind: ReferenceStats | None = None  # the region-blind population one
 
     @property
     def n(self) -> int:
@@ -130,10 +136,11 @@ class LabelStats:
     def add(self, y_all: np.ndarray, p_raw: np.ndarray, weights: np.ndarray | None = None,
             reference: np.ndarray | ReferenceStats | None = None,
             population: np.ndarray | ReferenceStats | None = None,
-            in_between: np.ndarray | ReferenceStats | None = None) -> None:
+            in_between: np.ndarray | ReferenceStats | None = None,
+            region_blind: np.ndarray | ReferenceStats | None = None) -> None:
         """Add rows: labels (-1 = unlabelled), the scorer's probabilities as stored, the rows'
-        importance weights, the exact (realised), population and in-between posteriors on
-        the same rows (each optional); a posterior may come already summed
+        importance weights, the exact (realised), population, in-between and region-blind
+        posteriors on the same rows (each optional); a posterior may come already summed
         (``reference_batch``) when several scorers share the rows."""
         valid = y_all >= 0
         self.n_unlabelled += int((~valid).sum())
@@ -165,6 +172,7 @@ class LabelStats:
         self.reference = self._add_reference(self.reference, y, valid, reference)
         self.population = self._add_reference(self.population, y, valid, population)
         self.in_between = self._add_reference(self.in_between, y, valid, in_between)
+        self.region_blind = self._add_reference(self.region_blind, y, valid, region_blind)
 
     def merge(self, other: "LabelStats") -> None:
         """Add another's sums (the same scorer, slice, target and source; other rows), as
@@ -178,7 +186,7 @@ class LabelStats:
         self.class_label_sum += other.class_label_sum
         self.class_prob_sum += other.class_prob_sum
         self.weighted = self.weighted or other.weighted
-        for name in ("reference", "population", "in_between"):
+        for name in ("reference",) + OTHER_FORMS:
             mine, theirs = getattr(self, name), getattr(other, name)
             if theirs is not None and mine is None:
                 setattr(self, name, theirs)

@@ -16,9 +16,10 @@ by a later task's sweep when this one is killed):
      41 s in one process).
 The metric and distribution tables are then built from the statistics alone (``tables_of``),
 in the rows and order of the in-memory path (``slices.score_candidate``, kept as the
-reference: the two agree to 1e-9). The population and in-between posteriors' figures
-(``population_log_loss`` / ``population_macro_f1``, ``in_between_*``: when the world has
-those forms, ``gauge.population_of`` / ``gauge.in_between_of``) are streaming only; the
+reference: the two agree to 1e-9). The population, in-between and region-blind posteriors'
+figures (``population_log_loss`` / ``population_macro_f1``, ``in_between_*``,
+``region_blind_*``: when the world has those forms, ``gauge.population_of`` /
+``gauge.in_between_of`` / ``gauge.region_blind_of``) are streaming only; the
 in-memory path gives them with that form as its only posterior.
 """
 from __future__ import annotations
@@ -41,11 +42,13 @@ from pythia.evaluate.forked import map_forked
 from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, OPTIONAL_FRAME_COLUMNS,
                                     PROVIDER, TRUTH, WEIGHT_COLUMN, SplitFrame, split_frame,
                                     truth_labels)
-from pythia.evaluate.gauge import in_between_of, population_of, posterior_probs
+from pythia.evaluate.gauge import (in_between_of, population_of, posterior_probs,
+                                   region_blind_of)
 from pythia.evaluate.margins import OTHER_PART, POWER_PART, TEST_PARTS, user_groups
 from pythia.evaluate.slices import (NATURAL, SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
                                     Aligned, align, candidate_key, candidate_label,
                                     check_candidates, eval_regions_of, slice_masks)
+from pythia.evaluate.stats import OTHER_FORMS
 from pythia.evaluate.sums import BAYES_KEY, SliceSums, tables_of
 from pythia.features import (IMPRESSION_ID, SPLIT, TARGETS, USER_ID, VALIDATION, Y_AGE_GENDER,
                              class_labels)
@@ -114,7 +117,8 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
         except ValueError as exc:
             between, sums.in_between_note = None, f"in-between gauge skipped: {exc}"
         job = _Job(rows_dirs, split_manifest, edges, idents, pred_dirs,
-                   (world, {"population": population_of(world), "in_between": between}))
+                   (world, {"population": population_of(world), "in_between": between,
+                            "region_blind": region_blind_of(world)}))
         n_workers = min(n_buckets, threads.thread_budget() if workers is None else workers)
         if n_workers <= 1:
             job.score(sums, range(n_buckets))
@@ -123,7 +127,7 @@ def score_streaming(candidates: Sequence[Mapping[str, Any]], split_manifest: Map
             for part in map_forked(lambda ids: job.score(SliceSums(edges, sums.sources), ids),
                                    shares, n_workers):
                 sums.merge(part)
-        for note in (sums.gauge_note, sums.population_note, sums.in_between_note):
+        for note in [sums.gauge_note] + [getattr(sums, f"{f}_note") for f in OTHER_FORMS]:
             if note:  # here, not in a worker: a forked worker's output may go nowhere
                 print(note)
     metrics, distributions = tables_of(sums, idents, candidates, splits)
@@ -263,9 +267,9 @@ def _count_rows(sums: SliceSums, frames: Mapping[str, SplitFrame]) -> list[str]:
 def _bucket_posteriors(sums: SliceSums, frames: Mapping[str, SplitFrame], worlds: tuple
                        ) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
     """The exact (realised) posterior on the bucket's test rows, and per other form of the
-    world (population, in-between) its posterior ({} without a world, or once a world failed
-    to give one: that gauge is then skipped for the whole run, with a note; the others also
-    go with the realised one)."""
+    world (population, in-between, region-blind) its posterior ({} without a world, or once
+    a world failed to give one: that gauge is then skipped for the whole run, with a note;
+    the others also go with the realised one)."""
     world, forms = worlds
     if world is None or sums.gauge_note:
         return {}, {}
@@ -293,7 +297,7 @@ def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Seq
                   pred_dirs: Sequence[tuple[str, pa.Schema | None]], b: int, worlds: tuple
                   ) -> None:
     """Add one bucket: slice sizes, the posterior's scores, every candidate's scores (and,
-    with the population and in-between forms of the world, their scores on the same rows)."""
+    with the other forms of the world (``OTHER_FORMS``), their scores on the same rows)."""
     if not frames:
         return
     regions = _count_rows(sums, frames)
@@ -339,8 +343,8 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 ref_cache: dict | None = None, groups: np.ndarray | None = None, *,
                 extras: Mapping[str, Mapping | None] | None = None) -> None:
     """Add one scorer's rows of one test set to every slice (``slices.score_slices``' cuts).
-    ``reference``: the realised posterior per label source; ``extras``: the population and
-    in-between ones ({kind: per label source}).
+    ``reference``: the realised posterior per label source; ``extras``: the other forms'
+    (``OTHER_FORMS``; {form: per label source}).
     ``ref_cache`` holds the posteriors' sums per (slice, rows) of this bucket: every candidate
     that covers the same rows shares them instead of scoring the posteriors again. ``groups``
     (the frame rows' user groups) adds the paired margins' sums: on validation the whole slice
@@ -378,8 +382,8 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                         ref = ref_cache[ref_key]
                     refs[kind] = ref
                 w = frame.weights[pos] if is_model and frame.weights is not None else None
-                stats.add(y, p, w, refs["realised"], refs.get("population"),
-                          refs.get("in_between"))
+                stats.add(y, p, w, refs["realised"],
+                          **{form: refs.get(form) for form in OTHER_FORMS})
                 if groups is not None and target == JOINT_TARGET and source == PROVIDER:
                     if test_set in TEST_PARTS:  # the test day: one part per test set
                         sums.groups_of((key, region, TEST_PARTS[test_set])).add(

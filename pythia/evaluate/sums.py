@@ -19,7 +19,7 @@ from pythia.evaluate.metrics import total_variation_distance
 from pythia.evaluate.slices import (BAYES_MODEL, DIST_COLUMNS, METRIC_COLUMNS,
                                     SPLIT_OF_TEST_SET, TEST_SETS, candidate_key,
                                     distributions_table, eval_regions_of, metrics_table)
-from pythia.evaluate.stats import LabelStats, ShareStats
+from pythia.evaluate.stats import OTHER_FORMS, LabelStats, ShareStats
 from pythia.features import TARGETS, VALIDATION, class_labels
 
 BAYES_KEY = (BAYES_MODEL, GLOBAL_REGION, None)  # the exact posterior, as a scorer
@@ -42,6 +42,7 @@ class SliceSums:
     gauge_note: str | None = None  # set when the world could not give the posterior
     population_note: str | None = None  # set when it could not give the population one
     in_between_note: str | None = None  # and the in-between one
+    region_blind_note: str | None = None  # and the region-blind one
     # (scorer, eval region) -> validation sums per user group (the champion rule's margins);
     # (scorer, eval region, POWER_PART or OTHER_PART): the same on power users / the others
     groups: dict = field(default_factory=dict)
@@ -88,8 +89,9 @@ class SliceSums:
         self.bayes_splits |= other.bayes_splits
         self.bayes_sources = self.bayes_sources or other.bayes_sources
         self.gauge_note = self.gauge_note or other.gauge_note
-        self.population_note = self.population_note or other.population_note
-        self.in_between_note = self.in_between_note or other.in_between_note
+        for form in OTHER_FORMS:
+            note = f"{form}_note"
+            setattr(self, note, getattr(self, note) or getattr(other, note))
 
     def shares_of(self, key: tuple) -> ShareStats:
         """The ShareStats of (scorer, test_set, region, target, source or None), created."""
@@ -200,7 +202,7 @@ def _label_rows(sums: SliceSums, base: Mapping[str, Any], stats: LabelStats,
         ref_ll, ref_f1 = stats.reference.scores(n)
         out += [dict(base, metric="bayes_log_loss", value=ref_ll, n=n),
                 dict(base, metric="bayes_macro_f1", value=ref_f1, n=n)]
-        for kind in ("population", "in_between"):
+        for kind in OTHER_FORMS:
             extra = getattr(stats, kind)
             if extra is not None and getattr(sums, f"{kind}_note") is None:
                 ll, f1 = extra.scores(n)

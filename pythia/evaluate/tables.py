@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pythia.config import GLOBAL_REGION
-from pythia.evaluate.frames import JOINT_TARGET, PROVIDER
+from pythia.evaluate.frames import AGE_TARGET, GENDER_TARGET, JOINT_TARGET, PROVIDER
 from pythia.evaluate.slices import BAYES_MODEL, NATURAL, unstack_observed
 from pythia.features import TARGETS, VALIDATION
 
@@ -102,3 +102,49 @@ def build_regional_vs_global(headline: pd.DataFrame,
                           zip(both["model"], both["eval_region"], both["config_id"])]
     both = both.rename(columns={"eval_region": "region"})
     return both[cols].sort_values(["region", "model", "config_id"]).reset_index(drop=True)
+
+
+def build_regional_structure(gauge: pd.DataFrame | None, champions: pd.DataFrame
+                             ) -> pd.DataFrame:
+    """Per model region, on its natural test day rows (provider labels): what the synthetic
+    world's regional make effects are worth there, and whether each candidate scored there
+    (the global ones and the region's own) learnt them (issue #15: regional structure that is
+    real, and models that use it).
+
+    ``effect_*`` = region-blind / population posterior log-loss on the candidate's rows: what
+    a reader who knows every generative table but what a device make means in this region
+    loses (1 where the world puts no regional effect). ``ratio_region_blind_*`` = model /
+    region-blind: below 1, the model knows more about the region than any region-blind model
+    can; ``ratio_population_*`` = model / population, the fair bar. Empty without a
+    region-blind gauge (real data, or a world without regional effects)."""
+    ident = ["eval_region", "model", "region", "config_id"]
+    cols = ["region", "candidate", "trained_on", "champion"] + [
+        f"{m}_{t}" for m in ("effect", "ratio_region_blind", "ratio_population")
+        for t in (JOINT_TARGET, GENDER_TARGET, AGE_TARGET)]
+    if (gauge is None or gauge.empty or "ratio_region_blind" not in gauge.columns
+            or gauge["ratio_region_blind"].isna().all()):
+        return pd.DataFrame(columns=cols)
+    g = gauge[(gauge["test_set"] == NATURAL) & (gauge["label_source"] == PROVIDER)
+              & (gauge["eval_region"] != GLOBAL_REGION)].dropna(subset=["ratio_region_blind"])
+    if g.empty:
+        return pd.DataFrame(columns=cols)
+    g = g.assign(effect=g["region_blind_logloss"] / g["population_logloss"],
+                 config_id=g["config_id"].astype("int64"))
+    wide = unstack_observed(
+        pd.concat([g[ident + ["target"]].assign(col=f"{m}_" + g["target"], value=g[m])
+                   for m in ("effect", "ratio_region_blind", "ratio_population")]),
+        ident, "col", "value")
+    champ = champions[champions["blessed"].astype(bool)].dropna(subset=["model"])
+    champ = set(zip(champ["region"], champ["model"], champ["candidate_region"],
+                    champ["config_id"].astype("int64")))
+    wide["champion"] = [(e, m, r, int(k)) in champ for e, m, r, k in
+                        wide[ident].itertuples(index=False)]
+    wide["candidate"] = (wide["model"] + "/" + wide["region"] + "#"
+                         + wide["config_id"].astype(str))
+    wide = wide.rename(columns={"region": "trained_on"}).rename(
+        columns={"eval_region": "region"})
+    for c in cols:
+        if c not in wide.columns:
+            wide[c] = np.nan
+    return (wide.sort_values(["region", "champion", f"ratio_region_blind_{JOINT_TARGET}"],
+                             ascending=[True, False, True])[cols].reset_index(drop=True))
