@@ -662,6 +662,21 @@ def test_render_card_shows_every_figure_and_table(tiny_run):
     with pytest.raises(ValueError, match="champions"):
         render_card(FakeCard(), {"headline": None}, None, None)
     assert "Library stack" not in text  # no lines given: no section
+    assert "Regional structure" not in text  # no region-blind gauge (a world without effects)
+    # with one (tests/test_regional_gauge.py builds it), its table right after regional vs
+    # global
+    structure = pd.DataFrame({"region": ["APAC"], "candidate": ["mlp/global#0"],
+                              "trained_on": ["global"], "champion": [True],
+                              "effect_age_gender": [1.02], "ratio_region_blind_age_gender":
+                              [0.99], "ratio_population_age_gender": [1.01]})
+    card = FakeCard()
+    render_card(card, dict(results, regional_structure=structure), recon, choice)
+    tables = [c for c in card.components if isinstance(c, Table)]
+    assert len(tables) == 8
+    marks = [c._text for c in card.components if isinstance(c, Markdown)]
+    where = next(i for i, t in enumerate(marks) if t.startswith("## Regional structure"))
+    assert marks[where - 1].startswith("## Regional vs global")
+    assert "ratio_region_blind_*" in marks[where]
 
 
 def test_render_card_shows_the_library_stack_and_a_mixed_one_loudly(tiny_run):
