@@ -26,6 +26,7 @@ import pandas as pd
 
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.metrics import check_probabilities
+from pythia.evaluate.stats import OTHER_FORMS
 from pythia.evaluate.frames import PROVIDER, TRUTH, SplitFrame
 from pythia.evaluate.slices import (BAYES_MODEL, NATURAL, NATURAL_NEW_USERS,
                                     NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS,
@@ -162,12 +163,10 @@ def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
     region-blind one (those tables without the regional make effects: ``region_blind_of``),
     on the same rows."""
     names = {"log_loss": "logloss", "macro_f1": "macro_f1", "bayes_log_loss": "bayes_logloss",
-             "bayes_macro_f1": "bayes_macro_f1", "population_log_loss": "population_logloss",
-             "population_macro_f1": "population_macro_f1",
-             "in_between_log_loss": "in_between_logloss",
-             "in_between_macro_f1": "in_between_macro_f1",
-             "region_blind_log_loss": "region_blind_logloss",
-             "region_blind_macro_f1": "region_blind_macro_f1"}
+             "bayes_macro_f1": "bayes_macro_f1"}
+    for form in OTHER_FORMS:  # each streamed form's metrics (``sums._label_rows``)
+        names.update({f"{form}_log_loss": f"{form}_logloss",
+                      f"{form}_macro_f1": f"{form}_macro_f1"})
     if not (metrics["metric"] == "bayes_log_loss").any():
         return None
     keys = ["model", "region", "config_id", "eval_region", "target", "test_set", "label_source"]
@@ -175,14 +174,12 @@ def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
                   & metrics["test_set"].isin(TEST_SETS) & (metrics["model"] != BAYES_MODEL)]
     out = unstack_observed(sel.assign(metric=sel["metric"].map(names)), keys, "metric", "value")
     out = out.dropna(subset=["bayes_logloss"])
-    for c in ("population_logloss", "population_macro_f1", "in_between_logloss",
-              "in_between_macro_f1", "region_blind_logloss", "region_blind_macro_f1"):
-        if c not in out.columns:
-            out[c] = np.nan
     out["ratio"] = out["logloss"] / out["bayes_logloss"]
-    out["ratio_population"] = out["logloss"] / out["population_logloss"]
-    out["ratio_in_between"] = out["logloss"] / out["in_between_logloss"]
-    out["ratio_region_blind"] = out["logloss"] / out["region_blind_logloss"]
+    for form in OTHER_FORMS:  # a form the world lacks (or a run from before it): NaN
+        for c in (f"{form}_logloss", f"{form}_macro_f1"):
+            if c not in out.columns:
+                out[c] = np.nan
+        out[f"ratio_{form}"] = out["logloss"] / out[f"{form}_logloss"]
     gap = out["population_logloss"] - out["bayes_logloss"]
     out["gap_closed"] = ((out["population_logloss"] - out["logloss"]) / gap).where(gap > 1e-12)
     cols = keys + ["logloss", "bayes_logloss", "ratio", "in_between_logloss",
