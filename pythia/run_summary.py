@@ -5,7 +5,9 @@ The champion lines are short on purpose (the full reason is in ``pythia report``
 the model and its validation log-loss, the baselines it beat and the noise rule's z, the
 previous champion when there was one, and where the region's bundle slot came from (this run,
 kept from the previous run, or the baseline fallback). A region that is not blessed prints its
-full reason, after the loud ``baseline_alarm`` block when a baseline won.
+full reason, after the loud ``baseline_alarm`` block when a baseline won. Then each model
+that is not a baseline against the best baseline per region (``evaluate.verdicts``), after
+its own loud block when a model beats them nowhere.
 """
 from __future__ import annotations
 
@@ -113,12 +115,21 @@ def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
     """What the end step prints: where the results are, the champions and their bundle slots,
     and commands that inspect them (each works as printed from the folder the run was started
     in)."""
+    from pythia.evaluate.verdicts import build_model_verdicts, verdict_alarm, verdict_lines
+
     slots = bundle_slots(flow.bundle_path, f"{flow_name}/{run_id}/")
+    candidates = getattr(flow, "candidates", None)
+    try:
+        verdicts = build_model_verdicts(getattr(flow, "metrics", None), candidates)
+        alarm = verdict_alarm(verdicts, candidates)
+    except (KeyError, ValueError) as e:  # a resumed run's older artifacts: say it, go on
+        verdicts, alarm = None, [f"  (no model verdicts: {e})"]
     held = float((getattr(flow, "split_manifest", None) or {}).get("holdout_users") or 0)
     on = f", on the {held:g} of the users held out of training" if held > 0 else ""
-    folds = fold_regions(getattr(flow, "candidates", None))
+    folds = fold_regions(candidates)
     on += f", out of fold in {', '.join(folds)}" if folds else ""
-    lines = [f"{flow_name} run {run_id} finished."] + baseline_alarm(flow.champions) + [
+    lines = [f"{flow_name} run {run_id} finished."] + baseline_alarm(flow.champions) + (
+        alarm) + [
         f"  window: {window_text(flow.window)}",
         f"  reports: {flow.reports_path}",
         f"  bid-time bundle: {flow.bundle_path}",
@@ -127,6 +138,9 @@ def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
     rows = pd.DataFrame(flow.champions).to_dict("records")
     lines += [champion_line(row, slots.pop(row["region"], None)) for row in rows]
     lines += [f"  {region:>8}: bundle: {slot}" for region, slot in sorted(slots.items())]
+    if verdicts is not None and len(verdicts):
+        lines += ["Models against the best baseline (validation AgeGender log-loss; gap = "
+                  "model - baseline):"] + verdict_lines(verdicts)
     lines += ["Inspect:",
               f"  python {flow_file} card get {run_id}/evaluate report.html   "
               "(the report card, as a file)",

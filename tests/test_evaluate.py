@@ -649,10 +649,24 @@ def test_render_card_shows_every_figure_and_table(tiny_run):
     assert len(images) == len(results["figures"])
     assert all(c._error_comp is None for c in images)  # PNG bytes parsed
     tables = [c for c in card.components if isinstance(c, Table)]
-    # champions, headline, regional vs global, gauge per slice, gauge, reconciliation,
-    # provider choice
-    assert len(tables) == 7
+    # champions, headline, models against the baselines, regional vs global, gauge per
+    # slice, gauge, reconciliation, provider choice
+    assert len(tables) == 8
     text = " ".join(c._text for c in card.components if isinstance(c, Markdown))
+    marks = [c._text for c in card.components if isinstance(c, Markdown)]
+    where = next(i for i, t in enumerate(marks) if t.startswith("## Models against the"))
+    assert marks[where - 1].startswith("## Headline")
+    # mlp against gbdt (the caller's baseline); tabnet/EU misses rows, so it is not judged
+    verdicts = results["model_verdicts"]
+    assert set(verdicts["model"]) == {"mlp"} and set(verdicts["baseline"]) <= {
+        "gbdt/global#0", "gbdt/EU#0"}
+    assert "beat(s) the baselines in no region" not in text
+    # a model behind the baselines everywhere: in bold near the top, before the intro
+    behind = verdicts.assign(model="tabnet", beats_baselines=False)
+    loud = FakeCard()
+    render_card(loud, dict(results, model_verdicts=behind), recon, choice)
+    marks = [c._text for c in loud.components if isinstance(c, Markdown)]
+    assert marks[0].startswith("## WARNING: `tabnet` beat(s) the baselines in no region")
     assert "Data reconciliation" in text and "Region `EU`" in text
     assert "Regional vs global" in text
     assert "baseline (`gbdt`)" in text  # named by the caller, not by the card
@@ -672,7 +686,7 @@ def test_render_card_shows_every_figure_and_table(tiny_run):
     card = FakeCard()
     render_card(card, dict(results, regional_structure=structure), recon, choice)
     tables = [c for c in card.components if isinstance(c, Table)]
-    assert len(tables) == 8
+    assert len(tables) == 9
     marks = [c._text for c in card.components if isinstance(c, Markdown)]
     where = next(i for i, t in enumerate(marks) if t.startswith("## Regional structure"))
     assert marks[where - 1].startswith("## Regional vs global")

@@ -70,6 +70,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
             raise ValueError(f"results lack {key!r}: pass the dict evaluate.run returned")
     champions: pd.DataFrame = results["champions"]
     _append_baseline_alarm(card, champions)
+    _append_verdict_alarm(card, results.get("model_verdicts"))
     names = ", ".join(f"`{m}`" for m in results.get("baseline_models") or ())
     baseline = f" ({names})" if names else ""
     card.append(Markdown(INTRO.format(baseline=baseline)))
@@ -87,6 +88,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
         "`logloss_*` / `macro_f1_*` are on the natural test day; `bayes_ratio_*` = model "
         "log-loss / exact-posterior log-loss on the same rows."))
     card.append(Table.from_dataframe(_fmt(results["headline"]), truncate=False))
+    _append_explained_table(card, _MODEL_VERDICTS, results.get("model_verdicts"))
     _append_regional_vs_global(card, results.get("regional_vs_global"))
     _append_explained_table(card, _REGIONAL_STRUCTURE, results.get("regional_structure"))
 
@@ -135,6 +137,13 @@ def _append_explained_table(card: Any, text: str, table: pd.DataFrame | None,
     card.append(Markdown(text))
     card.append(Table.from_dataframe(_fmt(table, digits), truncate=False))
 
+
+_MODEL_VERDICTS = (
+    "## Models against the baselines\n\nPer model that is not a baseline and per region it "
+    "scored: its best candidate there against the region's best baseline candidate, on the "
+    "champion rule's measure (validation AgeGender log-loss, natural-weighted); `gap` = model "
+    "- baseline (below 0: it beats them). A model behind them in every region cannot be a "
+    "champion on this data (the warning at the top).")
 
 _REGIONAL_VS_GLOBAL = (
     "## Regional vs global\n\nPer region and model: the candidate trained on the region "
@@ -215,6 +224,21 @@ def _append_baseline_alarm(card: Any, champions: pd.DataFrame) -> None:
     heading = "## WARNING: no model beats the baselines by more than noise"
     card.append(Markdown("\n".join([heading, ""]
                                     + [f"- **{w}**" for w in texts])))
+
+
+def _append_verdict_alarm(card: Any, verdicts: pd.DataFrame | None) -> None:
+    """Near the top, in bold: the models that beat the baselines in no region."""
+    from metaflow.cards import Markdown
+
+    from pythia.evaluate.verdicts import failing_models
+
+    failing = failing_models(verdicts)
+    if failing:
+        card.append(Markdown(
+            f"## WARNING: {', '.join(f'`{m}`' for m in failing)} beat(s) the baselines in no "
+            "region\n\n**Behind the best baseline on validation everywhere it was scored "
+            "(\"Models against the baselines\" below): it cannot be a champion on this data. "
+            "Leave it out of `--models`, or search its hyperparameters (`--search N`).**"))
 
 
 def _append_figures(card: Any, figures: Mapping[str, bytes], regions: list[str]) -> None:

@@ -25,9 +25,9 @@ from pythia.features import (IMPRESSION_ID, REQUEST_COLUMNS, SPLIT, TARGETS, TS,
 from pythia.paths import join
 
 REPORT_TABLES = ("metrics", "distributions", "gauge", "gauge_slices", "champions", "headline",
-                 "regional_vs_global", "regional_structure")
+                 "regional_vs_global", "regional_structure", "model_verdicts")
 JSON_TABLES = ("metrics", "champions", "headline", "gauge", "gauge_slices",
-               "regional_vs_global", "regional_structure")
+               "regional_vs_global", "regional_structure", "model_verdicts")
 
 
 # ---------------------------------------------------------------- inputs

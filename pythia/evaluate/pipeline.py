@@ -15,6 +15,7 @@ from pythia.evaluate.previous import PreviousComparison
 from pythia.evaluate.stream import score_streaming
 from pythia.evaluate.tables import (build_headline, build_regional_structure,
                                     build_regional_vs_global)
+from pythia.evaluate.verdicts import build_model_verdicts
 
 
 def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, Any],
@@ -58,6 +59,7 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         'champions', 'headline', 'regional_vs_global' (each regional candidate against its
         family's global one on the region's rows), 'regional_structure'
         (``tables.build_regional_structure``: empty without a region-blind gauge),
+        'model_verdicts' (``verdicts.build_model_verdicts``),
         'figures' ({name: png}), 'report_files', 'previous_run', 'baseline_models'}.
     """
     if not candidates:
@@ -90,6 +92,8 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
                "regional_vs_global": regional_vs_global, "figures": figures,
                # what the world's regional effects are worth per region, and who learnt them
                "regional_structure": build_regional_structure(gauge, champions),
+               # each non-baseline model against the best baseline, region by region
+               "model_verdicts": build_model_verdicts(metrics, candidates, baseline_models),
                "previous_run": previous_run,
                "baseline_models": tuple(baseline_models)}
     results["report_files"] = write_reports(results, reports_uri)
