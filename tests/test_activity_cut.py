@@ -169,8 +169,10 @@ class _Model:
     train_cfg = TrainConfig(activity_bins=COUNTS)
     priors = {k: {at.JOINT: np.full(12, 1 / 12)} for k in ("train", "natural")}
 
-    def __init__(self, enc, z: float = at.CUT_Z_MIN) -> None:
-        self.encoders, self.hparams = enc, {"wide_only_z": z}
+    def __init__(self, enc, z: float = at.CUT_Z_MIN, heavy: float | None = None) -> None:
+        # one bar in every bin unless ``heavy`` sets the heavy bins' own
+        self.encoders = enc
+        self.hparams = {"wide_only_z": z, "wide_only_z_heavy": z if heavy is None else heavy}
 
     @staticmethod
     def link(_):
@@ -285,12 +287,43 @@ def test_the_mlp_hparam_wide_only_z_sets_the_noise_tests_bar():
     labels = at.with_activity({at.JOINT: y}, {at.FEATURE: x, at.GROUPS: user})
     gates = {}
     for z in (1.0, 0.25):
-        model = get_model("mlp")(enc, {"wide_only_z": z}, TrainConfig(activity_bins=COUNTS))
+        model = get_model("mlp")(enc, {"wide_only_z": z, "wide_only_z_heavy": z},
+                                 TrainConfig(activity_bins=COUNTS))
         fitted = at.fit_for(model, raw, labels, 1.0)
         gates[z] = fitted.deep
         assert fitted.lead_z[4] is not None and -1.0 < fitted.lead_z[4] < -0.25
     # the 100+ pool's lead (z about -0.4) is noise at 1 SE, evidence at 0.25
     assert gates == {1.0: (True,) * 4 + (False,), 0.25: (True,) * 5}
+
+
+def test_heavy_bins_take_their_own_bar():
+    """From ``wide_only_heavy_from`` (30) impressions today up the deep part needs a lead of
+    ``wide_only_z_heavy`` (2) SEs, elsewhere ``wide_only_z`` (1); a pool takes its lightest
+    bin's bar. A 100+ lead of z -1.6 keeps the deep part at one bar and not at the other,
+    and the epoch score gives it credit only under the bar it passes."""
+    from pythia.models import get_model, mlp_valid
+
+    cfg = TrainConfig(activity_bins=COUNTS)
+    mlp = get_model("mlp")
+    assert at.wide_only_z(mlp(activity_encoders(), {}, cfg), COUNTS) == (1.0, 1.0, 1.0, 2.0,
+                                                                          2.0)
+    assert at.wide_only_z(_Model(None, 0.5, 3.0), COUNTS) == (0.5,) * 3 + (3.0,) * 2
+    assert at.wide_only_z(mlp(activity_encoders(), {"wide_only_heavy_from": 100}, cfg),
+                          COUNTS) == (1.0,) * 4 + (2.0,)
+    assert at.pool_bars((1.0, 1.0, 1.0, 2.0, 2.0), (0, 1, 2, 2, 3)) == {0: 1.0, 1: 1.0, 2: 1.0,
+                                                                       3: 2.0}
+    assert at.pool_bars(1.5, (0, 1, 1)) == 1.5
+    enc, x, wide, deep, y, user = heavy_users_world(24)
+    raw = {at.JOINT: wide + deep, at.DEEP: deep}
+    labels = at.with_activity({at.JOINT: y}, {at.FEATURE: x, at.GROUPS: user})
+    shipped = at.fit_for(mlp(enc, {}, cfg), raw, labels, 1.0)  # the defaults: 1 and 2
+    assert -2.0 < shipped.lead_z[4] < -1.0
+    assert shipped.deep == (True,) * 4 + (False,)
+    one_bar = at.fit_for(mlp(enc, {"wide_only_z_heavy": 1.0}, cfg), raw, labels, 1.0)
+    assert one_bar.deep == (True,) * 5
+    score = {h: mlp_valid.discounted_joint_loss(_Model(enc, 1.0, h), raw, labels, 1.0)
+             for h in (1.0, 2.0, 3.0)}
+    assert score[1.0] < score[2.0] < score[3.0]  # a higher bar, less credit
 
 
 def _lucky_world(heavy_users: int, per_user: int, over_confident: float = 1.0, seed: int = 5):

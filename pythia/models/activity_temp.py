@@ -51,6 +51,9 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.config_parse import check_bins
 from pythia.models import priors as pr
+from pythia.models.activity_cut import (CUT_Z_HEAVY, CUT_Z_MIN, HEAVY_FROM,  # noqa: F401
+                                        known_groups, noise_aware_cut,
+                                        pool_bars, wide_only_z)
 from pythia.models.export import ACTIVITY_TEMPERATURE
 from pythia.models.links import link_probabilities
 
@@ -72,13 +75,6 @@ MIN_BIN_ROWS = 500
 # prior: 1.019). Tested both ways at 2 SEs, the default world's logistic regression lost its
 # heavy pools' tempering (30+: 3 -> the global 1.24; power users 1.071 on fresh users).
 TEMP_Z_MIN = 2.0
-# The deep part is kept in a heavy pool only when it beats the wide part there by more than
-# this many user-clustered SEs of the validation margin (the MLP hparam ``wide_only_z``). One,
-# not the champion rule's two: on three seeds of the default world, 2 moved the cut to 10+ on
-# two of them, and seed 2's MLP was 0.0016 worse on fresh users than with 1, which cut at
-# 30+ on both (docs/new-users.md, session 40). A bin's choice is between two parts of one
-# model, not a bet on a new one.
-CUT_Z_MIN = 1.0
 # The optional entry of an MLP's ``numpy_layers`` export: {"feature", "edges", "temperature"}.
 EXPORT_KEY = ACTIVITY_TEMPERATURE
 
@@ -186,8 +182,8 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         counts: Sequence[int], global_temperature: float, link: str = "softmax",
         min_rows: int | None = None, start: ActivityTemperature | None = None,
         deep: np.ndarray | None = None, groups: np.ndarray | None = None,
-        z_min: float = CUT_Z_MIN, cut: int | None = None, noise_cut: bool = True
-        ) -> ActivityTemperature | None:
+        z_min: float | Sequence[float] = CUT_Z_MIN, cut: int | None = None,
+        noise_cut: bool = True) -> ActivityTemperature | None:
     """Per pool of bins of ``activity`` (normalised; ``pool_bins`` with ``min_rows``, default
     ``MIN_BIN_ROWS``), the temperature minimising the pool's validation log-loss of
     ``link(logits / T)``; None without bins, without the activity column, with one pool (that
@@ -196,7 +192,8 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     up are scored by the wide part alone (``logits - deep``, each at its own temperature),
     the cut that gives the least validation loss (none: no pool is wide-only), moved down
     while the deep part's lead over the wide part on the pool it would leave is within noise
-    (``noise_aware_cut`` at ``z_min``; needs ``groups``, each row's user group, and
+    (``noise_aware_cut`` at ``z_min``, one or one per bin: a pool's is its lightest bin's;
+    needs ``groups``, each row's user group, and
     ``noise_cut``); ``cut`` (0: every pool wide-only, a large number: none) replaces that
     choice. With ``groups`` a pool's own temperature below the global one ships only when it
     beats it there by more than ``TEMP_Z_MIN`` user-clustered SEs (else by any margin). With
@@ -253,7 +250,7 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
             w[0] for w in wide_only[c:]))
     tested: dict[int, float | None] = {}
     if deep is not None and groups is not None and noise_cut and not forced:
-        cut = noise_aware_cut(cut, d, pool_of, groups, z_min, tested)
+        cut = noise_aware_cut(cut, d, pool_of, groups, pool_bars(z_min, pools), tested)
     chosen = [(t, f, True) for _, t, f in with_deep[:cut]] + [(t, True, False)
                                                                for _, t in wide_only[cut:]]
     temps, fitted, on = zip(*(chosen[g] for g in pools))
@@ -262,48 +259,6 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     return ActivityTemperature(counts, edges, tuple(temps), rows, tuple(fitted), pools,
                                deep=None if deep is None else tuple(on),
                                lead_z=tuple(tested.get(g) for g in pools) if tested else None)
-
-
-def noise_aware_cut(cut: int, d: np.ndarray, pool_of: np.ndarray, groups: np.ndarray,
-                    z_min: float = CUT_Z_MIN, tested: dict | None = None) -> int:
-    """The least-loss ``cut`` moved down pool by pool while the deep part's lead on the rows
-    of the pool just below it is within ``z_min`` user-clustered SEs (no SE -- too few user
-    groups -- is within noise): the deep part keeps a pool only on evidence, and the first
-    pool that gives it stops the descent (one cut). Each pool is tested on its own rows: a
-    test on every pool the cut would pass drowned a light pool's clear lead in the heavy
-    users' noise (seed 0 of the default world went wide-only from 3+). ``d``: per row, the
-    deep part's log-loss minus the wide part's; ``pool_of``: each row's pool; ``groups``:
-    each row's user group; ``tested`` (optional) gets each tested pool's z (None: no SE).
-    Rows without a group (-1: shards written before the column) leave ``cut`` as it is.
-
-    Why: a heavy pool's validation rows are a few users', and the least loss followed them.
-    Session 39's seed 1 kept the deep part at 100+ on validation's say; on fresh users the
-    MLP was then worse than logistic regression on power user-days (1.0488 against 1.0301 x
-    the population posterior), and its champion margin's SE was 0.050, against 0.002 with
-    logistic regression scoring its rows from 30+ (``benchmarks/heavy_routing.py``)."""
-    from pythia.evaluate.margins import paired_margin  # evaluate's noise test (lazy: ~1 s)
-    groups = known_groups(groups, len(d))
-    if groups is None:
-        return cut
-    c = cut
-    while c > 0:
-        rows = pool_of == c - 1
-        margin = paired_margin(d[rows], np.ones(int(rows.sum())), groups[rows])
-        if tested is not None:
-            tested[c - 1] = float(margin.z) if np.isfinite(margin.z) else None
-        if margin.z < -z_min:  # the deep part is better there beyond noise: it stays
-            break
-        c -= 1
-    return c
-
-
-def known_groups(groups: Any, n: int) -> np.ndarray | None:
-    """The rows' user groups, or None when there are none for every row (-1: shards written
-    before the column)."""
-    if groups is None:
-        return None
-    groups = np.asarray(groups, np.int64)
-    return groups if len(groups) == n and not (groups < 0).any() else None
 
 
 def _gains(loss: np.ndarray, loss_base: np.ndarray, groups: np.ndarray | None,
@@ -330,13 +285,9 @@ def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarra
                model.encoders, model.train_cfg.activity_bins, global_temperature,
                model.link(JOINT),
                start=model.start.activity_temperature if model.start is not None else None,
-               deep=raw.get(DEEP), groups=y.get(GROUPS), z_min=wide_only_z(model), cut=cut,
+               deep=raw.get(DEEP), groups=y.get(GROUPS),
+               z_min=wide_only_z(model, model.train_cfg.activity_bins), cut=cut,
                noise_cut=noise_test)
-
-
-def wide_only_z(model: Any) -> float:
-    """The noise test's bar of ``model`` (its hparam ``wide_only_z``, else ``CUT_Z_MIN``)."""
-    return float(getattr(model, "hparams", {}).get("wide_only_z", CUT_Z_MIN))
 
 
 def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,

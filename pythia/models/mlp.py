@@ -68,8 +68,9 @@ class MLPModel(Model):
             "dropout": 0.1, "embedding_max_dim": 16,  # dropout after each trunk layer
             "learning_rate": 1e-2,  # Adam, at TrainConfig.batch_size 4096 (pythia.toml)
             "age_head": None,  # None -> TrainConfig.age_head; 'corn'/'ordinal' | 'softmax'
-            # a wide part; bins it scores alone: the deep part's lead < z SEs (activity_temp)
-            "wide": True, "wide_only_bins": True, "wide_only_z": 1.0,
+            # a wide part; bins it scores alone: the deep part's lead < z SEs (activity_temp),
+            "wide": True, "wide_only_bins": True, "wide_only_z": 1.0,  # from heavy_from up:
+            "wide_only_z_heavy": 2.0, "wide_only_heavy_from": 30,  # z_heavy SEs
             "members": 1,  # fits of different seeds, averaged as one wider network (members)
             # 'logreg': the wide part starts as the LR fits (the module docstring's rule);
             # 'zero': zero-initialised, trained with the deep part only

@@ -30,9 +30,10 @@ fresh users (docs/new-users.md, session 40). The cut of least loss does not jump
 follows a few heavy users: seed 1 stopped at epoch 1 on a lead of the deep part at 100+ that
 the noise test then gave to the wide part. So with the rows' user groups a deep part's epoch
 is scored by ``discounted_joint_loss``: the wide part alone on every pool, plus the deep
-part's lead on each pool it keeps, counted only beyond ``wide_only_z`` user-clustered SEs
-(the noise test's bar), under the one cut that gives the least such score. Noise earns
-nothing; a lead's credit grows continuously as it passes the bar, so the score does not jump.
+part's lead on each pool it keeps, counted only beyond the noise test's bar in user-clustered
+SEs (``wide_only_z``; ``wide_only_z_heavy`` in heavy pools), under the one cut that gives the
+least such score. Noise earns nothing; a lead's credit grows continuously as it passes the
+bar, so the score does not jump.
 
 Under ``prior_correction = 'em'`` the loss re-estimates priors from the rows it is given, so
 early stopping reads the kept rows (every row within the cap), not batches.
@@ -133,11 +134,12 @@ def discounted_joint_loss(model: Any, raw: Mapping[str, np.ndarray],
                           y: Mapping[str, np.ndarray], temperature: float) -> float | None:
     """AgeGender's epoch score with the deep part's lead discounted by its noise: the
     natural-weighted loss of the wide part alone on every pool, plus, per pool below the cut,
-    the deep part's lead there (summed, natural-weighted) moved ``wide_only_z`` of its
-    user-clustered SEs towards zero (a lead within them, or without an SE, counts nothing; a
-    loss counts whole), the cut being the one of least score. None -- the least-loss cut
-    applies -- without a deep part to cut, activity bins or the rows' user groups, and for a
-    warm-started model (its start's cut is fixed). See the module docstring."""
+    the deep part's lead there (summed, natural-weighted) moved the pool's bar
+    (``activity_cut.wide_only_z``) of its user-clustered SEs towards zero (a lead within
+    them, or without an SE, counts nothing; a loss counts whole), the cut being the one of
+    least score. None -- the least-loss cut applies -- without a deep part to cut, activity
+    bins or the rows' user groups, and for a warm-started model (its start's cut is fixed).
+    See the module docstring."""
     from pythia.evaluate.margins import paired_margin  # evaluate's SE (lazy: ~1 s)
     groups = at.known_groups(y.get(at.GROUPS), len(y[at.JOINT]))
     if at.DEEP not in raw or model.start is not None or not model.bins_by_activity or (
@@ -150,8 +152,9 @@ def discounted_joint_loss(model: Any, raw: Mapping[str, np.ndarray],
     lw, w = joint_row_losses(model, raw, y, wide, temperature)
     ld, _ = joint_row_losses(model, raw, y, deep, temperature)
     pool = np.asarray(wide.pools)[at.bin_of(wide.edges, y[ACTIVITY])]
-    z, credit, best = at.wide_only_z(model), 0.0, 0.0
+    bars, credit, best = at.pool_bars(at.wide_only_z(model, wide.counts), wide.pools), 0.0, 0.0
     for p in sorted(set(wide.pools)):
+        z = bars[p]
         rows = pool == p
         m = paired_margin(ld[rows] - lw[rows], w[rows], groups[rows])
         lead, se = m.diff * w[rows].sum(), m.se * w[rows].sum()
