@@ -83,10 +83,17 @@ def test_each_step_says_what_it_did_in_a_few_lines(tiny_run):
     assert len(train_lines) == n_candidates, train_lines
     end = said["end"][0]
     assert "Bundle slots" not in "\n".join(end)
+    from pythia.evaluate.verdicts import build_model_verdicts, verdict_alarm, verdict_lines
     from pythia.run_summary import baseline_alarm
 
     alarm = baseline_alarm(tiny_run.data.champions)  # the loud block, when a region has one
-    assert len(end) <= 6 + len(tiny_run.data.champions) + 6 + len(alarm), end
+    # each model against the baselines: a heading and a line per model, and the loud block
+    # of a model that beats them nowhere
+    verdicts = build_model_verdicts(tiny_run.data.metrics, tiny_run.data.candidates)
+    lines = verdict_lines(verdicts)
+    alarm += verdict_alarm(verdicts, tiny_run.data.candidates)
+    assert lines and all(line in end for line in lines), (lines, end)
+    assert len(end) <= 6 + len(tiny_run.data.champions) + 6 + len(alarm) + 1 + len(lines), end
     assert all(line in end for line in alarm), (alarm, end)
 
 

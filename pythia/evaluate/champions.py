@@ -24,14 +24,14 @@ import numpy as np
 import pandas as pd
 
 from pythia.config import GLOBAL_REGION
-from pythia.evaluate.frames import JOINT_TARGET, PROVIDER
+from pythia.evaluate.frames import JOINT_TARGET
 from pythia.evaluate.guard import guard_regional
 from pythia.evaluate.margins import (DEFAULT_Z_MIN, MARGIN_COLUMNS, MarginLookup,
                                      SliceMarginLookup, noise_test)
 from pythia.evaluate.previous import compare_with_previous  # noqa: F401 (its reference)
-from pythia.evaluate.slices import NATURAL, candidate_label, check_candidates, eval_regions_of
-from pythia.features import VALIDATION
-
+from pythia.evaluate.scores import (SCORE_COLUMNS, baseline_models_of,  # noqa: F401
+                                    champion_scores)
+from pythia.evaluate.slices import candidate_label, check_candidates
 DEFAULT_TOLERANCE = 0.01  # relative test log-loss increase allowed against the previous champion
 
 CHAMPION_COLUMNS = [
@@ -40,8 +40,6 @@ CHAMPION_COLUMNS = [
     "previous_logloss", "current_logloss_on_same_rows", "n_same_rows", "blessed", "reason",
     "warning", "guard",
 ]
-SCORE_COLUMNS = ["eval_region", "model", "candidate_region", "config_id", "model_dir",
-                 "val_logloss", "eligible", "ineligible_reason"]
 
 # previous_check(region, winner_row) -> (previous_logloss, current_logloss, n_rows, note)
 PreviousCheck = Callable[[str, Mapping], tuple[float | None, float | None, int, str | None]]
@@ -51,12 +49,6 @@ PreviousScorer = Callable[[str, pd.DataFrame], Mapping[str, np.ndarray] | None]
 __all__ = ["CHAMPION_COLUMNS", "DEFAULT_TOLERANCE", "baseline_models_of", "candidate_label",
            "champion_scores", "choose_bundle_models", "choose_champions",
            "compare_with_previous", "reference_models_of", "select_champions"]
-
-
-def baseline_models_of(candidates: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
-    """The baseline model names among trained candidates (each training summary carries its
-    model's ``is_baseline``), so the flow needs no model import to know them."""
-    return tuple(sorted({str(c["model"]) for c in candidates if c.get("is_baseline")}))
 
 
 def reference_models_of(candidates: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
@@ -110,49 +102,6 @@ def choose_champions(metrics: pd.DataFrame, candidates: Sequence[Mapping[str, An
     champions.loc[has, "reason"] = (champions.loc[has, "reason"].fillna("") + "; "
                                     + champions.loc[has, "guard"])
     return champions
-
-
-def _pick(here: pd.DataFrame, test_set: str, metric: str) -> float:
-    """The joint-target, provider-label value of one aggregate metric (NaN when absent)."""
-    v = here[(here["test_set"] == test_set) & (here["metric"] == metric)
-             & ((here["label_source"] == PROVIDER) | here["label_source"].isna())
-             & (here["target"].isna() | (here["target"] == JOINT_TARGET))
-             & here["class"].isna()]["value"]
-    return float(v.iloc[0]) if len(v) else np.nan
-
-
-def champion_scores(metrics: pd.DataFrame, idents: Sequence[Mapping],
-                    candidates: Sequence[Mapping], present: Sequence[str]) -> pd.DataFrame:
-    """Per (candidate, region it can score): validation log-loss and eligibility."""
-    rows = []
-    for ident, cand in zip(idents, candidates):
-        mine = metrics[(metrics["model"] == ident["model"])
-                       & (metrics["region"] == ident["region"])
-                       & (metrics["config_id"] == ident["config_id"]).fillna(False)]
-        for region in eval_regions_of(ident["region"], present):
-            here = mine[mine["eval_region"] == region]
-            # natural-weighted when the caller gave importance weights (see SplitFrame.weights)
-            val_ll = _pick(here, VALIDATION, "log_loss_natural")
-            if not np.isfinite(val_ll):
-                val_ll = _pick(here, VALIDATION, "log_loss")
-            val_cov = _pick(here, VALIDATION, "coverage")
-            test_cov = _pick(here, NATURAL, "coverage")
-            reason = None
-            if not np.isfinite(val_ll) and val_cov == 0 and region == ident["region"]:
-                # no validation predictions at all: fall back to the train step's own figure
-                val_ll = _pick(here, VALIDATION, "reported_val_logloss")
-                val_cov = 1.0 if np.isfinite(val_ll) else val_cov
-            if np.isfinite(val_cov) and val_cov < 1:
-                reason = f"predictions cover {val_cov:.1%} of the validation rows"
-            elif np.isfinite(test_cov) and test_cov < 1:
-                reason = f"predictions cover {test_cov:.1%} of the natural test rows"
-            elif not np.isfinite(val_ll):
-                reason = "no validation log-loss (no labelled validation rows?)"
-            rows.append({"eval_region": region, "model": ident["model"],
-                         "candidate_region": ident["region"], "config_id": ident["config_id"],
-                         "model_dir": cand.get("model_dir"), "val_logloss": val_ll,
-                         "eligible": reason is None, "ineligible_reason": reason})
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
 # ---------------------------------------------------------------- rules

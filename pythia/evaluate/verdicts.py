@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from pythia.config import GLOBAL_REGION
-from pythia.evaluate.champions import baseline_models_of, champion_scores
+from pythia.evaluate.scores import baseline_models_of, champion_scores
 from pythia.evaluate.slices import candidate_label, check_candidates
 
 VERDICT_COLUMNS = ["model", "eval_region", "candidate", "val_logloss", "baseline",
