@@ -6,7 +6,7 @@ wins every region, a TabNet behind logistic regression everywhere is visible onl
 the headline row by row. A model that does not beat the trivial baselines is a failure to
 report loudly (issue 13), so this table puts each non-baseline family's best candidate of
 each region against the region's best baseline candidate, on the champion rule's measure
-(the natural-weighted validation AgeGender log-loss, ``champions.champion_scores``), and
+(the natural-weighted validation AgeGender log-loss, ``scores.champion_scores``), and
 ``verdict_alarm`` names, loudly, a family that beats the baselines in *no* region it scored,
 with what its fits cost. The card, the end step and ``pythia report`` show both; they are
 built from the run's ``metrics`` and ``candidates`` artifacts, so an older run has them too.
