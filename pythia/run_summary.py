@@ -119,8 +119,10 @@ def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
 
     slots = bundle_slots(flow.bundle_path, f"{flow_name}/{run_id}/")
     candidates = getattr(flow, "candidates", None)
-    try:
-        verdicts = build_model_verdicts(getattr(flow, "metrics", None), candidates)
+    try:  # evaluate's table (noise test); a run from before it: rebuilt on point estimates
+        verdicts = getattr(flow, "model_verdicts", None)
+        verdicts = (build_model_verdicts(getattr(flow, "metrics", None), candidates)
+                    if verdicts is None else pd.DataFrame(verdicts))
         alarm = verdict_alarm(verdicts, candidates)
     except (KeyError, ValueError) as e:  # a resumed run's older artifacts: say it, go on
         verdicts, alarm = None, [f"  (no model verdicts: {e})"]

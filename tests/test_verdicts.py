@@ -79,7 +79,7 @@ def test_a_model_behind_the_baselines_everywhere_is_named_loudly_with_its_cost()
     assert failing_models(table) == ["tabnet"]
     alarm = verdict_alarm(table, candidates)
     assert alarm[0] == alarm[-1] == "!" * 88
-    assert alarm[1].startswith("WARNING: model(s) behind the baselines in every region")
+    assert alarm[1].startswith("WARNING: model(s) that beat the baselines in no region")
     assert len(alarm) == 4 and alarm[2].startswith("  tabnet: global 2.2100 against "
                                                     "logreg/global#0 2.1900 (+0.0200), EU")
     assert "its fits took 12 s" in alarm[2]  # 10 s global + 2.5 s EU
@@ -150,6 +150,129 @@ def test_the_end_step_and_pythia_report_show_them(monkeypatch):
     out = io.StringIO()
     assert runs.print_report("7", out=out) == 0
     printed = out.getvalue()
-    assert (printed.index("Headline") < printed.index("WARNING: model(s) behind")
+    assert (printed.index("Headline") < printed.index("WARNING: model(s) that beat")
             < printed.index("Models against the baselines"))
     assert "tabnet/global#0" in printed and "logreg/EU#0" in printed
+
+
+def _paired(losses: dict, users: np.ndarray, regions: dict | None = None):
+    """Metrics and evaluate's paired sums (``margins.GroupSums`` per candidate and region) of
+    per-row probabilities of the true AgeGender class, as ``score_streaming`` builds them:
+    the metrics' log-loss is the mean over the same rows the sums hold."""
+    from pythia.evaluate.margins import GroupSums, margin_lookup, user_groups
+
+    regions = regions or {"global": np.ones(len(users), bool)}
+    y = np.arange(len(users)) % 12
+    groups, scores = user_groups(users), {}
+    sums = {}
+    for (model, region), p_true in losses.items():
+        p = np.full((len(y), 12), (1 - p_true)[:, None] / 11)
+        p[np.arange(len(y)), y] = p_true
+        scores[(model, region)] = {}
+        for eval_region, rows in regions.items():
+            s = GroupSums()
+            s.add(groups[rows], y[rows], p[rows], None)
+            sums[((model, region, 0), eval_region)] = s
+            scores[(model, region)][eval_region] = float(-np.log(p_true[rows]).mean())
+    return _metrics(scores), _candidates(scores), margin_lookup(sums)
+
+
+def test_a_model_ahead_only_within_noise_does_not_beat_the_baselines():
+    """The champion rule's noise test on every gap: a lead smaller than z_min user-clustered
+    SEs is 'within noise', as it would not bless a champion; the point estimate alone would
+    have counted it a win."""
+    from pythia.evaluate.margins import paired_margin, user_groups
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(400), 5)  # 400 users, 5 rows each
+    per_user = rng.normal(0, 0.05, 400)[users]  # a user's rows move together
+    base = np.clip(0.2 + per_user, 0.02, 0.9)
+    lead = rng.normal(0, 0.3, 400)
+    lead += 0.01 - lead.mean()  # TabNet: 0.01 nats ahead on average, SE about 0.015
+    losses = {("class_prior", "global"): np.full(len(users), 1 / 12),
+              ("logreg", "global"): base,
+              ("mlp", "global"): np.clip(base * 1.3, 0, 0.95),  # clearly ahead
+              # ahead on the point estimate, by far less than its noise
+              ("tabnet", "global"): base * np.exp(lead[users]),
+              ("gbdt", "global"): base * 0.8}  # clearly behind
+    metrics, candidates, margins = _paired(losses, users)
+    table = build_model_verdicts(metrics, candidates, margins=margins).set_index("model")
+    assert list(table.columns) == [c for c in VERDICT_COLUMNS if c != "model"]
+    assert table.loc["mlp", "verdict"] == "ahead" and table.loc["mlp", "gap_z"] < -2
+    assert table.loc["gbdt", "verdict"] == "behind" and table.loc["gbdt", "gap_z"] > 2
+    tab = table.loc["tabnet"]
+    assert tab["gap"] < 0 and -2 <= tab["gap_z"] < 0 and tab["verdict"] == "within noise"
+    assert not tab["beats_baselines"] and set(table["z_min"]) == {2.0}
+    # the SE is the in-memory reference's: rows' loss differences clustered by user group
+    d = -np.log(losses[("tabnet", "global")]) + np.log(base)
+    ref = paired_margin(d, np.ones(len(d)), user_groups(users))
+    assert np.isclose(tab["gap"], ref.diff) and np.isclose(tab["gap_se"], ref.se)
+    assert failing_models(table.reset_index()) == ["gbdt", "tabnet"]
+    # the point estimate (no paired sums: a run from before the table) counts it a win
+    point = build_model_verdicts(metrics, candidates).set_index("model")
+    assert point.loc["tabnet", "beats_baselines"] and point["z_min"].isna().all()
+    assert point.loc["tabnet", "verdict"] == "ahead (point estimate)"
+    # z_min 0 is the point-estimate rule, with the SEs shown
+    off = build_model_verdicts(metrics, candidates, margins=margins, z_min=0).set_index("model")
+    assert off.loc["tabnet", "beats_baselines"] and off.loc["tabnet", "gap_se"] > 0
+    lines = verdict_lines(table.reset_index())
+    assert lines[2].startswith("  tabnet: beats the best baseline by more than 2 SE in 0 of 1 "
+                               "region(s); within noise in global (-0.")
+    assert ", z -" in lines[2] and lines[0].startswith("  gbdt: ") and "; behind in global" \
+        in lines[0]
+    alarm = verdict_alarm(table.reset_index(), candidates)
+    assert alarm[1].startswith("WARNING: model(s) that beat the baselines by more than 2 SE")
+    assert alarm[3].startswith("  tabnet: global ") and ", z -" in alarm[3]
+
+
+def test_a_region_with_too_few_users_has_no_se_and_no_win():
+    users = np.repeat(np.arange(300), 4)
+    few = users < 10  # a region of 10 users: fewer user groups than MIN_USER_GROUPS
+    base = np.full(len(users), 0.2)
+    losses = {("logreg", "global"): base, ("mlp", "global"): base * 1.5}
+    metrics, candidates, margins = _paired(
+        losses, users, {"global": np.ones(len(users), bool), "EU": few})
+    table = build_model_verdicts(metrics, candidates, margins=margins).set_index("eval_region")
+    assert table.loc["global", "verdict"] == "ahead"
+    assert table.loc["EU", "verdict"] == "no SE" and not table.loc["EU", "beats_baselines"]
+    assert np.isnan(table.loc["EU", "gap_z"]) and table.loc["EU", "gap"] < 0
+    assert verdict_lines(table.reset_index())[0].endswith(
+        "in 1 of 2 region(s) (global); without an SE in EU (-0.4055)")
+
+
+def test_the_end_step_and_pythia_report_print_evaluates_table(monkeypatch):
+    """Evaluate's stored table (with the noise test) is what the end step and ``pythia
+    report`` print; only a run from before it is rebuilt from the metrics."""
+    from test_evaluate import _FakeRun
+
+    from pythia import run_summary, runs
+
+    users = np.repeat(np.arange(400), 5)
+    base = np.full(len(users), 0.2)
+    lead = np.random.default_rng(1).normal(0, 0.3, 400)
+    lead += 0.01 - lead.mean()
+    losses = {("logreg", "global"): base, ("mlp", "global"): base * 1.3,
+              ("tabnet", "global"): base * np.exp(lead[users])}
+    metrics, candidates, margins = _paired(losses, users)
+    stored = build_model_verdicts(metrics, candidates, margins=margins)
+    champions = pd.DataFrame([{"region": "global", "champion": "mlp/global#0", "model": "mlp",
+                               "blessed": True, "val_logloss": 2.0, "reason": "beats them"}])
+    flow = types.SimpleNamespace(window=None, reports_path="/r", bundle_path=None,
+                                 champions=champions, metrics=metrics, candidates=candidates,
+                                 model_verdicts=stored)
+    text = run_summary.summary_text(flow, "DemoFlow", "7", "f.py")
+    assert "WARNING: model(s) that beat the baselines by more than 2 SE" in text
+    assert "  tabnet: beats the best baseline by more than 2 SE in 0 of 1 region(s); within " \
+           "noise in global" in text
+    before = types.SimpleNamespace(**{k: v for k, v in vars(flow).items()
+                                      if k != "model_verdicts"})
+    old = run_summary.summary_text(before, "DemoFlow", "7", "f.py")
+    assert "WARNING" not in old and "  tabnet: beats the best baseline in 1 of 1" in old
+
+    monkeypatch.setattr(runs, "open_flow", lambda name: object())
+    monkeypatch.setattr(runs, "open_run", lambda name, rid: _FakeRun(
+        champions=champions, window=None, metrics=metrics, candidates=candidates,
+        model_verdicts=stored, headline=pd.DataFrame({"eval_region": ["global"]})))
+    out = io.StringIO()
+    assert runs.print_report("7", out=out) == 0
+    assert "within noise" in out.getvalue() and "gap_z" in out.getvalue()

@@ -142,8 +142,10 @@ _MODEL_VERDICTS = (
     "## Models against the baselines\n\nPer model that is not a baseline and per region it "
     "scored: its best candidate there against the region's best baseline candidate, on the "
     "champion rule's measure (validation AgeGender log-loss, natural-weighted); `gap` = model "
-    "- baseline (below 0: it beats them). A model behind them in every region cannot be a "
-    "champion on this data (the warning at the top).")
+    "- baseline, `gap_se` its user-clustered SE, `gap_z` = gap / SE. As for a champion, a "
+    "model beats them (`verdict` ahead) only by more than `z_min` SEs; `within noise` is "
+    "neither ahead nor behind. A model that beats them in no region cannot be a champion on "
+    "this data (the warning at the top).")
 
 _REGIONAL_VS_GLOBAL = (
     "## Regional vs global\n\nPer region and model: the candidate trained on the region "
@@ -236,8 +238,9 @@ def _append_verdict_alarm(card: Any, verdicts: pd.DataFrame | None) -> None:
     if failing:
         card.append(Markdown(
             f"## WARNING: {', '.join(f'`{m}`' for m in failing)} beat(s) the baselines in no "
-            "region\n\n**Behind the best baseline on validation everywhere it was scored "
-            "(\"Models against the baselines\" below): it cannot be a champion on this data. "
+            "region\n\n**Not ahead of the best baseline on validation beyond noise anywhere it "
+            "was scored (\"Models against the baselines\" below): it cannot be a champion on "
+            "this data. "
             "Leave it out of `--models`, or search its hyperparameters (`--search N`).**"))
 
 

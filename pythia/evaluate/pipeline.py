@@ -93,7 +93,9 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
                # what the world's regional effects are worth per region, and who learnt them
                "regional_structure": build_regional_structure(gauge, champions),
                # each non-baseline model against the best baseline, region by region
-               "model_verdicts": build_model_verdicts(metrics, candidates, baseline_models),
+               # (the champion rule's noise test on each gap: its paired sums and z_min)
+               "model_verdicts": build_model_verdicts(metrics, candidates, baseline_models,
+                                                      margin_lookup(scored.sums.groups), z_min),
                "previous_run": previous_run,
                "baseline_models": tuple(baseline_models)}
     results["report_files"] = write_reports(results, reports_uri)
