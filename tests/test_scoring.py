@@ -815,3 +815,33 @@ def test_parity_with_the_baselines_through_saved_model(tmp_path, kind):
     else:
         assert np.ptp(got["age_gender"], axis=0).max() > 1e-3
     assert_valid(scorer.score({"country": [1], "ts": "garbage"}), scorer)
+
+
+def test_a_slot_scores_every_row_and_the_previous_check_scores_global_with_it(bundle):
+    """``score_arrays(slot=)`` scores every row with one slot's model; evaluate's check of a
+    champion against the previous bundle scores ``global`` with the global slot alone (this
+    run's global champion is scored alone: routed, the previous NA model would score the US
+    rows) and a region's rows as the bundle routes them."""
+    from pythia.evaluate.io import bundle_scorer
+
+    scorer = Scorer.load(bundle)
+    reqs = [request(), request(country="DE", os="os_1"), request(country="JP"),
+            request(impression_id="i4", country="CA", site_or_app="site_or_app_2")]
+    routed = scorer.score_arrays(reqs)
+    glob = scorer.score_arrays(reqs, slot=GLOBAL_REGION)
+    na = scorer.score_arrays(reqs, slot="NA")
+    us_ca, rest = [0, 3], [1, 2]  # NA's slot scores US and CA; the global one DE and JP
+    for t in TARGETS:
+        np.testing.assert_allclose(routed[t][us_ca], na[t][us_ca], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(routed[t][rest], glob[t][rest], rtol=0, atol=1e-12)
+    assert np.abs(glob["age_gender"][us_ca] - na["age_gender"][us_ca]).max() > 1e-3
+    with pytest.raises(KeyError, match="has no 'EU' slot"):
+        scorer.score_arrays(reqs, slot="EU")
+
+    rows = pd.DataFrame(reqs)
+    rows[features.TS_SECONDS] = rows[features.TS]
+    previous = bundle_scorer(bundle)
+    np.testing.assert_allclose(previous(GLOBAL_REGION, rows)["age_gender"], glob["age_gender"],
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(previous("NA", rows)["age_gender"], routed["age_gender"],
+                               rtol=0, atol=1e-12)

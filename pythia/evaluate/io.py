@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pythia import storage
+from pythia.config import GLOBAL_REGION
 from pythia.parquet_footers import iter_dataset_batches, iter_file_batches
 from pythia.evaluate.frames import EVAL_SPLITS, JOINT_TARGET, REQUIRED_SPLITS, WEIGHT_COLUMN
 from pythia.features import (IMPRESSION_ID, REQUEST_COLUMNS, SPLIT, TARGETS, TS, TS_SECONDS,
@@ -199,12 +200,17 @@ def rows_to_requests(rows: pd.DataFrame) -> list[dict]:
 
 def bundle_scorer(bundle_uri: str) -> Callable[[str, pd.DataFrame], dict[str, np.ndarray]]:
     """A ``previous(region, rows)`` for ``evaluate.run`` that scores split rows with a bid-time
-    bundle (the bundle routes each row to its region's model itself)."""
+    bundle: a region's rows as the bundle routes them (its region's slot, else the global
+    one); ``global`` with the global slot alone, as this run's global champion is scored alone
+    (routed, the bundle's regional slots would score their regions' rows, and an identical
+    rerun's global champion would look worse than itself)."""
     from pythia.scoring import Scorer
     scorer = Scorer.load(bundle_uri)
 
     def previous(region: str, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-        return scorer.score_arrays(rows_to_requests(rows))
+        slot = GLOBAL_REGION if region == GLOBAL_REGION and GLOBAL_REGION in scorer.models \
+            else None
+        return scorer.score_arrays(rows_to_requests(rows), slot=slot)
     return previous
 
 

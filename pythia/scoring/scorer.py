@@ -127,14 +127,22 @@ class Scorer:
                 for g, a, ag, r in zip(rows["gender"], rows["age"], rows["age_gender"],
                                        regions.tolist())]
 
-    def score_arrays(self, requests: Any, now: float | None = None
+    def score_arrays(self, requests: Any, now: float | None = None, slot: str | None = None
                      ) -> dict[str, np.ndarray]:
         """Score many requests; ``{target: (n, n_classes) float64}`` in ``class_labels`` order.
 
         ``requests`` as for ``score_batch``; columns (above all a pyarrow Table of dictionary
         columns) skip the per-row work of reading dicts, the fastest way to score offline.
+        ``slot``: every row by that slot's model (e.g. the global one) instead of routing each
+        to its region's.
         """
-        return self._score_routed(requests, now)[0]
+        if slot is None:
+            return self._score_routed(requests, now)[0]
+        if slot not in self.models:
+            raise KeyError(f"bundle {self.version} has no {slot!r} slot (it has "
+                           f"{', '.join(sorted(self.models))})")
+        ids, numeric, _, _ = self.encoder.encode_routed(requests, now)
+        return self.models[slot].predict(ids, numeric)
 
     def _score(self, requests: Any, now: float | None
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
