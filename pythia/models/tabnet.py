@@ -162,13 +162,13 @@ class TabNetModel(Model):
             # Default world, 4 regions (busy machine), AgeGender mean / CPU-s: 0 epochs
             # 2.1014 / 2; 3: 2.0987 / 41; 6: 2.0979 / 83; scratch 2.1796 / 98
             "warm_epochs": 3,
-            # epochs without a validation gain before stopping (None: TrainConfig's). TabNet's
-            # validation trail is noisy: on one run's rows (scripts/train_bench.py, training
-            # seeds 0-4) patience 1 stopped two seeds early, AgeGender after temperatures
-            # 2.1681 / 2.1530 / 2.1927 / 2.1698 / 2.2363 (mean 2.1840); 2 gave 2.1681 /
-            # 2.1530 / 2.1797 / 2.1698 / 2.1969 (mean 2.1735), the same fits as 3, for 1-2
-            # epochs more (docs/new-users.md, session 54)
-            "patience": 2,
+            # epochs without a validation gain before stopping (None: TrainConfig's: 2; the
+            # MLP has 1 too). Default world, global fit (busy machine, scripts/train_bench.py):
+            # 1 stops after 4 epochs with the same best epoch (3) and model as 2 does after 5,
+            # 45.7 vs 53.6 CPU-s; the regional fits' 3 epochs improve or end either way. Over
+            # five training seeds 2 lifts two (mean 2.1840 -> 2.1735) but put TabNet's task
+            # on the default run's critical path, +19 s (docs/new-users.md, session 54)
+            "patience": 1,
         }
 
     @classmethod
