@@ -139,7 +139,8 @@ def margin_lookup(groups: Mapping[tuple, GroupSums]) -> MarginLookup:
 
 # ---------------------------------------------------------------- the rule
 
-def _key(r: Mapping) -> tuple:
+def score_key(r: Mapping) -> tuple:
+    """The sums' scorer key of a ``champion_scores`` row: (model, candidate region, config)."""
     return (r["model"], r["candidate_region"], int(r["config_id"]))
 
 
@@ -162,7 +163,7 @@ def noise_test(ranked: pd.DataFrame, region: str, baseline_models: Sequence[str]
     best = models.iloc[0]
     worst = None
     for _, b in base.iterrows():
-        m = margin(_key(best), _key(b), region)
+        m = margin(score_key(best), score_key(b), region)
         m = m or Margin(math.nan, math.nan, 0, "no paired sums for these "
                                 "candidates (validation rows without user ids?)")
         rank = m.z if math.isfinite(m.z) else math.inf

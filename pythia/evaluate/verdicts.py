@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from pythia.config import GLOBAL_REGION
-from pythia.evaluate.margins import DEFAULT_Z_MIN, Margin, MarginLookup
+from pythia.evaluate.margins import DEFAULT_Z_MIN, Margin, MarginLookup, score_key
 from pythia.evaluate.scores import baseline_models_of, champion_scores
 from pythia.evaluate.slices import candidate_label, check_candidates
 
@@ -71,7 +71,8 @@ def build_model_verdicts(metrics: Any, candidates: Sequence[Mapping[str, Any]] |
                          "candidate": _label(best), "val_logloss":
                          float(best["val_logloss"]), "baseline": _label(b),
                          "baseline_val_logloss": float(b["val_logloss"]), "gap": gap,
-                         **_noise_test(gap, margins and margins(_key(best), _key(b), region),
+                         **_noise_test(gap, margins and margins(score_key(best),
+                                                                score_key(b), region),
                                        margins is not None, z_min)})
     out = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     order = {GLOBAL_REGION: ""}  # global first, then the regions by name
@@ -94,10 +95,6 @@ def _noise_test(gap: float, margin: Margin | None, paired: bool, z_min: float) -
         verdict = AHEAD if z < -z_min else BEHIND if z > z_min else LEVEL
     return {"gap_se": float(se), "gap_z": float(z), "z_min": float(z_min),
             "verdict": verdict, "beats_baselines": verdict == AHEAD}
-
-
-def _key(row: pd.Series) -> tuple:
-    return (row["model"], row["candidate_region"], int(row["config_id"]))
 
 
 def _label(row: pd.Series) -> str:
