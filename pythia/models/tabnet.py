@@ -32,7 +32,6 @@ from pythia.models import notes
 from pythia.models.base import Model, labels_of, start_record
 from pythia.models.priors import log_probabilities
 from pythia.models.hgb import expand_classes, known_class_rows, openmp_threads
-from pythia.models import tabnet_offset as off
 
 MODEL_STEM = "tabnet"  # pytorch-tabnet writes <stem>.zip (model_params.json + network.pt)
 
@@ -103,22 +102,7 @@ def _batch_loader(loader: DataLoader, shuffle: bool) -> DataLoader:
 
 class BatchTabNetClassifier(TabNetClassifier):
     """``TabNetClassifier`` whose batches are tensor slices (``_Batches``); fits and predicts
-    exactly as the library does (tests/test_model_cost.py compares them). With ``n_offset`` >
-    0 the input's last ``n_offset`` columns are logits added to the output
-    (``tabnet_offset.OffsetNet``); ``input_dim`` counts them."""
-
-    n_offset = 0  # not an init parameter: the model's meta carries it (``_load_weights``)
-
-    def _set_network(self) -> None:
-        if not self.n_offset:
-            return super()._set_network()
-        full = self.input_dim
-        self.input_dim = full - self.n_offset
-        try:
-            super()._set_network()
-        finally:
-            self.input_dim = full
-        off.wrap_network(self)
+    exactly as the library does (tests/test_model_cost.py compares them)."""
 
     def _construct_loaders(self, X_train: np.ndarray, y_train: np.ndarray, eval_set: list
                            ) -> tuple:
@@ -185,9 +169,6 @@ class TabNetModel(Model):
             # five training seeds 2 lifts two (mean 2.1840 -> 2.1735) but put TabNet's task
             # on the default run's critical path, +19 s (docs/new-users.md, session 54)
             "patience": 1,
-            # "logreg": TabNet learns the residual of a logistic regression fitted in its task
-            # as the baseline is (``tabnet_offset``); "none": TabNet alone
-            "offset": "none",
         }
 
     @classmethod
@@ -210,12 +191,6 @@ class TabNetModel(Model):
         super().__init__(encoders, hparams, train_cfg)
         self.clf: BatchTabNetClassifier | None = None
         self.classes: np.ndarray = np.arange(self.n_classes["age_gender"])
-        self.offset_lr: Any = None  # the fitted LR whose logits TabNet adds to (``offset``)
-
-    def matrix(self, X: Mapping[str, np.ndarray]) -> np.ndarray:
-        """TabNet's input: ``to_matrix``, then the offset LR's logits of ``self.classes``."""
-        cols = off.offset_columns(self.offset_lr, X, self.classes)
-        return to_matrix(X) if cols is None else np.hstack([to_matrix(X), cols])
 
     def _new_classifier(self) -> BatchTabNetClassifier:
         h = self.hparams
@@ -223,14 +198,12 @@ class TabNetModel(Model):
         cat_dims = [self.encoders.vocabularies[f].size for f in features.CATEGORICAL_FEATURES]
         cat_emb = [int(max(1, min(h["cat_emb_max_dim"], round(1.6 * d ** 0.56))))
                    for d in cat_dims]
-        clf = BatchTabNetClassifier(
+        return BatchTabNetClassifier(
             n_d=int(h["n_d"]), n_a=int(h["n_a"]), n_steps=int(h["n_steps"]), gamma=h["gamma"],
             lambda_sparse=h["lambda_sparse"], cat_idxs=cat_idxs, cat_dims=cat_dims,
             cat_emb_dim=cat_emb, optimizer_fn=torch.optim.Adam,
             optimizer_params={"lr": float(h["learning_rate"])}, seed=self.train_cfg.seed,
             device_name="cpu", verbose=0)
-        clf.n_offset = len(self.classes) if self.offset_lr is not None else 0
-        return clf
 
     def _fit(self, train: Any, valid: Any) -> dict:
         if not isinstance(train, Mapping) or not isinstance(valid, Mapping):
@@ -238,21 +211,18 @@ class TabNetModel(Model):
         if self.start is not None:
             return fit_tabnet_warm(self, train, valid)
         y = labels_of(train)["age_gender"]
-        h = self.hparams
-        if off.check_offset(h["offset"]) == "logreg":
-            self.offset_lr, _ = off.fit_offset_lr(self, train, valid)
-        set_torch_threads(h["num_threads"], len(y))
+        set_torch_threads(self.hparams["num_threads"], len(y))
         torch.manual_seed(self.train_cfg.seed)
         yv = labels_of(valid)["age_gender"]
-        self.classes = np.unique(y).astype(np.int64)  # pytorch-tabnet's classes_
         # pytorch-tabnet refuses validation labels it never saw in training; those rows
         # cannot steer early stopping, so they are left out of eval_set and counted.
-        keep = known_class_rows(yv, self.classes)
-        Xv = self.matrix(valid)[keep]
+        keep = known_class_rows(yv, np.unique(y))
+        Xv = to_matrix(valid)[keep]
         self.clf = self._new_classifier()
+        h = self.hparams
         with quiet.library_prints():
             self.clf.fit(
-                self.matrix(train), y, eval_set=[(Xv, yv[keep])] if keep.any() else None,
+                to_matrix(train), y, eval_set=[(Xv, yv[keep])] if keep.any() else None,
                 eval_name=["valid"] if keep.any() else None, eval_metric=[ValidLogLoss],
                 max_epochs=self.train_cfg.max_epochs, patience=self.patience(),
                 batch_size=int(h["batch_size"]), virtual_batch_size=int(h["virtual_batch_size"]),
@@ -260,18 +230,15 @@ class TabNetModel(Model):
         self.classes = np.asarray(self.clf.classes_, dtype=np.int64)
         hist = self.clf.history.history
         val = [float(v) for v in hist.get("valid_logloss_all", [])]
-        out = {"epochs": len(hist.get("loss", [])),
-               "best_val_loss": min(val) if val else float("nan"),
-               "best_epoch": int(self.clf.best_epoch) + 1 if val else None,
-               "n_valid_unknown_class": int((~keep).sum())}
-        if self.offset_lr is not None and keep.any():
-            out.update(off.keep_the_start(self.clf, Xv, yv[keep], val))
-        return out
+        return {"epochs": len(hist.get("loss", [])),
+                "best_val_loss": min(val) if val else float("nan"),
+                "best_epoch": int(self.clf.best_epoch) + 1 if val else None,
+                "n_valid_unknown_class": int((~keep).sum())}
 
     def _predict_raw(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.clf is None:
             raise RuntimeError("tabnet is not fitted")
-        X = self.matrix(X)
+        X = to_matrix(X)
         set_torch_threads(self.hparams["num_threads"], len(X))
         p = self.clf.predict_proba(X)
         full = expand_classes(p, self.classes, self.n_classes["age_gender"])
@@ -282,22 +249,15 @@ class TabNetModel(Model):
             raise RuntimeError("tabnet is not fitted")
         with contextlib.redirect_stdout(io.StringIO()):  # it prints "Successfully saved…"
             self.clf.save_model(os.path.join(folder, MODEL_STEM))
-        meta = {"model_file": MODEL_STEM + ".zip", "classes": self.classes.tolist()}
-        if self.offset_lr is not None:  # the LR's weights beside the archive
-            meta.update(n_offset=int(self.clf.n_offset),
-                        offset_lr=off.save_lr(self.offset_lr, folder))
-        return meta
+        return {"model_file": MODEL_STEM + ".zip", "classes": self.classes.tolist()}
 
     def _load_weights(self, folder: str, meta: Mapping[str, Any]) -> None:
         path = os.path.join(folder, meta.get("model_file", MODEL_STEM + ".zip"))
         if not zipfile.is_zipfile(path):
             raise FileNotFoundError(f"no TabNet archive at {path}")
         self.clf = BatchTabNetClassifier(device_name="cpu")
-        self.clf.n_offset = int(meta.get("n_offset", 0))
         self.clf.load_model(path)
         self.classes = np.asarray(meta["classes"], dtype=np.int64)
-        self.offset_lr = (off.load_lr(self.encoders, folder, meta["offset_lr"])
-                          if meta.get("offset_lr") else None)
 
 
 def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
@@ -313,8 +273,7 @@ def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
     set_torch_threads(h["num_threads"], len(y))
     torch.manual_seed(cfg.seed)
     keep = known_class_rows(yv, np.unique(y))
-    model.offset_lr, model.classes = start.offset_lr, start.classes.copy()  # the start's LR
-    Xv = model.matrix(valid)[keep]
+    Xv = to_matrix(valid)[keep]
     yv_idx = np.searchsorted(start.classes, yv[keep])
     at_start = ValidLogLoss()(yv_idx, start.clf.predict_proba(Xv)) if keep.any() else np.nan
     clf, best, kept, tried = start.clf, at_start, 0, 0
@@ -323,7 +282,7 @@ def fit_tabnet_warm(model: Any, train: Mapping, valid: Mapping) -> dict:
         clf.keep_classes = start.classes  # the start's outputs, even for a region's subset
         clf.optimizer_params = {"lr": float(h["learning_rate"])}
         with quiet.library_prints():
-            clf.fit(model.matrix(train), y, eval_set=[(Xv, yv[keep])], eval_name=["valid"],
+            clf.fit(to_matrix(train), y, eval_set=[(Xv, yv[keep])], eval_name=["valid"],
                     eval_metric=[ValidLogLoss], max_epochs=int(h["warm_epochs"]),
                     patience=model.patience(), batch_size=int(h["batch_size"]),
                     virtual_batch_size=int(h["virtual_batch_size"]), num_workers=0,
