@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,9 @@ import pytest
 
 from pythia.evaluate.gauge import (GAUGE_SLICES, build_gauge, gauge_by_slice, population_of,
                                    print_gauge_slices)
+from pythia.evaluate.margins import MIN_USER_GROUPS, user_groups
 from pythia.evaluate.stream import score_streaming
+from pythia.features import IS_POWER_USER, LABEL_PROVIDER, TEST_NATURAL, USER_HELD_OUT
 from pythia.synth.activity import expected_weights, latest_label_matrix
 from pythia.synth.population import build_labels, build_users, realised_weights
 from pythia.synth.world import WorldConfig, build_params
@@ -139,3 +142,81 @@ def test_gauge_tables_carry_both_bars(tiny):  # noqa: F811
     out = io.StringIO()
     print_gauge_slices(None, champions, out)
     assert out.getvalue() == ""
+
+
+# ---------------------------------------------------------------- the ratios' SEs
+
+def _direct_ratio_se(model_loss, ref_loss, users):
+    """The delta-method SE of sum(model) / sum(ref), clustered by the rows' user groups,
+    computed from the rows."""
+    g = user_groups(users)
+    r = model_loss.sum() / ref_loss.sum()
+    e = np.bincount(g, weights=model_loss - r * ref_loss)
+    return float(np.sqrt((e ** 2).sum()) / ref_loss.sum()), len(set(g))
+
+
+def test_the_gauge_ratios_carry_user_clustered_ses_of_the_rows(tiny):  # noqa: F811
+    """``ratio_se`` / ``ratio_population_se`` (AgeGender, provider labels, the natural day's
+    slices) equal the SEs computed from the rows, scored in two processes; other targets and
+    the resampled day have none, and a gauge built without the sums has none."""
+    candidates, manifest, fake = tiny
+    world = PopulationWorld(fake.q, fake.truth())
+    scored = score_streaming(candidates, manifest, EDGES, world, bucket_rows=97, workers=2)
+    g = build_gauge(scored.metrics, scored.sums.groups)
+    nat = pd.read_parquet(manifest["paths"][TEST_NATURAL])
+    k = 2 * len(EDGES)
+
+    def joint(w, df):
+        return w.label_posterior(df, df[LABEL_PROVIDER].to_numpy())
+
+    def loss(p, y):
+        return -np.log(p[np.arange(len(y)), y])
+
+    masks = {"natural": np.ones(len(nat), bool), "natural_power_users": nat[IS_POWER_USER],
+             "natural_no_power_users": ~nat[IS_POWER_USER], "natural_new_users":
+             nat[USER_HELD_OUT]}
+    checked = 0
+    for model, region, mix in (("gbdt", "global", 0.5), ("gbdt", "EU", 0.3)):
+        for test_set, mask in masks.items():
+            rows = nat[np.asarray(mask) & ((nat["region"] == "EU") | (region == "global"))]
+            y = rows["y_age_gender"].to_numpy(np.int64)
+            real = joint(world, rows)
+            m = loss((1 - mix) * real + mix / k, y)
+            row = g[(g["model"] == model) & (g["region"] == region)
+                    & (g["eval_region"] == region) & (g["test_set"] == test_set)
+                    & (g["target"] == "age_gender") & (g["label_source"] == "provider")]
+            assert len(row) == 1
+            row = row.iloc[0]
+            assert row["ratio"] == pytest.approx(m.mean() / loss(real, y).mean(), rel=1e-6)
+            for column, ref in (("ratio_se", real), ("ratio_population_se",
+                                                     joint(world.population(), rows))):
+                se, n_groups = _direct_ratio_se(m, loss(ref, y), rows["user_id"])
+                if n_groups >= MIN_USER_GROUPS:
+                    # the predictions files hold float32 probabilities
+                    assert row[column] == pytest.approx(se, rel=1e-6) and se > 0
+                    checked += 1
+                else:  # too few users for an SE
+                    assert math.isnan(row[column])
+    assert checked >= 10
+    others = g[(g["target"] != "age_gender") | (g["label_source"] != "provider")
+               | (g["test_set"] == "resampled")]
+    assert others[["ratio_se", "ratio_population_se"]].isna().all().all() and len(others)
+    # a copy of the realised posterior (up to float32): ratio 1, SE 0
+    mlp = g[(g["model"] == "mlp") & (g["test_set"] == "natural") & (g["eval_region"] == "global")
+            & (g["target"] == "age_gender") & (g["label_source"] == "provider")].iloc[0]
+    assert mlp["ratio"] == pytest.approx(1.0) and mlp["ratio_se"] < 1e-6
+    # the per-slice table and its print carry the AgeGender SEs only
+    champions = pd.DataFrame({"region": ["global"], "model": ["gbdt"],
+                              "candidate_region": ["global"],
+                              "config_id": pd.array([0], dtype="Int64"), "blessed": [True]})
+    s = gauge_by_slice(g, champions)
+    se_cols = [c for c in s.columns if "_se_" in c]
+    assert se_cols == ["ratio_se_age_gender", "ratio_population_se_age_gender"]
+    assert s.loc[s["label_source"] == "provider", se_cols].notna().all().all()
+    out = io.StringIO()
+    print_gauge_slices(g, champions, out)
+    assert "*_se_age_gender = the SE of that ratio, clustered by user" in out.getvalue()
+    # without the sums (an older run's gauge): no SE columns in the table
+    plain = build_gauge(scored.metrics)
+    assert plain["ratio_se"].isna().all()
+    assert not [c for c in gauge_by_slice(plain, champions).columns if "_se_" in c]

@@ -15,7 +15,7 @@ from pythia.config import DeployConfig, RunParams, read_deploy_config
 from pythia.evaluate.champions import choose_bundle_models, select_champions
 from pythia.evaluate.io import importance_weights
 from pythia.evaluate.margins import (GroupSums, Margin, margin_lookup, paired_margin,
-                                     user_groups)
+                                     ratio_se, user_groups)
 from pythia.evaluate.stats import row_log_loss
 from pythia.evaluate.stream import score_streaming
 from pythia.features import age_gender_index
@@ -377,3 +377,50 @@ def test_the_alarm_header_names_noise_apart_from_a_baseline_win():
     noise_only = runs.baseline_alarm(champions.iloc[1:])
     assert noise_only[1].startswith("WARNING: NO MODEL IS CLEARLY BETTER THAN THE BASELINES in 1")
     assert runs.baseline_alarm(champions.iloc[2:]) == []
+
+
+# ---------------------------------------------------------------- the gauge's ratio SEs
+
+def _group_sums(loss: np.ndarray, groups: np.ndarray, n_groups: int) -> GroupSums:
+    s = GroupSums(n_groups)
+    s.rows += np.bincount(groups, minlength=n_groups)
+    s.weight += np.bincount(groups, minlength=n_groups).astype(float)
+    s.loss += np.bincount(groups, weights=loss, minlength=n_groups)
+    return s
+
+
+def _clustered_losses(rng, n_users: int = 300):
+    """Per-row log-losses of a model and a posterior whose gap varies by user (a heavy user's
+    rows share one): rows are not independent, users are."""
+    rows = rng.geometric(0.08, n_users)  # a few heavy users
+    user = np.repeat(np.arange(n_users), rows)
+    ref = rng.gamma(4.0, 0.5, len(user))
+    gap = np.repeat(rng.normal(0.05, 0.15, n_users), rows)  # the user's own gap
+    return user, ref * (1 + gap) + rng.normal(0, 0.05, len(user)), ref
+
+
+def test_the_ratio_se_is_the_spread_of_the_ratio_over_draws_of_users():
+    rng = np.random.default_rng(7)
+    ratios, ses, row_ses = [], [], []
+    for _ in range(300):
+        user, model, ref = _clustered_losses(rng)
+        ratios.append(model.sum() / ref.sum())
+        n = user.max() + 1
+        ses.append(ratio_se(_group_sums(model, user, n), _group_sums(ref, user, n)))
+        r = model.sum() / ref.sum()  # the same formula with every row its own cluster
+        row_ses.append(np.sqrt(((model - r * ref) ** 2).sum()) / ref.sum())
+    spread = np.std(ratios, ddof=1)
+    assert np.mean(ses) == pytest.approx(spread, rel=0.15)
+    assert np.mean(row_ses) < 0.5 * spread  # rows taken as independent: far too small
+
+
+def test_the_ratio_se_needs_the_same_rows_and_enough_groups():
+    rng = np.random.default_rng(8)
+    user, model, ref = _clustered_losses(rng, 60)
+    a, b = _group_sums(model, user % 40, 40), _group_sums(ref, user % 40, 40)
+    assert math.isfinite(ratio_se(a, b)) and ratio_se(a, a) == 0.0
+    other = _group_sums(ref[1:], user[1:] % 40, 40)  # one row fewer
+    assert math.isnan(ratio_se(a, other))
+    few = _group_sums(model, user % 5, 40), _group_sums(ref, user % 5, 40)  # 5 groups only
+    assert math.isnan(ratio_se(*few))
+    assert math.isfinite(ratio_se(*few, min_groups=5))

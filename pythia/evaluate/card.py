@@ -190,7 +190,9 @@ _GAUGE_SLICES = (
     "lands between the population and the in-between ones. On new users the fair bar is "
     "`ratio_population_*`: their rows are not in training, so the population posterior is "
     "all a reader of the training rows can know of them (the realised one knows the drawn "
-    "users).")
+    "users). `ratio_se_age_gender` and `ratio_population_se_age_gender`: the SEs of those "
+    "ratios (AgeGender, provider labels), clustered by user: a slice of a few heavy users "
+    "(new power users) moves by far more than its row count suggests.")
 
 
 def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:

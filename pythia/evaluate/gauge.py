@@ -27,7 +27,8 @@ import pandas as pd
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.metrics import check_probabilities
 from pythia.evaluate.stats import OTHER_FORMS
-from pythia.evaluate.frames import PROVIDER, TRUTH, SplitFrame
+from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, TRUTH, SplitFrame
+from pythia.evaluate.margins import GAUGE_FORMS, TEST_PARTS, ratio_se
 from pythia.evaluate.slices import (BAYES_MODEL, NATURAL, NATURAL_NEW_USERS,
                                     NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS,
                                     SPLIT_OF_TEST_SET, TEST_SETS, Aligned, EvalData,
@@ -153,7 +154,8 @@ def score_posterior(data: EvalData, bayes: dict[str, Posteriors]) -> list[pd.Dat
     return parts
 
 
-def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
+def build_gauge(metrics: pd.DataFrame, groups: Mapping[tuple, Any] | None = None
+                ) -> pd.DataFrame | None:
     """Model vs exact-posterior log-loss and macro F1, on the rows each model was scored on
     (None without a world): ``ratio`` against the realised posterior (the world's drawn
     users and labels; no model beats it on average) and, when the world has those forms,
@@ -161,7 +163,10 @@ def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
     validation rows say about the drawn users), ``ratio_population`` against the
     population posterior (the generative tables only) and ``ratio_region_blind`` against the
     region-blind one (those tables without the regional make effects: ``region_blind_of``),
-    on the same rows."""
+    on the same rows. ``ratio_se`` / ``ratio_population_se``: the SEs of ``ratio`` /
+    ``ratio_population`` clustered by user, from evaluate's per-group sums (``groups``:
+    ``SliceSums.groups``) where it keeps them (AgeGender, provider labels, the natural test
+    day's slices: ``margins.ratio_se``); NaN elsewhere and without them."""
     names = {"log_loss": "logloss", "macro_f1": "macro_f1", "bayes_log_loss": "bayes_logloss",
              "bayes_macro_f1": "bayes_macro_f1"}
     for form in OTHER_FORMS:  # each streamed form's metrics (``sums._label_rows``)
@@ -180,14 +185,30 @@ def build_gauge(metrics: pd.DataFrame) -> pd.DataFrame | None:
             if c not in out.columns:
                 out[c] = np.nan
         out[f"ratio_{form}"] = out["logloss"] / out[f"{form}_logloss"]
+    out["ratio_se"], out["ratio_population_se"] = _ratio_ses(out, groups or {})
     gap = out["population_logloss"] - out["bayes_logloss"]
     out["gap_closed"] = ((out["population_logloss"] - out["logloss"]) / gap).where(gap > 1e-12)
-    cols = keys + ["logloss", "bayes_logloss", "ratio", "in_between_logloss",
-                   "ratio_in_between", "population_logloss",
-                   "ratio_population", "gap_closed", "region_blind_logloss",
+    cols = keys + ["logloss", "bayes_logloss", "ratio", "ratio_se", "in_between_logloss",
+                   "ratio_in_between", "population_logloss", "ratio_population",
+                   "ratio_population_se", "gap_closed", "region_blind_logloss",
                    "ratio_region_blind", "macro_f1", "bayes_macro_f1",
                    "population_macro_f1", "in_between_macro_f1", "region_blind_macro_f1"]
     return out[cols].sort_values(keys).reset_index(drop=True)
+
+
+def _ratio_ses(g: pd.DataFrame, groups: Mapping[tuple, Any]) -> list[np.ndarray]:
+    """Per gauge row, the SE of its ratio against each of ``GAUGE_FORMS`` (``ratio_se``)."""
+    out = [np.full(len(g), np.nan) for _ in GAUGE_FORMS]
+    rows = zip(g["model"], g["region"], g["config_id"], g["eval_region"], g["target"],
+               g["test_set"], g["label_source"])
+    for i, (model, region, config, eval_region, target, test_set, source) in enumerate(rows):
+        if target != JOINT_TARGET or source != PROVIDER or test_set not in TEST_PARTS:
+            continue
+        part = ((model, region, int(config)), eval_region, TEST_PARTS[test_set])
+        for j, form in enumerate(GAUGE_FORMS):
+            if part in groups and part + (form,) in groups:
+                out[j][i] = ratio_se(groups[part], groups[part + (form,)])
+    return out
 
 
 def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.DataFrame:
@@ -196,7 +217,9 @@ def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.Da
     and new-user slices (GAUGE_SLICES; a slice without rows has no row), per label source:
     model / realised-Bayes log-loss per target (``ratio_*``, the headline bar), model /
     in-between-Bayes (``ratio_in_between_*``) and model / population-Bayes
-    (``ratio_population_*``: the fair bar on new users), on the same rows."""
+    (``ratio_population_*``: the fair bar on new users), on the same rows; where the gauge
+    has them, the user-clustered SEs of the first and last (``ratio_se_age_gender``,
+    ``ratio_population_se_age_gender``: ``build_gauge``)."""
     cols = ["eval_region", "candidate", "blessed", "test_set", "label_source"]
     if gauge is None or gauge.empty or champions.empty:
         return pd.DataFrame(columns=cols)
@@ -212,10 +235,13 @@ def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.Da
     g = g.assign(candidate=g["model"] + "/" + g["region"] + "#" + g["config_id"].astype(str))
     # older runs: ratio only, or no in-between; a run with the in-between gauge off has the
     # column, all NaN: left out, not printed as a block of NaN
-    values = [c for c in ("ratio", "ratio_in_between", "ratio_population")
+    values = [c for c in ("ratio", "ratio_se", "ratio_in_between", "ratio_population",
+                          "ratio_population_se")
               if c in g.columns and (c == "ratio" or g[c].notna().any())]
     wide = g.set_index(cols + ["target"])[values].unstack("target")  # NaN kept, no product
     wide.columns = [f"{m}_{t}" for m, t in wide.columns]
+    wide = wide.drop(columns=[c for c in wide.columns  # an SE exists for AgeGender only
+                              if "_se_" in c and wide[c].isna().all()])
     order = {s: i for i, s in enumerate(GAUGE_SLICES)}
     out = wide.reset_index()
     out["_slice"] = out["test_set"].map(order)
@@ -240,6 +266,9 @@ def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
                 legend.append(f"on {NATURAL_NEW_USERS} (users held out of training) the fair "
                               "bar is ratio_population_*: the training rows say nothing "
                               "about them")
+        if any("_se_" in c for c in table.columns):
+            legend.append("*_se_age_gender = the SE of that ratio, clustered by user "
+                          "(provider labels)")
         print(f"\nBayes gauge per slice ({'; '.join(legend)}; same rows)", file=out)
         print(table.to_string(index=False), file=out)
 

@@ -19,7 +19,8 @@ import pandas as pd
 
 from pythia import features
 from pythia.config import GLOBAL_REGION, DeployConfig
-from pythia.evaluate.slices import NATURAL, NATURAL_NEW_USERS, candidate_label
+from pythia.evaluate.slices import (NATURAL, NATURAL_NEW_USERS, NATURAL_NO_POWER_USERS,
+                                    NATURAL_POWER_USERS, candidate_label)
 from pythia.evaluate.stats import row_log_loss
 
 N_USER_GROUPS = features.N_USER_GROUPS  # clusters of the SE (also a TFRecord column's)
@@ -33,10 +34,14 @@ MarginLookup = Callable[[tuple, tuple, str], "Margin | None"]
 MARGIN_COLUMNS = ["margin_vs", "margin_diff", "margin_se", "margin_z", "z_min"]
 # the validation rows' parts the regional guard compares on (``guard``)
 POWER_PART, OTHER_PART = "power_users", "other_users"
-# the natural test day's rows, and its new users' (held out of train), as parts: the
-# regional-vs-global table's test margins (test set -> part)
-TEST_PART, NEW_USERS_TEST_PART = "natural_test", "natural_new_users_test"
-TEST_PARTS = {NATURAL: TEST_PART, NATURAL_NEW_USERS: NEW_USERS_TEST_PART}
+# the natural test day's slices as parts (test set -> part): the regional-vs-global table's
+# test margins (the whole day, its new users: held out of train) and the gauge's ratio SEs
+# (every slice, with the realised and population posteriors' sums on the same rows:
+# (scorer, region, part, form), form in GAUGE_FORMS)
+TEST_PARTS = {t: f"{t}_test" for t in (NATURAL, NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS,
+                                       NATURAL_NEW_USERS)}
+TEST_PART, NEW_USERS_TEST_PART = TEST_PARTS[NATURAL], TEST_PARTS[NATURAL_NEW_USERS]
+GAUGE_FORMS = ("realised", "population")
 # margin(key_a, key_b, eval_region, part) -> Margin of a - b on that part, or None if unscored
 SliceMarginLookup = Callable[[tuple, tuple, str, str], "Margin | None"]
 
@@ -127,6 +132,22 @@ class GroupSums:
             return Margin(math.nan, math.nan, 0, "the two were not scored on the same rows")
         return _margin(self.loss - other.loss, self.weight, int((self.rows > 0).sum()),
                        min_groups)
+
+
+def ratio_se(model: GroupSums, reference: GroupSums,
+             min_groups: int = MIN_USER_GROUPS) -> float:
+    """The SE of ``model``'s log-loss over ``reference``'s on the same rows (the gauge's
+    ratios), clustered by user group: the delta method for a ratio of sums,
+    sqrt(sum_g (m_g - r b_g)^2) / sum_g b_g with r = sum m / sum b (m_g, b_g: a group's
+    summed weighted log-loss). NaN when the two were not scored on the same rows, or on
+    fewer than ``min_groups`` non-empty groups (too few clusters for an SE)."""
+    same = (np.array_equal(model.rows, reference.rows)
+            and np.allclose(model.weight, reference.weight, rtol=1e-9, atol=0))
+    total = float(reference.loss.sum())
+    if not same or not total > 0 or int((model.rows > 0).sum()) < min_groups:
+        return math.nan
+    r = float(model.loss.sum()) / total
+    return float(np.sqrt(((model.loss - r * reference.loss) ** 2).sum()) / total)
 
 
 def margin_lookup(groups: Mapping[tuple, GroupSums]) -> MarginLookup:

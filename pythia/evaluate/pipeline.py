@@ -70,7 +70,7 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
     scored = score_streaming(candidates, split_manifest, age_edges, world,
                              in_between=in_between_gauge)
     metrics, distributions = scored.metrics, scored.distributions
-    gauge = build_gauge(metrics)
+    gauge = build_gauge(metrics, scored.sums.groups)
     # choose: one champion per region; the comparison with a previous run's champion streams
     # the natural test day and the winner's predictions through scratch buckets
     previous_run = previous_id or getattr(previous, "pathspec", None)

@@ -8,8 +8,8 @@ by a later task's sweep when this one is killed):
   2. each candidate's predictions go to the same K buckets;
   3. bucket by bucket: the rows become SplitFrames, each candidate's predictions are aligned
      to them (``slices.align``), the exact posterior is computed (``gauge.posterior_probs``),
-     and everything is added to per-slice sufficient statistics (``stats``) — on the
-     validation day also per user group (``margins``: the champion rule's paired SEs).
+     and everything is added to per-slice sufficient statistics (``stats``), and per user
+     group (``margins``: the paired SEs) on the validation and natural test days.
      With more than one core, ``workers`` processes (``forked``) take every other bucket each,
      and their sums are merged (``SliceSums.merge``): the same figures up to the order of the
      float additions (default world, idle 2-core machine: pass 3 took about 30 of evaluate's
@@ -19,8 +19,8 @@ in the rows and order of the in-memory path (``slices.score_candidate``, kept as
 reference: the two agree to 1e-9). The population, in-between and region-blind posteriors'
 figures (``population_log_loss`` / ``population_macro_f1``, ``in_between_*``,
 ``region_blind_*``: when the world has those forms, ``gauge.population_of`` /
-``gauge.in_between_of`` / ``gauge.region_blind_of``) are streaming only; the
-in-memory path gives them with that form as its only posterior.
+``gauge.in_between_of`` / ``gauge.region_blind_of``) and the per-group sums are streaming
+only; the in-memory path gives the former with that form as its only posterior.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, OPTIONAL_FRAME_
                                     truth_labels)
 from pythia.evaluate.gauge import (in_between_of, population_of, posterior_probs,
                                    region_blind_of)
-from pythia.evaluate.margins import OTHER_PART, POWER_PART, TEST_PARTS, user_groups
+from pythia.evaluate.margins import (GAUGE_FORMS, OTHER_PART, POWER_PART, TEST_PARTS,
+                                     user_groups)
 from pythia.evaluate.slices import (NATURAL, SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
                                     Aligned, align, candidate_key, candidate_label,
                                     check_candidates, eval_regions_of, slice_masks)
@@ -266,10 +267,9 @@ def _count_rows(sums: SliceSums, frames: Mapping[str, SplitFrame]) -> list[str]:
 
 def _bucket_posteriors(sums: SliceSums, frames: Mapping[str, SplitFrame], worlds: tuple
                        ) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
-    """The exact (realised) posterior on the bucket's test rows, and per other form of the
-    world (population, in-between, region-blind) its posterior ({} without a world, or once
-    a world failed to give one: that gauge is then skipped for the whole run, with a note;
-    the others also go with the realised one)."""
+    """The exact (realised) posterior on the bucket's test rows and each other form's of the
+    world (population, in-between, region-blind); {} without a world, or once one failed to
+    give it: that gauge is skipped for the run, with a note (all, when the realised failed)."""
     world, forms = worlds
     if world is None or sums.gauge_note:
         return {}, {}
@@ -296,14 +296,13 @@ def _bucket_posteriors(sums: SliceSums, frames: Mapping[str, SplitFrame], worlds
 def _score_bucket(sums: SliceSums, frames: Mapping[str, SplitFrame], idents: Sequence[Mapping],
                   pred_dirs: Sequence[tuple[str, pa.Schema | None]], b: int, worlds: tuple
                   ) -> None:
-    """Add one bucket: slice sizes, the posterior's scores, every candidate's scores (and,
-    with the other forms of the world (``OTHER_FORMS``), their scores on the same rows)."""
+    """Add one bucket: slice sizes, the posteriors' (all forms) and candidates' scores."""
     if not frames:
         return
     regions = _count_rows(sums, frames)
     bayes, extra = _bucket_posteriors(sums, frames, worlds)
-    # the rows' user groups cluster the margins' SEs: validation's (the champion rule, the
-    # guard) and the natural test day's (the regional-vs-global table's test margin)
+    # the rows' user groups cluster the SEs: validation's (the champion rule, the guard), the
+    # natural test day's (the regional-vs-global table's test margins, the gauge's ratios)
     groups = {name: user_groups(f.df[USER_ID]) for name, f in frames.items()
               if name in (VALIDATION, SPLIT_OF_TEST_SET[NATURAL]) and USER_ID in f.df.columns}
     ref_cache: dict = {}  # the posterior's sums per (slice, rows), shared by the candidates
@@ -349,7 +348,8 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
     that covers the same rows shares them instead of scoring the posteriors again. ``groups``
     (the frame rows' user groups) adds the paired margins' sums: on validation the whole slice
     and its power-user and other rows (the champion rule's, the regional guard's); on the
-    natural test day the whole slice and its new users, as parts ``TEST_PARTS[test_set]``."""
+    natural test day's slices part ``TEST_PARTS[test_set]``, with the realised and
+    population posteriors' sums on the same rows (``GAUGE_FORMS``: the gauge's ratio SEs)."""
     ref_cache = {} if ref_cache is None else ref_cache
     extras = extras or {}
     is_model = key != BAYES_KEY
@@ -385,9 +385,13 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 stats.add(y, p, w, refs["realised"],
                           **{form: refs.get(form) for form in OTHER_FORMS})
                 if groups is not None and target == JOINT_TARGET and source == PROVIDER:
-                    if test_set in TEST_PARTS:  # the test day: one part per test set
-                        sums.groups_of((key, region, TEST_PARTS[test_set])).add(
-                            groups[pos], y, p, w)
+                    if test_set in TEST_PARTS:  # the test day: one part per test set, and
+                        part = (key, region, TEST_PARTS[test_set])  # the gauge's forms
+                        sums.groups_of(part).add(groups[pos], y, p, w)
+                        for form, ref in (("realised", reference), *extras.items()):
+                            if form in GAUGE_FORMS and ref and ref.get(source) is not None:
+                                sums.groups_of(part + (form,)).add(
+                                    groups[pos], y, ref[source][target][pos], w)
                         continue
                     sums.groups_of((key, region)).add(groups[pos], y, p, w)
                     power = frame.power[pos]
