@@ -1,7 +1,9 @@
 """The three exact gauges of a finished DemoFlow run on synthetic data, next to one of its
 models, on the same rows: log-loss per slice (natural test day, without and with power
-users, its new users: held out of training, when the run's rows carry ``user_held_out``),
-target and label source. No training: the model's figures are its stored test
+users, its new users: held out of training, when the run's rows carry ``user_held_out``,
+and those without and with power users), target and label source; each model / gauge ratio
+with its SE clustered by user (a slice of a few heavy users moves far more than its rows
+suggest). No training: the model's figures are its stored test
 predictions (``predictions/<model>__<region>__<config>.parquet``).
 
   * realised   — the world's drawn users and labels (``World``): the exact optimum;
@@ -35,18 +37,27 @@ from pythia import features
 from pythia.features import (IMPRESSION_ID, IS_POWER_USER, LABEL_COLUMNS, LABEL_PROVIDER,
                              TARGETS, TEST_NATURAL, USER_HELD_OUT, USER_ID)
 
-SLICES = ("natural", "natural_no_power_users", "natural_power_users", "natural_new_users")
+SLICES = ("natural", "natural_no_power_users", "natural_power_users", "natural_new_users",
+          "new_users_no_power", "new_users_power")
 GAUGES = ("realised", "in_between", "population")
 
 
-def log_losses(probs: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, float]:
-    """Mean -log p of the label per target (rows without a label are skipped)."""
-    out = {}
-    for t in TARGETS:
-        ok = y[t] >= 0
-        p = probs[t][np.flatnonzero(ok), y[t][ok]]
-        out[t] = float(-np.log(np.clip(p, 1e-15, 1)).mean())
+def row_losses(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """-log p of each row's label (NaN where the row has none)."""
+    ok = y >= 0
+    out = np.full(len(y), np.nan)
+    out[ok] = -np.log(np.clip(probs[np.flatnonzero(ok), y[ok]], 1e-15, 1))
     return out
+
+
+def ratio_se(model: np.ndarray, ref: np.ndarray, users: np.ndarray) -> float:
+    """The SE of sum(model) / sum(ref) over rows, clustered by user (the delta method:
+    ``evaluate.margins.ratio_se`` with one cluster per user instead of per user group)."""
+    ok = ~np.isnan(model)
+    codes = pd.factorize(pd.Series(users[ok]), use_na_sentinel=False)[0]
+    r = model[ok].sum() / ref[ok].sum()
+    e = np.bincount(codes, weights=model[ok] - r * ref[ok])
+    return float(np.sqrt((e ** 2).sum()) / ref[ok].sum())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     power = test[IS_POWER_USER].fillna(False).to_numpy(bool)
     held = (test[USER_HELD_OUT].fillna(False).to_numpy(bool) if USER_HELD_OUT in test.columns
             else np.zeros(len(test), bool))  # older runs' rows lack the flag: no new users
-    masks = dict(zip(SLICES, (np.ones(len(test), bool), ~power, power, held)))
+    masks = dict(zip(SLICES, (np.ones(len(test), bool), ~power, power, held, held & ~power,
+                              held & power)))
     masks = {k: m for k, m in masks.items() if m.any()}  # a slice without rows: no line
     rows_seen = sum(manifest["rows"][s] for s in observed)
     between_note = (f"in-between reader saw {args.observed} ({rows_seen} rows; built in "
@@ -147,19 +159,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{between_note}; gauges " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     bases = [g for g in GAUGES if g in gauges]  # the ratios' gauges (population: new users')
     ratios = " ".join(f"{'model/' + g[:4]:>10}" for g in bases)
+    users = test[USER_ID].to_numpy(dtype=object)
     for name, model in models.items():
         print(f"model {name}")
         print(f"{'slice':>22} {'labels':>8} {'target':>10} {'model':>8} "
-              + " ".join(f"{g:>10}" for g in gauges) + f" {ratios}")
+              + " ".join(f"{g:>10}" for g in gauges) + f" {ratios}  (± SE, clustered by user)")
         for source in ("provider", "truth"):
             for slice_name, m in masks.items():
-                ys = {t: v[m] for t, v in y[source].items()}
-                ll = {k: log_losses({t: p[source][t][m] for t in TARGETS}, ys)
-                      for k, p in {"model": model, **probs}.items()}
                 for t in ("age_gender", "gender", "age"):
-                    print(f"{slice_name:>22} {source:>8} {t:>10} {ll['model'][t]:8.4f} "
-                          + " ".join(f"{ll[g][t]:10.4f}" for g in gauges)
-                          + "".join(f" {ll['model'][t] / ll[g][t]:10.3f}" for g in bases))
+                    loss = {k: row_losses(p[source][t][m], y[source][t][m])
+                            for k, p in {"model": model, **probs}.items()}
+                    mean = {k: float(np.nanmean(v)) for k, v in loss.items()}
+                    print(f"{slice_name:>22} {source:>8} {t:>10} {mean['model']:8.4f} "
+                          + " ".join(f"{mean[g]:10.4f}" for g in gauges)
+                          + "".join(f" {mean['model'] / mean[g]:10.4f} ± "
+                                    f"{ratio_se(loss['model'], loss[g], users[m]):.4f}"
+                                    for g in bases))
     return 0
 
 
