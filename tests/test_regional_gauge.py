@@ -16,7 +16,8 @@ import pytest
 from pythia.config import DEFAULT_AGE_EDGES
 from pythia.evaluate.gauge import build_gauge, print_regional_structure, region_blind_of
 from pythia.evaluate.stream import score_streaming
-from pythia.evaluate.tables import build_regional_structure
+from pythia.evaluate.margins import user_groups
+from pythia.evaluate.tables import SE_COLUMN, build_regional_structure
 from pythia.features import LABEL_PROVIDER
 from pythia.synth import PRESETS, generate_world, load_world
 from pythia.synth.regional import region_blind
@@ -52,9 +53,9 @@ def scored(tmp_path_factory):
         candidates.append({"model": name, "region": "global", "config_id": 0,
                            "model_dir": "/m", "predictions_uri": uri,
                            "val_logloss": {"age_gender": math.log(12)}})
-    metrics = score_streaming(candidates, manifest, DEFAULT_AGE_EDGES, world,
-                              bucket_rows=1500, workers=1, in_between=False).metrics
-    return build_gauge(metrics), test, world
+    scored = score_streaming(candidates, manifest, DEFAULT_AGE_EDGES, world,
+                             bucket_rows=1500, workers=1, in_between=False)
+    return build_gauge(scored.metrics, scored.sums.groups), test, world
 
 
 def _natural(gauge: pd.DataFrame, model: str, region: str) -> pd.Series:
@@ -114,6 +115,38 @@ def test_the_table_shows_the_effect_where_the_world_puts_it_and_who_learnt_it(sc
     out = io.StringIO()
     print_regional_structure(gauge, champions, out)
     assert "Regional structure" in out.getvalue() and "knows/global#0" in out.getvalue()
+
+
+def test_the_region_blind_ratio_has_the_user_clustered_se_of_its_rows(scored):
+    """``ratio_region_blind_se`` equals the delta-method SE from the rows (clustered by the
+    rows' user groups); a candidate that knows APAC's make is below 1 by many of them, the
+    region-blind posterior as a candidate sits at 1 with no spread."""
+    gauge, test, world = scored
+    providers = test[LABEL_PROVIDER].to_numpy(object)
+    y = test["y_age_gender"].to_numpy()
+    apac = (test["region"] == "APAC").to_numpy()
+    knows = world.population().gauge_posteriors(test, providers)[1][apac, y[apac]]
+    blind = region_blind(world).population().gauge_posteriors(test, providers)[1]
+    lm, lb = -np.log(knows), -np.log(blind[apac, y[apac]])
+    r = lm.sum() / lb.sum()
+    e = np.bincount(user_groups(test["user_id"][apac]), weights=lm - r * lb)
+    row = _natural(gauge, "knows", "APAC")
+    assert row["ratio_region_blind_se"] == pytest.approx(np.sqrt((e ** 2).sum()) / lb.sum(),
+                                                         rel=1e-5)  # float32 predictions
+    assert (1 - row["ratio_region_blind"]) / row["ratio_region_blind_se"] > 3
+    assert _natural(gauge, "blind", "APAC")["ratio_region_blind_se"] < 1e-5
+    champions = pd.DataFrame({"region": ["APAC"], "model": ["knows"],
+                              "candidate_region": ["global"], "config_id": [0],
+                              "blessed": [True]})
+    table = build_regional_structure(gauge, champions).set_index(["region", "candidate"])
+    assert table.loc[("APAC", "knows/global#0"), SE_COLUMN] == row["ratio_region_blind_se"]
+    out = io.StringIO()
+    print_regional_structure(gauge, champions, out)
+    assert f"{SE_COLUMN}: its SE, clustered by user" in out.getvalue()
+    # a gauge from before the SEs: the column is left out of the print
+    out = io.StringIO()
+    print_regional_structure(gauge.assign(ratio_region_blind_se=np.nan), champions, out)
+    assert SE_COLUMN not in out.getvalue() and "knows/global#0" in out.getvalue()
 
 
 def test_no_table_without_a_region_blind_gauge(scored):

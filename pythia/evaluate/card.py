@@ -171,7 +171,8 @@ _REGIONAL_STRUCTURE = (
     "posterior's, what the world's regional effects are worth there (1: none). Every "
     "candidate that scores the region, global (`trained_on` global) and regional: "
     "`ratio_region_blind_*` = model / region-blind posterior, below 1 when the model knows "
-    "more about the region than any model blind to its regional effects could; "
+    "more about the region than any model blind to its regional effects could "
+    "(`ratio_region_blind_se_age_gender`: its SE, clustered by user); "
     "`ratio_population_*` = model / population posterior. A global model that sees "
     "`region_device_make` can learn the effects as well as a regional one.")
 

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 Posteriors = dict[str, dict[str, np.ndarray]]  # label source -> {target: (n, K) probabilities}
 HEADLINE_GAUGE = "realised"  # the bar of the issue's targets: the exact optimum (see above)
+# the SE of each form's ratio, clustered by user (``build_gauge``)
+SE_COLUMNS = {"realised": "ratio_se", "population": "ratio_population_se",
+              "region_blind": "ratio_region_blind_se"}
 GAUGE_SLICES = (NATURAL, NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS, NATURAL_NEW_USERS)
 
 
@@ -163,8 +166,8 @@ def build_gauge(metrics: pd.DataFrame, groups: Mapping[tuple, Any] | None = None
     validation rows say about the drawn users), ``ratio_population`` against the
     population posterior (the generative tables only) and ``ratio_region_blind`` against the
     region-blind one (those tables without the regional make effects: ``region_blind_of``),
-    on the same rows. ``ratio_se`` / ``ratio_population_se``: the SEs of ``ratio`` /
-    ``ratio_population`` clustered by user, from evaluate's per-group sums (``groups``:
+    on the same rows. ``ratio_se`` / ``ratio_population_se`` / ``ratio_region_blind_se``: the
+    SEs of those ratios clustered by user, from evaluate's per-group sums (``groups``:
     ``SliceSums.groups``) where it keeps them (AgeGender, provider labels, the natural test
     day's slices: ``margins.ratio_se``); NaN elsewhere and without them."""
     names = {"log_loss": "logloss", "macro_f1": "macro_f1", "bayes_log_loss": "bayes_logloss",
@@ -185,13 +188,14 @@ def build_gauge(metrics: pd.DataFrame, groups: Mapping[tuple, Any] | None = None
             if c not in out.columns:
                 out[c] = np.nan
         out[f"ratio_{form}"] = out["logloss"] / out[f"{form}_logloss"]
-    out["ratio_se"], out["ratio_population_se"] = _ratio_ses(out, groups or {})
+    for form, se in zip(GAUGE_FORMS, _ratio_ses(out, groups or {})):
+        out[SE_COLUMNS[form]] = se
     gap = out["population_logloss"] - out["bayes_logloss"]
     out["gap_closed"] = ((out["population_logloss"] - out["logloss"]) / gap).where(gap > 1e-12)
     cols = keys + ["logloss", "bayes_logloss", "ratio", "ratio_se", "in_between_logloss",
                    "ratio_in_between", "population_logloss", "ratio_population",
                    "ratio_population_se", "gap_closed", "region_blind_logloss",
-                   "ratio_region_blind", "macro_f1", "bayes_macro_f1",
+                   "ratio_region_blind", "ratio_region_blind_se", "macro_f1", "bayes_macro_f1",
                    "population_macro_f1", "in_between_macro_f1", "region_blind_macro_f1"]
     return out[cols].sort_values(keys).reset_index(drop=True)
 
@@ -276,14 +280,17 @@ def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
 def print_regional_structure(gauge: Any, champions: Any, out: TextIO) -> None:
     """Print ``tables.build_regional_structure`` of a run's gauge and champions artifacts
     (nothing without a region-blind gauge), for `pythia report`."""
-    from pythia.evaluate.tables import build_regional_structure
+    from pythia.evaluate.tables import SE_COLUMN, build_regional_structure
 
     if gauge is None or champions is None:
         return
     table = build_regional_structure(pd.DataFrame(gauge), pd.DataFrame(champions))
     if len(table):
+        se = f"; {SE_COLUMN}: its SE, clustered by user"
+        if table[SE_COLUMN].isna().all():  # a run from before the SEs
+            table, se = table.drop(columns=SE_COLUMN), ""
         print("\nRegional structure (natural test day, provider labels; effect_* = region-blind"
               " / population posterior: what the world's regional make effects are worth; "
               "ratio_region_blind_* = model / region-blind posterior, below 1: the model "
-              "learnt some of them; same rows)", file=out)
+              f"learnt some of them{se}; same rows)", file=out)
         print(table.to_string(index=False), file=out)

@@ -41,7 +41,7 @@ POWER_PART, OTHER_PART = "power_users", "other_users"
 TEST_PARTS = {t: f"{t}_test" for t in (NATURAL, NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS,
                                        NATURAL_NEW_USERS)}
 TEST_PART, NEW_USERS_TEST_PART = TEST_PARTS[NATURAL], TEST_PARTS[NATURAL_NEW_USERS]
-GAUGE_FORMS = ("realised", "population")
+GAUGE_FORMS = ("realised", "population", "region_blind")
 # margin(key_a, key_b, eval_region, part) -> Margin of a - b on that part, or None if unscored
 SliceMarginLookup = Callable[[tuple, tuple, str, str], "Margin | None"]
 

@@ -69,6 +69,7 @@ def build_headline(metrics: pd.DataFrame, champions: pd.DataFrame,
 
 
 # what the regional-vs-global table compares, per candidate (headline columns)
+SE_COLUMN = f"ratio_region_blind_se_{JOINT_TARGET}"  # the regional structure's one SE
 COMPARED = ("val_logloss", "logloss_age_gender", "macro_f1_age_gender")
 
 
@@ -115,12 +116,14 @@ def build_regional_structure(gauge: pd.DataFrame | None, champions: pd.DataFrame
     a reader who knows every generative table but what a device make means in this region
     loses (1 where the world puts no regional effect). ``ratio_region_blind_*`` = model /
     region-blind: below 1, the model knows more about the region than any region-blind model
-    can; ``ratio_population_*`` = model / population, the fair bar. Empty without a
-    region-blind gauge (real data, or a world without regional effects)."""
+    can (``ratio_region_blind_se_age_gender``: its SE clustered by user, where the gauge has
+    it: ``gauge.build_gauge``); ``ratio_population_*`` = model / population, the fair bar.
+    Empty without a region-blind gauge (real data, or a world without regional effects)."""
     ident = ["eval_region", "model", "region", "config_id"]
     cols = ["region", "candidate", "trained_on", "champion"] + [
         f"{m}_{t}" for m in ("effect", "ratio_region_blind", "ratio_population")
         for t in (JOINT_TARGET, GENDER_TARGET, AGE_TARGET)]
+    cols.insert(cols.index(f"ratio_region_blind_{JOINT_TARGET}") + 1, SE_COLUMN)
     if (gauge is None or gauge.empty or "ratio_region_blind" not in gauge.columns
             or gauge["ratio_region_blind"].isna().all()):
         return pd.DataFrame(columns=cols)
@@ -130,10 +133,11 @@ def build_regional_structure(gauge: pd.DataFrame | None, champions: pd.DataFrame
         return pd.DataFrame(columns=cols)
     g = g.assign(effect=g["region_blind_logloss"] / g["population_logloss"],
                  config_id=g["config_id"].astype("int64"))
+    shown = ("effect", "ratio_region_blind", "ratio_population") + (
+        ("ratio_region_blind_se",) if "ratio_region_blind_se" in g.columns else ())
     wide = unstack_observed(
         pd.concat([g[ident + ["target"]].assign(col=f"{m}_" + g["target"], value=g[m])
-                   for m in ("effect", "ratio_region_blind", "ratio_population")]),
-        ident, "col", "value")
+                   for m in shown]), ident, "col", "value")
     champ = champions[champions["blessed"].astype(bool)].dropna(subset=["model"])
     champ = set(zip(champ["region"], champ["model"], champ["candidate_region"],
                     champ["config_id"].astype("int64")))
