@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import math
 
 import numpy as np
@@ -16,7 +17,8 @@ from pythia.evaluate.gauge import (GAUGE_SLICES, build_gauge, gauge_by_slice, po
                                    print_gauge_slices)
 from pythia.evaluate.margins import MIN_USER_GROUPS, user_groups
 from pythia.evaluate.stream import score_streaming
-from pythia.features import IS_POWER_USER, LABEL_PROVIDER, TEST_NATURAL, USER_HELD_OUT
+from pythia.features import (IS_POWER_USER, LABEL_PROVIDER, TARGETS, TEST_NATURAL,
+                              USER_HELD_OUT, marginals_from_joint)
 from pythia.synth.activity import expected_weights, latest_label_matrix
 from pythia.synth.population import build_labels, build_users, realised_weights
 from pythia.synth.world import WorldConfig, build_params
@@ -156,18 +158,18 @@ def _direct_ratio_se(model_loss, ref_loss, users):
 
 
 def test_the_gauge_ratios_carry_user_clustered_ses_of_the_rows(tiny):  # noqa: F811
-    """``ratio_se`` / ``ratio_population_se`` (AgeGender, provider labels, the natural day's
-    slices) equal the SEs computed from the rows, scored in two processes; other targets and
+    """``ratio_se`` / ``ratio_population_se`` (provider labels, the natural day's slices, every
+    target) equal the SEs computed from the rows, scored in two processes; truth labels and
     the resampled day have none, and a gauge built without the sums has none."""
     candidates, manifest, fake = tiny
     world = PopulationWorld(fake.q, fake.truth())
     scored = score_streaming(candidates, manifest, EDGES, world, bucket_rows=97, workers=2)
     g = build_gauge(scored.metrics, scored.sums.groups)
     nat = pd.read_parquet(manifest["paths"][TEST_NATURAL])
-    k = 2 * len(EDGES)
+    k, n_age = 2 * len(EDGES), len(EDGES)
 
-    def joint(w, df):
-        return w.label_posterior(df, df[LABEL_PROVIDER].to_numpy())
+    def probs(joint_probs, target):
+        return marginals_from_joint(joint_probs, n_age)[target]
 
     def loss(p, y):
         return -np.log(p[np.arange(len(y)), y])
@@ -177,45 +179,51 @@ def test_the_gauge_ratios_carry_user_clustered_ses_of_the_rows(tiny):  # noqa: F
              nat[USER_HELD_OUT]}
     checked = 0
     for model, region, mix in (("gbdt", "global", 0.5), ("gbdt", "EU", 0.3)):
-        for test_set, mask in masks.items():
-            rows = nat[np.asarray(mask) & ((nat["region"] == "EU") | (region == "global"))]
-            y = rows["y_age_gender"].to_numpy(np.int64)
-            real = joint(world, rows)
-            m = loss((1 - mix) * real + mix / k, y)
+        for (test_set, mask), target in itertools.product(masks.items(), TARGETS):
+            rows = nat[np.asarray(mask) & ((nat["region"] == "EU") | (region == "global"))
+                       & nat[f"y_{target}"].notna()]  # one row has no gender label
+            y = rows[f"y_{target}"].to_numpy(np.int64)
+            providers = rows[LABEL_PROVIDER].to_numpy()
+            real = world.label_posterior(rows, providers)
+            m = loss(probs((1 - mix) * real + mix / k, target), y)
             row = g[(g["model"] == model) & (g["region"] == region)
                     & (g["eval_region"] == region) & (g["test_set"] == test_set)
-                    & (g["target"] == "age_gender") & (g["label_source"] == "provider")]
+                    & (g["target"] == target) & (g["label_source"] == "provider")]
             assert len(row) == 1
             row = row.iloc[0]
-            assert row["ratio"] == pytest.approx(m.mean() / loss(real, y).mean(), rel=1e-6)
-            for column, ref in (("ratio_se", real), ("ratio_population_se",
-                                                     joint(world.population(), rows))):
-                se, n_groups = _direct_ratio_se(m, loss(ref, y), rows["user_id"])
+            assert row["ratio"] == pytest.approx(
+                m.mean() / loss(probs(real, target), y).mean(), rel=1e-6)
+            population = world.population().label_posterior(rows, providers)
+            for column, ref in (("ratio_se", real), ("ratio_population_se", population)):
+                se, n_groups = _direct_ratio_se(m, loss(probs(ref, target), y),
+                                                rows["user_id"])
                 if n_groups >= MIN_USER_GROUPS:
                     # the predictions files hold float32 probabilities
-                    assert row[column] == pytest.approx(se, rel=1e-6) and se > 0
+                    assert row[column] == pytest.approx(se, rel=1e-5) and se > 0
                     checked += 1
                 else:  # too few users for an SE
                     assert math.isnan(row[column])
-    assert checked >= 10
-    others = g[(g["target"] != "age_gender") | (g["label_source"] != "provider")
-               | (g["test_set"] == "resampled")]
+    assert checked >= 30
+    others = g[(g["label_source"] != "provider") | (g["test_set"] == "resampled")]
     assert others[["ratio_se", "ratio_population_se"]].isna().all().all() and len(others)
     # a copy of the realised posterior (up to float32): ratio 1, SE 0
     mlp = g[(g["model"] == "mlp") & (g["test_set"] == "natural") & (g["eval_region"] == "global")
-            & (g["target"] == "age_gender") & (g["label_source"] == "provider")].iloc[0]
+            & (g["target"] == "gender") & (g["label_source"] == "provider")].iloc[0]
     assert mlp["ratio"] == pytest.approx(1.0) and mlp["ratio_se"] < 1e-6
-    # the per-slice table and its print carry the AgeGender SEs only
+    # the per-slice table and its print: each SE after its ratio
     champions = pd.DataFrame({"region": ["global"], "model": ["gbdt"],
                               "candidate_region": ["global"],
                               "config_id": pd.array([0], dtype="Int64"), "blessed": [True]})
     s = gauge_by_slice(g, champions)
-    se_cols = [c for c in s.columns if "_se_" in c]
-    assert se_cols == ["ratio_se_age_gender", "ratio_population_se_age_gender"]
+    ratios = [c for c in s.columns if c.startswith("ratio")]
+    assert ratios == [f"{m}{se}_{t}" for m in ("ratio", "ratio_population")
+                      for t in ("age", "age_gender", "gender") for se in ("", "_se")]
+    se_cols = [c for c in ratios if "_se_" in c]
     assert s.loc[s["label_source"] == "provider", se_cols].notna().all().all()
+    assert s.loc[s["label_source"] == "truth", se_cols].isna().all().all()
     out = io.StringIO()
     print_gauge_slices(g, champions, out)
-    assert "*_se_age_gender = the SE of that ratio, clustered by user" in out.getvalue()
+    assert "*_se_* = the SE of the ratio before it, clustered by user" in out.getvalue()
     # without the sums (an older run's gauge): no SE columns in the table
     plain = build_gauge(scored.metrics)
     assert plain["ratio_se"].isna().all()

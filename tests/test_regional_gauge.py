@@ -17,8 +17,8 @@ from pythia.config import DEFAULT_AGE_EDGES
 from pythia.evaluate.gauge import build_gauge, print_regional_structure, region_blind_of
 from pythia.evaluate.stream import score_streaming
 from pythia.evaluate.margins import user_groups
-from pythia.evaluate.tables import SE_COLUMN, build_regional_structure
-from pythia.features import LABEL_PROVIDER
+from pythia.evaluate.tables import SE_COLUMNS, build_regional_structure
+from pythia.features import LABEL_PROVIDER, marginals_from_joint
 from pythia.synth import PRESETS, generate_world, load_world
 from pythia.synth.regional import region_blind
 from test_evaluate import prediction_rows
@@ -58,10 +58,11 @@ def scored(tmp_path_factory):
     return build_gauge(scored.metrics, scored.sums.groups), test, world
 
 
-def _natural(gauge: pd.DataFrame, model: str, region: str) -> pd.Series:
+def _natural(gauge: pd.DataFrame, model: str, region: str, target: str = "age_gender"
+             ) -> pd.Series:
     sel = gauge[(gauge["model"] == model) & (gauge["eval_region"] == region)
                 & (gauge["test_set"] == "natural") & (gauge["label_source"] == "provider")]
-    return sel.set_index("target").loc["age_gender"]
+    return sel.set_index("target").loc[target]
 
 
 def test_only_a_world_with_regional_effects_has_a_region_blind_form(scored):
@@ -119,34 +120,43 @@ def test_the_table_shows_the_effect_where_the_world_puts_it_and_who_learnt_it(sc
 
 def test_the_region_blind_ratio_has_the_user_clustered_se_of_its_rows(scored):
     """``ratio_region_blind_se`` equals the delta-method SE from the rows (clustered by the
-    rows' user groups); a candidate that knows APAC's make is below 1 by many of them, the
-    region-blind posterior as a candidate sits at 1 with no spread."""
+    rows' user groups) for every target; a candidate that knows APAC's make is below 1 by
+    many of them, the region-blind posterior as a candidate sits at 1 with no spread."""
     gauge, test, world = scored
     providers = test[LABEL_PROVIDER].to_numpy(object)
-    y = test["y_age_gender"].to_numpy()
     apac = (test["region"] == "APAC").to_numpy()
-    knows = world.population().gauge_posteriors(test, providers)[1][apac, y[apac]]
-    blind = region_blind(world).population().gauge_posteriors(test, providers)[1]
-    lm, lb = -np.log(knows), -np.log(blind[apac, y[apac]])
-    r = lm.sum() / lb.sum()
-    e = np.bincount(user_groups(test["user_id"][apac]), weights=lm - r * lb)
-    row = _natural(gauge, "knows", "APAC")
-    assert row["ratio_region_blind_se"] == pytest.approx(np.sqrt((e ** 2).sum()) / lb.sum(),
-                                                         rel=1e-5)  # float32 predictions
-    assert (1 - row["ratio_region_blind"]) / row["ratio_region_blind_se"] > 3
-    assert _natural(gauge, "blind", "APAC")["ratio_region_blind_se"] < 1e-5
+    knows = marginals_from_joint(world.population().gauge_posteriors(test, providers)[1], 6)
+    blind = marginals_from_joint(
+        region_blind(world).population().gauge_posteriors(test, providers)[1], 6)
+    groups = user_groups(test["user_id"][apac])
+    for target in ("age_gender", "gender", "age"):
+        y = test[f"y_{target}"].to_numpy()[apac]
+        lm = -np.log(knows[target][apac][np.arange(len(y)), y])
+        lb = -np.log(blind[target][apac][np.arange(len(y)), y])
+        r = lm.sum() / lb.sum()
+        e = np.bincount(groups, weights=lm - r * lb)
+        row = _natural(gauge, "knows", "APAC", target)
+        assert row["ratio_region_blind"] == pytest.approx(r, rel=1e-5)
+        assert row["ratio_region_blind_se"] == pytest.approx(
+            np.sqrt((e ** 2).sum()) / lb.sum(), rel=1e-4)  # float32 predictions
+        assert _natural(gauge, "blind", "APAC", target)["ratio_region_blind_se"] < 1e-4
+    for target in ("age_gender", "gender"):  # the make's effect, beyond noise
+        row = _natural(gauge, "knows", "APAC", target)
+        assert (1 - row["ratio_region_blind"]) / row["ratio_region_blind_se"] > 3
     champions = pd.DataFrame({"region": ["APAC"], "model": ["knows"],
                               "candidate_region": ["global"], "config_id": [0],
                               "blessed": [True]})
     table = build_regional_structure(gauge, champions).set_index(["region", "candidate"])
-    assert table.loc[("APAC", "knows/global#0"), SE_COLUMN] == row["ratio_region_blind_se"]
+    assert table.loc[("APAC", "knows/global#0"), "ratio_region_blind_se_gender"] == _natural(
+        gauge, "knows", "APAC", "gender")["ratio_region_blind_se"]
+    assert table[SE_COLUMNS].notna().all().all()
     out = io.StringIO()
     print_regional_structure(gauge, champions, out)
-    assert f"{SE_COLUMN}: its SE, clustered by user" in out.getvalue()
-    # a gauge from before the SEs: the column is left out of the print
+    assert "ratio_region_blind_se_*: its SE, clustered by user" in out.getvalue()
+    # a gauge from before the SEs: the columns are left out of the print
     out = io.StringIO()
     print_regional_structure(gauge.assign(ratio_region_blind_se=np.nan), champions, out)
-    assert SE_COLUMN not in out.getvalue() and "knows/global#0" in out.getvalue()
+    assert "_se_" not in out.getvalue() and "knows/global#0" in out.getvalue()
 
 
 def test_no_table_without_a_region_blind_gauge(scored):

@@ -172,7 +172,7 @@ _REGIONAL_STRUCTURE = (
     "candidate that scores the region, global (`trained_on` global) and regional: "
     "`ratio_region_blind_*` = model / region-blind posterior, below 1 when the model knows "
     "more about the region than any model blind to its regional effects could "
-    "(`ratio_region_blind_se_age_gender`: its SE, clustered by user); "
+    "(`ratio_region_blind_se_*`: its SE, clustered by user); "
     "`ratio_population_*` = model / population posterior. A global model that sees "
     "`region_device_make` can learn the effects as well as a regional one.")
 
@@ -191,9 +191,9 @@ _GAUGE_SLICES = (
     "lands between the population and the in-between ones. On new users the fair bar is "
     "`ratio_population_*`: their rows are not in training, so the population posterior is "
     "all a reader of the training rows can know of them (the realised one knows the drawn "
-    "users). `ratio_se_age_gender` and `ratio_population_se_age_gender`: the SEs of those "
-    "ratios (AgeGender, provider labels), clustered by user: a slice of a few heavy users "
-    "(new power users) moves by far more than its row count suggests.")
+    "users). `ratio_se_*` and `ratio_population_se_*`: the SEs of those ratios (provider "
+    "labels), clustered by user: a slice of a few heavy users (new power users) moves by "
+    "far more than its row count suggests.")
 
 
 def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:

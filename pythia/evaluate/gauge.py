@@ -27,7 +27,7 @@ import pandas as pd
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.metrics import check_probabilities
 from pythia.evaluate.stats import OTHER_FORMS
-from pythia.evaluate.frames import JOINT_TARGET, PROVIDER, TRUTH, SplitFrame
+from pythia.evaluate.frames import PROVIDER, TRUTH, SplitFrame
 from pythia.evaluate.margins import GAUGE_FORMS, TEST_PARTS, ratio_se
 from pythia.evaluate.slices import (BAYES_MODEL, NATURAL, NATURAL_NEW_USERS,
                                     NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS,
@@ -168,8 +168,8 @@ def build_gauge(metrics: pd.DataFrame, groups: Mapping[tuple, Any] | None = None
     region-blind one (those tables without the regional make effects: ``region_blind_of``),
     on the same rows. ``ratio_se`` / ``ratio_population_se`` / ``ratio_region_blind_se``: the
     SEs of those ratios clustered by user, from evaluate's per-group sums (``groups``:
-    ``SliceSums.groups``) where it keeps them (AgeGender, provider labels, the natural test
-    day's slices: ``margins.ratio_se``); NaN elsewhere and without them."""
+    ``SliceSums.groups``) where it keeps them (provider labels, the natural test day's
+    slices: ``margins.ratio_se``); NaN elsewhere and without them."""
     names = {"log_loss": "logloss", "macro_f1": "macro_f1", "bayes_log_loss": "bayes_logloss",
              "bayes_macro_f1": "bayes_macro_f1"}
     for form in OTHER_FORMS:  # each streamed form's metrics (``sums._label_rows``)
@@ -206,12 +206,13 @@ def _ratio_ses(g: pd.DataFrame, groups: Mapping[tuple, Any]) -> list[np.ndarray]
     rows = zip(g["model"], g["region"], g["config_id"], g["eval_region"], g["target"],
                g["test_set"], g["label_source"])
     for i, (model, region, config, eval_region, target, test_set, source) in enumerate(rows):
-        if target != JOINT_TARGET or source != PROVIDER or test_set not in TEST_PARTS:
+        if source != PROVIDER or test_set not in TEST_PARTS:
             continue
         part = ((model, region, int(config)), eval_region, TEST_PARTS[test_set])
+        mine = groups.get(part + ("model", target))
         for j, form in enumerate(GAUGE_FORMS):
-            if part in groups and part + (form,) in groups:
-                out[j][i] = ratio_se(groups[part], groups[part + (form,)])
+            if mine is not None and part + (form, target) in groups:
+                out[j][i] = ratio_se(mine, groups[part + (form, target)])
     return out
 
 
@@ -222,8 +223,8 @@ def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.Da
     model / realised-Bayes log-loss per target (``ratio_*``, the headline bar), model /
     in-between-Bayes (``ratio_in_between_*``) and model / population-Bayes
     (``ratio_population_*``: the fair bar on new users), on the same rows; where the gauge
-    has them, the user-clustered SEs of the first and last (``ratio_se_age_gender``,
-    ``ratio_population_se_age_gender``: ``build_gauge``)."""
+    has them (provider labels), the user-clustered SEs of the first and last, each after
+    its ratio (``ratio_se_*``, ``ratio_population_se_*``: ``build_gauge``)."""
     cols = ["eval_region", "candidate", "blessed", "test_set", "label_source"]
     if gauge is None or gauge.empty or champions.empty:
         return pd.DataFrame(columns=cols)
@@ -237,15 +238,19 @@ def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.Da
     if g.empty:
         return pd.DataFrame(columns=cols)
     g = g.assign(candidate=g["model"] + "/" + g["region"] + "#" + g["config_id"].astype(str))
-    # older runs: ratio only, or no in-between; a run with the in-between gauge off has the
-    # column, all NaN: left out, not printed as a block of NaN
+    # older runs: ratio only, or no in-between, or no SEs; a run with the in-between gauge
+    # off has the column, all NaN: left out, not printed as a block of NaN
     values = [c for c in ("ratio", "ratio_se", "ratio_in_between", "ratio_population",
                           "ratio_population_se")
               if c in g.columns and (c == "ratio" or g[c].notna().any())]
     wide = g.set_index(cols + ["target"])[values].unstack("target")  # NaN kept, no product
+    targets = list(dict.fromkeys(t for _, t in wide.columns))
     wide.columns = [f"{m}_{t}" for m, t in wide.columns]
-    wide = wide.drop(columns=[c for c in wide.columns  # an SE exists for AgeGender only
-                              if "_se_" in c and wide[c].isna().all()])
+    shown = []
+    for m in (v for v in values if not v.endswith("_se")):  # each ratio, then its SE
+        for t in targets:
+            shown += [c for c in (f"{m}_{t}", f"{m}_se_{t}") if c in wide.columns]
+    wide = wide[shown]
     order = {s: i for i, s in enumerate(GAUGE_SLICES)}
     out = wide.reset_index()
     out["_slice"] = out["test_set"].map(order)
@@ -271,7 +276,7 @@ def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
                               "bar is ratio_population_*: the training rows say nothing "
                               "about them")
         if any("_se_" in c for c in table.columns):
-            legend.append("*_se_age_gender = the SE of that ratio, clustered by user "
+            legend.append("*_se_* = the SE of the ratio before it, clustered by user "
                           "(provider labels)")
         print(f"\nBayes gauge per slice ({'; '.join(legend)}; same rows)", file=out)
         print(table.to_string(index=False), file=out)
@@ -280,15 +285,15 @@ def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
 def print_regional_structure(gauge: Any, champions: Any, out: TextIO) -> None:
     """Print ``tables.build_regional_structure`` of a run's gauge and champions artifacts
     (nothing without a region-blind gauge), for `pythia report`."""
-    from pythia.evaluate.tables import SE_COLUMN, build_regional_structure
+    from pythia.evaluate.tables import SE_COLUMNS, build_regional_structure
 
     if gauge is None or champions is None:
         return
     table = build_regional_structure(pd.DataFrame(gauge), pd.DataFrame(champions))
     if len(table):
-        se = f"; {SE_COLUMN}: its SE, clustered by user"
-        if table[SE_COLUMN].isna().all():  # a run from before the SEs
-            table, se = table.drop(columns=SE_COLUMN), ""
+        se = "; ratio_region_blind_se_*: its SE, clustered by user"
+        if table[SE_COLUMNS].isna().all().all():  # a run from before the SEs
+            table, se = table.drop(columns=SE_COLUMNS), ""
         print("\nRegional structure (natural test day, provider labels; effect_* = region-blind"
               " / population posterior: what the world's regional make effects are worth; "
               "ratio_region_blind_* = model / region-blind posterior, below 1: the model "

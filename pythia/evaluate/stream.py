@@ -44,8 +44,7 @@ from pythia.evaluate.frames import (FRAME_COLUMNS, JOINT_TARGET, OPTIONAL_FRAME_
                                     truth_labels)
 from pythia.evaluate.gauge import (in_between_of, population_of, posterior_probs,
                                    region_blind_of)
-from pythia.evaluate.margins import (GAUGE_FORMS, OTHER_PART, POWER_PART, TEST_PARTS,
-                                     user_groups)
+from pythia.evaluate.margins import OTHER_PART, POWER_PART, TEST_PARTS, user_groups
 from pythia.evaluate.slices import (NATURAL, SPLIT_OF_TEST_SET, TEST_SETS, test_set_rows,
                                     Aligned, align, candidate_key, candidate_label,
                                     check_candidates, eval_regions_of, slice_masks)
@@ -348,8 +347,8 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
     that covers the same rows shares them instead of scoring the posteriors again. ``groups``
     (the frame rows' user groups) adds the paired margins' sums: on validation the whole slice
     and its power-user and other rows (the champion rule's, the regional guard's); on the
-    natural test day's slices part ``TEST_PARTS[test_set]``, with the realised and
-    population posteriors' sums on the same rows (``GAUGE_FORMS``: the gauge's ratio SEs)."""
+    natural test day's slices part ``TEST_PARTS[test_set]``, and per target the posteriors'
+    sums on the same rows (``SliceSums.add_gauge_groups``: the gauge's ratio SEs)."""
     ref_cache = {} if ref_cache is None else ref_cache
     extras = extras or {}
     is_model = key != BAYES_KEY
@@ -384,15 +383,15 @@ def _add_slices(sums: SliceSums, key: tuple, frame: SplitFrame, test_set: str,
                 w = frame.weights[pos] if is_model and frame.weights is not None else None
                 stats.add(y, p, w, refs["realised"],
                           **{form: refs.get(form) for form in OTHER_FORMS})
-                if groups is not None and target == JOINT_TARGET and source == PROVIDER:
-                    if test_set in TEST_PARTS:  # the test day: one part per test set, and
-                        part = (key, region, TEST_PARTS[test_set])  # the gauge's forms
+                if groups is not None and source == PROVIDER and test_set in TEST_PARTS:
+                    part = (key, region, TEST_PARTS[test_set])  # the test day: a part per set
+                    sums.add_gauge_groups(part, target, groups[pos], y, p, pos, {
+                        f: (r or {}).get(source) for f, r in (("realised", reference),
+                                                              *extras.items())},
+                        ref_cache, rows_key)
+                    if target == JOINT_TARGET:  # the regional-vs-global test margins
                         sums.groups_of(part).add(groups[pos], y, p, w)
-                        for form, ref in (("realised", reference), *extras.items()):
-                            if form in GAUGE_FORMS and ref and ref.get(source) is not None:
-                                sums.groups_of(part + (form,)).add(
-                                    groups[pos], y, ref[source][target][pos], w)
-                        continue
+                elif groups is not None and target == JOINT_TARGET and source == PROVIDER:
                     sums.groups_of((key, region)).add(groups[pos], y, p, w)
                     power = frame.power[pos]
                     for part, rows in ((POWER_PART, power), (OTHER_PART, ~power)):

@@ -14,7 +14,7 @@ import pandas as pd
 
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.frames import AGE_TARGET, JOINT_TARGET
-from pythia.evaluate.margins import GroupSums
+from pythia.evaluate.margins import GAUGE_FORMS, GroupSums
 from pythia.evaluate.metrics import total_variation_distance
 from pythia.evaluate.slices import (BAYES_MODEL, DIST_COLUMNS, METRIC_COLUMNS,
                                     SPLIT_OF_TEST_SET, TEST_SETS, candidate_key,
@@ -44,7 +44,9 @@ class SliceSums:
     in_between_note: str | None = None  # and the in-between one
     region_blind_note: str | None = None  # and the region-blind one
     # (scorer, eval region) -> validation sums per user group (the champion rule's margins);
-    # (scorer, eval region, POWER_PART or OTHER_PART): the same on power users / the others
+    # (scorer, eval region, POWER_PART or OTHER_PART): the same on power users / the others;
+    # the natural test day's parts: ``add_gauge_groups`` (and the joint target's model sums
+    # under (scorer, eval region, part): the regional-vs-global test margins)
     groups: dict = field(default_factory=dict)
 
     @property
@@ -70,6 +72,26 @@ class SliceSums:
         if key not in self.groups:
             self.groups[key] = GroupSums()
         return self.groups[key]
+
+    def add_gauge_groups(self, part: tuple, target: str, groups: np.ndarray, y: np.ndarray,
+                         p: np.ndarray, pos: np.ndarray, posteriors: Mapping[str, Mapping | None],
+                         cache: dict, rows_key: Any) -> None:
+        """A model's sums per user group on a test-day part (scorer, region, part) and
+        ``target``, and each gauge form's (``GAUGE_FORMS``; ``posteriors``: form -> target ->
+        probabilities of the frame's rows, ``pos`` the model's) on the same rows, keyed
+        part + ("model" or form, target): ``gauge.build_gauge``'s ratio SEs. A form's sums
+        on rows ``rows_key`` are computed once into ``cache`` (the bucket's; test rows carry
+        no weights) and added to every candidate that scored those rows."""
+        self.groups_of(part + ("model", target)).add(groups, y, p, None)
+        for form in GAUGE_FORMS:
+            ref = posteriors.get(form)
+            if ref is None:
+                continue
+            batch = cache.get((rows_key, target, form, "groups"))
+            if batch is None:
+                batch = cache[(rows_key, target, form, "groups")] = GroupSums()
+                batch.add(groups, y, ref[target][pos], None)
+            self.groups_of(part + (form, target)).merge(batch)
 
     def merge(self, other: "SliceSums") -> None:
         """Add the sums of other buckets (another process's, ``stream``), as adding those

@@ -69,7 +69,9 @@ def build_headline(metrics: pd.DataFrame, champions: pd.DataFrame,
 
 
 # what the regional-vs-global table compares, per candidate (headline columns)
-SE_COLUMN = f"ratio_region_blind_se_{JOINT_TARGET}"  # the regional structure's one SE
+STRUCTURE_TARGETS = (JOINT_TARGET, GENDER_TARGET, AGE_TARGET)
+# the regional structure's SEs of model / region-blind, clustered by user
+SE_COLUMNS = [f"ratio_region_blind_se_{t}" for t in STRUCTURE_TARGETS]
 COMPARED = ("val_logloss", "logloss_age_gender", "macro_f1_age_gender")
 
 
@@ -116,14 +118,13 @@ def build_regional_structure(gauge: pd.DataFrame | None, champions: pd.DataFrame
     a reader who knows every generative table but what a device make means in this region
     loses (1 where the world puts no regional effect). ``ratio_region_blind_*`` = model /
     region-blind: below 1, the model knows more about the region than any region-blind model
-    can (``ratio_region_blind_se_age_gender``: its SE clustered by user, where the gauge has
-    it: ``gauge.build_gauge``); ``ratio_population_*`` = model / population, the fair bar.
+    can (``ratio_region_blind_se_*``: its SE clustered by user, where the gauge has it:
+    ``gauge.build_gauge``); ``ratio_population_*`` = model / population, the fair bar.
     Empty without a region-blind gauge (real data, or a world without regional effects)."""
     ident = ["eval_region", "model", "region", "config_id"]
     cols = ["region", "candidate", "trained_on", "champion"] + [
-        f"{m}_{t}" for m in ("effect", "ratio_region_blind", "ratio_population")
-        for t in (JOINT_TARGET, GENDER_TARGET, AGE_TARGET)]
-    cols.insert(cols.index(f"ratio_region_blind_{JOINT_TARGET}") + 1, SE_COLUMN)
+        f"{m}_{t}" for m in ("effect", "ratio_region_blind", "ratio_region_blind_se",
+                             "ratio_population") for t in STRUCTURE_TARGETS]
     if (gauge is None or gauge.empty or "ratio_region_blind" not in gauge.columns
             or gauge["ratio_region_blind"].isna().all()):
         return pd.DataFrame(columns=cols)
