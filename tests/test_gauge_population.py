@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pythia.evaluate.gauge import (GAUGE_SLICES, build_gauge, gauge_by_slice, population_of,
-                                   print_gauge_slices)
+                                   print_gauge_slices, with_ses)
 from pythia.evaluate.margins import MIN_USER_GROUPS, user_groups
 from pythia.evaluate.stream import score_streaming
 from pythia.features import (IS_POWER_USER, LABEL_PROVIDER, TARGETS, TEST_NATURAL,
@@ -223,7 +223,18 @@ def test_the_gauge_ratios_carry_user_clustered_ses_of_the_rows(tiny):  # noqa: F
     assert s.loc[s["label_source"] == "truth", se_cols].isna().all().all()
     out = io.StringIO()
     print_gauge_slices(g, champions, out)
-    assert "*_se_* = the SE of the ratio before it, clustered by user" in out.getvalue()
+    text = out.getvalue()
+    assert "± its SE, clustered by user (provider labels)" in text and "_se_" not in text
+    shown = with_ses(s)  # each ratio with its SE as text; the ratio alone without one
+    nat = s[(s["test_set"] == "natural") & (s["label_source"] == "provider")].index[0]
+    r, se = s.loc[nat, "ratio_population_age_gender"], s.loc[nat, "ratio_population_se_age_gender"]
+    assert shown.loc[nat, "ratio_population_age_gender"] == f"{r:.4f} ± {se:.4f}"
+    assert f"{r:.4f} ± {se:.4f}" in text
+    truth = s[(s["test_set"] == "natural") & (s["label_source"] == "truth")].index[0]
+    assert shown.loc[truth, "ratio_age"] == f"{s.loc[truth, 'ratio_age']:.4f}"
+    assert not [c for c in shown.columns if "_se_" in c]
+    assert with_ses(s, 3).loc[nat, "ratio_age"] == (f"{s.loc[nat, 'ratio_age']:.3f} ± "
+                                                    f"{s.loc[nat, 'ratio_se_age']:.3f}")
     # without the sums (an older run's gauge): no SE columns in the table
     plain = build_gauge(scored.metrics)
     assert plain["ratio_se"].isna().all()

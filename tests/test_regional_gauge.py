@@ -152,11 +152,14 @@ def test_the_region_blind_ratio_has_the_user_clustered_se_of_its_rows(scored):
     assert table[SE_COLUMNS].notna().all().all()
     out = io.StringIO()
     print_regional_structure(gauge, champions, out)
-    assert "ratio_region_blind_se_*: its SE, clustered by user" in out.getvalue()
+    assert "(± its SE, clustered by user)" in out.getvalue() and "_se_" not in out.getvalue()
+    se = table.loc[("APAC", "knows/global#0"), "ratio_region_blind_se_gender"]
+    ratio = table.loc[("APAC", "knows/global#0"), "ratio_region_blind_gender"]
+    assert f"{ratio:.4f} ± {se:.4f}" in out.getvalue()
     # a gauge from before the SEs: the columns are left out of the print
     out = io.StringIO()
     print_regional_structure(gauge.assign(ratio_region_blind_se=np.nan), champions, out)
-    assert "_se_" not in out.getvalue() and "knows/global#0" in out.getvalue()
+    assert "±" not in out.getvalue() and "knows/global#0" in out.getvalue()
 
 
 def test_no_table_without_a_region_blind_gauge(scored):

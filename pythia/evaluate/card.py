@@ -65,6 +65,8 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
     """
     from metaflow.cards import Markdown, Table
 
+    from pythia.evaluate.gauge import with_ses
+
     for key in ("champions", "headline", "figures"):
         if key not in results:
             raise ValueError(f"results lack {key!r}: pass the dict evaluate.run returned")
@@ -90,7 +92,9 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
     card.append(Table.from_dataframe(_fmt(results["headline"]), truncate=False))
     _append_explained_table(card, _MODEL_VERDICTS, results.get("model_verdicts"))
     _append_regional_vs_global(card, results.get("regional_vs_global"))
-    _append_explained_table(card, _REGIONAL_STRUCTURE, results.get("regional_structure"))
+    structure = results.get("regional_structure")
+    _append_explained_table(card, _REGIONAL_STRUCTURE,
+                            None if structure is None else with_ses(structure))
 
     gauge = results.get("gauge")
     if gauge is not None and len(gauge):
@@ -172,7 +176,7 @@ _REGIONAL_STRUCTURE = (
     "candidate that scores the region, global (`trained_on` global) and regional: "
     "`ratio_region_blind_*` = model / region-blind posterior, below 1 when the model knows "
     "more about the region than any model blind to its regional effects could "
-    "(`ratio_region_blind_se_*`: its SE, clustered by user); "
+    "(± its SE, clustered by user); "
     "`ratio_population_*` = model / population posterior. A global model that sees "
     "`region_device_make` can learn the effects as well as a regional one.")
 
@@ -191,9 +195,9 @@ _GAUGE_SLICES = (
     "lands between the population and the in-between ones. On new users the fair bar is "
     "`ratio_population_*`: their rows are not in training, so the population posterior is "
     "all a reader of the training rows can know of them (the realised one knows the drawn "
-    "users). `ratio_se_*` and `ratio_population_se_*`: the SEs of those ratios (provider "
-    "labels), clustered by user: a slice of a few heavy users (new power users) moves by "
-    "far more than its row count suggests.")
+    "users). Against provider labels each ratio is given ± its SE, clustered by user: a "
+    "slice of a few heavy users (new power users) moves by far more than its row count "
+    "suggests.")
 
 
 def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
@@ -203,7 +207,10 @@ def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
 
 def _append_gauge_slices(card: Any, table: pd.DataFrame | None) -> None:
     """Each region's chosen candidate against the posteriors on the natural slices."""
-    _append_explained_table(card, _GAUGE_SLICES, table, 3)
+    from pythia.evaluate.gauge import with_ses
+
+    _append_explained_table(card, _GAUGE_SLICES,
+                            None if table is None else with_ses(table, 3), 3)
 
 
 def baseline_warnings(champions: pd.DataFrame) -> list[str]:

@@ -258,6 +258,22 @@ def gauge_by_slice(gauge: pd.DataFrame | None, champions: pd.DataFrame) -> pd.Da
             .reset_index(drop=True))
 
 
+def with_ses(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """``table`` for reading: each ratio with an SE column (``<m>_se_<t>`` beside ``<m>_<t>``)
+    shown as text, "1.0141 ± 0.0035" (the ratio alone where its SE is missing), and the SE
+    columns dropped; other columns as they are."""
+    out = table.copy()
+    for se in [c for c in table.columns if "_se_" in c]:
+        ratio = se.replace("_se_", "_", 1)
+        if ratio not in out.columns:
+            continue
+        out[ratio] = [("" if pd.isna(r) else f"{r:.{digits}f}")
+                      + ("" if pd.isna(r) or pd.isna(s) else f" ± {s:.{digits}f}")
+                      for r, s in zip(out[ratio], out[se])]
+        out = out.drop(columns=se)
+    return out
+
+
 def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
     """Print ``gauge_by_slice`` of a run's gauge and champions artifacts (nothing without a
     world), for `pythia report`."""
@@ -276,10 +292,9 @@ def print_gauge_slices(gauge: Any, champions: Any, out: TextIO) -> None:
                               "bar is ratio_population_*: the training rows say nothing "
                               "about them")
         if any("_se_" in c for c in table.columns):
-            legend.append("*_se_* = the SE of the ratio before it, clustered by user "
-                          "(provider labels)")
+            legend.append("± its SE, clustered by user (provider labels)")
         print(f"\nBayes gauge per slice ({'; '.join(legend)}; same rows)", file=out)
-        print(table.to_string(index=False), file=out)
+        print(with_ses(table).to_string(index=False), file=out)
 
 
 def print_regional_structure(gauge: Any, champions: Any, out: TextIO) -> None:
@@ -291,11 +306,11 @@ def print_regional_structure(gauge: Any, champions: Any, out: TextIO) -> None:
         return
     table = build_regional_structure(pd.DataFrame(gauge), pd.DataFrame(champions))
     if len(table):
-        se = "; ratio_region_blind_se_*: its SE, clustered by user"
+        se = " (± its SE, clustered by user)"
         if table[SE_COLUMNS].isna().all().all():  # a run from before the SEs
             table, se = table.drop(columns=SE_COLUMNS), ""
         print("\nRegional structure (natural test day, provider labels; effect_* = region-blind"
               " / population posterior: what the world's regional make effects are worth; "
               "ratio_region_blind_* = model / region-blind posterior, below 1: the model "
               f"learnt some of them{se}; same rows)", file=out)
-        print(table.to_string(index=False), file=out)
+        print(with_ses(table).to_string(index=False), file=out)
