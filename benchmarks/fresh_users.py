@@ -136,8 +136,10 @@ def log_loss(p: np.ndarray, y: np.ndarray) -> float:
 def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age: int,
                 regions: np.ndarray | None = None) -> pd.DataFrame:
     """Per scorer and slice: log-loss per target, and scorer / population on the same rows
-    (``probs['population']`` must be there). ``regions`` (each row's model region) adds the
-    slices ``<region>`` and ``<region> non_power``."""
+    (``probs['population']`` must be there), AgeGender's with its SE clustered by user
+    (``age_gender_x_pop_se``). ``regions`` (each row's model region) adds the slices
+    ``<region>`` and ``<region> non_power``."""
+    from pythia.evaluate.margins import row_ratio_se
     from pythia.features import IS_POWER_USER, USER_IMPRESSIONS_TODAY
 
     power = df[IS_POWER_USER].to_numpy(bool)
@@ -149,6 +151,12 @@ def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age
         masks[f"{region} non_power"] = masks[str(region)] & ~power
     y_ag = df["y_age_gender"].to_numpy(np.int64)
     y = {"age_gender": y_ag, "gender": y_ag // n_age, "age": y_ag % n_age}
+    users_of = df["user_id"].to_numpy(dtype=object)
+
+    def row_losses(p: np.ndarray) -> np.ndarray:
+        return -np.log(np.clip(p[np.arange(len(y_ag)), y_ag], 1e-15, 1.0))
+
+    losses = {name: row_losses(p["age_gender"]) for name, p in probs.items()}
     rows = []
     for slice_name, m in masks.items():
         if not m.any():
@@ -161,6 +169,9 @@ def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age
                 ll = log_loss(p[t][m], y[t][m])
                 rec[t] = round(ll, 4)
                 rec[f"{t}_x_pop"] = round(ll / ref[t], 4)
+                if t == "age_gender":
+                    rec["age_gender_x_pop_se"] = round(row_ratio_se(
+                        losses[name][m], losses["population"][m], users_of[m]), 4)
             rows.append(rec)
     return pd.DataFrame(rows)
 

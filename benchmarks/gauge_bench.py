@@ -50,16 +50,6 @@ def row_losses(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def ratio_se(model: np.ndarray, ref: np.ndarray, users: np.ndarray) -> float:
-    """The SE of sum(model) / sum(ref) over rows, clustered by user (the delta method:
-    ``evaluate.margins.ratio_se`` with one cluster per user instead of per user group)."""
-    ok = ~np.isnan(model)
-    codes = pd.factorize(pd.Series(users[ok]), use_na_sentinel=False)[0]
-    r = model[ok].sum() / ref[ok].sum()
-    e = np.bincount(codes, weights=model[ok] - r * ref[ok])
-    return float(np.sqrt((e ** 2).sum()) / ref[ok].sum())
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="DemoFlow run id")
@@ -87,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from metaflow import Run, namespace
 
+    from pythia.evaluate.margins import row_ratio_se
     from pythia.synth import check_world, load_world
     from pythia.synth.in_between import in_between_world, read_observed
 
@@ -173,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{slice_name:>22} {source:>8} {t:>10} {mean['model']:8.4f} "
                           + " ".join(f"{mean[g]:10.4f}" for g in gauges)
                           + "".join(f" {mean['model'] / mean[g]:10.4f} ± "
-                                    f"{ratio_se(loss['model'], loss[g], users[m]):.4f}"
+                                    f"{row_ratio_se(loss['model'], loss[g], users[m]):.4f}"
                                     for g in bases))
     return 0
 

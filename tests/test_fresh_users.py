@@ -92,6 +92,33 @@ def test_slice_table_is_relative_to_the_population_on_the_same_rows():
     assert table.loc[("mixed", "NA"), "age_gender_x_pop"] == pytest.approx(
         np.log(0.5) / np.log(1 / 12), abs=1e-4)
     assert table.loc[("mixed", "all"), "rows"] == 6  # the other slices stay
+    # four users are too few for an SE of the ratio; the population against itself has none
+    assert np.isnan(table.loc[("good", "all"), "age_gender_x_pop_se"])
+
+
+def test_slice_table_gives_the_ratio_se_clustered_by_user():
+    from pythia.evaluate.margins import row_ratio_se
+
+    rng = np.random.default_rng(4)
+    n_age, n = 6, 3000
+    users = rng.integers(0, 300, n)
+    y = rng.integers(0, 12, n)
+    p_pop = rng.dirichlet(np.ones(12), n)
+    p_model = 0.7 * p_pop + 0.3 * rng.dirichlet(np.ones(12), n)
+    df = pd.DataFrame({"user_id": [f"u{u}" for u in users], "y_age_gender": y,
+                       features.IS_POWER_USER: users < 30,
+                       features.USER_IMPRESSIONS_TODAY: np.zeros(n, int)})
+    probs = {name: features.marginals_from_joint(p, n_age)
+             for name, p in (("population", p_pop), ("model", p_model))}
+    table = fu.slice_table(probs, df, n_age).set_index(["scorer", "slice"])
+    rows = np.arange(n)
+    loss_m, loss_p = -np.log(p_model[rows, y]), -np.log(p_pop[rows, y])
+    for slice_name, m in (("all", np.ones(n, bool)), ("non_power", users >= 30),
+                          ("power", users < 30)):
+        want = row_ratio_se(loss_m[m], loss_p[m], df["user_id"].to_numpy()[m])
+        assert table.loc[("model", slice_name), "age_gender_x_pop_se"] == pytest.approx(
+            want, abs=5e-5) and want > 0
+    assert table.loc[("population", "all"), "age_gender_x_pop_se"] == 0
 
 
 def test_per_bin_scales_undo_a_bins_over_confidence():

@@ -15,7 +15,7 @@ from pythia.config import DeployConfig, RunParams, read_deploy_config
 from pythia.evaluate.champions import choose_bundle_models, select_champions
 from pythia.evaluate.io import importance_weights
 from pythia.evaluate.margins import (GroupSums, Margin, margin_lookup, paired_margin,
-                                     ratio_se, user_groups)
+                                     ratio_se, row_ratio_se, user_groups)
 from pythia.evaluate.stats import row_log_loss
 from pythia.evaluate.stream import score_streaming
 from pythia.features import age_gender_index
@@ -412,6 +412,21 @@ def test_the_ratio_se_is_the_spread_of_the_ratio_over_draws_of_users():
     spread = np.std(ratios, ddof=1)
     assert np.mean(ses) == pytest.approx(spread, rel=0.15)
     assert np.mean(row_ses) < 0.5 * spread  # rows taken as independent: far too small
+
+
+def test_the_ratio_se_from_rows_is_the_streamed_one_with_a_group_per_user():
+    rng = np.random.default_rng(9)
+    user, model, ref = _clustered_losses(rng, 80)
+    ids = np.array([f"u{u}" for u in user], dtype=object)
+    n = user.max() + 1
+    want = ratio_se(_group_sums(model, user, n), _group_sums(ref, user, n))
+    assert row_ratio_se(model, ref, ids) == pytest.approx(want, rel=1e-12)
+    # unlabelled rows (NaN losses) are left out, as the streamed sums skip them
+    gap = np.where(np.arange(len(model)) % 7 == 0, np.nan, model)
+    keep = ~np.isnan(gap)
+    assert row_ratio_se(gap, ref, ids) == pytest.approx(
+        row_ratio_se(model[keep], ref[keep], ids[keep]), rel=1e-12)
+    assert math.isnan(row_ratio_se(model[:30], ref[:30], ids[:30]))  # a few users: no SE
 
 
 def test_the_ratio_se_needs_the_same_rows_and_enough_groups():

@@ -150,6 +150,27 @@ def ratio_se(model: GroupSums, reference: GroupSums,
     return float(np.sqrt(((model.loss - r * reference.loss) ** 2).sum()) / total)
 
 
+def row_ratio_se(model_loss: np.ndarray, ref_loss: np.ndarray, clusters: np.ndarray,
+                 min_groups: int = MIN_USER_GROUPS) -> float:
+    """The in-memory reference of ``ratio_se``: the per-row log-losses of a model and a
+    reference on the same rows (NaN rows, e.g. unlabelled, are left out), clustered by
+    ``clusters`` (user ids, or user groups; nulls are one cluster)."""
+    model_loss = np.asarray(model_loss, dtype=np.float64)
+    ref_loss = np.asarray(ref_loss, dtype=np.float64)
+    ok = ~(np.isnan(model_loss) | np.isnan(ref_loss))
+    codes, _ = pd.factorize(pd.Series(np.asarray(clusters, dtype=object)[ok]),
+                            use_na_sentinel=False)
+    n = int(codes.max()) + 1 if len(codes) else 0
+    sums = []
+    for loss in (model_loss[ok], ref_loss[ok]):
+        s = GroupSums(n)
+        s.rows += np.bincount(codes, minlength=n)
+        s.weight += np.bincount(codes, minlength=n).astype(np.float64)
+        s.loss += np.bincount(codes, weights=loss, minlength=n)
+        sums.append(s)
+    return ratio_se(*sums, min_groups=min_groups)
+
+
 def margin_lookup(groups: Mapping[tuple, GroupSums]) -> MarginLookup:
     """``margin(key_a, key_b, region)`` over sums keyed (scorer key, eval region)."""
     def margin(a: tuple, b: tuple, region: str) -> Margin | None:
