@@ -36,8 +36,8 @@ MARGIN_COLUMNS = ["margin_vs", "margin_diff", "margin_se", "margin_z", "z_min"]
 POWER_PART, OTHER_PART = "power_users", "other_users"
 # the natural test day's slices as parts (test set -> part): the regional-vs-global table's
 # test margins (the whole day, its new users: held out of train) and the gauge's ratio SEs
-# (every slice, with the realised and population posteriors' sums on the same rows:
-# (scorer, region, part, form), form in GAUGE_FORMS)
+# (every slice and target: the model's sums and each GAUGE_FORMS posterior's on the same
+# rows, keyed (scorer, region, part, "model" or form, target): ``SliceSums.add_gauge_groups``)
 TEST_PARTS = {t: f"{t}_test" for t in (NATURAL, NATURAL_NO_POWER_USERS, NATURAL_POWER_USERS,
                                        NATURAL_NEW_USERS)}
 TEST_PART, NEW_USERS_TEST_PART = TEST_PARTS[NATURAL], TEST_PARTS[NATURAL_NEW_USERS]
