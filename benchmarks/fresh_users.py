@@ -133,13 +133,10 @@ def log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))))
 
 
-def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age: int,
-                regions: np.ndarray | None = None) -> pd.DataFrame:
-    """Per scorer and slice: log-loss per target, and scorer / population on the same rows
-    (``probs['population']`` must be there), AgeGender's with its SE clustered by user
-    (``age_gender_x_pop_se``). ``regions`` (each row's model region) adds the slices
-    ``<region>`` and ``<region> non_power``."""
-    from pythia.evaluate.margins import row_ratio_se
+def slice_masks(df: pd.DataFrame, regions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The slices' rows: all, non-power and power user-days, 100+ impressions earlier that
+    day, and with ``regions`` (each row's model region) ``<region>`` and ``<region>
+    non_power``."""
     from pythia.features import IS_POWER_USER, USER_IMPRESSIONS_TODAY
 
     power = df[IS_POWER_USER].to_numpy(bool)
@@ -149,6 +146,57 @@ def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age
     for region in sorted(set(regions)) if regions is not None else ():
         masks[str(region)] = np.asarray(regions) == region
         masks[f"{region} non_power"] = masks[str(region)] & ~power
+    return masks
+
+
+def paired_table(probs: dict[str, dict[str, np.ndarray]],
+                 other: dict[str, dict[str, np.ndarray]], df: pd.DataFrame,
+                 masks: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per scorer of both runs (not the posteriors) and slice, on the same fresh users: this
+    run's AgeGender log-loss minus the other's, × the population posterior's (``diff_x_pop``:
+    the difference of their ``age_gender_x_pop``), with its SE clustered by user and z. Paired
+    on the same rows, it is far finer than either figure's own SE."""
+    from pythia.evaluate.margins import paired_margin
+
+    y = df["y_age_gender"].to_numpy(np.int64)
+    users = df["user_id"].to_numpy(dtype=object)
+
+    def loss(p: np.ndarray) -> np.ndarray:
+        return -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
+
+    pop = loss(probs["population"]["age_gender"])
+    rows = []
+    for name in [n for n in probs if n in other and n not in ("population", "region_blind")]:
+        d = loss(probs[name]["age_gender"]) - loss(other[name]["age_gender"])
+        for slice_name, m in masks.items():
+            if not m.any():
+                continue
+            mg = paired_margin(d[m], np.ones(int(m.sum())), users[m])
+            scale = float(pop[m].mean())
+            rows.append({"scorer": name, "slice": slice_name, "rows": int(m.sum()),
+                         "diff_x_pop": round(mg.diff / scale, 4),
+                         "se": round(mg.se / scale, 4), "z": round(mg.z, 2)})
+    return pd.DataFrame(rows)
+
+
+def same_fresh_users(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
+    """Why two runs' fresh rows cannot be paired (None: the same rows, users and labels)."""
+    for column in ("user_id", "y_age_gender"):
+        if len(a) != len(b) or not np.array_equal(a[column].to_numpy(), b[column].to_numpy()):
+            return (f"their fresh rows differ in {column!r} ({len(a):,} and {len(b):,} rows): "
+                    "another world, or other providers labelling the users")
+    return None
+
+
+def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age: int,
+                regions: np.ndarray | None = None) -> pd.DataFrame:
+    """Per scorer and slice: log-loss per target, and scorer / population on the same rows
+    (``probs['population']`` must be there), AgeGender's with its SE clustered by user
+    (``age_gender_x_pop_se``). ``regions`` (each row's model region) adds the slices
+    ``<region>`` and ``<region> non_power``."""
+    from pythia.evaluate.margins import row_ratio_se
+
+    masks = slice_masks(df, regions)
     y_ag = df["y_age_gender"].to_numpy(np.int64)
     y = {"age_gender": y_ag, "gender": y_ag // n_age, "age": y_ag % n_age}
     users_of = df["user_id"].to_numpy(dtype=object)
@@ -373,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="bin user_impressions_today as it is (count) or as the day's "
                     "projected impressions, (count + 1) * 24 / (hours since UTC midnight "
                     "+ 0.5) (rate)")
+    ap.add_argument("--versus", metavar="RUN",
+                    help="another run on the same world: also score its candidates of the "
+                    "same names (and its bundle) on the same fresh users, and print this "
+                    "run's minus its, paired, with SEs clustered by user")
     ap.add_argument("--by-region", action="store_true",
                     help="also slice by model region, with the world's region-blind "
                     "population posterior (``region_blind``) as a scorer")
@@ -427,6 +479,18 @@ def main(argv: list[str] | None = None) -> int:
     table = slice_table(probs, df, n_age, regions)
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.to_string(index=False))
+    if args.versus:
+        df2, probs2, _, _ = score_fresh(args.versus, args.candidates, args.users, args.stream,
+                                        hours)
+        why = same_fresh_users(df, df2)
+        if why:
+            raise SystemExit(f"--versus {args.versus}: runs {args.run} and {args.versus} "
+                             f"cannot be paired: {why}")
+        paired = paired_table(probs, probs2, df, slice_masks(df, regions))
+        print(f"\nrun {args.run} minus run {args.versus} on the same fresh users (AgeGender "
+              "log-loss / the population posterior's; SE clustered by user)")
+        with pd.option_context("display.width", 200, "display.max_rows", 200):
+            print(paired.to_string(index=False))
     if args.json:
         with open(args.json, "w", encoding="utf8") as f:
             json.dump(table.to_dict(orient="records"), f, indent=1)

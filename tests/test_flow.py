@@ -261,6 +261,22 @@ def test_fresh_users_scores_the_global_candidates_and_the_bundle(tiny_run, tmp_p
         fu.main(["--run", tiny_run.id, "--candidates", "mlp/MARS#0"])
 
 
+def test_fresh_users_pairs_two_runs_on_the_same_users(tiny_run, capsys):
+    """``--versus RUN``: the other run's candidates of the same names on the same fresh users,
+    this run's minus its, paired; a run against itself differs by nothing."""
+    from repo_modules import load_repo_module
+    fu = load_repo_module("benchmarks/fresh_users.py")
+    assert fu.main(["--run", tiny_run.id, "--users", "1500", "--candidates", "logreg/global#0",
+                    "--versus", tiny_run.id]) == 0
+    out = capsys.readouterr().out
+    paired = out.split(f"minus run {tiny_run.id} on the same fresh users")[1].splitlines()[2:]
+    rows = [line.split() for line in paired if line.strip()]
+    assert {r[0] for r in rows} == {"logreg/global#0", "bundle"}
+    # no difference; a slice of fewer than 20 users has no SE
+    assert all(float(r[3]) == 0 and r[4] in ("0.0", "NaN") for r in rows), rows
+    assert any(r[4] == "0.0" for r in rows)
+
+
 def test_score_cli_matches_evaluation(tiny_run, tmp_path, monkeypatch):
     """Scoring test-day rows through the exported bundle reproduces the run's predictions."""
     import io

@@ -209,3 +209,44 @@ def test_a_regenerated_world_is_refused_by_its_fingerprint(world, tmp_path):
         with pytest.raises(ValueError, match="not the synthetic world the run was made on") as e:
             load()
         assert copy in str(e.value) and "\n" not in str(e.value)
+
+
+def test_paired_table_gives_one_runs_minus_the_others_on_the_same_users():
+    """``--versus``: per scorer of both runs, this run's AgeGender log-loss minus the other's
+    on the same fresh rows, × the population's, with an SE clustered by user."""
+    from pythia.evaluate.margins import paired_margin
+
+    rng = np.random.default_rng(5)
+    n_age, n = 6, 4000
+    users = rng.integers(0, 400, n)
+    y = rng.integers(0, 12, n)
+    p_pop = rng.dirichlet(np.ones(12) * 3, n)
+    p_b = 0.8 * p_pop + 0.2 / 12
+    p_a = p_b.copy()
+    better = users < 200  # run A knows half the users' class a little better
+    p_a[better] = 0.9 * p_b[better] + 0.1 * np.eye(12)[y[better]]
+    df = pd.DataFrame({"user_id": [f"u{u}" for u in users], "y_age_gender": y,
+                       features.IS_POWER_USER: users < 40,
+                       features.USER_IMPRESSIONS_TODAY: np.zeros(n, int)})
+    run_a = {"population": features.marginals_from_joint(p_pop, n_age),
+             "mlp/global#0": features.marginals_from_joint(p_a, n_age),
+             "bundle": features.marginals_from_joint(p_b, n_age)}
+    run_b = {"population": run_a["population"],
+             "mlp/global#0": features.marginals_from_joint(p_b, n_age),
+             "bundle": features.marginals_from_joint(p_b, n_age),
+             "logreg/global#0": features.marginals_from_joint(p_pop, n_age)}
+    table = fu.paired_table(run_a, run_b, df, fu.slice_masks(df)).set_index(["scorer", "slice"])
+    assert set(table.index.get_level_values(0)) == {"mlp/global#0", "bundle"}  # in both runs
+    rows = np.arange(n)
+    la, lb, lp = (-np.log(p[rows, y]) for p in (p_a, p_b, p_pop))
+    want = paired_margin(la - lb, np.ones(n), df["user_id"].to_numpy())
+    got = table.loc[("mlp/global#0", "all")]
+    assert got["diff_x_pop"] == pytest.approx(want.diff / lp.mean(), abs=1e-4)
+    assert got["diff_x_pop"] < 0
+    assert got["se"] == pytest.approx(want.se / lp.mean(), abs=1e-4) and got["z"] < -5
+    assert table.loc[("bundle", "all"), "diff_x_pop"] == 0  # the same probabilities
+    assert table.loc[("mlp/global#0", "power"), "rows"] == int((users < 40).sum())
+    assert fu.same_fresh_users(df, df.copy()) is None
+    other = df.assign(y_age_gender=np.roll(y, 1))
+    assert "differ in 'y_age_gender'" in fu.same_fresh_users(df, other)
+    assert "differ in 'user_id'" in fu.same_fresh_users(df, df.iloc[1:])
