@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run {args.run}: {len(test)} test_natural rows ({int(power.sum())} of power users, "
           f"{int(held.sum())} of new users); "
           f"{between_note}; gauges " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    print("slices: " + "; ".join(f"{k} {int(m.sum()):,} rows of {test[USER_ID][m].nunique():,} "
+                                 "users" for k, m in masks.items()))
     bases = [g for g in GAUGES if g in gauges]  # the ratios' gauges (population: new users')
     ratios = " ".join(f"{'model/' + g[:4]:>10}" for g in bases)
     users = test[USER_ID].to_numpy(dtype=object)
