@@ -235,6 +235,11 @@ def test_the_gauge_ratios_carry_user_clustered_ses_of_the_rows(tiny):  # noqa: F
     assert not [c for c in shown.columns if "_se_" in c]
     assert with_ses(s, 3).loc[nat, "ratio_age"] == (f"{s.loc[nat, 'ratio_age']:.3f} ± "
                                                     f"{s.loc[nat, 'ratio_se_age']:.3f}")
+    # real data (no world): no posterior, so no gauge sums kept; the joint target's test
+    # parts (the regional-vs-global margins) stay
+    real = score_streaming(candidates, manifest, EDGES, None, bucket_rows=97).sums.groups
+    assert not [k for k in real if len(k) == 5] and [k for k in real if len(k) == 3]
+    assert len([k for k in scored.sums.groups if len(k) == 5 and k[3] == "model"]) > 20
     # without the sums (an older run's gauge): no SE columns in the table
     plain = build_gauge(scored.metrics)
     assert plain["ratio_se"].isna().all()

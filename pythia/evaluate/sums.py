@@ -81,7 +81,10 @@ class SliceSums:
         probabilities of the frame's rows, ``pos`` the model's) on the same rows, keyed
         part + ("model" or form, target): ``gauge.build_gauge``'s ratio SEs. A form's sums
         on rows ``rows_key`` are computed once into ``cache`` (the bucket's; test rows carry
-        no weights) and added to every candidate that scored those rows."""
+        no weights) and added to every candidate that scored those rows. Nothing without a
+        posterior (real data): there is no ratio to give an SE."""
+        if all(posteriors.get(form) is None for form in GAUGE_FORMS):
+            return
         self.groups_of(part + ("model", target)).add(groups, y, p, None)
         for form in GAUGE_FORMS:
             ref = posteriors.get(form)
