@@ -68,10 +68,10 @@ def build_headline(metrics: pd.DataFrame, champions: pd.DataFrame,
     return head.drop(columns="_bayes").reset_index(drop=True)
 
 
-# what the regional-vs-global table compares, per candidate (headline columns)
+# the regional structure's targets, and its SEs of model / region-blind, clustered by user
 STRUCTURE_TARGETS = (JOINT_TARGET, GENDER_TARGET, AGE_TARGET)
-# the regional structure's SEs of model / region-blind, clustered by user
 SE_COLUMNS = [f"ratio_region_blind_se_{t}" for t in STRUCTURE_TARGETS]
+# what the regional-vs-global table compares, per candidate (headline columns)
 COMPARED = ("val_logloss", "logloss_age_gender", "macro_f1_age_gender")
 
 
