@@ -129,8 +129,13 @@ def fresh_rows(params, n_users: int, stream: int, test_date, hours: list[int],
     return df
 
 
+def row_losses(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """-log p of each row's label (probabilities clipped at 1e-15)."""
+    return -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
+
+
 def log_loss(p: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))))
+    return float(row_losses(p, y).mean())
 
 
 def slice_masks(df: pd.DataFrame, regions: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -160,14 +165,10 @@ def paired_table(probs: dict[str, dict[str, np.ndarray]],
 
     y = df["y_age_gender"].to_numpy(np.int64)
     users = df["user_id"].to_numpy(dtype=object)
-
-    def loss(p: np.ndarray) -> np.ndarray:
-        return -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
-
-    pop = loss(probs["population"]["age_gender"])
+    pop = row_losses(probs["population"]["age_gender"], y)
     rows = []
     for name in [n for n in probs if n in other and n not in ("population", "region_blind")]:
-        d = loss(probs[name]["age_gender"]) - loss(other[name]["age_gender"])
+        d = row_losses(probs[name]["age_gender"], y) - row_losses(other[name]["age_gender"], y)
         for slice_name, m in masks.items():
             if not m.any():
                 continue
@@ -200,11 +201,7 @@ def slice_table(probs: dict[str, dict[str, np.ndarray]], df: pd.DataFrame, n_age
     y_ag = df["y_age_gender"].to_numpy(np.int64)
     y = {"age_gender": y_ag, "gender": y_ag // n_age, "age": y_ag % n_age}
     users_of = df["user_id"].to_numpy(dtype=object)
-
-    def row_losses(p: np.ndarray) -> np.ndarray:
-        return -np.log(np.clip(p[np.arange(len(y_ag)), y_ag], 1e-15, 1.0))
-
-    losses = {name: row_losses(p["age_gender"]) for name, p in probs.items()}
+    losses = {name: row_losses(p["age_gender"], y_ag) for name, p in probs.items()}
     rows = []
     for slice_name, m in masks.items():
         if not m.any():

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from pythia.config import GLOBAL_REGION
+from pythia.evaluate.gauge import with_ses
 
 FIGURE_KINDS = (
     ("per_class_f1", "Per-class F1 of the best candidates (and the exact posterior when known)"),
@@ -64,8 +65,6 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
             and a warning when its train tasks ran on different ones); none: no section.
     """
     from metaflow.cards import Markdown, Table
-
-    from pythia.evaluate.gauge import with_ses
 
     for key in ("champions", "headline", "figures"):
         if key not in results:
@@ -207,8 +206,6 @@ def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:
 
 def _append_gauge_slices(card: Any, table: pd.DataFrame | None) -> None:
     """Each region's chosen candidate against the posteriors on the natural slices."""
-    from pythia.evaluate.gauge import with_ses
-
     _append_explained_table(card, _GAUGE_SLICES,
                             None if table is None else with_ses(table, 3), 3)
 
