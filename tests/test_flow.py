@@ -196,6 +196,11 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     assert f"stack: python {platform.python_version()}, numpy {version('numpy')}" in out
     assert "DIFFERENT STACKS" not in out  # every train task ran here
     assert "(validation scored out of fold in: no region; in-sample elsewhere" in out  # tiny
+    # every regional candidate, regional - global on the same rows (tables.regional_vs_global)
+    rvg = tiny_run.data.regional_vs_global
+    assert len(rvg) and "Regional vs global (AgeGender log-loss" in out
+    for m, r, k in zip(rvg["model"], rvg["region"], rvg["config_id"]):
+        assert f"{m}/{r}#{int(k)}" in out.split("Regional vs global")[1]
     assert main(["runs", "-n", "3"]) == 0
     out = capsys.readouterr().out
     assert tiny_run.id in out

@@ -274,6 +274,55 @@ def test_regional_vs_global_pairs_a_family_on_the_same_rows():
     assert build_regional_vs_global(headline.iloc[0:0], cands).empty
 
 
+def test_report_prints_regional_minus_global_with_its_noise():
+    """`pythia report`'s "Regional vs global": per regional candidate, regional - global on
+    validation, the natural test day and its new users, ± SE (z); the champion flag; a run
+    from before the paired margins shows the test difference alone; nothing without rows."""
+    import io
+
+    import pandas as pd
+
+    from pythia.evaluate.tables import print_regional_vs_global, regional_vs_global_text
+
+    table = pd.DataFrame([
+        {"region": "APAC", "model": "mlp", "config_id": 0, "start_from": "mlp/global#0",
+         "gain_logloss_age_gender": 0.0026, "val_diff": -0.0024, "val_se": 0.0019,
+         "val_z": -1.2632, "test_diff": -0.0026, "test_se": 0.0008, "test_z": -3.25,
+         "new_diff": 0.0003, "new_se": float("nan"), "new_z": float("nan")},
+        {"region": "EU", "model": "class_prior", "config_id": 0, "start_from": None,
+         "gain_logloss_age_gender": -0.01, "val_diff": 0.01, "val_se": 0.02, "val_z": 0.5,
+         "test_diff": 0.01, "test_se": 0.004, "test_z": 2.5, "new_diff": None,
+         "new_se": None, "new_z": None}])
+    champions = pd.DataFrame([
+        {"region": "APAC", "model": "mlp", "candidate_region": "APAC", "config_id": 0,
+         "blessed": True},
+        {"region": "EU", "model": "class_prior", "candidate_region": "EU", "config_id": 0,
+         "blessed": False}])
+    text = regional_vs_global_text(table, champions).set_index("candidate")
+    apac = text.loc["mlp/APAC#0"]
+    assert apac["champion"] and apac["start_from"] == "mlp/global#0"
+    assert apac["val_regional_minus_global"] == "-0.0024 ± 0.0019 (z -1.26)"
+    assert apac["test_regional_minus_global"] == "-0.0026 ± 0.0008 (z -3.25)"
+    assert apac["new_regional_minus_global"] == "+0.0003"  # no SE: the difference alone
+    eu = text.loc["class_prior/EU#0"]
+    assert not eu["champion"] and eu["start_from"] == "-"  # not blessed; trained from scratch
+    assert eu["new_regional_minus_global"] == ""
+    # a run from before the margins: the test difference is -gain, nothing else
+    old = regional_vs_global_text(table[["region", "model", "config_id", "start_from",
+                                         "gain_logloss_age_gender"]], None)
+    assert old["test_regional_minus_global"].tolist() == ["-0.0026", "+0.0100"]
+    assert (old["val_regional_minus_global"] == "").all() and not old["champion"].any()
+    out = io.StringIO()
+    print_regional_vs_global(table, champions, out)
+    printed = out.getvalue()
+    assert printed.startswith("\nRegional vs global (AgeGender log-loss, regional - global")
+    assert "-0.0026 ± 0.0008 (z -3.25)" in printed and "class_prior/EU#0" in printed
+    out = io.StringIO()
+    print_regional_vs_global(table.iloc[0:0], champions, out)
+    print_regional_vs_global(None, champions, out)
+    assert out.getvalue() == ""
+
+
 def test_each_candidate_says_what_its_fit_did_on_its_one_train_line(
         fake_tfrecords, tmp_path, capsys, monkeypatch):
     """One line per candidate: the fit's own note (the C path; the warm start's gain) ends the

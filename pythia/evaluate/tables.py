@@ -153,3 +153,63 @@ def build_regional_structure(gauge: pd.DataFrame | None, champions: pd.DataFrame
             wide[c] = np.nan
     return (wide.sort_values(["region", "champion", f"ratio_region_blind_{JOINT_TARGET}"],
                              ascending=[True, False, True])[cols].reset_index(drop=True))
+
+
+# the regional-vs-global table's paired margins, regional - global on the same rows (AgeGender
+# log-loss): (column prefix, what it is scored on)
+MARGIN_PARTS = (("val", "validation"), ("test", "natural test day"),
+                ("new", "its new users"))
+
+
+def _margin_text(diff: Any, se: Any, z: Any) -> str:
+    """"-0.0026 ± 0.0008 (z -3.27)"; the difference alone without its SE, "" without it."""
+    if diff is None or pd.isna(diff):
+        return ""
+    if se is None or pd.isna(se) or z is None or pd.isna(z):
+        return f"{diff:+.4f}"
+    return f"{diff:+.4f} ± {se:.4f} (z {z:+.2f})"
+
+
+def regional_vs_global_text(table: pd.DataFrame, champions: pd.DataFrame | None
+                            ) -> pd.DataFrame:
+    """``build_regional_vs_global`` + ``margins.regional_margins`` for reading: per region and
+    model family, the regional candidate, what it started from, whether it is the region's
+    blessed champion, and regional - global AgeGender log-loss on the same rows, ± its SE
+    clustered by user and z, on validation, the natural test day and its new users."""
+    cols = ["region", "candidate", "start_from", "champion"] + [
+        f"{p}_regional_minus_global" for p, _ in MARGIN_PARTS]
+    if table is None or not len(table):
+        return pd.DataFrame(columns=cols)
+    t = table.copy()
+    t["candidate"] = (t["model"] + "/" + t["region"] + "#"
+                      + t["config_id"].astype("int64").astype(str))
+    t["start_from"] = t["start_from"].fillna("-")
+    blessed = set()
+    if champions is not None and len(champions):
+        c = champions[champions["blessed"].astype(bool)].dropna(subset=["model"])
+        blessed = set(zip(c["region"], c["model"], c["candidate_region"],
+                          c["config_id"].astype("int64")))
+    t["champion"] = [(r, m, r, int(k)) in blessed
+                     for r, m, k in zip(t["region"], t["model"], t["config_id"])]
+    for p, _ in MARGIN_PARTS:
+        diff = (t[f"{p}_diff"] if f"{p}_diff" in t.columns else
+                -t["gain_logloss_age_gender"] if p == "test" else pd.Series(np.nan, t.index))
+        se, z = (t.get(f"{p}_se"), t.get(f"{p}_z"))
+        t[f"{p}_regional_minus_global"] = [
+            _margin_text(d, None if se is None else se.iloc[i], None if z is None else z.iloc[i])
+            for i, d in enumerate(diff)]
+    return t[cols].reset_index(drop=True)
+
+
+def print_regional_vs_global(table: Any, champions: Any, out: Any) -> None:
+    """Print ``regional_vs_global_text`` of a run's regional_vs_global and champions artifacts
+    (nothing when the run has no regional candidate), for `pythia report`."""
+    if table is None or not len(table):
+        return
+    text = regional_vs_global_text(pd.DataFrame(table), None if champions is None
+                                   else pd.DataFrame(champions))
+    print("\nRegional vs global (AgeGender log-loss, regional - global candidate of the same "
+          "model on the same rows, ± its SE clustered by user: below 0 the regional one is "
+          "better, beyond noise at z below -2; on validation, the natural test day and its "
+          "new users)", file=out)
+    print(text.to_string(index=False), file=out)
