@@ -156,13 +156,13 @@ def build_regional_structure(gauge: pd.DataFrame | None, champions: pd.DataFrame
 
 
 # the regional-vs-global table's paired margins, regional - global on the same rows (AgeGender
-# log-loss): (column prefix, what it is scored on)
-MARGIN_PARTS = (("val", "validation"), ("test", "natural test day"),
-                ("new", "its new users"))
+# log-loss), by column prefix: validation, the natural test day, its new users
+MARGIN_PARTS = ("val", "test", "new")
 
 
 def _margin_text(diff: Any, se: Any, z: Any) -> str:
-    """"-0.0026 ± 0.0008 (z -3.27)"; the difference alone without its SE, "" without it."""
+    """A margin as text, e.g. "-0.0026 ± 0.0008 (z -3.27)"; the difference alone without its
+    SE, "" without a difference."""
     if diff is None or pd.isna(diff):
         return ""
     if se is None or pd.isna(se) or z is None or pd.isna(z):
@@ -177,7 +177,7 @@ def regional_vs_global_text(table: pd.DataFrame, champions: pd.DataFrame | None
     blessed champion, and regional - global AgeGender log-loss on the same rows, ± its SE
     clustered by user and z, on validation, the natural test day and its new users."""
     cols = ["region", "candidate", "start_from", "champion"] + [
-        f"{p}_regional_minus_global" for p, _ in MARGIN_PARTS]
+        f"{p}_regional_minus_global" for p in MARGIN_PARTS]
     if table is None or not len(table):
         return pd.DataFrame(columns=cols)
     t = table.copy()
@@ -191,7 +191,7 @@ def regional_vs_global_text(table: pd.DataFrame, champions: pd.DataFrame | None
                           c["config_id"].astype("int64")))
     t["champion"] = [(r, m, r, int(k)) in blessed
                      for r, m, k in zip(t["region"], t["model"], t["config_id"])]
-    for p, _ in MARGIN_PARTS:
+    for p in MARGIN_PARTS:
         diff = (t[f"{p}_diff"] if f"{p}_diff" in t.columns else
                 -t["gain_logloss_age_gender"] if p == "test" else pd.Series(np.nan, t.index))
         se, z = (t.get(f"{p}_se"), t.get(f"{p}_z"))
