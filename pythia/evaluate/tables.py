@@ -10,7 +10,7 @@ import pandas as pd
 
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.frames import AGE_TARGET, GENDER_TARGET, JOINT_TARGET, PROVIDER
-from pythia.evaluate.slices import BAYES_MODEL, NATURAL, unstack_observed
+from pythia.evaluate.slices import BAYES_MODEL, NATURAL, candidate_label, unstack_observed
 from pythia.features import TARGETS, VALIDATION
 
 
@@ -107,6 +107,15 @@ def build_regional_vs_global(headline: pd.DataFrame,
     return both[cols].sort_values(["region", "model", "config_id"]).reset_index(drop=True)
 
 
+def blessed_champions(champions: pd.DataFrame | None) -> set[tuple[str, str, str, int]]:
+    """(eval region, model, candidate region, config id) of each blessed champion."""
+    if champions is None or not len(champions):
+        return set()
+    c = champions[champions["blessed"].astype(bool)].dropna(subset=["model"])
+    return set(zip(c["region"], c["model"], c["candidate_region"],
+                   c["config_id"].astype("int64")))
+
+
 def build_regional_structure(gauge: pd.DataFrame | None, champions: pd.DataFrame
                              ) -> pd.DataFrame:
     """Per model region, on its natural test day rows (provider labels): what the synthetic
@@ -139,9 +148,7 @@ def build_regional_structure(gauge: pd.DataFrame | None, champions: pd.DataFrame
     wide = unstack_observed(
         pd.concat([g[ident + ["target"]].assign(col=f"{m}_" + g["target"], value=g[m])
                    for m in shown]), ident, "col", "value")
-    champ = champions[champions["blessed"].astype(bool)].dropna(subset=["model"])
-    champ = set(zip(champ["region"], champ["model"], champ["candidate_region"],
-                    champ["config_id"].astype("int64")))
+    champ = blessed_champions(champions)
     wide["champion"] = [(e, m, r, int(k)) in champ for e, m, r, k in
                         wide[ident].itertuples(index=False)]
     wide["candidate"] = (wide["model"] + "/" + wide["region"] + "#"
@@ -163,9 +170,9 @@ MARGIN_PARTS = ("val", "test", "new")
 def _margin_text(diff: Any, se: Any, z: Any) -> str:
     """A margin as text, e.g. "-0.0026 ± 0.0008 (z -3.27)"; the difference alone without its
     SE, "" without a difference."""
-    if diff is None or pd.isna(diff):
+    if pd.isna(diff):
         return ""
-    if se is None or pd.isna(se) or z is None or pd.isna(z):
+    if pd.isna(se) or pd.isna(z):
         return f"{diff:+.4f}"
     return f"{diff:+.4f} ± {se:.4f} (z {z:+.2f})"
 
@@ -181,23 +188,18 @@ def regional_vs_global_text(table: pd.DataFrame, champions: pd.DataFrame | None
     if table is None or not len(table):
         return pd.DataFrame(columns=cols)
     t = table.copy()
-    t["candidate"] = (t["model"] + "/" + t["region"] + "#"
-                      + t["config_id"].astype("int64").astype(str))
+    t["candidate"] = [candidate_label(m, r, int(k))
+                      for m, r, k in zip(t["model"], t["region"], t["config_id"])]
     t["start_from"] = t["start_from"].fillna("-")
-    blessed = set()
-    if champions is not None and len(champions):
-        c = champions[champions["blessed"].astype(bool)].dropna(subset=["model"])
-        blessed = set(zip(c["region"], c["model"], c["candidate_region"],
-                          c["config_id"].astype("int64")))
+    blessed = blessed_champions(champions)
     t["champion"] = [(r, m, r, int(k)) in blessed
                      for r, m, k in zip(t["region"], t["model"], t["config_id"])]
-    for p in MARGIN_PARTS:
-        diff = (t[f"{p}_diff"] if f"{p}_diff" in t.columns else
-                -t["gain_logloss_age_gender"] if p == "test" else pd.Series(np.nan, t.index))
-        se, z = (t.get(f"{p}_se"), t.get(f"{p}_z"))
+    nan = pd.Series(np.nan, t.index)
+    for p in MARGIN_PARTS:  # before the paired margins, the test difference only (-gain)
+        diff = t.get(f"{p}_diff", -t["gain_logloss_age_gender"] if p == "test" else nan)
         t[f"{p}_regional_minus_global"] = [
-            _margin_text(d, None if se is None else se.iloc[i], None if z is None else z.iloc[i])
-            for i, d in enumerate(diff)]
+            _margin_text(d, se, z)
+            for d, se, z in zip(diff, t.get(f"{p}_se", nan), t.get(f"{p}_z", nan))]
     return t[cols].reset_index(drop=True)
 
 
