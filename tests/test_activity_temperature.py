@@ -129,6 +129,59 @@ def test_a_warm_start_keeps_its_starts_bins_times_one_scale():
     assert abs(same.start_scale - 1.0) < 0.1
 
 
+def start_world(scale: float, n_users: int, rows_per_user: int, seed: int):
+    """Rows of ``n_users`` users whose labels follow logits at the start's per-bin
+    temperatures times ``scale`` (1: the start's bins are right)."""
+    enc = activity_encoders()
+    rng = np.random.default_rng(seed)
+    n, k = n_users * rows_per_user, 6
+    counts = rng.choice([1, 5, 15, 50, 500], size=n)
+    x = enc.numeric[at.FEATURE].normalize(counts)
+    edges = at.normalized_edges(enc, (3, 10, 30, 100))
+    start = at.ActivityTemperature((3, 10, 30, 100), edges, (1.0, 1.0, 1.5, 2.0, 4.0),
+                                   (900,) * 5, (True,) * 5, (0, 1, 2, 3, 4))
+    true = rng.normal(size=(n, k))
+    p = np.exp(true) / np.exp(true).sum(axis=1, keepdims=True)
+    y = (rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    per_row = np.asarray(start.temperature)[at.bin_of(edges, x)]
+    groups = np.repeat(np.arange(n_users), rows_per_user)
+    return enc, start, true * per_row[:, None] * scale, y, x, groups
+
+
+def test_a_warm_starts_scale_ships_only_beyond_noise():
+    """With the rows' user groups, the scale of the start's bins ships when it beats 1 by
+    more than START_SCALE_Z user-clustered SEs; within noise, or with too few user groups
+    for an SE, the start's bins ship exactly as they are. Early stopping's score
+    (``noise_cut=False``) keeps the fitted scale, untested."""
+    counts = (3, 10, 30, 100)
+    enc, start, logits, y, x, groups = start_world(1.5, 400, 10, 3)
+    hot = at.fit(logits, y, x, enc, counts, 1.3, start=start, groups=groups)
+    assert abs(hot.start_scale - 1.5) < 0.1 and hot.fitted_scale == hot.start_scale
+    assert hot.scale_z < -at.START_SCALE_Z
+    assert f"x {hot.start_scale:.3f} (z {hot.scale_z:.2f}): " in hot.describe()
+    assert at.from_json(at.to_json(hot)) == hot
+    # the start's bins are right: the fitted scale is noise and is not shipped
+    enc, start, logits, y, x, groups = start_world(1.0, 400, 10, 4)
+    same = at.fit(logits, y, x, enc, counts, 1.3, start=start, groups=groups)
+    assert same.start_scale == 1.0 and same.temperature == start.temperature
+    assert same.fitted_scale != 1.0 and -at.START_SCALE_Z <= same.scale_z < 0
+    assert (f"x 1.000 (fitted {same.fitted_scale:.3f}, z {same.scale_z:.2f}: within noise)"
+            in same.describe())
+    untested = at.fit(logits, y, x, enc, counts, 1.3, start=start, groups=groups,
+                      noise_cut=False)
+    assert untested.start_scale == same.fitted_scale and untested.fitted_scale is None
+    assert "(" not in untested.describe().split(":")[0]
+    # a real scale on too few users for an SE (MIN_USER_GROUPS): the start's bins
+    enc, start, logits, y, x, groups = start_world(1.5, 10, 400, 5)
+    few = at.fit(logits, y, x, enc, counts, 1.3, start=start, groups=groups)
+    assert few.start_scale == 1.0 and few.scale_z is None and abs(few.fitted_scale - 1.5) < 0.1
+    assert "(fitted 1.5" in few.describe() and "no SE: within noise)" in few.describe()
+    # a model saved before the test reads back untested
+    doc = {k: v for k, v in at.to_json(untested).items() if k not in ("fitted_scale",
+                                                                       "scale_z")}
+    assert at.from_json(doc) == untested
+
+
 def test_a_regional_logreg_started_from_the_global_one_keeps_its_bins(logreg_fit):
     from pythia.models import get_model
 

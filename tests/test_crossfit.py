@@ -246,3 +246,48 @@ def test_a_warm_started_models_folds_start_from_its_starts_same_fold(fitted):
             again.fit(train, valid, priors_of(train, enc), start=start)
     finally:
         start.fold_calibration = kept
+
+
+def test_a_regional_candidate_that_keeps_its_start_scores_exactly_as_its_start(fitted):
+    """A regional fit that keeps its start (here: no L-BFGS iteration) on rows of the start's
+    own world: the scale its rows fit is noise (``activity_temp.START_SCALE_Z``), so the
+    candidate ships its start's bins and scores every row as the start does, in its shipped
+    predictions and in every out-of-fold calibration."""
+    from pythia.models import get_model
+
+    start, _ = fitted
+    enc = activity_encoders()
+    train, valid = world(enc, 2000, 5), _with_groups(world(enc, 1500, 6), 200, 8)
+    regional = get_model("logreg")(enc, {"warm_max_iter": 0}, TrainConfig())
+    regional.fold_regions = ("EU",)
+    regional.fit(train, valid, priors_of(train, enc), start=start)
+    bins = regional.activity_temperature
+    assert bins.start_scale == 1.0 and bins.fitted_scale != 1.0, bins
+    assert bins.temperature == start.activity_temperature.temperature
+    rows = world(enc, 500, 9)
+    mine, theirs = regional.predict_proba(rows), start.predict_proba(rows)
+    for target in mine:
+        np.testing.assert_array_equal(mine[target], theirs[target])
+    for (_, fold), (_, start_fold) in zip(regional.fold_calibration, start.fold_calibration):
+        assert fold.temperature == start_fold.temperature, (fold, start_fold)
+
+
+def test_only_a_kept_start_noise_tests_its_scale(fitted):
+    """``fit_for`` tests the scale of a model that kept its start; a network that moved
+    (``kept_start`` False) refits its scale, untested, as early stopping's score does."""
+    import copy
+
+    start, valid = fitted
+    enc = activity_encoders()
+    rows = _with_groups(world(enc, 1500, 6), 200, 8)
+    model = copy.copy(start)
+    model.start = start
+    raw, y = model._raw_and_labels(rows)
+    model.kept_start = True
+    kept = at.fit_for(model, raw, y, 1.0)
+    assert kept.start_scale == 1.0 and kept.fitted_scale not in (None, 1.0)
+    model.kept_start = False
+    moved = at.fit_for(model, raw, y, 1.0)
+    assert moved.start_scale == kept.fitted_scale and moved.fitted_scale is None
+    model.kept_start = True
+    assert at.fit_for(model, raw, y, 1.0, noise_test=False) == moved

@@ -216,3 +216,9 @@ def test_the_other_users_must_show_a_win():
             says = "is not better than mlp/global#0 on validation other users"
             assert (says in notes.get("EU", "")) == (
                 not kept and (z_min > 0 or other.diff == 0))
+    # a regional candidate that kept its start: the same predictions, said so
+    parts[OTHER_PART] = Margin(0.0, 0.0, 40)
+    _, notes = guard_regional(scores, lambda a, b, r, part: parts[part], 2.0)
+    assert notes["EU"].endswith("is not better than mlp/global#0 on validation other users "
+                                "+0.0000 (the same predictions on every row); a regional "
+                                "candidate must win there")

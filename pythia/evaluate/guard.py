@@ -48,6 +48,8 @@ def wins_on_other_users(m: Margin | None) -> bool:
 
 
 def _figures(m: Margin) -> str:
+    if m.diff == 0 and m.se == 0:  # e.g. a regional fit that kept its global start
+        return "+0.0000 (the same predictions on every row)"
     z = f"z {m.z:+.2f}" if math.isfinite(m.z) else "no SE"
     return f"{m.diff:+.4f} ± {m.se:.4f} ({z})"
 

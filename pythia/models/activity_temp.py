@@ -75,6 +75,9 @@ MIN_BIN_ROWS = 500
 # prior: 1.019). Tested both ways at 2 SEs, the default world's logistic regression lost its
 # heavy pools' tempering (30+: 3 -> the global 1.24; power users 1.071 on fresh users).
 TEMP_Z_MIN = 2.0
+# A kept start's scale of its start's bins ships only when it beats 1 by more than this many
+# user-clustered SEs on its validation rows (``from_start``; session 58).
+START_SCALE_Z = 2.0
 # The optional entry of an MLP's ``numpy_layers`` export: {"feature", "edges", "temperature"}.
 EXPORT_KEY = ACTIVITY_TEMPERATURE
 
@@ -114,6 +117,10 @@ class ActivityTemperature:
     # per bin, the z of the deep part's lead on its pool in the cut's noise test (None: not
     # tested, or too few user groups for an SE; ``noise_aware_cut``)
     lead_z: tuple[float | None, ...] | None = None
+    # a warm start's scale as fitted and the z of its gain over 1 in ``START_SCALE_Z``'s test
+    # (None: not tested); ``start_scale`` is 1 when the gain is within noise
+    fitted_scale: float | None = None
+    scale_z: float | None = None
 
     def per_row(self, x: Any) -> np.ndarray:
         """Each row's temperature, from its normalised activity."""
@@ -134,7 +141,8 @@ class ActivityTemperature:
                 "fitted": list(self.fitted), "pools": list(self.pools),
                 "start_scale": self.start_scale,
                 "deep": None if self.deep is None else list(self.deep),
-                "lead_z": None if self.lead_z is None else list(self.lead_z)}
+                "lead_z": None if self.lead_z is None else list(self.lead_z),
+                "fitted_scale": self.fitted_scale, "scale_z": self.scale_z}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "ActivityTemperature":
@@ -146,7 +154,8 @@ class ActivityTemperature:
                    None if doc.get("start_scale") is None else float(doc["start_scale"]),
                    None if doc.get("deep") is None else tuple(bool(d) for d in doc["deep"]),
                    None if doc.get("lead_z") is None else tuple(
-                       None if z is None else float(z) for z in doc["lead_z"]))
+                       None if z is None else float(z) for z in doc["lead_z"]),
+                   _float_or_none(doc.get("fitted_scale")), _float_or_none(doc.get("scale_z")))
 
     def export(self) -> dict[str, Any]:
         """The ``EXPORT_KEY`` entry: what a scorer needs to put a row in its bin (and, when
@@ -174,8 +183,21 @@ class ActivityTemperature:
             parts.append(f"{name}: {self.temperature[ks[0]]:.3f}" + (
                 f" ({'; '.join(notes)})" if notes else "") + (
                 "" if self.fitted[ks[0]] else f" (global: no gain on its {rows:,} rows)"))
-        return (f"the start's bins x {self.start_scale:.3f}: " if self.start_scale is not None
-                else "") + ", ".join(parts)
+        return (f"the start's bins x {self.start_scale:.3f}{self._scale_note()}: "
+                if self.start_scale is not None else "") + ", ".join(parts)
+
+    def _scale_note(self) -> str:
+        """The scale's noise test: ' (z -3.10)' kept, ' (fitted 1.028, z -1.42: within
+        noise)' not; '' untested."""
+        if self.fitted_scale is None:
+            return ""
+        z = "no SE" if self.scale_z is None else f"z {self.scale_z:.2f}"
+        return (f" ({z})" if self.fitted_scale == self.start_scale
+                else f" (fitted {self.fitted_scale:.3f}, {z}: within noise)")
+
+
+def _float_or_none(x: Any) -> float | None:
+    return None if x is None else float(x)
 
 
 def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Encoders,
@@ -183,7 +205,7 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         min_rows: int | None = None, start: ActivityTemperature | None = None,
         deep: np.ndarray | None = None, groups: np.ndarray | None = None,
         z_min: float | Sequence[float] = CUT_Z_MIN, cut: int | None = None,
-        noise_cut: bool = True) -> ActivityTemperature | None:
+        noise_cut: bool = True, test_scale: bool = True) -> ActivityTemperature | None:
     """Per pool of bins of ``activity`` (normalised; ``pool_bins`` with ``min_rows``, default
     ``MIN_BIN_ROWS``), the temperature minimising the pool's validation log-loss of
     ``link(logits / T)``; None without bins, without the activity column, with one pool (that
@@ -197,7 +219,8 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     ``noise_cut``); ``cut`` (0: every pool wide-only, a large number: none) replaces that
     choice. With ``groups`` a pool's own temperature below the global one ships only when it
     beats it there by more than ``TEMP_Z_MIN`` user-clustered SEs (else by any margin). With
-    ``start`` (the bins of the model a warm-started one started from): ``from_start``."""
+    ``start`` (the bins of the model a warm-started one started from): ``from_start``, its
+    scale noise-tested when ``groups``, ``noise_cut`` and ``test_scale``."""
     counts = check_bins(counts)
     min_rows = MIN_BIN_ROWS if min_rows is None else int(min_rows)
     if not counts or activity is None:
@@ -207,7 +230,8 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
     rows = tuple(int(n) for n in np.bincount(bins, minlength=len(counts) + 1))
     if start is not None and start.counts == counts and start.edges == edges:
         return from_start(start, np.asarray(logits), np.asarray(y, np.int64), bins, rows, link,
-                          deep)
+                          deep, known_groups(groups, len(bins)) if noise_cut and test_scale
+                          else None)
     groups = known_groups(groups, len(bins))
     pools = pool_bins(rows, min_rows)
     if len(set(pools)) < 2:
@@ -287,29 +311,50 @@ def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarra
                start=model.start.activity_temperature if model.start is not None else None,
                deep=raw.get(DEEP), groups=y.get(GROUPS),
                z_min=wide_only_z(model, model.train_cfg.activity_bins), cut=cut,
-               noise_cut=noise_test)
+               noise_cut=noise_test, test_scale=getattr(model, "kept_start", False))
 
 
 def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
                bins: np.ndarray, rows: tuple[int, ...], link: str,
-               deep: np.ndarray | None = None) -> ActivityTemperature:
+               deep: np.ndarray | None = None, groups: np.ndarray | None = None
+               ) -> ActivityTemperature:
     """A warm-started (regional) model's bins: its start's per-bin temperatures -- fitted on
     the start's validation, four times the users of a region's -- times one scale fitted on
-    its own validation rows (1 when the scale does not gain), and its start's wide-only bins
-    (``deep``: the warm-started model's deep logits, taken out of those bins' rows). A
-    region's own heavy bins are a few users': seed 1's regional NA MLP fitted 1.51 for 30+
-    where its global start had 1.76 and 2.98, and scored 1.067 x population on fresh NA
-    users; with the start's bins, 1.044 (docs/new-users.md, session 36)."""
+    its own validation rows, and its start's wide-only bins (``deep``: the warm-started
+    model's deep logits, taken out of those bins' rows). A region's own heavy bins are a few
+    users': seed 1's regional NA MLP fitted 1.51 for 30+ where its global start had 1.76 and
+    2.98, and scored 1.067 x population on fresh NA users; with the start's bins, 1.044
+    (docs/new-users.md, session 36).
+
+    With ``groups`` (the rows' user groups; ``fit_for`` gives them for a model that kept its
+    start: a fine-tune that kept epoch 0, a regional fit with no gain) the scale ships only
+    when it beats 1 on these rows by more than ``START_SCALE_Z`` user-clustered SEs, in
+    either direction; else 1, the start's bins as they are (no SE: 1). Untested, a kept start
+    still differed from its start by a scale fitted on the region's noise: seed 0's EU MLP,
+    x 1.028, lost 0.0007 +- 0.0002 to its start on the test day (session 57). A network that
+    moved has no such start to keep: its scale is refitted, untested (docs/new-users.md,
+    session 58, measured both)."""
     gates = start.deep if deep is not None else None
     if gates is not None and not all(gates):
         off = ~np.asarray(gates, bool)[bins]
         logits = logits - np.where(off[:, None], np.asarray(deep), 0.0)
     # T_row = scale * T_start[bin]: the scale is a plain temperature of the start-scaled logits
-    per_row = np.asarray(start.temperature, np.float64)[bins]
-    scale = pr.fit_temperature(logits / per_row[:, None], y, link, bounds=(0.25, 4.0))
+    scaled = logits / np.asarray(start.temperature, np.float64)[bins][:, None]
+    fitted = pr.fit_temperature(scaled, y, link, bounds=(0.25, 4.0))
+    scale, z = fitted, None
+    if groups is not None:
+        def row_loss(t: float) -> np.ndarray:
+            p = pr.apply_temperature(scaled, t, link)[np.arange(len(y)), y]
+            return -np.log(np.maximum(p, pr.PROB_FLOOR))
+        from pythia.evaluate.margins import paired_margin  # evaluate's noise test (lazy)
+        test = paired_margin(row_loss(fitted) - row_loss(1.0), np.ones(len(y)), groups)
+        z = float(test.z) if np.isfinite(test.z) else None
+        if z is None or not z < -START_SCALE_Z:
+            scale = 1.0
     return ActivityTemperature(start.counts, start.edges,
                                tuple(scale * t for t in start.temperature), rows, start.fitted,
-                               start.pools, scale, gates)
+                               start.pools, scale, gates,
+                               fitted_scale=None if groups is None else fitted, scale_z=z)
 
 
 def pool_bins(rows: Sequence[int], min_rows: int) -> tuple[int, ...]:

@@ -107,8 +107,7 @@ class Model:
         # numpy models: the validation logits calibration computed, by impression id, for
         # the predictions file's validation pass (``raw_memo``); ``forget_validation`` drops it
         self._valid_memo: RawMemo | None = None
-        # The fitted model ``fit`` starts from (``warm_starts``), during ``fit`` only
-        self.start: "Model | None" = None
+        self.start: "Model | None" = None  # the fitted model ``fit`` starts from, during it
 
     def patience(self) -> int:
         """Epochs without a validation gain before early stopping: the model's ``patience``
@@ -266,6 +265,7 @@ class Model:
         t0 = time.perf_counter()
         self._kept_valid = None
         summary = dict(self._fit(train, valid))
+        self.kept_start = (summary.get("start") or {}).get("epochs_or_iterations") == 0
         kept, self._kept_valid = self._kept_valid, None
         raw, y = kept if kept is not None else self._raw_and_labels(valid)
         self._valid_memo = (RawMemo(valid[features.IMPRESSION_ID], raw) if kept is None and
@@ -273,7 +273,7 @@ class Model:
                             else None)
         for t in self.heads:
             self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
-        # a warm start keeps its start's bins' shape; the validation predictions' folds too
+        # a warm start keeps its start's bins' shape (a kept start its scale only beyond noise)
         self.activity_temperature = at.fit_for(self, raw, y, self.temperature[at.JOINT])
         self.fold_calibration = crossfit.fold_calibrations(self, raw, y)
         calibrated = self._expand(self._calibrated(raw, y.get(at.FEATURE)))
