@@ -13,6 +13,7 @@ from pythia.config import DeployConfig, TrainConfig
 from pythia.features import (CATEGORICAL_FEATURES, LOG1P, NUMERIC_FEATURES, TARGETS,
                              NumericStats)
 from pythia.models import activity_temp as at
+from pythia.models import start_temp
 from pythia.models.priors import mean_log_loss, priors_from_labels
 from pythia.scoring.runtime import FusedMLP, check_export, load_export_npz, save_export_npz
 from test_scoring import GEO, make_encoders, make_export, reference_predict
@@ -157,14 +158,14 @@ def test_a_warm_starts_scale_ships_only_beyond_noise():
     enc, start, logits, y, x, groups = start_world(1.5, 400, 10, 3)
     hot = at.fit(logits, y, x, enc, counts, 1.3, start=start, groups=groups)
     assert abs(hot.start_scale - 1.5) < 0.1 and hot.fitted_scale == hot.start_scale
-    assert hot.scale_z < -at.START_SCALE_Z
+    assert hot.scale_z < -start_temp.START_SCALE_Z
     assert f"x {hot.start_scale:.3f} (z {hot.scale_z:.2f}): " in hot.describe()
     assert at.from_json(at.to_json(hot)) == hot
     # the start's bins are right: the fitted scale is noise and is not shipped
     enc, start, logits, y, x, groups = start_world(1.0, 400, 10, 4)
     same = at.fit(logits, y, x, enc, counts, 1.3, start=start, groups=groups)
     assert same.start_scale == 1.0 and same.temperature == start.temperature
-    assert same.fitted_scale != 1.0 and -at.START_SCALE_Z <= same.scale_z < 0
+    assert same.fitted_scale != 1.0 and -start_temp.START_SCALE_Z <= same.scale_z < 0
     assert (f"x 1.000 (fitted {same.fitted_scale:.3f}, z {same.scale_z:.2f}: within noise)"
             in same.describe())
     untested = at.fit(logits, y, x, enc, counts, 1.3, start=start, groups=groups,

@@ -250,7 +250,7 @@ def test_a_warm_started_models_folds_start_from_its_starts_same_fold(fitted):
 
 def test_a_regional_candidate_that_keeps_its_start_scores_exactly_as_its_start(fitted):
     """A regional fit that keeps its start (here: no L-BFGS iteration) on rows of the start's
-    own world: the scale its rows fit is noise (``activity_temp.START_SCALE_Z``), so the
+    own world: the scale its rows fit is noise (``start_temp.START_SCALE_Z``), so the
     candidate ships its start's bins and scores every row as the start does, in its shipped
     predictions and in every out-of-fold calibration."""
     from pythia.models import get_model
@@ -291,3 +291,40 @@ def test_only_a_kept_start_noise_tests_its_scale(fitted):
     assert moved.start_scale == kept.fitted_scale and moved.fitted_scale is None
     model.kept_start = True
     assert at.fit_for(model, raw, y, 1.0, noise_test=False) == moved
+
+
+def test_a_kept_start_with_one_temperature_keeps_its_starts_unless_beaten_beyond_noise():
+    """``activity_bins = []``: a regional fit that kept its start keeps its start's AgeGender
+    temperature (in each fold: the start's fold's), and so scores every row as its start;
+    a refitted temperature that beats the start's beyond noise ships."""
+    import copy
+
+    from pythia.models import get_model, start_temp
+
+    enc, cfg = activity_encoders(), TrainConfig(activity_bins=())
+    train = world(enc, 6000, 0)
+    start = get_model("logreg")(enc, {}, cfg)
+    start.fold_regions = ("EU",)
+    start.fit(train, _with_groups(world(enc, 3000, 1), 200, 7), priors_of(train, enc))
+    regional = get_model("logreg")(enc, {"warm_max_iter": 0}, cfg)
+    regional.fold_regions = ("EU",)
+    regional.fit(world(enc, 2000, 5), _with_groups(world(enc, 1500, 6), 200, 8),
+                 priors_of(train, enc), start=start)
+    assert regional.activity_temperature is None and regional.kept_start
+    assert regional.temperature["age_gender"] == start.temperature["age_gender"]
+    rows = world(enc, 500, 9)
+    np.testing.assert_array_equal(regional.predict_proba(rows)["age_gender"],
+                                  start.predict_proba(rows)["age_gender"])
+    for (mine, _), (theirs, _) in zip(regional.fold_calibration, start.fold_calibration):
+        assert mine["age_gender"] == theirs["age_gender"]
+    # logits three times too hot on these rows: the refit beats the start's beyond noise
+    model = copy.copy(regional)
+    model.start = start
+    valid = _with_groups(world(enc, 1500, 6), 200, 8)
+    raw, y = model._raw_and_labels(valid)
+    hot = {**raw, "age_gender": raw["age_gender"] * 3 * start.temperature["age_gender"]}
+    refit = start_temp.fit_temperatures(model, hot, y)
+    assert abs(refit["age_gender"] / start.temperature["age_gender"] - 3) < 0.5
+    model.kept_start = False  # a network that moved: the refit, untested
+    assert start_temp.fit_temperatures(model, raw, y)["age_gender"] != start.temperature[
+        "age_gender"]

@@ -51,6 +51,7 @@ from pythia import features
 from pythia.config import TrainConfig
 from pythia.config_parse import check_bins
 from pythia.models import priors as pr
+from pythia.models import start_temp
 from pythia.models.activity_cut import (CUT_Z_HEAVY, CUT_Z_MIN, HEAVY_FROM,  # noqa: F401
                                         known_groups, noise_aware_cut,
                                         pool_bars, wide_only_z)
@@ -75,9 +76,6 @@ MIN_BIN_ROWS = 500
 # prior: 1.019). Tested both ways at 2 SEs, the default world's logistic regression lost its
 # heavy pools' tempering (30+: 3 -> the global 1.24; power users 1.071 on fresh users).
 TEMP_Z_MIN = 2.0
-# A kept start's scale of its start's bins ships only when it beats 1 by more than this many
-# user-clustered SEs on its validation rows (``from_start``; session 58).
-START_SCALE_Z = 2.0
 # The optional entry of an MLP's ``numpy_layers`` export: {"feature", "edges", "temperature"}.
 EXPORT_KEY = ACTIVITY_TEMPERATURE
 
@@ -117,8 +115,8 @@ class ActivityTemperature:
     # per bin, the z of the deep part's lead on its pool in the cut's noise test (None: not
     # tested, or too few user groups for an SE; ``noise_aware_cut``)
     lead_z: tuple[float | None, ...] | None = None
-    # a warm start's scale as fitted and the z of its gain over 1 in ``START_SCALE_Z``'s test
-    # (None: not tested); ``start_scale`` is 1 when the gain is within noise
+    # a kept start's scale as fitted and the z of its gain over 1 (None: not tested;
+    # ``from_start``); ``start_scale`` is 1 when the gain is within noise
     fitted_scale: float | None = None
     scale_z: float | None = None
 
@@ -327,13 +325,9 @@ def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
     (docs/new-users.md, session 36).
 
     With ``groups`` (the rows' user groups; ``fit_for`` gives them for a model that kept its
-    start: a fine-tune that kept epoch 0, a regional fit with no gain) the scale ships only
-    when it beats 1 on these rows by more than ``START_SCALE_Z`` user-clustered SEs, in
-    either direction; else 1, the start's bins as they are (no SE: 1). Untested, a kept start
-    still differed from its start by a scale fitted on the region's noise: seed 0's EU MLP,
-    x 1.028, lost 0.0007 +- 0.0002 to its start on the test day (session 57). A network that
-    moved has no such start to keep: its scale is refitted, untested (docs/new-users.md,
-    session 58, measured both)."""
+    start) the scale ships only when it beats 1 on these rows by more than
+    ``start_temp.START_SCALE_Z`` user-clustered SEs, in either direction; else 1, the start's
+    bins as they are (no SE: 1). The record keeps the fitted scale and its z (``describe``)."""
     gates = start.deep if deep is not None else None
     if gates is not None and not all(gates):
         off = ~np.asarray(gates, bool)[bins]
@@ -343,14 +337,10 @@ def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
     fitted = pr.fit_temperature(scaled, y, link, bounds=(0.25, 4.0))
     scale, z = fitted, None
     if groups is not None:
-        def row_loss(t: float) -> np.ndarray:
-            p = pr.apply_temperature(scaled, t, link)[np.arange(len(y)), y]
-            return -np.log(np.maximum(p, pr.PROB_FLOOR))
-        from pythia.evaluate.margins import paired_margin  # evaluate's noise test (lazy)
-        test = paired_margin(row_loss(fitted) - row_loss(1.0), np.ones(len(y)), groups)
-        z = float(test.z) if np.isfinite(test.z) else None
-        if z is None or not z < -START_SCALE_Z:
-            scale = 1.0
+        gain = (start_temp.row_loss(scaled, y, fitted, link)
+                - start_temp.row_loss(scaled, y, 1.0, link))
+        gains, z = start_temp.beyond_noise(gain, groups)
+        scale = fitted if gains else 1.0
     return ActivityTemperature(start.counts, start.edges,
                                tuple(scale * t for t in start.temperature), rows, start.fitted,
                                start.pools, scale, gates,

@@ -23,6 +23,7 @@ from pythia import features, stack, storage
 from pythia.config import TrainConfig
 from pythia.features import Encoders
 from pythia.models import activity_temp as at, crossfit, export as ex, priors as pr
+from pythia.models import start_temp
 from pythia.models.raw_memo import RawMemo
 
 META_FILE = "meta.json"
@@ -271,8 +272,7 @@ class Model:
         self._valid_memo = (RawMemo(valid[features.IMPRESSION_ID], raw) if kept is None and
                             isinstance(valid, Mapping) and features.IMPRESSION_ID in valid
                             else None)
-        for t in self.heads:
-            self.temperature[t] = pr.fit_temperature(raw[t], y[t], self.link(t))
+        self.temperature = {**self.temperature, **start_temp.fit_temperatures(self, raw, y)}
         # a warm start keeps its start's bins' shape (a kept start its scale only beyond noise)
         self.activity_temperature = at.fit_for(self, raw, y, self.temperature[at.JOINT])
         self.fold_calibration = crossfit.fold_calibrations(self, raw, y)

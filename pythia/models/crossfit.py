@@ -40,7 +40,7 @@ import numpy as np
 
 from pythia import features
 from pythia.models import activity_temp as at
-from pythia.models import priors as pr
+from pythia.models import start_temp
 
 N_FOLDS = 5
 # a region's validation rows are scored out of fold from this many user groups: each fold
@@ -98,12 +98,12 @@ def fold_calibrations(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str,
     if not getattr(model, "fold_regions", ()) or groups is None:
         return None
     fold = fold_of(groups)
-    # a warm start's bins were fitted on every fold of its validation (a superset of these
-    # rows): each fold starts from the start's bins fitted without that fold, or none is honest
+    # a warm start's bins (and temperatures: a kept start's reference) were fitted on every
+    # fold of its validation (a superset of these rows): each fold starts from the start's
+    # fitted without that fold, or none is honest
     start = getattr(model, "start", None)
-    start_folds = None
+    start_folds = None if start is None else getattr(start, "fold_calibration", None)
     if start is not None and start.activity_temperature is not None:
-        start_folds = getattr(start, "fold_calibration", None)
         if start_folds is None:
             raise ValueError("a regional candidate scored out of fold needs its start's "
                              "fold calibrations (fit the start with fold_regions)")
@@ -112,18 +112,17 @@ def fold_calibrations(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str,
         rows = np.flatnonzero((fold >= 0) & (fold != f))
         r = {k: np.asarray(v)[rows] for k, v in raw.items()}
         yy = {k: np.asarray(v)[rows] for k, v in y.items()}
-        temps = dict(model.temperature)
-        for t in model.heads:
-            temps[t] = pr.fit_temperature(r[t], yy[t], model.link(t))
-        shipped = start.activity_temperature if start_folds is not None else None
+        shipped = ((start.temperature, start.activity_temperature) if start_folds is not None
+                   else None)
         try:
             if start_folds is not None:
-                start.activity_temperature = start_folds[f][1]
+                start.temperature, start.activity_temperature = start_folds[f]
+            temps = {**model.temperature, **start_temp.fit_temperatures(model, r, yy)}
             cut = shipped_cut(model.activity_temperature, yy.get(at.FEATURE))
             out.append((temps, at.fit_for(model, r, yy, temps[at.JOINT], cut=cut)))
         finally:
             if start_folds is not None:
-                start.activity_temperature = shipped
+                start.temperature, start.activity_temperature = shipped
     return out
 
 
