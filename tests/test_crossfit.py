@@ -328,3 +328,23 @@ def test_a_kept_start_with_one_temperature_keeps_its_starts_unless_beaten_beyond
     model.kept_start = False  # a network that moved: the refit, untested
     assert start_temp.fit_temperatures(model, raw, y)["age_gender"] != start.temperature[
         "age_gender"]
+
+
+def test_a_kept_start_without_bins_has_none_either(fitted):
+    """A start whose bins gained nothing (``activity_temperature`` None) under a bins config:
+    the regional fit that kept it fits no pools of its own and scores as its start."""
+    import copy
+
+    from pythia.models import get_model
+
+    start = copy.copy(fitted[0])
+    start.activity_temperature, start.fold_calibration = None, None
+    enc = activity_encoders()
+    train = world(enc, 2000, 5)
+    regional = get_model("logreg")(enc, {"warm_max_iter": 0}, TrainConfig())
+    regional.fit(train, _with_groups(world(enc, 1500, 6), 200, 8), priors_of(train, enc),
+                 start=start)
+    assert regional.kept_start and regional.activity_temperature is None
+    rows = world(enc, 500, 9)
+    np.testing.assert_array_equal(regional.predict_proba(rows)["age_gender"],
+                                  start.predict_proba(rows)["age_gender"])

@@ -302,14 +302,19 @@ def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarra
     the activity column when kept): its ``activity_bins``, no bins when it does not bin by
     activity (``bins_by_activity``), and a warm start's start bins (``from_start``). The cut
     takes the noise test when ``y`` has the rows' user groups (``GROUPS``), unless
-    ``noise_test`` is False: the least-loss cut; ``cut``: that cut (``fit``)."""
+    ``noise_test`` is False: the least-loss cut; ``cut``: that cut (``fit``). A model that
+    kept a start without bins has none either (unless ``noise_test`` is False): its one
+    temperature is its start's (``start_temp.fit_temperatures``)."""
+    kept, start = getattr(model, "kept_start", False), model.start
+    if kept and noise_test and start is not None and start.activity_temperature is None:
+        return None
     return fit(raw[JOINT], y[JOINT], y.get(FEATURE) if model.bins_by_activity else None,
                model.encoders, model.train_cfg.activity_bins, global_temperature,
                model.link(JOINT),
-               start=model.start.activity_temperature if model.start is not None else None,
+               start=start.activity_temperature if start is not None else None,
                deep=raw.get(DEEP), groups=y.get(GROUPS),
                z_min=wide_only_z(model, model.train_cfg.activity_bins), cut=cut,
-               noise_cut=noise_test, test_scale=getattr(model, "kept_start", False))
+               noise_cut=noise_test, test_scale=kept)
 
 
 def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
