@@ -194,6 +194,10 @@ def test_temperature_fixes_overconfidence():
     with pytest.raises(ValueError, match="labels"):
         pr.fit_temperature(overconfident, y[:10])
     assert pr.fit_temperature(overconfident[:0], y[:0]) == 1.0
+    # per row: the noise tests' differences, whose mean is the mean log-loss
+    rows = pr.temperature_row_losses(overconfident, y, t)
+    assert rows.shape == (2000,) and (rows > 0).all()
+    assert np.isclose(rows.mean(), pr.mean_log_loss(pr.apply_temperature(overconfident, t), y))
 
 
 # ------------------------------------------------------------------ CORN

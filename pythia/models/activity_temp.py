@@ -246,8 +246,7 @@ def fit(logits: np.ndarray, y: np.ndarray, activity: Any, encoders: features.Enc
         yk, z = y[mask], logits[mask]
 
         def row_loss(z: np.ndarray, temp: float) -> np.ndarray:
-            p = pr.apply_temperature(z, temp, link)[np.arange(len(yk)), yk]
-            return -np.log(np.maximum(p, pr.PROB_FLOOR))
+            return pr.temperature_row_losses(z, yk, temp, link)
         gk = None if groups is None else groups[mask]
         own = pr.fit_temperature(z, yk, link)
         loss_g, loss_own = row_loss(z, glob), row_loss(z, own)
@@ -290,8 +289,7 @@ def _gains(loss: np.ndarray, loss_base: np.ndarray, groups: np.ndarray | None,
     SE: no); else by any margin."""
     if groups is None or not sharper:
         return bool(loss.sum() < loss_base.sum())
-    from pythia.evaluate.margins import paired_margin  # evaluate's noise test (lazy: ~1 s)
-    return bool(paired_margin(loss - loss_base, np.ones(len(loss)), groups).z < -TEMP_Z_MIN)
+    return start_temp.beyond_noise(loss - loss_base, groups, TEMP_Z_MIN)[0]
 
 
 def fit_for(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray],
@@ -342,8 +340,8 @@ def from_start(start: ActivityTemperature, logits: np.ndarray, y: np.ndarray,
     fitted = pr.fit_temperature(scaled, y, link, bounds=(0.25, 4.0))
     scale, z = fitted, None
     if groups is not None:
-        gain = (start_temp.row_loss(scaled, y, fitted, link)
-                - start_temp.row_loss(scaled, y, 1.0, link))
+        gain = (pr.temperature_row_losses(scaled, y, fitted, link)
+                - pr.temperature_row_losses(scaled, y, 1.0, link))
         gains, z = start_temp.beyond_noise(gain, groups)
         scale = fitted if gains else 1.0
     return ActivityTemperature(start.counts, start.edges,

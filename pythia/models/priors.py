@@ -142,6 +142,15 @@ def log_probabilities(p: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.asarray(p, dtype=np.float64), PROB_FLOOR))
 
 
+def temperature_row_losses(logits: np.ndarray, y: np.ndarray, temperature: float,
+                           link: str = "softmax") -> np.ndarray:
+    """Per row, the log-loss of integer label ``y`` under ``apply_temperature(logits, T)``
+    (the paired noise tests' differences: ``activity_temp``, ``start_temp``)."""
+    y = np.asarray(y, dtype=np.int64)
+    p = apply_temperature(logits, temperature, link)[np.arange(len(y)), y]
+    return -np.log(np.maximum(p, PROB_FLOOR))
+
+
 def mean_log_loss(p: np.ndarray, y: np.ndarray) -> float:
     """Mean negative log-likelihood of integer labels ``y`` under row probabilities ``p``."""
     y = np.asarray(y, dtype=np.int64)

@@ -45,22 +45,18 @@ def fit_temperatures(model: Any, raw: Mapping[str, np.ndarray], y: Mapping[str, 
         return temps
     z, own = np.asarray(raw[JOINT], np.float64), np.asarray(y[JOINT], np.int64)
     kept, link = float(start.temperature[JOINT]), model.link(JOINT)
-    refit = row_loss(z, own, temps[JOINT], link) - row_loss(z, own, kept, link)
+    loss = pr.temperature_row_losses
+    refit = loss(z, own, temps[JOINT], link) - loss(z, own, kept, link)
     if not beyond_noise(refit, groups)[0]:
         temps[JOINT] = kept
     return temps
 
 
-def row_loss(z: np.ndarray, y: np.ndarray, temperature: float, link: str) -> np.ndarray:
-    """Per row, the log-loss of label ``y`` under ``link(z / temperature)``."""
-    p = pr.apply_temperature(z, temperature, link)[np.arange(len(y)), y]
-    return -np.log(np.maximum(p, pr.PROB_FLOOR))
-
-
-def beyond_noise(d: np.ndarray, groups: np.ndarray) -> tuple[bool, float | None]:
+def beyond_noise(d: np.ndarray, groups: np.ndarray, z_min: float = START_SCALE_Z
+                 ) -> tuple[bool, float | None]:
     """Whether per-row loss differences ``d`` (a refit minus what it would replace) are below
-    0 by more than ``START_SCALE_Z`` SEs clustered by ``groups``, and their z (None: no SE)."""
-    from pythia.evaluate.margins import paired_margin  # evaluate's noise test (lazy)
+    0 by more than ``z_min`` SEs clustered by ``groups``, and their z (None: no SE)."""
+    from pythia.evaluate.margins import paired_margin  # evaluate's noise test (lazy: ~1 s)
     z = paired_margin(d, np.ones(len(d)), groups).z
     z = float(z) if np.isfinite(z) else None
-    return z is not None and z < -START_SCALE_Z, z
+    return z is not None and z < -z_min, z
