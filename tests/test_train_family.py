@@ -304,6 +304,9 @@ def test_report_prints_regional_minus_global_with_its_noise():
     assert apac["val_regional_minus_global"] == "-0.0024 ± 0.0019 (z -1.26)"
     assert apac["test_regional_minus_global"] == "-0.0026 ± 0.0008 (z -3.25)"
     assert apac["new_regional_minus_global"] == "+0.0003"  # no SE: the difference alone
+    kept = regional_vs_global_text(table.assign(val_diff=0.0, val_se=0.0, val_z=float("nan")),
+                                   champions).set_index("candidate").loc["mlp/APAC#0"]
+    assert kept["val_regional_minus_global"] == "+0.0000 (identical predictions)"
     eu = text.loc["class_prior/EU#0"]
     assert not eu["champion"] and eu["start_from"] == "-"  # not blessed; trained from scratch
     assert eu["new_regional_minus_global"] == ""

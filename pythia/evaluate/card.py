@@ -165,7 +165,9 @@ _REGIONAL_VS_GLOBAL = (
     "`val_diff_*` / `val_z_*`: "
     "the same on the region's power users and on its other users — the per-slice guard "
     "excludes a regional candidate whose z there is above `z_min`, and one whose "
-    "`val_diff_other_users` is not below 0 (the baselines are not guarded).")
+    "`val_diff_other_users` is not below 0 (the baselines are not guarded). A regional "
+    "fit that kept its start (no epoch or iteration gained, and its region's temperature "
+    "scale within noise) scores every row as its start: 0 with a standard error of 0.")
 
 _REGIONAL_STRUCTURE = (
     "## Regional structure (synthetic data)\n\nPer region, on its natural test day rows "

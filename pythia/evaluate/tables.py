@@ -169,9 +169,12 @@ MARGIN_PARTS = ("val", "test", "new")
 
 def _margin_text(diff: Any, se: Any, z: Any) -> str:
     """A margin as text, e.g. "-0.0026 ± 0.0008 (z -3.27)"; the difference alone without its
-    SE, "" without a difference."""
+    SE, "" without a difference; "+0.0000 (identical predictions)" for a regional candidate
+    that kept its start (no difference on any row)."""
     if pd.isna(diff):
         return ""
+    if diff == 0 and se == 0:
+        return "+0.0000 (identical predictions)"
     if pd.isna(se) or pd.isna(z):
         return f"{diff:+.4f}"
     return f"{diff:+.4f} ± {se:.4f} (z {z:+.2f})"
