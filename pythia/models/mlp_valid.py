@@ -20,7 +20,10 @@ per-bin temperatures the fit would end with are fitted on the kept rows after ea
 applied before the natural-weighted loss. At temperature 1 an epoch's score swung with the
 over-confidence of a few heavy users' rows (session 37, default world, seed 0: 2.2095, 2.1974,
 2.3655 at epochs 0-2), which the shipped temperatures take out; the epoch kept is then the one
-whose shipped predictions are best, not the one least over-confident on them.
+whose shipped predictions are best, not the one least over-confident on them. A warm start's
+epochs are scored with their region's scale of the start's bins as fitted, untested: shipped,
+a kept start (epoch 0) keeps that scale only beyond noise (``start_temp``), and scored so,
+epoch 0 would lose to the epochs after it for want of a scale they get.
 
 One exception: the activity cut. The fit ships the noise-tested cut
 (``activity_temp.noise_aware_cut``), whose jumps (a heavy pool's whole lead in or out) are larger
