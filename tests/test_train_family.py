@@ -264,10 +264,14 @@ def test_regional_vs_global_pairs_a_family_on_the_same_rows():
         row("EU", "gbdt", "global", 0, 1.9, 2.1),  # no regional gbdt: no row
         row("EU", "bayes", "global", pd.NA, None, 1.5),
         row("global", "mlp", "global", 0, 1.9, 2.0)]).astype({"config_id": "Int64"})
-    cands = [_cand("mlp", "global", 1.0), _cand("mlp", "EU", 1.0, "mlp/global#0")]
+    cands = [_cand("mlp", "global", 1.0), {
+        **_cand("mlp", "EU", 1.0, "mlp/global#0"),
+        "warm_start": {"warm": True, "epochs_or_iterations": 0, "tried": 2},
+        "activity_temperature": {"start_scale": 1.0, "fitted_scale": 1.03, "scale_z": -0.5}}]
     out = build_regional_vs_global(headline, cands)
-    assert out[["region", "model", "start_from"]].values.tolist() == [
-        ["EU", "mlp", "mlp/global#0"]]
+    assert out[["region", "model", "start_from", "warm_fit"]].values.tolist() == [
+        ["EU", "mlp", "mlp/global#0",
+         "kept its start (2 tried); scale 1 (fitted 1.030, z -0.50: within noise)"]]
     assert out.loc[0, "logloss_age_gender_global"] == 2.0
     assert out.loc[0, "gain_logloss_age_gender"] == pytest.approx(0.2)
     assert out.loc[0, "val_logloss_regional"] == 1.7
@@ -304,9 +308,12 @@ def test_report_prints_regional_minus_global_with_its_noise():
     assert apac["val_regional_minus_global"] == "-0.0024 ± 0.0019 (z -1.26)"
     assert apac["test_regional_minus_global"] == "-0.0026 ± 0.0008 (z -3.25)"
     assert apac["new_regional_minus_global"] == "+0.0003"  # no SE: the difference alone
-    kept = regional_vs_global_text(table.assign(val_diff=0.0, val_se=0.0, val_z=float("nan")),
+    assert apac["warm_fit"] == ""  # a run from before the column
+    kept = regional_vs_global_text(table.assign(val_diff=0.0, val_se=0.0, val_z=float("nan"),
+                                                warm_fit="kept its start (2 tried)"),
                                    champions).set_index("candidate").loc["mlp/APAC#0"]
     assert kept["val_regional_minus_global"] == "+0.0000 (identical predictions)"
+    assert kept["warm_fit"] == "kept its start (2 tried)"
     eu = text.loc["class_prior/EU#0"]
     assert not eu["champion"] and eu["start_from"] == "-"  # not blessed; trained from scratch
     assert eu["new_regional_minus_global"] == ""
@@ -324,6 +331,26 @@ def test_report_prints_regional_minus_global_with_its_noise():
     print_regional_vs_global(table.iloc[0:0], champions, out)
     print_regional_vs_global(None, champions, out)
     assert out.getvalue() == ""
+
+
+def test_warm_fit_says_what_a_regional_fit_kept_and_its_scale():
+    from pythia.evaluate.tables import warm_fit_text
+
+    def cand(kept, tried, bins):
+        return {"warm_start": {"warm": True, "epochs_or_iterations": kept, "tried": tried},
+                "activity_temperature": bins}
+    assert warm_fit_text({"start_from": None}) == ""  # trained from scratch
+    assert warm_fit_text(cand(0, 2, {"start_scale": 1.0, "fitted_scale": 1.028,
+                                     "scale_z": -0.49})) == (
+        "kept its start (2 tried); scale 1 (fitted 1.028, z -0.49: within noise)")
+    assert warm_fit_text(cand(0, 10, {"start_scale": 0.966, "fitted_scale": 0.966,
+                                      "scale_z": -2.31})) == (
+        "kept its start (10 tried); scale 0.966 (z -2.31)")
+    assert warm_fit_text(cand(0, 2, {"start_scale": 1.0, "fitted_scale": 1.5,
+                                     "scale_z": None})) == (
+        "kept its start (2 tried); scale 1 (fitted 1.500, no SE: within noise)")
+    assert warm_fit_text(cand(1, 2, {"start_scale": 0.984})) == "kept 1 of 2; scale 0.984"
+    assert warm_fit_text(cand(3, 3, None)) == "kept 3 of 3"  # no bins
 
 
 def test_each_candidate_says_what_its_fit_did_on_its_one_train_line(

@@ -153,7 +153,8 @@ _MODEL_VERDICTS = (
 _REGIONAL_VS_GLOBAL = (
     "## Regional vs global\n\nPer region and model: the candidate trained on the region "
     "(`start_from`: the global model it was fine-tuned from, blank when trained from "
-    "scratch) next to the global candidate of the same model and config, scored on the "
+    "scratch; `warm_fit`: the epochs or iterations the fine-tune kept, and the scale of "
+    "its start's temperatures) next to the global candidate of the same model and config, scored on the "
     "same rows: validation (`val_logloss_*`) and natural test day (AgeGender). "
     "`gain_logloss_age_gender` = global - regional test log-loss: positive when the "
     "regional candidate does better. `val_diff` = regional - global validation log-loss "

@@ -86,7 +86,7 @@ def build_regional_vs_global(headline: pd.DataFrame,
     ``margins.regional_margins`` adds the paired validation difference with its SE and z.
     """
     ident = ["eval_region", "model", "config_id"]
-    cols = ["region", "model", "config_id", "start_from"] + [
+    cols = ["region", "model", "config_id", "start_from", "warm_fit"] + [
         f"{c}_{who}" for c in COMPARED for who in ("regional", "global")] + [
         "gain_logloss_age_gender", "n"]
     if headline.empty:
@@ -99,12 +99,33 @@ def build_regional_vs_global(headline: pd.DataFrame,
         global_[ident + list(COMPARED)], on=ident, suffixes=("_regional", "_global"))
     both["gain_logloss_age_gender"] = (both["logloss_age_gender_global"]
                                        - both["logloss_age_gender_regional"])
-    started = {(str(c["model"]), str(c["region"]), int(c.get("config_id", 0) or 0)):
-               c.get("start_from") for c in candidates}
-    both["start_from"] = [started.get((m, r, int(k))) for m, r, k in
-                          zip(both["model"], both["eval_region"], both["config_id"])]
+    by_key = {(str(c["model"]), str(c["region"]), int(c.get("config_id", 0) or 0)): c
+              for c in candidates}
+    found = [by_key.get((m, r, int(k)), {}) for m, r, k in
+             zip(both["model"], both["eval_region"], both["config_id"])]
+    both["start_from"] = [c.get("start_from") for c in found]
+    both["warm_fit"] = [warm_fit_text(c) for c in found]
     both = both.rename(columns={"eval_region": "region"})
     return both[cols].sort_values(["region", "model", "config_id"]).reset_index(drop=True)
+
+
+def warm_fit_text(candidate: Mapping[str, Any]) -> str:
+    """What a regional candidate's fit from its start kept, e.g. "kept its start (2 tried);
+    scale 1 (fitted 1.028, z -0.49: within noise)" or "kept 1 of 2; scale 0.984"; "" for
+    one trained from scratch."""
+    warm = candidate.get("warm_start") or {}
+    if not warm.get("warm"):
+        return ""
+    kept, tried = int(warm.get("epochs_or_iterations", 0)), int(warm.get("tried", 0))
+    text = f"kept {kept} of {tried}" if kept else f"kept its start ({tried} tried)"
+    bins = candidate.get("activity_temperature") or {}
+    scale, fitted, z = (bins.get(k) for k in ("start_scale", "fitted_scale", "scale_z"))
+    if scale is None:
+        return text
+    z_text = "no SE" if z is None else f"z {z:.2f}"
+    if fitted is None or fitted == scale:  # untested, or shipped beyond noise
+        return f"{text}; scale {scale:.3f}" + ("" if fitted is None else f" ({z_text})")
+    return f"{text}; scale 1 (fitted {fitted:.3f}, {z_text}: within noise)"
 
 
 def blessed_champions(champions: pd.DataFrame | None) -> set[tuple[str, str, str, int]]:
@@ -186,7 +207,7 @@ def regional_vs_global_text(table: pd.DataFrame, champions: pd.DataFrame | None
     model family, the regional candidate, what it started from, whether it is the region's
     blessed champion, and regional - global AgeGender log-loss on the same rows, ± its SE
     clustered by user and z, on validation, the natural test day and its new users."""
-    cols = ["region", "candidate", "start_from", "champion"] + [
+    cols = ["region", "candidate", "start_from", "warm_fit", "champion"] + [
         f"{p}_regional_minus_global" for p in MARGIN_PARTS]
     if table is None or not len(table):
         return pd.DataFrame(columns=cols)
@@ -194,6 +215,7 @@ def regional_vs_global_text(table: pd.DataFrame, champions: pd.DataFrame | None
     t["candidate"] = [candidate_label(m, r, int(k))
                       for m, r, k in zip(t["model"], t["region"], t["config_id"])]
     t["start_from"] = t["start_from"].fillna("-")
+    t["warm_fit"] = t["warm_fit"].fillna("") if "warm_fit" in t else ""  # older runs: none
     blessed = blessed_champions(champions)
     t["champion"] = [(r, m, r, int(k)) in blessed
                      for r, m, k in zip(t["region"], t["model"], t["config_id"])]
