@@ -127,3 +127,24 @@ def test_the_warm_fit_stops_on_its_own_patience(data):
     model = get_model("gbdt")(make_encoders(), {**WARM, "warm_n_iter_no_change": 7}, FAST)
     model.fit(data["region_train"], data["region_valid"], uniform_priors(), start=start)
     assert model.clf.n_iter_no_change == 7
+
+
+def test_a_regional_gbdt_that_adds_no_tree_scores_as_its_start(data):
+    """No tree added (``warm_max_iter`` 0) on validation rows with user groups: the kept
+    start's scale is noise-tested (``start_temp``), and the candidate predicts as its start."""
+    from pythia.features import USER_GROUP
+
+    start = _global(data, serve=False)
+    rng = np.random.default_rng(11)
+    valid = {**data["region_valid"],
+             USER_GROUP: rng.integers(0, 60, len(data["region_valid"]["impression_id"]))}
+    kept = get_model("gbdt")(make_encoders(), {**WARM, "warm_max_iter": 0}, FAST)
+    kept.fit(data["region_train"], valid, uniform_priors(), start=start)
+    assert kept.kept_start and kept.clf.n_iter_ == start.clf.n_iter_
+    assert kept.temperature["age_gender"] == start.temperature["age_gender"]
+    if start.activity_temperature is not None:
+        assert kept.activity_temperature.temperature == start.activity_temperature.temperature
+    p_kept, p_start = kept.predict_proba(data["region_test"]), start.predict_proba(
+        data["region_test"])
+    for t in p_start:
+        np.testing.assert_array_equal(p_kept[t], p_start[t])
