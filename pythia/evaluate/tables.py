@@ -204,8 +204,8 @@ def _margin_text(diff: Any, se: Any, z: Any) -> str:
 def regional_vs_global_text(table: pd.DataFrame, champions: pd.DataFrame | None
                             ) -> pd.DataFrame:
     """``build_regional_vs_global`` + ``margins.regional_margins`` for reading: per region and
-    model family, the regional candidate, what it started from, whether it is the region's
-    blessed champion, and regional - global AgeGender log-loss on the same rows, ± its SE
+    model family, the regional candidate, what it started from and kept (``warm_fit``),
+    whether it is the region's blessed champion, and regional - global AgeGender log-loss on the same rows, ± its SE
     clustered by user and z, on validation, the natural test day and its new users."""
     cols = ["region", "candidate", "start_from", "warm_fit", "champion"] + [
         f"{p}_regional_minus_global" for p in MARGIN_PARTS]
