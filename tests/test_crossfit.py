@@ -7,6 +7,8 @@ are scored as shipped; the train step's predictions file carries the out-of-fold
 shipped temperatures are untouched."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -275,8 +277,6 @@ def test_a_regional_candidate_that_keeps_its_start_scores_exactly_as_its_start(f
 def test_only_a_kept_start_noise_tests_its_scale(fitted):
     """``fit_for`` tests the scale of a model that kept its start; a network that moved
     (``kept_start`` False) refits its scale, untested, as early stopping's score does."""
-    import copy
-
     start, valid = fitted
     enc = activity_encoders()
     rows = _with_groups(world(enc, 1500, 6), 200, 8)
@@ -297,8 +297,6 @@ def test_a_kept_start_with_one_temperature_keeps_its_starts_unless_beaten_beyond
     """``activity_bins = []``: a regional fit that kept its start keeps its start's AgeGender
     temperature (in each fold: the start's fold's), and so scores every row as its start;
     a refitted temperature that beats the start's beyond noise ships."""
-    import copy
-
     from pythia.models import get_model, start_temp
 
     enc, cfg = activity_encoders(), TrainConfig(activity_bins=())
@@ -333,8 +331,6 @@ def test_a_kept_start_with_one_temperature_keeps_its_starts_unless_beaten_beyond
 def test_a_kept_start_without_bins_has_none_either(fitted):
     """A start whose bins gained nothing (``activity_temperature`` None) under a bins config:
     the regional fit that kept it fits no pools of its own and scores as its start."""
-    import copy
-
     from pythia.models import get_model
 
     start = copy.copy(fitted[0])

@@ -149,7 +149,7 @@ class ActivityTemperature:
                    tuple(int(n) for n in doc["rows"]), tuple(bool(f) for f in doc["fitted"]),
                    # saved before the pools (commit 101fb09): a pool per bin
                    tuple(int(g) for g in doc.get("pools", range(len(doc["temperature"])))),
-                   None if doc.get("start_scale") is None else float(doc["start_scale"]),
+                   _float_or_none(doc.get("start_scale")),
                    None if doc.get("deep") is None else tuple(bool(d) for d in doc["deep"]),
                    None if doc.get("lead_z") is None else tuple(
                        None if z is None else float(z) for z in doc["lead_z"]),
