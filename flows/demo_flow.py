@@ -229,6 +229,7 @@ class DemoFlow(FlowSpec):
         self.distributions, self.gauge = results["distributions"], results["gauge"]
         self.regional_vs_global = results["regional_vs_global"]  # per region: regional vs global
         self.model_verdicts = results["model_verdicts"]  # each model against the baselines
+        self.blind_twins = results["blind_twins"]  # blind twins against their sighted models
         self.reports_path = self.paths.reports
         evaluate.render_card(current.card["report"], results, self.reconciliation,
                              self.provider_choice,

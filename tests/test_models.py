@@ -43,6 +43,7 @@ HPARAMS = {
     "logreg": {},
     "class_prior": {},
 }
+HPARAMS["mlp_blind"] = dict(HPARAMS["mlp"])  # the MLP blind to region_device_make
 LEARNERS = ["mlp", "tabnet", "gbdt", "logreg"]  # every model but the constant prior
 HPARAMS_LOGREG_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # logreg's default c_grid
 

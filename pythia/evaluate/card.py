@@ -91,6 +91,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
     card.append(Table.from_dataframe(_fmt(results["headline"]), truncate=False))
     _append_explained_table(card, _MODEL_VERDICTS, results.get("model_verdicts"))
     _append_regional_vs_global(card, results.get("regional_vs_global"))
+    _append_explained_table(card, _BLIND_TWINS, results.get("blind_twins"))
     structure = results.get("regional_structure")
     _append_explained_table(card, _REGIONAL_STRUCTURE,
                             None if structure is None else with_ses(structure))
@@ -169,6 +170,17 @@ _REGIONAL_VS_GLOBAL = (
     "`val_diff_other_users` is not below 0 (the baselines are not guarded). A regional "
     "fit that kept its start (no epoch or iteration gained, and its region's temperature "
     "scale within noise) scores every row as its start: 0 with a standard error of 0.")
+
+_BLIND_TWINS = (
+    "## Blind twins\n\nEach candidate trained blind to some features (`blind_to`; the "
+    "`mlp_blind` model: the MLP that never sees them, `[models.mlp_blind]`) against its "
+    "sighted model's candidates on the same rows: `*_diff` = sighted - blind AgeGender "
+    "log-loss (below 0: the features help), `*_se` its SE clustered by user, `*_z` = diff / "
+    "se, on validation (`val_`), the natural test day (`test_`) and its new users (`new_`). "
+    "`same rows' fit`: the twins fitted on the same rows (the global pair in every region). "
+    "`offset vs fine-tune`: the sighted global candidate against the blind one fine-tuned on "
+    "the region: with `blind_to = region_device_make`, a region's make learnt as an offset "
+    "in one global model against a regional model without it (below 0: the offset wins).")
 
 _REGIONAL_STRUCTURE = (
     "## Regional structure (synthetic data)\n\nPer region, on its natural test day rows "

@@ -26,9 +26,9 @@ from pythia.features import (IMPRESSION_ID, REQUEST_COLUMNS, SPLIT, TARGETS, TS,
 from pythia.paths import join
 
 REPORT_TABLES = ("metrics", "distributions", "gauge", "gauge_slices", "champions", "headline",
-                 "regional_vs_global", "regional_structure", "model_verdicts")
+                 "regional_vs_global", "regional_structure", "model_verdicts", "blind_twins")
 JSON_TABLES = ("metrics", "champions", "headline", "gauge", "gauge_slices",
-               "regional_vs_global", "regional_structure", "model_verdicts")
+               "regional_vs_global", "regional_structure", "model_verdicts", "blind_twins")
 
 
 # ---------------------------------------------------------------- inputs

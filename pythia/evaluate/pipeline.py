@@ -15,6 +15,7 @@ from pythia.evaluate.previous import PreviousComparison
 from pythia.evaluate.stream import score_streaming
 from pythia.evaluate.tables import (build_headline, build_regional_structure,
                                     build_regional_vs_global)
+from pythia.evaluate.twins import build_blind_twins
 from pythia.evaluate.verdicts import build_model_verdicts
 
 
@@ -59,7 +60,8 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
         'champions', 'headline', 'regional_vs_global' (each regional candidate against its
         family's global one on the region's rows), 'regional_structure'
         (``tables.build_regional_structure``: empty without a region-blind gauge),
-        'model_verdicts' (``verdicts.build_model_verdicts``),
+        'model_verdicts' (``verdicts.build_model_verdicts``), 'blind_twins'
+        (``twins.build_blind_twins``: empty without a blind twin),
         'figures' ({name: png}), 'report_files', 'previous_run', 'baseline_models'}.
     """
     if not candidates:
@@ -96,6 +98,10 @@ def run(candidates: Sequence[Mapping[str, Any]], split_manifest: Mapping[str, An
                # (the champion rule's noise test on each gap: its paired sums and z_min)
                "model_verdicts": build_model_verdicts(metrics, candidates, baseline_models,
                                                       margin_lookup(scored.sums.groups), z_min),
+               # each blind twin against its sighted model on the same rows (evaluate.twins)
+               "blind_twins": build_blind_twins(
+                   candidates, list(dict.fromkeys(headline["eval_region"])) if len(headline)
+                   else [], scored.sums.groups),
                "previous_run": previous_run,
                "baseline_models": tuple(baseline_models)}
     results["report_files"] = write_reports(results, reports_uri)

@@ -188,7 +188,7 @@ def build_regional_structure(gauge: pd.DataFrame | None, champions: pd.DataFrame
 MARGIN_PARTS = ("val", "test", "new")
 
 
-def _margin_text(diff: Any, se: Any, z: Any) -> str:
+def margin_text(diff: Any, se: Any, z: Any) -> str:
     """A margin as text, e.g. "-0.0026 ± 0.0008 (z -3.27)"; the difference alone without its
     SE, "" without a difference; "+0.0000 (identical predictions)" for a regional candidate
     that kept its start (no difference on any row)."""
@@ -205,8 +205,9 @@ def regional_vs_global_text(table: pd.DataFrame, champions: pd.DataFrame | None
                             ) -> pd.DataFrame:
     """``build_regional_vs_global`` + ``margins.regional_margins`` for reading: per region and
     model family, the regional candidate, what it started from and kept (``warm_fit``),
-    whether it is the region's blessed champion, and regional - global AgeGender log-loss on the same rows, ± its SE
-    clustered by user and z, on validation, the natural test day and its new users."""
+    whether it is the region's blessed champion, and regional - global AgeGender log-loss on
+    the same rows, ± its SE clustered by user and z, on validation, the natural test day and
+    its new users."""
     cols = ["region", "candidate", "start_from", "warm_fit", "champion"] + [
         f"{p}_regional_minus_global" for p in MARGIN_PARTS]
     if table is None or not len(table):
@@ -223,7 +224,7 @@ def regional_vs_global_text(table: pd.DataFrame, champions: pd.DataFrame | None
     for p in MARGIN_PARTS:  # before the paired margins, the test difference only (-gain)
         diff = t.get(f"{p}_diff", -t["gain_logloss_age_gender"] if p == "test" else nan)
         t[f"{p}_regional_minus_global"] = [
-            _margin_text(d, se, z)
+            margin_text(d, se, z)
             for d, se, z in zip(diff, t.get(f"{p}_se", nan), t.get(f"{p}_z", nan))]
     return t[cols].reset_index(drop=True)
 

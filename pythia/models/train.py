@@ -322,6 +322,8 @@ def fit_candidate_model(model_name: str, region: str, config_id: int,
         # the MLP: the validation rows its temperature was fitted on (models.mlp_valid)
         "temperature_sample": summary.get("temperature_sample"),
         "start_from": candidate_name(start.summary) if start else None,
+        # a blind twin's sighted model (models.mlp_blind), paired in evaluate.twins
+        "twin_of": getattr(cls, "sighted", None),
         # the start's and the kept validation loss on the region, steps kept / tried
         "warm_start": summary.get("start"),
         "notes": said,  # what the fit said about itself (models.notes), on the train line
