@@ -140,6 +140,13 @@ def test_models_default_is_the_registry_default_and_all_adds_gbdt():
     for chosen in ("all", "default"):
         with pytest.raises(ValueError, match=f"models='{chosen}' needs"):
             RunParams.build({"source": "x", "models": chosen})
+    # the default list and more, each model once, in the order asked
+    assert RunParams.build({"source": "x", "models": "default, gbdt,mlp"}, **names).models == \
+        (*models.DEFAULT_MODELS, "gbdt")
+    assert RunParams.build({"source": "x", "models": "gbdt,default"}, **names).models == \
+        ("gbdt", *models.DEFAULT_MODELS)
+    with pytest.raises(ValueError, match=r"unknown model\(s\) \['svm'\]"):
+        RunParams.build({"source": "x", "models": "default,svm"}, **names)
 
 
 def test_deploy_config_file_parses_and_feeds_resources():

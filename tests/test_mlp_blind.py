@@ -136,3 +136,16 @@ def test_the_default_is_the_regional_make():
     model = get_model("mlp_blind")(make_encoders())
     assert model.hparams[BLIND_KEY] == ["region_device_make"]
     assert get_model("mlp_blind").sighted == "mlp"
+
+
+def test_its_fit_speaks_under_its_own_name(data):
+    """The train line of a candidate shows what its fit said (``notes``, by model name)."""
+    from pythia.config import TrainConfig
+    from pythia.models import notes
+
+    notes.take("mlp_blind")  # nothing left over
+    model = get_model("mlp_blind")(make_encoders(), BLIND, TrainConfig(max_epochs=1,
+                                                                       batch_size=64))
+    model.fit(data["train"], data["valid"], uniform_priors())
+    said = " ".join(notes.take("mlp_blind"))
+    assert "AgeGender's epoch scores" in said  # said as "mlp", it would be lost here

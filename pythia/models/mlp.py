@@ -249,8 +249,9 @@ class MLPModel(Model):
         summary = self._fit_summary(keep, start, n_train)  # member 0's epochs
         if n > 1:
             scores = ", ".join(f"{k.history[k.best_index]['age_gender']:.4f}" for _, k in fits)
-            notes.say("mlp", f"{n} members (seeds {self.train_cfg.seed}.., the first above): "
-                             f"AgeGender {scores}; their mean, one network: {merged:.4f}")
+            notes.say(self.name, f"{n} members (seeds {self.train_cfg.seed}.., the first "
+                                 f"above): AgeGender {scores}; their mean, one network: "
+                                 f"{merged:.4f}")
             summary["members"] = [{"best_epoch": k.best_index, "val_loss_by_epoch": k.history}
                                   for _, k in fits]
             summary["best_val_loss"] = merged
@@ -311,8 +312,8 @@ class MLPModel(Model):
                        f"{keep.best_index})" if keep.best_index else
                        "no epoch beat it: the network stays the logistic regression")
             trail = ", ".join(f"{h['age_gender']:.4f}" for h in keep.history)
-            notes.say("mlp", f"AgeGender's epoch scores {trail} (0: the wide part, a "
-                             f"logistic regression, {first['age_gender']:.4f}); {verdict}")
+            notes.say(self.name, f"AgeGender's epoch scores {trail} (0: the wide part, a "
+                                 f"logistic regression, {first['age_gender']:.4f}); {verdict}")
         return summary
 
     def natural_val_losses(self, valid: Any) -> dict[str, float]:

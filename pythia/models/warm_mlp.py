@@ -68,8 +68,8 @@ def fit_mlp_warm(model: Any, train: Any, valid: Any) -> dict:
     record = start_record(first["age_gender"], best["age_gender"], keep.best_index,
                           len(keep.history) - 1, "natural-weighted AgeGender log-loss")
     trail = ", ".join(f"{s['age_gender']:.4f}" for s in keep.history)
-    notes.say("mlp", f"AgeGender as shipped by epoch {trail} (0: the start); kept epoch "
-                     f"{keep.best_index}")
+    notes.say(model.name, f"AgeGender as shipped by epoch {trail} (0: the start); kept "
+                          f"epoch {keep.best_index}")
     return {"epochs": keep.best_index, "best_val_loss": best["age_gender"],
             "best_epoch": keep.best_index, "age_head": model.age_head,
             "val_loss_by_epoch": keep.history, "start": record}
