@@ -200,7 +200,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("models", "default",
               "Models to train: 'default' (pythia.models.DEFAULT_MODELS), 'all' (every model "
               "of the registry) or a comma-separated list, which may name 'default' "
-              "('default,mlp_blind'); the class prior is always added."),
+              "('default,<model>'); the class prior is always added."),
     ParamSpec("regions", "all", "'all' (global + every region in the data) or a list."),
     ParamSpec("provider_overrides", "US=lucid",
               "COUNTRY=provider pairs that win over the provider scores where that country "
@@ -348,15 +348,13 @@ class RunParams:
         if v["date"] and v["date"] != "yesterday":
             parse_date(v["date"])
         models = []
-        for chosen in parse_list(str(v["models"]), None, "model"):  # 'default,mlp_blind'
-            if chosen in ("all", "default"):
-                names = model_names if chosen == "all" else (default_models or model_names)
-                if not names:
-                    raise ValueError(f"models={chosen!r} needs the model registry's names "
-                                     f"(RunParams.build(model_names=, default_models=))")
-                models += [m for m in names if m not in models]
-            elif chosen not in models:
-                models += parse_list(chosen, model_names, "model")
+        for chosen in parse_list(str(v["models"]), None, "model"):  # e.g. 'default,gbdt'
+            names = model_names if chosen == "all" else (default_models or model_names) \
+                if chosen == "default" else parse_list(chosen, model_names, "model")
+            if not names:
+                raise ValueError(f"models={chosen!r} needs the model registry's names "
+                                 f"(RunParams.build(model_names=, default_models=))")
+            models += [m for m in names if m not in models]
         regions = None if str(v["regions"]).strip() in ("", "all") else tuple(
             parse_list(v["regions"], None, "region"))
         _check_choice("age_head", v["age_head"], AGE_HEADS)

@@ -184,6 +184,7 @@ def test_bundle_and_card_exist(tiny_run):
     blob = re.search(r'__MF_DATA__\["[^"]+"\] = "([^"]+)"', html).group(1)
     components = base64.b64decode(blob).decode()
     assert "Regional vs global" in components and "gain_logloss_age_gender" in components
+    assert "Blind twins" in components and "offset vs fine-tune" in components
     import numpy as np
     assert "Library stack" in components and f"numpy {np.__version__}" in components
 
@@ -201,6 +202,17 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     assert len(rvg) and "Regional vs global (AgeGender log-loss" in out
     for m, r, k in zip(rvg["model"], rvg["region"], rvg["config_id"]):
         assert f"{m}/{r}#{int(k)}" in out.split("Regional vs global")[1]
+    # --models all trains mlp_blind: each of its candidates against the MLP's (evaluate.twins)
+    twins = pd.DataFrame(tiny_run.data.blind_twins)
+    assert set(twins["blind_to"]) == {"region_device_make"}
+    scored = set(pd.DataFrame(tiny_run.data.headline)["eval_region"])  # global's: every one
+    assert scored >= {"global", "NA", "EU"}
+    assert set(zip(twins["region"], twins["comparison"], twins["blind"])) == {
+        (r, "same rows' fit", "mlp_blind/global#0") for r in scored} | {
+        (r, c, f"mlp_blind/{r}#0") for r in ("NA", "EU")
+        for c in ("same rows' fit", "offset vs fine-tune")}
+    assert len(twins) == len(scored) + 4
+    assert twins["test_diff"].notna().all() and "Blind twins (AgeGender log-loss" in out
     assert main(["runs", "-n", "3"]) == 0
     out = capsys.readouterr().out
     assert tiny_run.id in out

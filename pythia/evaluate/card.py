@@ -172,8 +172,8 @@ _REGIONAL_VS_GLOBAL = (
     "scale within noise) scores every row as its start: 0 with a standard error of 0.")
 
 _BLIND_TWINS = (
-    "## Blind twins\n\nEach candidate trained blind to some features (`blind_to`; the "
-    "`mlp_blind` model: the MLP that never sees them, `[models.mlp_blind]`) against its "
+    "## Blind twins\n\nEach candidate trained blind to some features (its model's "
+    "`blind_to`: the blind MLP of the README's \"Regional structure\") against its "
     "sighted model's candidates on the same rows: `*_diff` = sighted - blind AgeGender "
     "log-loss (below 0: the features help), `*_se` its SE clustered by user, `*_z` = diff / "
     "se, on validation (`val_`), the natural test day (`test_`) and its new users (`new_`). "
