@@ -132,6 +132,19 @@ def test_a_feature_it_cannot_be_blind_to_is_named(names, match):
     assert blind_features({}) == () and blind_features({BLIND_KEY: "os"}) == ("os",)
 
 
+def test_the_config_is_checked_before_the_etl_and_an_empty_list_refused():
+    from pythia.models import check_model_hparams
+
+    check_model_hparams({"mlp_blind": {BLIND_KEY: ["os", "browser"]}})
+    with pytest.raises(ValueError, match=r"config \[models.mlp_blind\]: mlp_blind blind_to "
+                                         r"names 'user_impressions_today', not a categorical"):
+        check_model_hparams({"mlp_blind": {BLIND_KEY: ["user_impressions_today"]}})
+    with pytest.raises(ValueError, match="blind_to is empty: name the categorical"):
+        check_model_hparams({"mlp_blind": {BLIND_KEY: []}})
+    with pytest.raises(ValueError, match="'hour_cos', not a categorical"):
+        get_model("mlp_blind")(make_encoders(), {BLIND_KEY: ["hour_cos"]})
+
+
 def test_the_default_is_the_regional_make():
     model = get_model("mlp_blind")(make_encoders())
     assert model.hparams[BLIND_KEY] == ["region_device_make"]

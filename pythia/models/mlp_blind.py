@@ -12,7 +12,7 @@ NumPy scorer and the ONNX graph score the same probabilities, so it is a candida
 other (it may be a region's champion and ship) and needs no scorer of its own.
 
 Evaluate pairs each blind candidate with its sighted twin (the ``mlp`` candidate of the same
-region and config) on the same rows: the ``blind_twins`` table (``evaluate.tables``).
+region and config) on the same rows: the ``blind_twins`` table (``evaluate.twins``).
 """
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def blind_features(hparams: Mapping[str, Any]) -> tuple[str, ...]:
                 f"temperatures too, so a fit cannot be made blind to them)")
     if len(set(names)) != len(names):
         raise ValueError(f"mlp_blind {BLIND_KEY} names a feature twice: {list(names)}")
+    if not names and BLIND_KEY in hparams:
+        raise ValueError(f"mlp_blind {BLIND_KEY} is empty: name the categorical feature(s) "
+                         f"its fit must not see (else it is the MLP; train that instead)")
     return names
 
 
@@ -71,10 +74,18 @@ class MLPBlindModel(MLPModel):
     def default_hparams(cls) -> dict[str, Any]:
         return {**super().default_hparams(), BLIND_KEY: list(DEFAULT_BLIND)}
 
+    @classmethod
+    def check_knobs(cls, knobs: Mapping[str, Any]) -> None:
+        """The config's ``[models.mlp_blind]`` values, checked before the ETL runs."""
+        blind_features({**cls.default_hparams(), **knobs})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hparams[BLIND_KEY] = list(blind_features(self.hparams))
+
     def fit(self, train: Any, valid: Any, priors: Mapping, start: "MLPModel | None" = None
             ) -> dict:
         names = blind_features(self.hparams)
-        self.hparams[BLIND_KEY] = list(names)
         summary = super().fit(mask_split(train, names), mask_split(valid, names), priors,
                               start=start)
         self.seal()

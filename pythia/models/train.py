@@ -75,6 +75,12 @@ def check_model_hparams(model_hparams: Mapping[str, Mapping[str, Any]]) -> None:
             raise ValueError(f"config [models.{model}]: unknown knob(s) {unknown}; {model}'s "
                              f"knobs are {sorted(allowed)} (default_hparams() in "
                              f"pythia/models/{model}.py)")
+        check = getattr(get_model(model), "check_knobs", None)  # a model's own values
+        if check is not None:
+            try:
+                check(knobs)
+            except ValueError as e:
+                raise ValueError(f"config [models.{model}]: {e}") from None
 
 
 def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
