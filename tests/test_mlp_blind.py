@@ -32,7 +32,7 @@ def pair(data):
     out = {}
     for name, hparams in (("mlp", HPARAMS["mlp"]), ("mlp_blind", BLIND)):
         model = get_model(name)(make_encoders(), hparams, FAST)
-        model.fit(data["train"], data["valid"], uniform_priors())
+        model.fit_summary = model.fit(data["train"], data["valid"], uniform_priors())
         out[name] = model
     return out
 
@@ -162,3 +162,12 @@ def test_its_fit_speaks_under_its_own_name(data):
     model.fit(data["train"], data["valid"], uniform_priors())
     said = " ".join(notes.take("mlp_blind"))
     assert "AgeGender's epoch scores" in said  # said as "mlp", it would be lost here
+
+
+def test_what_the_fit_reports_is_what_the_sealed_network_scores(pair, data):
+    """Validation's log-loss in the fit's summary (early stopping, the temperatures, the
+    champion rule's figure) is the sealed network's: the fit never saw the feature."""
+    model, valid = pair["mlp_blind"], data["valid"]
+    for t, col in (("age_gender", "y_age_gender"), ("gender", "y_gender")):
+        got = _log_loss(model.predict_proba(valid)[t], valid[col])
+        assert got == pytest.approx(model.fit_summary["val_logloss"][t], abs=1e-5), t

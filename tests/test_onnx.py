@@ -396,3 +396,19 @@ def test_parity_with_trained_keras_mlp(tmp_path, age_head):
     assert max_abs_diff(got, model.predict_proba(X)) <= PARITY
     edge = [{}, {"country": "US", "ts": TS, "os": "never-seen", "site_or_app": "x" * 600}]
     assert max_abs_diff(onnx_scorer.score_arrays(edge), scorer.score_arrays(edge)) <= PARITY
+
+
+def test_a_blind_twin_is_blind_through_every_scorer(tmp_path):
+    """``mlp_blind`` (blind to ``os``, which carries gender in this tiny world): its bundle
+    answers alike whatever OS a request names, through the NumPy scorer and the ONNX graph,
+    and both agree with the model."""
+    pytest.importorskip("tensorflow")
+    model, scorer, reqs, X = _fit_and_bundle(
+        "mlp_blind", tmp_path, {"hidden_units": [16, 8], "blind_to": ["os"]})
+    onnx_scorer = load_onnx_scorer(str(tmp_path / "bundle"), numpy_for_small=False)
+    other = [{**r, "os": "os_1" if r["os"] != "os_1" else "os_2"} for r in reqs]
+    for s in (scorer, onnx_scorer):
+        assert max_abs_diff(s.score_arrays(other), s.score_arrays(reqs)) == 0.0
+    got = onnx_scorer.score_arrays(reqs)
+    assert max_abs_diff(got, scorer.score_arrays(reqs)) <= PARITY
+    assert max_abs_diff(got, model.predict_proba(X)) <= PARITY
