@@ -171,3 +171,24 @@ def test_what_the_fit_reports_is_what_the_sealed_network_scores(pair, data):
     for t, col in (("age_gender", "y_age_gender"), ("gender", "y_gender")):
         got = _log_loss(model.predict_proba(valid)[t], valid[col])
         assert got == pytest.approx(model.fit_summary["val_logloss"][t], abs=1e-5), t
+
+
+def test_the_twin_trains_with_the_mlps_knobs_and_searched_configs():
+    """``[models.mlp]`` knobs and ``--search`` configs reach the twin too: the pairs of
+    ``blind_twins`` differ by the blind features alone."""
+    from pythia.models import BLIND_TWINS, train_grid
+
+    assert BLIND_TWINS == {"mlp_blind": get_model("mlp_blind").sighted}
+    tf_manifest = {"splits": {s: {"rows": 10, "rows_by_region": {"NA": 10}}
+                              for s in ("train", "validation")}}
+    knobs = {"mlp": {"hidden_units": [32], "dropout": 0.2},
+             "mlp_blind": {"dropout": 0.3, BLIND_KEY: ["os"]}}
+    grid = train_grid(["mlp", "mlp_blind"], ["global"], tf_manifest, search=2, seed=5,
+                      model_hparams=knobs)
+    by = {(g["model"], g["config_id"]): g["hparams"] for g in grid}
+    for k in range(3):
+        mlp, blind = by[("mlp", k)], by[("mlp_blind", k)]
+        assert {**mlp, "dropout": blind["dropout"], BLIND_KEY: ["os"]} == blind, k
+        if k == 0:  # the defaults: the MLP's knobs, the twin's own dropout over them
+            assert blind == {"hidden_units": [32], "dropout": 0.3, BLIND_KEY: ["os"]}
+    assert by[("mlp_blind", 1)] != by[("mlp_blind", 0)] != by[("mlp_blind", 2)]  # searched

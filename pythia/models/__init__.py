@@ -32,6 +32,10 @@ _MODULES = {"mlp": ("pythia.models.mlp", "MLPModel"),
 TYPICAL_TASK_SECONDS = {"gbdt": 245.0, "mlp": 210.0, "tabnet": 93.0, "logreg": 26.0,
                         "class_prior": 9.0,
                         "mlp_blind": 200.0}  # the MLP's, a little less: ties sort by ask
+# A model trained blind to some features -> the model it is the twin of: it trains with that
+# model's ``[models.*]`` knobs and searched configs (``train_grid``), so that evaluate's
+# ``blind_twins`` compares fits that differ by the features alone.
+BLIND_TWINS = {"mlp_blind": "mlp"}
 # What ``--models default`` (the flow's default) trains: the models the product is built
 # around (the wide & deep MLP, TabNet) and the baseline every champion must beat (logreg; the
 # class prior is always added). gbdt is one flag away (``--models all``): a contender that has

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from pythia import features
 from pythia.features import MISSING_ID
+from pythia.models import BLIND_TWINS
 from pythia.models.mlp import MLPModel
 
 BLIND_KEY = "blind_to"  # the hparam: the categorical features the fit never sees
@@ -68,7 +69,7 @@ class MLPBlindModel(MLPModel):
     """The MLP, blind to ``blind_to``'s categorical features (the module docstring)."""
 
     name = "mlp_blind"
-    sighted = "mlp"  # the model it is the twin of: the same network with every feature
+    sighted = BLIND_TWINS[name]  # the model it is the twin of: the network with every feature
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:

@@ -102,7 +102,9 @@ def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
         search: sampled configs per (model, region) beyond the defaults (0 = defaults only).
         seed: the search seed (``search.sample_configs``).
         model_hparams: per model, the deploy config's ``[models.<name>]`` knobs: every
-            config of that model starts from them (a searched knob overrides its value).
+            config of that model starts from them (a searched knob overrides its value); a
+            blind twin (``BLIND_TWINS``) starts from its sighted model's, then its own, and
+            draws the sighted model's searched configs.
 
     Returns:
         ``[{'model', 'region', 'config_id', 'hparams'}, ...]``: model-major, then region,
@@ -112,7 +114,7 @@ def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
         ValueError: an unknown model, a ``[models.<name>]`` knob the model does not have,
             or a requested region without training rows.
     """
-    from pythia.models import MODEL_NAMES, REFERENCE_MODEL
+    from pythia.models import BLIND_TWINS, MODEL_NAMES, REFERENCE_MODEL
     from pythia.models.search import sample_configs
 
     unknown = [m for m in models if m not in MODEL_NAMES]
@@ -128,8 +130,10 @@ def train_grid(models: Sequence[str], regions_requested: Sequence[str] | None,
     regions = _distinct_regions(_grid_regions(regions_requested, tf_manifest), tf_manifest)
     grid = []
     for model in models:
-        configs = [{**given.get(model, {}), **c}
-                   for c in (sample_configs(model, search, seed) if search else [{}])]
+        twin = BLIND_TWINS.get(model)  # a blind twin: its sighted model's knobs and configs
+        base = {**given.get(twin, {}), **given.get(model, {})} if twin else given.get(model, {})
+        configs = [{**base, **c}
+                   for c in (sample_configs(twin or model, search, seed) if search else [{}])]
         for region in regions:
             for config_id, hparams in enumerate(configs):
                 grid.append({"model": model, "region": region, "config_id": config_id,
