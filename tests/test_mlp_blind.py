@@ -15,15 +15,10 @@ from pythia import features
 from pythia.features import MISSING_ID
 from pythia.models import get_model, load_model
 from pythia.models.mlp_blind import BLIND_KEY, blind_features, mask_split
-from test_models import (FAST, HPARAMS, N_AGE, VOCAB, make_encoders, make_split,
-                         uniform_priors)
+from test_models import (FAST, HPARAMS, N_AGE, VOCAB, data,  # noqa: F401 (the fixture)
+                         make_encoders, make_split, uniform_priors)
 
 BLIND = {**HPARAMS["mlp"], BLIND_KEY: ["site_or_app"]}
-
-
-@pytest.fixture(scope="module")
-def data():
-    return {"train": make_split(600, 0), "valid": make_split(300, 1), "test": make_split(300, 2)}
 
 
 @pytest.fixture(scope="module")
