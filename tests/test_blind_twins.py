@@ -43,8 +43,10 @@ def test_each_margin_is_sighted_minus_blind_on_the_same_rows(tiny):  # noqa: F81
     candidates, manifest, _ = tiny
     twins = _as_twins(candidates)
     scored = score_streaming(twins, manifest, EDGES, None, bucket_rows=97)
-    table = build_blind_twins(twins, REGIONS, scored.sums.groups)
+    table = build_blind_twins(twins, REGIONS[::-1], scored.sums.groups)
     assert list(table.columns) == COLUMNS and len(table) == 4
+    assert list(table["region"]) == ["global", "EU", "EU", "NA"]  # global first, then by name
+    assert list(table["comparison"][1:3]) == [OFFSET, SAME]
     m = scored.metrics
 
     def loss(model, region, eval_region, test_set):

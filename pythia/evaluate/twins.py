@@ -60,8 +60,8 @@ def twin_pairs(candidates: Sequence[Mapping[str, Any]], regions: Sequence[str]
 def build_blind_twins(candidates: Sequence[Mapping[str, Any]], regions: Sequence[str],
                       groups: Mapping[tuple, GroupSums]) -> pd.DataFrame:
     """One row per pair of ``twin_pairs``: sighted - blind AgeGender log-loss on the same rows
-    (validation ``val_*``, natural test day ``test_*``, its new users ``new_*``); empty (with
-    the columns) when no candidate is a blind twin."""
+    (validation ``val_*``, natural test day ``test_*``, its new users ``new_*``), global first,
+    then the regions by name; empty (with the columns) when no candidate is a blind twin."""
     margin, on_test = margin_lookup(groups), slice_margin_lookup(groups)
     rows = []
     for region, comparison, s, b, blind_to in twin_pairs(candidates, regions):
@@ -72,7 +72,7 @@ def build_blind_twins(candidates: Sequence[Mapping[str, Any]], regions: Sequence
             for w in ("diff", "se", "z"):
                 row[f"{p}_{w}"] = getattr(m, w) if m else math.nan
         rows.append(row)
-    order = {r: i for i, r in enumerate(regions)}
+    order = {r: i for i, r in enumerate(sorted(regions, key=lambda r: (r != GLOBAL_REGION, r)))}
     out = pd.DataFrame(rows, columns=COLUMNS)
     if len(out):
         out = out.sort_values(["region", "comparison", "sighted"],
