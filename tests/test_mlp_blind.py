@@ -187,3 +187,22 @@ def test_the_twin_trains_with_the_mlps_knobs_and_searched_configs():
         if k == 0:  # the defaults: the MLP's knobs, the twin's own dropout over them
             assert blind == {"hidden_units": [32], "dropout": 0.3, BLIND_KEY: ["os"]}
     assert by[("mlp_blind", 1)] != by[("mlp_blind", 0)] != by[("mlp_blind", 2)]  # searched
+
+
+def test_a_streamed_fit_is_blind_too(data):
+    """Over ``max_train_rows`` the MLP streams tf.data splits: the masking reaches them (what
+    the fit reports on validation is the sealed network's) and the seal follows."""
+    def ds(split, shuffle):
+        x = {f: split[f] for f in features.FEATURE_NAMES}
+        y = {t: split[c] for t, c in features.LABEL_COLUMNS.items()}
+        d = tf.data.Dataset.from_tensor_slices((x, y))
+        return (d.shuffle(1000, seed=0) if shuffle else d).batch(64)
+
+    model = get_model("mlp_blind")(make_encoders(), BLIND, FAST)
+    summary = model.fit(ds(data["train"], True), ds(data["valid"], False), uniform_priors())
+    valid = data["valid"]
+    got = _log_loss(model.predict_proba(valid)["age_gender"], valid["y_age_gender"])
+    assert got == pytest.approx(summary["val_logloss"]["age_gender"], abs=1e-5)
+    np.testing.assert_array_equal(
+        model.predict_proba(_scrambled(data["test"], "site_or_app", 5))["age_gender"],
+        model.predict_proba(data["test"])["age_gender"])
