@@ -23,7 +23,7 @@ import pandas as pd
 from pythia.config import GLOBAL_REGION
 from pythia.evaluate.margins import (NEW_USERS_TEST_PART, TEST_PART, GroupSums, margin_lookup,
                                      slice_margin_lookup)
-from pythia.evaluate.slices import candidate_label
+from pythia.evaluate.slices import candidate_ident, candidate_key, candidate_label
 from pythia.evaluate.tables import margin_text
 
 SAME, OFFSET = "same rows' fit", "offset vs fine-tune"
@@ -32,20 +32,16 @@ COLUMNS = ["region", "comparison", "sighted", "blind", "blind_to"] + [
     f"{p}_{w}" for p in PARTS for w in ("diff", "se", "z")]
 
 
-def _key(c: Mapping[str, Any]) -> tuple:
-    return (str(c["model"]), str(c["region"]), int(c.get("config_id", 0) or 0))
-
-
 def twin_pairs(candidates: Sequence[Mapping[str, Any]], regions: Sequence[str]
                ) -> list[tuple[str, str, tuple, tuple, list]]:
     """(eval region, comparison, sighted key, blind key, blind_to) of every pair the run has."""
-    by_key = {_key(c): c for c in candidates}
+    by_key = {candidate_key(candidate_ident(c)): c for c in candidates}
     pairs = []
     for c in candidates:
         twin = c.get("twin_of")
         if not twin:
             continue
-        b = _key(c)
+        b = candidate_key(candidate_ident(c))
         blind_to = list((c.get("hparams") or {}).get("blind_to") or [])
         same = (str(twin), b[1], b[2])
         if same in by_key:

@@ -86,7 +86,7 @@ class MLPBlindModel(MLPModel):
 
     def fit(self, train: Any, valid: Any, priors: Mapping, start: "MLPModel | None" = None
             ) -> dict:
-        names = blind_features(self.hparams)
+        names = tuple(self.hparams[BLIND_KEY])  # checked by __init__
         summary = super().fit(mask_split(train, names), mask_split(valid, names), priors,
                               start=start)
         self.seal()
@@ -95,7 +95,7 @@ class MLPBlindModel(MLPModel):
     def seal(self) -> None:
         """Every row of each blind feature's embedding and wide table := its ``MISSING_ID``
         row, the one the fit trained: the network gives every id the same answer."""
-        names = blind_features(self.hparams)
+        names = tuple(self.hparams[BLIND_KEY])
         model = self.keras_model
         if model is None or not names:
             return
