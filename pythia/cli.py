@@ -1,5 +1,5 @@
-"""`pythia …` console commands: synth, ingest, runs, report, timings, clean, score, serve,
-bench.
+"""`pythia …` console commands: synth, ingest, runs, report, seeds, timings, clean, score,
+serve, bench.
 
 Imports are lazy so each command only pays for what it uses (the scorer never loads TensorFlow).
 """
@@ -35,6 +35,13 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pythia.runs import print_report
     return print_report(run_id=args.run_id, flow_name=args.flow)
+
+
+def _cmd_seeds(args: argparse.Namespace) -> int:
+    from pythia.seeds import print_seeds, seed_list
+    if bool(args.run_ids) == (args.latest is not None):
+        raise ValueError("name the runs to pool (two or more) or give --latest K, not both")
+    return print_seeds(seed_list(args.run_ids), args.latest, flow_name=args.flow)
 
 
 def _cmd_timings(args: argparse.Namespace) -> int:
@@ -119,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?", default=None)
     p.add_argument("--flow", default="DemoFlow")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("seeds", help="pool runs that differ only in --seed: each regional-vs-"
+                                     "global and blind-twin margin over the seeds, with a t "
+                                     "test; each region's Bayes gauge per seed")
+    p.add_argument("run_ids", nargs="*", help="two or more run ids (comma- or space-separated)")
+    p.add_argument("--latest", type=int, default=None,
+                   help="instead: the K newest successful runs poolable with the newest one")
+    p.add_argument("--flow", default="DemoFlow")
+    p.set_defaults(func=_cmd_seeds)
 
     p = sub.add_parser("timings", help="wall time of a run and of each step; per train task "
                                        "(model family) its candidates' fit seconds")

@@ -439,3 +439,44 @@ def test_a_run_from_before_the_world_record_still_evaluates():
              and getattr(n.args[1], "value", None) == "world_fingerprint"]
     assert calls == ["getattr(inputs[0], 'world_fingerprint', None)",
                      "getattr(self, 'world_fingerprint', None)"], calls
+
+
+def test_pythia_seeds_pools_a_second_seed_with_the_tiny_run(tiny_run, flow_env, capsys):
+    """A second run of the tiny world, another seed and fewer models and regions: `pythia
+    seeds` pools the rows both runs have (each margin the two runs' artifacts' mean), finds
+    the pair with --latest 2 (passing over the OpenRTB run of another source), and refuses a
+    run pooled with itself."""
+    from pythia.cli import main
+    root, env = flow_env
+    with _runner(env, config=point_estimate_config(root)) as runner:
+        result = runner.run(**{**TINY, "models": "mlp,mlp_blind", "regions": "global,NA",
+                               "seed": 1})
+    run = result.run
+    assert run.successful, result.stderr[-4000:]
+    assert main(["seeds", tiny_run.id, run.id]) == 0
+    out = capsys.readouterr().out
+    assert f"Pooled over 2 runs that differ only in their seed: {tiny_run.id} (seed 0), " \
+           f"{run.id} (seed 1)" in out
+    from pythia.runs import open_run
+    from pythia.seeds import pool_runs, read_seed_run
+    tables = pool_runs([read_seed_run(open_run("DemoFlow", r)) for r in (tiny_run.id, run.id)])
+    twins = tables["blind_twins"].set_index(["region", "comparison", "sighted", "blind"])
+    both = twins[twins["runs"] == 2]
+    assert len(both) >= 3  # global, NA on the global pair, NA's own pair
+    for key, row in both.iterrows():
+        each = [pd.DataFrame(r.data.blind_twins).set_index(
+            ["region", "comparison", "sighted", "blind"]).loc[key, "test_diff"]
+                for r in (tiny_run, run)]
+        assert row["test_each"] == pytest.approx(tuple(each))
+        assert row["test_mean"] == pytest.approx(sum(each) / 2)
+        assert f"{each[0]:+.4f} / {each[1]:+.4f}" in out
+    rvg = tables["regional_vs_global"].set_index(["region", "model"])
+    assert rvg.loc[("NA", "mlp"), "runs"] == 2 and rvg.loc[("EU", "mlp"), "runs"] == 1
+    gauge = tables["gauge"].set_index(["eval_region", "test_set"])
+    assert gauge.loc[("global", "natural"), "runs"] == 2
+    assert "Bayes gauge, age_gender" in out
+    assert main(["seeds", "--latest", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run.id} (seed 1), {tiny_run.id} (seed 0)" in out  # newest first
+    assert main(["seeds", tiny_run.id, tiny_run.id]) == 2
+    assert "have the same seed 0" in capsys.readouterr().err

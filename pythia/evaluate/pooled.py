@@ -1,0 +1,165 @@
+"""Verdicts over seeds: one run's paired tables pooled with the same tables of runs that differ
+only in their seed (issue #15: "lose nowhere by more than noise").
+
+A run's margin (regional - global, sighted - blind) has an SE over that run's users, for one
+pair of fits. Two runs that differ only in the seed differ by more: the fits' training luck
+and the seed's held-out users move the margin too (session 59: sighted - blind on EU was
++0.0001, -0.0040 and -0.0022 on three seeds, each with an SE of about 0.0008). Pooled over K
+seeds, a row's K margins give their mean, their spread (which holds every source of noise at
+once) and a t test of the mean on K - 1 degrees of freedom: the verdict a single card cannot
+give. ``sd_over_se`` says how much wider the seeds' spread is than a single run's SE.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+PARTS = ("val", "test", "new")
+LEVEL = "within noise"
+LEVEL_ALPHA = 0.05  # two-sided: the mean is beyond noise when |t| > t(1 - alpha/2, K - 1)
+SINGLE_Z = 2.0  # a single run's margin beyond its own SE, as its card reads it
+
+
+def t_critical(df: int, alpha: float = LEVEL_ALPHA) -> float:
+    """The two-sided critical |t| on ``df`` degrees of freedom (12.71 at 1, 4.30 at 2)."""
+    from scipy.stats import t
+
+    return float(t.ppf(1 - alpha / 2, df))
+
+
+def pool_margins(tables: Mapping[str, Any], keys: Sequence[str],
+                 sides: tuple[str, str] = ("below 0", "above 0")) -> pd.DataFrame:
+    """Per row key, each part's margins over the runs pooled.
+
+    Args:
+        tables: run label -> that run's table (``keys`` columns and ``{part}_diff`` /
+            ``{part}_z`` for ``PARTS``), in the order the runs are listed.
+        keys: the columns that name a row (the same row in every run).
+        sides: the verdict when the mean is beyond noise below 0, and above 0.
+
+    Returns:
+        One row per key found in any run: ``runs`` (how many runs have the row), and per part
+        ``{p}_each`` (the runs' margins in order, NaN where a run has none), ``{p}_mean``,
+        ``{p}_sd`` (over runs), ``{p}_se`` (sd / sqrt k), ``{p}_t``, ``{p}_verdict``
+        (``sides`` or "within noise"; "one run" below two runs), ``{p}_single`` (in how many
+        runs the card's own z was beyond -2 and +2) and ``{p}_sd_over_se`` (the spread over
+        the runs' mean single-run SE; NaN without SEs).
+    """
+    labels = list(tables)
+    frames = []
+    for label in labels:
+        t = pd.DataFrame(tables[label])
+        missing = [c for c in keys if c not in t.columns]
+        if missing:
+            raise ValueError(f"run {label}'s table has no column(s) {missing}")
+        if t.duplicated(list(keys)).any():
+            dup = t.loc[t.duplicated(list(keys)), list(keys)].iloc[0]
+            raise ValueError(f"run {label}'s table names the row "
+                             f"{[v.item() if hasattr(v, 'item') else v for v in dup]} twice")
+        frames.append(t.assign(_run=label))
+    cols = list(keys) + ["runs"] + [f"{p}_{w}" for p in PARTS for w in (
+        "each", "mean", "sd", "se", "t", "verdict", "single", "sd_over_se")]
+    if not frames or not sum(len(f) for f in frames):
+        return pd.DataFrame(columns=cols)
+    stacked = pd.concat(frames, ignore_index=True)
+    rows = []
+    for key, g in stacked.groupby(list(keys), sort=False, dropna=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row["runs"] = int(g["_run"].nunique())
+        by_run = g.set_index("_run")
+        for p in PARTS:
+            diff = by_run.get(f"{p}_diff", pd.Series(dtype=float)).reindex(labels)
+            z = by_run.get(f"{p}_z", pd.Series(dtype=float)).reindex(labels)
+            se1 = by_run.get(f"{p}_se", pd.Series(dtype=float)).reindex(labels)
+            row.update(_pooled(p, diff.to_numpy(float), z.to_numpy(float),
+                               se1.to_numpy(float), sides))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _pooled(p: str, diff: np.ndarray, z: np.ndarray, se1: np.ndarray,
+            sides: tuple[str, str]) -> dict:
+    ok = np.isfinite(diff)
+    k = int(ok.sum())
+    out = {f"{p}_each": tuple(float(d) for d in diff), f"{p}_mean": math.nan,
+           f"{p}_sd": math.nan, f"{p}_se": math.nan, f"{p}_t": math.nan,
+           f"{p}_verdict": "no margin" if not k else "one run",
+           f"{p}_single": "", f"{p}_sd_over_se": math.nan}
+    if not k:
+        return out
+    d = diff[ok]
+    out[f"{p}_mean"] = float(d.mean())
+    zs = z[ok & np.isfinite(z)]
+    out[f"{p}_single"] = (f"{int((zs < -SINGLE_Z).sum())} below, "
+                          f"{int((zs > SINGLE_Z).sum())} above of {k}")
+    if k < 2:
+        return out
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(k)
+    out[f"{p}_sd"], out[f"{p}_se"] = sd, se
+    if se == 0:  # every run gave the same margin: beyond noise unless it is 0
+        t = 0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean())
+    else:
+        t = float(d.mean()) / se
+    out[f"{p}_t"] = t
+    crit = t_critical(k - 1)
+    out[f"{p}_verdict"] = sides[0] if t < -crit else sides[1] if t > crit else LEVEL
+    single = se1[ok & np.isfinite(se1)]
+    if len(single) and single.mean() > 0:
+        out[f"{p}_sd_over_se"] = sd / float(single.mean())
+    return out
+
+
+def pool_values(tables: Mapping[str, Any], keys: Sequence[str],
+                columns: Sequence[str]) -> pd.DataFrame:
+    """Per row key, each of ``columns`` over the runs: ``{c}_each`` (in run order, NaN where
+    a run has none), ``{c}_mean``, ``{c}_sd``, ``{c}_min``, ``{c}_max``; ``runs``."""
+    labels = list(tables)
+    frames = [pd.DataFrame(tables[r]).assign(_run=r) for r in labels]
+    frames = [f for f in frames if len(f)]
+    cols = list(keys) + ["runs"] + [f"{c}_{w}" for c in columns
+                                     for w in ("each", "mean", "sd", "min", "max")]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    stacked = pd.concat(frames, ignore_index=True)
+    rows = []
+    for key, g in stacked.groupby(list(keys), sort=False, dropna=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row["runs"] = int(g["_run"].nunique())
+        by_run = g.drop_duplicates("_run").set_index("_run")
+        for c in columns:
+            v = by_run[c].reindex(labels).to_numpy(float) if c in by_run else np.full(
+                len(labels), math.nan)
+            f = v[np.isfinite(v)]
+            row[f"{c}_each"] = tuple(float(x) for x in v)
+            row[f"{c}_mean"] = float(f.mean()) if len(f) else math.nan
+            row[f"{c}_sd"] = float(f.std(ddof=1)) if len(f) > 1 else math.nan
+            row[f"{c}_min"] = float(f.min()) if len(f) else math.nan
+            row[f"{c}_max"] = float(f.max()) if len(f) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def each_text(values: Sequence[float], digits: int = 4, signed: bool = True) -> str:
+    """The runs' values side by side, "-0.0018 / -0.0050 / ·" (· where a run has none)."""
+    fmt = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    return " / ".join("·" if not math.isfinite(v) else fmt.format(v) for v in values)
+
+
+def pooled_text(table: pd.DataFrame, keys: Sequence[str],
+                parts: Sequence[str] = PARTS) -> pd.DataFrame:
+    """``pool_margins`` for reading: per part the runs' margins, then "mean ± se (t, verdict)"
+    and how many single runs' cards called it."""
+    out = table[list(keys) + ["runs"]].copy()
+    for p in parts:
+        out[f"{p}_each"] = [each_text(v) for v in table[f"{p}_each"]]
+        out[f"{p}_pooled"] = [
+            "" if not math.isfinite(m) else f"{m:+.4f}" if not math.isfinite(s)
+            else f"{m:+.4f} ± {s:.4f} (t {t:+.2f}, {v})"
+            for m, s, t, v in zip(table[f"{p}_mean"], table[f"{p}_se"], table[f"{p}_t"],
+                                  table[f"{p}_verdict"])]
+        out[f"{p}_cards"] = table[f"{p}_single"]
+    return out

@@ -1,0 +1,177 @@
+"""`pythia seeds`: margins pooled over runs that differ only in their seed (evaluate.pooled,
+pythia.seeds), on hand-made tables; the Metaflow path is in test_flow.py."""
+import dataclasses
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pythia.config import RunParams
+from pythia.evaluate import pooled
+from pythia.seeds import SeedRun, check_poolable, pool_runs, print_pooled
+
+KEYS = ["region", "model", "config_id"]
+
+
+def _table(rows):
+    """A regional-vs-global-like table: (region, model, test_diff, test_se) per row."""
+    out = []
+    for region, model, diff, se in rows:
+        r = {"region": region, "model": model, "config_id": 0}
+        for p in pooled.PARTS:
+            r.update({f"{p}_diff": diff, f"{p}_se": se, f"{p}_z": diff / se if se else np.nan})
+        out.append(r)
+    return pd.DataFrame(out)
+
+
+def test_t_critical_is_students():
+    assert pooled.t_critical(1) == pytest.approx(12.706, abs=1e-3)
+    assert pooled.t_critical(2) == pytest.approx(4.303, abs=1e-3)
+    assert pooled.t_critical(4) == pytest.approx(2.776, abs=1e-3)
+
+
+def test_pool_margins_gives_mean_spread_and_t_over_the_runs():
+    diffs = [-0.0040, -0.0030, -0.0050, -0.0045]
+    tables = {f"seed {i}": _table([("EU", "mlp", d, 0.0005), ("NA", "mlp", 0.001 * (-1) ** i,
+                                                              0.0004)])
+              for i, d in enumerate(diffs)}
+    t = pooled.pool_margins(tables, KEYS, ("regional better", "global better")).set_index(
+        "region")
+    eu = t.loc["EU"]
+    assert eu["runs"] == 4 and eu["test_each"] == tuple(diffs)
+    assert eu["test_mean"] == pytest.approx(np.mean(diffs))
+    assert eu["test_sd"] == pytest.approx(np.std(diffs, ddof=1))
+    assert eu["test_se"] == pytest.approx(np.std(diffs, ddof=1) / 2)
+    assert eu["test_t"] == pytest.approx(np.mean(diffs) / (np.std(diffs, ddof=1) / 2))
+    assert eu["test_verdict"] == "regional better"  # t -11 beyond 3.18 (3 df)
+    assert eu["test_single"] == "4 below, 0 above of 4"  # every card said so too
+    assert eu["test_sd_over_se"] == pytest.approx(np.std(diffs, ddof=1) / 0.0005)
+    na = t.loc["NA"]  # +/- 0.001 alternating: each card beyond 2 SEs, the mean 0
+    assert na["test_mean"] == pytest.approx(0.0) and na["test_verdict"] == pooled.LEVEL
+    assert na["test_single"] == "2 below, 2 above of 4"
+
+
+def test_a_margin_every_card_calls_can_be_within_noise_over_the_seeds():
+    """Three cards each beyond 2 SEs below 0, but spread widely: t on 2 df is not beyond
+    4.30 (session 59's LATAM row); the verdict is the pooled one, not the cards' count."""
+    tables = {f"s{i}": _table([("LATAM", "mlp", d, 0.0012)])
+              for i, d in enumerate([-0.0044, -0.0104, -0.0052])}
+    row = pooled.pool_margins(tables, KEYS).iloc[0]
+    assert row["test_single"] == "3 below, 0 above of 3"
+    assert -4.303 < row["test_t"] < -2 and row["test_verdict"] == pooled.LEVEL
+    tables["s3"] = _table([("LATAM", "mlp", -0.0070, 0.0012)])  # a fourth seed: 3.18
+    assert pooled.pool_margins(tables, KEYS).iloc[0]["test_verdict"] == "below 0"
+
+
+def test_rows_missing_in_a_run_pool_over_the_runs_that_have_them():
+    tables = {"a": _table([("EU", "mlp", -0.002, 0.001), ("NA", "mlp", -0.001, 0.001)]),
+              "b": _table([("EU", "mlp", -0.004, 0.001)]),
+              "c": _table([("EU", "mlp", -0.003, 0.001)])}
+    t = pooled.pool_margins(tables, KEYS).set_index("region")
+    assert t.loc["EU", "runs"] == 3
+    na = t.loc["NA"]
+    assert na["runs"] == 1 and na["test_verdict"] == "one run"
+    assert na["test_mean"] == -0.001 and math.isnan(na["test_se"])
+    assert na["test_each"][0] == -0.001 and all(math.isnan(v) for v in na["test_each"][1:])
+    assert pooled.each_text(na["test_each"]) == "-0.0010 / · / ·"
+
+
+def test_identical_margins_in_every_run():
+    same = {f"s{i}": _table([("EU", "mlp", 0.0, 0.0), ("NA", "mlp", -0.001, 0.0005)])
+            for i in range(3)}
+    t = pooled.pool_margins(same, KEYS).set_index("region")
+    assert t.loc["EU", "test_t"] == 0 and t.loc["EU", "test_verdict"] == pooled.LEVEL
+    assert t.loc["NA", "test_t"] == -math.inf and t.loc["NA", "test_verdict"] == "below 0"
+
+
+def test_pool_margins_refuses_a_table_that_names_a_row_twice_or_lacks_a_key():
+    twice = _table([("EU", "mlp", -0.001, 0.001), ("EU", "mlp", -0.002, 0.001)])
+    with pytest.raises(ValueError, match=r"run a's table names the row \['EU', 'mlp', 0\]"):
+        pooled.pool_margins({"a": twice, "b": twice}, KEYS)
+    with pytest.raises(ValueError, match=r"run b's table has no column\(s\) \['config_id'\]"):
+        pooled.pool_margins({"a": twice.iloc[:1], "b": twice.iloc[:1].drop(
+            columns="config_id")}, KEYS)
+    assert pooled.pool_margins({"a": twice.iloc[:0]}, KEYS).empty
+
+
+def test_pool_values_spread_per_key():
+    tables = {f"s{i}": pd.DataFrame({"eval_region": ["global"], "test_set": ["natural"],
+                                     "ratio": [v]}) for i, v in enumerate([1.24, 1.25, 1.26])}
+    row = pooled.pool_values(tables, ["eval_region", "test_set"], ["ratio", "absent"]).iloc[0]
+    assert row["ratio_mean"] == pytest.approx(1.25) and row["ratio_sd"] == pytest.approx(0.01)
+    assert (row["ratio_min"], row["ratio_max"]) == (1.24, 1.26) and row["runs"] == 3
+    assert math.isnan(row["absent_mean"])
+
+
+# ---------------------------------------------------------------- pythia.seeds
+
+def _params(seed: int, **changes) -> RunParams:
+    p = RunParams.build({"seed": seed, "source": "synthetic://tiny", "models": "mlp,logreg"})
+    return dataclasses.replace(p, **changes)
+
+
+def _run(run_id, seed, rvg=None, twins=None, **changes):
+    return SeedRun(run_id, _params(seed, **changes), "world1", {"test": "2026-11-20"},
+                   rvg, twins)
+
+
+def test_check_poolable_allows_only_the_seed_models_and_regions_to_differ():
+    a = _run("101", 0)
+    check_poolable([a, _run("102", 1, models=("mlp",), regions=("global",))])
+    with pytest.raises(ValueError, match="runs 101 and 103 have the same seed 0: pool runs "
+                                         "with distinct --seed"):
+        check_poolable([a, _run("103", 0)])
+    epochs = dataclasses.replace(a.params.train, max_epochs=20)
+    with pytest.raises(ValueError, match=r"runs 101 and 104 differ in train.max_epochs "
+                                         r"\(12 vs 20\): pool runs that differ only in --seed"):
+        check_poolable([a, _run("104", 1, train=epochs)])
+    with pytest.raises(ValueError, match=r"differ in source \('synthetic://tiny' vs "
+                                         r"'/data/logs'\)"):
+        check_poolable([a, _run("105", 1, source="/data/logs")])
+    other_world = _run("106", 1)
+    other_world.fingerprint = "world2"
+    with pytest.raises(ValueError, match="differ in world"):
+        check_poolable([a, other_world])
+    with pytest.raises(ValueError, match=r"differ in model_hparams"):
+        check_poolable([a, _run("107", 1, model_hparams={"mlp": {"members": 3}})])
+    check_poolable([a, _run("108", 1, model_hparams={"mlp": {}})])  # an empty section
+    with pytest.raises(ValueError, match="pooling needs two runs or more, got 1"):
+        check_poolable([a])
+
+
+def test_pool_runs_and_the_printed_tables():
+    runs = [_run(str(100 + s), s,
+                 rvg=_table([("EU", "mlp", d, 0.0005), ("EU", "logreg", 0.0, 0.0)]),
+                 twins=pd.DataFrame([{"region": "global", "comparison": "same rows' fit",
+                                      "sighted": "mlp/global#0", "blind": "mlp_blind/global#0",
+                                      **{f"{p}_{w}": v for p in pooled.PARTS
+                                         for w, v in (("diff", t), ("se", 0.0004),
+                                                      ("z", t / 0.0004))}}]))
+            for s, d, t in ((0, -0.0020, -0.0018), (1, -0.0030, -0.0050), (2, -0.0025,
+                                                                           -0.0032))]
+    tables = pool_runs(runs)
+    assert list(tables["runs"]["run"]) == ["100", "101", "102"]
+    rvg = tables["regional_vs_global"].set_index("model")
+    assert rvg.loc["mlp", "test_mean"] == pytest.approx(-0.0025)
+    assert rvg.loc["mlp", "test_verdict"] == "regional better"
+    twin = tables["blind_twins"].iloc[0]
+    assert twin["test_mean"] == pytest.approx(np.mean([-0.0018, -0.0050, -0.0032]))
+    assert twin["test_verdict"] == pooled.LEVEL  # t -3.58 on 2 df: within 4.30
+    out = io.StringIO()
+    print_pooled(tables, out)
+    text = out.getvalue()
+    assert "Pooled over 3 runs that differ only in their seed: 100 (seed 0)" in text
+    assert "|t| > 4.30 with 3 runs" in text
+    assert "-0.0020 / -0.0030 / -0.0025" in text
+    assert "identical in every run (kept its start each time): EU logreg 0" in text
+    assert "Blind twins (AgeGender log-loss, sighted - blind" in text
+    assert "Bayes gauge" not in text  # no gauge in these runs
+
+
+def test_pythia_seeds_needs_runs_or_latest_not_both(capsys):
+    from pythia.cli import main
+    assert main(["seeds", "1", "2", "--latest", "2"]) == 2
+    assert "name the runs to pool (two or more) or give --latest K" in capsys.readouterr().err
+    assert main(["seeds"]) == 2
