@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Files go out in collection order, the longest first (tests/conftest.py: LONG_FILES_FIRST).
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-fast bench java clean
+.PHONY: setup demo seeds test test-fast bench java clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH, or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -30,6 +30,14 @@ java:
 
 demo: setup java
 	$(PY) flows/demo_flow.py run
+
+# `make seeds`: the main job once per seed, then `pythia seeds` pools the runs (each margin of
+# the cards' regional-vs-global and blind-twin tables over the seeds, with a t test)
+SEEDS ?= 0 1 2 3 4
+SEED_MODELS ?= default,mlp_blind
+seeds: setup java
+	for s in $(SEEDS); do $(PY) flows/demo_flow.py run --seed $$s --models $(SEED_MODELS) || exit 1; done
+	$(PY) -m pythia.cli seeds --latest $(words $(SEEDS))
 
 test: setup java
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

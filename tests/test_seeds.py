@@ -175,3 +175,17 @@ def test_pythia_seeds_needs_runs_or_latest_not_both(capsys):
     assert main(["seeds", "1", "2", "--latest", "2"]) == 2
     assert "name the runs to pool (two or more) or give --latest K" in capsys.readouterr().err
     assert main(["seeds"]) == 2
+
+
+def test_make_seeds_runs_the_job_once_per_seed_then_pools_them():
+    import shutil
+    import subprocess
+    from pathlib import Path
+    if shutil.which("make") is None:
+        pytest.skip("no make on PATH")
+    out = subprocess.run(["make", "-n", "seeds", "SEEDS=3 4", "SEED_MODELS=mlp,mlp_blind"],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                         text=True, check=True).stdout
+    assert ("for s in 3 4; do .venv/bin/python flows/demo_flow.py run --seed $s --models "
+            "mlp,mlp_blind || exit 1; done") in out
+    assert out.rstrip().endswith(".venv/bin/python -m pythia.cli seeds --latest 2")
