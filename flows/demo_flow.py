@@ -25,7 +25,7 @@ from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # 
                       schedule, step)
 
 from pythia import (disk_budget, etl, evaluate, models, providers, runs, scoring,  # noqa: E402
-                    source, stack, tfrecords)
+                    seeds, source, stack, tfrecords)
 from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
 from pythia.disk_full import full_disk_errors, task_outputs  # noqa: E402
 from pythia.paths import RunPaths, default_cache_root  # noqa: E402
@@ -230,6 +230,9 @@ class DemoFlow(FlowSpec):
         self.regional_vs_global = results["regional_vs_global"]  # per region: regional vs global
         self.model_verdicts = results["model_verdicts"]  # each model against the baselines
         self.blind_twins = results["blind_twins"]  # blind twins against their sighted models
+        # this run's margins pooled with earlier runs of the same data and other seeds (or None)
+        self.seed_pool = results["seed_pool"] = seeds.pool_with_earlier(
+            current.flow_name, seeds.seed_run_of(current.run_id, self))
         self.reports_path = self.paths.reports
         evaluate.render_card(current.card["report"], results, self.reconciliation,
                              self.provider_choice,

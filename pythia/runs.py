@@ -216,8 +216,7 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
     else:
         run = flow.latest_successful_run
         if run is None:
-            print(f"{flow_name} has no successful run yet; `pythia runs` lists all runs.",
-                  file=out)
+            print(f"{flow_name} has no successful run yet; `pythia runs` lists all.", file=out)
             return 1
     headline = _artifact(run, "headline")
     print(f"Run {run.pathspec}  status: {run_status(run)}  finished: "
@@ -242,12 +241,13 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
                   "in-sample elsewhere: models/crossfit.py)", file=out)
         print("\nHeadline (natural test day, provider labels)", file=out)
         print(pd.DataFrame(headline).to_string(index=False), file=out)
-        from pythia.evaluate import gauge, tables, twins, verdicts
+        from pythia.evaluate import gauge, pooled, tables, twins, verdicts
         verdicts.print_model_verdicts(_artifact(run, "metrics"), _artifact(run, "candidates"),
                                       out, _artifact(run, "model_verdicts"))
         gauge.print_gauge_slices(_artifact(run, "gauge"), champions, out)
         tables.print_regional_vs_global(_artifact(run, "regional_vs_global"), champions, out)
         twins.print_blind_twins(_artifact(run, "blind_twins"), out)
+        pooled.print_pooled(_artifact(run, "seed_pool"), out, title="\nOver seeds")
         gauge.print_regional_structure(_artifact(run, "gauge"), champions, out)
     return 0
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence, TextIO
+from typing import Any, Iterable, Sequence, TextIO
 
-import numpy as np
 import pandas as pd
 
 from pythia.evaluate import pooled
@@ -22,10 +21,7 @@ from pythia.evaluate import pooled
 SAME_FIELDS = ("source", "provider_overrides", "etl", "train", "search", "geo",
                "model_hparams")
 SEED_FIELDS = ("seed",)  # and the seed inside etl and train
-RVG_KEYS = ["region", "model", "config_id"]
-TWIN_KEYS = ["region", "comparison", "sighted", "blind"]
-GAUGE_KEYS = ["eval_region", "test_set"]
-GAUGE_TARGETS = ("age_gender", "gender", "age")
+RVG_KEYS, TWIN_KEYS, GAUGE_KEYS = pooled.RVG_KEYS, pooled.TWIN_KEYS, pooled.GAUGE_KEYS
 LATEST_SCAN = 50  # `--latest K` looks this many runs back at most
 
 
@@ -43,17 +39,78 @@ class SeedRun:
     champions: Any = None
 
 
-def read_seed_run(run: Any) -> SeedRun:
-    """A Metaflow ``Run``'s artifacts that `pythia seeds` pools."""
+TABLES = ("regional_vs_global", "blind_twins", "gauge", "champions")  # SeedRun's, in order
+MAX_POOLED = 10  # the evaluate step pools its run with at most this many - 1 earlier ones
+
+
+def seed_run_of(run_id: str, artifacts: Any) -> SeedRun:
+    """A ``SeedRun`` from an object holding a run's artifacts as attributes (the flow in its
+    evaluate step)."""
+    return SeedRun(str(run_id), artifacts.params,
+                   *[getattr(artifacts, n, None) for n in ("world_fingerprint", "window")],
+                   *[getattr(artifacts, n, None) for n in TABLES])
+
+
+def read_seed_run(run: Any, tables: bool = True) -> SeedRun:
+    """A Metaflow ``Run``'s artifacts that `pythia seeds` pools (``tables=False``: only what
+    ``check_poolable`` reads; ``with_tables`` adds the rest)."""
     from pythia.runs import _artifact
 
     params = _artifact(run, "params")
     if params is None:
         raise ValueError(f"run {run.pathspec} has no params artifact (it stopped in start?)")
-    return SeedRun(str(run.id), params, _artifact(run, "world_fingerprint"),
-                   _artifact(run, "window"), _artifact(run, "regional_vs_global"),
-                   _artifact(run, "blind_twins"), _artifact(run, "gauge"),
-                   _artifact(run, "champions"))
+    view = SeedRun(str(run.id), params, _artifact(run, "world_fingerprint"),
+                   _artifact(run, "window"))
+    return with_tables(view, run) if tables else view
+
+
+def with_tables(view: SeedRun, run: Any) -> SeedRun:
+    """``view`` with ``run``'s pooled tables read."""
+    from pythia.runs import _artifact
+
+    return dataclasses.replace(view, **{n: _artifact(run, n) for n in TABLES})
+
+
+def poolable_runs(runs: Iterable[Any], anchor: SeedRun, limit: int,
+                  out: TextIO | None = None) -> list[SeedRun]:
+    """Up to ``limit`` successful runs of ``runs`` (newest first; at most ``LATEST_SCAN``
+    looked at) poolable with ``anchor`` and of seeds distinct from it and each other, with
+    their tables; each run passed over said on ``out`` (when given)."""
+    from pythia.runs import _artifact
+
+    chosen: list[SeedRun] = []
+    for i, run in enumerate(runs):
+        if len(chosen) >= limit or i >= LATEST_SCAN:
+            break
+        if str(run.id) == anchor.run_id or not run.successful:
+            continue
+        if _artifact(run, "window") != anchor.window:  # another day's data: cheap to see
+            if out:
+                print(f"(passed over run {run.id}: another window)", file=out)
+            continue
+        view = read_seed_run(run, tables=False)
+        try:
+            for earlier in [anchor] + [c for c in chosen if c.params.seed == view.params.seed]:
+                check_poolable([earlier, view])
+        except ValueError as e:
+            if out:
+                print(f"(passed over: {e})", file=out)
+            continue
+        chosen.append(with_tables(view, run))
+    return chosen
+
+
+def pool_with_earlier(flow_name: str, this: SeedRun) -> dict[str, pd.DataFrame] | None:
+    """``pool_runs`` of ``this`` run (``seed_run_of``) and the earlier successful runs of
+    ``flow_name`` poolable with it, newest first (at most ``MAX_POOLED`` in all); None when
+    there is none (a run whose data no run of another seed read)."""
+    from pythia.runs import open_flow
+
+    flow = open_flow(flow_name)
+    if flow is None:
+        return None
+    earlier = poolable_runs(flow.runs(), this, MAX_POOLED - 1)
+    return pool_runs([this] + earlier) if earlier else None
 
 
 def _comparable_view(run: SeedRun) -> dict[str, Any]:
@@ -127,7 +184,8 @@ def pool_runs(runs: Sequence[SeedRun]) -> dict[str, pd.DataFrame]:
             g = g[(g["label_source"] == "provider")
                   & g["test_set"].isin(["natural", "natural_new_users"])]
         gauges[lab] = g
-    ratio_cols = [f"{m}_{t}" for t in GAUGE_TARGETS for m in ("ratio", "ratio_population")]
+    ratio_cols = [f"{m}_{t}" for t in pooled.GAUGE_TARGETS
+                  for m in ("ratio", "ratio_population")]
     return {
         "regional_vs_global": pooled.pool_margins(
             rvg, RVG_KEYS, ("regional better", "global better")),
@@ -160,23 +218,13 @@ def select_runs(flow: Any, run_ids: Sequence[str], latest: int | None,
         return runs
     if latest is None or latest < 2:
         raise ValueError(f"--latest must be 2 or more, got {latest}")
-    chosen: list[SeedRun] = []
-    for i, run in enumerate(flow.runs()):  # newest first
-        if len(chosen) == latest or i >= LATEST_SCAN:
-            break
-        if not run.successful:
-            continue
-        view = read_seed_run(run)
-        try:
-            for earlier in chosen[:1] + [c for c in chosen if c.params.seed == view.params.seed]:
-                check_poolable([earlier, view])
-        except ValueError as e:
-            print(f"(passed over: {e})", file=out)
-            continue
-        chosen.append(view)
+    newest = flow.latest_successful_run
+    if newest is None:
+        raise ValueError(f"{flow.id} has no successful run yet")
+    anchor = read_seed_run(newest)
+    chosen = [anchor] + poolable_runs(flow.runs(), anchor, latest - 1, out)
     if len(chosen) < latest:
-        print(f"(found {len(chosen)} poolable runs of the {latest} asked for in the last "
-              f"{LATEST_SCAN} runs)", file=out)
+        print(f"(found {len(chosen)} poolable runs of the {latest} asked for)", file=out)
     return chosen
 
 
@@ -192,77 +240,8 @@ def print_seeds(run_ids: Sequence[str] = (), latest: int | None = None,
     flow = _open_flow(flow_name, out)
     if flow is None:
         return 1
-    tables = pool_runs(select_runs(flow, run_ids, latest, out))
-    print_pooled(tables, out)
+    pooled.print_pooled(pool_runs(select_runs(flow, run_ids, latest, out)), out)
     return 0
-
-
-PART_NAMES = {"test": "natural test day", "new": "its new users (held out of training)",
-              "val": "validation (natural-weighted)"}
-
-
-def print_pooled(tables: Mapping[str, pd.DataFrame], out: TextIO) -> None:
-    """The pooled tables for reading, one block per part (a table without rows is left
-    out); rows whose margin was 0 in every run and part (a regional candidate that kept its
-    start every time) are named in one line instead."""
-    runs = tables["runs"]
-    k = len(runs)
-    print(f"Pooled over {k} runs that differ only in their seed: "
-          + ", ".join(f"{r} ({lab})" for r, lab in zip(runs["run"], runs["label"])), file=out)
-    print(f"Each row: the runs' margins in that order (· where a run has none); their mean ± "
-          f"its SE over the runs, and t on runs - 1 degrees of freedom (beyond noise at |t| > "
-          f"{pooled.t_critical(max(k - 1, 1)):.2f} with {k} runs, two-sided 5%); in how many "
-          "runs the card's own z was beyond ±2.", file=out)
-    with pd.option_context("display.width", 250, "display.max_columns", 50,
-                           "display.max_colwidth", 80):
-        for name, keys, what in (
-                ("regional_vs_global", RVG_KEYS, "Regional vs global (AgeGender log-loss, "
-                 "regional - global candidate of the same model on the same rows)"),
-                ("blind_twins", TWIN_KEYS, "Blind twins (AgeGender log-loss, sighted - blind "
-                 "candidate on the same rows)")):
-            _print_margins(tables[name], keys, what, out)
-        _print_gauge(tables["gauge"], out)
-
-
-def _print_margins(t: pd.DataFrame, keys: Sequence[str], what: str, out: TextIO) -> None:
-    if not len(t):
-        return
-    flat = pd.Series(True, index=t.index)
-    for p in pooled.PARTS:
-        flat &= t[f"{p}_each"].map(lambda v: all(x == 0 for x in v))
-    text = pooled.pooled_text(t[~flat], keys)
-    for p in ("test", "new", "val"):
-        print(f"\n{what}, {PART_NAMES[p]}", file=out)
-        cols = list(keys) + ["runs", f"{p}_each", f"{p}_pooled", f"{p}_cards"]
-        block = text[cols].rename(columns={f"{p}_each": "each run", f"{p}_pooled":
-                                           "mean ± se (t, verdict)", f"{p}_cards": "cards"})
-        print(block.to_string(index=False), file=out)
-    if flat.any():
-        print("identical in every run (kept its start each time): " + ", ".join(
-            " ".join(str(v) for v in r) for r in t.loc[flat, list(keys)].itertuples(
-                index=False)), file=out)
-    spread = t.loc[~flat, [f"{p}_sd_over_se" for p in pooled.PARTS]].median()
-    print("the runs' spread / one run's SE, median over the rows: " + ", ".join(
-        f"{p} {v:.1f}" for p, v in zip(pooled.PARTS, spread) if pd.notna(v)), file=out)
-
-
-def _print_gauge(g: pd.DataFrame, out: TextIO) -> None:
-    if not len(g):
-        return
-    for t in GAUGE_TARGETS:
-        print(f"\nBayes gauge, {t}: each region's chosen candidate, provider labels; model / "
-              "realised and model / population posterior; each run, then mean (min-max)",
-              file=out)
-        rows = []
-        for _, r in g.iterrows():
-            row = {"eval_region": r["eval_region"], "test_set": r["test_set"]}
-            for m, head in (("ratio", "× realised"), ("ratio_population", "× population")):
-                c = f"{m}_{t}"
-                row[head] = "" if not np.isfinite(r[f"{c}_mean"]) else (
-                    f"{pooled.each_text(r[f'{c}_each'], signed=False)} → {r[f'{c}_mean']:.4f} "
-                    f"({r[f'{c}_min']:.4f}-{r[f'{c}_max']:.4f})")
-            rows.append(row)
-        print(pd.DataFrame(rows).to_string(index=False), file=out)
 
 
 def seed_list(values: Iterable[str]) -> list[str]:

@@ -169,21 +169,30 @@ def test_run_records_providers_reconciliation_and_counts(tiny_run):
     assert split_rows["test_natural"] >= split_rows["test_resampled"] > 0
 
 
-def test_bundle_and_card_exist(tiny_run):
-    from metaflow.cards import get_cards
-    data = tiny_run.data
-    assert Path(data.bundle_path, "bundle.json").exists()
-    cards = get_cards(tiny_run["evaluate"].task, id="report")
-    assert len(cards) == 1
-    html = cards[0].get()
-    assert "<img" in html or "data:image/png" in html
-    # the card's components travel base64-encoded in the page: each region's candidate next to
-    # the global one of its family
+def _card_html_and_components(run) -> tuple[str, str]:
+    """The evaluate step's report card of ``run``: its page, and its components (they travel
+    base64-encoded in the page)."""
     import base64
     import re
+
+    from metaflow.cards import get_cards
+    cards = get_cards(run["evaluate"].task, id="report")
+    assert len(cards) == 1
+    html = cards[0].get()
     blob = re.search(r'__MF_DATA__\["[^"]+"\] = "([^"]+)"', html).group(1)
-    components = base64.b64decode(blob).decode()
+    return html, base64.b64decode(blob).decode()
+
+
+def test_bundle_and_card_exist(tiny_run):
+    data = tiny_run.data
+    assert Path(data.bundle_path, "bundle.json").exists()
+    html, components = _card_html_and_components(tiny_run)
+    assert "<img" in html or "data:image/png" in html
+    # each region's candidate next to the global one of its family
     assert "Regional vs global" in components and "gain_logloss_age_gender" in components
+    # the first run of this datastore: no run of another seed to pool with, said once
+    assert data.seed_pool is None
+    assert components.count("Over seeds: no earlier run of this data with another seed") == 1
     assert "Blind twins" in components and "offset vs fine-tune" in components
     import numpy as np
     assert "Library stack" in components and f"numpy {np.__version__}" in components
@@ -459,22 +468,31 @@ def test_pythia_seeds_pools_a_second_seed_with_the_tiny_run(tiny_run, flow_env, 
            f"{run.id} (seed 1)" in out
     from pythia.runs import open_run
     from pythia.seeds import pool_runs, read_seed_run
-    tables = pool_runs([read_seed_run(open_run("DemoFlow", r)) for r in (tiny_run.id, run.id)])
+    tables = pool_runs([read_seed_run(open_run("DemoFlow", r)) for r in (run.id, tiny_run.id)])
     twins = tables["blind_twins"].set_index(["region", "comparison", "sighted", "blind"])
     both = twins[twins["runs"] == 2]
     assert len(both) >= 3  # global, NA on the global pair, NA's own pair
     for key, row in both.iterrows():
         each = [pd.DataFrame(r.data.blind_twins).set_index(
             ["region", "comparison", "sighted", "blind"]).loc[key, "test_diff"]
-                for r in (tiny_run, run)]
+                for r in (run, tiny_run)]
         assert row["test_each"] == pytest.approx(tuple(each))
         assert row["test_mean"] == pytest.approx(sum(each) / 2)
-        assert f"{each[0]:+.4f} / {each[1]:+.4f}" in out
+        assert f"{each[1]:+.4f} / {each[0]:+.4f}" in out  # printed in the order named
     rvg = tables["regional_vs_global"].set_index(["region", "model"])
     assert rvg.loc[("NA", "mlp"), "runs"] == 2 and rvg.loc[("EU", "mlp"), "runs"] == 1
     gauge = tables["gauge"].set_index(["eval_region", "test_set"])
     assert gauge.loc[("global", "natural"), "runs"] == 2
     assert "Bayes gauge, age_gender" in out
+    # the second run's evaluate step pooled it with tiny_run: its artifact and card
+    assert list(run.data.seed_pool["runs"]["run"]) == [run.id, tiny_run.id]
+    for name in ("regional_vs_global", "blind_twins", "gauge"):  # the same pool
+        pd.testing.assert_frame_equal(run.data.seed_pool[name], tables[name])
+    _, components = _card_html_and_components(run)
+    assert "## Over seeds" in components and "Pooled over 2 runs" in components
+    assert "no earlier run of this data" not in components
+    assert main(["report", run.id]) == 0
+    assert "Over seeds\nPooled over 2 runs" in capsys.readouterr().out
     assert main(["seeds", "--latest", "2"]) == 0
     out = capsys.readouterr().out
     assert f"{run.id} (seed 1), {tiny_run.id} (seed 0)" in out  # newest first

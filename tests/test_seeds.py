@@ -10,7 +10,8 @@ import pytest
 
 from pythia.config import RunParams
 from pythia.evaluate import pooled
-from pythia.seeds import SeedRun, check_poolable, pool_runs, print_pooled
+from pythia.evaluate.pooled import print_pooled
+from pythia.seeds import SeedRun, check_poolable, pool_runs
 
 KEYS = ["region", "model", "config_id"]
 
@@ -189,3 +190,35 @@ def test_make_seeds_runs_the_job_once_per_seed_then_pools_them():
     assert ("for s in 3 4; do .venv/bin/python flows/demo_flow.py run --seed $s --models "
             "mlp,mlp_blind || exit 1; done") in out
     assert out.rstrip().endswith(".venv/bin/python -m pythia.cli seeds --latest 2")
+
+
+def test_the_cards_over_seeds_section_and_its_note():
+    from metaflow.cards import Markdown, Table
+
+    from pythia.evaluate.card import _append_seed_pool
+
+    class Card(list):
+        append = list.append
+
+    rvg = _table([("EU", "mlp", -0.002, 0.0005)])
+    tables = pool_runs([_run("201", 1, rvg=rvg), _run("200", 0, rvg=_table(
+        [("EU", "mlp", -0.003, 0.0005)]))])
+    card = Card()
+    _append_seed_pool(card, {"seed_pool": tables, "regional_vs_global": rvg})
+    marks = [c._text for c in card if isinstance(c, Markdown)]
+    assert marks[0].startswith("## Over seeds") and "201 (seed 1), 200 (seed 0)" in marks[0]
+    assert [m for m in marks if m.startswith("**Regional vs global")] == [
+        f"**Regional vs global (AgeGender log-loss, regional - global candidate of the same "
+        f"model on the same rows), {p}**" for p in (
+            "natural test day", "its new users (held out of training)",
+            "validation (natural-weighted)")]
+    assert sum(isinstance(c, Table) for c in card) == 3  # no twins, no gauge in these runs
+    for c in card:
+        c.render()
+    alone = Card()  # a run with margins and no other seed: one line says what is missing
+    _append_seed_pool(alone, {"seed_pool": None, "regional_vs_global": rvg})
+    assert len(alone) == 1 and alone[0]._text.startswith("_Over seeds: no earlier run")
+    quiet = Card()  # nothing to pool: nothing said
+    _append_seed_pool(quiet, {"seed_pool": None, "regional_vs_global": rvg.iloc[:0],
+                              "blind_twins": None})
+    assert not quiet

@@ -95,6 +95,7 @@ def render_card(card: Any, results: Mapping[str, Any], reconciliation: pd.DataFr
     structure = results.get("regional_structure")
     _append_explained_table(card, _REGIONAL_STRUCTURE,
                             None if structure is None else with_ses(structure))
+    _append_seed_pool(card, results)
 
     gauge = results.get("gauge")
     if gauge is not None and len(gauge):
@@ -212,6 +213,39 @@ _GAUGE_SLICES = (
     "users). Against provider labels each ratio is given ± its SE, clustered by user: a "
     "slice of a few heavy users (new power users) moves by far more than its row count "
     "suggests.")
+
+
+_SEED_POOL = (
+    "## Over seeds\n\nThis run pooled with the earlier runs of the same data that differ only "
+    "in their seed (`pythia seeds`): each margin above, per run, with its mean over the runs, "
+    "its SE from the runs' spread (which holds the fits' noise as well as the users') and t on "
+    "runs - 1 degrees of freedom. Read a regional or blind-twin verdict here rather than from "
+    "one run's z.")
+_NO_SEED_POOL = (
+    "_Over seeds: no earlier run of this data with another seed. One run's SEs above hold its "
+    "users' noise, not its fits' (two seeds' fits differ by more: README, \"Over seeds\"); "
+    "runs with other `--seed` values on the same data (`make seeds`) pool here._")
+
+
+def _append_seed_pool(card: Any, results: Mapping[str, Any]) -> None:
+    """The "Over seeds" section (``seeds.pool_with_earlier``), or a one-line note on a run
+    with regional or blind-twin margins and no run to pool with; nothing otherwise."""
+    from metaflow.cards import Markdown, Table
+
+    from pythia.evaluate import pooled
+
+    tables = results.get("seed_pool")
+    if tables is None:
+        if any(t is not None and len(t) for t in (results.get("regional_vs_global"),
+                                                  results.get("blind_twins"))):
+            card.append(Markdown(_NO_SEED_POOL))
+        return
+    card.append(Markdown(_SEED_POOL + "\n\n" + "\n\n".join(pooled.header_lines(tables))))
+    for title, table, notes in pooled.sections(tables):
+        card.append(Markdown(f"**{title}**"))
+        card.append(Table.from_dataframe(table, truncate=False))
+        for note in notes:
+            card.append(Markdown(f"_{note}_"))
 
 
 def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:

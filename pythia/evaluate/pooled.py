@@ -12,12 +12,17 @@ give. ``sd_over_se`` says how much wider the seeds' spread is than a single run'
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TextIO
 
 import numpy as np
 import pandas as pd
 
 PARTS = ("val", "test", "new")
+# the row keys of the pooled tables: regional vs global, blind twins, the champions' gauge
+RVG_KEYS = ["region", "model", "config_id"]
+TWIN_KEYS = ["region", "comparison", "sighted", "blind"]
+GAUGE_KEYS = ["eval_region", "test_set"]
+GAUGE_TARGETS = ("age_gender", "gender", "age")
 LEVEL = "within noise"
 LEVEL_ALPHA = 0.05  # two-sided: the mean is beyond noise when |t| > t(1 - alpha/2, K - 1)
 SINGLE_Z = 2.0  # a single run's margin beyond its own SE, as its card reads it
@@ -163,3 +168,88 @@ def pooled_text(table: pd.DataFrame, keys: Sequence[str],
                                   table[f"{p}_verdict"])]
         out[f"{p}_cards"] = table[f"{p}_single"]
     return out
+
+
+PART_NAMES = {"test": "natural test day", "new": "its new users (held out of training)",
+              "val": "validation (natural-weighted)"}
+MARGIN_TABLES = (
+    ("regional_vs_global", RVG_KEYS, "Regional vs global (AgeGender log-loss, regional - "
+     "global candidate of the same model on the same rows)"),
+    ("blind_twins", TWIN_KEYS, "Blind twins (AgeGender log-loss, sighted - blind candidate "
+     "on the same rows)"))
+
+
+def header_lines(tables: Mapping[str, pd.DataFrame]) -> list[str]:
+    """Which runs were pooled, and how to read a row."""
+    runs = tables["runs"]
+    k = len(runs)
+    return [f"Pooled over {k} runs that differ only in their seed: " + ", ".join(
+                f"{r} ({lab})" for r, lab in zip(runs["run"], runs["label"])),
+            f"Each row: the runs' margins in that order (· where a run has none); their mean "
+            f"± its SE over the runs, and t on runs - 1 degrees of freedom (beyond noise at "
+            f"|t| > {t_critical(max(k - 1, 1)):.2f} with {k} runs, two-sided 5%); in how "
+            "many runs the card's own z was beyond ±2."]
+
+
+def sections(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, pd.DataFrame, list[str]]]:
+    """The pooled tables for reading as (title, table, notes under it): per margin table one
+    block per part; rows whose margin was 0 in every run and part (a regional candidate that
+    kept its start every time) named in a note instead; the gauge per target. A pooled table
+    without rows gives no section."""
+    out = []
+    for name, keys, what in MARGIN_TABLES:
+        t = tables.get(name)
+        if t is None or not len(t):
+            continue
+        flat = pd.Series(True, index=t.index)
+        for p in PARTS:
+            flat &= t[f"{p}_each"].map(lambda v: all(x == 0 for x in v))
+        text = pooled_text(t[~flat], keys)
+        notes = []
+        if flat.any():
+            notes.append("identical in every run (kept its start each time): " + ", ".join(
+                " ".join(str(v) for v in r) for r in t.loc[flat, list(keys)].itertuples(
+                    index=False)))
+        spread = t.loc[~flat, [f"{p}_sd_over_se" for p in PARTS]].median()
+        if spread.notna().any():
+            notes.append("the runs' spread / one run's SE, median over the rows: " + ", ".join(
+                f"{p} {v:.1f}" for p, v in zip(PARTS, spread) if pd.notna(v)))
+        for i, p in enumerate(("test", "new", "val")):
+            block = text[list(keys) + ["runs", f"{p}_each", f"{p}_pooled", f"{p}_cards"]]
+            block = block.rename(columns={f"{p}_each": "each run", f"{p}_pooled":
+                                          "mean ± se (t, verdict)", f"{p}_cards": "cards"})
+            out.append((f"{what}, {PART_NAMES[p]}", block, notes if i == 2 else []))
+    g = tables.get("gauge")
+    for t in GAUGE_TARGETS if g is not None and len(g) else ():
+        rows = []
+        for _, r in g.iterrows():
+            row = {"eval_region": r["eval_region"], "test_set": r["test_set"]}
+            for m, head in (("ratio", "× realised"), ("ratio_population", "× population")):
+                c = f"{m}_{t}"
+                row[head] = "" if not np.isfinite(r[f"{c}_mean"]) else (
+                    f"{each_text(r[f'{c}_each'], signed=False)} → {r[f'{c}_mean']:.4f} "
+                    f"({r[f'{c}_min']:.4f}-{r[f'{c}_max']:.4f})")
+            rows.append(row)
+        out.append((f"Bayes gauge, {t}: each region's chosen candidate, provider labels; "
+                    "model / realised and model / population posterior; each run, then mean "
+                    "(min-max)", pd.DataFrame(rows), []))
+    return out
+
+
+def print_pooled(tables: Mapping[str, pd.DataFrame] | None, out: TextIO,
+                 title: str | None = None) -> None:
+    """``title`` (if any), ``header_lines`` and ``sections`` as text (nothing for None: a
+    run's ``seed_pool`` when it pooled with no other run, or from before the artifact)."""
+    if tables is None:
+        return
+    if title:
+        print(title, file=out)
+    for line in header_lines(tables):
+        print(line, file=out)
+    with pd.option_context("display.width", 250, "display.max_columns", 50,
+                           "display.max_colwidth", 80):
+        for title, table, notes in sections(tables):
+            print(f"\n{title}", file=out)
+            print(table.to_string(index=False), file=out)
+            for note in notes:
+                print(note, file=out)
