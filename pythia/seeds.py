@@ -20,7 +20,6 @@ from pythia.evaluate import pooled
 # RunParams fields that change a run's rows or fits: pooled runs must agree on them
 SAME_FIELDS = ("source", "provider_overrides", "etl", "train", "search", "geo",
                "model_hparams")
-SEED_FIELDS = ("seed",)  # and the seed inside etl and train
 RVG_KEYS, TWIN_KEYS, GAUGE_KEYS = pooled.RVG_KEYS, pooled.TWIN_KEYS, pooled.GAUGE_KEYS
 LATEST_SCAN = 50  # `--latest K` looks this many runs back at most
 
@@ -232,7 +231,8 @@ def print_seeds(run_ids: Sequence[str] = (), latest: int | None = None,
                 flow_name: str = "DemoFlow", out: TextIO | None = None) -> int:
     """Print the pooled tables of the named runs (or the ``latest`` poolable ones).
 
-    Returns a process exit code: 0 when printed, 1 when there is nothing to pool.
+    Returns a process exit code: 0 when printed, 1 when the flow has no runs here; raises
+    ValueError (one line) when the runs cannot be pooled.
     """
     from pythia.runs import _open_flow
 
@@ -246,4 +246,4 @@ def print_seeds(run_ids: Sequence[str] = (), latest: int | None = None,
 
 def seed_list(values: Iterable[str]) -> list[str]:
     """Run ids from the command line, comma- or space-separated."""
-    return [v for value in values for v in str(value).split(",") if v.strip()]
+    return [v.strip() for value in values for v in str(value).split(",") if v.strip()]

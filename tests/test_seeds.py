@@ -222,3 +222,8 @@ def test_the_cards_over_seeds_section_and_its_note():
     _append_seed_pool(quiet, {"seed_pool": None, "regional_vs_global": rvg.iloc[:0],
                               "blind_twins": None})
     assert not quiet
+
+
+def test_seed_list_takes_commas_and_spaces():
+    from pythia.seeds import seed_list
+    assert seed_list(["101,102", "103", " 104 , 105", ""]) == ["101", "102", "103", "104", "105"]
