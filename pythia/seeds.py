@@ -87,11 +87,11 @@ def poolable_runs(runs: Iterable[Any], anchor: SeedRun, limit: int,
             if out:
                 print(f"(passed over run {run.id}: another window)", file=out)
             continue
-        view = read_seed_run(run, tables=False)
         try:
+            view = read_seed_run(run, tables=False)
             for earlier in [anchor] + [c for c in chosen if c.params.seed == view.params.seed]:
                 check_poolable([earlier, view])
-        except ValueError as e:
+        except ValueError as e:  # not poolable, or no params (a run that stopped in start)
             if out:
                 print(f"(passed over: {e})", file=out)
             continue
@@ -105,11 +105,14 @@ def pool_with_earlier(flow_name: str, this: SeedRun) -> dict[str, pd.DataFrame] 
     there is none (a run whose data no run of another seed read)."""
     from pythia.runs import open_flow
 
-    flow = open_flow(flow_name)
-    if flow is None:
+    try:
+        flow = open_flow(flow_name)
+        earlier = [] if flow is None else poolable_runs(flow.runs(), this, MAX_POOLED - 1)
+        return pool_runs([this] + earlier) if earlier else None
+    except Exception as e:  # noqa: BLE001 - a report section must not fail the run
+        print(f"over seeds: not pooled ({type(e).__name__}: {e}); `pythia seeds` can pool the "
+              "runs later")
         return None
-    earlier = poolable_runs(flow.runs(), this, MAX_POOLED - 1)
-    return pool_runs([this] + earlier) if earlier else None
 
 
 def _comparable_view(run: SeedRun) -> dict[str, Any]:

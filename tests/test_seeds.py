@@ -227,3 +227,65 @@ def test_the_cards_over_seeds_section_and_its_note():
 def test_seed_list_takes_commas_and_spaces():
     from pythia.seeds import seed_list
     assert seed_list(["101,102", "103", " 104 , 105", ""]) == ["101", "102", "103", "104", "105"]
+
+
+class _FakeRun:
+    """A Metaflow Run as `pool_with_earlier` reads it: id, successful and artifacts."""
+
+    def __init__(self, seed_run: SeedRun, successful: bool = True):
+        self.id, self.successful = seed_run.run_id, successful
+        self.pathspec = f"DemoFlow/{self.id}"
+        self.artifacts = {"params": seed_run.params, "world_fingerprint": seed_run.fingerprint,
+                          "window": seed_run.window,
+                          "regional_vs_global": seed_run.regional_vs_global}
+
+
+def _fake_flow(monkeypatch, runs):
+    import pythia.runs
+
+    class Flow:
+        id = "DemoFlow"
+
+        def runs(self):
+            return iter(runs)
+
+    monkeypatch.setattr(pythia.runs, "open_flow", lambda name: Flow())
+    monkeypatch.setattr(pythia.runs, "_artifact", lambda run, name: run.artifacts.get(name))
+
+
+def test_pool_with_earlier_takes_the_poolable_runs_newest_first(monkeypatch, capsys):
+    from pythia.seeds import MAX_POOLED, pool_with_earlier
+    rvg = _table([("EU", "mlp", -0.002, 0.0005)])
+    this = _run("300", 0, rvg=rvg)
+    other_day = _run("299", 5, rvg=rvg)
+    other_day.window = {"test": "2026-11-21"}
+    longer = dataclasses.replace(this.params.train, max_epochs=20)
+    earlier = [_FakeRun(_run("298", 1, rvg=rvg)), _FakeRun(other_day),
+               _FakeRun(_run("297", 2, rvg=rvg), successful=False),
+               _FakeRun(_run("296", 0, rvg=rvg)),  # this run's seed: a resume of it, say
+               _FakeRun(_run("295", 3, rvg=rvg, train=longer)),
+               _FakeRun(_run("294", 1, rvg=rvg)),  # seed 1 again: the newer one counts
+               _FakeRun(_run("293", 4, rvg=rvg))]
+    _fake_flow(monkeypatch, earlier)
+    pool = pool_with_earlier("DemoFlow", this)
+    assert list(pool["runs"]["run"]) == ["300", "298", "293"]
+    assert pool["regional_vs_global"].iloc[0]["runs"] == 3
+    many = [_FakeRun(_run(str(200 - s), s, rvg=rvg)) for s in range(1, 15)]
+    _fake_flow(monkeypatch, many)
+    assert len(pool_with_earlier("DemoFlow", this)["runs"]) == MAX_POOLED
+    _fake_flow(monkeypatch, [_FakeRun(other_day)])
+    assert pool_with_earlier("DemoFlow", this) is None  # nobody to pool with
+    capsys.readouterr()
+
+
+def test_pool_with_earlier_never_fails_the_run(monkeypatch, capsys):
+    import pythia.runs
+    from pythia.seeds import pool_with_earlier
+
+    def broken(name):
+        raise OSError("metadata service unreachable")
+
+    monkeypatch.setattr(pythia.runs, "open_flow", broken)
+    assert pool_with_earlier("DemoFlow", _run("300", 0)) is None
+    assert ("over seeds: not pooled (OSError: metadata service unreachable); `pythia seeds` "
+            "can pool the runs later") in capsys.readouterr().out
