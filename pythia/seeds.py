@@ -21,6 +21,7 @@ from pythia.evaluate import pooled
 SAME_FIELDS = ("source", "provider_overrides", "etl", "train", "search", "geo",
                "model_hparams")
 RVG_KEYS, TWIN_KEYS, GAUGE_KEYS = pooled.RVG_KEYS, pooled.TWIN_KEYS, pooled.GAUGE_KEYS
+VERDICT_KEYS = pooled.VERDICT_KEYS
 LATEST_SCAN = 50  # `--latest K` looks this many runs back at most
 
 
@@ -36,9 +37,11 @@ class SeedRun:
     blind_twins: Any = None
     gauge: Any = None
     champions: Any = None
+    model_verdicts: Any = None
 
 
-TABLES = ("regional_vs_global", "blind_twins", "gauge", "champions")  # SeedRun's, in order
+# SeedRun's tables, in order
+TABLES = ("regional_vs_global", "blind_twins", "gauge", "champions", "model_verdicts")
 MAX_POOLED = 10  # the evaluate step pools its run with at most this many - 1 earlier ones
 
 
@@ -166,7 +169,8 @@ def _differs(name: str, a: Any, b: Any) -> str:
 
 
 def pool_runs(runs: Sequence[SeedRun]) -> dict[str, pd.DataFrame]:
-    """``check_poolable``, then the pooled tables: ``regional_vs_global`` (regional - global),
+    """``check_poolable``, then the pooled tables: ``model_verdicts`` (each model's best
+    candidate - the best baseline, validation), ``regional_vs_global`` (regional - global),
     ``blind_twins`` (sighted - blind) and ``gauge`` (each region's chosen candidate on the
     natural test day and its new users, provider labels: model / realised and / population
     posterior per target)."""
@@ -175,6 +179,8 @@ def pool_runs(runs: Sequence[SeedRun]) -> dict[str, pd.DataFrame]:
     check_poolable(runs)
     labels = [f"seed {r.params.seed}" for r in runs]
     rvg = {lab: _table(r.regional_vs_global, RVG_KEYS) for lab, r in zip(labels, runs)}
+    verdicts = {lab: _table(r.model_verdicts, VERDICT_KEYS).rename(columns={
+        "gap": "val_diff", "gap_se": "val_se", "gap_z": "val_z"}) for lab, r in zip(labels, runs)}
     twins = {lab: _table(r.blind_twins, TWIN_KEYS) for lab, r in zip(labels, runs)}
     gauges = {}
     for lab, r in zip(labels, runs):
@@ -189,6 +195,8 @@ def pool_runs(runs: Sequence[SeedRun]) -> dict[str, pd.DataFrame]:
     ratio_cols = [f"{m}_{t}" for t in pooled.GAUGE_TARGETS
                   for m in ("ratio", "ratio_population")]
     return {
+        "model_verdicts": pooled.pool_margins(
+            verdicts, VERDICT_KEYS, ("model better", "baseline better"), ("val",)),
         "regional_vs_global": pooled.pool_margins(
             rvg, RVG_KEYS, ("regional better", "global better")),
         "blind_twins": pooled.pool_margins(twins, TWIN_KEYS, ("sighted better",

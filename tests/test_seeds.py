@@ -289,3 +289,31 @@ def test_pool_with_earlier_never_fails_the_run(monkeypatch, capsys):
     assert pool_with_earlier("DemoFlow", _run("300", 0)) is None
     assert ("over seeds: not pooled (OSError: metadata service unreachable); `pythia seeds` "
             "can pool the runs later") in capsys.readouterr().out
+
+
+def test_models_against_the_baselines_pooled_and_said_loudly():
+    def verdicts(gaps):
+        return pd.DataFrame([{"model": m, "eval_region": r, "candidate": f"{m}/{r}#0",
+                              "gap": g, "gap_se": 0.004, "gap_z": g / 0.004}
+                             for (m, r), g in gaps.items()])
+
+    runs = [_run(str(400 + s), s) for s in range(4)]
+    for s, r in enumerate(runs):
+        r.model_verdicts = verdicts({("mlp", "global"): -0.009 - 0.001 * s,
+                                     ("mlp", "EU"): (-0.015, -0.007, +0.007, -0.008)[s],
+                                     ("tabnet", "global"): 0.021 + 0.01 * (s % 2),
+                                     ("tabnet", "EU"): 0.03 + 0.002 * s})
+    tables = pool_runs(runs)
+    v = tables["model_verdicts"].set_index(["model", "eval_region"])
+    assert v.loc[("mlp", "global"), "val_verdict"] == "model better"
+    assert v.loc[("mlp", "EU"), "val_verdict"] == pooled.LEVEL  # one seed's +0.007
+    assert v.loc[("mlp", "EU"), "val_single"] == "1 below, 0 above of 4"  # +0.007: z 1.75
+    assert v.loc[("tabnet", "global"), "val_verdict"] == "baseline better"
+    assert "test_mean" not in v.columns  # validation only: the champion rule's measure
+    out = io.StringIO()
+    print_pooled(tables, out)
+    text = out.getvalue()
+    assert ("WARNING: over 4 seeds, `tabnet` is behind the baselines beyond noise in global, "
+            "EU") in text
+    assert "mlp` is behind" not in text
+    assert "the best baseline's, the champion rule's measure)\n" in text  # one block, no part

@@ -245,7 +245,7 @@ def _append_seed_pool(card: Any, results: Mapping[str, Any]) -> None:
         card.append(Markdown(f"**{title}**"))
         card.append(Table.from_dataframe(table, truncate=False))
         for note in notes:
-            card.append(Markdown(f"_{note}_"))
+            card.append(Markdown(f"**{note}**" if note.startswith("WARNING") else f"_{note}_"))
 
 
 def _append_regional_vs_global(card: Any, table: pd.DataFrame | None) -> None:

@@ -21,6 +21,7 @@ PARTS = ("val", "test", "new")
 # the row keys of the pooled tables: regional vs global, blind twins, the champions' gauge
 RVG_KEYS = ["region", "model", "config_id"]
 TWIN_KEYS = ["region", "comparison", "sighted", "blind"]
+VERDICT_KEYS = ["model", "eval_region"]
 GAUGE_KEYS = ["eval_region", "test_set"]
 GAUGE_TARGETS = ("age_gender", "gender", "age")
 LEVEL = "within noise"
@@ -36,14 +37,17 @@ def t_critical(df: int, alpha: float = LEVEL_ALPHA) -> float:
 
 
 def pool_margins(tables: Mapping[str, Any], keys: Sequence[str],
-                 sides: tuple[str, str] = ("below 0", "above 0")) -> pd.DataFrame:
+                 sides: tuple[str, str] = ("below 0", "above 0"),
+                 parts: Sequence[str] = PARTS) -> pd.DataFrame:
     """Per row key, each part's margins over the runs pooled.
 
     Args:
         tables: run label -> that run's table (``keys`` columns and ``{part}_diff`` /
-            ``{part}_z`` for ``PARTS``), in the order the runs are listed.
+            ``{part}_z`` for ``parts``), in the order the runs are listed.
         keys: the columns that name a row (the same row in every run).
         sides: the verdict when the mean is beyond noise below 0, and above 0.
+        parts: the parts of the tables' margins (``PARTS``: validation, the natural test day,
+            its new users).
 
     Returns:
         One row per key found in any run: ``runs`` (how many runs have the row), and per part
@@ -65,7 +69,7 @@ def pool_margins(tables: Mapping[str, Any], keys: Sequence[str],
             raise ValueError(f"run {label}'s table names the row "
                              f"{[v.item() if hasattr(v, 'item') else v for v in dup]} twice")
         frames.append(t.assign(_run=label))
-    cols = list(keys) + ["runs"] + [f"{p}_{w}" for p in PARTS for w in (
+    cols = list(keys) + ["runs"] + [f"{p}_{w}" for p in parts for w in (
         "each", "mean", "sd", "se", "t", "verdict", "single", "sd_over_se")]
     if not frames or not sum(len(f) for f in frames):
         return pd.DataFrame(columns=cols)
@@ -75,7 +79,7 @@ def pool_margins(tables: Mapping[str, Any], keys: Sequence[str],
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         row["runs"] = int(g["_run"].nunique())
         by_run = g.set_index("_run")
-        for p in PARTS:
+        for p in parts:
             diff = by_run.get(f"{p}_diff", pd.Series(dtype=float)).reindex(labels)
             z = by_run.get(f"{p}_z", pd.Series(dtype=float)).reindex(labels)
             se1 = by_run.get(f"{p}_se", pd.Series(dtype=float)).reindex(labels)
@@ -172,11 +176,14 @@ def pooled_text(table: pd.DataFrame, keys: Sequence[str],
 
 PART_NAMES = {"test": "natural test day", "new": "its new users (held out of training)",
               "val": "validation (natural-weighted)"}
-MARGIN_TABLES = (
+MARGIN_TABLES = (  # name, row keys, title, parts
+    ("model_verdicts", VERDICT_KEYS, "Models against the baselines (validation AgeGender "
+     "log-loss, natural-weighted: the model's best candidate in the region - the best "
+     "baseline's, the champion rule's measure)", ("val",)),
     ("regional_vs_global", RVG_KEYS, "Regional vs global (AgeGender log-loss, regional - "
-     "global candidate of the same model on the same rows)"),
+     "global candidate of the same model on the same rows)", PARTS),
     ("blind_twins", TWIN_KEYS, "Blind twins (AgeGender log-loss, sighted - blind candidate "
-     "on the same rows)"))
+     "on the same rows)", PARTS))
 
 
 def header_lines(tables: Mapping[str, pd.DataFrame]) -> list[str]:
@@ -197,28 +204,35 @@ def sections(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, pd.DataFrame
     kept its start every time) named in a note instead; the gauge per target. A pooled table
     without rows gives no section."""
     out = []
-    for name, keys, what in MARGIN_TABLES:
+    for name, keys, what, parts in MARGIN_TABLES:
         t = tables.get(name)
         if t is None or not len(t):
             continue
         flat = pd.Series(True, index=t.index)
-        for p in PARTS:
+        for p in parts:
             flat &= t[f"{p}_each"].map(lambda v: all(x == 0 for x in v))
-        text = pooled_text(t[~flat], keys)
+        text = pooled_text(t[~flat], keys, parts)
         notes = []
+        if name == "model_verdicts":  # as loud as a single run's card is
+            behind = t[t["val_verdict"] == "baseline better"]
+            for model, g in behind.groupby("model", sort=False):
+                notes.append(f"WARNING: over {len(tables['runs'])} seeds, `{model}` is behind "
+                             f"the baselines beyond noise in {', '.join(g['eval_region'])}")
         if flat.any():
             notes.append("identical in every run (kept its start each time): " + ", ".join(
                 " ".join(str(v) for v in r) for r in t.loc[flat, list(keys)].itertuples(
                     index=False)))
-        spread = t.loc[~flat, [f"{p}_sd_over_se" for p in PARTS]].median()
+        spread = t.loc[~flat, [f"{p}_sd_over_se" for p in parts]].median()
         if spread.notna().any():
             notes.append("the runs' spread / one run's SE, median over the rows: " + ", ".join(
-                f"{p} {v:.1f}" for p, v in zip(PARTS, spread) if pd.notna(v)))
-        for i, p in enumerate(("test", "new", "val")):
+                f"{p} {v:.1f}" for p, v in zip(parts, spread) if pd.notna(v)))
+        shown = [p for p in ("test", "new", "val") if p in parts]
+        for i, p in enumerate(shown):
             block = text[list(keys) + ["runs", f"{p}_each", f"{p}_pooled", f"{p}_cards"]]
             block = block.rename(columns={f"{p}_each": "each run", f"{p}_pooled":
                                           "mean ± se (t, verdict)", f"{p}_cards": "cards"})
-            out.append((f"{what}, {PART_NAMES[p]}", block, notes if i == 2 else []))
+            out.append((what if len(shown) == 1 else f"{what}, {PART_NAMES[p]}", block,
+                        notes if i == len(shown) - 1 else []))
     g = tables.get("gauge")
     for t in GAUGE_TARGETS if g is not None and len(g) else ():
         rows = []
