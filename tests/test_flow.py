@@ -486,7 +486,7 @@ def test_pythia_seeds_pools_a_second_seed_with_the_tiny_run(tiny_run, flow_env, 
     assert "Bayes gauge, age_gender" in out
     # the second run's evaluate step pooled it with tiny_run: its artifact and card
     assert list(run.data.seed_pool["runs"]["run"]) == [run.id, tiny_run.id]
-    for name in ("regional_vs_global", "blind_twins", "gauge"):  # the same pool
+    for name in ("model_verdicts", "regional_vs_global", "blind_twins", "gauge"):  # the same
         pd.testing.assert_frame_equal(run.data.seed_pool[name], tables[name])
     _, components = _card_html_and_components(run)
     assert "## Over seeds" in components and "Pooled over 2 runs" in components
