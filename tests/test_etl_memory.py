@@ -147,8 +147,10 @@ def test_four_times_the_rows_per_task_run_in_the_same_small_heap(tmp_path):
 @pytest.mark.slow
 def test_the_driver_path_holds_a_batch_not_the_task(tmp_path):
     """8x the rows per task on the driver (no JVM), read 4k rows at a time (a file of the
-    small source): holding the task's table whole grew 233 -> 578 MB here (session 27's
-    code); in batches the peak stays within 1.2x (id hashes, labels, user-day counts grow)."""
+    small source): holding the task's table whole grew 233 -> 578 MB here (2.48x, session 27's
+    code); in batches the peak stays within 1.3x (id hashes, labels, a date's user-day counts
+    grow with the rows: 1.14x when written, 1.16-1.21x in session 60 with the held-out-user
+    and regional-make columns since; 1.2x was the bound then, and CI crossed it)."""
     runs = {}
     for k in (1, 8):
         root = str(tmp_path / f"src{k}")
@@ -161,7 +163,7 @@ def test_the_driver_path_holds_a_batch_not_the_task(tmp_path):
     small, large = runs[1]["rss_mb"], runs[8]["rss_mb"]
     print(f"driver etl_hour peak RSS: {SMALL_ROWS:,} rows {small:.0f} MB, "
           f"{8 * SMALL_ROWS:,} rows {large:.0f} MB")
-    assert large <= 1.2 * small, f"peak RSS grew {large / small:.2f}x for 8x the rows"
+    assert large <= 1.3 * small, f"peak RSS grew {large / small:.2f}x for 8x the rows"
 
 
 @pytest.mark.spark

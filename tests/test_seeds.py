@@ -184,12 +184,16 @@ def test_make_seeds_runs_the_job_once_per_seed_then_pools_them():
     from pathlib import Path
     if shutil.which("make") is None:
         pytest.skip("no make on PATH")
-    out = subprocess.run(["make", "-n", "seeds", "SEEDS=3 4", "SEED_MODELS=mlp,mlp_blind"],
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "seeds", "SEEDS=3 4",
+                          "SEED_MODELS=mlp,mlp_blind"], env=env,
                          cwd=Path(__file__).resolve().parent.parent, capture_output=True,
                          text=True, check=True).stdout
-    assert ("for s in 3 4; do .venv/bin/python flows/demo_flow.py run --seed $s --models "
-            "mlp,mlp_blind || exit 1; done") in out
-    assert out.rstrip().endswith(".venv/bin/python -m pythia.cli seeds --latest 2")
+    lines = out.splitlines()  # under `make test` too (a make inside make)
+    loop = lines.index("for s in 3 4; do .venv/bin/python flows/demo_flow.py run --seed $s "
+                       "--models mlp,mlp_blind || exit 1; done")
+    assert lines[loop + 1:] == [".venv/bin/python -m pythia.cli seeds --latest 2"]
 
 
 def test_the_cards_over_seeds_section_and_its_note():
