@@ -32,7 +32,7 @@ demo: setup java
 	$(PY) flows/demo_flow.py run
 
 # `make seeds`: the main job once per seed, then `pythia seeds` pools the runs (each margin of
-# the cards' regional-vs-global and blind-twin tables over the seeds, with a t test)
+# the cards' models-vs-baselines, regional-vs-global and blind-twin tables, with a t test)
 SEEDS ?= 0 1 2 3 4
 SEED_MODELS ?= default,mlp_blind
 seeds: setup java

@@ -40,7 +40,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_seeds(args: argparse.Namespace) -> int:
     from pythia.seeds import print_seeds, seed_list
     if bool(args.run_ids) == (args.latest is not None):
-        raise ValueError("name the runs to pool (two or more) or give --latest K, not both")
+        raise ValueError("name the runs to pool (two or more) or give --latest K: one of them")
     return print_seeds(seed_list(args.run_ids), args.latest, flow_name=args.flow)
 
 
@@ -127,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", default="DemoFlow")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("seeds", help="pool runs that differ only in --seed: each regional-vs-"
-                                     "global and blind-twin margin over the seeds, with a t "
-                                     "test; each region's Bayes gauge per seed")
+    p = sub.add_parser("seeds", help="pool runs that differ only in --seed: each margin of "
+                                     "models vs baselines, regional vs global and the blind "
+                                     "twins over the seeds, with a t test; each region's Bayes "
+                                     "gauge per seed")
     p.add_argument("run_ids", nargs="*", help="two or more run ids (comma- or space-separated)")
     p.add_argument("--latest", type=int, default=None,
                    help="instead: the K newest successful runs poolable with the newest one")

@@ -174,7 +174,7 @@ def test_pool_runs_and_the_printed_tables():
 def test_pythia_seeds_needs_runs_or_latest_not_both(capsys):
     from pythia.cli import main
     assert main(["seeds", "1", "2", "--latest", "2"]) == 2
-    assert "name the runs to pool (two or more) or give --latest K" in capsys.readouterr().err
+    assert "name the runs to pool (two or more) or give --latest K: one" in capsys.readouterr().err
     assert main(["seeds"]) == 2
 
 

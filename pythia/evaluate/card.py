@@ -219,8 +219,8 @@ _SEED_POOL = (
     "## Over seeds\n\nThis run pooled with the earlier runs of the same data that differ only "
     "in their seed (`pythia seeds`): each margin above, per run, with its mean over the runs, "
     "its SE from the runs' spread (which holds the fits' noise as well as the users') and t on "
-    "runs - 1 degrees of freedom. Read a regional or blind-twin verdict here rather than from "
-    "one run's z.")
+    "runs - 1 degrees of freedom. Read a verdict against the baselines, a regional or a "
+    "blind-twin one here rather than from one run's z.")
 _NO_SEED_POOL = (
     "_Over seeds: no earlier run of this data with another seed. One run's SEs above hold its "
     "users' noise, not its fits' (two seeds' fits differ by more: README, \"Over seeds\"); "
