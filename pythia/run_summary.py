@@ -150,4 +150,8 @@ def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
               f"  pythia timings {run_id}",
               "  pythia runs",
               f"  pythia score --bundle {flow.bundle_path} < requests.jsonl"]
+    pool = getattr(flow, "seed_pool", None)
+    if pool is not None:  # the evaluate step pooled this run with runs of other seeds
+        lines.append(f"  pythia seeds {' '.join(pool['runs']['run'])}   (this run and "
+                     f"{len(pool['runs']) - 1} earlier of other seeds, pooled)")
     return "\n".join(lines)

@@ -493,6 +493,13 @@ def test_pythia_seeds_pools_a_second_seed_with_the_tiny_run(tiny_run, flow_env, 
     assert "no earlier run of this data" not in components
     assert main(["report", run.id]) == 0
     assert "Over seeds\nPooled over 2 runs" in capsys.readouterr().out
+    # the end step suggests the pool's command, and it works as printed
+    suggested = [c for c in _inspect_commands(run["end"].task.stdout) if "seeds" in c]
+    assert suggested == [f"pythia seeds {run.id} {tiny_run.id}"]
+    assert main(suggested[0].split()[1:]) == 0
+    assert f"Pooled over 2 runs that differ only in their seed: {run.id} (seed 1)" in \
+        capsys.readouterr().out
+    assert not [c for c in _inspect_commands(tiny_run["end"].task.stdout) if "seeds" in c]
     assert main(["seeds", "--latest", "2"]) == 0
     out = capsys.readouterr().out
     assert f"{run.id} (seed 1), {tiny_run.id} (seed 0)" in out  # newest first
