@@ -36,6 +36,31 @@ def t_critical(df: int, alpha: float = LEVEL_ALPHA) -> float:
     return float(t.ppf(1 - alpha / 2, df))
 
 
+def _rows_by_key(tables: Mapping[str, Any], keys: Sequence[str]):
+    """Per row key found in any run's table (each checked: it has the key columns and names
+    no row twice): the key's values with ``runs`` (how many runs have it), and its rows
+    indexed by run label."""
+    frames = []
+    for label, table in tables.items():
+        t = pd.DataFrame(table)
+        missing = [c for c in keys if c not in t.columns]
+        if missing:
+            raise ValueError(f"run {label}'s table has no column(s) {missing}")
+        if t.duplicated(list(keys)).any():
+            dup = t.loc[t.duplicated(list(keys)), list(keys)].iloc[0]
+            raise ValueError(f"run {label}'s table names the row "
+                             f"{[v.item() if hasattr(v, 'item') else v for v in dup]} twice")
+        if len(t):
+            frames.append(t.assign(_run=label))
+    if not frames:
+        return
+    for key, g in pd.concat(frames, ignore_index=True).groupby(list(keys), sort=False,
+                                                                dropna=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row["runs"] = int(g["_run"].nunique())
+        yield row, g.set_index("_run")
+
+
 def pool_margins(tables: Mapping[str, Any], keys: Sequence[str],
                  sides: tuple[str, str] = ("below 0", "above 0"),
                  parts: Sequence[str] = PARTS) -> pd.DataFrame:
@@ -58,27 +83,10 @@ def pool_margins(tables: Mapping[str, Any], keys: Sequence[str],
         the runs' mean single-run SE; NaN without SEs).
     """
     labels = list(tables)
-    frames = []
-    for label in labels:
-        t = pd.DataFrame(tables[label])
-        missing = [c for c in keys if c not in t.columns]
-        if missing:
-            raise ValueError(f"run {label}'s table has no column(s) {missing}")
-        if t.duplicated(list(keys)).any():
-            dup = t.loc[t.duplicated(list(keys)), list(keys)].iloc[0]
-            raise ValueError(f"run {label}'s table names the row "
-                             f"{[v.item() if hasattr(v, 'item') else v for v in dup]} twice")
-        frames.append(t.assign(_run=label))
     cols = list(keys) + ["runs"] + [f"{p}_{w}" for p in parts for w in (
         "each", "mean", "sd", "se", "t", "verdict", "single", "sd_over_se")]
-    if not frames or not sum(len(f) for f in frames):
-        return pd.DataFrame(columns=cols)
-    stacked = pd.concat(frames, ignore_index=True)
     rows = []
-    for key, g in stacked.groupby(list(keys), sort=False, dropna=False):
-        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        row["runs"] = int(g["_run"].nunique())
-        by_run = g.set_index("_run")
+    for row, by_run in _rows_by_key(tables, keys):
         for p in parts:
             diff = by_run.get(f"{p}_diff", pd.Series(dtype=float)).reindex(labels)
             z = by_run.get(f"{p}_z", pd.Series(dtype=float)).reindex(labels)
@@ -127,18 +135,10 @@ def pool_values(tables: Mapping[str, Any], keys: Sequence[str],
     """Per row key, each of ``columns`` over the runs: ``{c}_each`` (in run order, NaN where
     a run has none), ``{c}_mean``, ``{c}_sd``, ``{c}_min``, ``{c}_max``; ``runs``."""
     labels = list(tables)
-    frames = [pd.DataFrame(tables[r]).assign(_run=r) for r in labels]
-    frames = [f for f in frames if len(f)]
     cols = list(keys) + ["runs"] + [f"{c}_{w}" for c in columns
                                      for w in ("each", "mean", "sd", "min", "max")]
-    if not frames:
-        return pd.DataFrame(columns=cols)
-    stacked = pd.concat(frames, ignore_index=True)
     rows = []
-    for key, g in stacked.groupby(list(keys), sort=False, dropna=False):
-        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        row["runs"] = int(g["_run"].nunique())
-        by_run = g.drop_duplicates("_run").set_index("_run")
+    for row, by_run in _rows_by_key(tables, keys):
         for c in columns:
             v = by_run[c].reindex(labels).to_numpy(float) if c in by_run else np.full(
                 len(labels), math.nan)
