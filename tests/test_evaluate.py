@@ -693,6 +693,35 @@ def test_render_card_shows_every_figure_and_table(tiny_run):
     assert "ratio_region_blind_*" in marks[where]
 
 
+def test_render_card_pools_over_seeds_or_says_it_cannot(tiny_run):
+    """The card's "Over seeds": evaluate's results with a ``seed_pool`` (seeds.pool_runs) give
+    the section after the regional tables; without one, a run with regional margins gets the
+    one-line note instead."""
+    from metaflow.cards import Markdown
+
+    from pythia.config import RunParams
+    from pythia.seeds import SeedRun, pool_runs
+    results = tiny_run[0]
+    rvg = results["regional_vs_global"]
+    assert len(rvg)  # the tiny world's regional candidates
+    card = FakeCard()
+    render_card(card, results, None, None)
+    marks = [c._text for c in card.components if isinstance(c, Markdown)]
+    assert [m for m in marks if "Over seeds" in m] == [
+        m for m in marks if m.startswith("_Over seeds: no earlier run of this data")]
+    params = [RunParams.build({"seed": s, "models": "mlp"}) for s in (0, 1)]
+    pool = pool_runs([SeedRun(str(7 + s), p, "w", "window", rvg) for s, p in enumerate(params)])
+    card = FakeCard()
+    render_card(card, dict(results, seed_pool=pool), None, None)
+    marks = [c._text for c in card.components if isinstance(c, Markdown)]
+    where = next(i for i, m in enumerate(marks) if m.startswith("## Over seeds"))
+    assert "Pooled over 2 runs that differ only in their seed: 7 (seed 0), 8 (seed 1)" in \
+        marks[where]
+    assert marks[where + 1].startswith("**Regional vs global (AgeGender log-loss")
+    assert where > next(i for i, m in enumerate(marks) if m.startswith("## Regional vs global"))
+    assert not any(m.startswith("_Over seeds: no earlier run") for m in marks)
+
+
 def test_render_card_shows_the_library_stack_and_a_mixed_one_loudly(tiny_run):
     from metaflow.cards import Markdown
 
