@@ -262,8 +262,8 @@ def print_pooled(tables: Mapping[str, pd.DataFrame] | None, out: TextIO,
         print(line, file=out)
     with pd.option_context("display.width", 250, "display.max_columns", 50,
                            "display.max_colwidth", 80):
-        for title, table, notes in sections(tables):
-            print(f"\n{title}", file=out)
+        for heading, table, notes in sections(tables):
+            print(f"\n{heading}", file=out)
             print(table.to_string(index=False), file=out)
             for note in notes:
                 print(note, file=out)
