@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pythia {args.command}: {disk_full.cli_message(exc, outs)}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - the client under root without a user name
-        if type(exc).__name__ != "MetaflowUnknownUser":
+        from metaflow.exception import MetaflowUnknownUser
+        if not isinstance(exc, MetaflowUnknownUser):
             raise
         print(f"pythia {args.command}: Metaflow could not tell your user name (root, and no "
               "$METAFLOW_USER, $USER or $USERNAME): export METAFLOW_USER=<your name> and run "

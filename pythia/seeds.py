@@ -53,16 +53,17 @@ def seed_run_of(run_id: str, artifacts: Any) -> SeedRun:
                    *[getattr(artifacts, n, None) for n in TABLES])
 
 
-def read_seed_run(run: Any, tables: bool = True) -> SeedRun:
+def read_seed_run(run: Any, tables: bool = True, window: Any = None) -> SeedRun:
     """A Metaflow ``Run``'s artifacts that `pythia seeds` pools (``tables=False``: only what
-    ``check_poolable`` reads; ``with_tables`` adds the rest)."""
+    ``check_poolable`` reads; ``with_tables`` adds the rest; ``window``: the run's window
+    artifact when the caller has read it already)."""
     from pythia.runs import _artifact
 
     params = _artifact(run, "params")
     if params is None:
         raise ValueError(f"run {run.pathspec} has no params artifact (it stopped in start?)")
     view = SeedRun(str(run.id), params, _artifact(run, "world_fingerprint"),
-                   _artifact(run, "window"))
+                   _artifact(run, "window") if window is None else window)
     return with_tables(view, run) if tables else view
 
 
@@ -86,12 +87,13 @@ def poolable_runs(runs: Iterable[Any], anchor: SeedRun, limit: int,
             break
         if str(run.id) == anchor.run_id or not run.successful:
             continue
-        if _artifact(run, "window") != anchor.window:  # another day's data: cheap to see
+        window = _artifact(run, "window")
+        if window != anchor.window:  # another day's data: cheap to see
             if out:
                 print(f"(passed over run {run.id}: another window)", file=out)
             continue
         try:
-            view = read_seed_run(run, tables=False)
+            view = read_seed_run(run, tables=False, window=window)
             for earlier in [anchor] + [c for c in chosen if c.params.seed == view.params.seed]:
                 check_poolable([earlier, view])
         except ValueError as e:  # not poolable, or no params (a run that stopped in start)

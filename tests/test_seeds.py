@@ -321,3 +321,18 @@ def test_models_against_the_baselines_pooled_and_said_loudly():
             "EU") in text
     assert "mlp` is behind" not in text
     assert "the best baseline's, the champion rule's measure)\n" in text  # one block, no part
+
+
+def test_pool_with_earlier_reads_each_runs_window_once(monkeypatch):
+    import pythia.runs
+    from pythia.seeds import pool_with_earlier
+    rvg = _table([("EU", "mlp", -0.002, 0.0005)])
+    other_day = _run("299", 5, rvg=rvg)
+    other_day.window = {"test": "2026-11-21"}
+    _fake_flow(monkeypatch, [_FakeRun(_run("298", 1, rvg=rvg)), _FakeRun(other_day)])
+    reads = []
+    monkeypatch.setattr(pythia.runs, "_artifact",
+                        lambda run, name: reads.append((run.id, name)) or run.artifacts.get(name))
+    assert len(pool_with_earlier("DemoFlow", _run("300", 0, rvg=rvg))["runs"]) == 2
+    assert reads.count(("298", "window")) == reads.count(("299", "window")) == 1
+    assert ("299", "params") not in reads  # another day's run: its window only
