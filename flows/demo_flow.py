@@ -234,9 +234,10 @@ class DemoFlow(FlowSpec):
         self.seed_pool = results["seed_pool"] = seeds.pool_with_earlier(
             current.flow_name, seeds.seed_run_of(current.run_id, self))
         self.reports_path = self.paths.reports
+        git = stack.git_text(f"{current.flow_name}/{current.run_id}")  # Metaflow's record
         evaluate.render_card(current.card["report"], results, self.reconciliation,
-                             self.provider_choice,
-                             stack.report_lines(getattr(self, "stack", None), self.candidates))
+                             self.provider_choice, stack.report_lines(
+                                 getattr(self, "stack", None), self.candidates, git))
         self.next(self.end)
 
     @step

@@ -201,9 +201,7 @@ def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
 def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
                  out: TextIO | None = None) -> int:
     """Print the stack, champions and headline table of a run (default: latest successful run).
-
-    Returns a process exit code: 0 when printed, 1 when there is nothing to show.
-    """
+    Returns a process exit code: 0 when printed, 1 when there is nothing to show."""
     out = out or sys.stdout  # resolved per call: tests and callers may swap stdout
     flow = _open_flow(flow_name, out)
     if flow is None:
@@ -222,7 +220,8 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
     print(f"Run {run.pathspec}  status: {run_status(run)}  finished: "
           f"{run.finished_at or '-'}  window: {_window_text(_artifact(run, 'window'))}",
           file=out)
-    for line in stack.report_lines(_artifact(run, "stack"), _artifact(run, "candidates")):
+    for line in stack.report_lines(_artifact(run, "stack"), _artifact(run, "candidates"),
+                                   stack.git_text(run)):
         print(line, file=out)
     if headline is None:
         print(f"Run {run.pathspec} has no headline (it stopped before evaluation).", file=out)

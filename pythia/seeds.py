@@ -3,7 +3,8 @@ pooled (``evaluate.pooled``): regional vs global, the blind twins and the champi
 each row's margin over the seeds with a t test that holds the fits' noise as well as the users'.
 
 Runs pool only when they read the same data the same way: the same source, world, window,
-providers, ETL and training settings, search and model knobs; they may train different
+providers, ETL and training settings, search and model knobs, on the same stack (the code's
+digest and the libraries, where both runs recorded them); they may train different
 models and regions (a row is pooled over the runs that have it) and must have distinct seeds.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Iterable, Sequence, TextIO
 
 import pandas as pd
 
+from pythia import stack
 from pythia.evaluate import pooled
 
 # RunParams fields that change a run's rows or fits: pooled runs must agree on them
@@ -38,6 +40,7 @@ class SeedRun:
     gauge: Any = None
     champions: Any = None
     model_verdicts: Any = None
+    stack: Any = None  # the start step's ``stack`` (pythia.stack.versions: code and libraries)
 
 
 # SeedRun's tables, in order
@@ -50,7 +53,8 @@ def seed_run_of(run_id: str, artifacts: Any) -> SeedRun:
     evaluate step)."""
     return SeedRun(str(run_id), artifacts.params,
                    *[getattr(artifacts, n, None) for n in ("world_fingerprint", "window")],
-                   *[getattr(artifacts, n, None) for n in TABLES])
+                   *[getattr(artifacts, n, None) for n in TABLES],
+                   stack=getattr(artifacts, "stack", None))
 
 
 def read_seed_run(run: Any, tables: bool = True, window: Any = None) -> SeedRun:
@@ -63,7 +67,8 @@ def read_seed_run(run: Any, tables: bool = True, window: Any = None) -> SeedRun:
     if params is None:
         raise ValueError(f"run {run.pathspec} has no params artifact (it stopped in start?)")
     view = SeedRun(str(run.id), params, _artifact(run, "world_fingerprint"),
-                   _artifact(run, "window") if window is None else window)
+                   _artifact(run, "window") if window is None else window,
+                   stack=_artifact(run, "stack"))
     return with_tables(view, run) if tables else view
 
 
@@ -155,6 +160,11 @@ def check_poolable(runs: Sequence[SeedRun]) -> None:
                 what = _differs(name, first[name], value)
                 raise ValueError(f"runs {runs[0].run_id} and {run.run_id} differ in {what}: pool "
                                  "runs that differ only in --seed (and --models / --regions)")
+        moved = stack.shared_differences(runs[0].stack, run.stack)
+        if moved:  # other code or libraries fit otherwise: their spread is not the seeds'
+            raise ValueError(f"runs {runs[0].run_id} and {run.run_id} ran on different stacks "
+                             f"({', '.join(moved)}): pool runs of the same code and libraries "
+                             "(`pythia report RUN` prints a run's stack)")
 
 
 def _differs(name: str, a: Any, b: Any) -> str:

@@ -4,11 +4,17 @@ The same ``--seed`` repeats a run exactly only on the same stack: a new numpy, T
 Keras gives other models. The flow records ``versions()`` (the start step, each train candidate,
 each saved model, the bundle); ``pythia report`` and ``pythia runs`` show it and what moved.
 Versions come from the installed distributions' metadata: nothing heavy is imported.
+The ``pythia`` entry is the code itself: a digest of the package's files (``code_version``),
+so a run, a model and a bundle say which code made them, checkout or not, edited or not.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
+import json
 import platform
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 # the distributions whose versions decide a run's numbers, in the order the lines show them
@@ -17,7 +23,11 @@ PACKAGES = ("numpy", "tensorflow", "keras", "torch", "pytorch_tabnet", "scikit-l
             "pandas", "pyarrow", "pyspark", "metaflow", "onnx", "onnxruntime")
 # TensorFlow installs under any of these names; the first installed one is reported
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel")
-KEYS = ("python",) + PACKAGES + ("machine",)
+KEYS = ("python", "pythia") + PACKAGES + ("machine",)
+# the files whose bytes make ``code_version``: the package's code and data, and the flows
+# beside it in a checkout (flows/demo_flow.py); not tests, docs or the deploy-time config
+CODE_SUFFIXES = (".py", ".json", ".properties")
+CODE_DIGITS = 12
 MISSING = "-"  # how a package that is not installed, or not recorded, reads
 SAME_SEED = "(the same seed may not give the same models)"
 
@@ -39,10 +49,47 @@ def _tensorflow() -> str | None:
     return None
 
 
+def _code_files(package: Path) -> list[tuple[str, Path]]:
+    roots = [(package, package.name)]
+    flows = package.parent / "flows"
+    if (flows / "demo_flow.py").is_file():
+        roots.append((flows, "flows"))
+    return sorted((f"{name}/{f.relative_to(root).as_posix()}", f)
+                  for root, name in roots for f in root.rglob("*")
+                  if f.suffix in CODE_SUFFIXES and f.is_file()
+                  and "__pycache__" not in f.parts)
+
+
+def code_version(package: str | Path | None = None) -> str | None:
+    """The first ``CODE_DIGITS`` hex digits of a SHA-256 over the pythia package's files
+    (``CODE_SUFFIXES``; ``package``: its folder, default this one) and, when the package sits
+    in a checkout, ``flows/*.py`` beside it: each file's path and bytes, in path order. The
+    same code gives the same digest on any machine, in a checkout or an install, and any
+    edit, committed or not, gives another; None when the folder cannot be read."""
+    folder = Path(package) if package else Path(__file__).parent
+    return _code_version(str(folder.resolve()))
+
+
+@functools.lru_cache(maxsize=8)  # read once per process: the code does not change under it
+def _code_version(package: str) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        files = _code_files(Path(package))
+        for name, path in files:
+            data = path.read_bytes()
+            digest.update(f"{name}\0{len(data)}\0".encode())
+            digest.update(data)
+    except OSError:
+        return None
+    return digest.hexdigest()[:CODE_DIGITS] if files else None
+
+
 def versions() -> dict[str, str | None]:
-    """This environment's stack: the Python version, the installed version of each of
-    ``PACKAGES`` (None when not installed) and the machine (e.g. 'x86_64')."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
+    """This environment's stack: the Python version, this code's ``code_version`` (key
+    ``pythia``), the installed version of each of ``PACKAGES`` (None when not installed) and
+    the machine (e.g. 'x86_64')."""
+    out: dict[str, str | None] = {"python": platform.python_version(),
+                                  "pythia": code_version()}
     for name in PACKAGES:
         out[name] = _tensorflow() if name == "tensorflow" else _version(name)
     out["machine"] = platform.machine() or None
@@ -61,6 +108,39 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     keys += sorted((set(old) | set(new)) - set(KEYS))
     return [f"{k} {_text(old.get(k))} -> {_text(new.get(k))}" for k in keys
             if _text(old.get(k)) != _text(new.get(k))]
+
+
+def shared_differences(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None
+                       ) -> list[str]:
+    """``differences`` over the keys both stacks recorded (a run from before a key was
+    recorded, e.g. ``pythia``, is not held against it); [] when either is missing."""
+    if not a or not b:
+        return []
+    both = set(a) & set(b)
+    return differences({k: a[k] for k in both}, {k: b[k] for k in both})
+
+
+def git_text(run: Any) -> str | None:
+    """'git 6e30284ab1c2 on main, with uncommitted changes': the commit Metaflow recorded for
+    a run's start step (its ``git-info`` metadata; ``run`` a Metaflow ``Run`` or its pathspec
+    'DemoFlow/123'), None when it recorded none (not run from a git checkout, or an older
+    Metaflow)."""
+    try:
+        if isinstance(run, str):
+            from metaflow import Run
+
+            run = Run(run)
+        info = json.loads(run["start"].task.metadata_dict.get("git-info") or "{}")
+    except Exception:  # noqa: BLE001 - metadata is best effort: a report line, not a check
+        return None
+    if not isinstance(info, dict) or not info.get("commit_sha"):
+        return None
+    text = f"git {str(info['commit_sha'])[:CODE_DIGITS]}"
+    if info.get("branch_name"):
+        text += f" on {info['branch_name']}"
+    if info.get("has_uncommitted_changes"):
+        text += ", with uncommitted changes (the pythia digest in the stack tells them apart)"
+    return text
 
 
 def stack_text(stack: Mapping[str, Any]) -> str:
@@ -84,15 +164,18 @@ def run_stack(start_stack: Mapping | None, candidates: Sequence[Mapping] | None
     return start_stack or None
 
 
-def report_lines(start_stack: Mapping | None, candidates: Sequence[Mapping] | None
-                 ) -> list[str]:
-    """What ``pythia report`` prints of a run's stack: 'stack: ...' (``run_stack``) and, when
-    its train tasks ran on different stacks, a loud line per other stack naming what differs
-    from the first candidate's; [] for a run from before the record."""
+def report_lines(start_stack: Mapping | None, candidates: Sequence[Mapping] | None,
+                 git: str | None = None) -> list[str]:
+    """What ``pythia report`` prints of a run's stack: 'stack: ...' (``run_stack``), 'code:
+    <git>' when given (``git_text``) and, when its train tasks ran on different stacks (a
+    resume after the code or the libraries changed), a loud line per other stack naming what
+    differs from the first candidate's; [] (or the code line) for a run from before the
+    record."""
     stack = run_stack(start_stack, candidates)
+    lines = [f"code: {git}"] if git else []
     if not stack:
-        return []
-    lines = [f"stack: {stack_text(stack)}"]
+        return lines
+    lines.insert(0, f"stack: {stack_text(stack)}")
     first = next((c for c in candidates or () if c.get("stack")), None)
     seen = [stack]
     for c in candidates or ():

@@ -8,6 +8,7 @@ test_flow_inputs.py.
 import json
 import os
 import platform
+import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -154,6 +155,9 @@ def test_run_trains_every_model_and_region(tiny_run):
     # each candidate, and the start step, record the libraries that made them (pythia.stack)
     assert {c["stack"]["numpy"] for c in data.candidates} == {version("numpy")}
     assert data.stack["numpy"] == version("numpy")
+    from pythia import stack  # and the code: this checkout's digest, in every task
+    assert {c["stack"]["pythia"] for c in data.candidates} == {stack.code_version()}
+    assert data.stack["pythia"] == stack.code_version()
 
 
 def test_run_records_providers_reconciliation_and_counts(tiny_run):
@@ -196,6 +200,8 @@ def test_bundle_and_card_exist(tiny_run):
     assert "Blind twins" in components and "offset vs fine-tune" in components
     import numpy as np
     assert "Library stack" in components and f"numpy {np.__version__}" in components
+    from pythia import stack
+    assert f"pythia {stack.code_version()}" in components
 
 
 def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
@@ -203,8 +209,14 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     from pythia.models import MODEL_NAMES
     assert main(["report", tiny_run.id]) == 0
     out = capsys.readouterr().out
-    assert f"stack: python {platform.python_version()}, numpy {version('numpy')}" in out
+    from pythia import stack
+    assert (f"stack: python {platform.python_version()}, pythia {stack.code_version()}, "
+            f"numpy {version('numpy')}") in out
     assert "DIFFERENT STACKS" not in out  # every train task ran here
+    if (REPO / ".git").exists():  # Metaflow's record of the commit the flow ran from
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        assert f"\ncode: git {head[:12]}" in out
     assert "(validation scored out of fold in: no region; in-sample elsewhere" in out  # tiny
     # every regional candidate, regional - global on the same rows (tables.regional_vs_global)
     rvg = tiny_run.data.regional_vs_global

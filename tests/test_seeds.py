@@ -142,6 +142,30 @@ def test_check_poolable_allows_only_the_seed_models_and_regions_to_differ():
         check_poolable([a])
 
 
+def test_runs_on_other_code_or_libraries_do_not_pool():
+    code = {"python": "3.11.7", "pythia": "a1b2c3d4e5f6", "numpy": "2.4.6"}
+    a = dataclasses.replace(_run("101", 0), stack=code)
+    check_poolable([a, dataclasses.replace(_run("102", 1), stack=dict(code))])
+    with pytest.raises(ValueError, match=r"runs 101 and 103 ran on different stacks \(pythia "
+                                         r"a1b2c3d4e5f6 -> 0f0f0f0f0f0f\): pool runs of the "
+                                         r"same code and libraries"):
+        check_poolable([a, dataclasses.replace(_run("103", 1), stack=dict(
+            code, pythia="0f0f0f0f0f0f"))])
+    with pytest.raises(ValueError, match=r"different stacks \(numpy 2.4.6 -> 2.5.0\)"):
+        check_poolable([a, dataclasses.replace(_run("104", 1), stack=dict(code, numpy="2.5.0"))])
+    # a run from before the code digest was recorded, or with no stack at all: not held
+    # against it (the settings still decide)
+    from types import SimpleNamespace
+
+    from pythia.seeds import seed_run_of
+    flow_self = SimpleNamespace(params=_params(3), window=a.window, world_fingerprint="world1",
+                                stack=dict(code, pythia="0f0f0f0f0f0f"))
+    with pytest.raises(ValueError, match="different stacks"):  # the flow's own stack counts
+        check_poolable([a, seed_run_of("107", flow_self)])
+    older = {k: v for k, v in code.items() if k != "pythia"}
+    check_poolable([a, dataclasses.replace(_run("105", 1), stack=older), _run("106", 2)])
+
+
 def test_pool_runs_and_the_printed_tables():
     runs = [_run(str(100 + s), s,
                  rvg=_table([("EU", "mlp", d, 0.0005), ("EU", "logreg", 0.0, 0.0)]),
@@ -240,7 +264,7 @@ class _FakeRun:
         self.id, self.successful = seed_run.run_id, successful
         self.pathspec = f"DemoFlow/{self.id}"
         self.artifacts = {"params": seed_run.params, "world_fingerprint": seed_run.fingerprint,
-                          "window": seed_run.window,
+                          "window": seed_run.window, "stack": seed_run.stack,
                           "regional_vs_global": seed_run.regional_vs_global}
 
 
@@ -279,6 +303,13 @@ def test_pool_with_earlier_takes_the_poolable_runs_newest_first(monkeypatch, cap
     assert len(pool_with_earlier("DemoFlow", this)["runs"]) == MAX_POOLED
     _fake_flow(monkeypatch, [_FakeRun(other_day)])
     assert pool_with_earlier("DemoFlow", this) is None  # nobody to pool with
+    # an earlier seed on other code is passed over; this run's stack comes from its artifacts
+    stacked = dataclasses.replace(this, stack={"pythia": "a1"})
+    _fake_flow(monkeypatch, [_FakeRun(dataclasses.replace(_run("292", 1, rvg=rvg),
+                                                          stack={"pythia": "b2"})),
+                             _FakeRun(dataclasses.replace(_run("291", 2, rvg=rvg),
+                                                          stack={"pythia": "a1"}))])
+    assert list(pool_with_earlier("DemoFlow", stacked)["runs"]["run"]) == ["300", "291"]
     capsys.readouterr()
 
 

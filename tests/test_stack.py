@@ -146,3 +146,100 @@ def test_report_prints_the_stack_and_loudly_when_train_tasks_differ(monkeypatch)
                    )[1:-1] == ["stack: python 3.11.7, numpy 2.4.5, keras 3.15.0, machine x86_64"]
     # a run from before the record: no stack line
     assert not any("stack" in ln for ln in _report(monkeypatch, candidates=[{"model": "mlp"}]))
+
+
+def _package(root, files):
+    """A package folder ``root/pythia`` holding ``files`` (relative path -> text)."""
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / "pythia"
+
+
+def test_code_version_is_a_digest_of_the_code_files_and_nothing_else(tmp_path):
+    files = {"pythia/__init__.py": "", "pythia/a.py": "x = 1\n", "pythia/data/geo.json": "{}"}
+    a = stack.code_version(_package(tmp_path / "a", files))
+    assert len(a) == stack.CODE_DIGITS and int(a, 16) >= 0
+    # the same files elsewhere, with byte code, notes and tests beside them: the same code
+    b = _package(tmp_path / "b", dict(files, **{"pythia/notes.md": "hello",
+                                                "tests/test_a.py": "assert 0"}))
+    (b / "__pycache__").mkdir()
+    (b / "__pycache__" / "a.cpython-311.py").write_text("compiled")
+    assert stack.code_version(b) == a
+    # any edit, a file renamed or added, or a flow beside the package: another digest
+    edits = [dict(files, **{"pythia/a.py": "x = 2\n"}),
+             dict(files, **{"pythia/data/geo.json": "{ }"}),
+             {"pythia/__init__.py": "", "pythia/b.py": "x = 1\n", "pythia/data/geo.json": "{}"},
+             dict(files, **{"pythia/c.py": ""}),
+             dict(files, **{"flows/demo_flow.py": "# the flow\n"})]
+    digests = {stack.code_version(_package(tmp_path / f"e{i}", f)) for i, f in enumerate(edits)}
+    assert len(digests) == len(edits) and a not in digests
+    # a flows folder without the flow is not ours; an empty or missing folder has no digest
+    other = _package(tmp_path / "f", dict(files, **{"flows/other.py": "# not ours\n"}))
+    assert stack.code_version(other) == a
+    (tmp_path / "empty" / "pythia").mkdir(parents=True)
+    assert stack.code_version(tmp_path / "empty" / "pythia") is None
+    assert stack.code_version(tmp_path / "missing") is None
+
+
+def test_the_stack_records_this_code(tmp_path):
+    got = stack.versions()["pythia"]
+    assert got == stack.code_version() and len(got) == stack.CODE_DIGITS
+    assert got == stack.code_version(stack.Path(stack.__file__).parent)
+
+
+def test_shared_differences_hold_only_what_both_runs_recorded():
+    assert stack.shared_differences(OLD, NEW) == stack.differences(OLD, NEW)
+    assert stack.shared_differences(dict(OLD, pythia="a1"), OLD) == []  # before the record
+    assert stack.shared_differences(dict(OLD, pythia="a1"), dict(NEW, pythia="b2")) == [
+        "pythia a1 -> b2", "numpy 2.4.5 -> 2.4.6", "keras 3.15.0 -> 3.15.1"]
+    assert stack.shared_differences(None, NEW) == stack.shared_differences(OLD, {}) == []
+
+
+class _Task:
+    def __init__(self, metadata):
+        self.metadata_dict = metadata
+
+
+class _GitRun(_FakeRun):
+    """A fake run whose start task carries Metaflow's ``git-info`` metadata."""
+
+    def __init__(self, run_id, git_info, **artifacts):
+        super().__init__(run_id, **artifacts)
+        self.steps = {"start": type("S", (), {"task": _Task(git_info)})()}
+
+    def __getitem__(self, step):
+        return self.steps[step]
+
+
+def test_git_text_reads_metaflows_record_of_the_start_step():
+    sha = "6e30284ab1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6"
+    info = {"git-info": '{"branch_name": "main", "commit_sha": "%s"}' % sha}
+    assert stack.git_text(_GitRun("1", info)) == "git 6e30284ab1c2 on main"
+    dirty = {"git-info": '{"commit_sha": "%s", "has_uncommitted_changes": true}' % sha}
+    assert stack.git_text(_GitRun("1", dirty)).startswith(
+        "git 6e30284ab1c2, with uncommitted changes")
+    # no record (not a checkout), a broken one, no start step, or no run at all: None
+    for run in (_GitRun("1", {}), _GitRun("1", {"git-info": "{not json"}),
+                _GitRun("1", {"git-info": "[]"}), _FakeRun("1"), "NoSuchFlow/1"):
+        assert stack.git_text(run) is None
+
+
+def test_report_prints_the_commit_and_a_resume_on_other_code_loudly(monkeypatch):
+    sha = "6e30284ab1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6"
+    info = {"git-info": '{"branch_name": "main", "commit_sha": "%s"}' % sha}
+    # a resume after an edit: the cloned train task ran on code a1, the re-run one on b2
+    cands = [{"model": "mlp", "region": "global", "stack": dict(OLD, pythia="a1")},
+             {"model": "tabnet", "region": "global", "stack": dict(OLD, pythia="b2")}]
+    monkeypatch.setattr(runs, "open_flow", lambda name: object())
+    monkeypatch.setattr(runs, "open_run", lambda name, rid: _GitRun(
+        "42", info, stack=OLD, candidates=cands))
+    out = io.StringIO()
+    runs.print_report("42", out=out)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "stack: python 3.11.7, pythia a1, numpy 2.4.5, keras 3.15.0, machine x86_64"
+    assert lines[2] == "code: git 6e30284ab1c2 on main"
+    assert lines[3] == ("WARNING: THE TRAIN TASKS RAN ON DIFFERENT STACKS: tabnet/global#0 vs "
+                        "mlp/global#0: pythia a1 -> b2 (the same seed may not give the same "
+                        "models)")
