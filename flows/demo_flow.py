@@ -26,6 +26,7 @@ from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # 
 
 from pythia import (disk_budget, etl, evaluate, models, providers, runs, scoring,  # noqa: E402
                     seeds, source, stack, tfrecords)
+from pythia.code_package import ship_package_data  # noqa: E402
 from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
 from pythia.disk_full import full_disk_errors, task_outputs  # noqa: E402
 from pythia.paths import RunPaths, default_cache_root  # noqa: E402
@@ -34,6 +35,7 @@ CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pythia.t
 
 
 @schedule(daily=True)  # used by Airflow/Argo deployments; a plain `run` ignores it
+@ship_package_data  # pythia/data in the code package remote steps run from (code_package.py)
 class DemoFlow(FlowSpec):
     """Predict age and gender behind ad impressions, from bid logs and provider labels.
 

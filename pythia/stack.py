@@ -24,9 +24,14 @@ PACKAGES = ("numpy", "tensorflow", "keras", "torch", "pytorch_tabnet", "scikit-l
 # TensorFlow installs under any of these names; the first installed one is reported
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel")
 KEYS = ("python", "pythia") + PACKAGES + ("machine",)
-# the files whose bytes make ``code_version``: the package's code and data, and the flows
-# beside it in a checkout (flows/demo_flow.py); not tests, docs or the deploy-time config
-CODE_SUFFIXES = (".py", ".json", ".properties")
+# the package's files that are not code but that it reads (pythia/data): Metaflow's code
+# package holds only .py files unless told (pythia.code_package ships these)
+DATA_SUFFIXES = (".json", ".properties")
+# the files whose bytes make ``code_version``: the package's code and data, and the flow
+# (flows/*.py in a checkout; demo_flow.py beside the package in Metaflow's code package);
+# not tests, docs or the deploy-time config (each run stores its own)
+CODE_SUFFIXES = (".py",) + DATA_SUFFIXES
+FLOW_FILE = "demo_flow.py"
 CODE_DIGITS = 12
 MISSING = "-"  # how a package that is not installed, or not recorded, reads
 SAME_SEED = "(the same seed may not give the same models)"
@@ -50,22 +55,23 @@ def _tensorflow() -> str | None:
 
 
 def _code_files(package: Path) -> list[tuple[str, Path]]:
-    roots = [(package, package.name)]
-    flows = package.parent / "flows"
-    if (flows / "demo_flow.py").is_file():
-        roots.append((flows, "flows"))
-    return sorted((f"{name}/{f.relative_to(root).as_posix()}", f)
-                  for root, name in roots for f in root.rglob("*")
-                  if f.suffix in CODE_SUFFIXES and f.is_file()
-                  and "__pycache__" not in f.parts)
+    files = [(f"pythia/{f.relative_to(package).as_posix()}", f) for f in package.rglob("*")
+             if f.suffix in CODE_SUFFIXES and f.is_file() and "__pycache__" not in f.parts]
+    for flows in (package.parent / "flows", package.parent):  # a checkout; a code package
+        if (flows / FLOW_FILE).is_file():
+            files += [(f"flows/{f.name}", f) for f in flows.glob("*.py") if f.is_file()]
+            break
+    return sorted(files)
 
 
 def code_version(package: str | Path | None = None) -> str | None:
     """The first ``CODE_DIGITS`` hex digits of a SHA-256 over the pythia package's files
-    (``CODE_SUFFIXES``; ``package``: its folder, default this one) and, when the package sits
-    in a checkout, ``flows/*.py`` beside it: each file's path and bytes, in path order. The
-    same code gives the same digest on any machine, in a checkout or an install, and any
-    edit, committed or not, gives another; None when the folder cannot be read."""
+    (``CODE_SUFFIXES``; ``package``: its folder, default this one) and the flow's ``*.py``
+    (``flows/`` beside the package in a checkout, or the package's own folder in Metaflow's
+    code package, where ``FLOW_FILE`` sits beside ``pythia/``): each file's path and bytes,
+    in path order. The same code gives the same digest on any machine, in a checkout, an
+    install or a remote task's code package, and any edit, committed or not, gives another;
+    None when the folder cannot be read."""
     folder = Path(package) if package else Path(__file__).parent
     return _code_version(str(folder.resolve()))
 

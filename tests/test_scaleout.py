@@ -466,6 +466,24 @@ def test_code_package_ships_the_pythia_package(tmp_path):
     assert {"pythia/runs.py", "pythia/storage.py", "pythia/spark_s3.py"} <= names
     assert library <= names, sorted(library - names)
     assert not any(n.startswith(("flows/", "tests/", ".venv")) for n in names)
+    # and the package's data (Metaflow packs only .py unless told: code_package.py)
+    from pythia import code_package, stack
+    data = {name for _, name in code_package.data_files()}
+    assert {"pythia/data/geo.json", "pythia/data/log4j2-quiet.properties"} <= data <= names
+    # a remote step imports pythia from the unpacked package, with no checkout on its path:
+    # it reads the geography, and its code digest is this checkout's (pythia.stack)
+    unpacked = tmp_path / "unpacked"
+    tarfile.open(pkg).extractall(unpacked, filter="data")
+    code = ("import pythia\nfrom pythia import stack\nfrom pythia.geo import countries\n"
+            "print(pythia.__file__)\nprint(len(countries.default_region_map()))\n"
+            "print(stack.code_version())\n")
+    env = {k: v for k, v in _subprocess_env({}).items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=unpacked,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    where, regions, digest = proc.stdout.split()
+    assert Path(where).resolve().is_relative_to(unpacked.resolve())
+    assert int(regions) > 200 and digest == stack.code_version()
 
 
 # ------------------------------------------------------------------ schedulers

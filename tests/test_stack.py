@@ -175,6 +175,12 @@ def test_code_version_is_a_digest_of_the_code_files_and_nothing_else(tmp_path):
              dict(files, **{"flows/demo_flow.py": "# the flow\n"})]
     digests = {stack.code_version(_package(tmp_path / f"e{i}", f)) for i, f in enumerate(edits)}
     assert len(digests) == len(edits) and a not in digests
+    # the flow in a checkout (flows/) and in Metaflow's code package (beside pythia/): one code
+    checkout = stack.code_version(_package(tmp_path / "g", dict(
+        files, **{"flows/demo_flow.py": "# the flow\n", "flows/pythia.toml": "[x]"})))
+    package = stack.code_version(_package(tmp_path / "h", dict(
+        files, **{"demo_flow.py": "# the flow\n"})))
+    assert checkout == package != a
     # a flows folder without the flow is not ours; an empty or missing folder has no digest
     other = _package(tmp_path / "f", dict(files, **{"flows/other.py": "# not ours\n"}))
     assert stack.code_version(other) == a
