@@ -256,7 +256,8 @@ def summarize_run(run: Any) -> list[dict]:
     base = {"run": run.id, "status": run_status(run),
             "started": run.created_at.strftime("%Y-%m-%d %H:%M") if run.created_at else "-",
             "finished": run.finished_at.strftime("%Y-%m-%d %H:%M") if run.finished_at else "-",
-            "window": _window_text(_artifact(run, "window"))}
+            "window": _window_text(_artifact(run, "window")),
+            "seed": getattr(_artifact(run, "params"), "seed", "-")}
     headline = _artifact(run, "headline")
     champions = _artifact(run, "champions")
     if headline is None or champions is None:
@@ -279,7 +280,7 @@ def summarize_run(run: Any) -> list[dict]:
 
 
 def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = None) -> int:
-    """Compare the ``n`` most recent runs: status, window and champion per region with its
+    """Compare the ``n`` most recent runs: status, window, seed and champion per region with its
     natural-test log-loss (ll_) and macro-F1 (f1_) for AgeGender (ag), gender (g), age (a);
     under a run whose library stack differs from the next older listed run's, what moved.
 
@@ -301,10 +302,10 @@ def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = No
     if not rows:
         print(f"{flow_name} has no runs yet.", file=out)
         return 1
-    cols = ["run", "status", "started", "finished", "window", "region", "champion"] + [
+    cols = ["run", "status", "started", "finished", "window", "seed", "region", "champion"] + [
         f"{m}_{s}" for _, s in TARGET_SHORT for m in ("ll", "f1")]
     table = pd.DataFrame(rows).reindex(columns=cols)
-    for c in cols[7:]:
+    for c in cols[8:]:
         table[c] = table[c].map(lambda v: f"{v:.4f}" if pd.notna(v) else "")
     with pd.option_context("display.width", 250, "display.max_columns", 50,
                            "display.max_colwidth", 60):

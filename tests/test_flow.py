@@ -515,5 +515,10 @@ def test_pythia_seeds_pools_a_second_seed_with_the_tiny_run(tiny_run, flow_env, 
     assert main(["seeds", "--latest", "2"]) == 0
     out = capsys.readouterr().out
     assert f"{run.id} (seed 1), {tiny_run.id} (seed 0)" in out  # newest first
+    from pythia.runs import summarize_run  # `pythia runs` says each run's seed
+    assert {r["seed"] for r in summarize_run(run)} == {1}
+    assert {r["seed"] for r in summarize_run(tiny_run)} == {0}
+    assert main(["runs", "-n", "2"]) == 0
+    assert " seed " in capsys.readouterr().out.splitlines()[0]
     assert main(["seeds", tiny_run.id, tiny_run.id]) == 2
     assert "have the same seed 0" in capsys.readouterr().err
