@@ -486,6 +486,40 @@ def test_code_package_ships_the_pythia_package(tmp_path):
     assert int(regions) > 200 and digest == stack.code_version()
 
 
+@pytest.mark.slow
+def test_the_flow_runs_from_its_code_package_alone(tmp_path):
+    """What a remote step (Batch, Kubernetes) runs: the flow and the library as Metaflow
+    packed them, with no checkout on the path. Here every step runs from the unpacked package
+    on this machine; a marker in the unpacked code proves each task imported it."""
+    pkg, unpacked = tmp_path / "package.tgz", tmp_path / "unpacked"
+    env = {k: v for k, v in _subprocess_env({
+        "METAFLOW_USER": "pythia", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path / "mf"),
+        "METAFLOW_DEFAULT_DATASTORE": "local", "METAFLOW_DEFAULT_METADATA": "local",
+        "PYTHIA_DATA_ROOT": str(tmp_path / "data"), "PYTHIA_CACHE": str(tmp_path / "worlds"),
+        "PYTHIA_HOURS_PER_TASK": "12"}).items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(FLOW), "package", "save", str(pkg)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tarfile.open(pkg).extractall(unpacked, filter="data")
+    with open(unpacked / "pythia" / "__init__.py", "a") as f:
+        f.write("# the unpacked package\n")  # its code digest is no longer the checkout's
+    from pythia import stack
+    mine = stack.code_version(unpacked / "pythia")
+    assert mine not in (None, stack.code_version())
+    proc = subprocess.run(
+        [sys.executable, "demo_flow.py", "--config", "config", str(FLOW.parent / "pythia.toml"),
+         "run", "--source", "synthetic://tiny", "--models", "logreg", "--regions", "global",
+         "--max_epochs", "1"], env=env, cwd=unpacked, capture_output=True, text=True,
+        timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    out = _client(env, "from metaflow import Flow\nrun = Flow('DemoFlow').latest_run\n"
+                  "out = {'ok': run.successful, 'start': run.data.stack['pythia'],\n"
+                  "       'fits': sorted({c['stack']['pythia'] for c in run.data.candidates}),\n"
+                  "       'bundle': run.data.bundle_path}", tmp_path)
+    assert out["ok"] and out["start"] == mine and out["fits"] == [mine]
+    assert (Path(out["bundle"]) / "bundle.json").exists()
+
+
 # ------------------------------------------------------------------ schedulers
 
 def _scheduled_flow(tmp_path: Path) -> Path:
