@@ -1,4 +1,4 @@
-"""`pythia …` console commands: synth, ingest, runs, report, seeds, timings, clean, score,
+"""`pythia …` console commands: synth, ingest, runs, report, seeds, diff, timings, clean, score,
 serve, bench.
 
 Imports are lazy so each command only pays for what it uses (the scorer never loads TensorFlow).
@@ -42,6 +42,11 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
     if bool(args.run_ids) == (args.latest is not None):
         raise ValueError("name the runs to pool (two or more) or give --latest K: one of them")
     return print_seeds(seed_list(args.run_ids), args.latest, flow_name=args.flow)
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from pythia.run_diff import print_diff
+    return print_diff(args.run_ids, flow_name=args.flow)
 
 
 def _cmd_timings(args: argparse.Namespace) -> int:
@@ -136,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: the K newest successful runs poolable with the newest one")
     p.add_argument("--flow", default="DemoFlow")
     p.set_defaults(func=_cmd_seeds)
+
+    p = sub.add_parser("diff", help="what moved between two runs: window, seed, settings, "
+                                    "code and libraries, rows per split, each region's champion "
+                                    "and its scores (default: the two newest runs)")
+    p.add_argument("run_ids", nargs="*", help="OLD NEW; one run: it against the run before it")
+    p.add_argument("--flow", default="DemoFlow")
+    p.set_defaults(func=_cmd_diff)
 
     p = sub.add_parser("timings", help="wall time of a run and of each step; per train task "
                                        "(model family) its candidates' fit seconds")

@@ -11,7 +11,7 @@ from typing import Any, Mapping, TextIO
 
 import pandas as pd
 
-from pythia import stack, storage
+from pythia import stack, storage, what_moved
 from pythia.features import spec_version
 from pythia.paths import join
 # the end step's summary; re-exported here, where the flow and callers have looked for it
@@ -282,10 +282,8 @@ def summarize_run(run: Any) -> list[dict]:
 def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = None) -> int:
     """Compare the ``n`` most recent runs: status, window, seed and champion per region with its
     natural-test log-loss (ll_) and macro-F1 (f1_) for AgeGender (ag), gender (g), age (a);
-    under a run whose library stack differs from the next older listed run's, what moved.
-
-    Returns a process exit code: 0 when printed, 1 when there are no runs.
-    """
+    under a run whose settings or stack differ from the next older listed run's, what moved
+    (``what_moved.change_notes``). Returns 0 when printed, 1 when there are no runs."""
     out = out or sys.stdout  # resolved per call: tests and callers may swap stdout
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -298,7 +296,8 @@ def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = No
             break
         rows += summarize_run(run)
         stacks.append((run.id, stack.run_stack(_artifact(run, "stack"),
-                                               _artifact(run, "candidates"))))
+                                               _artifact(run, "candidates")),
+                       _artifact(run, "params")))
     if not rows:
         print(f"{flow_name} has no runs yet.", file=out)
         return 1
@@ -310,7 +309,7 @@ def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = No
     with pd.option_context("display.width", 250, "display.max_columns", 50,
                            "display.max_colwidth", 60):
         lines = table.fillna("").to_string(index=False).splitlines()
-    notes = stack.change_notes(stacks)
+    notes = what_moved.change_notes(stacks)  # what moved: settings, code, libraries
     print(lines[0], file=out)
     for k, (line, run_id) in enumerate(zip(lines[1:], table["run"])):  # a note under a run
         print(line, file=out)

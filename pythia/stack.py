@@ -145,7 +145,7 @@ def git_text(run: Any) -> str | None:
     if info.get("branch_name"):
         text += f" on {info['branch_name']}"
     if info.get("has_uncommitted_changes"):
-        text += ", with uncommitted changes (the pythia digest in the stack tells them apart)"
+        text += ", with uncommitted changes"
     return text
 
 

@@ -519,6 +519,18 @@ def test_pythia_seeds_pools_a_second_seed_with_the_tiny_run(tiny_run, flow_env, 
     assert {r["seed"] for r in summarize_run(run)} == {1}
     assert {r["seed"] for r in summarize_run(tiny_run)} == {0}
     assert main(["runs", "-n", "2"]) == 0
-    assert " seed " in capsys.readouterr().out.splitlines()[0]
+    lines = capsys.readouterr().out.splitlines()
+    assert " seed " in lines[0]
+    assert lines[1].split()[0] == run.id and any(  # under it: what it changed (run_diff)
+        ln.startswith("  settings differ from run ") for ln in lines)
+    assert main(["diff", tiny_run.id, run.id]) == 0  # `pythia diff` on the two real runs
+    out = capsys.readouterr().out.splitlines()
+    assert out[:4] == [f"DemoFlow/{tiny_run.id} -> DemoFlow/{run.id}",
+                       "status: the same, successful", out[2], "seed: 0 -> 1"]
+    assert out[2].startswith("window: the same, ") and "stack: the same" in out
+    assert out[4] == "settings:" and out[5].startswith("  models ")
+    assert "  regions global,NA,EU -> global,NA" in out and "world: the same" in out
+    title = next(i for i, ln in enumerate(out) if ln.startswith("Champions (natural test"))
+    assert out[title + 2].split()[:2] == ["global", "mlp/global#0"]
     assert main(["seeds", tiny_run.id, tiny_run.id]) == 2
     assert "have the same seed 0" in capsys.readouterr().err
