@@ -72,11 +72,16 @@ def code_version(package: str | Path | None = None) -> str | None:
     in path order. The same code gives the same digest on any machine, in a checkout, an
     install or a remote task's code package, and any edit, committed or not, gives another;
     None when the folder cannot be read."""
-    folder = Path(package) if package else Path(__file__).parent
-    return _code_version(str(folder.resolve()))
+    if package is None:
+        return _own_code_version()
+    return _code_version(str(Path(package).resolve()))
 
 
-@functools.lru_cache(maxsize=8)  # read once per process: the code does not change under it
+@functools.cache  # this process's own code: read once (a task's code does not change under it)
+def _own_code_version() -> str | None:
+    return _code_version(str(Path(__file__).resolve().parent))
+
+
 def _code_version(package: str) -> str | None:
     digest = hashlib.sha256()
     try:
@@ -173,16 +178,22 @@ def run_stack(start_stack: Mapping | None, candidates: Sequence[Mapping] | None
 def report_lines(start_stack: Mapping | None, candidates: Sequence[Mapping] | None,
                  git: str | None = None) -> list[str]:
     """What ``pythia report`` prints of a run's stack: 'stack: ...' (``run_stack``), 'code:
-    <git>' when given (``git_text``) and, when its train tasks ran on different stacks (a
-    resume after the code or the libraries changed), a loud line per other stack naming what
-    differs from the first candidate's; [] (or the code line) for a run from before the
-    record."""
+    <git>' when given (``git_text``), a loud line when the start step's code digest is not
+    the train tasks' (a resume after an edit), and, when its train tasks ran on different
+    stacks (a resume after the code or the libraries changed), a loud line per other stack
+    naming what differs from the first candidate's; [] (or the code line) for a run from
+    before the record."""
     stack = run_stack(start_stack, candidates)
     lines = [f"code: {git}"] if git else []
     if not stack:
         return lines
     lines.insert(0, f"stack: {stack_text(stack)}")
     first = next((c for c in candidates or () if c.get("stack")), None)
+    code = [(s or {}).get("pythia") for s in (start_stack, first and first["stack"])]
+    if all(code) and code[0] != code[1]:  # the libraries may differ (a remote train step)
+        lines.append(f"WARNING: THE START STEP AND THE TRAIN TASKS RAN ON DIFFERENT CODE: "
+                     f"pythia {code[0]} -> {code[1]} (a resume after the code changed: the "
+                     f"steps it cloned kept the origin run's outputs) {SAME_SEED}")
     seen = [stack]
     for c in candidates or ():
         other = c.get("stack")

@@ -4,18 +4,36 @@ default parameters (issue 13). Each runs DemoFlow through metaflow.Runner in a p
 datastore.
 """
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from flow_fixtures import flow_env, runner as _runner  # noqa: F401,F811  (fixture)
+from flow_fixtures import REPO, flow_env, runner as _runner  # noqa: F401,F811  (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 
-def test_resume_reruns_only_the_failed_hours(flow_env, tmp_path):
-    """An unreadable file in one hour group stops its etl task; once the file is repaired,
-    resume clones the groups that had finished and reruns only the failed one."""
+def _checkout(folder: Path) -> Path:
+    """A copy of the flow and the library, laid out as in the repository (``flows/pythia``
+    a symlink to ``../pythia``): code a test may edit. Returns the flow file."""
+    shutil.copytree(REPO / "pythia", folder / "pythia",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "flows").mkdir()
+    for name in ("demo_flow.py", "pythia.toml"):
+        shutil.copy(REPO / "flows" / name, folder / "flows" / name)
+    (folder / "flows" / "pythia").symlink_to(folder / "pythia", target_is_directory=True)
+    return folder / "flows" / "demo_flow.py"
+
+
+def test_resume_reruns_only_the_failed_hours(flow_env, tmp_path, capsys):
+    """An unreadable file in one hour group stops its etl task; once the file is repaired
+    (and the code edited, as a fix would), resume clones the groups that had finished and
+    reruns only the failed one; `pythia report` says the run mixes two versions of the code."""
+    from metaflow import Runner
+
+    from pythia import stack
+    from pythia.cli import main
     from pythia.synth import run_synth_cli
     _, env = flow_env
     root = tmp_path / "world"
@@ -24,18 +42,36 @@ def test_resume_reruns_only_the_failed_hours(flow_env, tmp_path):
     broken = root / "impressions" / day / "hour=19" / "part-broken.parquet"
     broken.write_bytes(b"this is not parquet")
     args = dict(source=str(root), models="gbdt", regions="global", max_epochs=1)
-    with _runner(env) as runner:
-        result = runner.run(**args)
+    flow = _checkout(tmp_path / "checkout")
+
+    def runner():
+        return Runner(str(flow), show_output=False, env=env,
+                      cwd=env["METAFLOW_DATASTORE_SYSROOT_LOCAL"])
+
+    with runner() as r:
+        result = r.run(**args)
     failed = result.run
     assert not failed.successful
     broken_task = [t for t in failed["etl_hour"].tasks() if not t.successful]
     assert broken_task and "part-broken.parquet" in broken_task[0].stderr  # names the file
     finished = {tuple(t.data.hours): t for t in failed["etl_hour"].tasks() if t.successful}
     assert finished and (18, 19, 20, 21, 22, 23) not in finished
-    broken.unlink()  # the user repairs the input
-    with _runner(env) as runner:
-        resumed = runner.resume(origin_run_id=failed.id).run
+    broken.unlink()  # the user repairs the input, and edits the code
+    before = stack.code_version(flow.parent.parent / "pythia")
+    with open(flow.parent.parent / "pythia" / "__init__.py", "a") as f:
+        f.write("# a fix\n")
+    after = stack.code_version(flow.parent.parent / "pythia")
+    assert None not in (before, after) and before != after
+    with runner() as r:
+        resumed = r.resume(origin_run_id=failed.id).run
     assert resumed.successful
+    # the cloned start step's code, and the re-run train task's, each as it ran
+    assert failed["start"].task.data.stack["pythia"] == resumed.data.stack["pythia"] == before
+    assert {c["stack"]["pythia"] for c in resumed.data.candidates} == {after}
+    capsys.readouterr()
+    assert main(["report", resumed.id]) == 0
+    assert (f"WARNING: THE START STEP AND THE TRAIN TASKS RAN ON DIFFERENT CODE: pythia "
+            f"{before} -> {after} (a resume after the code changed") in capsys.readouterr().out
     tasks = list(resumed["etl_hour"].tasks())
     assert sorted(tuple(t.data.hours) for t in tasks) == [tuple(range(h, h + 6))
                                                           for h in (0, 6, 12, 18)]

@@ -249,3 +249,12 @@ def test_report_prints_the_commit_and_a_resume_on_other_code_loudly(monkeypatch)
     assert lines[3] == ("WARNING: THE TRAIN TASKS RAN ON DIFFERENT STACKS: tabnet/global#0 vs "
                         "mlp/global#0: pythia a1 -> b2 (the same seed may not give the same "
                         "models)")
+    # a resume after an edit that re-ran every train task: the start step's code is not theirs
+    fits = [dict(c, stack=dict(OLD, pythia="b2")) for c in cands]
+    assert stack.report_lines(dict(OLD, pythia="a1"), fits)[1:] == [
+        "WARNING: THE START STEP AND THE TRAIN TASKS RAN ON DIFFERENT CODE: pythia a1 -> b2 (a "
+        "resume after the code changed: the steps it cloned kept the origin run's outputs) "
+        "(the same seed may not give the same models)"]
+    # the same code (other libraries: a remote train step), or no digest on one side: nothing
+    assert stack.report_lines(dict(NEW, pythia="b2"), fits)[1:] == []
+    assert stack.report_lines(OLD, fits)[1:] == []
