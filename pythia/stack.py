@@ -140,7 +140,7 @@ def git_text(run: Any) -> str | None:
         if isinstance(run, str):
             from metaflow import Run
 
-            run = Run(run)
+            run = Run(run, _namespace_check=False)  # any user's run, as pythia.runs opens
         info = json.loads(run["start"].task.metadata_dict.get("git-info") or "{}")
     except Exception:  # noqa: BLE001 - metadata is best effort: a report line, not a check
         return None

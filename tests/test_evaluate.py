@@ -734,7 +734,8 @@ def test_render_card_shows_the_library_stack_and_a_mixed_one_loudly(tiny_run):
     render_card(card, tiny_run[0], None, None, stack.report_lines(mine, candidates))
     text = " ".join(c._text for c in card.components if isinstance(c, Markdown))
     assert "## Library stack" in text
-    assert f"`stack: python {mine['python']}, numpy {mine['numpy']}," in text
+    assert (f"`stack: python {mine['python']}, pythia {mine['pythia']}, "
+            f"numpy {mine['numpy']},") in text
     assert (f"**WARNING: THE TRAIN TASKS RAN ON DIFFERENT STACKS: gbdt/global#0 vs "
             f"mlp/global#0: numpy {mine['numpy']} -> 0.0.1") in text
 
