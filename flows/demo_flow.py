@@ -26,16 +26,17 @@ from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # 
 
 from pythia import (disk_budget, etl, evaluate, models, providers, runs, scoring,  # noqa: E402
                     seeds, source, stack, tfrecords)
-from pythia.code_package import ship_package_data  # noqa: E402
+from pythia.code_package import forward_pythia_env, ship_package_data  # noqa: E402
 from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
 from pythia.disk_full import full_disk_errors, task_outputs  # noqa: E402
-from pythia.paths import RunPaths, default_cache_root  # noqa: E402
+from pythia.paths import RunPaths, check_remote_roots, default_cache_root  # noqa: E402
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pythia.toml")
 
 
 @schedule(daily=True)  # used by Airflow/Argo deployments; a plain `run` ignores it
 @ship_package_data  # pythia/data in the code package remote steps run from (code_package.py)
+@forward_pythia_env  # the launching shell's PYTHIA_* in every step, remote ones too
 class DemoFlow(FlowSpec):
     """Predict age and gender behind ad impressions, from bid logs and provider labels.
 
@@ -102,6 +103,7 @@ class DemoFlow(FlowSpec):
     def start(self):
         """Validate parameters, resolve the source and the window."""
         values = {p.name: getattr(self, p.name) for p in PARAMETERS}
+        check_remote_roots(values["data_root"], values["source"])  # on Kubernetes/Batch
         self.params = RunParams.build(values, DeployConfig.from_mapping(self.config),
                                       model_names=models.MODEL_NAMES,
                                       default_models=models.DEFAULT_MODELS).compiled()

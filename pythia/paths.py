@@ -28,6 +28,33 @@ def default_cache_root() -> str:
     return os.path.join(os.getcwd(), DEFAULT_DATA_DIRNAME, "worlds")
 
 
+# what Metaflow sets in a step's container on Kubernetes (also under Argo and Airflow) and on
+# AWS Batch (also under Step Functions): the step runs where no other step sees its folders
+REMOTE_MARKERS = (("METAFLOW_KUBERNETES_WORKLOAD", "Kubernetes"), ("AWS_BATCH_JOB_ID",
+                                                                   "AWS Batch"))
+
+
+def check_remote_roots(data_root: str, source: str, environ=None) -> None:
+    """Raise ValueError (one line naming the fix) when this step runs in a container on
+    Kubernetes or AWS Batch and the run's files (``data_root``: the ``--data_root`` value;
+    '' = ``default_data_root``) or a ``synthetic://`` world would go to the default
+    ``./.pythia/…`` folder of its own container, where the next step's cannot read them."""
+    environ = os.environ if environ is None else environ
+    where = next((name for marker, name in REMOTE_MARKERS if environ.get(marker)), None)
+    if where is None:
+        return
+    own = os.path.join(os.getcwd(), DEFAULT_DATA_DIRNAME)
+    if not data_root and not environ.get("PYTHIA_DATA_ROOT"):
+        raise ValueError(f"this step runs on {where}, and the run's files would go to {own}/data, "
+                         "a folder of its own container: pass --data_root s3://BUCKET/pythia "
+                         "or export PYTHIA_DATA_ROOT (the flow forwards PYTHIA_* to every step)")
+    if str(source).startswith("synthetic://") and not environ.get("PYTHIA_CACHE"):
+        raise ValueError(f"this step runs on {where}, and {source} would be generated into "
+                         f"{own}/worlds, a folder of its own container: export "
+                         "PYTHIA_CACHE=s3://BUCKET/worlds, or `pythia synth` the world to S3 "
+                         "and pass --source s3://…")
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts for local paths and URIs (s3://…) alike."""
     out = base.rstrip("/")

@@ -520,6 +520,49 @@ def test_the_flow_runs_from_its_code_package_alone(tmp_path):
     assert (Path(out["bundle"]) / "bundle.json").exists()
 
 
+def test_code_package_forwards_pythia_settings_only():
+    from pythia.code_package import forwarded_env
+    assert forwarded_env({"PYTHIA_DATA_ROOT": "s3://b/p", "PYTHIA_CACHE": "s3://b/w",
+                          "HOME": "/root", "AWS_SECRET_ACCESS_KEY": "x", "pythia_x": "1"}) == {
+        "PYTHIA_CACHE": "s3://b/w", "PYTHIA_DATA_ROOT": "s3://b/p"}
+    assert forwarded_env({}) == {}
+
+
+def test_a_step_in_a_pod_refuses_its_own_folder_for_the_runs_files():
+    from pythia.paths import check_remote_roots
+    pod = {"METAFLOW_KUBERNETES_WORKLOAD": "1"}
+    for env in ({}, {"PYTHIA_DATA_ROOT": "/tmp/x"}, {"AWS_BATCH_JOB_ID": ""}):  # not remote
+        check_remote_roots("", "synthetic://tiny", env)
+    with pytest.raises(ValueError, match=r"this step runs on Kubernetes, and the run's files "
+                                         r"would go to .*/\.pythia/data, a folder of its own "
+                                         r"container: pass --data_root s3://BUCKET/pythia or "
+                                         r"export PYTHIA_DATA_ROOT"):
+        check_remote_roots("", "s3://b/logs", pod)
+    with pytest.raises(ValueError, match="runs on AWS Batch"):
+        check_remote_roots("", "s3://b/logs", {"AWS_BATCH_JOB_ID": "job-1"})
+    check_remote_roots("s3://b/p", "s3://b/logs", pod)  # --data_root
+    check_remote_roots("", "s3://b/logs", dict(pod, PYTHIA_DATA_ROOT="s3://b/p"))
+    with pytest.raises(ValueError, match=r"synthetic://tiny would be generated into .*worlds, "
+                                         r"a folder of its own container: export PYTHIA_CACHE"):
+        check_remote_roots("s3://b/p", "synthetic://tiny", pod)
+    check_remote_roots("s3://b/p", "synthetic://tiny", dict(pod, PYTHIA_CACHE="s3://b/w"))
+
+
+def test_the_start_step_in_a_pod_says_where_the_runs_files_must_go(tmp_path):
+    """The flow's start step, as it would run in a Kubernetes pod with nothing exported."""
+    env = {k: v for k, v in _subprocess_env({
+        "METAFLOW_USER": "pythia", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path / "mf"),
+        "METAFLOW_DEFAULT_DATASTORE": "local", "METAFLOW_DEFAULT_METADATA": "local",
+        "METAFLOW_KUBERNETES_WORKLOAD": "1"}).items() if k not in ("PYTHIA_DATA_ROOT",
+                                                                  "PYTHIA_CACHE")}
+    proc = subprocess.run([sys.executable, str(FLOW), "run", "--source", "s3://b/logs"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert ("ValueError: this step runs on Kubernetes, and the run's files would go to "
+            f"{tmp_path}/.pythia/data, a folder of its own container") in proc.stdout + \
+        proc.stderr
+
+
 # ------------------------------------------------------------------ schedulers
 
 def _scheduled_flow(tmp_path: Path) -> Path:
@@ -580,6 +623,14 @@ def test_flow_compiles_to_argo_json(scheduler_env, moto_s3, tmp_path):
     cron = json.loads(doc["metadata"]["annotations"]["metaflow/cron"])
     assert cron["schedule"]  # @schedule(daily=True) reached the deployment
     assert DUMMY_SECRET not in proc.stdout and DUMMY_KEY_ID not in proc.stdout
+    # every step's pod gets the deploying shell's PYTHIA_* (code_package.forward_pythia_env):
+    # without them each step wrote its files into its own container
+    pods = {t["name"]: {e["name"]: e.get("value") for e in t["container"].get("env", [])}
+            for t in doc["spec"]["templates"] if "container" in t}
+    steps = {s.replace("_", "-") for s in STEPS}
+    assert steps <= set(pods)
+    for name in steps:
+        assert pods[name].get("PYTHIA_DATA_ROOT") == scheduler_env["PYTHIA_DATA_ROOT"], name
 
 
 def test_airflow_refuses_a_local_datastore(tmp_path):
