@@ -31,8 +31,8 @@ def _pick(flow: Any, flow_name: str, run_ids: Sequence[str]) -> tuple[Any, Any]:
         named.append(run)
     if len(named) == 2:
         return named[0], named[1]
-    newest = list(itertools.islice(flow.runs(), 2))  # newest first
     if not named:
+        newest = list(itertools.islice(flow.runs(), 2))  # newest first
         if len(newest) < 2:
             raise ValueError(f"{flow_name} has {len(newest)} run(s): diff needs two")
         return newest[1], newest[0]
@@ -91,8 +91,10 @@ def print_diff(run_ids: Sequence[str] = (), flow_name: str = "DemoFlow",
         print(line("code", *gits), file=out)
     world = pair("world_fingerprint")
     if world != ("-", "-"):
+        kinds = ["a synthetic world" if w != "-" else "no synthetic world" for w in world]
         print("world: the same" if world[0] == world[1] else
-              "world: another synthetic world (regenerated or other settings)", file=out)
+              "world: another synthetic world (regenerated, or another preset or seed)"
+              if "-" not in world else f"world: {kinds[0]} -> {kinds[1]}", file=out)
     rows = rows_line(_artifact(old, "split_manifest"), _artifact(new, "split_manifest"))
     if rows:
         print(rows, file=out)

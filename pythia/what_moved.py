@@ -18,8 +18,8 @@ MAX_ITEMS = 8  # differences a `pythia runs` line names before '… and N more'
 def flatten(params: Any) -> dict[str, str]:
     """A run's settings (``config.RunParams``) as 'name' -> text, in field order:
     dataclasses and mappings as dotted names ('train.max_epochs', 'model_hparams.mlp.members',
-    'geo.region_of_country.US'), sequences comma-joined, None as '-'; the ETL's and training's seeds
-    only where they differ from the run's ``seed``; {} for None."""
+    'geo.region_of_country.US'), sequences comma-joined, None as '-'; the ETL's and
+    training's seeds only where they differ from the run's ``seed``; {} for None."""
     out: dict[str, str] = {}
 
     def put(name: str, value: Any) -> None:

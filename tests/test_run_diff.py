@@ -1,5 +1,6 @@
-"""What moved between two runs (``pythia.what_moved``, ``pythia.run_diff``): the settings, the `pythia runs` lines,
-and `pythia diff` over fake runs (the flow test runs it on two real ones)."""
+"""What moved between two runs (``pythia.what_moved``, ``pythia.run_diff``): the settings,
+the `pythia runs` lines, and `pythia diff` over fake runs (the flow test runs it on two real
+ones)."""
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,8 @@ def test_settings_differences_in_order_with_dashes_for_the_missing():
     geo = dataclasses.replace(a.geo, region_of_country={**a.geo.region_of_country, "BR": "NA"})
     assert what_moved.settings_differences(a, dataclasses.replace(a, geo=geo)) == [
         "geo.region_of_country.BR LATAM -> NA"]
-    assert what_moved.settings_differences(None, a) == what_moved.settings_differences(a, None) == []
+    assert what_moved.settings_differences(None, a) == []
+    assert what_moved.settings_differences(a, None) == []
 
 
 def test_runs_notes_say_the_settings_and_the_stack_under_a_run():
@@ -141,9 +143,16 @@ def test_pythia_diff_puts_two_runs_side_by_side(monkeypatch):
     # one run named: it against the run listed after it; none: the two newest
     assert _diff("9")[0] == "DemoFlow/8 -> DemoFlow/9"
     assert _diff()[0] == "DemoFlow/8 -> DemoFlow/9"
-    assert _diff("8")[:5] == ["DemoFlow/7 -> DemoFlow/8", "status: the same, successful",
+    assert _diff("8")[:8] == ["DemoFlow/7 -> DemoFlow/8", "status: the same, successful",
                               "window: 2026-11-16..2026-11-20 (test 2026-11-20) -> -",
-                              "seed: 0 -> -", "settings: not recorded by both runs"]
+                              "seed: 0 -> -", "settings: not recorded by both runs",
+                              "stack: not recorded by both runs",
+                              "world: a synthetic world -> no synthetic world",
+                              "rows: train 1,000 -> -"]
+    other_world = _FakeRun("6", world_fingerprint="v")
+    _flow(monkeypatch, [other_world, old])
+    assert ("world: another synthetic world (regenerated, or another preset or seed)"
+            in _diff("7", "6"))
 
 
 def test_pythia_diff_says_what_it_cannot_compare(monkeypatch, capsys):
