@@ -39,10 +39,8 @@ def data_files(package: str | Path | None = None) -> list[tuple[str, str]]:
     folder, default this one) with a ``stack.DATA_SUFFIXES`` suffix, e.g.
     ('/repo/pythia/data/geo.json', 'pythia/data/geo.json'), in name order."""
     root = Path(package or Path(__file__).parent).resolve()
-    return sorted((str(f), f"pythia/{f.relative_to(root).as_posix()}")
-                  for f in root.rglob("*")
-                  if f.suffix in stack.DATA_SUFFIXES and f.is_file()
-                  and "__pycache__" not in f.parts)
+    return [(str(path), name) for name, path in stack.code_files(root)
+            if name.startswith("pythia/") and path.suffix in stack.DATA_SUFFIXES]
 
 
 class ship_package_data(FlowMutator):  # noqa: N801 - used as a decorator, Metaflow's style

@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from pythia import stack
-from pythia.what_moved import rows_line, settings_differences
+from pythia.what_moved import moved_settings, rows_line
 
 
 def _pick(flow: Any, flow_name: str, run_ids: Sequence[str]) -> tuple[Any, Any]:
@@ -73,7 +73,7 @@ def print_diff(run_ids: Sequence[str] = (), flow_name: str = "DemoFlow",
     print(line("window", *pair("window", window_text)), file=out)
     p_old, p_new = _artifact(old, "params"), _artifact(new, "params")
     print(line("seed", *[str(getattr(p, "seed", "-")) for p in (p_old, p_new)]), file=out)
-    moved = [d for d in settings_differences(p_old, p_new) if not d.startswith("seed ")]
+    moved = moved_settings(p_old, p_new)
     if p_old is None or p_new is None:
         print("settings: not recorded by both runs", file=out)
     else:
@@ -98,7 +98,7 @@ def print_diff(run_ids: Sequence[str] = (), flow_name: str = "DemoFlow",
     rows = rows_line(_artifact(old, "split_manifest"), _artifact(new, "split_manifest"))
     if rows:
         print(rows, file=out)
-    a, b = (pd.DataFrame(summarize_run(r)) for r in (old, new))
+    a, b = (pd.DataFrame(summarize_run(r, p)) for r, p in ((old, p_old), (new, p_new)))
     keep = ["region", "champion", "ll_ag", "f1_ag"]
     table = a.reindex(columns=keep).merge(b.reindex(columns=keep), on="region", how="outer",
                                           suffixes=("_old", "_new"), sort=False)

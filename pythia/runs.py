@@ -251,13 +251,14 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
     return 0
 
 
-def summarize_run(run: Any) -> list[dict]:
-    """One row per region of a run: its champion and the champion's natural-test scores."""
+def summarize_run(run: Any, params: Any = None) -> list[dict]:
+    """Per region of a run, its champion and natural-test scores (``params``: if read yet)."""
+    params = _artifact(run, "params") if params is None else params
     base = {"run": run.id, "status": run_status(run),
             "started": run.created_at.strftime("%Y-%m-%d %H:%M") if run.created_at else "-",
             "finished": run.finished_at.strftime("%Y-%m-%d %H:%M") if run.finished_at else "-",
             "window": _window_text(_artifact(run, "window")),
-            "seed": getattr(_artifact(run, "params"), "seed", "-")}
+            "seed": getattr(params, "seed", "-")}
     headline = _artifact(run, "headline")
     champions = _artifact(run, "champions")
     if headline is None or champions is None:
@@ -294,10 +295,10 @@ def print_runs(n: int = 10, flow_name: str = "DemoFlow", out: TextIO | None = No
     for i, run in enumerate(flow):  # newest first
         if i >= n:
             break
-        rows += summarize_run(run)
+        params = _artifact(run, "params")  # read once: the seed column and what moved
+        rows += summarize_run(run, params)
         stacks.append((run.id, stack.run_stack(_artifact(run, "stack"),
-                                               _artifact(run, "candidates")),
-                       _artifact(run, "params")))
+                                               _artifact(run, "candidates")), params))
     if not rows:
         print(f"{flow_name} has no runs yet.", file=out)
         return 1

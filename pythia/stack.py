@@ -54,7 +54,9 @@ def _tensorflow() -> str | None:
     return None
 
 
-def _code_files(package: Path) -> list[tuple[str, Path]]:
+def code_files(package: Path) -> list[tuple[str, Path]]:
+    """(name, path) of the files ``code_version`` reads, in name order: 'pythia/…' for the
+    package's ``CODE_SUFFIXES`` files (byte code aside), 'flows/…' for the flow's."""
     files = [(f"pythia/{f.relative_to(package).as_posix()}", f) for f in package.rglob("*")
              if f.suffix in CODE_SUFFIXES and f.is_file() and "__pycache__" not in f.parts]
     for flows in (package.parent / "flows", package.parent):  # a checkout; a code package
@@ -85,7 +87,7 @@ def _own_code_version() -> str | None:
 def _code_version(package: str) -> str | None:
     digest = hashlib.sha256()
     try:
-        files = _code_files(Path(package))
+        files = code_files(Path(package))
         for name, path in files:
             data = path.read_bytes()
             digest.update(f"{name}\0{len(data)}\0".encode())

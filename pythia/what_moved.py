@@ -58,6 +58,12 @@ def settings_differences(old: Any, new: Any) -> list[str]:
             if a.get(n, "-") != b.get(n, "-")]
 
 
+def moved_settings(old: Any, new: Any) -> list[str]:
+    """``settings_differences`` but the seed's (`pythia runs` has a seed column, `pythia diff`
+    a seed line)."""
+    return [d for d in settings_differences(old, new) if not d.startswith("seed ")]
+
+
 def _some(items: Sequence[str]) -> str:
     more = len(items) - MAX_ITEMS
     return ", ".join(items[:MAX_ITEMS]) + (f" … and {more} more" if more > 0 else "")
@@ -69,7 +75,7 @@ def change_notes(entries: Sequence[tuple[str, Mapping | None, Any]]) -> dict[str
     newlines), by run id; a run with nothing recorded says nothing."""
     notes = stack.change_notes([(run_id, s) for run_id, s, _ in entries])
     for (run_id, _, new), (older_id, _, old) in zip(entries, entries[1:]):
-        moved = [d for d in settings_differences(old, new) if not d.startswith("seed ")]
+        moved = moved_settings(old, new)
         if moved:
             line = f"  settings differ from run {older_id}: {_some(moved)}"
             notes[run_id] = f"{line}\n{notes[run_id]}" if run_id in notes else line
