@@ -79,6 +79,7 @@ class DemoFlow(FlowSpec):
     power_user_threshold = Parameter("power_user_threshold",
                                      **param_kwargs("power_user_threshold"))
     allow_gaps = Parameter("allow_gaps", **param_kwargs("allow_gaps"))
+    max_quarantined = Parameter("max_quarantined", **param_kwargs("max_quarantined"))
     hours_per_task = Parameter("hours_per_task", **param_kwargs("hours_per_task"))
     spark_master = Parameter("spark_master", **param_kwargs("spark_master"))
     data_root = Parameter("data_root", **param_kwargs("data_root"))

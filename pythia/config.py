@@ -8,14 +8,14 @@ hyperparameters, ``@resources``) come from the flow's TOML ``Config`` (``flows/p
 from __future__ import annotations
 
 import datetime as dt
-import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from pythia import geo
-from pythia.config_parse import (check_bins, config_flag, non_negative,  # noqa: F401 (re-export)
-                                 parse_date, parse_list, parse_overrides)
+from pythia.config_parse import (ParamSpec, check_bins, config_flag,  # noqa: F401 (re-export)
+                                 hours_per_task_default, non_negative, parse_date, parse_list,
+                                 parse_overrides)
 from pythia.geo.geography import Geography  # noqa: F401  (config objects live here)
 from pythia.paths import default_data_root
 
@@ -97,6 +97,9 @@ class EtlConfig:
     power_user_threshold: float | None = None  # impressions/user/day; None -> quantile below
     power_user_quantile: float = 0.99  # of per-user-day impression counts (labelled users)
     allow_gaps: bool = False  # missing hour partitions stop the run unless True
+    # more than this share of the window's impressions, or of the label rows, quarantined
+    # (duplicates aside) stops the run naming the columns and values (pythia.input_health)
+    max_quarantined: float = 0.1
     hours_per_task: int = 4  # hours of day per etl task (24 tasks when 1)
     seed: int = 0
 
@@ -114,6 +117,9 @@ class EtlConfig:
             object.__setattr__(self, "resample", mode)
         if not 0.0 <= self.min_keep_rate <= 1.0:
             raise ValueError(f"min_keep_rate must lie in [0, 1], got {self.min_keep_rate}")
+        if not 0.0 <= self.max_quarantined <= 1.0:
+            raise ValueError(f"max_quarantined must lie in [0, 1] (a share of the rows; 1 = "
+                             f"never stop), got {self.max_quarantined}")
         if not 0.0 <= self.holdout_users < 1.0:
             raise ValueError(f"holdout_users must lie in [0, 1) (a share of users kept out of "
                              f"train, validation's users; 0 = none), got {self.holdout_users}")
@@ -168,27 +174,6 @@ TINY_TRAIN = TrainConfig(max_epochs=3, batch_size=256, patience=1)
 
 # ---------------------------------------------------------------- run-time parameters
 
-@dataclass(frozen=True)
-class ParamSpec:
-    """One flow Parameter: its single default, type and help text."""
-
-    name: str
-    default: Any
-    help: str
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``metaflow.Parameter(name, **kwargs)``."""
-        out: dict[str, Any] = {"default": self.default, "help": self.help}
-        if not isinstance(self.default, str):
-            out["type"] = type(self.default)
-        return out
-
-
-def _hours_per_task_default() -> int:
-    # Locally a few hours per task saves JVM starts; on a cluster set 1 (24 tasks).
-    return int(os.environ.get("PYTHIA_HOURS_PER_TASK", "4"))
-
-
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("source", "synthetic://default",
               "Data root in the contract layout (local folder or s3:// prefix), or "
@@ -223,7 +208,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Impressions per user per day above which a user is a power user; 0 = derive "
               "from the data (99th percentile)."),
     ParamSpec("allow_gaps", False, "Run even if hour partitions are missing (recorded)."),
-    ParamSpec("hours_per_task", _hours_per_task_default(),
+    ParamSpec("max_quarantined", 0.1,
+              "Share of the window's impressions, or of the label rows, that may be "
+              "quarantined (duplicates aside) before the run stops naming the columns and "
+              "values to fix; 1 = never stop."),
+    ParamSpec("hours_per_task", hours_per_task_default(),
               "Hours of day per etl_hour task (1 = 24 tasks; a divisor of 24). Locally a few "
               "hours per task saves JVM starts; on a cluster use 1. "
               "Default: $PYTHIA_HOURS_PER_TASK, else 4."),
@@ -369,6 +358,7 @@ class RunParams:
                         power_user_threshold=v["power_user_threshold"] or None,
                         power_user_quantile=deploy.power_user_quantile,
                         allow_gaps=bool(v["allow_gaps"]), hours_per_task=int(v["hours_per_task"]),
+                        max_quarantined=float(v["max_quarantined"]),
                         seed=int(v["seed"]))
         train = TrainConfig(max_epochs=int(v["max_epochs"]), batch_size=deploy.batch_size,
                             patience=deploy.patience, seed=int(v["seed"]),

@@ -3,7 +3,30 @@ names the bad value (re-exported by ``pythia.config``)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+from dataclasses import dataclass
 from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One flow Parameter: its single default, type and help text."""
+
+    name: str
+    default: Any
+    help: str
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``metaflow.Parameter(name, **kwargs)``."""
+        out: dict[str, Any] = {"default": self.default, "help": self.help}
+        if not isinstance(self.default, str):
+            out["type"] = type(self.default)
+        return out
+
+
+def hours_per_task_default() -> int:
+    # Locally a few hours per task saves JVM starts; on a cluster set 1 (24 tasks).
+    return int(os.environ.get("PYTHIA_HOURS_PER_TASK", "4"))
 
 
 def parse_date(text: str) -> dt.date:

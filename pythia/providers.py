@@ -344,7 +344,7 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
     """The prepare_labels step: one label per user from the chosen provider (a manifest).
 
     On the driver when the labels are small (``providers_local.use_driver``), else Spark."""
-    from pythia import providers_local
+    from pythia import input_health, providers_local
     from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
     args = (dict(provider_map["by_country"]), params.etl.age_edges, paths.labels,
@@ -359,6 +359,15 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
             with spark_session("pythia-labels", params, source_path) as spark:
                 manifest = prepare_labels(spark, source_path, *args, quarantine_dir=qdir)
     c = manifest["counts"]
+    summary = input_health.summarize(manifest["quarantine_path"], contract.LABELS) \
+        if sum(c["quarantined"].values()) else None
+    manifest["quarantine_summary"] = summary
+    if not c["users"]:
+        raise input_health.no_labels_error(c, summary or {}, contract.LABELS,
+                                           provider_map["by_country"], qdir)
+    input_health.check_quarantined("prepare_labels", "label rows", c["quarantined"],
+                                   c["rows_in"], summary or {}, contract.LABELS,
+                                   params.etl.max_quarantined, qdir)
     print(f"{providers_local.engine('prepare_labels')}: {c['rows_in']} label rows -> "
           f"{c['users']} users labelled; "
           f"{_quarantined(c['quarantined'])}, {sum(c['rejected'].values())} rejected, "

@@ -219,6 +219,20 @@ def test_driver_and_spark_give_the_same_outputs(both):
 
 
 @pytest.mark.spark
+def test_both_engines_quarantine_tables_say_the_same(both):
+    """input_health reads the quarantine either engine wrote: same entries, same values."""
+    from pythia import input_health
+    got = {e: input_health.summarize(both[e]["quarantine_path"], contract.IMPRESSIONS)
+           for e in ("spark", "driver")}
+    assert got["spark"] == got["driver"]
+    by_reason: dict = {}
+    for entry in got["driver"]["entries"]:
+        by_reason[entry["reason"]] = by_reason.get(entry["reason"], 0) + entry["rows"]
+    assert by_reason == {r: n for r, n in both["driver"]["total"]["quarantined"].items() if n}
+    assert any(e["values"] for e in got["driver"]["entries"])
+
+
+@pytest.mark.spark
 def test_the_rules_and_tie_breaks_land_where_the_contract_says(both):
     q = read_frame(both["driver"]["quarantine_path"])
     six = q[(q.date == str(D6)) & (q.hour == 1)]

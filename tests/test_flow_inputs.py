@@ -153,3 +153,46 @@ def test_skewed_world_runs_with_default_parameters(flow_env):
             assert by_model[champ["model"]] < by_model[baseline], by_model.to_dict()
     else:  # loudly: the reason names the baselines, the bundle is not a new champion
         assert "baseline" in champ["reason"] or "prior" in champ["reason"]
+
+
+def test_a_producers_vocabulary_stops_the_run_in_one_line_until_the_user_says_go_on(
+        flow_env, tmp_path):
+    """A user's first run: the tiny world as a producer writes it (read and written back by
+    pandas) with its own word for mobile devices. Before, the run went on with the 37% of rows
+    left, nothing blessed, no line said why. Now join_hours stops, naming the column, the
+    values and the fix; with --max_quarantined the run goes on, the quarantine artifact says
+    what was set aside, and the rows reconcile."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from pythia.synth.generate import generate_world
+    _, env = flow_env
+    root = tmp_path / "bidlogs"
+    generate_world(str(root), "tiny", seed=0)
+    for path in (root / "impressions").rglob("*.parquet"):
+        frame = pq.read_table(path, partitioning=None).to_pandas()
+        frame["device_type"] = frame["device_type"].replace({"mobile": "smartphone"})
+        frame.to_parquet(path)  # pandas' defaults: ns timestamps, the index stored
+    with _runner(env) as runner:
+        failed = runner.run(source=str(root), models="logreg", regions="global",
+                            max_epochs=1)
+        assert not failed.run.successful
+        task_err = failed.run["join_hours"].task.stderr
+        (line,) = [ln for ln in task_err.splitlines() if "InputHealthError: " in ln]
+        message = line.split("InputHealthError: ", 1)[1]
+        assert message.startswith("join_hours: ")
+        assert "out_of_domain device_type" in message and "'smartphone'" in message
+        assert "allowed: mobile, tablet, desktop, ctv" in message
+        assert "--max_quarantined 0." in message
+        share = float(message.split("--max_quarantined ")[1].split()[0])
+        ran = runner.run(source=str(root), models="logreg", regions="global", max_epochs=1,
+                         max_quarantined=share)
+    run = ran.run
+    assert run.successful, ran.stderr[-4000:]
+    q = run.data.quarantine
+    top = q["summary"]["entries"][0]
+    assert (top["reason"], top["column"]) == ("out_of_domain", "device_type")
+    assert top["values"] == [["smartphone", q["by_reason"]["out_of_domain"]]]
+    assert run.data.params.etl.max_quarantined == share
+    assert bool(run.data.reconciliation["balanced"].all())
+    assert "warning: join_hours: " in run["join_hours"].task.stdout

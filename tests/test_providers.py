@@ -355,8 +355,10 @@ def test_small_inputs_run_without_spark_and_clusters_keep_it(source, tmp_path, m
     monkeypatch.setattr("pythia.etl.session.spark_session", _no_spark)
     for var in ("SPARK_REMOTE", "PYTHIA_SPARK_MASTER", providers_local.DRIVER_MAX_ROWS_ENV):
         monkeypatch.delenv(var, raising=False)
+    # a third of these rows is bad on purpose: past any sane max_quarantined
     params = RunParams.build({"source": source.root, "data_root": str(tmp_path / "data"),
-                              "provider_overrides": ""}, model_names=("gbdt",))
+                              "provider_overrides": "", "max_quarantined": 1.0},
+                             model_names=("gbdt",))
     paths = RunPaths(str(tmp_path / "data"), "T", "1")
     _, provider_map, _ = providers.choose(source.root, params, paths)
     manifest = providers.run(source.root, provider_map, params, paths)

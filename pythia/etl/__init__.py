@@ -21,7 +21,8 @@ def run_hours(source_path: str, hours: list[int], window: Mapping[str, list[str]
     On the driver (``hourly_local``, no JVM) when the task's impressions are small and the run
     is local (``providers_local.use_driver``: footer rows <= ``PYTHIA_DRIVER_MAX_ROWS``), else
     Spark (``hourly``); the choice and why are printed in one line."""
-    from pythia import contract_read, providers_local
+    from pythia import contract_read, input_health, providers_local
+    from pythia.contract import IMPRESSIONS
     from pythia.errors import user_input_errors
     from pythia.etl import hourly, hourly_local
     from pythia.etl.session import spark_session
@@ -40,6 +41,9 @@ def run_hours(source_path: str, hours: list[int], window: Mapping[str, list[str]
             manifest = hourly.run_hours(spark, *args)
     t = manifest["total"]
     bad = {r: n for r, n in t["quarantined"].items() if n}
+    # what the quarantine holds (columns, values), read back as either engine wrote it
+    manifest["quarantine_summary"] = input_health.summarize(
+        manifest["quarantine_path"], IMPRESSIONS) if bad else None
     label = "etl_hour " + ",".join(f"{h:02d}" for h in hours)
     print(f"{providers_local.engine('etl_hour', label)}: "
           f"{t['rows_in']:,} impressions read, "
@@ -54,9 +58,11 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
                ) -> tuple[dict, Any, dict, dict]:
     """The join_hours step: duplicates across tasks, power users, resampling and the four
     splits; the reconciliation of every input row must balance. Returns (split_manifest,
-    reconciliation, resample_rates, quarantine summary). The summary also lists the impression
-    folders that were not read because their names do not parse (``partitions``, rows counted
-    from Parquet footers).
+    reconciliation, resample_rates, quarantine summary). The summary also holds what the
+    tasks' quarantine tables hold (``summary``: rows and values per reason and column,
+    ``input_health.summarize``) and lists the impression folders that were not read because
+    their names do not parse (``partitions``, rows counted from Parquet footers). First,
+    ``check_inputs`` stops the step in one line on too many quarantined rows or no label.
 
     On the driver (``dedupe_local``, ``splits_local``, no JVM) under the rule of
     ``providers_local.use_driver``, counting the footer rows of the tasks' rows/ and ids/
@@ -78,6 +84,7 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
         return manifests, duplicates, splits_local.finalize_splits(
             manifests, params.etl, paths, duplicates=duplicates["path"])
 
+    summary = check_inputs(hour_manifests, params, paths)
     with user_input_errors("join_hours"):
         # the rule's rows: the tasks' rows/ and ids/ tables (Parquet footers), what is read
         files = [f for m in hour_manifests for key in ("rows_path", "ids_path") if m.get(key)
@@ -100,13 +107,40 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
     for m in manifests:
         for reason, n in m.get("quarantined_by_reason", {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
-    quarantine = {"path": paths.quarantine, "by_reason": by_reason,
+    quarantine = {"path": paths.quarantine, "by_reason": by_reason, "summary": summary,
                   **quarantined_partitions(hour_manifests)}
     print(f"{providers_local.engine('join_hours')}: rows per split: " + ", ".join(
         f"{s} {n:,}" for s, n in split_manifest["rows"].items())
         + f"; every input row reconciled ({duplicates['rows']:,} duplicate(s) across etl "
         f"tasks); quarantine under {paths.quarantine}")
     return split_manifest, reconciliation, split_manifest.get("resample_rates", {}), quarantine
+
+
+def check_inputs(hour_manifests: list[dict], params: Any, paths: Any) -> dict:
+    """Before join_hours' work: the window's quarantine in one line (a stop above
+    ``max_quarantined``), and a stop when no valid impression has a label
+    (``pythia.input_health``). Duplicates across tasks are settled later; they lose nothing.
+    Returns the tasks' quarantine summaries merged (``input_health.summarize``)."""
+    from pythia import input_health
+    from pythia.contract import IMPRESSIONS
+    from pythia.etl.hourly import OUTCOME, UNLABELLED, WRITTEN
+    by_reason: dict[str, int] = {}
+    for m in hour_manifests:
+        for reason, n in m["total"]["quarantined"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + int(n)
+    summary = input_health.merge(m.get("quarantine_summary") for m in hour_manifests)
+    input_health.check_quarantined(
+        "join_hours", "impressions", by_reason,
+        sum(int(m["total"]["rows_in"]) for m in hour_manifests), summary, IMPRESSIONS,
+        getattr(params.etl, "max_quarantined", 1.0), paths.quarantine)
+    written = sum(int(m["total"][WRITTEN]) for m in hour_manifests)
+    unlabelled = [(int(m["total"][UNLABELLED]), m["ids_path"]) for m in hour_manifests]
+    most, ids_path = max(unlabelled, key=lambda u: u[0], default=(0, None))
+    if most:
+        input_health.check_labelled("join_hours", written, sum(u for u, _ in unlabelled),
+                                    ids_path, hour_manifests[0]["labels_path"], "user_id",
+                                    OUTCOME, UNLABELLED)
+    return summary
 
 
 def quarantined_partitions(hour_manifests: list[dict]) -> dict:
