@@ -5,7 +5,7 @@ nothing imports it, so documentation can never close an import cycle.
 """
 from __future__ import annotations
 
-from pythia import contract, providers
+from pythia import contract, input_health, providers
 from pythia.config import MAX_VALID_AGE, MIN_VALID_AGE
 from pythia.contract import (BAD_TIMESTAMP, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED, OUT_OF_DOMAIN,
                              TS_TOLERANCE_SECONDS, WRONG_TYPE, ColumnSpec)
@@ -59,6 +59,10 @@ def render_tables() -> str:
         "of the whole window (settled across ETL tasks in `join_hours`, so the result does not "
         "depend on `hours_per_task`); the earliest by `ts` is kept "
         "(ties broken by a hash of the raw values, so the choice is deterministic).",
+        "",
+        "### How much, and what the run says (`pythia/input_health.py`)",
+        "",
+        *[f"- {rule}" for rule in input_health.RULES],
         "",
     ]
     for table in (contract.IMPRESSIONS, contract.LABELS, contract.PROVIDER_METRICS,

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pythia import storage
+from pythia.config import EtlConfig
 from pythia.contract import (COUNTRY_PATTERN, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED, OUT_OF_DOMAIN, REASON,
                              REASON_COLUMN, TS_TOLERANCE_SECONDS, WRONG_TYPE, TableSpec)
 from pythia.label_rules import NOT_CHOSEN
@@ -48,6 +49,29 @@ NO_VALUES = (NULL_REQUIRED, DUPLICATE_IMPRESSION_ID)  # nothing to show, or ids 
 NOT_LOST = (DUPLICATE_IMPRESSION_ID,)  # a copy of the row is kept
 KEY_TRANSFORMS = (("lower-cased", pc.utf8_lower), ("upper-cased", pc.utf8_upper),
                   ("trimmed", pc.utf8_trim_whitespace))
+
+
+# docs/data-contract.md (pythia.docs renders it from here)
+RULES = (
+    "The window's quarantined impressions (in `join_hours`, before its work) and the label rows "
+    "(in `prepare_labels`) are said in one line per step: rows per reason and column, the most "
+    "frequent values, what the column expects, and a likely fix where a value is an allowed "
+    "one but for its case, spaces or a full word (`'Mobile' -> 'mobile'?`, `'female' -> "
+    "'F'?`), or names a country another way (`'usa' -> 'US'?`, `'Germany' -> 'DE'?`). The "
+    "run's `quarantine` artifact (`summary`) and the labels manifest (`quarantine_summary`) "
+    f"keep the {KEEP_VALUES} most frequent values per reason and column.",
+    f"When more than `max_quarantined` (a run Parameter, default {EtlConfig.max_quarantined:g}) "
+    "of the impressions, or of "
+    "the label rows, are quarantined (duplicates aside: a copy of those is kept), the step "
+    "stops with that line, the share and the fix: repair the producer, or rerun with "
+    "`--max_quarantined` at the share named to go on with the rest (1 never stops).",
+    "A run whose labels give no usable label stops in `prepare_labels` saying what became of "
+    "every row (quarantined, rejected, from a provider not chosen for the row's country). A run "
+    "where no valid impression has a label stops in `join_hours` describing both sides' "
+    "`user_id`s (examples, length, characters, a hash's length) and whether they meet once "
+    f"lower-cased, upper-cased or trimmed; under {LOW_LABELLED:.0%} labelled, the same line is "
+    "a warning.",
+)
 
 
 class InputHealthError(ValueError):
