@@ -349,3 +349,34 @@ def check_labelled(step: str, written: int, unlabelled: int, ids_uri: str,
             f"{why}. Fix: key the labels by the bid logs' user_id (docs/data-contract.md)")
     print(f"warning: {step}: only {written:,} of the window's {valid:,} valid impressions "
           f"({written / valid:.2%}) have a label: {why}")
+
+
+# ------------------------------------------------------------------ a finished run's input
+
+def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) -> list[str]:
+    """What ``pythia report`` and the end step say of a run's input: one 'input:' line per
+    table with quarantined rows (the share lost, duplicates aside, and the entries), and the
+    impression folders not read; [] for a clean input (or a run from before the record)."""
+    from pythia.contract import IMPRESSIONS, LABELS
+    lines = []
+    counts = (labels_manifest or {}).get("counts") or {}
+    for what, by_reason, rows_in, summary, table in (
+            ("label rows", counts.get("quarantined"), counts.get("rows_in"),
+             (labels_manifest or {}).get("quarantine_summary"), LABELS),
+            ("impressions", (quarantine or {}).get("by_reason"),
+             (quarantine or {}).get("rows_in"), (quarantine or {}).get("summary"), IMPRESSIONS)):
+        n = sum(int(v) for v in (by_reason or {}).values())
+        if not n:
+            continue
+        share = f" ({lost_rows(by_reason) / rows_in:.1%} lost)" if rows_in else ""
+        of = f" of {int(rows_in):,}" if rows_in else ""
+        detail = describe(summary or {}, table) or ", ".join(
+            f"{r} {int(k):,}" for r, k in by_reason.items() if k)
+        lines.append(f"input: {n:,}{of} {what} quarantined{share}: {detail}")
+    folders = (quarantine or {}).get("partitions") or []
+    if folders:
+        lines.append(f"input: {len(folders)} impression folder(s) not read (names that do not "
+                     f"parse; {int(quarantine.get('partition_rows') or 0):,} rows): "
+                     + ", ".join(str(p.get("folder")) for p in folders[:3])
+                     + (", …" if len(folders) > 3 else ""))
+    return lines

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from pythia import storage
+from pythia import input_health, storage
 from pythia.paths import join
 
 _SLOT = {"fallback": "FALLBACK: nothing blessed and no previous champion, so the best baseline",
@@ -133,6 +133,8 @@ def summary_text(flow: Any, flow_name: str, run_id: str, flow_file: str) -> str:
     lines = [f"{flow_name} run {run_id} finished."] + baseline_alarm(flow.champions) + (
         alarm) + [
         f"  window: {window_text(flow.window)}",
+        *(f"  {line}" for line in input_health.report_lines(
+            getattr(flow, "quarantine", None), getattr(flow, "labels_manifest", None))),
         f"  reports: {flow.reports_path}",
         f"  bid-time bundle: {flow.bundle_path}",
         f"Champions (validation AgeGender log-loss{on}) and the bundle slot each fills "

@@ -11,7 +11,7 @@ from typing import Any, Mapping, TextIO
 
 import pandas as pd
 
-from pythia import stack, storage, what_moved
+from pythia import input_health, stack, storage, what_moved
 from pythia.features import spec_version
 from pythia.paths import join
 # the end step's summary; re-exported here, where the flow and callers have looked for it
@@ -86,7 +86,6 @@ def open_run(flow_name: str, run_id: str) -> Any:
 
 def _open_flow(flow_name: str, out: TextIO) -> Any:
     from metaflow import get_metadata
-
     flow = open_flow(flow_name)
     if flow is None:
         print(f"No runs of {flow_name} found (metadata: {get_metadata()}). Run the flow "
@@ -200,8 +199,8 @@ def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:
 
 def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
                  out: TextIO | None = None) -> int:
-    """Print the stack, champions and headline table of a run (default: latest successful run).
-    Returns a process exit code: 0 when printed, 1 when there is nothing to show."""
+    """Print the stack, the input's quarantine, champions and headline table of a run
+    (default: the latest successful run). Exit code 0 when printed, 1 when nothing to show."""
     out = out or sys.stdout  # resolved per call: tests and callers may swap stdout
     flow = _open_flow(flow_name, out)
     if flow is None:
@@ -221,7 +220,8 @@ def print_report(run_id: str | None = None, flow_name: str = "DemoFlow",
           f"{run.finished_at or '-'}  window: {_window_text(_artifact(run, 'window'))}",
           file=out)
     for line in stack.report_lines(_artifact(run, "stack"), _artifact(run, "candidates"),
-                                   stack.git_text(run)):
+                                   stack.git_text(run)) + input_health.report_lines(
+            _artifact(run, "quarantine"), _artifact(run, "labels_manifest")):
         print(line, file=out)
     if headline is None:
         print(f"Run {run.pathspec} has no headline (it stopped before evaluation).", file=out)

@@ -196,3 +196,6 @@ def test_a_producers_vocabulary_stops_the_run_in_one_line_until_the_user_says_go
     assert run.data.params.etl.max_quarantined == share
     assert bool(run.data.reconciliation["balanced"].all())
     assert "warning: join_hours: " in run["join_hours"].task.stdout
+    # the end step's summary and `pythia report` say what the run set aside
+    said = [ln.strip() for ln in run["end"].task.stdout.splitlines() if "input: " in ln]
+    assert said and said[0].startswith("input: ") and "'smartphone'" in said[0]

@@ -333,3 +333,28 @@ def test_max_quarantined_is_a_share():
     with pytest.raises(ValueError, match="max_quarantined must lie in"):
         RunParams.build({"models": "gbdt", "max_quarantined": 1.5})
     assert RunParams.build({"models": "gbdt"}).etl.max_quarantined == 0.1
+
+
+def test_report_lines_say_what_a_finished_run_set_aside():
+    s = _summary(("out_of_domain", "device_type", 60, [["phone", 60]]),
+                 ("duplicate_impression_id", "impression_id", 40, []))
+    quarantine = {"by_reason": {"out_of_domain": 60, "duplicate_impression_id": 40},
+                  "rows_in": 1000, "summary": s,
+                  "partitions": [{"folder": "impressions/date=2025-06-30/hour=24"}],
+                  "partition_rows": 7}
+    labels = {"counts": {"rows_in": 50, "quarantined": {"wrong_type": 5}},
+              "quarantine_summary": _summary(("wrong_type", "age", 5, [["forty", 5]]))}
+    assert input_health.report_lines(quarantine, labels) == [
+        "input: 5 of 50 label rows quarantined (10.0% lost): wrong_type age 5 ('forty' 5; "
+        "not of type int32)",
+        "input: 100 of 1,000 impressions quarantined (6.0% lost): out_of_domain device_type "
+        "60 ('phone' 60; allowed: mobile, tablet, desktop, ctv); duplicate_impression_id "
+        "impression_id 40",
+        "input: 1 impression folder(s) not read (names that do not parse; 7 rows): "
+        "impressions/date=2025-06-30/hour=24"]
+    # a clean input, and a run from before the record: nothing; counts alone: the counts
+    clean = {"by_reason": {"out_of_domain": 0}, "partitions": []}
+    assert input_health.report_lines(clean, {"counts": {"quarantined": {}}}) == []
+    assert input_health.report_lines(None, None) == []
+    assert input_health.report_lines({"by_reason": {"wrong_type": 3}}, None) == [
+        "input: 3 impressions quarantined: wrong_type 3"]

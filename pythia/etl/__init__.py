@@ -108,6 +108,7 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
         for reason, n in m.get("quarantined_by_reason", {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
     quarantine = {"path": paths.quarantine, "by_reason": by_reason, "summary": summary,
+                  "rows_in": sum(int(m["total"]["rows_in"]) for m in hour_manifests),
                   **quarantined_partitions(hour_manifests)}
     print(f"{providers_local.engine('join_hours')}: rows per split: " + ", ".join(
         f"{s} {n:,}" for s, n in split_manifest["rows"].items())
