@@ -30,8 +30,9 @@ import pyarrow.parquet as pq
 
 from pythia import storage
 from pythia.config import EtlConfig
-from pythia.contract import (COUNTRY_PATTERN, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED, OUT_OF_DOMAIN, REASON,
-                             REASON_COLUMN, TS_TOLERANCE_SECONDS, WRONG_TYPE, TableSpec)
+from pythia.contract import (COUNTRY_PATTERN, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED,
+                             OUT_OF_DOMAIN, REASON, REASON_COLUMN, TS_TOLERANCE_SECONDS,
+                             WRONG_TYPE, TableSpec)
 from pythia.label_rules import NOT_CHOSEN
 from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files

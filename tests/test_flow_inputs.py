@@ -162,7 +162,6 @@ def test_a_producers_vocabulary_stops_the_run_in_one_line_until_the_user_says_go
     left, nothing blessed, no line said why. Now join_hours stops, naming the column, the
     values and the fix; with --max_quarantined the run goes on, the quarantine artifact says
     what was set aside, and the rows reconcile."""
-    import pandas as pd
     import pyarrow.parquet as pq
 
     from pythia.synth.generate import generate_world
