@@ -193,7 +193,9 @@ def render_provider_rules() -> str:
         "metrics or a `labels/provider=NAME/` folder. A country without metrics gets the "
         "provider with the best mean score over countries, with a warning. The "
         "`provider_choice` table lists every candidate with its score, rank, `chosen` and the "
-        "winner's `reason`.", "",
+        "winner's `reason`. A source without `provider_metrics` whose `labels/` holds one "
+        "provider uses it for every country (a warning says so); with several providers it "
+        "stops in one line naming them: the metrics choose among them.", "",
         "## Labels (`providers.prepare_labels`)", "",
         "- A label row counts only if its provider is the one chosen for the row's `country`; "
         "other usable rows are written aside and feed the inter-provider agreement table "

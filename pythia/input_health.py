@@ -171,8 +171,11 @@ def _hint(entry: Mapping, table: TableSpec) -> str:
         return "required: null or empty"
     if entry["reason"] != OUT_OF_DOMAIN:
         if spec.type == "timestamp":
+            epoch = shown and all(re.fullmatch(r"-?\d+(\.\d+)?", v.strip()) for v in shown)
             return (f"must be a UTC instant within {TS_TOLERANCE_SECONDS} s of its date/hour "
-                    "folder and inside the window")
+                    "folder and inside the window" + (
+                        "; epoch numbers are not read (seconds? milliseconds?): write a "
+                        "Parquet timestamp" if epoch else ""))
         return ""
     if spec.allowed:  # a value that is an allowed one but for case, spaces or a full word
         fixes = [f"{_show(v)} -> {_show(c)}?" for v in shown
@@ -236,10 +239,11 @@ def check_quarantined(step: str, what: str, by_reason: Mapping[str, int], rows_i
             f"duplicates aside): {describe(summary, table) or 'see the quarantine'}; "
             f"rows under {where}")
     if share > limit:
+        go_on = (f", or rerun with --max_quarantined {min(1.0, math.ceil(share * 20) / 20):g} "
+                 "to go on with the rest" if lost < rows_in else ": no row is left to use")
         raise InputHealthError(
             f"{text}. That is more than max_quarantined {limit:g} of the {what}: fix the "
-            "producer or the values (docs/data-contract.md), or rerun with --max_quarantined "
-            f"{min(1.0, math.ceil(share * 20) / 20):g} to go on with the rest")
+            f"producer or the values (docs/data-contract.md){go_on}")
     print(("warning: " if share > WARN_SHARE else "") + text)
     return share
 
@@ -247,8 +251,10 @@ def check_quarantined(step: str, what: str, by_reason: Mapping[str, int], rows_i
 # ------------------------------------------------------------------ no labels, no join
 
 def no_labels_error(counts: Mapping[str, Any], summary: Mapping, table: TableSpec,
-                    chosen: Mapping[str, str], where: str) -> InputHealthError:
-    """prepare_labels kept no label: what became of the rows, in one line."""
+                    chosen: Mapping[str, str], where: str,
+                    label_providers: Iterable[str] = ()) -> InputHealthError:
+    """prepare_labels kept no label: what became of the rows, in one line
+    (``label_providers``: the source's ``labels/provider=NAME`` folders)."""
     parts = []
     quarantined = sum(int(n) for n in counts.get("quarantined", {}).values())
     if quarantined:
@@ -260,9 +266,10 @@ def no_labels_error(counts: Mapping[str, Any], summary: Mapping, table: TableSpe
     aside = int(counts.get(NOT_CHOSEN, 0))
     if aside:
         picks = ", ".join(f"{c}={p}" for c, p in sorted(chosen.items())[:6])
+        held = ", ".join(label_providers) or "?"
         parts.append(f"{aside:,} from a provider not chosen for the row's country (chosen: "
-                     f"{picks or 'none'}; the provider=NAME folders must match the metrics' "
-                     "provider names)")
+                     f"{picks or 'none'}; labels from: {held}; the provider=NAME folders must "
+                     "match the metrics' provider names)")
     rows_in = int(counts.get("rows_in", 0))
     detail = "; ".join(parts) if parts else "the labels folder holds no row"
     return InputHealthError(f"prepare_labels: no usable label in {rows_in:,} label rows: "

@@ -16,6 +16,7 @@ from pythia.label_rules import (AGE_BELOW_FIRST_EDGE, IMPOSSIBLE_AGE,  # noqa: F
                                 INCOMPLETE_LABEL, LABELLED, NOT_CHOSEN, OUTPUT_COLUMNS,
                                 REJECT_REASONS, SUPERSEDED, bucket_labels, label_outcome)
 from pythia.paths import join
+from pythia.source_layout import list_data_files
 
 # Score of a (provider, country): a weighted mean of the three quality figures, each averaged
 # over the RECENT_DAYS newest dates of the metrics table. Accuracy matters most (labels are the
@@ -309,21 +310,27 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
     from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
     qdir = join(paths.quarantine, "provider_metrics")
+    known = list_providers(source_path)
     with user_input_errors("select_providers"):
-        files = contract.list_table_files(source_path, "provider_metrics")
-        metrics, read_manifest = providers_local.on_driver(
-            "select_providers", files, params,
-            lambda: providers_local.read_provider_metrics(source_path, qdir)) or (None, None)
+        if list_data_files(join(source_path, "provider_metrics")):
+            files = contract.list_table_files(source_path, "provider_metrics")
+            metrics, read_manifest = providers_local.on_driver(
+                "select_providers", files, params,
+                lambda: providers_local.read_provider_metrics(source_path, qdir)) or (None, None)
+        else:  # one provider needs no choice; several do
+            metrics, read_manifest = _no_metrics(source_path, known)
         if metrics is None:
             with spark_session("pythia-providers", params, source_path) as spark:
                 metrics, read_manifest = read_provider_metrics(spark, source_path, qdir)
-    known = list_providers(source_path)
     countries = sorted(set(metrics["country"].dropna()))
     choice, mapping, warns = select_providers(
         metrics, dict(params.provider_overrides), countries, known_providers=known)
+    if metrics.empty:
+        warns = [f"no provider_metrics under {source_path}: the labels' one provider, "
+                 f"{known[0]}, labels every country", *warns]
     for w in warns:  # printed, not warnings.warn: Metaflow would silence those
         print(f"warning: {w}")
-    default = best_global_provider(metrics)
+    default = best_global_provider(metrics) if not metrics.empty else known[0]
     print(f"{providers_local.engine('select_providers')}: {read_manifest['rows_valid']} metric "
           "rows used, "
           f"{_quarantined(read_manifest['quarantined'])}; providers chosen: "
@@ -331,6 +338,22 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
           + f"; default for other countries: {default}")
     return choice, {"by_country": mapping, "default": default, "metrics": read_manifest}, \
         list(warns)
+
+
+def _no_metrics(source_path: str, known: Sequence[str]) -> tuple[pd.DataFrame, dict]:
+    """No provider_metrics table: an empty one when the labels hold one provider (nothing to
+    choose), else a one-line error naming the providers and the fix."""
+    if len(known) != 1:
+        held = (f"labels/ holds {len(known)} providers ({', '.join(known)})" if known
+                else "labels/ holds no provider=NAME folder")
+        raise ValueError(f"select_providers: no provider_metrics files under "
+                         f"{join(source_path, 'provider_metrics')} and {held}: write the "
+                         "provider_metrics table (docs/data-contract.md) to choose among "
+                         "several, or give the source one provider's labels")
+    empty = pd.DataFrame({c.name: pd.Series(dtype=object)
+                          for c in contract.PROVIDER_METRICS.columns})
+    return empty, {"rows_valid": 0, "quarantined": {}, "extra_columns": [],
+                   "quarantine_path": None}
 
 
 def _quarantined(by_reason: Mapping[str, int]) -> str:
@@ -364,7 +387,8 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
     manifest["quarantine_summary"] = summary
     if not c["users"]:
         raise input_health.no_labels_error(c, summary or {}, contract.LABELS,
-                                           provider_map["by_country"], qdir)
+                                           provider_map["by_country"], qdir,
+                                           list_providers(source_path))
     input_health.check_quarantined("prepare_labels", "label rows", c["quarantined"],
                                    c["rows_in"], summary or {}, contract.LABELS,
                                    params.etl.max_quarantined, qdir)

@@ -109,6 +109,10 @@ def test_merge_adds_the_tasks_summaries():
     (IMPRESSIONS, ("bad_timestamp", "ts", [["2025-06-30 09:00:00", 5]]),
      "bad_timestamp ts 5 ('2025-06-30 09:00:00' 5; must be a UTC instant within 300 s of its "
      "date/hour folder and inside the window)"),
+    (IMPRESSIONS, ("bad_timestamp", "ts", [["1794787203830", 3], ["1794787203.5", 2]]),
+     "bad_timestamp ts 5 ('1794787203830' 3, '1794787203.5' 2; must be a UTC instant within "
+     "300 s of its date/hour folder and inside the window; epoch numbers are not read "
+     "(seconds? milliseconds?): write a Parquet timestamp)"),
     (IMPRESSIONS, ("out_of_domain", "no_such_column", [[None, 5]]),
      "out_of_domain no_such_column 5 (null 5)"),
 ])
@@ -139,6 +143,10 @@ def test_check_quarantined_prints_stops_above_the_limit_and_leaves_duplicates_as
     assert input_health.check_quarantined("join_hours", "impressions", by_reason, 1000, s,
                                           IMPRESSIONS, 0.6, "/q") == 0.6
     assert capsys.readouterr().out.startswith("warning: join_hours: 900 of 1,000 impressions")
+    # all lost: nothing to go on with, so no rerun is proposed
+    with pytest.raises(input_health.InputHealthError, match=r": no row is left to use$"):
+        input_health.check_quarantined("join_hours", "impressions", {"wrong_type": 10}, 10,
+                                       s, IMPRESSIONS, 0.1, "/q")
     # duplicates alone lose nothing: a plain line, whatever the limit
     dups = {"duplicate_impression_id": 300}
     assert input_health.check_quarantined("join_hours", "impressions", dups, 1000, s,
@@ -155,12 +163,14 @@ def test_no_labels_error_says_what_became_of_every_row():
               "rejected": {"impossible_age": 40, "incomplete_label": 0},
               "not_chosen_provider": 60, "users": 0}
     s = _summary(("out_of_domain", "gender", 1000, [["female", 600], ["male", 400]]))
-    err = input_health.no_labels_error(counts, s, LABELS, {"US": "acme"}, "/q/labels")
+    err = input_health.no_labels_error(counts, s, LABELS, {"US": "acme"}, "/q/labels",
+                                       ["Acme"])
     text = str(err)
     assert text.startswith("prepare_labels: no usable label in 1,100 label rows: 1,000 "
                            "quarantined (out_of_domain gender 1,000 ('female' 600, 'male' 400;")
     assert "40 rejected (impossible_age 40)" in text
-    assert "60 from a provider not chosen for the row's country (chosen: US=acme;" in text
+    assert "60 from a provider not chosen for the row's country (chosen: US=acme; labels " \
+           "from: Acme;" in text
     assert "\n" not in text
     empty = input_health.no_labels_error({"rows_in": 0}, {}, LABELS, {}, "/q")
     assert "the labels folder holds no row" in str(empty)
@@ -358,3 +368,29 @@ def test_report_lines_say_what_a_finished_run_set_aside():
     assert input_health.report_lines(None, None) == []
     assert input_health.report_lines({"by_reason": {"wrong_type": 3}}, None) == [
         "input: 3 impressions quarantined: wrong_type 3"]
+
+
+def test_a_source_without_provider_metrics_runs_on_its_one_provider_or_says_why_not(
+        tmp_path, capsys):
+    """A user with one label provider and no provider_metrics table: nothing to choose, so the
+    run uses it (with a warning); with several, one line names them and the fix."""
+    import shutil
+    root = _source(tmp_path)  # providers acme and lucid
+    shutil.rmtree(os.path.join(root, "provider_metrics"))
+    params = _params(root, tmp_path)
+    paths = RunPaths(params.data_root, "Health", "1")
+    with pytest.raises(ValueError, match=r"^select_providers: no provider_metrics files under "
+                       r".*/provider_metrics and labels/ holds 2 providers \(acme, lucid\): "
+                       r"write the provider_metrics table"):
+        providers.choose(root, params, paths)
+    shutil.rmtree(os.path.join(root, "labels", "provider=lucid"))
+    choice, mapping, warns = providers.choose(root, _params(root, tmp_path,
+                                                            provider_overrides="US=lucid"),
+                                              paths)
+    assert mapping["default"] == "acme" and mapping["by_country"] == {} and choice.empty
+    assert warns[0] == f"no provider_metrics under {root}: the labels' one provider, acme, " \
+                       "labels every country"
+    assert any("US=lucid skipped" in w for w in warns)
+    manifest = providers.run(root, mapping, params, paths)
+    assert manifest["counts"]["users"] > 0 and manifest["counts"]["not_chosen_provider"] == 0
+    assert "warning: no provider_metrics under" in capsys.readouterr().out
