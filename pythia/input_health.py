@@ -13,9 +13,9 @@ no rows". Now:
 - ``check_quarantined`` prints one line naming them whenever rows were quarantined, and stops
   the step in one line when they are more than ``max_quarantined`` of the input (duplicates
   aside: a copy of those is kept).
-- ``no_labels_error`` (prepare_labels found no usable label) and ``check_labelled``
-  (join_hours: no valid impression has a label) say why, with what the two sides' user ids
-  look like and whether they match once lower-cased, upper-cased or trimmed.
+- ``report_lines``: what ``pythia report`` and the end step say of a finished run's input.
+
+Labels that meet no impression: ``pythia.label_health``.
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ import pyarrow.parquet as pq
 
 from pythia import storage
 from pythia.config import EtlConfig
-from pythia.contract import (COUNTRY_PATTERN, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED,
-                             OUT_OF_DOMAIN, REASON, REASON_COLUMN, TS_TOLERANCE_SECONDS,
-                             WRONG_TYPE, TableSpec)
-from pythia.label_rules import NOT_CHOSEN
+from pythia.contract import (BAD_TIMESTAMP, COUNTRY_PATTERN, DUPLICATE_IMPRESSION_ID,
+                             NULL_REQUIRED, OUT_OF_DOMAIN, REASON, REASON_COLUMN,
+                             TS_TOLERANCE_SECONDS, WRONG_TYPE, TableSpec)
+from pythia.features import DATE, HOUR, TS
 from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
 
@@ -43,13 +43,10 @@ SHOWN_VALUES = 3  # values per entry
 VALUE_CHARS = 40
 KEEP_VALUES = 20  # values per entry kept in the summary (the artifact)
 MAX_TRACKED = 10_000  # distinct values tracked per entry before the rarest are let go
-KEY_SAMPLE = 10_000  # user ids sampled per side for the key diagnosis
 LOW_LABELLED = 0.01  # below this share of labelled impressions, a warning says so
 WARN_SHARE = 0.01  # above this share quarantined, the step's line starts with "warning:"
 NO_VALUES = (NULL_REQUIRED, DUPLICATE_IMPRESSION_ID)  # nothing to show, or ids only
 NOT_LOST = (DUPLICATE_IMPRESSION_ID,)  # a copy of the row is kept
-KEY_TRANSFORMS = (("lower-cased", pc.utf8_lower), ("upper-cased", pc.utf8_upper),
-                  ("trimmed", pc.utf8_trim_whitespace))
 
 
 # docs/data-contract.md (pythia.docs renders it from here)
@@ -114,6 +111,8 @@ def _add(acc: dict, t: pa.Table) -> None:
         if reason in NO_VALUES or column not in t.column_names:
             continue
         mask = pc.and_(pc.equal(t[REASON], reason), pc.equal(t[REASON_COLUMN], column))
+        if reason == BAD_TIMESTAMP and column == TS and {DATE, HOUR} <= set(t.column_names):
+            entry.setdefault("offsets", Counter()).update(_hours_off(t.filter(mask)))
         values = t.filter(mask)[column]
         if not pa.types.is_string(values.type):
             values = values.cast(pa.string())
@@ -125,13 +124,30 @@ def _add(acc: dict, t: pa.Table) -> None:
             entry["values_exact"] = False
 
 
+def _hours_off(t: pa.Table) -> dict[int, int]:
+    """Rows per whole hours between each parseable ``ts`` and the start of its date/hour
+    folder (0: inside its hour): a constant shift is a time zone, not bad rows."""
+    import pandas as pd
+    ts = pd.to_datetime(t[TS].to_pandas(), errors="coerce", utc=True, format="ISO8601")
+    start = pd.to_datetime(t[DATE].to_pandas(), errors="coerce", utc=True, format="%Y-%m-%d")
+    start = start + pd.to_timedelta(pd.to_numeric(t[HOUR].to_pandas(), errors="coerce"),
+                                    unit="h")
+    off = ((ts - start).dt.total_seconds() // 3600).dropna()
+    return {int(k): int(n) for k, n in off.value_counts().items()}
+
+
 def _finish(entries: Iterable[dict]) -> dict:
     out = []
     for e in entries:
         values = e["values"] if isinstance(e["values"], Counter) else Counter(
             {v: n for v, n in e["values"]})
         top = sorted(values.items(), key=lambda vn: (-vn[1], str(vn[0])))[:KEEP_VALUES]
-        out.append({**e, "values": [[v, n] for v, n in top]})
+        shifts = {}
+        if e.get("offsets"):  # JSON-able: hour offset (as text) -> rows
+            offsets = Counter({int(k): int(n) for k, n in dict(e["offsets"]).items()})
+            shifts = {"offsets": {str(k): n for k, n in offsets.most_common(KEEP_VALUES)}}
+        out.append({**{k: v for k, v in e.items() if k != "offsets"}, **shifts,
+                    "values": [[v, n] for v, n in top]})
     out.sort(key=lambda e: (-e["rows"], e["reason"], e["column"]))
     return {"rows": sum(e["rows"] for e in out), "entries": out}
 
@@ -148,6 +164,9 @@ def merge(summaries: Iterable[Mapping | None]) -> dict:
             m["values_exact"] = m["values_exact"] and bool(e.get("values_exact", True))
             for v, n in e["values"]:
                 m["values"][v] += int(n)
+            if e.get("offsets"):
+                m.setdefault("offsets", Counter()).update(
+                    {int(k): int(n) for k, n in e["offsets"].items()})
     return _finish(acc.values())
 
 
@@ -173,7 +192,7 @@ def _hint(entry: Mapping, table: TableSpec) -> str:
         if spec.type == "timestamp":
             epoch = shown and all(re.fullmatch(r"-?\d+(\.\d+)?", v.strip()) for v in shown)
             return (f"must be a UTC instant within {TS_TOLERANCE_SECONDS} s of its date/hour "
-                    "folder and inside the window" + (
+                    "folder and inside the window" + _shift(entry) + (
                         "; epoch numbers are not read (seconds? milliseconds?): write a "
                         "Parquet timestamp" if epoch else ""))
         return ""
@@ -190,6 +209,20 @@ def _hint(entry: Mapping, table: TableSpec) -> str:
     if spec.min_value is not None or spec.max_value is not None:
         return f"allowed [{spec.min_value:g}, {spec.max_value:g}]"
     return ""
+
+
+def _shift(entry: Mapping) -> str:
+    """'; 97% lie 2 h after their hour folder: …' when one whole-hour shift holds half of the
+    entry's rows or more (a time zone), else ''."""
+    offsets = {int(k): int(n) for k, n in (entry.get("offsets") or {}).items() if int(k)}
+    if not offsets or not entry.get("rows"):
+        return ""
+    hours, n = max(offsets.items(), key=lambda kn: (kn[1], -abs(kn[0])))
+    if n < entry["rows"] / 2 or abs(hours) > 26:
+        return ""
+    side = "after" if hours > 0 else "before"
+    return (f"; {n / entry['rows']:.0%} lie {abs(hours)} h {side} their hour folder: local "
+            "time written as UTC, or folders in local time?")
 
 
 def _alpha_2(value: str) -> str | None:
@@ -246,117 +279,6 @@ def check_quarantined(step: str, what: str, by_reason: Mapping[str, int], rows_i
             f"producer or the values (docs/data-contract.md){go_on}")
     print(("warning: " if share > WARN_SHARE else "") + text)
     return share
-
-
-# ------------------------------------------------------------------ no labels, no join
-
-def no_labels_error(counts: Mapping[str, Any], summary: Mapping, table: TableSpec,
-                    chosen: Mapping[str, str], where: str,
-                    label_providers: Iterable[str] = ()) -> InputHealthError:
-    """prepare_labels kept no label: what became of the rows, in one line
-    (``label_providers``: the source's ``labels/provider=NAME`` folders)."""
-    parts = []
-    quarantined = sum(int(n) for n in counts.get("quarantined", {}).values())
-    if quarantined:
-        parts.append(f"{quarantined:,} quarantined ({describe(summary, table)}; under {where})")
-    rejected = {r: int(n) for r, n in counts.get("rejected", {}).items() if n}
-    if rejected:
-        parts.append(f"{sum(rejected.values()):,} rejected ("
-                     + ", ".join(f"{r} {n:,}" for r, n in rejected.items()) + ")")
-    aside = int(counts.get(NOT_CHOSEN, 0))
-    if aside:
-        picks = ", ".join(f"{c}={p}" for c, p in sorted(chosen.items())[:6])
-        held = ", ".join(label_providers) or "?"
-        parts.append(f"{aside:,} from a provider not chosen for the row's country (chosen: "
-                     f"{picks or 'none'}; labels from: {held}; the provider=NAME folders must "
-                     "match the metrics' provider names)")
-    rows_in = int(counts.get("rows_in", 0))
-    detail = "; ".join(parts) if parts else "the labels folder holds no row"
-    return InputHealthError(f"prepare_labels: no usable label in {rows_in:,} label rows: "
-                            f"{detail}. Fix the labels (docs/data-contract.md) and rerun")
-
-
-def _sample_ids(uri: str, column: str, where: Mapping[str, str] | None = None,
-                limit: int = KEY_SAMPLE) -> list[str]:
-    """Up to ``limit`` distinct non-null values of ``column`` under ``uri``, in file order."""
-    seen: dict[str, None] = {}
-    for file in list_data_files(uri) if storage.exists(uri) else []:
-        fs, path = storage.filesystem(file)
-        with fs.open_input_file(path) as f:
-            cols = [column, *(where or {})]
-            for batch in iter_file_batches(pq.ParquetFile(f), BATCH_ROWS, cols):
-                t = pa.Table.from_batches([batch])
-                for k, v in (where or {}).items():
-                    t = t.filter(pc.equal(t[k], v))
-                for value in pc.unique(t[column].drop_null()).to_pylist():
-                    seen.setdefault(str(value))
-                    if len(seen) >= limit:
-                        return list(seen)
-    return list(seen)
-
-
-def _shape(ids: list[str]) -> str:
-    """'9 characters: digits, upper-case letters' (length range, character classes)."""
-    if not ids:
-        return "none seen"
-    lengths = sorted({len(i) for i in ids})
-    size = (f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}")
-    text = "".join(ids[:1000])
-    if all(re.fullmatch(r"[0-9a-fA-F]+", i) for i in ids[:1000]) and len(lengths) == 1 \
-            and lengths[0] in (32, 40, 64):
-        algo = {32: "an MD5", 40: "a SHA-1", 64: "a SHA-256"}[lengths[0]]
-        return f"{size} hex characters: {algo} hash?"
-    kinds = [name for name, pattern in (("digits", r"[0-9]"), ("lower-case letters", r"[a-z]"),
-                                        ("upper-case letters", r"[A-Z]"),
-                                        ("other characters", r"[^0-9a-zA-Z]"))
-             if re.search(pattern, text)]
-    if re.search(r"^\s|\s$", "\n".join(ids[:1000]), re.M):
-        kinds.append("leading/trailing spaces")
-    return f"{size} characters: {', '.join(kinds)}"
-
-
-def key_diagnosis(impression_ids: list[str], labels_uri: str) -> str:
-    """How the impressions' user ids (a sample) and the labels' compare: their shapes, and
-    which transform (lower-case, upper-case, trim) would make them meet."""
-    label_ids = _sample_ids(labels_uri, "user_id")
-    sample = pa.array(impression_ids, pa.string())
-    meets = []
-    for name, fn in KEY_TRANSFORMS:
-        wanted = pc.unique(fn(sample))
-        for file in list_data_files(labels_uri) if storage.exists(labels_uri) else []:
-            fs, path = storage.filesystem(file)
-            with fs.open_input_file(path) as f:
-                hits = sum(pc.sum(pc.is_in(fn(b.column(0).cast(pa.string())),
-                                           value_set=wanted)).as_py() or 0
-                           for b in iter_file_batches(pq.ParquetFile(f), BATCH_ROWS,
-                                                      ["user_id"]))
-            if hits:
-                meets.append(name)
-                break
-    shown = lambda ids: ", ".join(_show(i) for i in ids[:2])  # noqa: E731
-    text = (f"impressions' user_id e.g. {shown(impression_ids)} ({_shape(impression_ids)}); "
-            f"labels' e.g. {shown(label_ids)} ({_shape(label_ids)})")
-    if meets:
-        text += f"; they meet once both are {' or '.join(meets)}"
-    return text
-
-
-def check_labelled(step: str, written: int, unlabelled: int, ids_uri: str,
-                   labels_uri: str, id_column: str, outcome_column: str,
-                   unlabelled_value: str) -> None:
-    """No valid impression has a label: raise, saying what the two sides' ids look like.
-    Under ``LOW_LABELLED`` of them: the same, as a warning."""
-    valid = written + unlabelled
-    if not valid or written / valid >= LOW_LABELLED:
-        return
-    ids = _sample_ids(ids_uri, id_column, {outcome_column: unlabelled_value})
-    why = key_diagnosis(ids, labels_uri)
-    if written == 0:
-        raise InputHealthError(
-            f"{step}: none of the window's {valid:,} valid impressions has a label: "
-            f"{why}. Fix: key the labels by the bid logs' user_id (docs/data-contract.md)")
-    print(f"warning: {step}: only {written:,} of the window's {valid:,} valid impressions "
-          f"({written / valid:.2%}) have a label: {why}")
 
 
 # ------------------------------------------------------------------ a finished run's input

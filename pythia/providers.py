@@ -367,7 +367,7 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
     """The prepare_labels step: one label per user from the chosen provider (a manifest).
 
     On the driver when the labels are small (``providers_local.use_driver``), else Spark."""
-    from pythia import input_health, providers_local
+    from pythia import input_health, label_health, providers_local
     from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
     args = (dict(provider_map["by_country"]), params.etl.age_edges, paths.labels,
@@ -386,7 +386,7 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
         if sum(c["quarantined"].values()) else None
     manifest["quarantine_summary"] = summary
     if not c["users"]:
-        raise input_health.no_labels_error(c, summary or {}, contract.LABELS,
+        raise label_health.no_labels_error(c, summary or {}, contract.LABELS,
                                            provider_map["by_country"], qdir,
                                            list_providers(source_path))
     input_health.check_quarantined("prepare_labels", "label rows", c["quarantined"],

@@ -1,4 +1,4 @@
-"""pythia.input_health: what the quarantine holds, said in one line; a stop above
+"""pythia.input_health and pythia.label_health: what the quarantine holds, said in one line; a stop above
 max_quarantined; a stop, with the two sides' ids described, when no impression has a label.
 Inputs are written the way producers write them: pandas (``to_parquet``, its index, ns
 timestamps, categoricals), pyarrow, and the run's own quarantine tables."""
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pythia import contract, input_health, providers
+from pythia import contract, input_health, label_health, providers
 from pythia.config import RunParams, Window
 from pythia.contract import IMPRESSIONS, LABELS
 from pythia.etl import sample
@@ -58,6 +58,32 @@ def test_summarize_counts_rows_per_reason_and_column_and_the_values(tmp_path):
     assert by[("out_of_domain", "country")]["values"] == [["us", 1]]
     assert input_health.summarize(str(tmp_path / "none"), IMPRESSIONS) == {"rows": 0,
                                                                            "entries": []}
+
+
+def test_a_whole_hour_shift_of_ts_is_said_as_a_time_zone(tmp_path):
+    """Local time written as UTC: every row lies 2 h after its hour folder. Two tasks' files
+    (one as the driver writes ts, one with an ISO 'T' and 'Z'), and rows that are just bad."""
+    def rows(fmt, n, hours_off):
+        start = dt.datetime(2025, 6, 30, 3, 10) + dt.timedelta(hours=hours_off)
+        return [_row("bad_timestamp", "ts", ts=(start + dt.timedelta(seconds=i)).strftime(fmt),
+                     date="2025-06-30", hour="3") for i in range(n)]
+    cols = ("impression_id", "ts", "date", "hour")
+    _quarantine_file(str(tmp_path / "q" / "a" / "part-0.parquet"),
+                     rows("%Y-%m-%d %H:%M:%S.%f", 30, 2), columns=cols)
+    _quarantine_file(str(tmp_path / "q" / "b" / "part-0.parquet"),
+                     rows("%Y-%m-%dT%H:%M:%SZ", 15, 2) + rows("%Y-%m-%d %H:%M:%S", 3, -9)
+                     + [_row("bad_timestamp", "ts", ts="soon", date="2025-06-30", hour="3")],
+                     columns=cols)
+    parts = [input_health.summarize(str(tmp_path / "q" / k), IMPRESSIONS) for k in "ab"]
+    assert parts[1]["entries"][0]["offsets"] == {"2": 15, "-9": 3}
+    (entry,) = input_health.merge(parts)["entries"]
+    assert entry["rows"] == 49 and entry["offsets"] == {"2": 45, "-9": 3}
+    assert input_health.entry_text(entry, IMPRESSIONS).endswith(
+        "inside the window; 92% lie 2 h after their hour folder: local time written as UTC, "
+        "or folders in local time?)")
+    # no shift holds half the rows: no time-zone guess
+    entry = {**entry, "offsets": {"2": 20, "-9": 3}}
+    assert "lie" not in input_health.entry_text(entry, IMPRESSIONS)
 
 
 def test_many_distinct_values_keep_exact_rows_and_say_the_values_are_not(tmp_path,
@@ -163,7 +189,7 @@ def test_no_labels_error_says_what_became_of_every_row():
               "rejected": {"impossible_age": 40, "incomplete_label": 0},
               "not_chosen_provider": 60, "users": 0}
     s = _summary(("out_of_domain", "gender", 1000, [["female", 600], ["male", 400]]))
-    err = input_health.no_labels_error(counts, s, LABELS, {"US": "acme"}, "/q/labels",
+    err = label_health.no_labels_error(counts, s, LABELS, {"US": "acme"}, "/q/labels",
                                        ["Acme"])
     text = str(err)
     assert text.startswith("prepare_labels: no usable label in 1,100 label rows: 1,000 "
@@ -172,7 +198,7 @@ def test_no_labels_error_says_what_became_of_every_row():
     assert "60 from a provider not chosen for the row's country (chosen: US=acme; labels " \
            "from: Acme;" in text
     assert "\n" not in text
-    empty = input_health.no_labels_error({"rows_in": 0}, {}, LABELS, {}, "/q")
+    empty = label_health.no_labels_error({"rows_in": 0}, {}, LABELS, {}, "/q")
     assert "the labels folder holds no row" in str(empty)
 
 
@@ -184,7 +210,7 @@ def _ids_table(path, ids, **extra):
 def test_key_diagnosis_describes_both_sides_and_the_transform_that_meets(tmp_path):
     labels = str(tmp_path / "labels")
     _ids_table(labels + "/part-0.parquet", [f"U{i:08d}" for i in range(50)])
-    text = input_health.key_diagnosis([f"u{i:08d}" for i in range(40, 90)], labels)
+    text = label_health.key_diagnosis([f"u{i:08d}" for i in range(40, 90)], labels)
     assert "impressions' user_id e.g. 'u00000040', 'u00000041' (9 characters: digits, " \
            "lower-case letters)" in text
     assert "labels' e.g. 'U00000000', 'U00000001' (9 characters: digits, upper-case " \
@@ -194,11 +220,11 @@ def test_key_diagnosis_describes_both_sides_and_the_transform_that_meets(tmp_pat
     hashed = str(tmp_path / "hashed")
     _ids_table(hashed + "/part-0.parquet",
                [hashlib.sha256(f"u{i}".encode()).hexdigest() for i in range(20)])
-    text = input_health.key_diagnosis([f"u{i}" for i in range(20)], hashed)
+    text = label_health.key_diagnosis([f"u{i}" for i in range(20)], hashed)
     assert "(64 hex characters: a SHA-256 hash?)" in text and "meet" not in text
     spaced = str(tmp_path / "spaced")
     _ids_table(spaced + "/part-0.parquet", [f"u{i} " for i in range(20)])
-    text = input_health.key_diagnosis([f"u{i}" for i in range(20)], spaced)
+    text = label_health.key_diagnosis([f"u{i}" for i in range(20)], spaced)
     assert "leading/trailing spaces" in text and text.endswith("both are trimmed")
 
 
@@ -212,13 +238,13 @@ def test_check_labelled_stops_on_none_warns_below_one_percent(tmp_path, capsys):
                        r"window's 500 valid impressions has a label: impressions' user_id "
                        r"e.g. 'a1', 'a3' .*they meet once both are lower-cased or "
                        r"upper-cased. Fix: key"):
-        input_health.check_labelled("join_hours", 0, 500, *args)
-    input_health.check_labelled("join_hours", 4, 996, *args)
+        label_health.check_labelled("join_hours", 0, 500, *args)
+    label_health.check_labelled("join_hours", 4, 996, *args)
     assert capsys.readouterr().out.startswith(
         "warning: join_hours: only 4 of the window's 1,000 valid impressions (0.40%) have a "
         "label: impressions' user_id e.g. 'a1', 'a3'")
-    input_health.check_labelled("join_hours", 10, 990, *args)
-    input_health.check_labelled("join_hours", 0, 0, *args)
+    label_health.check_labelled("join_hours", 10, 990, *args)
+    label_health.check_labelled("join_hours", 0, 0, *args)
     assert capsys.readouterr().out == ""
 
 

@@ -120,9 +120,10 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
 def check_inputs(hour_manifests: list[dict], params: Any, paths: Any) -> dict:
     """Before join_hours' work: the window's quarantine in one line (a stop above
     ``max_quarantined``), and a stop when no valid impression has a label
-    (``pythia.input_health``). Duplicates across tasks are settled later; they lose nothing.
+    (``pythia.input_health``, ``pythia.label_health``). Duplicates across tasks are settled
+    later; they lose nothing.
     Returns the tasks' quarantine summaries merged (``input_health.summarize``)."""
-    from pythia import input_health
+    from pythia import input_health, label_health
     from pythia.contract import IMPRESSIONS
     from pythia.etl.hourly import OUTCOME, UNLABELLED, WRITTEN
     by_reason: dict[str, int] = {}
@@ -138,7 +139,7 @@ def check_inputs(hour_manifests: list[dict], params: Any, paths: Any) -> dict:
     unlabelled = [(int(m["total"][UNLABELLED]), m["ids_path"]) for m in hour_manifests]
     most, ids_path = max(unlabelled, key=lambda u: u[0], default=(0, None))
     if most:
-        input_health.check_labelled("join_hours", written, sum(u for u, _ in unlabelled),
+        label_health.check_labelled("join_hours", written, sum(u for u, _ in unlabelled),
                                     ids_path, hour_manifests[0]["labels_path"], "user_id",
                                     OUTCOME, UNLABELLED)
     return summary

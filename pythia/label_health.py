@@ -1,0 +1,139 @@
+"""Labels that meet no impression, said so a user can fix them (``pythia.input_health``
+says the quarantine's share and content).
+
+- ``no_labels_error``: prepare_labels kept no label; one line says what became of every row
+  (quarantined, rejected, from a provider not chosen for its country).
+- ``check_labelled``: join_hours found no valid impression with a label (a stop) or under
+  ``LOW_LABELLED`` of them (a warning); ``key_diagnosis`` describes both sides' user ids
+  (examples, length, characters, a hash's length) and whether they meet once lower-cased,
+  upper-cased or trimmed. Before (session 62), labels keyed by an upper-cased ``user_id`` or
+  with ``gender`` ``female`` stopped three steps later on "the train split has no rows".
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pythia import storage
+from pythia.contract import TableSpec
+from pythia.input_health import BATCH_ROWS, LOW_LABELLED, InputHealthError, _show, describe
+from pythia.label_rules import NOT_CHOSEN
+from pythia.parquet_footers import iter_file_batches
+from pythia.source_layout import list_data_files
+
+KEY_SAMPLE = 10_000  # user ids sampled per side for the key diagnosis
+KEY_TRANSFORMS = (("lower-cased", pc.utf8_lower), ("upper-cased", pc.utf8_upper),
+                  ("trimmed", pc.utf8_trim_whitespace))
+
+
+def no_labels_error(counts: Mapping[str, Any], summary: Mapping, table: TableSpec,
+                    chosen: Mapping[str, str], where: str,
+                    label_providers: Iterable[str] = ()) -> InputHealthError:
+    """prepare_labels kept no label: what became of the rows, in one line
+    (``label_providers``: the source's ``labels/provider=NAME`` folders)."""
+    parts = []
+    quarantined = sum(int(n) for n in counts.get("quarantined", {}).values())
+    if quarantined:
+        parts.append(f"{quarantined:,} quarantined ({describe(summary, table)}; under {where})")
+    rejected = {r: int(n) for r, n in counts.get("rejected", {}).items() if n}
+    if rejected:
+        parts.append(f"{sum(rejected.values()):,} rejected ("
+                     + ", ".join(f"{r} {n:,}" for r, n in rejected.items()) + ")")
+    aside = int(counts.get(NOT_CHOSEN, 0))
+    if aside:
+        picks = ", ".join(f"{c}={p}" for c, p in sorted(chosen.items())[:6])
+        held = ", ".join(label_providers) or "?"
+        parts.append(f"{aside:,} from a provider not chosen for the row's country (chosen: "
+                     f"{picks or 'none'}; labels from: {held}; the provider=NAME folders must "
+                     "match the metrics' provider names)")
+    rows_in = int(counts.get("rows_in", 0))
+    detail = "; ".join(parts) if parts else "the labels folder holds no row"
+    return InputHealthError(f"prepare_labels: no usable label in {rows_in:,} label rows: "
+                            f"{detail}. Fix the labels (docs/data-contract.md) and rerun")
+
+
+def _sample_ids(uri: str, column: str, where: Mapping[str, str] | None = None,
+                limit: int = KEY_SAMPLE) -> list[str]:
+    """Up to ``limit`` distinct non-null values of ``column`` under ``uri``, in file order."""
+    seen: dict[str, None] = {}
+    for file in list_data_files(uri) if storage.exists(uri) else []:
+        fs, path = storage.filesystem(file)
+        with fs.open_input_file(path) as f:
+            cols = [column, *(where or {})]
+            for batch in iter_file_batches(pq.ParquetFile(f), BATCH_ROWS, cols):
+                t = pa.Table.from_batches([batch])
+                for k, v in (where or {}).items():
+                    t = t.filter(pc.equal(t[k], v))
+                for value in pc.unique(t[column].drop_null()).to_pylist():
+                    seen.setdefault(str(value))
+                    if len(seen) >= limit:
+                        return list(seen)
+    return list(seen)
+
+
+def _shape(ids: list[str]) -> str:
+    """'9 characters: digits, upper-case letters' (length range, character classes)."""
+    if not ids:
+        return "none seen"
+    lengths = sorted({len(i) for i in ids})
+    size = (f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}")
+    text = "".join(ids[:1000])
+    if all(re.fullmatch(r"[0-9a-fA-F]+", i) for i in ids[:1000]) and len(lengths) == 1 \
+            and lengths[0] in (32, 40, 64):
+        algo = {32: "an MD5", 40: "a SHA-1", 64: "a SHA-256"}[lengths[0]]
+        return f"{size} hex characters: {algo} hash?"
+    kinds = [name for name, pattern in (("digits", r"[0-9]"), ("lower-case letters", r"[a-z]"),
+                                        ("upper-case letters", r"[A-Z]"),
+                                        ("other characters", r"[^0-9a-zA-Z]"))
+             if re.search(pattern, text)]
+    if re.search(r"^\s|\s$", "\n".join(ids[:1000]), re.M):
+        kinds.append("leading/trailing spaces")
+    return f"{size} characters: {', '.join(kinds)}"
+
+
+def key_diagnosis(impression_ids: list[str], labels_uri: str) -> str:
+    """How the impressions' user ids (a sample) and the labels' compare: their shapes, and
+    which transform (lower-case, upper-case, trim) would make them meet."""
+    label_ids = _sample_ids(labels_uri, "user_id")
+    sample = pa.array(impression_ids, pa.string())
+    meets = []
+    for name, fn in KEY_TRANSFORMS:
+        wanted = pc.unique(fn(sample))
+        for file in list_data_files(labels_uri) if storage.exists(labels_uri) else []:
+            fs, path = storage.filesystem(file)
+            with fs.open_input_file(path) as f:
+                hits = sum(pc.sum(pc.is_in(fn(b.column(0).cast(pa.string())),
+                                           value_set=wanted)).as_py() or 0
+                           for b in iter_file_batches(pq.ParquetFile(f), BATCH_ROWS,
+                                                      ["user_id"]))
+            if hits:
+                meets.append(name)
+                break
+    shown = lambda ids: ", ".join(_show(i) for i in ids[:2])  # noqa: E731
+    text = (f"impressions' user_id e.g. {shown(impression_ids)} ({_shape(impression_ids)}); "
+            f"labels' e.g. {shown(label_ids)} ({_shape(label_ids)})")
+    if meets:
+        text += f"; they meet once both are {' or '.join(meets)}"
+    return text
+
+
+def check_labelled(step: str, written: int, unlabelled: int, ids_uri: str,
+                   labels_uri: str, id_column: str, outcome_column: str,
+                   unlabelled_value: str) -> None:
+    """No valid impression has a label: raise, saying what the two sides' ids look like.
+    Under ``LOW_LABELLED`` of them: the same, as a warning."""
+    valid = written + unlabelled
+    if not valid or written / valid >= LOW_LABELLED:
+        return
+    ids = _sample_ids(ids_uri, id_column, {outcome_column: unlabelled_value})
+    why = key_diagnosis(ids, labels_uri)
+    if written == 0:
+        raise InputHealthError(
+            f"{step}: none of the window's {valid:,} valid impressions has a label: "
+            f"{why}. Fix: key the labels by the bid logs' user_id (docs/data-contract.md)")
+    print(f"warning: {step}: only {written:,} of the window's {valid:,} valid impressions "
+          f"({written / valid:.2%}) have a label: {why}")
