@@ -69,6 +69,10 @@ RULES = (
     "`user_id`s (examples, length, characters, a hash's length) and whether they meet once "
     f"lower-cased, upper-cased or trimmed; under {LOW_LABELLED:.0%} labelled, the same line is "
     "a warning.",
+    "A `country` that matches the pattern but that no ISO-3166-1 map knows (`UK`, `EL`, `QQ`) "
+    "is not quarantined: its rows are region OTHER, scored by the global model, with local "
+    "time in UTC. `to_tfrecords` names such codes of the train rows in a warning, with the "
+    "ISO code where one is meant (`'UK' -> 'GB'?`, `'EL' -> 'GR'?`).",
 )
 
 
@@ -279,6 +283,26 @@ def check_quarantined(step: str, what: str, by_reason: Mapping[str, int], rows_i
             f"producer or the values (docs/data-contract.md){go_on}")
     print(("warning: " if share > WARN_SHARE else "") + text)
     return share
+
+
+# codes in wide use that ISO-3166-1 reserves for another name (the UK's and the EU's usage)
+NOT_ISO = {"UK": "GB", "EL": "GR"}
+
+
+def unknown_countries(codes: Iterable[Any]) -> str | None:
+    """A warning for the country codes (of the train rows' vocabulary) that no ISO-3166-1
+    map knows (``UK``, ``EL``, ``XX``): valid by the contract's pattern, yet their rows fall in
+    region OTHER (scored by the global model) with local time in UTC. None when all are known."""
+    from pythia.geo.countries import known_countries
+    unknown = sorted({str(c) for c in codes if c} - known_countries())
+    if not unknown:
+        return None
+    fixes = [f"{_show(c)} -> {_show(NOT_ISO[c])}?" for c in unknown if c in NOT_ISO]
+    shown = ", ".join(_show(c) for c in unknown[:8]) + (", …" if len(unknown) > 8 else "")
+    return (f"{len(unknown)} country code(s) of the train rows are no ISO-3166-1 "
+            f"code: {shown}" + (f" ({', '.join(fixes)})" if fixes else "") + "; their rows "
+            "are region OTHER, scored by the global model, with local time in UTC: fix the "
+            "producer's codes")
 
 
 # ------------------------------------------------------------------ a finished run's input

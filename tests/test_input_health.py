@@ -1,7 +1,8 @@
-"""pythia.input_health and pythia.label_health: what the quarantine holds, said in one line; a stop above
-max_quarantined; a stop, with the two sides' ids described, when no impression has a label.
-Inputs are written the way producers write them: pandas (``to_parquet``, its index, ns
-timestamps, categoricals), pyarrow, and the run's own quarantine tables."""
+"""pythia.input_health and pythia.label_health: what the quarantine holds, said in one
+line; a stop above max_quarantined; a stop, with the two sides' ids described, when no
+impression has a label; country codes no map knows. Inputs are written the way producers
+write them: pandas (``to_parquet``, its index, ns timestamps, categoricals), pyarrow, and the
+run's own quarantine tables."""
 import datetime as dt
 import os
 
@@ -420,3 +421,25 @@ def test_a_source_without_provider_metrics_runs_on_its_one_provider_or_says_why_
     manifest = providers.run(root, mapping, params, paths)
     assert manifest["counts"]["users"] > 0 and manifest["counts"]["not_chosen_provider"] == 0
     assert "warning: no provider_metrics under" in capsys.readouterr().out
+
+
+def test_country_codes_no_map_knows_are_said_once_the_vocabulary_is_fitted(tmp_path, capsys):
+    """'UK' (the UK's own code for GB) passes the contract's pattern, so nothing quarantines
+    it; its rows would be region OTHER with UTC local time, silently. to_tfrecords says so."""
+    assert input_health.unknown_countries(["US", "GB", "XK", None, ""]) is None
+    assert input_health.unknown_countries(["US", "UK", "EL", "QQ"]) == (
+        "3 country code(s) of the train rows are no ISO-3166-1 code: 'EL', 'QQ', 'UK' ('EL' "
+        "-> 'GR'?, 'UK' -> 'GB'?); their rows are region OTHER, scored by the global model, "
+        "with local time in UTC: fix the producer's codes")
+    from pythia import tfrecords
+    root = str(tmp_path / "bidlogs")
+    sample.write_sample_source(root, DAY, n_users=40, countries=("US", "UK", "DE"), seed=2)
+    params = _params(root, tmp_path)
+    paths = RunPaths(params.data_root, "Health", "1")
+    etl, manifests = _etl(root, params, paths)
+    split, _, _, _ = etl.join_hours(manifests, params, paths)
+    capsys.readouterr()
+    tfrecords.convert(split, params, paths)
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "ISO-3166" in ln]
+    assert line.startswith("warning: to_tfrecords: 1 country code(s) of the train rows are no "
+                           "ISO-3166-1 code: 'UK' ('UK' -> 'GB'?)")
