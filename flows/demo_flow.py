@@ -29,7 +29,8 @@ from pythia import (disk_budget, etl, evaluate, models, providers, runs, scoring
 from pythia.code_package import forward_pythia_env, ship_package_data  # noqa: E402
 from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
 from pythia.disk_full import full_disk_errors, task_outputs  # noqa: E402
-from pythia.paths import RunPaths, check_remote_roots, default_cache_root  # noqa: E402
+from pythia.paths import (RunPaths, check_remote_roots, check_step_root,  # noqa: E402
+                          default_cache_root)
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pythia.toml")
 
@@ -91,7 +92,10 @@ class DemoFlow(FlowSpec):
     @property
     def paths(self) -> RunPaths:
         """This task's run-scoped locations (a resumed run's new tasks write under its own id;
-        cloned tasks keep the origin run's paths in their manifests)."""
+        cloned tasks keep the origin run's paths in their manifests). A step in a pod that does
+        not have start's local data root stops in one line."""
+        if current.step_name != "start":
+            check_step_root(self.params.data_root)
         return RunPaths(self.params.data_root, current.flow_name, current.run_id)
 
     def full_disk(self, step: str, **task):

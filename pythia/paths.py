@@ -55,6 +55,23 @@ def check_remote_roots(data_root: str, source: str, environ=None) -> None:
                          "and pass --source s3://…")
 
 
+def check_step_root(data_root: str, environ=None) -> None:
+    """Raise ValueError (one line naming the fix) when this step runs in a container on
+    Kubernetes or AWS Batch and the run's local ``data_root`` (chosen by ``start``, which may
+    have run elsewhere: on the launching machine, or with ``@kubernetes`` on some steps only)
+    is not a folder of this container. A folder every step mounts (EFS) exists and passes;
+    ``s3://`` always does. ``start`` has ``check_remote_roots``."""
+    environ = os.environ if environ is None else environ
+    where = next((name for marker, name in REMOTE_MARKERS if environ.get(marker)), None)
+    if where is None or str(data_root).startswith(("s3://", "s3a://")) \
+            or os.path.isdir(data_root):
+        return
+    raise ValueError(f"this step runs on {where}, and the run's files are under {data_root}, "
+                     "a folder this container does not have (the start step that chose it ran "
+                     "elsewhere): pass --data_root s3://BUCKET/pythia (or export "
+                     "PYTHIA_DATA_ROOT before the run), or mount that folder in every step")
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts for local paths and URIs (s3://…) alike."""
     out = base.rstrip("/")

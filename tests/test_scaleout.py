@@ -548,6 +548,44 @@ def test_a_step_in_a_pod_refuses_its_own_folder_for_the_runs_files():
     check_remote_roots("s3://b/p", "synthetic://tiny", dict(pod, PYTHIA_CACHE="s3://b/w"))
 
 
+def test_a_later_step_in_a_pod_refuses_a_local_root_it_does_not_have(tmp_path):
+    from pythia.paths import check_step_root
+    pod, missing = {"AWS_BATCH_JOB_ID": "job-1"}, str(tmp_path / "not-here")
+    check_step_root(missing, {})  # not in a pod: nothing to say
+    check_step_root("s3://b/p", pod)
+    check_step_root(str(tmp_path), pod)  # a folder every step mounts (EFS)
+    with pytest.raises(ValueError, match=r"^this step runs on AWS Batch, and the run's files "
+                                         r"are under .*/not-here, a folder this container does "
+                                         r"not have .*pass --data_root s3://BUCKET/pythia"):
+        check_step_root(missing, pod)
+
+
+def test_the_step_after_start_stops_when_its_pod_lacks_starts_folder(tmp_path):
+    """Every step flagged as on AWS Batch (``--with environment``), a hand-written local
+    source and a local --data_root that start never creates: select_providers, the first step
+    that writes there, stops in one line (before, it wrote into its own container)."""
+    import datetime as dt
+
+    from pythia.etl import sample
+    source = str(tmp_path / "bidlogs")
+    sample.write_sample_source(source, dt.date(2025, 6, 30), n_users=20, seed=1)
+    env = _subprocess_env({"METAFLOW_USER": "pythia",
+                           "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path / "mf"),
+                           "METAFLOW_DEFAULT_DATASTORE": "local",
+                           "METAFLOW_DEFAULT_METADATA": "local"})
+    root = tmp_path / "launcher-only" / "data"
+    proc = subprocess.run(
+        [sys.executable, str(FLOW), "run", "--with",
+         'environment:vars={"AWS_BATCH_JOB_ID": "job-1"}', "--source", source,
+         "--data_root", str(root), "--models", "logreg", "--regions", "global"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "Step select_providers (task-id" in out or "select_providers/" in out
+    assert (f"ValueError: this step runs on AWS Batch, and the run's files are under {root}, "
+            "a folder this container does not have") in out, out[-3000:]
+
+
 def test_the_start_step_in_a_pod_says_where_the_runs_files_must_go(tmp_path):
     """The flow's start step, as it would run in a Kubernetes pod with nothing exported."""
     env = {k: v for k, v in _subprocess_env({
