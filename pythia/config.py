@@ -98,7 +98,8 @@ class EtlConfig:
     power_user_quantile: float = 0.99  # of per-user-day impression counts (labelled users)
     allow_gaps: bool = False  # missing hour partitions stop the run unless True
     # more than this share of the window's impressions, or of the label rows, quarantined
-    # (duplicates aside) stops the run naming the columns and values (pythia.input_health)
+    # (duplicates and impressions without a user_id aside) stops the run naming the columns
+    # and values (pythia.input_health)
     max_quarantined: float = 0.1
     hours_per_task: int = 4  # hours of day per etl task (24 tasks when 1)
     seed: int = 0
@@ -210,8 +211,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("allow_gaps", False, "Run even if hour partitions are missing (recorded)."),
     ParamSpec("max_quarantined", 0.1,
               "Share of the window's impressions, or of the label rows, that may be "
-              "quarantined (duplicates aside) before the run stops naming the columns and "
-              "values to fix; 1 = never stop."),
+              "quarantined (duplicates and impressions without a user_id aside) before the "
+              "run stops naming the columns and values to fix; 1 = never stop."),
     ParamSpec("hours_per_task", hours_per_task_default(),
               "Hours of day per etl_hour task (1 = 24 tasks; a divisor of 24). Locally a few "
               "hours per task saves JVM starts; on a cluster use 1. "

@@ -33,7 +33,7 @@ from pythia.config import EtlConfig
 from pythia.contract import (BAD_TIMESTAMP, COUNTRY_PATTERN, DUPLICATE_IMPRESSION_ID,
                              NULL_REQUIRED, OUT_OF_DOMAIN, REASON, REASON_COLUMN,
                              TS_TOLERANCE_SECONDS, WRONG_TYPE, TableSpec)
-from pythia.features import DATE, HOUR, TS
+from pythia.features import DATE, HOUR, TS, USER_ID
 from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
 
@@ -47,6 +47,10 @@ LOW_LABELLED = 0.01  # below this share of labelled impressions, a warning says 
 WARN_SHARE = 0.01  # above this share quarantined, the step's line starts with "warning:"
 NO_VALUES = (NULL_REQUIRED, DUPLICATE_IMPRESSION_ID)  # nothing to show, or ids only
 NOT_LOST = (DUPLICATE_IMPRESSION_ID,)  # a copy of the row is kept
+# quarantined entries not held against max_quarantined, per table: an impression without a
+# user id (no device id: limited ad tracking, no consent) can never meet a label, and real bid
+# logs hold many; they are said, and counted, like every other entry
+SET_ASIDE = {"impressions": ((NULL_REQUIRED, USER_ID),)}
 
 
 # docs/data-contract.md (pythia.docs renders it from here)
@@ -60,7 +64,8 @@ RULES = (
     f"keep the {KEEP_VALUES} most frequent values per reason and column.",
     f"When more than `max_quarantined` (a run Parameter, default {EtlConfig.max_quarantined:g}) "
     "of the impressions, or of "
-    "the label rows, are quarantined (duplicates aside: a copy of those is kept), the step "
+    "the label rows, are quarantined (duplicates aside: a copy of those is kept; and "
+    "impressions without a `user_id`, which can never meet a label), the step "
     "stops with that line, the share and the fix: repair the producer, or rerun with "
     "`--max_quarantined` at the share named to go on with the rest (1 never stops).",
     "A run whose labels give no usable label stops in `prepare_labels` saying what became of "
@@ -258,22 +263,33 @@ def describe(summary: Mapping, table: TableSpec) -> str:
     return text
 
 
-def lost_rows(by_reason: Mapping[str, int]) -> int:
-    """Quarantined rows of which no copy is kept (duplicates aside)."""
-    return sum(int(n) for r, n in by_reason.items() if r not in NOT_LOST)
+def lost_rows(by_reason: Mapping[str, int], summary: Mapping | None = None,
+              table: TableSpec | None = None) -> int:
+    """Quarantined rows held against ``max_quarantined``: not the duplicates (a copy is kept),
+    nor the ``SET_ASIDE`` entries of ``table`` found in ``summary``."""
+    aside = SET_ASIDE.get(table.name, ()) if table is not None else ()
+    n = sum(int(k) for r, k in by_reason.items() if r not in NOT_LOST) - sum(
+        int(e["rows"]) for e in (summary or {}).get("entries", [])
+        if (e["reason"], e["column"]) in aside)
+    return max(n, 0)
+
+
+def _aside_text(table: TableSpec) -> str:
+    return ("duplicates and rows without a user_id aside" if SET_ASIDE.get(table.name)
+            else "duplicates aside")
 
 
 def check_quarantined(step: str, what: str, by_reason: Mapping[str, int], rows_in: int,
                       summary: Mapping, table: TableSpec, limit: float, where: str) -> float:
     """Print one line when rows of ``what`` were quarantined; raise ``InputHealthError`` when
-    the lost ones (duplicates aside) are more than ``limit`` of ``rows_in``. Returns the share."""
+    the lost ones (``lost_rows``) are more than ``limit`` of ``rows_in``. Returns the share."""
     quarantined = sum(int(n) for n in by_reason.values())
     if not quarantined:
         return 0.0
-    lost = lost_rows(by_reason)
+    lost = lost_rows(by_reason, summary, table)
     share = lost / rows_in if rows_in else 0.0
     text = (f"{step}: {quarantined:,} of {rows_in:,} {what} quarantined ({share:.1%} lost, "
-            f"duplicates aside): {describe(summary, table) or 'see the quarantine'}; "
+            f"{_aside_text(table)}): {describe(summary, table) or 'see the quarantine'}; "
             f"rows under {where}")
     if share > limit:
         go_on = (f", or rerun with --max_quarantined {min(1.0, math.ceil(share * 20) / 20):g} "
@@ -322,7 +338,8 @@ def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) ->
         n = sum(int(v) for v in (by_reason or {}).values())
         if not n:
             continue
-        share = f" ({lost_rows(by_reason) / rows_in:.1%} lost)" if rows_in else ""
+        share = (f" ({lost_rows(by_reason, summary, table) / rows_in:.1%} lost, "
+                 f"{_aside_text(table)})" if rows_in else "")
         of = f" of {int(rows_in):,}" if rows_in else ""
         detail = describe(summary or {}, table) or ", ".join(
             f"{r} {int(k):,}" for r, k in by_reason.items() if k)

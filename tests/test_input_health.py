@@ -164,7 +164,8 @@ def test_check_quarantined_prints_stops_above_the_limit_and_leaves_duplicates_as
     text = str(err.value)
     assert "\n" not in text
     assert text.startswith("join_hours: 900 of 1,000 impressions quarantined (60.0% lost, "
-                           "duplicates aside): out_of_domain device_type 600 ('phone' 600; ")
+                           "duplicates and rows without a user_id aside): out_of_domain "
+                           "device_type 600 ('phone' 600; ")
     assert "more than max_quarantined 0.1" in text and "--max_quarantined 0.6 " in text
     # at the limit it goes on, with a warning line; 1 never stops
     assert input_health.check_quarantined("join_hours", "impressions", by_reason, 1000, s,
@@ -179,6 +180,16 @@ def test_check_quarantined_prints_stops_above_the_limit_and_leaves_duplicates_as
     assert input_health.check_quarantined("join_hours", "impressions", dups, 1000, s,
                                           IMPRESSIONS, 0.0, "/q") == 0.0
     assert capsys.readouterr().out.startswith("join_hours: 300 of 1,000 impressions")
+    # impressions without a user id (real bid logs hold many) are said, not held against it
+    no_id = _summary(("null_required", "user_id", 400, []),
+                     ("null_required", "country", 50, []))
+    assert input_health.check_quarantined("join_hours", "impressions", {"null_required": 450},
+                                          1000, no_id, IMPRESSIONS, 0.1, "/q") == 0.05
+    assert "null_required user_id 400" in capsys.readouterr().out
+    # in labels a null user_id is the producer's: held against it
+    with pytest.raises(input_health.InputHealthError, match=r"\(45.0% lost, duplicates aside\)"):
+        input_health.check_quarantined("prepare_labels", "label rows", {"null_required": 450},
+                                       1000, no_id, LABELS, 0.1, "/q")
     # nothing quarantined: nothing said
     assert input_health.check_quarantined("join_hours", "impressions", {"wrong_type": 0}, 10,
                                           s, IMPRESSIONS, 0.0, "/q") == 0.0
@@ -382,11 +393,11 @@ def test_report_lines_say_what_a_finished_run_set_aside():
     labels = {"counts": {"rows_in": 50, "quarantined": {"wrong_type": 5}},
               "quarantine_summary": _summary(("wrong_type", "age", 5, [["forty", 5]]))}
     assert input_health.report_lines(quarantine, labels) == [
-        "input: 5 of 50 label rows quarantined (10.0% lost): wrong_type age 5 ('forty' 5; "
-        "not of type int32)",
-        "input: 100 of 1,000 impressions quarantined (6.0% lost): out_of_domain device_type "
-        "60 ('phone' 60; allowed: mobile, tablet, desktop, ctv); duplicate_impression_id "
-        "impression_id 40",
+        "input: 5 of 50 label rows quarantined (10.0% lost, duplicates aside): wrong_type age "
+        "5 ('forty' 5; not of type int32)",
+        "input: 100 of 1,000 impressions quarantined (6.0% lost, duplicates and rows without "
+        "a user_id aside): out_of_domain device_type 60 ('phone' 60; allowed: mobile, tablet, "
+        "desktop, ctv); duplicate_impression_id impression_id 40",
         "input: 1 impression folder(s) not read (names that do not parse; 7 rows): "
         "impressions/date=2025-06-30/hour=24"]
     # a clean input, and a run from before the record: nothing; counts alone: the counts
