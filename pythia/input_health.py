@@ -186,8 +186,9 @@ def _show(value: Any) -> str:
     return repr(text if len(text) <= VALUE_CHARS else text[:VALUE_CHARS - 1] + "…")
 
 
-def _hint(entry: Mapping, table: TableSpec) -> str:
-    """What the column expects, and a case fix when the shown values need only that."""
+def _hint(entry: Mapping, table: TableSpec, extras: Iterable[str] = ()) -> str:
+    """What the column expects, and a case fix when the shown values need only that
+    (``extras``: the source's columns the contract does not know: a renamed one?)."""
     try:
         spec = table.column(entry["column"])
     except KeyError:
@@ -196,7 +197,10 @@ def _hint(entry: Mapping, table: TableSpec) -> str:
     if entry["reason"] == WRONG_TYPE:
         return f"not of type {spec.type}"
     if entry["reason"] == NULL_REQUIRED:
-        return "required: null or empty"
+        extras = sorted(extras)
+        return "required: null or empty" + (
+            f", or absent: the source has {', '.join(extras[:5])}, which the contract does "
+            f"not know: a renamed {entry['column']}?" if extras else "")
     if entry["reason"] != OUT_OF_DOMAIN:
         if spec.type == "timestamp":
             epoch = shown and all(re.fullmatch(r"-?\d+(\.\d+)?", v.strip()) for v in shown)
@@ -244,20 +248,22 @@ def _alpha_2(value: str) -> str | None:
         return None
 
 
-def entry_text(entry: Mapping, table: TableSpec) -> str:
+def entry_text(entry: Mapping, table: TableSpec, extras: Iterable[str] = ()) -> str:
     """``out_of_domain device_type 17,864 ('phone' 17,864; allowed: mobile, …)``."""
     values = ", ".join(f"{_show(v)} {n:,}" for v, n in entry["values"][:SHOWN_VALUES])
     if len(entry["values"]) > SHOWN_VALUES:
         values += ", …"
-    detail = "; ".join(x for x in (values, _hint(entry, table)) if x)
+    detail = "; ".join(x for x in (values, _hint(entry, table, extras)) if x)
     column = entry["column"] or "(row)"
     return f"{entry['reason']} {column} {entry['rows']:,}" + (f" ({detail})" if detail else "")
 
 
 def describe(summary: Mapping, table: TableSpec) -> str:
-    """The summary's first entries, each with its values and what the column expects."""
+    """The summary's first entries, each with its values and what the column expects (and,
+    for a required column, the ``extra_columns`` the summary lists)."""
     entries = list(summary.get("entries", []))
-    text = "; ".join(entry_text(e, table) for e in entries[:SHOWN_ENTRIES])
+    extras = summary.get("extra_columns") or ()
+    text = "; ".join(entry_text(e, table, extras) for e in entries[:SHOWN_ENTRIES])
     if len(entries) > SHOWN_ENTRIES:
         text += f"; {len(entries) - SHOWN_ENTRIES} more (reason, column) pair(s)"
     return text

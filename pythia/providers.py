@@ -304,8 +304,7 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
 
     The metrics are read on the driver when small (``providers_local.use_driver``), else with
     Spark. Returns the ``provider_choice`` table, ``{'by_country': {country: provider},
-    'default': best global provider, 'metrics': read/quarantine counts}`` and the warnings.
-    """
+    'default': best global provider, 'metrics': read/quarantine counts}`` and the warnings."""
     from pythia import providers_local
     from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
@@ -382,8 +381,9 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
             with spark_session("pythia-labels", params, source_path) as spark:
                 manifest = prepare_labels(spark, source_path, *args, quarantine_dir=qdir)
     c = manifest["counts"]
-    summary = input_health.summarize(manifest["quarantine_path"], contract.LABELS) \
-        if sum(c["quarantined"].values()) else None
+    summary = {**input_health.summarize(manifest["quarantine_path"], contract.LABELS),
+               "extra_columns": list(manifest.get("extra_columns") or [])} \
+        if sum(c["quarantined"].values()) else None  # extras: a renamed required column?
     manifest["quarantine_summary"] = summary
     if not c["users"]:
         raise label_health.no_labels_error(c, summary or {}, contract.LABELS,

@@ -154,6 +154,13 @@ def _summary(*entries):
         {"reason": r, "column": c, "rows": n, "values": v} for r, c, n, v in entries]}])
 
 
+def test_a_required_column_of_nulls_names_the_columns_the_contract_does_not_know():
+    s = {**_summary(("null_required", "ts", 9, [])), "extra_columns": ["event_time", "xyz"]}
+    assert input_health.describe(s, IMPRESSIONS) == (
+        "null_required ts 9 (required: null or empty, or absent: the source has event_time, "
+        "xyz, which the contract does not know: a renamed ts?)")
+
+
 def test_check_quarantined_prints_stops_above_the_limit_and_leaves_duplicates_aside(capsys):
     s = _summary(("out_of_domain", "device_type", 600, [["phone", 600]]),
                  ("duplicate_impression_id", "impression_id", 300, []))

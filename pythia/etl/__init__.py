@@ -131,6 +131,8 @@ def check_inputs(hour_manifests: list[dict], params: Any, paths: Any) -> dict:
         for reason, n in m["total"]["quarantined"].items():
             by_reason[reason] = by_reason.get(reason, 0) + int(n)
     summary = input_health.merge(m.get("quarantine_summary") for m in hour_manifests)
+    summary["extra_columns"] = sorted({c for m in hour_manifests
+                                       for c in m.get("extra_columns") or []})
     input_health.check_quarantined(
         "join_hours", "impressions", by_reason,
         sum(int(m["total"]["rows_in"]) for m in hour_manifests), summary, IMPRESSIONS,
