@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 from pythia import storage
 from pythia.config import EtlConfig
 from pythia.contract import (BAD_TIMESTAMP, COUNTRY_PATTERN, DUPLICATE_IMPRESSION_ID,
-                             NULL_REQUIRED, OUT_OF_DOMAIN, REASON, REASON_COLUMN,
-                             TS_TOLERANCE_SECONDS, WRONG_TYPE, TableSpec)
+                             IMPRESSIONS, LABELS, NULL_REQUIRED, OUT_OF_DOMAIN, REASON,
+                             REASON_COLUMN, TS_TOLERANCE_SECONDS, WRONG_TYPE, TableSpec)
 from pythia.features import DATE, HOUR, TS, USER_ID
 from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
@@ -329,11 +329,25 @@ def unknown_countries(codes: Iterable[Any]) -> str | None:
 
 # ------------------------------------------------------------------ a finished run's input
 
+def quarantined_text(quarantine: Mapping | None) -> str:
+    """'17,864 of 28,451 impressions (62.8% lost)' / 'none' for a run's join_hours
+    ``quarantine`` artifact; '-' when the run has none (it stopped before join_hours)."""
+    if not quarantine:
+        return "-"
+    by_reason = quarantine.get("by_reason") or {}
+    n, rows_in = sum(int(v) for v in by_reason.values()), quarantine.get("rows_in")
+    if not n:
+        return "none"
+    if not rows_in:  # a run from before rows_in was recorded
+        return f"{n:,} impressions"
+    lost = lost_rows(by_reason, quarantine.get("summary"), IMPRESSIONS)
+    return f"{n:,} of {int(rows_in):,} impressions ({lost / rows_in:.1%} lost)"
+
+
 def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) -> list[str]:
     """What ``pythia report`` and the end step say of a run's input: one 'input:' line per
     table with quarantined rows (the share lost, duplicates aside, and the entries), and the
     impression folders not read; [] for a clean input (or a run from before the record)."""
-    from pythia.contract import IMPRESSIONS, LABELS
     lines = []
     counts = (labels_manifest or {}).get("counts") or {}
     for what, by_reason, rows_in, summary, table in (

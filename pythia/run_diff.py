@@ -12,7 +12,7 @@ import itertools
 import sys
 from typing import Any, Sequence, TextIO
 
-from pythia import stack
+from pythia import input_health, stack
 from pythia.what_moved import moved_settings, rows_line
 
 
@@ -49,8 +49,9 @@ def _pick(flow: Any, flow_name: str, run_ids: Sequence[str]) -> tuple[Any, Any]:
 def print_diff(run_ids: Sequence[str] = (), flow_name: str = "DemoFlow",
                out: TextIO | None = None) -> int:
     """Print what moved between two runs (``_pick``): status, window, seed, settings, stack,
-    code, world, rows per split, and each region's champion with its natural-test-day
-    AgeGender log-loss and macro-F1. Returns 0, or 1 when the flow has no runs here."""
+    code, world, quarantined impressions, rows per split, and each region's champion with its
+    natural-test-day AgeGender log-loss and macro-F1. Returns 0, or 1 when the flow has no
+    runs here."""
     import pandas as pd
 
     from pythia.runs import _artifact, _open_flow, run_status, summarize_run
@@ -95,6 +96,9 @@ def print_diff(run_ids: Sequence[str] = (), flow_name: str = "DemoFlow",
         print("world: the same" if world[0] == world[1] else
               "world: another synthetic world (regenerated, or another preset or seed)"
               if "-" not in world else f"world: {kinds[0]} -> {kinds[1]}", file=out)
+    quarantined = [input_health.quarantined_text(_artifact(r, "quarantine")) for r in (old, new)]
+    if quarantined != ["-", "-"]:
+        print(line("quarantined", *quarantined), file=out)
     rows = rows_line(_artifact(old, "split_manifest"), _artifact(new, "split_manifest"))
     if rows:
         print(rows, file=out)

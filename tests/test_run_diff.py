@@ -155,6 +155,25 @@ def test_pythia_diff_puts_two_runs_side_by_side(monkeypatch):
             in _diff("7", "6"))
 
 
+def test_pythia_diff_says_when_more_of_the_input_was_quarantined(monkeypatch):
+    """Numbers that moved because a producer changed: the quarantine of each run."""
+    summary = {"entries": [{"reason": "out_of_domain", "column": "device_type", "rows": 600,
+                            "values": [["phone", 600]]},
+                           {"reason": "null_required", "column": "user_id", "rows": 300,
+                            "values": []}]}
+    clean = _FakeRun("1", quarantine={"by_reason": {"out_of_domain": 0}, "rows_in": 1000})
+    broken = _FakeRun("2", quarantine={"by_reason": {"out_of_domain": 600,
+                                                     "null_required": 300},
+                                       "rows_in": 1000, "summary": summary})
+    older = _FakeRun("0", quarantine={"by_reason": {"wrong_type": 4}})  # before rows_in
+    _flow(monkeypatch, [broken, clean, older])
+    assert "quarantined: none -> 900 of 1,000 impressions (60.0% lost)" in _diff("1", "2")
+    assert "quarantined: 4 impressions -> none" in _diff("0", "1")
+    no_record = _FakeRun("5")
+    _flow(monkeypatch, [no_record, _FakeRun("4")])
+    assert not [ln for ln in _diff("4", "5") if ln.startswith("quarantined")]
+
+
 def test_pythia_diff_says_what_it_cannot_compare(monkeypatch, capsys):
     _flow(monkeypatch, [_FakeRun("2"), _FakeRun("1")])
     with pytest.raises(ValueError, match="run DemoFlow/5 not found: `pythia runs` lists them"):
