@@ -62,10 +62,28 @@ def check_partitions(source: str, dates: list[dt.date], hours: list[int],
     found = list_partition_files(source, dates, hours)
     gaps = [f"date={d}/hour={h:02d}" for (d, h), files in sorted(found.items()) if not files]
     if gaps and not allow_gaps:
+        text, whole = describe_gaps(gaps, len(hours))
+        if whole:  # whole days: the data is shorter than the window, not a few hours late
+            held = list_dates(source)
+            text += (f"; {len(whole)} whole day(s) missing: the window {dates[0]}..{dates[-1]} "
+                     f"needs every day (3 train, 1 validation, 1 test), and the source has "
+                     + (f"{len(held)} date(s), {held[0]}..{held[-1]}" if held else "none"))
         raise ValueError(f"{len(gaps)} missing impression partition(s) under "
-                         f"{join(source, IMPRESSIONS_DIR)}: {', '.join(gaps)} "
+                         f"{join(source, IMPRESSIONS_DIR)}: {text} "
                          "(pass allow_gaps to run anyway)")
     return gaps
+
+
+def describe_gaps(gaps: list[str], hours_per_day: int) -> tuple[str, list[str]]:
+    """Missing ``date=D/hour=HH`` partitions grouped by date: ``date=D (every hour)`` for a
+    whole day, ``date=D/hour=01,02`` otherwise; and the whole days' dates."""
+    by_date: dict[str, list[str]] = {}
+    for gap in gaps:
+        day, _, hour = gap.partition("/")
+        by_date.setdefault(day, []).append(hour.removeprefix("hour="))
+    whole = [d.removeprefix("date=") for d, hs in by_date.items() if len(hs) >= hours_per_day]
+    return ", ".join(f"{d} (every hour)" if len(hs) >= hours_per_day else f"{d}/hour="
+                     + ",".join(hs) for d, hs in by_date.items()), whole
 
 
 def task_inputs(source: str, dates: Sequence[dt.date], hours: Sequence[int], allow_gaps: bool

@@ -80,7 +80,7 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
         raise ValueError(f"{exc}; partition folders that do not parse: {folders}") from None
     if gaps:
         print(f"note: {len(gaps)} missing impression partition(s), run anyway (allow_gaps): "
-              f"{', '.join(gaps)}")
+              f"{contract_read.describe_gaps(gaps, 24)[0]}")
     return source_path, window.as_dict(), gaps
 
 

@@ -34,6 +34,20 @@ def test_missing_partitions_error_lists_them_and_allow_gaps_records_them(source)
     assert contract_read.check_partitions(source.root, WINDOW.dates, [0], allow_gaps=False) == []
 
 
+def test_whole_missing_days_are_said_as_days_with_the_dates_the_source_has(source):
+    """A first run on a source shorter than the window: two days, not 48 partitions."""
+    source.users_every_hour({"u1": "US"}, WINDOW.dates[2:], [0, 1])
+    with pytest.raises(ValueError) as err:
+        contract_read.check_partitions(source.root, WINDOW.dates, [0, 1], allow_gaps=False)
+    d = WINDOW.dates
+    assert str(err.value).endswith(
+        f"impressions: date={d[0]} (every hour), date={d[1]} (every hour); 2 whole day(s) "
+        f"missing: the window {d[0]}..{d[-1]} needs every day (3 train, 1 validation, 1 test), "
+        f"and the source has 3 date(s), {d[2]}..{d[-1]} (pass allow_gaps to run anyway)")
+    assert contract_read.describe_gaps(["date=x/hour=01", "date=x/hour=02", "date=y/hour=00"],
+                                       2) == ("date=x (every hour), date=y/hour=00", ["x"])
+
+
 def test_list_dates_and_missing_impressions_folder(source):
     source.users_every_hour({"u1": "US"}, [D, D - dt.timedelta(days=2)], [0])
     assert contract_read.list_dates(source.root) == [D - dt.timedelta(days=2), D]
