@@ -74,6 +74,11 @@ RULES = (
     "`user_id`s (examples, length, characters, a hash's length) and whether they meet once "
     f"lower-cased, upper-cased or trimmed; under {LOW_LABELLED:.0%} labelled, the same line is "
     "a warning.",
+    "Before any ETL, `start` reads the Parquet footers of the first impression file of each "
+    "window date and of the first label file of each provider (`pythia/column_check.py`): a "
+    "required column that no sampled file of a table has stops the run there, naming the "
+    "columns the contract does not know (`event_time` for `ts`, `User_ID` for `user_id`: "
+    "names are matched exactly); one that some lack is a warning.",
     "A `country` that matches the pattern but that no ISO-3166-1 map knows (`UK`, `EL`, `QQ`) "
     "is not quarantined: its rows are region OTHER, scored by the global model, with local "
     "time in UTC. `to_tfrecords` names such codes of the train rows in a warning, with the "

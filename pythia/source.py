@@ -81,6 +81,10 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
     if gaps:
         print(f"note: {len(gaps)} missing impression partition(s), run anyway (allow_gaps): "
               f"{contract_read.describe_gaps(gaps, 24)[0]}")
+    from pythia import column_check  # a renamed required column: said now, not after the ETL
+    for warning in column_check.check_required_columns(
+            column_check.sampled_files(source_path, window.dates)):
+        print(f"warning: {warning}")
     return source_path, window.as_dict(), gaps
 
 

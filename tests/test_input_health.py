@@ -461,3 +461,50 @@ def test_country_codes_no_map_knows_are_said_once_the_vocabulary_is_fitted(tmp_p
     (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "ISO-3166" in ln]
     assert line.startswith("warning: to_tfrecords: 1 country code(s) of the train rows are no "
                            "ISO-3166-1 code: 'UK' ('UK' -> 'GB'?)")
+
+
+def test_start_stops_on_a_required_column_no_sampled_file_has(tmp_path, capsys):
+    """A producer's own column names, found from a few footers before any ETL: pandas-written
+    impressions with ``event_time``, labels with ``User_ID`` (Spark and Hive match names
+    case-blind; the contract does not)."""
+    from pythia import column_check, source as run_source
+    root = _source(tmp_path)
+    clean = column_check.sampled_files(root, Window(DAY).dates)
+    assert len(clean["impressions"]) == 5 and len(clean["labels"]) == 2  # a date, a provider
+    assert column_check.check_required_columns(clean) == []
+
+    def renamed(frame):
+        frame.rename(columns={"ts": "event_time"}, inplace=True)
+    _rewrite_with_pandas(root, os.path.join("impressions", f"date={DAY}"), renamed)
+    warned = column_check.check_required_columns(column_check.sampled_files(
+        root, Window(DAY).dates))
+    assert len(warned) == 1 and warned[0].startswith(
+        "1 of 5 sampled impressions files lack the required column ts (their rows will be "
+        f"quarantined), e.g. {root}/impressions/date={DAY}/hour=00/")
+    assert "it has event_time, which the contract does not know" in warned[0]
+    for day in Window(DAY).dates:
+        _rewrite_with_pandas(root, os.path.join("impressions", f"date={day}"), renamed)
+    params = _params(root, tmp_path, date=DAY.isoformat())
+    with pytest.raises(input_health.InputHealthError,
+                       match=r"^start: no sampled impressions file \(5: the first of each date\) "
+                             r"has the required column ts, e\.g\. .*: it has event_time, which "
+                             r"the contract does not know \(a rename\? the contract's names are "
+                             r"lower case\)\. Every row would be quarantined after the whole "
+                             r"ETL"):
+        run_source.resolve(params)
+
+    def cased(frame):
+        frame.rename(columns={"user_id": "User_ID", "gender": "Gender", "age": "Age",
+                              "age_bucket": "Age_Bucket"}, inplace=True)
+    _rewrite_with_pandas(root, "labels", cased)
+    with pytest.raises(input_health.InputHealthError) as err:
+        column_check.check_required_columns({"labels": column_check.sampled_files(
+            root, Window(DAY).dates)["labels"]})
+    assert "the required column user_id" in str(err.value)
+    assert "it has Age, Age_Bucket, Gender, User_ID" in str(err.value)
+    checked = {"labels": column_check.sampled_files(root, Window(DAY).dates)["labels"][:1]}
+    _rewrite_with_pandas(root, "labels", lambda f: f.rename(columns={"User_ID": "user_id"},
+                                                            inplace=True))
+    with pytest.raises(input_health.InputHealthError,
+                       match="has the required column gender/age/age_bucket"):
+        column_check.check_required_columns(checked)

@@ -1,0 +1,66 @@
+"""Before the ETL (``start``): the required columns, read from a few Parquet footers.
+
+A producer that names a column its own way (``event_time`` for ``ts``, ``User_ID`` for
+``user_id``) gets every row quarantined as ``null_required``; ``pythia.input_health`` says so in
+``join_hours``, after the whole ETL. On a cluster that is an hour of work for one line, so
+``start`` reads the footer of the first impression file of each window date and of the first
+label file of each provider: a required column absent from every sampled file of a table stops
+the run there, naming the columns the contract does not know.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from pythia import contract_read
+from pythia.contract import IMPRESSIONS, LABELS, list_table_files
+from pythia.input_health import InputHealthError
+from pythia.parquet_footers import read_footer
+
+
+def sampled_files(source: str, dates: Iterable[Any]) -> dict[str, list[str]]:
+    """{table: files}: the first impression file of each window date, the first label file of
+    each ``provider=NAME`` folder (what ``check_required_columns`` reads the footers of)."""
+    found = contract_read.list_partition_files(source, list(dates), range(24))
+    first: dict[str, str] = {}
+    for (day, _), files in sorted(found.items()):
+        if files and day not in first:
+            first[day] = files[0]
+    providers: dict[str, str] = {}
+    for f in list_table_files(source, LABELS.name):
+        folder = next((p for p in f.split("/") if p.startswith("provider=")), "")
+        providers.setdefault(folder, f)
+    return {IMPRESSIONS.name: list(first.values()), LABELS.name: list(providers.values())}
+
+
+def check_required_columns(samples: Mapping[str, list[str]]) -> list[str]:
+    """Read the sampled files' Parquet footers: a required column absent from every sampled
+    file of a table stops the run in one line (each row would be quarantined, after the whole
+    ETL), naming the columns the contract does not know (a rename? a case?); absent from some:
+    warnings, returned. Labels also need one of gender, age, age_bucket."""
+    warnings, tables = [], {IMPRESSIONS.name: IMPRESSIONS, LABELS.name: LABELS}
+    for name, files in samples.items():
+        table = tables[name]
+        required = [c.name for c in table.columns if c.required]
+        lacking: dict[str, list[tuple[str, list[str]]]] = {}
+        for f in files:
+            have = set(read_footer(f)[0])
+            extras = sorted(have - set(table.names) - {p.name for p in table.partition_columns})
+            gone = [c for c in required if c not in have]
+            if table is LABELS and not have & {"gender", "age", "age_bucket"}:
+                gone.append("gender/age/age_bucket")
+            for c in gone:
+                lacking.setdefault(c, []).append((f, extras))
+        for column, where in lacking.items():
+            f, extras = where[0]
+            known = (f": it has {', '.join(extras[:6])}, which the contract does not know (a "
+                     f"rename? the contract's names are lower case)" if extras else "")
+            if len(where) == len(files):
+                raise InputHealthError(
+                    f"start: no sampled {name} file ({len(files)}: the first of each "
+                    f"{'date' if table is IMPRESSIONS else 'provider'}) has the required column "
+                    f"{column}, e.g. {f}{known}. Every row would be quarantined after the whole "
+                    "ETL: write the column as docs/data-contract.md names it")
+            warnings.append(f"{len(where)} of {len(files)} sampled {name} files lack the "
+                            f"required column {column} (their rows will be quarantined), e.g. "
+                            f"{f}{known}")
+    return warnings
