@@ -255,7 +255,8 @@ class DemoFlow(FlowSpec):
         chosen = evaluate.choose_bundle_models(
             self.champions, self.candidates,
             runs.previous_champions(current.flow_name, current.run_id,
-                                    runs.user_split_of(self.split_manifest)), current.pathspec,
+                                    runs.user_split_of(self.split_manifest), self.encoders),
+            current.pathspec,
             baseline_models=evaluate.baseline_models_of(self.candidates))
         with self.full_disk("end"):
             self.bundle_path = scoring.export_champions(chosen, self.encoders, self.params.geo,

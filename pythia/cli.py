@@ -50,7 +50,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_timings(args: argparse.Namespace) -> int:
-    from pythia.runs import print_timings
+    from pythia.run_timings import print_timings
     return print_timings(run_id=args.run_id, flow_name=args.flow)
 
 

@@ -54,9 +54,9 @@ def baseline_alarm(champions: Any) -> list[str]:
     if noise:
         kinds.append(f"NO MODEL IS CLEARLY BETTER THAN THE BASELINES in {noise} region(s)")
     return [bar, f"WARNING: {'; '.join(kinds)}. They are NOT blessed and the bundle exports "
-            "nothing new for them", "(the previous champion stays; else the region is routed "
-            "to the global "
-            "model, and a global slot falls back to the best baseline):"] + [
+            "nothing new for them", "(the previous champion stays if it read this run's "
+            "vocabularies; else the region is routed to the global model, and a global slot "
+            "falls back to the best baseline):"] + [
         f"  {w}" for w in texts] + [bar]
 
 

@@ -1100,6 +1100,31 @@ def test_previous_champions_leave_out_a_model_folder_that_is_gone(tmp_path, monk
         capsys.readouterr().out
 
 
+def test_previous_champions_are_kept_only_with_this_runs_encoders(tmp_path, monkeypatch,
+                                                                  capsys):
+    """A bundle carries one set of vocabularies and statistics (this run's): a previous
+    champion read through them would score the wrong ids, or stop the export when a vocabulary
+    grew (a CI run after the skewed world's: 'embedding content_category has shape (10, 6);
+    needs ... 14 rows'). It is kept only when its run's encoders are this run's."""
+    from types import SimpleNamespace
+
+    from pythia import runs
+    champions = [{"region": "APAC", "model": "mlp", "model_dir": _model_dir(tmp_path),
+                  "blessed": True}]
+    theirs = {"vocabularies": {"country": ["US", "DE"]}, "numeric": {}}
+    monkeypatch.setattr(runs, "_earlier_successful_runs",
+                        lambda flow, current: iter([SimpleNamespace(pathspec="DemoFlow/1")]))
+    monkeypatch.setattr(runs, "_artifact", lambda run, name: {
+        "champions": champions, "encoders": theirs}.get(name))
+    monkeypatch.setattr(runs, "_other_spec", lambda run: None)
+    assert runs.previous_champions("DemoFlow", "2", None, dict(theirs)) == {"APAC": champions[0]}
+    ours = {"vocabularies": {"country": ["DE", "US"]}, "numeric": {}}  # other ids
+    assert runs.previous_champions("DemoFlow", "2", None, ours) == {}
+    assert ("previous run DemoFlow/1's champions are not kept: their models read other "
+            "vocabularies and statistics than this run's") in capsys.readouterr().out
+    assert runs.previous_champions("DemoFlow", "2") == {"APAC": champions[0]}  # not asked
+
+
 def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeypatch, capsys):
     """After a feature spec change the newest earlier run's bundle and champions cannot score
     this run's features: evaluate compares with the newest bundle of this spec, or with none,

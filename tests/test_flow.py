@@ -239,7 +239,7 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     assert tiny_run.id in out
     assert main(["timings", tiny_run.id]) == 0
     out = capsys.readouterr().out
-    from pythia.runs import step_timings
+    from pythia.run_timings import step_timings
     table = step_timings(tiny_run)
     assert set(table["step"]) == {"start", "select_providers", "prepare_labels", "etl_hour",
                                   "join_hours", "to_tfrecords", "train", "evaluate", "end"}
@@ -247,7 +247,7 @@ def test_cli_report_and_runs_read_the_run(tiny_run, capsys):
     assert table.set_index("step").loc["etl_hour", "tasks"] == 4
     assert table.set_index("step").loc["train", "tasks"] == len(MODEL_NAMES)  # one per family
     assert "train tasks and their candidates" in out and "start_from" in out
-    from pythia.runs import train_timings
+    from pythia.run_timings import train_timings
     train = train_timings(tiny_run)
     assert len(train) == len(tiny_run.data.candidates) and (train["fit_s"] > 0).all()
     assert (train.groupby("task")["task_s"].first() > train.groupby("task")["fit_s"].sum()).all()

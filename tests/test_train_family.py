@@ -236,7 +236,7 @@ def _cand(model, region, fit_s, start_from=None):
 
 
 def test_train_timings_read_families_and_runs_from_before_them():
-    from pythia.runs import task_candidates, train_timings
+    from pythia.run_timings import task_candidates, train_timings
 
     family = _Task("7", 30.0, candidates=[_cand("mlp", "global", 20.0),
                                           _cand("mlp", "EU", 4.0, "mlp/global#0")])
