@@ -24,8 +24,8 @@ threads.install()  # passive OpenMP waiting: must be set before numpy/sklearn/to
 from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # noqa: E402
                       schedule, step)
 
-from pythia import (disk_budget, etl, evaluate, models, providers, runs, scoring,  # noqa: E402
-                    seeds, source, stack, tfrecords)
+from pythia import (disk_budget, etl, evaluate, input_health, models, providers,  # noqa: E402
+                    runs, scoring, seeds, source, stack, tfrecords)
 from pythia.code_package import forward_pythia_env, ship_package_data  # noqa: E402
 from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
 from pythia.disk_full import full_disk_errors, task_outputs  # noqa: E402
@@ -191,6 +191,9 @@ class DemoFlow(FlowSpec):
         with self.full_disk("to_tfrecords"):
             self.tf_manifest, self.encoders = tfrecords.convert(self.split_manifest,
                                                                 self.params, self.paths)
+        unknown = input_health.country_line(self.encoders)  # 'UK': region OTHER, UTC clock
+        if unknown:
+            print(unknown)
         self.train_families = models.train_families(self.params.models, self.params.regions,
                                                     self.tf_manifest, self.params.search,
                                                     self.params.seed, self.params.model_hparams)

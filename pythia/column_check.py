@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from pythia import contract_read
-from pythia.contract import IMPRESSIONS, LABELS, list_table_files
+from pythia.contract import IMPRESSIONS, LABELS
 from pythia.input_health import InputHealthError
 from pythia.parquet_footers import read_footer
+from pythia.paths import join
+from pythia.source_layout import list_data_files
 
 
 def sampled_files(source: str, dates: Iterable[Any]) -> dict[str, list[str]]:
@@ -26,7 +28,7 @@ def sampled_files(source: str, dates: Iterable[Any]) -> dict[str, list[str]]:
         if files and day not in first:
             first[day] = files[0]
     providers: dict[str, str] = {}
-    for f in list_table_files(source, LABELS.name):
+    for f in list_data_files(join(source, LABELS.name)):  # none: prepare_labels says so
         folder = next((p for p in f.split("/") if p.startswith("provider=")), "")
         providers.setdefault(folder, f)
     return {IMPRESSIONS.name: list(first.values()), LABELS.name: list(providers.values())}

@@ -61,8 +61,8 @@ def check_partitions(source: str, dates: list[dt.date], hours: list[int],
     """Return the missing ``date=…/hour=…`` partitions; raise listing them unless allow_gaps."""
     found = list_partition_files(source, dates, hours)
     gaps = [f"date={d}/hour={h:02d}" for (d, h), files in sorted(found.items()) if not files]
-    if gaps and not allow_gaps:
-        text, whole = describe_gaps(gaps, len(hours))
+    if gaps and not allow_gaps:  # start asks for every hour: days said as days
+        text, whole = describe_gaps(gaps, 24) if len(hours) == 24 else (", ".join(gaps), [])
         if whole:  # whole days: the data is shorter than the window, not a few hours late
             held = list_dates(source)
             text += (f"; {len(whole)} whole day(s) missing: the window {dates[0]}..{dates[-1]} "

@@ -332,6 +332,14 @@ def unknown_countries(codes: Iterable[Any]) -> str | None:
             "producer's codes")
 
 
+def country_line(encoders: Mapping[str, Any]) -> str | None:
+    """The to_tfrecords step's warning (``unknown_countries``) for the country vocabulary of
+    its encoders (the ``encoders`` artifact, as JSON), else None."""
+    codes = ((encoders or {}).get("vocabularies") or {}).get("country") or []
+    unknown = unknown_countries(codes)
+    return f"warning: to_tfrecords: {unknown}" if unknown else None
+
+
 # ------------------------------------------------------------------ a finished run's input
 
 def quarantined_text(quarantine: Mapping | None) -> str:

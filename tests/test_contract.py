@@ -36,9 +36,9 @@ def test_missing_partitions_error_lists_them_and_allow_gaps_records_them(source)
 
 def test_whole_missing_days_are_said_as_days_with_the_dates_the_source_has(source):
     """A first run on a source shorter than the window: two days, not 48 partitions."""
-    source.users_every_hour({"u1": "US"}, WINDOW.dates[2:], [0, 1])
+    source.users_every_hour({"u1": "US"}, WINDOW.dates[2:], range(24))
     with pytest.raises(ValueError) as err:
-        contract_read.check_partitions(source.root, WINDOW.dates, [0, 1], allow_gaps=False)
+        contract_read.check_partitions(source.root, WINDOW.dates, range(24), allow_gaps=False)
     d = WINDOW.dates
     assert str(err.value).endswith(
         f"impressions: date={d[0]} (every hour), date={d[1]} (every hour); 2 whole day(s) "

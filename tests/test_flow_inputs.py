@@ -171,6 +171,7 @@ def test_a_producers_vocabulary_stops_the_run_in_one_line_until_the_user_says_go
     for path in (root / "impressions").rglob("*.parquet"):
         frame = pq.read_table(path, partitioning=None).to_pandas()
         frame["device_type"] = frame["device_type"].replace({"mobile": "smartphone"})
+        frame["country"] = frame["country"].replace({"GB": "UK"})  # the UK's own code
         frame.to_parquet(path)  # pandas' defaults: ns timestamps, the index stored
     with _runner(env) as runner:
         failed = runner.run(source=str(root), models="logreg", regions="global",
@@ -194,6 +195,8 @@ def test_a_producers_vocabulary_stops_the_run_in_one_line_until_the_user_says_go
     assert run.data.params.etl.max_quarantined == share
     assert bool(run.data.reconciliation["balanced"].all())
     assert "warning: join_hours: " in run["join_hours"].task.stdout
+    assert ("warning: to_tfrecords: 1 country code(s) of the train rows are no ISO-3166-1 code: "
+            "'UK' ('UK' -> 'GB'?)") in run["to_tfrecords"].task.stdout
     # the end step's summary and `pythia report` say what the run set aside
     said = [ln.strip() for ln in run["end"].task.stdout.splitlines() if "input: " in ln]
     assert said and said[0].startswith("input: ") and "'smartphone'" in said[0]

@@ -456,11 +456,11 @@ def test_country_codes_no_map_knows_are_said_once_the_vocabulary_is_fitted(tmp_p
     paths = RunPaths(params.data_root, "Health", "1")
     etl, manifests = _etl(root, params, paths)
     split, _, _, _ = etl.join_hours(manifests, params, paths)
-    capsys.readouterr()
-    tfrecords.convert(split, params, paths)
-    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "ISO-3166" in ln]
-    assert line.startswith("warning: to_tfrecords: 1 country code(s) of the train rows are no "
-                           "ISO-3166-1 code: 'UK' ('UK' -> 'GB'?)")
+    _, encoders = tfrecords.convert(split, params, paths)
+    assert input_health.country_line(encoders).startswith(
+        "warning: to_tfrecords: 1 country code(s) of the train rows are no ISO-3166-1 code: "
+        "'UK' ('UK' -> 'GB'?)")
+    assert input_health.country_line({"vocabularies": {"country": ["US"]}}) is None
 
 
 def test_start_stops_on_a_required_column_no_sampled_file_has(tmp_path, capsys):

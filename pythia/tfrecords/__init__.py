@@ -40,8 +40,7 @@ def convert(split_manifest: dict, params, paths) -> tuple[dict, dict]:
     files either way, and one line says which engine and why. Each region's rows are written
     in the seeded order of ``permute`` (the run's seed, recorded in the manifest), so every
     shard mixes its split's day instead of holding a stretch of it."""
-    from pythia import input_health, providers_local
-    from pythia.features import COUNTRY
+    from pythia import providers_local
     from pythia.tfrecords import layout, writer_local
     split_paths = dict(split_manifest["paths"])
     files = [f for s in SPLITS if s in split_paths for f in layout.parquet_files(split_paths[s])]
@@ -55,9 +54,6 @@ def convert(split_manifest: dict, params, paths) -> tuple[dict, dict]:
         with spark_session("pythia-tfrecords", params) as spark:
             done = convert_splits(spark, *args, **kw)
     manifest, encoders = done
-    unknown = input_health.unknown_countries(encoders.vocabularies[COUNTRY].values)
-    if unknown:
-        print(f"warning: to_tfrecords: {unknown}")
     splits = manifest["splits"]
     print(f"{providers_local.engine('to_tfrecords')}: "
           f"{sum(len(s['shards']) for s in splits.values())} shard files under "
