@@ -310,8 +310,9 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
     from pythia.etl.session import spark_session
     qdir = join(paths.quarantine, "provider_metrics")
     known = list_providers(source_path)
+    no_table = not list_data_files(join(source_path, "provider_metrics"))
     with user_input_errors("select_providers"):
-        if list_data_files(join(source_path, "provider_metrics")):
+        if not no_table:
             files = contract.list_table_files(source_path, "provider_metrics")
             metrics, read_manifest = providers_local.on_driver(
                 "select_providers", files, params,
@@ -324,12 +325,12 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
     countries = sorted(set(metrics["country"].dropna()))
     choice, mapping, warns = select_providers(
         metrics, dict(params.provider_overrides), countries, known_providers=known)
-    if metrics.empty:
+    if no_table:
         warns = [f"no provider_metrics under {source_path}: the labels' one provider, "
                  f"{known[0]}, labels every country", *warns]
     for w in warns:  # printed, not warnings.warn: Metaflow would silence those
         print(f"warning: {w}")
-    default = best_global_provider(metrics) if not metrics.empty else known[0]
+    default = known[0] if no_table else best_global_provider(metrics)
     print(f"{providers_local.engine('select_providers')}: {read_manifest['rows_valid']} metric "
           "rows used, "
           f"{_quarantined(read_manifest['quarantined'])}; providers chosen: "
@@ -340,8 +341,7 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
 
 
 def _no_metrics(source_path: str, known: Sequence[str]) -> tuple[pd.DataFrame, dict]:
-    """No provider_metrics table: an empty one when the labels hold one provider (nothing to
-    choose), else a one-line error naming the providers and the fix."""
+    """No provider_metrics table: empty metrics for one labels provider, else a one-line error."""
     if len(known) != 1:
         held = (f"labels/ holds {len(known)} providers ({', '.join(known)})" if known
                 else "labels/ holds no provider=NAME folder")

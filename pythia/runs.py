@@ -87,6 +87,7 @@ def open_run(flow_name: str, run_id: str) -> Any:
 
 def _open_flow(flow_name: str, out: TextIO) -> Any:
     from metaflow import get_metadata
+
     flow = open_flow(flow_name)
     if flow is None:
         print(f"No runs of {flow_name} found (metadata: {get_metadata()}). Run the flow "
@@ -175,11 +176,6 @@ def previous_champions(flow_name: str, current_run_id: str | None,
             continue
         if _other_spec(run) is not None or _trained_on_new_users(run, user_split):
             return {}
-        if encoders is not None and _artifact(run, "encoders") != encoders:
-            print(f"previous run {run.pathspec}'s champions are not kept: their models read "
-                  "other vocabularies and statistics than this run's, and a bundle carries one "
-                  "set; regions without a blessed champion route to the global slot")
-            return {}
         kept = {}
         for r in pd.DataFrame(champs).to_dict("records"):
             if not (r.get("blessed") and r.get("model")):
@@ -189,6 +185,11 @@ def previous_champions(flow_name: str, current_run_id: str | None,
             else:
                 print(f"{run.pathspec}'s {r['region']} champion is not kept: its model folder "
                       f"{r.get('model_dir')} is gone")
+        if kept and encoders is not None and _artifact(run, "encoders") != encoders:
+            print(f"previous run {run.pathspec}'s champions are not kept: their models read "
+                  "other vocabularies and statistics than this run's, and a bundle carries one "
+                  "set; regions without a blessed champion route to the global slot")
+            return {}
         return kept
     return {}
 
