@@ -19,10 +19,14 @@ from pythia.paths import join
 from pythia.source_layout import list_data_files
 
 
-def sampled_files(source: str, dates: Iterable[Any]) -> dict[str, list[str]]:
+def sampled_files(source: str, dates: Iterable[Any],
+                  found: Mapping[tuple[str, int], list[str]] | None = None
+                  ) -> dict[str, list[str]]:
     """{table: files}: the first impression file of each window date, the first label file of
-    each ``provider=NAME`` folder (what ``check_required_columns`` reads the footers of)."""
-    found = contract_read.list_partition_files(source, list(dates), range(24))
+    each ``provider=NAME`` folder (what ``check_required_columns`` reads the footers of);
+    ``found``: the window's ``list_partition_files`` when the caller has it."""
+    found = (contract_read.list_partition_files(source, list(dates), range(24))
+             if found is None else found)
     first: dict[str, str] = {}
     for (day, _), files in sorted(found.items()):
         if files and day not in first:

@@ -57,9 +57,10 @@ def list_partition_files(source: str, dates: Sequence[dt.date],
 
 
 def check_partitions(source: str, dates: list[dt.date], hours: list[int],
-                     allow_gaps: bool) -> list[str]:
-    """Return the missing ``date=…/hour=…`` partitions; raise listing them unless allow_gaps."""
-    found = list_partition_files(source, dates, hours)
+                     allow_gaps: bool, found: dict | None = None) -> list[str]:
+    """Return the missing ``date=…/hour=…`` partitions; raise listing them unless allow_gaps
+    (``found``: ``list_partition_files`` of the same arguments, when the caller has it)."""
+    found = list_partition_files(source, dates, hours) if found is None else found
     gaps = [f"date={d}/hour={h:02d}" for (d, h), files in sorted(found.items()) if not files]
     if gaps and not allow_gaps:  # start asks for every hour: days said as days
         text, whole = describe_gaps(gaps, 24) if len(hours) == 24 else (", ".join(gaps), [])

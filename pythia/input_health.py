@@ -184,7 +184,8 @@ def merge(summaries: Iterable[Mapping | None]) -> dict:
     return _finish(acc.values())
 
 
-def _show(value: Any) -> str:
+def quoted(value: Any) -> str:
+    """A raw value as the one-line messages show it: quoted, cut at VALUE_CHARS, or null."""
     if value is None:
         return "null"
     text = str(value)
@@ -215,13 +216,13 @@ def _hint(entry: Mapping, table: TableSpec, extras: Iterable[str] = ()) -> str:
                         "Parquet timestamp" if epoch else ""))
         return ""
     if spec.allowed:  # a value that is an allowed one but for case, spaces or a full word
-        fixes = [f"{_show(v)} -> {_show(c)}?" for v in shown
+        fixes = [f"{quoted(v)} -> {quoted(c)}?" for v in shown
                  for c in [next((c for c in (v.strip(), v.strip().lower(), v.strip().upper(),
                                              v.strip()[:1].upper()) if c in spec.allowed), v)]
                  if c != v]
         return "allowed: " + ", ".join(spec.allowed) + (f" ({', '.join(fixes)})" if fixes else "")
     if spec.pattern:  # a country's alpha-2 code, for its code in another case, alpha-3 or name
-        fixes = [f"{_show(v)} -> {_show(c)}?" for v in shown if spec.pattern == COUNTRY_PATTERN
+        fixes = [f"{quoted(v)} -> {quoted(c)}?" for v in shown if spec.pattern == COUNTRY_PATTERN
                  for c in [_alpha_2(v)] if c and c != v]
         return f"must match {spec.pattern}" + (f" ({', '.join(fixes)})" if fixes else "")
     if spec.min_value is not None or spec.max_value is not None:
@@ -255,7 +256,7 @@ def _alpha_2(value: str) -> str | None:
 
 def entry_text(entry: Mapping, table: TableSpec, extras: Iterable[str] = ()) -> str:
     """``out_of_domain device_type 17,864 ('phone' 17,864; allowed: mobile, …)``."""
-    values = ", ".join(f"{_show(v)} {n:,}" for v, n in entry["values"][:SHOWN_VALUES])
+    values = ", ".join(f"{quoted(v)} {n:,}" for v, n in entry["values"][:SHOWN_VALUES])
     if len(entry["values"]) > SHOWN_VALUES:
         values += ", …"
     detail = "; ".join(x for x in (values, _hint(entry, table, extras)) if x)
@@ -324,8 +325,8 @@ def unknown_countries(codes: Iterable[Any]) -> str | None:
     unknown = sorted({str(c) for c in codes if c} - known_countries())
     if not unknown:
         return None
-    fixes = [f"{_show(c)} -> {_show(NOT_ISO[c])}?" for c in unknown if c in NOT_ISO]
-    shown = ", ".join(_show(c) for c in unknown[:8]) + (", …" if len(unknown) > 8 else "")
+    fixes = [f"{quoted(c)} -> {quoted(NOT_ISO[c])}?" for c in unknown if c in NOT_ISO]
+    shown = ", ".join(quoted(c) for c in unknown[:8]) + (", …" if len(unknown) > 8 else "")
     return (f"{len(unknown)} country code(s) of the train rows are no ISO-3166-1 "
             f"code: {shown}" + (f" ({', '.join(fixes)})" if fixes else "") + "; their rows "
             "are region OTHER, scored by the global model, with local time in UTC: fix the "

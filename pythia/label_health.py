@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from pythia import storage
 from pythia.contract import TableSpec
-from pythia.input_health import BATCH_ROWS, LOW_LABELLED, InputHealthError, _show, describe
+from pythia.input_health import (BATCH_ROWS, LOW_LABELLED, InputHealthError, describe,
+                                 quoted)
 from pythia.label_rules import NOT_CHOSEN
 from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
@@ -113,7 +114,7 @@ def key_diagnosis(impression_ids: list[str], labels_uri: str) -> str:
             if hits:
                 meets.append(name)
                 break
-    shown = lambda ids: ", ".join(_show(i) for i in ids[:2])  # noqa: E731
+    shown = lambda ids: ", ".join(quoted(i) for i in ids[:2])  # noqa: E731
     text = (f"impressions' user_id e.g. {shown(impression_ids)} ({_shape(impression_ids)}); "
             f"labels' e.g. {shown(label_ids)} ({_shape(label_ids)})")
     if meets:

@@ -34,13 +34,18 @@ REMOTE_MARKERS = (("METAFLOW_KUBERNETES_WORKLOAD", "Kubernetes"), ("AWS_BATCH_JO
                                                                    "AWS Batch"))
 
 
+def _remote(environ) -> str | None:
+    """'Kubernetes' / 'AWS Batch' when this process runs in such a container, else None."""
+    return next((name for marker, name in REMOTE_MARKERS if environ.get(marker)), None)
+
+
 def check_remote_roots(data_root: str, source: str, environ=None) -> None:
     """Raise ValueError (one line naming the fix) when this step runs in a container on
     Kubernetes or AWS Batch and the run's files (``data_root``: the ``--data_root`` value;
     '' = ``default_data_root``) or a ``synthetic://`` world would go to the default
     ``./.pythia/…`` folder of its own container, where the next step's cannot read them."""
     environ = os.environ if environ is None else environ
-    where = next((name for marker, name in REMOTE_MARKERS if environ.get(marker)), None)
+    where = _remote(environ)
     if where is None:
         return
     own = os.path.join(os.getcwd(), DEFAULT_DATA_DIRNAME)
@@ -62,7 +67,7 @@ def check_step_root(data_root: str, environ=None) -> None:
     is not a folder of this container. A folder every step mounts (EFS) exists and passes;
     ``s3://`` always does. ``start`` has ``check_remote_roots``."""
     environ = os.environ if environ is None else environ
-    where = next((name for marker, name in REMOTE_MARKERS if environ.get(marker)), None)
+    where = _remote(environ)
     if where is None or str(data_root).startswith(("s3://", "s3a://")) \
             or os.path.isdir(data_root):
         return

@@ -310,10 +310,10 @@ def choose(source_path: str, params: Any, paths: Any) -> tuple[pd.DataFrame, dic
     from pythia.etl.session import spark_session
     qdir = join(paths.quarantine, "provider_metrics")
     known = list_providers(source_path)
-    no_table = not list_data_files(join(source_path, "provider_metrics"))
+    files = list_data_files(join(source_path, "provider_metrics"))
+    no_table = not files
     with user_input_errors("select_providers"):
         if not no_table:
-            files = contract.list_table_files(source_path, "provider_metrics")
             metrics, read_manifest = providers_local.on_driver(
                 "select_providers", files, params,
                 lambda: providers_local.read_provider_metrics(source_path, qdir)) or (None, None)

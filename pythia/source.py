@@ -70,9 +70,10 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
     problems = source_layout.find_partition_problems(source_path, window.dates)
     for entry in problems:
         print(source_layout.describe_partition_problem(entry))
+    found = contract_read.list_partition_files(source_path, window.dates, range(24))
     try:
         gaps = contract_read.check_partitions(source_path, window.dates, list(range(24)),
-                                              allow_gaps=params.etl.allow_gaps)
+                                              allow_gaps=params.etl.allow_gaps, found=found)
     except ValueError as exc:
         if not problems:
             raise
@@ -83,7 +84,7 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
               f"{contract_read.describe_gaps(gaps, 24)[0]}")
     from pythia import column_check  # a renamed required column: said now, not after the ETL
     for warning in column_check.check_required_columns(
-            column_check.sampled_files(source_path, window.dates)):
+            column_check.sampled_files(source_path, window.dates, found)):
         print(f"warning: {warning}")
     return source_path, window.as_dict(), gaps
 
