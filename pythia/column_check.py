@@ -1,7 +1,8 @@
 """Before the ETL (``start``): the required columns, read from a few Parquet footers.
 
-A producer that names a column its own way (``event_time`` for ``ts``, ``User_ID`` for
-``user_id``) gets every row quarantined as ``null_required``; ``pythia.input_health`` says so in
+A producer that names a column its own way (``event_time`` for ``ts``, ``userId`` for
+``user_id``; case alone does not count: ``USER_ID`` is ``user_id``) gets every row quarantined
+as ``null_required``; ``pythia.input_health`` says so in
 ``join_hours``, after the whole ETL. On a cluster that is an hour of work for one line, so
 ``start`` reads the footer of the first impression file of each window date and of the first
 label file of each provider: a required column absent from every sampled file of a table stops
@@ -14,9 +15,12 @@ from typing import Any, Iterable, Mapping
 from pythia import contract_read
 from pythia.contract import IMPRESSIONS, LABELS
 from pythia.input_health import InputHealthError
+from pythia.label_health import FLOAT_IDS
 from pythia.parquet_footers import read_footer
 from pythia.paths import join
 from pythia.source_layout import list_data_files
+
+ID_COLUMNS = ("user_id", "impression_id")  # text ids: a float's text meets no other side
 
 
 def sampled_files(source: str, dates: Iterable[Any],
@@ -41,16 +45,25 @@ def sampled_files(source: str, dates: Iterable[Any],
 def check_required_columns(samples: Mapping[str, list[str]]) -> list[str]:
     """Read the sampled files' Parquet footers: a required column absent from every sampled
     file of a table stops the run in one line (each row would be quarantined, after the whole
-    ETL), naming the columns the contract does not know (a rename? a case?); absent from some:
-    warnings, returned. Labels also need one of gender, age, age_bucket."""
+    ETL), naming the columns the contract does not know (a rename?); absent from some:
+    warnings, returned, as are ids stored as floats. Names match case-blind
+    (``contract_read.match_columns``, which raises on a clash). Labels also need one of
+    gender, age, age_bucket."""
     warnings, tables = [], {IMPRESSIONS.name: IMPRESSIONS, LABELS.name: LABELS}
     for name, files in samples.items():
         table = tables[name]
         required = [c.name for c in table.columns if c.required]
         lacking: dict[str, list[tuple[str, list[str]]]] = {}
+        floats: dict[str, list[str]] = {}
         for f in files:
-            have = set(read_footer(f)[0])
-            extras = sorted(have - set(table.names) - {p.name for p in table.partition_columns})
+            columns = read_footer(f)[0]
+            named = contract_read.match_columns(columns, table, f)  # raises on a clash
+            for stored, column in named.items():
+                if column in ID_COLUMNS and columns[stored].read_as in ("float", "double"):
+                    floats.setdefault(f"{column} as {columns[stored].stored}", []).append(f)
+            have = set(named.values())
+            extras = sorted(set(columns) - set(named)
+                            - {p.name for p in table.partition_columns})
             gone = [c for c in required if c not in have]
             if table is LABELS and not have & {"gender", "age", "age_bucket"}:
                 gone.append("gender/age/age_bucket")
@@ -59,7 +72,7 @@ def check_required_columns(samples: Mapping[str, list[str]]) -> list[str]:
         for column, where in lacking.items():
             f, extras = where[0]
             known = (f": it has {', '.join(extras[:6])}, which the contract does not know (a "
-                     f"rename? the contract's names are lower case)" if extras else "")
+                     f"rename?)" if extras else "")
             if len(where) == len(files):
                 raise InputHealthError(
                     f"start: no sampled {name} file ({len(files)}: the first of each "
@@ -69,4 +82,6 @@ def check_required_columns(samples: Mapping[str, list[str]]) -> list[str]:
             warnings.append(f"{len(where)} of {len(files)} sampled {name} files lack the "
                             f"required column {column} (their rows will be quarantined), e.g. "
                             f"{f}{known}")
+        warnings.extend(f"{len(where)} of {len(files)} sampled {name} files store {how}, "
+                        f"e.g. {where[0]}: {FLOAT_IDS}" for how, where in floats.items())
     return warnings

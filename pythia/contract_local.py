@@ -244,11 +244,11 @@ def inspect_local(files: Sequence[str], table: TableSpec) -> tuple[dict[tuple, l
     file stores a column in a type this module does not convert exactly."""
     groups, extras = contract_read.inspect_files(files, table)
     for key in groups:
-        for name, read_as, nanos, _ in key:
-            if _kind(read_as, nanos) not in LOCAL_CONVERSIONS.get(table.column(name).type,
-                                                                  set()):
-                raise NeedsSpark(f"{table.name}: column {name} stored as {read_as} is read by "
-                                 "Spark only")
+        for col in key:
+            if _kind(col.read_as, col.nanos) not in LOCAL_CONVERSIONS.get(
+                    table.column(col.name).type, set()):
+                raise NeedsSpark(f"{table.name}: column {col.stored} stored as {col.read_as} "
+                                 "is read by Spark only")
     return groups, extras
 
 
@@ -296,23 +296,23 @@ def iter_table(files: Sequence[str], table: TableSpec, batch_rows: int, report: 
     def frames() -> Iterator[pd.DataFrame]:
         for key, group in sorted(groups.items()):
             for uri in group:
-                for data in iter_parquet(uri, [k[0] for k in key], batch_rows):
+                for data in iter_parquet(uri, [k.stored for k in key], batch_rows):
                     yield _frame(data, uri, key, table)[columns]
     return frames(), extras
 
 
 def _read_file(uri: str, key: tuple, table: TableSpec) -> pd.DataFrame:
-    return _frame(read_parquet(uri, [k[0] for k in key]), uri, key, table)
+    return _frame(read_parquet(uri, [k.stored for k in key]), uri, key, table)
 
 
 def _frame(data: pa.Table, uri: str, key: tuple, table: TableSpec) -> pd.DataFrame:
     out: dict[str, list] = {}
     for c in table.columns:
         out[c.name] = out[RAW_PREFIX + c.name] = [None] * data.num_rows
-    for name, read_as, nanos, _ in key:
-        typed, raw = convert_column(data.column(name).combine_chunks(), read_as, nanos,
-                                    table.column(name).type)
-        out[name], out[RAW_PREFIX + name] = typed, raw
+    for col in key:
+        typed, raw = convert_column(data.column(col.stored).combine_chunks(), col.read_as,
+                                    col.nanos, table.column(col.name).type)
+        out[col.name], out[RAW_PREFIX + col.name] = typed, raw
     for part, value in zip(table.partition_columns,
                            contract_read.partition_values(uri, table)):
         out[part.name] = [value] * data.num_rows

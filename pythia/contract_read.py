@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import pyarrow.fs as pafs
 
@@ -115,33 +115,70 @@ def list_dates(source: str) -> list[dt.date]:
 
 # ------------------------------------------------------------------------------- reading
 
-def _column_key(col: StoredColumn, uri: str, table: TableSpec) -> tuple[str, str, bool, bool]:
+class ReadColumn(NamedTuple):
+    """How one contract column of a group of files is read (a part of a group key)."""
+
+    name: str  # the contract's name
+    read_as: str  # the Spark SQL type of the explicit read schema
+    nanos: bool  # INT64 TIMESTAMP(NANOS): read as bigint, converted
+    naive: bool  # no time zone (or INT96): taken as UTC
+    stored: str  # the file's own name: the contract's, or the contract's but for case
+
+
+def match_columns(names: Iterable[str], table: TableSpec, uri: str) -> dict[str, str]:
+    """{file column: contract column} of the file's columns that name one, in file order.
+
+    Names match as Spark SQL and Hive match them, case-blind (a Snowflake unload writes
+    ``USER_ID``). Raises ValueError naming the file when two of its columns name the same
+    contract column (``user_id`` and ``USER_ID``): Spark cannot tell them apart either."""
+    by_lower = {n.lower(): n for n in table.names}
+    found: dict[str, str] = {}
+    claimed: dict[str, list[str]] = {}
+    for name in names:
+        contract_name = by_lower.get(name.lower())
+        if contract_name is not None:
+            found[name] = contract_name
+            claimed.setdefault(contract_name, []).append(name)
+    for contract_name, stored in claimed.items():
+        if len(stored) > 1:
+            raise ValueError(f"{uri}: columns {', '.join(map(repr, stored))} all name the "
+                             f"contract column {contract_name} (names match case-blind, as in "
+                             "Spark SQL and Hive); fix: drop or rename all but one in the "
+                             "producer, or move the file out of the source")
+    return found
+
+
+def _column_key(col: StoredColumn, uri: str, table: TableSpec, name: str) -> ReadColumn:
     if col.read_as is None:
-        expected = table.column(col.name).type
+        expected = table.column(name).type
         raise ValueError(f"{uri}: column {col.name!r} is stored as {col.stored}, which cannot "
                          f"be read as the contract's {expected} ({col.problem}); fix: write it "
                          f"as {expected} (see docs/data-contract.md), or move the file out of "
                          "the source")
-    return col.name, col.read_as, col.nanos, col.naive
+    return ReadColumn(name, col.read_as, col.nanos, col.naive, col.name)
 
 
 def inspect_files(files: Iterable[str], table: TableSpec) -> tuple[dict[tuple, list[str]],
                                                                    list[str]]:
     """Group files by how Spark must read their contract columns; list unknown extra columns.
 
-    A group key holds ``(name, Spark read type, nanos, naive)`` per contract column present
-    (all-null columns are left out: they read as absent). Reads only Parquet footers (cheap).
-    Raises ValueError naming the file when it is not Parquet or a contract column's stored type
-    cannot be read. pandas' index columns are neither contract nor extra columns.
+    A group key holds a ``ReadColumn`` per contract column present (all-null columns are left
+    out: they read as absent), in the file's column order; a column named as the contract's
+    but for case is that column (``match_columns``). Reads only Parquet footers (cheap).
+    Raises ValueError naming the file when it is not Parquet, a contract column's stored type
+    cannot be read, or two columns name one contract column. pandas' index columns are
+    neither contract nor extra columns.
     """
     groups: dict[tuple, list[str]] = {}
     extras: set[str] = set()
-    known = set(table.names) | {c.name for c in table.partition_columns}
+    partitions = {c.name for c in table.partition_columns}
     for uri in files:
         columns, _ = read_footer(uri)
-        key = tuple(_column_key(c, uri, table) for name, c in columns.items()
-                    if name in table.names and not c.all_null)
-        extras.update(n for n in columns if n not in known and not PANDAS_INDEX.fullmatch(n))
+        named = match_columns(columns, table, uri)
+        key = tuple(_column_key(columns[stored], uri, table, name)
+                    for stored, name in named.items() if not columns[stored].all_null)
+        extras.update(n for n in columns if n not in named and n not in partitions
+                      and not PANDAS_INDEX.fullmatch(n))
         groups.setdefault(key, []).append(uri)
     return groups, sorted(extras)
 
@@ -163,13 +200,31 @@ def _print_read_notes(table: TableSpec, groups: dict[tuple, list[str]],
         print(f"note: {table.name}: ignoring column(s) not in the contract: "
               f"{', '.join(extras)}")
     naive: dict[str, int] = {}
+    cased: dict[int, set[str]] = {}  # files -> the names read case-blind in that many
     for key, group_files in groups.items():
-        for name, _, _, is_naive in key:
-            if is_naive:
-                naive[name] = naive.get(name, 0) + len(group_files)
+        for col in key:
+            if col.naive:
+                naive[col.name] = naive.get(col.name, 0) + len(group_files)
+    for stored, n in _cased_names(groups).items():
+        cased.setdefault(n, set()).add(stored)
+    if cased:
+        print(f"note: {table.name}: column(s) named as the contract's but for case, read "
+              "case-blind as Spark SQL does: " + "; ".join(
+                  f"{', '.join(sorted(names))} ({n} file(s))"
+                  for n, names in sorted(cased.items(), reverse=True)))
     for name, n in sorted(naive.items()):
         print(f"note: {table.name}: {name} has no time zone in {n} file(s) (naive timestamp "
               "or INT96): read as UTC")
+
+
+def _cased_names(groups: dict[tuple, list[str]]) -> dict[str, int]:
+    """{a file's name for a contract column that differs from it by case: files so named}."""
+    out: dict[str, int] = {}
+    for key, group_files in groups.items():
+        for col in key:
+            if col.stored != col.name:
+                out[col.stored] = out.get(col.stored, 0) + len(group_files)
+    return out
 
 
 def partition_values(uri: str, table: TableSpec) -> tuple:
@@ -229,12 +284,13 @@ def read_table(spark: Any, files: Sequence[str], table: TableSpec,
     for key, group_files in sorted(groups.items()):
         # a column absent from the files reads as null: it gives a file without any
         # contract column its row count
-        schema = [f"`{n}` {t}" for n, t, _, _ in key] or [f"`{table.names[0]}` string"]
+        schema = ([f"`{c.stored}` {c.read_as}" for c in key]
+                  or [f"`{table.names[0]}` string"])
         handed = {spark_uri(f, spark): f for f in group_files}
         sdf = spark.read.schema(", ".join(schema)).parquet(*handed)
         sdf = _with_partitions(spark, sdf, handed, table)
-        cols = [F.timestamp_micros(F.expr(f"`{n}` div 1000")).alias(n) if nanos
-                else F.col(f"`{n}`") for n, _, nanos, _ in key]
+        cols = [(F.timestamp_micros(F.expr(f"`{c.stored}` div 1000")) if c.nanos
+                 else F.col(f"`{c.stored}`")).alias(c.name) for c in key]
         sdf = sdf.select(*cols, *[F.col(pc.name) for pc in table.partition_columns])
         frames.append(normalize(sdf, table))
     if not frames:

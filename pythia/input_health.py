@@ -72,13 +72,19 @@ RULES = (
     "every row (quarantined, rejected, from a provider not chosen for the row's country). A run "
     "where no valid impression has a label stops in `join_hours` describing both sides' "
     "`user_id`s (examples, length, characters, a hash's length) and whether they meet once "
-    f"lower-cased, upper-cased or trimmed; under {LOW_LABELLED:.0%} labelled, the same line is "
-    "a warning.",
+    "lower-cased, upper-cased, trimmed, read as whole numbers (`'11.0'` as `'11'`: ids "
+    "stored as floats) or without leading zeros; under "
+    f"{LOW_LABELLED:.0%} labelled, the same line is a warning. Integer ids of any stored type "
+    "(int64, decimal(38,0)) read as their digits and meet; a `user_id` or `impression_id` "
+    "stored as a float is a warning at `start`.",
     "Before any ETL, `start` reads the Parquet footers of the first impression file of each "
     "window date and of the first label file of each provider (`pythia/column_check.py`): a "
     "required column that no sampled file of a table has stops the run there, naming the "
-    "columns the contract does not know (`event_time` for `ts`, `User_ID` for `user_id`: "
-    "names are matched exactly); one that some lack is a warning.",
+    "columns the contract does not know (`event_time` for `ts`, `userId` for `user_id`); one "
+    "that some lack is a warning. Names match case-blind, as in Spark SQL and Hive (a "
+    "Snowflake unload's `USER_ID` is `user_id`; the step's log names such columns); a file "
+    "with two columns naming one contract column (`user_id` and `USER_ID`) stops the step "
+    "in one line naming the file.",
     "A `country` that matches the pattern but that no ISO-3166-1 map knows (`UK`, `EL`, `QQ`) "
     "is not quarantined: its rows are region OTHER, scored by the global model, with local "
     "time in UTC. `to_tfrecords` names such codes of the train rows in a warning, with the "

@@ -6,7 +6,8 @@ says the quarantine's share and content).
 - ``check_labelled``: join_hours found no valid impression with a label (a stop) or under
   ``LOW_LABELLED`` of them (a warning); ``key_diagnosis`` describes both sides' user ids
   (examples, length, characters, a hash's length) and whether they meet once lower-cased,
-  upper-cased or trimmed. Before (session 62), labels keyed by an upper-cased ``user_id`` or
+  upper-cased, trimmed, read as whole numbers (ids stored as floats) or without
+  leading zeros. Before (session 62), labels keyed by an upper-cased ``user_id`` or
   with ``gender`` ``female`` stopped three steps later on "the train split has no rows".
 """
 from __future__ import annotations
@@ -27,8 +28,28 @@ from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
 
 KEY_SAMPLE = 10_000  # user ids sampled per side for the key diagnosis
-KEY_TRANSFORMS = (("lower-cased", pc.utf8_lower), ("upper-cased", pc.utf8_upper),
-                  ("trimmed", pc.utf8_trim_whitespace))
+FLOAT_IDS = ("ids stored as floats read as '11.0': pandas turns an integer column with a "
+             "missing value into float64; write user_id as text or int64, since a float64 "
+             "holds integers exactly only up to 2^53")
+# (how both sides' ids are changed, the change, what it says about the producer or None)
+KEY_TRANSFORMS = (
+    ("lower-cased", pc.utf8_lower, None), ("upper-cased", pc.utf8_upper, None),
+    ("trimmed", pc.utf8_trim_whitespace, None),
+    ("read as whole numbers ('11.0' as '11')",
+     lambda a: _whole_float_texts(a), FLOAT_IDS),
+    ("without leading zeros", lambda a: pc.replace_substring_regex(a, r"^0+(\d)", r"\1"),
+     "one side wrote its numeric ids zero-padded, or read them as numbers"))
+
+
+def _whole_float_texts(ids: pa.Array) -> pa.Array:
+    """Java's text of a whole double (``'11.0'``, ``'1.2345678E7'``: how Spark reads a float
+    id as a string) as the integer's digits; other ids as they are."""
+    floats = pc.match_substring_regex(ids, r"^-?\d+\.\d+(E-?\d+)?$")
+    value = pc.cast(pc.if_else(floats, ids, "nan"), pa.float64())
+    whole = pc.and_(floats, pc.and_(pc.equal(pc.floor(value), value),
+                                    pc.less(pc.abs(value), 2.0 ** 63)))
+    digits = pc.cast(pc.cast(pc.if_else(whole, value, 0.0), pa.int64()), pa.string())
+    return pc.if_else(whole, digits, ids)
 
 
 def no_labels_error(counts: Mapping[str, Any], summary: Mapping, table: TableSpec,
@@ -101,8 +122,8 @@ def key_diagnosis(impression_ids: list[str], labels_uri: str) -> str:
     which transform (lower-case, upper-case, trim) would make them meet."""
     label_ids = _sample_ids(labels_uri, "user_id")
     sample = pa.array(impression_ids, pa.string())
-    meets = []
-    for name, fn in KEY_TRANSFORMS:
+    meets, why = [], []
+    for name, fn, reason in KEY_TRANSFORMS:
         wanted = pc.unique(fn(sample))
         for file in list_data_files(labels_uri) if storage.exists(labels_uri) else []:
             fs, path = storage.filesystem(file)
@@ -113,13 +134,14 @@ def key_diagnosis(impression_ids: list[str], labels_uri: str) -> str:
                                                       ["user_id"]))
             if hits:
                 meets.append(name)
+                why.extend([reason] if reason else [])
                 break
     shown = lambda ids: ", ".join(quoted(i) for i in ids[:2])  # noqa: E731
     text = (f"impressions' user_id e.g. {shown(impression_ids)} ({_shape(impression_ids)}); "
             f"labels' e.g. {shown(label_ids)} ({_shape(label_ids)})")
     if meets:
         text += f"; they meet once both are {' or '.join(meets)}"
-    return text
+    return text + "".join(f": {w}" for w in why)
 
 
 def check_labelled(step: str, written: int, unlabelled: int, ids_uri: str,

@@ -465,8 +465,8 @@ def test_country_codes_no_map_knows_are_said_once_the_vocabulary_is_fitted(tmp_p
 
 def test_start_stops_on_a_required_column_no_sampled_file_has(tmp_path, capsys):
     """A producer's own column names, found from a few footers before any ETL: pandas-written
-    impressions with ``event_time``, labels with ``User_ID`` (Spark and Hive match names
-    case-blind; the contract does not)."""
+    impressions with ``event_time``, labels with ``userId``; ``User_ID`` is ``user_id`` (names
+    match case-blind, as in Spark and Hive), and ``user_id`` beside ``USER_ID`` is a clash."""
     from pythia import column_check, source as run_source
     root = _source(tmp_path)
     clean = column_check.sampled_files(root, Window(DAY).dates)
@@ -488,23 +488,36 @@ def test_start_stops_on_a_required_column_no_sampled_file_has(tmp_path, capsys):
     with pytest.raises(input_health.InputHealthError,
                        match=r"^start: no sampled impressions file \(5: the first of each date\) "
                              r"has the required column ts, e\.g\. .*: it has event_time, which "
-                             r"the contract does not know \(a rename\? the contract's names are "
-                             r"lower case\)\. Every row would be quarantined after the whole "
-                             r"ETL"):
+                             r"the contract does not know \(a rename\?\)\. Every row would be "
+                             r"quarantined after the whole ETL"):
         run_source.resolve(params)
 
     def cased(frame):
-        frame.rename(columns={"user_id": "User_ID", "gender": "Gender", "age": "Age",
+        frame.rename(columns={"user_id": "User_ID", "gender": "Gender", "age": "AGE",
                               "age_bucket": "Age_Bucket"}, inplace=True)
     _rewrite_with_pandas(root, "labels", cased)
-    with pytest.raises(input_health.InputHealthError) as err:
-        column_check.check_required_columns({"labels": column_check.sampled_files(
-            root, Window(DAY).dates)["labels"]})
-    assert "the required column user_id" in str(err.value)
-    assert "it has Age, Age_Bucket, Gender, User_ID" in str(err.value)
-    checked = {"labels": column_check.sampled_files(root, Window(DAY).dates)["labels"][:1]}
-    _rewrite_with_pandas(root, "labels", lambda f: f.rename(columns={"User_ID": "user_id"},
+    labels = column_check.sampled_files(root, Window(DAY).dates)["labels"]
+    assert column_check.check_required_columns({"labels": labels}) == []
+
+    _rewrite_with_pandas(root, "labels", lambda f: f.rename(columns={"User_ID": "userId"},
                                                             inplace=True))
+    with pytest.raises(input_health.InputHealthError) as err:
+        column_check.check_required_columns({"labels": labels})
+    assert "the required column user_id" in str(err.value)
+    assert "it has userId, which the contract does not know" in str(err.value)
+
+    def twice(frame):
+        frame["user_id"] = frame["userId"]
+        frame.rename(columns={"userId": "USER_ID"}, inplace=True)
+    _rewrite_with_pandas(root, "labels", twice)
+    with pytest.raises(ValueError, match=r"^/.*/labels/provider=.*: columns 'USER_ID', "
+                                         r"'user_id' all name the contract column user_id"):
+        column_check.check_required_columns({"labels": labels})
+    _rewrite_with_pandas(root, "labels", lambda f: f.drop(columns=["USER_ID"], inplace=True))
+
+    checked = {"labels": labels[:1]}
+    _rewrite_with_pandas(root, "labels", lambda f: f.rename(
+        columns={"Gender": "sex", "AGE": "years", "Age_Bucket": "bucket"}, inplace=True))
     with pytest.raises(input_health.InputHealthError,
                        match="has the required column gender/age/age_bucket"):
         column_check.check_required_columns(checked)

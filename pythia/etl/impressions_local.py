@@ -64,7 +64,7 @@ def iter_impressions(files: Sequence[str], batch_rows: int, report: bool = True
         given = False
         for key, group in sorted(groups.items()):
             for uri in group:
-                for data in contract_local.iter_parquet(uri, [k[0] for k in key], batch_rows):
+                for data in contract_local.iter_parquet(uri, [k.stored for k in key], batch_rows):
                     given = True
                     yield uri, _normalized(data, uri, key, schema)
         if not given:
@@ -73,16 +73,17 @@ def iter_impressions(files: Sequence[str], batch_rows: int, report: bool = True
 
 
 def _read_file(uri: str, key: tuple, schema: pa.Schema) -> pa.Table:
-    return _normalized(contract_local.read_parquet(uri, [k[0] for k in key]), uri, key, schema)
+    return _normalized(contract_local.read_parquet(uri, [k.stored for k in key]), uri, key, schema)
 
 
 def _normalized(data: pa.Table, uri: str, key: tuple, schema: pa.Schema) -> pa.Table:
     n = data.num_rows
     out = {f.name: pa.nulls(n, f.type) for f in schema}
-    for name, read_as, nanos, _ in key:
-        typed, raw = contract_local.convert_arrow(data.column(name).combine_chunks(), read_as,
-                                                  nanos, IMPRESSIONS.column(name).type)
-        out[name], out[RAW_PREFIX + name] = typed, raw
+    for col in key:
+        typed, raw = contract_local.convert_arrow(data.column(col.stored).combine_chunks(),
+                                                  col.read_as, col.nanos,
+                                                  IMPRESSIONS.column(col.name).type)
+        out[col.name], out[RAW_PREFIX + col.name] = typed, raw
     for pcol, value in zip(IMPRESSIONS.partition_columns,
                            contract_read.partition_values(uri, IMPRESSIONS)):
         out[pcol.name] = pa.array([value] * n, schema.field(pcol.name).type)
