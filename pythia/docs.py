@@ -11,7 +11,7 @@ from pythia.contract import (BAD_TIMESTAMP, DUPLICATE_IMPRESSION_ID, NULL_REQUIR
                              TS_TOLERANCE_SECONDS, WRONG_TYPE, ColumnSpec)
 from pythia.etl import split_rules
 from pythia.parquet_footers import ARROW_READ_TYPES, MAX_SPARK_DECIMAL_PRECISION
-from pythia.source_layout import HIVE_NULL_PARTITION
+from pythia.source_layout import HIVE_NULL_PARTITION, SPARK_REPARTITION
 
 
 def domain_text(column: ColumnSpec) -> str:
@@ -147,7 +147,14 @@ def _producer_partitions_and_errors() -> list[str]:
         f"`hour={HIVE_NULL_PARTITION}`) and files outside any `hour=` folder. Folders of valid "
         "dates outside the window are not looked at.",
         "- `start` never fails on such a folder: it lists dates past it; its errors (no date, "
-        "no complete date, missing hour partitions) name the folders that do not parse.", "",
+        "no complete date, missing hour partitions) name the folders that do not parse.",
+        "- A producer's whole layout that differs (date folders under another key, `dt=` with "
+        "`hr=` inside; files with no partition folders; daily partitions without `hour=` "
+        "folders) stops `start` in one line saying which, with an example. Rewrite such a "
+        "table once, in Spark (`SRC` the producer's table, `OUT` the source given to the "
+        "flow; pandas' nanosecond timestamps need "
+        "`spark.sql.legacy.parquet.nanosAsLong=true` and `F.expr(\"timestamp_micros(ts div "
+        "1000)\")` for `ts`):", "", "```python", SPARK_REPARTITION, "```", "",
         "### Errors", "",
         "A Spark failure while reading (a damaged data page, a type Spark refuses, a file "
         "that disappears mid-run) ends the step (`select_providers`, `prepare_labels`, "

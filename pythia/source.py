@@ -11,6 +11,7 @@ from pythia.paths import default_cache_root
 
 # Metaflow gives runs started by a scheduler a run id with the scheduler's prefix.
 SCHEDULER_RUN_PREFIXES = ("airflow-", "argo-", "sfn-")
+SHOWN_PROBLEMS = 20  # partition folders start prints one line each (a flat table has 1000s)
 
 
 def is_scheduled_run(run_id: str) -> bool:
@@ -18,11 +19,24 @@ def is_scheduled_run(run_id: str) -> bool:
     return str(run_id).startswith(SCHEDULER_RUN_PREFIXES)
 
 
-def _unparsed_dates_note(source: str) -> str:
-    """' (not dates: date=yesterday: …; …)' for date folders that do not parse, else ''."""
-    bad = [f"{e['folder'].rstrip('/').rsplit('/', 1)[-1]}: {e['problem']}"
-           for e in source_layout.find_partition_problems(source, [])]
-    return f" (folders that are not dates: {'; '.join(bad)})" if bad else ""
+def _unparsed_dates_note(source: str, dates: list[dt.date] | None = None) -> str:
+    """': <the layout's problem>' when the folders show a producer's own layout (looked for
+    in ``dates`` too), else ' (folders that are not dates: date=yesterday: …; …)' for date
+    folders that do not parse, else ''."""
+    problems = source_layout.find_partition_problems(source, dates or [])
+    layout = source_layout.layout_problem(source, problems)
+    if layout:
+        return f": {layout}"
+    bad = [f"{e['folder'].rstrip('/').rsplit('/', 1)[-1]}: {e['problem']}" for e in problems]
+    return (f" (folders that are not dates: {'; '.join(bad[:5])}"
+            + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "") + ")") if bad else ""
+
+
+def _folders(problems: list[dict], shown: int = 5) -> str:
+    """The entries' folders, the first ``shown`` of them and how many more."""
+    names = [e["folder"] for e in problems]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
+                                       else "")
 
 
 def newest_complete_date(source: str, not_after: dt.date | None = None) -> dt.date:
@@ -38,7 +52,7 @@ def newest_complete_date(source: str, not_after: dt.date | None = None) -> dt.da
             return day
     raise ValueError(f"no date with all 24 hour partitions under {source} "
                      f"(dates present: {[d.isoformat() for d in dates[:10]]}…)"
-                     f"{_unparsed_dates_note(source)}")
+                     f"{_unparsed_dates_note(source, dates[:10])}")
 
 
 def world_fingerprint(source_path: str) -> str | None:
@@ -68,8 +82,11 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
         test_date = newest_complete_date(source_path)
     window = Window(test_date)
     problems = source_layout.find_partition_problems(source_path, window.dates)
-    for entry in problems:
+    for entry in problems[:SHOWN_PROBLEMS]:
         print(source_layout.describe_partition_problem(entry))
+    if len(problems) > SHOWN_PROBLEMS:
+        print(f"... and {len(problems) - SHOWN_PROBLEMS} more quarantined partition folder(s) "
+              "(join_hours records every one)")
     found = contract_read.list_partition_files(source_path, window.dates, range(24))
     try:
         gaps = contract_read.check_partitions(source_path, window.dates, list(range(24)),
@@ -77,8 +94,12 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
     except ValueError as exc:
         if not problems:
             raise
-        folders = ", ".join(e["folder"] for e in problems)
-        raise ValueError(f"{exc}; partition folders that do not parse: {folders}") from None
+        layout = source_layout.layout_problem(source_path, problems)
+        if layout and not any(found.values()):  # not a gap: the whole layout differs
+            raise ValueError(f"no hour partition of the window {window.dates[0]}.."
+                             f"{window.dates[-1]} under {source_path}: {layout}") from None
+        raise ValueError(f"{exc}; partition folders that do not parse: "
+                         f"{_folders(problems)}") from None
     if gaps:
         print(f"note: {len(gaps)} missing impression partition(s), run anyway (allow_gaps): "
               f"{contract_read.describe_gaps(gaps, 24)[0]}")

@@ -152,3 +152,63 @@ def describe_partition_problem(entry: dict) -> str:
     """One log line for a ``find_partition_problems`` entry."""
     return (f"quarantined partition folder {entry['folder']}: {entry['problem']} "
             f"({entry['files']} file(s), {entry['rows']} row(s) not read)")
+
+
+LAYOUT = "impressions/date=YYYY-MM-DD/hour=HH/, Parquet files in each hour folder"
+REPARTITION = ("rewrite the table in it, the UTC date and hour of ts as the folders (with "
+               "Spark: docs/data-contract.md, Partition folders)")
+# A producer's table (flat, daily, dt=/hr=) rewritten in the contract's layout; rendered in
+# docs/data-contract.md, run as written by tests/test_layout.py. SRC and OUT are the user's.
+SPARK_REPARTITION = """\
+from pyspark.sql import functions as F
+spark.conf.set("spark.sql.session.timeZone", "UTC")  # date and hour of ts in UTC
+table = spark.read.parquet(SRC)
+table = table.drop(*[c for c in ("dt", "hr", "date", "hour") if c in table.columns])
+(table.withColumn("date", F.date_format("ts", "yyyy-MM-dd")).withColumn("hour", F.hour("ts"))
+ .write.partitionBy("date", "hour").parquet(OUT + "/impressions"))"""
+_KEY_VALUE = re.compile(r"^([^=/]+)=(.*)$")
+_DATE_VALUE = re.compile(r"^\d{4}-?\d{2}-?\d{2}$")  # 2026-11-20 or 20261120
+
+
+def layout_problem(source: str, problems: Sequence[dict]) -> str | None:
+    """What is wrong with the impressions' layout, when its ``find_partition_problems``
+    entries show a whole producer's layout rather than a few stray folders: date folders
+    under another key (``dt=2026-11-20``), files without partition folders, date folders
+    without hour folders. One clause each, with an example; None when nothing matches."""
+    root = join(source, IMPRESSIONS_DIR)
+    other_key, loose, daily = [], [], []
+    for e in problems:
+        name = e["folder"].rstrip("/").rsplit("/", 1)[-1]
+        kv = _KEY_VALUE.match(name)
+        if e["problem"] == "file outside date=…/hour=… folders":
+            loose.append(e)
+        elif e["problem"].startswith("files outside an hour=HH folder"):
+            daily.append(e)
+        elif kv and kv.group(1) != "date" and _DATE_VALUE.match(kv.group(2)):
+            other_key.append((e, kv.group(1)))
+    parts = []
+    if other_key:
+        keys = sorted({k for _, k in other_key})
+        first = other_key[0][0]["folder"]
+        inner = _inner_keys(first)
+        parts.append(f"{len(other_key)} date folder(s) are named {'/'.join(k + '=' for k in keys)}"
+                     f", not date= (e.g. {first}"
+                     + (f", holding {'/'.join(k + '=' for k in inner)} folders" if inner else "")
+                     + ")")
+    if loose:
+        parts.append(f"{len(loose)} file(s) lie directly in {root}, outside any date folder "
+                     f"(e.g. {loose[0]['folder']})")
+    if daily:
+        parts.append(f"{len(daily)} date folder(s) hold their files without hour=HH folders "
+                     f"(daily partitions, e.g. {daily[0]['folder']})")
+    if not parts:
+        return None
+    return "; ".join(parts) + f". The layout is {LAYOUT}: {REPARTITION}"
+
+
+def _inner_keys(folder: str) -> list[str]:
+    """The ``key=`` names of the folders directly under ``folder`` (e.g. ``hr``)."""
+    fs, path = storage.filesystem(folder)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted({m.group(1) for i in infos if i.type == pafs.FileType.Directory
+                   and (m := _KEY_VALUE.match(i.base_name))})
