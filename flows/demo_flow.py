@@ -25,7 +25,7 @@ from metaflow import (Config, FlowSpec, Parameter, card, current, resources,  # 
                       schedule, step)
 
 from pythia import (disk_budget, etl, evaluate, input_health, models, providers,  # noqa: E402
-                    runs, scoring, seeds, source, stack, tfrecords)
+                    quarantine_limit, runs, scoring, seeds, source, stack, tfrecords)
 from pythia.code_package import forward_pythia_env, ship_package_data  # noqa: E402
 from pythia.config import PARAMETERS, DeployConfig, RunParams, param_kwargs  # noqa: E402
 from pythia.disk_full import full_disk_errors, task_outputs  # noqa: E402
@@ -104,6 +104,18 @@ class DemoFlow(FlowSpec):
         return full_disk_errors(step, self.paths.root, task_outputs(step, self.paths, **task),
                                 resume=f"`python {_flow_file()} resume {step}`")
 
+    def tagged_limit(self, params):
+        """``params`` with a ``max_quarantined:X`` run tag applied (``resume --tag``)."""
+        params, note = quarantine_limit.apply_tags(params, current.tags)
+        if note:
+            print(note)
+        return params
+
+    def limit_hint(self):
+        """A max_quarantined stop also says how to go on by resuming this run."""
+        return quarantine_limit.resume_hint(
+            f"python {_flow_file()} resume --origin-run-id {current.run_id}")
+
     @step
     def start(self):
         """Validate parameters, resolve the source and the window."""
@@ -145,7 +157,8 @@ class DemoFlow(FlowSpec):
         """One label per user from the provider chosen for the user's country."""
         task = self.config.resources.prepare_labels
         threads.configure_task(task.cpu, memory_mb=task.memory)
-        with self.full_disk("prepare_labels"):
+        self.params = self.tagged_limit(self.params)
+        with self.full_disk("prepare_labels"), self.limit_hint():
             self.labels_manifest = providers.run(self.source_path, self.provider_map,
                                                  self.params, self.paths)
         self.next(self.etl_hour, foreach="hour_groups")
@@ -176,7 +189,8 @@ class DemoFlow(FlowSpec):
         self.world_fingerprint = getattr(inputs[0], "world_fingerprint", None)
         self.stack = getattr(inputs[0], "stack", None)
         self.hour_manifests = sorted((i.manifest for i in inputs), key=lambda m: m["hours"])
-        with self.full_disk("join_hours"):
+        self.params = self.tagged_limit(self.params)
+        with self.full_disk("join_hours"), self.limit_hint():
             (self.split_manifest, self.reconciliation, self.resample_rates,
              self.quarantine) = etl.join_hours(self.hour_manifests, self.params, self.paths)
         self.next(self.to_tfrecords)

@@ -66,8 +66,12 @@ RULES = (
     "of the impressions, or of "
     "the label rows, are quarantined (duplicates aside: a copy of those is kept; and "
     "impressions without a `user_id`, which can never meet a label), the step "
-    "stops with that line, the share and the fix: repair the producer, or rerun with "
-    "`--max_quarantined` at the share named to go on with the rest (1 never stops).",
+    "stops with that line, the share and the fix: repair the producer, or go on with the "
+    "rest at the share named (1 never stops): resume the stopped run with "
+    "`resume --origin-run-id RUN --tag max_quarantined:0.65` (the line gives the command; "
+    "the finished ETL is kept, since `resume` takes no Parameter but takes tags, and the "
+    "steps put the limit they used into their `params` artifact: `pythia/quarantine_limit.py`) "
+    "or rerun with `--max_quarantined 0.65`.",
     "A run whose labels give no usable label stops in `prepare_labels` saying what became of "
     "every row (quarantined, rejected, from a provider not chosen for the row's country). A run "
     "where no valid impression has a label stops in `join_hours` describing both sides' "
@@ -310,11 +314,14 @@ def check_quarantined(step: str, what: str, by_reason: Mapping[str, int], rows_i
             f"{_aside_text(table)}): {describe(summary, table) or 'see the quarantine'}; "
             f"rows under {where}")
     if share > limit:
-        go_on = (f", or rerun with --max_quarantined {min(1.0, math.ceil(share * 20) / 20):g} "
-                 "to go on with the rest" if lost < rows_in else ": no row is left to use")
-        raise InputHealthError(
+        higher = min(1.0, math.ceil(share * 20) / 20) if lost < rows_in else None
+        go_on = (f", or rerun with --max_quarantined {higher:g} to go on with the rest"
+                 if higher is not None else ": no row is left to use")
+        error = InputHealthError(
             f"{text}. That is more than max_quarantined {limit:g} of the {what}: fix the "
             f"producer or the values (docs/data-contract.md){go_on}")
+        error.go_on = higher  # the limit that goes on (pythia.quarantine_limit)
+        raise error
     print(("warning: " if share > WARN_SHARE else "") + text)
     return share
 

@@ -160,7 +160,8 @@ def test_a_producers_vocabulary_stops_the_run_in_one_line_until_the_user_says_go
     """A user's first run: the tiny world as a producer writes it (read and written back by
     pandas) with its own word for mobile devices. Before, the run went on with the 37% of rows
     left, nothing blessed, no line said why. Now join_hours stops, naming the column, the
-    values and the fix; with --max_quarantined the run goes on, the quarantine artifact says
+    values and the fix; resumed with a max_quarantined tag (the ETL kept), or rerun with
+    --max_quarantined, the run goes on, the quarantine artifact says
     what was set aside, and the rows reconcile."""
     import pyarrow.parquet as pq
 
@@ -185,6 +186,17 @@ def test_a_producers_vocabulary_stops_the_run_in_one_line_until_the_user_says_go
         assert "allowed: mobile, tablet, desktop, ctv" in message
         assert "--max_quarantined 0." in message
         share = float(message.split("--max_quarantined ")[1].split()[0])
+        # going on by resuming: the finished ETL is kept, the tag records the choice
+        tag = f"max_quarantined:{share:g}"
+        assert message.endswith(f"resume --origin-run-id {failed.run.id} --tag {tag}`")
+        resumed = runner.resume(origin_run_id=failed.run.id, tags=[tag]).run
+        assert resumed.successful
+        etl_tasks = list(resumed["etl_hour"].tasks())
+        assert etl_tasks and all("origin-task-id" in t.metadata_dict for t in etl_tasks)
+        assert resumed.data.params.etl.max_quarantined == share
+        assert resumed["start"].task.data.params.etl.max_quarantined == 0.1  # the origin's
+        assert (f"note: max_quarantined {share:g} from the run's tag {tag} (the parameter says "
+                "0.1)") in resumed["join_hours"].task.stdout
         run = runner.run(source=str(root), models="logreg", regions="global", max_epochs=1,
                          max_quarantined=share).run
     assert run.successful, [t.stderr[-3000:] for s in run for t in s if not t.successful]
