@@ -159,8 +159,9 @@ class DemoFlow(FlowSpec):
         threads.configure_task(task.cpu, memory_mb=task.memory)
         self.params = self.tagged_limit(self.params)
         with self.full_disk("prepare_labels"), self.limit_hint():
-            self.labels_manifest = providers.run(self.source_path, self.provider_map,
-                                                 self.params, self.paths)
+            self.labels_manifest = providers.run(  # ages moved to the test day
+                self.source_path, self.provider_map, self.params, self.paths,
+                as_of=source.window_of(self.window).test_date)
         self.next(self.etl_hour, foreach="hour_groups")
 
     @resources(cpu=config.resources.etl_hour.cpu, memory=config.resources.etl_hour.memory)

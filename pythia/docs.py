@@ -5,7 +5,7 @@ nothing imports it, so documentation can never close an import cycle.
 """
 from __future__ import annotations
 
-from pythia import contract, input_health, providers
+from pythia import contract, input_health, label_rules, providers
 from pythia.config import MAX_VALID_AGE, MIN_VALID_AGE
 from pythia.contract import (BAD_TIMESTAMP, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED, OUT_OF_DOMAIN,
                              TS_TOLERANCE_SECONDS, WRONG_TYPE, ColumnSpec)
@@ -213,6 +213,15 @@ def render_provider_rules() -> str:
         "label of the latest observation.",
         "- Labels are user-level attributes: an observation dated after the window still "
         "applies to the window's impressions.",
+        "- An `age` is the user's age on its `observed_date`, and is moved to the run's test "
+        "day by the whole years between the two (rounded; back, for an observation after it) "
+        "before it is bucketed: 24 observed three years before is 27, in 25-34. "
+        f"`{providers.IMPOSSIBLE_AGE}` judges the age as given, "
+        f"`{providers.AGE_BELOW_FIRST_EDGE}` the moved one (17 a year and a half before is "
+        "18). A label given only as an `age_bucket` cannot be moved: more than "
+        f"{label_rules.STALE_BUCKET_SHARE:.0%} of the kept labels as buckets observed a year or "
+        "more from the test day is a warning. The labels manifest's `label_age` counts both "
+        "(`aged`, `max_years`, `stale_buckets`), and the step's log says them.",
         f"- `age` wins over `age_bucket`. Rejected (counted, written to `rejected/`): "
         f"`{providers.IMPOSSIBLE_AGE}` (outside [{MIN_VALID_AGE}, {MAX_VALID_AGE}]), "
         f"`{providers.AGE_BELOW_FIRST_EDGE}` (e.g. 15 with a first edge of 18), `{providers.INCOMPLETE_LABEL}` "

@@ -1,8 +1,16 @@
 """Label rules shared by the Spark and the driver paths of ``providers``: the reject and
-status codes of a label row, age bucketing (pandas), and the reconciled outcome counts."""
+status codes of a label row, age bucketing (pandas), and the reconciled outcome counts.
+
+An ``age`` is the user's age on its ``observed_date``; third-party labels are often years old,
+so ``bucket_labels`` moves it to the run's test day (``as_of``) before bucketing: a 24-year-old
+observed three years before is 27, in 25-34. A label given only as an ``age_bucket`` cannot be
+moved (its users may have moved up a bucket); those observed a year or more away from the
+test day are counted and said (``label_age``).
+"""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import datetime as dt
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,22 +27,44 @@ REJECT_REASONS = (IMPOSSIBLE_AGE, AGE_BELOW_FIRST_EDGE, INCOMPLETE_LABEL)
 NOT_CHOSEN = "not_chosen_provider"  # usable, but not from the country's chosen provider
 SUPERSEDED = "superseded"  # usable and chosen, but the user has a newer chosen label
 LABELLED = "labelled"
+STALE_BUCKET_SHARE = 0.05  # above it, prepare_labels warns of old bucket-only labels
 OUTPUT_COLUMNS = ["user_id", "country", "gender", "age_bucket", "y_gender", "y_age",
                   "y_age_gender", "label_provider", "observed_date"]
 
 
-def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGES
-                  ) -> pd.DataFrame:
-    """Add ``y_gender``, ``y_age``, ``y_age_gender``, canonical ``age_bucket`` and ``reject``.
+AGE_SHIFT, BUCKET_YEARS = "age_shift", "bucket_years"  # bucket_labels' columns on label age
+YEAR_DAYS = 365.2425
 
-    ``age`` wins over ``age_bucket`` when both are given. ``reject`` is null for usable rows,
-    else one of REJECT_REASONS.
+
+def years_between(observed: pd.Series, as_of: dt.date | None) -> np.ndarray:
+    """Whole years from each ``observed`` date to ``as_of``, rounded (negative: observed
+    after it); zeros without ``as_of`` or a date."""
+    if as_of is None:
+        return np.zeros(len(observed), dtype=np.int32)
+    days = (pd.Timestamp(as_of) - pd.to_datetime(observed.astype(object))).dt.days
+    years = np.floor(days.to_numpy(dtype=float) / YEAR_DAYS + 0.5)
+    return np.nan_to_num(years, nan=0.0).astype(np.int32)
+
+
+def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGES,
+                  as_of: dt.date | None = None) -> pd.DataFrame:
+    """Add ``y_gender``, ``y_age``, ``y_age_gender``, canonical ``age_bucket``, ``reject``,
+    and ``age_shift`` / ``bucket_years`` (the years an age was moved; the years a bucket-only
+    label lies from ``as_of``).
+
+    ``age`` wins over ``age_bucket`` when both are given; with ``as_of`` (the test day) an age
+    is moved there by the whole years since its ``observed_date`` (rounded) before bucketing.
+    ``impossible_age`` judges the age as given, ``age_below_first_edge`` the moved one.
+    ``reject`` is null for usable rows, else one of REJECT_REASONS.
     """
     labels = age_bucket_labels(age_edges)
     n_age = len(labels)
-    age = pd.to_numeric(pdf["age"], errors="coerce").to_numpy(dtype=float)
-    has_age = ~np.isnan(age)
-    impossible = has_age & ((age < MIN_VALID_AGE) | (age > MAX_VALID_AGE))
+    given = pd.to_numeric(pdf["age"], errors="coerce").to_numpy(dtype=float)
+    has_age = ~np.isnan(given)
+    years = (years_between(pdf["observed_date"], as_of) if as_of is not None
+             else np.zeros(len(pdf), dtype=np.int32))
+    age = given + np.where(has_age, years, 0)
+    impossible = has_age & ((given < MIN_VALID_AGE) | (given > MAX_VALID_AGE))
     from_age = np.where(has_age, age_to_bucket(np.where(has_age, age, age_edges[0]), age_edges),
                         -1)
     below = has_age & ~impossible & (from_age < 0)
@@ -53,7 +83,46 @@ def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGE
     out["y_age"] = np.where(ok, y_age, -1).astype("int32")
     out["y_age_gender"] = np.where(ok, y_gender * n_age + y_age, -1).astype("int32")
     out["age_bucket"] = [labels[i] if good else None for i, good in zip(y_age, ok)]
+    out[AGE_SHIFT] = np.where(has_age, years, 0).astype("int32")
+    out[BUCKET_YEARS] = np.where(has_age, 0, years).astype("int32")
     return out
+
+
+def status_counts(tally: Iterable[tuple]) -> dict[str, int]:
+    """Rows per status from ``(status, age_shift, bucket_years, rows)`` groups."""
+    counts: dict[str, int] = {}
+    for status, _, _, n in tally:
+        counts[status] = counts.get(status, 0) + int(n)
+    return counts
+
+
+def label_age(tally: Iterable[tuple], as_of: dt.date | None) -> dict:
+    """How old the kept labels were, from ``(status, age_shift, bucket_years, rows)`` groups:
+    labels whose age was moved to ``as_of`` (and by how many years at most), and bucket-only
+    labels a year or more from it (not movable)."""
+    kept = [(int(a or 0), int(b or 0), int(n)) for s, a, b, n in tally if s == LABELLED]
+    return {"as_of": as_of.isoformat() if as_of else None,
+            "labels": sum(n for _, _, n in kept),
+            "aged": sum(n for a, _, n in kept if a), "max_years": max(
+                [abs(a) for a, _, _ in kept] + [abs(b) for _, b, _ in kept], default=0),
+            "stale_buckets": sum(n for _, b, n in kept if b)}
+
+
+def label_age_lines(age: Mapping) -> list[str]:
+    """The step's lines on ``label_age``: a note when ages were moved, a warning when over
+    ``STALE_BUCKET_SHARE`` of the labels are buckets a year or more old."""
+    lines, n = [], age.get("labels") or 0
+    if age.get("aged"):
+        lines.append(f"note: prepare_labels: {age['aged']:,} of {n:,} labels' ages moved to the "
+                     f"test day {age['as_of']} (observed up to {age['max_years']} year(s) "
+                     "away from it)")
+    if n and age.get("stale_buckets", 0) > STALE_BUCKET_SHARE * n:
+        lines.append(f"warning: prepare_labels: {age['stale_buckets']:,} of {n:,} labels "
+                     f"({age['stale_buckets'] / n:.0%}) are age buckets observed a year or more "
+                     f"from the test day {age['as_of']}: a bucket cannot be moved as an age "
+                     "can, so some of these users are in an older bucket now (ask the provider "
+                     "for ages, or for fresher labels)")
+    return lines
 
 
 def label_outcome(counts: Mapping[str, int]) -> dict:

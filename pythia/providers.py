@@ -5,6 +5,7 @@ Port of the notebooks ``0_owdi-provider-consistency`` (provider scores, override
 """
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -12,9 +13,12 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from pythia import contract, contract_read, storage
-from pythia.label_rules import (AGE_BELOW_FIRST_EDGE, IMPOSSIBLE_AGE,  # noqa: F401 (API)
-                                INCOMPLETE_LABEL, LABELLED, NOT_CHOSEN, OUTPUT_COLUMNS,
-                                REJECT_REASONS, SUPERSEDED, bucket_labels, label_outcome)
+from pythia.label_rules import (AGE_BELOW_FIRST_EDGE, AGE_SHIFT,  # noqa: F401 (API)
+                                BUCKET_YEARS, IMPOSSIBLE_AGE, INCOMPLETE_LABEL, LABELLED,
+                                NOT_CHOSEN, OUTPUT_COLUMNS, REJECT_REASONS, SUPERSEDED,
+                                bucket_labels, label_age, label_age_lines, label_outcome,
+                                status_counts)
+from pythia.label_agreement import agreement_table, latest_per_provider
 from pythia.paths import join
 from pythia.source_layout import list_data_files
 
@@ -177,7 +181,7 @@ def read_provider_metrics(spark: Any, source: str, quarantine_dir: str | None = 
 
 def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
                    age_edges: tuple[int, ...], out_dir: str, default_provider: str,
-                   quarantine_dir: str | None = None) -> dict:
+                   quarantine_dir: str | None = None, as_of: dt.date | None = None) -> dict:
     # Long on purpose: one persisted frame feeds every write and count; split into functions
     # it would be re-computed or held past its unpersist.
     """One label per user from the provider chosen for the label row's country.
@@ -188,6 +192,7 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
       * a user with several usable chosen rows (several dates, or several countries) gets the
         one with the latest ``observed_date``; ties: country, then provider, alphabetically;
       * labels are user-level attributes: an observation dated after the window still applies;
+        an age is moved to ``as_of`` (the test day) by the whole years since it was observed;
       * impossible ages, ages below the first edge and rows lacking gender or age are rejected
         and counted; contract violations are quarantined.
 
@@ -209,14 +214,14 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
     flagged = contract.flag_labels(raw, age_edges)
     base = ["user_id", "gender", "age", "age_bucket", "country", "observed_date", "provider"]
     valid = flagged.filter(F.col("reason").isNull()).select(*base)
-    schema = T.StructType(valid.schema.fields + [
-        T.StructField("reject", T.StringType()), T.StructField("y_gender", T.IntegerType()),
-        T.StructField("y_age", T.IntegerType()), T.StructField("y_age_gender", T.IntegerType())])
+    schema = T.StructType(valid.schema.fields + [T.StructField("reject", T.StringType())] + [
+        T.StructField(c, T.IntegerType()) for c in ("y_gender", "y_age", "y_age_gender",
+                                                    AGE_SHIFT, BUCKET_YEARS)])
     edges = tuple(age_edges)
 
     def _bucket(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in frames:
-            yield bucket_labels(pdf, edges)[[f.name for f in schema.fields]]
+            yield bucket_labels(pdf, edges, as_of)[[f.name for f in schema.fields]]
 
     bucketed = valid.mapInPandas(_bucket, schema)
     chosen_provider = F.lit(default_provider)
@@ -239,12 +244,13 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
              .persist(StorageLevel.DISK_ONLY))  # not in the heap: docs/scaling.md section 8
     qdir = quarantine_dir or join(out_dir, "quarantine")
     try:
-        counts = {r: int(n) for r, n in every.groupBy("status").count().collect()}
+        tally = [tuple(r) for r in every.groupBy("status", AGE_SHIFT, BUCKET_YEARS).count()
+                 .collect()]
         winners = every.filter(F.col("status") == LABELLED).select(
             "user_id", "country", "gender", "age_bucket", "y_gender", "y_age", "y_age_gender",
             F.col("provider").alias("label_provider"), "observed_date")
         labels_path = write_parquet_atomic(winners, join(out_dir, "labels"))
-        latest = _latest_per_provider(every.filter(F.col("status").isin(
+        latest = latest_per_provider(every.filter(F.col("status").isin(
             LABELLED, SUPERSEDED, NOT_CHOSEN)))
         aside_path = write_parquet_atomic(
             latest.filter(F.col("provider") != chosen_provider), join(out_dir, "aside"))
@@ -261,40 +267,9 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
         every.unpersist()
     return {"labels_path": labels_path, "aside_path": aside_path,
             "rejected_path": rejected_path, "quarantine_path": quarantine_path,
-            "counts": label_outcome(counts), "choice": dict(choice),
-            "default_provider": default_provider,
-            "age_edges": list(age_edges), "agreement": agreement, "extra_columns": extras}
-
-
-def _latest_per_provider(sdf: Any) -> Any:
-    """Each provider's latest usable label per (user, country)."""
-    from pyspark.sql import Window as W
-    from pyspark.sql import functions as F
-
-    w = W.partitionBy("provider", "country", "user_id").orderBy(
-        F.col("observed_date").desc(), "y_age_gender")
-    return (sdf.withColumn("_rn", F.row_number().over(w)).filter("_rn = 1")
-            .select("user_id", "country", "provider", "gender", "age_bucket", "y_gender",
-                    "y_age", "y_age_gender", "observed_date"))
-
-
-def agreement_table(latest: Any) -> list[dict]:
-    """Per provider pair and country: shared users and the share with equal gender / age bucket.
-    """
-    from pyspark.sql import functions as F
-
-    a = latest.select("user_id", "country", F.col("provider").alias("provider_a"),
-                      F.col("y_gender").alias("g_a"), F.col("y_age").alias("a_a"))
-    b = latest.select("user_id", "country", F.col("provider").alias("provider_b"),
-                      F.col("y_gender").alias("g_b"), F.col("y_age").alias("a_b"))
-    pairs = (a.join(b, ["user_id", "country"])
-             .filter(F.col("provider_a") < F.col("provider_b"))
-             .groupBy("provider_a", "provider_b", "country")
-             .agg(F.count(F.lit(1)).alias("shared_users"),
-                  F.avg((F.col("g_a") == F.col("g_b")).cast("double")).alias("gender_agreement"),
-                  F.avg((F.col("a_a") == F.col("a_b")).cast("double")).alias("age_agreement"))
-             .orderBy("provider_a", "provider_b", "country"))
-    return [r.asDict() for r in pairs.collect()]
+            "counts": label_outcome(status_counts(tally)), "choice": dict(choice),
+            "default_provider": default_provider, "age_edges": list(age_edges),
+            "agreement": agreement, "extra_columns": extras, "label_age": label_age(tally, as_of)}
 
 
 # ------------------------------------------------------------------------------- the steps
@@ -362,10 +337,11 @@ def _quarantined(by_reason: Mapping[str, int]) -> str:
     return f"{sum(hits.values())} quarantined{detail}"
 
 
-def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: Any) -> dict:
-    """The prepare_labels step: one label per user from the chosen provider (a manifest).
-
-    On the driver when the labels are small (``providers_local.use_driver``), else Spark."""
+def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: Any,
+        as_of: dt.date | None = None) -> dict:
+    """The prepare_labels step: one label per user from the chosen provider (a manifest),
+    ages moved to ``as_of``. On the driver when the labels are small
+    (``providers_local.use_driver``), else Spark."""
     from pythia import input_health, label_health, providers_local
     from pythia.errors import user_input_errors
     from pythia.etl.session import spark_session
@@ -376,10 +352,10 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
         files = contract.list_table_files(source_path, "labels")
         manifest = providers_local.on_driver(
             "prepare_labels", files, params,
-            lambda: providers_local.prepare_labels(source_path, *args, quarantine_dir=qdir))
+            lambda: providers_local.prepare_labels(source_path, *args, qdir, as_of))
         if manifest is None:
             with spark_session("pythia-labels", params, source_path) as spark:
-                manifest = prepare_labels(spark, source_path, *args, quarantine_dir=qdir)
+                manifest = prepare_labels(spark, source_path, *args, qdir, as_of)
     c = manifest["counts"]
     summary = {**input_health.summarize(manifest["quarantine_path"], contract.LABELS),
                "extra_columns": list(manifest.get("extra_columns") or [])} \
@@ -397,4 +373,6 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
           f"{_quarantined(c['quarantined'])}, {sum(c['rejected'].values())} rejected, "
           f"{c[NOT_CHOSEN]} from other providers, {c[SUPERSEDED]} superseded; wrote "
           f"{manifest['labels_path']}")
+    for line in label_age_lines(manifest["label_age"]):
+        print(line)
     return manifest

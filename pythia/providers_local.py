@@ -8,6 +8,7 @@ checks by running both on the same inputs.
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import pickle
 from typing import Any, Callable, Mapping, Sequence
@@ -253,8 +254,8 @@ def _bucket_rows(path: str) -> pd.DataFrame:
 
 
 def prepare_labels(source: str, choice: Mapping[str, str], age_edges: tuple[int, ...],
-                   out_dir: str, default_provider: str, quarantine_dir: str | None = None
-                   ) -> dict:
+                   out_dir: str, default_provider: str, quarantine_dir: str | None = None,
+                   as_of: dt.date | None = None) -> dict:
     """``providers.prepare_labels`` on the driver: same rules, files and manifest, in bounded
     memory (``LABEL_BUCKET_ROWS``); rows are written bucket by bucket."""
     files = contract.list_table_files(source, "labels")
@@ -264,6 +265,7 @@ def prepare_labels(source: str, choice: Mapping[str, str], age_edges: tuple[int,
            "rejected_path": ArrowDatasetWriter(join(out_dir, "rejected")),
            "quarantine_path": ArrowDatasetWriter(quarantine_dir or join(out_dir, "quarantine"))}
     counts: dict[str, int] = {}
+    tally: dict[tuple, int] = {}  # (status, age_shift, bucket_years) -> rows
     sums = []
     try:
         with scratch_dir("pythia-labels-") as folder:  # locked: swept if this task dies
@@ -272,10 +274,11 @@ def prepare_labels(source: str, choice: Mapping[str, str], age_edges: tuple[int,
             counts.update(quarantined)
             for k in range(n_buckets):
                 every = _status(label_rules.bucket_labels(
-                    _bucket_rows(os.path.join(folder, f"bucket-{k}.pkl")), age_edges),
+                    _bucket_rows(os.path.join(folder, f"bucket-{k}.pkl")), age_edges, as_of),
                     choice, default_provider)
-                for status, n in every["status"].value_counts().items():
-                    counts[status] = counts.get(status, 0) + int(n)
+                for key, n in every.groupby(["status", label_rules.AGE_SHIFT,
+                                             label_rules.BUCKET_YEARS]).size().items():
+                    tally[key] = tally.get(key, 0) + int(n)
                 winners = every[every["status"] == label_rules.LABELLED].rename(
                     columns={"provider": "label_provider"})[label_rules.OUTPUT_COLUMNS]
                 kept = every[every["status"].isin(
@@ -291,6 +294,9 @@ def prepare_labels(source: str, choice: Mapping[str, str], age_edges: tuple[int,
     finally:
         for writer in out.values():
             writer.abort()
+    rows = [(*key, n) for key, n in sorted(tally.items())]
+    counts.update(label_rules.status_counts(rows))
     return {**paths, "counts": label_rules.label_outcome(counts), "choice": dict(choice),
             "default_provider": default_provider, "age_edges": list(age_edges),
-            "agreement": agreement_table(sums), "extra_columns": extras}
+            "agreement": agreement_table(sums), "extra_columns": extras,
+            "label_age": label_rules.label_age(rows, as_of)}
