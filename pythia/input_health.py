@@ -29,7 +29,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pythia import storage
-from pythia.config import EtlConfig
 from pythia.contract import (BAD_TIMESTAMP, COUNTRY_PATTERN, DUPLICATE_IMPRESSION_ID,
                              IMPRESSIONS, LABELS, NULL_REQUIRED, OUT_OF_DOMAIN, REASON,
                              REASON_COLUMN, TS_TOLERANCE_SECONDS, WRONG_TYPE, TableSpec)
@@ -53,47 +52,6 @@ NOT_LOST = (DUPLICATE_IMPRESSION_ID,)  # a copy of the row is kept
 SET_ASIDE = {"impressions": ((NULL_REQUIRED, USER_ID),)}
 
 
-# docs/data-contract.md (pythia.docs renders it from here)
-RULES = (
-    "The window's quarantined impressions (in `join_hours`, before its work) and the label rows "
-    "(in `prepare_labels`) are said in one line per step: rows per reason and column, the most "
-    "frequent values, what the column expects, and a likely fix where a value is an allowed "
-    "one but for its case, spaces or a full word (`'Mobile' -> 'mobile'?`, `'female' -> "
-    "'F'?`), or names a country another way (`'usa' -> 'US'?`, `'Germany' -> 'DE'?`). The "
-    "run's `quarantine` artifact (`summary`) and the labels manifest (`quarantine_summary`) "
-    f"keep the {KEEP_VALUES} most frequent values per reason and column.",
-    f"When more than `max_quarantined` (a run Parameter, default {EtlConfig.max_quarantined:g}) "
-    "of the impressions, or of "
-    "the label rows, are quarantined (duplicates aside: a copy of those is kept; and "
-    "impressions without a `user_id`, which can never meet a label), the step "
-    "stops with that line, the share and the fix: repair the producer, or go on with the "
-    "rest at the share named (1 never stops): resume the stopped run with "
-    "`resume --origin-run-id RUN --tag max_quarantined:0.65` (the line gives the command; "
-    "the finished ETL is kept, since `resume` takes no Parameter but takes tags, and the "
-    "steps put the limit they used into their `params` artifact: `pythia/quarantine_limit.py`) "
-    "or rerun with `--max_quarantined 0.65`.",
-    "A run whose labels give no usable label stops in `prepare_labels` saying what became of "
-    "every row (quarantined, rejected, from a provider not chosen for the row's country). A run "
-    "where no valid impression has a label stops in `join_hours` describing both sides' "
-    "`user_id`s (examples, length, characters, a hash's length) and whether they meet once "
-    "lower-cased, upper-cased, trimmed, read as whole numbers (`'11.0'` as `'11'`: ids "
-    "stored as floats) or without leading zeros; under "
-    f"{LOW_LABELLED:.0%} labelled, the same line is a warning. Integer ids of any stored type "
-    "(int64, decimal(38,0)) read as their digits and meet; a `user_id` or `impression_id` "
-    "stored as a float is a warning at `start`.",
-    "Before any ETL, `start` reads the Parquet footers of the first impression file of each "
-    "window date and of the first label file of each provider (`pythia/column_check.py`): a "
-    "required column that no sampled file of a table has stops the run there, naming the "
-    "columns the contract does not know (`event_time` for `ts`, `userId` for `user_id`); one "
-    "that some lack is a warning. Names match case-blind, as in Spark SQL and Hive (a "
-    "Snowflake unload's `USER_ID` is `user_id`; the step's log names such columns); a file "
-    "with two columns naming one contract column (`user_id` and `USER_ID`) stops the step "
-    "in one line naming the file.",
-    "A `country` that matches the pattern but that no ISO-3166-1 map knows (`UK`, `EL`, `QQ`) "
-    "is not quarantined: its rows are region OTHER, scored by the global model, with local "
-    "time in UTC. `to_tfrecords` names such codes of the train rows in a warning, with the "
-    "ISO code where one is meant (`'UK' -> 'GB'?`, `'EL' -> 'GR'?`).",
-)
 
 
 class InputHealthError(ValueError):
@@ -391,6 +349,8 @@ def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) ->
         detail = describe(summary or {}, table) or ", ".join(
             f"{r} {int(k):,}" for r, k in by_reason.items() if k)
         lines.append(f"input: {n:,}{of} {what} quarantined{share}: {detail}")
+    if (quarantine or {}).get("coverage"):  # countries no model learns (label_health)
+        lines.append(f"input: {quarantine['coverage']}")
     folders = (quarantine or {}).get("partitions") or []
     if folders:
         lines.append(f"input: {len(folders)} impression folder(s) not read (names that do not "

@@ -3,6 +3,8 @@ says the quarantine's share and content).
 
 - ``no_labels_error``: prepare_labels kept no label; one line says what became of every row
   (quarantined, rejected, from a provider not chosen for its country).
+- ``coverage_text``: countries with many impressions and (almost) no label (join_hours warns,
+  ``pythia report`` repeats it): no model trains on their users.
 - ``check_labelled``: join_hours found no valid impression with a label (a stop) or under
   ``LOW_LABELLED`` of them (a warning); ``key_diagnosis`` describes both sides' user ids
   (examples, length, characters, a hash's length) and whether they meet once lower-cased,
@@ -13,7 +15,7 @@ says the quarantine's share and content).
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,6 +30,8 @@ from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
 
 KEY_SAMPLE = 10_000  # user ids sampled per side for the key diagnosis
+COVERAGE_SHARE = 0.01  # a country of this share of the impressions with no label is said
+SHOWN_COUNTRIES = 8
 FLOAT_IDS = ("ids stored as floats read as '11.0': pandas turns an integer column with a "
              "missing value into float64; write user_id as text or int64, since a float64 "
              "holds integers exactly only up to 2^53")
@@ -160,3 +164,40 @@ def check_labelled(step: str, written: int, unlabelled: int, ids_uri: str,
             f"{why}. Fix: key the labels by the bid logs' user_id (docs/data-contract.md)")
     print(f"warning: {step}: only {written:,} of the window's {valid:,} valid impressions "
           f"({written / valid:.2%}) have a label: {why}")
+
+
+def label_coverage(hour_manifests: Iterable[Mapping]) -> dict[str, list[int]]:
+    """The etl tasks' ``label_coverage`` summed: per country, [labelled, unlabelled] valid
+    impressions of the window (before duplicates across tasks are settled)."""
+    out: dict[str, list[int]] = {}
+    for m in hour_manifests:
+        for country, (labelled, unlabelled) in (m.get("label_coverage") or {}).items():
+            both = out.setdefault(country, [0, 0])
+            both[0] += int(labelled)
+            both[1] += int(unlabelled)
+    return dict(sorted(out.items()))
+
+
+def coverage_text(coverage: Mapping[str, Sequence[int]]) -> str | None:
+    """The countries that hold at least ``COVERAGE_SHARE`` of the window's valid impressions
+    but under ``LOW_LABELLED`` of them labelled, in one line; None when there are none, or
+    when the whole window is that thin (``check_labelled`` says so)."""
+    total = sum(sum(v) for v in coverage.values())
+    labelled = sum(v[0] for v in coverage.values())
+    if not total or labelled < LOW_LABELLED * total:
+        return None
+    thin = sorted(((c, int(v[0]), sum(v)) for c, v in coverage.items()
+                   if sum(v) >= COVERAGE_SHARE * total and v[0] < LOW_LABELLED * sum(v)),
+                  key=lambda t: (-t[2], t[0]))
+    if not thin:
+        return None
+    shown = ", ".join(f"{c} ({n / total:.1%} of them, "
+                      + (f"{k / n:.2%} labelled)" if k else "none labelled)")
+                      for c, k, n in thin[:SHOWN_COUNTRIES])
+    more = f" and {len(thin) - SHOWN_COUNTRIES} more" if len(thin) > SHOWN_COUNTRIES else ""
+    share = sum(n for _, _, n in thin) / total
+    return (f"{len(thin)} country(ies) hold {share:.1%} of the window's {total:,} valid "
+            f"impressions with (almost) no label: {shown}{more}. No model trains on or is "
+            "judged by their users, yet the bundle scores them: find a label provider for "
+            "them (a label counts when it comes from the provider chosen for its row's "
+            "country: the run's provider_choice)")

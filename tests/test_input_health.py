@@ -521,3 +521,46 @@ def test_start_stops_on_a_required_column_no_sampled_file_has(tmp_path, capsys):
     with pytest.raises(input_health.InputHealthError,
                        match="has the required column gender/age/age_bucket"):
         column_check.check_required_columns(checked)
+
+
+def test_countries_with_impressions_and_no_label_are_said_and_kept_in_the_record(
+        tmp_path, capsys):
+    """A user's multi-country bid logs with labels for some countries only: the countries
+    that hold many impressions and no label are named in join_hours and in the record."""
+    root = _source(tmp_path, n_users=80)
+    _rewrite_with_pandas(root, "labels", lambda f: f.drop(
+        f.index[f["country"] == "DE"], inplace=True))
+    params = _params(root, tmp_path)
+    paths = RunPaths(params.data_root, "Health", "1")
+    etl, manifests = _etl(root, params, paths)
+    coverage = label_health.label_coverage(manifests)
+    assert set(coverage) == {"DE", "GB", "JP", "US"} and coverage["DE"][0] == 0
+    assert all(coverage[c][0] > 0 for c in ("GB", "JP", "US"))
+    total = sum(sum(v) for v in coverage.values())
+    capsys.readouterr()
+    _, _, _, quarantine = etl.join_hours(manifests, params, paths)
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if "(almost) no label" in ln]
+    share = sum(coverage["DE"]) / total
+    assert printed == [f"warning: join_hours: 1 country(ies) hold {share:.1%} of the window's "
+                       f"{total:,} valid impressions with (almost) no label: DE ({share:.1%} "
+                       "of them, none labelled). No model trains on or is judged by their "
+                       "users, yet the bundle scores them: find a label provider for them (a "
+                       "label counts when it comes from the provider chosen for its row's "
+                       "country: the run's provider_choice)"]
+    assert quarantine["label_coverage"] == coverage
+    assert input_health.report_lines(quarantine, None) == [
+        "input: " + printed[0].removeprefix("warning: join_hours: ")]
+
+
+def test_coverage_text_names_the_big_thin_countries_only():
+    cov = {"US": [500, 400], "DE": [0, 60], "FR": [1, 199], "IT": [0, 5], "ES": [30, 30]}
+    text = label_health.coverage_text(cov)
+    assert text.startswith("2 country(ies) hold 21.2% of the window's 1,225 valid impressions "
+                           "with (almost) no label: FR (16.3% of them, 0.50% labelled), DE "
+                           "(4.9% of them, none labelled). ")  # IT: under 1% of impressions
+    assert label_health.coverage_text({"US": [5, 995], "DE": [0, 100]}) is None  # all thin
+    assert label_health.coverage_text({"US": [500, 500]}) is None
+    assert label_health.coverage_text({}) is None
+    many = {f"C{i}": [0, 10] for i in range(10)} | {"US": [900, 0]}
+    assert label_health.coverage_text(many).count("labelled)") == 8 and " and 2 more." in \
+        label_health.coverage_text(many)

@@ -154,8 +154,8 @@ def run_hours(spark: Any, source: str, hours: list[int], window: Window, labels_
              .withColumn(SPLIT, split_of[F.col(DATE)])
              .persist(StorageLevel.DISK_ONLY))
     try:
-        rows = [tuple(r) for r in every.groupBy(DATE, HOUR, SPLIT, OUTCOME,
-                                                Y_AGE_GENDER).count().collect()]
+        rows = [tuple(r) for r in every.groupBy(DATE, HOUR, SPLIT, OUTCOME, Y_AGE_GENDER,
+                                                COUNTRY).count().collect()]
         out_cols = IMPRESSIONS.names + [
             c for c in labelled.columns
             if c not in IMPRESSIONS.names and c not in (OUTCOME, CONTENT_HASH)] + [SPLIT]
@@ -198,8 +198,9 @@ def manifest_totals(per_hour: Sequence[Mapping]) -> dict:
 def build_manifest(rows: list[tuple], window: Window, hours: list[int], gaps: list[str],
                    extras: list[str], schema: list, source: str, labels_path: str,
                    rows_path: str, q_path: str, ud_path: str, ids_path: str) -> dict:
-    """The task's manifest from ``rows``: ``(date, hour, split, outcome, y_age_gender, n)``
-    per group of rows read (both engines of etl_hour build it here)."""
+    """The task's manifest from ``rows``: ``(date, hour, split, outcome, y_age_gender,
+    country, n)`` per group of rows read (both engines of etl_hour build it here).
+    ``label_coverage``: per country of the valid rows, [labelled, unlabelled] impressions."""
     per: dict[tuple[str, int], dict] = {}
     for d in window.dates:
         for h in hours:
@@ -208,11 +209,13 @@ def build_manifest(rows: list[tuple], window: Window, hours: list[int], gaps: li
                 "gap": f"date={d.isoformat()}/hour={h:02d}" in gaps, "rows_in": 0,
                 "quarantined": {r: 0 for r in REASONS}, UNLABELLED: 0, WRITTEN: 0}
     class_counts: dict[str, dict[str, int]] = {s: {} for s in ETL_SPLITS}
-    for date, hour, split, outcome, y, n in rows:
+    coverage: dict[str, list[int]] = {}
+    for date, hour, split, outcome, y, country, n in rows:
         rec = per[(date, int(hour))]
         rec["rows_in"] += n
         if outcome in (WRITTEN, UNLABELLED):
             rec[outcome] += n
+            coverage.setdefault(str(country), [0, 0])[outcome == UNLABELLED] += n
         else:
             rec["quarantined"][outcome] += n
         if outcome == WRITTEN:
@@ -224,5 +227,6 @@ def build_manifest(rows: list[tuple], window: Window, hours: list[int], gaps: li
             "rows_path": rows_path, "quarantine_path": q_path, "user_day_counts_path": ud_path,
             "ids_path": ids_path, "gaps": gaps, "extra_columns": extras, "schema": schema,
             "per_hour": per_hour, **manifest_totals(per_hour),
+            "label_coverage": dict(sorted(coverage.items())),
             "class_counts": {s: dict(sorted(c.items(), key=lambda kv: int(kv[0])))
                              for s, c in class_counts.items()}}

@@ -199,7 +199,8 @@ def _write_batches(batches: Iterator[tuple[str | None, pa.Table]], dates: Sequen
         for key in _counts([rows[DATE], quarantine[DATE]], [rows[HOUR], quarantine[HOUR]],
                            [rows[SPLIT], _splits(quarantine[DATE], split_of)],
                            [outcome, quarantine[REASON]],
-                           [rows[Y_AGE_GENDER], pa.nulls(len(bad), rows[Y_AGE_GENDER].type)]):
+                           [rows[Y_AGE_GENDER], pa.nulls(len(bad), rows[Y_AGE_GENDER].type)],
+                           [rows[COUNTRY], pa.nulls(len(bad), rows[COUNTRY].type)]):
             counts[key[:-1]] = counts.get(key[:-1], 0) + key[-1]
         written = rows.filter(labelled)
         out["rows"].write(written)
@@ -293,12 +294,12 @@ def _quarantine(bad: pa.Table, reason: np.ndarray, column: np.ndarray) -> pa.Tab
 
 
 def _counts(*parts: Sequence[pa.Array | pa.ChunkedArray]) -> list[tuple]:
-    """``(date, hour, split, outcome, y_age_gender, n)`` per group (nulls form groups), as
-    Python values: the Spark path's ``groupBy(...).count().collect()``."""
-    keys = list("dhsoy")
+    """``(date, hour, split, outcome, y_age_gender, country, n)`` per group (nulls form
+    groups), as Python values: the Spark path's ``groupBy(...).count().collect()``."""
+    keys = list("dhsoyc")
     table = pa.table({k: pa.chunked_array([c for a in arrays for c in (
         a.chunks if isinstance(a, pa.ChunkedArray) else [a])], type=arrays[0].type)
         for k, arrays in zip(keys, parts)})
     grouped = table.group_by(keys).aggregate([([], "count_all")])
-    return [(r["d"], int(r["h"]), r["s"], r["o"], r["y"], int(r["count_all"]))
+    return [(r["d"], int(r["h"]), r["s"], r["o"], r["y"], r["c"], int(r["count_all"]))
             for r in grouped.to_pylist()]
