@@ -5,7 +5,7 @@ nothing imports it, so documentation can never close an import cycle.
 """
 from __future__ import annotations
 
-from pythia import contract, input_health, label_rules, providers
+from pythia import contract, input_health, label_health, label_rules, providers
 from pythia.config import MAX_VALID_AGE, MIN_VALID_AGE, EtlConfig
 from pythia.contract import (BAD_TIMESTAMP, DUPLICATE_IMPRESSION_ID, NULL_REQUIRED, OUT_OF_DOMAIN,
                              TS_TOLERANCE_SECONDS, WRONG_TYPE, ColumnSpec)
@@ -50,6 +50,12 @@ INPUT_HEALTH_RULES = (
     "Snowflake unload's `USER_ID` is `user_id`; the step's log names such columns); a file "
     "with two columns naming one contract column (`user_id` and `USER_ID`) stops the step "
     "in one line naming the file.",
+    "In `join_hours`, each country holding "
+    f"{label_health.COVERAGE_SHARE:.0%} or more of the window's valid impressions with under "
+    f"{input_health.LOW_LABELLED:.0%} of them labelled is named in a warning, repeated by "
+    "`pythia report` as an `input:` line: no model trains on or is judged by their users, "
+    "yet the bundle scores them. The `quarantine` artifact's `label_coverage` holds every "
+    "country's labelled and unlabelled impressions.",
     "A `country` that matches the pattern but that no ISO-3166-1 map knows (`UK`, `EL`, `QQ`) "
     "is not quarantined: its rows are region OTHER, scored by the global model, with local "
     "time in UTC. `to_tfrecords` names such codes of the train rows in a warning, with the "
