@@ -25,7 +25,7 @@ from pythia import storage
 from pythia.contract import TableSpec
 from pythia.input_health import (BATCH_ROWS, LOW_LABELLED, InputHealthError, describe,
                                  quoted)
-from pythia.label_rules import NOT_CHOSEN
+from pythia.label_rules import INCOMPLETE_LABEL, NOT_CHOSEN
 from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
 
@@ -58,17 +58,19 @@ def _whole_float_texts(ids: pa.Array) -> pa.Array:
 
 def no_labels_error(counts: Mapping[str, Any], summary: Mapping, table: TableSpec,
                     chosen: Mapping[str, str], where: str,
-                    label_providers: Iterable[str] = ()) -> InputHealthError:
+                    label_providers: Iterable[str] = (),
+                    rejected_detail: str | None = None) -> InputHealthError:
     """prepare_labels kept no label: what became of the rows, in one line
-    (``label_providers``: the source's ``labels/provider=NAME`` folders)."""
+    (``label_providers``: the source's ``labels/provider=NAME`` folders; ``rejected_detail``:
+    ``rejected_text`` of the rejected rows)."""
     parts = []
     quarantined = sum(int(n) for n in counts.get("quarantined", {}).values())
     if quarantined:
         parts.append(f"{quarantined:,} quarantined ({describe(summary, table)}; under {where})")
     rejected = {r: int(n) for r, n in counts.get("rejected", {}).items() if n}
     if rejected:
-        parts.append(f"{sum(rejected.values()):,} rejected ("
-                     + ", ".join(f"{r} {n:,}" for r, n in rejected.items()) + ")")
+        parts.append(f"{sum(rejected.values()):,} rejected (" + (rejected_detail or ", ".join(
+            f"{r} {n:,}" for r, n in rejected.items())) + ")")
     aside = int(counts.get(NOT_CHOSEN, 0))
     if aside:
         picks = ", ".join(f"{c}={p}" for c, p in sorted(chosen.items())[:6])
@@ -80,6 +82,47 @@ def no_labels_error(counts: Mapping[str, Any], summary: Mapping, table: TableSpe
     detail = "; ".join(parts) if parts else "the labels folder holds no row"
     return InputHealthError(f"prepare_labels: no usable label in {rows_in:,} label rows: "
                             f"{detail}. Fix the labels (docs/data-contract.md) and rerun")
+
+
+def rejected_text(uri: str | None) -> str:
+    """The rejected label rows (prepare_labels' ``rejected/``) per reason: what an incomplete
+    label lacks, and the providers whose rows they are, e.g. ``incomplete_label 376 (no gender
+    376; from datamax 376): a label needs …``."""
+    found: dict[str, dict[str, Any]] = {}
+    for file in list_data_files(uri) if uri and storage.exists(uri) else []:
+        fs, path = storage.filesystem(file)
+        with fs.open_input_file(path) as f:
+            for b in iter_file_batches(pq.ParquetFile(f), BATCH_ROWS,
+                                       ["reject", "provider", "gender", "age", "age_bucket"]):
+                t = pa.Table.from_batches([b])
+                for reason in pc.unique(t["reject"]).to_pylist():
+                    rows = t.filter(pc.equal(t["reject"], reason))
+                    e = found.setdefault(reason, {"rows": 0, "no_gender": 0, "no_age": 0,
+                                                  "providers": {}})
+                    e["rows"] += rows.num_rows
+                    e["no_gender"] += rows["gender"].null_count
+                    e["no_age"] += pc.sum(pc.and_(pc.is_null(rows["age"]), pc.is_null(
+                        rows["age_bucket"]))).as_py() or 0
+                    for p, n in zip(*_counted(rows["provider"])):
+                        e["providers"][p] = e["providers"].get(p, 0) + n
+    parts = []
+    for reason, e in sorted(found.items(), key=lambda kv: -kv[1]["rows"]):
+        lacks = ([f"no gender {e['no_gender']:,}"] if e["no_gender"] else []) + (
+            [f"neither age nor age_bucket {e['no_age']:,}"] if e["no_age"] else []) \
+            if reason == INCOMPLETE_LABEL else []
+        whose = sorted(e["providers"].items(), key=lambda pn: (-pn[1], pn[0]))[:3]
+        lacks.append("from " + ", ".join(f"{p} {n:,}" for p, n in whose))
+        parts.append(f"{reason} {e['rows']:,} ({'; '.join(lacks)})")
+    text = ", ".join(parts)
+    if INCOMPLETE_LABEL in found:
+        text += (": a label needs a gender and an age or an age bucket (age_gender is the "
+                 "models' joint target)")
+    return text
+
+
+def _counted(column: pa.ChunkedArray) -> tuple[list, list]:
+    counts = pc.value_counts(column)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
 def _sample_ids(uri: str, column: str, where: Mapping[str, str] | None = None,
