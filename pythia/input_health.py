@@ -33,6 +33,7 @@ from pythia.contract import (BAD_TIMESTAMP, COUNTRY_PATTERN, DUPLICATE_IMPRESSIO
                              IMPRESSIONS, LABELS, NULL_REQUIRED, OUT_OF_DOMAIN, REASON,
                              REASON_COLUMN, TS_TOLERANCE_SECONDS, WRONG_TYPE, TableSpec)
 from pythia.features import DATE, HOUR, TS, USER_ID
+from pythia.label_rules import label_age_lines
 from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
 
@@ -331,8 +332,10 @@ def quarantined_text(quarantine: Mapping | None) -> str:
 
 def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) -> list[str]:
     """What ``pythia report`` and the end step say of a run's input: one 'input:' line per
-    table with quarantined rows (the share lost, duplicates aside, and the entries), and the
-    impression folders not read; [] for a clean input (or a run from before the record)."""
+    table with quarantined rows (the share lost, duplicates aside, and the entries), the
+    rejected label rows and old bucket-only labels when prepare_labels warned of them, the
+    countries with impressions and no label, and the impression folders not read; [] for a
+    clean input (or a run from before the record)."""
     lines = []
     counts = (labels_manifest or {}).get("counts") or {}
     for what, by_reason, rows_in, summary, table in (
@@ -349,6 +352,15 @@ def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) ->
         detail = describe(summary or {}, table) or ", ".join(
             f"{r} {int(k):,}" for r, k in by_reason.items() if k)
         lines.append(f"input: {n:,}{of} {what} quarantined{share}: {detail}")
+    if counts.get("rows_in") and (labels_manifest or {}).get("rejected_text"):
+        rejected = sum(int(v) for v in (counts.get("rejected") or {}).values())
+        if rejected > WARN_SHARE * counts["rows_in"]:
+            lines.append(f"input: {rejected:,} of {int(counts['rows_in']):,} label rows "
+                         f"rejected ({rejected / counts['rows_in']:.1%}): "
+                         f"{labels_manifest['rejected_text']}")
+    said = label_age_lines((labels_manifest or {}).get("label_age") or {})
+    lines += [f"input: {line.removeprefix('warning: prepare_labels: ')}" for line in said
+              if line.startswith("warning:")]  # old bucket-only labels
     if (quarantine or {}).get("coverage"):  # countries no model learns (label_health)
         lines.append(f"input: {quarantine['coverage']}")
     folders = (quarantine or {}).get("partitions") or []

@@ -363,6 +363,7 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
     manifest["quarantine_summary"] = summary
     rejected = sum(c["rejected"].values())
     why = label_health.rejected_text(manifest["rejected_path"]) if rejected else None
+    manifest["rejected_text"] = why  # pythia report repeats it
     if not c["users"]:
         raise label_health.no_labels_error(c, summary or {}, contract.LABELS,
                                            provider_map["by_country"], qdir,

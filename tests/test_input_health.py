@@ -413,6 +413,20 @@ def test_report_lines_say_what_a_finished_run_set_aside():
     assert input_health.report_lines(None, None) == []
     assert input_health.report_lines({"by_reason": {"wrong_type": 3}}, None) == [
         "input: 3 impressions quarantined: wrong_type 3"]
+    # rejected label rows and old bucket-only labels, as prepare_labels warned of them
+    said = {"counts": {"rows_in": 200, "quarantined": {}, "rejected": {"incomplete_label": 40}},
+            "rejected_text": "incomplete_label 40 (no gender 40; from acme 40): a label …",
+            "label_age": {"as_of": "2026-11-20", "labels": 100, "aged": 3, "max_years": 2,
+                          "stale_buckets": 30}}
+    assert input_health.report_lines(None, said) == [
+        "input: 40 of 200 label rows rejected (20.0%): incomplete_label 40 (no gender 40; "
+        "from acme 40): a label …",
+        "input: 30 of 100 labels (30%) are age buckets observed a year or more from the test "
+        "day 2026-11-20: a bucket cannot be moved as an age can, so some of these users are "
+        "in an older bucket now (ask the provider for ages, or for fresher labels)"]
+    quiet = {**said, "counts": {**said["counts"], "rejected": {"incomplete_label": 2}},
+             "label_age": {**said["label_age"], "stale_buckets": 5}}
+    assert input_health.report_lines(None, quiet) == []  # 1% rejected, 5% stale: no line
 
 
 def test_a_source_without_provider_metrics_runs_on_its_one_provider_or_says_why_not(
