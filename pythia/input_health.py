@@ -185,11 +185,16 @@ def _hint(entry: Mapping, table: TableSpec, extras: Iterable[str] = ()) -> str:
                         "Parquet timestamp" if epoch else ""))
         return ""
     if spec.allowed:  # a value that is an allowed one but for case, spaces or a full word
+        codes = _codes(entry["column"])  # or a code of OpenRTB's for one
         fixes = [f"{quoted(v)} -> {quoted(c)}?" for v in shown
                  for c in [next((c for c in (v.strip(), v.strip().lower(), v.strip().upper(),
-                                             v.strip()[:1].upper()) if c in spec.allowed), v)]
+                                             v.strip()[:1].upper(), codes.get(v.strip()))
+                                 if c in spec.allowed), v)]
                  if c != v]
-        return "allowed: " + ", ".join(spec.allowed) + (f" ({', '.join(fixes)})" if fixes else "")
+        coded = (f"; {CODES_OF[entry['column']]} codes?" if any(v.strip() in codes
+                                                               for v in shown) else "")
+        return ("allowed: " + ", ".join(spec.allowed)
+                + (f" ({', '.join(fixes)})" if fixes else "") + coded)
     if spec.pattern:  # a country's alpha-2 code, for its code in another case, alpha-3 or name
         fixes = [f"{quoted(v)} -> {quoted(c)}?" for v in shown if spec.pattern == COUNTRY_PATTERN
                  for c in [_alpha_2(v)] if c and c != v]
@@ -197,6 +202,18 @@ def _hint(entry: Mapping, table: TableSpec, extras: Iterable[str] = ()) -> str:
     if spec.min_value is not None or spec.max_value is not None:
         return f"allowed [{spec.min_value:g}, {spec.max_value:g}]"
     return ""
+
+
+# contract columns a producer may write as OpenRTB/AdCOM codes: the codes' name
+CODES_OF = {"device_type": "OpenRTB device.devicetype"}
+
+
+def _codes(column: str) -> dict[str, str]:
+    """{code as text: contract value} of the column's OpenRTB codes ({} for other columns)."""
+    if column not in CODES_OF:
+        return {}
+    from pythia.scoring.openrtb.columns import DEVICE_TYPE_OF_CODE
+    return {str(code): value for code, value in DEVICE_TYPE_OF_CODE}
 
 
 def _shift(entry: Mapping) -> str:

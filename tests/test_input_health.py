@@ -122,6 +122,11 @@ def test_merge_adds_the_tasks_summaries():
                                                     ["pc", 1]]),
      "out_of_domain device_type 5 ('Mobile' 3, ' ctv' 1, 'phone' 1, …; allowed: mobile, "
      "tablet, desktop, ctv ('Mobile' -> 'mobile'?, ' ctv' -> 'ctv'?))"),
+    (IMPRESSIONS, ("out_of_domain", "device_type", [["4", 3], ["2", 1], ["8", 1]]),
+     "out_of_domain device_type 5 ('4' 3, '2' 1, '8' 1; allowed: mobile, tablet, desktop, ctv "
+     "('4' -> 'mobile'?, '2' -> 'desktop'?); OpenRTB device.devicetype codes?)"),
+    (IMPRESSIONS, ("out_of_domain", "inventory_type", [["1", 5]]),
+     "out_of_domain inventory_type 5 ('1' 5; allowed: site, app)"),
     (IMPRESSIONS, ("out_of_domain", "country", [["us", 3], ["USA", 1], ["Germany", 1]]),
      "out_of_domain country 5 ('us' 3, 'USA' 1, 'Germany' 1; must match ^[A-Z]{2}$ ('us' -> "
      "'US'?, 'USA' -> 'US'?, 'Germany' -> 'DE'?))"),
