@@ -23,7 +23,7 @@ def _unparsed_dates_note(source: str, dates: list[dt.date] | None = None) -> str
     """': <the layout's problem>' when the folders show a producer's own layout (looked for
     in ``dates`` too), else ' (folders that are not dates: date=yesterday: …; …)' for date
     folders that do not parse, else ''."""
-    problems = source_layout.find_partition_problems(source, dates or [])
+    problems = source_layout.find_partition_problems(source, dates or [], count_rows=False)
     layout = source_layout.layout_problem(source, problems)
     if layout:
         return f": {layout}"
@@ -81,23 +81,25 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
     else:
         test_date = newest_complete_date(source_path)
     window = Window(test_date)
+    found = contract_read.list_partition_files(source_path, window.dates, range(24))
+    if not any(found.values()):  # the producer's own layout? said before a footer is read
+        layout = source_layout.layout_problem(source_path, source_layout.find_partition_problems(
+            source_path, window.dates, count_rows=False))
+        if layout:
+            raise ValueError(f"no hour partition of the window {window.dates[0]}.."
+                             f"{window.dates[-1]} under {source_path}: {layout}")
     problems = source_layout.find_partition_problems(source_path, window.dates)
     for entry in problems[:SHOWN_PROBLEMS]:
         print(source_layout.describe_partition_problem(entry))
     if len(problems) > SHOWN_PROBLEMS:
         print(f"... and {len(problems) - SHOWN_PROBLEMS} more quarantined partition folder(s) "
               "(join_hours records every one)")
-    found = contract_read.list_partition_files(source_path, window.dates, range(24))
     try:
         gaps = contract_read.check_partitions(source_path, window.dates, list(range(24)),
                                               allow_gaps=params.etl.allow_gaps, found=found)
     except ValueError as exc:
         if not problems:
             raise
-        layout = source_layout.layout_problem(source_path, problems)
-        if layout and not any(found.values()):  # not a gap: the whole layout differs
-            raise ValueError(f"no hour partition of the window {window.dates[0]}.."
-                             f"{window.dates[-1]} under {source_path}: {layout}") from None
         raise ValueError(f"{exc}; partition folders that do not parse: "
                          f"{_folders(problems)}") from None
     if gaps:

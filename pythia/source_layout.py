@@ -110,8 +110,11 @@ def top_entries(source: str) -> list[pafs.FileInfo]:
     return sorted((i for i in infos if not is_side_file(i.base_name)), key=lambda i: i.path)
 
 
-def _problem(folder: str, problem: str, files: list[str]) -> dict:
-    """A quarantine entry for a partition folder: its row count comes from Parquet footers."""
+def _problem(folder: str, problem: str, files: list[str], count_rows: bool = True) -> dict:
+    """A quarantine entry for a partition folder: its row count comes from Parquet footers
+    (None without ``count_rows``: a footer read per file, minutes for a flat table on S3)."""
+    if not count_rows:
+        return {"folder": folder, "problem": problem, "files": len(files), "rows": None}
     rows, unreadable = 0, 0
     for f in files:
         try:
@@ -123,28 +126,30 @@ def _problem(folder: str, problem: str, files: list[str]) -> dict:
     return {"folder": folder, "problem": problem, "files": len(files), "rows": rows}
 
 
-def find_partition_problems(source: str, dates: Sequence[dt.date]) -> list[dict]:
+def find_partition_problems(source: str, dates: Sequence[dt.date],
+                            count_rows: bool = True) -> list[dict]:
     """Quarantine entries for the impression folders a run cannot use, sorted by folder.
 
     Listed: folders under ``impressions/`` whose name is not a valid ``date=YYYY-MM-DD``
     (wherever their date would fall), data files lying outside ``date=…/hour=…`` folders,
     and inside the window's ``dates``: ``hour=`` folders that do not parse (``hour=24``,
     ``hour=ab``, Hive's null partition) and files outside any ``hour=`` folder. Each entry is
-    ``{"folder", "problem", "files", "rows"}`` (rows from the Parquet footers; no row is read).
+    ``{"folder", "problem", "files", "rows"}`` (rows from the Parquet footers, None without
+    ``count_rows``; no row is read).
     """
     wanted = set(dates)
     out = []
     for info in top_entries(source):
         uri = ("s3://" if storage.is_s3(source) else "") + info.path
         if info.type != pafs.FileType.Directory:
-            out.append(_problem(uri, "file outside date=…/hour=… folders", [uri]))
+            out.append(_problem(uri, "file outside date=…/hour=… folders", [uri], count_rows))
             continue
         day, problem = parse_date_folder(info.base_name)
         if problem:
-            out.append(_problem(uri, problem, list_data_files(uri)))
+            out.append(_problem(uri, problem, list_data_files(uri), count_rows))
         elif day in wanted:
             _, bad = scan_date(source, day)
-            out += [_problem(folder, p, files) for folder, (p, files) in bad.items()]
+            out += [_problem(folder, p, files, count_rows) for folder, (p, files) in bad.items()]
     return sorted(out, key=lambda e: e["folder"])
 
 
