@@ -8,8 +8,6 @@ Spark writes a double ('11.0', '1.2345678E7') and meet nothing: ``start`` warns,
 """
 from __future__ import annotations
 
-import contextlib
-
 import pyarrow as pa
 import pytest
 
@@ -19,6 +17,7 @@ from pythia.paths import RunPaths
 from pythia.storage import read_frame
 
 from test_input_health import DAY, _etl, _ids_table, _params, _rewrite_with_pandas, _source
+from test_producers import _shared_session as _on
 
 BIG = 10_000_000  # ids from here on are '1.0000001E7' as Spark's text of a double
 
@@ -26,17 +25,6 @@ BIG = 10_000_000  # ids from here on are '1.0000001E7' as Spark's text of a doub
 def _numeric(frame, dtype: str) -> None:
     """'u00012' -> BIG + 12, stored as ``dtype``."""
     frame["user_id"] = (frame["user_id"].str[1:].astype("int64") + BIG).astype(dtype)
-
-
-@contextlib.contextmanager
-def _on(spark):
-    """The steps' Spark reads on the test session (they would stop a session of their own)."""
-    @contextlib.contextmanager
-    def session(*_args, **_kwargs):
-        yield spark
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("pythia.etl.session.spark_session", session)
-        yield
 
 
 @pytest.mark.spark
