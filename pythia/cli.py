@@ -27,6 +27,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest_cli(args.inputs, args.out)
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from pythia.preflight import check
+    hours = [int(h) for h in args.hours.split(",")] if args.hours else None
+    return check(args.source, args.date, *([hours] if hours else []),
+                 max_quarantined=args.max_quarantined)
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from pythia.runs import print_runs
     return print_runs(n=args.n, flow_name=args.flow)
@@ -121,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("inputs", nargs="+", help="files or folders of JSON lines")
     q.add_argument("--out", required=True, help="source folder or s3:// prefix to write")
     q.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("check", help="a source's first run, on a sample, before the flow: "
+                                      "the input steps' lines, and whether they would go on")
+    p.add_argument("source", help="source folder or s3:// prefix (the flow's --source)")
+    p.add_argument("--date", default="", help="test day (default: the newest complete date)")
+    p.add_argument("--hours", default="", help="hours of day the etl sample reads "
+                                               "(default 12,13,14,15)")
+    p.add_argument("--max_quarantined", type=float, default=None,
+                   help="as the flow's parameter (default 0.1)")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("runs", help="compare recent DemoFlow runs (Metaflow client)")
     p.add_argument("-n", type=int, default=10, help="how many runs")
