@@ -83,8 +83,8 @@ def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGE
     out["y_age"] = np.where(ok, y_age, -1).astype("int32")
     out["y_age_gender"] = np.where(ok, y_gender * n_age + y_age, -1).astype("int32")
     # usable rows: the canonical bucket; rejected rows keep the bucket they were given
-    out["age_bucket"] = [labels[i] if good else given
-                         for i, good, given in zip(y_age, ok, pdf["age_bucket"])]
+    out["age_bucket"] = [labels[i] if good else raw
+                         for i, good, raw in zip(y_age, ok, pdf["age_bucket"])]
     out[AGE_SHIFT] = np.where(has_age, years, 0).astype("int32")
     out[BUCKET_YEARS] = np.where(has_age, 0, years).astype("int32")
     return out

@@ -215,7 +215,7 @@ def build_manifest(rows: list[tuple], window: Window, hours: list[int], gaps: li
         rec["rows_in"] += n
         if outcome in (WRITTEN, UNLABELLED):
             rec[outcome] += n
-            coverage.setdefault(str(country), [0, 0])[outcome == UNLABELLED] += n
+            coverage.setdefault(str(country), [0, 0])[0 if outcome == WRITTEN else 1] += n
         else:
             rec["quarantined"][outcome] += n
         if outcome == WRITTEN:
