@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from typing import Sequence
 
-from pythia import etl, providers, source
+from pythia import etl, models, providers, source
 from pythia.config import RunParams
 from pythia.input_health import InputHealthError
 from pythia.paths import RunPaths
@@ -37,11 +37,12 @@ def check(source_uri: str, date: str = "", hours: Sequence[int] = CHECK_HOURS,
     a last line saying whether it would go on. ``scratch``: the data root to use (default: a
     new temporary folder; removed unless a step after ``start`` would stop)."""
     root = scratch or tempfile.mkdtemp(prefix="pythia-check-")
-    values = {"source": source_uri, "date": date, "data_root": root, "models": "logreg",
+    values = {"source": source_uri, "date": date, "data_root": root,
               **({"max_quarantined": max_quarantined} if max_quarantined is not None else {})}
     step = "start"
-    try:
-        params = RunParams.build(values).compiled()
+    try:  # the registry's names, as the flow builds them (no model is trained here)
+        params = RunParams.build(values, model_names=models.MODEL_NAMES,
+                                 default_models=models.DEFAULT_MODELS).compiled()
         source_path, window, _ = source.resolve(params)
         paths = RunPaths(root, "Check", "1")
         step = "select_providers"
