@@ -39,7 +39,8 @@ INPUT_HEALTH_RULES = (
     "`user_id`s (examples, length, characters, a hash's length) and whether they meet once "
     "lower-cased, upper-cased, trimmed, read as whole numbers (`'11.0'` as `'11'`: ids "
     "stored as floats) or without leading zeros; under "
-    f"{input_health.LOW_LABELLED:.0%} labelled, the same line is a warning. Integer ids of any stored type "
+    f"{input_health.LOW_LABELLED:.0%} labelled, the same line is a warning. Integer ids of "
+    "any stored type "
     "(int64, decimal(38,0)) read as their digits and meet; a `user_id` or `impression_id` "
     "stored as a float is a warning at `start`.",
     "Before any ETL, `start` reads the Parquet footers of the first impression file of each "

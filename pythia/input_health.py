@@ -347,6 +347,20 @@ def quarantined_text(quarantine: Mapping | None) -> str:
     return f"{n:,} of {int(rows_in):,} impressions ({lost / rows_in:.1%} lost)"
 
 
+def rejected_rows(counts: Mapping) -> int | None:
+    """The label rows rejected when over ``WARN_SHARE`` of prepare_labels' rows, else None."""
+    rejected = sum(int(v) for v in (counts.get("rejected") or {}).values())
+    rows_in = int(counts.get("rows_in") or 0)
+    return rejected if rows_in and rejected > WARN_SHARE * rows_in else None
+
+
+def rejected_line(counts: Mapping, text: str | None) -> str | None:
+    """'376 of 1,097 label rows rejected (34.3%): <text>' when ``rejected_rows`` says so."""
+    n, rows_in = rejected_rows(counts), int(counts.get("rows_in") or 0)
+    return (f"{n:,} of {rows_in:,} label rows rejected ({n / rows_in:.1%}): {text}"
+            if n is not None and text else None)
+
+
 def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) -> list[str]:
     """What ``pythia report`` and the end step say of a run's input: one 'input:' line per
     table with quarantined rows (the share lost, duplicates aside, and the entries), the
@@ -369,12 +383,9 @@ def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) ->
         detail = describe(summary or {}, table) or ", ".join(
             f"{r} {int(k):,}" for r, k in by_reason.items() if k)
         lines.append(f"input: {n:,}{of} {what} quarantined{share}: {detail}")
-    if counts.get("rows_in") and (labels_manifest or {}).get("rejected_text"):
-        rejected = sum(int(v) for v in (counts.get("rejected") or {}).values())
-        if rejected > WARN_SHARE * counts["rows_in"]:
-            lines.append(f"input: {rejected:,} of {int(counts['rows_in']):,} label rows "
-                         f"rejected ({rejected / counts['rows_in']:.1%}): "
-                         f"{labels_manifest['rejected_text']}")
+    rejected = rejected_line(counts, (labels_manifest or {}).get("rejected_text"))
+    if rejected:
+        lines.append(f"input: {rejected}")
     said = label_age_lines((labels_manifest or {}).get("label_age") or {})
     lines += [f"input: {line.removeprefix('warning: prepare_labels: ')}" for line in said
               if line.startswith("warning:")]  # old bucket-only labels

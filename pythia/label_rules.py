@@ -36,11 +36,9 @@ AGE_SHIFT, BUCKET_YEARS = "age_shift", "bucket_years"  # bucket_labels' columns 
 YEAR_DAYS = 365.2425
 
 
-def years_between(observed: pd.Series, as_of: dt.date | None) -> np.ndarray:
+def years_between(observed: pd.Series, as_of: dt.date) -> np.ndarray:
     """Whole years from each ``observed`` date to ``as_of``, rounded (negative: observed
-    after it); zeros without ``as_of`` or a date."""
-    if as_of is None:
-        return np.zeros(len(observed), dtype=np.int32)
+    after it); zero without a date."""
     days = (pd.Timestamp(as_of) - pd.to_datetime(observed.astype(object))).dt.days
     years = np.floor(days.to_numpy(dtype=float) / YEAR_DAYS + 0.5)
     return np.nan_to_num(years, nan=0.0).astype(np.int32)

@@ -361,16 +361,17 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
                "extra_columns": list(manifest.get("extra_columns") or [])} \
         if sum(c["quarantined"].values()) else None  # extras: a renamed required column?
     manifest["quarantine_summary"] = summary
-    rejected = sum(c["rejected"].values())
-    why = label_health.rejected_text(manifest["rejected_path"]) if rejected else None
+    said = input_health.rejected_rows(c) is not None  # its line reads the rejected rows
+    why = (label_health.rejected_text(manifest["rejected_path"])
+           if said or (not c["users"] and sum(c["rejected"].values())) else None)
     manifest["rejected_text"] = why  # pythia report repeats it
     if not c["users"]:
         raise label_health.no_labels_error(c, summary or {}, contract.LABELS,
                                            provider_map["by_country"], qdir,
                                            list_providers(source_path), why)
-    if rejected > input_health.WARN_SHARE * c["rows_in"]:
-        print(f"warning: prepare_labels: {rejected:,} of {c['rows_in']:,} label rows rejected "
-              f"({rejected / c['rows_in']:.1%}): {why}; rows under {manifest['rejected_path']}")
+    if said:
+        print(f"warning: prepare_labels: {input_health.rejected_line(c, why)}; rows under "
+              f"{manifest['rejected_path']}")
     input_health.check_quarantined("prepare_labels", "label rows", c["quarantined"],
                                    c["rows_in"], summary or {}, contract.LABELS,
                                    params.etl.max_quarantined, qdir)

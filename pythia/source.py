@@ -28,15 +28,13 @@ def _unparsed_dates_note(source: str, dates: list[dt.date] | None = None) -> str
     if layout:
         return f": {layout}"
     bad = [f"{e['folder'].rstrip('/').rsplit('/', 1)[-1]}: {e['problem']}" for e in problems]
-    return (f" (folders that are not dates: {'; '.join(bad[:5])}"
-            + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "") + ")") if bad else ""
+    return f" (folders that are not dates: {_first(bad, '; ', '; and')})" if bad else ""
 
 
-def _folders(problems: list[dict], shown: int = 5) -> str:
-    """The entries' folders, the first ``shown`` of them and how many more."""
-    names = [e["folder"] for e in problems]
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
-                                       else "")
+def _first(items: list[str], sep: str = ", ", tail: str = " and", shown: int = 5) -> str:
+    """The first ``shown`` items joined by ``sep``, then '<tail> N more'."""
+    more = f"{tail} {len(items) - shown} more" if len(items) > shown else ""
+    return sep.join(items[:shown]) + more
 
 
 def newest_complete_date(source: str, not_after: dt.date | None = None) -> dt.date:
@@ -101,7 +99,7 @@ def resolve(params: RunParams, scheduled: bool = False) -> tuple[str, dict, list
         if not problems:
             raise
         raise ValueError(f"{exc}; partition folders that do not parse: "
-                         f"{_folders(problems)}") from None
+                         f"{_first([e['folder'] for e in problems])}") from None
     if gaps:
         print(f"note: {len(gaps)} missing impression partition(s), run anyway (allow_gaps): "
               f"{contract_read.describe_gaps(gaps, 24)[0]}")

@@ -69,7 +69,7 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
     tables (what it reads), else Spark; one line says which and why. A source file the driver
     cannot convert exactly (``NeedsSpark``, met when the losers' raw rows are read again) sends
     the step to Spark, which rewrites every output."""
-    from pythia import label_health, providers_local, source_layout
+    from pythia import providers_local, source_layout
     from pythia.contract import IMPRESSIONS
     from pythia.errors import user_input_errors
     from pythia.etl import dedupe_local, splits_local
@@ -84,7 +84,7 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
         return manifests, duplicates, splits_local.finalize_splits(
             manifests, params.etl, paths, duplicates=duplicates["path"])
 
-    summary, coverage = check_inputs(hour_manifests, params, paths)
+    summary, coverage = check_inputs(hour_manifests, params, paths)  # and its line
     with user_input_errors("join_hours"):
         # the rule's rows: the tasks' rows/ and ids/ tables (Parquet footers), what is read
         files = [f for m in hour_manifests for key in ("rows_path", "ids_path") if m.get(key)
@@ -110,7 +110,7 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
     quarantine = {"path": paths.quarantine, "by_reason": by_reason, "summary": summary,
                   "rows_in": sum(int(m["total"]["rows_in"]) for m in hour_manifests),
                   **quarantined_partitions(hour_manifests),
-                  "label_coverage": coverage, "coverage": label_health.coverage_text(coverage)}
+                  **coverage}
     print(f"{providers_local.engine('join_hours')}: rows per split: " + ", ".join(
         f"{s} {n:,}" for s, n in split_manifest["rows"].items())
         + f"; every input row reconciled ({duplicates['rows']:,} duplicate(s) across etl "
@@ -118,14 +118,14 @@ def join_hours(hour_manifests: list[dict], params: Any, paths: Any
     return split_manifest, reconciliation, split_manifest.get("resample_rates", {}), quarantine
 
 
-def check_inputs(hour_manifests: list[dict], params: Any, paths: Any
-                 ) -> tuple[dict, dict[str, list[int]]]:
+def check_inputs(hour_manifests: list[dict], params: Any, paths: Any) -> tuple[dict, dict]:
     """Before join_hours' work: the window's quarantine in one line (a stop above
     ``max_quarantined``), a warning naming the countries with many impressions and no label,
     and a stop when no valid impression has a label (``pythia.input_health``,
     ``pythia.label_health``). Duplicates across tasks are settled later; they lose nothing.
-    Returns the tasks' quarantine summaries merged (``input_health.summarize``) and the
-    labelled and unlabelled impressions per country (``label_health.label_coverage``)."""
+    Returns the tasks' quarantine summaries merged (``input_health.summarize``) and
+    ``{"label_coverage": per country [labelled, unlabelled] impressions
+    (``label_health.label_coverage``), "coverage": the warning's text or None}``."""
     from pythia import input_health, label_health
     from pythia.contract import IMPRESSIONS
     from pythia.etl.hourly import OUTCOME, UNLABELLED, WRITTEN
@@ -151,7 +151,7 @@ def check_inputs(hour_manifests: list[dict], params: Any, paths: Any
         label_health.check_labelled("join_hours", written, sum(u for u, _ in unlabelled),
                                     ids_path, hour_manifests[0]["labels_path"], "user_id",
                                     OUTCOME, UNLABELLED)
-    return summary, coverage
+    return summary, {"label_coverage": coverage, "coverage": thin}
 
 
 def quarantined_partitions(hour_manifests: list[dict]) -> dict:
