@@ -38,6 +38,10 @@ TS_TOLERANCE_SECONDS = 300
 
 COUNTRY_PATTERN = r"^[A-Z]{2}$"
 
+# ``gender`` values providers send for a user of no known class: valid label values (not
+# quarantined) that make no class, so the label is incomplete (rejected and counted).
+GENDER_NO_CLASS = {"U": "unknown", "O": "other, OpenRTB user.gender's third value"}
+
 
 @dataclass(frozen=True)
 class ColumnSpec:
@@ -108,7 +112,9 @@ LABELS = TableSpec(
     layout="labels/provider=NAME/*.parquet",
     columns=(
         ColumnSpec(USER_ID, _S, True),
-        ColumnSpec(GENDER, _S, allowed=GENDER_CLASSES),
+        ColumnSpec(GENDER, _S, allowed=GENDER_CLASSES + tuple(GENDER_NO_CLASS),
+                   description="; ".join(f"`{v}`: {what}" for v, what in GENDER_NO_CLASS.items())
+                   + ": no gender (the label is incomplete, rejected and counted)"),
         ColumnSpec("age", "int32", description="years; used when present"),
         ColumnSpec(AGE_BUCKET, _S, allowed=age_bucket_labels(DEFAULT_AGE_EDGES),
                    description="used when age is null; allowed values follow the configured "

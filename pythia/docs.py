@@ -275,11 +275,14 @@ def render_provider_rules() -> str:
         f"- `age` wins over `age_bucket`. Rejected (counted, written to `rejected/`): "
         f"`{providers.IMPOSSIBLE_AGE}` (outside [{MIN_VALID_AGE}, {MAX_VALID_AGE}]), "
         f"`{providers.AGE_BELOW_FIRST_EDGE}` (e.g. 15 with a first edge of 18), `{providers.INCOMPLETE_LABEL}` "
-        "(no gender, or neither age nor age bucket): a label needs a gender and an age or "
+        "(no gender: null, or " + " or ".join(f"`{v}` ({what.split(',')[0]})" for v, what
+                                             in contract.GENDER_NO_CLASS.items())
+        + "; or neither age nor age bucket): a label needs a gender and an age or "
         "an age bucket, since `age_gender` is the models' joint target, so a provider of ages "
         "alone (or genders alone) labels nobody. Rejected rows keep the values they were given. "
         f"Over {input_health.WARN_SHARE:.0%} of the label rows rejected is a warning naming "
-        "the reasons, what incomplete labels lack (`no gender`, `neither age nor age_bucket`) "
+        "the reasons, what incomplete labels lack (`no gender`, with its `U` and `O` rows, "
+        "`neither age nor age_bucket`) "
         "and the providers whose rows they are; with no label left, the stop says the same.",
         "- Counts reconcile: rows in = quarantined + rejected + not chosen + superseded + users.",
         "",

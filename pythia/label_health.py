@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pythia import storage
-from pythia.contract import TableSpec
+from pythia.contract import GENDER_NO_CLASS, TableSpec
 from pythia.input_health import (BATCH_ROWS, LOW_LABELLED, InputHealthError, describe,
                                  quoted)
 from pythia.label_rules import INCOMPLETE_LABEL, NOT_CHOSEN
@@ -98,16 +98,25 @@ def rejected_text(uri: str | None) -> str:
                 for reason in pc.unique(t["reject"]).to_pylist():
                     rows = t.filter(pc.equal(t["reject"], reason))
                     e = found.setdefault(reason, {"rows": 0, "no_gender": 0, "no_age": 0,
-                                                  "providers": {}})
+                                                  "providers": {}, "no_class": {}})
                     e["rows"] += rows.num_rows
                     e["no_gender"] += rows["gender"].null_count
+                    if reason == INCOMPLETE_LABEL:  # U and O: genders of no class
+                        for g, n in zip(*_counted(rows["gender"])):
+                            if g in GENDER_NO_CLASS:
+                                e["no_gender"] += n
+                                e["no_class"][g] = e["no_class"].get(g, 0) + n
                     e["no_age"] += pc.sum(pc.and_(pc.is_null(rows["age"]), pc.is_null(
                         rows["age_bucket"]))).as_py() or 0
                     for p, n in zip(*_counted(rows["provider"])):
                         e["providers"][p] = e["providers"].get(p, 0) + n
     parts = []
     for reason, e in sorted(found.items(), key=lambda kv: -kv[1]["rows"]):
-        lacks = ([f"no gender {e['no_gender']:,}"] if e["no_gender"] else []) + (
+        said = [f"{g} {n:,}" for g, n in sorted(e["no_class"].items(), key=lambda gn: -gn[1])]
+        nulls = e["no_gender"] - sum(e["no_class"].values())
+        said += [f"null {nulls:,}"] if said and nulls else []
+        lacks = ([f"no gender {e['no_gender']:,}" + (f": {', '.join(said)}" if said else "")]
+                 if e["no_gender"] else []) + (
             [f"neither age nor age_bucket {e['no_age']:,}"] if e["no_age"] else []) \
             if reason == INCOMPLETE_LABEL else []
         whose = sorted(e["providers"].items(), key=lambda pn: (-pn[1], pn[0]))[:3]

@@ -116,7 +116,8 @@ def test_merge_adds_the_tasks_summaries():
 
 @pytest.mark.parametrize("table, entry, wanted", [
     (LABELS, ("out_of_domain", "gender", [["female", 3], ["male", 2]]),
-     "out_of_domain gender 5 ('female' 3, 'male' 2; allowed: F, M ('female' -> 'F'?, "
+     "out_of_domain gender 5 ('female' 3, 'male' 2; allowed: F, M, U, O ('female' -> "
+     "'F'?, "
      "'male' -> 'M'?))"),
     (IMPRESSIONS, ("out_of_domain", "device_type", [["Mobile", 3], [" ctv", 1], ["phone", 1],
                                                     ["pc", 1]]),
@@ -378,7 +379,8 @@ def test_some_bad_labels_go_on_with_a_line_or_stop_above_the_limit(tmp_path, cap
     _, mapping, _ = providers.choose(root, _params(root, tmp_path), paths)
     with pytest.raises(input_health.InputHealthError, match=r"^prepare_labels: \d+ of \d+ "
                        r"label rows quarantined .*out_of_domain gender \d+ \('unknown' \d+; "
-                       r"allowed: F, M\).*max_quarantined 0.1 of the label rows"):
+                       r"allowed: F, M, U, O \('unknown' -> 'U'\?\)\).*max_quarantined 0.1 "
+                       r"of the label rows"):
         providers.run(root, mapping, _params(root, tmp_path), paths)
     manifest = providers.run(root, mapping, _params(root, tmp_path, max_quarantined=0.5),
                              paths)
