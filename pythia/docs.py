@@ -259,8 +259,12 @@ def render_provider_rules() -> str:
         "(per provider pair and country: shared users, share with equal gender, with equal "
         "age bucket).",
         "- One label per user: the latest `observed_date` wins; ties go to the country, then "
-        "the provider, in alphabetical order. So a user labelled in two countries keeps the "
-        "label of the latest observation.",
+        "the provider, in alphabetical order, then the lower `age_gender` class. So a user "
+        "labelled in two countries keeps the label of the latest observation. A kept label "
+        "that another chosen label of the same user and date contradicts (gender or age "
+        "bucket) is a conflict: the labels manifest's `conflicts` counts them per provider; "
+        f"over {label_rules.CONFLICT_SHARE:.0%} of the users it is a warning (repeated by "
+        "`pythia report`), else a note.",
         "- Labels are user-level attributes: an observation dated after the window still "
         "applies to the window's impressions.",
         "- An `age` is the user's age on its `observed_date`, and is moved to the run's test "

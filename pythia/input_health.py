@@ -33,7 +33,7 @@ from pythia.contract import (BAD_TIMESTAMP, COUNTRY_PATTERN, DUPLICATE_IMPRESSIO
                              IMPRESSIONS, LABELS, NULL_REQUIRED, OUT_OF_DOMAIN, REASON,
                              REASON_COLUMN, TS_TOLERANCE_SECONDS, WRONG_TYPE, TableSpec)
 from pythia.features import DATE, HOUR, TS, USER_ID
-from pythia.label_rules import label_age_lines
+from pythia.label_rules import label_lines
 from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
 
@@ -364,8 +364,8 @@ def rejected_line(counts: Mapping, text: str | None) -> str | None:
 def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) -> list[str]:
     """What ``pythia report`` and the end step say of a run's input: one 'input:' line per
     table with quarantined rows (the share lost, duplicates aside, and the entries), the
-    rejected label rows and old bucket-only labels when prepare_labels warned of them, the
-    countries with impressions and no label, and the impression folders not read; [] for a
+    rejected label rows, old bucket-only labels and conflicting labels when prepare_labels
+    warned of them, the countries with impressions and no label, and the folders not read; [] for a
     clean input (or a run from before the record)."""
     lines = []
     counts = (labels_manifest or {}).get("counts") or {}
@@ -386,9 +386,9 @@ def report_lines(quarantine: Mapping | None, labels_manifest: Mapping | None) ->
     rejected = rejected_line(counts, (labels_manifest or {}).get("rejected_text"))
     if rejected:
         lines.append(f"input: {rejected}")
-    said = label_age_lines((labels_manifest or {}).get("label_age") or {})
+    said = label_lines(labels_manifest or {})
     lines += [f"input: {line.removeprefix('warning: prepare_labels: ')}" for line in said
-              if line.startswith("warning:")]  # old bucket-only labels
+              if line.startswith("warning:")]  # old bucket-only labels, conflicting labels
     if (quarantine or {}).get("coverage"):  # countries no model learns (label_health)
         lines.append(f"input: {quarantine['coverage']}")
     folders = (quarantine or {}).get("partitions") or []

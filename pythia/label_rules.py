@@ -33,6 +33,10 @@ OUTPUT_COLUMNS = ["user_id", "country", "gender", "age_bucket", "y_gender", "y_a
 
 
 AGE_SHIFT, BUCKET_YEARS = "age_shift", "bucket_years"  # bucket_labels' columns on label age
+# prepare_labels' column: the provider of a kept label that a chosen label of the same user
+# and observed_date contradicts ("" for every other row); the tie rule picked one of them
+CONFLICT = "conflict"
+CONFLICT_SHARE = 0.01  # above it (of the users), prepare_labels warns of conflicting labels
 YEAR_DAYS = 365.2425
 
 
@@ -89,9 +93,9 @@ def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGE
 
 
 def status_counts(tally: Iterable[tuple]) -> dict[str, int]:
-    """Rows per status from ``(status, age_shift, bucket_years, rows)`` groups."""
+    """Rows per status from ``(status, age_shift, bucket_years[, conflict], rows)`` groups."""
     counts: dict[str, int] = {}
-    for status, _, _, n in tally:
+    for status, *_, n in tally:
         counts[status] = counts.get(status, 0) + int(n)
     return counts
 
@@ -100,7 +104,7 @@ def label_age(tally: Iterable[tuple], as_of: dt.date | None) -> dict:
     """How old the kept labels were, from ``(status, age_shift, bucket_years, rows)`` groups:
     labels whose age was moved to ``as_of`` (and by how many years at most), and bucket-only
     labels a year or more from it (not movable)."""
-    kept = [(int(a or 0), int(b or 0), int(n)) for s, a, b, n in tally if s == LABELLED]
+    kept = [(int(a or 0), int(b or 0), int(n)) for s, a, b, *_, n in tally if s == LABELLED]
     return {"as_of": as_of.isoformat() if as_of else None,
             "labels": sum(n for _, _, n in kept),
             "aged": sum(n for a, _, n in kept if a), "max_years": max(
@@ -123,6 +127,37 @@ def label_age_lines(age: Mapping) -> list[str]:
                      "can, so some of these users are in an older bucket now (ask the provider "
                      "for ages, or for fresher labels)")
     return lines
+
+
+def conflicts(tally: Iterable[tuple]) -> dict[str, int]:
+    """Kept labels contradicted by a chosen label of the same user and date, per provider,
+    from ``(status, age_shift, bucket_years, conflict, rows)`` groups."""
+    found: dict[str, int] = {}
+    for status, _, _, provider, n in tally:
+        if status == LABELLED and provider:
+            found[provider] = found.get(provider, 0) + int(n)
+    return dict(sorted(found.items(), key=lambda pn: (-pn[1], pn[0])))
+
+
+def conflict_lines(found: Mapping[str, int], users: int) -> list[str]:
+    """The step's line on conflicting labels: a warning over ``CONFLICT_SHARE`` of the users,
+    a note below it, nothing without any."""
+    n = sum(found.values())
+    if not n:
+        return []
+    kind = "warning" if n > CONFLICT_SHARE * users else "note"
+    whose = ", ".join(f"{p} {k:,}" for p, k in list(found.items())[:3])
+    return [f"{kind}: prepare_labels: {n:,} of {users:,} users ({n / max(users, 1):.1%}) have "
+            "labels of the same observed_date that disagree (gender or age bucket; from "
+            f"{whose}): each keeps one by the tie rule (country, provider, then the lower "
+            "age_gender class), not by evidence; ask the provider which label holds"]
+
+
+def label_lines(manifest: Mapping) -> list[str]:
+    """prepare_labels' lines on the kept labels' age and conflicts (``label_age_lines``,
+    ``conflict_lines``) from its manifest."""
+    return label_age_lines(manifest.get("label_age") or {}) + conflict_lines(
+        manifest.get("conflicts") or {}, int((manifest.get("counts") or {}).get("users") or 0))
 
 
 def label_outcome(counts: Mapping[str, int]) -> dict:

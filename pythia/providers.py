@@ -14,10 +14,10 @@ import pyarrow.fs as pafs
 
 from pythia import contract, contract_read, storage
 from pythia.label_rules import (AGE_BELOW_FIRST_EDGE, AGE_SHIFT,  # noqa: F401 (API)
-                                BUCKET_YEARS, IMPOSSIBLE_AGE, INCOMPLETE_LABEL, LABELLED,
-                                NOT_CHOSEN, OUTPUT_COLUMNS, REJECT_REASONS, SUPERSEDED,
-                                bucket_labels, label_age, label_age_lines, label_outcome,
-                                status_counts)
+                                BUCKET_YEARS, CONFLICT, IMPOSSIBLE_AGE, INCOMPLETE_LABEL,
+                                LABELLED, NOT_CHOSEN, OUTPUT_COLUMNS, REJECT_REASONS,
+                                SUPERSEDED, bucket_labels, conflicts, label_age, label_lines,
+                                label_outcome, status_counts)
 from pythia.label_agreement import agreement_table, latest_per_provider
 from pythia.paths import join
 from pythia.source_layout import list_data_files
@@ -239,13 +239,17 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
     raw_cols = [contract.RAW_PREFIX + c for c in contract.LABELS.names]
     q = flagged.filter(F.col("reason").isNotNull()).select(
         *raw_cols, "provider", "reason", "reason_column", F.col("reason").alias("status"))
+    same_day = W.partitionBy("user_id", is_chosen, "observed_date")
+    split = F.min("y_age_gender").over(same_day) != F.max("y_age_gender").over(same_day)
     every = (bucketed.withColumn("status", status)
+             .withColumn(CONFLICT, F.when((F.col("status") == LABELLED) & split,
+                                          F.col("provider")).otherwise(F.lit("")))
              .unionByName(q, allowMissingColumns=True)
              .persist(StorageLevel.DISK_ONLY))  # not in the heap: docs/scaling.md section 8
     qdir = quarantine_dir or join(out_dir, "quarantine")
     try:
-        tally = [tuple(r) for r in every.groupBy("status", AGE_SHIFT, BUCKET_YEARS).count()
-                 .collect()]
+        tally = [tuple(r) for r in every.groupBy("status", AGE_SHIFT, BUCKET_YEARS, CONFLICT)
+                 .count().collect()]
         winners = every.filter(F.col("status") == LABELLED).select(
             "user_id", "country", "gender", "age_bucket", "y_gender", "y_age", "y_age_gender",
             F.col("provider").alias("label_provider"), "observed_date")
@@ -269,7 +273,8 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
             "rejected_path": rejected_path, "quarantine_path": quarantine_path,
             "counts": label_outcome(status_counts(tally)), "choice": dict(choice),
             "default_provider": default_provider, "age_edges": list(age_edges),
-            "agreement": agreement, "extra_columns": extras, "label_age": label_age(tally, as_of)}
+            "agreement": agreement, "extra_columns": extras, "label_age": label_age(tally, as_of),
+            "conflicts": conflicts(tally)}
 
 
 # ------------------------------------------------------------------------------- the steps
@@ -380,6 +385,6 @@ def run(source_path: str, provider_map: Mapping[str, Any], params: Any, paths: A
           f"{_quarantined(c['quarantined'])}, {sum(c['rejected'].values())} rejected, "
           f"{c[NOT_CHOSEN]} from other providers, {c[SUPERSEDED]} superseded; wrote "
           f"{manifest['labels_path']}")
-    for line in label_age_lines(manifest["label_age"]):
+    for line in label_lines(manifest):
         print(line)
     return manifest

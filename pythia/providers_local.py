@@ -167,6 +167,10 @@ def _status(bucketed: pd.DataFrame, choice: Mapping[str, str], default: str) -> 
                              [df["reject"].astype(object), label_rules.NOT_CHOSEN,
                               label_rules.SUPERSEDED],
                              default=label_rules.LABELLED)
+    same_day = df.groupby(["user_id", "_is_chosen", "_date"], sort=False)["y_age_gender"]
+    split = (same_day.transform("min") != same_day.transform("max")).to_numpy()
+    df[label_rules.CONFLICT] = np.where((df["status"] == label_rules.LABELLED) & split,
+                                        df["provider"], "")
     return df
 
 
@@ -265,7 +269,7 @@ def prepare_labels(source: str, choice: Mapping[str, str], age_edges: tuple[int,
            "rejected_path": ArrowDatasetWriter(join(out_dir, "rejected")),
            "quarantine_path": ArrowDatasetWriter(quarantine_dir or join(out_dir, "quarantine"))}
     counts: dict[str, int] = {}
-    tally: dict[tuple, int] = {}  # (status, age_shift, bucket_years) -> rows
+    tally: dict[tuple, int] = {}  # (status, age_shift, bucket_years, conflict) -> rows
     sums = []
     try:
         with scratch_dir("pythia-labels-") as folder:  # locked: swept if this task dies
@@ -277,7 +281,8 @@ def prepare_labels(source: str, choice: Mapping[str, str], age_edges: tuple[int,
                     _bucket_rows(os.path.join(folder, f"bucket-{k}.pkl")), age_edges, as_of),
                     choice, default_provider)
                 for key, n in every.groupby(["status", label_rules.AGE_SHIFT,
-                                             label_rules.BUCKET_YEARS]).size().items():
+                                             label_rules.BUCKET_YEARS,
+                                             label_rules.CONFLICT]).size().items():
                     tally[key] = tally.get(key, 0) + int(n)
                 winners = every[every["status"] == label_rules.LABELLED].rename(
                     columns={"provider": "label_provider"})[label_rules.OUTPUT_COLUMNS]
@@ -299,4 +304,5 @@ def prepare_labels(source: str, choice: Mapping[str, str], age_edges: tuple[int,
     return {**paths, "counts": label_rules.label_outcome(counts), "choice": dict(choice),
             "default_provider": default_provider, "age_edges": list(age_edges),
             "agreement": agreement_table(sums), "extra_columns": extras,
-            "label_age": label_rules.label_age(rows, as_of)}
+            "label_age": label_rules.label_age(rows, as_of),
+            "conflicts": label_rules.conflicts(rows)}
