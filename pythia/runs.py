@@ -166,9 +166,10 @@ def previous_champions(flow_name: str, current_run_id: str | None,
     held-out users: ``previous_bundle``). A champion whose model folder is gone (``pythia
     clean``, a lifecycle rule) is left out: its region routes as if it had none.
 
-    With this run's ``encoders`` (the artifact), that run's must be the same: a bundle has one
-    set of vocabularies and statistics, and a model read through another run's would score
-    the wrong ids (or, when a vocabulary grew, stop the export); else {} (one line says so)."""
+    A kept champion scores through its own run's vocabularies and statistics: the bundle
+    writes them for its slot (``scoring.bundle.model_encoders``). With this run's ``encoders``
+    (the artifact), that run's age edges must be this run's: a bundle has one set of classes;
+    else {} (one line says so)."""
     from pythia.models.base import META_FILE  # here: models.base loads SciPy
     for run in _earlier_successful_runs(flow_name, current_run_id):
         champs = _artifact(run, "champions")
@@ -185,10 +186,13 @@ def previous_champions(flow_name: str, current_run_id: str | None,
             else:
                 print(f"{run.pathspec}'s {r['region']} champion is not kept: its model folder "
                       f"{r.get('model_dir')} is gone")
-        if kept and encoders is not None and _artifact(run, "encoders") != encoders:
-            print(f"previous run {run.pathspec}'s champions are not kept: their models read "
-                  "other vocabularies and statistics than this run's, and a bundle carries one "
-                  "set; regions without a blessed champion route to the global slot")
+        edges = (_artifact(run, "encoders") or {}).get("age_edges") if kept and encoders \
+            is not None else None
+        if kept and encoders is not None and edges != encoders.get("age_edges"):
+            print(f"previous run {run.pathspec}'s champions are not kept: they predict the age "
+                  f"buckets of edges {edges}, this run those of {encoders.get('age_edges')}, "
+                  "and a bundle has one set of classes; regions without a blessed champion "
+                  "route to the global slot")
             return {}
         return kept
     return {}

@@ -459,10 +459,10 @@ def test_the_scorer_reads_format_4_and_5_bundles_and_refuses_older_in_one_line(t
     doc_path = os.path.join(bundle, "bundle.json")
     with open(doc_path) as f:
         doc = json.load(f)
-    assert doc["format_version"] == 6
+    assert doc["format_version"] == 7
     reqs = [{"country": "US", "ts": 1_710_000_000, at.FEATURE: 40}]
     now = Scorer.load(bundle).score_arrays(reqs)
-    for version, ok in ((5, True), (4, True), (3, False)):
+    for version, ok in ((6, True), (5, True), (4, True), (3, False)):
         with open(doc_path, "w") as f:
             json.dump({**doc, "format_version": version}, f)
         if ok:
@@ -470,7 +470,7 @@ def test_the_scorer_reads_format_4_and_5_bundles_and_refuses_older_in_one_line(t
             assert all(np.array_equal(got[t], now[t]) for t in TARGETS)
         else:
             with pytest.raises(ValueError, match=r"bundle.json is format .* v3, this code "
-                                                 r"reads .* v4/v5/v6") as err:
+                                                 r"reads .* v4/v5/v6/v7") as err:
                 Scorer.load(bundle)
             assert "\n" not in str(err.value)
 

@@ -1100,28 +1100,33 @@ def test_previous_champions_leave_out_a_model_folder_that_is_gone(tmp_path, monk
         capsys.readouterr().out
 
 
-def test_previous_champions_are_kept_only_with_this_runs_encoders(tmp_path, monkeypatch,
-                                                                  capsys):
-    """A bundle carries one set of vocabularies and statistics (this run's): a previous
-    champion read through them would score the wrong ids, or stop the export when a vocabulary
-    grew (a CI run after the skewed world's: 'embedding content_category has shape (10, 6);
-    needs ... 14 rows'). It is kept only when its run's encoders are this run's."""
+def test_previous_champions_are_kept_with_their_own_encoders_and_this_runs_classes(
+        tmp_path, monkeypatch, capsys):
+    """A previous champion scores through its own run's vocabularies and statistics (its
+    bundle slot carries them: tests/test_slot_encoders.py), so other encoders keep it (before
+    session 64 they did not: on daily data no champion was ever kept). Other age edges are
+    other classes, and a bundle has one set: then it is not kept."""
     from types import SimpleNamespace
 
     from pythia import runs
     champions = [{"region": "APAC", "model": "mlp", "model_dir": _model_dir(tmp_path),
                   "blessed": True}]
-    theirs = {"vocabularies": {"country": ["US", "DE"]}, "numeric": {}}
+    theirs = {"vocabularies": {"country": ["US", "DE"]}, "numeric": {},
+              "age_edges": [18, 25, 35, 45, 55, 65]}
     monkeypatch.setattr(runs, "_earlier_successful_runs",
                         lambda flow, current: iter([SimpleNamespace(pathspec="DemoFlow/1")]))
     monkeypatch.setattr(runs, "_artifact", lambda run, name: {
         "champions": champions, "encoders": theirs}.get(name))
     monkeypatch.setattr(runs, "_other_spec", lambda run: None)
+    ours = {**theirs, "vocabularies": {"country": ["DE", "US"]}}  # other ids
+    assert runs.previous_champions("DemoFlow", "2", None, ours) == {"APAC": champions[0]}
     assert runs.previous_champions("DemoFlow", "2", None, dict(theirs)) == {"APAC": champions[0]}
-    ours = {"vocabularies": {"country": ["DE", "US"]}, "numeric": {}}  # other ids
-    assert runs.previous_champions("DemoFlow", "2", None, ours) == {}
-    assert ("previous run DemoFlow/1's champions are not kept: their models read other "
-            "vocabularies and statistics than this run's") in capsys.readouterr().out
+    assert capsys.readouterr().out == ""
+    other_classes = {**theirs, "age_edges": [18, 30, 50]}
+    assert runs.previous_champions("DemoFlow", "2", None, other_classes) == {}
+    assert ("previous run DemoFlow/1's champions are not kept: they predict the age buckets of "
+            "edges [18, 25, 35, 45, 55, 65], this run those of [18, 30, 50]") in \
+        capsys.readouterr().out
     assert runs.previous_champions("DemoFlow", "2") == {"APAC": champions[0]}  # not asked
 
 

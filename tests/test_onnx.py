@@ -210,8 +210,9 @@ def test_export_folder_layout(exported):
                                                    GLOBAL_REGION])
     manifest = read_onnx_manifest(exported)
     assert manifest["version"] == "DemoFlow/7/end/21"
-    assert manifest["models"] == {GLOBAL_REGION: {"kind": "mlp", "file": f"global/{MODEL_FILE}"},
-                                  "NA": {"kind": "mlp", "file": f"NA/{MODEL_FILE}"}}
+    assert manifest["models"] == {  # each region names its encoders (format 4)
+        GLOBAL_REGION: {"kind": "mlp", "file": f"global/{MODEL_FILE}", "encoders": ENCODERS_FILE},
+        "NA": {"kind": "mlp", "file": f"NA/{MODEL_FILE}", "encoders": ENCODERS_FILE}}
     assert manifest["inputs"]["ids"]["columns"] == list(CATEGORICAL_FEATURES)
     assert manifest["outputs"]["age"]["labels"] == list(features.age_bucket_labels())
     assert manifest["routing"]["region_of_country"]["US"] == "NA"

@@ -457,7 +457,7 @@ def test_bundle_layout(bundle, encoders):
     assert doc["version"] == "DemoFlow/7/end/21"
     assert doc["spec_version"] == features.spec_version()
     assert doc["routing"]["region_of_country"]["DE"] == "EU"
-    assert doc["format_version"] == 6 and doc["utc_offsets"]  # the compiled IANA table
+    assert doc["format_version"] == 7 and doc["utc_offsets"]  # the compiled IANA table
     assert doc["models"]["NA"] == {"kind": "mlp", "runtime": NUMPY_LAYERS,
                                    "file": "weights-NA.npz", "source": None, "origin": None}
     assert doc["class_labels"]["age"] == list(features.age_bucket_labels(encoders.age_edges))

@@ -32,8 +32,8 @@ clustered by user (impressions of one user are not independent); `margin_vs` nam
 model and the closest baseline, `margin_diff` = model - baseline, `margin_se`, `margin_z` — and
 does not do worse than the previous run's champion on the same test rows (a small tolerance
 applies). A region without a
-blessed champion exports nothing new: the bundle keeps the previous champion (when it read the
-same vocabularies and statistics as this run), or routes the region to the global model; a
+blessed champion exports nothing new: the bundle keeps the previous champion (with the
+vocabularies and statistics it trained with), or routes the region to the global model; a
 global slot with neither falls back to the best baseline.
 
 Scores below are on the **natural test day** (the most recent day, not resampled) against the

@@ -5,7 +5,9 @@ Layout::
     bundle.json            version (the run's pathspec), feature spec + its version, routing
                            table country -> region, UTC offsets, age edges, class labels,
                            and per region the model kind, its runtime and its file or folder
-    encoders.json          ``Encoders.to_json()``
+    encoders.json          ``Encoders.to_json()``: the run's, which every slot reads unless
+    encoders-<region>.json a slot's own (a previous run's champion kept for a region: the
+                           vocabularies and statistics it trained with; entry "encoders")
     weights-<region>.npz   a ``numpy_layers`` region (the MLP): the exported arrays
                            (temperature and prior ratio in), scored with NumPy alone
     model-<region>/        a ``saved_model`` region: the saved model folder, loaded with
@@ -29,7 +31,7 @@ from pythia.models.export import NUMPY_LAYERS, RUNTIME
 from pythia.scoring.runtimes import runtime_of
 
 from pythia.scoring.bundle_doc import (BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION,
-                                       ENCODERS_FILE)
+                                       ENCODERS_FILE, SLOT_ENCODERS, slot_encoders_file)
 
 _REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 CHAMPION_KEYS = ("region", "model", "model_dir")
@@ -64,7 +66,8 @@ def export_bundle(champions: Sequence[Mapping[str, Any]], encoders: Encoders, ge
             model name, 'model_dir': saved model folder}`` (an optional 'source', e.g.
             'previous run', is recorded as the entry's 'origin'); a 'global' champion is
             required (it scores every country whose region has no champion of its own).
-        encoders: the run's encoders.
+        encoders: the run's encoders; a model saved with others (its folder's
+            ``encoders.json``: a previous run's champion) gets its own in its slot.
         geo: the run's geography (routing table and UTC offsets).
         version: the model version reported with every score (the run's pathspec).
         out_uri: bundle folder to write (local or s3://).
@@ -92,7 +95,17 @@ def export_bundle(champions: Sequence[Mapping[str, Any]], encoders: Encoders, ge
         payloads[region] = {"kind": kind, **(saved_export(model_dir)
                                              or get_model(kind).export(model_dir)),
                             "source": model_dir, "origin": champion.get("source")}
+        own = model_encoders(model_dir)
+        if own.to_json() != encoders.to_json():
+            payloads[region][SLOT_ENCODERS] = own
     return write_bundle(payloads, encoders, geo, version, out_uri)
+
+
+def model_encoders(model_dir: str) -> Encoders:
+    """The encoders a saved model was trained with (its folder's ``encoders.json``)."""
+    from pythia import storage
+    from pythia.models.base import ENCODERS_FILE as MODEL_ENCODERS
+    return Encoders.from_json(storage.read_json(f"{model_dir.rstrip('/')}/{MODEL_ENCODERS}"))
 
 
 def saved_export(model_dir: str) -> dict[str, Any] | None:
@@ -121,7 +134,9 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
     Args:
         models: region -> ``{'kind': model name, **Model.export(model_dir)}``, i.e. a
             'runtime' (``pythia.models.export.RUNTIMES``) and that runtime's payload; optional
-            'source' (model folder) and 'origin' (why it was chosen) are recorded.
+            'source' (model folder) and 'origin' (why it was chosen) are recorded, and an
+            optional 'encoders' (the model's own ``Encoders``) is written beside the run's
+            for that slot alone (same age edges: a bundle has one set of classes).
         encoders, geo, version, out_uri: as in ``export_bundle``.
 
     Returns:
@@ -141,7 +156,12 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
         if payload.get("kind") not in MODEL_NAMES:
             raise ValueError(f"model kind {payload.get('kind')!r} of region {region!r} not in "
                              f"{MODEL_NAMES}")
-        runtime_of(payload).check(payload, encoders)
+        own = payload.get(SLOT_ENCODERS)
+        if own is not None and tuple(own.age_edges) != tuple(encoders.age_edges):
+            raise ValueError(f"region {region!r}'s model has age edges {list(own.age_edges)}, "
+                             f"the bundle's classes are of {list(encoders.age_edges)}: a bundle "
+                             "has one set of classes; export that model in a bundle of its own")
+        runtime_of(payload).check(payload, own or encoders)
     entries: dict[str, dict[str, Any]] = {}
     with storage.staged_dir(out_uri) as folder:
         for region, payload in sorted(models.items()):
@@ -149,6 +169,11 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
             entries[region] = {"kind": payload["kind"], RUNTIME: runtime.kind,
                                "source": payload.get("source"), "origin": payload.get("origin"),
                                **runtime.write(payload, folder, region)}
+            if payload.get(SLOT_ENCODERS) is not None:
+                entries[region][SLOT_ENCODERS] = slot_encoders_file(region)
+                with open(os.path.join(folder, slot_encoders_file(region)), "w",
+                          encoding="utf8") as f:
+                    json.dump(payload[SLOT_ENCODERS].to_json(), f)
         doc = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,

@@ -12,6 +12,8 @@ Layout written by ``export_onnx(source, out_dir)``::
     onnx.json              manifest: versions, inputs/outputs, class labels, routing, and per
                            region the model file (or why that region has none)
     encoders.json          vocabularies (value -> id), reserved ids, normalisation, derivations
+    <region>/encoders.json a region's own, when its model read other vocabularies (a previous
+                           run's champion kept in the bundle); each entry names its encoders
     <region>/model.onnx    inputs ids int64 [N, 17], numeric float32 [N, 2];
                            outputs gender [N, 2], age [N, n_age], age_gender [N, 2*n_age]
 
@@ -41,8 +43,9 @@ ENCODERS_FILE = "encoders.json"
 MODEL_FILE = "model.onnx"
 MANIFEST_FORMAT = "pythia-onnx"
 ENCODERS_FORMAT = "pythia-onnx-encoders"
-# 2: numeric entries carry "transform" (user_impressions_today: log1p); 3: regional categories
-FORMAT_VERSION = 3
+# 2: numeric entries carry "transform" (user_impressions_today: log1p); 3: regional categories;
+# 4: each model entry names its encoders file (a region may have its own)
+FORMAT_VERSION = 4
 # Below this many rows a call goes to the NumPy runtime when one is at hand: ONNX Runtime's
 # fixed cost per call from Python is larger than a small batch's compute (measured: the
 # two cross between 4 and 16 rows of the default-shape MLP).
@@ -125,7 +128,8 @@ def export_onnx(source: str | Mapping[str, Any], out_dir: str) -> dict[str, Any]
         source: a local bundle folder, or ``{'models': {region: {'kind': model name,
             'runtime': 'numpy_layers', 'export': export_numpy() dict} | {'runtime':
             'saved_model', ...}}, 'encoders': Encoders, 'geo': Geography, 'version': str}``
-            (what ``write_bundle`` receives); only ``numpy_layers`` regions become ONNX.
+            (what ``write_bundle`` receives: a region's payload may hold its own 'encoders');
+            only ``numpy_layers`` regions become ONNX.
         out_dir: local folder to write (created; existing files of the same name replaced).
 
     Returns:
@@ -142,13 +146,18 @@ def export_onnx(source: str | Mapping[str, Any], out_dir: str) -> dict[str, Any]
                 f"model {kind!r} runs in Python (runtime {payload.get(RUNTIME)!r}), not as "
                 "layers ONNX can express; score it in Python or over HTTP (docs/bidder.md)")}
             continue
-        model = build_onnx_model(payload["export"], encoders,
+        own = payload.get("encoders")
+        model = build_onnx_model(payload["export"], own or encoders,
                                  doc_string=f"pythia MLP, region {region}, version {version}",
                                  metadata={"region": region, "model_version": version})
         rel = f"{region}/{MODEL_FILE}"
         os.makedirs(os.path.join(out_dir, region), exist_ok=True)
         _write_bytes(os.path.join(out_dir, rel), model.SerializeToString())
-        entries[region] = {"kind": kind, "file": rel}
+        entries[region] = {"kind": kind, "file": rel, "encoders": ENCODERS_FILE}
+        if own is not None:
+            entries[region]["encoders"] = f"{region}/{ENCODERS_FILE}"
+            _write_json(os.path.join(out_dir, region, ENCODERS_FILE),
+                        encoders_document(own, geo))
     manifest = {
         "format": MANIFEST_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -175,13 +184,12 @@ def _read_source(source: str | Mapping[str, Any]
                  ) -> tuple[Mapping[str, Any], Encoders, Geography, str]:
     if not isinstance(source, (str, os.PathLike)):
         return source["models"], source["encoders"], source["geo"], str(source["version"])
-    from pythia.scoring.bundle_doc import ENCODERS_FILE as BUNDLE_ENCODERS, read_bundle_doc
+    from pythia.scoring.bundle_doc import read_bundle_doc, read_encoders
     from pythia.scoring.runtime import load_export_npz
 
     folder = os.fspath(source)
     doc = read_bundle_doc(folder)
-    with open(os.path.join(folder, BUNDLE_ENCODERS), encoding="utf8") as f:
-        encoders = Encoders.from_json(json.load(f))
+    encoders, own = read_encoders(folder, doc)
     geo = Geography(region_of_country=dict(doc["routing"]["region_of_country"]),
                     offsets=doc["utc_offsets"])
     models = {region: ({"kind": entry["kind"], RUNTIME: NUMPY_LAYERS,
@@ -189,6 +197,8 @@ def _read_source(source: str | Mapping[str, Any]
                        if entry.get(RUNTIME, NUMPY_LAYERS if "file" in entry else None)
                        == NUMPY_LAYERS else {"kind": entry["kind"], RUNTIME: entry.get(RUNTIME)})
               for region, entry in doc["models"].items()}
+    for region, slot in own.items():
+        models[region]["encoders"] = slot
     return models, encoders, geo, str(doc["version"])
 
 

@@ -8,6 +8,7 @@ cleaned at the boundary (``pythia.scoring.boundary``): no request makes it raise
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -16,7 +17,7 @@ from pythia import features
 from pythia.config import Geography
 from pythia.features import TARGETS, Encoders
 from pythia.scoring.boundary import RequestEncoder
-from pythia.scoring.bundle_doc import ENCODERS_FILE, read_bundle_doc
+from pythia.scoring.bundle_doc import read_bundle_doc, read_encoders
 from pythia.scoring.runtimes import runtime_of
 
 # float32 by measurement (benchmarks/scoring_bench.py): one request ~10% faster (p50 24 vs
@@ -35,7 +36,8 @@ class Scorer:
     """
 
     def __init__(self, doc: Mapping[str, Any], encoders: Encoders, geo: Geography,
-                 models: Mapping[str, Any]) -> None:
+                 models: Mapping[str, Any],
+                 slot_encoders: Mapping[str, Encoders] | None = None) -> None:
         self.doc = dict(doc)
         self.version = str(doc["version"])
         self.encoders = encoders
@@ -43,6 +45,10 @@ class Scorer:
         self.models = dict(models)
         self.labels = {t: tuple(features.class_labels(t, encoders.age_edges)) for t in TARGETS}
         self.encoder = RequestEncoder(encoders, geo, list(self.models))
+        # a slot with encoders of its own (a kept previous champion) reads its rows through
+        # them; the bundle's encoder routes every row
+        self.slot_encoders = {region: RequestEncoder(own, geo, list(self.models))
+                              for region, own in (slot_encoders or {}).items()}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -63,16 +69,14 @@ class Scorer:
 
     @classmethod
     def _load_local(cls, folder: str, dtype: str) -> "Scorer":
-        import json
-
         doc = read_bundle_doc(folder)
-        with open(os.path.join(folder, ENCODERS_FILE), encoding="utf8") as f:
-            encoders = Encoders.from_json(json.load(f))
+        encoders, own = read_encoders(folder, doc)
         geo = Geography(region_of_country=dict(doc["routing"]["region_of_country"]),
                         offsets=doc["utc_offsets"])
-        models = {region: runtime_of(entry).load(folder, entry, encoders, dtype)
+        models = {region: runtime_of(entry).load(folder, entry, own.get(region, encoders),
+                                                 dtype)
                   for region, entry in doc["models"].items()}
-        return cls(doc, encoders, geo, models)
+        return cls(doc, encoders, geo, models, own)
 
     @classmethod
     def from_run(cls, run_id: str | None = None, flow_name: str = "DemoFlow",
@@ -97,6 +101,8 @@ class Scorer:
             'region': the region whose model scored it, 'model_version': bundle version}``.
         """
         ids, numeric, region = self.encoder.encode_one(request, now)
+        if region in self.slot_encoders:
+            ids, numeric, _ = self.slot_encoders[region].encode_one(request, now)
         probs = self.models[region].predict_one(ids, numeric)
         labels = self.labels
         return {"gender": dict(zip(labels["gender"], probs["gender"])),
@@ -141,7 +147,8 @@ class Scorer:
         if slot not in self.models:
             raise KeyError(f"bundle {self.version} has no {slot!r} slot (it has "
                            f"{', '.join(sorted(self.models))})")
-        ids, numeric, _, _ = self.encoder.encode_routed(requests, now)
+        encoder = self.slot_encoders.get(slot, self.encoder)
+        ids, numeric, _, _ = encoder.encode_routed(requests, now)
         return self.models[slot].predict(ids, numeric)
 
     def _score(self, requests: Any, now: float | None
@@ -151,7 +158,7 @@ class Scorer:
 
     def _score_routed(self, requests: Any, now: float | None
                       ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-        ids, numeric, route_at, routes = self.encoder.encode_routed(requests, now)
+        ids, numeric, route_at, routes = self._encoded(requests, now)
         n = len(ids)
         if len(routes) == 1 and n:
             return self.models[routes[0]].predict(ids, numeric), route_at, routes
@@ -162,3 +169,22 @@ class Scorer:
             for t in TARGETS:
                 out[t][rows] = probs[t]
         return out, route_at, routes
+
+    def _encoded(self, requests: Any, now: float | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """``RequestEncoder.encode_routed`` by the bundle's encoders, with the rows routed to
+        a slot of its own encoders encoded by those (the whole batch again, once per such
+        slot present: only a bundle keeping a previous champion pays it)."""
+        if not self.slot_encoders:
+            return self.encoder.encode_routed(requests, now)
+        if not hasattr(requests, "__len__"):  # an iterator is read once per encoder
+            requests = list(requests)
+        now = time.time() if now is None else now  # one clock for every encoder
+        ids, numeric, route_at, routes = self.encoder.encode_routed(requests, now)
+        for k, region in enumerate(routes):
+            rows = route_at == k
+            if region in self.slot_encoders and rows.any():
+                own_ids, own_numeric, _, _ = self.slot_encoders[region].encode_routed(
+                    requests, now)
+                ids[rows], numeric[rows] = own_ids[rows], own_numeric[rows]
+        return ids, numeric, route_at, routes
