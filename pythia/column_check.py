@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from pythia import contract_read
-from pythia.contract import IMPRESSIONS, LABELS
+from pythia.contract import IMPRESSIONS, LABEL_VALUES, LABELS
 from pythia.input_health import InputHealthError
 from pythia.label_health import FLOAT_IDS
 from pythia.parquet_footers import read_footer
@@ -48,7 +48,7 @@ def check_required_columns(samples: Mapping[str, list[str]]) -> list[str]:
     ETL), naming the columns the contract does not know (a rename?); absent from some:
     warnings, returned, as are ids stored as floats. Names match case-blind
     (``contract_read.match_columns``, which raises on a clash). Labels also need one of
-    gender, age, age_bucket."""
+    ``contract.LABEL_VALUES`` (gender, age, yob, age_bucket)."""
     warnings, tables = [], {IMPRESSIONS.name: IMPRESSIONS, LABELS.name: LABELS}
     for name, files in samples.items():
         table = tables[name]
@@ -65,8 +65,8 @@ def check_required_columns(samples: Mapping[str, list[str]]) -> list[str]:
             extras = sorted(set(columns) - set(named)
                             - {p.name for p in table.partition_columns})
             gone = [c for c in required if c not in have]
-            if table is LABELS and not have & {"gender", "age", "age_bucket"}:
-                gone.append("gender/age/age_bucket")
+            if table is LABELS and not have & set(LABEL_VALUES):
+                gone.append("/".join(LABEL_VALUES))
             for c in gone:
                 lacking.setdefault(c, []).append((f, extras))
         for column, where in lacking.items():

@@ -41,6 +41,8 @@ COUNTRY_PATTERN = r"^[A-Z]{2}$"
 # ``gender`` values providers send for a user of no known class: valid label values (not
 # quarantined) that make no class, so the label is incomplete (rejected and counted).
 GENDER_NO_CLASS = {"U": "unknown", "O": "other, OpenRTB user.gender's third value"}
+AGE, YOB = "age", "yob"  # the labels' age in years, and year of birth (OpenRTB user.yob)
+LABEL_VALUES = (GENDER, AGE, YOB, AGE_BUCKET)  # a label row needs one of them
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,9 @@ LABELS = TableSpec(
         ColumnSpec(GENDER, _S, allowed=GENDER_CLASSES + tuple(GENDER_NO_CLASS),
                    description="; ".join(f"`{v}`: {what}" for v, what in GENDER_NO_CLASS.items())
                    + ": no gender (the label is incomplete, rejected and counted)"),
-        ColumnSpec("age", "int32", description="years; used when present"),
+        ColumnSpec(AGE, "int32", description="years; used when present"),
+        ColumnSpec(YOB, "int32", description="year of birth (OpenRTB `user.yob`); used when age "
+                                             "is null"),
         ColumnSpec(AGE_BUCKET, _S, allowed=age_bucket_labels(DEFAULT_AGE_EDGES),
                    description="used when age is null; allowed values follow the configured "
                                "age edges"),
@@ -123,7 +127,8 @@ LABELS = TableSpec(
         ColumnSpec("observed_date", "date", True),
     ),
     partition_columns=(ColumnSpec(PROVIDER, _S, True, description="from the folder name"),),
-    notes="At least one of gender / age / age_bucket must be present (else null_required).",
+    notes="At least one of " + " / ".join(LABEL_VALUES) + " must be present (else "
+          "null_required).",
 )
 
 PROVIDER_METRICS = TableSpec(
@@ -170,7 +175,9 @@ def arrow_schema(table: TableSpec) -> pa.Schema:
 
 
 IMPRESSION_SCHEMA = arrow_schema(IMPRESSIONS)
-LABEL_SCHEMA = arrow_schema(LABELS)
+# the labels as the synthetic world and the test sources write them: ages and buckets, no
+# year of birth (a column some providers send; tests write it themselves)
+LABEL_SCHEMA = pa.schema([f for f in arrow_schema(LABELS) if f.name != YOB])
 PROVIDER_METRICS_SCHEMA = arrow_schema(PROVIDER_METRICS)
 SPLIT_SCHEMA = arrow_schema(SPLIT)
 
@@ -304,9 +311,10 @@ def flag_labels(sdf: Any, age_edges: Sequence[int] = DEFAULT_AGE_EDGES) -> Any:
     rules = [(F.col(AGE_BUCKET).isNotNull() & ~F.col(AGE_BUCKET).isin(
         list(age_bucket_labels(age_edges))), r, c) if (r, c) == (OUT_OF_DOMAIN, AGE_BUCKET)
              else (cond, r, c) for cond, r, c in rules]
-    none_given = (F.col(RAW_PREFIX + GENDER).isNull() & F.col(RAW_PREFIX + "age").isNull()
-                  & F.col(RAW_PREFIX + AGE_BUCKET).isNull())
-    rules.insert(0, (none_given, NULL_REQUIRED, f"{GENDER}|age|{AGE_BUCKET}"))
+    none_given = F.lit(True)
+    for c in LABEL_VALUES:
+        none_given = none_given & F.col(RAW_PREFIX + c).isNull()
+    rules.insert(0, (none_given, NULL_REQUIRED, "|".join(LABEL_VALUES)))
     return _apply_rules(sdf, rules)
 
 

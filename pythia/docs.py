@@ -276,7 +276,13 @@ def render_provider_rules() -> str:
         f"{label_rules.STALE_BUCKET_SHARE:.0%} of the kept labels as buckets observed a year or "
         "more from the test day is a warning. The labels manifest's `label_age` counts both "
         "(`aged`, `max_years`, `stale_buckets`), and the step's log says them.",
-        f"- `age` wins over `age_bucket`. Rejected (counted, written to `rejected/`): "
+        f"- A `{contract.YOB}` (year of birth, OpenRTB's `user.yob`) gives the age on the test "
+        "day of a mid-year birthday, the likelier of the two ages that year (one less before 2 "
+        "July): born 1990, 36 on 2026-11-20; `impossible_age` judges its age on the observed "
+        "date. Years of birth written to `age` (1985) are impossible ages, and the rejected "
+        f"rows' line says `years of birth? write them to {contract.YOB}`.",
+        f"- `age` wins over `{contract.YOB}`, which wins over `age_bucket`. Rejected (counted, "
+        "written to `rejected/`): "
         f"`{providers.IMPOSSIBLE_AGE}` (outside [{MIN_VALID_AGE}, {MAX_VALID_AGE}]), "
         f"`{providers.AGE_BELOW_FIRST_EDGE}` (e.g. 15 with a first edge of 18), `{providers.INCOMPLETE_LABEL}` "
         "(no gender: null, or " + " or ".join(f"`{v}` ({what.split(',')[0]})" for v, what

@@ -14,6 +14,7 @@ says the quarantine's share and content).
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,10 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pythia import storage
-from pythia.contract import GENDER_NO_CLASS, TableSpec
+from pythia.contract import AGE, GENDER_NO_CLASS, LABEL_VALUES, YOB, TableSpec
+from pythia.features import AGE_BUCKET
 from pythia.input_health import (BATCH_ROWS, LOW_LABELLED, InputHealthError, describe,
                                  quoted)
-from pythia.label_rules import INCOMPLETE_LABEL, NOT_CHOSEN
+from pythia.label_rules import IMPOSSIBLE_AGE, INCOMPLETE_LABEL, NOT_CHOSEN
 from pythia.parquet_footers import iter_file_batches
 from pythia.source_layout import list_data_files
 
@@ -84,6 +86,9 @@ def no_labels_error(counts: Mapping[str, Any], summary: Mapping, table: TableSpe
                             f"{detail}. Fix the labels (docs/data-contract.md) and rerun")
 
 
+YEARS_OF_BIRTH = (1900, 2100)  # an impossible age in this range is a year of birth, said so
+
+
 def rejected_text(uri: str | None) -> str:
     """The rejected label rows (prepare_labels' ``rejected/``) per reason: what an incomplete
     label lacks, and the providers whose rows they are, e.g. ``incomplete_label 376 (no gender
@@ -92,24 +97,15 @@ def rejected_text(uri: str | None) -> str:
     for file in list_data_files(uri) if uri and storage.exists(uri) else []:
         fs, path = storage.filesystem(file)
         with fs.open_input_file(path) as f:
-            for b in iter_file_batches(pq.ParquetFile(f), BATCH_ROWS,
-                                       ["reject", "provider", "gender", "age", "age_bucket"]):
+            parquet = pq.ParquetFile(f)
+            columns = [c for c in ("reject", "provider", *LABEL_VALUES)
+                       if c in parquet.schema_arrow.names]
+            for b in iter_file_batches(parquet, BATCH_ROWS, columns):
                 t = pa.Table.from_batches([b])
                 for reason in pc.unique(t["reject"]).to_pylist():
-                    rows = t.filter(pc.equal(t["reject"], reason))
-                    e = found.setdefault(reason, {"rows": 0, "no_gender": 0, "no_age": 0,
-                                                  "providers": {}, "no_class": {}})
-                    e["rows"] += rows.num_rows
-                    e["no_gender"] += rows["gender"].null_count
-                    if reason == INCOMPLETE_LABEL:  # U and O: genders of no class
-                        for g, n in zip(*_counted(rows["gender"])):
-                            if g in GENDER_NO_CLASS:
-                                e["no_gender"] += n
-                                e["no_class"][g] = e["no_class"].get(g, 0) + n
-                    e["no_age"] += pc.sum(pc.and_(pc.is_null(rows["age"]), pc.is_null(
-                        rows["age_bucket"]))).as_py() or 0
-                    for p, n in zip(*_counted(rows["provider"])):
-                        e["providers"][p] = e["providers"].get(p, 0) + n
+                    _tally_rejected(t.filter(pc.equal(t["reject"], reason)), found.setdefault(
+                        reason, {"rows": 0, "no_gender": 0, "no_age": 0, "providers": {},
+                                 "no_class": {}, "years": 0}), reason)
     parts = []
     for reason, e in sorted(found.items(), key=lambda kv: -kv[1]["rows"]):
         said = [f"{g} {n:,}" for g, n in sorted(e["no_class"].items(), key=lambda gn: -gn[1])]
@@ -119,6 +115,8 @@ def rejected_text(uri: str | None) -> str:
                  if e["no_gender"] else []) + (
             [f"neither age nor age_bucket {e['no_age']:,}"] if e["no_age"] else []) \
             if reason == INCOMPLETE_LABEL else []
+        lacks += [f"ages {YEARS_OF_BIRTH[0]}-{YEARS_OF_BIRTH[1]} {e['years']:,}: years of "
+                  f"birth? write them to {YOB}"] if e["years"] else []
         whose = sorted(e["providers"].items(), key=lambda pn: (-pn[1], pn[0]))[:3]
         lacks.append("from " + ", ".join(f"{p} {n:,}" for p, n in whose))
         parts.append(f"{reason} {e['rows']:,} ({'; '.join(lacks)})")
@@ -127,6 +125,25 @@ def rejected_text(uri: str | None) -> str:
         text += (": a label needs a gender and an age or an age bucket (age_gender is the "
                  "models' joint target)")
     return text
+
+
+def _tally_rejected(rows: pa.Table, e: dict[str, Any], reason: str) -> None:
+    """Add one batch's rejected rows of ``reason`` to its entry ``e``."""
+    e["rows"] += rows.num_rows
+    e["no_gender"] += rows["gender"].null_count
+    if reason == INCOMPLETE_LABEL:  # U and O: genders of no class
+        for g, n in zip(*_counted(rows["gender"])):
+            if g in GENDER_NO_CLASS:
+                e["no_gender"] += n
+                e["no_class"][g] = e["no_class"].get(g, 0) + n
+    ages = [pc.is_null(rows[c]) for c in (AGE, YOB, AGE_BUCKET) if c in rows.column_names]
+    e["no_age"] += pc.sum(functools.reduce(pc.and_, ages)).as_py() or 0
+    if reason == IMPOSSIBLE_AGE:  # a year of birth in the age column
+        age = pc.cast(rows[AGE], pa.float64())
+        e["years"] += pc.sum(pc.and_(pc.greater_equal(age, YEARS_OF_BIRTH[0]),
+                                     pc.less_equal(age, YEARS_OF_BIRTH[1]))).as_py() or 0
+    for p, n in zip(*_counted(rows["provider"])):
+        e["providers"][p] = e["providers"].get(p, 0) + n
 
 
 def _counted(column: pa.ChunkedArray) -> tuple[list, list]:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pythia import contract
+from pythia.contract import YOB
 from pythia.config import DEFAULT_AGE_EDGES, MAX_VALID_AGE, MIN_VALID_AGE
 from pythia.features import GENDER_CLASSES, age_bucket_labels, age_to_bucket
 
@@ -38,6 +39,7 @@ AGE_SHIFT, BUCKET_YEARS = "age_shift", "bucket_years"  # bucket_labels' columns 
 CONFLICT = "conflict"
 CONFLICT_SHARE = 0.01  # above it (of the users), prepare_labels warns of conflicting labels
 YEAR_DAYS = 365.2425
+MID_YEAR_DAY = 183  # 2 July (1 July in a leap year): a year of birth's birthday, taken mid-year
 
 
 def years_between(observed: pd.Series, as_of: dt.date) -> np.ndarray:
@@ -48,24 +50,41 @@ def years_between(observed: pd.Series, as_of: dt.date) -> np.ndarray:
     return np.nan_to_num(years, nan=0.0).astype(np.int32)
 
 
+def age_of_birth_year(yob: np.ndarray, on: pd.Series) -> np.ndarray:
+    """The age on each date ``on`` of a person born in ``yob`` with a mid-year birthday (the
+    likelier of the two ages that year: one less before 2 July)."""
+    day = on.dt.dayofyear.to_numpy(dtype=float)
+    return on.dt.year.to_numpy(dtype=float) - yob - (day < MID_YEAR_DAY)
+
+
 def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGES,
                   as_of: dt.date | None = None) -> pd.DataFrame:
     """Add ``y_gender``, ``y_age``, ``y_age_gender``, canonical ``age_bucket``, ``reject``,
     and ``age_shift`` / ``bucket_years`` (the years an age was moved; the years a bucket-only
     label lies from ``as_of``).
 
-    ``age`` wins over ``age_bucket`` when both are given; with ``as_of`` (the test day) an age
-    is moved there by the whole years since its ``observed_date`` (rounded) before bucketing.
-    ``impossible_age`` judges the age as given, ``age_below_first_edge`` the moved one.
+    ``age`` wins over ``yob`` (year of birth), which wins over ``age_bucket``; with ``as_of``
+    (the test day) an age is moved there by the whole years since its ``observed_date``
+    (rounded) before bucketing, and a year of birth gives the age on that day (a mid-year
+    birthday; without ``as_of``, on the observed date). ``impossible_age`` judges the age as
+    given (a year of birth's: on the observed date), ``age_below_first_edge`` the moved one.
     ``reject`` is null for usable rows, else one of REJECT_REASONS.
     """
     labels = age_bucket_labels(age_edges)
     n_age = len(labels)
     given = pd.to_numeric(pdf["age"], errors="coerce").to_numpy(dtype=float)
-    has_age = ~np.isnan(given)
     years = (years_between(pdf["observed_date"], as_of) if as_of is not None
              else np.zeros(len(pdf), dtype=np.int32))
-    age = given + np.where(has_age, years, 0)
+    moved = ~np.isnan(given)  # ages moved by ``years``
+    age = given + np.where(moved, years, 0)
+    if YOB in pdf:  # no age: the year of birth's, as observed (judged) and on the test day
+        yob = pd.to_numeric(pdf[YOB], errors="coerce").to_numpy(dtype=float)
+        use = ~moved & ~np.isnan(yob)
+        observed = pd.to_datetime(pdf["observed_date"].astype(object))
+        on = observed if as_of is None else pd.Series(pd.Timestamp(as_of), index=pdf.index)
+        given = np.where(use, age_of_birth_year(yob, observed), given)
+        age = np.where(use, age_of_birth_year(yob, on), age)
+    has_age = ~np.isnan(given)
     impossible = has_age & ((given < MIN_VALID_AGE) | (given > MAX_VALID_AGE))
     from_age = np.where(has_age, age_to_bucket(np.where(has_age, age, age_edges[0]), age_edges),
                         -1)
@@ -87,7 +106,7 @@ def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGE
     # usable rows: the canonical bucket; rejected rows keep the bucket they were given
     out["age_bucket"] = [labels[i] if good else raw
                          for i, good, raw in zip(y_age, ok, pdf["age_bucket"])]
-    out[AGE_SHIFT] = np.where(has_age, years, 0).astype("int32")
+    out[AGE_SHIFT] = np.where(moved, years, 0).astype("int32")
     out[BUCKET_YEARS] = np.where(has_age, 0, years).astype("int32")
     return out
 

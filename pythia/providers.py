@@ -212,7 +212,7 @@ def prepare_labels(spark: Any, source: str, choice: Mapping[str, str],
     # read_table prints extra columns and naive timestamps to the step's log
     raw, extras = contract_read.read_table(spark, files, contract.LABELS)
     flagged = contract.flag_labels(raw, age_edges)
-    base = ["user_id", "gender", "age", "age_bucket", "country", "observed_date", "provider"]
+    base = ["user_id", *contract.LABEL_VALUES, "country", "observed_date", "provider"]
     valid = flagged.filter(F.col("reason").isNull()).select(*base)
     schema = T.StructType(valid.schema.fields + [T.StructField("reject", T.StringType())] + [
         T.StructField(c, T.IntegerType()) for c in ("y_gender", "y_age", "y_age_gender",

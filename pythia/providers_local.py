@@ -20,7 +20,7 @@ import pyarrow as pa
 from pythia import contract, contract_local, label_rules
 from pythia.contract_read import RAW_PREFIX
 from pythia.etl.io import ArrowDatasetWriter, write_arrow_atomic
-from pythia.features import AGE_BUCKET, GENDER, age_bucket_labels
+from pythia.features import AGE_BUCKET, age_bucket_labels
 from pythia.parquet_footers import footer_rows
 from pythia.paths import join
 from pythia.scratch import scratch_dir
@@ -44,7 +44,7 @@ _INT32, _STR, _DATE = pa.int32(), pa.string(), pa.date32()
 # Arrow types of the typed label frames' columns as the Spark path writes them (others: string;
 # quarantined rows keep every contract column as its raw string).
 LABEL_TYPES = {"y_gender": _INT32, "y_age": _INT32, "y_age_gender": _INT32, "age": _INT32,
-               "observed_date": _DATE}
+               contract.YOB: _INT32, "observed_date": _DATE}
 
 
 def use_driver(files: Sequence[str], params: Any, step: str | None = None
@@ -145,9 +145,9 @@ def flag_labels(raw: pd.DataFrame, age_edges: Sequence[int]) -> pd.DataFrame:
     after the 'none of gender/age/age_bucket given' rule."""
     table_rules = contract_local.rules(
         contract.LABELS, allowed={AGE_BUCKET: age_bucket_labels(age_edges)})
-    none_given = (lambda df: (df[RAW_PREFIX + GENDER].isna() & df[RAW_PREFIX + "age"].isna()
-                              & df[RAW_PREFIX + AGE_BUCKET].isna()).to_numpy(dtype=bool))
-    table_rules.insert(0, (none_given, contract.NULL_REQUIRED, f"{GENDER}|age|{AGE_BUCKET}"))
+    none_given = (lambda df: np.logical_and.reduce(
+        [df[RAW_PREFIX + c].isna().to_numpy(dtype=bool) for c in contract.LABEL_VALUES]))
+    table_rules.insert(0, (none_given, contract.NULL_REQUIRED, "|".join(contract.LABEL_VALUES)))
     return contract_local.apply_rules(raw, table_rules)
 
 
@@ -214,7 +214,7 @@ def agreement_table(sums: Sequence[pd.DataFrame]) -> list[dict]:
 # about a bucket's plus a batch's whatever the table's size (session 28, docs/scaling.md).
 LABEL_BATCH_ROWS = 50_000
 LABEL_BUCKET_ROWS = 100_000
-_BASE = ["user_id", "gender", "age", "age_bucket", "country", "observed_date", "provider"]
+_BASE = ["user_id", *contract.LABEL_VALUES, "country", "observed_date", "provider"]
 _ASIDE = ["user_id", "country", "provider", "gender", "age_bucket", "y_gender", "y_age",
           "y_age_gender", "observed_date"]
 

@@ -159,7 +159,7 @@ def test_label_rules_and_wrong_type(spark, source):
     got = {r.user_id: (r.reason, r.reason_column) for r in quarantine.collect()}
     assert got == {"age-text": ("wrong_type", "age"),
                    "bad-date": ("wrong_type", "observed_date"),
-                   "nothing": ("null_required", "gender|age|age_bucket"),
+                   "nothing": ("null_required", "gender|age|yob|age_bucket"),
                    "gender-x": ("out_of_domain", "gender"),
                    "no-country": ("null_required", "country")}
     (ok,) = valid.collect()

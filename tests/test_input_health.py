@@ -540,7 +540,7 @@ def test_start_stops_on_a_required_column_no_sampled_file_has(tmp_path, capsys):
     _rewrite_with_pandas(root, "labels", lambda f: f.rename(
         columns={"Gender": "sex", "AGE": "years", "Age_Bucket": "bucket"}, inplace=True))
     with pytest.raises(input_health.InputHealthError,
-                       match="has the required column gender/age/age_bucket"):
+                       match="has the required column gender/age/yob/age_bucket"):
         column_check.check_required_columns(checked)
 
 

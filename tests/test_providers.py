@@ -239,7 +239,7 @@ def test_driver_and_spark_label_paths_give_the_same_outputs(spark, source, tmp_p
     assert set(zip(q.user_id, q.reason, q.reason_column)) >= {
         (" ", "null_required", "user_id"), ("u4", "wrong_type", "age"),
         ("u5", "out_of_domain", "gender"), ("u14", "out_of_domain", "country"),
-        ("u9", "null_required", "gender|age|age_bucket")}
+        ("u9", "null_required", "gender|age|yob|age_bucket")}
 
 
 @pytest.mark.spark
