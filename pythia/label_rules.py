@@ -72,18 +72,19 @@ def bucket_labels(pdf: pd.DataFrame, age_edges: Sequence[int] = DEFAULT_AGE_EDGE
     """
     labels = age_bucket_labels(age_edges)
     n_age = len(labels)
-    given = pd.to_numeric(pdf["age"], errors="coerce").to_numpy(dtype=float)
+    given = pd.to_numeric(pdf["age"], errors="coerce").to_numpy(dtype=float, copy=True)
     years = (years_between(pdf["observed_date"], as_of) if as_of is not None
              else np.zeros(len(pdf), dtype=np.int32))
     moved = ~np.isnan(given)  # ages moved by ``years``
     age = given + np.where(moved, years, 0)
-    if YOB in pdf:  # no age: the year of birth's, as observed (judged) and on the test day
-        yob = pd.to_numeric(pdf[YOB], errors="coerce").to_numpy(dtype=float)
-        use = ~moved & ~np.isnan(yob)
-        observed = pd.to_datetime(pdf["observed_date"].astype(object))
-        on = observed if as_of is None else pd.Series(pd.Timestamp(as_of), index=pdf.index)
-        given = np.where(use, age_of_birth_year(yob, observed), given)
-        age = np.where(use, age_of_birth_year(yob, on), age)
+    yob = (pd.to_numeric(pdf[YOB], errors="coerce").to_numpy(dtype=float) if YOB in pdf
+           else np.full(len(pdf), np.nan))
+    use = np.flatnonzero(~moved & ~np.isnan(yob))
+    if len(use):  # no age: the year of birth's, as observed (judged) and on the test day
+        observed = pd.to_datetime(pdf["observed_date"].iloc[use].astype(object))
+        on = observed if as_of is None else pd.Series(pd.Timestamp(as_of), index=observed.index)
+        given[use] = age_of_birth_year(yob[use], observed)
+        age[use] = age_of_birth_year(yob[use], on)
     has_age = ~np.isnan(given)
     impossible = has_age & ((given < MIN_VALID_AGE) | (given > MAX_VALID_AGE))
     from_age = np.where(has_age, age_to_bucket(np.where(has_age, age, age_edges[0]), age_edges),

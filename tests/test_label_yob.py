@@ -38,6 +38,7 @@ def test_a_year_of_birth_is_the_age_on_the_test_day():
         _row("f", 1990, bucket="18-24"),       # a year of birth wins over a bucket
         _row("g", None, bucket="45-54"),
         _row("h", 2001, observed=dt.date(2026, 3, 1))])  # 25 on the test day
+    frame["age"] = frame["age"].astype(float)  # as pandas reads an int column with nulls
     out = label_rules.bucket_labels(frame, DEFAULT_AGE_EDGES, AS_OF).set_index("user_id")
     assert out["age_bucket"].to_dict() == {"a": "35-44", "b": "18-24", "c": None, "d": None,
                                            "e": "25-34", "f": "35-44", "g": "45-54",
@@ -45,6 +46,7 @@ def test_a_year_of_birth_is_the_age_on_the_test_day():
     assert out["reject"].dropna().to_dict() == {"c": label_rules.AGE_BELOW_FIRST_EDGE,
                                                 "d": label_rules.IMPOSSIBLE_AGE}
     assert out[label_rules.AGE_SHIFT].to_dict()["a"] == 0  # not an age moved: computed there
+    assert out["age"].isna().tolist() == frame["age"].isna().tolist()  # kept as given
     assert out[label_rules.AGE_SHIFT].to_dict()["e"] == 7
     observed = label_rules.bucket_labels(frame, DEFAULT_AGE_EDGES).set_index("user_id")
     assert observed["age_bucket"]["a"] == "25-34"  # without a test day: 29 when observed
