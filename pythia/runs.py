@@ -186,14 +186,14 @@ def previous_champions(flow_name: str, current_run_id: str | None,
             else:
                 print(f"{run.pathspec}'s {r['region']} champion is not kept: its model folder "
                       f"{r.get('model_dir')} is gone")
-        edges = (_artifact(run, "encoders") or {}).get("age_edges") if kept and encoders \
-            is not None else None
-        if kept and encoders is not None and edges != encoders.get("age_edges"):
-            print(f"previous run {run.pathspec}'s champions are not kept: they predict the age "
-                  f"buckets of edges {edges}, this run those of {encoders.get('age_edges')}, "
-                  "and a bundle has one set of classes; regions without a blessed champion "
-                  "route to the global slot")
-            return {}
+        if kept and encoders is not None:
+            edges = (_artifact(run, "encoders") or {}).get("age_edges")
+            if edges != encoders.get("age_edges"):
+                print(f"previous run {run.pathspec}'s champions are not kept: they predict the "
+                      f"age buckets of edges {edges}, this run those of "
+                      f"{encoders.get('age_edges')}, and a bundle has one set of classes; "
+                      "regions without a blessed champion route to the global slot")
+                return {}
         return kept
     return {}
 

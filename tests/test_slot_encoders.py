@@ -147,3 +147,25 @@ def test_export_champions_reads_each_models_own_encoders(tmp_path):
         for t in TARGETS:
             np.testing.assert_allclose(got[t], want[t], atol=1e-9, rtol=0)
     assert features.class_labels("age", day2.age_edges) == scorer.labels["age"]
+
+
+def test_an_onnx_export_of_format_3_still_loads(kept, tmp_path):
+    """Format 4 only adds each region's encoders file; a v3 export (every region reads
+    encoders.json) loads, an older one is refused with the fix."""
+    pytest.importorskip("onnxruntime")
+    from pythia.scoring.onnx_export import MANIFEST_FILE, export_onnx, load_onnx_scorer
+
+    bundle = kept[0]
+    folder = tmp_path / "onnx"
+    export_onnx(bundle, str(folder))
+    reqs = [request(os=f"os_{i % 3}") for i in range(20)]
+    want = load_onnx_scorer(bundle, str(folder), numpy_for_small=False).score_arrays(reqs, now=TS)
+    doc = json.loads((folder / MANIFEST_FILE).read_text())
+    for entry in doc["models"].values():
+        entry.pop("encoders")
+    (folder / MANIFEST_FILE).write_text(json.dumps({**doc, "format_version": 3}))
+    got = load_onnx_scorer(bundle, str(folder), numpy_for_small=False).score_arrays(reqs, now=TS)
+    np.testing.assert_allclose(got["age_gender"], want["age_gender"], rtol=0, atol=1e-12)
+    (folder / MANIFEST_FILE).write_text(json.dumps({**doc, "format_version": 2}))
+    with pytest.raises(ValueError, match=r"this code reads 'pythia-onnx' v3/v4"):
+        load_onnx_scorer(bundle, str(folder))

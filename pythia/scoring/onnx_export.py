@@ -34,6 +34,7 @@ from pythia.features import (CATEGORICAL_FEATURES, FEATURES, FIRST_VALUE_ID, MIS
                              NUMERIC_FEATURES, OOV_ID, TARGETS, Encoders)
 from pythia.models.export import EXPORT, NUMPY_LAYERS, RUNTIME
 from pythia.scoring.boundary import MAX_VALUE_CHARS
+from pythia.scoring.bundle_doc import SLOT_ENCODERS
 from pythia.scoring.onnx_graph import (IDS_INPUT, IR_VERSION, NUMERIC_INPUT,  # noqa: F401
                                        OPSET, build_onnx_model)  # IR_VERSION: re-exported
 
@@ -46,6 +47,7 @@ ENCODERS_FORMAT = "pythia-onnx-encoders"
 # 2: numeric entries carry "transform" (user_impressions_today: log1p); 3: regional categories;
 # 4: each model entry names its encoders file (a region may have its own)
 FORMAT_VERSION = 4
+ONNX_READS = (3, 4)  # a v3 export is a v4 one whose regions all read encoders.json
 # Below this many rows a call goes to the NumPy runtime when one is at hand: ONNX Runtime's
 # fixed cost per call from Python is larger than a small batch's compute (measured: the
 # two cross between 4 and 16 rows of the default-shape MLP).
@@ -146,7 +148,7 @@ def export_onnx(source: str | Mapping[str, Any], out_dir: str) -> dict[str, Any]
                 f"model {kind!r} runs in Python (runtime {payload.get(RUNTIME)!r}), not as "
                 "layers ONNX can express; score it in Python or over HTTP (docs/bidder.md)")}
             continue
-        own = payload.get("encoders")
+        own = payload.get(SLOT_ENCODERS)
         model = build_onnx_model(payload["export"], own or encoders,
                                  doc_string=f"pythia MLP, region {region}, version {version}",
                                  metadata={"region": region, "model_version": version})
@@ -198,7 +200,7 @@ def _read_source(source: str | Mapping[str, Any]
                        == NUMPY_LAYERS else {"kind": entry["kind"], RUNTIME: entry.get(RUNTIME)})
               for region, entry in doc["models"].items()}
     for region, slot in own.items():
-        models[region]["encoders"] = slot
+        models[region][SLOT_ENCODERS] = slot
     return models, encoders, geo, str(doc["version"])
 
 
@@ -216,7 +218,7 @@ def _write_json(path: str, doc: Mapping[str, Any]) -> None:
 def read_onnx_manifest(onnx_dir: str) -> dict[str, Any]:
     """``onnx.json`` of an ONNX export folder, checked for format and feature spec."""
     from pythia.scoring.bundle_doc import read_versioned_doc
-    return read_versioned_doc(onnx_dir, MANIFEST_FILE, MANIFEST_FORMAT, FORMAT_VERSION,
+    return read_versioned_doc(onnx_dir, MANIFEST_FILE, MANIFEST_FORMAT, ONNX_READS,
                               "an ONNX export", "export it again with this pythia version")
 
 
