@@ -92,6 +92,67 @@ def test_rows_of_the_slot_score_through_its_encoders(kept):
     assert len(scorer.score_arrays(iter(reqs), now=TS)["gender"]) == len(reqs)  # read twice
 
 
+def _mixed_requests() -> list[dict]:
+    """Requests of both slots with the cells a bidder's batch really holds: unknown and
+    missing countries, a number and NaN where strings belong, a numeric-string ts."""
+    out = []
+    for i in range(60):
+        r = request(country=["US", "DE", "CA", "JP", None, "XX"][i % 6], os=f"os_{i % 4}",
+                    site_or_app=f"site_or_app_{i % 3}", user_impressions_today=float(i % 5))
+        if i % 7 == 0:
+            r["device_type"] = float("nan") if i % 2 else 3
+        if i % 11 == 0:
+            r["ts"] = str(TS + i * 3600)
+        out.append(r)
+    return out
+
+
+def test_every_kind_of_batch_scores_each_slot_through_its_own_encoders(kept):
+    """The batch is read once and routed; each encoder encodes a take of its rows. A list of
+    dicts, pandas, Arrow (dictionary columns too) and a dict of lists or arrays all give what
+    ``score`` gives request by request, and a batch of one slot's rows only, or of none,
+    takes no detour."""
+    pd = pytest.importorskip("pandas")
+    pa = pytest.importorskip("pyarrow")
+    scorer = Scorer.load(kept[0])
+    reqs = _mixed_requests()
+    one = {t: np.array([list(scorer.score(r, now=TS)[t].values()) for r in reqs])
+           for t in TARGETS}
+    regions = [scorer.score(r, now=TS)["region"] for r in reqs]
+    assert set(regions) == {"NA", GLOBAL_REGION}
+    frame = pd.DataFrame(reqs)
+    typed = frame.assign(  # Arrow columns hold one type: the same cells as it writes them
+        ts=frame["ts"].astype("int64"),
+        device_type=[None if v != v else str(v) for v in frame["device_type"]])
+    arrow = pa.Table.from_pandas(typed, preserve_index=False)
+    arrow = arrow.set_column(arrow.schema.get_field_index("os"), "os",
+                             arrow.column("os").dictionary_encode())
+    batches = {"list": reqs, "pandas": frame, "arrow": arrow,
+               "dict of lists": {c: frame[c].tolist() for c in frame.columns},
+               "dict of arrays": {c: frame[c].to_numpy() for c in frame.columns}}
+    for kind, batch in batches.items():
+        got = scorer.score_arrays(batch, now=TS)
+        for t in TARGETS:
+            np.testing.assert_allclose(got[t], one[t], atol=1e-5, rtol=0, err_msg=kind)
+        assert [b["region"] for b in scorer.score_batch(batch, now=TS)] == regions, kind
+    na_only = [r for r, region in zip(reqs, regions) if region == "NA"]
+    want = _reference(kept[3], kept[2], na_only)
+    np.testing.assert_allclose(scorer.score_arrays(na_only, now=TS)["age_gender"],
+                               want["age_gender"], atol=1e-5, rtol=0)
+    assert scorer.score_arrays([], now=TS)["gender"].shape == (0, 2)
+
+
+def test_route_one_routes_as_encode_one_does():
+    """``Scorer.score`` of a bundle with a kept slot routes a request before encoding it, by
+    the rules ``encode_one`` routes with, bad input included."""
+    encoder = RequestEncoder(make_encoders(), GEO, ["NA", "EU", GLOBAL_REGION])
+    odd = [{}, None, "US", ["US"], {"country": b"US"}, {"country": b"\xff"}, {"country": 840},
+           {"country": "US" * 200}, {"country": float("nan")}, {"country": "JP"},
+           {"country": "DE"}, {"country": "CA"}, {"country": " US"}, {"country": "us"}]
+    for r in odd:
+        assert encoder.route_one(r) == encoder.encode_one(r, now=TS)[2], r
+
+
 def test_the_onnx_export_names_each_regions_encoders(kept, tmp_path):
     pytest.importorskip("onnxruntime")
     from pythia.scoring.onnx_export import encoders_document, export_onnx, load_onnx_scorer

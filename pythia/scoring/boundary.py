@@ -189,6 +189,12 @@ class RequestEncoder:
                    for j, (name, _, _, requested) in enumerate(self._numeric)]
         return ids, numeric, self._route.get(country, self._default_route)
 
+    def route_one(self, request: Any) -> str:
+        """The model region ``encode_one`` routes ``request`` to, without encoding it."""
+        if type(request) is not dict and not isinstance(request, Mapping):
+            return self._default_route
+        return self._route.get(clean_code(request.get(COUNTRY)), self._default_route)
+
     # ------------------------------------------------------------------ a batch
     def encode_many(self, requests: Any, now: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,7 +221,17 @@ class RequestEncoder:
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """``encode_many`` with the regions factorised: (ids, numerics, (n,) positions into
         the list of region names, that list). A name may have no row."""
-        columns, n = columnar.batch_columns(requests, self._columns)
+        return self.encode_columns(*self.columns_of(requests), now)
+
+    def columns_of(self, requests: Any) -> tuple[dict[str, Any], int]:
+        """(the batch's columns this encoder reads, row count): ``columnar.batch_columns``.
+        Every encoder of a bundle reads the same columns (the features are the code's)."""
+        return columnar.batch_columns(requests, self._columns)
+
+    def encode_columns(self, columns: Mapping[str, Any], n: int, now: float | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """``encode_routed`` of a batch already read by ``columns_of`` (or a ``take`` of its
+        rows)."""
         fallback = int(time.time() if now is None else now)
         ts = columnar.clean_stamps(columns[TS], n, fallback)
         country_at, countries = columnar.factorize_codes(columns[COUNTRY], n)
@@ -243,10 +259,20 @@ class RequestEncoder:
         for j, (name, stats, _, requested) in enumerate(self._numeric):
             numeric[:, j] = stats.normalize(columnar.clean_counts(columns[name], n) if requested
                                             else derived[name].astype(self._stored))
+        return (ids, numeric, *self._routes(country_at, countries, n))
+
+    def route_columns(self, columns: Mapping[str, Any], n: int
+                      ) -> tuple[np.ndarray, list[str]]:
+        """The last two of ``encode_columns``' results, without encoding: (n,) positions into
+        the list of routed model regions, that list."""
+        return self._routes(*columnar.factorize_codes(columns[COUNTRY], n), n)
+
+    def _routes(self, country_at: np.ndarray, countries: list, n: int
+                ) -> tuple[np.ndarray, list[str]]:
         route, default = self._route.get, self._default_route
         route_of = [route(c, default) for c in countries]
         routes = list(dict.fromkeys(route_of))
         if len(routes) == 1:
-            return ids, numeric, np.zeros(n, dtype=np.intp), routes
+            return np.zeros(n, dtype=np.intp), routes
         code = {r: i for i, r in enumerate(routes)}
-        return ids, numeric, np.array([code[r] for r in route_of], np.intp)[country_at], routes
+        return np.array([code[r] for r in route_of], np.intp)[country_at], routes

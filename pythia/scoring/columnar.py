@@ -83,6 +83,24 @@ def _mapping_columns(batch: Mapping, names: list[str]) -> tuple[dict[str, Any], 
     return {c: batch.get(c) for c in names}, n
 
 
+def take(column: Any, rows: np.ndarray) -> Any:
+    """The cells of a ``batch_columns`` column at positions ``rows``, every cell as it was:
+    pandas and Arrow by their own ``take`` (dtypes and dictionaries kept), a NumPy array by
+    indexing, anything else as a list of its cells (a list never goes through NumPy, which
+    would turn a mixed list's numbers into strings)."""
+    if column is None:
+        return None
+    kind = type(column).__module__.split(".")[0]
+    if kind == "pandas":
+        return column.iloc[rows]
+    if kind == "pyarrow":
+        return column.take(rows)
+    if isinstance(column, np.ndarray):
+        return column.reshape(-1)[rows]
+    cells = column if type(column) is list or type(column) is tuple else list(column)
+    return [cells[i] for i in rows.tolist()]
+
+
 # ---------------------------------------------------------------- a column as plain values
 
 def _values(column: Any) -> Any:

@@ -16,6 +16,7 @@ import numpy as np
 from pythia import features
 from pythia.config import Geography
 from pythia.features import TARGETS, Encoders
+from pythia.scoring import columnar
 from pythia.scoring.boundary import RequestEncoder
 from pythia.scoring.bundle_doc import read_bundle_doc, read_encoders
 from pythia.scoring.runtimes import runtime_of
@@ -100,9 +101,11 @@ class Scorer:
             ``{'gender': {'F': p, 'M': p}, 'age': {bucket: p}, 'age_gender': {class: p},
             'region': the region whose model scored it, 'model_version': bundle version}``.
         """
-        ids, numeric, region = self.encoder.encode_one(request, now)
-        if region in self.slot_encoders:
-            ids, numeric, _ = self.slot_encoders[region].encode_one(request, now)
+        if self.slot_encoders:  # route first, then encode once, by the slot's encoders
+            encoder = self.slot_encoders.get(self.encoder.route_one(request), self.encoder)
+            ids, numeric, region = encoder.encode_one(request, now)
+        else:
+            ids, numeric, region = self.encoder.encode_one(request, now)
         probs = self.models[region].predict_one(ids, numeric)
         labels = self.labels
         return {"gender": dict(zip(labels["gender"], probs["gender"])),
@@ -172,19 +175,27 @@ class Scorer:
 
     def _encoded(self, requests: Any, now: float | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """``RequestEncoder.encode_routed`` by the bundle's encoders, with the rows routed to
-        a slot of its own encoders encoded by those (the whole batch again, once per such
-        slot present: only a bundle keeping a previous champion pays it)."""
+        """``RequestEncoder.encode_routed``, each row by its slot's encoders: the bundle's, or
+        the slot's own (a kept previous champion). The batch is read and routed once; each
+        encoder encodes only its rows (all of them in place, else a ``take`` of them)."""
         if not self.slot_encoders:
             return self.encoder.encode_routed(requests, now)
-        if not hasattr(requests, "__len__"):  # an iterator is read once per encoder
-            requests = list(requests)
+        columns, n = self.encoder.columns_of(requests)
+        route_at, routes = self.encoder.route_columns(columns, n)
         now = time.time() if now is None else now  # one clock for every encoder
-        ids, numeric, route_at, routes = self.encoder.encode_routed(requests, now)
+        groups: dict[RequestEncoder, list[int]] = {}
         for k, region in enumerate(routes):
-            rows = route_at == k
-            if region in self.slot_encoders and rows.any():
-                own_ids, own_numeric, _, _ = self.slot_encoders[region].encode_routed(
-                    requests, now)
-                ids[rows], numeric[rows] = own_ids[rows], own_numeric[rows]
+            groups.setdefault(self.slot_encoders.get(region, self.encoder), []).append(k)
+        if len(groups) <= 1:  # one encoder for every row (or no row)
+            encoder = next(iter(groups), self.encoder)
+            return (*encoder.encode_columns(columns, n, now)[:2], route_at, routes)
+        ids = numeric = None
+        for encoder, ks in groups.items():
+            rows = np.flatnonzero(np.isin(route_at, ks))
+            taken = {c: columnar.take(v, rows) for c, v in columns.items()}
+            own_ids, own_numeric, _, _ = encoder.encode_columns(taken, len(rows), now)
+            if ids is None:
+                ids = np.empty((n, own_ids.shape[1]), own_ids.dtype)
+                numeric = np.empty((n, own_numeric.shape[1]), own_numeric.dtype)
+            ids[rows], numeric[rows] = own_ids, own_numeric
         return ids, numeric, route_at, routes
