@@ -83,6 +83,13 @@ def _mapping_columns(batch: Mapping, names: list[str]) -> tuple[dict[str, Any], 
     return {c: batch.get(c) for c in names}, n
 
 
+def all_arrow(columns: Mapping[str, Any]) -> bool:
+    """Whether every column present is an Arrow array (a Table's, a RecordBatch's)."""
+    present = [c for c in columns.values() if c is not None]
+    return bool(present) and all(type(c).__module__.split(".")[0] == "pyarrow"
+                                 for c in present)
+
+
 def take(column: Any, rows: np.ndarray) -> Any:
     """The cells of a ``batch_columns`` column at positions ``rows``, every cell as it was:
     pandas and Arrow by their own ``take`` (dtypes and dictionaries kept), a NumPy array by

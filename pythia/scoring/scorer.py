@@ -176,13 +176,26 @@ class Scorer:
     def _encoded(self, requests: Any, now: float | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """``RequestEncoder.encode_routed``, each row by its slot's encoders: the bundle's, or
-        the slot's own (a kept previous champion). The batch is read and routed once; each
-        encoder encodes only its rows (all of them in place, else a ``take`` of them)."""
+        the slot's own (a kept previous champion). The batch is read once. Other columns than
+        Arrow's are routed first, and each encoder encodes only its rows (all of them in place,
+        else a ``take`` of them); Arrow columns are encoded whole by the bundle's encoders,
+        which route them, and again by each kept slot's with rows in the batch: an Arrow
+        column costs per distinct value (its dictionary), so a take would save nothing and
+        cost the take (benchmarks/kept_slot_bench.py)."""
         if not self.slot_encoders:
             return self.encoder.encode_routed(requests, now)
         columns, n = self.encoder.columns_of(requests)
-        route_at, routes = self.encoder.route_columns(columns, n)
         now = time.time() if now is None else now  # one clock for every encoder
+        if columnar.all_arrow(columns):
+            ids, numeric, route_at, routes = self.encoder.encode_columns(columns, n, now)
+            for k, region in enumerate(routes):
+                rows = route_at == k
+                if region in self.slot_encoders and rows.any():
+                    own_ids, own_numeric, _, _ = self.slot_encoders[region].encode_columns(
+                        columns, n, now)
+                    ids[rows], numeric[rows] = own_ids[rows], own_numeric[rows]
+            return ids, numeric, route_at, routes
+        route_at, routes = self.encoder.route_columns(columns, n)
         groups: dict[RequestEncoder, list[int]] = {}
         for k, region in enumerate(routes):
             groups.setdefault(self.slot_encoders.get(region, self.encoder), []).append(k)
