@@ -270,15 +270,19 @@ class DemoFlow(FlowSpec):
     @step
     def end(self):
         """Export the champions' bid-time bundle and say where to look."""
-        chosen = evaluate.choose_bundle_models(
+        user_split = runs.user_split_of(self.split_manifest)
+        # the slots and where each model was blessed: the next run keeps from these
+        self.bundle_models = evaluate.choose_bundle_models(
             self.champions, self.candidates,
-            runs.previous_champions(current.flow_name, current.run_id,
-                                    runs.user_split_of(self.split_manifest), self.encoders),
-            current.pathspec,
-            baseline_models=evaluate.baseline_models_of(self.candidates))
+            runs.previous_champions(current.flow_name, current.run_id, user_split,
+                                    self.encoders),
+            current.pathspec, baseline_models=evaluate.baseline_models_of(self.candidates),
+            provenance={"user_split": list(user_split),
+                        "age_edges": self.encoders.get("age_edges")})
         with self.full_disk("end"):
-            self.bundle_path = scoring.export_champions(chosen, self.encoders, self.params.geo,
-                                                        current.pathspec, self.paths.bundle)
+            self.bundle_path = scoring.export_champions(self.bundle_models, self.encoders,
+                                                        self.params.geo, current.pathspec,
+                                                        self.paths.bundle)
         print(runs.summary_text(self, current.flow_name, current.run_id, _flow_file()))
 
 

@@ -75,6 +75,9 @@ def bundle_slots(bundle_path: str | None, pathspec_prefix: str) -> dict[str, str
         origin = entry.get("origin") or ""
         where = ("this run" if origin.startswith(pathspec_prefix) else
                  _SLOT.get(origin, f"champion of {origin}" if origin else "champion"))
+        blessed_in = str(entry.get("blessed_in") or "")
+        if origin == "previous run" and blessed_in:
+            where += f" (blessed in {blessed_in.split('/end/')[0]})"
         out[region] = f"{entry.get('kind')}, {where}"
     return out
 

@@ -132,14 +132,24 @@ def _trained_on_new_users(run: Any, user_split: tuple[float, int] | None) -> boo
     """Whether ``run``'s models trained on users this run holds out (``user_split``): then
     comparing on those users favours it (one line says so). A run that held out at least the
     same share with the same seed held out every one of them (the draw is a hash)."""
+    return _held_out_fewer(run.pathspec, user_split_of(_artifact(run, "split_manifest")),
+                           user_split, set())
+
+
+def _held_out_fewer(pathspec: str, theirs: tuple[float, int],
+                    user_split: tuple[float, int] | None, said: set) -> bool:
+    """``_trained_on_new_users`` of the run ``pathspec`` that held out ``theirs``; its line
+    once per run (``said``)."""
     if user_split is None or user_split[0] <= 0:
         return False
-    share, seed = user_split_of(_artifact(run, "split_manifest"))
+    share, seed = float(theirs[0]), int(theirs[1])
     if seed == user_split[1] and share >= user_split[0]:
         return False
-    print(f"previous run {run.pathspec} skipped: it held out {share:g} of the users (seed "
-          f"{seed}), this run {user_split[0]:g} (seed {user_split[1]}): its models trained on "
-          "users this run keeps for its new-users test")
+    if ("split", pathspec) not in said:
+        said.add(("split", pathspec))
+        print(f"previous run {pathspec} skipped: it held out {share:g} of the users (seed "
+              f"{seed}), this run {user_split[0]:g} (seed {user_split[1]}): its models trained "
+              "on users this run keeps for its new-users test")
     return True
 
 
@@ -161,41 +171,64 @@ def previous_bundle(flow_name: str, current_run_id: str | None,
 def previous_champions(flow_name: str, current_run_id: str | None,
                        user_split: tuple[float, int] | None = None,
                        encoders: Mapping[str, Any] | None = None) -> dict[str, dict]:
-    """The blessed champions of the newest earlier successful run, by region ({} if none, or
-    if that run's models were built for another feature spec or trained on this run's
-    held-out users: ``previous_bundle``). A champion whose model folder is gone (``pythia
-    clean``, a lifecycle rule) is left out: its region routes as if it had none.
+    """The models the newest earlier successful run's bundle served, by region, that this run
+    can keep ({} if none, or if that run's models were built for another feature spec): its
+    blessed champions, and what it kept itself (its ``bundle_models`` artifact, since session
+    65), so a region that blesses nothing day after day keeps the model last blessed there,
+    however many runs ago, not only for one day. Each row names the run that blessed it
+    (``blessed_in``), the users that run held out (``user_split``) and its age edges.
 
-    A kept champion scores through its own run's vocabularies and statistics: the bundle
-    writes them for its slot (``scoring.bundle.model_encoders``). With this run's ``encoders``
-    (the artifact), that run's age edges must be this run's: a bundle has one set of classes;
-    else {} (one line says so)."""
-    from pythia.models.base import META_FILE  # here: models.base loads SciPy
+    Left out, one line each: a model whose run trained on users this run holds out (its
+    new-users test would favour it: ``user_split``), whose folder is gone (``pythia clean``, a
+    lifecycle rule: its region routes as if it had none), or, with this run's ``encoders``
+    (the artifact), whose age edges differ (a bundle has one set of classes). A kept model
+    scores through its own run's vocabularies and statistics: the bundle writes them for its
+    slot (``scoring.bundle.model_encoders``)."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
         champs = _artifact(run, "champions")
         if champs is None:
             continue
-        if _other_spec(run) is not None or _trained_on_new_users(run, user_split):
+        if _other_spec(run) is not None:
             return {}
-        kept = {}
-        for r in pd.DataFrame(champs).to_dict("records"):
-            if not (r.get("blessed") and r.get("model")):
-                continue
-            if storage.exists(join(str(r.get("model_dir")), META_FILE)):
-                kept[r["region"]] = r
-            else:
-                print(f"{run.pathspec}'s {r['region']} champion is not kept: its model folder "
-                      f"{r.get('model_dir')} is gone")
-        if kept and encoders is not None:
+        served = _artifact(run, "bundle_models")
+        if served is None:  # a run from before session 65: its blessed champions
+            split = list(user_split_of(_artifact(run, "split_manifest")))
             edges = (_artifact(run, "encoders") or {}).get("age_edges")
-            if edges != encoders.get("age_edges"):
-                print(f"previous run {run.pathspec}'s champions are not kept: they predict the "
-                      f"age buckets of edges {edges}, this run those of "
-                      f"{encoders.get('age_edges')}, and a bundle has one set of classes; "
-                      "regions without a blessed champion route to the global slot")
-                return {}
-        return kept
+            served = [{**r, "blessed_in": run.pathspec, "user_split": split, "age_edges": edges}
+                      for r in pd.DataFrame(champs).to_dict("records")
+                      if r.get("blessed") and r.get("model")]
+        return _keepable(run, [r for r in served if r.get("blessed_in")], user_split,
+                         None if encoders is None else encoders.get("age_edges"))
     return {}
+
+
+def _keepable(run: Any, rows: list[dict], user_split: tuple[float, int] | None,
+              age_edges: Any) -> dict[str, dict]:
+    """``previous_champions``' rows that this run can keep, by region; a line for each other."""
+    from pythia.models.base import META_FILE  # here: models.base loads SciPy
+    kept, said = {}, set()
+    for r in rows:
+        blessed_in = r["blessed_in"]
+        if _held_out_fewer(blessed_in, tuple(r.get("user_split") or (0.0, 0)), user_split,
+                           said):
+            continue
+        if age_edges is not None and r.get("age_edges") != age_edges:
+            if ("edges", blessed_in) not in said:
+                said.add(("edges", blessed_in))
+                print(f"previous run {blessed_in}'s champions are not kept: they predict the "
+                      f"age buckets of edges {r.get('age_edges')}, this run those of "
+                      f"{age_edges}, and a bundle has one set of classes; regions without a "
+                      "blessed champion route to the global slot")
+            continue
+        if not storage.exists(join(str(r.get("model_dir")), META_FILE)):
+            print(f"{blessed_in}'s {r['region']} champion is not kept: its model folder "
+                  f"{r.get('model_dir')} is gone")
+            continue
+        if blessed_in != run.pathspec and not str(blessed_in).startswith(run.pathspec + "/"):
+            print(f"{r['region']}: keeps {r['model']} of {blessed_in}, which {run.pathspec} "
+                  "kept too (no champion blessed there since)")
+        kept[r["region"]] = r
+    return kept
 
 
 def bundle_path_of_run(run_id: str | None, flow_name: str = "DemoFlow") -> str:

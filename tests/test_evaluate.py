@@ -254,6 +254,9 @@ def _trained(model, region, ll):
             "val_logloss": {"age_gender": ll}}
 
 
+NO_PROVENANCE = {"user_split": None, "age_edges": None}
+
+
 def test_choose_bundle_models_blessed_previous_and_fallback():
     champions = pd.DataFrame([_champ("global", "mlp", blessed=False),
                               _champ("EU", "mlp", blessed=True),
@@ -261,16 +264,22 @@ def test_choose_bundle_models_blessed_previous_and_fallback():
                               _champ("APAC", None)])
     candidates = [_trained("mlp", "global", 1.0), _trained("gbdt", "global", 1.3),
                   _trained("tabnet", "global", 1.1), _trained("mlp", "EU", 0.9)]
-    previous = {"NA": {"region": "NA", "model": "gbdt", "model_dir": "/old/gbdt_NA"}}
-    chosen = choose_bundle_models(champions, candidates, previous, "DemoFlow/9", BASE)
+    previous = {"NA": {"region": "NA", "model": "gbdt", "model_dir": "/old/gbdt_NA",
+                       "blessed_in": "DemoFlow/7/end/3", "user_split": [0.2, 0],
+                       "age_edges": [18, 30]}}
+    mine = {"user_split": [0.2, 1], "age_edges": [18, 30]}
+    chosen = choose_bundle_models(champions, candidates, previous, "DemoFlow/9", BASE, mine)
     by_region = {c["region"]: c for c in chosen}
     assert by_region["EU"] == {"region": "EU", "model": "mlp", "model_dir": "/run/mlp_EU",
-                               "source": "DemoFlow/9"}
+                               "source": "DemoFlow/9", "blessed_in": "DemoFlow/9", **mine}
+    # a kept model names the run that blessed it, with that run's split and classes
     assert by_region["NA"] == {"region": "NA", "model": "gbdt", "model_dir": "/old/gbdt_NA",
-                               "source": "previous run"}
+                               "source": "previous run", "blessed_in": "DemoFlow/7/end/3",
+                               "user_split": [0.2, 0], "age_edges": [18, 30]}
     # no blessed global champion and none before: the baseline, though mlp scored better
     assert by_region["global"] == {"region": "global", "model": "gbdt",
-                                   "model_dir": "/run/gbdt_global", "source": "fallback"}
+                                   "model_dir": "/run/gbdt_global", "source": "fallback",
+                                   "blessed_in": None, **mine}
     # neither blessed nor kept from before: the scorer routes APAC to the global model
     assert "APAC" not in by_region and len(chosen) == 3
 
@@ -280,12 +289,12 @@ def test_choose_bundle_models_prefers_blessed_and_previous_global_over_fallback(
     blessed = choose_bundle_models(pd.DataFrame([_champ("global", "mlp", blessed=True)]),
                                    candidates, {}, "DemoFlow/9", BASE)
     assert blessed == [{"region": "global", "model": "mlp", "model_dir": "/run/mlp_global",
-                        "source": "DemoFlow/9"}]
+                        "source": "DemoFlow/9", "blessed_in": "DemoFlow/9", **NO_PROVENANCE}]
     kept = choose_bundle_models(pd.DataFrame([_champ("global", "mlp")]), candidates,
                                 {"global": {"model": "tabnet", "model_dir": "/old/t"}},
                                 "DemoFlow/9", BASE)
     assert kept == [{"region": "global", "model": "tabnet", "model_dir": "/old/t",
-                     "source": "previous run"}]
+                     "source": "previous run", "blessed_in": None, **NO_PROVENANCE}]
     # no baseline among the global candidates: the best global one by validation log-loss
     other = choose_bundle_models(pd.DataFrame([_champ("global")]),
                                  [_trained("tabnet", "global", 1.2), _trained("mlp", "global", 1.0),
@@ -304,7 +313,8 @@ def test_choose_bundle_models_when_a_baseline_wins_global():
     base = ("class_prior", "gbdt", "logreg")
     fallback = choose_bundle_models(champions, candidates, {}, "DemoFlow/9", base)
     assert fallback == [{"region": "global", "model": "logreg",
-                         "model_dir": "/run/logreg_global", "source": "fallback"}]
+                         "model_dir": "/run/logreg_global", "source": "fallback",
+                         "blessed_in": None, **NO_PROVENANCE}]
     previous = {"global": {"model": "mlp", "model_dir": "/old/mlp"},
                 "EU": {"model": "mlp", "model_dir": "/old/mlp_EU"}}
     kept = choose_bundle_models(champions, candidates, previous, "DemoFlow/9", base)
@@ -1047,7 +1057,8 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
            "reason": "a long reason " * 20}
     flow = _finished_flow(tmp_path, pd.DataFrame([row]), {
         "NA": {"kind": "mlp", "origin": "DemoFlow/7/end/3"},
-        "EU": {"kind": "gbdt", "origin": "previous run"}})
+        "EU": {"kind": "gbdt", "origin": "previous run"},
+        "APAC": {"kind": "mlp", "origin": "previous run", "blessed_in": "DemoFlow/5/end/9"}})
     lines = run_summary.summary_text(flow, "DemoFlow", "7", "flows/demo_flow.py").splitlines()
     na = next(ln for ln in lines if ln.strip().startswith("NA:"))
     assert na == ("        NA: mlp/NA#0 1.9509, beat logreg/NA#0 2.1424, class_prior/NA#0 2.4638 "
@@ -1055,6 +1066,7 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
                   "150,516 rows; bundle: mlp, this run")
     assert len(na) <= 200  # short: the full reason is in `pythia report` and the card
     assert "        EU: bundle: gbdt, kept from the previous run" in lines
+    assert "      APAC: bundle: mlp, kept from the previous run (blessed in DemoFlow/5)" in lines
     assert "a long reason" not in "\n".join(lines)
     # an unreadable bundle: the champions still print, without slots
     flow.bundle_path = str(tmp_path / "missing")
@@ -1080,6 +1092,12 @@ def _model_dir(tmp_path) -> str:
     return str(folder)
 
 
+def _kept(row: dict, run: str, split=(0.0, 0), edges=None) -> dict:
+    """A champion row of a run from before ``bundle_models`` as ``previous_champions`` keeps
+    it: with the run that blessed it, that run's split and age edges."""
+    return {**row, "blessed_in": run, "user_split": list(split), "age_edges": edges}
+
+
 def test_previous_champions_leave_out_a_model_folder_that_is_gone(tmp_path, monkeypatch,
                                                                    capsys):
     """`pythia clean` (or a lifecycle rule) removed the previous run's files: its champions
@@ -1095,7 +1113,7 @@ def test_previous_champions_leave_out_a_model_folder_that_is_gone(tmp_path, monk
     monkeypatch.setattr(runs, "_artifact", lambda run, name: (
         champions if name == "champions" else None))
     monkeypatch.setattr(runs, "_other_spec", lambda run: None)
-    assert runs.previous_champions("DemoFlow", "2") == {"APAC": champions[0]}
+    assert runs.previous_champions("DemoFlow", "2") == {"APAC": _kept(champions[0], "DemoFlow/1")}
     assert f"DemoFlow/1's EU champion is not kept: its model folder {gone} is gone" in \
         capsys.readouterr().out
 
@@ -1119,15 +1137,68 @@ def test_previous_champions_are_kept_with_their_own_encoders_and_this_runs_class
         "champions": champions, "encoders": theirs}.get(name))
     monkeypatch.setattr(runs, "_other_spec", lambda run: None)
     ours = {**theirs, "vocabularies": {"country": ["DE", "US"]}}  # other ids
-    assert runs.previous_champions("DemoFlow", "2", None, ours) == {"APAC": champions[0]}
-    assert runs.previous_champions("DemoFlow", "2", None, dict(theirs)) == {"APAC": champions[0]}
+    want = {"APAC": _kept(champions[0], "DemoFlow/1", edges=theirs["age_edges"])}
+    assert runs.previous_champions("DemoFlow", "2", None, ours) == want
+    assert runs.previous_champions("DemoFlow", "2", None, dict(theirs)) == want
     assert capsys.readouterr().out == ""
     other_classes = {**theirs, "age_edges": [18, 30, 50]}
     assert runs.previous_champions("DemoFlow", "2", None, other_classes) == {}
     assert ("previous run DemoFlow/1's champions are not kept: they predict the age buckets of "
             "edges [18, 25, 35, 45, 55, 65], this run those of [18, 30, 50]") in \
         capsys.readouterr().out
-    assert runs.previous_champions("DemoFlow", "2") == {"APAC": champions[0]}  # not asked
+    assert runs.previous_champions("DemoFlow", "2") == want  # not asked
+
+
+def test_previous_champions_are_what_the_previous_bundle_served(tmp_path, monkeypatch, capsys):
+    """A region that blesses nothing two days running keeps the model last blessed there: the
+    previous run's ``bundle_models`` holds its own champions and the ones it kept, each with
+    the run that blessed it. Before (session 64) only the previous run's blessed champions
+    were kept, so on the second day such a region fell to the global slot. Each kept model is
+    judged by its own run's split and classes, not by the previous run's."""
+    from types import SimpleNamespace
+
+    from pythia import runs
+    edges = [18, 25, 35, 45, 55, 65]
+    eu = str(tmp_path / "eu")
+    os.makedirs(eu)
+    open(os.path.join(eu, "meta.json"), "w").close()
+    served = [
+        {"region": "EU", "model": "mlp", "model_dir": eu, "source": "DemoFlow/2/end/9",
+         "blessed_in": "DemoFlow/2/end/9", "user_split": [0.2, 0], "age_edges": edges},
+        {"region": "APAC", "model": "mlp", "model_dir": _model_dir(tmp_path),
+         "source": "previous run", "blessed_in": "DemoFlow/1/end/5", "user_split": [0.2, 0],
+         "age_edges": edges},
+        {"region": "global", "model": "logreg", "model_dir": eu, "source": "fallback",
+         "blessed_in": None, "user_split": [0.2, 0], "age_edges": edges}]
+    champions = [{"region": "EU", "model": "mlp", "model_dir": eu, "blessed": True},
+                 {"region": "APAC", "model": "logreg", "blessed": False}]
+    artifacts = {"champions": champions, "bundle_models": served}
+    monkeypatch.setattr(runs, "_earlier_successful_runs",
+                        lambda flow, current: iter([SimpleNamespace(pathspec="DemoFlow/2")]))
+    monkeypatch.setattr(runs, "_artifact", lambda run, name: artifacts.get(name))
+    monkeypatch.setattr(runs, "_other_spec", lambda run: None)
+    kept = runs.previous_champions("DemoFlow", "3", (0.2, 0), {"age_edges": edges})
+    assert kept == {"EU": served[0], "APAC": served[1]}  # never the fallback
+    assert capsys.readouterr().out == ("APAC: keeps mlp of DemoFlow/1/end/5, which DemoFlow/2 "
+                                       "kept too (no champion blessed there since)\n")
+    # the kept one's own run held out other users: it alone is left out
+    served[1] = {**served[1], "user_split": [0.1, 0]}
+    assert set(runs.previous_champions("DemoFlow", "3", (0.2, 0))) == {"EU"}
+    assert "previous run DemoFlow/1/end/5 skipped: it held out 0.1 of the users" in \
+        capsys.readouterr().out
+    # and its classes: other edges leave it out, the previous run's own champion stays
+    served[1] = {**served[1], "user_split": [0.2, 0], "age_edges": [18, 30]}
+    assert set(runs.previous_champions("DemoFlow", "3", (0.2, 0), {"age_edges": edges})) == \
+        {"EU"}
+    assert "previous run DemoFlow/1/end/5's champions are not kept: they predict the age " \
+        "buckets of edges [18, 30]" in capsys.readouterr().out
+    # a run from before bundle_models: its blessed champions, with its own split and edges
+    del artifacts["bundle_models"]
+    artifacts.update(split_manifest={"holdout_users": 0.2, "seed": 0},
+                     encoders={"age_edges": edges})
+    assert runs.previous_champions("DemoFlow", "3", (0.2, 0), {"age_edges": edges}) == {
+        "EU": {**champions[0], "blessed_in": "DemoFlow/2", "user_split": [0.2, 0],
+               "age_edges": edges}}
 
 
 def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeypatch, capsys):
@@ -1152,13 +1223,15 @@ def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeyp
     fake = [SimpleNamespace(pathspec=p) for p in found]
     monkeypatch.setattr(runs, "_earlier_successful_runs", lambda flow, current: iter(fake))
     monkeypatch.setattr(runs, "_artifact", lambda run, name: (
-        found[run.pathspec] if name == "bundle_path" else champions))
+        found[run.pathspec] if name == "bundle_path" else
+        champions if name == "champions" else None))
     assert runs.previous_bundle("DemoFlow", "4") == (found["DemoFlow/1"], "DemoFlow/1")
     assert "DemoFlow/3 skipped: its bundle was built for feature spec 000000000000" in \
         capsys.readouterr().out
     assert runs.previous_champions("DemoFlow", "4") == {}  # the newest run's: another spec
     fake.pop(0)
-    assert runs.previous_champions("DemoFlow", "4") == {"APAC": champions[0]}
+    assert runs.previous_champions("DemoFlow", "4") == {  # DemoFlow/2: no bundle, this spec
+        "APAC": _kept(champions[0], "DemoFlow/2")}
     fake[:] = [SimpleNamespace(pathspec="DemoFlow/3")]  # only another spec's bundle left
     assert runs.previous_bundle("DemoFlow", "4") == (None, None)
 
@@ -1184,7 +1257,7 @@ def test_previous_bundle_skips_runs_that_trained_on_this_runs_new_users(tmp_path
     monkeypatch.setattr(runs, "_earlier_successful_runs", lambda flow, current: iter(fake))
     monkeypatch.setattr(runs, "_artifact", lambda run, name: {
         "bundle_path": str(folder), "split_manifest": split[run.pathspec],
-        "champions": champions}[name])
+        "champions": champions}.get(name))
     ours = runs.user_split_of({"holdout_users": 0.1, "seed": 0})
     assert ours == (0.1, 0) and runs.user_split_of({"seed": 3}) == (0.0, 3)
     # 0.2 with the same seed held out every user 0.1 holds out: a fair comparison
@@ -1193,5 +1266,6 @@ def test_previous_bundle_skips_runs_that_trained_on_this_runs_new_users(tmp_path
     assert "DemoFlow/3 skipped: it held out 0 of the users (seed 0), this run 0.1" in out
     assert "DemoFlow/2 skipped: it held out 0.1 of the users (seed 1)" in out
     assert runs.previous_champions("DemoFlow", "4", ours) == {}  # the newest: trained on them
-    assert runs.previous_champions("DemoFlow", "4", (0.0, 0)) == {"APAC": champions[0]}
+    assert runs.previous_champions("DemoFlow", "4", (0.0, 0)) == {
+        "APAC": _kept(champions[0], "DemoFlow/3", [0.0, 0])}
     assert runs.previous_bundle("DemoFlow", "4") == (str(folder), "DemoFlow/3")  # no holdout

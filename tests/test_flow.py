@@ -12,6 +12,7 @@ import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -534,3 +535,69 @@ def test_pythia_seeds_pools_a_second_seed_with_the_tiny_run(tiny_run, flow_env, 
     assert out[title + 2].split()[0] == "global"  # first; then the regions by name
     assert main(["seeds", tiny_run.id, tiny_run.id]) == 2
     assert "have the same seed 0" in capsys.readouterr().err
+
+
+def _requests(world: str, n: int = 300) -> list[dict]:
+    """Impressions of the tiny world's test day as the bidder sends them (ts: epoch s)."""
+    frame = pd.read_parquet(f"{world}/impressions/date=2026-11-20/hour=12").head(n)
+    frame["ts"] = frame["ts"].map(pd.Timestamp.timestamp)
+    return [{k: v for k, v in row.items() if v is not None and v == v}
+            for row in frame.drop(columns=["date", "hour"], errors="ignore")
+            .to_dict("records")]
+
+
+def test_a_kept_champion_scores_through_its_own_runs_encoders(tiny_run, flow_env):
+    """A day whose candidates bless nothing keeps the previous run's champions, each scoring
+    through the vocabularies and statistics it trained with (bundle format 7).
+
+    Before (session 62's fix, to session 64) a previous champion was kept only when its run's
+    encoders equalled this run's; on another day's data they never do, so every such region
+    fell to the global slot. Run A is this module's newest run (the last test: the seeds
+    test's second seed, or tiny_run when run alone); B, of A's world, holds out fewer users
+    (other train rows, so other encoders) and trains only a baseline, which is never blessed.
+    """
+    from pythia import storage
+    from pythia.config import GLOBAL_REGION
+    from pythia.features import TARGETS
+    from pythia.runs import open_flow
+    from pythia.scoring import Scorer
+    from pythia.scoring.bundle_doc import read_bundle_doc
+
+    root, env = flow_env
+    a = open_flow("DemoFlow").latest_successful_run
+    params = a.data.params
+    assert params.source == TINY["source"]
+    with _runner(env, config=point_estimate_config(root)) as r:
+        result = r.run(source=params.source, seed=params.seed, regions=",".join(params.regions),
+                       max_epochs=TINY["max_epochs"], models="logreg", holdout_users=0.1)
+        b = result.run
+        assert b.successful, result.stderr[-4000:]
+    assert a.data.encoders != b.data.encoders  # other train rows: other encoders
+    blessed = {row["region"] for row in pd.DataFrame(a.data.champions).to_dict("records")
+               if row.get("blessed")}
+    assert GLOBAL_REGION in blessed
+    assert not any(pd.DataFrame(b.data.champions)["blessed"].fillna(False))
+    doc = read_bundle_doc(b.data.bundle_path)
+    assert set(doc["models"]) == blessed  # every blessed region of A kept, nothing else
+    served = {m["region"]: m for m in a.data.bundle_models}  # where A's slots were blessed
+    assert all(served[r]["blessed_in"].startswith(f"{a.pathspec}/end/") for r in blessed)
+    for region, entry in doc["models"].items():
+        assert (entry["origin"], entry["encoders"]) == ("previous run",
+                                                        f"encoders-{region}.json")
+        assert entry["blessed_in"] == served[region]["blessed_in"]
+        assert storage.read_json(f"{b.data.bundle_path}/{entry['encoders']}") == \
+            a.data.encoders
+    # B's slots, as the next run reads them: kept from A, with A's split
+    assert {m["region"]: (m["source"], m["blessed_in"], m["user_split"])
+            for m in b.data.bundle_models} == {
+        r: ("previous run", served[r]["blessed_in"], served[r]["user_split"]) for r in blessed}
+    reqs = _requests(a.data.source_path)
+    kept, theirs = Scorer.load(b.data.bundle_path), Scorer.load(a.data.bundle_path)
+    for region in doc["models"]:
+        got = kept.score_arrays(reqs, slot=region)
+        want = theirs.score_arrays(reqs, slot=region)
+        for t in TARGETS:
+            np.testing.assert_allclose(got[t], want[t], rtol=0, atol=1e-9)
+    routed = kept.score_arrays(reqs)
+    np.testing.assert_allclose(routed["age_gender"], theirs.score_arrays(reqs)["age_gender"],
+                               rtol=0, atol=1e-9)

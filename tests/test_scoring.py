@@ -459,7 +459,8 @@ def test_bundle_layout(bundle, encoders):
     assert doc["routing"]["region_of_country"]["DE"] == "EU"
     assert doc["format_version"] == 7 and doc["utc_offsets"]  # the compiled IANA table
     assert doc["models"]["NA"] == {"kind": "mlp", "runtime": NUMPY_LAYERS,
-                                   "file": "weights-NA.npz", "source": None, "origin": None}
+                                   "file": "weights-NA.npz", "source": None, "origin": None,
+                                   "blessed_in": None}
     assert doc["class_labels"]["age"] == list(features.age_bucket_labels(encoders.age_edges))
 
 

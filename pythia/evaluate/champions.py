@@ -272,7 +272,8 @@ def _baseline_verdict(ranked: pd.DataFrame, region: str, baseline_models: Sequen
 
 def choose_bundle_models(champions: pd.DataFrame, candidates: Sequence[Mapping[str, Any]],
                          previous_champions: Mapping[str, Mapping[str, Any]], pathspec: str,
-                         baseline_models: Sequence[str]) -> list[dict]:
+                         baseline_models: Sequence[str],
+                         provenance: Mapping[str, Any] | None = None) -> list[dict]:
     """The model of each region's slot in the bid-time bundle.
 
     A region's blessed champion gets the slot; a region whose candidates were not blessed
@@ -292,26 +293,35 @@ def choose_bundle_models(champions: pd.DataFrame, candidates: Sequence[Mapping[s
             model_dir, …); {} without a previous run.
         pathspec: this run's id, recorded as the source of its own champions.
         baseline_models: model names preferred for the global fallback.
+        provenance: this run's ``user_split`` and ``age_edges``, recorded with its own
+            champions (a kept one carries its run's, ``runs.previous_champions``).
 
     Returns:
-        [{region, model, model_dir, source}], source being ``pathspec``, 'previous run' or
-        'fallback'.
+        [{region, model, model_dir, source, blessed_in, user_split, age_edges}], source being
+        ``pathspec``, 'previous run' or 'fallback'; ``blessed_in``, the run that blessed the
+        model (None for a fallback): the end step's ``bundle_models`` artifact, which the next
+        run keeps from.
     """
     chosen: list[dict] = []
     rows = champions.to_dict("records")
+    mine = {"user_split": None, "age_edges": None, **(provenance or {})}
     for row in rows:
         if row.get("blessed") and row.get("model"):
             chosen.append({"region": row["region"], "model": row["model"],
-                           "model_dir": row["model_dir"], "source": pathspec})
+                           "model_dir": row["model_dir"], "source": pathspec,
+                           "blessed_in": pathspec, **mine})
         elif row["region"] in previous_champions:
             prev = previous_champions[row["region"]]
             chosen.append({"region": row["region"], "model": prev["model"],
-                           "model_dir": prev["model_dir"], "source": "previous run"})
+                           "model_dir": prev["model_dir"], "source": "previous run",
+                           **{k: prev.get(k) for k in ("blessed_in", "user_split",
+                                                       "age_edges")}})
     if not any(c["region"] == GLOBAL_REGION for c in chosen):
         fallback = _global_fallback(rows, candidates, baseline_models)
         if fallback is not None:
             chosen.append({"region": GLOBAL_REGION, "model": fallback["model"],
-                           "model_dir": fallback["model_dir"], "source": "fallback"})
+                           "model_dir": fallback["model_dir"], "source": "fallback",
+                           "blessed_in": None, **mine})
     return chosen
 
 
