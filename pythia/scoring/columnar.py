@@ -85,16 +85,14 @@ def _mapping_columns(batch: Mapping, names: list[str]) -> tuple[dict[str, Any], 
 
 def all_arrow(columns: Mapping[str, Any]) -> bool:
     """Whether every column present is an Arrow array (a Table's, a RecordBatch's)."""
-    present = [c for c in columns.values() if c is not None]
-    return bool(present) and all(type(c).__module__.split(".")[0] == "pyarrow"
-                                 for c in present)
+    kinds = {type(c).__module__.split(".")[0] for c in columns.values() if c is not None}
+    return kinds == {"pyarrow"}
 
 
 def take(column: Any, rows: np.ndarray) -> Any:
-    """The cells of a ``batch_columns`` column at positions ``rows``, every cell as it was:
-    pandas and Arrow by their own ``take`` (dtypes and dictionaries kept), a NumPy array by
-    indexing, anything else as a list of its cells (a list never goes through NumPy, which
-    would turn a mixed list's numbers into strings)."""
+    """The cells of a ``batch_columns`` column at ``rows``, each as it was: pandas and Arrow by
+    their own ``take`` (dtypes, dictionaries kept), NumPy by indexing, else a list of its cells
+    (never through NumPy, which turns a mixed list's numbers into strings)."""
     if column is None:
         return None
     kind = type(column).__module__.split(".")[0]
