@@ -13,14 +13,14 @@ PYTEST_ARGS ?=
 # Files go out in collection order, the longest first (tests/conftest.py: LONG_FILES_FIRST).
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo seeds test test-fast bench java clean
+.PHONY: setup demo seeds test test-fast bench java clean lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH, or run make PYTHON=/path/to/python3.11"; exit 1; }
 	bash scripts/ensure_java.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -39,14 +39,21 @@ seeds: setup java
 	for s in $(SEEDS); do $(PY) flows/demo_flow.py run --seed $$s --models $(SEED_MODELS) || exit 1; done
 	$(PY) -m pythia.cli seeds --latest $(words $(SEEDS))
 
+# PYTHIA_EXPECT_LOCK: setup installed constraints.txt, and tests/test_lock.py checks it did
 test: setup java
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	PYTHIA_EXPECT_LOCK=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		$(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup java
 	for b in benchmarks/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# `make lock`: the newest releases pyproject.toml allows, written to constraints.txt (the exact
+# stack setup installs; scripts/lock.sh). The README's figures were measured on the lock.
+lock:
+	PYTHON=$(PYTHON) bash scripts/lock.sh
 
 clean:
 	rm -rf .pythia .metaflow

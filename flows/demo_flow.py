@@ -137,6 +137,8 @@ class DemoFlow(FlowSpec):
         # which synthetic world (None: real data): evaluate and the benchmarks check they read it
         self.world_fingerprint = source.world_fingerprint(self.source_path)
         self.stack = stack.versions()  # the driver's libraries (each train candidate has its own)
+        if line := stack.lock_line():  # not the stack the README's figures came from
+            print(line)
         self.hour_groups = self.params.hour_groups
         print(f"source {self.source_path}; window {self.window}; {len(self.hour_groups)} "
               f"etl tasks")

@@ -160,7 +160,7 @@ def check_poolable(runs: Sequence[SeedRun]) -> None:
                 what = _differs(name, first[name], value)
                 raise ValueError(f"runs {runs[0].run_id} and {run.run_id} differ in {what}: pool "
                                  "runs that differ only in --seed (and --models / --regions)")
-        moved = stack.shared_differences(runs[0].stack, run.stack)
+        moved = stack.shared_differences(runs[0].stack, run.stack, stack.HARDWARE)
         if moved:  # other code or libraries fit otherwise: their spread is not the seeds'
             raise ValueError(f"runs {runs[0].run_id} and {run.run_id} ran on different stacks "
                              f"({', '.join(moved)}): pool runs of the same code and libraries "

@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +24,15 @@ PACKAGES = ("numpy", "tensorflow", "keras", "torch", "pytorch_tabnet", "scikit-l
             "pandas", "pyarrow", "pyspark", "metaflow", "onnx", "onnxruntime")
 # TensorFlow installs under any of these names; the first installed one is reported
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel")
-KEYS = ("python", "pythia") + PACKAGES + ("machine",)
+KEYS = ("python", "pythia") + PACKAGES + ("machine", "cpu")
+# the instruction sets TensorFlow's (oneDNN's) and NumPy's kernels pick by: floats round
+# otherwise on another set, so one stack, code and seed give other models on another CPU (seen:
+# the default run's global z -3.58 on one machine, -3.82 on an AVX2-only AMD EPYC). Recorded
+# and shown, but not a reason to refuse pooling seeds or to warn of train tasks on other nodes:
+# a cluster's nodes differ, and the rounding is noise of the seeds' kind
+HARDWARE = ("cpu",)
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+CPUINFO = "/proc/cpuinfo"
 # the package's files that are not code but that it reads (pythia/data): Metaflow's code
 # package holds only .py files unless told (pythia.code_package ships these)
 DATA_SUFFIXES = (".json", ".properties")
@@ -34,6 +43,10 @@ CODE_SUFFIXES = (".py",) + DATA_SUFFIXES
 FLOW_FILE = "demo_flow.py"
 CODE_DIGITS = 12
 MISSING = "-"  # how a package that is not installed, or not recorded, reads
+# the exact releases `make setup` and CI install (a checkout's root, beside the package;
+# `make lock` writes it): the stack the README's figures were measured on
+LOCK_FILE = "constraints.txt"
+LOCK_NAMED = 5  # how many differing releases the start step's line names
 SAME_SEED = "(the same seed may not give the same models)"
 
 
@@ -106,7 +119,40 @@ def versions() -> dict[str, str | None]:
     for name in PACKAGES:
         out[name] = _tensorflow() if name == "tensorflow" else _version(name)
     out["machine"] = platform.machine() or None
+    out["cpu"] = _cpu()
     return out
+
+
+def cpu_text(cpuinfo: str) -> str | None:
+    """'AMD EPYC, family 23 model 49, avx2 fma': the first processor of a /proc/cpuinfo text,
+    its model name, family and model, and which of ``SIMD_FLAGS`` it has ('no avx2' when
+    none); None when the text names no processor."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough: they are alike
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or fields.get("vendor_id")
+    if not name:
+        return None
+    flags = set(fields.get("flags", "").split())
+    simd = " ".join(f for f in SIMD_FLAGS if f in flags) or "no avx2"
+    family = f", family {fields['cpu family']} model {fields.get('model', '?')}" \
+        if "cpu family" in fields else ""
+    return f"{' '.join(name.split())}{family}, {simd}"
+
+
+@functools.cache
+def _cpu() -> str | None:
+    """This machine's ``cpu_text``; ``platform.processor()`` where there is no /proc/cpuinfo."""
+    try:
+        with open(CPUINFO) as f:
+            return cpu_text(f.read())
+    except OSError:
+        return platform.processor() or None
 
 
 def _text(value: Any) -> str:
@@ -123,13 +169,14 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             if _text(old.get(k)) != _text(new.get(k))]
 
 
-def shared_differences(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None
-                       ) -> list[str]:
+def shared_differences(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
+                       ignore: Sequence[str] = ()) -> list[str]:
     """``differences`` over the keys both stacks recorded (a run from before a key was
-    recorded, e.g. ``pythia``, is not held against it); [] when either is missing."""
+    recorded, e.g. ``pythia``, is not held against it), but ``ignore``'s (e.g. ``HARDWARE``);
+    [] when either is missing."""
     if not a or not b:
         return []
-    both = set(a) & set(b)
+    both = (set(a) & set(b)) - set(ignore)
     return differences({k: a[k] for k in both}, {k: b[k] for k in both})
 
 
@@ -183,8 +230,9 @@ def report_lines(start_stack: Mapping | None, candidates: Sequence[Mapping] | No
     <git>' when given (``git_text``), a loud line when the start step's code digest is not
     the train tasks' (a resume after an edit), and, when its train tasks ran on different
     stacks (a resume after the code or the libraries changed), a loud line per other stack
-    naming what differs from the first candidate's; [] (or the code line) for a run from
-    before the record."""
+    naming what differs from the first candidate's (the CPU aside: a plain line names the
+    kinds when they differ, ``HARDWARE``); [] (or the code line) for a run from before the
+    record."""
     stack = run_stack(start_stack, candidates)
     lines = [f"code: {git}"] if git else []
     if not stack:
@@ -199,11 +247,16 @@ def report_lines(start_stack: Mapping | None, candidates: Sequence[Mapping] | No
     seen = [stack]
     for c in candidates or ():
         other = c.get("stack")
-        if other and all(differences(s, other) for s in seen):
+        if other and all(shared_differences(s, other, HARDWARE) for s in seen):
             seen.append(other)
             lines.append(f"WARNING: THE TRAIN TASKS RAN ON DIFFERENT STACKS: {_candidate(c)} "
-                         f"vs {_candidate(first)}: {', '.join(differences(stack, other))} "
+                         f"vs {_candidate(first)}: "
+                         f"{', '.join(shared_differences(stack, other, HARDWARE))} "
                          f"{SAME_SEED}")
+    cpus = sorted({str(c["stack"].get("cpu")) for c in candidates or ()
+                   if (c.get("stack") or {}).get("cpu")})
+    if len(cpus) > 1:  # nodes of a cluster: said, not loud (HARDWARE)
+        lines.append(f"cpu: the train tasks ran on {len(cpus)} kinds: {'; '.join(cpus)}")
     return lines
 
 
@@ -218,3 +271,58 @@ def change_notes(stacks: Sequence[tuple[str, Mapping | None]]) -> dict[str, str]
             notes[run_id] = (f"  stack differs from run {older_id}: {', '.join(moved)} "
                              f"{SAME_SEED}")
     return notes
+
+
+def read_lock(path: str | Path) -> dict[str, str]:
+    """A constraints file's pins, {canonical project name: version}: each 'name==version'
+    line, comments, blanks and anything else (a marker, a URL) aside."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in Path(path).read_text().splitlines():
+        match = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)\s*(#.*)?",
+                             line)
+        if match:
+            pins[canonicalize_name(match[1])] = match[2]
+    return pins
+
+
+def _public(version: str) -> str:
+    """'2.13.0+cpu' -> '2.13.0': a local build label is not another release."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version).public
+    except InvalidVersion:
+        return version
+
+
+def lock_differences(lock: str | Path | None = None) -> list[str]:
+    """'tensorflow-cpu 2.20.0 (lock 2.21.0)' for each release of the lock file (default: the
+    checkout's ``LOCK_FILE``) that this environment has at another version or not at all
+    ('not installed'), in name order; [] when they agree, or when there is no lock file
+    (an installed package, a remote task's code package)."""
+    path = Path(lock) if lock is not None else Path(__file__).resolve().parent.parent / LOCK_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for name, pinned in sorted(read_lock(path).items()):
+        installed = _version(name)
+        if installed is None:
+            out.append(f"{name} not installed (lock {pinned})")
+        elif _public(installed) != _public(pinned):
+            out.append(f"{name} {installed} (lock {pinned})")
+    return out
+
+
+def lock_line(lock: str | Path | None = None) -> str | None:
+    """The start step's line when this environment is not the lock's (``lock_differences``):
+    how many releases differ, the first ``LOCK_NAMED`` of them and what to do; None when it is
+    the lock's or there is none."""
+    moved = lock_differences(lock)
+    if not moved:
+        return None
+    more = f" and {len(moved) - LOCK_NAMED} more" if len(moved) > LOCK_NAMED else ""
+    return (f"stack: {len(moved)} release(s) differ from {LOCK_FILE}, the stack the README's "
+            f"figures were measured on: {'; '.join(moved[:LOCK_NAMED])}{more} {SAME_SEED}; "
+            f"`make setup` (pip install -c {LOCK_FILE} -e .) installs the lock's")

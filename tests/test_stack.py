@@ -258,3 +258,37 @@ def test_report_prints_the_commit_and_a_resume_on_other_code_loudly(monkeypatch)
     # the same code (other libraries: a remote train step), or no digest on one side: nothing
     assert stack.report_lines(dict(NEW, pythia="b2"), fits)[1:] == []
     assert stack.report_lines(OLD, fits)[1:] == []
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 49
+model name\t: AMD EPYC   7B12
+flags\t\t: fpu sse sse2 avx fma avx2 bmi2
+
+processor\t: 1
+model name\t: another
+"""
+
+
+def test_cpu_text_names_the_model_and_the_instruction_sets_kernels_pick_by():
+    assert stack.cpu_text(CPUINFO) == "AMD EPYC 7B12, family 23 model 49, avx2 fma"
+    intel = CPUINFO.replace("avx2 bmi2", "avx2 avx512f avx512_vnni amx_tile")
+    assert stack.cpu_text(intel).endswith("avx2 fma avx512f avx512_vnni amx_tile")
+    assert stack.cpu_text("processor\t: 0\nvendor_id\t: ARM\nflags\t: neon\n") == "ARM, no avx2"
+    assert stack.cpu_text("") is None
+    assert stack.versions()["cpu"] == stack._cpu()  # recorded with every stack
+
+
+def test_the_cpu_is_shown_but_neither_pools_apart_nor_warns(monkeypatch):
+    a, b = dict(NEW, cpu="AMD EPYC, avx2 fma"), dict(NEW, cpu="Intel Xeon, avx2 fma avx512f")
+    assert stack.differences(a, b) == ["cpu AMD EPYC, avx2 fma -> Intel Xeon, avx2 fma avx512f"]
+    assert stack.shared_differences(a, b) == stack.differences(a, b)  # pythia diff, runs
+    assert stack.shared_differences(a, b, stack.HARDWARE) == []  # pythia seeds pools them
+    cands = [{"model": "mlp", "region": "global", "config_id": 0, "stack": a},
+             {"model": "mlp", "region": "EU", "config_id": 0, "stack": b}]
+    lines = _report(monkeypatch, stack=a, candidates=cands)[1:-1]
+    assert not any("WARNING" in ln for ln in lines)
+    assert lines[-1] == "cpu: the train tasks ran on 2 kinds: AMD EPYC, avx2 fma; Intel Xeon, " \
+        "avx2 fma avx512f"
