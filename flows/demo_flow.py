@@ -273,13 +273,14 @@ class DemoFlow(FlowSpec):
     def end(self):
         """Export the champions' bid-time bundle and say where to look."""
         user_split = runs.user_split_of(self.split_manifest)
+        test_day = str(self.window["test"][0])  # a kept model's age counts in days of data
         # the slots and where each model was blessed: the next run keeps from these
         self.bundle_models = evaluate.choose_bundle_models(
             self.champions, self.candidates,
             runs.previous_champions(current.flow_name, current.run_id, user_split,
-                                    self.encoders),
+                                    self.encoders, test_day, self.params.max_kept_days),
             current.pathspec, baseline_models=evaluate.baseline_models_of(self.candidates),
-            provenance={"user_split": list(user_split),
+            provenance={"blessed_date": test_day, "user_split": list(user_split),
                         "age_edges": self.encoders.get("age_edges")})
         with self.full_disk("end"):
             self.bundle_path = scoring.export_champions(self.bundle_models, self.encoders,

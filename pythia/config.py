@@ -258,6 +258,7 @@ class DeployConfig:
     model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     z_min: float = 2.0  # [evaluate]: champions beat each baseline by > z_min clustered SEs
     in_between_gauge: bool = False  # [evaluate]: also the in-between gauge (synthetic worlds)
+    max_kept_days: int = 0  # [evaluate]: keep a previous champion this many days (0: no limit)
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any] | None) -> "DeployConfig":
@@ -283,7 +284,8 @@ class DeployConfig:
                    regional_start=str(train.get("regional_start", TrainConfig.regional_start)),
                    activity_bins=check_bins(train.get("activity_bins", cls.activity_bins)),
                    model_hparams=models, z_min=non_negative(ev, "z_min", cls.z_min, float),
-                   in_between_gauge=config_flag(ev, "in_between_gauge"))
+                   in_between_gauge=config_flag(ev, "in_between_gauge"),
+                   max_kept_days=non_negative(ev, "max_kept_days", cls.max_kept_days))
 
 
 def read_deploy_config(path: str) -> DeployConfig:
@@ -316,6 +318,7 @@ class RunParams:
     model_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     z_min: float = DeployConfig.z_min  # the champion rule's noise test (evaluate)
     in_between_gauge: bool = False  # evaluate scores the in-between gauge too
+    max_kept_days: int = DeployConfig.max_kept_days  # end: a kept champion's age limit
 
     @classmethod
     def build(cls, values: Mapping[str, Any] | None = None,
@@ -374,7 +377,8 @@ class RunParams:
                    spark_master=v["spark_master"] or None,
                    data_root=v["data_root"] or default_data_root(), search=int(v["search"]),
                    geo=deploy.geo, model_hparams=deploy.model_hparams, z_min=deploy.z_min,
-                   in_between_gauge=deploy.in_between_gauge)
+                   in_between_gauge=deploy.in_between_gauge,
+                   max_kept_days=deploy.max_kept_days)
 
     @property
     def hour_groups(self) -> list[list[int]]:

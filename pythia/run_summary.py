@@ -77,7 +77,8 @@ def bundle_slots(bundle_path: str | None, pathspec_prefix: str) -> dict[str, str
                  _SLOT.get(origin, f"champion of {origin}" if origin else "champion"))
         blessed_in = str(entry.get("blessed_in") or "")
         if origin == "previous run" and blessed_in:
-            where += f" (blessed in {blessed_in.split('/end/')[0]})"
+            day = f", test day {entry['blessed_date']}" if entry.get("blessed_date") else ""
+            where += f" (blessed in {blessed_in.split('/end/')[0]}{day})"
         out[region] = f"{entry.get('kind')}, {where}"
     return out
 

@@ -8,6 +8,7 @@ object is opened with ``_namespace_check=False`` (a notebook importing this keep
 from __future__ import annotations
 
 import sys
+from datetime import date
 from typing import Any, Mapping, TextIO
 
 import pandas as pd
@@ -170,45 +171,70 @@ def previous_bundle(flow_name: str, current_run_id: str | None,
 
 def previous_champions(flow_name: str, current_run_id: str | None,
                        user_split: tuple[float, int] | None = None,
-                       encoders: Mapping[str, Any] | None = None) -> dict[str, dict]:
-    """The models the newest earlier successful run's bundle served, by region, that this run
-    can keep ({} if none, or if that run's models were built for another feature spec): its
-    blessed champions, and what it kept itself (its ``bundle_models`` artifact, since session
-    65), so a region that blesses nothing day after day keeps the model last blessed there,
-    however many runs ago, not only for one day. Each row names the run that blessed it
-    (``blessed_in``), the users that run held out (``user_split``) and its age edges.
-
-    Left out, one line each: a model whose run trained on users this run holds out (its
-    new-users test would favour it: ``user_split``), whose folder is gone (``pythia clean``, a
-    lifecycle rule: its region routes as if it had none), or, with this run's ``encoders``
-    (the artifact), whose age edges differ (a bundle has one set of classes). A kept model
-    scores through its own run's vocabularies and statistics: the bundle writes them for its
-    slot (``scoring.bundle.model_encoders``)."""
+                       encoders: Mapping[str, Any] | None = None, test_day: str | None = None,
+                       max_kept_days: int = 0) -> dict[str, dict]:
+    """The models the newest earlier successful run's bundle served (its ``bundle_models``:
+    blessed or kept by it; before session 65 its blessed champions), by region, that this run
+    can keep ({} if none, or built for another feature spec): a region that blesses nothing
+    keeps the model last blessed there, however many runs ago. Each row names the run that
+    blessed it (``blessed_in``), its test day (``blessed_date``), the users it held out
+    (``user_split``) and its age edges. Left out, one line each, a model: whose run trained on
+    users this run holds out (``user_split``), whose age edges are not this run's
+    (``encoders``: a bundle has one set of classes), blessed more than ``max_kept_days``
+    (``[evaluate]``, 0: no limit) before ``test_day`` (this run's), or whose folder is gone."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
-        champs = _artifact(run, "champions")
-        if champs is None:
-            continue
-        if _other_spec(run) is not None:
-            return {}
         served = _artifact(run, "bundle_models")
         if served is None:  # a run from before session 65: its blessed champions
+            champs = _artifact(run, "champions")
+            if champs is None:
+                continue
             split = list(user_split_of(_artifact(run, "split_manifest")))
             edges = (_artifact(run, "encoders") or {}).get("age_edges")
             served = [{**r, "blessed_in": run.pathspec, "user_split": split, "age_edges": edges}
                       for r in pd.DataFrame(champs).to_dict("records")
                       if r.get("blessed") and r.get("model")]
-        return _keepable(run, [r for r in served if r.get("blessed_in")], user_split,
-                         None if encoders is None else encoders.get("age_edges"))
+        if _other_spec(run) is not None:
+            return {}
+        rows = [{**r, "blessed_date": _blessed_date(r, run)} for r in served
+                if r.get("blessed_in")]
+        return _keepable(run, rows, user_split,
+                         None if encoders is None else encoders.get("age_edges"),
+                         test_day, max_kept_days)
     return {}
 
 
+def test_day_of(run: Any) -> str | None:
+    """A run's test day ('YYYY-MM-DD', of its ``window`` artifact); None when it has none."""
+    try:
+        return str(_artifact(run, "window")["test"][0])
+    except (TypeError, KeyError, IndexError):
+        return None
+
+
+def _blessed_date(row: Mapping[str, Any], run: Any) -> str | None:
+    """The test day of the run that blessed ``row``'s model: recorded with it (session 66 on),
+    else read off that run (``run``, the previous run, or an older one it kept from)."""
+    if row.get("blessed_date"):
+        return str(row["blessed_date"])
+    blessed = str(row["blessed_in"])
+    if blessed == run.pathspec or blessed.startswith(run.pathspec + "/"):
+        return test_day_of(run)
+    try:  # its age is unknown when that run is gone: said in the line that keeps it
+        return test_day_of(open_run(*blessed.split("/")[:2]))
+    except Exception:  # noqa: BLE001 - a metadata service's error
+        return None
+
+
 def _keepable(run: Any, rows: list[dict], user_split: tuple[float, int] | None,
-              age_edges: Any) -> dict[str, dict]:
+              age_edges: Any, test_day: str | None = None,
+              max_kept_days: int = 0) -> dict[str, dict]:
     """``previous_champions``' rows that this run can keep, by region; a line for each other."""
     from pythia.models.base import META_FILE  # here: models.base loads SciPy
     kept, said = {}, set()
     for r in rows:
-        blessed_in = r["blessed_in"]
+        blessed_in, day = r["blessed_in"], r.get("blessed_date")
+        age = (date.fromisoformat(test_day) - date.fromisoformat(day)).days \
+            if day and test_day else None  # in days of data: a backfill counts its own
         if _held_out_fewer(blessed_in, tuple(r.get("user_split") or (0.0, 0)), user_split,
                            said):
             continue
@@ -220,13 +246,19 @@ def _keepable(run: Any, rows: list[dict], user_split: tuple[float, int] | None,
                       f"{age_edges}, and a bundle has one set of classes; regions without a "
                       "blessed champion route to the global slot")
             continue
+        if max_kept_days and age is not None and age > max_kept_days:
+            print(f"{r['region']}: {r['model']} of {blessed_in} is not kept: its test day "
+                  f"{day} is {age} days before this run's ([evaluate] "
+                  f"max_kept_days {max_kept_days}); the region routes to the global slot")
+            continue
         if not storage.exists(join(str(r.get("model_dir")), META_FILE)):
             print(f"{blessed_in}'s {r['region']} champion is not kept: its model folder "
                   f"{r.get('model_dir')} is gone")
             continue
         if blessed_in != run.pathspec and not str(blessed_in).startswith(run.pathspec + "/"):
-            print(f"{r['region']}: keeps {r['model']} of {blessed_in}, which {run.pathspec} "
-                  "kept too (no champion blessed there since)")
+            when = "unknown" if age is None else f"{day}, {age} day(s) before this run's"
+            print(f"{r['region']}: keeps {r['model']} of {blessed_in} (test day {when}), "
+                  f"which {run.pathspec} kept too (no champion blessed there since)")
         kept[r["region"]] = r
     return kept
 

@@ -184,6 +184,15 @@ def test_regional_start_comes_from_the_deploy_config_and_is_checked():
         RunParams.build({}, bad, model_names=("mlp",))
 
 
+def test_max_kept_days_comes_from_evaluate_and_is_checked():
+    from pythia.config import DeployConfig
+    assert DeployConfig().max_kept_days == 0 and make_params().max_kept_days == 0  # no limit
+    thirty = DeployConfig.from_mapping({"evaluate": {"max_kept_days": 30}})
+    assert RunParams.build({}, thirty, model_names=("mlp",)).max_kept_days == 30
+    with pytest.raises(ValueError, match="max_kept_days must be >= 0, got -1"):
+        DeployConfig.from_mapping({"evaluate": {"max_kept_days": -1}})
+
+
 def test_the_commented_model_knobs_in_pythia_toml_show_the_defaults():
     """`# key = value` under [models.<name>] reads as "the default, uncomment to change it":
     each must be the model's own default (a stale `learning_rate = 1e-3` sat there while the

@@ -254,7 +254,7 @@ def _trained(model, region, ll):
             "val_logloss": {"age_gender": ll}}
 
 
-NO_PROVENANCE = {"user_split": None, "age_edges": None}
+NO_PROVENANCE = {"blessed_date": None, "user_split": None, "age_edges": None}
 
 
 def test_choose_bundle_models_blessed_previous_and_fallback():
@@ -265,9 +265,9 @@ def test_choose_bundle_models_blessed_previous_and_fallback():
     candidates = [_trained("mlp", "global", 1.0), _trained("gbdt", "global", 1.3),
                   _trained("tabnet", "global", 1.1), _trained("mlp", "EU", 0.9)]
     previous = {"NA": {"region": "NA", "model": "gbdt", "model_dir": "/old/gbdt_NA",
-                       "blessed_in": "DemoFlow/7/end/3", "user_split": [0.2, 0],
-                       "age_edges": [18, 30]}}
-    mine = {"user_split": [0.2, 1], "age_edges": [18, 30]}
+                       "blessed_in": "DemoFlow/7/end/3", "blessed_date": "2026-11-20",
+                       "user_split": [0.2, 0], "age_edges": [18, 30]}}
+    mine = {"blessed_date": "2026-12-01", "user_split": [0.2, 1], "age_edges": [18, 30]}
     chosen = choose_bundle_models(champions, candidates, previous, "DemoFlow/9", BASE, mine)
     by_region = {c["region"]: c for c in chosen}
     assert by_region["EU"] == {"region": "EU", "model": "mlp", "model_dir": "/run/mlp_EU",
@@ -275,7 +275,8 @@ def test_choose_bundle_models_blessed_previous_and_fallback():
     # a kept model names the run that blessed it, with that run's split and classes
     assert by_region["NA"] == {"region": "NA", "model": "gbdt", "model_dir": "/old/gbdt_NA",
                                "source": "previous run", "blessed_in": "DemoFlow/7/end/3",
-                               "user_split": [0.2, 0], "age_edges": [18, 30]}
+                               "blessed_date": "2026-11-20", "user_split": [0.2, 0],
+                               "age_edges": [18, 30]}
     # no blessed global champion and none before: the baseline, though mlp scored better
     assert by_region["global"] == {"region": "global", "model": "gbdt",
                                    "model_dir": "/run/gbdt_global", "source": "fallback",
@@ -1058,7 +1059,8 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
     flow = _finished_flow(tmp_path, pd.DataFrame([row]), {
         "NA": {"kind": "mlp", "origin": "DemoFlow/7/end/3"},
         "EU": {"kind": "gbdt", "origin": "previous run"},
-        "APAC": {"kind": "mlp", "origin": "previous run", "blessed_in": "DemoFlow/5/end/9"}})
+        "APAC": {"kind": "mlp", "origin": "previous run", "blessed_in": "DemoFlow/5/end/9",
+                 "blessed_date": "2026-11-30"}})
     lines = run_summary.summary_text(flow, "DemoFlow", "7", "flows/demo_flow.py").splitlines()
     na = next(ln for ln in lines if ln.strip().startswith("NA:"))
     assert na == ("        NA: mlp/NA#0 1.9509, beat logreg/NA#0 2.1424, class_prior/NA#0 2.4638 "
@@ -1066,7 +1068,8 @@ def test_the_end_summary_says_each_champion_and_its_slot_on_one_short_line(tmp_p
                   "150,516 rows; bundle: mlp, this run")
     assert len(na) <= 200  # short: the full reason is in `pythia report` and the card
     assert "        EU: bundle: gbdt, kept from the previous run" in lines
-    assert "      APAC: bundle: mlp, kept from the previous run (blessed in DemoFlow/5)" in lines
+    assert ("      APAC: bundle: mlp, kept from the previous run (blessed in DemoFlow/5, test "
+            "day 2026-11-30)") in lines
     assert "a long reason" not in "\n".join(lines)
     # an unreadable bundle: the champions still print, without slots
     flow.bundle_path = str(tmp_path / "missing")
@@ -1092,10 +1095,11 @@ def _model_dir(tmp_path) -> str:
     return str(folder)
 
 
-def _kept(row: dict, run: str, split=(0.0, 0), edges=None) -> dict:
+def _kept(row: dict, run: str, split=(0.0, 0), edges=None, day=None) -> dict:
     """A champion row of a run from before ``bundle_models`` as ``previous_champions`` keeps
-    it: with the run that blessed it, that run's split and age edges."""
-    return {**row, "blessed_in": run, "user_split": list(split), "age_edges": edges}
+    it: with the run that blessed it, that run's test day, split and age edges."""
+    return {**row, "blessed_in": run, "blessed_date": day, "user_split": list(split),
+            "age_edges": edges}
 
 
 def test_previous_champions_leave_out_a_model_folder_that_is_gone(tmp_path, monkeypatch,
@@ -1177,10 +1181,13 @@ def test_previous_champions_are_what_the_previous_bundle_served(tmp_path, monkey
                         lambda flow, current: iter([SimpleNamespace(pathspec="DemoFlow/2")]))
     monkeypatch.setattr(runs, "_artifact", lambda run, name: artifacts.get(name))
     monkeypatch.setattr(runs, "_other_spec", lambda run: None)
+    monkeypatch.setattr(runs, "open_run", lambda flow, run_id: None)  # DemoFlow/1: gone
     kept = runs.previous_champions("DemoFlow", "3", (0.2, 0), {"age_edges": edges})
-    assert kept == {"EU": served[0], "APAC": served[1]}  # never the fallback
-    assert capsys.readouterr().out == ("APAC: keeps mlp of DemoFlow/1/end/5, which DemoFlow/2 "
-                                       "kept too (no champion blessed there since)\n")
+    undated = {"blessed_date": None}  # neither recorded (before session 66) nor readable
+    assert kept == {"EU": {**served[0], **undated}, "APAC": {**served[1], **undated}}
+    assert capsys.readouterr().out == ("APAC: keeps mlp of DemoFlow/1/end/5 (test day unknown), "
+                                       "which DemoFlow/2 kept too (no champion blessed there "
+                                       "since)\n")
     # the kept one's own run held out other users: it alone is left out
     served[1] = {**served[1], "user_split": [0.1, 0]}
     assert set(runs.previous_champions("DemoFlow", "3", (0.2, 0))) == {"EU"}
@@ -1197,8 +1204,59 @@ def test_previous_champions_are_what_the_previous_bundle_served(tmp_path, monkey
     artifacts.update(split_manifest={"holdout_users": 0.2, "seed": 0},
                      encoders={"age_edges": edges})
     assert runs.previous_champions("DemoFlow", "3", (0.2, 0), {"age_edges": edges}) == {
-        "EU": {**champions[0], "blessed_in": "DemoFlow/2", "user_split": [0.2, 0],
-               "age_edges": edges}}
+        "EU": {**champions[0], "blessed_in": "DemoFlow/2", "blessed_date": None,
+               "user_split": [0.2, 0], "age_edges": edges}}
+
+
+def test_a_kept_model_older_than_max_kept_days_is_not_kept(tmp_path, monkeypatch, capsys):
+    """``[evaluate] max_kept_days``: a region that blesses nothing keeps the model last blessed
+    there for that many days of data at most (its blessing run's test day to this run's),
+    then routes to the global slot. A slot recorded before session 66 has no test day: it is
+    read off the run that blessed it, and when that run is gone the model's age is unknown
+    and it is kept, said so."""
+    from types import SimpleNamespace
+
+    from pythia import runs
+    eu, apac = str(tmp_path / "eu"), _model_dir(tmp_path)
+    os.makedirs(eu)
+    open(os.path.join(eu, "meta.json"), "w").close()
+    served = [
+        {"region": "EU", "model": "mlp", "model_dir": eu, "source": "DemoFlow/5/end/9",
+         "blessed_in": "DemoFlow/5/end/9", "blessed_date": "2026-12-05", "user_split": [0.2, 0],
+         "age_edges": None},
+        {"region": "APAC", "model": "mlp", "model_dir": apac, "source": "previous run",
+         "blessed_in": "DemoFlow/1/end/5", "blessed_date": "2026-11-01",
+         "user_split": [0.2, 0], "age_edges": None}]
+    windows = {"DemoFlow/1": {"test": ["2026-11-01"]}, "DemoFlow/5": {"test": ["2026-12-05"]}}
+    monkeypatch.setattr(runs, "_earlier_successful_runs",
+                        lambda flow, current: iter([SimpleNamespace(pathspec="DemoFlow/5")]))
+    monkeypatch.setattr(runs, "_artifact", lambda run, name: {
+        "bundle_models": served, "window": windows.get(run.pathspec)}.get(name))
+    monkeypatch.setattr(runs, "_other_spec", lambda run: None)
+    monkeypatch.setattr(runs, "open_run", lambda flow, rid: (
+        SimpleNamespace(pathspec=f"{flow}/{rid}") if f"{flow}/{rid}" in windows else None))
+
+    def keep(limit, day="2026-12-06"):
+        return runs.previous_champions("DemoFlow", "6", (0.2, 0), None, day, limit)
+
+    assert set(keep(0)) == {"EU", "APAC"}  # no limit
+    assert capsys.readouterr().out == (
+        "APAC: keeps mlp of DemoFlow/1/end/5 (test day 2026-11-01, 35 day(s) before this "
+        "run's), which DemoFlow/5 kept too (no champion blessed there since)\n")
+    assert set(keep(35)) == {"EU", "APAC"}  # at most that many days: 35 is kept
+    capsys.readouterr()
+    assert set(keep(30)) == {"EU"}
+    assert capsys.readouterr().out == (
+        "APAC: mlp of DemoFlow/1/end/5 is not kept: its test day 2026-11-01 is 35 days before "
+        "this run's ([evaluate] max_kept_days 30); the region routes to the global slot\n")
+    assert set(keep(30, day=None)) == {"EU", "APAC"}  # this run's day unknown: no age
+    # slots recorded before session 66: each test day is read off the run that blessed it
+    served[:] = [{k: v for k, v in row.items() if k != "blessed_date"} for row in served]
+    assert keep(30) == {"EU": {**served[0], "blessed_date": "2026-12-05"}}
+    assert "its test day 2026-11-01 is 35 days before" in capsys.readouterr().out
+    del windows["DemoFlow/1"]  # that run is gone: the age is unknown, and the model kept
+    assert keep(30)["APAC"]["blessed_date"] is None
+    assert "APAC: keeps mlp of DemoFlow/1/end/5 (test day unknown)" in capsys.readouterr().out
 
 
 def test_previous_bundle_skips_bundles_of_another_feature_spec(tmp_path, monkeypatch, capsys):

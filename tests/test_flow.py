@@ -581,16 +581,19 @@ def test_a_kept_champion_scores_through_its_own_runs_encoders(tiny_run, flow_env
     assert set(doc["models"]) == blessed  # every blessed region of A kept, nothing else
     served = {m["region"]: m for m in a.data.bundle_models}  # where A's slots were blessed
     assert all(served[r]["blessed_in"].startswith(f"{a.pathspec}/end/") for r in blessed)
+    assert {served[r]["blessed_date"] for r in blessed} == {a.data.window["test"][0]}
     for region, entry in doc["models"].items():
         assert (entry["origin"], entry["encoders"]) == ("previous run",
                                                         f"encoders-{region}.json")
-        assert entry["blessed_in"] == served[region]["blessed_in"]
+        assert (entry["blessed_in"], entry["blessed_date"]) == (
+            served[region]["blessed_in"], served[region]["blessed_date"])
         assert storage.read_json(f"{b.data.bundle_path}/{entry['encoders']}") == \
             a.data.encoders
     # B's slots, as the next run reads them: kept from A, with A's split
-    assert {m["region"]: (m["source"], m["blessed_in"], m["user_split"])
+    assert {m["region"]: (m["source"], m["blessed_in"], m["blessed_date"], m["user_split"])
             for m in b.data.bundle_models} == {
-        r: ("previous run", served[r]["blessed_in"], served[r]["user_split"]) for r in blessed}
+        r: ("previous run", served[r]["blessed_in"], served[r]["blessed_date"],
+            served[r]["user_split"]) for r in blessed}
     reqs = _requests(a.data.source_path)
     kept, theirs = Scorer.load(b.data.bundle_path), Scorer.load(a.data.bundle_path)
     for region in doc["models"]:

@@ -241,8 +241,8 @@ def test_a_winner_by_less_than_z_min_standard_errors_is_not_blessed():
         {"model": "logreg", "region": "global", "model_dir": "/m/logreg",
          "val_logloss": {"age_gender": 1.1}}], {}, "DemoFlow/1", BASE)
     assert chosen == [{"region": "global", "model": "logreg", "model_dir": "/m/logreg",
-                       "source": "fallback", "blessed_in": None, "user_split": None,
-                       "age_edges": None}]
+                       "source": "fallback", "blessed_in": None, "blessed_date": None,
+                       "user_split": None, "age_edges": None}]
 
 
 def test_standard_errors_are_clustered_by_user():

@@ -460,7 +460,7 @@ def test_bundle_layout(bundle, encoders):
     assert doc["format_version"] == 7 and doc["utc_offsets"]  # the compiled IANA table
     assert doc["models"]["NA"] == {"kind": "mlp", "runtime": NUMPY_LAYERS,
                                    "file": "weights-NA.npz", "source": None, "origin": None,
-                                   "blessed_in": None}
+                                   "blessed_in": None, "blessed_date": None}
     assert doc["class_labels"]["age"] == list(features.age_bucket_labels(encoders.age_edges))
 
 

@@ -293,18 +293,19 @@ def choose_bundle_models(champions: pd.DataFrame, candidates: Sequence[Mapping[s
             model_dir, …); {} without a previous run.
         pathspec: this run's id, recorded as the source of its own champions.
         baseline_models: model names preferred for the global fallback.
-        provenance: this run's ``user_split`` and ``age_edges``, recorded with its own
-            champions (a kept one carries its run's, ``runs.previous_champions``).
+        provenance: this run's ``blessed_date`` (its test day), ``user_split`` and
+            ``age_edges``, recorded with its own champions (a kept one carries its run's,
+            ``runs.previous_champions``).
 
     Returns:
-        [{region, model, model_dir, source, blessed_in, user_split, age_edges}], source being
-        ``pathspec``, 'previous run' or 'fallback'; ``blessed_in``, the run that blessed the
-        model (None for a fallback): the end step's ``bundle_models`` artifact, which the next
-        run keeps from.
+        [{region, model, model_dir, source, blessed_in, blessed_date, user_split,
+        age_edges}], source being ``pathspec``, 'previous run' or 'fallback'; ``blessed_in``,
+        the run that blessed the model (None for a fallback): the end step's
+        ``bundle_models`` artifact, which the next run keeps from.
     """
     chosen: list[dict] = []
     rows = champions.to_dict("records")
-    mine = {"user_split": None, "age_edges": None, **(provenance or {})}
+    mine = {"blessed_date": None, "user_split": None, "age_edges": None, **(provenance or {})}
     for row in rows:
         if row.get("blessed") and row.get("model"):
             chosen.append({"region": row["region"], "model": row["model"],
@@ -314,8 +315,8 @@ def choose_bundle_models(champions: pd.DataFrame, candidates: Sequence[Mapping[s
             prev = previous_champions[row["region"]]
             chosen.append({"region": row["region"], "model": prev["model"],
                            "model_dir": prev["model_dir"], "source": "previous run",
-                           **{k: prev.get(k) for k in ("blessed_in", "user_split",
-                                                       "age_edges")}})
+                           **{k: prev.get(k) for k in ("blessed_in", "blessed_date",
+                                                       "user_split", "age_edges")}})
     if not any(c["region"] == GLOBAL_REGION for c in chosen):
         fallback = _global_fallback(rows, candidates, baseline_models)
         if fallback is not None:

@@ -46,8 +46,8 @@ def export_champions(chosen: Sequence[Mapping[str, Any]], encoders: Encoders | M
 
     Args:
         chosen: one dict per region, ``{'region', 'model', 'model_dir'}`` and optionally
-            'source' (why it was chosen, e.g. 'previous run') and 'blessed_in' (the run
-            that blessed it); a 'global' entry is required.
+            'source' (why it was chosen, e.g. 'previous run'), 'blessed_in' (the run that
+            blessed it) and 'blessed_date' (that run's test day); a 'global' entry is required.
         encoders: the run's encoders, as ``Encoders`` or their JSON (the ``encoders`` artifact).
         geo: the run's geography (routing table and UTC offsets).
         pathspec: the model version reported with every score (the run's pathspec).
@@ -96,7 +96,8 @@ def export_bundle(champions: Sequence[Mapping[str, Any]], encoders: Encoders, ge
         payloads[region] = {"kind": kind, **(saved_export(model_dir)
                                              or get_model(kind).export(model_dir)),
                             "source": model_dir, "origin": champion.get("source"),
-                            "blessed_in": champion.get("blessed_in")}
+                            "blessed_in": champion.get("blessed_in"),
+                            "blessed_date": champion.get("blessed_date")}
         own = model_encoders(model_dir)
         if own.to_json() != encoders.to_json():
             payloads[region][SLOT_ENCODERS] = own
@@ -136,8 +137,8 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
     Args:
         models: region -> ``{'kind': model name, **Model.export(model_dir)}``, i.e. a
             'runtime' (``pythia.models.export.RUNTIMES``) and that runtime's payload; optional
-            'source' (model folder), 'origin' (why it was chosen) and 'blessed_in' (the
-            run that blessed it) are recorded, and an
+            'source' (model folder), 'origin' (why it was chosen), 'blessed_in' (the run
+            that blessed it) and 'blessed_date' (its test day) are recorded, and an
             optional 'encoders' (the model's own ``Encoders``) is written beside the run's
             for that slot alone (same age edges: a bundle has one set of classes).
         encoders, geo, version, out_uri: as in ``export_bundle``.
@@ -172,6 +173,7 @@ def write_bundle(models: Mapping[str, Mapping[str, Any]], encoders: Encoders, ge
             entries[region] = {"kind": payload["kind"], RUNTIME: runtime.kind,
                                "source": payload.get("source"), "origin": payload.get("origin"),
                                "blessed_in": payload.get("blessed_in"),
+                               "blessed_date": payload.get("blessed_date"),
                                **runtime.write(payload, folder, region)}
             if payload.get(SLOT_ENCODERS) is not None:
                 entries[region][SLOT_ENCODERS] = slot_encoders_file(region)
