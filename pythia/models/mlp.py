@@ -1,11 +1,10 @@
 """The "demo_nn" Keras MLP, wide & deep: embeddings, a Dense+ReLU trunk, three heads, plus a wide
 part (``pythia.models.wide``) added to every head's logits.
 
-Heads: gender (softmax), age bucket (ordinal CORN — Shi et al. 2021 — or softmax, chosen by
-``age_head``) and AgeGender (softmax); the outputs for gender and age are AgeGender's marginals
-(``Model._expand``). The network outputs logits; probabilities are computed in NumPy by the same
-functions the bid-time scorer uses on ``export_numpy()``. No BatchNorm and no ``Lambda`` layers,
-so the native ``.keras`` file reloads anywhere.
+Heads: gender (softmax), age bucket (ordinal CORN — Shi et al. 2021 — or softmax: ``age_head``)
+and AgeGender (softmax); gender and age are output as AgeGender's marginals (``Model._expand``).
+Logits out; probabilities in NumPy by the functions the bid-time scorer uses on
+``export_numpy()``. No BatchNorm, no ``Lambda`` layers: the ``.keras`` file reloads anywhere.
 
 The rule (``wide_start='logreg'``, the default): AgeGender's wide part starts as the logreg
 baseline's fit (the aid heads, gender and age, at their priors: ``aid_start``), the heads' last
@@ -35,7 +34,7 @@ import tensorflow as tf
 from pythia import features
 from pythia.config import TrainConfig
 from pythia.features import Encoders
-from pythia.models import export as ex, members, notes
+from pythia.models import export as ex, keras_state, members, notes
 from pythia.models.activity_temp import EXPORT_KEY
 from pythia.models.base import TF_DATASET, Model, labels_of, normalize_age_head
 from pythia.models.corn_loss import CornLoss  # noqa: F401 (re-exported)
@@ -285,6 +284,7 @@ class MLPModel(Model):
         if self.hparams["wide"]:
             self.keras_model.get_layer("wide").trainable = wide_trains
         self.keras_model.compile(optimizer=keras.optimizers.Adam(rate), loss=self._losses())
+        keras_state.build_before_fit(self, train)  # its train step is traced once, not twice
         cfg = self.train_cfg
         if isinstance(train, tf.data.Dataset):
             self.keras_model.fit(self._select(train), epochs=epochs, callbacks=[keep],
