@@ -297,11 +297,12 @@ def _public(version: str) -> str:
         return version
 
 
-def lock_differences(lock: str | Path | None = None) -> list[str]:
+def lock_differences(lock: str | Path | None = None, missing: bool = False) -> list[str]:
     """'tensorflow-cpu 2.20.0 (lock 2.21.0)' for each release of the lock file (default: the
-    checkout's ``LOCK_FILE``) that this environment has at another version or not at all
-    ('not installed'), in name order; [] when they agree, or when there is no lock file
-    (an installed package, a remote task's code package)."""
+    checkout's ``LOCK_FILE``) that this environment has at another version, and with
+    ``missing`` each it lacks ('not installed': an install without the test extra lacks
+    pytest, and that moves no figure), in name order; [] when they agree, or when there is no
+    lock file (an installed package, a remote task's code package)."""
     path = Path(lock) if lock is not None else Path(__file__).resolve().parent.parent / LOCK_FILE
     if not path.is_file():
         return []
@@ -309,7 +310,8 @@ def lock_differences(lock: str | Path | None = None) -> list[str]:
     for name, pinned in sorted(read_lock(path).items()):
         installed = _version(name)
         if installed is None:
-            out.append(f"{name} not installed (lock {pinned})")
+            if missing:
+                out.append(f"{name} not installed (lock {pinned})")
         elif _public(installed) != _public(pinned):
             out.append(f"{name} {installed} (lock {pinned})")
     return out
