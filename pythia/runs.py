@@ -173,15 +173,13 @@ def previous_champions(flow_name: str, current_run_id: str | None,
                        user_split: tuple[float, int] | None = None,
                        encoders: Mapping[str, Any] | None = None, test_day: str | None = None,
                        max_kept_days: int = 0) -> dict[str, dict]:
-    """The models the newest earlier successful run's bundle served (its ``bundle_models``:
-    blessed or kept by it; before session 65 its blessed champions), by region, that this run
-    can keep ({} if none, or built for another feature spec): a region that blesses nothing
-    keeps the model last blessed there, however many runs ago. Each row names the run that
-    blessed it (``blessed_in``), its test day (``blessed_date``), the users it held out
-    (``user_split``) and its age edges. Left out, one line each, a model: whose run trained on
-    users this run holds out (``user_split``), whose age edges are not this run's
-    (``encoders``: a bundle has one set of classes), blessed more than ``max_kept_days``
-    (``[evaluate]``, 0: no limit) before ``test_day`` (this run's), or whose folder is gone."""
+    """By region, the models the newest earlier successful run's bundle served (blessed or
+    kept by it: ``bundle_models``) that this run can keep ({} if none, or of another feature
+    spec), each with the run that blessed it (``blessed_in``), its test day (``blessed_date``),
+    its held-out users (``user_split``) and age edges. Left out, one line each, a model: whose
+    run trained on users this run holds out, whose age edges are not this run's (``encoders``),
+    blessed after ``test_day`` (this run's: a backfill) or more than ``max_kept_days`` before
+    (``[evaluate]``, 0: no limit), or whose folder is gone."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
         served = _artifact(run, "bundle_models")
         if served is None:  # a run from before session 65: its blessed champions
@@ -246,10 +244,12 @@ def _keepable(run: Any, rows: list[dict], user_split: tuple[float, int] | None,
                       f"{age_edges}, and a bundle has one set of classes; regions without a "
                       "blessed champion route to the global slot")
             continue
-        if max_kept_days and age is not None and age > max_kept_days:
+        if age is not None and (age < 0 or 0 < max_kept_days < age):
+            why = (f"after this run's {test_day} (a backfill): it may have trained on it"
+                   if age < 0 else f"{age} days before this run's ([evaluate] max_kept_days "
+                   f"{max_kept_days})")
             print(f"{r['region']}: {r['model']} of {blessed_in} is not kept: its test day "
-                  f"{day} is {age} days before this run's ([evaluate] "
-                  f"max_kept_days {max_kept_days}); the region routes to the global slot")
+                  f"{day} is {why}; the region routes to the global slot")
             continue
         if not storage.exists(join(str(r.get("model_dir")), META_FILE)):
             print(f"{blessed_in}'s {r['region']} champion is not kept: its model folder "

@@ -1211,9 +1211,9 @@ def test_previous_champions_are_what_the_previous_bundle_served(tmp_path, monkey
 def test_a_kept_model_older_than_max_kept_days_is_not_kept(tmp_path, monkeypatch, capsys):
     """``[evaluate] max_kept_days``: a region that blesses nothing keeps the model last blessed
     there for that many days of data at most (its blessing run's test day to this run's),
-    then routes to the global slot. A slot recorded before session 66 has no test day: it is
-    read off the run that blessed it, and when that run is gone the model's age is unknown
-    and it is kept, said so."""
+    then routes to the global slot. A backfill never keeps a model blessed on a later day. A
+    slot recorded before session 66 has no test day: it is read off the run that blessed it,
+    and when that run is gone the model's age is unknown and it is kept, said so."""
     from types import SimpleNamespace
 
     from pythia import runs
@@ -1250,6 +1250,13 @@ def test_a_kept_model_older_than_max_kept_days_is_not_kept(tmp_path, monkeypatch
         "APAC: mlp of DemoFlow/1/end/5 is not kept: its test day 2026-11-01 is 35 days before "
         "this run's ([evaluate] max_kept_days 30); the region routes to the global slot\n")
     assert set(keep(30, day=None)) == {"EU", "APAC"}  # this run's day unknown: no age
+    capsys.readouterr()
+    # a backfill of an earlier day: a model blessed after it may have trained on that day
+    assert set(keep(0, day="2026-12-01")) == {"APAC"}
+    assert capsys.readouterr().out.startswith(
+        "EU: mlp of DemoFlow/5/end/9 is not kept: its test day 2026-12-05 is after this run's "
+        "2026-12-01 (a backfill): it may have trained on it; the region routes to the global "
+        "slot\n")
     # slots recorded before session 66: each test day is read off the run that blessed it
     served[:] = [{k: v for k, v in row.items() if k != "blessed_date"} for row in served]
     assert keep(30) == {"EU": {**served[0], "blessed_date": "2026-12-05"}}
