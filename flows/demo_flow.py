@@ -242,8 +242,9 @@ class DemoFlow(FlowSpec):
         threads.configure_task(task.cpu, memory_mb=task.memory)
         self.merge_artifacts(inputs, exclude=["candidates"])
         self.candidates = [c for i in inputs for c in i.candidates]
-        bundle, previous_id = runs.previous_bundle(current.flow_name, current.run_id,
-                                                   runs.user_split_of(self.split_manifest))
+        bundle, previous_id = runs.previous_bundle(  # a backfill: none of a later day
+            current.flow_name, current.run_id, runs.user_split_of(self.split_manifest),
+            str(self.window["test"][0]))
         with self.full_disk("evaluate"):
             results = evaluate.run(self.candidates, self.split_manifest, self.source_path,
                                    self.params.etl.age_edges, self.paths.reports,

@@ -1,10 +1,7 @@
-"""Past runs through the Metaflow client: the look-ups the flow needs (previous champions,
-the previous bundle) and the terminal views `pythia report`, `pythia runs` (`pythia timings`:
-``pythia.run_timings``).
-
-Runs of every user are visible, but the process's namespace is never changed: every client
-object is opened with ``_namespace_check=False`` (a notebook importing this keeps its own).
-"""
+"""Past runs through the Metaflow client: the look-ups the flow needs (previous champions and
+bundle) and the views `pythia report`, `pythia runs` (`pythia timings`: ``pythia.run_timings``).
+Every user's runs are visible, and the process's namespace is never changed: every client
+object is opened with ``_namespace_check=False`` (a notebook importing this keeps its own)."""
 from __future__ import annotations
 
 import sys
@@ -24,8 +21,7 @@ TARGET_SHORT = (("age_gender", "ag"), ("gender", "g"), ("age", "a"))
 
 
 def _artifact(run: Any, name: str) -> Any:
-    """Artifact ``name`` of a run: from its end step, else from the latest step that has it
-    (a failed run never reaches end). None when no step stored it."""
+    """Artifact ``name`` of a run: its end step's, else the latest step's that has it; None."""
     try:
         end = run.end_task
         if end is not None and name in end:
@@ -123,24 +119,29 @@ def _other_spec(run: Any) -> str | None:
 
 
 def user_split_of(split_manifest: Mapping[str, Any] | None) -> tuple[float, int]:
-    """(holdout_users, seed) of a run's split manifest: which users it held out of training
-    (``etl.holdout``; none for a run from before the holdout)."""
+    """(holdout_users, seed): the users a run held out of training (``etl.holdout``)."""
     m = split_manifest or {}
     return float(m.get("holdout_users") or 0.0), int(m.get("seed") or 0)
 
 
-def _trained_on_new_users(run: Any, user_split: tuple[float, int] | None) -> bool:
-    """Whether ``run``'s models trained on users this run holds out (``user_split``): then
-    comparing on those users favours it (one line says so). A run that held out at least the
-    same share with the same seed held out every one of them (the draw is a hash)."""
+def _trained_on_new_users(run: Any, user_split: tuple[float, int] | None,
+                          test_day: str | None = None) -> bool:
+    """Whether ``run``'s models may have trained on this run's test rows (one line says so):
+    on users this run holds out (``user_split``; a run that held out at least the same share
+    with the same seed held out every one: the draw is a hash), or in a backfill on its test
+    day (``test_day``, this run's, before ``run``'s)."""
+    day = test_day_of(run) if test_day else None
+    if day and day > test_day:
+        print(f"previous run {run.pathspec} skipped: its test day {day} is after this run's "
+              f"{test_day} (a backfill): its models may have trained on this run's test day")
+        return True
     return _held_out_fewer(run.pathspec, user_split_of(_artifact(run, "split_manifest")),
                            user_split, set())
 
 
 def _held_out_fewer(pathspec: str, theirs: tuple[float, int],
                     user_split: tuple[float, int] | None, said: set) -> bool:
-    """``_trained_on_new_users`` of the run ``pathspec`` that held out ``theirs``; its line
-    once per run (``said``)."""
+    """``_trained_on_new_users``' users of the run ``pathspec``; its line once (``said``)."""
     if user_split is None or user_split[0] <= 0:
         return False
     share, seed = float(theirs[0]), int(theirs[1])
@@ -155,16 +156,15 @@ def _held_out_fewer(pathspec: str, theirs: tuple[float, int],
 
 
 def previous_bundle(flow_name: str, current_run_id: str | None,
-                    user_split: tuple[float, int] | None = None
+                    user_split: tuple[float, int] | None = None, test_day: str | None = None
                     ) -> tuple[str | None, str | None]:
-    """(bundle path, run pathspec) of the newest earlier successful run with a bundle on
-    storage that this code can load (built for this feature spec) and that did not train on
-    this run's held-out users (``user_split``: ``user_split_of`` its split manifest), else
-    (None, None) (first run, a fresh datastore, or only such other runs)."""
+    """(bundle path, run pathspec) of the newest earlier successful run with a bundle this
+    code can load (this feature spec) whose models did not train on this run's test rows
+    (``_trained_on_new_users``), else (None, None) (first run, or only such other runs)."""
     for run in _earlier_successful_runs(flow_name, current_run_id):
         bundle = _artifact(run, "bundle_path")
         if (bundle and storage.exists(join(bundle, "bundle.json")) and _other_spec(run) is None
-                and not _trained_on_new_users(run, user_split)):
+                and not _trained_on_new_users(run, user_split, test_day)):
             return bundle, run.pathspec
     return None, None
 

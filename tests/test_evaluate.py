@@ -1334,3 +1334,34 @@ def test_previous_bundle_skips_runs_that_trained_on_this_runs_new_users(tmp_path
     assert runs.previous_champions("DemoFlow", "4", (0.0, 0)) == {
         "APAC": _kept(champions[0], "DemoFlow/3", [0.0, 0])}
     assert runs.previous_bundle("DemoFlow", "4") == (str(folder), "DemoFlow/3")  # no holdout
+
+
+
+def test_previous_bundle_of_a_backfill_is_of_no_later_day(tmp_path, monkeypatch, capsys):
+    """A backfill (a run of an earlier date after later ones) compares its champions with the
+    newest bundle of a day no later than its test day: a later day's models may have trained
+    on this run's test day, and would block its champion by memory (the regression rule)."""
+    from types import SimpleNamespace
+
+    from pythia import runs
+    from pythia.features import spec_version
+
+    folder = tmp_path / "b"
+    folder.mkdir()
+    (folder / "bundle.json").write_text(json.dumps({"spec_version": spec_version()}))
+    days = {"DemoFlow/3": "2026-12-05", "DemoFlow/2": "2026-12-01", "DemoFlow/1": "2026-11-20"}
+    fake = [SimpleNamespace(pathspec=p) for p in days]
+    monkeypatch.setattr(runs, "_earlier_successful_runs", lambda flow, current: iter(fake))
+    monkeypatch.setattr(runs, "_artifact", lambda run, name: {
+        "bundle_path": str(folder), "split_manifest": {"holdout_users": 0.2, "seed": 0},
+        "window": {"test": [days[run.pathspec]]}}.get(name))
+    assert runs.previous_bundle("DemoFlow", "4", (0.2, 0), "2026-12-06") == (
+        str(folder), "DemoFlow/3")  # a daily run: the newest
+    assert capsys.readouterr().out == ""
+    assert runs.previous_bundle("DemoFlow", "4", (0.2, 0), "2026-12-01") == (
+        str(folder), "DemoFlow/2")  # the same day is no later
+    assert capsys.readouterr().out == (
+        "previous run DemoFlow/3 skipped: its test day 2026-12-05 is after this run's "
+        "2026-12-01 (a backfill): its models may have trained on this run's test day\n")
+    assert runs.previous_bundle("DemoFlow", "4", (0.2, 0), "2026-11-01") == (None, None)
+    assert runs.previous_bundle("DemoFlow", "4", (0.2, 0)) == (str(folder), "DemoFlow/3")
